@@ -1,0 +1,1 @@
+//! Hugging Face safetensors (single file or sharded with model.safetensors.index.json) over mmap.

@@ -1,0 +1,118 @@
+//! `Tensor`: a named, typed, shaped view of bytes that live either in a memory map (GGUF,
+//! safetensors) or in an owned, 64-byte-aligned buffer (converted or permuted weights).
+//!
+//! Shapes are in GGML order: `ne[0]` is the innermost (contiguous) dimension. A weight matrix that
+//! PyTorch calls `(out_features, in_features)` has `ne = [in_features, out_features]`: `cols()` is
+//! `ne[0]`, `rows()` the product of the rest.
+
+use crate::{quant, DType, Error, Result};
+use std::sync::Arc;
+
+/// 64-byte-aligned owned bytes (one cache line; enough for any SIMD load).
+pub struct AlignedBuf {
+    words: Vec<[u8; 64]>,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub fn zeroed(len: usize) -> Self {
+        AlignedBuf { words: vec![[0u8; 64]; len.div_ceil(64)], len }
+    }
+    pub fn from_slice(b: &[u8]) -> Self {
+        let mut a = Self::zeroed(b.len());
+        a.as_mut_slice().copy_from_slice(b);
+        a
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        &bytemuck::cast_slice::<[u8; 64], u8>(&self.words)[..self.len]
+    }
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let len = self.len;
+        &mut bytemuck::cast_slice_mut::<[u8; 64], u8>(&mut self.words)[..len]
+    }
+}
+
+/// Where a tensor's bytes live.
+#[derive(Clone)]
+pub enum Bytes {
+    Mapped { map: Arc<memmap2::Mmap>, offset: usize, len: usize },
+    Owned(Arc<AlignedBuf>),
+}
+
+impl Bytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+            Bytes::Owned(b) => b.as_slice(),
+        }
+    }
+    pub fn owned(b: AlignedBuf) -> Self {
+        Bytes::Owned(Arc::new(b))
+    }
+}
+
+#[derive(Clone)]
+pub struct Tensor {
+    pub name: String,
+    pub dtype: DType,
+    /// GGML order, innermost first; trailing 1s are kept as the file has them.
+    pub ne: Vec<usize>,
+    pub data: Bytes,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({} {} {:?})", self.name, self.dtype, self.ne)
+    }
+}
+
+impl Tensor {
+    /// Checks that `data` holds exactly the bytes `dtype` and `ne` call for.
+    pub fn new(name: impl Into<String>, dtype: DType, ne: Vec<usize>, data: Bytes) -> Result<Self> {
+        let name = name.into();
+        let n = ne.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::msg(format!("tensor {name}: shape {ne:?} overflows")))?;
+        if ne.first().is_some_and(|&c| c % dtype.block_size() != 0) {
+            return Err(Error::msg(format!("tensor {name}: row length {} is not a multiple of the {} block size {}", ne[0], dtype, dtype.block_size())));
+        }
+        let want = dtype.bytes_for(n)?;
+        let have = data.as_slice().len();
+        if want != have {
+            return Err(Error::msg(format!("tensor {name}: {dtype} {ne:?} needs {want} bytes, have {have}")));
+        }
+        Ok(Tensor { name, dtype, ne, data })
+    }
+    /// An owned F32 tensor (tests, converted weights).
+    pub fn from_f32(name: impl Into<String>, ne: Vec<usize>, v: &[f32]) -> Result<Self> {
+        Self::new(name, DType::F32, ne, Bytes::owned(AlignedBuf::from_slice(bytemuck::cast_slice(v))))
+    }
+    pub fn bytes(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+    pub fn n_elements(&self) -> usize {
+        self.ne.iter().product()
+    }
+    pub fn cols(&self) -> usize {
+        self.ne.first().copied().unwrap_or(1)
+    }
+    pub fn rows(&self) -> usize {
+        self.ne.iter().skip(1).product()
+    }
+    pub fn row_bytes(&self) -> usize {
+        self.cols() / self.dtype.block_size() * self.dtype.type_size()
+    }
+    /// Raw bytes of row `i` (in `dtype`'s block layout).
+    pub fn row(&self, i: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.bytes()[i * rb..(i + 1) * rb]
+    }
+    /// Dequantizes row `i` into `out` (len == cols()).
+    pub fn dequantize_row(&self, i: usize, out: &mut [f32]) -> Result<()> {
+        quant::dequantize(self.dtype, self.row(i), out)
+    }
+    /// The whole tensor as f32 (row-major, GGML order).
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; self.n_elements()];
+        quant::dequantize(self.dtype, self.bytes(), &mut out)?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,103 @@
+//! Scalar reference implementations: slow, obviously correct, the spec for every fast kernel.
+
+use crate::{AttnShape, Rope};
+use cria_core::Tensor;
+
+pub fn matmul(out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
+    let (n, k) = (w.rows(), w.cols());
+    assert_eq!(x.len(), t * k, "matmul: x has {} values, want t={t} x k={k}", x.len());
+    assert_eq!(out.len(), t * n, "matmul: out has {} values, want t={t} x n={n}", out.len());
+    let mut row = vec![0f32; k];
+    for j in 0..n {
+        w.dequantize_row(j, &mut row).expect("matmul: unsupported weight type");
+        for i in 0..t {
+            let xi = &x[i * k..(i + 1) * k];
+            // f64 accumulation: this is the reference, not the fast path.
+            out[i * n + j] = xi.iter().zip(&row).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32;
+        }
+    }
+}
+
+pub fn embed(out: &mut [f32], table: &Tensor, tokens: &[u32]) {
+    let k = table.cols();
+    for (i, &tok) in tokens.iter().enumerate() {
+        table.dequantize_row(tok as usize, &mut out[i * k..(i + 1) * k]).expect("embed: unsupported type");
+    }
+}
+
+pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let ss = xr.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
+        let r = (1.0 / (ss + eps as f64).sqrt()) as f32;
+        for ((o, &xv), &wv) in o.iter_mut().zip(xr).zip(w) {
+            *o = xv * r * wv;
+        }
+    }
+}
+
+pub fn rope(x: &mut [f32], t: usize, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope) {
+    let n_pairs = rope.inv_freq.len();
+    for r in 0..t {
+        let pos = (pos0 + r) as f64;
+        for h in 0..n_heads {
+            let v = &mut x[(r * n_heads + h) * head_dim..(r * n_heads + h + 1) * head_dim];
+            for (i, &f) in rope.inv_freq.iter().enumerate() {
+                let theta = pos * f as f64;
+                let (s, c) = ((theta.sin() as f32) * rope.attn_factor, (theta.cos() as f32) * rope.attn_factor);
+                let (a, b) = if rope.interleaved { (2 * i, 2 * i + 1) } else { (i, i + n_pairs) };
+                let (x0, x1) = (v[a], v[b]);
+                v[a] = x0 * c - x1 * s;
+                v[b] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+pub fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape) {
+    let hd = s.head_dim;
+    let group = s.n_heads / s.n_kv_heads;
+    let kv_stride = s.n_kv_heads * hd;
+    let mut scores = vec![0f32; s.pos0 + s.t];
+    for r in 0..s.t {
+        let p = s.pos0 + r;
+        let lo = s.window.map(|w| (p + 1).saturating_sub(w)).unwrap_or(0);
+        for h in 0..s.n_heads {
+            let kvh = h / group;
+            let qh = &q[(r * s.n_heads + h) * hd..][..hd];
+            let mut max = f32::NEG_INFINITY;
+            for j in lo..=p {
+                let kj = &k[j * kv_stride + kvh * hd..][..hd];
+                let d: f32 = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * s.scale;
+                scores[j] = d;
+                max = max.max(d);
+            }
+            let mut sum = 0f32;
+            for sc in &mut scores[lo..=p] {
+                *sc = (*sc - max).exp();
+                sum += *sc;
+            }
+            let o = &mut out[(r * s.n_heads + h) * hd..][..hd];
+            o.fill(0.0);
+            for j in lo..=p {
+                let w = scores[j] / sum;
+                let vj = &v[j * kv_stride + kvh * hd..][..hd];
+                for (o, &vv) in o.iter_mut().zip(vj) {
+                    *o += w * vv;
+                }
+            }
+        }
+    }
+}
+
+pub fn silu_mul(a: &mut [f32], b: &[f32]) {
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x = *x / (1.0 + (-*x).exp()) * y;
+    }
+}
+
+pub fn add_assign(a: &mut [f32], b: &[f32]) {
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
