@@ -1,1 +1,4 @@
+mod fetch;
+mod npy;
+
 fn main() {}
