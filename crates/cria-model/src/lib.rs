@@ -1,1 +1,11 @@
-//! cria-model
+//! cria-model: the LLaMA family as one config, its weights (GGUF or Hugging Face folder), and the
+//! forward pass over preallocated buffers.
+
+pub mod config;
+pub mod forward;
+pub mod model;
+pub mod names;
+
+pub use config::{Config, RopeScaling};
+pub use forward::{forward, KvCache, Logits, Scratch};
+pub use model::{LoadOptions, Model, Source};

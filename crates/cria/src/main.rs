@@ -1,4 +1,252 @@
-mod fetch;
-mod npy;
+//! The `cria` binary: thin subcommands over the library crates.
 
-fn main() {}
+mod fetch;
+mod inspect;
+mod npy;
+mod perplexity;
+mod session;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use cria_engine::sampler::{Sampler, SamplerConfig};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "cria", version, about = "Run LLaMA-family models (GGUF or Hugging Face folders) on the CPU")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A .gguf file, a Hugging Face model folder, hf:ORG/REPO[:FILE], or nothing for the default
+    /// model (SmolLM2-135M-Instruct Q4_1, fetched on first use).
+    #[arg(short = 'm', long = "model")]
+    model: Option<String>,
+    /// Threads (default: physical cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Dequantize all weights to f32 at load (the exact reference path).
+    #[arg(long)]
+    f32: bool,
+}
+
+#[derive(Args, Clone)]
+struct TextArgs {
+    /// Read the text from this file, byte for byte.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// The text (when no --file).
+    text: Option<String>,
+}
+
+impl TextArgs {
+    fn read(&self) -> Result<String> {
+        match (&self.file, &self.text) {
+            (Some(f), None) => {
+                let b = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+                String::from_utf8(b).map_err(|e| anyhow::anyhow!("{}: not valid UTF-8 (byte {})", f.display(), e.utf8_error().valid_up_to()))
+            }
+            (None, Some(t)) => Ok(t.clone()),
+            (Some(_), Some(_)) => bail!("give either --file or a text, not both"),
+            (None, None) => bail!("no input: give a text or --file FILE"),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a completion (chat-templated for instruct models unless --raw) and stream it.
+    Run {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[command(flatten)]
+        input: TextArgs,
+        /// Feed the prompt as plain text, without the chat template.
+        #[arg(long)]
+        raw: bool,
+        #[arg(short = 'n', long = "max-tokens", default_value_t = 256)]
+        max_tokens: usize,
+        /// 0 = greedy (deterministic).
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        #[arg(long = "top-k", default_value_t = 40)]
+        top_k: usize,
+        #[arg(long = "top-p", default_value_t = 0.95)]
+        top_p: f32,
+        #[arg(long = "min-p", default_value_t = 0.05)]
+        min_p: f32,
+        #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+        repeat_penalty: f32,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long = "ignore-eos")]
+        ignore_eos: bool,
+        /// Context size in tokens (default: the model's training context, capped at 4096).
+        #[arg(short = 'c', long = "ctx-size")]
+        ctx_size: Option<usize>,
+        /// Tokens per prompt-processing batch.
+        #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+        batch: usize,
+        /// A system message for the chat template.
+        #[arg(long)]
+        system: Option<String>,
+    },
+    /// Print the tokens of a text.
+    Tokenize {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[command(flatten)]
+        input: TextArgs,
+        /// Do not add BOS even if the model asks for it.
+        #[arg(long = "no-bos")]
+        no_bos: bool,
+        /// Match special tokens (<|im_start|>, <s>...) written in the text.
+        #[arg(long = "parse-special")]
+        parse_special: bool,
+        /// Only the ids, space-separated on one line.
+        #[arg(long)]
+        ids: bool,
+    },
+    /// Write the float32 logits of a text as a .npy file.
+    Logits {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[command(flatten)]
+        input: TextArgs,
+        #[arg(long = "no-bos")]
+        no_bos: bool,
+        #[arg(long = "parse-special")]
+        parse_special: bool,
+        /// Logits of every position, (n_tokens, vocab); default only the last, (vocab).
+        #[arg(long)]
+        all: bool,
+        /// Comma-separated token ids instead of text.
+        #[arg(long, value_delimiter = ',')]
+        tokens: Option<Vec<u32>>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+        batch: usize,
+    },
+    /// Perplexity of a text file, by llama.cpp's method.
+    Perplexity {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+        ctx_size: usize,
+        #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+        batch: usize,
+        /// Stop after this many chunks.
+        #[arg(long = "chunks")]
+        chunks: Option<usize>,
+    },
+    /// Architecture, hyper-parameters, tokenizer and tensor table of a model.
+    Inspect {
+        /// Model (as for -m).
+        model: Option<String>,
+        /// Also print every metadata key.
+        #[arg(long)]
+        metadata: bool,
+    },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run { m, input, raw, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ignore_eos, ctx_size, batch, system } => {
+            let text = input.read()?;
+            let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
+            let tok = &l.tok;
+            let prompt = if raw || tok.chat_template().is_none() {
+                if !raw {
+                    eprintln!("note: the model has no chat template; using the prompt as plain text");
+                }
+                tok.encode(&text, true, false)
+            } else {
+                let mut msgs = Vec::new();
+                if let Some(s) = system {
+                    msgs.push(cria_engine::template::Message { role: "system".into(), content: s });
+                }
+                msgs.push(cria_engine::template::Message { role: "user".into(), content: text });
+                let tmpl = tok.chat_template().unwrap();
+                let rendered = cria_engine::template::render(tmpl, &msgs, true, tok.bos_text(), tok.eos_text(), None).context("rendering the chat template")?;
+                // Templates that write the BOS token themselves must not get a second one.
+                let add_bos = !tok.bos_text().is_empty() && !rendered.starts_with(tok.bos_text());
+                tok.encode(&rendered, add_bos, true)
+            };
+            let ctx = ctx_size.unwrap_or(l.model.config.max_seq_len.min(4096));
+            let cfg = SamplerConfig {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repeat_penalty,
+                seed: seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)),
+                ..SamplerConfig::default()
+            };
+            let mut sampler = Sampler::new(cfg, l.model.config.vocab_size);
+            let mut out = std::io::stdout().lock();
+            let st = session::generate(&l, &prompt, &mut sampler, &session::GenOptions { max_tokens, ctx_size: ctx, ignore_eos, batch }, &mut out)?;
+            writeln!(out)?;
+            if st.stop == session::StopReason::ContextFull {
+                eprintln!("[stopped: the context of {ctx} tokens is full]");
+            }
+            let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
+            eprintln!(
+                "load {:.2} s | prompt {} tokens, {:.1} t/s | generation {} tokens, {:.1} t/s | {}",
+                l.load_time.as_secs_f64(),
+                st.prompt_tokens,
+                rate(st.prompt_tokens, st.prompt_time),
+                st.gen_tokens,
+                rate(st.gen_tokens, st.gen_time),
+                cria_kernels::Backend::name(&l.backend)
+            );
+        }
+        Cmd::Tokenize { m, input, no_bos, parse_special, ids } => {
+            let text = input.read()?;
+            let l = session::load_tokenizer_only(m.model.as_deref())?;
+            let toks = l.encode(&text, !no_bos, parse_special);
+            let mut out = std::io::stdout().lock();
+            if ids {
+                let s: Vec<String> = toks.iter().map(|t| t.to_string()).collect();
+                writeln!(out, "{}", s.join(" "))?;
+            } else {
+                for t in toks {
+                    writeln!(out, "{t:6} {:?}", String::from_utf8_lossy(&l.token_to_piece(t)))?;
+                }
+            }
+        }
+        Cmd::Logits { m, input, no_bos, parse_special, all, tokens, out, batch } => {
+            let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
+            let toks = match tokens {
+                Some(t) => t,
+                None => l.encode(&input.read()?, !no_bos, parse_special),
+            };
+            let logits = l.logits(&toks, all, batch)?;
+            let v = l.model.config.vocab_size;
+            let shape = if all { vec![toks.len(), v] } else { vec![v] };
+            npy::write_f32(&out, &shape, &logits)?;
+            eprintln!("wrote {} logits {:?} for {} tokens to {}", logits.len(), shape, toks.len(), out.display());
+        }
+        Cmd::Perplexity { m, file, ctx_size, batch, chunks } => {
+            let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text = String::from_utf8_lossy(&text).into_owned();
+            let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
+            perplexity::run(&l, &text, ctx_size, batch, chunks, &mut std::io::stdout().lock())?;
+        }
+        Cmd::Inspect { model, metadata } => inspect::run(model.as_deref(), metadata, &mut std::io::stdout().lock())?,
+    }
+    Ok(())
+}

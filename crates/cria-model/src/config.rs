@@ -1,0 +1,219 @@
+//! The LLaMA family as data: every variant (GQA, head_dim, RoPE base and scaling, tied embeddings,
+//! biases, sliding window) is a field here, read from GGUF metadata or a Hugging Face config.json.
+
+use cria_core::gguf::GgufFile;
+use cria_core::{Error, Result};
+use serde_json::Value as Json;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor` (HF "linear", GGUF rope.scaling.type = "linear").
+    Linear { factor: f32 },
+    /// LLaMA 3.1 frequency-dependent scaling (Meta's `apply_scaling`; HF rope_type "llama3").
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: f32 },
+    /// GGUF: per-pair divisors stored in the `rope_freqs` tensor (how llama.cpp's converter stores
+    /// llama3 scaling); filled in by the loader.
+    FreqFactors(Vec<f32>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// As the file names it ("llama", "mistral").
+    pub arch: String,
+    pub vocab_size: usize,
+    /// Residual stream width (HF hidden_size, GGUF embedding_length).
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    /// < n_heads means grouped-query attention.
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    pub norm_eps: f32,
+    pub rope_theta: f32,
+    /// Dimensions of each head that are rotated (all of them for LLaMA).
+    pub n_rot: usize,
+    pub rope_scaling: RopeScaling,
+    /// true: rotate (x[2i], x[2i+1]) pairs, the layout of GGUF files (llama.cpp's converter permutes
+    /// Q/K rows into it). false: rotate (x[i], x[i+d/2]), the layout of HF checkpoints. We keep each
+    /// file's own layout and rotate accordingly instead of permuting rows at load: zero copies, same
+    /// numbers (the GGUF-vs-HF logits test proves it).
+    pub rope_interleaved: bool,
+    /// Training context length.
+    pub max_seq_len: usize,
+    pub sliding_window: Option<usize>,
+    /// The output head reuses token_embd (LLaMA 3.2, SmolLM2). Set by the loader from the tensors.
+    pub tied_embeddings: bool,
+}
+
+fn gguf_usize(g: &GgufFile, key: &str) -> Result<usize> {
+    g.get_u64(key).map(|v| v as usize).ok_or_else(|| Error::msg(format!("GGUF metadata {key} is missing or not an integer")))
+}
+
+fn json_usize(c: &Json, key: &str) -> Option<usize> {
+    c.get(key).and_then(Json::as_u64).map(|v| v as usize)
+}
+fn json_f32(c: &Json, key: &str) -> Option<f32> {
+    c.get(key).and_then(Json::as_f64).map(|v| v as f32)
+}
+
+/// Architectures that are the LLaMA graph under another name.
+const LLAMA_LIKE_GGUF: &[&str] = &["llama", "mistral"];
+const LLAMA_LIKE_HF: &[&str] = &["llama", "mistral"];
+
+impl Config {
+    pub fn from_gguf(g: &GgufFile) -> Result<Config> {
+        let arch = g.architecture().ok_or_else(|| Error::msg("GGUF has no general.architecture"))?.to_string();
+        if !LLAMA_LIKE_GGUF.contains(&arch.as_str()) {
+            return Err(Error::Unsupported(format!("architecture '{arch}' (cria runs the LLaMA family: {})", LLAMA_LIKE_GGUF.join(", "))));
+        }
+        let k = |s: &str| format!("{arch}.{s}");
+        let dim = gguf_usize(g, &k("embedding_length"))?;
+        let n_heads = gguf_usize(g, &k("attention.head_count"))?;
+        let n_kv_heads = g.get_u64(&k("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_heads);
+        let head_dim = g.get_u64(&k("attention.key_length")).map(|v| v as usize).unwrap_or(if n_heads > 0 { dim / n_heads } else { 0 });
+        let vocab_size = match g.get_u64(&k("vocab_size")) {
+            Some(v) => v as usize,
+            None => g.get_array("tokenizer.ggml.tokens").map(|a| a.len()).or_else(|| g.tensor("token_embd.weight").map(|t| t.rows())).unwrap_or(0),
+        };
+        let rope_scaling = match g.get_str(&k("rope.scaling.type")) {
+            None | Some("none") => RopeScaling::None,
+            Some("linear") => {
+                let factor = g.get_f64(&k("rope.scaling.factor")).unwrap_or(1.0) as f32;
+                if factor == 1.0 { RopeScaling::None } else { RopeScaling::Linear { factor } }
+            }
+            Some(other) => return Err(Error::Unsupported(format!("RoPE scaling type '{other}'"))),
+        };
+        let c = Config {
+            vocab_size,
+            dim,
+            n_layers: gguf_usize(g, &k("block_count"))?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_dim: gguf_usize(g, &k("feed_forward_length"))?,
+            norm_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
+            rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10000.0) as f32,
+            n_rot: g.get_u64(&k("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim),
+            rope_scaling,
+            rope_interleaved: true,
+            max_seq_len: g.get_u64(&k("context_length")).map(|v| v as usize).unwrap_or(2048),
+            sliding_window: g.get_u64(&k("attention.sliding_window")).map(|v| v as usize).filter(|&w| w > 0),
+            tied_embeddings: g.tensor("output.weight").is_none(),
+            arch,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn from_hf_json(text: &str) -> Result<Config> {
+        let c: Json = serde_json::from_str(text).map_err(|e| Error::msg(format!("config.json: {e}")))?;
+        let model_type = c.get("model_type").and_then(Json::as_str).unwrap_or("").to_string();
+        if !LLAMA_LIKE_HF.contains(&model_type.as_str()) {
+            let archs = c.get("architectures").map(|a| a.to_string()).unwrap_or_default();
+            return Err(Error::Unsupported(format!("model_type '{model_type}' {archs} (cria runs the LLaMA family: {})", LLAMA_LIKE_HF.join(", "))));
+        }
+        let need = |key: &str| json_usize(&c, key).ok_or_else(|| Error::msg(format!("config.json: {key} missing or not an integer")));
+        let dim = need("hidden_size")?;
+        let n_heads = need("num_attention_heads")?;
+        let n_kv_heads = json_usize(&c, "num_key_value_heads").unwrap_or(n_heads);
+        let head_dim = json_usize(&c, "head_dim").unwrap_or(if n_heads > 0 { dim / n_heads } else { 0 });
+        let rope_scaling = match c.get("rope_scaling").filter(|v| !v.is_null()) {
+            None => RopeScaling::None,
+            Some(rs) => {
+                let ty = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Json::as_str).unwrap_or("default");
+                let f = |key: &str| json_f32(rs, key).ok_or_else(|| Error::msg(format!("config.json: rope_scaling.{key} missing")));
+                match ty {
+                    "default" => RopeScaling::None,
+                    "linear" => RopeScaling::Linear { factor: f("factor")? },
+                    "llama3" => RopeScaling::Llama3 {
+                        factor: f("factor")?,
+                        low_freq_factor: f("low_freq_factor")?,
+                        high_freq_factor: f("high_freq_factor")?,
+                        original_max_position_embeddings: f("original_max_position_embeddings")?,
+                    },
+                    other => return Err(Error::Unsupported(format!("rope_scaling type '{other}'"))),
+                }
+            }
+        };
+        let partial = json_f32(&c, "partial_rotary_factor").unwrap_or(1.0);
+        let cfg = Config {
+            arch: model_type,
+            vocab_size: need("vocab_size")?,
+            dim,
+            n_layers: need("num_hidden_layers")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_dim: need("intermediate_size")?,
+            norm_eps: json_f32(&c, "rms_norm_eps").unwrap_or(1e-6),
+            rope_theta: json_f32(&c, "rope_theta").unwrap_or(10000.0),
+            n_rot: (head_dim as f32 * partial) as usize,
+            rope_scaling,
+            rope_interleaved: false,
+            max_seq_len: json_usize(&c, "max_position_embeddings").unwrap_or(2048),
+            sliding_window: json_usize(&c, "sliding_window").filter(|&w| w > 0),
+            tied_embeddings: c.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Rejects shapes that would make the forward index out of bounds.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::msg(format!("invalid model config: {m}")));
+        if self.dim == 0 || self.n_layers == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.head_dim == 0 || self.ffn_dim == 0 || self.vocab_size == 0 {
+            return bad(format!("zero-sized dimension in {self:?}"));
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return bad(format!("{} heads not a multiple of {} KV heads", self.n_heads, self.n_kv_heads));
+        }
+        if self.n_rot > self.head_dim || self.n_rot % 2 != 0 {
+            return bad(format!("rotary dims {} vs head_dim {}", self.n_rot, self.head_dim));
+        }
+        if self.dim > 1 << 20 || self.ffn_dim > 1 << 22 || self.n_layers > 4096 || self.n_heads > 4096 || self.head_dim > 4096 || self.vocab_size > 1 << 24 {
+            return bad(format!("implausible sizes {self:?}"));
+        }
+        Ok(())
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Angular frequency per rotated pair, with scaling applied. Computed in f64 and rounded once.
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let d = self.n_rot as f64;
+        let base: Vec<f64> = (0..self.n_rot / 2).map(|i| (self.rope_theta as f64).powf(-((2 * i) as f64) / d)).collect();
+        match &self.rope_scaling {
+            RopeScaling::None => base.iter().map(|&f| f as f32).collect(),
+            RopeScaling::Linear { factor } => base.iter().map(|&f| (f / *factor as f64) as f32).collect(),
+            RopeScaling::FreqFactors(ff) => base.iter().zip(ff).map(|(&f, &s)| (f / s as f64) as f32).collect(),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                // Meta's llama3 `apply_scaling` (as in HF `_compute_llama3_parameters`): long
+                // wavelengths are divided by `factor`, short ones kept, the band between blended.
+                let (factor, lo, hi, old) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64, *original_max_position_embeddings as f64);
+                let low_wavelen = old / lo;
+                let high_wavelen = old / hi;
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        let r = if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (old / wavelen - lo) / (hi - lo);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        };
+                        r as f32
+                    })
+                    .collect()
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The LLaMA forward pass: one function over preallocated buffers and a preallocated KV cache.
+
+use crate::model::Model;
+use cria_core::{Error, Result};
+use cria_kernels::{AttnShape, Backend};
+
+/// K and V for every layer and position, allocated once for `max_seq` positions.
+pub struct KvCache {
+    pub k: Vec<Vec<f32>>, // per layer (max_seq, kv_dim)
+    pub v: Vec<Vec<f32>>, // per layer (max_seq, kv_dim)
+    pub max_seq: usize,
+}
+
+impl KvCache {
+    pub fn new(m: &Model, max_seq: usize) -> Self {
+        let n = max_seq * m.config.kv_dim();
+        let nl = m.config.n_layers;
+        KvCache { k: (0..nl).map(|_| vec![0.0; n]).collect(), v: (0..nl).map(|_| vec![0.0; n]).collect(), max_seq }
+    }
+}
+
+/// Which logits a forward call produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only for the last token: `logits()` is (vocab).
+    Last,
+    /// For every token of the call: `logits()` is (t, vocab).
+    All,
+}
+
+/// Activations for up to `max_t` tokens per call. Sized once; the forward never allocates.
+pub struct Scratch {
+    pub max_t: usize,
+    pub x: Vec<f32>,      // (T, dim) residual stream
+    pub xb: Vec<f32>,     // (T, dim) normed input / block output
+    pub q: Vec<f32>,      // (T, q_dim)
+    pub att: Vec<f32>,    // (T, q_dim) attention output
+    pub hb: Vec<f32>,     // (T, ffn_dim) gate
+    pub hb2: Vec<f32>,    // (T, ffn_dim) up
+    pub logits: Vec<f32>, // (T or 1, vocab)
+    n_logits: usize,
+}
+
+impl Scratch {
+    pub fn new(m: &Model, max_t: usize, mode: Logits) -> Self {
+        let c = &m.config;
+        let max_t = max_t.max(1);
+        let lt = if mode == Logits::All { max_t } else { 1 };
+        Scratch {
+            max_t,
+            x: vec![0.0; max_t * c.dim],
+            xb: vec![0.0; max_t * c.dim],
+            q: vec![0.0; max_t * c.q_dim()],
+            att: vec![0.0; max_t * c.q_dim()],
+            hb: vec![0.0; max_t * c.ffn_dim],
+            hb2: vec![0.0; max_t * c.ffn_dim],
+            logits: vec![0.0; lt * c.vocab_size],
+            n_logits: 0,
+        }
+    }
+    /// The logits of the last call: (vocab) or (t, vocab).
+    pub fn logits(&self) -> &[f32] {
+        &self.logits[..self.n_logits]
+    }
+}
+
+fn add_bias(x: &mut [f32], bias: &Option<Vec<f32>>) {
+    if let Some(b) = bias {
+        for row in x.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+        }
+    }
+}
+
+/// Runs `tokens` at positions `pos..pos + tokens.len()`, appending their K/V to `kv`, and leaves
+/// logits in `s.logits()`. Allocates nothing.
+pub fn forward(m: &Model, b: &dyn Backend, tokens: &[u32], pos: usize, kv: &mut KvCache, s: &mut Scratch, mode: Logits) -> Result<()> {
+    let c = &m.config;
+    let w = &m.weights;
+    let t = tokens.len();
+    if t == 0 || t > s.max_t {
+        return Err(Error::msg(format!("forward: {t} tokens in one call (1..={} allowed)", s.max_t)));
+    }
+    if pos + t > kv.max_seq {
+        return Err(Error::msg(format!("context full: {} positions needed, the context holds {}", pos + t, kv.max_seq)));
+    }
+    if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+        return Err(Error::msg(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
+    }
+    let (dim, qd, kvd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
+    let (x, xb, q, att) = (&mut s.x[..t * dim], &mut s.xb[..t * dim], &mut s.q[..t * qd], &mut s.att[..t * qd]);
+    let (hb, hb2) = (&mut s.hb[..t * ffn], &mut s.hb2[..t * ffn]);
+    let shape = AttnShape {
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+        t,
+        pos0: pos,
+        window: c.sliding_window,
+        scale: 1.0 / (c.head_dim as f32).sqrt(),
+    };
+
+    b.embed(x, &w.token_embd, tokens);
+    for (l, lw) in w.layers.iter().enumerate() {
+        // h = x + W_o attn(rope(W_q n), rope(W_k n), W_v n), n = rmsnorm(x)
+        b.rmsnorm(xb, x, &lw.attn_norm, c.norm_eps);
+        let k = &mut kv.k[l][pos * kvd..(pos + t) * kvd]; // this call's rows of the cache
+        let v = &mut kv.v[l][pos * kvd..(pos + t) * kvd];
+        b.matmul(q, xb, &lw.attn_q, t);
+        b.matmul(k, xb, &lw.attn_k, t);
+        b.matmul(v, xb, &lw.attn_v, t);
+        add_bias(q, &lw.attn_q_bias);
+        add_bias(k, &lw.attn_k_bias);
+        add_bias(v, &lw.attn_v_bias);
+        b.rope(q, t, c.n_heads, c.head_dim, pos, &m.rope);
+        b.rope(k, t, c.n_kv_heads, c.head_dim, pos, &m.rope);
+        b.attention(att, q, &kv.k[l][..(pos + t) * kvd], &kv.v[l][..(pos + t) * kvd], &shape);
+        b.matmul(xb, att, &lw.attn_output, t);
+        add_bias(xb, &lw.attn_output_bias);
+        b.add_assign(x, xb);
+        // out = h + W_down(silu(W_gate n) * W_up n), n = rmsnorm(h)
+        b.rmsnorm(xb, x, &lw.ffn_norm, c.norm_eps);
+        b.matmul(hb, xb, &lw.ffn_gate, t);
+        b.matmul(hb2, xb, &lw.ffn_up, t);
+        add_bias(hb, &lw.ffn_gate_bias);
+        add_bias(hb2, &lw.ffn_up_bias);
+        b.silu_mul(hb, hb2);
+        b.matmul(xb, hb, &lw.ffn_down, t);
+        add_bias(xb, &lw.ffn_down_bias);
+        b.add_assign(x, xb);
+    }
+    let rows = if mode == Logits::All { 0..t } else { t - 1..t };
+    let n = rows.len();
+    let (xs, xn) = (&x[rows.start * dim..rows.end * dim], &mut xb[..n * dim]);
+    b.rmsnorm(xn, xs, &w.output_norm, c.norm_eps);
+    s.n_logits = n * c.vocab_size;
+    b.matmul(&mut s.logits[..s.n_logits], xn, &w.output, n);
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Weights and loading. Weight fields carry the GGUF tensor names; a Hugging Face folder is read
+//! through the one name table in names.rs. Quantized weights stay quantized (and mapped): the
+//! backend's matmul runs them in their own type. `f32: true` dequantizes every matrix once, at
+//! load, for the exact reference path.
+
+use crate::config::{Config, RopeScaling};
+use crate::names::{self, layer_name};
+use cria_core::gguf::GgufFile;
+use cria_core::{DType, Error, Result, Tensor};
+use cria_kernels::{Backend, Rope};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub struct Layer {
+    pub attn_norm: Vec<f32>,   // (dim)
+    pub attn_q: Tensor,        // rows q_dim, cols dim
+    pub attn_k: Tensor,        // rows kv_dim, cols dim
+    pub attn_v: Tensor,        // rows kv_dim, cols dim
+    pub attn_output: Tensor,   // rows dim, cols q_dim
+    pub attn_q_bias: Option<Vec<f32>>, // (q_dim)
+    pub attn_k_bias: Option<Vec<f32>>, // (kv_dim)
+    pub attn_v_bias: Option<Vec<f32>>, // (kv_dim)
+    pub attn_output_bias: Option<Vec<f32>>, // (dim)
+    pub ffn_norm: Vec<f32>,    // (dim)
+    pub ffn_gate: Tensor,      // rows ffn_dim, cols dim
+    pub ffn_up: Tensor,        // rows ffn_dim, cols dim
+    pub ffn_down: Tensor,      // rows dim, cols ffn_dim
+    pub ffn_gate_bias: Option<Vec<f32>>, // (ffn_dim)
+    pub ffn_up_bias: Option<Vec<f32>>,   // (ffn_dim)
+    pub ffn_down_bias: Option<Vec<f32>>, // (dim)
+}
+
+pub struct Weights {
+    pub token_embd: Tensor,    // rows vocab, cols dim
+    pub output_norm: Vec<f32>, // (dim)
+    /// rows vocab, cols dim; the same tensor as token_embd when embeddings are tied.
+    pub output: Tensor,
+    pub layers: Vec<Layer>,
+}
+
+/// Where the model came from (kept for `inspect`, tokenizer and template loading).
+pub enum Source {
+    Gguf(GgufFile),
+    HfFolder { dir: PathBuf, config_json: String },
+}
+
+pub struct Model {
+    pub config: Config,
+    pub weights: Weights,
+    pub rope: Rope,
+    pub source: Source,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Dequantize every weight to f32 at load (the exact path, for verification).
+    pub f32: bool,
+}
+
+/// Builds weights from a name -> tensor lookup (GGUF names), checking every shape.
+struct Builder<'a> {
+    get: &'a dyn Fn(&str) -> Option<Tensor>,
+    cfg: &'a Config,
+    opts: LoadOptions,
+    backend: &'a dyn Backend,
+}
+
+impl Builder<'_> {
+    fn tensor(&self, name: &str, ne: [usize; 2]) -> Result<Tensor> {
+        let t = (self.get)(name).ok_or_else(|| Error::msg(format!("tensor {name} is missing from the model file")))?;
+        self.check(t, ne)
+    }
+    fn check(&self, t: Tensor, ne: [usize; 2]) -> Result<Tensor> {
+        let shape: Vec<usize> = t.ne.iter().copied().collect();
+        let trimmed: Vec<usize> = if shape.len() > 2 && shape[2..].iter().all(|&d| d == 1) { shape[..2].to_vec() } else { shape.clone() };
+        if trimmed != ne {
+            return Err(Error::msg(format!("tensor {}: shape {:?}, expected {:?} (GGML order)", t.name, shape, ne)));
+        }
+        let t = if self.opts.f32 && t.dtype != DType::F32 {
+            let v = t.to_f32_vec()?;
+            Tensor::from_f32(t.name.clone(), vec![ne[0], ne[1]], &v)?
+        } else {
+            t
+        };
+        if !self.backend.supports(t.dtype) {
+            return Err(Error::Unsupported(format!("tensor {} has type {}, which the {} backend does not run yet", t.name, t.dtype, self.backend.name())));
+        }
+        Ok(t)
+    }
+    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+        let t = (self.get)(name).ok_or_else(|| Error::msg(format!("tensor {name} is missing from the model file")))?;
+        self.vec_of(t, n)
+    }
+    fn opt_vector(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
+        (self.get)(name).map(|t| self.vec_of(t, n)).transpose()
+    }
+    fn vec_of(&self, t: Tensor, n: usize) -> Result<Vec<f32>> {
+        if t.n_elements() != n {
+            return Err(Error::msg(format!("tensor {}: {} elements, expected {n}", t.name, t.n_elements())));
+        }
+        t.to_f32_vec()
+    }
+
+    fn build(&self) -> Result<Weights> {
+        let c = self.cfg;
+        let (dim, q, kv, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let token_embd = self.tensor("token_embd.weight", [dim, c.vocab_size])?;
+        let output = match (self.get)("output.weight") {
+            Some(t) if !c.tied_embeddings => self.check(t, [dim, c.vocab_size])?,
+            _ => token_embd.clone(),
+        };
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let n = |p: &str| layer_name(p, i);
+            layers.push(Layer {
+                attn_norm: self.vector(&n("blk.{}.attn_norm.weight"), dim)?,
+                attn_q: self.tensor(&n("blk.{}.attn_q.weight"), [dim, q])?,
+                attn_k: self.tensor(&n("blk.{}.attn_k.weight"), [dim, kv])?,
+                attn_v: self.tensor(&n("blk.{}.attn_v.weight"), [dim, kv])?,
+                attn_output: self.tensor(&n("blk.{}.attn_output.weight"), [q, dim])?,
+                attn_q_bias: self.opt_vector(&n("blk.{}.attn_q.bias"), q)?,
+                attn_k_bias: self.opt_vector(&n("blk.{}.attn_k.bias"), kv)?,
+                attn_v_bias: self.opt_vector(&n("blk.{}.attn_v.bias"), kv)?,
+                attn_output_bias: self.opt_vector(&n("blk.{}.attn_output.bias"), dim)?,
+                ffn_norm: self.vector(&n("blk.{}.ffn_norm.weight"), dim)?,
+                ffn_gate: self.tensor(&n("blk.{}.ffn_gate.weight"), [dim, ffn])?,
+                ffn_up: self.tensor(&n("blk.{}.ffn_up.weight"), [dim, ffn])?,
+                ffn_down: self.tensor(&n("blk.{}.ffn_down.weight"), [ffn, dim])?,
+                ffn_gate_bias: self.opt_vector(&n("blk.{}.ffn_gate.bias"), ffn)?,
+                ffn_up_bias: self.opt_vector(&n("blk.{}.ffn_up.bias"), ffn)?,
+                ffn_down_bias: self.opt_vector(&n("blk.{}.ffn_down.bias"), dim)?,
+            });
+        }
+        Ok(Weights { token_embd, output_norm: self.vector("output_norm.weight", dim)?, output, layers })
+    }
+}
+
+fn make_rope(c: &Config) -> Rope {
+    Rope { inv_freq: c.rope_inv_freq(), attn_factor: 1.0, interleaved: c.rope_interleaved }
+}
+
+impl Model {
+    /// Loads a `.gguf` file (or split set), or a Hugging Face folder (config.json + safetensors).
+    pub fn load(path: &Path, opts: LoadOptions, backend: &dyn Backend) -> Result<Model> {
+        if path.is_dir() {
+            Self::load_hf_folder(path, opts, backend)
+        } else {
+            Self::load_gguf(GgufFile::open(path)?, opts, backend)
+        }
+    }
+
+    pub fn load_gguf(g: GgufFile, opts: LoadOptions, backend: &dyn Backend) -> Result<Model> {
+        let mut config = Config::from_gguf(&g)?;
+        if let Some(f) = g.tensor("rope_freqs.weight") {
+            let ff = f.to_f32_vec()?;
+            if ff.len() != config.n_rot / 2 {
+                return Err(Error::msg(format!("rope_freqs has {} values, expected {}", ff.len(), config.n_rot / 2)));
+            }
+            if config.rope_scaling != RopeScaling::None {
+                return Err(Error::Unsupported("rope_freqs together with another RoPE scaling".into()));
+            }
+            config.rope_scaling = RopeScaling::FreqFactors(ff);
+        }
+        let get = |name: &str| g.tensor(name).cloned();
+        let weights = Builder { get: &get, cfg: &config, opts, backend }.build()?;
+        Ok(Model { rope: make_rope(&config), config, weights, source: Source::Gguf(g) })
+    }
+
+    pub fn load_hf_folder(dir: &Path, opts: LoadOptions, backend: &dyn Backend) -> Result<Model> {
+        let cfg_path = dir.join("config.json");
+        let config_json = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io { path: cfg_path.clone(), source })?;
+        let mut config = Config::from_hf_json(&config_json)?;
+        let st = cria_core::safetensors::SafetensorsModel::open_folder(dir)?;
+        let mut by_gguf: HashMap<String, Tensor> = HashMap::new();
+        for t in &st.tensors {
+            if let Some(g) = names::hf_to_gguf(&t.name) {
+                let mut t = t.clone();
+                t.name = g.clone();
+                by_gguf.insert(g, t);
+            }
+        }
+        if !by_gguf.contains_key("output.weight") {
+            config.tied_embeddings = true;
+        }
+        let get = |name: &str| by_gguf.get(name).cloned();
+        let weights = Builder { get: &get, cfg: &config, opts, backend }.build()?;
+        Ok(Model { rope: make_rope(&config), config, weights, source: Source::HfFolder { dir: dir.to_path_buf(), config_json } })
+    }
+
+    /// Bytes of weights one token's forward reads (for GB/s figures).
+    pub fn weight_bytes(&self) -> usize {
+        let w = &self.weights;
+        let mut n = w.output.bytes().len();
+        for l in &w.layers {
+            for t in [&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down] {
+                n += t.bytes().len();
+            }
+        }
+        n
+    }
+}

@@ -1,0 +1,154 @@
+//! A loaded model with its tokenizer and backend, and the generation loop the CLI commands share.
+
+use crate::fetch;
+use anyhow::{bail, Context, Result};
+use cria_kernels::CpuBackend;
+use cria_model::{forward, KvCache, LoadOptions, Logits, Model, Scratch, Source};
+use cria_tokenizer::Tokenizer;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+pub struct Loaded {
+    pub model: Model,
+    pub tok: Tokenizer,
+    pub backend: CpuBackend,
+    pub load_time: Duration,
+}
+
+/// Physical cores: hyper-threads share a core's load/store units, and decode is memory-bound.
+pub fn default_threads() -> usize {
+    num_cpus::get_physical().max(1)
+}
+
+pub fn load(spec: Option<&str>, f32: bool, threads: Option<usize>) -> Result<Loaded> {
+    let t0 = Instant::now();
+    let resolved = fetch::resolve(spec)?;
+    let backend = CpuBackend::new(threads.unwrap_or_else(default_threads));
+    let path = &resolved.path;
+    let model = Model::load(path, LoadOptions { f32 }, &backend).with_context(|| format!("loading {}", path.display()))?;
+    let tok = match &model.source {
+        Source::Gguf(g) => Tokenizer::from_gguf(g).context("reading the tokenizer from the GGUF metadata")?,
+        Source::HfFolder { dir, .. } => {
+            let cfg = dir.join("tokenizer_config.json");
+            Tokenizer::from_hf(&dir.join("tokenizer.json"), cfg.exists().then_some(cfg.as_path())).context("reading tokenizer.json")?
+        }
+    };
+    if tok.vocab_size() > model.config.vocab_size {
+        bail!("the tokenizer has {} tokens but the model only {} embeddings", tok.vocab_size(), model.config.vocab_size);
+    }
+    Ok(Loaded { model, tok, backend, load_time: t0.elapsed() })
+}
+
+impl Loaded {
+    /// Tokenizes a prompt as llama.cpp does for plain text: BOS if the model wants one.
+    pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        self.tok.encode(text, add_special, parse_special)
+    }
+
+    /// Logits for `tokens` from position 0: (n, vocab) with `all`, else (vocab) of the last token.
+    pub fn logits(&self, tokens: &[u32], all: bool, batch: usize) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            bail!("no tokens to evaluate");
+        }
+        let c = &self.model.config;
+        let mode = if all { Logits::All } else { Logits::Last };
+        let mut kv = KvCache::new(&self.model, tokens.len());
+        let mut s = Scratch::new(&self.model, batch.min(tokens.len()), mode);
+        let mut out = Vec::with_capacity(if all { tokens.len() * c.vocab_size } else { c.vocab_size });
+        let mut pos = 0;
+        for chunk in tokens.chunks(s.max_t) {
+            forward(&self.model, &self.backend, chunk, pos, &mut kv, &mut s, mode)?;
+            if all || pos + chunk.len() == tokens.len() {
+                out.extend_from_slice(s.logits());
+            }
+            pos += chunk.len();
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Eog,
+    MaxTokens,
+    ContextFull,
+}
+
+pub struct GenStats {
+    pub stop: StopReason,
+    pub prompt_tokens: usize,
+    pub prompt_time: Duration,
+    pub gen_tokens: usize,
+    pub gen_time: Duration,
+}
+
+pub struct GenOptions {
+    pub max_tokens: usize,
+    pub ctx_size: usize,
+    pub ignore_eos: bool,
+    pub batch: usize,
+}
+
+/// Prefills `prompt`, then samples until EOG, `max_tokens` or the context is full; each decoded
+/// piece of text goes to `out` as soon as it is complete UTF-8.
+pub fn generate(l: &Loaded, prompt: &[u32], sampler: &mut cria_engine::sampler::Sampler, o: &GenOptions, out: &mut dyn Write) -> Result<GenStats> {
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    if prompt.len() >= o.ctx_size {
+        bail!("the prompt is {} tokens but the context holds {} (raise --ctx-size; cria never truncates a prompt)", prompt.len(), o.ctx_size);
+    }
+    let m = &l.model;
+    let mut kv = KvCache::new(m, o.ctx_size);
+    let mut s = Scratch::new(m, o.batch.min(prompt.len()).max(1), Logits::Last);
+    for &t in prompt {
+        sampler.accept(t);
+    }
+    let t0 = Instant::now();
+    let mut pos = 0;
+    for chunk in prompt.chunks(s.max_t) {
+        forward(m, &l.backend, chunk, pos, &mut kv, &mut s, Logits::Last)?;
+        pos += chunk.len();
+    }
+    let prompt_time = t0.elapsed();
+    let t1 = Instant::now();
+    let mut dec = cria_tokenizer::StreamDecoder::new(&l.tok);
+    let mut n = 0;
+    let mut stop = StopReason::MaxTokens;
+    while n < o.max_tokens {
+        let next = sampler.sample(s.logits());
+        sampler.accept(next);
+        n += 1;
+        if !o.ignore_eos && l.tok.is_eog(next) {
+            stop = StopReason::Eog;
+            break;
+        }
+        out.write_all(dec.push(next).as_bytes())?;
+        out.flush()?;
+        if n == o.max_tokens {
+            break;
+        }
+        if pos >= o.ctx_size {
+            stop = StopReason::ContextFull;
+            break;
+        }
+        forward(m, &l.backend, &[next], pos, &mut kv, &mut s, Logits::Last)?;
+        pos += 1;
+    }
+    out.write_all(dec.flush().as_bytes())?;
+    out.flush()?;
+    Ok(GenStats { prompt_tokens: prompt.len(), prompt_time, gen_tokens: n, gen_time: t1.elapsed(), stop })
+}
+
+/// The tokenizer of a model without loading its weights (GGUF metadata is read through the mmap).
+pub fn load_tokenizer_only(spec: Option<&str>) -> Result<Tokenizer> {
+    let resolved = fetch::resolve(spec)?;
+    let p = &resolved.path;
+    if p.is_dir() {
+        let cfg = p.join("tokenizer_config.json");
+        Ok(Tokenizer::from_hf(&p.join("tokenizer.json"), cfg.exists().then_some(cfg.as_path()))?)
+    } else {
+        let g = cria_core::gguf::GgufFile::open(p)?;
+        Ok(Tokenizer::from_gguf(&g)?)
+    }
+}
