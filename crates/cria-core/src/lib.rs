@@ -5,6 +5,7 @@
 pub mod dtype;
 pub mod error;
 pub mod gguf;
+pub mod npy;
 pub mod quant;
 pub mod safetensors;
 pub mod tensor;
