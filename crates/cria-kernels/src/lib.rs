@@ -6,11 +6,16 @@
 //! GGML order (`ne[0]` = in_features = cols, rows = out_features), in whatever dtype the file has.
 
 pub mod cpu;
+pub mod dot;
+pub mod isa;
+mod ops;
+pub mod pool;
 pub mod reference;
 
 use cria_core::{DType, Tensor};
 
 pub use cpu::CpuBackend;
+pub use isa::Isa;
 
 /// Rotary embedding parameters, precomputed once per model.
 #[derive(Clone, Debug)]

@@ -1,0 +1,677 @@
+//! AVX2 + FMA + F16C kernels (x86-64 only). Reached only through `super::table(Isa::Avx2)`, which
+//! exists only after `Isa::Avx2.available()` said yes: that is the invariant that makes calling
+//! these `#[target_feature]` functions sound.
+//!
+//! Every `vec_dot` takes R = 1..=MAX_COLS activation rows at once (`a + r*stride`), so that one
+//! decoded weight block is reused from registers for several tokens during prefill. Each column
+//! runs exactly the same instruction sequence whatever R is, so a token's result does not depend
+//! on how tokens were grouped (tests check this bitwise).
+//!
+//! Integer products follow ggml's x86 recipes: `maddubs` (u8 x i8 -> i16 pairs) needs one
+//! unsigned operand, so signed weights go through the sign trick (|x| and sign(y, x)); no pair can
+//! saturate because quantized activations stay in [-127, 127] (see scalar::quantize_*).
+
+#![allow(clippy::missing_safety_doc)]
+
+use super::layout::*;
+use std::arch::x86_64::*;
+
+macro_rules! avx2_fn {
+    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident $($rest:tt)*) => {
+        $(#[$m])*
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        $vis unsafe fn $name $($rest)*
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+avx2_fn! {
+/// One little-endian f16 at `p` to f32 (F16C).
+unsafe fn h2f(p: *const u8) -> f32 {
+    let bits = std::ptr::read_unaligned(p as *const u16);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+}
+
+avx2_fn! {
+unsafe fn f32_at(p: *const u8) -> f32 {
+    std::ptr::read_unaligned(p as *const f32)
+}
+}
+
+avx2_fn! {
+unsafe fn loadu(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+}
+
+avx2_fn! {
+/// Sum of 8 lanes, in a fixed order.
+unsafe fn hsum_ps(x: __m256) -> f32 {
+    let mut r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    _mm_cvtss_f32(r)
+}
+}
+
+avx2_fn! {
+unsafe fn hsum_ps128(x: __m128) -> f32 {
+    let r = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)))
+}
+}
+
+avx2_fn! {
+/// 16 bytes of nibbles -> 32 bytes in [0, 15]: low nibbles in lanes 0..16, high in 16..32
+/// (the Q4/Q5/IQ4_NL element order).
+unsafe fn nibbles32(p: *const u8) -> __m256i {
+    let t = _mm_loadu_si128(p as *const __m128i);
+    let b = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    _mm256_and_si256(b, _mm256_set1_epi8(0xF))
+}
+}
+
+avx2_fn! {
+/// 32 bits at `p` -> 32 bytes, 0xFF where the bit is set.
+unsafe fn bits32(p: *const u8) -> __m256i {
+    let x = std::ptr::read_unaligned(p as *const u32) as i32;
+    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x), shuf);
+    // Byte i of each 8 now holds the source byte; OR in every bit except bit i, compare to -1.
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+}
+}
+
+avx2_fn! {
+/// u8 x i8 -> sums of 4 adjacent products as i32.
+unsafe fn dot_us8(ux: __m256i, sy: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(ux, sy), _mm256_set1_epi16(1))
+}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation converters.
+
+avx2_fn! {
+/// Quantizes 32 floats as llama.cpp's AVX2 quantize_row_q8_{0,1}; returns (d, sum of quants)
+/// and stores the 32 quants at `qs`.
+unsafe fn q8_block(x: *const f32, qs: *mut u8) -> (f32, i32) {
+    let v = [_mm256_loadu_ps(x), _mm256_loadu_ps(x.add(8)), _mm256_loadu_ps(x.add(16)), _mm256_loadu_ps(x.add(24))];
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_andnot_ps(sign, v[0]);
+    for vi in &v[1..] {
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vi));
+    }
+    let mut m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    let amax = _mm_cvtss_f32(m4);
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+    let (i0, i1, i2, i3) = (round_q(v[0], id), round_q(v[1], id), round_q(v[2], id), round_q(v[3], id));
+    let s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+    let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    let s4 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b10_11_00_01)));
+    // i32 -> i16 -> i8 with saturation; packs work per 128-bit lane, the permute restores order.
+    let p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(qs as *mut __m256i, p);
+    (d, sum)
+}
+}
+
+avx2_fn! {
+/// round_ties_even(v * id) as i32 (vroundps with imm 0 = nearest even, then vcvtps2dq).
+unsafe fn round_q(v: __m256, id: __m256) -> __m256i {
+    _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+}
+}
+
+avx2_fn! {
+unsafe fn f32_to_f16_bits(v: f32) -> [u8; 2] {
+    (_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT), 0) as u16).to_le_bytes()
+}
+}
+
+avx2_fn! {
+unsafe fn quantize_q8_0_impl(x: &[f32], y: &mut [u8]) {
+    for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(Q8_0_BYTES)) {
+        let (d, _) = q8_block(xb.as_ptr(), yb.as_mut_ptr().add(2));
+        yb[0..2].copy_from_slice(&f32_to_f16_bits(d));
+    }
+}
+}
+
+avx2_fn! {
+unsafe fn quantize_q8_1_impl(x: &[f32], y: &mut [u8]) {
+    for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(Q8_1_BYTES)) {
+        let (d, sum) = q8_block(xb.as_ptr(), yb.as_mut_ptr().add(4));
+        yb[0..2].copy_from_slice(&f32_to_f16_bits(d));
+        yb[2..4].copy_from_slice(&f32_to_f16_bits(d * sum as f32));
+    }
+}
+}
+
+avx2_fn! {
+unsafe fn to_f16_impl(x: &[f32], y: &mut [u8]) {
+    let n8 = x.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        let h = _mm256_cvtps_ph(_mm256_loadu_ps(x.as_ptr().add(i)), _MM_FROUND_TO_NEAREST_INT);
+        _mm_storeu_si128(y.as_mut_ptr().add(2 * i) as *mut __m128i, h);
+    }
+    for i in n8..x.len() {
+        y[2 * i..2 * i + 2].copy_from_slice(&f32_to_f16_bits(x[i]));
+    }
+}
+}
+
+pub fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
+    assert!(x.len() % QK == 0 && y.len() == x.len() / QK * Q8_0_BYTES, "quantize_q8_0: bad sizes");
+    // SAFETY: only reachable through the Avx2 table (AVX2/FMA/F16C present); sizes checked above.
+    unsafe { quantize_q8_0_impl(x, y) }
+}
+pub fn quantize_q8_1(x: &[f32], y: &mut [u8]) {
+    assert!(x.len() % QK == 0 && y.len() == x.len() / QK * Q8_1_BYTES, "quantize_q8_1: bad sizes");
+    // SAFETY: as above.
+    unsafe { quantize_q8_1_impl(x, y) }
+}
+pub fn to_f16(x: &[f32], y: &mut [u8]) {
+    assert_eq!(y.len(), x.len() * 2, "to_f16: bad sizes");
+    // SAFETY: as above.
+    unsafe { to_f16_impl(x, y) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 32-element blocks. Two accumulators per column (even and odd blocks) halve the FMA dependency
+// chain that otherwise limits the single-token case.
+
+// The 32-element block types, as const-generic kinds (a trait's methods could not carry
+// `#[target_feature]`, and these must inline into the kernel).
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q5_1: u8 = 3;
+const Q8_0: u8 = 4;
+const IQ4_NL: u8 = 5;
+
+const fn block32_bytes(k: u8) -> usize {
+    match k {
+        Q4_0 => Q4_0_BYTES,
+        Q4_1 => Q4_1_BYTES,
+        Q5_0 => Q5_0_BYTES,
+        Q5_1 => Q5_1_BYTES,
+        Q8_0 => Q8_0_BYTES,
+        _ => IQ4_NL_BYTES,
+    }
+}
+/// Whether kind `k` dots against Q8_1 (unsigned quants plus a min term) rather than Q8_0.
+const fn block32_q8_1(k: u8) -> bool {
+    matches!(k, Q4_1 | Q5_1)
+}
+
+avx2_fn! {
+/// One weight block: 32 quants (signed for Q8_0-paired kinds, unsigned for Q8_1-paired ones),
+/// the scale d and the min m (0 for symmetric kinds).
+unsafe fn load_block32<const K: u8>(x: *const u8) -> (__m256i, f32, f32) {
+    match K {
+        Q4_0 => (_mm256_sub_epi8(nibbles32(x.add(2)), _mm256_set1_epi8(8)), h2f(x), 0.0),
+        Q4_1 => (nibbles32(x.add(4)), h2f(x), h2f(x.add(2))),
+        Q5_0 => {
+            // (nibble | 16*bit) - 16 == nibble | (bit ? 0 : 0xF0) as i8.
+            let hi = _mm256_andnot_si256(bits32(x.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
+            (_mm256_or_si256(nibbles32(x.add(6)), hi), h2f(x), 0.0)
+        }
+        Q5_1 => {
+            let hi = _mm256_and_si256(bits32(x.add(4)), _mm256_set1_epi8(0x10));
+            (_mm256_or_si256(nibbles32(x.add(8)), hi), h2f(x), h2f(x.add(2)))
+        }
+        Q8_0 => (loadu(x.add(2)), h2f(x), 0.0),
+        _ => {
+            let t = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+            (_mm256_shuffle_epi8(_mm256_set_m128i(t, t), nibbles32(x.add(2))), h2f(x), 0.0)
+        }
+    }
+}
+}
+
+avx2_fn! {
+unsafe fn dot_block32<const K: u8, const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+    let q81 = block32_q8_1(K);
+    let ab = if q81 { Q8_1_BYTES } else { Q8_0_BYTES };
+    let qoff = if q81 { 4 } else { 2 };
+    let mut acc = [[_mm256_setzero_ps(); R]; 2];
+    let mut summs = [0f32; R];
+    for ib in 0..nb {
+        let (qx, dx, mx) = load_block32::<K>(w.add(ib * block32_bytes(K)));
+        // Signed weights: |x| as the unsigned operand, the sign moved onto y (per column).
+        let ux = if q81 { qx } else { _mm256_sign_epi8(qx, qx) };
+        let par = ib & 1;
+        for r in 0..R {
+            let y = a.add(r * stride + ib * ab);
+            let qy = loadu(y.add(qoff));
+            let sy = if q81 { qy } else { _mm256_sign_epi8(qy, qx) };
+            let p = _mm256_cvtepi32_ps(dot_us8(ux, sy));
+            acc[par][r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y)), p, acc[par][r]);
+            if q81 {
+                summs[r] += mx * h2f(y.add(2));
+            }
+        }
+    }
+    for r in 0..R {
+        *out.add(r) = hsum_ps(_mm256_add_ps(acc[0][r], acc[1][r])) + summs[r];
+    }
+}
+}
+
+// ---------------------------------------------------------------------------------------------
+// 256-element super-blocks against Q8_K (d f32 @0, qs @4, bsums @260).
+
+/// pshufb masks that spread one i16 of a 128-bit lane over the lane: mask j takes i16 #2j into
+/// the low lane and #2j+1 into the high lane (16 scales of a super-block, two 16-element groups
+/// per 256-bit vector of products).
+static SCALE_PAIR_SHUF: [[u8; 32]; 4] = {
+    let mut m = [[0u8; 32]; 4];
+    let mut j = 0;
+    while j < 4 {
+        let mut b = 0;
+        while b < 16 {
+            m[j][b] = (4 * j + (b & 1)) as u8;
+            m[j][16 + b] = (4 * j + 2 + (b & 1)) as u8;
+            b += 1;
+        }
+        j += 1;
+    }
+    m
+};
+
+avx2_fn! {
+/// From 16 i16 scales (one per 16-element group), the 8 vectors `v[p]` whose low lane holds
+/// scale 2p and high lane scale 2p+1: the multipliers for the products of elements 32p..32p+32.
+unsafe fn scale_pairs(sc: __m256i) -> [__m256i; 8] {
+    let lo = _mm256_permute2x128_si256(sc, sc, 0x00);
+    let hi = _mm256_permute2x128_si256(sc, sc, 0x11);
+    let mut v = [_mm256_setzero_si256(); 8];
+    for p in 0..8 {
+        let m = loadu(SCALE_PAIR_SHUF[p % 4].as_ptr());
+        v[p] = _mm256_shuffle_epi8(if p < 4 { lo } else { hi }, m);
+    }
+    v
+}
+}
+
+avx2_fn! {
+unsafe fn q8k_block(a: *const u8, stride: usize, r: usize, i: usize) -> *const u8 {
+    a.add(r * stride + i * Q8_K_BYTES)
+}
+}
+
+avx2_fn! {
+unsafe fn dot_q2_k<const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+    let m3 = _mm256_set1_epi8(3);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for i in 0..nb {
+        let x = w.add(i * Q2_K_BYTES);
+        let (dx, dminx) = (h2f(x.add(80)), h2f(x.add(82)));
+        let sc8 = _mm_loadu_si128(x as *const __m128i);
+        let scales = scale_pairs(_mm256_cvtepu8_epi16(_mm_and_si128(sc8, _mm_set1_epi8(0xF))));
+        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(0xF)));
+        let q2 = [loadu(x.add(16)), loadu(x.add(48))];
+        let mut sumi = [_mm256_setzero_si256(); R];
+        for k in 0..2 {
+            for j in 0..4 {
+                let qx = _mm256_and_si256(_mm256_srl_epi16(q2[k], _mm_cvtsi32_si128(2 * j as i32)), m3);
+                for r in 0..R {
+                    let qy = loadu(q8k_block(a, stride, r, i).add(4 + 128 * k + 32 * j));
+                    let p = _mm256_madd_epi16(scales[4 * k + j], _mm256_maddubs_epi16(qx, qy));
+                    sumi[r] = _mm256_add_epi32(sumi[r], p);
+                }
+            }
+        }
+        for r in 0..R {
+            let y = q8k_block(a, stride, r, i);
+            let dy = f32_at(y);
+            let mprod = _mm256_madd_epi16(mins, loadu(y.add(260)));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dy * dx), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(-dy * dminx), _mm256_cvtepi32_ps(mprod), acc[r]);
+        }
+    }
+    for r in 0..R {
+        *out.add(r) = hsum_ps(acc[r]);
+    }
+}
+}
+
+avx2_fn! {
+unsafe fn dot_q3_k<const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+    let m3 = _mm256_set1_epi8(3);
+    let four = _mm256_set1_epi8(4);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for i in 0..nb {
+        let x = w.add(i * Q3_K_BYTES);
+        let dx = h2f(x.add(108));
+        let sc = super::scalar::q3k_scales(std::slice::from_raw_parts(x.add(96), 12));
+        let scales = scale_pairs(_mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr() as *const __m128i)));
+        let hm = loadu(x);
+        let q3 = [loadu(x.add(32)), loadu(x.add(64))];
+        let mut sumi = [_mm256_setzero_si256(); R];
+        for k in 0..2 {
+            for j in 0..4 {
+                let ql = _mm256_and_si256(_mm256_srl_epi16(q3[k], _mm_cvtsi32_si128(2 * j as i32)), m3);
+                // 4 where the high bit is clear: value = low - 4 * !high.
+                let bit = _mm256_set1_epi8((1u8 << (4 * k + j)) as i8);
+                let qh = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256()), four);
+                for r in 0..R {
+                    let qy = loadu(q8k_block(a, stride, r, i).add(4 + 128 * k + 32 * j));
+                    let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(ql, qy), _mm256_maddubs_epi16(qh, qy));
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(scales[4 * k + j], p16));
+                }
+            }
+        }
+        for r in 0..R {
+            let dy = f32_at(q8k_block(a, stride, r, i));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+        }
+    }
+    for r in 0..R {
+        *out.add(r) = hsum_ps(acc[r]);
+    }
+}
+}
+
+avx2_fn! {
+/// Q4_K/Q5_K scales and mins as 16 i16 (scales in lanes 0..8, mins in 8..16), ggml's utmp dance.
+unsafe fn k4_scales_mins(p: *const u8) -> __m256i {
+    let u0 = std::ptr::read_unaligned(p as *const u32);
+    let u1 = std::ptr::read_unaligned(p.add(4) as *const u32);
+    let u2 = std::ptr::read_unaligned(p.add(8) as *const u32);
+    const KM1: u32 = 0x3f3f3f3f;
+    const KM2: u32 = 0x0f0f0f0f;
+    const KM3: u32 = 0x03030303;
+    let t3 = ((u2 >> 4) & KM2) | (((u1 >> 6) & KM3) << 4);
+    let t2 = u1 & KM1;
+    let t1 = (u2 & KM2) | (((u0 >> 6) & KM3) << 4);
+    let t0 = u0 & KM1;
+    _mm256_cvtepu8_epi16(_mm_set_epi32(t3 as i32, t2 as i32, t1 as i32, t0 as i32))
+}
+}
+
+avx2_fn! {
+/// Q4_K (HIGH = false) and Q5_K (HIGH = true).
+unsafe fn dot_q45_k<const HIGH: bool, const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+    let m4 = _mm256_set1_epi8(0xF);
+    let sixteen = _mm256_set1_epi8(16);
+    let (bytes, qs_off) = if HIGH { (Q5_K_BYTES, 48) } else { (Q4_K_BYTES, 16) };
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc_m = [_mm_setzero_ps(); R];
+    for i in 0..nb {
+        let x = w.add(i * bytes);
+        let (dx, dminx) = (h2f(x), h2f(x.add(2)));
+        let sm = k4_scales_mins(x.add(4));
+        let sc128 = _mm256_castsi256_si128(sm);
+        let mins = _mm256_extracti128_si256(sm, 1);
+        // Each 32-element sub-block has one scale: broadcast i16 #s over the whole vector.
+        let scb = _mm256_set_m128i(sc128, sc128);
+        let hbits = if HIGH { loadu(x.add(16)) } else { _mm256_setzero_si256() };
+        let mut sumi = [_mm256_setzero_si256(); R];
+        for j in 0..4 {
+            let q4 = loadu(x.add(qs_off + 32 * j));
+            let mut ql = _mm256_and_si256(q4, m4);
+            let mut qh = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+            if HIGH {
+                let bl = _mm256_set1_epi8((1u8 << (2 * j)) as i8);
+                let bh = _mm256_set1_epi8((1u8 << (2 * j + 1)) as i8);
+                ql = _mm256_or_si256(ql, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, bl), bl), sixteen));
+                qh = _mm256_or_si256(qh, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, bh), bh), sixteen));
+            }
+            let sl = _mm256_shuffle_epi8(scb, _mm256_set1_epi16((0x0100 + 0x0202 * (2 * j)) as i16));
+            let sh = _mm256_shuffle_epi8(scb, _mm256_set1_epi16((0x0100 + 0x0202 * (2 * j + 1)) as i16));
+            for r in 0..R {
+                let y = q8k_block(a, stride, r, i).add(4 + 64 * j);
+                let pl = _mm256_madd_epi16(sl, _mm256_maddubs_epi16(ql, loadu(y)));
+                let ph = _mm256_madd_epi16(sh, _mm256_maddubs_epi16(qh, loadu(y.add(32))));
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
+            }
+        }
+        for r in 0..R {
+            let y = q8k_block(a, stride, r, i);
+            let dy = f32_at(y);
+            let bs = loadu(y.add(260));
+            // Pairwise sums of bsums = per 32-element sub-block sums, times the mins.
+            let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            let prod = _mm_madd_epi16(mins, q8s);
+            acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(-dy * dminx), _mm_cvtepi32_ps(prod), acc_m[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dy * dx), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+        }
+    }
+    for r in 0..R {
+        *out.add(r) = hsum_ps(acc[r]) + hsum_ps128(acc_m[r]);
+    }
+}
+}
+
+avx2_fn! {
+unsafe fn dot_q6_k<const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for i in 0..nb {
+        let x = w.add(i * Q6_K_BYTES);
+        let dx = h2f(x.add(208));
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(192) as *const __m128i));
+        let scales = scale_pairs(sc16);
+        let mut sumi = [_mm256_setzero_si256(); R];
+        for k in 0..2 {
+            let l1 = loadu(x.add(64 * k));
+            let l2 = loadu(x.add(64 * k + 32));
+            let hb = loadu(x.add(128 + 32 * k));
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(3)), 4)),
+                _mm256_or_si256(_mm256_and_si256(l2, m4), _mm256_slli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(12)), 2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(hb, _mm256_set1_epi8(48))),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(l2, 4), m4),
+                    _mm256_srli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(0xC0u8 as i8)), 2),
+                ),
+            ];
+            for (quarter, qx) in q.iter().enumerate() {
+                for r in 0..R {
+                    let qy = loadu(q8k_block(a, stride, r, i).add(4 + 128 * k + 32 * quarter));
+                    let p = _mm256_madd_epi16(scales[4 * k + quarter], _mm256_maddubs_epi16(*qx, qy));
+                    sumi[r] = _mm256_add_epi32(sumi[r], p);
+                }
+            }
+        }
+        for r in 0..R {
+            let y = q8k_block(a, stride, r, i);
+            // The stored quants are value + 32: subtract 32 * sum_g scale_g * bsum_g.
+            let off = _mm256_slli_epi32(_mm256_madd_epi16(loadu(y.add(260)), sc16), 5);
+            let s = _mm256_sub_epi32(sumi[r], off);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * f32_at(y)), _mm256_cvtepi32_ps(s), acc[r]);
+        }
+    }
+    for r in 0..R {
+        *out.add(r) = hsum_ps(acc[r]);
+    }
+}
+}
+
+avx2_fn! {
+unsafe fn dot_iq4_xs<const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+    let t = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+    let m4 = _mm_set1_epi8(0xF);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for i in 0..nb {
+        let x = w.add(i * IQ4_XS_BYTES);
+        let dx = h2f(x);
+        let sh = std::ptr::read_unaligned(x.add(2) as *const u16) as u32;
+        let mut sumi = [_mm256_setzero_si256(); R];
+        for ib in 0..8 {
+            let q = _mm_loadu_si128(x.add(8 + 16 * ib) as *const __m128i);
+            let v = _mm256_set_m128i(
+                _mm_shuffle_epi8(t, _mm_and_si128(_mm_srli_epi16(q, 4), m4)),
+                _mm_shuffle_epi8(t, _mm_and_si128(q, m4)),
+            );
+            let ls = ((*x.add(4 + ib / 2) >> (4 * (ib % 2))) & 0xF) as u32 | ((sh >> (2 * ib)) & 3) << 4;
+            let scale = _mm256_set1_epi16(ls as i16 - 32);
+            let uv = _mm256_sign_epi8(v, v);
+            for r in 0..R {
+                let qy = loadu(q8k_block(a, stride, r, i).add(4 + 32 * ib));
+                let p16 = _mm256_maddubs_epi16(uv, _mm256_sign_epi8(qy, v));
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(p16, scale));
+            }
+        }
+        for r in 0..R {
+            let dy = f32_at(q8k_block(a, stride, r, i));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+        }
+    }
+    for r in 0..R {
+        *out.add(r) = hsum_ps(acc[r]);
+    }
+}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float rows. Four 8-lane accumulators per column (32 partial sums: the FMA latency is hidden and
+// the summation tree is shallow), a scalar tail in a fixed order, lanes reduced in f64.
+
+const F32: u8 = 0;
+const F16: u8 = 1;
+const BF16: u8 = 2;
+
+const fn float_bytes(k: u8) -> usize {
+    if k == F32 {
+        4
+    } else {
+        2
+    }
+}
+
+avx2_fn! {
+unsafe fn load8<const K: u8>(p: *const u8) -> __m256 {
+    match K {
+        F32 => _mm256_loadu_ps(p as *const f32),
+        F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+        _ => _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16)),
+    }
+}
+}
+
+avx2_fn! {
+unsafe fn load1<const K: u8>(p: *const u8) -> f32 {
+    match K {
+        F32 => f32_at(p),
+        F16 => h2f(p),
+        _ => f32::from_bits((std::ptr::read_unaligned(p as *const u16) as u32) << 16),
+    }
+}
+}
+
+avx2_fn! {
+unsafe fn dot_float<const K: u8, const R: usize>(n: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+    let mut acc = [[_mm256_setzero_ps(); 4]; R];
+    let n32 = n / 32 * 32;
+    let mut i = 0;
+    while i < n32 {
+        for s in 0..4 {
+            let wv = load8::<K>(w.add((i + 8 * s) * float_bytes(K)));
+            for r in 0..R {
+                let av = load8::<K>(a.add(r * stride + (i + 8 * s) * float_bytes(K)));
+                acc[r][s] = _mm256_fmadd_ps(wv, av, acc[r][s]);
+            }
+        }
+        i += 32;
+    }
+    for r in 0..R {
+        let mut tail = 0f32;
+        for j in n32..n {
+            tail += load1::<K>(w.add(j * float_bytes(K))) * load1::<K>(a.add(r * stride + j * float_bytes(K)));
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3]));
+        let lanes: [f32; 8] = std::mem::transmute(s);
+        *out.add(r) = (lanes.iter().map(|&v| v as f64).sum::<f64>() + tail as f64) as f32;
+    }
+}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Safe entry points with the table's signature. Each checks sizes once, then dispatches on the
+// number of columns.
+
+/// Expands to a `VecDot` for kernel `$k::<..., R>` over R = 1..=4, after checking that `w` holds
+/// a weight row of `n` elements of `$wt` and `a` holds `out.len()` rows of `$at` at `stride`.
+macro_rules! entry {
+    ($name:ident, $wt:expr, $at:expr, $arg:expr, |$nn:ident, $w:ident, $a:ident, $s:ident, $o:ident| $($k:tt)*) => {
+        pub fn $name(n: usize, w: &[u8], a: &[u8], stride: usize, out: &mut [f32]) {
+            super::check_dot_args($wt, $at, n, w, a, stride, out.len());
+            let $nn = $arg(n);
+            let ($w, $a, $s, $o) = (w.as_ptr(), a.as_ptr(), stride, out.as_mut_ptr());
+            // SAFETY: the Avx2 table is only built when AVX2/FMA/F16C are present, and
+            // check_dot_args proved every block the kernel reads lies inside `w` and `a`.
+            unsafe {
+                match out.len() {
+                    1 => $($k)*::<1>($nn, $w, $a, $s, $o),
+                    2 => $($k)*::<2>($nn, $w, $a, $s, $o),
+                    3 => $($k)*::<3>($nn, $w, $a, $s, $o),
+                    4 => $($k)*::<4>($nn, $w, $a, $s, $o),
+                    c => panic!("vec_dot: {c} columns, at most 4"),
+                }
+            }
+        }
+    };
+}
+
+use cria_core::DType as D;
+fn blocks32(n: usize) -> usize {
+    n / QK
+}
+fn blocks256(n: usize) -> usize {
+    n / QK_K
+}
+fn elems(n: usize) -> usize {
+    n
+}
+
+// The macro calls `$k::<R>(...)`: small wrappers fix the kernels' other generic parameter.
+macro_rules! fix_kind {
+    ($($name:ident = $k:ident::<$kind:tt>;)*) => {$(
+        #[inline(always)]
+        unsafe fn $name<const R: usize>(n: usize, w: *const u8, a: *const u8, s: usize, o: *mut f32) {
+            $k::<$kind, R>(n, w, a, s, o)
+        }
+    )*};
+}
+fix_kind! {
+    k_q4_0 = dot_block32::<Q4_0>;
+    k_q4_1 = dot_block32::<Q4_1>;
+    k_q5_0 = dot_block32::<Q5_0>;
+    k_q5_1 = dot_block32::<Q5_1>;
+    k_q8_0 = dot_block32::<Q8_0>;
+    k_iq4_nl = dot_block32::<IQ4_NL>;
+    k_q4_k = dot_q45_k::<false>;
+    k_q5_k = dot_q45_k::<true>;
+    k_f32 = dot_float::<F32>;
+    k_f16 = dot_float::<F16>;
+    k_bf16 = dot_float::<BF16>;
+}
+
+entry!(vec_dot_q4_0, D::Q4_0, D::Q8_0, blocks32, |n, w, a, s, o| k_q4_0);
+entry!(vec_dot_q4_1, D::Q4_1, D::Q8_1, blocks32, |n, w, a, s, o| k_q4_1);
+entry!(vec_dot_q5_0, D::Q5_0, D::Q8_0, blocks32, |n, w, a, s, o| k_q5_0);
+entry!(vec_dot_q5_1, D::Q5_1, D::Q8_1, blocks32, |n, w, a, s, o| k_q5_1);
+entry!(vec_dot_q8_0, D::Q8_0, D::Q8_0, blocks32, |n, w, a, s, o| k_q8_0);
+entry!(vec_dot_iq4_nl, D::IQ4_NL, D::Q8_0, blocks32, |n, w, a, s, o| k_iq4_nl);
+entry!(vec_dot_q2_k, D::Q2_K, D::Q8_K, blocks256, |n, w, a, s, o| dot_q2_k);
+entry!(vec_dot_q3_k, D::Q3_K, D::Q8_K, blocks256, |n, w, a, s, o| dot_q3_k);
+entry!(vec_dot_q4_k, D::Q4_K, D::Q8_K, blocks256, |n, w, a, s, o| k_q4_k);
+entry!(vec_dot_q5_k, D::Q5_K, D::Q8_K, blocks256, |n, w, a, s, o| k_q5_k);
+entry!(vec_dot_q6_k, D::Q6_K, D::Q8_K, blocks256, |n, w, a, s, o| dot_q6_k);
+entry!(vec_dot_iq4_xs, D::IQ4_XS, D::Q8_K, blocks256, |n, w, a, s, o| dot_iq4_xs);
+entry!(vec_dot_f32, D::F32, D::F32, elems, |n, w, a, s, o| k_f32);
+entry!(vec_dot_f16, D::F16, D::F16, elems, |n, w, a, s, o| k_f16);
+entry!(vec_dot_bf16, D::BF16, D::BF16, elems, |n, w, a, s, o| k_bf16);

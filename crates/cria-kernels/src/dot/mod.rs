@@ -1,0 +1,203 @@
+//! The per-dtype kernel table, after ggml-cpu's `type_traits_cpu`: for each weight type, the
+//! activation type its dot product wants (`vec_dot_type`), the converter from an f32 activation
+//! row into that type (`from_float`) and the dot itself (`vec_dot`), for a given `Isa`.
+//!
+//! The activation types are ggml's, because cria must reproduce llama.cpp's numbers: Q4_0, Q5_0,
+//! Q8_0 and IQ4_NL dot against Q8_0; Q4_1 and Q5_1 against Q8_1 (whose stored sum serves the min
+//! term); the K-quants and IQ4_XS against Q8_K; F16 against F16, BF16 against BF16, F32 against
+//! F32.
+//!
+//! `vec_dot(n, w, a, stride, out)` computes `out[c] = dot(w, a[c*stride..])` for every `c <
+//! out.len()` (1..=`max_cols`): one weight row of `n` elements against several activation rows,
+//! so prompt processing loads each weight block once per group of tokens. A column's result is
+//! the same bits whatever `out.len()` is.
+
+pub mod layout;
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+
+use crate::Isa;
+use cria_core::DType;
+
+/// Converts an f32 row into the layout of a `vec_dot_type`; `out.len()` must be exactly the
+/// byte size of `x.len()` elements of that type.
+pub type FromFloat = fn(x: &[f32], out: &mut [u8]);
+/// See the module doc.
+pub type VecDot = fn(n: usize, w: &[u8], a: &[u8], stride: usize, out: &mut [f32]);
+
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    pub isa: Isa,
+    /// Weight type.
+    pub dtype: DType,
+    /// What activations are converted to before the dot.
+    pub vec_dot_type: DType,
+    pub from_float: FromFloat,
+    pub vec_dot: VecDot,
+    /// How many activation rows one `vec_dot` call takes at most.
+    pub max_cols: usize,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kernel({} x {} on {}, {} cols)", self.dtype, self.vec_dot_type, self.isa, self.max_cols)
+    }
+}
+
+/// Weight types with a matmul kernel, in every ISA.
+pub const SUPPORTED: [DType; 15] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::IQ4_NL,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::IQ4_XS,
+];
+
+/// Activation rows a float `vec_dot` takes at once: 4 accumulators per column, 2 columns fill
+/// 8 of the 16 ymm registers, leaving room for the weight vectors.
+const FLOAT_COLS: usize = 2;
+/// Quantized kernels take 4 (one decoded weight block serves 4 tokens).
+const QUANT_COLS: usize = 4;
+
+/// The kernel for weights of `dtype` on `isa`; None when the type has no kernel or the CPU
+/// lacks the ISA (so an AVX2 kernel can never be handed out on a CPU without AVX2).
+pub fn kernel(isa: Isa, dtype: DType) -> Option<Kernel> {
+    if !isa.available() {
+        return None;
+    }
+    let (vec_dot_type, cols) = match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => (dtype, FLOAT_COLS),
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::IQ4_NL => (DType::Q8_0, QUANT_COLS),
+        DType::Q4_1 | DType::Q5_1 => (DType::Q8_1, QUANT_COLS),
+        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::IQ4_XS => (DType::Q8_K, QUANT_COLS),
+        _ => return None,
+    };
+    let (from_float, vec_dot) = match isa {
+        Isa::Scalar => (scalar_from_float(vec_dot_type)?, scalar_vec_dot(dtype)?),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => (avx2_from_float(vec_dot_type)?, avx2_vec_dot(dtype)?),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 => return None,
+    };
+    Some(Kernel { isa, dtype, vec_dot_type, from_float, vec_dot, max_cols: cols })
+}
+
+fn scalar_from_float(t: DType) -> Option<FromFloat> {
+    Some(match t {
+        DType::F32 => scalar::to_f32,
+        DType::F16 => scalar::to_f16,
+        DType::BF16 => scalar::to_bf16,
+        DType::Q8_0 => scalar::quantize_q8_0,
+        DType::Q8_1 => scalar::quantize_q8_1,
+        DType::Q8_K => scalar::quantize_q8_k,
+        _ => return None,
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_from_float(t: DType) -> Option<FromFloat> {
+    Some(match t {
+        DType::F16 => avx2::to_f16,
+        DType::Q8_0 => avx2::quantize_q8_0,
+        DType::Q8_1 => avx2::quantize_q8_1,
+        // Rare (BF16) or not worth it (Q8_K: once per row of activations, 1/n of the matmul).
+        other => return scalar_from_float(other),
+    })
+}
+
+/// Wraps a one-column scalar dot into the table's signature.
+macro_rules! scalar_cols {
+    ($($name:ident => $f:path, $wt:expr, $at:expr;)*) => {$(
+        fn $name(n: usize, w: &[u8], a: &[u8], stride: usize, out: &mut [f32]) {
+            check_dot_args($wt, $at, n, w, a, stride, out.len());
+            for (c, o) in out.iter_mut().enumerate() {
+                *o = $f(n, w, &a[c * stride..]);
+            }
+        }
+    )*};
+}
+scalar_cols! {
+    s_f32 => scalar::dot_f32, DType::F32, DType::F32;
+    s_f16 => scalar::dot_f16, DType::F16, DType::F16;
+    s_bf16 => scalar::dot_bf16, DType::BF16, DType::BF16;
+    s_q4_0 => scalar::dot_q4_0, DType::Q4_0, DType::Q8_0;
+    s_q4_1 => scalar::dot_q4_1, DType::Q4_1, DType::Q8_1;
+    s_q5_0 => scalar::dot_q5_0, DType::Q5_0, DType::Q8_0;
+    s_q5_1 => scalar::dot_q5_1, DType::Q5_1, DType::Q8_1;
+    s_q8_0 => scalar::dot_q8_0, DType::Q8_0, DType::Q8_0;
+    s_iq4_nl => scalar::dot_iq4_nl, DType::IQ4_NL, DType::Q8_0;
+    s_q2_k => scalar::dot_q2_k, DType::Q2_K, DType::Q8_K;
+    s_q3_k => scalar::dot_q3_k, DType::Q3_K, DType::Q8_K;
+    s_q4_k => scalar::dot_q4_k, DType::Q4_K, DType::Q8_K;
+    s_q5_k => scalar::dot_q5_k, DType::Q5_K, DType::Q8_K;
+    s_q6_k => scalar::dot_q6_k, DType::Q6_K, DType::Q8_K;
+    s_iq4_xs => scalar::dot_iq4_xs, DType::IQ4_XS, DType::Q8_K;
+}
+
+fn scalar_vec_dot(t: DType) -> Option<VecDot> {
+    Some(match t {
+        DType::F32 => s_f32,
+        DType::F16 => s_f16,
+        DType::BF16 => s_bf16,
+        DType::Q4_0 => s_q4_0,
+        DType::Q4_1 => s_q4_1,
+        DType::Q5_0 => s_q5_0,
+        DType::Q5_1 => s_q5_1,
+        DType::Q8_0 => s_q8_0,
+        DType::IQ4_NL => s_iq4_nl,
+        DType::Q2_K => s_q2_k,
+        DType::Q3_K => s_q3_k,
+        DType::Q4_K => s_q4_k,
+        DType::Q5_K => s_q5_k,
+        DType::Q6_K => s_q6_k,
+        DType::IQ4_XS => s_iq4_xs,
+        _ => return None,
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_vec_dot(t: DType) -> Option<VecDot> {
+    Some(match t {
+        DType::F32 => avx2::vec_dot_f32,
+        DType::F16 => avx2::vec_dot_f16,
+        DType::BF16 => avx2::vec_dot_bf16,
+        DType::Q4_0 => avx2::vec_dot_q4_0,
+        DType::Q4_1 => avx2::vec_dot_q4_1,
+        DType::Q5_0 => avx2::vec_dot_q5_0,
+        DType::Q5_1 => avx2::vec_dot_q5_1,
+        DType::Q8_0 => avx2::vec_dot_q8_0,
+        DType::IQ4_NL => avx2::vec_dot_iq4_nl,
+        DType::Q2_K => avx2::vec_dot_q2_k,
+        DType::Q3_K => avx2::vec_dot_q3_k,
+        DType::Q4_K => avx2::vec_dot_q4_k,
+        DType::Q5_K => avx2::vec_dot_q5_k,
+        DType::Q6_K => avx2::vec_dot_q6_k,
+        DType::IQ4_XS => avx2::vec_dot_iq4_xs,
+        _ => return None,
+    })
+}
+
+/// The contract of every `VecDot`, checked once per call (a few compares; the kernels then read
+/// without bounds checks): `n` is whole blocks, `w` holds one row, `a` holds `cols` rows spaced
+/// `stride` bytes apart. Violations are bugs in the caller, hence panics.
+pub(crate) fn check_dot_args(wt: DType, at: DType, n: usize, w: &[u8], a: &[u8], stride: usize, cols: usize) {
+    let wb = wt.bytes_for(n).unwrap_or_else(|e| panic!("vec_dot {wt}: {e}"));
+    let ab = at.bytes_for(n).unwrap_or_else(|e| panic!("vec_dot {wt}: activation {e}"));
+    assert!(w.len() >= wb, "vec_dot {wt}: weight row has {} bytes, need {wb}", w.len());
+    if cols > 0 {
+        assert!(cols == 1 || stride >= ab, "vec_dot {wt}: stride {stride} < row bytes {ab}");
+        let need = (cols - 1) * stride + ab;
+        assert!(a.len() >= need, "vec_dot {wt}: activations have {} bytes, need {need}", a.len());
+    }
+}

@@ -1,0 +1,94 @@
+//! Which instruction set the CPU kernels use, chosen once at run time.
+//!
+//! A binary built for generic x86-64 must still use AVX2 where the CPU has it, so nothing here
+//! relies on `-C target-cpu=native`: kernels carry `#[target_feature]` and are only reachable
+//! through tables built for an `Isa` that `available()` confirmed. `CRIA_CPU=scalar|avx2|auto`
+//! overrides the choice so every path can be tested on one machine.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust, no intrinsics: the twin every SIMD kernel is tested against.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C (Haswell / Zen and later).
+    Avx2,
+}
+
+impl Isa {
+    /// Every ISA this build knows, slowest first.
+    pub const ALL: [Isa; 2] = [Isa::Scalar, Isa::Avx2];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// Whether this CPU can run the kernels of `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 => false,
+        }
+    }
+
+    /// The best ISA this CPU supports.
+    pub fn best() -> Isa {
+        Isa::ALL.into_iter().rev().find(|i| i.available()).unwrap_or(Isa::Scalar)
+    }
+
+    /// The ISA asked for by `CRIA_CPU` (unset, empty or `auto`: the best available). An unknown
+    /// name, or an ISA this CPU lacks, is an error rather than a silent fallback: whoever set the
+    /// variable wants to know which kernels ran.
+    pub fn from_env() -> Result<Isa, String> {
+        match std::env::var("CRIA_CPU") {
+            Err(_) => Ok(Isa::best()),
+            Ok(v) if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("auto") => Ok(Isa::best()),
+            Ok(v) => {
+                let isa = Isa::from_name(&v).ok_or_else(|| {
+                    let names: Vec<_> = Isa::ALL.iter().map(|i| i.name()).collect();
+                    format!("CRIA_CPU={v:?}: unknown; expected auto or one of {}", names.join(", "))
+                })?;
+                if isa.available() {
+                    Ok(isa)
+                } else {
+                    Err(format!("CRIA_CPU={v:?}: this CPU does not support {}", isa.name()))
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn names_round_trip_and_best_is_available() {
+        for i in Isa::ALL {
+            assert_eq!(Isa::from_name(i.name()), Some(i));
+        }
+        assert_eq!(Isa::from_name("AVX2"), Some(Isa::Avx2));
+        assert_eq!(Isa::from_name("neon"), None);
+        assert!(Isa::best().available());
+        assert!(Isa::Scalar.available());
+    }
+}

@@ -1,0 +1,255 @@
+//! The non-matmul ops of the CPU backend. Their scalar twins are `crate::reference`.
+//!
+//! - `rope`: cos/sin computed once per row (exactly as the reference computes them: theta in f64,
+//!   sin/cos rounded to f32, times attn_factor) and applied to every head, so the result is the
+//!   reference's to the bit, at 1/n_heads of the trigonometry.
+//! - `rmsnorm` (AVX2): the sum of squares is accumulated in f64 like the reference (llama.cpp does
+//!   the same), then `(x * r) * w` in the reference's order.
+//! - `silu_mul` and the softmax in `attention` (AVX2) use `exp8`, a Cephes-style expf (<= 2 ulp).
+//! - `attention`: one (token, head) pair per work item; q.k and the v accumulation in AVX2.
+
+use crate::{AttnShape, Rope};
+
+/// Fills `cs` with (cos, sin) * attn_factor for the pairs of position `pos`, bit-exact with
+/// `reference::rope`.
+fn rope_table(pos: usize, rope: &Rope, cs: &mut Vec<(f32, f32)>) {
+    cs.clear();
+    let pos = pos as f64;
+    cs.extend(rope.inv_freq.iter().map(|&f| {
+        let theta = pos * f as f64;
+        ((theta.cos() as f32) * rope.attn_factor, (theta.sin() as f32) * rope.attn_factor)
+    }));
+}
+
+pub fn rope(x: &mut [f32], t: usize, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope, cs: &mut Vec<(f32, f32)>) {
+    let n_pairs = rope.inv_freq.len();
+    assert!(2 * n_pairs <= head_dim, "rope: {n_pairs} pairs do not fit head_dim {head_dim}");
+    assert!(x.len() >= t * n_heads * head_dim, "rope: x has {} values, want {t} x {n_heads} x {head_dim}", x.len());
+    for r in 0..t {
+        rope_table(pos0 + r, rope, cs);
+        for h in 0..n_heads {
+            let v = &mut x[(r * n_heads + h) * head_dim..][..head_dim];
+            for (i, &(c, s)) in cs.iter().enumerate() {
+                let (a, b) = if rope.interleaved { (2 * i, 2 * i + 1) } else { (i, i + n_pairs) };
+                let (x0, x1) = (v[a], v[b]);
+                v[a] = x0 * c - x1 * s;
+                v[b] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+/// Range of keys a query at position `p` attends to.
+#[inline]
+pub fn key_range(p: usize, window: Option<usize>) -> std::ops::RangeInclusive<usize> {
+    let lo = window.map(|w| (p + 1).saturating_sub(w)).unwrap_or(0);
+    lo..=p
+}
+
+/// Checks the attention buffers against the shape (the reference would index out of bounds).
+pub fn check_attention(out: &[f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape) {
+    assert!(s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0, "attention: {} heads not a multiple of {} kv heads", s.n_heads, s.n_kv_heads);
+    let qn = s.t * s.n_heads * s.head_dim;
+    let kvn = (s.pos0 + s.t) * s.n_kv_heads * s.head_dim;
+    assert!(q.len() >= qn && out.len() >= qn, "attention: q/out have {}/{} values, need {qn}", q.len(), out.len());
+    assert!(k.len() >= kvn && v.len() >= kvn, "attention: k/v caches have {}/{} values, need {kvn}", k.len(), v.len());
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    //! AVX2 twins of rmsnorm, silu_mul and one attention head; reached only when
+    //! `Isa::Avx2.available()` (the backend checks once, at construction).
+    use crate::AttnShape;
+    use std::arch::x86_64::*;
+
+    macro_rules! avx2_fn {
+        ($(#[$m:meta])* $vis:vis unsafe fn $name:ident $($rest:tt)*) => {
+            $(#[$m])*
+            #[inline]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            $vis unsafe fn $name $($rest)*
+        };
+    }
+
+    avx2_fn! {
+    /// e^x for 8 lanes: Cephes expf (range reduction by ln2 in two parts, degree-6 polynomial).
+    /// Inputs are clamped to +-88.376 (e^88.376 ~ 2.4e38 < f32::MAX; below -88.376 it returns 0
+    /// where the true value is a denormal), NaN gives NaN only through the callers' x factor.
+    pub unsafe fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.376_26)), _mm256_set1_ps(88.376_26));
+        let fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut y = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+        }
+        y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        let e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+        _mm256_mul_ps(y, _mm256_castsi256_ps(e))
+    }
+    }
+
+    avx2_fn! {
+    unsafe fn hsum(x: __m256) -> f32 {
+        let mut r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+        r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+        r = _mm_add_ss(r, _mm_movehdup_ps(r));
+        _mm_cvtss_f32(r)
+    }
+    }
+
+    avx2_fn! {
+    /// Dot of two equal-length f32 slices: two 8-lane accumulators, scalar tail.
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(s0, s1));
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+    }
+
+    avx2_fn! {
+    /// o += w * v.
+    unsafe fn axpy(o: &mut [f32], w: f32, v: &[f32]) {
+        let n = o.len().min(v.len());
+        let (po, pv) = (o.as_mut_ptr(), v.as_ptr());
+        let wv = _mm256_set1_ps(w);
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(po.add(i), _mm256_fmadd_ps(wv, _mm256_loadu_ps(pv.add(i)), _mm256_loadu_ps(po.add(i))));
+            i += 8;
+        }
+        while i < n {
+            o[i] += w * v[i];
+            i += 1;
+        }
+    }
+    }
+
+    avx2_fn! {
+    unsafe fn rmsnorm_impl(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+        let d = w.len();
+        for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            let mut acc = [_mm256_setzero_pd(); 2];
+            let mut i = 0;
+            while i + 8 <= d {
+                let v = _mm256_loadu_ps(xr.as_ptr().add(i));
+                let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+                let hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+                acc[0] = _mm256_fmadd_pd(lo, lo, acc[0]);
+                acc[1] = _mm256_fmadd_pd(hi, hi, acc[1]);
+                i += 8;
+            }
+            let lanes: [f64; 4] = std::mem::transmute(_mm256_add_pd(acc[0], acc[1]));
+            let mut ss = lanes.iter().sum::<f64>();
+            for &v in &xr[i..] {
+                ss += v as f64 * v as f64;
+            }
+            let r = (1.0 / (ss / d as f64 + eps as f64).sqrt()) as f32;
+            let rv = _mm256_set1_ps(r);
+            let mut i = 0;
+            while i + 8 <= d {
+                let v = _mm256_mul_ps(_mm256_loadu_ps(xr.as_ptr().add(i)), rv);
+                _mm256_storeu_ps(o.as_mut_ptr().add(i), _mm256_mul_ps(v, _mm256_loadu_ps(w.as_ptr().add(i))));
+                i += 8;
+            }
+            for j in i..d {
+                o[j] = xr[j] * r * w[j];
+            }
+        }
+    }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    pub unsafe fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+        rmsnorm_impl(out, x, w, eps)
+    }
+
+    avx2_fn! {
+    unsafe fn silu_mul_impl(a: &mut [f32], b: &[f32]) {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_mut_ptr(), b.as_ptr());
+        let one = _mm256_set1_ps(1.0);
+        let mut i = 0;
+        while i + 8 <= n {
+            let x = _mm256_loadu_ps(pa.add(i));
+            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+            let s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+            _mm256_storeu_ps(pa.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(pb.add(i))));
+            i += 8;
+        }
+        for j in i..n {
+            a[j] = a[j] / (1.0 + (-a[j]).exp()) * b[j];
+        }
+    }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    pub unsafe fn silu_mul(a: &mut [f32], b: &[f32]) {
+        silu_mul_impl(a, b)
+    }
+
+    avx2_fn! {
+    unsafe fn head_impl(o: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape, r: usize, h: usize, scores: &mut [f32]) {
+        let hd = s.head_dim;
+        let kv_stride = s.n_kv_heads * hd;
+        let kvh = h / (s.n_heads / s.n_kv_heads);
+        let p = s.pos0 + r;
+        let keys = super::key_range(p, s.window);
+        let lo = *keys.start();
+        let sc = &mut scores[..p + 1 - lo];
+        let mut max = f32::NEG_INFINITY;
+        for (j, d) in keys.clone().zip(sc.iter_mut()) {
+            *d = dot(q, &k[j * kv_stride + kvh * hd..][..hd]) * s.scale;
+            max = max.max(*d);
+        }
+        // exp(score - max) in place, 8 at a time, summed in a fixed order.
+        let mut sum = 0f32;
+        let mut i = 0;
+        let mv = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        while i + 8 <= sc.len() {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc.as_ptr().add(i)), mv));
+            _mm256_storeu_ps(sc.as_mut_ptr().add(i), e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        sum += hsum(acc);
+        for e in &mut sc[i..] {
+            *e = (*e - max).exp();
+            sum += *e;
+        }
+        o.fill(0.0);
+        let inv = 1.0 / sum;
+        for (j, &e) in keys.zip(sc.iter()) {
+            axpy(o, e * inv, &v[j * kv_stride + kvh * hd..][..hd]);
+        }
+    }
+    }
+
+    /// Output row `o` (head_dim) of query head `h` of token `r`.
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; the buffers must match `s` (`check_attention`).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn head(o: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape, r: usize, h: usize, scores: &mut [f32]) {
+        head_impl(o, q, k, v, s, r, h, scores)
+    }
+}
