@@ -217,3 +217,59 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":4,"num_key_value_heads":2,
+        "num_hidden_layers":2,"intermediate_size":128,"vocab_size":100,"rms_norm_eps":1e-5,"rope_theta":500000.0}"#;
+
+    fn with(extra: &str) -> String {
+        format!("{},{}", &BASE[..BASE.len() - 1], &extra[1..])
+    }
+
+    #[test]
+    fn reads_hf_config() {
+        let c = Config::from_hf_json(BASE).unwrap();
+        assert_eq!((c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.n_rot), (64, 4, 2, 16, 16));
+        assert!(!c.rope_interleaved && !c.tied_embeddings && c.rope_scaling == RopeScaling::None);
+    }
+
+    #[test]
+    fn unknown_architecture_is_named() {
+        let e = Config::from_hf_json(&BASE.replace("\"llama\"", "\"gpt_neox\"")).unwrap_err().to_string();
+        assert!(e.contains("gpt_neox"), "{e}");
+        let e = Config::from_hf_json(&with(r#"{"rope_scaling":{"rope_type":"yarn","factor":4.0}}"#)).unwrap_err().to_string();
+        assert!(e.contains("yarn"), "{e}");
+    }
+
+    #[test]
+    fn hostile_values_are_errors() {
+        for bad in [
+            r#"{"num_key_value_heads":3}"#,        // 4 heads not a multiple of 3
+            r#"{"num_attention_heads":0}"#,
+            r#"{"hidden_size":"64"}"#,              // wrong type
+            r#"{"vocab_size":1e30}"#,
+            r#"{"hidden_size":100000000000}"#,
+            r#"{"head_dim":7,"partial_rotary_factor":1.0}"#, // odd rotary dims
+        ] {
+            assert!(Config::from_hf_json(&with(bad)).is_err(), "{bad} accepted");
+        }
+        assert!(Config::from_hf_json("{").is_err());
+        assert!(Config::from_hf_json("[]").is_err());
+    }
+
+    /// Meta's reference values for LLaMA 3.1 (theta 500000, factor 8, low 1, high 4, original 8192):
+    /// the highest frequencies are untouched, the lowest divided by 8, the band between blended.
+    #[test]
+    fn llama3_scaling_bands() {
+        let c = Config::from_hf_json(&with(r#"{"rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#)).unwrap();
+        let plain = Config { rope_scaling: RopeScaling::None, ..c.clone() }.rope_inv_freq();
+        let scaled = c.rope_inv_freq();
+        assert_eq!(scaled[0], plain[0]); // wavelength 2*pi < 8192/4
+        let last = plain.len() - 1; // wavelength ~ 2*pi*500000^(14/16) >> 8192
+        assert!((scaled[last] * 8.0 - plain[last]).abs() <= plain[last] * 1e-6);
+        assert!(scaled.iter().zip(&plain).all(|(s, p)| s <= p && *s >= p / 8.0 * (1.0 - 1e-6)));
+    }
+}
