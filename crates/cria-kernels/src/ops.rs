@@ -208,6 +208,7 @@ pub mod avx2 {
     }
 
     avx2_fn! {
+    #[allow(clippy::too_many_arguments)]
     unsafe fn head_impl(o: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape, r: usize, h: usize, scores: &mut [f32]) {
         let hd = s.head_dim;
         let kv_stride = s.n_kv_heads * hd;
@@ -251,5 +252,37 @@ pub mod avx2 {
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn head(o: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape, r: usize, h: usize, scores: &mut [f32]) {
         head_impl(o, q, k, v, s, r, h, scores)
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use crate::Isa;
+    use std::arch::x86_64::*;
+
+    #[test]
+    fn exp8_is_within_2_ulp_of_f64_exp() {
+        if !Isa::Avx2.available() {
+            eprintln!("no AVX2: skipping");
+            return;
+        }
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let xs: [f32; 8] = std::array::from_fn(|i| x + i as f32 * 0.0137);
+            // SAFETY: AVX2 checked above.
+            let ys: [f32; 8] = unsafe { std::mem::transmute(super::avx2::exp8(_mm256_loadu_ps(xs.as_ptr()))) };
+            for (&xi, &yi) in xs.iter().zip(&ys) {
+                let want = (xi as f64).exp();
+                // The f32 spacing at the true value.
+                let w32 = want as f32;
+                let ulp = f32::from_bits(w32.to_bits() + 1) as f64 - w32 as f64;
+                let e = (yi as f64 - want).abs() / ulp;
+                worst = worst.max(e);
+            }
+            x += 0.113;
+        }
+        eprintln!("exp8: worst error {worst:.2} ulp");
+        assert!(worst <= 2.0, "exp8 error {worst} ulp");
     }
 }

@@ -12,6 +12,8 @@
 //! saturate because quantized activations stay in [-127, 127] (see scalar::quantize_*).
 
 #![allow(clippy::missing_safety_doc)]
+// Kernels index several per-column arrays (accumulators, sums) with the same column number `r`.
+#![allow(clippy::needless_range_loop)]
 
 use super::layout::*;
 use std::arch::x86_64::*;

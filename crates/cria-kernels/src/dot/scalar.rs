@@ -90,7 +90,8 @@ pub fn quantize_q8_k(x: &[f32], y: &mut [u8]) {
         }
         let iscale = -127.0 / max;
         for (o, &v) in yb[4..4 + QK_K].iter_mut().zip(xb) {
-            *o = round_i8(iscale * v).min(127) as u8;
+            // ggml clamps to 127; round_i8 already saturates there.
+            *o = round_i8(iscale * v) as u8;
         }
         for j in 0..QK_K / 16 {
             let s: i32 = (0..16).map(|l| q(yb, 4 + 16 * j + l)).sum();
@@ -150,8 +151,8 @@ fn dot_lanes(n: usize, w: impl Fn(usize) -> f32, a: impl Fn(usize) -> f32) -> f3
 }
 
 pub fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let (w, a): (&[f32], &[f32]) = (bytemuck::cast_slice(&w[..4 * n]), bytemuck::cast_slice(&a[..4 * n]));
-    dot_lanes(n, |i| w[i], |i| a[i])
+    // Rows may sit at any byte offset (activation scratch, tensor data), so read unaligned.
+    dot_lanes(n, |i| f32_at(w, 4 * i), |i| f32_at(a, 4 * i))
 }
 
 pub fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
