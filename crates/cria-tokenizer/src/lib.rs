@@ -229,21 +229,23 @@ impl Tokenizer {
         let owners: Vec<u32> = (0..n).filter(|&i| token_to_id.get(&tokens[i as usize].text) == Some(&i)).collect();
 
         let mark_control = |tokens: &mut Vec<TokenData>, id: u32| tokens[id as usize].attr |= attr::CONTROL;
-        for &id in &owners {
-            let text = tokens[id as usize].text.as_str();
-            if eot.is_none() && EOT_TEXTS.contains(&text) {
-                eot = Some(id);
-                mark_control(&mut tokens, id);
+        // Where the metadata names no EOT/EOM/FIM token, recognise one by its text. llama.cpp
+        // takes the first candidate in hash-map order, which is arbitrary when a vocabulary has
+        // several (SmolLM2 has both <|endoftext|> and <|im_end|>); we take the first in the
+        // candidate list's order, which puts the chat end-of-turn markers first.
+        let by_priority = |texts: &[&str]| texts.iter().find_map(|t| token_to_id.get(*t).copied());
+        for (slot, texts) in [(&mut eot, EOT_TEXTS), (&mut eom, EOM_TEXTS)] {
+            if slot.is_none() {
+                *slot = by_priority(texts);
+                if let Some(id) = *slot {
+                    mark_control(&mut tokens, id);
+                }
             }
-            let text = tokens[id as usize].text.as_str();
-            if eom.is_none() && EOM_TEXTS.contains(&text) {
-                eom = Some(id);
-                mark_control(&mut tokens, id);
-            }
-            for k in 0..6 {
-                let text = tokens[id as usize].text.as_str();
-                if fim[k].is_none() && FIM_TEXTS[k].contains(&text) {
-                    fim[k] = Some(id);
+        }
+        for (slot, texts) in fim.iter_mut().zip(FIM_TEXTS) {
+            if slot.is_none() {
+                *slot = by_priority(texts);
+                if let Some(id) = *slot {
                     mark_control(&mut tokens, id);
                 }
             }

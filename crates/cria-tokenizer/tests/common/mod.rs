@@ -60,3 +60,53 @@ pub fn read_vectors(gguf: &std::path::Path) -> Vec<(String, Vec<u32>)> {
     assert_eq!(inputs.len(), outputs.len(), "{}: .inp and .out disagree on the number of tests", gguf.display());
     inputs.into_iter().zip(outputs).collect()
 }
+
+/// One text of a `llamacpp_<vocab>.json` fixture (scripts/gen_fixtures.py).
+pub struct Case {
+    pub text: String,
+    /// llama_tokenize ids by "<add_special><parse_special>", e.g. "01".
+    pub enc: std::collections::HashMap<String, Vec<u32>>,
+    /// llama_detokenize bytes of enc["11"] by "<remove_special><unparse_special>".
+    pub dec: std::collections::HashMap<String, Vec<u8>>,
+    /// Hugging Face tokenizers' ids (add_special_tokens=False), when recorded.
+    pub hf: Option<Vec<u32>>,
+}
+
+pub struct Fixture {
+    pub vocab: String,
+    pub json: serde_json::Value,
+    pub cases: Vec<Case>,
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex")).collect()
+}
+
+pub fn read_fixture(vocab: &str) -> Fixture {
+    let path = fixture(&format!("llamacpp_{vocab}.json"));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture json");
+    let cases = json["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| Case {
+            text: c["text"].as_str().expect("text").to_string(),
+            enc: c["enc"].as_object().expect("enc").iter().map(|(k, v)| (k.clone(), ids(v))).collect(),
+            dec: c["dec"].as_object().expect("dec").iter().map(|(k, v)| (k.clone(), unhex(v.as_str().expect("hex")))).collect(),
+            hf: c.get("hf").map(ids),
+        })
+        .collect();
+    Fixture { vocab: vocab.to_string(), json, cases }
+}
+
+pub fn fixture_model_path(vocab: &str) -> PathBuf {
+    if vocab == "smollm2" {
+        smollm2_path()
+    } else {
+        vocab_path(vocab)
+    }
+}
