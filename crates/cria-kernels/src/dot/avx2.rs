@@ -32,9 +32,43 @@ macro_rules! avx2_fn {
 
 avx2_fn! {
 /// One little-endian f16 at `p` to f32 (F16C).
+///
+/// Inline asm on purpose: however the intrinsics are written (`_mm_cvtsi32_si128`, an insert
+/// into `_mm_setzero_si128`), LLVM sees that only lane 0 matters, loads the half with `vpinsrw`
+/// into whatever register is handy (often the loop's FMA accumulator), and the merge chains each
+/// iteration to the previous one: the 32-block kernels ran 2x slower. `vmovd` from a GPR
+/// zero-extends and carries no such dependency.
 unsafe fn h2f(p: *const u8) -> f32 {
-    let bits = std::ptr::read_unaligned(p as *const u16);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    let bits = std::ptr::read_unaligned(p as *const u16) as u32;
+    let v: __m128;
+    // SAFETY: register-only instructions of F16C/AVX, which this function's target features
+    // guarantee; no memory, stack or flags are touched.
+    std::arch::asm!(
+        "vmovd {v}, {g:e}",
+        "vcvtph2ps {v}, {v}",
+        g = in(reg) bits,
+        v = out(xmm_reg) v,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    _mm_cvtss_f32(v)
+}
+}
+
+avx2_fn! {
+/// The two little-endian f16 at `p` and `p + 2` to f32, in lanes 0 and 1 (same asm reasoning
+/// as `h2f`). Q4_1/Q5_1 store (d, m) and Q8_1 stores (d, s) this way: one conversion per pair.
+unsafe fn h2f_pair(p: *const u8) -> __m128 {
+    let bits = std::ptr::read_unaligned(p as *const u32);
+    let v: __m128;
+    // SAFETY: as in h2f.
+    std::arch::asm!(
+        "vmovd {v}, {g:e}",
+        "vcvtph2ps {v}, {v}",
+        g = in(reg) bits,
+        v = out(xmm_reg) v,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    v
 }
 }
 
@@ -218,12 +252,13 @@ const fn block32_q8_1(k: u8) -> bool {
 }
 
 avx2_fn! {
-/// One weight block: 32 quants (signed for Q8_0-paired kinds, unsigned for Q8_1-paired ones),
-/// the scale d and the min m (0 for symmetric kinds).
+/// One weight block: 32 quants (signed for Q8_0-paired kinds, unsigned for Q8_1-paired ones)
+/// and the scale d; the Q8_1-paired kinds return 0s for the scales, which `step_block32` reads
+/// as an (d, m) pair.
 unsafe fn load_block32<const K: u8>(x: *const u8) -> (__m256i, f32, f32) {
     match K {
         Q4_0 => (_mm256_sub_epi8(nibbles32(x.add(2)), _mm256_set1_epi8(8)), h2f(x), 0.0),
-        Q4_1 => (nibbles32(x.add(4)), h2f(x), h2f(x.add(2))),
+        Q4_1 => (nibbles32(x.add(4)), 0.0, 0.0),
         Q5_0 => {
             // (nibble | 16*bit) - 16 == nibble | (bit ? 0 : 0xF0) as i8.
             let hi = _mm256_andnot_si256(bits32(x.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
@@ -231,7 +266,7 @@ unsafe fn load_block32<const K: u8>(x: *const u8) -> (__m256i, f32, f32) {
         }
         Q5_1 => {
             let hi = _mm256_and_si256(bits32(x.add(4)), _mm256_set1_epi8(0x10));
-            (_mm256_or_si256(nibbles32(x.add(8)), hi), h2f(x), h2f(x.add(2)))
+            (_mm256_or_si256(nibbles32(x.add(8)), hi), 0.0, 0.0)
         }
         Q8_0 => (loadu(x.add(2)), h2f(x), 0.0),
         _ => {
@@ -243,30 +278,54 @@ unsafe fn load_block32<const K: u8>(x: *const u8) -> (__m256i, f32, f32) {
 }
 
 avx2_fn! {
-unsafe fn dot_block32<const K: u8, const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
-    let q81 = block32_q8_1(K);
-    let ab = if q81 { Q8_1_BYTES } else { Q8_0_BYTES };
-    let qoff = if q81 { 4 } else { 2 };
-    let mut acc = [[_mm256_setzero_ps(); R]; 2];
-    let mut summs = [0f32; R];
-    for ib in 0..nb {
-        let (qx, dx, mx) = load_block32::<K>(w.add(ib * block32_bytes(K)));
-        // Signed weights: |x| as the unsigned operand, the sign moved onto y (per column).
-        let ux = if q81 { qx } else { _mm256_sign_epi8(qx, qx) };
-        let par = ib & 1;
+/// One weight block against R activation blocks: acc[r] += (dx*dy_r) * sum(q_x * q_y), and for
+/// Q8_1-paired kinds summs[r] += m * s_r.
+unsafe fn step_block32<const K: u8, const R: usize>(x: *const u8, y0: *const u8, stride: usize, acc: &mut [__m256; R], summs: &mut [f32; R]) {
+    if block32_q8_1(K) {
+        // (d, m) of the weight times (d, s) of the activation in one multiply: lane 0 is the
+        // scale of the integer dot, lane 1 the min term.
+        let (qx, _, _) = load_block32::<K>(x);
+        let dm = h2f_pair(x);
         for r in 0..R {
-            let y = a.add(r * stride + ib * ab);
-            let qy = loadu(y.add(qoff));
-            let sy = if q81 { qy } else { _mm256_sign_epi8(qy, qx) };
+            let y = y0.add(r * stride);
+            let p = _mm256_cvtepi32_ps(dot_us8(qx, loadu(y.add(4))));
+            let prod = _mm_mul_ps(dm, h2f_pair(y));
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), p, acc[r]);
+            summs[r] += _mm_cvtss_f32(_mm_movehdup_ps(prod));
+        }
+    } else {
+        let (qx, dx, _) = load_block32::<K>(x);
+        // Signed weights: |x| as the unsigned operand, the sign moved onto y (per column).
+        let ux = _mm256_sign_epi8(qx, qx);
+        for r in 0..R {
+            let y = y0.add(r * stride);
+            let sy = _mm256_sign_epi8(loadu(y.add(2)), qx);
             let p = _mm256_cvtepi32_ps(dot_us8(ux, sy));
-            acc[par][r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y)), p, acc[par][r]);
-            if q81 {
-                summs[r] += mx * h2f(y.add(2));
-            }
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y)), p, acc[r]);
         }
     }
+}
+}
+
+avx2_fn! {
+unsafe fn dot_block32<const K: u8, const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+    let xb = block32_bytes(K);
+    let ab = if block32_q8_1(K) { Q8_1_BYTES } else { Q8_0_BYTES };
+    // Even blocks into acc0, odd into acc1 (explicitly unrolled: a runtime index into an array
+    // of accumulators would keep them in memory).
+    let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+    let mut summs = [0f32; R];
+    let mut ib = 0;
+    while ib + 2 <= nb {
+        step_block32::<K, R>(w.add(ib * xb), a.add(ib * ab), stride, &mut acc0, &mut summs);
+        step_block32::<K, R>(w.add((ib + 1) * xb), a.add((ib + 1) * ab), stride, &mut acc1, &mut summs);
+        ib += 2;
+    }
+    if ib < nb {
+        step_block32::<K, R>(w.add(ib * xb), a.add(ib * ab), stride, &mut acc0, &mut summs);
+    }
     for r in 0..R {
-        *out.add(r) = hsum_ps(_mm256_add_ps(acc[0][r], acc[1][r])) + summs[r];
+        *out.add(r) = hsum_ps(_mm256_add_ps(acc0[r], acc1[r])) + summs[r];
     }
 }
 }
@@ -350,6 +409,23 @@ unsafe fn dot_q2_k<const R: usize>(nb: usize, w: *const u8, a: *const u8, stride
 }
 
 avx2_fn! {
+/// The 16 6-bit scales of a Q3_K block, minus 32, as i8 (ggml's kmask shuffle of 3 u32s:
+/// low nibbles from bytes 0..8, high 2 bits from bytes 8..12).
+unsafe fn q3k_scales(p: *const u8) -> __m128i {
+    const KM1: u32 = 0x03030303;
+    const KM2: u32 = 0x0f0f0f0f;
+    let a0 = std::ptr::read_unaligned(p as *const u32);
+    let a1 = std::ptr::read_unaligned(p.add(4) as *const u32);
+    let t = std::ptr::read_unaligned(p.add(8) as *const u32);
+    let s0 = (a0 & KM2) | ((t & KM1) << 4);
+    let s1 = (a1 & KM2) | (((t >> 2) & KM1) << 4);
+    let s2 = ((a0 >> 4) & KM2) | (((t >> 4) & KM1) << 4);
+    let s3 = ((a1 >> 4) & KM2) | (((t >> 6) & KM1) << 4);
+    _mm_sub_epi8(_mm_set_epi32(s3 as i32, s2 as i32, s1 as i32, s0 as i32), _mm_set1_epi8(32))
+}
+}
+
+avx2_fn! {
 unsafe fn dot_q3_k<const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
     let m3 = _mm256_set1_epi8(3);
     let four = _mm256_set1_epi8(4);
@@ -357,8 +433,7 @@ unsafe fn dot_q3_k<const R: usize>(nb: usize, w: *const u8, a: *const u8, stride
     for i in 0..nb {
         let x = w.add(i * Q3_K_BYTES);
         let dx = h2f(x.add(108));
-        let sc = super::scalar::q3k_scales(std::slice::from_raw_parts(x.add(96), 12));
-        let scales = scale_pairs(_mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr() as *const __m128i)));
+        let scales = scale_pairs(_mm256_cvtepi8_epi16(q3k_scales(x.add(96))));
         let hm = loadu(x);
         let q3 = [loadu(x.add(32)), loadu(x.add(64))];
         let mut sumi = [_mm256_setzero_si256(); R];
@@ -413,7 +488,8 @@ unsafe fn dot_q45_k<const HIGH: bool, const R: usize>(nb: usize, w: *const u8, a
     let mut acc_m = [_mm_setzero_ps(); R];
     for i in 0..nb {
         let x = w.add(i * bytes);
-        let (dx, dminx) = (h2f(x), h2f(x.add(2)));
+        let dm = h2f_pair(x);
+        let (dx, dminx) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
         let sm = k4_scales_mins(x.add(4));
         let sc128 = _mm256_castsi256_si128(sm);
         let mins = _mm256_extracti128_si256(sm, 1);
@@ -608,9 +684,9 @@ unsafe fn dot_float<const K: u8, const R: usize>(n: usize, w: *const u8, a: *con
 /// Expands to a `VecDot` for kernel `$k::<..., R>` over R = 1..=4, after checking that `w` holds
 /// a weight row of `n` elements of `$wt` and `a` holds `out.len()` rows of `$at` at `stride`.
 macro_rules! entry {
-    ($name:ident, $wt:expr, $at:expr, $arg:expr, |$nn:ident, $w:ident, $a:ident, $s:ident, $o:ident| $($k:tt)*) => {
+    ($name:ident, $g:ident, $arg:expr, |$nn:ident, $w:ident, $a:ident, $s:ident, $o:ident| $($k:tt)*) => {
         pub fn $name(n: usize, w: &[u8], a: &[u8], stride: usize, out: &mut [f32]) {
-            super::check_dot_args($wt, $at, n, w, a, stride, out.len());
+            super::check_dot_args(super::geom::$g, n, w, a, stride, out.len());
             let $nn = $arg(n);
             let ($w, $a, $s, $o) = (w.as_ptr(), a.as_ptr(), stride, out.as_mut_ptr());
             // SAFETY: the Avx2 table is only built when AVX2/FMA/F16C are present, and
@@ -628,7 +704,6 @@ macro_rules! entry {
     };
 }
 
-use cria_core::DType as D;
 fn blocks32(n: usize) -> usize {
     n / QK
 }
@@ -662,18 +737,34 @@ fix_kind! {
     k_bf16 = dot_float::<BF16>;
 }
 
-entry!(vec_dot_q4_0, D::Q4_0, D::Q8_0, blocks32, |n, w, a, s, o| k_q4_0);
-entry!(vec_dot_q4_1, D::Q4_1, D::Q8_1, blocks32, |n, w, a, s, o| k_q4_1);
-entry!(vec_dot_q5_0, D::Q5_0, D::Q8_0, blocks32, |n, w, a, s, o| k_q5_0);
-entry!(vec_dot_q5_1, D::Q5_1, D::Q8_1, blocks32, |n, w, a, s, o| k_q5_1);
-entry!(vec_dot_q8_0, D::Q8_0, D::Q8_0, blocks32, |n, w, a, s, o| k_q8_0);
-entry!(vec_dot_iq4_nl, D::IQ4_NL, D::Q8_0, blocks32, |n, w, a, s, o| k_iq4_nl);
-entry!(vec_dot_q2_k, D::Q2_K, D::Q8_K, blocks256, |n, w, a, s, o| dot_q2_k);
-entry!(vec_dot_q3_k, D::Q3_K, D::Q8_K, blocks256, |n, w, a, s, o| dot_q3_k);
-entry!(vec_dot_q4_k, D::Q4_K, D::Q8_K, blocks256, |n, w, a, s, o| k_q4_k);
-entry!(vec_dot_q5_k, D::Q5_K, D::Q8_K, blocks256, |n, w, a, s, o| k_q5_k);
-entry!(vec_dot_q6_k, D::Q6_K, D::Q8_K, blocks256, |n, w, a, s, o| dot_q6_k);
-entry!(vec_dot_iq4_xs, D::IQ4_XS, D::Q8_K, blocks256, |n, w, a, s, o| dot_iq4_xs);
-entry!(vec_dot_f32, D::F32, D::F32, elems, |n, w, a, s, o| k_f32);
-entry!(vec_dot_f16, D::F16, D::F16, elems, |n, w, a, s, o| k_f16);
-entry!(vec_dot_bf16, D::BF16, D::BF16, elems, |n, w, a, s, o| k_bf16);
+entry!(vec_dot_q4_0, Q4_0, blocks32, |n, w, a, s, o| k_q4_0);
+entry!(vec_dot_q4_1, Q4_1, blocks32, |n, w, a, s, o| k_q4_1);
+entry!(vec_dot_q5_0, Q5_0, blocks32, |n, w, a, s, o| k_q5_0);
+entry!(vec_dot_q5_1, Q5_1, blocks32, |n, w, a, s, o| k_q5_1);
+entry!(vec_dot_q8_0, Q8_0, blocks32, |n, w, a, s, o| k_q8_0);
+entry!(vec_dot_iq4_nl, IQ4_NL, blocks32, |n, w, a, s, o| k_iq4_nl);
+entry!(vec_dot_q2_k, Q2_K, blocks256, |n, w, a, s, o| dot_q2_k);
+entry!(vec_dot_q3_k, Q3_K, blocks256, |n, w, a, s, o| dot_q3_k);
+entry!(vec_dot_q4_k, Q4_K, blocks256, |n, w, a, s, o| k_q4_k);
+entry!(vec_dot_q5_k, Q5_K, blocks256, |n, w, a, s, o| k_q5_k);
+entry!(vec_dot_q6_k, Q6_K, blocks256, |n, w, a, s, o| dot_q6_k);
+entry!(vec_dot_iq4_xs, IQ4_XS, blocks256, |n, w, a, s, o| dot_iq4_xs);
+entry!(vec_dot_f32, F32, elems, |n, w, a, s, o| k_f32);
+entry!(vec_dot_f16, F16, elems, |n, w, a, s, o| k_f16);
+entry!(vec_dot_bf16, BF16, elems, |n, w, a, s, o| k_bf16);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn h2f_is_exact_for_every_half() {
+        if !crate::Isa::Avx2.available() {
+            return;
+        }
+        for bits in 0..=u16::MAX {
+            let want = half::f16::from_bits(bits).to_f32();
+            // SAFETY: AVX2 checked above; the pointer is to a local.
+            let got = unsafe { super::h2f(bits.to_le_bytes().as_ptr()) };
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{bits:#06x}: {got} vs {want}");
+        }
+    }
+}

@@ -118,9 +118,9 @@ fn avx2_from_float(t: DType) -> Option<FromFloat> {
 
 /// Wraps a one-column scalar dot into the table's signature.
 macro_rules! scalar_cols {
-    ($($name:ident => $f:path, $wt:expr, $at:expr;)*) => {$(
+    ($($name:ident => $f:path, $g:ident;)*) => {$(
         fn $name(n: usize, w: &[u8], a: &[u8], stride: usize, out: &mut [f32]) {
-            check_dot_args($wt, $at, n, w, a, stride, out.len());
+            check_dot_args(geom::$g, n, w, a, stride, out.len());
             for (c, o) in out.iter_mut().enumerate() {
                 *o = $f(n, w, &a[c * stride..]);
             }
@@ -128,21 +128,21 @@ macro_rules! scalar_cols {
     )*};
 }
 scalar_cols! {
-    s_f32 => scalar::dot_f32, DType::F32, DType::F32;
-    s_f16 => scalar::dot_f16, DType::F16, DType::F16;
-    s_bf16 => scalar::dot_bf16, DType::BF16, DType::BF16;
-    s_q4_0 => scalar::dot_q4_0, DType::Q4_0, DType::Q8_0;
-    s_q4_1 => scalar::dot_q4_1, DType::Q4_1, DType::Q8_1;
-    s_q5_0 => scalar::dot_q5_0, DType::Q5_0, DType::Q8_0;
-    s_q5_1 => scalar::dot_q5_1, DType::Q5_1, DType::Q8_1;
-    s_q8_0 => scalar::dot_q8_0, DType::Q8_0, DType::Q8_0;
-    s_iq4_nl => scalar::dot_iq4_nl, DType::IQ4_NL, DType::Q8_0;
-    s_q2_k => scalar::dot_q2_k, DType::Q2_K, DType::Q8_K;
-    s_q3_k => scalar::dot_q3_k, DType::Q3_K, DType::Q8_K;
-    s_q4_k => scalar::dot_q4_k, DType::Q4_K, DType::Q8_K;
-    s_q5_k => scalar::dot_q5_k, DType::Q5_K, DType::Q8_K;
-    s_q6_k => scalar::dot_q6_k, DType::Q6_K, DType::Q8_K;
-    s_iq4_xs => scalar::dot_iq4_xs, DType::IQ4_XS, DType::Q8_K;
+    s_f32 => scalar::dot_f32, F32;
+    s_f16 => scalar::dot_f16, F16;
+    s_bf16 => scalar::dot_bf16, BF16;
+    s_q4_0 => scalar::dot_q4_0, Q4_0;
+    s_q4_1 => scalar::dot_q4_1, Q4_1;
+    s_q5_0 => scalar::dot_q5_0, Q5_0;
+    s_q5_1 => scalar::dot_q5_1, Q5_1;
+    s_q8_0 => scalar::dot_q8_0, Q8_0;
+    s_iq4_nl => scalar::dot_iq4_nl, IQ4_NL;
+    s_q2_k => scalar::dot_q2_k, Q2_K;
+    s_q3_k => scalar::dot_q3_k, Q3_K;
+    s_q4_k => scalar::dot_q4_k, Q4_K;
+    s_q5_k => scalar::dot_q5_k, Q5_K;
+    s_q6_k => scalar::dot_q6_k, Q6_K;
+    s_iq4_xs => scalar::dot_iq4_xs, IQ4_XS;
 }
 
 fn scalar_vec_dot(t: DType) -> Option<VecDot> {
@@ -188,16 +188,60 @@ fn avx2_vec_dot(t: DType) -> Option<VecDot> {
     })
 }
 
-/// The contract of every `VecDot`, checked once per call (a few compares; the kernels then read
-/// without bounds checks): `n` is whole blocks, `w` holds one row, `a` holds `cols` rows spaced
-/// `stride` bytes apart. Violations are bugs in the caller, hence panics.
-pub(crate) fn check_dot_args(wt: DType, at: DType, n: usize, w: &[u8], a: &[u8], stride: usize, cols: usize) {
-    let wb = wt.bytes_for(n).unwrap_or_else(|e| panic!("vec_dot {wt}: {e}"));
-    let ab = at.bytes_for(n).unwrap_or_else(|e| panic!("vec_dot {wt}: activation {e}"));
-    assert!(w.len() >= wb, "vec_dot {wt}: weight row has {} bytes, need {wb}", w.len());
-    if cols > 0 {
-        assert!(cols == 1 || stride >= ab, "vec_dot {wt}: stride {stride} < row bytes {ab}");
-        let need = (cols - 1) * stride + ab;
-        assert!(a.len() >= need, "vec_dot {wt}: activations have {} bytes, need {need}", a.len());
+/// Block geometry of a (weight, activation) pair, as constants: the checks below run once per
+/// weight row, so they must not look anything up (DType's methods search a table).
+#[derive(Clone, Copy)]
+pub(crate) struct Geometry {
+    pub name: &'static str,
+    /// Elements per block.
+    pub block: usize,
+    /// Bytes per weight block / per activation block.
+    pub w_bytes: usize,
+    pub a_bytes: usize,
+}
+
+impl Geometry {
+    pub(crate) const fn of(name: &'static str, block: usize, w_bytes: usize, a_bytes: usize) -> Geometry {
+        Geometry { name, block, w_bytes, a_bytes }
     }
+}
+
+/// The contract of every `VecDot`, checked once per call (a few integer ops; the kernels then
+/// read without bounds checks): `n` is whole blocks, `w` holds one row, `a` holds `cols` rows
+/// spaced `stride` bytes apart. Violations are bugs in the caller, hence panics.
+#[inline(always)]
+pub(crate) fn check_dot_args(g: Geometry, n: usize, w: &[u8], a: &[u8], stride: usize, cols: usize) {
+    let nb = n / g.block;
+    let (wb, ab) = (nb * g.w_bytes, nb * g.a_bytes);
+    let ok = nb * g.block == n && w.len() >= wb && (cols == 0 || ((cols == 1 || stride >= ab) && a.len() >= (cols - 1) * stride + ab));
+    if !ok {
+        bad_dot_args(g, n, w.len(), a.len(), stride, cols);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_dot_args(g: Geometry, n: usize, w: usize, a: usize, stride: usize, cols: usize) -> ! {
+    panic!("vec_dot {}: bad arguments: n={n} (block {}), weight row {w} bytes, activations {a} bytes, stride {stride}, {cols} columns", g.name, g.block)
+}
+
+/// Geometry of the kernel pairs, by weight type.
+pub(crate) mod geom {
+    use super::layout::*;
+    use super::Geometry as G;
+    pub const F32: G = G::of("F32", 1, 4, 4);
+    pub const F16: G = G::of("F16", 1, 2, 2);
+    pub const BF16: G = G::of("BF16", 1, 2, 2);
+    pub const Q4_0: G = G::of("Q4_0", QK, Q4_0_BYTES, Q8_0_BYTES);
+    pub const Q4_1: G = G::of("Q4_1", QK, Q4_1_BYTES, Q8_1_BYTES);
+    pub const Q5_0: G = G::of("Q5_0", QK, Q5_0_BYTES, Q8_0_BYTES);
+    pub const Q5_1: G = G::of("Q5_1", QK, Q5_1_BYTES, Q8_1_BYTES);
+    pub const Q8_0: G = G::of("Q8_0", QK, Q8_0_BYTES, Q8_0_BYTES);
+    pub const IQ4_NL: G = G::of("IQ4_NL", QK, IQ4_NL_BYTES, Q8_0_BYTES);
+    pub const Q2_K: G = G::of("Q2_K", QK_K, Q2_K_BYTES, Q8_K_BYTES);
+    pub const Q3_K: G = G::of("Q3_K", QK_K, Q3_K_BYTES, Q8_K_BYTES);
+    pub const Q4_K: G = G::of("Q4_K", QK_K, Q4_K_BYTES, Q8_K_BYTES);
+    pub const Q5_K: G = G::of("Q5_K", QK_K, Q5_K_BYTES, Q8_K_BYTES);
+    pub const Q6_K: G = G::of("Q6_K", QK_K, Q6_K_BYTES, Q8_K_BYTES);
+    pub const IQ4_XS: G = G::of("IQ4_XS", QK_K, IQ4_XS_BYTES, Q8_K_BYTES);
 }
