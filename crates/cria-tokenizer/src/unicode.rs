@@ -187,3 +187,30 @@ mod tests {
         assert!(!Flags::of('\u{0378}').is_none());
     }
 }
+
+/// Our generated table must equal the one llama.cpp was built with (its unicode-data.cpp in the
+/// reference tree), range for range: a different Unicode version would split rare text differently.
+#[cfg(test)]
+mod reference_table {
+    use crate::unicode_table::CLASS_RANGES;
+
+    #[test]
+    fn matches_llama_cpp_unicode_data() {
+        let dir = std::env::var_os("CRIA_REF_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref").into());
+        let path = dir.join("llama.cpp/src/unicode-data.cpp");
+        let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (set CRIA_REF_DIR)", path.display()));
+        let body = src.split("unicode_ranges_flags = {").nth(1).and_then(|s| s.split("};").next()).expect("unicode_ranges_flags in unicode-data.cpp");
+        let mut theirs = Vec::new();
+        for entry in body.split('{').skip(1) {
+            let mut it = entry.split(['}', ',']).map(str::trim);
+            let start = u32::from_str_radix(it.next().unwrap().trim_start_matches("0x"), 16).unwrap();
+            let flags = u32::from_str_radix(it.next().unwrap().trim_start_matches("0x"), 16).unwrap();
+            theirs.push((start, flags));
+        }
+        // llama.cpp closes the list with a (0x110000, 0) sentinel.
+        assert_eq!(theirs.pop(), Some((0x110000, 0)));
+        let ours: Vec<(u32, u32)> = CLASS_RANGES.iter().map(|&(s, f)| (s, f as u32)).collect();
+        assert_eq!(ours.len(), theirs.len());
+        assert_eq!(ours, theirs);
+    }
+}
