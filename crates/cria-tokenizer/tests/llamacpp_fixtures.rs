@@ -82,3 +82,38 @@ fn gpt_2() {
 fn smollm2() {
     check("smollm2");
 }
+
+/// Pre-tokenizers that none of the reference vocabularies use, checked on a copy of a vocabulary
+/// whose tokenizer.ggml.pre was replaced (gen_fixtures.py VARIANTS); cria swaps its pre-tokenizer
+/// with `with_pre`. The add flags stay the base file's, so only add_special = false and
+/// remove_special = false are compared.
+fn check_variant(base: &str, pre: &str, kind: &str) {
+    let fx = read_fixture(&format!("{base}@{pre}"));
+    let tok = load_gguf(&vocab_path(base)).with_pre(pre).unwrap();
+    assert_eq!(tok.kind(), kind);
+    let mut n = 0;
+    for c in &fx.cases {
+        for key in ["00", "01"] {
+            let got = tok.encode(&c.text, false, key == "01");
+            assert_eq!(&got, &c.enc[key], "{base}@{pre} {key}: {:?}", c.text);
+            n += 1;
+        }
+        for key in ["00", "01"] {
+            let expected = &c.dec[key];
+            let got = tok.detokenize(&c.enc["11"], false, key == "01");
+            assert_eq!(&got, expected, "{base}@{pre} dec {key}: {:?}", c.text);
+            n += 1;
+        }
+    }
+    eprintln!("{base}@{pre}: {n}/{n} encode/detokenize results match llama.cpp");
+}
+
+#[test]
+fn default_pre_tokenizer() {
+    check_variant("gpt-2", "default", "bpe(default)");
+}
+
+#[test]
+fn qwen2_pre_tokenizer() {
+    check_variant("llama-bpe", "qwen2", "bpe(qwen2)");
+}
