@@ -3,15 +3,24 @@
 //! Decoding one token calls ~200 small parallel ops (a 576x576 matmul is ~20 µs of work), so the
 //! pool must cost little per op: workers are spawned once, wait for the next job by spinning a
 //! short while (a job usually follows within microseconds) and then park on a condvar so an idle
-//! pool burns no CPU. The calling thread takes part as thread 0; `run` returns only when every
-//! thread has finished, which is what makes lending the workers a reference to the caller's stack
-//! sound.
+//! pool burns no CPU.
 //!
-//! Sync protocol: the caller writes the job, sets `pending`, then bumps `epoch` (SeqCst). A worker
-//! that sees a new epoch runs the job and decrements `pending`. A worker going to sleep counts
-//! itself in `sleepers` under `lock` and re-checks `epoch` before waiting; the caller notifies
-//! when it sees sleepers after its bump. With SeqCst on both sides, either the caller sees the
-//! sleeper or the sleeper sees the new epoch, so no wake-up is lost.
+//! Work is handed out dynamically (`for_each`: an atomic item counter) and the caller works too.
+//! A job is *open* while the caller is still taking items; when the caller finds none left it
+//! closes the job and waits only for the workers that joined it. A worker that wakes late (parked,
+//! or descheduled on a busy machine) finds the job closed and never touches it, so the caller is
+//! never held up by a thread that did nothing, and the pool degrades to single-threaded speed
+//! rather than to a scheduler round-trip per op.
+//!
+//! Sync protocol (all SeqCst on `open`/`active`): the caller writes `job`, sets `open`, bumps
+//! `epoch` (the wake-up signal). A worker that sees a new epoch increments `active`, then reads
+//! `open`: if closed it decrements and goes back to waiting; if open it reads `job`, runs it,
+//! decrements `active`. The caller, done with its share, clears `open` and waits for `active == 0`.
+//! In the single total order either the worker's increment precedes the close (the caller waits
+//! for it) or it follows it (the worker sees the job closed). `job` is rewritten only while
+//! `open` is false and `active` is 0 under `run_lock`, and read only by a worker that saw `open`.
+//! Parking: a worker counts itself in `sleepers` under `lock` and re-checks `epoch` before
+//! waiting; the caller notifies when it sees sleepers after its bump.
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -29,10 +38,9 @@ type Job = *const (dyn Fn(usize) + Sync);
 
 struct Shared {
     epoch: AtomicU64,
-    /// Written by the caller only while no worker can read it (all finished the previous job,
-    /// none has seen the next epoch yet).
+    open: AtomicBool,
+    active: AtomicUsize,
     job: UnsafeCell<Option<Job>>,
-    pending: AtomicUsize,
     sleepers: AtomicUsize,
     lock: Mutex<()>,
     cv: Condvar,
@@ -40,10 +48,9 @@ struct Shared {
     panicked: AtomicBool,
 }
 
-// SAFETY: `job` is only written by the thread holding `ThreadPool::run_lock` while `pending == 0`
-// and before the epoch bump that publishes it (Release via SeqCst); workers read it only after
-// observing that bump (Acquire). The pointee is `Sync`, and `run` keeps it alive until every
-// worker has decremented `pending`.
+// SAFETY: `job` is written only by the caller holding `run_lock` while `open` is false and
+// `active` is 0, and read only by workers that incremented `active` and then saw `open` true
+// (see the protocol above); the pointee is `Sync` and outlives the job.
 unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
@@ -60,8 +67,9 @@ impl ThreadPool {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(0),
+            open: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
             job: UnsafeCell::new(None),
-            pending: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
             cv: Condvar::new(),
@@ -84,9 +92,11 @@ impl ThreadPool {
         self.workers.len() + 1
     }
 
-    /// Runs `f(thread_id)` once on each of the `threads()` threads (the caller is thread 0) and
-    /// returns when all are done. A panic in any of them is re-raised here.
-    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+    /// Runs `f(thread_id)` on the caller (thread 0) and on every worker that arrives while the
+    /// caller's own call is running; returns when all of those are done. So `f` must be a "take
+    /// work until none is left" loop: a worker may run it after the caller found nothing left,
+    /// or not at all. A panic in any of them is re-raised here.
+    fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         if self.workers.is_empty() {
             f(0);
             return;
@@ -94,23 +104,24 @@ impl ThreadPool {
         let _one_at_a_time = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
         // SAFETY: erasing the lifetime is sound because this function does not return (or
-        // unwind) before `pending` is back to 0, i.e. before the last worker is done with `f`.
+        // unwind) before the job is closed and `active` is back to 0.
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f) };
-        // SAFETY: we hold run_lock and pending == 0 (the previous run waited for it), so no worker
-        // reads `job` until the epoch bump below publishes it.
+        // SAFETY: we hold run_lock, `open` is false and `active` is 0 (the previous run waited
+        // for both), so no worker reads `job` now.
         unsafe { *s.job.get() = Some(job) };
-        s.pending.store(self.workers.len(), SeqCst);
+        s.open.store(true, SeqCst);
         s.epoch.fetch_add(1, SeqCst);
         if s.sleepers.load(SeqCst) > 0 {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.cv.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
-        // Wait for the workers: spin briefly (they finish at about the same time as we do), then
-        // yield so that a descheduled worker on a busy machine gets the core back.
+        s.open.store(false, SeqCst);
+        // Only workers that joined are waited for; they are mid-item, so spin (then yield, in case
+        // one was descheduled on a busy machine).
         let t0 = Instant::now();
         let mut n = 0u32;
-        while s.pending.load(Acquire) != 0 {
+        while s.active.load(SeqCst) != 0 {
             n = n.wrapping_add(1);
             if n % 64 != 0 || t0.elapsed() < SPIN {
                 std::hint::spin_loop();
@@ -158,7 +169,7 @@ fn worker(s: &Shared, id: usize) {
             if s.shutdown.load(Acquire) {
                 return;
             }
-            let e = s.epoch.load(Acquire);
+            let e = s.epoch.load(SeqCst);
             if e != seen {
                 seen = e;
                 break;
@@ -177,15 +188,17 @@ fn worker(s: &Shared, id: usize) {
             }
             s.sleepers.fetch_sub(1, SeqCst);
         }
-        // SAFETY: the epoch we just observed (Acquire) was bumped after `job` was written, and the
-        // caller keeps the job alive until we decrement `pending`.
-        let job = unsafe { (*s.job.get()).expect("cria pool: epoch bumped without a job") };
-        // SAFETY: see above; the pointee outlives this call.
-        let r = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(id) }));
-        if r.is_err() {
-            s.panicked.store(true, SeqCst);
+        s.active.fetch_add(1, SeqCst);
+        if s.open.load(SeqCst) {
+            // SAFETY: `open` was set after `job` was written and the caller cannot rewrite or
+            // drop it until we decrement `active`.
+            let job = unsafe { (*s.job.get()).expect("cria pool: job open without a job") };
+            // SAFETY: see above; the pointee outlives this call.
+            if catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(id) })).is_err() {
+                s.panicked.store(true, SeqCst);
+            }
         }
-        s.pending.fetch_sub(1, Release);
+        s.active.fetch_sub(1, SeqCst);
     }
 }
 
@@ -211,48 +224,54 @@ mod tests {
         for threads in [1, 2, 3, 5] {
             let pool = ThreadPool::new(threads);
             assert_eq!(pool.threads(), threads);
-            for n in [0usize, 1, 2, 7, 1000] {
-                let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-                pool.for_each(n, &|i, tid| {
-                    assert!(tid < threads);
-                    hits[i].fetch_add(1, SeqCst);
-                });
-                assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "threads={threads} n={n}");
+            for round in 0..20 {
+                for n in [0usize, 1, 2, 7, 1000] {
+                    let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                    pool.for_each(n, &|i, tid| {
+                        assert!(tid < threads);
+                        hits[i].fetch_add(1, SeqCst);
+                    });
+                    assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "threads={threads} n={n}");
+                }
+                if round % 5 == 0 {
+                    // Let the workers park, so the condvar wake-up path is exercised too.
+                    std::thread::sleep(SPIN * 3);
+                }
             }
         }
     }
 
     #[test]
-    fn run_reaches_every_thread_and_survives_parking() {
-        let pool = ThreadPool::new(3);
-        for round in 0..50 {
-            let seen: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
-            pool.run(&|tid| {
-                seen[tid].fetch_add(1, SeqCst);
+    fn workers_do_take_items_when_there_is_enough_work() {
+        let pool = ThreadPool::new(2);
+        let by_worker = AtomicUsize::new(0);
+        for _ in 0..20 {
+            pool.for_each(64, &|_, tid| {
+                std::thread::sleep(Duration::from_micros(200));
+                if tid == 1 {
+                    by_worker.fetch_add(1, SeqCst);
+                }
             });
-            assert!(seen.iter().all(|h| h.load(SeqCst) == 1));
-            if round % 10 == 0 {
-                // Let the workers park, so the condvar wake-up path is exercised too.
-                std::thread::sleep(SPIN * 5);
-            }
         }
+        assert!(by_worker.load(SeqCst) > 0, "the worker never took an item");
     }
 
     #[test]
     fn a_worker_panic_reaches_the_caller_and_the_pool_still_works() {
         let pool = ThreadPool::new(2);
         let r = catch_unwind(AssertUnwindSafe(|| {
-            pool.run(&|tid| {
-                if tid == 1 {
+            pool.for_each(1000, &|i, tid| {
+                if tid == 1 || i == 999 {
+                    std::thread::sleep(Duration::from_micros(50));
                     panic!("boom (expected by the test)");
                 }
             })
         }));
         assert!(r.is_err());
         let count = AtomicUsize::new(0);
-        pool.run(&|_| {
+        pool.for_each(10, &|_, _| {
             count.fetch_add(1, SeqCst);
         });
-        assert_eq!(count.load(SeqCst), 2);
+        assert_eq!(count.load(SeqCst), 10);
     }
 }

