@@ -119,7 +119,10 @@ impl Config {
         let n_heads = need("num_attention_heads")?;
         let n_kv_heads = json_usize(&c, "num_key_value_heads").unwrap_or(n_heads);
         let head_dim = json_usize(&c, "head_dim").unwrap_or(if n_heads > 0 { dim / n_heads } else { 0 });
-        let rope_scaling = match c.get("rope_scaling").filter(|v| !v.is_null()) {
+        // transformers >= 5 writes `rope_parameters` {rope_type, rope_theta, factor...}; older
+        // configs have `rope_scaling` and a top-level `rope_theta`. Read both.
+        let rope_params = c.get("rope_parameters").filter(|v| v.is_object());
+        let rope_scaling = match c.get("rope_scaling").filter(|v| !v.is_null()).or(rope_params) {
             None => RopeScaling::None,
             Some(rs) => {
                 let ty = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Json::as_str).unwrap_or("default");
@@ -148,7 +151,7 @@ impl Config {
             head_dim,
             ffn_dim: need("intermediate_size")?,
             norm_eps: json_f32(&c, "rms_norm_eps").unwrap_or(1e-6),
-            rope_theta: json_f32(&c, "rope_theta").unwrap_or(10000.0),
+            rope_theta: json_f32(&c, "rope_theta").or_else(|| rope_params.and_then(|p| json_f32(p, "rope_theta"))).unwrap_or(10000.0),
             n_rot: (head_dim as f32 * partial) as usize,
             rope_scaling,
             rope_interleaved: false,
@@ -258,6 +261,14 @@ mod tests {
         }
         assert!(Config::from_hf_json("{").is_err());
         assert!(Config::from_hf_json("[]").is_err());
+    }
+
+    #[test]
+    fn transformers5_rope_parameters() {
+        let c = Config::from_hf_json(&BASE.replace(r#""rope_theta":500000.0"#, r#""rope_parameters":{"rope_type":"linear","factor":2.0,"rope_theta":1000.0}"#)).unwrap();
+        assert_eq!((c.rope_theta, c.rope_scaling.clone()), (1000.0, RopeScaling::Linear { factor: 2.0 }));
+        let c = Config::from_hf_json(&BASE.replace(r#""rope_theta":500000.0"#, r#""rope_parameters":{"rope_type":"default","rope_theta":1000.0}"#)).unwrap();
+        assert_eq!((c.rope_theta, c.rope_scaling.clone()), (1000.0, RopeScaling::None));
     }
 
     /// Meta's reference values for LLaMA 3.1 (theta 500000, factor 8, low 1, high 4, original 8192):
