@@ -1,1 +1,12 @@
-//! cria-engine
+//! cria-engine: what sits between the model and a user: token samplers and chat templates
+//! (sessions and the request scheduler come later).
+//!
+//! Errors: template rendering returns `cria_core::Result`, with template problems (syntax errors,
+//! `raise_exception`, undefined functions) as `cria_core::Error::Msg` carrying the template's own
+//! message and location.
+
+pub mod sampler;
+pub mod template;
+
+pub use sampler::{Sampler, SamplerConfig};
+
