@@ -26,7 +26,8 @@ pub use pretok::PreTokenizer;
 pub use stream::StreamDecoder;
 
 use cria_core::{Error, Result};
-use std::collections::{BTreeSet, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeSet;
 
 /// Marks "no token" inside hot loops where `Option<u32>` would double the size of a symbol.
 pub(crate) const NO_ID: u32 = u32::MAX;
@@ -62,11 +63,11 @@ pub(crate) enum Model {
 }
 
 /// Everything a loader found, before the rules shared by both loaders are applied.
-pub(crate) struct Spec {
+pub(crate) struct Spec<'a> {
     pub model: Model,
     pub tokens: Vec<TokenData>,
-    /// BPE merges in rank order.
-    pub merges: Vec<(String, String)>,
+    /// BPE merges in rank order, borrowed from the loader's source (no copy of 280K strings).
+    pub merges: Vec<(&'a str, &'a str)>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub eot: Option<u32>,
@@ -88,11 +89,11 @@ pub(crate) struct Spec {
 pub struct Tokenizer {
     model: Model,
     pub(crate) tokens: Vec<TokenData>,
-    token_to_id: HashMap<String, u32>,
+    token_to_id: FxHashMap<String, u32>,
     /// Merge ranks keyed by the ids of the two halves (every real vocabulary has both halves in
     /// the vocabulary; the few that do not are kept by text in `merges_by_text`).
-    pub(crate) merges: HashMap<(u32, u32), u32>,
-    pub(crate) merges_by_text: HashMap<(String, String), u32>,
+    pub(crate) merges: FxHashMap<(u32, u32), u32>,
+    pub(crate) merges_by_text: FxHashMap<(String, String), u32>,
     pub(crate) ignore_merges: bool,
     byte_tokens: Vec<u32>, // 256 entries, NO_ID where the vocabulary has no token for that byte
     /// Control, user-defined and unknown tokens, longest text first: the order they are cut out.
@@ -198,7 +199,7 @@ impl Tokenizer {
 
     /// Applies llama.cpp's vocabulary-wide rules (end-of-generation detection, attribute fixes)
     /// and builds the lookup tables.
-    pub(crate) fn build(spec: Spec) -> Result<Tokenizer> {
+    pub(crate) fn build(spec: Spec<'_>) -> Result<Tokenizer> {
         let Spec { model, mut tokens, merges, bos, eos, mut eot, mut eom, unk, pad, mut fim, add_bos, add_eos, add_space_prefix, clean_spaces, ignore_merges, chat_template, model_name } = spec;
         if tokens.is_empty() {
             return Err(Error::msg("tokenizer: empty vocabulary"));
@@ -219,7 +220,9 @@ impl Tokenizer {
                 t.text = format!("[EMPTY_{i}]");
             }
         }
-        let mut token_to_id = HashMap::with_capacity(tokens.len());
+        // Fx hashing: the keys are the vocabulary's (fixed at load), so adversarial input text can
+        // only hit the chains the vocabulary already has; SipHash would double encode time.
+        let mut token_to_id = FxHashMap::with_capacity_and_hasher(tokens.len(), Default::default());
         for (i, t) in tokens.iter().enumerate() {
             token_to_id.insert(t.text.clone(), i as u32);
         }
@@ -306,16 +309,16 @@ impl Tokenizer {
             }
         }
 
-        let mut merge_ids = HashMap::with_capacity(merges.len());
-        let mut merges_by_text = HashMap::new();
-        for (rank, (a, b)) in merges.into_iter().enumerate() {
+        let mut merge_ids = FxHashMap::with_capacity_and_hasher(merges.len(), Default::default());
+        let mut merges_by_text = FxHashMap::default();
+        for (rank, &(a, b)) in merges.iter().enumerate() {
             let rank = rank as u32;
-            match (token_to_id.get(&a), token_to_id.get(&b)) {
+            match (token_to_id.get(a), token_to_id.get(b)) {
                 (Some(&ia), Some(&ib)) => {
                     merge_ids.entry((ia, ib)).or_insert(rank);
                 }
                 _ => {
-                    merges_by_text.entry((a, b)).or_insert(rank);
+                    merges_by_text.entry((a.to_string(), b.to_string())).or_insert(rank);
                 }
             }
         }

@@ -113,8 +113,8 @@ pub(crate) fn load(g: &GgufFile) -> Result<Tokenizer> {
         for m in list {
             // "a b"; the first half is never empty, so the split is at the first space after byte 0.
             match m.as_bytes().iter().skip(1).position(|&b| b == b' ') {
-                Some(p) => merges.push((m[..p + 1].to_string(), m[p + 2..].to_string())),
-                None => merges.push((String::new(), String::new())),
+                Some(p) => merges.push((&m[..p + 1], &m[p + 2..])),
+                None => merges.push(("", "")),
             }
         }
     }

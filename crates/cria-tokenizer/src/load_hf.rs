@@ -15,7 +15,7 @@ use crate::pretok::PreTokenizer;
 use crate::{attr, Model, Spec, TokenData, Tokenizer};
 use cria_core::{Error, Result};
 use serde_json::Value;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::path::Path;
 
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -167,8 +167,8 @@ pub(crate) fn load(json_path: &Path, config_path: Option<&Path>) -> Result<Token
     let mut merges = Vec::new();
     for (i, mv) in m["merges"].as_array().map(Vec::as_slice).unwrap_or(&[]).iter().enumerate() {
         let pair = match mv {
-            Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())),
-            Value::Array(a) if a.len() == 2 => a[0].as_str().zip(a[1].as_str()).map(|(a, b)| (a.to_string(), b.to_string())),
+            Value::String(s) => s.split_once(' '),
+            Value::Array(a) if a.len() == 2 => a[0].as_str().zip(a[1].as_str()),
             _ => None,
         };
         merges.push(pair.ok_or_else(|| bad(format!("merge {i} is neither \"a b\" nor [a, b]")))?);
@@ -176,10 +176,14 @@ pub(crate) fn load(json_path: &Path, config_path: Option<&Path>) -> Result<Token
 
     if model == Model::Spm {
         // Score = -(rank of the first merge that makes the token): earlier merges win.
-        let index: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.text.as_str(), i)).collect();
+        let index: FxHashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.text.as_str(), i)).collect();
         let mut score: Vec<Option<f32>> = vec![None; tokens.len()];
+        let mut joined = String::new();
         for (rank, (a, b)) in merges.iter().enumerate() {
-            if let Some(&id) = index.get(format!("{a}{b}").as_str()) {
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b);
+            if let Some(&id) = index.get(joined.as_str()) {
                 score[id].get_or_insert(-(rank as f32));
             }
         }

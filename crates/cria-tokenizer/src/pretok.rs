@@ -39,7 +39,7 @@ impl PreTokenizer {
     }
 
     /// Splits `text` into words; their concatenation is `text`.
-    pub fn split<'a>(self, text: &'a str) -> Vec<&'a str> {
+    pub fn split(self, text: &str) -> Vec<&str> {
         let cpts: Vec<char> = text.chars().collect();
         let flags: Vec<Flags> = cpts.iter().map(|&c| Flags::of(c)).collect();
         let mut pieces = vec![(0, cpts.len())];
@@ -135,7 +135,7 @@ impl Scan<'_> {
                 }
                 e.add(end);
             }
-            Stage::PunctRuns => self.runs(ini, end, out, |c, f| is_default_punct(c, f)),
+            Stage::PunctRuns => self.runs(ini, end, out, is_default_punct),
             Stage::NumberRuns => self.runs(ini, end, out, |_, f| f.is_number()),
             Stage::AsciiDigitTriples => {
                 let mut e = Emit { out, prev_end: ini };
@@ -197,14 +197,13 @@ impl Scan<'_> {
             let space = c == Some(' ');
             let mut f2 = if space { flags(pos + 1) } else { f };
             // ' ?\p{L}+', ' ?\p{N}+', ' ?[^\s\p{L}\p{N}]+'
-            let other = |f: Flags| !(f.is_whitespace() || f.is_letter() || f.is_number()) && !f.is_none();
-            if f2.is_letter() || f2.is_number() || other(f2) {
+            if f2.is_letter() || f2.is_number() || f2.is_other() {
                 let class: fn(Flags) -> bool = if f2.is_letter() {
                     Flags::is_letter
                 } else if f2.is_number() {
                     Flags::is_number
                 } else {
-                    |f| !(f.is_whitespace() || f.is_letter() || f.is_number()) && !f.is_none()
+                    Flags::is_other
                 };
                 pos += space as usize;
                 while class(f2) {
@@ -292,7 +291,7 @@ impl Scan<'_> {
             let other = |f: Flags| !(f.is_whitespace() || f.is_letter() || f.is_number());
             if other(f2) && !f.is_none() {
                 pos += space as usize;
-                while other(f2) && !f2.is_none() {
+                while f2.is_other() {
                     pos += 1;
                     f2 = flags(pos);
                 }

@@ -55,6 +55,12 @@ impl Flags {
     pub fn is_punctuation(self) -> bool {
         self.0 & Self::PUNCTUATION != 0
     }
+    /// A character (not "none") that is neither whitespace, letter nor number: the regexes'
+    /// `[^\s\p{L}\p{N}]`.
+    #[inline]
+    pub fn is_other(self) -> bool {
+        !self.is_none() && self.0 & (Self::WHITESPACE | Self::LETTER | Self::NUMBER) == 0
+    }
     #[inline]
     pub fn is_whitespace(self) -> bool {
         self.0 & Self::WHITESPACE != 0

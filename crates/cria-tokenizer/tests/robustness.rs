@@ -44,7 +44,17 @@ impl Rng {
 }
 
 fn all_tokenizers() -> Vec<(&'static str, Tokenizer)> {
-    ["llama-spm", "llama-bpe", "gpt-2", "smollm2"].into_iter().map(|v| (v, load_gguf(&fixture_model_path(v)))).collect()
+    ["llama-spm", "llama-bpe", "gpt-2", "smollm2"]
+        .into_iter()
+        .map(|v| {
+            let path = fixture_model_path(v);
+            let g = cria_core::gguf::GgufFile::open(&path).unwrap();
+            let t = Instant::now();
+            let tok = Tokenizer::from_gguf(&g).unwrap();
+            eprintln!("{v:9} from_gguf: {} tokens in {:.0} ms", tok.vocab_size(), t.elapsed().as_secs_f64() * 1e3);
+            (v, tok)
+        })
+        .collect()
 }
 
 #[test]
@@ -265,4 +275,11 @@ fn hf_minimal_byte_level() {
     assert_eq!(tok.encode("ab ab<|end|>", false, true), [2, 4, 5]);
     assert!(tok.is_eog(5));
     assert_eq!(tok.decode(&[2, 4, 5]), "ab ab");
+}
+
+/// The engine shares one tokenizer across threads.
+#[test]
+fn tokenizer_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Tokenizer>();
 }
