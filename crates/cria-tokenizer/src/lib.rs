@@ -637,7 +637,7 @@ impl Tokenizer {
     pub fn add_space_prefix(&self) -> bool {
         self.add_space_prefix
     }
-    /// "spm", or "bpe(<pre-tokenizer>)" such as "bpe(llama3)", "bpe(gpt2)", "bpe(smollm)".
+    /// `"spm"`, or `"bpe(<pre-tokenizer>)"` such as `"bpe(llama3)"`, `"bpe(gpt2)"`, `"bpe(smollm)"`.
     pub fn kind(&self) -> &str {
         &self.kind
     }
