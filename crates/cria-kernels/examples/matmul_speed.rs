@@ -52,7 +52,7 @@ fn kernel_only(types: &[DType]) {
             let reps = 200;
             let s = best(|| {
                 for _ in 0..reps {
-                    (kern.vec_dot)(n, std::hint::black_box(w.row(0)), &a, ab, &mut out[..cols]);
+                    (kern.vec_dot)(n, std::hint::black_box(w.row(0)), 1, &a, ab, &mut out[..cols]);
                 }
             });
             print!("  {cols} col: {:>6.2} ns", s / reps as f64 / blocks / cols as f64 * 1e9);

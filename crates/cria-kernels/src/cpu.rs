@@ -25,6 +25,9 @@ const CHUNK_BYTES: usize = 16 * 1024;
 /// Below this many multiply-adds an op runs on the calling thread: waking workers costs a few
 /// microseconds.
 const MIN_PARALLEL_MACS: usize = 64 * 1024;
+/// Cap on rows per work item (bounds the on-stack result tile; tiny rows would otherwise make
+/// items of thousands of rows).
+const MAX_CHUNK_ROWS: usize = 256;
 
 pub struct CpuBackend {
     /// Threads in all, the caller included.
@@ -127,22 +130,23 @@ impl Backend for CpuBackend {
         };
         let wb = w.bytes();
         let rb = w.row_bytes();
-        let rows_per_chunk = (CHUNK_BYTES / rb.max(1)).clamp(1, n);
+        let rows_per_chunk = (CHUNK_BYTES / rb.max(1)).clamp(1, MAX_CHUNK_ROWS.min(n));
         let n_chunks = n.div_ceil(rows_per_chunk);
         let outp = SyncPtr(out.as_mut_ptr());
         let job = |chunk: usize, _tid: usize| {
             let (j0, j1) = (chunk * rows_per_chunk, ((chunk + 1) * rows_per_chunk).min(n));
-            let mut tmp = [0f32; 4];
+            let rows = j1 - j0;
+            let mut tile = [0f32; MAX_CHUNK_ROWS * 4];
             let mut i = 0;
             while i < t {
-                let cols = kern.max_cols.min(t - i).min(tmp.len());
-                let ai = &a[i * ab..];
-                for j in j0..j1 {
-                    (kern.vec_dot)(k, &wb[j * rb..(j + 1) * rb], ai, ab, &mut tmp[..cols]);
-                    for (c, &v) in tmp[..cols].iter().enumerate() {
-                        // SAFETY: (i + c) < t and j < n, so the index is inside `out` (len t*n,
-                        // checked above); this (row, column) belongs to this chunk alone.
-                        unsafe { *outp.get().add((i + c) * n + j) = v };
+                let cols = kern.max_cols.min(t - i).min(4);
+                // tile[r * cols + c] = row j0 + r . token i + c
+                (kern.vec_dot)(k, &wb[j0 * rb..j1 * rb], rows, &a[i * ab..], ab, &mut tile[..rows * cols]);
+                for c in 0..cols {
+                    for r in 0..rows {
+                        // SAFETY: (i + c) < t and j0 + r < n, so the index is inside `out` (len
+                        // t*n, checked above); this (token, row) belongs to this chunk alone.
+                        unsafe { *outp.get().add((i + c) * n + j0 + r) = tile[r * cols + c] };
                     }
                 }
                 i += cols;

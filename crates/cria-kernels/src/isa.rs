@@ -54,20 +54,23 @@ impl Isa {
     /// name, or an ISA this CPU lacks, is an error rather than a silent fallback: whoever set the
     /// variable wants to know which kernels ran.
     pub fn from_env() -> Result<Isa, String> {
-        match std::env::var("CRIA_CPU") {
-            Err(_) => Ok(Isa::best()),
-            Ok(v) if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("auto") => Ok(Isa::best()),
-            Ok(v) => {
-                let isa = Isa::from_name(&v).ok_or_else(|| {
-                    let names: Vec<_> = Isa::ALL.iter().map(|i| i.name()).collect();
-                    format!("CRIA_CPU={v:?}: unknown; expected auto or one of {}", names.join(", "))
-                })?;
-                if isa.available() {
-                    Ok(isa)
-                } else {
-                    Err(format!("CRIA_CPU={v:?}: this CPU does not support {}", isa.name()))
-                }
-            }
+        Isa::parse_request(std::env::var("CRIA_CPU").ok().as_deref())
+    }
+
+    /// `from_env` on a given value of the variable.
+    pub fn parse_request(v: Option<&str>) -> Result<Isa, String> {
+        let v = v.map(str::trim).unwrap_or("");
+        if v.is_empty() || v.eq_ignore_ascii_case("auto") {
+            return Ok(Isa::best());
+        }
+        let isa = Isa::from_name(v).ok_or_else(|| {
+            let names: Vec<_> = Isa::ALL.iter().map(|i| i.name()).collect();
+            format!("CRIA_CPU={v:?}: unknown; expected auto or one of {}", names.join(", "))
+        })?;
+        if isa.available() {
+            Ok(isa)
+        } else {
+            Err(format!("CRIA_CPU={v:?}: this CPU does not support {}", isa.name()))
         }
     }
 }
@@ -90,5 +93,20 @@ mod tests {
         assert_eq!(Isa::from_name("neon"), None);
         assert!(Isa::best().available());
         assert!(Isa::Scalar.available());
+    }
+
+    #[test]
+    fn cria_cpu_values() {
+        assert_eq!(Isa::parse_request(None), Ok(Isa::best()));
+        assert_eq!(Isa::parse_request(Some(" auto ")), Ok(Isa::best()));
+        assert_eq!(Isa::parse_request(Some("")), Ok(Isa::best()));
+        assert_eq!(Isa::parse_request(Some("scalar")), Ok(Isa::Scalar));
+        let e = Isa::parse_request(Some("avx512")).unwrap_err();
+        assert!(e.contains("unknown") && e.contains("scalar, avx2"), "{e}");
+        if Isa::Avx2.available() {
+            assert_eq!(Isa::parse_request(Some("AVX2")), Ok(Isa::Avx2));
+        } else {
+            assert!(Isa::parse_request(Some("avx2")).unwrap_err().contains("does not support"));
+        }
     }
 }

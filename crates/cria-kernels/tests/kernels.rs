@@ -87,6 +87,43 @@ fn simd_activation_converters_match_scalar_bitwise() {
 }
 
 #[test]
+fn activation_quantizers_equal_cria_core_x86_twins_bitwise() {
+    // cria-core's quantize_row_q8_{0,1}_x86 / q8_k are checked bit-exact against llama.cpp's own
+    // x86 quantizers (fixtures made through ctypes); ours must equal them, on every ISA.
+    use cria_core::quant::{self, BlockQ8_0, BlockQ8_1, BlockQ8_K};
+    use half::f16;
+    let mut rng = Rng::new(9);
+    for isa in all_isas() {
+        for (i, k) in [256usize, 512, 1536, 4096].into_iter().enumerate() {
+            let mut x = random_acts(&mut rng, 1, k);
+            if i == 1 {
+                x.iter_mut().for_each(|v| *v *= 1e-6); // small scales: f16 d goes subnormal
+            }
+            if i == 2 {
+                x[7] = 6e4; // large
+            }
+            let conv = |dt: DType| {
+                let wt = match dt {
+                    DType::Q8_0 => DType::Q8_0,
+                    DType::Q8_1 => DType::Q4_1,
+                    _ => DType::Q4_K,
+                };
+                convert(&dot::kernel(isa, wt).unwrap(), &x, 1, k)
+            };
+            let mut b0 = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; k / 32];
+            quant::quantize_row_q8_0_x86(&x, &mut b0);
+            assert_eq!(conv(DType::Q8_0), bytemuck::cast_slice::<_, u8>(&b0), "Q8_0 on {isa}, k={k}");
+            let mut b1 = vec![BlockQ8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; 32] }; k / 32];
+            quant::quantize_row_q8_1_x86(&x, &mut b1);
+            assert_eq!(conv(DType::Q8_1), bytemuck::cast_slice::<_, u8>(&b1), "Q8_1 on {isa}, k={k}");
+            let mut bk = vec![BlockQ8_K { d: 0.0, qs: [0; 256], bsums: [0; 16] }; k / 256];
+            quant::quantize_row_q8_k(&x, &mut bk);
+            assert_eq!(conv(DType::Q8_K), bytemuck::cast_slice::<_, u8>(&bk), "Q8_K on {isa}, k={k}");
+        }
+    }
+}
+
+#[test]
 fn q8_quantizers_round_ties_to_even_like_llama_cpp_x86() {
     // amax = 127 -> id = 1: the quants are round_ties_even(x).
     let mut x = vec![0f32; 32];
@@ -144,8 +181,8 @@ fn simd_vec_dot_matches_scalar_on_awkward_sizes() {
                 let ab = ks.vec_dot_type.bytes_for(n).unwrap();
                 for c in 1..=cols {
                     let (mut os, mut ov) = (vec![0f32; c], vec![0f32; c]);
-                    (ks.vec_dot)(n, wrow, &a, ab, &mut os);
-                    (kv.vec_dot)(n, wrow, &a, ab, &mut ov);
+                    (ks.vec_dot)(n, wrow, 1, &a, ab, &mut os);
+                    (kv.vec_dot)(n, wrow, 1, &a, ab, &mut ov);
                     for j in 0..c {
                         let af = dequant_act(ks.vec_dot_type, &a[j * ab..(j + 1) * ab], n);
                         let mut scale = abs_dot(&wf, &af);
@@ -169,7 +206,7 @@ fn simd_vec_dot_matches_scalar_on_awkward_sizes() {
 }
 
 #[test]
-fn vec_dot_columns_do_not_depend_on_grouping() {
+fn vec_dot_results_do_not_depend_on_row_or_column_grouping() {
     // A token's result must be the same bits whether it is dotted alone or in a group.
     let mut rng = Rng::new(3);
     for isa in all_isas() {
@@ -182,11 +219,21 @@ fn vec_dot_columns_do_not_depend_on_grouping() {
             let a = convert(&kern, &x, cols, n);
             let ab = kern.vec_dot_type.bytes_for(n).unwrap();
             let mut grouped = vec![0f32; cols];
-            (kern.vec_dot)(n, w.row(0), &a, ab, &mut grouped);
+            (kern.vec_dot)(n, w.row(0), 1, &a, ab, &mut grouped);
             for (j, &g) in grouped.iter().enumerate() {
                 let mut one = [0f32];
-                (kern.vec_dot)(n, w.row(0), &a[j * ab..], ab, &mut one);
+                (kern.vec_dot)(n, w.row(0), 1, &a[j * ab..], ab, &mut one);
                 assert_eq!(one[0].to_bits(), g.to_bits(), "{wt} {isa} col {j}");
+            }
+            // Several rows in one call: out[r * cols + c], each equal to its one-row result.
+            let rows = 3;
+            let w3 = random_weights(&mut rng, wt, rows, n);
+            let mut multi = vec![0f32; rows * cols];
+            (kern.vec_dot)(n, w3.bytes(), rows, &a, ab, &mut multi);
+            for r in 0..rows {
+                let mut one = vec![0f32; cols];
+                (kern.vec_dot)(n, w3.row(r), 1, &a, ab, &mut one);
+                assert!(one.iter().zip(&multi[r * cols..(r + 1) * cols]).all(|(x, y)| x.to_bits() == y.to_bits()), "{wt} {isa} row {r}");
             }
         }
     }

@@ -681,29 +681,38 @@ unsafe fn dot_float<const K: u8, const R: usize>(n: usize, w: *const u8, a: *con
 // Safe entry points with the table's signature. Each checks sizes once, then dispatches on the
 // number of columns.
 
-/// Expands to a `VecDot` for kernel `$k::<..., R>` over R = 1..=4, after checking that `w` holds
-/// a weight row of `n` elements of `$wt` and `a` holds `out.len()` rows of `$at` at `stride`.
+/// Expands to a `VecDot` over kernel `$k::<R>` (R = 1..=4 columns): checks the arguments once,
+/// then runs the row loop inside `target_feature` code, so the kernel inlines into it.
 macro_rules! entry {
-    ($name:ident, $g:ident, $arg:expr, |$nn:ident, $w:ident, $a:ident, $s:ident, $o:ident| $($k:tt)*) => {
-        pub fn $name(n: usize, w: &[u8], a: &[u8], stride: usize, out: &mut [f32]) {
-            super::check_dot_args(super::geom::$g, n, w, a, stride, out.len());
-            let $nn = $arg(n);
-            let ($w, $a, $s, $o) = (w.as_ptr(), a.as_ptr(), stride, out.as_mut_ptr());
+    ($name:ident, $g:ident, $arg:expr, $k:ident) => {
+        pub fn $name(n: usize, w: &[u8], rows: usize, a: &[u8], stride: usize, out: &mut [f32]) {
+            avx2_fn! {
+            unsafe fn rows_loop<const R: usize>(nn: usize, w: *const u8, rb: usize, rows: usize, a: *const u8, stride: usize, o: *mut f32) {
+                for r in 0..rows {
+                    $k::<R>(nn, w.add(r * rb), a, stride, o.add(r * R));
+                }
+            }
+            }
+            let (rb, cols) = super::check_dot_args(super::geom::$g, n, w, rows, a, stride, out.len());
+            let nn = $arg(n);
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
             // SAFETY: the Avx2 table is only built when AVX2/FMA/F16C are present, and
-            // check_dot_args proved every block the kernel reads lies inside `w` and `a`.
+            // check_dot_args proved every block the kernel reads lies inside `w` and `a` and every
+            // output inside `out`.
             unsafe {
-                match out.len() {
-                    1 => $($k)*::<1>($nn, $w, $a, $s, $o),
-                    2 => $($k)*::<2>($nn, $w, $a, $s, $o),
-                    3 => $($k)*::<3>($nn, $w, $a, $s, $o),
-                    4 => $($k)*::<4>($nn, $w, $a, $s, $o),
-                    c => panic!("vec_dot: {c} columns, at most 4"),
+                match cols {
+                    1 => rows_loop::<1>(nn, w, rb, rows, a, stride, o),
+                    2 => rows_loop::<2>(nn, w, rb, rows, a, stride, o),
+                    3 => rows_loop::<3>(nn, w, rb, rows, a, stride, o),
+                    4 => rows_loop::<4>(nn, w, rb, rows, a, stride, o),
+                    _ => {} // rows == 0
                 }
             }
         }
     };
 }
 
+/// The kernels' first argument: blocks for quantized types, elements for float rows.
 fn blocks32(n: usize) -> usize {
     n / QK
 }
@@ -737,21 +746,21 @@ fix_kind! {
     k_bf16 = dot_float::<BF16>;
 }
 
-entry!(vec_dot_q4_0, Q4_0, blocks32, |n, w, a, s, o| k_q4_0);
-entry!(vec_dot_q4_1, Q4_1, blocks32, |n, w, a, s, o| k_q4_1);
-entry!(vec_dot_q5_0, Q5_0, blocks32, |n, w, a, s, o| k_q5_0);
-entry!(vec_dot_q5_1, Q5_1, blocks32, |n, w, a, s, o| k_q5_1);
-entry!(vec_dot_q8_0, Q8_0, blocks32, |n, w, a, s, o| k_q8_0);
-entry!(vec_dot_iq4_nl, IQ4_NL, blocks32, |n, w, a, s, o| k_iq4_nl);
-entry!(vec_dot_q2_k, Q2_K, blocks256, |n, w, a, s, o| dot_q2_k);
-entry!(vec_dot_q3_k, Q3_K, blocks256, |n, w, a, s, o| dot_q3_k);
-entry!(vec_dot_q4_k, Q4_K, blocks256, |n, w, a, s, o| k_q4_k);
-entry!(vec_dot_q5_k, Q5_K, blocks256, |n, w, a, s, o| k_q5_k);
-entry!(vec_dot_q6_k, Q6_K, blocks256, |n, w, a, s, o| dot_q6_k);
-entry!(vec_dot_iq4_xs, IQ4_XS, blocks256, |n, w, a, s, o| dot_iq4_xs);
-entry!(vec_dot_f32, F32, elems, |n, w, a, s, o| k_f32);
-entry!(vec_dot_f16, F16, elems, |n, w, a, s, o| k_f16);
-entry!(vec_dot_bf16, BF16, elems, |n, w, a, s, o| k_bf16);
+entry!(vec_dot_q4_0, Q4_0, blocks32, k_q4_0);
+entry!(vec_dot_q4_1, Q4_1, blocks32, k_q4_1);
+entry!(vec_dot_q5_0, Q5_0, blocks32, k_q5_0);
+entry!(vec_dot_q5_1, Q5_1, blocks32, k_q5_1);
+entry!(vec_dot_q8_0, Q8_0, blocks32, k_q8_0);
+entry!(vec_dot_iq4_nl, IQ4_NL, blocks32, k_iq4_nl);
+entry!(vec_dot_q2_k, Q2_K, blocks256, dot_q2_k);
+entry!(vec_dot_q3_k, Q3_K, blocks256, dot_q3_k);
+entry!(vec_dot_q4_k, Q4_K, blocks256, k_q4_k);
+entry!(vec_dot_q5_k, Q5_K, blocks256, k_q5_k);
+entry!(vec_dot_q6_k, Q6_K, blocks256, dot_q6_k);
+entry!(vec_dot_iq4_xs, IQ4_XS, blocks256, dot_iq4_xs);
+entry!(vec_dot_f32, F32, elems, k_f32);
+entry!(vec_dot_f16, F16, elems, k_f16);
+entry!(vec_dot_bf16, BF16, elems, k_bf16);
 
 #[cfg(test)]
 mod tests {

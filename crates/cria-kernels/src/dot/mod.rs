@@ -7,10 +7,12 @@
 //! term); the K-quants and IQ4_XS against Q8_K; F16 against F16, BF16 against BF16, F32 against
 //! F32.
 //!
-//! `vec_dot(n, w, a, stride, out)` computes `out[c] = dot(w, a[c*stride..])` for every `c <
-//! out.len()` (1..=`max_cols`): one weight row of `n` elements against several activation rows,
-//! so prompt processing loads each weight block once per group of tokens. A column's result is
-//! the same bits whatever `out.len()` is.
+//! `vec_dot(n, w, rows, a, stride, out)` dots `rows` consecutive weight rows of `n` elements
+//! (`w`) with `cols = out.len() / rows` activation rows (`a`, `stride` bytes apart, 1..=`max_cols`):
+//! `out[r * cols + c] = dot(w row r, a row c)`. Several activation rows per weight row let prompt
+//! processing load and decode each weight block once per group of tokens; several weight rows per
+//! call keep the checks and the dispatch out of the row loop. An element's result is the same bits
+//! whatever `rows` and `cols` are.
 
 pub mod layout;
 pub mod scalar;
@@ -24,7 +26,7 @@ use cria_core::DType;
 /// byte size of `x.len()` elements of that type.
 pub type FromFloat = fn(x: &[f32], out: &mut [u8]);
 /// See the module doc.
-pub type VecDot = fn(n: usize, w: &[u8], a: &[u8], stride: usize, out: &mut [f32]);
+pub type VecDot = fn(n: usize, w: &[u8], rows: usize, a: &[u8], stride: usize, out: &mut [f32]);
 
 #[derive(Clone, Copy)]
 pub struct Kernel {
@@ -35,7 +37,7 @@ pub struct Kernel {
     pub vec_dot_type: DType,
     pub from_float: FromFloat,
     pub vec_dot: VecDot,
-    /// How many activation rows one `vec_dot` call takes at most.
+    /// How many activation rows (columns) one `vec_dot` call takes at most.
     pub max_cols: usize,
 }
 
@@ -116,13 +118,15 @@ fn avx2_from_float(t: DType) -> Option<FromFloat> {
     })
 }
 
-/// Wraps a one-column scalar dot into the table's signature.
+/// Wraps a one-row, one-column scalar dot into the table's signature.
 macro_rules! scalar_cols {
     ($($name:ident => $f:path, $g:ident;)*) => {$(
-        fn $name(n: usize, w: &[u8], a: &[u8], stride: usize, out: &mut [f32]) {
-            check_dot_args(geom::$g, n, w, a, stride, out.len());
-            for (c, o) in out.iter_mut().enumerate() {
-                *o = $f(n, w, &a[c * stride..]);
+        fn $name(n: usize, w: &[u8], rows: usize, a: &[u8], stride: usize, out: &mut [f32]) {
+            let (rb, cols) = check_dot_args(geom::$g, n, w, rows, a, stride, out.len());
+            for r in 0..rows {
+                for c in 0..cols {
+                    out[r * cols + c] = $f(n, &w[r * rb..], &a[c * stride..]);
+                }
             }
         }
     )*};
@@ -207,22 +211,32 @@ impl Geometry {
 }
 
 /// The contract of every `VecDot`, checked once per call (a few integer ops; the kernels then
-/// read without bounds checks): `n` is whole blocks, `w` holds one row, `a` holds `cols` rows
-/// spaced `stride` bytes apart. Violations are bugs in the caller, hence panics.
+/// read without bounds checks): `n` is whole blocks, `w` holds `rows` rows, `out` holds `rows`
+/// times `cols` results with 1 <= cols <= 4, `a` holds `cols` rows spaced `stride` bytes apart.
+/// Returns (weight row bytes, cols). Violations are bugs in the caller, hence panics.
 #[inline(always)]
-pub(crate) fn check_dot_args(g: Geometry, n: usize, w: &[u8], a: &[u8], stride: usize, cols: usize) {
+pub(crate) fn check_dot_args(g: Geometry, n: usize, w: &[u8], rows: usize, a: &[u8], stride: usize, outs: usize) -> (usize, usize) {
     let nb = n / g.block;
-    let (wb, ab) = (nb * g.w_bytes, nb * g.a_bytes);
-    let ok = nb * g.block == n && w.len() >= wb && (cols == 0 || ((cols == 1 || stride >= ab) && a.len() >= (cols - 1) * stride + ab));
+    let (rb, ab) = (nb * g.w_bytes, nb * g.a_bytes);
+    let cols = if rows == 0 { 0 } else { outs / rows };
+    let ok = nb * g.block == n
+        && rows.checked_mul(rb).is_some_and(|b| w.len() >= b)
+        && rows * cols == outs
+        && cols <= 4
+        && (rows == 0 || (cols >= 1 && (cols == 1 || stride >= ab) && a.len() >= (cols - 1) * stride + ab));
     if !ok {
-        bad_dot_args(g, n, w.len(), a.len(), stride, cols);
+        bad_dot_args(g, n, w.len(), rows, a.len(), stride, outs);
     }
+    (rb, cols)
 }
 
 #[cold]
 #[inline(never)]
-fn bad_dot_args(g: Geometry, n: usize, w: usize, a: usize, stride: usize, cols: usize) -> ! {
-    panic!("vec_dot {}: bad arguments: n={n} (block {}), weight row {w} bytes, activations {a} bytes, stride {stride}, {cols} columns", g.name, g.block)
+fn bad_dot_args(g: Geometry, n: usize, w: usize, rows: usize, a: usize, stride: usize, outs: usize) -> ! {
+    panic!(
+        "vec_dot {}: bad arguments: n={n} (block {}), weights {w} bytes for {rows} rows, activations {a} bytes, stride {stride}, {outs} outputs",
+        g.name, g.block
+    )
 }
 
 /// Geometry of the kernel pairs, by weight type.
