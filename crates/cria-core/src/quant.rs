@@ -25,6 +25,9 @@
 //! - [`quantize`] for whole tensors of the weight formats, with ggml's reference rounding (what
 //!   `llama-quantize` produces without an importance matrix).
 
+// The quantizers keep ggml's index loops so they can be read side by side with ggml-quants.c.
+#![allow(clippy::needless_range_loop)]
+
 use crate::{DType, Error, Result};
 use bytemuck::{Pod, Zeroable};
 use half::{bf16, f16};

@@ -163,8 +163,8 @@ fn quantize_matches_gguf_py_and_ggml_bit_for_bit() {
 fn q8_0_x86_and_ref_differ_by_at_most_one() {
     let mut x: Vec<f32> = (0..32 * 512).map(|i| ((i as f32) * 0.618).sin() * (1.0 + (i % 97) as f32)).collect();
     x[0] = 31.75;
-    for k in 1..32 {
-        x[k] = (k as f32 - 16.0 + 0.5) * 0.25;
+    for (k, v) in x.iter_mut().enumerate().take(32).skip(1) {
+        *v = (k as f32 - 16.0 + 0.5) * 0.25;
     }
     let mut a = vec![BlockQ8_0 { d: half::f16::ZERO, qs: [0; 32] }; 512];
     let mut b = a.clone();
