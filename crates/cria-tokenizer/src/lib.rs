@@ -650,11 +650,13 @@ impl Tokenizer {
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
     }
-    pub fn bos_text(&self) -> Option<&str> {
-        self.bos.map(|id| self.token_text(id))
+    /// BOS token text for chat templates ("" when the model has none).
+    pub fn bos_text(&self) -> &str {
+        self.bos.map_or("", |id| self.token_text(id))
     }
-    pub fn eos_text(&self) -> Option<&str> {
-        self.eos.map(|id| self.token_text(id))
+    /// EOS token text for chat templates ("" when the model has none).
+    pub fn eos_text(&self) -> &str {
+        self.eos.map_or("", |id| self.token_text(id))
     }
 }
 

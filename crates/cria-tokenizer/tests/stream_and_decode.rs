@@ -110,3 +110,18 @@ fn out_of_range_ids() {
     let mut d = StreamDecoder::new(&tok);
     assert_eq!(d.push(u32::MAX), "");
 }
+
+/// What chat templates need from the tokenizer, for SmolLM2's GGUF.
+#[test]
+fn template_accessors() {
+    let tok = load_gguf(&smollm2_path());
+    assert_eq!(tok.kind(), "bpe(smollm)");
+    assert_eq!(tok.bos_text(), "<|im_start|>");
+    assert_eq!(tok.eos_text(), "<|im_end|>");
+    assert!(!tok.add_bos());
+    let t = tok.chat_template().expect("SmolLM2 ships a chat template");
+    assert!(t.contains("<|im_start|>") && t.contains("add_generation_prompt"));
+    let gpt2 = load_gguf(&vocab_path("gpt-2"));
+    assert_eq!(gpt2.chat_template(), None);
+    assert_eq!(gpt2.bos_text(), "<|endoftext|>");
+}
