@@ -14,11 +14,18 @@ use std::sync::Arc;
 /// Headers larger than this are refused (the format's own reference implementation caps at 100 MB).
 const MAX_HEADER: u64 = 100 << 20;
 
+/// Every F32/F16/BF16 tensor of a safetensors model, as mapped views.
+///
+/// Shapes are converted to GGML order: `Tensor::ne` is the safetensors (PyTorch) shape reversed,
+/// so a Linear weight stored as `[out_features, in_features]` has `ne = [in_features,
+/// out_features]` (`cols()` = in_features). A 0-d scalar gets `ne = [1]`.
 pub struct SafetensorsModel {
     pub tensors: Vec<Tensor>,
     /// Tensors present in the files whose dtype cria does not load: (name, dtype).
     pub skipped: Vec<(String, String)>,
     pub files: Vec<PathBuf>,
+    /// The map of each file, parallel to `files`.
+    maps: Vec<Arc<memmap2::Mmap>>,
 }
 
 fn format_err(path: &Path, msg: impl Into<String>) -> Error {
@@ -47,6 +54,7 @@ fn elem_size(s: &str) -> Option<usize> {
 impl SafetensorsModel {
     pub fn open_folder(dir: &Path) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
+        let mut index_map: Option<Vec<(String, String)>> = None;
         let single = dir.join("model.safetensors");
         let files: Vec<PathBuf> = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|source| Error::Io { path: index.clone(), source })?;
@@ -63,6 +71,7 @@ impl SafetensorsModel {
                 }
             }
             names.sort();
+            index_map = Some(map.iter().map(|(t, f)| (t.clone(), f.as_str().unwrap_or_default().to_string())).collect::<Vec<_>>());
             names.into_iter().map(|n| dir.join(n)).collect()
         } else if single.exists() {
             vec![single]
@@ -75,7 +84,7 @@ impl SafetensorsModel {
         if files.is_empty() {
             return Err(Error::msg(format!("{}: no *.safetensors weights in this folder", dir.display())));
         }
-        let mut m = SafetensorsModel { tensors: vec![], skipped: vec![], files: vec![] };
+        let mut m = SafetensorsModel { tensors: vec![], skipped: vec![], files: vec![], maps: vec![] };
         for f in &files {
             m.add_file(f)?;
         }
@@ -84,11 +93,26 @@ impl SafetensorsModel {
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(Error::msg(format!("{}: tensor {} appears in more than one shard", dir.display(), w[0])));
         }
+        // Every tensor the index promises must be in the shard it names (a stale index after a
+        // partial download would otherwise surface later as a confusing "tensor not found").
+        if let Some(map) = index_map {
+            let by_name: std::collections::HashMap<&str, &Tensor> = m.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+            for (t, f) in &map {
+                if let Some(x) = by_name.get(t.as_str()) {
+                    let at = m.file_of(x);
+                    if at != Some(&dir.join(f)) {
+                        return Err(format_err(&index, format!("lists tensor {t} in {f}, but it is in {}", at.map(|p| p.display().to_string()).unwrap_or_default())));
+                    }
+                } else if !m.skipped.iter().any(|(n, _)| n == t) {
+                    return Err(format_err(&index, format!("lists tensor {t} in {f}, but no shard holds it")));
+                }
+            }
+        }
         Ok(m)
     }
 
     pub fn open_file(path: &Path) -> Result<Self> {
-        let mut m = SafetensorsModel { tensors: vec![], skipped: vec![], files: vec![] };
+        let mut m = SafetensorsModel { tensors: vec![], skipped: vec![], files: vec![], maps: vec![] };
         m.add_file(path)?;
         Ok(m)
     }
@@ -152,7 +176,14 @@ impl SafetensorsModel {
             return Err(format_err(path, format!("tensors {} and {} overlap", w[0].2, w[1].2)));
         }
         self.files.push(path.to_path_buf());
+        self.maps.push(map);
         Ok(())
+    }
+
+    /// The file a tensor of this model was mapped from.
+    fn file_of(&self, t: &Tensor) -> Option<&PathBuf> {
+        let Bytes::Mapped { map, .. } = &t.data else { return None };
+        self.maps.iter().position(|m| Arc::ptr_eq(m, map)).map(|i| &self.files[i])
     }
 
     /// A tensor by name, or a clear error that says why it is not there.
@@ -165,6 +196,46 @@ impl SafetensorsModel {
             None => Err(Error::msg(format!("tensor {name} not found"))),
         }
     }
+}
+
+/// The safetensors name of a dtype cria can store.
+fn st_name(dt: DType) -> Option<&'static str> {
+    match dt {
+        DType::F32 => Some("F32"),
+        DType::F16 => Some("F16"),
+        DType::BF16 => Some("BF16"),
+        _ => None,
+    }
+}
+
+/// Writes a safetensors file (for tests and conversions): `(name, dtype, PyTorch-order shape,
+/// bytes)` per tensor, data in the given order. The header is padded with spaces to a multiple
+/// of 8 bytes, as the reference implementation does, so 8-byte-aligned data stays aligned.
+pub fn write_safetensors(path: &Path, tensors: &[(&str, DType, &[usize], &[u8])]) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for &(name, dt, shape, bytes) in tensors {
+        let st = st_name(dt).ok_or_else(|| Error::Unsupported(format!("safetensors dtype for {dt} (tensor {name})")))?;
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::msg(format!("tensor {name}: shape {shape:?} overflows")))?;
+        if n.checked_mul(dt.type_size()) != Some(bytes.len()) {
+            return Err(Error::msg(format!("tensor {name}: {dt} {shape:?} needs {} bytes, got {}", n.saturating_mul(dt.type_size()), bytes.len())));
+        }
+        if name == "__metadata__" || header.contains_key(name) {
+            return Err(Error::msg(format!("tensor name {name} used twice or reserved")));
+        }
+        let end = offset + bytes.len();
+        header.insert(name.to_string(), serde_json::json!({"dtype": st, "shape": shape, "data_offsets": [offset, end]}));
+        offset = end;
+    }
+    let mut h = serde_json::to_vec(&header).map_err(|e| Error::msg(e.to_string()))?;
+    h.resize(h.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + h.len() + offset);
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    for &(_, _, _, bytes) in tensors {
+        out.extend_from_slice(bytes);
+    }
+    std::fs::write(path, out).map_err(|source| Error::Io { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]
