@@ -760,7 +760,7 @@ impl<'a> GgufWriter<'a> {
             return Err(Error::msg("split_max_tensors must be at least 1"));
         }
         let n = self.tensors.len();
-        let groups = if n == 0 { vec![0..0] } else { (0..n).step_by(max_tensors).map(|lo| lo..(lo + max_tensors).min(n)).collect() };
+        let groups = if n == 0 { std::iter::once(0..0).collect() } else { (0..n).step_by(max_tensors).map(|lo| lo..(lo + max_tensors).min(n)).collect() };
         self.write_groups(prefix.as_ref(), groups)
     }
 
