@@ -9,4 +9,4 @@ pub mod sampler;
 pub mod template;
 
 pub use sampler::{Sampler, SamplerConfig};
-
+pub use template::{ChatTemplate, Message};

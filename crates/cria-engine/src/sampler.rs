@@ -77,7 +77,10 @@ impl Default for SamplerConfig {
 impl SamplerConfig {
     /// A configuration for greedy decoding (everything else at its default).
     pub fn greedy() -> Self {
-        SamplerConfig { temperature: 0.0, ..Default::default() }
+        SamplerConfig {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 }
 
@@ -127,11 +130,12 @@ impl Candidates {
     /// otherwise poison every softmax downstream.
     pub fn fill(&mut self, logits: &[f32]) {
         self.data.clear();
-        self.data.extend(logits.iter().enumerate().map(|(i, &l)| Candidate {
-            id: i as u32,
-            logit: if l.is_nan() { f32::NEG_INFINITY } else { l },
-            p: 0.0,
-        }));
+        self.data
+            .extend(logits.iter().enumerate().map(|(i, &l)| Candidate {
+                id: i as u32,
+                logit: if l.is_nan() { f32::NEG_INFINITY } else { l },
+                p: 0.0,
+            }));
         self.sorted = false;
         self.selected = None;
     }
@@ -188,7 +192,9 @@ impl Candidates {
         let max = if self.sorted {
             self.data[0].logit
         } else {
-            self.data.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.logit))
+            self.data
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, c| m.max(c.logit))
         };
         if max == f32::NEG_INFINITY {
             self.data.iter_mut().for_each(|c| c.p = 0.0);
@@ -270,7 +276,13 @@ pub struct Penalties {
 }
 
 impl Penalties {
-    pub fn new(vocab_size: usize, last_n: usize, repeat: f32, frequency: f32, presence: f32) -> Self {
+    pub fn new(
+        vocab_size: usize,
+        last_n: usize,
+        repeat: f32,
+        frequency: f32,
+        presence: f32,
+    ) -> Self {
         Penalties {
             last_n,
             repeat,
@@ -440,7 +452,12 @@ pub struct Typical {
 
 impl Typical {
     pub fn new(p: f32, min_keep: usize) -> Self {
-        Typical { p, min_keep, order: Vec::new(), kept: Vec::new() }
+        Typical {
+            p,
+            min_keep,
+            order: Vec::new(),
+            kept: Vec::new(),
+        }
     }
 }
 
@@ -454,13 +471,21 @@ impl Stage for Typical {
         }
         c.softmax(true);
         // 0 * ln 0 is taken as 0 (the limit), not NaN.
-        let entropy: f32 =
-            c.data.iter().filter(|x| x.p > 0.0).map(|x| -x.p * x.p.ln()).sum();
+        let entropy: f32 = c
+            .data
+            .iter()
+            .filter(|x| x.p > 0.0)
+            .map(|x| -x.p * x.p.ln())
+            .sum();
         self.order.clear();
         self.order.extend(
-            c.data.iter().enumerate().map(|(i, x)| ((-x.p.ln() - entropy).abs(), i as u32)),
+            c.data
+                .iter()
+                .enumerate()
+                .map(|(i, x)| ((-x.p.ln() - entropy).abs(), i as u32)),
         );
-        self.order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        self.order
+            .sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let mut cum = 0.0f32;
         let mut last = self.order.len();
         for (i, &(_, idx)) in self.order.iter().enumerate() {
@@ -471,7 +496,11 @@ impl Stage for Typical {
             }
         }
         self.kept.clear();
-        self.kept.extend(self.order[..last].iter().map(|&(_, idx)| c.data[idx as usize]));
+        self.kept.extend(
+            self.order[..last]
+                .iter()
+                .map(|&(_, idx)| c.data[idx as usize]),
+        );
         c.data.clear();
         c.data.extend_from_slice(&self.kept);
         c.sorted = false;
@@ -517,7 +546,10 @@ pub struct Dist {
 
 impl Dist {
     pub fn new(seed: u64) -> Self {
-        Dist { seed, rng: Rng::new(seed) }
+        Dist {
+            seed,
+            rng: Rng::new(seed),
+        }
     }
 }
 
@@ -535,7 +567,7 @@ impl Stage for Dist {
         // Walk the cumulative mass in f64 to the first point past u * total. Strictly "past" so a
         // zero-probability candidate is never chosen, even for u == 0.
         let total: f64 = c.data.iter().map(|x| f64::from(x.p)).sum();
-        if !(total > 0.0) {
+        if total.is_nan() || total <= 0.0 {
             // Everything was banned (all -inf): fall back to the best logit rather than fail.
             c.selected = c.argmax();
             return;
@@ -589,8 +621,12 @@ impl Sampler {
     /// penalty counters; biases for ids outside the vocabulary are ignored.
     pub fn new(cfg: SamplerConfig, vocab_size: usize) -> Self {
         let mut stages: Vec<Box<dyn Stage>> = Vec::new();
-        let bias: Vec<(u32, f32)> =
-            cfg.logit_bias.iter().copied().filter(|&(t, _)| (t as usize) < vocab_size).collect();
+        let bias: Vec<(u32, f32)> = cfg
+            .logit_bias
+            .iter()
+            .copied()
+            .filter(|&(t, _)| (t as usize) < vocab_size)
+            .collect();
         if !bias.is_empty() {
             stages.push(Box::new(LogitBias { bias }));
         }
@@ -613,10 +649,16 @@ impl Sampler {
         }
         if !greedy {
             if cfg.top_p < 1.0 {
-                stages.push(Box::new(TopP { p: cfg.top_p, min_keep: cfg.min_keep }));
+                stages.push(Box::new(TopP {
+                    p: cfg.top_p,
+                    min_keep: cfg.min_keep,
+                }));
             }
             if cfg.min_p > 0.0 {
-                stages.push(Box::new(MinP { p: cfg.min_p, min_keep: cfg.min_keep }));
+                stages.push(Box::new(MinP {
+                    p: cfg.min_p,
+                    min_keep: cfg.min_keep,
+                }));
             }
             stages.push(Box::new(Temperature { t: cfg.temperature }));
             stages.push(Box::new(Dist::new(cfg.seed)));
@@ -631,7 +673,11 @@ impl Sampler {
     pub fn with_stages(stages: Vec<Box<dyn Stage>>, vocab_size: usize) -> Self {
         Sampler {
             stages,
-            cands: Candidates { data: Vec::with_capacity(vocab_size), sorted: false, selected: None },
+            cands: Candidates {
+                data: Vec::with_capacity(vocab_size),
+                sorted: false,
+                selected: None,
+            },
         }
     }
 
@@ -642,7 +688,9 @@ impl Sampler {
             s.apply(&mut self.cands);
         }
         let chosen = self.cands.selected.or_else(|| self.cands.argmax());
-        chosen.and_then(|i| self.cands.data.get(i)).map_or(0, |c| c.id)
+        chosen
+            .and_then(|i| self.cands.data.get(i))
+            .map_or(0, |c| c.id)
     }
 
     /// Record a token that entered the context (for the penalties and other history stages).
@@ -698,7 +746,12 @@ pub struct Rng {
 impl Rng {
     pub fn new(seed: u64) -> Self {
         let mut sm = seed;
-        let s = [splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm)];
+        let s = [
+            splitmix64(&mut sm),
+            splitmix64(&mut sm),
+            splitmix64(&mut sm),
+            splitmix64(&mut sm),
+        ];
         Rng { s }
     }
 
@@ -736,9 +789,16 @@ mod tests {
 
     fn check(c: &Candidates, expected: &[f32]) {
         let got: Vec<f32> = c.data.iter().map(|x| x.p).collect();
-        assert_eq!(got.len(), expected.len(), "survivors {got:?}, expected {expected:?}");
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "survivors {got:?}, expected {expected:?}"
+        );
         for (g, e) in got.iter().zip(expected) {
-            assert!((g - e).abs() < 1e-5, "probabilities {got:?}, expected {expected:?}");
+            assert!(
+                (g - e).abs() < 1e-5,
+                "probabilities {got:?}, expected {expected:?}"
+            );
         }
     }
 
@@ -793,7 +853,9 @@ mod tests {
     fn top_k_large_vocab_matches_full_sort() {
         // Selection + prefix sort must give exactly the first k of a full sort, ties included.
         let mut rng = Rng::new(7);
-        let logits: Vec<f32> = (0..5000).map(|_| (rng.next_u64() % 50) as f32 * 0.25).collect();
+        let logits: Vec<f32> = (0..5000)
+            .map(|_| (rng.next_u64() % 50) as f32 * 0.25)
+            .collect();
         let mut full = Candidates::default();
         full.fill(&logits);
         full.sort();
@@ -808,15 +870,50 @@ mod tests {
 
     #[test]
     fn top_p_llama_cpp() {
-        run(&P4, TopP { p: 0.0, min_keep: 0 }, &[1.0]);
-        run(&P4, TopP { p: 0.7, min_keep: 0 }, &[0.571429, 0.428571]);
-        run(&P4, TopP { p: 0.8, min_keep: 0 }, &[0.44444, 0.33333, 0.22222]);
-        run(&P4, TopP { p: 1.0, min_keep: 0 }, &[0.1, 0.2, 0.3, 0.4]);
+        run(
+            &P4,
+            TopP {
+                p: 0.0,
+                min_keep: 0,
+            },
+            &[1.0],
+        );
+        run(
+            &P4,
+            TopP {
+                p: 0.7,
+                min_keep: 0,
+            },
+            &[0.571429, 0.428571],
+        );
+        run(
+            &P4,
+            TopP {
+                p: 0.8,
+                min_keep: 0,
+            },
+            &[0.44444, 0.33333, 0.22222],
+        );
+        run(
+            &P4,
+            TopP {
+                p: 1.0,
+                min_keep: 0,
+            },
+            &[0.1, 0.2, 0.3, 0.4],
+        );
     }
 
     #[test]
     fn top_p_min_keep() {
-        run(&P4, TopP { p: 0.0, min_keep: 3 }, &[0.44444, 0.33333, 0.22222]);
+        run(
+            &P4,
+            TopP {
+                p: 0.0,
+                min_keep: 3,
+            },
+            &[0.44444, 0.33333, 0.22222],
+        );
     }
 
     #[test]
@@ -825,7 +922,11 @@ mod tests {
         let logits = vec![0.0f32; 1000];
         let mut c = Candidates::default();
         c.fill(&logits);
-        TopP { p: 0.5, min_keep: 0 }.apply(&mut c);
+        TopP {
+            p: 0.5,
+            min_keep: 0,
+        }
+        .apply(&mut c);
         // Cumulative float sums of 0.001 reach 0.5 at 500 tokens, give or take one for rounding.
         assert!((499..=501).contains(&c.len()), "kept {}", c.len());
         // Ties sort by id, so the survivors are the lowest ids in order.
@@ -844,8 +945,16 @@ mod tests {
         for s in seq.chars() {
             match s {
                 'k' => TopK { k: top_k as usize }.apply(&mut c),
-                'p' => TopP { p: top_p, min_keep: 1 }.apply(&mut c),
-                'm' => MinP { p: min_p, min_keep: 1 }.apply(&mut c),
+                'p' => TopP {
+                    p: top_p,
+                    min_keep: 1,
+                }
+                .apply(&mut c),
+                'm' => MinP {
+                    p: min_p,
+                    min_keep: 1,
+                }
+                .apply(&mut c),
                 _ => unreachable!(),
             }
             Dist::new(0).apply(&mut c);
@@ -862,7 +971,8 @@ mod tests {
                     assert_eq!(last, min_token_id, "{ctx}");
                 }
                 'p' => {
-                    let divisor = n_vocab * (n_vocab - 1) / 2 - min_token_id * (min_token_id - 1) / 2;
+                    let divisor =
+                        n_vocab * (n_vocab - 1) / 2 - min_token_id * (min_token_id - 1) / 2;
                     let target = (top_p * divisor as f32).ceil() as i64;
                     min_token_id = n_vocab;
                     let mut expected = 0;
@@ -911,7 +1021,9 @@ mod tests {
         sampler_queue(10000, "p", 10000, 0.8, 1.0);
         sampler_queue(10000, "m", 10000, 1.0, mp_edge);
         sampler_queue(10000, "m", 10000, 1.0, 0.1);
-        for seq in ["kp", "km", "pk", "pm", "mk", "mp", "kpm", "kmp", "pkm", "pmk", "mkp", "mpk"] {
+        for seq in [
+            "kp", "km", "pk", "pm", "mk", "mp", "kpm", "kmp", "pkm", "pmk", "mkp", "mpk",
+        ] {
             sampler_queue(10000, seq, 100, 0.8, 0.1);
         }
         sampler_queue(10000, "mp", 100, 0.8, mp_edge);
@@ -940,7 +1052,11 @@ mod tests {
         // Sorted input takes the second path; min_keep 3 overrides the cut.
         let mut c = from_probs(&P4);
         c.sort();
-        MinP { p: 0.76, min_keep: 3 }.apply(&mut c);
+        MinP {
+            p: 0.76,
+            min_keep: 3,
+        }
+        .apply(&mut c);
         let ids: Vec<u32> = c.data.iter().map(|x| x.id).collect();
         assert_eq!(ids, [3, 2, 1]);
     }
@@ -970,8 +1086,20 @@ mod tests {
         run_penalties(&[0], 50.0, 0.0, 0.0, &[0.0, 0.25, 0.25, 0.25, 0.25]);
         run_penalties(&[0, 1, 2], 50.0, 0.0, 0.0, &[0.0, 0.0, 0.0, 0.5, 0.5]);
         run_penalties(&[0, 1, 2, 0, 0], 50.0, 0.0, 0.0, &[0.0, 0.0, 0.0, 0.5, 0.5]);
-        run_penalties(&[0], 1.0, 5.0, 5.0, &[0.000011, 0.249997, 0.249997, 0.249997, 0.249997]);
-        run_penalties(&[0, 1, 2], 1.0, 5.0, 5.0, &[0.000023, 0.000023, 0.000023, 0.499966, 0.499966]);
+        run_penalties(
+            &[0],
+            1.0,
+            5.0,
+            5.0,
+            &[0.000011, 0.249997, 0.249997, 0.249997, 0.249997],
+        );
+        run_penalties(
+            &[0, 1, 2],
+            1.0,
+            5.0,
+            5.0,
+            &[0.000023, 0.000023, 0.000023, 0.499966, 0.499966],
+        );
         run_penalties(
             &[0, 1, 2, 0, 0],
             1.0,
@@ -1012,7 +1140,10 @@ mod tests {
         };
         let mut s = Sampler::new(cfg, 4);
         assert_eq!(s.sample(&[5.0, 1.0, 0.0, 3.0]), 2);
-        let cfg = SamplerConfig { logit_bias: vec![(0, f32::NEG_INFINITY)], ..SamplerConfig::greedy() };
+        let cfg = SamplerConfig {
+            logit_bias: vec![(0, f32::NEG_INFINITY)],
+            ..SamplerConfig::greedy()
+        };
         let mut s = Sampler::new(cfg, 4);
         assert_eq!(s.sample(&[5.0, 1.0, 0.0, 3.0]), 3);
     }
@@ -1037,7 +1168,10 @@ mod tests {
 
     #[test]
     fn greedy_sees_penalties() {
-        let cfg = SamplerConfig { repeat_penalty: 4.0, ..SamplerConfig::greedy() };
+        let cfg = SamplerConfig {
+            repeat_penalty: 4.0,
+            ..SamplerConfig::greedy()
+        };
         let mut s = Sampler::new(cfg, 3);
         let logits = [2.0, 1.0, 0.0];
         assert_eq!(s.sample(&logits), 0);
@@ -1049,7 +1183,10 @@ mod tests {
 
     #[test]
     fn all_banned_does_not_panic() {
-        let cfg = SamplerConfig { seed: 1, ..Default::default() };
+        let cfg = SamplerConfig {
+            seed: 1,
+            ..Default::default()
+        };
         let mut s = Sampler::new(cfg, 3);
         let t = s.sample(&[f32::NEG_INFINITY; 3]);
         assert!(t < 3);
@@ -1068,7 +1205,10 @@ mod tests {
             s.describe(),
             "logits -> logit-bias -> penalties -> top-k -> typical -> top-p -> min-p -> temp -> dist"
         );
-        assert_eq!(Sampler::new(SamplerConfig::greedy(), 10).describe(), "logits -> greedy");
+        assert_eq!(
+            Sampler::new(SamplerConfig::greedy(), 10).describe(),
+            "logits -> greedy"
+        );
     }
 
     #[test]
@@ -1089,7 +1229,14 @@ mod tests {
     }
 
     fn draw(seed: u64, n: usize, logits: &[f32]) -> Vec<u32> {
-        let cfg = SamplerConfig { seed, top_k: 0, top_p: 1.0, min_p: 0.0, temperature: 1.0, ..Default::default() };
+        let cfg = SamplerConfig {
+            seed,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            temperature: 1.0,
+            ..Default::default()
+        };
         let mut s = Sampler::new(cfg, logits.len());
         (0..n).map(|_| s.sample(logits)).collect()
     }
@@ -1101,7 +1248,14 @@ mod tests {
         assert_eq!(a, draw(1234, 200, &logits));
         assert_ne!(a, draw(1235, 200, &logits));
         // reset() restarts the stream.
-        let cfg = SamplerConfig { seed: 1234, top_k: 0, top_p: 1.0, min_p: 0.0, temperature: 1.0, ..Default::default() };
+        let cfg = SamplerConfig {
+            seed: 1234,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            temperature: 1.0,
+            ..Default::default()
+        };
         let mut s = Sampler::new(cfg, logits.len());
         let first: Vec<u32> = (0..50).map(|_| s.sample(&logits)).collect();
         s.reset();
@@ -1118,17 +1272,30 @@ mod tests {
         let logits = [1.0f32, 0.5, 2.0, -1.0, 0.0];
         let t = 0.7f32;
         let n = 10_000;
-        let cfg = SamplerConfig { seed: 99, top_k: 0, top_p: 1.0, min_p: 0.0, temperature: t, ..Default::default() };
+        let cfg = SamplerConfig {
+            seed: 99,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            temperature: t,
+            ..Default::default()
+        };
         let mut s = Sampler::new(cfg, logits.len());
         let mut counts = [0usize; 5];
         for _ in 0..n {
             counts[s.sample(&logits) as usize] += 1;
         }
-        let z: f64 = logits.iter().map(|&l| (f64::from(l) / f64::from(t)).exp()).sum();
+        let z: f64 = logits
+            .iter()
+            .map(|&l| (f64::from(l) / f64::from(t)).exp())
+            .sum();
         for (i, &l) in logits.iter().enumerate() {
             let p = (f64::from(l) / f64::from(t)).exp() / z;
             let f = counts[i] as f64 / n as f64;
-            assert!((f - p).abs() < 0.02, "token {i}: frequency {f}, softmax {p}");
+            assert!(
+                (f - p).abs() < 0.02,
+                "token {i}: frequency {f}, softmax {p}"
+            );
         }
     }
 
@@ -1136,7 +1303,11 @@ mod tests {
     fn default_chain_samples_only_survivors() {
         // With top_k = 2 only the two best tokens may ever come out.
         let logits = [0.1f32, 3.0, 2.9, 0.2, 2.8];
-        let cfg = SamplerConfig { top_k: 2, seed: 5, ..Default::default() };
+        let cfg = SamplerConfig {
+            top_k: 2,
+            seed: 5,
+            ..Default::default()
+        };
         let mut s = Sampler::new(cfg, logits.len());
         let mut seen = [false; 5];
         for _ in 0..500 {
@@ -1150,8 +1321,17 @@ mod tests {
 
     #[test]
     fn sample_does_not_reallocate() {
-        let logits: Vec<f32> = (0..50_000).map(|i| ((i * 7919) % 1000) as f32 * 0.01).collect();
-        let mut s = Sampler::new(SamplerConfig { typical_p: 0.9, seed: 3, ..Default::default() }, logits.len());
+        let logits: Vec<f32> = (0..50_000)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.01)
+            .collect();
+        let mut s = Sampler::new(
+            SamplerConfig {
+                typical_p: 0.9,
+                seed: 3,
+                ..Default::default()
+            },
+            logits.len(),
+        );
         s.sample(&logits);
         let ptr = s.candidates().data.as_ptr();
         for _ in 0..20 {
