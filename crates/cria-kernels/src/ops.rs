@@ -57,6 +57,7 @@ pub fn check_attention(out: &[f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnSha
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
+    #![allow(clippy::needless_range_loop)]
     //! AVX2 twins of rmsnorm, silu_mul and one attention head; reached only when
     //! `Isa::Avx2.available()` (the backend checks once, at construction).
     use crate::AttnShape;
@@ -121,24 +122,6 @@ pub mod avx2 {
             i += 1;
         }
         s
-    }
-    }
-
-    avx2_fn! {
-    /// o += w * v.
-    unsafe fn axpy(o: &mut [f32], w: f32, v: &[f32]) {
-        let n = o.len().min(v.len());
-        let (po, pv) = (o.as_mut_ptr(), v.as_ptr());
-        let wv = _mm256_set1_ps(w);
-        let mut i = 0;
-        while i + 8 <= n {
-            _mm256_storeu_ps(po.add(i), _mm256_fmadd_ps(wv, _mm256_loadu_ps(pv.add(i)), _mm256_loadu_ps(po.add(i))));
-            i += 8;
-        }
-        while i < n {
-            o[i] += w * v[i];
-            i += 1;
-        }
     }
     }
 
@@ -208,6 +191,91 @@ pub mod avx2 {
     }
 
     avx2_fn! {
+    /// scores[i] = q . k_i * scale for keys k_i = k[(lo + i) * stride ..][..hd]: four keys at a
+    /// time into four accumulators, reduced together (one hadd tree per 4 keys instead of a
+    /// horizontal sum per key).
+    unsafe fn scores4(sc: &mut [f32], q: &[f32], k: *const f32, stride: usize, scale: f32) {
+        let hd = q.len();
+        let h8 = hd / 8 * 8;
+        let qp = q.as_ptr();
+        let n = sc.len();
+        let mut i = 0;
+        while i + 4 <= n {
+            let kp = [k.add(i * stride), k.add((i + 1) * stride), k.add((i + 2) * stride), k.add((i + 3) * stride)];
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut c = 0;
+            while c < h8 {
+                let qv = _mm256_loadu_ps(qp.add(c));
+                for u in 0..4 {
+                    acc[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[u].add(c)), acc[u]);
+                }
+                c += 8;
+            }
+            // [a0+a1 pairs | b0+b1 pairs] ... -> lane u of the result = sum of acc[u].
+            let ab = _mm256_hadd_ps(acc[0], acc[1]);
+            let cd = _mm256_hadd_ps(acc[2], acc[3]);
+            let abcd = _mm256_hadd_ps(ab, cd);
+            let mut r = _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+            if h8 < hd {
+                let mut t = [0f32; 4];
+                for (u, tu) in t.iter_mut().enumerate() {
+                    for cc in h8..hd {
+                        *tu += q[cc] * *kp[u].add(cc);
+                    }
+                }
+                r = _mm_add_ps(r, _mm_loadu_ps(t.as_ptr()));
+            }
+            _mm_storeu_ps(sc.as_mut_ptr().add(i), _mm_mul_ps(r, _mm_set1_ps(scale)));
+            i += 4;
+        }
+        while i < n {
+            let kp = k.add(i * stride);
+            sc[i] = dot(q, std::slice::from_raw_parts(kp, hd)) * scale;
+            i += 1;
+        }
+    }
+    }
+
+    avx2_fn! {
+    /// o = sum_i w[i] * v_i with v_i = v[(lo + i) * stride ..][..hd]; o is built 32 floats at a
+    /// time in registers across all keys (no load/store of o per key).
+    unsafe fn weighted_sum(o: &mut [f32], w: &[f32], v: *const f32, stride: usize) {
+        let hd = o.len();
+        let op = o.as_mut_ptr();
+        let mut c = 0;
+        while c + 32 <= hd {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (i, &wi) in w.iter().enumerate() {
+                let wv = _mm256_set1_ps(wi);
+                let vp = v.add(i * stride + c);
+                for u in 0..4 {
+                    acc[u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(vp.add(8 * u)), acc[u]);
+                }
+            }
+            for u in 0..4 {
+                _mm256_storeu_ps(op.add(c + 8 * u), acc[u]);
+            }
+            c += 32;
+        }
+        while c + 8 <= hd {
+            let mut acc = _mm256_setzero_ps();
+            for (i, &wi) in w.iter().enumerate() {
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(wi), _mm256_loadu_ps(v.add(i * stride + c)), acc);
+            }
+            _mm256_storeu_ps(op.add(c), acc);
+            c += 8;
+        }
+        for cc in c..hd {
+            let mut s = 0f32;
+            for (i, &wi) in w.iter().enumerate() {
+                s += wi * *v.add(i * stride + cc);
+            }
+            o[cc] = s;
+        }
+    }
+    }
+
+    avx2_fn! {
     #[allow(clippy::too_many_arguments)]
     unsafe fn head_impl(o: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape, r: usize, h: usize, scores: &mut [f32]) {
         let hd = s.head_dim;
@@ -217,13 +285,10 @@ pub mod avx2 {
         let keys = super::key_range(p, s.window);
         let lo = *keys.start();
         let sc = &mut scores[..p + 1 - lo];
-        let mut max = f32::NEG_INFINITY;
-        for (j, d) in keys.clone().zip(sc.iter_mut()) {
-            *d = dot(q, &k[j * kv_stride + kvh * hd..][..hd]) * s.scale;
-            max = max.max(*d);
-        }
-        // exp(score - max) in place, 8 at a time, summed in a fixed order.
-        let mut sum = 0f32;
+        // check_attention proved rows lo..=p of k and v exist.
+        scores4(sc, &q[..hd], k.as_ptr().add(lo * kv_stride + kvh * hd), kv_stride, s.scale);
+        let max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        // exp(score - max) in place, 8 at a time, summed in a fixed order; then normalised.
         let mut i = 0;
         let mv = _mm256_set1_ps(max);
         let mut acc = _mm256_setzero_ps();
@@ -233,16 +298,16 @@ pub mod avx2 {
             acc = _mm256_add_ps(acc, e);
             i += 8;
         }
-        sum += hsum(acc);
+        let mut sum = hsum(acc);
         for e in &mut sc[i..] {
             *e = (*e - max).exp();
             sum += *e;
         }
-        o.fill(0.0);
         let inv = 1.0 / sum;
-        for (j, &e) in keys.zip(sc.iter()) {
-            axpy(o, e * inv, &v[j * kv_stride + kvh * hd..][..hd]);
+        for e in sc.iter_mut() {
+            *e *= inv;
         }
+        weighted_sum(&mut o[..hd], sc, v.as_ptr().add(lo * kv_stride + kvh * hd), kv_stride);
     }
     }
 
