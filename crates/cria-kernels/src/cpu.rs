@@ -130,7 +130,11 @@ impl Backend for CpuBackend {
         };
         let wb = w.bytes();
         let rb = w.row_bytes();
-        let rows_per_chunk = (CHUNK_BYTES / rb.max(1)).clamp(1, MAX_CHUNK_ROWS.min(n));
+        // A multiple of 16 rows, so that (with a 64-byte-aligned `out`) each cache line of the
+        // output belongs to one work item: no line ping-pong between threads, no line written
+        // half by one item and half by the next.
+        let rows_per_chunk = (CHUNK_BYTES / rb.max(1)).clamp(16, MAX_CHUNK_ROWS) / 16 * 16;
+        let rows_per_chunk = rows_per_chunk.min(n);
         let n_chunks = n.div_ceil(rows_per_chunk);
         let outp = SyncPtr(out.as_mut_ptr());
         let job = |chunk: usize, _tid: usize| {
