@@ -28,8 +28,13 @@ pub enum Logits {
     All,
 }
 
+/// Called after each op with (name as llama.cpp's graph names it, layer, values): debug dumps of
+/// intermediates without touching the forward (compare with llama.cpp's `llama-eval-callback`).
+pub type Probe = Box<dyn FnMut(&str, usize, &[f32]) + Send>;
+
 /// Activations for up to `max_t` tokens per call. Sized once; the forward never allocates.
 pub struct Scratch {
+    pub probe: Option<Probe>,
     pub max_t: usize,
     pub x: Vec<f32>,      // (T, dim) residual stream
     pub xb: Vec<f32>,     // (T, dim) normed input / block output
@@ -47,6 +52,7 @@ impl Scratch {
         let max_t = max_t.max(1);
         let lt = if mode == Logits::All { max_t } else { 1 };
         Scratch {
+            probe: None,
             max_t,
             x: vec![0.0; max_t * c.dim],
             xb: vec![0.0; max_t * c.dim],
@@ -90,6 +96,14 @@ pub fn forward(m: &Model, b: &dyn Backend, tokens: &[u32], pos: usize, kv: &mut 
     let (dim, qd, kvd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
     let (x, xb, q, att) = (&mut s.x[..t * dim], &mut s.xb[..t * dim], &mut s.q[..t * qd], &mut s.att[..t * qd]);
     let (hb, hb2) = (&mut s.hb[..t * ffn], &mut s.hb2[..t * ffn]);
+    let probe = &mut s.probe;
+    macro_rules! probe {
+        ($name:expr, $l:expr, $v:expr) => {
+            if let Some(p) = probe.as_mut() {
+                p($name, $l, $v)
+            }
+        };
+    }
     let shape = AttnShape {
         n_heads: c.n_heads,
         n_kv_heads: c.n_kv_heads,
@@ -101,9 +115,11 @@ pub fn forward(m: &Model, b: &dyn Backend, tokens: &[u32], pos: usize, kv: &mut 
     };
 
     b.embed(x, &w.token_embd, tokens);
+    probe!("embd", 0, x);
     for (l, lw) in w.layers.iter().enumerate() {
         // h = x + W_o attn(rope(W_q n), rope(W_k n), W_v n), n = rmsnorm(x)
         b.rmsnorm(xb, x, &lw.attn_norm, c.norm_eps);
+        probe!("attn_norm", l, xb);
         let k = &mut kv.k[l][pos * kvd..(pos + t) * kvd]; // this call's rows of the cache
         let v = &mut kv.v[l][pos * kvd..(pos + t) * kvd];
         b.matmul(q, xb, &lw.attn_q, t);
@@ -112,28 +128,44 @@ pub fn forward(m: &Model, b: &dyn Backend, tokens: &[u32], pos: usize, kv: &mut 
         add_bias(q, &lw.attn_q_bias);
         add_bias(k, &lw.attn_k_bias);
         add_bias(v, &lw.attn_v_bias);
+        probe!("Vcur", l, v);
         b.rope(q, t, c.n_heads, c.head_dim, pos, &m.rope);
         b.rope(k, t, c.n_kv_heads, c.head_dim, pos, &m.rope);
+        probe!("Qcur", l, q);
+        probe!("Kcur", l, k);
         b.attention(att, q, &kv.k[l][..(pos + t) * kvd], &kv.v[l][..(pos + t) * kvd], &shape);
+        probe!("kqv_out", l, att);
         b.matmul(xb, att, &lw.attn_output, t);
         add_bias(xb, &lw.attn_output_bias);
+        probe!("attn_out", l, xb);
         b.add_assign(x, xb);
         // out = h + W_down(silu(W_gate n) * W_up n), n = rmsnorm(h)
+        probe!("ffn_inp", l, x);
         b.rmsnorm(xb, x, &lw.ffn_norm, c.norm_eps);
+        probe!("ffn_norm", l, xb);
         b.matmul(hb, xb, &lw.ffn_gate, t);
         b.matmul(hb2, xb, &lw.ffn_up, t);
         add_bias(hb, &lw.ffn_gate_bias);
         add_bias(hb2, &lw.ffn_up_bias);
+        probe!("ffn_gate", l, hb);
+        probe!("ffn_up", l, hb2);
         b.silu_mul(hb, hb2);
+        probe!("ffn_swiglu", l, hb);
         b.matmul(xb, hb, &lw.ffn_down, t);
         add_bias(xb, &lw.ffn_down_bias);
+        probe!("ffn_out", l, xb);
         b.add_assign(x, xb);
+        probe!("l_out", l, x);
     }
     let rows = if mode == Logits::All { 0..t } else { t - 1..t };
     let n = rows.len();
     let (xs, xn) = (&x[rows.start * dim..rows.end * dim], &mut xb[..n * dim]);
     b.rmsnorm(xn, xs, &w.output_norm, c.norm_eps);
+    probe!("result_norm", 0, xn);
     s.n_logits = n * c.vocab_size;
     b.matmul(&mut s.logits[..s.n_logits], xn, &w.output, n);
+    if let Some(p) = s.probe.as_mut() {
+        p("result_output", 0, &s.logits[..s.n_logits]);
+    }
     Ok(())
 }

@@ -7,5 +7,5 @@ pub mod model;
 pub mod names;
 
 pub use config::{Config, RopeScaling};
-pub use forward::{forward, KvCache, Logits, Scratch};
+pub use forward::{forward, KvCache, Logits, Probe, Scratch};
 pub use model::{LoadOptions, Model, Source};

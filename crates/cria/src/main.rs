@@ -130,6 +130,9 @@ enum Cmd {
         out: PathBuf,
         #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
         batch: usize,
+        /// Print the sum of every intermediate (as llama.cpp's llama-eval-callback names them) to stderr.
+        #[arg(long = "probe-sums")]
+        probe_sums: bool,
     },
     /// Perplexity of a text file, by llama.cpp's method.
     Perplexity {
@@ -228,16 +231,23 @@ fn real_main() -> Result<()> {
                 }
             }
         }
-        Cmd::Logits { m, input, no_bos, parse_special, all, tokens, out, batch } => {
+        Cmd::Logits { m, input, no_bos, parse_special, all, tokens, out, batch, probe_sums } => {
             let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
             let toks = match tokens {
                 Some(t) => t,
                 None => l.encode(&input.read()?, !no_bos, parse_special),
             };
-            let logits = l.logits(&toks, all, batch)?;
+            let probe: Option<cria_model::Probe> = probe_sums.then(|| {
+                Box::new(|name: &str, layer: usize, v: &[f32]| {
+                    let sum: f64 = v.iter().map(|&x| x as f64).sum();
+                    let name = if matches!(name, "embd" | "result_norm" | "result_output") { name.to_string() } else { format!("{name}-{layer}") };
+                    eprintln!("{name} sum = {sum:.6}");
+                }) as cria_model::Probe
+            });
+            let logits = l.logits(&toks, all, batch, probe)?;
             let v = l.model.config.vocab_size;
             let shape = if all { vec![toks.len(), v] } else { vec![v] };
-            npy::write_f32(&out, &shape, &logits)?;
+            cria_core::npy::write_f32(&out, &shape, &logits)?;
             eprintln!("wrote {} logits {:?} for {} tokens to {}", logits.len(), shape, toks.len(), out.display());
         }
         Cmd::Perplexity { m, file, ctx_size, batch, chunks } => {

@@ -46,7 +46,7 @@ impl Loaded {
     }
 
     /// Logits for `tokens` from position 0: (n, vocab) with `all`, else (vocab) of the last token.
-    pub fn logits(&self, tokens: &[u32], all: bool, batch: usize) -> Result<Vec<f32>> {
+    pub fn logits(&self, tokens: &[u32], all: bool, batch: usize, probe: Option<cria_model::Probe>) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             bail!("no tokens to evaluate");
         }
@@ -54,6 +54,7 @@ impl Loaded {
         let mode = if all { Logits::All } else { Logits::Last };
         let mut kv = KvCache::new(&self.model, tokens.len());
         let mut s = Scratch::new(&self.model, batch.min(tokens.len()), mode);
+        s.probe = probe;
         let mut out = Vec::with_capacity(if all { tokens.len() * c.vocab_size } else { c.vocab_size });
         let mut pos = 0;
         for chunk in tokens.chunks(s.max_t) {
