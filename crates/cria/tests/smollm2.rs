@@ -108,3 +108,40 @@ fn perplexity_within_half_percent_of_llama_cpp() {
         assert!(rel <= 0.005, "{key}: cria {ppl} vs llama.cpp {want}");
     }
 }
+
+/// `--f32` (every weight dequantized once at load) against transformers running the same GGUF
+/// dequantized to f32 (eager attention): logits within 1e-4 of their range at the fixture's
+/// positions of a chat prompt, and the same 32 greedy tokens.
+#[test]
+fn f32_path_matches_transformers() {
+    let r = json(&fixture("smollm2/reference.json"));
+    let b = CpuBackend::new(2);
+    let m = Model::load(&smol(), LoadOptions { f32: true }, &b).unwrap();
+    let Source::Gguf(g) = &m.source else { unreachable!() };
+    let tok = Tokenizer::from_gguf(g).unwrap();
+    let prompt = u32s(&r["prompt_ids"]);
+    assert_eq!(tok.encode(r["prompt_text"].as_str().unwrap(), true, true), prompt, "chat prompt tokenization");
+    let v = m.config.vocab_size;
+    let logits = all_logits(&m, &b, &prompt);
+    let (_, want) = npy::read_f32(&fixture("smollm2/logits.npy")).unwrap();
+    let range = r["logits_at_positions_max"].as_f64().unwrap() - r["logits_at_positions_min"].as_f64().unwrap();
+    let mut max_diff = 0f32;
+    for (k, &p) in u32s(&r["positions"]).iter().enumerate() {
+        let got = &logits[p as usize * v..][..v];
+        max_diff = got.iter().zip(&want[k * v..][..v]).map(|(a, b)| (a - b).abs()).fold(max_diff, f32::max);
+    }
+    eprintln!("SmolLM2 f32 vs transformers: max |logit diff| {max_diff:.3e}, relative to range {range:.2}: {:.3e}", max_diff as f64 / range);
+    assert!(max_diff as f64 / range <= 1e-4, "max diff {max_diff}");
+    // Greedy: the prompt in one batch, then token by token through the KV cache.
+    let n = 32;
+    let mut kv = KvCache::new(&m, prompt.len() + n);
+    let mut s = Scratch::new(&m, prompt.len(), Logits::Last);
+    forward(&m, &b, &prompt, 0, &mut kv, &mut s, Logits::Last).unwrap();
+    let mut out = vec![];
+    for i in 0..n {
+        let t = argmax(s.logits());
+        out.push(t);
+        forward(&m, &b, &[t], prompt.len() + i, &mut kv, &mut s, Logits::Last).unwrap();
+    }
+    assert_eq!(out, u32s(&r["greedy_ids"]), "greedy continuation: {:?}", tok.decode(&out));
+}
