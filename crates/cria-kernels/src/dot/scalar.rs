@@ -14,9 +14,33 @@
 use super::layout::*;
 use half::{bf16, f16};
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn f16_to_f32_is_exact_for_every_half() {
+        for bits in 0..=u16::MAX {
+            let want = half::f16::from_bits(bits).to_f32();
+            let got = super::f16_to_f32(bits);
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{bits:#06x}: {got} vs {want}");
+        }
+    }
+}
+
+/// IEEE half -> f32, exactly, in a form the compiler can vectorise: the magnitude bits moved into
+/// f32 position and scaled by 2^112 (exact for normals and subnormals alike; tested against
+/// `half` for all 65536 inputs), inf/NaN mapped explicitly, sign put back.
+#[inline]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let em = h & 0x7fff;
+    let mag = f32::from_bits(em << 13) * f32::from_bits(0x7780_0000);
+    let bits = if em >= 0x7c00 { 0x7f80_0000 | (em & 0x3ff) << 13 } else { mag.to_bits() };
+    f32::from_bits(bits | (h & 0x8000) << 16)
+}
+
 #[inline]
 pub(crate) fn f16_at(b: &[u8], o: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[o], b[o + 1]])).to_f32()
+    f16_to_f32(u16::from_le_bytes([b[o], b[o + 1]]))
 }
 #[inline]
 fn f32_at(b: &[u8], o: usize) -> f32 {
@@ -29,10 +53,6 @@ fn i16_at(b: &[u8], o: usize) -> i32 {
 #[inline]
 fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-#[inline]
-fn q(b: &[u8], o: usize) -> i32 {
-    b[o] as i8 as i32
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -94,7 +114,7 @@ pub fn quantize_q8_k(x: &[f32], y: &mut [u8]) {
             *o = round_i8(iscale * v) as u8;
         }
         for j in 0..QK_K / 16 {
-            let s: i32 = (0..16).map(|l| q(yb, 4 + 16 * j + l)).sum();
+            let s: i32 = yb[4 + 16 * j..4 + 16 * j + 16].iter().map(|&b| b as i8 as i32).sum();
             yb[4 + QK_K + 2 * j..][..2].copy_from_slice(&(s as i16).to_le_bytes());
         }
         yb[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
@@ -130,127 +150,135 @@ pub fn to_f32(x: &[f32], y: &mut [u8]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Float dots. 16 independent f32 lanes: a summation tree far shallower than a running sum (and
-// easy for the compiler to vectorise on any target), with a final f64 reduction of the lanes.
+// Float dots. 16 independent f32 lanes over fixed-size chunks (a summation tree far shallower
+// than a running sum, and a loop the compiler vectorises on any target), lanes reduced in f64.
+
+const LANES: usize = 16;
 
 #[inline]
-fn dot_lanes(n: usize, w: impl Fn(usize) -> f32, a: impl Fn(usize) -> f32) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0f32; L];
-    let full = n / L * L;
-    for i in (0..full).step_by(L) {
+fn dot_lanes<const B: usize>(n: usize, w: &[u8], a: &[u8], decode: impl Fn(&[u8]) -> f32) -> f32 {
+    let (w, a) = (&w[..n * B], &a[..n * B]);
+    let mut acc = [0f32; LANES];
+    let (wc, ac) = (w.chunks_exact(LANES * B), a.chunks_exact(LANES * B));
+    let (wt, at) = (wc.remainder(), ac.remainder());
+    for (wc, ac) in wc.zip(ac) {
         for (l, s) in acc.iter_mut().enumerate() {
-            *s += w(i + l) * a(i + l);
+            *s += decode(&wc[l * B..l * B + B]) * decode(&ac[l * B..l * B + B]);
         }
     }
     let mut tail = 0f32;
-    for i in full..n {
-        tail += w(i) * a(i);
+    for (x, y) in wt.chunks_exact(B).zip(at.chunks_exact(B)) {
+        tail += decode(x) * decode(y);
     }
     (acc.iter().map(|&v| v as f64).sum::<f64>() + tail as f64) as f32
 }
 
 pub fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    // Rows may sit at any byte offset (activation scratch, tensor data), so read unaligned.
-    dot_lanes(n, |i| f32_at(w, 4 * i), |i| f32_at(a, 4 * i))
+    // Rows may sit at any byte offset (activation scratch, tensor data), so decode bytes.
+    dot_lanes::<4>(n, w, a, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 pub fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    dot_lanes(n, |i| f16_at(w, 2 * i), |i| f16_at(a, 2 * i))
+    dot_lanes::<2>(n, w, a, |b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
 }
 
 pub fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let bf = |b: &[u8], i: usize| f32::from_bits((u16::from_le_bytes([b[2 * i], b[2 * i + 1]]) as u32) << 16);
-    dot_lanes(n, |i| bf(w, i), |i| bf(a, i))
+    dot_lanes::<2>(n, w, a, |b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
 }
 
 // ---------------------------------------------------------------------------------------------
-// 32-element blocks against Q8_0 / Q8_1.
+// 32-element blocks against Q8_0 / Q8_1. Each block is viewed as fixed-size arrays (no bounds
+// checks in the loop), element j of the first half pairs with qs[j] low nibble, j+16 with high.
+
+/// (quants of a Q8_0 / Q8_1 activation block, its d, for Q8_1 its s).
+#[inline]
+fn act32(y: &[u8], q81: bool) -> (&[i8; 32], f32, f32) {
+    let off = if q81 { 4 } else { 2 };
+    let qs: &[u8; 32] = y[off..off + 32].try_into().unwrap();
+    (bytemuck::cast_ref(qs), f16_at(y, 0), if q81 { f16_at(y, 2) } else { 0.0 })
+}
+
+/// sum_j lo(j) * y[j] + hi(j) * y[j + 16] over the 16 bytes of nibbles, with `lo`/`hi` turning
+/// a nibble (plus its 5th bit for Q5) into the weight's integer value (always within i8). The
+/// block is unpacked first so that the products run as a plain i8 dot.
+#[inline]
+fn nibble_dot(qs: &[u8; 16], y: &[i8; 32], lo: impl Fn(usize, u8) -> i32, hi: impl Fn(usize, u8) -> i32) -> i32 {
+    let mut v = [0i8; 32];
+    let (vl, vh) = v.split_at_mut(16);
+    for (j, (o, &q)) in vl.iter_mut().zip(qs).enumerate() {
+        *o = lo(j, q & 0xF) as i8;
+    }
+    for (j, (o, &q)) in vh.iter_mut().zip(qs).enumerate() {
+        *o = hi(j, q >> 4) as i8;
+    }
+    v.iter().zip(y).map(|(&p, &q)| p as i32 * q as i32).sum()
+}
 
 pub fn dot_q4_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
-    for ib in 0..n / QK {
-        let (x, y) = (&w[ib * Q4_0_BYTES..], &a[ib * Q8_0_BYTES..]);
-        let mut isum = 0i32;
-        for j in 0..16 {
-            let b = x[2 + j];
-            isum += ((b & 0xF) as i32 - 8) * q(y, 2 + j) + ((b >> 4) as i32 - 8) * q(y, 2 + 16 + j);
-        }
-        sumf += (f16_at(x, 0) * f16_at(y, 0)) * isum as f32;
+    for (x, y) in w.chunks_exact(Q4_0_BYTES).zip(a.chunks_exact(Q8_0_BYTES)).take(n / QK) {
+        let (yq, dy, _) = act32(y, false);
+        let isum = nibble_dot(x[2..18].try_into().unwrap(), yq, |_, v| v as i32 - 8, |_, v| v as i32 - 8);
+        sumf += (f16_at(x, 0) * dy) * isum as f32;
     }
     sumf
 }
 
 pub fn dot_q4_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
-    for ib in 0..n / QK {
-        let (x, y) = (&w[ib * Q4_1_BYTES..], &a[ib * Q8_1_BYTES..]);
-        let mut isum = 0i32;
-        for j in 0..16 {
-            let b = x[4 + j];
-            isum += (b & 0xF) as i32 * q(y, 4 + j) + (b >> 4) as i32 * q(y, 4 + 16 + j);
-        }
+    for (x, y) in w.chunks_exact(Q4_1_BYTES).zip(a.chunks_exact(Q8_1_BYTES)).take(n / QK) {
+        let (yq, dy, sy) = act32(y, true);
+        let isum = nibble_dot(x[4..20].try_into().unwrap(), yq, |_, v| v as i32, |_, v| v as i32);
         // sum_j (d*q_j + m) * (dy*y_j) = d*dy*sum(q_j*y_j) + m * (dy*sum(y_j)), the last factor is s.
-        sumf += (f16_at(x, 0) * f16_at(y, 0)) * isum as f32 + f16_at(x, 2) * f16_at(y, 2);
+        sumf += (f16_at(x, 0) * dy) * isum as f32 + f16_at(x, 2) * sy;
     }
     sumf
 }
 
 pub fn dot_q5_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
-    for ib in 0..n / QK {
-        let (x, y) = (&w[ib * Q5_0_BYTES..], &a[ib * Q8_0_BYTES..]);
+    for (x, y) in w.chunks_exact(Q5_0_BYTES).zip(a.chunks_exact(Q8_0_BYTES)).take(n / QK) {
+        let (yq, dy, _) = act32(y, false);
         let qh = u32_at(x, 2);
-        let mut isum = 0i32;
-        for j in 0..16 {
-            let b = x[6 + j];
-            let x0 = ((b & 0xF) as u32 | ((qh >> j) & 1) << 4) as i32 - 16;
-            let x1 = ((b >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4) as i32 - 16;
-            isum += x0 * q(y, 2 + j) + x1 * q(y, 2 + 16 + j);
-        }
-        sumf += (f16_at(x, 0) * f16_at(y, 0)) * isum as f32;
+        let lo = |j: usize, v: u8| (v as u32 | ((qh >> j) & 1) << 4) as i32 - 16;
+        let hi = |j: usize, v: u8| (v as u32 | ((qh >> (j + 16)) & 1) << 4) as i32 - 16;
+        let isum = nibble_dot(x[6..22].try_into().unwrap(), yq, lo, hi);
+        sumf += (f16_at(x, 0) * dy) * isum as f32;
     }
     sumf
 }
 
 pub fn dot_q5_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
-    for ib in 0..n / QK {
-        let (x, y) = (&w[ib * Q5_1_BYTES..], &a[ib * Q8_1_BYTES..]);
+    for (x, y) in w.chunks_exact(Q5_1_BYTES).zip(a.chunks_exact(Q8_1_BYTES)).take(n / QK) {
+        let (yq, dy, sy) = act32(y, true);
         let qh = u32_at(x, 4);
-        let mut isum = 0i32;
-        for j in 0..16 {
-            let b = x[8 + j];
-            let x0 = ((b & 0xF) as u32 | ((qh >> j) & 1) << 4) as i32;
-            let x1 = ((b >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4) as i32;
-            isum += x0 * q(y, 4 + j) + x1 * q(y, 4 + 16 + j);
-        }
-        sumf += (f16_at(x, 0) * f16_at(y, 0)) * isum as f32 + f16_at(x, 2) * f16_at(y, 2);
+        let lo = |j: usize, v: u8| (v as u32 | ((qh >> j) & 1) << 4) as i32;
+        let hi = |j: usize, v: u8| (v as u32 | ((qh >> (j + 16)) & 1) << 4) as i32;
+        let isum = nibble_dot(x[8..24].try_into().unwrap(), yq, lo, hi);
+        sumf += (f16_at(x, 0) * dy) * isum as f32 + f16_at(x, 2) * sy;
     }
     sumf
 }
 
 pub fn dot_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
-    for ib in 0..n / QK {
-        let (x, y) = (&w[ib * Q8_0_BYTES..], &a[ib * Q8_0_BYTES..]);
-        let isum: i32 = (0..QK).map(|j| q(x, 2 + j) * q(y, 2 + j)).sum();
-        sumf += (f16_at(x, 0) * f16_at(y, 0)) * isum as f32;
+    for (x, y) in w.chunks_exact(Q8_0_BYTES).zip(a.chunks_exact(Q8_0_BYTES)).take(n / QK) {
+        let (xq, dx, _) = act32(x, false);
+        let (yq, dy, _) = act32(y, false);
+        let isum: i32 = xq.iter().zip(yq).map(|(&p, &q)| p as i32 * q as i32).sum();
+        sumf += (dx * dy) * isum as f32;
     }
     sumf
 }
 
 pub fn dot_iq4_nl(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
-    for ib in 0..n / QK {
-        let (x, y) = (&w[ib * IQ4_NL_BYTES..], &a[ib * Q8_0_BYTES..]);
-        let mut isum = 0i32;
-        for j in 0..16 {
-            let b = x[2 + j];
-            isum += KVALUES_IQ4NL[(b & 0xF) as usize] as i32 * q(y, 2 + j)
-                + KVALUES_IQ4NL[(b >> 4) as usize] as i32 * q(y, 2 + 16 + j);
-        }
-        sumf += (f16_at(x, 0) * f16_at(y, 0)) * isum as f32;
+    for (x, y) in w.chunks_exact(IQ4_NL_BYTES).zip(a.chunks_exact(Q8_0_BYTES)).take(n / QK) {
+        let (yq, dy, _) = act32(y, false);
+        let kv = |_, v: u8| KVALUES_IQ4NL[v as usize] as i32;
+        let isum = nibble_dot(x[2..18].try_into().unwrap(), yq, kv, kv);
+        sumf += (f16_at(x, 0) * dy) * isum as f32;
     }
     sumf
 }
@@ -261,17 +289,24 @@ pub fn dot_iq4_nl(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 /// Q8_K activation block: (d, quants, bsums).
 #[inline]
-fn q8k(a: &[u8], i: usize) -> (f32, &[u8], &[u8]) {
+fn q8k(a: &[u8], i: usize) -> (f32, &[i8], &[u8]) {
     let y = &a[i * Q8_K_BYTES..][..Q8_K_BYTES];
-    (f32_at(y, 0), &y[4..4 + QK_K], &y[4 + QK_K..])
+    (f32_at(y, 0), bytemuck::cast_slice(&y[4..4 + QK_K]), &y[4 + QK_K..])
 }
 
-/// sum over the 16-element groups g of scale[g] * sum_l v[16g + l] * y[16g + l].
+/// sum over the 16-element groups g of scale[g] * sum_l v[16g + l] * y[16g + l] (exact in i32:
+/// |v| <= 127, |y| <= 127, |scale| <= 128, 256 terms).
 #[inline]
-fn scaled_isum(v: &[i32; QK_K], yq: &[u8], scale: impl Fn(usize) -> i32) -> i32 {
-    (0..QK_K / 16)
-        .map(|g| scale(g) * (0..16).map(|l| v[16 * g + l] * yq[16 * g + l] as i8 as i32).sum::<i32>())
-        .sum()
+fn scaled_isum(v: &[i8; QK_K], yq: &[i8], scale: &[i32; 16]) -> i32 {
+    let mut total = 0i32;
+    for ((vg, yg), &sc) in v.chunks_exact(16).zip(yq.chunks_exact(16)).zip(scale) {
+        let mut s = 0i32;
+        for (&x, &y) in vg.iter().zip(yg) {
+            s += x as i32 * y as i32;
+        }
+        total += sc * s;
+    }
+    total
 }
 
 pub fn dot_q2_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
@@ -280,12 +315,16 @@ pub fn dot_q2_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let x = &w[i * Q2_K_BYTES..][..Q2_K_BYTES];
         let (dy, yq, bsums) = q8k(a, i);
         let (sc, qs) = (&x[0..16], &x[16..80]);
-        let mut v = [0i32; QK_K];
-        for (e, v) in v.iter_mut().enumerate() {
-            let (k, j, l) = (e / 128, e % 128 / 32, e % 32);
-            *v = ((qs[32 * k + l] >> (2 * j)) & 3) as i32;
+        // Element 128k + 32j + l: bits 2j..2j+2 of qs[32k + l].
+        let mut v = [0i8; QK_K];
+        for (vk, qk) in v.chunks_exact_mut(128).zip(qs.chunks_exact(32)) {
+            for (j, vj) in vk.chunks_exact_mut(32).enumerate() {
+                for (o, &q) in vj.iter_mut().zip(qk) {
+                    *o = ((q >> (2 * j)) & 3) as i8;
+                }
+            }
         }
-        let isum = scaled_isum(&v, yq, |g| (sc[g] & 0xF) as i32);
+        let isum = scaled_isum(&v, yq, &std::array::from_fn(|g| (sc[g] & 0xF) as i32));
         let summs: i32 = (0..16).map(|g| i16_at(bsums, 2 * g) * (sc[g] >> 4) as i32).sum();
         sumf += dy * f16_at(x, 80) * isum as f32 - dy * f16_at(x, 82) * summs as f32;
     }
@@ -310,14 +349,17 @@ pub fn dot_q3_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let (dy, yq, _) = q8k(a, i);
         let (hmask, qs) = (&x[0..32], &x[32..96]);
         let sc = q3k_scales(&x[96..108]);
-        let mut v = [0i32; QK_K];
-        for (e, v) in v.iter_mut().enumerate() {
-            let (k, j, l) = (e / 128, e % 128 / 32, e % 32);
-            let low = ((qs[32 * k + l] >> (2 * j)) & 3) as i32;
-            let high = (hmask[l] >> (4 * k + j)) & 1;
-            *v = low - if high == 1 { 0 } else { 4 };
+        // Element 128k + 32j + l: bits 2j..2j+2 of qs[32k + l], minus 4 unless bit 4k+j of hmask[l].
+        let mut v = [0i8; QK_K];
+        for (k, (vk, qk)) in v.chunks_exact_mut(128).zip(qs.chunks_exact(32)).enumerate() {
+            for (j, vj) in vk.chunks_exact_mut(32).enumerate() {
+                for ((o, &q), &h) in vj.iter_mut().zip(qk).zip(hmask) {
+                    let low = ((q >> (2 * j)) & 3) as i8;
+                    *o = low - if (h >> (4 * k + j)) & 1 == 1 { 0 } else { 4 };
+                }
+            }
         }
-        let isum = scaled_isum(&v, yq, |g| sc[g] as i32);
+        let isum = scaled_isum(&v, yq, &std::array::from_fn(|g| sc[g] as i32));
         sumf += f16_at(x, 108) * dy * isum as f32;
     }
     sumf
@@ -345,12 +387,16 @@ pub fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let (dy, yq, bsums) = q8k(a, i);
         let (sc, mn) = k4_scales_mins(&x[4..16]);
         let qs = &x[16..144];
-        let mut v = [0i32; QK_K];
-        for (e, v) in v.iter_mut().enumerate() {
-            let (j, l) = (e / 64, e % 64);
-            *v = if l < 32 { qs[32 * j + l] & 0xF } else { qs[32 * j + l - 32] >> 4 } as i32;
+        // Elements 64j..64j+32: low nibbles of qs[32j..32j+32]; 64j+32..64j+64: high nibbles.
+        let mut v = [0i8; QK_K];
+        for (vj, qj) in v.chunks_exact_mut(64).zip(qs.chunks_exact(32)) {
+            let (lo, hi) = vj.split_at_mut(32);
+            for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(qj) {
+                *l = (q & 0xF) as i8;
+                *h = (q >> 4) as i8;
+            }
         }
-        let isum = scaled_isum(&v, yq, |g| sc[g / 2] as i32);
+        let isum = scaled_isum(&v, yq, &std::array::from_fn(|g| sc[g / 2] as i32));
         let summ: i32 = (0..16).map(|g| i16_at(bsums, 2 * g) * mn[g / 2] as i32).sum();
         sumf += f16_at(x, 0) * dy * isum as f32 - f16_at(x, 2) * dy * summ as f32;
     }
@@ -364,17 +410,16 @@ pub fn dot_q5_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let (dy, yq, bsums) = q8k(a, i);
         let (sc, mn) = k4_scales_mins(&x[4..16]);
         let (qh, qs) = (&x[16..48], &x[48..176]);
-        let mut v = [0i32; QK_K];
-        for (e, v) in v.iter_mut().enumerate() {
-            let (j, l) = (e / 64, e % 64);
-            let (low, h) = if l < 32 {
-                (qs[32 * j + l] & 0xF, (qh[l] >> (2 * j)) & 1)
-            } else {
-                (qs[32 * j + l - 32] >> 4, (qh[l - 32] >> (2 * j + 1)) & 1)
-            };
-            *v = (low + 16 * h) as i32;
+        // As Q4_K, plus 16 where bit 2j (low half) / 2j+1 (high half) of qh[l] is set.
+        let mut v = [0i8; QK_K];
+        for (j, (vj, qj)) in v.chunks_exact_mut(64).zip(qs.chunks_exact(32)).enumerate() {
+            let (lo, hi) = vj.split_at_mut(32);
+            for (((l, h), &q), &b) in lo.iter_mut().zip(hi.iter_mut()).zip(qj).zip(qh) {
+                *l = ((q & 0xF) + 16 * ((b >> (2 * j)) & 1)) as i8;
+                *h = ((q >> 4) + 16 * ((b >> (2 * j + 1)) & 1)) as i8;
+            }
         }
-        let isum = scaled_isum(&v, yq, |g| sc[g / 2] as i32);
+        let isum = scaled_isum(&v, yq, &std::array::from_fn(|g| sc[g / 2] as i32));
         let summ: i32 = (0..16).map(|g| i16_at(bsums, 2 * g) * mn[g / 2] as i32).sum();
         sumf += f16_at(x, 0) * dy * isum as f32 - f16_at(x, 2) * dy * summ as f32;
     }
@@ -387,15 +432,19 @@ pub fn dot_q6_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let x = &w[i * Q6_K_BYTES..][..Q6_K_BYTES];
         let (dy, yq, _) = q8k(a, i);
         let (ql, qh, sc) = (&x[0..128], &x[128..192], &x[192..208]);
-        let mut v = [0i32; QK_K];
-        for (e, v) in v.iter_mut().enumerate() {
-            let (k, quarter, l) = (e / 128, e % 128 / 32, e % 32);
-            let lowbyte = ql[64 * k + 32 * (quarter & 1) + l];
-            let low = if quarter < 2 { lowbyte & 0xF } else { lowbyte >> 4 };
-            let high = (qh[32 * k + l] >> (2 * quarter)) & 3;
-            *v = (low | high << 4) as i32 - 32;
+        // Half k, quarter 0..4, lane l: nibble (low for quarters 0,1; high for 2,3) of
+        // ql[64k + 32*(quarter&1) + l], 2 high bits (2*quarter) of qh[32k + l], minus 32.
+        let mut v = [0i8; QK_K];
+        for ((vk, qlk), qhk) in v.chunks_exact_mut(128).zip(ql.chunks_exact(64)).zip(qh.chunks_exact(32)) {
+            for (quarter, vq) in vk.chunks_exact_mut(32).enumerate() {
+                let src = &qlk[32 * (quarter & 1)..32 * (quarter & 1) + 32];
+                for ((o, &lb), &hb) in vq.iter_mut().zip(src).zip(qhk) {
+                    let low = if quarter < 2 { lb & 0xF } else { lb >> 4 };
+                    *o = (low | ((hb >> (2 * quarter)) & 3) << 4) as i8 - 32;
+                }
+            }
         }
-        let isum = scaled_isum(&v, yq, |g| sc[g] as i8 as i32);
+        let isum = scaled_isum(&v, yq, &std::array::from_fn(|g| sc[g] as i8 as i32));
         sumf += f16_at(x, 208) * dy * isum as f32;
     }
     sumf
@@ -408,17 +457,24 @@ pub fn dot_iq4_xs(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let (dy, yq, _) = q8k(a, i);
         let sh = u16::from_le_bytes([x[2], x[3]]) as u32;
         let (sl, qs) = (&x[4..8], &x[8..136]);
-        let mut v = [0i32; QK_K];
-        for (e, v) in v.iter_mut().enumerate() {
-            let (ib, j) = (e / 32, e % 32);
-            let b = qs[16 * ib + j % 16];
-            *v = KVALUES_IQ4NL[if j < 16 { b & 0xF } else { b >> 4 } as usize] as i32;
+        // Sub-block ib: low nibbles of qs[16ib..16ib+16], then their high nibbles.
+        let mut v = [0i8; QK_K];
+        for (vb, qb) in v.chunks_exact_mut(32).zip(qs.chunks_exact(16)) {
+            let (lo, hi) = vb.split_at_mut(16);
+            for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(qb) {
+                *l = KVALUES_IQ4NL[(q & 0xF) as usize];
+                *h = KVALUES_IQ4NL[(q >> 4) as usize];
+            }
         }
-        let isum = scaled_isum(&v, yq, |g| {
-            let ib = g / 2;
-            let ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0xF) as u32 | ((sh >> (2 * ib)) & 3) << 4;
-            ls as i32 - 32
-        });
+        let isum = scaled_isum(
+            &v,
+            yq,
+            &std::array::from_fn(|g| {
+                let ib = g / 2;
+                let ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0xF) as u32 | ((sh >> (2 * ib)) & 3) << 4;
+                ls as i32 - 32
+            }),
+        );
         sumf += f16_at(x, 0) * dy * isum as f32;
     }
     sumf
