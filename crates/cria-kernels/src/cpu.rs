@@ -102,7 +102,8 @@ impl Backend for CpuBackend {
     }
 
     fn supports(&self, dtype: DType) -> bool {
-        self.kernel(dtype).is_some()
+        // matmul needs a kernel; embed dequantizes rows through cria-core.
+        self.kernel(dtype).is_some() && cria_core::quant::can_dequantize(dtype)
     }
 
     fn matmul(&self, out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
@@ -140,12 +141,21 @@ impl Backend for CpuBackend {
         let job = |chunk: usize, _tid: usize| {
             let (j0, j1) = (chunk * rows_per_chunk, ((chunk + 1) * rows_per_chunk).min(n));
             let rows = j1 - j0;
+            let wrows = &wb[j0 * rb..j1 * rb];
+            if t == 1 {
+                // One token: the chunk's results are contiguous in `out`, write them in place.
+                // SAFETY: j0..j1 lies inside `out` (len n) and belongs to this chunk alone; the
+                // pool joins before `out`'s borrow ends.
+                let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add(j0), rows) };
+                (kern.vec_dot)(k, wrows, rows, a, ab, o);
+                return;
+            }
             let mut tile = [0f32; MAX_CHUNK_ROWS * 4];
             let mut i = 0;
             while i < t {
                 let cols = kern.max_cols.min(t - i).min(4);
                 // tile[r * cols + c] = row j0 + r . token i + c
-                (kern.vec_dot)(k, &wb[j0 * rb..j1 * rb], rows, &a[i * ab..], ab, &mut tile[..rows * cols]);
+                (kern.vec_dot)(k, wrows, rows, &a[i * ab..], ab, &mut tile[..rows * cols]);
                 for c in 0..cols {
                     for r in 0..rows {
                         // SAFETY: (i + c) < t and j0 + r < n, so the index is inside `out` (len
