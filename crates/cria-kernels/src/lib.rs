@@ -18,16 +18,65 @@ pub use cpu::CpuBackend;
 pub use isa::Isa;
 
 /// Rotary embedding parameters, precomputed once per model.
+///
+/// The angles follow ggml's rope cache exactly (llama.cpp's arithmetic, so that cria reproduces
+/// its numbers): for position p, theta starts at p as f32 and is multiplied by `theta_scale` in
+/// f32 from one pair to the next; pair i uses `freq_scale * (theta_i / freq_factors[i])`, and
+/// cos/sin are libm's `cosf`/`sinf` of that, times `attn_factor`. (The repeated multiplication
+/// drifts from the exact angle by a few ulps per pair; that drift is part of what llama.cpp
+/// computes.)
 #[derive(Clone, Debug)]
 pub struct Rope {
     /// Per rotated pair i (0..n_rot/2): the angular frequency, already divided by any RoPE scaling
-    /// factor (linear, llama3, or GGUF `rope_freqs`). theta(pos, i) = pos * inv_freq[i].
+    /// factor (linear, llama3, or GGUF `rope_freqs`), computed exactly. Informational (the
+    /// kernels use the ggml recipe below); its length is the number of rotated pairs.
     pub inv_freq: Vec<f32>,
     /// Multiplies cos/sin (YaRN's attention factor; 1.0 for LLaMA).
     pub attn_factor: f32,
     /// true: rotate pairs (x[2i], x[2i+1]) (GGUF / llama.cpp "normal" mode, what cria stores);
     /// false: rotate (x[i], x[i + n_rot/2]) (GPT-NeoX / HF half-split).
     pub interleaved: bool,
+    /// `powf(base, -2 / n_rot)` in f32.
+    pub theta_scale: f32,
+    /// Linear scaling: 1 / factor (1.0 without).
+    pub freq_scale: f32,
+    /// Per-pair divisors of the angle (GGUF `rope_freqs`, llama3 scaling), if any.
+    pub freq_factors: Option<Vec<f32>>,
+}
+
+impl Rope {
+    /// The parameters as llama.cpp derives them: `n_rot` rotated dimensions, frequency `base`,
+    /// linear `freq_scale` (1/factor), optional per-pair `freq_factors`.
+    pub fn new(n_rot: usize, base: f32, freq_scale: f32, freq_factors: Option<Vec<f32>>, attn_factor: f32, interleaved: bool) -> Rope {
+        let n_pairs = n_rot / 2;
+        let inv_freq = (0..n_pairs)
+            .map(|i| {
+                let f = (base as f64).powf(-((2 * i) as f64) / n_rot as f64) * freq_scale as f64;
+                (f / freq_factors.as_ref().and_then(|ff| ff.get(i)).map_or(1.0, |&d| d as f64)) as f32
+            })
+            .collect();
+        let theta_scale = base.powf(-2.0 / n_rot as f32);
+        Rope { inv_freq, attn_factor, interleaved, theta_scale, freq_scale, freq_factors }
+    }
+
+    /// (cos, sin) * attn_factor of every rotated pair at position `pos`, in ggml's arithmetic.
+    pub fn table(&self, pos: usize, cs: &mut Vec<(f32, f32)>) {
+        cs.clear();
+        let mut theta = pos as f32;
+        for i in 0..self.inv_freq.len() {
+            let ff = self.freq_factors.as_ref().and_then(|f| f.get(i)).copied().unwrap_or(1.0);
+            let t = self.freq_scale * (theta / ff);
+            cs.push((t.cos() * self.attn_factor, t.sin() * self.attn_factor));
+            theta *= self.theta_scale;
+        }
+    }
+}
+
+/// One rotation as ggml computes it (its compiler fuses each `a*b - c*d` into one FMA with the
+/// second product rounded): (x0 cos - x1 sin, x0 sin + x1 cos).
+#[inline]
+pub fn rotate(x0: f32, x1: f32, c: f32, s: f32) -> (f32, f32) {
+    (x0.mul_add(c, -(x1 * s)), x1.mul_add(c, x0 * s))
 }
 
 /// Geometry of one attention call.

@@ -1,39 +1,25 @@
 //! The non-matmul ops of the CPU backend. Their scalar twins are `crate::reference`.
 //!
-//! - `rope`: cos/sin computed once per row (exactly as the reference computes them: theta in f64,
-//!   sin/cos rounded to f32, times attn_factor) and applied to every head, so the result is the
-//!   reference's to the bit, at 1/n_heads of the trigonometry.
-//! - `rmsnorm` (AVX2): the sum of squares is accumulated in f64 like the reference (llama.cpp does
-//!   the same), then `(x * r) * w` in the reference's order.
+//! - `rope`: cos/sin computed once per row (`Rope::table`, ggml's angles) and applied to every
+//!   head, so the result is the reference's to the bit, at 1/n_heads of the trigonometry.
+//! - `rmsnorm` (AVX2): the scale from `reference::rms_scale` (ggml's order: f32 squares summed in
+//!   f64 sequentially), then `(x * r) * w` in the reference's order.
 //! - `silu_mul` and the softmax in `attention` (AVX2) use `exp8`, a Cephes-style expf (<= 2 ulp).
 //! - `attention`: one (token, head) pair per work item; q.k and the v accumulation in AVX2.
 
 use crate::{AttnShape, Rope};
-
-/// Fills `cs` with (cos, sin) * attn_factor for the pairs of position `pos`, bit-exact with
-/// `reference::rope`.
-fn rope_table(pos: usize, rope: &Rope, cs: &mut Vec<(f32, f32)>) {
-    cs.clear();
-    let pos = pos as f64;
-    cs.extend(rope.inv_freq.iter().map(|&f| {
-        let theta = pos * f as f64;
-        ((theta.cos() as f32) * rope.attn_factor, (theta.sin() as f32) * rope.attn_factor)
-    }));
-}
 
 pub fn rope(x: &mut [f32], t: usize, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope, cs: &mut Vec<(f32, f32)>) {
     let n_pairs = rope.inv_freq.len();
     assert!(2 * n_pairs <= head_dim, "rope: {n_pairs} pairs do not fit head_dim {head_dim}");
     assert!(x.len() >= t * n_heads * head_dim, "rope: x has {} values, want {t} x {n_heads} x {head_dim}", x.len());
     for r in 0..t {
-        rope_table(pos0 + r, rope, cs);
+        rope.table(pos0 + r, cs);
         for h in 0..n_heads {
             let v = &mut x[(r * n_heads + h) * head_dim..][..head_dim];
             for (i, &(c, s)) in cs.iter().enumerate() {
                 let (a, b) = if rope.interleaved { (2 * i, 2 * i + 1) } else { (i, i + n_pairs) };
-                let (x0, x1) = (v[a], v[b]);
-                v[a] = x0 * c - x1 * s;
-                v[b] = x0 * s + x1 * c;
+                (v[a], v[b]) = crate::rotate(v[a], v[b], c, s);
             }
         }
     }
@@ -129,22 +115,7 @@ pub mod avx2 {
     unsafe fn rmsnorm_impl(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
         let d = w.len();
         for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            let mut acc = [_mm256_setzero_pd(); 2];
-            let mut i = 0;
-            while i + 8 <= d {
-                let v = _mm256_loadu_ps(xr.as_ptr().add(i));
-                let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
-                let hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-                acc[0] = _mm256_fmadd_pd(lo, lo, acc[0]);
-                acc[1] = _mm256_fmadd_pd(hi, hi, acc[1]);
-                i += 8;
-            }
-            let lanes: [f64; 4] = std::mem::transmute(_mm256_add_pd(acc[0], acc[1]));
-            let mut ss = lanes.iter().sum::<f64>();
-            for &v in &xr[i..] {
-                ss += v as f64 * v as f64;
-            }
-            let r = (1.0 / (ss / d as f64 + eps as f64).sqrt()) as f32;
+            let r = crate::reference::rms_scale(xr, eps);
             let rv = _mm256_set1_ps(r);
             let mut i = 0;
             while i + 8 <= d {

@@ -25,11 +25,23 @@ pub fn embed(out: &mut [f32], table: &Tensor, tokens: &[u32]) {
     }
 }
 
+/// 1 / sqrt(mean(x^2) + eps) in ggml's arithmetic (llama.cpp's rms_norm): each square rounded to
+/// f32, summed in f64 in order, the mean rounded to f32, then `1.0f / sqrtf(mean + eps)` in f32.
+/// The sequential f64 sum costs ~1 us per 576-row; matching ggml's bits matters more (a 1-ulp
+/// difference here flips Q8 activation roundings downstream).
+pub fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let mut sum = 0f64;
+    for &v in x {
+        sum += (v * v) as f64;
+    }
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
 pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let d = w.len();
     for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-        let ss = xr.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
-        let r = (1.0 / (ss + eps as f64).sqrt()) as f32;
+        let r = rms_scale(xr, eps);
         for ((o, &xv), &wv) in o.iter_mut().zip(xr).zip(w) {
             *o = xv * r * wv;
         }
@@ -38,17 +50,14 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
 
 pub fn rope(x: &mut [f32], t: usize, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope) {
     let n_pairs = rope.inv_freq.len();
+    let mut cs = Vec::new();
     for r in 0..t {
-        let pos = (pos0 + r) as f64;
+        rope.table(pos0 + r, &mut cs);
         for h in 0..n_heads {
             let v = &mut x[(r * n_heads + h) * head_dim..(r * n_heads + h + 1) * head_dim];
-            for (i, &f) in rope.inv_freq.iter().enumerate() {
-                let theta = pos * f as f64;
-                let (s, c) = ((theta.sin() as f32) * rope.attn_factor, (theta.cos() as f32) * rope.attn_factor);
+            for (i, &(c, s)) in cs.iter().enumerate() {
                 let (a, b) = if rope.interleaved { (2 * i, 2 * i + 1) } else { (i, i + n_pairs) };
-                let (x0, x1) = (v[a], v[b]);
-                v[a] = x0 * c - x1 * s;
-                v[b] = x0 * s + x1 * c;
+                (v[a], v[b]) = crate::rotate(v[a], v[b], c, s);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The CPU backend's non-matmul ops against `reference`, on every available ISA.
 //!
 //! Tolerances, and why:
-//! - rope: bit-exact (same f64 angles, same f32 rotation, the table is only shared across heads).
+//! - rope: bit-exact (same ggml-style angles, same rotation, the table is only shared across heads).
 //! - rmsnorm: the f64 sum of squares is added in another order, which moves r by ~1e-16 relative,
 //!   so r as f32 agrees to 1 ulp; outputs within 2 ulps (2.4e-7 relative).
 //! - silu_mul: exp8 is within 2 ulp of e^x, the rest is the reference's ops: 1e-6 relative.
@@ -29,8 +29,8 @@ fn rope_is_bit_exact_with_the_reference() {
     let mut rng = Rng::new(10);
     for b in backends() {
         for &(n_heads, head_dim, n_rot, interleaved) in &[(9, 64, 64, true), (3, 64, 32, false), (2, 10, 6, true), (1, 2, 2, false)] {
-            let inv_freq: Vec<f32> = (0..n_rot / 2).map(|i| 10000f32.powf(-2.0 * i as f32 / n_rot as f32)).collect();
-            let rope = Rope { inv_freq, attn_factor: if interleaved { 1.0 } else { 1.1 }, interleaved };
+            let ff = (!interleaved).then(|| (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.25).collect());
+            let rope = Rope::new(n_rot, 10000.0, if interleaved { 1.0 } else { 0.5 }, ff, if interleaved { 1.0 } else { 1.1 }, interleaved);
             for &(t, pos0) in &[(1, 0), (5, 17), (3, 4000)] {
                 let x0: Vec<f32> = (0..t * n_heads * head_dim).map(|_| rng.normal(1.0)).collect();
                 let (mut a, mut r) = (x0.clone(), x0.clone());

@@ -224,8 +224,7 @@ pub fn to_f16(x: &[f32], y: &mut [u8]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 32-element blocks. Two accumulators per column (even and odd blocks) halve the FMA dependency
-// chain that otherwise limits the single-token case.
+// 32-element blocks, in ggml's AVX2 arithmetic (see dot_block32).
 
 // The 32-element block types, as const-generic kinds (a trait's methods could not carry
 // `#[target_feature]`, and these must inline into the kernel).
@@ -278,20 +277,22 @@ unsafe fn load_block32<const K: u8>(x: *const u8) -> (__m256i, f32, f32) {
 }
 
 avx2_fn! {
-/// One weight block against R activation blocks: acc[r] += (dx*dy_r) * sum(q_x * q_y), and for
-/// Q8_1-paired kinds summs[r] += m * s_r.
-unsafe fn step_block32<const K: u8, const R: usize>(x: *const u8, y0: *const u8, stride: usize, acc: &mut [__m256; R], summs: &mut [f32; R]) {
+/// One weight block against R activation blocks: acc[r] = fma(dx*dy_r, sum(q_x * q_y) per lane,
+/// acc[r]), and for Q8_1-paired kinds summs[r] = fma(m, s_r, summs[r]) (ggml's AVX2 order: its
+/// `summs += m * s` is compiled to an FMA).
+unsafe fn step_block32<const K: u8, const R: usize>(x: *const u8, y0: *const u8, stride: usize, acc: &mut [__m256; R], summs: &mut [__m128; R]) {
     if block32_q8_1(K) {
         // (d, m) of the weight times (d, s) of the activation in one multiply: lane 0 is the
-        // scale of the integer dot, lane 1 the min term.
+        // scale of the integer dot; m and s are fused into the min term separately.
         let (qx, _, _) = load_block32::<K>(x);
         let dm = h2f_pair(x);
+        let m = _mm_movehdup_ps(dm);
         for r in 0..R {
             let y = y0.add(r * stride);
             let p = _mm256_cvtepi32_ps(dot_us8(qx, loadu(y.add(4))));
-            let prod = _mm_mul_ps(dm, h2f_pair(y));
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), p, acc[r]);
-            summs[r] += _mm_cvtss_f32(_mm_movehdup_ps(prod));
+            let ds = h2f_pair(y);
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_mul_ss(dm, ds)), p, acc[r]);
+            summs[r] = _mm_fmadd_ss(m, _mm_movehdup_ps(ds), summs[r]);
         }
     } else {
         let (qx, dx, _) = load_block32::<K>(x);
@@ -308,24 +309,20 @@ unsafe fn step_block32<const K: u8, const R: usize>(x: *const u8, y0: *const u8,
 }
 
 avx2_fn! {
+/// One accumulator per column across all blocks, then hsum (+ summs): exactly ggml's AVX2
+/// vec_dot_q4_1_q8_1 / q8_0_q8_0 and tinyBLAS's Q8_0 gemm, so results match llama.cpp's bits
+/// (a second accumulator would be faster for one token, but changes the rounding).
 unsafe fn dot_block32<const K: u8, const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
     let xb = block32_bytes(K);
     let ab = if block32_q8_1(K) { Q8_1_BYTES } else { Q8_0_BYTES };
-    // Even blocks into acc0, odd into acc1 (explicitly unrolled: a runtime index into an array
-    // of accumulators would keep them in memory).
-    let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-    let mut summs = [0f32; R];
-    let mut ib = 0;
-    while ib + 2 <= nb {
-        step_block32::<K, R>(w.add(ib * xb), a.add(ib * ab), stride, &mut acc0, &mut summs);
-        step_block32::<K, R>(w.add((ib + 1) * xb), a.add((ib + 1) * ab), stride, &mut acc1, &mut summs);
-        ib += 2;
-    }
-    if ib < nb {
-        step_block32::<K, R>(w.add(ib * xb), a.add(ib * ab), stride, &mut acc0, &mut summs);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut summs = [_mm_setzero_ps(); R];
+    for ib in 0..nb {
+        step_block32::<K, R>(w.add(ib * xb), a.add(ib * ab), stride, &mut acc, &mut summs);
     }
     for r in 0..R {
-        *out.add(r) = hsum_ps(_mm256_add_ps(acc0[r], acc1[r])) + summs[r];
+        let h = hsum_ps(acc[r]);
+        *out.add(r) = if block32_q8_1(K) { h + _mm_cvtss_f32(summs[r]) } else { h };
     }
 }
 }

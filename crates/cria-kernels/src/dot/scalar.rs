@@ -198,11 +198,10 @@ fn act32(y: &[u8], q81: bool) -> (&[i8; 32], f32, f32) {
     (bytemuck::cast_ref(qs), f16_at(y, 0), if q81 { f16_at(y, 2) } else { 0.0 })
 }
 
-/// sum_j lo(j) * y[j] + hi(j) * y[j + 16] over the 16 bytes of nibbles, with `lo`/`hi` turning
-/// a nibble (plus its 5th bit for Q5) into the weight's integer value (always within i8). The
-/// block is unpacked first so that the products run as a plain i8 dot.
+/// The 32 weight values of a nibble block in element order: `lo`/`hi` turn a nibble (plus its
+/// 5th bit for Q5) into the weight's integer value (always within i8).
 #[inline]
-fn nibble_dot(qs: &[u8; 16], y: &[i8; 32], lo: impl Fn(usize, u8) -> i32, hi: impl Fn(usize, u8) -> i32) -> i32 {
+fn unpack_nibbles(qs: &[u8; 16], lo: impl Fn(usize, u8) -> i32, hi: impl Fn(usize, u8) -> i32) -> [i8; 32] {
     let mut v = [0i8; 32];
     let (vl, vh) = v.split_at_mut(16);
     for (j, (o, &q)) in vl.iter_mut().zip(qs).enumerate() {
@@ -211,76 +210,106 @@ fn nibble_dot(qs: &[u8; 16], y: &[i8; 32], lo: impl Fn(usize, u8) -> i32, hi: im
     for (j, (o, &q)) in vh.iter_mut().zip(qs).enumerate() {
         *o = hi(j, q >> 4) as i8;
     }
-    v.iter().zip(y).map(|(&p, &q)| p as i32 * q as i32).sum()
+    v
+}
+
+/// The 32-element kernels in ggml's AVX2 order (the SIMD twins compute exactly this, bit for
+/// bit, so that cria reproduces llama.cpp): eight f32 lanes, lane j taking the exact integer dot
+/// of elements 4j..4j+4 of every block, accumulated across blocks as
+/// `lane = fma(dx * dy, isum_j, lane)`; then the lanes summed as `hsum8`, plus for Q4_1/Q5_1
+/// the min term accumulated as `summs = fma(m, s, summs)`.
+struct Lanes {
+    acc: [f32; 8],
+    summs: f32,
+}
+
+impl Lanes {
+    fn new() -> Self {
+        Lanes { acc: [0.0; 8], summs: 0.0 }
+    }
+    #[inline]
+    fn block(&mut self, d: f32, v: &[i8; 32], y: &[i8; 32]) {
+        for (j, a) in self.acc.iter_mut().enumerate() {
+            let isum: i32 = (4 * j..4 * j + 4).map(|e| v[e] as i32 * y[e] as i32).sum();
+            *a = d.mul_add(isum as f32, *a);
+        }
+    }
+    /// The AVX2 horizontal sum: (hi + lo) per 4-lane half, then (0 + 2) + (1 + 3).
+    fn hsum(&self) -> f32 {
+        let a = &self.acc;
+        let r = [a[4] + a[0], a[5] + a[1], a[6] + a[2], a[7] + a[3]];
+        (r[0] + r[2]) + (r[1] + r[3])
+    }
 }
 
 pub fn dot_q4_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut sumf = 0f32;
+    let mut l = Lanes::new();
     for (x, y) in w.chunks_exact(Q4_0_BYTES).zip(a.chunks_exact(Q8_0_BYTES)).take(n / QK) {
         let (yq, dy, _) = act32(y, false);
-        let isum = nibble_dot(x[2..18].try_into().unwrap(), yq, |_, v| v as i32 - 8, |_, v| v as i32 - 8);
-        sumf += (f16_at(x, 0) * dy) * isum as f32;
+        let v = unpack_nibbles(x[2..18].try_into().unwrap(), |_, v| v as i32 - 8, |_, v| v as i32 - 8);
+        l.block(f16_at(x, 0) * dy, &v, yq);
     }
-    sumf
+    l.hsum()
 }
 
 pub fn dot_q4_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut sumf = 0f32;
+    let mut l = Lanes::new();
     for (x, y) in w.chunks_exact(Q4_1_BYTES).zip(a.chunks_exact(Q8_1_BYTES)).take(n / QK) {
         let (yq, dy, sy) = act32(y, true);
-        let isum = nibble_dot(x[4..20].try_into().unwrap(), yq, |_, v| v as i32, |_, v| v as i32);
+        let v = unpack_nibbles(x[4..20].try_into().unwrap(), |_, v| v as i32, |_, v| v as i32);
         // sum_j (d*q_j + m) * (dy*y_j) = d*dy*sum(q_j*y_j) + m * (dy*sum(y_j)), the last factor is s.
-        sumf += (f16_at(x, 0) * dy) * isum as f32 + f16_at(x, 2) * sy;
+        l.block(f16_at(x, 0) * dy, &v, yq);
+        l.summs = f16_at(x, 2).mul_add(sy, l.summs);
     }
-    sumf
+    l.hsum() + l.summs
 }
 
 pub fn dot_q5_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut sumf = 0f32;
+    let mut l = Lanes::new();
     for (x, y) in w.chunks_exact(Q5_0_BYTES).zip(a.chunks_exact(Q8_0_BYTES)).take(n / QK) {
         let (yq, dy, _) = act32(y, false);
         let qh = u32_at(x, 2);
         let lo = |j: usize, v: u8| (v as u32 | ((qh >> j) & 1) << 4) as i32 - 16;
         let hi = |j: usize, v: u8| (v as u32 | ((qh >> (j + 16)) & 1) << 4) as i32 - 16;
-        let isum = nibble_dot(x[6..22].try_into().unwrap(), yq, lo, hi);
-        sumf += (f16_at(x, 0) * dy) * isum as f32;
+        let v = unpack_nibbles(x[6..22].try_into().unwrap(), lo, hi);
+        l.block(f16_at(x, 0) * dy, &v, yq);
     }
-    sumf
+    l.hsum()
 }
 
 pub fn dot_q5_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut sumf = 0f32;
+    let mut l = Lanes::new();
     for (x, y) in w.chunks_exact(Q5_1_BYTES).zip(a.chunks_exact(Q8_1_BYTES)).take(n / QK) {
         let (yq, dy, sy) = act32(y, true);
         let qh = u32_at(x, 4);
         let lo = |j: usize, v: u8| (v as u32 | ((qh >> j) & 1) << 4) as i32;
         let hi = |j: usize, v: u8| (v as u32 | ((qh >> (j + 16)) & 1) << 4) as i32;
-        let isum = nibble_dot(x[8..24].try_into().unwrap(), yq, lo, hi);
-        sumf += (f16_at(x, 0) * dy) * isum as f32 + f16_at(x, 2) * sy;
+        let v = unpack_nibbles(x[8..24].try_into().unwrap(), lo, hi);
+        l.block(f16_at(x, 0) * dy, &v, yq);
+        l.summs = f16_at(x, 2).mul_add(sy, l.summs);
     }
-    sumf
+    l.hsum() + l.summs
 }
 
 pub fn dot_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut sumf = 0f32;
+    let mut l = Lanes::new();
     for (x, y) in w.chunks_exact(Q8_0_BYTES).zip(a.chunks_exact(Q8_0_BYTES)).take(n / QK) {
         let (xq, dx, _) = act32(x, false);
         let (yq, dy, _) = act32(y, false);
-        let isum: i32 = xq.iter().zip(yq).map(|(&p, &q)| p as i32 * q as i32).sum();
-        sumf += (dx * dy) * isum as f32;
+        l.block(dx * dy, xq, yq);
     }
-    sumf
+    l.hsum()
 }
 
 pub fn dot_iq4_nl(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut sumf = 0f32;
+    let mut l = Lanes::new();
     for (x, y) in w.chunks_exact(IQ4_NL_BYTES).zip(a.chunks_exact(Q8_0_BYTES)).take(n / QK) {
         let (yq, dy, _) = act32(y, false);
         let kv = |_, v: u8| KVALUES_IQ4NL[v as usize] as i32;
-        let isum = nibble_dot(x[2..18].try_into().unwrap(), yq, kv, kv);
-        sumf += (f16_at(x, 0) * dy) * isum as f32;
+        let v = unpack_nibbles(x[2..18].try_into().unwrap(), kv, kv);
+        l.block(f16_at(x, 0) * dy, &v, yq);
     }
-    sumf
+    l.hsum()
 }
 
 // ---------------------------------------------------------------------------------------------
