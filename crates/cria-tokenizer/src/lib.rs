@@ -617,6 +617,14 @@ impl Tokenizer {
         self.pad
     }
     /// Does this token end generation (EOS, EOT, EOM and the end-of-turn texts llama.cpp knows)?
+    /// Adds end-of-generation ids from outside the vocabulary files (a Hugging Face
+    /// generation_config.json lists e.g. LLaMA 3.1's `<|eom_id|>` and `<|eot_id|>` there).
+    /// Ids outside the vocabulary are ignored.
+    pub fn add_eog(&mut self, id: u32) {
+        if (id as usize) < self.vocab_size() {
+            self.eog.insert(id);
+        }
+    }
     pub fn is_eog(&self, id: u32) -> bool {
         self.eog.contains(&id)
     }

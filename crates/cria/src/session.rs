@@ -33,6 +33,12 @@ pub fn load(spec: Option<&str>, f32: bool, threads: Option<usize>) -> Result<Loa
             Tokenizer::from_hf(&dir.join("tokenizer.json"), cfg.exists().then_some(cfg.as_path())).context("reading tokenizer.json")?
         }
     };
+    let mut tok = tok;
+    if let Source::HfFolder { dir, .. } = &model.source {
+        for id in generation_config_eos(dir)? {
+            tok.add_eog(id);
+        }
+    }
     if tok.vocab_size() > model.config.vocab_size {
         bail!("the tokenizer has {} tokens but the model only {} embeddings", tok.vocab_size(), model.config.vocab_size);
     }
@@ -151,5 +157,35 @@ pub fn load_tokenizer_only(spec: Option<&str>) -> Result<Tokenizer> {
     } else {
         let g = cria_core::gguf::GgufFile::open(p)?;
         Ok(Tokenizer::from_gguf(&g)?)
+    }
+}
+
+/// `eos_token_id` of a Hugging Face generation_config.json (an id or a list of ids), if present.
+fn generation_config_eos(dir: &std::path::Path) -> Result<Vec<u32>> {
+    let p = dir.join("generation_config.json");
+    let Ok(text) = std::fs::read_to_string(&p) else { return Ok(vec![]) };
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", p.display()))?;
+    Ok(match v.get("eos_token_id") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        _ => vec![],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn generation_config_eos_forms() {
+        let dir = std::env::temp_dir().join(format!("cria-gencfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(generation_config_eos(&dir).unwrap(), Vec::<u32>::new());
+        std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [128001, 128008, 128009]}"#).unwrap();
+        assert_eq!(generation_config_eos(&dir).unwrap(), vec![128001, 128008, 128009]);
+        std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": 2}"#).unwrap();
+        assert_eq!(generation_config_eos(&dir).unwrap(), vec![2]);
+        std::fs::write(dir.join("generation_config.json"), "{").unwrap();
+        assert!(generation_config_eos(&dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
