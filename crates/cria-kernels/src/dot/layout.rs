@@ -1,6 +1,7 @@
 //! Block geometry of the types the CPU kernels read, from ggml-common.h (all little-endian, no
 //! padding). Byte offsets inside one block:
 //!
+//! ```text
 //! | type    | bytes | elems | layout                                                           |
 //! |---------|-------|-------|------------------------------------------------------------------|
 //! | Q4_0    | 18    | 32    | d f16 @0, qs[16] @2: elem j = low nibble of qs[j], j+16 = high    |
@@ -17,6 +18,7 @@
 //! | Q6_K    | 210   | 256   | ql[128] @0, qh[64] @128, scales[16] i8 @192, d @208               |
 //! | IQ4_XS  | 136   | 256   | d @0, scales_h u16 @2, scales_l[4] @4, qs[128] @8                 |
 //! | Q8_K    | 292   | 256   | d f32 @0, qs[256] i8 @4, bsums[16] i16 @260                       |
+//! ```
 
 pub const QK: usize = 32;
 pub const QK_K: usize = 256;

@@ -218,7 +218,7 @@ impl Geometry {
 pub(crate) fn check_dot_args(g: Geometry, n: usize, w: &[u8], rows: usize, a: &[u8], stride: usize, outs: usize) -> (usize, usize) {
     let nb = n / g.block;
     let (rb, ab) = (nb * g.w_bytes, nb * g.a_bytes);
-    let cols = if rows == 0 { 0 } else { outs / rows };
+    let cols = outs.checked_div(rows).unwrap_or(0);
     let ok = nb * g.block == n
         && rows.checked_mul(rb).is_some_and(|b| w.len() >= b)
         && rows * cols == outs
