@@ -135,8 +135,19 @@ impl Builder<'_> {
     }
 }
 
+/// RoPE in llama.cpp's terms (base, linear freq_scale, per-pair freq factors), so the kernels can
+/// reproduce ggml's angles; llama3 scaling becomes freq factors, as llama.cpp's converter writes.
 fn make_rope(c: &Config) -> Rope {
-    Rope { inv_freq: c.rope_inv_freq(), attn_factor: 1.0, interleaved: c.rope_interleaved }
+    let (freq_scale, ff) = match &c.rope_scaling {
+        RopeScaling::None => (1.0, None),
+        RopeScaling::Linear { factor } => (1.0 / factor, None),
+        RopeScaling::FreqFactors(ff) => (1.0, Some(ff.clone())),
+        RopeScaling::Llama3 { .. } => {
+            let plain = Config { rope_scaling: RopeScaling::None, ..c.clone() }.rope_inv_freq();
+            (1.0, Some(plain.iter().zip(c.rope_inv_freq()).map(|(&p, s)| (p as f64 / s as f64) as f32).collect()))
+        }
+    };
+    Rope::new(c.n_rot, c.rope_theta, freq_scale, ff, 1.0, c.rope_interleaved)
 }
 
 impl Model {
