@@ -4,8 +4,11 @@
 //!   head, so the result is the reference's to the bit, at 1/n_heads of the trigonometry.
 //! - `rmsnorm` (AVX2): the scale from `reference::rms_scale` (ggml's order: f32 squares summed in
 //!   f64 sequentially), then `(x * r) * w` in the reference's order.
-//! - `silu_mul` and the softmax in `attention` (AVX2) use `exp8`, a Cephes-style expf (<= 2 ulp).
-//! - `attention`: one (token, head) pair per work item; q.k and the v accumulation in AVX2.
+//! - `silu_mul` and the softmax in `attention` (AVX2) use `exp8`, ggml's `ggml_v_expf` to the bit.
+//! - `attention` (AVX2): one (token, head) pair per work item, in llama.cpp's arithmetic for an
+//!   F32 KV cache without flash attention (`avx2::head_impl`), so that cria's logits follow
+//!   llama.cpp's: quantized models amplify any 1-ulp difference, since it can flip the rounding
+//!   of a Q8 activation in the next matmul.
 
 use crate::{AttnShape, Rope};
 
@@ -59,55 +62,48 @@ pub mod avx2 {
     }
 
     avx2_fn! {
-    /// e^x for 8 lanes: Cephes expf (range reduction by ln2 in two parts, degree-6 polynomial).
-    /// Inputs are clamped to +-88.376 (e^88.376 ~ 2.4e38 < f32::MAX; below -88.376 it returns 0
-    /// where the true value is a denormal), NaN gives NaN only through the callers' x factor.
+    /// An f32 constant given by its bits (ggml writes these as hex floats).
+    unsafe fn splat(bits: u32) -> __m256 {
+        _mm256_set1_ps(f32::from_bits(bits))
+    }
+    }
+
+    avx2_fn! {
+    /// e^x for 8 lanes, in exactly ggml's arithmetic (`ggml_v_expf`, from Arm's optimized-routines
+    /// expf: x = n ln2 + b with n = round(x / ln2) by the 1.5*2^23 shift trick, a degree-5
+    /// polynomial in b, the scale 2^n built in the exponent bits, and a slow path for |n| > 126
+    /// that avoids spurious overflow). Same instructions in the same order, so the same bits as
+    /// llama.cpp's softmax and SwiGLU: cria's logits track llama.cpp's only if this matches to
+    /// the ulp (a 1-ulp difference can flip a Q8 activation rounding downstream). Accuracy:
+    /// within 2 ulp of e^x (tested); e^-inf = 0, large inputs saturate to inf.
     pub unsafe fn exp8(x: __m256) -> __m256 {
-        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.376_26)), _mm256_set1_ps(88.376_26));
-        let fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut y = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-            y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+        let shift = splat(0x4b40_0000); // 1.5 * 2^23
+        let z = _mm256_fmadd_ps(x, splat(0x3fb8_aa3b), shift); // x / ln2 + shift
+        let n = _mm256_sub_ps(z, shift);
+        // b = x - n*ln2, with ln2 split in a high part (exact products) and a low part.
+        let b = _mm256_fnmadd_ps(n, splat(0x35bf_be8e), _mm256_fnmadd_ps(n, splat(0x3f31_7200), x));
+        let e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+        let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0)))); // 2^n
+        let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+        let c = _mm256_cmp_ps(abs_n, _mm256_set1_ps(126.0), _CMP_GT_OQ);
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(_mm256_fmadd_ps(splat(0x3c07_2010), b, splat(0x3d2b_9f17)), u, _mm256_fmadd_ps(splat(0x3e2a_af33), b, splat(0x3eff_fedb))),
+            u,
+            _mm256_mul_ps(splat(0x3f7f_fff6), b),
+        ); // e^b - 1
+        if _mm256_movemask_ps(c) == 0 {
+            return _mm256_fmadd_ps(j, k, k);
         }
-        y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
-        let e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-        _mm256_mul_ps(y, _mm256_castsi256_ps(e))
-    }
-    }
-
-    avx2_fn! {
-    unsafe fn hsum(x: __m256) -> f32 {
-        let mut r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
-        r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-        r = _mm_add_ss(r, _mm_movehdup_ps(r));
-        _mm_cvtss_f32(r)
-    }
-    }
-
-    avx2_fn! {
-    /// Dot of two equal-length f32 slices: two 8-lane accumulators, scalar tail.
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut i = 0;
-        while i + 16 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
-            i += 16;
-        }
-        if i + 8 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-            i += 8;
-        }
-        let mut s = hsum(_mm256_add_ps(s0, s1));
-        while i < n {
-            s += a[i] * b[i];
-            i += 1;
-        }
-        s
+        // |n| > 126: 2^n = s1 * s2 with both factors representable; |n| > 192: s1^2 (0 or inf).
+        let g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)), _mm256_set1_epi32(0x8200_0000u32 as i32));
+        let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+        let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+        let d = _mm256_cmp_ps(abs_n, _mm256_set1_ps(192.0), _CMP_GT_OQ);
+        _mm256_or_ps(
+            _mm256_and_ps(d, _mm256_mul_ps(s1, s1)),
+            _mm256_andnot_ps(d, _mm256_or_ps(_mm256_and_ps(c, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)), _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)))),
+        )
     }
     }
 
@@ -162,123 +158,147 @@ pub mod avx2 {
     }
 
     avx2_fn! {
-    /// scores[i] = q . k_i * scale for keys k_i = k[(lo + i) * stride ..][..hd]: four keys at a
-    /// time into four accumulators, reduced together (one hadd tree per 4 keys instead of a
-    /// horizontal sum per key).
-    unsafe fn scores4(sc: &mut [f32], q: &[f32], k: *const f32, stride: usize, scale: f32) {
-        let hd = q.len();
-        let h8 = hd / 8 * 8;
-        let qp = q.as_ptr();
-        let n = sc.len();
+    /// ggml's `vec_dot_f32` on AVX2, to the bit: four 8-lane accumulators over steps of 32,
+    /// reduced as ((s0 + s2) + (s1 + s3)), 128-bit halves added, two `hadd`s; the leftover
+    /// elements (n % 32) added one by one with a fused multiply-add (GCC contracts ggml's
+    /// `sumf += x[i]*y[i]`).
+    unsafe fn vec_dot_ggml(n: usize, x: *const f32, y: *const f32) -> f32 {
+        let np = n & !31;
+        let mut s = [_mm256_setzero_ps(); 4];
         let mut i = 0;
-        while i + 4 <= n {
-            let kp = [k.add(i * stride), k.add((i + 1) * stride), k.add((i + 2) * stride), k.add((i + 3) * stride)];
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut c = 0;
-            while c < h8 {
-                let qv = _mm256_loadu_ps(qp.add(c));
-                for u in 0..4 {
-                    acc[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[u].add(c)), acc[u]);
-                }
-                c += 8;
+        while i < np {
+            for j in 0..4 {
+                s[j] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i + 8 * j)), _mm256_loadu_ps(y.add(i + 8 * j)), s[j]);
             }
-            // [a0+a1 pairs | b0+b1 pairs] ... -> lane u of the result = sum of acc[u].
-            let ab = _mm256_hadd_ps(acc[0], acc[1]);
-            let cd = _mm256_hadd_ps(acc[2], acc[3]);
-            let abcd = _mm256_hadd_ps(ab, cd);
-            let mut r = _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-            if h8 < hd {
-                let mut t = [0f32; 4];
-                for (u, tu) in t.iter_mut().enumerate() {
-                    for cc in h8..hd {
-                        *tu += q[cc] * *kp[u].add(cc);
-                    }
-                }
-                r = _mm_add_ps(r, _mm_loadu_ps(t.as_ptr()));
-            }
-            _mm_storeu_ps(sc.as_mut_ptr().add(i), _mm_mul_ps(r, _mm_set1_ps(scale)));
-            i += 4;
+            i += 32;
         }
-        while i < n {
-            let kp = k.add(i * stride);
-            sc[i] = dot(q, std::slice::from_raw_parts(kp, hd)) * scale;
-            i += 1;
+        let mut sumf = reduce4_ggml(s);
+        for i in np..n {
+            sumf = (*x.add(i)).mul_add(*y.add(i), sumf);
         }
+        sumf
     }
     }
 
     avx2_fn! {
-    /// o = sum_i w[i] * v_i with v_i = v[(lo + i) * stride ..][..hd]; o is built 32 floats at a
-    /// time in registers across all keys (no load/store of o per key).
-    unsafe fn weighted_sum(o: &mut [f32], w: &[f32], v: *const f32, stride: usize) {
-        let hd = o.len();
-        let op = o.as_mut_ptr();
-        let mut c = 0;
-        while c + 32 <= hd {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (i, &wi) in w.iter().enumerate() {
-                let wv = _mm256_set1_ps(wi);
-                let vp = v.add(i * stride + c);
-                for u in 0..4 {
-                    acc[u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(vp.add(8 * u)), acc[u]);
-                }
-            }
-            for u in 0..4 {
-                _mm256_storeu_ps(op.add(c + 8 * u), acc[u]);
-            }
-            c += 32;
-        }
-        while c + 8 <= hd {
-            let mut acc = _mm256_setzero_ps();
-            for (i, &wi) in w.iter().enumerate() {
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(wi), _mm256_loadu_ps(v.add(i * stride + c)), acc);
-            }
-            _mm256_storeu_ps(op.add(c), acc);
-            c += 8;
-        }
-        for cc in c..hd {
-            let mut s = 0f32;
-            for (i, &wi) in w.iter().enumerate() {
-                s += wi * *v.add(i * stride + cc);
-            }
-            o[cc] = s;
-        }
+    /// GGML_F32x8_REDUCE of four accumulators.
+    unsafe fn reduce4_ggml(s: [__m256; 4]) -> f32 {
+        let a = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
+        let t0 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        let t1 = _mm_hadd_ps(t0, t0);
+        _mm_cvtss_f32(_mm_hadd_ps(t1, t1))
     }
     }
 
     avx2_fn! {
+    /// llama.cpp's attention for one query head, without flash attention and with an F32 KV
+    /// cache, reproduced operation by operation (see `attention_order` in the module doc):
+    ///
+    /// 1. score_j = vec_dot_f32(k_j, q) * scale (ggml's `vec_dot_f32` + `soft_max_ext`'s scale);
+    /// 2. softmax: max over the visible keys; e_j = expf(score_j - max) eight at a time in blocks
+    ///    aligned at key position 0 (llama.cpp's KV cells), each block's sum (a fixed 128-bit
+    ///    tree) added into an f64; probabilities e_j * (float)(1 / sum). Masked keys are exact
+    ///    zeros there, so skipping them changes no bit;
+    /// 3. out_e = sum_j v_j[e] p_j: when `batched` (llama.cpp's tinyBLAS path: >= 2 tokens in
+    ///    the batch, head_dim % 4 == 0) one 8-lane accumulator per output over positions j
+    ///    (lane j % 8), reduced by tinyBLAS's hsum; otherwise ggml's vec_dot_f32 over positions
+    ///    (32 lanes, lane j % 32).
     #[allow(clippy::too_many_arguments)]
-    unsafe fn head_impl(o: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape, r: usize, h: usize, scores: &mut [f32]) {
+    unsafe fn head_impl(o: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape, r: usize, h: usize, scores: &mut [f32], batched: bool) {
         let hd = s.head_dim;
         let kv_stride = s.n_kv_heads * hd;
         let kvh = h / (s.n_heads / s.n_kv_heads);
         let p = s.pos0 + r;
-        let keys = super::key_range(p, s.window);
-        let lo = *keys.start();
-        let sc = &mut scores[..p + 1 - lo];
-        // check_attention proved rows lo..=p of k and v exist.
-        scores4(sc, &q[..hd], k.as_ptr().add(lo * kv_stride + kvh * hd), kv_stride, s.scale);
-        let max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        // exp(score - max) in place, 8 at a time, summed in a fixed order; then normalised.
-        let mut i = 0;
+        let lo = *super::key_range(p, s.window).start();
+        // scores[j] for absolute positions j in 0..n_blk (8-aligned), 0 where masked.
+        let n_blk = (p + 1).div_ceil(8) * 8;
+        let sc = &mut scores[..n_blk];
+        let kb = k.as_ptr().add(kvh * hd);
+        let mut max = f32::NEG_INFINITY;
+        for j in lo..=p {
+            let d = vec_dot_ggml(hd, kb.add(j * kv_stride), q.as_ptr()) * s.scale;
+            sc[j] = d;
+            max = max.max(d);
+        }
         let mv = _mm256_set1_ps(max);
-        let mut acc = _mm256_setzero_ps();
-        while i + 8 <= sc.len() {
-            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc.as_ptr().add(i)), mv));
-            _mm256_storeu_ps(sc.as_mut_ptr().add(i), e);
-            acc = _mm256_add_ps(acc, e);
-            i += 8;
+        let mut sum = 0f64;
+        for b in lo / 8..n_blk / 8 {
+            let blk = sc.as_mut_ptr().add(8 * b);
+            let mut e = exp8(_mm256_sub_ps(_mm256_loadu_ps(blk), mv));
+            // Zero the masked lanes (before the window, after p): ggml's exp(-inf) = 0.
+            let first = (8 * b).max(lo) - 8 * b;
+            let last = (8 * b + 8).min(p + 1) - 8 * b;
+            if first > 0 || last < 8 {
+                let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let keep = _mm256_and_si256(
+                    _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(first as i32 - 1)),
+                    _mm256_cmpgt_epi32(_mm256_set1_epi32(last as i32), idx),
+                );
+                e = _mm256_and_ps(e, _mm256_castsi256_ps(keep));
+            }
+            _mm256_storeu_ps(blk, e);
+            let mut h4 = _mm_add_ps(_mm256_extractf128_ps(e, 1), _mm256_castps256_ps128(e));
+            h4 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+            h4 = _mm_add_ss(h4, _mm_movehdup_ps(h4));
+            sum += _mm_cvtss_f32(h4) as f64;
         }
-        let mut sum = hsum(acc);
-        for e in &mut sc[i..] {
-            *e = (*e - max).exp();
-            sum += *e;
-        }
-        let inv = 1.0 / sum;
-        for e in sc.iter_mut() {
+        let inv = (1.0 / sum) as f32;
+        for e in &mut sc[lo..=p] {
             *e *= inv;
         }
-        weighted_sum(&mut o[..hd], sc, v.as_ptr().add(lo * kv_stride + kvh * hd), kv_stride);
+        let vb = v.as_ptr().add(kvh * hd);
+        if batched {
+            weighted_sum_lanes::<8>(&mut o[..hd], &sc[..=p], lo, vb, kv_stride);
+        } else {
+            weighted_sum_lanes::<32>(&mut o[..hd], &sc[..=p], lo, vb, kv_stride);
+        }
+    }
+    }
+
+    avx2_fn! {
+    /// o[e] = sum_{j in lo..w.len()} w[j] * v_j[e] with the positions split over L lanes (lane
+    /// j % L, an FMA chain in increasing j), as ggml's kernels split the dot over positions:
+    /// L = 8 is tinyBLAS (then its hsum: ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))), L = 32 is
+    /// vec_dot_f32 (lanes 8a+b: accumulator a, lane b; then its REDUCE). Vectorised over e, 8
+    /// outputs at a time, one accumulator vector per lane.
+    unsafe fn weighted_sum_lanes<const L: usize>(o: &mut [f32], w: &[f32], lo: usize, v: *const f32, stride: usize) {
+        let hd = o.len();
+        let mut e0 = 0;
+        while e0 < hd {
+            let width = (hd - e0).min(8);
+            let mut acc = [_mm256_setzero_ps(); L];
+            for j in lo..w.len() {
+                let vp = v.add(j * stride + e0);
+                let vv = if width == 8 {
+                    _mm256_loadu_ps(vp)
+                } else {
+                    let mut t = [0f32; 8];
+                    std::ptr::copy_nonoverlapping(vp, t.as_mut_ptr(), width);
+                    _mm256_loadu_ps(t.as_ptr())
+                };
+                acc[j % L] = _mm256_fmadd_ps(vv, _mm256_set1_ps(w[j]), acc[j % L]);
+            }
+            let res = if L == 8 {
+                let a = _mm256_add_ps(acc[0], acc[4]);
+                let b = _mm256_add_ps(acc[2], acc[6]);
+                let c = _mm256_add_ps(acc[1], acc[5]);
+                let d = _mm256_add_ps(acc[3], acc[7]);
+                _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d))
+            } else {
+                // Accumulator a = lanes 8a..8a+8: first (s0+s2)+(s1+s3) lane by lane ...
+                let mut y = [_mm256_setzero_ps(); 8];
+                for l in 0..8 {
+                    y[l] = _mm256_add_ps(_mm256_add_ps(acc[l], acc[16 + l]), _mm256_add_ps(acc[8 + l], acc[24 + l]));
+                }
+                // ... then 128-bit halves (lane l + lane l+4), then hadd pairs, then hadd.
+                let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(y[i], y[i + 4]));
+                _mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3]))
+            };
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), res);
+            o[e0..e0 + width].copy_from_slice(&out[..width]);
+            e0 += 8;
+        }
     }
     }
 
@@ -286,8 +306,8 @@ pub mod avx2 {
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C; the buffers must match `s` (`check_attention`).
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn head(o: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape, r: usize, h: usize, scores: &mut [f32]) {
-        head_impl(o, q, k, v, s, r, h, scores)
+    pub unsafe fn head(o: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape, r: usize, h: usize, scores: &mut [f32], batched: bool) {
+        head_impl(o, q, k, v, s, r, h, scores, batched)
     }
 }
 
