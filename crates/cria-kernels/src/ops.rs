@@ -267,16 +267,33 @@ pub mod avx2 {
         while e0 < hd {
             let width = (hd - e0).min(8);
             let mut acc = [_mm256_setzero_ps(); L];
-            for j in lo..w.len() {
+            let load = |j: usize| -> __m256 {
                 let vp = v.add(j * stride + e0);
-                let vv = if width == 8 {
+                if width == 8 {
                     _mm256_loadu_ps(vp)
                 } else {
                     let mut t = [0f32; 8];
                     std::ptr::copy_nonoverlapping(vp, t.as_mut_ptr(), width);
                     _mm256_loadu_ps(t.as_ptr())
-                };
-                acc[j % L] = _mm256_fmadd_ps(vv, _mm256_set1_ps(w[j]), acc[j % L]);
+                }
+            };
+            // Same FMA chain per lane as one pass in increasing j; the middle part goes by whole
+            // groups of L keys so that lane indices are constants (registers, for L = 8).
+            let n = w.len();
+            let mut j = lo;
+            while j < n && j % L != 0 {
+                acc[j % L] = _mm256_fmadd_ps(load(j), _mm256_set1_ps(w[j]), acc[j % L]);
+                j += 1;
+            }
+            while j + L <= n {
+                for u in 0..L {
+                    acc[u] = _mm256_fmadd_ps(load(j + u), _mm256_set1_ps(w[j + u]), acc[u]);
+                }
+                j += L;
+            }
+            while j < n {
+                acc[j % L] = _mm256_fmadd_ps(load(j), _mm256_set1_ps(w[j]), acc[j % L]);
+                j += 1;
             }
             let res = if L == 8 {
                 let a = _mm256_add_ps(acc[0], acc[4]);
