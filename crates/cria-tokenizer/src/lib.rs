@@ -655,6 +655,11 @@ impl Tokenizer {
             Model::Bpe(p) => Some(p),
         }
     }
+    /// Sets the chat template (transformers >= 4.43 may save it as chat_template.jinja beside
+    /// tokenizer_config.json instead of inside it).
+    pub fn set_chat_template(&mut self, template: String) {
+        self.chat_template = Some(template);
+    }
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
     }

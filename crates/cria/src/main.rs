@@ -2,7 +2,6 @@
 
 mod fetch;
 mod inspect;
-mod npy;
 mod perplexity;
 mod session;
 

@@ -35,6 +35,7 @@ pub fn load(spec: Option<&str>, f32: bool, threads: Option<usize>) -> Result<Loa
     };
     let mut tok = tok;
     if let Source::HfFolder { dir, .. } = &model.source {
+        set_jinja_template(&mut tok, dir)?;
         for id in generation_config_eos(dir)? {
             tok.add_eog(id);
         }
@@ -153,11 +154,22 @@ pub fn load_tokenizer_only(spec: Option<&str>) -> Result<Tokenizer> {
     let p = &resolved.path;
     if p.is_dir() {
         let cfg = p.join("tokenizer_config.json");
-        Ok(Tokenizer::from_hf(&p.join("tokenizer.json"), cfg.exists().then_some(cfg.as_path()))?)
+        let mut tok = Tokenizer::from_hf(&p.join("tokenizer.json"), cfg.exists().then_some(cfg.as_path()))?;
+        set_jinja_template(&mut tok, p)?;
+        Ok(tok)
     } else {
         let g = cria_core::gguf::GgufFile::open(p)?;
         Ok(Tokenizer::from_gguf(&g)?)
     }
+}
+
+/// A folder's chat_template.jinja, used when tokenizer_config.json carries no template.
+fn set_jinja_template(tok: &mut Tokenizer, dir: &std::path::Path) -> Result<()> {
+    let p = dir.join("chat_template.jinja");
+    if tok.chat_template().is_none() && p.exists() {
+        tok.set_chat_template(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?);
+    }
+    Ok(())
 }
 
 /// `eos_token_id` of a Hugging Face generation_config.json (an id or a list of ids), if present.
