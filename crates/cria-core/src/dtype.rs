@@ -80,7 +80,10 @@ const TABLE: &[(u32, DType, &str, usize, usize)] = &[
 
 impl DType {
     fn entry(self) -> &'static (u32, DType, &'static str, usize, usize) {
-        TABLE.iter().find(|e| e.1 == self).expect("every DType is in TABLE")
+        TABLE
+            .iter()
+            .find(|e| e.1 == self)
+            .expect("every DType is in TABLE")
     }
     pub fn from_ggml(id: u32) -> Option<DType> {
         TABLE.iter().find(|e| e.0 == id).map(|e| e.1)
@@ -92,7 +95,10 @@ impl DType {
         self.entry().2
     }
     pub fn from_name(s: &str) -> Option<DType> {
-        TABLE.iter().find(|e| e.2.eq_ignore_ascii_case(s)).map(|e| e.1)
+        TABLE
+            .iter()
+            .find(|e| e.2.eq_ignore_ascii_case(s))
+            .map(|e| e.1)
     }
     /// Elements per block.
     pub fn block_size(self) -> usize {
@@ -109,9 +115,16 @@ impl DType {
     pub fn bytes_for(self, n: usize) -> Result<usize> {
         let bs = self.block_size();
         if n % bs != 0 {
-            return Err(Error::msg(format!("{} elements is not a multiple of the {} block size {}", n, self.name(), bs)));
+            return Err(Error::msg(format!(
+                "{} elements is not a multiple of the {} block size {}",
+                n,
+                self.name(),
+                bs
+            )));
         }
-        (n / bs).checked_mul(self.type_size()).ok_or_else(|| Error::msg("tensor size overflows"))
+        (n / bs)
+            .checked_mul(self.type_size())
+            .ok_or_else(|| Error::msg("tensor size overflows"))
     }
 }
 

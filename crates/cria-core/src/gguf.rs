@@ -12,8 +12,8 @@
 
 use crate::tensor::{Bytes, Tensor};
 use crate::{DType, Error, Result};
-use std::collections::HashMap;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -106,7 +106,9 @@ impl Array {
         match self {
             Array::F32(v) => Some(v.clone()),
             Array::F64(v) => Some(v.iter().map(|&x| x as f32).collect()),
-            _ => self.to_i64().map(|v| v.into_iter().map(|x| x as f32).collect()),
+            _ => self
+                .to_i64()
+                .map(|v| v.into_iter().map(|x| x as f32).collect()),
         }
     }
 }
@@ -174,7 +176,10 @@ impl Value {
             Value::F32(v) => format!("{v}"),
             Value::F64(v) => format!("{v}"),
             Value::Bool(v) => format!("{v}"),
-            v => v.as_i64().map(|x| x.to_string()).unwrap_or_else(|| format!("{v:?}")),
+            v => v
+                .as_i64()
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| format!("{v:?}")),
         }
     }
 }
@@ -280,14 +285,21 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn err(&self, msg: impl Into<String>) -> Error {
-        Error::Format { path: self.path.to_path_buf(), format: "GGUF", msg: format!("{} (at byte {})", msg.into(), self.pos) }
+        Error::Format {
+            path: self.path.to_path_buf(),
+            format: "GGUF",
+            msg: format!("{} (at byte {})", msg.into(), self.pos),
+        }
     }
     fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.remaining() {
-            return Err(self.err(format!("truncated: need {n} bytes, {} left", self.remaining())));
+            return Err(self.err(format!(
+                "truncated: need {n} bytes, {} left",
+                self.remaining()
+            )));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -352,7 +364,11 @@ impl<'a> Cursor<'a> {
             ($variant:ident, $t:ty, $n:expr) => {{
                 let n = self.count("array length", $n)?;
                 let b = self.take(n * $n)?;
-                Array::$variant(b.chunks_exact($n).map(|c| <$t>::from_le_bytes(c.try_into().unwrap())).collect())
+                Array::$variant(
+                    b.chunks_exact($n)
+                        .map(|c| <$t>::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                )
             }};
         }
         Ok(match ty {
@@ -402,7 +418,10 @@ struct Parsed {
 }
 
 fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>> {
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let f = std::fs::File::open(path).map_err(io)?;
     // SAFETY: the map is read-only and private to this process. Another process truncating or
     // rewriting the file while it is mapped would change the bytes under us (or SIGBUS); this is
@@ -412,18 +431,31 @@ fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>> {
 }
 
 fn parse(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Parsed> {
-    let mut c = Cursor { buf: &map[..], pos: 0, path };
+    let mut c = Cursor {
+        buf: &map[..],
+        pos: 0,
+        path,
+    };
     let magic = c.take(4).map_err(|_| c.err("file too short to be GGUF"))?;
     if magic != MAGIC {
-        return Err(Error::Format { path: path.to_path_buf(), format: "GGUF", msg: format!("bad magic {magic:02x?}, expected \"GGUF\"") });
+        return Err(Error::Format {
+            path: path.to_path_buf(),
+            format: "GGUF",
+            msg: format!("bad magic {magic:02x?}, expected \"GGUF\""),
+        });
     }
     let version = c.u32()?;
     if version == 1 {
-        return Err(Error::Unsupported(format!("{}: GGUF version 1 (re-convert the model with a current llama.cpp)", path.display())));
+        return Err(Error::Unsupported(format!(
+            "{}: GGUF version 1 (re-convert the model with a current llama.cpp)",
+            path.display()
+        )));
     }
     if version & 0xFFFF == 0 && version != 0 {
         // ggml's own test: a byte-swapped small version number.
-        return Err(c.err(format!("version {version:#x} looks byte-swapped: big-endian GGUF is not supported")));
+        return Err(c.err(format!(
+            "version {version:#x} looks byte-swapped: big-endian GGUF is not supported"
+        )));
     }
     if !(2..=3).contains(&version) {
         return Err(c.err(format!("unknown GGUF version {version}")));
@@ -440,7 +472,11 @@ fn parse(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Parsed> {
         }
         let ty = c.u32()?;
         let v = c.value(ty, 0).map_err(|e| match e {
-            Error::Format { path, format, msg } => Error::Format { path, format, msg: format!("metadata {key}: {msg}") },
+            Error::Format { path, format, msg } => Error::Format {
+                path,
+                format,
+                msg: format!("metadata {key}: {msg}"),
+            },
             e => e,
         })?;
         metadata.push((key, v));
@@ -449,7 +485,11 @@ fn parse(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Parsed> {
         None => DEFAULT_ALIGNMENT,
         Some((_, v)) => match v.as_u64() {
             Some(a) if a > 0 && a.is_power_of_two() && a <= MAX_ALIGNMENT as u64 => a as usize,
-            _ => return Err(c.err(format!("general.alignment {v:?} is not a power of two up to {MAX_ALIGNMENT}"))),
+            _ => {
+                return Err(c.err(format!(
+                    "general.alignment {v:?} is not a power of two up to {MAX_ALIGNMENT}"
+                )))
+            }
         },
     };
     let mut infos = Vec::with_capacity(n_tensors.min(PREALLOC_MAX));
@@ -457,7 +497,9 @@ fn parse(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Parsed> {
         let name = c.string()?;
         let n_dims = c.u32()? as usize;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(c.err(format!("tensor {name}: {n_dims} dimensions (1..={MAX_DIMS} allowed)")));
+            return Err(c.err(format!(
+                "tensor {name}: {n_dims} dimensions (1..={MAX_DIMS} allowed)"
+            )));
         }
         let mut ne = Vec::with_capacity(n_dims);
         for _ in 0..n_dims {
@@ -465,10 +507,19 @@ fn parse(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Parsed> {
             if d > i64::MAX as u64 {
                 return Err(c.err(format!("tensor {name}: dimension {d}")));
             }
-            ne.push(usize::try_from(d).map_err(|_| c.err(format!("tensor {name}: dimension {d} does not fit in memory")))?);
+            ne.push(usize::try_from(d).map_err(|_| {
+                c.err(format!(
+                    "tensor {name}: dimension {d} does not fit in memory"
+                ))
+            })?);
         }
         let ty = c.u32()?;
-        let dtype = DType::from_ggml(ty).ok_or_else(|| Error::Unsupported(format!("{}: tensor {name} has unknown type id {ty}", path.display())))?;
+        let dtype = DType::from_ggml(ty).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{}: tensor {name} has unknown type id {ty}",
+                path.display()
+            ))
+        })?;
         let offset = c.u64()?;
         infos.push((name, ne, dtype, offset));
     }
@@ -482,19 +533,35 @@ fn parse(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Parsed> {
         if !seen.insert(name.clone()) {
             return Err(c.err(format!("duplicate tensor name {name}")));
         }
-        let n = ne.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| c.err(format!("tensor {name}: shape {ne:?} overflows")))?;
-        let nbytes = dtype.bytes_for(n).map_err(|e| c.err(format!("tensor {name}: {e}")))?;
+        let n = ne
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| c.err(format!("tensor {name}: shape {ne:?} overflows")))?;
+        let nbytes = dtype
+            .bytes_for(n)
+            .map_err(|e| c.err(format!("tensor {name}: {e}")))?;
         if offset % alignment as u64 != 0 {
-            return Err(c.err(format!("tensor {name}: offset {offset} not aligned to {alignment}")));
+            return Err(c.err(format!(
+                "tensor {name}: offset {offset} not aligned to {alignment}"
+            )));
         }
-        let in_file = matches!(offset.checked_add(nbytes as u64), Some(end) if end <= data_len as u64);
+        let in_file =
+            matches!(offset.checked_add(nbytes as u64), Some(end) if end <= data_len as u64);
         if !in_file {
             return Err(c.err(format!("tensor {name}: data [{offset}, +{nbytes}) runs past the end of the file (data section is {data_len} bytes)")));
         }
-        let data = Bytes::Mapped { map: map.clone(), offset: data_start + offset as usize, len: nbytes };
+        let data = Bytes::Mapped {
+            map: map.clone(),
+            offset: data_start + offset as usize,
+            len: nbytes,
+        };
         tensors.push(Tensor::new(name, dtype, ne, data).map_err(|e| c.err(e.to_string()))?);
     }
-    Ok(Parsed { version, metadata, tensors })
+    Ok(Parsed {
+        version,
+        metadata,
+        tensors,
+    })
 }
 
 /// `foo-00001-of-00003.gguf` -> Some(("foo", 1, 3)).
@@ -503,7 +570,10 @@ fn split_pattern(path: &Path) -> Option<(String, usize, usize)> {
     let stem = name.strip_suffix(".gguf")?;
     let (head, count) = stem.rsplit_once("-of-")?;
     let (prefix, idx) = head.rsplit_once('-')?;
-    if idx.len() != 5 || count.len() != 5 || !idx.bytes().chain(count.bytes()).all(|b| b.is_ascii_digit()) {
+    if idx.len() != 5
+        || count.len() != 5
+        || !idx.bytes().chain(count.bytes()).all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     Some((prefix.to_string(), idx.parse().ok()?, count.parse().ok()?))
@@ -517,7 +587,9 @@ pub fn split_path(prefix: &Path, i: usize, n: usize) -> PathBuf {
 }
 
 fn meta_u64(m: &[(String, Value)], key: &str) -> Option<u64> {
-    m.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_u64())
+    m.iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.as_u64())
 }
 
 impl GgufFile {
@@ -529,12 +601,29 @@ impl GgufFile {
         let split_count = meta_u64(&given.metadata, KEY_SPLIT_COUNT).unwrap_or(1);
         let mut file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         if split_count <= 1 {
-            return Self::assemble(path, given.version, given.metadata, given.tensors, file_bytes, vec![path.to_path_buf()]);
+            return Self::assemble(
+                path,
+                given.version,
+                given.metadata,
+                given.tensors,
+                file_bytes,
+                vec![path.to_path_buf()],
+            );
         }
-        let split_err = |msg: String| Error::Format { path: path.to_path_buf(), format: "GGUF", msg };
-        let (prefix, _, count) = split_pattern(path).ok_or_else(|| split_err(format!("split.count = {split_count} but the file name is not PREFIX-0000i-of-0000N.gguf")))?;
+        let split_err = |msg: String| Error::Format {
+            path: path.to_path_buf(),
+            format: "GGUF",
+            msg,
+        };
+        let (prefix, _, count) = split_pattern(path).ok_or_else(|| {
+            split_err(format!(
+                "split.count = {split_count} but the file name is not PREFIX-0000i-of-0000N.gguf"
+            ))
+        })?;
         if count as u64 != split_count {
-            return Err(split_err(format!("split.count = {split_count} but the file name says {count}")));
+            return Err(split_err(format!(
+                "split.count = {split_count} but the file name says {count}"
+            )));
         }
         let dir = path.parent().unwrap_or(Path::new("."));
         let prefix = dir.join(prefix);
@@ -548,16 +637,33 @@ impl GgufFile {
                 given.take().unwrap()
             } else {
                 if !p.exists() {
-                    return Err(Error::msg(format!("{}: split {} of {count} is missing: {}", path.display(), i + 1, p.display())));
+                    return Err(Error::msg(format!(
+                        "{}: split {} of {count} is missing: {}",
+                        path.display(),
+                        i + 1,
+                        p.display()
+                    )));
                 }
                 parse(&p, map_file(&p)?)?
             };
             let no = meta_u64(&part.metadata, KEY_SPLIT_NO);
             if no.is_some_and(|no| no != i as u64) {
-                return Err(Error::Format { path: p, format: "GGUF", msg: format!("split.no = {} in split file {} of {count}", no.unwrap(), i + 1) });
+                return Err(Error::Format {
+                    path: p,
+                    format: "GGUF",
+                    msg: format!(
+                        "split.no = {} in split file {} of {count}",
+                        no.unwrap(),
+                        i + 1
+                    ),
+                });
             }
             if meta_u64(&part.metadata, KEY_SPLIT_COUNT) != Some(split_count) {
-                return Err(Error::Format { path: p, format: "GGUF", msg: format!("split.count differs from the first split's {split_count}") });
+                return Err(Error::Format {
+                    path: p,
+                    format: "GGUF",
+                    msg: format!("split.count differs from the first split's {split_count}"),
+                });
             }
             file_bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
             files.push(p);
@@ -571,21 +677,55 @@ impl GgufFile {
         }
         if let Some(want) = meta_u64(&first.metadata, KEY_SPLIT_TENSORS_COUNT) {
             if want != tensors.len() as u64 {
-                return Err(split_err(format!("split.tensors.count = {want} but the {count} splits hold {} tensors", tensors.len())));
+                return Err(split_err(format!(
+                    "split.tensors.count = {want} but the {count} splits hold {} tensors",
+                    tensors.len()
+                )));
             }
         }
-        Self::assemble(path, first.version, first.metadata, tensors, file_bytes, files)
+        Self::assemble(
+            path,
+            first.version,
+            first.metadata,
+            tensors,
+            file_bytes,
+            files,
+        )
     }
 
-    fn assemble(path: &Path, version: u32, metadata: Vec<(String, Value)>, tensors: Vec<Tensor>, file_bytes: u64, files: Vec<PathBuf>) -> Result<Self> {
-        let index = metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+    fn assemble(
+        path: &Path,
+        version: u32,
+        metadata: Vec<(String, Value)>,
+        tensors: Vec<Tensor>,
+        file_bytes: u64,
+        files: Vec<PathBuf>,
+    ) -> Result<Self> {
+        let index = metadata
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
         let mut tensor_index = HashMap::with_capacity(tensors.len());
         for (i, t) in tensors.iter().enumerate() {
             if tensor_index.insert(t.name.clone(), i).is_some() {
-                return Err(Error::Format { path: path.to_path_buf(), format: "GGUF", msg: format!("tensor {} appears in more than one split", t.name) });
+                return Err(Error::Format {
+                    path: path.to_path_buf(),
+                    format: "GGUF",
+                    msg: format!("tensor {} appears in more than one split", t.name),
+                });
             }
         }
-        Ok(GgufFile { path: path.to_path_buf(), version, metadata, index, tensors, tensor_index, file_bytes, files })
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            index,
+            tensors,
+            tensor_index,
+            file_bytes,
+            files,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -662,7 +802,12 @@ impl<'a> GgufWriter<'a> {
             }
         }
         for t in &g.tensors {
-            w.tensors.push(WTensor { name: t.name.clone(), dtype: t.dtype, ne: t.ne.clone(), data: Cow::Borrowed(t.bytes()) });
+            w.tensors.push(WTensor {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                ne: t.ne.clone(),
+                data: Cow::Borrowed(t.bytes()),
+            });
         }
         w
     }
@@ -690,7 +835,9 @@ impl<'a> GgufWriter<'a> {
     /// Sets `general.alignment` (a power of two up to [`MAX_ALIGNMENT`]).
     pub fn set_alignment(&mut self, alignment: usize) -> Result<&mut Self> {
         if !alignment.is_power_of_two() || alignment > MAX_ALIGNMENT {
-            return Err(Error::msg(format!("GGUF alignment {alignment} is not a power of two up to {MAX_ALIGNMENT}")));
+            return Err(Error::msg(format!(
+                "GGUF alignment {alignment} is not a power of two up to {MAX_ALIGNMENT}"
+            )));
         }
         Ok(self.add("general.alignment", alignment as u32))
     }
@@ -700,30 +847,56 @@ impl<'a> GgufWriter<'a> {
             None => Ok(DEFAULT_ALIGNMENT),
             Some((_, v)) => match v.as_u64() {
                 Some(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT as u64 => Ok(a as usize),
-                _ => Err(Error::msg(format!("general.alignment {v:?} is not a power of two up to {MAX_ALIGNMENT}"))),
+                _ => Err(Error::msg(format!(
+                    "general.alignment {v:?} is not a power of two up to {MAX_ALIGNMENT}"
+                ))),
             },
         }
     }
 
     /// Adds a tensor (`ne` in GGML order); checks that `data` is exactly the bytes `dtype` and
     /// `ne` call for and that the name is new.
-    pub fn add_tensor(&mut self, name: impl Into<String>, dtype: DType, ne: Vec<usize>, data: impl Into<Cow<'a, [u8]>>) -> Result<&mut Self> {
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dtype: DType,
+        ne: Vec<usize>,
+        data: impl Into<Cow<'a, [u8]>>,
+    ) -> Result<&mut Self> {
         let (name, data) = (name.into(), data.into());
         if ne.is_empty() || ne.len() > MAX_DIMS {
-            return Err(Error::msg(format!("tensor {name}: {} dimensions (1..={MAX_DIMS} allowed)", ne.len())));
+            return Err(Error::msg(format!(
+                "tensor {name}: {} dimensions (1..={MAX_DIMS} allowed)",
+                ne.len()
+            )));
         }
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(Error::msg(format!("tensor {name} added twice")));
         }
         if ne[0] % dtype.block_size() != 0 {
-            return Err(Error::msg(format!("tensor {name}: row length {} is not a multiple of the {dtype} block size {}", ne[0], dtype.block_size())));
+            return Err(Error::msg(format!(
+                "tensor {name}: row length {} is not a multiple of the {dtype} block size {}",
+                ne[0],
+                dtype.block_size()
+            )));
         }
-        let n = ne.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::msg(format!("tensor {name}: shape {ne:?} overflows")))?;
+        let n = ne
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::msg(format!("tensor {name}: shape {ne:?} overflows")))?;
         let want = dtype.bytes_for(n)?;
         if data.len() != want {
-            return Err(Error::msg(format!("tensor {name}: {dtype} {ne:?} needs {want} bytes, got {}", data.len())));
+            return Err(Error::msg(format!(
+                "tensor {name}: {dtype} {ne:?} needs {want} bytes, got {}",
+                data.len()
+            )));
         }
-        self.tensors.push(WTensor { name, dtype, ne, data });
+        self.tensors.push(WTensor {
+            name,
+            dtype,
+            ne,
+            data,
+        });
         Ok(self)
     }
 
@@ -735,7 +908,8 @@ impl<'a> GgufWriter<'a> {
     /// Writes one file. It is written to `PATH.partial` and renamed at the end, so a failed write
     /// never leaves a truncated model under the real name.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
-        let metadata: Vec<(&str, &Value)> = self.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let metadata: Vec<(&str, &Value)> =
+            self.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
         write_file(path.as_ref(), &metadata, &self.tensors, self.alignment()?)
     }
 
@@ -747,29 +921,51 @@ impl<'a> GgufWriter<'a> {
     pub fn write_split(&self, prefix: impl AsRef<Path>, n_files: usize) -> Result<Vec<PathBuf>> {
         let n = self.tensors.len();
         if n_files == 0 || n_files > n.max(1) {
-            return Err(Error::msg(format!("cannot split {n} tensors into {n_files} files (each split needs a tensor)")));
+            return Err(Error::msg(format!(
+                "cannot split {n} tensors into {n_files} files (each split needs a tensor)"
+            )));
         }
-        let groups = (0..n_files).map(|i| i * n / n_files..(i + 1) * n / n_files).collect();
+        let groups = (0..n_files)
+            .map(|i| i * n / n_files..(i + 1) * n / n_files)
+            .collect();
         self.write_groups(prefix.as_ref(), groups)
     }
 
     /// Splits as `gguf-split --split-max-tensors N` and gguf-py's `split_max_tensors` do: runs of
     /// `max_tensors` tensors in order, the last one shorter. Same metadata as [`Self::write_split`].
-    pub fn write_split_max_tensors(&self, prefix: impl AsRef<Path>, max_tensors: usize) -> Result<Vec<PathBuf>> {
+    pub fn write_split_max_tensors(
+        &self,
+        prefix: impl AsRef<Path>,
+        max_tensors: usize,
+    ) -> Result<Vec<PathBuf>> {
         if max_tensors == 0 {
             return Err(Error::msg("split_max_tensors must be at least 1"));
         }
         let n = self.tensors.len();
-        let groups = if n == 0 { std::iter::once(0..0).collect() } else { (0..n).step_by(max_tensors).map(|lo| lo..(lo + max_tensors).min(n)).collect() };
+        let groups = if n == 0 {
+            std::iter::once(0..0).collect()
+        } else {
+            (0..n)
+                .step_by(max_tensors)
+                .map(|lo| lo..(lo + max_tensors).min(n))
+                .collect()
+        };
         self.write_groups(prefix.as_ref(), groups)
     }
 
-    fn write_groups(&self, prefix: &Path, groups: Vec<std::ops::Range<usize>>) -> Result<Vec<PathBuf>> {
+    fn write_groups(
+        &self,
+        prefix: &Path,
+        groups: Vec<std::ops::Range<usize>>,
+    ) -> Result<Vec<PathBuf>> {
         let n_files = groups.len();
         if n_files > u16::MAX as usize {
-            return Err(Error::msg(format!("{n_files} splits: split.count is a u16")));
+            return Err(Error::msg(format!(
+                "{n_files} splits: split.count is a u16"
+            )));
         }
-        let n_tensors = i32::try_from(self.tensors.len()).map_err(|_| Error::msg("too many tensors for split.tensors.count (i32)"))?;
+        let n_tensors = i32::try_from(self.tensors.len())
+            .map_err(|_| Error::msg("too many tensors for split.tensors.count (i32)"))?;
         let alignment = self.alignment()?;
         let count_v = Value::U16(n_files as u16);
         let total_v = Value::I32(n_tensors);
@@ -779,7 +975,12 @@ impl<'a> GgufWriter<'a> {
             let no_v = Value::U16(i as u16);
             let mut metadata: Vec<(&str, &Value)> = Vec::new();
             if i == 0 {
-                metadata.extend(self.metadata.iter().filter(|(k, _)| !k.starts_with("split.")).map(|(k, v)| (k.as_str(), v)));
+                metadata.extend(
+                    self.metadata
+                        .iter()
+                        .filter(|(k, _)| !k.starts_with("split."))
+                        .map(|(k, v)| (k.as_str(), v)),
+                );
             } else if alignment != DEFAULT_ALIGNMENT {
                 metadata.push(("general.alignment", &align_v));
             }
@@ -851,7 +1052,12 @@ fn array_depth(a: &Array) -> usize {
     }
 }
 
-fn write_file(path: &Path, metadata: &[(&str, &Value)], tensors: &[WTensor], alignment: usize) -> Result<()> {
+fn write_file(
+    path: &Path,
+    metadata: &[(&str, &Value)],
+    tensors: &[WTensor],
+    alignment: usize,
+) -> Result<()> {
     // The header is built in memory (it is small next to the tensors), the data streamed.
     let mut h = Vec::new();
     h.extend_from_slice(MAGIC);
@@ -862,7 +1068,9 @@ fn write_file(path: &Path, metadata: &[(&str, &Value)], tensors: &[WTensor], ali
         if let Value::Array(a) = v {
             // The reader refuses deeper nesting; refuse to write what cria could not read back.
             if array_depth(a) > 8 {
-                return Err(Error::msg(format!("metadata {k}: arrays nested more than 9 deep")));
+                return Err(Error::msg(format!(
+                    "metadata {k}: arrays nested more than 9 deep"
+                )));
             }
         }
         put_str(&mut h, k);
@@ -887,7 +1095,10 @@ fn write_file(path: &Path, metadata: &[(&str, &Value)], tensors: &[WTensor], ali
         s.push(".partial");
         PathBuf::from(s)
     };
-    let io = |source| Error::Io { path: tmp.clone(), source };
+    let io = |source| Error::Io {
+        path: tmp.clone(),
+        source,
+    };
     let f = std::fs::File::create(&tmp).map_err(io)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
     let result = (|| -> std::io::Result<()> {
@@ -904,7 +1115,10 @@ fn write_file(path: &Path, metadata: &[(&str, &Value)], tensors: &[WTensor], ali
         let _ = std::fs::remove_file(&tmp);
         return Err(io(e));
     }
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -912,10 +1126,19 @@ mod tests {
     use super::*;
     #[test]
     fn split_names() {
-        assert_eq!(split_pattern(Path::new("/a/m-00001-of-00003.gguf")), Some(("m".into(), 1, 3)));
-        assert_eq!(split_pattern(Path::new("llama-3-8b-q4-00002-of-00010.gguf")), Some(("llama-3-8b-q4".into(), 2, 10)));
+        assert_eq!(
+            split_pattern(Path::new("/a/m-00001-of-00003.gguf")),
+            Some(("m".into(), 1, 3))
+        );
+        assert_eq!(
+            split_pattern(Path::new("llama-3-8b-q4-00002-of-00010.gguf")),
+            Some(("llama-3-8b-q4".into(), 2, 10))
+        );
         assert_eq!(split_pattern(Path::new("m.gguf")), None);
         assert_eq!(split_pattern(Path::new("m-0000x-of-00002.gguf")), None);
-        assert_eq!(split_path(Path::new("/a/m"), 1, 3), PathBuf::from("/a/m-00002-of-00003.gguf"));
+        assert_eq!(
+            split_path(Path::new("/a/m"), 1, 3),
+            PathBuf::from("/a/m-00002-of-00003.gguf")
+        );
     }
 }

@@ -39,7 +39,9 @@ pub const QK_K: usize = 256;
 /// Bytes of packed 6-bit scales and mins in Q4_K / Q5_K.
 pub const K_SCALE_SIZE: usize = 12;
 /// The 16 non-linear levels of IQ4_NL and IQ4_XS (ggml-common.h `kvalues_iq4nl`).
-pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 /// Groups whose largest magnitude is below this quantize to all zeros (ggml's GROUP_MAX_EPS).
 const GROUP_MAX_EPS: f32 = 1e-15;
 
@@ -247,13 +249,25 @@ block_dtypes! {
 /// Views `bytes` as blocks without copying. Errors if the length is not a whole number of blocks
 /// or the slice is not aligned for `B` (mapped GGUF data always is).
 pub fn as_blocks<B: QuantBlock>(bytes: &[u8]) -> Result<&[B]> {
-    bytemuck::try_cast_slice(bytes).map_err(|e| Error::msg(format!("{} blocks: {} bytes at {:p}: {e:?}", B::DTYPE, bytes.len(), bytes.as_ptr())))
+    bytemuck::try_cast_slice(bytes).map_err(|e| {
+        Error::msg(format!(
+            "{} blocks: {} bytes at {:p}: {e:?}",
+            B::DTYPE,
+            bytes.len(),
+            bytes.as_ptr()
+        ))
+    })
 }
 
 /// Mutable twin of [`as_blocks`].
 pub fn as_blocks_mut<B: QuantBlock>(bytes: &mut [u8]) -> Result<&mut [B]> {
     let (len, ptr) = (bytes.len(), bytes.as_ptr());
-    bytemuck::try_cast_slice_mut(bytes).map_err(|e| Error::msg(format!("{} blocks: {len} bytes at {ptr:p}: {e:?}", B::DTYPE)))
+    bytemuck::try_cast_slice_mut(bytes).map_err(|e| {
+        Error::msg(format!(
+            "{} blocks: {len} bytes at {ptr:p}: {e:?}",
+            B::DTYPE
+        ))
+    })
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -268,7 +282,10 @@ pub fn get_scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -371,7 +388,8 @@ mod paste_dequant {
                     let out = &mut y[128 * n + 32 * j + 16 * half..][..16];
                     for (l, o) in out.iter_mut().enumerate() {
                         let i = l + 16 * half;
-                        let v = ((q[i] >> shift) & 3) as i32 - if b.hmask[i] & m != 0 { 0 } else { 4 };
+                        let v =
+                            ((q[i] >> shift) & 3) as i32 - if b.hmask[i] & m != 0 { 0 } else { 4 };
                         *o = dl * v as f32;
                     }
                 }
@@ -445,7 +463,8 @@ mod paste_dequant {
     pub fn IQ4_XS(b: &BlockIQ4_XS, y: &mut [f32]) {
         let d = b.d.to_f32();
         for ib in 0..QK_K / 32 {
-            let ls = ((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) as i32 | ((((b.scales_h >> (2 * ib)) & 3) as i32) << 4);
+            let ls = ((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) as i32
+                | ((((b.scales_h >> (2 * ib)) & 3) as i32) << 4);
             let dl = d * (ls - 32) as f32;
             let qs = &b.qs[16 * ib..16 * ib + 16];
             let y = &mut y[32 * ib..32 * ib + 32];
@@ -479,7 +498,11 @@ fn dequantize_blocks<B: QuantBlock>(src: &[u8], dst: &mut [f32]) {
 pub fn dequantize(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     let need = dtype.bytes_for(dst.len())?;
     if src.len() != need {
-        return Err(Error::msg(format!("dequantize {dtype}: {} bytes for {} elements, expected {need}", src.len(), dst.len())));
+        return Err(Error::msg(format!(
+            "dequantize {dtype}: {} bytes for {} elements, expected {need}",
+            src.len(),
+            dst.len()
+        )));
     }
     match dtype {
         DType::F32 => {
@@ -511,7 +534,11 @@ pub fn dequantize(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
         DType::Q8_K => dequantize_blocks::<BlockQ8_K>(src, dst),
         DType::IQ4_NL => dequantize_blocks::<BlockIQ4_NL>(src, dst),
         DType::IQ4_XS => dequantize_blocks::<BlockIQ4_XS>(src, dst),
-        other => return Err(Error::Unsupported(format!("dequantize of tensor type {other}"))),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "dequantize of tensor type {other}"
+            )))
+        }
     }
     Ok(())
 }
@@ -519,13 +546,47 @@ pub fn dequantize(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 /// Whether [`dequantize`] handles `dtype`.
 pub fn can_dequantize(dtype: DType) -> bool {
     use DType::*;
-    matches!(dtype, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_NL | IQ4_XS)
+    matches!(
+        dtype,
+        F32 | F16
+            | BF16
+            | Q4_0
+            | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q8_0
+            | Q8_1
+            | Q2_K
+            | Q3_K
+            | Q4_K
+            | Q5_K
+            | Q6_K
+            | Q8_K
+            | IQ4_NL
+            | IQ4_XS
+    )
 }
 
 /// Whether [`quantize`] handles `dtype`.
 pub fn can_quantize(dtype: DType) -> bool {
     use DType::*;
-    matches!(dtype, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K)
+    matches!(
+        dtype,
+        F32 | F16
+            | BF16
+            | Q4_0
+            | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q8_0
+            | Q8_1
+            | Q2_K
+            | Q3_K
+            | Q4_K
+            | Q5_K
+            | Q6_K
+            | Q8_K
+    )
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -542,7 +603,10 @@ pub fn nearest_int(fval: f32) -> i32 {
 }
 
 fn check_row(what: &str, n_x: usize, qk: usize, n_blocks: usize) {
-    assert!(n_x == n_blocks * qk, "{what}: {n_x} floats do not fill {n_blocks} blocks of {qk}");
+    assert!(
+        n_x == n_blocks * qk,
+        "{what}: {n_x} floats do not fill {n_blocks} blocks of {qk}"
+    );
 }
 
 /// The element of largest magnitude (the first one on ties), as ggml finds it.
@@ -744,7 +808,17 @@ pub fn quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8_K]) {
 /// ggml `make_qkx2_quants`: picks scale and min for a group of `x` (weighted) by trying `nstep + 1`
 /// candidate scales around `nmax / (max - min)`. Writes levels 0..=nmax to `l`; returns (scale, -min).
 #[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants(nmax: i32, x: &[f32], weights: &[f32], l: &mut [u8], laux: &mut [u8], rmin: f32, rdelta: f32, nstep: i32, use_mad: bool) -> (f32, f32) {
+fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l: &mut [u8],
+    laux: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
     let n = x.len();
     let mut min = x[0];
     let mut max = x[0];
@@ -835,7 +909,11 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], rmse_type: i32) -> f32 {
         }
         return 1.0 / iscale;
     }
-    let (rmse_type, return_early) = if rmse_type < 0 { (-rmse_type, true) } else { (rmse_type, false) };
+    let (rmse_type, return_early) = if rmse_type < 0 {
+        (-rmse_type, true)
+    } else {
+        (rmse_type, false)
+    };
     let weight = |v: f32| match rmse_type {
         1 => v * v,
         2 => 1.0,
@@ -853,7 +931,11 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], rmse_type: i32) -> f32 {
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     if return_early {
-        return if suml2 > 0.0 { 0.5 * (scale + 1.0 / iscale) } else { 1.0 / iscale };
+        return if suml2 > 0.0 {
+            0.5 * (scale + 1.0 / iscale)
+        } else {
+            1.0 / iscale
+        };
     }
     let mut best = scale * sumlx;
     for is in -9..=9 {
@@ -954,7 +1036,17 @@ pub fn quantize_row_q2_k(x: &[f32], y: &mut [BlockQ2_K]) {
             for (w, &v) in weights.iter_mut().zip(xs) {
                 *w = v.abs();
             }
-            (scales[j], mins[j]) = make_qkx2_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], &mut laux, -0.5, 0.1, 15, true);
+            (scales[j], mins[j]) = make_qkx2_quants(
+                3,
+                xs,
+                &weights,
+                &mut l[16 * j..16 * j + 16],
+                &mut laux,
+                -0.5,
+                0.1,
+                15,
+                true,
+            );
             if scales[j] > max_scale {
                 max_scale = scales[j];
             }
@@ -994,7 +1086,8 @@ pub fn quantize_row_q2_k(x: &[f32], y: &mut [BlockQ2_K]) {
         }
         for j in (0..QK_K).step_by(128) {
             for i in 0..32 {
-                b.qs[j / 4 + i] = l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
+                b.qs[j / 4 + i] =
+                    l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
             }
         }
     }
@@ -1008,7 +1101,12 @@ pub fn quantize_row_q3_k(x: &[f32], y: &mut [BlockQ3_K]) {
         let mut scales = [0f32; QK_K / 16];
         let (mut max_scale, mut amax) = (0.0f32, 0.0f32);
         for j in 0..QK_K / 16 {
-            scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16], true);
+            scales[j] = make_q3_quants(
+                4,
+                &x[16 * j..16 * j + 16],
+                &mut l[16 * j..16 * j + 16],
+                true,
+            );
             let scale = scales[j].abs();
             if scale > amax {
                 amax = scale;
@@ -1058,7 +1156,8 @@ pub fn quantize_row_q3_k(x: &[f32], y: &mut [BlockQ3_K]) {
         let l: [u8; QK_K] = bytemuck::cast(l);
         for j in (0..QK_K).step_by(128) {
             for i in 0..32 {
-                b.qs[j / 4 + i] = l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
+                b.qs[j / 4 + i] =
+                    l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
             }
         }
     }
@@ -1082,7 +1181,15 @@ fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; K_SCALE_SIZE] {
 
 /// The shared first half of Q4_K/Q5_K: per-group (scale, min) by make_qkx2_quants with weights
 /// av_x + |x|, quantized to 6 bits against the block maxima. Returns the levels (0..=nmax).
-fn quantize_k_scales(x: &[f32], nmax: i32, rmin: f32, nstep: i32, d_out: &mut f16, dmin_out: &mut f16, scales_out: &mut [u8; K_SCALE_SIZE]) -> [u8; QK_K] {
+fn quantize_k_scales(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    d_out: &mut f16,
+    dmin_out: &mut f16,
+    scales_out: &mut [u8; K_SCALE_SIZE],
+) -> [u8; QK_K] {
     let mut l = [0u8; QK_K];
     let mut laux = [0u8; 32];
     let mut weights = [0f32; 32];
@@ -1099,7 +1206,17 @@ fn quantize_k_scales(x: &[f32], nmax: i32, rmin: f32, nstep: i32, d_out: &mut f1
         for (w, &v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        (scales[j], mins[j]) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep, false);
+        (scales[j], mins[j]) = make_qkx2_quants(
+            nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            &mut laux,
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -1107,7 +1224,11 @@ fn quantize_k_scales(x: &[f32], nmax: i32, rmin: f32, nstep: i32, d_out: &mut f1
             max_min = mins[j];
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -1179,7 +1300,12 @@ pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6_K]) {
         let mut scales = [0f32; QK_K / 16];
         let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
         for ib in 0..QK_K / 16 {
-            let scale = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16], 1);
+            let scale = make_qx_quants(
+                32,
+                &x[16 * ib..16 * ib + 16],
+                &mut l[16 * ib..16 * ib + 16],
+                1,
+            );
             scales[ib] = scale;
             if scale.abs() > max_abs_scale {
                 max_abs_scale = scale.abs();
@@ -1206,7 +1332,11 @@ pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6_K]) {
         }
         let l: [u8; QK_K] = bytemuck::cast(l);
         for n in 0..QK_K / 128 {
-            let (j, ql, qh) = (128 * n, &mut b.ql[64 * n..64 * n + 64], &mut b.qh[32 * n..32 * n + 32]);
+            let (j, ql, qh) = (
+                128 * n,
+                &mut b.ql[64 * n..64 * n + 64],
+                &mut b.qh[32 * n..32 * n + 32],
+            );
             for i in 0..32 {
                 let q1 = l[j + i] & 0xF;
                 let q2 = l[j + i + 32] & 0xF;
@@ -1214,7 +1344,10 @@ pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6_K]) {
                 let q4 = l[j + i + 96] & 0xF;
                 ql[i] = q1 | (q3 << 4);
                 ql[i + 32] = q2 | (q4 << 4);
-                qh[i] = (l[j + i] >> 4) | ((l[j + i + 32] >> 4) << 2) | ((l[j + i + 64] >> 4) << 4) | ((l[j + i + 96] >> 4) << 6);
+                qh[i] = (l[j + i] >> 4)
+                    | ((l[j + i + 32] >> 4) << 2)
+                    | ((l[j + i + 64] >> 4) << 4)
+                    | ((l[j + i + 96] >> 4) << 6);
             }
         }
     }
@@ -1242,7 +1375,11 @@ pub fn quantize(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     }
     let need = dtype.bytes_for(src.len())?;
     if dst.len() != need {
-        return Err(Error::msg(format!("quantize {dtype}: {} bytes for {} elements, expected {need}", dst.len(), src.len())));
+        return Err(Error::msg(format!(
+            "quantize {dtype}: {} bytes for {} elements, expected {need}",
+            dst.len(),
+            src.len()
+        )));
     }
     match dtype {
         DType::F32 => {
@@ -1291,7 +1428,16 @@ mod tests {
 
     #[test]
     fn nearest_int_rounds_half_to_even() {
-        for (x, want) in [(0.5f32, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (3.49, 3), (-7.51, -8), (4194303.0, 4194303)] {
+        for (x, want) in [
+            (0.5f32, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (3.49, 3),
+            (-7.51, -8),
+            (4194303.0, 4194303),
+        ] {
             assert_eq!(nearest_int(x), want, "{x}");
             assert_eq!(nearest_int(x) as f32, x.round_ties_even(), "{x}");
         }
@@ -1325,8 +1471,14 @@ mod tests {
         let mut out = [0f32; 32];
         assert!(dequantize(DType::Q4_0, &[0u8; 17], &mut out).is_err());
         assert!(dequantize(DType::Q4_0, &[0u8; 18], &mut out[..31]).is_err());
-        assert!(matches!(dequantize(DType::IQ2_XXS, &[0u8; 66], &mut [0f32; 256]), Err(Error::Unsupported(_))));
-        assert!(matches!(quantize(DType::IQ4_NL, &out, &mut [0u8; 18]), Err(Error::Unsupported(_))));
+        assert!(matches!(
+            dequantize(DType::IQ2_XXS, &[0u8; 66], &mut [0f32; 256]),
+            Err(Error::Unsupported(_))
+        ));
+        assert!(matches!(
+            quantize(DType::IQ4_NL, &out, &mut [0u8; 18]),
+            Err(Error::Unsupported(_))
+        ));
         assert!(quantize(DType::Q8_0, &out, &mut [0u8; 33]).is_err());
     }
 }

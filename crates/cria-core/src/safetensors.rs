@@ -29,7 +29,11 @@ pub struct SafetensorsModel {
 }
 
 fn format_err(path: &Path, msg: impl Into<String>) -> Error {
-    Error::Format { path: path.to_path_buf(), format: "safetensors", msg: msg.into() }
+    Error::Format {
+        path: path.to_path_buf(),
+        format: "safetensors",
+        msg: msg.into(),
+    }
 }
 
 fn dtype_of(s: &str) -> Option<DType> {
@@ -57,54 +61,98 @@ impl SafetensorsModel {
         let mut index_map: Option<Vec<(String, String)>> = None;
         let single = dir.join("model.safetensors");
         let files: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|source| Error::Io { path: index.clone(), source })?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format_err(&index, e.to_string()))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| format_err(&index, "no weight_map object"))?;
+            let text = std::fs::read_to_string(&index).map_err(|source| Error::Io {
+                path: index.clone(),
+                source,
+            })?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format_err(&index, e.to_string()))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| format_err(&index, "no weight_map object"))?;
             let mut names: Vec<String> = Vec::new();
             for f in map.values() {
-                let f = f.as_str().ok_or_else(|| format_err(&index, "weight_map value is not a string"))?;
+                let f = f
+                    .as_str()
+                    .ok_or_else(|| format_err(&index, "weight_map value is not a string"))?;
                 if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-                    return Err(format_err(&index, format!("shard name {f:?} points outside the folder")));
+                    return Err(format_err(
+                        &index,
+                        format!("shard name {f:?} points outside the folder"),
+                    ));
                 }
                 if !names.iter().any(|n| n == f) {
                     names.push(f.to_string());
                 }
             }
             names.sort();
-            index_map = Some(map.iter().map(|(t, f)| (t.clone(), f.as_str().unwrap_or_default().to_string())).collect::<Vec<_>>());
+            index_map = Some(
+                map.iter()
+                    .map(|(t, f)| (t.clone(), f.as_str().unwrap_or_default().to_string()))
+                    .collect::<Vec<_>>(),
+            );
             names.into_iter().map(|n| dir.join(n)).collect()
         } else if single.exists() {
             vec![single]
         } else {
-            let rd = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-            let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+            let rd = std::fs::read_dir(dir).map_err(|source| Error::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            let mut v: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                .collect();
             v.sort();
             v
         };
         if files.is_empty() {
-            return Err(Error::msg(format!("{}: no *.safetensors weights in this folder", dir.display())));
+            return Err(Error::msg(format!(
+                "{}: no *.safetensors weights in this folder",
+                dir.display()
+            )));
         }
-        let mut m = SafetensorsModel { tensors: vec![], skipped: vec![], files: vec![], maps: vec![] };
+        let mut m = SafetensorsModel {
+            tensors: vec![],
+            skipped: vec![],
+            files: vec![],
+            maps: vec![],
+        };
         for f in &files {
             m.add_file(f)?;
         }
         let mut names: Vec<&str> = m.tensors.iter().map(|t| t.name.as_str()).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::msg(format!("{}: tensor {} appears in more than one shard", dir.display(), w[0])));
+            return Err(Error::msg(format!(
+                "{}: tensor {} appears in more than one shard",
+                dir.display(),
+                w[0]
+            )));
         }
         // Every tensor the index promises must be in the shard it names (a stale index after a
         // partial download would otherwise surface later as a confusing "tensor not found").
         if let Some(map) = index_map {
-            let by_name: std::collections::HashMap<&str, &Tensor> = m.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+            let by_name: std::collections::HashMap<&str, &Tensor> =
+                m.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
             for (t, f) in &map {
                 if let Some(x) = by_name.get(t.as_str()) {
                     let at = m.file_of(x);
                     if at != Some(&dir.join(f)) {
-                        return Err(format_err(&index, format!("lists tensor {t} in {f}, but it is in {}", at.map(|p| p.display().to_string()).unwrap_or_default())));
+                        return Err(format_err(
+                            &index,
+                            format!(
+                                "lists tensor {t} in {f}, but it is in {}",
+                                at.map(|p| p.display().to_string()).unwrap_or_default()
+                            ),
+                        ));
                     }
                 } else if !m.skipped.iter().any(|(n, _)| n == t) {
-                    return Err(format_err(&index, format!("lists tensor {t} in {f}, but no shard holds it")));
+                    return Err(format_err(
+                        &index,
+                        format!("lists tensor {t} in {f}, but no shard holds it"),
+                    ));
                 }
             }
         }
@@ -112,27 +160,48 @@ impl SafetensorsModel {
     }
 
     pub fn open_file(path: &Path) -> Result<Self> {
-        let mut m = SafetensorsModel { tensors: vec![], skipped: vec![], files: vec![], maps: vec![] };
+        let mut m = SafetensorsModel {
+            tensors: vec![],
+            skipped: vec![],
+            files: vec![],
+            maps: vec![],
+        };
         m.add_file(path)?;
         Ok(m)
     }
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
-        let io = |source| Error::Io { path: path.to_path_buf(), source };
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let f = std::fs::File::open(path).map_err(io)?;
         // SAFETY: read-only private map of a model file; see gguf.rs for the shared contract
         // (the file must not be truncated by another process while mapped).
         let map = Arc::new(unsafe { memmap2::Mmap::map(&f) }.map_err(io)?);
         if map.len() < 8 {
-            return Err(format_err(path, "file shorter than its 8-byte header length"));
+            return Err(format_err(
+                path,
+                "file shorter than its 8-byte header length",
+            ));
         }
         let n = u64::from_le_bytes(map[..8].try_into().unwrap());
         if n > MAX_HEADER || n > map.len() as u64 - 8 {
-            return Err(format_err(path, format!("header length {n} is larger than the file ({} bytes) or the 100 MB limit", map.len())));
+            return Err(format_err(
+                path,
+                format!(
+                    "header length {n} is larger than the file ({} bytes) or the 100 MB limit",
+                    map.len()
+                ),
+            ));
         }
-        let header = std::str::from_utf8(&map[8..8 + n as usize]).map_err(|_| format_err(path, "header is not UTF-8"))?;
-        let v: serde_json::Value = serde_json::from_str(header).map_err(|e| format_err(path, format!("header JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| format_err(path, "header is not a JSON object"))?;
+        let header = std::str::from_utf8(&map[8..8 + n as usize])
+            .map_err(|_| format_err(path, "header is not UTF-8"))?;
+        let v: serde_json::Value = serde_json::from_str(header)
+            .map_err(|e| format_err(path, format!("header JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| format_err(path, "header is not a JSON object"))?;
         let data_start = 8 + n as usize;
         let data_len = map.len() - data_start;
         let mut spans: Vec<(usize, usize, String)> = Vec::new();
@@ -141,23 +210,45 @@ impl SafetensorsModel {
                 continue;
             }
             let bad = |m: &str| format_err(path, format!("tensor {name}: {m}"));
-            let dt = info.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("no dtype"))?;
+            let dt = info
+                .get("dtype")
+                .and_then(|d| d.as_str())
+                .ok_or_else(|| bad("no dtype"))?;
             let shape: Vec<usize> = info
                 .get("shape")
                 .and_then(|s| s.as_array())
                 .ok_or_else(|| bad("no shape"))?
                 .iter()
-                .map(|d| d.as_u64().map(|d| d as usize).ok_or_else(|| bad("shape entry is not a non-negative integer")))
+                .map(|d| {
+                    d.as_u64()
+                        .map(|d| d as usize)
+                        .ok_or_else(|| bad("shape entry is not a non-negative integer"))
+                })
                 .collect::<Result<_>>()?;
-            let offs = info.get("data_offsets").and_then(|o| o.as_array()).filter(|o| o.len() == 2).ok_or_else(|| bad("data_offsets is not [begin, end]"))?;
+            let offs = info
+                .get("data_offsets")
+                .and_then(|o| o.as_array())
+                .filter(|o| o.len() == 2)
+                .ok_or_else(|| bad("data_offsets is not [begin, end]"))?;
             let (b, e) = match (offs[0].as_u64(), offs[1].as_u64()) {
                 (Some(b), Some(e)) if b <= e && e <= data_len as u64 => (b as usize, e as usize),
-                _ => return Err(bad(&format!("data_offsets {offs:?} outside the {data_len}-byte data section"))),
+                _ => {
+                    return Err(bad(&format!(
+                        "data_offsets {offs:?} outside the {data_len}-byte data section"
+                    )))
+                }
             };
             let es = elem_size(dt).ok_or_else(|| bad(&format!("unknown dtype {dt}")))?;
-            let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape overflows"))?;
+            let count = shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| bad("shape overflows"))?;
             if count.checked_mul(es) != Some(e - b) {
-                return Err(bad(&format!("{dt} {shape:?} needs {} bytes, offsets give {}", count.saturating_mul(es), e - b)));
+                return Err(bad(&format!(
+                    "{dt} {shape:?} needs {} bytes, offsets give {}",
+                    count.saturating_mul(es),
+                    e - b
+                )));
             }
             spans.push((b, e, name.clone()));
             let Some(dtype) = dtype_of(dt) else {
@@ -168,12 +259,20 @@ impl SafetensorsModel {
             if ne.is_empty() {
                 ne.push(1); // a scalar
             }
-            let data = Bytes::Mapped { map: map.clone(), offset: data_start + b, len: e - b };
-            self.tensors.push(Tensor::new(name.clone(), dtype, ne, data).map_err(|e| bad(&e.to_string()))?);
+            let data = Bytes::Mapped {
+                map: map.clone(),
+                offset: data_start + b,
+                len: e - b,
+            };
+            self.tensors
+                .push(Tensor::new(name.clone(), dtype, ne, data).map_err(|e| bad(&e.to_string()))?);
         }
         spans.sort();
         if let Some(w) = spans.windows(2).find(|w| w[1].0 < w[0].1) {
-            return Err(format_err(path, format!("tensors {} and {} overlap", w[0].2, w[1].2)));
+            return Err(format_err(
+                path,
+                format!("tensors {} and {} overlap", w[0].2, w[1].2),
+            ));
         }
         self.files.push(path.to_path_buf());
         self.maps.push(map);
@@ -182,8 +281,13 @@ impl SafetensorsModel {
 
     /// The file a tensor of this model was mapped from.
     fn file_of(&self, t: &Tensor) -> Option<&PathBuf> {
-        let Bytes::Mapped { map, .. } = &t.data else { return None };
-        self.maps.iter().position(|m| Arc::ptr_eq(m, map)).map(|i| &self.files[i])
+        let Bytes::Mapped { map, .. } = &t.data else {
+            return None;
+        };
+        self.maps
+            .iter()
+            .position(|m| Arc::ptr_eq(m, map))
+            .map(|i| &self.files[i])
     }
 
     /// A tensor by name, or a clear error that says why it is not there.
@@ -192,7 +296,9 @@ impl SafetensorsModel {
             return Ok(t);
         }
         match self.skipped.iter().find(|(n, _)| n == name) {
-            Some((_, dt)) => Err(Error::Unsupported(format!("tensor {name} has safetensors dtype {dt} (cria loads F32, F16, BF16)"))),
+            Some((_, dt)) => Err(Error::Unsupported(format!(
+                "tensor {name} has safetensors dtype {dt} (cria loads F32, F16, BF16)"
+            ))),
             None => Err(Error::msg(format!("tensor {name} not found"))),
         }
     }
@@ -215,16 +321,30 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, DType, &[usize], &[u8])]
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     for &(name, dt, shape, bytes) in tensors {
-        let st = st_name(dt).ok_or_else(|| Error::Unsupported(format!("safetensors dtype for {dt} (tensor {name})")))?;
-        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::msg(format!("tensor {name}: shape {shape:?} overflows")))?;
+        let st = st_name(dt).ok_or_else(|| {
+            Error::Unsupported(format!("safetensors dtype for {dt} (tensor {name})"))
+        })?;
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::msg(format!("tensor {name}: shape {shape:?} overflows")))?;
         if n.checked_mul(dt.type_size()) != Some(bytes.len()) {
-            return Err(Error::msg(format!("tensor {name}: {dt} {shape:?} needs {} bytes, got {}", n.saturating_mul(dt.type_size()), bytes.len())));
+            return Err(Error::msg(format!(
+                "tensor {name}: {dt} {shape:?} needs {} bytes, got {}",
+                n.saturating_mul(dt.type_size()),
+                bytes.len()
+            )));
         }
         if name == "__metadata__" || header.contains_key(name) {
-            return Err(Error::msg(format!("tensor name {name} used twice or reserved")));
+            return Err(Error::msg(format!(
+                "tensor name {name} used twice or reserved"
+            )));
         }
         let end = offset + bytes.len();
-        header.insert(name.to_string(), serde_json::json!({"dtype": st, "shape": shape, "data_offsets": [offset, end]}));
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": st, "shape": shape, "data_offsets": [offset, end]}),
+        );
         offset = end;
     }
     let mut h = serde_json::to_vec(&header).map_err(|e| Error::msg(e.to_string()))?;
@@ -235,7 +355,10 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, DType, &[usize], &[u8])]
     for &(_, _, _, bytes) in tensors {
         out.extend_from_slice(bytes);
     }
-    std::fs::write(path, out).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    std::fs::write(path, out).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -250,7 +373,11 @@ mod tests {
     }
 
     fn open_bytes(b: &[u8]) -> Result<SafetensorsModel> {
-        let dir = std::env::temp_dir().join(format!("cria-st-{}-{:x}", std::process::id(), b.len() ^ b.iter().map(|&x| x as usize).sum::<usize>()));
+        let dir = std::env::temp_dir().join(format!(
+            "cria-st-{}-{:x}",
+            std::process::id(),
+            b.len() ^ b.iter().map(|&x| x as usize).sum::<usize>()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("x.safetensors");
         std::fs::write(&p, b).unwrap();
@@ -272,12 +399,30 @@ mod tests {
     fn hostile_files_are_errors() {
         let d = [0u8; 24];
         for (h, data) in [
-            (r#"{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,28]}}"#, &d[..]), // past the end
-            (r#"{"w":{"dtype":"F32","shape":[2,4],"data_offsets":[0,24]}}"#, &d[..]), // size mismatch
-            (r#"{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[8,0]}}"#, &d[..]),  // reversed
-            (r#"{"w":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,24]}}"#, &d[..]), // overflow
-            (r#"{"w":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}}"#, &d[..]),
-            (r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#, &d[..]), // overlap
+            (
+                r#"{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,28]}}"#,
+                &d[..],
+            ), // past the end
+            (
+                r#"{"w":{"dtype":"F32","shape":[2,4],"data_offsets":[0,24]}}"#,
+                &d[..],
+            ), // size mismatch
+            (
+                r#"{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[8,0]}}"#,
+                &d[..],
+            ), // reversed
+            (
+                r#"{"w":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,24]}}"#,
+                &d[..],
+            ), // overflow
+            (
+                r#"{"w":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}}"#,
+                &d[..],
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#,
+                &d[..],
+            ), // overlap
             (r#"[1,2]"#, &d[..]),
             (r#"{"w":"#, &d[..]),
         ] {
@@ -291,7 +436,10 @@ mod tests {
         assert!(open_bytes(&b).is_err());
         assert!(open_bytes(&[1, 2, 3]).is_err());
         // Truncation at every length never panics.
-        let good = file(r#"{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}"#, &d);
+        let good = file(
+            r#"{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}"#,
+            &d,
+        );
         for n in 0..good.len() {
             assert!(open_bytes(&good[..n]).is_err());
         }
@@ -299,7 +447,11 @@ mod tests {
 
     #[test]
     fn unsupported_dtype_is_skipped_with_a_clear_error() {
-        let m = open_bytes(&file(r#"{"ids":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}}"#, &[0u8; 16])).unwrap();
+        let m = open_bytes(&file(
+            r#"{"ids":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}}"#,
+            &[0u8; 16],
+        ))
+        .unwrap();
         let e = m.get("ids").unwrap_err().to_string();
         assert!(e.contains("I64"), "{e}");
     }

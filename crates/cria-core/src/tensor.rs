@@ -16,7 +16,10 @@ pub struct AlignedBuf {
 
 impl AlignedBuf {
     pub fn zeroed(len: usize) -> Self {
-        AlignedBuf { words: vec![[0u8; 64]; len.div_ceil(64)], len }
+        AlignedBuf {
+            words: vec![[0u8; 64]; len.div_ceil(64)],
+            len,
+        }
     }
     pub fn from_slice(b: &[u8]) -> Self {
         let mut a = Self::zeroed(b.len());
@@ -35,7 +38,11 @@ impl AlignedBuf {
 /// Where a tensor's bytes live.
 #[derive(Clone)]
 pub enum Bytes {
-    Mapped { map: Arc<memmap2::Mmap>, offset: usize, len: usize },
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        len: usize,
+    },
     Owned(Arc<AlignedBuf>),
 }
 
@@ -70,20 +77,40 @@ impl Tensor {
     /// Checks that `data` holds exactly the bytes `dtype` and `ne` call for.
     pub fn new(name: impl Into<String>, dtype: DType, ne: Vec<usize>, data: Bytes) -> Result<Self> {
         let name = name.into();
-        let n = ne.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::msg(format!("tensor {name}: shape {ne:?} overflows")))?;
+        let n = ne
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::msg(format!("tensor {name}: shape {ne:?} overflows")))?;
         if ne.first().is_some_and(|&c| c % dtype.block_size() != 0) {
-            return Err(Error::msg(format!("tensor {name}: row length {} is not a multiple of the {} block size {}", ne[0], dtype, dtype.block_size())));
+            return Err(Error::msg(format!(
+                "tensor {name}: row length {} is not a multiple of the {} block size {}",
+                ne[0],
+                dtype,
+                dtype.block_size()
+            )));
         }
         let want = dtype.bytes_for(n)?;
         let have = data.as_slice().len();
         if want != have {
-            return Err(Error::msg(format!("tensor {name}: {dtype} {ne:?} needs {want} bytes, have {have}")));
+            return Err(Error::msg(format!(
+                "tensor {name}: {dtype} {ne:?} needs {want} bytes, have {have}"
+            )));
         }
-        Ok(Tensor { name, dtype, ne, data })
+        Ok(Tensor {
+            name,
+            dtype,
+            ne,
+            data,
+        })
     }
     /// An owned F32 tensor (tests, converted weights).
     pub fn from_f32(name: impl Into<String>, ne: Vec<usize>, v: &[f32]) -> Result<Self> {
-        Self::new(name, DType::F32, ne, Bytes::owned(AlignedBuf::from_slice(bytemuck::cast_slice(v))))
+        Self::new(
+            name,
+            DType::F32,
+            ne,
+            Bytes::owned(AlignedBuf::from_slice(bytemuck::cast_slice(v))),
+        )
     }
     pub fn bytes(&self) -> &[u8] {
         self.data.as_slice()

@@ -26,10 +26,19 @@ fn open_bytes(b: &[u8]) -> Result<GgufFile, Error> {
 #[track_caller]
 fn expect_err(b: &[u8], want: &str) -> Error {
     let t = Instant::now();
-    let e = open_bytes(b).err().unwrap_or_else(|| panic!("accepted a file that should fail with {want:?}"));
-    assert!(t.elapsed() < Duration::from_secs(1), "took {:?} to fail", t.elapsed());
+    let e = open_bytes(b)
+        .err()
+        .unwrap_or_else(|| panic!("accepted a file that should fail with {want:?}"));
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?} to fail",
+        t.elapsed()
+    );
     let msg = e.to_string();
-    assert!(msg.to_lowercase().contains(&want.to_lowercase()), "error {msg:?} does not mention {want:?}");
+    assert!(
+        msg.to_lowercase().contains(&want.to_lowercase()),
+        "error {msg:?} does not mention {want:?}"
+    );
     e
 }
 
@@ -80,12 +89,25 @@ fn small_valid() -> Vec<u8> {
     let mut qk = vec![0u8; DType::Q4_K.bytes_for(256).unwrap()];
     quant::quantize(DType::Q4_K, &x[..256], &mut qk).unwrap();
     let mut w = GgufWriter::new();
-    w.add("general.architecture", "llama").add("llama.block_count", 1u32);
-    w.add("tokenizer.ggml.tokens", vec!["a".to_string(), "bc".into(), "<s>".into()]);
-    w.add("n", vec![Array::I32(vec![1, 2]), Array::String(vec!["x".into()])]);
+    w.add("general.architecture", "llama")
+        .add("llama.block_count", 1u32);
+    w.add(
+        "tokenizer.ggml.tokens",
+        vec!["a".to_string(), "bc".into(), "<s>".into()],
+    );
+    w.add(
+        "n",
+        vec![Array::I32(vec![1, 2]), Array::String(vec!["x".into()])],
+    );
     w.add("f", 0.5f32).add("b", true);
     w.add_tensor("w4", DType::Q4_0, vec![32, 2], q4).unwrap();
-    w.add_tensor("norm", DType::F32, vec![3], bytemuck::cast_slice(&x[..3]).to_vec()).unwrap();
+    w.add_tensor(
+        "norm",
+        DType::F32,
+        vec![3],
+        bytemuck::cast_slice(&x[..3]).to_vec(),
+    )
+    .unwrap();
     w.add_tensor("wk", DType::Q4_K, vec![256], qk).unwrap();
     let p = tmp_path();
     w.write(&p).unwrap();
@@ -104,12 +126,22 @@ fn truncation_at_every_byte_is_an_error() {
         _ => unreachable!(),
     });
     let data_end = data_end.max().unwrap();
-    assert!(data_end < full.len(), "the writer pads the last tensor like ggml does");
+    assert!(
+        data_end < full.len(),
+        "the writer pads the last tensor like ggml does"
+    );
     for n in 0..full.len() {
         match open_bytes(&full[..n]) {
-            Err(_) => assert!(n < data_end, "truncation to {n} bytes (trailing padding only) was refused"),
+            Err(_) => assert!(
+                n < data_end,
+                "truncation to {n} bytes (trailing padding only) was refused"
+            ),
             Ok(t) => {
-                assert!(n >= data_end, "truncated to {n} of {} bytes and still accepted", full.len());
+                assert!(
+                    n >= data_end,
+                    "truncated to {n} of {} bytes and still accepted",
+                    full.len()
+                );
                 assert_eq!(t.tensors.len(), g.tensors.len());
                 for (a, b) in t.tensors.iter().zip(&g.tensors) {
                     assert_eq!(a.bytes(), b.bytes());
@@ -129,7 +161,13 @@ fn bad_magic_and_versions() {
     v[..4].copy_from_slice(b"GGUF");
     v[4..8].copy_from_slice(&1u32.to_le_bytes());
     assert!(matches!(expect_err(&v, "version 1"), Error::Unsupported(_)));
-    for (ver, want) in [(0u32, "version 0"), (4, "version 4"), (99, "version 99"), (u32::MAX, "version"), (3 << 24, "big-endian")] {
+    for (ver, want) in [
+        (0u32, "version 0"),
+        (4, "version 4"),
+        (99, "version 99"),
+        (u32::MAX, "version"),
+        (3 << 24, "big-endian"),
+    ] {
         v[4..8].copy_from_slice(&ver.to_le_bytes());
         expect_err(&v, want);
     }
@@ -158,7 +196,13 @@ fn absurd_counts_fail_fast() {
     }
     // A string array whose strings claim absurd lengths.
     let mut h = H::new(3, 0, 1);
-    h.str(b"k").u32(9).u32(8).u64(2).u64(huge).0.extend_from_slice(&[0u8; 64]);
+    h.str(b"k")
+        .u32(9)
+        .u32(8)
+        .u64(2)
+        .u64(huge)
+        .0
+        .extend_from_slice(&[0u8; 64]);
     expect_err(&h.0, "string length");
     // A tensor name that is absurd.
     let mut h = H::new(3, 1, 0);
@@ -177,7 +221,12 @@ fn bad_metadata() {
     h.str(b"k").u32(7).0.push(2);
     expect_err(&h.0, "bool value 2");
     let mut h = H::new(3, 0, 1);
-    h.str(b"k").u32(9).u32(7).u64(2).0.extend_from_slice(&[1, 7]);
+    h.str(b"k")
+        .u32(9)
+        .u32(7)
+        .u64(2)
+        .0
+        .extend_from_slice(&[1, 7]);
     expect_err(&h.0, "bool array element 7");
     let mut h = H::new(3, 0, 1);
     h.str(b"k").u32(9).u32(13).u64(0);
@@ -203,7 +252,14 @@ fn bad_metadata() {
 
 #[test]
 fn bad_alignment() {
-    for (a, ok) in [(0u32, false), (3, false), (48, false), (1 << 30, false), (1, true), (64, true)] {
+    for (a, ok) in [
+        (0u32, false),
+        (3, false),
+        (48, false),
+        (1 << 30, false),
+        (1, true),
+        (64, true),
+    ] {
         let mut h = H::new(3, 1, 1);
         h.kv_u32("general.alignment", a).tensor("t", &[4], 0, 0);
         let b = h.data(if ok { a as usize } else { 32 }, 16);
@@ -232,12 +288,18 @@ fn bad_tensor_infos() {
     expect_err(&one(&[], 0, 0, 32), "0 dimensions");
     expect_err(&one(&[1, 1, 1, 1, 1], 0, 0, 32), "5 dimensions");
     expect_err(&one(&[1 << 40, 1 << 40], 0, 0, 32), "overflows");
-    expect_err(&one(&[1 << 62, 1 << 62, 1 << 62, 1 << 62], 0, 0, 32), "overflows");
+    expect_err(
+        &one(&[1 << 62, 1 << 62, 1 << 62, 1 << 62], 0, 0, 32),
+        "overflows",
+    );
     expect_err(&one(&[u64::MAX], 0, 0, 32), "dimension");
     expect_err(&one(&[1 << 61], 0, 0, 32), "past the end"); // bytes_for: 2^63 bytes
     expect_err(&one(&[1 << 62], 0, 0, 32), "overflow"); // 2^62 f32 = 2^64 bytes
     for ty in [4u32, 5, 31, 999, u32::MAX] {
-        assert!(matches!(expect_err(&one(&[4], ty, 0, 32), "unknown type id"), Error::Unsupported(_)));
+        assert!(matches!(
+            expect_err(&one(&[4], ty, 0, 32), "unknown type id"),
+            Error::Unsupported(_)
+        ));
     }
     expect_err(&one(&[4, 2], 0, 32, 32), "past the end");
     expect_err(&one(&[4, 2], 0, 0, 31), "past the end");
@@ -273,12 +335,14 @@ fn random_mutations_never_panic() {
     let base = small_valid();
     let header_len = {
         let g = open_bytes(&base).unwrap();
-        g.tensors.iter().map(|t| match &t.data {
-            cria_core::Bytes::Mapped { offset, .. } => *offset,
-            _ => unreachable!(),
-        })
-        .min()
-        .unwrap()
+        g.tensors
+            .iter()
+            .map(|t| match &t.data {
+                cria_core::Bytes::Mapped { offset, .. } => *offset,
+                _ => unreachable!(),
+            })
+            .min()
+            .unwrap()
     };
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let (mut ok, mut err) = (0, 0);
@@ -287,7 +351,11 @@ fn random_mutations_never_panic() {
         let mut b = base.clone();
         for _ in 0..1 + rng.below(4) {
             // Mostly the header: the tensor data is opaque to the reader.
-            let i = if rng.below(10) < 8 { rng.below(header_len) } else { rng.below(b.len()) };
+            let i = if rng.below(10) < 8 {
+                rng.below(header_len)
+            } else {
+                rng.below(b.len())
+            };
             b[i] = match rng.below(4) {
                 0 => b[i] ^ (1 << rng.below(8)),
                 1 => 0xff,

@@ -6,7 +6,10 @@ use cria_core::{quant, DType, Error};
 use std::path::PathBuf;
 
 fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cria-core-gguf-writer-{}-{name}", std::process::id()));
+    let d = std::env::temp_dir().join(format!(
+        "cria-core-gguf-writer-{}-{name}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -38,13 +41,25 @@ fn all_values() -> Vec<(String, Value)> {
         ("a.i32", vec![1i32, -1, 3].into()),
         ("a.f32", vec![1.5f32, -2.25, 1e-30].into()),
         ("a.bool", vec![true, false, true].into()),
-        ("a.str", vec!["a".to_string(), String::new(), "ccc".into()].into()),
+        (
+            "a.str",
+            vec!["a".to_string(), String::new(), "ccc".into()].into(),
+        ),
         ("a.u64", vec![u64::MAX, 0].into()),
         ("a.i64", vec![i64::MIN, 5].into()),
         ("a.f64", vec![0.1f64, -0.2].into()),
         ("a.empty_u32", Vec::<u32>::new().into()),
         ("a.empty_str", Vec::<String>::new().into()),
-        ("a.nested", vec![Array::U32(vec![1, 2]), Array::String(vec!["x".into()]), Array::Array(vec![Array::F32(vec![3.0]), Array::Array(vec![])]), Array::Bool(vec![])].into()),
+        (
+            "a.nested",
+            vec![
+                Array::U32(vec![1, 2]),
+                Array::String(vec!["x".into()]),
+                Array::Array(vec![Array::F32(vec![3.0]), Array::Array(vec![])]),
+                Array::Bool(vec![]),
+            ]
+            .into(),
+        ),
         ("a.empty_nested", Vec::<Array>::new().into()),
     ];
     v.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
@@ -58,20 +73,57 @@ struct T {
 }
 
 fn some_tensors() -> Vec<T> {
-    let f = |n: usize, seed: f32| -> Vec<f32> { (0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect() };
+    let f = |n: usize, seed: f32| -> Vec<f32> {
+        (0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect()
+    };
     let q = |dt: DType, x: &[f32]| {
         let mut b = vec![0u8; dt.bytes_for(x.len()).unwrap()];
         quant::quantize(dt, x, &mut b).unwrap();
         b
     };
     vec![
-        T { name: "token_embd.weight", dtype: DType::Q8_0, ne: vec![64, 3], data: q(DType::Q8_0, &f(192, 0.0)) },
-        T { name: "norm", dtype: DType::F32, ne: vec![5], data: q(DType::F32, &f(5, 1.0)) }, // 20 bytes: needs padding
-        T { name: "h", dtype: DType::F16, ne: vec![3, 1, 1, 2], data: q(DType::F16, &f(6, 2.0)) },
-        T { name: "blk.0.attn_q.weight", dtype: DType::Q4_K, ne: vec![256, 2], data: q(DType::Q4_K, &f(512, 3.0)) },
-        T { name: "blk.0.ffn_up.weight", dtype: DType::Q4_1, ne: vec![32, 2, 3], data: q(DType::Q4_1, &f(192, 4.0)) },
-        T { name: "empty", dtype: DType::F32, ne: vec![4, 0], data: vec![] },
-        T { name: "x.bf16", dtype: DType::BF16, ne: vec![7], data: q(DType::BF16, &f(7, 5.0)) },
+        T {
+            name: "token_embd.weight",
+            dtype: DType::Q8_0,
+            ne: vec![64, 3],
+            data: q(DType::Q8_0, &f(192, 0.0)),
+        },
+        T {
+            name: "norm",
+            dtype: DType::F32,
+            ne: vec![5],
+            data: q(DType::F32, &f(5, 1.0)),
+        }, // 20 bytes: needs padding
+        T {
+            name: "h",
+            dtype: DType::F16,
+            ne: vec![3, 1, 1, 2],
+            data: q(DType::F16, &f(6, 2.0)),
+        },
+        T {
+            name: "blk.0.attn_q.weight",
+            dtype: DType::Q4_K,
+            ne: vec![256, 2],
+            data: q(DType::Q4_K, &f(512, 3.0)),
+        },
+        T {
+            name: "blk.0.ffn_up.weight",
+            dtype: DType::Q4_1,
+            ne: vec![32, 2, 3],
+            data: q(DType::Q4_1, &f(192, 4.0)),
+        },
+        T {
+            name: "empty",
+            dtype: DType::F32,
+            ne: vec![4, 0],
+            data: vec![],
+        },
+        T {
+            name: "x.bf16",
+            dtype: DType::BF16,
+            ne: vec![7],
+            data: q(DType::BF16, &f(7, 5.0)),
+        },
     ]
 }
 
@@ -81,7 +133,8 @@ fn writer<'a>(meta: &[(String, Value)], tensors: &'a [T]) -> GgufWriter<'a> {
         w.add(k.clone(), v.clone());
     }
     for t in tensors {
-        w.add_tensor(t.name, t.dtype, t.ne.clone(), &t.data[..]).unwrap();
+        w.add_tensor(t.name, t.dtype, t.ne.clone(), &t.data[..])
+            .unwrap();
     }
     w
 }
@@ -89,11 +142,19 @@ fn writer<'a>(meta: &[(String, Value)], tensors: &'a [T]) -> GgufWriter<'a> {
 fn assert_tensors(g: &GgufFile, tensors: &[T], alignment: usize) {
     assert_eq!(g.tensors.len(), tensors.len());
     for (t, want) in g.tensors.iter().zip(tensors) {
-        assert_eq!((t.name.as_str(), t.dtype, &t.ne), (want.name, want.dtype, &want.ne));
+        assert_eq!(
+            (t.name.as_str(), t.dtype, &t.ne),
+            (want.name, want.dtype, &want.ne)
+        );
         assert_eq!(t.bytes(), &want.data[..], "{}", want.name);
         assert_eq!(g.tensor(want.name).unwrap().name, want.name);
         if let cria_core::Bytes::Mapped { offset, .. } = &t.data {
-            assert_eq!(offset % alignment, 0, "{} at {offset} not {alignment}-aligned", want.name);
+            assert_eq!(
+                offset % alignment,
+                0,
+                "{} at {offset} not {alignment}-aligned",
+                want.name
+            );
         }
     }
 }
@@ -133,18 +194,35 @@ fn every_value_type_and_tensor_round_trips() {
 #[test]
 fn writer_refuses_bad_input() {
     let mut w = GgufWriter::new();
-    assert!(w.add_tensor("a", DType::F32, vec![4], vec![0u8; 15]).is_err()); // wrong size
-    assert!(w.add_tensor("a", DType::Q4_0, vec![16], vec![0u8; 9]).is_err()); // partial block
+    assert!(w
+        .add_tensor("a", DType::F32, vec![4], vec![0u8; 15])
+        .is_err()); // wrong size
+    assert!(w
+        .add_tensor("a", DType::Q4_0, vec![16], vec![0u8; 9])
+        .is_err()); // partial block
     assert!(w.add_tensor("a", DType::F32, vec![], vec![0u8; 4]).is_err());
-    assert!(w.add_tensor("a", DType::F32, vec![1, 1, 1, 1, 1], vec![0u8; 4]).is_err());
-    assert!(w.add_tensor("a", DType::F32, vec![usize::MAX, 2], vec![]).is_err());
-    w.add_tensor("a", DType::F32, vec![1], vec![0u8; 4]).unwrap();
-    assert!(w.add_tensor("a", DType::F32, vec![1], vec![0u8; 4]).is_err()); // duplicate
+    assert!(w
+        .add_tensor("a", DType::F32, vec![1, 1, 1, 1, 1], vec![0u8; 4])
+        .is_err());
+    assert!(w
+        .add_tensor("a", DType::F32, vec![usize::MAX, 2], vec![])
+        .is_err());
+    w.add_tensor("a", DType::F32, vec![1], vec![0u8; 4])
+        .unwrap();
+    assert!(w
+        .add_tensor("a", DType::F32, vec![1], vec![0u8; 4])
+        .is_err()); // duplicate
     assert!(w.set_alignment(0).is_err());
     assert!(w.set_alignment(3).is_err());
     // A key set twice keeps its first position and its last value.
     w.add("k1", 1u32).add("k2", 2u32).add("k1", 3u32);
-    assert_eq!(w.metadata(), &[("k1".to_string(), Value::U32(3)), ("k2".to_string(), Value::U32(2))]);
+    assert_eq!(
+        w.metadata(),
+        &[
+            ("k1".to_string(), Value::U32(3)),
+            ("k2".to_string(), Value::U32(2))
+        ]
+    );
     w.remove("k1");
     assert_eq!(w.metadata(), &[("k2".to_string(), Value::U32(2))]);
     // Nesting the reader would refuse is refused on write.
@@ -166,12 +244,25 @@ fn splits_open_as_one_model() {
     let tensors = some_tensors();
     let w = writer(&meta, &tensors);
     let paths = w.write_split(dir.join("model"), 3).unwrap();
-    let names: Vec<String> = paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    assert_eq!(names, ["model-00001-of-00003.gguf", "model-00002-of-00003.gguf", "model-00003-of-00003.gguf"]);
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "model-00001-of-00003.gguf",
+            "model-00002-of-00003.gguf",
+            "model-00003-of-00003.gguf"
+        ]
+    );
     let mut want_meta = meta.clone();
     want_meta.push(("split.no".into(), Value::U16(0)));
     want_meta.push(("split.count".into(), Value::U16(3)));
-    want_meta.push(("split.tensors.count".into(), Value::I32(tensors.len() as i32)));
+    want_meta.push((
+        "split.tensors.count".into(),
+        Value::I32(tensors.len() as i32),
+    ));
     // Whichever split is named, the whole model comes back, with the first split's metadata.
     for p in &paths {
         let g = GgufFile::open(p).unwrap();
@@ -195,18 +286,26 @@ fn splits_open_as_one_model() {
     assert_tensors(&GgufFile::open(&p128[1]).unwrap(), &tensors, 128);
     // Re-splitting an opened split model.
     let g = GgufFile::open(&paths[0]).unwrap();
-    let again = GgufWriter::from_gguf(&g).write_split(dir.join("re"), 7).unwrap();
+    let again = GgufWriter::from_gguf(&g)
+        .write_split(dir.join("re"), 7)
+        .unwrap();
     let g7 = GgufFile::open(&again[3]).unwrap();
     assert_tensors(&g7, &tensors, 32);
     assert_eq!(g7.get_u64("split.count"), Some(7));
     // And merging back into one file.
-    GgufWriter::from_gguf(&g7).write(dir.join("merged.gguf")).unwrap();
+    GgufWriter::from_gguf(&g7)
+        .write(dir.join("merged.gguf"))
+        .unwrap();
     let merged = GgufFile::open(dir.join("merged.gguf")).unwrap();
     assert_eq!(merged.metadata, meta);
     assert_tensors(&merged, &tensors, 32);
     // More splits than tensors, or none, is refused.
-    assert!(writer(&meta, &tensors).write_split(dir.join("x"), tensors.len() + 1).is_err());
-    assert!(writer(&meta, &tensors).write_split(dir.join("x"), 0).is_err());
+    assert!(writer(&meta, &tensors)
+        .write_split(dir.join("x"), tensors.len() + 1)
+        .is_err());
+    assert!(writer(&meta, &tensors)
+        .write_split(dir.join("x"), 0)
+        .is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -214,10 +313,15 @@ fn splits_open_as_one_model() {
 fn broken_splits_are_clear_errors() {
     let dir = tmp_dir("broken");
     let tensors = some_tensors();
-    let paths = writer(&all_values(), &tensors).write_split(dir.join("m"), 3).unwrap();
+    let paths = writer(&all_values(), &tensors)
+        .write_split(dir.join("m"), 3)
+        .unwrap();
     // A missing split.
     std::fs::rename(&paths[2], dir.join("elsewhere")).unwrap();
-    let e = GgufFile::open(&paths[0]).err().expect("missing split accepted").to_string();
+    let e = GgufFile::open(&paths[0])
+        .err()
+        .expect("missing split accepted")
+        .to_string();
     assert!(e.contains("split 3 of 3 is missing"), "{e}");
     std::fs::rename(dir.join("elsewhere"), &paths[2]).unwrap();
     GgufFile::open(&paths[0]).unwrap();
@@ -231,7 +335,9 @@ fn broken_splits_are_clear_errors() {
     let e = GgufFile::open(&plain).err().unwrap().to_string();
     assert!(e.contains("not PREFIX-0000i-of-0000N.gguf"), "{e}");
     // Splits of two different models mixed: split.no / tensors count / duplicate names are checked.
-    let other = writer(&all_values(), &tensors).write_split(dir.join("o"), 3).unwrap();
+    let other = writer(&all_values(), &tensors)
+        .write_split(dir.join("o"), 3)
+        .unwrap();
     std::fs::copy(&other[0], &paths[1]).unwrap(); // split 2 is now another model's split 1
     let e = GgufFile::open(&paths[0]).err().unwrap().to_string();
     assert!(e.contains("split.no = 0"), "{e}");
@@ -248,7 +354,9 @@ fn split_tensor_count_is_checked() {
     let g2 = GgufFile::open(&paths[0]).unwrap();
     let keep: Vec<&cria_core::Tensor> = g2.tensors.iter().skip(tensors.len() / 2).skip(1).collect();
     let mut w2 = GgufWriter::new();
-    w2.add("split.no", 1u16).add("split.count", 2u16).add("split.tensors.count", tensors.len() as i32);
+    w2.add("split.no", 1u16)
+        .add("split.count", 2u16)
+        .add("split.tensors.count", tensors.len() as i32);
     for t in &keep {
         w2.add_tensor_ref(t).unwrap();
     }

@@ -18,7 +18,9 @@ fn tmp_dir(name: &str) -> PathBuf {
 }
 
 fn expected() -> serde_json::Map<String, J> {
-    let j: J = serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap();
+    let j: J =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
+            .unwrap();
     j.as_object().unwrap().clone()
 }
 
@@ -26,12 +28,20 @@ fn expected() -> serde_json::Map<String, J> {
 fn check_against_reference(m: &SafetensorsModel, want: &serde_json::Map<String, J>) -> usize {
     let mut n = 0;
     for (name, w) in want {
-        let shape: Vec<usize> = w["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> = w["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
         let dt = w["dtype"].as_str().unwrap();
         let Some(t) = m.tensors.iter().find(|t| t.name == *name) else {
             if m.skipped.iter().any(|(n, d)| n == name && d == dt) {
                 let e = m.get(name).unwrap_err();
-                assert!(matches!(e, Error::Unsupported(_)) && e.to_string().contains(dt), "{e}");
+                assert!(
+                    matches!(e, Error::Unsupported(_)) && e.to_string().contains(dt),
+                    "{e}"
+                );
             }
             continue;
         };
@@ -44,8 +54,18 @@ fn check_against_reference(m: &SafetensorsModel, want: &serde_json::Map<String, 
         assert_eq!(t.ne, ne, "{name}");
         // Every value is an f32 (or narrower) widened to f64; serde_json's parse can be off in the
         // last f64 bit, which rounding back to f32 removes.
-        let vals: Vec<u32> = w["values"].as_array().unwrap().iter().map(|v| (v.as_f64().unwrap() as f32).to_bits()).collect();
-        let got: Vec<u32> = t.to_f32_vec().unwrap().into_iter().map(f32::to_bits).collect();
+        let vals: Vec<u32> = w["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v.as_f64().unwrap() as f32).to_bits())
+            .collect();
+        let got: Vec<u32> = t
+            .to_f32_vec()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect();
         assert_eq!(got, vals, "{name}");
         n += 1;
     }
@@ -57,7 +77,10 @@ fn reads_reference_files() {
     let want = expected();
     let single = SafetensorsModel::open_folder(&fixtures().join("single")).unwrap();
     assert_eq!(check_against_reference(&single, &want), 5);
-    assert_eq!(single.skipped, vec![("position_ids".to_string(), "I64".to_string())]);
+    assert_eq!(
+        single.skipped,
+        vec![("position_ids".to_string(), "I64".to_string())]
+    );
     let file = SafetensorsModel::open_file(&fixtures().join("single/model.safetensors")).unwrap();
     assert_eq!(file.tensors.len(), 5);
     let q = file.get("model.layers.0.self_attn.q_proj.weight").unwrap();
@@ -74,8 +97,23 @@ fn writer_round_trips_and_matches_the_reference_reading() {
     let dir = tmp_dir("rt");
     let reference = SafetensorsModel::open_folder(&fixtures().join("single")).unwrap();
     // Rewrite every loaded tensor with cria's writer (PyTorch shapes = ne reversed) and reread.
-    let shapes: Vec<Vec<usize>> = reference.tensors.iter().map(|t| if t.ne == [1] { vec![] } else { t.ne.iter().rev().copied().collect() }).collect();
-    let list: Vec<(&str, DType, &[usize], &[u8])> = reference.tensors.iter().zip(&shapes).map(|(t, s)| (t.name.as_str(), t.dtype, s.as_slice(), t.bytes())).collect();
+    let shapes: Vec<Vec<usize>> = reference
+        .tensors
+        .iter()
+        .map(|t| {
+            if t.ne == [1] {
+                vec![]
+            } else {
+                t.ne.iter().rev().copied().collect()
+            }
+        })
+        .collect();
+    let list: Vec<(&str, DType, &[usize], &[u8])> = reference
+        .tensors
+        .iter()
+        .zip(&shapes)
+        .map(|(t, s)| (t.name.as_str(), t.dtype, s.as_slice(), t.bytes()))
+        .collect();
     let p = dir.join("model.safetensors");
     write_safetensors(&p, &list).unwrap();
     let again = SafetensorsModel::open_folder(&dir).unwrap();
@@ -86,8 +124,15 @@ fn writer_round_trips_and_matches_the_reference_reading() {
     // Refusals.
     let f = [0u8; 8];
     assert!(write_safetensors(&dir.join("x"), &[("a", DType::F32, &[3], &f)]).is_err());
-    assert!(write_safetensors(&dir.join("x"), &[("a", DType::F32, &[2], &f), ("a", DType::F32, &[2], &f)]).is_err());
-    assert!(matches!(write_safetensors(&dir.join("x"), &[("a", DType::Q8_0, &[1], &f)]), Err(Error::Unsupported(_))));
+    assert!(write_safetensors(
+        &dir.join("x"),
+        &[("a", DType::F32, &[2], &f), ("a", DType::F32, &[2], &f)]
+    )
+    .is_err());
+    assert!(matches!(
+        write_safetensors(&dir.join("x"), &[("a", DType::Q8_0, &[1], &f)]),
+        Err(Error::Unsupported(_))
+    ));
     assert!(write_safetensors(&dir.join("x"), &[("a", DType::F32, &[usize::MAX, 2], &f)]).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -111,29 +156,69 @@ fn sharded_folder_problems_are_clear_errors() {
             std::fs::write(d.join("model.safetensors.index.json"), i).unwrap();
         }
         prep(&d);
-        let r = SafetensorsModel::open_folder(&d).err().unwrap_or_else(|| panic!("{name}: accepted")).to_string();
+        let r = SafetensorsModel::open_folder(&d)
+            .err()
+            .unwrap_or_else(|| panic!("{name}: accepted"))
+            .to_string();
         std::fs::remove_dir_all(&d).ok();
         r
     };
-    let e = case("missing", None, &|d| std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap());
+    let e = case("missing", None, &|d| {
+        std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap()
+    });
     assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
-    let e = case("ghost", Some(&index_text.replace("\"lm_head.weight\"", "\"ghost.weight\"")), &|_| {});
-    assert!(e.contains("ghost.weight") && e.contains("no shard holds it"), "{e}");
-    let moved = index_text.replace("\"lm_head.weight\": \"model-00002-of-00002.safetensors\"", "\"lm_head.weight\": \"model-00001-of-00002.safetensors\"");
+    let e = case(
+        "ghost",
+        Some(&index_text.replace("\"lm_head.weight\"", "\"ghost.weight\"")),
+        &|_| {},
+    );
+    assert!(
+        e.contains("ghost.weight") && e.contains("no shard holds it"),
+        "{e}"
+    );
+    let moved = index_text.replace(
+        "\"lm_head.weight\": \"model-00002-of-00002.safetensors\"",
+        "\"lm_head.weight\": \"model-00001-of-00002.safetensors\"",
+    );
     assert_ne!(moved, index_text);
     let e = case("moved", Some(&moved), &|_| {});
-    assert!(e.contains("lm_head.weight") && e.contains("but it is in"), "{e}");
-    let e = case("escape", Some(&index_text.replace("\"model-00002-of-00002.safetensors\"", "\"../model-00002-of-00002.safetensors\"")), &|_| {});
+    assert!(
+        e.contains("lm_head.weight") && e.contains("but it is in"),
+        "{e}"
+    );
+    let e = case(
+        "escape",
+        Some(&index_text.replace(
+            "\"model-00002-of-00002.safetensors\"",
+            "\"../model-00002-of-00002.safetensors\"",
+        )),
+        &|_| {},
+    );
     assert!(e.contains("outside the folder"), "{e}");
     let e = case("json", Some("{\"weight_map\": ["), &|_| {});
     assert!(e.contains("index.json"), "{e}");
     let e = case("nomap", Some("{}"), &|_| {});
     assert!(e.contains("weight_map"), "{e}");
     // Two shards holding one tensor.
-    let e = case("dup", Some("{\"weight_map\": {\"a\": \"x.safetensors\", \"b\": \"y.safetensors\"}}"), &|d| {
-        write_safetensors(&d.join("x.safetensors"), &[("a", DType::F32, &[1], &[0; 4])]).unwrap();
-        write_safetensors(&d.join("y.safetensors"), &[("a", DType::F32, &[1], &[0; 4]), ("b", DType::F32, &[1], &[0; 4])]).unwrap();
-    });
+    let e = case(
+        "dup",
+        Some("{\"weight_map\": {\"a\": \"x.safetensors\", \"b\": \"y.safetensors\"}}"),
+        &|d| {
+            write_safetensors(
+                &d.join("x.safetensors"),
+                &[("a", DType::F32, &[1], &[0; 4])],
+            )
+            .unwrap();
+            write_safetensors(
+                &d.join("y.safetensors"),
+                &[
+                    ("a", DType::F32, &[1], &[0; 4]),
+                    ("b", DType::F32, &[1], &[0; 4]),
+                ],
+            )
+            .unwrap();
+        },
+    );
     assert!(e.contains("more than one shard"), "{e}");
     // No weights at all.
     let d = tmp_dir("none");
@@ -165,13 +250,21 @@ fn open_raw(name: &str, bytes: &[u8]) -> Result<SafetensorsModel, Error> {
 
 #[test]
 fn hostile_headers() {
-    let e = open_raw("utf8", &raw_file(b"{\"w\xff\":{}}", &[])).err().unwrap().to_string();
+    let e = open_raw("utf8", &raw_file(b"{\"w\xff\":{}}", &[]))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("UTF-8"), "{e}");
     // A header claimed bigger than 100 MB in a (sparse) file that is bigger still.
     let d = tmp_dir("huge");
     let p = d.join("huge.safetensors");
     std::fs::write(&p, (120u64 << 20).to_le_bytes()).unwrap();
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(160 << 20).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(160 << 20)
+        .unwrap();
     let t = std::time::Instant::now();
     let e = SafetensorsModel::open_file(&p).err().unwrap().to_string();
     assert!(e.contains("100 MB"), "{e}");

@@ -30,15 +30,27 @@ fn bench(c: &mut Criterion) {
         let b = CpuBackend::new(th);
         for wt in dot::SUPPORTED {
             for (n, k) in SHAPES {
-                let k = if wt.block_size() == 256 { k / 256 * 256 } else { k };
+                let k = if wt.block_size() == 256 {
+                    k / 256 * 256
+                } else {
+                    k
+                };
                 let w = random_weights(&mut rng, wt, n, k);
                 for t in [1usize, 64] {
                     let mut g = c.benchmark_group(format!("matmul/{}/t{t}", b.name()));
-                    g.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_millis(800));
-                    g.throughput(if t == 1 { Throughput::Bytes(w.bytes().len() as u64) } else { Throughput::Elements((2 * n * k * t) as u64) });
+                    g.sample_size(10)
+                        .warm_up_time(Duration::from_millis(200))
+                        .measurement_time(Duration::from_millis(800));
+                    g.throughput(if t == 1 {
+                        Throughput::Bytes(w.bytes().len() as u64)
+                    } else {
+                        Throughput::Elements((2 * n * k * t) as u64)
+                    });
                     let x = random_acts(&mut rng, t, k);
                     let mut out = vec![0f32; t * n];
-                    g.bench_function(BenchmarkId::new(wt.name(), format!("{n}x{k}")), |bch| bch.iter(|| b.matmul(&mut out, &x, &w, t)));
+                    g.bench_function(BenchmarkId::new(wt.name(), format!("{n}x{k}")), |bch| {
+                        bch.iter(|| b.matmul(&mut out, &x, &w, t))
+                    });
                     g.finish();
                 }
             }

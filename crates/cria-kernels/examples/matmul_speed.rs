@@ -17,7 +17,10 @@ const SHAPES: [(usize, usize); 4] = [(576, 576), (1536, 576), (576, 1536), (4915
 
 /// CPU time of the calling thread, in seconds.
 fn thread_cpu() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
@@ -74,10 +77,20 @@ fn kernel_only(types: &[DType]) {
             let reps = 200;
             let s = best(|| {
                 for _ in 0..reps {
-                    (kern.vec_dot)(n, std::hint::black_box(w.row(0)), 1, &a, ab, &mut out[..cols]);
+                    (kern.vec_dot)(
+                        n,
+                        std::hint::black_box(w.row(0)),
+                        1,
+                        &a,
+                        ab,
+                        &mut out[..cols],
+                    );
                 }
             });
-            print!("  {cols} col: {:>6.2} ns", s / reps as f64 / blocks / cols as f64 * 1e9);
+            print!(
+                "  {cols} col: {:>6.2} ns",
+                s / reps as f64 / blocks / cols as f64 * 1e9
+            );
         }
         println!();
     }
@@ -85,7 +98,11 @@ fn kernel_only(types: &[DType]) {
 
 /// `--one N K T TYPE`: loops one matmul for ~3 s (for perf).
 fn one(args: &[String]) {
-    let (n, k, t): (usize, usize, usize) = (args[0].parse().unwrap(), args[1].parse().unwrap(), args[2].parse().unwrap());
+    let (n, k, t): (usize, usize, usize) = (
+        args[0].parse().unwrap(),
+        args[1].parse().unwrap(),
+        args[2].parse().unwrap(),
+    );
     let wt = DType::from_name(&args[3]).unwrap();
     let mut rng = Rng::new(9);
     let w = random_weights(&mut rng, wt, n, k);
@@ -99,7 +116,11 @@ fn one(args: &[String]) {
         runs += 1;
     }
     let s = start.elapsed().as_secs_f64() / runs as f64;
-    println!("{wt} {n}x{k} t={t}: {:.3} ms, {:.1} GFLOP/s", s * 1e3, (2 * n * k * t) as f64 / s / 1e9);
+    println!(
+        "{wt} {n}x{k} t={t}: {:.3} ms, {:.1} GFLOP/s",
+        s * 1e3,
+        (2 * n * k * t) as f64 / s / 1e9
+    );
 }
 
 fn main() {
@@ -108,16 +129,34 @@ fn main() {
         return one(&args[1..]);
     }
     if std::env::args().any(|a| a == "--kernel") {
-        let want: Vec<DType> = std::env::args().skip(1).filter_map(|a| DType::from_name(&a)).collect();
-        let types: Vec<DType> = dot::SUPPORTED.into_iter().filter(|t| want.is_empty() || want.contains(t)).collect();
+        let want: Vec<DType> = std::env::args()
+            .skip(1)
+            .filter_map(|a| DType::from_name(&a))
+            .collect();
+        let types: Vec<DType> = dot::SUPPORTED
+            .into_iter()
+            .filter(|t| want.is_empty() || want.contains(t))
+            .collect();
         return kernel_only(&types);
     }
-    let want: Vec<DType> = std::env::args().skip(1).filter_map(|a| DType::from_name(&a)).collect();
-    let types: Vec<DType> = dot::SUPPORTED.into_iter().filter(|t| want.is_empty() || want.contains(t)).collect();
+    let want: Vec<DType> = std::env::args()
+        .skip(1)
+        .filter_map(|a| DType::from_name(&a))
+        .collect();
+    let types: Vec<DType> = dot::SUPPORTED
+        .into_iter()
+        .filter(|t| want.is_empty() || want.contains(t))
+        .collect();
     let mut rng = Rng::new(7);
     let backends = [CpuBackend::new(1), CpuBackend::new(2)];
-    println!("backend {} / {}; t=1: GB/s of weights read; t=64: GFLOP/s", backends[0].name(), backends[1].name());
-    println!("x1: per thread-CPU-second (mean); x2: best wall time (pessimistic on a busy machine)");
+    println!(
+        "backend {} / {}; t=1: GB/s of weights read; t=64: GFLOP/s",
+        backends[0].name(),
+        backends[1].name()
+    );
+    println!(
+        "x1: per thread-CPU-second (mean); x2: best wall time (pessimistic on a busy machine)"
+    );
     print!("{:>7} {:>10}", "type", "shape");
     for b in &backends {
         print!(" | {:>6} t=1 {:>6} t=64 ", format!("x{}", b.threads), "");
@@ -125,7 +164,11 @@ fn main() {
     println!();
     for wt in types {
         for (n, k) in SHAPES {
-            let k = if wt.block_size() == 256 { k / 256 * 256 } else { k };
+            let k = if wt.block_size() == 256 {
+                k / 256 * 256
+            } else {
+                k
+            };
             let w = random_weights(&mut rng, wt, n, k);
             print!("{:>7} {:>10}", wt.name(), format!("{n}x{k}"));
             for b in &backends {
@@ -134,8 +177,16 @@ fn main() {
                     let x = random_acts(&mut rng, t, k);
                     let mut out = vec![0f32; t * n];
                     // One thread: CPU time (robust to a busy machine); more: best wall time.
-                    let s = if b.threads == 1 { cpu_time(|| b.matmul(&mut out, &x, &w, t)) } else { best(|| b.matmul(&mut out, &x, &w, t)) };
-                    cells.push(if t == 1 { w.bytes().len() as f64 / s / 1e9 } else { (2 * n * k * t) as f64 / s / 1e9 });
+                    let s = if b.threads == 1 {
+                        cpu_time(|| b.matmul(&mut out, &x, &w, t))
+                    } else {
+                        best(|| b.matmul(&mut out, &x, &w, t))
+                    };
+                    cells.push(if t == 1 {
+                        w.bytes().len() as f64 / s / 1e9
+                    } else {
+                        (2 * n * k * t) as f64 / s / 1e9
+                    });
                 }
                 print!(" | {:>6.1} GB/s {:>6.1} GF/s", cells[0], cells[1]);
             }

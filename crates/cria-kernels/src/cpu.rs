@@ -108,15 +108,30 @@ impl Backend for CpuBackend {
 
     fn matmul(&self, out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
         let (n, k) = (w.rows(), w.cols());
-        assert_eq!(x.len(), t * k, "matmul {}: x has {} values, want t={t} x k={k}", w.name, x.len());
-        assert_eq!(out.len(), t * n, "matmul {}: out has {} values, want t={t} x n={n}", w.name, out.len());
+        assert_eq!(
+            x.len(),
+            t * k,
+            "matmul {}: x has {} values, want t={t} x k={k}",
+            w.name,
+            x.len()
+        );
+        assert_eq!(
+            out.len(),
+            t * n,
+            "matmul {}: out has {} values, want t={t} x n={n}",
+            w.name,
+            out.len()
+        );
         if t == 0 || n == 0 {
             return;
         }
         let kern = self.kernel(w.dtype).unwrap_or_else(|| {
             panic!("cria: the CPU backend has no matmul kernel for {} (tensor {}); callers must check Backend::supports", w.dtype, w.name)
         });
-        let ab = kern.vec_dot_type.bytes_for(k).unwrap_or_else(|e| panic!("matmul {}: {e}", w.name));
+        let ab = kern
+            .vec_dot_type
+            .bytes_for(k)
+            .unwrap_or_else(|e| panic!("matmul {}: {e}", w.name));
         let mut act_guard = self.act.lock().unwrap_or_else(|e| e.into_inner());
         let a: &[u8] = if kern.vec_dot_type == DType::F32 {
             bytemuck::cast_slice(x)
@@ -124,7 +139,11 @@ impl Backend for CpuBackend {
             if act_guard.len() < t * ab {
                 act_guard.resize(t * ab, 0);
             }
-            for (xr, ar) in x.chunks_exact(k.max(1)).zip(act_guard.chunks_exact_mut(ab.max(1))).take(t) {
+            for (xr, ar) in x
+                .chunks_exact(k.max(1))
+                .zip(act_guard.chunks_exact_mut(ab.max(1)))
+                .take(t)
+            {
                 (kern.from_float)(xr, ar);
             }
             &act_guard[..t * ab]
@@ -139,7 +158,10 @@ impl Backend for CpuBackend {
         let n_chunks = n.div_ceil(rows_per_chunk);
         let outp = SyncPtr(out.as_mut_ptr());
         let job = |chunk: usize, _tid: usize| {
-            let (j0, j1) = (chunk * rows_per_chunk, ((chunk + 1) * rows_per_chunk).min(n));
+            let (j0, j1) = (
+                chunk * rows_per_chunk,
+                ((chunk + 1) * rows_per_chunk).min(n),
+            );
             let rows = j1 - j0;
             let wrows = &wb[j0 * rb..j1 * rb];
             if t == 1 {
@@ -175,9 +197,18 @@ impl Backend for CpuBackend {
 
     fn embed(&self, out: &mut [f32], table: &Tensor, tokens: &[u32]) {
         let (rows, k) = (table.rows(), table.cols());
-        assert_eq!(out.len(), tokens.len() * k, "embed: out has {} values, want {} x {k}", out.len(), tokens.len());
+        assert_eq!(
+            out.len(),
+            tokens.len() * k,
+            "embed: out has {} values, want {} x {k}",
+            out.len(),
+            tokens.len()
+        );
         for (o, &tok) in out.chunks_exact_mut(k.max(1)).zip(tokens) {
-            assert!((tok as usize) < rows, "embed: token id {tok} is outside the table ({rows} rows)");
+            assert!(
+                (tok as usize) < rows,
+                "embed: token id {tok} is outside the table ({rows} rows)"
+            );
             table
                 .dequantize_row(tok as usize, o)
                 .unwrap_or_else(|e| panic!("embed {}: {e}", table.name));
@@ -186,7 +217,12 @@ impl Backend for CpuBackend {
 
     fn rmsnorm(&self, out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
         assert_eq!(out.len(), x.len(), "rmsnorm: out and x differ in length");
-        assert!(w.is_empty() || x.len() % w.len() == 0, "rmsnorm: {} values are not rows of {}", x.len(), w.len());
+        assert!(
+            w.is_empty() || x.len() % w.len() == 0,
+            "rmsnorm: {} values are not rows of {}",
+            x.len(),
+            w.len()
+        );
         if w.is_empty() {
             return;
         }
@@ -198,7 +234,15 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn rope(&self, x: &mut [f32], t: usize, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope) {
+    fn rope(
+        &self,
+        x: &mut [f32],
+        t: usize,
+        n_heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        rope: &Rope,
+    ) {
         match self.isa {
             Isa::Scalar => reference::rope(x, t, n_heads, head_dim, pos0, rope),
             _ => {
@@ -231,7 +275,8 @@ impl Backend for CpuBackend {
                     }
                     // SAFETY: item (r, h) owns out[item*hd .. (item+1)*hd], inside `out`
                     // (check_attention); no other item touches it and run() joins before return.
-                    let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add(item * hd), hd) };
+                    let o =
+                        unsafe { std::slice::from_raw_parts_mut(outp.get().add(item * hd), hd) };
                     let qh = &q[item * hd..][..hd];
                     // SAFETY: Avx2 is only selected when available; buffers checked above.
                     unsafe { ops::avx2::head(o, qh, k, v, s, r, h, &mut scores, batched) };

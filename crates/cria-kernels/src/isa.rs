@@ -27,7 +27,9 @@ impl Isa {
     }
 
     pub fn from_name(s: &str) -> Option<Isa> {
-        Isa::ALL.into_iter().find(|i| i.name().eq_ignore_ascii_case(s.trim()))
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(s.trim()))
     }
 
     /// Whether this CPU can run the kernels of `self`.
@@ -47,7 +49,11 @@ impl Isa {
 
     /// The best ISA this CPU supports.
     pub fn best() -> Isa {
-        Isa::ALL.into_iter().rev().find(|i| i.available()).unwrap_or(Isa::Scalar)
+        Isa::ALL
+            .into_iter()
+            .rev()
+            .find(|i| i.available())
+            .unwrap_or(Isa::Scalar)
     }
 
     /// The ISA asked for by `CRIA_CPU` (unset, empty or `auto`: the best available). An unknown
@@ -65,12 +71,18 @@ impl Isa {
         }
         let isa = Isa::from_name(v).ok_or_else(|| {
             let names: Vec<_> = Isa::ALL.iter().map(|i| i.name()).collect();
-            format!("CRIA_CPU={v:?}: unknown; expected auto or one of {}", names.join(", "))
+            format!(
+                "CRIA_CPU={v:?}: unknown; expected auto or one of {}",
+                names.join(", ")
+            )
         })?;
         if isa.available() {
             Ok(isa)
         } else {
-            Err(format!("CRIA_CPU={v:?}: this CPU does not support {}", isa.name()))
+            Err(format!(
+                "CRIA_CPU={v:?}: this CPU does not support {}",
+                isa.name()
+            ))
         }
     }
 }
@@ -106,7 +118,9 @@ mod tests {
         if Isa::Avx2.available() {
             assert_eq!(Isa::parse_request(Some("AVX2")), Ok(Isa::Avx2));
         } else {
-            assert!(Isa::parse_request(Some("avx2")).unwrap_err().contains("does not support"));
+            assert!(Isa::parse_request(Some("avx2"))
+                .unwrap_err()
+                .contains("does not support"));
         }
     }
 }

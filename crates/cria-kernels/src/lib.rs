@@ -47,16 +47,33 @@ pub struct Rope {
 impl Rope {
     /// The parameters as llama.cpp derives them: `n_rot` rotated dimensions, frequency `base`,
     /// linear `freq_scale` (1/factor), optional per-pair `freq_factors`.
-    pub fn new(n_rot: usize, base: f32, freq_scale: f32, freq_factors: Option<Vec<f32>>, attn_factor: f32, interleaved: bool) -> Rope {
+    pub fn new(
+        n_rot: usize,
+        base: f32,
+        freq_scale: f32,
+        freq_factors: Option<Vec<f32>>,
+        attn_factor: f32,
+        interleaved: bool,
+    ) -> Rope {
         let n_pairs = n_rot / 2;
         let inv_freq = (0..n_pairs)
             .map(|i| {
                 let f = (base as f64).powf(-((2 * i) as f64) / n_rot as f64) * freq_scale as f64;
-                (f / freq_factors.as_ref().and_then(|ff| ff.get(i)).map_or(1.0, |&d| d as f64)) as f32
+                (f / freq_factors
+                    .as_ref()
+                    .and_then(|ff| ff.get(i))
+                    .map_or(1.0, |&d| d as f64)) as f32
             })
             .collect();
         let theta_scale = base.powf(-2.0 / n_rot as f32);
-        Rope { inv_freq, attn_factor, interleaved, theta_scale, freq_scale, freq_factors }
+        Rope {
+            inv_freq,
+            attn_factor,
+            interleaved,
+            theta_scale,
+            freq_scale,
+            freq_factors,
+        }
     }
 
     /// (cos, sin) * attn_factor of every rotated pair at position `pos`, in ggml's arithmetic.
@@ -64,7 +81,12 @@ impl Rope {
         cs.clear();
         let mut theta = pos as f32;
         for i in 0..self.inv_freq.len() {
-            let ff = self.freq_factors.as_ref().and_then(|f| f.get(i)).copied().unwrap_or(1.0);
+            let ff = self
+                .freq_factors
+                .as_ref()
+                .and_then(|f| f.get(i))
+                .copied()
+                .unwrap_or(1.0);
             let t = self.freq_scale * (theta / ff);
             cs.push((t.cos() * self.attn_factor, t.sin() * self.attn_factor));
             theta *= self.theta_scale;
@@ -109,7 +131,15 @@ pub trait Backend: Send + Sync {
     /// Per row of length `w.len()`: out = x / sqrt(mean(x^2) + eps) * w.
     fn rmsnorm(&self, out: &mut [f32], x: &[f32], w: &[f32], eps: f32);
     /// In place on x (t, n_heads * head_dim); row r is at position pos0 + r.
-    fn rope(&self, x: &mut [f32], t: usize, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope);
+    fn rope(
+        &self,
+        x: &mut [f32],
+        t: usize,
+        n_heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        rope: &Rope,
+    );
     /// out (t, n_heads*head_dim) = softmax(q k^T * scale, causal [+ window]) v, GQA: query head h
     /// reads kv head h / (n_heads / n_kv_heads). `k`, `v`: the layer's cache, (>= pos0+t, n_kv_heads*head_dim).
     fn attention(&self, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape);

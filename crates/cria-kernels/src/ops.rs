@@ -12,16 +12,35 @@
 
 use crate::{AttnShape, Rope};
 
-pub fn rope(x: &mut [f32], t: usize, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope, cs: &mut Vec<(f32, f32)>) {
+pub fn rope(
+    x: &mut [f32],
+    t: usize,
+    n_heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    rope: &Rope,
+    cs: &mut Vec<(f32, f32)>,
+) {
     let n_pairs = rope.inv_freq.len();
-    assert!(2 * n_pairs <= head_dim, "rope: {n_pairs} pairs do not fit head_dim {head_dim}");
-    assert!(x.len() >= t * n_heads * head_dim, "rope: x has {} values, want {t} x {n_heads} x {head_dim}", x.len());
+    assert!(
+        2 * n_pairs <= head_dim,
+        "rope: {n_pairs} pairs do not fit head_dim {head_dim}"
+    );
+    assert!(
+        x.len() >= t * n_heads * head_dim,
+        "rope: x has {} values, want {t} x {n_heads} x {head_dim}",
+        x.len()
+    );
     for r in 0..t {
         rope.table(pos0 + r, cs);
         for h in 0..n_heads {
             let v = &mut x[(r * n_heads + h) * head_dim..][..head_dim];
             for (i, &(c, s)) in cs.iter().enumerate() {
-                let (a, b) = if rope.interleaved { (2 * i, 2 * i + 1) } else { (i, i + n_pairs) };
+                let (a, b) = if rope.interleaved {
+                    (2 * i, 2 * i + 1)
+                } else {
+                    (i, i + n_pairs)
+                };
                 (v[a], v[b]) = crate::rotate(v[a], v[b], c, s);
             }
         }
@@ -37,11 +56,26 @@ pub fn key_range(p: usize, window: Option<usize>) -> std::ops::RangeInclusive<us
 
 /// Checks the attention buffers against the shape (the reference would index out of bounds).
 pub fn check_attention(out: &[f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape) {
-    assert!(s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0, "attention: {} heads not a multiple of {} kv heads", s.n_heads, s.n_kv_heads);
+    assert!(
+        s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0,
+        "attention: {} heads not a multiple of {} kv heads",
+        s.n_heads,
+        s.n_kv_heads
+    );
     let qn = s.t * s.n_heads * s.head_dim;
     let kvn = (s.pos0 + s.t) * s.n_kv_heads * s.head_dim;
-    assert!(q.len() >= qn && out.len() >= qn, "attention: q/out have {}/{} values, need {qn}", q.len(), out.len());
-    assert!(k.len() >= kvn && v.len() >= kvn, "attention: k/v caches have {}/{} values, need {kvn}", k.len(), v.len());
+    assert!(
+        q.len() >= qn && out.len() >= qn,
+        "attention: q/out have {}/{} values, need {qn}",
+        q.len(),
+        out.len()
+    );
+    assert!(
+        k.len() >= kvn && v.len() >= kvn,
+        "attention: k/v caches have {}/{} values, need {kvn}",
+        k.len(),
+        v.len()
+    );
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -323,7 +357,17 @@ pub mod avx2 {
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C; the buffers must match `s` (`check_attention`).
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn head(o: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape, r: usize, h: usize, scores: &mut [f32], batched: bool) {
+    pub unsafe fn head(
+        o: &mut [f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        s: &AttnShape,
+        r: usize,
+        h: usize,
+        scores: &mut [f32],
+        batched: bool,
+    ) {
         head_impl(o, q, k, v, s, r, h, scores, batched)
     }
 }
@@ -344,7 +388,8 @@ mod tests {
         while x < 88.0 {
             let xs: [f32; 8] = std::array::from_fn(|i| x + i as f32 * 0.0137);
             // SAFETY: AVX2 checked above.
-            let ys: [f32; 8] = unsafe { std::mem::transmute(super::avx2::exp8(_mm256_loadu_ps(xs.as_ptr()))) };
+            let ys: [f32; 8] =
+                unsafe { std::mem::transmute(super::avx2::exp8(_mm256_loadu_ps(xs.as_ptr()))) };
             for (&xi, &yi) in xs.iter().zip(&ys) {
                 let want = (xi as f64).exp();
                 // The f32 spacing at the true value.

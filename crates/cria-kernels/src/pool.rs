@@ -85,7 +85,11 @@ impl ThreadPool {
                     .expect("cria: could not spawn a CPU worker thread")
             })
             .collect();
-        ThreadPool { shared, workers, run_lock: Mutex::new(()) }
+        ThreadPool {
+            shared,
+            workers,
+            run_lock: Mutex::new(()),
+        }
     }
 
     pub fn threads(&self) -> usize {
@@ -105,7 +109,9 @@ impl ThreadPool {
         let s = &*self.shared;
         // SAFETY: erasing the lifetime is sound because this function does not return (or
         // unwind) before the job is closed and `active` is back to 0.
-        let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f) };
+        let job: Job = unsafe {
+            std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f)
+        };
         // SAFETY: we hold run_lock, `open` is false and `active` is 0 (the previous run waited
         // for both), so no worker reads `job` now.
         unsafe { *s.job.get() = Some(job) };
@@ -231,7 +237,10 @@ mod tests {
                         assert!(tid < threads);
                         hits[i].fetch_add(1, SeqCst);
                     });
-                    assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "threads={threads} n={n}");
+                    assert!(
+                        hits.iter().all(|h| h.load(SeqCst) == 1),
+                        "threads={threads} n={n}"
+                    );
                 }
                 if round % 5 == 0 {
                     // Let the workers park, so the condvar wake-up path is exercised too.

@@ -5,15 +5,30 @@ use cria_core::Tensor;
 
 pub fn matmul(out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
     let (n, k) = (w.rows(), w.cols());
-    assert_eq!(x.len(), t * k, "matmul: x has {} values, want t={t} x k={k}", x.len());
-    assert_eq!(out.len(), t * n, "matmul: out has {} values, want t={t} x n={n}", out.len());
+    assert_eq!(
+        x.len(),
+        t * k,
+        "matmul: x has {} values, want t={t} x k={k}",
+        x.len()
+    );
+    assert_eq!(
+        out.len(),
+        t * n,
+        "matmul: out has {} values, want t={t} x n={n}",
+        out.len()
+    );
     let mut row = vec![0f32; k];
     for j in 0..n {
-        w.dequantize_row(j, &mut row).expect("matmul: unsupported weight type");
+        w.dequantize_row(j, &mut row)
+            .expect("matmul: unsupported weight type");
         for i in 0..t {
             let xi = &x[i * k..(i + 1) * k];
             // f64 accumulation: this is the reference, not the fast path.
-            out[i * n + j] = xi.iter().zip(&row).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32;
+            out[i * n + j] = xi
+                .iter()
+                .zip(&row)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum::<f64>() as f32;
         }
     }
 }
@@ -21,7 +36,9 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
 pub fn embed(out: &mut [f32], table: &Tensor, tokens: &[u32]) {
     let k = table.cols();
     for (i, &tok) in tokens.iter().enumerate() {
-        table.dequantize_row(tok as usize, &mut out[i * k..(i + 1) * k]).expect("embed: unsupported type");
+        table
+            .dequantize_row(tok as usize, &mut out[i * k..(i + 1) * k])
+            .expect("embed: unsupported type");
     }
 }
 
@@ -56,7 +73,11 @@ pub fn rope(x: &mut [f32], t: usize, n_heads: usize, head_dim: usize, pos0: usiz
         for h in 0..n_heads {
             let v = &mut x[(r * n_heads + h) * head_dim..(r * n_heads + h + 1) * head_dim];
             for (i, &(c, s)) in cs.iter().enumerate() {
-                let (a, b) = if rope.interleaved { (2 * i, 2 * i + 1) } else { (i, i + n_pairs) };
+                let (a, b) = if rope.interleaved {
+                    (2 * i, 2 * i + 1)
+                } else {
+                    (i, i + n_pairs)
+                };
                 (v[a], v[b]) = crate::rotate(v[a], v[b], c, s);
             }
         }

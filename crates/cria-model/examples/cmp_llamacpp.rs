@@ -22,7 +22,10 @@ fn main() {
     let m = Model::load(Path::new(&args[1]), LoadOptions::default(), &b).expect("load");
     let dir = args[2].clone();
     let ids: Vec<u32> = args[3].split(',').map(|s| s.parse().expect("id")).collect();
-    let chunk: usize = args.get(4).map(|s| s.parse().expect("chunk")).unwrap_or(ids.len());
+    let chunk: usize = args
+        .get(4)
+        .map(|s| s.parse().expect("chunk"))
+        .unwrap_or(ids.len());
     // (name, layer) -> values, concatenated over chunks.
     let seen: Arc<Mutex<Vec<(String, usize, Vec<f32>)>>> = Arc::default();
     let mut kv = KvCache::new(&m, ids.len());
@@ -43,21 +46,42 @@ fn main() {
     }
     let r = seen.lock().unwrap();
     for (name, l, got) in r.iter() {
-        let file = if matches!(name.as_str(), "embd" | "result_norm" | "result_output") { format!("{dir}/{name}.npy") } else { format!("{dir}/{name}-{l}.npy") };
+        let file = if matches!(name.as_str(), "embd" | "result_norm" | "result_output") {
+            format!("{dir}/{name}.npy")
+        } else {
+            format!("{dir}/{name}-{l}.npy")
+        };
         if let Ok(d) = std::env::var("CRIA_DUMP") {
-            cria_core::npy::write_f32(Path::new(&format!("{d}/{name}-{l}.npy")), &[got.len()], got).expect("dump");
+            cria_core::npy::write_f32(Path::new(&format!("{d}/{name}-{l}.npy")), &[got.len()], got)
+                .expect("dump");
         }
         let Ok((_, want)) = cria_core::npy::read_f32(Path::new(&file)) else {
             println!("{name:>12}-{l:<2} (no llama.cpp dump)");
             continue;
         };
         if want.len() != got.len() {
-            println!("{name:>12}-{l:<2} length {} vs llama.cpp {}", got.len(), want.len());
+            println!(
+                "{name:>12}-{l:<2} length {} vs llama.cpp {}",
+                got.len(),
+                want.len()
+            );
             continue;
         }
-        let ndiff = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-        let maxd = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let ndiff = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        let maxd = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         let maxv = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
-        println!("{name:>12}-{l:<2} differ {ndiff:>7}/{:<7} max|d| {maxd:.3e} rel {:.3e}", got.len(), maxd / maxv.max(1e-30));
+        println!(
+            "{name:>12}-{l:<2} differ {ndiff:>7}/{:<7} max|d| {maxd:.3e} rel {:.3e}",
+            got.len(),
+            maxd / maxv.max(1e-30)
+        );
     }
 }

@@ -9,9 +9,16 @@ use serde_json::Value as Json;
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (HF "linear", GGUF rope.scaling.type = "linear").
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// LLaMA 3.1 frequency-dependent scaling (Meta's `apply_scaling`; HF rope_type "llama3").
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: f32 },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: f32,
+    },
     /// GGUF: per-pair divisors stored in the `rope_freqs` tensor (how llama.cpp's converter stores
     /// llama3 scaling); filled in by the loader.
     FreqFactors(Vec<f32>),
@@ -48,7 +55,9 @@ pub struct Config {
 }
 
 fn gguf_usize(g: &GgufFile, key: &str) -> Result<usize> {
-    g.get_u64(key).map(|v| v as usize).ok_or_else(|| Error::msg(format!("GGUF metadata {key} is missing or not an integer")))
+    g.get_u64(key)
+        .map(|v| v as usize)
+        .ok_or_else(|| Error::msg(format!("GGUF metadata {key} is missing or not an integer")))
 }
 
 fn json_usize(c: &Json, key: &str) -> Option<usize> {
@@ -64,24 +73,44 @@ const LLAMA_LIKE_HF: &[&str] = &["llama", "mistral"];
 
 impl Config {
     pub fn from_gguf(g: &GgufFile) -> Result<Config> {
-        let arch = g.architecture().ok_or_else(|| Error::msg("GGUF has no general.architecture"))?.to_string();
+        let arch = g
+            .architecture()
+            .ok_or_else(|| Error::msg("GGUF has no general.architecture"))?
+            .to_string();
         if !LLAMA_LIKE_GGUF.contains(&arch.as_str()) {
-            return Err(Error::Unsupported(format!("architecture '{arch}' (cria runs the LLaMA family: {})", LLAMA_LIKE_GGUF.join(", "))));
+            return Err(Error::Unsupported(format!(
+                "architecture '{arch}' (cria runs the LLaMA family: {})",
+                LLAMA_LIKE_GGUF.join(", ")
+            )));
         }
         let k = |s: &str| format!("{arch}.{s}");
         let dim = gguf_usize(g, &k("embedding_length"))?;
         let n_heads = gguf_usize(g, &k("attention.head_count"))?;
-        let n_kv_heads = g.get_u64(&k("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_heads);
-        let head_dim = g.get_u64(&k("attention.key_length")).map(|v| v as usize).unwrap_or(if n_heads > 0 { dim / n_heads } else { 0 });
+        let n_kv_heads = g
+            .get_u64(&k("attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(n_heads);
+        let head_dim = g
+            .get_u64(&k("attention.key_length"))
+            .map(|v| v as usize)
+            .unwrap_or(if n_heads > 0 { dim / n_heads } else { 0 });
         let vocab_size = match g.get_u64(&k("vocab_size")) {
             Some(v) => v as usize,
-            None => g.get_array("tokenizer.ggml.tokens").map(|a| a.len()).or_else(|| g.tensor("token_embd.weight").map(|t| t.rows())).unwrap_or(0),
+            None => g
+                .get_array("tokenizer.ggml.tokens")
+                .map(|a| a.len())
+                .or_else(|| g.tensor("token_embd.weight").map(|t| t.rows()))
+                .unwrap_or(0),
         };
         let rope_scaling = match g.get_str(&k("rope.scaling.type")) {
             None | Some("none") => RopeScaling::None,
             Some("linear") => {
                 let factor = g.get_f64(&k("rope.scaling.factor")).unwrap_or(1.0) as f32;
-                if factor == 1.0 { RopeScaling::None } else { RopeScaling::Linear { factor } }
+                if factor == 1.0 {
+                    RopeScaling::None
+                } else {
+                    RopeScaling::Linear { factor }
+                }
             }
             Some(other) => return Err(Error::Unsupported(format!("RoPE scaling type '{other}'"))),
         };
@@ -93,13 +122,24 @@ impl Config {
             n_kv_heads,
             head_dim,
             ffn_dim: gguf_usize(g, &k("feed_forward_length"))?,
-            norm_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
+            norm_eps: g
+                .get_f64(&k("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5) as f32,
             rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10000.0) as f32,
-            n_rot: g.get_u64(&k("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim),
+            n_rot: g
+                .get_u64(&k("rope.dimension_count"))
+                .map(|v| v as usize)
+                .unwrap_or(head_dim),
             rope_scaling,
             rope_interleaved: true,
-            max_seq_len: g.get_u64(&k("context_length")).map(|v| v as usize).unwrap_or(2048),
-            sliding_window: g.get_u64(&k("attention.sliding_window")).map(|v| v as usize).filter(|&w| w > 0),
+            max_seq_len: g
+                .get_u64(&k("context_length"))
+                .map(|v| v as usize)
+                .unwrap_or(2048),
+            sliding_window: g
+                .get_u64(&k("attention.sliding_window"))
+                .map(|v| v as usize)
+                .filter(|&w| w > 0),
             tied_embeddings: g.tensor("output.weight").is_none(),
             arch,
         };
@@ -108,35 +148,66 @@ impl Config {
     }
 
     pub fn from_hf_json(text: &str) -> Result<Config> {
-        let c: Json = serde_json::from_str(text).map_err(|e| Error::msg(format!("config.json: {e}")))?;
-        let model_type = c.get("model_type").and_then(Json::as_str).unwrap_or("").to_string();
+        let c: Json =
+            serde_json::from_str(text).map_err(|e| Error::msg(format!("config.json: {e}")))?;
+        let model_type = c
+            .get("model_type")
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .to_string();
         if !LLAMA_LIKE_HF.contains(&model_type.as_str()) {
-            let archs = c.get("architectures").map(|a| a.to_string()).unwrap_or_default();
-            return Err(Error::Unsupported(format!("model_type '{model_type}' {archs} (cria runs the LLaMA family: {})", LLAMA_LIKE_HF.join(", "))));
+            let archs = c
+                .get("architectures")
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            return Err(Error::Unsupported(format!(
+                "model_type '{model_type}' {archs} (cria runs the LLaMA family: {})",
+                LLAMA_LIKE_HF.join(", ")
+            )));
         }
-        let need = |key: &str| json_usize(&c, key).ok_or_else(|| Error::msg(format!("config.json: {key} missing or not an integer")));
+        let need = |key: &str| {
+            json_usize(&c, key)
+                .ok_or_else(|| Error::msg(format!("config.json: {key} missing or not an integer")))
+        };
         let dim = need("hidden_size")?;
         let n_heads = need("num_attention_heads")?;
         let n_kv_heads = json_usize(&c, "num_key_value_heads").unwrap_or(n_heads);
-        let head_dim = json_usize(&c, "head_dim").unwrap_or(if n_heads > 0 { dim / n_heads } else { 0 });
+        let head_dim =
+            json_usize(&c, "head_dim").unwrap_or(if n_heads > 0 { dim / n_heads } else { 0 });
         // transformers >= 5 writes `rope_parameters` {rope_type, rope_theta, factor...}; older
         // configs have `rope_scaling` and a top-level `rope_theta`. Read both.
         let rope_params = c.get("rope_parameters").filter(|v| v.is_object());
-        let rope_scaling = match c.get("rope_scaling").filter(|v| !v.is_null()).or(rope_params) {
+        let rope_scaling = match c
+            .get("rope_scaling")
+            .filter(|v| !v.is_null())
+            .or(rope_params)
+        {
             None => RopeScaling::None,
             Some(rs) => {
-                let ty = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Json::as_str).unwrap_or("default");
-                let f = |key: &str| json_f32(rs, key).ok_or_else(|| Error::msg(format!("config.json: rope_scaling.{key} missing")));
+                let ty = rs
+                    .get("rope_type")
+                    .or_else(|| rs.get("type"))
+                    .and_then(Json::as_str)
+                    .unwrap_or("default");
+                let f = |key: &str| {
+                    json_f32(rs, key).ok_or_else(|| {
+                        Error::msg(format!("config.json: rope_scaling.{key} missing"))
+                    })
+                };
                 match ty {
                     "default" => RopeScaling::None,
-                    "linear" => RopeScaling::Linear { factor: f("factor")? },
+                    "linear" => RopeScaling::Linear {
+                        factor: f("factor")?,
+                    },
                     "llama3" => RopeScaling::Llama3 {
                         factor: f("factor")?,
                         low_freq_factor: f("low_freq_factor")?,
                         high_freq_factor: f("high_freq_factor")?,
                         original_max_position_embeddings: f("original_max_position_embeddings")?,
                     },
-                    other => return Err(Error::Unsupported(format!("rope_scaling type '{other}'"))),
+                    other => {
+                        return Err(Error::Unsupported(format!("rope_scaling type '{other}'")))
+                    }
                 }
             }
         };
@@ -151,13 +222,18 @@ impl Config {
             head_dim,
             ffn_dim: need("intermediate_size")?,
             norm_eps: json_f32(&c, "rms_norm_eps").unwrap_or(1e-6),
-            rope_theta: json_f32(&c, "rope_theta").or_else(|| rope_params.and_then(|p| json_f32(p, "rope_theta"))).unwrap_or(10000.0),
+            rope_theta: json_f32(&c, "rope_theta")
+                .or_else(|| rope_params.and_then(|p| json_f32(p, "rope_theta")))
+                .unwrap_or(10000.0),
             n_rot: (head_dim as f32 * partial) as usize,
             rope_scaling,
             rope_interleaved: false,
             max_seq_len: json_usize(&c, "max_position_embeddings").unwrap_or(2048),
             sliding_window: json_usize(&c, "sliding_window").filter(|&w| w > 0),
-            tied_embeddings: c.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
+            tied_embeddings: c
+                .get("tie_word_embeddings")
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -166,16 +242,35 @@ impl Config {
     /// Rejects shapes that would make the forward index out of bounds.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::msg(format!("invalid model config: {m}")));
-        if self.dim == 0 || self.n_layers == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.head_dim == 0 || self.ffn_dim == 0 || self.vocab_size == 0 {
+        if self.dim == 0
+            || self.n_layers == 0
+            || self.n_heads == 0
+            || self.n_kv_heads == 0
+            || self.head_dim == 0
+            || self.ffn_dim == 0
+            || self.vocab_size == 0
+        {
             return bad(format!("zero-sized dimension in {self:?}"));
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            return bad(format!("{} heads not a multiple of {} KV heads", self.n_heads, self.n_kv_heads));
+            return bad(format!(
+                "{} heads not a multiple of {} KV heads",
+                self.n_heads, self.n_kv_heads
+            ));
         }
         if self.n_rot > self.head_dim || self.n_rot % 2 != 0 {
-            return bad(format!("rotary dims {} vs head_dim {}", self.n_rot, self.head_dim));
+            return bad(format!(
+                "rotary dims {} vs head_dim {}",
+                self.n_rot, self.head_dim
+            ));
         }
-        if self.dim > 1 << 20 || self.ffn_dim > 1 << 22 || self.n_layers > 4096 || self.n_heads > 4096 || self.head_dim > 4096 || self.vocab_size > 1 << 24 {
+        if self.dim > 1 << 20
+            || self.ffn_dim > 1 << 22
+            || self.n_layers > 4096
+            || self.n_heads > 4096
+            || self.head_dim > 4096
+            || self.vocab_size > 1 << 24
+        {
             return bad(format!("implausible sizes {self:?}"));
         }
         Ok(())
@@ -191,15 +286,33 @@ impl Config {
     /// Angular frequency per rotated pair, with scaling applied. Computed in f64 and rounded once.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let d = self.n_rot as f64;
-        let base: Vec<f64> = (0..self.n_rot / 2).map(|i| (self.rope_theta as f64).powf(-((2 * i) as f64) / d)).collect();
+        let base: Vec<f64> = (0..self.n_rot / 2)
+            .map(|i| (self.rope_theta as f64).powf(-((2 * i) as f64) / d))
+            .collect();
         match &self.rope_scaling {
             RopeScaling::None => base.iter().map(|&f| f as f32).collect(),
-            RopeScaling::Linear { factor } => base.iter().map(|&f| (f / *factor as f64) as f32).collect(),
-            RopeScaling::FreqFactors(ff) => base.iter().zip(ff).map(|(&f, &s)| (f / s as f64) as f32).collect(),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            RopeScaling::Linear { factor } => {
+                base.iter().map(|&f| (f / *factor as f64) as f32).collect()
+            }
+            RopeScaling::FreqFactors(ff) => base
+                .iter()
+                .zip(ff)
+                .map(|(&f, &s)| (f / s as f64) as f32)
+                .collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
                 // Meta's llama3 `apply_scaling` (as in HF `_compute_llama3_parameters`): long
                 // wavelengths are divided by `factor`, short ones kept, the band between blended.
-                let (factor, lo, hi, old) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64, *original_max_position_embeddings as f64);
+                let (factor, lo, hi, old) = (
+                    *factor as f64,
+                    *low_freq_factor as f64,
+                    *high_freq_factor as f64,
+                    *original_max_position_embeddings as f64,
+                );
                 let low_wavelen = old / lo;
                 let high_wavelen = old / hi;
                 base.iter()
@@ -235,24 +348,33 @@ mod tests {
     #[test]
     fn reads_hf_config() {
         let c = Config::from_hf_json(BASE).unwrap();
-        assert_eq!((c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.n_rot), (64, 4, 2, 16, 16));
+        assert_eq!(
+            (c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.n_rot),
+            (64, 4, 2, 16, 16)
+        );
         assert!(!c.rope_interleaved && !c.tied_embeddings && c.rope_scaling == RopeScaling::None);
     }
 
     #[test]
     fn unknown_architecture_is_named() {
-        let e = Config::from_hf_json(&BASE.replace("\"llama\"", "\"gpt_neox\"")).unwrap_err().to_string();
+        let e = Config::from_hf_json(&BASE.replace("\"llama\"", "\"gpt_neox\""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gpt_neox"), "{e}");
-        let e = Config::from_hf_json(&with(r#"{"rope_scaling":{"rope_type":"yarn","factor":4.0}}"#)).unwrap_err().to_string();
+        let e = Config::from_hf_json(&with(
+            r#"{"rope_scaling":{"rope_type":"yarn","factor":4.0}}"#,
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("yarn"), "{e}");
     }
 
     #[test]
     fn hostile_values_are_errors() {
         for bad in [
-            r#"{"num_key_value_heads":3}"#,        // 4 heads not a multiple of 3
+            r#"{"num_key_value_heads":3}"#, // 4 heads not a multiple of 3
             r#"{"num_attention_heads":0}"#,
-            r#"{"hidden_size":"64"}"#,              // wrong type
+            r#"{"hidden_size":"64"}"#, // wrong type
             r#"{"vocab_size":1e30}"#,
             r#"{"hidden_size":100000000000}"#,
             r#"{"head_dim":7,"partial_rotary_factor":1.0}"#, // odd rotary dims
@@ -265,10 +387,24 @@ mod tests {
 
     #[test]
     fn transformers5_rope_parameters() {
-        let c = Config::from_hf_json(&BASE.replace(r#""rope_theta":500000.0"#, r#""rope_parameters":{"rope_type":"linear","factor":2.0,"rope_theta":1000.0}"#)).unwrap();
-        assert_eq!((c.rope_theta, c.rope_scaling.clone()), (1000.0, RopeScaling::Linear { factor: 2.0 }));
-        let c = Config::from_hf_json(&BASE.replace(r#""rope_theta":500000.0"#, r#""rope_parameters":{"rope_type":"default","rope_theta":1000.0}"#)).unwrap();
-        assert_eq!((c.rope_theta, c.rope_scaling.clone()), (1000.0, RopeScaling::None));
+        let c = Config::from_hf_json(&BASE.replace(
+            r#""rope_theta":500000.0"#,
+            r#""rope_parameters":{"rope_type":"linear","factor":2.0,"rope_theta":1000.0}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.rope_theta, c.rope_scaling.clone()),
+            (1000.0, RopeScaling::Linear { factor: 2.0 })
+        );
+        let c = Config::from_hf_json(&BASE.replace(
+            r#""rope_theta":500000.0"#,
+            r#""rope_parameters":{"rope_type":"default","rope_theta":1000.0}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.rope_theta, c.rope_scaling.clone()),
+            (1000.0, RopeScaling::None)
+        );
     }
 
     /// Meta's reference values for LLaMA 3.1 (theta 500000, factor 8, low 1, high 4, original 8192):
@@ -276,11 +412,18 @@ mod tests {
     #[test]
     fn llama3_scaling_bands() {
         let c = Config::from_hf_json(&with(r#"{"rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#)).unwrap();
-        let plain = Config { rope_scaling: RopeScaling::None, ..c.clone() }.rope_inv_freq();
+        let plain = Config {
+            rope_scaling: RopeScaling::None,
+            ..c.clone()
+        }
+        .rope_inv_freq();
         let scaled = c.rope_inv_freq();
         assert_eq!(scaled[0], plain[0]); // wavelength 2*pi < 8192/4
         let last = plain.len() - 1; // wavelength ~ 2*pi*500000^(14/16) >> 8192
         assert!((scaled[last] * 8.0 - plain[last]).abs() <= plain[last] * 1e-6);
-        assert!(scaled.iter().zip(&plain).all(|(s, p)| s <= p && *s >= p / 8.0 * (1.0 - 1e-6)));
+        assert!(scaled
+            .iter()
+            .zip(&plain)
+            .all(|(s, p)| s <= p && *s >= p / 8.0 * (1.0 - 1e-6)));
     }
 }

@@ -15,7 +15,11 @@ impl KvCache {
     pub fn new(m: &Model, max_seq: usize) -> Self {
         let n = max_seq * m.config.kv_dim();
         let nl = m.config.n_layers;
-        KvCache { k: (0..nl).map(|_| vec![0.0; n]).collect(), v: (0..nl).map(|_| vec![0.0; n]).collect(), max_seq }
+        KvCache {
+            k: (0..nl).map(|_| vec![0.0; n]).collect(),
+            v: (0..nl).map(|_| vec![0.0; n]).collect(),
+            max_seq,
+        }
     }
 }
 
@@ -80,21 +84,44 @@ fn add_bias(x: &mut [f32], bias: &Option<Vec<f32>>) {
 
 /// Runs `tokens` at positions `pos..pos + tokens.len()`, appending their K/V to `kv`, and leaves
 /// logits in `s.logits()`. Allocates nothing.
-pub fn forward(m: &Model, b: &dyn Backend, tokens: &[u32], pos: usize, kv: &mut KvCache, s: &mut Scratch, mode: Logits) -> Result<()> {
+pub fn forward(
+    m: &Model,
+    b: &dyn Backend,
+    tokens: &[u32],
+    pos: usize,
+    kv: &mut KvCache,
+    s: &mut Scratch,
+    mode: Logits,
+) -> Result<()> {
     let c = &m.config;
     let w = &m.weights;
     let t = tokens.len();
     if t == 0 || t > s.max_t {
-        return Err(Error::msg(format!("forward: {t} tokens in one call (1..={} allowed)", s.max_t)));
+        return Err(Error::msg(format!(
+            "forward: {t} tokens in one call (1..={} allowed)",
+            s.max_t
+        )));
     }
     if pos + t > kv.max_seq {
-        return Err(Error::msg(format!("context full: {} positions needed, the context holds {}", pos + t, kv.max_seq)));
+        return Err(Error::msg(format!(
+            "context full: {} positions needed, the context holds {}",
+            pos + t,
+            kv.max_seq
+        )));
     }
     if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-        return Err(Error::msg(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
+        return Err(Error::msg(format!(
+            "token id {bad} is outside the vocabulary ({})",
+            c.vocab_size
+        )));
     }
     let (dim, qd, kvd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-    let (x, xb, q, att) = (&mut s.x[..t * dim], &mut s.xb[..t * dim], &mut s.q[..t * qd], &mut s.att[..t * qd]);
+    let (x, xb, q, att) = (
+        &mut s.x[..t * dim],
+        &mut s.xb[..t * dim],
+        &mut s.q[..t * qd],
+        &mut s.att[..t * qd],
+    );
     let (hb, hb2) = (&mut s.hb[..t * ffn], &mut s.hb2[..t * ffn]);
     let probe = &mut s.probe;
     macro_rules! probe {
@@ -133,7 +160,13 @@ pub fn forward(m: &Model, b: &dyn Backend, tokens: &[u32], pos: usize, kv: &mut 
         b.rope(k, t, c.n_kv_heads, c.head_dim, pos, &m.rope);
         probe!("Qcur", l, q);
         probe!("Kcur", l, k);
-        b.attention(att, q, &kv.k[l][..(pos + t) * kvd], &kv.v[l][..(pos + t) * kvd], &shape);
+        b.attention(
+            att,
+            q,
+            &kv.k[l][..(pos + t) * kvd],
+            &kv.v[l][..(pos + t) * kvd],
+            &shape,
+        );
         probe!("kqv_out", l, att);
         b.matmul(xb, att, &lw.attn_output, t);
         add_bias(xb, &lw.attn_output_bias);

@@ -12,22 +12,22 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub struct Layer {
-    pub attn_norm: Vec<f32>,   // (dim)
-    pub attn_q: Tensor,        // rows q_dim, cols dim
-    pub attn_k: Tensor,        // rows kv_dim, cols dim
-    pub attn_v: Tensor,        // rows kv_dim, cols dim
-    pub attn_output: Tensor,   // rows dim, cols q_dim
-    pub attn_q_bias: Option<Vec<f32>>, // (q_dim)
-    pub attn_k_bias: Option<Vec<f32>>, // (kv_dim)
-    pub attn_v_bias: Option<Vec<f32>>, // (kv_dim)
+    pub attn_norm: Vec<f32>,                // (dim)
+    pub attn_q: Tensor,                     // rows q_dim, cols dim
+    pub attn_k: Tensor,                     // rows kv_dim, cols dim
+    pub attn_v: Tensor,                     // rows kv_dim, cols dim
+    pub attn_output: Tensor,                // rows dim, cols q_dim
+    pub attn_q_bias: Option<Vec<f32>>,      // (q_dim)
+    pub attn_k_bias: Option<Vec<f32>>,      // (kv_dim)
+    pub attn_v_bias: Option<Vec<f32>>,      // (kv_dim)
     pub attn_output_bias: Option<Vec<f32>>, // (dim)
-    pub ffn_norm: Vec<f32>,    // (dim)
-    pub ffn_gate: Tensor,      // rows ffn_dim, cols dim
-    pub ffn_up: Tensor,        // rows ffn_dim, cols dim
-    pub ffn_down: Tensor,      // rows dim, cols ffn_dim
-    pub ffn_gate_bias: Option<Vec<f32>>, // (ffn_dim)
-    pub ffn_up_bias: Option<Vec<f32>>,   // (ffn_dim)
-    pub ffn_down_bias: Option<Vec<f32>>, // (dim)
+    pub ffn_norm: Vec<f32>,                 // (dim)
+    pub ffn_gate: Tensor,                   // rows ffn_dim, cols dim
+    pub ffn_up: Tensor,                     // rows ffn_dim, cols dim
+    pub ffn_down: Tensor,                   // rows dim, cols ffn_dim
+    pub ffn_gate_bias: Option<Vec<f32>>,    // (ffn_dim)
+    pub ffn_up_bias: Option<Vec<f32>>,      // (ffn_dim)
+    pub ffn_down_bias: Option<Vec<f32>>,    // (dim)
 }
 
 pub struct Weights {
@@ -67,14 +67,22 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn tensor(&self, name: &str, ne: [usize; 2]) -> Result<Tensor> {
-        let t = (self.get)(name).ok_or_else(|| Error::msg(format!("tensor {name} is missing from the model file")))?;
+        let t = (self.get)(name)
+            .ok_or_else(|| Error::msg(format!("tensor {name} is missing from the model file")))?;
         self.check(t, ne)
     }
     fn check(&self, t: Tensor, ne: [usize; 2]) -> Result<Tensor> {
         let shape: Vec<usize> = t.ne.iter().copied().collect();
-        let trimmed: Vec<usize> = if shape.len() > 2 && shape[2..].iter().all(|&d| d == 1) { shape[..2].to_vec() } else { shape.clone() };
+        let trimmed: Vec<usize> = if shape.len() > 2 && shape[2..].iter().all(|&d| d == 1) {
+            shape[..2].to_vec()
+        } else {
+            shape.clone()
+        };
         if trimmed != ne {
-            return Err(Error::msg(format!("tensor {}: shape {:?}, expected {:?} (GGML order)", t.name, shape, ne)));
+            return Err(Error::msg(format!(
+                "tensor {}: shape {:?}, expected {:?} (GGML order)",
+                t.name, shape, ne
+            )));
         }
         let t = if self.opts.f32 && t.dtype != DType::F32 {
             let v = t.to_f32_vec()?;
@@ -83,12 +91,18 @@ impl Builder<'_> {
             t
         };
         if !self.backend.supports(t.dtype) {
-            return Err(Error::Unsupported(format!("tensor {} has type {}, which the {} backend does not run yet", t.name, t.dtype, self.backend.name())));
+            return Err(Error::Unsupported(format!(
+                "tensor {} has type {}, which the {} backend does not run yet",
+                t.name,
+                t.dtype,
+                self.backend.name()
+            )));
         }
         Ok(t)
     }
     fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
-        let t = (self.get)(name).ok_or_else(|| Error::msg(format!("tensor {name} is missing from the model file")))?;
+        let t = (self.get)(name)
+            .ok_or_else(|| Error::msg(format!("tensor {name} is missing from the model file")))?;
         self.vec_of(t, n)
     }
     fn opt_vector(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
@@ -96,7 +110,11 @@ impl Builder<'_> {
     }
     fn vec_of(&self, t: Tensor, n: usize) -> Result<Vec<f32>> {
         if t.n_elements() != n {
-            return Err(Error::msg(format!("tensor {}: {} elements, expected {n}", t.name, t.n_elements())));
+            return Err(Error::msg(format!(
+                "tensor {}: {} elements, expected {n}",
+                t.name,
+                t.n_elements()
+            )));
         }
         t.to_f32_vec()
     }
@@ -131,7 +149,12 @@ impl Builder<'_> {
                 ffn_down_bias: self.opt_vector(&n("blk.{}.ffn_down.bias"), dim)?,
             });
         }
-        Ok(Weights { token_embd, output_norm: self.vector("output_norm.weight", dim)?, output, layers })
+        Ok(Weights {
+            token_embd,
+            output_norm: self.vector("output_norm.weight", dim)?,
+            output,
+            layers,
+        })
     }
 }
 
@@ -143,11 +166,31 @@ fn make_rope(c: &Config) -> Rope {
         RopeScaling::Linear { factor } => (1.0 / factor, None),
         RopeScaling::FreqFactors(ff) => (1.0, Some(ff.clone())),
         RopeScaling::Llama3 { .. } => {
-            let plain = Config { rope_scaling: RopeScaling::None, ..c.clone() }.rope_inv_freq();
-            (1.0, Some(plain.iter().zip(c.rope_inv_freq()).map(|(&p, s)| (p as f64 / s as f64) as f32).collect()))
+            let plain = Config {
+                rope_scaling: RopeScaling::None,
+                ..c.clone()
+            }
+            .rope_inv_freq();
+            (
+                1.0,
+                Some(
+                    plain
+                        .iter()
+                        .zip(c.rope_inv_freq())
+                        .map(|(&p, s)| (p as f64 / s as f64) as f32)
+                        .collect(),
+                ),
+            )
         }
     };
-    Rope::new(c.n_rot, c.rope_theta, freq_scale, ff, 1.0, c.rope_interleaved)
+    Rope::new(
+        c.n_rot,
+        c.rope_theta,
+        freq_scale,
+        ff,
+        1.0,
+        c.rope_interleaved,
+    )
 }
 
 impl Model {
@@ -165,21 +208,41 @@ impl Model {
         if let Some(f) = g.tensor("rope_freqs.weight") {
             let ff = f.to_f32_vec()?;
             if ff.len() != config.n_rot / 2 {
-                return Err(Error::msg(format!("rope_freqs has {} values, expected {}", ff.len(), config.n_rot / 2)));
+                return Err(Error::msg(format!(
+                    "rope_freqs has {} values, expected {}",
+                    ff.len(),
+                    config.n_rot / 2
+                )));
             }
             if config.rope_scaling != RopeScaling::None {
-                return Err(Error::Unsupported("rope_freqs together with another RoPE scaling".into()));
+                return Err(Error::Unsupported(
+                    "rope_freqs together with another RoPE scaling".into(),
+                ));
             }
             config.rope_scaling = RopeScaling::FreqFactors(ff);
         }
         let get = |name: &str| g.tensor(name).cloned();
-        let weights = Builder { get: &get, cfg: &config, opts, backend }.build()?;
-        Ok(Model { rope: make_rope(&config), config, weights, source: Source::Gguf(g) })
+        let weights = Builder {
+            get: &get,
+            cfg: &config,
+            opts,
+            backend,
+        }
+        .build()?;
+        Ok(Model {
+            rope: make_rope(&config),
+            config,
+            weights,
+            source: Source::Gguf(g),
+        })
     }
 
     pub fn load_hf_folder(dir: &Path, opts: LoadOptions, backend: &dyn Backend) -> Result<Model> {
         let cfg_path = dir.join("config.json");
-        let config_json = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io { path: cfg_path.clone(), source })?;
+        let config_json = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
+            path: cfg_path.clone(),
+            source,
+        })?;
         let mut config = Config::from_hf_json(&config_json)?;
         let st = cria_core::safetensors::SafetensorsModel::open_folder(dir)?;
         let mut by_gguf: HashMap<String, Tensor> = HashMap::new();
@@ -194,8 +257,22 @@ impl Model {
             config.tied_embeddings = true;
         }
         let get = |name: &str| by_gguf.get(name).cloned();
-        let weights = Builder { get: &get, cfg: &config, opts, backend }.build()?;
-        Ok(Model { rope: make_rope(&config), config, weights, source: Source::HfFolder { dir: dir.to_path_buf(), config_json } })
+        let weights = Builder {
+            get: &get,
+            cfg: &config,
+            opts,
+            backend,
+        }
+        .build()?;
+        Ok(Model {
+            rope: make_rope(&config),
+            config,
+            weights,
+            source: Source::HfFolder {
+                dir: dir.to_path_buf(),
+                config_json,
+            },
+        })
     }
 
     /// Bytes of weights one token's forward reads (for GB/s figures).
@@ -203,7 +280,15 @@ impl Model {
         let w = &self.weights;
         let mut n = w.output.bytes().len();
         for l in &w.layers {
-            for t in [&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down] {
+            for t in [
+                &l.attn_q,
+                &l.attn_k,
+                &l.attn_v,
+                &l.attn_output,
+                &l.ffn_gate,
+                &l.ffn_up,
+                &l.ffn_down,
+            ] {
                 n += t.bytes().len();
             }
         }

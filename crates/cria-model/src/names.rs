@@ -14,19 +14,55 @@ pub const GLOBAL: &[(&str, &str)] = &[
 
 /// Per layer: (GGUF name with `{}`, HF name with `{}`)
 pub const LAYER: &[(&str, &str)] = &[
-    ("blk.{}.attn_norm.weight", "model.layers.{}.input_layernorm.weight"),
-    ("blk.{}.attn_q.weight", "model.layers.{}.self_attn.q_proj.weight"),
-    ("blk.{}.attn_k.weight", "model.layers.{}.self_attn.k_proj.weight"),
-    ("blk.{}.attn_v.weight", "model.layers.{}.self_attn.v_proj.weight"),
-    ("blk.{}.attn_output.weight", "model.layers.{}.self_attn.o_proj.weight"),
-    ("blk.{}.attn_q.bias", "model.layers.{}.self_attn.q_proj.bias"),
-    ("blk.{}.attn_k.bias", "model.layers.{}.self_attn.k_proj.bias"),
-    ("blk.{}.attn_v.bias", "model.layers.{}.self_attn.v_proj.bias"),
-    ("blk.{}.attn_output.bias", "model.layers.{}.self_attn.o_proj.bias"),
-    ("blk.{}.ffn_norm.weight", "model.layers.{}.post_attention_layernorm.weight"),
-    ("blk.{}.ffn_gate.weight", "model.layers.{}.mlp.gate_proj.weight"),
+    (
+        "blk.{}.attn_norm.weight",
+        "model.layers.{}.input_layernorm.weight",
+    ),
+    (
+        "blk.{}.attn_q.weight",
+        "model.layers.{}.self_attn.q_proj.weight",
+    ),
+    (
+        "blk.{}.attn_k.weight",
+        "model.layers.{}.self_attn.k_proj.weight",
+    ),
+    (
+        "blk.{}.attn_v.weight",
+        "model.layers.{}.self_attn.v_proj.weight",
+    ),
+    (
+        "blk.{}.attn_output.weight",
+        "model.layers.{}.self_attn.o_proj.weight",
+    ),
+    (
+        "blk.{}.attn_q.bias",
+        "model.layers.{}.self_attn.q_proj.bias",
+    ),
+    (
+        "blk.{}.attn_k.bias",
+        "model.layers.{}.self_attn.k_proj.bias",
+    ),
+    (
+        "blk.{}.attn_v.bias",
+        "model.layers.{}.self_attn.v_proj.bias",
+    ),
+    (
+        "blk.{}.attn_output.bias",
+        "model.layers.{}.self_attn.o_proj.bias",
+    ),
+    (
+        "blk.{}.ffn_norm.weight",
+        "model.layers.{}.post_attention_layernorm.weight",
+    ),
+    (
+        "blk.{}.ffn_gate.weight",
+        "model.layers.{}.mlp.gate_proj.weight",
+    ),
     ("blk.{}.ffn_up.weight", "model.layers.{}.mlp.up_proj.weight"),
-    ("blk.{}.ffn_down.weight", "model.layers.{}.mlp.down_proj.weight"),
+    (
+        "blk.{}.ffn_down.weight",
+        "model.layers.{}.mlp.down_proj.weight",
+    ),
     ("blk.{}.ffn_gate.bias", "model.layers.{}.mlp.gate_proj.bias"),
     ("blk.{}.ffn_up.bias", "model.layers.{}.mlp.up_proj.bias"),
     ("blk.{}.ffn_down.bias", "model.layers.{}.mlp.down_proj.bias"),
@@ -40,7 +76,10 @@ pub fn hf_to_gguf(hf: &str) -> Option<String> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (idx, tail) = rest.split_once('.')?;
     let i: usize = idx.parse().ok()?;
-    LAYER.iter().find(|(_, h)| h.strip_prefix("model.layers.{}.") == Some(tail)).map(|(g, _)| g.replace("{}", &i.to_string()))
+    LAYER
+        .iter()
+        .find(|(_, h)| h.strip_prefix("model.layers.{}.") == Some(tail))
+        .map(|(g, _)| g.replace("{}", &i.to_string()))
 }
 
 pub fn layer_name(pattern: &str, i: usize) -> String {
@@ -52,9 +91,18 @@ mod tests {
     use super::*;
     #[test]
     fn translates() {
-        assert_eq!(hf_to_gguf("model.layers.12.self_attn.k_proj.weight").as_deref(), Some("blk.12.attn_k.weight"));
-        assert_eq!(hf_to_gguf("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(
+            hf_to_gguf("model.layers.12.self_attn.k_proj.weight").as_deref(),
+            Some("blk.12.attn_k.weight")
+        );
+        assert_eq!(
+            hf_to_gguf("lm_head.weight").as_deref(),
+            Some("output.weight")
+        );
         assert_eq!(hf_to_gguf("model.layers.x.mlp.up_proj.weight"), None);
-        assert_eq!(hf_to_gguf("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
+        assert_eq!(
+            hf_to_gguf("model.layers.0.self_attn.rotary_emb.inv_freq"),
+            None
+        );
     }
 }

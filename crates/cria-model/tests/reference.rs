@@ -19,7 +19,12 @@ fn fixtures() -> PathBuf {
 }
 
 fn ids(v: &Value, key: &str) -> Vec<u32> {
-    v[key].as_array().unwrap_or_else(|| panic!("reference.json: no {key}")).iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("reference.json: no {key}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// All-position logits of `prompt`, evaluated in chunks of `batch` tokens.
@@ -64,23 +69,40 @@ fn greedy(m: &Model, b: &CpuBackend, prompt: &[u32], n: usize) -> Vec<u32> {
 
 fn check(name: &str, source: &Path) {
     let dir = fixtures().join(name);
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
     let (shape, want) = npy::read_f32(&dir.join("logits.npy")).unwrap();
     let prompt = ids(&r, "prompt_ids");
     assert_eq!(shape[0], prompt.len());
     let b = CpuBackend::new(2);
-    let m = Model::load(source, LoadOptions { f32: true }, &b).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
-    let range = want.iter().cloned().fold(f32::MIN, f32::max) - want.iter().cloned().fold(f32::MAX, f32::min);
+    let m = Model::load(source, LoadOptions { f32: true }, &b)
+        .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+    let range = want.iter().cloned().fold(f32::MIN, f32::max)
+        - want.iter().cloned().fold(f32::MAX, f32::min);
     // Whole prompt in one batch, and in uneven chunks (batched prefill == incremental).
     for batch in [prompt.len(), 5] {
         let got = all_logits(&m, &b, &prompt, batch);
         assert_eq!(got.len(), want.len());
-        let max_diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max_diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         eprintln!("{name} {} batch {batch}: max |logit diff| {max_diff:.3e}, relative to range {range:.3}: {:.3e}", source.display(), max_diff / range);
-        assert!(max_diff / range <= 1e-4, "{name} from {}: max diff {max_diff} vs range {range}", source.display());
+        assert!(
+            max_diff / range <= 1e-4,
+            "{name} from {}: max diff {max_diff} vs range {range}",
+            source.display()
+        );
     }
     let g = greedy(&m, &b, &prompt, 32);
-    assert_eq!(g, ids(&r, "greedy_ids"), "{name} from {}: greedy continuation differs", source.display());
+    assert_eq!(
+        g,
+        ids(&r, "greedy_ids"),
+        "{name} from {}: greedy continuation differs",
+        source.display()
+    );
 }
 
 #[test]
@@ -105,5 +127,8 @@ fn tiny_variants_sharded_bf16_bias_hf_folder() {
 }
 #[test]
 fn tiny_variants_gguf() {
-    check("tiny-variants", &fixtures().join("tiny-variants/model.gguf"));
+    check(
+        "tiny-variants",
+        &fixtures().join("tiny-variants/model.gguf"),
+    );
 }

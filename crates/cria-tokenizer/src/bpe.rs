@@ -37,7 +37,11 @@ pub(crate) fn tokenize(tok: &Tokenizer, pre: PreTokenizer, text: &str, out: &mut
         symbols.clear();
         heap.clear();
 
-        let whole = if tok.ignore_merges { tok.token_id(&word) } else { None };
+        let whole = if tok.ignore_merges {
+            tok.token_id(&word)
+        } else {
+            None
+        };
         if let Some(id) = whole {
             out.push(id);
             continue;
@@ -46,13 +50,22 @@ pub(crate) fn tokenize(tok: &Tokenizer, pre: PreTokenizer, text: &str, out: &mut
             let i = symbols.len();
             let len = c.len_utf8();
             let id = tok.token_id(&word[start..start + len]).unwrap_or(NO_ID);
-            symbols.push(Symbol { prev: if i == 0 { NONE } else { i - 1 }, next: i + 1, start, len, id });
+            symbols.push(Symbol {
+                prev: if i == 0 { NONE } else { i - 1 },
+                next: i + 1,
+                start,
+                len,
+                id,
+            });
         }
         if let Some(last) = symbols.last_mut() {
             last.next = NONE;
         }
 
-        let try_add = |heap: &mut BinaryHeap<Reverse<(u32, usize, usize, usize)>>, symbols: &[Symbol], left: usize, right: usize| {
+        let try_add = |heap: &mut BinaryHeap<Reverse<(u32, usize, usize, usize)>>,
+                       symbols: &[Symbol],
+                       left: usize,
+                       right: usize| {
             if left == NONE || right == NONE {
                 return;
             }
@@ -64,7 +77,9 @@ pub(crate) fn tokenize(tok: &Tokenizer, pre: PreTokenizer, text: &str, out: &mut
             } else {
                 let lt = &word[l.start..l.start + l.len];
                 let rt = &word[r.start..r.start + r.len];
-                tok.merges_by_text.get(&(lt.to_string(), rt.to_string())).copied()
+                tok.merges_by_text
+                    .get(&(lt.to_string(), rt.to_string()))
+                    .copied()
             };
             if let Some(rank) = rank {
                 heap.push(Reverse((rank, left, right, l.len + r.len)));
@@ -81,7 +96,9 @@ pub(crate) fn tokenize(tok: &Tokenizer, pre: PreTokenizer, text: &str, out: &mut
             }
             let merged_len = l.len + r.len;
             symbols[left].len = merged_len;
-            symbols[left].id = tok.token_id(&word[l.start..l.start + merged_len]).unwrap_or(NO_ID);
+            symbols[left].id = tok
+                .token_id(&word[l.start..l.start + merged_len])
+                .unwrap_or(NO_ID);
             symbols[right].len = 0;
             symbols[left].next = r.next;
             if r.next != NONE {
@@ -101,7 +118,9 @@ pub(crate) fn tokenize(tok: &Tokenizer, pre: PreTokenizer, text: &str, out: &mut
             let piece = &word[s.start..s.start + s.len];
             for &b in piece.as_bytes() {
                 if b.is_ascii() {
-                    if let Some(id) = tok.token_id(std::str::from_utf8(std::slice::from_ref(&b)).unwrap_or("")) {
+                    if let Some(id) =
+                        tok.token_id(std::str::from_utf8(std::slice::from_ref(&b)).unwrap_or(""))
+                    {
                         out.push(id);
                     }
                 }

@@ -171,11 +171,44 @@ const EOT_TEXTS: &[&str] = &[
 const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
 /// Fill-in-the-middle token candidates: prefix, suffix, middle, pad, repo, file separator.
 const FIM_TEXTS: [&[&str]; 6] = [
-    &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"],
-    &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"],
-    &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"],
+    &[
+        "<|fim_prefix|>",
+        "<fim-prefix>",
+        "<fim_prefix>",
+        "<｜fim▁begin｜>",
+        "<PRE>",
+        "▁<PRE>",
+        "<|code_prefix|>",
+        "<|prefix|>",
+    ],
+    &[
+        "<|fim_suffix|>",
+        "<fim-suffix>",
+        "<fim_suffix>",
+        "<｜fim▁hole｜>",
+        "<SUF>",
+        "▁<SUF>",
+        "<|code_suffix|>",
+        "<|suffix|>",
+    ],
+    &[
+        "<|fim_middle|>",
+        "<fim-middle>",
+        "<fim_middle>",
+        "<｜fim▁end｜>",
+        "<MID>",
+        "▁<MID>",
+        "<|code_middle|>",
+        "<|middle|>",
+    ],
     &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
-    &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"],
+    &[
+        "<|fim_repo|>",
+        "<|repo_name|>",
+        "<fim-repo>",
+        "<REPO>",
+        "<reponame>",
+    ],
     &["<|file_sep|>"],
 ];
 
@@ -193,25 +226,58 @@ impl Tokenizer {
     /// Builds the tokenizer from a Hugging Face `tokenizer.json` (BPE model, either byte-level or
     /// SentencePiece-style with byte fallback), with BOS/EOS, their add flags and the chat
     /// template from `tokenizer_config.json` when given.
-    pub fn from_hf(tokenizer_json: &std::path::Path, tokenizer_config_json: Option<&std::path::Path>) -> Result<Tokenizer> {
+    pub fn from_hf(
+        tokenizer_json: &std::path::Path,
+        tokenizer_config_json: Option<&std::path::Path>,
+    ) -> Result<Tokenizer> {
         load_hf::load(tokenizer_json, tokenizer_config_json)
     }
 
     /// Applies llama.cpp's vocabulary-wide rules (end-of-generation detection, attribute fixes)
     /// and builds the lookup tables.
     pub(crate) fn build(spec: Spec<'_>) -> Result<Tokenizer> {
-        let Spec { model, mut tokens, merges, bos, eos, mut eot, mut eom, unk, pad, mut fim, add_bos, add_eos, add_space_prefix, clean_spaces, ignore_merges, chat_template, model_name } = spec;
+        let Spec {
+            model,
+            mut tokens,
+            merges,
+            bos,
+            eos,
+            mut eot,
+            mut eom,
+            unk,
+            pad,
+            mut fim,
+            add_bos,
+            add_eos,
+            add_space_prefix,
+            clean_spaces,
+            ignore_merges,
+            chat_template,
+            model_name,
+        } = spec;
         if tokens.is_empty() {
             return Err(Error::msg("tokenizer: empty vocabulary"));
         }
         if tokens.len() >= NO_ID as usize {
-            return Err(Error::msg(format!("tokenizer: vocabulary of {} tokens is too large", tokens.len())));
+            return Err(Error::msg(format!(
+                "tokenizer: vocabulary of {} tokens is too large",
+                tokens.len()
+            )));
         }
         let n = tokens.len() as u32;
-        for (name, id) in [("bos", bos), ("eos", eos), ("eot", eot), ("eom", eom), ("unk", unk), ("pad", pad)] {
+        for (name, id) in [
+            ("bos", bos),
+            ("eos", eos),
+            ("eot", eot),
+            ("eom", eom),
+            ("unk", unk),
+            ("pad", pad),
+        ] {
             if let Some(id) = id {
                 if id >= n {
-                    return Err(Error::msg(format!("tokenizer: {name} id {id} out of range (vocabulary has {n} tokens)")));
+                    return Err(Error::msg(format!(
+                        "tokenizer: {name} id {id} out of range (vocabulary has {n} tokens)"
+                    )));
                 }
             }
         }
@@ -229,9 +295,12 @@ impl Tokenizer {
         // Ids that own their text (a duplicated text maps to its last id, as in llama.cpp), in id
         // order: llama.cpp walks a hash map here, so where two candidates exist its choice is
         // arbitrary; ascending ids make ours deterministic.
-        let owners: Vec<u32> = (0..n).filter(|&i| token_to_id.get(&tokens[i as usize].text) == Some(&i)).collect();
+        let owners: Vec<u32> = (0..n)
+            .filter(|&i| token_to_id.get(&tokens[i as usize].text) == Some(&i))
+            .collect();
 
-        let mark_control = |tokens: &mut Vec<TokenData>, id: u32| tokens[id as usize].attr |= attr::CONTROL;
+        let mark_control =
+            |tokens: &mut Vec<TokenData>, id: u32| tokens[id as usize].attr |= attr::CONTROL;
         // Where the metadata names no EOT/EOM/FIM token, recognise one by its text. llama.cpp
         // takes the first candidate in hash-map order, which is arbitrary when a vocabulary has
         // several (SmolLM2 has both <|endoftext|> and <|im_end|>); we take the first in the
@@ -270,15 +339,23 @@ impl Tokenizer {
         }
         // gpt-oss renders these markers as text.
         for &id in &owners {
-            if matches!(tokens[id as usize].text.as_str(), "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>") {
+            if matches!(
+                tokens[id as usize].text.as_str(),
+                "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
+            ) {
                 tokens[id as usize].attr = attr::USER_DEFINED;
             }
         }
         eog.extend([eos, eot, eom].into_iter().flatten());
         // o200k_harmony / solar-open: "<|end|>" ends a message, not the generation.
         let has = |t: &str| eog.iter().any(|&id| tokens[id as usize].text == t);
-        if (has("<|return|>") && has("<|call|>") && has("<|end|>")) || ((has("<|call|>") || has("<|calls|>")) && has("<|flush|>") && has("<|end|>")) {
-            if let Some(&end) = eog.iter().find(|&&id| tokens[id as usize].text == "<|end|>") {
+        if (has("<|return|>") && has("<|call|>") && has("<|end|>"))
+            || ((has("<|call|>") || has("<|calls|>")) && has("<|flush|>") && has("<|end|>"))
+        {
+            if let Some(&end) = eog
+                .iter()
+                .find(|&&id| tokens[id as usize].text == "<|end|>")
+            {
                 eog.remove(&end);
                 tokens[end as usize].attr = attr::USER_DEFINED;
             }
@@ -292,7 +369,11 @@ impl Tokenizer {
             }
         }
 
-        let mut specials: Vec<u32> = (0..n).filter(|&i| tokens[i as usize].attr & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0).collect();
+        let mut specials: Vec<u32> = (0..n)
+            .filter(|&i| {
+                tokens[i as usize].attr & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
+            })
+            .collect();
         specials.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].text.len()));
 
         if model_name.contains("phi-3") || model_name.contains("phi3") {
@@ -318,7 +399,9 @@ impl Tokenizer {
                     merge_ids.entry((ia, ib)).or_insert(rank);
                 }
                 _ => {
-                    merges_by_text.entry((a.to_string(), b.to_string())).or_insert(rank);
+                    merges_by_text
+                        .entry((a.to_string(), b.to_string()))
+                        .or_insert(rank);
                 }
             }
         }
@@ -327,7 +410,13 @@ impl Tokenizer {
         for (b, slot) in byte_tokens.iter_mut().enumerate() {
             let b = b as u8;
             let found = match model {
-                Model::Spm => token_to_id.get(&format!("<0x{b:02X}>")).or_else(|| if b.is_ascii() { token_to_id.get(&(b as char).to_string()) } else { None }),
+                Model::Spm => token_to_id.get(&format!("<0x{b:02X}>")).or_else(|| {
+                    if b.is_ascii() {
+                        token_to_id.get(&(b as char).to_string())
+                    } else {
+                        None
+                    }
+                }),
                 Model::Bpe(_) => token_to_id.get(&unicode::byte_to_char(b).to_string()),
             };
             *slot = found.copied().or(unk).unwrap_or(NO_ID);
@@ -370,7 +459,9 @@ impl Tokenizer {
     /// `ignore_merges`, space clean-up), for files converted with a missing or wrong name.
     pub fn with_pre(mut self, gguf_pre_name: &str) -> Result<Tokenizer> {
         let Model::Bpe(_) = self.model else {
-            return Err(Error::Unsupported("a pre-tokenizer for a SentencePiece tokenizer".into()));
+            return Err(Error::Unsupported(
+                "a pre-tokenizer for a SentencePiece tokenizer".into(),
+            ));
         };
         let info = load_gguf::pre_info(gguf_pre_name)?;
         self.model = Model::Bpe(info.pre);
@@ -387,7 +478,11 @@ impl Tokenizer {
     /// otherwise they are tokenized as plain text. User-defined tokens are always matched whole.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
-        let fragments = if text.is_empty() { Vec::new() } else { self.partition(text, parse_special) };
+        let fragments = if text.is_empty() {
+            Vec::new()
+        } else {
+            self.partition(text, parse_special)
+        };
         if add_special && self.add_bos {
             out.extend(self.bos);
         }
@@ -449,7 +544,10 @@ impl Tokenizer {
             }
             let finder = memchr::memmem::Finder::new(pat);
             // Cheap exit for the common case: the token appears nowhere.
-            if !frags.iter().any(|f| matches!(*f, Fragment::Text(a, b) if finder.find(&bytes[a..b]).is_some())) {
+            if !frags
+                .iter()
+                .any(|f| matches!(*f, Fragment::Text(a, b) if finder.find(&bytes[a..b]).is_some()))
+            {
                 continue;
             }
             let mut next = Vec::with_capacity(frags.len() + 2);
@@ -500,7 +598,9 @@ impl Tokenizer {
     }
 
     pub(crate) fn piece(&self, id: u32, special: bool) -> &[u8] {
-        let Some(t) = self.tokens.get(id as usize) else { return &[] };
+        let Some(t) = self.tokens.get(id as usize) else {
+            return &[];
+        };
         if !special && t.attr & (attr::UNKNOWN | attr::CONTROL) != 0 {
             return &[];
         }
@@ -562,7 +662,8 @@ impl Tokenizer {
             remove_space = false;
             ids = &ids[1..];
         }
-        if remove_special && self.add_eos && !ids.is_empty() && Some(ids[ids.len() - 1]) == self.eos {
+        if remove_special && self.add_eos && !ids.is_empty() && Some(ids[ids.len() - 1]) == self.eos
+        {
             ids = &ids[..ids.len() - 1];
         }
         let mut text = Vec::new();
@@ -587,7 +688,10 @@ impl Tokenizer {
     }
     /// The raw vocabulary string of a token ("" for an out-of-range id).
     pub fn token_text(&self, id: u32) -> &str {
-        self.tokens.get(id as usize).map(|t| t.text.as_str()).unwrap_or("")
+        self.tokens
+            .get(id as usize)
+            .map(|t| t.text.as_str())
+            .unwrap_or("")
     }
     /// The id whose vocabulary string is exactly `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
@@ -634,7 +738,9 @@ impl Tokenizer {
     }
     /// Is this a control (or unknown) token, which renders as nothing by default?
     pub fn is_control(&self, id: u32) -> bool {
-        self.tokens.get(id as usize).is_some_and(|t| t.attr & (attr::CONTROL | attr::UNKNOWN) != 0)
+        self.tokens
+            .get(id as usize)
+            .is_some_and(|t| t.attr & (attr::CONTROL | attr::UNKNOWN) != 0)
     }
     pub fn add_bos(&self) -> bool {
         self.add_bos
@@ -714,7 +820,8 @@ fn clean_up_spaces(text: &mut Vec<u8>) {
         let x = src[i];
         if i > 0 && src[i - 1] == b' ' && x == b'\'' && i + 1 < n {
             let x1 = src[i + 1];
-            let drop = matches!(x1, b's' | b'm') || (i + 2 < n && matches!((x1, src[i + 2]), (b'r', b'e') | (b'v', b'e')));
+            let drop = matches!(x1, b's' | b'm')
+                || (i + 2 < n && matches!((x1, src[i + 2]), (b'r', b'e') | (b'v', b'e')));
             if drop {
                 res.pop();
             }

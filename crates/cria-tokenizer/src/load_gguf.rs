@@ -17,19 +17,34 @@ pub(crate) struct PreInfo {
 /// Maps GGUF `tokenizer.ggml.pre` to a pre-tokenizer family. Only names whose llama.cpp
 /// regexes are one of the families implemented here are accepted.
 pub(crate) fn pre_info(name: &str) -> Result<PreInfo> {
-    let info = |pre, ignore_merges, clean_spaces, add_bos| PreInfo { pre, ignore_merges, clean_spaces, add_bos };
+    let info = |pre, ignore_merges, clean_spaces, add_bos| PreInfo {
+        pre,
+        ignore_merges,
+        clean_spaces,
+        add_bos,
+    };
     Ok(match name {
         "default" => info(PreTokenizer::Default, false, true, false),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "jina-v5-nano" => info(PreTokenizer::Llama3, true, true, true),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "jina-v5-nano" => info(PreTokenizer::Llama3, true, true, true),
         "dbrx" | "smaug-bpe" => info(PreTokenizer::Llama3, false, true, false),
-        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "mpt" | "olmo" | "jais" | "exaone4" => {
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
+        | "a.x-4.0" | "mellum" | "modern-bert" | "mpt" | "olmo" | "jais" | "exaone4" => {
             info(PreTokenizer::Gpt2, false, true, false)
         }
         "smollm" | "command-r" => info(PreTokenizer::Smollm, false, false, false),
-        "starcoder" | "refact" | "codeshell" | "exaone" | "minerva" | "mellum2" => info(PreTokenizer::Smollm, false, true, false),
-        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" => info(PreTokenizer::Qwen2, false, false, false),
+        "starcoder" | "refact" | "codeshell" | "exaone" | "minerva" | "mellum2" => {
+            info(PreTokenizer::Smollm, false, true, false)
+        }
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" => {
+            info(PreTokenizer::Qwen2, false, false, false)
+        }
         "stablelm2" => info(PreTokenizer::Qwen2, false, true, false),
-        other => return Err(Error::Unsupported(format!("tokenizer pre-tokenizer '{other}' (tokenizer.ggml.pre)"))),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "tokenizer pre-tokenizer '{other}' (tokenizer.ggml.pre)"
+            )))
+        }
     })
 }
 
@@ -37,16 +52,24 @@ fn strings<'a>(g: &'a GgufFile, key: &str) -> Result<Option<&'a [String]>> {
     match g.get_array(key) {
         None if g.get(key).is_none() => Ok(None),
         Some(Array::String(v)) => Ok(Some(v)),
-        _ => Err(Error::msg(format!("{}: {key} is not an array of strings", g.path.display()))),
+        _ => Err(Error::msg(format!(
+            "{}: {key} is not an array of strings",
+            g.path.display()
+        ))),
     }
 }
 
 pub(crate) fn load(g: &GgufFile) -> Result<Tokenizer> {
     let path = g.path.display();
-    let model_name = g.get_str("tokenizer.ggml.model").ok_or_else(|| Error::msg(format!("{path}: no tokenizer.ggml.model (no tokenizer in this file)")))?;
+    let model_name = g.get_str("tokenizer.ggml.model").ok_or_else(|| {
+        Error::msg(format!(
+            "{path}: no tokenizer.ggml.model (no tokenizer in this file)"
+        ))
+    })?;
     let pre_name = g.get_str("tokenizer.ggml.pre").unwrap_or("default");
 
-    let texts = strings(g, "tokenizer.ggml.tokens")?.ok_or_else(|| Error::msg(format!("{path}: no tokenizer.ggml.tokens")))?;
+    let texts = strings(g, "tokenizer.ggml.tokens")?
+        .ok_or_else(|| Error::msg(format!("{path}: no tokenizer.ggml.tokens")))?;
     let n = texts.len();
 
     // llama.cpp's per-model-type defaults.
@@ -68,18 +91,32 @@ pub(crate) fn load(g: &GgufFile) -> Result<Tokenizer> {
         Some(a @ (Array::F32(_) | Array::F64(_) | Array::I32(_))) => {
             let s = a.to_f32().unwrap_or_default();
             if s.len() < n {
-                return Err(Error::msg(format!("{path}: {} scores for {n} tokens", s.len())));
+                return Err(Error::msg(format!(
+                    "{path}: {} scores for {n} tokens",
+                    s.len()
+                )));
             }
             Some(s)
         }
-        Some(_) => return Err(Error::msg(format!("{path}: tokenizer.ggml.scores is not an f32 or i32 array"))),
+        Some(_) => {
+            return Err(Error::msg(format!(
+                "{path}: tokenizer.ggml.scores is not an f32 or i32 array"
+            )))
+        }
     };
     let types = match g.get_array("tokenizer.ggml.token_type") {
         None => None,
         Some(a) => {
-            let t = a.to_i64().ok_or_else(|| Error::msg(format!("{path}: tokenizer.ggml.token_type is not an integer array")))?;
+            let t = a.to_i64().ok_or_else(|| {
+                Error::msg(format!(
+                    "{path}: tokenizer.ggml.token_type is not an integer array"
+                ))
+            })?;
             if t.len() < n {
-                return Err(Error::msg(format!("{path}: {} token types for {n} tokens", t.len())));
+                return Err(Error::msg(format!(
+                    "{path}: {} token types for {n} tokens",
+                    t.len()
+                )));
             }
             Some(t)
         }
@@ -108,7 +145,11 @@ pub(crate) fn load(g: &GgufFile) -> Result<Tokenizer> {
 
     let mut merges = Vec::new();
     if let Model::Bpe(_) = model {
-        let list = strings(g, "tokenizer.ggml.merges")?.ok_or_else(|| Error::msg(format!("{path}: byte-level BPE tokenizer without tokenizer.ggml.merges")))?;
+        let list = strings(g, "tokenizer.ggml.merges")?.ok_or_else(|| {
+            Error::msg(format!(
+                "{path}: byte-level BPE tokenizer without tokenizer.ggml.merges"
+            ))
+        })?;
         merges.reserve(list.len());
         for m in list {
             // "a b"; the first half is never empty, so the split is at the first space after byte 0.
@@ -135,9 +176,18 @@ pub(crate) fn load(g: &GgufFile) -> Result<Tokenizer> {
     let eom = key_id("tokenizer.ggml.eom_token_id", None);
     let pad = key_id("tokenizer.ggml.padding_token_id", None);
     // The deprecated prefix/suffix/middle keys are read after the fim_* ones, so they win.
-    let fim_pre = key_id("tokenizer.ggml.prefix_token_id", key_id("tokenizer.ggml.fim_pre_token_id", None));
-    let fim_suf = key_id("tokenizer.ggml.suffix_token_id", key_id("tokenizer.ggml.fim_suf_token_id", None));
-    let fim_mid = key_id("tokenizer.ggml.middle_token_id", key_id("tokenizer.ggml.fim_mid_token_id", None));
+    let fim_pre = key_id(
+        "tokenizer.ggml.prefix_token_id",
+        key_id("tokenizer.ggml.fim_pre_token_id", None),
+    );
+    let fim_suf = key_id(
+        "tokenizer.ggml.suffix_token_id",
+        key_id("tokenizer.ggml.fim_suf_token_id", None),
+    );
+    let fim_mid = key_id(
+        "tokenizer.ggml.middle_token_id",
+        key_id("tokenizer.ggml.fim_mid_token_id", None),
+    );
     let fim = [
         fim_pre,
         fim_suf,
@@ -153,10 +203,14 @@ pub(crate) fn load(g: &GgufFile) -> Result<Tokenizer> {
         add_eos = v;
     }
     if add_bos && bos.is_none() {
-        return Err(Error::msg(format!("{path}: the tokenizer adds a BOS token but has no valid bos_token_id")));
+        return Err(Error::msg(format!(
+            "{path}: the tokenizer adds a BOS token but has no valid bos_token_id"
+        )));
     }
     if add_eos && eos.is_none() {
-        return Err(Error::msg(format!("{path}: the tokenizer adds an EOS token but has no valid eos_token_id")));
+        return Err(Error::msg(format!(
+            "{path}: the tokenizer adds an EOS token but has no valid eos_token_id"
+        )));
     }
 
     Tokenizer::build(Spec {

@@ -14,17 +14,25 @@
 use crate::pretok::PreTokenizer;
 use crate::{attr, Model, Spec, TokenData, Tokenizer};
 use cria_core::{Error, Result};
-use serde_json::Value;
 use rustc_hash::FxHashMap;
+use serde_json::Value;
 use std::path::Path;
 
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const GPT2_REGEX: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
 fn read_json(path: &Path) -> Result<Value> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Format { path: path.to_path_buf(), format: "json", msg: e.to_string() })
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Format {
+        path: path.to_path_buf(),
+        format: "json",
+        msg: e.to_string(),
+    })
 }
 
 fn ty(v: &Value) -> &str {
@@ -37,7 +45,11 @@ fn components<'a>(v: &'a Value, key: &str) -> Vec<&'a Value> {
         return Vec::new();
     }
     if ty(v) == "Sequence" {
-        return v.get(key).and_then(Value::as_array).map(|a| a.iter().flat_map(|c| components(c, key)).collect()).unwrap_or_default();
+        return v
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().flat_map(|c| components(c, key)).collect())
+            .unwrap_or_default();
     }
     vec![v]
 }
@@ -56,25 +68,47 @@ fn byte_level_pre(pre: &Value) -> Result<PreTokenizer> {
     let parts = components(pre, "pretokenizers");
     let describe = || serde_json::to_string(pre).unwrap_or_default();
     let is_byte_level = |v: &Value, use_regex: bool| {
-        ty(v) == "ByteLevel" && v.get("use_regex").and_then(Value::as_bool).unwrap_or(true) == use_regex && !v.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(false)
+        ty(v) == "ByteLevel"
+            && v.get("use_regex").and_then(Value::as_bool).unwrap_or(true) == use_regex
+            && !v
+                .get("add_prefix_space")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
     };
     match parts.as_slice() {
         [b] if is_byte_level(b, true) => Ok(PreTokenizer::Gpt2),
-        [d, b] if ty(d) == "Digits" && d.get("individual_digits").and_then(Value::as_bool) == Some(true) && is_byte_level(b, true) => Ok(PreTokenizer::Smollm),
+        [d, b]
+            if ty(d) == "Digits"
+                && d.get("individual_digits").and_then(Value::as_bool) == Some(true)
+                && is_byte_level(b, true) =>
+        {
+            Ok(PreTokenizer::Smollm)
+        }
         [s, b] if ty(s) == "Split" && is_byte_level(b, false) => {
-            let regex = s.get("pattern").and_then(|p| p.get("Regex")).and_then(Value::as_str).unwrap_or("");
+            let regex = s
+                .get("pattern")
+                .and_then(|p| p.get("Regex"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let behavior = s.get("behavior").and_then(Value::as_str).unwrap_or("");
             if behavior != "Isolated" || s.get("invert").and_then(Value::as_bool).unwrap_or(false) {
-                return Err(Error::Unsupported(format!("tokenizer.json Split pre-tokenizer with behavior {behavior:?}")));
+                return Err(Error::Unsupported(format!(
+                    "tokenizer.json Split pre-tokenizer with behavior {behavior:?}"
+                )));
             }
             match regex {
                 LLAMA3_REGEX => Ok(PreTokenizer::Llama3),
                 QWEN2_REGEX => Ok(PreTokenizer::Qwen2),
                 GPT2_REGEX => Ok(PreTokenizer::Gpt2),
-                other => Err(Error::Unsupported(format!("tokenizer.json pre-tokenizer regex {other:?}"))),
+                other => Err(Error::Unsupported(format!(
+                    "tokenizer.json pre-tokenizer regex {other:?}"
+                ))),
             }
         }
-        _ => Err(Error::Unsupported(format!("tokenizer.json pre-tokenizer {}", describe()))),
+        _ => Err(Error::Unsupported(format!(
+            "tokenizer.json pre-tokenizer {}",
+            describe()
+        ))),
     }
 }
 
@@ -82,8 +116,14 @@ fn byte_level_pre(pre: &Value) -> Result<PreTokenizer> {
 fn spm_style(j: &Value) -> Option<bool> {
     let normalizers = components(&j["normalizer"], "normalizers");
     let pres = components(&j["pre_tokenizer"], "pretokenizers");
-    let replaces_space = normalizers.iter().any(|n| ty(n) == "Replace" && n["pattern"]["String"].as_str() == Some(" ") && n["content"].as_str() == Some("\u{2581}"));
-    let prepends = normalizers.iter().any(|n| ty(n) == "Prepend" && n["prepend"].as_str() == Some("\u{2581}"));
+    let replaces_space = normalizers.iter().any(|n| {
+        ty(n) == "Replace"
+            && n["pattern"]["String"].as_str() == Some(" ")
+            && n["content"].as_str() == Some("\u{2581}")
+    });
+    let prepends = normalizers
+        .iter()
+        .any(|n| ty(n) == "Prepend" && n["prepend"].as_str() == Some("\u{2581}"));
     if replaces_space && pres.is_empty() {
         return Some(prepends);
     }
@@ -91,7 +131,10 @@ fn spm_style(j: &Value) -> Option<bool> {
         if ty(m) == "Metaspace" && m["replacement"].as_str().unwrap_or("\u{2581}") == "\u{2581}" {
             let prefix = match m.get("prepend_scheme").and_then(Value::as_str) {
                 Some(scheme) => scheme != "never",
-                None => m.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(true),
+                None => m
+                    .get("add_prefix_space")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true),
             };
             return Some(prefix);
         }
@@ -101,12 +144,20 @@ fn spm_style(j: &Value) -> Option<bool> {
 
 fn is_byte_token(text: &str) -> bool {
     let b = text.as_bytes();
-    b.len() == 6 && b.starts_with(b"<0x") && b[5] == b'>' && b[3].is_ascii_hexdigit() && b[4].is_ascii_hexdigit()
+    b.len() == 6
+        && b.starts_with(b"<0x")
+        && b[5] == b'>'
+        && b[3].is_ascii_hexdigit()
+        && b[4].is_ascii_hexdigit()
 }
 
 pub(crate) fn load(json_path: &Path, config_path: Option<&Path>) -> Result<Tokenizer> {
     let j = read_json(json_path)?;
-    let bad = |msg: String| Error::Format { path: json_path.to_path_buf(), format: "tokenizer.json", msg };
+    let bad = |msg: String| Error::Format {
+        path: json_path.to_path_buf(),
+        format: "tokenizer.json",
+        msg,
+    };
     let config = match config_path {
         Some(p) => read_json(p)?,
         None => Value::Null,
@@ -114,7 +165,10 @@ pub(crate) fn load(json_path: &Path, config_path: Option<&Path>) -> Result<Token
 
     let m = &j["model"];
     if ty(m) != "BPE" && !(m.get("type").is_none() && m.get("merges").is_some()) {
-        return Err(Error::Unsupported(format!("tokenizer.json model type {:?} (cria reads BPE)", ty(m))));
+        return Err(Error::Unsupported(format!(
+            "tokenizer.json model type {:?} (cria reads BPE)",
+            ty(m)
+        )));
     }
     let byte_fallback = m["byte_fallback"].as_bool().unwrap_or(false);
     let spm = if byte_fallback { spm_style(&j) } else { None };
@@ -125,9 +179,18 @@ pub(crate) fn load(json_path: &Path, config_path: Option<&Path>) -> Result<Token
     let add_space_prefix = spm.unwrap_or(false);
 
     // Vocabulary: model.vocab plus added_tokens, by id; holes become unused placeholders.
-    let vocab = m["vocab"].as_object().ok_or_else(|| bad("model.vocab is not an object".into()))?;
-    let added = j["added_tokens"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    let id_of = |v: &Value| v.as_u64().filter(|&id| id < u32::MAX as u64 / 2).map(|id| id as usize);
+    let vocab = m["vocab"]
+        .as_object()
+        .ok_or_else(|| bad("model.vocab is not an object".into()))?;
+    let added = j["added_tokens"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let id_of = |v: &Value| {
+        v.as_u64()
+            .filter(|&id| id < u32::MAX as u64 / 2)
+            .map(|id| id as usize)
+    };
     let mut n = 0usize;
     for (text, id) in vocab {
         let id = id_of(id).ok_or_else(|| bad(format!("bad id for token {text:?}")))?;
@@ -142,14 +205,30 @@ pub(crate) fn load(json_path: &Path, config_path: Option<&Path>) -> Result<Token
     }
     let mut slots: Vec<Option<TokenData>> = vec![None; n];
     for (text, id) in vocab {
-        let attr = if byte_fallback && is_byte_token(text) { attr::BYTE } else { attr::NORMAL };
-        slots[id_of(id).unwrap_or(0)] = Some(TokenData { text: text.clone(), score: 0.0, attr, mergeable: false });
+        let attr = if byte_fallback && is_byte_token(text) {
+            attr::BYTE
+        } else {
+            attr::NORMAL
+        };
+        slots[id_of(id).unwrap_or(0)] = Some(TokenData {
+            text: text.clone(),
+            score: 0.0,
+            attr,
+            mergeable: false,
+        });
     }
     let unk_text = token_text(config.get("unk_token")).or_else(|| m["unk_token"].as_str());
     for t in added {
         let id = id_of(&t["id"]).unwrap_or(0);
-        let text = t["content"].as_str().ok_or_else(|| bad(format!("added token {id} has no content")))?.to_string();
-        let mut a = if t["special"].as_bool().unwrap_or(false) { attr::CONTROL } else { attr::USER_DEFINED };
+        let text = t["content"]
+            .as_str()
+            .ok_or_else(|| bad(format!("added token {id} has no content")))?
+            .to_string();
+        let mut a = if t["special"].as_bool().unwrap_or(false) {
+            attr::CONTROL
+        } else {
+            attr::USER_DEFINED
+        };
         if Some(text.as_str()) == unk_text {
             a = attr::UNKNOWN;
         }
@@ -159,13 +238,34 @@ pub(crate) fn load(json_path: &Path, config_path: Option<&Path>) -> Result<Token
         if t["rstrip"].as_bool().unwrap_or(false) {
             a |= attr::RSTRIP;
         }
-        slots[id] = Some(TokenData { text, score: 0.0, attr: a, mergeable: false });
+        slots[id] = Some(TokenData {
+            text,
+            score: 0.0,
+            attr: a,
+            mergeable: false,
+        });
     }
-    let mut tokens: Vec<TokenData> =
-        slots.into_iter().enumerate().map(|(i, t)| t.unwrap_or_else(|| TokenData { text: format!("[PAD{i}]"), score: 0.0, attr: attr::UNUSED, mergeable: false })).collect();
+    let mut tokens: Vec<TokenData> = slots
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.unwrap_or_else(|| TokenData {
+                text: format!("[PAD{i}]"),
+                score: 0.0,
+                attr: attr::UNUSED,
+                mergeable: false,
+            })
+        })
+        .collect();
 
     let mut merges = Vec::new();
-    for (i, mv) in m["merges"].as_array().map(Vec::as_slice).unwrap_or(&[]).iter().enumerate() {
+    for (i, mv) in m["merges"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
         let pair = match mv {
             Value::String(s) => s.split_once(' '),
             Value::Array(a) if a.len() == 2 => a[0].as_str().zip(a[1].as_str()),
@@ -176,7 +276,11 @@ pub(crate) fn load(json_path: &Path, config_path: Option<&Path>) -> Result<Token
 
     if model == Model::Spm {
         // Score = -(rank of the first merge that makes the token): earlier merges win.
-        let index: FxHashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.text.as_str(), i)).collect();
+        let index: FxHashMap<&str, usize> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.text.as_str(), i))
+            .collect();
         let mut score: Vec<Option<f32>> = vec![None; tokens.len()];
         let mut joined = String::new();
         for (rank, (a, b)) in merges.iter().enumerate() {
@@ -196,21 +300,35 @@ pub(crate) fn load(json_path: &Path, config_path: Option<&Path>) -> Result<Token
         merges.clear();
     }
 
-    let find = |text: Option<&str>| text.and_then(|t| tokens.iter().rposition(|d| d.text == t)).map(|i| i as u32);
+    let find = |text: Option<&str>| {
+        text.and_then(|t| tokens.iter().rposition(|d| d.text == t))
+            .map(|i| i as u32)
+    };
     // BOS/EOS added by the post-processor template, if there is one.
-    let template = components(&j["post_processor"], "processors").into_iter().find(|p| ty(p) == "TemplateProcessing");
+    let template = components(&j["post_processor"], "processors")
+        .into_iter()
+        .find(|p| ty(p) == "TemplateProcessing");
     let (tpl_bos, tpl_eos) = match template.and_then(|t| t["single"].as_array()) {
         Some(single) => {
             fn special(v: Option<&Value>) -> Option<&str> {
-                v.and_then(|v| v.get("SpecialToken")).and_then(|s| s["id"].as_str())
+                v.and_then(|v| v.get("SpecialToken"))
+                    .and_then(|s| s["id"].as_str())
             }
             (Some(special(single.first())), Some(special(single.last())))
         }
         None => (None, None),
     };
 
-    let default_bos = if model == Model::Spm { Some("<s>") } else { tpl_bos.flatten() };
-    let default_eos = if model == Model::Spm { Some("</s>") } else { tpl_eos.flatten() };
+    let default_bos = if model == Model::Spm {
+        Some("<s>")
+    } else {
+        tpl_bos.flatten()
+    };
+    let default_eos = if model == Model::Spm {
+        Some("</s>")
+    } else {
+        tpl_eos.flatten()
+    };
     let bos = find(token_text(config.get("bos_token")).or(default_bos));
     let eos = find(token_text(config.get("eos_token")).or(default_eos));
     let unk = find(unk_text);
@@ -221,12 +339,20 @@ pub(crate) fn load(json_path: &Path, config_path: Option<&Path>) -> Result<Token
         Some(t) => t.is_some(),
         None => type_default_bos,
     });
-    let add_eos = config["add_eos_token"].as_bool().unwrap_or(matches!(tpl_eos, Some(Some(_))));
+    let add_eos = config["add_eos_token"]
+        .as_bool()
+        .unwrap_or(matches!(tpl_eos, Some(Some(_))));
     if add_bos && bos.is_none() {
-        return Err(Error::msg(format!("{}: the tokenizer adds a BOS token but names none that is in the vocabulary", json_path.display())));
+        return Err(Error::msg(format!(
+            "{}: the tokenizer adds a BOS token but names none that is in the vocabulary",
+            json_path.display()
+        )));
     }
     if add_eos && eos.is_none() {
-        return Err(Error::msg(format!("{}: the tokenizer adds an EOS token but names none that is in the vocabulary", json_path.display())));
+        return Err(Error::msg(format!(
+            "{}: the tokenizer adds an EOS token but names none that is in the vocabulary",
+            json_path.display()
+        )));
     }
 
     // chat_template: a string, or a list of {name, template}; newer transformers write it to
@@ -234,8 +360,12 @@ pub(crate) fn load(json_path: &Path, config_path: Option<&Path>) -> Result<Token
     let chat_template = match &config["chat_template"] {
         Value::String(s) => Some(s.clone()),
         Value::Array(list) => {
-            let pick = list.iter().find(|t| t["name"].as_str() == Some("default")).or(list.first());
-            pick.and_then(|t| t["template"].as_str()).map(str::to_string)
+            let pick = list
+                .iter()
+                .find(|t| t["name"].as_str() == Some("default"))
+                .or(list.first());
+            pick.and_then(|t| t["template"].as_str())
+                .map(str::to_string)
         }
         _ => {
             let dir = config_path.or(Some(json_path)).and_then(Path::parent);
@@ -246,7 +376,9 @@ pub(crate) fn load(json_path: &Path, config_path: Option<&Path>) -> Result<Token
     // Flags that llama.cpp ties to the pre-tokenizer; same values as the GGUF path.
     let (clean_spaces, ignore_default) = match model {
         Model::Spm => (false, false),
-        Model::Bpe(PreTokenizer::Llama3 | PreTokenizer::Gpt2 | PreTokenizer::Default) => (true, false),
+        Model::Bpe(PreTokenizer::Llama3 | PreTokenizer::Gpt2 | PreTokenizer::Default) => {
+            (true, false)
+        }
         Model::Bpe(PreTokenizer::Smollm | PreTokenizer::Qwen2) => (false, false),
     };
     let ignore_merges = m["ignore_merges"].as_bool().unwrap_or(ignore_default);

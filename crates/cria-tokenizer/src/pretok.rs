@@ -43,13 +43,21 @@ impl PreTokenizer {
         let cpts: Vec<char> = text.chars().collect();
         let flags: Vec<Flags> = cpts.iter().map(|&c| Flags::of(c)).collect();
         let mut pieces = vec![(0, cpts.len())];
-        let s = Scan { cpts: &cpts, flags: &flags };
+        let s = Scan {
+            cpts: &cpts,
+            flags: &flags,
+        };
         let stages: &[Stage] = match self {
             PreTokenizer::Gpt2 => &[Stage::Gpt2],
             PreTokenizer::Llama3 => &[Stage::Llama3 { max_digits: 3 }],
             PreTokenizer::Qwen2 => &[Stage::Llama3 { max_digits: 1 }],
             PreTokenizer::Smollm => &[Stage::EachNumber, Stage::Gpt2],
-            PreTokenizer::Default => &[Stage::PunctRuns, Stage::Gpt2, Stage::NumberRuns, Stage::AsciiDigitTriples],
+            PreTokenizer::Default => &[
+                Stage::PunctRuns,
+                Stage::Gpt2,
+                Stage::NumberRuns,
+                Stage::AsciiDigitTriples,
+            ],
         };
         for stage in stages {
             let mut out = Vec::with_capacity(pieces.len() * 2);
@@ -66,14 +74,20 @@ impl PreTokenizer {
             b += c.len_utf8();
         }
         byte_at.push(b);
-        pieces.into_iter().filter(|&(i, e)| e > i).map(|(i, e)| &text[byte_at[i]..byte_at[e]]).collect()
+        pieces
+            .into_iter()
+            .filter(|&(i, e)| e > i)
+            .map(|(i, e)| &text[byte_at[i]..byte_at[e]])
+            .collect()
     }
 }
 
 #[derive(Clone, Copy)]
 enum Stage {
     Gpt2,
-    Llama3 { max_digits: usize },
+    Llama3 {
+        max_digits: usize,
+    },
     /// `\p{N}`: each number code point is a piece; the text between is a piece.
     EachNumber,
     /// `[\p{P}\$\+<=>\^~\|]+` as llama.cpp's std::regex sees it (see `is_default_punct`).
@@ -155,7 +169,13 @@ impl Scan<'_> {
     }
 
     /// Maximal runs where `pred` holds are pieces, and so is the text between them.
-    fn runs(&self, ini: usize, end: usize, out: &mut Vec<(usize, usize)>, pred: impl Fn(char, Flags) -> bool) {
+    fn runs(
+        &self,
+        ini: usize,
+        end: usize,
+        out: &mut Vec<(usize, usize)>,
+        pred: impl Fn(char, Flags) -> bool,
+    ) {
         let mut e = Emit { out, prev_end: ini };
         let mut i = ini;
         while i < end {
@@ -172,8 +192,20 @@ impl Scan<'_> {
 
     /// GPT-2's split (llama.cpp `unicode_regex_split_custom_gpt2`).
     fn gpt2(&self, ini: usize, end: usize, out: &mut Vec<(usize, usize)>) {
-        let cpt = |p: usize| if p >= ini && p < end { Some(self.cpts[p]) } else { OUT_OF_RANGE };
-        let flags = |p: usize| if p >= ini && p < end { self.flags[p] } else { Flags::NONE };
+        let cpt = |p: usize| {
+            if p >= ini && p < end {
+                Some(self.cpts[p])
+            } else {
+                OUT_OF_RANGE
+            }
+        };
+        let flags = |p: usize| {
+            if p >= ini && p < end {
+                self.flags[p]
+            } else {
+                Flags::NONE
+            }
+        };
         let mut e = Emit { out, prev_end: ini };
         let mut pos = ini;
         while pos < end {
@@ -188,7 +220,10 @@ impl Scan<'_> {
                 }
                 if pos + 2 < end {
                     let nn = cpt(pos + 2);
-                    if matches!((next, nn), (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))) {
+                    if matches!(
+                        (next, nn),
+                        (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))
+                    ) {
                         pos += e.add(pos + 3);
                         continue;
                     }
@@ -237,8 +272,20 @@ impl Scan<'_> {
     /// LLaMA 3's split (llama.cpp `unicode_regex_split_custom_llama3`; with `max_digits` 1 it is
     /// `..._qwen2`).
     fn llama3(&self, ini: usize, end: usize, max_digits: usize, out: &mut Vec<(usize, usize)>) {
-        let cpt = |p: usize| if p >= ini && p < end { Some(self.cpts[p]) } else { OUT_OF_RANGE };
-        let flags = |p: usize| if p >= ini && p < end { self.flags[p] } else { Flags::NONE };
+        let cpt = |p: usize| {
+            if p >= ini && p < end {
+                Some(self.cpts[p])
+            } else {
+                OUT_OF_RANGE
+            }
+        };
+        let flags = |p: usize| {
+            if p >= ini && p < end {
+                self.flags[p]
+            } else {
+                Flags::NONE
+            }
+        };
         // The case folding only needs to recognise the ASCII letters of the contractions; no other
         // code point lower-cases to one of them.
         let lower = |c: Option<char>| c.map(|c| c.to_ascii_lowercase());
@@ -256,14 +303,19 @@ impl Scan<'_> {
                 }
                 if pos + 2 < end {
                     let nn = lower(cpt(pos + 2));
-                    if matches!((next, nn), (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))) {
+                    if matches!(
+                        (next, nn),
+                        (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))
+                    ) {
                         pos += e.add(pos + 3);
                         continue;
                     }
                 }
             }
             // [^\r\n\p{L}\p{N}]?\p{L}+
-            if !(c == Some('\r') || c == Some('\n') || f.is_number()) && (f.is_letter() || flags(pos + 1).is_letter()) {
+            if !(c == Some('\r') || c == Some('\n') || f.is_number())
+                && (f.is_letter() || flags(pos + 1).is_letter())
+            {
                 pos += 1;
                 while flags(pos).is_letter() {
                     pos += 1;
@@ -340,7 +392,10 @@ mod tests {
     #[test]
     fn gpt2_words() {
         assert_eq!(Gpt2.split("Hello world"), ["Hello", " world"]);
-        assert_eq!(Gpt2.split("I'm   here!!\n"), ["I", "'m", "  ", " here", "!!", "\n"]);
+        assert_eq!(
+            Gpt2.split("I'm   here!!\n"),
+            ["I", "'m", "  ", " here", "!!", "\n"]
+        );
         assert_eq!(Gpt2.split("x 12345"), ["x", " 12345"]);
         assert_eq!(Gpt2.split(""), [] as [&str; 0]);
     }
@@ -348,7 +403,10 @@ mod tests {
     #[test]
     fn llama3_words() {
         assert_eq!(Llama3.split("Hello world"), ["Hello", " world"]);
-        assert_eq!(Llama3.split("I'M 1234567"), ["I", "'M", " ", "123", "456", "7"]);
+        assert_eq!(
+            Llama3.split("I'M 1234567"),
+            ["I", "'M", " ", "123", "456", "7"]
+        );
         assert_eq!(Llama3.split("a  \n\n b"), ["a", "  \n\n", " b"]);
         assert_eq!(Llama3.split("(x)"), ["(x", ")"]);
         assert_eq!(Qwen2.split("123"), ["1", "2", "3"]);
@@ -357,6 +415,9 @@ mod tests {
     #[test]
     fn smollm_and_default() {
         assert_eq!(Smollm.split("ab 12"), ["ab", " ", "1", "2"]);
-        assert_eq!(Default.split("a+b 12345"), ["a", "+", "b", " ", "123", "45"]);
+        assert_eq!(
+            Default.split("a+b 12345"),
+            ["a", "+", "b", " ", "123", "45"]
+        );
     }
 }

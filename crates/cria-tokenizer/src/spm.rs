@@ -41,7 +41,9 @@ impl PartialOrd for Bigram {
 impl Ord for Bigram {
     /// Max-heap order: higher score first, then the smaller left index.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.left.cmp(&self.left))
     }
 }
 
@@ -50,7 +52,12 @@ pub(crate) fn tokenize(tok: &Tokenizer, text: &str, out: &mut Vec<u32>) {
     let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
     for (start, c) in text.char_indices() {
         let i = symbols.len();
-        symbols.push(Symbol { prev: if i == 0 { NONE } else { i - 1 }, next: i + 1, start, len: c.len_utf8() });
+        symbols.push(Symbol {
+            prev: if i == 0 { NONE } else { i - 1 },
+            next: i + 1,
+            start,
+            len: c.len_utf8(),
+        });
     }
     if let Some(last) = symbols.last_mut() {
         last.next = NONE;
@@ -66,7 +73,12 @@ pub(crate) fn tokenize(tok: &Tokenizer, text: &str, out: &mut Vec<u32>) {
         if let Some(id) = tok.token_id(piece) {
             let t = &tok.tokens[id as usize];
             if t.mergeable {
-                heap.push(Bigram { score: t.score, left, right, len: piece.len() });
+                heap.push(Bigram {
+                    score: t.score,
+                    left,
+                    right,
+                    len: piece.len(),
+                });
             }
         }
     };

@@ -17,7 +17,11 @@ impl<'a> StreamDecoder<'a> {
     /// Control tokens render as nothing (like llama.cpp's `token_to_piece(special = false)`).
     /// No leading space is removed: a stream continues a text that already exists.
     pub fn new(tok: &'a Tokenizer) -> Self {
-        StreamDecoder { tok, pending: Vec::new(), special: false }
+        StreamDecoder {
+            tok,
+            pending: Vec::new(),
+            special: false,
+        }
     }
 
     /// Render control tokens as their text (`<|im_end|>`) too.
@@ -28,7 +32,8 @@ impl<'a> StreamDecoder<'a> {
 
     /// Feeds one token; returns the text that is complete now (possibly empty).
     pub fn push(&mut self, id: u32) -> String {
-        self.pending.extend_from_slice(self.tok.piece(id, self.special));
+        self.pending
+            .extend_from_slice(self.tok.piece(id, self.special));
         let mut out = String::new();
         let mut rest: &[u8] = &self.pending;
         loop {

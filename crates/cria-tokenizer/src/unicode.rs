@@ -37,7 +37,11 @@ impl Flags {
         // The last range that starts at or before cp.
         let i = CLASS_RANGES.partition_point(|&(start, _)| start <= cp);
         let class = CLASS_RANGES[i.saturating_sub(1)].1 as u16;
-        Flags(if is_white_space(cp) { class | Self::WHITESPACE } else { class })
+        Flags(if is_white_space(cp) {
+            class | Self::WHITESPACE
+        } else {
+            class
+        })
     }
     #[inline]
     pub fn is_none(self) -> bool {
@@ -105,7 +109,11 @@ pub(crate) fn char_to_byte(c: char) -> Option<u8> {
     let cp = c as u32;
     if cp < 0x100 {
         let b = cp as u8;
-        return if is_printable_latin1(b) { Some(b) } else { None };
+        return if is_printable_latin1(b) {
+            Some(b)
+        } else {
+            None
+        };
     }
     if cp < 0x100 + 68 {
         return Some(NON_PRINTABLE[(cp - 0x100) as usize]);
@@ -202,15 +210,24 @@ mod reference_table {
 
     #[test]
     fn matches_llama_cpp_unicode_data() {
-        let dir = std::env::var_os("CRIA_REF_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref").into());
+        let dir = std::env::var_os("CRIA_REF_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref").into());
         let path = dir.join("llama.cpp/src/unicode-data.cpp");
-        let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (set CRIA_REF_DIR)", path.display()));
-        let body = src.split("unicode_ranges_flags = {").nth(1).and_then(|s| s.split("};").next()).expect("unicode_ranges_flags in unicode-data.cpp");
+        let src = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (set CRIA_REF_DIR)", path.display()));
+        let body = src
+            .split("unicode_ranges_flags = {")
+            .nth(1)
+            .and_then(|s| s.split("};").next())
+            .expect("unicode_ranges_flags in unicode-data.cpp");
         let mut theirs = Vec::new();
         for entry in body.split('{').skip(1) {
             let mut it = entry.split(['}', ',']).map(str::trim);
-            let start = u32::from_str_radix(it.next().unwrap().trim_start_matches("0x"), 16).unwrap();
-            let flags = u32::from_str_radix(it.next().unwrap().trim_start_matches("0x"), 16).unwrap();
+            let start =
+                u32::from_str_radix(it.next().unwrap().trim_start_matches("0x"), 16).unwrap();
+            let flags =
+                u32::from_str_radix(it.next().unwrap().trim_start_matches("0x"), 16).unwrap();
             theirs.push((start, flags));
         }
         // llama.cpp closes the list with a (0x110000, 0) sentinel.

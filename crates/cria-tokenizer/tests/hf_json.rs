@@ -12,7 +12,11 @@ use cria_tokenizer::Tokenizer;
 fn load_hf(vocab: &str) -> Tokenizer {
     let dir = ref_dir().join("tokenizers").join(vocab);
     let json = dir.join("tokenizer.json");
-    assert!(json.exists(), "{} missing: run crates/cria-tokenizer/scripts/gguf_to_hf.py first", json.display());
+    assert!(
+        json.exists(),
+        "{} missing: run crates/cria-tokenizer/scripts/gguf_to_hf.py first",
+        json.display()
+    );
     let config = dir.join("tokenizer_config.json");
     Tokenizer::from_hf(&json, Some(&config)).unwrap_or_else(|e| panic!("{}: {e}", json.display()))
 }
@@ -24,18 +28,29 @@ fn check(vocab: &str, expected_kind: &str) {
     assert_eq!(hf.kind(), expected_kind);
     // transformers may append tokens of its own (it adds "<|endoftext|>" as a pad token to the
     // LLaMA 3 conversion); the GGUF ids must all be there unchanged.
-    assert!(hf.vocab_size() >= gg.vocab_size(), "{vocab}: {} < {}", hf.vocab_size(), gg.vocab_size());
+    assert!(
+        hf.vocab_size() >= gg.vocab_size(),
+        "{vocab}: {} < {}",
+        hf.vocab_size(),
+        gg.vocab_size()
+    );
     assert_eq!(hf.bos(), gg.bos(), "{vocab}: bos");
     assert_eq!(hf.eos(), gg.eos(), "{vocab}: eos");
     for id in 0..gg.vocab_size() as u32 {
         assert_eq!(hf.token_text(id), gg.token_text(id), "{vocab}: token {id}");
-        assert_eq!(hf.token_to_piece_special(id, true), gg.token_to_piece_special(id, true), "{vocab}: piece of {id}");
+        assert_eq!(
+            hf.token_to_piece_special(id, true),
+            gg.token_to_piece_special(id, true),
+            "{vocab}: piece of {id}"
+        );
     }
 
     let (mut hf_right, mut same) = (0, 0);
     for c in &fx.cases {
         let reference = &c.enc["01"];
-        let hf_ids = c.hf.as_ref().expect("fixture has HF ids (run gen_fixtures.py after gguf_to_hf.py)");
+        let hf_ids =
+            c.hf.as_ref()
+                .expect("fixture has HF ids (run gen_fixtures.py after gguf_to_hf.py)");
         let ours = hf.encode(&c.text, false, true);
         if hf_ids == reference {
             hf_right += 1;

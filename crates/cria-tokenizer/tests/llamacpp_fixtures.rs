@@ -11,7 +11,11 @@ fn check(vocab: &str) {
     let tok = load_gguf(&fixture_model_path(vocab));
     let j = &fx.json;
     let opt = |k: &str| j[k].as_u64().map(|x| x as u32);
-    assert_eq!(tok.vocab_size() as u64, j["vocab_size"].as_u64().unwrap(), "{vocab}: vocab size");
+    assert_eq!(
+        tok.vocab_size() as u64,
+        j["vocab_size"].as_u64().unwrap(),
+        "{vocab}: vocab size"
+    );
     assert_eq!(tok.bos(), opt("bos"), "{vocab}: bos");
     assert_eq!(tok.eos(), opt("eos"), "{vocab}: eos");
     // EOT when the metadata names none: llama.cpp takes whichever candidate its hash map yields
@@ -19,15 +23,39 @@ fn check(vocab: &str) {
     // otherwise both must be end-of-generation tokens.
     match (tok.eot(), opt("eot")) {
         (Some(ours), Some(theirs)) if ours != theirs => {
-            assert!(tok.is_eog(ours) && tok.is_eog(theirs), "{vocab}: eot {ours} vs llama.cpp {theirs}");
-            eprintln!("{vocab}: eot {ours} {:?} (llama.cpp picked {theirs} {:?})", tok.token_text(ours), tok.token_text(theirs));
+            assert!(
+                tok.is_eog(ours) && tok.is_eog(theirs),
+                "{vocab}: eot {ours} vs llama.cpp {theirs}"
+            );
+            eprintln!(
+                "{vocab}: eot {ours} {:?} (llama.cpp picked {theirs} {:?})",
+                tok.token_text(ours),
+                tok.token_text(theirs)
+            );
         }
         (ours, theirs) => assert_eq!(ours, theirs, "{vocab}: eot"),
     }
-    assert_eq!(tok.add_bos(), j["add_bos"].as_bool().unwrap(), "{vocab}: add_bos");
-    assert_eq!(tok.add_eos(), j["add_eos"].as_bool().unwrap(), "{vocab}: add_eos");
-    let eog: Vec<u32> = j["eog"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    assert_eq!(tok.eog_ids().collect::<Vec<_>>(), eog, "{vocab}: end-of-generation ids");
+    assert_eq!(
+        tok.add_bos(),
+        j["add_bos"].as_bool().unwrap(),
+        "{vocab}: add_bos"
+    );
+    assert_eq!(
+        tok.add_eos(),
+        j["add_eos"].as_bool().unwrap(),
+        "{vocab}: add_eos"
+    );
+    let eog: Vec<u32> = j["eog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(
+        tok.eog_ids().collect::<Vec<_>>(),
+        eog,
+        "{vocab}: end-of-generation ids"
+    );
     for &id in &eog {
         assert!(tok.is_eog(id));
     }
@@ -59,8 +87,17 @@ fn check(vocab: &str) {
         // decode() is detokenize(false, false), lossy.
         assert_eq!(tok.decode(ids), String::from_utf8_lossy(&c.dec["00"]));
     }
-    eprintln!("{vocab}: {}/{checks} encode/detokenize results match llama.cpp over {} texts", checks - failures.len(), fx.cases.len());
-    assert!(failures.is_empty(), "{vocab}: {} of {checks} differ:\n{}", failures.len(), failures.join("\n"));
+    eprintln!(
+        "{vocab}: {}/{checks} encode/detokenize results match llama.cpp over {} texts",
+        checks - failures.len(),
+        fx.cases.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{vocab}: {} of {checks} differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -21,7 +21,23 @@ impl Rng {
     /// A string mixing ASCII, whitespace runs, digits, special-token look-alikes and code points
     /// from all planes (including unassigned and private-use ones).
     fn text(&mut self, max_len: usize) -> String {
-        let pieces = ["<|im_start|>", "<|im_end|>", "<s>", "</s>", "<|endoftext|>", "<|eot_id|>", "'s", "'LL", " ", "  ", "\n", "\r\n", "\t", "<0x0A>", "▁"];
+        let pieces = [
+            "<|im_start|>",
+            "<|im_end|>",
+            "<s>",
+            "</s>",
+            "<|endoftext|>",
+            "<|eot_id|>",
+            "'s",
+            "'LL",
+            " ",
+            "  ",
+            "\n",
+            "\r\n",
+            "\t",
+            "<0x0A>",
+            "▁",
+        ];
         let mut s = String::new();
         let len = self.below(max_len as u64 + 1) as usize;
         while s.chars().count() < len {
@@ -51,7 +67,11 @@ fn all_tokenizers() -> Vec<(&'static str, Tokenizer)> {
             let g = cria_core::gguf::GgufFile::open(&path).unwrap();
             let t = Instant::now();
             let tok = Tokenizer::from_gguf(&g).unwrap();
-            eprintln!("{v:9} from_gguf: {} tokens in {:.0} ms", tok.vocab_size(), t.elapsed().as_secs_f64() * 1e3);
+            eprintln!(
+                "{v:9} from_gguf: {} tokens in {:.0} ms",
+                tok.vocab_size(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
             (v, tok)
         })
         .collect()
@@ -66,10 +86,21 @@ fn random_text_and_ids_do_not_panic() {
             let text = rng.text(64);
             for (add, parse) in [(false, false), (false, true), (true, false), (true, true)] {
                 let ids = tok.encode(&text, add, parse);
-                assert!(ids.iter().all(|&id| id < n), "{vocab}: id out of range for {text:?}");
+                assert!(
+                    ids.iter().all(|&id| id < n),
+                    "{vocab}: id out of range for {text:?}"
+                );
                 let _ = tok.decode(&ids);
             }
-            let ids: Vec<u32> = (0..rng.below(20)).map(|_| if rng.below(4) == 0 { rng.next() as u32 } else { rng.below(n as u64) as u32 }).collect();
+            let ids: Vec<u32> = (0..rng.below(20))
+                .map(|_| {
+                    if rng.below(4) == 0 {
+                        rng.next() as u32
+                    } else {
+                        rng.below(n as u64) as u32
+                    }
+                })
+                .collect();
             let _ = tok.decode(&ids);
             let _ = tok.detokenize(&ids, true, true);
             let mut d = cria_tokenizer::StreamDecoder::new(&tok);
@@ -95,7 +126,12 @@ fn lossless_round_trip() {
             if vocab == "smollm2" {
                 // SmolLM2's vocabulary has no token for bytes 04 06 13 14 16 1D and the lead
                 // bytes F1 F2 (code points U+40000..U+BFFFF); llama.cpp drops those bytes too.
-                text.retain(|c| !matches!(c as u32, 0x04 | 0x06 | 0x13 | 0x14 | 0x16 | 0x1D | 0x40000..=0xBFFFF));
+                text.retain(|c| {
+                    !matches!(
+                        c as u32,
+                        0x04 | 0x06 | 0x13 | 0x14 | 0x16 | 0x1D | 0x40000..=0xBFFFF
+                    )
+                });
             }
             let ids = tok.encode(&text, false, false);
             assert_eq!(tok.decode(&ids), text, "{vocab}: ids {ids:?}");
@@ -107,7 +143,9 @@ fn lossless_round_trip() {
 /// tokenize in well under a second: the merge loops are heap-driven, not quadratic.
 #[test]
 fn large_inputs_are_fast() {
-    let prose = "The quick brown fox jumps over the lazy dog; it's 2024, and <|im_start|> 你好 🦙!\n".repeat(1300);
+    let prose =
+        "The quick brown fox jumps over the lazy dog; it's 2024, and <|im_start|> 你好 🦙!\n"
+            .repeat(1300);
     let inputs = [
         ("prose", prose),
         ("one word", "abcdefghij".repeat(10_000)),
@@ -120,7 +158,12 @@ fn large_inputs_are_fast() {
             let t = Instant::now();
             let ids = tok.encode(text, true, true);
             let dt = t.elapsed();
-            eprintln!("{vocab:9} {name:8} {:6} bytes -> {:6} tokens in {:7.1} ms", text.len(), ids.len(), dt.as_secs_f64() * 1e3);
+            eprintln!(
+                "{vocab:9} {name:8} {:6} bytes -> {:6} tokens in {:7.1} ms",
+                text.len(),
+                ids.len(),
+                dt.as_secs_f64() * 1e3
+            );
             assert!(!ids.is_empty());
             // Generous for a shared 2-core machine and debug-assertion builds; typical is ~10-50 ms.
             assert!(dt.as_secs_f64() < 1.0, "{vocab} {name}: {dt:?}");
@@ -196,7 +239,10 @@ fn small_bpe(pre: &'static str) -> Vec<(&'static str, Kv)> {
     vec![
         ("tokenizer.ggml.model", Kv::Str("gpt2")),
         ("tokenizer.ggml.pre", Kv::Str(pre)),
-        ("tokenizer.ggml.tokens", Kv::Strs(vec!["a", "b", "ab", "<|endoftext|>"])),
+        (
+            "tokenizer.ggml.tokens",
+            Kv::Strs(vec!["a", "b", "ab", "<|endoftext|>"]),
+        ),
         ("tokenizer.ggml.token_type", Kv::I32s(vec![1, 1, 1, 3])),
         ("tokenizer.ggml.merges", Kv::Strs(vec!["a b"])),
         ("tokenizer.ggml.eos_token_id", Kv::U32(3)),
@@ -219,12 +265,21 @@ fn small_synthetic_vocab_works() {
 #[test]
 fn unknown_pre_tokenizer_is_named() {
     let e = gguf_err("pre.gguf", &small_bpe("klingon-bpe"));
-    assert!(e.contains("klingon-bpe") && e.contains("unsupported"), "{e}");
+    assert!(
+        e.contains("klingon-bpe") && e.contains("unsupported"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_model_is_named() {
-    let e = gguf_err("model.gguf", &[("tokenizer.ggml.model", Kv::Str("t5")), ("tokenizer.ggml.tokens", Kv::Strs(vec!["a"]))]);
+    let e = gguf_err(
+        "model.gguf",
+        &[
+            ("tokenizer.ggml.model", Kv::Str("t5")),
+            ("tokenizer.ggml.tokens", Kv::Strs(vec!["a"])),
+        ],
+    );
     assert!(e.contains("'t5'"), "{e}");
 }
 
@@ -244,7 +299,9 @@ fn missing_pieces_are_errors() {
 fn hf_err(json: &str) -> String {
     let p = tmp("tokenizer.json");
     std::fs::write(&p, json).unwrap();
-    Tokenizer::from_hf(&p, None).expect_err("must fail").to_string()
+    Tokenizer::from_hf(&p, None)
+        .expect_err("must fail")
+        .to_string()
 }
 
 #[test]

@@ -54,7 +54,10 @@ fn cjk_over_byte_level_pieces() {
     let tok = load_gguf(&vocab_path("gpt-2"));
     let text = "我想在工作";
     let ids = tok.encode(text, false, false);
-    assert!(ids.len() > text.chars().count(), "expected characters split over tokens: {ids:?}");
+    assert!(
+        ids.len() > text.chars().count(),
+        "expected characters split over tokens: {ids:?}"
+    );
     let (all, parts) = stream_all(&tok, &ids);
     assert_eq!(all, text);
     // Every emitted part is a run of whole characters of the text, in order.
@@ -63,7 +66,10 @@ fn cjk_over_byte_level_pieces() {
         rebuilt.push_str(p);
         assert!(text.starts_with(&rebuilt));
     }
-    assert!(parts.iter().any(|p| p.is_empty()), "some tokens must have been held back");
+    assert!(
+        parts.iter().any(|p| p.is_empty()),
+        "some tokens must have been held back"
+    );
 }
 
 /// A truncated character is held back, then flushed as U+FFFD; bytes that can never start a
@@ -92,7 +98,10 @@ fn control_tokens_in_stream() {
     let im_end = tok.token_id("<|im_end|>").unwrap();
     assert!(tok.is_control(im_end));
     assert_eq!(StreamDecoder::new(&tok).push(im_end), "");
-    assert_eq!(StreamDecoder::new(&tok).with_special(true).push(im_end), "<|im_end|>");
+    assert_eq!(
+        StreamDecoder::new(&tok).with_special(true).push(im_end),
+        "<|im_end|>"
+    );
     assert_eq!(tok.token_to_piece(im_end), b"");
     assert_eq!(tok.token_to_piece_special(im_end, true), b"<|im_end|>");
 }

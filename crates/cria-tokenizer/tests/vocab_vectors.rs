@@ -13,12 +13,19 @@ fn check(name: &str) {
     for (text, expected) in &vectors {
         let got = tok.encode(text, false, false);
         if &got != expected {
-            failed.push(format!("  {text:?}\n    expected {expected:?}\n    got      {got:?}"));
+            failed.push(format!(
+                "  {text:?}\n    expected {expected:?}\n    got      {got:?}"
+            ));
         }
     }
     let passed = vectors.len() - failed.len();
     eprintln!("{name}: {passed}/{} vectors match llama.cpp", vectors.len());
-    assert!(failed.is_empty(), "{name}: {passed}/{} passed; failures:\n{}", vectors.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{name}: {passed}/{} passed; failures:\n{}",
+        vectors.len(),
+        failed.join("\n")
+    );
 }
 
 #[test]

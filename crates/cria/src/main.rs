@@ -12,7 +12,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "cria", version, about = "Run LLaMA-family models (GGUF or Hugging Face folders) on the CPU")]
+#[command(
+    name = "cria",
+    version,
+    about = "Run LLaMA-family models (GGUF or Hugging Face folders) on the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -46,7 +50,13 @@ impl TextArgs {
         match (&self.file, &self.text) {
             (Some(f), None) => {
                 let b = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-                String::from_utf8(b).map_err(|e| anyhow::anyhow!("{}: not valid UTF-8 (byte {})", f.display(), e.utf8_error().valid_up_to()))
+                String::from_utf8(b).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: not valid UTF-8 (byte {})",
+                        f.display(),
+                        e.utf8_error().valid_up_to()
+                    )
+                })
             }
             (None, Some(t)) => Ok(t.clone()),
             (Some(_), Some(_)) => bail!("give either --file or a text, not both"),
@@ -167,23 +177,54 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { m, input, raw, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ignore_eos, ctx_size, batch, system } => {
+        Cmd::Run {
+            m,
+            input,
+            raw,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            seed,
+            ignore_eos,
+            ctx_size,
+            batch,
+            system,
+        } => {
             let text = input.read()?;
             let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
             let tok = &l.tok;
             let prompt = if raw || tok.chat_template().is_none() {
                 if !raw {
-                    eprintln!("note: the model has no chat template; using the prompt as plain text");
+                    eprintln!(
+                        "note: the model has no chat template; using the prompt as plain text"
+                    );
                 }
                 tok.encode(&text, true, false)
             } else {
                 let mut msgs = Vec::new();
                 if let Some(s) = system {
-                    msgs.push(cria_engine::template::Message { role: "system".into(), content: s });
+                    msgs.push(cria_engine::template::Message {
+                        role: "system".into(),
+                        content: s,
+                    });
                 }
-                msgs.push(cria_engine::template::Message { role: "user".into(), content: text });
+                msgs.push(cria_engine::template::Message {
+                    role: "user".into(),
+                    content: text,
+                });
                 let tmpl = tok.chat_template().unwrap();
-                let rendered = cria_engine::template::render(tmpl, &msgs, true, tok.bos_text(), tok.eos_text(), None).context("rendering the chat template")?;
+                let rendered = cria_engine::template::render(
+                    tmpl,
+                    &msgs,
+                    true,
+                    tok.bos_text(),
+                    tok.eos_text(),
+                    None,
+                )
+                .context("rendering the chat template")?;
                 // Templates that write the BOS token themselves must not get a second one.
                 let add_bos = !tok.bos_text().is_empty() && !rendered.starts_with(tok.bos_text());
                 tok.encode(&rendered, add_bos, true)
@@ -195,12 +236,28 @@ fn real_main() -> Result<()> {
                 top_p,
                 min_p,
                 repeat_penalty,
-                seed: seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)),
+                seed: seed.unwrap_or_else(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0)
+                }),
                 ..SamplerConfig::default()
             };
             let mut sampler = Sampler::new(cfg, l.model.config.vocab_size);
             let mut out = std::io::stdout().lock();
-            let st = session::generate(&l, &prompt, &mut sampler, &session::GenOptions { max_tokens, ctx_size: ctx, ignore_eos, batch }, &mut out)?;
+            let st = session::generate(
+                &l,
+                &prompt,
+                &mut sampler,
+                &session::GenOptions {
+                    max_tokens,
+                    ctx_size: ctx,
+                    ignore_eos,
+                    batch,
+                },
+                &mut out,
+            )?;
             writeln!(out)?;
             if st.stop == session::StopReason::ContextFull {
                 eprintln!("[stopped: the context of {ctx} tokens is full]");
@@ -216,7 +273,13 @@ fn real_main() -> Result<()> {
                 cria_kernels::Backend::name(&l.backend)
             );
         }
-        Cmd::Tokenize { m, input, no_bos, parse_special, ids } => {
+        Cmd::Tokenize {
+            m,
+            input,
+            no_bos,
+            parse_special,
+            ids,
+        } => {
             let text = input.read()?;
             let l = session::load_tokenizer_only(m.model.as_deref())?;
             let toks = l.encode(&text, !no_bos, parse_special);
@@ -226,11 +289,25 @@ fn real_main() -> Result<()> {
                 writeln!(out, "{}", s.join(" "))?;
             } else {
                 for t in toks {
-                    writeln!(out, "{t:6} {:?}", String::from_utf8_lossy(&l.token_to_piece(t)))?;
+                    writeln!(
+                        out,
+                        "{t:6} {:?}",
+                        String::from_utf8_lossy(&l.token_to_piece(t))
+                    )?;
                 }
             }
         }
-        Cmd::Logits { m, input, no_bos, parse_special, all, tokens, out, batch, probe_sums } => {
+        Cmd::Logits {
+            m,
+            input,
+            no_bos,
+            parse_special,
+            all,
+            tokens,
+            out,
+            batch,
+            probe_sums,
+        } => {
             let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
             let toks = match tokens {
                 Some(t) => t,
@@ -239,7 +316,11 @@ fn real_main() -> Result<()> {
             let probe: Option<cria_model::Probe> = probe_sums.then(|| {
                 Box::new(|name: &str, layer: usize, v: &[f32]| {
                     let sum: f64 = v.iter().map(|&x| x as f64).sum();
-                    let name = if matches!(name, "embd" | "result_norm" | "result_output") { name.to_string() } else { format!("{name}-{layer}") };
+                    let name = if matches!(name, "embd" | "result_norm" | "result_output") {
+                        name.to_string()
+                    } else {
+                        format!("{name}-{layer}")
+                    };
                     eprintln!("{name} sum = {sum:.6}");
                 }) as cria_model::Probe
             });
@@ -247,15 +328,37 @@ fn real_main() -> Result<()> {
             let v = l.model.config.vocab_size;
             let shape = if all { vec![toks.len(), v] } else { vec![v] };
             cria_core::npy::write_f32(&out, &shape, &logits)?;
-            eprintln!("wrote {} logits {:?} for {} tokens to {}", logits.len(), shape, toks.len(), out.display());
+            eprintln!(
+                "wrote {} logits {:?} for {} tokens to {}",
+                logits.len(),
+                shape,
+                toks.len(),
+                out.display()
+            );
         }
-        Cmd::Perplexity { m, file, ctx_size, batch, chunks } => {
-            let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        Cmd::Perplexity {
+            m,
+            file,
+            ctx_size,
+            batch,
+            chunks,
+        } => {
+            let text =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let text = String::from_utf8_lossy(&text).into_owned();
             let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
-            perplexity::run(&l, &text, ctx_size, batch, chunks, &mut std::io::stdout().lock())?;
+            perplexity::run(
+                &l,
+                &text,
+                ctx_size,
+                batch,
+                chunks,
+                &mut std::io::stdout().lock(),
+            )?;
         }
-        Cmd::Inspect { model, metadata } => inspect::run(model.as_deref(), metadata, &mut std::io::stdout().lock())?,
+        Cmd::Inspect { model, metadata } => {
+            inspect::run(model.as_deref(), metadata, &mut std::io::stdout().lock())?
+        }
     }
     Ok(())
 }

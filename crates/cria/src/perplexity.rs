@@ -24,12 +24,23 @@ pub fn nll(logits: &[f32], tok: u32) -> f64 {
     -((logits[tok as usize] - max) as f64 - sum.ln())
 }
 
-pub fn compute(l: &Loaded, tokens: &[u32], ctx: usize, batch: usize, max_chunks: Option<usize>, mut progress: impl FnMut(usize, f64)) -> Result<PplResult> {
+pub fn compute(
+    l: &Loaded,
+    tokens: &[u32],
+    ctx: usize,
+    batch: usize,
+    max_chunks: Option<usize>,
+    mut progress: impl FnMut(usize, f64),
+) -> Result<PplResult> {
     if ctx < 4 {
         bail!("--ctx-size {ctx} is too small for perplexity");
     }
     if tokens.len() < 2 * ctx {
-        bail!("the text is {} tokens; perplexity with a context of {ctx} needs at least {}", tokens.len(), 2 * ctx);
+        bail!(
+            "the text is {} tokens; perplexity with a context of {ctx} needs at least {}",
+            tokens.len(),
+            2 * ctx
+        );
     }
     let bos = if l.tok.add_bos() { l.tok.bos() } else { None };
     let n_chunks = (tokens.len() / ctx).min(max_chunks.unwrap_or(usize::MAX));
@@ -65,13 +76,33 @@ pub fn compute(l: &Loaded, tokens: &[u32], ctx: usize, batch: usize, max_chunks:
     let mean = sum / count as f64;
     let var = sum2 / count as f64 - mean * mean;
     let ppl = mean.exp();
-    let stderr = if var > 0.0 && count > 1 { (var / (count - 1) as f64).sqrt() * ppl } else { 0.0 };
-    Ok(PplResult { ppl, stderr, chunks: n_chunks, scored: count })
+    let stderr = if var > 0.0 && count > 1 {
+        (var / (count - 1) as f64).sqrt() * ppl
+    } else {
+        0.0
+    };
+    Ok(PplResult {
+        ppl,
+        stderr,
+        chunks: n_chunks,
+        scored: count,
+    })
 }
 
-pub fn run(l: &Loaded, text: &str, ctx: usize, batch: usize, max_chunks: Option<usize>, out: &mut dyn Write) -> Result<PplResult> {
+pub fn run(
+    l: &Loaded,
+    text: &str,
+    ctx: usize,
+    batch: usize,
+    max_chunks: Option<usize>,
+    out: &mut dyn Write,
+) -> Result<PplResult> {
     let tokens = l.tok.encode(text, true, false);
-    eprintln!("{} tokens, {} chunks of {ctx}", tokens.len(), (tokens.len() / ctx).min(max_chunks.unwrap_or(usize::MAX)));
+    eprintln!(
+        "{} tokens, {} chunks of {ctx}",
+        tokens.len(),
+        (tokens.len() / ctx).min(max_chunks.unwrap_or(usize::MAX))
+    );
     let t0 = std::time::Instant::now();
     let r = compute(l, &tokens, ctx, batch, max_chunks, |i, p| {
         let _ = write!(out, "[{i}]{p:.4},");
@@ -79,6 +110,10 @@ pub fn run(l: &Loaded, text: &str, ctx: usize, batch: usize, max_chunks: Option<
     })?;
     writeln!(out)?;
     writeln!(out, "PPL = {:.4} +/- {:.5}", r.ppl, r.stderr)?;
-    eprintln!("{} tokens scored in {:.1} s", r.scored, t0.elapsed().as_secs_f64());
+    eprintln!(
+        "{} tokens scored in {:.1} s",
+        r.scored,
+        t0.elapsed().as_secs_f64()
+    );
     Ok(r)
 }

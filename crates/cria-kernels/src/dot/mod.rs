@@ -14,10 +14,10 @@
 //! call keep the checks and the dispatch out of the row loop. An element's result is the same bits
 //! whatever `rows` and `cols` are.
 
-pub mod layout;
-pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+pub mod layout;
+pub mod scalar;
 
 use crate::Isa;
 use cria_core::DType;
@@ -43,7 +43,11 @@ pub struct Kernel {
 
 impl std::fmt::Debug for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Kernel({} x {} on {}, {} cols)", self.dtype, self.vec_dot_type, self.isa, self.max_cols)
+        write!(
+            f,
+            "Kernel({} x {} on {}, {} cols)",
+            self.dtype, self.vec_dot_type, self.isa, self.max_cols
+        )
     }
 }
 
@@ -82,7 +86,9 @@ pub fn kernel(isa: Isa, dtype: DType) -> Option<Kernel> {
         DType::F32 | DType::F16 | DType::BF16 => (dtype, FLOAT_COLS),
         DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::IQ4_NL => (DType::Q8_0, QUANT_COLS),
         DType::Q4_1 | DType::Q5_1 => (DType::Q8_1, QUANT_COLS),
-        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::IQ4_XS => (DType::Q8_K, QUANT_COLS),
+        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::IQ4_XS => {
+            (DType::Q8_K, QUANT_COLS)
+        }
         _ => return None,
     };
     let (from_float, vec_dot) = match isa {
@@ -92,7 +98,14 @@ pub fn kernel(isa: Isa, dtype: DType) -> Option<Kernel> {
         #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx2 => return None,
     };
-    Some(Kernel { isa, dtype, vec_dot_type, from_float, vec_dot, max_cols: cols })
+    Some(Kernel {
+        isa,
+        dtype,
+        vec_dot_type,
+        from_float,
+        vec_dot,
+        max_cols: cols,
+    })
 }
 
 fn scalar_from_float(t: DType) -> Option<FromFloat> {
@@ -205,8 +218,18 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
-    pub(crate) const fn of(name: &'static str, block: usize, w_bytes: usize, a_bytes: usize) -> Geometry {
-        Geometry { name, block, w_bytes, a_bytes }
+    pub(crate) const fn of(
+        name: &'static str,
+        block: usize,
+        w_bytes: usize,
+        a_bytes: usize,
+    ) -> Geometry {
+        Geometry {
+            name,
+            block,
+            w_bytes,
+            a_bytes,
+        }
     }
 }
 
@@ -215,7 +238,15 @@ impl Geometry {
 /// times `cols` results with 1 <= cols <= 4, `a` holds `cols` rows spaced `stride` bytes apart.
 /// Returns (weight row bytes, cols). Violations are bugs in the caller, hence panics.
 #[inline(always)]
-pub(crate) fn check_dot_args(g: Geometry, n: usize, w: &[u8], rows: usize, a: &[u8], stride: usize, outs: usize) -> (usize, usize) {
+pub(crate) fn check_dot_args(
+    g: Geometry,
+    n: usize,
+    w: &[u8],
+    rows: usize,
+    a: &[u8],
+    stride: usize,
+    outs: usize,
+) -> (usize, usize) {
     let nb = n / g.block;
     let (rb, ab) = (nb * g.w_bytes, nb * g.a_bytes);
     let cols = outs.checked_div(rows).unwrap_or(0);
@@ -223,7 +254,8 @@ pub(crate) fn check_dot_args(g: Geometry, n: usize, w: &[u8], rows: usize, a: &[
         && rows.checked_mul(rb).is_some_and(|b| w.len() >= b)
         && rows * cols == outs
         && cols <= 4
-        && (rows == 0 || (cols >= 1 && (cols == 1 || stride >= ab) && a.len() >= (cols - 1) * stride + ab));
+        && (rows == 0
+            || (cols >= 1 && (cols == 1 || stride >= ab) && a.len() >= (cols - 1) * stride + ab));
     if !ok {
         bad_dot_args(g, n, w.len(), rows, a.len(), stride, outs);
     }
@@ -232,7 +264,15 @@ pub(crate) fn check_dot_args(g: Geometry, n: usize, w: &[u8], rows: usize, a: &[
 
 #[cold]
 #[inline(never)]
-fn bad_dot_args(g: Geometry, n: usize, w: usize, rows: usize, a: usize, stride: usize, outs: usize) -> ! {
+fn bad_dot_args(
+    g: Geometry,
+    n: usize,
+    w: usize,
+    rows: usize,
+    a: usize,
+    stride: usize,
+    outs: usize,
+) -> ! {
     panic!(
         "vec_dot {}: bad arguments: n={n} (block {}), weights {w} bytes for {rows} rows, activations {a} bytes, stride {stride}, {outs} outputs",
         g.name, g.block

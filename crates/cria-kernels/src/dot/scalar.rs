@@ -21,7 +21,10 @@ mod tests {
         for bits in 0..=u16::MAX {
             let want = half::f16::from_bits(bits).to_f32();
             let got = super::f16_to_f32(bits);
-            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{bits:#06x}: {got} vs {want}");
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{bits:#06x}: {got} vs {want}"
+            );
         }
     }
 }
@@ -34,7 +37,11 @@ pub fn f16_to_f32(h: u16) -> f32 {
     let h = h as u32;
     let em = h & 0x7fff;
     let mag = f32::from_bits(em << 13) * f32::from_bits(0x7780_0000);
-    let bits = if em >= 0x7c00 { 0x7f80_0000 | (em & 0x3ff) << 13 } else { mag.to_bits() };
+    let bits = if em >= 0x7c00 {
+        0x7f80_0000 | (em & 0x3ff) << 13
+    } else {
+        mag.to_bits()
+    };
     f32::from_bits(bits | (h & 0x8000) << 16)
 }
 
@@ -61,7 +68,10 @@ fn u32_at(b: &[u8], o: usize) -> u32 {
 /// f32 -> Q8_0 as llama.cpp's x86 `quantize_row_q8_0`: d = amax/127 stored as f16, values
 /// round_ties_even(x * 127/amax).
 pub fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
-    assert!(x.len() % QK == 0 && y.len() == x.len() / QK * Q8_0_BYTES, "quantize_q8_0: bad sizes");
+    assert!(
+        x.len() % QK == 0 && y.len() == x.len() / QK * Q8_0_BYTES,
+        "quantize_q8_0: bad sizes"
+    );
     for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(Q8_0_BYTES)) {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -75,7 +85,10 @@ pub fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
 
 /// f32 -> Q8_1: as Q8_0 plus s = d * sum(q) (f16), which the Q4_1/Q5_1 dots use for the min term.
 pub fn quantize_q8_1(x: &[f32], y: &mut [u8]) {
-    assert!(x.len() % QK == 0 && y.len() == x.len() / QK * Q8_1_BYTES, "quantize_q8_1: bad sizes");
+    assert!(
+        x.len() % QK == 0 && y.len() == x.len() / QK * Q8_1_BYTES,
+        "quantize_q8_1: bad sizes"
+    );
     for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(Q8_1_BYTES)) {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -95,7 +108,10 @@ pub fn quantize_q8_1(x: &[f32], y: &mut [u8]) {
 /// the signed value of largest magnitude, iscale = -127/max, d = 1/iscale (f32), plus the sums
 /// of each 16 quants that the K-quant dots use for their min terms.
 pub fn quantize_q8_k(x: &[f32], y: &mut [u8]) {
-    assert!(x.len() % QK_K == 0 && y.len() == x.len() / QK_K * Q8_K_BYTES, "quantize_q8_k: bad sizes");
+    assert!(
+        x.len() % QK_K == 0 && y.len() == x.len() / QK_K * Q8_K_BYTES,
+        "quantize_q8_k: bad sizes"
+    );
     for (xb, yb) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(Q8_K_BYTES)) {
         let (mut amax, mut max) = (0f32, 0f32);
         for &v in xb {
@@ -114,7 +130,10 @@ pub fn quantize_q8_k(x: &[f32], y: &mut [u8]) {
             *o = round_i8(iscale * v) as u8;
         }
         for j in 0..QK_K / 16 {
-            let s: i32 = yb[4 + 16 * j..4 + 16 * j + 16].iter().map(|&b| b as i8 as i32).sum();
+            let s: i32 = yb[4 + 16 * j..4 + 16 * j + 16]
+                .iter()
+                .map(|&b| b as i8 as i32)
+                .sum();
             yb[4 + QK_K + 2 * j..][..2].copy_from_slice(&(s as i16).to_le_bytes());
         }
         yb[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
@@ -183,7 +202,9 @@ pub fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 }
 
 pub fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    dot_lanes::<2>(n, w, a, |b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+    dot_lanes::<2>(n, w, a, |b| {
+        f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -195,13 +216,21 @@ pub fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 fn act32(y: &[u8], q81: bool) -> (&[i8; 32], f32, f32) {
     let off = if q81 { 4 } else { 2 };
     let qs: &[u8; 32] = y[off..off + 32].try_into().unwrap();
-    (bytemuck::cast_ref(qs), f16_at(y, 0), if q81 { f16_at(y, 2) } else { 0.0 })
+    (
+        bytemuck::cast_ref(qs),
+        f16_at(y, 0),
+        if q81 { f16_at(y, 2) } else { 0.0 },
+    )
 }
 
 /// The 32 weight values of a nibble block in element order: `lo`/`hi` turn a nibble (plus its
 /// 5th bit for Q5) into the weight's integer value (always within i8).
 #[inline]
-fn unpack_nibbles(qs: &[u8; 16], lo: impl Fn(usize, u8) -> i32, hi: impl Fn(usize, u8) -> i32) -> [i8; 32] {
+fn unpack_nibbles(
+    qs: &[u8; 16],
+    lo: impl Fn(usize, u8) -> i32,
+    hi: impl Fn(usize, u8) -> i32,
+) -> [i8; 32] {
     let mut v = [0i8; 32];
     let (vl, vh) = v.split_at_mut(16);
     for (j, (o, &q)) in vl.iter_mut().zip(qs).enumerate() {
@@ -225,7 +254,10 @@ struct Lanes {
 
 impl Lanes {
     fn new() -> Self {
-        Lanes { acc: [0.0; 8], summs: 0.0 }
+        Lanes {
+            acc: [0.0; 8],
+            summs: 0.0,
+        }
     }
     #[inline]
     fn block(&mut self, d: f32, v: &[i8; 32], y: &[i8; 32]) {
@@ -244,9 +276,17 @@ impl Lanes {
 
 pub fn dot_q4_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut l = Lanes::new();
-    for (x, y) in w.chunks_exact(Q4_0_BYTES).zip(a.chunks_exact(Q8_0_BYTES)).take(n / QK) {
+    for (x, y) in w
+        .chunks_exact(Q4_0_BYTES)
+        .zip(a.chunks_exact(Q8_0_BYTES))
+        .take(n / QK)
+    {
         let (yq, dy, _) = act32(y, false);
-        let v = unpack_nibbles(x[2..18].try_into().unwrap(), |_, v| v as i32 - 8, |_, v| v as i32 - 8);
+        let v = unpack_nibbles(
+            x[2..18].try_into().unwrap(),
+            |_, v| v as i32 - 8,
+            |_, v| v as i32 - 8,
+        );
         l.block(f16_at(x, 0) * dy, &v, yq);
     }
     l.hsum()
@@ -254,9 +294,17 @@ pub fn dot_q4_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 pub fn dot_q4_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut l = Lanes::new();
-    for (x, y) in w.chunks_exact(Q4_1_BYTES).zip(a.chunks_exact(Q8_1_BYTES)).take(n / QK) {
+    for (x, y) in w
+        .chunks_exact(Q4_1_BYTES)
+        .zip(a.chunks_exact(Q8_1_BYTES))
+        .take(n / QK)
+    {
         let (yq, dy, sy) = act32(y, true);
-        let v = unpack_nibbles(x[4..20].try_into().unwrap(), |_, v| v as i32, |_, v| v as i32);
+        let v = unpack_nibbles(
+            x[4..20].try_into().unwrap(),
+            |_, v| v as i32,
+            |_, v| v as i32,
+        );
         // sum_j (d*q_j + m) * (dy*y_j) = d*dy*sum(q_j*y_j) + m * (dy*sum(y_j)), the last factor is s.
         l.block(f16_at(x, 0) * dy, &v, yq);
         l.summs = f16_at(x, 2).mul_add(sy, l.summs);
@@ -266,7 +314,11 @@ pub fn dot_q4_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 pub fn dot_q5_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut l = Lanes::new();
-    for (x, y) in w.chunks_exact(Q5_0_BYTES).zip(a.chunks_exact(Q8_0_BYTES)).take(n / QK) {
+    for (x, y) in w
+        .chunks_exact(Q5_0_BYTES)
+        .zip(a.chunks_exact(Q8_0_BYTES))
+        .take(n / QK)
+    {
         let (yq, dy, _) = act32(y, false);
         let qh = u32_at(x, 2);
         let lo = |j: usize, v: u8| (v as u32 | ((qh >> j) & 1) << 4) as i32 - 16;
@@ -279,7 +331,11 @@ pub fn dot_q5_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 pub fn dot_q5_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut l = Lanes::new();
-    for (x, y) in w.chunks_exact(Q5_1_BYTES).zip(a.chunks_exact(Q8_1_BYTES)).take(n / QK) {
+    for (x, y) in w
+        .chunks_exact(Q5_1_BYTES)
+        .zip(a.chunks_exact(Q8_1_BYTES))
+        .take(n / QK)
+    {
         let (yq, dy, sy) = act32(y, true);
         let qh = u32_at(x, 4);
         let lo = |j: usize, v: u8| (v as u32 | ((qh >> j) & 1) << 4) as i32;
@@ -293,7 +349,11 @@ pub fn dot_q5_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 pub fn dot_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut l = Lanes::new();
-    for (x, y) in w.chunks_exact(Q8_0_BYTES).zip(a.chunks_exact(Q8_0_BYTES)).take(n / QK) {
+    for (x, y) in w
+        .chunks_exact(Q8_0_BYTES)
+        .zip(a.chunks_exact(Q8_0_BYTES))
+        .take(n / QK)
+    {
         let (xq, dx, _) = act32(x, false);
         let (yq, dy, _) = act32(y, false);
         l.block(dx * dy, xq, yq);
@@ -303,7 +363,11 @@ pub fn dot_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 pub fn dot_iq4_nl(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut l = Lanes::new();
-    for (x, y) in w.chunks_exact(IQ4_NL_BYTES).zip(a.chunks_exact(Q8_0_BYTES)).take(n / QK) {
+    for (x, y) in w
+        .chunks_exact(IQ4_NL_BYTES)
+        .zip(a.chunks_exact(Q8_0_BYTES))
+        .take(n / QK)
+    {
         let (yq, dy, _) = act32(y, false);
         let kv = |_, v: u8| KVALUES_IQ4NL[v as usize] as i32;
         let v = unpack_nibbles(x[2..18].try_into().unwrap(), kv, kv);
@@ -320,7 +384,11 @@ pub fn dot_iq4_nl(n: usize, w: &[u8], a: &[u8]) -> f32 {
 #[inline]
 fn q8k(a: &[u8], i: usize) -> (f32, &[i8], &[u8]) {
     let y = &a[i * Q8_K_BYTES..][..Q8_K_BYTES];
-    (f32_at(y, 0), bytemuck::cast_slice(&y[4..4 + QK_K]), &y[4 + QK_K..])
+    (
+        f32_at(y, 0),
+        bytemuck::cast_slice(&y[4..4 + QK_K]),
+        &y[4 + QK_K..],
+    )
 }
 
 /// sum over the 16-element groups g of scale[g] * sum_l v[16g + l] * y[16g + l] (exact in i32:
@@ -354,7 +422,9 @@ pub fn dot_q2_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             }
         }
         let isum = scaled_isum(&v, yq, &std::array::from_fn(|g| (sc[g] & 0xF) as i32));
-        let summs: i32 = (0..16).map(|g| i16_at(bsums, 2 * g) * (sc[g] >> 4) as i32).sum();
+        let summs: i32 = (0..16)
+            .map(|g| i16_at(bsums, 2 * g) * (sc[g] >> 4) as i32)
+            .sum();
         sumf += dy * f16_at(x, 80) * isum as f32 - dy * f16_at(x, 82) * summs as f32;
     }
     sumf
@@ -426,7 +496,9 @@ pub fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             }
         }
         let isum = scaled_isum(&v, yq, &std::array::from_fn(|g| sc[g / 2] as i32));
-        let summ: i32 = (0..16).map(|g| i16_at(bsums, 2 * g) * mn[g / 2] as i32).sum();
+        let summ: i32 = (0..16)
+            .map(|g| i16_at(bsums, 2 * g) * mn[g / 2] as i32)
+            .sum();
         sumf += f16_at(x, 0) * dy * isum as f32 - f16_at(x, 2) * dy * summ as f32;
     }
     sumf
@@ -449,7 +521,9 @@ pub fn dot_q5_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             }
         }
         let isum = scaled_isum(&v, yq, &std::array::from_fn(|g| sc[g / 2] as i32));
-        let summ: i32 = (0..16).map(|g| i16_at(bsums, 2 * g) * mn[g / 2] as i32).sum();
+        let summ: i32 = (0..16)
+            .map(|g| i16_at(bsums, 2 * g) * mn[g / 2] as i32)
+            .sum();
         sumf += f16_at(x, 0) * dy * isum as f32 - f16_at(x, 2) * dy * summ as f32;
     }
     sumf
@@ -464,7 +538,11 @@ pub fn dot_q6_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         // Half k, quarter 0..4, lane l: nibble (low for quarters 0,1; high for 2,3) of
         // ql[64k + 32*(quarter&1) + l], 2 high bits (2*quarter) of qh[32k + l], minus 32.
         let mut v = [0i8; QK_K];
-        for ((vk, qlk), qhk) in v.chunks_exact_mut(128).zip(ql.chunks_exact(64)).zip(qh.chunks_exact(32)) {
+        for ((vk, qlk), qhk) in v
+            .chunks_exact_mut(128)
+            .zip(ql.chunks_exact(64))
+            .zip(qh.chunks_exact(32))
+        {
             for (quarter, vq) in vk.chunks_exact_mut(32).enumerate() {
                 let src = &qlk[32 * (quarter & 1)..32 * (quarter & 1) + 32];
                 for ((o, &lb), &hb) in vq.iter_mut().zip(src).zip(qhk) {
@@ -500,7 +578,8 @@ pub fn dot_iq4_xs(n: usize, w: &[u8], a: &[u8]) -> f32 {
             yq,
             &std::array::from_fn(|g| {
                 let ib = g / 2;
-                let ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0xF) as u32 | ((sh >> (2 * ib)) & 3) << 4;
+                let ls =
+                    ((sl[ib / 2] >> (4 * (ib % 2))) & 0xF) as u32 | ((sh >> (2 * ib)) & 3) << 4;
                 ls as i32 - 32
             }),
         );

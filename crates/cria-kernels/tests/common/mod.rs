@@ -81,7 +81,11 @@ pub fn random_weights(rng: &mut Rng, t: DType, rows: usize, cols: usize) -> Tens
             for blk in b.chunks_exact_mut(t.type_size()) {
                 for &(o, signed) in scale_fields(t) {
                     let mag = rng.range(0.002, 0.03);
-                    let v = if signed && rng.u64() & 1 == 1 { -mag } else { mag };
+                    let v = if signed && rng.u64() & 1 == 1 {
+                        -mag
+                    } else {
+                        mag
+                    };
                     put_f16(blk, o, v);
                 }
                 if t == DType::Q8_0 {
@@ -94,7 +98,13 @@ pub fn random_weights(rng: &mut Rng, t: DType, rows: usize, cols: usize) -> Tens
             }
         }
     }
-    Tensor::new("w", t, vec![cols, rows], Bytes::owned(AlignedBuf::from_slice(&b))).unwrap()
+    Tensor::new(
+        "w",
+        t,
+        vec![cols, rows],
+        Bytes::owned(AlignedBuf::from_slice(&b)),
+    )
+    .unwrap()
 }
 
 /// Activations with the awkward cases in them: an all-zero block, a block with a big outlier,
@@ -124,9 +134,21 @@ pub fn dequant_act(at: DType, a: &[u8], k: usize) -> Vec<f32> {
     let h = |b: &[u8], o: usize| f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
     let mut out = Vec::with_capacity(k);
     match at {
-        DType::F32 => out.extend(a.chunks_exact(4).take(k).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        DType::F16 => out.extend(a.chunks_exact(2).take(k).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
-        DType::BF16 => out.extend(a.chunks_exact(2).take(k).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        DType::F32 => out.extend(
+            a.chunks_exact(4)
+                .take(k)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        DType::F16 => out.extend(
+            a.chunks_exact(2)
+                .take(k)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        DType::BF16 => out.extend(
+            a.chunks_exact(2)
+                .take(k)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
         DType::Q8_0 => {
             for blk in a.chunks_exact(34).take(k / 32) {
                 out.extend(blk[2..].iter().map(|&q| q as i8 as f32 * h(blk, 0)));
@@ -150,13 +172,19 @@ pub fn dequant_act(at: DType, a: &[u8], k: usize) -> Vec<f32> {
 
 /// The `s` field (f16 d*sum(q)) of each Q8_1 block of a row.
 pub fn q8_1_sums(a: &[u8], k: usize) -> Vec<f32> {
-    a.chunks_exact(36).take(k / 32).map(|b| f16::from_le_bytes([b[2], b[3]]).to_f32()).collect()
+    a.chunks_exact(36)
+        .take(k / 32)
+        .map(|b| f16::from_le_bytes([b[2], b[3]]).to_f32())
+        .collect()
 }
 
 /// The min `m` of each Q4_1/Q5_1 block of a weight row.
 pub fn block_mins(t: DType, w: &[u8]) -> Vec<f32> {
     match t {
-        DType::Q4_1 | DType::Q5_1 => w.chunks_exact(t.type_size()).map(|b| f16::from_le_bytes([b[2], b[3]]).to_f32()).collect(),
+        DType::Q4_1 | DType::Q5_1 => w
+            .chunks_exact(t.type_size())
+            .map(|b| f16::from_le_bytes([b[2], b[3]]).to_f32())
+            .collect(),
         _ => vec![],
     }
 }

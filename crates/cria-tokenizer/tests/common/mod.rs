@@ -8,14 +8,24 @@ use std::path::PathBuf;
 /// CRIA_REF_DIR, or `<workspace>/ref`. Panics with a clear message when it is missing: these tests
 /// check against reference data and must not pass silently without it.
 pub fn ref_dir() -> PathBuf {
-    let dir = std::env::var_os("CRIA_REF_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref")));
-    assert!(dir.is_dir(), "reference data not found at {} (set CRIA_REF_DIR)", dir.display());
+    let dir = std::env::var_os("CRIA_REF_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref")));
+    assert!(
+        dir.is_dir(),
+        "reference data not found at {} (set CRIA_REF_DIR)",
+        dir.display()
+    );
     dir
 }
 
 pub fn ref_file(rel: &str) -> PathBuf {
     let p = ref_dir().join(rel);
-    assert!(p.exists(), "reference file missing: {} (set CRIA_REF_DIR)", p.display());
+    assert!(
+        p.exists(),
+        "reference file missing: {} (set CRIA_REF_DIR)",
+        p.display()
+    );
     p
 }
 
@@ -56,8 +66,20 @@ pub fn read_vectors(gguf: &std::path::Path) -> Vec<(String, Vec<u32>)> {
             }
         }
     }
-    let outputs: Vec<Vec<u32>> = out.lines().map(|l| l.split_whitespace().map(|t| t.parse().expect("id")).collect()).collect();
-    assert_eq!(inputs.len(), outputs.len(), "{}: .inp and .out disagree on the number of tests", gguf.display());
+    let outputs: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .map(|t| t.parse().expect("id"))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        inputs.len(),
+        outputs.len(),
+        "{}: .inp and .out disagree on the number of tests",
+        gguf.display()
+    );
     inputs.into_iter().zip(outputs).collect()
 }
 
@@ -79,28 +101,50 @@ pub struct Fixture {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex")).collect()
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect()
 }
 
 pub fn read_fixture(vocab: &str) -> Fixture {
     let path = fixture(&format!("llamacpp_{vocab}.json"));
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture"))
+            .expect("fixture json");
     let cases = json["cases"]
         .as_array()
         .expect("cases")
         .iter()
         .map(|c| Case {
             text: c["text"].as_str().expect("text").to_string(),
-            enc: c["enc"].as_object().expect("enc").iter().map(|(k, v)| (k.clone(), ids(v))).collect(),
-            dec: c["dec"].as_object().expect("dec").iter().map(|(k, v)| (k.clone(), unhex(v.as_str().expect("hex")))).collect(),
+            enc: c["enc"]
+                .as_object()
+                .expect("enc")
+                .iter()
+                .map(|(k, v)| (k.clone(), ids(v)))
+                .collect(),
+            dec: c["dec"]
+                .as_object()
+                .expect("dec")
+                .iter()
+                .map(|(k, v)| (k.clone(), unhex(v.as_str().expect("hex"))))
+                .collect(),
             hf: c.get("hf").map(ids),
         })
         .collect();
-    Fixture { vocab: vocab.to_string(), json, cases }
+    Fixture {
+        vocab: vocab.to_string(),
+        json,
+        cases,
+    }
 }
 
 pub fn fixture_model_path(vocab: &str) -> PathBuf {
