@@ -221,20 +221,33 @@ impl Model {
             }
             config.rope_scaling = RopeScaling::FreqFactors(ff);
         }
-        let get = |name: &str| g.tensor(name).cloned();
-        let weights = Builder {
-            get: &get,
-            cfg: &config,
+        let weights = Self::build(
+            &|name: &str| g.tensor(name).cloned(),
+            &config,
             opts,
             backend,
-        }
-        .build()?;
+        )?;
         Ok(Model {
             rope: make_rope(&config),
             config,
             weights,
             source: Source::Gguf(g),
         })
+    }
+
+    fn build(
+        get: &dyn Fn(&str) -> Option<Tensor>,
+        cfg: &Config,
+        opts: LoadOptions,
+        backend: &dyn Backend,
+    ) -> Result<Weights> {
+        Builder {
+            get,
+            cfg,
+            opts,
+            backend,
+        }
+        .build()
     }
 
     pub fn load_hf_folder(dir: &Path, opts: LoadOptions, backend: &dyn Backend) -> Result<Model> {
@@ -256,22 +269,21 @@ impl Model {
         if !by_gguf.contains_key("output.weight") {
             config.tied_embeddings = true;
         }
-        let get = |name: &str| by_gguf.get(name).cloned();
-        let weights = Builder {
-            get: &get,
-            cfg: &config,
+        let weights = Self::build(
+            &|name: &str| by_gguf.get(name).cloned(),
+            &config,
             opts,
             backend,
-        }
-        .build()?;
+        )?;
+        let source = Source::HfFolder {
+            dir: dir.to_path_buf(),
+            config_json,
+        };
         Ok(Model {
             rope: make_rope(&config),
             config,
             weights,
-            source: Source::HfFolder {
-                dir: dir.to_path_buf(),
-                config_json,
-            },
+            source,
         })
     }
 

@@ -65,6 +65,16 @@ impl TextArgs {
     }
 }
 
+#[derive(Args, Clone)]
+struct TokenizeArgs {
+    /// Do not add BOS even if the model asks for it.
+    #[arg(long = "no-bos")]
+    no_bos: bool,
+    /// Match special tokens (<|im_start|>, <s>...) written in the text.
+    #[arg(long = "parse-special")]
+    parse_special: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Generate a completion (chat-templated for instruct models unless --raw) and stream it.
@@ -109,12 +119,8 @@ enum Cmd {
         m: ModelArgs,
         #[command(flatten)]
         input: TextArgs,
-        /// Do not add BOS even if the model asks for it.
-        #[arg(long = "no-bos")]
-        no_bos: bool,
-        /// Match special tokens (<|im_start|>, <s>...) written in the text.
-        #[arg(long = "parse-special")]
-        parse_special: bool,
+        #[command(flatten)]
+        tok: TokenizeArgs,
         /// Only the ids, space-separated on one line.
         #[arg(long)]
         ids: bool,
@@ -125,10 +131,8 @@ enum Cmd {
         m: ModelArgs,
         #[command(flatten)]
         input: TextArgs,
-        #[arg(long = "no-bos")]
-        no_bos: bool,
-        #[arg(long = "parse-special")]
-        parse_special: bool,
+        #[command(flatten)]
+        tok: TokenizeArgs,
         /// Logits of every position, (n_tokens, vocab); default only the last, (vocab).
         #[arg(long)]
         all: bool,
@@ -273,16 +277,10 @@ fn real_main() -> Result<()> {
                 cria_kernels::Backend::name(&l.backend)
             );
         }
-        Cmd::Tokenize {
-            m,
-            input,
-            no_bos,
-            parse_special,
-            ids,
-        } => {
+        Cmd::Tokenize { m, input, tok, ids } => {
             let text = input.read()?;
             let l = session::load_tokenizer_only(m.model.as_deref())?;
-            let toks = l.encode(&text, !no_bos, parse_special);
+            let toks = l.encode(&text, !tok.no_bos, tok.parse_special);
             let mut out = std::io::stdout().lock();
             if ids {
                 let s: Vec<String> = toks.iter().map(|t| t.to_string()).collect();
@@ -300,8 +298,7 @@ fn real_main() -> Result<()> {
         Cmd::Logits {
             m,
             input,
-            no_bos,
-            parse_special,
+            tok,
             all,
             tokens,
             out,
@@ -311,7 +308,7 @@ fn real_main() -> Result<()> {
             let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
             let toks = match tokens {
                 Some(t) => t,
-                None => l.encode(&input.read()?, !no_bos, parse_special),
+                None => l.encode(&input.read()?, !tok.no_bos, tok.parse_special),
             };
             let probe: Option<cria_model::Probe> = probe_sums.then(|| {
                 Box::new(|name: &str, layer: usize, v: &[f32]| {

@@ -111,8 +111,9 @@ pub fn run(
     writeln!(out)?;
     writeln!(out, "PPL = {:.4} +/- {:.5}", r.ppl, r.stderr)?;
     eprintln!(
-        "{} tokens scored in {:.1} s",
+        "{} tokens scored over {} chunks in {:.1} s",
         r.scored,
+        r.chunks,
         t0.elapsed().as_secs_f64()
     );
     Ok(r)
