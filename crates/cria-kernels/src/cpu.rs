@@ -19,15 +19,13 @@ use crate::{ops, reference, AttnShape, Backend, Rope};
 use cria_core::{DType, Tensor};
 use std::sync::Mutex;
 
-/// Weight bytes per work item: small enough for many items per thread on 576-wide layers, large
-/// enough to amortise the hand-out, and inside L1/L2 while a group of tokens passes over it.
-const CHUNK_BYTES: usize = 16 * 1024;
+mod attention;
+mod gemm_float;
+mod matmul;
+
 /// Below this many multiply-adds an op runs on the calling thread: waking workers costs a few
 /// microseconds.
-const MIN_PARALLEL_MACS: usize = 64 * 1024;
-/// Cap on rows per work item (bounds the on-stack result tile; tiny rows would otherwise make
-/// items of thousands of rows).
-const MAX_CHUNK_ROWS: usize = 256;
+pub(crate) const MIN_PARALLEL_MACS: usize = 64 * 1024;
 
 pub struct CpuBackend {
     /// Threads in all, the caller included.
@@ -45,13 +43,13 @@ pub struct CpuBackend {
 /// A raw output pointer the worker threads share. Sound because every element is written by
 /// exactly one work item (see matmul) and the pool joins before the borrow ends.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
 // SAFETY: see above: disjoint writes only, lifetime bounded by ThreadPool::run.
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 impl SyncPtr {
     /// A method rather than `.0` so closures capture the Sync wrapper, not the raw pointer.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -106,93 +104,12 @@ impl Backend for CpuBackend {
         self.kernel(dtype).is_some() && cria_core::quant::can_dequantize(dtype)
     }
 
+    fn prepare(&self, w: Tensor) -> cria_core::Result<Tensor> {
+        matmul::prepare(self, w)
+    }
+
     fn matmul(&self, out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
-        let (n, k) = (w.rows(), w.cols());
-        assert_eq!(
-            x.len(),
-            t * k,
-            "matmul {}: x has {} values, want t={t} x k={k}",
-            w.name,
-            x.len()
-        );
-        assert_eq!(
-            out.len(),
-            t * n,
-            "matmul {}: out has {} values, want t={t} x n={n}",
-            w.name,
-            out.len()
-        );
-        if t == 0 || n == 0 {
-            return;
-        }
-        let kern = self.kernel(w.dtype).unwrap_or_else(|| {
-            panic!("cria: the CPU backend has no matmul kernel for {} (tensor {}); callers must check Backend::supports", w.dtype, w.name)
-        });
-        let ab = kern
-            .vec_dot_type
-            .bytes_for(k)
-            .unwrap_or_else(|e| panic!("matmul {}: {e}", w.name));
-        let mut act_guard = self.act.lock().unwrap_or_else(|e| e.into_inner());
-        let a: &[u8] = if kern.vec_dot_type == DType::F32 {
-            bytemuck::cast_slice(x)
-        } else {
-            if act_guard.len() < t * ab {
-                act_guard.resize(t * ab, 0);
-            }
-            for (xr, ar) in x
-                .chunks_exact(k.max(1))
-                .zip(act_guard.chunks_exact_mut(ab.max(1)))
-                .take(t)
-            {
-                (kern.from_float)(xr, ar);
-            }
-            &act_guard[..t * ab]
-        };
-        let wb = w.bytes();
-        let rb = w.row_bytes();
-        // A multiple of 16 rows, so that (with a 64-byte-aligned `out`) each cache line of the
-        // output belongs to one work item: no line ping-pong between threads, no line written
-        // half by one item and half by the next.
-        let rows_per_chunk = (CHUNK_BYTES / rb.max(1)).clamp(16, MAX_CHUNK_ROWS) / 16 * 16;
-        let rows_per_chunk = rows_per_chunk.min(n);
-        let n_chunks = n.div_ceil(rows_per_chunk);
-        let outp = SyncPtr(out.as_mut_ptr());
-        let job = |chunk: usize, _tid: usize| {
-            let (j0, j1) = (
-                chunk * rows_per_chunk,
-                ((chunk + 1) * rows_per_chunk).min(n),
-            );
-            let rows = j1 - j0;
-            let wrows = &wb[j0 * rb..j1 * rb];
-            if t == 1 {
-                // One token: the chunk's results are contiguous in `out`, write them in place.
-                // SAFETY: j0..j1 lies inside `out` (len n) and belongs to this chunk alone; the
-                // pool joins before `out`'s borrow ends.
-                let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add(j0), rows) };
-                (kern.vec_dot)(k, wrows, rows, a, ab, o);
-                return;
-            }
-            let mut tile = [0f32; MAX_CHUNK_ROWS * 4];
-            let mut i = 0;
-            while i < t {
-                let cols = kern.max_cols.min(t - i).min(4);
-                // tile[r * cols + c] = row j0 + r . token i + c
-                (kern.vec_dot)(k, wrows, rows, &a[i * ab..], ab, &mut tile[..rows * cols]);
-                for c in 0..cols {
-                    for r in 0..rows {
-                        // SAFETY: (i + c) < t and j0 + r < n, so the index is inside `out` (len
-                        // t*n, checked above); this (token, row) belongs to this chunk alone.
-                        unsafe { *outp.get().add((i + c) * n + j0 + r) = tile[r * cols + c] };
-                    }
-                }
-                i += cols;
-            }
-        };
-        if self.threads == 1 || n_chunks == 1 || n * k * t < MIN_PARALLEL_MACS {
-            (0..n_chunks).for_each(|c| job(c, 0));
-        } else {
-            self.pool.for_each(n_chunks, &job);
-        }
+        matmul::matmul(self, out, x, w, t)
     }
 
     fn embed(&self, out: &mut [f32], table: &Tensor, tokens: &[u32]) {
@@ -253,43 +170,7 @@ impl Backend for CpuBackend {
     }
 
     fn attention(&self, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape) {
-        ops::check_attention(out, q, k, v, s);
-        match self.isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                let hd = s.head_dim;
-                let items = s.t * s.n_heads;
-                let outp = SyncPtr(out.as_mut_ptr());
-                // llama.cpp multiplies probabilities by V with tinyBLAS when the batch has >= 2
-                // tokens and head_dim % 4 == 0, else with vec_dot_f32; the two sum in different
-                // orders, and we follow whichever it would use.
-                let batched = s.t >= 2 && hd % 4 == 0;
-                let job = |item: usize, tid: usize| {
-                    let (r, h) = (item / s.n_heads, item % s.n_heads);
-                    let mut scores = self.scores[tid].lock().unwrap_or_else(|e| e.into_inner());
-                    // One row of keys, rounded up to whole blocks of 8 (the softmax works on
-                    // 8-aligned blocks of positions).
-                    let need = (s.pos0 + s.t).div_ceil(8) * 8;
-                    if scores.len() < need {
-                        scores.resize(need, 0.0);
-                    }
-                    // SAFETY: item (r, h) owns out[item*hd .. (item+1)*hd], inside `out`
-                    // (check_attention); no other item touches it and run() joins before return.
-                    let o =
-                        unsafe { std::slice::from_raw_parts_mut(outp.get().add(item * hd), hd) };
-                    let qh = &q[item * hd..][..hd];
-                    // SAFETY: Avx2 is only selected when available; buffers checked above.
-                    unsafe { ops::avx2::head(o, qh, k, v, s, r, h, &mut scores, batched) };
-                };
-                let work = items * (s.pos0 + s.t) * hd;
-                if self.threads == 1 || items == 1 || work < MIN_PARALLEL_MACS {
-                    (0..items).for_each(|i| job(i, 0));
-                } else {
-                    self.pool.for_each(items, &job);
-                }
-            }
-            _ => reference::attention(out, q, k, v, s),
-        }
+        attention::attention(self, out, q, k, v, s)
     }
 
     fn silu_mul(&self, a: &mut [f32], b: &[f32]) {

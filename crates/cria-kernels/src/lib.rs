@@ -8,6 +8,7 @@
 pub mod cpu;
 pub mod dot;
 pub mod isa;
+pub mod membw;
 mod ops;
 pub mod pool;
 pub mod reference;
@@ -124,6 +125,12 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
     /// Whether `matmul`/`embed` run weights of this type.
     fn supports(&self, dtype: DType) -> bool;
+    /// Called once per weight matrix at load, after `supports`: the backend may return it in a
+    /// layout of its own (e.g. rows interleaved for its GEMM), which only its `matmul` reads.
+    /// The embedding table is not passed here (`embed` reads the file's layout). Default: as is.
+    fn prepare(&self, w: Tensor) -> cria_core::Result<Tensor> {
+        Ok(w)
+    }
     /// out (t, w.rows()) = x (t, w.cols()) @ w^T.
     fn matmul(&self, out: &mut [f32], x: &[f32], w: &Tensor, t: usize);
     /// out (tokens.len(), table.cols()) = rows `tokens` of `table`, dequantized.

@@ -21,6 +21,12 @@ impl KvCache {
             max_seq,
         }
     }
+
+    /// Bytes of K and V that attention reads per cached position, over all layers.
+    pub fn bytes_per_position(&self) -> usize {
+        let per_layer = self.k.first().map_or(0, |k| k.len() / self.max_seq.max(1));
+        2 * self.k.len() * per_layer * std::mem::size_of::<f32>()
+    }
 }
 
 /// Which logits a forward call produces.

@@ -66,7 +66,12 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// A weight matrix, checked and handed to the backend's `prepare` (its own layout, if any).
     fn tensor(&self, name: &str, ne: [usize; 2]) -> Result<Tensor> {
+        self.backend.prepare(self.raw_tensor(name, ne)?)
+    }
+    /// A matrix as the file has it (the embedding table, read row by row by `embed`).
+    fn raw_tensor(&self, name: &str, ne: [usize; 2]) -> Result<Tensor> {
         let t = (self.get)(name)
             .ok_or_else(|| Error::msg(format!("tensor {name} is missing from the model file")))?;
         self.check(t, ne)
@@ -122,10 +127,13 @@ impl Builder<'_> {
     fn build(&self) -> Result<Weights> {
         let c = self.cfg;
         let (dim, q, kv, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-        let token_embd = self.tensor("token_embd.weight", [dim, c.vocab_size])?;
+        let token_embd = self.raw_tensor("token_embd.weight", [dim, c.vocab_size])?;
         let output = match (self.get)("output.weight") {
-            Some(t) if !c.tied_embeddings => self.check(t, [dim, c.vocab_size])?,
-            _ => token_embd.clone(),
+            Some(t) if !c.tied_embeddings => {
+                self.backend.prepare(self.check(t, [dim, c.vocab_size])?)?
+            }
+            // Tied: the same bytes, unless the backend wants its own layout for the head.
+            _ => self.backend.prepare(token_embd.clone())?,
         };
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
@@ -287,7 +295,69 @@ impl Model {
         })
     }
 
-    /// Bytes of weights one token's forward reads (for GB/s figures).
+    /// Parameters: every matrix and norm, the tied output head counted once.
+    pub fn n_params(&self) -> usize {
+        let w = &self.weights;
+        let elems = |t: &Tensor| t.ne.iter().product::<usize>();
+        let tied = self.config.tied_embeddings
+            || std::ptr::eq(w.output.bytes().as_ptr(), w.token_embd.bytes().as_ptr());
+        let mut n = elems(&w.token_embd) + w.output_norm.len();
+        if !tied {
+            n += elems(&w.output);
+        }
+        for l in &w.layers {
+            n += l.attn_norm.len() + l.ffn_norm.len();
+            for t in [
+                &l.attn_q,
+                &l.attn_k,
+                &l.attn_v,
+                &l.attn_output,
+                &l.ffn_gate,
+                &l.ffn_up,
+                &l.ffn_down,
+            ] {
+                n += elems(t);
+            }
+            for b in [
+                &l.attn_q_bias,
+                &l.attn_k_bias,
+                &l.attn_v_bias,
+                &l.attn_output_bias,
+                &l.ffn_gate_bias,
+                &l.ffn_up_bias,
+                &l.ffn_down_bias,
+            ] {
+                n += b.as_ref().map_or(0, |b| b.len());
+            }
+        }
+        n
+    }
+
+    /// The weight type holding most of the layers' bytes (what a file's quantization is called by).
+    pub fn main_dtype(&self) -> cria_core::DType {
+        let mut by: Vec<(cria_core::DType, usize)> = Vec::new();
+        for l in &self.weights.layers {
+            for t in [
+                &l.attn_q,
+                &l.attn_k,
+                &l.attn_v,
+                &l.attn_output,
+                &l.ffn_gate,
+                &l.ffn_up,
+                &l.ffn_down,
+            ] {
+                match by.iter_mut().find(|(d, _)| *d == t.dtype) {
+                    Some((_, n)) => *n += t.bytes().len(),
+                    None => by.push((t.dtype, t.bytes().len())),
+                }
+            }
+        }
+        by.into_iter()
+            .max_by_key(|&(_, n)| n)
+            .map_or(self.weights.output.dtype, |(d, _)| d)
+    }
+
+    /// Bytes of the matrices one token's forward reads: every layer matrix and the output head.
     pub fn weight_bytes(&self) -> usize {
         let w = &self.weights;
         let mut n = w.output.bytes().len();

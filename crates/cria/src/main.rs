@@ -1,5 +1,6 @@
 //! The `cria` binary: thin subcommands over the library crates.
 
+mod bench;
 mod fetch;
 mod inspect;
 mod perplexity;
@@ -160,6 +161,28 @@ enum Cmd {
         /// Stop after this many chunks.
         #[arg(long = "chunks")]
         chunks: Option<usize>,
+    },
+    /// Prompt-processing and generation speed, as llama-bench measures it, with the share of the
+    /// memory roofline that decoding reaches.
+    Bench {
+        /// Models (repeat -m for several; default: the default model).
+        #[arg(short = 'm', long = "model")]
+        models: Vec<String>,
+        /// Prompt tokens for the pp test (0: skip).
+        #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+        prompt: usize,
+        /// Generated tokens for the tg test (0: skip).
+        #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+        gen: usize,
+        /// Thread counts, comma-separated (default: physical cores).
+        #[arg(short = 't', long = "threads", value_delimiter = ',')]
+        threads: Vec<usize>,
+        /// Timed repetitions (after one warm-up run).
+        #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+        reps: usize,
+        /// Output: md (a table) or json.
+        #[arg(short = 'o', long = "output", default_value = "md", value_parser = ["md", "json"])]
+        output: String,
     },
     /// Architecture, hyper-parameters, tokenizer and tensor table of a model.
     Inspect {
@@ -350,6 +373,36 @@ fn real_main() -> Result<()> {
                 ctx_size,
                 batch,
                 chunks,
+                &mut std::io::stdout().lock(),
+            )?;
+        }
+        Cmd::Bench {
+            models,
+            prompt,
+            gen,
+            threads,
+            reps,
+            output,
+        } => {
+            let models = if models.is_empty() {
+                vec![None]
+            } else {
+                models.into_iter().map(Some).collect()
+            };
+            let threads = if threads.is_empty() {
+                vec![session::default_threads()]
+            } else {
+                threads
+            };
+            bench::run(
+                &bench::BenchOptions {
+                    models,
+                    prompt,
+                    gen,
+                    threads,
+                    reps,
+                    json: output == "json",
+                },
                 &mut std::io::stdout().lock(),
             )?;
         }
