@@ -30,6 +30,21 @@ pub struct Layer {
     pub ffn_down_bias: Option<Vec<f32>>,    // (dim)
 }
 
+impl Layer {
+    /// The seven weight matrices, in the order the forward reads them.
+    pub fn matrices(&self) -> [&Tensor; 7] {
+        [
+            &self.attn_q,
+            &self.attn_k,
+            &self.attn_v,
+            &self.attn_output,
+            &self.ffn_gate,
+            &self.ffn_up,
+            &self.ffn_down,
+        ]
+    }
+}
+
 pub struct Weights {
     pub token_embd: Tensor,    // rows vocab, cols dim
     pub output_norm: Vec<f32>, // (dim)
@@ -307,15 +322,7 @@ impl Model {
         }
         for l in &w.layers {
             n += l.attn_norm.len() + l.ffn_norm.len();
-            for t in [
-                &l.attn_q,
-                &l.attn_k,
-                &l.attn_v,
-                &l.attn_output,
-                &l.ffn_gate,
-                &l.ffn_up,
-                &l.ffn_down,
-            ] {
+            for t in l.matrices() {
                 n += elems(t);
             }
             for b in [
@@ -337,15 +344,7 @@ impl Model {
     pub fn main_dtype(&self) -> cria_core::DType {
         let mut by: Vec<(cria_core::DType, usize)> = Vec::new();
         for l in &self.weights.layers {
-            for t in [
-                &l.attn_q,
-                &l.attn_k,
-                &l.attn_v,
-                &l.attn_output,
-                &l.ffn_gate,
-                &l.ffn_up,
-                &l.ffn_down,
-            ] {
+            for t in l.matrices() {
                 match by.iter_mut().find(|(d, _)| *d == t.dtype) {
                     Some((_, n)) => *n += t.bytes().len(),
                     None => by.push((t.dtype, t.bytes().len())),
@@ -362,15 +361,7 @@ impl Model {
         let w = &self.weights;
         let mut n = w.output.bytes().len();
         for l in &w.layers {
-            for t in [
-                &l.attn_q,
-                &l.attn_k,
-                &l.attn_v,
-                &l.attn_output,
-                &l.ffn_gate,
-                &l.ffn_up,
-                &l.ffn_down,
-            ] {
+            for t in l.matrices() {
                 n += t.bytes().len();
             }
         }
