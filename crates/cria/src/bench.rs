@@ -35,6 +35,16 @@ struct Row {
     /// Read bandwidth of this machine with `threads` threads, bytes/s.
     bandwidth: f64,
     logits_hash: String,
+    /// KV cache bytes of this test.
+    kv_bytes: usize,
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), bytes.
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 impl Row {
@@ -99,6 +109,9 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             bw.last().unwrap().1 / 1e9
         );
     }
+    // The bandwidth probe's 1 GiB buffer is freed; reset the peak-RSS mark (Linux >= 4.0) so that
+    // peak_rss reports the model's footprint, not the probe's.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let mut rows = Vec::new();
     if !o.json {
         writeln!(
@@ -175,6 +188,7 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
                     bytes_per_token,
                     bandwidth,
                     logits_hash: last_hash,
+                    kv_bytes: kv.bytes_per_position() * ctx,
                 };
                 if !o.json {
                     print_md(&row, out)?;
@@ -194,6 +208,7 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
                     "stddev_ts": r.stddev(), "samples_ts": r.samples_ts,
                     "bytes_per_token": r.bytes_per_token, "read_bandwidth": r.bandwidth,
                     "gbps": r.gbps(), "roofline": r.roofline(), "logits_hash": r.logits_hash,
+                    "kv_bytes": r.kv_bytes, "peak_rss_bytes": peak_rss(),
                 })
             })
             .collect();
@@ -252,6 +267,7 @@ mod tests {
             bytes_per_token: Some(10.0),
             bandwidth: 80.0,
             logits_hash: String::new(),
+            kv_bytes: 0,
         };
         assert_eq!(r.mean(), 4.0);
         assert_eq!(r.stddev(), 2.0);

