@@ -79,9 +79,15 @@ fn bench_bad_options_are_errors() {
     let m = m.to_str().unwrap();
     for (args, want) in [
         (vec!["bench", "-m", m, "-r", "0"], "-r must be at least 1"),
-        (vec!["bench", "-m", m, "-p", "0", "-n", "0"], "nothing to measure"),
+        (
+            vec!["bench", "-m", m, "-p", "0", "-n", "0"],
+            "nothing to measure",
+        ),
         (vec!["bench", "-m", m, "-t", "0"], "at least 1"),
-        (vec!["bench", "-m", "/nonexistent/model.gguf", "-r", "1"], "nonexistent"),
+        (
+            vec!["bench", "-m", "/nonexistent/model.gguf", "-r", "1"],
+            "nonexistent",
+        ),
     ] {
         let out = cria(&args);
         assert!(!out.status.success(), "{args:?} succeeded");
