@@ -13,16 +13,19 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C (Haswell / Zen and later).
     Avx2,
+    /// aarch64 Advanced SIMD (every ARMv8-A core).
+    Neon,
 }
 
 impl Isa {
     /// Every ISA this build knows, slowest first.
-    pub const ALL: [Isa; 2] = [Isa::Scalar, Isa::Avx2];
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Neon];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Neon => "neon",
         }
     }
 
@@ -44,6 +47,10 @@ impl Isa {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 => false,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(not(target_arch = "aarch64"))]
+            Isa::Neon => false,
         }
     }
 

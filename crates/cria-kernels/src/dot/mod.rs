@@ -17,6 +17,8 @@
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 pub mod layout;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod scalar;
 
 use crate::Isa;
@@ -97,6 +99,14 @@ pub fn kernel(isa: Isa, dtype: DType) -> Option<Kernel> {
         Isa::Avx2 => (avx2_from_float(vec_dot_type)?, avx2_vec_dot(dtype)?),
         #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx2 => return None,
+        // Per type: the NEON kernel where there is one, else the scalar one.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => (
+            neon::from_float(vec_dot_type).or_else(|| scalar_from_float(vec_dot_type))?,
+            neon::vec_dot(dtype).or_else(|| scalar_vec_dot(dtype))?,
+        ),
+        #[cfg(not(target_arch = "aarch64"))]
+        Isa::Neon => return None,
     };
     Some(Kernel {
         isa,
