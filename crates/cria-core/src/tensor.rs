@@ -65,6 +65,10 @@ pub struct Tensor {
     /// GGML order, innermost first; trailing 1s are kept as the file has them.
     pub ne: Vec<usize>,
     pub data: Bytes,
+    /// A backend's own copy of the weights in a layout of its choosing (set by
+    /// `Backend::prepare`, e.g. rows interleaved for a SIMD GEMM); None for a plain tensor. Only
+    /// the backend that made it reads it (by downcasting); `data` stays the file's layout.
+    pub prepared: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Tensor {
@@ -101,6 +105,7 @@ impl Tensor {
             dtype,
             ne,
             data,
+            prepared: None,
         })
     }
     /// An owned F32 tensor (tests, converted weights).
