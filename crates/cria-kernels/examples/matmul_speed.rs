@@ -96,7 +96,9 @@ fn kernel_only(types: &[DType]) {
     }
 }
 
-/// `--one N K T TYPE`: loops one matmul for ~3 s (for perf).
+/// `--one N K T TYPE [plain]`: loops one matmul for ~3 s (for perf), on the weights as
+/// `Backend::prepare` leaves them (repacked where the backend does that) or, with `plain`, as the
+/// file has them.
 fn one(args: &[String]) {
     let (n, k, t): (usize, usize, usize) = (
         args[0].parse().unwrap(),
@@ -109,6 +111,11 @@ fn one(args: &[String]) {
     let x = random_acts(&mut rng, t, k);
     let mut out = vec![0f32; t * n];
     let b = CpuBackend::new(1);
+    let w = if args.get(4).map(String::as_str) == Some("plain") {
+        w
+    } else {
+        b.prepare(w).unwrap()
+    };
     let start = Instant::now();
     let mut runs = 0;
     while start.elapsed() < Duration::from_secs(3) {
@@ -169,7 +176,10 @@ fn main() {
             } else {
                 k
             };
-            let w = random_weights(&mut rng, wt, n, k);
+            // As the model loader hands them over (the backend's own layout, if it has one).
+            let w = backends[0]
+                .prepare(random_weights(&mut rng, wt, n, k))
+                .unwrap();
             print!("{:>7} {:>10}", wt.name(), format!("{n}x{k}"));
             for b in &backends {
                 let mut cells = vec![];

@@ -21,6 +21,7 @@ use std::sync::Mutex;
 
 mod attention;
 mod gemm_float;
+pub mod gemm_q;
 mod matmul;
 
 /// Below this many multiply-adds an op runs on the calling thread: waking workers costs a few

@@ -10,9 +10,10 @@ const CHUNK_BYTES: usize = 16 * 1024;
 /// items of thousands of rows).
 const MAX_CHUNK_ROWS: usize = 256;
 
-/// The layout `matmul` wants for a weight matrix (for now: the file's).
-pub(crate) fn prepare(_b: &CpuBackend, w: Tensor) -> cria_core::Result<Tensor> {
-    Ok(w)
+/// The layout `matmul` wants for a weight matrix: Q4_0 and Q8_0 repacked into 8-row groups on
+/// AVX2 (`gemm_q`), everything else as the file has it.
+pub(crate) fn prepare(b: &CpuBackend, w: Tensor) -> cria_core::Result<Tensor> {
+    Ok(super::gemm_q::prepare(b, w))
 }
 
 pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
@@ -32,6 +33,10 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], w: &Tensor, t: 
         out.len()
     );
     if t == 0 || n == 0 {
+        return;
+    }
+    if let Some(p) = super::gemm_q::packed(w) {
+        super::gemm_q::matmul(b, out, x, p, t);
         return;
     }
     // Float weights with several tokens: a register-tiled GEMM (when it takes the case).

@@ -1,0 +1,151 @@
+//! The repacked quantized matmul (`cpu::gemm_q`) against the plain-layout scalar dots (the spec),
+//! on awkward sizes.
+//!
+//! Tolerances, and why:
+//! - SIMD tile kernel vs its scalar twin on the same packed bytes: bit-identical (same integer
+//!   sums, same f32 scale product, one FMA per block in the same order per lane).
+//! - matmul on a prepared matrix vs `scalar::dot_*` on the plain rows with the same Q8_0
+//!   activations: both add the same per-block f32 terms (exact integer dot times the same f32
+//!   product d_w * d_a), in different orders (one running FMA vs 8 lanes summed at the end). Each
+//!   of the nb <= 9 additions rounds by at most 2^-24 of the running magnitude, which is bounded
+//!   by sum_i |w_i a_i|; we allow 1e-5 * sum_i |w_i a_i| (far above nb * 2^-24 = 5e-7, and far
+//!   below any layout bug, which moves a result by a whole block's term).
+//! - Results do not depend on the thread count: bitwise.
+
+mod common;
+
+use common::*;
+use cria_core::DType;
+use cria_kernels::cpu::gemm_q::{self, Kind, Packed, A8_BLOCK, GROUP, TILE_T};
+use cria_kernels::dot::scalar;
+use cria_kernels::{Backend, CpuBackend, Isa};
+
+const ROWS: [usize; 7] = [1, 7, 8, 9, 17, 33, 35];
+const KS: [usize; 3] = [32, 96, 288];
+const TOKENS: [usize; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 17];
+
+fn plain_dot(t: DType) -> fn(usize, &[u8], &[u8]) -> f32 {
+    match t {
+        DType::Q4_0 => scalar::dot_q4_0,
+        DType::Q8_0 => scalar::dot_q8_0,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn prepared_matmul_matches_the_plain_scalar_dot() {
+    if !Isa::Avx2.available() {
+        eprintln!("note: no AVX2 on this CPU; the repacked path is not used");
+        return;
+    }
+    let mut rng = Rng::new(31);
+    for dt in [DType::Q4_0, DType::Q8_0] {
+        for &n in &ROWS {
+            for &k in &KS {
+                let w = random_weights(&mut rng, dt, n, k);
+                let wf = w.to_f32_vec().unwrap();
+                let b1 = CpuBackend::with_isa(1, Isa::Avx2);
+                let b2 = CpuBackend::with_isa(2, Isa::Avx2);
+                let p = b1.prepare(w.clone()).unwrap();
+                assert!(p.prepared.is_some(), "{dt} was not repacked");
+                for &t in &TOKENS {
+                    let x = random_acts(&mut rng, t, k);
+                    let mut out = vec![f32::NAN; t * n];
+                    b1.matmul(&mut out, &x, &p, t);
+                    let mut out2 = vec![f32::NAN; t * n];
+                    b2.matmul(&mut out2, &x, &p, t);
+                    assert!(
+                        out.iter()
+                            .zip(&out2)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{dt} n={n} k={k} t={t}: 1 and 2 threads differ"
+                    );
+                    let qb = DType::Q8_0.bytes_for(k).unwrap();
+                    for tok in 0..t {
+                        let mut a = vec![0u8; qb];
+                        scalar::quantize_q8_0(&x[tok * k..(tok + 1) * k], &mut a);
+                        let af = dequant_act(DType::Q8_0, &a, k);
+                        for r in 0..n {
+                            let want = plain_dot(dt)(k, w.row(r), &a);
+                            let mag: f64 = (0..k)
+                                .map(|i| (wf[r * k + i] as f64 * af[i] as f64).abs())
+                                .sum();
+                            let got = out[tok * n + r];
+                            assert!(
+                                ((got - want) as f64).abs() <= 1e-5 * mag + 1e-30,
+                                "{dt} n={n} k={k} t={t} token {tok} row {r}: {got} vs {want} (mag {mag})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_tile_matches_its_scalar_twin_bitwise() {
+    let Some(simd) = gemm_q::tile_for(Isa::Avx2) else {
+        eprintln!("note: no AVX2 on this CPU");
+        return;
+    };
+    let mut rng = Rng::new(32);
+    for (dt, kind) in [(DType::Q4_0, Kind::Q4_0), (DType::Q8_0, Kind::Q8_0)] {
+        for &k in &KS {
+            let nb = k / 32;
+            let n = 9;
+            let w = random_weights(&mut rng, dt, n, k);
+            let p = Packed::new(kind, n, k, w.bytes());
+            assert_eq!(p.groups(), 2);
+            let gb = p.group_bytes();
+            let x = random_acts(&mut rng, TILE_T, k);
+            let ab = nb * A8_BLOCK;
+            let mut a = vec![0u8; TILE_T * ab];
+            for tok in 0..TILE_T {
+                // The activation converter: SIMD and scalar must agree bitwise too.
+                let mut s = vec![0u8; ab];
+                gemm_q::quantize_a8(
+                    Isa::Avx2,
+                    &x[tok * k..(tok + 1) * k],
+                    &mut a[tok * ab..][..ab],
+                );
+                gemm_q::quantize_a8(Isa::Scalar, &x[tok * k..(tok + 1) * k], &mut s);
+                assert_eq!(&a[tok * ab..][..ab], &s[..], "quantize_a8 {k}");
+            }
+            for g in 0..2 {
+                let wg = &p.buf.as_slice()[g * gb..(g + 1) * gb];
+                for cols in 1..=TILE_T {
+                    let mut o1 = [[f32::NAN; GROUP]; TILE_T];
+                    let mut o2 = [[f32::NAN; GROUP]; TILE_T];
+                    simd(kind, nb, wg, &a, ab, cols, &mut o1);
+                    gemm_q::tile_scalar(kind, nb, wg, &a, ab, cols, &mut o2);
+                    for c in 0..cols {
+                        for r in 0..GROUP {
+                            assert_eq!(
+                                o1[c][r].to_bits(),
+                                o2[c][r].to_bits(),
+                                "{dt} k={k} group {g} cols {cols}: token {c} row {r}: {} vs {}",
+                                o1[c][r],
+                                o2[c][r]
+                            );
+                        }
+                    }
+                    // Padding rows of the last group are zero weights: their results are 0.
+                    if g == 1 {
+                        assert!(o1[0][1..].iter().all(|&v| v == 0.0));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn scalar_isa_keeps_the_plain_layout() {
+    let mut rng = Rng::new(33);
+    let b = CpuBackend::with_isa(1, Isa::Scalar);
+    for dt in [DType::Q4_0, DType::Q8_0, DType::Q4_1, DType::F32] {
+        let w = random_weights(&mut rng, dt, 9, 64);
+        assert!(b.prepare(w).unwrap().prepared.is_none(), "{dt}");
+    }
+}
