@@ -32,15 +32,24 @@ impl<'a> StreamDecoder<'a> {
 
     /// Feeds one token; returns the text that is complete now (possibly empty).
     pub fn push(&mut self, id: u32) -> String {
+        let mut out = String::new();
+        self.push_into(id, &mut out);
+        out
+    }
+
+    /// Feeds one token and appends the text that is complete now to `out`. With `out` reused
+    /// (cleared by the caller) this allocates nothing once `out` and the held-back tail have
+    /// grown to their working size: the generation loop's form.
+    pub fn push_into(&mut self, id: u32, out: &mut String) {
         self.pending
             .extend_from_slice(self.tok.piece(id, self.special));
-        let mut out = String::new();
-        let mut rest: &[u8] = &self.pending;
+        let mut start = 0;
         loop {
+            let rest = &self.pending[start..];
             match std::str::from_utf8(rest) {
                 Ok(s) => {
                     out.push_str(s);
-                    rest = &[];
+                    start = self.pending.len();
                     break;
                 }
                 Err(e) => {
@@ -49,21 +58,18 @@ impl<'a> StreamDecoder<'a> {
                     match e.error_len() {
                         // An incomplete sequence at the end: wait for more bytes.
                         None => {
-                            rest = &rest[valid..];
+                            start += valid;
                             break;
                         }
                         Some(bad) => {
                             out.push(char::REPLACEMENT_CHARACTER);
-                            rest = &rest[valid + bad..];
+                            start += valid + bad;
                         }
                     }
                 }
             }
         }
-        let keep = rest.len();
-        let drop = self.pending.len() - keep;
-        self.pending.drain(..drop);
-        out
+        self.pending.drain(..start);
     }
 
     /// Returns what is still held back (an unfinished character becomes U+FFFD) and resets.

@@ -134,3 +134,23 @@ fn template_accessors() {
     assert_eq!(gpt2.chat_template(), None);
     assert_eq!(gpt2.bos_text(), "<|endoftext|>");
 }
+
+/// `push_into` with one reused buffer gives, token by token, what `push` returns; invalid bytes
+/// mid-stream (a lone continuation byte token) become U+FFFD in both.
+#[test]
+fn push_into_matches_push() {
+    for vocab in ["llama-spm", "llama-bpe", "gpt-2", "smollm2"] {
+        let tok = load_gguf(&fixture_model_path(vocab));
+        for c in read_fixture(vocab).cases {
+            let ids = &c.enc["00"];
+            let (_, parts) = stream_all(&tok, ids);
+            let mut d = StreamDecoder::new(&tok);
+            let mut buf = String::new();
+            for (&id, want) in ids.iter().zip(&parts) {
+                buf.clear();
+                d.push_into(id, &mut buf);
+                assert_eq!(&buf, want, "{vocab}: {:?}", c.text);
+            }
+        }
+    }
+}

@@ -161,6 +161,8 @@ pub fn generate(
     let prompt_time = t0.elapsed();
     let t1 = Instant::now();
     let mut dec = cria_tokenizer::StreamDecoder::new(&l.tok);
+    // One text buffer for the whole loop: no allocation per token.
+    let mut piece = String::with_capacity(64);
     let mut n = 0;
     let mut stop = StopReason::MaxTokens;
     while n < o.max_tokens {
@@ -171,7 +173,9 @@ pub fn generate(
             stop = StopReason::Eog;
             break;
         }
-        out.write_all(dec.push(next).as_bytes())?;
+        piece.clear();
+        dec.push_into(next, &mut piece);
+        out.write_all(piece.as_bytes())?;
         out.flush()?;
         if n == o.max_tokens {
             break;
