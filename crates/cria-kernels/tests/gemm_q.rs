@@ -7,7 +7,7 @@
 //! - matmul on a prepared matrix vs `scalar::dot_*` on the plain rows with the same Q8_0
 //!   activations: both add the same per-block f32 terms (exact integer dot times the same f32
 //!   product d_w * d_a), in different orders (one running FMA vs 8 lanes summed at the end). Each
-//!   of the nb <= 9 additions rounds by at most 2^-24 of the running magnitude, which is bounded
+//!   of the <= 9 (Q4_K: 6) additions rounds by at most 2^-24 of the running magnitude, which is bounded
 //!   by sum_i |w_i a_i|; we allow 1e-5 * sum_i |w_i a_i| (far above nb * 2^-24 = 5e-7, and far
 //!   below any layout bug, which moves a result by a whole block's term).
 //! - Results do not depend on the thread count: bitwise.
@@ -16,18 +16,39 @@ mod common;
 
 use common::*;
 use cria_core::DType;
-use cria_kernels::cpu::gemm_q::{self, Kind, Packed, A8_BLOCK, GROUP, TILE_T};
+use cria_kernels::cpu::gemm_q::{self, Kind, Packed, GROUP, TILE_T};
 use cria_kernels::dot::scalar;
 use cria_kernels::{Backend, CpuBackend, Isa};
 
 const ROWS: [usize; 7] = [1, 7, 8, 9, 17, 33, 35];
 const KS: [usize; 3] = [32, 96, 288];
+/// Super-block types: one, two and three super-blocks.
+const KS_K: [usize; 3] = [256, 512, 768];
+
+fn ks(t: DType) -> &'static [usize] {
+    if t.block_size() == 256 {
+        &KS_K
+    } else {
+        &KS
+    }
+}
+
+/// The activation type the plain path dots `t` against.
+fn act_type(t: DType) -> DType {
+    if t.block_size() == 256 {
+        DType::Q8_K
+    } else {
+        DType::Q8_0
+    }
+}
 const TOKENS: [usize; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 17];
 
 fn plain_dot(t: DType) -> fn(usize, &[u8], &[u8]) -> f32 {
     match t {
         DType::Q4_0 => scalar::dot_q4_0,
         DType::Q8_0 => scalar::dot_q8_0,
+        DType::Q4_K => scalar::dot_q4_k,
+        DType::Q6_K => scalar::dot_q6_k,
         _ => unreachable!(),
     }
 }
@@ -39,9 +60,9 @@ fn prepared_matmul_matches_the_plain_scalar_dot() {
         return;
     }
     let mut rng = Rng::new(31);
-    for dt in [DType::Q4_0, DType::Q8_0] {
+    for dt in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
         for &n in &ROWS {
-            for &k in &KS {
+            for &k in ks(dt) {
                 let w = random_weights(&mut rng, dt, n, k);
                 let wf = w.to_f32_vec().unwrap();
                 let b1 = CpuBackend::with_isa(1, Isa::Avx2);
@@ -60,11 +81,17 @@ fn prepared_matmul_matches_the_plain_scalar_dot() {
                             .all(|(a, b)| a.to_bits() == b.to_bits()),
                         "{dt} n={n} k={k} t={t}: 1 and 2 threads differ"
                     );
-                    let qb = DType::Q8_0.bytes_for(k).unwrap();
+                    let at = act_type(dt);
+                    let qb = at.bytes_for(k).unwrap();
                     for tok in 0..t {
                         let mut a = vec![0u8; qb];
-                        scalar::quantize_q8_0(&x[tok * k..(tok + 1) * k], &mut a);
-                        let af = dequant_act(DType::Q8_0, &a, k);
+                        let xr = &x[tok * k..(tok + 1) * k];
+                        if at == DType::Q8_K {
+                            scalar::quantize_q8_k(xr, &mut a)
+                        } else {
+                            scalar::quantize_q8_0(xr, &mut a)
+                        }
+                        let af = dequant_act(at, &a, k);
                         for r in 0..n {
                             let want = plain_dot(dt)(k, w.row(r), &a);
                             let mag: f64 = (0..k)
@@ -90,27 +117,41 @@ fn simd_tile_matches_its_scalar_twin_bitwise() {
         return;
     };
     let mut rng = Rng::new(32);
-    for (dt, kind) in [(DType::Q4_0, Kind::Q4_0), (DType::Q8_0, Kind::Q8_0)] {
-        for &k in &KS {
-            let nb = k / 32;
+    for (dt, kind) in [
+        (DType::Q4_0, Kind::Q4_0),
+        (DType::Q8_0, Kind::Q8_0),
+        (DType::Q4_K, Kind::Q4_K),
+        (DType::Q6_K, Kind::Q6_K),
+    ] {
+        for &k in ks(dt) {
+            let nb = k / dt.block_size();
             let n = 9;
             let w = random_weights(&mut rng, dt, n, k);
             let p = Packed::new(kind, n, k, w.bytes());
             assert_eq!(p.groups(), 2);
             let gb = p.group_bytes();
             let x = random_acts(&mut rng, TILE_T, k);
-            let ab = nb * A8_BLOCK;
+            let ab = nb * kind.act_bytes();
             let mut a = vec![0u8; TILE_T * ab];
             for tok in 0..TILE_T {
                 // The activation converter: SIMD and scalar must agree bitwise too.
                 let mut s = vec![0u8; ab];
-                gemm_q::quantize_a8(
+                let q = if dt.block_size() == 256 {
+                    gemm_q::quantize_a8k
+                } else {
+                    gemm_q::quantize_a8
+                };
+                q(
                     Isa::Avx2,
                     &x[tok * k..(tok + 1) * k],
                     &mut a[tok * ab..][..ab],
                 );
-                gemm_q::quantize_a8(Isa::Scalar, &x[tok * k..(tok + 1) * k], &mut s);
-                assert_eq!(&a[tok * ab..][..ab], &s[..], "quantize_a8 {k}");
+                q(Isa::Scalar, &x[tok * k..(tok + 1) * k], &mut s);
+                assert_eq!(
+                    &a[tok * ab..][..ab],
+                    &s[..],
+                    "activation converter {dt} {k}"
+                );
             }
             for g in 0..2 {
                 let wg = &p.buf.as_slice()[g * gb..(g + 1) * gb];
@@ -144,8 +185,15 @@ fn simd_tile_matches_its_scalar_twin_bitwise() {
 fn scalar_isa_keeps_the_plain_layout() {
     let mut rng = Rng::new(33);
     let b = CpuBackend::with_isa(1, Isa::Scalar);
-    for dt in [DType::Q4_0, DType::Q8_0, DType::Q4_1, DType::F32] {
-        let w = random_weights(&mut rng, dt, 9, 64);
+    for dt in [
+        DType::Q4_0,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q6_K,
+        DType::Q4_1,
+        DType::F32,
+    ] {
+        let w = random_weights(&mut rng, dt, 9, 256);
         assert!(b.prepare(w).unwrap().prepared.is_none(), "{dt}");
     }
 }

@@ -18,7 +18,23 @@
 //!         qs[4j..4j+4] of row r (low nibbles: elements 4j..4j+4, high: 16+4j..16+4j+4).
 //! Q8_0x8 (272 bytes, as 8 plain blocks): d[8] f16 @0, then 8 vectors of 32 bytes @16 + 32j:
 //!         bytes 4r..4r+4 of vector j are row r's quants 4j..4j+4.
+//! Q4_Kx8 (1248 bytes for 256 elements, 8 plain blocks take 1152): d[8] f16 @0, dmin[8] f16 @16,
+//!         sub-block scales @32: for sub-block j, 16 bytes (sc_j of row r twice at 2r, 2r+1),
+//!         mins @160: for sub-block pair p, 16 bytes (m_2p, m_2p+1 of row r at 2r, 2r+1),
+//!         quants @224: for pair p, 8 vectors of 32 bytes: bytes 4r..4r+4 of vector c are the
+//!         plain qs[32p+4c..32p+4c+4] of row r (low nibbles: sub-block 2p, high: 2p+1).
+//! Q6_Kx8 (2320 bytes, 8 plain blocks take 1680): d[8] f16 @0, scales @16: for 16-element
+//!         group g, 16 bytes (sc_g of row r, i8, twice), quants @272: 64 vectors of 32 bytes,
+//!         bytes 4r..4r+4 of vector v are row r's 6-bit values (0..63, unbiased) of elements
+//!         4v..4v+4, one per byte. (Unpacked to bytes: no decoding in the kernel, at 38% more
+//!         bytes than the file; Q6_K is mostly the output head.)
 //! ```
+//!
+//! K-quants dot against `A8K` activations: the plain path's Q8_K (one f32 d per 256, same
+//! quants) plus, per super-block, the 8 sums of quants of each 32-element sub-block (i16, for
+//! the Q4_K mins) and, per 16-element group, 16 * its sum twice as an i16 pair (for Q6_K's
+//! -32 offset). Per super-block and row: one integer sum of scale * sub-block dot (exact in i32),
+//! then acc = fma(d_w * d_a, isum, acc) (and for Q4_K acc = acc - (dmin_w * d_a) * msum, fused).
 //!
 //! Activations are quantized once per token row exactly as the plain path's Q8_0 (same rounding,
 //! d rounded to f16), then stored as `A8` rows: quants (32 per block), d as f32, and the block's
@@ -33,8 +49,11 @@
 //! kernel call whose inputs do not depend on them). `scalar` below is the twin of the SIMD
 //! kernels on this layout, with the same operation order (tests: bitwise equal).
 
+// Kernels index per-token arrays (accumulators, sums) with the same token number.
+#![allow(clippy::needless_range_loop)]
+
 use super::{CpuBackend, SyncPtr, MIN_PARALLEL_MACS};
-use crate::dot::layout::{Q4_0_BYTES, Q8_0_BYTES, QK};
+use crate::dot::layout::{Q4_0_BYTES, Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, Q8_K_BYTES, QK, QK_K};
 use crate::Isa;
 use cria_core::tensor::AlignedBuf;
 use cria_core::{DType, Tensor};
@@ -47,14 +66,20 @@ pub const GROUP: usize = 8;
 pub const TILE_T: usize = 4;
 /// Bytes of an A8 activation block: 32 quants + d (f32) + sum (i32).
 pub const A8_BLOCK: usize = QK + 8;
+/// Bytes of an A8K activation super-block: d (f32) @0, 256 quants @4, 8 sub-block sums (i16)
+/// @260, 16 pairs (16 * group sum as i16, twice) @276.
+pub const A8K_BLOCK: usize = 4 + QK_K + 16 + 64;
 /// Weight bytes per work item during prompt processing: stays in L2 while all tokens pass.
 const CHUNK_BYTES: usize = 32 * 1024;
 
 /// The weight types this module repacks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)] // ggml's type names
 pub enum Kind {
     Q4_0,
     Q8_0,
+    Q4_K,
+    Q6_K,
 }
 
 impl Kind {
@@ -62,7 +87,23 @@ impl Kind {
         match t {
             DType::Q4_0 => Some(Kind::Q4_0),
             DType::Q8_0 => Some(Kind::Q8_0),
+            DType::Q4_K => Some(Kind::Q4_K),
+            DType::Q6_K => Some(Kind::Q6_K),
             _ => None,
+        }
+    }
+    /// Elements per block.
+    pub const fn qk(self) -> usize {
+        match self {
+            Kind::Q4_0 | Kind::Q8_0 => QK,
+            Kind::Q4_K | Kind::Q6_K => QK_K,
+        }
+    }
+    /// Bytes of one activation block.
+    pub const fn act_bytes(self) -> usize {
+        match self {
+            Kind::Q4_0 | Kind::Q8_0 => A8_BLOCK,
+            Kind::Q4_K | Kind::Q6_K => A8K_BLOCK,
         }
     }
     /// Bytes of one 8-row block.
@@ -70,12 +111,16 @@ impl Kind {
         match self {
             Kind::Q4_0 => 16 + 128,
             Kind::Q8_0 => 16 + 256,
+            Kind::Q4_K => 224 + 1024,
+            Kind::Q6_K => 272 + 2048,
         }
     }
     const fn plain_bytes(self) -> usize {
         match self {
             Kind::Q4_0 => Q4_0_BYTES,
             Kind::Q8_0 => Q8_0_BYTES,
+            Kind::Q4_K => Q4_K_BYTES,
+            Kind::Q6_K => Q6_K_BYTES,
         }
     }
 }
@@ -94,7 +139,7 @@ impl Packed {
         self.n.div_ceil(GROUP)
     }
     pub fn group_bytes(&self) -> usize {
-        self.k / QK * self.kind.block_bytes()
+        self.k / self.kind.qk() * self.kind.block_bytes()
     }
     fn group(&self, g: usize) -> &[u8] {
         let gb = self.group_bytes();
@@ -103,27 +148,70 @@ impl Packed {
 
     /// Repacks `n` plain rows of `k` elements (`w`: the file's bytes).
     pub fn new(kind: Kind, n: usize, k: usize, w: &[u8]) -> Packed {
-        assert!(k % QK == 0, "repack: k={k} is not whole blocks");
-        let nb = k / QK;
+        assert!(k % kind.qk() == 0, "repack: k={k} is not whole blocks");
+        let nb = k / kind.qk();
         let (pb, bb) = (kind.plain_bytes(), kind.block_bytes());
         assert_eq!(w.len(), n * nb * pb, "repack: wrong byte count");
         let groups = n.div_ceil(GROUP);
         let mut buf = AlignedBuf::zeroed(groups * nb * bb);
         let out = buf.as_mut_slice();
-        let vecs = (bb - 16) / 32;
         for g in 0..groups {
             for b in 0..nb {
                 let o = &mut out[(g * nb + b) * bb..][..bb];
                 for r in 0..GROUP.min(n - g * GROUP) {
                     let src = &w[((g * GROUP + r) * nb + b) * pb..][..pb];
-                    o[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
-                    for j in 0..vecs {
-                        o[16 + 32 * j + 4 * r..][..4].copy_from_slice(&src[2 + 4 * j..][..4]);
-                    }
+                    repack_block(kind, src, r, o);
                 }
             }
         }
         Packed { kind, n, k, buf }
+    }
+}
+
+/// Writes row `r`'s plain block `src` into its slots of the 8-row block `o`.
+fn repack_block(kind: Kind, src: &[u8], r: usize, o: &mut [u8]) {
+    match kind {
+        Kind::Q4_0 | Kind::Q8_0 => {
+            o[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
+            for j in 0..(kind.block_bytes() - 16) / 32 {
+                o[16 + 32 * j + 4 * r..][..4].copy_from_slice(&src[2 + 4 * j..][..4]);
+            }
+        }
+        Kind::Q4_K => {
+            o[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
+            o[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&src[2..4]);
+            let (sc, mn) = crate::dot::scalar::k4_scales_mins(&src[4..16]);
+            for j in 0..8 {
+                o[32 + 16 * j + 2 * r] = sc[j];
+                o[32 + 16 * j + 2 * r + 1] = sc[j];
+            }
+            for p in 0..4 {
+                o[160 + 16 * p + 2 * r] = mn[2 * p];
+                o[160 + 16 * p + 2 * r + 1] = mn[2 * p + 1];
+            }
+            for p in 0..4 {
+                for c in 0..8 {
+                    o[224 + 256 * p + 32 * c + 4 * r..][..4]
+                        .copy_from_slice(&src[16 + 32 * p + 4 * c..][..4]);
+                }
+            }
+        }
+        Kind::Q6_K => {
+            o[2 * r..2 * r + 2].copy_from_slice(&src[208..210]);
+            for g in 0..16 {
+                o[16 + 16 * g + 2 * r] = src[192 + g];
+                o[16 + 16 * g + 2 * r + 1] = src[192 + g];
+            }
+            // ggml's Q6_K order: half h, quarter q, lane l -> element 128h + 32q + l.
+            let (ql, qh) = (&src[0..128], &src[128..192]);
+            for e in 0..QK_K {
+                let (h, q, l) = (e / 128, e % 128 / 32, e % 32);
+                let lb = ql[64 * h + 32 * (q & 1) + l];
+                let low = if q < 2 { lb & 0xF } else { lb >> 4 };
+                let v = low | ((qh[32 * h + l] >> (2 * q)) & 3) << 4;
+                o[272 + 32 * (e / 4) + 4 * r + e % 4] = v;
+            }
+        }
     }
 }
 
@@ -137,7 +225,7 @@ pub(crate) fn prepare(b: &CpuBackend, mut w: Tensor) -> Tensor {
     let Some(kind) = Kind::of(w.dtype) else {
         return w;
     };
-    if b.isa != Isa::Avx2 || w.cols() % QK != 0 || w.rows() == 0 {
+    if b.isa != Isa::Avx2 || w.cols() % kind.qk() != 0 || w.rows() == 0 {
         return w;
     }
     let p = Packed::new(kind, w.rows(), w.cols(), w.bytes());
@@ -171,6 +259,33 @@ pub fn quantize_a8(isa: Isa, x: &[f32], out: &mut [u8]) {
     }
 }
 
+/// Quantizes one f32 row into A8K super-blocks (`out.len() == x.len() / 256 * A8K_BLOCK`),
+/// through the ISA's Q8_K converter (the plain path's quants and d).
+pub fn quantize_a8k(isa: Isa, x: &[f32], out: &mut [u8]) {
+    let nb = x.len() / QK_K;
+    assert!(
+        x.len() % QK_K == 0 && out.len() == nb * A8K_BLOCK,
+        "quantize_a8k: bad sizes"
+    );
+    let kern = crate::dot::kernel(isa, DType::Q4_K).expect("Q4_K kernel");
+    let mut tmp = [0u8; Q8_K_BYTES];
+    for (xs, o) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(A8K_BLOCK)) {
+        (kern.from_float)(xs, &mut tmp);
+        o[..4 + QK_K].copy_from_slice(&tmp[..4 + QK_K]);
+        let bs16 = |g: usize| i16::from_le_bytes([tmp[260 + 2 * g], tmp[261 + 2 * g]]);
+        for j in 0..8 {
+            // |sum of 32 quants| <= 32 * 128: fits i16.
+            let s = bs16(2 * j) + bs16(2 * j + 1);
+            o[260 + 2 * j..][..2].copy_from_slice(&s.to_le_bytes());
+        }
+        for g in 0..16 {
+            // |16 * sum of 16 quants| <= 16 * 16 * 127 = 32512: fits i16.
+            let v = (16 * bs16(g)).to_le_bytes();
+            o[276 + 4 * g..][..4].copy_from_slice(&[v[0], v[1], v[0], v[1]]);
+        }
+    }
+}
+
 /// The kernel signature: `nb` blocks of one group (`w`) against `cols` A8 rows (`a`, `stride`
 /// bytes apart); `out[c][r]` = row r . token c.
 pub type Tile = fn(
@@ -193,37 +308,74 @@ pub fn tile_scalar(
     cols: usize,
     out: &mut [[f32; GROUP]; TILE_T],
 ) {
-    let bb = kind.block_bytes();
+    let (bb, abb) = (kind.block_bytes(), kind.act_bytes());
+    let h = |b: &[u8], o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
+    let i16_at = |b: &[u8], o: usize| i16::from_le_bytes([b[o], b[o + 1]]) as i32;
     for c in 0..cols {
         let mut acc = [0f32; GROUP];
         for b in 0..nb {
             let blk = &w[b * bb..][..bb];
-            let ab = &a[c * stride + b * A8_BLOCK..][..A8_BLOCK];
-            let q = |i: usize| ab[i] as i8 as i32;
-            let da = f32::from_le_bytes(ab[QK..QK + 4].try_into().unwrap());
-            let sa = i32::from_le_bytes(ab[QK + 4..].try_into().unwrap());
+            let ab = &a[c * stride + b * abb..][..abb];
             for (r, acc) in acc.iter_mut().enumerate() {
-                let dw = half::f16::from_le_bytes([blk[2 * r], blk[2 * r + 1]]).to_f32();
-                let mut s = 0i32;
+                let dw = h(blk, 2 * r);
                 match kind {
-                    Kind::Q4_0 => {
-                        for j in 0..4 {
-                            for e in 0..4 {
-                                let byte = blk[16 + 32 * j + 4 * r + e] as i32;
-                                s += (byte & 15) * q(4 * j + e) + (byte >> 4) * q(16 + 4 * j + e);
+                    Kind::Q4_0 | Kind::Q8_0 => {
+                        let q = |i: usize| ab[i] as i8 as i32;
+                        let da = f32::from_le_bytes(ab[QK..QK + 4].try_into().unwrap());
+                        let sa = i32::from_le_bytes(ab[QK + 4..].try_into().unwrap());
+                        let mut s = 0i32;
+                        if kind == Kind::Q4_0 {
+                            for j in 0..4 {
+                                for e in 0..4 {
+                                    let byte = blk[16 + 32 * j + 4 * r + e] as i32;
+                                    s += (byte & 15) * q(4 * j + e)
+                                        + (byte >> 4) * q(16 + 4 * j + e);
+                                }
+                            }
+                            s -= 8 * sa;
+                        } else {
+                            for j in 0..8 {
+                                for e in 0..4 {
+                                    s += blk[16 + 32 * j + 4 * r + e] as i8 as i32 * q(4 * j + e);
+                                }
                             }
                         }
-                        s -= 8 * sa;
+                        *acc = (dw * da).mul_add(s as f32, *acc);
                     }
-                    Kind::Q8_0 => {
+                    Kind::Q4_K => {
+                        let q = |i: usize| ab[4 + i] as i8 as i32;
+                        let da = f32::from_le_bytes(ab[0..4].try_into().unwrap());
+                        let (mut isum, mut msum) = (0i32, 0i32);
                         for j in 0..8 {
-                            for e in 0..4 {
-                                s += blk[16 + 32 * j + 4 * r + e] as i8 as i32 * q(4 * j + e);
+                            let (p, shift) = (j / 2, 4 * (j % 2));
+                            let mut d = 0;
+                            for e in 0..32 {
+                                let byte = blk[224 + 256 * p + 32 * (e / 4) + 4 * r + e % 4];
+                                d += ((byte >> shift) & 15) as i32 * q(32 * j + e);
                             }
+                            isum += blk[32 + 16 * j + 2 * r] as i32 * d;
+                            msum += blk[160 + 16 * (j / 2) + 2 * r + j % 2] as i32
+                                * i16_at(ab, 260 + 2 * j);
                         }
+                        *acc = (dw * da).mul_add(isum as f32, *acc);
+                        *acc = (-(h(blk, 16 + 2 * r) * da)).mul_add(msum as f32, *acc);
+                    }
+                    Kind::Q6_K => {
+                        let q = |i: usize| ab[4 + i] as i8 as i32;
+                        let da = f32::from_le_bytes(ab[0..4].try_into().unwrap());
+                        let mut isum = 0i32;
+                        for g in 0..16 {
+                            let mut d = 0;
+                            for e in 16 * g..16 * g + 16 {
+                                d += blk[272 + 32 * (e / 4) + 4 * r + e % 4] as i32 * q(e);
+                            }
+                            // (q - 32) . a = q . a - 32 * sum(a); the stored pair is 16 * sum.
+                            let sc = blk[16 + 16 * g + 2 * r] as i8 as i32;
+                            isum += sc * d - sc * 2 * i16_at(ab, 276 + 4 * g);
+                        }
+                        *acc = (dw * da).mul_add(isum as f32, *acc);
                     }
                 }
-                *acc = (dw * da).mul_add(s as f32, *acc);
             }
         }
         out[c] = acc;
@@ -245,7 +397,7 @@ pub fn tile_for(isa: Isa) -> Option<Tile> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Kind, A8_BLOCK, GROUP, QK, TILE_T};
+    use super::{Kind, GROUP, QK, TILE_T};
     use std::arch::x86_64::*;
 
     /// Checks the arguments once, then runs the kernel for `cols` tokens.
@@ -261,8 +413,8 @@ mod avx2 {
         assert!(
             (1..=TILE_T).contains(&cols)
                 && w.len() >= nb * kind.block_bytes()
-                && stride >= nb * A8_BLOCK
-                && a.len() >= (cols - 1) * stride + nb * A8_BLOCK,
+                && stride >= nb * kind.act_bytes()
+                && a.len() >= (cols - 1) * stride + nb * kind.act_bytes(),
             "gemm_q tile: bad arguments"
         );
         let (w, a) = (w.as_ptr(), a.as_ptr());
@@ -279,6 +431,14 @@ mod avx2 {
                 (Kind::Q8_0, 2) => q8_0::<2>(nb, w, a, stride, out),
                 (Kind::Q8_0, 3) => q8_0::<3>(nb, w, a, stride, out),
                 (Kind::Q8_0, _) => q8_0::<4>(nb, w, a, stride, out),
+                (Kind::Q4_K, 1) => q4_k::<1>(nb, w, a, stride, out),
+                (Kind::Q4_K, 2) => q4_k::<2>(nb, w, a, stride, out),
+                (Kind::Q4_K, 3) => q4_k::<3>(nb, w, a, stride, out),
+                (Kind::Q4_K, _) => q4_k::<4>(nb, w, a, stride, out),
+                (Kind::Q6_K, 1) => q6_k::<1>(nb, w, a, stride, out),
+                (Kind::Q6_K, 2) => q6_k::<2>(nb, w, a, stride, out),
+                (Kind::Q6_K, 3) => q6_k::<3>(nb, w, a, stride, out),
+                (Kind::Q6_K, _) => q6_k::<4>(nb, w, a, stride, out),
             }
         }
     }
@@ -318,7 +478,7 @@ mod avx2 {
                 hi[j] = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
             }
             for t in 0..T {
-                let y = a.add(t * stride + b * A8_BLOCK);
+                let y = a.add(t * stride + b * super::A8_BLOCK);
                 let s0 = _mm256_add_epi16(
                     _mm256_maddubs_epi16(lo[0], bcast4(y)),
                     _mm256_maddubs_epi16(lo[1], bcast4(y.add(4))),
@@ -368,7 +528,7 @@ mod avx2 {
                 aw[j] = _mm256_abs_epi8(_mm256_loadu_si256(blk.add(16 + 32 * j) as *const __m256i));
             }
             for t in 0..T {
-                let y = a.add(t * stride + b * A8_BLOCK);
+                let y = a.add(t * stride + b * super::A8_BLOCK);
                 let mut s = [_mm256_setzero_si256(); 2];
                 for j in 0..8 {
                     let wj = _mm256_loadu_si256(blk.add(16 + 32 * j) as *const __m256i);
@@ -385,19 +545,148 @@ mod avx2 {
             _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
         }
     }
+
+    #[inline(always)]
+    unsafe fn load16_u8_to_i16(p: *const u8) -> __m256i {
+        _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_k<const T: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut [[f32; GROUP]; TILE_T],
+    ) {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..nb {
+            let blk = w.add(b * (224 + 1024));
+            let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
+            let mut isum = [_mm256_setzero_si256(); T];
+            for j in 0..8 {
+                // Sub-block j: nibbles (low for even j, high for odd) of the 8 vectors of pair j/2.
+                let q = blk.add(224 + 256 * (j / 2));
+                let mut wv = [_mm256_setzero_si256(); 8];
+                for c in 0..8 {
+                    let v = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
+                    wv[c] = if j % 2 == 0 {
+                        _mm256_and_si256(v, m4)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)
+                    };
+                }
+                let scv = load16_u8_to_i16(blk.add(32 + 16 * j));
+                for t in 0..T {
+                    let y = ya(t).add(4 + 32 * j);
+                    // 8 u4 x i8 pair sums: |.| <= 8 * 2 * 15 * 127 = 30480, no i16 overflow.
+                    let s0 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(wv[0], bcast4(y)),
+                        _mm256_maddubs_epi16(wv[1], bcast4(y.add(4))),
+                    );
+                    let s1 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(wv[2], bcast4(y.add(8))),
+                        _mm256_maddubs_epi16(wv[3], bcast4(y.add(12))),
+                    );
+                    let s2 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(wv[4], bcast4(y.add(16))),
+                        _mm256_maddubs_epi16(wv[5], bcast4(y.add(20))),
+                    );
+                    let s3 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(wv[6], bcast4(y.add(24))),
+                        _mm256_maddubs_epi16(wv[7], bcast4(y.add(28))),
+                    );
+                    let s = _mm256_add_epi16(_mm256_add_epi16(s0, s1), _mm256_add_epi16(s2, s3));
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s, scv));
+                }
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            let dmw = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+            for t in 0..T {
+                let y = ya(t);
+                let mut msum = _mm256_setzero_si256();
+                for p in 0..4 {
+                    let mv = load16_u8_to_i16(blk.add(160 + 16 * p));
+                    msum =
+                        _mm256_add_epi32(msum, _mm256_madd_epi16(mv, bcast4(y.add(260 + 4 * p))));
+                }
+                let da = _mm256_set1_ps(f32_at(y));
+                acc[t] =
+                    _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+                acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmw, da), _mm256_cvtepi32_ps(msum), acc[t]);
+            }
+        }
+        for t in 0..T {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6_k<const T: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut [[f32; GROUP]; TILE_T],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..nb {
+            let blk = w.add(b * (272 + 2048));
+            let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
+            let mut isum = [_mm256_setzero_si256(); T];
+            for g in 0..16 {
+                let q = blk.add(272 + 128 * g);
+                let wv: [__m256i; 4] =
+                    std::array::from_fn(|c| _mm256_loadu_si256(q.add(32 * c) as *const __m256i));
+                let scv =
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(16 + 16 * g) as *const __m128i));
+                for t in 0..T {
+                    let y = ya(t);
+                    let yq = y.add(4 + 16 * g);
+                    // u6 x i8 pairs: two sums of pairs stay within i16 (2 * 2 * 63 * 127 = 32004).
+                    let s01 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(wv[0], bcast4(yq)),
+                        _mm256_maddubs_epi16(wv[1], bcast4(yq.add(4))),
+                    );
+                    let s23 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(wv[2], bcast4(yq.add(8))),
+                        _mm256_maddubs_epi16(wv[3], bcast4(yq.add(12))),
+                    );
+                    let d =
+                        _mm256_add_epi32(_mm256_madd_epi16(s01, scv), _mm256_madd_epi16(s23, scv));
+                    // The -32 offset: sc * 32 * sum(a) from the (16 sum, 16 sum) pair.
+                    let off = _mm256_madd_epi16(scv, bcast4(y.add(276 + 4 * g)));
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_sub_epi32(d, off));
+                }
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            for t in 0..T {
+                let da = _mm256_set1_ps(f32_at(ya(t)));
+                acc[t] =
+                    _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            }
+        }
+        for t in 0..T {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
 }
 
 /// out (t, n) = x (t, k) . w^T for a packed `w`.
 pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &Packed, t: usize) {
     let (n, k) = (p.n, p.k);
-    let nb = k / QK;
-    let ab = nb * A8_BLOCK;
+    let nb = k / p.kind.qk();
+    let ab = nb * p.kind.act_bytes();
     let mut act = b.act.lock().unwrap_or_else(|e| e.into_inner());
     if act.len() < t * ab {
         act.resize(t * ab, 0);
     }
     for (xr, ar) in x.chunks_exact(k).zip(act.chunks_exact_mut(ab)).take(t) {
-        quantize_a8(b.isa, xr, ar);
+        match p.kind {
+            Kind::Q4_0 | Kind::Q8_0 => quantize_a8(b.isa, xr, ar),
+            Kind::Q4_K | Kind::Q6_K => quantize_a8k(b.isa, xr, ar),
+        }
     }
     let a = &act[..t * ab];
     let tile = tile_fn(b.isa);
