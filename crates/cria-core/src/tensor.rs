@@ -56,6 +56,32 @@ impl Bytes {
     pub fn owned(b: AlignedBuf) -> Self {
         Bytes::Owned(Arc::new(b))
     }
+
+    /// Lets the OS drop this range's pages of a memory map from the process (whole pages inside
+    /// the range only). For weights a backend has copied into its own layout: the mapped pages
+    /// would otherwise stay resident beside the copy and double the footprint. The bytes stay
+    /// readable: the next access reads them back from the file. Owned bytes: nothing to do.
+    pub fn release_pages(&self) {
+        if let Bytes::Mapped { map, offset, len } = self {
+            const PAGE: usize = 4096;
+            let start = offset.div_ceil(PAGE) * PAGE;
+            let end = (offset + len) / PAGE * PAGE;
+            if end > start {
+                // SAFETY: `map` is a read-only (`Mmap`, never written) file-backed mapping, so
+                // MADV_DONTNEED only drops clean pages that are re-read from the file on the next
+                // access: no content changes, and other views of the same bytes stay valid. The
+                // range lies inside the mapping (offset + len <= map.len() by construction).
+                // Failure (e.g. a kernel without madvise) only means the pages stay resident.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+    }
 }
 
 #[derive(Clone)]

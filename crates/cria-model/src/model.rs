@@ -83,7 +83,16 @@ struct Builder<'a> {
 impl Builder<'_> {
     /// A weight matrix, checked and handed to the backend's `prepare` (its own layout, if any).
     fn tensor(&self, name: &str, ne: [usize; 2]) -> Result<Tensor> {
-        self.backend.prepare(self.raw_tensor(name, ne)?)
+        self.prepare(self.raw_tensor(name, ne)?)
+    }
+    /// `Backend::prepare`; when the backend made its own copy, the mapped pages of the original
+    /// are released so the process holds the weights once, not twice.
+    fn prepare(&self, t: Tensor) -> Result<Tensor> {
+        let t = self.backend.prepare(t)?;
+        if t.prepared.is_some() {
+            t.data.release_pages();
+        }
+        Ok(t)
     }
     /// A matrix as the file has it (the embedding table, read row by row by `embed`).
     fn raw_tensor(&self, name: &str, ne: [usize; 2]) -> Result<Tensor> {
@@ -144,11 +153,9 @@ impl Builder<'_> {
         let (dim, q, kv, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let token_embd = self.raw_tensor("token_embd.weight", [dim, c.vocab_size])?;
         let output = match (self.get)("output.weight") {
-            Some(t) if !c.tied_embeddings => {
-                self.backend.prepare(self.check(t, [dim, c.vocab_size])?)?
-            }
+            Some(t) if !c.tied_embeddings => self.prepare(self.check(t, [dim, c.vocab_size])?)?,
             // Tied: the same bytes, unless the backend wants its own layout for the head.
-            _ => self.backend.prepare(token_embd.clone())?,
+            _ => self.prepare(token_embd.clone())?,
         };
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
