@@ -10,6 +10,7 @@
 //!   of the <= 9 (Q4_K: 6) additions rounds by at most 2^-24 of the running magnitude, which is bounded
 //!   by sum_i |w_i a_i|; we allow 1e-5 * sum_i |w_i a_i| (far above nb * 2^-24 = 5e-7, and far
 //!   below any layout bug, which moves a result by a whole block's term).
+//!   (Q4_1/Q5_1's min term uses Q8_1's f16 s in both.)
 //! - Results do not depend on the thread count: bitwise.
 
 mod common;
@@ -20,6 +21,15 @@ use cria_kernels::cpu::gemm_q::{self, Kind, Packed, GROUP, TILE_T};
 use cria_kernels::dot::scalar;
 use cria_kernels::{Backend, CpuBackend, Isa};
 
+const ALL: [DType; 7] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q4_K,
+    DType::Q6_K,
+];
 const ROWS: [usize; 7] = [1, 7, 8, 9, 17, 33, 35];
 const KS: [usize; 3] = [32, 96, 288];
 /// Super-block types: one, two and three super-blocks.
@@ -37,6 +47,8 @@ fn ks(t: DType) -> &'static [usize] {
 fn act_type(t: DType) -> DType {
     if t.block_size() == 256 {
         DType::Q8_K
+    } else if matches!(t, DType::Q4_1 | DType::Q5_1) {
+        DType::Q8_1
     } else {
         DType::Q8_0
     }
@@ -47,6 +59,9 @@ fn plain_dot(t: DType) -> fn(usize, &[u8], &[u8]) -> f32 {
     match t {
         DType::Q4_0 => scalar::dot_q4_0,
         DType::Q8_0 => scalar::dot_q8_0,
+        DType::Q4_1 => scalar::dot_q4_1,
+        DType::Q5_0 => scalar::dot_q5_0,
+        DType::Q5_1 => scalar::dot_q5_1,
         DType::Q4_K => scalar::dot_q4_k,
         DType::Q6_K => scalar::dot_q6_k,
         _ => unreachable!(),
@@ -60,15 +75,36 @@ fn prepared_matmul_matches_the_plain_scalar_dot() {
         return;
     }
     let mut rng = Rng::new(31);
-    for dt in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+    for dt in ALL {
         for &n in &ROWS {
             for &k in ks(dt) {
                 let w = random_weights(&mut rng, dt, n, k);
                 let wf = w.to_f32_vec().unwrap();
                 let b1 = CpuBackend::with_isa(1, Isa::Avx2);
                 let b2 = CpuBackend::with_isa(2, Isa::Avx2);
-                let p = b1.prepare(w.clone()).unwrap();
-                assert!(p.prepared.is_some(), "{dt} was not repacked");
+                // What prepare does, whether or not it repacks this type by default.
+                let mut p = w.clone();
+                p.prepared = Some(std::sync::Arc::new(Packed::new(
+                    Kind::of(dt).unwrap(),
+                    n,
+                    k,
+                    w.bytes(),
+                )));
+                if dt != DType::Q4_1 || gemm_q::REPACK_Q4_1 {
+                    let q = b1.prepare(w.clone()).unwrap();
+                    let q = q.prepared.as_ref().and_then(|x| x.downcast_ref::<Packed>());
+                    assert!(
+                        q.is_some_and(|q| q.buf.as_slice()
+                            == p.prepared
+                                .as_ref()
+                                .unwrap()
+                                .downcast_ref::<Packed>()
+                                .unwrap()
+                                .buf
+                                .as_slice()),
+                        "{dt} was not repacked"
+                    );
+                }
                 for &t in &TOKENS {
                     let x = random_acts(&mut rng, t, k);
                     let mut out = vec![f32::NAN; t * n];
@@ -86,12 +122,13 @@ fn prepared_matmul_matches_the_plain_scalar_dot() {
                     for tok in 0..t {
                         let mut a = vec![0u8; qb];
                         let xr = &x[tok * k..(tok + 1) * k];
-                        if at == DType::Q8_K {
-                            scalar::quantize_q8_k(xr, &mut a)
-                        } else {
-                            scalar::quantize_q8_0(xr, &mut a)
+                        match at {
+                            DType::Q8_K => scalar::quantize_q8_k(xr, &mut a),
+                            DType::Q8_1 => scalar::quantize_q8_1(xr, &mut a),
+                            _ => scalar::quantize_q8_0(xr, &mut a),
                         }
                         let af = dequant_act(at, &a, k);
+
                         for r in 0..n {
                             let want = plain_dot(dt)(k, w.row(r), &a);
                             let mag: f64 = (0..k)
@@ -117,12 +154,8 @@ fn simd_tile_matches_its_scalar_twin_bitwise() {
         return;
     };
     let mut rng = Rng::new(32);
-    for (dt, kind) in [
-        (DType::Q4_0, Kind::Q4_0),
-        (DType::Q8_0, Kind::Q8_0),
-        (DType::Q4_K, Kind::Q4_K),
-        (DType::Q6_K, Kind::Q6_K),
-    ] {
+    for dt in ALL {
+        let kind = Kind::of(dt).unwrap();
         for &k in ks(dt) {
             let nb = k / dt.block_size();
             let n = 9;
@@ -185,14 +218,7 @@ fn simd_tile_matches_its_scalar_twin_bitwise() {
 fn scalar_isa_keeps_the_plain_layout() {
     let mut rng = Rng::new(33);
     let b = CpuBackend::with_isa(1, Isa::Scalar);
-    for dt in [
-        DType::Q4_0,
-        DType::Q8_0,
-        DType::Q4_K,
-        DType::Q6_K,
-        DType::Q4_1,
-        DType::F32,
-    ] {
+    for dt in ALL.into_iter().chain([DType::Q2_K, DType::F32]) {
         let w = random_weights(&mut rng, dt, 9, 256);
         assert!(b.prepare(w).unwrap().prepared.is_none(), "{dt}");
     }
