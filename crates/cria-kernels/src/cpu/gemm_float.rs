@@ -1,10 +1,225 @@
 //! GEMM for float weights (F32, F16, BF16) over several tokens.
+//!
+//! Activations stay f32 (no rounding to f16 as ggml does: more accurate, and the weight widening
+//! is the only conversion in the inner loop). Weights are widened 8 at a time in registers
+//! (F16C `vcvtph2ps`, BF16 a zero-extend and shift) and a register tile of `TR` rows x `TT`
+//! tokens keeps 12 accumulators of 8 lanes in ymm registers: per 8 elements of k, 4 weight loads
+//! and 3 activation loads feed 12 FMAs. Each accumulator is summed across lanes once at the end.
+//!
+//! Work items are (row block x token block) tiles of the output: a row block's weights and a
+//! token block's activations are re-read from L1/L2 by every register tile inside the item.
+//! Every output element is computed by one accumulator chain whose order depends only on k, so
+//! results do not depend on the thread count.
+//!
+//! Scalar twin: on `Isa::Scalar` this returns false and matmul uses the per-element scalar dots
+//! (tests/gemm_float.rs compares the two).
 
-use super::CpuBackend;
-use cria_core::Tensor;
+use super::{CpuBackend, SyncPtr, MIN_PARALLEL_MACS};
+use crate::isa::Isa;
+use cria_core::{DType, Tensor};
+
+/// Register tile: rows x tokens (12 accumulators + 4 weights of the 16 ymm).
+const TR: usize = 4;
+const TT: usize = 3;
+/// Rows per work item: a multiple of 16 so each 64-byte line of `out` belongs to one item.
+const ROW_BLOCK: usize = 64;
+/// Tokens per work item (a multiple of TT).
+const TOK_BLOCK: usize = 48;
 
 /// out (t, n) = x (t, k) @ w^T when this GEMM handles the case; false leaves it to the
 /// per-row kernels of `matmul`.
-pub(crate) fn gemm(_b: &CpuBackend, _out: &mut [f32], _x: &[f32], _w: &Tensor, _t: usize) -> bool {
-    false
+pub(crate) fn gemm(b: &CpuBackend, out: &mut [f32], x: &[f32], w: &Tensor, t: usize) -> bool {
+    // One token: the per-row kernels stream each weight once already.
+    if t < 2 || b.isa() != Isa::Avx2 {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (n, k) = (w.rows(), w.cols());
+        if k == 0 {
+            return false;
+        }
+        let run: unsafe fn(*mut f32, usize, &[f32], &[u8], usize, usize, usize, usize, usize) =
+            match w.dtype {
+                DType::F16 => avx2::block::<avx2::F16>,
+                DType::BF16 => avx2::block::<avx2::Bf16>,
+                DType::F32 => avx2::block::<avx2::F32>,
+                _ => return false,
+            };
+        debug_assert_eq!(x.len(), t * k);
+        debug_assert_eq!(out.len(), t * n);
+        let wb = w.bytes();
+        let n_rb = n.div_ceil(ROW_BLOCK);
+        let n_tb = t.div_ceil(TOK_BLOCK);
+        let outp = SyncPtr(out.as_mut_ptr());
+        let job = |item: usize, _tid: usize| {
+            // Row blocks vary fastest: consecutive items share a token block (kept in L2).
+            let (rb, tb) = (item % n_rb, item / n_rb);
+            let (r0, r1) = (rb * ROW_BLOCK, ((rb + 1) * ROW_BLOCK).min(n));
+            let (t0, t1) = (tb * TOK_BLOCK, ((tb + 1) * TOK_BLOCK).min(t));
+            // SAFETY: b.isa() == Avx2 means AVX2/FMA/F16C were detected. The item writes
+            // out[tok * n + row] for tok in t0..t1, row in r0..r1 only: inside `out` (t*n) and
+            // disjoint from every other item; the pool joins before `out`'s borrow ends.
+            unsafe { run(outp.get(), n, x, wb, k, r0, r1, t0, t1) };
+        };
+        let items = n_rb * n_tb;
+        if b.threads == 1 || items == 1 || n * k * t < MIN_PARALLEL_MACS {
+            (0..items).for_each(|i| job(i, 0));
+        } else {
+            b.pool.for_each(items, &job);
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (out, x, w);
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// How one weight type is widened to f32.
+    pub(super) trait Load {
+        /// Bytes per element.
+        const SIZE: usize;
+        /// Elements i..i+8 of the row at `p`.
+        unsafe fn load8(p: *const u8, i: usize) -> __m256;
+        /// Element i of the row at `p`.
+        unsafe fn get(p: *const u8, i: usize) -> f32;
+    }
+    pub(super) struct F16;
+    pub(super) struct Bf16;
+    pub(super) struct F32;
+
+    impl Load for F16 {
+        const SIZE: usize = 2;
+        #[inline(always)]
+        unsafe fn load8(p: *const u8, i: usize) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i))
+        }
+        #[inline(always)]
+        unsafe fn get(p: *const u8, i: usize) -> f32 {
+            half::f16::from_bits((p.add(2 * i) as *const u16).read_unaligned()).to_f32()
+        }
+    }
+    impl Load for Bf16 {
+        const SIZE: usize = 2;
+        #[inline(always)]
+        unsafe fn load8(p: *const u8, i: usize) -> __m256 {
+            // bf16 is the top half of an f32: zero-extend to 32 bits and shift up.
+            let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(2 * i) as *const __m128i));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
+        }
+        #[inline(always)]
+        unsafe fn get(p: *const u8, i: usize) -> f32 {
+            let h = (p.add(2 * i) as *const u16).read_unaligned();
+            f32::from_bits((h as u32) << 16)
+        }
+    }
+    impl Load for F32 {
+        const SIZE: usize = 4;
+        #[inline(always)]
+        unsafe fn load8(p: *const u8, i: usize) -> __m256 {
+            _mm256_loadu_ps(p.add(4 * i) as *const f32)
+        }
+        #[inline(always)]
+        unsafe fn get(p: *const u8, i: usize) -> f32 {
+            (p.add(4 * i) as *const f32).read_unaligned()
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// An R x T register tile: out[(t0 + j) * n + r0 + i] = row r0+i . token t0+j.
+    ///
+    /// SAFETY (caller): AVX2/FMA/F16C present; rows r0..r0+R of `w` (row length k) and tokens
+    /// t0..t0+T of `x` exist; the output elements are inside `out` and owned by the caller.
+    #[inline(always)]
+    unsafe fn tile<L: Load, const R: usize, const T: usize>(
+        out: *mut f32,
+        n: usize,
+        x: &[f32],
+        w: &[u8],
+        k: usize,
+        r0: usize,
+        t0: usize,
+    ) {
+        let rb = k * L::SIZE;
+        let wp: [*const u8; R] = std::array::from_fn(|i| w.as_ptr().add((r0 + i) * rb));
+        let xp: [*const f32; T] = std::array::from_fn(|j| x.as_ptr().add((t0 + j) * k));
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        let k8 = k / 8 * 8;
+        let mut e = 0;
+        while e < k8 {
+            let xv: [__m256; T] = std::array::from_fn(|j| _mm256_loadu_ps(xp[j].add(e)));
+            for i in 0..R {
+                let wv = L::load8(wp[i], e);
+                for j in 0..T {
+                    acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
+                }
+            }
+            e += 8;
+        }
+        for i in 0..R {
+            for j in 0..T {
+                let mut s = hsum(acc[i][j]);
+                for e in k8..k {
+                    s += L::get(wp[i], e) * *xp[j].add(e);
+                }
+                *out.add((t0 + j) * n + r0 + i) = s;
+            }
+        }
+    }
+
+    /// Rows r0..r1 x tokens t0..t1 of the output, by register tiles; edges by smaller tiles.
+    ///
+    /// SAFETY (caller): AVX2/FMA/F16C present; `w` holds at least r1 rows of k elements of L,
+    /// `x` at least t1 rows of k; out[tok * n + row] for the block is writable by this call only.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn block<L: Load>(
+        out: *mut f32,
+        n: usize,
+        x: &[f32],
+        w: &[u8],
+        k: usize,
+        r0: usize,
+        r1: usize,
+        t0: usize,
+        t1: usize,
+    ) {
+        debug_assert!(w.len() >= r1 * k * L::SIZE && x.len() >= t1 * k);
+        let mut r = r0;
+        while r < r1 {
+            let nr = (r1 - r).min(super::TR);
+            let mut j = t0;
+            while j < t1 {
+                let nt = (t1 - j).min(super::TT);
+                match (nr, nt) {
+                    (4, 3) => tile::<L, 4, 3>(out, n, x, w, k, r, j),
+                    (4, 2) => tile::<L, 4, 2>(out, n, x, w, k, r, j),
+                    (4, 1) => tile::<L, 4, 1>(out, n, x, w, k, r, j),
+                    (3, 3) => tile::<L, 3, 3>(out, n, x, w, k, r, j),
+                    (3, 2) => tile::<L, 3, 2>(out, n, x, w, k, r, j),
+                    (3, 1) => tile::<L, 3, 1>(out, n, x, w, k, r, j),
+                    (2, 3) => tile::<L, 2, 3>(out, n, x, w, k, r, j),
+                    (2, 2) => tile::<L, 2, 2>(out, n, x, w, k, r, j),
+                    (2, 1) => tile::<L, 2, 1>(out, n, x, w, k, r, j),
+                    (1, 3) => tile::<L, 1, 3>(out, n, x, w, k, r, j),
+                    (1, 2) => tile::<L, 1, 2>(out, n, x, w, k, r, j),
+                    _ => tile::<L, 1, 1>(out, n, x, w, k, r, j),
+                }
+                j += nt;
+            }
+            r += nr;
+        }
+    }
 }
