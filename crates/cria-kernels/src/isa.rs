@@ -109,7 +109,9 @@ mod tests {
             assert_eq!(Isa::from_name(i.name()), Some(i));
         }
         assert_eq!(Isa::from_name("AVX2"), Some(Isa::Avx2));
-        assert_eq!(Isa::from_name("neon"), None);
+        assert_eq!(Isa::from_name("NEON"), Some(Isa::Neon));
+        #[cfg(not(target_arch = "aarch64"))]
+        assert!(!Isa::Neon.available());
         assert!(Isa::best().available());
         assert!(Isa::Scalar.available());
     }
