@@ -15,7 +15,7 @@
 use crate::dot::{self, Kernel};
 use crate::isa::Isa;
 use crate::pool::ThreadPool;
-use crate::{ops, reference, AttnShape, Backend, Rope};
+use crate::{ops, reference, AttnShape, Backend, KvSlice, Rope};
 use cria_core::{DType, Tensor};
 use std::sync::Mutex;
 
@@ -170,7 +170,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn attention(&self, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape) {
+    fn attention(&self, out: &mut [f32], q: &[f32], k: KvSlice, v: KvSlice, s: &AttnShape) {
         attention::attention(self, out, q, k, v, s)
     }
 

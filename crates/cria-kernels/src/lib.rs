@@ -119,6 +119,86 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
+/// Element type of the KV cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvType {
+    /// IEEE half (llama.cpp's default): half the memory and half the bytes a long-context
+    /// decode step reads; attention runs the blocked online-softmax kernel.
+    #[default]
+    F16,
+    /// f32: attention follows llama.cpp's F32-KV arithmetic bit for bit.
+    F32,
+}
+
+impl KvType {
+    pub const ALL: [KvType; 2] = [KvType::F16, KvType::F32];
+    /// The name used on the command line and in reports ("f16", "f32").
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+        }
+    }
+    /// Bytes per cached element.
+    pub fn size(self) -> usize {
+        match self {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(KvType::F16),
+            "f32" => Ok(KvType::F32),
+            _ => Err(format!("unknown KV cache type {s:?} (f16 or f32)")),
+        }
+    }
+}
+
+/// One layer's K or V cache as attention reads it: rows of `n_kv_heads * head_dim` elements,
+/// IEEE half bits or f32.
+#[derive(Clone, Copy, Debug)]
+pub enum KvSlice<'a> {
+    F16(&'a [u16]),
+    F32(&'a [f32]),
+}
+
+impl KvSlice<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            KvSlice::F16(x) => x.len(),
+            KvSlice::F32(x) => x.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn kv_type(&self) -> KvType {
+        match self {
+            KvSlice::F16(_) => KvType::F16,
+            KvSlice::F32(_) => KvType::F32,
+        }
+    }
+    /// Element i as f32 (exact for both types).
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            KvSlice::F16(x) => dot::scalar::f16_to_f32(x[i]),
+            KvSlice::F32(x) => x[i],
+        }
+    }
+}
+
 /// The ops a LLaMA forward needs. Implementations may use threads internally; every call is
 /// synchronous. Slices are row-major f32 unless stated.
 pub trait Backend: Send + Sync {
@@ -148,8 +228,9 @@ pub trait Backend: Send + Sync {
         rope: &Rope,
     );
     /// out (t, n_heads*head_dim) = softmax(q k^T * scale, causal [+ window]) v, GQA: query head h
-    /// reads kv head h / (n_heads / n_kv_heads). `k`, `v`: the layer's cache, (>= pos0+t, n_kv_heads*head_dim).
-    fn attention(&self, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape);
+    /// reads kv head h / (n_heads / n_kv_heads). `k`, `v`: the layer's cache, (>= pos0+t,
+    /// n_kv_heads*head_dim), both of the same `KvType`.
+    fn attention(&self, out: &mut [f32], q: &[f32], k: KvSlice, v: KvSlice, s: &AttnShape);
     /// a = silu(a) * b.
     fn silu_mul(&self, a: &mut [f32], b: &[f32]);
     /// a += b.

@@ -9,6 +9,8 @@
 //!   F32 KV cache without flash attention (`avx2::head_impl`), so that cria's logits follow
 //!   llama.cpp's: quantized models amplify any 1-ulp difference, since it can flip the rounding
 //!   of a Q8 activation in the next matmul.
+//! - attention over an F16 cache: blocked online softmax ("flash attention"), one work item per
+//!   (KV head, run of query tokens), see `flash_tile_scalar` and `avx2::flash_tile`.
 
 use crate::{AttnShape, Rope};
 
@@ -54,8 +56,8 @@ pub fn key_range(p: usize, window: Option<usize>) -> std::ops::RangeInclusive<us
     lo..=p
 }
 
-/// Checks the attention buffers against the shape (the reference would index out of bounds).
-pub fn check_attention(out: &[f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape) {
+/// Checks the attention buffers against the shape (the kernels would index out of bounds).
+pub fn check_attention(out: &[f32], q: &[f32], k_len: usize, v_len: usize, s: &AttnShape) {
     assert!(
         s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0,
         "attention: {} heads not a multiple of {} kv heads",
@@ -71,11 +73,154 @@ pub fn check_attention(out: &[f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnSha
         out.len()
     );
     assert!(
-        k.len() >= kvn && v.len() >= kvn,
-        "attention: k/v caches have {}/{} values, need {kvn}",
-        k.len(),
-        v.len()
+        k_len >= kvn && v_len >= kvn,
+        "attention: k/v caches have {k_len}/{v_len} values, need {kvn}"
     );
+}
+
+// ---- Flash attention over an F16 cache -------------------------------------------------------
+//
+// One work item (a "tile") is one KV head and a run of query tokens: its rows are every
+// (token, query head of that KV group) pair, so each key block is read from the cache and widened
+// to f32 once per tile, then used by all its rows (GQA heads and tokens alike). Keys go in blocks
+// of FLASH_KEYS with an online softmax per row: running max m, running sum l and an unnormalised
+// f32 accumulator, rescaled by e^(m_old - m_new) when the max grows; the output is acc / l.
+// Memory per tile is fixed whatever the context length.
+
+/// Keys per block: K and V of one block widened to f32 take 2 * 64 * head_dim * 4 bytes (32 KiB
+/// at head_dim 64), which stay in L1/L2 while every row of the tile passes over them.
+pub const FLASH_KEYS: usize = 64;
+/// About this many rows (tokens x GQA heads) per tile: enough rows to amortise the block
+/// conversion, few enough that a 512-token prompt still makes dozens of tiles for the threads.
+pub const FLASH_ROWS: usize = 64;
+
+/// Query tokens per tile for this shape.
+pub fn flash_tokens_per_tile(s: &AttnShape) -> usize {
+    (FLASH_ROWS / (s.n_heads / s.n_kv_heads)).max(1)
+}
+
+/// f32 scratch a tile of `rows` rows needs.
+pub fn flash_scratch_len(head_dim: usize, rows: usize) -> usize {
+    2 * FLASH_KEYS * head_dim + FLASH_KEYS + 8 + rows * (head_dim + 2)
+}
+
+/// A tile's scratch, cut from one buffer of `flash_scratch_len` floats.
+pub struct FlashBuf<'a> {
+    /// One key block of K and V for this tile's KV head, widened to f32: (FLASH_KEYS, head_dim).
+    kf: &'a mut [f32],
+    vf: &'a mut [f32],
+    /// One row's scores / probabilities over the visible keys of a block (+ 8 for padding).
+    sc: &'a mut [f32],
+    /// (rows, head_dim): the accumulators, and the tile's output when the tile returns.
+    pub acc: &'a mut [f32],
+    m: &'a mut [f32],
+    l: &'a mut [f32],
+}
+
+impl<'a> FlashBuf<'a> {
+    pub fn new(buf: &'a mut [f32], head_dim: usize, rows: usize) -> Self {
+        let (kf, rest) = buf.split_at_mut(FLASH_KEYS * head_dim);
+        let (vf, rest) = rest.split_at_mut(FLASH_KEYS * head_dim);
+        let (sc, rest) = rest.split_at_mut(FLASH_KEYS + 8);
+        let (acc, rest) = rest.split_at_mut(rows * head_dim);
+        let (m, rest) = rest.split_at_mut(rows);
+        let l = &mut rest[..rows];
+        FlashBuf {
+            kf,
+            vf,
+            sc,
+            acc,
+            m,
+            l,
+        }
+    }
+}
+
+/// The rows of tile (kv head `kvh`, tokens r0..r1): row i is token r0 + i / g, query head
+/// kvh * g + i % g. Returns (g, rows, first key, last key).
+fn tile_geometry(s: &AttnShape, r0: usize, r1: usize) -> (usize, usize, usize, usize) {
+    let g = s.n_heads / s.n_kv_heads;
+    let first = *key_range(s.pos0 + r0, s.window).start();
+    (g, (r1 - r0) * g, first, s.pos0 + r1 - 1)
+}
+
+/// Scalar twin of `avx2::flash_tile`: same tiles, blocks and online-softmax updates, with
+/// `f32::exp` for ggml's exp and plain sums in key order (the SIMD kernel sums in lanes), so
+/// the two agree to rounding. Leaves the tile's output rows in `f.acc`.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_tile_scalar(
+    q: &[f32],
+    k: &[u16],
+    v: &[u16],
+    s: &AttnShape,
+    kvh: usize,
+    r0: usize,
+    r1: usize,
+    f: &mut FlashBuf,
+) {
+    use crate::dot::scalar::f16_to_f32;
+    let hd = s.head_dim;
+    let kv_stride = s.n_kv_heads * hd;
+    let (g, rows, first, last) = tile_geometry(s, r0, r1);
+    f.acc[..rows * hd].fill(0.0);
+    f.m[..rows].fill(f32::NEG_INFINITY);
+    f.l[..rows].fill(0.0);
+    let mut kb0 = first;
+    while kb0 <= last {
+        let n = (last + 1 - kb0).min(FLASH_KEYS);
+        for j in 0..n {
+            let src = (kb0 + j) * kv_stride + kvh * hd;
+            for e in 0..hd {
+                f.kf[j * hd + e] = f16_to_f32(k[src + e]);
+                f.vf[j * hd + e] = f16_to_f32(v[src + e]);
+            }
+        }
+        for i in 0..rows {
+            let p = s.pos0 + r0 + i / g;
+            let a = (*key_range(p, s.window).start()).max(kb0);
+            let b = p.min(kb0 + n - 1);
+            if a > b {
+                continue;
+            }
+            let cnt = b + 1 - a;
+            let qi = &q[((r0 + i / g) * s.n_heads + kvh * g + i % g) * hd..][..hd];
+            let mut bm = f32::NEG_INFINITY;
+            for j in 0..cnt {
+                let kr = &f.kf[(a - kb0 + j) * hd..][..hd];
+                let d = qi
+                    .iter()
+                    .zip(kr)
+                    .fold(0f32, |acc, (x, y)| x.mul_add(*y, acc))
+                    * s.scale;
+                f.sc[j] = d;
+                bm = bm.max(d);
+            }
+            let mn = f.m[i].max(bm);
+            let corr = (f.m[i] - mn).exp(); // 0 on the first block (m = -inf)
+            let mut sum = 0f32;
+            for x in &mut f.sc[..cnt] {
+                *x = (*x - mn).exp();
+                sum += *x;
+            }
+            f.l[i] = f.l[i] * corr + sum;
+            f.m[i] = mn;
+            let acc = &mut f.acc[i * hd..][..hd];
+            acc.iter_mut().for_each(|x| *x *= corr);
+            for j in 0..cnt {
+                let vr = &f.vf[(a - kb0 + j) * hd..][..hd];
+                let pj = f.sc[j];
+                acc.iter_mut()
+                    .zip(vr)
+                    .for_each(|(x, y)| *x = pj.mul_add(*y, *x));
+            }
+        }
+        kb0 += n;
+    }
+    // Every row sees at least its own position, so l >= 1.
+    for i in 0..rows {
+        let inv = 1.0 / f.l[i];
+        f.acc[i * hd..][..hd].iter_mut().for_each(|x| *x *= inv);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -351,6 +496,186 @@ pub mod avx2 {
             e0 += 8;
         }
     }
+    }
+
+    avx2_fn! {
+    /// Four dot products q . k_u (u = 0..4, rows of `hd` floats `hd` apart from `k`), one
+    /// accumulator each, reduced together by two rounds of hadd.
+    unsafe fn dot4(q: *const f32, k: *const f32, hd: usize) -> __m128 {
+        let mut a = [_mm256_setzero_ps(); 4];
+        let mut c = 0;
+        while c < hd {
+            let qv = _mm256_loadu_ps(q.add(c));
+            for u in 0..4 {
+                a[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add(u * hd + c)), a[u]);
+            }
+            c += 8;
+        }
+        let t = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1))
+    }
+    }
+
+    avx2_fn! {
+    unsafe fn hsum(x: __m256) -> f32 {
+        let h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+    }
+    }
+
+    avx2_fn! {
+    unsafe fn hmax(x: __m256) -> f32 {
+        let h = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)))
+    }
+    }
+
+    avx2_fn! {
+    /// `n` rows of `hd` halves, `stride` apart, widened into `n * hd` contiguous floats.
+    unsafe fn widen_rows(dst: *mut f32, src: *const u16, n: usize, hd: usize, stride: usize) {
+        for j in 0..n {
+            let (d, s) = (dst.add(j * hd), src.add(j * stride));
+            let mut c = 0;
+            while c < hd {
+                _mm256_storeu_ps(d.add(c), _mm256_cvtph_ps(_mm_loadu_si128(s.add(c) as *const __m128i)));
+                c += 8;
+            }
+        }
+    }
+    }
+
+    avx2_fn! {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn flash_tile_impl(q: &[f32], k: &[u16], v: &[u16], s: &AttnShape, kvh: usize, r0: usize, r1: usize, f: &mut super::FlashBuf) {
+        let hd = s.head_dim;
+        let kv_stride = s.n_kv_heads * hd;
+        let (g, rows, first, last) = super::tile_geometry(s, r0, r1);
+        f.acc[..rows * hd].fill(0.0);
+        f.m[..rows].fill(f32::NEG_INFINITY);
+        f.l[..rows].fill(0.0);
+        let (kf, vf, sc) = (f.kf.as_mut_ptr(), f.vf.as_mut_ptr(), f.sc.as_mut_ptr());
+        let scale = _mm_set1_ps(s.scale);
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mut kb0 = first;
+        while kb0 <= last {
+            let n = (last + 1 - kb0).min(super::FLASH_KEYS);
+            let off = kb0 * kv_stride + kvh * hd;
+            widen_rows(kf, k.as_ptr().add(off), n, hd, kv_stride);
+            widen_rows(vf, v.as_ptr().add(off), n, hd, kv_stride);
+            for i in 0..rows {
+                let p = s.pos0 + r0 + i / g;
+                let a = (*super::key_range(p, s.window).start()).max(kb0);
+                let b = p.min(kb0 + n - 1);
+                if a > b {
+                    continue;
+                }
+                let cnt = b + 1 - a;
+                let qi = q.as_ptr().add(((r0 + i / g) * s.n_heads + kvh * g + i % g) * hd);
+                let kr = kf.add((a - kb0) * hd);
+                // Scores, four keys at a time; the tail of the last 8 padded with -inf.
+                let mut j = 0;
+                while j + 4 <= cnt {
+                    _mm_storeu_ps(sc.add(j), _mm_mul_ps(dot4(qi, kr.add(j * hd), hd), scale));
+                    j += 4;
+                }
+                while j < cnt {
+                    let mut acc = _mm256_setzero_ps();
+                    let mut c = 0;
+                    while c < hd {
+                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(qi.add(c)), _mm256_loadu_ps(kr.add(j * hd + c)), acc);
+                        c += 8;
+                    }
+                    *sc.add(j) = hsum(acc) * s.scale;
+                    j += 1;
+                }
+                let cnt8 = cnt.div_ceil(8) * 8;
+                for j in cnt..cnt8 {
+                    *sc.add(j) = f32::NEG_INFINITY;
+                }
+                let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+                for c in (0..cnt8).step_by(8) {
+                    mv = _mm256_max_ps(mv, _mm256_loadu_ps(sc.add(c)));
+                }
+                let m_old = f.m[i];
+                let mn = m_old.max(hmax(mv));
+                let corr = (m_old - mn).exp(); // 0 on the first block (m = -inf)
+                // Probabilities e^(s - m); padding lanes masked to 0 (exp8(-inf) is not 0).
+                let mnv = _mm256_set1_ps(mn);
+                let mut sumv = _mm256_setzero_ps();
+                for c in (0..cnt8).step_by(8) {
+                    let mut e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc.add(c)), mnv));
+                    if c + 8 > cnt {
+                        let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((cnt - c) as i32), idx);
+                        e = _mm256_and_ps(e, _mm256_castsi256_ps(keep));
+                    }
+                    _mm256_storeu_ps(sc.add(c), e);
+                    sumv = _mm256_add_ps(sumv, e);
+                }
+                f.l[i] = f.l[i] * corr + hsum(sumv);
+                f.m[i] = mn;
+                // acc = acc * corr + sum_j p_j v_j, 32 outputs (4 registers) at a time so the
+                // FMA chains are independent, then 8 at a time.
+                let acc = f.acc.as_mut_ptr().add(i * hd);
+                let vr = vf.add((a - kb0) * hd);
+                let cv = _mm256_set1_ps(corr);
+                let mut e0 = 0;
+                while e0 + 32 <= hd {
+                    let mut r: [__m256; 4] = std::array::from_fn(|u| _mm256_mul_ps(_mm256_loadu_ps(acc.add(e0 + 8 * u)), cv));
+                    for j in 0..cnt {
+                        let pj = _mm256_set1_ps(*sc.add(j));
+                        let row = vr.add(j * hd + e0);
+                        for u in 0..4 {
+                            r[u] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(row.add(8 * u)), r[u]);
+                        }
+                    }
+                    for u in 0..4 {
+                        _mm256_storeu_ps(acc.add(e0 + 8 * u), r[u]);
+                    }
+                    e0 += 32;
+                }
+                while e0 < hd {
+                    let mut r = _mm256_mul_ps(_mm256_loadu_ps(acc.add(e0)), cv);
+                    for j in 0..cnt {
+                        r = _mm256_fmadd_ps(_mm256_set1_ps(*sc.add(j)), _mm256_loadu_ps(vr.add(j * hd + e0)), r);
+                    }
+                    _mm256_storeu_ps(acc.add(e0), r);
+                    e0 += 8;
+                }
+            }
+            kb0 += n;
+        }
+        // Every row sees at least its own position, so l >= 1.
+        for i in 0..rows {
+            let inv = _mm256_set1_ps(1.0 / f.l[i]);
+            let acc = f.acc.as_mut_ptr().add(i * hd);
+            for e in (0..hd).step_by(8) {
+                _mm256_storeu_ps(acc.add(e), _mm256_mul_ps(_mm256_loadu_ps(acc.add(e)), inv));
+            }
+        }
+    }
+    }
+
+    /// The AVX2+F16C flash tile (see `super::flash_tile_scalar`, its twin): the tile's output
+    /// rows are left in `f.acc`.
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `head_dim % 8 == 0`; the buffers must match `s`
+    /// (`check_attention`), `f` must come from `flash_scratch_len(head_dim, (r1 - r0) * group)`
+    /// floats, and r0 < r1 <= s.t.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn flash_tile(
+        q: &[f32],
+        k: &[u16],
+        v: &[u16],
+        s: &AttnShape,
+        kvh: usize,
+        r0: usize,
+        r1: usize,
+        f: &mut super::FlashBuf,
+    ) {
+        debug_assert!(s.head_dim % 8 == 0 && r0 < r1 && r1 <= s.t);
+        flash_tile_impl(q, k, v, s, kvh, r0, r1, f)
     }
 
     /// Output row `o` (head_dim) of query head `h` of token `r`.

@@ -1,6 +1,6 @@
 //! Scalar reference implementations: slow, obviously correct, the spec for every fast kernel.
 
-use crate::{AttnShape, Rope};
+use crate::{AttnShape, KvSlice, Rope};
 use cria_core::Tensor;
 
 pub fn matmul(out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
@@ -84,7 +84,11 @@ pub fn rope(x: &mut [f32], t: usize, n_heads: usize, head_dim: usize, pos0: usiz
     }
 }
 
-pub fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape) {
+/// The attention spec: per query, scores in f32, softmax with division, probabilities times V
+/// in increasing key order. An F16 cache is read exactly (each half widened to f32), so the F16
+/// spec is the F32 spec on the f16-rounded K/V.
+pub fn attention(out: &mut [f32], q: &[f32], k: KvSlice, v: KvSlice, s: &AttnShape) {
+    crate::ops::check_attention(out, q, k.len(), v.len(), s);
     let hd = s.head_dim;
     let group = s.n_heads / s.n_kv_heads;
     let kv_stride = s.n_kv_heads * hd;
@@ -97,8 +101,13 @@ pub fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape
             let qh = &q[(r * s.n_heads + h) * hd..][..hd];
             let mut max = f32::NEG_INFINITY;
             for j in lo..=p {
-                let kj = &k[j * kv_stride + kvh * hd..][..hd];
-                let d: f32 = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * s.scale;
+                let kj = j * kv_stride + kvh * hd;
+                let d: f32 = qh
+                    .iter()
+                    .enumerate()
+                    .map(|(e, a)| a * k.get(kj + e))
+                    .sum::<f32>()
+                    * s.scale;
                 scores[j] = d;
                 max = max.max(d);
             }
@@ -111,9 +120,9 @@ pub fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape
             o.fill(0.0);
             for j in lo..=p {
                 let w = scores[j] / sum;
-                let vj = &v[j * kv_stride + kvh * hd..][..hd];
-                for (o, &vv) in o.iter_mut().zip(vj) {
-                    *o += w * vv;
+                let vj = j * kv_stride + kvh * hd;
+                for (e, o) in o.iter_mut().enumerate() {
+                    *o += w * v.get(vj + e);
                 }
             }
         }

@@ -11,7 +11,7 @@
 mod common;
 
 use common::Rng;
-use cria_kernels::{reference, AttnShape, Backend, CpuBackend, Isa, Rope};
+use cria_kernels::{reference, AttnShape, Backend, CpuBackend, Isa, KvSlice, Rope};
 
 fn backends() -> Vec<CpuBackend> {
     Isa::ALL
@@ -112,7 +112,7 @@ fn silu_mul_matches_reference_including_extremes() {
 }
 
 #[test]
-fn attention_matches_reference_with_gqa_windows_and_odd_head_dims() {
+fn attention_f32_kv_matches_reference_with_gqa_windows_and_odd_head_dims() {
     let mut rng = Rng::new(13);
     let cases = [
         // (n_heads, n_kv_heads, head_dim, t, pos0, window)
@@ -143,8 +143,9 @@ fn attention_matches_reference_with_gqa_windows_and_odd_head_dims() {
                 .collect();
             let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
             let (mut a, mut r) = (vec![f32::NAN; t * nh * hd], vec![0f32; t * nh * hd]);
-            b.attention(&mut a, &q, &k, &v, &s);
-            reference::attention(&mut r, &q, &k, &v, &s);
+            let (kk, vv) = (KvSlice::F32(&k), KvSlice::F32(&v));
+            b.attention(&mut a, &q, kk, vv, &s);
+            reference::attention(&mut r, &q, kk, vv, &s);
             close(
                 &a,
                 &r,
@@ -176,7 +177,13 @@ fn attention_is_bitwise_independent_of_threads() {
             .into_iter()
             .map(|th| {
                 let mut o = vec![0f32; q.len()];
-                CpuBackend::with_isa(th, isa).attention(&mut o, &q, &k, &v, &s);
+                CpuBackend::with_isa(th, isa).attention(
+                    &mut o,
+                    &q,
+                    KvSlice::F32(&k),
+                    KvSlice::F32(&v),
+                    &s,
+                );
                 o
             })
             .collect();

@@ -2,30 +2,76 @@
 
 use crate::model::Model;
 use cria_core::{Error, Result};
-use cria_kernels::{AttnShape, Backend};
+use cria_kernels::{AttnShape, Backend, KvSlice, KvType};
+
+/// One layer's K or V rows, (max_seq, kv_dim), in the cache's element type.
+pub enum KvRows {
+    /// IEEE half bits, rounded to nearest even from the f32 projections (ggml's cpy).
+    F16(Vec<u16>),
+    F32(Vec<f32>),
+}
+
+impl KvRows {
+    fn new(ty: KvType, n: usize) -> Self {
+        match ty {
+            KvType::F16 => KvRows::F16(vec![0; n]),
+            KvType::F32 => KvRows::F32(vec![0.0; n]),
+        }
+    }
+    /// Elements 0..n as attention reads them.
+    pub fn slice(&self, n: usize) -> KvSlice<'_> {
+        match self {
+            KvRows::F16(x) => KvSlice::F16(&x[..n]),
+            KvRows::F32(x) => KvSlice::F32(&x[..n]),
+        }
+    }
+    /// Stores `src` at element offset `at`.
+    fn store(&mut self, at: usize, src: &[f32]) {
+        match self {
+            KvRows::F16(x) => x[at..at + src.len()]
+                .iter_mut()
+                .zip(src)
+                .for_each(|(d, &v)| *d = half::f16::from_f32(v).to_bits()),
+            KvRows::F32(x) => x[at..at + src.len()].copy_from_slice(src),
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            KvRows::F16(x) => x.len(),
+            KvRows::F32(x) => x.len(),
+        }
+    }
+}
 
 /// K and V for every layer and position, allocated once for `max_seq` positions.
 pub struct KvCache {
-    pub k: Vec<Vec<f32>>, // per layer (max_seq, kv_dim)
-    pub v: Vec<Vec<f32>>, // per layer (max_seq, kv_dim)
+    pub k: Vec<KvRows>, // per layer (max_seq, kv_dim)
+    pub v: Vec<KvRows>, // per layer (max_seq, kv_dim)
     pub max_seq: usize,
+    pub kv_type: KvType,
 }
 
 impl KvCache {
+    /// An F16 cache (llama.cpp's default).
     pub fn new(m: &Model, max_seq: usize) -> Self {
+        Self::with_type(m, max_seq, KvType::default())
+    }
+
+    pub fn with_type(m: &Model, max_seq: usize, kv_type: KvType) -> Self {
         let n = max_seq * m.config.kv_dim();
         let nl = m.config.n_layers;
         KvCache {
-            k: (0..nl).map(|_| vec![0.0; n]).collect(),
-            v: (0..nl).map(|_| vec![0.0; n]).collect(),
+            k: (0..nl).map(|_| KvRows::new(kv_type, n)).collect(),
+            v: (0..nl).map(|_| KvRows::new(kv_type, n)).collect(),
             max_seq,
+            kv_type,
         }
     }
 
     /// Bytes of K and V that attention reads per cached position, over all layers.
     pub fn bytes_per_position(&self) -> usize {
         let per_layer = self.k.first().map_or(0, |k| k.len() / self.max_seq.max(1));
-        2 * self.k.len() * per_layer * std::mem::size_of::<f32>()
+        2 * self.k.len() * per_layer * self.kv_type.size()
     }
 }
 
@@ -49,6 +95,8 @@ pub struct Scratch {
     pub x: Vec<f32>,      // (T, dim) residual stream
     pub xb: Vec<f32>,     // (T, dim) normed input / block output
     pub q: Vec<f32>,      // (T, q_dim)
+    pub k: Vec<f32>,      // (T, kv_dim) this call's keys, before they go into the cache
+    pub v: Vec<f32>,      // (T, kv_dim) this call's values
     pub att: Vec<f32>,    // (T, q_dim) attention output
     pub hb: Vec<f32>,     // (T, ffn_dim) gate
     pub hb2: Vec<f32>,    // (T, ffn_dim) up
@@ -67,6 +115,8 @@ impl Scratch {
             x: vec![0.0; max_t * c.dim],
             xb: vec![0.0; max_t * c.dim],
             q: vec![0.0; max_t * c.q_dim()],
+            k: vec![0.0; max_t * c.kv_dim()],
+            v: vec![0.0; max_t * c.kv_dim()],
             att: vec![0.0; max_t * c.q_dim()],
             hb: vec![0.0; max_t * c.ffn_dim],
             hb2: vec![0.0; max_t * c.ffn_dim],
@@ -128,6 +178,7 @@ pub fn forward(
         &mut s.q[..t * qd],
         &mut s.att[..t * qd],
     );
+    let (k, v) = (&mut s.k[..t * kvd], &mut s.v[..t * kvd]);
     let (hb, hb2) = (&mut s.hb[..t * ffn], &mut s.hb2[..t * ffn]);
     let probe = &mut s.probe;
     macro_rules! probe {
@@ -153,8 +204,6 @@ pub fn forward(
         // h = x + W_o attn(rope(W_q n), rope(W_k n), W_v n), n = rmsnorm(x)
         b.rmsnorm(xb, x, &lw.attn_norm, c.norm_eps);
         probe!("attn_norm", l, xb);
-        let k = &mut kv.k[l][pos * kvd..(pos + t) * kvd]; // this call's rows of the cache
-        let v = &mut kv.v[l][pos * kvd..(pos + t) * kvd];
         b.matmul(q, xb, &lw.attn_q, t);
         b.matmul(k, xb, &lw.attn_k, t);
         b.matmul(v, xb, &lw.attn_v, t);
@@ -166,13 +215,11 @@ pub fn forward(
         b.rope(k, t, c.n_kv_heads, c.head_dim, pos, &m.rope);
         probe!("Qcur", l, q);
         probe!("Kcur", l, k);
-        b.attention(
-            att,
-            q,
-            &kv.k[l][..(pos + t) * kvd],
-            &kv.v[l][..(pos + t) * kvd],
-            &shape,
-        );
+        // Into the cache (rounded to f16 for an F16 cache), then attend over all of it.
+        kv.k[l].store(pos * kvd, k);
+        kv.v[l].store(pos * kvd, v);
+        let n = (pos + t) * kvd;
+        b.attention(att, q, kv.k[l].slice(n), kv.v[l].slice(n), &shape);
         probe!("kqv_out", l, att);
         b.matmul(xb, att, &lw.attn_output, t);
         add_bias(xb, &lw.attn_output_bias);

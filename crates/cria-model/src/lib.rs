@@ -7,5 +7,6 @@ pub mod model;
 pub mod names;
 
 pub use config::{Config, RopeScaling};
-pub use forward::{forward, KvCache, Logits, Probe, Scratch};
+pub use cria_kernels::KvType;
+pub use forward::{forward, KvCache, KvRows, Logits, Probe, Scratch};
 pub use model::{LoadOptions, Model, Source};

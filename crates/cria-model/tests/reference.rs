@@ -10,7 +10,7 @@
 
 use cria_core::npy;
 use cria_kernels::CpuBackend;
-use cria_model::{forward, KvCache, LoadOptions, Logits, Model, Scratch};
+use cria_model::{forward, KvCache, KvType, LoadOptions, Logits, Model, Scratch};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -29,7 +29,8 @@ fn ids(v: &Value, key: &str) -> Vec<u32> {
 
 /// All-position logits of `prompt`, evaluated in chunks of `batch` tokens.
 fn all_logits(m: &Model, b: &CpuBackend, prompt: &[u32], batch: usize) -> Vec<f32> {
-    let mut kv = KvCache::new(m, prompt.len());
+    // transformers runs in f32: compare with an F32 cache.
+    let mut kv = KvCache::with_type(m, prompt.len(), KvType::F32);
     let mut s = Scratch::new(m, batch, Logits::All);
     let mut out = vec![];
     let mut pos = 0;
@@ -53,7 +54,7 @@ fn argmax(v: &[f32]) -> u32 {
 
 /// Greedy continuation: prompt in one batch, then one token at a time (exercises the KV cache).
 fn greedy(m: &Model, b: &CpuBackend, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut kv = KvCache::new(m, prompt.len() + n);
+    let mut kv = KvCache::with_type(m, prompt.len() + n, KvType::F32);
     let mut s = Scratch::new(m, prompt.len(), Logits::Last);
     forward(m, b, prompt, 0, &mut kv, &mut s, Logits::Last).unwrap();
     let mut out = vec![];

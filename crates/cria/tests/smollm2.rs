@@ -4,7 +4,7 @@
 
 use cria_core::npy;
 use cria_kernels::CpuBackend;
-use cria_model::{forward, KvCache, LoadOptions, Logits, Model, Scratch, Source};
+use cria_model::{forward, KvCache, KvType, LoadOptions, Logits, Model, Scratch, Source};
 use cria_tokenizer::Tokenizer;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -51,7 +51,8 @@ fn argmax(v: &[f32]) -> u32 {
 }
 
 fn all_logits(m: &Model, b: &CpuBackend, toks: &[u32]) -> Vec<f32> {
-    let mut kv = KvCache::new(m, toks.len());
+    // llama.cpp's reference logits were made with an F32 cache (`-ctk f32 -ctv f32`).
+    let mut kv = KvCache::with_type(m, toks.len(), KvType::F32);
     let mut s = Scratch::new(m, 128, Logits::All);
     let mut out = vec![];
     let mut pos = 0;
@@ -179,7 +180,7 @@ fn f32_path_matches_transformers() {
     assert!(max_diff as f64 / range <= 1e-4, "max diff {max_diff}");
     // Greedy: the prompt in one batch, then token by token through the KV cache.
     let n = 32;
-    let mut kv = KvCache::new(&m, prompt.len() + n);
+    let mut kv = KvCache::with_type(&m, prompt.len() + n, KvType::F32);
     let mut s = Scratch::new(&m, prompt.len(), Logits::Last);
     forward(&m, &b, &prompt, 0, &mut kv, &mut s, Logits::Last).unwrap();
     let mut out = vec![];

@@ -1,18 +1,40 @@
-//! attention on the CPU backend.
+//! attention on the CPU backend: an F32 cache goes through llama.cpp's exact non-flash
+//! arithmetic (one (token, head) pair per work item); an F16 cache through the blocked
+//! online-softmax kernel (one (KV head, run of tokens) tile per work item).
 
 use super::{CpuBackend, SyncPtr, MIN_PARALLEL_MACS};
 use crate::isa::Isa;
-use crate::{ops, reference, AttnShape};
+use crate::{ops, reference, AttnShape, KvSlice};
 
 pub(crate) fn attention(
     b: &CpuBackend,
     out: &mut [f32],
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: KvSlice,
+    v: KvSlice,
     s: &AttnShape,
 ) {
-    ops::check_attention(out, q, k, v, s);
+    ops::check_attention(out, q, k.len(), v.len(), s);
+    match (k, v) {
+        (KvSlice::F32(k), KvSlice::F32(v)) => attention_f32(b, out, q, k, v, s),
+        (KvSlice::F16(k), KvSlice::F16(v)) => attention_f16(b, out, q, k, v, s),
+        _ => panic!(
+            "attention: K cache is {} but V cache is {}",
+            k.kv_type(),
+            v.kv_type()
+        ),
+    }
+}
+
+fn run_items(b: &CpuBackend, items: usize, work: usize, job: &(dyn Fn(usize, usize) + Sync)) {
+    if b.threads == 1 || items == 1 || work < MIN_PARALLEL_MACS {
+        (0..items).for_each(|i| job(i, 0));
+    } else {
+        b.pool.for_each(items, job);
+    }
+}
+
+fn attention_f32(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape) {
     match b.isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
@@ -39,13 +61,60 @@ pub(crate) fn attention(
                 // SAFETY: Avx2 is only selected when available; buffers checked above.
                 unsafe { ops::avx2::head(o, qh, k, v, s, r, h, &mut scores, batched) };
             };
-            let work = items * (s.pos0 + s.t) * hd;
-            if b.threads == 1 || items == 1 || work < MIN_PARALLEL_MACS {
-                (0..items).for_each(|i| job(i, 0));
-            } else {
-                b.pool.for_each(items, &job);
-            }
+            run_items(b, items, items * (s.pos0 + s.t) * hd, &job);
         }
-        _ => reference::attention(out, q, k, v, s),
+        _ => reference::attention(out, q, KvSlice::F32(k), KvSlice::F32(v), s),
     }
+}
+
+fn attention_f16(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[u16], v: &[u16], s: &AttnShape) {
+    let hd = s.head_dim;
+    let g = s.n_heads / s.n_kv_heads;
+    let per_tile = ops::flash_tokens_per_tile(s);
+    let n_qb = s.t.div_ceil(per_tile);
+    let items = s.n_kv_heads * n_qb;
+    #[cfg(target_arch = "x86_64")]
+    let simd = b.isa == Isa::Avx2 && hd % 8 == 0;
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    // Every thread's scratch sized for the largest tile of this shape, here on the caller and
+    // for all threads at once: the size does not depend on the context length, so after the
+    // first call of a model no attention call allocates, whichever threads it happens to use.
+    let need = ops::flash_scratch_len(hd, per_tile * g);
+    for m in &b.scores {
+        let mut buf = m.lock().unwrap_or_else(|e| e.into_inner());
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+    }
+    let outp = SyncPtr(out.as_mut_ptr());
+    let job = |item: usize, tid: usize| {
+        // Last token blocks first: under the causal mask they see the most keys, and handing
+        // them out early balances the threads.
+        let (qb, kvh) = (n_qb - 1 - item / s.n_kv_heads, item % s.n_kv_heads);
+        let (r0, r1) = (qb * per_tile, ((qb + 1) * per_tile).min(s.t));
+        let rows = (r1 - r0) * g;
+        let mut buf = b.scores[tid].lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = ops::FlashBuf::new(&mut buf, hd, rows);
+        if simd {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Avx2 is only selected when available; hd % 8 == 0 checked above; buffers
+            // checked by check_attention; the scratch has flash_scratch_len floats.
+            unsafe {
+                ops::avx2::flash_tile(q, k, v, s, kvh, r0, r1, &mut f)
+            };
+        } else {
+            ops::flash_tile_scalar(q, k, v, s, kvh, r0, r1, &mut f);
+        }
+        for r in r0..r1 {
+            // The g query heads of KV head kvh are contiguous in a token's output row.
+            let at = (r * s.n_heads + kvh * g) * hd;
+            // SAFETY: tile (qb, kvh) owns out[at .. at + g*hd] for its tokens r, inside `out`
+            // (check_attention); no other tile writes there and the pool joins before return.
+            let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add(at), g * hd) };
+            o.copy_from_slice(&f.acc[(r - r0) * g * hd..][..g * hd]);
+        }
+    };
+    let work = s.t * s.n_heads * (s.pos0 + s.t).min(s.window.unwrap_or(usize::MAX)) * hd;
+    run_items(b, items, work, &job);
 }
