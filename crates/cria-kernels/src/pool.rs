@@ -46,6 +46,8 @@ struct Shared {
     cv: Condvar,
     shutdown: AtomicBool,
     panicked: AtomicBool,
+    /// Workers that have started running (see `new`).
+    started: AtomicUsize,
 }
 
 // SAFETY: `job` is written only by the caller holding `run_lock` while `open` is false and
@@ -75,6 +77,7 @@ impl ThreadPool {
             cv: Condvar::new(),
             shutdown: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
+            started: AtomicUsize::new(0),
         });
         let workers = (1..threads)
             .map(|id| {
@@ -85,6 +88,12 @@ impl ThreadPool {
                     .expect("cria: could not spawn a CPU worker thread")
             })
             .collect();
+        // Wait until every worker runs: a thread's start-up (std allocates its name and
+        // bookkeeping there) then happens here, at construction, and never inside the first
+        // jobs of the token loop.
+        while shared.started.load(SeqCst) + 1 < threads {
+            std::thread::yield_now();
+        }
         ThreadPool {
             shared,
             workers,
@@ -135,10 +144,13 @@ impl ThreadPool {
                 std::thread::yield_now();
             }
         }
+        // Clear the worker-panic flag before re-raising the caller's own panic, or it would
+        // leak into the next job.
+        let worker_panicked = s.panicked.swap(false, SeqCst);
         if let Err(p) = mine {
             resume_unwind(p);
         }
-        if s.panicked.swap(false, SeqCst) {
+        if worker_panicked {
             panic!("cria: a CPU worker thread panicked (see its message above)");
         }
     }
@@ -166,6 +178,7 @@ impl ThreadPool {
 }
 
 fn worker(s: &Shared, id: usize) {
+    s.started.fetch_add(1, SeqCst);
     let mut seen = 0u64;
     loop {
         // Wait for a new epoch (or shutdown).
