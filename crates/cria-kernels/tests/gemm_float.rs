@@ -75,7 +75,9 @@ fn gemm_matches_spec_and_scalar_backend() {
                     let mut got2 = vec![f32::NAN; t * n];
                     avx2t.matmul(&mut got2, &x, &w, t);
                     assert!(
-                        got.iter().zip(&got2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        got.iter()
+                            .zip(&got2)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
                         "{what}: 1 and 2 threads differ"
                     );
                     let mut s = vec![f32::NAN; t * n];
@@ -86,7 +88,13 @@ fn gemm_matches_spec_and_scalar_backend() {
                         DType::BF16 => 2f64.powi(-7),
                         _ => 1e-5,
                     };
-                    check(&got, &s64, &mag, rel, &format!("avx2 vs scalar backend, {what}"));
+                    check(
+                        &got,
+                        &s64,
+                        &mag,
+                        rel,
+                        &format!("avx2 vs scalar backend, {what}"),
+                    );
                 }
             }
         }

@@ -17,6 +17,7 @@ pub struct BenchOptions {
     pub threads: Vec<usize>,
     pub reps: usize,
     pub json: bool,
+    pub kv_type: cria_model::KvType,
 }
 
 /// One (model, threads, test) line.
@@ -147,7 +148,7 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
                 if ctx > c.max_seq_len.max(ctx) {
                     bail!("{test} needs {ctx} positions");
                 }
-                let mut kv = KvCache::new(m, ctx);
+                let mut kv = KvCache::with_type(m, ctx, o.kv_type);
                 let mut s = Scratch::new(m, if is_pp { n } else { 1 }, Logits::Last);
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
                 let mut samples = Vec::new();
@@ -208,7 +209,7 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
                     "stddev_ts": r.stddev(), "samples_ts": r.samples_ts,
                     "bytes_per_token": r.bytes_per_token, "read_bandwidth": r.bandwidth,
                     "gbps": r.gbps(), "roofline": r.roofline(), "logits_hash": r.logits_hash,
-                    "kv_bytes": r.kv_bytes, "peak_rss_bytes": peak_rss(),
+                    "kv_bytes": r.kv_bytes, "kv_type": o.kv_type.name(), "peak_rss_bytes": peak_rss(),
                 })
             })
             .collect();

@@ -35,6 +35,9 @@ struct ModelArgs {
     /// Dequantize all weights to f32 at load (the exact reference path).
     #[arg(long)]
     f32: bool,
+    /// KV cache element type: f16 (default, half the memory) or f32 (exact comparisons).
+    #[arg(long = "kv-type", default_value = "f16")]
+    kv_type: cria_model::KvType,
 }
 
 #[derive(Args, Clone)]
@@ -180,6 +183,9 @@ enum Cmd {
         /// Timed repetitions (after one warm-up run).
         #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
         reps: usize,
+        /// KV cache element type: f16 or f32.
+        #[arg(long = "kv-type", default_value = "f16")]
+        kv_type: cria_model::KvType,
         /// Output: md (a table) or json.
         #[arg(short = 'o', long = "output", default_value = "md", value_parser = ["md", "json"])]
         output: String,
@@ -221,7 +227,8 @@ fn real_main() -> Result<()> {
             system,
         } => {
             let text = input.read()?;
-            let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
+            let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
+            l.kv_type = m.kv_type;
             let tok = &l.tok;
             let prompt = if raw || tok.chat_template().is_none() {
                 if !raw {
@@ -328,7 +335,8 @@ fn real_main() -> Result<()> {
             batch,
             probe_sums,
         } => {
-            let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
+            let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
+            l.kv_type = m.kv_type;
             let toks = match tokens {
                 Some(t) => t,
                 None => l.encode(&input.read()?, !tok.no_bos, tok.parse_special),
@@ -366,7 +374,8 @@ fn real_main() -> Result<()> {
             let text =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let text = String::from_utf8_lossy(&text).into_owned();
-            let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
+            let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
+            l.kv_type = m.kv_type;
             perplexity::run(
                 &l,
                 &text,
@@ -377,6 +386,7 @@ fn real_main() -> Result<()> {
             )?;
         }
         Cmd::Bench {
+            kv_type,
             models,
             prompt,
             gen,
@@ -402,6 +412,7 @@ fn real_main() -> Result<()> {
                     threads,
                     reps,
                     json: output == "json",
+                    kv_type,
                 },
                 &mut std::io::stdout().lock(),
             )?;

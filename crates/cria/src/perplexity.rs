@@ -46,7 +46,7 @@ pub fn compute(
     let n_chunks = (tokens.len() / ctx).min(max_chunks.unwrap_or(usize::MAX));
     let m = &l.model;
     let first = ctx / 2;
-    let mut kv = KvCache::new(m, ctx);
+    let mut kv = KvCache::with_type(m, ctx, l.kv_type);
     let mut s = Scratch::new(m, batch.min(ctx), Logits::All);
     let v = m.config.vocab_size;
     let (mut sum, mut sum2, mut count) = (0f64, 0f64, 0usize);

@@ -3,7 +3,7 @@
 use crate::fetch;
 use anyhow::{bail, Context, Result};
 use cria_kernels::CpuBackend;
-use cria_model::{forward, KvCache, LoadOptions, Logits, Model, Scratch, Source};
+use cria_model::{forward, KvCache, KvType, LoadOptions, Logits, Model, Scratch, Source};
 use cria_tokenizer::Tokenizer;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -13,6 +13,8 @@ pub struct Loaded {
     pub tok: Tokenizer,
     pub backend: CpuBackend,
     pub load_time: Duration,
+    /// Element type of the KV caches this session makes (f16 unless asked otherwise).
+    pub kv_type: KvType,
 }
 
 /// Physical cores: hyper-threads share a core's load/store units, and decode is memory-bound.
@@ -59,6 +61,7 @@ pub fn load(spec: Option<&str>, f32: bool, threads: Option<usize>) -> Result<Loa
         tok,
         backend,
         load_time: t0.elapsed(),
+        kv_type: KvType::default(),
     })
 }
 
@@ -81,7 +84,7 @@ impl Loaded {
         }
         let c = &self.model.config;
         let mode = if all { Logits::All } else { Logits::Last };
-        let mut kv = KvCache::new(&self.model, tokens.len());
+        let mut kv = KvCache::with_type(&self.model, tokens.len(), self.kv_type);
         let mut s = Scratch::new(&self.model, batch.min(tokens.len()), mode);
         s.probe = probe;
         let mut out = Vec::with_capacity(if all {
@@ -147,7 +150,7 @@ pub fn generate(
         bail!("the prompt is {} tokens but the context holds {} (raise --ctx-size; cria never truncates a prompt)", prompt.len(), o.ctx_size);
     }
     let m = &l.model;
-    let mut kv = KvCache::new(m, o.ctx_size);
+    let mut kv = KvCache::with_type(m, o.ctx_size, l.kv_type);
     let mut s = Scratch::new(m, o.batch.min(prompt.len()).max(1), Logits::Last);
     for &t in prompt {
         sampler.accept(t);
