@@ -4,7 +4,9 @@
 //! is the only conversion in the inner loop). Weights are widened 8 at a time in registers
 //! (F16C `vcvtph2ps`, BF16 a zero-extend and shift) and a register tile of `TR` rows x `TT`
 //! tokens keeps 12 accumulators of 8 lanes in ymm registers: per 8 elements of k, 4 weight loads
-//! and 3 activation loads feed 12 FMAs. Each accumulator is summed across lanes once at the end.
+//! and 3 activation loads feed 12 FMAs. Each accumulator is summed across lanes once at the end,
+//! four rows at a time (`sum4`, a fixed order for every tile shape). The full tile's loop is
+//! inline assembly because it needs all 16 ymm registers (see `main_4x3!`).
 //!
 //! Work items are (row block x token block) tiles of the output: a row block's weights and a
 //! token block's activations are re-read from L1/L2 by every register tile inside the item.
@@ -91,12 +93,28 @@ mod avx2 {
         unsafe fn load8(p: *const u8, i: usize) -> __m256;
         /// Element i of the row at `p`.
         unsafe fn get(p: *const u8, i: usize) -> f32;
+        /// The 4 x 3 tile's main loop (see `main_4x3!`).
+        unsafe fn main_4x3(
+            acc: &mut [[__m256; 3]; 4],
+            w: [*const u8; 4],
+            x: [*const f32; 3],
+            k8: usize,
+        );
     }
     pub(super) struct F16;
     pub(super) struct Bf16;
     pub(super) struct F32;
 
     impl Load for F16 {
+        #[inline(always)]
+        unsafe fn main_4x3(
+            acc: &mut [[__m256; 3]; 4],
+            w: [*const u8; 4],
+            x: [*const f32; 3],
+            k8: usize,
+        ) {
+            main_4x3_f16(acc, w, x, k8)
+        }
         const SIZE: usize = 2;
         #[inline(always)]
         unsafe fn load8(p: *const u8, i: usize) -> __m256 {
@@ -108,6 +126,15 @@ mod avx2 {
         }
     }
     impl Load for Bf16 {
+        #[inline(always)]
+        unsafe fn main_4x3(
+            acc: &mut [[__m256; 3]; 4],
+            w: [*const u8; 4],
+            x: [*const f32; 3],
+            k8: usize,
+        ) {
+            main_4x3_bf16(acc, w, x, k8)
+        }
         const SIZE: usize = 2;
         #[inline(always)]
         unsafe fn load8(p: *const u8, i: usize) -> __m256 {
@@ -122,6 +149,15 @@ mod avx2 {
         }
     }
     impl Load for F32 {
+        #[inline(always)]
+        unsafe fn main_4x3(
+            acc: &mut [[__m256; 3]; 4],
+            w: [*const u8; 4],
+            x: [*const f32; 3],
+            k8: usize,
+        ) {
+            main_4x3_f32(acc, w, x, k8)
+        }
         const SIZE: usize = 4;
         #[inline(always)]
         unsafe fn load8(p: *const u8, i: usize) -> __m256 {
@@ -133,13 +169,102 @@ mod avx2 {
         }
     }
 
+    /// Lane sums of four accumulators: lane i of the result is the sum of `a[i]`'s 8 lanes,
+    /// always in the order ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)), whichever tile it came from
+    /// (missing rows of an edge tile are zero vectors), so a result never depends on the tile.
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
+    unsafe fn sum4(a: [__m256; 4]) -> __m128 {
+        let h01 = _mm256_hadd_ps(a[0], a[1]); // a0 l0+l1, a0 l2+l3, a1 .., a1 .. | same, l4..l7
+        let h23 = _mm256_hadd_ps(a[2], a[3]);
+        let h = _mm256_hadd_ps(h01, h23); // a0 l0..3, a1 l0..3, a2 l0..3, a3 l0..3 | l4..7
+        _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h))
     }
+
+    /// The main loop of the full 4 x 3 tile, in assembly: 12 accumulators, 3 activation
+    /// vectors and one weight vector take all 16 ymm registers, and LLVM, scheduling the weight
+    /// conversions early, spilled an accumulator to the stack (a store and reload inside the FMA
+    /// dependency chain, which halved the speed). `$load` widens 8 weights at `[$w + e*size]`
+    /// into `{w}`.
+    macro_rules! main_4x3 {
+        ($name:ident, $load_a:literal, $load_b:literal, $load_c:literal, $load_d:literal) => {
+            /// acc[i][j] += the products of elements 0..k8 of weight row i and token j.
+            ///
+            /// SAFETY (caller): AVX2/FMA/F16C present; k8 is a multiple of 8 and every row
+            /// and token pointer has k8 readable elements.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            #[inline]
+            pub(super) unsafe fn $name(
+                acc: &mut [[__m256; 3]; 4],
+                w: [*const u8; 4],
+                x: [*const f32; 3],
+                k8: usize,
+            ) {
+                if k8 == 0 {
+                    return;
+                }
+                let [[mut a00, mut a01, mut a02], [mut a10, mut a11, mut a12], [mut a20, mut a21, mut a22], [mut a30, mut a31, mut a32]] =
+                    *acc;
+                std::arch::asm!(
+                    "2:",
+                    "vmovups {x0}, ymmword ptr [{xa} + {e}*4]",
+                    "vmovups {x1}, ymmword ptr [{xb} + {e}*4]",
+                    "vmovups {x2}, ymmword ptr [{xc} + {e}*4]",
+                    $load_a,
+                    "vfmadd231ps {a00}, {w}, {x0}",
+                    "vfmadd231ps {a01}, {w}, {x1}",
+                    "vfmadd231ps {a02}, {w}, {x2}",
+                    $load_b,
+                    "vfmadd231ps {a10}, {w}, {x0}",
+                    "vfmadd231ps {a11}, {w}, {x1}",
+                    "vfmadd231ps {a12}, {w}, {x2}",
+                    $load_c,
+                    "vfmadd231ps {a20}, {w}, {x0}",
+                    "vfmadd231ps {a21}, {w}, {x1}",
+                    "vfmadd231ps {a22}, {w}, {x2}",
+                    $load_d,
+                    "vfmadd231ps {a30}, {w}, {x0}",
+                    "vfmadd231ps {a31}, {w}, {x1}",
+                    "vfmadd231ps {a32}, {w}, {x2}",
+                    "add {e}, 8",
+                    "cmp {e}, {k8}",
+                    "jb 2b",
+                    a00 = inout(ymm_reg) a00, a01 = inout(ymm_reg) a01, a02 = inout(ymm_reg) a02,
+                    a10 = inout(ymm_reg) a10, a11 = inout(ymm_reg) a11, a12 = inout(ymm_reg) a12,
+                    a20 = inout(ymm_reg) a20, a21 = inout(ymm_reg) a21, a22 = inout(ymm_reg) a22,
+                    a30 = inout(ymm_reg) a30, a31 = inout(ymm_reg) a31, a32 = inout(ymm_reg) a32,
+                    x0 = out(ymm_reg) _, x1 = out(ymm_reg) _, x2 = out(ymm_reg) _,
+                    w = out(ymm_reg) _,
+                    wa = in(reg) w[0], wb = in(reg) w[1], wc = in(reg) w[2], wd = in(reg) w[3],
+                    xa = in(reg) x[0], xb = in(reg) x[1], xc = in(reg) x[2],
+                    e = inout(reg) 0usize => _,
+                    k8 = in(reg) k8,
+                    options(nostack, readonly),
+                );
+                *acc = [[a00, a01, a02], [a10, a11, a12], [a20, a21, a22], [a30, a31, a32]];
+            }
+        };
+    }
+    main_4x3!(
+        main_4x3_f16,
+        "vcvtph2ps {w}, xmmword ptr [{wa} + {e}*2]",
+        "vcvtph2ps {w}, xmmword ptr [{wb} + {e}*2]",
+        "vcvtph2ps {w}, xmmword ptr [{wc} + {e}*2]",
+        "vcvtph2ps {w}, xmmword ptr [{wd} + {e}*2]"
+    );
+    main_4x3!(
+        main_4x3_f32,
+        "vmovups {w}, ymmword ptr [{wa} + {e}*4]",
+        "vmovups {w}, ymmword ptr [{wb} + {e}*4]",
+        "vmovups {w}, ymmword ptr [{wc} + {e}*4]",
+        "vmovups {w}, ymmword ptr [{wd} + {e}*4]"
+    );
+    main_4x3!(
+        main_4x3_bf16,
+        "vpmovzxwd {w}, xmmword ptr [{wa} + {e}*2]\nvpslld {w}, {w}, 16",
+        "vpmovzxwd {w}, xmmword ptr [{wb} + {e}*2]\nvpslld {w}, {w}, 16",
+        "vpmovzxwd {w}, xmmword ptr [{wc} + {e}*2]\nvpslld {w}, {w}, 16",
+        "vpmovzxwd {w}, xmmword ptr [{wd} + {e}*2]\nvpslld {w}, {w}, 16"
+    );
 
     /// An R x T register tile: out[(t0 + j) * n + r0 + i] = row r0+i . token t0+j.
     ///
@@ -158,26 +283,47 @@ mod avx2 {
         let rb = k * L::SIZE;
         let wp: [*const u8; R] = std::array::from_fn(|i| w.as_ptr().add((r0 + i) * rb));
         let xp: [*const f32; T] = std::array::from_fn(|j| x.as_ptr().add((t0 + j) * k));
-        let mut acc = [[_mm256_setzero_ps(); T]; R];
         let k8 = k / 8 * 8;
-        let mut e = 0;
-        while e < k8 {
-            let xv: [__m256; T] = std::array::from_fn(|j| _mm256_loadu_ps(xp[j].add(e)));
-            for i in 0..R {
-                let wv = L::load8(wp[i], e);
+        // Rows past R stay zero: every tile reduces four rows the same way.
+        let mut acc = [[_mm256_setzero_ps(); T]; 4];
+        if R == 4 && T == 3 {
+            let mut a = [[_mm256_setzero_ps(); 3]; 4];
+            let w4 = std::array::from_fn(|i| wp[i]);
+            let x3 = std::array::from_fn(|j| xp[j]);
+            L::main_4x3(&mut a, w4, x3, k8);
+            for i in 0..4 {
                 for j in 0..T {
-                    acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
+                    acc[i][j] = a[i][j];
                 }
             }
-            e += 8;
+        } else {
+            let mut e = 0;
+            while e < k8 {
+                let xv: [__m256; T] = std::array::from_fn(|j| _mm256_loadu_ps(xp[j].add(e)));
+                for i in 0..R {
+                    let wv = L::load8(wp[i], e);
+                    for j in 0..T {
+                        acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
+                    }
+                }
+                e += 8;
+            }
         }
-        for i in 0..R {
-            for j in 0..T {
-                let mut s = hsum(acc[i][j]);
+        for j in 0..T {
+            let s = sum4([acc[0][j], acc[1][j], acc[2][j], acc[3][j]]);
+            let dst = out.add((t0 + j) * n + r0);
+            if R == 4 && k8 == k {
+                _mm_storeu_ps(dst, s);
+                continue;
+            }
+            let mut v = [0f32; 4];
+            _mm_storeu_ps(v.as_mut_ptr(), s);
+            for i in 0..R {
+                let mut s = v[i];
                 for e in k8..k {
                     s += L::get(wp[i], e) * *xp[j].add(e);
                 }
-                *out.add((t0 + j) * n + r0 + i) = s;
+                *dst.add(i) = s;
             }
         }
     }
@@ -199,12 +345,14 @@ mod avx2 {
         t1: usize,
     ) {
         debug_assert!(w.len() >= r1 * k * L::SIZE && x.len() >= t1 * k);
-        let mut r = r0;
-        while r < r1 {
-            let nr = (r1 - r).min(super::TR);
-            let mut j = t0;
-            while j < t1 {
-                let nt = (t1 - j).min(super::TT);
+        // Token tiles outer: a tile's 3 activation rows stay in L1 while the item's weight
+        // rows stream past them from L2.
+        let mut j = t0;
+        while j < t1 {
+            let nt = (t1 - j).min(super::TT);
+            let mut r = r0;
+            while r < r1 {
+                let nr = (r1 - r).min(super::TR);
                 match (nr, nt) {
                     (4, 3) => tile::<L, 4, 3>(out, n, x, w, k, r, j),
                     (4, 2) => tile::<L, 4, 2>(out, n, x, w, k, r, j),
@@ -219,9 +367,9 @@ mod avx2 {
                     (1, 2) => tile::<L, 1, 2>(out, n, x, w, k, r, j),
                     _ => tile::<L, 1, 1>(out, n, x, w, k, r, j),
                 }
-                j += nt;
+                r += nr;
             }
-            r += nr;
+            j += nt;
         }
     }
 }
