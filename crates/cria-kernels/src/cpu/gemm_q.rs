@@ -562,6 +562,17 @@ mod avx2 {
     unsafe fn bcast4(p: *const u8) -> __m256i {
         _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
     }
+    /// Four weight vectors (lane = row, 4 unsigned bytes each) against 16 activation bytes at
+    /// `y`, vector c with bytes 4c..4c+4 broadcast to every lane: per lane, the i16 pair sums of
+    /// the 16 products added together. Callers keep |sum| < 2^15 (the adds wrap).
+    #[inline(always)]
+    unsafe fn sum4(w: &[__m256i], y: *const u8) -> __m256i {
+        let pr = |c: usize| _mm256_maddubs_epi16(w[c], bcast4(y.add(4 * c)));
+        _mm256_add_epi16(
+            _mm256_add_epi16(pr(0), pr(1)),
+            _mm256_add_epi16(pr(2), pr(3)),
+        )
+    }
     #[inline(always)]
     unsafe fn f32_at(p: *const u8) -> f32 {
         std::ptr::read_unaligned(p as *const f32)
@@ -594,23 +605,8 @@ mod avx2 {
             }
             for t in 0..T {
                 let y = a.add(t * stride + b * super::A8_BLOCK);
-                let s0 = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(lo[0], bcast4(y)),
-                    _mm256_maddubs_epi16(lo[1], bcast4(y.add(4))),
-                );
-                let s1 = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(lo[2], bcast4(y.add(8))),
-                    _mm256_maddubs_epi16(lo[3], bcast4(y.add(12))),
-                );
-                let s2 = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(hi[0], bcast4(y.add(16))),
-                    _mm256_maddubs_epi16(hi[1], bcast4(y.add(20))),
-                );
-                let s3 = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(hi[2], bcast4(y.add(24))),
-                    _mm256_maddubs_epi16(hi[3], bcast4(y.add(28))),
-                );
-                let s = _mm256_add_epi16(_mm256_add_epi16(s0, s1), _mm256_add_epi16(s2, s3));
+                // 8 u4 x i8 pair sums: |.| <= 8 * 2 * 15 * 127 = 30480, no i16 overflow.
+                let s = _mm256_add_epi16(sum4(&lo, y), sum4(&hi, y.add(16)));
                 let i = _mm256_sub_epi32(
                     _mm256_madd_epi16(s, ones),
                     _mm256_set1_epi32(8 * i32_at(y.add(QK + 4))),
@@ -669,16 +665,9 @@ mod avx2 {
             };
             for t in 0..T {
                 let y = a.add(t * stride + b * super::A8_BLOCK);
-                let pr = |i: usize, c: usize| _mm256_maddubs_epi16(u[i], bcast4(y.add(4 * c)));
                 // Vector v holds elements 4v.. (v < 4) or 16 + 4(v - 4)..: activation chunk v.
-                let s0 = _mm256_add_epi16(
-                    _mm256_add_epi16(pr(0, 0), pr(1, 1)),
-                    _mm256_add_epi16(pr(2, 2), pr(3, 3)),
-                );
-                let s1 = _mm256_add_epi16(
-                    _mm256_add_epi16(pr(4, 4), pr(5, 5)),
-                    _mm256_add_epi16(pr(6, 6), pr(7, 7)),
-                );
+                let s0 = sum4(&u[..4], y);
+                let s1 = sum4(&u[4..], y.add(16));
                 // u5 x i8: 4 pair sums stay within i16 (4 * 2 * 31 * 127 = 31496); 8 would not.
                 let i = if HB {
                     _mm256_add_epi32(_mm256_madd_epi16(s0, ones), _mm256_madd_epi16(s1, ones))
@@ -772,23 +761,7 @@ mod avx2 {
                 for t in 0..T {
                     let y = ya(t).add(4 + 32 * j);
                     // 8 u4 x i8 pair sums: |.| <= 8 * 2 * 15 * 127 = 30480, no i16 overflow.
-                    let s0 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(wv[0], bcast4(y)),
-                        _mm256_maddubs_epi16(wv[1], bcast4(y.add(4))),
-                    );
-                    let s1 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(wv[2], bcast4(y.add(8))),
-                        _mm256_maddubs_epi16(wv[3], bcast4(y.add(12))),
-                    );
-                    let s2 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(wv[4], bcast4(y.add(16))),
-                        _mm256_maddubs_epi16(wv[5], bcast4(y.add(20))),
-                    );
-                    let s3 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(wv[6], bcast4(y.add(24))),
-                        _mm256_maddubs_epi16(wv[7], bcast4(y.add(28))),
-                    );
-                    let s = _mm256_add_epi16(_mm256_add_epi16(s0, s1), _mm256_add_epi16(s2, s3));
+                    let s = _mm256_add_epi16(sum4(&wv[..4], y), sum4(&wv[4..], y.add(16)));
                     isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s, scv));
                 }
             }
