@@ -48,7 +48,6 @@ pub struct KvCache {
     pub k: Vec<KvRows>, // per layer (max_seq, kv_dim)
     pub v: Vec<KvRows>, // per layer (max_seq, kv_dim)
     pub max_seq: usize,
-    pub kv_type: KvType,
 }
 
 impl KvCache {
@@ -64,14 +63,21 @@ impl KvCache {
             k: (0..nl).map(|_| KvRows::new(kv_type, n)).collect(),
             v: (0..nl).map(|_| KvRows::new(kv_type, n)).collect(),
             max_seq,
-            kv_type,
+        }
+    }
+
+    /// The element type (every layer's rows have the same; F16 for a model without layers).
+    pub fn kv_type(&self) -> KvType {
+        match self.k.first() {
+            Some(KvRows::F32(_)) => KvType::F32,
+            _ => KvType::F16,
         }
     }
 
     /// Bytes of K and V that attention reads per cached position, over all layers.
     pub fn bytes_per_position(&self) -> usize {
         let per_layer = self.k.first().map_or(0, |k| k.len() / self.max_seq.max(1));
-        2 * self.k.len() * per_layer * self.kv_type.size()
+        2 * self.k.len() * per_layer * self.kv_type().size()
     }
 }
 
@@ -218,7 +224,9 @@ pub fn forward(
         // Into the cache (rounded to f16 for an F16 cache), then attend over all of it.
         kv.k[l].store(pos * kvd, k);
         kv.v[l].store(pos * kvd, v);
-        let n = (pos + t) * kvd;
+        // The whole cache (the shape says which positions are filled): a kernel can then size
+        // its scratch for the cache once instead of growing it with the context.
+        let n = kv.k[l].len();
         b.attention(att, q, kv.k[l].slice(n), kv.v[l].slice(n), &shape);
         probe!("kqv_out", l, att);
         b.matmul(xb, att, &lw.attn_output, t);

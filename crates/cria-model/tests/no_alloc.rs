@@ -2,7 +2,8 @@
 //! the whole forward (every op of the CPU backend, its thread pool, the KV cache) without a
 //! single heap allocation, counted by a global allocator on every thread. Covered: the tiny
 //! LLaMA-2 fixture as shipped (F32) and re-quantized here into mixed Q4_0 / Q4_1 / Q8_0 / F16
-//! (the types whose matmul paths differ: repacked, plain quantized, float), at 1 and 2 threads.
+//! (the types whose matmul paths differ: repacked, plain quantized, float), at 1 and 2 threads,
+//! with the f16 cache (flash attention) and the f32 one (llama.cpp's exact attention).
 //!
 //! One #[test] only: the counter is process-wide, so a second test running in parallel would be
 //! counted too.
@@ -10,7 +11,7 @@
 use cria_core::gguf::{GgufFile, GgufWriter};
 use cria_core::{quant, DType};
 use cria_kernels::CpuBackend;
-use cria_model::{forward, KvCache, LoadOptions, Logits, Model, Scratch};
+use cria_model::{forward, KvCache, KvType, LoadOptions, Logits, Model, Scratch};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -101,11 +102,11 @@ fn forward_allocates_nothing_after_warm_up() {
     std::fs::create_dir_all(&dir).unwrap();
     let models = [tiny(), quantized_copy(&dir)];
     for path in &models {
-        for threads in [1, 2] {
+        for (threads, kv_type) in [(1, KvType::F16), (2, KvType::F16), (2, KvType::F32)] {
             let b = CpuBackend::new(threads);
             let m = Model::load(path, LoadOptions::default(), &b).unwrap();
             let ctx = 96;
-            let mut kv = KvCache::new(&m, ctx);
+            let mut kv = KvCache::with_type(&m, ctx, kv_type);
             let mut s = Scratch::new(&m, 16, Logits::Last);
             let prompt: Vec<u32> = (0..16).map(|i| 3 + i * 7).collect();
             // Warm-up: a full batch, a decode step (buffers reach their working sizes).
@@ -132,7 +133,7 @@ fn forward_allocates_nothing_after_warm_up() {
             assert_eq!(
                 (n, bytes),
                 (0, 0),
-                "{} at {threads} thread(s): {n} allocations ({bytes} bytes) in the token loop",
+                "{} at {threads} thread(s), {kv_type} cache: {n} allocations ({bytes} bytes) in the token loop",
                 path.display()
             );
             // The counter does count: a deliberate allocation is seen.

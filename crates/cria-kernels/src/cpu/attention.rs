@@ -26,6 +26,17 @@ pub(crate) fn attention(
     }
 }
 
+/// Grows every thread's scratch to `need` floats, here on the caller and for all threads at once,
+/// so that no work item allocates, whichever threads happen to take items.
+fn reserve_scratch(b: &CpuBackend, need: usize) {
+    for m in &b.scores {
+        let mut buf = m.lock().unwrap_or_else(|e| e.into_inner());
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+    }
+}
+
 fn run_items(b: &CpuBackend, items: usize, work: usize, job: &(dyn Fn(usize, usize) + Sync)) {
     if b.threads == 1 || items == 1 || work < MIN_PARALLEL_MACS {
         (0..items).for_each(|i| job(i, 0));
@@ -45,15 +56,14 @@ fn attention_f32(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32
             // tokens and head_dim % 4 == 0, else with vec_dot_f32; the two sum in different
             // orders, and we follow whichever it would use.
             let batched = s.t >= 2 && hd % 4 == 0;
+            // One row of keys, rounded up to whole blocks of 8 (the softmax works on 8-aligned
+            // blocks of positions), for every position the cache holds: sized once per cache,
+            // not grown as the context fills.
+            let kv_stride = s.n_kv_heads * hd;
+            reserve_scratch(b, (k.len() / kv_stride).max(s.pos0 + s.t).div_ceil(8) * 8);
             let job = |item: usize, tid: usize| {
                 let (r, h) = (item / s.n_heads, item % s.n_heads);
                 let mut scores = b.scores[tid].lock().unwrap_or_else(|e| e.into_inner());
-                // One row of keys, rounded up to whole blocks of 8 (the softmax works on
-                // 8-aligned blocks of positions).
-                let need = (s.pos0 + s.t).div_ceil(8) * 8;
-                if scores.len() < need {
-                    scores.resize(need, 0.0);
-                }
                 // SAFETY: item (r, h) owns out[item*hd .. (item+1)*hd], inside `out`
                 // (check_attention); no other item touches it and run() joins before return.
                 let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add(item * hd), hd) };
@@ -77,16 +87,8 @@ fn attention_f16(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[u16], v: &[u16
     let simd = b.isa == Isa::Avx2 && hd % 8 == 0;
     #[cfg(not(target_arch = "x86_64"))]
     let simd = false;
-    // Every thread's scratch sized for the largest tile of this shape, here on the caller and
-    // for all threads at once: the size does not depend on the context length, so after the
-    // first call of a model no attention call allocates, whichever threads it happens to use.
-    let need = ops::flash_scratch_len(hd, per_tile * g);
-    for m in &b.scores {
-        let mut buf = m.lock().unwrap_or_else(|e| e.into_inner());
-        if buf.len() < need {
-            buf.resize(need, 0.0);
-        }
-    }
+    // Sized for the largest tile of this shape: it does not depend on the context length.
+    reserve_scratch(b, ops::flash_scratch_len(hd, per_tile * g));
     let outp = SyncPtr(out.as_mut_ptr());
     let job = |item: usize, tid: usize| {
         // Last token blocks first: under the causal mask they see the most keys, and handing
