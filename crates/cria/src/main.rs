@@ -1,14 +1,18 @@
 //! The `cria` binary: thin subcommands over the library crates.
 
 mod bench;
+mod chat;
+mod constraint_args;
 mod fetch;
 mod inspect;
+mod models;
 mod perplexity;
+mod sample_args;
 mod session;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use cria_engine::sampler::{Sampler, SamplerConfig};
+use cria_engine::sampler::Sampler;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -92,19 +96,10 @@ enum Cmd {
         raw: bool,
         #[arg(short = 'n', long = "max-tokens", default_value_t = 256)]
         max_tokens: usize,
-        /// 0 = greedy (deterministic).
-        #[arg(long, default_value_t = 0.8)]
-        temperature: f32,
-        #[arg(long = "top-k", default_value_t = 40)]
-        top_k: usize,
-        #[arg(long = "top-p", default_value_t = 0.95)]
-        top_p: f32,
-        #[arg(long = "min-p", default_value_t = 0.05)]
-        min_p: f32,
-        #[arg(long = "repeat-penalty", default_value_t = 1.0)]
-        repeat_penalty: f32,
-        #[arg(long)]
-        seed: Option<u64>,
+        #[command(flatten)]
+        sampling: sample_args::SamplerArgs,
+        #[command(flatten)]
+        constraint: constraint_args::ConstraintArgs,
         #[arg(long = "ignore-eos")]
         ignore_eos: bool,
         /// Context size in tokens (default: the model's training context, capped at 4096).
@@ -190,6 +185,14 @@ enum Cmd {
         #[arg(short = 'o', long = "output", default_value = "md", value_parser = ["md", "json"])]
         output: String,
     },
+    /// Talk with a model: streaming answers, its chat template, history, slash commands.
+    Chat(chat::ChatArgs),
+    /// Download a model (Hugging Face repo, hf:ORG/REPO:FILE, or a short name like smollm2).
+    Pull(models::PullArgs),
+    /// The models cria has (its cache and the Hugging Face cache).
+    List(models::ListArgs),
+    /// Remove a downloaded model.
+    Rm(models::RmArgs),
     /// Architecture, hyper-parameters, tokenizer and tensor table of a model.
     Inspect {
         /// Model (as for -m).
@@ -215,12 +218,8 @@ fn real_main() -> Result<()> {
             input,
             raw,
             max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repeat_penalty,
-            seed,
+            sampling,
+            constraint,
             ignore_eos,
             ctx_size,
             batch,
@@ -264,20 +263,8 @@ fn real_main() -> Result<()> {
                 tok.encode(&rendered, add_bos, true)
             };
             let ctx = ctx_size.unwrap_or(l.model.config.max_seq_len.min(4096));
-            let cfg = SamplerConfig {
-                temperature,
-                top_k,
-                top_p,
-                min_p,
-                repeat_penalty,
-                seed: seed.unwrap_or_else(|| {
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_nanos() as u64)
-                        .unwrap_or(0)
-                }),
-                ..SamplerConfig::default()
-            };
+            let cfg = sampling.config()?;
+            let _ = &constraint; // wired in with the grammar engine
             let mut sampler = Sampler::new(cfg, l.model.config.vocab_size);
             let mut out = std::io::stdout().lock();
             let st = session::generate(
@@ -417,6 +404,10 @@ fn real_main() -> Result<()> {
                 &mut std::io::stdout().lock(),
             )?;
         }
+        Cmd::Chat(a) => chat::run(&a)?,
+        Cmd::Pull(a) => models::pull(&a)?,
+        Cmd::List(a) => models::list(&a)?,
+        Cmd::Rm(a) => models::rm(&a)?,
         Cmd::Inspect { model, metadata } => {
             inspect::run(model.as_deref(), metadata, &mut std::io::stdout().lock())?
         }
