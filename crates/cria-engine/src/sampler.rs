@@ -693,6 +693,21 @@ impl Sampler {
             .map_or(0, |c| c.id)
     }
 
+    /// Like `sample`, but `mask` edits the candidates (e.g. sets the logits of tokens a grammar
+    /// forbids to `-inf`) before any stage runs. A constrained caller first tries `sample` and
+    /// only comes here when the token it got is not allowed, as llama.cpp does.
+    pub fn sample_masked(&mut self, logits: &[f32], mask: &mut dyn FnMut(&mut Candidates)) -> u32 {
+        self.cands.fill(logits);
+        mask(&mut self.cands);
+        for s in self.stages.iter_mut() {
+            s.apply(&mut self.cands);
+        }
+        let chosen = self.cands.selected.or_else(|| self.cands.argmax());
+        chosen
+            .and_then(|i| self.cands.data.get(i))
+            .map_or(0, |c| c.id)
+    }
+
     /// Record a token that entered the context (for the penalties and other history stages).
     pub fn accept(&mut self, token: u32) {
         for s in self.stages.iter_mut() {
