@@ -683,14 +683,7 @@ impl Sampler {
 
     /// Choose the next token from one row of logits (token id = index). An empty row gives 0.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        self.cands.fill(logits);
-        for s in self.stages.iter_mut() {
-            s.apply(&mut self.cands);
-        }
-        let chosen = self.cands.selected.or_else(|| self.cands.argmax());
-        chosen
-            .and_then(|i| self.cands.data.get(i))
-            .map_or(0, |c| c.id)
+        self.sample_masked(logits, &mut |_| {})
     }
 
     /// Like `sample`, but `mask` edits the candidates (e.g. sets the logits of tokens a grammar
