@@ -28,19 +28,31 @@ use minijinja::value::{Kwargs, Serde, Value, ValueKind};
 use minijinja::{Environment, ErrorKind, State};
 use serde::{Deserialize, Serialize};
 
-/// One chat turn as templates see it: `message['role']`, `message['content']`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One chat turn as templates see it: `message['role']`, `message['content']`, and whatever else
+/// the turn carries (`tool_calls`, `tool_call_id`, `name`, ...), passed through in the order given
+/// so that `'tool_calls' in message` is true exactly when the caller set it, as in transformers.
+/// `content` is `None` (JSON null) for an assistant turn that only calls tools.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
-    pub content: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         Message {
             role: role.into(),
-            content: content.into(),
+            content: Some(content.into()),
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// The text of the turn ("" for a tool-call-only turn).
+    pub fn text(&self) -> &str {
+        self.content.as_deref().unwrap_or("")
     }
 }
 
@@ -204,7 +216,26 @@ fn python_methods(
             _ => {}
         }
     }
-    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args).map_err(|e| {
+        if e.kind() != ErrorKind::UnknownMethod {
+            return e;
+        }
+        // jinja2's wording, so a template's failure reads the same as under transformers.
+        let owner = match value.kind() {
+            ValueKind::None | ValueKind::Undefined => "'None'".to_string(),
+            ValueKind::String => "'str object'".to_string(),
+            ValueKind::Map => "'dict object'".to_string(),
+            ValueKind::Seq => "'list object'".to_string(),
+            ValueKind::Bool => "'bool object'".to_string(),
+            ValueKind::Number if value.is_integer() => "'int object'".to_string(),
+            ValueKind::Number => "'float object'".to_string(),
+            k => format!("'{k} object'"),
+        };
+        minijinja::Error::new(
+            ErrorKind::UnknownMethod,
+            format!("{owner} has no attribute '{method}'"),
+        )
+    })
 }
 
 /// Python `str.title()`: a cased character after an uncased one starts a word (so "they're"

@@ -139,6 +139,17 @@ CONVERSATIONS = {
         {"role": "assistant", "content": "  spaced answer\n\n"},
         {"role": "user", "content": "Last one, ok?"},
     ],
+    # A tool round trip, OpenAI style (content null on the calling turn; arguments as a dict,
+    # the transformers convention; ids of 9 characters, which Mistral's template demands).
+    "toolcall": [
+        SYSTEM,
+        {"role": "user", "content": "What's the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call12345", "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}}]},
+        {"role": "tool", "tool_call_id": "call12345", "name": "get_weather", "content": "{\"temp_c\": 21}"},
+        {"role": "assistant", "content": "It is 21 °C in Paris."},
+        {"role": "user", "content": "And tomorrow?"},
+    ],
     # Two user turns in a row: the alternation checks must raise.
     "bad_order": [
         {"role": "user", "content": "one"},
@@ -236,6 +247,8 @@ def main():
     for name in templates:
         bos, eos = SPECIAL[name]
         for conv_name, conv in CONVERSATIONS.items():
+            if conv_name == "toolcall":  # only for the templates that know tools, below
+                continue
             for agp in (False, True):
                 case = {
                     "template": name,
@@ -248,7 +261,7 @@ def main():
                 case.update(render(templates[name], conv, agp, bos, eos, None))
                 cases.append(case)
         if name in ("llama31", "mistral_nemo", "pyfeatures"):
-            for conv_name in ("single", "nosys", "unicode"):
+            for conv_name in ("single", "nosys", "unicode", "toolcall"):
                 case = {
                     "template": name,
                     "conversation": conv_name,

@@ -239,15 +239,9 @@ fn real_main() -> Result<()> {
             } else {
                 let mut msgs = Vec::new();
                 if let Some(s) = system {
-                    msgs.push(cria_engine::template::Message {
-                        role: "system".into(),
-                        content: s,
-                    });
+                    msgs.push(cria_engine::template::Message::new("system", s));
                 }
-                msgs.push(cria_engine::template::Message {
-                    role: "user".into(),
-                    content: text,
-                });
+                msgs.push(cria_engine::template::Message::new("user", text));
                 let tmpl = tok.chat_template().unwrap();
                 let rendered = cria_engine::template::render(
                     tmpl,
