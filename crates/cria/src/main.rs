@@ -261,17 +261,19 @@ fn real_main() -> Result<()> {
             let _ = &constraint; // wired in with the grammar engine
             let mut sampler = Sampler::new(cfg, l.model.config.vocab_size);
             let mut out = std::io::stdout().lock();
+            let mut state = session::KvState::new(&l, ctx, batch);
             let st = session::generate(
                 &l,
+                &mut state,
                 &prompt,
                 &mut sampler,
                 &session::GenOptions {
                     max_tokens,
-                    ctx_size: ctx,
                     ignore_eos,
-                    batch,
                 },
+                None,
                 &mut out,
+                &mut String::new(),
             )?;
             writeln!(out)?;
             if st.stop == session::StopReason::ContextFull {

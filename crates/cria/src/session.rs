@@ -6,6 +6,7 @@ use cria_kernels::CpuBackend;
 use cria_model::{forward, KvCache, KvType, LoadOptions, Logits, Model, Scratch, Source};
 use cria_tokenizer::Tokenizer;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct Loaded {
@@ -117,11 +118,16 @@ pub enum StopReason {
     Eog,
     MaxTokens,
     ContextFull,
+    /// The user pressed Ctrl-C (the cancel flag was set).
+    Cancelled,
 }
 
 pub struct GenStats {
     pub stop: StopReason,
+    /// Tokens evaluated for the prompt (after reusing the cached prefix).
     pub prompt_tokens: usize,
+    /// Prompt tokens whose K/V came from the cache.
+    pub reused_tokens: usize,
     pub prompt_time: Duration,
     pub gen_tokens: usize,
     pub gen_time: Duration,
@@ -129,37 +135,116 @@ pub struct GenStats {
 
 pub struct GenOptions {
     pub max_tokens: usize,
-    pub ctx_size: usize,
     pub ignore_eos: bool,
-    pub batch: usize,
 }
 
-/// Prefills `prompt`, then samples until EOG, `max_tokens` or the context is full; each decoded
-/// piece of text goes to `out` as soon as it is complete UTF-8.
+/// A KV cache together with the tokens it holds: what a chat keeps between turns so that only
+/// new tokens are evaluated. Buffers are sized once, at creation.
+pub struct KvState {
+    kv: KvCache,
+    s: Scratch,
+    /// The tokens whose keys and values are in `kv`, in order; `s.logits()` belongs to the last.
+    tokens: Vec<u32>,
+}
+
+impl KvState {
+    pub fn new(l: &Loaded, ctx_size: usize, batch: usize) -> Self {
+        KvState {
+            kv: KvCache::with_type(&l.model, ctx_size, l.kv_type),
+            s: Scratch::new(&l.model, batch.clamp(1, ctx_size.max(1)), Logits::Last),
+            tokens: Vec::with_capacity(ctx_size),
+        }
+    }
+
+    pub fn ctx_size(&self) -> usize {
+        self.kv.max_seq
+    }
+
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Forget everything (the buffers stay).
+    pub fn clear(&mut self) {
+        self.tokens.clear();
+    }
+
+    /// Makes the cache hold exactly `prompt`: keeps the longest prefix it shares with what is
+    /// cached and evaluates only the rest (at least the last token, whose logits are needed).
+    /// Returns (tokens evaluated, tokens reused).
+    pub fn set_prompt(&mut self, l: &Loaded, prompt: &[u32]) -> Result<(usize, usize)> {
+        if prompt.is_empty() {
+            bail!("the prompt is empty");
+        }
+        if prompt.len() >= self.ctx_size() {
+            bail!(
+                "the prompt is {} tokens but the context holds {} (raise --ctx-size; cria never truncates a prompt)",
+                prompt.len(),
+                self.ctx_size()
+            );
+        }
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
+        // Positions past `common` are simply overwritten: attention never reads beyond the
+        // positions of the tokens being evaluated.
+        self.tokens.truncate(common);
+        for chunk in prompt[common..].chunks(self.s.max_t) {
+            self.eval(l, chunk)?;
+        }
+        Ok((prompt.len() - common, common))
+    }
+
+    /// Evaluates `tokens` after the cached ones.
+    fn eval(&mut self, l: &Loaded, tokens: &[u32]) -> Result<()> {
+        let pos = self.tokens.len();
+        forward(
+            &l.model,
+            &l.backend,
+            tokens,
+            pos,
+            &mut self.kv,
+            &mut self.s,
+            Logits::Last,
+        )?;
+        self.tokens.extend_from_slice(tokens);
+        Ok(())
+    }
+
+    /// Logits after the last cached token.
+    pub fn logits(&self) -> &[f32] {
+        self.s.logits()
+    }
+}
+
+/// Prefills `prompt` (reusing what `ctx` already holds), then samples until EOG, `max_tokens`,
+/// a full context or `cancel`; each decoded piece of text goes to `out` as soon as it is complete
+/// UTF-8, and the whole answer is appended to `text`. The sampled tokens stay in the cache (the
+/// final end-of-generation token is not evaluated).
+#[allow(clippy::too_many_arguments)]
 pub fn generate(
     l: &Loaded,
+    ctx: &mut KvState,
     prompt: &[u32],
     sampler: &mut cria_engine::sampler::Sampler,
     o: &GenOptions,
+    cancel: Option<&AtomicBool>,
     out: &mut dyn Write,
+    text: &mut String,
 ) -> Result<GenStats> {
-    if prompt.is_empty() {
-        bail!("the prompt is empty");
-    }
-    if prompt.len() >= o.ctx_size {
-        bail!("the prompt is {} tokens but the context holds {} (raise --ctx-size; cria never truncates a prompt)", prompt.len(), o.ctx_size);
-    }
-    let m = &l.model;
-    let mut kv = KvCache::with_type(m, o.ctx_size, l.kv_type);
-    let mut s = Scratch::new(m, o.batch.min(prompt.len()).max(1), Logits::Last);
+    let t0 = Instant::now();
+    let (evaluated, reused) = ctx.set_prompt(l, prompt)?;
     for &t in prompt {
         sampler.accept(t);
-    }
-    let t0 = Instant::now();
-    let mut pos = 0;
-    for chunk in prompt.chunks(s.max_t) {
-        forward(m, &l.backend, chunk, pos, &mut kv, &mut s, Logits::Last)?;
-        pos += chunk.len();
     }
     let prompt_time = t0.elapsed();
     let t1 = Instant::now();
@@ -168,8 +253,13 @@ pub fn generate(
     let mut piece = String::with_capacity(64);
     let mut n = 0;
     let mut stop = StopReason::MaxTokens;
+    let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
     while n < o.max_tokens {
-        let next = sampler.sample(s.logits());
+        if cancelled() {
+            stop = StopReason::Cancelled;
+            break;
+        }
+        let next = sampler.sample(ctx.logits());
         sampler.accept(next);
         n += 1;
         if !o.ignore_eos && l.tok.is_eog(next) {
@@ -180,20 +270,23 @@ pub fn generate(
         dec.push_into(next, &mut piece);
         out.write_all(piece.as_bytes())?;
         out.flush()?;
+        text.push_str(&piece);
         if n == o.max_tokens {
             break;
         }
-        if pos >= o.ctx_size {
+        if ctx.len() >= ctx.ctx_size() {
             stop = StopReason::ContextFull;
             break;
         }
-        forward(m, &l.backend, &[next], pos, &mut kv, &mut s, Logits::Last)?;
-        pos += 1;
+        ctx.eval(l, &[next])?;
     }
-    out.write_all(dec.flush().as_bytes())?;
+    let rest = dec.flush();
+    out.write_all(rest.as_bytes())?;
     out.flush()?;
+    text.push_str(&rest);
     Ok(GenStats {
-        prompt_tokens: prompt.len(),
+        prompt_tokens: evaluated,
+        reused_tokens: reused,
         prompt_time,
         gen_tokens: n,
         gen_time: t1.elapsed(),
