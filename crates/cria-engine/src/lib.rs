@@ -6,7 +6,9 @@
 //! message and location.
 
 pub mod sampler;
+pub mod stop;
 pub mod template;
 
 pub use sampler::{Sampler, SamplerConfig};
+pub use stop::StopMatcher;
 pub use template::{ChatTemplate, Message};

@@ -1,35 +1,50 @@
 //! Token sampling: a chain of stages over a candidate list, with llama.cpp's semantics and order.
 //!
-//! The chain that [`Sampler::new`] builds is the one llama.cpp's `common/sampling.cpp` builds by
-//! default (with DRY, top-n-sigma and XTC not yet implemented here):
+//! The chain that [`Sampler::new`] builds is the one llama.cpp's `common/sampling.cpp` builds
+//! with its default `samplers` list:
 //!
 //! ```text
-//! logits -> logit-bias -> penalties -> top-k -> typical -> top-p -> min-p -> temperature -> dist
+//! logits -> logit-bias -> penalties -> dry -> top-n-sigma -> top-k -> typical -> top-p
+//!        -> min-p -> xtc -> temp (temp-ext with dynamic temperature) -> dist
 //! ```
+//!
+//! and with mirostat on, `logits -> logit-bias -> temp -> mirostat` (or `mirostat-v2`): the
+//! penalties and truncation stages are not used then, as in llama.cpp.
 //!
 //! Every stage works on one [`Candidates`] list (token id, logit, probability) that is filled from
 //! the logits once per call and only ever shrinks or is reordered in place, so after the first call
-//! sampling allocates nothing. A stage that has nothing to do (top-k 0, top-p 1, ...) is left out of
-//! the chain rather than checked per token. New samplers (dynamic temperature, XTC, DRY, mirostat,
-//! top-n-sigma, grammar) implement [`Stage`] and slot in with [`Sampler::with_stages`].
+//! sampling allocates nothing (history stages size their buffers at construction). A stage that
+//! has nothing to do (top-k 0, top-p 1, ...) is left out of the chain rather than checked per
+//! token. Other samplers (grammar) implement [`Stage`] and slot in with [`Sampler::with_stages`].
 //!
-//! Determinism: the only randomness is the final `dist` stage, driven by a self-contained
-//! xoshiro256** generator seeded through splitmix64 from the `u64` seed, so a seed gives the same
-//! tokens on every machine. Sorting breaks logit ties by the lower token id, so no result depends
-//! on the sort algorithm either.
+//! DRY needs token text to turn its sequence breakers ("\n", ":", ...) into token sequences; the
+//! caller supplies it through [`TokenText`] ([`Sampler::with_vocab`]), so this crate does not
+//! depend on the tokenizer.
 //!
-//! Greedy decoding (`temperature <= 0`) ends the chain with [`Greedy`]: the highest logit after the
-//! bias and penalty stages, the lowest token id on ties. The truncation stages are left out then,
-//! because top-k, top-p and min-p always keep the highest logit (typical-p does not, so it stays,
-//! as in llama.cpp where `temp <= 0` turns the temperature stage into an argmax over survivors).
+//! Determinism: the only randomness is in `dist`, `mirostat` and XTC's coin, each driven by a
+//! self-contained xoshiro256** generator seeded through splitmix64 from the `u64` seed, so a seed
+//! gives the same tokens on every machine and at every thread count. Sorting breaks logit ties
+//! by the lower token id, so no result depends on the sort algorithm either.
+//!
+//! Greedy decoding (`temperature <= 0` without dynamic temperature) ends the chain with
+//! [`Greedy`]: the highest logit after the bias, penalty and DRY stages, the lowest token id on
+//! ties. top-n-sigma, top-k, top-p and min-p are left out then, because they always keep the
+//! highest logit (typical-p and XTC do not, so they stay, as in llama.cpp where `temp <= 0` turns
+//! the temperature stage into an argmax over the survivors).
 
 use std::collections::VecDeque;
 
-/// Sampling parameters. Defaults are llama.cpp's (`common_params_sampling`).
+/// Sampling parameters. Defaults are llama.cpp's (`common_params_sampling` in common/common.h).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerConfig {
-    /// Softmax temperature; `<= 0` means greedy (argmax, lowest id on ties).
+    /// Softmax temperature; `<= 0` means greedy (argmax, lowest id on ties) unless
+    /// `dynatemp_range > 0`.
     pub temperature: f32,
+    /// Dynamic temperature: the temperature moves within `temperature ± dynatemp_range` with the
+    /// normalized entropy of the candidates (llama.cpp `temp-ext`); 0.0 disables.
+    pub dynatemp_range: f32,
+    /// How the normalized entropy maps to the temperature range: `t = lo + (hi - lo) * H^exp`.
+    pub dynatemp_exponent: f32,
     /// Keep the `top_k` most likely tokens; 0 disables.
     pub top_k: usize,
     /// Nucleus sampling: keep the smallest prefix whose probability reaches `top_p`; 1.0 disables.
@@ -38,6 +53,14 @@ pub struct SamplerConfig {
     pub min_p: f32,
     /// Locally typical sampling; 1.0 disables.
     pub typical_p: f32,
+    /// Top-n-sigma: mask logits more than `top_n_sigma` standard deviations below the highest;
+    /// `<= 0` disables (llama.cpp's default is -1).
+    pub top_n_sigma: f32,
+    /// XTC ("exclude top choices"): with this probability per token, drop every candidate above
+    /// `xtc_threshold` except the least likely of them; 0.0 disables.
+    pub xtc_probability: f32,
+    /// XTC probability threshold; above 0.5 XTC can never act and is left out.
+    pub xtc_threshold: f32,
     /// Divide positive (multiply negative) logits of recent tokens by this; 1.0 disables.
     pub repeat_penalty: f32,
     /// Subtract this from the logit of every recent token; 0.0 disables.
@@ -45,11 +68,29 @@ pub struct SamplerConfig {
     /// Subtract this times the recent count of a token from its logit; 0.0 disables.
     pub frequency_penalty: f32,
     /// How many of the last accepted tokens the penalties look at; 0 disables the penalties.
-    /// (llama.cpp's `-1 = context size` is for the caller to translate.)
     pub repeat_last_n: usize,
+    /// DRY ("don't repeat yourself"): penalty scale for tokens that would extend a repeated
+    /// sequence; 0.0 disables.
+    pub dry_multiplier: f32,
+    /// DRY: the penalty grows as `dry_base ^ (repeat length - dry_allowed_length)`.
+    pub dry_base: f32,
+    /// DRY: repeats up to this length go unpenalized.
+    pub dry_allowed_length: usize,
+    /// DRY: how many of the last accepted tokens it scans; 0 disables.
+    pub dry_penalty_last_n: usize,
+    /// DRY: strings that end a repeated sequence (a repeat never spans one). Turning them into
+    /// token sequences needs the vocabulary: see [`Sampler::with_vocab`].
+    pub dry_sequence_breakers: Vec<String>,
+    /// 0 = off, 1 = Mirostat, 2 = Mirostat 2.0. When on, the chain is logit-bias -> temperature
+    /// -> mirostat, as in llama.cpp (the penalties and truncation stages are not used).
+    pub mirostat: u8,
+    /// Mirostat target surprise (entropy), llama.cpp `--mirostat-ent`.
+    pub mirostat_tau: f32,
+    /// Mirostat learning rate, llama.cpp `--mirostat-lr`.
+    pub mirostat_eta: f32,
     /// Truncation stages keep at least this many candidates (llama.cpp's `min_keep`); 0 = no floor.
     pub min_keep: usize,
-    /// Seed of the random stage. The same seed gives the same tokens on every machine.
+    /// Seed of the random stages. The same seed gives the same tokens on every machine.
     pub seed: u64,
     /// Added to the logits of the given token ids before anything else (`f32::NEG_INFINITY` bans).
     pub logit_bias: Vec<(u32, f32)>,
@@ -59,19 +100,302 @@ impl Default for SamplerConfig {
     fn default() -> Self {
         SamplerConfig {
             temperature: 0.8,
+            dynatemp_range: 0.0,
+            dynatemp_exponent: 1.0,
             top_k: 40,
             top_p: 0.95,
             min_p: 0.05,
             typical_p: 1.0,
+            top_n_sigma: -1.0,
+            xtc_probability: 0.0,
+            xtc_threshold: 0.1,
             repeat_penalty: 1.0,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             repeat_last_n: 64,
+            dry_multiplier: 0.0,
+            dry_base: 1.75,
+            dry_allowed_length: 2,
+            dry_penalty_last_n: 64,
+            dry_sequence_breakers: ["\n", ":", "\"", "*"].map(String::from).to_vec(),
+            mirostat: 0,
+            mirostat_tau: 5.0,
+            mirostat_eta: 0.1,
             min_keep: 0,
             seed: 0,
             logit_bias: Vec::new(),
         }
     }
+}
+
+/// How one numeric option is read, written and range-checked; the table below drives `set`,
+/// `validate` and the list of known names, so the three cannot disagree.
+#[derive(Clone, Copy)]
+enum OptKind {
+    /// A finite float in `lo..=hi` (`lo` itself excluded when `lo_open`).
+    Float {
+        get: fn(&SamplerConfig) -> f32,
+        put: fn(&mut SamplerConfig, f32),
+        lo: f32,
+        lo_open: bool,
+        hi: f32,
+    },
+    /// A whole number in `0..=max`.
+    Count {
+        get: fn(&SamplerConfig) -> usize,
+        put: fn(&mut SamplerConfig, usize),
+        max: usize,
+    },
+    Seed,
+    LogitBias,
+    DryBreaker,
+}
+
+struct Opt {
+    /// Canonical (llama.cpp CLI) name first, then aliases.
+    names: &'static [&'static str],
+    kind: OptKind,
+    /// The allowed values, for error messages.
+    range: &'static str,
+}
+
+macro_rules! float_opt {
+    ($names:expr, $field:ident, $lo:expr, $lo_open:expr, $hi:expr, $range:expr) => {
+        Opt {
+            names: $names,
+            kind: OptKind::Float {
+                get: |c| c.$field,
+                put: |c, v| c.$field = v,
+                lo: $lo,
+                lo_open: $lo_open,
+                hi: $hi,
+            },
+            range: $range,
+        }
+    };
+}
+
+macro_rules! count_opt {
+    ($names:expr, $field:ident, $max:expr, $range:expr) => {
+        Opt {
+            names: $names,
+            kind: OptKind::Count {
+                get: |c| c.$field as usize,
+                put: |c, v| c.$field = v as _,
+                max: $max,
+            },
+            range: $range,
+        }
+    };
+}
+
+const INF: f32 = f32::INFINITY;
+
+/// Every option `SamplerConfig::set` knows, with llama.cpp's CLI names.
+static OPTIONS: &[Opt] = &[
+    float_opt!(
+        &["temperature", "temp"],
+        temperature,
+        0.0,
+        false,
+        INF,
+        "a number >= 0 (0 = greedy)"
+    ),
+    count_opt!(
+        &["top-k"],
+        top_k,
+        usize::MAX,
+        "a whole number >= 0 (0 = off)"
+    ),
+    float_opt!(&["top-p"], top_p, 0.0, false, 1.0, "0 to 1 (1 = off)"),
+    float_opt!(&["min-p"], min_p, 0.0, false, 1.0, "0 to 1 (0 = off)"),
+    float_opt!(
+        &["typical-p", "typical", "typ-p"],
+        typical_p,
+        0.0,
+        false,
+        1.0,
+        "0 to 1 (1 = off)"
+    ),
+    float_opt!(
+        &["top-nsigma", "top-n-sigma"],
+        top_n_sigma,
+        -INF,
+        false,
+        INF,
+        "a number (<= 0 = off)"
+    ),
+    float_opt!(
+        &["xtc-probability"],
+        xtc_probability,
+        0.0,
+        false,
+        1.0,
+        "0 to 1 (0 = off)"
+    ),
+    float_opt!(
+        &["xtc-threshold"],
+        xtc_threshold,
+        0.0,
+        false,
+        1.0,
+        "0 to 1 (above 0.5 = off)"
+    ),
+    float_opt!(
+        &["dry-multiplier"],
+        dry_multiplier,
+        0.0,
+        false,
+        INF,
+        "a number >= 0 (0 = off)"
+    ),
+    float_opt!(&["dry-base"], dry_base, 1.0, false, INF, "a number >= 1"),
+    count_opt!(
+        &["dry-allowed-length"],
+        dry_allowed_length,
+        usize::MAX,
+        "a whole number >= 0"
+    ),
+    count_opt!(
+        &["dry-penalty-last-n"],
+        dry_penalty_last_n,
+        usize::MAX,
+        "a whole number >= 0 (0 = off)"
+    ),
+    Opt {
+        names: &["dry-sequence-breaker"],
+        kind: OptKind::DryBreaker,
+        range: "a non-empty string to add, or \"none\" to clear the list",
+    },
+    // 1/x must be finite too (llama.cpp's check): the smallest normal float is the floor.
+    float_opt!(
+        &["repeat-penalty"],
+        repeat_penalty,
+        f32::MIN_POSITIVE,
+        false,
+        INF,
+        "a number > 0 (1 = off)"
+    ),
+    count_opt!(
+        &["repeat-last-n"],
+        repeat_last_n,
+        usize::MAX,
+        "a whole number >= 0 (0 = off)"
+    ),
+    float_opt!(
+        &["presence-penalty"],
+        presence_penalty,
+        -INF,
+        false,
+        INF,
+        "a finite number (0 = off)"
+    ),
+    float_opt!(
+        &["frequency-penalty"],
+        frequency_penalty,
+        -INF,
+        false,
+        INF,
+        "a finite number (0 = off)"
+    ),
+    count_opt!(
+        &["mirostat"],
+        mirostat,
+        2,
+        "0 (off), 1 (Mirostat) or 2 (Mirostat 2.0)"
+    ),
+    float_opt!(
+        &["mirostat-lr", "mirostat-eta"],
+        mirostat_eta,
+        0.0,
+        false,
+        INF,
+        "a number >= 0"
+    ),
+    float_opt!(
+        &["mirostat-ent", "mirostat-tau"],
+        mirostat_tau,
+        0.0,
+        false,
+        INF,
+        "a number >= 0"
+    ),
+    float_opt!(
+        &["dynatemp-range"],
+        dynatemp_range,
+        0.0,
+        false,
+        INF,
+        "a number >= 0 (0 = off)"
+    ),
+    float_opt!(
+        &["dynatemp-exp", "dynatemp-exponent"],
+        dynatemp_exponent,
+        0.0,
+        false,
+        INF,
+        "a number >= 0"
+    ),
+    Opt {
+        names: &["seed"],
+        kind: OptKind::Seed,
+        range: "a whole number 0 to 2^64-1, or -1 / \"random\" for a fresh one",
+    },
+    count_opt!(&["min-keep"], min_keep, usize::MAX, "a whole number >= 0"),
+    Opt {
+        names: &["logit-bias"],
+        kind: OptKind::LogitBias,
+        range: "TOKEN_ID+BIAS or TOKEN_ID-BIAS (e.g. 15043+1, 2-inf), or \"none\" to clear",
+    },
+];
+
+/// `--top_k`, `TOP-K`, `top_k` all name `top-k`.
+fn normalize_name(name: &str) -> String {
+    name.trim()
+        .trim_start_matches('-')
+        .to_ascii_lowercase()
+        .replace('_', "-")
+}
+
+fn check_float(opt: &Opt, v: f32) -> Result<(), String> {
+    if let OptKind::Float {
+        lo, lo_open, hi, ..
+    } = opt.kind
+    {
+        let low_ok = if lo_open { v > lo } else { v >= lo };
+        if !v.is_finite() || !low_ok || v > hi {
+            return Err(format!(
+                "{} = {v} is out of range: expected {}",
+                opt.names[0], opt.range
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parse `TOKEN_ID(+|-)BIAS` as llama.cpp's `--logit-bias` does; the bias may be `inf`.
+pub fn parse_logit_bias(s: &str) -> Result<(u32, f32), String> {
+    let bad = || {
+        format!("logit-bias {s:?}: expected TOKEN_ID+BIAS or TOKEN_ID-BIAS (e.g. 15043+1, 2-inf)")
+    };
+    let s = s.trim();
+    let split = s.find(['+', '-']).ok_or_else(bad)?;
+    let id: u32 = s[..split].trim().parse().map_err(|_| bad())?;
+    let mag: f32 = s[split + 1..].trim().parse().map_err(|_| bad())?;
+    if mag.is_nan() || mag < 0.0 {
+        return Err(bad());
+    }
+    let bias = if &s[split..split + 1] == "-" {
+        -mag
+    } else {
+        mag
+    };
+    if bias == f32::INFINITY {
+        return Err(format!(
+            "logit-bias {s:?}: +inf would force the token; use a large finite bias"
+        ));
+    }
+    Ok((id, bias))
 }
 
 impl SamplerConfig {
@@ -81,6 +405,211 @@ impl SamplerConfig {
             temperature: 0.0,
             ..Default::default()
         }
+    }
+
+    /// Whether the chain is deterministic argmax (temperature <= 0 without dynamic temperature).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 && self.dynatemp_range <= 0.0
+    }
+
+    /// The option names `set` accepts (canonical names, llama.cpp's CLI spelling).
+    pub fn option_names() -> impl Iterator<Item = &'static str> {
+        OPTIONS.iter().map(|o| o.names[0])
+    }
+
+    /// Set one option from text, by llama.cpp's CLI name (`temp`, `top-k`, `mirostat-lr`, ...;
+    /// underscores and leading dashes are fine). Out-of-range values and unknown names give a
+    /// message naming the option and what it accepts; on error the config is unchanged.
+    /// `logit-bias` and `dry-sequence-breaker` add to their lists ("none" clears them).
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let key = normalize_name(name);
+        let Some(opt) = OPTIONS.iter().find(|o| o.names.contains(&key.as_str())) else {
+            let known: Vec<&str> = Self::option_names().collect();
+            return Err(format!(
+                "unknown sampler option {name:?}; known options: {}",
+                known.join(", ")
+            ));
+        };
+        let v = value.trim();
+        let parse_err = || {
+            format!(
+                "{} = {v:?} is not valid: expected {}",
+                opt.names[0], opt.range
+            )
+        };
+        match opt.kind {
+            OptKind::Float { put, .. } => {
+                let x: f32 = v.parse().map_err(|_| parse_err())?;
+                check_float(opt, x)?;
+                put(self, x);
+            }
+            OptKind::Count { put, max, .. } => {
+                let x: usize = v.parse().map_err(|_| parse_err())?;
+                if x > max {
+                    return Err(format!(
+                        "{} = {x} is out of range: expected {}",
+                        opt.names[0], opt.range
+                    ));
+                }
+                put(self, x);
+            }
+            OptKind::Seed => {
+                self.seed = if v == "-1" || v.eq_ignore_ascii_case("random") {
+                    random_seed()
+                } else {
+                    v.parse().map_err(|_| parse_err())?
+                };
+            }
+            OptKind::LogitBias => {
+                if v.eq_ignore_ascii_case("none") {
+                    self.logit_bias.clear();
+                } else {
+                    let b = parse_logit_bias(v)?;
+                    self.logit_bias.push(b);
+                }
+            }
+            OptKind::DryBreaker => {
+                // The raw value, not trimmed: "\n" and " " are meaningful breakers.
+                if value == "none" {
+                    self.dry_sequence_breakers.clear();
+                } else if value.is_empty() {
+                    return Err(parse_err());
+                } else {
+                    self.dry_sequence_breakers.push(value.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Check every field against the ranges `set` enforces (for configs built in code).
+    pub fn validate(&self) -> Result<(), String> {
+        for opt in OPTIONS {
+            match opt.kind {
+                OptKind::Float { get, .. } => check_float(opt, get(self))?,
+                OptKind::Count { get, max, .. } => {
+                    if get(self) > max {
+                        return Err(format!(
+                            "{} = {} is out of range: expected {}",
+                            opt.names[0],
+                            get(self),
+                            opt.range
+                        ));
+                    }
+                }
+                OptKind::Seed => {}
+                OptKind::LogitBias => {
+                    for &(id, b) in &self.logit_bias {
+                        if b.is_nan() || b == f32::INFINITY {
+                            return Err(format!(
+                                "logit-bias for token {id} is {b}: expected a finite bias or -inf"
+                            ));
+                        }
+                    }
+                }
+                OptKind::DryBreaker => {
+                    if self.dry_sequence_breakers.iter().any(|b| b.is_empty()) {
+                        return Err("dry-sequence-breaker: empty strings are not allowed".into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The active settings on one line, in chain order, e.g.
+    /// `temp 0.80, top-k 40, top-p 0.95, min-p 0.05, seed 42`. Stages that are off are left out.
+    pub fn summary(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        if !self.logit_bias.is_empty() {
+            parts.push(format!("logit-bias x{}", self.logit_bias.len()));
+        }
+        let mirostat = self.mirostat != 0;
+        let penalties = self.repeat_last_n > 0
+            && (self.repeat_penalty != 1.0
+                || self.frequency_penalty != 0.0
+                || self.presence_penalty != 0.0);
+        if !mirostat && penalties {
+            parts.push(format!(
+                "repeat-penalty {} / presence {} / frequency {} over last {}",
+                self.repeat_penalty,
+                self.presence_penalty,
+                self.frequency_penalty,
+                self.repeat_last_n
+            ));
+        }
+        if !mirostat && self.dry_enabled() {
+            parts.push(format!(
+                "dry x{} base {} allowed {} last {}",
+                self.dry_multiplier,
+                self.dry_base,
+                self.dry_allowed_length,
+                self.dry_penalty_last_n
+            ));
+        }
+        if self.is_greedy() {
+            if !mirostat && self.typical_p < 1.0 {
+                parts.push(format!("typical-p {}", self.typical_p));
+            }
+            if !mirostat && self.xtc_enabled() {
+                parts.push(format!(
+                    "xtc {} > {}",
+                    self.xtc_probability, self.xtc_threshold
+                ));
+            }
+            parts.push("greedy".into());
+            return parts.join(", ");
+        }
+        if mirostat {
+            parts.push(format!("temp {}", self.temperature));
+            parts.push(format!(
+                "mirostat v{} tau {} eta {}",
+                self.mirostat, self.mirostat_tau, self.mirostat_eta
+            ));
+        } else {
+            if self.top_n_sigma > 0.0 {
+                parts.push(format!("top-n-sigma {}", self.top_n_sigma));
+            }
+            if self.top_k > 0 {
+                parts.push(format!("top-k {}", self.top_k));
+            }
+            if self.typical_p < 1.0 {
+                parts.push(format!("typical-p {}", self.typical_p));
+            }
+            if self.top_p < 1.0 {
+                parts.push(format!("top-p {}", self.top_p));
+            }
+            if self.min_p > 0.0 {
+                parts.push(format!("min-p {}", self.min_p));
+            }
+            if self.xtc_enabled() {
+                parts.push(format!(
+                    "xtc {} > {}",
+                    self.xtc_probability, self.xtc_threshold
+                ));
+            }
+            if self.dynatemp_range > 0.0 {
+                parts.push(format!(
+                    "temp {} ± {} exp {}",
+                    self.temperature, self.dynatemp_range, self.dynatemp_exponent
+                ));
+            } else {
+                parts.push(format!("temp {}", self.temperature));
+            }
+        }
+        if self.min_keep > 0 {
+            parts.push(format!("min-keep {}", self.min_keep));
+        }
+        parts.push(format!("seed {}", self.seed));
+        parts.join(", ")
+    }
+
+    fn dry_enabled(&self) -> bool {
+        self.dry_multiplier != 0.0 && self.dry_base >= 1.0 && self.dry_penalty_last_n > 0
+    }
+
+    fn xtc_enabled(&self) -> bool {
+        self.xtc_probability > 0.0 && self.xtc_threshold <= 0.5
     }
 }
 
@@ -536,19 +1065,58 @@ impl Stage for Temperature {
     }
 }
 
+/// The candidate at cumulative probability `u` (in [0, 1)) of the mass in `p`, which the caller
+/// has computed. Walks in f64 to the first point past `u * total`: strictly "past" so a
+/// zero-probability candidate is never chosen, even for `u == 0`. If everything was banned (no
+/// mass), the best logit rather than a failure.
+fn pick(c: &Candidates, u: f64) -> Option<usize> {
+    let total: f64 = c.data.iter().map(|x| f64::from(x.p)).sum();
+    if total.is_nan() || total <= 0.0 {
+        return c.argmax();
+    }
+    let target = u * total;
+    let mut run = 0.0f64;
+    for (i, x) in c.data.iter().enumerate() {
+        run += f64::from(x.p);
+        if run > target {
+            return Some(i);
+        }
+    }
+    // Rounding can leave `run` a hair short of `target` at the very end: take the last token
+    // with any mass.
+    c.data.iter().rposition(|x| x.p > 0.0)
+}
+
+/// A random stream that can restart from its seed (what `reset` does for every random stage).
+struct Seeded {
+    seed: u64,
+    rng: Rng,
+}
+
+impl Seeded {
+    fn new(seed: u64) -> Self {
+        Seeded {
+            seed,
+            rng: Rng::new(seed),
+        }
+    }
+
+    fn restart(&mut self) {
+        self.rng = Rng::new(self.seed);
+    }
+}
+
 /// Final stage: draw from the softmax of the remaining logits (llama.cpp `dist`). One uniform draw
 /// per call, also when one candidate is left, so the random stream does not depend on how far the
 /// filters cut.
 pub struct Dist {
-    seed: u64,
-    rng: Rng,
+    rng: Seeded,
 }
 
 impl Dist {
     pub fn new(seed: u64) -> Self {
         Dist {
-            seed,
-            rng: Rng::new(seed),
+            rng: Seeded::new(seed),
         }
     }
 }
@@ -558,36 +1126,16 @@ impl Stage for Dist {
         "dist"
     }
     fn apply(&mut self, c: &mut Candidates) {
-        let u = self.rng.next_f64();
+        let u = self.rng.rng.next_f64();
         if c.is_empty() {
             c.selected = None;
             return;
         }
         c.softmax(false);
-        // Walk the cumulative mass in f64 to the first point past u * total. Strictly "past" so a
-        // zero-probability candidate is never chosen, even for u == 0.
-        let total: f64 = c.data.iter().map(|x| f64::from(x.p)).sum();
-        if total.is_nan() || total <= 0.0 {
-            // Everything was banned (all -inf): fall back to the best logit rather than fail.
-            c.selected = c.argmax();
-            return;
-        }
-        let target = u * total;
-        let mut run = 0.0f64;
-        let mut chosen = None;
-        for (i, x) in c.data.iter().enumerate() {
-            run += f64::from(x.p);
-            if run > target {
-                chosen = Some(i);
-                break;
-            }
-        }
-        // Rounding can leave `run` a hair short of `target` at the very end: take the last token
-        // with any mass.
-        c.selected = chosen.or_else(|| c.data.iter().rposition(|x| x.p > 0.0));
+        c.selected = pick(c, u);
     }
     fn reset(&mut self) {
-        self.rng = Rng::new(self.seed);
+        self.rng.restart();
     }
 }
 
@@ -600,6 +1148,567 @@ impl Stage for Greedy {
     }
     fn apply(&mut self, c: &mut Candidates) {
         c.selected = c.argmax();
+    }
+}
+
+/// Top-n-sigma (Tang et al. 2024, llama.cpp `top-n-sigma`): mask (set to -inf) every logit more
+/// than `n` standard deviations below the highest. Mean and deviation are over the finite
+/// logits only, so earlier bans do not skew them. `n <= 0` does nothing.
+pub struct TopNSigma {
+    pub n: f32,
+}
+
+impl Stage for TopNSigma {
+    fn name(&self) -> &'static str {
+        "top-n-sigma"
+    }
+    fn apply(&mut self, c: &mut Candidates) {
+        if self.n <= 0.0 || c.len() <= 1 {
+            return;
+        }
+        let mut max = c.data[0].logit;
+        let mut sum = 0.0f32;
+        let mut count = 0usize;
+        for x in c.data.iter().filter(|x| x.logit != f32::NEG_INFINITY) {
+            max = max.max(x.logit);
+            sum += x.logit;
+            count += 1;
+        }
+        let mean = if count > 0 { sum / count as f32 } else { 0.0 };
+        // llama.cpp squares in double (C++ `pow(float, int)`) and accumulates in float.
+        let mut acc = 0.0f32;
+        for x in c.data.iter().filter(|x| x.logit != f32::NEG_INFINITY) {
+            acc = (f64::from(acc) + f64::from(x.logit - mean).powi(2)) as f32;
+        }
+        let std = if count > 0 {
+            (acc / count as f32).sqrt()
+        } else {
+            0.0
+        };
+        let cut = max - self.n * std;
+        for x in c.data.iter_mut() {
+            if x.logit < cut {
+                x.logit = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// A second random stream from the same user seed, so that XTC's coin and the final draw are
+/// not the same numbers (llama.cpp seeds both with the seed; with its mt19937 that is harmless,
+/// with one shared xoshiro stream the two decisions would be correlated).
+fn derived_seed(seed: u64, stream: u64) -> u64 {
+    let mut s = seed ^ stream;
+    splitmix64(&mut s)
+}
+
+/// XTC, "exclude top choices" (llama.cpp `xtc`): with probability `probability`, of the
+/// candidates whose probability is at least `threshold`, drop all but the least likely one.
+/// Nothing happens when fewer than two would be over the threshold, or when cutting would leave
+/// fewer than `min_keep`.
+pub struct Xtc {
+    pub probability: f32,
+    pub threshold: f32,
+    pub min_keep: usize,
+    rng: Seeded,
+}
+
+impl Xtc {
+    const STREAM: u64 = 0x5854_435f_434f_494e; // "XTC_COIN"
+
+    pub fn new(probability: f32, threshold: f32, min_keep: usize, seed: u64) -> Self {
+        Xtc {
+            probability,
+            threshold,
+            min_keep,
+            rng: Seeded::new(derived_seed(seed, Self::STREAM)),
+        }
+    }
+}
+
+impl Stage for Xtc {
+    fn name(&self) -> &'static str {
+        "xtc"
+    }
+    fn apply(&mut self, c: &mut Candidates) {
+        // As llama.cpp: no coin is drawn when the stage cannot act, so the stream only advances
+        // on tokens where XTC was possible.
+        if self.probability <= 0.0 || self.threshold > 0.5 || c.len() < 2 {
+            return;
+        }
+        let chance = self.rng.rng.next_f32();
+        if chance > self.probability {
+            return;
+        }
+        c.softmax(true);
+        // The last of the leading run at or above the threshold: everything before it goes.
+        let mut last = 0;
+        for (i, x) in c.data.iter().enumerate() {
+            if x.p >= self.threshold {
+                last = i;
+            } else {
+                break;
+            }
+        }
+        if last > 0 && c.len() - last >= self.min_keep {
+            c.data.drain(..last);
+        }
+    }
+    fn reset(&mut self) {
+        self.rng.restart();
+    }
+}
+
+/// Dynamic temperature (llama.cpp `temp-ext`, "entropy-based" dynatemp): the temperature is
+/// `lo + (hi - lo) * (H / H_max)^exponent`, with `lo = max(0, t - range)`, `hi = t + range`, `H`
+/// the entropy of the candidates' softmax and `H_max = ln(n)`. Leaves the candidates sorted with
+/// their probabilities at the new temperature.
+pub struct DynamicTemperature {
+    pub t: f32,
+    pub range: f32,
+    pub exponent: f32,
+}
+
+impl Stage for DynamicTemperature {
+    fn name(&self) -> &'static str {
+        "temp-ext"
+    }
+    fn apply(&mut self, c: &mut Candidates) {
+        if self.range <= 0.0 {
+            Temperature { t: self.t }.apply(c);
+            return;
+        }
+        if c.len() <= 1 {
+            return;
+        }
+        let lo = (self.t - self.range).max(0.0);
+        let hi = self.t + self.range;
+        let max_entropy = -(1.0f32 / c.len() as f32).ln();
+        c.softmax(true);
+        let entropy: f32 = c
+            .data
+            .iter()
+            .filter(|x| x.p > 0.0)
+            .map(|x| -x.p * x.p.ln())
+            .sum();
+        let t = lo + (hi - lo) * (entropy / max_entropy).powf(self.exponent);
+        Temperature { t }.apply(c);
+        // Probabilities at the new temperature, in double as llama.cpp does (the list is still
+        // sorted: scaling by a positive factor, or the argmax mask at t = 0, keeps the order).
+        let max = f64::from(c.data[0].logit);
+        let mut sum = 0.0f64;
+        for x in c.data.iter_mut() {
+            let p = (f64::from(x.logit) - max).exp();
+            x.p = p as f32;
+            sum += p;
+        }
+        for x in c.data.iter_mut() {
+            x.p = (f64::from(x.p) / sum) as f32;
+        }
+    }
+}
+
+/// What DRY needs from a vocabulary to turn its breaker strings into token sequences. cria's
+/// tokenizer implements it in the caller; cria-engine does not depend on the tokenizer.
+pub trait TokenText {
+    /// Number of tokens in the vocabulary.
+    fn n_tokens(&self) -> usize;
+    /// The text of one token, special tokens rendered (llama.cpp `detokenize({id}, true)`),
+    /// written into `out` (cleared first).
+    fn piece(&self, id: u32, out: &mut Vec<u8>);
+    /// Tokenize text without BOS and without parsing special tokens (llama.cpp
+    /// `tokenize(text, false, false)`). `text` can end in the middle of a UTF-8 character when a
+    /// breaker is cut at a token boundary; decode it lossily.
+    fn tokenize(&self, text: &[u8]) -> Vec<u32>;
+}
+
+/// DRY's sequence breakers as token sequences: a head token and the tail that must follow it.
+/// An empty tail is a single-token breaker.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DryBreakers {
+    seqs: Vec<(u32, Vec<u32>)>, // sorted by head, no duplicates
+}
+
+impl DryBreakers {
+    /// llama.cpp's limits: breakers are cut to 40 bytes and tails to 20 tokens, which keeps the
+    /// restart scan linear in the history length.
+    const MAX_BYTES: usize = 40;
+    const MAX_TAIL: usize = 20;
+
+    /// Breakers given directly as token sequences (head first), as llama.cpp's tests give them.
+    pub fn from_token_sequences(seqs: &[Vec<u32>]) -> Self {
+        let mut b = DryBreakers::default();
+        for s in seqs.iter().filter(|s| !s.is_empty()) {
+            b.insert(s[0], s[1..].to_vec());
+        }
+        b
+    }
+
+    /// Breaker strings the way llama.cpp processes them (koboldcpp's method): every token whose
+    /// text contains a breaker is a single-token breaker; a token whose text ends with the start
+    /// of a breaker is a head, and the tokenization of the rest of the breaker its tail.
+    pub fn from_strings(breakers: &[String], vocab: &dyn TokenText) -> Self {
+        let mut b = DryBreakers::default();
+        let mut word = Vec::new();
+        for brk in breakers {
+            let s = &brk.as_bytes()[..brk.len().min(Self::MAX_BYTES)];
+            if s.is_empty() {
+                continue;
+            }
+            for id in 0..vocab.n_tokens() as u32 {
+                vocab.piece(id, &mut word);
+                if word.windows(s.len()).any(|w| w == s) {
+                    b.insert(id, Vec::new());
+                    continue;
+                }
+                // Each position where the token's text ends with a proper prefix of the breaker.
+                for pos in 0..word.len() {
+                    let rest = &word[pos..];
+                    if rest.len() < s.len() && s.starts_with(rest) {
+                        let mut tail = vocab.tokenize(&s[rest.len()..]);
+                        tail.truncate(Self::MAX_TAIL);
+                        b.insert(id, tail);
+                    }
+                }
+            }
+        }
+        b
+    }
+
+    fn insert(&mut self, head: u32, tail: Vec<u32>) {
+        let at = self.seqs.partition_point(|(h, t)| (*h, t) < (head, &tail));
+        if self
+            .seqs
+            .get(at)
+            .is_some_and(|(h, t)| *h == head && *t == tail)
+        {
+            return;
+        }
+        self.seqs.insert(at, (head, tail));
+    }
+
+    /// The tails of breakers that start with `head`.
+    fn tails(&self, head: u32) -> impl Iterator<Item = &[u32]> {
+        let lo = self.seqs.partition_point(|(h, _)| *h < head);
+        self.seqs[lo..]
+            .iter()
+            .take_while(move |(h, _)| *h == head)
+            .map(|(_, t)| t.as_slice())
+    }
+
+    fn is_single_token(&self, token: u32) -> bool {
+        self.tails(token).any(|t| t.is_empty())
+    }
+
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+}
+
+/// DRY, "don't repeat yourself" (koboldcpp, llama.cpp `dry`): when the recent history ends with
+/// a sequence that already occurred earlier, the token that followed it then gets its logit
+/// lowered by `multiplier * base^(length - allowed_length)` for repeats longer than
+/// `allowed_length`. A sequence breaker in the history limits how far back a repeat can reach.
+///
+/// Buffers are sized at construction (history and repeat lengths by `last_n`, the per-token
+/// maximum by the vocabulary), so `apply` and `accept` allocate nothing.
+pub struct Dry {
+    multiplier: f32,
+    base: f32,
+    allowed_length: usize,
+    last_n: usize,
+    breakers: DryBreakers,
+    history: VecDeque<u32>, // (<= last_n,) recent tokens, oldest first
+    repeat: Vec<usize>,     // (last_n,) scratch: repeat length ending at each history position
+    max_repeat: Vec<u32>,   // (vocab,) longest repeat each token would extend; NONE = not one
+    touched: Vec<u32>,      // (<= last_n,) tokens set in `max_repeat`, to clear them after
+}
+
+impl Dry {
+    const NONE: u32 = u32::MAX;
+
+    pub fn new(
+        vocab_size: usize,
+        multiplier: f32,
+        base: f32,
+        allowed_length: usize,
+        last_n: usize,
+        breakers: DryBreakers,
+    ) -> Self {
+        let enabled = multiplier != 0.0 && base >= 1.0 && last_n > 0;
+        let n = if enabled { last_n } else { 0 };
+        Dry {
+            multiplier,
+            base,
+            allowed_length,
+            last_n: n,
+            breakers,
+            history: VecDeque::with_capacity(n),
+            repeat: vec![0; n],
+            max_repeat: if enabled {
+                vec![Self::NONE; vocab_size]
+            } else {
+                Vec::new()
+            },
+            touched: Vec::with_capacity(n),
+        }
+    }
+
+    fn is_disabled(&self) -> bool {
+        self.last_n == 0
+    }
+
+    /// The `i`-th most recent token (0 = the last one).
+    fn recent(&self, i: usize) -> u32 {
+        self.history[self.history.len() - 1 - i]
+    }
+
+    /// How far back a repeat may reach: up to (not including) the most recent breaker.
+    fn repeat_limit(&self, n: usize) -> usize {
+        for i in 0..n {
+            let mut longest: Option<usize> = None;
+            for tail in self.breakers.tails(self.recent(i)) {
+                // The tail follows the head, so it sits among the `i` tokens after it.
+                let len = tail.len();
+                if longest.is_some_and(|l| len <= l) || len > i {
+                    continue;
+                }
+                if tail
+                    .iter()
+                    .enumerate()
+                    .all(|(k, &t)| t == self.recent(i - k - 1))
+                {
+                    longest = Some(len);
+                }
+            }
+            if let Some(len) = longest {
+                return i - len;
+            }
+        }
+        n
+    }
+}
+
+impl Stage for Dry {
+    fn name(&self) -> &'static str {
+        "dry"
+    }
+    fn accept(&mut self, token: u32) {
+        if self.is_disabled() {
+            return;
+        }
+        if self.history.len() == self.last_n {
+            self.history.pop_front();
+        }
+        self.history.push_back(token);
+    }
+    fn apply(&mut self, c: &mut Candidates) {
+        let n = self.history.len();
+        if self.is_disabled() || n <= self.allowed_length {
+            return;
+        }
+        let limit = self.repeat_limit(n);
+        if limit < self.allowed_length {
+            return;
+        }
+        // Z-algorithm over the history read backwards (s[j] = recent(j)): z[k] is how many
+        // tokens ending `k` back match the tokens ending now, capped at `limit`. Stored by
+        // chronological position, repeat[n - 1 - k]. Linear time: `lo..=hi` is the rightmost
+        // window known to match a prefix, and positions inside it reuse earlier values.
+        let last = n - 1;
+        let (mut lo, mut hi) = (0usize, 0usize);
+        self.repeat[..n].iter_mut().for_each(|r| *r = 0);
+        for k in 1..n {
+            if k > hi {
+                let mut m = 0;
+                while m + k < n && self.recent(m) == self.recent(m + k) {
+                    m += 1;
+                }
+                self.repeat[last - k] = m.min(limit);
+                if m > 0 {
+                    lo = k;
+                    hi = k + m - 1;
+                }
+            } else {
+                let mirrored = self.repeat[last - (k - lo)];
+                let inside = hi - k + 1;
+                if mirrored < inside {
+                    self.repeat[last - k] = mirrored.min(limit);
+                } else {
+                    let mut j = hi + 1;
+                    while j < n && self.recent(j) == self.recent(j - k) {
+                        j += 1;
+                    }
+                    self.repeat[last - k] = (j - k).min(limit);
+                    lo = k;
+                    hi = j - 1;
+                }
+            }
+        }
+        // The token after each repeat (the next one in time) is the one that would extend it.
+        for i in 0..n - 1 {
+            let len = self.repeat[i];
+            if len >= self.allowed_length {
+                let token = self.recent(n - 2 - i) as usize;
+                if token >= self.max_repeat.len() {
+                    continue; // outside the vocabulary: no candidate can carry it
+                }
+                let slot = &mut self.max_repeat[token];
+                if *slot == Self::NONE {
+                    self.touched.push(token as u32);
+                    *slot = len as u32;
+                } else if (*slot as usize) < len {
+                    *slot = len as u32;
+                }
+            }
+        }
+        // pow(base, e) overflows f32 past e = ln(f32::MAX) / ln(base): clamp there (llama.cpp).
+        const F32_MAX_LN: f32 = 88.722_84;
+        let max_exponent = if self.base > 1.000_001 {
+            (F32_MAX_LN / self.base.ln()) as i64
+        } else {
+            0
+        };
+        for x in c.data.iter_mut() {
+            let Some(&len) = self.max_repeat.get(x.id as usize) else {
+                continue;
+            };
+            if len == Self::NONE || self.breakers.is_single_token(x.id) {
+                continue;
+            }
+            let mut e = i64::from(len) - self.allowed_length as i64;
+            if max_exponent > 0 && e > max_exponent {
+                e = max_exponent;
+            }
+            // llama.cpp: float * std::pow(float, int), which C++ evaluates in double.
+            let penalty = f64::from(self.multiplier) * f64::from(self.base).powf(e as f64);
+            x.logit -= penalty as f32;
+        }
+        for &t in &self.touched {
+            self.max_repeat[t as usize] = Self::NONE;
+        }
+        self.touched.clear();
+        c.sorted = false;
+    }
+    fn reset(&mut self) {
+        self.history.clear();
+    }
+}
+
+/// Which Mirostat: 1.0 needs the vocabulary size and the number of top probabilities its Zipf
+/// estimate reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MirostatVersion {
+    V1 { n_vocab: usize, m: usize },
+    V2,
+}
+
+/// Mirostat (Basu et al. 2021), a final stage that steers the surprise of the drawn tokens
+/// toward `tau`, keeping a running target `mu` (starting at `2 tau`):
+///
+/// - 1.0 (llama.cpp `mirostat`): estimate the Zipf exponent from the top `m` probabilities,
+///   keep the top-k that gives surprise `mu`, draw;
+/// - 2.0 (llama.cpp `mirostat-v2`): keep the tokens whose surprise `-log2 p` is at most `mu`
+///   (at least one), draw.
+///
+/// Then `mu -= eta * (surprise of the drawn token - tau)`.
+pub struct Mirostat {
+    version: MirostatVersion,
+    tau: f32,
+    eta: f32,
+    mu: f32,
+    rng: Seeded,
+}
+
+impl Mirostat {
+    /// Mirostat 1.0 over a vocabulary of `n_vocab` (llama.cpp uses `m = 100`).
+    pub fn v1(n_vocab: usize, seed: u64, tau: f32, eta: f32, m: usize) -> Self {
+        Self::build(MirostatVersion::V1 { n_vocab, m }, seed, tau, eta)
+    }
+
+    /// Mirostat 2.0.
+    pub fn v2(seed: u64, tau: f32, eta: f32) -> Self {
+        Self::build(MirostatVersion::V2, seed, tau, eta)
+    }
+
+    fn build(version: MirostatVersion, seed: u64, tau: f32, eta: f32) -> Self {
+        Mirostat {
+            version,
+            tau,
+            eta,
+            mu: 2.0 * tau,
+            rng: Seeded::new(seed),
+        }
+    }
+
+    /// The current target surprise.
+    pub fn mu(&self) -> f32 {
+        self.mu
+    }
+
+    /// The truncation step alone: sort, keep what `mu` allows, renormalize. `apply` is this, a
+    /// draw, then [`Mirostat::update`] with the drawn token's probability.
+    pub fn truncate(&self, c: &mut Candidates) {
+        if c.is_empty() {
+            return;
+        }
+        c.softmax(true);
+        let keep = match self.version {
+            MirostatVersion::V1 { n_vocab, m } => {
+                let mut sum_tb = 0.0f32;
+                let mut sum_tt = 0.0f32;
+                for i in 0..m.saturating_sub(1).min(c.len() - 1) {
+                    let t = ((i + 2) as f32 / (i + 1) as f32).ln();
+                    let b = (c.data[i].p / c.data[i + 1].p).ln();
+                    sum_tb += t * b;
+                    sum_tt += t * t;
+                }
+                let s_hat = sum_tb / sum_tt;
+                let eps = s_hat - 1.0;
+                let k = ((eps * 2f32.powf(self.mu)) / (1.0 - (n_vocab as f32).powf(-eps)))
+                    .powf(1.0 / s_hat);
+                // `as` saturates and sends NaN to 0 (one candidate gives 0/0): at least one.
+                (k as i64).max(1) as usize
+            }
+            MirostatVersion::V2 => c
+                .data
+                .iter()
+                .position(|x| -x.p.log2() > self.mu)
+                .unwrap_or(c.len())
+                .max(1),
+        };
+        c.keep_top(keep);
+        c.softmax(true);
+    }
+
+    /// Move `mu` by the surprise of the chosen token's probability `p`.
+    pub fn update(&mut self, p: f32) {
+        self.mu -= self.eta * (-p.log2() - self.tau);
+    }
+}
+
+impl Stage for Mirostat {
+    fn name(&self) -> &'static str {
+        match self.version {
+            MirostatVersion::V1 { .. } => "mirostat",
+            MirostatVersion::V2 => "mirostat-v2",
+        }
+    }
+    fn apply(&mut self, c: &mut Candidates) {
+        let u = self.rng.rng.next_f64();
+        self.truncate(c);
+        c.selected = pick(c, u);
+        if let Some(i) = c.selected {
+            self.update(c.data[i].p);
+        }
+    }
+    fn reset(&mut self) {
+        self.mu = 2.0 * self.tau;
+        self.rng.restart();
     }
 }
 
@@ -618,8 +1727,32 @@ pub struct Sampler {
 
 impl Sampler {
     /// The default llama.cpp chain for `cfg`. `vocab_size` sizes the candidate buffer and the
-    /// penalty counters; biases for ids outside the vocabulary are ignored.
+    /// penalty counters; biases for ids outside the vocabulary are ignored. DRY runs without
+    /// sequence breakers here (turning breaker strings into tokens needs the vocabulary): use
+    /// [`Sampler::with_vocab`] or [`Sampler::with_breakers`] to have them.
     pub fn new(cfg: SamplerConfig, vocab_size: usize) -> Self {
+        Self::with_breakers(cfg, vocab_size, DryBreakers::default())
+    }
+
+    /// The default chain, with `cfg.dry_sequence_breakers` tokenized against `vocab` as
+    /// llama.cpp does (only when DRY is on: the scan reads every token's text).
+    pub fn with_vocab(cfg: SamplerConfig, vocab: &dyn TokenText) -> Self {
+        let breakers = if cfg.dry_enabled() && cfg.mirostat == 0 {
+            DryBreakers::from_strings(&cfg.dry_sequence_breakers, vocab)
+        } else {
+            DryBreakers::default()
+        };
+        Self::with_breakers(cfg, vocab.n_tokens(), breakers)
+    }
+
+    /// The default chain with DRY breakers already processed (e.g. kept across `/set` rebuilds).
+    ///
+    /// llama.cpp's order (`common_sampler_init` with its default `samplers` list):
+    /// logit-bias, penalties, dry, top-n-sigma, top-k, typical, top-p, min-p, xtc, temperature
+    /// (`temp-ext` when dynamic), dist. With mirostat: logit-bias, temp, mirostat(-v2). Stages
+    /// that are off are left out. Greedy (temperature <= 0, no dynatemp) ends in [`Greedy`] and
+    /// leaves out the stages that always keep the best token (top-n-sigma, top-k, top-p, min-p).
+    pub fn with_breakers(cfg: SamplerConfig, vocab_size: usize, breakers: DryBreakers) -> Self {
         let mut stages: Vec<Box<dyn Stage>> = Vec::new();
         let bias: Vec<(u32, f32)> = cfg
             .logit_bias
@@ -629,6 +1762,27 @@ impl Sampler {
             .collect();
         if !bias.is_empty() {
             stages.push(Box::new(LogitBias { bias }));
+        }
+        let greedy = cfg.is_greedy();
+        if cfg.mirostat != 0 {
+            if greedy {
+                stages.push(Box::new(Greedy));
+            } else {
+                stages.push(Box::new(Temperature { t: cfg.temperature }));
+                stages.push(Box::new(if cfg.mirostat == 1 {
+                    // m = 100: llama.cpp's fixed sample size for the Zipf estimate.
+                    Mirostat::v1(
+                        vocab_size,
+                        cfg.seed,
+                        cfg.mirostat_tau,
+                        cfg.mirostat_eta,
+                        100,
+                    )
+                } else {
+                    Mirostat::v2(cfg.seed, cfg.mirostat_tau, cfg.mirostat_eta)
+                }));
+            }
+            return Self::with_stages(stages, vocab_size);
         }
         let penalties = Penalties::new(
             vocab_size,
@@ -640,30 +1794,58 @@ impl Sampler {
         if !penalties.is_disabled() {
             stages.push(Box::new(penalties));
         }
-        let greedy = cfg.temperature <= 0.0;
+        if cfg.dry_enabled() {
+            stages.push(Box::new(Dry::new(
+                vocab_size,
+                cfg.dry_multiplier,
+                cfg.dry_base,
+                cfg.dry_allowed_length,
+                cfg.dry_penalty_last_n,
+                breakers,
+            )));
+        }
+        if !greedy && cfg.top_n_sigma > 0.0 {
+            stages.push(Box::new(TopNSigma { n: cfg.top_n_sigma }));
+        }
         if !greedy && cfg.top_k > 0 {
             stages.push(Box::new(TopK { k: cfg.top_k }));
         }
         if cfg.typical_p < 1.0 {
             stages.push(Box::new(Typical::new(cfg.typical_p, cfg.min_keep)));
         }
-        if !greedy {
-            if cfg.top_p < 1.0 {
-                stages.push(Box::new(TopP {
-                    p: cfg.top_p,
-                    min_keep: cfg.min_keep,
-                }));
-            }
-            if cfg.min_p > 0.0 {
-                stages.push(Box::new(MinP {
-                    p: cfg.min_p,
-                    min_keep: cfg.min_keep,
-                }));
-            }
-            stages.push(Box::new(Temperature { t: cfg.temperature }));
-            stages.push(Box::new(Dist::new(cfg.seed)));
-        } else {
+        if !greedy && cfg.top_p < 1.0 {
+            stages.push(Box::new(TopP {
+                p: cfg.top_p,
+                min_keep: cfg.min_keep,
+            }));
+        }
+        if !greedy && cfg.min_p > 0.0 {
+            stages.push(Box::new(MinP {
+                p: cfg.min_p,
+                min_keep: cfg.min_keep,
+            }));
+        }
+        if cfg.xtc_enabled() {
+            stages.push(Box::new(Xtc::new(
+                cfg.xtc_probability,
+                cfg.xtc_threshold,
+                cfg.min_keep,
+                cfg.seed,
+            )));
+        }
+        if greedy {
             stages.push(Box::new(Greedy));
+        } else {
+            if cfg.dynatemp_range > 0.0 {
+                stages.push(Box::new(DynamicTemperature {
+                    t: cfg.temperature,
+                    range: cfg.dynatemp_range,
+                    exponent: cfg.dynatemp_exponent,
+                }));
+            } else {
+                stages.push(Box::new(Temperature { t: cfg.temperature }));
+            }
+            stages.push(Box::new(Dist::new(cfg.seed)));
         }
         Self::with_stages(stages, vocab_size)
     }
@@ -773,6 +1955,11 @@ impl Rng {
         self.s[2] ^= t;
         self.s[3] = self.s[3].rotate_left(45);
         result
+    }
+
+    /// Uniform in [0, 1) with 24 random bits (an f32's mantissa).
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
     }
 
     /// Uniform in [0, 1) with 53 random bits.

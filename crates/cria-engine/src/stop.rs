@@ -1,0 +1,235 @@
+//! Stop strings over streamed text.
+//!
+//! Generation produces text a token at a time, and a stop string can span several tokens
+//! ("User:" may come as "\nUs" + "er" + ":"). [`StopMatcher`] takes each decoded piece, passes on
+//! the text that can no longer be part of a stop string, and holds back the longest tail that is
+//! still a proper prefix of one. When a stop string completes, the text before it is released and
+//! the stop string and everything after it are dropped, as llama.cpp's server does.
+//!
+//! The pieces are `&str`: a streaming detokenizer has already joined UTF-8 characters split
+//! across tokens. Held-back tails always start at a character boundary (a stop string begins with
+//! a whole character), so the released text is valid UTF-8 too. One buffer, reserved at
+//! construction and reused, so pushing pieces allocates nothing once it has grown to the longest
+//! piece plus the longest stop string.
+
+/// Why and where generation stopped on a stop string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopHit {
+    /// Index of the stop string in the list given to [`StopMatcher::new`].
+    pub index: usize,
+}
+
+/// Streaming matcher for a set of stop strings. See the module docs.
+#[derive(Debug, Clone)]
+pub struct StopMatcher {
+    stops: Vec<String>, // non-empty stop strings, in the caller's order
+    /// Caller's index of each entry of `stops` (empty strings are dropped from `stops`).
+    index: Vec<usize>,
+    held: String, // text not yet released: a suffix that may start a stop string
+    hit: Option<StopHit>,
+}
+
+impl StopMatcher {
+    /// A matcher for `stops`. Empty strings are ignored (they would match everywhere).
+    pub fn new<S: AsRef<str>>(stops: &[S]) -> Self {
+        let mut kept = Vec::new();
+        let mut index = Vec::new();
+        for (i, s) in stops.iter().enumerate() {
+            if !s.as_ref().is_empty() {
+                kept.push(s.as_ref().to_string());
+                index.push(i);
+            }
+        }
+        let longest = kept.iter().map(String::len).max().unwrap_or(0);
+        StopMatcher {
+            stops: kept,
+            index,
+            // Room for the longest held tail plus a generous piece: no growth in normal use.
+            held: String::with_capacity(2 * longest + 256),
+            hit: None,
+        }
+    }
+
+    /// Whether there is any stop string to look for.
+    pub fn is_empty(&self) -> bool {
+        self.stops.is_empty()
+    }
+
+    /// The stop string that ended generation, if one did.
+    pub fn hit(&self) -> Option<StopHit> {
+        self.hit
+    }
+
+    /// Feed one decoded piece; append to `out` the text that is now safe to show. Returns the
+    /// hit when a stop string completed in this piece (and on every call after it; nothing more
+    /// is released then).
+    pub fn push(&mut self, piece: &str, out: &mut String) -> Option<StopHit> {
+        if self.hit.is_some() {
+            return self.hit;
+        }
+        if self.stops.is_empty() {
+            out.push_str(piece);
+            return None;
+        }
+        self.held.push_str(piece);
+        // The earliest complete stop string wins; at the same start, the first listed.
+        let mut best: Option<(usize, usize)> = None; // (byte offset, entry)
+        for (k, s) in self.stops.iter().enumerate() {
+            if let Some(at) = self.held.find(s.as_str()) {
+                if best.is_none_or(|(b, _)| at < b) {
+                    best = Some((at, k));
+                }
+            }
+        }
+        if let Some((at, k)) = best {
+            out.push_str(&self.held[..at]);
+            self.held.clear();
+            self.hit = Some(StopHit {
+                index: self.index[k],
+            });
+            return self.hit;
+        }
+        let keep = self.partial_tail();
+        let release = self.held.len() - keep;
+        out.push_str(&self.held[..release]);
+        self.held.drain(..release);
+        None
+    }
+
+    /// End of generation without a stop: release whatever was held back.
+    pub fn flush(&mut self, out: &mut String) {
+        if self.hit.is_none() {
+            out.push_str(&self.held);
+        }
+        self.held.clear();
+    }
+
+    /// Start over for a new generation (keeps the buffer).
+    pub fn reset(&mut self) {
+        self.held.clear();
+        self.hit = None;
+    }
+
+    /// Length in bytes of the longest suffix of `held` that is a proper prefix of some stop
+    /// string (and so may still grow into one).
+    fn partial_tail(&self) -> usize {
+        let h = self.held.as_bytes();
+        let mut best = 0;
+        for s in &self.stops {
+            let s = s.as_bytes();
+            let max = (s.len() - 1).min(h.len());
+            for len in (best + 1..=max).rev() {
+                if h[h.len() - len..] == s[..len] {
+                    best = len;
+                    break;
+                }
+            }
+        }
+        best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed `pieces` and return (released text, hit).
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, Option<usize>) {
+        let mut m = StopMatcher::new(stops);
+        let mut out = String::new();
+        for p in pieces {
+            if let Some(h) = m.push(p, &mut out) {
+                return (out, Some(h.index));
+            }
+        }
+        m.flush(&mut out);
+        (out, None)
+    }
+
+    #[test]
+    fn stop_inside_one_piece() {
+        assert_eq!(
+            run(&["</s>"], &["Hello", " world</s> and more"]),
+            ("Hello world".to_string(), Some(0))
+        );
+    }
+
+    #[test]
+    fn stop_spanning_pieces_is_not_printed() {
+        let mut m = StopMatcher::new(&["\nUser:"]);
+        let mut out = String::new();
+        assert_eq!(m.push("Sure.", &mut out), None);
+        assert_eq!(out, "Sure.");
+        assert_eq!(m.push("\nUs", &mut out), None);
+        assert_eq!(out, "Sure.", "a possible stop start is held back");
+        assert_eq!(m.push("er", &mut out), None);
+        assert_eq!(m.push(": hi", &mut out), Some(StopHit { index: 0 }));
+        assert_eq!(out, "Sure.");
+        // After the hit, nothing more comes out.
+        assert_eq!(m.push("more", &mut out), Some(StopHit { index: 0 }));
+        assert_eq!(out, "Sure.");
+    }
+
+    #[test]
+    fn false_start_is_released() {
+        // "\nUs" looked like the start of "\nUser:" but went elsewhere.
+        assert_eq!(
+            run(&["\nUser:"], &["a", "\nUs", "ually", " fine"]),
+            ("a\nUsually fine".to_string(), None)
+        );
+        // Held text comes out with flush at the end.
+        assert_eq!(run(&["STOP"], &["ab", "ST"]), ("abST".to_string(), None));
+    }
+
+    #[test]
+    fn overlapping_prefix_restarts() {
+        // "aab" in "aaab": the match starts one byte later than the first candidate.
+        assert_eq!(
+            run(&["aab"], &["a", "a", "a", "b", "c"]),
+            ("a".to_string(), Some(0))
+        );
+    }
+
+    #[test]
+    fn earliest_stop_wins_and_index_is_callers() {
+        // "" is ignored but keeps its place in the numbering.
+        assert_eq!(
+            run(&["", "world", "lo w"], &["hello world"]),
+            ("hel".to_string(), Some(2))
+        );
+    }
+
+    #[test]
+    fn multibyte_stop_across_pieces() {
+        // Pieces split at char boundaries of multi-byte text; the stop string is multi-byte too.
+        let text = "naïve «fin» après";
+        let stop = "«fin»";
+        let chars: Vec<String> = text.chars().map(String::from).collect();
+        let pieces: Vec<&str> = chars.iter().map(String::as_str).collect();
+        assert_eq!(run(&[stop], &pieces), ("naïve ".to_string(), Some(0)));
+        // A held tail that is a partial multi-byte prefix never splits a character.
+        let mut m = StopMatcher::new(&["ée!"]);
+        let mut out = String::new();
+        m.push("caf", &mut out);
+        m.push("é", &mut out);
+        assert_eq!(out, "caf");
+        m.push("é?", &mut out);
+        assert_eq!(out, "caféé?");
+    }
+
+    #[test]
+    fn no_stops_passes_through() {
+        assert_eq!(run(&[], &["a", "b"]), ("ab".to_string(), None));
+    }
+
+    #[test]
+    fn reset_starts_over() {
+        let mut m = StopMatcher::new(&["x"]);
+        let mut out = String::new();
+        assert!(m.push("ax", &mut out).is_some());
+        m.reset();
+        out.clear();
+        assert!(m.push("b", &mut out).is_none());
+        assert_eq!(out, "b");
+    }
+}
