@@ -5,10 +5,12 @@
 //! `raise_exception`, undefined functions) as `cria_core::Error::Msg` carrying the template's own
 //! message and location.
 
+pub mod grammar;
 pub mod sampler;
 pub mod stop;
 pub mod template;
 
+pub use grammar::{Grammar, GrammarError, Matcher, TokenTable};
 pub use sampler::{Sampler, SamplerConfig};
 pub use stop::StopMatcher;
 pub use template::{ChatTemplate, Message};

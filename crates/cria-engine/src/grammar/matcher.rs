@@ -1,0 +1,828 @@
+//! The recognizer: pushdown stacks over the grammar's elements, advanced one code point at a
+//! time, and the token-level matcher built on it.
+//!
+//! A stack is a node id in an [`Arena`]: node = (element index of the top, parent node), with
+//! node 0 the empty stack (the grammar has matched completely). Nodes are hash-consed, so equal
+//! stacks are equal ids and a *set* of stacks is a small sorted `Vec<u32>`. For a stack whose top
+//! is a character class, the stacks after one matching code point do not depend on which code
+//! point matched, so they are computed once per node (`succ`) and memoized; the mask walk over
+//! the whole vocabulary is then only class tests and set unions.
+
+use super::{Elem, Grammar, GrammarError, TokenRef};
+use crate::sampler::Candidates;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+const EMPTY: u32 = 0;
+
+/// Partial UTF-8 state between bytes: `remain` continuation bytes still expected, `value` the
+/// bits so far, `len` the sequence's total length. `remain == 0`: at a character boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+struct Utf8 {
+    value: u32,
+    remain: u8,
+    len: u8,
+}
+
+impl Utf8 {
+    /// The code points this partial sequence can still complete to (empty range if none).
+    fn completions(self) -> (u32, u32) {
+        let n = u32::from(self.remain) * 6;
+        let lo = self.value << n;
+        let hi = lo | ((1 << n) - 1);
+        // Overlong encodings are not completions of anything.
+        let min = match self.len {
+            2 => 0x80,
+            3 => 0x800,
+            _ => 0x10000,
+        };
+        (lo.max(min), hi.min(0x10FFFF))
+    }
+}
+
+/// Decode `bytes` continuing from `state`, appending complete code points to `out`. Returns the
+/// state after the last byte, or None for invalid UTF-8 (a stray continuation byte, a lead byte
+/// where a continuation was due, a lead byte above 0xF4).
+fn decode(bytes: &[u8], mut state: Utf8, out: &mut Vec<u32>) -> Option<Utf8> {
+    for &b in bytes {
+        if state.remain > 0 {
+            if b >> 6 != 0b10 {
+                return None;
+            }
+            state.value = (state.value << 6) | u32::from(b & 0x3F);
+            state.remain -= 1;
+            if state.remain == 0 {
+                let (lo, hi) = Utf8 { remain: 0, ..state }.completions_full();
+                if state.value < lo || state.value > hi {
+                    return None;
+                }
+                out.push(state.value);
+                state = Utf8::default();
+            }
+            continue;
+        }
+        let (len, value) = match b {
+            0x00..=0x7F => {
+                out.push(u32::from(b));
+                continue;
+            }
+            0xC2..=0xDF => (2, b & 0x1F),
+            0xE0..=0xEF => (3, b & 0x0F),
+            0xF0..=0xF4 => (4, b & 0x07),
+            _ => return None,
+        };
+        state = Utf8 {
+            value: u32::from(value),
+            remain: len - 1,
+            len,
+        };
+    }
+    Some(state)
+}
+
+impl Utf8 {
+    /// Valid range of a complete sequence of this length.
+    fn completions_full(self) -> (u32, u32) {
+        match self.len {
+            2 => (0x80, 0x7FF),
+            3 => (0x800, 0xFFFF),
+            _ => (0x10000, 0x10FFFF),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stack arena
+// ---------------------------------------------------------------------------------------------
+
+/// Hash-consed stacks and the memoized transitions between them.
+struct Arena {
+    nodes: Vec<(u32, u32)>, // (element index of the top, parent node); nodes[0] = empty stack
+    index: HashMap<(u32, u32), u32>,
+    succ: Vec<(u32, u32)>, // per node: range in `pool` of the stacks after its top matched
+    pool: Vec<u32>,
+}
+
+const NOT_YET: (u32, u32) = (u32::MAX, 0);
+
+impl Arena {
+    fn new() -> Self {
+        Arena {
+            nodes: vec![(u32::MAX, u32::MAX)],
+            index: HashMap::new(),
+            succ: vec![NOT_YET],
+            pool: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, elem: u32, parent: u32) -> u32 {
+        if let Some(&id) = self.index.get(&(elem, parent)) {
+            return id;
+        }
+        let id = self.nodes.len() as u32;
+        self.nodes.push((elem, parent));
+        self.succ.push(NOT_YET);
+        self.index.insert((elem, parent), id);
+        id
+    }
+
+    fn top(&self, g: &Grammar, s: u32) -> Elem {
+        if s == EMPTY {
+            Elem::End
+        } else {
+            g.elems[self.nodes[s as usize].0 as usize]
+        }
+    }
+
+    /// The stack after the top element of `s` is done: pop it, and push the element after it
+    /// unless that ends the alternative.
+    fn pop_advance(&mut self, g: &Grammar, s: u32) -> u32 {
+        let (e, parent) = self.nodes[s as usize];
+        if g.elems[e as usize + 1] == Elem::End {
+            parent
+        } else {
+            self.push(e + 1, parent)
+        }
+    }
+
+    /// Expand rule references on top of `start` until every stack's top is a terminal (or the
+    /// stack is empty); add the results to `out` (kept free of duplicates).
+    fn expand(&mut self, g: &Grammar, start: u32, out: &mut Vec<u32>) {
+        let mut todo = vec![start];
+        let mut seen = HashSet::new();
+        while let Some(s) = todo.pop() {
+            if !seen.insert(s) {
+                continue;
+            }
+            match self.top(g, s) {
+                Elem::Ref(r) => {
+                    let base = self.pop_advance(g, s);
+                    for &a in &g.alts[r as usize] {
+                        let next = if g.elems[a as usize] == Elem::End {
+                            base
+                        } else {
+                            self.push(a, base)
+                        };
+                        todo.push(next);
+                    }
+                }
+                _ => {
+                    if !out.contains(&s) {
+                        out.push(s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stacks after the top of `s` (a terminal) has been matched, as a range of `pool`.
+    fn succ(&mut self, g: &Grammar, s: u32) -> (usize, usize) {
+        let (a, n) = self.succ[s as usize];
+        if a != u32::MAX {
+            return (a as usize, a as usize + n as usize);
+        }
+        let next = self.pop_advance(g, s);
+        let mut out = Vec::new();
+        self.expand(g, next, &mut out);
+        let a = self.pool.len();
+        self.pool.extend_from_slice(&out);
+        self.succ[s as usize] = (a as u32, out.len() as u32);
+        (a, a + out.len())
+    }
+
+    /// The stacks of `buf[a..b]` after code point `c`, appended to `buf` (free of duplicates
+    /// among themselves). One buffer for input and output lets the trie walk keep every
+    /// level's set on one stack of ids.
+    #[inline]
+    fn step(&mut self, g: &Grammar, buf: &mut Vec<u32>, a: usize, b: usize, c: u32) {
+        for i in a..b {
+            let s = buf[i];
+            if let Elem::Chars(k) = self.top(g, s) {
+                if g.classes[k as usize].matches(c) {
+                    let (pa, pb) = self.succ(g, s);
+                    for j in pa..pb {
+                        let t = self.pool[j];
+                        if !buf[b..].contains(&t) {
+                            buf.push(t);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The stacks of `set` after the code points `cps` (only stacks with a character on top
+    /// take part); empty when some code point is not allowed.
+    fn run(&mut self, g: &Grammar, set: &[u32], cps: &[u32]) -> Vec<u32> {
+        let mut buf: Vec<u32> = set
+            .iter()
+            .copied()
+            .filter(|&s| matches!(self.top(g, s), Elem::Chars(_)))
+            .collect();
+        for &c in cps {
+            let n = buf.len();
+            self.step(g, &mut buf, 0, n, c);
+            buf.drain(..n);
+            if buf.is_empty() {
+                break;
+            }
+        }
+        buf
+    }
+
+    /// Can some stack of `set` take a character that completes the partial sequence `u`?
+    fn partial_ok(&self, g: &Grammar, set: &[u32], u: Utf8) -> bool {
+        let (lo, hi) = u.completions();
+        set.iter().any(|&s| match self.top(g, s) {
+            Elem::Chars(k) => g.classes[k as usize].matches_any_in(lo, hi),
+            _ => false,
+        })
+    }
+
+    fn initial(&mut self, g: &Grammar) -> Vec<u32> {
+        let mut out = Vec::new();
+        for &a in &g.alts[g.root as usize] {
+            let s = if g.elems[a as usize] == Elem::End {
+                EMPTY
+            } else {
+                self.push(a, EMPTY)
+            };
+            self.expand(g, s, &mut out);
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
+/// A character-level recognizer (no vocabulary): [`Grammar::accepts`].
+pub(crate) struct CharMatcher<'g> {
+    g: &'g Grammar,
+    arena: Arena,
+    set: Vec<u32>,
+}
+
+impl<'g> CharMatcher<'g> {
+    pub(crate) fn new(g: &'g Grammar) -> Self {
+        let mut arena = Arena::new();
+        let set = arena.initial(g);
+        CharMatcher { g, arena, set }
+    }
+
+    pub(crate) fn feed(&mut self, c: u32) -> bool {
+        self.set = self.arena.run(self.g, &self.set, &[c]);
+        !self.set.is_empty()
+    }
+
+    pub(crate) fn can_end(&self) -> bool {
+        self.set.contains(&EMPTY)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vocabulary
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Ordinary text.
+    Text,
+    /// End of generation: allowed exactly when the grammar can end.
+    Eog,
+    /// Never allowed: empty pieces (control tokens), pieces starting with NUL (llama.cpp treats
+    /// those as empty too), and pieces that are invalid UTF-8 from a character boundary.
+    Never,
+}
+
+/// A trie over the tokens' code points (decoded from a character boundary). `terms` are the
+/// tokens that end at a node, with any partial UTF-8 left at their end.
+#[derive(Debug, Default)]
+struct Trie {
+    nodes: Vec<TrieNode>,
+    child_cp: Vec<u32>,
+    child_node: Vec<u32>,
+    terms: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TrieNode {
+    children: (u32, u32), // range in child_cp / child_node
+    terms: (u32, u32),    // range in terms
+}
+
+/// The vocabulary as the matcher needs it, built once per model: every token's bytes, its code
+/// points from a character boundary, and a trie over those.
+#[derive(Debug)]
+pub struct TokenTable {
+    pieces: Vec<Vec<u8>>,
+    kinds: Vec<Kind>,
+    cp_off: Vec<u32>, // (n_tokens + 1,): token t's code points are cps[cp_off[t]..cp_off[t+1]]
+    cps: Vec<u32>,
+    tails: Vec<Utf8>, // partial UTF-8 at the end of each token
+    names: HashMap<Vec<u8>, u32>,
+    trie: Trie,
+}
+
+impl TokenTable {
+    /// `pieces[t]` = the bytes token `t` stands for; control tokens should have empty pieces
+    /// (they are never allowed under a grammar, as in llama.cpp). `eog` = end-of-generation ids.
+    pub fn new(pieces: Vec<Vec<u8>>, eog: &[u32]) -> Self {
+        let n = pieces.len();
+        let mut kinds = Vec::with_capacity(n);
+        let mut cp_off = Vec::with_capacity(n + 1);
+        let mut cps = Vec::new();
+        let mut tails = Vec::with_capacity(n);
+        cp_off.push(0);
+        for (t, p) in pieces.iter().enumerate() {
+            let mut kind = if eog.contains(&(t as u32)) {
+                Kind::Eog
+            } else if p.is_empty() || p[0] == 0 {
+                Kind::Never
+            } else {
+                Kind::Text
+            };
+            let mut tail = Utf8::default();
+            if kind == Kind::Text {
+                let mark = cps.len();
+                match decode(p, Utf8::default(), &mut cps) {
+                    Some(u) => tail = u,
+                    None => {
+                        cps.truncate(mark);
+                        kind = Kind::Never;
+                    }
+                }
+            }
+            kinds.push(kind);
+            tails.push(tail);
+            cp_off.push(cps.len() as u32);
+        }
+        let mut names = HashMap::new();
+        for (t, p) in pieces.iter().enumerate() {
+            if !p.is_empty() {
+                names.entry(p.clone()).or_insert(t as u32);
+            }
+        }
+        let mut table = TokenTable {
+            pieces,
+            kinds,
+            cp_off,
+            cps,
+            tails,
+            names,
+            trie: Trie::default(),
+        };
+        table.build_trie();
+        table
+    }
+
+    /// Let `<text>` in a grammar name token `id` (e.g. a control token's text, whose piece is
+    /// empty). Pieces already name their tokens.
+    pub fn add_name(&mut self, text: &str, id: u32) {
+        self.names.insert(text.as_bytes().to_vec(), id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    pub fn piece(&self, t: u32) -> &[u8] {
+        self.pieces.get(t as usize).map_or(&[], |p| p)
+    }
+
+    fn token_cps(&self, t: usize) -> &[u32] {
+        &self.cps[self.cp_off[t] as usize..self.cp_off[t + 1] as usize]
+    }
+
+    fn build_trie(&mut self) {
+        let mut ids: Vec<u32> = (0..self.pieces.len() as u32)
+            .filter(|&t| self.kinds[t as usize] == Kind::Text)
+            .collect();
+        ids.sort_by(|&a, &b| self.token_cps(a as usize).cmp(self.token_cps(b as usize)));
+        let mut trie = Trie::default();
+        self.build_node(&mut trie, &ids, 0);
+        self.trie = trie;
+    }
+
+    /// Build the node for `ids` (sorted, sharing their first `depth` code points); returns its
+    /// index. Children get contiguous slots, reserved before recursing.
+    fn build_node(&self, trie: &mut Trie, ids: &[u32], depth: usize) -> u32 {
+        let node = trie.nodes.len() as u32;
+        trie.nodes.push(TrieNode {
+            children: (0, 0),
+            terms: (0, 0),
+        });
+        let n_end = ids
+            .iter()
+            .take_while(|&&t| self.token_cps(t as usize).len() == depth)
+            .count();
+        let t0 = trie.terms.len() as u32;
+        trie.terms.extend_from_slice(&ids[..n_end]);
+        let rest = &ids[n_end..];
+        let mut groups: Vec<(u32, usize, usize)> = Vec::new();
+        let mut i = 0;
+        while i < rest.len() {
+            let c = self.token_cps(rest[i] as usize)[depth];
+            let mut j = i + 1;
+            while j < rest.len() && self.token_cps(rest[j] as usize)[depth] == c {
+                j += 1;
+            }
+            groups.push((c, i, j));
+            i = j;
+        }
+        let c0 = trie.child_cp.len() as u32;
+        for &(c, _, _) in &groups {
+            trie.child_cp.push(c);
+            trie.child_node.push(0);
+        }
+        for (k, &(_, a, b)) in groups.iter().enumerate() {
+            let child = self.build_node(trie, &rest[a..b], depth + 1);
+            trie.child_node[c0 as usize + k] = child;
+        }
+        trie.nodes[node as usize] = TrieNode {
+            children: (c0, c0 + groups.len() as u32),
+            terms: (t0, t0 + n_end as u32),
+        };
+        node
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matcher
+// ---------------------------------------------------------------------------------------------
+
+/// A token reference resolved against the vocabulary.
+#[derive(Debug, Clone, Copy)]
+struct TokenSym {
+    id: u32,
+    negated: bool,
+}
+
+impl TokenSym {
+    fn matches(self, t: u32) -> bool {
+        (self.id == t) != self.negated
+    }
+}
+
+/// The grammar state of one generation. `allows` / `mask` read it; `accept` moves it on.
+///
+/// The methods that only read take `&self`: the memo tables they fill live behind a mutex
+/// (uncontended, locked once per call).
+pub struct Matcher {
+    g: Arc<Grammar>,
+    tokens: Arc<TokenTable>,
+    token_syms: Vec<TokenSym>,
+    arena: Mutex<Arena>,
+    set: Vec<u32>, // current stacks, sorted
+    partial: Utf8,
+    done: bool, // an end-of-generation token was accepted
+}
+
+impl Matcher {
+    /// Start matching `grammar` over the vocabulary `tokens`. Fails when a `<text>` token
+    /// reference names no token.
+    pub fn new(
+        grammar: impl Into<Arc<Grammar>>,
+        tokens: Arc<TokenTable>,
+    ) -> Result<Self, GrammarError> {
+        let g: Arc<Grammar> = grammar.into();
+        let mut token_syms = Vec::with_capacity(g.tokens.len());
+        for t in &g.tokens {
+            token_syms.push(match t {
+                TokenRef::Id { id, negated } => TokenSym {
+                    id: *id,
+                    negated: *negated,
+                },
+                TokenRef::Text {
+                    text,
+                    negated,
+                    line_col,
+                } => match tokens.names.get(text.as_bytes()) {
+                    Some(&id) => TokenSym {
+                        id,
+                        negated: *negated,
+                    },
+                    None => {
+                        return Err(GrammarError {
+                            line: line_col.0,
+                            col: line_col.1,
+                            msg: format!("token {text} is not a single token of this vocabulary"),
+                        })
+                    }
+                },
+            });
+        }
+        let mut arena = Arena::new();
+        let set = arena.initial(&g);
+        Ok(Matcher {
+            g,
+            tokens,
+            token_syms,
+            arena: Mutex::new(arena),
+            set,
+            partial: Utf8::default(),
+            done: false,
+        })
+    }
+
+    /// Back to the start of the grammar (the memo tables are kept).
+    pub fn reset(&mut self) {
+        let arena = self.arena.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.set = arena.initial(&self.g);
+        self.partial = Utf8::default();
+        self.done = false;
+    }
+
+    /// Has the output so far matched the whole grammar (an end-of-generation token is allowed
+    /// now, or was accepted)?
+    pub fn is_complete(&self) -> bool {
+        self.done || (self.partial.remain == 0 && self.set.contains(&EMPTY))
+    }
+
+    /// Can anything but end-of-generation follow? False once the grammar is complete and admits
+    /// no continuation: a caller may stop here without waiting for the model to choose EOG.
+    pub fn can_continue(&self) -> bool {
+        !self.done && self.set.iter().any(|&s| s != EMPTY)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arena> {
+        self.arena.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Is `token` a valid next token?
+    pub fn allows(&self, token: u32) -> bool {
+        let mut arena = self.lock();
+        self.allows_locked(&mut arena, token, &mut Vec::new())
+    }
+
+    fn allows_locked(&self, arena: &mut Arena, token: u32, buf: &mut Vec<u32>) -> bool {
+        if self.done {
+            return false;
+        }
+        let t = token as usize;
+        let g = &*self.g;
+        if self.token_ref_admits(arena, token) {
+            return true;
+        }
+        match self.tokens.kinds.get(t) {
+            None | Some(Kind::Never) => {
+                // A piece invalid from a character boundary may still continue a partial one.
+                if self.partial.remain == 0 || self.tokens.kinds.get(t) != Some(&Kind::Never) {
+                    return false;
+                }
+                if self.tokens.pieces[t].is_empty() || self.tokens.pieces[t][0] == 0 {
+                    return false;
+                }
+            }
+            Some(Kind::Eog) => return self.is_complete(),
+            Some(Kind::Text) => {}
+        }
+        let (cps, tail): (&[u32], Utf8) = if self.partial.remain == 0 {
+            (self.tokens.token_cps(t), self.tokens.tails[t])
+        } else {
+            buf.clear();
+            match decode(&self.tokens.pieces[t], self.partial, buf) {
+                Some(u) => (&buf[..], u),
+                None => return false,
+            }
+        };
+        let cur = arena.run(g, &self.set, cps);
+        if cur.is_empty() {
+            return false;
+        }
+        tail.remain == 0 || arena.partial_ok(g, &cur, tail)
+    }
+
+    /// Does a token reference on top of a stack admit `token`? `<[id]>` admits exactly that
+    /// token, control tokens included (that is what it is for, e.g. `<think>`); `!<[id]>` admits
+    /// every other text token. End-of-generation follows the can-end rule only.
+    fn token_ref_admits(&self, arena: &Arena, token: u32) -> bool {
+        if self.partial.remain != 0 {
+            return false;
+        }
+        let kind = self.tokens.kinds.get(token as usize).copied();
+        if kind.is_none() || kind == Some(Kind::Eog) {
+            return false;
+        }
+        self.set.iter().any(|&s| match arena.top(&self.g, s) {
+            Elem::Token(k) => {
+                let sym = self.token_syms[k as usize];
+                sym.matches(token) && (!sym.negated || kind == Some(Kind::Text))
+            }
+            _ => false,
+        })
+    }
+
+    /// Set the logit of every candidate the grammar does not allow to -inf.
+    pub fn mask(&self, cands: &mut Candidates) {
+        if self.done {
+            cands
+                .data
+                .iter_mut()
+                .for_each(|c| c.logit = f32::NEG_INFINITY);
+            return;
+        }
+        let mut arena = self.lock();
+        // A short list (after truncation) is cheaper token by token; so is the rare state in
+        // the middle of a character, where the trie (built from character boundaries) does
+        // not apply.
+        if cands.len() <= 64 || self.partial.remain != 0 {
+            let mut buf = Vec::new();
+            for c in cands.data.iter_mut() {
+                if !self.allows_locked(&mut arena, c.id, &mut buf) {
+                    c.logit = f32::NEG_INFINITY;
+                }
+            }
+            return;
+        }
+        let allowed = self.allowed_bits(&mut arena);
+        for c in cands.data.iter_mut() {
+            let i = c.id as usize;
+            let ok = allowed.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 != 0);
+            if !ok {
+                c.logit = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    /// Every allowed token as a bitset (at a character boundary), by one walk of the trie.
+    fn allowed_bits(&self, arena: &mut Arena) -> Vec<u64> {
+        let n = self.tokens.len();
+        let mut bits = vec![0u64; n.div_ceil(64)];
+        let set_bit = |bits: &mut Vec<u64>, t: usize| bits[t / 64] |= 1 << (t % 64);
+        let g = &*self.g;
+        // Token references on top of a stack: those ids (or all but one).
+        for &s in &self.set {
+            if let Elem::Token(k) = arena.top(g, s) {
+                let sym = self.token_syms[k as usize];
+                if !sym.negated {
+                    if (sym.id as usize) < n && self.tokens.kinds[sym.id as usize] != Kind::Eog {
+                        set_bit(&mut bits, sym.id as usize);
+                    }
+                    continue;
+                }
+                for t in 0..n {
+                    if self.tokens.kinds[t] == Kind::Text && sym.matches(t as u32) {
+                        set_bit(&mut bits, t);
+                    }
+                }
+            }
+        }
+        if self.is_complete() {
+            for t in 0..n {
+                if self.tokens.kinds[t] == Kind::Eog {
+                    set_bit(&mut bits, t);
+                }
+            }
+        }
+        let mut scratch: Vec<u32> = self
+            .set
+            .iter()
+            .copied()
+            .filter(|&s| matches!(arena.top(g, s), Elem::Chars(_)))
+            .collect();
+        if !scratch.is_empty() {
+            let len = scratch.len();
+            self.walk(arena, 0, 0, len, &mut scratch, &mut bits);
+        }
+        bits
+    }
+
+    /// Depth-first over the trie from `node`, with the stacks `scratch[a..b]` (non-empty) after
+    /// the node's prefix. Children's sets are appended to `scratch` and dropped on return.
+    fn walk(
+        &self,
+        arena: &mut Arena,
+        node: u32,
+        a: usize,
+        b: usize,
+        scratch: &mut Vec<u32>,
+        bits: &mut [u64],
+    ) {
+        let g = &*self.g;
+        let tt = &self.tokens;
+        let nd = tt.trie.nodes[node as usize];
+        for k in nd.terms.0..nd.terms.1 {
+            let t = tt.trie.terms[k as usize] as usize;
+            let tail = tt.tails[t];
+            if tail.remain == 0 || arena.partial_ok(g, &scratch[a..b], tail) {
+                bits[t / 64] |= 1 << (t % 64);
+            }
+        }
+        for k in nd.children.0..nd.children.1 {
+            let c = tt.trie.child_cp[k as usize];
+            let child = tt.trie.child_node[k as usize];
+            debug_assert_eq!(scratch.len(), b);
+            arena.step(g, scratch, a, b, c);
+            let e = scratch.len();
+            if e > b {
+                self.walk(arena, child, b, e, scratch, bits);
+                scratch.truncate(b);
+            }
+        }
+    }
+
+    /// Move on by `token`. An error (and no change) if the grammar does not allow it.
+    pub fn accept(&mut self, token: u32) -> cria_core::Result<()> {
+        let not_allowed = |why: &str| {
+            cria_core::Error::Msg(format!("token {token} is not allowed by the grammar{why}"))
+        };
+        if self.done {
+            return Err(not_allowed(" (generation already ended)"));
+        }
+        let t = token as usize;
+        let Some(&kind) = self.tokens.kinds.get(t) else {
+            return Err(not_allowed(" (outside the vocabulary)"));
+        };
+        if kind == Kind::Eog {
+            if !self.is_complete() {
+                return Err(not_allowed(
+                    " (end of generation before the grammar is complete)",
+                ));
+            }
+            self.done = true;
+            return Ok(());
+        }
+        let g = self.g.clone();
+        let mut arena = std::mem::replace(
+            self.arena.get_mut().unwrap_or_else(|e| e.into_inner()),
+            Arena::new(),
+        );
+        let r = self.accept_text(&mut arena, &g, token);
+        *self.arena.get_mut().unwrap_or_else(|e| e.into_inner()) = arena;
+        r
+    }
+
+    fn accept_text(
+        &mut self,
+        arena: &mut Arena,
+        g: &Arc<Grammar>,
+        token: u32,
+    ) -> cria_core::Result<()> {
+        let not_allowed = |why: &str| {
+            cria_core::Error::Msg(format!("token {token} is not allowed by the grammar{why}"))
+        };
+        let t = token as usize;
+        let mut new_set: Vec<u32> = Vec::new();
+        if self.token_ref_admits(arena, token) {
+            for &s in &self.set {
+                if let Elem::Token(k) = arena.top(g, s) {
+                    let sym = self.token_syms[k as usize];
+                    if sym.matches(token) && (!sym.negated || self.tokens.kinds[t] == Kind::Text) {
+                        let (a, b) = arena.succ(g, s);
+                        for i in a..b {
+                            let x = arena.pool[i];
+                            if !new_set.contains(&x) {
+                                new_set.push(x);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let piece = &self.tokens.pieces[t];
+        if piece.is_empty() || piece[0] == 0 {
+            if new_set.is_empty() {
+                return Err(not_allowed(" (a control or empty token)"));
+            }
+            new_set.sort_unstable();
+            self.set = new_set;
+            return Ok(());
+        }
+        let mut cps = Vec::new();
+        let Some(tail) = decode(piece, self.partial, &mut cps) else {
+            return Err(not_allowed(" (invalid UTF-8)"));
+        };
+        let mut cur = arena.run(g, &self.set, &cps);
+        if tail.remain != 0 {
+            // Keep only the stacks the pending character can still satisfy.
+            let (lo, hi) = tail.completions();
+            cur.retain(|&s| match arena.top(g, s) {
+                Elem::Chars(k) => g.classes[k as usize].matches_any_in(lo, hi),
+                _ => false,
+            });
+        }
+        for s in cur {
+            if !new_set.contains(&s) {
+                new_set.push(s);
+            }
+        }
+        if new_set.is_empty() {
+            let text = String::from_utf8_lossy(piece);
+            return Err(not_allowed(&format!(
+                " ({text:?} cannot continue the output)"
+            )));
+        }
+        new_set.sort_unstable();
+        self.set = new_set;
+        self.partial = tail;
+        Ok(())
+    }
+
+    /// Number of live stacks (diagnostics).
+    pub fn n_stacks(&self) -> usize {
+        self.set.len()
+    }
+}

@@ -1,0 +1,236 @@
+//! Constrained output: GBNF grammars (llama.cpp's format), JSON Schema -> grammar, and a
+//! token-level matcher that masks the logits of tokens that cannot continue the grammar.
+//!
+//! ```text
+//! GBNF text --parse--> Grammar --Matcher::new(grammar, TokenTable)--> Matcher
+//!                                    per step: grammar::sample(sampler, &matcher, logits)
+//!                                              matcher.accept(token)
+//! ```
+//!
+//! The recognizer is llama.cpp's: a set of pushdown stacks over the flattened rules, each stack's
+//! top a terminal (a character class or a token reference), advanced one Unicode code point at
+//! a time; partial UTF-8 at the end of a token (byte-fallback tokens, byte-level BPE pieces that
+//! split a character) is carried into the next token. What differs is how the mask is computed:
+//! stacks are hash-consed into an arena (a stack is a node `(element, parent)`), the successors of
+//! a stack after a character are memoized per node, and the vocabulary is walked as a trie of
+//! code points, so each distinct token prefix is checked once rather than once per token.
+
+mod json_schema;
+mod matcher;
+mod parse;
+
+pub use json_schema::{json_schema_to_gbnf, SchemaError, ANY_JSON_GBNF};
+pub use matcher::{Matcher, TokenTable};
+
+use crate::sampler::Sampler;
+use std::fmt;
+
+/// A parse or validation error in a grammar, with its 1-based line and column (in characters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrammarError {
+    pub line: usize,
+    pub col: usize,
+    pub msg: String,
+}
+
+impl GrammarError {
+    pub(crate) fn line_col(src: &str, at: usize) -> (usize, usize) {
+        let at = at.min(src.len());
+        let before = &src[..at];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |k| k + 1);
+        (line, before[line_start..].chars().count() + 1)
+    }
+
+    pub(crate) fn at(src: &str, at: usize, msg: impl Into<String>) -> Self {
+        let (line, col) = Self::line_col(src, at);
+        GrammarError {
+            line,
+            col,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl fmt::Display for GrammarError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.col, self.msg)
+    }
+}
+
+impl std::error::Error for GrammarError {}
+
+/// A set of code points: sorted, merged inclusive ranges, possibly negated. `.` is the negated
+/// empty set. The ASCII half is also kept as a bitmap since nearly every test is ASCII.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CharClass {
+    negated: bool,
+    ranges: Vec<(u32, u32)>,
+    ascii: [u64; 2], // membership of 0..128, negation applied
+}
+
+impl CharClass {
+    pub fn new(negated: bool, mut ranges: Vec<(u32, u32)>) -> Self {
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        let mut c = CharClass {
+            negated,
+            ranges: merged,
+            ascii: [0; 2],
+        };
+        for b in 0..128u32 {
+            if c.slow_matches(b) {
+                c.ascii[(b / 64) as usize] |= 1 << (b % 64);
+            }
+        }
+        c
+    }
+
+    pub fn single(c: u32) -> Self {
+        Self::new(false, vec![(c, c)])
+    }
+
+    pub fn any() -> Self {
+        Self::new(true, Vec::new())
+    }
+
+    fn slow_matches(&self, c: u32) -> bool {
+        let inside = self.ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi);
+        inside != self.negated
+    }
+
+    #[inline]
+    pub fn matches(&self, c: u32) -> bool {
+        if c < 128 {
+            return self.ascii[(c / 64) as usize] >> (c % 64) & 1 != 0;
+        }
+        // Classes are short; a linear scan beats a binary search at these sizes.
+        self.slow_matches(c)
+    }
+
+    /// Can some code point in `lo..=hi` match? (For a partial UTF-8 sequence, whose completions
+    /// are a contiguous range.)
+    pub fn matches_any_in(&self, lo: u32, hi: u32) -> bool {
+        if lo > hi {
+            return false;
+        }
+        if !self.negated {
+            return self.ranges.iter().any(|&(a, b)| a <= hi && lo <= b);
+        }
+        // Negated: some point of lo..=hi must lie outside every (sorted, merged) range.
+        let mut next = lo;
+        for &(a, b) in &self.ranges {
+            if b < next {
+                continue;
+            }
+            if a > next {
+                return true;
+            }
+            if b >= hi {
+                return false;
+            }
+            next = b + 1;
+        }
+        next <= hi
+    }
+}
+
+/// A token reference in a grammar: `<[id]>` or `<text>` (resolved against the vocabulary when a
+/// [`Matcher`] is built), `!` negated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenRef {
+    Id {
+        id: u32,
+        negated: bool,
+    },
+    Text {
+        text: String,
+        negated: bool,
+        line_col: (usize, usize),
+    },
+}
+
+/// One element of the flattened rules.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Elem {
+    /// A code point in `classes[k]`.
+    Chars(u32),
+    /// Rule `r`.
+    Ref(u32),
+    /// `tokens[k]`.
+    Token(u32),
+    /// End of an alternative.
+    End,
+}
+
+/// A parsed grammar: rules flattened into one element array, each alternative ending in `End`.
+#[derive(Debug, Clone)]
+pub struct Grammar {
+    pub(crate) elems: Vec<Elem>,
+    pub(crate) alts: Vec<Vec<u32>>, // per rule: start of each alternative in `elems`
+    pub(crate) names: Vec<String>,
+    pub(crate) root: u32,
+    pub(crate) classes: Vec<CharClass>,
+    pub(crate) tokens: Vec<TokenRef>,
+}
+
+impl Grammar {
+    /// Parse GBNF text with `root` as the start rule.
+    pub fn parse(src: &str) -> Result<Grammar, GrammarError> {
+        parse::parse(src, "root")
+    }
+
+    /// Parse GBNF text with another start rule.
+    pub fn parse_with_root(src: &str, root: &str) -> Result<Grammar, GrammarError> {
+        parse::parse(src, root)
+    }
+
+    /// The grammar for any JSON value (`--json`).
+    pub fn any_json() -> Grammar {
+        parse::parse(ANY_JSON_GBNF, "root").expect("the built-in JSON grammar parses")
+    }
+
+    /// Number of rules, generated ones (groups, repetitions) included.
+    pub fn n_rules(&self) -> usize {
+        self.alts.len()
+    }
+
+    /// Rule names, generated ones included (`name_N`).
+    pub fn rule_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Does the whole of `text` match? (A character-level check, without a vocabulary: tests,
+    /// and validating output after the fact.) Token references never match here.
+    pub fn accepts(&self, text: &str) -> bool {
+        let mut m = matcher::CharMatcher::new(self);
+        text.chars().all(|c| m.feed(c as u32)) && m.can_end()
+    }
+
+    /// Is `text` a prefix of something the grammar accepts?
+    pub fn accepts_prefix(&self, text: &str) -> bool {
+        let mut m = matcher::CharMatcher::new(self);
+        text.chars().all(|c| m.feed(c as u32))
+    }
+}
+
+/// Choose the next token under a grammar, as llama.cpp's `common_sampler_sample` does: sample
+/// the unconstrained chain first and keep the token when the grammar allows it (the common case,
+/// one cheap check); only otherwise mask every disallowed token and sample again. The sampler's
+/// random stream advances for both draws, so results are reproducible per seed.
+///
+/// If nothing at all is allowed (a grammar the vocabulary cannot spell), the returned token is
+/// not allowed either and [`Matcher::accept`] will refuse it; callers stop there.
+pub fn sample(sampler: &mut Sampler, m: &Matcher, logits: &[f32]) -> u32 {
+    let t = sampler.sample(logits);
+    if m.allows(t) {
+        return t;
+    }
+    sampler.sample_masked(logits, &mut |c| m.mask(c))
+}
