@@ -1349,15 +1349,23 @@ impl DryBreakers {
     /// of a breaker is a head, and the tokenization of the rest of the breaker its tail.
     pub fn from_strings(breakers: &[String], vocab: &dyn TokenText) -> Self {
         let mut b = DryBreakers::default();
+        let breakers: Vec<&[u8]> = breakers
+            .iter()
+            .map(|s| &s.as_bytes()[..s.len().min(Self::MAX_BYTES)])
+            .filter(|s| !s.is_empty())
+            .collect();
+        if breakers.is_empty() {
+            return b;
+        }
         let mut word = Vec::new();
-        for brk in breakers {
-            let s = &brk.as_bytes()[..brk.len().min(Self::MAX_BYTES)];
-            if s.is_empty() {
-                continue;
-            }
-            for id in 0..vocab.n_tokens() as u32 {
-                vocab.piece(id, &mut word);
-                if word.windows(s.len()).any(|w| w == s) {
+        // One pass over the vocabulary (each token's text is made once).
+        for id in 0..vocab.n_tokens() as u32 {
+            vocab.piece(id, &mut word);
+            for s in &breakers {
+                if !word.contains(&s[0]) {
+                    continue;
+                }
+                if word.windows(s.len()).any(|w| w == *s) {
                     b.insert(id, Vec::new());
                     continue;
                 }

@@ -6,7 +6,10 @@
 
 use anyhow::{anyhow, Result};
 use clap::Args;
-use cria_engine::sampler::{parse_logit_bias, random_seed, SamplerConfig};
+use cria_engine::sampler::{
+    parse_logit_bias, random_seed, DryBreakers, Sampler, SamplerConfig, TokenText,
+};
+use cria_tokenizer::Tokenizer;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct SamplerArgs {
@@ -246,6 +249,43 @@ impl SamplerArgs {
     }
 }
 
+/// cria's tokenizer as the token text DRY's sequence breakers are matched against (llama.cpp's
+/// `detokenize({id}, special = true)` and `tokenize(text, add_special = false,
+/// parse_special = false)`).
+pub struct TokText<'a>(pub &'a Tokenizer);
+
+impl TokenText for TokText<'_> {
+    fn n_tokens(&self) -> usize {
+        self.0.vocab_size()
+    }
+    fn piece(&self, id: u32, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.0.detokenize(&[id], false, true));
+    }
+    fn tokenize(&self, text: &[u8]) -> Vec<u32> {
+        self.0
+            .encode(&String::from_utf8_lossy(text), false, false)
+            .into_iter()
+            .collect()
+    }
+}
+
+/// The sampler for `cfg` over a model vocabulary of `n_vocab` (the logits' length), with DRY's
+/// sequence breakers tokenized against `tok` when DRY is on (the scan reads every token's text
+/// once, a few milliseconds).
+pub fn build_sampler(cfg: SamplerConfig, n_vocab: usize, tok: &Tokenizer) -> Sampler {
+    let dry_on = cfg.mirostat == 0
+        && cfg.dry_multiplier != 0.0
+        && cfg.dry_base >= 1.0
+        && cfg.dry_penalty_last_n > 0;
+    let breakers = if dry_on {
+        DryBreakers::from_strings(&cfg.dry_sequence_breakers, &TokText(tok))
+    } else {
+        DryBreakers::default()
+    };
+    Sampler::with_breakers(cfg, n_vocab, breakers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,5 +448,80 @@ mod tests {
         assert_eq!(unescape("\\t\\\"\\'\\\\\\r"), "\t\"'\\\r");
         assert_eq!(unescape("end\\"), "end\\");
         assert_eq!(unescape("\\xzz\\xff"), "\\xzz\\xff");
+    }
+
+    /// DRY's breaker processing reads token texts and tokenizations; with cria's tokenizer they
+    /// must be llama.cpp's. The fixture holds what libllama gave on its GPT-2 test vocabulary
+    /// (every token whose text holds a breaker's first byte, and each breaker suffix's tokens).
+    #[test]
+    fn token_text_matches_llama_cpp_for_dry() {
+        use serde_json::Value;
+        let ref_dir = std::env::var_os("CRIA_REF_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref").into());
+        let path = ref_dir.join("llama.cpp/models/ggml-vocab-gpt-2.gguf");
+        assert!(
+            path.exists(),
+            "reference vocabulary missing: {} (set CRIA_REF_DIR)",
+            path.display()
+        );
+        let g = cria_core::gguf::GgufFile::open(&path).expect("open vocab");
+        let tok = Tokenizer::from_gguf(&g).expect("load vocab");
+        let f: Value = serde_json::from_str(include_str!(
+            "../../cria-engine/tests/fixtures/samplers_llama_cpp.json"
+        ))
+        .unwrap();
+        let bytes = |v: &Value| -> Vec<u8> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u8)
+                .collect()
+        };
+        let v = &f["dry_vocab"];
+        let breakers: Vec<Vec<u8>> = v["breakers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(bytes)
+            .collect();
+        let text = TokText(&tok);
+        assert_eq!(text.n_tokens() as u64, v["n_tokens"].as_u64().unwrap());
+        let mut piece = Vec::new();
+        let mut want_ids = Vec::new();
+        for e in v["pieces"].as_array().unwrap() {
+            let id = e[0].as_u64().unwrap() as u32;
+            text.piece(id, &mut piece);
+            assert_eq!(piece, bytes(&e[1]), "text of token {id}");
+            want_ids.push(id);
+        }
+        // The same set of tokens holds a breaker's first byte.
+        let got_ids: Vec<u32> = (0..text.n_tokens() as u32)
+            .filter(|&id| {
+                text.piece(id, &mut piece);
+                breakers.iter().any(|b| piece.contains(&b[0]))
+            })
+            .collect();
+        assert_eq!(got_ids, want_ids);
+        for e in v["tokenize"].as_array().unwrap() {
+            let ids: Vec<u32> = e[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(text.tokenize(&bytes(&e[0])), ids, "tokens of {:?}", e[0]);
+        }
+        // And the sampler builds with them: "\n" (GPT-2 id 198) is a single-token breaker.
+        let cfg = SamplerConfig {
+            dry_multiplier: 0.8,
+            ..SamplerConfig::default()
+        };
+        let s = build_sampler(cfg, tok.vocab_size(), &tok);
+        assert!(s.describe().contains("dry"));
+        // GPT-2 has three tokens holding "\n" (each a single-token breaker) and none ending in
+        // a proper prefix of it (a one-byte breaker has none).
+        let b = DryBreakers::from_strings(&["\n".to_string()], &text);
+        assert_eq!(b.len(), 3);
     }
 }
