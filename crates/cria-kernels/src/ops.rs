@@ -324,8 +324,18 @@ pub mod avx2 {
             _mm256_storeu_ps(pa.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(pb.add(i))));
             i += 8;
         }
-        for j in i..n {
-            a[j] = a[j] / (1.0 + (-a[j]).exp()) * b[j];
+        // The tail through the same exp8 (padded on the stack), not libm's exp: every element
+        // then gets the same bits wherever it falls in the buffer, so a token's activations do
+        // not depend on which other tokens share the batch.
+        if i < n {
+            let (mut ta, mut tb) = ([0f32; 8], [0f32; 8]);
+            ta[..n - i].copy_from_slice(&a[i..n]);
+            tb[..n - i].copy_from_slice(&b[i..n]);
+            let x = _mm256_loadu_ps(ta.as_ptr());
+            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+            let s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+            _mm256_storeu_ps(ta.as_mut_ptr(), _mm256_mul_ps(s, _mm256_loadu_ps(tb.as_ptr())));
+            a[i..n].copy_from_slice(&ta[..n - i]);
         }
     }
     }

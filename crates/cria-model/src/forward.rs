@@ -88,6 +88,17 @@ pub enum Logits {
     Last,
     /// For every token of the call: `logits()` is (t, vocab).
     All,
+    /// No logits: the final-normed hidden state of every token, `hidden()` (t, dim), for
+    /// embeddings.
+    Hidden,
+}
+
+/// One sequence's part of a batched forward: its new tokens, the position of the first, and its
+/// own KV cache.
+pub struct SeqStep<'a> {
+    pub tokens: &'a [u32],
+    pub pos: usize,
+    pub kv: &'a mut KvCache,
 }
 
 /// Called after each op with (name as llama.cpp's graph names it, layer, values): debug dumps of
@@ -106,15 +117,23 @@ pub struct Scratch {
     pub att: Vec<f32>,    // (T, q_dim) attention output
     pub hb: Vec<f32>,     // (T, ffn_dim) gate
     pub hb2: Vec<f32>,    // (T, ffn_dim) up
-    pub logits: Vec<f32>, // (T or 1, vocab)
+    pub logits: Vec<f32>, // (T or n_seqs, vocab)
     n_logits: usize,
+    n_hidden: usize,
+    vocab: usize,
 }
 
 impl Scratch {
     pub fn new(m: &Model, max_t: usize, mode: Logits) -> Self {
+        Self::with_seqs(m, max_t, if mode == Logits::All { max_t } else { 1 })
+    }
+
+    /// Room for `max_t` tokens per call and the last-token logits of up to `max_seqs` sequences
+    /// (or of `max_seqs` tokens with `Logits::All`).
+    pub fn with_seqs(m: &Model, max_t: usize, max_seqs: usize) -> Self {
         let c = &m.config;
         let max_t = max_t.max(1);
-        let lt = if mode == Logits::All { max_t } else { 1 };
+        let lt = max_seqs.clamp(1, max_t);
         Scratch {
             probe: None,
             max_t,
@@ -128,7 +147,18 @@ impl Scratch {
             hb2: vec![0.0; max_t * c.ffn_dim],
             logits: vec![0.0; lt * c.vocab_size],
             n_logits: 0,
+            n_hidden: 0,
+            vocab: c.vocab_size,
         }
+    }
+    /// Logits of sequence `i`'s last token after a batched `Logits::Last` call (row `i` of
+    /// `logits()`).
+    pub fn seq_logits(&self, i: usize) -> &[f32] {
+        &self.logits()[i * self.vocab..(i + 1) * self.vocab]
+    }
+    /// The final-normed hidden states of the last `Logits::Hidden` call: (t, dim).
+    pub fn hidden(&self) -> &[f32] {
+        &self.xb[..self.n_hidden]
     }
     /// The logits of the last call: (vocab) or (t, vocab).
     pub fn logits(&self) -> &[f32] {
@@ -155,27 +185,56 @@ pub fn forward(
     s: &mut Scratch,
     mode: Logits,
 ) -> Result<()> {
+    forward_batch(m, b, &mut [SeqStep { tokens, pos, kv }], s, mode)
+}
+
+/// Several sequences' new tokens in one pass: every weight matrix is read once for all of them
+/// (continuous batching), attention runs per sequence over its own cache. With `Logits::Last`,
+/// `s.seq_logits(i)` is the last token of sequence `i`; with `All`/`Hidden` rows follow the
+/// sequences' tokens in order. A token's result does not depend on what else is in the batch
+/// (the kernels compute each token's row in the same order whatever the batch). Allocates nothing.
+pub fn forward_batch(
+    m: &Model,
+    b: &dyn Backend,
+    seqs: &mut [SeqStep],
+    s: &mut Scratch,
+    mode: Logits,
+) -> Result<()> {
     let c = &m.config;
     let w = &m.weights;
-    let t = tokens.len();
-    if t == 0 || t > s.max_t {
+    let t: usize = seqs.iter().map(|q| q.tokens.len()).sum();
+    if seqs.is_empty() || seqs.iter().any(|q| q.tokens.is_empty()) || t > s.max_t {
         return Err(Error::msg(format!(
-            "forward: {t} tokens in one call (1..={} allowed)",
+            "forward: {t} tokens in {} sequences in one call (1..={} tokens, none empty)",
+            seqs.len(),
             s.max_t
         )));
     }
-    if pos + t > kv.max_seq {
+    let out_rows = match mode {
+        Logits::Last => seqs.len(),
+        Logits::All => t,
+        Logits::Hidden => 0,
+    };
+    if out_rows * c.vocab_size > s.logits.len() {
         return Err(Error::msg(format!(
-            "context full: {} positions needed, the context holds {}",
-            pos + t,
-            kv.max_seq
+            "forward: {out_rows} rows of logits asked, the scratch holds {}",
+            s.logits.len() / c.vocab_size
         )));
     }
-    if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-        return Err(Error::msg(format!(
-            "token id {bad} is outside the vocabulary ({})",
-            c.vocab_size
-        )));
+    for q in seqs.iter() {
+        if q.pos + q.tokens.len() > q.kv.max_seq {
+            return Err(Error::msg(format!(
+                "context full: {} positions needed, the context holds {}",
+                q.pos + q.tokens.len(),
+                q.kv.max_seq
+            )));
+        }
+        if let Some(&bad) = q.tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(Error::msg(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                c.vocab_size
+            )));
+        }
     }
     let (dim, qd, kvd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
     let (x, xb, q, att) = (
@@ -194,17 +253,22 @@ pub fn forward(
             }
         };
     }
-    let shape = AttnShape {
+    let shape = |q: &SeqStep| AttnShape {
         n_heads: c.n_heads,
         n_kv_heads: c.n_kv_heads,
         head_dim: c.head_dim,
-        t,
-        pos0: pos,
+        t: q.tokens.len(),
+        pos0: q.pos,
         window: c.sliding_window,
         scale: 1.0 / (c.head_dim as f32).sqrt(),
     };
 
-    b.embed(x, &w.token_embd, tokens);
+    let mut row = 0;
+    for q in seqs.iter() {
+        let r = row..row + q.tokens.len();
+        b.embed(&mut x[r.start * dim..r.end * dim], &w.token_embd, q.tokens);
+        row = r.end;
+    }
     probe!("embd", 0, x);
     for (l, lw) in w.layers.iter().enumerate() {
         // h = x + W_o attn(rope(W_q n), rope(W_k n), W_v n), n = rmsnorm(x)
@@ -217,17 +281,28 @@ pub fn forward(
         add_bias(k, &lw.attn_k_bias);
         add_bias(v, &lw.attn_v_bias);
         probe!("Vcur", l, v);
-        b.rope(q, t, c.n_heads, c.head_dim, pos, &m.rope);
-        b.rope(k, t, c.n_kv_heads, c.head_dim, pos, &m.rope);
+        // Per sequence: rotate at its positions, store into its cache (rounded to f16 for an
+        // F16 cache), attend over all of that cache (the shape says which positions are filled,
+        // so a kernel can size its scratch for the cache once instead of growing it).
+        let mut row = 0;
+        for sq in seqs.iter_mut() {
+            let (r0, r1) = (row, row + sq.tokens.len());
+            row = r1;
+            let (qs, ks, vs) = (
+                &mut q[r0 * qd..r1 * qd],
+                &mut k[r0 * kvd..r1 * kvd],
+                &v[r0 * kvd..r1 * kvd],
+            );
+            b.rope(qs, r1 - r0, c.n_heads, c.head_dim, sq.pos, &m.rope);
+            b.rope(ks, r1 - r0, c.n_kv_heads, c.head_dim, sq.pos, &m.rope);
+            sq.kv.k[l].store(sq.pos * kvd, ks);
+            sq.kv.v[l].store(sq.pos * kvd, vs);
+            let n = sq.kv.k[l].len();
+            let (kc, vc) = (sq.kv.k[l].slice(n), sq.kv.v[l].slice(n));
+            b.attention(&mut att[r0 * qd..r1 * qd], qs, kc, vc, &shape(sq));
+        }
         probe!("Qcur", l, q);
         probe!("Kcur", l, k);
-        // Into the cache (rounded to f16 for an F16 cache), then attend over all of it.
-        kv.k[l].store(pos * kvd, k);
-        kv.v[l].store(pos * kvd, v);
-        // The whole cache (the shape says which positions are filled): a kernel can then size
-        // its scratch for the cache once instead of growing it with the context.
-        let n = kv.k[l].len();
-        b.attention(att, q, kv.k[l].slice(n), kv.v[l].slice(n), &shape);
         probe!("kqv_out", l, att);
         b.matmul(xb, att, &lw.attn_output, t);
         add_bias(xb, &lw.attn_output_bias);
@@ -251,13 +326,32 @@ pub fn forward(
         b.add_assign(x, xb);
         probe!("l_out", l, x);
     }
-    let rows = if mode == Logits::All { 0..t } else { t - 1..t };
-    let n = rows.len();
-    let (xs, xn) = (&x[rows.start * dim..rows.end * dim], &mut xb[..n * dim]);
-    b.rmsnorm(xn, xs, &w.output_norm, c.norm_eps);
-    probe!("result_norm", 0, xn);
-    s.n_logits = n * c.vocab_size;
-    b.matmul(&mut s.logits[..s.n_logits], xn, &w.output, n);
+    if mode != Logits::Last {
+        // Every row, in place of the block output.
+        b.rmsnorm(xb, x, &w.output_norm, c.norm_eps);
+        probe!("result_norm", 0, xb);
+        if mode == Logits::Hidden {
+            s.n_logits = 0;
+            s.n_hidden = t * dim;
+            return Ok(());
+        }
+        s.n_logits = t * c.vocab_size;
+        b.matmul(&mut s.logits[..s.n_logits], xb, &w.output, t);
+    } else {
+        // The last row of each sequence, gathered to the front of x: sequence i's last row is
+        // at index >= i, so no row is overwritten before it is read.
+        let n = seqs.len();
+        let mut end = 0;
+        for (i, sq) in seqs.iter().enumerate() {
+            end += sq.tokens.len();
+            x.copy_within((end - 1) * dim..end * dim, i * dim);
+        }
+        let xn = &mut xb[..n * dim];
+        b.rmsnorm(xn, &x[..n * dim], &w.output_norm, c.norm_eps);
+        probe!("result_norm", 0, xn);
+        s.n_logits = n * c.vocab_size;
+        b.matmul(&mut s.logits[..s.n_logits], xn, &w.output, n);
+    }
     if let Some(p) = s.probe.as_mut() {
         p("result_output", 0, &s.logits[..s.n_logits]);
     }

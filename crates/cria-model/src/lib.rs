@@ -8,5 +8,5 @@ pub mod names;
 
 pub use config::{Config, RopeScaling};
 pub use cria_kernels::KvType;
-pub use forward::{forward, KvCache, KvRows, Logits, Probe, Scratch};
+pub use forward::{forward, forward_batch, KvCache, KvRows, Logits, Probe, Scratch, SeqStep};
 pub use model::{LoadOptions, Model, Source};
