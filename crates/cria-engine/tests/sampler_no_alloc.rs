@@ -122,7 +122,7 @@ fn sampling_allocates_nothing_after_warm_up() {
     };
     // Breakers with tails, so the restart scan's matching path runs too.
     let breakers = DryBreakers::from_token_sequences(&[vec![0], vec![7, 14], vec![21, 28, 35]]);
-    let mut chains = vec![
+    let mut chains = [
         Sampler::with_breakers(everything.clone(), VOCAB, breakers),
         Sampler::new(
             SamplerConfig {
