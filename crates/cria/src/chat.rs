@@ -31,6 +31,8 @@ pub struct ChatArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplerArgs,
+    #[command(flatten)]
+    constraint: crate::constraint_args::ConstraintArgs,
     /// Most tokens per answer (default: until the model ends its turn or the context is full).
     #[arg(short = 'n', long = "max-tokens")]
     max_tokens: Option<usize>,
@@ -70,6 +72,7 @@ struct Chat {
     messages: Vec<Message>,
     cfg: SamplerConfig,
     sampler: Sampler,
+    cons: session::Constraints,
     vocab: usize,
     last: Option<session::GenStats>,
 }
@@ -97,8 +100,8 @@ impl Chat {
         self.set_system(sys);
     }
 
-    fn rebuild_sampler(&mut self) {
-        self.sampler = Sampler::new(self.cfg.clone(), self.vocab);
+    fn rebuild_sampler(&mut self, l: &Loaded) {
+        self.sampler = crate::sample_args::build_sampler(self.cfg.clone(), self.vocab, &l.tok);
     }
 }
 
@@ -162,7 +165,8 @@ pub fn run(a: &ChatArgs) -> Result<()> {
     let vocab = l.model.config.vocab_size;
     let mut chat = Chat {
         messages: Vec::new(),
-        sampler: Sampler::new(cfg.clone(), vocab),
+        sampler: crate::sample_args::build_sampler(cfg.clone(), vocab, &l.tok),
+        cons: session::Constraints::from_args(&l, &a.sampling.stop, &a.constraint)?,
         cfg,
         vocab,
         last: None,
@@ -335,6 +339,7 @@ fn turn(
         state,
         &prompt,
         &mut chat.sampler,
+        &mut chat.cons,
         &GenOptions {
             max_tokens: a.max_tokens.unwrap_or(usize::MAX),
             ignore_eos: false,
@@ -356,7 +361,7 @@ fn turn(
             }
         ),
         StopReason::MaxTokens => eprintln!("[stopped at --max-tokens]"),
-        StopReason::Eog => {}
+        StopReason::Eog | StopReason::StopString | StopReason::GrammarDone => {}
     }
     chat.messages.push(Message::new("assistant", answer));
     chat.last = Some(st);
@@ -398,7 +403,7 @@ fn command(line: &str, chat: &mut Chat, state: &mut KvState, l: &Loaded) -> Resu
             chat.cfg
                 .set(name.trim(), value.trim())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            chat.rebuild_sampler();
+            chat.rebuild_sampler(l);
             println!("Set {} = {}.", name.trim(), value.trim());
         }
         "/save" => {

@@ -12,7 +12,6 @@ mod session;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use cria_engine::sampler::Sampler;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -249,8 +248,8 @@ fn real_main() -> Result<()> {
             };
             let ctx = ctx_size.unwrap_or(l.model.config.max_seq_len.min(4096));
             let cfg = sampling.config()?;
-            let _ = &constraint; // wired in with the grammar engine
-            let mut sampler = Sampler::new(cfg, l.model.config.vocab_size);
+            let mut cons = session::Constraints::from_args(&l, &sampling.stop, &constraint)?;
+            let mut sampler = sample_args::build_sampler(cfg, l.model.config.vocab_size, &l.tok);
             let mut out = std::io::stdout().lock();
             let mut state = session::KvState::new(&l, ctx, batch);
             let st = session::generate(
@@ -258,6 +257,7 @@ fn real_main() -> Result<()> {
                 &mut state,
                 &prompt,
                 &mut sampler,
+                &mut cons,
                 &session::GenOptions {
                     max_tokens,
                     ignore_eos,

@@ -120,6 +120,10 @@ pub enum StopReason {
     ContextFull,
     /// The user pressed Ctrl-C (the cancel flag was set).
     Cancelled,
+    /// A stop string appeared (it and what followed are not part of the answer).
+    StopString,
+    /// The grammar is complete and admits nothing more.
+    GrammarDone,
 }
 
 pub struct GenStats {
@@ -136,6 +140,45 @@ pub struct GenStats {
 pub struct GenOptions {
     pub max_tokens: usize,
     pub ignore_eos: bool,
+}
+
+/// What constrains an answer besides the sampler: stop strings and a grammar.
+pub struct Constraints {
+    pub stops: cria_engine::stop::StopMatcher,
+    pub grammar: Option<cria_engine::grammar::Matcher>,
+}
+
+impl Constraints {
+    /// From the command line: stop strings and --grammar/--json-schema/--json against the
+    /// model's vocabulary.
+    pub fn from_args(
+        l: &Loaded,
+        stops: &[String],
+        c: &crate::constraint_args::ConstraintArgs,
+    ) -> Result<Self> {
+        let grammar = match c.load()? {
+            Some(g) => {
+                let table = std::sync::Arc::new(crate::constraint_args::token_table(&l.tok));
+                Some(
+                    cria_engine::grammar::Matcher::new(g, table)
+                        .map_err(|e| anyhow::anyhow!("grammar: {e}"))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Constraints {
+            stops: cria_engine::stop::StopMatcher::new(stops),
+            grammar,
+        })
+    }
+
+    /// Ready for a new answer.
+    pub fn reset(&mut self) {
+        self.stops.reset();
+        if let Some(g) = &mut self.grammar {
+            g.reset();
+        }
+    }
 }
 
 /// A KV cache together with the tokens it holds: what a chat keeps between turns so that only
@@ -163,10 +206,6 @@ impl KvState {
     /// Tokens in the cache.
     pub fn len(&self) -> usize {
         self.tokens.len()
-    }
-
-    pub fn tokens(&self) -> &[u32] {
-        &self.tokens
     }
 
     /// Forget everything (the buffers stay).
@@ -227,15 +266,17 @@ impl KvState {
 }
 
 /// Prefills `prompt` (reusing what `ctx` already holds), then samples until EOG, `max_tokens`,
-/// a full context or `cancel`; each decoded piece of text goes to `out` as soon as it is complete
-/// UTF-8, and the whole answer is appended to `text`. The sampled tokens stay in the cache (the
-/// final end-of-generation token is not evaluated).
+/// a full context, a stop string, the end of the grammar or `cancel`; the answer's text goes to
+/// `out` as soon as it is complete UTF-8 and cannot be the start of a stop string, and is
+/// appended to `text`. The sampled tokens stay in the cache (the final end-of-generation token
+/// is not evaluated).
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
     l: &Loaded,
     ctx: &mut KvState,
     prompt: &[u32],
     sampler: &mut cria_engine::sampler::Sampler,
+    cons: &mut Constraints,
     o: &GenOptions,
     cancel: Option<&AtomicBool>,
     out: &mut dyn Write,
@@ -246,31 +287,54 @@ pub fn generate(
     for &t in prompt {
         sampler.accept(t);
     }
+    cons.reset();
     let prompt_time = t0.elapsed();
     let t1 = Instant::now();
     let mut dec = cria_tokenizer::StreamDecoder::new(&l.tok);
-    // One text buffer for the whole loop: no allocation per token.
+    // Text buffers for the whole loop: no allocation per token.
     let mut piece = String::with_capacity(64);
+    let mut shown = String::with_capacity(256);
     let mut n = 0;
     let mut stop = StopReason::MaxTokens;
     let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+    let mut emit = |shown: &mut String, text: &mut String| -> Result<()> {
+        out.write_all(shown.as_bytes())?;
+        out.flush()?;
+        text.push_str(shown);
+        shown.clear();
+        Ok(())
+    };
     while n < o.max_tokens {
         if cancelled() {
             stop = StopReason::Cancelled;
             break;
         }
-        let next = sampler.sample(ctx.logits());
+        let next = match &cons.grammar {
+            Some(g) => cria_engine::grammar::sample(sampler, g, ctx.logits()),
+            None => sampler.sample(ctx.logits()),
+        };
         sampler.accept(next);
         n += 1;
         if !o.ignore_eos && l.tok.is_eog(next) {
             stop = StopReason::Eog;
             break;
         }
+        if let Some(g) = &mut cons.grammar {
+            g.accept(next)
+                .map_err(|e| anyhow::anyhow!("the grammar admits no token here: {e}"))?;
+        }
         piece.clear();
         dec.push_into(next, &mut piece);
-        out.write_all(piece.as_bytes())?;
-        out.flush()?;
-        text.push_str(&piece);
+        let hit = cons.stops.push(&piece, &mut shown);
+        emit(&mut shown, text)?;
+        if hit.is_some() {
+            stop = StopReason::StopString;
+            break;
+        }
+        if cons.grammar.as_ref().is_some_and(|g| !g.can_continue()) {
+            stop = StopReason::GrammarDone;
+            break;
+        }
         if n == o.max_tokens {
             break;
         }
@@ -280,10 +344,12 @@ pub fn generate(
         }
         ctx.eval(l, &[next])?;
     }
-    let rest = dec.flush();
-    out.write_all(rest.as_bytes())?;
-    out.flush()?;
-    text.push_str(&rest);
+    if stop != StopReason::StopString {
+        let rest = dec.flush();
+        cons.stops.push(&rest, &mut shown);
+        cons.stops.flush(&mut shown);
+        emit(&mut shown, text)?;
+    }
     Ok(GenStats {
         prompt_tokens: evaluated,
         reused_tokens: reused,
