@@ -36,7 +36,8 @@ pub struct ChatArgs {
     /// Most tokens per answer (default: until the model ends its turn or the context is full).
     #[arg(short = 'n', long = "max-tokens")]
     max_tokens: Option<usize>,
-    /// Context size in tokens (default: the model's training context, capped at 4096).
+    /// Context size in tokens (default: the model's training context, as far as the KV cache
+    /// fits in half the free memory).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
     /// Tokens per prompt-processing batch.
@@ -157,7 +158,7 @@ fn history_path() -> PathBuf {
 pub fn run(a: &ChatArgs) -> Result<()> {
     let mut l = session::load(a.m.model.as_deref(), a.m.f32, a.m.threads)?;
     l.kv_type = a.m.kv_type;
-    let ctx_size = a.ctx_size.unwrap_or(l.model.config.max_seq_len.min(4096));
+    let ctx_size = l.ctx_size(a.ctx_size)?;
     if ctx_size < 16 {
         bail!("--ctx-size {ctx_size} is too small for a conversation");
     }

@@ -101,7 +101,8 @@ enum Cmd {
         constraint: constraint_args::ConstraintArgs,
         #[arg(long = "ignore-eos")]
         ignore_eos: bool,
-        /// Context size in tokens (default: the model's training context, capped at 4096).
+        /// Context size in tokens (default: the model's training context, as far as the KV
+        /// cache fits in half the free memory).
         #[arg(short = 'c', long = "ctx-size")]
         ctx_size: Option<usize>,
         /// Tokens per prompt-processing batch.
@@ -246,7 +247,7 @@ fn real_main() -> Result<()> {
                 msgs.push(cria_engine::template::Message::new("user", text));
                 session::render_chat(tok, &msgs, true, None)?.1
             };
-            let ctx = ctx_size.unwrap_or(l.model.config.max_seq_len.min(4096));
+            let ctx = l.ctx_size(ctx_size)?;
             let cfg = sampling.config()?;
             let mut cons = session::Constraints::from_args(&l, &sampling.stop, &constraint)?;
             let mut sampler = sample_args::build_sampler(cfg, l.model.config.vocab_size, &l.tok);

@@ -778,7 +778,6 @@ const CTX_UNKNOWN_MEMORY: usize = 4096;
 /// in half the available memory, rounded down to a multiple of 256 and at least 512 (or the
 /// training context if smaller). Returns the size and a one-line explanation for the load
 /// message, e.g. "ctx 8192 (model trained on 131072; KV cache 256 MiB; 12.3 GiB free)".
-#[allow(dead_code)] // wired into run/chat by the CLI
 pub fn choose_ctx_size(
     train_ctx: usize,
     kv_bytes_per_token: usize,

@@ -360,6 +360,18 @@ pub fn generate(
     })
 }
 
+impl Loaded {
+    /// The context size: `requested`, else the model's training context as far as its KV cache
+    /// fits in half the free memory. Printed (with why) on stderr.
+    pub fn ctx_size(&self, requested: Option<usize>) -> Result<usize> {
+        let c = &self.model.config;
+        let per_token = 2 * c.n_layers * c.kv_dim() * self.kv_type.size();
+        let (n, why) = crate::models::choose_ctx_size(c.max_seq_len, per_token, requested)?;
+        eprintln!("{why}, {} cache", self.kv_type);
+        Ok(n)
+    }
+}
+
 /// ChatML, which llama.cpp also falls back to when a model carries no chat template.
 pub const FALLBACK_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
