@@ -252,7 +252,6 @@ impl SamplerArgs {
 /// cria's tokenizer as the token text DRY's sequence breakers are matched against (llama.cpp's
 /// `detokenize({id}, special = true)` and `tokenize(text, add_special = false,
 /// parse_special = false)`).
-#[allow(dead_code)] // until run/chat build their sampler with `build_sampler`
 pub struct TokText<'a>(pub &'a Tokenizer);
 
 impl TokenText for TokText<'_> {
@@ -274,7 +273,6 @@ impl TokenText for TokText<'_> {
 /// The sampler for `cfg` over a model vocabulary of `n_vocab` (the logits' length), with DRY's
 /// sequence breakers tokenized against `tok` when DRY is on (the scan reads every token's text
 /// once, a few milliseconds).
-#[allow(dead_code)] // until run/chat call it (main.rs and session.rs are the lead's)
 pub fn build_sampler(cfg: SamplerConfig, n_vocab: usize, tok: &Tokenizer) -> Sampler {
     let dry_on = cfg.mirostat == 0
         && cfg.dry_multiplier != 0.0
