@@ -1,0 +1,250 @@
+//! cria-server: `cria serve`, an OpenAI-compatible HTTP API over a continuous-batching scheduler.
+//!
+//! ```text
+//! HTTP (axum, tokio) --Job + reply channel--> scheduler thread (model, N slots, one batched
+//!   handlers: parse, validate,                  forward per step, samplers, stop strings,
+//!   template, tokenize          <--Events----   grammars, detokenization)
+//! ```
+//!
+//! The binary loads the model and hands it over with [`run`] (blocks) or [`start`] (returns a
+//! [`Server`] handle, as the tests use it).
+
+mod error;
+mod metrics;
+mod params;
+mod routes;
+mod scheduler;
+
+pub use error::ApiError;
+pub use scheduler::Finish;
+
+use anyhow::{bail, Context, Result};
+use cria_kernels::CpuBackend;
+use cria_model::{KvType, Model, Source};
+use cria_tokenizer::Tokenizer;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// `cria serve` options (the model options come from the binary's own flags).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Requests generated at the same time (slots, each with its own KV cache).
+    #[arg(
+        long = "parallel",
+        short = 'P',
+        visible_alias = "np",
+        default_value_t = 4
+    )]
+    pub parallel: usize,
+    /// Context per slot in tokens (default: the model's training context, capped at 4096).
+    #[arg(short = 'c', long = "ctx-size")]
+    pub ctx_size: Option<usize>,
+    /// Tokens per batched forward pass at most (prompt chunks and generating slots together).
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    pub batch: usize,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    #[arg(long = "api-key", conflicts_with = "api_key_file")]
+    pub api_key: Option<String>,
+    /// Read the API key from a file (its first line).
+    #[arg(long = "api-key-file")]
+    pub api_key_file: Option<PathBuf>,
+    /// The model name /v1/models reports and requests may use (default: the file name).
+    #[arg(long)]
+    pub alias: Option<String>,
+    /// Largest request body accepted, in bytes (larger: 413).
+    #[arg(long = "max-body", default_value_t = 8 << 20)]
+    pub max_body: usize,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        ServeArgs {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            parallel: 4,
+            ctx_size: None,
+            batch: 512,
+            api_key: None,
+            api_key_file: None,
+            alias: None,
+            max_body: 8 << 20,
+        }
+    }
+}
+
+/// A loaded model: what the binary hands over.
+pub struct Parts {
+    pub model: Model,
+    pub tok: Tokenizer,
+    pub backend: CpuBackend,
+    pub kv_type: KvType,
+}
+
+/// The model's name: the file name without .gguf, or the folder's name.
+fn model_name(m: &Model) -> String {
+    let p = match &m.source {
+        Source::Gguf(g) => g.path.clone(),
+        Source::HfFolder { dir, .. } => dir.clone(),
+    };
+    let stem = if p.is_dir() {
+        p.file_name()
+    } else {
+        p.file_stem()
+    };
+    stem.map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cria".into())
+}
+
+/// A running server. Dropping it (or [`Server::stop`]) shuts it down.
+pub struct Server {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Server {
+    /// Base URL, e.g. `http://127.0.0.1:8080`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Serve until the process ends (or the server fails).
+    pub fn wait(mut self) -> Result<()> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow::anyhow!("the server thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+
+    pub fn stop(mut self) -> Result<()> {
+        self.shutdown.take().map(|s| s.send(()));
+        self.wait()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts serving in the background: listens, starts the scheduler, returns.
+pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
+    if args.parallel == 0 || args.parallel > 256 {
+        bail!("--parallel must be from 1 to 256");
+    }
+    let ctx_size = args
+        .ctx_size
+        .unwrap_or(parts.model.config.max_seq_len.min(4096));
+    if ctx_size < 16 {
+        bail!("--ctx-size must be at least 16");
+    }
+    if args.batch == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let api_key = match (&args.api_key, &args.api_key_file) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(f)) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the API key file {}", f.display()))?;
+            let k = t.lines().next().unwrap_or("").trim().to_string();
+            if k.is_empty() {
+                bail!("the API key file {} is empty", f.display());
+            }
+            Some(k)
+        }
+        (None, None) => None,
+    };
+    let name = model_name(&parts.model);
+    let mut names = vec![];
+    if let Some(a) = &args.alias {
+        names.push(a.clone());
+    }
+    names.push(name.clone());
+    names.push(format!("{name}.gguf"));
+    let tok = Arc::new(parts.tok);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let info = routes::ModelInfo::of(&parts.model);
+    let vocab = parts.model.config.vocab_size;
+    let engine = scheduler::spawn(
+        parts.model,
+        parts.backend,
+        tok.clone(),
+        scheduler::Config {
+            parallel: args.parallel,
+            ctx_size,
+            batch: args.batch,
+            kv_type: parts.kv_type,
+        },
+        metrics.clone(),
+    )
+    .context("starting the scheduler thread")?;
+    let state = routes::AppState::new(
+        engine,
+        tok,
+        names,
+        info,
+        ctx_size,
+        vocab,
+        args.parallel,
+        api_key,
+        args.max_body,
+        metrics,
+    )?;
+    let listener = std::net::TcpListener::bind((args.host.as_str(), args.port))
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let app = routes::router(Arc::new(state));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread =
+        std::thread::Builder::new()
+            .name("cria-http".into())
+            .spawn(move || -> Result<()> {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("cria-http-worker")
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let l = tokio::net::TcpListener::from_std(listener)?;
+                    axum::serve(l, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.await;
+                        })
+                        .await?;
+                    Ok(())
+                })
+            })?;
+    Ok(Server {
+        addr,
+        shutdown: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+/// `cria serve`: serve until killed.
+pub fn run(parts: Parts, args: &ServeArgs) -> Result<()> {
+    let s = start(parts, args)?;
+    eprintln!(
+        "cria serve: listening on {} ({} slots); OpenAI API at {}/v1",
+        s.url(),
+        args.parallel,
+        s.url()
+    );
+    s.wait()
+}

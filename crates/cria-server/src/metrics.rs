@@ -1,0 +1,152 @@
+//! Counters for `GET /metrics` (Prometheus text format). Plain atomics: the scheduler and the
+//! handlers bump them, a scrape reads them; no locks on the token path.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub requests_chat: AtomicU64,
+    pub requests_completion: AtomicU64,
+    pub requests_embedding: AtomicU64,
+    pub requests_other: AtomicU64,
+    /// Requests answered with a 4xx/5xx.
+    pub errors: AtomicU64,
+    /// Generations that ended because the client went away.
+    pub cancelled: AtomicU64,
+    /// Prompt tokens of finished generations, and how many of them came from a cached prefix.
+    pub prompt_tokens: AtomicU64,
+    pub prompt_tokens_cached: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    /// Jobs waiting for a slot, and slots working (gauges the scheduler sets every step).
+    pub queue_depth: AtomicU64,
+    pub slots_busy: AtomicU64,
+    /// Time to first token, summed in microseconds, and its count.
+    pub ttft_us_sum: AtomicU64,
+    pub ttft_count: AtomicU64,
+    /// Batched forward steps, the tokens they carried, and the time spent in them (microseconds).
+    pub steps: AtomicU64,
+    pub step_tokens: AtomicU64,
+    pub busy_us: AtomicU64,
+    /// Tokens generated per second over the scheduler's last ten seconds of work, times 1000.
+    pub recent_tps_milli: AtomicU64,
+}
+
+impl Metrics {
+    pub fn render(&self, slots: usize) -> String {
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, f64)]| {
+            let _ = writeln!(s, "# HELP cria_{name} {help}");
+            let _ = writeln!(s, "# TYPE cria_{name} {kind}");
+            for (labels, v) in lines {
+                let _ = writeln!(s, "cria_{name}{labels} {v}");
+            }
+        };
+        let one = |v: u64| vec![(String::new(), v as f64)];
+        metric(
+            "requests_total",
+            "counter",
+            "HTTP requests by endpoint.",
+            &[
+                ("{endpoint=\"chat\"}".into(), g(&self.requests_chat) as f64),
+                (
+                    "{endpoint=\"completion\"}".into(),
+                    g(&self.requests_completion) as f64,
+                ),
+                (
+                    "{endpoint=\"embedding\"}".into(),
+                    g(&self.requests_embedding) as f64,
+                ),
+                (
+                    "{endpoint=\"other\"}".into(),
+                    g(&self.requests_other) as f64,
+                ),
+            ],
+        );
+        metric(
+            "request_errors_total",
+            "counter",
+            "Requests answered with an error status.",
+            &one(g(&self.errors)),
+        );
+        metric(
+            "requests_cancelled_total",
+            "counter",
+            "Generations stopped because the client disconnected.",
+            &one(g(&self.cancelled)),
+        );
+        metric(
+            "prompt_tokens_total",
+            "counter",
+            "Prompt tokens of generations (cached ones included).",
+            &one(g(&self.prompt_tokens)),
+        );
+        metric(
+            "prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens whose keys and values were reused from a cached prefix.",
+            &one(g(&self.prompt_tokens_cached)),
+        );
+        metric(
+            "tokens_generated_total",
+            "counter",
+            "Tokens generated.",
+            &one(g(&self.generated_tokens)),
+        );
+        metric(
+            "queue_depth",
+            "gauge",
+            "Requests waiting for a free slot.",
+            &one(g(&self.queue_depth)),
+        );
+        metric(
+            "slots_busy",
+            "gauge",
+            "Slots generating now.",
+            &one(g(&self.slots_busy)),
+        );
+        metric(
+            "slots",
+            "gauge",
+            "Slots in all (--parallel).",
+            &one(slots as u64),
+        );
+        let (sum, n) = (g(&self.ttft_us_sum), g(&self.ttft_count));
+        metric(
+            "time_to_first_token_seconds",
+            "summary",
+            "From a request reaching the scheduler to its first generated token.",
+            // "labels" that are suffixes: cria_time_to_first_token_seconds_sum / _count.
+            &[
+                ("_sum".into(), sum as f64 / 1e6),
+                ("_count".into(), n as f64),
+            ],
+        );
+        metric(
+            "batch_steps_total",
+            "counter",
+            "Batched forward passes.",
+            &one(g(&self.steps)),
+        );
+        metric(
+            "batch_tokens_total",
+            "counter",
+            "Tokens evaluated by the batched forward passes.",
+            &one(g(&self.step_tokens)),
+        );
+        metric(
+            "busy_seconds_total",
+            "counter",
+            "Time the scheduler spent in forward passes and sampling.",
+            &[(String::new(), g(&self.busy_us) as f64 / 1e6)],
+        );
+        metric(
+            "tokens_per_second",
+            "gauge",
+            "Tokens generated per second over the last ten seconds.",
+            &[(String::new(), g(&self.recent_tps_milli) as f64 / 1e3)],
+        );
+        s
+    }
+}

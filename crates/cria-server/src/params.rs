@@ -1,0 +1,405 @@
+//! Request fields -> generation parameters, with OpenAI's ranges and a 400 naming the field for
+//! anything wrong. Requests are read as `serde_json::Value` rather than typed structs so that
+//! each error can say which field is at fault and what it accepts.
+
+use crate::error::ApiError;
+use cria_engine::grammar::{json_schema_to_gbnf, Grammar};
+use cria_engine::SamplerConfig;
+use serde_json::{Map, Value};
+
+pub type Obj = Map<String, Value>;
+
+/// The body as a JSON object, or a 400 saying why not.
+pub fn parse_body(body: &[u8]) -> Result<Obj, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad(format!(
+            "the request body is not valid JSON: {e} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    match v {
+        Value::Object(o) => Ok(o),
+        _ => Err(ApiError::bad("the request body must be a JSON object")),
+    }
+}
+
+/// A field, with `null` read as absent (as OpenAI does).
+pub fn get<'a>(o: &'a Obj, key: &str) -> Option<&'a Value> {
+    o.get(key).filter(|v| !v.is_null())
+}
+
+pub fn opt_bool(o: &Obj, key: &str) -> Result<Option<bool>, ApiError> {
+    match get(o, key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::param(key, format!("'{key}' must be a boolean"))),
+    }
+}
+
+/// An integer in `lo..=hi`.
+pub fn opt_int(o: &Obj, key: &str, lo: i64, hi: i64) -> Result<Option<i64>, ApiError> {
+    let Some(v) = get(o, key) else {
+        return Ok(None);
+    };
+    let range = || format!("'{key}' must be an integer from {lo} to {hi}");
+    let x = match v {
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i,
+            // 3.0 is fine (some clients send floats); 3.5 or 1e30 are not.
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9e15 => f as i64,
+            _ => return Err(ApiError::param(key, range())),
+        },
+        _ => return Err(ApiError::param(key, range())),
+    };
+    if x < lo || x > hi {
+        return Err(ApiError::param(key, format!("{}, got {x}", range())));
+    }
+    Ok(Some(x))
+}
+
+/// A finite number in `lo..=hi`.
+pub fn opt_num(o: &Obj, key: &str, lo: f64, hi: f64) -> Result<Option<f32>, ApiError> {
+    let Some(v) = get(o, key) else {
+        return Ok(None);
+    };
+    let x = v
+        .as_f64()
+        .ok_or_else(|| ApiError::param(key, format!("'{key}' must be a number")))?;
+    if !(lo..=hi).contains(&x) {
+        return Err(ApiError::param(
+            key,
+            format!("'{key}' must be from {lo} to {hi}, got {x}"),
+        ));
+    }
+    Ok(Some(x as f32))
+}
+
+pub fn opt_str<'a>(o: &'a Obj, key: &str) -> Result<Option<&'a str>, ApiError> {
+    match get(o, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::param(key, format!("'{key}' must be a string"))),
+    }
+}
+
+/// Request fields OpenAI defines (or llama-server adds) that are handled by name, or accepted
+/// and ignored; any other field is tried as one of cria's sampler options.
+const KNOWN: &[&str] = &[
+    "model",
+    "messages",
+    "prompt",
+    "input",
+    "stream",
+    "stream_options",
+    "n",
+    "max_tokens",
+    "max_completion_tokens",
+    "n_predict",
+    "stop",
+    "seed",
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "grammar",
+    "json_schema",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
+    "user",
+    "store",
+    "metadata",
+    "service_tier",
+    "echo",
+    "suffix",
+    "best_of",
+    "ignore_eos",
+    "cache_prompt",
+    "encoding_format",
+    "dimensions",
+    "add_generation_prompt",
+    "chat_template_kwargs",
+    "reasoning_effort",
+    "modalities",
+];
+
+/// What a chat or completion request asks of the generation, besides its prompt.
+pub struct Common {
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub sampler: SamplerConfig,
+    /// Whether `seed` was given (without it each choice gets its own random seed).
+    pub seeded: bool,
+    pub logprobs: Option<usize>,
+    pub grammar: Option<Grammar>,
+    pub ignore_eos: bool,
+}
+
+/// Most choices per request (OpenAI's limit).
+pub const MAX_N: i64 = 128;
+
+/// Fields shared by /v1/chat/completions and /v1/completions. `chat` selects how `logprobs`
+/// reads (a boolean plus `top_logprobs` for chat, a count for completions).
+pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Common, ApiError> {
+    let n = opt_int(o, "n", 1, MAX_N)?.unwrap_or(1) as usize;
+    let stream = opt_bool(o, "stream")?.unwrap_or(false);
+    let include_usage = match get(o, "stream_options") {
+        None => false,
+        Some(Value::Object(so)) => opt_bool(so, "include_usage")
+            .map_err(|_| {
+                ApiError::param(
+                    "stream_options.include_usage",
+                    "'stream_options.include_usage' must be a boolean",
+                )
+            })?
+            .unwrap_or(false),
+        Some(_) => {
+            return Err(ApiError::param(
+                "stream_options",
+                "'stream_options' must be an object",
+            ))
+        }
+    };
+    let ctx = ctx_size as i64;
+    let mut max_tokens = None;
+    for key in ["max_completion_tokens", "max_tokens", "n_predict"] {
+        if let Some(m) = opt_int(o, key, if key == "n_predict" { -1 } else { 1 }, ctx)? {
+            if m >= 0 {
+                max_tokens = Some(m as usize);
+            }
+            break;
+        }
+    }
+    let stop = match get(o, "stop") {
+        None => vec![],
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.len() <= 16 => a
+            .iter()
+            .map(|s| s.as_str().map(String::from))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                ApiError::param("stop", "'stop' must be a string or a list of strings")
+            })?,
+        Some(Value::Array(_)) => {
+            return Err(ApiError::param(
+                "stop",
+                "'stop' may hold at most 16 strings",
+            ))
+        }
+        Some(_) => {
+            return Err(ApiError::param(
+                "stop",
+                "'stop' must be a string or a list of strings",
+            ))
+        }
+    };
+    let mut sc = SamplerConfig::default();
+    if let Some(t) = opt_num(o, "temperature", 0.0, 2.0)? {
+        sc.temperature = t;
+    }
+    if let Some(p) = opt_num(o, "top_p", 0.0, 1.0)? {
+        sc.top_p = p;
+    }
+    if let Some(p) = opt_num(o, "presence_penalty", -2.0, 2.0)? {
+        sc.presence_penalty = p;
+    }
+    if let Some(p) = opt_num(o, "frequency_penalty", -2.0, 2.0)? {
+        sc.frequency_penalty = p;
+    }
+    let seeded = match get(o, "seed") {
+        None => false,
+        Some(v) => {
+            // Any 64-bit integer; -1 asks for a random seed, as in llama.cpp.
+            sc.seed = match (v.as_u64(), v.as_i64()) {
+                (Some(u), _) => u,
+                (None, Some(-1)) => cria_engine::sampler::random_seed(),
+                (None, Some(i)) => i as u64,
+                _ => {
+                    return Err(ApiError::param(
+                        "seed",
+                        "'seed' must be an integer (64-bit)",
+                    ))
+                }
+            };
+            v.as_i64() != Some(-1)
+        }
+    };
+    if let Some(b) = get(o, "logit_bias") {
+        let Value::Object(m) = b else {
+            return Err(ApiError::param(
+                "logit_bias",
+                "'logit_bias' must map token ids to biases",
+            ));
+        };
+        for (k, v) in m {
+            let id: u32 = k
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&id| (id as usize) < vocab)
+                .ok_or_else(|| {
+                    ApiError::param(
+                        "logit_bias",
+                        format!("logit_bias: {k:?} is not a token id of this model (0..{vocab})"),
+                    )
+                })?;
+            let bias = v
+                .as_f64()
+                .filter(|b| (-100.0..=100.0).contains(b))
+                .ok_or_else(|| {
+                    ApiError::param(
+                        "logit_bias",
+                        format!("logit_bias[{k}] must be a number from -100 to 100"),
+                    )
+                })?;
+            // -100 bans the token outright, as OpenAI documents.
+            let bias = if bias <= -100.0 {
+                f32::NEG_INFINITY
+            } else {
+                bias as f32
+            };
+            sc.logit_bias.push((id, bias));
+        }
+    }
+    // cria's other samplers, by their llama.cpp names (top_k, min_p, repeat_penalty, mirostat..).
+    for (k, v) in o {
+        if KNOWN.contains(&k.as_str()) || v.is_null() {
+            continue;
+        }
+        let values: Vec<String> = match v {
+            Value::Number(x) => vec![x.to_string()],
+            Value::String(s) => vec![s.clone()],
+            Value::Array(a) => {
+                let mut vs = vec!["none".to_string()]; // a list replaces the default list
+                for x in a {
+                    match x {
+                        Value::String(s) => vs.push(s.clone()),
+                        Value::Number(x) => vs.push(x.to_string()),
+                        _ => return Err(ApiError::param(k, format!("'{k}': unexpected value"))),
+                    }
+                }
+                vs
+            }
+            Value::Bool(b) => vec![(if *b { "1" } else { "0" }).to_string()],
+            _ => continue,
+        };
+        let mut trial = sc.clone();
+        for x in &values {
+            match trial.set(k, x) {
+                Ok(()) => {}
+                // Unknown fields are ignored, as llama-server and most OpenAI-compatible
+                // servers do (clients send vendor fields).
+                Err(e) if e.starts_with("unknown sampler option") => break,
+                Err(e) => return Err(ApiError::param(k, e)),
+            }
+        }
+        sc = trial;
+    }
+    sc.validate().map_err(ApiError::bad)?;
+
+    let logprobs = if chat {
+        let on = opt_bool(o, "logprobs")?.unwrap_or(false);
+        let top = opt_int(o, "top_logprobs", 0, 20)?;
+        if top.is_some() && !on {
+            return Err(ApiError::param(
+                "top_logprobs",
+                "'top_logprobs' needs 'logprobs': true",
+            ));
+        }
+        on.then_some(top.unwrap_or(0) as usize)
+    } else {
+        opt_int(o, "logprobs", 0, 20)?.map(|k| k as usize)
+    };
+    let grammar = grammar_of(o)?;
+    let ignore_eos = opt_bool(o, "ignore_eos")?.unwrap_or(false);
+    Ok(Common {
+        n,
+        stream,
+        include_usage,
+        max_tokens,
+        stop,
+        sampler: sc,
+        seeded,
+        logprobs,
+        grammar,
+        ignore_eos,
+    })
+}
+
+fn schema_grammar(schema: &Value, param: &str) -> Result<Grammar, ApiError> {
+    let gbnf = json_schema_to_gbnf(schema)
+        .map_err(|e| ApiError::param(param, format!("unsupported JSON schema: {e}")))?;
+    Grammar::parse(&gbnf).map_err(|e| {
+        ApiError::internal(format!(
+            "the grammar made from the JSON schema does not parse: {e}"
+        ))
+    })
+}
+
+/// `response_format` (json_object, json_schema), or llama-server's `grammar` / `json_schema`.
+fn grammar_of(o: &Obj) -> Result<Option<Grammar>, ApiError> {
+    if let Some(g) = opt_str(o, "grammar")? {
+        if !g.trim().is_empty() {
+            return Grammar::parse(g)
+                .map(Some)
+                .map_err(|e| ApiError::param("grammar", format!("grammar: {e}")));
+        }
+    }
+    if let Some(s) = get(o, "json_schema") {
+        return schema_grammar(s, "json_schema").map(Some);
+    }
+    let Some(rf) = get(o, "response_format") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::param(
+            "response_format",
+            "'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": {\"schema\": ...}}",
+        )
+    };
+    let Value::Object(rf) = rf else {
+        return Err(bad());
+    };
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(match rf.get("schema") {
+            // llama-server accepts a schema here too.
+            Some(s) if !s.is_null() => schema_grammar(s, "response_format.schema")?,
+            _ => Grammar::any_json(),
+        })),
+        Some("json_schema") => {
+            let js = rf.get("json_schema").ok_or_else(bad)?;
+            // {"name", "schema", "strict"} as OpenAI sends it; a bare schema is taken too.
+            let schema = js.get("schema").unwrap_or(js);
+            schema_grammar(schema, "response_format.json_schema").map(Some)
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// The `model` field names this server's model (or is absent).
+pub fn check_model(o: &Obj, names: &[String]) -> Result<(), ApiError> {
+    match get(o, "model") {
+        None => Ok(()),
+        Some(Value::String(m)) if m.is_empty() || names.iter().any(|n| n == m) => Ok(()),
+        Some(Value::String(m)) => Err(ApiError::param(
+            "model",
+            format!(
+                "the model '{m}' does not exist; this server serves '{}'",
+                names[0]
+            ),
+        )
+        .with_code("model_not_found")),
+        Some(_) => Err(ApiError::param("model", "'model' must be a string")),
+    }
+}

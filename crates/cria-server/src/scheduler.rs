@@ -1,0 +1,664 @@
+//! The engine thread: owns the model and N slots, and runs continuous batching.
+//!
+//! Each slot has its own KV cache and remembers the tokens whose keys and values it holds. HTTP
+//! handlers send [`Job`]s over a channel; each job carries the sender its text goes back on. Every
+//! step, each busy slot contributes its next tokens to ONE batched forward (a chunk of the prompt
+//! for a slot still reading it, the last sampled token for a slot that is generating); new jobs
+//! take free slots between steps and finished ones leave. A new job goes to the free slot whose
+//! cached tokens share the longest prefix with its prompt, and only the rest is evaluated; when a
+//! busy slot shares a longer prefix (a common system prompt), its rows are copied instead of
+//! computed again.
+//!
+//! A token's logits do not depend on what else is in the batch (the forward is batch-invariant),
+//! and each job has its own sampler and random stream, so a seeded request gives the same text
+//! alone or batched with others.
+
+use crate::metrics::Metrics;
+use cria_engine::grammar::{self, Matcher};
+use cria_engine::{Sampler, SamplerConfig, StopMatcher};
+use cria_kernels::CpuBackend;
+use cria_model::{forward_batch, KvCache, KvRows, KvType, Logits, Model, Scratch, SeqStep};
+use cria_tokenizer::{StreamDecoder, Tokenizer};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc::UnboundedSender, oneshot};
+
+/// What one generation needs besides its prompt.
+pub struct GenParams {
+    pub sampler: SamplerConfig,
+    /// Tokens to generate at most (the context may end it sooner).
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    /// Output constrained to a grammar (response_format, `grammar`), ready to match.
+    pub matcher: Option<Matcher>,
+    /// Log-probabilities: None = off; Some(k) = the chosen token's and the k most likely.
+    pub logprobs: Option<usize>,
+    pub ignore_eos: bool,
+}
+
+/// One generation (one choice of a request).
+pub struct Job {
+    pub prompt: Arc<Vec<u32>>,
+    pub params: GenParams,
+    /// The choice index its events carry.
+    pub index: usize,
+    pub tx: UnboundedSender<Event>,
+}
+
+/// Mean-pooled, L2-normalized final hidden states of each input.
+pub struct EmbedJob {
+    pub inputs: Vec<Vec<u32>>,
+    pub reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+}
+
+pub enum Request {
+    Generate(Job),
+    Embed(EmbedJob),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// End-of-generation token, a stop string, or a grammar that admits nothing more.
+    Stop,
+    /// max_tokens reached or the context is full.
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// The log-probability of a token under the model (before the sampler's stages).
+#[derive(Clone, Debug)]
+pub struct TokenLogprob {
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// The most likely tokens at this position: (bytes, logprob), most likely first.
+    pub top: Vec<(Vec<u8>, f32)>,
+}
+
+pub struct Event {
+    pub index: usize,
+    pub kind: EventKind,
+}
+
+pub enum EventKind {
+    /// Text that is final now (may be empty when only log-probs are new).
+    Text {
+        text: String,
+        logprobs: Option<TokenLogprob>,
+    },
+    Done {
+        finish: Finish,
+        cached_tokens: usize,
+        completion_tokens: usize,
+    },
+    Error(String),
+}
+
+/// The handlers' side: submit requests; the thread ends when every `Engine` clone is dropped.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Engine {
+    pub fn submit(&self, r: Request) -> Result<(), String> {
+        self.tx
+            .send(r)
+            .map_err(|_| "the scheduler has stopped".to_string())
+    }
+}
+
+pub struct Config {
+    pub parallel: usize,
+    /// Context per slot, in tokens.
+    pub ctx_size: usize,
+    /// Tokens per batched forward at most.
+    pub batch: usize,
+    pub kv_type: KvType,
+}
+
+/// Starts the scheduler thread. It owns the model and backend; the tokenizer is shared with the
+/// handlers (they tokenize, the scheduler detokenizes).
+pub fn spawn(
+    model: Model,
+    backend: CpuBackend,
+    tok: Arc<Tokenizer>,
+    cfg: Config,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<Engine> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("cria-scheduler".into())
+        .spawn(move || {
+            let mut s = Scheduler::new(&model, &backend, &tok, cfg, metrics);
+            s.run(rx);
+        })?;
+    Ok(Engine { tx })
+}
+
+struct Slot<'t> {
+    kv: KvCache,
+    /// Tokens whose keys and values are in `kv`, positions 0..len.
+    cached: Vec<u32>,
+    active: Option<Active<'t>>,
+    /// Step at which the slot was last given a job (least recently used goes first on ties).
+    last_used: u64,
+}
+
+struct Active<'t> {
+    job: Job,
+    sampler: Sampler,
+    stop: StopMatcher,
+    dec: StreamDecoder<'t>,
+    /// The sampled token not yet evaluated (None while the prompt is being read).
+    next: Option<u32>,
+    generated: usize,
+    cached_prompt: usize,
+    started: Instant,
+    first_token: bool,
+    /// The current token's text (reused buffer).
+    piece: String,
+}
+
+struct Scheduler<'a> {
+    m: &'a Model,
+    b: &'a CpuBackend,
+    tok: &'a Tokenizer,
+    metrics: Arc<Metrics>,
+    slots: Vec<Slot<'a>>,
+    queue: VecDeque<Request>,
+    scratch: Scratch,
+    step: u64,
+    /// (time, generated tokens) of recent steps, for the tokens/s gauge.
+    recent: VecDeque<(Instant, usize)>,
+}
+
+/// Prefix shared by two token lists.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Copies the keys and values of positions 0..n from one cache to another of the same shape.
+fn copy_prefix(dst: &mut KvCache, src: &KvCache, n: usize) {
+    for (d, s) in dst
+        .k
+        .iter_mut()
+        .chain(dst.v.iter_mut())
+        .zip(src.k.iter().chain(&src.v))
+    {
+        let per_pos = match s {
+            KvRows::F16(x) => x.len(),
+            KvRows::F32(x) => x.len(),
+        } / src.max_seq.max(1);
+        let e = n * per_pos;
+        match (d, s) {
+            (KvRows::F16(d), KvRows::F16(s)) => d[..e].copy_from_slice(&s[..e]),
+            (KvRows::F32(d), KvRows::F32(s)) => d[..e].copy_from_slice(&s[..e]),
+            // Every slot is made with the same type; nothing to copy between different ones.
+            _ => {}
+        }
+    }
+}
+
+/// log-softmax of the chosen token and the `k` most likely, from raw logits.
+fn logprobs(tok: &Tokenizer, logits: &[f32], chosen: u32, k: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max as f64 + sum.ln();
+    let lp = |id: u32| (logits[id as usize] as f64 - lse) as f32;
+    let mut top = Vec::with_capacity(k);
+    if k > 0 {
+        let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+        let by = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
+        let k = k.min(ids.len());
+        ids.select_nth_unstable_by(k - 1, by);
+        ids[..k].sort_unstable_by(by);
+        top.extend(ids[..k].iter().map(|&id| (tok.token_to_piece(id), lp(id))));
+    }
+    TokenLogprob {
+        bytes: tok.token_to_piece(chosen),
+        logprob: lp(chosen),
+        top,
+    }
+}
+
+impl<'a> Scheduler<'a> {
+    fn new(
+        m: &'a Model,
+        b: &'a CpuBackend,
+        tok: &'a Tokenizer,
+        cfg: Config,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let slots = (0..cfg.parallel)
+            .map(|_| Slot {
+                kv: KvCache::with_type(m, cfg.ctx_size, cfg.kv_type),
+                cached: Vec::with_capacity(cfg.ctx_size),
+                active: None,
+                last_used: 0,
+            })
+            .collect();
+        let scratch = Scratch::with_seqs(m, cfg.batch.max(cfg.parallel), cfg.parallel);
+        Scheduler {
+            m,
+            b,
+            tok,
+            metrics,
+            slots,
+            queue: VecDeque::new(),
+            scratch,
+            step: 0,
+            recent: VecDeque::new(),
+        }
+    }
+
+    fn run(&mut self, rx: mpsc::Receiver<Request>) {
+        loop {
+            let idle = self.queue.is_empty() && self.slots.iter().all(|s| s.active.is_none());
+            if idle {
+                self.metrics.recent_tps_milli.store(0, Relaxed);
+                match rx.recv() {
+                    Ok(r) => self.queue.push_back(r),
+                    Err(_) => return, // every handle dropped: the server is gone
+                }
+            }
+            while let Ok(r) = rx.try_recv() {
+                self.queue.push_back(r);
+            }
+            self.drop_cancelled();
+            self.admit();
+            self.metrics
+                .queue_depth
+                .store(self.queue.len() as u64, Relaxed);
+            let busy = self.slots.iter().filter(|s| s.active.is_some()).count();
+            self.metrics.slots_busy.store(busy as u64, Relaxed);
+            if busy > 0 {
+                let t0 = Instant::now();
+                self.step();
+                self.metrics
+                    .busy_us
+                    .fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
+            } else if !self.queue.is_empty() {
+                // Everything queued waits for a slot that is busy... which cannot be: admit()
+                // fills every free slot. Guard against a spin anyway.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Clients that went away free their slot (and queue place) at once.
+    fn drop_cancelled(&mut self) {
+        for s in &mut self.slots {
+            if s.active.as_ref().is_some_and(|a| a.job.tx.is_closed()) {
+                s.active = None;
+                self.metrics.cancelled.fetch_add(1, Relaxed);
+            }
+        }
+        let before = self.queue.len();
+        self.queue.retain(|r| match r {
+            Request::Generate(j) => !j.tx.is_closed(),
+            Request::Embed(e) => !e.reply.is_closed(),
+        });
+        self.metrics
+            .cancelled
+            .fetch_add((before - self.queue.len()) as u64, Relaxed);
+    }
+
+    /// Gives queued requests free slots, in arrival order.
+    fn admit(&mut self) {
+        while let Some(free) = self.slots.iter().position(|s| s.active.is_none()) {
+            let _ = free;
+            let Some(r) = self.queue.pop_front() else {
+                return;
+            };
+            match r {
+                Request::Generate(job) => self.start(job),
+                Request::Embed(e) => {
+                    let res = self.embed(&e.inputs);
+                    let _ = e.reply.send(res);
+                }
+            }
+        }
+    }
+
+    /// Puts a job into the free slot whose cache shares the longest prefix with its prompt.
+    fn start(&mut self, job: Job) {
+        self.step += 1;
+        let prompt = job.prompt.clone();
+        let mut best: Option<(usize, usize)> = None; // (slot, shared prefix)
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.active.is_some() {
+                continue;
+            }
+            let c = common_prefix(&s.cached, &prompt);
+            let better = match best {
+                None => true,
+                Some((b, bc)) => c > bc || (c == bc && s.last_used < self.slots[b].last_used),
+            };
+            if better {
+                best = Some((i, c));
+            }
+        }
+        let Some((si, mut common)) = best else {
+            self.queue.push_front(Request::Generate(job));
+            return;
+        };
+        // A busy slot may hold a longer prefix (the same system prompt in flight): copy its rows.
+        let donor = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != si)
+            .map(|(i, s)| (i, common_prefix(&s.cached, &prompt)))
+            .max_by_key(|&(_, c)| c);
+        if let Some((di, dc)) = donor {
+            // Copying is a memcpy per layer; worth it for anything beyond a few tokens.
+            if dc > common + 8 {
+                let (dst, src) = if si < di {
+                    let (l, r) = self.slots.split_at_mut(di);
+                    (&mut l[si], &r[0])
+                } else {
+                    let (l, r) = self.slots.split_at_mut(si);
+                    (&mut r[0], &l[di])
+                };
+                copy_prefix(&mut dst.kv, &src.kv, dc);
+                dst.cached.clear();
+                dst.cached.extend_from_slice(&src.cached[..dc]);
+                common = dc;
+            }
+        }
+        // The last prompt token is always evaluated: its logits give the first token.
+        let common = common.min(prompt.len().saturating_sub(1));
+        let slot = &mut self.slots[si];
+        slot.cached.truncate(common);
+        slot.last_used = self.step;
+        let mut sampler = Sampler::new(job.params.sampler.clone(), self.m.config.vocab_size);
+        for &t in prompt.iter() {
+            sampler.accept(t);
+        }
+        let stop = StopMatcher::new(&job.params.stop);
+        slot.active = Some(Active {
+            job,
+            sampler,
+            stop,
+            dec: StreamDecoder::new(self.tok),
+            next: None,
+            generated: 0,
+            cached_prompt: common,
+            started: Instant::now(),
+            first_token: false,
+            piece: String::new(),
+        });
+    }
+
+    /// One batched forward over every busy slot, then sampling for those that need a token.
+    fn step(&mut self) {
+        // Generating slots first (one token each: they keep streaming while prompts are read),
+        // then prompt chunks, oldest request first, in what is left of the batch.
+        let budget = self.scratch.max_t;
+        let mut plan: Vec<(usize, usize)> = Vec::new(); // (slot, tokens this step)
+        let mut used = 0;
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(a) = &s.active {
+                if a.next.is_some() {
+                    plan.push((i, 1));
+                    used += 1;
+                }
+            }
+        }
+        let mut prefill: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active.as_ref().is_some_and(|a| a.next.is_none()))
+            .map(|(i, _)| i)
+            .collect();
+        prefill.sort_by_key(|&i| self.slots[i].active.as_ref().map(|a| a.started));
+        for i in prefill {
+            if used >= budget {
+                break;
+            }
+            let s = &self.slots[i];
+            let a = s.active.as_ref().expect("busy");
+            let left = a.job.prompt.len() - s.cached.len();
+            let n = left.min(budget - used);
+            plan.push((i, n));
+            used += n;
+        }
+        if plan.is_empty() {
+            return;
+        }
+        plan.sort_unstable();
+        // Borrow each planned slot's cache mutably and its tokens immutably (disjoint fields).
+        let mut seqs: Vec<SeqStep> = Vec::with_capacity(plan.len());
+        let mut pi = 0;
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if pi >= plan.len() || plan[pi].0 != i {
+                continue;
+            }
+            let n = plan[pi].1;
+            pi += 1;
+            let Slot {
+                kv, cached, active, ..
+            } = s;
+            let a = active.as_ref().expect("busy");
+            let pos = cached.len();
+            let tokens: &[u32] = match &a.next {
+                Some(t) => std::slice::from_ref(t),
+                None => &a.job.prompt[pos..pos + n],
+            };
+            seqs.push(SeqStep { tokens, pos, kv });
+        }
+        let res = forward_batch(self.m, self.b, &mut seqs, &mut self.scratch, Logits::Last);
+        drop(seqs);
+        self.metrics.steps.fetch_add(1, Relaxed);
+        self.metrics.step_tokens.fetch_add(used as u64, Relaxed);
+        if let Err(e) = res {
+            // Not expected (inputs are checked on the way in); fail the jobs of this step.
+            for &(i, _) in &plan {
+                if let Some(a) = self.slots[i].active.take() {
+                    let _ = a.job.tx.send(Event {
+                        index: a.job.index,
+                        kind: EventKind::Error(format!("forward pass failed: {e}")),
+                    });
+                }
+                self.slots[i].cached.clear();
+            }
+            return;
+        }
+        let mut generated = 0;
+        for (row, &(i, n)) in plan.iter().enumerate() {
+            let slot = &mut self.slots[i];
+            let a = slot.active.as_mut().expect("busy");
+            match a.next.take() {
+                Some(t) => slot.cached.push(t),
+                None => {
+                    let pos = slot.cached.len();
+                    slot.cached.extend_from_slice(&a.job.prompt[pos..pos + n]);
+                    if slot.cached.len() < a.job.prompt.len() {
+                        continue; // more of the prompt to read next step
+                    }
+                }
+            }
+            generated += 1;
+            let logits = self.scratch.seq_logits(row);
+            if let Some(fin) = Self::sample(self.tok, slot, logits, &self.metrics) {
+                let a = slot.active.take().expect("busy");
+                Self::finish(a, fin, &self.metrics);
+            }
+        }
+        self.track_rate(generated);
+    }
+
+    fn track_rate(&mut self, generated: usize) {
+        let now = Instant::now();
+        self.recent.push_back((now, generated));
+        while self
+            .recent
+            .front()
+            .is_some_and(|&(t, _)| now.duration_since(t) > Duration::from_secs(10))
+        {
+            self.recent.pop_front();
+        }
+        let n: usize = self.recent.iter().map(|&(_, g)| g).sum();
+        let span = self
+            .recent
+            .front()
+            .map_or(0.0, |&(t, _)| now.duration_since(t).as_secs_f64());
+        if span > 0.05 {
+            self.metrics
+                .recent_tps_milli
+                .store((n as f64 / span * 1e3) as u64, Relaxed);
+        }
+    }
+
+    /// Samples the slot's next token and sends its text; returns why it stops, if it does.
+    fn sample(tok: &Tokenizer, slot: &mut Slot, logits: &[f32], m: &Metrics) -> Option<Finish> {
+        let ctx = slot.kv.max_seq;
+        let a = slot.active.as_mut().expect("busy");
+        let p = &a.job.params;
+        let t = match &p.matcher {
+            Some(g) => grammar::sample(&mut a.sampler, g, logits),
+            None => a.sampler.sample(logits),
+        };
+        if !a.first_token {
+            a.first_token = true;
+            m.ttft_us_sum
+                .fetch_add(a.started.elapsed().as_micros() as u64, Relaxed);
+            m.ttft_count.fetch_add(1, Relaxed);
+        }
+        a.sampler.accept(t);
+        a.generated += 1;
+        let lp = p.logprobs.map(|k| logprobs(tok, logits, t, k));
+        if let Some(g) = a.job.params.matcher.as_mut() {
+            if g.accept(t).is_err() {
+                // Nothing the grammar allows could be sampled (a grammar the vocabulary cannot
+                // spell): end here rather than emit text outside it.
+                return Some(Finish::Stop);
+            }
+        }
+        let p = &a.job.params;
+        if tok.is_eog(t) && !p.ignore_eos {
+            if let Some(lp) = lp {
+                a.send_text(String::new(), Some(lp));
+            }
+            return Some(Finish::Stop);
+        }
+        a.piece.clear();
+        a.dec.push_into(t, &mut a.piece);
+        let mut out = String::new();
+        let hit = a.stop.push(&a.piece, &mut out);
+        if !out.is_empty() || lp.is_some() {
+            a.send_text(out, lp);
+        }
+        if hit.is_some() {
+            return Some(Finish::Stop);
+        }
+        let p = &a.job.params;
+        if a.generated >= p.max_tokens {
+            return Some(Finish::Length);
+        }
+        if p.matcher.as_ref().is_some_and(|g| !g.can_continue()) {
+            return Some(Finish::Stop);
+        }
+        // The sampled token is evaluated next step: it needs a free position.
+        if slot.cached.len() >= ctx {
+            return Some(Finish::Length);
+        }
+        a.next = Some(t);
+        None
+    }
+
+    fn finish(mut a: Active, fin: Finish, m: &Metrics) {
+        if a.stop.hit().is_none() {
+            let mut rest = a.dec.flush();
+            let mut out = String::new();
+            a.stop.push(&rest, &mut out);
+            if a.stop.hit().is_none() {
+                a.stop.flush(&mut out);
+            }
+            rest = out;
+            if !rest.is_empty() {
+                a.send_text(rest, None);
+            }
+        }
+        let prompt = a.job.prompt.len();
+        m.prompt_tokens.fetch_add(prompt as u64, Relaxed);
+        m.prompt_tokens_cached
+            .fetch_add(a.cached_prompt as u64, Relaxed);
+        m.generated_tokens.fetch_add(a.generated as u64, Relaxed);
+        let _ = a.job.tx.send(Event {
+            index: a.job.index,
+            kind: EventKind::Done {
+                finish: fin,
+                cached_tokens: a.cached_prompt,
+                completion_tokens: a.generated,
+            },
+        });
+    }
+
+    /// Embeddings of each input in a free slot's cache (which then holds nothing reusable).
+    fn embed(&mut self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
+        let si = self
+            .slots
+            .iter()
+            .position(|s| s.active.is_none())
+            .ok_or("no free slot")?;
+        let dim = self.m.config.dim;
+        let slot = &mut self.slots[si];
+        slot.cached.clear();
+        let mut out = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            if input.is_empty() || input.len() > slot.kv.max_seq {
+                return Err(format!(
+                    "an input of {} tokens does not fit the context of {}",
+                    input.len(),
+                    slot.kv.max_seq
+                ));
+            }
+            let mut sum = vec![0f64; dim];
+            let mut pos = 0;
+            for chunk in input.chunks(self.scratch.max_t) {
+                let mut seq = [SeqStep {
+                    tokens: chunk,
+                    pos,
+                    kv: &mut slot.kv,
+                }];
+                forward_batch(self.m, self.b, &mut seq, &mut self.scratch, Logits::Hidden)
+                    .map_err(|e| e.to_string())?;
+                for row in self.scratch.hidden().chunks_exact(dim) {
+                    sum.iter_mut().zip(row).for_each(|(s, &x)| *s += x as f64);
+                }
+                pos += chunk.len();
+            }
+            let n = input.len() as f64;
+            let norm = sum.iter().map(|x| (x / n) * (x / n)).sum::<f64>().sqrt();
+            let scale = if norm > 0.0 { 1.0 / (n * norm) } else { 0.0 };
+            out.push(sum.iter().map(|&x| (x * scale) as f32).collect());
+        }
+        Ok(out)
+    }
+}
+
+impl Active<'_> {
+    fn send_text(&mut self, text: String, logprobs: Option<TokenLogprob>) {
+        let _ = self.job.tx.send(Event {
+            index: self.job.index,
+            kind: EventKind::Text { text, logprobs },
+        });
+    }
+}
