@@ -1,0 +1,145 @@
+//! Continuous batching: a seeded request gives the same text alone and batched with others, and a
+//! client that goes away mid-stream frees its slot at once.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+fn metric(url: &str, name: &str) -> f64 {
+    let (_, m) = get(&format!("{url}/metrics"));
+    m.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn seeded_text_is_the_same_alone_and_batched() {
+    let srv = serve(|a| a.parallel = 4);
+    let url = srv.url();
+    let chat = format!("{url}/v1/chat/completions");
+    let cmpl = format!("{url}/v1/completions");
+    // Sampled (not greedy) with a seed: the random stream and the logits must both be the same.
+    let target = json!({
+        "messages": [{"role": "user", "content": "Tell me a short story about a fox."}],
+        "temperature": 0.9, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
+        "seed": 42, "max_tokens": 40, "ignore_eos": true,
+    });
+    let (s, alone) = post(&chat, &target);
+    assert_eq!(s, 200, "{alone}");
+    let alone = alone["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(alone.len() > 40, "{alone:?}");
+
+    // The same request among others that differ in prompt, length and seed, some of them
+    // reading long prompts while it generates (prompt chunks and decode steps share batches).
+    let long = "The history of the region is long and complicated. ".repeat(30);
+    let others = vec![
+        (
+            cmpl.clone(),
+            json!({"prompt": long, "max_tokens": 30, "seed": 1, "temperature": 1.0}),
+        ),
+        (
+            chat.clone(),
+            json!({"messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 50, "seed": 2}),
+        ),
+        (
+            cmpl.clone(),
+            json!({"prompt": "Once upon a time", "max_tokens": 60, "temperature": 0.7, "seed": 3, "n": 2}),
+        ),
+        (
+            chat.clone(),
+            json!({"messages": [{"role": "user", "content": "Why is the sky blue?"}], "max_tokens": 25, "temperature": 0}),
+        ),
+    ];
+    for round in 0..2 {
+        let go = Arc::new(Barrier::new(others.len() + 1));
+        let mut hs = Vec::new();
+        for (u, b) in others.clone() {
+            let go = go.clone();
+            hs.push(std::thread::spawn(move || {
+                go.wait();
+                let (s, v) = post(&u, &b);
+                assert_eq!(s, 200, "{v}");
+            }));
+        }
+        let (t_url, t_body) = (chat.clone(), target.clone());
+        let go2 = go.clone();
+        let t = std::thread::spawn(move || {
+            go2.wait();
+            // Start a little after the others in the second round, so it joins running batches.
+            if round == 1 {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            if round == 0 {
+                let (_, v) = post(&t_url, &t_body);
+                v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            } else {
+                let mut b = t_body;
+                b["stream"] = json!(true);
+                stream_text(&post_stream(&t_url, &b), 1).remove(0)
+            }
+        });
+        for h in hs {
+            h.join().unwrap();
+        }
+        let batched = t.join().unwrap();
+        assert_eq!(batched, alone, "round {round}: batched text differs");
+    }
+    // The batches really were shared: more tokens than steps.
+    assert!(metric(&url, "cria_batch_tokens_total") > metric(&url, "cria_batch_steps_total"));
+}
+
+#[test]
+fn disconnect_mid_stream_frees_the_slot() {
+    // One slot: if the abandoned stream kept it, the next request would wait ~1500 tokens.
+    let srv = serve(|a| {
+        a.parallel = 1;
+        a.ctx_size = Some(2048);
+    });
+    let url = srv.url();
+    let body = json!({
+        "prompt": "Write forever:", "max_tokens": 1500, "ignore_eos": true, "stream": true,
+    });
+    let resp = ureq::post(&format!("{url}/v1/completions"))
+        .send_string(&body.to_string())
+        .unwrap();
+    let mut lines = BufReader::new(resp.into_reader()).lines();
+    let mut seen = 0;
+    while seen < 3 {
+        let l = lines.next().unwrap().unwrap();
+        if l.starts_with("data: ") {
+            seen += 1;
+        }
+    }
+    drop(lines); // the client goes away
+    let t0 = Instant::now();
+    while metric(&url, "cria_requests_cancelled_total") < 1.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the abandoned stream still holds its slot"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metric(&url, "cria_slots_busy"), 0.0);
+    let (s, v) = post(
+        &format!("{url}/v1/completions"),
+        &json!({"prompt": "Hello", "max_tokens": 4}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert!(v["choices"][0]["text"].is_string());
+    let _: Value = v;
+}
