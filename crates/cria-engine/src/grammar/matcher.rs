@@ -374,6 +374,24 @@ impl TokenTable {
         table
     }
 
+    /// From a vocabulary as a tokenizer offers it: `piece(t)` = token t's bytes (empty for
+    /// control tokens), `control_text(t)` = a control token's text, which `<text>` references in
+    /// a grammar may name (e.g. `<think>`). The one way callers (CLI, server) build the table.
+    pub fn from_vocab(
+        n: u32,
+        piece: impl Fn(u32) -> Vec<u8>,
+        eog: &[u32],
+        control_text: impl Fn(u32) -> Option<String>,
+    ) -> Self {
+        let mut table = TokenTable::new((0..n).map(&piece).collect(), eog);
+        for t in 0..n {
+            if let Some(text) = control_text(t) {
+                table.add_name(&text, t);
+            }
+        }
+        table
+    }
+
     /// Let `<text>` in a grammar name token `id` (e.g. a control token's text, whose piece is
     /// empty). Pieces already name their tokens.
     pub fn add_name(&mut self, text: &str, id: u32) {
