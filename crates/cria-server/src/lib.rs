@@ -14,6 +14,7 @@ mod metrics;
 mod params;
 mod routes;
 mod scheduler;
+mod tools;
 
 pub use error::ApiError;
 pub use scheduler::Finish;

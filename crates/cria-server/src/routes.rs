@@ -5,6 +5,7 @@ use crate::metrics::Metrics;
 use crate::params::{self, get, opt_bool, opt_str, Common, Obj};
 use crate::scheduler::TokenLogprob;
 use crate::scheduler::{EmbedJob, Engine, Event, EventKind, Finish, GenParams, Job, Request};
+use crate::tools;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -51,6 +52,8 @@ pub struct AppState {
     engine: Engine,
     tok: Arc<Tokenizer>,
     template: ChatTemplate,
+    /// The template renders tools itself (else the generic JSON form is used).
+    native_tools: bool,
     /// Names the model answers to; the first is the one reported.
     names: Vec<String>,
     info: ModelInfo,
@@ -88,12 +91,14 @@ impl AppState {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let src = tok.chat_template().unwrap_or(FALLBACK_TEMPLATE);
+        let native_tools = tools::template_knows_tools(src);
         let template = ChatTemplate::new(src)
             .map_err(|e| anyhow::anyhow!("the model's chat template: {e}"))?;
         Ok(AppState {
             engine,
             tok,
             template,
+            native_tools,
             names,
             info,
             ctx_size,
@@ -473,6 +478,8 @@ struct Generation {
     c: Common,
     chat: bool,
     model: String,
+    /// Tool names when the answer may be a tool call (parsed back into `tool_calls`).
+    tools: Vec<String>,
 }
 
 async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -482,18 +489,46 @@ async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejectio
         let msgs = parse_messages(&o)?;
         let tools = match get(&o, "tools") {
             None => None,
-            Some(t @ Value::Array(_)) => Some(t.clone()),
+            Some(t @ Value::Array(a)) if !a.is_empty() => Some(t.clone()),
+            Some(Value::Array(_)) => None,
             Some(_) => return Err(ApiError::param("tools", "'tools' must be a list")),
         };
-        let tools = match get(&o, "tool_choice") {
-            Some(Value::String(s)) if s == "none" => None,
-            _ => tools,
+        let names = match &tools {
+            Some(t) => tools::tool_names(t)?,
+            None => vec![],
         };
-        let c = params::common(&o, true, st.ctx_size, st.vocab)?;
+        // tool_choice: "none", "auto" (default), "required", or {"function": {"name"}}.
+        let (use_tools, required, only) = match get(&o, "tool_choice") {
+            None => (true, false, None),
+            Some(Value::String(s)) if s == "none" => (false, false, None),
+            Some(Value::String(s)) if s == "auto" => (true, false, None),
+            Some(Value::String(s)) if s == "required" => (true, true, None),
+            Some(Value::Object(c)) if c.get("function").and_then(|f| f["name"].as_str()).is_some() => {
+                (true, true, c["function"]["name"].as_str().map(String::from))
+            }
+            Some(_) => {
+                return Err(ApiError::param(
+                    "tool_choice",
+                    "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                ))
+            }
+        };
+        let tools = tools.filter(|_| use_tools);
+        let mut c = params::common(&o, true, st.ctx_size, st.vocab)?;
+        if let (Some(t), true) = (&tools, required) {
+            c.grammar = Some(tools::required_grammar(t, only.as_deref())?);
+        }
+        let msgs = if st.native_tools {
+            msgs
+        } else {
+            tools::generic_messages(msgs, tools.as_ref())
+        };
+        let native_tools = if st.native_tools { tools.clone() } else { None };
         let st2 = st.clone();
-        let prompt = tokio::task::spawn_blocking(move || st2.render_chat(&msgs, tools.as_ref()))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))??;
+        let prompt =
+            tokio::task::spawn_blocking(move || st2.render_chat(&msgs, native_tools.as_ref()))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))??;
         st.check_prompt(&prompt, "messages")?;
         let g = Generation {
             prompts: vec![Arc::new(prompt)],
@@ -501,6 +536,7 @@ async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejectio
             c,
             chat: true,
             model: st.names[0].clone(),
+            tools: if tools.is_some() { names } else { vec![] },
         };
         generate(&st, g).await
     }
@@ -590,6 +626,7 @@ async fn completions(
             c,
             chat: false,
             model: st.names[0].clone(),
+            tools: vec![],
         };
         generate(&st, g).await
     }
@@ -654,6 +691,7 @@ async fn generate(st: &Arc<AppState>, g: Generation) -> Result<Response, ApiErro
         prompt_tokens: g.prompts.iter().map(|p| p.len()).sum(),
         echo: g.echo,
         n,
+        tools: g.tools,
     };
     if c.stream {
         Ok(stream_response(ctx, rx, c.include_usage))
@@ -672,6 +710,7 @@ struct RespCtx {
     prompt_tokens: usize,
     echo: Vec<String>,
     n: usize,
+    tools: Vec<String>,
 }
 
 fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
@@ -769,11 +808,20 @@ async fn collect_response(
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            let finish = a.finish.map(Finish::as_str);
+            let mut finish = a.finish.map(Finish::as_str);
             if ctx.chat {
+                let mut message = json!({"role": "assistant", "content": a.text});
+                if let Some(calls) = tools::parse_tool_calls(&a.text, &ctx.tools) {
+                    message = json!({
+                        "role": "assistant",
+                        "content": null,
+                        "tool_calls": tools::tool_calls_json(&calls, &ctx.id, false),
+                    });
+                    finish = Some("tool_calls");
+                }
                 json!({
                     "index": i,
-                    "message": {"role": "assistant", "content": a.text},
+                    "message": message,
                     "logprobs": if want_lp(a) { chat_logprobs(&a.logprobs) } else { Value::Null },
                     "finish_reason": finish,
                 })
@@ -809,7 +857,7 @@ fn chunk(
     lp: Option<&TokenLogprob>,
     finish: Option<Finish>,
     with_usage: bool,
-) -> String {
+) -> Value {
     let choice = if ctx.chat {
         let mut delta = serde_json::Map::new();
         if role {
@@ -844,7 +892,7 @@ fn chunk(
         // OpenAI sends "usage": null on every chunk but the last when usage is asked for.
         v["usage"] = Value::Null;
     }
-    v.to_string()
+    v
 }
 
 struct StreamState {
@@ -856,6 +904,8 @@ struct StreamState {
     completion: usize,
     cached: usize,
     ended: bool,
+    /// Per choice: text held back while it may be a tool call.
+    held: Vec<String>,
 }
 
 fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bool) -> Response {
@@ -863,12 +913,13 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
     for i in 0..ctx.n_choices {
         // Chat streams open with the role; completions with echoed prompt text, if any.
         if ctx.chat {
-            out.push_back(chunk(&ctx, i, Some(""), true, None, None, include_usage));
+            out.push_back(chunk(&ctx, i, Some(""), true, None, None, include_usage).to_string());
         } else if let Some(e) = ctx.echo.get(i / ctx.n) {
-            out.push_back(chunk(&ctx, i, Some(e), false, None, None, include_usage));
+            out.push_back(chunk(&ctx, i, Some(e), false, None, None, include_usage).to_string());
         }
     }
     let st = StreamState {
+        held: vec![String::new(); ctx.n_choices],
         left: ctx.n_choices,
         ctx,
         rx,
@@ -915,8 +966,12 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
             };
             let iu = s.include_usage;
             match ev.kind {
+                // With tools the answer may be a call: held back until it is complete.
+                EventKind::Text { text, .. } if !s.ctx.tools.is_empty() => {
+                    s.held[ev.index].push_str(&text);
+                }
                 EventKind::Text { text, logprobs } => {
-                    s.out.push_back(chunk(
+                    let c = chunk(
                         &s.ctx,
                         ev.index,
                         Some(&text),
@@ -924,7 +979,8 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
                         logprobs.as_ref(),
                         None,
                         iu,
-                    ));
+                    );
+                    s.out.push_back(c.to_string());
                 }
                 EventKind::Done {
                     finish,
@@ -937,9 +993,18 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
                         s.cached += cached_tokens;
                     }
                     s.left -= 1;
+                    let held = std::mem::take(&mut s.held[ev.index]);
                     let text = if s.ctx.chat { None } else { Some("") };
-                    s.out
-                        .push_back(chunk(&s.ctx, ev.index, text, false, None, Some(finish), iu));
+                    let mut last = chunk(&s.ctx, ev.index, text, false, None, Some(finish), iu);
+                    if let Some(calls) = tools::parse_tool_calls(&held, &s.ctx.tools) {
+                        let c = &mut last["choices"][0];
+                        c["delta"]["tool_calls"] = tools::tool_calls_json(&calls, &s.ctx.id, true);
+                        c["finish_reason"] = json!("tool_calls");
+                    } else if !held.is_empty() {
+                        let c = chunk(&s.ctx, ev.index, Some(&held), false, None, None, iu);
+                        s.out.push_back(c.to_string());
+                    }
+                    s.out.push_back(last.to_string());
                 }
                 EventKind::Error(e) => {
                     s.out.push_back(ApiError::internal(e).body().to_string());
