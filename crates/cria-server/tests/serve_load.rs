@@ -117,15 +117,26 @@ fn throughput_figures() {
         a.parallel = 8;
         a.ctx_size = Some(512);
     });
-    let url = format!("{}/v1/chat/completions", srv.url());
-    stream_one(&url, &bodies(1, 8)[0]); // warm-up
+    // LLAMA_SERVER_URL: the same clients against a running llama-server, side by side.
+    let mut targets = vec![("cria", format!("{}/v1/chat/completions", srv.url()))];
+    if let Ok(u) = std::env::var("LLAMA_SERVER_URL") {
+        targets.push(("llama-server", format!("{u}/v1/chat/completions")));
+    }
+    for (name, url) in targets {
+        println!("{name}:");
+        measure(&url);
+    }
+}
+
+fn measure(url: &str) {
+    stream_one(url, &bodies(1, 8)[0]); // warm-up
     for clients in [1, 4, 8] {
         let bs = bodies(clients, 128);
         let t0 = Instant::now();
         let hs: Vec<_> = bs
             .into_iter()
             .map(|b| {
-                let url = url.clone();
+                let url = url.to_string();
                 std::thread::spawn(move || stream_one(&url, &b))
             })
             .collect();
