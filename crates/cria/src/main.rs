@@ -196,6 +196,13 @@ enum Cmd {
     List(models::ListArgs),
     /// Remove a downloaded model.
     Rm(models::RmArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API, with continuous batching.
+    Serve {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[command(flatten)]
+        s: cria_server::ServeArgs,
+    },
     /// Architecture, hyper-parameters, tokenizer and tensor table of a model.
     Inspect {
         /// Model (as for -m).
@@ -397,6 +404,19 @@ fn real_main() -> Result<()> {
         Cmd::Pull(a) => models::pull(&a)?,
         Cmd::List(a) => models::list(&a)?,
         Cmd::Rm(a) => models::rm(&a)?,
+        Cmd::Serve { m, s } => {
+            let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
+            let (model, tok, backend, kv_type) = (l.model, l.tok, l.backend, m.kv_type);
+            cria_server::run(
+                cria_server::Parts {
+                    model,
+                    tok,
+                    backend,
+                    kv_type,
+                },
+                &s,
+            )?
+        }
         Cmd::Inspect { model, metadata } => {
             inspect::run(model.as_deref(), metadata, &mut std::io::stdout().lock())?
         }
