@@ -15,6 +15,7 @@ mod params;
 mod routes;
 mod scheduler;
 mod tools;
+mod web;
 
 pub use error::ApiError;
 pub use scheduler::Finish;

@@ -193,6 +193,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/metrics", get_route(metrics))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .merge(crate::web::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(st.clone(), guard))
         .layer(DefaultBodyLimit::max(max_body))
@@ -216,7 +217,10 @@ async fn guard(
         return ApiError::too_large().into_response();
     }
     if let Some(key) = &st.api_key {
-        let open = matches!(req.uri().path(), "/health" | "/v1/health");
+        let path = req.uri().path();
+        let open = matches!(path, "/health" | "/v1/health")
+            || (req.method() == axum::http::Method::GET
+                && crate::web::PUBLIC_PATHS.contains(&path));
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
