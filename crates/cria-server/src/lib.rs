@@ -51,7 +51,7 @@ pub struct ServeArgs {
     /// Tokens per batched forward pass at most (prompt chunks and generating slots together).
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     pub batch: usize,
-    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health and the chat page at /.
     #[arg(long = "api-key", conflicts_with = "api_key_file")]
     pub api_key: Option<String>,
     /// Read the API key from a file (its first line).

@@ -43,6 +43,7 @@ function renderMarkdown(text) {
     out.push(inline(esc.slice(last, m.index)));
     out.push("<pre><code>" + m[2] + "</code></pre>");
     last = fence.lastIndex;
+    if (esc[last] === "\n") last++; // the block already ends the line
     if (m[0].length === 0) break;
   }
   out.push(inline(esc.slice(last)));
