@@ -167,14 +167,13 @@ impl AppState {
 /// The vocabulary as the grammar matcher sees it: each token's bytes (control tokens none, so a
 /// grammar never produces them), end-of-generation ids, control tokens' texts as names.
 fn token_table(tok: &Tokenizer) -> TokenTable {
-    let n = tok.vocab_size() as u32;
-    let pieces = (0..n).map(|id| tok.token_to_piece(id)).collect();
     let eog: Vec<u32> = tok.eog_ids().collect();
-    let mut table = TokenTable::new(pieces, &eog);
-    for id in (0..n).filter(|&id| tok.is_control(id)) {
-        table.add_name(tok.token_text(id), id);
-    }
-    table
+    TokenTable::from_vocab(
+        tok.vocab_size() as u32,
+        |t| tok.token_to_piece(t),
+        &eog,
+        |t| tok.is_control(t).then(|| tok.token_text(t).to_string()),
+    )
 }
 
 pub fn router(st: Arc<AppState>) -> Router {
