@@ -9,63 +9,79 @@ use std::time::{Duration, Instant};
 mod common;
 use common::smol;
 
-fn tmux(args: &[&str]) -> String {
-    let out = Command::new("tmux")
+/// Runs tmux against the test's own server (`-S socket`), never the user's default one: a
+/// default server left over from another process (or dying with it) cannot break the test.
+fn tmux_at(sock: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("tmux")
+        .arg("-S")
+        .arg(sock)
         .args(args)
         .output()
-        .expect("tmux is needed for this test (apt-get install tmux)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .expect("tmux is needed for this test (apt-get install tmux)")
 }
 
-/// A chat running in its own tmux session, killed on drop.
+/// A chat running in its own tmux server and session, killed on drop.
 struct Term {
     name: String,
+    sock: std::path::PathBuf,
 }
 
 impl Term {
     fn start(tag: &str, extra: &str) -> Term {
         let name = format!("cria-chat-{tag}-{}", std::process::id());
+        let sock = std::env::temp_dir().join(format!("{name}.sock"));
         let cmd = format!(
             "{} chat -m {} --no-history --temperature 0 -t 2 {extra}; echo CHAT-EXITED-$?; sleep 30",
             env!("CARGO_BIN_EXE_cria"),
             smol().display()
         );
-        let st = Command::new("tmux")
-            .args([
-                "new-session",
-                "-d",
-                "-s",
-                &name,
-                "-x",
-                "150",
-                "-y",
-                "50",
-                &cmd,
-            ])
-            .status()
-            .expect("tmux is needed for this test (apt-get install tmux)");
-        assert!(st.success(), "tmux new-session failed");
-        let t = Term { name };
+        let args = [
+            "new-session",
+            "-d",
+            "-s",
+            &name,
+            "-x",
+            "150",
+            "-y",
+            "50",
+            &cmd,
+        ];
+        // A fresh server can fail to come up on a busy machine; try a few times and say why.
+        let mut why = String::new();
+        let ok = (0..3).any(|i| {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let out = tmux_at(&sock, &args);
+            why = String::from_utf8_lossy(&out.stderr).into_owned();
+            out.status.success()
+        });
+        assert!(ok, "tmux new-session failed 3 times: {why}");
+        let t = Term { name, sock };
         t.wait_for("the first prompt", Duration::from_secs(60), |s| {
             s.contains(">>> ")
         });
         t
     }
 
+    fn tmux(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&tmux_at(&self.sock, args).stdout).into_owned()
+    }
+
     /// The whole pane, scroll-back included.
     fn screen(&self) -> String {
-        tmux(&["capture-pane", "-p", "-J", "-S", "-1000", "-t", &self.name])
+        self.tmux(&["capture-pane", "-p", "-J", "-S", "-1000", "-t", &self.name])
     }
 
     fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys", "-t", &self.name];
         args.extend_from_slice(keys);
-        tmux(&args);
+        self.tmux(&args);
     }
 
     /// Types `text` literally, then Enter.
     fn line(&self, text: &str) {
-        tmux(&["send-keys", "-t", &self.name, "-l", text]);
+        self.tmux(&["send-keys", "-t", &self.name, "-l", text]);
         self.keys(&["Enter"]);
     }
 
@@ -95,7 +111,8 @@ impl Term {
 
 impl Drop for Term {
     fn drop(&mut self) {
-        tmux(&["kill-session", "-t", &self.name]);
+        self.tmux(&["kill-server"]);
+        let _ = std::fs::remove_file(&self.sock);
     }
 }
 
