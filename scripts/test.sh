@@ -4,10 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-refs.sh
-# The chat REPL is tested in a real terminal (crates/cria/tests/chat_tmux.rs).
-if ! command -v tmux > /dev/null; then
-    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq tmux
-    else sudo apt-get update -qq && sudo apt-get install -y -qq tmux; fi
+# The chat REPL is tested in a real terminal (crates/cria/tests/chat_tmux.rs), the server's web
+# page in headless Chromium (crates/cria-server/tests/serve_browser.rs): Debian's packages.
+need=()
+command -v tmux > /dev/null || need+=(tmux)
+[ -n "${CRIA_CHROMIUM:-}" ] || [ -x /usr/bin/chromium ] || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+    sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 # The server is tested with the official `openai` Python client (into target/openai-venv).
 bash crates/cria-server/tests/setup-openai.sh

@@ -72,6 +72,18 @@ impl ApiError {
         }
     }
 
+    pub fn timeout(secs: u64) -> Self {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!(
+                "the request body did not arrive within {secs} s (see --read-timeout)"
+            ),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes (larger: 413).
     #[arg(long = "max-body", default_value_t = 8 << 20)]
     pub max_body: usize,
+    /// Seconds a client has to send a request's headers, and again its body; slower ones are
+    /// cut off (slowloris), so they cannot hold connections or memory.
+    #[arg(long = "read-timeout", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_timeout: u64,
 }
 
 impl Default for ServeArgs {
@@ -77,6 +81,7 @@ impl Default for ServeArgs {
             api_key_file: None,
             alias: None,
             max_body: 8 << 20,
+            read_timeout: 30,
         }
     }
 }
@@ -205,6 +210,7 @@ pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
         args.parallel,
         api_key,
         args.max_body,
+        std::time::Duration::from_secs(args.read_timeout),
         metrics,
     )?;
     let listener = std::net::TcpListener::bind((args.host.as_str(), args.port))
@@ -212,6 +218,7 @@ pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let app = routes::router(Arc::new(state));
+    let read_timeout = std::time::Duration::from_secs(args.read_timeout);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread =
         std::thread::Builder::new()
@@ -224,11 +231,7 @@ pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
                     .build()?;
                 rt.block_on(async move {
                     let l = tokio::net::TcpListener::from_std(listener)?;
-                    axum::serve(l, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = rx.await;
-                        })
-                        .await?;
+                    accept_loop(l, app, read_timeout, rx).await;
                     Ok(())
                 })
             })?;
@@ -237,6 +240,42 @@ pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
         shutdown: Some(tx),
         thread: Some(thread),
     })
+}
+
+/// Accepts connections until `stop` fires, each served by hyper's HTTP/1 with keep-alive and a
+/// deadline for the request head (axum::serve sets none: a client trickling headers would hold
+/// its connection forever). The body's deadline is in the router's guard. Accept errors (out of
+/// file descriptors, a connection reset before accept) pause the loop briefly, never end it.
+async fn accept_loop(
+    l: tokio::net::TcpListener,
+    app: axum::Router,
+    read_timeout: std::time::Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    loop {
+        let stream = tokio::select! {
+            r = l.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(read_timeout)
+                .keep_alive(true);
+            // The connection's end (client gone, timeout, bad request) is no error of the server.
+            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
 }
 
 /// `cria serve`: serve until killed.

@@ -63,6 +63,8 @@ pub struct AppState {
     api_key: Option<String>,
     /// Largest request body, in bytes.
     pub max_body: usize,
+    /// Time a client has to send a request's body.
+    read_timeout: std::time::Duration,
     metrics: Arc<Metrics>,
     /// The vocabulary as grammars see it: built on the first constrained request.
     table: OnceLock<Arc<TokenTable>>,
@@ -88,6 +90,7 @@ impl AppState {
         parallel: usize,
         api_key: Option<String>,
         max_body: usize,
+        read_timeout: std::time::Duration,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let src = tok.chat_template().unwrap_or(FALLBACK_TEMPLATE);
@@ -106,6 +109,7 @@ impl AppState {
             parallel,
             api_key,
             max_body,
+            read_timeout,
             metrics,
             table: OnceLock::new(),
             created: now_secs(),
@@ -239,7 +243,35 @@ async fn guard(
             }
         }
     }
-    next.run(req).await
+    // The whole body within the read timeout: a client trickling it byte by byte (slowloris) is
+    // answered 408 and its connection closed, instead of holding a task and a buffer forever.
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, st.max_body);
+    let bytes = match tokio::time::timeout(st.read_timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            st.metrics.errors.fetch_add(1, Relaxed);
+            let inner = e.into_inner();
+            if inner
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return ApiError::too_large().into_response();
+            }
+            return ApiError::bad(format!("cannot read the request body: {inner}")).into_response();
+        }
+        Err(_) => {
+            st.metrics.errors.fetch_add(1, Relaxed);
+            let mut r = ApiError::timeout(st.read_timeout.as_secs()).into_response();
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return r;
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+        .await
 }
 
 /// Compares without an early exit, so the time taken says nothing about where keys differ.

@@ -1,6 +1,7 @@
-//! Load: 32 concurrent streaming clients on 8 slots (bounded: 32 requests of 24 tokens). Every
-//! stream must be whole, in order, its own (one id, one choice index), and its text identical to
-//! the same seeded request run alone. `throughput_figures` (ignored; run with --ignored
+//! Load: 1, 8, then 32 concurrent streaming clients on 8 slots for a bounded time (CRIA_LOAD_SECS,
+//! default 60 s at 32 clients), each sending seeded 24-token requests back to back. Every stream
+//! must be whole, in order, its own (one id, one choice index), and its text identical to the
+//! same seeded request run alone; throughput and time to first token are printed per phase. `throughput_figures` (ignored; run with --ignored
 //! --nocapture) prints aggregate tokens/s and time to first token at 1, 4 and 8 clients.
 
 mod common;
@@ -78,36 +79,84 @@ fn stream_one(url: &str, body: &Value) -> (String, Duration, usize) {
     (text, ttft.unwrap_or_default(), tokens)
 }
 
+/// `clients` threads stream seeded requests back to back for `secs`; every answer must equal the
+/// same request alone. Prints requests, tokens/s and time to first token; returns requests done.
+fn phase(
+    url: &str,
+    alone: &Arc<Vec<String>>,
+    bs: &Arc<Vec<Value>>,
+    clients: usize,
+    secs: f64,
+) -> usize {
+    let go = Arc::new(Barrier::new(clients));
+    let t0 = Instant::now();
+    let hs: Vec<_> = (0..clients)
+        .map(|k| {
+            let (url, bs, alone, go) = (url.to_string(), bs.clone(), alone.clone(), go.clone());
+            std::thread::spawn(move || {
+                go.wait();
+                let start = Instant::now();
+                let mut out = vec![];
+                let mut i = k;
+                while start.elapsed().as_secs_f64() < secs || out.is_empty() {
+                    let (text, ttft, n) = stream_one(&url, &bs[i % bs.len()]);
+                    assert_eq!(n, 24, "client {k}: tokens");
+                    assert_eq!(
+                        text,
+                        alone[i % bs.len()],
+                        "client {k}, request {}: text differs from the request alone",
+                        out.len()
+                    );
+                    out.push((ttft, n));
+                    i += clients;
+                }
+                out
+            })
+        })
+        .collect();
+    let res: Vec<(Duration, usize)> = hs
+        .into_iter()
+        .flat_map(|h| h.join().expect("client thread"))
+        .collect();
+    let wall = t0.elapsed().as_secs_f64();
+    let tokens: usize = res.iter().map(|r| r.1).sum();
+    let mut ttft: Vec<f64> = res.iter().map(|r| r.0.as_secs_f64() * 1e3).collect();
+    ttft.sort_by(f64::total_cmp);
+    eprintln!(
+        "{clients:>2} clients, {wall:.0} s: {} requests, {tokens} tokens, {:.1} t/s aggregate; \
+         time to first token median {:.0} ms, max {:.0} ms",
+        res.len(),
+        tokens as f64 / wall,
+        ttft[ttft.len() / 2],
+        ttft[ttft.len() - 1]
+    );
+    res.len()
+}
+
+/// 1, 8 and then 32 concurrent streaming clients (CRIA_LOAD_SECS, default 60, for the 32; a
+/// sixth of it for 1 and 8) on 8 slots, each sending seeded 24-token requests back to back:
+/// zero errors, every stream whole and its own, every text identical to the request alone.
 #[test]
 fn thirty_two_streaming_clients_get_their_own_seeded_answers() {
+    let secs: f64 = std::env::var("CRIA_LOAD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60.0);
     let srv = serve(|a| {
         a.parallel = 8;
         a.ctx_size = Some(256);
     });
     let url = format!("{}/v1/chat/completions", srv.url());
-    let bs = bodies(8, 24);
-    let alone: Vec<String> = bs.iter().map(|b| stream_one(&url, b).0).collect();
-    let go = Arc::new(Barrier::new(32));
-    let hs: Vec<_> = (0..32)
-        .map(|k| {
-            let (url, b, go) = (url.clone(), bs[k % 8].clone(), go.clone());
-            std::thread::spawn(move || {
-                go.wait();
-                stream_one(&url, &b)
-            })
-        })
-        .collect();
-    for (k, h) in hs.into_iter().enumerate() {
-        let (text, _, n) = h.join().expect("client thread");
-        assert_eq!(n, 24);
-        assert_eq!(
-            text,
-            alone[k % 8],
-            "client {k}: text differs from the request alone"
-        );
+    let bs = Arc::new(bodies(8, 24));
+    let alone: Arc<Vec<String>> = Arc::new(bs.iter().map(|b| stream_one(&url, b).0).collect());
+    let mut requests = 0;
+    for (clients, t) in [(1, secs / 6.0), (8, secs / 6.0), (32, secs)] {
+        requests += phase(&url, &alone, &bs, clients, t);
     }
     let (_, m) = get(&format!("{}/metrics", srv.url()));
     assert!(m.contains("cria_request_errors_total 0"), "{m}");
+    assert!(m.contains("cria_requests_cancelled_total 0"), "{m}");
+    assert!(requests >= 32 + 8 + 1);
 }
 
 #[test]
