@@ -32,6 +32,10 @@ pub struct CpuBackend {
     /// Threads in all, the caller included.
     pub threads: usize,
     isa: Isa,
+    /// Whether `prepare` repacks quantized weights into the interleaved layout (cpu/gemm_q.rs).
+    /// Off (`CRIA_REPACK=0`, or `without_repack`), every matmul takes the plain-layout path,
+    /// whose summation order is ggml's: llama.cpp's logits bit for bit on the types it covers.
+    repack: bool,
     pool: ThreadPool,
     /// Activations converted to the vec_dot_type (t rows), reused across calls.
     act: Mutex<Vec<u8>>,
@@ -75,9 +79,11 @@ impl CpuBackend {
     pub fn with_isa(threads: usize, isa: Isa) -> Self {
         let threads = threads.max(1);
         let isa = if isa.available() { isa } else { Isa::Scalar };
+        let repack = !matches!(std::env::var("CRIA_REPACK").as_deref(), Ok("0"));
         CpuBackend {
             threads,
             isa,
+            repack,
             pool: ThreadPool::new(threads),
             act: Mutex::new(Vec::new()),
             scores: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
@@ -87,6 +93,17 @@ impl CpuBackend {
 
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// This backend with weight repacking off (see the `repack` field): for comparisons that
+    /// need ggml's exact summation order.
+    pub fn without_repack(mut self) -> Self {
+        self.repack = false;
+        self
+    }
+
+    pub fn repacks(&self) -> bool {
+        self.repack
     }
 
     /// The kernel `matmul` uses for weights of `dtype`, if any.

@@ -82,7 +82,7 @@ fn prepared_matmul_matches_the_plain_scalar_dot() {
                 let wf = w.to_f32_vec().unwrap();
                 let b1 = CpuBackend::with_isa(1, Isa::Avx2);
                 let b2 = CpuBackend::with_isa(2, Isa::Avx2);
-                // What prepare does, whether or not it repacks this type by default.
+                // What prepare does.
                 let mut p = w.clone();
                 p.prepared = Some(std::sync::Arc::new(Packed::new(
                     Kind::of(dt).unwrap(),
@@ -90,7 +90,7 @@ fn prepared_matmul_matches_the_plain_scalar_dot() {
                     k,
                     w.bytes(),
                 )));
-                if dt != DType::Q4_1 || gemm_q::REPACK_Q4_1 {
+                {
                     let q = b1.prepare(w.clone()).unwrap();
                     let q = q.prepared.as_ref().and_then(|x| x.downcast_ref::<Packed>());
                     assert!(

@@ -82,9 +82,6 @@ pub const A8K_BLOCK: usize = 4 + QK_K + 16 + 64;
 /// Weight bytes per work item during prompt processing: stays in L2 while all tokens pass.
 const CHUNK_BYTES: usize = 32 * 1024;
 
-/// Whether `prepare` repacks Q4_1 (see there).
-pub const REPACK_Q4_1: bool = false;
-
 /// The weight types this module repacks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(non_camel_case_types)] // ggml's type names
@@ -289,13 +286,12 @@ pub(crate) fn prepare(b: &CpuBackend, mut w: Tensor) -> Tensor {
     let Some(kind) = Kind::of(w.dtype) else {
         return w;
     };
-    // Q4_1 stays on the plain path for now: there cria reproduces llama.cpp's logits bit for
-    // bit, and the SmolLM2 Q4_1 reference test asks for >= 99% top-1 agreement on a text where
-    // most margins are tiny. The repacked kernel changes only the float summation order (tested
-    // against the scalar dot), yet that perturbation, amplified over 30 layers, moves logits by
-    // up to 0.9 and agreement to 96.7% (the scalar ISA, also only reordered, gets 98.3%), while
-    // perplexity stays within 0.5%. The kernel is kept, tested, for when that bar changes.
-    if kind == Kind::Q4_1 && !REPACK_Q4_1 {
+    // Every type here is repacked unless the backend says not to. The repacked kernels change
+    // only the float summation order (tested bitwise against their scalar twin); on SmolLM2
+    // Q4_1 that moves top-1 agreement with llama.cpp from 99%+ (the plain path, ggml's order) to
+    // ~97% on a text full of near-ties, at the same perplexity (crates/cria/tests/smollm2.rs
+    // measures both paths).
+    if !b.repacks() {
         return w;
     }
     if b.isa != Isa::Avx2 || w.cols() % kind.qk() != 0 || w.rows() == 0 {
