@@ -22,7 +22,7 @@ use cria_kernels::{Backend, CpuBackend, Isa};
 
 const TOKENS: [usize; 6] = [1, 2, 3, 5, 17, 64];
 const ROWS: [usize; 4] = [1, 7, 33, 100];
-const KS: [usize; 4] = [1, 31, 33, 576];
+const KS: [usize; 5] = [1, 31, 33, 72, 576];
 const TYPES: [DType; 3] = [DType::F16, DType::BF16, DType::F32];
 
 fn check(got: &[f32], want: &[f64], mag: &[f64], rel: f64, what: &str) {
