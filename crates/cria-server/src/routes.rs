@@ -889,10 +889,12 @@ fn chunk(
     i: usize,
     text: Option<&str>,
     role: bool,
-    lp: Option<&TokenLogprob>,
+    lp: &[TokenLogprob],
     finish: Option<Finish>,
     with_usage: bool,
 ) -> Value {
+    // Log-probs only on chunks that carry tokens; an empty list is `null`.
+    let lp = (!lp.is_empty()).then_some(lp);
     let choice = if ctx.chat {
         let mut delta = serde_json::Map::new();
         if role {
@@ -904,14 +906,14 @@ fn chunk(
         json!({
             "index": i,
             "delta": delta,
-            "logprobs": lp.map_or(Value::Null, |l| chat_logprobs(std::slice::from_ref(l))),
+            "logprobs": lp.map_or(Value::Null, chat_logprobs),
             "finish_reason": finish.map(Finish::as_str),
         })
     } else {
         json!({
             "index": i,
             "text": text.unwrap_or(""),
-            "logprobs": lp.map_or(Value::Null, |l| completion_logprobs(std::slice::from_ref(l), 0)),
+            "logprobs": lp.map_or(Value::Null, |l| completion_logprobs(l, 0)),
             "finish_reason": finish.map(Finish::as_str),
         })
     };
@@ -939,8 +941,8 @@ struct StreamState {
     completion: usize,
     cached: usize,
     ended: bool,
-    /// Per choice: text held back while it may be a tool call.
-    held: Vec<String>,
+    /// Per choice: text held back while it may be a tool call, and its tokens' log-probs.
+    held: Vec<(String, Vec<TokenLogprob>)>,
 }
 
 fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bool) -> Response {
@@ -948,13 +950,13 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
     for i in 0..ctx.n_choices {
         // Chat streams open with the role; completions with echoed prompt text, if any.
         if ctx.chat {
-            out.push_back(chunk(&ctx, i, Some(""), true, None, None, include_usage).to_string());
+            out.push_back(chunk(&ctx, i, Some(""), true, &[], None, include_usage).to_string());
         } else if let Some(e) = ctx.echo.get(i / ctx.n) {
-            out.push_back(chunk(&ctx, i, Some(e), false, None, None, include_usage).to_string());
+            out.push_back(chunk(&ctx, i, Some(e), false, &[], None, include_usage).to_string());
         }
     }
     let st = StreamState {
-        held: vec![String::new(); ctx.n_choices],
+        held: vec![(String::new(), Vec::new()); ctx.n_choices],
         left: ctx.n_choices,
         ctx,
         rx,
@@ -1002,8 +1004,10 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
             let iu = s.include_usage;
             match ev.kind {
                 // With tools the answer may be a call: held back until it is complete.
-                EventKind::Text { text, .. } if !s.ctx.tools.is_empty() => {
-                    s.held[ev.index].push_str(&text);
+                EventKind::Text { text, logprobs } if !s.ctx.tools.is_empty() => {
+                    let h = &mut s.held[ev.index];
+                    h.0.push_str(&text);
+                    h.1.extend(logprobs);
                 }
                 EventKind::Text { text, logprobs } => {
                     let c = chunk(
@@ -1011,7 +1015,7 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
                         ev.index,
                         Some(&text),
                         false,
-                        logprobs.as_ref(),
+                        logprobs.as_slice(),
                         None,
                         iu,
                     );
@@ -1028,15 +1032,18 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
                         s.cached += cached_tokens;
                     }
                     s.left -= 1;
-                    let held = std::mem::take(&mut s.held[ev.index]);
+                    let (held, held_lp) = std::mem::take(&mut s.held[ev.index]);
                     let text = if s.ctx.chat { None } else { Some("") };
-                    let mut last = chunk(&s.ctx, ev.index, text, false, None, Some(finish), iu);
+                    let mut last = chunk(&s.ctx, ev.index, text, false, &[], Some(finish), iu);
                     if let Some(calls) = tools::parse_tool_calls(&held, &s.ctx.tools) {
                         let c = &mut last["choices"][0];
                         c["delta"]["tool_calls"] = tools::tool_calls_json(&calls, &s.ctx.id, true);
                         c["finish_reason"] = json!("tool_calls");
+                        if !held_lp.is_empty() && s.ctx.chat {
+                            c["logprobs"] = chat_logprobs(&held_lp);
+                        }
                     } else if !held.is_empty() {
-                        let c = chunk(&s.ctx, ev.index, Some(&held), false, None, None, iu);
+                        let c = chunk(&s.ctx, ev.index, Some(&held), false, &held_lp, None, iu);
                         s.out.push_back(c.to_string());
                     }
                     s.out.push_back(last.to_string());

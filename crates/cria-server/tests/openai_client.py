@@ -137,6 +137,14 @@ deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_cal
 assert deltas and deltas[0].function.name == "get_weather", chunks
 assert deltas[0].function.arguments == call.function.arguments
 assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+# log-probs with tools: the held-back tokens keep theirs, streamed or not, the same ones
+kw = dict(model=model, messages=ask, tools=tools, tool_choice="required", temperature=0, max_tokens=60, logprobs=True)
+whole = client.chat.completions.create(**kw).choices[0].logprobs.content
+streamed = [
+    t for c in client.chat.completions.create(stream=True, **kw) if c.choices and c.choices[0].logprobs
+    for t in c.choices[0].logprobs.content
+]
+assert whole and [t.token for t in streamed] == [t.token for t in whole], (streamed, whole)
 
 # embeddings (the client asks for base64 and decodes it)
 e = client.embeddings.create(model=model, input=["hello world", "goodbye"])
