@@ -281,6 +281,20 @@ pub(crate) fn packed(w: &Tensor) -> Option<&Packed> {
     w.prepared.as_ref()?.downcast_ref::<Packed>()
 }
 
+/// Activation bytes shared by the pool's workers, each writing its own rows (see `matmul`).
+#[derive(Clone, Copy)]
+struct SyncBytes(*mut u8);
+// SAFETY: used only for disjoint row writes inside one ThreadPool::for_each, which joins before
+// the buffer's borrow ends.
+unsafe impl Send for SyncBytes {}
+unsafe impl Sync for SyncBytes {}
+impl SyncBytes {
+    /// A method rather than `.0` so closures capture the Sync wrapper, not the raw pointer.
+    fn get(self) -> *mut u8 {
+        self.0
+    }
+}
+
 /// `Backend::prepare` for quantized types: repack when the AVX2 kernels can use it.
 pub(crate) fn prepare(b: &CpuBackend, mut w: Tensor) -> Tensor {
     let Some(kind) = Kind::of(w.dtype) else {
@@ -842,13 +856,29 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &Packed, t: 
     if act.len() < t * ab {
         act.resize(t * ab, 0);
     }
-    for (xr, ar) in x.chunks_exact(k).zip(act.chunks_exact_mut(ab)).take(t) {
-        match p.kind {
-            Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => {
-                quantize_a8(b.isa, xr, ar)
-            }
-            Kind::Q4_K | Kind::Q6_K => quantize_a8k(b.isa, xr, ar),
+    let quantize = |xr: &[f32], ar: &mut [u8]| match p.kind {
+        Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => {
+            quantize_a8(b.isa, xr, ar)
         }
+        Kind::Q4_K | Kind::Q6_K => quantize_a8k(b.isa, xr, ar),
+    };
+    // A prompt's rows are quantized by all threads (each row on its own: the same bytes either
+    // way); a few rows are not worth waking the pool for.
+    if b.threads == 1 || t < 4 * b.threads {
+        for (xr, ar) in x.chunks_exact(k).zip(act.chunks_exact_mut(ab)).take(t) {
+            quantize(xr, ar);
+        }
+    } else {
+        let rows_per = t.div_ceil(b.threads * 2);
+        let actp = SyncBytes(act.as_mut_ptr());
+        b.pool.for_each(t.div_ceil(rows_per), &|item, _tid| {
+            for r in item * rows_per..((item + 1) * rows_per).min(t) {
+                // SAFETY: r < t and act holds t * ab bytes (resized above); row r's ab bytes
+                // are written by this item alone, and the pool joins before `act` is used again.
+                let ar = unsafe { std::slice::from_raw_parts_mut(actp.get().add(r * ab), ab) };
+                quantize(&x[r * k..(r + 1) * k], ar);
+            }
+        });
     }
     let a = &act[..t * ab];
     let tile = tile_fn(b.isa);
