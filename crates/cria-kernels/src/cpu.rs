@@ -45,16 +45,23 @@ pub struct CpuBackend {
     rope_cs: Mutex<Vec<(f32, f32)>>,
 }
 
-/// A raw output pointer the worker threads share. Sound because every element is written by
-/// exactly one work item (see matmul) and the pool joins before the borrow ends.
-#[derive(Clone, Copy)]
-pub(crate) struct SyncPtr(pub(crate) *mut f32);
+/// A raw output pointer the worker threads share (f32 results, or activation bytes). Sound
+/// because every element is written by exactly one work item (see matmul) and the pool joins
+/// before the borrow ends.
+pub(crate) struct SyncPtr<T = f32>(pub(crate) *mut T);
+// Copy without requiring T: Copy (derive would add that bound).
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
 // SAFETY: see above: disjoint writes only, lifetime bounded by ThreadPool::run.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-impl SyncPtr {
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
     /// A method rather than `.0` so closures capture the Sync wrapper, not the raw pointer.
-    pub(crate) fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }

@@ -12,7 +12,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get as get_route, post};
+use axum::routing::{get as get_route, post, MethodRouter};
 use axum::{Json, Router};
 use cria_engine::grammar::{Matcher, TokenTable};
 use cria_engine::template::{ChatTemplate, Message};
@@ -182,18 +182,21 @@ fn token_table(tok: &Tokenizer) -> TokenTable {
 
 pub fn router(st: Arc<AppState>) -> Router {
     let max_body = st.max_body;
-    Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .route("/chat/completions", post(chat))
-        .route("/v1/completions", post(completions))
-        .route("/completions", post(completions))
-        .route("/v1/embeddings", post(embeddings))
-        .route("/embeddings", post(embeddings))
-        .route("/v1/models", get_route(models))
-        .route("/models", get_route(models))
-        .route("/health", get_route(health))
-        .route("/v1/health", get_route(health))
-        .route("/metrics", get_route(metrics))
+    // The OpenAI paths answer with and without the /v1 prefix, as llama-server's do.
+    let openai: [(&str, MethodRouter<Arc<AppState>>); 5] = [
+        ("/chat/completions", post(chat)),
+        ("/completions", post(completions)),
+        ("/embeddings", post(embeddings)),
+        ("/models", get_route(models)),
+        ("/health", get_route(health)),
+    ];
+    let mut r = Router::new();
+    for (path, handler) in openai {
+        r = r
+            .route(&format!("/v1{path}"), handler.clone())
+            .route(path, handler);
+    }
+    r.route("/metrics", get_route(metrics))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .merge(crate::web::routes())

@@ -286,20 +286,6 @@ pub(crate) fn packed(w: &Tensor) -> Option<&Packed> {
     w.prepared.as_ref()?.downcast_ref::<Packed>()
 }
 
-/// Activation bytes shared by the pool's workers, each writing its own rows (see `matmul`).
-#[derive(Clone, Copy)]
-struct SyncBytes(*mut u8);
-// SAFETY: used only for disjoint row writes inside one ThreadPool::for_each, which joins before
-// the buffer's borrow ends.
-unsafe impl Send for SyncBytes {}
-unsafe impl Sync for SyncBytes {}
-impl SyncBytes {
-    /// A method rather than `.0` so closures capture the Sync wrapper, not the raw pointer.
-    fn get(self) -> *mut u8 {
-        self.0
-    }
-}
-
 /// `Backend::prepare` for quantized types: repack when the AVX2 kernels can use it.
 pub(crate) fn prepare(b: &CpuBackend, mut w: Tensor) -> Tensor {
     let Some(kind) = Kind::of(w.dtype) else {
@@ -900,7 +886,7 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &Packed, t: 
         }
     } else {
         let rows_per = t.div_ceil(b.threads * 2);
-        let actp = SyncBytes(act.as_mut_ptr());
+        let actp = SyncPtr(act.as_mut_ptr());
         b.pool.for_each(t.div_ceil(rows_per), &|item, _tid| {
             for r in item * rows_per..((item + 1) * rows_per).min(t) {
                 // SAFETY: r < t and act holds t * ab bytes (resized above); row r's ab bytes
