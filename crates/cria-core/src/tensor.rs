@@ -57,6 +57,16 @@ impl Bytes {
         Bytes::Owned(Arc::new(b))
     }
 
+    /// Tells the OS this range is read at random (a few rows at a time, as an embedding table):
+    /// no read-ahead and no fault-around, so looking up one row maps one page, not the 64-128
+    /// KiB around it. Without it, embedding a 512-token prompt pulls most of a 30 MiB table
+    /// back into the process after `release_pages`. A hint only: failure changes nothing else.
+    pub fn advise_random(&self) {
+        if let Bytes::Mapped { map, offset, len } = self {
+            let _ = map.advise_range(memmap2::Advice::Random, *offset, *len);
+        }
+    }
+
     /// Lets the OS drop this range's pages of a memory map from the process (whole pages inside
     /// the range only). For weights a backend has copied into its own layout: the mapped pages
     /// would otherwise stay resident beside the copy and double the footprint. The bytes stay

@@ -146,14 +146,28 @@ impl Backend for CpuBackend {
             out.len(),
             tokens.len()
         );
+        // A table that shares the head's repacked copy (tied embeddings) is read from that copy,
+        // block by block through the file's layout, so the same values come out and the file's
+        // pages of the table stay out of the process.
+        let packed = gemm_q::packed(table);
         for (o, &tok) in out.chunks_exact_mut(k.max(1)).zip(tokens) {
             assert!(
                 (tok as usize) < rows,
                 "embed: token id {tok} is outside the table ({rows} rows)"
             );
-            table
-                .dequantize_row(tok as usize, o)
-                .unwrap_or_else(|e| panic!("embed {}: {e}", table.name));
+            let res = match packed {
+                Some(p) => {
+                    let mut blk = [0u8; 256];
+                    let qk = p.kind.qk();
+                    (0..k / qk).try_for_each(|b| {
+                        p.plain_block(tok as usize, b, &mut blk);
+                        let pb = &blk[..p.kind.plain_bytes()];
+                        cria_core::quant::dequantize(table.dtype, pb, &mut o[b * qk..][..qk])
+                    })
+                }
+                None => table.dequantize_row(tok as usize, o),
+            };
+            res.unwrap_or_else(|e| panic!("embed {}: {e}", table.name));
         }
     }
 

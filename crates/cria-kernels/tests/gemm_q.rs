@@ -223,3 +223,56 @@ fn scalar_isa_keeps_the_plain_layout() {
         assert!(b.prepare(w).unwrap().prepared.is_none(), "{dt}");
     }
 }
+
+#[test]
+fn unpacking_a_block_gives_back_the_file_bytes() {
+    let mut rng = Rng::new(41);
+    for t in ALL {
+        let kind = Kind::of(t).unwrap();
+        for &rows in &ROWS {
+            for &k in ks(t) {
+                let w = random_weights(&mut rng, t, rows, k);
+                let p = Packed::new(kind, rows, k, w.bytes());
+                let pb = kind.plain_bytes();
+                let mut blk = [0xAAu8; 256];
+                for r in 0..rows {
+                    for b in 0..k / kind.qk() {
+                        p.plain_block(r, b, &mut blk);
+                        assert_eq!(
+                            &blk[..pb],
+                            &w.row(r)[b * pb..(b + 1) * pb],
+                            "{t} rows={rows} k={k}: row {r} block {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn embedding_rows_from_a_shared_packed_copy_equal_the_files() {
+    let mut rng = Rng::new(42);
+    let b = CpuBackend::with_isa(1, Isa::best());
+    for t in ALL {
+        let k = ks(t)[1];
+        let rows = 35;
+        let plain = random_weights(&mut rng, t, rows, k);
+        let head = b.prepare(plain.clone()).unwrap();
+        if head.prepared.is_none() {
+            continue; // no SIMD repack on this CPU: nothing to share
+        }
+        // A tied table, as the model builds it: the file's bytes plus the head's packed copy.
+        let mut table = plain.clone();
+        table.prepared = head.prepared.clone();
+        let tokens = [0u32, 7, 8, 34, 17, 0];
+        let (mut want, mut got) = (vec![0f32; tokens.len() * k], vec![0f32; tokens.len() * k]);
+        b.embed(&mut want, &plain, &tokens);
+        b.embed(&mut got, &table, &tokens);
+        assert_eq!(
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{t}"
+        );
+    }
+}

@@ -151,11 +151,19 @@ impl Builder<'_> {
     fn build(&self) -> Result<Weights> {
         let c = self.cfg;
         let (dim, q, kv, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-        let token_embd = self.raw_tensor("token_embd.weight", [dim, c.vocab_size])?;
+        let mut token_embd = self.raw_tensor("token_embd.weight", [dim, c.vocab_size])?;
+        // `embed` reads a few rows per token: no read-ahead of the rest.
+        token_embd.data.advise_random();
         let output = match (self.get)("output.weight") {
             Some(t) if !c.tied_embeddings => self.prepare(self.check(t, [dim, c.vocab_size])?)?,
-            // Tied: the same bytes, unless the backend wants its own layout for the head.
-            _ => self.prepare(token_embd.clone())?,
+            // Tied: the same bytes, unless the backend wants its own layout for the head; then
+            // the table shares that copy (embed reads rows from it) and the file's pages of the
+            // table are never touched again, so the weights are held once.
+            _ => {
+                let head = self.prepare(token_embd.clone())?;
+                token_embd.prepared = head.prepared.clone();
+                head
+            }
         };
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {

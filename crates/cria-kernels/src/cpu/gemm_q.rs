@@ -148,7 +148,7 @@ impl Kind {
             Kind::Q6_K => 272 + 16 * 96,
         }
     }
-    const fn plain_bytes(self) -> usize {
+    pub const fn plain_bytes(self) -> usize {
         match self {
             Kind::Q4_0 => Q4_0_BYTES,
             Kind::Q4_1 => Q4_1_BYTES,
@@ -201,6 +201,87 @@ impl Packed {
             }
         }
         Packed { kind, n, k, buf }
+    }
+}
+
+impl Packed {
+    /// Row `row`'s block `b` in the file's layout, written to `out` (`kind`'s plain block size):
+    /// the inverse of the repack, byte for byte (tests: round trip on random blocks). Lets a tied
+    /// embedding table be read from the head's packed copy, so the file's pages of it are never
+    /// mapped again.
+    pub fn plain_block(&self, row: usize, b: usize, out: &mut [u8]) {
+        let nb = self.k / self.kind.qk();
+        assert!(
+            row < self.n && b < nb,
+            "plain_block: row {row} block {b} out of range"
+        );
+        let out = &mut out[..self.kind.plain_bytes()];
+        let r = row % GROUP;
+        let o = &self.group(row / GROUP)[b * self.kind.block_bytes()..][..self.kind.block_bytes()];
+        match self.kind {
+            Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 => {
+                let (min, hb, qo, _) = self.kind.nibble_geometry();
+                out[0..2].copy_from_slice(&o[2 * r..2 * r + 2]);
+                let mut p = 2;
+                if min {
+                    out[2..4].copy_from_slice(&o[16 + 2 * r..16 + 2 * r + 2]);
+                    p = 4;
+                }
+                if hb {
+                    let mut qh = 0u32;
+                    for e in 0..4 {
+                        let byte = o[qo + 128 + 4 * r + e];
+                        for v in 0..8 {
+                            qh |= u32::from((byte >> v) & 1) << (4 * v + e);
+                        }
+                    }
+                    out[p..p + 4].copy_from_slice(&qh.to_le_bytes());
+                    p += 4;
+                }
+                for j in 0..4 {
+                    out[p + 4 * j..][..4].copy_from_slice(&o[qo + 32 * j + 4 * r..][..4]);
+                }
+            }
+            Kind::Q4_0 | Kind::Q8_0 => {
+                out[0..2].copy_from_slice(&o[2 * r..2 * r + 2]);
+                for j in 0..(self.kind.block_bytes() - 16) / 32 {
+                    out[2 + 4 * j..][..4].copy_from_slice(&o[16 + 32 * j + 4 * r..][..4]);
+                }
+            }
+            Kind::Q4_K => {
+                out[0..2].copy_from_slice(&o[2 * r..2 * r + 2]);
+                out[2..4].copy_from_slice(&o[16 + 2 * r..16 + 2 * r + 2]);
+                let sc: [u8; 8] = std::array::from_fn(|j| o[32 + 16 * j + 2 * r]);
+                let mn: [u8; 8] = std::array::from_fn(|j| o[160 + 16 * (j / 2) + 2 * r + j % 2]);
+                // ggml's 12-byte packing of eight 6-bit scales and mins (k4_scales_mins reversed).
+                for j in 0..4 {
+                    out[4 + j] = sc[j] | (sc[j + 4] >> 4) << 6;
+                    out[8 + j] = mn[j] | (mn[j + 4] >> 4) << 6;
+                    out[12 + j] = (sc[j + 4] & 0xF) | (mn[j + 4] & 0xF) << 4;
+                }
+                for p in 0..4 {
+                    for c in 0..8 {
+                        out[16 + 32 * p + 4 * c..][..4]
+                            .copy_from_slice(&o[224 + 256 * p + 32 * c + 4 * r..][..4]);
+                    }
+                }
+            }
+            Kind::Q6_K => {
+                out.fill(0);
+                out[208..210].copy_from_slice(&o[2 * r..2 * r + 2]);
+                for g in 0..16 {
+                    out[192 + g] = o[16 + 16 * g + 2 * r];
+                }
+                for e in 0..QK_K {
+                    let (g, c, i) = (e / 16, e % 16 / 4, 4 * r + e % 4);
+                    let low = (o[272 + 96 * g + 32 * (c % 2) + i] >> (4 * (c / 2))) & 15;
+                    let high = (o[272 + 96 * g + 64 + i] >> (2 * c)) & 3;
+                    let (h, q, l) = (e / 128, e % 128 / 32, e % 32);
+                    out[64 * h + 32 * (q & 1) + l] |= low << if q < 2 { 0 } else { 4 };
+                    out[128 + 32 * h + l] |= high << (2 * q);
+                }
+            }
+        }
     }
 }
 
