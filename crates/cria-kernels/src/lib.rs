@@ -213,6 +213,21 @@ pub trait Backend: Send + Sync {
     }
     /// out (t, w.rows()) = x (t, w.cols()) @ w^T.
     fn matmul(&self, out: &mut [f32], x: &[f32], w: &Tensor, t: usize);
+    /// outs[i] (t, ws[i].rows()) = x (t, k) @ ws[i]^T for several matrices on the same input
+    /// (Q, K and V; gate and up): a backend may convert the input once and run them as one
+    /// parallel job. Every output must equal what `matmul` gives it alone. Default: one by one.
+    fn matmul_many(&self, outs: &mut [&mut [f32]], x: &[f32], ws: &[&Tensor], t: usize) {
+        assert_eq!(
+            outs.len(),
+            ws.len(),
+            "matmul_many: {} outputs for {} matrices",
+            outs.len(),
+            ws.len()
+        );
+        for (o, w) in outs.iter_mut().zip(ws) {
+            self.matmul(o, x, w, t);
+        }
+    }
     /// out (tokens.len(), table.cols()) = rows `tokens` of `table`, dequantized.
     fn embed(&self, out: &mut [f32], table: &Tensor, tokens: &[u32]);
     /// Per row of length `w.len()`: out = x / sqrt(mean(x^2) + eps) * w.

@@ -276,3 +276,73 @@ fn embedding_rows_from_a_shared_packed_copy_equal_the_files() {
         );
     }
 }
+
+#[test]
+fn fused_activation_quantizer_matches_the_generic_one() {
+    if !Isa::Avx2.available() {
+        eprintln!("note: no AVX2 on this CPU; nothing to compare");
+        return;
+    }
+    let mut rng = Rng::new(43);
+    for blocks in [0usize, 1, 2, 7, 8, 9, 17, 48] {
+        let n = blocks * 32;
+        let mut x = random_acts(&mut rng, 1, n);
+        if blocks >= 2 {
+            // An all-zero block (d = 0) and one with a huge range.
+            x[..32].iter_mut().for_each(|v| *v = 0.0);
+            x[40] = 3.0e4;
+        }
+        let ab = gemm_q::A8_BLOCK;
+        let (mut want, mut got) = (vec![0u8; blocks * ab], vec![0u8; blocks * ab]);
+        gemm_q::quantize_a8_generic(Isa::Avx2, &x, &mut want);
+        gemm_q::quantize_a8(Isa::Avx2, &x, &mut got);
+        assert_eq!(want, got, "{blocks} blocks");
+    }
+}
+
+#[test]
+fn matmul_many_equals_one_matmul_per_matrix_bitwise() {
+    let mut rng = Rng::new(44);
+    // (types, rows) sets on one input: A8 kinds together, A8K kinds together, an odd row count,
+    // and a set the backend cannot take together (F16 beside Q4_0) which must fall back.
+    let sets: [(&[DType], &[usize], usize); 4] = [
+        (&[DType::Q4_0, DType::Q8_0, DType::Q4_1], &[64, 24, 9], 96),
+        (&[DType::Q4_K, DType::Q6_K], &[33, 16], 512),
+        (&[DType::Q5_0], &[35], 288),
+        (&[DType::Q4_0, DType::F16], &[16, 8], 64),
+    ];
+    for threads in [1, 2] {
+        let b = CpuBackend::with_isa(threads, Isa::best());
+        for (types, rows, k) in sets {
+            let ws: Vec<_> = types
+                .iter()
+                .zip(rows)
+                .map(|(&dt, &n)| b.prepare(random_weights(&mut rng, dt, n, k)).unwrap())
+                .collect();
+            let wr: Vec<&cria_core::Tensor> = ws.iter().collect();
+            for t in [1usize, 3, 5, 17] {
+                let x = random_acts(&mut rng, t, k);
+                let want: Vec<Vec<f32>> = ws
+                    .iter()
+                    .map(|w| {
+                        let mut o = vec![0f32; t * w.rows()];
+                        b.matmul(&mut o, &x, w, t);
+                        o
+                    })
+                    .collect();
+                let mut got: Vec<Vec<f32>> =
+                    ws.iter().map(|w| vec![f32::NAN; t * w.rows()]).collect();
+                let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
+                b.matmul_many(&mut outs, &x, &wr, t);
+                for (m, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(g),
+                        bits(w),
+                        "{types:?} matrix {m}, t={t}, threads={threads}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -274,9 +274,12 @@ pub fn forward_batch(
         // h = x + W_o attn(rope(W_q n), rope(W_k n), W_v n), n = rmsnorm(x)
         b.rmsnorm(xb, x, &lw.attn_norm, c.norm_eps);
         probe!("attn_norm", l, xb);
-        b.matmul(q, xb, &lw.attn_q, t);
-        b.matmul(k, xb, &lw.attn_k, t);
-        b.matmul(v, xb, &lw.attn_v, t);
+        b.matmul_many(
+            &mut [&mut *q, &mut *k, &mut *v],
+            xb,
+            &[&lw.attn_q, &lw.attn_k, &lw.attn_v],
+            t,
+        );
         add_bias(q, &lw.attn_q_bias);
         add_bias(k, &lw.attn_k_bias);
         add_bias(v, &lw.attn_v_bias);
@@ -312,8 +315,12 @@ pub fn forward_batch(
         probe!("ffn_inp", l, x);
         b.rmsnorm(xb, x, &lw.ffn_norm, c.norm_eps);
         probe!("ffn_norm", l, xb);
-        b.matmul(hb, xb, &lw.ffn_gate, t);
-        b.matmul(hb2, xb, &lw.ffn_up, t);
+        b.matmul_many(
+            &mut [&mut *hb, &mut *hb2],
+            xb,
+            &[&lw.ffn_gate, &lw.ffn_up],
+            t,
+        );
         add_bias(hb, &lw.ffn_gate_bias);
         add_bias(hb2, &lw.ffn_up_bias);
         probe!("ffn_gate", l, hb);

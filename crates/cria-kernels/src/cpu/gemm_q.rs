@@ -392,6 +392,18 @@ pub(crate) fn prepare(b: &CpuBackend, mut w: Tensor) -> Tensor {
 /// ISA's Q8_1 converter, so the quants and d are exactly the plain path's Q8_0/Q8_1 ones (the
 /// two share quants and d) and s is Q8_1's.
 pub fn quantize_a8(isa: Isa, x: &[f32], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // One pass, no staging copy, F16C for the f16 rounding (tests: the same bytes as below).
+        crate::dot::avx2::quantize_a8(x, out, A8_BLOCK);
+        return;
+    }
+    quantize_a8_generic(isa, x, out)
+}
+
+/// `quantize_a8` through the ISA's Q8_1 converter and a copy: the definition the fused AVX2
+/// version is tested against.
+pub fn quantize_a8_generic(isa: Isa, x: &[f32], out: &mut [u8]) {
     let nb = x.len() / QK;
     assert!(
         x.len() % QK == 0 && out.len() == nb * A8_BLOCK,
@@ -690,8 +702,18 @@ mod avx2 {
             }
             for t in 0..T {
                 let y = a.add(t * stride + b * super::A8_BLOCK);
-                // 8 u4 x i8 pair sums: |.| <= 8 * 2 * 15 * 127 = 30480, no i16 overflow.
-                let s = _mm256_add_epi16(sum4(&lo, y), sum4(&hi, y.add(16)));
+                // 8 u4 x i8 pair sums: |.| <= 8 * 2 * 15 * 127 = 30480, no i16 overflow. One
+                // running sum (not a tree): fewer live registers, so the 4 accumulators and 8
+                // weight vectors are not spilled; the tokens' chains overlap instead.
+                let mut s = _mm256_maddubs_epi16(lo[0], bcast4(y));
+                for c in 1..8 {
+                    let (wv, off) = if c < 4 {
+                        (lo[c], 4 * c)
+                    } else {
+                        (hi[c - 4], 16 + 4 * (c - 4))
+                    };
+                    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(wv, bcast4(y.add(off))));
+                }
                 let i = _mm256_sub_epi32(
                     _mm256_madd_epi16(s, ones),
                     _mm256_set1_epi32(8 * i32_at(y.add(QK + 4))),
@@ -946,14 +968,58 @@ mod avx2 {
 
 /// out (t, n) = x (t, k) . w^T for a packed `w`.
 pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &Packed, t: usize) {
-    let (n, k) = (p.n, p.k);
-    let nb = k / p.kind.qk();
-    let ab = nb * p.kind.act_bytes();
+    matmul_many(b, x, t, &mut [out], &[p]);
+}
+
+/// At most this many matrices go through one `matmul_many`.
+pub(crate) const MANY: usize = 4;
+
+/// The packed forms of `ws` when `matmul_many` takes them together: all packed, at most `MANY`,
+/// the same columns and the same activation blocks (one quantized copy of the input serves all).
+pub(crate) fn packed_many<'a>(ws: &[&'a Tensor]) -> Option<[Option<&'a Packed>; MANY]> {
+    if ws.is_empty() || ws.len() > MANY {
+        return None;
+    }
+    let mut ps = [None; MANY];
+    for (slot, w) in ps.iter_mut().zip(ws) {
+        let p = packed(w)?;
+        *slot = Some(p);
+    }
+    let first = ps[0]?;
+    ps.iter()
+        .flatten()
+        .all(|p| p.k == first.k && p.kind.act_bytes() == first.kind.act_bytes())
+        .then_some(ps)
+}
+
+/// outs[m] (t, ps[m].n) = x (t, k) . ps[m]^T for matrices on the same input (Q, K, V; gate, up):
+/// the input is quantized once, and all their work items go to the pool in one dispatch (one
+/// wake-up and one join instead of one per matrix; decoding, the small K and V no longer leave a
+/// thread idle). Each output is computed exactly as by a lone `matmul`.
+pub(crate) fn matmul_many(
+    b: &CpuBackend,
+    x: &[f32],
+    t: usize,
+    outs: &mut [&mut [f32]],
+    ps: &[&Packed],
+) {
+    assert!(
+        !ps.is_empty()
+            && ps.len() <= MANY
+            && outs.len() == ps.len()
+            && ps
+                .iter()
+                .all(|p| p.k == ps[0].k && p.kind.act_bytes() == ps[0].kind.act_bytes()),
+        "gemm_q matmul_many: matrices do not share an input"
+    );
+    let (kind, k) = (ps[0].kind, ps[0].k);
+    let nb = k / kind.qk();
+    let ab = nb * kind.act_bytes();
     let mut act = b.act.lock().unwrap_or_else(|e| e.into_inner());
     if act.len() < t * ab {
         act.resize(t * ab, 0);
     }
-    let quantize = |xr: &[f32], ar: &mut [u8]| match p.kind {
+    let quantize = |xr: &[f32], ar: &mut [u8]| match kind {
         Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => {
             quantize_a8(b.isa, xr, ar)
         }
@@ -979,22 +1045,40 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &Packed, t: 
     }
     let a = &act[..t * ab];
     let tile = tile_fn(b.isa);
-    let groups = p.groups();
-    let gb = p.group_bytes();
-    // Groups per work item: an even number (16 rows: with a 64-byte aligned `out`, no cache line
-    // of a token's output is written by two items). One token: a few large contiguous ranges per
-    // thread, each streamed from memory once. Several: about CHUNK_BYTES of weights, which stay
-    // in L2 while every token passes over them.
-    let per_item = if t == 1 {
-        groups.div_ceil(b.threads * 4)
-    } else {
-        CHUNK_BYTES / gb.max(1)
-    };
-    let per_item = (per_item.max(2).div_ceil(2) * 2).min(groups);
-    let n_items = groups.div_ceil(per_item);
-    let outp = SyncPtr(out.as_mut_ptr());
+    // Per matrix: groups per work item, and the first global item number. Groups per item: an
+    // even number (16 rows: with a 64-byte aligned `out`, no cache line of a token's output is
+    // written by two items). One token: a few large contiguous ranges per thread, each streamed
+    // from memory once. Several: about CHUNK_BYTES of weights, which stay in L2 while every
+    // token passes over them.
+    let (mut per_item, mut first) = ([0usize; MANY], [0usize; MANY + 1]);
+    let total_groups: usize = ps.iter().map(|p| p.groups()).sum();
+    for (m, p) in ps.iter().enumerate() {
+        let groups = p.groups();
+        let pi = if t == 1 {
+            // The thread share of all matrices' groups, cut into 4 items per thread.
+            groups.min(total_groups.div_ceil(b.threads * 4))
+        } else {
+            CHUNK_BYTES / p.group_bytes().max(1)
+        };
+        per_item[m] = (pi.max(2).div_ceil(2) * 2).min(groups).max(1);
+        first[m + 1] = first[m] + groups.div_ceil(per_item[m]);
+    }
+    let n_items = first[ps.len()];
+    let outp: [SyncPtr; MANY] = std::array::from_fn(|m| {
+        SyncPtr(
+            outs.get_mut(m)
+                .map_or(std::ptr::null_mut(), |o| o.as_mut_ptr()),
+        )
+    });
+    for (o, p) in outs.iter().zip(ps) {
+        assert_eq!(o.len(), t * p.n, "gemm_q matmul: out has the wrong size");
+    }
     let job = |item: usize, _tid: usize| {
-        let (g0, g1) = (item * per_item, ((item + 1) * per_item).min(groups));
+        let m = (0..ps.len()).rfind(|&m| first[m] <= item).unwrap_or(0);
+        let (p, outp) = (ps[m], outp[m]);
+        let (n, groups) = (p.n, p.groups());
+        let item = item - first[m];
+        let (g0, g1) = (item * per_item[m], ((item + 1) * per_item[m]).min(groups));
         let mut res = [[0f32; GROUP]; TILE_T];
         let mut i = 0;
         while i < t {
@@ -1003,9 +1087,9 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &Packed, t: 
                 tile(p.kind, nb, p.group(g), &a[i * ab..], ab, cols, &mut res);
                 let (r0, rows) = (g * GROUP, GROUP.min(n - g * GROUP));
                 for (c, rc) in res.iter().enumerate().take(cols) {
-                    // SAFETY: token i + c < t and rows r0..r0+rows < n: inside `out` (t * n,
-                    // checked by the caller); this (token, row) belongs to this item alone, and
-                    // the pool joins before `out`'s borrow ends.
+                    // SAFETY: token i + c < t and rows r0..r0+rows < n: inside this matrix's
+                    // `out` (t * n, checked above); this (token, row) belongs to this item alone,
+                    // and the pool joins before `outs`' borrows end.
                     unsafe {
                         std::ptr::copy_nonoverlapping(
                             rc.as_ptr(),
@@ -1018,7 +1102,8 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &Packed, t: 
             i += cols;
         }
     };
-    if b.threads == 1 || n_items == 1 || n * k * t < MIN_PARALLEL_MACS {
+    let macs: usize = ps.iter().map(|p| p.n * k * t).sum();
+    if b.threads == 1 || n_items == 1 || macs < MIN_PARALLEL_MACS {
         (0..n_items).for_each(|c| job(c, 0));
     } else {
         b.pool.for_each(n_items, &job);

@@ -16,7 +16,8 @@ pub(crate) fn prepare(b: &CpuBackend, w: Tensor) -> cria_core::Result<Tensor> {
     Ok(super::gemm_q::prepare(b, w))
 }
 
-pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
+/// Panics with the tensor's name when out or x do not fit (t, w.rows()) / (t, w.cols()).
+pub(crate) fn check_shapes(out: &[f32], x: &[f32], w: &Tensor, t: usize) {
     let (n, k) = (w.rows(), w.cols());
     assert_eq!(
         x.len(),
@@ -32,6 +33,11 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], w: &Tensor, t: 
         w.name,
         out.len()
     );
+}
+
+pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
+    check_shapes(out, x, w, t);
+    let (n, k) = (w.rows(), w.cols());
     if t == 0 || n == 0 {
         return;
     }

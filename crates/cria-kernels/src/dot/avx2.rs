@@ -207,6 +207,36 @@ unsafe fn to_f16_impl(x: &[f32], y: &mut [u8]) {
 }
 }
 
+avx2_fn! {
+unsafe fn f16_round_trip(v: f32) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph(_mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT)))
+}
+}
+
+avx2_fn! {
+unsafe fn quantize_a8_impl(x: &[f32], y: &mut [u8], block: usize) {
+    for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(block)) {
+        let (d, sum) = q8_block(xb.as_ptr(), yb.as_mut_ptr());
+        yb[QK..QK + 4].copy_from_slice(&f16_round_trip(d).to_le_bytes());
+        yb[QK + 4..QK + 8].copy_from_slice(&sum.to_le_bytes());
+        yb[QK + 8..QK + 12].copy_from_slice(&f16_round_trip(d * sum as f32).to_le_bytes());
+    }
+}
+}
+
+/// The repacked matmul's A8 activation blocks (`block` = A8_BLOCK bytes each: quants, d, sum of
+/// quants, s; see cpu/gemm_q.rs) straight from f32, with Q8_1's rounding (d and s through f16):
+/// the bytes `gemm_q::quantize_a8_generic` makes through the Q8_1 converter and a copy.
+pub fn quantize_a8(x: &[f32], y: &mut [u8], block: usize) {
+    assert!(
+        block >= QK + 12 && x.len() % QK == 0 && y.len() == x.len() / QK * block,
+        "quantize_a8: bad sizes"
+    );
+    // SAFETY: only called for Isa::Avx2 (AVX2/FMA/F16C present); sizes checked above (q8_block
+    // writes 32 bytes at the start of each block).
+    unsafe { quantize_a8_impl(x, y, block) }
+}
+
 pub fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
     assert!(
         x.len() % QK == 0 && y.len() == x.len() / QK * Q8_0_BYTES,
