@@ -626,7 +626,7 @@ mod avx2 {
                 (Kind::Q4_0, 1) => q4_0::<1>(nb, w, a, stride, out),
                 (Kind::Q4_0, 2) => q4_0::<2>(nb, w, a, stride, out),
                 (Kind::Q4_0, 3) => q4_0::<3>(nb, w, a, stride, out),
-                (Kind::Q4_0, _) => q4_0::<4>(nb, w, a, stride, out),
+                (Kind::Q4_0, _) => q4_0_x4(nb, w, a, stride, out),
                 (Kind::Q4_1, 1) => nib::<true, false, 1>(nb, w, a, stride, out),
                 (Kind::Q4_1, 2) => nib::<true, false, 2>(nb, w, a, stride, out),
                 (Kind::Q4_1, 3) => nib::<true, false, 3>(nb, w, a, stride, out),
@@ -677,6 +677,125 @@ mod avx2 {
     #[inline(always)]
     unsafe fn i32_at(p: *const u8) -> i32 {
         std::ptr::read_unaligned(p as *const i32)
+    }
+
+    /// One token of the Q4_0 x4 kernel: `$b` is the address of its A8 block, `$acc` its
+    /// accumulator. The same operations as `q4_0` (integer sums are exact, so the i16 chain
+    /// order does not matter; then madd, - 8 * sum, cvt, d_w * d_a, one FMA).
+    macro_rules! q4_0_token {
+        ($b:literal, $acc:literal) => {
+            concat!(
+                "vpbroadcastd ymm13, dword ptr [", $b, "]\n",
+                "vpmaddubsw ymm13, ymm0, ymm13\n",
+                "vpbroadcastd ymm14, dword ptr [", $b, " + 4]\n",
+                "vpmaddubsw ymm14, ymm1, ymm14\n",
+                "vpaddw ymm13, ymm13, ymm14\n",
+                "vpbroadcastd ymm14, dword ptr [", $b, " + 8]\n",
+                "vpmaddubsw ymm14, ymm2, ymm14\n",
+                "vpaddw ymm13, ymm13, ymm14\n",
+                "vpbroadcastd ymm14, dword ptr [", $b, " + 12]\n",
+                "vpmaddubsw ymm14, ymm3, ymm14\n",
+                "vpaddw ymm13, ymm13, ymm14\n",
+                "vpbroadcastd ymm14, dword ptr [", $b, " + 16]\n",
+                "vpmaddubsw ymm14, ymm4, ymm14\n",
+                "vpaddw ymm13, ymm13, ymm14\n",
+                "vpbroadcastd ymm14, dword ptr [", $b, " + 20]\n",
+                "vpmaddubsw ymm14, ymm5, ymm14\n",
+                "vpaddw ymm13, ymm13, ymm14\n",
+                "vpbroadcastd ymm14, dword ptr [", $b, " + 24]\n",
+                "vpmaddubsw ymm14, ymm6, ymm14\n",
+                "vpaddw ymm13, ymm13, ymm14\n",
+                "vpbroadcastd ymm14, dword ptr [", $b, " + 28]\n",
+                "vpmaddubsw ymm14, ymm7, ymm14\n",
+                "vpaddw ymm13, ymm13, ymm14\n",
+                "vpmaddwd ymm13, ymm13, ymmword ptr [{c} + 32]\n",
+                "vpbroadcastd ymm14, dword ptr [", $b, " + 36]\n",
+                "vpslld ymm14, ymm14, 3\n",
+                "vpsubd ymm13, ymm13, ymm14\n",
+                "vcvtdq2ps ymm13, ymm13\n",
+                "vbroadcastss ymm14, dword ptr [", $b, " + 32]\n",
+                "vmulps ymm14, ymm14, ymm12\n",
+                "vfmadd231ps ", $acc, ", ymm14, ymm13\n",
+            )
+        };
+    }
+
+    /// `q4_0::<4>` in assembly: with intrinsics the compiler spills an accumulator and d_w to
+    /// the stack (8 weight vectors + 4 accumulators + temporaries exceed 16 registers), and the
+    /// spilled accumulator's store/reload sat on the loop-carried chain. Here: ymm0-7 the
+    /// decoded nibbles, ymm8-11 the accumulators, ymm12 d_w, ymm13-14 temporaries; the nibble
+    /// mask and the i16 ones are memory operands. Bitwise equal to `q4_0::<4>` (same operations
+    /// per lane; tests compare with the scalar twin).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_0_x4(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut [[f32; GROUP]; TILE_T],
+    ) {
+        if nb == 0 {
+            *out = [[0.0; GROUP]; TILE_T];
+            return;
+        }
+        #[repr(align(32))]
+        struct Consts([u8; 64]);
+        let mut c = Consts([0x0F; 64]);
+        for i in 0..16 {
+            c.0[32 + 2 * i] = 1;
+            c.0[33 + 2 * i] = 0;
+        }
+        // SAFETY (caller's): nb >= 1 blocks of 144 bytes at w, 4 rows of nb A8 blocks at a
+        // (stride apart), out holds 4 x 8 f32; the asm reads only those, writes only out, and
+        // declares every register it touches.
+        std::arch::asm!(
+            "vxorps ymm8, ymm8, ymm8",
+            "vxorps ymm9, ymm9, ymm9",
+            "vxorps ymm10, ymm10, ymm10",
+            "vxorps ymm11, ymm11, ymm11",
+            "2:",
+            "vcvtph2ps ymm12, xmmword ptr [{w}]",
+            "vmovdqu ymm14, ymmword ptr [{w} + 16]",
+            "vpand ymm0, ymm14, ymmword ptr [{c}]",
+            "vpsrlw ymm14, ymm14, 4",
+            "vpand ymm4, ymm14, ymmword ptr [{c}]",
+            "vmovdqu ymm14, ymmword ptr [{w} + 48]",
+            "vpand ymm1, ymm14, ymmword ptr [{c}]",
+            "vpsrlw ymm14, ymm14, 4",
+            "vpand ymm5, ymm14, ymmword ptr [{c}]",
+            "vmovdqu ymm14, ymmword ptr [{w} + 80]",
+            "vpand ymm2, ymm14, ymmword ptr [{c}]",
+            "vpsrlw ymm14, ymm14, 4",
+            "vpand ymm6, ymm14, ymmword ptr [{c}]",
+            "vmovdqu ymm14, ymmword ptr [{w} + 112]",
+            "vpand ymm3, ymm14, ymmword ptr [{c}]",
+            "vpsrlw ymm14, ymm14, 4",
+            "vpand ymm7, ymm14, ymmword ptr [{c}]",
+            q4_0_token!("{a}", "ymm8"),
+            q4_0_token!("{a} + {s}", "ymm9"),
+            q4_0_token!("{a} + {s}*2", "ymm10"),
+            q4_0_token!("{a} + {s3}", "ymm11"),
+            "add {w}, 144",
+            "add {a}, 44",
+            "dec {n}",
+            "jnz 2b",
+            "vmovups ymmword ptr [{o}], ymm8",
+            "vmovups ymmword ptr [{o} + 32], ymm9",
+            "vmovups ymmword ptr [{o} + 64], ymm10",
+            "vmovups ymmword ptr [{o} + 96], ymm11",
+            w = inout(reg) w => _,
+            a = inout(reg) a => _,
+            n = inout(reg) nb => _,
+            s = in(reg) stride,
+            s3 = in(reg) 3 * stride,
+            c = in(reg) c.0.as_ptr(),
+            o = in(reg) out.as_mut_ptr(),
+            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+            out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+            out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+            out("ymm12") _, out("ymm13") _, out("ymm14") _,
+            options(nostack),
+        );
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
