@@ -642,7 +642,7 @@ mod avx2 {
                 (Kind::Q8_0, 1) => q8_0::<1>(nb, w, a, stride, out),
                 (Kind::Q8_0, 2) => q8_0::<2>(nb, w, a, stride, out),
                 (Kind::Q8_0, 3) => q8_0::<3>(nb, w, a, stride, out),
-                (Kind::Q8_0, _) => q8_0::<4>(nb, w, a, stride, out),
+                (Kind::Q8_0, _) => q8_0_x4(nb, w, a, stride, out),
                 (Kind::Q4_K, 1) => q4_k::<1>(nb, w, a, stride, out),
                 (Kind::Q4_K, 2) => q4_k::<2>(nb, w, a, stride, out),
                 (Kind::Q4_K, 3) => q4_k::<3>(nb, w, a, stride, out),
@@ -685,37 +685,59 @@ mod avx2 {
     macro_rules! q4_0_token {
         ($b:literal, $acc:literal) => {
             concat!(
-                "vpbroadcastd ymm13, dword ptr [", $b, "]\n",
+                "vpbroadcastd ymm13, dword ptr [",
+                $b,
+                "]\n",
                 "vpmaddubsw ymm13, ymm0, ymm13\n",
-                "vpbroadcastd ymm14, dword ptr [", $b, " + 4]\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 4]\n",
                 "vpmaddubsw ymm14, ymm1, ymm14\n",
                 "vpaddw ymm13, ymm13, ymm14\n",
-                "vpbroadcastd ymm14, dword ptr [", $b, " + 8]\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 8]\n",
                 "vpmaddubsw ymm14, ymm2, ymm14\n",
                 "vpaddw ymm13, ymm13, ymm14\n",
-                "vpbroadcastd ymm14, dword ptr [", $b, " + 12]\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 12]\n",
                 "vpmaddubsw ymm14, ymm3, ymm14\n",
                 "vpaddw ymm13, ymm13, ymm14\n",
-                "vpbroadcastd ymm14, dword ptr [", $b, " + 16]\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 16]\n",
                 "vpmaddubsw ymm14, ymm4, ymm14\n",
                 "vpaddw ymm13, ymm13, ymm14\n",
-                "vpbroadcastd ymm14, dword ptr [", $b, " + 20]\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 20]\n",
                 "vpmaddubsw ymm14, ymm5, ymm14\n",
                 "vpaddw ymm13, ymm13, ymm14\n",
-                "vpbroadcastd ymm14, dword ptr [", $b, " + 24]\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 24]\n",
                 "vpmaddubsw ymm14, ymm6, ymm14\n",
                 "vpaddw ymm13, ymm13, ymm14\n",
-                "vpbroadcastd ymm14, dword ptr [", $b, " + 28]\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 28]\n",
                 "vpmaddubsw ymm14, ymm7, ymm14\n",
                 "vpaddw ymm13, ymm13, ymm14\n",
                 "vpmaddwd ymm13, ymm13, ymmword ptr [{c} + 32]\n",
-                "vpbroadcastd ymm14, dword ptr [", $b, " + 36]\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 36]\n",
                 "vpslld ymm14, ymm14, 3\n",
                 "vpsubd ymm13, ymm13, ymm14\n",
                 "vcvtdq2ps ymm13, ymm13\n",
-                "vbroadcastss ymm14, dword ptr [", $b, " + 32]\n",
+                "vbroadcastss ymm14, dword ptr [",
+                $b,
+                " + 32]\n",
                 "vmulps ymm14, ymm14, ymm12\n",
-                "vfmadd231ps ", $acc, ", ymm14, ymm13\n",
+                "vfmadd231ps ",
+                $acc,
+                ", ymm14, ymm13\n",
             )
         };
     }
@@ -913,6 +935,142 @@ mod avx2 {
         for t in 0..T {
             _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
         }
+    }
+
+    /// One token of the Q8_0 x4 kernel (see `q8_0_x4`).
+    macro_rules! q8_0_token {
+        ($b:literal, $acc:literal) => {
+            concat!(
+                "vpbroadcastd ymm13, dword ptr [",
+                $b,
+                " + 0]\n",
+                "vpsignb ymm13, ymm13, ymmword ptr [{w} + 16]\n",
+                "vpmaddubsw ymm13, ymm0, ymm13\n",
+                "vpmaddwd ymm13, ymm13, ymmword ptr [{c}]\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 4]\n",
+                "vpsignb ymm14, ymm14, ymmword ptr [{w} + 48]\n",
+                "vpmaddubsw ymm14, ymm1, ymm14\n",
+                "vpmaddwd ymm14, ymm14, ymmword ptr [{c}]\n",
+                "vpaddd ymm13, ymm13, ymm14\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 8]\n",
+                "vpsignb ymm14, ymm14, ymmword ptr [{w} + 80]\n",
+                "vpmaddubsw ymm14, ymm2, ymm14\n",
+                "vpmaddwd ymm14, ymm14, ymmword ptr [{c}]\n",
+                "vpaddd ymm13, ymm13, ymm14\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 12]\n",
+                "vpsignb ymm14, ymm14, ymmword ptr [{w} + 112]\n",
+                "vpmaddubsw ymm14, ymm3, ymm14\n",
+                "vpmaddwd ymm14, ymm14, ymmword ptr [{c}]\n",
+                "vpaddd ymm13, ymm13, ymm14\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 16]\n",
+                "vpsignb ymm14, ymm14, ymmword ptr [{w} + 144]\n",
+                "vpmaddubsw ymm14, ymm4, ymm14\n",
+                "vpmaddwd ymm14, ymm14, ymmword ptr [{c}]\n",
+                "vpaddd ymm13, ymm13, ymm14\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 20]\n",
+                "vpsignb ymm14, ymm14, ymmword ptr [{w} + 176]\n",
+                "vpmaddubsw ymm14, ymm5, ymm14\n",
+                "vpmaddwd ymm14, ymm14, ymmword ptr [{c}]\n",
+                "vpaddd ymm13, ymm13, ymm14\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 24]\n",
+                "vpsignb ymm14, ymm14, ymmword ptr [{w} + 208]\n",
+                "vpmaddubsw ymm14, ymm6, ymm14\n",
+                "vpmaddwd ymm14, ymm14, ymmword ptr [{c}]\n",
+                "vpaddd ymm13, ymm13, ymm14\n",
+                "vpbroadcastd ymm14, dword ptr [",
+                $b,
+                " + 28]\n",
+                "vpsignb ymm14, ymm14, ymmword ptr [{w} + 240]\n",
+                "vpmaddubsw ymm14, ymm7, ymm14\n",
+                "vpmaddwd ymm14, ymm14, ymmword ptr [{c}]\n",
+                "vpaddd ymm13, ymm13, ymm14\n",
+                "vcvtdq2ps ymm13, ymm13\n",
+                "vbroadcastss ymm14, dword ptr [",
+                $b,
+                " + 32]\n",
+                "vmulps ymm14, ymm14, ymm12\n",
+                "vfmadd231ps ",
+                $acc,
+                ", ymm14, ymm13\n",
+            )
+        };
+    }
+
+    /// `q8_0::<4>` in assembly, for the reason `q4_0_x4` gives (the intrinsics version spilled
+    /// several vectors per block): ymm0-7 |w|, ymm8-11 the accumulators, ymm12 d_w, ymm13-14
+    /// temporaries; w itself (for the sign) and the i16 ones are memory operands. Per vector:
+    /// maddubs(|w|, sign(a, w)) then madd with ones, summed in i32 (exact, so the order of the
+    /// sums does not matter): bitwise equal to `q8_0::<4>`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_x4(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut [[f32; GROUP]; TILE_T],
+    ) {
+        if nb == 0 {
+            *out = [[0.0; GROUP]; TILE_T];
+            return;
+        }
+        #[repr(align(32))]
+        struct Ones([u16; 16]);
+        let c = Ones([1; 16]);
+        // SAFETY (caller's): nb >= 1 blocks of 272 bytes at w, 4 rows of nb A8 blocks at a
+        // (stride apart), out holds 4 x 8 f32; the asm reads only those, writes only out, and
+        // declares every register it touches.
+        std::arch::asm!(
+            "vxorps ymm8, ymm8, ymm8",
+            "vxorps ymm9, ymm9, ymm9",
+            "vxorps ymm10, ymm10, ymm10",
+            "vxorps ymm11, ymm11, ymm11",
+            "2:",
+            "vcvtph2ps ymm12, xmmword ptr [{w}]",
+            "vpabsb ymm0, ymmword ptr [{w} + 16]",
+            "vpabsb ymm1, ymmword ptr [{w} + 48]",
+            "vpabsb ymm2, ymmword ptr [{w} + 80]",
+            "vpabsb ymm3, ymmword ptr [{w} + 112]",
+            "vpabsb ymm4, ymmword ptr [{w} + 144]",
+            "vpabsb ymm5, ymmword ptr [{w} + 176]",
+            "vpabsb ymm6, ymmword ptr [{w} + 208]",
+            "vpabsb ymm7, ymmword ptr [{w} + 240]",
+            q8_0_token!("{a}", "ymm8"),
+            q8_0_token!("{a} + {s}", "ymm9"),
+            q8_0_token!("{a} + {s}*2", "ymm10"),
+            q8_0_token!("{a} + {s3}", "ymm11"),
+            "add {w}, 272",
+            "add {a}, 44",
+            "dec {n}",
+            "jnz 2b",
+            "vmovups ymmword ptr [{o}], ymm8",
+            "vmovups ymmword ptr [{o} + 32], ymm9",
+            "vmovups ymmword ptr [{o} + 64], ymm10",
+            "vmovups ymmword ptr [{o} + 96], ymm11",
+            w = inout(reg) w => _,
+            a = inout(reg) a => _,
+            n = inout(reg) nb => _,
+            s = in(reg) stride,
+            s3 = in(reg) 3 * stride,
+            c = in(reg) c.0.as_ptr(),
+            o = in(reg) out.as_mut_ptr(),
+            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+            out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+            out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+            out("ymm12") _, out("ymm13") _, out("ymm14") _,
+            options(nostack),
+        );
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
