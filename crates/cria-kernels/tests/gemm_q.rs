@@ -346,3 +346,29 @@ fn matmul_many_equals_one_matmul_per_matrix_bitwise() {
         }
     }
 }
+
+#[test]
+fn vectorised_k_activation_quantizer_matches_the_generic_one() {
+    if !Isa::Avx2.available() {
+        eprintln!("note: no AVX2 on this CPU; nothing to compare");
+        return;
+    }
+    let mut rng = Rng::new(45);
+    for blocks in [0usize, 1, 2, 3, 6] {
+        let n = blocks * 256;
+        let mut x = random_acts(&mut rng, 1, n);
+        if blocks >= 3 {
+            // An all-zero super-block; one whose largest magnitude comes first as a negative and
+            // then as a positive value (the first one sets the sign); one with a lone spike.
+            x[..256].iter_mut().for_each(|v| *v = 0.0);
+            x[256 + 10] = -9.0;
+            x[256 + 200] = 9.0;
+            x[512 + 255] = 4.0e3;
+        }
+        let ab = gemm_q::A8K_BLOCK;
+        let (mut want, mut got) = (vec![0u8; blocks * ab], vec![0u8; blocks * ab]);
+        gemm_q::quantize_a8k_generic(Isa::Avx2, &x, &mut want);
+        gemm_q::quantize_a8k(Isa::Avx2, &x, &mut got);
+        assert_eq!(want, got, "{blocks} super-blocks");
+    }
+}

@@ -431,6 +431,18 @@ pub fn quantize_a8_generic(isa: Isa, x: &[f32], out: &mut [u8]) {
 /// Quantizes one f32 row into A8K super-blocks (`out.len() == x.len() / 256 * A8K_BLOCK`),
 /// through the ISA's Q8_K converter (the plain path's quants and d).
 pub fn quantize_a8k(isa: Isa, x: &[f32], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // Vectorised Q8_K rounding in one pass (tests: the same bytes as below).
+        crate::dot::avx2::quantize_a8k(x, out, A8K_BLOCK);
+        return;
+    }
+    quantize_a8k_generic(isa, x, out)
+}
+
+/// `quantize_a8k` through the ISA's Q8_K converter and a copy: the definition the AVX2 version
+/// is tested against.
+pub fn quantize_a8k_generic(isa: Isa, x: &[f32], out: &mut [u8]) {
     let nb = x.len() / QK_K;
     assert!(
         x.len() % QK_K == 0 && out.len() == nb * A8K_BLOCK,

@@ -237,6 +237,84 @@ pub fn quantize_a8(x: &[f32], y: &mut [u8], block: usize) {
     unsafe { quantize_a8_impl(x, y, block) }
 }
 
+avx2_fn! {
+unsafe fn hsum_epi32(v: __m256i) -> i32 {
+    let s4 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s4 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+    _mm_cvtsi128_si32(_mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b10_11_00_01)))
+}
+}
+
+avx2_fn! {
+unsafe fn quantize_a8k_impl(x: &[f32], y: &mut [u8], block: usize) {
+    let sign = _mm256_set1_ps(-0.0);
+    for (xb, yb) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(block)) {
+        let p = xb.as_ptr();
+        // max |v| (a NaN lane loses: max_ps returns its second operand when either is NaN,
+        // as the scalar `>` skips NaN).
+        let mut m = _mm256_setzero_ps();
+        for c in 0..QK_K / 8 {
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * c))), m);
+        }
+        let mut m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        let amax = _mm_cvtss_f32(m4);
+        if amax == 0.0 {
+            yb.fill(0);
+            continue;
+        }
+        // The first element of that magnitude gives the sign, as in ggml's scalar loop.
+        let av = _mm256_set1_ps(amax);
+        let mut idx = 0;
+        for c in 0..QK_K / 8 {
+            let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * c))), av);
+            let mask = _mm256_movemask_ps(eq);
+            if mask != 0 {
+                idx = 8 * c + mask.trailing_zeros() as usize;
+                break;
+            }
+        }
+        let iscale = -127.0 / xb[idx];
+        let is = _mm256_set1_ps(iscale);
+        let q = yb.as_mut_ptr().add(4);
+        let mut s16 = [0i32; QK_K / 16];
+        for c in 0..QK_K / 32 {
+            let v = |u: usize| _mm256_loadu_ps(p.add(32 * c + 8 * u));
+            let (i0, i1, i2, i3) = (round_q(v(0), is), round_q(v(1), is), round_q(v(2), is), round_q(v(3), is));
+            let pk = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+            let pk = _mm256_permutevar8x32_epi32(pk, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(q.add(32 * c) as *mut __m256i, pk);
+            s16[2 * c] = hsum_epi32(_mm256_add_epi32(i0, i1));
+            s16[2 * c + 1] = hsum_epi32(_mm256_add_epi32(i2, i3));
+        }
+        yb[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+        for j in 0..QK_K / 32 {
+            let v = (s16[2 * j] + s16[2 * j + 1]) as i16;
+            yb[4 + QK_K + 2 * j..][..2].copy_from_slice(&v.to_le_bytes());
+        }
+        for g in 0..QK_K / 16 {
+            let v = (16 * s16[g] as i16).to_le_bytes();
+            yb[4 + QK_K + 16 + 4 * g..][..4].copy_from_slice(&[v[0], v[1], v[0], v[1]]);
+        }
+    }
+}
+}
+
+/// The repacked matmul's A8K activation super-blocks (`block` bytes each: d, 256 quants, 8
+/// sub-block sums, 16 doubled 16 x group sums; see cpu/gemm_q.rs) straight from f32 with
+/// ggml's Q8_K rounding: the bytes `gemm_q::quantize_a8k_generic` makes through the scalar Q8_K
+/// converter (tests), without its per-element rounding calls.
+pub fn quantize_a8k(x: &[f32], y: &mut [u8], block: usize) {
+    assert!(
+        block >= 4 + QK_K + 16 + 64 && x.len() % QK_K == 0 && y.len() == x.len() / QK_K * block,
+        "quantize_a8k: bad sizes"
+    );
+    // SAFETY: only called for Isa::Avx2 (AVX2/FMA/F16C present); sizes checked above (the
+    // quants are written at 4..4 + 256 of each block).
+    unsafe { quantize_a8k_impl(x, y, block) }
+}
+
 pub fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
     assert!(
         x.len() % QK == 0 && y.len() == x.len() / QK * Q8_0_BYTES,
