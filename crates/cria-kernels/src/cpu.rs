@@ -138,26 +138,14 @@ impl Backend for CpuBackend {
     }
 
     fn matmul_many(&self, outs: &mut [&mut [f32]], x: &[f32], ws: &[&Tensor], t: usize) {
-        assert_eq!(
-            outs.len(),
-            ws.len(),
-            "matmul_many: {} outputs for {} matrices",
-            outs.len(),
-            ws.len()
-        );
         match gemm_q::packed_many(ws) {
-            Some(ps) if t > 0 => {
+            Some(ps) if t > 0 && outs.len() == ws.len() => {
                 for (w, o) in ws.iter().zip(outs.iter()) {
                     matmul::check_shapes(o, x, w, t);
                 }
-                let ps: [&gemm_q::Packed; gemm_q::MANY] = ps.map(|p| p.unwrap_or(ps[0].unwrap()));
                 gemm_q::matmul_many(self, x, t, outs, &ps[..ws.len()])
             }
-            _ => {
-                for (o, w) in outs.iter_mut().zip(ws) {
-                    self.matmul(o, x, w, t);
-                }
-            }
+            _ => crate::matmul_each(self, outs, x, ws, t),
         }
     }
 

@@ -217,16 +217,7 @@ pub trait Backend: Send + Sync {
     /// (Q, K and V; gate and up): a backend may convert the input once and run them as one
     /// parallel job. Every output must equal what `matmul` gives it alone. Default: one by one.
     fn matmul_many(&self, outs: &mut [&mut [f32]], x: &[f32], ws: &[&Tensor], t: usize) {
-        assert_eq!(
-            outs.len(),
-            ws.len(),
-            "matmul_many: {} outputs for {} matrices",
-            outs.len(),
-            ws.len()
-        );
-        for (o, w) in outs.iter_mut().zip(ws) {
-            self.matmul(o, x, w, t);
-        }
+        matmul_each(self, outs, x, ws, t)
     }
     /// out (tokens.len(), table.cols()) = rows `tokens` of `table`, dequantized.
     fn embed(&self, out: &mut [f32], table: &Tensor, tokens: &[u32]);
@@ -250,4 +241,25 @@ pub trait Backend: Send + Sync {
     fn silu_mul(&self, a: &mut [f32], b: &[f32]);
     /// a += b.
     fn add_assign(&self, a: &mut [f32], b: &[f32]);
+}
+
+/// `Backend::matmul_many` as one `matmul` per matrix: the trait's default, and the CPU backend's
+/// path for sets its fused kernel does not take.
+pub fn matmul_each<B: Backend + ?Sized>(
+    b: &B,
+    outs: &mut [&mut [f32]],
+    x: &[f32],
+    ws: &[&Tensor],
+    t: usize,
+) {
+    assert_eq!(
+        outs.len(),
+        ws.len(),
+        "matmul_many: {} outputs for {} matrices",
+        outs.len(),
+        ws.len()
+    );
+    for (o, w) in outs.iter_mut().zip(ws) {
+        b.matmul(o, x, w, t);
+    }
 }

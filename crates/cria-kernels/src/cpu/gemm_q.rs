@@ -1265,18 +1265,17 @@ pub(crate) const MANY: usize = 4;
 
 /// The packed forms of `ws` when `matmul_many` takes them together: all packed, at most `MANY`,
 /// the same columns and the same activation blocks (one quantized copy of the input serves all).
-pub(crate) fn packed_many<'a>(ws: &[&'a Tensor]) -> Option<[Option<&'a Packed>; MANY]> {
-    if ws.is_empty() || ws.len() > MANY {
+/// Slots past `ws.len()` repeat the first matrix (only `[..ws.len()]` is meant).
+pub(crate) fn packed_many<'a>(ws: &[&'a Tensor]) -> Option<[&'a Packed; MANY]> {
+    let first = packed(ws.first()?)?;
+    if ws.len() > MANY {
         return None;
     }
-    let mut ps = [None; MANY];
+    let mut ps = [first; MANY];
     for (slot, w) in ps.iter_mut().zip(ws) {
-        let p = packed(w)?;
-        *slot = Some(p);
+        *slot = packed(w)?;
     }
-    let first = ps[0]?;
     ps.iter()
-        .flatten()
         .all(|p| p.k == first.k && p.kind.act_bytes() == first.kind.act_bytes())
         .then_some(ps)
 }
