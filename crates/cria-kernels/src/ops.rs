@@ -86,6 +86,14 @@ pub fn check_attention(out: &[f32], q: &[f32], k_len: usize, v_len: usize, s: &A
 // of FLASH_KEYS with an online softmax per row: running max m, running sum l and an unnormalised
 // f32 accumulator, rescaled by e^(m_old - m_new) when the max grows; the output is acc / l.
 // Memory per tile is fixed whatever the context length.
+//
+// The AVX2 tile works on SC_ROWS rows at a time as two small register-tiled products: the key
+// block is widened *transposed* (head_dim x keys), so scores for 6 rows x 16 keys are 12 FMA
+// chains over the head dimension with the keys in lanes (no horizontal sums, each K vector used by
+// 6 rows), and p V for 6 rows x 16 outputs is 12 chains over the keys (each V vector used by 6
+// rows). Every score and every output element is still one FMA chain in the scalar twin's order;
+// the twins differ only in exp and in the order of the softmax sum. Keys a row may not see (past
+// its position, or before its window) are masked to p = 0 inside the rows' common range.
 
 /// Keys per block: K and V of one block widened to f32 take 2 * 64 * head_dim * 4 bytes (32 KiB
 /// at head_dim 64), which stay in L1/L2 while every row of the tile passes over them.
@@ -101,15 +109,19 @@ pub fn flash_tokens_per_tile(s: &AttnShape) -> usize {
 
 /// f32 scratch a tile of `rows` rows needs.
 pub fn flash_scratch_len(head_dim: usize, rows: usize) -> usize {
-    2 * FLASH_KEYS * head_dim + FLASH_KEYS + 8 + rows * (head_dim + 2)
+    2 * FLASH_KEYS * head_dim + SC_ROWS * FLASH_KEYS + rows * (head_dim + 2)
 }
+
+/// Rows whose scores the SIMD tile keeps at once (its register tile is this many rows).
+const SC_ROWS: usize = 6;
 
 /// A tile's scratch, cut from one buffer of `flash_scratch_len` floats.
 pub struct FlashBuf<'a> {
-    /// One key block of K and V for this tile's KV head, widened to f32: (FLASH_KEYS, head_dim).
+    /// One key block of K and V for this tile's KV head, widened to f32: (FLASH_KEYS, head_dim)
+    /// (the SIMD tile stores K transposed: (head_dim, FLASH_KEYS)).
     kf: &'a mut [f32],
     vf: &'a mut [f32],
-    /// One row's scores / probabilities over the visible keys of a block (+ 8 for padding).
+    /// Scores / probabilities over a block's keys: SC_ROWS rows of FLASH_KEYS.
     sc: &'a mut [f32],
     /// (rows, head_dim): the accumulators, and the tile's output when the tile returns.
     pub acc: &'a mut [f32],
@@ -121,7 +133,7 @@ impl<'a> FlashBuf<'a> {
     pub fn new(buf: &'a mut [f32], head_dim: usize, rows: usize) -> Self {
         let (kf, rest) = buf.split_at_mut(FLASH_KEYS * head_dim);
         let (vf, rest) = rest.split_at_mut(FLASH_KEYS * head_dim);
-        let (sc, rest) = rest.split_at_mut(FLASH_KEYS + 8);
+        let (sc, rest) = rest.split_at_mut(SC_ROWS * FLASH_KEYS);
         let (acc, rest) = rest.split_at_mut(rows * head_dim);
         let (m, rest) = rest.split_at_mut(rows);
         let l = &mut rest[..rows];
@@ -509,24 +521,6 @@ pub mod avx2 {
     }
 
     avx2_fn! {
-    /// Four dot products q . k_u (u = 0..4, rows of `hd` floats `hd` apart from `k`), one
-    /// accumulator each, reduced together by two rounds of hadd.
-    unsafe fn dot4(q: *const f32, k: *const f32, hd: usize) -> __m128 {
-        let mut a = [_mm256_setzero_ps(); 4];
-        let mut c = 0;
-        while c < hd {
-            let qv = _mm256_loadu_ps(q.add(c));
-            for u in 0..4 {
-                a[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add(u * hd + c)), a[u]);
-            }
-            c += 8;
-        }
-        let t = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-        _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1))
-    }
-    }
-
-    avx2_fn! {
     unsafe fn hsum(x: __m256) -> f32 {
         let h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
         let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
@@ -557,102 +551,239 @@ pub mod avx2 {
     }
 
     avx2_fn! {
+    /// In-register transpose of 8 rows of 8 floats.
+    unsafe fn transpose8(r: &mut [__m256; 8]) {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        r[0] = _mm256_permute2f128_ps::<0x20>(u0, u4);
+        r[1] = _mm256_permute2f128_ps::<0x20>(u1, u5);
+        r[2] = _mm256_permute2f128_ps::<0x20>(u2, u6);
+        r[3] = _mm256_permute2f128_ps::<0x20>(u3, u7);
+        r[4] = _mm256_permute2f128_ps::<0x31>(u0, u4);
+        r[5] = _mm256_permute2f128_ps::<0x31>(u1, u5);
+        r[6] = _mm256_permute2f128_ps::<0x31>(u2, u6);
+        r[7] = _mm256_permute2f128_ps::<0x31>(u3, u7);
+    }
+    }
+
+    avx2_fn! {
+    /// `n` rows of `hd` halves (`stride` apart) widened and transposed: dst[e * FLASH_KEYS + j]
+    /// = row j, element e; keys n..n rounded up to 8 are zeros.
+    unsafe fn widen_transposed(dst: *mut f32, src: *const u16, n: usize, hd: usize, stride: usize) {
+        for j0 in (0..n).step_by(8) {
+            let mut e0 = 0;
+            while e0 < hd {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (u, r) in r.iter_mut().enumerate().take(n - j0) {
+                    *r = _mm256_cvtph_ps(_mm_loadu_si128(src.add((j0 + u) * stride + e0) as *const __m128i));
+                }
+                transpose8(&mut r);
+                for (u, r) in r.iter().enumerate() {
+                    _mm256_storeu_ps(dst.add((e0 + u) * super::FLASH_KEYS + j0), *r);
+                }
+                e0 += 8;
+            }
+        }
+    }
+    }
+
+    avx2_fn! {
+    /// Scores of R rows against keys 0..nj (nj a multiple of 8) of a transposed key block:
+    /// sc[r * FLASH_KEYS + j] = scale * (q_r . k_j), each dot one FMA chain in element order (as
+    /// the scalar twin sums), the lanes being keys.
+    unsafe fn scores<const R: usize>(qs: &[*const f32; R], kt: *const f32, hd: usize, nj: usize, scale: f32, sc: *mut f32) {
+        const FK: usize = super::FLASH_KEYS;
+        let sv = _mm256_set1_ps(scale);
+        let mut j0 = 0;
+        while j0 + 16 <= nj {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for e in 0..hd {
+                let k0 = _mm256_loadu_ps(kt.add(e * FK + j0));
+                let k1 = _mm256_loadu_ps(kt.add(e * FK + j0 + 8));
+                for r in 0..R {
+                    let qb = _mm256_broadcast_ss(&*qs[r].add(e));
+                    acc[r][0] = _mm256_fmadd_ps(qb, k0, acc[r][0]);
+                    acc[r][1] = _mm256_fmadd_ps(qb, k1, acc[r][1]);
+                }
+            }
+            for r in 0..R {
+                _mm256_storeu_ps(sc.add(r * FK + j0), _mm256_mul_ps(acc[r][0], sv));
+                _mm256_storeu_ps(sc.add(r * FK + j0 + 8), _mm256_mul_ps(acc[r][1], sv));
+            }
+            j0 += 16;
+        }
+        if j0 < nj {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for e in 0..hd {
+                let k0 = _mm256_loadu_ps(kt.add(e * FK + j0));
+                for r in 0..R {
+                    acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*qs[r].add(e)), k0, acc[r]);
+                }
+            }
+            for r in 0..R {
+                _mm256_storeu_ps(sc.add(r * FK + j0), _mm256_mul_ps(acc[r], sv));
+            }
+        }
+    }
+    }
+
+    avx2_fn! {
+    /// acc_r = acc_r * corr_r + sum_{j in j0..j1} p[r * FLASH_KEYS + j] v_j for R rows of `hd`
+    /// accumulators (`hd` apart from `acc`), one FMA chain per output element in key order.
+    unsafe fn pv<const R: usize>(acc: *mut f32, corr: &[f32; R], p: *const f32, vf: *const f32, hd: usize, j0: usize, j1: usize) {
+        const FK: usize = super::FLASH_KEYS;
+        let mut e0 = 0;
+        while e0 + 16 <= hd {
+            let mut r: [[__m256; 2]; R] = std::array::from_fn(|i| {
+                let c = _mm256_set1_ps(corr[i]);
+                let a = acc.add(i * hd + e0);
+                [_mm256_mul_ps(_mm256_loadu_ps(a), c), _mm256_mul_ps(_mm256_loadu_ps(a.add(8)), c)]
+            });
+            for j in j0..j1 {
+                let v0 = _mm256_loadu_ps(vf.add(j * hd + e0));
+                let v1 = _mm256_loadu_ps(vf.add(j * hd + e0 + 8));
+                for i in 0..R {
+                    let pb = _mm256_broadcast_ss(&*p.add(i * FK + j));
+                    r[i][0] = _mm256_fmadd_ps(pb, v0, r[i][0]);
+                    r[i][1] = _mm256_fmadd_ps(pb, v1, r[i][1]);
+                }
+            }
+            for i in 0..R {
+                _mm256_storeu_ps(acc.add(i * hd + e0), r[i][0]);
+                _mm256_storeu_ps(acc.add(i * hd + e0 + 8), r[i][1]);
+            }
+            e0 += 16;
+        }
+        if e0 < hd {
+            let mut r: [__m256; R] = std::array::from_fn(|i| {
+                _mm256_mul_ps(_mm256_loadu_ps(acc.add(i * hd + e0)), _mm256_set1_ps(corr[i]))
+            });
+            for j in j0..j1 {
+                let v0 = _mm256_loadu_ps(vf.add(j * hd + e0));
+                for i in 0..R {
+                    r[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*p.add(i * FK + j)), v0, r[i]);
+                }
+            }
+            for i in 0..R {
+                _mm256_storeu_ps(acc.add(i * hd + e0), r[i]);
+            }
+        }
+    }
+    }
+
+    avx2_fn! {
+    /// Rows i0..i0 + R of a tile against one key block (keys kb0..kb0 + n, K transposed in `kt`,
+    /// V in `vf`): scores, the online-softmax update of m and l, and acc += p V.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn row_tile<const R: usize>(q: &[f32], s: &AttnShape, kvh: usize, r0: usize, i0: usize, kb0: usize, n: usize, kt: *const f32, vf: *const f32, f: &mut super::FlashBuf) {
+        const FK: usize = super::FLASH_KEYS;
+        let (hd, g) = (s.head_dim, s.n_heads / s.n_kv_heads);
+        // Each row's visible keys in this block, relative to kb0 (lo > hi: none).
+        let mut lo = [0usize; R];
+        let mut hi = [0usize; R];
+        let (mut jlo, mut jhi) = (usize::MAX, 0usize);
+        for r in 0..R {
+            let p = s.pos0 + r0 + (i0 + r) / g;
+            let a = (*super::key_range(p, s.window).start()).max(kb0);
+            let b = p.min(kb0 + n - 1);
+            (lo[r], hi[r]) = (a.wrapping_sub(kb0), b.wrapping_sub(kb0));
+            if a <= b {
+                jlo = jlo.min(lo[r]);
+                jhi = jhi.max(hi[r] + 1);
+            }
+        }
+        if jlo >= jhi {
+            return;
+        }
+        let nj = jhi.div_ceil(8) * 8;
+        let qs: [*const f32; R] = std::array::from_fn(|r| {
+            let i = i0 + r;
+            q.as_ptr().add(((r0 + i / g) * s.n_heads + kvh * g + i % g) * hd)
+        });
+        let sc = f.sc.as_mut_ptr();
+        scores::<R>(&qs, kt, hd, nj, s.scale, sc);
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mut corr = [1f32; R];
+        for r in 0..R {
+            let row = sc.add(r * FK);
+            if lo[r] > hi[r] || lo[r] >= n {
+                // No visible key: p = 0, acc and the softmax state unchanged.
+                for c in (0..nj).step_by(8) {
+                    _mm256_storeu_ps(row.add(c), _mm256_setzero_ps());
+                }
+                continue;
+            }
+            // Keys outside lo..=hi masked: -inf for the max, 0 for the probabilities.
+            let (lv, hv) = (_mm256_set1_epi32(lo[r] as i32 - 1), _mm256_set1_epi32(hi[r] as i32 + 1));
+            let keep = |c: usize| {
+                let j = _mm256_add_epi32(idx, _mm256_set1_epi32(c as i32));
+                _mm256_castsi256_ps(_mm256_and_si256(_mm256_cmpgt_epi32(j, lv), _mm256_cmpgt_epi32(hv, j)))
+            };
+            let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+            let mut mv = ninf;
+            for c in (0..nj).step_by(8) {
+                mv = _mm256_max_ps(mv, _mm256_blendv_ps(ninf, _mm256_loadu_ps(row.add(c)), keep(c)));
+            }
+            let i = i0 + r;
+            let m_old = f.m[i];
+            let mn = m_old.max(hmax(mv));
+            corr[r] = (m_old - mn).exp(); // 0 on the first block (m = -inf)
+            let mnv = _mm256_set1_ps(mn);
+            let mut sumv = _mm256_setzero_ps();
+            for c in (0..nj).step_by(8) {
+                let e = _mm256_and_ps(exp8(_mm256_sub_ps(_mm256_loadu_ps(row.add(c)), mnv)), keep(c));
+                _mm256_storeu_ps(row.add(c), e);
+                sumv = _mm256_add_ps(sumv, e);
+            }
+            f.l[i] = f.l[i] * corr[r] + hsum(sumv);
+            f.m[i] = mn;
+        }
+        pv::<R>(f.acc.as_mut_ptr().add(i0 * hd), &corr, sc, vf, hd, jlo, jhi);
+    }
+    }
+
+    avx2_fn! {
     #[allow(clippy::too_many_arguments)]
     unsafe fn flash_tile_impl(q: &[f32], k: &[u16], v: &[u16], s: &AttnShape, kvh: usize, r0: usize, r1: usize, f: &mut super::FlashBuf) {
         let hd = s.head_dim;
         let kv_stride = s.n_kv_heads * hd;
-        let (g, rows, first, last) = super::tile_geometry(s, r0, r1);
+        let (_, rows, first, last) = super::tile_geometry(s, r0, r1);
         f.acc[..rows * hd].fill(0.0);
         f.m[..rows].fill(f32::NEG_INFINITY);
         f.l[..rows].fill(0.0);
-        let (kf, vf, sc) = (f.kf.as_mut_ptr(), f.vf.as_mut_ptr(), f.sc.as_mut_ptr());
-        let scale = _mm_set1_ps(s.scale);
-        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let (kt, vf) = (f.kf.as_mut_ptr(), f.vf.as_mut_ptr());
         let mut kb0 = first;
         while kb0 <= last {
             let n = (last + 1 - kb0).min(super::FLASH_KEYS);
             let off = kb0 * kv_stride + kvh * hd;
-            widen_rows(kf, k.as_ptr().add(off), n, hd, kv_stride);
+            widen_transposed(kt, k.as_ptr().add(off), n, hd, kv_stride);
             widen_rows(vf, v.as_ptr().add(off), n, hd, kv_stride);
-            for i in 0..rows {
-                let p = s.pos0 + r0 + i / g;
-                let a = (*super::key_range(p, s.window).start()).max(kb0);
-                let b = p.min(kb0 + n - 1);
-                if a > b {
-                    continue;
+            let mut i0 = 0;
+            while i0 < rows {
+                let left = rows - i0;
+                match left.min(super::SC_ROWS) {
+                    1 => row_tile::<1>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
+                    2 => row_tile::<2>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
+                    3 => row_tile::<3>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
+                    4 => row_tile::<4>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
+                    5 => row_tile::<5>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
+                    _ => row_tile::<6>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
                 }
-                let cnt = b + 1 - a;
-                let qi = q.as_ptr().add(((r0 + i / g) * s.n_heads + kvh * g + i % g) * hd);
-                let kr = kf.add((a - kb0) * hd);
-                // Scores, four keys at a time; the tail of the last 8 padded with -inf.
-                let mut j = 0;
-                while j + 4 <= cnt {
-                    _mm_storeu_ps(sc.add(j), _mm_mul_ps(dot4(qi, kr.add(j * hd), hd), scale));
-                    j += 4;
-                }
-                while j < cnt {
-                    let mut acc = _mm256_setzero_ps();
-                    let mut c = 0;
-                    while c < hd {
-                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(qi.add(c)), _mm256_loadu_ps(kr.add(j * hd + c)), acc);
-                        c += 8;
-                    }
-                    *sc.add(j) = hsum(acc) * s.scale;
-                    j += 1;
-                }
-                let cnt8 = cnt.div_ceil(8) * 8;
-                for j in cnt..cnt8 {
-                    *sc.add(j) = f32::NEG_INFINITY;
-                }
-                let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
-                for c in (0..cnt8).step_by(8) {
-                    mv = _mm256_max_ps(mv, _mm256_loadu_ps(sc.add(c)));
-                }
-                let m_old = f.m[i];
-                let mn = m_old.max(hmax(mv));
-                let corr = (m_old - mn).exp(); // 0 on the first block (m = -inf)
-                // Probabilities e^(s - m); padding lanes masked to 0 (exp8(-inf) is not 0).
-                let mnv = _mm256_set1_ps(mn);
-                let mut sumv = _mm256_setzero_ps();
-                for c in (0..cnt8).step_by(8) {
-                    let mut e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc.add(c)), mnv));
-                    if c + 8 > cnt {
-                        let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((cnt - c) as i32), idx);
-                        e = _mm256_and_ps(e, _mm256_castsi256_ps(keep));
-                    }
-                    _mm256_storeu_ps(sc.add(c), e);
-                    sumv = _mm256_add_ps(sumv, e);
-                }
-                f.l[i] = f.l[i] * corr + hsum(sumv);
-                f.m[i] = mn;
-                // acc = acc * corr + sum_j p_j v_j, 32 outputs (4 registers) at a time so the
-                // FMA chains are independent, then 8 at a time.
-                let acc = f.acc.as_mut_ptr().add(i * hd);
-                let vr = vf.add((a - kb0) * hd);
-                let cv = _mm256_set1_ps(corr);
-                let mut e0 = 0;
-                while e0 + 32 <= hd {
-                    let mut r: [__m256; 4] = std::array::from_fn(|u| _mm256_mul_ps(_mm256_loadu_ps(acc.add(e0 + 8 * u)), cv));
-                    for j in 0..cnt {
-                        let pj = _mm256_set1_ps(*sc.add(j));
-                        let row = vr.add(j * hd + e0);
-                        for u in 0..4 {
-                            r[u] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(row.add(8 * u)), r[u]);
-                        }
-                    }
-                    for u in 0..4 {
-                        _mm256_storeu_ps(acc.add(e0 + 8 * u), r[u]);
-                    }
-                    e0 += 32;
-                }
-                while e0 < hd {
-                    let mut r = _mm256_mul_ps(_mm256_loadu_ps(acc.add(e0)), cv);
-                    for j in 0..cnt {
-                        r = _mm256_fmadd_ps(_mm256_set1_ps(*sc.add(j)), _mm256_loadu_ps(vr.add(j * hd + e0)), r);
-                    }
-                    _mm256_storeu_ps(acc.add(e0), r);
-                    e0 += 8;
-                }
+                i0 += left.min(super::SC_ROWS);
             }
             kb0 += n;
         }

@@ -67,14 +67,15 @@ impl Case {
     }
 }
 
-/// The awkward shapes: head_dim 64/48/16; t 1, 2, 7, 33 and one long prompt crossing several
+/// The awkward shapes: head_dim 64/48/24/16 (24: a half-width tail in the SIMD tile); t 1, 2, 5,
+/// 7, 33 (every remainder of the SIMD tile's 6-row register tiles) and one long prompt crossing several
 /// tiles and key blocks; pos0 0 and > 0; GQA ratios 1, 3, 4; with and without a window.
 fn cases() -> Vec<Case> {
     let mut rng = Rng::new(31);
     let mut v = Vec::new();
-    for &hd in &[64, 48, 16] {
+    for &hd in &[64, 48, 24, 16] {
         for &(nh, nkv) in &[(4, 4), (9, 3), (8, 2)] {
-            for &t in &[1, 2, 7, 33] {
+            for &t in &[1, 2, 5, 7, 33] {
                 for &pos0 in &[0, 70] {
                     for &window in &[None, Some(5), Some(80)] {
                         v.push(Case::new(&mut rng, nh, nkv, hd, t, pos0, window, 1.0));
