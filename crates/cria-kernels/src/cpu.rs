@@ -41,8 +41,8 @@ pub struct CpuBackend {
     act: Mutex<Vec<u8>>,
     /// Per-thread attention scores (one row of keys each).
     scores: Vec<Mutex<Vec<f32>>>,
-    /// RoPE cos/sin of one position.
-    rope_cs: Mutex<Vec<(f32, f32)>>,
+    /// RoPE cos/sin of the positions of the last call.
+    rope_cs: Mutex<ops::RopeTable>,
 }
 
 /// A raw output pointer the worker threads share (f32 results, or activation bytes). Sound
@@ -94,7 +94,7 @@ impl CpuBackend {
             pool: ThreadPool::new(threads),
             act: Mutex::new(Vec::new()),
             scores: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
-            rope_cs: Mutex::new(Vec::new()),
+            rope_cs: Mutex::new(ops::RopeTable::default()),
         }
     }
 
@@ -213,9 +213,15 @@ impl Backend for CpuBackend {
     ) {
         match self.isa {
             Isa::Scalar => reference::rope(x, t, n_heads, head_dim, pos0, rope),
-            _ => {
-                let mut cs = self.rope_cs.lock().unwrap_or_else(|e| e.into_inner());
-                ops::rope(x, t, n_heads, head_dim, pos0, rope, &mut cs)
+            isa => {
+                let mut table = self.rope_cs.lock().unwrap_or_else(|e| e.into_inner());
+                let cs = table.get(rope, pos0, t);
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: Avx2 only when available.
+                    Isa::Avx2 => unsafe { ops::avx2::rope(x, t, n_heads, head_dim, rope, cs) },
+                    _ => ops::rope(x, t, n_heads, head_dim, rope, cs),
+                }
             }
         }
     }

@@ -26,7 +26,7 @@ pub use isa::Isa;
 /// cos/sin are libm's `cosf`/`sinf` of that, times `attn_factor`. (The repeated multiplication
 /// drifts from the exact angle by a few ulps per pair; that drift is part of what llama.cpp
 /// computes.)
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Rope {
     /// Per rotated pair i (0..n_rot/2): the angular frequency, already divided by any RoPE scaling
     /// factor (linear, llama3, or GGUF `rope_freqs`), computed exactly. Informational (the
@@ -80,6 +80,11 @@ impl Rope {
     /// (cos, sin) * attn_factor of every rotated pair at position `pos`, in ggml's arithmetic.
     pub fn table(&self, pos: usize, cs: &mut Vec<(f32, f32)>) {
         cs.clear();
+        self.extend_table(pos, cs);
+    }
+
+    /// `table` for `pos`, appended to `cs`.
+    pub fn extend_table(&self, pos: usize, cs: &mut Vec<(f32, f32)>) {
         let mut theta = pos as f32;
         for i in 0..self.inv_freq.len() {
             let ff = self

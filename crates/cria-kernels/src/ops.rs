@@ -14,15 +14,37 @@
 
 use crate::{AttnShape, Rope};
 
-pub fn rope(
-    x: &mut [f32],
-    t: usize,
-    n_heads: usize,
-    head_dim: usize,
+/// RoPE cos/sin of positions pos0..pos0 + t for one set of parameters, kept between calls: the Q
+/// and K rotations of every layer of a forward pass share one table instead of recomputing the
+/// angles (two libm calls per pair) each time.
+#[derive(Default)]
+pub struct RopeTable {
+    rope: Option<Rope>,
     pos0: usize,
-    rope: &Rope,
-    cs: &mut Vec<(f32, f32)>,
-) {
+    t: usize,
+    cs: Vec<(f32, f32)>,
+}
+
+impl RopeTable {
+    /// (cos, sin) of every rotated pair at positions pos0..pos0 + t: t rows of n_pairs.
+    pub fn get(&mut self, rope: &Rope, pos0: usize, t: usize) -> &[(f32, f32)] {
+        let n_pairs = rope.inv_freq.len();
+        if self.rope.as_ref() != Some(rope) || self.pos0 != pos0 || self.t < t {
+            if self.rope.as_ref() != Some(rope) {
+                self.rope = Some(rope.clone());
+            }
+            self.cs.clear();
+            for r in 0..t {
+                rope.extend_table(pos0 + r, &mut self.cs);
+            }
+            (self.pos0, self.t) = (pos0, t);
+        }
+        &self.cs[..t * n_pairs]
+    }
+}
+
+/// Checks rope's buffers (a kernel would index out of bounds).
+pub fn check_rope(x: &[f32], t: usize, n_heads: usize, head_dim: usize, rope: &Rope) {
     let n_pairs = rope.inv_freq.len();
     assert!(
         2 * n_pairs <= head_dim,
@@ -33,8 +55,21 @@ pub fn rope(
         "rope: x has {} values, want {t} x {n_heads} x {head_dim}",
         x.len()
     );
+}
+
+/// Rotates t tokens of n_heads heads with the table `cs` (t rows of n_pairs, `RopeTable::get`).
+pub fn rope(
+    x: &mut [f32],
+    t: usize,
+    n_heads: usize,
+    head_dim: usize,
+    rope: &Rope,
+    cs: &[(f32, f32)],
+) {
+    check_rope(x, t, n_heads, head_dim, rope);
+    let n_pairs = rope.inv_freq.len();
     for r in 0..t {
-        rope.table(pos0 + r, cs);
+        let cs = &cs[r * n_pairs..][..n_pairs];
         for h in 0..n_heads {
             let v = &mut x[(r * n_heads + h) * head_dim..][..head_dim];
             for (i, &(c, s)) in cs.iter().enumerate() {
@@ -548,6 +583,72 @@ pub mod avx2 {
             }
         }
     }
+    }
+
+    avx2_fn! {
+    /// `super::rope` in AVX2, bit for bit: each rotation is ggml's (x0 c - r(x1 s), x0 s + r(x1 c))
+    /// with x0's product fused (`crate::rotate`): interleaved pairs as one vfmaddsub on
+    /// (x0, x0) * (c, s) -+ (x1, x1) * (s, c) for 4 pairs; half-split pairs 8 at a time.
+    unsafe fn rope_impl(x: &mut [f32], t: usize, n_heads: usize, head_dim: usize, rope: &crate::Rope, cs: &[(f32, f32)]) {
+        let np = rope.inv_freq.len();
+        for r in 0..t {
+            let cs = &cs[r * np..][..np];
+            let csp = cs.as_ptr() as *const f32;
+            for h in 0..n_heads {
+                let v = &mut x[(r * n_heads + h) * head_dim..][..head_dim];
+                let vp = v.as_mut_ptr();
+                let mut i = 0;
+                if rope.interleaved {
+                    while i + 4 <= np {
+                        let xv = _mm256_loadu_ps(vp.add(2 * i));
+                        let b = _mm256_loadu_ps(csp.add(2 * i)); // c0 s0 c1 s1 ...
+                        let sw = _mm256_permute_ps::<0b1011_0001>(b); // s0 c0 s1 c1 ...
+                        let y = _mm256_fmaddsub_ps(_mm256_moveldup_ps(xv), b, _mm256_mul_ps(_mm256_movehdup_ps(xv), sw));
+                        _mm256_storeu_ps(vp.add(2 * i), y);
+                        i += 4;
+                    }
+                    for i in i..np {
+                        let (c, s) = cs[i];
+                        (v[2 * i], v[2 * i + 1]) = crate::rotate(v[2 * i], v[2 * i + 1], c, s);
+                    }
+                } else {
+                    while i + 8 <= np {
+                        let lo = _mm256_loadu_ps(csp.add(2 * i)); // c0 s0 .. c3 s3
+                        let hi = _mm256_loadu_ps(csp.add(2 * i + 8)); // c4 s4 .. c7 s7
+                        // c0 c1 c4 c5 | c2 c3 c6 c7, then 64-bit lanes into order.
+                        let fix = |m: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0b1101_1000>(_mm256_castps_pd(m)));
+                        let c = fix(_mm256_shuffle_ps::<0b1000_1000>(lo, hi));
+                        let s = fix(_mm256_shuffle_ps::<0b1101_1101>(lo, hi));
+                        let x0 = _mm256_loadu_ps(vp.add(i));
+                        let x1 = _mm256_loadu_ps(vp.add(i + np));
+                        _mm256_storeu_ps(vp.add(i), _mm256_fmsub_ps(x0, c, _mm256_mul_ps(x1, s)));
+                        _mm256_storeu_ps(vp.add(i + np), _mm256_fmadd_ps(x0, s, _mm256_mul_ps(x1, c)));
+                        i += 8;
+                    }
+                    for i in i..np {
+                        let (c, s) = cs[i];
+                        (v[i], v[i + np]) = crate::rotate(v[i], v[i + np], c, s);
+                    }
+                }
+            }
+        }
+    }
+    }
+
+    /// AVX2 twin of `super::rope` (bit-exact).
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    pub unsafe fn rope(
+        x: &mut [f32],
+        t: usize,
+        n_heads: usize,
+        head_dim: usize,
+        rope: &crate::Rope,
+        cs: &[(f32, f32)],
+    ) {
+        super::check_rope(x, t, n_heads, head_dim, rope);
+        assert!(cs.len() >= t * rope.inv_freq.len(), "rope: table too short");
+        rope_impl(x, t, n_heads, head_dim, rope, cs)
     }
 
     avx2_fn! {

@@ -40,6 +40,8 @@ fn rope_is_bit_exact_with_the_reference() {
             (3, 64, 32, false),
             (2, 10, 6, true),
             (1, 2, 2, false),
+            (4, 24, 14, true),  // 3 vector pairs + a tail of 3
+            (2, 24, 22, false), // 8 half-split pairs + a tail of 3
         ] {
             let ff =
                 (!interleaved).then(|| (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.25).collect());
@@ -56,7 +58,10 @@ fn rope_is_bit_exact_with_the_reference() {
                     .map(|_| rng.normal(1.0))
                     .collect();
                 let (mut a, mut r) = (x0.clone(), x0.clone());
+                // Twice: the second call reuses the backend's cos/sin table.
                 b.rope(&mut a, t, n_heads, head_dim, pos0, &rope);
+                b.rope(&mut a, t, n_heads, head_dim, pos0, &rope);
+                reference::rope(&mut r, t, n_heads, head_dim, pos0, &rope);
                 reference::rope(&mut r, t, n_heads, head_dim, pos0, &rope);
                 assert!(
                     a.iter().zip(&r).all(|(x, y)| x.to_bits() == y.to_bits()),

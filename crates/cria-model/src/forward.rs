@@ -28,10 +28,13 @@ impl KvRows {
     /// Stores `src` at element offset `at`.
     fn store(&mut self, at: usize, src: &[f32]) {
         match self {
-            KvRows::F16(x) => x[at..at + src.len()]
-                .iter_mut()
-                .zip(src)
-                .for_each(|(d, &v)| *d = half::f16::from_f32(v).to_bits()),
+            KvRows::F16(x) => {
+                // F16C's round-to-nearest-even when the CPU has it (half checks at run time):
+                // the same bits as f16::from_f32 per element.
+                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+                let d: &mut [half::f16] = x[at..at + src.len()].reinterpret_cast_mut();
+                d.convert_from_f32_slice(src)
+            }
             KvRows::F32(x) => x[at..at + src.len()].copy_from_slice(src),
         }
     }
