@@ -8,5 +8,7 @@ pub mod names;
 
 pub use config::{Config, RopeScaling};
 pub use cria_kernels::KvType;
-pub use forward::{forward, forward_batch, KvCache, KvRows, Logits, Probe, Scratch, SeqStep};
+pub use forward::{
+    forward, forward_batch, KvCache, KvRows, Logits, Probe, Scratch, SeqStep, UBATCH,
+};
 pub use model::{LoadOptions, Model, Source};

@@ -140,3 +140,50 @@ fn batched_sequences_match_each_alone_bitwise() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A prompt longer than `UBATCH` runs as micro-batches (the scratch holds activations for
+/// `UBATCH` tokens only): the same logits and the same KV cache, bit for bit, as one pass over
+/// the whole prompt; and a call that cannot be split is refused with an error, not a panic.
+#[test]
+fn micro_batched_prompt_matches_one_pass_bitwise() {
+    use cria_model::UBATCH;
+    let dir = std::env::temp_dir().join(format!("cria-ubatch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = 2 * UBATCH + 37;
+    for path in [tiny(), quantized_copy(&dir)] {
+        for threads in [1, 2] {
+            let b = CpuBackend::new(threads);
+            let m = Model::load(&path, LoadOptions::default(), &b).unwrap();
+            let prompt = toks(n, 9);
+            let mut kv_micro = KvCache::new(&m, n + 1);
+            let mut micro = Scratch::new(&m, n, Logits::Last);
+            forward(&m, &b, &prompt, 0, &mut kv_micro, &mut micro, Logits::Last).unwrap();
+            let mut kv_one = KvCache::new(&m, n + 1);
+            let mut one = Scratch::with_seqs(&m, n, 1);
+            forward(&m, &b, &prompt, 0, &mut kv_one, &mut one, Logits::Last).unwrap();
+            let same = |a: &[f32], b: &[f32]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            };
+            assert!(
+                same(micro.logits(), one.logits()),
+                "{}: logits differ",
+                path.display()
+            );
+            let filled = n * m.config.kv_dim();
+            let vals = |r: &cria_model::KvRows| {
+                let s = r.slice(filled);
+                (0..filled).map(|i| s.get(i)).collect::<Vec<f32>>()
+            };
+            for l in 0..kv_one.k.len() {
+                assert!(
+                    same(&vals(&kv_micro.k[l]), &vals(&kv_one.k[l]))
+                        && same(&vals(&kv_micro.v[l]), &vals(&kv_one.v[l])),
+                    "layer {l}: cache differs"
+                );
+            }
+            // Every row's logits from a scratch sized for one micro-batch: refused.
+            let err = forward(&m, &b, &prompt, 0, &mut kv_micro, &mut micro, Logits::All);
+            assert!(err.is_err(), "an unsplittable call must be refused");
+        }
+    }
+}
