@@ -76,7 +76,7 @@ fn leaves(a: &Array, out: &mut Vec<J>) {
         Array::I32(v) => v.iter().for_each(|&x| push(x.into())),
         Array::F32(v) => v.iter().for_each(|&x| push(x.into())),
         Array::Bool(v) => v.iter().for_each(|&x| push(x.into())),
-        Array::String(v) => v.iter().for_each(|x| push(x.as_str().into())),
+        Array::String(v) => v.iter().for_each(|x| push(x.into())),
         Array::U64(v) => v.iter().for_each(|&x| push(x.into())),
         Array::I64(v) => v.iter().for_each(|&x| push(x.into())),
         Array::F64(v) => v.iter().for_each(|&x| push(x.into())),
@@ -208,7 +208,7 @@ fn reference_vocab_files_and_model_open_with_known_metadata() {
         panic!()
     };
     assert_eq!(
-        (t.len(), t[0].as_str(), t[1].as_str(), t[2].as_str()),
+        (t.len(), &t[0], &t[1], &t[2]),
         (32000, "<unk>", "<s>", "</s>")
     );
 

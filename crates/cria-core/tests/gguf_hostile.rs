@@ -97,7 +97,7 @@ fn small_valid() -> Vec<u8> {
     );
     w.add(
         "n",
-        vec![Array::I32(vec![1, 2]), Array::String(vec!["x".into()])],
+        vec![Array::I32(vec![1, 2]), Array::String(vec!["x"].into())],
     );
     w.add("f", 0.5f32).add("b", true);
     w.add_tensor("w4", DType::Q4_0, vec![32, 2], q4).unwrap();

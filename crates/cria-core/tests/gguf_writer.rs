@@ -54,7 +54,7 @@ fn all_values() -> Vec<(String, Value)> {
             "a.nested",
             vec![
                 Array::U32(vec![1, 2]),
-                Array::String(vec!["x".into()]),
+                Array::String(vec!["x"].into()),
                 Array::Array(vec![Array::F32(vec![3.0]), Array::Array(vec![])]),
                 Array::Bool(vec![]),
             ]

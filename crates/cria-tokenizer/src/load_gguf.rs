@@ -3,7 +3,7 @@
 
 use crate::pretok::PreTokenizer;
 use crate::{attr, Model, Spec, TokenData, Tokenizer};
-use cria_core::gguf::{Array, GgufFile};
+use cria_core::gguf::{Array, GgufFile, StrArray};
 use cria_core::{Error, Result};
 
 /// Flags that depend on the pre-tokenizer name (llama.cpp sets them next to the pre type).
@@ -48,7 +48,7 @@ pub(crate) fn pre_info(name: &str) -> Result<PreInfo> {
     })
 }
 
-fn strings<'a>(g: &'a GgufFile, key: &str) -> Result<Option<&'a [String]>> {
+fn strings<'a>(g: &'a GgufFile, key: &str) -> Result<Option<&'a StrArray>> {
     match g.get_array(key) {
         None if g.get(key).is_none() => Ok(None),
         Some(Array::String(v)) => Ok(Some(v)),
@@ -126,7 +126,7 @@ pub(crate) fn load(g: &GgufFile) -> Result<Tokenizer> {
         .iter()
         .enumerate()
         .map(|(i, text)| TokenData {
-            text: text.clone(),
+            text: text.to_string(),
             score: scores.as_ref().map_or(0.0, |s| s[i]),
             attr: match types.as_ref().map(|t| t[i]) {
                 None => attr::NORMAL,
@@ -151,7 +151,7 @@ pub(crate) fn load(g: &GgufFile) -> Result<Tokenizer> {
             ))
         })?;
         merges.reserve(list.len());
-        for m in list {
+        for m in list.iter() {
             // "a b"; the first half is never empty, so the split is at the first space after byte 0.
             match m.as_bytes().iter().skip(1).position(|&b| b == b' ') {
                 Some(p) => merges.push((&m[..p + 1], &m[p + 2..])),
