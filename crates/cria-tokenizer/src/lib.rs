@@ -86,10 +86,63 @@ pub(crate) struct Spec<'a> {
 }
 
 /// A LLaMA-family tokenizer: vocabulary, merges, special tokens and flags.
+/// Vocabulary string -> id. The table holds only ids and compares against the strings of
+/// `tokens`, so a 128K vocabulary's index is ~1.3 MB rather than a second copy of every string in
+/// a HashMap<String, u32> (~12 MB). A duplicated text maps to its last id (as in llama.cpp).
+/// Fx hashing: the keys are the vocabulary's (fixed at load), so adversarial input text can only
+/// hit the chains the vocabulary already has; SipHash would double encode time.
+struct TextIndex(hashbrown::HashTable<u32>);
+
+fn fx(s: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(s)
+}
+
+impl TextIndex {
+    fn build(tokens: &[TokenData]) -> Self {
+        let text = |id: &u32| tokens[*id as usize].text.as_str();
+        let mut t = hashbrown::HashTable::with_capacity(tokens.len());
+        for (i, tok) in tokens.iter().enumerate() {
+            let s = tok.text.as_str();
+            match t.entry(fx(s), |id| text(id) == s, |id| fx(text(id))) {
+                hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = i as u32,
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    v.insert(i as u32);
+                }
+            }
+        }
+        TextIndex(t)
+    }
+    /// The id of `s` in the `tokens` this index was built from.
+    fn get(&self, tokens: &[TokenData], s: &str) -> Option<u32> {
+        self.0
+            .find(fx(s), |&id| tokens[id as usize].text == s)
+            .copied()
+    }
+}
+
+/// Every token's piece in one buffer (bytes plus an end offset each) rather than a Vec per token.
+#[derive(Default)]
+struct Pieces {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Pieces {
+    fn push(&mut self, p: &[u8]) {
+        self.bytes.extend_from_slice(p);
+        self.ends.push(self.bytes.len());
+    }
+    fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+}
+
 pub struct Tokenizer {
     model: Model,
     pub(crate) tokens: Vec<TokenData>,
-    token_to_id: FxHashMap<String, u32>,
+    token_to_id: TextIndex,
     /// Merge ranks keyed by the ids of the two halves (every real vocabulary has both halves in
     /// the vocabulary; the few that do not are kept by text in `merges_by_text`).
     pub(crate) merges: FxHashMap<(u32, u32), u32>,
@@ -99,7 +152,7 @@ pub struct Tokenizer {
     /// Control, user-defined and unknown tokens, longest text first: the order they are cut out.
     specials: Vec<u32>,
     /// `token_to_piece(id, special = true)` for every id.
-    pieces: Vec<Vec<u8>>,
+    pieces: Pieces,
     bos: Option<u32>,
     eos: Option<u32>,
     eot: Option<u32>,
@@ -286,17 +339,12 @@ impl Tokenizer {
                 t.text = format!("[EMPTY_{i}]");
             }
         }
-        // Fx hashing: the keys are the vocabulary's (fixed at load), so adversarial input text can
-        // only hit the chains the vocabulary already has; SipHash would double encode time.
-        let mut token_to_id = FxHashMap::with_capacity_and_hasher(tokens.len(), Default::default());
-        for (i, t) in tokens.iter().enumerate() {
-            token_to_id.insert(t.text.clone(), i as u32);
-        }
+        let token_to_id = TextIndex::build(&tokens);
         // Ids that own their text (a duplicated text maps to its last id, as in llama.cpp), in id
         // order: llama.cpp walks a hash map here, so where two candidates exist its choice is
         // arbitrary; ascending ids make ours deterministic.
         let owners: Vec<u32> = (0..n)
-            .filter(|&i| token_to_id.get(&tokens[i as usize].text) == Some(&i))
+            .filter(|&i| token_to_id.get(&tokens, &tokens[i as usize].text) == Some(i))
             .collect();
 
         let mark_control =
@@ -305,10 +353,12 @@ impl Tokenizer {
         // takes the first candidate in hash-map order, which is arbitrary when a vocabulary has
         // several (SmolLM2 has both <|endoftext|> and <|im_end|>); we take the first in the
         // candidate list's order, which puts the chat end-of-turn markers first.
-        let by_priority = |texts: &[&str]| texts.iter().find_map(|t| token_to_id.get(*t).copied());
+        let by_priority = |tokens: &[TokenData], texts: &[&str]| {
+            texts.iter().find_map(|t| token_to_id.get(tokens, t))
+        };
         for (slot, texts) in [(&mut eot, EOT_TEXTS), (&mut eom, EOM_TEXTS)] {
             if slot.is_none() {
-                *slot = by_priority(texts);
+                *slot = by_priority(&tokens, texts);
                 if let Some(id) = *slot {
                     mark_control(&mut tokens, id);
                 }
@@ -316,7 +366,7 @@ impl Tokenizer {
         }
         for (slot, texts) in fim.iter_mut().zip(FIM_TEXTS) {
             if slot.is_none() {
-                *slot = by_priority(texts);
+                *slot = by_priority(&tokens, texts);
                 if let Some(id) = *slot {
                     mark_control(&mut tokens, id);
                 }
@@ -380,11 +430,11 @@ impl Tokenizer {
             for &id in &specials {
                 tokens[id as usize].attr |= attr::RSTRIP;
             }
-            if let Some(&id) = token_to_id.get("</s>") {
+            if let Some(id) = token_to_id.get(&tokens, "</s>") {
                 tokens[id as usize].attr |= attr::RSTRIP;
             }
             for t in ["<unk>", "<s>", "<|endoftext|>"] {
-                if let Some(&id) = token_to_id.get(t) {
+                if let Some(id) = token_to_id.get(&tokens, t) {
                     tokens[id as usize].attr &= !attr::RSTRIP;
                 }
             }
@@ -394,8 +444,8 @@ impl Tokenizer {
         let mut merges_by_text = FxHashMap::default();
         for (rank, &(a, b)) in merges.iter().enumerate() {
             let rank = rank as u32;
-            match (token_to_id.get(a), token_to_id.get(b)) {
-                (Some(&ia), Some(&ib)) => {
+            match (token_to_id.get(&tokens, a), token_to_id.get(&tokens, b)) {
+                (Some(ia), Some(ib)) => {
                     merge_ids.entry((ia, ib)).or_insert(rank);
                 }
                 _ => {
@@ -410,16 +460,18 @@ impl Tokenizer {
         for (b, slot) in byte_tokens.iter_mut().enumerate() {
             let b = b as u8;
             let found = match model {
-                Model::Spm => token_to_id.get(&format!("<0x{b:02X}>")).or_else(|| {
-                    if b.is_ascii() {
-                        token_to_id.get(&(b as char).to_string())
-                    } else {
-                        None
-                    }
-                }),
-                Model::Bpe(_) => token_to_id.get(&unicode::byte_to_char(b).to_string()),
+                Model::Spm => token_to_id
+                    .get(&tokens, &format!("<0x{b:02X}>"))
+                    .or_else(|| {
+                        if b.is_ascii() {
+                            token_to_id.get(&tokens, &(b as char).to_string())
+                        } else {
+                            None
+                        }
+                    }),
+                Model::Bpe(_) => token_to_id.get(&tokens, &unicode::byte_to_char(b).to_string()),
             };
-            *slot = found.copied().or(unk).unwrap_or(NO_ID);
+            *slot = found.or(unk).unwrap_or(NO_ID);
         }
 
         let kind = match model {
@@ -435,7 +487,7 @@ impl Tokenizer {
             ignore_merges,
             byte_tokens,
             specials,
-            pieces: Vec::new(),
+            pieces: Pieces::default(),
             bos,
             eos,
             eot,
@@ -450,7 +502,11 @@ impl Tokenizer {
             chat_template,
             kind,
         };
-        tok.pieces = (0..n).map(|id| tok.compute_piece(id)).collect();
+        let mut pieces = Pieces::default();
+        for id in 0..n {
+            pieces.push(&tok.compute_piece(id));
+        }
+        tok.pieces = pieces;
         Ok(tok)
     }
 
@@ -604,7 +660,7 @@ impl Tokenizer {
         if !special && t.attr & (attr::UNKNOWN | attr::CONTROL) != 0 {
             return &[];
         }
-        &self.pieces[id as usize]
+        self.pieces.get(id as usize)
     }
 
     /// llama.cpp `token_to_piece(special = true)`, computed once per id at load.
@@ -695,7 +751,7 @@ impl Tokenizer {
     }
     /// The id whose vocabulary string is exactly `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.token_to_id.get(text).copied()
+        self.token_to_id.get(&self.tokens, text)
     }
     pub(crate) fn byte_token(&self, b: u8) -> Option<u32> {
         let id = self.byte_tokens[b as usize];
