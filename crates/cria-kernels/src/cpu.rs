@@ -39,7 +39,8 @@ pub struct CpuBackend {
     pool: ThreadPool,
     /// Activations converted to the vec_dot_type (t rows), reused across calls.
     act: Mutex<Vec<u8>>,
-    /// Per-thread attention scores (one row of keys each).
+    /// Per-thread attention scratch (flash tiles' key blocks, scores and accumulators; the F32
+    /// path's row of scores).
     scores: Vec<Mutex<Vec<f32>>>,
     /// RoPE cos/sin of the positions of the last call.
     rope_cs: Mutex<ops::RopeTable>,

@@ -29,8 +29,9 @@ impl RopeTable {
     /// (cos, sin) of every rotated pair at positions pos0..pos0 + t: t rows of n_pairs.
     pub fn get(&mut self, rope: &Rope, pos0: usize, t: usize) -> &[(f32, f32)] {
         let n_pairs = rope.inv_freq.len();
-        if self.rope.as_ref() != Some(rope) || self.pos0 != pos0 || self.t < t {
-            if self.rope.as_ref() != Some(rope) {
+        let same_rope = self.rope.as_ref() == Some(rope);
+        if !same_rope || self.pos0 != pos0 || self.t < t {
+            if !same_rope {
                 self.rope = Some(rope.clone());
             }
             self.cs.clear();
@@ -793,18 +794,18 @@ pub mod avx2 {
     unsafe fn row_tile<const R: usize>(q: &[f32], s: &AttnShape, kvh: usize, r0: usize, i0: usize, kb0: usize, n: usize, kt: *const f32, vf: *const f32, f: &mut super::FlashBuf) {
         const FK: usize = super::FLASH_KEYS;
         let (hd, g) = (s.head_dim, s.n_heads / s.n_kv_heads);
-        // Each row's visible keys in this block, relative to kb0 (lo > hi: none).
-        let mut lo = [0usize; R];
-        let mut hi = [0usize; R];
+        // Each row's visible keys in this block, relative to kb0; None: no key (a row whose
+        // position is before the block, or whose window ends before it).
+        let mut vis = [None::<(usize, usize)>; R];
         let (mut jlo, mut jhi) = (usize::MAX, 0usize);
         for r in 0..R {
             let p = s.pos0 + r0 + (i0 + r) / g;
             let a = (*super::key_range(p, s.window).start()).max(kb0);
             let b = p.min(kb0 + n - 1);
-            (lo[r], hi[r]) = (a.wrapping_sub(kb0), b.wrapping_sub(kb0));
             if a <= b {
-                jlo = jlo.min(lo[r]);
-                jhi = jhi.max(hi[r] + 1);
+                vis[r] = Some((a - kb0, b - kb0));
+                jlo = jlo.min(a - kb0);
+                jhi = jhi.max(b - kb0 + 1);
             }
         }
         if jlo >= jhi {
@@ -821,15 +822,15 @@ pub mod avx2 {
         let mut corr = [1f32; R];
         for r in 0..R {
             let row = sc.add(r * FK);
-            if lo[r] > hi[r] || lo[r] >= n {
+            let Some((lo, hi)) = vis[r] else {
                 // No visible key: p = 0, acc and the softmax state unchanged.
                 for c in (0..nj).step_by(8) {
                     _mm256_storeu_ps(row.add(c), _mm256_setzero_ps());
                 }
                 continue;
-            }
+            };
             // Keys outside lo..=hi masked: -inf for the max, 0 for the probabilities.
-            let (lv, hv) = (_mm256_set1_epi32(lo[r] as i32 - 1), _mm256_set1_epi32(hi[r] as i32 + 1));
+            let (lv, hv) = (_mm256_set1_epi32(lo as i32 - 1), _mm256_set1_epi32(hi as i32 + 1));
             let keep = |c: usize| {
                 let j = _mm256_add_epi32(idx, _mm256_set1_epi32(c as i32));
                 _mm256_castsi256_ps(_mm256_and_si256(_mm256_cmpgt_epi32(j, lv), _mm256_cmpgt_epi32(hv, j)))

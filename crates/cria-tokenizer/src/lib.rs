@@ -85,7 +85,6 @@ pub(crate) struct Spec<'a> {
     pub model_name: String,
 }
 
-/// A LLaMA-family tokenizer: vocabulary, merges, special tokens and flags.
 /// Vocabulary string -> id. The table holds only ids and compares against the strings of
 /// `tokens`, so a 128K vocabulary's index is ~1.3 MB rather than a second copy of every string in
 /// a HashMap<String, u32> (~12 MB). A duplicated text maps to its last id (as in llama.cpp).
@@ -139,6 +138,7 @@ impl Pieces {
     }
 }
 
+/// A LLaMA-family tokenizer: vocabulary, merges, special tokens and flags.
 pub struct Tokenizer {
     model: Model,
     pub(crate) tokens: Vec<TokenData>,
