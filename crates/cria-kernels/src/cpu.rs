@@ -21,6 +21,7 @@ use std::sync::Mutex;
 
 mod attention;
 mod gemm_float;
+pub mod gemm_half;
 pub mod gemm_q;
 mod matmul;
 
@@ -163,11 +164,16 @@ impl Backend for CpuBackend {
         // block by block through the file's layout, so the same values come out and the file's
         // pages of the table stay out of the process.
         let packed = gemm_q::packed(table);
+        let half = gemm_half::packed(table);
         for (o, &tok) in out.chunks_exact_mut(k.max(1)).zip(tokens) {
             assert!(
                 (tok as usize) < rows,
                 "embed: token id {tok} is outside the table ({rows} rows)"
             );
+            if let Some(h) = half {
+                h.row(tok as usize, o);
+                continue;
+            }
             let res = match packed {
                 Some(p) => {
                     let mut blk = [0u8; 256];

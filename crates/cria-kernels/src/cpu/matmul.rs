@@ -10,10 +10,10 @@ const CHUNK_BYTES: usize = 16 * 1024;
 /// items of thousands of rows).
 const MAX_CHUNK_ROWS: usize = 256;
 
-/// The layout `matmul` wants for a weight matrix: Q4_0 and Q8_0 repacked into 8-row groups on
-/// AVX2 (`gemm_q`), everything else as the file has it.
+/// The layout `matmul` wants for a weight matrix on AVX2: quantized types repacked into 8-row
+/// groups (`gemm_q`), F16/BF16 into 16-row panels (`gemm_half`), F32 as the file has it.
 pub(crate) fn prepare(b: &CpuBackend, w: Tensor) -> cria_core::Result<Tensor> {
-    Ok(super::gemm_q::prepare(b, w))
+    Ok(super::gemm_half::prepare(b, super::gemm_q::prepare(b, w)))
 }
 
 /// Panics with the tensor's name when out or x do not fit (t, w.rows()) / (t, w.cols()).
@@ -43,6 +43,10 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], w: &Tensor, t: 
     }
     if let Some(p) = super::gemm_q::packed(w) {
         super::gemm_q::matmul(b, out, x, p, t);
+        return;
+    }
+    if let Some(p) = super::gemm_half::packed(w) {
+        super::gemm_half::matmul(b, out, x, p, t);
         return;
     }
     // Float weights with several tokens: a register-tiled GEMM (when it takes the case).

@@ -1,0 +1,310 @@
+//! Half-precision weights (F16, BF16) repacked into 16-row panels, and their GEMM.
+//!
+//! Layout (`PackedHalf`): rows go by groups of `NR` = 16; group g holds, for each element e of
+//! the row, the 16 rows' element e side by side (`data[(g * k + e) * 16 + r % 16]`; rows past
+//! the end of the matrix are zero). One load of 32 bytes is then element e of 16 rows.
+//!
+//! The product is the outer-product ("BLIS") form: a register tile of `MR` = 6 tokens x 16
+//! rows keeps 12 accumulators; per element e, two weight vectors are widened (F16C
+//! `vcvtph2ps`, or a BF16 shift), each token's x[e] is broadcast, and 12 FMAs follow. Each
+//! widened weight serves 6 tokens (the file's layout served 3) and no horizontal sums are left
+//! at the end. Every output element is one FMA chain over e = 0..k in order, starting from
+//! +0.0, whatever the tile, the token count or the thread: results do not depend on the batch a
+//! token is in nor on the thread count, and `matmul_scalar` (f32 `mul_add` in the same order)
+//! gives the same bits.
+//!
+//! One token (decoding): 4 groups (64 rows) go together, 8 independent chains, so the FMA
+//! latency hides behind the loads and the weights stream at memory speed: each group is one
+//! contiguous run of `32 * k` bytes, which the hardware prefetcher follows.
+//!
+//! Work items are (row block x token block) tiles of the output; inside an item, every 16-row
+//! panel is swept by all the item's token tiles while it sits in L1/L2.
+
+use super::{CpuBackend, SyncPtr, MIN_PARALLEL_MACS};
+use crate::isa::Isa;
+use cria_core::tensor::AlignedBuf;
+use cria_core::{DType, Tensor};
+
+/// Rows per panel: two 8-lane vectors.
+pub const NR: usize = 16;
+/// Tokens per register tile (12 accumulators + 2 weights + 1 broadcast of the 16 ymm).
+const MR: usize = 6;
+/// Panels per work item (64 rows: each 64-byte line of `out` belongs to one item).
+const ITEM_GROUPS: usize = 4;
+/// Tokens per work item (a multiple of MR).
+const TOK_BLOCK: usize = 48;
+
+/// F16 or BF16 weights in 16-row panels (see the module doc).
+pub struct PackedHalf {
+    pub dtype: DType,
+    /// Rows (unpadded) and columns.
+    pub n: usize,
+    pub k: usize,
+    buf: AlignedBuf,
+}
+
+impl PackedHalf {
+    /// Repacks `n` rows of `k` 2-byte elements (`w`: the file's bytes, F16 or BF16).
+    pub fn new(dtype: DType, n: usize, k: usize, w: &[u8]) -> PackedHalf {
+        assert!(
+            matches!(dtype, DType::F16 | DType::BF16),
+            "PackedHalf: {dtype} is not a 2-byte float"
+        );
+        assert_eq!(w.len(), n * k * 2, "PackedHalf: wrong byte count");
+        let groups = n.div_ceil(NR);
+        let mut buf = AlignedBuf::zeroed(groups * k * NR * 2);
+        let out = buf.as_mut_slice();
+        for r in 0..n {
+            let (g, i) = (r / NR, r % NR);
+            let src = &w[r * k * 2..(r + 1) * k * 2];
+            for e in 0..k {
+                let o = ((g * k + e) * NR + i) * 2;
+                out[o..o + 2].copy_from_slice(&src[2 * e..2 * e + 2]);
+            }
+        }
+        PackedHalf { dtype, n, k, buf }
+    }
+
+    pub fn groups(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    /// The packed elements as u16 (the buffer is 64-byte aligned and a whole number of u16).
+    fn halves(&self) -> &[u16] {
+        bytemuck::cast_slice(self.buf.as_slice())
+    }
+
+    /// Element e of row r, widened to f32.
+    #[inline]
+    pub fn get(&self, r: usize, e: usize) -> f32 {
+        let h = self.halves()[((r / NR) * self.k + e) * NR + r % NR];
+        widen(self.dtype, h)
+    }
+
+    /// Row r widened to f32 (an embedding lookup from a tied table's packed copy).
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.n, "PackedHalf::row: row {r} of {}", self.n);
+        assert_eq!(out.len(), self.k, "PackedHalf::row: wrong length");
+        for (e, o) in out.iter_mut().enumerate() {
+            *o = self.get(r, e);
+        }
+    }
+}
+
+#[inline]
+fn widen(dtype: DType, h: u16) -> f32 {
+    match dtype {
+        DType::F16 => half::f16::from_bits(h).to_f32(),
+        _ => f32::from_bits((h as u32) << 16),
+    }
+}
+
+/// The packed form of `w`, if `prepare` made one.
+pub(crate) fn packed(w: &Tensor) -> Option<&PackedHalf> {
+    w.prepared.as_ref()?.downcast_ref::<PackedHalf>()
+}
+
+/// `Backend::prepare` for F16/BF16: repack when the AVX2 kernel can use it.
+pub(crate) fn prepare(b: &CpuBackend, mut w: Tensor) -> Tensor {
+    if !matches!(w.dtype, DType::F16 | DType::BF16)
+        || !b.repacks()
+        || b.isa() != Isa::Avx2
+        || w.rows() == 0
+        || w.cols() == 0
+    {
+        return w;
+    }
+    let p = PackedHalf::new(w.dtype, w.rows(), w.cols(), w.bytes());
+    w.prepared = Some(std::sync::Arc::new(p));
+    w
+}
+
+/// The scalar twin: out (t, n) = x (t, k) @ w^T, each element one `mul_add` chain over k in
+/// order from +0.0 (the AVX2 kernel's bits exactly).
+pub fn matmul_scalar(out: &mut [f32], x: &[f32], p: &PackedHalf, t: usize) {
+    let (n, k) = (p.n, p.k);
+    assert!(
+        x.len() == t * k && out.len() == t * n,
+        "matmul_scalar: bad sizes"
+    );
+    for tok in 0..t {
+        let xr = &x[tok * k..(tok + 1) * k];
+        for r in 0..n {
+            let mut acc = 0f32;
+            for (e, &xv) in xr.iter().enumerate() {
+                acc = p.get(r, e).mul_add(xv, acc);
+            }
+            out[tok * n + r] = acc;
+        }
+    }
+}
+
+/// out (t, n) = x (t, k) @ w^T on the packed weights (shapes checked by the caller).
+pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf, t: usize) {
+    let (n, k) = (p.n, p.k);
+    debug_assert!(x.len() == t * k && out.len() == t * n);
+    if t == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if b.isa() == Isa::Avx2 {
+        let run: unsafe fn(*mut f32, usize, &[f32], &[u16], usize, usize, usize, usize, usize) =
+            match p.dtype {
+                DType::F16 => avx2::block::<avx2::F16>,
+                _ => avx2::block::<avx2::Bf16>,
+            };
+        let groups = p.groups();
+        let n_gb = groups.div_ceil(ITEM_GROUPS);
+        let n_tb = t.div_ceil(TOK_BLOCK);
+        let outp = SyncPtr(out.as_mut_ptr());
+        let w = p.halves();
+        let job = |item: usize, _tid: usize| {
+            // Row blocks vary fastest: consecutive items share a token block (kept in L2).
+            let (gb, tb) = (item % n_gb, item / n_gb);
+            let (g0, g1) = (gb * ITEM_GROUPS, ((gb + 1) * ITEM_GROUPS).min(groups));
+            let (t0, t1) = (tb * TOK_BLOCK, ((tb + 1) * TOK_BLOCK).min(t));
+            // SAFETY: b.isa() == Avx2 means AVX2/FMA/F16C were detected. The item writes
+            // out[tok * n + row] for tok in t0..t1 and rows of panels g0..g1 below n only:
+            // inside `out` (t*n) and disjoint from every other item; the pool joins before
+            // `out`'s borrow ends. `w` holds `groups` panels of k * 16 elements.
+            unsafe { run(outp.get(), n, x, w, k, g0, g1, t0, t1) };
+        };
+        let items = n_gb * n_tb;
+        if b.threads == 1 || items == 1 || n * k * t < MIN_PARALLEL_MACS {
+            (0..items).for_each(|i| job(i, 0));
+        } else {
+            b.pool.for_each(items, &job);
+        }
+        return;
+    }
+    let _ = b;
+    matmul_scalar(out, x, p, t)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// How 8 packed elements are widened to f32.
+    pub(super) trait Wide {
+        unsafe fn load8(p: *const u16) -> __m256;
+    }
+    pub(super) struct F16;
+    pub(super) struct Bf16;
+    impl Wide for F16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const u16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+    }
+    impl Wide for Bf16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const u16) -> __m256 {
+            // bf16 is the top half of an f32: zero-extend to 32 bits and shift up.
+            let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
+        }
+    }
+
+    /// T tokens x G panels: acc[j][g] = the 16 rows of panel g (two vectors) dotted with token
+    /// j, one FMA per element in order, then stored to out[(t0 + j) * n + row] for the rows
+    /// below n.
+    ///
+    /// SAFETY (caller): AVX2/FMA/F16C present; panels g0..g0+G exist in `w` (k * 16 elements
+    /// each), tokens t0..t0+T in `x` (k each); the output elements are the caller's.
+    #[inline(always)]
+    unsafe fn tile<L: Wide, const T: usize, const G: usize>(
+        out: *mut f32,
+        n: usize,
+        x: &[f32],
+        w: &[u16],
+        k: usize,
+        g0: usize,
+        t0: usize,
+    ) {
+        let wp: [*const u16; G] = std::array::from_fn(|g| w.as_ptr().add((g0 + g) * k * NR));
+        let xp: [*const f32; T] = std::array::from_fn(|j| x.as_ptr().add((t0 + j) * k));
+        let mut acc = [[[_mm256_setzero_ps(); 2]; G]; T];
+        for e in 0..k {
+            let wv: [[__m256; 2]; G] = std::array::from_fn(|g| {
+                [L::load8(wp[g].add(e * NR)), L::load8(wp[g].add(e * NR + 8))]
+            });
+            for j in 0..T {
+                let xb = _mm256_broadcast_ss(&*xp[j].add(e));
+                for g in 0..G {
+                    acc[j][g][0] = _mm256_fmadd_ps(wv[g][0], xb, acc[j][g][0]);
+                    acc[j][g][1] = _mm256_fmadd_ps(wv[g][1], xb, acc[j][g][1]);
+                }
+            }
+        }
+        for j in 0..T {
+            for g in 0..G {
+                let r0 = (g0 + g) * NR;
+                let dst = out.add((t0 + j) * n + r0);
+                if r0 + NR <= n {
+                    _mm256_storeu_ps(dst, acc[j][g][0]);
+                    _mm256_storeu_ps(dst.add(8), acc[j][g][1]);
+                } else {
+                    let mut v = [0f32; NR];
+                    _mm256_storeu_ps(v.as_mut_ptr(), acc[j][g][0]);
+                    _mm256_storeu_ps(v.as_mut_ptr().add(8), acc[j][g][1]);
+                    for (i, &s) in v.iter().enumerate().take(n - r0) {
+                        *dst.add(i) = s;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Panels g0..g1 x tokens t0..t1 of the output, by register tiles.
+    ///
+    /// SAFETY (caller): AVX2/FMA/F16C present; `w` holds at least g1 panels of k * 16
+    /// elements, `x` at least t1 rows of k; out[tok * n + row] for the block is writable by this
+    /// call only.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn block<L: Wide>(
+        out: *mut f32,
+        n: usize,
+        x: &[f32],
+        w: &[u16],
+        k: usize,
+        g0: usize,
+        g1: usize,
+        t0: usize,
+        t1: usize,
+    ) {
+        debug_assert!(w.len() >= g1 * k * NR && x.len() >= t1 * k);
+        if t1 - t0 == 1 {
+            // One token: up to 4 panels at once (8 chains in flight).
+            let mut g = g0;
+            while g < g1 {
+                let ng = (g1 - g).min(4);
+                match ng {
+                    4 => tile::<L, 1, 4>(out, n, x, w, k, g, t0),
+                    3 => tile::<L, 1, 3>(out, n, x, w, k, g, t0),
+                    2 => tile::<L, 1, 2>(out, n, x, w, k, g, t0),
+                    _ => tile::<L, 1, 1>(out, n, x, w, k, g, t0),
+                }
+                g += ng;
+            }
+            return;
+        }
+        // Panels outer: a panel stays in L1/L2 while the item's token tiles pass over it.
+        for g in g0..g1 {
+            let mut j = t0;
+            while j < t1 {
+                let nt = (t1 - j).min(MR);
+                match nt {
+                    6 => tile::<L, 6, 1>(out, n, x, w, k, g, j),
+                    5 => tile::<L, 5, 1>(out, n, x, w, k, g, j),
+                    4 => tile::<L, 4, 1>(out, n, x, w, k, g, j),
+                    3 => tile::<L, 3, 1>(out, n, x, w, k, g, j),
+                    2 => tile::<L, 2, 1>(out, n, x, w, k, g, j),
+                    _ => tile::<L, 1, 1>(out, n, x, w, k, g, j),
+                }
+                j += nt;
+            }
+        }
+    }
+}
