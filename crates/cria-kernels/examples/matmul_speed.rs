@@ -4,6 +4,8 @@
 //!
 //! cargo run --release -p cria-kernels --example matmul_speed [-- TYPE ...]
 //! CRIA_CPU=scalar to time the scalar twins.
+//! `--one N K T TYPE [plain]`: one shape for a profiler; `--ab N K T TYPE [THREADS]`: the file's
+//! layout against the prepared one, interleaved.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -130,8 +132,46 @@ fn one(args: &[String]) {
     );
 }
 
+/// `--ab N K T TYPE [THREADS]`: the file's layout against the backend's own (repacked) one on the
+/// same weights, alternating calls in one process, best time of each over ~4 s: an A/B that the
+/// load of a shared machine moves for both sides alike.
+fn ab(args: &[String]) {
+    let (n, k, t): (usize, usize, usize) = (
+        args[0].parse().unwrap(),
+        args[1].parse().unwrap(),
+        args[2].parse().unwrap(),
+    );
+    let wt = DType::from_name(&args[3]).unwrap();
+    let threads = args.get(4).map_or(1, |v| v.parse().unwrap());
+    let mut rng = Rng::new(9);
+    let plain = random_weights(&mut rng, wt, n, k);
+    let x = random_acts(&mut rng, t, k);
+    let mut out = vec![0f32; t * n];
+    let b = CpuBackend::new(threads);
+    let packed = b.prepare(plain.clone()).unwrap();
+    let mut best = [f64::MAX; 2];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        for (i, w) in [&plain, &packed].into_iter().enumerate() {
+            let t0 = Instant::now();
+            b.matmul(&mut out, &x, w, t);
+            best[i] = best[i].min(t0.elapsed().as_secs_f64());
+        }
+    }
+    let gf = |s: f64| (2 * n * k * t) as f64 / s / 1e9;
+    println!(
+        "{wt} {n}x{k} t={t} x{threads}: file layout {:.1} GFLOP/s, prepared {:.1} GFLOP/s ({:.2}x)",
+        gf(best[0]),
+        gf(best[1]),
+        best[0] / best[1]
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--ab") {
+        return ab(&args[1..]);
+    }
     if args.first().map(String::as_str) == Some("--one") {
         return one(&args[1..]);
     }

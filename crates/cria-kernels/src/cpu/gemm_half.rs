@@ -55,13 +55,14 @@ impl PackedHalf {
         assert_eq!(w.len(), n * k * 2, "PackedHalf: wrong byte count");
         let groups = n.div_ceil(NR);
         let mut buf = AlignedBuf::zeroed(groups * k * NR * 2);
-        let out = buf.as_mut_slice();
-        for r in 0..n {
-            let (g, i) = (r / NR, r % NR);
-            let src = &w[r * k * 2..(r + 1) * k * 2];
-            for e in 0..k {
-                let o = ((g * k + e) * NR + i) * 2;
-                out[o..o + 2].copy_from_slice(&src[2 * e..2 * e + 2]);
+        let out: &mut [u16] = bytemuck::cast_slice_mut(buf.as_mut_slice());
+        // Panel by panel (16 x k halves, in L1/L2 while its rows are scattered into it).
+        for (g, panel) in out.chunks_exact_mut(k * NR).enumerate() {
+            for i in 0..NR.min(n - g * NR) {
+                let src = &w[(g * NR + i) * k * 2..][..k * 2];
+                for (o, h) in panel[i..].iter_mut().step_by(NR).zip(src.chunks_exact(2)) {
+                    *o = u16::from_le_bytes([h[0], h[1]]);
+                }
             }
         }
         PackedHalf { dtype, n, k, buf }
