@@ -33,8 +33,6 @@ const MR: usize = 6;
 const ITEM_GROUPS: usize = 4;
 /// Tokens per work item (a multiple of MR).
 const TOK_BLOCK: usize = 48;
-/// Elements of k per slice (a panel's slice: 16 x KC halves, 8 KiB).
-const KC: usize = 256;
 
 /// F16 or BF16 weights in 16-row panels (see the module doc).
 pub struct PackedHalf {
@@ -225,22 +223,11 @@ mod avx2 {
         k: usize,
         g0: usize,
         t0: usize,
-        (e0, e1): (usize, usize),
     ) {
         let wp: [*const u16; G] = std::array::from_fn(|g| w.as_ptr().add((g0 + g) * k * NR));
         let xp: [*const f32; T] = std::array::from_fn(|j| x.as_ptr().add((t0 + j) * k));
         let mut acc = [[[_mm256_setzero_ps(); 2]; G]; T];
-        if e0 > 0 {
-            // A later slice of k: the chains go on from what the earlier slice stored (full
-            // panels only; see `block`).
-            for j in 0..T {
-                for g in 0..G {
-                    let dst = out.add((t0 + j) * n + (g0 + g) * NR);
-                    acc[j][g] = [_mm256_loadu_ps(dst), _mm256_loadu_ps(dst.add(8))];
-                }
-            }
-        }
-        for e in e0..e1 {
+        for e in 0..k {
             let wv: [[__m256; 2]; G] = std::array::from_fn(|g| {
                 [L::load8(wp[g].add(e * NR)), L::load8(wp[g].add(e * NR + 8))]
             });
@@ -289,58 +276,33 @@ mod avx2 {
         t1: usize,
     ) {
         debug_assert!(w.len() >= g1 * k * NR && x.len() >= t1 * k);
-        let all = (0, k);
         if t1 - t0 == 1 {
             // One token: up to 4 panels at once (8 chains in flight).
             let mut g = g0;
             while g < g1 {
                 let ng = (g1 - g).min(4);
                 match ng {
-                    4 => tile::<L, 1, 4>(out, n, x, w, k, g, t0, all),
-                    3 => tile::<L, 1, 3>(out, n, x, w, k, g, t0, all),
-                    2 => tile::<L, 1, 2>(out, n, x, w, k, g, t0, all),
-                    _ => tile::<L, 1, 1>(out, n, x, w, k, g, t0, all),
+                    4 => tile::<L, 1, 4>(out, n, x, w, k, g, t0),
+                    3 => tile::<L, 1, 3>(out, n, x, w, k, g, t0),
+                    2 => tile::<L, 1, 2>(out, n, x, w, k, g, t0),
+                    _ => tile::<L, 1, 1>(out, n, x, w, k, g, t0),
                 }
                 g += ng;
             }
             return;
         }
-        // Slices of KC elements: a panel's slice (16 x KC halves) stays in L1 while the item's
-        // token tiles pass over it; each chain is stored after a slice and reloaded for the
-        // next, which leaves its order (and bits) as one pass over k. A panel that runs past
-        // n has no room in `out` for all 16 lanes: it goes over k in one pass.
-        let full = g1.min(n / NR).max(g0);
-        let mut e0 = 0;
-        while e0 < k {
-            let ks = (e0, (e0 + super::KC).min(k));
-            for g in g0..full {
-                let mut j = t0;
-                while j < t1 {
-                    let nt = (t1 - j).min(MR);
-                    match nt {
-                        6 => tile::<L, 6, 1>(out, n, x, w, k, g, j, ks),
-                        5 => tile::<L, 5, 1>(out, n, x, w, k, g, j, ks),
-                        4 => tile::<L, 4, 1>(out, n, x, w, k, g, j, ks),
-                        3 => tile::<L, 3, 1>(out, n, x, w, k, g, j, ks),
-                        2 => tile::<L, 2, 1>(out, n, x, w, k, g, j, ks),
-                        _ => tile::<L, 1, 1>(out, n, x, w, k, g, j, ks),
-                    }
-                    j += nt;
-                }
-            }
-            e0 = ks.1;
-        }
-        for g in full..g1 {
+        // Panels outer: a panel stays in L1/L2 while the item's token tiles pass over it.
+        for g in g0..g1 {
             let mut j = t0;
             while j < t1 {
                 let nt = (t1 - j).min(MR);
                 match nt {
-                    6 => tile::<L, 6, 1>(out, n, x, w, k, g, j, all),
-                    5 => tile::<L, 5, 1>(out, n, x, w, k, g, j, all),
-                    4 => tile::<L, 4, 1>(out, n, x, w, k, g, j, all),
-                    3 => tile::<L, 3, 1>(out, n, x, w, k, g, j, all),
-                    2 => tile::<L, 2, 1>(out, n, x, w, k, g, j, all),
-                    _ => tile::<L, 1, 1>(out, n, x, w, k, g, j, all),
+                    6 => tile::<L, 6, 1>(out, n, x, w, k, g, j),
+                    5 => tile::<L, 5, 1>(out, n, x, w, k, g, j),
+                    4 => tile::<L, 4, 1>(out, n, x, w, k, g, j),
+                    3 => tile::<L, 3, 1>(out, n, x, w, k, g, j),
+                    2 => tile::<L, 2, 1>(out, n, x, w, k, g, j),
+                    _ => tile::<L, 1, 1>(out, n, x, w, k, g, j),
                 }
                 j += nt;
             }
