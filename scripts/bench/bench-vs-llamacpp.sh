@@ -67,13 +67,16 @@ for name in $MODELS; do
   m="$(model_path "$name")"
   echo "== $name" >&2
   "$BIN/llama-bench" -m "$m" -p "$PP" -n "$TG" -t "$THREADS" -r "$REPS" -o json 2>/dev/null >"$B/lb-$name.json"
-  # One process per model so its peak RSS (VmHWM) is this model's.
-  "$CRIA" bench -m "$m" -p "$PP" -n "$TG" -t "$THREADS" -r "$REPS" -o json >"$B/cria-$name.json"
-  python3 - "$OUT" "$name" "$B/lb-$name.json" "$B/cria-$name.json" <<'PY'
+  # One process per model and test so each row's peak RSS (VmHWM) is that test's alone: within
+  # one process, memory a pp512 run freed can stay with the allocator and count against tg128.
+  "$CRIA" bench -m "$m" -p "$PP" -n 0 -t "$THREADS" -r "$REPS" -o json >"$B/cria-$name-pp.json"
+  "$CRIA" bench -m "$m" -p 0 -n "$TG" -t "$THREADS" -r "$REPS" -o json >"$B/cria-$name-tg.json"
+  python3 - "$OUT" "$name" "$B/lb-$name.json" "$B/cria-$name-pp.json" "$B/cria-$name-tg.json" <<'PY'
 import json, sys
-out, name, lb, cr = sys.argv[1:]
+out, name, lb, pp, tg = sys.argv[1:]
 rows = json.load(open(out))
-rows.append({"name": name, "llama": json.load(open(lb)), "cria": json.load(open(cr))})
+cria = sorted(json.load(open(pp)) + json.load(open(tg)), key=lambda c: (c["threads"], c["test"].startswith("tg")))
+rows.append({"name": name, "llama": json.load(open(lb)), "cria": cria})
 json.dump(rows, open(out, "w"), indent=1)
 PY
 done

@@ -38,9 +38,17 @@ struct Row {
     logits_hash: String,
     /// KV cache bytes of this test.
     kv_bytes: usize,
+    /// Peak resident memory of loading the model and running this test alone (`test_peak`).
+    peak_rss: Option<u64>,
 }
 
-/// Peak resident memory of this process so far (Linux `VmHWM`), bytes.
+/// Resets the peak-RSS mark to the current RSS (Linux >= 4.0; elsewhere a no-op, and the marks
+/// below then cover the whole process so far).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident memory of this process since the last reset (Linux `VmHWM`), bytes.
 fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -110,9 +118,11 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             bw.last().unwrap().1 / 1e9
         );
     }
-    // The bandwidth probe's 1 GiB buffer is freed; reset the peak-RSS mark (Linux >= 4.0) so that
-    // peak_rss reports the model's footprint, not the probe's.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    // Each row's peak memory is what loading the model and running that one test takes: the
+    // mark is reset before each load (after the bandwidth probe's 1 GiB is freed) and before
+    // each test, and a row reports max(load peak, test peak). Without the per-test reset a tg
+    // row would carry the pp test's larger KV cache and activations, run before it in this
+    // process.
     let mut rows = Vec::new();
     if !o.json {
         writeln!(
@@ -123,7 +133,9 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     }
     for spec in &o.models {
         for &(threads, bandwidth) in &bw {
+            reset_peak_rss();
             let l = session::load(spec.as_deref(), false, Some(threads))?;
+            let load_peak = peak_rss();
             let m = &l.model;
             let c = &m.config;
             let name = match &m.source {
@@ -148,6 +160,7 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
                 if ctx > c.max_seq_len.max(ctx) {
                     bail!("{test} needs {ctx} positions");
                 }
+                reset_peak_rss();
                 let mut kv = KvCache::with_type(m, ctx, o.kv_type);
                 let mut s = Scratch::new(m, if is_pp { n } else { 1 }, Logits::Last);
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -190,6 +203,7 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
                     bandwidth,
                     logits_hash: last_hash,
                     kv_bytes: kv.bytes_per_position() * ctx,
+                    peak_rss: peak_rss().max(load_peak),
                 };
                 if !o.json {
                     print_md(&row, out)?;
@@ -209,7 +223,7 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
                     "stddev_ts": r.stddev(), "samples_ts": r.samples_ts,
                     "bytes_per_token": r.bytes_per_token, "read_bandwidth": r.bandwidth,
                     "gbps": r.gbps(), "roofline": r.roofline(), "logits_hash": r.logits_hash,
-                    "kv_bytes": r.kv_bytes, "kv_type": o.kv_type.name(), "peak_rss_bytes": peak_rss(),
+                    "kv_bytes": r.kv_bytes, "kv_type": o.kv_type.name(), "peak_rss_bytes": r.peak_rss,
                 })
             })
             .collect();
@@ -269,6 +283,7 @@ mod tests {
             bandwidth: 80.0,
             logits_hash: String::new(),
             kv_bytes: 0,
+            peak_rss: None,
         };
         assert_eq!(r.mean(), 4.0);
         assert_eq!(r.stddev(), 2.0);
