@@ -1,4 +1,5 @@
-//! The float-weight GEMM (`cpu::gemm_float`, taken by `matmul` on AVX2 for every t) against the
+//! The float-weight GEMM on the file's layout (`cpu::gemm_float`, taken by `matmul` on AVX2 for
+//! every t when the weights were not repacked, as here) against the
 //! spec: an f64 dot of the dequantized weights with the f32 activations, and against the scalar
 //! backend (its twin: per-element scalar dots), on awkward sizes.
 //!

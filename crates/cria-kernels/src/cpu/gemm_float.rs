@@ -1,4 +1,6 @@
-//! GEMM for float weights (F32, F16, BF16) over several tokens.
+//! GEMM for float weights (F32, F16, BF16) in the file's layout. F16/BF16 matrices that
+//! `prepare` repacked go to `gemm_half` instead; this serves F32 weights, and F16/BF16 with
+//! repacking off (`CRIA_REPACK=0`) or not yet prepared.
 //!
 //! Activations stay f32 (no rounding to f16 as ggml does: more accurate, and the weight widening
 //! is the only conversion in the inner loop). Weights are widened 8 at a time in registers
