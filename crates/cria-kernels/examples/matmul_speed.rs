@@ -102,12 +102,7 @@ fn kernel_only(types: &[DType]) {
 /// `Backend::prepare` leaves them (repacked where the backend does that) or, with `plain`, as the
 /// file has them.
 fn one(args: &[String]) {
-    let (n, k, t): (usize, usize, usize) = (
-        args[0].parse().unwrap(),
-        args[1].parse().unwrap(),
-        args[2].parse().unwrap(),
-    );
-    let wt = DType::from_name(&args[3]).unwrap();
+    let (n, k, t, wt) = shape_args(args);
     let mut rng = Rng::new(9);
     let w = random_weights(&mut rng, wt, n, k);
     let x = random_acts(&mut rng, t, k);
@@ -132,16 +127,18 @@ fn one(args: &[String]) {
     );
 }
 
+/// N K T TYPE from the command line (`--one`, `--ab`).
+fn shape_args(args: &[String]) -> (usize, usize, usize, DType) {
+    let num = |i: usize| -> usize { args[i].parse().expect("N K T are numbers") };
+    let wt = DType::from_name(&args[3]).expect("a weight type name");
+    (num(0), num(1), num(2), wt)
+}
+
 /// `--ab N K T TYPE [THREADS]`: the file's layout against the backend's own (repacked) one on the
 /// same weights, alternating calls in one process, best time of each over ~4 s: an A/B that the
 /// load of a shared machine moves for both sides alike.
 fn ab(args: &[String]) {
-    let (n, k, t): (usize, usize, usize) = (
-        args[0].parse().unwrap(),
-        args[1].parse().unwrap(),
-        args[2].parse().unwrap(),
-    );
-    let wt = DType::from_name(&args[3]).unwrap();
+    let (n, k, t, wt) = shape_args(args);
     let threads = args.get(4).map_or(1, |v| v.parse().unwrap());
     let mut rng = Rng::new(9);
     let plain = random_weights(&mut rng, wt, n, k);

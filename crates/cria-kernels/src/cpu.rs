@@ -115,6 +115,17 @@ impl CpuBackend {
         self.repack
     }
 
+    /// Runs `job(item, thread)` for items 0..items: on the pool, or on the calling thread when
+    /// there is one thread, one item, or less than `MIN_PARALLEL_MACS` of `work` (waking the
+    /// workers would cost more than it saves).
+    pub(crate) fn run_items(&self, items: usize, work: usize, job: &(dyn Fn(usize, usize) + Sync)) {
+        if self.threads == 1 || items == 1 || work < MIN_PARALLEL_MACS {
+            (0..items).for_each(|i| job(i, 0));
+        } else {
+            self.pool.for_each(items, job);
+        }
+    }
+
     /// The kernel `matmul` uses for weights of `dtype`, if any.
     pub fn kernel(&self, dtype: DType) -> Option<Kernel> {
         dot::kernel(self.isa, dtype)

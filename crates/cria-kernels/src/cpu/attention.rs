@@ -2,7 +2,7 @@
 //! arithmetic (one (token, head) pair per work item); an F16 cache through the blocked
 //! online-softmax kernel (one (KV head, run of tokens) tile per work item).
 
-use super::{CpuBackend, SyncPtr, MIN_PARALLEL_MACS};
+use super::{CpuBackend, SyncPtr};
 use crate::isa::Isa;
 use crate::{ops, reference, AttnShape, KvSlice};
 
@@ -37,14 +37,6 @@ fn reserve_scratch(b: &CpuBackend, need: usize) {
     }
 }
 
-fn run_items(b: &CpuBackend, items: usize, work: usize, job: &(dyn Fn(usize, usize) + Sync)) {
-    if b.threads == 1 || items == 1 || work < MIN_PARALLEL_MACS {
-        (0..items).for_each(|i| job(i, 0));
-    } else {
-        b.pool.for_each(items, job);
-    }
-}
-
 fn attention_f32(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape) {
     match b.isa {
         #[cfg(target_arch = "x86_64")]
@@ -71,7 +63,7 @@ fn attention_f32(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32
                 // SAFETY: Avx2 is only selected when available; buffers checked above.
                 unsafe { ops::avx2::head(o, qh, k, v, s, r, h, &mut scores, batched) };
             };
-            run_items(b, items, items * (s.pos0 + s.t) * hd, &job);
+            b.run_items(items, items * (s.pos0 + s.t) * hd, &job);
         }
         _ => reference::attention(out, q, KvSlice::F32(k), KvSlice::F32(v), s),
     }
@@ -118,5 +110,5 @@ fn attention_f16(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[u16], v: &[u16
         }
     };
     let work = s.t * s.n_heads * (s.pos0 + s.t).min(s.window.unwrap_or(usize::MAX)) * hd;
-    run_items(b, items, work, &job);
+    b.run_items(items, work, &job);
 }

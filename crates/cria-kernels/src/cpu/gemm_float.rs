@@ -18,7 +18,7 @@
 //! Scalar twin: on `Isa::Scalar` this returns false and matmul uses the per-element scalar dots
 //! (tests/gemm_float.rs compares the two).
 
-use super::{CpuBackend, SyncPtr, MIN_PARALLEL_MACS};
+use super::{CpuBackend, SyncPtr};
 use crate::isa::Isa;
 use cria_core::{DType, Tensor};
 
@@ -68,12 +68,7 @@ pub(crate) fn gemm(b: &CpuBackend, out: &mut [f32], x: &[f32], w: &Tensor, t: us
             // disjoint from every other item; the pool joins before `out`'s borrow ends.
             unsafe { run(outp.get(), n, x, wb, k, r0, r1, t0, t1) };
         };
-        let items = n_rb * n_tb;
-        if b.threads == 1 || items == 1 || n * k * t < MIN_PARALLEL_MACS {
-            (0..items).for_each(|i| job(i, 0));
-        } else {
-            b.pool.for_each(items, &job);
-        }
+        b.run_items(n_rb * n_tb, n * k * t, &job);
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -84,11 +79,11 @@ pub(crate) fn gemm(b: &CpuBackend, out: &mut [f32], x: &[f32], w: &Tensor, t: us
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
-    /// How one weight type is widened to f32.
-    pub(super) trait Load {
+    /// How one weight type is widened to f32 (also `gemm_half`'s panels: `load8` of 2-byte types).
+    pub(crate) trait Load {
         /// Bytes per element.
         const SIZE: usize;
         /// Elements i..i+8 of the row at `p`.
@@ -115,8 +110,8 @@ mod avx2 {
             false
         }
     }
-    pub(super) struct F16;
-    pub(super) struct Bf16;
+    pub(crate) struct F16;
+    pub(crate) struct Bf16;
     pub(super) struct F32;
 
     impl Load for F16 {

@@ -20,7 +20,7 @@
 //! Work items are (row block x token block) tiles of the output; inside an item, every 16-row
 //! panel is swept by all the item's token tiles while it sits in L1/L2.
 
-use super::{CpuBackend, SyncPtr, MIN_PARALLEL_MACS};
+use super::{CpuBackend, SyncPtr};
 use crate::isa::Isa;
 use cria_core::tensor::AlignedBuf;
 use cria_core::{DType, Tensor};
@@ -151,8 +151,8 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
     if b.isa() == Isa::Avx2 {
         let run: unsafe fn(*mut f32, usize, &[f32], &[u16], usize, usize, usize, usize, usize) =
             match p.dtype {
-                DType::F16 => avx2::block::<avx2::F16>,
-                _ => avx2::block::<avx2::Bf16>,
+                DType::F16 => avx2::block::<super::gemm_float::avx2::F16>,
+                _ => avx2::block::<super::gemm_float::avx2::Bf16>,
             };
         let groups = p.groups();
         let n_gb = groups.div_ceil(ITEM_GROUPS);
@@ -170,12 +170,7 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
             // `out`'s borrow ends. `w` holds `groups` panels of k * 16 elements.
             unsafe { run(outp.get(), n, x, w, k, g0, g1, t0, t1) };
         };
-        let items = n_gb * n_tb;
-        if b.threads == 1 || items == 1 || n * k * t < MIN_PARALLEL_MACS {
-            (0..items).for_each(|i| job(i, 0));
-        } else {
-            b.pool.for_each(items, &job);
-        }
+        b.run_items(n_gb * n_tb, n * k * t, &job);
         return;
     }
     let _ = b;
@@ -185,28 +180,9 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{MR, NR};
+    // The file-layout GEMM's widening of 8 F16/BF16 elements (`load8`), reused on the panels.
+    use crate::cpu::gemm_float::avx2::Load as Wide;
     use std::arch::x86_64::*;
-
-    /// How 8 packed elements are widened to f32.
-    pub(super) trait Wide {
-        unsafe fn load8(p: *const u16) -> __m256;
-    }
-    pub(super) struct F16;
-    pub(super) struct Bf16;
-    impl Wide for F16 {
-        #[inline(always)]
-        unsafe fn load8(p: *const u16) -> __m256 {
-            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-        }
-    }
-    impl Wide for Bf16 {
-        #[inline(always)]
-        unsafe fn load8(p: *const u16) -> __m256 {
-            // bf16 is the top half of an f32: zero-extend to 32 bits and shift up.
-            let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
-        }
-    }
 
     /// T tokens x G panels: acc[j][g] = the 16 rows of panel g (two vectors) dotted with token
     /// j, one FMA per element in order, then stored to out[(t0 + j) * n + row] for the rows
@@ -229,7 +205,8 @@ mod avx2 {
         let mut acc = [[[_mm256_setzero_ps(); 2]; G]; T];
         for e in 0..k {
             let wv: [[__m256; 2]; G] = std::array::from_fn(|g| {
-                [L::load8(wp[g].add(e * NR)), L::load8(wp[g].add(e * NR + 8))]
+                let p = wp[g].add(e * NR) as *const u8;
+                [L::load8(p, 0), L::load8(p, 8)]
             });
             for j in 0..T {
                 let xb = _mm256_broadcast_ss(&*xp[j].add(e));

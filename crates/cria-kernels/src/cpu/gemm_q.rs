@@ -61,7 +61,7 @@
 // Kernels index per-token arrays (accumulators, sums) with the same token number.
 #![allow(clippy::needless_range_loop)]
 
-use super::{CpuBackend, SyncPtr, MIN_PARALLEL_MACS};
+use super::{CpuBackend, SyncPtr};
 use crate::dot::layout::{
     Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q6_K_BYTES, Q8_0_BYTES, Q8_1_BYTES,
     Q8_K_BYTES, QK, QK_K,
@@ -1418,9 +1418,5 @@ pub(crate) fn matmul_many(
         }
     };
     let macs: usize = ps.iter().map(|p| p.n * k * t).sum();
-    if b.threads == 1 || n_items == 1 || macs < MIN_PARALLEL_MACS {
-        (0..n_items).for_each(|c| job(c, 0));
-    } else {
-        b.pool.for_each(n_items, &job);
-    }
+    b.run_items(n_items, macs, &job);
 }

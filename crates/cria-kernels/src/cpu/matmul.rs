@@ -1,6 +1,6 @@
 //! matmul on the CPU backend (see the module doc of `cpu`).
 
-use super::{CpuBackend, SyncPtr, MIN_PARALLEL_MACS};
+use super::{CpuBackend, SyncPtr};
 use cria_core::{DType, Tensor};
 
 /// Weight bytes per work item: small enough for many items per thread on 576-wide layers, large
@@ -116,9 +116,5 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], w: &Tensor, t: 
             i += cols;
         }
     };
-    if b.threads == 1 || n_chunks == 1 || n * k * t < MIN_PARALLEL_MACS {
-        (0..n_chunks).for_each(|c| job(c, 0));
-    } else {
-        b.pool.for_each(n_chunks, &job);
-    }
+    b.run_items(n_chunks, n * k * t, &job);
 }
