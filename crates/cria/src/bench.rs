@@ -38,7 +38,8 @@ struct Row {
     logits_hash: String,
     /// KV cache bytes of this test.
     kv_bytes: usize,
-    /// Peak resident memory of loading the model and running this test alone (`test_peak`).
+    /// Peak resident memory of loading the model and running this test: the larger of the two
+    /// peaks (the mark is reset before each).
     peak_rss: Option<u64>,
 }
 
