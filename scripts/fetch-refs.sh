@@ -44,6 +44,8 @@ if [ ! -e tokenizers/smollm2/tokenizer.json ]; then
   echo "converting GGUF vocabularies to tokenizer.json with transformers..."
   python3 -c "import transformers, tokenizers, gguf" 2>/dev/null ||
     python3 -m pip install -q "transformers==5.24.0" "tokenizers==0.23.3" gguf sentencepiece protobuf
+  # transformers' GGUF reader imports torch (a machine with transformers but no torch fails there).
+  python3 -c "import torch" 2>/dev/null || python3 -m pip install -q torch
   CRIA_REF_DIR="$REF" python3 "$ROOT/crates/cria-tokenizer/scripts/gguf_to_hf.py"
 fi
 echo "references ready in $REF"

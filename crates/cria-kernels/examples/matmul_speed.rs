@@ -5,14 +5,15 @@
 //! cargo run --release -p cria-kernels --example matmul_speed [-- TYPE ...]
 //! CRIA_CPU=scalar to time the scalar twins.
 //! `--one N K T TYPE [plain]`: one shape for a profiler; `--ab N K T TYPE [THREADS]`: the file's
-//! layout against the prepared one, interleaved.
+//! layout against the prepared one, interleaved; `--isa N K T TYPE [THREADS]`: the AVX2 kernels
+//! against the AVX-512 ones (both on their prepared weights), interleaved.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use common::{random_acts, random_weights, Rng};
 use cria_core::DType;
-use cria_kernels::{dot, Backend, CpuBackend};
+use cria_kernels::{dot, Backend, CpuBackend, Isa};
 use std::time::{Duration, Instant};
 
 const SHAPES: [(usize, usize); 4] = [(576, 576), (1536, 576), (576, 1536), (49152, 576)];
@@ -164,10 +165,50 @@ fn ab(args: &[String]) {
     );
 }
 
+/// `--isa N K T TYPE [THREADS]`: AVX2 against AVX-512 on the same weights and activations,
+/// alternating calls, best time of each over ~4 s.
+fn isa_ab(args: &[String]) {
+    let (n, k, t, wt) = shape_args(args);
+    let threads = args.get(4).map_or(1, |v| v.parse().unwrap());
+    if !Isa::Avx512.available() {
+        println!("no AVX-512 on this CPU");
+        return;
+    }
+    let mut rng = Rng::new(9);
+    let plain = random_weights(&mut rng, wt, n, k);
+    let x = random_acts(&mut rng, t, k);
+    let bs = [Isa::Avx2, Isa::Avx512].map(|i| CpuBackend::with_isa(threads, i));
+    let ws = bs.each_ref().map(|b| b.prepare(plain.clone()).unwrap());
+    let mut outs = [vec![0f32; t * n], vec![0f32; t * n]];
+    let mut best = [f64::MAX; 2];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        for i in 0..2 {
+            let t0 = Instant::now();
+            bs[i].matmul(&mut outs[i], &x, &ws[i], t);
+            best[i] = best[i].min(t0.elapsed().as_secs_f64());
+        }
+    }
+    let same = outs[0]
+        .iter()
+        .zip(&outs[1])
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    let gf = |s: f64| (2 * n * k * t) as f64 / s / 1e9;
+    println!(
+        "{wt} {n}x{k} t={t} x{threads}: avx2 {:.1} GFLOP/s, avx512 {:.1} GFLOP/s ({:.2}x), same bits: {same}",
+        gf(best[0]),
+        gf(best[1]),
+        best[0] / best[1]
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--ab") {
         return ab(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("--isa") {
+        return isa_ab(&args[1..]);
     }
     if args.first().map(String::as_str) == Some("--one") {
         return one(&args[1..]);

@@ -214,8 +214,8 @@ impl Backend for CpuBackend {
         }
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: self.isa is Avx2 only if Isa::available() confirmed AVX2/FMA/F16C.
-            Isa::Avx2 => unsafe { ops::avx2::rmsnorm(out, x, w, eps) },
+            // SAFETY: self.isa is Avx2/Avx512 only if Isa::available() confirmed AVX2/FMA/F16C.
+            Isa::Avx2 | Isa::Avx512 => unsafe { ops::avx2::rmsnorm(out, x, w, eps) },
             _ => reference::rmsnorm(out, x, w, eps),
         }
     }
@@ -236,8 +236,10 @@ impl Backend for CpuBackend {
                 let cs = table.get(rope, pos0, t);
                 match isa {
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: Avx2 only when available.
-                    Isa::Avx2 => unsafe { ops::avx2::rope(x, t, n_heads, head_dim, rope, cs) },
+                    // SAFETY: Avx2/Avx512 only when available (both have AVX2/FMA/F16C).
+                    Isa::Avx2 | Isa::Avx512 => unsafe {
+                        ops::avx2::rope(x, t, n_heads, head_dim, rope, cs)
+                    },
                     _ => ops::rope(x, t, n_heads, head_dim, rope, cs),
                 }
             }
@@ -252,8 +254,8 @@ impl Backend for CpuBackend {
         assert_eq!(a.len(), b.len(), "silu_mul: lengths differ");
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: Avx2 only when available.
-            Isa::Avx2 => unsafe { ops::avx2::silu_mul(a, b) },
+            // SAFETY: Avx2/Avx512 only when available (both have AVX2/FMA/F16C).
+            Isa::Avx2 | Isa::Avx512 => unsafe { ops::avx2::silu_mul(a, b) },
             _ => reference::silu_mul(a, b),
         }
     }

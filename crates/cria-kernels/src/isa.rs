@@ -2,8 +2,13 @@
 //!
 //! A binary built for generic x86-64 must still use AVX2 where the CPU has it, so nothing here
 //! relies on `-C target-cpu=native`: kernels carry `#[target_feature]` and are only reachable
-//! through tables built for an `Isa` that `available()` confirmed. `CRIA_CPU=scalar|avx2|auto`
+//! through tables built for an `Isa` that `available()` confirmed. `CRIA_CPU=scalar|avx2|avx512|auto`
 //! overrides the choice so every path can be tested on one machine.
+//!
+//! `Avx512` is a superset of `Avx2`: where it has no kernel of its own, the AVX2 one runs
+//! (`has_avx2`), and its own kernels give the same bits as the AVX2 ones (integer dots are
+//! exact, float accumulations keep their per-lane order), so switching between the two never
+//! changes a result.
 
 use std::fmt;
 
@@ -13,18 +18,22 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C (Haswell / Zen and later).
     Avx2,
+    /// x86-64 AVX2 plus AVX-512 F, BW, VL and VNNI (Ice Lake / Sapphire Rapids / Zen 4 and
+    /// later): 32 vector registers, 512-bit FMAs, `vpdpbusd` for the quantized dots.
+    Avx512,
     /// aarch64 Advanced SIMD (every ARMv8-A core).
     Neon,
 }
 
 impl Isa {
     /// Every ISA this build knows, slowest first.
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Neon];
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
         }
     }
@@ -33,6 +42,12 @@ impl Isa {
         Isa::ALL
             .into_iter()
             .find(|i| i.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// Whether the AVX2 kernels may run (AVX2 itself, or AVX-512, which includes it).
+    #[inline]
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512)
     }
 
     /// Whether this CPU can run the kernels of `self`.
@@ -45,8 +60,16 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("fma")
                     && std::arch::is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.available()
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 => false,
+            Isa::Avx2 | Isa::Avx512 => false,
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[cfg(not(target_arch = "aarch64"))]
@@ -122,8 +145,16 @@ mod tests {
         assert_eq!(Isa::parse_request(Some(" auto ")), Ok(Isa::best()));
         assert_eq!(Isa::parse_request(Some("")), Ok(Isa::best()));
         assert_eq!(Isa::parse_request(Some("scalar")), Ok(Isa::Scalar));
-        let e = Isa::parse_request(Some("avx512")).unwrap_err();
-        assert!(e.contains("unknown") && e.contains("scalar, avx2"), "{e}");
+        let e = Isa::parse_request(Some("avx1024")).unwrap_err();
+        assert!(
+            e.contains("unknown") && e.contains("scalar, avx2, avx512"),
+            "{e}"
+        );
+        assert_eq!(Isa::from_name("AVX512"), Some(Isa::Avx512));
+        if Isa::Avx512.available() {
+            assert!(Isa::Avx2.available());
+            assert_eq!(Isa::parse_request(Some("avx512")), Ok(Isa::Avx512));
+        }
         if Isa::Avx2.available() {
             assert_eq!(Isa::parse_request(Some("AVX2")), Ok(Isa::Avx2));
         } else {

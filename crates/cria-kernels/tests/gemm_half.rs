@@ -30,8 +30,16 @@ fn packed_gemm_matches_its_scalar_twin_bitwise_and_the_spec() {
         eprintln!("note: no AVX2 on this CPU; F16/BF16 weights are not repacked");
         return;
     }
-    let b1 = CpuBackend::with_isa(1, Isa::Avx2);
-    let b2 = CpuBackend::with_isa(2, Isa::Avx2);
+    for isa in [Isa::Avx2, Isa::Avx512] {
+        if isa.available() {
+            packed_gemm_on(isa);
+        }
+    }
+}
+
+fn packed_gemm_on(isa: Isa) {
+    let b1 = CpuBackend::with_isa(1, isa);
+    let b2 = CpuBackend::with_isa(2, isa);
     let mut rng = Rng::new(61);
     for dt in TYPES {
         for &k in &KS {
@@ -53,13 +61,13 @@ fn packed_gemm_matches_its_scalar_twin_bitwise_and_the_spec() {
                     );
                 }
                 for &t in &TOKENS {
-                    let what = format!("{dt} n={n} k={k} t={t}");
+                    let what = format!("{isa} {dt} n={n} k={k} t={t}");
                     let x: Vec<f32> = (0..t * k).map(|_| rng.normal(1.0)).collect();
                     let mut got = vec![f32::NAN; t * n];
                     b1.matmul(&mut got, &x, &w, t);
                     let mut twin = vec![f32::NAN; t * n];
                     matmul_scalar(&mut twin, &x, p, t);
-                    assert!(bits_eq(&got, &twin), "{what}: AVX2 vs scalar twin");
+                    assert!(bits_eq(&got, &twin), "{what}: SIMD vs scalar twin");
                     let mut got2 = vec![f32::NAN; t * n];
                     b2.matmul(&mut got2, &x, &w, t);
                     assert!(bits_eq(&got, &got2), "{what}: 1 and 2 threads differ");

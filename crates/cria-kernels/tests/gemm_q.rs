@@ -74,14 +74,28 @@ fn prepared_matmul_matches_the_plain_scalar_dot() {
         eprintln!("note: no AVX2 on this CPU; the repacked path is not used");
         return;
     }
+    for isa in simd_isas() {
+        prepared_matmul_on(isa);
+    }
+}
+
+/// The x86 ISAs with repacked kernels that this CPU has.
+fn simd_isas() -> Vec<Isa> {
+    [Isa::Avx2, Isa::Avx512]
+        .into_iter()
+        .filter(|i| i.available())
+        .collect()
+}
+
+fn prepared_matmul_on(isa: Isa) {
     let mut rng = Rng::new(31);
     for dt in ALL {
         for &n in &ROWS {
             for &k in ks(dt) {
                 let w = random_weights(&mut rng, dt, n, k);
                 let wf = w.to_f32_vec().unwrap();
-                let b1 = CpuBackend::with_isa(1, Isa::Avx2);
-                let b2 = CpuBackend::with_isa(2, Isa::Avx2);
+                let b1 = CpuBackend::with_isa(1, isa);
+                let b2 = CpuBackend::with_isa(2, isa);
                 // What prepare does.
                 let mut p = w.clone();
                 p.prepared = Some(std::sync::Arc::new(Packed::new(
@@ -115,7 +129,7 @@ fn prepared_matmul_matches_the_plain_scalar_dot() {
                         out.iter()
                             .zip(&out2)
                             .all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{dt} n={n} k={k} t={t}: 1 and 2 threads differ"
+                        "{isa} {dt} n={n} k={k} t={t}: 1 and 2 threads differ"
                     );
                     let at = act_type(dt);
                     let qb = at.bytes_for(k).unwrap();
@@ -137,7 +151,7 @@ fn prepared_matmul_matches_the_plain_scalar_dot() {
                             let got = out[tok * n + r];
                             assert!(
                                 ((got - want) as f64).abs() <= 1e-5 * mag + 1e-30,
-                                "{dt} n={n} k={k} t={t} token {tok} row {r}: {got} vs {want} (mag {mag})"
+                                "{isa} {dt} n={n} k={k} t={t} token {tok} row {r}: {got} vs {want} (mag {mag})"
                             );
                         }
                     }
@@ -149,10 +163,16 @@ fn prepared_matmul_matches_the_plain_scalar_dot() {
 
 #[test]
 fn simd_tile_matches_its_scalar_twin_bitwise() {
-    let Some(simd) = gemm_q::tile_for(Isa::Avx2) else {
+    if simd_isas().is_empty() {
         eprintln!("note: no AVX2 on this CPU");
-        return;
-    };
+    }
+    for isa in simd_isas() {
+        simd_tile_on(isa);
+    }
+}
+
+fn simd_tile_on(isa: Isa) {
+    let simd = gemm_q::tile_for(isa).expect("available");
     let mut rng = Rng::new(32);
     for dt in ALL {
         let kind = Kind::of(dt).unwrap();
@@ -174,11 +194,7 @@ fn simd_tile_matches_its_scalar_twin_bitwise() {
                 } else {
                     gemm_q::quantize_a8
                 };
-                q(
-                    Isa::Avx2,
-                    &x[tok * k..(tok + 1) * k],
-                    &mut a[tok * ab..][..ab],
-                );
+                q(isa, &x[tok * k..(tok + 1) * k], &mut a[tok * ab..][..ab]);
                 q(Isa::Scalar, &x[tok * k..(tok + 1) * k], &mut s);
                 assert_eq!(
                     &a[tok * ab..][..ab],
@@ -198,7 +214,7 @@ fn simd_tile_matches_its_scalar_twin_bitwise() {
                             assert_eq!(
                                 o1[c][r].to_bits(),
                                 o2[c][r].to_bits(),
-                                "{dt} k={k} group {g} cols {cols}: token {c} row {r}: {} vs {}",
+                                "{isa} {dt} k={k} group {g} cols {cols}: token {c} row {r}: {} vs {}",
                                 o1[c][r],
                                 o2[c][r]
                             );

@@ -40,7 +40,7 @@ fn reserve_scratch(b: &CpuBackend, need: usize) {
 fn attention_f32(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape) {
     match b.isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512 => {
             let hd = s.head_dim;
             let items = s.t * s.n_heads;
             let outp = SyncPtr(out.as_mut_ptr());
@@ -76,7 +76,7 @@ fn attention_f16(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[u16], v: &[u16
     let n_qb = s.t.div_ceil(per_tile);
     let items = s.n_kv_heads * n_qb;
     #[cfg(target_arch = "x86_64")]
-    let simd = b.isa == Isa::Avx2 && hd % 8 == 0;
+    let simd = b.isa.has_avx2() && hd % 8 == 0;
     #[cfg(not(target_arch = "x86_64"))]
     let simd = false;
     // Sized for the largest tile of this shape: it does not depend on the context length.

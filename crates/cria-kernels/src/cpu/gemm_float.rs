@@ -19,7 +19,6 @@
 //! (tests/gemm_float.rs compares the two).
 
 use super::{CpuBackend, SyncPtr};
-use crate::isa::Isa;
 use cria_core::{DType, Tensor};
 
 /// Register tile: rows x tokens (12 accumulators + 4 weights of the 16 ymm).
@@ -36,7 +35,7 @@ pub(crate) fn gemm(b: &CpuBackend, out: &mut [f32], x: &[f32], w: &Tensor, t: us
     // One token too: every token count then takes the same accumulation order, so a token's
     // result does not depend on the batch it is in (batched serving gives the same numbers as
     // a single request).
-    if t == 0 || b.isa() != Isa::Avx2 {
+    if t == 0 || !b.isa().has_avx2() {
         return false;
     }
     #[cfg(target_arch = "x86_64")]

@@ -109,7 +109,7 @@ pub(crate) fn packed(w: &Tensor) -> Option<&PackedHalf> {
 pub(crate) fn prepare(b: &CpuBackend, mut w: Tensor) -> Tensor {
     if !matches!(w.dtype, DType::F16 | DType::BF16)
         || !b.repacks()
-        || b.isa() != Isa::Avx2
+        || !b.isa().has_avx2()
         || w.rows() == 0
         || w.cols() == 0
     {
@@ -148,10 +148,12 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if b.isa() == Isa::Avx2 {
+    if b.isa().has_avx2() {
         let run: unsafe fn(*mut f32, usize, &[f32], &[u16], usize, usize, usize, usize, usize) =
-            match p.dtype {
-                DType::F16 => avx2::block::<super::gemm_float::avx2::F16>,
+            match (b.isa(), p.dtype) {
+                (Isa::Avx512, DType::F16) => avx512::block::<avx512::F16>,
+                (Isa::Avx512, _) => avx512::block::<avx512::Bf16>,
+                (_, DType::F16) => avx2::block::<super::gemm_float::avx2::F16>,
                 _ => avx2::block::<super::gemm_float::avx2::Bf16>,
             };
         let groups = p.groups();
@@ -164,7 +166,8 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
             let (gb, tb) = (item % n_gb, item / n_gb);
             let (g0, g1) = (gb * ITEM_GROUPS, ((gb + 1) * ITEM_GROUPS).min(groups));
             let (t0, t1) = (tb * TOK_BLOCK, ((tb + 1) * TOK_BLOCK).min(t));
-            // SAFETY: b.isa() == Avx2 means AVX2/FMA/F16C were detected. The item writes
+            // SAFETY: b.isa() is Avx2 or Avx512 only when AVX2/FMA/F16C (and for Avx512,
+            // AVX-512 F/BW/VL) were detected, and `run` is the kernel of that ISA. The item writes
             // out[tok * n + row] for tok in t0..t1 and rows of panels g0..g1 below n only:
             // inside `out` (t*n) and disjoint from every other item; the pool joins before
             // `out`'s borrow ends. `w` holds `groups` panels of k * 16 elements.
@@ -283,6 +286,129 @@ mod avx2 {
                 }
                 j += nt;
             }
+        }
+    }
+}
+
+/// The same tiles on 512-bit registers: a panel's 16 rows are one zmm, and the 32 registers
+/// hold `MR512` = 12 tokens x 2 panels of accumulators. Per lane the same FMA chain as the AVX2
+/// kernel and the scalar twin (same bits).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// Tokens per register tile: 24 accumulators + 2 weights + 1 broadcast of the 32 zmm.
+    const MR512: usize = 12;
+
+    /// Widens 16 packed halves to f32.
+    pub(super) trait Wide16 {
+        /// SAFETY (caller): AVX-512 F present, 32 readable bytes at p.
+        unsafe fn load16(p: *const u16) -> __m512;
+    }
+    pub(super) struct F16;
+    pub(super) struct Bf16;
+    impl Wide16 for F16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const u16) -> __m512 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+        }
+    }
+    impl Wide16 for Bf16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const u16) -> __m512 {
+            let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w))
+        }
+    }
+
+    /// T tokens x G panels, as `avx2::tile` (same contract).
+    #[inline(always)]
+    unsafe fn tile<L: Wide16, const T: usize, const G: usize>(
+        out: *mut f32,
+        n: usize,
+        x: &[f32],
+        w: &[u16],
+        k: usize,
+        g0: usize,
+        t0: usize,
+    ) {
+        let wp: [*const u16; G] = std::array::from_fn(|g| w.as_ptr().add((g0 + g) * k * NR));
+        let xp: [*const f32; T] = std::array::from_fn(|j| x.as_ptr().add((t0 + j) * k));
+        let mut acc = [[_mm512_setzero_ps(); G]; T];
+        for e in 0..k {
+            let wv: [__m512; G] = std::array::from_fn(|g| L::load16(wp[g].add(e * NR)));
+            for j in 0..T {
+                let xb = _mm512_set1_ps(*xp[j].add(e));
+                for g in 0..G {
+                    acc[j][g] = _mm512_fmadd_ps(wv[g], xb, acc[j][g]);
+                }
+            }
+        }
+        for j in 0..T {
+            for g in 0..G {
+                let r0 = (g0 + g) * NR;
+                let dst = out.add((t0 + j) * n + r0);
+                if r0 + NR <= n {
+                    _mm512_storeu_ps(dst, acc[j][g]);
+                } else {
+                    // The last panel's rows past n are not ours to write.
+                    let m: __mmask16 = (1u32 << (n - r0)).wrapping_sub(1) as __mmask16;
+                    _mm512_mask_storeu_ps(dst, m, acc[j][g]);
+                }
+            }
+        }
+    }
+
+    /// As `avx2::block` (same contract), for AVX-512 F/BW/VL.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn block<L: Wide16>(
+        out: *mut f32,
+        n: usize,
+        x: &[f32],
+        w: &[u16],
+        k: usize,
+        g0: usize,
+        g1: usize,
+        t0: usize,
+        t1: usize,
+    ) {
+        debug_assert!(w.len() >= g1 * k * NR && x.len() >= t1 * k);
+        if t1 - t0 == 1 {
+            // One token: up to 4 panels at once (4 streams, 4 chains).
+            let mut g = g0;
+            while g < g1 {
+                let ng = (g1 - g).min(4);
+                match ng {
+                    4 => tile::<L, 1, 4>(out, n, x, w, k, g, t0),
+                    3 => tile::<L, 1, 3>(out, n, x, w, k, g, t0),
+                    2 => tile::<L, 1, 2>(out, n, x, w, k, g, t0),
+                    _ => tile::<L, 1, 1>(out, n, x, w, k, g, t0),
+                }
+                g += ng;
+            }
+            return;
+        }
+        // Pairs of panels outer: they stay in L1/L2 while the item's token tiles pass.
+        let mut g = g0;
+        while g < g1 {
+            let two = g + 1 < g1;
+            let mut j = t0;
+            while j < t1 {
+                let nt = (t1 - j).min(MR512);
+                macro_rules! go {
+                    ($($t:literal)*) => {
+                        match (nt, two) {
+                            $(($t, true) => tile::<L, $t, 2>(out, n, x, w, k, g, j),
+                              ($t, false) => tile::<L, $t, 1>(out, n, x, w, k, g, j),)*
+                            _ => unreachable!(),
+                        }
+                    };
+                }
+                go!(1 2 3 4 5 6 7 8 9 10 11 12);
+                j += nt;
+            }
+            g += if two { 2 } else { 1 };
         }
     }
 }

@@ -96,9 +96,10 @@ pub fn kernel(isa: Isa, dtype: DType) -> Option<Kernel> {
     let (from_float, vec_dot) = match isa {
         Isa::Scalar => (scalar_from_float(vec_dot_type)?, scalar_vec_dot(dtype)?),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => (avx2_from_float(vec_dot_type)?, avx2_vec_dot(dtype)?),
+        // AVX-512 CPUs run the AVX2 row kernels (the hot paths have their own, in cpu/).
+        Isa::Avx2 | Isa::Avx512 => (avx2_from_float(vec_dot_type)?, avx2_vec_dot(dtype)?),
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 => return None,
+        Isa::Avx2 | Isa::Avx512 => return None,
         // Per type: the NEON kernel where there is one, else the scalar one.
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => (
