@@ -226,6 +226,27 @@ fn simd_tile_on(isa: Isa) {
                     }
                 }
             }
+            // The pair kernel (two groups side by side) against the twin on each group.
+            if let Some(tile2) = gemm_q::tile2_for(isa) {
+                let (w0, w1) = (&p.buf.as_slice()[..gb], &p.buf.as_slice()[gb..2 * gb]);
+                for cols in 1..=TILE_T {
+                    let mut o = [[f32::NAN; 2 * GROUP]; TILE_T];
+                    tile2(kind, nb, w0, w1, &a, ab, cols, &mut o);
+                    for (g, wg) in [w0, w1].into_iter().enumerate() {
+                        let mut want = [[f32::NAN; GROUP]; TILE_T];
+                        gemm_q::tile_scalar(kind, nb, wg, &a, ab, cols, &mut want);
+                        for c in 0..cols {
+                            for r in 0..GROUP {
+                                assert_eq!(
+                                    o[c][g * GROUP + r].to_bits(),
+                                    want[c][r].to_bits(),
+                                    "{isa} pair {dt} k={k} cols {cols}: token {c} group {g} row {r}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -1615,6 +1615,372 @@ mod vnni {
     }
 }
 
+/// The pair-of-groups kernel signature: as `Tile` on two groups (`w0`, `w1`, `nb` blocks each)
+/// at once; `out[c][..8]` are group 0's rows, `out[c][8..]` group 1's.
+pub type Tile2 = fn(
+    kind: Kind,
+    nb: usize,
+    w0: &[u8],
+    w1: &[u8],
+    a: &[u8],
+    stride: usize,
+    cols: usize,
+    out: &mut [[f32; 2 * GROUP]; TILE_T],
+);
+
+/// The pair kernel `isa` has, if any (tests; `matmul_many`).
+pub fn tile2_for(isa: Isa) -> Option<Tile2> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.available() => Some(vnni512::tile2),
+        _ => None,
+    }
+}
+
+/// `vnni` on 512-bit registers, two 8-row groups side by side: each 256-bit weight vector of
+/// group 0 and the same vector of group 1 fill the two halves of a zmm (one insert per vector,
+/// shared by all the tile's tokens), the token's 4 activation bytes are broadcast to all 16
+/// lanes, and one `vpdpbusd` serves 16 rows. Lane r < 8 is group 0's row r, lane 8 + r group
+/// 1's: per lane the same operations as `vnni` (same bits), on half the instructions. The
+/// packed layout is unchanged.
+#[cfg(target_arch = "x86_64")]
+mod vnni512 {
+    use super::{Kind, GROUP, QK, TILE_T};
+    use std::arch::x86_64::*;
+
+    type Out2 = [[f32; 2 * GROUP]; TILE_T];
+
+    /// As `vnni::tile` (same contract) on two groups.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tile2(
+        kind: Kind,
+        nb: usize,
+        w0: &[u8],
+        w1: &[u8],
+        a: &[u8],
+        stride: usize,
+        cols: usize,
+        out: &mut Out2,
+    ) {
+        assert!(
+            (1..=TILE_T).contains(&cols)
+                && w0.len() >= nb * kind.block_bytes()
+                && w1.len() >= nb * kind.block_bytes()
+                && stride >= nb * kind.act_bytes()
+                && a.len() >= (cols - 1) * stride + nb * kind.act_bytes(),
+            "gemm_q tile2: bad arguments"
+        );
+        let (w0, w1, a) = (w0.as_ptr(), w1.as_ptr(), a.as_ptr());
+        macro_rules! by_cols {
+            ($f:ident $(:: <$($g:literal),*>)?) => {
+                match cols {
+                    1 => $f::<$($($g,)*)? 1>(nb, w0, w1, a, stride, out),
+                    2 => $f::<$($($g,)*)? 2>(nb, w0, w1, a, stride, out),
+                    3 => $f::<$($($g,)*)? 3>(nb, w0, w1, a, stride, out),
+                    _ => $f::<$($($g,)*)? 4>(nb, w0, w1, a, stride, out),
+                }
+            };
+        }
+        // SAFETY: handed out only for Isa::Avx512 on a CPU that has it (tile2_for); the reads
+        // stay inside `w0`, `w1` (nb blocks each) and `a` (cols rows of nb activation blocks),
+        // checked above.
+        unsafe {
+            match kind {
+                Kind::Q4_0 => by_cols!(nib::<false, false>),
+                Kind::Q4_1 => by_cols!(nib::<true, false>),
+                Kind::Q5_0 => by_cols!(nib::<false, true>),
+                Kind::Q5_1 => by_cols!(nib::<true, true>),
+                Kind::Q8_0 => by_cols!(q8_0),
+                Kind::Q4_K => by_cols!(q4_k),
+                Kind::Q6_K => by_cols!(q6_k),
+            }
+        }
+    }
+
+    /// See `avx2::PF_AHEAD`.
+    const PF_AHEAD: usize = 2048;
+
+    #[inline(always)]
+    unsafe fn prefetch_ahead<const T: usize>(b0: *const u8, b1: *const u8, bytes: usize) {
+        if T == 1 {
+            let mut o = 0;
+            while o < bytes {
+                _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(PF_AHEAD + o) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b1.wrapping_add(PF_AHEAD + o) as *const i8);
+                o += 64;
+            }
+        }
+    }
+    /// 32 bytes at p0 + o (low half) and at p1 + o (high half).
+    #[inline(always)]
+    unsafe fn ld2(p0: *const u8, p1: *const u8, o: usize) -> __m512i {
+        let lo = _mm256_loadu_si256(p0.add(o) as *const __m256i);
+        let hi = _mm256_loadu_si256(p1.add(o) as *const __m256i);
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+    /// 16 bytes at p0 + o (low half) and at p1 + o (high half).
+    #[inline(always)]
+    unsafe fn ld2_128(p0: *const u8, p1: *const u8, o: usize) -> __m256i {
+        let lo = _mm_loadu_si128(p0.add(o) as *const __m128i);
+        let hi = _mm_loadu_si128(p1.add(o) as *const __m128i);
+        _mm256_set_m128i(hi, lo)
+    }
+    /// 8 f16 at p0 + o and 8 at p1 + o, widened.
+    #[inline(always)]
+    unsafe fn ph2(p0: *const u8, p1: *const u8, o: usize) -> __m512 {
+        _mm512_cvtph_ps(ld2_128(p0, p1, o))
+    }
+    #[inline(always)]
+    unsafe fn bcast4(p: *const u8) -> __m512i {
+        _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+    }
+    #[inline(always)]
+    unsafe fn f32_at(p: *const u8) -> f32 {
+        std::ptr::read_unaligned(p as *const f32)
+    }
+    #[inline(always)]
+    unsafe fn i32_at(p: *const u8) -> i32 {
+        std::ptr::read_unaligned(p as *const i32)
+    }
+    /// As `vnni::dot`, 16 lanes.
+    #[inline(always)]
+    unsafe fn dot<const N: usize>(
+        w: &[__m512i; N],
+        y: *const u8,
+        off: impl Fn(usize) -> usize,
+    ) -> __m512i {
+        let mut s = [_mm512_setzero_si512(); 2];
+        for c in 0..N {
+            s[c & 1] = _mm512_dpbusd_epi32(s[c & 1], w[c], bcast4(y.add(off(c))));
+        }
+        _mm512_add_epi32(s[0], s[1])
+    }
+    #[inline(always)]
+    unsafe fn store<const T: usize>(acc: &[__m512; T], out: &mut Out2) {
+        for t in 0..T {
+            _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+
+    /// As `vnni::nib`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn nib<const MIN: bool, const HB: bool, const T: usize>(
+        nb: usize,
+        w0: *const u8,
+        w1: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut Out2,
+    ) {
+        let qo = if MIN { 32 } else { 16 };
+        let bb = qo + 128 + if HB { 32 } else { 0 };
+        let off = match (MIN, HB) {
+            (true, _) => 0,
+            (false, false) => 8,
+            (false, true) => 16,
+        };
+        let m4 = _mm512_set1_epi8(0x0F);
+        let m16 = _mm512_set1_epi8(0x10);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
+            prefetch_ahead::<T>(b0, b1, bb);
+            let dw = ph2(b0, b1, 0);
+            let mut u = [_mm512_setzero_si512(); 8];
+            for j in 0..4 {
+                let p = ld2(b0, b1, qo + 32 * j);
+                u[j] = _mm512_and_si512(p, m4);
+                u[4 + j] = _mm512_and_si512(_mm512_srli_epi16::<4>(p), m4);
+            }
+            if HB {
+                let h = ld2(b0, b1, qo + 128);
+                let m = |v: __m512i| _mm512_and_si512(v, m16);
+                u[0] = _mm512_or_si512(u[0], m(_mm512_slli_epi16::<4>(h)));
+                u[1] = _mm512_or_si512(u[1], m(_mm512_slli_epi16::<3>(h)));
+                u[2] = _mm512_or_si512(u[2], m(_mm512_slli_epi16::<2>(h)));
+                u[3] = _mm512_or_si512(u[3], m(_mm512_slli_epi16::<1>(h)));
+                u[4] = _mm512_or_si512(u[4], m(h));
+                u[5] = _mm512_or_si512(u[5], m(_mm512_srli_epi16::<1>(h)));
+                u[6] = _mm512_or_si512(u[6], m(_mm512_srli_epi16::<2>(h)));
+                u[7] = _mm512_or_si512(u[7], m(_mm512_srli_epi16::<3>(h)));
+            }
+            let mw = if MIN {
+                ph2(b0, b1, 16)
+            } else {
+                _mm512_setzero_ps()
+            };
+            for t in 0..T {
+                let y = a.add(t * stride + b * super::A8_BLOCK);
+                let i = dot(&u, y, |c| if c < 4 { 4 * c } else { 16 + 4 * (c - 4) });
+                let i = _mm512_sub_epi32(i, _mm512_set1_epi32(off * i32_at(y.add(QK + 4))));
+                let d = _mm512_mul_ps(dw, _mm512_set1_ps(f32_at(y.add(QK))));
+                acc[t] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(i), acc[t]);
+                if MIN {
+                    acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(f32_at(y.add(QK + 8))), acc[t]);
+                }
+            }
+        }
+        store(&acc, out);
+    }
+
+    /// As `vnni::q8_0`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q8_0<const T: usize>(
+        nb: usize,
+        w0: *const u8,
+        w1: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut Out2,
+    ) {
+        let bias = _mm512_set1_epi8(-128);
+        let bb = 16 + 256;
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
+            prefetch_ahead::<T>(b0, b1, bb);
+            let dw = ph2(b0, b1, 0);
+            let u: [__m512i; 8] =
+                std::array::from_fn(|j| _mm512_xor_si512(ld2(b0, b1, 16 + 32 * j), bias));
+            for t in 0..T {
+                let y = a.add(t * stride + b * super::A8_BLOCK);
+                let i = dot(&u, y, |c| 4 * c);
+                let i = _mm512_sub_epi32(i, _mm512_set1_epi32(128 * i32_at(y.add(QK + 4))));
+                let d = _mm512_mul_ps(dw, _mm512_set1_ps(f32_at(y.add(QK))));
+                acc[t] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(i), acc[t]);
+            }
+        }
+        store(&acc, out);
+    }
+
+    /// As `vnni::q4_k`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q4_k<const T: usize>(
+        nb: usize,
+        w0: *const u8,
+        w1: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut Out2,
+    ) {
+        let m4 = _mm512_set1_epi8(0x0F);
+        let bb = 224 + 1024;
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
+            prefetch_ahead::<T>(b0, b1, bb);
+            let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
+            let mut isum = [_mm512_setzero_si512(); T];
+            for j in 0..8 {
+                let q = 224 + 256 * (j / 2);
+                let wv: [__m512i; 8] = std::array::from_fn(|c| {
+                    let v = ld2(b0, b1, q + 32 * c);
+                    if j % 2 == 0 {
+                        _mm512_and_si512(v, m4)
+                    } else {
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4)
+                    }
+                });
+                let sc = _mm512_cvtepu16_epi32(ld2_128(b0, b1, 32 + 16 * j));
+                let sc = _mm512_and_si512(sc, _mm512_set1_epi32(0xFF));
+                for t in 0..T {
+                    let d = dot(&wv, ya(t).add(4 + 32 * j), |c| 4 * c);
+                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(d, sc));
+                }
+            }
+            let dw = ph2(b0, b1, 0);
+            let dmw = ph2(b0, b1, 16);
+            for t in 0..T {
+                let y = ya(t);
+                let mut msum = _mm512_setzero_si512();
+                for p in 0..4 {
+                    let mv = _mm512_cvtepu8_epi16(ld2_128(b0, b1, 160 + 16 * p));
+                    msum = _mm512_dpwssd_epi32(msum, mv, bcast4(y.add(260 + 4 * p)));
+                }
+                let da = _mm512_set1_ps(f32_at(y));
+                acc[t] =
+                    _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum[t]), acc[t]);
+                acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmw, da), _mm512_cvtepi32_ps(msum), acc[t]);
+            }
+        }
+        store(&acc, out);
+    }
+
+    /// As `vnni::q6_k`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q6_k<const T: usize>(
+        nb: usize,
+        w0: *const u8,
+        w1: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut Out2,
+    ) {
+        let bb = Kind::Q6_K.block_bytes();
+        let m4 = _mm512_set1_epi8(0x0F);
+        let m30 = _mm512_set1_epi8(0x30);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
+            prefetch_ahead::<T>(b0, b1, bb);
+            let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
+            let mut isum = [_mm512_setzero_si512(); T];
+            let mut osum = [_mm512_setzero_si512(); T];
+            for g in 0..16 {
+                let q = 272 + 96 * g;
+                let l0 = ld2(b0, b1, q);
+                let l1 = ld2(b0, b1, q + 32);
+                let hb = ld2(b0, b1, q + 64);
+                let wv = [
+                    _mm512_ternarylogic_epi32::<0xF8>(
+                        _mm512_and_si512(l0, m4),
+                        _mm512_slli_epi16::<4>(hb),
+                        m30,
+                    ),
+                    _mm512_ternarylogic_epi32::<0xF8>(
+                        _mm512_and_si512(l1, m4),
+                        _mm512_slli_epi16::<2>(hb),
+                        m30,
+                    ),
+                    _mm512_ternarylogic_epi32::<0xF8>(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(l0), m4),
+                        hb,
+                        m30,
+                    ),
+                    _mm512_ternarylogic_epi32::<0xF8>(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(l1), m4),
+                        _mm512_srli_epi16::<2>(hb),
+                        m30,
+                    ),
+                ];
+                let scv = _mm512_cvtepi8_epi16(ld2_128(b0, b1, 16 + 16 * g));
+                for t in 0..T {
+                    let y = ya(t);
+                    let yq = y.add(4 + 16 * g);
+                    let s01 = _mm512_add_epi16(
+                        _mm512_maddubs_epi16(wv[0], bcast4(yq)),
+                        _mm512_maddubs_epi16(wv[1], bcast4(yq.add(4))),
+                    );
+                    let s23 = _mm512_add_epi16(
+                        _mm512_maddubs_epi16(wv[2], bcast4(yq.add(8))),
+                        _mm512_maddubs_epi16(wv[3], bcast4(yq.add(12))),
+                    );
+                    isum[t] = _mm512_dpwssd_epi32(isum[t], s01, scv);
+                    isum[t] = _mm512_dpwssd_epi32(isum[t], s23, scv);
+                    osum[t] = _mm512_dpwssd_epi32(osum[t], scv, bcast4(y.add(276 + 4 * g)));
+                }
+            }
+            let dw = ph2(b0, b1, 0);
+            for t in 0..T {
+                let da = _mm512_set1_ps(f32_at(ya(t)));
+                let i = _mm512_sub_epi32(isum[t], osum[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(i), acc[t]);
+            }
+        }
+        store(&acc, out);
+    }
+}
+
 /// out (t, n) = x (t, k) . w^T for a packed `w`.
 pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &Packed, t: usize) {
     matmul_many(b, x, t, &mut [out], &[p]);
@@ -1693,6 +2059,7 @@ pub(crate) fn matmul_many(
     }
     let a = &act[..t * ab];
     let tile = tile_fn(b.isa);
+    let tile2 = tile2_for(b.isa);
     // Per matrix: groups per work item, and the first global item number. Groups per item: an
     // even number (16 rows: with a 64-byte aligned `out`, no cache line of a token's output is
     // written by two items). One token: a few large contiguous ranges per thread, each streamed
@@ -1728,12 +2095,28 @@ pub(crate) fn matmul_many(
         let item = item - first[m];
         let (g0, g1) = (item * per_item[m], ((item + 1) * per_item[m]).min(groups));
         let mut res = [[0f32; GROUP]; TILE_T];
+        let mut res2 = [[0f32; 2 * GROUP]; TILE_T];
         let mut i = 0;
         while i < t {
             let cols = TILE_T.min(t - i);
-            for g in g0..g1 {
-                tile(p.kind, nb, p.group(g), &a[i * ab..], ab, cols, &mut res);
-                let (r0, rows) = (g * GROUP, GROUP.min(n - g * GROUP));
+            let mut g = g0;
+            while g < g1 {
+                // Two groups at once where the ISA has a pair kernel, else one.
+                let (res, ng): (&[[f32; 2 * GROUP]], usize) = match tile2 {
+                    Some(tile2) if g + 1 < g1 => {
+                        let (w0, w1) = (p.group(g), p.group(g + 1));
+                        tile2(p.kind, nb, w0, w1, &a[i * ab..], ab, cols, &mut res2);
+                        (&res2, 2)
+                    }
+                    _ => {
+                        tile(p.kind, nb, p.group(g), &a[i * ab..], ab, cols, &mut res);
+                        for (r2, r) in res2.iter_mut().zip(&res) {
+                            r2[..GROUP].copy_from_slice(r);
+                        }
+                        (&res2, 1)
+                    }
+                };
+                let (r0, rows) = (g * GROUP, (ng * GROUP).min(n - g * GROUP));
                 for (c, rc) in res.iter().enumerate().take(cols) {
                     // SAFETY: token i + c < t and rows r0..r0+rows < n: inside this matrix's
                     // `out` (t * n, checked above); this (token, row) belongs to this item alone,
@@ -1746,6 +2129,7 @@ pub(crate) fn matmul_many(
                         )
                     };
                 }
+                g += ng;
             }
             i += cols;
         }
