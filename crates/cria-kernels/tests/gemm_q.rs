@@ -17,7 +17,7 @@ mod common;
 
 use common::*;
 use cria_core::DType;
-use cria_kernels::cpu::gemm_q::{self, Kind, Packed, GROUP, TILE_T};
+use cria_kernels::cpu::gemm_q::{self, Kind, Packed, GROUP, TILE_T, TILE_T2};
 use cria_kernels::dot::scalar;
 use cria_kernels::{Backend, CpuBackend, Isa};
 
@@ -183,10 +183,12 @@ fn simd_tile_on(isa: Isa) {
             let p = Packed::new(kind, n, k, w.bytes());
             assert_eq!(p.groups(), 2);
             let gb = p.group_bytes();
-            let x = random_acts(&mut rng, TILE_T, k);
+            // Enough tokens for either kernel.
+            let nt = TILE_T.max(TILE_T2);
+            let x = random_acts(&mut rng, nt, k);
             let ab = nb * kind.act_bytes();
-            let mut a = vec![0u8; TILE_T * ab];
-            for tok in 0..TILE_T {
+            let mut a = vec![0u8; nt * ab];
+            for tok in 0..nt {
                 // The activation converter: SIMD and scalar must agree bitwise too.
                 let mut s = vec![0u8; ab];
                 let q = if dt.block_size() == 256 {
@@ -229,17 +231,17 @@ fn simd_tile_on(isa: Isa) {
             // The pair kernel (two groups side by side) against the twin on each group.
             if let Some(tile2) = gemm_q::tile2_for(isa) {
                 let (w0, w1) = (&p.buf.as_slice()[..gb], &p.buf.as_slice()[gb..2 * gb]);
-                for cols in 1..=TILE_T {
-                    let mut o = [[f32::NAN; 2 * GROUP]; TILE_T];
+                for cols in 1..=TILE_T2 {
+                    let mut o = [[f32::NAN; 2 * GROUP]; TILE_T2];
                     tile2(kind, nb, w0, w1, &a, ab, cols, &mut o);
                     for (g, wg) in [w0, w1].into_iter().enumerate() {
-                        let mut want = [[f32::NAN; GROUP]; TILE_T];
-                        gemm_q::tile_scalar(kind, nb, wg, &a, ab, cols, &mut want);
                         for c in 0..cols {
+                            let mut want = [[f32::NAN; GROUP]; TILE_T];
+                            gemm_q::tile_scalar(kind, nb, wg, &a[c * ab..], ab, 1, &mut want);
                             for r in 0..GROUP {
                                 assert_eq!(
                                     o[c][g * GROUP + r].to_bits(),
-                                    want[c][r].to_bits(),
+                                    want[0][r].to_bits(),
                                     "{isa} pair {dt} k={k} cols {cols}: token {c} group {g} row {r}"
                                 );
                             }

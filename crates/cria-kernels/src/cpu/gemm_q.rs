@@ -76,6 +76,9 @@ pub const GROUP: usize = 8;
 /// Tokens per kernel call: their accumulators plus the 8 decoded weight vectors of a block fill
 /// the 16 ymm registers.
 pub const TILE_T: usize = 4;
+/// Tokens per pair-kernel call (`Tile2`): with 32 registers, 8 tokens' accumulators fit beside
+/// a block's decoded weights, so each decoded block serves twice as many tokens.
+pub const TILE_T2: usize = 8;
 /// Bytes of an A8 activation block: 32 quants, d (f32) @32, sum of quants (i32) @36, and
 /// Q8_1's s = f16(d * sum) (as f32) @40, which the Q4_1/Q5_1 min term uses as llama.cpp does.
 pub const A8_BLOCK: usize = QK + 12;
@@ -1625,7 +1628,7 @@ pub type Tile2 = fn(
     a: &[u8],
     stride: usize,
     cols: usize,
-    out: &mut [[f32; 2 * GROUP]; TILE_T],
+    out: &mut [[f32; 2 * GROUP]; TILE_T2],
 );
 
 /// The pair kernel `isa` has, if any (tests; `matmul_many`).
@@ -1645,10 +1648,10 @@ pub fn tile2_for(isa: Isa) -> Option<Tile2> {
 /// packed layout is unchanged.
 #[cfg(target_arch = "x86_64")]
 mod vnni512 {
-    use super::{Kind, GROUP, QK, TILE_T};
+    use super::{Kind, GROUP, QK, TILE_T2};
     use std::arch::x86_64::*;
 
-    type Out2 = [[f32; 2 * GROUP]; TILE_T];
+    type Out2 = [[f32; 2 * GROUP]; TILE_T2];
 
     /// As `vnni::tile` (same contract) on two groups.
     #[allow(clippy::too_many_arguments)]
@@ -1663,7 +1666,7 @@ mod vnni512 {
         out: &mut Out2,
     ) {
         assert!(
-            (1..=TILE_T).contains(&cols)
+            (1..=TILE_T2).contains(&cols)
                 && w0.len() >= nb * kind.block_bytes()
                 && w1.len() >= nb * kind.block_bytes()
                 && stride >= nb * kind.act_bytes()
@@ -1677,7 +1680,11 @@ mod vnni512 {
                     1 => $f::<$($($g,)*)? 1>(nb, w0, w1, a, stride, out),
                     2 => $f::<$($($g,)*)? 2>(nb, w0, w1, a, stride, out),
                     3 => $f::<$($($g,)*)? 3>(nb, w0, w1, a, stride, out),
-                    _ => $f::<$($($g,)*)? 4>(nb, w0, w1, a, stride, out),
+                    4 => $f::<$($($g,)*)? 4>(nb, w0, w1, a, stride, out),
+                    5 => $f::<$($($g,)*)? 5>(nb, w0, w1, a, stride, out),
+                    6 => $f::<$($($g,)*)? 6>(nb, w0, w1, a, stride, out),
+                    7 => $f::<$($($g,)*)? 7>(nb, w0, w1, a, stride, out),
+                    _ => $f::<$($($g,)*)? 8>(nb, w0, w1, a, stride, out),
                 }
             };
         }
@@ -1853,7 +1860,8 @@ mod vnni512 {
         store(&acc, out);
     }
 
-    /// As `vnni::q4_k`.
+    /// As `vnni::q4_k`, except that each 32-byte vector of a sub-block pair is loaded once for
+    /// both sub-blocks (its low and high nibbles): exact integer sums, in another order.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn q4_k<const T: usize>(
         nb: usize,
@@ -1871,21 +1879,27 @@ mod vnni512 {
             prefetch_ahead::<T>(b0, b1, bb);
             let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
             let mut isum = [_mm512_setzero_si512(); T];
-            for j in 0..8 {
-                let q = 224 + 256 * (j / 2);
-                let wv: [__m512i; 8] = std::array::from_fn(|c| {
+            for p in 0..4 {
+                let q = 224 + 256 * p;
+                let mut lo = [_mm512_setzero_si512(); 8];
+                let mut hi = [_mm512_setzero_si512(); 8];
+                for c in 0..8 {
                     let v = ld2(b0, b1, q + 32 * c);
-                    if j % 2 == 0 {
-                        _mm512_and_si512(v, m4)
-                    } else {
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4)
-                    }
-                });
-                let sc = _mm512_cvtepu16_epi32(ld2_128(b0, b1, 32 + 16 * j));
-                let sc = _mm512_and_si512(sc, _mm512_set1_epi32(0xFF));
+                    lo[c] = _mm512_and_si512(v, m4);
+                    hi[c] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+                }
+                let scale = |j: usize| {
+                    let sc = _mm512_cvtepu16_epi32(ld2_128(b0, b1, 32 + 16 * j));
+                    _mm512_and_si512(sc, _mm512_set1_epi32(0xFF))
+                };
+                let (sc0, sc1) = (scale(2 * p), scale(2 * p + 1));
                 for t in 0..T {
-                    let d = dot(&wv, ya(t).add(4 + 32 * j), |c| 4 * c);
-                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(d, sc));
+                    let y = ya(t).add(4 + 64 * p);
+                    let d0 = dot(&lo, y, |c| 4 * c);
+                    let d1 = dot(&hi, y.add(32), |c| 4 * c);
+                    let s =
+                        _mm512_add_epi32(_mm512_mullo_epi32(d0, sc0), _mm512_mullo_epi32(d1, sc1));
+                    isum[t] = _mm512_add_epi32(isum[t], s);
                 }
             }
             let dw = ph2(b0, b1, 0);
@@ -2095,29 +2109,36 @@ pub(crate) fn matmul_many(
         let item = item - first[m];
         let (g0, g1) = (item * per_item[m], ((item + 1) * per_item[m]).min(groups));
         let mut res = [[0f32; GROUP]; TILE_T];
-        let mut res2 = [[0f32; 2 * GROUP]; TILE_T];
+        let mut res2 = [[0f32; 2 * GROUP]; TILE_T2];
+        // Tokens per pass: a pair kernel takes more.
+        let step = if tile2.is_some() { TILE_T2 } else { TILE_T };
         let mut i = 0;
         while i < t {
-            let cols = TILE_T.min(t - i);
+            let cols = step.min(t - i);
             let mut g = g0;
             while g < g1 {
-                // Two groups at once where the ISA has a pair kernel, else one.
-                let (res, ng): (&[[f32; 2 * GROUP]], usize) = match tile2 {
+                // Two groups at once where the ISA has a pair kernel, else one (by TILE_T
+                // tokens), gathered into res2 either way.
+                let ng = match tile2 {
                     Some(tile2) if g + 1 < g1 => {
                         let (w0, w1) = (p.group(g), p.group(g + 1));
                         tile2(p.kind, nb, w0, w1, &a[i * ab..], ab, cols, &mut res2);
-                        (&res2, 2)
+                        2
                     }
                     _ => {
-                        tile(p.kind, nb, p.group(g), &a[i * ab..], ab, cols, &mut res);
-                        for (r2, r) in res2.iter_mut().zip(&res) {
-                            r2[..GROUP].copy_from_slice(r);
+                        for c0 in (0..cols).step_by(TILE_T) {
+                            let cc = TILE_T.min(cols - c0);
+                            let a = &a[(i + c0) * ab..];
+                            tile(p.kind, nb, p.group(g), a, ab, cc, &mut res);
+                            for (r2, r) in res2[c0..c0 + cc].iter_mut().zip(&res) {
+                                r2[..GROUP].copy_from_slice(r);
+                            }
                         }
-                        (&res2, 1)
+                        1
                     }
                 };
                 let (r0, rows) = (g * GROUP, (ng * GROUP).min(n - g * GROUP));
-                for (c, rc) in res.iter().enumerate().take(cols) {
+                for (c, rc) in res2.iter().enumerate().take(cols) {
                     // SAFETY: token i + c < t and rows r0..r0+rows < n: inside this matrix's
                     // `out` (t * n, checked above); this (token, row) belongs to this item alone,
                     // and the pool joins before `outs`' borrows end.
