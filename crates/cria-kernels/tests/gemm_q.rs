@@ -104,8 +104,9 @@ fn prepared_matmul_on(isa: Isa) {
                     k,
                     w.bytes(),
                 )));
-                {
-                    let q = b1.prepare(w.clone()).unwrap();
+                // The repack on 1 and on 2 threads (items of 64 groups) gives the same bytes.
+                for b in [&b1, &b2] {
+                    let q = b.prepare(w.clone()).unwrap();
                     let q = q.prepared.as_ref().and_then(|x| x.downcast_ref::<Packed>());
                     assert!(
                         q.is_some_and(|q| q.buf.as_slice()
@@ -409,5 +410,20 @@ fn vectorised_k_activation_quantizer_matches_the_generic_one() {
         gemm_q::quantize_a8k_generic(Isa::Avx2, &x, &mut want);
         gemm_q::quantize_a8k(Isa::Avx2, &x, &mut got);
         assert_eq!(want, got, "{blocks} super-blocks");
+    }
+}
+
+#[test]
+fn repack_on_threads_equals_the_serial_repack() {
+    let mut rng = Rng::new(42);
+    let b2 = CpuBackend::with_isa(2, Isa::Scalar);
+    // 1100 rows: 138 groups, three items of 64 groups (the last one short), over 64 KiB.
+    for dt in [DType::Q4_0, DType::Q6_K] {
+        let k = if dt.block_size() == 256 { 256 } else { 128 };
+        let w = random_weights(&mut rng, dt, 1100, k);
+        let kind = Kind::of(dt).unwrap();
+        let serial = Packed::new(kind, 1100, k, w.bytes());
+        let par = Packed::new_on(&b2, kind, 1100, k, w.bytes());
+        assert!(serial.buf.as_slice() == par.buf.as_slice(), "{dt}");
     }
 }

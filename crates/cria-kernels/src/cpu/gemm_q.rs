@@ -187,22 +187,44 @@ impl Packed {
 
     /// Repacks `n` plain rows of `k` elements (`w`: the file's bytes).
     pub fn new(kind: Kind, n: usize, k: usize, w: &[u8]) -> Packed {
+        let mut p = Packed::zeroed(kind, n, k, w);
+        let gb = p.group_bytes();
+        for (g, o) in p.buf.as_mut_slice().chunks_exact_mut(gb).enumerate() {
+            repack_group(kind, n, k, w, g, o);
+        }
+        p
+    }
+
+    /// `new` on the backend's threads (loading a model repacks every matrix; the bytes are the
+    /// same).
+    pub fn new_on(b: &CpuBackend, kind: Kind, n: usize, k: usize, w: &[u8]) -> Packed {
+        let mut p = Packed::zeroed(kind, n, k, w);
+        let (gb, groups) = (p.group_bytes(), p.groups());
+        const PER_ITEM: usize = 64;
+        let out = SyncPtr(p.buf.as_mut_slice().as_mut_ptr());
+        let job = |item: usize, _tid: usize| {
+            for g in item * PER_ITEM..((item + 1) * PER_ITEM).min(groups) {
+                // SAFETY: g < groups and the buffer holds groups * gb bytes (zeroed above);
+                // group g's bytes are written by this item alone, and the pool joins before
+                // `p` is used again.
+                let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(g * gb), gb) };
+                repack_group(kind, n, k, w, g, o);
+            }
+        };
+        b.run_items(groups.div_ceil(PER_ITEM), w.len(), &job);
+        p
+    }
+
+    /// The zeroed buffer of a repack of `w` (sizes checked).
+    fn zeroed(kind: Kind, n: usize, k: usize, w: &[u8]) -> Packed {
         assert!(k % kind.qk() == 0, "repack: k={k} is not whole blocks");
         let nb = k / kind.qk();
-        let (pb, bb) = (kind.plain_bytes(), kind.block_bytes());
-        assert_eq!(w.len(), n * nb * pb, "repack: wrong byte count");
-        let groups = n.div_ceil(GROUP);
-        let mut buf = AlignedBuf::zeroed(groups * nb * bb);
-        let out = buf.as_mut_slice();
-        for g in 0..groups {
-            for b in 0..nb {
-                let o = &mut out[(g * nb + b) * bb..][..bb];
-                for r in 0..GROUP.min(n - g * GROUP) {
-                    let src = &w[((g * GROUP + r) * nb + b) * pb..][..pb];
-                    repack_block(kind, src, r, o);
-                }
-            }
-        }
+        assert_eq!(
+            w.len(),
+            n * nb * kind.plain_bytes(),
+            "repack: wrong byte count"
+        );
+        let buf = AlignedBuf::zeroed(n.div_ceil(GROUP) * nb * kind.block_bytes());
         Packed { kind, n, k, buf }
     }
 }
@@ -284,6 +306,19 @@ impl Packed {
                     out[128 + 32 * h + l] |= high << (2 * q);
                 }
             }
+        }
+    }
+}
+
+/// Fills group `g` (`o`, zeroed) of the repack of `n` rows of `k` elements from the file's bytes.
+fn repack_group(kind: Kind, n: usize, k: usize, w: &[u8], g: usize, o: &mut [u8]) {
+    let nb = k / kind.qk();
+    let (pb, bb) = (kind.plain_bytes(), kind.block_bytes());
+    for b in 0..nb {
+        let o = &mut o[b * bb..][..bb];
+        for r in 0..GROUP.min(n - g * GROUP) {
+            let src = &w[((g * GROUP + r) * nb + b) * pb..][..pb];
+            repack_block(kind, src, r, o);
         }
     }
 }
@@ -386,7 +421,7 @@ pub(crate) fn prepare(b: &CpuBackend, mut w: Tensor) -> Tensor {
     if !b.isa.has_avx2() || w.cols() % kind.qk() != 0 || w.rows() == 0 {
         return w;
     }
-    let p = Packed::new(kind, w.rows(), w.cols(), w.bytes());
+    let p = Packed::new_on(b, kind, w.rows(), w.cols(), w.bytes());
     w.prepared = Some(Arc::new(p));
     w
 }
