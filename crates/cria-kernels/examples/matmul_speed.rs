@@ -135,6 +135,20 @@ fn shape_args(args: &[String]) -> (usize, usize, usize, DType) {
     (num(0), num(1), num(2), wt)
 }
 
+/// Calls `f(0)` and `f(1)` alternately for ~4 s: the best wall time of each.
+fn interleaved(mut f: impl FnMut(usize)) -> [f64; 2] {
+    let mut best = [f64::MAX; 2];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        for (i, b) in best.iter_mut().enumerate() {
+            let t0 = Instant::now();
+            f(i);
+            *b = b.min(t0.elapsed().as_secs_f64());
+        }
+    }
+    best
+}
+
 /// `--ab N K T TYPE [THREADS]`: the file's layout against the backend's own (repacked) one on the
 /// same weights, alternating calls in one process, best time of each over ~4 s: an A/B that the
 /// load of a shared machine moves for both sides alike.
@@ -147,15 +161,7 @@ fn ab(args: &[String]) {
     let mut out = vec![0f32; t * n];
     let b = CpuBackend::new(threads);
     let packed = b.prepare(plain.clone()).unwrap();
-    let mut best = [f64::MAX; 2];
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
-        for (i, w) in [&plain, &packed].into_iter().enumerate() {
-            let t0 = Instant::now();
-            b.matmul(&mut out, &x, w, t);
-            best[i] = best[i].min(t0.elapsed().as_secs_f64());
-        }
-    }
+    let best = interleaved(|i| b.matmul(&mut out, &x, [&plain, &packed][i], t));
     let gf = |s: f64| (2 * n * k * t) as f64 / s / 1e9;
     println!(
         "{wt} {n}x{k} t={t} x{threads}: file layout {:.1} GFLOP/s, prepared {:.1} GFLOP/s ({:.2}x)",
@@ -180,15 +186,7 @@ fn isa_ab(args: &[String]) {
     let bs = [Isa::Avx2, Isa::Avx512].map(|i| CpuBackend::with_isa(threads, i));
     let ws = bs.each_ref().map(|b| b.prepare(plain.clone()).unwrap());
     let mut outs = [vec![0f32; t * n], vec![0f32; t * n]];
-    let mut best = [f64::MAX; 2];
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
-        for i in 0..2 {
-            let t0 = Instant::now();
-            bs[i].matmul(&mut outs[i], &x, &ws[i], t);
-            best[i] = best[i].min(t0.elapsed().as_secs_f64());
-        }
-    }
+    let best = interleaved(|i| bs[i].matmul(&mut outs[i], &x, &ws[i], t));
     let same = outs[0]
         .iter()
         .zip(&outs[1])

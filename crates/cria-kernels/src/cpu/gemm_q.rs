@@ -636,8 +636,10 @@ fn tile_fn(isa: Isa) -> Tile {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::tile,
+        // AVX-512 runs groups in pairs (`tile2_for`); a matrix's odd last group takes the
+        // AVX2 kernel (the same bits).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => vnni::tile,
+        Isa::Avx512 => avx2::tile,
         _ => tile_scalar,
     }
 }
@@ -1322,337 +1324,6 @@ mod avx2 {
     }
 }
 
-/// The tile kernels for AVX-512 CPUs: the same layouts, on 256-bit registers (8 rows per
-/// group), with AVX512-VNNI's `vpdpbusd` (u8 x i8, 4 products summed into an i32 lane) in place
-/// of AVX2's `maddubs` + `madd` + adds, and the 32 registers of AVX-512 VL so nothing spills.
-/// Integer dots are exact either way, and the float steps per block are the AVX2 kernels' (same
-/// order): the bits equal the scalar twin's.
-#[cfg(target_arch = "x86_64")]
-mod vnni {
-    use super::{Kind, GROUP, QK, TILE_T};
-    use std::arch::x86_64::*;
-
-    /// As `avx2::tile` (same contract).
-    pub fn tile(
-        kind: Kind,
-        nb: usize,
-        w: &[u8],
-        a: &[u8],
-        stride: usize,
-        cols: usize,
-        out: &mut [[f32; GROUP]; TILE_T],
-    ) {
-        assert!(
-            (1..=TILE_T).contains(&cols)
-                && w.len() >= nb * kind.block_bytes()
-                && stride >= nb * kind.act_bytes()
-                && a.len() >= (cols - 1) * stride + nb * kind.act_bytes(),
-            "gemm_q tile: bad arguments"
-        );
-        let (w, a) = (w.as_ptr(), a.as_ptr());
-        macro_rules! by_cols {
-            ($f:ident $(:: <$($g:literal),*>)?) => {
-                match cols {
-                    1 => $f::<$($($g,)*)? 1>(nb, w, a, stride, out),
-                    2 => $f::<$($($g,)*)? 2>(nb, w, a, stride, out),
-                    3 => $f::<$($($g,)*)? 3>(nb, w, a, stride, out),
-                    _ => $f::<$($($g,)*)? 4>(nb, w, a, stride, out),
-                }
-            };
-        }
-        // SAFETY: this function is only handed out for Isa::Avx512, which exists only after
-        // Isa::available() confirmed AVX2/FMA/F16C and AVX-512 F/BW/VL/VNNI; the reads stay
-        // inside `w` (nb blocks) and `a` (cols rows of nb activation blocks), checked above.
-        unsafe {
-            match kind {
-                Kind::Q4_0 => by_cols!(nib::<false, false>),
-                Kind::Q4_1 => by_cols!(nib::<true, false>),
-                Kind::Q5_0 => by_cols!(nib::<false, true>),
-                Kind::Q5_1 => by_cols!(nib::<true, true>),
-                Kind::Q8_0 => by_cols!(q8_0),
-                Kind::Q4_K => by_cols!(q4_k),
-                Kind::Q6_K => by_cols!(q6_k),
-            }
-        }
-    }
-
-    /// See `avx2::PF_AHEAD`.
-    const PF_AHEAD: usize = 2048;
-
-    #[inline(always)]
-    unsafe fn prefetch_ahead<const T: usize>(blk: *const u8, bytes: usize) {
-        if T == 1 {
-            let mut o = 0;
-            while o < bytes {
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF_AHEAD + o) as *const i8);
-                o += 64;
-            }
-        }
-    }
-    #[inline(always)]
-    unsafe fn bcast4(p: *const u8) -> __m256i {
-        _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
-    }
-    #[inline(always)]
-    unsafe fn f32_at(p: *const u8) -> f32 {
-        std::ptr::read_unaligned(p as *const f32)
-    }
-    #[inline(always)]
-    unsafe fn i32_at(p: *const u8) -> i32 {
-        std::ptr::read_unaligned(p as *const i32)
-    }
-    /// Per lane: sum over c of (4 unsigned bytes of w[c]) . (bytes 4c'..4c'+4 at y), where c'
-    /// = `off(c)`; two chains of `vpdpbusd` added at the end.
-    #[inline(always)]
-    unsafe fn dot<const N: usize>(
-        w: &[__m256i; N],
-        y: *const u8,
-        off: impl Fn(usize) -> usize,
-    ) -> __m256i {
-        let mut s = [_mm256_setzero_si256(); 2];
-        for c in 0..N {
-            s[c & 1] = _mm256_dpbusd_epi32(s[c & 1], w[c], bcast4(y.add(off(c))));
-        }
-        _mm256_add_epi32(s[0], s[1])
-    }
-
-    /// Q4_0, Q4_1, Q5_0, Q5_1 (MIN: a per-block min, HB: a 5th bit); see the layouts in the
-    /// module doc. Per block and token: i = sum(u * a) - off * sum(a), then the AVX2 kernels'
-    /// float steps.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn nib<const MIN: bool, const HB: bool, const T: usize>(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        stride: usize,
-        out: &mut [[f32; GROUP]; TILE_T],
-    ) {
-        let qo = if MIN { 32 } else { 16 };
-        let bb = qo + 128 + if HB { 32 } else { 0 };
-        let off = match (MIN, HB) {
-            (true, _) => 0,
-            (false, false) => 8,
-            (false, true) => 16,
-        };
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m16 = _mm256_set1_epi8(0x10);
-        let mut acc = [_mm256_setzero_ps(); T];
-        for b in 0..nb {
-            let blk = w.add(b * bb);
-            prefetch_ahead::<T>(blk, bb);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-            let mut u = [_mm256_setzero_si256(); 8];
-            for j in 0..4 {
-                let p = _mm256_loadu_si256(blk.add(qo + 32 * j) as *const __m256i);
-                u[j] = _mm256_and_si256(p, m4);
-                u[4 + j] = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
-            }
-            if HB {
-                let h = _mm256_loadu_si256(blk.add(qo + 128) as *const __m256i);
-                u[0] = _mm256_or_si256(u[0], _mm256_and_si256(_mm256_slli_epi16(h, 4), m16));
-                u[1] = _mm256_or_si256(u[1], _mm256_and_si256(_mm256_slli_epi16(h, 3), m16));
-                u[2] = _mm256_or_si256(u[2], _mm256_and_si256(_mm256_slli_epi16(h, 2), m16));
-                u[3] = _mm256_or_si256(u[3], _mm256_and_si256(_mm256_slli_epi16(h, 1), m16));
-                u[4] = _mm256_or_si256(u[4], _mm256_and_si256(h, m16));
-                u[5] = _mm256_or_si256(u[5], _mm256_and_si256(_mm256_srli_epi16(h, 1), m16));
-                u[6] = _mm256_or_si256(u[6], _mm256_and_si256(_mm256_srli_epi16(h, 2), m16));
-                u[7] = _mm256_or_si256(u[7], _mm256_and_si256(_mm256_srli_epi16(h, 3), m16));
-            }
-            let mw = if MIN {
-                _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i))
-            } else {
-                _mm256_setzero_ps()
-            };
-            for t in 0..T {
-                let y = a.add(t * stride + b * super::A8_BLOCK);
-                // Vector v holds elements 4v.. (v < 4) or 16 + 4(v - 4)..: activation chunk v.
-                let i = dot(&u, y, |c| if c < 4 { 4 * c } else { 16 + 4 * (c - 4) });
-                let i = _mm256_sub_epi32(i, _mm256_set1_epi32(off * i32_at(y.add(QK + 4))));
-                let d = _mm256_mul_ps(dw, _mm256_set1_ps(f32_at(y.add(QK))));
-                acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(i), acc[t]);
-                if MIN {
-                    acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(f32_at(y.add(QK + 8))), acc[t]);
-                }
-            }
-        }
-        for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
-        }
-    }
-
-    /// Q8_0: the signed weights biased by 128 into u8, so sum(w * a) = sum((w + 128) * a) -
-    /// 128 * sum(a), with sum(a) stored in the A8 block.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn q8_0<const T: usize>(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        stride: usize,
-        out: &mut [[f32; GROUP]; TILE_T],
-    ) {
-        let bias = _mm256_set1_epi8(-128);
-        let mut acc = [_mm256_setzero_ps(); T];
-        for b in 0..nb {
-            let blk = w.add(b * (16 + 256));
-            prefetch_ahead::<T>(blk, 16 + 256);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-            let mut u = [_mm256_setzero_si256(); 8];
-            for j in 0..8 {
-                let v = _mm256_loadu_si256(blk.add(16 + 32 * j) as *const __m256i);
-                u[j] = _mm256_xor_si256(v, bias);
-            }
-            for t in 0..T {
-                let y = a.add(t * stride + b * super::A8_BLOCK);
-                let i = dot(&u, y, |c| 4 * c);
-                let i = _mm256_sub_epi32(i, _mm256_set1_epi32(128 * i32_at(y.add(QK + 4))));
-                let d = _mm256_mul_ps(dw, _mm256_set1_ps(f32_at(y.add(QK))));
-                acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(i), acc[t]);
-            }
-        }
-        for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
-        }
-    }
-
-    /// Q4_K: per sub-block j an exact i32 dot (`vpdpbusd`), times the row's sub-block scale
-    /// (`vpmulld`), summed; the mins as the AVX2 kernel.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn q4_k<const T: usize>(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        stride: usize,
-        out: &mut [[f32; GROUP]; TILE_T],
-    ) {
-        let m4 = _mm256_set1_epi8(0x0F);
-        let mut acc = [_mm256_setzero_ps(); T];
-        for b in 0..nb {
-            let blk = w.add(b * (224 + 1024));
-            prefetch_ahead::<T>(blk, 224 + 1024);
-            let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
-            let mut isum = [_mm256_setzero_si256(); T];
-            for j in 0..8 {
-                let q = blk.add(224 + 256 * (j / 2));
-                let mut wv = [_mm256_setzero_si256(); 8];
-                for c in 0..8 {
-                    let v = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
-                    wv[c] = if j % 2 == 0 {
-                        _mm256_and_si256(v, m4)
-                    } else {
-                        _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)
-                    };
-                }
-                // Row r's scale sits in bytes 2r and 2r+1: one of them, as an i32 lane.
-                let sc =
-                    _mm256_cvtepu16_epi32(_mm_loadu_si128(blk.add(32 + 16 * j) as *const __m128i));
-                let sc = _mm256_and_si256(sc, _mm256_set1_epi32(0xFF));
-                for t in 0..T {
-                    let y = ya(t).add(4 + 32 * j);
-                    let d = dot(&wv, y, |c| 4 * c);
-                    isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(d, sc));
-                }
-            }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-            let dmw = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
-            for t in 0..T {
-                let y = ya(t);
-                let mut msum = _mm256_setzero_si256();
-                for p in 0..4 {
-                    let mv = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                        blk.add(160 + 16 * p) as *const __m128i
-                    ));
-                    msum = _mm256_dpwssd_epi32(msum, mv, bcast4(y.add(260 + 4 * p)));
-                }
-                let da = _mm256_set1_ps(f32_at(y));
-                acc[t] =
-                    _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum[t]), acc[t]);
-                acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmw, da), _mm256_cvtepi32_ps(msum), acc[t]);
-            }
-        }
-        for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
-        }
-    }
-
-    /// Q6_K: per 16-element group, u6 x i8 `maddubs` pair sums (they fit i16), scaled and
-    /// summed by `vpdpwssd`; the -32 offset's sc * 32 * sum(a) also by `vpdpwssd`, into its own
-    /// sum subtracted once per super-block (integers: the same total).
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn q6_k<const T: usize>(
-        nb: usize,
-        w: *const u8,
-        a: *const u8,
-        stride: usize,
-        out: &mut [[f32; GROUP]; TILE_T],
-    ) {
-        let mut acc = [_mm256_setzero_ps(); T];
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m30 = _mm256_set1_epi8(0x30);
-        for b in 0..nb {
-            let blk = w.add(b * Kind::Q6_K.block_bytes());
-            prefetch_ahead::<T>(blk, Kind::Q6_K.block_bytes());
-            let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
-            let mut isum = [_mm256_setzero_si256(); T];
-            let mut osum = [_mm256_setzero_si256(); T];
-            for g in 0..16 {
-                let q = blk.add(272 + 96 * g);
-                let l0 = _mm256_loadu_si256(q as *const __m256i);
-                let l1 = _mm256_loadu_si256(q.add(32) as *const __m256i);
-                let hb = _mm256_loadu_si256(q.add(64) as *const __m256i);
-                let wv = [
-                    _mm256_ternarylogic_epi32::<0xF8>(
-                        _mm256_and_si256(l0, m4),
-                        _mm256_slli_epi16::<4>(hb),
-                        m30,
-                    ),
-                    _mm256_ternarylogic_epi32::<0xF8>(
-                        _mm256_and_si256(l1, m4),
-                        _mm256_slli_epi16::<2>(hb),
-                        m30,
-                    ),
-                    _mm256_ternarylogic_epi32::<0xF8>(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4),
-                        hb,
-                        m30,
-                    ),
-                    _mm256_ternarylogic_epi32::<0xF8>(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4),
-                        _mm256_srli_epi16::<2>(hb),
-                        m30,
-                    ),
-                ];
-                let scv =
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(16 + 16 * g) as *const __m128i));
-                for t in 0..T {
-                    let y = ya(t);
-                    let yq = y.add(4 + 16 * g);
-                    // u6 x i8 pairs: two sums of pairs stay within i16 (2 * 2 * 63 * 127 = 32004).
-                    let s01 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(wv[0], bcast4(yq)),
-                        _mm256_maddubs_epi16(wv[1], bcast4(yq.add(4))),
-                    );
-                    let s23 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(wv[2], bcast4(yq.add(8))),
-                        _mm256_maddubs_epi16(wv[3], bcast4(yq.add(12))),
-                    );
-                    isum[t] = _mm256_dpwssd_epi32(isum[t], s01, scv);
-                    isum[t] = _mm256_dpwssd_epi32(isum[t], s23, scv);
-                    osum[t] = _mm256_dpwssd_epi32(osum[t], scv, bcast4(y.add(276 + 4 * g)));
-                }
-            }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-            for t in 0..T {
-                let da = _mm256_set1_ps(f32_at(ya(t)));
-                let i = _mm256_sub_epi32(isum[t], osum[t]);
-                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(i), acc[t]);
-            }
-        }
-        for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
-        }
-    }
-}
-
 /// The pair-of-groups kernel signature: as `Tile` on two groups (`w0`, `w1`, `nb` blocks each)
 /// at once; `out[c][..8]` are group 0's rows, `out[c][8..]` group 1's.
 pub type Tile2 = fn(
@@ -1675,12 +1346,15 @@ pub fn tile2_for(isa: Isa) -> Option<Tile2> {
     }
 }
 
-/// `vnni` on 512-bit registers, two 8-row groups side by side: each 256-bit weight vector of
-/// group 0 and the same vector of group 1 fill the two halves of a zmm (one insert per vector,
-/// shared by all the tile's tokens), the token's 4 activation bytes are broadcast to all 16
-/// lanes, and one `vpdpbusd` serves 16 rows. Lane r < 8 is group 0's row r, lane 8 + r group
-/// 1's: per lane the same operations as `vnni` (same bits), on half the instructions. The
-/// packed layout is unchanged.
+/// The AVX-512 kernels: two 8-row groups side by side on 512-bit registers. Each 256-bit
+/// weight vector of group 0 and the same vector of group 1 fill the two halves of a zmm (one
+/// insert per vector, shared by all the tile's tokens), the token's 4 activation bytes are
+/// broadcast to all 16 lanes, and AVX512-VNNI's `vpdpbusd` (u8 x i8, 4 products summed into an
+/// i32 lane) does what AVX2 needs `maddubs` + `madd` + adds for, on 16 rows at once. Lane r < 8
+/// is group 0's row r, lane 8 + r group 1's. Integer dots are exact either way and the float
+/// steps per block are the AVX2 kernels' (same order): the bits equal the scalar twin's. The
+/// 32 registers hold `TILE_T2` = 8 tokens' accumulators beside the decoded block. The packed
+/// layout is unchanged.
 #[cfg(target_arch = "x86_64")]
 mod vnni512 {
     use super::{Kind, GROUP, QK, TILE_T2};
@@ -1688,7 +1362,7 @@ mod vnni512 {
 
     type Out2 = [[f32; 2 * GROUP]; TILE_T2];
 
-    /// As `vnni::tile` (same contract) on two groups.
+    /// As `avx2::tile` (same contract) on two groups.
     #[allow(clippy::too_many_arguments)]
     pub fn tile2(
         kind: Kind,
@@ -1784,7 +1458,8 @@ mod vnni512 {
     unsafe fn i32_at(p: *const u8) -> i32 {
         std::ptr::read_unaligned(p as *const i32)
     }
-    /// As `vnni::dot`, 16 lanes.
+    /// Per lane: sum over c of (4 unsigned bytes of w[c]) . (the 4 activation bytes at
+    /// y + off(c)); two chains of `vpdpbusd` added at the end.
     #[inline(always)]
     unsafe fn dot<const N: usize>(
         w: &[__m512i; N],
@@ -1804,7 +1479,9 @@ mod vnni512 {
         }
     }
 
-    /// As `vnni::nib`.
+    /// Q4_0, Q4_1, Q5_0, Q5_1 (MIN: a per-block min, HB: a 5th bit); see the layouts in the
+    /// module doc. Per block and token: i = sum(u * a) - off * sum(a), then the AVX2 kernels'
+    /// float steps.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn nib<const MIN: bool, const HB: bool, const T: usize>(
         nb: usize,
@@ -1865,7 +1542,8 @@ mod vnni512 {
         store(&acc, out);
     }
 
-    /// As `vnni::q8_0`.
+    /// Q8_0: the signed weights biased by 128 into u8, so sum(w * a) = sum((w + 128) * a) -
+    /// 128 * sum(a), with sum(a) stored in the A8 block.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn q8_0<const T: usize>(
         nb: usize,
@@ -1895,8 +1573,9 @@ mod vnni512 {
         store(&acc, out);
     }
 
-    /// As `vnni::q4_k`, except that each 32-byte vector of a sub-block pair is loaded once for
-    /// both sub-blocks (its low and high nibbles): exact integer sums, in another order.
+    /// Q4_K: per sub-block an exact i32 dot (`vpdpbusd`) times the row's sub-block scale
+    /// (`vpmulld`), summed; each 32-byte vector of a sub-block pair is loaded once for both
+    /// sub-blocks (its low and high nibbles); the mins by `vpdpwssd`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn q4_k<const T: usize>(
         nb: usize,
@@ -1955,7 +1634,9 @@ mod vnni512 {
         store(&acc, out);
     }
 
-    /// As `vnni::q6_k`.
+    /// Q6_K: per 16-element group, u6 x i8 `maddubs` pair sums (they fit i16), scaled and
+    /// summed by `vpdpwssd`; the -32 offset's sc * 32 * sum(a) also by `vpdpwssd`, into its own
+    /// sum subtracted once per super-block (integers: the same total).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn q6_k<const T: usize>(
         nb: usize,
