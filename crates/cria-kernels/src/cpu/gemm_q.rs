@@ -1512,16 +1512,17 @@ mod vnni512 {
                 u[4 + j] = _mm512_and_si512(_mm512_srli_epi16::<4>(p), m4);
             }
             if HB {
+                // u |= (shifted h) & 0x10 in one ternary-logic op (A | (B & C) = 0xF8).
                 let h = ld2(b0, b1, qo + 128);
-                let m = |v: __m512i| _mm512_and_si512(v, m16);
-                u[0] = _mm512_or_si512(u[0], m(_mm512_slli_epi16::<4>(h)));
-                u[1] = _mm512_or_si512(u[1], m(_mm512_slli_epi16::<3>(h)));
-                u[2] = _mm512_or_si512(u[2], m(_mm512_slli_epi16::<2>(h)));
-                u[3] = _mm512_or_si512(u[3], m(_mm512_slli_epi16::<1>(h)));
-                u[4] = _mm512_or_si512(u[4], m(h));
-                u[5] = _mm512_or_si512(u[5], m(_mm512_srli_epi16::<1>(h)));
-                u[6] = _mm512_or_si512(u[6], m(_mm512_srli_epi16::<2>(h)));
-                u[7] = _mm512_or_si512(u[7], m(_mm512_srli_epi16::<3>(h)));
+                let m = |u: __m512i, v: __m512i| _mm512_ternarylogic_epi32::<0xF8>(u, v, m16);
+                u[0] = m(u[0], _mm512_slli_epi16::<4>(h));
+                u[1] = m(u[1], _mm512_slli_epi16::<3>(h));
+                u[2] = m(u[2], _mm512_slli_epi16::<2>(h));
+                u[3] = m(u[3], _mm512_slli_epi16::<1>(h));
+                u[4] = m(u[4], h);
+                u[5] = m(u[5], _mm512_srli_epi16::<1>(h));
+                u[6] = m(u[6], _mm512_srli_epi16::<2>(h));
+                u[7] = m(u[7], _mm512_srli_epi16::<3>(h));
             }
             let mw = if MIN {
                 ph2(b0, b1, 16)
