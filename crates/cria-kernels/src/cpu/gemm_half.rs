@@ -13,6 +13,9 @@
 //! token is in nor on the thread count, and `matmul_scalar` (f32 `mul_add` in the same order)
 //! gives the same bits.
 //!
+//! On AVX-512 (`avx512` below) a panel's 16 rows are one zmm and the tile is 12 tokens x 2
+//! panels; each output is the same FMA chain, so the bits are the same.
+//!
 //! One token (decoding): 4 groups (64 rows) go together, 8 independent chains, so the FMA
 //! latency hides behind the loads and the weights stream at memory speed: each group is one
 //! contiguous run of `32 * k` bytes, which the hardware prefetcher follows.
@@ -180,6 +183,25 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
     matmul_scalar(out, x, p, t)
 }
 
+/// One token over panels g0..g1, up to 4 panels per `tile` call (the SIMD modules' shared
+/// decode loop; `tile::<L>` names the module's own const-generic tile).
+#[cfg(target_arch = "x86_64")]
+macro_rules! one_token {
+    ($tile:ident::<$l:ident>, $out:expr, $n:expr, $x:expr, $w:expr, $k:expr, $g0:expr, $g1:expr, $t0:expr) => {{
+        let mut g = $g0;
+        while g < $g1 {
+            let ng = ($g1 - g).min(4);
+            match ng {
+                4 => $tile::<$l, 1, 4>($out, $n, $x, $w, $k, g, $t0),
+                3 => $tile::<$l, 1, 3>($out, $n, $x, $w, $k, g, $t0),
+                2 => $tile::<$l, 1, 2>($out, $n, $x, $w, $k, g, $t0),
+                _ => $tile::<$l, 1, 1>($out, $n, $x, $w, $k, g, $t0),
+            }
+            g += ng;
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{MR, NR};
@@ -258,17 +280,7 @@ mod avx2 {
         debug_assert!(w.len() >= g1 * k * NR && x.len() >= t1 * k);
         if t1 - t0 == 1 {
             // One token: up to 4 panels at once (8 chains in flight).
-            let mut g = g0;
-            while g < g1 {
-                let ng = (g1 - g).min(4);
-                match ng {
-                    4 => tile::<L, 1, 4>(out, n, x, w, k, g, t0),
-                    3 => tile::<L, 1, 3>(out, n, x, w, k, g, t0),
-                    2 => tile::<L, 1, 2>(out, n, x, w, k, g, t0),
-                    _ => tile::<L, 1, 1>(out, n, x, w, k, g, t0),
-                }
-                g += ng;
-            }
+            one_token!(tile::<L>, out, n, x, w, k, g0, g1, t0);
             return;
         }
         // Panels outer: a panel stays in L1/L2 while the item's token tiles pass over it.
@@ -376,17 +388,7 @@ mod avx512 {
         debug_assert!(w.len() >= g1 * k * NR && x.len() >= t1 * k);
         if t1 - t0 == 1 {
             // One token: up to 4 panels at once (4 streams, 4 chains).
-            let mut g = g0;
-            while g < g1 {
-                let ng = (g1 - g).min(4);
-                match ng {
-                    4 => tile::<L, 1, 4>(out, n, x, w, k, g, t0),
-                    3 => tile::<L, 1, 3>(out, n, x, w, k, g, t0),
-                    2 => tile::<L, 1, 2>(out, n, x, w, k, g, t0),
-                    _ => tile::<L, 1, 1>(out, n, x, w, k, g, t0),
-                }
-                g += ng;
-            }
+            one_token!(tile::<L>, out, n, x, w, k, g0, g1, t0);
             return;
         }
         // Pairs of panels outer: they stay in L1/L2 while the item's token tiles pass.

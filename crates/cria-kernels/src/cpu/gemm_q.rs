@@ -74,7 +74,7 @@ use std::sync::Arc;
 /// Rows per interleaved group (one per 32-bit lane of a 256-bit register).
 pub const GROUP: usize = 8;
 /// Tokens per kernel call: their accumulators plus the 8 decoded weight vectors of a block fill
-/// the 16 ymm registers.
+/// the 16 ymm registers. (AVX-512 runs two groups per call, `TILE_T2` tokens: see `vnni512`.)
 pub const TILE_T: usize = 4;
 /// Tokens per pair-kernel call (`Tile2`): with 32 registers, 8 tokens' accumulators fit beside
 /// a block's decoded weights, so each decoded block serves twice as many tokens.
@@ -720,7 +720,7 @@ mod avx2 {
     /// group's end they are the next group's (prefetches never fault). Several tokens read
     /// their chunk from L2: no prefetch.
     #[inline(always)]
-    unsafe fn prefetch_ahead<const T: usize>(blk: *const u8, bytes: usize) {
+    pub(super) unsafe fn prefetch_ahead<const T: usize>(blk: *const u8, bytes: usize) {
         if T == 1 {
             let mut o = 0;
             while o < bytes {
@@ -746,11 +746,11 @@ mod avx2 {
         )
     }
     #[inline(always)]
-    unsafe fn f32_at(p: *const u8) -> f32 {
+    pub(super) unsafe fn f32_at(p: *const u8) -> f32 {
         std::ptr::read_unaligned(p as *const f32)
     }
     #[inline(always)]
-    unsafe fn i32_at(p: *const u8) -> i32 {
+    pub(super) unsafe fn i32_at(p: *const u8) -> i32 {
         std::ptr::read_unaligned(p as *const i32)
     }
 
@@ -1337,13 +1337,18 @@ pub type Tile2 = fn(
     out: &mut [[f32; 2 * GROUP]; TILE_T2],
 );
 
-/// The pair kernel `isa` has, if any (tests; `matmul_many`).
-pub fn tile2_for(isa: Isa) -> Option<Tile2> {
+/// The pair kernel of `isa`, if it has one (`isa` is the backend's, checked at construction).
+fn tile2_fn(isa: Isa) -> Option<Tile2> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if isa.available() => Some(vnni512::tile2),
+        Isa::Avx512 => Some(vnni512::tile2),
         _ => None,
     }
+}
+
+/// The pair kernel `isa` has, if any and the CPU has `isa` (tests).
+pub fn tile2_for(isa: Isa) -> Option<Tile2> {
+    tile2_fn(isa).filter(|_| isa.available())
 }
 
 /// The AVX-512 kernels: two 8-row groups side by side on 512-bit registers. Each 256-bit
@@ -1357,6 +1362,7 @@ pub fn tile2_for(isa: Isa) -> Option<Tile2> {
 /// layout is unchanged.
 #[cfg(target_arch = "x86_64")]
 mod vnni512 {
+    use super::avx2::{f32_at, i32_at};
     use super::{Kind, GROUP, QK, TILE_T2};
     use std::arch::x86_64::*;
 
@@ -1413,19 +1419,11 @@ mod vnni512 {
         }
     }
 
-    /// See `avx2::PF_AHEAD`.
-    const PF_AHEAD: usize = 2048;
-
+    /// `avx2::prefetch_ahead` on both groups' streams.
     #[inline(always)]
     unsafe fn prefetch_ahead<const T: usize>(b0: *const u8, b1: *const u8, bytes: usize) {
-        if T == 1 {
-            let mut o = 0;
-            while o < bytes {
-                _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(PF_AHEAD + o) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(b1.wrapping_add(PF_AHEAD + o) as *const i8);
-                o += 64;
-            }
-        }
+        super::avx2::prefetch_ahead::<T>(b0, bytes);
+        super::avx2::prefetch_ahead::<T>(b1, bytes);
     }
     /// 32 bytes at p0 + o (low half) and at p1 + o (high half).
     #[inline(always)]
@@ -1449,14 +1447,6 @@ mod vnni512 {
     #[inline(always)]
     unsafe fn bcast4(p: *const u8) -> __m512i {
         _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
-    }
-    #[inline(always)]
-    unsafe fn f32_at(p: *const u8) -> f32 {
-        std::ptr::read_unaligned(p as *const f32)
-    }
-    #[inline(always)]
-    unsafe fn i32_at(p: *const u8) -> i32 {
-        std::ptr::read_unaligned(p as *const i32)
     }
     /// Per lane: sum over c of (4 unsigned bytes of w[c]) . (the 4 activation bytes at
     /// y + off(c)); two chains of `vpdpbusd` added at the end.
@@ -1790,7 +1780,7 @@ pub(crate) fn matmul_many(
     }
     let a = &act[..t * ab];
     let tile = tile_fn(b.isa);
-    let tile2 = tile2_for(b.isa);
+    let tile2 = tile2_fn(b.isa);
     // Per matrix: groups per work item, and the first global item number. Groups per item: an
     // even number (16 rows: with a 64-byte aligned `out`, no cache line of a token's output is
     // written by two items). One token: a few large contiguous ranges per thread, each streamed
