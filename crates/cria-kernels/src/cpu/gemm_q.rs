@@ -1702,6 +1702,24 @@ mod vnni512 {
     }
 }
 
+/// Writes `res[c][..rows]` to `out[(i + c) * n + r0..]` for every token c of `res`.
+///
+/// # Safety
+/// Those ranges must lie inside `out` and be written by no one else meanwhile.
+#[inline(always)]
+unsafe fn scatter_rows<const W: usize>(
+    out: *mut f32,
+    n: usize,
+    i: usize,
+    r0: usize,
+    rows: usize,
+    res: &[[f32; W]],
+) {
+    for (c, rc) in res.iter().enumerate() {
+        std::ptr::copy_nonoverlapping(rc.as_ptr(), out.add((i + c) * n + r0), rows);
+    }
+}
+
 /// out (t, n) = x (t, k) . w^T for a packed `w`.
 pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &Packed, t: usize) {
     matmul_many(b, x, t, &mut [out], &[p]);
@@ -1824,40 +1842,38 @@ pub(crate) fn matmul_many(
             let cols = step.min(t - i);
             let mut g = g0;
             while g < g1 {
-                // Two groups at once where the ISA has a pair kernel, else one (by TILE_T
-                // tokens), gathered into res2 either way.
-                let ng = match tile2 {
+                let r0 = g * GROUP;
+                // SAFETY (both scatter_rows below): tokens i.. < t and rows r0..r0+rows <= n
+                // lie inside this matrix's `out` (t * n, checked above); these (token, row)
+                // pairs belong to this item alone, and the pool joins before `outs`' borrows end.
+                match tile2 {
+                    // Two groups at once where the ISA has a pair kernel.
                     Some(tile2) if g + 1 < g1 => {
                         let (w0, w1) = (p.group(g), p.group(g + 1));
                         tile2(p.kind, nb, w0, w1, &a[i * ab..], ab, cols, &mut res2);
-                        2
+                        let rows = (2 * GROUP).min(n - r0);
+                        unsafe { scatter_rows(outp.get(), n, i, r0, rows, &res2[..cols]) };
+                        g += 2;
                     }
+                    // Else one group, TILE_T tokens per call.
                     _ => {
                         for c0 in (0..cols).step_by(TILE_T) {
                             let cc = TILE_T.min(cols - c0);
-                            let a = &a[(i + c0) * ab..];
-                            tile(p.kind, nb, p.group(g), a, ab, cc, &mut res);
-                            for (r2, r) in res2[c0..c0 + cc].iter_mut().zip(&res) {
-                                r2[..GROUP].copy_from_slice(r);
-                            }
+                            tile(
+                                p.kind,
+                                nb,
+                                p.group(g),
+                                &a[(i + c0) * ab..],
+                                ab,
+                                cc,
+                                &mut res,
+                            );
+                            let rows = GROUP.min(n - r0);
+                            unsafe { scatter_rows(outp.get(), n, i + c0, r0, rows, &res[..cc]) };
                         }
-                        1
+                        g += 1;
                     }
-                };
-                let (r0, rows) = (g * GROUP, (ng * GROUP).min(n - g * GROUP));
-                for (c, rc) in res2.iter().enumerate().take(cols) {
-                    // SAFETY: token i + c < t and rows r0..r0+rows < n: inside this matrix's
-                    // `out` (t * n, checked above); this (token, row) belongs to this item alone,
-                    // and the pool joins before `outs`' borrows end.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            rc.as_ptr(),
-                            outp.get().add((i + c) * n + r0),
-                            rows,
-                        )
-                    };
                 }
-                g += ng;
             }
             i += cols;
         }
