@@ -24,19 +24,24 @@
 //! Q5_1x8 (192 bytes): d[8] @0, m[8] @16, nibbles @32, 5th bits @160.
 //! Q8_0x8 (272 bytes, as 8 plain blocks): d[8] f16 @0, then 8 vectors of 32 bytes @16 + 32j:
 //!         bytes 4r..4r+4 of vector j are row r's quants 4j..4j+4.
-//! Q4_Kx8 (1248 bytes for 256 elements, 8 plain blocks take 1152): d[8] f16 @0, dmin[8] f16 @16,
-//!         sub-block scales @32: for sub-block j, 16 bytes (sc_j of row r twice at 2r, 2r+1),
-//!         mins @160: for sub-block pair p, 16 bytes (m_2p, m_2p+1 of row r at 2r, 2r+1),
-//!         quants @224: for pair p, 8 vectors of 32 bytes: bytes 4r..4r+4 of vector c are the
-//!         plain qs[32p+4c..32p+4c+4] of row r (low nibbles: sub-block 2p, high: 2p+1).
-//! Q6_Kx8 (1808 bytes, 8 plain blocks take 1680): d[8] f16 @0, scales @16: for 16-element
-//!         group g, 16 bytes (sc_g of row r, i8, twice), quants @272: per group g, 96 bytes:
-//!         the group's 6-bit values (0..63, unbiased) as 4 decoded vectors c = 0..4 (bytes
-//!         4r..4r+4 of vector c: row r's elements 16g+4c..16g+4c+4), stored as two nibble
+//! Q4_Kx8 (1184 bytes for 256 elements, 8 plain blocks take 1152): d[8] f16 @0, dmin[8] f16 @16,
+//!         sub-block scales @32 (`K4_SC`): for sub-block j, 8 bytes (sc_j of row r at r),
+//!         mins @96 (`K4_MIN`): for sub-block pair p, 16 bytes (m_2p, m_2p+1 of row r at 2r,
+//!         2r+1), quants @160 (`K4_QS`): for pair p, 8 vectors of 32 bytes: bytes 4r..4r+4 of
+//!         vector c are the plain qs[32p+4c..32p+4c+4] of row r (low nibbles: sub-block 2p,
+//!         high: 2p+1). The only bytes beyond the file's are the 6-bit scales and mins widened
+//!         to one byte each (+2.8%).
+//! Q6_Kx8 (1680 bytes, as 8 plain blocks): d[8] f16 @0, scales @16 (`K6_SC`): for 16-element
+//!         group g, 8 bytes (sc_g of row r at r, i8), quants @144 (`K6_QS`): per group g, 96
+//!         bytes: the group's 6-bit values (0..63, unbiased) as 4 decoded vectors c = 0..4
+//!         (bytes 4r..4r+4 of vector c: row r's elements 16g+4c..16g+4c+4), stored as two nibble
 //!         vectors L0 @0, L1 @32 (vector c's low 4 bits in L(c%2), low nibble for c < 2, high
 //!         for c >= 2) and one vector H @64 of their top 2 bits (vector c's at bits 2c..2c+2).
-//!         Decoding is 2-3 shifts and masks per vector; decode reads 8% more bytes than the
-//!         file (the duplicated scales), where one byte per value read 38% more.
+//!         Decoding is 2-3 shifts and masks per vector.
+//!
+//! Scales are stored once per row, not widened to the (sc, sc) i16 pairs `madd` wants: decode
+//! is bound by the bytes it reads, and a byte shuffle per sub-block (shared by the tile's
+//! tokens) rebuilds the pairs.
 //! ```
 //!
 //! K-quants dot against `A8K` activations: the plain path's Q8_K (one f32 d per 256, same
@@ -85,6 +90,13 @@ pub const A8_BLOCK: usize = QK + 12;
 /// Bytes of an A8K activation super-block: d (f32) @0, 256 quants @4, 8 sub-block sums (i16)
 /// @260, 16 pairs (16 * group sum as i16, twice) @276.
 pub const A8K_BLOCK: usize = 4 + QK_K + 16 + 64;
+/// Q4_Kx8 offsets: sub-block scales, mins, quants (module doc).
+const K4_SC: usize = 32;
+const K4_MIN: usize = 96;
+const K4_QS: usize = 160;
+/// Q6_Kx8 offsets: group scales, quants (module doc).
+const K6_SC: usize = 16;
+const K6_QS: usize = 144;
 /// Weight bytes per work item during prompt processing: stays in L2 while all tokens pass.
 const CHUNK_BYTES: usize = 32 * 1024;
 
@@ -147,8 +159,8 @@ impl Kind {
             Kind::Q5_0 => 16 + 128 + 32,
             Kind::Q5_1 => 32 + 128 + 32,
             Kind::Q8_0 => 16 + 256,
-            Kind::Q4_K => 224 + 1024,
-            Kind::Q6_K => 272 + 16 * 96,
+            Kind::Q4_K => K4_QS + 1024,
+            Kind::Q6_K => K6_QS + 16 * 96,
         }
     }
     pub const fn plain_bytes(self) -> usize {
@@ -276,8 +288,8 @@ impl Packed {
             Kind::Q4_K => {
                 out[0..2].copy_from_slice(&o[2 * r..2 * r + 2]);
                 out[2..4].copy_from_slice(&o[16 + 2 * r..16 + 2 * r + 2]);
-                let sc: [u8; 8] = std::array::from_fn(|j| o[32 + 16 * j + 2 * r]);
-                let mn: [u8; 8] = std::array::from_fn(|j| o[160 + 16 * (j / 2) + 2 * r + j % 2]);
+                let sc: [u8; 8] = std::array::from_fn(|j| o[K4_SC + 8 * j + r]);
+                let mn: [u8; 8] = std::array::from_fn(|j| o[K4_MIN + 16 * (j / 2) + 2 * r + j % 2]);
                 // ggml's 12-byte packing of eight 6-bit scales and mins (k4_scales_mins reversed).
                 for j in 0..4 {
                     out[4 + j] = sc[j] | (sc[j + 4] >> 4) << 6;
@@ -287,7 +299,7 @@ impl Packed {
                 for p in 0..4 {
                     for c in 0..8 {
                         out[16 + 32 * p + 4 * c..][..4]
-                            .copy_from_slice(&o[224 + 256 * p + 32 * c + 4 * r..][..4]);
+                            .copy_from_slice(&o[K4_QS + 256 * p + 32 * c + 4 * r..][..4]);
                     }
                 }
             }
@@ -295,12 +307,12 @@ impl Packed {
                 out.fill(0);
                 out[208..210].copy_from_slice(&o[2 * r..2 * r + 2]);
                 for g in 0..16 {
-                    out[192 + g] = o[16 + 16 * g + 2 * r];
+                    out[192 + g] = o[K6_SC + 8 * g + r];
                 }
                 for e in 0..QK_K {
                     let (g, c, i) = (e / 16, e % 16 / 4, 4 * r + e % 4);
-                    let low = (o[272 + 96 * g + 32 * (c % 2) + i] >> (4 * (c / 2))) & 15;
-                    let high = (o[272 + 96 * g + 64 + i] >> (2 * c)) & 3;
+                    let low = (o[K6_QS + 96 * g + 32 * (c % 2) + i] >> (4 * (c / 2))) & 15;
+                    let high = (o[K6_QS + 96 * g + 64 + i] >> (2 * c)) & 3;
                     let (h, q, l) = (e / 128, e % 128 / 32, e % 32);
                     out[64 * h + 32 * (q & 1) + l] |= low << if q < 2 { 0 } else { 4 };
                     out[128 + 32 * h + l] |= high << (2 * q);
@@ -365,16 +377,15 @@ fn repack_block(kind: Kind, src: &[u8], r: usize, o: &mut [u8]) {
             o[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&src[2..4]);
             let (sc, mn) = crate::dot::scalar::k4_scales_mins(&src[4..16]);
             for j in 0..8 {
-                o[32 + 16 * j + 2 * r] = sc[j];
-                o[32 + 16 * j + 2 * r + 1] = sc[j];
+                o[K4_SC + 8 * j + r] = sc[j];
             }
             for p in 0..4 {
-                o[160 + 16 * p + 2 * r] = mn[2 * p];
-                o[160 + 16 * p + 2 * r + 1] = mn[2 * p + 1];
+                o[K4_MIN + 16 * p + 2 * r] = mn[2 * p];
+                o[K4_MIN + 16 * p + 2 * r + 1] = mn[2 * p + 1];
             }
             for p in 0..4 {
                 for c in 0..8 {
-                    o[224 + 256 * p + 32 * c + 4 * r..][..4]
+                    o[K4_QS + 256 * p + 32 * c + 4 * r..][..4]
                         .copy_from_slice(&src[16 + 32 * p + 4 * c..][..4]);
                 }
             }
@@ -382,8 +393,7 @@ fn repack_block(kind: Kind, src: &[u8], r: usize, o: &mut [u8]) {
         Kind::Q6_K => {
             o[2 * r..2 * r + 2].copy_from_slice(&src[208..210]);
             for g in 0..16 {
-                o[16 + 16 * g + 2 * r] = src[192 + g];
-                o[16 + 16 * g + 2 * r + 1] = src[192 + g];
+                o[K6_SC + 8 * g + r] = src[192 + g];
             }
             // ggml's Q6_K order: half h, quarter q, lane l -> element 128h + 32q + l.
             let (ql, qh) = (&src[0..128], &src[128..192]);
@@ -393,8 +403,8 @@ fn repack_block(kind: Kind, src: &[u8], r: usize, o: &mut [u8]) {
                 let low = if q < 2 { lb & 0xF } else { lb >> 4 };
                 let v = low | ((qh[32 * h + l] >> (2 * q)) & 3) << 4;
                 let (g, c, i) = (e / 16, e % 16 / 4, 4 * r + e % 4);
-                o[272 + 96 * g + 32 * (c % 2) + i] |= (v & 15) << (4 * (c / 2));
-                o[272 + 96 * g + 64 + i] |= (v >> 4) << (2 * c);
+                o[K6_QS + 96 * g + 32 * (c % 2) + i] |= (v & 15) << (4 * (c / 2));
+                o[K6_QS + 96 * g + 64 + i] |= (v >> 4) << (2 * c);
             }
         }
     }
@@ -597,11 +607,11 @@ pub fn tile_scalar(
                             let (p, shift) = (j / 2, 4 * (j % 2));
                             let mut d = 0;
                             for e in 0..32 {
-                                let byte = blk[224 + 256 * p + 32 * (e / 4) + 4 * r + e % 4];
+                                let byte = blk[K4_QS + 256 * p + 32 * (e / 4) + 4 * r + e % 4];
                                 d += ((byte >> shift) & 15) as i32 * q(32 * j + e);
                             }
-                            isum += blk[32 + 16 * j + 2 * r] as i32 * d;
-                            msum += blk[160 + 16 * (j / 2) + 2 * r + j % 2] as i32
+                            isum += blk[K4_SC + 8 * j + r] as i32 * d;
+                            msum += blk[K4_MIN + 16 * (j / 2) + 2 * r + j % 2] as i32
                                 * i16_at(ab, 260 + 2 * j);
                         }
                         *acc = (dw * da).mul_add(isum as f32, *acc);
@@ -615,12 +625,13 @@ pub fn tile_scalar(
                             let mut d = 0;
                             for e in 16 * g..16 * g + 16 {
                                 let (c, i) = (e % 16 / 4, 4 * r + e % 4);
-                                let lo = blk[272 + 96 * g + 32 * (c % 2) + i] >> (4 * (c / 2)) & 15;
-                                let hi = blk[272 + 96 * g + 64 + i] >> (2 * c) & 3;
+                                let lo =
+                                    blk[K6_QS + 96 * g + 32 * (c % 2) + i] >> (4 * (c / 2)) & 15;
+                                let hi = blk[K6_QS + 96 * g + 64 + i] >> (2 * c) & 3;
                                 d += (lo | hi << 4) as i32 * q(e);
                             }
                             // (q - 32) . a = q . a - 32 * sum(a); the stored pair is 16 * sum.
-                            let sc = blk[16 + 16 * g + 2 * r] as i8 as i32;
+                            let sc = blk[K6_SC + 8 * g + r] as i8 as i32;
                             isum += sc * d - sc * 2 * i16_at(ab, 276 + 4 * g);
                         }
                         *acc = (dw * da).mul_add(isum as f32, *acc);
@@ -1193,6 +1204,44 @@ mod avx2 {
     unsafe fn load16_u8_to_i16(p: *const u8) -> __m256i {
         _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i))
     }
+    /// The 8 bytes at `p` (one per row) in every 128-bit lane, for a row-spreading shuffle.
+    #[inline(always)]
+    pub(super) unsafe fn bcast8(p: *const u8) -> __m256i {
+        _mm256_set1_epi64x(std::ptr::read_unaligned(p as *const i64))
+    }
+    /// Shuffle control: lane r (of 8) gets byte r four times (`bcast8` puts all 8 bytes in
+    /// both 128-bit halves, so the in-lane shuffle reaches rows 4..8 from the high half).
+    pub(super) const SPREAD4: [i8; 32] = {
+        let mut c = [0i8; 32];
+        let mut i = 0;
+        while i < 32 {
+            c[i] = (i / 4) as i8;
+            i += 1;
+        }
+        c
+    };
+    /// Lane r gets byte r of `p`'s 8 as the i16 pair (sc, sc), zero-extended.
+    #[inline(always)]
+    unsafe fn pairs_u8(p: *const u8) -> __m256i {
+        // Byte 1 and 3 of each lane: index 0x80 writes zero.
+        const C: [i8; 32] = {
+            let mut c = SPREAD4;
+            let mut i = 1;
+            while i < 32 {
+                c[i] = -128;
+                i += 2;
+            }
+            c
+        };
+        _mm256_shuffle_epi8(bcast8(p), std::mem::transmute::<[i8; 32], __m256i>(C))
+    }
+    /// Lane r gets byte r of `p`'s 8 as the i16 pair (sc, sc), sign-extended: each i16 is
+    /// built as 257 * sc and shifted right arithmetically by 8.
+    #[inline(always)]
+    unsafe fn pairs_i8(p: *const u8) -> __m256i {
+        let c = std::mem::transmute::<[i8; 32], __m256i>(SPREAD4);
+        _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(bcast8(p), c))
+    }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_k<const T: usize>(
@@ -1205,13 +1254,13 @@ mod avx2 {
         let m4 = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..nb {
-            let blk = w.add(b * (224 + 1024));
-            prefetch_ahead::<T>(blk, 224 + 1024);
+            let blk = w.add(b * Kind::Q4_K.block_bytes());
+            prefetch_ahead::<T>(blk, Kind::Q4_K.block_bytes());
             let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
             let mut isum = [_mm256_setzero_si256(); T];
             for j in 0..8 {
                 // Sub-block j: nibbles (low for even j, high for odd) of the 8 vectors of pair j/2.
-                let q = blk.add(224 + 256 * (j / 2));
+                let q = blk.add(super::K4_QS + 256 * (j / 2));
                 let mut wv = [_mm256_setzero_si256(); 8];
                 for c in 0..8 {
                     let v = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
@@ -1221,7 +1270,7 @@ mod avx2 {
                         _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)
                     };
                 }
-                let scv = load16_u8_to_i16(blk.add(32 + 16 * j));
+                let scv = pairs_u8(blk.add(super::K4_SC + 8 * j));
                 for t in 0..T {
                     let y = ya(t).add(4 + 32 * j);
                     // 8 u4 x i8 pair sums: |.| <= 8 * 2 * 15 * 127 = 30480, no i16 overflow.
@@ -1235,7 +1284,7 @@ mod avx2 {
                 let y = ya(t);
                 let mut msum = _mm256_setzero_si256();
                 for p in 0..4 {
-                    let mv = load16_u8_to_i16(blk.add(160 + 16 * p));
+                    let mv = load16_u8_to_i16(blk.add(super::K4_MIN + 16 * p));
                     msum =
                         _mm256_add_epi32(msum, _mm256_madd_epi16(mv, bcast4(y.add(260 + 4 * p))));
                 }
@@ -1267,7 +1316,7 @@ mod avx2 {
             let m4 = _mm256_set1_epi8(0x0F);
             let m30 = _mm256_set1_epi8(0x30);
             for g in 0..16 {
-                let q = blk.add(272 + 96 * g);
+                let q = blk.add(super::K6_QS + 96 * g);
                 let l0 = _mm256_loadu_si256(q as *const __m256i);
                 let l1 = _mm256_loadu_si256(q.add(32) as *const __m256i);
                 let hb = _mm256_loadu_si256(q.add(64) as *const __m256i);
@@ -1290,8 +1339,7 @@ mod avx2 {
                         _mm256_and_si256(_mm256_srli_epi16::<2>(hb), m30),
                     ),
                 ];
-                let scv =
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(16 + 16 * g) as *const __m128i));
+                let scv = pairs_i8(blk.add(super::K6_SC + 8 * g));
                 for t in 0..T {
                     let y = ya(t);
                     let yq = y.add(4 + 16 * g);
@@ -1439,6 +1487,23 @@ mod vnni512 {
         let hi = _mm_loadu_si128(p1.add(o) as *const __m128i);
         _mm256_set_m128i(hi, lo)
     }
+    /// 8 bytes at p0 + o (low half) and at p1 + o (high half).
+    #[inline(always)]
+    unsafe fn ld2_64(p0: *const u8, p1: *const u8, o: usize) -> __m128i {
+        let lo = std::ptr::read_unaligned(p0.add(o) as *const i64);
+        let hi = std::ptr::read_unaligned(p1.add(o) as *const i64);
+        _mm_set_epi64x(hi, lo)
+    }
+    /// Lane i of 16 gets the i16 pair (sc, sc) of the 8 signed bytes at p0 + o (lanes 0..8)
+    /// and at p1 + o (8..16), as `avx2::pairs_i8` for each half.
+    #[inline(always)]
+    unsafe fn pairs_i8(p0: *const u8, p1: *const u8, o: usize) -> __m512i {
+        use super::avx2::{bcast8, SPREAD4};
+        let v =
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bcast8(p0.add(o))), bcast8(p1.add(o)));
+        let c = std::mem::transmute::<[[i8; 32]; 2], __m512i>([SPREAD4, SPREAD4]);
+        _mm512_srai_epi16::<8>(_mm512_shuffle_epi8(v, c))
+    }
     /// 8 f16 at p0 + o and 8 at p1 + o, widened.
     #[inline(always)]
     unsafe fn ph2(p0: *const u8, p1: *const u8, o: usize) -> __m512 {
@@ -1577,7 +1642,7 @@ mod vnni512 {
         out: &mut Out2,
     ) {
         let m4 = _mm512_set1_epi8(0x0F);
-        let bb = 224 + 1024;
+        let bb = Kind::Q4_K.block_bytes();
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
@@ -1585,7 +1650,7 @@ mod vnni512 {
             let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
             let mut isum = [_mm512_setzero_si512(); T];
             for p in 0..4 {
-                let q = 224 + 256 * p;
+                let q = super::K4_QS + 256 * p;
                 let mut lo = [_mm512_setzero_si512(); 8];
                 let mut hi = [_mm512_setzero_si512(); 8];
                 for c in 0..8 {
@@ -1593,10 +1658,7 @@ mod vnni512 {
                     lo[c] = _mm512_and_si512(v, m4);
                     hi[c] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
                 }
-                let scale = |j: usize| {
-                    let sc = _mm512_cvtepu16_epi32(ld2_128(b0, b1, 32 + 16 * j));
-                    _mm512_and_si512(sc, _mm512_set1_epi32(0xFF))
-                };
+                let scale = |j: usize| _mm512_cvtepu8_epi32(ld2_64(b0, b1, super::K4_SC + 8 * j));
                 let (sc0, sc1) = (scale(2 * p), scale(2 * p + 1));
                 for t in 0..T {
                     let y = ya(t).add(4 + 64 * p);
@@ -1613,7 +1675,7 @@ mod vnni512 {
                 let y = ya(t);
                 let mut msum = _mm512_setzero_si512();
                 for p in 0..4 {
-                    let mv = _mm512_cvtepu8_epi16(ld2_128(b0, b1, 160 + 16 * p));
+                    let mv = _mm512_cvtepu8_epi16(ld2_128(b0, b1, super::K4_MIN + 16 * p));
                     msum = _mm512_dpwssd_epi32(msum, mv, bcast4(y.add(260 + 4 * p)));
                 }
                 let da = _mm512_set1_ps(f32_at(y));
@@ -1648,7 +1710,7 @@ mod vnni512 {
             let mut isum = [_mm512_setzero_si512(); T];
             let mut osum = [_mm512_setzero_si512(); T];
             for g in 0..16 {
-                let q = 272 + 96 * g;
+                let q = super::K6_QS + 96 * g;
                 let l0 = ld2(b0, b1, q);
                 let l1 = ld2(b0, b1, q + 32);
                 let hb = ld2(b0, b1, q + 64);
@@ -1674,7 +1736,7 @@ mod vnni512 {
                         m30,
                     ),
                 ];
-                let scv = _mm512_cvtepi8_epi16(ld2_128(b0, b1, 16 + 16 * g));
+                let scv = pairs_i8(b0, b1, super::K6_SC + 8 * g);
                 for t in 0..T {
                     let y = ya(t);
                     let yq = y.add(4 + 16 * g);
