@@ -73,25 +73,52 @@ impl Bytes {
     /// readable: the next access reads them back from the file. Owned bytes: nothing to do.
     pub fn release_pages(&self) {
         if let Bytes::Mapped { map, offset, len } = self {
-            const PAGE: usize = 4096;
             let start = offset.div_ceil(PAGE) * PAGE;
             let end = (offset + len) / PAGE * PAGE;
             if end > start {
-                // SAFETY: `map` is a read-only (`Mmap`, never written) file-backed mapping, so
-                // MADV_DONTNEED only drops clean pages that are re-read from the file on the next
-                // access: no content changes, and other views of the same bytes stay valid. The
-                // range lies inside the mapping (offset + len <= map.len() by construction).
-                // Failure (e.g. a kernel without madvise) only means the pages stay resident.
-                let _ = unsafe {
-                    map.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        start,
-                        end - start,
-                    )
-                };
+                dont_need(map, start, end - start);
             }
         }
     }
+}
+
+const PAGE: usize = 4096;
+
+/// Drops from the process every page of `map` that holds no byte of the ranges `keep`
+/// (`(start, end)` offsets; sorted here). `release_pages` keeps a range's partial first and
+/// last pages, which a neighbour may still read; once a model is loaded, this releases those
+/// too, together with the header's pages, sparing the pages the model still reads through the
+/// map.
+pub fn release_map_except(map: &memmap2::Mmap, keep: &mut [(usize, usize)]) {
+    keep.sort_unstable();
+    let mut cursor = 0;
+    for &(start, end) in keep.iter() {
+        let first = start / PAGE * PAGE;
+        if first > cursor {
+            dont_need(map, cursor, first - cursor);
+        }
+        cursor = cursor.max(end.div_ceil(PAGE) * PAGE);
+    }
+    if map.len() > cursor {
+        dont_need(map, cursor, map.len() - cursor);
+    }
+}
+
+/// MADV_DONTNEED on `len` bytes at page-aligned `start` of `map` (a hint: failure, e.g. a kernel
+/// without madvise, only means the pages stay resident).
+fn dont_need(map: &memmap2::Mmap, start: usize, len: usize) {
+    debug_assert!(start % PAGE == 0 && start + len <= map.len().div_ceil(PAGE) * PAGE);
+    // SAFETY: `map` is a read-only (`Mmap`, never written) file-backed mapping, so MADV_DONTNEED
+    // only drops clean pages that are re-read from the file on the next access: no content
+    // changes, and other views of the same bytes stay valid. Callers pass a page-aligned start
+    // inside the mapping (which is page-granular, so the range's last page is in it).
+    let _ = unsafe {
+        map.unchecked_advise_range(
+            memmap2::UncheckedAdvice::DontNeed,
+            start,
+            len.min(map.len() - start),
+        )
+    };
 }
 
 #[derive(Clone)]

@@ -369,3 +369,45 @@ fn split_tensor_count_is_checked() {
     assert!(e.to_string().contains("split.tensors.count"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn removed_metadata_and_released_pages_leave_the_rest_intact() {
+    let dir = tmp_dir("release");
+    let meta = all_values();
+    let tensors = some_tensors();
+    for alignment in [None, Some(4096)] {
+        let mut w = writer(&meta, &tensors);
+        if let Some(a) = alignment {
+            w.set_alignment(a).unwrap();
+        }
+        let p = dir.join(format!("m{alignment:?}.gguf"));
+        w.write(&p).unwrap();
+        let mut g = GgufFile::open(&p).unwrap();
+        // Removing keys keeps every other key's lookup right (the index shifts).
+        assert_eq!(g.remove_metadata("t.str"), Some("héllo\nwörld ✓".into()));
+        assert_eq!(g.remove_metadata("t.str"), None);
+        assert_eq!(
+            g.remove_metadata("general.architecture"),
+            Some("llama".into())
+        );
+        assert_eq!(g.remove_metadata("no.such.key"), None);
+        assert_eq!(g.get_str("t.str"), None);
+        assert_eq!(g.architecture(), None);
+        assert_eq!(g.get_u64("t.u64"), Some(u64::MAX));
+        assert_eq!(g.get_bool("t.bool_t"), Some(true));
+        for (k, v) in &g.metadata {
+            assert_eq!(g.get(k), Some(v), "{k}");
+        }
+        assert_eq!(
+            g.metadata.len(),
+            meta.len() - 2 + alignment.is_some() as usize
+        );
+        // Released pages read back from the file: whatever is kept, every byte is unchanged.
+        let all: Vec<&cria_core::Tensor> = g.tensors.iter().collect();
+        for keep in [&all[..0], &all[..1], &all[2..4], &all[..]] {
+            g.release_pages_except(keep);
+            assert_tensors(&g, &tensors, alignment.unwrap_or(32));
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

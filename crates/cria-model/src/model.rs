@@ -145,7 +145,11 @@ impl Builder<'_> {
                 t.n_elements()
             )));
         }
-        t.to_f32_vec()
+        let v = t.to_f32_vec()?;
+        // Norm weights are copied: their mapped pages (and the fault-around's neighbours) would
+        // stay resident for nothing.
+        t.data.release_pages();
+        Ok(v)
     }
 
     fn build(&self) -> Result<Weights> {
@@ -265,6 +269,14 @@ impl Model {
             opts,
             backend,
         )?;
+        // Every page of the file that no weight reads through the map any more (the header,
+        // the repacked matrices' shared boundary pages) leaves the process.
+        let mut read = vec![&weights.token_embd, &weights.output];
+        for l in &weights.layers {
+            read.extend(l.matrices());
+        }
+        read.retain(|t| t.prepared.is_none());
+        g.release_pages_except(&read);
         Ok(Model {
             rope: make_rope(&config),
             config,

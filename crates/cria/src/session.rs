@@ -2,8 +2,9 @@
 
 use crate::fetch;
 use anyhow::{bail, Context, Result};
+use cria_core::gguf::GgufFile;
 use cria_kernels::CpuBackend;
-use cria_model::{forward, KvCache, KvType, LoadOptions, Logits, Model, Scratch, Source};
+use cria_model::{forward, Config, KvCache, KvType, LoadOptions, Logits, Model, Scratch, Source};
 use cria_tokenizer::Tokenizer;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,25 +24,42 @@ pub fn default_threads() -> usize {
     num_cpus::get_physical().max(1)
 }
 
+/// The GGUF metadata arrays only the tokenizer reads.
+const VOCAB_ARRAYS: [&str; 4] = [
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.scores",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+];
+
 pub fn load(spec: Option<&str>, f32: bool, threads: Option<usize>) -> Result<Loaded> {
     let t0 = Instant::now();
     let resolved = fetch::resolve(spec)?;
     let backend = CpuBackend::new(threads.unwrap_or_else(default_threads));
     let path = &resolved.path;
-    let model = Model::load(path, LoadOptions { f32 }, &backend)
-        .with_context(|| format!("loading {}", path.display()))?;
-    let tok = match &model.source {
-        Source::Gguf(g) => {
-            Tokenizer::from_gguf(g).context("reading the tokenizer from the GGUF metadata")?
+    let loading = || format!("loading {}", path.display());
+    let (model, tok) = if path.is_dir() {
+        let model = Model::load(path, LoadOptions { f32 }, &backend).with_context(loading)?;
+        let cfg = path.join("tokenizer_config.json");
+        let tok = Tokenizer::from_hf(
+            &path.join("tokenizer.json"),
+            cfg.exists().then_some(cfg.as_path()),
+        )
+        .context("reading tokenizer.json")?;
+        (model, tok)
+    } else {
+        let mut g = GgufFile::open(path).with_context(loading)?;
+        Config::from_gguf(&g).with_context(loading)?;
+        // The tokenizer first, while the weights are not loaded yet (building it briefly takes
+        // twice its size), then the vocabulary arrays it was built from leave the metadata the
+        // model keeps: peak memory is the weights plus what inference needs.
+        let tok =
+            Tokenizer::from_gguf(&g).context("reading the tokenizer from the GGUF metadata")?;
+        for key in VOCAB_ARRAYS {
+            g.remove_metadata(key);
         }
-        Source::HfFolder { dir, .. } => {
-            let cfg = dir.join("tokenizer_config.json");
-            Tokenizer::from_hf(
-                &dir.join("tokenizer.json"),
-                cfg.exists().then_some(cfg.as_path()),
-            )
-            .context("reading tokenizer.json")?
-        }
+        let model = Model::load_gguf(g, LoadOptions { f32 }, &backend).with_context(loading)?;
+        (model, tok)
     };
     let mut tok = tok;
     if let Source::HfFolder { dir, .. } = &model.source {
