@@ -85,6 +85,100 @@ pub(crate) struct Spec<'a> {
     pub model_name: String,
 }
 
+/// The vocabulary as a built tokenizer keeps it: every token's text in one buffer (an end
+/// offset each) beside its score and attributes, not a heap String per token: for SmolLM2's
+/// 49K tokens ~1 MB instead of ~3.5 MB (LLaMA 3's 128K: ~3 MB instead of ~9).
+struct Vocab {
+    text: String,
+    ends: Vec<u32>,
+    info: Vec<TokenInfo>,
+}
+
+#[derive(Clone, Copy)]
+struct TokenInfo {
+    score: f32,
+    attr: u32,
+    mergeable: bool,
+}
+
+/// One token of the vocabulary (the fields of `TokenData`, borrowed).
+#[derive(Clone, Copy)]
+pub(crate) struct Tok<'a> {
+    pub text: &'a str,
+    pub score: f32,
+    pub attr: u32,
+    pub mergeable: bool,
+}
+
+impl Vocab {
+    fn new(tokens: Vec<TokenData>) -> Result<Vocab> {
+        let len: usize = tokens.iter().map(|t| t.text.len()).sum();
+        if u32::try_from(len).is_err() {
+            return Err(Error::msg(format!(
+                "tokenizer: the vocabulary's texts take {len} bytes (at most 4 GiB)"
+            )));
+        }
+        let mut v = Vocab {
+            text: String::with_capacity(len),
+            ends: Vec::with_capacity(tokens.len()),
+            info: Vec::with_capacity(tokens.len()),
+        };
+        for t in tokens {
+            v.text.push_str(&t.text);
+            v.ends.push(v.text.len() as u32);
+            v.info.push(TokenInfo {
+                score: t.score,
+                attr: t.attr,
+                mergeable: t.mergeable,
+            });
+        }
+        Ok(v)
+    }
+    fn len(&self) -> usize {
+        self.info.len()
+    }
+    /// Token `id`, if the vocabulary has it.
+    pub(crate) fn get(&self, id: u32) -> Option<Tok<'_>> {
+        let i = id as usize;
+        let info = self.info.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        Some(Tok {
+            text: &self.text[start..self.ends[i] as usize],
+            score: info.score,
+            attr: info.attr,
+            mergeable: info.mergeable,
+        })
+    }
+    /// Token `id` (an id the tokenizer made: in range).
+    pub(crate) fn tok(&self, id: u32) -> Tok<'_> {
+        self.get(id).expect("token id in range")
+    }
+}
+
+/// Token texts by id, for `TextIndex`: the loaders' `TokenData` while a tokenizer is built, its
+/// `Vocab` after.
+trait Texts {
+    fn text_of(&self, id: u32) -> &str;
+}
+
+impl Texts for [TokenData] {
+    fn text_of(&self, id: u32) -> &str {
+        &self[id as usize].text
+    }
+}
+
+impl Texts for Vec<TokenData> {
+    fn text_of(&self, id: u32) -> &str {
+        &self[id as usize].text
+    }
+}
+
+impl Texts for Vocab {
+    fn text_of(&self, id: u32) -> &str {
+        self.tok(id).text
+    }
+}
+
 /// Vocabulary string -> id. The table holds only ids and compares against the strings of
 /// `tokens`, so a 128K vocabulary's index is ~1.3 MB rather than a second copy of every string in
 /// a HashMap<String, u32> (~12 MB). A duplicated text maps to its last id (as in llama.cpp).
@@ -112,11 +206,9 @@ impl TextIndex {
         }
         TextIndex(t)
     }
-    /// The id of `s` in the `tokens` this index was built from.
-    fn get(&self, tokens: &[TokenData], s: &str) -> Option<u32> {
-        self.0
-            .find(fx(s), |&id| tokens[id as usize].text == s)
-            .copied()
+    /// The id of `s` in the `tokens` this index was built from (or their `Vocab`).
+    fn get<T: Texts + ?Sized>(&self, tokens: &T, s: &str) -> Option<u32> {
+        self.0.find(fx(s), |&id| tokens.text_of(id) == s).copied()
     }
 }
 
@@ -141,7 +233,7 @@ impl Pieces {
 /// A LLaMA-family tokenizer: vocabulary, merges, special tokens and flags.
 pub struct Tokenizer {
     model: Model,
-    pub(crate) tokens: Vec<TokenData>,
+    pub(crate) tokens: Vocab,
     token_to_id: TextIndex,
     /// Merge ranks keyed by the ids of the two halves (every real vocabulary has both halves in
     /// the vocabulary; the few that do not are kept by text in `merges_by_text`).
@@ -480,7 +572,7 @@ impl Tokenizer {
         };
         let mut tok = Tokenizer {
             model,
-            tokens,
+            tokens: Vocab::new(tokens)?,
             token_to_id,
             merges: merge_ids,
             merges_by_text,
@@ -590,7 +682,7 @@ impl Tokenizer {
         let mut frags = vec![Fragment::Text(0, bytes.len())];
         let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r');
         for &id in &self.specials {
-            let t = &self.tokens[id as usize];
+            let t = self.tokens.tok(id);
             if !parse_special && t.attr & (attr::CONTROL | attr::UNKNOWN) != 0 {
                 continue;
             }
@@ -654,7 +746,7 @@ impl Tokenizer {
     }
 
     pub(crate) fn piece(&self, id: u32, special: bool) -> &[u8] {
-        let Some(t) = self.tokens.get(id as usize) else {
+        let Some(t) = self.tokens.get(id) else {
             return &[];
         };
         if !special && t.attr & (attr::UNKNOWN | attr::CONTROL) != 0 {
@@ -665,7 +757,7 @@ impl Tokenizer {
 
     /// llama.cpp `token_to_piece(special = true)`, computed once per id at load.
     fn compute_piece(&self, id: u32) -> Vec<u8> {
-        let t = &self.tokens[id as usize];
+        let t = self.tokens.tok(id);
         if t.attr & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
             return t.text.as_bytes().to_vec();
         }
@@ -744,10 +836,7 @@ impl Tokenizer {
     }
     /// The raw vocabulary string of a token ("" for an out-of-range id).
     pub fn token_text(&self, id: u32) -> &str {
-        self.tokens
-            .get(id as usize)
-            .map(|t| t.text.as_str())
-            .unwrap_or("")
+        self.tokens.get(id).map(|t| t.text).unwrap_or("")
     }
     /// The id whose vocabulary string is exactly `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
@@ -795,7 +884,7 @@ impl Tokenizer {
     /// Is this a control (or unknown) token, which renders as nothing by default?
     pub fn is_control(&self, id: u32) -> bool {
         self.tokens
-            .get(id as usize)
+            .get(id)
             .is_some_and(|t| t.attr & (attr::CONTROL | attr::UNKNOWN) != 0)
     }
     pub fn add_bos(&self) -> bool {

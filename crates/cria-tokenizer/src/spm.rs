@@ -71,7 +71,7 @@ pub(crate) fn tokenize(tok: &Tokenizer, text: &str, out: &mut Vec<u32>) {
         let (l, r) = (&symbols[left], &symbols[right]);
         let piece = &text[l.start..r.start + r.len];
         if let Some(id) = tok.token_id(piece) {
-            let t = &tok.tokens[id as usize];
+            let t = tok.tokens.tok(id);
             if t.mergeable {
                 heap.push(Bigram {
                     score: t.score,
