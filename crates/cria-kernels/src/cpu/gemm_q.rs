@@ -31,6 +31,11 @@
 //!         vector c are the plain qs[32p+4c..32p+4c+4] of row r (low nibbles: sub-block 2p,
 //!         high: 2p+1). The only bytes beyond the file's are the 6-bit scales and mins widened
 //!         to one byte each (+2.8%).
+//! Q5_Kx8 (1440 bytes, 8 plain blocks take 1408): a Q4_Kx8 block (the low 4 bits as its
+//!         nibbles), then @1184 (`K5_QH`) the 8 rows' qh as 8 vectors of 32 bytes: bytes
+//!         4r..4r+4 of vector c are row r's qh[4c..4c+4], so byte e of a nibble vector c of pair
+//!         p has its 5th bit at bit 2p (low nibble) or 2p+1 (high) of the same byte of qh
+//!         vector c.
 //! Q6_Kx8 (1680 bytes, as 8 plain blocks): d[8] f16 @0, scales @16 (`K6_SC`): for 16-element
 //!         group g, 8 bytes (sc_g of row r at r, i8), quants @144 (`K6_QS`): per group g, 96
 //!         bytes: the group's 6-bit values (0..63, unbiased) as 4 decoded vectors c = 0..4
@@ -68,8 +73,8 @@
 
 use super::{CpuBackend, SyncPtr};
 use crate::dot::layout::{
-    Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q6_K_BYTES, Q8_0_BYTES, Q8_1_BYTES,
-    Q8_K_BYTES, QK, QK_K,
+    Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES,
+    Q8_1_BYTES, Q8_K_BYTES, QK, QK_K,
 };
 use crate::Isa;
 use cria_core::tensor::AlignedBuf;
@@ -94,6 +99,8 @@ pub const A8K_BLOCK: usize = 4 + QK_K + 16 + 64;
 const K4_SC: usize = 32;
 const K4_MIN: usize = 96;
 const K4_QS: usize = 160;
+/// Q5_Kx8: the 5th bits, after a Q4_Kx8 block.
+const K5_QH: usize = K4_QS + 1024;
 /// Q6_Kx8 offsets: group scales, quants (module doc).
 const K6_SC: usize = 16;
 const K6_QS: usize = 144;
@@ -110,6 +117,7 @@ pub enum Kind {
     Q5_1,
     Q8_0,
     Q4_K,
+    Q5_K,
     Q6_K,
 }
 
@@ -122,6 +130,7 @@ impl Kind {
             DType::Q5_1 => Some(Kind::Q5_1),
             DType::Q8_0 => Some(Kind::Q8_0),
             DType::Q4_K => Some(Kind::Q4_K),
+            DType::Q5_K => Some(Kind::Q5_K),
             DType::Q6_K => Some(Kind::Q6_K),
             _ => None,
         }
@@ -130,14 +139,14 @@ impl Kind {
     pub const fn qk(self) -> usize {
         match self {
             Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => QK,
-            Kind::Q4_K | Kind::Q6_K => QK_K,
+            Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => QK_K,
         }
     }
     /// Bytes of one activation block.
     pub const fn act_bytes(self) -> usize {
         match self {
             Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => A8_BLOCK,
-            Kind::Q4_K | Kind::Q6_K => A8K_BLOCK,
+            Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => A8K_BLOCK,
         }
     }
     /// Nibble kinds: (has a min, has a 5th bit, byte offset of the nibbles, the constant
@@ -160,6 +169,7 @@ impl Kind {
             Kind::Q5_1 => 32 + 128 + 32,
             Kind::Q8_0 => 16 + 256,
             Kind::Q4_K => K4_QS + 1024,
+            Kind::Q5_K => K5_QH + 256,
             Kind::Q6_K => K6_QS + 16 * 96,
         }
     }
@@ -171,6 +181,7 @@ impl Kind {
             Kind::Q5_1 => Q5_1_BYTES,
             Kind::Q8_0 => Q8_0_BYTES,
             Kind::Q4_K => Q4_K_BYTES,
+            Kind::Q5_K => Q5_K_BYTES,
             Kind::Q6_K => Q6_K_BYTES,
         }
     }
@@ -285,7 +296,14 @@ impl Packed {
                     out[2 + 4 * j..][..4].copy_from_slice(&o[16 + 32 * j + 4 * r..][..4]);
                 }
             }
-            Kind::Q4_K => {
+            Kind::Q4_K | Kind::Q5_K => {
+                // Q5_K: d, dmin, scales, qh[32] @16, qs @48; Q4_K: qs @16.
+                let qs = if self.kind == Kind::Q5_K { 48 } else { 16 };
+                if self.kind == Kind::Q5_K {
+                    for c in 0..8 {
+                        out[16 + 4 * c..][..4].copy_from_slice(&o[K5_QH + 32 * c + 4 * r..][..4]);
+                    }
+                }
                 out[0..2].copy_from_slice(&o[2 * r..2 * r + 2]);
                 out[2..4].copy_from_slice(&o[16 + 2 * r..16 + 2 * r + 2]);
                 let sc: [u8; 8] = std::array::from_fn(|j| o[K4_SC + 8 * j + r]);
@@ -298,7 +316,7 @@ impl Packed {
                 }
                 for p in 0..4 {
                     for c in 0..8 {
-                        out[16 + 32 * p + 4 * c..][..4]
+                        out[qs + 32 * p + 4 * c..][..4]
                             .copy_from_slice(&o[K4_QS + 256 * p + 32 * c + 4 * r..][..4]);
                     }
                 }
@@ -372,7 +390,13 @@ fn repack_block(kind: Kind, src: &[u8], r: usize, o: &mut [u8]) {
                 o[16 + 32 * j + 4 * r..][..4].copy_from_slice(&src[2 + 4 * j..][..4]);
             }
         }
-        Kind::Q4_K => {
+        Kind::Q4_K | Kind::Q5_K => {
+            let qs = if kind == Kind::Q5_K { 48 } else { 16 };
+            if kind == Kind::Q5_K {
+                for c in 0..8 {
+                    o[K5_QH + 32 * c + 4 * r..][..4].copy_from_slice(&src[16 + 4 * c..][..4]);
+                }
+            }
             o[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
             o[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&src[2..4]);
             let (sc, mn) = crate::dot::scalar::k4_scales_mins(&src[4..16]);
@@ -386,7 +410,7 @@ fn repack_block(kind: Kind, src: &[u8], r: usize, o: &mut [u8]) {
             for p in 0..4 {
                 for c in 0..8 {
                     o[K4_QS + 256 * p + 32 * c + 4 * r..][..4]
-                        .copy_from_slice(&src[16 + 32 * p + 4 * c..][..4]);
+                        .copy_from_slice(&src[qs + 32 * p + 4 * c..][..4]);
                 }
             }
         }
@@ -599,7 +623,7 @@ pub fn tile_scalar(
                         }
                         *acc = (dw * da).mul_add(s as f32, *acc);
                     }
-                    Kind::Q4_K => {
+                    Kind::Q4_K | Kind::Q5_K => {
                         let q = |i: usize| ab[4 + i] as i8 as i32;
                         let da = f32::from_le_bytes(ab[0..4].try_into().unwrap());
                         let (mut isum, mut msum) = (0i32, 0i32);
@@ -607,8 +631,12 @@ pub fn tile_scalar(
                             let (p, shift) = (j / 2, 4 * (j % 2));
                             let mut d = 0;
                             for e in 0..32 {
-                                let byte = blk[K4_QS + 256 * p + 32 * (e / 4) + 4 * r + e % 4];
-                                d += ((byte >> shift) & 15) as i32 * q(32 * j + e);
+                                let at = 32 * (e / 4) + 4 * r + e % 4;
+                                let mut v = (blk[K4_QS + 256 * p + at] >> shift) & 15;
+                                if kind == Kind::Q5_K {
+                                    v |= (blk[K5_QH + at] >> j & 1) << 4;
+                                }
+                                d += v as i32 * q(32 * j + e);
                             }
                             isum += blk[K4_SC + 8 * j + r] as i32 * d;
                             msum += blk[K4_MIN + 16 * (j / 2) + 2 * r + j % 2] as i32
@@ -708,10 +736,14 @@ mod avx2 {
                 (Kind::Q8_0, 2) => q8_0::<2>(nb, w, a, stride, out),
                 (Kind::Q8_0, 3) => q8_0::<3>(nb, w, a, stride, out),
                 (Kind::Q8_0, _) => q8_0_x4(nb, w, a, stride, out),
-                (Kind::Q4_K, 1) => q4_k::<1>(nb, w, a, stride, out),
-                (Kind::Q4_K, 2) => q4_k::<2>(nb, w, a, stride, out),
-                (Kind::Q4_K, 3) => q4_k::<3>(nb, w, a, stride, out),
-                (Kind::Q4_K, _) => q4_k::<4>(nb, w, a, stride, out),
+                (Kind::Q4_K, 1) => q4_k::<false, 1>(nb, w, a, stride, out),
+                (Kind::Q4_K, 2) => q4_k::<false, 2>(nb, w, a, stride, out),
+                (Kind::Q4_K, 3) => q4_k::<false, 3>(nb, w, a, stride, out),
+                (Kind::Q4_K, _) => q4_k::<false, 4>(nb, w, a, stride, out),
+                (Kind::Q5_K, 1) => q4_k::<true, 1>(nb, w, a, stride, out),
+                (Kind::Q5_K, 2) => q4_k::<true, 2>(nb, w, a, stride, out),
+                (Kind::Q5_K, 3) => q4_k::<true, 3>(nb, w, a, stride, out),
+                (Kind::Q5_K, _) => q4_k::<true, 4>(nb, w, a, stride, out),
                 (Kind::Q6_K, 1) => q6_k::<1>(nb, w, a, stride, out),
                 (Kind::Q6_K, 2) => q6_k::<2>(nb, w, a, stride, out),
                 (Kind::Q6_K, 3) => q6_k::<3>(nb, w, a, stride, out),
@@ -1243,8 +1275,26 @@ mod avx2 {
         _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(bcast8(p), c))
     }
 
+    /// Q5_K's 5th bit of sub-block j's element, at bit 4 of each byte: bit j of the qh byte
+    /// (16-bit shifts: bit 4 of either byte comes from the same byte for every j).
+    #[inline(always)]
+    pub(super) unsafe fn k5_bit4(h: __m256i, j: usize) -> __m256i {
+        let v = match j {
+            0 => _mm256_slli_epi16::<4>(h),
+            1 => _mm256_slli_epi16::<3>(h),
+            2 => _mm256_slli_epi16::<2>(h),
+            3 => _mm256_slli_epi16::<1>(h),
+            4 => h,
+            5 => _mm256_srli_epi16::<1>(h),
+            6 => _mm256_srli_epi16::<2>(h),
+            _ => _mm256_srli_epi16::<3>(h),
+        };
+        _mm256_and_si256(v, _mm256_set1_epi8(0x10))
+    }
+
+    /// Q4_K, and Q5_K (`HB`: the 5th bits at `K5_QH` ORed into the nibbles).
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_k<const T: usize>(
+    unsafe fn q4_k<const HB: bool, const T: usize>(
         nb: usize,
         w: *const u8,
         a: *const u8,
@@ -1252,10 +1302,11 @@ mod avx2 {
         out: &mut [[f32; GROUP]; TILE_T],
     ) {
         let m4 = _mm256_set1_epi8(0x0F);
+        let bb = if HB { Kind::Q5_K } else { Kind::Q4_K }.block_bytes();
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..nb {
-            let blk = w.add(b * Kind::Q4_K.block_bytes());
-            prefetch_ahead::<T>(blk, Kind::Q4_K.block_bytes());
+            let blk = w.add(b * bb);
+            prefetch_ahead::<T>(blk, bb);
             let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
             let mut isum = [_mm256_setzero_si256(); T];
             for j in 0..8 {
@@ -1269,13 +1320,27 @@ mod avx2 {
                     } else {
                         _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)
                     };
+                    if HB {
+                        let h =
+                            _mm256_loadu_si256(blk.add(super::K5_QH + 32 * c) as *const __m256i);
+                        wv[c] = _mm256_or_si256(wv[c], k5_bit4(h, j));
+                    }
                 }
                 let scv = pairs_u8(blk.add(super::K4_SC + 8 * j));
                 for t in 0..T {
                     let y = ya(t).add(4 + 32 * j);
-                    // 8 u4 x i8 pair sums: |.| <= 8 * 2 * 15 * 127 = 30480, no i16 overflow.
-                    let s = _mm256_add_epi16(sum4(&wv[..4], y), sum4(&wv[4..], y.add(16)));
-                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s, scv));
+                    let d = if HB {
+                        // u5 x i8: 4 pair sums per half, 8 * 31 * 127 = 31496 < 2^15.
+                        _mm256_add_epi32(
+                            _mm256_madd_epi16(sum4(&wv[..4], y), scv),
+                            _mm256_madd_epi16(sum4(&wv[4..], y.add(16)), scv),
+                        )
+                    } else {
+                        // 8 u4 x i8 pair sums: |.| <= 8 * 2 * 15 * 127 = 30480, no i16 overflow.
+                        let s = _mm256_add_epi16(sum4(&wv[..4], y), sum4(&wv[4..], y.add(16)));
+                        _mm256_madd_epi16(s, scv)
+                    };
+                    isum[t] = _mm256_add_epi32(isum[t], d);
                 }
             }
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
@@ -1461,7 +1526,8 @@ mod vnni512 {
                 Kind::Q5_0 => by_cols!(nib::<false, true>),
                 Kind::Q5_1 => by_cols!(nib::<true, true>),
                 Kind::Q8_0 => by_cols!(q8_0),
-                Kind::Q4_K => by_cols!(q4_k),
+                Kind::Q4_K => by_cols!(q4_k::<false>),
+                Kind::Q5_K => by_cols!(q4_k::<true>),
                 Kind::Q6_K => by_cols!(q6_k),
             }
         }
@@ -1632,8 +1698,9 @@ mod vnni512 {
     /// Q4_K: per sub-block an exact i32 dot (`vpdpbusd`) times the row's sub-block scale
     /// (`vpmulld`), summed; each 32-byte vector of a sub-block pair is loaded once for both
     /// sub-blocks (its low and high nibbles); the mins by `vpdpwssd`.
+    /// Q5_K (`HB`): the 5th bits ORed in as each nibble vector is decoded (one `vpternlogd`).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn q4_k<const T: usize>(
+    unsafe fn q4_k<const HB: bool, const T: usize>(
         nb: usize,
         w0: *const u8,
         w1: *const u8,
@@ -1642,7 +1709,8 @@ mod vnni512 {
         out: &mut Out2,
     ) {
         let m4 = _mm512_set1_epi8(0x0F);
-        let bb = Kind::Q4_K.block_bytes();
+        let bb = if HB { Kind::Q5_K } else { Kind::Q4_K }.block_bytes();
+        let m10 = _mm512_set1_epi8(0x10);
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
@@ -1657,6 +1725,18 @@ mod vnni512 {
                     let v = ld2(b0, b1, q + 32 * c);
                     lo[c] = _mm512_and_si512(v, m4);
                     hi[c] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+                    if HB {
+                        // Bits 2p (low nibbles) and 2p+1 (high) of the qh bytes, to bit 4.
+                        let h = ld2(b0, b1, super::K5_QH + 32 * c);
+                        let (hl, hh) = match p {
+                            0 => (_mm512_slli_epi16::<4>(h), _mm512_slli_epi16::<3>(h)),
+                            1 => (_mm512_slli_epi16::<2>(h), _mm512_slli_epi16::<1>(h)),
+                            2 => (h, _mm512_srli_epi16::<1>(h)),
+                            _ => (_mm512_srli_epi16::<2>(h), _mm512_srli_epi16::<3>(h)),
+                        };
+                        lo[c] = _mm512_ternarylogic_epi32::<0xF8>(lo[c], hl, m10);
+                        hi[c] = _mm512_ternarylogic_epi32::<0xF8>(hi[c], hh, m10);
+                    }
                 }
                 let scale = |j: usize| _mm512_cvtepu8_epi32(ld2_64(b0, b1, super::K4_SC + 8 * j));
                 let (sc0, sc1) = (scale(2 * p), scale(2 * p + 1));
@@ -1838,7 +1918,7 @@ pub(crate) fn matmul_many(
         Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => {
             quantize_a8(b.isa, xr, ar)
         }
-        Kind::Q4_K | Kind::Q6_K => quantize_a8k(b.isa, xr, ar),
+        Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => quantize_a8k(b.isa, xr, ar),
     };
     // A prompt's rows are quantized by all threads (each row on its own: the same bytes either
     // way); a few rows are not worth waking the pool for.
