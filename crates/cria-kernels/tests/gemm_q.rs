@@ -21,12 +21,13 @@ use cria_kernels::cpu::gemm_q::{self, Kind, Packed, GROUP, TILE_T, TILE_T2};
 use cria_kernels::dot::scalar;
 use cria_kernels::{Backend, CpuBackend, Isa};
 
-const ALL: [DType; 8] = [
+const ALL: [DType; 9] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q5_0,
     DType::Q5_1,
     DType::Q8_0,
+    DType::Q3_K,
     DType::Q4_K,
     DType::Q5_K,
     DType::Q6_K,
@@ -63,6 +64,7 @@ fn plain_dot(t: DType) -> fn(usize, &[u8], &[u8]) -> f32 {
         DType::Q4_1 => scalar::dot_q4_1,
         DType::Q5_0 => scalar::dot_q5_0,
         DType::Q5_1 => scalar::dot_q5_1,
+        DType::Q3_K => scalar::dot_q3_k,
         DType::Q4_K => scalar::dot_q4_k,
         DType::Q5_K => scalar::dot_q5_k,
         DType::Q6_K => scalar::dot_q6_k,
@@ -349,7 +351,11 @@ fn matmul_many_equals_one_matmul_per_matrix_bitwise() {
     // and a set the backend cannot take together (F16 beside Q4_0) which must fall back.
     let sets: [(&[DType], &[usize], usize); 4] = [
         (&[DType::Q4_0, DType::Q8_0, DType::Q4_1], &[64, 24, 9], 96),
-        (&[DType::Q4_K, DType::Q6_K, DType::Q5_K], &[33, 16, 9], 512),
+        (
+            &[DType::Q4_K, DType::Q6_K, DType::Q5_K, DType::Q3_K],
+            &[33, 16, 9, 17],
+            512,
+        ),
         (&[DType::Q5_0], &[35], 288),
         (&[DType::Q4_0, DType::F16], &[16, 8], 64),
     ];

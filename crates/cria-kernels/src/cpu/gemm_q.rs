@@ -24,6 +24,13 @@
 //! Q5_1x8 (192 bytes): d[8] @0, m[8] @16, nibbles @32, 5th bits @160.
 //! Q8_0x8 (272 bytes, as 8 plain blocks): d[8] f16 @0, then 8 vectors of 32 bytes @16 + 32j:
 //!         bytes 4r..4r+4 of vector j are row r's quants 4j..4j+4.
+//! Q3_Kx8 (912 bytes, 8 plain blocks take 880): d[8] f16 @0, scales @16 (`K3_SC`): for
+//!         16-element group g, 8 bytes (sc_g - 32 of row r at r, i8), low bits @144 (`K3_Q`):
+//!         per group g, 32 bytes: bits 2c..2c+2 of byte 4r+e are the low 2 bits of row r's
+//!         element 16g+4c+e (decoded vector c = 0..4), high bits @656 (`K3_H`): per group pair,
+//!         32 bytes: bit c + 4(g%2) of byte 4r+e is that element's 3rd bit. The values are
+//!         u = q + 4 * hbit in 0..8, the weight u - 4 (ggml's "minus 4 unless the hmask bit"),
+//!         so Q3_K runs the Q6_K kernel's sums with a 4 * sum(a) offset instead of 32.
 //! Q4_Kx8 (1184 bytes for 256 elements, 8 plain blocks take 1152): d[8] f16 @0, dmin[8] f16 @16,
 //!         sub-block scales @32 (`K4_SC`): for sub-block j, 8 bytes (sc_j of row r at r),
 //!         mins @96 (`K4_MIN`): for sub-block pair p, 16 bytes (m_2p, m_2p+1 of row r at 2r,
@@ -73,8 +80,8 @@
 
 use super::{CpuBackend, SyncPtr};
 use crate::dot::layout::{
-    Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES,
-    Q8_1_BYTES, Q8_K_BYTES, QK, QK_K,
+    Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES,
+    Q8_0_BYTES, Q8_1_BYTES, Q8_K_BYTES, QK, QK_K,
 };
 use crate::Isa;
 use cria_core::tensor::AlignedBuf;
@@ -95,6 +102,10 @@ pub const A8_BLOCK: usize = QK + 12;
 /// Bytes of an A8K activation super-block: d (f32) @0, 256 quants @4, 8 sub-block sums (i16)
 /// @260, 16 pairs (16 * group sum as i16, twice) @276.
 pub const A8K_BLOCK: usize = 4 + QK_K + 16 + 64;
+/// Q3_Kx8 offsets: group scales, low bits, high bits (module doc).
+const K3_SC: usize = 16;
+const K3_Q: usize = 144;
+const K3_H: usize = K3_Q + 16 * 32;
 /// Q4_Kx8 offsets: sub-block scales, mins, quants (module doc).
 const K4_SC: usize = 32;
 const K4_MIN: usize = 96;
@@ -116,6 +127,7 @@ pub enum Kind {
     Q5_0,
     Q5_1,
     Q8_0,
+    Q3_K,
     Q4_K,
     Q5_K,
     Q6_K,
@@ -129,6 +141,7 @@ impl Kind {
             DType::Q5_0 => Some(Kind::Q5_0),
             DType::Q5_1 => Some(Kind::Q5_1),
             DType::Q8_0 => Some(Kind::Q8_0),
+            DType::Q3_K => Some(Kind::Q3_K),
             DType::Q4_K => Some(Kind::Q4_K),
             DType::Q5_K => Some(Kind::Q5_K),
             DType::Q6_K => Some(Kind::Q6_K),
@@ -139,14 +152,14 @@ impl Kind {
     pub const fn qk(self) -> usize {
         match self {
             Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => QK,
-            Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => QK_K,
+            Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => QK_K,
         }
     }
     /// Bytes of one activation block.
     pub const fn act_bytes(self) -> usize {
         match self {
             Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => A8_BLOCK,
-            Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => A8K_BLOCK,
+            Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => A8K_BLOCK,
         }
     }
     /// Nibble kinds: (has a min, has a 5th bit, byte offset of the nibbles, the constant
@@ -168,6 +181,7 @@ impl Kind {
             Kind::Q5_0 => 16 + 128 + 32,
             Kind::Q5_1 => 32 + 128 + 32,
             Kind::Q8_0 => 16 + 256,
+            Kind::Q3_K => K3_H + 8 * 32,
             Kind::Q4_K => K4_QS + 1024,
             Kind::Q5_K => K5_QH + 256,
             Kind::Q6_K => K6_QS + 16 * 96,
@@ -180,6 +194,7 @@ impl Kind {
             Kind::Q5_0 => Q5_0_BYTES,
             Kind::Q5_1 => Q5_1_BYTES,
             Kind::Q8_0 => Q8_0_BYTES,
+            Kind::Q3_K => Q3_K_BYTES,
             Kind::Q4_K => Q4_K_BYTES,
             Kind::Q5_K => Q5_K_BYTES,
             Kind::Q6_K => Q6_K_BYTES,
@@ -321,6 +336,24 @@ impl Packed {
                     }
                 }
             }
+            Kind::Q3_K => {
+                // File: hmask[32] @0, qs[64] @32, 12 bytes of 6-bit scales @96, d @108.
+                out.fill(0);
+                out[108..110].copy_from_slice(&o[2 * r..2 * r + 2]);
+                for j in 0..16 {
+                    let sc = (o[K3_SC + 8 * j + r] as i8 as i32 + 32) as u8;
+                    out[96 + j % 8] |= (sc & 15) << (4 * (j / 8));
+                    out[104 + j % 4] |= (sc >> 4) << (2 * (j / 4));
+                }
+                for e in 0..QK_K {
+                    let (g, c, i) = (e / 16, e % 16 / 4, 4 * r + e % 4);
+                    let low = (o[K3_Q + 32 * g + i] >> (2 * c)) & 3;
+                    let high = (o[K3_H + 32 * (g / 2) + i] >> (c + 4 * (g % 2))) & 1;
+                    let (h, j, l) = (e / 128, e % 128 / 32, e % 32);
+                    out[32 + 32 * h + l] |= low << (2 * j);
+                    out[l] |= high << (4 * h + j);
+                }
+            }
             Kind::Q6_K => {
                 out.fill(0);
                 out[208..210].copy_from_slice(&o[2 * r..2 * r + 2]);
@@ -412,6 +445,23 @@ fn repack_block(kind: Kind, src: &[u8], r: usize, o: &mut [u8]) {
                     o[K4_QS + 256 * p + 32 * c + 4 * r..][..4]
                         .copy_from_slice(&src[qs + 32 * p + 4 * c..][..4]);
                 }
+            }
+        }
+        Kind::Q3_K => {
+            o[2 * r..2 * r + 2].copy_from_slice(&src[108..110]);
+            let sc = crate::dot::scalar::q3k_scales(&src[96..108]);
+            for g in 0..16 {
+                o[K3_SC + 8 * g + r] = sc[g] as u8;
+            }
+            // ggml's Q3_K order: half h, shift j, lane l -> element 128h + 32j + l.
+            let (hmask, qs) = (&src[0..32], &src[32..96]);
+            for e in 0..QK_K {
+                let (h, j, l) = (e / 128, e % 128 / 32, e % 32);
+                let low = (qs[32 * h + l] >> (2 * j)) & 3;
+                let high = (hmask[l] >> (4 * h + j)) & 1;
+                let (g, c, i) = (e / 16, e % 16 / 4, 4 * r + e % 4);
+                o[K3_Q + 32 * g + i] |= low << (2 * c);
+                o[K3_H + 32 * (g / 2) + i] |= high << (c + 4 * (g % 2));
             }
         }
         Kind::Q6_K => {
@@ -645,6 +695,24 @@ pub fn tile_scalar(
                         *acc = (dw * da).mul_add(isum as f32, *acc);
                         *acc = (-(h(blk, 16 + 2 * r) * da)).mul_add(msum as f32, *acc);
                     }
+                    Kind::Q3_K => {
+                        let q = |i: usize| ab[4 + i] as i8 as i32;
+                        let da = f32::from_le_bytes(ab[0..4].try_into().unwrap());
+                        let mut isum = 0i32;
+                        for g in 0..16 {
+                            let mut d = 0;
+                            for e in 16 * g..16 * g + 16 {
+                                let (c, i) = (e % 16 / 4, 4 * r + e % 4);
+                                let lo = blk[K3_Q + 32 * g + i] >> (2 * c) & 3;
+                                let hi = blk[K3_H + 32 * (g / 2) + i] >> (c + 4 * (g % 2)) & 1;
+                                d += (lo | hi << 2) as i32 * q(e);
+                            }
+                            // (u - 4) . a = u . a - 4 * sum(a); the stored pair is 16 * sum.
+                            let sc = blk[K3_SC + 8 * g + r] as i8 as i32;
+                            isum += sc * d - sc * (i16_at(ab, 276 + 4 * g) / 4);
+                        }
+                        *acc = (dw * da).mul_add(isum as f32, *acc);
+                    }
                     Kind::Q6_K => {
                         let q = |i: usize| ab[4 + i] as i8 as i32;
                         let da = f32::from_le_bytes(ab[0..4].try_into().unwrap());
@@ -744,6 +812,10 @@ mod avx2 {
                 (Kind::Q5_K, 2) => q4_k::<true, 2>(nb, w, a, stride, out),
                 (Kind::Q5_K, 3) => q4_k::<true, 3>(nb, w, a, stride, out),
                 (Kind::Q5_K, _) => q4_k::<true, 4>(nb, w, a, stride, out),
+                (Kind::Q3_K, 1) => q3_k::<1>(nb, w, a, stride, out),
+                (Kind::Q3_K, 2) => q3_k::<2>(nb, w, a, stride, out),
+                (Kind::Q3_K, 3) => q3_k::<3>(nb, w, a, stride, out),
+                (Kind::Q3_K, _) => q3_k::<4>(nb, w, a, stride, out),
                 (Kind::Q6_K, 1) => q6_k::<1>(nb, w, a, stride, out),
                 (Kind::Q6_K, 2) => q6_k::<2>(nb, w, a, stride, out),
                 (Kind::Q6_K, 3) => q6_k::<3>(nb, w, a, stride, out),
@@ -1364,6 +1436,76 @@ mod avx2 {
         }
     }
 
+    /// Q3_K decoded vector c of group g: its low 2 bits from `lq`, its 3rd bit (bit
+    /// c + 4(g%2) of `hq`) to bit 2 (16-bit shifts: the kept bits come from the same byte).
+    #[inline(always)]
+    pub(super) unsafe fn k3_vec(lq: __m256i, hq: __m256i, g: usize, c: usize) -> __m256i {
+        let low = match c {
+            0 => lq,
+            1 => _mm256_srli_epi16::<2>(lq),
+            2 => _mm256_srli_epi16::<4>(lq),
+            _ => _mm256_srli_epi16::<6>(lq),
+        };
+        let high = match c + 4 * (g % 2) {
+            0 => _mm256_slli_epi16::<2>(hq),
+            1 => _mm256_slli_epi16::<1>(hq),
+            2 => hq,
+            3 => _mm256_srli_epi16::<1>(hq),
+            4 => _mm256_srli_epi16::<2>(hq),
+            5 => _mm256_srli_epi16::<3>(hq),
+            6 => _mm256_srli_epi16::<4>(hq),
+            _ => _mm256_srli_epi16::<5>(hq),
+        };
+        _mm256_or_si256(
+            _mm256_and_si256(low, _mm256_set1_epi8(3)),
+            _mm256_and_si256(high, _mm256_set1_epi8(4)),
+        )
+    }
+
+    /// Q3_K: the Q6_K kernel's sums on u3 values, the offset 4 * sc * sum(a) being an eighth
+    /// of the (16 sum, 16 sum) madd (exact: a multiple of 8).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q3_k<const T: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut [[f32; GROUP]; TILE_T],
+    ) {
+        let bb = Kind::Q3_K.block_bytes();
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..nb {
+            let blk = w.add(b * bb);
+            prefetch_ahead::<T>(blk, bb);
+            let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
+            let mut isum = [_mm256_setzero_si256(); T];
+            for g in 0..16 {
+                let lq = _mm256_loadu_si256(blk.add(super::K3_Q + 32 * g) as *const __m256i);
+                let hq = _mm256_loadu_si256(blk.add(super::K3_H + 32 * (g / 2)) as *const __m256i);
+                let wv: [__m256i; 4] = std::array::from_fn(|c| k3_vec(lq, hq, g, c));
+                let scv = pairs_i8(blk.add(super::K3_SC + 8 * g));
+                for t in 0..T {
+                    let y = ya(t);
+                    // u3 x i8: 16 products of at most 7 * 127 per lane, far inside i16.
+                    let s = sum4(&wv, y.add(4 + 16 * g));
+                    let off = _mm256_madd_epi16(scv, bcast4(y.add(276 + 4 * g)));
+                    let d =
+                        _mm256_sub_epi32(_mm256_madd_epi16(s, scv), _mm256_srai_epi32::<3>(off));
+                    isum[t] = _mm256_add_epi32(isum[t], d);
+                }
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            for t in 0..T {
+                let da = _mm256_set1_ps(f32_at(ya(t)));
+                acc[t] =
+                    _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            }
+        }
+        for t in 0..T {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q6_k<const T: usize>(
         nb: usize,
@@ -1528,6 +1670,7 @@ mod vnni512 {
                 Kind::Q8_0 => by_cols!(q8_0),
                 Kind::Q4_K => by_cols!(q4_k::<false>),
                 Kind::Q5_K => by_cols!(q4_k::<true>),
+                Kind::Q3_K => by_cols!(q3_k),
                 Kind::Q6_K => by_cols!(q6_k),
             }
         }
@@ -1767,6 +1910,74 @@ mod vnni512 {
         store(&acc, out);
     }
 
+    /// Q3_K: as `avx2::q3_k` on two groups, with Q6_K's separate offset sum (shifted right by 3
+    /// once per super-block: each group's term is a multiple of 8, so the total is exact).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q3_k<const T: usize>(
+        nb: usize,
+        w0: *const u8,
+        w1: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut Out2,
+    ) {
+        let bb = Kind::Q3_K.block_bytes();
+        let (m3, m4) = (_mm512_set1_epi8(3), _mm512_set1_epi8(4));
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
+            prefetch_ahead::<T>(b0, b1, bb);
+            let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
+            let mut isum = [_mm512_setzero_si512(); T];
+            let mut osum = [_mm512_setzero_si512(); T];
+            for g in 0..16 {
+                let lq = ld2(b0, b1, super::K3_Q + 32 * g);
+                let hq = ld2(b0, b1, super::K3_H + 32 * (g / 2));
+                let wv: [__m512i; 4] = std::array::from_fn(|c| {
+                    let low = match c {
+                        0 => lq,
+                        1 => _mm512_srli_epi16::<2>(lq),
+                        2 => _mm512_srli_epi16::<4>(lq),
+                        _ => _mm512_srli_epi16::<6>(lq),
+                    };
+                    let high = match c + 4 * (g % 2) {
+                        0 => _mm512_slli_epi16::<2>(hq),
+                        1 => _mm512_slli_epi16::<1>(hq),
+                        2 => hq,
+                        3 => _mm512_srli_epi16::<1>(hq),
+                        4 => _mm512_srli_epi16::<2>(hq),
+                        5 => _mm512_srli_epi16::<3>(hq),
+                        6 => _mm512_srli_epi16::<4>(hq),
+                        _ => _mm512_srli_epi16::<5>(hq),
+                    };
+                    _mm512_ternarylogic_epi32::<0xF8>(_mm512_and_si512(low, m3), high, m4)
+                });
+                let scv = pairs_i8(b0, b1, super::K3_SC + 8 * g);
+                for t in 0..T {
+                    let y = ya(t);
+                    let yq = y.add(4 + 16 * g);
+                    let s01 = _mm512_add_epi16(
+                        _mm512_maddubs_epi16(wv[0], bcast4(yq)),
+                        _mm512_maddubs_epi16(wv[1], bcast4(yq.add(4))),
+                    );
+                    let s23 = _mm512_add_epi16(
+                        _mm512_maddubs_epi16(wv[2], bcast4(yq.add(8))),
+                        _mm512_maddubs_epi16(wv[3], bcast4(yq.add(12))),
+                    );
+                    isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_add_epi16(s01, s23), scv);
+                    osum[t] = _mm512_dpwssd_epi32(osum[t], scv, bcast4(y.add(276 + 4 * g)));
+                }
+            }
+            let dw = ph2(b0, b1, 0);
+            for t in 0..T {
+                let da = _mm512_set1_ps(f32_at(ya(t)));
+                let i = _mm512_sub_epi32(isum[t], _mm512_srai_epi32::<3>(osum[t]));
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(i), acc[t]);
+            }
+        }
+        store(&acc, out);
+    }
+
     /// Q6_K: per 16-element group, u6 x i8 `maddubs` pair sums (they fit i16), scaled and
     /// summed by `vpdpwssd`; the -32 offset's sc * 32 * sum(a) also by `vpdpwssd`, into its own
     /// sum subtracted once per super-block (integers: the same total).
@@ -1918,7 +2129,7 @@ pub(crate) fn matmul_many(
         Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => {
             quantize_a8(b.isa, xr, ar)
         }
-        Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => quantize_a8k(b.isa, xr, ar),
+        Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => quantize_a8k(b.isa, xr, ar),
     };
     // A prompt's rows are quantized by all threads (each row on its own: the same bytes either
     // way); a few rows are not worth waking the pool for.
