@@ -21,12 +21,13 @@ use cria_kernels::cpu::gemm_q::{self, Kind, Packed, GROUP, TILE_T, TILE_T2};
 use cria_kernels::dot::scalar;
 use cria_kernels::{Backend, CpuBackend, Isa};
 
-const ALL: [DType; 9] = [
+const ALL: [DType; 10] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q5_0,
     DType::Q5_1,
     DType::Q8_0,
+    DType::Q2_K,
     DType::Q3_K,
     DType::Q4_K,
     DType::Q5_K,
@@ -64,6 +65,7 @@ fn plain_dot(t: DType) -> fn(usize, &[u8], &[u8]) -> f32 {
         DType::Q4_1 => scalar::dot_q4_1,
         DType::Q5_0 => scalar::dot_q5_0,
         DType::Q5_1 => scalar::dot_q5_1,
+        DType::Q2_K => scalar::dot_q2_k,
         DType::Q3_K => scalar::dot_q3_k,
         DType::Q4_K => scalar::dot_q4_k,
         DType::Q5_K => scalar::dot_q5_k,
@@ -262,7 +264,7 @@ fn simd_tile_on(isa: Isa) {
 fn scalar_isa_keeps_the_plain_layout() {
     let mut rng = Rng::new(33);
     let b = CpuBackend::with_isa(1, Isa::Scalar);
-    for dt in ALL.into_iter().chain([DType::Q2_K, DType::F32]) {
+    for dt in ALL.into_iter().chain([DType::IQ4_XS, DType::F32]) {
         let w = random_weights(&mut rng, dt, 9, 256);
         assert!(b.prepare(w).unwrap().prepared.is_none(), "{dt}");
     }
@@ -349,7 +351,7 @@ fn matmul_many_equals_one_matmul_per_matrix_bitwise() {
     let mut rng = Rng::new(44);
     // (types, rows) sets on one input: A8 kinds together, A8K kinds together, an odd row count,
     // and a set the backend cannot take together (F16 beside Q4_0) which must fall back.
-    let sets: [(&[DType], &[usize], usize); 4] = [
+    let sets: [(&[DType], &[usize], usize); 5] = [
         (&[DType::Q4_0, DType::Q8_0, DType::Q4_1], &[64, 24, 9], 96),
         (
             &[DType::Q4_K, DType::Q6_K, DType::Q5_K, DType::Q3_K],
@@ -357,6 +359,7 @@ fn matmul_many_equals_one_matmul_per_matrix_bitwise() {
             512,
         ),
         (&[DType::Q5_0], &[35], 288),
+        (&[DType::Q2_K, DType::Q6_K], &[24, 8], 256),
         (&[DType::Q4_0, DType::F16], &[16, 8], 64),
     ];
     for threads in [1, 2] {

@@ -24,6 +24,9 @@
 //! Q5_1x8 (192 bytes): d[8] @0, m[8] @16, nibbles @32, 5th bits @160.
 //! Q8_0x8 (272 bytes, as 8 plain blocks): d[8] f16 @0, then 8 vectors of 32 bytes @16 + 32j:
 //!         bytes 4r..4r+4 of vector j are row r's quants 4j..4j+4.
+//! Q2_Kx8 (672 bytes, as 8 plain blocks): d[8] f16 @0, dmin[8] f16 @16, scales @32 (`K2_SC`):
+//!         per 16-element group g, 8 bytes (the file's byte, scale | min << 4, of row r at r),
+//!         quants @160 (`K2_Q`): per group g, 32 bytes laid out as Q3_Kx8's low bits.
 //! Q3_Kx8 (912 bytes, 8 plain blocks take 880): d[8] f16 @0, scales @16 (`K3_SC`): for
 //!         16-element group g, 8 bytes (sc_g - 32 of row r at r, i8), low bits @144 (`K3_Q`):
 //!         per group g, 32 bytes: bits 2c..2c+2 of byte 4r+e are the low 2 bits of row r's
@@ -80,8 +83,8 @@
 
 use super::{CpuBackend, SyncPtr};
 use crate::dot::layout::{
-    Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES,
-    Q8_0_BYTES, Q8_1_BYTES, Q8_K_BYTES, QK, QK_K,
+    Q2_K_BYTES, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES,
+    Q6_K_BYTES, Q8_0_BYTES, Q8_1_BYTES, Q8_K_BYTES, QK, QK_K,
 };
 use crate::Isa;
 use cria_core::tensor::AlignedBuf;
@@ -102,6 +105,9 @@ pub const A8_BLOCK: usize = QK + 12;
 /// Bytes of an A8K activation super-block: d (f32) @0, 256 quants @4, 8 sub-block sums (i16)
 /// @260, 16 pairs (16 * group sum as i16, twice) @276.
 pub const A8K_BLOCK: usize = 4 + QK_K + 16 + 64;
+/// Q2_Kx8 offsets: group scales and mins, quants (module doc).
+const K2_SC: usize = 32;
+const K2_Q: usize = 160;
 /// Q3_Kx8 offsets: group scales, low bits, high bits (module doc).
 const K3_SC: usize = 16;
 const K3_Q: usize = 144;
@@ -127,6 +133,7 @@ pub enum Kind {
     Q5_0,
     Q5_1,
     Q8_0,
+    Q2_K,
     Q3_K,
     Q4_K,
     Q5_K,
@@ -141,6 +148,7 @@ impl Kind {
             DType::Q5_0 => Some(Kind::Q5_0),
             DType::Q5_1 => Some(Kind::Q5_1),
             DType::Q8_0 => Some(Kind::Q8_0),
+            DType::Q2_K => Some(Kind::Q2_K),
             DType::Q3_K => Some(Kind::Q3_K),
             DType::Q4_K => Some(Kind::Q4_K),
             DType::Q5_K => Some(Kind::Q5_K),
@@ -152,14 +160,14 @@ impl Kind {
     pub const fn qk(self) -> usize {
         match self {
             Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => QK,
-            Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => QK_K,
+            Kind::Q2_K | Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => QK_K,
         }
     }
     /// Bytes of one activation block.
     pub const fn act_bytes(self) -> usize {
         match self {
             Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => A8_BLOCK,
-            Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => A8K_BLOCK,
+            Kind::Q2_K | Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => A8K_BLOCK,
         }
     }
     /// Nibble kinds: (has a min, has a 5th bit, byte offset of the nibbles, the constant
@@ -181,6 +189,7 @@ impl Kind {
             Kind::Q5_0 => 16 + 128 + 32,
             Kind::Q5_1 => 32 + 128 + 32,
             Kind::Q8_0 => 16 + 256,
+            Kind::Q2_K => K2_Q + 16 * 32,
             Kind::Q3_K => K3_H + 8 * 32,
             Kind::Q4_K => K4_QS + 1024,
             Kind::Q5_K => K5_QH + 256,
@@ -194,6 +203,7 @@ impl Kind {
             Kind::Q5_0 => Q5_0_BYTES,
             Kind::Q5_1 => Q5_1_BYTES,
             Kind::Q8_0 => Q8_0_BYTES,
+            Kind::Q2_K => Q2_K_BYTES,
             Kind::Q3_K => Q3_K_BYTES,
             Kind::Q4_K => Q4_K_BYTES,
             Kind::Q5_K => Q5_K_BYTES,
@@ -336,6 +346,20 @@ impl Packed {
                     }
                 }
             }
+            Kind::Q2_K => {
+                // File: scales[16] @0, qs[64] @16, d @80, dmin @82.
+                out.fill(0);
+                out[80..82].copy_from_slice(&o[2 * r..2 * r + 2]);
+                out[82..84].copy_from_slice(&o[16 + 2 * r..16 + 2 * r + 2]);
+                for g in 0..16 {
+                    out[g] = o[K2_SC + 8 * g + r];
+                }
+                for e in 0..QK_K {
+                    let (g, c, i) = (e / 16, e % 16 / 4, 4 * r + e % 4);
+                    let (h, j, l) = (e / 128, e % 128 / 32, e % 32);
+                    out[16 + 32 * h + l] |= ((o[K2_Q + 32 * g + i] >> (2 * c)) & 3) << (2 * j);
+                }
+            }
             Kind::Q3_K => {
                 // File: hmask[32] @0, qs[64] @32, 12 bytes of 6-bit scales @96, d @108.
                 out.fill(0);
@@ -445,6 +469,19 @@ fn repack_block(kind: Kind, src: &[u8], r: usize, o: &mut [u8]) {
                     o[K4_QS + 256 * p + 32 * c + 4 * r..][..4]
                         .copy_from_slice(&src[qs + 32 * p + 4 * c..][..4]);
                 }
+            }
+        }
+        Kind::Q2_K => {
+            o[2 * r..2 * r + 2].copy_from_slice(&src[80..82]);
+            o[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&src[82..84]);
+            for g in 0..16 {
+                o[K2_SC + 8 * g + r] = src[g];
+            }
+            // As Q3_K's low bits: element 128h + 32j + l is bits 2j..2j+2 of qs[32h + l].
+            for e in 0..QK_K {
+                let (h, j, l) = (e / 128, e % 128 / 32, e % 32);
+                let (g, c, i) = (e / 16, e % 16 / 4, 4 * r + e % 4);
+                o[K2_Q + 32 * g + i] |= ((src[16 + 32 * h + l] >> (2 * j)) & 3) << (2 * c);
             }
         }
         Kind::Q3_K => {
@@ -695,6 +732,24 @@ pub fn tile_scalar(
                         *acc = (dw * da).mul_add(isum as f32, *acc);
                         *acc = (-(h(blk, 16 + 2 * r) * da)).mul_add(msum as f32, *acc);
                     }
+                    Kind::Q2_K => {
+                        let q = |i: usize| ab[4 + i] as i8 as i32;
+                        let da = f32::from_le_bytes(ab[0..4].try_into().unwrap());
+                        let (mut isum, mut msum) = (0i32, 0i32);
+                        for g in 0..16 {
+                            let mut d = 0;
+                            for e in 16 * g..16 * g + 16 {
+                                let (c, i) = (e % 16 / 4, 4 * r + e % 4);
+                                d += (blk[K2_Q + 32 * g + i] >> (2 * c) & 3) as i32 * q(e);
+                            }
+                            let b = blk[K2_SC + 8 * g + r] as i32;
+                            isum += (b & 15) * d;
+                            // The stored pair is 16 * the group's sum.
+                            msum += (b >> 4) * (i16_at(ab, 276 + 4 * g) / 16);
+                        }
+                        *acc = (dw * da).mul_add(isum as f32, *acc);
+                        *acc = (-(h(blk, 16 + 2 * r) * da)).mul_add(msum as f32, *acc);
+                    }
                     Kind::Q3_K => {
                         let q = |i: usize| ab[4 + i] as i8 as i32;
                         let da = f32::from_le_bytes(ab[0..4].try_into().unwrap());
@@ -812,6 +867,10 @@ mod avx2 {
                 (Kind::Q5_K, 2) => q4_k::<true, 2>(nb, w, a, stride, out),
                 (Kind::Q5_K, 3) => q4_k::<true, 3>(nb, w, a, stride, out),
                 (Kind::Q5_K, _) => q4_k::<true, 4>(nb, w, a, stride, out),
+                (Kind::Q2_K, 1) => q2_k::<1>(nb, w, a, stride, out),
+                (Kind::Q2_K, 2) => q2_k::<2>(nb, w, a, stride, out),
+                (Kind::Q2_K, 3) => q2_k::<3>(nb, w, a, stride, out),
+                (Kind::Q2_K, _) => q2_k::<4>(nb, w, a, stride, out),
                 (Kind::Q3_K, 1) => q3_k::<1>(nb, w, a, stride, out),
                 (Kind::Q3_K, 2) => q3_k::<2>(nb, w, a, stride, out),
                 (Kind::Q3_K, 3) => q3_k::<3>(nb, w, a, stride, out),
@@ -1462,6 +1521,58 @@ mod avx2 {
         )
     }
 
+    /// Q2_K: per 16-element group, u2 x i8 sums times the group's 4-bit scale; the mins times
+    /// (16 sum, 16 sum) pairs into their own sum, a multiple of 32 (exact when shifted back).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q2_k<const T: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut [[f32; GROUP]; TILE_T],
+    ) {
+        let bb = Kind::Q2_K.block_bytes();
+        let (m3, m15) = (_mm256_set1_epi8(3), _mm256_set1_epi16(15));
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..nb {
+            let blk = w.add(b * bb);
+            prefetch_ahead::<T>(blk, bb);
+            let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
+            let mut isum = [_mm256_setzero_si256(); T];
+            let mut msum = [_mm256_setzero_si256(); T];
+            for g in 0..16 {
+                let lq = _mm256_loadu_si256(blk.add(super::K2_Q + 32 * g) as *const __m256i);
+                let wv = [
+                    _mm256_and_si256(lq, m3),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(lq), m3),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(lq), m3),
+                    _mm256_and_si256(_mm256_srli_epi16::<6>(lq), m3),
+                ];
+                let sm = pairs_u8(blk.add(super::K2_SC + 8 * g));
+                let (scv, mv) = (_mm256_and_si256(sm, m15), _mm256_srli_epi16::<4>(sm));
+                for t in 0..T {
+                    let y = ya(t);
+                    let s = sum4(&wv, y.add(4 + 16 * g));
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s, scv));
+                    let m = _mm256_madd_epi16(mv, bcast4(y.add(276 + 4 * g)));
+                    msum[t] = _mm256_add_epi32(msum[t], m);
+                }
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            let dmw = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+            for t in 0..T {
+                let da = _mm256_set1_ps(f32_at(ya(t)));
+                let m = _mm256_cvtepi32_ps(_mm256_srai_epi32::<5>(msum[t]));
+                acc[t] =
+                    _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+                acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmw, da), m, acc[t]);
+            }
+        }
+        for t in 0..T {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+
     /// Q3_K: the Q6_K kernel's sums on u3 values, the offset 4 * sc * sum(a) being an eighth
     /// of the (16 sum, 16 sum) madd (exact: a multiple of 8).
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -1670,6 +1781,7 @@ mod vnni512 {
                 Kind::Q8_0 => by_cols!(q8_0),
                 Kind::Q4_K => by_cols!(q4_k::<false>),
                 Kind::Q5_K => by_cols!(q4_k::<true>),
+                Kind::Q2_K => by_cols!(q2_k),
                 Kind::Q3_K => by_cols!(q3_k),
                 Kind::Q6_K => by_cols!(q6_k),
             }
@@ -1910,6 +2022,79 @@ mod vnni512 {
         store(&acc, out);
     }
 
+    /// Q2_K: as `avx2::q2_k` on two groups.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q2_k<const T: usize>(
+        nb: usize,
+        w0: *const u8,
+        w1: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut Out2,
+    ) {
+        use super::avx2::{bcast8, SPREAD4};
+        let bb = Kind::Q2_K.block_bytes();
+        let (m3, m15) = (_mm512_set1_epi8(3), _mm512_set1_epi16(15));
+        // Lane r of each half: byte r zero-extended into both i16 of the lane.
+        let ctrl = {
+            let mut c = [SPREAD4, SPREAD4];
+            for half in c.iter_mut() {
+                for i in (1..32).step_by(2) {
+                    half[i] = -128;
+                }
+            }
+            std::mem::transmute::<[[i8; 32]; 2], __m512i>(c)
+        };
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
+            prefetch_ahead::<T>(b0, b1, bb);
+            let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
+            let mut isum = [_mm512_setzero_si512(); T];
+            let mut msum = [_mm512_setzero_si512(); T];
+            for g in 0..16 {
+                let lq = ld2(b0, b1, super::K2_Q + 32 * g);
+                let wv = [
+                    _mm512_and_si512(lq, m3),
+                    _mm512_and_si512(_mm512_srli_epi16::<2>(lq), m3),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(lq), m3),
+                    _mm512_and_si512(_mm512_srli_epi16::<6>(lq), m3),
+                ];
+                let o = super::K2_SC + 8 * g;
+                let v = _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(bcast8(b0.add(o))),
+                    bcast8(b1.add(o)),
+                );
+                let sm = _mm512_shuffle_epi8(v, ctrl);
+                let (scv, mv) = (_mm512_and_si512(sm, m15), _mm512_srli_epi16::<4>(sm));
+                for t in 0..T {
+                    let y = ya(t);
+                    let yq = y.add(4 + 16 * g);
+                    let s01 = _mm512_add_epi16(
+                        _mm512_maddubs_epi16(wv[0], bcast4(yq)),
+                        _mm512_maddubs_epi16(wv[1], bcast4(yq.add(4))),
+                    );
+                    let s23 = _mm512_add_epi16(
+                        _mm512_maddubs_epi16(wv[2], bcast4(yq.add(8))),
+                        _mm512_maddubs_epi16(wv[3], bcast4(yq.add(12))),
+                    );
+                    isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_add_epi16(s01, s23), scv);
+                    msum[t] = _mm512_dpwssd_epi32(msum[t], mv, bcast4(y.add(276 + 4 * g)));
+                }
+            }
+            let dw = ph2(b0, b1, 0);
+            let dmw = ph2(b0, b1, 16);
+            for t in 0..T {
+                let da = _mm512_set1_ps(f32_at(ya(t)));
+                let m = _mm512_cvtepi32_ps(_mm512_srai_epi32::<5>(msum[t]));
+                acc[t] =
+                    _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum[t]), acc[t]);
+                acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmw, da), m, acc[t]);
+            }
+        }
+        store(&acc, out);
+    }
+
     /// Q3_K: as `avx2::q3_k` on two groups, with Q6_K's separate offset sum (shifted right by 3
     /// once per super-block: each group's term is a multiple of 8, so the total is exact).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -2129,7 +2314,9 @@ pub(crate) fn matmul_many(
         Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => {
             quantize_a8(b.isa, xr, ar)
         }
-        Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => quantize_a8k(b.isa, xr, ar),
+        Kind::Q2_K | Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => {
+            quantize_a8k(b.isa, xr, ar)
+        }
     };
     // A prompt's rows are quantized by all threads (each row on its own: the same bytes either
     // way); a few rows are not worth waking the pool for.
