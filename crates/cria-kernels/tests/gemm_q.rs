@@ -21,7 +21,7 @@ use cria_kernels::cpu::gemm_q::{self, Kind, Packed, GROUP, TILE_T, TILE_T2};
 use cria_kernels::dot::scalar;
 use cria_kernels::{Backend, CpuBackend, Isa};
 
-const ALL: [DType; 10] = [
+const ALL: [DType; 12] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q5_0,
@@ -32,6 +32,8 @@ const ALL: [DType; 10] = [
     DType::Q4_K,
     DType::Q5_K,
     DType::Q6_K,
+    DType::IQ4_NL,
+    DType::IQ4_XS,
 ];
 const ROWS: [usize; 7] = [1, 7, 8, 9, 17, 33, 35];
 const KS: [usize; 3] = [32, 96, 288];
@@ -66,6 +68,8 @@ fn plain_dot(t: DType) -> fn(usize, &[u8], &[u8]) -> f32 {
         DType::Q5_0 => scalar::dot_q5_0,
         DType::Q5_1 => scalar::dot_q5_1,
         DType::Q2_K => scalar::dot_q2_k,
+        DType::IQ4_NL => scalar::dot_iq4_nl,
+        DType::IQ4_XS => scalar::dot_iq4_xs,
         DType::Q3_K => scalar::dot_q3_k,
         DType::Q4_K => scalar::dot_q4_k,
         DType::Q5_K => scalar::dot_q5_k,
@@ -264,7 +268,7 @@ fn simd_tile_on(isa: Isa) {
 fn scalar_isa_keeps_the_plain_layout() {
     let mut rng = Rng::new(33);
     let b = CpuBackend::with_isa(1, Isa::Scalar);
-    for dt in ALL.into_iter().chain([DType::IQ4_XS, DType::F32]) {
+    for dt in ALL.into_iter().chain([DType::F32]) {
         let w = random_weights(&mut rng, dt, 9, 256);
         assert!(b.prepare(w).unwrap().prepared.is_none(), "{dt}");
     }
@@ -351,7 +355,7 @@ fn matmul_many_equals_one_matmul_per_matrix_bitwise() {
     let mut rng = Rng::new(44);
     // (types, rows) sets on one input: A8 kinds together, A8K kinds together, an odd row count,
     // and a set the backend cannot take together (F16 beside Q4_0) which must fall back.
-    let sets: [(&[DType], &[usize], usize); 5] = [
+    let sets: [(&[DType], &[usize], usize); 6] = [
         (&[DType::Q4_0, DType::Q8_0, DType::Q4_1], &[64, 24, 9], 96),
         (
             &[DType::Q4_K, DType::Q6_K, DType::Q5_K, DType::Q3_K],
@@ -359,7 +363,12 @@ fn matmul_many_equals_one_matmul_per_matrix_bitwise() {
             512,
         ),
         (&[DType::Q5_0], &[35], 288),
-        (&[DType::Q2_K, DType::Q6_K], &[24, 8], 256),
+        (
+            &[DType::Q2_K, DType::Q6_K, DType::IQ4_XS],
+            &[24, 8, 16],
+            256,
+        ),
+        (&[DType::IQ4_NL, DType::Q8_0], &[16, 8], 64),
         (&[DType::Q4_0, DType::F16], &[16, 8], 64),
     ];
     for threads in [1, 2] {

@@ -24,6 +24,14 @@
 //! Q5_1x8 (192 bytes): d[8] @0, m[8] @16, nibbles @32, 5th bits @160.
 //! Q8_0x8 (272 bytes, as 8 plain blocks): d[8] f16 @0, then 8 vectors of 32 bytes @16 + 32j:
 //!         bytes 4r..4r+4 of vector j are row r's quants 4j..4j+4.
+//! IQ4_NLx8 (144 bytes): Q4_0x8's layout; the nibbles index `KVALUES_IQ4NL`.
+//! IQ4_XSx8 (1104 bytes, 8 plain blocks take 1088): d[8] f16 @0, sub-block scales @16 (`KX_SC`):
+//!         for sub-block j, 8 bytes (ls_j - 32 of row r at r, i8), quants @80 (`KX_QS`): for
+//!         sub-block j, 4 vectors of 32 bytes: bytes 4r..4r+4 of vector c are row r's
+//!         qs[16j+4c..16j+4c+4] (low nibbles: elements 32j+4c.., high: 32j+16+4c..).
+//!         The IQ4 kernels look the nibbles up (`pshufb`) as levels + 128 (unsigned, for
+//!         `vpdpbusd`) and subtract 128 * sum(a), or (AVX2) as signed levels with Q8_0's sign
+//!         trick.
 //! Q2_Kx8 (672 bytes, as 8 plain blocks): d[8] f16 @0, dmin[8] f16 @16, scales @32 (`K2_SC`):
 //!         per 16-element group g, 8 bytes (the file's byte, scale | min << 4, of row r at r),
 //!         quants @160 (`K2_Q`): per group g, 32 bytes laid out as Q3_Kx8's low bits.
@@ -83,8 +91,9 @@
 
 use super::{CpuBackend, SyncPtr};
 use crate::dot::layout::{
-    Q2_K_BYTES, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES,
-    Q6_K_BYTES, Q8_0_BYTES, Q8_1_BYTES, Q8_K_BYTES, QK, QK_K,
+    IQ4_NL_BYTES, IQ4_XS_BYTES, KVALUES_IQ4NL, Q2_K_BYTES, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES,
+    Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, Q8_1_BYTES, Q8_K_BYTES,
+    QK, QK_K,
 };
 use crate::Isa;
 use cria_core::tensor::AlignedBuf;
@@ -105,6 +114,9 @@ pub const A8_BLOCK: usize = QK + 12;
 /// Bytes of an A8K activation super-block: d (f32) @0, 256 quants @4, 8 sub-block sums (i16)
 /// @260, 16 pairs (16 * group sum as i16, twice) @276.
 pub const A8K_BLOCK: usize = 4 + QK_K + 16 + 64;
+/// IQ4_XSx8 offsets: sub-block scales, quants (module doc).
+const KX_SC: usize = 16;
+const KX_QS: usize = 80;
 /// Q2_Kx8 offsets: group scales and mins, quants (module doc).
 const K2_SC: usize = 32;
 const K2_Q: usize = 160;
@@ -138,6 +150,8 @@ pub enum Kind {
     Q4_K,
     Q5_K,
     Q6_K,
+    IQ4_NL,
+    IQ4_XS,
 }
 
 impl Kind {
@@ -148,6 +162,8 @@ impl Kind {
             DType::Q5_0 => Some(Kind::Q5_0),
             DType::Q5_1 => Some(Kind::Q5_1),
             DType::Q8_0 => Some(Kind::Q8_0),
+            DType::IQ4_NL => Some(Kind::IQ4_NL),
+            DType::IQ4_XS => Some(Kind::IQ4_XS),
             DType::Q2_K => Some(Kind::Q2_K),
             DType::Q3_K => Some(Kind::Q3_K),
             DType::Q4_K => Some(Kind::Q4_K),
@@ -159,15 +175,19 @@ impl Kind {
     /// Elements per block.
     pub const fn qk(self) -> usize {
         match self {
-            Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => QK,
-            Kind::Q2_K | Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => QK_K,
+            Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 | Kind::IQ4_NL => QK,
+            Kind::IQ4_XS | Kind::Q2_K | Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => QK_K,
         }
     }
     /// Bytes of one activation block.
     pub const fn act_bytes(self) -> usize {
         match self {
-            Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => A8_BLOCK,
-            Kind::Q2_K | Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => A8K_BLOCK,
+            Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 | Kind::IQ4_NL => {
+                A8_BLOCK
+            }
+            Kind::IQ4_XS | Kind::Q2_K | Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => {
+                A8K_BLOCK
+            }
         }
     }
     /// Nibble kinds: (has a min, has a 5th bit, byte offset of the nibbles, the constant
@@ -184,7 +204,8 @@ impl Kind {
     /// Bytes of one 8-row block.
     pub const fn block_bytes(self) -> usize {
         match self {
-            Kind::Q4_0 => 16 + 128,
+            Kind::Q4_0 | Kind::IQ4_NL => 16 + 128,
+            Kind::IQ4_XS => KX_QS + 1024,
             Kind::Q4_1 => 32 + 128,
             Kind::Q5_0 => 16 + 128 + 32,
             Kind::Q5_1 => 32 + 128 + 32,
@@ -199,6 +220,8 @@ impl Kind {
     pub const fn plain_bytes(self) -> usize {
         match self {
             Kind::Q4_0 => Q4_0_BYTES,
+            Kind::IQ4_NL => IQ4_NL_BYTES,
+            Kind::IQ4_XS => IQ4_XS_BYTES,
             Kind::Q4_1 => Q4_1_BYTES,
             Kind::Q5_0 => Q5_0_BYTES,
             Kind::Q5_1 => Q5_1_BYTES,
@@ -315,11 +338,27 @@ impl Packed {
                     out[p + 4 * j..][..4].copy_from_slice(&o[qo + 32 * j + 4 * r..][..4]);
                 }
             }
-            Kind::Q4_0 | Kind::Q8_0 => {
+            Kind::Q4_0 | Kind::Q8_0 | Kind::IQ4_NL => {
                 out[0..2].copy_from_slice(&o[2 * r..2 * r + 2]);
                 for j in 0..(self.kind.block_bytes() - 16) / 32 {
                     out[2 + 4 * j..][..4].copy_from_slice(&o[16 + 32 * j + 4 * r..][..4]);
                 }
+            }
+            Kind::IQ4_XS => {
+                // File: d @0, scales_h u16 @2, scales_l[4] @4, qs[128] @8.
+                out.fill(0);
+                out[0..2].copy_from_slice(&o[2 * r..2 * r + 2]);
+                let mut sh = 0u16;
+                for j in 0..8 {
+                    let ls = (o[KX_SC + 8 * j + r] as i8 as i32 + 32) as u8;
+                    out[4 + j / 2] |= (ls & 15) << (4 * (j % 2));
+                    sh |= u16::from(ls >> 4) << (2 * j);
+                    for c in 0..4 {
+                        out[8 + 16 * j + 4 * c..][..4]
+                            .copy_from_slice(&o[KX_QS + 128 * j + 32 * c + 4 * r..][..4]);
+                    }
+                }
+                out[2..4].copy_from_slice(&sh.to_le_bytes());
             }
             Kind::Q4_K | Kind::Q5_K => {
                 // Q5_K: d, dmin, scales, qh[32] @16, qs @48; Q4_K: qs @16.
@@ -441,7 +480,20 @@ fn repack_block(kind: Kind, src: &[u8], r: usize, o: &mut [u8]) {
                 }
             }
         }
-        Kind::Q4_0 | Kind::Q8_0 => {
+        Kind::IQ4_XS => {
+            o[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
+            let sh = u16::from_le_bytes([src[2], src[3]]);
+            for j in 0..8 {
+                let low = (src[4 + j / 2] >> (4 * (j % 2))) & 15;
+                let high = ((sh >> (2 * j)) & 3) as u8;
+                o[KX_SC + 8 * j + r] = ((low | high << 4) as i8 - 32) as u8;
+                for c in 0..4 {
+                    o[KX_QS + 128 * j + 32 * c + 4 * r..][..4]
+                        .copy_from_slice(&src[8 + 16 * j + 4 * c..][..4]);
+                }
+            }
+        }
+        Kind::Q4_0 | Kind::Q8_0 | Kind::IQ4_NL => {
             o[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
             for j in 0..(kind.block_bytes() - 16) / 32 {
                 o[16 + 32 * j + 4 * r..][..4].copy_from_slice(&src[2 + 4 * j..][..4]);
@@ -687,12 +739,21 @@ pub fn tile_scalar(
                             *acc = h(blk, 16 + 2 * r).mul_add(s1, *acc);
                         }
                     }
-                    Kind::Q4_0 | Kind::Q8_0 => {
+                    Kind::Q4_0 | Kind::Q8_0 | Kind::IQ4_NL => {
                         let q = |i: usize| ab[i] as i8 as i32;
                         let da = f32::from_le_bytes(ab[QK..QK + 4].try_into().unwrap());
                         let sa = i32::from_le_bytes(ab[QK + 4..QK + 8].try_into().unwrap());
                         let mut s = 0i32;
-                        if kind == Kind::Q4_0 {
+                        if kind == Kind::IQ4_NL {
+                            let kv = |n: i32| KVALUES_IQ4NL[n as usize] as i32;
+                            for j in 0..4 {
+                                for e in 0..4 {
+                                    let byte = blk[16 + 32 * j + 4 * r + e] as i32;
+                                    s += kv(byte & 15) * q(4 * j + e)
+                                        + kv(byte >> 4) * q(16 + 4 * j + e);
+                                }
+                            }
+                        } else if kind == Kind::Q4_0 {
                             for j in 0..4 {
                                 for e in 0..4 {
                                     let byte = blk[16 + 32 * j + 4 * r + e] as i32;
@@ -731,6 +792,24 @@ pub fn tile_scalar(
                         }
                         *acc = (dw * da).mul_add(isum as f32, *acc);
                         *acc = (-(h(blk, 16 + 2 * r) * da)).mul_add(msum as f32, *acc);
+                    }
+                    Kind::IQ4_XS => {
+                        let q = |i: usize| ab[4 + i] as i8 as i32;
+                        let kv = |n: u8| KVALUES_IQ4NL[n as usize] as i32;
+                        let da = f32::from_le_bytes(ab[0..4].try_into().unwrap());
+                        let mut isum = 0i32;
+                        for j in 0..8 {
+                            let mut d = 0;
+                            for c in 0..4 {
+                                for e in 0..4 {
+                                    let byte = blk[KX_QS + 128 * j + 32 * c + 4 * r + e];
+                                    d += kv(byte & 15) * q(32 * j + 4 * c + e)
+                                        + kv(byte >> 4) * q(32 * j + 16 + 4 * c + e);
+                                }
+                            }
+                            isum += blk[KX_SC + 8 * j + r] as i8 as i32 * d;
+                        }
+                        *acc = (dw * da).mul_add(isum as f32, *acc);
                     }
                     Kind::Q2_K => {
                         let q = |i: usize| ab[4 + i] as i8 as i32;
@@ -867,6 +946,14 @@ mod avx2 {
                 (Kind::Q5_K, 2) => q4_k::<true, 2>(nb, w, a, stride, out),
                 (Kind::Q5_K, 3) => q4_k::<true, 3>(nb, w, a, stride, out),
                 (Kind::Q5_K, _) => q4_k::<true, 4>(nb, w, a, stride, out),
+                (Kind::IQ4_NL, 1) => iq4_nl::<1>(nb, w, a, stride, out),
+                (Kind::IQ4_NL, 2) => iq4_nl::<2>(nb, w, a, stride, out),
+                (Kind::IQ4_NL, 3) => iq4_nl::<3>(nb, w, a, stride, out),
+                (Kind::IQ4_NL, _) => iq4_nl::<4>(nb, w, a, stride, out),
+                (Kind::IQ4_XS, 1) => iq4_xs::<1>(nb, w, a, stride, out),
+                (Kind::IQ4_XS, 2) => iq4_xs::<2>(nb, w, a, stride, out),
+                (Kind::IQ4_XS, 3) => iq4_xs::<3>(nb, w, a, stride, out),
+                (Kind::IQ4_XS, _) => iq4_xs::<4>(nb, w, a, stride, out),
                 (Kind::Q2_K, 1) => q2_k::<1>(nb, w, a, stride, out),
                 (Kind::Q2_K, 2) => q2_k::<2>(nb, w, a, stride, out),
                 (Kind::Q2_K, 3) => q2_k::<3>(nb, w, a, stride, out),
@@ -1521,6 +1608,110 @@ mod avx2 {
         )
     }
 
+    /// The IQ4 levels, in both 128-bit lanes, for `pshufb`.
+    #[inline(always)]
+    unsafe fn iq4_lut() -> __m256i {
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(
+            super::KVALUES_IQ4NL.as_ptr() as *const __m128i
+        ))
+    }
+
+    /// IQ4_NL: the nibbles looked up as signed levels, then Q8_0's sign trick (|w| * sign(a, w)
+    /// pairs fit i16) against the token's A8 block.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn iq4_nl<const T: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut [[f32; GROUP]; TILE_T],
+    ) {
+        let (ones, m4, lut) = (_mm256_set1_epi16(1), _mm256_set1_epi8(0x0F), iq4_lut());
+        let bb = Kind::IQ4_NL.block_bytes();
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..nb {
+            let blk = w.add(b * bb);
+            prefetch_ahead::<T>(blk, bb);
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            // Vector j < 4: elements 4j..4j+4 of each row (low nibbles); j >= 4: 16 + 4(j-4)...
+            let mut wv = [_mm256_setzero_si256(); 8];
+            for j in 0..4 {
+                let v = _mm256_loadu_si256(blk.add(16 + 32 * j) as *const __m256i);
+                wv[j] = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
+                wv[4 + j] =
+                    _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4));
+            }
+            let aw = wv.map(|v| _mm256_abs_epi8(v));
+            for t in 0..T {
+                let y = a.add(t * stride + b * super::A8_BLOCK);
+                let mut s = [_mm256_setzero_si256(); 2];
+                for j in 0..8 {
+                    let ya = y.add(if j < 4 { 4 * j } else { 16 + 4 * (j - 4) });
+                    let p = _mm256_maddubs_epi16(aw[j], _mm256_sign_epi8(bcast4(ya), wv[j]));
+                    s[j & 1] = _mm256_add_epi32(s[j & 1], _mm256_madd_epi16(p, ones));
+                }
+                let i = _mm256_add_epi32(s[0], s[1]);
+                let d = _mm256_mul_ps(dw, _mm256_set1_ps(f32_at(y.add(QK))));
+                acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(i), acc[t]);
+            }
+        }
+        for t in 0..T {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+
+    /// IQ4_XS: per 32-element sub-block the IQ4_NL sign-trick pair sums, each scaled by the
+    /// sub-block's signed scale through `madd` with (sc, sc) pairs.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn iq4_xs<const T: usize>(
+        nb: usize,
+        w: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut [[f32; GROUP]; TILE_T],
+    ) {
+        let (m4, lut) = (_mm256_set1_epi8(0x0F), iq4_lut());
+        let bb = Kind::IQ4_XS.block_bytes();
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..nb {
+            let blk = w.add(b * bb);
+            prefetch_ahead::<T>(blk, bb);
+            let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
+            let mut isum = [_mm256_setzero_si256(); T];
+            for j in 0..8 {
+                let q = blk.add(super::KX_QS + 128 * j);
+                let mut wv = [_mm256_setzero_si256(); 8];
+                for c in 0..4 {
+                    let v = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
+                    wv[c] = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
+                    wv[4 + c] =
+                        _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4));
+                }
+                let aw = wv.map(|v| _mm256_abs_epi8(v));
+                let scv = pairs_i8(blk.add(super::KX_SC + 8 * j));
+                for t in 0..T {
+                    let y = ya(t).add(4 + 32 * j);
+                    let mut s = [_mm256_setzero_si256(); 2];
+                    for c in 0..8 {
+                        let yc = y.add(if c < 4 { 4 * c } else { 16 + 4 * (c - 4) });
+                        let p = _mm256_maddubs_epi16(aw[c], _mm256_sign_epi8(bcast4(yc), wv[c]));
+                        s[c & 1] = _mm256_add_epi32(s[c & 1], _mm256_madd_epi16(p, scv));
+                    }
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(s[0], s[1]));
+                }
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            for t in 0..T {
+                let da = _mm256_set1_ps(f32_at(ya(t)));
+                acc[t] =
+                    _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            }
+        }
+        for t in 0..T {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+
     /// Q2_K: per 16-element group, u2 x i8 sums times the group's 4-bit scale; the mins times
     /// (16 sum, 16 sum) pairs into their own sum, a multiple of 32 (exact when shifted back).
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -1781,6 +1972,8 @@ mod vnni512 {
                 Kind::Q8_0 => by_cols!(q8_0),
                 Kind::Q4_K => by_cols!(q4_k::<false>),
                 Kind::Q5_K => by_cols!(q4_k::<true>),
+                Kind::IQ4_NL => by_cols!(iq4_nl),
+                Kind::IQ4_XS => by_cols!(iq4_xs),
                 Kind::Q2_K => by_cols!(q2_k),
                 Kind::Q3_K => by_cols!(q3_k),
                 Kind::Q6_K => by_cols!(q6_k),
@@ -2017,6 +2210,101 @@ mod vnni512 {
                 acc[t] =
                     _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum[t]), acc[t]);
                 acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmw, da), _mm512_cvtepi32_ps(msum), acc[t]);
+            }
+        }
+        store(&acc, out);
+    }
+
+    /// The IQ4 levels + 128 (as unsigned bytes), in every 128-bit lane, for `pshufb`.
+    #[inline(always)]
+    unsafe fn iq4_lut_biased() -> __m512i {
+        let l = _mm_loadu_si128(super::KVALUES_IQ4NL.as_ptr() as *const __m128i);
+        _mm512_broadcast_i32x4(_mm_xor_si128(l, _mm_set1_epi8(-128)))
+    }
+
+    /// IQ4_NL: the nibbles looked up as levels + 128, `vpdpbusd`, minus 128 * sum(a) (as Q8_0).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn iq4_nl<const T: usize>(
+        nb: usize,
+        w0: *const u8,
+        w1: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut Out2,
+    ) {
+        let (m4, lut) = (_mm512_set1_epi8(0x0F), iq4_lut_biased());
+        let bb = Kind::IQ4_NL.block_bytes();
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
+            prefetch_ahead::<T>(b0, b1, bb);
+            let dw = ph2(b0, b1, 0);
+            let mut u = [_mm512_setzero_si512(); 8];
+            for j in 0..4 {
+                let v = ld2(b0, b1, 16 + 32 * j);
+                u[j] = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m4));
+                u[4 + j] =
+                    _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4));
+            }
+            for t in 0..T {
+                let y = a.add(t * stride + b * super::A8_BLOCK);
+                let i = dot(&u, y, |c| if c < 4 { 4 * c } else { 16 + 4 * (c - 4) });
+                let i = _mm512_sub_epi32(i, _mm512_set1_epi32(128 * i32_at(y.add(QK + 4))));
+                let d = _mm512_mul_ps(dw, _mm512_set1_ps(f32_at(y.add(QK))));
+                acc[t] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(i), acc[t]);
+            }
+        }
+        store(&acc, out);
+    }
+
+    /// IQ4_XS: per sub-block IQ4_NL's biased `vpdpbusd` dot, minus 128 * the sub-block's sum,
+    /// times its signed scale (`vpmulld`).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn iq4_xs<const T: usize>(
+        nb: usize,
+        w0: *const u8,
+        w1: *const u8,
+        a: *const u8,
+        stride: usize,
+        out: &mut Out2,
+    ) {
+        let (m4, lut) = (_mm512_set1_epi8(0x0F), iq4_lut_biased());
+        let bb = Kind::IQ4_XS.block_bytes();
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
+            prefetch_ahead::<T>(b0, b1, bb);
+            let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
+            let mut isum = [_mm512_setzero_si512(); T];
+            for j in 0..8 {
+                let q = super::KX_QS + 128 * j;
+                let mut u = [_mm512_setzero_si512(); 8];
+                for c in 0..4 {
+                    let v = ld2(b0, b1, q + 32 * c);
+                    u[c] = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m4));
+                    u[4 + c] =
+                        _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4));
+                }
+                let sc = _mm512_cvtepi8_epi32(ld2_64(b0, b1, super::KX_SC + 8 * j));
+                for t in 0..T {
+                    let y = ya(t);
+                    let d = dot(&u, y.add(4 + 32 * j), |c| {
+                        if c < 4 {
+                            4 * c
+                        } else {
+                            16 + 4 * (c - 4)
+                        }
+                    });
+                    let bsum = std::ptr::read_unaligned(y.add(260 + 2 * j) as *const i16) as i32;
+                    let d = _mm512_sub_epi32(d, _mm512_set1_epi32(128 * bsum));
+                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(d, sc));
+                }
+            }
+            let dw = ph2(b0, b1, 0);
+            for t in 0..T {
+                let da = _mm512_set1_ps(f32_at(ya(t)));
+                acc[t] =
+                    _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum[t]), acc[t]);
             }
         }
         store(&acc, out);
@@ -2311,10 +2599,10 @@ pub(crate) fn matmul_many(
         act.resize(t * ab, 0);
     }
     let quantize = |xr: &[f32], ar: &mut [u8]| match kind {
-        Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 => {
+        Kind::Q4_0 | Kind::Q4_1 | Kind::Q5_0 | Kind::Q5_1 | Kind::Q8_0 | Kind::IQ4_NL => {
             quantize_a8(b.isa, xr, ar)
         }
-        Kind::Q2_K | Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => {
+        Kind::IQ4_XS | Kind::Q2_K | Kind::Q3_K | Kind::Q4_K | Kind::Q5_K | Kind::Q6_K => {
             quantize_a8k(b.isa, xr, ar)
         }
     };
