@@ -1200,9 +1200,7 @@ mod avx2 {
                 acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(i), acc[t]);
             }
         }
-        for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
-        }
+        store(&acc, out);
     }
 
     /// Q4_1, Q5_0, Q5_1 (MIN: a per-block min, HB: a 5th bit); see the layouts in the module doc.
@@ -1270,9 +1268,7 @@ mod avx2 {
                 }
             }
         }
-        for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
-        }
+        store(&acc, out);
     }
 
     /// One token of the Q8_0 x4 kernel (see `q8_0_x4`).
@@ -1445,8 +1441,29 @@ mod avx2 {
                 acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(i), acc[t]);
             }
         }
+        store(&acc, out);
+    }
+
+    /// Writes the tile's accumulators out.
+    #[inline(always)]
+    unsafe fn store<const T: usize>(acc: &[__m256; T], out: &mut [[f32; GROUP]; TILE_T]) {
         for t in 0..T {
             _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+    /// A super-block's closing step: acc = fma(d_w * d_a, (f32) isum, acc) per token, d_w the
+    /// 8 rows' f16 scales at `blk`, d_a the f32 at the head of the token's activation block.
+    #[inline(always)]
+    unsafe fn close_block<const T: usize>(
+        acc: &mut [__m256; T],
+        blk: *const u8,
+        isum: &[__m256i; T],
+        ya: impl Fn(usize) -> *const u8,
+    ) {
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+        for t in 0..T {
+            let da = _mm256_set1_ps(f32_at(ya(t)));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum[t]), acc[t]);
         }
     }
 
@@ -1577,9 +1594,7 @@ mod avx2 {
                 acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmw, da), _mm256_cvtepi32_ps(msum), acc[t]);
             }
         }
-        for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
-        }
+        store(&acc, out);
     }
 
     /// Q3_K decoded vector c of group g: its low 2 bits from `lq`, its 3rd bit (bit
@@ -1655,9 +1670,7 @@ mod avx2 {
                 acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(i), acc[t]);
             }
         }
-        for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
-        }
+        store(&acc, out);
     }
 
     /// IQ4_XS: per 32-element sub-block the IQ4_NL sign-trick pair sums, each scaled by the
@@ -1700,16 +1713,9 @@ mod avx2 {
                     isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(s[0], s[1]));
                 }
             }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-            for t in 0..T {
-                let da = _mm256_set1_ps(f32_at(ya(t)));
-                acc[t] =
-                    _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum[t]), acc[t]);
-            }
+            close_block(&mut acc, blk, &isum, ya);
         }
-        for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
-        }
+        store(&acc, out);
     }
 
     /// Q2_K: per 16-element group, u2 x i8 sums times the group's 4-bit scale; the mins times
@@ -1759,9 +1765,7 @@ mod avx2 {
                 acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmw, da), m, acc[t]);
             }
         }
-        for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
-        }
+        store(&acc, out);
     }
 
     /// Q3_K: the Q6_K kernel's sums on u3 values, the offset 4 * sc * sum(a) being an eighth
@@ -1796,16 +1800,9 @@ mod avx2 {
                     isum[t] = _mm256_add_epi32(isum[t], d);
                 }
             }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-            for t in 0..T {
-                let da = _mm256_set1_ps(f32_at(ya(t)));
-                acc[t] =
-                    _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum[t]), acc[t]);
-            }
+            close_block(&mut acc, blk, &isum, ya);
         }
-        for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
-        }
+        store(&acc, out);
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -1868,16 +1865,9 @@ mod avx2 {
                     isum[t] = _mm256_add_epi32(isum[t], _mm256_sub_epi32(d, off));
                 }
             }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-            for t in 0..T {
-                let da = _mm256_set1_ps(f32_at(ya(t)));
-                acc[t] =
-                    _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum[t]), acc[t]);
-            }
+            close_block(&mut acc, blk, &isum, ya);
         }
-        for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
-        }
+        store(&acc, out);
     }
 }
 
@@ -2040,6 +2030,21 @@ mod vnni512 {
             s[c & 1] = _mm512_dpbusd_epi32(s[c & 1], w[c], bcast4(y.add(off(c))));
         }
         _mm512_add_epi32(s[0], s[1])
+    }
+    /// As `avx2::close_block` on two groups.
+    #[inline(always)]
+    unsafe fn close_block<const T: usize>(
+        acc: &mut [__m512; T],
+        b0: *const u8,
+        b1: *const u8,
+        isum: &[__m512i; T],
+        ya: impl Fn(usize) -> *const u8,
+    ) {
+        let dw = ph2(b0, b1, 0);
+        for t in 0..T {
+            let da = _mm512_set1_ps(f32_at(ya(t)));
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum[t]), acc[t]);
+        }
     }
     #[inline(always)]
     unsafe fn store<const T: usize>(acc: &[__m512; T], out: &mut Out2) {
@@ -2300,12 +2305,7 @@ mod vnni512 {
                     isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(d, sc));
                 }
             }
-            let dw = ph2(b0, b1, 0);
-            for t in 0..T {
-                let da = _mm512_set1_ps(f32_at(ya(t)));
-                acc[t] =
-                    _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum[t]), acc[t]);
-            }
+            close_block(&mut acc, b0, b1, &isum, ya);
         }
         store(&acc, out);
     }
