@@ -1490,18 +1490,21 @@ mod avx2 {
     /// Lane r gets byte r of `p`'s 8 as the i16 pair (sc, sc), zero-extended.
     #[inline(always)]
     unsafe fn pairs_u8(p: *const u8) -> __m256i {
-        // Byte 1 and 3 of each lane: index 0x80 writes zero.
-        const C: [i8; 32] = {
-            let mut c = SPREAD4;
-            let mut i = 1;
-            while i < 32 {
-                c[i] = -128;
-                i += 2;
-            }
-            c
-        };
-        _mm256_shuffle_epi8(bcast8(p), std::mem::transmute::<[i8; 32], __m256i>(C))
+        _mm256_shuffle_epi8(
+            bcast8(p),
+            std::mem::transmute::<[i8; 32], __m256i>(SPREAD2_U),
+        )
     }
+    /// Shuffle control: lane r gets (byte r, 0, byte r, 0), the zero-extended i16 pair.
+    pub(super) const SPREAD2_U: [i8; 32] = {
+        let mut c = SPREAD4;
+        let mut i = 1;
+        while i < 32 {
+            c[i] = -128; // index 0x80 writes zero
+            i += 2;
+        }
+        c
+    };
     /// Lane r gets byte r of `p`'s 8 as the i16 pair (sc, sc), sign-extended: each i16 is
     /// built as 257 * sc and shifted right arithmetically by 8.
     #[inline(always)]
@@ -1909,7 +1912,7 @@ pub fn tile2_for(isa: Isa) -> Option<Tile2> {
 /// layout is unchanged.
 #[cfg(target_arch = "x86_64")]
 mod vnni512 {
-    use super::avx2::{f32_at, i32_at};
+    use super::avx2::{bcast8, f32_at, i32_at, SPREAD2_U, SPREAD4};
     use super::{Kind, GROUP, QK, TILE_T2};
     use std::arch::x86_64::*;
 
@@ -2002,11 +2005,19 @@ mod vnni512 {
     /// and at p1 + o (8..16), as `avx2::pairs_i8` for each half.
     #[inline(always)]
     unsafe fn pairs_i8(p0: *const u8, p1: *const u8, o: usize) -> __m512i {
-        use super::avx2::{bcast8, SPREAD4};
-        let v =
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bcast8(p0.add(o))), bcast8(p1.add(o)));
         let c = std::mem::transmute::<[[i8; 32]; 2], __m512i>([SPREAD4, SPREAD4]);
-        _mm512_srai_epi16::<8>(_mm512_shuffle_epi8(v, c))
+        _mm512_srai_epi16::<8>(_mm512_shuffle_epi8(bcast8x2(p0, p1, o), c))
+    }
+    /// As `pairs_i8`, zero-extended (`avx2::pairs_u8` for each half).
+    #[inline(always)]
+    unsafe fn pairs_u8(p0: *const u8, p1: *const u8, o: usize) -> __m512i {
+        let c = std::mem::transmute::<[[i8; 32]; 2], __m512i>([SPREAD2_U, SPREAD2_U]);
+        _mm512_shuffle_epi8(bcast8x2(p0, p1, o), c)
+    }
+    /// The 8 bytes at p0 + o in both 128-bit lanes of the low half, those at p1 + o in the high.
+    #[inline(always)]
+    unsafe fn bcast8x2(p0: *const u8, p1: *const u8, o: usize) -> __m512i {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bcast8(p0.add(o))), bcast8(p1.add(o)))
     }
     /// 8 f16 at p0 + o and 8 at p1 + o, widened.
     #[inline(always)]
@@ -2320,19 +2331,8 @@ mod vnni512 {
         stride: usize,
         out: &mut Out2,
     ) {
-        use super::avx2::{bcast8, SPREAD4};
         let bb = Kind::Q2_K.block_bytes();
         let (m3, m15) = (_mm512_set1_epi8(3), _mm512_set1_epi16(15));
-        // Lane r of each half: byte r zero-extended into both i16 of the lane.
-        let ctrl = {
-            let mut c = [SPREAD4, SPREAD4];
-            for half in c.iter_mut() {
-                for i in (1..32).step_by(2) {
-                    half[i] = -128;
-                }
-            }
-            std::mem::transmute::<[[i8; 32]; 2], __m512i>(c)
-        };
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
@@ -2348,12 +2348,7 @@ mod vnni512 {
                     _mm512_and_si512(_mm512_srli_epi16::<4>(lq), m3),
                     _mm512_and_si512(_mm512_srli_epi16::<6>(lq), m3),
                 ];
-                let o = super::K2_SC + 8 * g;
-                let v = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(bcast8(b0.add(o))),
-                    bcast8(b1.add(o)),
-                );
-                let sm = _mm512_shuffle_epi8(v, ctrl);
+                let sm = pairs_u8(b0, b1, super::K2_SC + 8 * g);
                 let (scv, mv) = (_mm512_and_si512(sm, m15), _mm512_srli_epi16::<4>(sm));
                 for t in 0..T {
                     let y = ya(t);
