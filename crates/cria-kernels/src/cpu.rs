@@ -43,8 +43,18 @@ pub struct CpuBackend {
     /// Per-thread attention scratch (flash tiles' key blocks, scores and accumulators; the F32
     /// path's row of scores).
     scores: Vec<Mutex<Vec<f32>>>,
+    /// Per-thread F16/BF16 weight panels widened to f32 (`gemm_half`), and the matmul calls.
+    panels: Vec<Mutex<WidePanels>>,
+    calls: std::sync::atomic::AtomicUsize,
     /// RoPE cos/sin of the positions of the last call.
     rope_cs: Mutex<ops::RopeTable>,
+}
+
+/// One thread's F16/BF16 panels widened to f32, and which they are: (call, row block).
+#[derive(Default)]
+pub(crate) struct WidePanels {
+    pub(crate) buf: Vec<f32>,
+    pub(crate) holds: Option<(usize, usize)>,
 }
 
 /// A raw output pointer the worker threads share (f32 results, or activation bytes). Sound
@@ -96,6 +106,10 @@ impl CpuBackend {
             pool: ThreadPool::new(threads),
             act: Mutex::new(Vec::new()),
             scores: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
+            panels: (0..threads)
+                .map(|_| Mutex::new(WidePanels::default()))
+                .collect(),
+            calls: Default::default(),
             rope_cs: Mutex::new(ops::RopeTable::default()),
         }
     }
@@ -124,6 +138,31 @@ impl CpuBackend {
         } else {
             self.pool.for_each(items, job);
         }
+    }
+
+    /// Grows every thread's scratch to `need` floats, here on the caller and for all threads at
+    /// once, so that no work item allocates, whichever threads happen to take items.
+    pub(crate) fn reserve_scratch(&self, need: usize) {
+        for m in &self.scores {
+            let mut buf = m.lock().unwrap_or_else(|e| e.into_inner());
+            if buf.len() < need {
+                buf.resize(need, 0.0);
+            }
+        }
+    }
+
+    /// Grows every thread's widened-panel scratch to `need` floats (as `reserve_scratch`) and
+    /// returns a number unique to this call, which `WidePanels::holds` is keyed by.
+    pub(crate) fn reserve_panels(&self, need: usize) -> usize {
+        for m in &self.panels {
+            let mut p = m.lock().unwrap_or_else(|e| e.into_inner());
+            if p.buf.len() < need {
+                p.buf.resize(need, 0.0);
+            }
+        }
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
     }
 
     /// The kernel `matmul` uses for weights of `dtype`, if any.

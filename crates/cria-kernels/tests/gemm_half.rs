@@ -1,8 +1,9 @@
 //! F16/BF16 weights repacked into 16-row panels (`cpu::gemm_half`): the AVX2 GEMM against its
 //! scalar twin (`matmul_scalar`, f32 `mul_add` chains in the same order: bitwise), against the
 //! f64 spec, across thread counts and batch sizes, on awkward sizes (rows around the 16-row
-//! panel and the 64-row item, k with no multiple of 8, token counts around the 6-token tile and
-//! the 48-token item). The embedding lookup from a packed table gives the file's values.
+//! panel and the 64-row item, k with no multiple of 8, token counts around the 6- and 12-token
+//! tiles and the 48-token item, and 110: three token blocks of one row block, the later ones
+//! reading the panels the first widened). The embedding lookup from a packed table gives the file's values.
 //!
 //! Tolerance vs the f64 spec: widening f16/bf16 to f32 is exact and activations stay f32, so
 //! only the k FMAs of each chain round, each by at most 2^-24 of the running magnitude, bounded
@@ -15,7 +16,7 @@ use cria_core::DType;
 use cria_kernels::cpu::gemm_half::{matmul_scalar, PackedHalf};
 use cria_kernels::{Backend, CpuBackend, Isa};
 
-const TOKENS: [usize; 9] = [1, 2, 5, 6, 7, 12, 13, 48, 55];
+const TOKENS: [usize; 10] = [1, 2, 5, 6, 7, 12, 13, 48, 55, 110];
 const ROWS: [usize; 7] = [1, 7, 15, 16, 17, 65, 100];
 const KS: [usize; 5] = [1, 31, 33, 72, 576];
 const TYPES: [DType; 2] = [DType::F16, DType::BF16];

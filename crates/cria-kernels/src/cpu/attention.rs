@@ -26,17 +26,6 @@ pub(crate) fn attention(
     }
 }
 
-/// Grows every thread's scratch to `need` floats, here on the caller and for all threads at once,
-/// so that no work item allocates, whichever threads happen to take items.
-fn reserve_scratch(b: &CpuBackend, need: usize) {
-    for m in &b.scores {
-        let mut buf = m.lock().unwrap_or_else(|e| e.into_inner());
-        if buf.len() < need {
-            buf.resize(need, 0.0);
-        }
-    }
-}
-
 fn attention_f32(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: &AttnShape) {
     match b.isa {
         #[cfg(target_arch = "x86_64")]
@@ -52,7 +41,7 @@ fn attention_f32(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32
             // blocks of positions), for every position the cache holds: sized once per cache,
             // not grown as the context fills.
             let kv_stride = s.n_kv_heads * hd;
-            reserve_scratch(b, (k.len() / kv_stride).max(s.pos0 + s.t).div_ceil(8) * 8);
+            b.reserve_scratch((k.len() / kv_stride).max(s.pos0 + s.t).div_ceil(8) * 8);
             let job = |item: usize, tid: usize| {
                 let (r, h) = (item / s.n_heads, item % s.n_heads);
                 let mut scores = b.scores[tid].lock().unwrap_or_else(|e| e.into_inner());
@@ -80,7 +69,7 @@ fn attention_f16(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[u16], v: &[u16
     #[cfg(not(target_arch = "x86_64"))]
     let simd = false;
     // Sized for the largest tile of this shape: it does not depend on the context length.
-    reserve_scratch(b, ops::flash_scratch_len(hd, per_tile * g));
+    b.reserve_scratch(ops::flash_scratch_len(hd, per_tile * g));
     let outp = SyncPtr(out.as_mut_ptr());
     let job = |item: usize, tid: usize| {
         // Last token blocks first: under the causal mask they see the most keys, and handing

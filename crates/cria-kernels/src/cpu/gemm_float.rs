@@ -111,7 +111,7 @@ pub(super) mod avx2 {
     }
     pub(crate) struct F16;
     pub(crate) struct Bf16;
-    pub(super) struct F32;
+    pub(crate) struct F32;
 
     impl Load for F16 {
         #[inline(always)]
