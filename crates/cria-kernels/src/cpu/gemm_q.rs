@@ -971,7 +971,7 @@ mod avx2 {
     }
 
     /// How far ahead of the block being decoded the one-token kernels prefetch.
-    const PF_AHEAD: usize = 2048;
+    pub(super) const PF_AHEAD: usize = 2048;
 
     /// One token (decoding): every weight byte comes from memory once, and a kernel's own loads
     /// keep too few cache misses in flight (the out-of-order window holds well under a
@@ -1974,11 +1974,27 @@ mod vnni512 {
         }
     }
 
-    /// `avx2::prefetch_ahead` on both groups' streams.
+    /// `avx2::prefetch_ahead` for block b (of nb, `bytes` each) of both groups' streams. The
+    /// groups are adjacent (w1 = w0 + nb * bytes) and the next pair follows them, so once w0's
+    /// stream looks past its group's end (into w1's, already on its way) it looks at the group
+    /// after the next instead, the next pair's second: both of the next pair's groups then
+    /// start prefetched (w1's stream runs into the first).
     #[inline(always)]
-    unsafe fn prefetch_ahead<const T: usize>(b0: *const u8, b1: *const u8, bytes: usize) {
-        super::avx2::prefetch_ahead::<T>(b0, bytes);
-        super::avx2::prefetch_ahead::<T>(b1, bytes);
+    unsafe fn prefetch_ahead<const T: usize>(
+        w0: *const u8,
+        w1: *const u8,
+        b: usize,
+        nb: usize,
+        bytes: usize,
+    ) {
+        let at = b * bytes;
+        let jump = if at + super::avx2::PF_AHEAD >= nb * bytes {
+            2 * nb * bytes
+        } else {
+            0
+        };
+        super::avx2::prefetch_ahead::<T>(w0.wrapping_add(at + jump), bytes);
+        super::avx2::prefetch_ahead::<T>(w1.wrapping_add(at), bytes);
     }
     /// 32 bytes at p0 + o (low half) and at p1 + o (high half).
     #[inline(always)]
@@ -2088,7 +2104,7 @@ mod vnni512 {
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
-            prefetch_ahead::<T>(b0, b1, bb);
+            prefetch_ahead::<T>(w0, w1, b, nb, bb);
             let dw = ph2(b0, b1, 0);
             let mut u = [_mm512_setzero_si512(); 8];
             for j in 0..4 {
@@ -2144,7 +2160,7 @@ mod vnni512 {
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
-            prefetch_ahead::<T>(b0, b1, bb);
+            prefetch_ahead::<T>(w0, w1, b, nb, bb);
             let dw = ph2(b0, b1, 0);
             let u: [__m512i; 8] =
                 std::array::from_fn(|j| _mm512_xor_si512(ld2(b0, b1, 16 + 32 * j), bias));
@@ -2178,7 +2194,7 @@ mod vnni512 {
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
-            prefetch_ahead::<T>(b0, b1, bb);
+            prefetch_ahead::<T>(w0, w1, b, nb, bb);
             let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
             let mut isum = [_mm512_setzero_si512(); T];
             for p in 0..4 {
@@ -2253,7 +2269,7 @@ mod vnni512 {
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
-            prefetch_ahead::<T>(b0, b1, bb);
+            prefetch_ahead::<T>(w0, w1, b, nb, bb);
             let dw = ph2(b0, b1, 0);
             let mut u = [_mm512_setzero_si512(); 8];
             for j in 0..4 {
@@ -2289,7 +2305,7 @@ mod vnni512 {
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
-            prefetch_ahead::<T>(b0, b1, bb);
+            prefetch_ahead::<T>(w0, w1, b, nb, bb);
             let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
             let mut isum = [_mm512_setzero_si512(); T];
             for j in 0..8 {
@@ -2336,7 +2352,7 @@ mod vnni512 {
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
-            prefetch_ahead::<T>(b0, b1, bb);
+            prefetch_ahead::<T>(w0, w1, b, nb, bb);
             let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
             let mut isum = [_mm512_setzero_si512(); T];
             let mut msum = [_mm512_setzero_si512(); T];
@@ -2394,7 +2410,7 @@ mod vnni512 {
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
-            prefetch_ahead::<T>(b0, b1, bb);
+            prefetch_ahead::<T>(w0, w1, b, nb, bb);
             let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
             let mut isum = [_mm512_setzero_si512(); T];
             let mut osum = [_mm512_setzero_si512(); T];
@@ -2464,7 +2480,7 @@ mod vnni512 {
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
-            prefetch_ahead::<T>(b0, b1, bb);
+            prefetch_ahead::<T>(w0, w1, b, nb, bb);
             let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
             let mut isum = [_mm512_setzero_si512(); T];
             let mut osum = [_mm512_setzero_si512(); T];
