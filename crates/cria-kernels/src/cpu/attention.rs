@@ -65,9 +65,12 @@ fn attention_f16(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[u16], v: &[u16
     let n_qb = s.t.div_ceil(per_tile);
     let items = s.n_kv_heads * n_qb;
     #[cfg(target_arch = "x86_64")]
-    let simd = b.isa.has_avx2() && hd % 8 == 0;
+    let (simd, wide) = (
+        b.isa.has_avx2() && hd % 8 == 0,
+        b.isa == Isa::Avx512 && hd % 16 == 0,
+    );
     #[cfg(not(target_arch = "x86_64"))]
-    let simd = false;
+    let (simd, wide) = (false, false);
     // Sized for the largest tile of this shape: it does not depend on the context length.
     b.reserve_scratch(ops::flash_scratch_len(hd, per_tile * g));
     let outp = SyncPtr(out.as_mut_ptr());
@@ -79,7 +82,14 @@ fn attention_f16(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[u16], v: &[u16
         let rows = (r1 - r0) * g;
         let mut buf = b.scores[tid].lock().unwrap_or_else(|e| e.into_inner());
         let mut f = ops::FlashBuf::new(&mut buf, hd, rows);
-        if simd {
+        if wide {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Avx512 is only selected when available; hd % 16 == 0 checked above;
+            // buffers checked by check_attention; the scratch has flash_scratch_len floats.
+            unsafe {
+                ops::avx512::flash_tile(q, k, v, s, kvh, r0, r1, &mut f)
+            };
+        } else if simd {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Avx2 is only selected when available; hd % 8 == 0 checked above; buffers
             // checked by check_attention; the scratch has flash_scratch_len floats.

@@ -10,7 +10,8 @@
 //!   llama.cpp's: quantized models amplify any 1-ulp difference, since it can flip the rounding
 //!   of a Q8 activation in the next matmul.
 //! - attention over an F16 cache: blocked online softmax ("flash attention"), one work item per
-//!   (KV head, run of query tokens), see `flash_tile_scalar` and `avx2::flash_tile`.
+//!   (KV head, run of query tokens), see `flash_tile_scalar`, `avx2::flash_tile` and
+//!   `avx512::flash_tile` (16 lanes, when head_dim % 16 == 0).
 
 use crate::{AttnShape, Rope};
 
@@ -190,6 +191,74 @@ fn tile_geometry(s: &AttnShape, r0: usize, r1: usize) -> (usize, usize, usize, u
     let g = s.n_heads / s.n_kv_heads;
     let first = *key_range(s.pos0 + r0, s.window).start();
     (g, (r1 - r0) * g, first, s.pos0 + r1 - 1)
+}
+
+/// Rows i0..i0 + R of tile (kv head, tokens r0..) against key block kb0..kb0 + n: each row's
+/// visible keys relative to kb0 (None: none, a row whose position is before the block or whose
+/// window ends before it), and the union lo..hi of them (lo >= hi: no row sees any key).
+fn visible<const R: usize>(
+    s: &AttnShape,
+    r0: usize,
+    i0: usize,
+    kb0: usize,
+    n: usize,
+) -> ([Option<(usize, usize)>; R], usize, usize) {
+    let g = s.n_heads / s.n_kv_heads;
+    let mut vis = [None::<(usize, usize)>; R];
+    let (mut jlo, mut jhi) = (usize::MAX, 0usize);
+    for (r, v) in vis.iter_mut().enumerate() {
+        let p = s.pos0 + r0 + (i0 + r) / g;
+        let a = (*key_range(p, s.window).start()).max(kb0);
+        let b = p.min(kb0 + n - 1);
+        if a <= b {
+            *v = Some((a - kb0, b - kb0));
+            jlo = jlo.min(a - kb0);
+            jhi = jhi.max(b - kb0 + 1);
+        }
+    }
+    (vis, jlo, jhi)
+}
+
+/// The SIMD flash tiles' outer loop (`avx2::flash_tile_impl`, `avx512::flash_tile_impl`): per
+/// key block, K widened transposed and V widened (`$widen_k`, `$widen_v`), then the rows by
+/// register tiles of up to SC_ROWS (`$row_tile::<R>`), and finally acc / l (`$scale`).
+macro_rules! flash_tile_body {
+    ($q:expr, $k:expr, $v:expr, $s:expr, $kvh:expr, $r0:expr, $r1:expr, $f:expr,
+     $widen_k:path, $widen_v:path, $row_tile:ident, $scale:path) => {{
+        let (q, k, v, s, kvh, r0, r1, f) = ($q, $k, $v, $s, $kvh, $r0, $r1, $f);
+        let hd = s.head_dim;
+        let kv_stride = s.n_kv_heads * hd;
+        let (_, rows, first, last) = $crate::ops::tile_geometry(s, r0, r1);
+        f.acc[..rows * hd].fill(0.0);
+        f.m[..rows].fill(f32::NEG_INFINITY);
+        f.l[..rows].fill(0.0);
+        let (kt, vf) = (f.kf.as_mut_ptr(), f.vf.as_mut_ptr());
+        let mut kb0 = first;
+        while kb0 <= last {
+            let n = (last + 1 - kb0).min($crate::ops::FLASH_KEYS);
+            let off = kb0 * kv_stride + kvh * hd;
+            $widen_k(kt, k.as_ptr().add(off), n, hd, kv_stride);
+            $widen_v(vf, v.as_ptr().add(off), n, hd, kv_stride);
+            let mut i0 = 0;
+            while i0 < rows {
+                let left = rows - i0;
+                match left.min($crate::ops::SC_ROWS) {
+                    1 => $row_tile::<1>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
+                    2 => $row_tile::<2>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
+                    3 => $row_tile::<3>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
+                    4 => $row_tile::<4>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
+                    5 => $row_tile::<5>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
+                    _ => $row_tile::<6>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
+                }
+                i0 += left.min($crate::ops::SC_ROWS);
+            }
+            kb0 += n;
+        }
+        // Every row sees at least its own position, so l >= 1.
+        for i in 0..rows {
+            $scale(f.acc.as_mut_ptr().add(i * hd), hd, 1.0 / f.l[i]);
+        }
+    }};
 }
 
 /// Scalar twin of `avx2::flash_tile`: same tiles, blocks and online-softmax updates, with
@@ -574,7 +643,7 @@ pub mod avx2 {
 
     avx2_fn! {
     /// `n` rows of `hd` halves, `stride` apart, widened into `n * hd` contiguous floats.
-    unsafe fn widen_rows(dst: *mut f32, src: *const u16, n: usize, hd: usize, stride: usize) {
+    pub(crate) unsafe fn widen_rows(dst: *mut f32, src: *const u16, n: usize, hd: usize, stride: usize) {
         for j in 0..n {
             let (d, s) = (dst.add(j * hd), src.add(j * stride));
             let mut c = 0;
@@ -685,7 +754,7 @@ pub mod avx2 {
     avx2_fn! {
     /// `n` rows of `hd` halves (`stride` apart) widened and transposed: dst[e * FLASH_KEYS + j]
     /// = row j, element e; keys n..n rounded up to 8 are zeros.
-    unsafe fn widen_transposed(dst: *mut f32, src: *const u16, n: usize, hd: usize, stride: usize) {
+    pub(crate) unsafe fn widen_transposed(dst: *mut f32, src: *const u16, n: usize, hd: usize, stride: usize) {
         for j0 in (0..n).step_by(8) {
             let mut e0 = 0;
             while e0 < hd {
@@ -794,20 +863,7 @@ pub mod avx2 {
     unsafe fn row_tile<const R: usize>(q: &[f32], s: &AttnShape, kvh: usize, r0: usize, i0: usize, kb0: usize, n: usize, kt: *const f32, vf: *const f32, f: &mut super::FlashBuf) {
         const FK: usize = super::FLASH_KEYS;
         let (hd, g) = (s.head_dim, s.n_heads / s.n_kv_heads);
-        // Each row's visible keys in this block, relative to kb0; None: no key (a row whose
-        // position is before the block, or whose window ends before it).
-        let mut vis = [None::<(usize, usize)>; R];
-        let (mut jlo, mut jhi) = (usize::MAX, 0usize);
-        for r in 0..R {
-            let p = s.pos0 + r0 + (i0 + r) / g;
-            let a = (*super::key_range(p, s.window).start()).max(kb0);
-            let b = p.min(kb0 + n - 1);
-            if a <= b {
-                vis[r] = Some((a - kb0, b - kb0));
-                jlo = jlo.min(a - kb0);
-                jhi = jhi.max(b - kb0 + 1);
-            }
-        }
+        let (vis, jlo, jhi) = super::visible::<R>(s, r0, i0, kb0, n);
         if jlo >= jhi {
             return;
         }
@@ -861,41 +917,16 @@ pub mod avx2 {
     avx2_fn! {
     #[allow(clippy::too_many_arguments)]
     unsafe fn flash_tile_impl(q: &[f32], k: &[u16], v: &[u16], s: &AttnShape, kvh: usize, r0: usize, r1: usize, f: &mut super::FlashBuf) {
-        let hd = s.head_dim;
-        let kv_stride = s.n_kv_heads * hd;
-        let (_, rows, first, last) = super::tile_geometry(s, r0, r1);
-        f.acc[..rows * hd].fill(0.0);
-        f.m[..rows].fill(f32::NEG_INFINITY);
-        f.l[..rows].fill(0.0);
-        let (kt, vf) = (f.kf.as_mut_ptr(), f.vf.as_mut_ptr());
-        let mut kb0 = first;
-        while kb0 <= last {
-            let n = (last + 1 - kb0).min(super::FLASH_KEYS);
-            let off = kb0 * kv_stride + kvh * hd;
-            widen_transposed(kt, k.as_ptr().add(off), n, hd, kv_stride);
-            widen_rows(vf, v.as_ptr().add(off), n, hd, kv_stride);
-            let mut i0 = 0;
-            while i0 < rows {
-                let left = rows - i0;
-                match left.min(super::SC_ROWS) {
-                    1 => row_tile::<1>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
-                    2 => row_tile::<2>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
-                    3 => row_tile::<3>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
-                    4 => row_tile::<4>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
-                    5 => row_tile::<5>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
-                    _ => row_tile::<6>(q, s, kvh, r0, i0, kb0, n, kt, vf, f),
-                }
-                i0 += left.min(super::SC_ROWS);
-            }
-            kb0 += n;
-        }
-        // Every row sees at least its own position, so l >= 1.
-        for i in 0..rows {
-            let inv = _mm256_set1_ps(1.0 / f.l[i]);
-            let acc = f.acc.as_mut_ptr().add(i * hd);
-            for e in (0..hd).step_by(8) {
-                _mm256_storeu_ps(acc.add(e), _mm256_mul_ps(_mm256_loadu_ps(acc.add(e)), inv));
-            }
+        flash_tile_body!(q, k, v, s, kvh, r0, r1, f, widen_transposed, widen_rows, row_tile, scale_row)
+    }
+    }
+
+    avx2_fn! {
+    /// x[..n] *= c (n a multiple of 8).
+    unsafe fn scale_row(x: *mut f32, n: usize, c: f32) {
+        let cv = _mm256_set1_ps(c);
+        for e in (0..n).step_by(8) {
+            _mm256_storeu_ps(x.add(e), _mm256_mul_ps(_mm256_loadu_ps(x.add(e)), cv));
         }
     }
     }
@@ -940,10 +971,31 @@ pub mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use crate::Isa;
     use std::arch::x86_64::*;
+
+    /// The worst error, in units of the f32 spacing at the true value, of a `W`-lane exp over
+    /// [-87, 88) in steps of 0.113 (lanes `step` apart).
+    fn worst_ulp<const W: usize>(step: f32, exp: impl Fn([f32; W]) -> [f32; W]) -> f64 {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let xs: [f32; W] = std::array::from_fn(|i| x + i as f32 * step);
+            for (&xi, &yi) in xs.iter().zip(&exp(xs)) {
+                let want = (xi as f64).exp();
+                let w32 = want as f32;
+                let ulp = f32::from_bits(w32.to_bits() + 1) as f64 - w32 as f64;
+                worst = worst.max((yi as f64 - want).abs() / ulp);
+            }
+            x += 0.113;
+        }
+        worst
+    }
 
     #[test]
     fn exp8_is_within_2_ulp_of_f64_exp() {
@@ -951,24 +1003,37 @@ mod tests {
             eprintln!("no AVX2: skipping");
             return;
         }
-        let mut worst = 0f64;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let xs: [f32; 8] = std::array::from_fn(|i| x + i as f32 * 0.0137);
-            // SAFETY: AVX2 checked above.
-            let ys: [f32; 8] =
-                unsafe { std::mem::transmute(super::avx2::exp8(_mm256_loadu_ps(xs.as_ptr()))) };
-            for (&xi, &yi) in xs.iter().zip(&ys) {
-                let want = (xi as f64).exp();
-                // The f32 spacing at the true value.
-                let w32 = want as f32;
-                let ulp = f32::from_bits(w32.to_bits() + 1) as f64 - w32 as f64;
-                let e = (yi as f64 - want).abs() / ulp;
-                worst = worst.max(e);
-            }
-            x += 0.113;
-        }
+        // SAFETY: AVX2 checked above.
+        let worst = worst_ulp::<8>(0.0137, |xs| unsafe {
+            std::mem::transmute(super::avx2::exp8(_mm256_loadu_ps(xs.as_ptr())))
+        });
         eprintln!("exp8: worst error {worst:.2} ulp");
         assert!(worst <= 2.0, "exp8 error {worst} ulp");
+    }
+
+    #[test]
+    fn exp16_is_within_2_ulp_of_f64_exp_and_saturates() {
+        if !Isa::Avx512.available() {
+            eprintln!("no AVX-512: skipping");
+            return;
+        }
+        // SAFETY: AVX-512 checked above.
+        let exp16 = |xs: [f32; 16]| -> [f32; 16] {
+            unsafe { std::mem::transmute(super::avx512::exp16(_mm512_loadu_ps(xs.as_ptr()))) }
+        };
+        let worst = worst_ulp::<16>(0.0071, exp16);
+        // ggml's AVX-512 form (e^b as a polynomial with its 1, then vscalefps) is a little
+        // less exact than the AVX2 one (2.13 ulp at worst here).
+        eprintln!("exp16: worst error {worst:.2} ulp");
+        assert!(worst <= 2.5, "exp16 error {worst} ulp");
+        let xs: [f32; 16] = std::array::from_fn(|i| match i {
+            0 => f32::NEG_INFINITY,
+            1 => -200.0,
+            2 => 200.0,
+            3 => f32::INFINITY,
+            _ => 0.0,
+        });
+        let ys = exp16(xs);
+        assert_eq!(&ys[..5], &[0.0, 0.0, f32::INFINITY, f32::INFINITY, 1.0]);
     }
 }
