@@ -129,8 +129,9 @@ pub struct Scratch {
     pub q: Vec<f32>,      // (T, q_dim)
     pub k: Vec<f32>,      // (T, kv_dim) this call's keys, before they go into the cache
     pub v: Vec<f32>,      // (T, kv_dim) this call's values
-    pub att: Vec<f32>,    // (T, q_dim) attention output
-    pub hb: Vec<f32>,     // (T, ffn_dim) gate
+    /// (T, max(ffn_dim, q_dim)): the attention output, then (T, ffn_dim) the gate (the two
+    /// are never live at once).
+    pub hb: Vec<f32>,
     pub hb2: Vec<f32>,    // (T, ffn_dim) up
     pub logits: Vec<f32>, // (T or n_seqs, vocab)
     n_logits: usize,
@@ -170,8 +171,7 @@ impl Scratch {
             q: vec![0.0; u * c.q_dim()],
             k: vec![0.0; u * c.kv_dim()],
             v: vec![0.0; u * c.kv_dim()],
-            att: vec![0.0; u * c.q_dim()],
-            hb: vec![0.0; u * c.ffn_dim],
+            hb: vec![0.0; u * c.ffn_dim.max(c.q_dim())],
             hb2: vec![0.0; u * c.ffn_dim],
             logits: vec![0.0; max_seqs.clamp(1, max_t) * c.vocab_size],
             n_logits: 0,
@@ -305,14 +305,13 @@ fn step(
     let t: usize = seqs.iter().map(|q| q.tokens.len()).sum();
     debug_assert!(t <= s.ubatch);
     let (dim, qd, kvd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-    let (x, xb, q, att) = (
+    let (x, xb, q) = (
         &mut s.x[..t * dim],
         &mut s.xb[..t * dim],
         &mut s.q[..t * qd],
-        &mut s.att[..t * qd],
     );
     let (k, v) = (&mut s.k[..t * kvd], &mut s.v[..t * kvd]);
-    let (hb, hb2) = (&mut s.hb[..t * ffn], &mut s.hb2[..t * ffn]);
+    let (hb_att, hb2) = (&mut s.hb[..t * ffn.max(qd)], &mut s.hb2[..t * ffn]);
     let probe = &mut s.probe;
     macro_rules! probe {
         ($name:expr, $l:expr, $v:expr) => {
@@ -352,6 +351,7 @@ fn step(
         add_bias(k, &lw.attn_k_bias);
         add_bias(v, &lw.attn_v_bias);
         probe!("Vcur", l, v);
+        let att = &mut hb_att[..t * qd];
         // Per sequence: rotate at its positions, store into its cache (rounded to f16 for an
         // F16 cache), attend over all of that cache (the shape says which positions are filled,
         // so a kernel can size its scratch for the cache once instead of growing it).
@@ -383,6 +383,7 @@ fn step(
         probe!("ffn_inp", l, x);
         b.rmsnorm(xb, x, &lw.ffn_norm, c.norm_eps);
         probe!("ffn_norm", l, xb);
+        let hb = &mut hb_att[..t * ffn];
         b.matmul_many(
             &mut [&mut *hb, &mut *hb2],
             xb,

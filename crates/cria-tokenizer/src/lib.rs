@@ -97,7 +97,8 @@ struct Vocab {
 #[derive(Clone, Copy)]
 struct TokenInfo {
     score: f32,
-    attr: u32,
+    /// `attr` bits, all below 2^16 (8 bytes a token with `mergeable`, not 12).
+    attr: u16,
     mergeable: bool,
 }
 
@@ -126,9 +127,10 @@ impl Vocab {
         for t in tokens {
             v.text.push_str(&t.text);
             v.ends.push(v.text.len() as u32);
+            debug_assert!(t.attr <= u16::MAX as u32, "token attributes past 16 bits");
             v.info.push(TokenInfo {
                 score: t.score,
-                attr: t.attr,
+                attr: t.attr as u16,
                 mergeable: t.mergeable,
             });
         }
@@ -145,7 +147,7 @@ impl Vocab {
         Some(Tok {
             text: &self.text[start..self.ends[i] as usize],
             score: info.score,
-            attr: info.attr,
+            attr: info.attr as u32,
             mergeable: info.mergeable,
         })
     }
@@ -216,17 +218,21 @@ impl TextIndex {
 #[derive(Default)]
 struct Pieces {
     bytes: Vec<u8>,
-    ends: Vec<usize>,
+    ends: Vec<u32>,
 }
 
 impl Pieces {
-    fn push(&mut self, p: &[u8]) {
+    fn push(&mut self, p: &[u8]) -> Result<()> {
         self.bytes.extend_from_slice(p);
-        self.ends.push(self.bytes.len());
+        let end = u32::try_from(self.bytes.len()).map_err(|_| {
+            Error::msg("tokenizer: the vocabulary's pieces take more than 4 GiB")
+        })?;
+        self.ends.push(end);
+        Ok(())
     }
     fn get(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.bytes[start..self.ends[i]]
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes[start..self.ends[i] as usize]
     }
 }
 
@@ -596,7 +602,7 @@ impl Tokenizer {
         };
         let mut pieces = Pieces::default();
         for id in 0..n {
-            pieces.push(&tok.compute_piece(id));
+            pieces.push(&tok.compute_piece(id))?;
         }
         tok.pieces = pieces;
         Ok(tok)
