@@ -124,11 +124,11 @@ pub struct Scratch {
     /// this runs as micro-batches of `ubatch` tokens (same results, bit for bit: every kernel
     /// computes a token's row the same way whatever else is in the batch).
     ubatch: usize,
-    pub x: Vec<f32>,      // (T, dim) residual stream
-    pub xb: Vec<f32>,     // (T, dim) normed input / block output
-    pub q: Vec<f32>,      // (T, q_dim)
-    pub k: Vec<f32>,      // (T, kv_dim) this call's keys, before they go into the cache
-    pub v: Vec<f32>,      // (T, kv_dim) this call's values
+    pub x: Vec<f32>,  // (T, dim) residual stream
+    pub xb: Vec<f32>, // (T, dim) normed input / block output
+    pub q: Vec<f32>,  // (T, q_dim)
+    pub k: Vec<f32>,  // (T, kv_dim) this call's keys, before they go into the cache
+    pub v: Vec<f32>,  // (T, kv_dim) this call's values
     /// (T, max(ffn_dim, q_dim)): the attention output, then (T, ffn_dim) the gate (the two
     /// are never live at once).
     pub hb: Vec<f32>,

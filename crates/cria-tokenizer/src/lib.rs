@@ -224,9 +224,8 @@ struct Pieces {
 impl Pieces {
     fn push(&mut self, p: &[u8]) -> Result<()> {
         self.bytes.extend_from_slice(p);
-        let end = u32::try_from(self.bytes.len()).map_err(|_| {
-            Error::msg("tokenizer: the vocabulary's pieces take more than 4 GiB")
-        })?;
+        let end = u32::try_from(self.bytes.len())
+            .map_err(|_| Error::msg("tokenizer: the vocabulary's pieces take more than 4 GiB"))?;
         self.ends.push(end);
         Ok(())
     }
