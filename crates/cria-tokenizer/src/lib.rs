@@ -214,27 +214,6 @@ impl TextIndex {
     }
 }
 
-/// Every token's piece in one buffer (bytes plus an end offset each) rather than a Vec per token.
-#[derive(Default)]
-struct Pieces {
-    bytes: Vec<u8>,
-    ends: Vec<u32>,
-}
-
-impl Pieces {
-    fn push(&mut self, p: &[u8]) -> Result<()> {
-        self.bytes.extend_from_slice(p);
-        let end = u32::try_from(self.bytes.len())
-            .map_err(|_| Error::msg("tokenizer: the vocabulary's pieces take more than 4 GiB"))?;
-        self.ends.push(end);
-        Ok(())
-    }
-    fn get(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.bytes[start..self.ends[i] as usize]
-    }
-}
-
 /// A LLaMA-family tokenizer: vocabulary, merges, special tokens and flags.
 pub struct Tokenizer {
     model: Model,
@@ -248,8 +227,6 @@ pub struct Tokenizer {
     byte_tokens: Vec<u32>, // 256 entries, NO_ID where the vocabulary has no token for that byte
     /// Control, user-defined and unknown tokens, longest text first: the order they are cut out.
     specials: Vec<u32>,
-    /// `token_to_piece(id, special = true)` for every id.
-    pieces: Pieces,
     bos: Option<u32>,
     eos: Option<u32>,
     eot: Option<u32>,
@@ -575,7 +552,7 @@ impl Tokenizer {
             Model::Spm => "spm".to_string(),
             Model::Bpe(pre) => format!("bpe({})", pre.name()),
         };
-        let mut tok = Tokenizer {
+        let tok = Tokenizer {
             model,
             tokens: Vocab::new(tokens)?,
             token_to_id,
@@ -584,7 +561,6 @@ impl Tokenizer {
             ignore_merges,
             byte_tokens,
             specials,
-            pieces: Pieces::default(),
             bos,
             eos,
             eot,
@@ -599,11 +575,6 @@ impl Tokenizer {
             chat_template,
             kind,
         };
-        let mut pieces = Pieces::default();
-        for id in 0..n {
-            pieces.push(&tok.compute_piece(id))?;
-        }
-        tok.pieces = pieces;
         Ok(tok)
     }
 
@@ -742,35 +713,41 @@ impl Tokenizer {
     /// The bytes a token stands for. Control and unknown tokens give nothing; see
     /// [`Tokenizer::token_to_piece_special`] to render them. Out-of-range ids give nothing.
     pub fn token_to_piece(&self, id: u32) -> Vec<u8> {
-        self.piece(id, false).to_vec()
+        self.token_to_piece_special(id, false)
     }
 
     /// Like [`Tokenizer::token_to_piece`]; with `special` control tokens render as their text.
     pub fn token_to_piece_special(&self, id: u32, special: bool) -> Vec<u8> {
-        self.piece(id, special).to_vec()
+        let mut out = Vec::new();
+        self.push_piece(id, special, &mut out);
+        out
     }
 
-    pub(crate) fn piece(&self, id: u32, special: bool) -> &[u8] {
+    /// Appends llama.cpp's `token_to_piece(id, special)` to `out`: computed from the token's
+    /// text on each call (a few byte operations; keeping every piece would hold a second copy
+    /// of the vocabulary), allocating nothing once `out` has room.
+    pub(crate) fn push_piece(&self, id: u32, special: bool, out: &mut Vec<u8>) {
         let Some(t) = self.tokens.get(id) else {
-            return &[];
+            return;
         };
         if !special && t.attr & (attr::UNKNOWN | attr::CONTROL) != 0 {
-            return &[];
+            return;
         }
-        self.pieces.get(id as usize)
-    }
-
-    /// llama.cpp `token_to_piece(special = true)`, computed once per id at load.
-    fn compute_piece(&self, id: u32) -> Vec<u8> {
-        let t = self.tokens.tok(id);
         if t.attr & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
-            return t.text.as_bytes().to_vec();
+            out.extend_from_slice(t.text.as_bytes());
+            return;
         }
         if t.attr & attr::NORMAL != 0 {
-            return match self.model {
-                Model::Spm => t.text.replace('\u{2581}', " ").into_bytes(),
+            match self.model {
+                Model::Spm => {
+                    for (i, part) in t.text.split('\u{2581}').enumerate() {
+                        if i > 0 {
+                            out.push(b' ');
+                        }
+                        out.extend_from_slice(part.as_bytes());
+                    }
+                }
                 Model::Bpe(_) => {
-                    let mut out = Vec::with_capacity(t.text.len());
                     for c in t.text.chars() {
                         match unicode::char_to_byte(c) {
                             Some(b) => out.push(b),
@@ -786,16 +763,15 @@ impl Tokenizer {
                             }
                         }
                     }
-                    out
                 }
-            };
+            }
+            return;
         }
         if t.attr & attr::BYTE != 0 {
             // "<0xNN>"
             let hex = t.text.get(3..5).unwrap_or("");
-            return vec![u8::from_str_radix(hex, 16).unwrap_or(0)];
+            out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
         }
-        Vec::new()
     }
 
     /// Text of a token sequence, as llama.cpp's `llama_detokenize(remove_special = false,
@@ -821,12 +797,12 @@ impl Tokenizer {
         }
         let mut text = Vec::new();
         for &id in ids {
-            let mut p = self.piece(id, unparse_special);
-            if remove_space && p.first() == Some(&b' ') {
-                p = &p[1..];
+            let start = text.len();
+            self.push_piece(id, unparse_special, &mut text);
+            if remove_space && text.get(start) == Some(&b' ') {
+                text.remove(start);
             }
             remove_space = false;
-            text.extend_from_slice(p);
         }
         if self.clean_spaces {
             clean_up_spaces(&mut text);

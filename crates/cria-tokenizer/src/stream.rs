@@ -41,8 +41,7 @@ impl<'a> StreamDecoder<'a> {
     /// (cleared by the caller) this allocates nothing once `out` and the held-back tail have
     /// grown to their working size: the generation loop's form.
     pub fn push_into(&mut self, id: u32, out: &mut String) {
-        self.pending
-            .extend_from_slice(self.tok.piece(id, self.special));
+        self.tok.push_piece(id, self.special, &mut self.pending);
         let mut start = 0;
         loop {
             let rest = &self.pending[start..];
