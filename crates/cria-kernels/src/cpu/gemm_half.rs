@@ -223,6 +223,25 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
     matmul_scalar(out, x, p, t)
 }
 
+/// How far ahead of the element being read the one-token tiles prefetch each panel's stream.
+#[cfg(target_arch = "x86_64")]
+const PF_AHEAD: usize = 2048;
+
+/// One token (decoding) reads every weight byte from memory once, G panels as G streams; the
+/// tiles' own loads keep too few misses in flight, so each stream's line `PF_AHEAD` bytes on
+/// is prefetched once per 64 bytes read (past a panel's end it is the next one's start, or
+/// nothing: prefetches never fault).
+///
+/// SAFETY (caller): the CPU has SSE (every x86-64 does).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_ahead<const G: usize>(wp: &[*const u8; G], at: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for p in wp {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(at + PF_AHEAD) as *const i8);
+    }
+}
+
 /// One token over panels g0..g1, up to 4 panels per `tile` call (the SIMD modules' shared
 /// decode loop; `tile::<L>` names the module's own const-generic tile).
 #[cfg(target_arch = "x86_64")]
@@ -270,6 +289,9 @@ mod avx2 {
         let xp: [*const f32; T] = std::array::from_fn(|j| x.as_ptr().add((t0 + j) * k));
         let mut acc = [[[_mm256_setzero_ps(); 2]; G]; T];
         for e in 0..k {
+            if T == 1 && L::SIZE == 2 && e % 2 == 0 {
+                super::prefetch_ahead(&wp, e * NR * 2);
+            }
             let wv: [[__m256; 2]; G] = std::array::from_fn(|g| {
                 let p = wp[g].add(e * NR * L::SIZE);
                 [L::load8(p, 0), L::load8(p, 8)]
@@ -443,6 +465,9 @@ mod avx512 {
         let xp: [*const f32; T] = std::array::from_fn(|j| x.as_ptr().add((t0 + j) * k));
         let mut acc = [[_mm512_setzero_ps(); G]; T];
         for e in 0..k {
+            if T == 1 && L::SIZE == 2 && e % 2 == 0 {
+                super::prefetch_ahead(&wp, e * NR * 2);
+            }
             let wv: [__m512; G] = std::array::from_fn(|g| L::load16(wp[g].add(e * NR * L::SIZE)));
             for j in 0..T {
                 let xb = _mm512_set1_ps(*xp[j].add(e));
