@@ -180,10 +180,16 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
         let n_tb = t.div_ceil(TOK_BLOCK);
         let outp = SyncPtr(out.as_mut_ptr());
         let w = p.halves();
-        // Items of more than one register tile of tokens read their panels widened to f32 from
-        // the thread's scratch (64-byte aligned: up to 15 floats of slack), widened by the
-        // first item of that row block the thread takes, and reused by its next ones.
-        let widen = t > MR;
+        // Items of more than one register tile of tokens (the kernel's tile: 6 on AVX2, 12 on
+        // AVX-512) read their panels widened to f32 from the thread's scratch (64-byte aligned:
+        // up to 15 floats of slack), widened by the first such item of that row block the
+        // thread takes, and reused by its next ones.
+        let tile_t = if b.isa() == Isa::Avx512 {
+            avx512::MR512
+        } else {
+            MR
+        };
+        let widen = t > tile_t;
         let call = if widen {
             b.reserve_panels(ITEM_GROUPS * k * NR + 15)
         } else {
@@ -195,7 +201,9 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
             let (gb, tb) = (item / n_tb, item % n_tb);
             let (g0, g1) = (gb * ITEM_GROUPS, ((gb + 1) * ITEM_GROUPS).min(groups));
             let (t0, t1) = (tb * TOK_BLOCK, ((tb + 1) * TOK_BLOCK).min(t));
-            let mut panels = widen.then(|| b.panels[tid].lock().unwrap_or_else(|e| e.into_inner()));
+            // Only an item that widens records what its scratch holds.
+            let wide = t1 - t0 > tile_t;
+            let mut panels = wide.then(|| b.panels[tid].lock().unwrap_or_else(|e| e.into_inner()));
             let (scratch, ready) = match panels.as_deref_mut() {
                 Some(sp) => {
                     let ready = sp.holds == Some((call, gb));
@@ -211,7 +219,8 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
             // inside `out` (t*n) and disjoint from every other item; the pool joins before
             // `out`'s borrow ends. `w` holds `groups` panels of k * 16 elements. `scratch` is
             // this thread's (locked) and holds ITEM_GROUPS * k * 16 floats from a 64-byte
-            // boundary when t > MR (else it is null and unused); `ready` says the block's
+            // boundary when the item has more than `tile_t` tokens, the kernel's condition for
+            // using it (else it is null and unused); `ready` says the block's
             // kernel already widened panels g0..g1 of `w` into it in this call (`call` is
             // unique to this matmul, so stale panels of another never match).
             unsafe { run(outp.get(), n, x, w, k, g0, g1, t0, t1, scratch, ready) };
@@ -289,6 +298,7 @@ mod avx2 {
         let xp: [*const f32; T] = std::array::from_fn(|j| x.as_ptr().add((t0 + j) * k));
         let mut acc = [[[_mm256_setzero_ps(); 2]; G]; T];
         for e in 0..k {
+            // One token on the file's halves (not on panels widened into scratch, in cache).
             if T == 1 && L::SIZE == 2 && e % 2 == 0 {
                 super::prefetch_ahead(&wp, e * NR * 2);
             }
@@ -413,7 +423,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// Tokens per register tile: 24 accumulators + 2 weights + 1 broadcast of the 32 zmm.
-    const MR512: usize = 12;
+    pub(super) const MR512: usize = 12;
 
     /// Widens 16 packed elements to f32.
     pub(super) trait Wide16 {
@@ -465,6 +475,7 @@ mod avx512 {
         let xp: [*const f32; T] = std::array::from_fn(|j| x.as_ptr().add((t0 + j) * k));
         let mut acc = [[_mm512_setzero_ps(); G]; T];
         for e in 0..k {
+            // One token on the file's halves (not on panels widened into scratch, in cache).
             if T == 1 && L::SIZE == 2 && e % 2 == 0 {
                 super::prefetch_ahead(&wp, e * NR * 2);
             }
