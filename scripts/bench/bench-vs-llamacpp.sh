@@ -4,8 +4,11 @@
 # Q4_K_M, Q8_0, F16 made with llama-quantize; a random-weight LLaMA-3.2-1B shape as Q4_0, Q4_K_M,
 # Q8_0), runs `llama-bench` and `cria bench` back to back per model, and prints one table of ratios.
 #
-#   scripts/bench/bench-vs-llamacpp.sh                 # everything, threads 1,2, 3 repetitions
-#   MODELS="smollm2-Q4_0 llama32-1b-Q4_0" THREADS=2 REPS=5 scripts/bench/bench-vs-llamacpp.sh
+#   scripts/bench/bench-vs-llamacpp.sh                 # everything, threads 1,2, 3 rounds
+#   MODELS="smollm2-Q4_0 llama32-1b-Q4_0" THREADS=2 ROUNDS=5 scripts/bench/bench-vs-llamacpp.sh
+#
+# Each round runs llama-bench, then cria (prompt, then generation), REPS repetitions each (after
+# each tool's warm-up run); a row's figures pool the samples of all rounds.
 #
 # Needs: cmake, a C++ compiler, python3 with numpy (the 1B generator uses llama.cpp's gguf-py).
 # Everything lands in ref/ (git-ignored; CRIA_REF_DIR overrides). Results: ref/bench/results-*.json.
@@ -13,7 +16,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 REF="${CRIA_REF_DIR:-$ROOT/ref}"
 THREADS="${THREADS:-1,2}"
-REPS="${REPS:-3}"
+ROUNDS="${ROUNDS:-3}"
+REPS="${REPS:-1}"
 PP="${PP:-512}"
 TG="${TG:-128}"
 ALL="smollm2-Q4_1 smollm2-Q4_0 smollm2-Q4_K_M smollm2-Q8_0 smollm2-F16 llama32-1b-Q4_0 llama32-1b-Q4_K_M llama32-1b-Q8_0"
@@ -66,18 +70,19 @@ for name in $MODELS; do
   make_model "$name"
   m="$(model_path "$name")"
   echo "== $name" >&2
-  "$BIN/llama-bench" -m "$m" -p "$PP" -n "$TG" -t "$THREADS" -r "$REPS" -o json 2>/dev/null >"$B/lb-$name.json"
-  # One process per model and test so each row's peak RSS (VmHWM) is that test's alone: within
-  # one process, memory a pp512 run freed can stay with the allocator and count against tg128.
-  "$CRIA" bench -m "$m" -p "$PP" -n 0 -t "$THREADS" -r "$REPS" -o json >"$B/cria-$name-pp.json"
-  "$CRIA" bench -m "$m" -p 0 -n "$TG" -t "$THREADS" -r "$REPS" -o json >"$B/cria-$name-tg.json"
-  python3 - "$OUT" "$name" "$B/lb-$name.json" "$B/cria-$name-pp.json" "$B/cria-$name-tg.json" <<'PY'
-import json, sys
-out, name, lb, pp, tg = sys.argv[1:]
-rows = json.load(open(out))
-cria = sorted(json.load(open(pp)) + json.load(open(tg)), key=lambda c: (c["threads"], c["test"].startswith("tg")))
-rows.append({"name": name, "llama": json.load(open(lb)), "cria": cria})
-json.dump(rows, open(out, "w"), indent=1)
-PY
+  # ROUNDS rounds of (llama-bench, cria pp, cria tg), REPS repetitions each, the samples pooled:
+  # the two engines take turns, so a slow minute of this shared machine falls on both rather
+  # than on whichever ran through it (on a 2-vCPU guest, whole runs drift by 10-30%).
+  files=()
+  for round in $(seq "$ROUNDS"); do
+    "$BIN/llama-bench" -m "$m" -p "$PP" -n "$TG" -t "$THREADS" -r "$REPS" -o json 2>/dev/null >"$B/lb-$name-$round.json"
+    # One process per model and test so each row's peak RSS (VmHWM) is that test's alone:
+    # within one process, memory a pp512 run freed can stay with the allocator and count
+    # against tg128.
+    "$CRIA" bench -m "$m" -p "$PP" -n 0 -t "$THREADS" -r "$REPS" -o json >"$B/cria-$name-pp-$round.json"
+    "$CRIA" bench -m "$m" -p 0 -n "$TG" -t "$THREADS" -r "$REPS" -o json >"$B/cria-$name-tg-$round.json"
+    files+=("$B/lb-$name-$round.json" "$B/cria-$name-pp-$round.json" "$B/cria-$name-tg-$round.json")
+  done
+  python3 "$ROOT/scripts/bench/pool.py" "$OUT" "$name" "${files[@]}"
 done
 python3 "$ROOT/scripts/bench/table.py" "$OUT"

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Appends one model's row to a bench-vs-llamacpp.sh results file, pooling the rounds.
+
+    pool.py RESULTS NAME lb-1.json cria-pp-1.json cria-tg-1.json [lb-2.json ...]
+
+Files come in rounds of three (llama-bench's JSON, cria's prompt JSON, cria's generation JSON).
+Per (threads, test): the samples of every round are pooled into one mean and standard deviation
+(what llama-bench and `cria bench` print for their own repetitions); for cria, the read
+bandwidth is the median of the rounds' probes (the roofline is judged against it), the peak RSS
+the largest, and the logit hashes must agree (the same bits every round).
+"""
+import json
+import statistics
+import sys
+
+
+def stats(samples):
+    mean = statistics.fmean(samples)
+    sd = statistics.stdev(samples) if len(samples) > 1 else 0.0
+    return mean, sd
+
+
+def pool_llama(entries):
+    by = {}
+    for e in entries:
+        by.setdefault((e["n_threads"], e["n_prompt"], e["n_gen"]), []).append(e)
+    out = []
+    for group in by.values():
+        e = dict(group[0])
+        e["samples_ts"] = [s for g in group for s in g["samples_ts"]]
+        e["avg_ts"], e["stddev_ts"] = stats(e["samples_ts"])
+        out.append(e)
+    return out
+
+
+def pool_cria(entries):
+    by = {}
+    for e in entries:
+        by.setdefault((e["threads"], e["test"]), []).append(e)
+    out = []
+    for group in by.values():
+        c = dict(group[0])
+        c["samples_ts"] = [s for g in group for s in g["samples_ts"]]
+        c["avg_ts"], c["stddev_ts"] = stats(c["samples_ts"])
+        c["read_bandwidth"] = statistics.median(g["read_bandwidth"] for g in group)
+        if c.get("bytes_per_token"):
+            c["gbps"] = c["bytes_per_token"] * c["avg_ts"] / 1e9
+            c["roofline"] = c["bytes_per_token"] * c["avg_ts"] / c["read_bandwidth"]
+        rss = [g["peak_rss_bytes"] for g in group if g.get("peak_rss_bytes")]
+        c["peak_rss_bytes"] = max(rss) if rss else None
+        hashes = sorted({g["logits_hash"] for g in group})
+        c["logits_hash"] = "/".join(hashes)
+        if len(hashes) > 1:
+            print(f"warning: {c['model']} {c['test']} t={c['threads']}: logit hashes differ between rounds: {hashes}", file=sys.stderr)
+        c["rounds"] = len(group)
+        out.append(c)
+    return sorted(out, key=lambda c: (c["threads"], c["test"].startswith("tg")))
+
+
+def main():
+    results, name, *files = sys.argv[1:]
+    if not files or len(files) % 3:
+        sys.exit("pool.py: files come in rounds of three (llama-bench, cria pp, cria tg)")
+    llama, cria = [], []
+    for i in range(0, len(files), 3):
+        llama += json.load(open(files[i]))
+        cria += json.load(open(files[i + 1])) + json.load(open(files[i + 2]))
+    rows = json.load(open(results))
+    rows.append({"name": name, "llama": pool_llama(llama), "cria": pool_cria(cria)})
+    json.dump(rows, open(results, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
