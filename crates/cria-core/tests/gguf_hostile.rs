@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 
 fn tmp_path() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!("cria-core-gguf-hostile-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(format!("f{}.gguf", N.fetch_add(1, Ordering::Relaxed)))
+    // Callers remove the file when done.
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!(
+        "cria-core-gguf-hostile-{}-{n}.gguf",
+        std::process::id()
+    ))
 }
 
 fn open_bytes(b: &[u8]) -> Result<GgufFile, Error> {

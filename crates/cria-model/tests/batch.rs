@@ -186,4 +186,5 @@ fn micro_batched_prompt_matches_one_pass_bitwise() {
             assert!(err.is_err(), "an unsplittable call must be refused");
         }
     }
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -222,10 +222,31 @@ enum Kv {
     I32s(Vec<i32>),
 }
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("cria-tokenizer-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A file in the temp dir, named for this process and `name`, removed when dropped.
+struct Tmp(std::path::PathBuf);
+
+impl std::ops::Deref for Tmp {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Tmp {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        std::fs::remove_file(&self.0).ok();
+    }
+}
+
+fn tmp(name: &str) -> Tmp {
+    let file = format!("cria-tokenizer-tests-{}-{name}", std::process::id());
+    Tmp(std::env::temp_dir().join(file))
 }
 
 fn gguf_err(name: &str, kv: &[(&str, Kv)]) -> String {
