@@ -72,8 +72,9 @@
 //! the Q4_K mins) and, per 16-element group, 16 * its sum twice as an i16 pair (for the AVX2
 //! kernels' Q6_K -32 offset, Q3_K -4 offset and Q2_K mins, one `madd` per group) and once more
 //! as a plain list (the AVX-512 kernels take two groups per `vpdpwssd`, 8 per super-block; their
-//! Q2_K, Q3_K and Q6_K group dots are `vpdpbusd` sums scaled per group). Per super-block and row: one integer sum of scale * sub-block dot (exact in i32),
-//! then acc = fma(d_w * d_a, isum, acc) (and for Q4_K acc = acc - (dmin_w * d_a) * msum, fused).
+//! Q2_K, Q3_K and Q6_K group dots are `vpdpbusd` sums scaled per group). Per super-block and
+//! row: one integer sum of scale * sub-block dot (exact in i32), then
+//! acc = fma(d_w * d_a, isum, acc) (and for Q4_K acc = acc - (dmin_w * d_a) * msum, fused).
 //!
 //! Activations are quantized once per token row exactly as the plain path's Q8_0 (same rounding,
 //! d rounded to f16), then stored as `A8` rows: quants (32 per block), d as f32, and the block's
