@@ -110,9 +110,9 @@ pub type Probe = Box<dyn FnMut(&str, usize, &[f32]) + Send>;
 
 /// Tokens per micro-batch of a long prompt (`Scratch::new` with `Logits::Last`): the activation
 /// buffers are sized for this many rows, not for the whole call (a 512-token call of a
-/// LLaMA-3.2-1B shape: 10.5 MB instead of 42 MB; SmolLM2-135M: 2.2 MB instead of 8.7 MB). Measured at
-/// no cost in prompt speed: a weight block is still decoded once per 4 tokens and read from
-/// memory once per 128, and the smaller buffers stay in cache.
+/// LLaMA-3.2-1B shape: 10.5 MB instead of 42 MB; SmolLM2-135M: 2.2 MB instead of 8.7 MB).
+/// Measured at no cost in prompt speed: a weight block is still decoded once per 4 tokens and
+/// read from memory once per 128, and the smaller buffers stay in cache.
 pub const UBATCH: usize = 128;
 
 /// Activations for up to `max_t` tokens per call. Sized once; the forward never allocates.

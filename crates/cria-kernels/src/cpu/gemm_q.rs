@@ -70,10 +70,10 @@
 //! K-quants dot against `A8K` activations: the plain path's Q8_K (one f32 d per 256, same
 //! quants) plus, per super-block, the 8 sums of quants of each 32-element sub-block (i16, for
 //! the Q4_K mins) and, per 16-element group, 16 * its sum twice as an i16 pair (for the AVX2
-//! kernels' Q6_K -32 offset, Q3_K -4 offset and Q2_K mins, one `madd` per group) and once more
-//! as a plain list (the AVX-512 kernels take two groups per `vpdpwssd`, 8 per super-block; their
-//! Q2_K, Q3_K and Q6_K group dots are `vpdpbusd` sums scaled per group). Per super-block and
-//! row: one integer sum of scale * sub-block dot (exact in i32), then
+//! kernels' Q6_K -32 offset, Q3_K -4 offset and Q2_K mins, one `madd` per group; the AVX-512
+//! kernels read two groups' sums from the middle of two pairs, 8 `vpdpwssd` per super-block,
+//! and their Q2_K, Q3_K and Q6_K group dots are `vpdpbusd` sums scaled per group). Per
+//! super-block and row: one integer sum of scale * sub-block dot (exact in i32), then
 //! acc = fma(d_w * d_a, isum, acc) (and for Q4_K acc = acc - (dmin_w * d_a) * msum, fused).
 //!
 //! Activations are quantized once per token row exactly as the plain path's Q8_0 (same rounding,
@@ -115,12 +115,12 @@ pub const TILE_T2: usize = 8;
 /// Q8_1's s = f16(d * sum) (as f32) @40, which the Q4_1/Q5_1 min term uses as llama.cpp does.
 pub const A8_BLOCK: usize = QK + 12;
 /// Bytes of an A8K activation super-block: d (f32) @0, 256 quants @4, 8 sub-block sums (i16)
-/// @260, 16 pairs (16 * group sum as i16, twice) @276, the same 16 values once each (i16) @340
-/// (`A8K_S16`: bytes 4j..4j+4 there are groups 2j and 2j+1, the pair the AVX-512 Q2_K, Q3_K and
-/// Q6_K kernels' min and offset terms take per `vpdpwssd`, once per super-block).
-pub const A8K_BLOCK: usize = 4 + QK_K + 16 + 64 + 32;
-/// Offset of the plain 16 * group sums in an A8K block.
-pub const A8K_S16: usize = 4 + QK_K + 16 + 64;
+/// @260, 16 pairs (16 * group sum as i16, twice) @276. The i16 list there reads s0 s0 s1 s1 ..,
+/// so the 4 bytes at `A8K_PAIR2 + 8j` are (s_2j, s_2j+1): the two-group pair the AVX-512 Q2_K,
+/// Q3_K and Q6_K kernels' min and offset terms take per `vpdpwssd`, once per super-block.
+pub const A8K_BLOCK: usize = 4 + QK_K + 16 + 64;
+/// Offset of the (s_0, s_1) pair inside the doubled group sums of an A8K block.
+pub const A8K_PAIR2: usize = 276 + 2;
 /// IQ4_XSx8 offsets: sub-block scales, quants (module doc).
 const KX_SC: usize = 16;
 const KX_QS: usize = 80;
@@ -652,7 +652,7 @@ pub fn quantize_a8k(isa: Isa, x: &[f32], out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() {
         // Vectorised Q8_K rounding in one pass (tests: the same bytes as below).
-        crate::dot::avx2::quantize_a8k(x, out, A8K_BLOCK, A8K_S16);
+        crate::dot::avx2::quantize_a8k(x, out, A8K_BLOCK);
         return;
     }
     quantize_a8k_generic(isa, x, out)
@@ -681,7 +681,6 @@ pub fn quantize_a8k_generic(isa: Isa, x: &[f32], out: &mut [u8]) {
             // |16 * sum of 16 quants| <= 16 * 16 * 127 = 32512: fits i16.
             let v = (16 * bs16(g)).to_le_bytes();
             o[276 + 4 * g..][..4].copy_from_slice(&[v[0], v[1], v[0], v[1]]);
-            o[A8K_S16 + 2 * g..][..2].copy_from_slice(&v);
         }
     }
 }
@@ -2042,7 +2041,7 @@ mod vnni512 {
     }
     /// Per token: sum over the 16 groups g of sc_g * 16 * (sum of group g's quants), the
     /// offset term of Q3_K and Q6_K, from the signed group scales (8 bytes per group, row r's
-    /// at r) at `sc`: 8 `vpdpwssd` of (sc_2j, sc_2j+1) pairs by A8K's plain sums, once per
+    /// at r) at `sc`: 8 `vpdpwssd` of (sc_2j, sc_2j+1) pairs by A8K's (s_2j, s_2j+1), once per
     /// super-block instead of one per group (every term is a multiple of 16).
     #[inline(always)]
     unsafe fn offset_pairs<const T: usize>(
@@ -2065,7 +2064,7 @@ mod vnni512 {
         for j in 0..8 {
             let p = zip_pairs::<Q2>(b0, b1, sc + 16 * j);
             for t in 0..T {
-                o[t] = _mm512_dpwssd_epi32(o[t], p, bcast4(ya(t).add(super::A8K_S16 + 4 * j)));
+                o[t] = _mm512_dpwssd_epi32(o[t], p, bcast4(ya(t).add(super::A8K_PAIR2 + 8 * j)));
             }
         }
         o

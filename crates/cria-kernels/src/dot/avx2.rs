@@ -246,7 +246,7 @@ unsafe fn hsum_epi32(v: __m256i) -> i32 {
 }
 
 avx2_fn! {
-unsafe fn quantize_a8k_impl(x: &[f32], y: &mut [u8], block: usize, s16_at: usize) {
+unsafe fn quantize_a8k_impl(x: &[f32], y: &mut [u8], block: usize) {
     let sign = _mm256_set1_ps(-0.0);
     for (xb, yb) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(block)) {
         let p = xb.as_ptr();
@@ -296,28 +296,23 @@ unsafe fn quantize_a8k_impl(x: &[f32], y: &mut [u8], block: usize, s16_at: usize
         for g in 0..QK_K / 16 {
             let v = (16 * s16[g] as i16).to_le_bytes();
             yb[4 + QK_K + 16 + 4 * g..][..4].copy_from_slice(&[v[0], v[1], v[0], v[1]]);
-            yb[s16_at + 2 * g..][..2].copy_from_slice(&v[..2]);
         }
     }
 }
 }
 
 /// The repacked matmul's A8K activation super-blocks (`block` bytes each: d, 256 quants, 8
-/// sub-block sums, 16 doubled 16 x group sums, and at `s16_at` the same 16 once each; see
-/// cpu/gemm_q.rs) straight from f32 with
+/// sub-block sums, 16 doubled 16 x group sums; see cpu/gemm_q.rs) straight from f32 with
 /// ggml's Q8_K rounding: the bytes `gemm_q::quantize_a8k_generic` makes through the scalar Q8_K
 /// converter (tests), without its per-element rounding calls.
-pub fn quantize_a8k(x: &[f32], y: &mut [u8], block: usize, s16_at: usize) {
+pub fn quantize_a8k(x: &[f32], y: &mut [u8], block: usize) {
     assert!(
-        s16_at >= 4 + QK_K + 16 + 64
-            && block >= s16_at + 32
-            && x.len() % QK_K == 0
-            && y.len() == x.len() / QK_K * block,
+        block >= 4 + QK_K + 16 + 64 && x.len() % QK_K == 0 && y.len() == x.len() / QK_K * block,
         "quantize_a8k: bad sizes"
     );
     // SAFETY: only called for Isa::Avx2 (AVX2/FMA/F16C present); sizes checked above (the
     // quants are written at 4..4 + 256 of each block).
-    unsafe { quantize_a8k_impl(x, y, block, s16_at) }
+    unsafe { quantize_a8k_impl(x, y, block) }
 }
 
 pub fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
