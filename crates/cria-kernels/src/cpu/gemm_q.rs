@@ -989,13 +989,7 @@ mod avx2 {
     /// their chunk from L2: no prefetch.
     #[inline(always)]
     pub(super) unsafe fn prefetch_ahead<const T: usize>(blk: *const u8, bytes: usize) {
-        if T == 1 {
-            let mut o = 0;
-            while o < bytes {
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF_AHEAD + o) as *const i8);
-                o += 64;
-            }
-        }
+        prefetch_part::<T>(blk, bytes, 0, 1);
     }
 
     /// `prefetch_ahead` for part `part` of `parts` of a block (its lines from `part * bytes /
@@ -2030,14 +2024,7 @@ mod vnni512 {
         nb: usize,
         bytes: usize,
     ) {
-        let at = b * bytes;
-        let jump = if at + super::avx2::PF_AHEAD >= nb * bytes {
-            2 * nb * bytes
-        } else {
-            0
-        };
-        super::avx2::prefetch_ahead::<T>(w0.wrapping_add(at + jump), bytes);
-        super::avx2::prefetch_ahead::<T>(w1.wrapping_add(at), bytes);
+        prefetch_part::<T>(w0, w1, b, nb, bytes, 0, 1);
     }
     /// `avx2::prefetch_part` on both groups' streams (the jump as in `prefetch_ahead`).
     #[inline(always)]
