@@ -2619,6 +2619,27 @@ unsafe fn scatter_rows<const W: usize>(
     }
 }
 
+/// Prefetches the cache lines of `out` that tokens `toks` of rows r0..r0+16 go to. A prompt's
+/// output (t, n) is written 16 rows x 8 tokens at a time, each token's row n floats apart, and
+/// with (t, n) beyond L2 every one of those stores missed, one by one: matmul_speed --one 8192
+/// 2048 128 Q4_K (4 MiB of output) ran at 233 GFLOP/s, 309 with the stores left out, and 285
+/// with the next tile's lines prefetched while the kernel runs.
+#[inline(always)]
+fn prefetch_out(out: *mut f32, n: usize, r0: usize, toks: std::ops::Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    for tok in toks {
+        let p = out.wrapping_add(tok * n + r0) as *const i8;
+        // SAFETY: a prefetch is a hint: it reads nothing into the program and never faults,
+        // whatever the address.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p);
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                p.wrapping_add(63),
+            );
+        }
+    }
+}
+
 /// out (t, n) = x (t, k) . w^T for a packed `w`.
 pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &Packed, t: usize) {
     matmul_many(b, x, t, &mut [out], &[p]);
@@ -2751,6 +2772,7 @@ pub(crate) fn matmul_many(
                     // Two groups at once where the ISA has a pair kernel.
                     Some(tile2) if g + 1 < g1 => {
                         let (w0, w1) = (p.group(g), p.group(g + 1));
+                        prefetch_out(outp.get(), n, r0, i + cols..(i + 2 * cols).min(t));
                         tile2(p.kind, nb, w0, w1, &a[i * ab..], ab, cols, &mut res2);
                         let rows = (2 * GROUP).min(n - r0);
                         unsafe { scatter_rows(outp.get(), n, i, r0, rows, &res2[..cols]) };
@@ -2760,6 +2782,7 @@ pub(crate) fn matmul_many(
                     _ => {
                         for c0 in (0..cols).step_by(TILE_T) {
                             let cc = TILE_T.min(cols - c0);
+                            prefetch_out(outp.get(), n, r0, i + c0 + cc..(i + c0 + 2 * cc).min(t));
                             tile(
                                 p.kind,
                                 nb,
