@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 /// 64-byte-aligned owned bytes (one cache line; enough for any SIMD load).
 ///
-/// Buffers of `HUGE_MIN` bytes or more (a backend's repacked weight matrices) are anonymous
-/// mappings advised to use transparent huge pages where the OS has them (Linux with THP in
-/// `madvise` mode, the common default): decoding streams every weight byte once per token, and
-/// with 4 KiB pages that costs a TLB walk every 4 KiB of the stream.
+/// Not huge pages: weight copies in anonymous mappings advised for transparent huge pages
+/// decoded 3-5% faster (fewer TLB walks), but in the side-by-side script their peak RSS at 2
+/// threads came out 10-30% over file + KV for the SmolLM2 files (1.21-1.37, against 1.08-1.10
+/// from the heap), in runs after llama-bench only, and not reproducibly when run alone.
 pub struct AlignedBuf {
-    mem: Mem,
+    lines: Vec<Line>,
     len: usize,
 }
 
@@ -24,30 +24,10 @@ pub struct AlignedBuf {
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-enum Mem {
-    Heap(Vec<Line>),
-    Map(memmap2::MmapMut),
-}
-
-/// Smallest buffer put in its own (huge-page advised) mapping.
-const HUGE_MIN: usize = 4 << 20;
-
 impl AlignedBuf {
     pub fn zeroed(len: usize) -> Self {
-        if len >= HUGE_MIN {
-            // Page-aligned and zero-filled on first touch; the advice is only a hint (a failure
-            // leaves ordinary pages).
-            if let Ok(m) = memmap2::MmapMut::map_anon(len) {
-                #[cfg(target_os = "linux")]
-                let _ = m.advise(memmap2::Advice::HugePage);
-                return AlignedBuf {
-                    mem: Mem::Map(m),
-                    len,
-                };
-            }
-        }
         AlignedBuf {
-            mem: Mem::Heap(vec![Line([0u8; 64]); len.div_ceil(64)]),
+            lines: vec![Line([0u8; 64]); len.div_ceil(64)],
             len,
         }
     }
@@ -57,17 +37,11 @@ impl AlignedBuf {
         a
     }
     pub fn as_slice(&self) -> &[u8] {
-        match &self.mem {
-            Mem::Heap(w) => &bytemuck::cast_slice::<Line, u8>(w)[..self.len],
-            Mem::Map(m) => &m[..self.len],
-        }
+        &bytemuck::cast_slice::<Line, u8>(&self.lines)[..self.len]
     }
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         let len = self.len;
-        match &mut self.mem {
-            Mem::Heap(w) => &mut bytemuck::cast_slice_mut::<Line, u8>(w)[..len],
-            Mem::Map(m) => &mut m[..len],
-        }
+        &mut bytemuck::cast_slice_mut::<Line, u8>(&mut self.lines)[..len]
     }
 }
 
@@ -252,20 +226,10 @@ impl Tensor {
 mod tests {
     use super::AlignedBuf;
 
-    /// Small buffers live on the heap, large ones (>= HUGE_MIN) in their own mapping: both are
-    /// 64-byte aligned, zeroed, exactly `len` long and keep what is written.
+    /// 64-byte aligned, zeroed, exactly `len` long, and keeps what is written.
     #[test]
-    fn aligned_buf_heap_and_mapped() {
-        for len in [
-            0,
-            1,
-            63,
-            65,
-            4096,
-            super::HUGE_MIN - 1,
-            super::HUGE_MIN,
-            super::HUGE_MIN + 3,
-        ] {
+    fn aligned_buf_is_aligned_and_keeps_bytes() {
+        for len in [0, 1, 63, 64, 65, 4096, 5 << 20] {
             let src: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
             let mut b = AlignedBuf::zeroed(len);
             assert_eq!(b.as_slice().len(), len);
