@@ -23,3 +23,8 @@ cargo build --profile ci --bin cria
 export CRIA_CACHE="${CRIA_CACHE:-$PWD/target/cria-cache}"
 ./target/ci/cria inspect > /dev/null
 cargo test --profile ci --workspace "$@"
+# The aarch64 build (NEON kernels, with and without the dot-product extension) under qemu-user:
+# cross toolchain from Debian, the Rust target from rustup.
+if [ "$(uname -m)" = x86_64 ] && [ "${CRIA_SKIP_AARCH64:-0}" != 1 ]; then
+    bash scripts/test-aarch64.sh
+fi

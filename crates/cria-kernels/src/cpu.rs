@@ -19,8 +19,12 @@ use crate::{ops, reference, AttnShape, Backend, KvSlice, Rope};
 use cria_core::{DType, Tensor};
 use std::sync::Mutex;
 
+// Their SIMD bodies are x86-64 only; elsewhere the shared scaffolding would warn as unused.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 mod attention;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 mod gemm_float;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 pub mod gemm_half;
 pub mod gemm_q;
 mod matmul;
@@ -43,8 +47,11 @@ pub struct CpuBackend {
     /// Per-thread attention scratch (flash tiles' key blocks, scores and accumulators; the F32
     /// path's row of scores).
     scores: Vec<Mutex<Vec<f32>>>,
-    /// Per-thread F16/BF16 weight panels widened to f32 (`gemm_half`), and the matmul calls.
+    /// Per-thread F16/BF16 weight panels widened to f32 (`gemm_half`, x86-64), and the matmul
+    /// calls.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     panels: Vec<Mutex<WidePanels>>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     calls: std::sync::atomic::AtomicUsize,
     /// RoPE cos/sin of the positions of the last call.
     rope_cs: Mutex<ops::RopeTable>,
@@ -52,6 +59,7 @@ pub struct CpuBackend {
 
 /// One thread's F16/BF16 panels widened to f32, and which they are: (call, row block).
 #[derive(Default)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct WidePanels {
     pub(crate) buf: Vec<f32>,
     pub(crate) holds: Option<(usize, usize)>,
@@ -153,6 +161,7 @@ impl CpuBackend {
 
     /// Grows every thread's widened-panel scratch to `need` floats (as `reserve_scratch`) and
     /// returns a number unique to this call, which `WidePanels::holds` is keyed by.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn reserve_panels(&self, need: usize) -> usize {
         for m in &self.panels {
             let mut p = m.lock().unwrap_or_else(|e| e.into_inner());

@@ -23,11 +23,14 @@ pub enum Isa {
     Avx512,
     /// aarch64 Advanced SIMD (every ARMv8-A core).
     Neon,
+    /// NEON plus the dot-product extension (`sdot`; ARMv8.2+: Cortex-A55/A76, Apple M1,
+    /// Graviton 2 and later). Gives the same bits as `Neon`.
+    NeonDot,
 }
 
 impl Isa {
     /// Every ISA this build knows, slowest first.
-    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
+    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::NeonDot];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -35,6 +38,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
+            Isa::NeonDot => "neon-dotprod",
         }
     }
 
@@ -72,8 +76,12 @@ impl Isa {
             Isa::Avx2 | Isa::Avx512 => false,
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => {
+                Isa::Neon.available() && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
             #[cfg(not(target_arch = "aarch64"))]
-            Isa::Neon => false,
+            Isa::Neon | Isa::NeonDot => false,
         }
     }
 
@@ -133,6 +141,7 @@ mod tests {
         }
         assert_eq!(Isa::from_name("AVX2"), Some(Isa::Avx2));
         assert_eq!(Isa::from_name("NEON"), Some(Isa::Neon));
+        assert_eq!(Isa::from_name("neon-DotProd"), Some(Isa::NeonDot));
         #[cfg(not(target_arch = "aarch64"))]
         assert!(!Isa::Neon.available());
         assert!(Isa::best().available());

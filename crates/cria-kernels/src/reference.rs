@@ -90,41 +90,57 @@ pub fn rope(x: &mut [f32], t: usize, n_heads: usize, head_dim: usize, pos0: usiz
 pub fn attention(out: &mut [f32], q: &[f32], k: KvSlice, v: KvSlice, s: &AttnShape) {
     crate::ops::check_attention(out, q, k.len(), v.len(), s);
     let hd = s.head_dim;
-    let group = s.n_heads / s.n_kv_heads;
-    let kv_stride = s.n_kv_heads * hd;
     let mut scores = vec![0f32; s.pos0 + s.t];
     for r in 0..s.t {
-        let p = s.pos0 + r;
-        let lo = s.window.map(|w| (p + 1).saturating_sub(w)).unwrap_or(0);
         for h in 0..s.n_heads {
-            let kvh = h / group;
-            let qh = &q[(r * s.n_heads + h) * hd..][..hd];
-            let mut max = f32::NEG_INFINITY;
-            for j in lo..=p {
-                let kj = j * kv_stride + kvh * hd;
-                let d: f32 = qh
-                    .iter()
-                    .enumerate()
-                    .map(|(e, a)| a * k.get(kj + e))
-                    .sum::<f32>()
-                    * s.scale;
-                scores[j] = d;
-                max = max.max(d);
-            }
-            let mut sum = 0f32;
-            for sc in &mut scores[lo..=p] {
-                *sc = (*sc - max).exp();
-                sum += *sc;
-            }
-            let o = &mut out[(r * s.n_heads + h) * hd..][..hd];
-            o.fill(0.0);
-            for j in lo..=p {
-                let w = scores[j] / sum;
-                let vj = j * kv_stride + kvh * hd;
-                for (e, o) in o.iter_mut().enumerate() {
-                    *o += w * v.get(vj + e);
-                }
-            }
+            let item = r * s.n_heads + h;
+            let (o, qh) = (&mut out[item * hd..][..hd], &q[item * hd..][..hd]);
+            attention_head(o, qh, k, v, s, r, h, &mut scores);
+        }
+    }
+}
+
+/// One query head `h` of token `r` (`qh`, into `o`): what `attention` computes for it. `scores`
+/// is scratch of at least pos0 + t floats (arguments as checked by `check_attention`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_head(
+    o: &mut [f32],
+    qh: &[f32],
+    k: KvSlice,
+    v: KvSlice,
+    s: &AttnShape,
+    r: usize,
+    h: usize,
+    scores: &mut [f32],
+) {
+    let hd = s.head_dim;
+    let kv_stride = s.n_kv_heads * hd;
+    let kvh = h / (s.n_heads / s.n_kv_heads);
+    let p = s.pos0 + r;
+    let lo = s.window.map(|w| (p + 1).saturating_sub(w)).unwrap_or(0);
+    let mut max = f32::NEG_INFINITY;
+    for j in lo..=p {
+        let kj = j * kv_stride + kvh * hd;
+        let d: f32 = qh
+            .iter()
+            .enumerate()
+            .map(|(e, a)| a * k.get(kj + e))
+            .sum::<f32>()
+            * s.scale;
+        scores[j] = d;
+        max = max.max(d);
+    }
+    let mut sum = 0f32;
+    for sc in &mut scores[lo..=p] {
+        *sc = (*sc - max).exp();
+        sum += *sc;
+    }
+    o.fill(0.0);
+    for j in lo..=p {
+        let w = scores[j] / sum;
+        let vj = j * kv_stride + kvh * hd;
+        for (e, o) in o.iter_mut().enumerate() {
+            *o += w * v.get(vj + e);
         }
     }
 }

@@ -54,7 +54,25 @@ fn attention_f32(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32
             };
             b.run_items(items, items * (s.pos0 + s.t) * hd, &job);
         }
-        _ => reference::attention(out, q, KvSlice::F32(k), KvSlice::F32(v), s),
+        // Portable: the reference's per-head computation (same numbers), heads in parallel,
+        // scores in per-thread scratch sized once per cache (no allocation per token).
+        _ => {
+            let hd = s.head_dim;
+            let items = s.t * s.n_heads;
+            b.reserve_scratch((k.len() / (s.n_kv_heads * hd)).max(s.pos0 + s.t));
+            let outp = SyncPtr(out.as_mut_ptr());
+            let job = |item: usize, tid: usize| {
+                let mut scores = b.scores[tid].lock().unwrap_or_else(|e| e.into_inner());
+                // SAFETY: item (r, h) owns out[item*hd .. (item+1)*hd], inside `out`
+                // (check_attention); no other item touches it and run() joins before return.
+                let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add(item * hd), hd) };
+                let (r, h) = (item / s.n_heads, item % s.n_heads);
+                let qh = &q[item * hd..][..hd];
+                let (k, v) = (KvSlice::F32(k), KvSlice::F32(v));
+                reference::attention_head(o, qh, k, v, s, r, h, &mut scores);
+            };
+            b.run_items(items, items * (s.pos0 + s.t) * hd, &job);
+        }
     }
 }
 

@@ -102,12 +102,12 @@ pub fn kernel(isa: Isa, dtype: DType) -> Option<Kernel> {
         Isa::Avx2 | Isa::Avx512 => return None,
         // Per type: the NEON kernel where there is one, else the scalar one.
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => (
+        Isa::Neon | Isa::NeonDot => (
             neon::from_float(vec_dot_type).or_else(|| scalar_from_float(vec_dot_type))?,
-            neon::vec_dot(dtype).or_else(|| scalar_vec_dot(dtype))?,
+            neon::vec_dot(dtype, isa == Isa::NeonDot).or_else(|| scalar_vec_dot(dtype))?,
         ),
         #[cfg(not(target_arch = "aarch64"))]
-        Isa::Neon => return None,
+        Isa::Neon | Isa::NeonDot => return None,
     };
     Some(Kernel {
         isa,

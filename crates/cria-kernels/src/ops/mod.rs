@@ -196,6 +196,7 @@ fn tile_geometry(s: &AttnShape, r0: usize, r1: usize) -> (usize, usize, usize, u
 /// Rows i0..i0 + R of tile (kv head, tokens r0..) against key block kb0..kb0 + n: each row's
 /// visible keys relative to kb0 (None: none, a row whose position is before the block or whose
 /// window ends before it), and the union lo..hi of them (lo >= hi: no row sees any key).
+#[cfg(target_arch = "x86_64")]
 fn visible<const R: usize>(
     s: &AttnShape,
     r0: usize,
@@ -222,6 +223,7 @@ fn visible<const R: usize>(
 /// The SIMD flash tiles' outer loop (`avx2::flash_tile_impl`, `avx512::flash_tile_impl`): per
 /// key block, K widened transposed and V widened (`$widen_k`, `$widen_v`), then the rows by
 /// register tiles of up to SC_ROWS (`$row_tile::<R>`), and finally acc / l (`$scale`).
+#[cfg(target_arch = "x86_64")]
 macro_rules! flash_tile_body {
     ($q:expr, $k:expr, $v:expr, $s:expr, $kvh:expr, $r0:expr, $r1:expr, $f:expr,
      $widen_k:path, $widen_v:path, $row_tile:ident, $scale:path) => {{
