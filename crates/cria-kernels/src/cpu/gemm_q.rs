@@ -2145,10 +2145,25 @@ mod vnni512 {
         isum: &[__m512i; T],
         ya: impl Fn(usize) -> *const u8,
     ) {
+        let mut fsum = [_mm512_setzero_ps(); T];
+        for t in 0..T {
+            fsum[t] = _mm512_cvtepi32_ps(isum[t]);
+        }
+        close_block_f(acc, b0, b1, &fsum, ya);
+    }
+    /// `close_block` with the block's sum already in f32.
+    #[inline(always)]
+    unsafe fn close_block_f<const T: usize>(
+        acc: &mut [__m512; T],
+        b0: *const u8,
+        b1: *const u8,
+        fsum: &[__m512; T],
+        ya: impl Fn(usize) -> *const u8,
+    ) {
         let dw = ph2(b0, b1, 0);
         for t in 0..T {
             let da = _mm512_set1_ps(f32_at(ya(t)));
-            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum[t]), acc[t]);
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), fsum[t], acc[t]);
         }
     }
     #[inline(always)]
@@ -2253,9 +2268,14 @@ mod vnni512 {
         store(&acc, out);
     }
 
-    /// Q4_K: per sub-block an exact i32 dot (`vpdpbusd`) times the row's sub-block scale
-    /// (`vpmulld`), summed; each 32-byte vector of a sub-block pair is loaded once for both
-    /// sub-blocks (its low and high nibbles); the mins by `vpdpwssd`.
+    /// Q4_K: per sub-block an exact i32 dot (`vpdpbusd`), converted to f32 and accumulated times
+    /// the row's sub-block scale by one FMA (`vcvtdq2ps` + `vfmadd`: 2 uops, one of which can
+    /// issue on port 5, where `vpmulld` + `vpaddd` put 2 of their 3 on port 0 with the
+    /// `vpdpbusd`s; each product is exact in f32, |dot * scale| < 2^22, so only the block's
+    /// running sum can round, past 2^24); each 32-byte vector of a sub-block pair is loaded once
+    /// for both sub-blocks (its low and high nibbles); the mins by `vpdpwssd`.
+    /// matmul_speed 8192x2048 t=128, 1 thread: Q4_K 292-296 -> 301-316 GFLOP/s, Q5_K (2048^2)
+    /// 259-263 -> 278-286.
     /// Q5_K (`HB`): the 5th bits ORed in as each nibble vector is decoded (one `vpternlogd`).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn q4_k<const HB: bool, const T: usize>(
@@ -2273,7 +2293,7 @@ mod vnni512 {
         for b in 0..nb {
             let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
             let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
-            let mut isum = [_mm512_setzero_si512(); T];
+            let mut fsum = [_mm512_setzero_ps(); T];
             for p in 0..4 {
                 prefetch_part::<T>(w0, w1, b, nb, bb, p, 4);
                 let q = super::K4_QS + 256 * p;
@@ -2296,15 +2316,16 @@ mod vnni512 {
                         hi[c] = _mm512_ternarylogic_epi32::<0xF8>(hi[c], hh, m10);
                     }
                 }
-                let scale = |j: usize| _mm512_cvtepu8_epi32(ld2_64(b0, b1, super::K4_SC + 8 * j));
+                let scale = |j: usize| {
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(ld2_64(b0, b1, super::K4_SC + 8 * j)))
+                };
                 let (sc0, sc1) = (scale(2 * p), scale(2 * p + 1));
                 for t in 0..T {
                     let y = ya(t).add(4 + 64 * p);
                     let d0 = dot(&lo, y, |c| 4 * c);
                     let d1 = dot(&hi, y.add(32), |c| 4 * c);
-                    let s =
-                        _mm512_add_epi32(_mm512_mullo_epi32(d0, sc0), _mm512_mullo_epi32(d1, sc1));
-                    isum[t] = _mm512_add_epi32(isum[t], s);
+                    fsum[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), sc0, fsum[t]);
+                    fsum[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), sc1, fsum[t]);
                 }
             }
             let dw = ph2(b0, b1, 0);
@@ -2317,8 +2338,7 @@ mod vnni512 {
                     msum = _mm512_dpwssd_epi32(msum, mv, bcast4(y.add(260 + 4 * p)));
                 }
                 let da = _mm512_set1_ps(f32_at(y));
-                acc[t] =
-                    _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum[t]), acc[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), fsum[t], acc[t]);
                 acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmw, da), _mm512_cvtepi32_ps(msum), acc[t]);
             }
         }
@@ -2536,9 +2556,11 @@ mod vnni512 {
 
     /// Q6_K: per 16-element group, the u6 x i8 dot by `vpdpbusd` (the products sum in i32, 4
     /// instructions per token instead of 4 `maddubs`, 2 adds and 2 `vpdpwssd`), times the
-    /// group's scale (`vpmulld`); the -32 offset's 32 * sum(sc_g * sum of group g) per
-    /// super-block first (2 * `offset_pairs`; integers: the same total as per group).
-    /// matmul_speed 2048x2048 t=64, 1 thread: 195-218 -> 226-229 GFLOP/s.
+    /// group's scale by an f32 FMA as in `q4_k` (|dot * scale| < 2^24: exact); the -32 offset's
+    /// 32 * sum(sc_g * sum of group g) per super-block first (2 * `offset_pairs`, in i32), the
+    /// f32 sum's starting value.
+    /// matmul_speed 2048x2048 t=64, 1 thread: 195-218 -> 226-229 GFLOP/s; the FMA instead of
+    /// `vpmulld`, 2048x8192 t=128: 194-202 -> 216-221.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn q6_k<const T: usize>(
         nb: usize,
@@ -2555,9 +2577,13 @@ mod vnni512 {
         for b in 0..nb {
             let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
             let ya = |t: usize| a.add(t * stride + b * super::A8K_BLOCK);
-            let mut isum = offset_pairs::<T>(b0, b1, super::K6_SC, ya);
+            let off = offset_pairs::<T>(b0, b1, super::K6_SC, ya);
+            let mut fsum = [_mm512_setzero_ps(); T];
             for t in 0..T {
-                isum[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<1>(isum[t]));
+                fsum[t] = _mm512_cvtepi32_ps(_mm512_sub_epi32(
+                    _mm512_setzero_si512(),
+                    _mm512_slli_epi32::<1>(off[t]),
+                ));
             }
             for g in 0..16 {
                 if g % 4 == 0 {
@@ -2589,13 +2615,14 @@ mod vnni512 {
                         m30,
                     ),
                 ];
-                let sc = _mm512_cvtepi8_epi32(ld2_64(b0, b1, super::K6_SC + 8 * g));
+                let sc =
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld2_64(b0, b1, super::K6_SC + 8 * g)));
                 for t in 0..T {
                     let d = dot(&wv, ya(t).add(4 + 16 * g), |c| 4 * c);
-                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(d, sc));
+                    fsum[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sc, fsum[t]);
                 }
             }
-            close_block(&mut acc, b0, b1, &isum, ya);
+            close_block_f(&mut acc, b0, b1, &fsum, ya);
         }
         store(&acc, out);
     }
