@@ -148,6 +148,44 @@ impl CpuBackend {
         }
     }
 
+    /// Converts the `t` rows of `x` (`k` values each) into `act` (`ab` bytes each) with `conv`:
+    /// a prompt's rows by all threads (each row on its own: the same bytes either way); a few
+    /// rows are not worth waking the pool for.
+    pub(crate) fn convert_rows(
+        &self,
+        x: &[f32],
+        t: usize,
+        k: usize,
+        act: &mut [u8],
+        ab: usize,
+        conv: &(dyn Fn(&[f32], &mut [u8]) + Sync),
+    ) {
+        assert!(
+            x.len() >= t * k && act.len() >= t * ab,
+            "convert_rows: bad sizes"
+        );
+        if self.threads == 1 || t < 4 * self.threads {
+            for (xr, ar) in x
+                .chunks_exact(k.max(1))
+                .zip(act.chunks_exact_mut(ab.max(1)))
+                .take(t)
+            {
+                conv(xr, ar);
+            }
+            return;
+        }
+        let rows_per = t.div_ceil(self.threads * 2);
+        let actp = SyncPtr(act.as_mut_ptr());
+        self.pool.for_each(t.div_ceil(rows_per), &|item, _tid| {
+            for r in item * rows_per..((item + 1) * rows_per).min(t) {
+                // SAFETY: r < t and act holds t * ab bytes (asserted above); row r's ab bytes
+                // are written by this item alone, and the pool joins before `act` is used again.
+                let ar = unsafe { std::slice::from_raw_parts_mut(actp.get().add(r * ab), ab) };
+                conv(&x[r * k..(r + 1) * k], ar);
+            }
+        });
+    }
+
     /// Grows every thread's scratch to `need` floats, here on the caller and for all threads at
     /// once, so that no work item allocates, whichever threads happen to take items.
     pub(crate) fn reserve_scratch(&self, need: usize) {

@@ -2728,24 +2728,7 @@ pub(crate) fn matmul_many(
             quantize_a8k(b.isa, xr, ar)
         }
     };
-    // A prompt's rows are quantized by all threads (each row on its own: the same bytes either
-    // way); a few rows are not worth waking the pool for.
-    if b.threads == 1 || t < 4 * b.threads {
-        for (xr, ar) in x.chunks_exact(k).zip(act.chunks_exact_mut(ab)).take(t) {
-            quantize(xr, ar);
-        }
-    } else {
-        let rows_per = t.div_ceil(b.threads * 2);
-        let actp = SyncPtr(act.as_mut_ptr());
-        b.pool.for_each(t.div_ceil(rows_per), &|item, _tid| {
-            for r in item * rows_per..((item + 1) * rows_per).min(t) {
-                // SAFETY: r < t and act holds t * ab bytes (resized above); row r's ab bytes
-                // are written by this item alone, and the pool joins before `act` is used again.
-                let ar = unsafe { std::slice::from_raw_parts_mut(actp.get().add(r * ab), ab) };
-                quantize(&x[r * k..(r + 1) * k], ar);
-            }
-        });
-    }
+    b.convert_rows(x, t, k, &mut act[..t * ab], ab, &quantize);
     let a = &act[..t * ab];
     let tile = tile_fn(b.isa);
     let tile2 = tile2_fn(b.isa);

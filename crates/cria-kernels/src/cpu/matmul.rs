@@ -67,13 +67,7 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], w: &Tensor, t: 
         if act_guard.len() < t * ab {
             act_guard.resize(t * ab, 0);
         }
-        for (xr, ar) in x
-            .chunks_exact(k.max(1))
-            .zip(act_guard.chunks_exact_mut(ab.max(1)))
-            .take(t)
-        {
-            (kern.from_float)(xr, ar);
-        }
+        b.convert_rows(x, t, k, &mut act_guard[..t * ab], ab, &kern.from_float);
         &act_guard[..t * ab]
     };
     let wb = w.bytes();
