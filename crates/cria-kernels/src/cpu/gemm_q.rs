@@ -2274,9 +2274,9 @@ mod vnni512 {
     /// `vpdpbusd`s; each product is exact in f32, |dot * scale| < 2^22, so only the block's
     /// running sum can round, past 2^24); each 32-byte vector of a sub-block pair is loaded once
     /// for both sub-blocks (its low and high nibbles); the mins by `vpdpwssd`.
-    /// matmul_speed 8192x2048 t=128, 1 thread: Q4_K 292-296 -> 301-316 GFLOP/s, Q5_K (2048^2)
-    /// 259-263 -> 278-286.
     /// Q5_K (`HB`): the 5th bits ORed in as each nibble vector is decoded (one `vpternlogd`).
+    /// The FMA instead of `vpmulld`, matmul_speed t=128, 1 thread: Q4_K 8192x2048 292-296 ->
+    /// 301-316 GFLOP/s, Q5_K 2048x2048 259-263 -> 278-286.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn q4_k<const HB: bool, const T: usize>(
         nb: usize,

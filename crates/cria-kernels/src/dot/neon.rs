@@ -448,16 +448,18 @@ impl Block32 for Iq4Nl {
 
 trait BlockK {
     const G: Geometry;
-    /// The scales of groups 4i..4i+4 in vector i.
+    /// The scales of groups 4i..4i+4 in vector i, and the mins of the 16 groups (0 for types
+    /// without mins), decoded once per block for every column.
     ///
     /// # Safety
     /// `x` must point at one whole block (`G.w_bytes` readable bytes), as for all three.
-    unsafe fn scales(x: *const u8) -> [int32x4_t; 4];
+    unsafe fn scales(x: *const u8) -> ([int32x4_t; 4], [u8; 16]);
     /// The values of elements 128h..128h+128 (groups 8h..8h+8).
     unsafe fn half(x: *const u8, h: usize) -> [int8x16_t; 8];
-    /// The block's float term against activation block `y`, given the exact scaled integer sum:
-    /// the spec's expression in the spec's order (the mins' term included).
-    unsafe fn term(x: *const u8, y: *const u8, isum: i32) -> f32;
+    /// The block's float term against activation block `y`, given the exact scaled integer sum
+    /// and the block's `mins` (from `scales`): the spec's expression in the spec's order (the
+    /// mins' term included).
+    unsafe fn term(x: *const u8, y: *const u8, isum: i32, mins: &[u8; 16]) -> f32;
 }
 
 /// One weight row against C activation rows: per block, the exact integer sum, then the spec's
@@ -478,7 +480,7 @@ unsafe fn rows_k<D: Idot, T: BlockK, const C: usize>(args: Args, out: &mut [f32]
             let mut sumf = [0f32; C];
             for b in 0..nb {
                 let x = x0.add(b * wb);
-                let sc = T::scales(x);
+                let (sc, mins) = T::scales(x);
                 let mut acc = [vdupq_n_s32(0); C];
                 for h in 0..2 {
                     let v = T::half(x, h);
@@ -502,7 +504,7 @@ unsafe fn rows_k<D: Idot, T: BlockK, const C: usize>(args: Args, out: &mut [f32]
                 }
                 for (c, s) in sumf.iter_mut().enumerate() {
                     let y = a.add(c * stride + b * Q8_K_BYTES);
-                    *s += T::term(x, y, vaddvq_s32(acc[c]));
+                    *s += T::term(x, y, vaddvq_s32(acc[c]), &mins);
                 }
             }
             out[r * C..r * C + C].copy_from_slice(&sumf);
@@ -574,10 +576,10 @@ struct Q2K;
 impl BlockK for Q2K {
     const G: Geometry = geom::Q2_K;
     #[inline(always)]
-    unsafe fn scales(x: *const u8) -> [int32x4_t; 4] {
-        // SAFETY: scales are bytes 0..16 of the caller's block.
+    unsafe fn scales(x: *const u8) -> ([int32x4_t; 4], [u8; 16]) {
+        // SAFETY: scales are bytes 0..16 of the caller's block (low nibble: scale, high: min).
         let s = unsafe { x.cast::<[u8; 16]>().read_unaligned() };
-        scale_vecs(std::array::from_fn(|g| (s[g] & 0xF) as i32))
+        (scale_vecs(s.map(|v| (v & 0xF) as i32)), s.map(|v| v >> 4))
     }
     #[inline(always)]
     unsafe fn half(x: *const u8, h: usize) -> [int8x16_t; 8] {
@@ -588,11 +590,10 @@ impl BlockK for Q2K {
         std::array::from_fn(|g| signed(if g % 2 == 0 { c0[g / 2] } else { c1[g / 2] }, 0))
     }
     #[inline(always)]
-    unsafe fn term(x: *const u8, y: *const u8, isum: i32) -> f32 {
-        // SAFETY: scales at 0..16, d at 80, dmin at 82 of the caller's block; y is whole.
+    unsafe fn term(x: *const u8, y: *const u8, isum: i32, mins: &[u8; 16]) -> f32 {
+        // SAFETY: d at 80, dmin at 82 of the caller's block; y is whole.
         unsafe {
-            let s = x.cast::<[u8; 16]>().read_unaligned();
-            let summs = bsums_dot(y, s.map(|v| v >> 4));
+            let summs = bsums_dot(y, *mins);
             let dy = q8k_d(y);
             dy * f16_ptr(x.add(80)) * isum as f32 - dy * f16_ptr(x.add(82)) * summs as f32
         }
@@ -603,11 +604,11 @@ struct Q3K;
 impl BlockK for Q3K {
     const G: Geometry = geom::Q3_K;
     #[inline(always)]
-    unsafe fn scales(x: *const u8) -> [int32x4_t; 4] {
+    unsafe fn scales(x: *const u8) -> ([int32x4_t; 4], [u8; 16]) {
         // SAFETY: the 12 scale bytes are 96..108 of the caller's block.
         let s = unsafe { x.add(96).cast::<[u8; 12]>().read_unaligned() };
         let sc = q3k_scales(&s);
-        scale_vecs(std::array::from_fn(|g| sc[g] as i32))
+        (scale_vecs(std::array::from_fn(|g| sc[g] as i32)), [0; 16])
     }
     #[inline(always)]
     unsafe fn half(x: *const u8, h: usize) -> [int8x16_t; 8] {
@@ -629,16 +630,19 @@ impl BlockK for Q3K {
         }
     }
     #[inline(always)]
-    unsafe fn term(x: *const u8, y: *const u8, isum: i32) -> f32 {
+    unsafe fn term(x: *const u8, y: *const u8, isum: i32, _mins: &[u8; 16]) -> f32 {
         // SAFETY: d at 108 of the caller's block; y is whole.
         unsafe { f16_ptr(x.add(108)) * q8k_d(y) * isum as f32 }
     }
 }
 
 /// Q4_K/Q5_K: the group scales (sub-block j = groups 2j, 2j+1) and the mins per group.
+///
+/// # Safety
+/// `x` points at a whole Q4_K/Q5_K block.
 #[inline(always)]
-fn k4_scales(x: *const u8) -> ([int32x4_t; 4], [u8; 16]) {
-    // SAFETY: the 12 scale bytes are 4..16 of a whole Q4_K/Q5_K block (callers' contract).
+unsafe fn k4_scales(x: *const u8) -> ([int32x4_t; 4], [u8; 16]) {
+    // SAFETY: the 12 scale bytes are 4..16 of the caller's block.
     let s = unsafe { x.add(4).cast::<[u8; 12]>().read_unaligned() };
     let (sc, mn) = k4_scales_mins(&s);
     (
@@ -671,8 +675,9 @@ struct K4<const HB: bool>;
 impl<const HB: bool> BlockK for K4<HB> {
     const G: Geometry = if HB { geom::Q5_K } else { geom::Q4_K };
     #[inline(always)]
-    unsafe fn scales(x: *const u8) -> [int32x4_t; 4] {
-        k4_scales(x).0
+    unsafe fn scales(x: *const u8) -> ([int32x4_t; 4], [u8; 16]) {
+        // SAFETY: the caller's contract.
+        unsafe { k4_scales(x) }
     }
     #[inline(always)]
     unsafe fn half(x: *const u8, h: usize) -> [int8x16_t; 8] {
@@ -695,11 +700,11 @@ impl<const HB: bool> BlockK for K4<HB> {
         }
     }
     #[inline(always)]
-    unsafe fn term(x: *const u8, y: *const u8, isum: i32) -> f32 {
+    unsafe fn term(x: *const u8, y: *const u8, isum: i32, mins: &[u8; 16]) -> f32 {
         // d * dy * isum - dmin * dy * (sum of bsums times mins).
         // SAFETY: d at 0, dmin at 2 of the caller's block; y is a whole Q8_K block.
         unsafe {
-            let summ = bsums_dot(y, k4_scales(x).1);
+            let summ = bsums_dot(y, *mins);
             let dy = q8k_d(y);
             f16_ptr(x) * dy * isum as f32 - f16_ptr(x.add(2)) * dy * summ as f32
         }
@@ -710,10 +715,10 @@ struct Q6K;
 impl BlockK for Q6K {
     const G: Geometry = geom::Q6_K;
     #[inline(always)]
-    unsafe fn scales(x: *const u8) -> [int32x4_t; 4] {
+    unsafe fn scales(x: *const u8) -> ([int32x4_t; 4], [u8; 16]) {
         // SAFETY: the 16 i8 scales are bytes 192..208 of the caller's block.
         let s = unsafe { x.add(192).cast::<[u8; 16]>().read_unaligned() };
-        scale_vecs(s.map(|v| v as i8 as i32))
+        (scale_vecs(s.map(|v| v as i8 as i32)), [0; 16])
     }
     #[inline(always)]
     unsafe fn half(x: *const u8, h: usize) -> [int8x16_t; 8] {
@@ -745,7 +750,7 @@ impl BlockK for Q6K {
         }
     }
     #[inline(always)]
-    unsafe fn term(x: *const u8, y: *const u8, isum: i32) -> f32 {
+    unsafe fn term(x: *const u8, y: *const u8, isum: i32, _mins: &[u8; 16]) -> f32 {
         // SAFETY: d at 208 of the caller's block; y is whole.
         unsafe { f16_ptr(x.add(208)) * q8k_d(y) * isum as f32 }
     }
@@ -755,7 +760,7 @@ struct Iq4Xs;
 impl BlockK for Iq4Xs {
     const G: Geometry = geom::IQ4_XS;
     #[inline(always)]
-    unsafe fn scales(x: *const u8) -> [int32x4_t; 4] {
+    unsafe fn scales(x: *const u8) -> ([int32x4_t; 4], [u8; 16]) {
         // SAFETY: scales_h is the u16 at 2, scales_l bytes 4..8 of the caller's block.
         let (sh, sl) = unsafe {
             (
@@ -763,11 +768,12 @@ impl BlockK for Iq4Xs {
                 x.add(4).cast::<[u8; 4]>().read_unaligned(),
             )
         };
-        scale_vecs(std::array::from_fn(|g| {
+        let sc = scale_vecs(std::array::from_fn(|g| {
             let ib = g / 2;
             let ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0xF) as u32 | ((sh >> (2 * ib)) & 3) << 4;
             ls as i32 - 32
-        }))
+        }));
+        (sc, [0; 16])
     }
     #[inline(always)]
     unsafe fn half(x: *const u8, h: usize) -> [int8x16_t; 8] {
@@ -785,7 +791,7 @@ impl BlockK for Iq4Xs {
         }
     }
     #[inline(always)]
-    unsafe fn term(x: *const u8, y: *const u8, isum: i32) -> f32 {
+    unsafe fn term(x: *const u8, y: *const u8, isum: i32, _mins: &[u8; 16]) -> f32 {
         // SAFETY: d at 0 of the caller's block; y is whole.
         unsafe { f16_ptr(x) * q8k_d(y) * isum as f32 }
     }
