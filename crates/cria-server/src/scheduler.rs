@@ -569,11 +569,13 @@ impl<'a> Scheduler<'a> {
             return Some(Finish::Stop);
         }
         let p = &a.job.params;
-        if a.generated >= p.max_tokens {
-            return Some(Finish::Length);
-        }
+        // A grammar completed by the last token allowed is a complete answer: "stop", as in
+        // `cria run` (tests/cli_first_day.rs pins the two loops together).
         if p.matcher.as_ref().is_some_and(|g| !g.can_continue()) {
             return Some(Finish::Stop);
+        }
+        if a.generated >= p.max_tokens {
+            return Some(Finish::Length);
         }
         // The sampled token is evaluated next step: it needs a free position.
         if slot.cached.len() >= ctx {

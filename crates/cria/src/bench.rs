@@ -237,11 +237,11 @@ fn print_md(r: &Row, out: &mut dyn Write) -> Result<()> {
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("".to_string(), f);
     writeln!(
         out,
-        "| {} {} | {:.1} MiB | {:.1} M | {} | {} | {} | {:.2} ± {:.2} | {} | {} | {} |",
+        "| {} {} | {:.1} MiB | {} | {} | {} | {} | {:.2} ± {:.2} | {} | {} | {} |",
         r.model,
         r.dtype,
         r.size_bytes as f64 / (1 << 20) as f64,
-        r.params as f64 / 1e6,
+        crate::inspect::params(r.params),
         r.backend,
         r.threads,
         r.test,

@@ -26,6 +26,9 @@ use std::time::Duration;
 pub struct ChatArgs {
     #[command(flatten)]
     m: crate::ModelArgs,
+    /// The model, as for -m: cria chat smollm2, as ollama run takes it.
+    #[arg(value_name = "MODEL")]
+    model: Option<String>,
     /// The system message.
     #[arg(long)]
     system: Option<String>,
@@ -33,16 +36,8 @@ pub struct ChatArgs {
     sampling: SamplerArgs,
     #[command(flatten)]
     constraint: crate::constraint_args::ConstraintArgs,
-    /// Most tokens per answer (default: until the model ends its turn or the context is full).
-    #[arg(short = 'n', long = "max-tokens")]
-    max_tokens: Option<usize>,
-    /// Context size in tokens (default: the model's training context, as far as the KV cache
-    /// fits in half the free memory).
-    #[arg(short = 'c', long = "ctx-size")]
-    ctx_size: Option<usize>,
-    /// Tokens per prompt-processing batch.
-    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
-    batch: usize,
+    #[command(flatten)]
+    gen: crate::run::GenArgs,
     /// When the conversation outgrows the context, drop the oldest turns (never the system
     /// message) instead of stopping.
     #[arg(long = "context-shift")]
@@ -156,36 +151,43 @@ fn history_path() -> PathBuf {
 }
 
 pub fn run(a: &ChatArgs) -> Result<()> {
-    let mut l = session::load(a.m.model.as_deref(), a.m.f32, a.m.threads)?;
+    // The flags and files first: a mistake there is reported before the model loads.
+    let spec = match (&a.m.model, &a.model) {
+        (Some(_), Some(_)) => bail!("give the model once: with -m or as the first word"),
+        (m, p) => m.as_deref().or(p.as_deref()),
+    };
+    if let Some(n) = a.gen.ctx_size.filter(|&n| n < 16) {
+        bail!("--ctx-size {n} is too small for a conversation (16 at least)");
+    }
+    let cfg = a.sampling.config()?;
+    let grammar = a.constraint.load()?;
+    let loaded = a.load.as_deref().map(load_conversation).transpose()?;
+    let mut l = session::load(spec, a.m.f32, a.m.threads)?;
     l.kv_type = a.m.kv_type;
-    let ctx_size = l.ctx_size(a.ctx_size)?;
+    let ctx_size = l.ctx_size(a.gen.ctx_size)?;
     if ctx_size < 16 {
         bail!("--ctx-size {ctx_size} is too small for a conversation");
     }
-    let cfg = a.sampling.config()?;
     let vocab = l.model.config.vocab_size;
     let mut chat = Chat {
-        messages: Vec::new(),
+        messages: loaded.unwrap_or_default(),
         sampler: crate::sample_args::build_sampler(cfg.clone(), vocab, &l.tok),
-        cons: session::Constraints::from_args(&l, &a.sampling.stop, &a.constraint)?,
+        cons: session::Constraints::new(&l, &a.sampling.stop, grammar)?,
         cfg,
         vocab,
         last: None,
     };
-    if let Some(p) = &a.load {
-        chat.messages = load_conversation(p)?;
-    }
     if a.system.is_some() {
         chat.set_system(a.system.clone());
     }
     if l.tok.chat_template().is_none() {
         eprintln!("note: the model has no chat template; using ChatML");
     }
-    let mut state = KvState::new(&l, ctx_size, a.batch);
+    let mut state = KvState::new(&l, ctx_size, a.gen.batch);
     eprintln!(
         "{} ({} params) | context {} tokens | {} | /help for commands, Ctrl-D to leave",
-        a.m.model.as_deref().unwrap_or("default model"),
-        l.model.n_params(),
+        spec.unwrap_or("default model"),
+        crate::inspect::params(l.model.n_params()),
         ctx_size,
         chat.sampler.describe()
     );
@@ -300,7 +302,12 @@ fn turn(
 ) -> Result<()> {
     let ctx = state.ctx_size();
     // Room the answer needs at least; without --max-tokens a turn may use the rest.
-    let reserve = a.max_tokens.unwrap_or(64).min(ctx / 4).max(1);
+    let wanted = if a.gen.max_tokens == usize::MAX {
+        64
+    } else {
+        a.gen.max_tokens
+    };
+    let reserve = wanted.min(ctx / 4).max(1);
     let mut dropped = 0;
     let prompt = loop {
         let (_, ids) = session::render_chat(&l.tok, &chat.messages, true, None)?;
@@ -342,7 +349,7 @@ fn turn(
         &mut chat.sampler,
         &mut chat.cons,
         &GenOptions {
-            max_tokens: a.max_tokens.unwrap_or(usize::MAX),
+            max_tokens: a.gen.max_tokens,
             ignore_eos: false,
         },
         Some(cancel),
@@ -361,7 +368,13 @@ fn turn(
                 ", or restart with --context-shift"
             }
         ),
-        StopReason::MaxTokens => eprintln!("[stopped at --max-tokens]"),
+        StopReason::MaxTokens => eprintln!(
+            "[stopped: the token limit (-n {}) was reached]",
+            a.gen.max_tokens
+        ),
+        StopReason::GrammarStuck => {
+            eprintln!("[stopped: the grammar allows no token of this model here]")
+        }
         StopReason::Eog | StopReason::StopString | StopReason::GrammarDone => {}
     }
     chat.messages.push(Message::new("assistant", answer));

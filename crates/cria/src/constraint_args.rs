@@ -1,4 +1,5 @@
-//! Constrained output options shared by `run` and `chat`: --grammar, --json-schema, --json.
+//! Constrained output options shared by `run` and `chat`: --grammar TEXT / --grammar-file FILE,
+//! --json-schema TEXT / --json-schema-file FILE (llama.cpp's names), --json.
 //!
 //! `load` turns the flags into a [`Grammar`] (None when no flag is given); [`token_table`] builds
 //! the vocabulary view the matcher needs, once per model. Per reply, the caller makes a
@@ -12,12 +13,23 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args, Clone, Debug)]
 pub struct ConstraintArgs {
-    /// A GBNF grammar file (llama.cpp's format); the output matches it.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["json_schema", "json"])]
-    pub grammar: Option<PathBuf>,
-    /// A JSON Schema file; the output is JSON valid under it. Unsupported keywords are errors.
-    #[arg(long = "json-schema", value_name = "FILE", conflicts_with = "json")]
-    pub json_schema: Option<PathBuf>,
+    /// A GBNF grammar (llama.cpp's format), as text; the output matches it.
+    #[arg(long, value_name = "GBNF", conflicts_with_all = ["grammar_file", "json_schema", "json_schema_file", "json"])]
+    pub grammar: Option<String>,
+    /// A GBNF grammar file; the output matches it.
+    #[arg(long = "grammar-file", value_name = "FILE", conflicts_with_all = ["json_schema", "json_schema_file", "json"])]
+    pub grammar_file: Option<PathBuf>,
+    /// A JSON Schema, as text; the output is JSON valid under it. Unsupported keywords are
+    /// errors.
+    #[arg(long = "json-schema", value_name = "SCHEMA", conflicts_with_all = ["json_schema_file", "json"])]
+    pub json_schema: Option<String>,
+    /// A JSON Schema file; the output is JSON valid under it.
+    #[arg(
+        long = "json-schema-file",
+        value_name = "FILE",
+        conflicts_with = "json"
+    )]
+    pub json_schema_file: Option<PathBuf>,
     /// Any valid JSON.
     #[arg(long)]
     pub json: bool,
@@ -36,37 +48,55 @@ fn read_text(path: &Path, what: &str) -> Result<String> {
     })
 }
 
+fn parse_gbnf(src: &str, origin: &str) -> Result<Grammar> {
+    Grammar::parse(src).map_err(|e| anyhow!("{origin}:{e}"))
+}
+
+fn schema_grammar(src: &str, origin: &str) -> Result<Grammar> {
+    let schema: serde_json::Value = serde_json::from_str(src)
+        .map_err(|e| anyhow!("{origin}:{}:{}: not valid JSON: {e}", e.line(), e.column()))?;
+    let gbnf = json_schema_to_gbnf(&schema).map_err(|e| anyhow!("{origin}: {e}"))?;
+    Grammar::parse(&gbnf).map_err(|e| {
+        anyhow!("{origin}: internal error: the grammar made from the schema does not parse: {e}\n{gbnf}")
+    })
+}
+
 impl ConstraintArgs {
     /// The grammar the flags ask for, or None without any of them.
     pub fn load(&self) -> Result<Option<Grammar>> {
-        if let Some(p) = &self.grammar {
-            let src = read_text(p, "grammar file")?;
-            let g = Grammar::parse(&src).map_err(|e| anyhow!("{}:{e}", p.display()))?;
-            return Ok(Some(g));
+        if let Some(src) = &self.grammar {
+            return parse_gbnf(src, "--grammar")
+                .map(Some)
+                .map_err(|e| match Path::new(src).is_file() {
+                    // llama.cpp's --grammar is the grammar's text; cria's was a file name once.
+                    true => anyhow!("{e}\n(--grammar takes the grammar's text; for a file use --grammar-file {src})"),
+                    false => e,
+                });
         }
-        if let Some(p) = &self.json_schema {
+        if let Some(p) = &self.grammar_file {
+            let src = read_text(p, "grammar file")?;
+            return parse_gbnf(&src, &p.display().to_string()).map(Some);
+        }
+        if let Some(src) = &self.json_schema {
+            return schema_grammar(src, "--json-schema").map(Some);
+        }
+        if let Some(p) = &self.json_schema_file {
             let src = read_text(p, "JSON Schema file")?;
-            let schema: serde_json::Value = serde_json::from_str(&src).map_err(|e| {
-                anyhow!(
-                    "{}:{}:{}: not valid JSON: {e}",
-                    p.display(),
-                    e.line(),
-                    e.column()
-                )
-            })?;
-            let gbnf = json_schema_to_gbnf(&schema).map_err(|e| anyhow!("{}: {e}", p.display()))?;
-            let g = Grammar::parse(&gbnf).map_err(|e| {
-                anyhow!(
-                    "{}: internal error: the grammar made from the schema does not parse: {e}\n{gbnf}",
-                    p.display()
-                )
-            })?;
-            return Ok(Some(g));
+            return schema_grammar(&src, &p.display().to_string()).map(Some);
         }
         if self.json {
             return Ok(Some(Grammar::any_json()));
         }
         Ok(None)
+    }
+
+    /// What the constrained output is, for messages: "the JSON" or "the grammar's output".
+    pub fn output_kind(&self) -> &'static str {
+        if self.grammar.is_some() || self.grammar_file.is_some() {
+            "the grammar's output"
+        } else {
+            "the JSON"
+        }
     }
 }
 

@@ -3,8 +3,72 @@
 use crate::fetch;
 use anyhow::{Context, Result};
 use cria_core::Tensor;
-use cria_model::Config;
+use cria_model::{Config, RopeScaling};
+use cria_tokenizer::Tokenizer;
 use std::io::Write;
+
+/// A parameter count as people write it: 134.5M, 1.24B, 960K.
+pub fn params(n: usize) -> String {
+    let n = n as f64;
+    match n {
+        _ if n >= 1e9 => format!("{:.2}B", n / 1e9),
+        _ if n >= 1e6 => format!("{:.1}M", n / 1e6),
+        _ if n >= 1e3 => format!("{:.1}K", n / 1e3),
+        _ => format!("{n}"),
+    }
+}
+
+/// Bytes as text for a terminal: UTF-8 as it is, with \n \t \r \\ \' and other control
+/// characters escaped, and bytes that are not UTF-8 (part of a character) as \xHH.
+pub fn escaped(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                '\\' => out.push_str("\\\\"),
+                '\'' => out.push_str("\\'"),
+                c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for x in chunk.invalid() {
+            out.push_str(&format!("\\x{x:02x}"));
+        }
+    }
+    out
+}
+
+/// Orders names as people count: blk.2 before blk.10 (runs of digits compare as numbers).
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(s: &str) -> impl Iterator<Item = (bool, &str)> {
+        let mut rest = s;
+        std::iter::from_fn(move || {
+            let first = rest.chars().next()?;
+            let digits = first.is_ascii_digit();
+            let end = rest
+                .find(|c: char| c.is_ascii_digit() != digits)
+                .unwrap_or(rest.len());
+            let (head, tail) = rest.split_at(end);
+            rest = tail;
+            Some((digits, head))
+        })
+    }
+    fn key((digits, p): (bool, &str)) -> (usize, &str, usize) {
+        match digits {
+            // Leading zeros aside, a longer run of digits is a larger number.
+            true => (
+                p.trim_start_matches('0').len(),
+                p.trim_start_matches('0'),
+                p.len(),
+            ),
+            false => (0, p, 0),
+        }
+    }
+    parts(a).map(key).cmp(parts(b).map(key))
+}
 
 fn tensor_table(out: &mut dyn Write, tensors: &[Tensor]) -> Result<()> {
     writeln!(out, "\ntensors ({}):", tensors.len())?;
@@ -13,16 +77,19 @@ fn tensor_table(out: &mut dyn Write, tensors: &[Tensor]) -> Result<()> {
         "  {:<40} {:<7} {:<22} {:>12}",
         "name", "type", "shape (ggml order)", "bytes"
     )?;
+    let mut sorted: Vec<&Tensor> = tensors.iter().collect();
+    sorted.sort_by(|a, b| natural_cmp(&a.name, &b.name));
     let mut total = 0usize;
-    for t in tensors {
+    for t in sorted {
         let n = t.bytes().len();
         total += n;
+        let shape: Vec<String> = t.ne.iter().map(|d| d.to_string()).collect();
         writeln!(
             out,
             "  {:<40} {:<7} {:<22} {:>12}",
             t.name,
             t.dtype.name(),
-            format!("{:?}", t.ne),
+            shape.join(" x "),
             n
         )?;
     }
@@ -30,8 +97,35 @@ fn tensor_table(out: &mut dyn Write, tensors: &[Tensor]) -> Result<()> {
     Ok(())
 }
 
-fn config_lines(out: &mut dyn Write, c: &Config) -> Result<()> {
-    writeln!(out, "architecture: {}", c.arch)?;
+/// The parameters of a model: the elements of its tensors.
+fn n_params(tensors: &[Tensor]) -> usize {
+    tensors.iter().map(|t| t.ne.iter().product::<usize>()).sum()
+}
+
+fn rope_scaling(r: &RopeScaling) -> String {
+    match r {
+        RopeScaling::None => "none".into(),
+        RopeScaling::Linear { factor } => format!("linear x{factor}"),
+        RopeScaling::Llama3 { factor, .. } => format!("llama3 x{factor}"),
+        RopeScaling::FreqFactors(f) => format!("frequency factors ({} pairs)", f.len()),
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn config_lines(out: &mut dyn Write, c: &Config, params_count: usize) -> Result<()> {
+    writeln!(
+        out,
+        "architecture: {} | {} params",
+        c.arch,
+        params(params_count)
+    )?;
     writeln!(
         out,
         "dim {} | layers {} | heads {} (kv {}, head_dim {}) | ffn {} | vocab {} | context {}",
@@ -44,8 +138,24 @@ fn config_lines(out: &mut dyn Write, c: &Config) -> Result<()> {
         c.vocab_size,
         c.max_seq_len
     )?;
-    writeln!(out, "rms_norm_eps {} | rope_theta {} | rope dims {} | rope scaling {:?} | tied embeddings {} | sliding window {:?}", c.norm_eps, c.rope_theta, c.n_rot, c.rope_scaling, c.tied_embeddings, c.sliding_window)?;
+    writeln!(
+        out,
+        "rms_norm_eps {} | rope_theta {} | rope dims {} | rope scaling {} | tied embeddings {} | sliding window {}",
+        c.norm_eps,
+        c.rope_theta,
+        c.n_rot,
+        rope_scaling(&c.rope_scaling),
+        yes_no(c.tied_embeddings),
+        c.sliding_window.map_or("none".to_string(), |w| w.to_string())
+    )?;
     Ok(())
+}
+
+/// A special token as "ID 'TEXT'", or "none".
+fn special(t: &Tokenizer, id: Option<u32>) -> String {
+    id.map_or("none".into(), |id| {
+        format!("{id} '{}'", escaped(t.token_text(id).as_bytes()))
+    })
 }
 
 pub fn run(spec: Option<&str>, all_metadata: bool, out: &mut dyn Write) -> Result<()> {
@@ -54,12 +164,13 @@ pub fn run(spec: Option<&str>, all_metadata: bool, out: &mut dyn Write) -> Resul
     writeln!(out, "model: {}", p.display())?;
     if p.is_dir() {
         let text = std::fs::read_to_string(p.join("config.json")).context("reading config.json")?;
+        let st = cria_core::safetensors::SafetensorsModel::open_folder(p)?;
         match Config::from_hf_json(&text) {
-            Ok(c) => config_lines(out, &c)?,
+            Ok(c) => config_lines(out, &c, n_params(&st.tensors))?,
             Err(e) => writeln!(out, "config: {e}")?,
         }
         let cfg = p.join("tokenizer_config.json");
-        match cria_tokenizer::Tokenizer::from_hf(
+        match Tokenizer::from_hf(
             &p.join("tokenizer.json"),
             cfg.exists().then_some(cfg.as_path()),
         ) {
@@ -68,15 +179,10 @@ pub fn run(spec: Option<&str>, all_metadata: bool, out: &mut dyn Write) -> Resul
                 "tokenizer: {} ({} tokens), chat template: {}",
                 t.kind(),
                 t.vocab_size(),
-                if t.chat_template().is_some() {
-                    "yes"
-                } else {
-                    "no"
-                }
+                yes_no(t.chat_template().is_some())
             )?,
             Err(e) => writeln!(out, "tokenizer: {e}")?,
         }
-        let st = cria_core::safetensors::SafetensorsModel::open_folder(p)?;
         tensor_table(out, &st.tensors)?;
     } else {
         let g = cria_core::gguf::GgufFile::open(p)?;
@@ -92,23 +198,19 @@ pub fn run(spec: Option<&str>, all_metadata: bool, out: &mut dyn Write) -> Resul
             writeln!(out, "name: {n}")?;
         }
         match Config::from_gguf(&g) {
-            Ok(c) => config_lines(out, &c)?,
+            Ok(c) => config_lines(out, &c, n_params(&g.tensors))?,
             Err(e) => writeln!(out, "config: {e}")?,
         }
-        match cria_tokenizer::Tokenizer::from_gguf(&g) {
+        match Tokenizer::from_gguf(&g) {
             Ok(t) => writeln!(
                 out,
-                "tokenizer: {} ({} tokens, bos {:?}, eos {:?}, add_bos {}), chat template: {}",
+                "tokenizer: {} ({} tokens, bos {}, eos {}, adds bos {}), chat template: {}",
                 t.kind(),
                 t.vocab_size(),
-                t.bos(),
-                t.eos(),
-                t.add_bos(),
-                if t.chat_template().is_some() {
-                    "yes"
-                } else {
-                    "no"
-                }
+                special(&t, t.bos()),
+                special(&t, t.eos()),
+                yes_no(t.add_bos()),
+                yes_no(t.chat_template().is_some())
             )?,
             Err(e) => writeln!(out, "tokenizer: {e}")?,
         }

@@ -7,6 +7,7 @@ mod fetch;
 mod inspect;
 mod models;
 mod perplexity;
+mod run;
 mod sample_args;
 mod session;
 
@@ -84,34 +85,8 @@ struct TokenizeArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Generate a completion (chat-templated for instruct models unless --raw) and stream it.
-    Run {
-        #[command(flatten)]
-        m: ModelArgs,
-        #[command(flatten)]
-        input: TextArgs,
-        /// Feed the prompt as plain text, without the chat template.
-        #[arg(long)]
-        raw: bool,
-        #[arg(short = 'n', long = "max-tokens", default_value_t = 256)]
-        max_tokens: usize,
-        #[command(flatten)]
-        sampling: sample_args::SamplerArgs,
-        #[command(flatten)]
-        constraint: constraint_args::ConstraintArgs,
-        #[arg(long = "ignore-eos")]
-        ignore_eos: bool,
-        /// Context size in tokens (default: the model's training context, as far as the KV
-        /// cache fits in half the free memory).
-        #[arg(short = 'c', long = "ctx-size")]
-        ctx_size: Option<usize>,
-        /// Tokens per prompt-processing batch.
-        #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
-        batch: usize,
-        /// A system message for the chat template.
-        #[arg(long)]
-        system: Option<String>,
-    },
+    /// Answer a prompt, streamed: cria run [MODEL] PROMPT (chat-templated unless --raw)
+    Run(run::RunArgs),
     /// Print the tokens of a text.
     Tokenize {
         #[command(flatten)]
@@ -136,11 +111,13 @@ enum Cmd {
         #[arg(long)]
         all: bool,
         /// Comma-separated token ids instead of text.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_name = "IDS")]
         tokens: Option<Vec<u32>>,
-        #[arg(long)]
+        /// The .npy file to write.
+        #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+        /// Tokens per prompt-processing batch.
+        #[arg(short = 'b', long = "batch-size", value_name = "N", default_value_t = 512, value_parser = run::at_least_one)]
         batch: usize,
         /// Print the sum of every intermediate (as llama.cpp's llama-eval-callback names them) to stderr.
         #[arg(long = "probe-sums")]
@@ -150,33 +127,46 @@ enum Cmd {
     Perplexity {
         #[command(flatten)]
         m: ModelArgs,
-        #[arg(short = 'f', long = "file")]
+        /// The text file (e.g. wiki.test.raw).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
-        #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+        /// Tokens per chunk (the context each chunk is evaluated in).
+        #[arg(short = 'c', long = "ctx-size", value_name = "N", default_value_t = 512, value_parser = run::at_least_one)]
         ctx_size: usize,
-        #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+        /// Tokens per prompt-processing batch.
+        #[arg(short = 'b', long = "batch-size", value_name = "N", default_value_t = 512, value_parser = run::at_least_one)]
         batch: usize,
         /// Stop after this many chunks.
-        #[arg(long = "chunks")]
+        #[arg(long = "chunks", value_name = "N")]
         chunks: Option<usize>,
     },
     /// Prompt-processing and generation speed, as llama-bench measures it, with the share of the
     /// memory roofline that decoding reaches.
     Bench {
         /// Models (repeat -m for several; default: the default model).
-        #[arg(short = 'm', long = "model")]
+        #[arg(short = 'm', long = "model", value_name = "MODEL")]
         models: Vec<String>,
         /// Prompt tokens for the pp test (0: skip).
-        #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+        #[arg(
+            short = 'p',
+            long = "n-prompt",
+            value_name = "N",
+            default_value_t = 512
+        )]
         prompt: usize,
         /// Generated tokens for the tg test (0: skip).
-        #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+        #[arg(short = 'n', long = "n-gen", value_name = "N", default_value_t = 128)]
         gen: usize,
         /// Thread counts, comma-separated (default: physical cores).
-        #[arg(short = 't', long = "threads", value_delimiter = ',')]
+        #[arg(short = 't', long = "threads", value_delimiter = ',', value_name = "N,...", value_parser = run::at_least_one)]
         threads: Vec<usize>,
         /// Timed repetitions (after one warm-up run).
-        #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+        #[arg(
+            short = 'r',
+            long = "repetitions",
+            value_name = "N",
+            default_value_t = 5
+        )]
         reps: usize,
         /// KV cache element type: f16 or f32.
         #[arg(long = "kv-type", default_value = "f16")]
@@ -205,8 +195,13 @@ enum Cmd {
     },
     /// Architecture, hyper-parameters, tokenizer and tensor table of a model.
     Inspect {
-        /// Model (as for -m).
+        /// The model: a .gguf file, a Hugging Face model folder, hf:ORG/REPO[:FILE] or a short
+        /// name (default: the default model).
+        #[arg(value_name = "MODEL", conflicts_with = "model_flag")]
         model: Option<String>,
+        /// The model, as the other commands take it.
+        #[arg(short = 'm', long = "model", value_name = "MODEL")]
+        model_flag: Option<String>,
         /// Also print every metadata key.
         #[arg(long)]
         metadata: bool,
@@ -215,6 +210,14 @@ enum Cmd {
 
 fn main() {
     if let Err(e) = real_main() {
+        // The reader went away (`cria inspect | head`): nothing left to say.
+        let broken_pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -223,72 +226,7 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run {
-            m,
-            input,
-            raw,
-            max_tokens,
-            sampling,
-            constraint,
-            ignore_eos,
-            ctx_size,
-            batch,
-            system,
-        } => {
-            let text = input.read()?;
-            let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
-            l.kv_type = m.kv_type;
-            let tok = &l.tok;
-            let prompt = if raw || tok.chat_template().is_none() {
-                if !raw {
-                    eprintln!(
-                        "note: the model has no chat template; using the prompt as plain text"
-                    );
-                }
-                tok.encode(&text, true, false)
-            } else {
-                let mut msgs = Vec::new();
-                if let Some(s) = system {
-                    msgs.push(cria_engine::template::Message::new("system", s));
-                }
-                msgs.push(cria_engine::template::Message::new("user", text));
-                session::render_chat(tok, &msgs, true, None)?.1
-            };
-            let ctx = l.ctx_size(ctx_size)?;
-            let cfg = sampling.config()?;
-            let mut cons = session::Constraints::from_args(&l, &sampling.stop, &constraint)?;
-            let mut sampler = sample_args::build_sampler(cfg, l.model.config.vocab_size, &l.tok);
-            let mut out = std::io::stdout().lock();
-            let mut state = session::KvState::new(&l, ctx, batch);
-            let st = session::generate(
-                &l,
-                &mut state,
-                &prompt,
-                &mut sampler,
-                &mut cons,
-                &session::GenOptions {
-                    max_tokens,
-                    ignore_eos,
-                },
-                None,
-                &mut out,
-                &mut String::new(),
-            )?;
-            writeln!(out)?;
-            if st.stop == session::StopReason::ContextFull {
-                eprintln!("[stopped: the context of {ctx} tokens is full]");
-            }
-            let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
-            eprintln!(
-                "load {:.2} s | prompt {} tokens, {:.1} t/s | generation {} tokens, {:.1} t/s | {}",
-                l.load_time.as_secs_f64(),
-                st.prompt_tokens,
-                rate(st.prompt_tokens, st.prompt_time),
-                st.gen_tokens,
-                rate(st.gen_tokens, st.gen_time),
-                cria_kernels::Backend::name(&l.backend)
-            );
-        }
+        Cmd::Run(a) => run::run(&a)?,
         Cmd::Tokenize { m, input, tok, ids } => {
             let text = input.read()?;
             let l = session::load_tokenizer_only(m.model.as_deref())?;
@@ -299,11 +237,12 @@ fn real_main() -> Result<()> {
                 writeln!(out, "{}", s.join(" "))?;
             } else {
                 for t in toks {
-                    writeln!(
-                        out,
-                        "{t:6} {:?}",
-                        String::from_utf8_lossy(&l.token_to_piece(t))
-                    )?;
+                    // Control tokens by their text (their piece is empty).
+                    let piece = match l.is_control(t) {
+                        true => l.token_text(t).as_bytes().to_vec(),
+                        false => l.token_to_piece(t),
+                    };
+                    writeln!(out, "{t:6} '{}'", inspect::escaped(&piece))?;
                 }
             }
         }
@@ -417,9 +356,15 @@ fn real_main() -> Result<()> {
                 &s,
             )?
         }
-        Cmd::Inspect { model, metadata } => {
-            inspect::run(model.as_deref(), metadata, &mut std::io::stdout().lock())?
-        }
+        Cmd::Inspect {
+            model,
+            model_flag,
+            metadata,
+        } => inspect::run(
+            model.or(model_flag).as_deref(),
+            metadata,
+            &mut std::io::stdout().lock(),
+        )?,
     }
     Ok(())
 }

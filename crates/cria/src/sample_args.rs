@@ -147,7 +147,8 @@ pub struct SamplerArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Stop when this text is generated; it is not printed (repeatable). Escapes such as \n are
-    /// processed (here, at parse time: the strings are ready for `StopMatcher::new`).
+    /// processed.
+    // (At parse time: the strings are ready for StopMatcher::new.)
     #[arg(long = "stop", value_name = "STRING", value_parser = escaped, allow_hyphen_values = true)]
     pub stop: Vec<String>,
 }

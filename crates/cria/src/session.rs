@@ -142,6 +142,8 @@ pub enum StopReason {
     StopString,
     /// The grammar is complete and admits nothing more.
     GrammarDone,
+    /// The grammar admits no token of the vocabulary here (it cannot be spelled with it).
+    GrammarStuck,
 }
 
 pub struct GenStats {
@@ -167,14 +169,15 @@ pub struct Constraints {
 }
 
 impl Constraints {
-    /// From the command line: stop strings and --grammar/--json-schema/--json against the
-    /// model's vocabulary.
-    pub fn from_args(
+    /// Stop strings (as given on the command line) and a grammar (from
+    /// [`ConstraintArgs::load`](crate::constraint_args::ConstraintArgs::load)) against the model's
+    /// vocabulary.
+    pub fn new(
         l: &Loaded,
         stops: &[String],
-        c: &crate::constraint_args::ConstraintArgs,
+        grammar: Option<cria_engine::grammar::Grammar>,
     ) -> Result<Self> {
-        let grammar = match c.load()? {
+        let grammar = match grammar {
             Some(g) => {
                 let table = std::sync::Arc::new(crate::constraint_args::token_table(&l.tok));
                 Some(
@@ -333,13 +336,18 @@ pub fn generate(
         };
         sampler.accept(next);
         n += 1;
+        // The grammar first, as the server does: a token it refuses (only sampled when it
+        // allows nothing the vocabulary can spell) ends the answer without showing it, and an
+        // end-of-generation token ends it only where the grammar is complete.
+        if let Some(g) = &mut cons.grammar {
+            if g.accept(next).is_err() {
+                stop = StopReason::GrammarStuck;
+                break;
+            }
+        }
         if !o.ignore_eos && l.tok.is_eog(next) {
             stop = StopReason::Eog;
             break;
-        }
-        if let Some(g) = &mut cons.grammar {
-            g.accept(next)
-                .map_err(|e| anyhow::anyhow!("the grammar admits no token here: {e}"))?;
         }
         piece.clear();
         dec.push_into(next, &mut piece);
