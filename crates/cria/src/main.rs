@@ -33,8 +33,8 @@ struct ModelArgs {
     /// model (SmolLM2-135M-Instruct Q4_1, fetched on first use).
     #[arg(short = 'm', long = "model")]
     model: Option<String>,
-    /// Threads (default: physical cores).
-    #[arg(short = 't', long)]
+    /// Threads (default: physical cores; at most 512).
+    #[arg(short = 't', long, value_name = "N", value_parser = run::thread_count)]
     threads: Option<usize>,
     /// Dequantize all weights to f32 at load (the exact reference path).
     #[arg(long)]
@@ -158,7 +158,7 @@ enum Cmd {
         #[arg(short = 'n', long = "n-gen", value_name = "N", default_value_t = 128)]
         gen: usize,
         /// Thread counts, comma-separated (default: physical cores).
-        #[arg(short = 't', long = "threads", value_delimiter = ',', value_name = "N,...", value_parser = run::at_least_one)]
+        #[arg(short = 't', long = "threads", value_delimiter = ',', value_name = "N,...", value_parser = run::thread_count)]
         threads: Vec<usize>,
         /// Timed repetitions (after one warm-up run).
         #[arg(
@@ -277,10 +277,11 @@ fn real_main() -> Result<()> {
             let v = l.model.config.vocab_size;
             let shape = if all { vec![toks.len(), v] } else { vec![v] };
             cria_core::npy::write_f32(&out, &shape, &logits)?;
+            let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
             eprintln!(
-                "wrote {} logits {:?} for {} tokens to {}",
+                "wrote {} logits ({}) for {} tokens to {}",
                 logits.len(),
-                shape,
+                dims.join(" x "),
                 toks.len(),
                 out.display()
             );

@@ -100,6 +100,17 @@ pub fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The most threads -t takes (each is an OS thread spawned at load).
+pub const MAX_THREADS: usize = 512;
+
+/// clap value parser of thread counts (-t): 1 to MAX_THREADS.
+pub fn thread_count(s: &str) -> Result<usize, String> {
+    match at_least_one(s)? {
+        n if n > MAX_THREADS => Err(format!("at most {MAX_THREADS} threads")),
+        n => Ok(n),
+    }
+}
+
 /// Does a word on the command line name a model rather than start the prompt? A .gguf path
 /// (existing or not, so a typo is an error about the file), an existing folder, an hf: spec or
 /// a short name.
@@ -154,7 +165,10 @@ fn prompt_text(words: &[String], p: Option<&str>, file: Option<&Path>) -> Result
             read_prompt(&mut file, &f.display().to_string())?
         }
         _ if !words.is_empty() => words.join(" "),
-        _ if !std::io::stdin().is_terminal() => stdin()?,
+        _ if !std::io::stdin().is_terminal() => match stdin()? {
+            t if t.is_empty() => bail!("no prompt: give it after the model (cria run MODEL \"PROMPT\"), with -p TEXT, -f FILE or on stdin (stdin was empty)"),
+            t => t,
+        },
         _ => bail!(
             "no prompt: give it after the model (cria run MODEL \"PROMPT\"), with -p TEXT, -f FILE or on stdin"
         ),
@@ -275,6 +289,7 @@ mod tests {
         assert!(parse_n_predict("abc").is_err());
         assert!(at_least_one("0").is_err());
         assert_eq!(at_least_one("512"), Ok(512));
+        assert!(thread_count("513").is_err() && thread_count("0").is_err());
     }
 
     #[test]

@@ -95,6 +95,11 @@ fn the_model_is_the_first_word_and_the_prompt_comes_from_anywhere() {
     let e = fails(&["run", &m, "words", "-p", "and a flag"]);
     assert!(e.starts_with("error: give the prompt once"), "{e}");
     let e = fails(&["run", &m]);
+    assert!(
+        e.starts_with("error: no prompt") && e.contains("stdin was empty"),
+        "{e}"
+    );
+    let e = fails(&["run", &m, "-p", ""]);
     assert!(e.starts_with("error: the prompt is empty"), "{e}");
     // A .gguf path that does not exist is the model, and the error says so.
     let e = fails(&["run", "no-such-model.gguf", "hi"]);
@@ -189,6 +194,7 @@ fn bad_flags_are_refused_before_the_model_loads() {
         (&["--top-k", "-5"], "--top-k"),
         (&["--ctx-size", "0"], "--ctx-size"),
         (&["--batch-size", "0"], "--batch-size"),
+        (&["-t", "100000"], "--threads"),
         (&["-n", "-2"], "--n-predict"),
         (&["--top-p", "1.5"], "--top-p"),
         (
