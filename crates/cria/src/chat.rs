@@ -27,7 +27,7 @@ pub struct ChatArgs {
     #[command(flatten)]
     m: crate::ModelArgs,
     /// The model, as for -m: cria chat smollm2, as ollama run takes it.
-    #[arg(value_name = "MODEL")]
+    #[arg(id = "model_word", value_name = "MODEL")]
     model: Option<String>,
     /// The system message.
     #[arg(long)]

@@ -329,6 +329,41 @@ fn inspect_and_tokenize_read_as_text() {
     // chat takes the model as its first word (and leaves at end of input).
     let (_, err) = ok(&["chat", &m, "--no-history", "-c", "256"], "/bye\n");
     assert!(err.contains("(134.5M params)"), "{err}");
+    let e = fails(&["chat", &m, "-m", &m]);
+    assert!(e.starts_with("error: give the model once"), "{e}");
+}
+
+#[test]
+fn a_reader_that_goes_away_is_no_error() {
+    // `cria tokenize ... | head -1`: far more output than a pipe holds, and the reader leaves.
+    let text = std::env::temp_dir().join(format!("cria-first-day-pipe-{}.txt", std::process::id()));
+    std::fs::write(
+        &text,
+        "one two three four five six seven eight nine ten\n".repeat(20_000),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cria"))
+        .args(["tokenize", "-m", &smol_str(), "-f", text.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(
+        first.trim_start().starts_with(char::is_numeric),
+        "{first:?}"
+    );
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.is_empty(),
+        "{:?}: {err}",
+        out.status
+    );
+    std::fs::remove_file(&text).ok();
 }
 
 // ---------------------------------------------------------------------------------------------
