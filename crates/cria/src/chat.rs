@@ -96,8 +96,11 @@ impl Chat {
         self.set_system(sys);
     }
 
-    fn rebuild_sampler(&mut self, l: &Loaded) {
-        self.sampler = crate::sample_args::build_sampler(self.cfg.clone(), self.vocab, &l.tok);
+    /// A new sampler configuration (kept only if its sampler builds).
+    fn set_config(&mut self, l: &Loaded, cfg: SamplerConfig) -> Result<()> {
+        self.sampler = crate::sample_args::build_sampler(cfg.clone(), self.vocab, &l.tok)?;
+        self.cfg = cfg;
+        Ok(())
     }
 }
 
@@ -171,7 +174,7 @@ pub fn run(a: &ChatArgs) -> Result<()> {
     let vocab = l.model.config.vocab_size;
     let mut chat = Chat {
         messages: loaded.unwrap_or_default(),
-        sampler: crate::sample_args::build_sampler(cfg.clone(), vocab, &l.tok),
+        sampler: crate::sample_args::build_sampler(cfg.clone(), vocab, &l.tok)?,
         cons: session::Constraints::new(&l, &a.sampling.stop, grammar)?,
         cfg,
         vocab,
@@ -414,10 +417,10 @@ fn command(line: &str, chat: &mut Chat, state: &mut KvState, l: &Loaded) -> Resu
             let (name, value) = rest
                 .split_once(char::is_whitespace)
                 .context("usage: /set NAME VALUE, e.g. /set temperature 0.7")?;
-            chat.cfg
-                .set(name.trim(), value.trim())
+            let mut cfg = chat.cfg.clone();
+            cfg.set(name.trim(), value.trim())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            chat.rebuild_sampler(l);
+            chat.set_config(l, cfg)?;
             println!("Set {} = {}.", name.trim(), value.trim());
         }
         "/save" => {

@@ -205,7 +205,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     };
     let ctx = l.ctx_size(a.gen.ctx_size)?;
     let mut cons = session::Constraints::new(&l, &a.sampling.stop, grammar)?;
-    let mut sampler = crate::sample_args::build_sampler(cfg, l.model.config.vocab_size, &l.tok);
+    let mut sampler = crate::sample_args::build_sampler(cfg, l.model.config.vocab_size, &l.tok)?;
     let mut out = std::io::stdout().lock();
     let mut state = session::KvState::new(&l, ctx, a.gen.batch);
     let st = session::generate(

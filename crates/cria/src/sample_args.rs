@@ -273,8 +273,17 @@ impl TokenText for TokText<'_> {
 
 /// The sampler for `cfg` over a model vocabulary of `n_vocab` (the logits' length), with DRY's
 /// sequence breakers tokenized against `tok` when DRY is on (the scan reads every token's text
-/// once, a few milliseconds).
-pub fn build_sampler(cfg: SamplerConfig, n_vocab: usize, tok: &Tokenizer) -> Sampler {
+/// once, a few milliseconds). A --logit-bias token outside the vocabulary is an error.
+pub fn build_sampler(cfg: SamplerConfig, n_vocab: usize, tok: &Tokenizer) -> Result<Sampler> {
+    if let Some((id, _)) = cfg
+        .logit_bias
+        .iter()
+        .find(|(id, _)| *id as usize >= n_vocab)
+    {
+        return Err(anyhow!(
+            "--logit-bias: token {id} is not in the model's vocabulary (0..{n_vocab})"
+        ));
+    }
     let dry_on = cfg.mirostat == 0
         && cfg.dry_multiplier != 0.0
         && cfg.dry_base >= 1.0
@@ -284,7 +293,7 @@ pub fn build_sampler(cfg: SamplerConfig, n_vocab: usize, tok: &Tokenizer) -> Sam
     } else {
         DryBreakers::default()
     };
-    Sampler::with_breakers(cfg, n_vocab, breakers)
+    Ok(Sampler::with_breakers(cfg, n_vocab, breakers))
 }
 
 #[cfg(test)]
@@ -518,11 +527,22 @@ mod tests {
             dry_multiplier: 0.8,
             ..SamplerConfig::default()
         };
-        let s = build_sampler(cfg, tok.vocab_size(), &tok);
+        let s = build_sampler(cfg, tok.vocab_size(), &tok).unwrap();
         assert!(s.describe().contains("dry"));
         // GPT-2 has three tokens holding "\n" (each a single-token breaker) and none ending in
         // a proper prefix of it (a one-byte breaker has none).
         let b = DryBreakers::from_strings(&["\n".to_string()], &text);
         assert_eq!(b.len(), 3);
+        // A bias on a token the model does not have is refused.
+        let cfg = SamplerConfig {
+            logit_bias: vec![(tok.vocab_size() as u32, 1.0)],
+            ..SamplerConfig::default()
+        };
+        let e = build_sampler(cfg, tok.vocab_size(), &tok).err().unwrap();
+        assert!(
+            e.to_string()
+                .starts_with("--logit-bias: token 50257 is not"),
+            "{e}"
+        );
     }
 }

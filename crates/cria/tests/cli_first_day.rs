@@ -237,6 +237,23 @@ fn bad_flags_are_refused_before_the_model_loads() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[test]
+fn flags_checked_against_the_model_are_errors_not_aborts() {
+    let m = smol_str();
+    // A KV cache far beyond any memory (was an allocation failure and an abort).
+    let e = fails(&["run", &m, "-c", "100000000", "hi"]);
+    assert!(
+        e.contains("error: --ctx-size 100000000 needs a KV cache of"),
+        "{e}"
+    );
+    // A bias on a token the model does not have (was silently ignored).
+    let e = fails(&["run", &m, "--logit-bias", "99999999+1", "hi"]);
+    assert!(
+        e.contains("error: --logit-bias: token 99999999 is not"),
+        "{e}"
+    );
+}
+
 /// The subcommands `cria --help` lists.
 fn subcommands() -> Vec<String> {
     let (help, _) = ok(&["--help"], "");
