@@ -112,14 +112,15 @@ pub fn thread_count(s: &str) -> Result<usize, String> {
 }
 
 /// Does a word on the command line name a model rather than start the prompt? A .gguf path
-/// (existing or not, so a typo is an error about the file), an existing folder, an hf: spec or
-/// a short name.
+/// (existing or not, so a typo is an error about the file), a GGUF file by its magic, an
+/// existing folder, an hf: spec or a short name.
 pub fn names_model(word: &str) -> bool {
     let p = Path::new(word);
     word.starts_with("hf:")
         || crate::fetch::known_model(word).is_some()
         || crate::fetch::has_gguf_extension(p)
         || p.is_dir()
+        || (p.is_file() && crate::fetch::is_gguf(p).unwrap_or(false))
 }
 
 /// The model spec and the prompt words: -m wins, else a first word that names a model.

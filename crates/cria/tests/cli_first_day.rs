@@ -67,7 +67,13 @@ fn the_model_is_the_first_word_and_the_prompt_comes_from_anywhere() {
     let file = std::env::temp_dir().join(format!("cria-first-day-{}.txt", std::process::id()));
     std::fs::write(&file, prompt).unwrap();
     let file = file.to_str().unwrap();
+    // A GGUF file without the extension is known by its magic.
+    let link = std::env::temp_dir().join(format!("cria-first-day-model-{}", std::process::id()));
+    std::fs::remove_file(&link).ok();
+    std::os::unix::fs::symlink(smol(), &link).unwrap();
+    let link = link.to_str().unwrap();
     let ways: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["run", link, prompt], ""),
         // Ollama: the model, then the prompt as words.
         (vec!["run", &m, "Name", "a", "color."], ""),
         (vec!["run", &m, prompt, "--n-predict", "6"], ""),
@@ -91,6 +97,7 @@ fn the_model_is_the_first_word_and_the_prompt_comes_from_anywhere() {
         );
     }
     std::fs::remove_file(file).ok();
+    std::fs::remove_file(link).ok();
     // Two prompts, or none at all, are errors that say what to do.
     let e = fails(&["run", &m, "words", "-p", "and a flag"]);
     assert!(e.starts_with("error: give the prompt once"), "{e}");
