@@ -149,6 +149,9 @@ pub fn read_prompt(r: &mut dyn Read, what: &str) -> Result<String> {
     })
 }
 
+const NO_PROMPT: &str =
+    "no prompt: give it after the model (cria run MODEL \"PROMPT\"), with -p TEXT, -f FILE or on stdin";
+
 /// The prompt from exactly one source: words, -p, -f FILE / -f -, or piped stdin.
 fn prompt_text(words: &[String], p: Option<&str>, file: Option<&Path>) -> Result<String> {
     let given =
@@ -167,12 +170,10 @@ fn prompt_text(words: &[String], p: Option<&str>, file: Option<&Path>) -> Result
         }
         _ if !words.is_empty() => words.join(" "),
         _ if !std::io::stdin().is_terminal() => match stdin()? {
-            t if t.is_empty() => bail!("no prompt: give it after the model (cria run MODEL \"PROMPT\"), with -p TEXT, -f FILE or on stdin (stdin was empty)"),
+            t if t.is_empty() => bail!("{NO_PROMPT} (stdin was empty)"),
             t => t,
         },
-        _ => bail!(
-            "no prompt: give it after the model (cria run MODEL \"PROMPT\"), with -p TEXT, -f FILE or on stdin"
-        ),
+        _ => bail!("{NO_PROMPT}"),
     };
     if text.is_empty() {
         bail!("the prompt is empty");
