@@ -85,10 +85,10 @@ fn plain_q4_1_is_llama_cpp_bit_for_bit() {
     let mut tested = 0;
     for isa in [Isa::Avx2, Isa::Avx512] {
         if !isa.available() {
-            eprintln!(
-                "SKIPPED: bit-for-bit check against llama.cpp on {}: this CPU lacks it",
+            skipped(&format!(
+                "bit-for-bit check against llama.cpp on {}: this CPU lacks it",
                 isa.name()
-            );
+            ));
             continue;
         }
         let b = CpuBackend::with_isa(2, isa).without_repack();
@@ -134,10 +134,15 @@ fn plain_q4_1_is_llama_cpp_bit_for_bit() {
         tested += 1;
     }
     if tested == 0 {
-        eprintln!(
-            "SKIPPED: the bit-for-bit check needs AVX2; this CPU has neither AVX2 nor AVX-512"
-        );
+        skipped("the bit-for-bit check needs AVX2; this CPU has neither AVX2 nor AVX-512");
     }
+}
+
+/// "SKIPPED: <why>" on the process's stderr, past the test harness's output capture (which takes
+/// only the print macros), so `cargo test` shows it for a passing test too.
+fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }
 
 /// The repacked Q4_1 kernels (what cria runs by default) against the plain path above, which
