@@ -100,3 +100,12 @@ for name in $MODELS; do
   python3 "$ROOT/scripts/bench/pool.py" "$OUT" "$name" "${files[@]}"
 done
 python3 "$ROOT/scripts/bench/table.py" "$OUT"
+# cria's logits hash per test must be one value across rounds and thread counts (pool.py).
+python3 - "$OUT" <<'PY'
+import json, sys
+bad = [(r["name"], c["test"], c["logits_hash"]) for r in json.load(open(sys.argv[1]))
+       for c in r["cria"] if not c.get("logits_hash_agree", True)]
+for b in sorted(set(bad)):
+    print("logits hash differs between rounds or thread counts: %s %s %s" % b, file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY

@@ -5,7 +5,6 @@ use cria_core::gguf::{Array, GgufFile, GgufWriter};
 use cria_core::{quant, DType, Error};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 fn tmp_path() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -25,18 +24,12 @@ fn open_bytes(b: &[u8]) -> Result<GgufFile, Error> {
     r
 }
 
-/// Opens `b`, which must fail quickly, with a message containing `want`.
+/// Opens `b`, which must fail with a message containing `want`.
 #[track_caller]
 fn expect_err(b: &[u8], want: &str) -> Error {
-    let t = Instant::now();
     let e = open_bytes(b)
         .err()
         .unwrap_or_else(|| panic!("accepted a file that should fail with {want:?}"));
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "took {:?} to fail",
-        t.elapsed()
-    );
     let msg = e.to_string();
     assert!(
         msg.to_lowercase().contains(&want.to_lowercase()),

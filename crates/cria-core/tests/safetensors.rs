@@ -265,10 +265,8 @@ fn hostile_headers() {
         .unwrap()
         .set_len(160 << 20)
         .unwrap();
-    let t = std::time::Instant::now();
     let e = SafetensorsModel::open_file(&p).err().unwrap().to_string();
     assert!(e.contains("100 MB"), "{e}");
-    assert!(t.elapsed().as_millis() < 1000);
     std::fs::remove_dir_all(&d).ok();
     // Each of these is refused with a message naming the problem.
     let d24 = [0u8; 24];

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{all_isas_or_skip, isas_or_skip, Rng};
 use cria_kernels::{reference, AttnShape, Backend, CpuBackend, Isa, KvSlice};
 use half::f16;
 
@@ -121,9 +121,8 @@ fn f16_reference_is_the_f32_reference_on_rounded_values() {
 
 #[test]
 fn flash_kernels_match_the_reference_on_f16_rounded_kv() {
-    let backends: Vec<CpuBackend> = Isa::ALL
+    let backends: Vec<CpuBackend> = all_isas_or_skip("flash attention vs the reference")
         .into_iter()
-        .filter(|i| i.available())
         .flat_map(|i| [CpuBackend::with_isa(1, i), CpuBackend::with_isa(3, i)])
         .collect();
     let mut worst_seen = 0f32;
@@ -144,11 +143,7 @@ fn flash_kernels_match_the_reference_on_f16_rounded_kv() {
 #[test]
 fn simd_flash_tile_matches_its_scalar_twin() {
     let twin = CpuBackend::with_isa(2, Isa::Scalar);
-    for isa in [Isa::Avx2, Isa::Avx512] {
-        if !isa.available() {
-            eprintln!("no {isa}: nothing to compare");
-            continue;
-        }
+    for isa in isas_or_skip(&[Isa::Avx2, Isa::Avx512], "SIMD flash tile vs scalar twin") {
         let simd = CpuBackend::with_isa(2, isa);
         let mut worst_seen = 0f32;
         for c in cases() {
@@ -169,7 +164,7 @@ fn simd_flash_tile_matches_its_scalar_twin() {
 fn flash_attention_is_bitwise_independent_of_threads() {
     let mut rng = Rng::new(32);
     let c = Case::new(&mut rng, 9, 3, 64, 70, 100, None, 1.0);
-    for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+    for isa in all_isas_or_skip("flash attention across threads") {
         let one = c.run(&CpuBackend::with_isa(1, isa));
         for th in [2, 4] {
             let o = c.run(&CpuBackend::with_isa(th, isa));

@@ -27,14 +27,8 @@ fn bits_eq(a: &[f32], b: &[f32]) -> bool {
 
 #[test]
 fn packed_gemm_matches_its_scalar_twin_bitwise_and_the_spec() {
-    if !Isa::Avx2.available() {
-        eprintln!("note: no AVX2 on this CPU; F16/BF16 weights are not repacked");
-        return;
-    }
-    for isa in [Isa::Avx2, Isa::Avx512] {
-        if isa.available() {
-            packed_gemm_on(isa);
-        }
+    for isa in isas_or_skip(&[Isa::Avx2, Isa::Avx512], "packed F16/BF16 GEMM") {
+        packed_gemm_on(isa);
     }
 }
 
@@ -104,7 +98,7 @@ fn packed_gemm_on(isa: Isa) {
 
 #[test]
 fn embedding_reads_the_packed_table() {
-    if !Isa::Avx2.available() {
+    if !has_isa_or_skip(Isa::Avx2, "embedding from the packed table") {
         return;
     }
     let b = CpuBackend::with_isa(1, Isa::Avx2);

@@ -80,8 +80,7 @@ fn plain_dot(t: DType) -> fn(usize, &[u8], &[u8]) -> f32 {
 
 #[test]
 fn prepared_matmul_matches_the_plain_scalar_dot() {
-    if !Isa::Avx2.available() {
-        eprintln!("note: no AVX2 on this CPU; the repacked path is not used");
+    if !has_isa_or_skip(Isa::Avx2, "repacked matmul (not used without AVX2)") {
         return;
     }
     for isa in simd_isas() {
@@ -91,10 +90,7 @@ fn prepared_matmul_matches_the_plain_scalar_dot() {
 
 /// The x86 ISAs with repacked kernels that this CPU has.
 fn simd_isas() -> Vec<Isa> {
-    [Isa::Avx2, Isa::Avx512]
-        .into_iter()
-        .filter(|i| i.available())
-        .collect()
+    isas_or_skip(&[Isa::Avx2, Isa::Avx512], "repacked tiles")
 }
 
 fn prepared_matmul_on(isa: Isa) {
@@ -329,8 +325,7 @@ fn embedding_rows_from_a_shared_packed_copy_equal_the_files() {
 
 #[test]
 fn fused_activation_quantizer_matches_the_generic_one() {
-    if !Isa::Avx2.available() {
-        eprintln!("note: no AVX2 on this CPU; nothing to compare");
+    if !has_isa_or_skip(Isa::Avx2, "activation quantizer") {
         return;
     }
     let mut rng = Rng::new(43);
@@ -409,8 +404,7 @@ fn matmul_many_equals_one_matmul_per_matrix_bitwise() {
 
 #[test]
 fn vectorised_k_activation_quantizer_matches_the_generic_one() {
-    if !Isa::Avx2.available() {
-        eprintln!("note: no AVX2 on this CPU; nothing to compare");
+    if !has_isa_or_skip(Isa::Avx2, "K activation quantizer") {
         return;
     }
     let mut rng = Rng::new(45);

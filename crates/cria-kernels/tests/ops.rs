@@ -10,13 +10,12 @@
 
 mod common;
 
-use common::Rng;
+use common::{all_isas_or_skip, Rng};
 use cria_kernels::{reference, AttnShape, Backend, CpuBackend, Isa, KvSlice, Rope};
 
 fn backends() -> Vec<CpuBackend> {
-    Isa::ALL
+    all_isas_or_skip("ops")
         .into_iter()
-        .filter(|i| i.available())
         .flat_map(|i| [CpuBackend::with_isa(1, i), CpuBackend::with_isa(3, i)])
         .collect()
 }
@@ -177,7 +176,7 @@ fn attention_is_bitwise_independent_of_threads() {
     let q: Vec<f32> = (0..6 * 9 * 64).map(|_| rng.normal(1.0)).collect();
     let k: Vec<f32> = (0..106 * 3 * 64).map(|_| rng.normal(1.0)).collect();
     let v: Vec<f32> = (0..106 * 3 * 64).map(|_| rng.normal(1.0)).collect();
-    for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+    for isa in all_isas_or_skip("attention across threads") {
         let outs: Vec<Vec<f32>> = [1, 2, 4]
             .into_iter()
             .map(|th| {

@@ -126,10 +126,11 @@ fn disconnect_mid_stream_frees_the_slot() {
         }
     }
     drop(lines); // the client goes away
+                 // A deadline only against a hang (no speed is asserted): the slot must be freed at all.
     let t0 = Instant::now();
     while metric(&url, "cria_requests_cancelled_total") < 1.0 {
         assert!(
-            t0.elapsed() < Duration::from_secs(5),
+            t0.elapsed() < Duration::from_secs(120),
             "the abandoned stream still holds its slot"
         );
         std::thread::sleep(Duration::from_millis(20));

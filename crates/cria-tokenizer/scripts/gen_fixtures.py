@@ -5,7 +5,7 @@ For each vocabulary, llama.cpp (libllama, through the small C program llama_ref.
 text with all four (add_special, parse_special) combinations and detokenizes the result with all
 four (remove_special, unparse_special) combinations; it also reports BOS/EOS/EOT, the add flags and
 the end-of-generation ids. For SmolLM2 the ids are cross-checked against the `llama-tokenize` tool.
-Where $CRIA_REF_DIR/tokenizers/<vocab>/tokenizer.json exists (scripts/gguf_to_hf.py), the
+Where tests/fixtures/hf/<vocab>/tokenizer.json.gz exists (scripts/gguf_to_hf.py), the
 Hugging Face `tokenizers` ids are recorded too, so the tests can tell where HF itself differs.
 
     python3 crates/cria-tokenizer/scripts/gen_fixtures.py     # needs gcc, the llama.cpp build in ref/
@@ -129,11 +129,12 @@ def llama_tokenize(model, path, *flags):
 
 
 def hf_ids(name, texts):
-    path = REF / "tokenizers" / name / "tokenizer.json"
+    path = Path(__file__).resolve().parents[1] / "tests/fixtures/hf" / name / "tokenizer.json.gz"
     if not path.exists():
         return None
+    import gzip
     from tokenizers import Tokenizer
-    tok = Tokenizer.from_file(str(path))
+    tok = Tokenizer.from_str(gzip.decompress(path.read_bytes()).decode())
     return [tok.encode(t, add_special_tokens=False).ids for t in texts]
 
 

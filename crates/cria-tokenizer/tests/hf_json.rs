@@ -1,6 +1,6 @@
 //! `Tokenizer::from_hf` on tokenizer.json files that transformers made from the same GGUF
-//! vocabularies (scripts/gguf_to_hf.py writes them to $CRIA_REF_DIR/tokenizers/<vocab>/; they are
-//! several MB each, so not committed). Where the Hugging Face tokenizer itself agrees with
+//! vocabularies (scripts/gguf_to_hf.py writes them to tests/fixtures/hf/<vocab>/, the
+//! tokenizer.json gzipped). Where the Hugging Face tokenizer itself agrees with
 //! llama.cpp (the fixture records both), from_hf must give llama.cpp's ids, i.e. the same ids as
 //! from_gguf; where HF differs, the difference is the conversion's (lost pre-tokenizer rules,
 //! Metaspace "first"), and from_hf may follow either.
@@ -8,17 +8,26 @@
 mod common;
 use common::*;
 use cria_tokenizer::Tokenizer;
+use std::io::Read;
+use std::path::Path;
 
+/// The committed fixture, unpacked into this test's scratch directory (from_hf reads files).
 fn load_hf(vocab: &str) -> Tokenizer {
-    let dir = ref_dir().join("tokenizers").join(vocab);
+    let src = fixture("hf").join(vocab);
+    let gz = src.join("tokenizer.json.gz");
+    let mut text = String::new();
+    std::fs::File::open(&gz)
+        .map(flate2::read::GzDecoder::new)
+        .and_then(|mut d| d.read_to_string(&mut text))
+        .unwrap_or_else(|e| panic!("{}: {e}", gz.display()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("hf")
+        .join(vocab);
+    std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("tokenizer.json");
-    assert!(
-        json.exists(),
-        "{} missing: run crates/cria-tokenizer/scripts/gguf_to_hf.py first",
-        json.display()
-    );
-    let config = dir.join("tokenizer_config.json");
-    Tokenizer::from_hf(&json, Some(&config)).unwrap_or_else(|e| panic!("{}: {e}", json.display()))
+    std::fs::write(&json, text).unwrap();
+    let config = src.join("tokenizer_config.json");
+    Tokenizer::from_hf(&json, Some(&config)).unwrap_or_else(|e| panic!("{}: {e}", gz.display()))
 }
 
 fn check(vocab: &str, expected_kind: &str) {

@@ -1,10 +1,9 @@
-//! No panics on any text or id, round trips where llama.cpp's tokenizer is lossless, speed, and
+//! No panics on any text or id, round trips where llama.cpp's tokenizer is lossless, large inputs, and
 //! clear errors for what cria does not support.
 
 mod common;
 use common::*;
 use cria_tokenizer::Tokenizer;
-use std::time::Instant;
 
 /// xorshift64*: deterministic pseudo-random input without a dependency.
 struct Rng(u64);
@@ -60,20 +59,9 @@ impl Rng {
 }
 
 fn all_tokenizers() -> Vec<(&'static str, Tokenizer)> {
-    ["llama-spm", "llama-bpe", "gpt-2", "smollm2"]
+    VOCABS
         .into_iter()
-        .map(|v| {
-            let path = fixture_model_path(v);
-            let g = cria_core::gguf::GgufFile::open(&path).unwrap();
-            let t = Instant::now();
-            let tok = Tokenizer::from_gguf(&g).unwrap();
-            eprintln!(
-                "{v:9} from_gguf: {} tokens in {:.0} ms",
-                tok.vocab_size(),
-                t.elapsed().as_secs_f64() * 1e3
-            );
-            (v, tok)
-        })
+        .map(|v| (v, load_gguf(&fixture_model_path(v))))
         .collect()
 }
 
@@ -139,34 +127,30 @@ fn lossless_round_trip() {
     }
 }
 
-/// 100 KB texts of several shapes (prose, one unbroken word, whitespace, CJK, digits) must
-/// tokenize in well under a second: the merge loops are heap-driven, not quadratic.
+/// 100 KB texts of several shapes (prose, one unbroken word, whitespace, CJK, digits) tokenize to
+/// valid ids, and back to the same text where the vocabulary is lossless. Their speed (the merge
+/// loops are heap-driven, not quadratic: ~10-50 ms each) is measured by
+/// `cargo bench -p cria-tokenizer --bench encode_large`, not asserted here.
 #[test]
-fn large_inputs_are_fast() {
-    let prose =
-        "The quick brown fox jumps over the lazy dog; it's 2024, and <|im_start|> 你好 🦙!\n"
-            .repeat(1300);
-    let inputs = [
-        ("prose", prose),
-        ("one word", "abcdefghij".repeat(10_000)),
-        ("spaces", " ".repeat(100_000)),
-        ("cjk", "我想在工作".repeat(6_700)),
-        ("digits", "1234567890".repeat(10_000)),
-    ];
+fn large_inputs_tokenize() {
     for (vocab, tok) in all_tokenizers() {
-        for (name, text) in &inputs {
-            let t = Instant::now();
+        let n = tok.vocab_size() as u32;
+        for (name, text) in &large_inputs() {
             let ids = tok.encode(text, true, true);
-            let dt = t.elapsed();
             eprintln!(
-                "{vocab:9} {name:8} {:6} bytes -> {:6} tokens in {:7.1} ms",
+                "{vocab:9} {name:8} {:6} bytes -> {:6} tokens",
                 text.len(),
-                ids.len(),
-                dt.as_secs_f64() * 1e3
+                ids.len()
             );
-            assert!(!ids.is_empty());
-            // Generous for a shared 2-core machine and debug-assertion builds; typical is ~10-50 ms.
-            assert!(dt.as_secs_f64() < 1.0, "{vocab} {name}: {dt:?}");
+            assert!(!ids.is_empty(), "{vocab} {name}");
+            assert!(
+                ids.iter().all(|&id| id < n),
+                "{vocab} {name}: id out of range"
+            );
+            if matches!(vocab, "llama-spm" | "smollm2") {
+                let plain = tok.encode(text, false, false);
+                assert!(tok.decode(&plain) == *text, "{vocab} {name}: round trip");
+            }
         }
     }
 }

@@ -164,12 +164,15 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
                 reset_peak_rss();
                 let mut kv = KvCache::with_type(m, ctx, o.kv_type);
                 let mut s = Scratch::new(m, if is_pp { n } else { 1 }, Logits::Last);
+                // One fixed token stream per test, the same in every repetition: the logits
+                // hash then depends on the model, the test and the code only (not on -r, the
+                // thread count or timing), so runs and repetitions can be compared.
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+                let toks: Vec<u32> = (0..n).map(|_| rng.next(c.vocab_size)).collect();
                 let mut samples = Vec::new();
-                let mut last_hash = String::new();
+                let (mut first_hash, mut varies) = (String::new(), false);
                 // Run 0 is the warm-up (page faults of the mapping, caches, thread wake-up).
                 for rep in 0..=o.reps {
-                    let toks: Vec<u32> = (0..n).map(|_| rng.next(c.vocab_size)).collect();
                     let t0 = Instant::now();
                     if is_pp {
                         forward(m, &l.backend, &toks, 0, &mut kv, &mut s, Logits::Last)?;
@@ -182,7 +185,16 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
                     if rep > 0 {
                         samples.push(n as f64 / dt);
                     }
-                    last_hash = hash(s.logits());
+                    let h = hash(s.logits());
+                    if rep == 0 {
+                        first_hash = h;
+                    } else if h != first_hash {
+                        eprintln!(
+                            "warning: {name} {test} t={threads}: repetition {rep} gave logits \
+                             hash {h}, the warm-up run {first_hash}: not deterministic"
+                        );
+                        varies = true;
+                    }
                 }
                 // Attention reads the K/V of every earlier position: on average (n+1)/2 of them.
                 let bytes_per_token = (!is_pp).then(|| {
@@ -202,7 +214,7 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
                     samples_ts: samples,
                     bytes_per_token,
                     bandwidth,
-                    logits_hash: last_hash,
+                    logits_hash: if varies { "varies".into() } else { first_hash },
                     kv_bytes: kv.bytes_per_position() * ctx,
                     peak_rss: peak_rss().max(load_peak),
                 };

@@ -19,10 +19,10 @@ fn cria(args: &[&str]) -> std::process::Output {
         .expect("running cria")
 }
 
-#[test]
-fn bench_json_report() {
+/// The rows of `cria bench -o json` on the tiny model with the given extra arguments.
+fn bench_rows(extra: &[&str]) -> Vec<Value> {
     let m = tiny();
-    let out = cria(&[
+    let mut args = vec![
         "bench",
         "-m",
         m.to_str().unwrap(),
@@ -30,19 +30,22 @@ fn bench_json_report() {
         "8",
         "-n",
         "4",
-        "-t",
-        "1,2",
-        "-r",
-        "2",
         "-o",
         "json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = cria(&args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn bench_json_report() {
+    let rows = bench_rows(&["-t", "1,2", "-r", "2"]);
     let tests: Vec<(u64, &str)> = rows
         .iter()
         .map(|r| (r["threads"].as_u64().unwrap(), r["test"].as_str().unwrap()))
@@ -71,6 +74,31 @@ fn bench_json_report() {
     // Same tokens, same logits, whatever the thread count.
     assert_eq!(rows[0]["logits_hash"], rows[2]["logits_hash"]);
     assert_eq!(rows[1]["logits_hash"], rows[3]["logits_hash"]);
+}
+
+/// Each test runs one fixed token stream in every repetition, so its logits hash is the same
+/// whatever -r (and the thread count): comparable across runs and rounds.
+#[test]
+fn bench_logits_hash_does_not_depend_on_repetitions() {
+    let hashes = |extra: &[&str]| -> Vec<(String, String)> {
+        bench_rows(extra)
+            .iter()
+            .map(|r| {
+                let h = r["logits_hash"].as_str().unwrap().to_string();
+                assert_eq!(h.len(), 8, "{r}");
+                (r["test"].as_str().unwrap().to_string(), h)
+            })
+            .collect()
+    };
+    let one = hashes(&["-r", "1", "-t", "1"]);
+    assert_eq!(one.len(), 2, "{one:?}");
+    assert_ne!(one[0].1, one[1].1, "pp8 and tg4 end on different logits");
+    assert_eq!(one, hashes(&["-r", "3", "-t", "1"]), "-r 1 vs -r 3");
+    assert_eq!(
+        one,
+        hashes(&["-r", "2", "-t", "2"]),
+        "-r 1 -t 1 vs -r 2 -t 2"
+    );
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! temperature 1 over the whole vocabulary (no top-k/top-p/min-p), so the model is pushed
 //! against the grammar at every step. Every output must be a prefix the grammar accepts, and
 //! every completed one must parse (JSON with serde_json, checked against the schema by hand;
-//! arithmetic with the recognizer). Also reports tokens/s with and without the grammar.
+//! arithmetic with the recognizer). `grammar_speed_figures` (ignored) measures tokens/s with and
+//! without the grammar.
 
 use cria_engine::grammar::{self, json_schema_to_gbnf, Grammar, Matcher, TokenTable};
 use cria_engine::sampler::{Sampler, SamplerConfig};
@@ -250,14 +251,12 @@ fn valid_person(v: &Value) -> Result<(), String> {
 }
 
 #[test]
-fn constrained_generation_parses_and_keeps_speed() {
+fn constrained_generation_parses() {
     let lm = load();
     // JSON (llama.cpp's json.gbnf).
     let json = Arc::new(example_grammar("json.gbnf"));
     let p = chat("Describe a cat as a JSON object.");
     let n = generations();
-    // The unconstrained baseline only measures speed: a fifth of the runs is plenty.
-    let free = run(&lm, &p, None, n.div_ceil(5));
     let constrained = run(&lm, &p, Some(&json), n);
     let done_json = check_all("json.gbnf", &json, &constrained, |s| {
         match parse_json(s) {
@@ -295,12 +294,6 @@ fn constrained_generation_parses_and_keeps_speed() {
     );
     let done_schema = check_all("schema", &person, &b, |s| valid_person(&parse_json(s)?));
 
-    let ratio = rate(&constrained) / rate(&free);
-    eprintln!(
-        "speed: {:.1} tok/s free, {:.1} tok/s under json.gbnf: ratio {ratio:.3}",
-        rate(&free),
-        rate(&constrained)
-    );
     // Most runs should finish within the token budget; none may break the grammar (above).
     for (name, done) in [
         ("json", done_json),
@@ -312,9 +305,24 @@ fn constrained_generation_parses_and_keeps_speed() {
             "{name}: only {done} of {n} runs completed"
         );
     }
-    // The bar: masking must not halve generation speed.
-    assert!(
-        ratio > 0.5,
-        "grammar-constrained decoding at {ratio:.2}x the free speed"
+}
+
+/// The bar, masking must not halve generation speed, as a measurement (tests assert no
+/// timings): tokens/s with and without json.gbnf over the same seeded runs.
+/// `cargo test --profile ci -p cria --test grammar_gen -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement: prints figures"]
+fn grammar_speed_figures() {
+    let lm = load();
+    let json = Arc::new(example_grammar("json.gbnf"));
+    let p = chat("Describe a cat as a JSON object.");
+    let n = generations().div_ceil(5);
+    let free = run(&lm, &p, None, n);
+    let constrained = run(&lm, &p, Some(&json), n);
+    println!(
+        "speed: {:.1} tok/s free, {:.1} tok/s under json.gbnf: ratio {:.3} (the bar: > 0.5)",
+        rate(&free),
+        rate(&constrained),
+        rate(&constrained) / rate(&free)
     );
 }

@@ -188,3 +188,52 @@ pub fn block_mins(t: DType, w: &[u8]) -> Vec<f32> {
         _ => vec![],
     }
 }
+
+/// The SIMD ISAs among `isas` (in order) this CPU runs. For each one of this build's
+/// architecture that it lacks, one loud line in the test output, so a kernel family that went
+/// untested is visible rather than a silent pass. `what` names the test or comparison.
+pub fn isas_or_skip(isas: &[cria_kernels::Isa], what: &str) -> Vec<cria_kernels::Isa> {
+    isas.iter()
+        .copied()
+        .filter(|&isa| has_isa_or_skip(isa, what))
+        .collect()
+}
+
+/// Whether this CPU runs `isa`; if not (and `isa` belongs to this build's architecture), prints
+/// "SKIPPED: <ISA> kernels not tested (<what>): this CPU lacks <features>".
+pub fn has_isa_or_skip(isa: cria_kernels::Isa, what: &str) -> bool {
+    use cria_kernels::Isa;
+    if isa.available() {
+        return true;
+    }
+    let (name, lacks, this_arch) = match isa {
+        Isa::Scalar => return true,
+        Isa::Avx2 => ("AVX2", "avx2/fma/f16c", cfg!(target_arch = "x86_64")),
+        Isa::Avx512 => (
+            "AVX-512",
+            "avx512f/bw/vl/vnni",
+            cfg!(target_arch = "x86_64"),
+        ),
+        Isa::Neon => ("NEON", "neon", cfg!(target_arch = "aarch64")),
+        Isa::NeonDot => ("NEON dot-product", "dotprod", cfg!(target_arch = "aarch64")),
+    };
+    if this_arch {
+        say_skipped(&format!(
+            "{name} kernels not tested ({what}): this CPU lacks {lacks}"
+        ));
+    }
+    false
+}
+
+/// Every ISA of `Isa::ALL` this CPU runs (scalar included), with a SKIPPED line for each of this
+/// architecture's it lacks.
+pub fn all_isas_or_skip(what: &str) -> Vec<cria_kernels::Isa> {
+    isas_or_skip(&cria_kernels::Isa::ALL, what)
+}
+
+/// "SKIPPED: <why>" on the process's stderr, past the test harness's output capture (which takes
+/// only the print macros), so `cargo test` shows it for passing tests too.
+pub fn say_skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+}

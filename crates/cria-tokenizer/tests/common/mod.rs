@@ -154,3 +154,21 @@ pub fn fixture_model_path(vocab: &str) -> PathBuf {
         vocab_path(vocab)
     }
 }
+
+/// The vocabularies the robustness tests and the encode bench run over.
+pub const VOCABS: [&str; 4] = ["llama-spm", "llama-bpe", "gpt-2", "smollm2"];
+
+/// 100 KB texts of several shapes (prose, one unbroken word, whitespace, CJK, digits): checked in
+/// tests/robustness.rs, timed by benches/encode_large.rs.
+pub fn large_inputs() -> [(&'static str, String); 5] {
+    let prose =
+        "The quick brown fox jumps over the lazy dog; it's 2024, and <|im_start|> 你好 🦙!\n"
+            .repeat(1300);
+    [
+        ("prose", prose),
+        ("one word", "abcdefghij".repeat(10_000)),
+        ("spaces", " ".repeat(100_000)),
+        ("cjk", "我想在工作".repeat(6_700)),
+        ("digits", "1234567890".repeat(10_000)),
+    ]
+}
