@@ -39,7 +39,7 @@ impl Trigger {
 pub struct LazyMatcher {
     inner: Matcher,
     /// Until a trigger appears.
-    waiting: Option<Waiting>,
+    waiting: Option<Box<Waiting>>,
 }
 
 struct Waiting {
@@ -91,7 +91,7 @@ impl LazyMatcher {
         }
         Ok(LazyMatcher {
             inner,
-            waiting: Some(w),
+            waiting: Some(Box::new(w)),
         })
     }
 
