@@ -77,6 +77,7 @@ fn lazy_matcher_is_free_until_the_trigger_then_follows_the_grammar() {
         "\":",
         " [{\"",
         "name",
+        "{}",
     ]);
     let t = tools();
     let g = call_grammar(CallForm::Generic, spec(&t, true), false).unwrap();
@@ -107,6 +108,11 @@ fn lazy_matcher_is_free_until_the_trigger_then_follows_the_grammar() {
         assert!(!m.is_active());
     }
     m.accept(v.eog).unwrap();
+
+    // The token that completes the trigger goes on with text the grammar refuses: an error,
+    // the caller stops there.
+    let mut m = LazyMatcher::new(g.clone(), v.table.clone(), CallForm::Generic.triggers()).unwrap();
+    assert!(m.accept(v.id("{}")).is_err());
 
     // No triggers: active from the first token.
     let m = LazyMatcher::new(g, v.table.clone(), vec![]).unwrap();
@@ -163,7 +169,15 @@ fn lazy_matcher_samples_a_whole_call_that_conforms() {
 
 #[test]
 fn llama31_and_hermes_triggers() {
-    let v = vocab(&["Sure", "<tool", "_call>", "\n{\"name\": ", "{\"name\""]);
+    let v = vocab(&[
+        "Sure",
+        "<tool",
+        "_call>",
+        "\n{\"name\": ",
+        "{\"name\"",
+        "\":",
+        "name",
+    ]);
     let t = tools();
     let names = vec!["get_weather".to_string()];
     // LLaMA 3.1: the control token starts the grammar (fed nothing of it) ...
@@ -177,6 +191,14 @@ fn llama31_and_hermes_triggers() {
     let mut m = LazyMatcher::new(g.clone(), v.table.clone(), CallForm::Llama31.triggers()).unwrap();
     m.accept(v.id("{\"name\"")).unwrap();
     assert!(m.is_active() && m.allows(v.id(":")) && !m.allows(v.id("{\"name\"")));
+    // ... also when it is spread over tokens and ends inside one (`":`: the `:` is fed too).
+    let mut m = LazyMatcher::new(g.clone(), v.table.clone(), CallForm::Llama31.triggers()).unwrap();
+    for tok in [" ", "{", "\"", "name"] {
+        m.accept(v.id(tok)).unwrap();
+        assert!(!m.is_active(), "{tok}");
+    }
+    m.accept(v.id("\":")).unwrap();
+    assert!(m.is_active() && !m.allows(v.id(":")) && m.allows(v.id(" ")));
     let call = r#"{"name": "get_weather", "parameters": {"city": "Oslo"}}"#;
     assert!(g.accepts(call) && !g.accepts(r#"{"name": "get_weather", "arguments": {}}"#));
     let p = parse_calls(CallForm::Llama31, &format!("Sure. {call}"), &names, true).unwrap();
