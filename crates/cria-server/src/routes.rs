@@ -841,12 +841,12 @@ async fn collect_response(
             let mut finish = a.finish.map(Finish::as_str);
             if ctx.chat {
                 let mut message = json!({"role": "assistant", "content": a.text});
-                if let Some((content, calls, why)) = tool_answer(&ctx, &a.text, a.finish) {
-                    message["content"] = json!(content);
-                    if !calls.is_empty() {
-                        message["tool_calls"] = tools::tool_calls_json(&calls, &ctx.id, false);
+                if let Some(t) = tool_answer(&ctx, &a.text, a.finish) {
+                    message["content"] = json!(t.content);
+                    if !t.calls.is_empty() {
+                        message["tool_calls"] = tools::tool_calls_json(&t.calls, &ctx.id, false);
                     }
-                    finish = Some(why);
+                    finish = Some(t.finish_reason);
                 }
                 json!({
                     "index": i,
@@ -877,16 +877,8 @@ async fn collect_response(
     .into_response())
 }
 
-/// A chat answer with tools that is (or began) a call: content, calls, finish_reason.
-fn tool_answer(
-    ctx: &RespCtx,
-    text: &str,
-    finish: Option<Finish>,
-) -> Option<(
-    Option<String>,
-    Vec<cria_engine::tools::ToolCall>,
-    &'static str,
-)> {
+/// A chat answer with tools that is (or began) a call.
+fn tool_answer(ctx: &RespCtx, text: &str, finish: Option<Finish>) -> Option<tools::Answer> {
     let t = ctx.tools.as_ref().filter(|_| ctx.chat)?;
     tools::answer(t, text, finish.unwrap_or(Finish::Stop))
 }
@@ -1043,17 +1035,17 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
                     let (held, held_lp) = std::mem::take(&mut s.held[ev.index]);
                     let text = if s.ctx.chat { None } else { Some("") };
                     let mut last = chunk(&s.ctx, ev.index, text, false, &[], Some(finish), iu);
-                    if let Some((content, calls, why)) = tool_answer(&s.ctx, &held, Some(finish)) {
-                        if let Some(t) = content {
-                            let c = chunk(&s.ctx, ev.index, Some(&t), false, &[], None, iu);
+                    if let Some(t) = tool_answer(&s.ctx, &held, Some(finish)) {
+                        if let Some(text) = &t.content {
+                            let c = chunk(&s.ctx, ev.index, Some(text), false, &[], None, iu);
                             s.out.push_back(c.to_string());
                         }
                         let c = &mut last["choices"][0];
-                        if !calls.is_empty() {
+                        if !t.calls.is_empty() {
                             c["delta"]["tool_calls"] =
-                                tools::tool_calls_json(&calls, &s.ctx.id, true);
+                                tools::tool_calls_json(&t.calls, &s.ctx.id, true);
                         }
-                        c["finish_reason"] = json!(why);
+                        c["finish_reason"] = json!(t.finish_reason);
                         if !held_lp.is_empty() && s.ctx.chat {
                             c["logprobs"] = chat_logprobs(&held_lp);
                         }

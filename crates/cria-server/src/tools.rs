@@ -51,21 +51,29 @@ pub struct ToolCtx {
     pub parallel: bool,
 }
 
-/// A chat answer that is (or began) a call: (content, complete calls, finish_reason). A call
-/// cut short (max_tokens) keeps its finish reason and only what was complete: the raw call
-/// text never becomes content. None: a plain answer.
-pub fn answer(
-    ctx: &ToolCtx,
-    text: &str,
-    finish: Finish,
-) -> Option<(Option<String>, Vec<ToolCall>, &'static str)> {
+/// A chat answer that is (or began) a call.
+#[derive(Debug, PartialEq)]
+pub struct Answer {
+    /// Text before the call, if any.
+    pub content: Option<String>,
+    /// The complete calls.
+    pub calls: Vec<ToolCall>,
+    pub finish_reason: &'static str,
+}
+
+/// Read a chat answer with tools: None for a plain answer. A call cut short (max_tokens) keeps
+/// its finish reason and only what was complete: the raw call text never becomes content.
+pub fn answer(ctx: &ToolCtx, text: &str, finish: Finish) -> Option<Answer> {
     let p = parse_calls(ctx.form, text, &ctx.names, ctx.parallel)?;
-    let reason = if p.complete {
-        "tool_calls"
-    } else {
-        finish.as_str()
-    };
-    Some((p.content, p.calls, reason))
+    Some(Answer {
+        content: p.content,
+        calls: p.calls,
+        finish_reason: if p.complete {
+            "tool_calls"
+        } else {
+            finish.as_str()
+        },
+    })
 }
 
 /// OpenAI's `tool_calls` list for a message or a stream delta.
@@ -111,8 +119,9 @@ mod tests {
             r#"{"name": "get_weather", "parameters": {"city": "Paris"}}"#,
             r#"{"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}"#,
         ] {
-            let got = answer(&ctx(true), text, Finish::Stop);
-            assert_eq!(got, Some((None, want.clone(), "tool_calls")), "{text}");
+            let got = answer(&ctx(true), text, Finish::Stop).unwrap();
+            assert_eq!((got.content, got.calls), (None, want.clone()), "{text}");
+            assert_eq!(got.finish_reason, "tool_calls");
         }
         assert_eq!(answer(&ctx(true), "It is sunny.", Finish::Stop), None);
         let other = r#"{"name": "other", "arguments": {}}"#;
@@ -126,19 +135,23 @@ mod tests {
     #[test]
     fn a_cut_call_is_never_content_and_parallel_false_keeps_one() {
         let two = r#"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_weather", "arguments": {"city": "Rome"}}]}"#;
-        let (_, calls, why) = answer(&ctx(true), two, Finish::Stop).unwrap();
-        assert_eq!((calls.len(), why), (2, "tool_calls"));
-        let (_, calls, _) = answer(&ctx(false), two, Finish::Stop).unwrap();
-        assert_eq!(calls.len(), 1);
+        let a = answer(&ctx(true), two, Finish::Stop).unwrap();
+        assert_eq!((a.calls.len(), a.finish_reason), (2, "tool_calls"));
+        let a = answer(&ctx(false), two, Finish::Stop).unwrap();
+        assert_eq!(a.calls.len(), 1);
         // Cut inside the second call: the first is kept, the rest dropped, finish stays.
         let cut = &two[..two.len() - 20];
-        let (content, calls, why) = answer(&ctx(true), cut, Finish::Length).unwrap();
-        assert_eq!((content, calls.len(), why), (None, 1, "length"));
+        let a = answer(&ctx(true), cut, Finish::Length).unwrap();
+        assert_eq!(
+            (a.content, a.calls.len(), a.finish_reason),
+            (None, 1, "length")
+        );
         // Cut inside the first: no call, no content.
         let cut = &two[..30];
+        let a = answer(&ctx(true), cut, Finish::Length).unwrap();
         assert_eq!(
-            answer(&ctx(true), cut, Finish::Length),
-            Some((None, vec![], "length"))
+            (a.content, a.calls.len(), a.finish_reason),
+            (None, 0, "length")
         );
     }
 
