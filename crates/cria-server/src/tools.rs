@@ -38,7 +38,16 @@ pub fn grammar(
     spec: CallSpec,
     required: bool,
 ) -> Result<(Grammar, Vec<Trigger>), ApiError> {
-    let g = call_grammar(form, spec, required).map_err(|e| ApiError::param("tool_choice", e))?;
+    if let Some(only) = spec.only {
+        let names = tool_names(spec.tools)?;
+        if !names.iter().any(|n| n == only) {
+            return Err(ApiError::param(
+                "tool_choice",
+                format!("'tool_choice' names the function '{only}', which is not in 'tools'"),
+            ));
+        }
+    }
+    let g = call_grammar(form, spec, required).map_err(|e| ApiError::param("tools", e))?;
     let triggers = if required { vec![] } else { form.triggers() };
     Ok((g, triggers))
 }
@@ -173,6 +182,7 @@ mod tests {
             only: Some("nope"),
             ..spec
         };
-        assert!(grammar(CallForm::Generic, only, true).is_err());
+        let e = grammar(CallForm::Generic, only, true).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tool_choice"));
     }
 }
