@@ -167,3 +167,61 @@ fn null_content_in_a_tool_call_turn_is_accepted() {
     assert_eq!(s, 200, "{v}");
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
 }
+
+/// Cut after the first of several calls: that call is kept (finish "length"), streamed or not,
+/// and nothing of the cut one shows.
+#[test]
+fn a_cut_answer_keeps_its_complete_calls() {
+    let srv = serve(|_| {});
+    let url = format!("{}/v1/chat/completions", srv.url());
+    let ask = "Get the weather in Paris, in London and in Rome, for 2 days, in celsius.";
+    let mut body = json!({
+        "messages": [{"role": "user", "content": ask}],
+        "tools": tools(), "tool_choice": "required",
+        "temperature": 0, "max_tokens": 400,
+    });
+    let (_, v) = post(&url, &body);
+    let whole = v["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(whole >= 2, "the model makes one call only: {v}");
+    // Shorten the answer until it is cut with some but not all of its calls.
+    let n = v["usage"]["completion_tokens"].as_u64().unwrap();
+    let mut kept = None;
+    for max_tokens in (1..n).rev() {
+        body["max_tokens"] = json!(max_tokens);
+        let (_, v) = post(&url, &body);
+        let c = &v["choices"][0];
+        if c["finish_reason"] == "tool_calls" {
+            continue; // only the end-of-generation token (or whitespace) was cut
+        }
+        assert_eq!(c["finish_reason"], "length", "{v}");
+        assert!(c["message"]["content"].is_null(), "{v}");
+        if let Some(calls) = c["message"]["tool_calls"].as_array() {
+            if calls.len() < whole {
+                calls.iter().for_each(assert_conforms);
+                kept = Some((max_tokens, calls.len()));
+                break;
+            }
+        }
+    }
+    let (max_tokens, k) = kept.expect("no cut kept a call");
+    assert!(k >= 1);
+    body["max_tokens"] = json!(max_tokens);
+    body["stream"] = json!(true);
+    let events = post_stream(&url, &body);
+    let mut calls = vec![];
+    let mut content = String::new();
+    for e in events.iter().filter(|e| *e != "[DONE]") {
+        let v: Value = serde_json::from_str(e).unwrap();
+        let c = &v["choices"][0];
+        content.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+        if let Some(tc) = c["delta"]["tool_calls"].as_array() {
+            calls.extend(tc.iter().cloned());
+            assert_eq!(c["finish_reason"], "length", "{e}");
+        }
+    }
+    assert_eq!((calls.len(), content.as_str()), (k, ""));
+    calls.iter().for_each(assert_conforms);
+}
