@@ -9,6 +9,7 @@ pub mod grammar;
 pub mod sampler;
 pub mod stop;
 pub mod template;
+pub mod tools;
 
 pub use grammar::{Grammar, GrammarError, Matcher, TokenTable};
 pub use sampler::{Sampler, SamplerConfig};

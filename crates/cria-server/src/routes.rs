@@ -14,8 +14,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get as get_route, post, MethodRouter};
 use axum::{Json, Router};
-use cria_engine::grammar::{Matcher, TokenTable};
-use cria_engine::template::{ChatTemplate, Message};
+use cria_engine::grammar::{LazyMatcher, TokenTable, Trigger};
+use cria_engine::template::Message;
+use cria_engine::tools::{CallSpec, ChatFormat};
 use cria_model::Model;
 use cria_tokenizer::Tokenizer;
 use serde_json::{json, Value};
@@ -25,9 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-
-/// ChatML, which llama.cpp also falls back to when a model carries no chat template.
-const FALLBACK_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 /// What /v1/models says about the model.
 pub struct ModelInfo {
@@ -51,9 +49,8 @@ impl ModelInfo {
 pub struct AppState {
     engine: Engine,
     tok: Arc<Tokenizer>,
-    template: ChatTemplate,
-    /// The template renders tools itself (else the generic JSON form is used).
-    native_tools: bool,
+    /// The chat template, and how it takes tools.
+    format: ChatFormat,
     /// Names the model answers to; the first is the one reported.
     names: Vec<String>,
     info: ModelInfo,
@@ -93,15 +90,12 @@ impl AppState {
         read_timeout: std::time::Duration,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let src = tok.chat_template().unwrap_or(FALLBACK_TEMPLATE);
-        let native_tools = tools::template_knows_tools(src);
-        let template = ChatTemplate::new(src)
+        let format = ChatFormat::new(tok.chat_template())
             .map_err(|e| anyhow::anyhow!("the model's chat template: {e}"))?;
         Ok(AppState {
             engine,
             tok,
-            template,
-            native_tools,
+            format,
             names,
             info,
             ctx_size,
@@ -122,13 +116,13 @@ impl AppState {
         format!("{prefix}-{:x}{n:06x}", self.created)
     }
 
-    /// The conversation rendered with the model's template and tokenized as llama.cpp does:
-    /// special tokens parsed, BOS added unless the template wrote it.
+    /// The conversation rendered with the model's template (as `cria template` does) and
+    /// tokenized as llama.cpp does: special tokens parsed, BOS added unless the template wrote it.
     fn render_chat(&self, msgs: &[Message], tools: Option<&Value>) -> Result<Vec<u32>, ApiError> {
         let tok = &self.tok;
         let text = self
-            .template
-            .render(msgs, true, tok.bos_text(), tok.eos_text(), tools)
+            .format
+            .render(msgs, tools, true, tok.bos_text(), tok.eos_text())
             .map_err(|e| ApiError::param("messages", e.to_string()))?;
         let add_bos = !tok.bos_text().is_empty() && !text.starts_with(tok.bos_text());
         Ok(tok.encode(&text, add_bos, true))
@@ -474,22 +468,7 @@ fn parse_messages(o: &Obj) -> Result<Vec<Message>, ApiError> {
             if k == "role" || k == "content" {
                 continue;
             }
-            let mut v = v.clone();
-            if k == "tool_calls" {
-                // OpenAI sends arguments as a JSON string; templates expect the object.
-                if let Some(calls) = v.as_array_mut() {
-                    for c in calls {
-                        if let Some(f) = c.get_mut("function") {
-                            if let Some(Value::String(a)) = f.get("arguments") {
-                                if let Ok(parsed) = serde_json::from_str::<Value>(a) {
-                                    f["arguments"] = parsed;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            extra.insert(k.clone(), v);
+            extra.insert(k.clone(), v.clone());
         }
         out.push(Message {
             role,
@@ -516,8 +495,10 @@ struct Generation {
     c: Common,
     chat: bool,
     model: String,
-    /// Tool names when the answer may be a tool call (parsed back into `tool_calls`).
-    tools: Vec<String>,
+    /// When the answer may be a tool call (parsed back into `tool_calls`).
+    tools: Option<tools::ToolCtx>,
+    /// The grammar waits for one of these (tool calls under `tool_choice: "auto"`).
+    triggers: Vec<Trigger>,
 }
 
 async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -551,22 +532,27 @@ async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejectio
                 ))
             }
         };
+        let parallel = opt_bool(&o, "parallel_tool_calls")?.unwrap_or(true);
         let tools = tools.filter(|_| use_tools);
         let mut c = params::common(&o, true, st.ctx_size, st.vocab)?;
-        if let (Some(t), true) = (&tools, required) {
-            c.grammar = Some(tools::required_grammar(t, only.as_deref())?);
+        let form = st.format.call_form();
+        let mut triggers = vec![];
+        // Under "auto" a grammar the request gives (response_format) wins over the call grammar.
+        if let Some(t) = tools.as_ref().filter(|_| required || c.grammar.is_none()) {
+            let spec = CallSpec {
+                tools: t,
+                only: only.as_deref(),
+                parallel,
+            };
+            let (g, trig) = tools::grammar(form, spec, required)?;
+            c.grammar = Some(g);
+            triggers = trig;
         }
-        let msgs = if st.native_tools {
-            msgs
-        } else {
-            tools::generic_messages(msgs, tools.as_ref())
-        };
-        let native_tools = if st.native_tools { tools.clone() } else { None };
         let st2 = st.clone();
-        let prompt =
-            tokio::task::spawn_blocking(move || st2.render_chat(&msgs, native_tools.as_ref()))
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))??;
+        let tools2 = tools.clone();
+        let prompt = tokio::task::spawn_blocking(move || st2.render_chat(&msgs, tools2.as_ref()))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
         st.check_prompt(&prompt, "messages")?;
         let g = Generation {
             prompts: vec![Arc::new(prompt)],
@@ -574,7 +560,12 @@ async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejectio
             c,
             chat: true,
             model: st.names[0].clone(),
-            tools: if tools.is_some() { names } else { vec![] },
+            tools: tools.map(|_| tools::ToolCtx {
+                names,
+                form,
+                parallel,
+            }),
+            triggers,
         };
         generate(&st, g).await
     }
@@ -664,7 +655,8 @@ async fn completions(
             c,
             chat: false,
             model: st.names[0].clone(),
-            tools: vec![],
+            tools: None,
+            triggers: vec![],
         };
         generate(&st, g).await
     }
@@ -694,7 +686,7 @@ async fn generate(st: &Arc<AppState>, g: Generation) -> Result<Response, ApiErro
             };
             let matcher = match (&grammar, &table) {
                 (Some(gr), Some(t)) => Some(
-                    Matcher::new(gr.clone(), t.clone())
+                    LazyMatcher::new(gr.clone(), t.clone(), g.triggers.clone())
                         .map_err(|e| ApiError::param("grammar", format!("grammar: {e}")))?,
                 ),
                 _ => None,
@@ -748,7 +740,7 @@ struct RespCtx {
     prompt_tokens: usize,
     echo: Vec<String>,
     n: usize,
-    tools: Vec<String>,
+    tools: Option<tools::ToolCtx>,
 }
 
 fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
@@ -849,13 +841,12 @@ async fn collect_response(
             let mut finish = a.finish.map(Finish::as_str);
             if ctx.chat {
                 let mut message = json!({"role": "assistant", "content": a.text});
-                if let Some(calls) = tools::parse_tool_calls(&a.text, &ctx.tools) {
-                    message = json!({
-                        "role": "assistant",
-                        "content": null,
-                        "tool_calls": tools::tool_calls_json(&calls, &ctx.id, false),
-                    });
-                    finish = Some("tool_calls");
+                if let Some(t) = tool_answer(&ctx, &a.text, a.finish) {
+                    message["content"] = json!(t.content);
+                    if !t.calls.is_empty() {
+                        message["tool_calls"] = tools::tool_calls_json(&t.calls, &ctx.id, false);
+                    }
+                    finish = Some(t.finish_reason);
                 }
                 json!({
                     "index": i,
@@ -884,6 +875,12 @@ async fn collect_response(
         "usage": usage(ctx.prompt_tokens, completion, cached),
     }))
     .into_response())
+}
+
+/// A chat answer with tools that is (or began) a call.
+fn tool_answer(ctx: &RespCtx, text: &str, finish: Option<Finish>) -> Option<tools::Answer> {
+    let t = ctx.tools.as_ref().filter(|_| ctx.chat)?;
+    tools::answer(t, text, finish.unwrap_or(Finish::Stop))
 }
 
 /// One SSE chunk for choice `i`: a delta (chat) or a text piece (completion).
@@ -1007,7 +1004,7 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
             let iu = s.include_usage;
             match ev.kind {
                 // With tools the answer may be a call: held back until it is complete.
-                EventKind::Text { text, logprobs } if !s.ctx.tools.is_empty() => {
+                EventKind::Text { text, logprobs } if s.ctx.tools.is_some() => {
                     let h = &mut s.held[ev.index];
                     h.0.push_str(&text);
                     h.1.extend(logprobs);
@@ -1038,10 +1035,17 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
                     let (held, held_lp) = std::mem::take(&mut s.held[ev.index]);
                     let text = if s.ctx.chat { None } else { Some("") };
                     let mut last = chunk(&s.ctx, ev.index, text, false, &[], Some(finish), iu);
-                    if let Some(calls) = tools::parse_tool_calls(&held, &s.ctx.tools) {
+                    if let Some(t) = tool_answer(&s.ctx, &held, Some(finish)) {
+                        if let Some(text) = &t.content {
+                            let c = chunk(&s.ctx, ev.index, Some(text), false, &[], None, iu);
+                            s.out.push_back(c.to_string());
+                        }
                         let c = &mut last["choices"][0];
-                        c["delta"]["tool_calls"] = tools::tool_calls_json(&calls, &s.ctx.id, true);
-                        c["finish_reason"] = json!("tool_calls");
+                        if !t.calls.is_empty() {
+                            c["delta"]["tool_calls"] =
+                                tools::tool_calls_json(&t.calls, &s.ctx.id, true);
+                        }
+                        c["finish_reason"] = json!(t.finish_reason);
                         if !held_lp.is_empty() && s.ctx.chat {
                             c["logprobs"] = chat_logprobs(&held_lp);
                         }

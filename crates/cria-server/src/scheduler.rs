@@ -14,7 +14,7 @@
 //! alone or batched with others.
 
 use crate::metrics::Metrics;
-use cria_engine::grammar::{self, Matcher};
+use cria_engine::grammar::{self, LazyMatcher};
 use cria_engine::{Sampler, SamplerConfig, StopMatcher};
 use cria_kernels::CpuBackend;
 use cria_model::{forward_batch, KvCache, KvRows, KvType, Logits, Model, Scratch, SeqStep};
@@ -32,8 +32,9 @@ pub struct GenParams {
     /// Tokens to generate at most (the context may end it sooner).
     pub max_tokens: usize,
     pub stop: Vec<String>,
-    /// Output constrained to a grammar (response_format, `grammar`), ready to match.
-    pub matcher: Option<Matcher>,
+    /// Output constrained to a grammar (response_format, `grammar`, tool calls), ready to
+    /// match; it may wait for a trigger (tool calls under `tool_choice: "auto"`).
+    pub matcher: Option<LazyMatcher>,
     /// Log-probabilities: None = off; Some(k) = the chosen token's and the k most likely.
     pub logprobs: Option<usize>,
     pub ignore_eos: bool,

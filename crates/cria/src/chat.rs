@@ -506,7 +506,9 @@ pub struct TemplateArgs {
     /// OpenAI-style messages: a JSON list, or an object with a "messages" list.
     #[arg(long)]
     messages: PathBuf,
-    /// OpenAI-style tool definitions (a JSON list, or an object with a "tools" list).
+    /// OpenAI-style tool definitions (a JSON list, or an object with a "tools" list), rendered
+    /// as `cria serve` renders a request's tools (the generic JSON form for a template that does
+    /// not know tools).
     #[arg(long)]
     tools: Option<PathBuf>,
     /// Leave out the assistant header that asks the model to answer.
@@ -566,4 +568,35 @@ pub fn template(a: &TemplateArgs, out: &mut dyn Write) -> Result<()> {
         eprintln!("\n{} tokens: {}", ids.len(), s.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tool_turn_tests {
+    use super::*;
+
+    /// /load takes a conversation saved by another client, with an assistant tool-call turn
+    /// whose content is null, and it renders as the server would (no "None").
+    #[test]
+    fn load_accepts_a_tool_call_turn_with_null_content() {
+        let dir = std::env::temp_dir().join(format!("cria-chat-tools-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("conv.json");
+        std::fs::write(
+            &p,
+            r#"{"messages": [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]}"#,
+        )
+        .unwrap();
+        let msgs = load_conversation(&p).unwrap();
+        assert_eq!(msgs[1].content, None);
+        let text = cria_engine::tools::ChatFormat::new(None)
+            .unwrap()
+            .render(&msgs, None, true, "", "")
+            .unwrap();
+        assert!(text.contains(r#""name":"get_weather""#), "{text}");
+        assert!(!text.contains("None"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -411,27 +411,26 @@ impl Loaded {
     }
 }
 
-/// ChatML, which llama.cpp also falls back to when a model carries no chat template.
-pub const FALLBACK_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-
 /// A conversation rendered with the model's chat template (ChatML if it has none) and tokenized
-/// as llama.cpp does: special tokens parsed, BOS added unless the template wrote it.
+/// as llama.cpp does: special tokens parsed, BOS added unless the template wrote it. Tools and
+/// tool-call turns go through [`cria_engine::tools::ChatFormat`], as in the server.
 pub fn render_chat(
     tok: &Tokenizer,
     messages: &[cria_engine::template::Message],
     add_generation_prompt: bool,
     tools: Option<&serde_json::Value>,
 ) -> Result<(String, Vec<u32>)> {
-    let tmpl = tok.chat_template().unwrap_or(FALLBACK_TEMPLATE);
-    let rendered = cria_engine::template::render(
-        tmpl,
-        messages,
-        add_generation_prompt,
-        tok.bos_text(),
-        tok.eos_text(),
-        tools,
-    )
-    .context("rendering the chat template")?;
+    let rendered = cria_engine::tools::ChatFormat::new(tok.chat_template())
+        .and_then(|f| {
+            f.render(
+                messages,
+                tools,
+                add_generation_prompt,
+                tok.bos_text(),
+                tok.eos_text(),
+            )
+        })
+        .context("rendering the chat template")?;
     // Templates that write the BOS token themselves must not get a second one.
     let add_bos = !tok.bos_text().is_empty() && !rendered.starts_with(tok.bos_text());
     let ids = tok.encode(&rendered, add_bos, true);

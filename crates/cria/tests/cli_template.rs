@@ -90,3 +90,56 @@ fn template_command_matches_transformers() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"role\""));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `cria template --tools` prints exactly what the server renders: both go through
+/// `ChatFormat::render` (here with SmolLM2's template, which does not know tools: the generic
+/// form), and an assistant tool-call turn with `content: null` is accepted.
+#[test]
+fn template_with_tools_is_the_servers_prompt() {
+    let dir = std::env::temp_dir().join(format!("cria-template-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let messages = serde_json::json!({"messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]});
+    let tools = serde_json::json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let (mf, tf) = (dir.join("messages.json"), dir.join("tools.json"));
+    std::fs::write(&mf, messages.to_string()).unwrap();
+    std::fs::write(&tf, tools.to_string()).unwrap();
+    let model = smol();
+    let out = cria(&[
+        "template",
+        "-m",
+        model.to_str().unwrap(),
+        "--messages",
+        mf.to_str().unwrap(),
+        "--tools",
+        tf.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+
+    let g = cria_core::gguf::GgufFile::open(&model).unwrap();
+    let tok = cria_tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    let msgs: Vec<cria_engine::template::Message> =
+        serde_json::from_value(messages["messages"].clone()).unwrap();
+    let want = cria_engine::tools::ChatFormat::new(tok.chat_template())
+        .unwrap()
+        .render(&msgs, Some(&tools), true, tok.bos_text(), tok.eos_text())
+        .unwrap();
+    assert_eq!(stdout, want);
+    assert!(stdout.contains("You can call these tools:"), "{stdout}");
+    assert!(
+        stdout.contains(r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Paris"}}]}"#),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("None"), "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -410,6 +410,12 @@ impl TokenTable {
         self.pieces.get(t as usize).map_or(&[], |p| p)
     }
 
+    /// The token a `<text>` reference in a grammar would name (a piece, or a control token's
+    /// text given to [`TokenTable::add_name`]).
+    pub fn named(&self, text: &str) -> Option<u32> {
+        self.names.get(text.as_bytes()).copied()
+    }
+
     fn token_cps(&self, t: usize) -> &[u32] {
         &self.cps[self.cp_off[t] as usize..self.cp_off[t + 1] as usize]
     }
@@ -800,7 +806,8 @@ impl Matcher {
                 }
             }
         }
-        let piece = &self.tokens.pieces[t];
+        let tokens = self.tokens.clone();
+        let piece = &tokens.pieces[t];
         if piece.is_empty() || piece[0] == 0 {
             if new_set.is_empty() {
                 return Err(not_allowed(" (a control or empty token)"));
@@ -809,9 +816,39 @@ impl Matcher {
             self.set = new_set;
             return Ok(());
         }
+        self.advance(arena, g, piece, new_set)
+            .map_err(|why| not_allowed(&why))
+    }
+
+    /// Move on by the text `bytes`, as if a token spelled it (a lazy grammar is fed the output
+    /// from its trigger on). An error (and no change) if the grammar does not allow it.
+    pub fn accept_bytes(&mut self, bytes: &[u8]) -> cria_core::Result<()> {
+        if self.done {
+            return Err(cria_core::Error::Msg(
+                "the grammar has already ended".into(),
+            ));
+        }
+        let g = self.g.clone();
+        let mut arena = std::mem::replace(
+            self.arena.get_mut().unwrap_or_else(|e| e.into_inner()),
+            Arena::new(),
+        );
+        let r = self.advance(&mut arena, &g, bytes, Vec::new());
+        *self.arena.get_mut().unwrap_or_else(|e| e.into_inner()) = arena;
+        r.map_err(|why| cria_core::Error::Msg(format!("text not allowed by the grammar{why}")))
+    }
+
+    /// The stacks after `piece` (added to `new_set`) become the state; Err(why) if none.
+    fn advance(
+        &mut self,
+        arena: &mut Arena,
+        g: &Arc<Grammar>,
+        piece: &[u8],
+        mut new_set: Vec<u32>,
+    ) -> Result<(), String> {
         let mut cps = Vec::new();
         let Some(tail) = decode(piece, self.partial, &mut cps) else {
-            return Err(not_allowed(" (invalid UTF-8)"));
+            return Err(" (invalid UTF-8)".into());
         };
         let mut cur = arena.run(g, &self.set, &cps);
         if tail.remain != 0 {
@@ -829,9 +866,7 @@ impl Matcher {
         }
         if new_set.is_empty() {
             let text = String::from_utf8_lossy(piece);
-            return Err(not_allowed(&format!(
-                " ({text:?} cannot continue the output)"
-            )));
+            return Err(format!(" ({text:?} cannot continue the output)"));
         }
         new_set.sort_unstable();
         self.set = new_set;

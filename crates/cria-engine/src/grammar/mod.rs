@@ -16,13 +16,15 @@
 //! code points, so each distinct token prefix is checked once rather than once per token.
 
 mod json_schema;
+mod lazy;
 mod matcher;
 mod parse;
 
 pub use json_schema::{json_schema_to_gbnf, SchemaError, ANY_JSON_GBNF};
+pub use lazy::{LazyMatcher, Trigger};
 pub use matcher::{Matcher, TokenTable};
 
-use crate::sampler::Sampler;
+use crate::sampler::{Candidates, Sampler};
 use std::fmt;
 
 /// A parse or validation error in a grammar, with its 1-based line and column (in characters).
@@ -227,10 +229,34 @@ impl Grammar {
 ///
 /// If nothing at all is allowed (a grammar the vocabulary cannot spell), the returned token is
 /// not allowed either and [`Matcher::accept`] will refuse it; callers stop there.
-pub fn sample(sampler: &mut Sampler, m: &Matcher, logits: &[f32]) -> u32 {
+pub fn sample(sampler: &mut Sampler, m: &impl Allowed, logits: &[f32]) -> u32 {
     let t = sampler.sample(logits);
     if m.allows(t) {
         return t;
     }
     sampler.sample_masked(logits, &mut |c| m.mask(c))
+}
+
+/// What [`sample`] asks of a constraint: [`Matcher`], [`LazyMatcher`].
+pub trait Allowed {
+    fn allows(&self, token: u32) -> bool;
+    fn mask(&self, cands: &mut Candidates);
+}
+
+impl Allowed for Matcher {
+    fn allows(&self, token: u32) -> bool {
+        Matcher::allows(self, token)
+    }
+    fn mask(&self, cands: &mut Candidates) {
+        Matcher::mask(self, cands)
+    }
+}
+
+impl Allowed for LazyMatcher {
+    fn allows(&self, token: u32) -> bool {
+        LazyMatcher::allows(self, token)
+    }
+    fn mask(&self, cands: &mut Candidates) {
+        LazyMatcher::mask(self, cands)
+    }
 }
