@@ -228,7 +228,7 @@ struct Converter<'a> {
     refs: BTreeMap<String, String>, // $ref -> rule name
     /// (base name, body) -> the rule `add_rule` made for them, and per base name the next
     /// numeric suffix to try: `add_rule` stays linear when many rules share a base name.
-    reuse: HashMap<(String, String), String>,
+    reuse: HashMap<String, HashMap<String, String>>,
     next_suffix: HashMap<String, usize>,
     /// Sub-schemas being visited (recursion depth), and the limit.
     depth: usize,
@@ -304,7 +304,7 @@ impl<'a> Converter<'a> {
     /// added under that name), taking the first free name of `base`, `base0`, `base1`, ...
     fn add_rule(&mut self, name: &str, body: String) -> Res<String> {
         let base = rule_name(name);
-        if let Some(key) = self.reuse.get(&(base.clone(), body.clone())) {
+        if let Some(key) = self.reuse.get(&base).and_then(|m| m.get(&body)) {
             return Ok(key.clone());
         }
         let reserved = |n: &str| n == "root" || n == "space" || PRIMITIVES.iter().any(|p| p.0 == n);
@@ -334,7 +334,10 @@ impl<'a> Converter<'a> {
                 ),
             );
         }
-        self.reuse.insert((base, body.clone()), key.clone());
+        self.reuse
+            .entry(base)
+            .or_default()
+            .insert(body.clone(), key.clone());
         self.rules.insert(key.clone(), body);
         Ok(key)
     }

@@ -305,8 +305,11 @@ impl Grammar {
 
     /// The grammar for any JSON value (`--json`).
     pub fn any_json() -> Grammar {
-        parse::parse(ANY_JSON_GBNF, "root", &Limits::default())
-            .expect("the built-in JSON grammar parses")
+        let no_budget = Limits {
+            time_budget: None,
+            ..Limits::default()
+        };
+        parse::parse(ANY_JSON_GBNF, "root", &no_budget).expect("the built-in JSON grammar parses")
     }
 
     /// Number of rules, generated ones (groups, repetitions) included.
