@@ -9,6 +9,7 @@
 use cria_engine::grammar::{
     json_schema_to_gbnf, json_schema_to_gbnf_with_limits, Grammar, Limits, Matcher, TokenTable,
     MAX_GRAMMAR_ELEMS, MAX_NESTING, MAX_SCHEMA_ENUM, MAX_SCHEMA_PROPERTIES, MAX_SCHEMA_REPEAT,
+    MAX_TOKEN_CHARS,
 };
 use cria_engine::sampler::{Sampler, SamplerConfig, MAX_DRY_BREAKERS, MAX_LAST_N, MAX_LOGIT_BIAS};
 use cria_engine::stop::{StopMatcher, MAX_STOPS, MAX_STOP_BYTES};
@@ -317,6 +318,37 @@ fn matcher_state_is_bounded() {
     };
     let e = Matcher::new_with_limits(g, vocab, &tiny).err().unwrap();
     assert!(e.msg.contains("parser state exceeded"), "{e}");
+}
+
+#[test]
+fn overlong_tokens_are_never_allowed_and_do_not_recurse() {
+    // A vocabulary (from a model file) with a 100,000-character token: building the table and
+    // masking walk the token trie, which must not recurse per character.
+    let mut pieces: Vec<Vec<u8>> = (0x20u8..0x7F).map(|b| vec![b]).collect();
+    pieces.push("a".repeat(100_000).into_bytes());
+    pieces.push("a".repeat(MAX_TOKEN_CHARS).into_bytes());
+    let long = pieces.len() as u32 - 2;
+    let ok = long + 1;
+    let n = pieces.len();
+    let (cands, err) = on_small_stack(move || {
+        let vocab = Arc::new(TokenTable::new(pieces, &[]));
+        let g = Grammar::parse(r#"root ::= [a]*"#).unwrap();
+        let mut m = Matcher::new(g, vocab).unwrap();
+        let mut cands = cria_engine::sampler::Candidates::default();
+        cands.fill(&vec![0.0; n]);
+        m.mask(&mut cands);
+        assert!(!m.allows(long) && m.allows(ok));
+        let err = m.accept(long).unwrap_err().to_string();
+        (cands, err)
+    });
+    let allowed: Vec<u32> = cands
+        .data
+        .iter()
+        .filter(|c| c.logit.is_finite())
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(allowed, vec![tok(b'a'), ok]);
+    assert!(err.contains("longer than 1024"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------

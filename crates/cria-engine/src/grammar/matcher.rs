@@ -20,6 +20,12 @@ use std::sync::{Arc, Mutex};
 
 const EMPTY: u32 = 0;
 
+/// Longest token (in code points from a character boundary) a grammar may produce: longer ones
+/// are never allowed, which bounds the depth of the vocabulary trie and of the walks over it
+/// (they recurse once per code point, on threads that may have only a 2 MiB stack). Real
+/// vocabularies stay far below it.
+pub const MAX_TOKEN_CHARS: usize = 1024;
+
 fn state_too_large(cap: usize) -> String {
     format!("the grammar's parser state exceeded {cap} stacks (max_matcher_nodes)")
 }
@@ -441,8 +447,8 @@ impl TokenTable {
             if kind == Kind::Text {
                 let mark = cps.len();
                 match decode(p, Utf8::default(), &mut cps) {
-                    Some(u) => tail = u,
-                    None => {
+                    Some(u) if cps.len() - mark <= MAX_TOKEN_CHARS => tail = u,
+                    _ => {
                         cps.truncate(mark);
                         kind = Kind::Never;
                     }
@@ -732,7 +738,9 @@ impl Matcher {
                 if self.partial.remain == 0 || self.tokens.kinds.get(t) != Some(&Kind::Never) {
                     return false;
                 }
-                if self.tokens.pieces[t].is_empty() || self.tokens.pieces[t][0] == 0 {
+                let p = &self.tokens.pieces[t];
+                // (Not an over-long piece: every path refuses those.)
+                if p.is_empty() || p[0] == 0 || p.len() > MAX_TOKEN_CHARS {
                     return false;
                 }
             }
@@ -934,6 +942,11 @@ impl Matcher {
             }
             self.done = true;
             return Ok(());
+        }
+        if kind == Kind::Never && self.tokens.pieces[t].len() > MAX_TOKEN_CHARS {
+            return Err(not_allowed(&format!(
+                " (longer than {MAX_TOKEN_CHARS} characters)"
+            )));
         }
         let g = self.g.clone();
         let slot = self.arena.get_mut().unwrap_or_else(|e| e.into_inner());

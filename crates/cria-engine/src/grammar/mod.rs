@@ -25,6 +25,7 @@
 //! | nesting: GBNF groups `( ... )`, schema sub-schemas and `$ref` chains | [`MAX_NESTING`] = 128 | "groups nested deeper than 128 levels" / "schema nested deeper than 128 levels (sub-schemas and `$ref`s)" |
 //! | compiled grammar size: elements and rules after repetitions are expanded | [`MAX_GRAMMAR_ELEMS`] = 1,048,576 | "the grammar is too large: more than 1048576 elements after expanding repetitions" |
 //! | matcher state: parser stacks and memoized transitions, during a generation | [`MAX_MATCHER_NODES`] = 4,194,304 | "the grammar's parser state exceeded 4194304 stacks" (from `Matcher::new` / `accept`) |
+//! | tokens a grammar may produce | [`MAX_TOKEN_CHARS`] = 1024 characters (longer ones are never allowed) | "token N is not allowed by the grammar (longer than 1024 characters)" |
 //! | compile time of `Grammar::parse`, `json_schema_to_gbnf`, `Matcher::new` | [`COMPILE_TIME_BUDGET`] = 2 s | "grammar compilation exceeded its time budget" |
 //!
 //! The JSON Schema converter has its own size limits (see `json_schema_to_gbnf`).
@@ -37,7 +38,7 @@ pub use json_schema::{
     json_schema_to_gbnf, json_schema_to_gbnf_with_limits, SchemaError, ANY_JSON_GBNF,
     MAX_SCHEMA_ENUM, MAX_SCHEMA_NAME, MAX_SCHEMA_PROPERTIES, MAX_SCHEMA_REPEAT,
 };
-pub use matcher::{Matcher, TokenTable};
+pub use matcher::{Matcher, TokenTable, MAX_TOKEN_CHARS};
 
 use crate::sampler::Sampler;
 use std::fmt;
