@@ -122,7 +122,7 @@ impl Clock {
         let Some(d) = self.deadline else {
             return false;
         };
-        let check = self.ticks % 256 == 0;
+        let check = self.ticks.is_multiple_of(256);
         self.ticks = self.ticks.wrapping_add(1);
         check && Instant::now() >= d
     }
