@@ -370,6 +370,34 @@ fn compilation_stops_at_its_deadline() {
 }
 
 #[test]
+fn exponential_schemas_stop() {
+    // Each definition uses the previous one twice through `allOf` (merged in place, not a
+    // shared rule): 2^40 visits. Stopped by the deadline or the output bound, whichever first.
+    let mut defs = Map::new();
+    defs.insert(
+        "d0".into(),
+        json!({"type": "object", "properties": {"x": {"type": "integer"}}}),
+    );
+    for i in 1..40 {
+        let prev = json!({"allOf": [{"$ref": format!("#/$defs/d{}", i - 1)}]});
+        defs.insert(
+            format!("d{i}"),
+            json!({"type": "object", "properties": {"a": prev.clone(), "b": prev}}),
+        );
+    }
+    let schema = json!({"$defs": defs, "$ref": "#/$defs/d39"});
+    let limits = Limits {
+        time_budget: Some(std::time::Duration::from_millis(200)),
+        ..Limits::default()
+    };
+    let e = json_schema_to_gbnf_with_limits(&schema, &limits).unwrap_err();
+    assert!(
+        e.msg == "grammar compilation exceeded its time budget" || e.msg.contains("too large"),
+        "{e}"
+    );
+}
+
+#[test]
 fn many_properties_compile() {
     // 8000 optional properties: the schema, its grammar and a matcher over it.
     let mut props = Map::new();
