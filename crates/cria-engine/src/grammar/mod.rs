@@ -24,7 +24,7 @@
 //! |---|---|---|
 //! | nesting: GBNF groups `( ... )`, schema sub-schemas and `$ref` chains | [`MAX_NESTING`] = 128 | "groups nested deeper than 128 levels" / "schema nested deeper than 128 levels (sub-schemas and `$ref`s)" |
 //! | compiled grammar size: elements and rules after repetitions are expanded | [`MAX_GRAMMAR_ELEMS`] = 1,048,576 | "the grammar is too large: more than 1048576 elements after expanding repetitions" |
-//! | matcher state: parser stacks and memoized transitions, during a generation | [`MAX_MATCHER_NODES`] = 4,194,304 | "the grammar's parser state exceeded 4194304 stacks" (from `Matcher::new` / `accept`) |
+//! | matcher state: parser stacks and memoized transitions, during a generation | [`MAX_MATCHER_NODES`] = 1,048,576 | "the grammar's parser state exceeded 1048576 stacks (max_matcher_nodes)" (from `Matcher::new` / `accept`) |
 //! | tokens a grammar may produce | [`MAX_TOKEN_CHARS`] = 1024 characters (longer ones are never allowed) | "token N is not allowed by the grammar (longer than 1024 characters)" |
 //! | compile time of `Grammar::parse`, `json_schema_to_gbnf`, `Matcher::new` | [`COMPILE_TIME_BUDGET`] = 2 s | "grammar compilation exceeded its time budget" |
 //!
@@ -48,12 +48,12 @@ use std::time::{Duration, Instant};
 /// recurse once per level, on a thread that may have only a 2 MiB stack).
 pub const MAX_NESTING: usize = 128;
 /// Largest compiled grammar: elements (symbols and alternative ends) plus rules, counted after
-/// repetitions `x{m,n}` are expanded into copies. About 30 MB of memory at the limit.
+/// repetitions `x{m,n}` are expanded into copies. Some tens of MB of memory at the limit.
 pub const MAX_GRAMMAR_ELEMS: usize = 1 << 20;
 /// Largest matcher state: parser stacks (arena nodes) plus memoized transitions. The memo is
 /// dropped and the stacks compacted to the live ones when it is reached; only live stacks past
-/// it are an error. About 100 MB of memory at the limit.
-pub const MAX_MATCHER_NODES: usize = 1 << 22;
+/// it are an error. About 50 MB of memory at the limit (a node is ~44 bytes with its index).
+pub const MAX_MATCHER_NODES: usize = 1 << 20;
 /// Default wall-clock budget of `Grammar::parse`, `json_schema_to_gbnf` and `Matcher::new`.
 pub const COMPILE_TIME_BUDGET: Duration = Duration::from_secs(2);
 
