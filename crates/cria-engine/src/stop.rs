@@ -218,6 +218,51 @@ mod tests {
         (out, None)
     }
 
+    /// The partial-match check by brute force (the quadratic loop it replaced).
+    fn naive_tail(m: &StopMatcher) -> usize {
+        let h = m.held.as_bytes();
+        let mut best = 0;
+        for s in &m.stops {
+            let s = s.as_bytes();
+            for len in 1..s.len().min(h.len() + 1) {
+                if h[h.len() - len..] == s[..len] {
+                    best = best.max(len);
+                }
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn kmp_tail_agrees_with_brute_force() {
+        // Small alphabets make borders (aab / aabaab ...) common.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..300 {
+            let word = |rnd: &mut dyn FnMut(u64) -> u64, len: u64| -> String {
+                (0..1 + rnd(len))
+                    .map(|_| ['a', 'b', 'c'][rnd(3) as usize])
+                    .collect()
+            };
+            let stops: Vec<String> = (0..1 + rnd(3)).map(|_| word(&mut rnd, 7)).collect();
+            let mut m = StopMatcher::new(&stops);
+            let mut out = String::new();
+            for _ in 0..20 {
+                let piece = word(&mut rnd, 4);
+                if m.push(&piece, &mut out).is_some() {
+                    break;
+                }
+                assert_eq!(m.partial_tail(), naive_tail(&m), "{stops:?} {:?}", m.held);
+                assert_eq!(m.held.len(), naive_tail(&m));
+            }
+        }
+    }
+
     #[test]
     fn stop_inside_one_piece() {
         assert_eq!(
