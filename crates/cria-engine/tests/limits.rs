@@ -398,6 +398,22 @@ fn exponential_schemas_stop() {
 }
 
 #[test]
+fn many_token_references_compile() {
+    // 100,000 `<...>` references on one line: each records its line and column (found from
+    // the previous one, not by rescanning the line).
+    let n = 100_000;
+    let src = format!("root ::= {}<zz>\n", "<a> ".repeat(n));
+    let g = Grammar::parse_with_limits(&src, "root", &no_budget()).unwrap();
+    // "<a>" is a token, "<zz>" is not.
+    let vocab = Arc::new(TokenTable::new(vec![b"<a>".to_vec(), b"z".to_vec()], &[]));
+    let e = Matcher::new_with_limits(g, vocab, &no_budget())
+        .err()
+        .unwrap();
+    assert_eq!((e.line, e.col), (1, 10 + 4 * n), "{e}");
+    assert!(e.msg.contains("<zz>"), "{e}");
+}
+
+#[test]
 fn many_properties_compile() {
     // 8000 optional properties: the schema, its grammar and a matcher over it.
     let mut props = Map::new();

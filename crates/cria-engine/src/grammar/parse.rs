@@ -49,6 +49,9 @@ struct Parser<'a> {
     depth: usize,
     max_depth: usize,
     clock: Clock,
+    /// (byte offset, line, column) of the last position `line_col` was asked for: positions
+    /// come in increasing order, so each is found from the previous one in linear total time.
+    cursor: (usize, usize, usize),
 }
 
 fn is_word(b: u8) -> bool {
@@ -79,6 +82,24 @@ impl<'a> Parser<'a> {
             }
             _ => self.too_large(at),
         }
+    }
+
+    /// 1-based line and column (in characters) of byte offset `at`.
+    fn line_col(&mut self, at: usize) -> (usize, usize) {
+        let (pos, mut line, mut col) = self.cursor;
+        if at < pos {
+            return GrammarError::line_col(self.src, at);
+        }
+        for c in self.src[pos..at].chars() {
+            if c == '\n' {
+                line += 1;
+                col = 1;
+            } else {
+                col += 1;
+            }
+        }
+        self.cursor = (at, line, col);
+        (line, col)
     }
 
     fn tick(&mut self, at: usize) -> Result<(), GrammarError> {
@@ -354,7 +375,7 @@ impl<'a> Parser<'a> {
                         TokenRef::Text {
                             text,
                             negated,
-                            line_col: GrammarError::line_col(self.src, start),
+                            line_col: self.line_col(start),
                         }
                     };
                     last = Some(seq.len());
@@ -599,6 +620,7 @@ pub(super) fn parse(src: &str, root: &str, limits: &Limits) -> Result<Grammar, G
         depth: 0,
         max_depth: limits.max_nesting,
         clock: limits.clock(),
+        cursor: (0, 1, 1),
     };
     p.skip_space(true);
     while p.pos < src.len() {
