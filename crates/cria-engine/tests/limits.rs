@@ -7,9 +7,9 @@
 //! large inputs run without a time budget.
 
 use cria_engine::grammar::{
-    json_schema_to_gbnf, json_schema_to_gbnf_with_limits, Grammar, Limits, Matcher, TokenTable,
-    MAX_GRAMMAR_ELEMS, MAX_NESTING, MAX_SCHEMA_ENUM, MAX_SCHEMA_PROPERTIES, MAX_SCHEMA_REPEAT,
-    MAX_TOKEN_CHARS,
+    json_schema_to_gbnf, json_schema_to_gbnf_with_limits, CharClass, Grammar, Limits, Matcher,
+    TokenTable, MAX_GRAMMAR_ELEMS, MAX_NESTING, MAX_SCHEMA_ENUM, MAX_SCHEMA_PROPERTIES,
+    MAX_SCHEMA_REPEAT, MAX_TOKEN_CHARS,
 };
 use cria_engine::sampler::{Sampler, SamplerConfig, MAX_DRY_BREAKERS, MAX_LAST_N, MAX_LOGIT_BIAS};
 use cria_engine::stop::{StopMatcher, MAX_STOPS, MAX_STOP_BYTES};
@@ -411,6 +411,33 @@ fn many_token_references_compile() {
         .unwrap();
     assert_eq!((e.line, e.col), (1, 10 + 4 * n), "{e}");
     assert!(e.msg.contains("<zz>"), "{e}");
+}
+
+#[test]
+fn large_character_classes_agree_with_brute_force() {
+    // A class of 30,000 ranges (a grammar can spell one in 300 kB) is searched, not scanned;
+    // both the plain and the negated class must say what the ranges say.
+    let ranges: Vec<(u32, u32)> = (0..30_000u32)
+        .map(|i| (0x100 + 3 * i, 0x100 + 3 * i + 1))
+        .collect();
+    let inside = |c: u32| ranges.iter().any(|&(a, b)| a <= c && c <= b);
+    for negated in [false, true] {
+        let class = CharClass::new(negated, ranges.clone());
+        for c in (0..0x100u32).chain(0x100..0x200).chain(0x16000..0x16300) {
+            assert_eq!(class.matches(c), inside(c) != negated, "{negated} {c:#x}");
+        }
+        for lo in (0xF0..0x130u32).chain(0x15F80..0x16000) {
+            for len in [0u32, 1, 2, 3, 64] {
+                let hi = lo + len;
+                let brute = (lo..=hi).any(|c| inside(c) != negated);
+                assert_eq!(
+                    class.matches_any_in(lo, hi),
+                    brute,
+                    "{negated} {lo:#x}..={hi:#x}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -203,8 +203,21 @@ impl CharClass {
         Self::new(true, Vec::new())
     }
 
+    /// Index of the first range that ends at or after `c` (ranges are sorted and disjoint).
+    fn first_ending_from(&self, c: u32) -> usize {
+        if self.ranges.len() <= 8 {
+            // Classes are short; a linear scan beats a binary search at these sizes.
+            self.ranges.iter().take_while(|r| r.1 < c).count()
+        } else {
+            self.ranges.partition_point(|r| r.1 < c)
+        }
+    }
+
     fn slow_matches(&self, c: u32) -> bool {
-        let inside = self.ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi);
+        let inside = self
+            .ranges
+            .get(self.first_ending_from(c))
+            .is_some_and(|r| r.0 <= c);
         inside != self.negated
     }
 
@@ -213,7 +226,6 @@ impl CharClass {
         if c < 128 {
             return self.ascii[(c / 64) as usize] >> (c % 64) & 1 != 0;
         }
-        // Classes are short; a linear scan beats a binary search at these sizes.
         self.slow_matches(c)
     }
 
@@ -223,15 +235,14 @@ impl CharClass {
         if lo > hi {
             return false;
         }
+        let from = self.first_ending_from(lo);
         if !self.negated {
-            return self.ranges.iter().any(|&(a, b)| a <= hi && lo <= b);
+            return self.ranges.get(from).is_some_and(|r| r.0 <= hi);
         }
-        // Negated: some point of lo..=hi must lie outside every (sorted, merged) range.
+        // Negated: some point of lo..=hi must lie outside every (sorted, merged) range. The
+        // ranges before `from` end below `lo`; after the first overlapping one there is a gap.
         let mut next = lo;
-        for &(a, b) in &self.ranges {
-            if b < next {
-                continue;
-            }
+        for &(a, b) in &self.ranges[from..] {
             if a > next {
                 return true;
             }
