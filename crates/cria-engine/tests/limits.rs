@@ -441,6 +441,32 @@ fn large_character_classes_agree_with_brute_force() {
 }
 
 #[test]
+fn many_negated_token_references_mask_once() {
+    // Thousands of stacks with `!<[id]>` on top: the mask walks the vocabulary once for all of
+    // them, and still agrees with `allows` token by token.
+    let (vocab, eog) = ascii_vocab();
+    let x = tok(b'x');
+    let y = tok(b'y');
+    for (alts, expect_x, expect_y) in [
+        (format!("!<[{x}]>"), false, true),
+        (format!("!<[{x}]> | !<[{y}]>"), true, true),
+    ] {
+        let body: Vec<String> = (0..3000).map(|i| format!("{alts} \"{i}\"")).collect();
+        let g = Grammar::parse(&format!("root ::= {}", body.join(" | "))).unwrap();
+        let m = Matcher::new(g, vocab.clone()).unwrap();
+        let mut cands = cria_engine::sampler::Candidates::default();
+        cands.fill(&vec![0.0; vocab.len()]);
+        m.mask(&mut cands);
+        for c in &cands.data {
+            assert_eq!(c.logit.is_finite(), m.allows(c.id), "token {}", c.id);
+        }
+        assert_eq!(m.allows(x), expect_x);
+        assert_eq!(m.allows(y), expect_y);
+        assert!(!m.allows(eog));
+    }
+}
+
+#[test]
 fn many_properties_compile() {
     // 8000 optional properties: the schema, its grammar and a matcher over it.
     let mut props = Map::new();

@@ -848,7 +848,10 @@ impl Matcher {
         let mut bits = vec![0u64; n.div_ceil(64)];
         let set_bit = |bits: &mut Vec<u64>, t: usize| bits[t / 64] |= 1 << (t % 64);
         let g = &*self.g;
-        // Token references on top of a stack: those ids (or all but one).
+        // Token references on top of a stack: those ids (or all text tokens but one). Negated
+        // references are gathered first, so the vocabulary is walked once however many
+        // stacks hold one: two different excluded ids together allow every text token.
+        let mut excluded: Option<Option<u32>> = None; // Some(Some(id)): all but id; Some(None): all
         for &s in &self.set {
             if let Elem::Token(k) = arena.top(g, s) {
                 let sym = self.token_syms[k as usize];
@@ -858,10 +861,17 @@ impl Matcher {
                     }
                     continue;
                 }
-                for t in 0..n {
-                    if self.tokens.kinds[t] == Kind::Text && sym.matches(t as u32) {
-                        set_bit(&mut bits, t);
-                    }
+                excluded = match excluded {
+                    None => Some(Some(sym.id)),
+                    Some(Some(id)) if id == sym.id => Some(Some(id)),
+                    _ => Some(None),
+                };
+            }
+        }
+        if let Some(but) = excluded {
+            for t in 0..n {
+                if self.tokens.kinds[t] == Kind::Text && but != Some(t as u32) {
+                    set_bit(&mut bits, t);
                 }
             }
         }
