@@ -31,8 +31,36 @@
 //! ties. top-n-sigma, top-k, top-p and min-p are left out then, because they always keep the
 //! highest logit (typical-p and XTC do not, so they stay, as in llama.cpp where `temp <= 0` turns
 //! the temperature stage into an argmax over the survivors).
+//!
+//! # Limits
+//!
+//! Options come from CLI flags and from requests. [`SamplerConfig::set`] and
+//! [`SamplerConfig::validate`] refuse values outside these ranges with an error naming the
+//! option and its range ("repeat-last-n = 99999999 is out of range: expected -1 (the context,
+//! up to 131072) or a whole number 0 to 131072 (0 = off)"); NaN and infinities are refused for every float.
+//! [`Sampler::new`] clamps the history windows to [`MAX_LAST_N`] as well, so no config makes
+//! it allocate more than the vocabulary and that window.
+//!
+//! | option | range |
+//! |---|---|
+//! | `repeat-last-n`, `dry-penalty-last-n` | -1 (= [`MAX_LAST_N`], the whole context up to it) or 0..=[`MAX_LAST_N`] = 131072 |
+//! | `dry-allowed-length` | 0..=[`MAX_LAST_N`] |
+//! | `top-k`, `min-keep` | 0..=[`MAX_TOP_K`] = 16777216 |
+//! | `dry-sequence-breaker` | at most [`MAX_DRY_BREAKERS`] = 64 strings of at most [`MAX_DRY_BREAKER_BYTES`] = 256 bytes (matched on their first 40, as llama.cpp) |
+//! | `logit-bias` | at most [`MAX_LOGIT_BIAS`] = 262144 entries |
 
 use std::collections::VecDeque;
+
+/// Longest token history the penalties and DRY look at (`repeat-last-n`, `dry-penalty-last-n`;
+/// -1 means this many, i.e. the whole context of any model up to 128k tokens).
+pub const MAX_LAST_N: usize = 1 << 17;
+/// Largest `top-k` and `min-keep` (beyond any vocabulary; larger values mean "all" anyway).
+pub const MAX_TOP_K: usize = 1 << 24;
+/// Most DRY sequence breakers, and the longest one in bytes.
+pub const MAX_DRY_BREAKERS: usize = 64;
+pub const MAX_DRY_BREAKER_BYTES: usize = 256;
+/// Most `logit-bias` entries (a whole vocabulary's worth).
+pub const MAX_LOGIT_BIAS: usize = 1 << 18;
 
 /// Sampling parameters. Defaults are llama.cpp's (`common_params_sampling` in common/common.h).
 #[derive(Debug, Clone, PartialEq)]
@@ -204,8 +232,8 @@ static OPTIONS: &[Opt] = &[
     count_opt!(
         &["top-k"],
         top_k,
-        usize::MAX,
-        "a whole number >= 0 (0 = off)"
+        MAX_TOP_K,
+        "a whole number 0 to 16777216 (0 = off)"
     ),
     float_opt!(&["top-p"], top_p, 0.0, false, 1.0, "0 to 1 (1 = off)"),
     float_opt!(&["min-p"], min_p, 0.0, false, 1.0, "0 to 1 (0 = off)"),
@@ -253,19 +281,19 @@ static OPTIONS: &[Opt] = &[
     count_opt!(
         &["dry-allowed-length"],
         dry_allowed_length,
-        usize::MAX,
-        "a whole number >= 0"
+        MAX_LAST_N,
+        "a whole number 0 to 131072"
     ),
     count_opt!(
         &["dry-penalty-last-n"],
         dry_penalty_last_n,
-        usize::MAX,
-        "a whole number >= 0 (0 = off)"
+        MAX_LAST_N,
+        "-1 (the context, up to 131072) or a whole number 0 to 131072 (0 = off)"
     ),
     Opt {
         names: &["dry-sequence-breaker"],
         kind: OptKind::DryBreaker,
-        range: "a non-empty string to add, or \"none\" to clear the list",
+        range: "a non-empty string of at most 256 bytes to add (at most 64 of them), or \"none\" to clear the list",
     },
     // 1/x must be finite too (llama.cpp's check): the smallest normal float is the floor.
     float_opt!(
@@ -279,8 +307,8 @@ static OPTIONS: &[Opt] = &[
     count_opt!(
         &["repeat-last-n"],
         repeat_last_n,
-        usize::MAX,
-        "a whole number >= 0 (0 = off)"
+        MAX_LAST_N,
+        "-1 (the context, up to 131072) or a whole number 0 to 131072 (0 = off)"
     ),
     float_opt!(
         &["presence-penalty"],
@@ -341,11 +369,11 @@ static OPTIONS: &[Opt] = &[
         kind: OptKind::Seed,
         range: "a whole number 0 to 2^64-1, or -1 / \"random\" for a fresh one",
     },
-    count_opt!(&["min-keep"], min_keep, usize::MAX, "a whole number >= 0"),
+    count_opt!(&["min-keep"], min_keep, MAX_TOP_K, "a whole number 0 to 16777216"),
     Opt {
         names: &["logit-bias"],
         kind: OptKind::LogitBias,
-        range: "TOKEN_ID+BIAS or TOKEN_ID-BIAS (e.g. 15043+1, 2-inf), or \"none\" to clear",
+        range: "TOKEN_ID+BIAS or TOKEN_ID-BIAS (e.g. 15043+1, 2-inf; at most 262144 entries), or \"none\" to clear",
     },
 ];
 
@@ -444,7 +472,13 @@ impl SamplerConfig {
                 put(self, x);
             }
             OptKind::Count { put, max, .. } => {
-                let x: usize = v.parse().map_err(|_| parse_err())?;
+                // -1 is llama.cpp's "the whole context" for the history windows.
+                let context = max == MAX_LAST_N && opt.names[0].ends_with("last-n") && v == "-1";
+                let x: usize = if context {
+                    MAX_LAST_N
+                } else {
+                    v.parse().map_err(|_| parse_err())?
+                };
                 if x > max {
                     return Err(format!(
                         "{} = {x} is out of range: expected {}",
@@ -465,6 +499,9 @@ impl SamplerConfig {
                     self.logit_bias.clear();
                 } else {
                     let b = parse_logit_bias(v)?;
+                    if self.logit_bias.len() >= MAX_LOGIT_BIAS {
+                        return Err(format!("logit-bias: more than {MAX_LOGIT_BIAS} entries"));
+                    }
                     self.logit_bias.push(b);
                 }
             }
@@ -472,8 +509,12 @@ impl SamplerConfig {
                 // The raw value, not trimmed: "\n" and " " are meaningful breakers.
                 if value == "none" {
                     self.dry_sequence_breakers.clear();
-                } else if value.is_empty() {
+                } else if value.is_empty() || value.len() > MAX_DRY_BREAKER_BYTES {
                     return Err(parse_err());
+                } else if self.dry_sequence_breakers.len() >= MAX_DRY_BREAKERS {
+                    return Err(format!(
+                        "dry-sequence-breaker: more than {MAX_DRY_BREAKERS} breakers"
+                    ));
                 } else {
                     self.dry_sequence_breakers.push(value.to_string());
                 }
@@ -499,6 +540,12 @@ impl SamplerConfig {
                 }
                 OptKind::Seed => {}
                 OptKind::LogitBias => {
+                    if self.logit_bias.len() > MAX_LOGIT_BIAS {
+                        return Err(format!(
+                            "logit-bias: {} entries, more than {MAX_LOGIT_BIAS}",
+                            self.logit_bias.len()
+                        ));
+                    }
                     for &(id, b) in &self.logit_bias {
                         if b.is_nan() || b == f32::INFINITY {
                             return Err(format!(
@@ -508,8 +555,20 @@ impl SamplerConfig {
                     }
                 }
                 OptKind::DryBreaker => {
-                    if self.dry_sequence_breakers.iter().any(|b| b.is_empty()) {
+                    let b = &self.dry_sequence_breakers;
+                    if b.iter().any(|b| b.is_empty()) {
                         return Err("dry-sequence-breaker: empty strings are not allowed".into());
+                    }
+                    if b.len() > MAX_DRY_BREAKERS {
+                        return Err(format!(
+                            "dry-sequence-breaker: {} breakers, more than {MAX_DRY_BREAKERS}",
+                            b.len()
+                        ));
+                    }
+                    if b.iter().any(|b| b.len() > MAX_DRY_BREAKER_BYTES) {
+                        return Err(format!(
+                            "dry-sequence-breaker: a breaker is longer than {MAX_DRY_BREAKER_BYTES} bytes"
+                        ));
                     }
                 }
             }
@@ -812,6 +871,7 @@ impl Penalties {
         frequency: f32,
         presence: f32,
     ) -> Self {
+        let last_n = last_n.min(MAX_LAST_N);
         Penalties {
             last_n,
             repeat,
@@ -842,6 +902,10 @@ impl Stage for Penalties {
         }
         let t = token as usize;
         if t >= self.counts.len() {
+            if t >= MAX_TOP_K {
+                // Not a token of any vocabulary: nothing can be penalized for it.
+                return;
+            }
             // A token beyond the declared vocabulary: grow rather than fail (rare, allocates once).
             self.counts.resize(t + 1, 0);
         }
@@ -1351,6 +1415,7 @@ impl DryBreakers {
         let mut b = DryBreakers::default();
         let breakers: Vec<&[u8]> = breakers
             .iter()
+            .take(MAX_DRY_BREAKERS)
             .map(|s| &s.as_bytes()[..s.len().min(Self::MAX_BYTES)])
             .filter(|s| !s.is_empty())
             .collect();
@@ -1448,7 +1513,7 @@ impl Dry {
         breakers: DryBreakers,
     ) -> Self {
         let enabled = multiplier != 0.0 && base >= 1.0 && last_n > 0;
-        let n = if enabled { last_n } else { 0 };
+        let n = if enabled { last_n.min(MAX_LAST_N) } else { 0 };
         Dry {
             multiplier,
             base,

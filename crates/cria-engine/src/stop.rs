@@ -11,6 +11,34 @@
 //! a whole character), so the released text is valid UTF-8 too. One buffer, reserved at
 //! construction and reused, so pushing pieces allocates nothing once it has grown to the longest
 //! piece plus the longest stop string.
+//!
+//! Limits: requests should go through [`StopMatcher::try_new`] (or [`validate_stops`]), which
+//! refuses more than [`MAX_STOPS`] stop strings or one longer than [`MAX_STOP_BYTES`] ("stop:
+//! 65 strings, more than 64" / "stop[3]: 5000 bytes, more than 4096"). Whatever the list, the
+//! work per piece is linear in the held text plus the total length of the stop strings (the
+//! partial-match check runs each string's KMP automaton), never quadratic.
+
+/// Most stop strings one generation may have.
+pub const MAX_STOPS: usize = 64;
+/// Longest stop string, in bytes.
+pub const MAX_STOP_BYTES: usize = 4096;
+
+/// Check a list of stop strings against [`MAX_STOPS`] and [`MAX_STOP_BYTES`].
+pub fn validate_stops<S: AsRef<str>>(stops: &[S]) -> Result<(), String> {
+    if stops.len() > MAX_STOPS {
+        return Err(format!(
+            "stop: {} strings, more than {MAX_STOPS}",
+            stops.len()
+        ));
+    }
+    for (i, s) in stops.iter().enumerate() {
+        let n = s.as_ref().len();
+        if n > MAX_STOP_BYTES {
+            return Err(format!("stop[{i}]: {n} bytes, more than {MAX_STOP_BYTES}"));
+        }
+    }
+    Ok(())
+}
 
 /// Why and where generation stopped on a stop string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +51,9 @@ pub struct StopHit {
 #[derive(Debug, Clone)]
 pub struct StopMatcher {
     stops: Vec<String>, // non-empty stop strings, in the caller's order
+    /// KMP failure function of each stop string: `fail[k][i]` = length of the longest proper
+    /// border of `stops[k][..=i]`.
+    fail: Vec<Vec<u32>>,
     /// Caller's index of each entry of `stops` (empty strings are dropped from `stops`).
     index: Vec<usize>,
     held: String, // text not yet released: a suffix that may start a stop string
@@ -30,7 +61,15 @@ pub struct StopMatcher {
 }
 
 impl StopMatcher {
-    /// A matcher for `stops`. Empty strings are ignored (they would match everywhere).
+    /// [`StopMatcher::new`] after [`validate_stops`]: the way to take stop strings from a
+    /// request.
+    pub fn try_new<S: AsRef<str>>(stops: &[S]) -> Result<Self, String> {
+        validate_stops(stops)?;
+        Ok(Self::new(stops))
+    }
+
+    /// A matcher for `stops`. Empty strings are ignored (they would match everywhere). Not
+    /// size-checked: see [`StopMatcher::try_new`].
     pub fn new<S: AsRef<str>>(stops: &[S]) -> Self {
         let mut kept = Vec::new();
         let mut index = Vec::new();
@@ -41,7 +80,9 @@ impl StopMatcher {
             }
         }
         let longest = kept.iter().map(String::len).max().unwrap_or(0);
+        let fail = kept.iter().map(|s| failure(s.as_bytes())).collect();
         StopMatcher {
+            fail,
             stops: kept,
             index,
             // Room for the longest held tail plus a generous piece: no growth in normal use.
@@ -112,21 +153,52 @@ impl StopMatcher {
 
     /// Length in bytes of the longest suffix of `held` that is a proper prefix of some stop
     /// string (and so may still grow into one).
+    ///
+    /// Per stop string, its KMP automaton runs over the last `len - 1` bytes of `held`: the
+    /// state at the end is the longest suffix that is a prefix (a complete match cannot occur,
+    /// `push` has just looked for one, so the state stays below `len`).
     fn partial_tail(&self) -> usize {
         let h = self.held.as_bytes();
         let mut best = 0;
-        for s in &self.stops {
+        for (s, fail) in self.stops.iter().zip(&self.fail) {
             let s = s.as_bytes();
             let max = (s.len() - 1).min(h.len());
-            for len in (best + 1..=max).rev() {
-                if h[h.len() - len..] == s[..len] {
-                    best = len;
-                    break;
+            if max <= best {
+                continue;
+            }
+            let mut k = 0usize; // bytes of `s` matched so far
+            for &b in &h[h.len() - max..] {
+                while k > 0 && (k == s.len() || s[k] != b) {
+                    k = fail[k - 1] as usize;
+                }
+                if s[k] == b {
+                    k += 1;
                 }
             }
+            // A full match ends here only if `push` missed it; keep its longest border then.
+            if k == s.len() {
+                k = fail[k - 1] as usize;
+            }
+            best = best.max(k);
         }
         best
     }
+}
+
+/// The KMP failure function of `s`.
+fn failure(s: &[u8]) -> Vec<u32> {
+    let mut f = vec![0u32; s.len()];
+    let mut k = 0usize;
+    for i in 1..s.len() {
+        while k > 0 && s[i] != s[k] {
+            k = f[k - 1] as usize;
+        }
+        if s[i] == s[k] {
+            k += 1;
+        }
+        f[i] = k as u32;
+    }
+    f
 }
 
 #[cfg(test)]
@@ -144,6 +216,51 @@ mod tests {
         }
         m.flush(&mut out);
         (out, None)
+    }
+
+    /// The partial-match check by brute force (the quadratic loop it replaced).
+    fn naive_tail(m: &StopMatcher) -> usize {
+        let h = m.held.as_bytes();
+        let mut best = 0;
+        for s in &m.stops {
+            let s = s.as_bytes();
+            for len in 1..s.len().min(h.len() + 1) {
+                if h[h.len() - len..] == s[..len] {
+                    best = best.max(len);
+                }
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn kmp_tail_agrees_with_brute_force() {
+        // Small alphabets make borders (aab / aabaab ...) common.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..300 {
+            let word = |rnd: &mut dyn FnMut(u64) -> u64, len: u64| -> String {
+                (0..1 + rnd(len))
+                    .map(|_| ['a', 'b', 'c'][rnd(3) as usize])
+                    .collect()
+            };
+            let stops: Vec<String> = (0..1 + rnd(3)).map(|_| word(&mut rnd, 7)).collect();
+            let mut m = StopMatcher::new(&stops);
+            let mut out = String::new();
+            for _ in 0..20 {
+                let piece = word(&mut rnd, 4);
+                if m.push(&piece, &mut out).is_some() {
+                    break;
+                }
+                assert_eq!(m.partial_tail(), naive_tail(&m), "{stops:?} {:?}", m.held);
+                assert_eq!(m.held.len(), naive_tail(&m));
+            }
+        }
     }
 
     #[test]

@@ -20,6 +20,20 @@
 //! Errors are `cria_core::Error::Msg`, e.g. "chat template error (line 1): invalid operation:
 //! Conversation roles must alternate ..." (the `raise_exception` message) or "chat template error
 //! (line 3): syntax error: unexpected `}`, expected end of variable block".
+//!
+//! # Limits
+//!
+//! A template comes with the model file and runs on every request, so one render is bounded:
+//!
+//! | limit | value | error |
+//! |---|---|---|
+//! | work: instructions, plus one unit per 64 bytes of data made (minijinja fuel) | [`TEMPLATE_FUEL`] = 10,000,000 (10M instructions, or 640 MB of data made in all) | "the chat template ran out of fuel (infinite loop?)" |
+//! | rendered prompt | [`TEMPLATE_MAX_OUTPUT`] = 16 MiB | "the chat template's output exceeded 16777216 bytes" |
+//! | `range(n)` | 100,000 items (minijinja's own bound) | "... range has too many elements" |
+//! | nesting of values printed or passed to `tojson` | [`TEMPLATE_MAX_DEPTH`] = 256 | "... a value nested deeper than 256 levels" |
+//!
+//! The real templates in `tests/fixtures` render a 1 MiB conversation (512 turns) with at most
+//! 116,000 fuel (llama2), so a conversation as long as the output bound needs under a fifth.
 
 use std::fmt::Write as _;
 
@@ -27,6 +41,13 @@ use cria_core::{Error, Result};
 use minijinja::value::{Kwargs, Serde, Value, ValueKind};
 use minijinja::{Environment, ErrorKind, State};
 use serde::{Deserialize, Serialize};
+
+/// Fuel for one render (minijinja's unit: about one instruction, or 64 bytes of data made).
+pub const TEMPLATE_FUEL: u64 = 10_000_000;
+/// Largest rendered prompt, in bytes.
+pub const TEMPLATE_MAX_OUTPUT: usize = 16 << 20;
+/// Deepest value the template's printing and `tojson` recurse into.
+pub const TEMPLATE_MAX_DEPTH: usize = 256;
 
 /// One chat turn as templates see it: `message['role']`, `message['content']`, and whatever else
 /// the turn carries (`tool_calls`, `tool_call_id`, `name`, ...), passed through in the order given
@@ -81,6 +102,7 @@ impl ChatTemplate {
         env.set_syntax(syntax.build().map_err(template_error)?);
         env.set_unknown_method_callback(python_methods);
         env.set_formatter(python_formatter);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_filter("tojson", tojson);
         env.add_filter("string", |v: Value| py_str(&v));
         env.add_function("raise_exception", raise_exception);
@@ -108,7 +130,42 @@ impl ChatTemplate {
             tools => tools.map(|t| Value::from(Serde(t))).unwrap_or(Value::from(())),
             documents => Value::from(()),
         };
-        tmpl.render(ctx).map_err(template_error)
+        let mut out = Bounded {
+            buf: Vec::new(),
+            limit: TEMPLATE_MAX_OUTPUT,
+            over: false,
+        };
+        let r = tmpl.render_captured_to(ctx, &mut out).map(drop);
+        if out.over {
+            return Err(Error::msg(format!(
+                "the chat template's output exceeded {TEMPLATE_MAX_OUTPUT} bytes"
+            )));
+        }
+        r.map_err(template_error)?;
+        String::from_utf8(out.buf)
+            .map_err(|_| Error::msg("the chat template's output is not valid UTF-8"))
+    }
+}
+
+/// A byte buffer that refuses to grow past `limit` (the render then fails).
+struct Bounded {
+    buf: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(b.len()) > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -131,6 +188,9 @@ pub fn render(
 }
 
 fn template_error(e: minijinja::Error) -> Error {
+    if e.kind() == ErrorKind::OutOfFuel {
+        return Error::msg("the chat template ran out of fuel (infinite loop?)");
+    }
     let mut msg = String::from("chat template error");
     if let Some(line) = e.line() {
         let _ = write!(msg, " (line {line})");
@@ -292,14 +352,24 @@ fn py_str(v: &Value) -> String {
         ValueKind::String => v.as_str().unwrap_or_default().to_string(),
         _ => {
             let mut s = String::new();
-            py_repr(v, &mut s);
+            py_repr(v, 0, &mut s);
             s
         }
     }
 }
 
-/// Python `repr(x)` for the value kinds templates deal in.
-fn py_repr(v: &Value, out: &mut String) {
+/// Python `repr(x)` for the value kinds templates deal in. Containers nested deeper than
+/// [`TEMPLATE_MAX_DEPTH`] print as `...` (Python's mark for a list that contains itself).
+fn py_repr(v: &Value, depth: usize, out: &mut String) {
+    if depth >= TEMPLATE_MAX_DEPTH
+        && matches!(
+            v.kind(),
+            ValueKind::Seq | ValueKind::Iterable | ValueKind::Map
+        )
+    {
+        out.push_str("...");
+        return;
+    }
     match v.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("None"),
         ValueKind::Bool => out.push_str(if v.is_true() { "True" } else { "False" }),
@@ -319,7 +389,7 @@ fn py_repr(v: &Value, out: &mut String) {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    py_repr(&item, out);
+                    py_repr(&item, depth + 1, out);
                 }
             }
             out.push_str(close);
@@ -331,9 +401,9 @@ fn py_repr(v: &Value, out: &mut String) {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    py_repr(&key, out);
+                    py_repr(&key, depth + 1, out);
                     out.push_str(": ");
-                    py_repr(&v.get_item(&key).unwrap_or_default(), out);
+                    py_repr(&v.get_item(&key).unwrap_or_default(), depth + 1, out);
                 }
             }
             out.push('}');
@@ -511,6 +581,12 @@ fn json_dump(
     level: usize,
     out: &mut String,
 ) -> std::result::Result<(), minijinja::Error> {
+    if level > TEMPLATE_MAX_DEPTH {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: a value nested deeper than {TEMPLATE_MAX_DEPTH} levels"),
+        ));
+    }
     match v.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),

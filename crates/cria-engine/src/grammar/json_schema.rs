@@ -15,10 +15,38 @@
 //!
 //! The output grammar lets whitespace follow every value and punctuation, like llama.cpp's
 //! (`space ::= | " " | "\n"{1,2} [ \t]{0,20}`), so any JSON the grammar produces parses.
+//!
+//! # Limits
+//!
+//! Schemas come from requests; what they can make large is bounded, with an error naming the
+//! keyword (and the limit) beyond it:
+//!
+//! | what | limit | error |
+//! |---|---|---|
+//! | sub-schema nesting and `$ref` chains | `Limits::max_nesting` ([`MAX_NESTING`](super::MAX_NESTING) = 128) | "schema nested deeper than 128 levels (sub-schemas and `$ref`s)" |
+//! | JSON nesting of the schema document | 4 x `max_nesting` = 512 | "the schema document is nested deeper than 512 levels" |
+//! | `minLength` `maxLength` `minItems` `maxItems` | [`MAX_SCHEMA_REPEAT`] = 2000 (the GBNF repetition bound, so a maximum is always honoured) | "`maxLength` above 2000 is not supported" |
+//! | properties of one object (`allOf` merged) | [`MAX_SCHEMA_PROPERTIES`] = 10000 | "more than 10000 properties" |
+//! | `enum` values | [`MAX_SCHEMA_ENUM`] = 10000 | "`enum` has more than 10000 values" |
+//! | property names beside `additionalProperties` | [`MAX_SCHEMA_NAME`] = 256 characters | "... longer than 256 characters ..." |
+//! | the GBNF produced | 16 x `Limits::max_elems` bytes (16 MiB) | "the schema's grammar is too large (more than 16777216 bytes of GBNF)" |
+//! | time | `Limits` deadline ([`COMPILE_TIME_BUDGET`](super::COMPILE_TIME_BUDGET) = 2 s) | "grammar compilation exceeded its time budget" |
 
+use super::{Clock, Limits, TIME_BUDGET_MSG};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+
+/// Largest `minLength` / `maxLength` / `minItems` / `maxItems`: the GBNF parser's bound on
+/// repetition counts (llama.cpp's), above which a maximum could not be honoured.
+pub const MAX_SCHEMA_REPEAT: u64 = 2000;
+/// Most properties in one object schema (after merging `allOf`).
+pub const MAX_SCHEMA_PROPERTIES: usize = 10_000;
+/// Most values in one `enum`.
+pub const MAX_SCHEMA_ENUM: usize = 10_000;
+/// Longest property name (in characters) in an object that also allows additional properties
+/// (the grammar that excludes the known names nests once per character).
+pub const MAX_SCHEMA_NAME: usize = 256;
 
 /// Any JSON value (`--json`): llama.cpp's `json.gbnf` shape, but every value kind at the root.
 pub const ANY_JSON_GBNF: &str = r#"root   ::= value
@@ -145,13 +173,40 @@ fn err<T>(path: &str, msg: impl Into<String>) -> Res<T> {
     })
 }
 
-/// Convert a JSON Schema to GBNF (start rule `root`).
+/// Convert a JSON Schema to GBNF (start rule `root`), under the default [`Limits`].
 pub fn json_schema_to_gbnf(schema: &Value) -> Result<String, SchemaError> {
+    json_schema_to_gbnf_with_limits(schema, &Limits::default())
+}
+
+/// [`json_schema_to_gbnf`] with explicit limits (`max_nesting`, `max_elems` for the size of
+/// the output, and the deadline).
+pub fn json_schema_to_gbnf_with_limits(
+    schema: &Value,
+    limits: &Limits,
+) -> Result<String, SchemaError> {
+    let mut clock = limits.clock();
+    if clock.expired() {
+        return err("", TIME_BUDGET_MSG);
+    }
+    let max_json = limits.max_nesting.saturating_mul(4);
+    if json_depth_exceeds(schema, max_json) {
+        return err(
+            "",
+            format!("the schema document is nested deeper than {max_json} levels"),
+        );
+    }
     let mut c = Converter {
         root: schema,
         rules: BTreeMap::new(),
         resolving: HashSet::new(),
         refs: BTreeMap::new(),
+        reuse: HashMap::new(),
+        next_suffix: HashMap::new(),
+        depth: 0,
+        max_depth: limits.max_nesting,
+        clock,
+        bytes: 0,
+        max_bytes: limits.max_elems.saturating_mul(16),
     };
     c.rules.insert("space".into(), SPACE.into());
     let body = c.visit(schema, "", "#")?;
@@ -171,6 +226,34 @@ struct Converter<'a> {
     rules: BTreeMap<String, String>,
     resolving: HashSet<String>,
     refs: BTreeMap<String, String>, // $ref -> rule name
+    /// (base name, body) -> the rule `add_rule` made for them, and per base name the next
+    /// numeric suffix to try: `add_rule` stays linear when many rules share a base name.
+    reuse: HashMap<String, HashMap<String, String>>,
+    next_suffix: HashMap<String, usize>,
+    /// Sub-schemas being visited (recursion depth), and the limit.
+    depth: usize,
+    max_depth: usize,
+    clock: Clock,
+    /// Bytes of rule bodies so far, and the limit.
+    bytes: usize,
+    max_bytes: usize,
+}
+
+/// Is `v` nested deeper than `max` levels? (Iterative: the document may be deeper than the
+/// stack allows recursing.)
+fn json_depth_exceeds(v: &Value, max: usize) -> bool {
+    let mut todo: Vec<(&Value, usize)> = vec![(v, 1)];
+    while let Some((v, d)) = todo.pop() {
+        if d > max {
+            return true;
+        }
+        match v {
+            Value::Array(a) => todo.extend(a.iter().map(|x| (x, d + 1))),
+            Value::Object(o) => todo.extend(o.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// A GBNF string literal for `s`.
@@ -217,23 +300,46 @@ fn join(name: &str, part: &str) -> String {
 }
 
 impl<'a> Converter<'a> {
-    fn add_rule(&mut self, name: &str, body: String) -> String {
+    /// A rule named after `name` with `body` (an existing one if the same body was already
+    /// added under that name), taking the first free name of `base`, `base0`, `base1`, ...
+    fn add_rule(&mut self, name: &str, body: String) -> Res<String> {
         let base = rule_name(name);
+        if let Some(key) = self.reuse.get(&base).and_then(|m| m.get(&body)) {
+            return Ok(key.clone());
+        }
         let reserved = |n: &str| n == "root" || n == "space" || PRIMITIVES.iter().any(|p| p.0 == n);
-        let mut key = base.clone();
-        let mut i = 0;
+        let next = self.next_suffix.entry(base.clone()).or_insert(0);
+        let mut key = if *next == 0 {
+            base.clone()
+        } else {
+            format!("{base}{}", *next - 1)
+        };
         loop {
             match self.rules.get(&key) {
-                Some(b) if *b == body => return key,
+                Some(b) if *b == body => return Ok(key),
                 None if !reserved(&key) => break,
                 _ => {
-                    key = format!("{base}{i}");
-                    i += 1;
+                    key = format!("{base}{}", *next);
+                    *next += 1;
                 }
             }
         }
+        self.bytes = self.bytes.saturating_add(key.len() + body.len() + 6);
+        if self.bytes > self.max_bytes {
+            return err(
+                "",
+                format!(
+                    "the schema's grammar is too large (more than {} bytes of GBNF)",
+                    self.max_bytes
+                ),
+            );
+        }
+        self.reuse
+            .entry(base)
+            .or_default()
+            .insert(body.clone(), key.clone());
         self.rules.insert(key.clone(), body);
-        key
+        Ok(key)
     }
 
     /// A rule name not yet taken (for `$ref` targets, defined after their first use).
@@ -263,6 +369,25 @@ impl<'a> Converter<'a> {
 
     /// The grammar expression for values of `schema`, named after `name` for the rules it adds.
     fn visit(&mut self, schema: &Value, name: &str, path: &str) -> Res<String> {
+        if self.clock.expired() {
+            return err(path, TIME_BUDGET_MSG);
+        }
+        if self.depth >= self.max_depth {
+            return err(
+                path,
+                format!(
+                    "schema nested deeper than {} levels (sub-schemas and `$ref`s)",
+                    self.max_depth
+                ),
+            );
+        }
+        self.depth += 1;
+        let r = self.visit_inner(schema, name, path);
+        self.depth -= 1;
+        r
+    }
+
+    fn visit_inner(&mut self, schema: &Value, name: &str, path: &str) -> Res<String> {
         let obj = match schema {
             Value::Bool(true) => return Ok(self.primitive("value")),
             Value::Bool(false) => return err(path, "the schema `false` matches nothing"),
@@ -309,7 +434,7 @@ impl<'a> Converter<'a> {
                     format!("empty `{kw}` matches nothing"),
                 );
             }
-            return Ok(self.add_rule(name_or(name, "alt"), parts.join(" | ")));
+            return self.add_rule(name_or(name, "alt"), parts.join(" | "));
         }
         if let Some(c) = obj.get("const") {
             return Ok(format!("{} space", literal(&c.to_string())));
@@ -321,11 +446,17 @@ impl<'a> Converter<'a> {
             if vals.is_empty() {
                 return err(&format!("{path}/enum"), "empty `enum` matches nothing");
             }
+            if vals.len() > MAX_SCHEMA_ENUM {
+                return err(
+                    &format!("{path}/enum"),
+                    format!("`enum` has more than {MAX_SCHEMA_ENUM} values"),
+                );
+            }
             let alts: Vec<String> = vals.iter().map(|v| literal(&v.to_string())).collect();
-            return Ok(self.add_rule(
+            return self.add_rule(
                 name_or(name, "enum"),
                 format!("({}) space", alts.join(" | ")),
-            ));
+            );
         }
         if let Some(all) = obj.get("allOf") {
             return self.all_of(obj, all, name, path);
@@ -378,7 +509,7 @@ impl<'a> Converter<'a> {
         if parts.len() == 1 {
             return Ok(parts.pop().unwrap_or_default());
         }
-        Ok(self.add_rule(name_or(name, "value"), parts.join(" | ")))
+        self.add_rule(name_or(name, "value"), parts.join(" | "))
     }
 
     fn check_keywords(&self, obj: &Map<String, Value>, path: &str) -> Res<()> {
@@ -460,7 +591,9 @@ impl<'a> Converter<'a> {
         };
         // Merge object schemas: properties in order of appearance, required united.
         let mut props: Vec<(String, Value, String)> = Vec::new();
+        let mut prop_index: HashMap<String, usize> = HashMap::new();
         let mut required: Vec<String> = Vec::new();
+        let mut required_set: HashSet<String> = HashSet::new();
         let mut additional: Option<(Value, String)> = None;
         let mut members: Vec<(&Value, String)> = parts
             .iter()
@@ -516,9 +649,16 @@ impl<'a> Converter<'a> {
             }
             if let Some(ps) = mo.get("properties").and_then(Value::as_object) {
                 for (k, v) in ps {
-                    if let Some(e) = props.iter_mut().find(|e| e.0 == *k) {
-                        e.1 = v.clone();
+                    if let Some(&at) = prop_index.get(k) {
+                        props[at].1 = v.clone();
                     } else {
+                        if props.len() >= MAX_SCHEMA_PROPERTIES {
+                            return err(
+                                &format!("{p}/properties"),
+                                format!("more than {MAX_SCHEMA_PROPERTIES} properties"),
+                            );
+                        }
+                        prop_index.insert(k.clone(), props.len());
                         props.push((
                             k.clone(),
                             v.clone(),
@@ -529,7 +669,7 @@ impl<'a> Converter<'a> {
             }
             if let Some(rs) = mo.get("required").and_then(Value::as_array) {
                 for r in rs.iter().filter_map(Value::as_str) {
-                    if !required.iter().any(|x| x == r) {
+                    if required_set.insert(r.to_string()) {
                         required.push(r.to_string());
                     }
                 }
@@ -544,7 +684,7 @@ impl<'a> Converter<'a> {
             .collect();
         let add = additional.as_ref().map(|(v, p)| (v, p.as_str()));
         let body = self.object(&props_ref, &required, add, name, path)?;
-        Ok(self.add_rule(name_or(name, "object"), body))
+        self.add_rule(name_or(name, "object"), body)
     }
 
     fn typed(&mut self, obj: &Map<String, Value>, t: &str, name: &str, path: &str) -> Res<String> {
@@ -558,6 +698,12 @@ impl<'a> Converter<'a> {
                             "`properties` must be an object",
                         );
                     };
+                    if ps.len() > MAX_SCHEMA_PROPERTIES {
+                        return err(
+                            &format!("{path}/properties"),
+                            format!("more than {MAX_SCHEMA_PROPERTIES} properties"),
+                        );
+                    }
                     for (k, v) in ps {
                         props.push((
                             k.clone(),
@@ -590,7 +736,7 @@ impl<'a> Converter<'a> {
                     return Ok(self.primitive("object"));
                 }
                 let body = self.object(&props, &required, add, name, path)?;
-                Ok(self.add_rule(name_or(name, "object"), body))
+                self.add_rule(name_or(name, "object"), body)
             }
             "array" => self.array(obj, name, path),
             "string" => self.string(obj, name, path),
@@ -612,8 +758,10 @@ impl<'a> Converter<'a> {
         name: &str,
         path: &str,
     ) -> Res<String> {
+        let names: HashSet<&str> = props.iter().map(|p| p.0.as_str()).collect();
+        let required_set: HashSet<&str> = required.iter().map(String::as_str).collect();
         for r in required {
-            if !props.iter().any(|p| p.0 == *r) {
+            if !names.contains(r.as_str()) {
                 return err(
                     &format!("{path}/required"),
                     format!("required property {r:?} has no schema in `properties`"),
@@ -630,8 +778,8 @@ impl<'a> Converter<'a> {
                     "{} space \":\" space {value}",
                     literal(&Value::String(k.clone()).to_string())
                 ),
-            );
-            members.push((rule, required.contains(k)));
+            )?;
+            members.push((rule, required_set.contains(k.as_str())));
         }
         let mut extra: Option<String> = None;
         match additional {
@@ -647,10 +795,11 @@ impl<'a> Converter<'a> {
                 } else {
                     let names: Vec<&str> = props.iter().map(|p| p.0.as_str()).collect();
                     let body = self.not_strings(&names, ap_path)?;
-                    self.add_rule(&format!("{sub}-k"), body)
+                    self.add_rule(&format!("{sub}-k"), body)?
                 };
-                extra =
-                    Some(self.add_rule(&format!("{sub}-kv"), format!("{key} \":\" space {value}")));
+                extra = Some(
+                    self.add_rule(&format!("{sub}-kv"), format!("{key} \":\" space {value}"))?,
+                );
             }
         }
         // Members in declared order, optional ones skippable, commas only between present
@@ -666,8 +815,8 @@ impl<'a> Converter<'a> {
         };
         let obj = name_or(name, "object").to_string();
         for (i, (kv, req)) in members.iter().enumerate().rev() {
-            let f_next = self.state_rule(&format!("{obj}-{i}-first"), &first);
-            let a_next = self.state_rule(&format!("{obj}-{i}-after"), &after);
+            let f_next = self.state_rule(&format!("{obj}-{i}-first"), &first)?;
+            let a_next = self.state_rule(&format!("{obj}-{i}-after"), &after)?;
             let with_first = format!("{kv} {a_next}");
             let with_after = format!(r#"( "," space {kv} ) {a_next}"#);
             if *req {
@@ -696,9 +845,9 @@ impl<'a> Converter<'a> {
     }
 
     /// A rule for one state of the member chain ("" for the empty tail: no rule needed).
-    fn state_rule(&mut self, name: &str, body: &str) -> String {
+    fn state_rule(&mut self, name: &str, body: &str) -> Res<String> {
         if body.is_empty() {
-            return String::new();
+            return Ok(String::new());
         }
         self.add_rule(name, body.to_string())
     }
@@ -712,6 +861,9 @@ impl<'a> Converter<'a> {
         }
         let mut root = Node::default();
         for n in names {
+            if n.chars().count() > MAX_SCHEMA_NAME {
+                return err(path, format!("additional properties beside a property name longer than {MAX_SCHEMA_NAME} characters are not supported"));
+            }
             if n.chars()
                 .any(|c| c == '"' || c == '\\' || (c as u32) < 0x20 || c as u32 == 0x7F)
             {
@@ -817,7 +969,7 @@ impl<'a> Converter<'a> {
                 );
             }
             body.push_str(r#" "]" space"#);
-            return Ok(self.add_rule(name_or(name, "array"), body));
+            return self.add_rule(name_or(name, "array"), body);
         }
         let Some(item) = rest else {
             // items: false, no prefix: only the empty array.
@@ -850,7 +1002,7 @@ impl<'a> Converter<'a> {
                 format!(r#""[" space {list} "]" space"#)
             }
         };
-        Ok(self.add_rule(name_or(name, "array"), body))
+        self.add_rule(name_or(name, "array"), body)
     }
 
     fn string(&mut self, obj: &Map<String, Value>, name: &str, path: &str) -> Res<String> {
@@ -884,10 +1036,10 @@ impl<'a> Converter<'a> {
             };
             let ch = self.primitive("char");
             let body = regex_to_gbnf(p, &ch).or_else(|e| err(&format!("{path}/pattern"), e))?;
-            return Ok(self.add_rule(
+            return self.add_rule(
                 name_or(name, "pattern"),
                 format!(r#""\"" {body} "\"" space"#),
-            ));
+            );
         }
         if min.is_none() && max.is_none() {
             return Ok(self.primitive("string"));
@@ -898,7 +1050,7 @@ impl<'a> Converter<'a> {
         }
         let ch = self.primitive("char");
         let body = format!(r#""\"" {} "\"" space"#, repetition(&ch, lo, max));
-        Ok(self.add_rule(name_or(name, "string"), body))
+        self.add_rule(name_or(name, "string"), body)
     }
 
     /// Numbers: bounds only at zero (sign constraints: `minimum: 0`, `exclusiveMinimum: 0`,
@@ -936,7 +1088,7 @@ impl<'a> Converter<'a> {
             (Some(false), Some(false)) => zero,
             _ => return err(path, "this combination of number bounds matches nothing"),
         };
-        Ok(self.add_rule(name_or(name, "number"), format!("{body} space")))
+        self.add_rule(name_or(name, "number"), format!("{body} space"))
     }
 
     fn integer(&mut self, obj: &Map<String, Value>, name: &str, path: &str) -> Res<String> {
@@ -974,7 +1126,7 @@ impl<'a> Converter<'a> {
             }
         }
         let body = int_range(lo, hi, LIMIT);
-        Ok(self.add_rule(name_or(name, "integer"), format!("({body}) space")))
+        self.add_rule(name_or(name, "integer"), format!("({body}) space"))
     }
 }
 
@@ -994,10 +1146,10 @@ fn count(obj: &Map<String, Value>, k: &str, path: &str) -> Res<Option<u64>> {
     match obj.get(k) {
         None => Ok(None),
         Some(v) => match v.as_u64() {
-            Some(n) if n <= 10_000 => Ok(Some(n)),
+            Some(n) if n <= MAX_SCHEMA_REPEAT => Ok(Some(n)),
             Some(_) => err(
                 &format!("{path}/{k}"),
-                format!("`{k}` above 10000 is not supported"),
+                format!("`{k}` above {MAX_SCHEMA_REPEAT} is not supported"),
             ),
             None => err(
                 &format!("{path}/{k}"),

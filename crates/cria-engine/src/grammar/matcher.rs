@@ -7,13 +7,28 @@
 //! is a character class, the stacks after one matching code point do not depend on which code
 //! point matched, so they are computed once per node (`succ`) and memoized; the mask walk over
 //! the whole vocabulary is then only class tests and set unions.
+//!
+//! The arena only grows during a generation; it is bounded by `Limits::max_matcher_nodes`
+//! (nodes plus memo entries). Reaching it sets a flag that stops the work in progress; the
+//! memo is then dropped (and, in `accept`, the nodes compacted to the live stacks) and the work
+//! redone once. Only when the live state alone is past the bound does `accept` fail.
 
-use super::{Elem, Grammar, GrammarError, TokenRef};
+use super::{Clock, Elem, Grammar, GrammarError, Limits, TokenRef, TIME_BUDGET_MSG};
 use crate::sampler::Candidates;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 const EMPTY: u32 = 0;
+
+/// Longest token (in code points from a character boundary) a grammar may produce: longer ones
+/// are never allowed, which bounds the depth of the vocabulary trie and of the walks over it
+/// (they recurse once per code point, on threads that may have only a 2 MiB stack). Real
+/// vocabularies stay far below it.
+pub const MAX_TOKEN_CHARS: usize = 1024;
+
+fn state_too_large(cap: usize) -> String {
+    format!("the grammar's parser state exceeded {cap} stacks (max_matcher_nodes)")
+}
 
 /// Partial UTF-8 state between bytes: `remain` continuation bytes still expected, `value` the
 /// bits so far, `len` the sequence's total length. `remain == 0`: at a character boundary.
@@ -101,18 +116,73 @@ struct Arena {
     index: HashMap<(u32, u32), u32>,
     succ: Vec<(u32, u32)>, // per node: range in `pool` of the stacks after its top matched
     pool: Vec<u32>,
+    /// Per node: the `stamp` of the last `step` that added it (duplicate check in O(1)).
+    mark: Vec<u32>,
+    stamp: u32,
+    /// Bound on `nodes.len() + pool.len()`; `full` is set once it is passed, which stops
+    /// expansions early: results computed while full are incomplete and must be redone.
+    cap: usize,
+    full: bool,
+    /// Deadline of `Matcher::new`'s first expansion (none during generation).
+    clock: Clock,
+    timed_out: bool,
 }
 
 const NOT_YET: (u32, u32) = (u32::MAX, 0);
 
 impl Arena {
-    fn new() -> Self {
+    fn new(cap: usize) -> Self {
         Arena {
             nodes: vec![(u32::MAX, u32::MAX)],
             index: HashMap::new(),
             succ: vec![NOT_YET],
             pool: Vec::new(),
+            mark: vec![0],
+            stamp: 0,
+            cap,
+            full: false,
+            clock: Clock::none(),
+            timed_out: false,
         }
+    }
+
+    /// Has the work been cut short (size bound or deadline)?
+    fn stopped(&self) -> bool {
+        self.full || self.timed_out
+    }
+
+    fn check_size(&mut self) {
+        if self.nodes.len() + self.pool.len() > self.cap {
+            self.full = true;
+        }
+    }
+
+    /// Forget the memoized transitions (they are only a cache).
+    fn clear_memo(&mut self) {
+        self.succ.iter_mut().for_each(|s| *s = NOT_YET);
+        self.pool.clear();
+        self.full = false;
+        self.check_size();
+    }
+
+    /// Keep only the stacks of `set` (rewritten to their new ids) and an empty memo.
+    fn compact(&mut self, set: &mut [u32]) {
+        let old = std::mem::replace(self, Arena::new(self.cap));
+        let mut chain = Vec::new();
+        for s in set.iter_mut() {
+            chain.clear();
+            let mut x = *s;
+            while x != EMPTY {
+                chain.push(old.nodes[x as usize].0);
+                x = old.nodes[x as usize].1;
+            }
+            let mut id = EMPTY;
+            for &e in chain.iter().rev() {
+                id = self.push(e, id);
+            }
+            *s = id;
+        }
+        set.sort_unstable();
     }
 
     fn push(&mut self, elem: u32, parent: u32) -> u32 {
@@ -122,8 +192,20 @@ impl Arena {
         let id = self.nodes.len() as u32;
         self.nodes.push((elem, parent));
         self.succ.push(NOT_YET);
+        self.mark.push(0);
         self.index.insert((elem, parent), id);
+        self.check_size();
         id
+    }
+
+    /// A new duplicate-check generation for `mark`.
+    fn next_stamp(&mut self) -> u32 {
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.mark.iter_mut().for_each(|m| *m = 0);
+            self.stamp = 1;
+        }
+        self.stamp
     }
 
     fn top(&self, g: &Grammar, s: u32) -> Elem {
@@ -146,11 +228,18 @@ impl Arena {
     }
 
     /// Expand rule references on top of `start` until every stack's top is a terminal (or the
-    /// stack is empty); add the results to `out` (kept free of duplicates).
+    /// stack is empty); add the results to `out` (each once per call: callers merging several
+    /// calls deduplicate). Stops early when the arena is full or the deadline passed.
     fn expand(&mut self, g: &Grammar, start: u32, out: &mut Vec<u32>) {
         let mut todo = vec![start];
         let mut seen = HashSet::new();
         while let Some(s) = todo.pop() {
+            if self.clock.expired() {
+                self.timed_out = true;
+            }
+            if self.stopped() {
+                return;
+            }
             if !seen.insert(s) {
                 continue;
             }
@@ -166,11 +255,7 @@ impl Arena {
                         todo.push(next);
                     }
                 }
-                _ => {
-                    if !out.contains(&s) {
-                        out.push(s);
-                    }
-                }
+                _ => out.push(s),
             }
         }
     }
@@ -186,7 +271,11 @@ impl Arena {
         self.expand(g, next, &mut out);
         let a = self.pool.len();
         self.pool.extend_from_slice(&out);
-        self.succ[s as usize] = (a as u32, out.len() as u32);
+        self.check_size();
+        if !self.stopped() {
+            // Only complete results are memoized.
+            self.succ[s as usize] = (a as u32, out.len() as u32);
+        }
         (a, a + out.len())
     }
 
@@ -195,6 +284,7 @@ impl Arena {
     /// level's set on one stack of ids.
     #[inline]
     fn step(&mut self, g: &Grammar, buf: &mut Vec<u32>, a: usize, b: usize, c: u32) {
+        let stamp = self.next_stamp();
         for i in a..b {
             let s = buf[i];
             if let Elem::Chars(k) = self.top(g, s) {
@@ -202,7 +292,10 @@ impl Arena {
                     let (pa, pb) = self.succ(g, s);
                     for j in pa..pb {
                         let t = self.pool[j];
-                        if !buf[b..].contains(&t) {
+                        // `succ` may have added nodes (and their marks) since the stamp.
+                        let m = &mut self.mark[t as usize];
+                        if *m != stamp {
+                            *m = stamp;
                             buf.push(t);
                         }
                     }
@@ -223,7 +316,7 @@ impl Arena {
             let n = buf.len();
             self.step(g, &mut buf, 0, n, c);
             buf.drain(..n);
-            if buf.is_empty() {
+            if buf.is_empty() || self.stopped() {
                 break;
             }
         }
@@ -250,6 +343,7 @@ impl Arena {
             self.expand(g, s, &mut out);
         }
         out.sort_unstable();
+        out.dedup();
         out
     }
 }
@@ -263,13 +357,22 @@ pub(crate) struct CharMatcher<'g> {
 
 impl<'g> CharMatcher<'g> {
     pub(crate) fn new(g: &'g Grammar) -> Self {
-        let mut arena = Arena::new();
+        let mut arena = Arena::new(super::MAX_MATCHER_NODES);
         let set = arena.initial(g);
         CharMatcher { g, arena, set }
     }
 
+    /// False when `c` cannot follow (or the state grew past the matcher's bound).
     pub(crate) fn feed(&mut self, c: u32) -> bool {
-        self.set = self.arena.run(self.g, &self.set, &[c]);
+        let mut next = self.arena.run(self.g, &self.set, &[c]);
+        if self.arena.full {
+            self.arena.compact(&mut self.set);
+            next = self.arena.run(self.g, &self.set, &[c]);
+            if self.arena.full {
+                next.clear();
+            }
+        }
+        self.set = next;
         !self.set.is_empty()
     }
 
@@ -344,8 +447,8 @@ impl TokenTable {
             if kind == Kind::Text {
                 let mark = cps.len();
                 match decode(p, Utf8::default(), &mut cps) {
-                    Some(u) => tail = u,
-                    None => {
+                    Some(u) if cps.len() - mark <= MAX_TOKEN_CHARS => tail = u,
+                    _ => {
                         cps.truncate(mark);
                         kind = Kind::Never;
                     }
@@ -505,13 +608,31 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    /// Start matching `grammar` over the vocabulary `tokens`. Fails when a `<text>` token
-    /// reference names no token.
+    /// Start matching `grammar` over the vocabulary `tokens`, under the default [`Limits`].
+    /// Fails when a `<text>` token reference names no token, when the grammar's first step
+    /// expands past the matcher's size bound, or past the compile time budget.
     pub fn new(
         grammar: impl Into<Arc<Grammar>>,
         tokens: Arc<TokenTable>,
     ) -> Result<Self, GrammarError> {
+        Self::new_with_limits(grammar, tokens, &Limits::default())
+    }
+
+    /// [`Matcher::new`] with explicit limits (`max_matcher_nodes` and the deadline apply).
+    pub fn new_with_limits(
+        grammar: impl Into<Arc<Grammar>>,
+        tokens: Arc<TokenTable>,
+        limits: &Limits,
+    ) -> Result<Self, GrammarError> {
         let g: Arc<Grammar> = grammar.into();
+        let mut clock = limits.clock();
+        if clock.expired() {
+            return Err(GrammarError {
+                line: 1,
+                col: 1,
+                msg: TIME_BUDGET_MSG.into(),
+            });
+        }
         let mut token_syms = Vec::with_capacity(g.tokens.len());
         for t in &g.tokens {
             token_syms.push(match t {
@@ -538,8 +659,24 @@ impl Matcher {
                 },
             });
         }
-        let mut arena = Arena::new();
+        let mut arena = Arena::new(limits.max_matcher_nodes);
+        arena.clock = clock;
         let set = arena.initial(&g);
+        arena.clock = Clock::none();
+        if arena.timed_out {
+            return Err(GrammarError {
+                line: 1,
+                col: 1,
+                msg: TIME_BUDGET_MSG.into(),
+            });
+        }
+        if arena.full {
+            return Err(GrammarError {
+                line: 1,
+                col: 1,
+                msg: state_too_large(arena.cap),
+            });
+        }
         Ok(Matcher {
             g,
             tokens,
@@ -555,6 +692,11 @@ impl Matcher {
     pub fn reset(&mut self) {
         let arena = self.arena.get_mut().unwrap_or_else(|e| e.into_inner());
         self.set = arena.initial(&self.g);
+        if arena.full {
+            // A fresh arena holds the start state: `new` checked that.
+            *arena = Arena::new(arena.cap);
+            self.set = arena.initial(&self.g);
+        }
         self.partial = Utf8::default();
         self.done = false;
     }
@@ -578,7 +720,13 @@ impl Matcher {
     /// Is `token` a valid next token?
     pub fn allows(&self, token: u32) -> bool {
         let mut arena = self.lock();
-        self.allows_locked(&mut arena, token, &mut Vec::new())
+        let ok = self.allows_locked(&mut arena, token, &mut Vec::new());
+        if !arena.full {
+            return ok;
+        }
+        arena.clear_memo();
+        let ok = self.allows_locked(&mut arena, token, &mut Vec::new());
+        ok && !arena.full
     }
 
     fn allows_locked(&self, arena: &mut Arena, token: u32, buf: &mut Vec<u32>) -> bool {
@@ -596,7 +744,9 @@ impl Matcher {
                 if self.partial.remain == 0 || self.tokens.kinds.get(t) != Some(&Kind::Never) {
                     return false;
                 }
-                if self.tokens.pieces[t].is_empty() || self.tokens.pieces[t][0] == 0 {
+                let p = &self.tokens.pieces[t];
+                // (Not an over-long piece: every path refuses those.)
+                if p.is_empty() || p[0] == 0 || p.len() > MAX_TOKEN_CHARS {
                     return false;
                 }
             }
@@ -639,29 +789,55 @@ impl Matcher {
         })
     }
 
-    /// Set the logit of every candidate the grammar does not allow to -inf.
+    /// Set the logit of every candidate the grammar does not allow to -inf. If the matcher's
+    /// state outgrows its bound even after dropping its memo, every candidate is masked (the
+    /// token then sampled is refused by [`Matcher::accept`], with the reason).
     pub fn mask(&self, cands: &mut Candidates) {
+        let mut arena = self.lock();
+        if self.mask_locked(&mut arena, cands) {
+            return;
+        }
+        arena.clear_memo();
+        if !self.mask_locked(&mut arena, cands) {
+            cands
+                .data
+                .iter_mut()
+                .for_each(|c| c.logit = f32::NEG_INFINITY);
+        }
+    }
+
+    /// The mask; false, with `cands` untouched, when the arena filled up on the way.
+    fn mask_locked(&self, arena: &mut Arena, cands: &mut Candidates) -> bool {
         if self.done {
             cands
                 .data
                 .iter_mut()
                 .for_each(|c| c.logit = f32::NEG_INFINITY);
-            return;
+            return true;
         }
-        let mut arena = self.lock();
         // A short list (after truncation) is cheaper token by token; so is the rare state in
         // the middle of a character, where the trie (built from character boundaries) does
         // not apply.
         if cands.len() <= 64 || self.partial.remain != 0 {
             let mut buf = Vec::new();
-            for c in cands.data.iter_mut() {
-                if !self.allows_locked(&mut arena, c.id, &mut buf) {
+            let mut ok = Vec::with_capacity(cands.len());
+            for c in cands.data.iter() {
+                ok.push(self.allows_locked(arena, c.id, &mut buf));
+                if arena.full {
+                    return false;
+                }
+            }
+            for (c, ok) in cands.data.iter_mut().zip(ok) {
+                if !ok {
                     c.logit = f32::NEG_INFINITY;
                 }
             }
-            return;
+            return true;
         }
-        let allowed = self.allowed_bits(&mut arena);
+        let allowed = self.allowed_bits(arena);
+        if arena.full {
+            return false;
+        }
         for c in cands.data.iter_mut() {
             let i = c.id as usize;
             let ok = allowed.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 != 0);
@@ -669,6 +845,7 @@ impl Matcher {
                 c.logit = f32::NEG_INFINITY;
             }
         }
+        true
     }
 
     /// Every allowed token as a bitset (at a character boundary), by one walk of the trie.
@@ -677,7 +854,10 @@ impl Matcher {
         let mut bits = vec![0u64; n.div_ceil(64)];
         let set_bit = |bits: &mut Vec<u64>, t: usize| bits[t / 64] |= 1 << (t % 64);
         let g = &*self.g;
-        // Token references on top of a stack: those ids (or all but one).
+        // Token references on top of a stack: those ids (or all text tokens but one). Negated
+        // references are gathered first, so the vocabulary is walked once however many
+        // stacks hold one: two different excluded ids together allow every text token.
+        let mut excluded: Option<Option<u32>> = None; // Some(Some(id)): all but id; Some(None): all
         for &s in &self.set {
             if let Elem::Token(k) = arena.top(g, s) {
                 let sym = self.token_syms[k as usize];
@@ -687,10 +867,17 @@ impl Matcher {
                     }
                     continue;
                 }
-                for t in 0..n {
-                    if self.tokens.kinds[t] == Kind::Text && sym.matches(t as u32) {
-                        set_bit(&mut bits, t);
-                    }
+                excluded = match excluded {
+                    None => Some(Some(sym.id)),
+                    Some(Some(id)) if id == sym.id => Some(Some(id)),
+                    _ => Some(None),
+                };
+            }
+        }
+        if let Some(but) = excluded {
+            for t in 0..n {
+                if self.tokens.kinds[t] == Kind::Text && but != Some(t as u32) {
+                    set_bit(&mut bits, t);
                 }
             }
         }
@@ -739,6 +926,9 @@ impl Matcher {
             let c = tt.trie.child_cp[k as usize];
             let child = tt.trie.child_node[k as usize];
             debug_assert_eq!(scratch.len(), b);
+            if arena.full {
+                return;
+            }
             arena.step(g, scratch, a, b, c);
             let e = scratch.len();
             if e > b {
@@ -769,22 +959,52 @@ impl Matcher {
             self.done = true;
             return Ok(());
         }
-        let g = self.g.clone();
-        let mut arena = std::mem::replace(
-            self.arena.get_mut().unwrap_or_else(|e| e.into_inner()),
-            Arena::new(),
-        );
-        let r = self.accept_text(&mut arena, &g, token);
-        *self.arena.get_mut().unwrap_or_else(|e| e.into_inner()) = arena;
-        r
+        if kind == Kind::Never && self.tokens.pieces[t].len() > MAX_TOKEN_CHARS {
+            return Err(not_allowed(&format!(
+                " (longer than {MAX_TOKEN_CHARS} characters)"
+            )));
+        }
+        self.commit(|m, arena, g| m.accept_text(arena, g, token))
     }
 
-    fn accept_text(
+    /// Runs `step` (which computes the stacks and partial UTF-8 after some input) in the arena,
+    /// retrying once with a compacted arena if it filled up, and makes its result the state.
+    fn commit(
         &mut self,
+        step: impl Fn(&Self, &mut Arena, &Arc<Grammar>) -> cria_core::Result<(Vec<u32>, Utf8)>,
+    ) -> cria_core::Result<()> {
+        let g = self.g.clone();
+        let slot = self.arena.get_mut().unwrap_or_else(|e| e.into_inner());
+        let cap = slot.cap;
+        let mut arena = std::mem::replace(slot, Arena::new(cap));
+        let mut r = step(self, &mut arena, &g);
+        if arena.full {
+            // Drop the memo and every dead stack, then try again from the live ones.
+            arena.compact(&mut self.set);
+            r = step(self, &mut arena, &g);
+            if arena.full {
+                r = Err(cria_core::Error::Msg(state_too_large(cap)));
+            }
+        }
+        if let Ok((set, tail)) = r.as_mut() {
+            if arena.nodes.len() + arena.pool.len() > cap / 2 {
+                // Leave room for the next mask.
+                arena.compact(set);
+            }
+            self.set = std::mem::take(set);
+            self.partial = *tail;
+        }
+        *self.arena.get_mut().unwrap_or_else(|e| e.into_inner()) = arena;
+        r.map(|_| ())
+    }
+
+    /// The stacks (sorted) and partial UTF-8 after `token`; incomplete if `arena` filled up.
+    fn accept_text(
+        &self,
         arena: &mut Arena,
         g: &Arc<Grammar>,
         token: u32,
-    ) -> cria_core::Result<()> {
+    ) -> cria_core::Result<(Vec<u32>, Utf8)> {
         let not_allowed = |why: &str| {
             cria_core::Error::Msg(format!("token {token} is not allowed by the grammar{why}"))
         };
@@ -796,12 +1016,7 @@ impl Matcher {
                     let sym = self.token_syms[k as usize];
                     if sym.matches(token) && (!sym.negated || self.tokens.kinds[t] == Kind::Text) {
                         let (a, b) = arena.succ(g, s);
-                        for i in a..b {
-                            let x = arena.pool[i];
-                            if !new_set.contains(&x) {
-                                new_set.push(x);
-                            }
-                        }
+                        new_set.extend_from_slice(&arena.pool[a..b]);
                     }
                 }
             }
@@ -813,8 +1028,8 @@ impl Matcher {
                 return Err(not_allowed(" (a control or empty token)"));
             }
             new_set.sort_unstable();
-            self.set = new_set;
-            return Ok(());
+            new_set.dedup();
+            return Ok((new_set, self.partial));
         }
         self.advance(arena, g, piece, new_set)
             .map_err(|why| not_allowed(&why))
@@ -828,24 +1043,21 @@ impl Matcher {
                 "the grammar has already ended".into(),
             ));
         }
-        let g = self.g.clone();
-        let mut arena = std::mem::replace(
-            self.arena.get_mut().unwrap_or_else(|e| e.into_inner()),
-            Arena::new(),
-        );
-        let r = self.advance(&mut arena, &g, bytes, Vec::new());
-        *self.arena.get_mut().unwrap_or_else(|e| e.into_inner()) = arena;
-        r.map_err(|why| cria_core::Error::Msg(format!("text not allowed by the grammar{why}")))
+        self.commit(|m, arena, g| {
+            m.advance(arena, g, bytes, Vec::new()).map_err(|why| {
+                cria_core::Error::Msg(format!("text not allowed by the grammar{why}"))
+            })
+        })
     }
 
-    /// The stacks after `piece` (added to `new_set`) become the state; Err(why) if none.
+    /// The stacks (sorted, with `new_set`'s) and partial UTF-8 after `piece`; Err(why) if none.
     fn advance(
-        &mut self,
+        &self,
         arena: &mut Arena,
         g: &Arc<Grammar>,
         piece: &[u8],
         mut new_set: Vec<u32>,
-    ) -> Result<(), String> {
+    ) -> Result<(Vec<u32>, Utf8), String> {
         let mut cps = Vec::new();
         let Some(tail) = decode(piece, self.partial, &mut cps) else {
             return Err(" (invalid UTF-8)".into());
@@ -859,19 +1071,14 @@ impl Matcher {
                 _ => false,
             });
         }
-        for s in cur {
-            if !new_set.contains(&s) {
-                new_set.push(s);
-            }
-        }
+        new_set.extend_from_slice(&cur);
         if new_set.is_empty() {
             let text = String::from_utf8_lossy(piece);
             return Err(format!(" ({text:?} cannot continue the output)"));
         }
         new_set.sort_unstable();
-        self.set = new_set;
-        self.partial = tail;
-        Ok(())
+        new_set.dedup();
+        Ok((new_set, tail))
     }
 
     /// Number of live stacks (diagnostics).

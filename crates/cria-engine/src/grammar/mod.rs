@@ -14,18 +14,121 @@
 //! stacks are hash-consed into an arena (a stack is a node `(element, parent)`), the successors of
 //! a stack after a character are memoized per node, and the vocabulary is walked as a trie of
 //! code points, so each distinct token prefix is checked once rather than once per token.
+//!
+//! # Limits
+//!
+//! Grammars and schemas come from requests, so everything they can make large is bounded
+//! ([`Limits`], with these defaults); going past a bound is an error naming it, never a crash:
+//!
+//! | limit | default | error |
+//! |---|---|---|
+//! | nesting: GBNF groups `( ... )`, schema sub-schemas and `$ref` chains | [`MAX_NESTING`] = 128 | "groups nested deeper than 128 levels" / "schema nested deeper than 128 levels (sub-schemas and `$ref`s)" |
+//! | compiled grammar size: elements and rules after repetitions are expanded | [`MAX_GRAMMAR_ELEMS`] = 1,048,576 | "the grammar is too large: more than 1048576 elements after expanding repetitions" |
+//! | matcher state: parser stacks and memoized transitions, during a generation | [`MAX_MATCHER_NODES`] = 1,048,576 | "the grammar's parser state exceeded 1048576 stacks (max_matcher_nodes)" (from `Matcher::new` / `accept`) |
+//! | tokens a grammar may produce | [`MAX_TOKEN_CHARS`] = 1024 characters (longer ones are never allowed) | "token N is not allowed by the grammar (longer than 1024 characters)" |
+//! | compile time of `Grammar::parse`, `json_schema_to_gbnf`, `Matcher::new` | [`COMPILE_TIME_BUDGET`] = 2 s | "grammar compilation exceeded its time budget" |
+//!
+//! The JSON Schema converter has its own size limits (see `json_schema_to_gbnf`).
 
 mod json_schema;
 mod lazy;
 mod matcher;
 mod parse;
 
-pub use json_schema::{json_schema_to_gbnf, SchemaError, ANY_JSON_GBNF};
+pub use json_schema::{
+    json_schema_to_gbnf, json_schema_to_gbnf_with_limits, SchemaError, ANY_JSON_GBNF,
+    MAX_SCHEMA_ENUM, MAX_SCHEMA_NAME, MAX_SCHEMA_PROPERTIES, MAX_SCHEMA_REPEAT,
+};
 pub use lazy::{LazyMatcher, Trigger};
-pub use matcher::{Matcher, TokenTable};
+pub use matcher::{Matcher, TokenTable, MAX_TOKEN_CHARS};
 
 use crate::sampler::{Candidates, Sampler};
 use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Deepest nesting of GBNF groups, of schema sub-schemas and of `$ref` chains (the parsers
+/// recurse once per level, on a thread that may have only a 2 MiB stack).
+pub const MAX_NESTING: usize = 128;
+/// Largest compiled grammar: elements (symbols and alternative ends) plus rules, counted after
+/// repetitions `x{m,n}` are expanded into copies. Some tens of MB of memory at the limit.
+pub const MAX_GRAMMAR_ELEMS: usize = 1 << 20;
+/// Largest matcher state: parser stacks (arena nodes) plus memoized transitions. The memo is
+/// dropped and the stacks compacted to the live ones when it is reached; only live stacks past
+/// it are an error. About 50 MB of memory at the limit (a node is ~44 bytes with its index).
+pub const MAX_MATCHER_NODES: usize = 1 << 20;
+/// Default wall-clock budget of `Grammar::parse`, `json_schema_to_gbnf` and `Matcher::new`.
+pub const COMPILE_TIME_BUDGET: Duration = Duration::from_secs(2);
+
+/// The error text when compilation runs past its deadline.
+pub(crate) const TIME_BUDGET_MSG: &str = "grammar compilation exceeded its time budget";
+
+/// Bounds on the work a grammar or schema may cause (see the module docs). `Default` is the
+/// documented limits and a [`COMPILE_TIME_BUDGET`] per call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Deepest nesting of groups / sub-schemas / `$ref` chains.
+    pub max_nesting: usize,
+    /// Largest compiled grammar (elements + rules after expansion).
+    pub max_elems: usize,
+    /// Largest matcher state (stacks + memoized transitions).
+    pub max_matcher_nodes: usize,
+    /// Time each compilation call may take, counted from its start; None: no budget.
+    pub time_budget: Option<Duration>,
+    /// An absolute deadline as well (e.g. the request's); None: only the budget applies.
+    pub deadline: Option<Instant>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_nesting: MAX_NESTING,
+            max_elems: MAX_GRAMMAR_ELEMS,
+            max_matcher_nodes: MAX_MATCHER_NODES,
+            time_budget: Some(COMPILE_TIME_BUDGET),
+            deadline: None,
+        }
+    }
+}
+
+impl Limits {
+    /// The deadline of a call starting now: the earlier of `now + time_budget` and `deadline`.
+    pub(crate) fn clock(&self) -> Clock {
+        let by_budget = self.time_budget.and_then(|b| Instant::now().checked_add(b));
+        let deadline = match (by_budget, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Clock { deadline, ticks: 0 }
+    }
+}
+
+/// A deadline checked every few hundred units of work (the clock read is not free).
+#[derive(Debug, Clone)]
+pub(crate) struct Clock {
+    deadline: Option<Instant>,
+    ticks: u32,
+}
+
+impl Clock {
+    /// No deadline.
+    pub(crate) fn none() -> Self {
+        Clock {
+            deadline: None,
+            ticks: 0,
+        }
+    }
+
+    /// Count one unit of work; true once the deadline has passed (checked on the first call
+    /// and then every 256th).
+    pub(crate) fn expired(&mut self) -> bool {
+        let Some(d) = self.deadline else {
+            return false;
+        };
+        let check = self.ticks.is_multiple_of(256);
+        self.ticks = self.ticks.wrapping_add(1);
+        check && Instant::now() >= d
+    }
+}
 
 /// A parse or validation error in a grammar, with its 1-based line and column (in characters).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,8 +205,21 @@ impl CharClass {
         Self::new(true, Vec::new())
     }
 
+    /// Index of the first range that ends at or after `c` (ranges are sorted and disjoint).
+    fn first_ending_from(&self, c: u32) -> usize {
+        if self.ranges.len() <= 8 {
+            // Classes are short; a linear scan beats a binary search at these sizes.
+            self.ranges.iter().take_while(|r| r.1 < c).count()
+        } else {
+            self.ranges.partition_point(|r| r.1 < c)
+        }
+    }
+
     fn slow_matches(&self, c: u32) -> bool {
-        let inside = self.ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi);
+        let inside = self
+            .ranges
+            .get(self.first_ending_from(c))
+            .is_some_and(|r| r.0 <= c);
         inside != self.negated
     }
 
@@ -112,7 +228,6 @@ impl CharClass {
         if c < 128 {
             return self.ascii[(c / 64) as usize] >> (c % 64) & 1 != 0;
         }
-        // Classes are short; a linear scan beats a binary search at these sizes.
         self.slow_matches(c)
     }
 
@@ -122,15 +237,14 @@ impl CharClass {
         if lo > hi {
             return false;
         }
+        let from = self.first_ending_from(lo);
         if !self.negated {
-            return self.ranges.iter().any(|&(a, b)| a <= hi && lo <= b);
+            return self.ranges.get(from).is_some_and(|r| r.0 <= hi);
         }
-        // Negated: some point of lo..=hi must lie outside every (sorted, merged) range.
+        // Negated: some point of lo..=hi must lie outside every (sorted, merged) range. The
+        // ranges before `from` end below `lo`; after the first overlapping one there is a gap.
         let mut next = lo;
-        for &(a, b) in &self.ranges {
-            if b < next {
-                continue;
-            }
+        for &(a, b) in &self.ranges[from..] {
             if a > next {
                 return true;
             }
@@ -184,18 +298,32 @@ pub struct Grammar {
 
 impl Grammar {
     /// Parse GBNF text with `root` as the start rule.
+    /// Parse GBNF text with `root` as the start rule, under the default [`Limits`].
     pub fn parse(src: &str) -> Result<Grammar, GrammarError> {
-        parse::parse(src, "root")
+        parse::parse(src, "root", &Limits::default())
     }
 
     /// Parse GBNF text with another start rule.
     pub fn parse_with_root(src: &str, root: &str) -> Result<Grammar, GrammarError> {
-        parse::parse(src, root)
+        parse::parse(src, root, &Limits::default())
+    }
+
+    /// Parse GBNF text with start rule `root` under explicit limits.
+    pub fn parse_with_limits(
+        src: &str,
+        root: &str,
+        limits: &Limits,
+    ) -> Result<Grammar, GrammarError> {
+        parse::parse(src, root, limits)
     }
 
     /// The grammar for any JSON value (`--json`).
     pub fn any_json() -> Grammar {
-        parse::parse(ANY_JSON_GBNF, "root").expect("the built-in JSON grammar parses")
+        let no_budget = Limits {
+            time_budget: None,
+            ..Limits::default()
+        };
+        parse::parse(ANY_JSON_GBNF, "root", &no_budget).expect("the built-in JSON grammar parses")
     }
 
     /// Number of rules, generated ones (groups, repetitions) included.

@@ -11,8 +11,12 @@
 //! Repetitions are rewritten into fresh rules the way llama.cpp does (`S*` -> `R ::= S R |`,
 //! `S{m,n}` -> m copies of S then a chain of n-m optional rules), which keeps the matcher a plain
 //! pushdown recognizer.
+//!
+//! Bounded by [`Limits`]: group nesting (`max_nesting`), the size after expanding repetitions
+//! (`max_elems`, checked before anything is allocated) and a deadline; compilation is linear
+//! in the size of the result apart from the hashing of names and classes.
 
-use super::{CharClass, Elem, Grammar, GrammarError, TokenRef};
+use super::{CharClass, Clock, Elem, Grammar, GrammarError, Limits, TokenRef, TIME_BUDGET_MSG};
 use std::collections::HashMap;
 
 /// llama.cpp's bound on repetition counts (`MAX_REPETITION_THRESHOLD`): larger maxima become
@@ -38,6 +42,16 @@ struct Parser<'a> {
     classes: Vec<CharClass>,
     class_ids: HashMap<CharClass, u32>,
     tokens: Vec<TokenRef>,
+    /// Elements and rules allocated so far (the size budget), and its limit.
+    size: usize,
+    max_size: usize,
+    /// Groups open around `pos`, and the limit.
+    depth: usize,
+    max_depth: usize,
+    clock: Clock,
+    /// (byte offset, line, column) of the last position `line_col` was asked for: positions
+    /// come in increasing order, so each is found from the previous one in linear total time.
+    cursor: (usize, usize, usize),
 }
 
 fn is_word(b: u8) -> bool {
@@ -47,6 +61,52 @@ fn is_word(b: u8) -> bool {
 impl<'a> Parser<'a> {
     fn err<T>(&self, at: usize, msg: impl Into<String>) -> Result<T, GrammarError> {
         Err(GrammarError::at(self.src, at, msg))
+    }
+
+    fn too_large<T>(&self, at: usize) -> Result<T, GrammarError> {
+        self.err(
+            at,
+            format!(
+                "the grammar is too large: more than {} elements after expanding repetitions",
+                self.max_size
+            ),
+        )
+    }
+
+    /// Account for `n` more elements (or rule-equivalents) allocated at `at`.
+    fn charge(&mut self, n: usize, at: usize) -> Result<(), GrammarError> {
+        match self.size.checked_add(n) {
+            Some(s) if s <= self.max_size => {
+                self.size = s;
+                Ok(())
+            }
+            _ => self.too_large(at),
+        }
+    }
+
+    /// 1-based line and column (in characters) of byte offset `at`.
+    fn line_col(&mut self, at: usize) -> (usize, usize) {
+        let (pos, mut line, mut col) = self.cursor;
+        if at < pos {
+            return GrammarError::line_col(self.src, at);
+        }
+        for c in self.src[pos..at].chars() {
+            if c == '\n' {
+                line += 1;
+                col = 1;
+            } else {
+                col += 1;
+            }
+        }
+        self.cursor = (at, line, col);
+        (line, col)
+    }
+
+    fn tick(&mut self, at: usize) -> Result<(), GrammarError> {
+        if self.clock.expired() {
+            return self.err(at, TIME_BUDGET_MSG);
+        }
+        Ok(())
     }
 
     fn peek(&self) -> Option<u8> {
@@ -131,19 +191,23 @@ impl<'a> Parser<'a> {
         self.rules.push(None);
         self.defined_at.push(None);
         self.first_use.push(Some(at));
+        // A new rule costs about as much as its name in elements (8 bytes each), at least one.
+        self.size = self.size.saturating_add(1 + name.len() / 8);
         id
     }
 
     /// A fresh rule for a group or repetition, named after its parent like llama.cpp's `name_N`.
-    fn fresh(&mut self, base: &str, at: usize) -> u32 {
+    /// Its name is charged to the size budget too (8 bytes = one element).
+    fn fresh(&mut self, base: &str, at: usize) -> Result<u32, GrammarError> {
         let id = self.names.len() as u32;
         let name = format!("{base}_{id}");
+        self.charge(1 + name.len() / 8, at)?;
         self.ids.insert(name.clone(), id);
         self.names.push(name);
         self.rules.push(None);
         self.defined_at.push(Some(at));
         self.first_use.push(None);
-        id
+        Ok(id)
     }
 
     fn class(&mut self, c: CharClass) -> u32 {
@@ -203,6 +267,8 @@ impl<'a> Parser<'a> {
             self.skip_space(true);
             alts.push(self.sequence(rule, nested)?);
         }
+        // One `End` per alternative.
+        self.charge(alts.len(), self.pos)?;
         self.rules[id as usize] = Some(alts);
         Ok(())
     }
@@ -214,6 +280,10 @@ impl<'a> Parser<'a> {
         let mut last: Option<usize> = None;
         while let Some(b) = self.peek() {
             let start = self.pos;
+            self.tick(start)?;
+            // Whatever this item appends is charged after it (a repetition checks its copies
+            // against the budget before making them).
+            let before = seq.len();
             match b {
                 b'"' => {
                     self.pos += 1;
@@ -305,7 +375,7 @@ impl<'a> Parser<'a> {
                         TokenRef::Text {
                             text,
                             negated,
-                            line_col: GrammarError::line_col(self.src, start),
+                            line_col: self.line_col(start),
                         }
                     };
                     last = Some(seq.len());
@@ -313,10 +383,18 @@ impl<'a> Parser<'a> {
                     self.tokens.push(t);
                 }
                 b'(' => {
+                    if self.depth >= self.max_depth {
+                        return self.err(
+                            start,
+                            format!("groups nested deeper than {} levels", self.max_depth),
+                        );
+                    }
                     self.pos += 1;
                     self.skip_space(true);
-                    let sub = self.fresh(rule, start);
+                    let sub = self.fresh(rule, start)?;
+                    self.depth += 1;
                     self.alternates(rule, sub, true)?;
+                    self.depth -= 1;
                     if self.peek() != Some(b')') {
                         return self.err(
                             self.pos,
@@ -399,7 +477,7 @@ impl<'a> Parser<'a> {
                             format!("'{}' has nothing before it to repeat", b as char),
                         );
                     };
-                    self.repeat(rule, &mut seq, l, min, max, start);
+                    self.repeat(rule, &mut seq, l, min, max, start)?;
                 }
                 _ if is_word(b) => {
                     let name = self.name()?;
@@ -409,6 +487,9 @@ impl<'a> Parser<'a> {
                 }
                 _ => break,
             }
+            if seq.len() > before {
+                self.charge(seq.len() - before, start)?;
+            }
             self.skip_space(nested);
         }
         Ok(seq)
@@ -417,6 +498,9 @@ impl<'a> Parser<'a> {
     /// Rewrite `seq[from..]{min,max}` in place (llama.cpp's scheme):
     /// `S{m,n}` -> S (m times) `R(n-m)` with `R(k) ::= S R(k-1) |` and `R(1) ::= S |`;
     /// `S{m,}` -> S (m times) `R` with `R ::= S R |`.
+    ///
+    /// The copies in `seq` are checked against the size budget before they are made (the
+    /// caller charges them); the new rules are charged here, also before they are made.
     fn repeat(
         &mut self,
         rule: &str,
@@ -425,15 +509,29 @@ impl<'a> Parser<'a> {
         min: u64,
         max: Option<u64>,
         at: usize,
-    ) {
+    ) -> Result<(), GrammarError> {
         let item: Vec<Sym> = seq[from..].to_vec();
+        let n = item.len() as u64;
+        // Each optional copy is a rule `R ::= S R' |`: the item, a reference, two ends.
+        let optional = max.map_or(1, |m| m - min);
+        let in_seq = n.checked_mul(min);
+        let in_rules = (n + 3).checked_mul(optional);
+        let fits = in_seq
+            .zip(in_rules)
+            .and_then(|(a, b)| a.checked_add(b))
+            .and_then(|c| c.checked_add(self.size as u64))
+            .is_some_and(|total| total <= self.max_size as u64);
+        if !fits {
+            return self.too_large(at);
+        }
         seq.truncate(from);
         for _ in 0..min {
             seq.extend_from_slice(&item);
         }
         match max {
             None => {
-                let r = self.fresh(rule, at);
+                let r = self.fresh(rule, at)?;
+                self.charge(item.len() + 3, at)?;
                 let mut body = item.clone();
                 body.push(Sym::Ref(r));
                 self.rules[r as usize] = Some(vec![body, vec![]]);
@@ -442,7 +540,9 @@ impl<'a> Parser<'a> {
             Some(max) => {
                 let mut prev: Option<u32> = None;
                 for _ in min..max {
-                    let r = self.fresh(rule, at);
+                    self.tick(at)?;
+                    let r = self.fresh(rule, at)?;
+                    self.charge(item.len() + 3, at)?;
                     let mut body = item.clone();
                     if let Some(p) = prev {
                         body.push(Sym::Ref(p));
@@ -455,10 +555,12 @@ impl<'a> Parser<'a> {
                 }
             }
         }
+        Ok(())
     }
 
     fn rule(&mut self) -> Result<(), GrammarError> {
         let start = self.pos;
+        self.tick(start)?;
         let name = self.name()?;
         self.skip_space(false);
         if !self.src[self.pos..].starts_with("::=") {
@@ -501,7 +603,7 @@ impl<'a> Parser<'a> {
 }
 
 /// Parse GBNF text; `root` names the start rule (llama.cpp's default is "root").
-pub(super) fn parse(src: &str, root: &str) -> Result<Grammar, GrammarError> {
+pub(super) fn parse(src: &str, root: &str, limits: &Limits) -> Result<Grammar, GrammarError> {
     let mut p = Parser {
         src,
         pos: 0,
@@ -513,10 +615,19 @@ pub(super) fn parse(src: &str, root: &str) -> Result<Grammar, GrammarError> {
         classes: Vec::new(),
         class_ids: HashMap::new(),
         tokens: Vec::new(),
+        size: 0,
+        max_size: limits.max_elems,
+        depth: 0,
+        max_depth: limits.max_nesting,
+        clock: limits.clock(),
+        cursor: (0, 1, 1),
     };
     p.skip_space(true);
     while p.pos < src.len() {
         p.rule()?;
+    }
+    if p.size > p.max_size {
+        return p.too_large(src.len());
     }
     for (i, r) in p.rules.iter().enumerate() {
         if r.is_none() {
@@ -532,7 +643,7 @@ pub(super) fn parse(src: &str, root: &str) -> Result<Grammar, GrammarError> {
         });
     };
     let rules: Vec<Vec<Vec<Sym>>> = p.rules.into_iter().map(|r| r.unwrap_or_default()).collect();
-    check_left_recursion(&rules, &p.names, &p.defined_at, src)?;
+    check_left_recursion(&rules, &p.names, &p.defined_at, src, &mut p.clock)?;
 
     // Flatten: every alternative is its elements followed by End.
     let mut elems = Vec::new();
@@ -566,29 +677,58 @@ pub(super) fn parse(src: &str, root: &str) -> Result<Grammar, GrammarError> {
 /// and a cycle is only an error when some step of it leaves work behind on the stack (a rule
 /// reference followed by more elements). A cycle of tail references (`( [x]* )*`, which llama.cpp
 /// accepts) re-creates the same stack, and hash-consing ends its expansion.
+///
+/// Linear in the grammar's size: nullability by a worklist, cycles as strongly connected
+/// components of the "can start with" graph (an edge `i -> j` lies on a cycle exactly when `i`
+/// and `j` share a component).
 fn check_left_recursion(
     rules: &[Vec<Vec<Sym>>],
     names: &[String],
     defined_at: &[Option<usize>],
     src: &str,
+    clock: &mut Clock,
 ) -> Result<(), GrammarError> {
     let n = rules.len();
+    let timeout = || Err(GrammarError::at(src, src.len(), TIME_BUDGET_MSG));
+    // Nullable rules: an alternative is nullable once every symbol in it is a reference to a
+    // nullable rule. `missing[k]` counts the symbols of alternative k not yet known nullable.
+    let mut alt_rule: Vec<u32> = Vec::new();
+    let mut missing: Vec<usize> = Vec::new();
+    let mut users: Vec<Vec<u32>> = vec![Vec::new(); n]; // rule -> alternatives referencing it
     let mut nullable = vec![false; n];
-    loop {
-        let mut changed = false;
-        for (i, r) in rules.iter().enumerate() {
-            if !nullable[i]
-                && r.iter().any(|a| {
-                    a.iter()
-                        .all(|s| matches!(s, Sym::Ref(r) if nullable[*r as usize]))
-                })
-            {
+    let mut todo: Vec<usize> = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        for a in r {
+            let k = missing.len() as u32;
+            alt_rule.push(i as u32);
+            if a.iter().any(|s| !matches!(s, Sym::Ref(_))) {
+                missing.push(usize::MAX); // a terminal: never nullable
+                continue;
+            }
+            missing.push(a.len());
+            for s in a {
+                if let Sym::Ref(j) = *s {
+                    users[j as usize].push(k);
+                }
+            }
+            if a.is_empty() && !nullable[i] {
                 nullable[i] = true;
-                changed = true;
+                todo.push(i);
             }
         }
-        if !changed {
-            break;
+    }
+    while let Some(j) = todo.pop() {
+        if clock.expired() {
+            return timeout();
+        }
+        for &k in &users[j] {
+            let m = &mut missing[k as usize];
+            *m -= 1;
+            let i = alt_rule[k as usize] as usize;
+            if *m == 0 && !nullable[i] {
+                nullable[i] = true;
+                todo.push(i);
+            }
         }
     }
     // Left edges i -> j (j can start i), marked `tail` when the reference ends its alternative.
@@ -608,23 +748,12 @@ fn check_left_recursion(
             }
         }
     }
-    let reaches = |from: usize, to: usize| -> bool {
-        let mut seen = vec![false; n];
-        let mut todo = vec![from];
-        while let Some(x) = todo.pop() {
-            if x == to {
-                return true;
-            }
-            if std::mem::replace(&mut seen[x], true) {
-                continue;
-            }
-            todo.extend(left[x].iter().map(|&(j, _)| j as usize));
-        }
-        false
+    let Some(comp) = components(&left, clock) else {
+        return timeout();
     };
     for i in 0..n {
         for &(j, tail) in &left[i] {
-            if !tail && reaches(j as usize, i) {
+            if !tail && comp[j as usize] == comp[i] {
                 let at = defined_at[i].unwrap_or(0);
                 return Err(GrammarError::at(
                     src,
@@ -638,4 +767,67 @@ fn check_left_recursion(
         }
     }
     Ok(())
+}
+
+/// Strongly connected components of a graph (Tarjan's algorithm, with an explicit stack so
+/// that long chains of rules cannot overflow the thread's stack): a component id per node.
+/// None when the clock runs out.
+fn components(adj: &[Vec<(u32, bool)>], clock: &mut Clock) -> Option<Vec<u32>> {
+    const UNSEEN: u32 = u32::MAX;
+    let n = adj.len();
+    let mut index = vec![UNSEEN; n];
+    let mut low = vec![0u32; n];
+    let mut comp = vec![UNSEEN; n];
+    let mut on_stack = vec![false; n];
+    let mut stack: Vec<usize> = Vec::new();
+    let mut calls: Vec<(usize, usize)> = Vec::new(); // (node, next edge to follow)
+    let mut next = 0u32;
+    let mut n_comp = 0u32;
+    for root in 0..n {
+        if index[root] != UNSEEN {
+            continue;
+        }
+        index[root] = next;
+        low[root] = next;
+        next += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        calls.push((root, 0));
+        while let Some(top) = calls.last_mut() {
+            if clock.expired() {
+                return None;
+            }
+            let v = top.0;
+            if let Some(&(w, _)) = adj[v].get(top.1) {
+                top.1 += 1;
+                let w = w as usize;
+                if index[w] == UNSEEN {
+                    index[w] = next;
+                    low[w] = next;
+                    next += 1;
+                    stack.push(w);
+                    on_stack[w] = true;
+                    calls.push((w, 0));
+                } else if on_stack[w] {
+                    low[v] = low[v].min(index[w]);
+                }
+                continue;
+            }
+            calls.pop();
+            if let Some(&(u, _)) = calls.last() {
+                low[u] = low[u].min(low[v]);
+            }
+            if low[v] == index[v] {
+                while let Some(w) = stack.pop() {
+                    on_stack[w] = false;
+                    comp[w] = n_comp;
+                    if w == v {
+                        break;
+                    }
+                }
+                n_comp += 1;
+            }
+        }
+    }
+    Some(comp)
 }
