@@ -1,6 +1,8 @@
 //! The LLaMA forward pass: one function over preallocated buffers and a preallocated KV cache.
 
 use crate::model::Model;
+use bytemuck::Zeroable;
+use cria_core::quant::{self, BlockQ4_0, BlockQ8_0, QK};
 use cria_core::{Error, Result};
 use cria_kernels::{AttnShape, Backend, KvSlice, KvType};
 
@@ -9,23 +11,33 @@ pub enum KvRows {
     /// IEEE half bits, rounded to nearest even from the f32 projections (ggml's cpy).
     F16(Vec<u16>),
     F32(Vec<f32>),
+    /// ggml Q8_0 blocks of 32 values along a row (kv_dim / 32 per position).
+    Q8_0(Vec<BlockQ8_0>),
+    /// ggml Q4_0 blocks, as Q8_0.
+    Q4_0(Vec<BlockQ4_0>),
 }
 
 impl KvRows {
+    /// Rows for `n` values (a multiple of the type's block length).
     fn new(ty: KvType, n: usize) -> Self {
+        let blocks = n / ty.block_len();
         match ty {
             KvType::F16 => KvRows::F16(vec![0; n]),
             KvType::F32 => KvRows::F32(vec![0.0; n]),
+            KvType::Q8_0 => KvRows::Q8_0(vec![BlockQ8_0::zeroed(); blocks]),
+            KvType::Q4_0 => KvRows::Q4_0(vec![BlockQ4_0::zeroed(); blocks]),
         }
     }
-    /// Elements 0..n as attention reads them.
+    /// Values 0..n as attention reads them (n a multiple of the type's block length).
     pub fn slice(&self, n: usize) -> KvSlice<'_> {
         match self {
             KvRows::F16(x) => KvSlice::F16(&x[..n]),
             KvRows::F32(x) => KvSlice::F32(&x[..n]),
+            KvRows::Q8_0(x) => KvSlice::Q8_0(&x[..n / QK]),
+            KvRows::Q4_0(x) => KvSlice::Q4_0(&x[..n / QK]),
         }
     }
-    /// Stores `src` at element offset `at`.
+    /// Stores `src` at value offset `at` (both whole blocks for a quantized type).
     fn store(&mut self, at: usize, src: &[f32]) {
         match self {
             KvRows::F16(x) => {
@@ -36,12 +48,32 @@ impl KvRows {
                 d.convert_from_f32_slice(src)
             }
             KvRows::F32(x) => x[at..at + src.len()].copy_from_slice(src),
+            // What llama.cpp's copy into a quantized cache does on x86 (the type's from_float).
+            KvRows::Q8_0(x) => {
+                quant::quantize_row_q8_0_x86(src, &mut x[at / QK..(at + src.len()) / QK])
+            }
+            KvRows::Q4_0(x) => {
+                quant::quantize_row_q4_0(src, &mut x[at / QK..(at + src.len()) / QK])
+            }
         }
     }
+    /// Values held.
     fn len(&self) -> usize {
         match self {
             KvRows::F16(x) => x.len(),
             KvRows::F32(x) => x.len(),
+            KvRows::Q8_0(x) => x.len() * QK,
+            KvRows::Q4_0(x) => x.len() * QK,
+        }
+    }
+    /// Copies values 0..n of `src` (n a multiple of the block length), if it is of this type.
+    fn copy_prefix(&mut self, src: &KvRows, n: usize) {
+        match (self, src) {
+            (KvRows::F16(d), KvRows::F16(s)) => d[..n].copy_from_slice(&s[..n]),
+            (KvRows::F32(d), KvRows::F32(s)) => d[..n].copy_from_slice(&s[..n]),
+            (KvRows::Q8_0(d), KvRows::Q8_0(s)) => d[..n / QK].copy_from_slice(&s[..n / QK]),
+            (KvRows::Q4_0(d), KvRows::Q4_0(s)) => d[..n / QK].copy_from_slice(&s[..n / QK]),
+            _ => {}
         }
     }
 }
@@ -59,28 +91,49 @@ impl KvCache {
         Self::with_type(m, max_seq, KvType::default())
     }
 
+    /// A cache of `kv_type`. Panics if the model's heads are not whole blocks of a quantized
+    /// type: check `KvType::check_head_dim` first (`try_with_type` does).
     pub fn with_type(m: &Model, max_seq: usize, kv_type: KvType) -> Self {
+        Self::try_with_type(m, max_seq, kv_type).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A cache of `kv_type`, or the reason this model cannot have one.
+    pub fn try_with_type(m: &Model, max_seq: usize, kv_type: KvType) -> Result<Self> {
+        kv_type
+            .check_head_dim(m.config.head_dim)
+            .map_err(Error::msg)?;
         let n = max_seq * m.config.kv_dim();
         let nl = m.config.n_layers;
-        KvCache {
+        Ok(KvCache {
             k: (0..nl).map(|_| KvRows::new(kv_type, n)).collect(),
             v: (0..nl).map(|_| KvRows::new(kv_type, n)).collect(),
             max_seq,
-        }
+        })
     }
 
     /// The element type (every layer's rows have the same; F16 for a model without layers).
     pub fn kv_type(&self) -> KvType {
-        match self.k.first() {
-            Some(KvRows::F32(_)) => KvType::F32,
-            _ => KvType::F16,
-        }
+        self.k.first().map_or(KvType::F16, |k| k.slice(0).kv_type())
     }
 
     /// Bytes of K and V that attention reads per cached position, over all layers.
     pub fn bytes_per_position(&self) -> usize {
         let per_layer = self.k.first().map_or(0, |k| k.len() / self.max_seq.max(1));
-        2 * self.k.len() * per_layer * self.kv_type().size()
+        2 * self.k.len() * self.kv_type().row_bytes(per_layer)
+    }
+
+    /// Copies positions 0..n of every layer from `src`, a cache of the same model and type (a
+    /// server slot reusing another's prompt prefix). Nothing is copied between different types.
+    pub fn copy_prefix_from(&mut self, src: &KvCache, n: usize) {
+        let per_pos = src.k.first().map_or(0, |k| k.len() / src.max_seq.max(1));
+        for (d, s) in self
+            .k
+            .iter_mut()
+            .chain(self.v.iter_mut())
+            .zip(src.k.iter().chain(&src.v))
+        {
+            d.copy_prefix(s, n * per_pos);
+        }
     }
 }
 

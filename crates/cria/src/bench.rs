@@ -162,7 +162,7 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
                     bail!("{test} needs {ctx} positions");
                 }
                 reset_peak_rss();
-                let mut kv = KvCache::with_type(m, ctx, o.kv_type);
+                let mut kv = KvCache::try_with_type(m, ctx, o.kv_type)?;
                 let mut s = Scratch::new(m, if is_pp { n } else { 1 }, Logits::Last);
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
                 let mut samples = Vec::new();

@@ -157,7 +157,7 @@ fn history_path() -> PathBuf {
 
 pub fn run(a: &ChatArgs) -> Result<()> {
     let mut l = session::load(a.m.model.as_deref(), a.m.f32, a.m.threads)?;
-    l.kv_type = a.m.kv_type;
+    l.set_kv_type(a.m.kv_type())?;
     let ctx_size = l.ctx_size(a.ctx_size)?;
     if ctx_size < 16 {
         bail!("--ctx-size {ctx_size} is too small for a conversation");

@@ -35,12 +35,25 @@ struct ModelArgs {
     /// Threads (default: physical cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
-    /// Dequantize all weights to f32 at load (the exact reference path).
+    /// Dequantize all weights to f32 at load and use an f32 KV cache (unless --kv-type says
+    /// otherwise): the exact reference path.
     #[arg(long)]
     f32: bool,
-    /// KV cache element type: f16 (default, half the memory) or f32 (exact comparisons).
-    #[arg(long = "kv-type", default_value = "f16")]
-    kv_type: cria_model::KvType,
+    /// KV cache element type: f16 (default, half the memory), f32 (exact comparisons; the
+    /// default with --f32), q8_0 or q4_0 (quantized, a half or a quarter of f16's memory).
+    #[arg(long = "kv-type")]
+    kv_type: Option<cria_model::KvType>,
+}
+
+impl ModelArgs {
+    /// The KV cache type: --kv-type if given, else f32 with --f32, else f16.
+    fn kv_type(&self) -> cria_model::KvType {
+        match (self.kv_type, self.f32) {
+            (Some(t), _) => t,
+            (None, true) => cria_model::KvType::F32,
+            (None, false) => cria_model::KvType::default(),
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -237,7 +250,7 @@ fn real_main() -> Result<()> {
         } => {
             let text = input.read()?;
             let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
-            l.kv_type = m.kv_type;
+            l.set_kv_type(m.kv_type())?;
             let tok = &l.tok;
             let prompt = if raw || tok.chat_template().is_none() {
                 if !raw {
@@ -318,7 +331,7 @@ fn real_main() -> Result<()> {
             probe_sums,
         } => {
             let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
-            l.kv_type = m.kv_type;
+            l.set_kv_type(m.kv_type())?;
             let toks = match tokens {
                 Some(t) => t,
                 None => l.encode(&input.read()?, !tok.no_bos, tok.parse_special),
@@ -357,7 +370,7 @@ fn real_main() -> Result<()> {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let text = String::from_utf8_lossy(&text).into_owned();
             let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
-            l.kv_type = m.kv_type;
+            l.set_kv_type(m.kv_type())?;
             perplexity::run(
                 &l,
                 &text,
@@ -405,8 +418,9 @@ fn real_main() -> Result<()> {
         Cmd::List(a) => models::list(&a)?,
         Cmd::Rm(a) => models::rm(&a)?,
         Cmd::Serve { m, s } => {
-            let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
-            let (model, tok, backend, kv_type) = (l.model, l.tok, l.backend, m.kv_type);
+            let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
+            l.set_kv_type(m.kv_type())?;
+            let (model, tok, backend, kv_type) = (l.model, l.tok, l.backend, l.kv_type);
             cria_server::run(
                 cria_server::Parts {
                     model,
