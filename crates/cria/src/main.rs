@@ -191,7 +191,7 @@ enum Cmd {
         /// Timed repetitions (after one warm-up run).
         #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
         reps: usize,
-        /// KV cache element type: f16 or f32.
+        /// KV cache element type: f16, f32, q8_0 or q4_0.
         #[arg(long = "kv-type", default_value = "f16")]
         kv_type: cria_model::KvType,
         /// Output: md (a table) or json.

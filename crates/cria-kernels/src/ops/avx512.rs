@@ -7,7 +7,7 @@
 //! Reached only when `Isa::Avx512.available()` and head_dim % 16 == 0.
 
 use super::{kv_ty, FlashBuf, KvBytes, FLASH_KEYS, SC_ROWS};
-use crate::AttnShape;
+use crate::{AttnShape, KvType};
 use std::arch::x86_64::*;
 
 macro_rules! avx512_fn {
@@ -226,9 +226,9 @@ pub unsafe fn flash_tile(
 ) {
     debug_assert!(s.head_dim % 16 == 0 && r0 < r1 && r1 <= s.t && k.ty == v.ty);
     const { assert!(SC_ROWS == 6 && FLASH_KEYS == 64) };
-    match k.code() {
-        kv_ty::Q8_0 => flash_tile_impl::<{ kv_ty::Q8_0 }>(q, k, v, s, kvh, r0, r1, f),
-        kv_ty::Q4_0 => flash_tile_impl::<{ kv_ty::Q4_0 }>(q, k, v, s, kvh, r0, r1, f),
+    match k.ty {
+        KvType::Q8_0 => flash_tile_impl::<{ kv_ty::Q8_0 }>(q, k, v, s, kvh, r0, r1, f),
+        KvType::Q4_0 => flash_tile_impl::<{ kv_ty::Q4_0 }>(q, k, v, s, kvh, r0, r1, f),
         _ => flash_tile_impl::<{ kv_ty::F16 }>(q, k, v, s, kvh, r0, r1, f),
     }
 }

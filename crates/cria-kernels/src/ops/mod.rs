@@ -255,14 +255,6 @@ impl<'a> KvBytes<'a> {
     pub fn row_bytes(&self, n: usize) -> usize {
         self.ty.row_bytes(n)
     }
-    /// The `kv_ty` constant of this cache's type.
-    pub fn code(&self) -> u8 {
-        match self.ty {
-            crate::KvType::Q8_0 => kv_ty::Q8_0,
-            crate::KvType::Q4_0 => kv_ty::Q4_0,
-            _ => kv_ty::F16,
-        }
-    }
 }
 
 /// The SIMD flash tiles' outer loop (`avx2::flash_tile_impl`, `avx512::flash_tile_impl`): per
@@ -1022,9 +1014,9 @@ pub mod avx2 {
     ) {
         debug_assert!(s.head_dim % 8 == 0 && r0 < r1 && r1 <= s.t && k.ty == v.ty);
         use super::kv_ty;
-        match k.code() {
-            kv_ty::Q8_0 => flash_tile_impl::<{ kv_ty::Q8_0 }>(q, k, v, s, kvh, r0, r1, f),
-            kv_ty::Q4_0 => flash_tile_impl::<{ kv_ty::Q4_0 }>(q, k, v, s, kvh, r0, r1, f),
+        match k.ty {
+            crate::KvType::Q8_0 => flash_tile_impl::<{ kv_ty::Q8_0 }>(q, k, v, s, kvh, r0, r1, f),
+            crate::KvType::Q4_0 => flash_tile_impl::<{ kv_ty::Q4_0 }>(q, k, v, s, kvh, r0, r1, f),
             _ => flash_tile_impl::<{ kv_ty::F16 }>(q, k, v, s, kvh, r0, r1, f),
         }
     }
