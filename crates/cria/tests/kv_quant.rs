@@ -1,5 +1,6 @@
-//! Quantized KV caches (`--kv-type q8_0`, `q4_0`) on the real model, SmolLM2-135M (head_dim 64):
-//! their perplexity cost against f16, and a server-style prefix copy between two caches.
+//! Quantized KV caches (`--kv-type q8_0`, `q4_0`) on the real model, SmolLM2-135M (head_dim 64,
+//! so Q/K/V are Hadamard-rotated as llama.cpp does): their perplexity cost against f16, and a
+//! server-style prefix copy between two caches.
 
 use cria_kernels::CpuBackend;
 use cria_model::{forward, KvCache, KvType, LoadOptions, Logits, Model, Scratch};
@@ -30,18 +31,19 @@ fn ppl(kv: &str) -> f64 {
         .unwrap_or_else(|| panic!("{kv}: last line {last:?}"))
 }
 
-/// Measured (f16 / q8_0 / q4_0): AVX-512 13.33 / 13.47 / 16.32, AVX2 13.29 / 13.34 / 16.70,
-/// scalar 13.25 / 13.50 / 16.34 (the ISAs' matmuls round differently; 189 scored tokens are a
-/// noisy sample): q8_0 within 1.9% of f16, q4_0 within 26%. The bounds (4%, 50%) leave margin
-/// for that while a broken kernel (a wrong block, nibble or scale) gives hundreds or more.
+/// Measured (f16 / q8_0 / q4_0): AVX-512 13.33 / 13.22 / 14.33, AVX2 13.29 / 13.34 / 13.64,
+/// scalar 13.25 / 13.28 / 13.77 (the ISAs' matmuls round differently; 189 scored tokens are a
+/// noisy sample): q8_0 within 1% of f16, q4_0 within 8%. Without llama.cpp's Hadamard rotation
+/// q4_0 was 16.3-16.7 (+22-26%); a broken kernel (a wrong block, nibble or scale) gives hundreds.
+/// Bounds: 3% and 20%.
 #[test]
 fn quantized_cache_perplexity_stays_near_f16() {
     let f16 = ppl("f16");
     let q8 = ppl("q8_0");
     let q4 = ppl("q4_0");
     eprintln!("short.txt c128: f16 {f16:.4}, q8_0 {q8:.4}, q4_0 {q4:.4}");
-    assert!((q8 / f16 - 1.0).abs() <= 0.04, "q8_0 {q8} vs f16 {f16}");
-    assert!((q4 / f16 - 1.0).abs() <= 0.5, "q4_0 {q4} vs f16 {f16}");
+    assert!((q8 / f16 - 1.0).abs() <= 0.03, "q8_0 {q8} vs f16 {f16}");
+    assert!((q4 / f16 - 1.0).abs() <= 0.2, "q4_0 {q4} vs f16 {f16}");
 }
 
 /// A second cache that takes the first one's prefix (`KvCache::copy_prefix_from`, what the
