@@ -40,7 +40,7 @@ struct ModelArgs {
     #[arg(long)]
     f32: bool,
     /// KV cache element type: f16 (default, half the memory), f32 (exact comparisons; the
-    /// default with --f32), q8_0 or q4_0 (quantized, a half or a quarter of f16's memory).
+    /// default with --f32), q8_0 or q4_0 (ggml blocks: 53% and 28% of f16's memory).
     #[arg(long = "kv-type")]
     kv_type: Option<cria_model::KvType>,
 }
