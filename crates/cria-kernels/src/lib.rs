@@ -13,6 +13,7 @@ mod ops;
 pub mod pool;
 pub mod reference;
 
+use cria_core::quant::{BlockQ4_0, BlockQ8_0, QK};
 use cria_core::{DType, Tensor};
 
 pub use cpu::CpuBackend;
@@ -133,22 +134,54 @@ pub enum KvType {
     F16,
     /// f32: attention follows llama.cpp's F32-KV arithmetic bit for bit.
     F32,
+    /// ggml's Q8_0 blocks (32 values, an f16 scale and 32 int8: 34 bytes), quantized as
+    /// llama.cpp's x86 `quantize_row_q8_0` does when it copies K and V into the cache; attention
+    /// dequantizes a key block to f32 and runs the F16 cache's kernel on it.
+    Q8_0,
+    /// ggml's Q4_0 blocks (32 values, an f16 scale and 32 4-bit values: 18 bytes), quantized as
+    /// `quantize_row_q4_0_ref`; attention as for Q8_0.
+    Q4_0,
 }
 
 impl KvType {
-    pub const ALL: [KvType; 2] = [KvType::F16, KvType::F32];
-    /// The name used on the command line and in reports ("f16", "f32").
+    pub const ALL: [KvType; 4] = [KvType::F16, KvType::F32, KvType::Q8_0, KvType::Q4_0];
+    /// The name used on the command line and in reports ("f16", "f32", "q8_0", "q4_0").
     pub fn name(self) -> &'static str {
         match self {
             KvType::F16 => "f16",
             KvType::F32 => "f32",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
         }
     }
-    /// Bytes per cached element.
-    pub fn size(self) -> usize {
+    /// Values per block: 32 for the quantized types, 1 for the float ones.
+    pub fn block_len(self) -> usize {
         match self {
-            KvType::F16 => 2,
-            KvType::F32 => 4,
+            KvType::F16 | KvType::F32 => 1,
+            KvType::Q8_0 | KvType::Q4_0 => cria_core::quant::QK,
+        }
+    }
+    /// Bytes of `n` cached values (`n` a multiple of `block_len`).
+    pub fn row_bytes(self, n: usize) -> usize {
+        n / self.block_len()
+            * match self {
+                KvType::F16 => 2,
+                KvType::F32 => 4,
+                KvType::Q8_0 => std::mem::size_of::<BlockQ8_0>(),
+                KvType::Q4_0 => std::mem::size_of::<BlockQ4_0>(),
+            }
+    }
+    /// Whether a model with heads of `head_dim` values can use this cache: the quantized types
+    /// need whole blocks per head (head_dim a multiple of 32, as llama.cpp requires).
+    pub fn check_head_dim(self, head_dim: usize) -> Result<(), String> {
+        if head_dim % self.block_len() == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "a {self} KV cache needs a head dimension that is a multiple of {}; this model's \
+                 is {head_dim} (use --kv-type f16)",
+                self.block_len()
+            ))
         }
     }
 }
@@ -162,27 +195,32 @@ impl std::fmt::Display for KvType {
 impl std::str::FromStr for KvType {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "f16" => Ok(KvType::F16),
-            "f32" => Ok(KvType::F32),
-            _ => Err(format!("unknown KV cache type {s:?} (f16 or f32)")),
-        }
+        let s = s.to_ascii_lowercase();
+        KvType::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown KV cache type {s:?} (f16, f32, q8_0 or q4_0)"))
     }
 }
 
-/// One layer's K or V cache as attention reads it: rows of `n_kv_heads * head_dim` elements,
-/// IEEE half bits or f32.
+/// One layer's K or V cache as attention reads it: rows of `n_kv_heads * head_dim` values, IEEE
+/// half bits, f32, or ggml blocks of 32 values (a head is whole blocks: `KvType::check_head_dim`).
 #[derive(Clone, Copy, Debug)]
 pub enum KvSlice<'a> {
     F16(&'a [u16]),
     F32(&'a [f32]),
+    Q8_0(&'a [BlockQ8_0]),
+    Q4_0(&'a [BlockQ4_0]),
 }
 
 impl KvSlice<'_> {
+    /// Values held.
     pub fn len(&self) -> usize {
         match self {
             KvSlice::F16(x) => x.len(),
             KvSlice::F32(x) => x.len(),
+            KvSlice::Q8_0(x) => x.len() * QK,
+            KvSlice::Q4_0(x) => x.len() * QK,
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -192,14 +230,47 @@ impl KvSlice<'_> {
         match self {
             KvSlice::F16(_) => KvType::F16,
             KvSlice::F32(_) => KvType::F32,
+            KvSlice::Q8_0(_) => KvType::Q8_0,
+            KvSlice::Q4_0(_) => KvType::Q4_0,
         }
     }
-    /// Element i as f32 (exact for both types).
+    /// Value i as f32 (exact for the float types; a quantized value dequantized as ggml does,
+    /// q * d in f32).
     #[inline]
     pub fn get(&self, i: usize) -> f32 {
         match self {
             KvSlice::F16(x) => dot::scalar::f16_to_f32(x[i]),
             KvSlice::F32(x) => x[i],
+            KvSlice::Q8_0(x) => {
+                let b = &x[i / QK];
+                b.qs[i % QK] as f32 * b.d.to_f32()
+            }
+            KvSlice::Q4_0(x) => {
+                let (b, j) = (&x[i / QK], i % QK);
+                let q = if j < QK / 2 {
+                    b.qs[j] & 0xF
+                } else {
+                    b.qs[j - QK / 2] >> 4
+                };
+                (q as i32 - 8) as f32 * b.d.to_f32()
+            }
+        }
+    }
+    /// Values `at .. at + out.len()` as f32, into `out` (what `get` gives each).
+    pub fn widen(&self, at: usize, out: &mut [f32]) {
+        let n = out.len();
+        match self {
+            KvSlice::F16(x) => {
+                for (o, &h) in out.iter_mut().zip(&x[at..at + n]) {
+                    *o = dot::scalar::f16_to_f32(h);
+                }
+            }
+            KvSlice::F32(x) => out.copy_from_slice(&x[at..at + n]),
+            _ => {
+                for (e, o) in out.iter_mut().enumerate() {
+                    *o = self.get(at + e);
+                }
+            }
         }
     }
 }

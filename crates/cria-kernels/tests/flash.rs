@@ -33,15 +33,7 @@ impl Case {
         window: Option<usize>,
         qscale: f32,
     ) -> Self {
-        let s = AttnShape {
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: hd,
-            t,
-            pos0,
-            window,
-            scale: 1.0 / (hd as f32).sqrt(),
-        };
+        let s = common::attn_shape((nh, nkv, hd), t, pos0, window);
         let n = (pos0 + t) * nkv * hd;
         let q = (0..t * nh * hd).map(|_| rng.normal(qscale)).collect();
         let mut h = |_| f16::from_f32(rng.normal(1.0)).to_bits();
@@ -93,16 +85,6 @@ fn cases() -> Vec<Case> {
     v
 }
 
-fn worst(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(
-            0f32,
-            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-        )
-}
-
 #[test]
 fn f16_reference_is_the_f32_reference_on_rounded_values() {
     let mut rng = Rng::new(30);
@@ -132,7 +114,7 @@ fn flash_kernels_match_the_reference_on_f16_rounded_kv() {
         let tol = 1e-5 * c.vmax();
         for b in &backends {
             let o = c.run(b);
-            let w = worst(&o, &r);
+            let w = common::worst_diff(&o, &r);
             worst_seen = worst_seen.max(w / c.vmax());
             assert!(w <= tol, "{}: {:?}: max |diff| {w} > {tol}", b.name(), c.s);
         }
@@ -148,7 +130,7 @@ fn simd_flash_tile_matches_its_scalar_twin() {
         let mut worst_seen = 0f32;
         for c in cases() {
             let (a, b) = (c.run(&simd), c.run(&twin));
-            let w = worst(&a, &b);
+            let w = common::worst_diff(&a, &b);
             worst_seen = worst_seen.max(w / c.vmax());
             assert!(
                 w <= 1e-5 * c.vmax(),

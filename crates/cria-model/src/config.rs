@@ -55,16 +55,85 @@ pub struct Config {
 }
 
 fn gguf_usize(g: &GgufFile, key: &str) -> Result<usize> {
-    g.get_u64(key)
-        .map(|v| v as usize)
-        .ok_or_else(|| Error::msg(format!("GGUF metadata {key} is missing or not an integer")))
+    gguf_opt_usize(g, key)?.ok_or_else(|| Error::msg(format!("GGUF metadata {key} is missing")))
 }
 
-fn json_usize(c: &Json, key: &str) -> Option<usize> {
-    c.get(key).and_then(Json::as_u64).map(|v| v as usize)
+/// An optional integer key: None when absent; present, it must be a non-negative integer (a
+/// negative or fractional value is an error naming the key, not a silent default).
+fn gguf_opt_usize(g: &GgufFile, key: &str) -> Result<Option<usize>> {
+    g.get(key)
+        .map(|v| {
+            v.as_u64()
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| {
+                    Error::msg(format!("GGUF metadata {key} is not a non-negative integer"))
+                })
+        })
+        .transpose()
 }
-fn json_f32(c: &Json, key: &str) -> Option<f32> {
-    c.get(key).and_then(Json::as_f64).map(|v| v as f32)
+
+/// An optional number key (present but not a number: an error naming it).
+fn gguf_opt_f32(g: &GgufFile, key: &str) -> Result<Option<f32>> {
+    g.get(key)
+        .map(|v| {
+            v.as_f64()
+                .map(|v| v as f32)
+                .ok_or_else(|| Error::msg(format!("GGUF metadata {key} is not a number")))
+        })
+        .transpose()
+}
+
+/// A present, non-null config.json key, or None.
+fn json_get<'a>(c: &'a Json, key: &str) -> Option<&'a Json> {
+    c.get(key).filter(|v| !v.is_null())
+}
+fn json_usize(c: &Json, key: &str) -> Result<Option<usize>> {
+    json_get(c, key)
+        .map(|v| {
+            v.as_u64()
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| {
+                    Error::msg(format!(
+                        "config.json: {key} is {v}, not a non-negative integer"
+                    ))
+                })
+        })
+        .transpose()
+}
+fn json_f32(c: &Json, key: &str) -> Result<Option<f32>> {
+    json_get(c, key)
+        .map(|v| {
+            v.as_f64()
+                .map(|v| v as f32)
+                .ok_or_else(|| Error::msg(format!("config.json: {key} is {v}, not a number")))
+        })
+        .transpose()
+}
+
+/// Largest sizes `validate` accepts: far above any released LLaMA-family model, low enough that a
+/// hostile file cannot make the loader or the KV cache size ask for absurd memory.
+pub const MAX_VOCAB: usize = 1 << 24;
+pub const MAX_DIM: usize = 1 << 20;
+pub const MAX_FFN: usize = 1 << 22;
+pub const MAX_LAYERS: usize = 4096;
+pub const MAX_HEADS: usize = 4096;
+pub const MAX_HEAD_DIM: usize = 4096;
+pub const MAX_CONTEXT: usize = 1 << 24;
+
+/// `v` must be a finite number > 0; the error names `field`.
+fn positive(field: &str, v: f32) -> Result<()> {
+    let why = if v.is_nan() {
+        "NaN".to_string()
+    } else if v.is_infinite() {
+        "infinite".to_string()
+    } else if v <= 0.0 {
+        format!("{v}")
+    } else {
+        return Ok(());
+    };
+    Err(Error::msg(format!(
+        "invalid model file: {field} is {why} (it must be a finite number > 0)"
+    )))
 }
 
 /// Architectures that are the LLaMA graph under another name.
@@ -86,16 +155,14 @@ impl Config {
         let k = |s: &str| format!("{arch}.{s}");
         let dim = gguf_usize(g, &k("embedding_length"))?;
         let n_heads = gguf_usize(g, &k("attention.head_count"))?;
-        let n_kv_heads = g
-            .get_u64(&k("attention.head_count_kv"))
-            .map(|v| v as usize)
-            .unwrap_or(n_heads);
-        let head_dim = g
-            .get_u64(&k("attention.key_length"))
-            .map(|v| v as usize)
-            .unwrap_or(if n_heads > 0 { dim / n_heads } else { 0 });
-        let vocab_size = match g.get_u64(&k("vocab_size")) {
-            Some(v) => v as usize,
+        let n_kv_heads = gguf_opt_usize(g, &k("attention.head_count_kv"))?.unwrap_or(n_heads);
+        let head_dim = gguf_opt_usize(g, &k("attention.key_length"))?.unwrap_or(if n_heads > 0 {
+            dim / n_heads
+        } else {
+            0
+        });
+        let vocab_size = match gguf_opt_usize(g, &k("vocab_size"))? {
+            Some(v) => v,
             None => g
                 .get_array("tokenizer.ggml.tokens")
                 .map(|a| a.len())
@@ -105,7 +172,7 @@ impl Config {
         let rope_scaling = match g.get_str(&k("rope.scaling.type")) {
             None | Some("none") => RopeScaling::None,
             Some("linear") => {
-                let factor = g.get_f64(&k("rope.scaling.factor")).unwrap_or(1.0) as f32;
+                let factor = gguf_opt_f32(g, &k("rope.scaling.factor"))?.unwrap_or(1.0);
                 if factor == 1.0 {
                     RopeScaling::None
                 } else {
@@ -114,6 +181,7 @@ impl Config {
             }
             Some(other) => return Err(Error::Unsupported(format!("RoPE scaling type '{other}'"))),
         };
+        let value_length = gguf_opt_usize(g, &k("attention.value_length"))?;
         let c = Config {
             vocab_size,
             dim,
@@ -122,28 +190,24 @@ impl Config {
             n_kv_heads,
             head_dim,
             ffn_dim: gguf_usize(g, &k("feed_forward_length"))?,
-            norm_eps: g
-                .get_f64(&k("attention.layer_norm_rms_epsilon"))
-                .unwrap_or(1e-5) as f32,
-            rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10000.0) as f32,
-            n_rot: g
-                .get_u64(&k("rope.dimension_count"))
-                .map(|v| v as usize)
-                .unwrap_or(head_dim),
+            norm_eps: gguf_opt_f32(g, &k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+            rope_theta: gguf_opt_f32(g, &k("rope.freq_base"))?.unwrap_or(10000.0),
+            n_rot: gguf_opt_usize(g, &k("rope.dimension_count"))?.unwrap_or(head_dim),
             rope_scaling,
             rope_interleaved: true,
-            max_seq_len: g
-                .get_u64(&k("context_length"))
-                .map(|v| v as usize)
-                .unwrap_or(2048),
-            sliding_window: g
-                .get_u64(&k("attention.sliding_window"))
-                .map(|v| v as usize)
-                .filter(|&w| w > 0),
+            max_seq_len: gguf_opt_usize(g, &k("context_length"))?.unwrap_or(2048),
+            sliding_window: gguf_opt_usize(g, &k("attention.sliding_window"))?.filter(|&w| w > 0),
             tied_embeddings: g.tensor("output.weight").is_none(),
             arch,
         };
         c.validate()?;
+        if let Some(v) = value_length {
+            if v != head_dim {
+                return Err(Error::Unsupported(format!(
+                    "value length {v} different from key length {head_dim}"
+                )));
+            }
+        }
         Ok(c)
     }
 
@@ -166,14 +230,13 @@ impl Config {
             )));
         }
         let need = |key: &str| {
-            json_usize(&c, key)
-                .ok_or_else(|| Error::msg(format!("config.json: {key} missing or not an integer")))
+            json_usize(&c, key)?.ok_or_else(|| Error::msg(format!("config.json: {key} is missing")))
         };
         let dim = need("hidden_size")?;
         let n_heads = need("num_attention_heads")?;
-        let n_kv_heads = json_usize(&c, "num_key_value_heads").unwrap_or(n_heads);
+        let n_kv_heads = json_usize(&c, "num_key_value_heads")?.unwrap_or(n_heads);
         let head_dim =
-            json_usize(&c, "head_dim").unwrap_or(if n_heads > 0 { dim / n_heads } else { 0 });
+            json_usize(&c, "head_dim")?.unwrap_or(if n_heads > 0 { dim / n_heads } else { 0 });
         // transformers >= 5 writes `rope_parameters` {rope_type, rope_theta, factor...}; older
         // configs have `rope_scaling` and a top-level `rope_theta`. Read both.
         let rope_params = c.get("rope_parameters").filter(|v| v.is_object());
@@ -190,7 +253,7 @@ impl Config {
                     .and_then(Json::as_str)
                     .unwrap_or("default");
                 let f = |key: &str| {
-                    json_f32(rs, key).ok_or_else(|| {
+                    json_f32(rs, key)?.ok_or_else(|| {
                         Error::msg(format!("config.json: rope_scaling.{key} missing"))
                     })
                 };
@@ -211,7 +274,19 @@ impl Config {
                 }
             }
         };
-        let partial = json_f32(&c, "partial_rotary_factor").unwrap_or(1.0);
+        let partial = json_f32(&c, "partial_rotary_factor")?.unwrap_or(1.0);
+        if !(partial > 0.0 && partial <= 1.0) {
+            return Err(Error::msg(format!(
+                "invalid model file: partial_rotary_factor is {partial} (it must be in (0, 1])"
+            )));
+        }
+        let rope_theta = match json_f32(&c, "rope_theta")? {
+            Some(t) => Some(t),
+            None => rope_params
+                .map(|p| json_f32(p, "rope_theta"))
+                .transpose()?
+                .flatten(),
+        };
         let cfg = Config {
             arch: model_type,
             vocab_size: need("vocab_size")?,
@@ -221,15 +296,13 @@ impl Config {
             n_kv_heads,
             head_dim,
             ffn_dim: need("intermediate_size")?,
-            norm_eps: json_f32(&c, "rms_norm_eps").unwrap_or(1e-6),
-            rope_theta: json_f32(&c, "rope_theta")
-                .or_else(|| rope_params.and_then(|p| json_f32(p, "rope_theta")))
-                .unwrap_or(10000.0),
+            norm_eps: json_f32(&c, "rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta: rope_theta.unwrap_or(10000.0),
             n_rot: (head_dim as f32 * partial) as usize,
             rope_scaling,
             rope_interleaved: false,
-            max_seq_len: json_usize(&c, "max_position_embeddings").unwrap_or(2048),
-            sliding_window: json_usize(&c, "sliding_window").filter(|&w| w > 0),
+            max_seq_len: json_usize(&c, "max_position_embeddings")?.unwrap_or(2048),
+            sliding_window: json_usize(&c, "sliding_window")?.filter(|&w| w > 0),
             tied_embeddings: c
                 .get("tie_word_embeddings")
                 .and_then(Json::as_bool)
@@ -239,39 +312,70 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Rejects shapes that would make the forward index out of bounds.
+    /// Rejects what the forward could not run, or would run into garbage: sizes that are 0,
+    /// absurd (above the `MAX_*` limits) or inconsistent, and hyper-parameters that are NaN,
+    /// infinite, zero or negative where they must be positive. Each error names the field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::msg(format!("invalid model config: {m}")));
-        if self.dim == 0
-            || self.n_layers == 0
-            || self.n_heads == 0
-            || self.n_kv_heads == 0
-            || self.head_dim == 0
-            || self.ffn_dim == 0
-            || self.vocab_size == 0
-        {
-            return bad(format!("zero-sized dimension in {self:?}"));
+        let bad = |m: String| Err(Error::msg(format!("invalid model file: {m}")));
+        for (field, v, max) in [
+            ("vocabulary size", self.vocab_size, MAX_VOCAB),
+            ("embedding length", self.dim, MAX_DIM),
+            ("layer count", self.n_layers, MAX_LAYERS),
+            ("attention head count", self.n_heads, MAX_HEADS),
+            ("KV head count", self.n_kv_heads, MAX_HEADS),
+            ("head dimension", self.head_dim, MAX_HEAD_DIM),
+            ("feed-forward length", self.ffn_dim, MAX_FFN),
+            ("context length", self.max_seq_len, MAX_CONTEXT),
+        ] {
+            if v == 0 {
+                return bad(format!("{field} is 0"));
+            }
+            if v > max {
+                return bad(format!("{field} is {v}, above the limit of {max}"));
+            }
         }
         if self.n_heads % self.n_kv_heads != 0 {
             return bad(format!(
-                "{} heads not a multiple of {} KV heads",
-                self.n_heads, self.n_kv_heads
+                "KV head count {} does not divide the attention head count {}",
+                self.n_kv_heads, self.n_heads
             ));
         }
         if self.n_rot > self.head_dim || self.n_rot % 2 != 0 {
             return bad(format!(
-                "rotary dims {} vs head_dim {}",
+                "rotary dimension count {} (it must be even and at most the head dimension {})",
                 self.n_rot, self.head_dim
             ));
         }
-        if self.dim > 1 << 20
-            || self.ffn_dim > 1 << 22
-            || self.n_layers > 4096
-            || self.n_heads > 4096
-            || self.head_dim > 4096
-            || self.vocab_size > 1 << 24
-        {
-            return bad(format!("implausible sizes {self:?}"));
+        positive("rms epsilon", self.norm_eps)?;
+        positive("rope base (freq_base)", self.rope_theta)?;
+        match &self.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => positive("rope scaling factor", *factor)?,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                positive("rope scaling factor", *factor)?;
+                positive("rope scaling low_freq_factor", *low_freq_factor)?;
+                positive("rope scaling high_freq_factor", *high_freq_factor)?;
+                positive(
+                    "rope scaling original context (original_max_position_embeddings)",
+                    *original_max_position_embeddings,
+                )?;
+                if high_freq_factor <= low_freq_factor {
+                    return bad(format!(
+                        "rope scaling high_freq_factor {high_freq_factor} is not above \
+                         low_freq_factor {low_freq_factor}"
+                    ));
+                }
+            }
+            RopeScaling::FreqFactors(ff) => {
+                for (i, &f) in ff.iter().enumerate() {
+                    positive(&format!("rope_freqs value {i}"), f)?;
+                }
+            }
         }
         Ok(())
     }
@@ -383,6 +487,81 @@ mod tests {
         }
         assert!(Config::from_hf_json("{").is_err());
         assert!(Config::from_hf_json("[]").is_err());
+    }
+
+    /// Each hyper-parameter that cannot be right is refused with its field named.
+    #[test]
+    fn bad_hyper_parameters_name_the_field() {
+        let llama3 = |lo: &str, hi: &str, orig: &str| {
+            format!(
+                r#"{{"rope_scaling":{{"rope_type":"llama3","factor":8.0,"low_freq_factor":{lo},"high_freq_factor":{hi},"original_max_position_embeddings":{orig}}}}}"#
+            )
+        };
+        for (bad, want) in [
+            (
+                r#"{"rms_norm_eps":-1e-5}"#.to_string(),
+                "rms epsilon is -0.00001",
+            ),
+            (r#"{"rms_norm_eps":0}"#.into(), "rms epsilon is 0"),
+            (
+                r#"{"rms_norm_eps":"small"}"#.into(),
+                "rms_norm_eps is \"small\", not a number",
+            ),
+            (r#"{"rope_theta":0.0}"#.into(), "rope base (freq_base) is 0"),
+            (
+                r#"{"rope_theta":1e39}"#.into(),
+                "rope base (freq_base) is infinite",
+            ),
+            (
+                r#"{"rope_scaling":{"rope_type":"linear","factor":-2}}"#.into(),
+                "rope scaling factor is -2",
+            ),
+            (llama3("-1", "4", "8192"), "low_freq_factor is -1"),
+            (llama3("1", "0", "8192"), "high_freq_factor is 0"),
+            (llama3("1", "4", "0"), "original context"),
+            (
+                llama3("4", "1", "8192"),
+                "high_freq_factor 1 is not above low_freq_factor 4",
+            ),
+            (
+                r#"{"num_key_value_heads":3}"#.into(),
+                "KV head count 3 does not divide",
+            ),
+            (
+                r#"{"num_key_value_heads":-2}"#.into(),
+                "num_key_value_heads is -2",
+            ),
+            (
+                r#"{"num_attention_heads":0}"#.into(),
+                "attention head count is 0",
+            ),
+            (r#"{"head_dim":0}"#.into(), "head dimension is 0"),
+            (r#"{"hidden_size":0}"#.into(), "embedding length is 0"),
+            (
+                r#"{"intermediate_size":0}"#.into(),
+                "feed-forward length is 0",
+            ),
+            (r#"{"vocab_size":0}"#.into(), "vocabulary size is 0"),
+            (r#"{"num_hidden_layers":0}"#.into(), "layer count is 0"),
+            (
+                r#"{"num_hidden_layers":100000}"#.into(),
+                "layer count is 100000, above",
+            ),
+            (
+                r#"{"max_position_embeddings":0}"#.into(),
+                "context length is 0",
+            ),
+            (
+                r#"{"partial_rotary_factor":0}"#.into(),
+                "partial_rotary_factor is 0",
+            ),
+        ] {
+            let e = Config::from_hf_json(&with(&bad)).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e:?} lacks {want:?}");
+        }
+        // null is "not given": the default applies.
+        let c = Config::from_hf_json(&with(r#"{"head_dim":null,"sliding_window":null}"#)).unwrap();
+        assert_eq!((c.head_dim, c.sliding_window), (16, None));
     }
 
     #[test]

@@ -262,6 +262,7 @@ impl Model {
                 ));
             }
             config.rope_scaling = RopeScaling::FreqFactors(ff);
+            config.validate()?;
         }
         let weights = Self::build(
             &|name: &str| g.tensor(name).cloned(),

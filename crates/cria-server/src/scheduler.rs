@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use cria_engine::grammar::{self, LazyMatcher};
 use cria_engine::{Sampler, SamplerConfig, StopMatcher};
 use cria_kernels::CpuBackend;
-use cria_model::{forward_batch, KvCache, KvRows, KvType, Logits, Model, Scratch, SeqStep};
+use cria_model::{forward_batch, KvCache, KvType, Logits, Model, Scratch, SeqStep};
 use cria_tokenizer::{StreamDecoder, Tokenizer};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -191,24 +191,8 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 
 /// Copies the keys and values of positions 0..n from one cache to another of the same shape.
 fn copy_prefix(dst: &mut KvCache, src: &KvCache, n: usize) {
-    for (d, s) in dst
-        .k
-        .iter_mut()
-        .chain(dst.v.iter_mut())
-        .zip(src.k.iter().chain(&src.v))
-    {
-        let per_pos = match s {
-            KvRows::F16(x) => x.len(),
-            KvRows::F32(x) => x.len(),
-        } / src.max_seq.max(1);
-        let e = n * per_pos;
-        match (d, s) {
-            (KvRows::F16(d), KvRows::F16(s)) => d[..e].copy_from_slice(&s[..e]),
-            (KvRows::F32(d), KvRows::F32(s)) => d[..e].copy_from_slice(&s[..e]),
-            // Every slot is made with the same type; nothing to copy between different ones.
-            _ => {}
-        }
-    }
+    // Every slot is made with the same type; nothing is copied between different ones.
+    dst.copy_prefix_from(src, n);
 }
 
 /// log-softmax of the chosen token and the `k` most likely, from raw logits.

@@ -162,7 +162,7 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
                     bail!("{test} needs {ctx} positions");
                 }
                 reset_peak_rss();
-                let mut kv = KvCache::with_type(m, ctx, o.kv_type);
+                let mut kv = KvCache::try_with_type(m, ctx, o.kv_type)?;
                 let mut s = Scratch::new(m, if is_pp { n } else { 1 }, Logits::Last);
                 // One fixed token stream per test, the same in every repetition: the logits
                 // hash then depends on the model, the test and the code only (not on -r, the

@@ -166,7 +166,7 @@ pub fn run(a: &ChatArgs) -> Result<()> {
     let grammar = a.constraint.load()?;
     let loaded = a.load.as_deref().map(load_conversation).transpose()?;
     let mut l = session::load(spec, a.m.f32, a.m.threads)?;
-    l.kv_type = a.m.kv_type;
+    l.set_kv_type(a.m.kv_type())?;
     let ctx_size = l.ctx_size(a.gen.ctx_size)?;
     if ctx_size < 16 {
         bail!("--ctx-size {ctx_size} is too small for a conversation");

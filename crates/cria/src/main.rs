@@ -36,12 +36,25 @@ struct ModelArgs {
     /// Threads (default: physical cores; at most 512).
     #[arg(short = 't', long, value_name = "N", value_parser = run::thread_count)]
     threads: Option<usize>,
-    /// Dequantize all weights to f32 at load (the exact reference path).
+    /// Dequantize all weights to f32 at load and use an f32 KV cache (unless --kv-type says
+    /// otherwise): the exact reference path.
     #[arg(long)]
     f32: bool,
-    /// KV cache element type: f16 (default, half the memory) or f32 (exact comparisons).
-    #[arg(long = "kv-type", default_value = "f16")]
-    kv_type: cria_model::KvType,
+    /// KV cache element type: f16 (default, half the memory), f32 (exact comparisons; the
+    /// default with --f32), q8_0 or q4_0 (ggml blocks: 53% and 28% of f16's memory).
+    #[arg(long = "kv-type")]
+    kv_type: Option<cria_model::KvType>,
+}
+
+impl ModelArgs {
+    /// The KV cache type: --kv-type if given, else f32 with --f32, else f16.
+    fn kv_type(&self) -> cria_model::KvType {
+        match (self.kv_type, self.f32) {
+            (Some(t), _) => t,
+            (None, true) => cria_model::KvType::F32,
+            (None, false) => cria_model::KvType::default(),
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -168,7 +181,7 @@ enum Cmd {
             default_value_t = 5
         )]
         reps: usize,
-        /// KV cache element type: f16 or f32.
+        /// KV cache element type: f16, f32, q8_0 or q4_0.
         #[arg(long = "kv-type", default_value = "f16")]
         kv_type: cria_model::KvType,
         /// Output: md (a table) or json.
@@ -257,7 +270,7 @@ fn real_main() -> Result<()> {
             probe_sums,
         } => {
             let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
-            l.kv_type = m.kv_type;
+            l.set_kv_type(m.kv_type())?;
             let toks = match tokens {
                 Some(t) => t,
                 None => l.encode(&input.read()?, !tok.no_bos, tok.parse_special),
@@ -297,7 +310,7 @@ fn real_main() -> Result<()> {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let text = String::from_utf8_lossy(&text).into_owned();
             let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
-            l.kv_type = m.kv_type;
+            l.set_kv_type(m.kv_type())?;
             perplexity::run(
                 &l,
                 &text,
@@ -345,8 +358,9 @@ fn real_main() -> Result<()> {
         Cmd::List(a) => models::list(&a)?,
         Cmd::Rm(a) => models::rm(&a)?,
         Cmd::Serve { m, s } => {
-            let l = session::load(m.model.as_deref(), m.f32, m.threads)?;
-            let (model, tok, backend, kv_type) = (l.model, l.tok, l.backend, m.kv_type);
+            let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
+            l.set_kv_type(m.kv_type())?;
+            let (model, tok, backend, kv_type) = (l.model, l.tok, l.backend, l.kv_type);
             cria_server::run(
                 cria_server::Parts {
                     model,

@@ -190,7 +190,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let what = a.constraint.output_kind();
 
     let mut l = session::load(spec, a.m.f32, a.m.threads)?;
-    l.kv_type = a.m.kv_type;
+    l.set_kv_type(a.m.kv_type())?;
     let tok = &l.tok;
     let prompt = if a.raw || tok.chat_template().is_none() {
         if !a.raw {

@@ -85,6 +85,16 @@ pub fn load(spec: Option<&str>, f32: bool, threads: Option<usize>) -> Result<Loa
 }
 
 impl Loaded {
+    /// Sets the type of the KV caches this session makes, if the model can have it (a quantized
+    /// cache needs heads of whole 32-value blocks).
+    pub fn set_kv_type(&mut self, kv_type: KvType) -> Result<()> {
+        kv_type
+            .check_head_dim(self.model.config.head_dim)
+            .map_err(anyhow::Error::msg)?;
+        self.kv_type = kv_type;
+        Ok(())
+    }
+
     /// Tokenizes a prompt as llama.cpp does for plain text: BOS if the model wants one.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
         self.tok.encode(text, add_special, parse_special)
@@ -391,7 +401,7 @@ impl Loaded {
     /// fits in half the free memory. Printed (with why) on stderr.
     pub fn ctx_size(&self, requested: Option<usize>) -> Result<usize> {
         let c = &self.model.config;
-        let per_token = 2 * c.n_layers * c.kv_dim() * self.kv_type.size();
+        let per_token = 2 * c.n_layers * self.kv_type.row_bytes(c.kv_dim());
         // A context whose KV cache cannot fit is refused here, not by the allocator's abort.
         if let (Some(n), Some(free)) = (requested, crate::models::available_memory()) {
             let gib = |b: u128| b as f64 / (1u64 << 30) as f64;

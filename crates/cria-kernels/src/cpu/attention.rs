@@ -1,6 +1,6 @@
 //! attention on the CPU backend: an F32 cache goes through llama.cpp's exact non-flash
-//! arithmetic (one (token, head) pair per work item); an F16 cache through the blocked
-//! online-softmax kernel (one (KV head, run of tokens) tile per work item).
+//! arithmetic (one (token, head) pair per work item); an F16, Q8_0 or Q4_0 cache through the
+//! blocked online-softmax kernel (one (KV head, run of tokens) tile per work item).
 
 use super::{CpuBackend, SyncPtr};
 use crate::isa::Isa;
@@ -15,14 +15,16 @@ pub(crate) fn attention(
     s: &AttnShape,
 ) {
     ops::check_attention(out, q, k.len(), v.len(), s);
+    assert_eq!(
+        k.kv_type(),
+        v.kv_type(),
+        "attention: K cache is {} but V cache is {}",
+        k.kv_type(),
+        v.kv_type()
+    );
     match (k, v) {
         (KvSlice::F32(k), KvSlice::F32(v)) => attention_f32(b, out, q, k, v, s),
-        (KvSlice::F16(k), KvSlice::F16(v)) => attention_f16(b, out, q, k, v, s),
-        _ => panic!(
-            "attention: K cache is {} but V cache is {}",
-            k.kv_type(),
-            v.kv_type()
-        ),
+        _ => attention_flash(b, out, q, k, v, s),
     }
 }
 
@@ -76,8 +78,20 @@ fn attention_f32(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32
     }
 }
 
-fn attention_f16(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[u16], v: &[u16], s: &AttnShape) {
+/// An F16, Q8_0 or Q4_0 cache: the flash tiles, a key block widened (or dequantized) to f32 once
+/// per tile.
+fn attention_flash(
+    b: &CpuBackend,
+    out: &mut [f32],
+    q: &[f32],
+    k: KvSlice,
+    v: KvSlice,
+    s: &AttnShape,
+) {
     let hd = s.head_dim;
+    if let Err(e) = k.kv_type().check_head_dim(hd) {
+        panic!("attention: {e}");
+    }
     let g = s.n_heads / s.n_kv_heads;
     let per_tile = ops::flash_tokens_per_tile(s);
     let n_qb = s.t.div_ceil(per_tile);
@@ -86,6 +100,11 @@ fn attention_f16(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[u16], v: &[u16
     let (simd, wide) = (
         b.isa.has_avx2() && hd % 8 == 0,
         b.isa == Isa::Avx512 && hd % 16 == 0,
+    );
+    #[cfg(target_arch = "x86_64")]
+    let (kb, vb) = (
+        ops::KvBytes::of(k, hd).expect("flash cache"),
+        ops::KvBytes::of(v, hd).expect("flash cache"),
     );
     #[cfg(not(target_arch = "x86_64"))]
     let (simd, wide) = (false, false);
@@ -105,14 +124,14 @@ fn attention_f16(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[u16], v: &[u16
             // SAFETY: Avx512 is only selected when available; hd % 16 == 0 checked above;
             // buffers checked by check_attention; the scratch has flash_scratch_len floats.
             unsafe {
-                ops::avx512::flash_tile(q, k, v, s, kvh, r0, r1, &mut f)
+                ops::avx512::flash_tile(q, &kb, &vb, s, kvh, r0, r1, &mut f)
             };
         } else if simd {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Avx2 is only selected when available; hd % 8 == 0 checked above; buffers
             // checked by check_attention; the scratch has flash_scratch_len floats.
             unsafe {
-                ops::avx2::flash_tile(q, k, v, s, kvh, r0, r1, &mut f)
+                ops::avx2::flash_tile(q, &kb, &vb, s, kvh, r0, r1, &mut f)
             };
         } else {
             ops::flash_tile_scalar(q, k, v, s, kvh, r0, r1, &mut f);

@@ -6,8 +6,8 @@
 //! AVX-512 `ggml_v_expf` and the softmax sums go by 16 lanes, so the three agree to rounding.
 //! Reached only when `Isa::Avx512.available()` and head_dim % 16 == 0.
 
-use super::{FlashBuf, FLASH_KEYS, SC_ROWS};
-use crate::AttnShape;
+use super::{kv_ty, FlashBuf, KvBytes, FLASH_KEYS, SC_ROWS};
+use crate::{AttnShape, KvType};
 use std::arch::x86_64::*;
 
 macro_rules! avx512_fn {
@@ -55,8 +55,8 @@ pub unsafe fn exp16(x: __m512) -> __m512 {
 avx512_fn! {
 /// K of one block widened transposed (`avx2::widen_transposed`, keys up to a multiple of 8),
 /// and the keys from there to a multiple of 16 zeroed: the score tiles read whole vectors.
-unsafe fn widen_k(dst: *mut f32, src: *const u16, n: usize, hd: usize, stride: usize) {
-    super::avx2::widen_transposed(dst, src, n, hd, stride);
+unsafe fn widen_k<const T: u8>(dst: *mut f32, src: *const u8, n: usize, hd: usize, stride: usize) {
+    super::avx2::widen_transposed::<T>(dst, src, n, hd, stride);
     let (n8, n16) = (n.div_ceil(8) * 8, n.div_ceil(16) * 16);
     if n8 < n16 {
         for e in 0..hd {
@@ -68,8 +68,8 @@ unsafe fn widen_k(dst: *mut f32, src: *const u16, n: usize, hd: usize, stride: u
 
 avx512_fn! {
 /// V of one block widened (`avx2::widen_rows`).
-unsafe fn widen_v(dst: *mut f32, src: *const u16, n: usize, hd: usize, stride: usize) {
-    super::avx2::widen_rows(dst, src, n, hd, stride);
+unsafe fn widen_v<const T: u8>(dst: *mut f32, src: *const u8, n: usize, hd: usize, stride: usize) {
+    super::avx2::widen_rows::<T>(dst, src, n, hd, stride);
 }
 }
 
@@ -202,29 +202,33 @@ unsafe fn row_tile<const R: usize>(q: &[f32], s: &AttnShape, kvh: usize, r0: usi
 
 avx512_fn! {
 #[allow(clippy::too_many_arguments)]
-unsafe fn flash_tile_impl(q: &[f32], k: &[u16], v: &[u16], s: &AttnShape, kvh: usize, r0: usize, r1: usize, f: &mut FlashBuf) {
-    flash_tile_body!(q, k, v, s, kvh, r0, r1, f, widen_k, widen_v, row_tile, scale_row)
+unsafe fn flash_tile_impl<const T: u8>(q: &[f32], k: &KvBytes, v: &KvBytes, s: &AttnShape, kvh: usize, r0: usize, r1: usize, f: &mut FlashBuf) {
+    flash_tile_body!(q, k, v, s, kvh, r0, r1, f, widen_k::<T>, widen_v::<T>, row_tile, scale_row)
 }
 }
 
-/// The AVX-512 flash tile (see `super::flash_tile_scalar`, its twin): the tile's output rows
-/// are left in `f.acc`.
+/// The AVX-512 flash tile (see `super::flash_tile_scalar`, its twin) over an F16, Q8_0 or Q4_0
+/// cache: the tile's output rows are left in `f.acc`.
 /// # Safety
-/// The CPU must have AVX2, FMA, F16C and AVX-512 F/BW/VL; `head_dim % 16 == 0`; the buffers
-/// must match `s` (`check_attention`), `f` must come from
+/// The CPU must have AVX2, FMA, F16C and AVX-512 F/BW/VL; `head_dim % 16 == 0`; `k` and `v` of
+/// one type and the buffers must match `s` (`check_attention`), `f` must come from
 /// `flash_scratch_len(head_dim, (r1 - r0) * group)` floats, and r0 < r1 <= s.t.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn flash_tile(
     q: &[f32],
-    k: &[u16],
-    v: &[u16],
+    k: &KvBytes,
+    v: &KvBytes,
     s: &AttnShape,
     kvh: usize,
     r0: usize,
     r1: usize,
     f: &mut FlashBuf,
 ) {
-    debug_assert!(s.head_dim % 16 == 0 && r0 < r1 && r1 <= s.t);
+    debug_assert!(s.head_dim % 16 == 0 && r0 < r1 && r1 <= s.t && k.ty == v.ty);
     const { assert!(SC_ROWS == 6 && FLASH_KEYS == 64) };
-    flash_tile_impl(q, k, v, s, kvh, r0, r1, f)
+    match k.ty {
+        KvType::Q8_0 => flash_tile_impl::<{ kv_ty::Q8_0 }>(q, k, v, s, kvh, r0, r1, f),
+        KvType::Q4_0 => flash_tile_impl::<{ kv_ty::Q4_0 }>(q, k, v, s, kvh, r0, r1, f),
+        _ => flash_tile_impl::<{ kv_ty::F16 }>(q, k, v, s, kvh, r0, r1, f),
+    }
 }

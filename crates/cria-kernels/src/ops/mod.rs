@@ -13,7 +13,7 @@
 //!   (KV head, run of query tokens), see `flash_tile_scalar`, `avx2::flash_tile` and
 //!   `avx512::flash_tile` (16 lanes, when head_dim % 16 == 0).
 
-use crate::{AttnShape, Rope};
+use crate::{AttnShape, KvSlice, Rope};
 
 /// RoPE cos/sin of positions pos0..pos0 + t for one set of parameters, kept between calls: the Q
 /// and K rotations of every layer of a forward pass share one table instead of recomputing the
@@ -220,16 +220,55 @@ fn visible<const R: usize>(
     (vis, jlo, jhi)
 }
 
+/// Cache element types the SIMD flash tiles read (their `const T: u8` parameter).
+#[cfg(target_arch = "x86_64")]
+pub mod kv_ty {
+    pub const F16: u8 = 0;
+    pub const Q8_0: u8 = 1;
+    pub const Q4_0: u8 = 2;
+}
+
+/// A layer's F16, Q8_0 or Q4_0 cache as the SIMD flash tiles read it: its bytes and their type.
+/// Made by `KvBytes::of`, which checks that a head is whole blocks.
+#[cfg(target_arch = "x86_64")]
+pub struct KvBytes<'a> {
+    bytes: &'a [u8],
+    pub ty: crate::KvType,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> KvBytes<'a> {
+    /// None for an F32 cache (which has its own kernel).
+    pub fn of(x: KvSlice<'a>, head_dim: usize) -> Option<KvBytes<'a>> {
+        let bytes: &[u8] = match x {
+            KvSlice::F16(x) => bytemuck::cast_slice(x),
+            KvSlice::Q8_0(x) => bytemuck::cast_slice(x),
+            KvSlice::Q4_0(x) => bytemuck::cast_slice(x),
+            KvSlice::F32(_) => return None,
+        };
+        let ty = x.kv_type();
+        ty.check_head_dim(head_dim)
+            .unwrap_or_else(|e| panic!("attention: {e}"));
+        Some(KvBytes { bytes, ty })
+    }
+    /// Bytes of `n` values.
+    pub fn row_bytes(&self, n: usize) -> usize {
+        self.ty.row_bytes(n)
+    }
+}
+
 /// The SIMD flash tiles' outer loop (`avx2::flash_tile_impl`, `avx512::flash_tile_impl`): per
 /// key block, K widened transposed and V widened (`$widen_k`, `$widen_v`), then the rows by
 /// register tiles of up to SC_ROWS (`$row_tile::<R>`), and finally acc / l (`$scale`).
 #[cfg(target_arch = "x86_64")]
 macro_rules! flash_tile_body {
     ($q:expr, $k:expr, $v:expr, $s:expr, $kvh:expr, $r0:expr, $r1:expr, $f:expr,
-     $widen_k:path, $widen_v:path, $row_tile:ident, $scale:path) => {{
+     $widen_k:expr, $widen_v:expr, $row_tile:ident, $scale:path) => {{
         let (q, k, v, s, kvh, r0, r1, f) = ($q, $k, $v, $s, $kvh, $r0, $r1, $f);
         let hd = s.head_dim;
-        let kv_stride = s.n_kv_heads * hd;
+        // Cache rows as bytes: a position's row and a head's part of it.
+        let (k, v): (&$crate::ops::KvBytes, &$crate::ops::KvBytes) = (k, v);
+        let (kv_stride, head) = (k.row_bytes(s.n_kv_heads * hd), k.row_bytes(hd));
         let (_, rows, first, last) = $crate::ops::tile_geometry(s, r0, r1);
         f.acc[..rows * hd].fill(0.0);
         f.m[..rows].fill(f32::NEG_INFINITY);
@@ -238,9 +277,9 @@ macro_rules! flash_tile_body {
         let mut kb0 = first;
         while kb0 <= last {
             let n = (last + 1 - kb0).min($crate::ops::FLASH_KEYS);
-            let off = kb0 * kv_stride + kvh * hd;
-            $widen_k(kt, k.as_ptr().add(off), n, hd, kv_stride);
-            $widen_v(vf, v.as_ptr().add(off), n, hd, kv_stride);
+            let off = kb0 * kv_stride + kvh * head;
+            $widen_k(kt, k.bytes.as_ptr().add(off), n, hd, kv_stride);
+            $widen_v(vf, v.bytes.as_ptr().add(off), n, hd, kv_stride);
             let mut i0 = 0;
             while i0 < rows {
                 let left = rows - i0;
@@ -269,15 +308,14 @@ macro_rules! flash_tile_body {
 #[allow(clippy::too_many_arguments)]
 pub fn flash_tile_scalar(
     q: &[f32],
-    k: &[u16],
-    v: &[u16],
+    k: KvSlice,
+    v: KvSlice,
     s: &AttnShape,
     kvh: usize,
     r0: usize,
     r1: usize,
     f: &mut FlashBuf,
 ) {
-    use crate::dot::scalar::f16_to_f32;
     let hd = s.head_dim;
     let kv_stride = s.n_kv_heads * hd;
     let (g, rows, first, last) = tile_geometry(s, r0, r1);
@@ -289,10 +327,8 @@ pub fn flash_tile_scalar(
         let n = (last + 1 - kb0).min(FLASH_KEYS);
         for j in 0..n {
             let src = (kb0 + j) * kv_stride + kvh * hd;
-            for e in 0..hd {
-                f.kf[j * hd + e] = f16_to_f32(k[src + e]);
-                f.vf[j * hd + e] = f16_to_f32(v[src + e]);
-            }
+            k.widen(src, &mut f.kf[j * hd..][..hd]);
+            v.widen(src, &mut f.vf[j * hd..][..hd]);
         }
         for i in 0..rows {
             let p = s.pos0 + r0 + i / g;
@@ -644,13 +680,39 @@ pub mod avx2 {
     }
 
     avx2_fn! {
-    /// `n` rows of `hd` halves, `stride` apart, widened into `n * hd` contiguous floats.
-    pub(crate) unsafe fn widen_rows(dst: *mut f32, src: *const u16, n: usize, hd: usize, stride: usize) {
+    /// Values e..e + 8 (e a multiple of 8) of the cache row at `row` (bytes) as f32, the cache
+    /// being of type `T` (`super::kv_ty`): halves widened, or Q8_0/Q4_0 values dequantized as
+    /// ggml does (q * d in f32, the same bits as `KvSlice::get`).
+    pub(crate) unsafe fn load8<const T: u8>(row: *const u8, e: usize) -> __m256 {
+        use super::kv_ty;
+        if T == kv_ty::F16 {
+            return _mm256_cvtph_ps(_mm_loadu_si128(row.add(2 * e) as *const __m128i));
+        }
+        let blk = row.add(e / 32 * if T == kv_ty::Q8_0 { 34 } else { 18 });
+        let d = _mm256_set1_ps(crate::dot::scalar::f16_to_f32(std::ptr::read_unaligned(blk as *const u16)));
+        let q = if T == kv_ty::Q8_0 {
+            _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk.add(2 + e % 32) as *const __m128i))
+        } else {
+            // Values 0..16 are the low nibbles of the 16 bytes, 16..32 the high ones.
+            let o = e % 32;
+            let b = _mm_loadl_epi64(blk.add(2 + o % 16) as *const __m128i);
+            let b = if o < 16 { b } else { _mm_srli_epi16::<4>(b) };
+            let nib = _mm_and_si128(b, _mm_set1_epi8(0x0F));
+            _mm256_sub_epi32(_mm256_cvtepu8_epi32(nib), _mm256_set1_epi32(8))
+        };
+        _mm256_mul_ps(_mm256_cvtepi32_ps(q), d)
+    }
+    }
+
+    avx2_fn! {
+    /// `n` cache rows (type `T`) of `hd` values, `stride` bytes apart, widened into `n * hd`
+    /// contiguous floats.
+    pub(crate) unsafe fn widen_rows<const T: u8>(dst: *mut f32, src: *const u8, n: usize, hd: usize, stride: usize) {
         for j in 0..n {
             let (d, s) = (dst.add(j * hd), src.add(j * stride));
             let mut c = 0;
             while c < hd {
-                _mm256_storeu_ps(d.add(c), _mm256_cvtph_ps(_mm_loadu_si128(s.add(c) as *const __m128i)));
+                _mm256_storeu_ps(d.add(c), load8::<T>(s, c));
                 c += 8;
             }
         }
@@ -754,15 +816,15 @@ pub mod avx2 {
     }
 
     avx2_fn! {
-    /// `n` rows of `hd` halves (`stride` apart) widened and transposed: dst[e * FLASH_KEYS + j]
-    /// = row j, element e; keys n..n rounded up to 8 are zeros.
-    pub(crate) unsafe fn widen_transposed(dst: *mut f32, src: *const u16, n: usize, hd: usize, stride: usize) {
+    /// `n` cache rows (type `T`) of `hd` values (`stride` bytes apart) widened and transposed:
+    /// dst[e * FLASH_KEYS + j] = row j, element e; keys n..n rounded up to 8 are zeros.
+    pub(crate) unsafe fn widen_transposed<const T: u8>(dst: *mut f32, src: *const u8, n: usize, hd: usize, stride: usize) {
         for j0 in (0..n).step_by(8) {
             let mut e0 = 0;
             while e0 < hd {
                 let mut r = [_mm256_setzero_ps(); 8];
                 for (u, r) in r.iter_mut().enumerate().take(n - j0) {
-                    *r = _mm256_cvtph_ps(_mm_loadu_si128(src.add((j0 + u) * stride + e0) as *const __m128i));
+                    *r = load8::<T>(src.add((j0 + u) * stride), e0);
                 }
                 transpose8(&mut r);
                 for (u, r) in r.iter().enumerate() {
@@ -918,8 +980,8 @@ pub mod avx2 {
 
     avx2_fn! {
     #[allow(clippy::too_many_arguments)]
-    unsafe fn flash_tile_impl(q: &[f32], k: &[u16], v: &[u16], s: &AttnShape, kvh: usize, r0: usize, r1: usize, f: &mut super::FlashBuf) {
-        flash_tile_body!(q, k, v, s, kvh, r0, r1, f, widen_transposed, widen_rows, row_tile, scale_row)
+    unsafe fn flash_tile_impl<const T: u8>(q: &[f32], k: &super::KvBytes, v: &super::KvBytes, s: &AttnShape, kvh: usize, r0: usize, r1: usize, f: &mut super::FlashBuf) {
+        flash_tile_body!(q, k, v, s, kvh, r0, r1, f, widen_transposed::<T>, widen_rows::<T>, row_tile, scale_row)
     }
     }
 
@@ -933,25 +995,30 @@ pub mod avx2 {
     }
     }
 
-    /// The AVX2+F16C flash tile (see `super::flash_tile_scalar`, its twin): the tile's output
-    /// rows are left in `f.acc`.
+    /// The AVX2+F16C flash tile (see `super::flash_tile_scalar`, its twin) over an F16, Q8_0 or
+    /// Q4_0 cache: the tile's output rows are left in `f.acc`.
     /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; `head_dim % 8 == 0`; the buffers must match `s`
-    /// (`check_attention`), `f` must come from `flash_scratch_len(head_dim, (r1 - r0) * group)`
-    /// floats, and r0 < r1 <= s.t.
+    /// The CPU must have AVX2, FMA and F16C; `head_dim % 8 == 0`; `k` and `v` of one type and
+    /// the buffers must match `s` (`check_attention`), `f` must come from
+    /// `flash_scratch_len(head_dim, (r1 - r0) * group)` floats, and r0 < r1 <= s.t.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn flash_tile(
         q: &[f32],
-        k: &[u16],
-        v: &[u16],
+        k: &super::KvBytes,
+        v: &super::KvBytes,
         s: &AttnShape,
         kvh: usize,
         r0: usize,
         r1: usize,
         f: &mut super::FlashBuf,
     ) {
-        debug_assert!(s.head_dim % 8 == 0 && r0 < r1 && r1 <= s.t);
-        flash_tile_impl(q, k, v, s, kvh, r0, r1, f)
+        debug_assert!(s.head_dim % 8 == 0 && r0 < r1 && r1 <= s.t && k.ty == v.ty);
+        use super::kv_ty;
+        match k.ty {
+            crate::KvType::Q8_0 => flash_tile_impl::<{ kv_ty::Q8_0 }>(q, k, v, s, kvh, r0, r1, f),
+            crate::KvType::Q4_0 => flash_tile_impl::<{ kv_ty::Q4_0 }>(q, k, v, s, kvh, r0, r1, f),
+            _ => flash_tile_impl::<{ kv_ty::F16 }>(q, k, v, s, kvh, r0, r1, f),
+        }
     }
 
     /// Output row `o` (head_dim) of query head `h` of token `r`.

@@ -237,3 +237,38 @@ pub fn say_skipped(why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }
+
+/// An attention call's shape with the usual scale 1/sqrt(head_dim).
+pub fn attn_shape(
+    (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+    t: usize,
+    pos0: usize,
+    window: Option<usize>,
+) -> cria_kernels::AttnShape {
+    cria_kernels::AttnShape {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        t,
+        pos0,
+        window,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    }
+}
+
+/// The largest |a - b| (infinite if any difference is NaN).
+pub fn worst_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0f32,
+            |m, d| {
+                if d.is_nan() {
+                    f32::INFINITY
+                } else {
+                    m.max(d)
+                }
+            },
+        )
+}

@@ -1,4 +1,5 @@
 //! Test models shared by the integration tests.
+#![allow(dead_code)] // each test file uses its own subset
 
 use cria_core::gguf::{GgufFile, GgufWriter};
 use cria_core::{quant, DType};
@@ -38,4 +39,37 @@ pub fn quantized_copy(dir: &Path) -> PathBuf {
     let p = dir.join("tiny-mixed.gguf");
     w.write(&p).unwrap();
     p
+}
+
+/// The tiny LLaMA-3.1 fixture (F32, a `rope_freqs` tensor).
+pub fn tiny31() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama31/model.gguf")
+}
+
+/// A copy of the GGUF `src` at `dst` with metadata keys set (`Some`) or removed (`None`), and
+/// every tensor's bytes passed through `edit(name, bytes)`: a model file with one bad field.
+pub fn edited_copy(
+    src: &Path,
+    dst: &Path,
+    set: &[(&str, Option<cria_core::gguf::Value>)],
+    edit: impl Fn(&str, &mut Vec<u8>),
+) {
+    let g = GgufFile::open(src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.add(k.clone(), v.clone());
+    }
+    for (k, v) in set {
+        match v {
+            Some(v) => w.add(*k, v.clone()),
+            None => w.remove(k),
+        };
+    }
+    for t in &g.tensors {
+        let mut bytes = t.bytes().to_vec();
+        edit(&t.name, &mut bytes);
+        w.add_tensor(t.name.clone(), t.dtype, t.ne.clone(), bytes)
+            .unwrap();
+    }
+    w.write(dst).unwrap();
 }
