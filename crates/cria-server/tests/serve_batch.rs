@@ -115,6 +115,7 @@ fn disconnect_mid_stream_frees_the_slot() {
         "prompt": "Write forever:", "max_tokens": 1500, "ignore_eos": true, "stream": true,
     });
     let resp = ureq::post(&format!("{url}/v1/completions"))
+        .set("Content-Type", "application/json")
         .send_string(&body.to_string())
         .unwrap();
     let mut lines = BufReader::new(resp.into_reader()).lines();
