@@ -104,14 +104,8 @@ fn seeded_text_is_the_same_alone_and_batched() {
     assert!(metric(&url, "cria_batch_tokens_total") > metric(&url, "cria_batch_steps_total"));
 }
 
-#[test]
-fn disconnect_mid_stream_frees_the_slot() {
-    // One slot: if the abandoned stream kept it, the next request would wait ~1500 tokens.
-    let srv = serve(|a| {
-        a.parallel = 1;
-        a.ctx_size = Some(2048);
-    });
-    let url = srv.url();
+/// Starts a streamed completion of 1500 tokens; the function returns its next event's data.
+fn endless_stream(url: &str) -> impl FnMut() -> String {
     let body = json!({
         "prompt": "Write forever:", "max_tokens": 1500, "ignore_eos": true, "stream": true,
     });
@@ -120,14 +114,27 @@ fn disconnect_mid_stream_frees_the_slot() {
         .send_string(&body.to_string())
         .unwrap();
     let mut lines = BufReader::new(resp.into_reader()).lines();
-    let mut seen = 0;
-    while seen < 3 {
-        let l = lines.next().unwrap().unwrap();
-        if l.starts_with("data: ") {
-            seen += 1;
+    move || loop {
+        let l = lines.next().expect("stream open").unwrap();
+        if let Some(d) = l.strip_prefix("data: ") {
+            return d.to_string();
         }
     }
-    drop(lines); // the client goes away
+}
+
+#[test]
+fn disconnect_mid_stream_frees_the_slot() {
+    // One slot: if the abandoned stream kept it, the next request would wait ~1500 tokens.
+    let srv = serve(|a| {
+        a.parallel = 1;
+        a.ctx_size = Some(2048);
+    });
+    let url = srv.url();
+    let mut next_event = endless_stream(&url);
+    for _ in 0..3 {
+        next_event();
+    }
+    drop(next_event); // the client goes away
     let t0 = Instant::now();
     while metric(&url, "cria_requests_cancelled_total") < 1.0 {
         assert!(
@@ -161,20 +168,7 @@ fn generations_stream_while_a_long_embedding_batch_is_read() {
         a.ctx_size = Some(2048);
     });
     let url = srv.url();
-    let body = json!({
-        "prompt": "Write forever:", "max_tokens": 1500, "ignore_eos": true, "stream": true,
-    });
-    let resp = ureq::post(&format!("{url}/v1/completions"))
-        .set("Content-Type", "application/json")
-        .send_string(&body.to_string())
-        .unwrap();
-    let mut lines = BufReader::new(resp.into_reader()).lines();
-    let mut next_event = move || loop {
-        let l = lines.next().expect("stream open").unwrap();
-        if let Some(d) = l.strip_prefix("data: ") {
-            return d.to_string();
-        }
-    };
+    let mut next_event = endless_stream(&url);
     next_event();
     // 4 inputs of ~1000 tokens: some 4000 tokens to read in the one free slot.
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
