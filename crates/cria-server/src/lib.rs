@@ -178,7 +178,7 @@ pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
 
 /// Blocking threads (tokenizing, templates, grammar compilation) at most: each thread that ever
 /// ran keeps a malloc arena, so a burst of requests must not leave hundreds behind.
-const MAX_BLOCKING_THREADS: usize = 8;
+const MAX_BLOCKING_THREADS: usize = 4;
 
 /// [`start`], and with `signals` Ctrl-C and SIGTERM shut the server down gracefully.
 fn start_with(parts: Parts, args: &ServeArgs, signals: bool) -> Result<Server> {
