@@ -58,6 +58,7 @@ pub struct EmbedJob {
     pub tx: UnboundedSender<(usize, Result<Vec<f32>, String>)>,
 }
 
+#[allow(clippy::large_enum_variant)] // each request is moved once, into the queue
 pub enum Request {
     Generate(Job),
     Embed(EmbedJob),
