@@ -158,8 +158,10 @@ pub const MAX_LOGIT_BIAS: usize = 1024;
 /// Most values in a list given to a sampler option (`samplers`, `dry_sequence_breakers`, ...).
 pub const MAX_OPTION_VALUES: usize = 256;
 /// Most log-prob entries a non-streamed answer may hold: choices x max_tokens x
-/// (1 + top_logprobs). They are all kept until the answer is complete.
-pub const MAX_LOGPROB_ENTRIES: usize = 1 << 19;
+/// (1 + top_logprobs). They are all kept until the answer is complete, and each becomes a JSON
+/// object of a few hundred bytes in the answer (131072: some 40 MB at most; a 4096-token answer
+/// with top_logprobs 20 fits).
+pub const MAX_LOGPROB_ENTRIES: usize = 1 << 17;
 
 /// Fields shared by /v1/chat/completions and /v1/completions. `chat` selects how `logprobs`
 /// reads (a boolean plus `top_logprobs` for chat, a count for completions).
