@@ -157,10 +157,10 @@ pub const MAX_STOP_BYTES: usize = 1024;
 pub const MAX_LOGIT_BIAS: usize = 1024;
 /// Most values in a list given to a sampler option (`samplers`, `dry_sequence_breakers`, ...).
 pub const MAX_OPTION_VALUES: usize = 256;
-/// Most log-prob entries a non-streamed answer may hold: choices x max_tokens x
-/// (1 + top_logprobs). They are all kept until the answer is complete, and each becomes a JSON
-/// object of a few hundred bytes in the answer (131072: some 40 MB at most; a 4096-token answer
-/// with top_logprobs 20 fits).
+/// Most log-prob entries one answer may hold: choices x max_tokens x (1 + top_logprobs). A
+/// non-streamed answer keeps them all until it is complete, a stream whose client reads slowly
+/// queues them, and each becomes a JSON object of a few hundred bytes (131072: some 40 MB at
+/// most; a 4096-token answer with top_logprobs 20 fits).
 pub const MAX_LOGPROB_ENTRIES: usize = 1 << 17;
 
 /// Fields shared by /v1/chat/completions and /v1/completions. `chat` selects how `logprobs`
@@ -373,15 +373,14 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
     Ok(c)
 }
 
-/// A non-streamed answer keeps every log-prob until it is complete: `choices` x max_tokens x
-/// (1 + top) entries at most [`MAX_LOGPROB_ENTRIES`].
+/// `choices` x max_tokens x (1 + top) log-prob entries at most [`MAX_LOGPROB_ENTRIES`].
 pub fn logprob_budget(
     c: &Common,
     choices: usize,
     chat: bool,
     ctx_size: usize,
 ) -> Result<(), ApiError> {
-    let Some(k) = c.logprobs.filter(|_| !c.stream) else {
+    let Some(k) = c.logprobs else {
         return Ok(());
     };
     let tokens = c.max_tokens.unwrap_or(ctx_size);
@@ -393,7 +392,7 @@ pub fn logprob_budget(
         field,
         format!(
             "choices x max_tokens x (1 + {field}) = {choices} x {tokens} x {} is more log-probs \
-             than one answer may hold ({MAX_LOGPROB_ENTRIES}); lower one of them, or stream",
+             than one answer may hold ({MAX_LOGPROB_ENTRIES}); lower one of them",
             k + 1
         ),
     ))

@@ -212,11 +212,13 @@ fn every_field_that_sizes_work_is_bounded() {
         "samplers",
         "at most 256",
     );
-    // n x max_tokens x (1 + top_logprobs) log-probs kept for one answer: bounded, unless streamed.
+    // n x max_tokens x (1 + top_logprobs) log-probs kept or queued for one answer: bounded.
     let mut b = with("n", json!(64));
     b["max_tokens"] = json!(4000);
     b["logprobs"] = json!(true);
     b["top_logprobs"] = json!(20);
+    assert_param(post(&chat, &b), "top_logprobs", "more log-probs");
+    b["stream"] = json!(true);
     assert_param(post(&chat, &b), "top_logprobs", "more log-probs");
     let cmpl = format!("{url}/v1/completions");
     assert_param(
