@@ -52,6 +52,26 @@ impl ApiError {
         }
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("forbidden"),
+        }
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: "send the request body as JSON with 'Content-Type: application/json'".into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+        }
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::NOT_FOUND,
@@ -81,6 +101,17 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: None,
+        }
+    }
+
+    /// 503: the server cannot serve this now (its scheduler stopped, or it is shutting down).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: Some("unavailable"),
         }
     }
 

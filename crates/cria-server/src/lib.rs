@@ -9,8 +9,11 @@
 //! The binary loads the model and hands it over with [`run`] (blocks) or [`start`] (returns a
 //! [`Server`] handle, as the tests use it).
 
+mod access;
 mod error;
 mod metrics;
+#[cfg(test)]
+mod panic_tests;
 mod params;
 mod routes;
 mod scheduler;
@@ -67,6 +70,18 @@ pub struct ServeArgs {
     /// cut off (slowloris), so they cannot hold connections or memory.
     #[arg(long = "read-timeout", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub read_timeout: u64,
+    /// A `Host` name requests may carry besides the listen address, localhost, 127.0.0.1 and
+    /// [::1] (repeatable; `*`: any). Others get 403, which stops DNS-rebinding pages. Bound to
+    /// 0.0.0.0 or :: without this flag, any Host is accepted.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+    /// Let web pages from ORIGIN call the API (repeatable; `*`: any origin): CORS headers and
+    /// preflight answers for it. Without it no page of another origin can read an answer.
+    #[arg(long = "cors", value_name = "ORIGIN")]
+    pub cors: Vec<String>,
+    /// Write request bodies (prompts included) to the access log on stderr.
+    #[arg(long = "log-prompts")]
+    pub log_prompts: bool,
 }
 
 impl Default for ServeArgs {
@@ -82,6 +97,9 @@ impl Default for ServeArgs {
             alias: None,
             max_body: 8 << 20,
             read_timeout: 30,
+            allowed_hosts: vec![],
+            cors: vec![],
+            log_prompts: false,
         }
     }
 }
@@ -112,6 +130,9 @@ fn model_name(m: &Model) -> String {
 /// A running server. Dropping it (or [`Server::stop`]) shuts it down.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The name the model is served under, and the context per slot in tokens.
+    pub model: String,
+    pub ctx_size: usize,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
@@ -122,7 +143,8 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
-    /// Serve until the process ends (or the server fails).
+    /// Serve until the process ends, the server fails, or (with signals handled) Ctrl-C or
+    /// SIGTERM has shut it down.
     pub fn wait(mut self) -> Result<()> {
         match self.thread.take() {
             Some(t) => t
@@ -151,6 +173,15 @@ impl Drop for Server {
 
 /// Starts serving in the background: listens, starts the scheduler, returns.
 pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
+    start_with(parts, args, false)
+}
+
+/// Blocking threads (tokenizing, templates, grammar compilation) at most: each thread that ever
+/// ran keeps a malloc arena, so a burst of requests must not leave hundreds behind.
+const MAX_BLOCKING_THREADS: usize = 4;
+
+/// [`start`], and with `signals` Ctrl-C and SIGTERM shut the server down gracefully.
+fn start_with(parts: Parts, args: &ServeArgs, signals: bool) -> Result<Server> {
     if args.parallel == 0 || args.parallel > 256 {
         bail!("--parallel must be from 1 to 256");
     }
@@ -187,7 +218,7 @@ pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
     let metrics = Arc::new(metrics::Metrics::default());
     let info = routes::ModelInfo::of(&parts.model);
     let vocab = parts.model.config.vocab_size;
-    let engine = scheduler::spawn(
+    let engine: scheduler::Engine = scheduler::spawn(
         parts.model,
         parts.backend,
         tok.clone(),
@@ -201,7 +232,7 @@ pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
     )
     .context("starting the scheduler thread")?;
     let state = routes::AppState::new(
-        engine,
+        engine.clone(),
         tok,
         names,
         info,
@@ -211,6 +242,12 @@ pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
         api_key,
         args.max_body,
         std::time::Duration::from_secs(args.read_timeout),
+        access::Policy::new(
+            &args.host,
+            &args.allowed_hosts,
+            &args.cors,
+            args.log_prompts,
+        ),
         metrics,
     )?;
     let listener = std::net::TcpListener::bind((args.host.as_str(), args.port))
@@ -219,6 +256,7 @@ pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
     let addr = listener.local_addr()?;
     let app = routes::router(Arc::new(state));
     let read_timeout = std::time::Duration::from_secs(args.read_timeout);
+    let model = args.alias.clone().unwrap_or(name);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread =
         std::thread::Builder::new()
@@ -226,34 +264,77 @@ pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
             .spawn(move || -> Result<()> {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
+                    .max_blocking_threads(MAX_BLOCKING_THREADS)
                     .thread_name("cria-http-worker")
                     .enable_all()
                     .build()?;
                 rt.block_on(async move {
                     let l = tokio::net::TcpListener::from_std(listener)?;
-                    accept_loop(l, app, read_timeout, rx).await;
+                    let stop = async move {
+                        if signals {
+                            stop_signal(rx).await
+                        } else {
+                            let _ = rx.await;
+                        }
+                    };
+                    accept_loop(l, app, read_timeout, stop, engine).await;
                     Ok(())
                 })
             })?;
     Ok(Server {
         addr,
+        model,
+        ctx_size,
         shutdown: Some(tx),
         thread: Some(thread),
     })
 }
 
+/// Resolves on the stop message, Ctrl-C or SIGTERM.
+async fn stop_signal(rx: tokio::sync::oneshot::Receiver<()>) {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = rx => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// How long requests in flight may go on after a shutdown began, before the generations still
+/// running are cut (ended with finish_reason "length"), and again before connections are dropped.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Accepts connections until `stop` fires, each served by hyper's HTTP/1 with keep-alive and a
 /// deadline for the request head (axum::serve sets none: a client trickling headers would hold
 /// its connection forever). The body's deadline is in the router's guard. Accept errors (out of
 /// file descriptors, a connection reset before accept) pause the loop briefly, never end it.
+///
+/// Then a graceful shutdown: no new connections; idle ones are closed, requests in flight get
+/// [`SHUTDOWN_GRACE`] to finish, then the scheduler ends the generations still running (their
+/// streams get a last chunk and `[DONE]`), and the connections get as long again to close.
 async fn accept_loop(
     l: tokio::net::TcpListener,
     app: axum::Router,
     read_timeout: std::time::Duration,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    stop: impl std::future::Future<Output = ()>,
+    engine: scheduler::Engine,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    // Every connection task holds a clone; recv() answers None once all are gone.
+    let (open_tx, mut open) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::pin!(stop);
     loop {
         let stream = tokio::select! {
             r = l.accept() => match r {
@@ -263,24 +344,49 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = &mut stop => return,
+            _ = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
         let svc = TowerToHyperService::new(app.clone());
+        let (mut closing, open) = (closing.clone(), open_tx.clone());
         tokio::spawn(async move {
+            let _open = open;
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
                 .header_read_timeout(read_timeout)
                 .keep_alive(true);
+            let conn = b.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
             // The connection's end (client gone, timeout, bad request) is no error of the server.
-            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { let _ = closing.wait_for(|&c| c).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         });
+    }
+    drop(l);
+    eprintln!("cria serve: shutting down");
+    let _ = closing_tx.send(true);
+    drop(open_tx);
+    if tokio::time::timeout(SHUTDOWN_GRACE, open.recv())
+        .await
+        .is_err()
+    {
+        engine.shutdown();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, open.recv()).await;
     }
 }
 
-/// `cria serve`: serve until killed.
+/// `cria serve`: serve until killed, or until Ctrl-C / SIGTERM end it gracefully (then Ok).
 pub fn run(parts: Parts, args: &ServeArgs) -> Result<()> {
-    let s = start(parts, args)?;
+    let s = start_with(parts, args, true)?;
+    eprintln!(
+        "cria serve: model {} ({} tokens of context per slot, {} slots, batches of {} tokens)",
+        s.model, s.ctx_size, args.parallel, args.batch
+    );
     eprintln!(
         "cria serve: listening on {} ({} slots); OpenAI API at {}/v1",
         s.url(),

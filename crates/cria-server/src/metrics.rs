@@ -28,6 +28,8 @@ pub struct Metrics {
     pub steps: AtomicU64,
     pub step_tokens: AtomicU64,
     pub busy_us: AtomicU64,
+    /// Grammar compilations running now (on blocking threads).
+    pub compiling: AtomicU64,
     /// Tokens generated per second over the scheduler's last ten seconds of work, times 1000.
     pub recent_tps_milli: AtomicU64,
 }
@@ -99,6 +101,12 @@ impl Metrics {
             "gauge",
             "Requests waiting for a free slot.",
             &one(g(&self.queue_depth)),
+        );
+        metric(
+            "grammar_compilations",
+            "gauge",
+            "Grammar and JSON schema compilations running now.",
+            &one(g(&self.compiling)),
         );
         metric(
             "slots_busy",

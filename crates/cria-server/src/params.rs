@@ -141,12 +141,27 @@ pub struct Common {
     /// Whether `seed` was given (without it each choice gets its own random seed).
     pub seeded: bool,
     pub logprobs: Option<usize>,
+    /// The compiled grammar (set by the server once `grammar_request` is compiled).
     pub grammar: Option<Grammar>,
+    pub grammar_request: Option<GrammarRequest>,
     pub ignore_eos: bool,
 }
 
-/// Most choices per request (OpenAI's limit).
+/// Most choices per request (OpenAI's limit); also most prompts or embedding inputs, and most
+/// prompts x choices.
 pub const MAX_N: i64 = 128;
+/// Most stop strings, and bytes in each.
+pub const MAX_STOP: usize = 16;
+pub const MAX_STOP_BYTES: usize = 1024;
+/// Most `logit_bias` entries.
+pub const MAX_LOGIT_BIAS: usize = 1024;
+/// Most values in a list given to a sampler option (`samplers`, `dry_sequence_breakers`, ...).
+pub const MAX_OPTION_VALUES: usize = 256;
+/// Most log-prob entries one answer may hold: choices x max_tokens x (1 + top_logprobs). A
+/// non-streamed answer keeps them all until it is complete, a stream whose client reads slowly
+/// queues them, and each becomes a JSON object of a few hundred bytes (131072: some 40 MB at
+/// most; a 4096-token answer with top_logprobs 20 fits).
+pub const MAX_LOGPROB_ENTRIES: usize = 1 << 17;
 
 /// Fields shared by /v1/chat/completions and /v1/completions. `chat` selects how `logprobs`
 /// reads (a boolean plus `top_logprobs` for chat, a count for completions).
@@ -183,7 +198,7 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
     let stop = match get(o, "stop") {
         None => vec![],
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) if a.len() <= 16 => a
+        Some(Value::Array(a)) if a.len() <= MAX_STOP => a
             .iter()
             .map(|s| s.as_str().map(String::from))
             .collect::<Option<Vec<_>>>()
@@ -193,7 +208,7 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
         Some(Value::Array(_)) => {
             return Err(ApiError::param(
                 "stop",
-                "'stop' may hold at most 16 strings",
+                format!("'stop' may hold at most {MAX_STOP} strings"),
             ))
         }
         Some(_) => {
@@ -203,6 +218,12 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
             ))
         }
     };
+    if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::param(
+            "stop",
+            format!("a stop string may be at most {MAX_STOP_BYTES} bytes long"),
+        ));
+    }
     let mut sc = SamplerConfig::default();
     if let Some(t) = opt_num(o, "temperature", 0.0, 2.0)? {
         sc.temperature = t;
@@ -241,6 +262,12 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
                 "'logit_bias' must map token ids to biases",
             ));
         };
+        if m.len() > MAX_LOGIT_BIAS {
+            return Err(ApiError::param(
+                "logit_bias",
+                format!("'logit_bias' may hold at most {MAX_LOGIT_BIAS} tokens"),
+            ));
+        }
         for (k, v) in m {
             let id: u32 = k
                 .trim()
@@ -279,6 +306,12 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
         let values: Vec<String> = match v {
             Value::Number(x) => vec![x.to_string()],
             Value::String(s) => vec![s.clone()],
+            Value::Array(a) if a.len() > MAX_OPTION_VALUES => {
+                return Err(ApiError::param(
+                    k,
+                    format!("'{k}' may hold at most {MAX_OPTION_VALUES} values"),
+                ))
+            }
             Value::Array(a) => {
                 let mut vs = vec!["none".to_string()]; // a list replaces the default list
                 for x in a {
@@ -320,9 +353,10 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
     } else {
         opt_int(o, "logprobs", 0, 20)?.map(|k| k as usize)
     };
-    let grammar = grammar_of(o)?;
+    // Checked here (a 400 before anything is queued), compiled by the caller off the async threads.
+    let grammar_request = grammar_of(o)?;
     let ignore_eos = opt_bool(o, "ignore_eos")?.unwrap_or(false);
-    Ok(Common {
+    let c = Common {
         n,
         stream,
         include_usage,
@@ -331,32 +365,83 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
         sampler: sc,
         seeded,
         logprobs,
-        grammar,
+        grammar: None,
+        grammar_request,
         ignore_eos,
-    })
+    };
+    logprob_budget(&c, n, chat, ctx_size)?;
+    Ok(c)
 }
 
-fn schema_grammar(schema: &Value, param: &str) -> Result<Grammar, ApiError> {
-    let gbnf = json_schema_to_gbnf(schema)
-        .map_err(|e| ApiError::param(param, format!("unsupported JSON schema: {e}")))?;
-    Grammar::parse(&gbnf).map_err(|e| {
-        ApiError::internal(format!(
-            "the grammar made from the JSON schema does not parse: {e}"
-        ))
-    })
+/// `choices` x max_tokens x (1 + top) log-prob entries at most [`MAX_LOGPROB_ENTRIES`].
+pub fn logprob_budget(
+    c: &Common,
+    choices: usize,
+    chat: bool,
+    ctx_size: usize,
+) -> Result<(), ApiError> {
+    let Some(k) = c.logprobs else {
+        return Ok(());
+    };
+    let tokens = c.max_tokens.unwrap_or(ctx_size);
+    if choices.saturating_mul(tokens).saturating_mul(k + 1) <= MAX_LOGPROB_ENTRIES {
+        return Ok(());
+    }
+    let field = if chat { "top_logprobs" } else { "logprobs" };
+    Err(ApiError::param(
+        field,
+        format!(
+            "choices x max_tokens x (1 + {field}) = {choices} x {tokens} x {} is more log-probs \
+             than one answer may hold ({MAX_LOGPROB_ENTRIES}); lower one of them",
+            k + 1
+        ),
+    ))
+}
+
+/// A grammar a request asks for, not yet compiled: reading the fields is cheap, compiling
+/// ([`GrammarRequest::compile`]) may not be, so the server runs it off the async threads.
+pub enum GrammarRequest {
+    /// GBNF text (`grammar`).
+    Gbnf(String),
+    /// A JSON schema, and the field it came from.
+    Schema(Value, &'static str),
+    /// Any JSON value (`response_format` json_object without a schema).
+    AnyJson,
+}
+
+impl GrammarRequest {
+    /// Parses the grammar (or converts the schema and parses the result). Anything the request
+    /// gave that does not compile is a 400 naming its field: a schema whose generated grammar
+    /// does not parse is the schema's fault as far as the client can tell.
+    pub fn compile(self) -> Result<Grammar, ApiError> {
+        match self {
+            GrammarRequest::Gbnf(g) => {
+                Grammar::parse(&g).map_err(|e| ApiError::param("grammar", format!("grammar: {e}")))
+            }
+            GrammarRequest::Schema(schema, param) => {
+                let gbnf = json_schema_to_gbnf(&schema)
+                    .map_err(|e| ApiError::param(param, format!("unsupported JSON schema: {e}")))?;
+                Grammar::parse(&gbnf).map_err(|e| {
+                    ApiError::param(
+                        param,
+                        format!("unsupported JSON schema: its grammar does not parse: {e}"),
+                    )
+                })
+            }
+            GrammarRequest::AnyJson => Ok(Grammar::any_json()),
+        }
+    }
 }
 
 /// `response_format` (json_object, json_schema), or llama-server's `grammar` / `json_schema`.
-fn grammar_of(o: &Obj) -> Result<Option<Grammar>, ApiError> {
+pub fn grammar_of(o: &Obj) -> Result<Option<GrammarRequest>, ApiError> {
     if let Some(g) = opt_str(o, "grammar")? {
         if !g.trim().is_empty() {
-            return Grammar::parse(g)
-                .map(Some)
-                .map_err(|e| ApiError::param("grammar", format!("grammar: {e}")));
+            return Ok(Some(GrammarRequest::Gbnf(g.to_string())));
         }
     }
     if let Some(s) = get(o, "json_schema") {
-        return schema_grammar(s, "json_schema").map(Some);
+        return Ok(Some(GrammarRequest::Schema(s.clone(), "json_schema")));
     }
     let Some(rf) = get(o, "response_format") else {
         return Ok(None);
@@ -374,32 +459,27 @@ fn grammar_of(o: &Obj) -> Result<Option<Grammar>, ApiError> {
         Some("text") => Ok(None),
         Some("json_object") => Ok(Some(match rf.get("schema") {
             // llama-server accepts a schema here too.
-            Some(s) if !s.is_null() => schema_grammar(s, "response_format.schema")?,
-            _ => Grammar::any_json(),
+            Some(s) if !s.is_null() => GrammarRequest::Schema(s.clone(), "response_format.schema"),
+            _ => GrammarRequest::AnyJson,
         })),
         Some("json_schema") => {
             let js = rf.get("json_schema").ok_or_else(bad)?;
             // {"name", "schema", "strict"} as OpenAI sends it; a bare schema is taken too.
             let schema = js.get("schema").unwrap_or(js);
-            schema_grammar(schema, "response_format.json_schema").map(Some)
+            Ok(Some(GrammarRequest::Schema(
+                schema.clone(),
+                "response_format.json_schema",
+            )))
         }
         _ => Err(bad()),
     }
 }
 
-/// The `model` field names this server's model (or is absent).
-pub fn check_model(o: &Obj, names: &[String]) -> Result<(), ApiError> {
+/// The `model` field: any string (or none) is accepted, as llama-server does; a server has one
+/// model and answers with its own name.
+pub fn check_model(o: &Obj) -> Result<(), ApiError> {
     match get(o, "model") {
-        None => Ok(()),
-        Some(Value::String(m)) if m.is_empty() || names.iter().any(|n| n == m) => Ok(()),
-        Some(Value::String(m)) => Err(ApiError::param(
-            "model",
-            format!(
-                "the model '{m}' does not exist; this server serves '{}'",
-                names[0]
-            ),
-        )
-        .with_code("model_not_found")),
+        None | Some(Value::String(_)) => Ok(()),
         Some(_) => Err(ApiError::param("model", "'model' must be a string")),
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP side: routes, request parsing, OpenAI-shaped responses and SSE streams.
 
+use crate::access::{self, AccessLog, Policy};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::params::{self, get, opt_bool, opt_str, Common, Obj};
@@ -8,7 +9,7 @@ use crate::scheduler::{EmbedJob, Engine, Event, EventKind, Finish, GenParams, Jo
 use crate::tools;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::header;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +27,17 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+/// Most bytes of text /tokenize takes.
+pub const MAX_TOKENIZE_BYTES: usize = 1 << 20;
+/// Most tokens /detokenize takes.
+pub const MAX_DETOKENIZE: usize = 1 << 17;
+/// Most messages in a chat request, and text parts in one message.
+pub const MAX_MESSAGES: usize = 4096;
+pub const MAX_PARTS: usize = 1024;
+
+/// Grammar compilations (GBNF parsing, JSON schema conversion, matcher set-up) running at once.
+const MAX_COMPILATIONS: usize = 2;
 
 /// What /v1/models says about the model.
 pub struct ModelInfo {
@@ -62,9 +74,14 @@ pub struct AppState {
     pub max_body: usize,
     /// Time a client has to send a request's body.
     read_timeout: std::time::Duration,
+    /// Host names, CORS origins, prompt logging.
+    policy: Policy,
     metrics: Arc<Metrics>,
     /// The vocabulary as grammars see it: built on the first constrained request.
     table: OnceLock<Arc<TokenTable>>,
+    /// Grammar compilations running at once (each on a blocking thread, never on the async
+    /// workers that serve HTTP).
+    compiling: Arc<tokio::sync::Semaphore>,
     created: u64,
     next_id: AtomicU64,
 }
@@ -88,6 +105,7 @@ impl AppState {
         api_key: Option<String>,
         max_body: usize,
         read_timeout: std::time::Duration,
+        policy: Policy,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let format = ChatFormat::new(tok.chat_template())
@@ -104,8 +122,10 @@ impl AppState {
             api_key,
             max_body,
             read_timeout,
+            policy,
             metrics,
             table: OnceLock::new(),
+            compiling: Arc::new(tokio::sync::Semaphore::new(MAX_COMPILATIONS)),
             created: now_secs(),
             next_id: AtomicU64::new(1),
         })
@@ -143,6 +163,41 @@ impl AppState {
                 ),
             )
             .with_code("context_length_exceeded"));
+        }
+        Ok(())
+    }
+
+    /// Runs a grammar or schema compilation on a blocking thread, at most [`MAX_COMPILATIONS`]
+    /// at once (the rest wait their turn without holding a thread). A client that leaves does not
+    /// stop a compilation already running, but it keeps its permit until done, so the bound holds.
+    async fn compile<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let permit = self
+            .compiling
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("the server is shutting down"))?;
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            metrics.compiling.fetch_add(1, Relaxed);
+            let r = f();
+            metrics.compiling.fetch_sub(1, Relaxed);
+            r
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("compiling the grammar failed: {e}")))
+    }
+
+    /// The request's grammar compiled, unless one is set already (a tool call's).
+    async fn compile_grammar(&self, c: &mut Common) -> Result<(), ApiError> {
+        if let Some(g) = c.grammar_request.take() {
+            if c.grammar.is_none() {
+                c.grammar = Some(self.compile(move || g.compile()).await??);
+            }
         }
         Ok(())
     }
@@ -200,45 +255,102 @@ pub fn router(st: Arc<AppState>) -> Router {
         .with_state(st)
 }
 
-/// Before any handler: the API key, and a body announced larger than the limit is refused
-/// before it is read (no `100 Continue`; a body without a length is cut at the limit later).
+/// Around every request: the access-log line, CORS headers for an allowed origin, and a panic
+/// in a handler answered as a 500 (the connection and the server go on).
 async fn guard(
     State(st): State<Arc<AppState>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let announced = req
-        .headers()
+    let log = Arc::new(AccessLog::new(req.method().clone(), req.uri().path()));
+    let cors = st.policy.cors_origin(req.headers());
+    let mut resp = match admit(&st, req, &cors).await {
+        Ok(mut req) => {
+            req.extensions_mut().insert(log.clone());
+            let run = next.run(req);
+            match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    st.metrics.errors.fetch_add(1, Relaxed);
+                    ApiError::internal("internal error (a bug: the server's log has the details)")
+                        .into_response()
+                }
+            }
+        }
+        Err(r) => {
+            if !r.status().is_success() {
+                st.metrics.errors.fetch_add(1, Relaxed);
+            }
+            r
+        }
+    };
+    if let Some(o) = cors {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(header::VARY, header::HeaderValue::from_static("Origin"));
+    }
+    log.set_status(resp.status().as_u16());
+    // The line is written when the body is done with (a stream's at its end).
+    let (parts, body) = resp.into_parts();
+    let body = axum::body::Body::new(access::Logged::new(body, log));
+    Response::from_parts(parts, body)
+}
+
+/// Before any handler: the `Host` (403), a CORS preflight, a body announced larger than the
+/// limit (refused before it is read, no `100 Continue`; a body without a length is cut at the
+/// limit later), the API key (401), the JSON content type of a POST (415), then the whole body
+/// within the read timeout (408). Errors are the response to send.
+async fn admit(
+    st: &AppState,
+    req: axum::extract::Request,
+    cors: &Option<header::HeaderValue>,
+) -> Result<axum::extract::Request, Response> {
+    let h = req.headers();
+    if !st.policy.host_ok(h) {
+        return Err(ApiError::forbidden(
+            "this server does not answer to that Host name (see --allowed-host)",
+        )
+        .into_response());
+    }
+    if req.method() == axum::http::Method::OPTIONS {
+        return Err(match cors {
+            Some(o) => (
+                axum::http::StatusCode::NO_CONTENT,
+                access::preflight_headers(o.clone()),
+            )
+                .into_response(),
+            None => ApiError::forbidden(
+                "cross-origin requests are not allowed from this origin (see --cors)",
+            )
+            .into_response(),
+        });
+    }
+    let announced = h
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > st.max_body as u64) {
-        st.metrics.errors.fetch_add(1, Relaxed);
-        return ApiError::too_large().into_response();
+        return Err(ApiError::too_large().into_response());
     }
     if let Some(key) = &st.api_key {
         let path = req.uri().path();
         let open = matches!(path, "/health" | "/v1/health")
-            || (req.method() == axum::http::Method::GET
-                && crate::web::PUBLIC_PATHS.contains(&path));
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if !open {
-            let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes()));
-            if !ok {
-                st.metrics.errors.fetch_add(1, Relaxed);
-                let msg = if given.is_none() {
-                    "no API key: send the header 'Authorization: Bearer YOUR_KEY'"
-                } else {
-                    "incorrect API key"
-                };
-                return ApiError::unauthorized(msg).into_response();
-            }
+            || (matches!(
+                *req.method(),
+                axum::http::Method::GET | axum::http::Method::HEAD
+            ) && crate::web::PUBLIC_PATHS.contains(&path));
+        let given = access::bearer(h);
+        if !open && !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+            let msg = if given.is_none() {
+                "no API key: send the header 'Authorization: Bearer YOUR_KEY'"
+            } else {
+                "incorrect API key"
+            };
+            return Err(ApiError::unauthorized(msg).into_response());
         }
+    }
+    if req.method() == axum::http::Method::POST && !access::is_json(h) {
+        return Err(ApiError::unsupported_media_type().into_response());
     }
     // The whole body within the read timeout: a client trickling it byte by byte (slowloris) is
     // answered 408 and its connection closed, instead of holding a task and a buffer forever.
@@ -247,28 +359,41 @@ async fn guard(
     let bytes = match tokio::time::timeout(st.read_timeout, read).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
-            st.metrics.errors.fetch_add(1, Relaxed);
             let inner = e.into_inner();
             if inner
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                return ApiError::too_large().into_response();
+                return Err(ApiError::too_large().into_response());
             }
-            return ApiError::bad(format!("cannot read the request body: {inner}")).into_response();
+            return Err(
+                ApiError::bad(format!("cannot read the request body: {inner}")).into_response(),
+            );
         }
         Err(_) => {
-            st.metrics.errors.fetch_add(1, Relaxed);
             let mut r = ApiError::timeout(st.read_timeout.as_secs()).into_response();
             r.headers_mut().insert(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),
             );
-            return r;
+            return Err(r);
         }
     };
-    next.run(axum::extract::Request::from_parts(parts, bytes.into()))
-        .await
+    if st.policy.log_prompts && !bytes.is_empty() {
+        const SHOWN: usize = 16 << 10;
+        let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN)]);
+        let more = if bytes.len() > SHOWN {
+            format!(" ... ({} bytes)", bytes.len())
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "cria serve: {} {} body: {shown}{more}",
+            parts.method,
+            parts.uri.path()
+        );
+    }
+    Ok(axum::extract::Request::from_parts(parts, bytes.into()))
 }
 
 /// Compares without an early exit, so the time taken says nothing about where keys differ.
@@ -280,8 +405,15 @@ async fn not_found(uri: axum::http::Uri) -> Response {
     ApiError::not_found(format!("no such endpoint: {}", uri.path())).into_response()
 }
 
-async fn health() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+/// 200 `{"status": "ok"}`, or 503 `{"status": "error"}` once the scheduler thread is gone (the
+/// server answers HTTP but can no longer generate: a supervisor should restart it).
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    if st.engine.is_alive() {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        let body = json!({"status": "error", "error": crate::scheduler::STOPPED});
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
@@ -332,34 +464,57 @@ async fn tokenize(
     let r = async {
         let o = params::parse_body(&body?)?;
         let text = opt_str(&o, "content")?
-            .ok_or_else(|| ApiError::param("content", "'content' (a string) is required"))?
-            .to_string();
+            .ok_or_else(|| ApiError::param("content", "'content' (a string) is required"))?;
+        if text.len() > MAX_TOKENIZE_BYTES {
+            return Err(ApiError::param(
+                "content",
+                format!(
+                    "'content' is {} bytes; /tokenize takes at most {MAX_TOKENIZE_BYTES}",
+                    text.len()
+                ),
+            ));
+        }
+        let text = text.to_string();
         let add_special = opt_bool(&o, "add_special")?.unwrap_or(false);
         let parse_special = opt_bool(&o, "parse_special")?.unwrap_or(true);
         let pieces = opt_bool(&o, "with_pieces")?.unwrap_or(false);
         let st2 = st.clone();
-        let ids =
-            tokio::task::spawn_blocking(move || st2.tok.encode(&text, add_special, parse_special))
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-        let tokens: Vec<Value> = if pieces {
-            ids.iter()
-                .map(|&id| {
-                    let b = st.tok.token_to_piece_special(id, true);
-                    let piece = match String::from_utf8(b) {
-                        Ok(s) => json!(s),
-                        Err(e) => json!(e.into_bytes()),
-                    };
-                    json!({"id": id, "piece": piece})
-                })
-                .collect()
-        } else {
-            ids.iter().map(|&id| json!(id)).collect()
-        };
-        Ok(Json(json!({ "tokens": tokens })).into_response())
+        // Tokenized and written out as JSON text on a blocking thread, without a JSON value per
+        // token in between (a megabyte of text is some 250000 of them).
+        let body = tokio::task::spawn_blocking(move || {
+            let ids = st2.tok.encode(&text, add_special, parse_special);
+            tokens_json(&st2.tok, &ids, pieces)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
     }
     .await;
     respond(&st, r)
+}
+
+/// `{"tokens": [ids]}`, or with pieces `{"tokens": [{"id", "piece"}]}` (a piece that is not
+/// UTF-8 as its list of bytes), as JSON text.
+fn tokens_json(tok: &Tokenizer, ids: &[u32], pieces: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(16 + ids.len() * if pieces { 24 } else { 7 });
+    out.push_str("{\"tokens\":[");
+    for (i, &id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if pieces {
+            let piece = match String::from_utf8(tok.token_to_piece_special(id, true)) {
+                Ok(s) => Value::String(s).to_string(),
+                Err(e) => json!(e.into_bytes()).to_string(),
+            };
+            let _ = write!(out, "{{\"id\":{id},\"piece\":{piece}}}");
+        } else {
+            let _ = write!(out, "{id}");
+        }
+    }
+    out.push_str("]}");
+    out
 }
 
 /// A list of token ids, each inside the vocabulary.
@@ -390,6 +545,12 @@ async fn detokenize(
         let o = params::parse_body(&body?)?;
         let v = get(&o, "tokens")
             .ok_or_else(|| ApiError::param("tokens", "'tokens' (a list of ids) is required"))?;
+        if v.as_array().is_some_and(|a| a.len() > MAX_DETOKENIZE) {
+            return Err(ApiError::param(
+                "tokens",
+                format!("/detokenize takes at most {MAX_DETOKENIZE} tokens"),
+            ));
+        }
         let ids = token_ids(v, "tokens", st.vocab)?;
         let bytes = st.tok.detokenize(&ids, false, true);
         let content = String::from_utf8_lossy(&bytes).into_owned();
@@ -404,6 +565,10 @@ fn content_text(v: &Value, i: usize) -> Result<Option<String>, ApiError> {
     match v {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.clone())),
+        Value::Array(parts) if parts.len() > MAX_PARTS => Err(ApiError::param(
+            &param,
+            format!("'{param}' may hold at most {MAX_PARTS} parts"),
+        )),
         Value::Array(parts) => {
             let mut texts = Vec::new();
             for p in parts {
@@ -444,6 +609,12 @@ fn parse_messages(o: &Obj) -> Result<Vec<Message>, ApiError> {
     if ms.is_empty() {
         return Err(ApiError::param("messages", "'messages' is empty"));
     }
+    if ms.len() > MAX_MESSAGES {
+        return Err(ApiError::param(
+            "messages",
+            format!("'messages' may hold at most {MAX_MESSAGES} messages"),
+        ));
+    }
     let mut out = Vec::with_capacity(ms.len());
     for (i, m) in ms.iter().enumerate() {
         let Value::Object(m) = m else {
@@ -480,9 +651,9 @@ fn parse_messages(o: &Obj) -> Result<Vec<Message>, ApiError> {
 }
 
 /// A generation or embedding request's body, with its `model` checked.
-fn model_request(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Obj, ApiError> {
+fn model_request(body: Result<Bytes, BytesRejection>) -> Result<Obj, ApiError> {
     let o = params::parse_body(&body?)?;
-    params::check_model(&o, &st.names)?;
+    params::check_model(&o)?;
     Ok(o)
 }
 
@@ -501,10 +672,14 @@ struct Generation {
     triggers: Vec<Trigger>,
 }
 
-async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn chat(
+    State(st): State<Arc<AppState>>,
+    Extension(log): Extension<Arc<AccessLog>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     st.metrics.requests_chat.fetch_add(1, Relaxed);
     let r = async {
-        let o = model_request(&st, body)?;
+        let o = model_request(body)?;
         let msgs = parse_messages(&o)?;
         let tools = match get(&o, "tools") {
             None => None,
@@ -538,16 +713,25 @@ async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejectio
         let form = st.format.call_form();
         let mut triggers = vec![];
         // Under "auto" a grammar the request gives (response_format) wins over the call grammar.
-        if let Some(t) = tools.as_ref().filter(|_| required || c.grammar.is_none()) {
-            let spec = CallSpec {
-                tools: t,
-                only: only.as_deref(),
-                parallel,
-            };
-            let (g, trig) = tools::grammar(form, spec, required)?;
+        if let Some(t) = tools
+            .clone()
+            .filter(|_| required || c.grammar_request.is_none())
+        {
+            let only = only.clone();
+            let (g, trig) = st
+                .compile(move || {
+                    let spec = CallSpec {
+                        tools: &t,
+                        only: only.as_deref(),
+                        parallel,
+                    };
+                    tools::grammar(form, spec, required)
+                })
+                .await??;
             c.grammar = Some(g);
             triggers = trig;
         }
+        st.compile_grammar(&mut c).await?;
         let st2 = st.clone();
         let tools2 = tools.clone();
         let prompt = tokio::task::spawn_blocking(move || st2.render_chat(&msgs, tools2.as_ref()))
@@ -567,7 +751,7 @@ async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejectio
             }),
             triggers,
         };
-        generate(&st, g).await
+        generate(&st, g, log).await
     }
     .await;
     respond(&st, r)
@@ -582,6 +766,17 @@ fn prompt_inputs(
     let v = v.ok_or_else(|| ApiError::param(param, format!("'{param}' is required")))?;
     let text = |s: &str| (st.tok.encode(s, true, true), s.to_string());
     let ids = |v: &Value| -> Result<(Vec<u32>, String), ApiError> {
+        // Checked before the ids are read and their text made (a body may hold millions).
+        if v.as_array().is_some_and(|a| a.len() > st.ctx_size) {
+            return Err(ApiError::param(
+                param,
+                format!(
+                    "a prompt of token ids is longer than the context ({})",
+                    st.ctx_size
+                ),
+            )
+            .with_code("context_length_exceeded"));
+        }
         let ids = token_ids(v, param, st.vocab)?;
         let t = String::from_utf8_lossy(&st.tok.detokenize(&ids, false, true)).into_owned();
         Ok((ids, t))
@@ -596,6 +791,12 @@ fn prompt_inputs(
         Value::String(s) => vec![text(s)],
         Value::Array(a) if a.is_empty() => {
             return Err(ApiError::param(param, format!("'{param}' is empty")))
+        }
+        Value::Array(a) if !a[0].is_number() && a.len() > params::MAX_N as usize => {
+            return Err(ApiError::param(
+                param,
+                format!("at most {} inputs per request", params::MAX_N),
+            ))
         }
         Value::Array(a) => match &a[0] {
             Value::String(_) => a
@@ -631,12 +832,14 @@ async fn tokenize_inputs(
 
 async fn completions(
     State(st): State<Arc<AppState>>,
+    Extension(log): Extension<Arc<AccessLog>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     st.metrics.requests_completion.fetch_add(1, Relaxed);
     let r = async {
-        let o = model_request(&st, body)?;
-        let c = params::common(&o, false, st.ctx_size, st.vocab)?;
+        let o = model_request(body)?;
+        let mut c = params::common(&o, false, st.ctx_size, st.vocab)?;
+        st.compile_grammar(&mut c).await?;
         let echo = opt_bool(&o, "echo")?.unwrap_or(false);
         let inputs = tokenize_inputs(&st, get(&o, "prompt").cloned(), "prompt").await?;
         if inputs.len() * c.n > params::MAX_N as usize {
@@ -645,6 +848,7 @@ async fn completions(
                 format!("prompts x n is at most {}", params::MAX_N),
             ));
         }
+        params::logprob_budget(&c, inputs.len() * c.n, false, st.ctx_size)?;
         for (p, _) in &inputs {
             st.check_prompt(p, "prompt")?;
         }
@@ -658,23 +862,41 @@ async fn completions(
             tools: None,
             triggers: vec![],
         };
-        generate(&st, g).await
+        generate(&st, g, log).await
     }
     .await;
     respond(&st, r)
 }
 
 /// Submits one job per (prompt, choice) and answers, streamed or whole.
-async fn generate(st: &Arc<AppState>, g: Generation) -> Result<Response, ApiError> {
+async fn generate(
+    st: &Arc<AppState>,
+    g: Generation,
+    log: Arc<AccessLog>,
+) -> Result<Response, ApiError> {
     let c = &g.c;
-    let grammar = c.grammar.clone().map(Arc::new);
-    let table = match grammar {
-        Some(_) => Some(st.token_table().await?),
-        None => None,
+    let count = g.prompts.len() * c.n;
+    // One matcher per choice, set up off the async threads (the grammar's start may be costly).
+    let mut matchers: Vec<Option<LazyMatcher>> = match c.grammar.clone() {
+        Some(gr) => {
+            let table = st.token_table().await?;
+            let gr = Arc::new(gr);
+            let triggers = g.triggers.clone();
+            st.compile(move || {
+                (0..count)
+                    .map(|_| {
+                        LazyMatcher::new(gr.clone(), table.clone(), triggers.clone()).map(Some)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?
+            .map_err(|e| ApiError::param("grammar", format!("grammar: {e}")))?
+        }
+        None => (0..count).map(|_| None).collect(),
     };
     let (tx, rx) = unbounded_channel();
     let n = c.n;
-    let mut jobs = Vec::with_capacity(g.prompts.len() * n);
+    let mut jobs = Vec::with_capacity(count);
     for (pi, prompt) in g.prompts.iter().enumerate() {
         for j in 0..n {
             let mut sampler = c.sampler.clone();
@@ -684,13 +906,7 @@ async fn generate(st: &Arc<AppState>, g: Generation) -> Result<Response, ApiErro
             } else {
                 cria_engine::sampler::random_seed()
             };
-            let matcher = match (&grammar, &table) {
-                (Some(gr), Some(t)) => Some(
-                    LazyMatcher::new(gr.clone(), t.clone(), g.triggers.clone())
-                        .map_err(|e| ApiError::param("grammar", format!("grammar: {e}")))?,
-                ),
-                _ => None,
-            };
+            let matcher = matchers[pi * n + j].take();
             jobs.push(Job {
                 prompt: prompt.clone(),
                 params: GenParams {
@@ -710,7 +926,7 @@ async fn generate(st: &Arc<AppState>, g: Generation) -> Result<Response, ApiErro
     for j in jobs {
         st.engine
             .submit(Request::Generate(j))
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::unavailable)?;
     }
     let ctx = RespCtx {
         id: st.id(if g.chat { "chatcmpl" } else { "cmpl" }),
@@ -722,7 +938,9 @@ async fn generate(st: &Arc<AppState>, g: Generation) -> Result<Response, ApiErro
         echo: g.echo,
         n,
         tools: g.tools,
+        log,
     };
+    ctx.log.tokens(ctx.prompt_tokens, 0);
     if c.stream {
         Ok(stream_response(ctx, rx, c.include_usage))
     } else {
@@ -741,6 +959,8 @@ struct RespCtx {
     echo: Vec<String>,
     n: usize,
     tools: Option<tools::ToolCtx>,
+    /// The request's access-log line, which gets its token counts.
+    log: Arc<AccessLog>,
 }
 
 fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
@@ -809,7 +1029,7 @@ async fn collect_response(
     let (mut completion, mut cached, mut done) = (0, 0, 0);
     while done < ctx.n_choices {
         let Some(ev) = rx.recv().await else {
-            return Err(ApiError::internal("the scheduler stopped"));
+            return Err(ApiError::unavailable(crate::scheduler::STOPPED));
         };
         let a = &mut acc[ev.index];
         match ev.kind {
@@ -825,6 +1045,7 @@ async fn collect_response(
             } => {
                 a.finish = Some(finish);
                 completion += completion_tokens;
+                ctx.log.tokens(0, completion_tokens);
                 if ev.index % ctx.n == 0 {
                     cached += cached_tokens;
                 }
@@ -994,7 +1215,7 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
             let ev = match s.rx.recv().await {
                 Some(ev) => ev,
                 None => {
-                    let e = ApiError::internal("the scheduler stopped");
+                    let e = ApiError::unavailable(crate::scheduler::STOPPED);
                     s.out.push_back(e.body().to_string());
                     s.out.push_back("[DONE]".into());
                     s.ended = true;
@@ -1028,6 +1249,7 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
                     ..
                 } => {
                     s.completion += completion_tokens;
+                    s.ctx.log.tokens(0, completion_tokens);
                     if ev.index % s.ctx.n == 0 {
                         s.cached += cached_tokens;
                     }
@@ -1073,11 +1295,12 @@ fn stream_response(ctx: RespCtx, rx: UnboundedReceiver<Event>, include_usage: bo
 
 async fn embeddings(
     State(st): State<Arc<AppState>>,
+    Extension(log): Extension<Arc<AccessLog>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     st.metrics.requests_embedding.fetch_add(1, Relaxed);
     let r = async {
-        let o = model_request(&st, body)?;
+        let o = model_request(body)?;
         let base64 = match opt_str(&o, "encoding_format")? {
             None | Some("float") => false,
             Some("base64") => true,
@@ -1108,17 +1331,29 @@ async fn embeddings(
             ids.push(p);
         }
         let n_tokens: usize = ids.iter().map(Vec::len).sum();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        st.engine
-            .submit(Request::Embed(EmbedJob {
-                inputs: ids,
-                reply: tx,
-            }))
-            .map_err(ApiError::internal)?;
-        let vecs = rx
-            .await
-            .map_err(|_| ApiError::internal("the scheduler stopped"))?
-            .map_err(ApiError::internal)?;
+        log.tokens(n_tokens, 0);
+        // One job per input: each takes a slot and is read within the steps' token budget,
+        // beside the generations; if this client goes away, `rx` is dropped and so are they.
+        let (tx, mut rx) = unbounded_channel();
+        let count = ids.len();
+        for (index, input) in ids.into_iter().enumerate() {
+            st.engine
+                .submit(Request::Embed(EmbedJob {
+                    input,
+                    index,
+                    tx: tx.clone(),
+                }))
+                .map_err(ApiError::unavailable)?;
+        }
+        drop(tx);
+        let mut vecs: Vec<Vec<f32>> = vec![Vec::new(); count];
+        for _ in 0..count {
+            let (i, v) = rx
+                .recv()
+                .await
+                .ok_or_else(|| ApiError::unavailable(crate::scheduler::STOPPED))?;
+            vecs[i] = v.map_err(ApiError::internal)?;
+        }
         let data: Vec<Value> = vecs
             .iter()
             .enumerate()

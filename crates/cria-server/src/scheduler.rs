@@ -20,11 +20,11 @@ use cria_kernels::CpuBackend;
 use cria_model::{forward_batch, KvCache, KvType, Logits, Model, Scratch, SeqStep};
 use cria_tokenizer::{StreamDecoder, Tokenizer};
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc::UnboundedSender, oneshot};
+use tokio::sync::mpsc::UnboundedSender;
 
 /// What one generation needs besides its prompt.
 pub struct GenParams {
@@ -49,15 +49,23 @@ pub struct Job {
     pub tx: UnboundedSender<Event>,
 }
 
-/// Mean-pooled, L2-normalized final hidden states of each input.
+/// One input of an embedding request: its mean-pooled, L2-normalized final hidden states. It
+/// takes a slot and is read in chunks within each step's token budget, beside the generations;
+/// when its client goes away (the receiver is dropped) it is dropped.
 pub struct EmbedJob {
-    pub inputs: Vec<Vec<u32>>,
-    pub reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+    pub input: Vec<u32>,
+    /// The input's place in the request, sent back with its vector.
+    pub index: usize,
+    pub tx: UnboundedSender<(usize, Result<Vec<f32>, String>)>,
 }
 
+#[allow(clippy::large_enum_variant)] // each request is moved once, into the queue
 pub enum Request {
     Generate(Job),
     Embed(EmbedJob),
+    /// The server is shutting down: end every generation now (finish_reason "length"), drop
+    /// what is queued (those clients get a 503).
+    Shutdown,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,15 +117,56 @@ pub enum EventKind {
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::Sender<Request>,
+    /// False once the scheduler thread has ended (set by a guard it drops, panic or not).
+    alive: Arc<AtomicBool>,
 }
+
+/// Why a request cannot be served: the scheduler thread is gone.
+pub const STOPPED: &str = "the scheduler has stopped; the server cannot generate (see its log)";
 
 impl Engine {
     pub fn submit(&self, r: Request) -> Result<(), String> {
-        self.tx
-            .send(r)
-            .map_err(|_| "the scheduler has stopped".to_string())
+        if !self.is_alive() {
+            return Err(STOPPED.into());
+        }
+        self.tx.send(r).map_err(|_| STOPPED.to_string())
+    }
+
+    /// See [`Request::Shutdown`].
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Request::Shutdown);
+    }
+
+    /// Whether the scheduler thread still runs (/health reports it).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Relaxed)
     }
 }
+
+/// Marks the engine dead when the scheduler thread ends, however it ends.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Relaxed);
+    }
+}
+
+/// Runs one job's piece of work; a panic in it is caught (and its message logged by the panic
+/// hook) so that only that job fails, never the scheduler and everyone else's requests.
+fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
+/// What a job whose work panicked is told (the details are in the server's log).
+const PANICKED: &str = "internal error while generating (a bug: the server's log has the details)";
+
+/// Test hooks: a generation with this seed panics in the scheduler (while sampling), and one
+/// with the other kills the scheduler thread. Compiled into unit tests only.
+#[cfg(test)]
+pub const PANIC_SEED: u64 = 0xdead_0001;
+#[cfg(test)]
+pub const KILL_SEED: u64 = 0xdead_0002;
 
 pub struct Config {
     pub parallel: usize,
@@ -138,13 +187,15 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<Engine> {
     let (tx, rx) = mpsc::channel();
+    let alive = Arc::new(AtomicBool::new(true));
+    let guard = AliveGuard(alive.clone());
     std::thread::Builder::new()
         .name("cria-scheduler".into())
         .spawn(move || {
-            let mut s = Scheduler::new(&model, &backend, &tok, cfg, metrics);
+            let mut s = Scheduler::new(&model, &backend, &tok, cfg, metrics, guard);
             s.run(rx);
         })?;
-    Ok(Engine { tx })
+    Ok(Engine { tx, alive })
 }
 
 struct Slot<'t> {
@@ -152,8 +203,24 @@ struct Slot<'t> {
     /// Tokens whose keys and values are in `kv`, positions 0..len.
     cached: Vec<u32>,
     active: Option<Active<'t>>,
+    /// An embedding input being read (a slot has `active` or `embed` or neither).
+    embed: Option<Embedding>,
     /// Step at which the slot was last given a job (least recently used goes first on ties).
     last_used: u64,
+}
+
+struct Embedding {
+    job: EmbedJob,
+    /// Tokens read so far, and the sum of their hidden states.
+    pos: usize,
+    sum: Vec<f64>,
+    started: Instant,
+}
+
+impl Slot<'_> {
+    fn busy(&self) -> bool {
+        self.active.is_some() || self.embed.is_some()
+    }
 }
 
 struct Active<'t> {
@@ -172,6 +239,9 @@ struct Active<'t> {
 }
 
 struct Scheduler<'a> {
+    /// First, so that it is dropped first: the engine reads as dead before the jobs' senders
+    /// are dropped and their clients answered.
+    _alive: AliveGuard,
     m: &'a Model,
     b: &'a CpuBackend,
     tok: &'a Tokenizer,
@@ -228,17 +298,20 @@ impl<'a> Scheduler<'a> {
         tok: &'a Tokenizer,
         cfg: Config,
         metrics: Arc<Metrics>,
+        alive: AliveGuard,
     ) -> Self {
         let slots = (0..cfg.parallel)
             .map(|_| Slot {
                 kv: KvCache::with_type(m, cfg.ctx_size, cfg.kv_type),
                 cached: Vec::with_capacity(cfg.ctx_size),
                 active: None,
+                embed: None,
                 last_used: 0,
             })
             .collect();
         let scratch = Scratch::with_seqs(m, cfg.batch.max(cfg.parallel), cfg.parallel);
         Scheduler {
+            _alive: alive,
             m,
             b,
             tok,
@@ -253,7 +326,7 @@ impl<'a> Scheduler<'a> {
 
     fn run(&mut self, rx: mpsc::Receiver<Request>) {
         loop {
-            let idle = self.queue.is_empty() && self.slots.iter().all(|s| s.active.is_none());
+            let idle = self.queue.is_empty() && !self.slots.iter().any(Slot::busy);
             if idle {
                 self.metrics.recent_tps_milli.store(0, Relaxed);
                 match rx.recv() {
@@ -264,12 +337,23 @@ impl<'a> Scheduler<'a> {
             while let Ok(r) = rx.try_recv() {
                 self.queue.push_back(r);
             }
+            #[cfg(test)]
+            if self
+                .queue
+                .iter()
+                .any(|r| matches!(r, Request::Generate(j) if j.params.sampler.seed == KILL_SEED))
+            {
+                panic!("test hook: the scheduler thread dies");
+            }
+            if self.queue.iter().any(|r| matches!(r, Request::Shutdown)) {
+                self.cut_all();
+            }
             self.drop_cancelled();
             self.admit();
             self.metrics
                 .queue_depth
                 .store(self.queue.len() as u64, Relaxed);
-            let busy = self.slots.iter().filter(|s| s.active.is_some()).count();
+            let busy = self.slots.iter().filter(|s| s.busy()).count();
             self.metrics.slots_busy.store(busy as u64, Relaxed);
             if busy > 0 {
                 let t0 = Instant::now();
@@ -292,30 +376,83 @@ impl<'a> Scheduler<'a> {
                 s.active = None;
                 self.metrics.cancelled.fetch_add(1, Relaxed);
             }
+            if s.embed.as_ref().is_some_and(|e| e.job.tx.is_closed()) {
+                s.embed = None;
+                s.cached.clear();
+                self.metrics.cancelled.fetch_add(1, Relaxed);
+            }
         }
         let before = self.queue.len();
         self.queue.retain(|r| match r {
             Request::Generate(j) => !j.tx.is_closed(),
-            Request::Embed(e) => !e.reply.is_closed(),
+            Request::Embed(e) => !e.tx.is_closed(),
+            Request::Shutdown => false,
         });
         self.metrics
             .cancelled
             .fetch_add((before - self.queue.len()) as u64, Relaxed);
     }
 
+    /// Context per slot, in tokens.
+    fn ctx(&self) -> usize {
+        self.slots.first().map_or(0, |s| s.kv.max_seq)
+    }
+
+    /// Ends every generation where it is and forgets the queue and the embeddings (a shutdown).
+    fn cut_all(&mut self) {
+        self.queue.clear();
+        for i in 0..self.slots.len() {
+            if self.slots[i].embed.take().is_some() {
+                self.slots[i].cached.clear();
+            }
+            if let Some(a) = self.slots[i].active.take() {
+                let m = &self.metrics;
+                if guarded(|| Self::finish(a, Finish::Length, m)).is_none() {
+                    self.slots[i].cached.clear();
+                }
+            }
+        }
+    }
+
     /// Gives queued requests free slots, in arrival order.
     fn admit(&mut self) {
-        while let Some(free) = self.slots.iter().position(|s| s.active.is_none()) {
-            let _ = free;
+        while let Some(free) = self.slots.iter().position(|s| !s.busy()) {
             let Some(r) = self.queue.pop_front() else {
                 return;
             };
             match r {
-                Request::Generate(job) => self.start(job),
-                Request::Embed(e) => {
-                    let res = self.embed(&e.inputs);
-                    let _ = e.reply.send(res);
+                Request::Generate(job) => {
+                    let (tx, index) = (job.tx.clone(), job.index);
+                    if guarded(|| self.start(job)).is_none() {
+                        fail(&tx, index, PANICKED);
+                    }
                 }
+                Request::Embed(job) if job.input.is_empty() || job.input.len() > self.ctx() => {
+                    let msg = format!(
+                        "an input of {} tokens does not fit the context of {}",
+                        job.input.len(),
+                        self.ctx()
+                    );
+                    let _ = job.tx.send((job.index, Err(msg)));
+                }
+                Request::Embed(job) => {
+                    // The least recently used free slot: its cache is overwritten.
+                    let si = (0..self.slots.len())
+                        .filter(|&i| !self.slots[i].busy())
+                        .min_by_key(|&i| self.slots[i].last_used)
+                        .unwrap_or(free);
+                    self.step += 1;
+                    let slot = &mut self.slots[si];
+                    slot.cached.clear();
+                    slot.last_used = self.step;
+                    slot.embed = Some(Embedding {
+                        job,
+                        pos: 0,
+                        sum: vec![0.0; self.m.config.dim],
+                        started: Instant::now(),
+                    });
+                }
+                Request::Shutdown => {}
             }
         }
     }
@@ -326,7 +463,7 @@ impl<'a> Scheduler<'a> {
         let prompt = job.prompt.clone();
         let mut best: Option<(usize, usize)> = None; // (slot, shared prefix)
         for (i, s) in self.slots.iter().enumerate() {
-            if s.active.is_some() {
+            if s.busy() {
                 continue;
             }
             let c = common_prefix(&s.cached, &prompt);
@@ -390,8 +527,16 @@ impl<'a> Scheduler<'a> {
         });
     }
 
-    /// One batched forward over every busy slot, then sampling for those that need a token.
+    /// One step: the generations' batched forward, then embedding inputs in what is left of the
+    /// batch's token budget.
     fn step(&mut self) {
+        let used = self.step_generate();
+        self.step_embed(self.scratch.max_t.saturating_sub(used));
+    }
+
+    /// One batched forward over every generating slot, then sampling for those that need a
+    /// token. Returns the tokens it carried.
+    fn step_generate(&mut self) -> usize {
         // Generating slots first (one token each: they keep streaming while prompts are read),
         // then prompt chunks, oldest request first, in what is left of the batch.
         let budget = self.scratch.max_t;
@@ -425,18 +570,12 @@ impl<'a> Scheduler<'a> {
             used += n;
         }
         if plan.is_empty() {
-            return;
+            return 0;
         }
         plan.sort_unstable();
         // Borrow each planned slot's cache mutably and its tokens immutably (disjoint fields).
         let mut seqs: Vec<SeqStep> = Vec::with_capacity(plan.len());
-        let mut pi = 0;
-        for (i, s) in self.slots.iter_mut().enumerate() {
-            if pi >= plan.len() || plan[pi].0 != i {
-                continue;
-            }
-            let n = plan[pi].1;
-            pi += 1;
+        for (s, n) in planned(&mut self.slots, &plan) {
             let Slot {
                 kv, cached, active, ..
             } = s;
@@ -448,22 +587,15 @@ impl<'a> Scheduler<'a> {
             };
             seqs.push(SeqStep { tokens, pos, kv });
         }
-        let res = forward_batch(self.m, self.b, &mut seqs, &mut self.scratch, Logits::Last);
+        let (m, b, metrics) = (self.m, self.b, &self.metrics);
+        let res = run_forward(m, b, &mut seqs, &mut self.scratch, Logits::Last, metrics);
         drop(seqs);
-        self.metrics.steps.fetch_add(1, Relaxed);
-        self.metrics.step_tokens.fetch_add(used as u64, Relaxed);
         if let Err(e) = res {
             // Not expected (inputs are checked on the way in); fail the jobs of this step.
             for &(i, _) in &plan {
-                if let Some(a) = self.slots[i].active.take() {
-                    let _ = a.job.tx.send(Event {
-                        index: a.job.index,
-                        kind: EventKind::Error(format!("forward pass failed: {e}")),
-                    });
-                }
-                self.slots[i].cached.clear();
+                self.fail_slot(i, &e);
             }
-            return;
+            return used;
         }
         let mut generated = 0;
         for (row, &(i, n)) in plan.iter().enumerate() {
@@ -481,12 +613,91 @@ impl<'a> Scheduler<'a> {
             }
             generated += 1;
             let logits = self.scratch.seq_logits(row);
-            if let Some(fin) = Self::sample(self.tok, slot, logits, &self.metrics) {
-                let a = slot.active.take().expect("busy");
-                Self::finish(a, fin, &self.metrics);
+            let (tok, metrics) = (self.tok, &self.metrics);
+            let done = guarded(|| {
+                if let Some(fin) = Self::sample(tok, slot, logits, metrics) {
+                    let a = slot.active.take().expect("busy");
+                    Self::finish(a, fin, metrics);
+                }
+            });
+            if done.is_none() {
+                self.fail_slot(i, PANICKED);
             }
         }
         self.track_rate(generated);
+        used
+    }
+
+    /// The embedding inputs' next chunks, oldest input first, in `budget` tokens: one forward
+    /// that gives hidden states (a forward gives logits or hidden states, not both), each row
+    /// added to its input's sum; a finished input's vector goes back to its client.
+    fn step_embed(&mut self, budget: usize) {
+        let mut order: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].embed.is_some())
+            .collect();
+        order.sort_by_key(|&i| self.slots[i].embed.as_ref().map(|e| e.started));
+        let mut plan: Vec<(usize, usize)> = Vec::new(); // (slot, tokens this step)
+        let mut used = 0;
+        for i in order {
+            if used >= budget {
+                break;
+            }
+            let e = self.slots[i].embed.as_ref().expect("embedding");
+            let n = (e.job.input.len() - e.pos).min(budget - used);
+            plan.push((i, n));
+            used += n;
+        }
+        if plan.is_empty() {
+            return;
+        }
+        plan.sort_unstable();
+        let mut seqs: Vec<SeqStep> = Vec::with_capacity(plan.len());
+        for (s, n) in planned(&mut self.slots, &plan) {
+            let Slot { kv, embed, .. } = s;
+            let e = embed.as_ref().expect("embedding");
+            seqs.push(SeqStep {
+                tokens: &e.job.input[e.pos..e.pos + n],
+                pos: e.pos,
+                kv,
+            });
+        }
+        let (m, b, metrics) = (self.m, self.b, &self.metrics);
+        let res = run_forward(m, b, &mut seqs, &mut self.scratch, Logits::Hidden, metrics);
+        drop(seqs);
+        if let Err(e) = res {
+            for &(i, _) in &plan {
+                self.fail_slot(i, &e);
+            }
+            return;
+        }
+        let mut rows = self.scratch.hidden().chunks_exact(self.m.config.dim);
+        for &(i, n) in &plan {
+            let slot = &mut self.slots[i];
+            let e = slot.embed.as_mut().expect("embedding");
+            for row in rows.by_ref().take(n) {
+                e.sum.iter_mut().zip(row).for_each(|(s, &x)| *s += x as f64);
+            }
+            e.pos += n;
+            if e.pos == e.job.input.len() {
+                let e = slot.embed.take().expect("embedding");
+                let _ = e
+                    .job
+                    .tx
+                    .send((e.job.index, Ok(mean_normalized(&e.sum, e.pos))));
+            }
+        }
+    }
+
+    /// Ends slot `i`'s job with an error; what its cache holds is no longer trusted.
+    fn fail_slot(&mut self, i: usize, msg: &str) {
+        let slot = &mut self.slots[i];
+        if let Some(a) = slot.active.take() {
+            fail(&a.job.tx, a.job.index, msg);
+        }
+        if let Some(e) = slot.embed.take() {
+            let _ = e.job.tx.send((e.job.index, Err(msg.to_string())));
+        }
+        slot.cached.clear();
     }
 
     fn track_rate(&mut self, generated: usize) {
@@ -516,6 +727,10 @@ impl<'a> Scheduler<'a> {
         let ctx = slot.kv.max_seq;
         let a = slot.active.as_mut().expect("busy");
         let p = &a.job.params;
+        #[cfg(test)]
+        if p.sampler.seed == PANIC_SEED {
+            panic!("test hook: a panic while sampling");
+        }
         let t = match &p.matcher {
             Some(g) => grammar::sample(&mut a.sampler, g, logits),
             None => a.sampler.sample(logits),
@@ -597,48 +812,50 @@ impl<'a> Scheduler<'a> {
             },
         });
     }
+}
 
-    /// Embeddings of each input in a free slot's cache (which then holds nothing reusable).
-    fn embed(&mut self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
-        let si = self
-            .slots
-            .iter()
-            .position(|s| s.active.is_none())
-            .ok_or("no free slot")?;
-        let dim = self.m.config.dim;
-        let slot = &mut self.slots[si];
-        slot.cached.clear();
-        let mut out = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            if input.is_empty() || input.len() > slot.kv.max_seq {
-                return Err(format!(
-                    "an input of {} tokens does not fit the context of {}",
-                    input.len(),
-                    slot.kv.max_seq
-                ));
-            }
-            let mut sum = vec![0f64; dim];
-            let mut pos = 0;
-            for chunk in input.chunks(self.scratch.max_t) {
-                let mut seq = [SeqStep {
-                    tokens: chunk,
-                    pos,
-                    kv: &mut slot.kv,
-                }];
-                forward_batch(self.m, self.b, &mut seq, &mut self.scratch, Logits::Hidden)
-                    .map_err(|e| e.to_string())?;
-                for row in self.scratch.hidden().chunks_exact(dim) {
-                    sum.iter_mut().zip(row).for_each(|(s, &x)| *s += x as f64);
-                }
-                pos += chunk.len();
-            }
-            let n = input.len() as f64;
-            let norm = sum.iter().map(|x| (x / n) * (x / n)).sum::<f64>().sqrt();
-            let scale = if norm > 0.0 { 1.0 / (n * norm) } else { 0.0 };
-            out.push(sum.iter().map(|&x| (x * scale) as f32).collect());
-        }
-        Ok(out)
-    }
+/// The slots of a step's plan ((slot, tokens), sorted by slot), each with its token count.
+fn planned<'s, 't: 's>(
+    slots: &'s mut [Slot<'t>],
+    plan: &'s [(usize, usize)],
+) -> impl Iterator<Item = (&'s mut Slot<'t>, usize)> + 's {
+    slots.iter_mut().enumerate().filter_map(move |(i, s)| {
+        let k = plan.binary_search_by_key(&i, |p| p.0).ok()?;
+        Some((s, plan[k].1))
+    })
+}
+
+/// One batched forward; an error or a panic in it comes back as the message for its jobs.
+fn run_forward(
+    m: &Model,
+    b: &CpuBackend,
+    seqs: &mut [SeqStep],
+    scratch: &mut Scratch,
+    mode: Logits,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    let tokens: usize = seqs.iter().map(|q| q.tokens.len()).sum();
+    metrics.steps.fetch_add(1, Relaxed);
+    metrics.step_tokens.fetch_add(tokens as u64, Relaxed);
+    guarded(|| {
+        forward_batch(m, b, seqs, scratch, mode).map_err(|e| format!("forward pass failed: {e}"))
+    })
+    .unwrap_or_else(|| Err(PANICKED.into()))
+}
+
+/// The mean of `n` rows summed in `sum`, scaled to unit length (all zeros stay zeros).
+fn mean_normalized(sum: &[f64], n: usize) -> Vec<f32> {
+    let n = n as f64;
+    let norm = sum.iter().map(|x| (x / n) * (x / n)).sum::<f64>().sqrt();
+    let scale = if norm > 0.0 { 1.0 / (n * norm) } else { 0.0 };
+    sum.iter().map(|&x| (x * scale) as f32).collect()
+}
+
+fn fail(tx: &UnboundedSender<Event>, index: usize, msg: &str) {
+    let _ = tx.send(Event {
+        index,
+        kind: EventKind::Error(msg.to_string()),
+    });
 }
 
 impl Active<'_> {

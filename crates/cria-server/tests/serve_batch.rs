@@ -1,5 +1,6 @@
-//! Continuous batching: a seeded request gives the same text alone and batched with others, and a
-//! client that goes away mid-stream frees its slot at once.
+//! Continuous batching: a seeded request gives the same text alone and batched with others, a
+//! client that goes away mid-stream frees its slot at once, and embedding inputs are read beside
+//! the generations (and dropped when their client leaves).
 
 mod common;
 
@@ -103,6 +104,24 @@ fn seeded_text_is_the_same_alone_and_batched() {
     assert!(metric(&url, "cria_batch_tokens_total") > metric(&url, "cria_batch_steps_total"));
 }
 
+/// Starts a streamed completion of 1500 tokens; the function returns its next event's data.
+fn endless_stream(url: &str) -> impl FnMut() -> String {
+    let body = json!({
+        "prompt": "Write forever:", "max_tokens": 1500, "ignore_eos": true, "stream": true,
+    });
+    let resp = ureq::post(&format!("{url}/v1/completions"))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+        .unwrap();
+    let mut lines = BufReader::new(resp.into_reader()).lines();
+    move || loop {
+        let l = lines.next().expect("stream open").unwrap();
+        if let Some(d) = l.strip_prefix("data: ") {
+            return d.to_string();
+        }
+    }
+}
+
 #[test]
 fn disconnect_mid_stream_frees_the_slot() {
     // One slot: if the abandoned stream kept it, the next request would wait ~1500 tokens.
@@ -111,22 +130,12 @@ fn disconnect_mid_stream_frees_the_slot() {
         a.ctx_size = Some(2048);
     });
     let url = srv.url();
-    let body = json!({
-        "prompt": "Write forever:", "max_tokens": 1500, "ignore_eos": true, "stream": true,
-    });
-    let resp = ureq::post(&format!("{url}/v1/completions"))
-        .send_string(&body.to_string())
-        .unwrap();
-    let mut lines = BufReader::new(resp.into_reader()).lines();
-    let mut seen = 0;
-    while seen < 3 {
-        let l = lines.next().unwrap().unwrap();
-        if l.starts_with("data: ") {
-            seen += 1;
-        }
+    let mut next_event = endless_stream(&url);
+    for _ in 0..3 {
+        next_event();
     }
-    drop(lines); // the client goes away
-                 // A deadline only against a hang (no speed is asserted): the slot must be freed at all.
+    drop(next_event); // the client goes away
+                      // A deadline only against a hang (no speed is asserted): the slot must be freed at all.
     let t0 = Instant::now();
     while metric(&url, "cria_requests_cancelled_total") < 1.0 {
         assert!(
@@ -143,4 +152,100 @@ fn disconnect_mid_stream_frees_the_slot() {
     assert_eq!(s, 200, "{v}");
     assert!(v["choices"][0]["text"].is_string());
     let _: Value = v;
+}
+
+/// An embedding batch of long inputs: `n` inputs of about `words` tokens each.
+fn long_inputs(n: usize, words: usize) -> Value {
+    let inputs: Vec<String> = (0..n)
+        .map(|i| format!("{i} {}", "lorem ipsum dolor sit amet ".repeat(words / 5)))
+        .collect();
+    json!({ "input": inputs })
+}
+
+#[test]
+fn generations_stream_while_a_long_embedding_batch_is_read() {
+    let srv = serve(|a| {
+        a.parallel = 2;
+        a.ctx_size = Some(2048);
+    });
+    let url = srv.url();
+    let mut next_event = endless_stream(&url);
+    next_event();
+    // 4 inputs of ~1000 tokens: some 4000 tokens to read in the one free slot.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let embed = {
+        let (url, done) = (url.clone(), done.clone());
+        std::thread::spawn(move || {
+            let r = post(&format!("{url}/v1/embeddings"), &long_inputs(4, 1000));
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        })
+    };
+    // Wait until the embedding has its slot, then count the tokens that arrive before it ends.
+    while metric(&url, "cria_slots_busy") < 2.0 {
+        assert!(
+            !done.load(std::sync::atomic::Ordering::SeqCst),
+            "embedding never seen"
+        );
+        next_event();
+    }
+    let mut during = 0;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        let e = next_event();
+        assert_ne!(e, "[DONE]", "the generation ended first");
+        during += 1;
+    }
+    let (s, v) = embed.join().unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"].as_array().unwrap().len(), 4);
+    assert!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap() > 3500,
+        "{}",
+        v["usage"]
+    );
+    assert!(
+        during >= 3,
+        "only {during} tokens streamed while the embedding batch was read"
+    );
+}
+
+#[test]
+fn an_embedding_client_that_leaves_frees_its_slot() {
+    use std::io::Write;
+    let srv = serve(|a| {
+        a.parallel = 1;
+        a.ctx_size = Some(2048);
+    });
+    let url = srv.url();
+    let body = long_inputs(32, 1000).to_string();
+    let mut c = std::net::TcpStream::connect(srv.addr).unwrap();
+    write!(
+        c,
+        "POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut polls = 0;
+    while metric(&url, "cria_slots_busy") < 1.0 {
+        polls += 1;
+        assert!(polls < 10_000, "the embedding never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(c); // the client goes away while its inputs are being read
+    polls = 0;
+    while metric(&url, "cria_requests_cancelled_total") < 1.0
+        || metric(&url, "cria_slots_busy") > 0.0
+    {
+        polls += 1;
+        assert!(
+            polls < 3_000,
+            "the abandoned embedding still holds its slot"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (s, v) = post(
+        &format!("{url}/v1/completions"),
+        &json!({"prompt": "Hello", "max_tokens": 4}),
+    );
+    assert_eq!(s, 200, "{v}");
 }

@@ -38,6 +38,7 @@ fn bodies(n: usize, max_tokens: usize) -> Vec<Value> {
 fn stream_one(url: &str, body: &Value) -> (String, Duration, usize) {
     let t0 = Instant::now();
     let resp = ureq::post(url)
+        .set("Content-Type", "application/json")
         .send_string(&body.to_string())
         .expect("request");
     let mut text = String::new();

@@ -92,7 +92,7 @@ pub fn post_announced(addr: std::net::SocketAddr, path: &str, len: usize) -> (u1
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         c,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     // Read the head, then exactly Content-Length bytes (the connection may stay open).
