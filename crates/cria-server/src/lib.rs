@@ -35,40 +35,46 @@ use std::sync::Arc;
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on (0: any free port).
-    #[arg(long, default_value_t = 8080)]
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
     pub port: u16,
     /// Requests generated at the same time (slots, each with its own KV cache).
     #[arg(
         long = "parallel",
         short = 'P',
         visible_alias = "np",
+        value_name = "N",
         default_value_t = 4
     )]
     pub parallel: usize,
     /// Context per slot in tokens (default: the model's training context, capped at 4096).
-    #[arg(short = 'c', long = "ctx-size")]
+    #[arg(short = 'c', long = "ctx-size", value_name = "TOKENS")]
     pub ctx_size: Option<usize>,
     /// Tokens per batched forward pass at most (prompt chunks and generating slots together).
-    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    #[arg(
+        short = 'b',
+        long = "batch-size",
+        value_name = "TOKENS",
+        default_value_t = 512
+    )]
     pub batch: usize,
     /// Require `Authorization: Bearer KEY` on every endpoint but /health and the chat page at /.
-    #[arg(long = "api-key", conflicts_with = "api_key_file")]
+    #[arg(long = "api-key", value_name = "KEY", conflicts_with = "api_key_file")]
     pub api_key: Option<String>,
     /// Read the API key from a file (its first line).
-    #[arg(long = "api-key-file")]
+    #[arg(long = "api-key-file", value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
     /// The model name /v1/models reports and requests may use (default: the file name).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     pub alias: Option<String>,
     /// Largest request body accepted, in bytes (larger: 413).
-    #[arg(long = "max-body", default_value_t = 8 << 20)]
+    #[arg(long = "max-body", value_name = "BYTES", default_value_t = 8 << 20)]
     pub max_body: usize,
     /// Seconds a client has to send a request's headers, and again its body; slower ones are
     /// cut off (slowloris), so they cannot hold connections or memory.
-    #[arg(long = "read-timeout", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "read-timeout", value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub read_timeout: u64,
     /// A `Host` name requests may carry besides the listen address, localhost, 127.0.0.1 and
     /// [::1] (repeatable; `*`: any). Others get 403, which stops DNS-rebinding pages. Bound to

@@ -31,7 +31,7 @@ struct Cli {
 struct ModelArgs {
     /// A .gguf file, a Hugging Face model folder, hf:ORG/REPO[:FILE], or nothing for the default
     /// model (SmolLM2-135M-Instruct Q4_1, fetched on first use).
-    #[arg(short = 'm', long = "model")]
+    #[arg(short = 'm', long = "model", value_name = "MODEL")]
     model: Option<String>,
     /// Threads (default: physical cores; at most 512).
     #[arg(short = 't', long, value_name = "N", value_parser = run::thread_count)]
@@ -42,7 +42,7 @@ struct ModelArgs {
     f32: bool,
     /// KV cache element type: f16 (default, half the memory), f32 (exact comparisons; the
     /// default with --f32), q8_0 or q4_0 (ggml blocks: 53% and 28% of f16's memory).
-    #[arg(long = "kv-type")]
+    #[arg(long = "kv-type", value_name = "TYPE")]
     kv_type: Option<cria_model::KvType>,
 }
 
@@ -182,7 +182,7 @@ enum Cmd {
         )]
         reps: usize,
         /// KV cache element type: f16, f32, q8_0 or q4_0.
-        #[arg(long = "kv-type", default_value = "f16")]
+        #[arg(long = "kv-type", value_name = "TYPE", default_value = "f16")]
         kv_type: cria_model::KvType,
         /// Output: md (a table) or json.
         #[arg(short = 'o', long = "output", default_value = "md", value_parser = ["md", "json"])]
@@ -221,6 +221,37 @@ enum Cmd {
     },
 }
 
+/// glibc's malloc raises its mmap threshold to the size of each large block freed (up to 32
+/// MiB), so after one burst of big requests (megabyte /tokenize answers, embedding batches) such
+/// blocks come from the per-thread arenas, which never give their pages back: the server's
+/// resident memory stays at its high-water mark. A fixed threshold (glibc's tunable, read at
+/// start-up) keeps every block above 128 KiB in its own mapping, returned when freed. `cria
+/// serve` sets it by running itself again with the tunable added (a safe `exec`; no FFI), unless
+/// the environment already sets it. Other commands keep glibc's defaults.
+fn serve_malloc_settings() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt;
+        const KEY: &str = "glibc.malloc.mmap_threshold";
+        let old = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+        if !old.contains(KEY) {
+            let tunables = match old.is_empty() {
+                true => format!("{KEY}=131072"),
+                false => format!("{old}:{KEY}=131072"),
+            };
+            // `exec` returns only if it failed; then serve with glibc's defaults.
+            let e = match std::env::current_exe() {
+                Ok(exe) => std::process::Command::new(exe)
+                    .args(std::env::args_os().skip(1))
+                    .env("GLIBC_TUNABLES", tunables)
+                    .exec(),
+                Err(e) => e,
+            };
+            eprintln!("cria serve: note: could not set glibc's mmap threshold ({e}); memory freed after a burst may stay resident");
+        }
+    }
+}
+
 fn main() {
     if let Err(e) = real_main() {
         // The reader went away (`cria inspect | head`): nothing left to say.
@@ -238,6 +269,9 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Serve { .. }) {
+        serve_malloc_settings();
+    }
     match cli.cmd {
         Cmd::Run(a) => run::run(&a)?,
         Cmd::Tokenize { m, input, tok, ids } => {

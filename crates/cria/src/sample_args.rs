@@ -148,7 +148,6 @@ pub struct SamplerArgs {
     pub seed: Option<u64>,
     /// Stop when this text is generated; it is not printed (repeatable). Escapes such as \n are
     /// processed.
-    // (At parse time: the strings are ready for StopMatcher::new.)
     #[arg(long = "stop", value_name = "STRING", value_parser = escaped, allow_hyphen_values = true)]
     pub stop: Vec<String>,
 }
@@ -246,6 +245,7 @@ impl SamplerArgs {
         c.logit_bias = self.logit_bias.clone();
         c.seed = self.seed.unwrap_or_else(random_seed);
         c.validate().map_err(|e| anyhow!("--{e}"))?;
+        cria_engine::stop::validate_stops(&self.stop).map_err(|e| anyhow!("--{e}"))?;
         Ok(c)
     }
 }

@@ -196,7 +196,11 @@ fn bad_flags_are_refused_before_the_model_loads() {
     std::fs::write(&gbnf, "root ::= \"x\"\n").unwrap();
     let gbnf = gbnf.to_str().unwrap();
     let missing = "/nonexistent/model.gguf";
+    let long_stop = "x".repeat(5000);
     let cases: &[(&[&str], &str)] = &[
+        // Sizes of the sampler's and stop matcher's buffers are bounded (cria-engine's limits).
+        (&["--repeat-last-n", "100000000000"], "repeat-last-n"),
+        (&["--stop", long_stop.as_str()], "--stop[0]"),
         (&["--temp", "abc"], "--temperature"),
         (&["--top-k", "-5"], "--top-k"),
         (&["--ctx-size", "0"], "--ctx-size"),
@@ -316,9 +320,28 @@ fn every_flag_has_help_and_no_internal_names() {
                 entry.trim()
             );
         }
-        for bad in ["::", "Some(", "None)", "<MAX_TOKENS>"] {
+        // Placeholders clap derives from field names (value_name missing).
+        let field_names = [
+            "<MAX_TOKENS>",
+            "<CTX_SIZE>",
+            "<KV_TYPE>",
+            "<BATCH>",
+            "<API_KEY>",
+            "<MAX_BODY>",
+            "<READ_TIMEOUT>",
+            "<PARALLEL>",
+        ];
+        for bad in ["Some(", "None)"].iter().chain(&field_names) {
             assert!(!page.contains(bad), "cria {which} shows {bad:?}:\n{page}");
         }
+        // A Rust path (`cria_model::KvType`), not an IPv6 address (`[::1]`, `::`).
+        let rust_path = page.match_indices("::").any(|(i, _)| {
+            page[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_')
+        });
+        assert!(!rust_path, "cria {which} shows a Rust path:\n{page}");
     }
 }
 
@@ -444,7 +467,7 @@ impl Server {
         let mut s = TcpStream::connect(&self.addr).unwrap();
         write!(
             s,
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
