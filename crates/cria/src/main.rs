@@ -267,8 +267,44 @@ fn main() {
     }
 }
 
+/// llama.cpp's `-ctk TYPE` / `-ctv TYPE` (`--cache-type-k` / `--cache-type-v`) become
+/// `--kv-type TYPE`: cria keeps keys and values in one type, so the two must agree (a K type
+/// without a V type, or the reverse, sets both). clap has no multi-letter short flags, hence
+/// this rewrite before parsing.
+fn cache_type_args(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut seen: Option<(String, std::ffi::OsString)> = None;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let flag = match a.to_str() {
+            Some(f @ ("-ctk" | "-ctv" | "--cache-type-k" | "--cache-type-v")) => f.to_string(),
+            _ => {
+                out.push(a);
+                continue;
+            }
+        };
+        let Some(v) = it.next() else {
+            bail!("{flag} needs a value: f16, f32, q8_0 or q4_0");
+        };
+        match &seen {
+            None => {
+                out.push("--kv-type".into());
+                out.push(v.clone());
+                seen = Some((flag, v));
+            }
+            Some((_, first)) if *first == v => {}
+            Some((f0, first)) => bail!(
+                "{f0} {} and {flag} {}: cria keeps keys and values in one type (--kv-type), so they must be the same",
+                first.to_string_lossy(),
+                v.to_string_lossy()
+            ),
+        }
+    }
+    Ok(out)
+}
+
 fn real_main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cache_type_args(std::env::args_os().collect())?);
     if matches!(cli.cmd, Cmd::Serve { .. }) {
         serve_malloc_settings();
     }
@@ -416,4 +452,37 @@ fn real_main() -> Result<()> {
         )?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_type_args;
+    use std::ffi::OsString;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn llama_cpp_cache_type_flags_become_kv_type() {
+        let a = cache_type_args(args(&["cria", "run", "-ctk", "q8_0", "-ctv", "q8_0", "hi"]));
+        assert_eq!(
+            a.unwrap(),
+            args(&["cria", "run", "--kv-type", "q8_0", "hi"])
+        );
+        let a = cache_type_args(args(&["cria", "serve", "--cache-type-v", "q4_0"]));
+        assert_eq!(a.unwrap(), args(&["cria", "serve", "--kv-type", "q4_0"]));
+        let e = cache_type_args(args(&["cria", "run", "-ctk", "q8_0", "-ctv", "f16"]));
+        assert!(e.unwrap_err().to_string().contains("must be the same"));
+        let e = cache_type_args(args(&["cria", "run", "-ctk"]));
+        assert!(e.unwrap_err().to_string().contains("-ctk needs a value"));
+        // Other words pass through untouched, even after the flags.
+        let a = cache_type_args(args(&[
+            "cria", "run", "-n", "-1", "-ctk", "f32", "--", "-ctx",
+        ]));
+        assert_eq!(
+            a.unwrap(),
+            args(&["cria", "run", "-n", "-1", "--kv-type", "f32", "--", "-ctx"])
+        );
+    }
 }

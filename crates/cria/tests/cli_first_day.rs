@@ -116,6 +116,21 @@ fn the_model_is_the_first_word_and_the_prompt_comes_from_anywhere() {
     );
 }
 
+/// llama.cpp's `-ctk/-ctv` spellings run a quantized KV cache (the same as `--kv-type q8_0`).
+#[test]
+fn llama_cpp_cache_type_flags_run() {
+    let m = smol_str();
+    let run = |flags: &[&str]| {
+        let mut a = vec!["run", m.as_str(), "-n", "6", "--temp", "0"];
+        a.extend_from_slice(flags);
+        a.push("Name a colour.");
+        ok(&a, "").0
+    };
+    let ct = run(&["-ctk", "q8_0", "-ctv", "q8_0"]);
+    assert!(!ct.trim().is_empty());
+    assert_eq!(ct, run(&["--kv-type", "q8_0"]));
+}
+
 #[test]
 fn a_run_says_why_it_stopped() {
     let m = smol_str();
@@ -201,6 +216,9 @@ fn bad_flags_are_refused_before_the_model_loads() {
         // Sizes of the sampler's and stop matcher's buffers are bounded (cria-engine's limits).
         (&["--repeat-last-n", "100000000000"], "repeat-last-n"),
         (&["--stop", long_stop.as_str()], "--stop[0]"),
+        // llama.cpp's cache-type flags: cria keeps K and V in one type.
+        (&["-ctk", "q8_0", "-ctv", "q4_0"], "must be the same"),
+        (&["-ctk", "q5_1"], "--kv-type"),
         (&["--temp", "abc"], "--temperature"),
         (&["--top-k", "-5"], "--top-k"),
         (&["--ctx-size", "0"], "--ctx-size"),
