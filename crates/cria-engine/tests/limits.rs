@@ -215,6 +215,19 @@ fn repetitions_are_bounded_before_they_expand() {
     let g = Grammar::parse(r#"root ::= [a-z]{0,2000} "!""#).unwrap();
     assert!(g.accepts(&format!("{}!", "q".repeat(2000))));
     assert!(!g.accepts(&format!("{}!", "q".repeat(2001))));
+    // A maximum past the repetition bound is an error, not silently dropped (llama.cpp makes it
+    // unbounded); a minimum past it too.
+    let e = Grammar::parse(r#"root ::= [a-z]{0,2001} "!""#).unwrap_err();
+    assert!(
+        e.msg.contains("repetition maximum 2001 exceeds 2000"),
+        "{e}"
+    );
+    let e = Grammar::parse(r#"root ::= [a-z]{2001,} "!""#).unwrap_err();
+    assert!(
+        e.msg.contains("repetition minimum 2001 exceeds 2000"),
+        "{e}"
+    );
+    assert!(Grammar::parse(r#"root ::= [a-z]{2000,} "!""#).is_ok());
 }
 
 #[test]

@@ -19,8 +19,10 @@
 use super::{CharClass, Clock, Elem, Grammar, GrammarError, Limits, TokenRef, TIME_BUDGET_MSG};
 use std::collections::HashMap;
 
-/// llama.cpp's bound on repetition counts (`MAX_REPETITION_THRESHOLD`): larger maxima become
-/// unbounded, larger minima are an error, since each repetition is a copy in the rule set.
+/// llama.cpp's bound on repetition counts (`MAX_REPETITION_THRESHOLD`), since each repetition is
+/// a copy in the rule set. A larger minimum is an error, as in llama.cpp; so is a larger maximum,
+/// where llama.cpp silently drops it (the output would be unbounded while the grammar promised a
+/// bound): `x*` or `x{m,}` says "no bound" explicitly.
 const MAX_REPETITION: u64 = 2000;
 
 /// One symbol of a sequence before flattening.
@@ -468,7 +470,15 @@ impl<'a> Parser<'a> {
                                     format!("repetition minimum {min} exceeds {MAX_REPETITION}"),
                                 );
                             }
-                            (min, max.filter(|&m| m <= MAX_REPETITION))
+                            if let Some(max) = max.filter(|&m| m > MAX_REPETITION) {
+                                return self.err(
+                                    start,
+                                    format!(
+                                        "repetition maximum {max} exceeds {MAX_REPETITION} (it could not be honoured; write {{{min},}} for no bound)"
+                                    ),
+                                );
+                            }
+                            (min, max)
                         }
                     };
                     let Some(l) = last.take() else {
