@@ -10,6 +10,7 @@ use common::*;
 use cria_tokenizer::Tokenizer;
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The committed fixture, unpacked into this test's scratch directory (from_hf reads files).
 fn load_hf(vocab: &str) -> Tokenizer {
@@ -20,14 +21,21 @@ fn load_hf(vocab: &str) -> Tokenizer {
         .map(flate2::read::GzDecoder::new)
         .and_then(|mut d| d.read_to_string(&mut text))
         .unwrap_or_else(|e| panic!("{}: {e}", gz.display()));
+    // A folder per call: tests run in parallel, and two of them may load the same vocabulary
+    // (one writing the file while the other reads it failed as "EOF while parsing").
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("hf")
-        .join(vocab);
+        .join(format!("{vocab}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("tokenizer.json");
     std::fs::write(&json, text).unwrap();
     let config = src.join("tokenizer_config.json");
-    Tokenizer::from_hf(&json, Some(&config)).unwrap_or_else(|e| panic!("{}: {e}", gz.display()))
+    let tok = Tokenizer::from_hf(&json, Some(&config))
+        .unwrap_or_else(|e| panic!("{}: {e}", gz.display()));
+    std::fs::remove_dir_all(&dir).ok();
+    tok
 }
 
 fn check(vocab: &str, expected_kind: &str) {
