@@ -224,21 +224,32 @@ enum Cmd {
 /// glibc's malloc raises its mmap threshold to the size of each large block freed (up to 32
 /// MiB), so after one burst of big requests (megabyte /tokenize answers, embedding batches) such
 /// blocks come from the per-thread arenas, which never give their pages back: the server's
-/// resident memory stays at its high-water mark. A fixed threshold (glibc's tunable, read at
-/// start-up) keeps every block above 128 KiB in its own mapping, returned when freed. `cria
-/// serve` sets it by running itself again with the tunable added (a safe `exec`; no FFI), unless
-/// the environment already sets it. Other commands keep glibc's defaults.
+/// resident memory stays at its high-water mark. A fixed threshold keeps every block above 128
+/// KiB in its own mapping, returned when freed, and two arenas instead of one per thread (8 per
+/// core) leave less memory stranded in arenas that a burst's threads once used. `cria serve`
+/// sets both through glibc's tunables, read at start-up, by running itself again with them added
+/// (a safe `exec`; no FFI), unless the environment already sets them. Other commands keep
+/// glibc's defaults.
 fn serve_malloc_settings() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
-        const KEY: &str = "glibc.malloc.mmap_threshold";
+        const SETTINGS: [(&str, &str); 2] = [
+            ("glibc.malloc.mmap_threshold", "131072"),
+            ("glibc.malloc.arena_max", "2"),
+        ];
         let old = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-        if !old.contains(KEY) {
-            let tunables = match old.is_empty() {
-                true => format!("{KEY}=131072"),
-                false => format!("{old}:{KEY}=131072"),
-            };
+        let missing: Vec<String> = SETTINGS
+            .iter()
+            .filter(|(k, _)| !old.contains(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if !missing.is_empty() {
+            let tunables = std::iter::once(old.as_str())
+                .filter(|o| !o.is_empty())
+                .chain(missing.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(":");
             // `exec` returns only if it failed; then serve with glibc's defaults.
             let e = match std::env::current_exe() {
                 Ok(exe) => std::process::Command::new(exe)
@@ -247,7 +258,7 @@ fn serve_malloc_settings() {
                     .exec(),
                 Err(e) => e,
             };
-            eprintln!("cria serve: note: could not set glibc's mmap threshold ({e}); memory freed after a burst may stay resident");
+            eprintln!("cria serve: note: could not set glibc's malloc tunables ({e}); memory freed after a burst may stay resident");
         }
     }
 }
