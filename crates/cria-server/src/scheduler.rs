@@ -259,12 +259,6 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// Copies the keys and values of positions 0..n from one cache to another of the same shape.
-fn copy_prefix(dst: &mut KvCache, src: &KvCache, n: usize) {
-    // Every slot is made with the same type; nothing is copied between different ones.
-    dst.copy_prefix_from(src, n);
-}
-
 /// log-softmax of the chosen token and the `k` most likely, from raw logits.
 fn logprobs(tok: &Tokenizer, logits: &[f32], chosen: u32, k: usize) -> TokenLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -497,7 +491,7 @@ impl<'a> Scheduler<'a> {
                     let (l, r) = self.slots.split_at_mut(si);
                     (&mut r[0], &l[di])
                 };
-                copy_prefix(&mut dst.kv, &src.kv, dc);
+                dst.kv.copy_prefix_from(&src.kv, dc);
                 dst.cached.clear();
                 dst.cached.extend_from_slice(&src.cached[..dc]);
                 common = dc;

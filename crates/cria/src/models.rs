@@ -819,9 +819,16 @@ fn choose_ctx_size_with(
         if train_ctx > 0 && n > train_ctx {
             notes.push("beyond the training context: quality may drop".into());
         }
+        // A context whose KV cache cannot fit is refused here, not by the allocator's abort.
         if let Some(a) = available {
-            if n as u128 * kv_bytes_per_token as u128 > a as u128 {
-                notes.push(format!("more than the {} free", mib(a as u128)));
+            let per_token = kv_bytes_per_token.max(1) as u128;
+            if n as u128 * per_token > a as u128 {
+                bail!(
+                    "--ctx-size {n} needs a KV cache of {} but {} is free: at most {} tokens fit",
+                    kv(n),
+                    mib(a as u128),
+                    a as u128 / per_token
+                );
             }
         }
         return Ok((n, format!("ctx {n} ({})", notes.join("; "))));
@@ -910,8 +917,9 @@ mod tests {
         assert_eq!(n, 4096);
         assert!(why.starts_with("ctx 4096 (--ctx-size"), "{why}");
         assert!(why.contains("beyond the training context"), "{why}");
-        let (_, why) = choose_ctx_size_with(2048, 1 << 20, Some(2048), Some(GIB)).unwrap();
-        assert!(why.contains("more than the 1.0 GiB free"), "{why}");
+        let err = choose_ctx_size_with(2048, 1 << 20, Some(2048), Some(GIB)).unwrap_err();
+        let want = "--ctx-size 2048 needs a KV cache of 2.0 GiB but 1.0 GiB is free: at most 1024";
+        assert!(err.to_string().contains(want), "{err}");
         let err = choose_ctx_size_with(2048, 1024, Some(0), Some(GIB)).unwrap_err();
         assert!(err.to_string().contains("at least 1"), "{err}");
     }

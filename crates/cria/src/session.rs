@@ -402,19 +402,6 @@ impl Loaded {
     pub fn ctx_size(&self, requested: Option<usize>) -> Result<usize> {
         let c = &self.model.config;
         let per_token = 2 * c.n_layers * self.kv_type.row_bytes(c.kv_dim());
-        // A context whose KV cache cannot fit is refused here, not by the allocator's abort.
-        if let (Some(n), Some(free)) = (requested, crate::models::available_memory()) {
-            let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
-            let need = n as u128 * per_token.max(1) as u128;
-            if need > free as u128 {
-                bail!(
-                    "--ctx-size {n} needs a KV cache of {:.1} GiB but {:.1} GiB is free: at most {} tokens fit",
-                    gib(need),
-                    gib(free as u128),
-                    free / per_token.max(1) as u64
-                );
-            }
-        }
         let (n, why) = crate::models::choose_ctx_size(c.max_seq_len, per_token, requested)?;
         eprintln!("{why}, {} cache", self.kv_type);
         Ok(n)
