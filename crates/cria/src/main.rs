@@ -70,14 +70,9 @@ impl TextArgs {
     fn read(&self) -> Result<String> {
         match (&self.file, &self.text) {
             (Some(f), None) => {
-                let b = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-                String::from_utf8(b).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: not valid UTF-8 (byte {})",
-                        f.display(),
-                        e.utf8_error().valid_up_to()
-                    )
-                })
+                let mut file =
+                    std::fs::File::open(f).with_context(|| format!("reading {}", f.display()))?;
+                run::read_prompt(&mut file, &f.display().to_string())
             }
             (None, Some(t)) => Ok(t.clone()),
             (Some(_), Some(_)) => bail!("give either --file or a text, not both"),

@@ -132,7 +132,8 @@ fn split_model<'a>(m: Option<&'a str>, words: &'a [String]) -> (Option<&'a str>,
     }
 }
 
-/// All of `r` as UTF-8 text, at most MAX_PROMPT_BYTES; `what` names the source in errors.
+/// All of `r` as UTF-8 text, at most MAX_PROMPT_BYTES (a prompt, or the text of `tokenize` and
+/// `logits`); `what` names the source in errors.
 pub fn read_prompt(r: &mut dyn Read, what: &str) -> Result<String> {
     let mut b = Vec::new();
     r.take(MAX_PROMPT_BYTES + 1)
