@@ -288,17 +288,7 @@ fn hostile(s: &Server) {
         415,
     );
     // A megabyte of text to /tokenize with pieces, four at once; one just over the limit.
-    let text = "ab cd ".repeat(1_000_000 / 6);
-    let body = format!(r#"{{"content":"{text}","with_pieces":true}}"#);
-    std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..4)
-            .map(|_| sc.spawn(|| s.post("/tokenize", body.as_bytes())))
-            .collect();
-        for h in hs {
-            let (st, resp) = h.join().unwrap();
-            assert_eq!(st, Some(200), "{}", &resp[..resp.len().min(300)]);
-        }
-    });
+    tokenize_burst(s, &"ab cd ".repeat(1_000_000 / 6));
     let over = format!(r#"{{"content":"{}"}}"#, "a".repeat((1 << 20) + 1));
     let (st, _) = s.post("/tokenize", over.as_bytes());
     assert!(
@@ -573,6 +563,27 @@ fn bad_clients_do_not_hurt_the_server() {
     }
 }
 
+/// Four clients at once asking /tokenize for the pieces of `text`; each must get a 200. Their
+/// answers.
+fn tokenize_burst(s: &Server, text: &str) -> Vec<String> {
+    let body = format!(
+        r#"{{"content":{},"with_pieces":true}}"#,
+        serde_json::to_string(text).unwrap()
+    );
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| sc.spawn(|| s.post("/tokenize", body.as_bytes())))
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                let (st, resp) = h.join().unwrap();
+                assert_eq!(st, Some(200), "{}", &resp[..resp.len().min(300)]);
+                resp
+            })
+            .collect()
+    })
+}
+
 /// Resident memory comes back to near its idle level after a burst: four clients at once asking
 /// /tokenize for the pieces of 0.9 MB of text (9 MB answers), three times. With glibc's default
 /// (a moving mmap threshold) the freed blocks stayed in per-thread arenas: 104 MiB idle, 213 MiB
@@ -581,10 +592,6 @@ fn bad_clients_do_not_hurt_the_server() {
 fn memory_returns_after_a_burst() {
     let s = Server::start();
     let text = "The quick brown fox jumps over the lazy dog; 12345. ".repeat(18_000);
-    let body = format!(
-        r#"{{"content":{},"with_pieces":true}}"#,
-        serde_json::to_string(&text[..900_000]).unwrap()
-    );
     let (st, _) = s.post(
         "/tokenize",
         b"{\"content\":\"warm up\",\"with_pieces\":true}",
@@ -593,20 +600,13 @@ fn memory_returns_after_a_burst() {
     let idle = s.rss_kib();
     let mut high = 0;
     for _ in 0..3 {
-        std::thread::scope(|sc| {
-            let hs: Vec<_> = (0..4)
-                .map(|_| sc.spawn(|| s.post("/tokenize", body.as_bytes())))
-                .collect();
-            for h in hs {
-                let (st, resp) = h.join().unwrap();
-                assert_eq!(st, Some(200), "{}", &resp[..resp.len().min(300)]);
-                assert!(
-                    resp.len() > 5_000_000,
-                    "a short answer: {} bytes",
-                    resp.len()
-                );
-            }
-        });
+        for resp in tokenize_burst(&s, &text[..900_000]) {
+            assert!(
+                resp.len() > 5_000_000,
+                "a short answer: {} bytes",
+                resp.len()
+            );
+        }
         high = high.max(s.rss_kib());
     }
     let after = s.rss_kib();
