@@ -6,6 +6,11 @@
 #
 #   scripts/bench/bench-vs-llamacpp.sh                 # everything, threads 1,2, 3 rounds
 #   MODELS="smollm2-Q4_0 llama32-1b-Q4_0" THREADS=2 ROUNDS=5 scripts/bench/bench-vs-llamacpp.sh
+#   CRIA_BASE=/path/to/old/cria scripts/bench/bench-vs-llamacpp.sh   # also before/after, same run
+#
+# With CRIA_BASE, every round also runs that (older) cria binary, in turn with the new one (the
+# order flips each round), and the table gains its t/s and the after/before ratio: a refactor's
+# "speed did not move" shown in one run. Its logits hashes must equal the new build's.
 #
 # Each round runs llama-bench, then cria (prompt, then generation), REPS repetitions each (after
 # each tool's warm-up run); a row's figures pool the samples of all rounds.
@@ -33,6 +38,7 @@ if [ ! -x "$BIN/llama-bench" ] || [ ! -x "$BIN/llama-quantize" ]; then
 fi
 (cd "$ROOT" && cargo build --release -q -p cria)
 CRIA="$ROOT/target/release/cria"
+BASE="${CRIA_BASE:-}"
 
 B="$REF/bench"
 mkdir -p "$B"
@@ -66,10 +72,10 @@ make_model() {
 # `cria bench` on model $m with the given test arguments, once per thread count of THREADS,
 # each in its own process; the rows of all of them as one JSON array in file $1.
 cria_rows() {
-  local out="$1" t parts=()
-  shift
+  local bin="$1" out="$2" t parts=()
+  shift 2
   for t in ${THREADS//,/ }; do
-    "$CRIA" bench -m "$m" "$@" -t "$t" -r "$REPS" -o json >"$out.t$t"
+    "$bin" bench -m "$m" "$@" -t "$t" -r "$REPS" -o json >"$out.t$t"
     parts+=("$out.t$t")
   done
   python3 -c 'import json, sys; json.dump([r for f in sys.argv[2:] for r in json.load(open(f))], open(sys.argv[1], "w"))' "$out" "${parts[@]}"
@@ -93,18 +99,39 @@ for name in $MODELS; do
     # test's alone: within one process, memory an earlier load or test freed can stay resident
     # and count against the next (a 2-thread tg128 after the 1-thread one peaked at 1.10 x
     # (file + KV) once, against 1.05 in its own process).
-    cria_rows "$B/cria-$name-pp-$round.json" -p "$PP" -n 0
-    cria_rows "$B/cria-$name-tg-$round.json" -p 0 -n "$TG"
+    run_new() {
+      cria_rows "$CRIA" "$B/cria-$name-pp-$round.json" -p "$PP" -n 0
+      cria_rows "$CRIA" "$B/cria-$name-tg-$round.json" -p 0 -n "$TG"
+    }
+    run_base() {
+      cria_rows "$BASE" "$B/base-$name-pp-$round.json" -p "$PP" -n 0
+      cria_rows "$BASE" "$B/base-$name-tg-$round.json" -p 0 -n "$TG"
+    }
+    if [ -z "$BASE" ]; then
+      run_new
+    elif [ $((round % 2)) = 1 ]; then
+      run_base; run_new
+    else
+      run_new; run_base
+    fi
     files+=("$B/lb-$name-$round.json" "$B/cria-$name-pp-$round.json" "$B/cria-$name-tg-$round.json")
+    [ -n "$BASE" ] && files+=("$B/base-$name-pp-$round.json" "$B/base-$name-tg-$round.json")
   done
-  python3 "$ROOT/scripts/bench/pool.py" "$OUT" "$name" "${files[@]}"
+  python3 "$ROOT/scripts/bench/pool.py" ${BASE:+--base} "$OUT" "$name" "${files[@]}"
 done
 python3 "$ROOT/scripts/bench/table.py" "$OUT"
 # cria's logits hash per test must be one value across rounds and thread counts (pool.py).
 python3 - "$OUT" <<'PY'
 import json, sys
-bad = [(r["name"], c["test"], c["logits_hash"]) for r in json.load(open(sys.argv[1]))
-       for c in r["cria"] if not c.get("logits_hash_agree", True)]
+rows = json.load(open(sys.argv[1]))
+bad = [(r["name"], c["test"], c["logits_hash"]) for r in rows
+       for c in r["cria"] + r.get("base", []) if not c.get("logits_hash_agree", True)]
+# A before/after run: the old build's hash of each test must be the new one's.
+for r in rows:
+    new = {c["test"]: c["logits_hash"] for c in r["cria"]}
+    for c in r.get("base", []):
+        if new.get(c["test"]) != c["logits_hash"]:
+            bad.append((r["name"], c["test"], "before %s, after %s" % (c["logits_hash"], new.get(c["test"]))))
 for b in sorted(set(bad)):
     print("logits hash differs between rounds or thread counts: %s %s %s" % b, file=sys.stderr)
 sys.exit(1 if bad else 0)

@@ -2,6 +2,10 @@
 """Appends one model's row to a bench-vs-llamacpp.sh results file, pooling the rounds.
 
     pool.py RESULTS NAME lb-1.json cria-pp-1.json cria-tg-1.json [lb-2.json ...]
+    pool.py --base RESULTS NAME lb-1.json cria-pp-1.json cria-tg-1.json base-pp-1.json base-tg-1.json ...
+
+With --base, rounds are of five: an older cria build's prompt and generation JSON follow, pooled
+the same way into the row's "base" (bench-vs-llamacpp.sh's CRIA_BASE).
 
 Files come in rounds of three (llama-bench's JSON, cria's prompt JSON, cria's generation JSON).
 Per (threads, test): the samples of every round are pooled into one mean and standard deviation
@@ -66,15 +70,24 @@ def pool_cria(entries):
 
 
 def main():
-    results, name, *files = sys.argv[1:]
-    if not files or len(files) % 3:
-        sys.exit("pool.py: files come in rounds of three (llama-bench, cria pp, cria tg)")
-    llama, cria = [], []
-    for i in range(0, len(files), 3):
+    args = sys.argv[1:]
+    with_base = args[:1] == ["--base"]
+    results, name, *files = args[1:] if with_base else args
+    per = 5 if with_base else 3
+    if not files or len(files) % per:
+        sys.exit(f"pool.py: files come in rounds of {per} (llama-bench, cria pp, cria tg"
+                 + (", base pp, base tg)" if with_base else ")"))
+    llama, cria, base = [], [], []
+    for i in range(0, len(files), per):
         llama += json.load(open(files[i]))
         cria += json.load(open(files[i + 1])) + json.load(open(files[i + 2]))
+        if with_base:
+            base += json.load(open(files[i + 3])) + json.load(open(files[i + 4]))
     rows = json.load(open(results))
-    rows.append({"name": name, "llama": pool_llama(llama), "cria": pool_cria(cria)})
+    row = {"name": name, "llama": pool_llama(llama), "cria": pool_cria(cria)}
+    if with_base:
+        row["base"] = pool_cria(base)
+    rows.append(row)
     json.dump(rows, open(results, "w"), indent=1)
 
 
