@@ -4,6 +4,7 @@
 
 pub mod dtype;
 pub mod error;
+pub mod ftype;
 pub mod gguf;
 pub mod npy;
 pub mod quant;

@@ -6,6 +6,7 @@
 //! message and location.
 
 pub mod grammar;
+pub mod memory;
 pub mod sampler;
 pub mod stop;
 pub mod template;

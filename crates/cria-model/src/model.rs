@@ -370,18 +370,8 @@ impl Model {
 
     /// The weight type holding most of the layers' bytes (what a file's quantization is called by).
     pub fn main_dtype(&self) -> cria_core::DType {
-        let mut by: Vec<(cria_core::DType, usize)> = Vec::new();
-        for l in &self.weights.layers {
-            for t in l.matrices() {
-                match by.iter_mut().find(|(d, _)| *d == t.dtype) {
-                    Some((_, n)) => *n += t.bytes().len(),
-                    None => by.push((t.dtype, t.bytes().len())),
-                }
-            }
-        }
-        by.into_iter()
-            .max_by_key(|&(_, n)| n)
-            .map_or(self.weights.output.dtype, |(d, _)| d)
+        let matrices = self.weights.layers.iter().flat_map(|l| l.matrices());
+        cria_core::ftype::main_dtype(matrices).unwrap_or(self.weights.output.dtype)
     }
 
     /// Bytes of the matrices one token's forward reads: every layer matrix and the output head.

@@ -402,7 +402,7 @@ impl Loaded {
     pub fn ctx_size(&self, requested: Option<usize>) -> Result<usize> {
         let c = &self.model.config;
         let per_token = 2 * c.n_layers * self.kv_type.row_bytes(c.kv_dim());
-        let (n, why) = crate::models::choose_ctx_size(c.max_seq_len, per_token, requested)?;
+        let (n, why) = cria_engine::memory::choose_ctx_size(c.max_seq_len, per_token, requested)?;
         eprintln!("{why}, {} cache", self.kv_type);
         Ok(n)
     }
