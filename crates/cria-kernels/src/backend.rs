@@ -63,8 +63,9 @@ pub trait Backend: Send + Sync + Sized {
     fn alloc(dev: &Self::Device, n: usize) -> Self::Buf;
     /// Host room for `n` values read back from a `Buf`.
     fn alloc_host(dev: &Self::Device, n: usize) -> Self::Host;
-    /// A K or V cache of `n` values of `ty` (`n` a multiple of its block length).
-    fn alloc_kv(dev: &Self::Device, ty: KvType, n: usize) -> Self::Kv;
+    /// A K or V cache of `n` values of `ty` (`n` a multiple of its block length); an error
+    /// where the memory is not there (a device's).
+    fn alloc_kv(dev: &Self::Device, ty: KvType, n: usize) -> cria_core::Result<Self::Kv>;
     /// A norm weight or bias, at load.
     fn upload(&self, v: Vec<f32>) -> Self::Buf;
     /// Values a `Buf` holds.

@@ -36,8 +36,12 @@ impl<B: Backend> KvCache<B> {
         let nl = m.config.n_layers;
         let dev = &m.device;
         Ok(KvCache {
-            k: (0..nl).map(|_| B::alloc_kv(dev, kv_type, n)).collect(),
-            v: (0..nl).map(|_| B::alloc_kv(dev, kv_type, n)).collect(),
+            k: (0..nl)
+                .map(|_| B::alloc_kv(dev, kv_type, n))
+                .collect::<Result<_>>()?,
+            v: (0..nl)
+                .map(|_| B::alloc_kv(dev, kv_type, n))
+                .collect::<Result<_>>()?,
             max_seq,
             kv_type,
             kv_dim,

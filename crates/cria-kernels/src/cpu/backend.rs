@@ -33,8 +33,8 @@ impl Backend for CpuBackend {
 
     fn alloc_host(_: &(), _: usize) {}
 
-    fn alloc_kv(_: &(), ty: KvType, n: usize) -> KvRows {
-        KvRows::new(ty, n)
+    fn alloc_kv(_: &(), ty: KvType, n: usize) -> cria_core::Result<KvRows> {
+        Ok(KvRows::new(ty, n))
     }
 
     fn upload(&self, v: Vec<f32>) -> Vec<f32> {
