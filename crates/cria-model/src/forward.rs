@@ -310,6 +310,10 @@ fn project<B: Backend, const N: usize>(
     ws: [&Weight<B>; N],
     t: usize,
 ) {
+    debug_assert!(
+        ws.iter().all(|w| w.adapters.is_empty()),
+        "LoRA adapters are not applied yet"
+    );
     if N == 1 {
         let out = outs.into_iter().next().expect("one output");
         b.matmul(out, x, &ws[0].base, t)
