@@ -2,7 +2,7 @@
 //! element type holding the most bytes.
 
 use crate::gguf::GgufFile;
-use crate::{DType, Tensor};
+use crate::DType;
 
 /// llama.cpp's `llama_ftype` (general.file_type) names.
 pub fn ftype_name(t: u64) -> Option<&'static str> {
@@ -43,14 +43,14 @@ pub fn ftype_name(t: u64) -> Option<&'static str> {
     })
 }
 
-/// The element type holding the most bytes of `tensors` (on a tie, the type first seen later);
+/// The element type holding the most bytes of `tensors`, (type, bytes) pairs (on a tie, the type first seen later);
 /// None when there are none.
-pub fn main_dtype<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Option<DType> {
+pub fn main_dtype(tensors: impl IntoIterator<Item = (DType, usize)>) -> Option<DType> {
     let mut by: Vec<(DType, usize)> = Vec::new();
-    for t in tensors {
-        match by.iter_mut().find(|(d, _)| *d == t.dtype) {
-            Some((_, n)) => *n += t.bytes().len(),
-            None => by.push((t.dtype, t.bytes().len())),
+    for (dtype, bytes) in tensors {
+        match by.iter_mut().find(|(d, _)| *d == dtype) {
+            Some((_, n)) => *n += bytes,
+            None => by.push((dtype, bytes)),
         }
     }
     by.into_iter().max_by_key(|&(_, n)| n).map(|(d, _)| d)
@@ -61,12 +61,15 @@ pub fn main_dtype<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Option<D
 pub fn gguf_quant_name(g: &GgufFile) -> Option<&'static str> {
     g.get_u64("general.file_type")
         .and_then(ftype_name)
-        .or_else(|| main_dtype(&g.tensors).map(DType::name))
+        .or_else(|| {
+            main_dtype(g.tensors.iter().map(|t| (t.dtype, t.bytes().len()))).map(DType::name)
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Tensor;
 
     #[test]
     fn ftype_names() {
@@ -88,8 +91,9 @@ mod tests {
             .unwrap()
         };
         let ts = [small("a"), small("b"), f("c", 64)];
-        assert_eq!(main_dtype(&ts), Some(DType::F32));
-        assert_eq!(main_dtype(&ts[..2]), Some(DType::Q8_0));
-        assert_eq!(main_dtype(&[]), None);
+        let of = |ts: &[Tensor]| main_dtype(ts.iter().map(|t| (t.dtype, t.bytes().len())));
+        assert_eq!(of(&ts), Some(DType::F32));
+        assert_eq!(of(&ts[..2]), Some(DType::Q8_0));
+        assert_eq!(of(&[]), None);
     }
 }

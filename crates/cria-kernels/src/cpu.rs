@@ -15,18 +15,20 @@
 use crate::dot::{self, Kernel};
 use crate::isa::Isa;
 use crate::pool::ThreadPool;
-use crate::{ops, reference, AttnShape, Backend, KvSlice, Rope};
+use crate::{ops, reference, AttnShape, KvSlice, Rope};
 use cria_core::{DType, Tensor};
 use std::sync::Mutex;
 
 // Their SIMD bodies are x86-64 only; elsewhere the shared scaffolding would warn as unused.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 mod attention;
+mod backend;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 mod gemm_float;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 pub mod gemm_half;
 pub mod gemm_q;
+pub mod kv;
 mod matmul;
 
 /// Below this many multiply-adds an op runs on the calling thread: waking workers costs a few
@@ -212,31 +214,39 @@ impl CpuBackend {
             + 1
     }
 
+    /// `matmul_many` as one `matmul` per matrix: the path for sets its fused kernel does not
+    /// take.
+    fn matmul_each(&self, outs: &mut [&mut [f32]], x: &[f32], ws: &[&Tensor], t: usize) {
+        assert_eq!(
+            outs.len(),
+            ws.len(),
+            "matmul_many: {} outputs for {} matrices",
+            outs.len(),
+            ws.len()
+        );
+        for (o, w) in outs.iter_mut().zip(ws) {
+            self.matmul(o, x, w, t);
+        }
+    }
+
     /// The kernel `matmul` uses for weights of `dtype`, if any.
     pub fn kernel(&self, dtype: DType) -> Option<Kernel> {
         dot::kernel(self.isa, dtype)
     }
 }
 
-impl Backend for CpuBackend {
-    fn name(&self) -> String {
-        format!("cpu-{} x{}", self.isa, self.threads)
-    }
-
-    fn supports(&self, dtype: DType) -> bool {
-        // matmul needs a kernel; embed dequantizes rows through cria-core.
-        self.kernel(dtype).is_some() && cria_core::quant::can_dequantize(dtype)
-    }
-
-    fn prepare(&self, w: Tensor) -> cria_core::Result<Tensor> {
+/// The slice-level ops (the kernels' tests and benches call them; `impl Backend` in
+/// cpu/backend.rs runs the forward's ops through them).
+impl CpuBackend {
+    pub fn prepare(&self, w: Tensor) -> cria_core::Result<Tensor> {
         matmul::prepare(self, w)
     }
 
-    fn matmul(&self, out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
+    pub fn matmul(&self, out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
         matmul::matmul(self, out, x, w, t)
     }
 
-    fn matmul_many(&self, outs: &mut [&mut [f32]], x: &[f32], ws: &[&Tensor], t: usize) {
+    pub fn matmul_many(&self, outs: &mut [&mut [f32]], x: &[f32], ws: &[&Tensor], t: usize) {
         match gemm_q::packed_many(ws) {
             Some(ps) if t > 0 && outs.len() == ws.len() => {
                 for (w, o) in ws.iter().zip(outs.iter()) {
@@ -244,11 +254,11 @@ impl Backend for CpuBackend {
                 }
                 gemm_q::matmul_many(self, x, t, outs, &ps[..ws.len()])
             }
-            _ => crate::matmul_each(self, outs, x, ws, t),
+            _ => self.matmul_each(outs, x, ws, t),
         }
     }
 
-    fn embed(&self, out: &mut [f32], table: &Tensor, tokens: &[u32]) {
+    pub fn embed(&self, out: &mut [f32], table: &Tensor, tokens: &[u32]) {
         let (rows, k) = (table.rows(), table.cols());
         assert_eq!(
             out.len(),
@@ -287,7 +297,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn rmsnorm(&self, out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    pub fn rmsnorm(&self, out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
         assert_eq!(out.len(), x.len(), "rmsnorm: out and x differ in length");
         assert!(
             w.is_empty() || x.len() % w.len() == 0,
@@ -306,7 +316,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn rope(
+    pub fn rope(
         &self,
         x: &mut [f32],
         t: usize,
@@ -332,11 +342,11 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn attention(&self, out: &mut [f32], q: &[f32], k: KvSlice, v: KvSlice, s: &AttnShape) {
+    pub fn attention(&self, out: &mut [f32], q: &[f32], k: KvSlice, v: KvSlice, s: &AttnShape) {
         attention::attention(self, out, q, k, v, s)
     }
 
-    fn silu_mul(&self, a: &mut [f32], b: &[f32]) {
+    pub fn silu_mul(&self, a: &mut [f32], b: &[f32]) {
         assert_eq!(a.len(), b.len(), "silu_mul: lengths differ");
         match self.isa {
             #[cfg(target_arch = "x86_64")]
@@ -346,7 +356,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn add_assign(&self, a: &mut [f32], b: &[f32]) {
+    pub fn add_assign(&self, a: &mut [f32], b: &[f32]) {
         assert_eq!(a.len(), b.len(), "add_assign: lengths differ");
         // Memory-bound and already vectorised by the compiler: the reference is the fast path.
         reference::add_assign(a, b)

@@ -2,9 +2,11 @@
 //! backend. Every op here has a scalar reference (`reference`), which is the spec the fast kernels
 //! are tested against.
 //!
-//! Conventions: activations are row-major f32 `(t, n)` slices; weights are `cria_core::Tensor`s in
-//! GGML order (`ne[0]` = in_features = cols, rows = out_features), in whatever dtype the file has.
+//! Conventions: activations are row-major f32 `(t, n)` rows in the backend's buffers; weights
+//! are `cria_core::Tensor`s in GGML order (`ne[0]` = in_features = cols, rows = out_features), in
+//! whatever dtype the file has, which the backend prepares into its own `Backend::Matrix`.
 
+mod backend;
 pub mod cpu;
 pub mod dot;
 pub mod isa;
@@ -12,12 +14,15 @@ pub mod membw;
 mod ops;
 pub mod pool;
 pub mod reference;
+mod weight;
 
 use cria_core::quant::{BlockQ4_0, BlockQ8_0, QK};
-use cria_core::{DType, Tensor};
 
+pub use backend::{Backend, Rows};
+pub use cpu::kv::KvRows;
 pub use cpu::CpuBackend;
 pub use isa::Isa;
+pub use weight::{LoraAdapter, Weight};
 
 /// Rotary embedding parameters, precomputed once per model.
 ///
@@ -272,70 +277,5 @@ impl KvSlice<'_> {
                 }
             }
         }
-    }
-}
-
-/// The ops a LLaMA forward needs. Implementations may use threads internally; every call is
-/// synchronous. Slices are row-major f32 unless stated.
-pub trait Backend: Send + Sync {
-    fn name(&self) -> String;
-    /// Whether `matmul`/`embed` run weights of this type.
-    fn supports(&self, dtype: DType) -> bool;
-    /// Called once per weight matrix at load, after `supports`: the backend may return it in a
-    /// layout of its own (e.g. rows interleaved for its GEMM), which only its `matmul` reads.
-    /// The embedding table is not passed here (`embed` reads the file's layout). Default: as is.
-    fn prepare(&self, w: Tensor) -> cria_core::Result<Tensor> {
-        Ok(w)
-    }
-    /// out (t, w.rows()) = x (t, w.cols()) @ w^T.
-    fn matmul(&self, out: &mut [f32], x: &[f32], w: &Tensor, t: usize);
-    /// outs[i] (t, ws[i].rows()) = x (t, k) @ ws[i]^T for several matrices on the same input
-    /// (Q, K and V; gate and up): a backend may convert the input once and run them as one
-    /// parallel job. Every output must equal what `matmul` gives it alone. Default: one by one.
-    fn matmul_many(&self, outs: &mut [&mut [f32]], x: &[f32], ws: &[&Tensor], t: usize) {
-        matmul_each(self, outs, x, ws, t)
-    }
-    /// out (tokens.len(), table.cols()) = rows `tokens` of `table`, dequantized.
-    fn embed(&self, out: &mut [f32], table: &Tensor, tokens: &[u32]);
-    /// Per row of length `w.len()`: out = x / sqrt(mean(x^2) + eps) * w.
-    fn rmsnorm(&self, out: &mut [f32], x: &[f32], w: &[f32], eps: f32);
-    /// In place on x (t, n_heads * head_dim); row r is at position pos0 + r.
-    fn rope(
-        &self,
-        x: &mut [f32],
-        t: usize,
-        n_heads: usize,
-        head_dim: usize,
-        pos0: usize,
-        rope: &Rope,
-    );
-    /// out (t, n_heads*head_dim) = softmax(q k^T * scale, causal [+ window]) v, GQA: query head h
-    /// reads kv head h / (n_heads / n_kv_heads). `k`, `v`: the layer's cache, (>= pos0+t,
-    /// n_kv_heads*head_dim), both of the same `KvType`.
-    fn attention(&self, out: &mut [f32], q: &[f32], k: KvSlice, v: KvSlice, s: &AttnShape);
-    /// a = silu(a) * b.
-    fn silu_mul(&self, a: &mut [f32], b: &[f32]);
-    /// a += b.
-    fn add_assign(&self, a: &mut [f32], b: &[f32]);
-}
-
-/// `Backend::matmul_many` as one `matmul` per matrix: the trait's default, and the CPU backend's
-/// path for sets its fused kernel does not take.
-pub fn matmul_each<B: Backend + ?Sized>(
-    b: &B,
-    outs: &mut [&mut [f32]],
-    x: &[f32],
-    ws: &[&Tensor],
-    t: usize,
-) {
-    assert_eq!(
-        outs.len(),
-        ws.len(),
-        "matmul_many: {} outputs for {} matrices",
-        outs.len(),
-        ws.len()
-    );
-    for (o, w) in outs.iter_mut().zip(ws) {
-        b.matmul(o, x, w, t);
     }
 }

@@ -64,7 +64,7 @@ impl Case {
             _ => (KvSlice::Q4_0(&self.k4), KvSlice::Q4_0(&self.v4)),
         }
     }
-    fn run(&self, b: &dyn Backend, ty: KvType) -> Vec<f32> {
+    fn run(&self, b: &CpuBackend, ty: KvType) -> Vec<f32> {
         let mut o = vec![f32::NAN; self.q.len()];
         let (k, v) = self.kv(ty);
         b.attention(&mut o, &self.q, k, v, &self.s);

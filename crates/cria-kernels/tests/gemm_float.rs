@@ -19,7 +19,7 @@ mod common;
 
 use common::*;
 use cria_core::DType;
-use cria_kernels::{Backend, CpuBackend, Isa};
+use cria_kernels::{CpuBackend, Isa};
 
 const TOKENS: [usize; 6] = [1, 2, 3, 5, 17, 64];
 const ROWS: [usize; 4] = [1, 7, 33, 100];

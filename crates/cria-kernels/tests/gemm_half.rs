@@ -14,7 +14,7 @@ mod common;
 use common::*;
 use cria_core::DType;
 use cria_kernels::cpu::gemm_half::{matmul_scalar, PackedHalf};
-use cria_kernels::{Backend, CpuBackend, Isa};
+use cria_kernels::{CpuBackend, Isa};
 
 const TOKENS: [usize; 10] = [1, 2, 5, 6, 7, 12, 13, 48, 55, 110];
 const ROWS: [usize; 7] = [1, 7, 15, 16, 17, 65, 100];

@@ -19,7 +19,7 @@ use common::*;
 use cria_core::DType;
 use cria_kernels::cpu::gemm_q::{self, Kind, Packed, GROUP, TILE_T, TILE_T2};
 use cria_kernels::dot::scalar;
-use cria_kernels::{Backend, CpuBackend, Isa};
+use cria_kernels::{CpuBackend, Isa};
 
 const ALL: [DType; 12] = [
     DType::Q4_0,

@@ -1,138 +1,74 @@
 //! The LLaMA forward pass: one function over preallocated buffers and a preallocated KV cache.
 
 use crate::model::Model;
-use bytemuck::Zeroable;
-use cria_core::quant::{self, BlockQ4_0, BlockQ8_0, QK};
 use cria_core::{Error, Result};
-use cria_kernels::{AttnShape, Backend, KvSlice, KvType};
+use cria_kernels::{AttnShape, Backend, CpuBackend, KvType, Rows, Weight};
 
-/// One layer's K or V rows, (max_seq, kv_dim), in the cache's element type.
-pub enum KvRows {
-    /// IEEE half bits, rounded to nearest even from the f32 projections (ggml's cpy).
-    F16(Vec<u16>),
-    F32(Vec<f32>),
-    /// ggml Q8_0 blocks of 32 values along a row (kv_dim / 32 per position).
-    Q8_0(Vec<BlockQ8_0>),
-    /// ggml Q4_0 blocks, as Q8_0.
-    Q4_0(Vec<BlockQ4_0>),
-}
-
-impl KvRows {
-    /// Rows for `n` values (a multiple of the type's block length).
-    fn new(ty: KvType, n: usize) -> Self {
-        let blocks = n / ty.block_len();
-        match ty {
-            KvType::F16 => KvRows::F16(vec![0; n]),
-            KvType::F32 => KvRows::F32(vec![0.0; n]),
-            KvType::Q8_0 => KvRows::Q8_0(vec![BlockQ8_0::zeroed(); blocks]),
-            KvType::Q4_0 => KvRows::Q4_0(vec![BlockQ4_0::zeroed(); blocks]),
-        }
-    }
-    /// Values 0..n as attention reads them (n a multiple of the type's block length).
-    pub fn slice(&self, n: usize) -> KvSlice<'_> {
-        match self {
-            KvRows::F16(x) => KvSlice::F16(&x[..n]),
-            KvRows::F32(x) => KvSlice::F32(&x[..n]),
-            KvRows::Q8_0(x) => KvSlice::Q8_0(&x[..n / QK]),
-            KvRows::Q4_0(x) => KvSlice::Q4_0(&x[..n / QK]),
-        }
-    }
-    /// Stores `src` at value offset `at` (both whole blocks for a quantized type).
-    fn store(&mut self, at: usize, src: &[f32]) {
-        match self {
-            KvRows::F16(x) => {
-                // F16C's round-to-nearest-even when the CPU has it (half checks at run time):
-                // the same bits as f16::from_f32 per element.
-                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-                let d: &mut [half::f16] = x[at..at + src.len()].reinterpret_cast_mut();
-                d.convert_from_f32_slice(src)
-            }
-            KvRows::F32(x) => x[at..at + src.len()].copy_from_slice(src),
-            // What llama.cpp's copy into a quantized cache does on x86 (the type's from_float).
-            KvRows::Q8_0(x) => {
-                quant::quantize_row_q8_0_x86(src, &mut x[at / QK..(at + src.len()) / QK])
-            }
-            KvRows::Q4_0(x) => {
-                quant::quantize_row_q4_0(src, &mut x[at / QK..(at + src.len()) / QK])
-            }
-        }
-    }
-    /// Values held.
-    fn len(&self) -> usize {
-        match self {
-            KvRows::F16(x) => x.len(),
-            KvRows::F32(x) => x.len(),
-            KvRows::Q8_0(x) => x.len() * QK,
-            KvRows::Q4_0(x) => x.len() * QK,
-        }
-    }
-    /// Copies values 0..n of `src` (n a multiple of the block length), if it is of this type.
-    fn copy_prefix(&mut self, src: &KvRows, n: usize) {
-        match (self, src) {
-            (KvRows::F16(d), KvRows::F16(s)) => d[..n].copy_from_slice(&s[..n]),
-            (KvRows::F32(d), KvRows::F32(s)) => d[..n].copy_from_slice(&s[..n]),
-            (KvRows::Q8_0(d), KvRows::Q8_0(s)) => d[..n / QK].copy_from_slice(&s[..n / QK]),
-            (KvRows::Q4_0(d), KvRows::Q4_0(s)) => d[..n / QK].copy_from_slice(&s[..n / QK]),
-            _ => {}
-        }
-    }
-}
-
-/// K and V for every layer and position, allocated once for `max_seq` positions.
-pub struct KvCache {
-    pub k: Vec<KvRows>, // per layer (max_seq, kv_dim)
-    pub v: Vec<KvRows>, // per layer (max_seq, kv_dim)
+/// K and V for every layer and position, allocated once for `max_seq` positions by the backend.
+pub struct KvCache<B: Backend = CpuBackend> {
+    pub k: Vec<B::Kv>, // per layer (max_seq, kv_dim)
+    pub v: Vec<B::Kv>, // per layer (max_seq, kv_dim)
     pub max_seq: usize,
+    kv_type: KvType,
+    kv_dim: usize,
+    dev: B::Device,
 }
 
-impl KvCache {
+impl<B: Backend> KvCache<B> {
     /// An F16 cache (llama.cpp's default).
-    pub fn new(m: &Model, max_seq: usize) -> Self {
+    pub fn new(m: &Model<B>, max_seq: usize) -> Self {
         Self::with_type(m, max_seq, KvType::default())
     }
 
     /// A cache of `kv_type`. Panics if the model's heads are not whole blocks of a quantized
     /// type: check `KvType::check_head_dim` first (`try_with_type` does).
-    pub fn with_type(m: &Model, max_seq: usize, kv_type: KvType) -> Self {
+    pub fn with_type(m: &Model<B>, max_seq: usize, kv_type: KvType) -> Self {
         Self::try_with_type(m, max_seq, kv_type).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A cache of `kv_type`, or the reason this model cannot have one.
-    pub fn try_with_type(m: &Model, max_seq: usize, kv_type: KvType) -> Result<Self> {
+    pub fn try_with_type(m: &Model<B>, max_seq: usize, kv_type: KvType) -> Result<Self> {
         kv_type
             .check_head_dim(m.config.head_dim)
             .map_err(Error::msg)?;
-        let n = max_seq * m.config.kv_dim();
+        let kv_dim = m.config.kv_dim();
+        let n = max_seq * kv_dim;
         let nl = m.config.n_layers;
+        let dev = &m.device;
         Ok(KvCache {
-            k: (0..nl).map(|_| KvRows::new(kv_type, n)).collect(),
-            v: (0..nl).map(|_| KvRows::new(kv_type, n)).collect(),
+            k: (0..nl)
+                .map(|_| B::alloc_kv(dev, kv_type, n))
+                .collect::<Result<_>>()?,
+            v: (0..nl)
+                .map(|_| B::alloc_kv(dev, kv_type, n))
+                .collect::<Result<_>>()?,
             max_seq,
+            kv_type,
+            kv_dim,
+            dev: dev.clone(),
         })
     }
 
-    /// The element type (every layer's rows have the same; F16 for a model without layers).
+    /// The element type (every layer's rows have the same).
     pub fn kv_type(&self) -> KvType {
-        self.k.first().map_or(KvType::F16, |k| k.slice(0).kv_type())
+        self.kv_type
     }
 
     /// Bytes of K and V that attention reads per cached position, over all layers.
     pub fn bytes_per_position(&self) -> usize {
-        let per_layer = self.k.first().map_or(0, |k| k.len() / self.max_seq.max(1));
-        2 * self.k.len() * self.kv_type().row_bytes(per_layer)
+        2 * self.k.len() * self.kv_type.row_bytes(self.kv_dim)
     }
 
     /// Copies positions 0..n of every layer from `src`, a cache of the same model and type (a
     /// server slot reusing another's prompt prefix). Nothing is copied between different types.
-    pub fn copy_prefix_from(&mut self, src: &KvCache, n: usize) {
-        let per_pos = src.k.first().map_or(0, |k| k.len() / src.max_seq.max(1));
+    pub fn copy_prefix_from(&mut self, src: &KvCache<B>, n: usize) {
         for (d, s) in self
             .k
             .iter_mut()
             .chain(self.v.iter_mut())
             .zip(src.k.iter().chain(&src.v))
         {
-            d.copy_prefix(s, n * per_pos);
+            B::kv_copy_prefix(&self.dev, d, s, n * src.kv_dim);
         }
     }
 }
@@ -151,10 +87,10 @@ pub enum Logits {
 
 /// One sequence's part of a batched forward: its new tokens, the position of the first, and its
 /// own KV cache.
-pub struct SeqStep<'a> {
+pub struct SeqStep<'a, B: Backend = CpuBackend> {
     pub tokens: &'a [u32],
     pub pos: usize,
-    pub kv: &'a mut KvCache,
+    pub kv: &'a mut KvCache<B>,
 }
 
 /// Called after each op with (name as llama.cpp's graph names it, layer, values): debug dumps of
@@ -168,8 +104,9 @@ pub type Probe = Box<dyn FnMut(&str, usize, &[f32]) + Send>;
 /// read from memory once per 128, and the smaller buffers stay in cache.
 pub const UBATCH: usize = 128;
 
-/// Activations for up to `max_t` tokens per call. Sized once; the forward never allocates.
-pub struct Scratch {
+/// Activations for up to `max_t` tokens per call, in the backend's buffers. Sized once; the
+/// forward never allocates.
+pub struct Scratch<B: Backend = CpuBackend> {
     pub probe: Option<Probe>,
     /// Most tokens one forward call takes.
     pub max_t: usize,
@@ -177,23 +114,26 @@ pub struct Scratch {
     /// this runs as micro-batches of `ubatch` tokens (same results, bit for bit: every kernel
     /// computes a token's row the same way whatever else is in the batch).
     ubatch: usize,
-    pub x: Vec<f32>,  // (T, dim) residual stream
-    pub xb: Vec<f32>, // (T, dim) normed input / block output
+    pub x: B::Buf,  // (T, dim) residual stream
+    pub xb: B::Buf, // (T, dim) normed input / block output
     /// (T, max(ffn_dim, q_dim)): the attention output, then (T, ffn_dim) the gate (the two
     /// are never live at once).
-    pub hb: Vec<f32>,
-    /// The queries (T, q_dim), this call's keys and values before they go into the cache (T,
-    /// kv_dim each), one after the other; then (T, ffn_dim) the up projection (dead by then):
-    /// room for the larger of the two.
-    pub qkv_up: Vec<f32>,
-    pub logits: Vec<f32>, // (T or n_seqs, vocab)
+    pub hb: B::Buf,
+    /// (T, max(q_dim, ffn_dim)): the queries, then the up projection (dead by then).
+    pub q_up: B::Buf,
+    /// (T, kv_dim) each: this call's keys and values before they go into the cache.
+    pub k: B::Buf,
+    pub v: B::Buf,
+    pub logits: B::Buf, // (T or n_seqs, vocab)
+    /// The logits or hidden states of the last call, read back to the host (CPU: nothing).
+    out: B::Host,
     n_logits: usize,
     n_hidden: usize,
     vocab: usize,
 }
 
-impl Scratch {
-    pub fn new(m: &Model, max_t: usize, mode: Logits) -> Self {
+impl<B: Backend> Scratch<B> {
+    pub fn new(m: &Model<B>, max_t: usize, mode: Logits) -> Self {
         let max_t = max_t.max(1);
         match mode {
             // Prompts: activations for UBATCH tokens, longer calls in micro-batches.
@@ -205,25 +145,30 @@ impl Scratch {
 
     /// Room for `max_t` tokens per call and the last-token logits of up to `max_seqs` sequences
     /// (or of `max_seqs` tokens with `Logits::All`).
-    pub fn with_seqs(m: &Model, max_t: usize, max_seqs: usize) -> Self {
+    pub fn with_seqs(m: &Model<B>, max_t: usize, max_seqs: usize) -> Self {
         let max_t = max_t.max(1);
         Self::sized(m, max_t, max_t, max_seqs)
     }
 
     /// Room for calls of up to `max_t` tokens, activations for `ubatch` of them, last-token
     /// logits for `max_seqs` sequences (or `max_seqs` rows of `Logits::All`).
-    fn sized(m: &Model, max_t: usize, ubatch: usize, max_seqs: usize) -> Self {
+    fn sized(m: &Model<B>, max_t: usize, ubatch: usize, max_seqs: usize) -> Self {
         let c = &m.config;
         let u = ubatch;
+        let alloc = |n| B::alloc(&m.device, n);
+        let n_logits = max_seqs.clamp(1, max_t) * c.vocab_size;
         Scratch {
             probe: None,
             max_t,
             ubatch,
-            x: vec![0.0; u * c.dim],
-            xb: vec![0.0; u * c.dim],
-            hb: vec![0.0; u * c.ffn_dim.max(c.q_dim())],
-            qkv_up: vec![0.0; u * c.ffn_dim.max(c.q_dim() + 2 * c.kv_dim())],
-            logits: vec![0.0; max_seqs.clamp(1, max_t) * c.vocab_size],
+            x: alloc(u * c.dim),
+            xb: alloc(u * c.dim),
+            hb: alloc(u * c.ffn_dim.max(c.q_dim())),
+            q_up: alloc(u * c.ffn_dim.max(c.q_dim())),
+            k: alloc(u * c.kv_dim()),
+            v: alloc(u * c.kv_dim()),
+            logits: alloc(n_logits),
+            out: B::alloc_host(&m.device, n_logits.max(u * c.dim)),
             n_logits: 0,
             n_hidden: 0,
             vocab: c.vocab_size,
@@ -236,11 +181,15 @@ impl Scratch {
     }
     /// The final-normed hidden states of the last `Logits::Hidden` call: (t, dim).
     pub fn hidden(&self) -> &[f32] {
-        &self.xb[..self.n_hidden]
+        B::host_view(&self.xb, &self.out, self.n_hidden)
     }
     /// The logits of the last call: (vocab) or (t, vocab).
     pub fn logits(&self) -> &[f32] {
-        &self.logits[..self.n_logits]
+        B::host_view(&self.logits, &self.out, self.n_logits)
+    }
+    /// Rows of logits this scratch holds.
+    fn logit_rows(&self) -> usize {
+        B::buf_len(&self.logits) / self.vocab.max(1)
     }
 }
 
@@ -262,41 +211,15 @@ fn kv_rotation(head_dim: usize, kv: KvType) -> Option<(usize, usize)> {
     Some((n, 64))
 }
 
-/// x <- H_n x on every run of `n` values: H_n the orthonormal Walsh-Hadamard matrix in Sylvester
-/// order (llama.cpp's `ggml_gen_hadamard`), as a fast transform and one scaling by 1/sqrt(n).
-fn hadamard(x: &mut [f32], n: usize) {
-    let scale = 1.0 / (n as f32).sqrt();
-    for r in x.chunks_exact_mut(n) {
-        let mut h = 1;
-        while h < n {
-            for i in (0..n).step_by(2 * h) {
-                for j in i..i + h {
-                    (r[j], r[j + h]) = (r[j] + r[j + h], r[j] - r[j + h]);
-                }
-            }
-            h *= 2;
-        }
-        r.iter_mut().for_each(|v| *v *= scale);
-    }
-}
-
-fn add_bias(x: &mut [f32], bias: &Option<Vec<f32>>) {
-    if let Some(b) = bias {
-        for row in x.chunks_exact_mut(b.len()) {
-            row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
-        }
-    }
-}
-
 /// Runs `tokens` at positions `pos..pos + tokens.len()`, appending their K/V to `kv`, and leaves
 /// logits in `s.logits()`. Allocates nothing.
-pub fn forward(
-    m: &Model,
-    b: &dyn Backend,
+pub fn forward<B: Backend>(
+    m: &Model<B>,
+    b: &B,
     tokens: &[u32],
     pos: usize,
-    kv: &mut KvCache,
-    s: &mut Scratch,
+    kv: &mut KvCache<B>,
+    s: &mut Scratch<B>,
     mode: Logits,
 ) -> Result<()> {
     forward_batch(m, b, &mut [SeqStep { tokens, pos, kv }], s, mode)
@@ -307,11 +230,11 @@ pub fn forward(
 /// `s.seq_logits(i)` is the last token of sequence `i`; with `All`/`Hidden` rows follow the
 /// sequences' tokens in order. A token's result does not depend on what else is in the batch
 /// (the kernels compute each token's row in the same order whatever the batch). Allocates nothing.
-pub fn forward_batch(
-    m: &Model,
-    b: &dyn Backend,
-    seqs: &mut [SeqStep],
-    s: &mut Scratch,
+pub fn forward_batch<B: Backend>(
+    m: &Model<B>,
+    b: &B,
+    seqs: &mut [SeqStep<B>],
+    s: &mut Scratch<B>,
     mode: Logits,
 ) -> Result<()> {
     let c = &m.config;
@@ -328,10 +251,10 @@ pub fn forward_batch(
         Logits::All => t,
         Logits::Hidden => 0,
     };
-    if out_rows * c.vocab_size > s.logits.len() {
+    if out_rows > s.logit_rows() {
         return Err(Error::msg(format!(
             "forward: {out_rows} rows of logits asked, the scratch holds {}",
-            s.logits.len() / c.vocab_size
+            s.logit_rows()
         )));
     }
     for q in seqs.iter() {
@@ -377,13 +300,44 @@ pub fn forward_batch(
     Ok(())
 }
 
+/// The one place the forward multiplies by weights: outs[i] (t, ws[i].rows) = x (t, cols) @
+/// ws[i]^T, as one `matmul` or one `matmul_many` job. The adapters issue adds each weight's
+/// low-rank term (`Weight::adapters`, empty today) here.
+fn project<B: Backend, const N: usize>(
+    b: &B,
+    outs: [&mut B::Buf; N],
+    x: &B::Buf,
+    ws: [&Weight<B>; N],
+    t: usize,
+) {
+    debug_assert!(
+        ws.iter().all(|w| w.adapters.is_empty()),
+        "LoRA adapters are not applied yet"
+    );
+    if N == 1 {
+        let out = outs.into_iter().next().expect("one output");
+        b.matmul(out, x, &ws[0].base, t)
+    } else {
+        b.matmul_many(outs, x, ws.map(|w| &w.base), t)
+    }
+}
+
+/// Each sequence's rows of the batch, in order.
+fn seq_rows<'a, B: Backend>(seqs: &'a [SeqStep<B>]) -> impl Iterator<Item = Rows> + 'a {
+    seqs.iter().scan(0, |r0, q| {
+        let r = Rows::new(*r0, *r0 + q.tokens.len());
+        *r0 = r.end;
+        Some(r)
+    })
+}
+
 /// One pass of at most `s.ubatch` checked tokens; `None`: no output at all (a prompt's earlier
 /// micro-batches).
-fn step(
-    m: &Model,
-    b: &dyn Backend,
-    seqs: &mut [SeqStep],
-    s: &mut Scratch,
+fn step<B: Backend>(
+    m: &Model<B>,
+    b: &B,
+    seqs: &mut [SeqStep<B>],
+    s: &mut Scratch<B>,
     mode: Option<Logits>,
 ) -> Result<()> {
     let c = &m.config;
@@ -391,20 +345,30 @@ fn step(
     let t: usize = seqs.iter().map(|q| q.tokens.len()).sum();
     debug_assert!(t <= s.ubatch);
     let (dim, qd, kvd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-    let (x, xb) = (&mut s.x[..t * dim], &mut s.xb[..t * dim]);
-    let (hb_att, qkv_up) = (
-        &mut s.hb[..t * ffn.max(qd)],
-        &mut s.qkv_up[..t * ffn.max(qd + 2 * kvd)],
-    );
-    let probe = &mut s.probe;
+    let Scratch {
+        x,
+        xb,
+        hb,
+        q_up,
+        k,
+        v,
+        logits,
+        probe,
+        ..
+    } = s;
     macro_rules! probe {
-        ($name:expr, $l:expr, $v:expr) => {
+        ($name:expr, $l:expr, $buf:expr, $n:expr) => {
             if let Some(p) = probe.as_mut() {
-                p($name, $l, $v)
+                b.inspect($buf, $n, &mut |v| p($name, $l, v))
             }
         };
     }
-    let shape = |q: &SeqStep| AttnShape {
+    let bias = |x: &mut B::Buf, bias: &Option<B::Buf>| {
+        if let Some(bias) = bias {
+            b.add_bias(x, bias, t)
+        }
+    };
+    let shape = |q: &SeqStep<B>| AttnShape {
         n_heads: c.n_heads,
         n_kv_heads: c.n_kv_heads,
         head_dim: c.head_dim,
@@ -413,123 +377,101 @@ fn step(
         window: c.sliding_window,
         scale: 1.0 / (c.head_dim as f32).sqrt(),
     };
-
-    let mut row = 0;
-    for q in seqs.iter() {
-        let r = row..row + q.tokens.len();
-        b.embed(&mut x[r.start * dim..r.end * dim], &w.token_embd, q.tokens);
-        row = r.end;
+    for (q, r) in seqs.iter().zip(seq_rows(seqs)) {
+        b.embed(x, r, &w.token_embd.base, q.tokens);
     }
-    probe!("embd", 0, x);
+    probe!("embd", 0, x, t * dim);
     for (l, lw) in w.layers.iter().enumerate() {
         // h = x + W_o attn(rope(W_q n), rope(W_k n), W_v n), n = rmsnorm(x)
-        b.rmsnorm(xb, x, &lw.attn_norm, c.norm_eps);
-        probe!("attn_norm", l, xb);
-        let (q, kv_new) = qkv_up[..t * (qd + 2 * kvd)].split_at_mut(t * qd);
-        let (k, v) = kv_new.split_at_mut(t * kvd);
-        b.matmul_many(
-            &mut [&mut *q, &mut *k, &mut *v],
+        b.rmsnorm(xb, x, &lw.attn_norm, c.norm_eps, t);
+        probe!("attn_norm", l, xb, t * dim);
+        project(
+            b,
+            [&mut *q_up, &mut *k, &mut *v],
             xb,
-            &[&lw.attn_q, &lw.attn_k, &lw.attn_v],
+            [&lw.attn_q, &lw.attn_k, &lw.attn_v],
             t,
         );
-        add_bias(q, &lw.attn_q_bias);
-        add_bias(k, &lw.attn_k_bias);
-        add_bias(v, &lw.attn_v_bias);
-        probe!("Vcur", l, v);
-        let att = &mut hb_att[..t * qd];
+        bias(q_up, &lw.attn_q_bias);
+        bias(k, &lw.attn_k_bias);
+        bias(v, &lw.attn_v_bias);
+        probe!("Vcur", l, v, t * kvd);
+        let att = &mut *hb;
         // Per sequence: rotate at its positions, store into its cache (rounded to f16 for an
         // F16 cache), attend over all of that cache (the shape says which positions are filled,
         // so a kernel can size its scratch for the cache once instead of growing it).
-        let mut row = 0;
+        let mut r0 = 0;
         for sq in seqs.iter_mut() {
-            let (r0, r1) = (row, row + sq.tokens.len());
-            row = r1;
-            let (qs, ks, vs) = (
-                &mut q[r0 * qd..r1 * qd],
-                &mut k[r0 * kvd..r1 * kvd],
-                &mut v[r0 * kvd..r1 * kvd],
-            );
-            b.rope(qs, r1 - r0, c.n_heads, c.head_dim, sq.pos, &m.rope);
-            b.rope(ks, r1 - r0, c.n_kv_heads, c.head_dim, sq.pos, &m.rope);
+            let r = Rows::new(r0, r0 + sq.tokens.len());
+            r0 = r.end;
+            b.rope(q_up, r, c.n_heads, c.head_dim, sq.pos, &m.rope);
+            b.rope(k, r, c.n_kv_heads, c.head_dim, sq.pos, &m.rope);
             let rot = kv_rotation(c.head_dim, sq.kv.kv_type());
             if let Some((nk, nv)) = rot {
-                hadamard(qs, nk);
-                hadamard(ks, nk);
-                hadamard(vs, nv);
+                b.hadamard(q_up, r, qd, nk);
+                b.hadamard(k, r, kvd, nk);
+                b.hadamard(v, r, kvd, nv);
             }
-            sq.kv.k[l].store(sq.pos * kvd, ks);
-            sq.kv.v[l].store(sq.pos * kvd, vs);
-            let n = sq.kv.k[l].len();
-            let (kc, vc) = (sq.kv.k[l].slice(n), sq.kv.v[l].slice(n));
-            let out = &mut att[r0 * qd..r1 * qd];
-            b.attention(out, qs, kc, vc, &shape(sq));
+            b.kv_store(&mut sq.kv.k[l], sq.pos, k, r, kvd);
+            b.kv_store(&mut sq.kv.v[l], sq.pos, v, r, kvd);
+            b.attention(att, q_up, r, &sq.kv.k[l], &sq.kv.v[l], &shape(sq));
             if let Some((_, nv)) = rot {
-                hadamard(out, nv);
+                b.hadamard(att, r, qd, nv);
             }
         }
-        probe!("Qcur", l, q);
-        probe!("Kcur", l, k);
-        probe!("kqv_out", l, att);
-        b.matmul(xb, att, &lw.attn_output, t);
-        add_bias(xb, &lw.attn_output_bias);
-        probe!("attn_out", l, xb);
-        b.add_assign(x, xb);
+        probe!("Qcur", l, q_up, t * qd);
+        probe!("Kcur", l, k, t * kvd);
+        probe!("kqv_out", l, att, t * qd);
+        project(b, [&mut *xb], att, [&lw.attn_output], t);
+        bias(xb, &lw.attn_output_bias);
+        probe!("attn_out", l, xb, t * dim);
+        b.add_assign(x, xb, t, dim);
         // out = h + W_down(silu(W_gate n) * W_up n), n = rmsnorm(h)
-        probe!("ffn_inp", l, x);
-        b.rmsnorm(xb, x, &lw.ffn_norm, c.norm_eps);
-        probe!("ffn_norm", l, xb);
-        let (hb, hb2) = (&mut hb_att[..t * ffn], &mut qkv_up[..t * ffn]);
-        b.matmul_many(
-            &mut [&mut *hb, &mut *hb2],
-            xb,
-            &[&lw.ffn_gate, &lw.ffn_up],
-            t,
-        );
-        add_bias(hb, &lw.ffn_gate_bias);
-        add_bias(hb2, &lw.ffn_up_bias);
-        probe!("ffn_gate", l, hb);
-        probe!("ffn_up", l, hb2);
-        b.silu_mul(hb, hb2);
-        probe!("ffn_swiglu", l, hb);
-        b.matmul(xb, hb, &lw.ffn_down, t);
-        add_bias(xb, &lw.ffn_down_bias);
-        probe!("ffn_out", l, xb);
-        b.add_assign(x, xb);
-        probe!("l_out", l, x);
+        probe!("ffn_inp", l, x, t * dim);
+        b.rmsnorm(xb, x, &lw.ffn_norm, c.norm_eps, t);
+        probe!("ffn_norm", l, xb, t * dim);
+        project(b, [&mut *hb, &mut *q_up], xb, [&lw.ffn_gate, &lw.ffn_up], t);
+        bias(hb, &lw.ffn_gate_bias);
+        bias(q_up, &lw.ffn_up_bias);
+        probe!("ffn_gate", l, hb, t * ffn);
+        probe!("ffn_up", l, q_up, t * ffn);
+        b.silu_mul(hb, q_up, t, ffn);
+        probe!("ffn_swiglu", l, hb, t * ffn);
+        project(b, [&mut *xb], hb, [&lw.ffn_down], t);
+        bias(xb, &lw.ffn_down_bias);
+        probe!("ffn_out", l, xb, t * dim);
+        b.add_assign(x, xb, t, dim);
+        probe!("l_out", l, x, t * dim);
     }
     let Some(mode) = mode else {
         s.n_logits = 0;
         return Ok(());
     };
-    if mode != Logits::Last {
-        // Every row, in place of the block output.
-        b.rmsnorm(xb, x, &w.output_norm, c.norm_eps);
-        probe!("result_norm", 0, xb);
-        if mode == Logits::Hidden {
-            s.n_logits = 0;
-            s.n_hidden = t * dim;
-            return Ok(());
+    // Logits::Last: the last row of each sequence, gathered to the front of x (sequence i's
+    // last row is at index >= i, so no row is overwritten before it is read); the others: every
+    // row, in place of the block output.
+    let n = match mode {
+        Logits::Last => {
+            for (i, r) in seq_rows(seqs).enumerate() {
+                b.copy_row(x, r.end - 1, i, dim);
+            }
+            seqs.len()
         }
-        s.n_logits = t * c.vocab_size;
-        b.matmul(&mut s.logits[..s.n_logits], xb, &w.output, t);
-    } else {
-        // The last row of each sequence, gathered to the front of x: sequence i's last row is
-        // at index >= i, so no row is overwritten before it is read.
-        let n = seqs.len();
-        let mut end = 0;
-        for (i, sq) in seqs.iter().enumerate() {
-            end += sq.tokens.len();
-            x.copy_within((end - 1) * dim..end * dim, i * dim);
-        }
-        let xn = &mut xb[..n * dim];
-        b.rmsnorm(xn, &x[..n * dim], &w.output_norm, c.norm_eps);
-        probe!("result_norm", 0, xn);
-        s.n_logits = n * c.vocab_size;
-        b.matmul(&mut s.logits[..s.n_logits], xn, &w.output, n);
+        Logits::All | Logits::Hidden => t,
+    };
+    b.rmsnorm(xb, x, &w.output_norm, c.norm_eps, n);
+    probe!("result_norm", 0, xb, n * dim);
+    if mode == Logits::Hidden {
+        b.read_back(xb, n * dim, &mut s.out);
+        s.n_logits = 0;
+        s.n_hidden = n * dim;
+        return Ok(());
     }
-    if let Some(p) = s.probe.as_mut() {
-        p("result_output", 0, &s.logits[..s.n_logits]);
+    project(b, [&mut *logits], xb, [&w.output], n);
+    b.read_back(logits, n * c.vocab_size, &mut s.out);
+    s.n_logits = n * c.vocab_size;
+    if let Some(p) = probe.as_mut() {
+        p("result_output", 0, B::host_view(logits, &s.out, s.n_logits))
     }
     Ok(())
 }
@@ -537,36 +479,6 @@ fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The fast transform is llama.cpp's dense Sylvester matrix (entries +-1/sqrt(n), the sign of
-    /// (-1)^popcount(i & j)) times the vector, and its own inverse.
-    #[test]
-    fn hadamard_is_the_sylvester_matrix_and_an_involution() {
-        for n in [64, 128] {
-            let x: Vec<f32> = (0..2 * n)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-                .collect();
-            let mut y = x.clone();
-            hadamard(&mut y, n);
-            for (row, (xs, ys)) in x.chunks(n).zip(y.chunks(n)).enumerate() {
-                for (i, &yi) in ys.iter().enumerate() {
-                    let dense: f64 = (0..n)
-                        .map(|j| {
-                            let sign = if (i & j).count_ones() % 2 == 0 {
-                                1.0
-                            } else {
-                                -1.0
-                            };
-                            sign * xs[j] as f64 / (n as f64).sqrt()
-                        })
-                        .sum();
-                    assert!((yi as f64 - dense).abs() < 1e-4, "n {n} row {row} [{i}]");
-                }
-            }
-            hadamard(&mut y, n);
-            assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() < 1e-4));
-        }
-    }
 
     #[test]
     fn rotation_only_for_quantized_caches_with_heads_of_64() {

@@ -7,8 +7,6 @@ pub mod model;
 pub mod names;
 
 pub use config::{Config, RopeScaling};
-pub use cria_kernels::KvType;
-pub use forward::{
-    forward, forward_batch, KvCache, KvRows, Logits, Probe, Scratch, SeqStep, UBATCH,
-};
-pub use model::{LoadOptions, Model, Source};
+pub use cria_kernels::{KvType, LoraAdapter, Weight};
+pub use forward::{forward, forward_batch, KvCache, Logits, Probe, Scratch, SeqStep, UBATCH};
+pub use model::{Layer, LoadOptions, Model, Source, Weights};

@@ -7,32 +7,34 @@ use crate::config::{Config, RopeScaling};
 use crate::names::{self, layer_name};
 use cria_core::gguf::GgufFile;
 use cria_core::{DType, Error, Result, Tensor};
-use cria_kernels::{Backend, Rope};
+use cria_kernels::{Backend, CpuBackend, Rope, Weight};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub struct Layer {
-    pub attn_norm: Vec<f32>,                // (dim)
-    pub attn_q: Tensor,                     // rows q_dim, cols dim
-    pub attn_k: Tensor,                     // rows kv_dim, cols dim
-    pub attn_v: Tensor,                     // rows kv_dim, cols dim
-    pub attn_output: Tensor,                // rows dim, cols q_dim
-    pub attn_q_bias: Option<Vec<f32>>,      // (q_dim)
-    pub attn_k_bias: Option<Vec<f32>>,      // (kv_dim)
-    pub attn_v_bias: Option<Vec<f32>>,      // (kv_dim)
-    pub attn_output_bias: Option<Vec<f32>>, // (dim)
-    pub ffn_norm: Vec<f32>,                 // (dim)
-    pub ffn_gate: Tensor,                   // rows ffn_dim, cols dim
-    pub ffn_up: Tensor,                     // rows ffn_dim, cols dim
-    pub ffn_down: Tensor,                   // rows dim, cols ffn_dim
-    pub ffn_gate_bias: Option<Vec<f32>>,    // (ffn_dim)
-    pub ffn_up_bias: Option<Vec<f32>>,      // (ffn_dim)
-    pub ffn_down_bias: Option<Vec<f32>>,    // (dim)
+/// One transformer block's weights, in the backend's memory: matrices as `Weight`s, norm
+/// weights and biases as backend buffers.
+pub struct Layer<B: Backend = CpuBackend> {
+    pub attn_norm: B::Buf,                // (dim)
+    pub attn_q: Weight<B>,                // rows q_dim, cols dim
+    pub attn_k: Weight<B>,                // rows kv_dim, cols dim
+    pub attn_v: Weight<B>,                // rows kv_dim, cols dim
+    pub attn_output: Weight<B>,           // rows dim, cols q_dim
+    pub attn_q_bias: Option<B::Buf>,      // (q_dim)
+    pub attn_k_bias: Option<B::Buf>,      // (kv_dim)
+    pub attn_v_bias: Option<B::Buf>,      // (kv_dim)
+    pub attn_output_bias: Option<B::Buf>, // (dim)
+    pub ffn_norm: B::Buf,                 // (dim)
+    pub ffn_gate: Weight<B>,              // rows ffn_dim, cols dim
+    pub ffn_up: Weight<B>,                // rows ffn_dim, cols dim
+    pub ffn_down: Weight<B>,              // rows dim, cols ffn_dim
+    pub ffn_gate_bias: Option<B::Buf>,    // (ffn_dim)
+    pub ffn_up_bias: Option<B::Buf>,      // (ffn_dim)
+    pub ffn_down_bias: Option<B::Buf>,    // (dim)
 }
 
-impl Layer {
+impl<B: Backend> Layer<B> {
     /// The seven weight matrices, in the order the forward reads them.
-    pub fn matrices(&self) -> [&Tensor; 7] {
+    pub fn matrices(&self) -> [&Weight<B>; 7] {
         [
             &self.attn_q,
             &self.attn_k,
@@ -43,14 +45,33 @@ impl Layer {
             &self.ffn_down,
         ]
     }
+
+    /// The norm weights and the biases there are.
+    fn vectors(&self) -> impl Iterator<Item = &B::Buf> {
+        [&self.attn_norm, &self.ffn_norm].into_iter().chain(
+            [
+                &self.attn_q_bias,
+                &self.attn_k_bias,
+                &self.attn_v_bias,
+                &self.attn_output_bias,
+                &self.ffn_gate_bias,
+                &self.ffn_up_bias,
+                &self.ffn_down_bias,
+            ]
+            .into_iter()
+            .flatten(),
+        )
+    }
 }
 
-pub struct Weights {
-    pub token_embd: Tensor,    // rows vocab, cols dim
-    pub output_norm: Vec<f32>, // (dim)
-    /// rows vocab, cols dim; the same tensor as token_embd when embeddings are tied.
-    pub output: Tensor,
-    pub layers: Vec<Layer>,
+pub struct Weights<B: Backend = CpuBackend> {
+    pub token_embd: Weight<B>, // rows vocab, cols dim
+    pub output_norm: B::Buf,   // (dim)
+    /// rows vocab, cols dim; the same bytes as token_embd when embeddings are tied (`tied`).
+    pub output: Weight<B>,
+    /// Whether `output` is the embedding table (counted once in `n_params`).
+    pub tied: bool,
+    pub layers: Vec<Layer<B>>,
 }
 
 /// Where the model came from (kept for `inspect`, tokenizer and template loading).
@@ -59,11 +80,13 @@ pub enum Source {
     HfFolder { dir: PathBuf, config_json: String },
 }
 
-pub struct Model {
+pub struct Model<B: Backend = CpuBackend> {
     pub config: Config,
-    pub weights: Weights,
+    pub weights: Weights<B>,
     pub rope: Rope,
     pub source: Source,
+    /// The backend's allocation handle: caches and scratch buffers are made from the model.
+    pub device: B::Device,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -73,28 +96,19 @@ pub struct LoadOptions {
 }
 
 /// Builds weights from a name -> tensor lookup (GGUF names), checking every shape.
-struct Builder<'a> {
+struct Builder<'a, B> {
     get: &'a dyn Fn(&str) -> Option<Tensor>,
     cfg: &'a Config,
     opts: LoadOptions,
-    backend: &'a dyn Backend,
+    backend: &'a B,
 }
 
-impl Builder<'_> {
+impl<B: Backend> Builder<'_, B> {
     /// A weight matrix, checked and handed to the backend's `prepare` (its own layout, if any).
-    fn tensor(&self, name: &str, ne: [usize; 2]) -> Result<Tensor> {
-        self.prepare(self.raw_tensor(name, ne)?)
+    fn tensor(&self, name: &str, ne: [usize; 2]) -> Result<Weight<B>> {
+        Weight::prepare(self.backend, self.raw_tensor(name, ne)?)
     }
-    /// `Backend::prepare`; when the backend made its own copy, the mapped pages of the original
-    /// are released so the process holds the weights once, not twice.
-    fn prepare(&self, t: Tensor) -> Result<Tensor> {
-        let t = self.backend.prepare(t)?;
-        if t.prepared.is_some() {
-            t.data.release_pages();
-        }
-        Ok(t)
-    }
-    /// A matrix as the file has it (the embedding table, read row by row by `embed`).
+    /// A matrix as the file has it, checked.
     fn raw_tensor(&self, name: &str, ne: [usize; 2]) -> Result<Tensor> {
         let t = (self.get)(name)
             .ok_or_else(|| Error::msg(format!("tensor {name} is missing from the model file")))?;
@@ -129,15 +143,15 @@ impl Builder<'_> {
         }
         Ok(t)
     }
-    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+    fn vector(&self, name: &str, n: usize) -> Result<B::Buf> {
         let t = (self.get)(name)
             .ok_or_else(|| Error::msg(format!("tensor {name} is missing from the model file")))?;
         self.vec_of(t, n)
     }
-    fn opt_vector(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
+    fn opt_vector(&self, name: &str, n: usize) -> Result<Option<B::Buf>> {
         (self.get)(name).map(|t| self.vec_of(t, n)).transpose()
     }
-    fn vec_of(&self, t: Tensor, n: usize) -> Result<Vec<f32>> {
+    fn vec_of(&self, t: Tensor, n: usize) -> Result<B::Buf> {
         if t.n_elements() != n {
             return Err(Error::msg(format!(
                 "tensor {}: {} elements, expected {n}",
@@ -149,24 +163,24 @@ impl Builder<'_> {
         // Norm weights are copied: their mapped pages (and the fault-around's neighbours) would
         // stay resident for nothing.
         t.data.release_pages();
-        Ok(v)
+        Ok(self.backend.upload(v))
     }
 
-    fn build(&self) -> Result<Weights> {
+    fn build(&self) -> Result<Weights<B>> {
         let c = self.cfg;
         let (dim, q, kv, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-        let mut token_embd = self.raw_tensor("token_embd.weight", [dim, c.vocab_size])?;
-        // `embed` reads a few rows per token: no read-ahead of the rest.
-        token_embd.data.advise_random();
-        let output = match (self.get)("output.weight") {
-            Some(t) if !c.tied_embeddings => self.prepare(self.check(t, [dim, c.vocab_size])?)?,
-            // Tied: the same bytes, unless the backend wants its own layout for the head; then
-            // the table shares that copy (embed reads rows from it) and the file's pages of the
-            // table are never touched again, so the weights are held once.
+        let table = self.raw_tensor("token_embd.weight", [dim, c.vocab_size])?;
+        let (output, token_embd, tied) = match (self.get)("output.weight") {
+            Some(t) if !c.tied_embeddings => {
+                let head = Weight::prepare(self.backend, self.check(t, [dim, c.vocab_size])?)?;
+                (head, Weight::embedding(self.backend, table, None)?, false)
+            }
+            // Tied: the head is the table, prepared as a matrix; the table may share what the
+            // backend made of it (so the weights are held once).
             _ => {
-                let head = self.prepare(token_embd.clone())?;
-                token_embd.prepared = head.prepared.clone();
-                head
+                let head = Weight::prepare(self.backend, table.clone())?;
+                let embd = Weight::embedding(self.backend, table, Some(&head))?;
+                (head, embd, true)
             }
         };
         let mut layers = Vec::with_capacity(c.n_layers);
@@ -195,6 +209,7 @@ impl Builder<'_> {
             token_embd,
             output_norm: self.vector("output_norm.weight", dim)?,
             output,
+            tied,
             layers,
         })
     }
@@ -235,9 +250,9 @@ fn make_rope(c: &Config) -> Rope {
     )
 }
 
-impl Model {
+impl<B: Backend> Model<B> {
     /// Loads a `.gguf` file (or split set), or a Hugging Face folder (config.json + safetensors).
-    pub fn load(path: &Path, opts: LoadOptions, backend: &dyn Backend) -> Result<Model> {
+    pub fn load(path: &Path, opts: LoadOptions, backend: &B) -> Result<Self> {
         if path.is_dir() {
             Self::load_hf_folder(path, opts, backend)
         } else {
@@ -245,7 +260,7 @@ impl Model {
         }
     }
 
-    pub fn load_gguf(g: GgufFile, opts: LoadOptions, backend: &dyn Backend) -> Result<Model> {
+    pub fn load_gguf(g: GgufFile, opts: LoadOptions, backend: &B) -> Result<Self> {
         let mut config = Config::from_gguf(&g)?;
         if let Some(f) = g.tensor("rope_freqs.weight") {
             let ff = f.to_f32_vec()?;
@@ -271,18 +286,22 @@ impl Model {
             backend,
         )?;
         // Every page of the file that no weight reads through the map any more (the header,
-        // the repacked matrices' shared boundary pages) leaves the process.
+        // the prepared matrices' shared boundary pages) leaves the process.
         let mut read = vec![&weights.token_embd, &weights.output];
         for l in &weights.layers {
             read.extend(l.matrices());
         }
-        read.retain(|t| t.prepared.is_none());
+        let read: Vec<&Tensor> = read
+            .into_iter()
+            .filter_map(|w| B::mapped(&w.base))
+            .collect();
         g.release_pages_except(&read);
         Ok(Model {
             rope: make_rope(&config),
             config,
             weights,
             source: Source::Gguf(g),
+            device: backend.device(),
         })
     }
 
@@ -290,8 +309,8 @@ impl Model {
         get: &dyn Fn(&str) -> Option<Tensor>,
         cfg: &Config,
         opts: LoadOptions,
-        backend: &dyn Backend,
-    ) -> Result<Weights> {
+        backend: &B,
+    ) -> Result<Weights<B>> {
         Builder {
             get,
             cfg,
@@ -301,7 +320,7 @@ impl Model {
         .build()
     }
 
-    pub fn load_hf_folder(dir: &Path, opts: LoadOptions, backend: &dyn Backend) -> Result<Model> {
+    pub fn load_hf_folder(dir: &Path, opts: LoadOptions, backend: &B) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let config_json = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
             path: cfg_path.clone(),
@@ -335,35 +354,20 @@ impl Model {
             config,
             weights,
             source,
+            device: backend.device(),
         })
     }
 
     /// Parameters: every matrix and norm, the tied output head counted once.
     pub fn n_params(&self) -> usize {
         let w = &self.weights;
-        let elems = |t: &Tensor| t.ne.iter().product::<usize>();
-        let tied = self.config.tied_embeddings
-            || std::ptr::eq(w.output.bytes().as_ptr(), w.token_embd.bytes().as_ptr());
-        let mut n = elems(&w.token_embd) + w.output_norm.len();
-        if !tied {
-            n += elems(&w.output);
+        let mut n = w.token_embd.n_elements() + B::buf_len(&w.output_norm);
+        if !w.tied {
+            n += w.output.n_elements();
         }
         for l in &w.layers {
-            n += l.attn_norm.len() + l.ffn_norm.len();
-            for t in l.matrices() {
-                n += elems(t);
-            }
-            for b in [
-                &l.attn_q_bias,
-                &l.attn_k_bias,
-                &l.attn_v_bias,
-                &l.attn_output_bias,
-                &l.ffn_gate_bias,
-                &l.ffn_up_bias,
-                &l.ffn_down_bias,
-            ] {
-                n += b.as_ref().map_or(0, |b| b.len());
-            }
+            n += l.matrices().iter().map(|t| t.n_elements()).sum::<usize>();
+            n += l.vectors().map(B::buf_len).sum::<usize>();
         }
         n
     }
@@ -371,16 +375,17 @@ impl Model {
     /// The weight type holding most of the layers' bytes (what a file's quantization is called by).
     pub fn main_dtype(&self) -> cria_core::DType {
         let matrices = self.weights.layers.iter().flat_map(|l| l.matrices());
-        cria_core::ftype::main_dtype(matrices).unwrap_or(self.weights.output.dtype)
+        cria_core::ftype::main_dtype(matrices.map(|w| (w.dtype, w.byte_len)))
+            .unwrap_or(self.weights.output.dtype)
     }
 
     /// Bytes of the matrices one token's forward reads: every layer matrix and the output head.
     pub fn weight_bytes(&self) -> usize {
         let w = &self.weights;
-        let mut n = w.output.bytes().len();
+        let mut n = w.output.byte_len;
         for l in &w.layers {
             for t in l.matrices() {
-                n += t.bytes().len();
+                n += t.byte_len;
             }
         }
         n

@@ -170,7 +170,7 @@ fn micro_batched_prompt_matches_one_pass_bitwise() {
                 path.display()
             );
             let filled = n * m.config.kv_dim();
-            let vals = |r: &cria_model::KvRows| {
+            let vals = |r: &cria_kernels::KvRows| {
                 let s = r.slice(filled);
                 (0..filled).map(|i| s.get(i)).collect::<Vec<f32>>()
             };

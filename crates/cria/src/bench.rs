@@ -147,7 +147,7 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             .unwrap_or_default();
             let size = match &m.source {
                 cria_model::Source::Gguf(g) => g.file_bytes,
-                _ => (m.weight_bytes() + m.weights.token_embd.bytes().len()) as u64,
+                _ => (m.weight_bytes() + m.weights.token_embd.byte_len) as u64,
             };
             let mut tests = Vec::new();
             if o.prompt > 0 {

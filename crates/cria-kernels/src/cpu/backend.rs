@@ -1,0 +1,175 @@
+//! The forward's ops on the CPU: host memory throughout, each op the slice-level kernel of
+//! cpu.rs on the rows it names.
+
+use super::kv::{self, KvRows};
+use super::CpuBackend;
+use crate::{AttnShape, Backend, KvType, Rope, Rows};
+use cria_core::{DType, Tensor};
+
+impl Backend for CpuBackend {
+    /// Host memory needs no handle.
+    type Device = ();
+    type Buf = Vec<f32>;
+    /// Buffers are host memory: nothing to stage.
+    type Host = ();
+    type Kv = KvRows;
+    /// The file's tensor, with the repacked copy `prepare` made in `Tensor::prepared`, if any.
+    type Matrix = Tensor;
+
+    fn name(&self) -> String {
+        format!("cpu-{} x{}", self.isa, self.threads)
+    }
+
+    fn supports(&self, dtype: DType) -> bool {
+        // matmul needs a kernel; embed dequantizes rows through cria-core.
+        self.kernel(dtype).is_some() && cria_core::quant::can_dequantize(dtype)
+    }
+
+    fn device(&self) {}
+
+    fn alloc(_: &(), n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
+
+    fn alloc_host(_: &(), _: usize) {}
+
+    fn alloc_kv(_: &(), ty: KvType, n: usize) -> cria_core::Result<KvRows> {
+        Ok(KvRows::new(ty, n))
+    }
+
+    fn upload(&self, v: Vec<f32>) -> Vec<f32> {
+        v
+    }
+
+    fn buf_len(b: &Vec<f32>) -> usize {
+        b.len()
+    }
+
+    /// `CpuBackend::prepare`; when it made its own copy, the mapped pages of the original are
+    /// released so the process holds the weights once, not twice.
+    fn prepare(&self, w: Tensor) -> cria_core::Result<Tensor> {
+        let t = CpuBackend::prepare(self, w)?;
+        if t.prepared.is_some() {
+            t.data.release_pages();
+        }
+        Ok(t)
+    }
+
+    /// The table as the file has it (`embed` reads a few rows per token: no read-ahead of the
+    /// rest). Tied to a head the backend repacked, it shares that copy (`embed` reads rows from
+    /// it), and the file's pages of the table are never touched again.
+    fn prepare_embedding(
+        &self,
+        mut table: Tensor,
+        head: Option<&Tensor>,
+    ) -> cria_core::Result<Tensor> {
+        table.data.advise_random();
+        if let Some(h) = head {
+            table.prepared = h.prepared.clone();
+        }
+        Ok(table)
+    }
+
+    fn mapped(w: &Tensor) -> Option<&Tensor> {
+        w.prepared.is_none().then_some(w)
+    }
+
+    fn embed(&self, out: &mut Vec<f32>, rows: Rows, table: &Tensor, tokens: &[u32]) {
+        CpuBackend::embed(self, &mut out[rows.values(table.cols())], table, tokens)
+    }
+
+    fn rmsnorm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Vec<f32>, eps: f32, t: usize) {
+        let n = t * w.len();
+        CpuBackend::rmsnorm(self, &mut out[..n], &x[..n], w, eps)
+    }
+
+    fn matmul(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Tensor, t: usize) {
+        CpuBackend::matmul(self, &mut out[..t * w.rows()], &x[..t * w.cols()], w, t)
+    }
+
+    fn matmul_many<const N: usize>(
+        &self,
+        outs: [&mut Vec<f32>; N],
+        x: &Vec<f32>,
+        ws: [&Tensor; N],
+        t: usize,
+    ) {
+        let k = ws.first().map_or(0, |w| w.cols());
+        let mut i = 0;
+        let mut outs = outs.map(|o| {
+            let n = t * ws[i].rows();
+            i += 1;
+            &mut o[..n]
+        });
+        CpuBackend::matmul_many(self, &mut outs, &x[..t * k], &ws, t)
+    }
+
+    fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, t: usize) {
+        for row in x[..t * bias.len()].chunks_exact_mut(bias.len()) {
+            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+        }
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        rows: Rows,
+        n_heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        rope: &Rope,
+    ) {
+        let xs = &mut x[rows.values(n_heads * head_dim)];
+        CpuBackend::rope(self, xs, rows.len(), n_heads, head_dim, pos0, rope)
+    }
+
+    fn hadamard(&self, x: &mut Vec<f32>, rows: Rows, width: usize, n: usize) {
+        kv::hadamard(&mut x[rows.values(width)], n)
+    }
+
+    fn kv_store(&self, kv: &mut KvRows, pos: usize, src: &Vec<f32>, rows: Rows, width: usize) {
+        kv.store(pos * width, &src[rows.values(width)])
+    }
+
+    fn attention(
+        &self,
+        out: &mut Vec<f32>,
+        q: &Vec<f32>,
+        rows: Rows,
+        k: &KvRows,
+        v: &KvRows,
+        s: &AttnShape,
+    ) {
+        let qd = s.n_heads * s.head_dim;
+        let n = k.len();
+        let (kc, vc) = (k.slice(n), v.slice(n));
+        let out = &mut out[rows.values(qd)];
+        CpuBackend::attention(self, out, &q[rows.values(qd)], kc, vc, s)
+    }
+
+    fn silu_mul(&self, a: &mut Vec<f32>, b: &Vec<f32>, t: usize, width: usize) {
+        CpuBackend::silu_mul(self, &mut a[..t * width], &b[..t * width])
+    }
+
+    fn add_assign(&self, a: &mut Vec<f32>, b: &Vec<f32>, t: usize, width: usize) {
+        CpuBackend::add_assign(self, &mut a[..t * width], &b[..t * width])
+    }
+
+    fn copy_row(&self, x: &mut Vec<f32>, from: usize, to: usize, width: usize) {
+        x.copy_within(from * width..(from + 1) * width, to * width);
+    }
+
+    fn kv_copy_prefix(_: &(), dst: &mut KvRows, src: &KvRows, n: usize) {
+        dst.copy_prefix(src, n)
+    }
+
+    fn read_back(&self, _: &Vec<f32>, _: usize, _: &mut ()) {}
+
+    fn host_view<'a>(src: &'a Vec<f32>, _: &'a (), n: usize) -> &'a [f32] {
+        &src[..n]
+    }
+
+    fn inspect(&self, src: &Vec<f32>, n: usize, f: &mut dyn FnMut(&[f32])) {
+        f(&src[..n])
+    }
+}
