@@ -2,19 +2,15 @@
 //! rendered with the model's template.
 
 use super::generate::{generate, Generation};
-use super::{model_request, respond, AppState};
+use super::AppState;
 use crate::access::AccessLog;
 use crate::error::ApiError;
 use crate::params::{self, get, opt_bool, Obj};
 use crate::tools;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, State};
 use axum::response::Response;
 use cria_engine::template::Message;
 use cria_engine::tools::CallSpec;
 use serde_json::Value;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// Most messages in a chat request, and text parts in one message.
@@ -113,86 +109,80 @@ fn parse_messages(o: &Obj) -> Result<Vec<Message>, ApiError> {
 }
 
 pub(super) async fn chat(
-    State(st): State<Arc<AppState>>,
-    Extension(log): Extension<Arc<AccessLog>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    st.metrics.requests_chat.fetch_add(1, Relaxed);
-    let r = async {
-        let o = model_request(body)?;
-        let msgs = parse_messages(&o)?;
-        let tools = match get(&o, "tools") {
-            None => None,
-            Some(t @ Value::Array(a)) if !a.is_empty() => Some(t.clone()),
-            Some(Value::Array(_)) => None,
-            Some(_) => return Err(ApiError::param("tools", "'tools' must be a list")),
-        };
-        let names = match &tools {
-            Some(t) => tools::tool_names(t)?,
-            None => vec![],
-        };
-        // tool_choice: "none", "auto" (default), "required", or {"function": {"name"}}.
-        let (use_tools, required, only) = match get(&o, "tool_choice") {
-            None => (true, false, None),
-            Some(Value::String(s)) if s == "none" => (false, false, None),
-            Some(Value::String(s)) if s == "auto" => (true, false, None),
-            Some(Value::String(s)) if s == "required" => (true, true, None),
-            Some(Value::Object(c)) if c.get("function").and_then(|f| f["name"].as_str()).is_some() => {
-                (true, true, c["function"]["name"].as_str().map(String::from))
-            }
-            Some(_) => {
-                return Err(ApiError::param(
-                    "tool_choice",
-                    "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                ))
-            }
-        };
-        let parallel = opt_bool(&o, "parallel_tool_calls")?.unwrap_or(true);
-        let tools = tools.filter(|_| use_tools);
-        let mut c = params::common(&o, true, st.ctx_size, st.vocab)?;
-        let form = st.format.call_form();
-        let mut triggers = vec![];
-        // Under "auto" a grammar the request gives (response_format) wins over the call grammar.
-        if let Some(t) = tools
-            .clone()
-            .filter(|_| required || c.grammar_request.is_none())
-        {
-            let only = only.clone();
-            let (g, trig) = st
-                .compile(move || {
-                    let spec = CallSpec {
-                        tools: &t,
-                        only: only.as_deref(),
-                        parallel,
-                    };
-                    tools::grammar(form, spec, required)
-                })
-                .await??;
-            c.grammar = Some(g);
-            triggers = trig;
+    st: Arc<AppState>,
+    log: Arc<AccessLog>,
+    o: Obj,
+) -> Result<Response, ApiError> {
+    let msgs = parse_messages(&o)?;
+    let tools = match get(&o, "tools") {
+        None => None,
+        Some(t @ Value::Array(a)) if !a.is_empty() => Some(t.clone()),
+        Some(Value::Array(_)) => None,
+        Some(_) => return Err(ApiError::param("tools", "'tools' must be a list")),
+    };
+    let names = match &tools {
+        Some(t) => tools::tool_names(t)?,
+        None => vec![],
+    };
+    // tool_choice: "none", "auto" (default), "required", or {"function": {"name"}}.
+    let (use_tools, required, only) = match get(&o, "tool_choice") {
+        None => (true, false, None),
+        Some(Value::String(s)) if s == "none" => (false, false, None),
+        Some(Value::String(s)) if s == "auto" => (true, false, None),
+        Some(Value::String(s)) if s == "required" => (true, true, None),
+        Some(Value::Object(c)) if c.get("function").and_then(|f| f["name"].as_str()).is_some() => {
+            (true, true, c["function"]["name"].as_str().map(String::from))
         }
-        st.compile_grammar(&mut c).await?;
-        let st2 = st.clone();
-        let tools2 = tools.clone();
-        let prompt = tokio::task::spawn_blocking(move || st2.render_chat(&msgs, tools2.as_ref()))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))??;
-        st.check_prompt(&prompt, "messages")?;
-        let g = Generation {
-            prompts: vec![Arc::new(prompt)],
-            echo: vec![],
-            c,
-            chat: true,
-            model: st.names[0].clone(),
-            tools: tools.map(|_| tools::ToolCtx {
-                names,
-                form,
-                parallel,
-            }),
-            triggers,
-        };
-        generate(&st, g, log).await
+        Some(_) => {
+            return Err(ApiError::param(
+                "tool_choice",
+                "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            ))
+        }
+    };
+    let parallel = opt_bool(&o, "parallel_tool_calls")?.unwrap_or(true);
+    let tools = tools.filter(|_| use_tools);
+    let mut c = params::common(&o, true, st.ctx_size, st.vocab)?;
+    let form = st.format.call_form();
+    let mut triggers = vec![];
+    // Under "auto" a grammar the request gives (response_format) wins over the call grammar.
+    if let Some(t) = tools
+        .clone()
+        .filter(|_| required || c.grammar_request.is_none())
+    {
+        let only = only.clone();
+        let (g, trig) = st
+            .compile(move || {
+                let spec = CallSpec {
+                    tools: &t,
+                    only: only.as_deref(),
+                    parallel,
+                };
+                tools::grammar(form, spec, required)
+            })
+            .await??;
+        c.grammar = Some(g);
+        triggers = trig;
     }
-    .await;
-    respond(&st, r)
+    st.compile_grammar(&mut c).await?;
+    let st2 = st.clone();
+    let tools2 = tools.clone();
+    let prompt = tokio::task::spawn_blocking(move || st2.render_chat(&msgs, tools2.as_ref()))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    st.check_prompt(&prompt, "messages")?;
+    let g = Generation {
+        prompts: vec![Arc::new(prompt)],
+        echo: vec![],
+        c,
+        chat: true,
+        model: st.names[0].clone(),
+        tools: tools.map(|_| tools::ToolCtx {
+            names,
+            form,
+            parallel,
+        }),
+        triggers,
+    };
+    generate(&st, g, log).await
 }

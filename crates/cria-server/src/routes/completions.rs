@@ -1,16 +1,12 @@
 //! POST /v1/completions, and the prompt inputs it shares with /v1/embeddings.
 
 use super::generate::{generate, Generation};
-use super::{model_request, respond, token_ids, AppState};
+use super::{token_ids, AppState};
 use crate::access::AccessLog;
 use crate::error::ApiError;
-use crate::params::{self, get, opt_bool};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, State};
+use crate::params::{self, get, opt_bool, Obj};
 use axum::response::Response;
 use serde_json::Value;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// `prompt` / `input`: a string, a list of strings, a list of ids, or a list of lists of ids.
@@ -87,39 +83,33 @@ pub(super) async fn tokenize_inputs(
 }
 
 pub(super) async fn completions(
-    State(st): State<Arc<AppState>>,
-    Extension(log): Extension<Arc<AccessLog>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    st.metrics.requests_completion.fetch_add(1, Relaxed);
-    let r = async {
-        let o = model_request(body)?;
-        let mut c = params::common(&o, false, st.ctx_size, st.vocab)?;
-        st.compile_grammar(&mut c).await?;
-        let echo = opt_bool(&o, "echo")?.unwrap_or(false);
-        let inputs = tokenize_inputs(&st, get(&o, "prompt").cloned(), "prompt").await?;
-        if inputs.len() * c.n > params::MAX_N as usize {
-            return Err(ApiError::param(
-                "n",
-                format!("prompts x n is at most {}", params::MAX_N),
-            ));
-        }
-        params::logprob_budget(&c, inputs.len() * c.n, false, st.ctx_size)?;
-        for (p, _) in &inputs {
-            st.check_prompt(p, "prompt")?;
-        }
-        let (prompts, texts): (Vec<_>, Vec<_>) = inputs.into_iter().unzip();
-        let g = Generation {
-            prompts: prompts.into_iter().map(Arc::new).collect(),
-            echo: if echo { texts } else { vec![] },
-            c,
-            chat: false,
-            model: st.names[0].clone(),
-            tools: None,
-            triggers: vec![],
-        };
-        generate(&st, g, log).await
+    st: Arc<AppState>,
+    log: Arc<AccessLog>,
+    o: Obj,
+) -> Result<Response, ApiError> {
+    let mut c = params::common(&o, false, st.ctx_size, st.vocab)?;
+    st.compile_grammar(&mut c).await?;
+    let echo = opt_bool(&o, "echo")?.unwrap_or(false);
+    let inputs = tokenize_inputs(&st, get(&o, "prompt").cloned(), "prompt").await?;
+    if inputs.len() * c.n > params::MAX_N as usize {
+        return Err(ApiError::param(
+            "n",
+            format!("prompts x n is at most {}", params::MAX_N),
+        ));
     }
-    .await;
-    respond(&st, r)
+    params::logprob_budget(&c, inputs.len() * c.n, false, st.ctx_size)?;
+    for (p, _) in &inputs {
+        st.check_prompt(p, "prompt")?;
+    }
+    let (prompts, texts): (Vec<_>, Vec<_>) = inputs.into_iter().unzip();
+    let g = Generation {
+        prompts: prompts.into_iter().map(Arc::new).collect(),
+        echo: if echo { texts } else { vec![] },
+        c,
+        chat: false,
+        model: st.names[0].clone(),
+        tools: None,
+        triggers: vec![],
+    };
+    generate(&st, g, log).await
 }

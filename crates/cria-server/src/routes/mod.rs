@@ -20,7 +20,7 @@ use crate::params::{self, Common, Obj};
 use crate::scheduler::Engine;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get as get_route, post, MethodRouter};
@@ -31,6 +31,7 @@ use cria_engine::tools::ChatFormat;
 use cria_model::Model;
 use cria_tokenizer::Tokenizer;
 use serde_json::Value;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -232,9 +233,18 @@ pub fn router(st: Arc<AppState>) -> Router {
     let max_body = st.max_body;
     // The OpenAI paths answer with and without the /v1 prefix, as llama-server's do.
     let openai: [(&str, MethodRouter<Arc<AppState>>); 5] = [
-        ("/chat/completions", post(chat::chat)),
-        ("/completions", post(completions::completions)),
-        ("/embeddings", post(embeddings::embeddings)),
+        (
+            "/chat/completions",
+            post_json(|m| &m.requests_chat, true, chat::chat),
+        ),
+        (
+            "/completions",
+            post_json(|m| &m.requests_completion, true, completions::completions),
+        ),
+        (
+            "/embeddings",
+            post_json(|m| &m.requests_embedding, true, embeddings::embeddings),
+        ),
         ("/models", get_route(info::models)),
         ("/health", get_route(info::health)),
     ];
@@ -245,8 +255,14 @@ pub fn router(st: Arc<AppState>) -> Router {
             .route(path, handler);
     }
     r.route("/metrics", get_route(info::metrics))
-        .route("/tokenize", post(tokenize::tokenize))
-        .route("/detokenize", post(tokenize::detokenize))
+        .route(
+            "/tokenize",
+            post_json(|m| &m.requests_other, false, tokenize::tokenize),
+        )
+        .route(
+            "/detokenize",
+            post_json(|m| &m.requests_other, false, tokenize::detokenize),
+        )
         .merge(crate::web::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(st.clone(), guard))
@@ -431,11 +447,37 @@ fn token_ids(v: &Value, param: &str, vocab: usize) -> Result<Vec<u32>, ApiError>
         .collect()
 }
 
-/// A generation or embedding request's body, with its `model` checked.
-fn model_request(body: Result<Bytes, BytesRejection>) -> Result<Obj, ApiError> {
-    let o = params::parse_body(&body?)?;
-    params::check_model(&o)?;
-    Ok(o)
+/// A POST endpoint taking a JSON object: the request counted (`count` picks the counter), the
+/// body parsed (and its `model` checked when `model` is set), then `f`; an error from any of them
+/// is answered OpenAI-shaped and counted.
+fn post_json<F, Fut>(
+    count: fn(&Metrics) -> &AtomicU64,
+    model: bool,
+    f: F,
+) -> MethodRouter<Arc<AppState>>
+where
+    F: Fn(Arc<AppState>, Arc<AccessLog>, Obj) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response, ApiError>> + Send + 'static,
+{
+    post(
+        move |State(st): State<Arc<AppState>>,
+              Extension(log): Extension<Arc<AccessLog>>,
+              body: Result<Bytes, BytesRejection>| {
+            let f = f.clone();
+            async move {
+                count(&st.metrics).fetch_add(1, Relaxed);
+                let r = async {
+                    let o = params::parse_body(&body?)?;
+                    if model {
+                        params::check_model(&o)?;
+                    }
+                    f(st.clone(), log, o).await
+                }
+                .await;
+                respond(&st, r)
+            }
+        },
+    )
 }
 
 #[cfg(test)]
