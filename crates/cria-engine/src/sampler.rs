@@ -156,8 +156,9 @@ impl Default for SamplerConfig {
     }
 }
 
-/// How one numeric option is read, written and range-checked; the table below drives `set`,
-/// `validate` and the list of known names, so the three cannot disagree.
+/// How one option is read, written and range-checked; the table below drives `set`, `validate`,
+/// the list of known names, the CLI's flags and the server's request fields, so they cannot
+/// disagree.
 #[derive(Clone, Copy)]
 enum OptKind {
     /// A finite float in `lo..=hi` (`lo` itself excluded when `lo_open`).
@@ -179,18 +180,79 @@ enum OptKind {
     DryBreaker,
 }
 
-struct Opt {
-    /// Canonical (llama.cpp CLI) name first, then aliases.
-    names: &'static [&'static str],
+/// What a front end reads before handing the text to [`SamplerConfig::set`] (a CLI checks the
+/// syntax of numbers itself; `set` checks the range).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionValue {
+    /// A number (f32).
+    Number,
+    /// A whole number (usize; -1 too where [`SamplerOption::takes_context`]).
+    Count,
+    /// A whole number, or -1 / "random".
+    Seed,
+    /// One `TOKEN_ID(+|-)BIAS` per use (repeatable; "none" clears).
+    LogitBias,
+    /// One string per use (repeatable; "none" clears).
+    DryBreaker,
+}
+
+/// One sampler option: its names, what it does, what it takes. [`SamplerConfig::options`] lists
+/// them all; adding an option is its `SamplerConfig` field and one entry in the table.
+pub struct SamplerOption {
+    /// Canonical (llama.cpp CLI) name first, then aliases; a request field is a name with `_`
+    /// for `-`.
+    pub names: &'static [&'static str],
     kind: OptKind,
-    /// The allowed values, for error messages.
+    /// What the option does, for help texts.
+    help: &'static str,
+    /// The allowed values, for error messages and help texts.
     range: &'static str,
 }
 
+impl SamplerOption {
+    /// A count that takes -1 for "the whole context" (llama.cpp's history windows).
+    pub fn takes_context(&self) -> bool {
+        matches!(self.kind, OptKind::Count { max, .. } if max == MAX_LAST_N)
+            && self.names[0].ends_with("last-n")
+    }
+
+    pub fn value(&self) -> OptionValue {
+        match self.kind {
+            OptKind::Float { .. } => OptionValue::Number,
+            OptKind::Count { .. } => OptionValue::Count,
+            OptKind::Seed => OptionValue::Seed,
+            OptKind::LogitBias => OptionValue::LogitBias,
+            OptKind::DryBreaker => OptionValue::DryBreaker,
+        }
+    }
+
+    /// A one-line help text: what it does, what it takes, and its default (read from
+    /// `SamplerConfig::default()`).
+    pub fn help(&self) -> String {
+        let d = SamplerConfig::default();
+        let default = match self.kind {
+            OptKind::Float { get, .. } => get(&d).to_string(),
+            OptKind::Count { get, .. } => get(&d).to_string(),
+            OptKind::Seed => "a fresh one per run".into(),
+            OptKind::LogitBias => "none".into(),
+            OptKind::DryBreaker => {
+                let b: Vec<String> = d
+                    .dry_sequence_breakers
+                    .iter()
+                    .map(|b| format!("{b:?}"))
+                    .collect();
+                b.join(" ")
+            }
+        };
+        format!("{}: {}; default {default}.", self.help, self.range)
+    }
+}
+
 macro_rules! float_opt {
-    ($names:expr, $field:ident, $lo:expr, $lo_open:expr, $hi:expr, $range:expr) => {
-        Opt {
+    ($names:expr, $field:ident, $lo:expr, $lo_open:expr, $hi:expr, $range:expr, $help:expr) => {
+        SamplerOption {
             names: $names,
+            help: $help,
             kind: OptKind::Float {
                 get: |c| c.$field,
                 put: |c, v| c.$field = v,
@@ -204,9 +266,10 @@ macro_rules! float_opt {
 }
 
 macro_rules! count_opt {
-    ($names:expr, $field:ident, $max:expr, $range:expr) => {
-        Opt {
+    ($names:expr, $field:ident, $max:expr, $range:expr, $help:expr) => {
+        SamplerOption {
             names: $names,
+            help: $help,
             kind: OptKind::Count {
                 get: |c| c.$field as usize,
                 put: |c, v| c.$field = v as _,
@@ -220,30 +283,49 @@ macro_rules! count_opt {
 const INF: f32 = f32::INFINITY;
 
 /// Every option `SamplerConfig::set` knows, with llama.cpp's CLI names.
-static OPTIONS: &[Opt] = &[
+static OPTIONS: &[SamplerOption] = &[
     float_opt!(
         &["temperature", "temp"],
         temperature,
         0.0,
         false,
         INF,
-        "a number >= 0 (0 = greedy)"
+        "a number >= 0 (0 = greedy)",
+        "Temperature"
     ),
     count_opt!(
         &["top-k"],
         top_k,
         MAX_TOP_K,
-        "a whole number 0 to 16777216 (0 = off)"
+        "a whole number 0 to 16777216 (0 = off)",
+        "Keep the K most likely tokens"
     ),
-    float_opt!(&["top-p"], top_p, 0.0, false, 1.0, "0 to 1 (1 = off)"),
-    float_opt!(&["min-p"], min_p, 0.0, false, 1.0, "0 to 1 (0 = off)"),
+    float_opt!(
+        &["top-p"],
+        top_p,
+        0.0,
+        false,
+        1.0,
+        "0 to 1 (1 = off)",
+        "Nucleus sampling: keep the most likely tokens up to this total probability"
+    ),
+    float_opt!(
+        &["min-p"],
+        min_p,
+        0.0,
+        false,
+        1.0,
+        "0 to 1 (0 = off)",
+        "Drop tokens below this fraction of the best one's probability"
+    ),
     float_opt!(
         &["typical-p", "typical", "typ-p"],
         typical_p,
         0.0,
         false,
         1.0,
-        "0 to 1 (1 = off)"
+        "0 to 1 (1 = off)",
+        "Locally typical sampling"
     ),
     float_opt!(
         &["top-nsigma", "top-n-sigma"],
@@ -251,7 +333,8 @@ static OPTIONS: &[Opt] = &[
         -INF,
         false,
         INF,
-        "a number (<= 0 = off)"
+        "a number (<= 0 = off)",
+        "Top-n-sigma: drop logits more than N standard deviations below the best"
     ),
     float_opt!(
         &["xtc-probability"],
@@ -259,7 +342,8 @@ static OPTIONS: &[Opt] = &[
         0.0,
         false,
         1.0,
-        "0 to 1 (0 = off)"
+        "0 to 1 (0 = off)",
+        "XTC: chance per token of excluding the top choices"
     ),
     float_opt!(
         &["xtc-threshold"],
@@ -267,7 +351,8 @@ static OPTIONS: &[Opt] = &[
         0.0,
         false,
         1.0,
-        "0 to 1 (above 0.5 = off)"
+        "0 to 1 (above 0.5 = off)",
+        "XTC: probability threshold of the choices to exclude"
     ),
     float_opt!(
         &["dry-multiplier"],
@@ -275,24 +360,36 @@ static OPTIONS: &[Opt] = &[
         0.0,
         false,
         INF,
-        "a number >= 0 (0 = off)"
+        "a number >= 0 (0 = off)",
+        "DRY repetition penalty multiplier"
     ),
-    float_opt!(&["dry-base"], dry_base, 1.0, false, INF, "a number >= 1"),
+    float_opt!(
+        &["dry-base"],
+        dry_base,
+        1.0,
+        false,
+        INF,
+        "a number >= 1",
+        "DRY base: penalty = multiplier * base^(repeat length - allowed length)"
+    ),
     count_opt!(
         &["dry-allowed-length"],
         dry_allowed_length,
         MAX_LAST_N,
-        "a whole number 0 to 131072"
+        "a whole number 0 to 131072",
+        "DRY: repeats up to this length are not penalized"
     ),
     count_opt!(
         &["dry-penalty-last-n"],
         dry_penalty_last_n,
         MAX_LAST_N,
-        "-1 (the context, up to 131072) or a whole number 0 to 131072 (0 = off)"
+        "-1 (the context, up to 131072) or a whole number 0 to 131072 (0 = off)",
+        "DRY: how many recent tokens to scan"
     ),
-    Opt {
+    SamplerOption {
         names: &["dry-sequence-breaker"],
         kind: OptKind::DryBreaker,
+        help: "DRY sequence breaker: a repeat never spans one (repeatable; replaces the defaults)",
         range: "a non-empty string of at most 256 bytes to add (at most 64 of them), or \"none\" to clear the list",
     },
     // 1/x must be finite too (llama.cpp's check): the smallest normal float is the floor.
@@ -302,13 +399,15 @@ static OPTIONS: &[Opt] = &[
         f32::MIN_POSITIVE,
         false,
         INF,
-        "a number > 0 (1 = off)"
+        "a number > 0 (1 = off)",
+        "Repetition penalty over the last repeat-last-n tokens"
     ),
     count_opt!(
         &["repeat-last-n"],
         repeat_last_n,
         MAX_LAST_N,
-        "-1 (the context, up to 131072) or a whole number 0 to 131072 (0 = off)"
+        "-1 (the context, up to 131072) or a whole number 0 to 131072 (0 = off)",
+        "Tokens the repetition penalties look back over"
     ),
     float_opt!(
         &["presence-penalty"],
@@ -316,7 +415,8 @@ static OPTIONS: &[Opt] = &[
         -INF,
         false,
         INF,
-        "a finite number (0 = off)"
+        "a finite number (0 = off)",
+        "Presence penalty"
     ),
     float_opt!(
         &["frequency-penalty"],
@@ -324,13 +424,15 @@ static OPTIONS: &[Opt] = &[
         -INF,
         false,
         INF,
-        "a finite number (0 = off)"
+        "a finite number (0 = off)",
+        "Frequency penalty"
     ),
     count_opt!(
         &["mirostat"],
         mirostat,
         2,
-        "0 (off), 1 (Mirostat) or 2 (Mirostat 2.0)"
+        "0 (off), 1 (Mirostat) or 2 (Mirostat 2.0)",
+        "Mirostat (replaces top-k/p, min-p, typical, penalties, DRY, XTC)"
     ),
     float_opt!(
         &["mirostat-lr", "mirostat-eta"],
@@ -338,7 +440,8 @@ static OPTIONS: &[Opt] = &[
         0.0,
         false,
         INF,
-        "a number >= 0"
+        "a number >= 0",
+        "Mirostat learning rate, eta"
     ),
     float_opt!(
         &["mirostat-ent", "mirostat-tau"],
@@ -346,7 +449,8 @@ static OPTIONS: &[Opt] = &[
         0.0,
         false,
         INF,
-        "a number >= 0"
+        "a number >= 0",
+        "Mirostat target entropy, tau"
     ),
     float_opt!(
         &["dynatemp-range"],
@@ -354,7 +458,8 @@ static OPTIONS: &[Opt] = &[
         0.0,
         false,
         INF,
-        "a number >= 0 (0 = off)"
+        "a number >= 0 (0 = off)",
+        "Dynamic temperature range: temperature ± N by entropy"
     ),
     float_opt!(
         &["dynatemp-exp", "dynatemp-exponent"],
@@ -362,17 +467,26 @@ static OPTIONS: &[Opt] = &[
         0.0,
         false,
         INF,
-        "a number >= 0"
+        "a number >= 0",
+        "Dynamic temperature exponent"
     ),
-    Opt {
+    SamplerOption {
         names: &["seed"],
         kind: OptKind::Seed,
+        help: "Seed of the random stages (the same seed and options give the same text)",
         range: "a whole number 0 to 2^64-1, or -1 / \"random\" for a fresh one",
     },
-    count_opt!(&["min-keep"], min_keep, MAX_TOP_K, "a whole number 0 to 16777216"),
-    Opt {
+    count_opt!(
+        &["min-keep"],
+        min_keep,
+        MAX_TOP_K,
+        "a whole number 0 to 16777216",
+        "Truncation samplers keep at least this many tokens"
+    ),
+    SamplerOption {
         names: &["logit-bias"],
         kind: OptKind::LogitBias,
+        help: "Bias a token (repeatable)",
         range: "TOKEN_ID+BIAS or TOKEN_ID-BIAS (e.g. 15043+1, 2-inf; at most 262144 entries), or \"none\" to clear",
     },
 ];
@@ -385,7 +499,7 @@ fn normalize_name(name: &str) -> String {
         .replace('_', "-")
 }
 
-fn check_float(opt: &Opt, v: f32) -> Result<(), String> {
+fn check_float(opt: &SamplerOption, v: f32) -> Result<(), String> {
     if let OptKind::Float {
         lo, lo_open, hi, ..
     } = opt.kind
@@ -445,6 +559,12 @@ impl SamplerConfig {
         OPTIONS.iter().map(|o| o.names[0])
     }
 
+    /// Every option `set` knows: the one declaration the CLI's flags and the server's request
+    /// fields are built from.
+    pub fn options() -> &'static [SamplerOption] {
+        OPTIONS
+    }
+
     /// Set one option from text, by llama.cpp's CLI name (`temp`, `top-k`, `mirostat-lr`, ...;
     /// underscores and leading dashes are fine). Out-of-range values and unknown names give a
     /// message naming the option and what it accepts; on error the config is unchanged.
@@ -473,7 +593,7 @@ impl SamplerConfig {
             }
             OptKind::Count { put, max, .. } => {
                 // -1 is llama.cpp's "the whole context" for the history windows.
-                let context = max == MAX_LAST_N && opt.names[0].ends_with("last-n") && v == "-1";
+                let context = opt.takes_context() && v == "-1";
                 let x: usize = if context {
                     MAX_LAST_N
                 } else {

@@ -298,7 +298,12 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
             sc.logit_bias.push((id, bias));
         }
     }
-    // cria's other samplers, by their llama.cpp names (top_k, min_p, repeat_penalty, mirostat..).
+    // Every other sampler option of the engine's table (`SamplerConfig::options`), by any of its
+    // names with `_` for `-` (top_k, min_p, typical, repeat_penalty, mirostat_tau, ...), through
+    // `SamplerConfig::set`: a new option needs nothing here. The fields above stay OpenAI's:
+    // temperature (0 to 2), top_p, presence/frequency_penalty (-2 to 2) with OpenAI's ranges and
+    // wording; seed (a JSON integer; whether it was given decides per-choice seeds); logit_bias
+    // (an object of token id -> bias, -100 bans, ids checked against the vocabulary).
     for (k, v) in o {
         if KNOWN.contains(&k.as_str()) || v.is_null() {
             continue;
@@ -481,5 +486,39 @@ pub fn check_model(o: &Obj) -> Result<(), ApiError> {
     match get(o, "model") {
         None | Some(Value::String(_)) => Ok(()),
         Some(_) => Err(ApiError::param("model", "'model' must be a string")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cria_engine::sampler::OptionValue;
+
+    /// Every option of the engine's table is a request field under each of its names (with `_`
+    /// for `-`), read through `SamplerConfig::set`, unless it is one of the OpenAI fields.
+    #[test]
+    fn every_sampler_option_is_a_request_field() {
+        for o in SamplerConfig::options() {
+            let (value, texts) = match o.value() {
+                OptionValue::Number | OptionValue::Count | OptionValue::Seed => {
+                    (Value::from(1), vec!["1"])
+                }
+                OptionValue::LogitBias => (serde_json::json!(["3+1"]), vec!["none", "3+1"]),
+                OptionValue::DryBreaker => (serde_json::json!(["x"]), vec!["none", "x"]),
+            };
+            for name in o.names {
+                let key = name.replace('-', "_");
+                if KNOWN.contains(&key.as_str()) {
+                    continue;
+                }
+                let mut want = SamplerConfig::default();
+                for t in &texts {
+                    want.set(name, t).unwrap();
+                }
+                let body = Obj::from_iter([(key.clone(), value.clone())]);
+                let c = common(&body, false, 512, 100).unwrap_or_else(|e| panic!("{key}: {e:?}"));
+                assert_eq!(c.sampler, want, "{key}");
+            }
+        }
     }
 }

@@ -1,155 +1,100 @@
-//! The sampler options shared by `run`, `chat` (and later `serve`): clap flags -> SamplerConfig.
+//! The sampler options shared by `run` and `chat`: clap flags -> SamplerConfig.
 //!
-//! Flag names are llama.cpp's. Every flag is optional: what is not given keeps
-//! `SamplerConfig::default()` (llama.cpp's defaults), so the defaults live in one place. Range
-//! errors come from `SamplerConfig::validate`, with the same wording `/set` gives in chat.
+//! The flags are built from the engine's option table (names are llama.cpp's, help texts and
+//! defaults the table's). Every flag is optional: what is not given keeps
+//! `SamplerConfig::default()` (llama.cpp's defaults), so the defaults live in one place. Values
+//! go through `SamplerConfig::set`, so range errors have the wording `/set` gives in chat.
 
 use anyhow::{anyhow, Result};
-use clap::Args;
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use cria_engine::sampler::{
-    parse_logit_bias, random_seed, DryBreakers, Sampler, SamplerConfig, TokenText,
+    random_seed, DryBreakers, OptionValue, Sampler, SamplerConfig, SamplerOption, TokenText,
 };
 use cria_tokenizer::Tokenizer;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct SamplerArgs {
-    /// Temperature (default 0.8; 0 = greedy).
-    #[arg(
-        long,
-        visible_alias = "temp",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub temperature: Option<f32>,
-    /// Keep the K most likely tokens (default 40; 0 = off).
-    #[arg(long = "top-k", value_name = "N", allow_negative_numbers = true)]
-    pub top_k: Option<usize>,
-    /// Nucleus sampling (default 0.95; 1 = off).
-    #[arg(long = "top-p", value_name = "N", allow_negative_numbers = true)]
-    pub top_p: Option<f32>,
-    /// Drop tokens below this fraction of the best one's probability (default 0.05; 0 = off).
-    #[arg(long = "min-p", value_name = "N", allow_negative_numbers = true)]
-    pub min_p: Option<f32>,
-    /// Locally typical sampling (default 1 = off).
-    #[arg(
-        long = "typical",
-        visible_alias = "typical-p",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub typical_p: Option<f32>,
-    /// Top-n-sigma: drop logits more than N standard deviations below the best (default -1 = off).
-    #[arg(
-        long = "top-nsigma",
-        visible_alias = "top-n-sigma",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub top_n_sigma: Option<f32>,
-    /// XTC: chance per token of excluding the top choices (default 0 = off).
-    #[arg(
-        long = "xtc-probability",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub xtc_probability: Option<f32>,
-    /// XTC: probability threshold of the choices to exclude (default 0.1; above 0.5 = off).
-    #[arg(
-        long = "xtc-threshold",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub xtc_threshold: Option<f32>,
-    /// DRY repetition penalty multiplier (default 0 = off).
-    #[arg(
-        long = "dry-multiplier",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub dry_multiplier: Option<f32>,
-    /// DRY base: penalty = multiplier * base^(repeat length - allowed length) (default 1.75).
-    #[arg(long = "dry-base", value_name = "N", allow_negative_numbers = true)]
-    pub dry_base: Option<f32>,
-    /// DRY: repeats up to this length are not penalized (default 2).
-    #[arg(
-        long = "dry-allowed-length",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub dry_allowed_length: Option<usize>,
-    /// DRY: how many recent tokens to scan (default 64; 0 = off).
-    #[arg(
-        long = "dry-penalty-last-n",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub dry_penalty_last_n: Option<usize>,
-    /// DRY sequence breaker (repeatable; replaces the defaults '\n', ':', '"', '*'; "none" for
-    /// none). Escapes such as \n are processed.
-    #[arg(long = "dry-sequence-breaker", value_name = "STRING", value_parser = escaped, allow_hyphen_values = true)]
-    pub dry_sequence_breaker: Vec<String>,
-    /// Repetition penalty over the last --repeat-last-n tokens (default 1 = off).
-    #[arg(
-        long = "repeat-penalty",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub repeat_penalty: Option<f32>,
-    /// Tokens the repetition penalties look back over (default 64; 0 = off).
-    #[arg(
-        long = "repeat-last-n",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub repeat_last_n: Option<usize>,
-    /// Presence penalty (default 0 = off).
-    #[arg(
-        long = "presence-penalty",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub presence_penalty: Option<f32>,
-    /// Frequency penalty (default 0 = off).
-    #[arg(
-        long = "frequency-penalty",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub frequency_penalty: Option<f32>,
-    /// Mirostat: 0 = off, 1 = Mirostat, 2 = Mirostat 2.0 (replaces top-k/p, min-p, typical,
-    /// penalties, DRY, XTC).
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    pub mirostat: Option<u8>,
-    /// Mirostat learning rate, eta (default 0.1).
-    #[arg(long = "mirostat-lr", value_name = "N", allow_negative_numbers = true)]
-    pub mirostat_lr: Option<f32>,
-    /// Mirostat target entropy, tau (default 5).
-    #[arg(long = "mirostat-ent", value_name = "N", allow_negative_numbers = true)]
-    pub mirostat_ent: Option<f32>,
-    /// Dynamic temperature range: temperature ± N by entropy (default 0 = off).
-    #[arg(
-        long = "dynatemp-range",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub dynatemp_range: Option<f32>,
-    /// Dynamic temperature exponent (default 1).
-    #[arg(long = "dynatemp-exp", value_name = "N", allow_negative_numbers = true)]
-    pub dynatemp_exp: Option<f32>,
-    /// Truncation samplers keep at least this many tokens (default 0).
-    #[arg(long = "min-keep", value_name = "N", allow_negative_numbers = true)]
-    pub min_keep: Option<usize>,
-    /// Bias a token: TOKEN_ID+BIAS or TOKEN_ID-BIAS, e.g. 15043+1 or 2-inf (repeatable).
-    #[arg(long = "logit-bias", value_name = "TOKEN_ID(+|-)BIAS", value_parser = parse_logit_bias, allow_hyphen_values = true)]
-    pub logit_bias: Vec<(u32, f32)>,
-    /// Seed of the random stages (default: a fresh one per run; the same seed and options give
-    /// the same text).
-    #[arg(long, allow_negative_numbers = true)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    options: SamplerFlags,
     /// Stop when this text is generated; it is not printed (repeatable). Escapes such as \n are
     /// processed.
     #[arg(long = "stop", value_name = "STRING", value_parser = escaped, allow_hyphen_values = true)]
     pub stop: Vec<String>,
+}
+
+/// One flag per sampler option of the engine's table ([`SamplerConfig::options`]): its first
+/// name is the flag, the others visible aliases, the help the table's. What was given is kept as
+/// text and applied through [`SamplerConfig::set`], so a new option needs nothing here.
+#[derive(Clone, Debug, Default)]
+struct SamplerFlags {
+    /// (option, values) in the table's order; a repeatable option's list starts with "none", so
+    /// the values given replace the default list.
+    given: Vec<(&'static str, Vec<String>)>,
+}
+
+/// The clap argument of one option; numbers are checked for syntax here (clap's wording), for
+/// range by `set` (its wording).
+fn flag(o: &'static SamplerOption) -> Arg {
+    let (name, aliases) = o.names.split_first().expect("an option has a name");
+    let arg = Arg::new(*name)
+        .long(*name)
+        .visible_aliases(aliases.iter().copied())
+        .help(o.help())
+        .value_name("N")
+        .allow_negative_numbers(true);
+    match o.value() {
+        OptionValue::Number => arg.value_parser(|s: &str| s.parse::<f32>().map(|_| s.to_string())),
+        OptionValue::Count => arg.value_parser(move |s: &str| match s {
+            "-1" if o.takes_context() => Ok(s.to_string()),
+            _ => s.parse::<usize>().map(|_| s.to_string()),
+        }),
+        OptionValue::Seed => arg,
+        OptionValue::LogitBias => arg
+            .value_name("TOKEN_ID(+|-)BIAS")
+            .action(ArgAction::Append)
+            .allow_hyphen_values(true),
+        OptionValue::DryBreaker => arg
+            .value_name("STRING")
+            .help(format!("{} Escapes such as \\n are processed.", o.help()))
+            .value_parser(escaped)
+            .action(ArgAction::Append)
+            .allow_hyphen_values(true),
+    }
+}
+
+impl Args for SamplerFlags {
+    fn augment_args(cmd: Command) -> Command {
+        SamplerConfig::options()
+            .iter()
+            .fold(cmd, |cmd, o| cmd.arg(flag(o)))
+    }
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for SamplerFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut f = SamplerFlags::default();
+        f.update_from_arg_matches(m)?;
+        Ok(f)
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        for o in SamplerConfig::options() {
+            let name = o.names[0];
+            let Some(vs) = m.get_many::<String>(name) else {
+                continue;
+            };
+            let list = matches!(o.value(), OptionValue::LogitBias | OptionValue::DryBreaker);
+            let values = list
+                .then(|| "none".to_string())
+                .into_iter()
+                .chain(vs.cloned());
+            self.given.retain(|(n, _)| *n != name);
+            self.given.push((name, values.collect()));
+        }
+        Ok(())
+    }
 }
 
 /// llama.cpp's escape processing for strings given on the command line: \n \r \t \' \" \\ and
@@ -202,48 +147,18 @@ fn escaped(s: &str) -> Result<String, String> {
 }
 
 impl SamplerArgs {
-    /// The sampler configuration the flags ask for, validated.
+    /// The sampler configuration the flags ask for, validated; the seed is a fresh one unless
+    /// given.
     pub fn config(&self) -> Result<SamplerConfig> {
-        let mut c = SamplerConfig::default();
-        macro_rules! take {
-            ($($flag:ident => $field:ident),* $(,)?) => {
-                $(if let Some(v) = self.$flag { c.$field = v; })*
-            };
-        }
-        take!(
-            temperature => temperature,
-            top_k => top_k,
-            top_p => top_p,
-            min_p => min_p,
-            typical_p => typical_p,
-            top_n_sigma => top_n_sigma,
-            xtc_probability => xtc_probability,
-            xtc_threshold => xtc_threshold,
-            dry_multiplier => dry_multiplier,
-            dry_base => dry_base,
-            dry_allowed_length => dry_allowed_length,
-            dry_penalty_last_n => dry_penalty_last_n,
-            repeat_penalty => repeat_penalty,
-            repeat_last_n => repeat_last_n,
-            presence_penalty => presence_penalty,
-            frequency_penalty => frequency_penalty,
-            mirostat => mirostat,
-            mirostat_lr => mirostat_eta,
-            mirostat_ent => mirostat_tau,
-            dynatemp_range => dynatemp_range,
-            dynatemp_exp => dynatemp_exponent,
-            min_keep => min_keep,
-        );
-        if !self.dry_sequence_breaker.is_empty() {
-            c.dry_sequence_breakers.clear();
-            for b in &self.dry_sequence_breaker {
-                if b != "none" {
-                    c.dry_sequence_breakers.push(b.clone());
-                }
+        let mut c = SamplerConfig {
+            seed: random_seed(),
+            ..SamplerConfig::default()
+        };
+        for (name, values) in &self.options.given {
+            for v in values {
+                c.set(name, v).map_err(|e| anyhow!("--{e}"))?;
             }
         }
-        c.logit_bias = self.logit_bias.clone();
-        c.seed = self.seed.unwrap_or_else(random_seed);
         c.validate().map_err(|e| anyhow!("--{e}"))?;
         cria_engine::stop::validate_stops(&self.stop).map_err(|e| anyhow!("--{e}"))?;
         Ok(c)
@@ -421,6 +336,31 @@ mod tests {
         let c = parse(&["--temperature", "0", "--dry-sequence-breaker", "none"]).unwrap();
         assert_eq!(c.temperature, 0.0);
         assert!(c.dry_sequence_breakers.is_empty());
+    }
+
+    /// Every option of the engine's table is a flag under each of its names, read by `set`.
+    #[test]
+    fn every_option_name_is_a_flag() {
+        for o in SamplerConfig::options() {
+            let (value, list) = match o.value() {
+                OptionValue::LogitBias => ("3+1", true),
+                OptionValue::DryBreaker => ("x", true),
+                _ => ("1", false),
+            };
+            for name in o.names {
+                let flag = format!("--{name}");
+                let c = parse(&[&flag, value]).unwrap_or_else(|e| panic!("{flag}: {e}"));
+                let mut want = SamplerConfig {
+                    seed: c.seed,
+                    ..SamplerConfig::default()
+                };
+                if list {
+                    want.set(name, "none").unwrap();
+                }
+                want.set(name, value).unwrap();
+                assert_eq!(c, want, "{flag}");
+            }
+        }
     }
 
     #[test]
