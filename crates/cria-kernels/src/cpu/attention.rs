@@ -14,7 +14,7 @@ pub(crate) fn attention(
     v: KvSlice,
     s: &AttnShape,
 ) {
-    ops::check_attention(out, q, k.len(), v.len(), s);
+    crate::common::check_attention(out, q, k.len(), v.len(), s);
     assert_eq!(
         k.kv_type(),
         v.kv_type(),

@@ -2,7 +2,7 @@
 //!
 //! - `rope`: cos/sin computed once per row (`Rope::table`, ggml's angles) and applied to every
 //!   head, so the result is the reference's to the bit, at 1/n_heads of the trigonometry.
-//! - `rmsnorm` (AVX2): the scale from `reference::rms_scale` (ggml's order: f32 squares summed in
+//! - `rmsnorm` (AVX2): the scale from `common::rms_scale` (ggml's order: f32 squares summed in
 //!   f64 sequentially), then `(x * r) * w` in the reference's order.
 //! - `silu_mul` and the softmax in `attention` (AVX2) use `exp8`, ggml's `ggml_v_expf` to the bit.
 //! - `attention` (AVX2): one (token, head) pair per work item, in llama.cpp's arithmetic for an
@@ -13,6 +13,7 @@
 //!   (KV head, run of query tokens), see `flash_tile_scalar`, `avx2::flash_tile` and
 //!   `avx512::flash_tile` (16 lanes, when head_dim % 16 == 0).
 
+use crate::common::key_range;
 use crate::{AttnShape, KvSlice, Rope};
 
 /// RoPE cos/sin of positions pos0..pos0 + t for one set of parameters, kept between calls: the Q
@@ -45,20 +46,6 @@ impl RopeTable {
     }
 }
 
-/// Checks rope's buffers (a kernel would index out of bounds).
-pub fn check_rope(x: &[f32], t: usize, n_heads: usize, head_dim: usize, rope: &Rope) {
-    let n_pairs = rope.inv_freq.len();
-    assert!(
-        2 * n_pairs <= head_dim,
-        "rope: {n_pairs} pairs do not fit head_dim {head_dim}"
-    );
-    assert!(
-        x.len() >= t * n_heads * head_dim,
-        "rope: x has {} values, want {t} x {n_heads} x {head_dim}",
-        x.len()
-    );
-}
-
 /// Rotates t tokens of n_heads heads with the table `cs` (t rows of n_pairs, `RopeTable::get`).
 pub fn rope(
     x: &mut [f32],
@@ -68,7 +55,7 @@ pub fn rope(
     rope: &Rope,
     cs: &[(f32, f32)],
 ) {
-    check_rope(x, t, n_heads, head_dim, rope);
+    crate::common::check_rope(x, t, n_heads, head_dim, rope);
     let n_pairs = rope.inv_freq.len();
     for r in 0..t {
         let cs = &cs[r * n_pairs..][..n_pairs];
@@ -84,35 +71,6 @@ pub fn rope(
             }
         }
     }
-}
-
-/// Range of keys a query at position `p` attends to.
-#[inline]
-pub fn key_range(p: usize, window: Option<usize>) -> std::ops::RangeInclusive<usize> {
-    let lo = window.map(|w| (p + 1).saturating_sub(w)).unwrap_or(0);
-    lo..=p
-}
-
-/// Checks the attention buffers against the shape (the kernels would index out of bounds).
-pub fn check_attention(out: &[f32], q: &[f32], k_len: usize, v_len: usize, s: &AttnShape) {
-    assert!(
-        s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0,
-        "attention: {} heads not a multiple of {} kv heads",
-        s.n_heads,
-        s.n_kv_heads
-    );
-    let qn = s.t * s.n_heads * s.head_dim;
-    let kvn = (s.pos0 + s.t) * s.n_kv_heads * s.head_dim;
-    assert!(
-        q.len() >= qn && out.len() >= qn,
-        "attention: q/out have {}/{} values, need {qn}",
-        q.len(),
-        out.len()
-    );
-    assert!(
-        k_len >= kvn && v_len >= kvn,
-        "attention: k/v caches have {k_len}/{v_len} values, need {kvn}"
-    );
 }
 
 // ---- Flash attention over an F16 cache -------------------------------------------------------
@@ -445,7 +403,7 @@ pub mod avx2 {
     unsafe fn rmsnorm_impl(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
         let d = w.len();
         for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            let r = crate::reference::rms_scale(xr, eps);
+            let r = crate::common::rms_scale(xr, eps);
             let rv = _mm256_set1_ps(r);
             let mut i = 0;
             while i + 8 <= d {
@@ -553,7 +511,7 @@ pub mod avx2 {
         let kv_stride = s.n_kv_heads * hd;
         let kvh = h / (s.n_heads / s.n_kv_heads);
         let p = s.pos0 + r;
-        let lo = *super::key_range(p, s.window).start();
+        let lo = *crate::common::key_range(p, s.window).start();
         // scores[j] for absolute positions j in 0..n_blk (8-aligned), 0 where masked.
         let n_blk = (p + 1).div_ceil(8) * 8;
         let sc = &mut scores[..n_blk];
@@ -780,7 +738,7 @@ pub mod avx2 {
         rope: &crate::Rope,
         cs: &[(f32, f32)],
     ) {
-        super::check_rope(x, t, n_heads, head_dim, rope);
+        crate::common::check_rope(x, t, n_heads, head_dim, rope);
         assert!(cs.len() >= t * rope.inv_freq.len(), "rope: table too short");
         rope_impl(x, t, n_heads, head_dim, rope, cs)
     }
