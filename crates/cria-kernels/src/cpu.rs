@@ -23,7 +23,7 @@ use std::sync::Mutex;
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 mod attention;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
-mod gemm_float;
+pub(crate) mod gemm_float;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 pub mod gemm_half;
 pub mod gemm_q;

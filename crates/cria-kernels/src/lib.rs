@@ -5,6 +5,7 @@
 //! Conventions: activations are row-major f32 `(t, n)` slices; weights are `cria_core::Tensor`s in
 //! GGML order (`ne[0]` = in_features = cols, rows = out_features), in whatever dtype the file has.
 
+pub mod arch;
 mod common;
 pub mod cpu;
 pub mod dot;
