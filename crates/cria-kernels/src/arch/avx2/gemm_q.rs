@@ -26,59 +26,37 @@ pub fn tile(
         "gemm_q tile: bad arguments"
     );
     let (w, a) = (w.as_ptr(), a.as_ptr());
+    // Tokens 1..=4: the kernel's const-generic instance; 4 may take a hand-scheduled kernel.
+    macro_rules! by_cols {
+        ($f:ident $(:: <$($g:literal),*>)?) => {
+            by_cols!($f $(:: <$($g),*>)?, $f::<$($($g,)*)? 4>)
+        };
+        ($f:ident $(:: <$($g:literal),*>)?, $f4:expr) => {
+            match cols {
+                1 => $f::<$($($g,)*)? 1>(nb, w, a, stride, out),
+                2 => $f::<$($($g,)*)? 2>(nb, w, a, stride, out),
+                3 => $f::<$($($g,)*)? 3>(nb, w, a, stride, out),
+                _ => $f4(nb, w, a, stride, out),
+            }
+        };
+    }
     // SAFETY: this function is only handed out for Isa::Avx2/Avx512, which exist only
     // after Isa::available() confirmed AVX2/FMA/F16C; the reads stay inside `w` (nb blocks) and
     // `a` (cols rows of nb A8 blocks), checked above.
     unsafe {
-        match (kind, cols) {
-            (Kind::Q4_0, 1) => q4_0::<1>(nb, w, a, stride, out),
-            (Kind::Q4_0, 2) => q4_0::<2>(nb, w, a, stride, out),
-            (Kind::Q4_0, 3) => q4_0::<3>(nb, w, a, stride, out),
-            (Kind::Q4_0, _) => q4_0_x4(nb, w, a, stride, out),
-            (Kind::Q4_1, 1) => nib::<true, false, 1>(nb, w, a, stride, out),
-            (Kind::Q4_1, 2) => nib::<true, false, 2>(nb, w, a, stride, out),
-            (Kind::Q4_1, 3) => nib::<true, false, 3>(nb, w, a, stride, out),
-            (Kind::Q4_1, _) => nib::<true, false, 4>(nb, w, a, stride, out),
-            (Kind::Q5_0, 1) => nib::<false, true, 1>(nb, w, a, stride, out),
-            (Kind::Q5_0, 2) => nib::<false, true, 2>(nb, w, a, stride, out),
-            (Kind::Q5_0, 3) => nib::<false, true, 3>(nb, w, a, stride, out),
-            (Kind::Q5_0, _) => nib::<false, true, 4>(nb, w, a, stride, out),
-            (Kind::Q5_1, 1) => nib::<true, true, 1>(nb, w, a, stride, out),
-            (Kind::Q5_1, 2) => nib::<true, true, 2>(nb, w, a, stride, out),
-            (Kind::Q5_1, 3) => nib::<true, true, 3>(nb, w, a, stride, out),
-            (Kind::Q5_1, _) => nib::<true, true, 4>(nb, w, a, stride, out),
-            (Kind::Q8_0, 1) => q8_0::<1>(nb, w, a, stride, out),
-            (Kind::Q8_0, 2) => q8_0::<2>(nb, w, a, stride, out),
-            (Kind::Q8_0, 3) => q8_0::<3>(nb, w, a, stride, out),
-            (Kind::Q8_0, _) => q8_0_x4(nb, w, a, stride, out),
-            (Kind::Q4_K, 1) => q4_k::<false, 1>(nb, w, a, stride, out),
-            (Kind::Q4_K, 2) => q4_k::<false, 2>(nb, w, a, stride, out),
-            (Kind::Q4_K, 3) => q4_k::<false, 3>(nb, w, a, stride, out),
-            (Kind::Q4_K, _) => q4_k::<false, 4>(nb, w, a, stride, out),
-            (Kind::Q5_K, 1) => q4_k::<true, 1>(nb, w, a, stride, out),
-            (Kind::Q5_K, 2) => q4_k::<true, 2>(nb, w, a, stride, out),
-            (Kind::Q5_K, 3) => q4_k::<true, 3>(nb, w, a, stride, out),
-            (Kind::Q5_K, _) => q4_k::<true, 4>(nb, w, a, stride, out),
-            (Kind::IQ4_NL, 1) => iq4_nl::<1>(nb, w, a, stride, out),
-            (Kind::IQ4_NL, 2) => iq4_nl::<2>(nb, w, a, stride, out),
-            (Kind::IQ4_NL, 3) => iq4_nl::<3>(nb, w, a, stride, out),
-            (Kind::IQ4_NL, _) => iq4_nl::<4>(nb, w, a, stride, out),
-            (Kind::IQ4_XS, 1) => iq4_xs::<1>(nb, w, a, stride, out),
-            (Kind::IQ4_XS, 2) => iq4_xs::<2>(nb, w, a, stride, out),
-            (Kind::IQ4_XS, 3) => iq4_xs::<3>(nb, w, a, stride, out),
-            (Kind::IQ4_XS, _) => iq4_xs::<4>(nb, w, a, stride, out),
-            (Kind::Q2_K, 1) => q2_k::<1>(nb, w, a, stride, out),
-            (Kind::Q2_K, 2) => q2_k::<2>(nb, w, a, stride, out),
-            (Kind::Q2_K, 3) => q2_k::<3>(nb, w, a, stride, out),
-            (Kind::Q2_K, _) => q2_k::<4>(nb, w, a, stride, out),
-            (Kind::Q3_K, 1) => q3_k::<1>(nb, w, a, stride, out),
-            (Kind::Q3_K, 2) => q3_k::<2>(nb, w, a, stride, out),
-            (Kind::Q3_K, 3) => q3_k::<3>(nb, w, a, stride, out),
-            (Kind::Q3_K, _) => q3_k::<4>(nb, w, a, stride, out),
-            (Kind::Q6_K, 1) => q6_k::<1>(nb, w, a, stride, out),
-            (Kind::Q6_K, 2) => q6_k::<2>(nb, w, a, stride, out),
-            (Kind::Q6_K, 3) => q6_k::<3>(nb, w, a, stride, out),
-            (Kind::Q6_K, _) => q6_k::<4>(nb, w, a, stride, out),
+        match kind {
+            Kind::Q4_0 => by_cols!(q4_0, q4_0_x4),
+            Kind::Q4_1 => by_cols!(nib::<true, false>),
+            Kind::Q5_0 => by_cols!(nib::<false, true>),
+            Kind::Q5_1 => by_cols!(nib::<true, true>),
+            Kind::Q8_0 => by_cols!(q8_0, q8_0_x4),
+            Kind::Q4_K => by_cols!(q4_k::<false>),
+            Kind::Q5_K => by_cols!(q4_k::<true>),
+            Kind::IQ4_NL => by_cols!(iq4_nl),
+            Kind::IQ4_XS => by_cols!(iq4_xs),
+            Kind::Q2_K => by_cols!(q2_k),
+            Kind::Q3_K => by_cols!(q3_k),
+            Kind::Q6_K => by_cols!(q6_k),
         }
     }
 }
@@ -148,6 +126,41 @@ pub(crate) unsafe fn i32_at(p: *const u8) -> i32 {
     std::ptr::read_unaligned(p as *const i32)
 }
 
+/// The end of one token of the x4 kernels: the block's integer dot (ymm13) to f32, times
+/// d_w (ymm12) * d_a (the f32 @32 of the A8 block at `$b`), added into `$acc` by one FMA.
+macro_rules! x4_token_close {
+    ($b:literal, $acc:literal) => {
+        concat!(
+            "vcvtdq2ps ymm13, ymm13\n",
+            "vbroadcastss ymm14, dword ptr [",
+            $b,
+            " + 32]\n",
+            "vmulps ymm14, ymm14, ymm12\n",
+            "vfmadd231ps ",
+            $acc,
+            ", ymm14, ymm13\n",
+        )
+    };
+}
+
+/// One activation chunk of a Q4_0 x4 token: the i16 pair sums of nibble vector `$v` with the
+/// 4 bytes at `$b + $off`, added into ymm13.
+macro_rules! q4_0_chunk {
+    ($b:literal, $off:literal, $v:literal) => {
+        concat!(
+            "vpbroadcastd ymm14, dword ptr [",
+            $b,
+            " + ",
+            $off,
+            "]\n",
+            "vpmaddubsw ymm14, ",
+            $v,
+            ", ymm14\n",
+            "vpaddw ymm13, ymm13, ymm14\n",
+        )
+    };
+}
+
 /// One token of the Q4_0 x4 kernel: `$b` is the address of its A8 block, `$acc` its
 /// accumulator. The same operations as `q4_0` (integer sums are exact, so the i16 chain
 /// order does not matter; then madd, - 8 * sum, cvt, d_w * d_a, one FMA).
@@ -158,55 +171,20 @@ macro_rules! q4_0_token {
             $b,
             "]\n",
             "vpmaddubsw ymm13, ymm0, ymm13\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 4]\n",
-            "vpmaddubsw ymm14, ymm1, ymm14\n",
-            "vpaddw ymm13, ymm13, ymm14\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 8]\n",
-            "vpmaddubsw ymm14, ymm2, ymm14\n",
-            "vpaddw ymm13, ymm13, ymm14\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 12]\n",
-            "vpmaddubsw ymm14, ymm3, ymm14\n",
-            "vpaddw ymm13, ymm13, ymm14\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 16]\n",
-            "vpmaddubsw ymm14, ymm4, ymm14\n",
-            "vpaddw ymm13, ymm13, ymm14\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 20]\n",
-            "vpmaddubsw ymm14, ymm5, ymm14\n",
-            "vpaddw ymm13, ymm13, ymm14\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 24]\n",
-            "vpmaddubsw ymm14, ymm6, ymm14\n",
-            "vpaddw ymm13, ymm13, ymm14\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 28]\n",
-            "vpmaddubsw ymm14, ymm7, ymm14\n",
-            "vpaddw ymm13, ymm13, ymm14\n",
+            q4_0_chunk!($b, "4", "ymm1"),
+            q4_0_chunk!($b, "8", "ymm2"),
+            q4_0_chunk!($b, "12", "ymm3"),
+            q4_0_chunk!($b, "16", "ymm4"),
+            q4_0_chunk!($b, "20", "ymm5"),
+            q4_0_chunk!($b, "24", "ymm6"),
+            q4_0_chunk!($b, "28", "ymm7"),
             "vpmaddwd ymm13, ymm13, ymmword ptr [{c} + 32]\n",
             "vpbroadcastd ymm14, dword ptr [",
             $b,
             " + 36]\n",
             "vpslld ymm14, ymm14, 3\n",
             "vpsubd ymm13, ymm13, ymm14\n",
-            "vcvtdq2ps ymm13, ymm13\n",
-            "vbroadcastss ymm14, dword ptr [",
-            $b,
-            " + 32]\n",
-            "vmulps ymm14, ymm14, ymm12\n",
-            "vfmadd231ps ",
-            $acc,
-            ", ymm14, ymm13\n",
+            x4_token_close!($b, $acc),
         )
     };
 }
@@ -404,6 +382,28 @@ unsafe fn nib<const MIN: bool, const HB: bool, const T: usize>(
     store(&acc, out);
 }
 
+/// One activation chunk of a Q8_0 x4 token: |w| vector `$v` times the 4 bytes at `$b + $off`
+/// signed by w (@`$wo` of the block), pair sums widened to i32 by ymm15's ones, added into ymm13.
+macro_rules! q8_0_chunk {
+    ($b:literal, $off:literal, $wo:literal, $v:literal) => {
+        concat!(
+            "vpbroadcastd ymm14, dword ptr [",
+            $b,
+            " + ",
+            $off,
+            "]\n",
+            "vpsignb ymm14, ymm14, ymmword ptr [{w} + ",
+            $wo,
+            "]\n",
+            "vpmaddubsw ymm14, ",
+            $v,
+            ", ymm14\n",
+            "vpmaddwd ymm14, ymm14, ymm15\n",
+            "vpaddd ymm13, ymm13, ymm14\n",
+        )
+    };
+}
+
 /// One token of the Q8_0 x4 kernel (see `q8_0_x4`).
 macro_rules! q8_0_token {
     ($b:literal, $acc:literal) => {
@@ -414,63 +414,14 @@ macro_rules! q8_0_token {
             "vpsignb ymm13, ymm13, ymmword ptr [{w} + 16]\n",
             "vpmaddubsw ymm13, ymm0, ymm13\n",
             "vpmaddwd ymm13, ymm13, ymm15\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 4]\n",
-            "vpsignb ymm14, ymm14, ymmword ptr [{w} + 48]\n",
-            "vpmaddubsw ymm14, ymm1, ymm14\n",
-            "vpmaddwd ymm14, ymm14, ymm15\n",
-            "vpaddd ymm13, ymm13, ymm14\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 8]\n",
-            "vpsignb ymm14, ymm14, ymmword ptr [{w} + 80]\n",
-            "vpmaddubsw ymm14, ymm2, ymm14\n",
-            "vpmaddwd ymm14, ymm14, ymm15\n",
-            "vpaddd ymm13, ymm13, ymm14\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 12]\n",
-            "vpsignb ymm14, ymm14, ymmword ptr [{w} + 112]\n",
-            "vpmaddubsw ymm14, ymm3, ymm14\n",
-            "vpmaddwd ymm14, ymm14, ymm15\n",
-            "vpaddd ymm13, ymm13, ymm14\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 16]\n",
-            "vpsignb ymm14, ymm14, ymmword ptr [{w} + 144]\n",
-            "vpmaddubsw ymm14, ymm4, ymm14\n",
-            "vpmaddwd ymm14, ymm14, ymm15\n",
-            "vpaddd ymm13, ymm13, ymm14\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 20]\n",
-            "vpsignb ymm14, ymm14, ymmword ptr [{w} + 176]\n",
-            "vpmaddubsw ymm14, ymm5, ymm14\n",
-            "vpmaddwd ymm14, ymm14, ymm15\n",
-            "vpaddd ymm13, ymm13, ymm14\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 24]\n",
-            "vpsignb ymm14, ymm14, ymmword ptr [{w} + 208]\n",
-            "vpmaddubsw ymm14, ymm6, ymm14\n",
-            "vpmaddwd ymm14, ymm14, ymm15\n",
-            "vpaddd ymm13, ymm13, ymm14\n",
-            "vpbroadcastd ymm14, dword ptr [",
-            $b,
-            " + 28]\n",
-            "vpsignb ymm14, ymm14, ymmword ptr [{w} + 240]\n",
-            "vpmaddubsw ymm14, ymm7, ymm14\n",
-            "vpmaddwd ymm14, ymm14, ymm15\n",
-            "vpaddd ymm13, ymm13, ymm14\n",
-            "vcvtdq2ps ymm13, ymm13\n",
-            "vbroadcastss ymm14, dword ptr [",
-            $b,
-            " + 32]\n",
-            "vmulps ymm14, ymm14, ymm12\n",
-            "vfmadd231ps ",
-            $acc,
-            ", ymm14, ymm13\n",
+            q8_0_chunk!($b, "4", "48", "ymm1"),
+            q8_0_chunk!($b, "8", "80", "ymm2"),
+            q8_0_chunk!($b, "12", "112", "ymm3"),
+            q8_0_chunk!($b, "16", "144", "ymm4"),
+            q8_0_chunk!($b, "20", "176", "ymm5"),
+            q8_0_chunk!($b, "24", "208", "ymm6"),
+            q8_0_chunk!($b, "28", "240", "ymm7"),
+            x4_token_close!($b, $acc),
         )
     };
 }
