@@ -189,6 +189,51 @@ macro_rules! q4_0_token {
     };
 }
 
+/// The frame the x4 kernels share: `$pre` once, the 4 accumulators (ymm8-11) zeroed, then per
+/// block `$decode` (the block's weights into ymm0-7, d_w into ymm12), `$token` for each of the 4
+/// tokens (A8 blocks at a, a + s, a + 2s, a + 3s), w and a advanced by one block (`$bb`
+/// bytes, 44), and at the end the accumulators stored to `$o` (4 x 8 f32). `$c` is the
+/// kernel's constants, `$clobber` the registers beyond ymm0-14 it touches.
+macro_rules! x4_asm {
+    ($nb:expr, $w:expr, $a:expr, $stride:expr, $c:expr, $o:expr, $token:ident, $bb:literal,
+     [$($pre:literal),*], [$($decode:literal),* $(,)?], [$($clobber:tt)*]) => {
+        std::arch::asm!(
+            $($pre,)*
+            "vxorps ymm8, ymm8, ymm8",
+            "vxorps ymm9, ymm9, ymm9",
+            "vxorps ymm10, ymm10, ymm10",
+            "vxorps ymm11, ymm11, ymm11",
+            "2:",
+            $($decode,)*
+            $token!("{a}", "ymm8"),
+            $token!("{a} + {s}", "ymm9"),
+            $token!("{a} + {s}*2", "ymm10"),
+            $token!("{a} + {s3}", "ymm11"),
+            concat!("add {w}, ", $bb),
+            "add {a}, 44",
+            "dec {n}",
+            "jnz 2b",
+            "vmovups ymmword ptr [{o}], ymm8",
+            "vmovups ymmword ptr [{o} + 32], ymm9",
+            "vmovups ymmword ptr [{o} + 64], ymm10",
+            "vmovups ymmword ptr [{o} + 96], ymm11",
+            w = inout(reg) $w => _,
+            a = inout(reg) $a => _,
+            n = inout(reg) $nb => _,
+            s = in(reg) $stride,
+            s3 = in(reg) 3 * $stride,
+            c = in(reg) $c,
+            o = in(reg) $o,
+            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+            out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+            out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+            out("ymm12") _, out("ymm13") _, out("ymm14") _,
+            $($clobber)*
+            options(nostack),
+        )
+    };
+}
+
 /// `q4_0::<4>` in assembly: with intrinsics the compiler spills an accumulator and d_w to
 /// the stack (8 weight vectors + 4 accumulators + temporaries exceed 16 registers), and the
 /// spilled accumulator's store/reload sat on the loop-carried chain. Here: ymm0-7 the
@@ -217,53 +262,36 @@ unsafe fn q4_0_x4(
     // SAFETY (caller's): nb >= 1 blocks of 144 bytes at w, 4 rows of nb A8 blocks at a
     // (stride apart), out holds 4 x 8 f32; the asm reads only those, writes only out, and
     // declares every register it touches.
-    std::arch::asm!(
-        "vxorps ymm8, ymm8, ymm8",
-        "vxorps ymm9, ymm9, ymm9",
-        "vxorps ymm10, ymm10, ymm10",
-        "vxorps ymm11, ymm11, ymm11",
-        "2:",
-        "vcvtph2ps ymm12, xmmword ptr [{w}]",
-        "vmovdqu ymm14, ymmword ptr [{w} + 16]",
-        "vpand ymm0, ymm14, ymmword ptr [{c}]",
-        "vpsrlw ymm14, ymm14, 4",
-        "vpand ymm4, ymm14, ymmword ptr [{c}]",
-        "vmovdqu ymm14, ymmword ptr [{w} + 48]",
-        "vpand ymm1, ymm14, ymmword ptr [{c}]",
-        "vpsrlw ymm14, ymm14, 4",
-        "vpand ymm5, ymm14, ymmword ptr [{c}]",
-        "vmovdqu ymm14, ymmword ptr [{w} + 80]",
-        "vpand ymm2, ymm14, ymmword ptr [{c}]",
-        "vpsrlw ymm14, ymm14, 4",
-        "vpand ymm6, ymm14, ymmword ptr [{c}]",
-        "vmovdqu ymm14, ymmword ptr [{w} + 112]",
-        "vpand ymm3, ymm14, ymmword ptr [{c}]",
-        "vpsrlw ymm14, ymm14, 4",
-        "vpand ymm7, ymm14, ymmword ptr [{c}]",
-        q4_0_token!("{a}", "ymm8"),
-        q4_0_token!("{a} + {s}", "ymm9"),
-        q4_0_token!("{a} + {s}*2", "ymm10"),
-        q4_0_token!("{a} + {s3}", "ymm11"),
-        "add {w}, 144",
-        "add {a}, 44",
-        "dec {n}",
-        "jnz 2b",
-        "vmovups ymmword ptr [{o}], ymm8",
-        "vmovups ymmword ptr [{o} + 32], ymm9",
-        "vmovups ymmword ptr [{o} + 64], ymm10",
-        "vmovups ymmword ptr [{o} + 96], ymm11",
-        w = inout(reg) w => _,
-        a = inout(reg) a => _,
-        n = inout(reg) nb => _,
-        s = in(reg) stride,
-        s3 = in(reg) 3 * stride,
-        c = in(reg) c.0.as_ptr(),
-        o = in(reg) out.as_mut_ptr(),
-        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
-        out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
-        out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
-        out("ymm12") _, out("ymm13") _, out("ymm14") _,
-        options(nostack),
+    x4_asm!(
+        nb,
+        w,
+        a,
+        stride,
+        c.0.as_ptr(),
+        out.as_mut_ptr(),
+        q4_0_token,
+        "144",
+        [],
+        [
+            "vcvtph2ps ymm12, xmmword ptr [{w}]",
+            "vmovdqu ymm14, ymmword ptr [{w} + 16]",
+            "vpand ymm0, ymm14, ymmword ptr [{c}]",
+            "vpsrlw ymm14, ymm14, 4",
+            "vpand ymm4, ymm14, ymmword ptr [{c}]",
+            "vmovdqu ymm14, ymmword ptr [{w} + 48]",
+            "vpand ymm1, ymm14, ymmword ptr [{c}]",
+            "vpsrlw ymm14, ymm14, 4",
+            "vpand ymm5, ymm14, ymmword ptr [{c}]",
+            "vmovdqu ymm14, ymmword ptr [{w} + 80]",
+            "vpand ymm2, ymm14, ymmword ptr [{c}]",
+            "vpsrlw ymm14, ymm14, 4",
+            "vpand ymm6, ymm14, ymmword ptr [{c}]",
+            "vmovdqu ymm14, ymmword ptr [{w} + 112]",
+            "vpand ymm3, ymm14, ymmword ptr [{c}]",
+            "vpsrlw ymm14, ymm14, 4",
+            "vpand ymm7, ymm14, ymmword ptr [{c}]",
+        ],
+        []
     );
 }
 
@@ -449,13 +477,8 @@ unsafe fn q8_0_x4(
     // SAFETY (caller's): nb >= 1 blocks of 272 bytes at w, 4 rows of nb A8 blocks at a
     // (stride apart), out holds 4 x 8 f32; the asm reads only those, writes only out, and
     // declares every register it touches.
-    std::arch::asm!(
-        "vmovdqu ymm15, ymmword ptr [{c}]",
-        "vxorps ymm8, ymm8, ymm8",
-        "vxorps ymm9, ymm9, ymm9",
-        "vxorps ymm10, ymm10, ymm10",
-        "vxorps ymm11, ymm11, ymm11",
-        "2:",
+    x4_asm!(nb, w, a, stride, c.0.as_ptr(), out.as_mut_ptr(), q8_0_token, "272",
+        ["vmovdqu ymm15, ymmword ptr [{c}]"], [
         "vcvtph2ps ymm12, xmmword ptr [{w}]",
         "vpabsb ymm0, ymmword ptr [{w} + 16]",
         "vpabsb ymm1, ymmword ptr [{w} + 48]",
@@ -465,31 +488,7 @@ unsafe fn q8_0_x4(
         "vpabsb ymm5, ymmword ptr [{w} + 176]",
         "vpabsb ymm6, ymmword ptr [{w} + 208]",
         "vpabsb ymm7, ymmword ptr [{w} + 240]",
-        q8_0_token!("{a}", "ymm8"),
-        q8_0_token!("{a} + {s}", "ymm9"),
-        q8_0_token!("{a} + {s}*2", "ymm10"),
-        q8_0_token!("{a} + {s3}", "ymm11"),
-        "add {w}, 272",
-        "add {a}, 44",
-        "dec {n}",
-        "jnz 2b",
-        "vmovups ymmword ptr [{o}], ymm8",
-        "vmovups ymmword ptr [{o} + 32], ymm9",
-        "vmovups ymmword ptr [{o} + 64], ymm10",
-        "vmovups ymmword ptr [{o} + 96], ymm11",
-        w = inout(reg) w => _,
-        a = inout(reg) a => _,
-        n = inout(reg) nb => _,
-        s = in(reg) stride,
-        s3 = in(reg) 3 * stride,
-        c = in(reg) c.0.as_ptr(),
-        o = in(reg) out.as_mut_ptr(),
-        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
-        out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
-        out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
-        out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
-        options(nostack),
-    );
+    ], [out("ymm15") _,]);
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
