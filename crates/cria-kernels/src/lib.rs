@@ -5,6 +5,8 @@
 //! Conventions: activations are row-major f32 `(t, n)` slices; weights are `cria_core::Tensor`s in
 //! GGML order (`ne[0]` = in_features = cols, rows = out_features), in whatever dtype the file has.
 
+/// The ISA-specific kernels: one folder per ISA, one file per kernel family (its doc says where
+/// a new ISA or kernel family goes); the drivers that pick them at run time are outside it.
 pub mod arch;
 mod common;
 pub mod cpu;

@@ -1,4 +1,6 @@
-//! The non-matmul ops of the CPU backend. Their scalar twins are `crate::reference`.
+//! The ISA-independent parts of the non-matmul ops of the CPU backend (the rope table, the
+//! flash-attention tiling and buffers); their kernels are `arch::{scalar,avx2,avx512}::ops`, their
+//! scalar spec `crate::reference`.
 //!
 //! - `rope`: cos/sin computed once per row (`Rope::table`, ggml's angles) and applied to every
 //!   head, so the result is the reference's to the bit, at 1/n_heads of the trigonometry.
@@ -6,12 +8,13 @@
 //!   f64 sequentially), then `(x * r) * w` in the reference's order.
 //! - `silu_mul` and the softmax in `attention` (AVX2) use `exp8`, ggml's `ggml_v_expf` to the bit.
 //! - `attention` (AVX2): one (token, head) pair per work item, in llama.cpp's arithmetic for an
-//!   F32 KV cache without flash attention (`avx2::head_impl`), so that cria's logits follow
-//!   llama.cpp's: quantized models amplify any 1-ulp difference, since it can flip the rounding
-//!   of a Q8 activation in the next matmul.
+//!   F32 KV cache without flash attention (`arch::avx2::ops::head_impl`), so that cria's logits
+//!   follow llama.cpp's: quantized models amplify any 1-ulp difference, since it can flip the
+//!   rounding of a Q8 activation in the next matmul.
 //! - attention over an F16 cache: blocked online softmax ("flash attention"), one work item per
-//!   (KV head, run of query tokens), see `flash_tile_scalar`, `avx2::flash_tile` and
-//!   `avx512::flash_tile` (16 lanes, when head_dim % 16 == 0).
+//!   (KV head, run of query tokens), see `arch::scalar::ops::flash_tile_scalar`,
+//!   `arch::avx2::ops::flash_tile` and `arch::avx512::ops::flash_tile` (16 lanes, when
+//!   head_dim % 16 == 0).
 
 use crate::common::key_range;
 #[cfg(target_arch = "x86_64")]
@@ -196,7 +199,7 @@ impl<'a> KvBytes<'a> {
     }
 }
 
-/// The SIMD flash tiles' outer loop (`avx2::flash_tile_impl`, `avx512::flash_tile_impl`): per
+/// The SIMD flash tiles' outer loop (`arch::avx2::ops::flash_tile_impl`, `arch::avx512::ops::flash_tile_impl`): per
 /// key block, K widened transposed and V widened (`$widen_k`, `$widen_v`), then the rows by
 /// register tiles of up to SC_ROWS (`$row_tile::<R>`), and finally acc / l (`$scale`).
 #[cfg(target_arch = "x86_64")]

@@ -615,8 +615,8 @@ unsafe fn scale_row(x: *mut f32, n: usize, c: f32) {
 }
 }
 
-/// The AVX2+F16C flash tile (see `arch::scalar::ops::flash_tile_scalar`, its twin) over an F16, Q8_0 or
-/// Q4_0 cache: the tile's output rows are left in `f.acc`.
+/// The AVX2+F16C flash tile (see `arch::scalar::ops::flash_tile_scalar`, its twin) over an
+/// F16, Q8_0 or Q4_0 cache: the tile's output rows are left in `f.acc`.
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `head_dim % 8 == 0`; `k` and `v` of one type and
 /// the buffers must match `s` (`check_attention`), `f` must come from

@@ -1,4 +1,4 @@
-//! The flash tile on 512-bit registers: `crate::arch::avx2::ops::flash_tile`'s blocks, register tiles and
+//! The flash tile on 512-bit registers: `arch::avx2::ops::flash_tile`'s blocks, register tiles and
 //! online-softmax steps with 16 lanes. Scores are 6 rows x 64 keys (24 FMA chains over the head
 //! dimension, each K vector used by 6 rows), p V is 6 rows x 64 outputs per pass (each V vector
 //! used by 6 rows): per instruction twice the AVX2 tile's work. Every score and every output
@@ -208,8 +208,8 @@ unsafe fn flash_tile_impl<const T: u8>(q: &[f32], k: &KvBytes, v: &KvBytes, s: &
 }
 }
 
-/// The AVX-512 flash tile (see `crate::arch::scalar::ops::flash_tile_scalar`, its twin) over an F16, Q8_0 or Q4_0
-/// cache: the tile's output rows are left in `f.acc`.
+/// The AVX-512 flash tile (see `arch::scalar::ops::flash_tile_scalar`, its twin) over an F16,
+/// Q8_0 or Q4_0 cache: the tile's output rows are left in `f.acc`.
 /// # Safety
 /// The CPU must have AVX2, FMA, F16C and AVX-512 F/BW/VL; `head_dim % 16 == 0`; `k` and `v` of
 /// one type and the buffers must match `s` (`check_attention`), `f` must come from

@@ -32,8 +32,8 @@ pub fn rope(
     }
 }
 
-/// Scalar twin of `avx2::flash_tile`: same tiles, blocks and online-softmax updates, with
-/// `f32::exp` for ggml's exp and plain sums in key order (the SIMD kernel sums in lanes), so
+/// Scalar twin of `arch::avx2::ops::flash_tile`: same tiles, blocks and online-softmax updates,
+/// with `f32::exp` for ggml's exp and plain sums in key order (the SIMD kernel sums in lanes), so
 /// the two agree to rounding. Leaves the tile's output rows in `f.acc`.
 #[allow(clippy::too_many_arguments)]
 pub fn flash_tile_scalar(

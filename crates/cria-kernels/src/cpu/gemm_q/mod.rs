@@ -102,14 +102,14 @@ use super::{CpuBackend, SyncPtr};
 #[cfg(target_arch = "x86_64")]
 use crate::arch::avx2::gemm_q as avx2;
 #[cfg(target_arch = "x86_64")]
-use crate::arch::avx512::gemm_q as vnni512;
+use crate::arch::avx512::gemm_q as avx512;
 use crate::arch::scalar::gemm_q::tile_scalar;
 use crate::Isa;
 use cria_core::Tensor;
 use std::sync::Arc;
 
 /// Tokens per kernel call: their accumulators plus the 8 decoded weight vectors of a block fill
-/// the 16 ymm registers. (AVX-512 runs two groups per call, `TILE_T2` tokens: see `vnni512`.)
+/// the 16 ymm registers. (AVX-512 runs two groups per call, `TILE_T2` tokens: see `arch::avx512::gemm_q`.)
 pub const TILE_T: usize = 4;
 /// Tokens per pair-kernel call (`Tile2`): with 32 registers, 8 tokens' accumulators fit beside
 /// a block's decoded weights, so each decoded block serves twice as many tokens.
@@ -189,7 +189,7 @@ pub type Tile2 = fn(
 fn tile2_fn(isa: Isa) -> Option<Tile2> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => Some(vnni512::tile2),
+        Isa::Avx512 => Some(avx512::tile2),
         _ => None,
     }
 }
