@@ -4,8 +4,11 @@
 
 // Kernels index per-token arrays (accumulators, sums) with the same token number.
 #![allow(clippy::needless_range_loop)]
-use crate::cpu::gemm_q::{Kind, GROUP, TILE_T};
-use crate::dot::layout::QK;
+use crate::cpu::gemm_q::layout::{
+    K2_Q, K2_SC, K3_H, K3_Q, K3_SC, K4_MIN, K4_QS, K4_SC, K5_QH, K6_QS, K6_SC, KX_QS, KX_SC,
+};
+use crate::cpu::gemm_q::{Kind, A8K_BLOCK, A8_BLOCK, GROUP, TILE_T};
+use crate::dot::layout::{KVALUES_IQ4NL, QK};
 use std::arch::x86_64::*;
 
 /// Checks the arguments once, then runs the kernel for `cols` tokens.
@@ -318,7 +321,7 @@ unsafe fn q4_0<const T: usize>(
             hi[j] = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
         }
         for t in 0..T {
-            let y = a.add(t * stride + b * crate::cpu::gemm_q::A8_BLOCK);
+            let y = a.add(t * stride + b * A8_BLOCK);
             // 8 u4 x i8 pair sums: |.| <= 8 * 2 * 15 * 127 = 30480, no i16 overflow. One
             // running sum (not a tree): fewer live registers, so the 4 accumulators and 8
             // weight vectors are not spilled; the tokens' chains overlap instead.
@@ -387,7 +390,7 @@ unsafe fn nib<const MIN: bool, const HB: bool, const T: usize>(
             _mm256_setzero_ps()
         };
         for t in 0..T {
-            let y = a.add(t * stride + b * crate::cpu::gemm_q::A8_BLOCK);
+            let y = a.add(t * stride + b * A8_BLOCK);
             // Vector v holds elements 4v.. (v < 4) or 16 + 4(v - 4)..: activation chunk v.
             let s0 = sum4(&u[..4], y);
             let s1 = sum4(&u[4..], y.add(16));
@@ -511,7 +514,7 @@ unsafe fn q8_0<const T: usize>(
             aw[j] = _mm256_abs_epi8(_mm256_loadu_si256(blk.add(16 + 32 * j) as *const __m256i));
         }
         for t in 0..T {
-            let y = a.add(t * stride + b * crate::cpu::gemm_q::A8_BLOCK);
+            let y = a.add(t * stride + b * A8_BLOCK);
             let mut s = [_mm256_setzero_si256(); 2];
             for j in 0..8 {
                 let wj = _mm256_loadu_si256(blk.add(16 + 32 * j) as *const __m256i);
@@ -627,14 +630,14 @@ unsafe fn q4_k<const HB: bool, const T: usize>(
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let blk = w.add(b * bb);
-        let ya = |t: usize| a.add(t * stride + b * crate::cpu::gemm_q::A8K_BLOCK);
+        let ya = |t: usize| a.add(t * stride + b * A8K_BLOCK);
         let mut isum = [_mm256_setzero_si256(); T];
         for j in 0..8 {
             if j % 2 == 0 {
                 prefetch_part::<T>(blk, bb, j / 2, 4);
             }
             // Sub-block j: nibbles (low for even j, high for odd) of the 8 vectors of pair j/2.
-            let q = blk.add(crate::cpu::gemm_q::layout::K4_QS + 256 * (j / 2));
+            let q = blk.add(K4_QS + 256 * (j / 2));
             let mut wv = [_mm256_setzero_si256(); 8];
             for c in 0..8 {
                 let v = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
@@ -644,13 +647,11 @@ unsafe fn q4_k<const HB: bool, const T: usize>(
                     _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)
                 };
                 if HB {
-                    let h = _mm256_loadu_si256(
-                        blk.add(crate::cpu::gemm_q::layout::K5_QH + 32 * c) as *const __m256i
-                    );
+                    let h = _mm256_loadu_si256(blk.add(K5_QH + 32 * c) as *const __m256i);
                     wv[c] = _mm256_or_si256(wv[c], k5_bit4(h, j));
                 }
             }
-            let scv = pairs_u8(blk.add(crate::cpu::gemm_q::layout::K4_SC + 8 * j));
+            let scv = pairs_u8(blk.add(K4_SC + 8 * j));
             for t in 0..T {
                 let y = ya(t).add(4 + 32 * j);
                 let d = if HB {
@@ -673,7 +674,7 @@ unsafe fn q4_k<const HB: bool, const T: usize>(
             let y = ya(t);
             let mut msum = _mm256_setzero_si256();
             for p in 0..4 {
-                let mv = load16_u8_to_i16(blk.add(crate::cpu::gemm_q::layout::K4_MIN + 16 * p));
+                let mv = load16_u8_to_i16(blk.add(K4_MIN + 16 * p));
                 msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mv, bcast4(y.add(260 + 4 * p))));
             }
             let da = _mm256_set1_ps(f32_at(y));
@@ -713,9 +714,7 @@ pub(crate) unsafe fn k3_vec(lq: __m256i, hq: __m256i, g: usize, c: usize) -> __m
 /// The IQ4 levels, in both 128-bit lanes, for `pshufb`.
 #[inline(always)]
 unsafe fn iq4_lut() -> __m256i {
-    _mm256_broadcastsi128_si256(_mm_loadu_si128(
-        crate::dot::layout::KVALUES_IQ4NL.as_ptr() as *const __m128i
-    ))
+    _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i))
 }
 
 /// IQ4_NL: the nibbles looked up as signed levels, then Q8_0's sign trick (|w| * sign(a, w)
@@ -744,7 +743,7 @@ unsafe fn iq4_nl<const T: usize>(
         }
         let aw = wv.map(|v| _mm256_abs_epi8(v));
         for t in 0..T {
-            let y = a.add(t * stride + b * crate::cpu::gemm_q::A8_BLOCK);
+            let y = a.add(t * stride + b * A8_BLOCK);
             let mut s = [_mm256_setzero_si256(); 2];
             for j in 0..8 {
                 let ya = y.add(if j < 4 { 4 * j } else { 16 + 4 * (j - 4) });
@@ -774,13 +773,13 @@ unsafe fn iq4_xs<const T: usize>(
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let blk = w.add(b * bb);
-        let ya = |t: usize| a.add(t * stride + b * crate::cpu::gemm_q::A8K_BLOCK);
+        let ya = |t: usize| a.add(t * stride + b * A8K_BLOCK);
         let mut isum = [_mm256_setzero_si256(); T];
         for j in 0..8 {
             if j % 2 == 0 {
                 prefetch_part::<T>(blk, bb, j / 2, 4);
             }
-            let q = blk.add(crate::cpu::gemm_q::layout::KX_QS + 128 * j);
+            let q = blk.add(KX_QS + 128 * j);
             let mut wv = [_mm256_setzero_si256(); 8];
             for c in 0..4 {
                 let v = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
@@ -789,7 +788,7 @@ unsafe fn iq4_xs<const T: usize>(
                     _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4));
             }
             let aw = wv.map(|v| _mm256_abs_epi8(v));
-            let scv = pairs_i8(blk.add(crate::cpu::gemm_q::layout::KX_SC + 8 * j));
+            let scv = pairs_i8(blk.add(KX_SC + 8 * j));
             for t in 0..T {
                 let y = ya(t).add(4 + 32 * j);
                 let mut s = [_mm256_setzero_si256(); 2];
@@ -821,23 +820,21 @@ unsafe fn q2_k<const T: usize>(
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let blk = w.add(b * bb);
-        let ya = |t: usize| a.add(t * stride + b * crate::cpu::gemm_q::A8K_BLOCK);
+        let ya = |t: usize| a.add(t * stride + b * A8K_BLOCK);
         let mut isum = [_mm256_setzero_si256(); T];
         let mut msum = [_mm256_setzero_si256(); T];
         for g in 0..16 {
             if g % 4 == 0 {
                 prefetch_part::<T>(blk, bb, g / 4, 4);
             }
-            let lq = _mm256_loadu_si256(
-                blk.add(crate::cpu::gemm_q::layout::K2_Q + 32 * g) as *const __m256i
-            );
+            let lq = _mm256_loadu_si256(blk.add(K2_Q + 32 * g) as *const __m256i);
             let wv = [
                 _mm256_and_si256(lq, m3),
                 _mm256_and_si256(_mm256_srli_epi16::<2>(lq), m3),
                 _mm256_and_si256(_mm256_srli_epi16::<4>(lq), m3),
                 _mm256_and_si256(_mm256_srli_epi16::<6>(lq), m3),
             ];
-            let sm = pairs_u8(blk.add(crate::cpu::gemm_q::layout::K2_SC + 8 * g));
+            let sm = pairs_u8(blk.add(K2_SC + 8 * g));
             let (scv, mv) = (_mm256_and_si256(sm, m15), _mm256_srli_epi16::<4>(sm));
             for t in 0..T {
                 let y = ya(t);
@@ -873,20 +870,16 @@ unsafe fn q3_k<const T: usize>(
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let blk = w.add(b * bb);
-        let ya = |t: usize| a.add(t * stride + b * crate::cpu::gemm_q::A8K_BLOCK);
+        let ya = |t: usize| a.add(t * stride + b * A8K_BLOCK);
         let mut isum = [_mm256_setzero_si256(); T];
         for g in 0..16 {
             if g % 4 == 0 {
                 prefetch_part::<T>(blk, bb, g / 4, 4);
             }
-            let lq = _mm256_loadu_si256(
-                blk.add(crate::cpu::gemm_q::layout::K3_Q + 32 * g) as *const __m256i
-            );
-            let hq = _mm256_loadu_si256(
-                blk.add(crate::cpu::gemm_q::layout::K3_H + 32 * (g / 2)) as *const __m256i
-            );
+            let lq = _mm256_loadu_si256(blk.add(K3_Q + 32 * g) as *const __m256i);
+            let hq = _mm256_loadu_si256(blk.add(K3_H + 32 * (g / 2)) as *const __m256i);
             let wv: [__m256i; 4] = std::array::from_fn(|c| k3_vec(lq, hq, g, c));
-            let scv = pairs_i8(blk.add(crate::cpu::gemm_q::layout::K3_SC + 8 * g));
+            let scv = pairs_i8(blk.add(K3_SC + 8 * g));
             for t in 0..T {
                 let y = ya(t);
                 // u3 x i8: 16 products of at most 7 * 127 per lane, far inside i16.
@@ -912,7 +905,7 @@ unsafe fn q6_k<const T: usize>(
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let blk = w.add(b * Kind::Q6_K.block_bytes());
-        let ya = |t: usize| a.add(t * stride + b * crate::cpu::gemm_q::A8K_BLOCK);
+        let ya = |t: usize| a.add(t * stride + b * A8K_BLOCK);
         let mut isum = [_mm256_setzero_si256(); T];
         let m4 = _mm256_set1_epi8(0x0F);
         let m30 = _mm256_set1_epi8(0x30);
@@ -920,7 +913,7 @@ unsafe fn q6_k<const T: usize>(
             if g % 4 == 0 {
                 prefetch_part::<T>(blk, Kind::Q6_K.block_bytes(), g / 4, 4);
             }
-            let q = blk.add(crate::cpu::gemm_q::layout::K6_QS + 96 * g);
+            let q = blk.add(K6_QS + 96 * g);
             let l0 = _mm256_loadu_si256(q as *const __m256i);
             let l1 = _mm256_loadu_si256(q.add(32) as *const __m256i);
             let hb = _mm256_loadu_si256(q.add(64) as *const __m256i);
@@ -943,7 +936,7 @@ unsafe fn q6_k<const T: usize>(
                     _mm256_and_si256(_mm256_srli_epi16::<2>(hb), m30),
                 ),
             ];
-            let scv = pairs_i8(blk.add(crate::cpu::gemm_q::layout::K6_SC + 8 * g));
+            let scv = pairs_i8(blk.add(K6_SC + 8 * g));
             for t in 0..T {
                 let y = ya(t);
                 let yq = y.add(4 + 16 * g);

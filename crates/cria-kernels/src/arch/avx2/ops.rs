@@ -2,7 +2,7 @@
 //! `Isa::Avx2.available()` (the backend checks once, at construction).
 #![allow(clippy::needless_range_loop)]
 
-use crate::ops::flash_tile_body;
+use crate::ops::{flash_tile_body, visible, FlashBuf, KvBytes, FLASH_KEYS};
 use crate::AttnShape;
 use std::arch::x86_64::*;
 
@@ -448,7 +448,7 @@ pub(crate) unsafe fn widen_transposed<const T: u8>(dst: *mut f32, src: *const u8
             }
             transpose8(&mut r);
             for (u, r) in r.iter().enumerate() {
-                _mm256_storeu_ps(dst.add((e0 + u) * crate::ops::FLASH_KEYS + j0), *r);
+                _mm256_storeu_ps(dst.add((e0 + u) * FLASH_KEYS + j0), *r);
             }
             e0 += 8;
         }
@@ -461,7 +461,7 @@ avx2_fn! {
 /// sc[r * FLASH_KEYS + j] = scale * (q_r . k_j), each dot one FMA chain in element order (as
 /// the scalar twin sums), the lanes being keys.
 unsafe fn scores<const R: usize>(qs: &[*const f32; R], kt: *const f32, hd: usize, nj: usize, scale: f32, sc: *mut f32) {
-    const FK: usize = crate::ops::FLASH_KEYS;
+    const FK: usize = FLASH_KEYS;
     let sv = _mm256_set1_ps(scale);
     let mut j0 = 0;
     while j0 + 16 <= nj {
@@ -500,7 +500,7 @@ avx2_fn! {
 /// acc_r = acc_r * corr_r + sum_{j in j0..j1} p[r * FLASH_KEYS + j] v_j for R rows of `hd`
 /// accumulators (`hd` apart from `acc`), one FMA chain per output element in key order.
 unsafe fn pv<const R: usize>(acc: *mut f32, corr: &[f32; R], p: *const f32, vf: *const f32, hd: usize, j0: usize, j1: usize) {
-    const FK: usize = crate::ops::FLASH_KEYS;
+    const FK: usize = FLASH_KEYS;
     let mut e0 = 0;
     while e0 + 16 <= hd {
         let mut r: [[__m256; 2]; R] = std::array::from_fn(|i| {
@@ -544,10 +544,10 @@ avx2_fn! {
 /// Rows i0..i0 + R of a tile against one key block (keys kb0..kb0 + n, K transposed in `kt`,
 /// V in `vf`): scores, the online-softmax update of m and l, and acc += p V.
 #[allow(clippy::too_many_arguments)]
-unsafe fn row_tile<const R: usize>(q: &[f32], s: &AttnShape, kvh: usize, r0: usize, i0: usize, kb0: usize, n: usize, kt: *const f32, vf: *const f32, f: &mut crate::ops::FlashBuf) {
-    const FK: usize = crate::ops::FLASH_KEYS;
+unsafe fn row_tile<const R: usize>(q: &[f32], s: &AttnShape, kvh: usize, r0: usize, i0: usize, kb0: usize, n: usize, kt: *const f32, vf: *const f32, f: &mut FlashBuf) {
+    const FK: usize = FLASH_KEYS;
     let (hd, g) = (s.head_dim, s.n_heads / s.n_kv_heads);
-    let (vis, jlo, jhi) = crate::ops::visible::<R>(s, r0, i0, kb0, n);
+    let (vis, jlo, jhi) = visible::<R>(s, r0, i0, kb0, n);
     if jlo >= jhi {
         return;
     }
@@ -600,7 +600,7 @@ unsafe fn row_tile<const R: usize>(q: &[f32], s: &AttnShape, kvh: usize, r0: usi
 
 avx2_fn! {
 #[allow(clippy::too_many_arguments)]
-unsafe fn flash_tile_impl<const T: u8>(q: &[f32], k: &crate::ops::KvBytes, v: &crate::ops::KvBytes, s: &AttnShape, kvh: usize, r0: usize, r1: usize, f: &mut crate::ops::FlashBuf) {
+unsafe fn flash_tile_impl<const T: u8>(q: &[f32], k: &KvBytes, v: &KvBytes, s: &AttnShape, kvh: usize, r0: usize, r1: usize, f: &mut FlashBuf) {
     flash_tile_body!(q, k, v, s, kvh, r0, r1, f, widen_transposed::<T>, widen_rows::<T>, row_tile, scale_row)
 }
 }
@@ -624,13 +624,13 @@ unsafe fn scale_row(x: *mut f32, n: usize, c: f32) {
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn flash_tile(
     q: &[f32],
-    k: &crate::ops::KvBytes,
-    v: &crate::ops::KvBytes,
+    k: &KvBytes,
+    v: &KvBytes,
     s: &AttnShape,
     kvh: usize,
     r0: usize,
     r1: usize,
-    f: &mut crate::ops::FlashBuf,
+    f: &mut FlashBuf,
 ) {
     debug_assert!(s.head_dim % 8 == 0 && r0 < r1 && r1 <= s.t && k.ty == v.ty);
     use crate::ops::kv_ty;

@@ -10,9 +10,12 @@
 
 // Kernels index per-token arrays (accumulators, sums) with the same token number.
 #![allow(clippy::needless_range_loop)]
-use crate::arch::avx2::gemm_q::{f32_at, i32_at};
-use crate::cpu::gemm_q::{Kind, GROUP, TILE_T2};
-use crate::dot::layout::QK;
+use crate::arch::avx2::gemm_q::{self as avx2, f32_at, i32_at};
+use crate::cpu::gemm_q::layout::{
+    K2_Q, K2_SC, K3_H, K3_Q, K3_SC, K4_MIN, K4_QS, K4_SC, K5_QH, K6_QS, K6_SC, KX_QS, KX_SC,
+};
+use crate::cpu::gemm_q::{Kind, A8K_BLOCK, A8K_PAIR2, A8_BLOCK, GROUP, TILE_T2};
+use crate::dot::layout::{KVALUES_IQ4NL, QK};
 use std::arch::x86_64::*;
 
 type Out2 = [[f32; 2 * GROUP]; TILE_T2];
@@ -101,13 +104,13 @@ unsafe fn prefetch_part<const T: usize>(
     parts: usize,
 ) {
     let at = b * bytes;
-    let jump = if at + crate::arch::avx2::gemm_q::PF_AHEAD >= nb * bytes {
+    let jump = if at + avx2::PF_AHEAD >= nb * bytes {
         2 * nb * bytes
     } else {
         0
     };
-    crate::arch::avx2::gemm_q::prefetch_part::<T>(w0.wrapping_add(at + jump), bytes, part, parts);
-    crate::arch::avx2::gemm_q::prefetch_part::<T>(w1.wrapping_add(at), bytes, part, parts);
+    avx2::prefetch_part::<T>(w0.wrapping_add(at + jump), bytes, part, parts);
+    avx2::prefetch_part::<T>(w1.wrapping_add(at), bytes, part, parts);
 }
 /// 32 bytes at p0 + o (low half) and at p1 + o (high half).
 #[inline(always)]
@@ -170,11 +173,7 @@ unsafe fn offset_pairs_by<const T: usize, const Q2: bool>(
     for j in 0..8 {
         let p = zip_pairs::<Q2>(b0, b1, sc + 16 * j);
         for t in 0..T {
-            o[t] = _mm512_dpwssd_epi32(
-                o[t],
-                p,
-                bcast4(ya(t).add(crate::cpu::gemm_q::A8K_PAIR2 + 8 * j)),
-            );
+            o[t] = _mm512_dpwssd_epi32(o[t], p, bcast4(ya(t).add(A8K_PAIR2 + 8 * j)));
         }
     }
     o
@@ -290,7 +289,7 @@ unsafe fn nib<const MIN: bool, const HB: bool, const T: usize>(
             _mm512_setzero_ps()
         };
         for t in 0..T {
-            let y = a.add(t * stride + b * crate::cpu::gemm_q::A8_BLOCK);
+            let y = a.add(t * stride + b * A8_BLOCK);
             let i = dot(&u, y, |c| if c < 4 { 4 * c } else { 16 + 4 * (c - 4) });
             let i = _mm512_sub_epi32(i, _mm512_set1_epi32(off * i32_at(y.add(QK + 4))));
             let d = _mm512_mul_ps(dw, _mm512_set1_ps(f32_at(y.add(QK))));
@@ -324,7 +323,7 @@ unsafe fn q8_0<const T: usize>(
         let u: [__m512i; 8] =
             std::array::from_fn(|j| _mm512_xor_si512(ld2(b0, b1, 16 + 32 * j), bias));
         for t in 0..T {
-            let y = a.add(t * stride + b * crate::cpu::gemm_q::A8_BLOCK);
+            let y = a.add(t * stride + b * A8_BLOCK);
             let i = dot(&u, y, |c| 4 * c);
             let i = _mm512_sub_epi32(i, _mm512_set1_epi32(128 * i32_at(y.add(QK + 4))));
             let d = _mm512_mul_ps(dw, _mm512_set1_ps(f32_at(y.add(QK))));
@@ -358,11 +357,11 @@ unsafe fn q4_k<const HB: bool, const T: usize>(
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
-        let ya = |t: usize| a.add(t * stride + b * crate::cpu::gemm_q::A8K_BLOCK);
+        let ya = |t: usize| a.add(t * stride + b * A8K_BLOCK);
         let mut fsum = [_mm512_setzero_ps(); T];
         for p in 0..4 {
             prefetch_part::<T>(w0, w1, b, nb, bb, p, 4);
-            let q = crate::cpu::gemm_q::layout::K4_QS + 256 * p;
+            let q = K4_QS + 256 * p;
             let mut lo = [_mm512_setzero_si512(); 8];
             let mut hi = [_mm512_setzero_si512(); 8];
             for c in 0..8 {
@@ -371,7 +370,7 @@ unsafe fn q4_k<const HB: bool, const T: usize>(
                 hi[c] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
                 if HB {
                     // Bits 2p (low nibbles) and 2p+1 (high) of the qh bytes, to bit 4.
-                    let h = ld2(b0, b1, crate::cpu::gemm_q::layout::K5_QH + 32 * c);
+                    let h = ld2(b0, b1, K5_QH + 32 * c);
                     let (hl, hh) = match p {
                         0 => (_mm512_slli_epi16::<4>(h), _mm512_slli_epi16::<3>(h)),
                         1 => (_mm512_slli_epi16::<2>(h), _mm512_slli_epi16::<1>(h)),
@@ -382,13 +381,8 @@ unsafe fn q4_k<const HB: bool, const T: usize>(
                     hi[c] = _mm512_ternarylogic_epi32::<0xF8>(hi[c], hh, m10);
                 }
             }
-            let scale = |j: usize| {
-                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(ld2_64(
-                    b0,
-                    b1,
-                    crate::cpu::gemm_q::layout::K4_SC + 8 * j,
-                )))
-            };
+            let scale =
+                |j: usize| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(ld2_64(b0, b1, K4_SC + 8 * j)));
             let (sc0, sc1) = (scale(2 * p), scale(2 * p + 1));
             for t in 0..T {
                 let y = ya(t).add(4 + 64 * p);
@@ -404,11 +398,7 @@ unsafe fn q4_k<const HB: bool, const T: usize>(
             let y = ya(t);
             let mut msum = _mm512_setzero_si512();
             for p in 0..4 {
-                let mv = _mm512_cvtepu8_epi16(ld2_128(
-                    b0,
-                    b1,
-                    crate::cpu::gemm_q::layout::K4_MIN + 16 * p,
-                ));
+                let mv = _mm512_cvtepu8_epi16(ld2_128(b0, b1, K4_MIN + 16 * p));
                 msum = _mm512_dpwssd_epi32(msum, mv, bcast4(y.add(260 + 4 * p)));
             }
             let da = _mm512_set1_ps(f32_at(y));
@@ -422,7 +412,7 @@ unsafe fn q4_k<const HB: bool, const T: usize>(
 /// The IQ4 levels + 128 (as unsigned bytes), in every 128-bit lane, for `pshufb`.
 #[inline(always)]
 unsafe fn iq4_lut_biased() -> __m512i {
-    let l = _mm_loadu_si128(crate::dot::layout::KVALUES_IQ4NL.as_ptr() as *const __m128i);
+    let l = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
     _mm512_broadcast_i32x4(_mm_xor_si128(l, _mm_set1_epi8(-128)))
 }
 
@@ -450,7 +440,7 @@ unsafe fn iq4_nl<const T: usize>(
             u[4 + j] = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4));
         }
         for t in 0..T {
-            let y = a.add(t * stride + b * crate::cpu::gemm_q::A8_BLOCK);
+            let y = a.add(t * stride + b * A8_BLOCK);
             let i = dot(&u, y, |c| if c < 4 { 4 * c } else { 16 + 4 * (c - 4) });
             let i = _mm512_sub_epi32(i, _mm512_set1_epi32(128 * i32_at(y.add(QK + 4))));
             let d = _mm512_mul_ps(dw, _mm512_set1_ps(f32_at(y.add(QK))));
@@ -476,13 +466,13 @@ unsafe fn iq4_xs<const T: usize>(
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
-        let ya = |t: usize| a.add(t * stride + b * crate::cpu::gemm_q::A8K_BLOCK);
+        let ya = |t: usize| a.add(t * stride + b * A8K_BLOCK);
         let mut isum = [_mm512_setzero_si512(); T];
         for j in 0..8 {
             if j % 2 == 0 {
                 prefetch_part::<T>(w0, w1, b, nb, bb, j / 2, 4);
             }
-            let q = crate::cpu::gemm_q::layout::KX_QS + 128 * j;
+            let q = KX_QS + 128 * j;
             let mut u = [_mm512_setzero_si512(); 8];
             for c in 0..4 {
                 let v = ld2(b0, b1, q + 32 * c);
@@ -490,8 +480,7 @@ unsafe fn iq4_xs<const T: usize>(
                 u[4 + c] =
                     _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4));
             }
-            let sc =
-                _mm512_cvtepi8_epi32(ld2_64(b0, b1, crate::cpu::gemm_q::layout::KX_SC + 8 * j));
+            let sc = _mm512_cvtepi8_epi32(ld2_64(b0, b1, KX_SC + 8 * j));
             for t in 0..T {
                 let y = ya(t);
                 let d = dot(&u, y.add(4 + 32 * j), |c| {
@@ -528,14 +517,14 @@ unsafe fn q2_k<const T: usize>(
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
-        let ya = |t: usize| a.add(t * stride + b * crate::cpu::gemm_q::A8K_BLOCK);
-        let msum = offset_pairs_by::<T, true>(b0, b1, crate::cpu::gemm_q::layout::K2_SC, ya);
+        let ya = |t: usize| a.add(t * stride + b * A8K_BLOCK);
+        let msum = offset_pairs_by::<T, true>(b0, b1, K2_SC, ya);
         let mut isum = [_mm512_setzero_si512(); T];
         for g in 0..16 {
             if g % 4 == 0 {
                 prefetch_part::<T>(w0, w1, b, nb, bb, g / 4, 4);
             }
-            let lq = ld2(b0, b1, crate::cpu::gemm_q::layout::K2_Q + 32 * g);
+            let lq = ld2(b0, b1, K2_Q + 32 * g);
             let wv = [
                 _mm512_and_si512(lq, m3),
                 _mm512_and_si512(_mm512_srli_epi16::<2>(lq), m3),
@@ -543,10 +532,7 @@ unsafe fn q2_k<const T: usize>(
                 _mm512_and_si512(_mm512_srli_epi16::<6>(lq), m3),
             ];
             // (scale, 0) per lane, as Q3_K's.
-            let sc = _mm512_and_si512(
-                _mm512_cvtepu8_epi32(ld2_64(b0, b1, crate::cpu::gemm_q::layout::K2_SC + 8 * g)),
-                m15,
-            );
+            let sc = _mm512_and_si512(_mm512_cvtepu8_epi32(ld2_64(b0, b1, K2_SC + 8 * g)), m15);
             for t in 0..T {
                 let d = dot(&wv, ya(t).add(4 + 16 * g), |c| 4 * c);
                 isum[t] = _mm512_add_epi32(isum[t], _mm512_madd_epi16(d, sc));
@@ -582,8 +568,8 @@ unsafe fn q3_k<const T: usize>(
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
-        let ya = |t: usize| a.add(t * stride + b * crate::cpu::gemm_q::A8K_BLOCK);
-        let mut isum = offset_pairs::<T>(b0, b1, crate::cpu::gemm_q::layout::K3_SC, ya);
+        let ya = |t: usize| a.add(t * stride + b * A8K_BLOCK);
+        let mut isum = offset_pairs::<T>(b0, b1, K3_SC, ya);
         for t in 0..T {
             isum[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_srai_epi32::<2>(isum[t]));
         }
@@ -591,8 +577,8 @@ unsafe fn q3_k<const T: usize>(
             if g % 4 == 0 {
                 prefetch_part::<T>(w0, w1, b, nb, bb, g / 4, 4);
             }
-            let lq = ld2(b0, b1, crate::cpu::gemm_q::layout::K3_Q + 32 * g);
-            let hq = ld2(b0, b1, crate::cpu::gemm_q::layout::K3_H + 32 * (g / 2));
+            let lq = ld2(b0, b1, K3_Q + 32 * g);
+            let hq = ld2(b0, b1, K3_H + 32 * (g / 2));
             let wv: [__m512i; 4] = std::array::from_fn(|c| {
                 let low = match c {
                     0 => lq,
@@ -613,10 +599,7 @@ unsafe fn q3_k<const T: usize>(
                 _mm512_ternarylogic_epi32::<0xF8>(_mm512_and_si512(low, m3), high, m4)
             });
             // (sc, 0) per lane: the dot's low i16 times sc, its sign-extension half times 0.
-            let sc = _mm512_and_si512(
-                _mm512_cvtepi8_epi32(ld2_64(b0, b1, crate::cpu::gemm_q::layout::K3_SC + 8 * g)),
-                lo16,
-            );
+            let sc = _mm512_and_si512(_mm512_cvtepi8_epi32(ld2_64(b0, b1, K3_SC + 8 * g)), lo16);
             for t in 0..T {
                 let d = dot(&wv, ya(t).add(4 + 16 * g), |c| 4 * c);
                 isum[t] = _mm512_add_epi32(isum[t], _mm512_madd_epi16(d, sc));
@@ -649,8 +632,8 @@ unsafe fn q6_k<const T: usize>(
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let (b0, b1) = (w0.add(b * bb), w1.add(b * bb));
-        let ya = |t: usize| a.add(t * stride + b * crate::cpu::gemm_q::A8K_BLOCK);
-        let off = offset_pairs::<T>(b0, b1, crate::cpu::gemm_q::layout::K6_SC, ya);
+        let ya = |t: usize| a.add(t * stride + b * A8K_BLOCK);
+        let off = offset_pairs::<T>(b0, b1, K6_SC, ya);
         let mut fsum = [_mm512_setzero_ps(); T];
         for t in 0..T {
             fsum[t] = _mm512_cvtepi32_ps(_mm512_sub_epi32(
@@ -662,7 +645,7 @@ unsafe fn q6_k<const T: usize>(
             if g % 4 == 0 {
                 prefetch_part::<T>(w0, w1, b, nb, bb, g / 4, 4);
             }
-            let q = crate::cpu::gemm_q::layout::K6_QS + 96 * g;
+            let q = K6_QS + 96 * g;
             let l0 = ld2(b0, b1, q);
             let l1 = ld2(b0, b1, q + 32);
             let hb = ld2(b0, b1, q + 64);
@@ -688,11 +671,7 @@ unsafe fn q6_k<const T: usize>(
                     m30,
                 ),
             ];
-            let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld2_64(
-                b0,
-                b1,
-                crate::cpu::gemm_q::layout::K6_SC + 8 * g,
-            )));
+            let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld2_64(b0, b1, K6_SC + 8 * g)));
             for t in 0..T {
                 let d = dot(&wv, ya(t).add(4 + 16 * g), |c| 4 * c);
                 fsum[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sc, fsum[t]);
