@@ -90,7 +90,7 @@
 //! kernels on this layout, with the same operation order (tests: bitwise equal).
 
 mod act;
-pub mod layout;
+pub(crate) mod layout;
 
 pub use act::{
     quantize_a8, quantize_a8_generic, quantize_a8k, quantize_a8k_generic, A8K_BLOCK, A8K_PAIR2,
