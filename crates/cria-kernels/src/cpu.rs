@@ -15,7 +15,7 @@
 use crate::dot::{self, Kernel};
 use crate::isa::Isa;
 use crate::pool::ThreadPool;
-use crate::{ops, reference, AttnShape, KvSlice, Rope};
+use crate::{arch, ops, reference, AttnShape, KvSlice, Rope};
 use cria_core::{DType, Tensor};
 use std::sync::Mutex;
 
@@ -24,7 +24,7 @@ use std::sync::Mutex;
 mod attention;
 mod backend;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
-mod gemm_float;
+pub(crate) mod gemm_float;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 pub mod gemm_half;
 pub mod gemm_q;
@@ -311,7 +311,7 @@ impl CpuBackend {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: self.isa is Avx2/Avx512 only if Isa::available() confirmed AVX2/FMA/F16C.
-            Isa::Avx2 | Isa::Avx512 => unsafe { ops::avx2::rmsnorm(out, x, w, eps) },
+            Isa::Avx2 | Isa::Avx512 => unsafe { arch::avx2::ops::rmsnorm(out, x, w, eps) },
             _ => reference::rmsnorm(out, x, w, eps),
         }
     }
@@ -334,9 +334,9 @@ impl CpuBackend {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: Avx2/Avx512 only when available (both have AVX2/FMA/F16C).
                     Isa::Avx2 | Isa::Avx512 => unsafe {
-                        ops::avx2::rope(x, t, n_heads, head_dim, rope, cs)
+                        arch::avx2::ops::rope(x, t, n_heads, head_dim, rope, cs)
                     },
-                    _ => ops::rope(x, t, n_heads, head_dim, rope, cs),
+                    _ => arch::scalar::ops::rope(x, t, n_heads, head_dim, rope, cs),
                 }
             }
         }
@@ -351,7 +351,7 @@ impl CpuBackend {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Avx2/Avx512 only when available (both have AVX2/FMA/F16C).
-            Isa::Avx2 | Isa::Avx512 => unsafe { ops::avx2::silu_mul(a, b) },
+            Isa::Avx2 | Isa::Avx512 => unsafe { arch::avx2::ops::silu_mul(a, b) },
             _ => reference::silu_mul(a, b),
         }
     }

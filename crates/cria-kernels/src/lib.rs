@@ -6,7 +6,11 @@
 //! are `cria_core::Tensor`s in GGML order (`ne[0]` = in_features = cols, rows = out_features), in
 //! whatever dtype the file has, which the backend prepares into its own `Backend::Matrix`.
 
+/// The ISA-specific kernels: one folder per ISA, one file per kernel family (its doc says where
+/// a new ISA or kernel family goes); the drivers that pick them at run time are outside it.
+pub mod arch;
 mod backend;
+mod common;
 pub mod cpu;
 pub mod dot;
 pub mod isa;
@@ -244,7 +248,7 @@ impl KvSlice<'_> {
     #[inline]
     pub fn get(&self, i: usize) -> f32 {
         match self {
-            KvSlice::F16(x) => dot::scalar::f16_to_f32(x[i]),
+            KvSlice::F16(x) => arch::scalar::dot::f16_to_f32(x[i]),
             KvSlice::F32(x) => x[i],
             KvSlice::Q8_0(x) => {
                 let b = &x[i / QK];
@@ -267,7 +271,7 @@ impl KvSlice<'_> {
         match self {
             KvSlice::F16(x) => {
                 for (o, &h) in out.iter_mut().zip(&x[at..at + n]) {
-                    *o = dot::scalar::f16_to_f32(h);
+                    *o = arch::scalar::dot::f16_to_f32(h);
                 }
             }
             KvSlice::F32(x) => out.copy_from_slice(&x[at..at + n]),

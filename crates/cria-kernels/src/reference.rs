@@ -1,5 +1,6 @@
 //! Scalar reference implementations: slow, obviously correct, the spec for every fast kernel.
 
+use crate::common::rms_scale;
 use crate::{AttnShape, KvSlice, Rope};
 use cria_core::Tensor;
 
@@ -42,19 +43,6 @@ pub fn embed(out: &mut [f32], table: &Tensor, tokens: &[u32]) {
     }
 }
 
-/// 1 / sqrt(mean(x^2) + eps) in ggml's arithmetic (llama.cpp's rms_norm): each square rounded to
-/// f32, summed in f64 in order, the mean rounded to f32, then `1.0f / sqrtf(mean + eps)` in f32.
-/// The sequential f64 sum costs ~1 us per 576-row; matching ggml's bits matters more (a 1-ulp
-/// difference here flips Q8 activation roundings downstream).
-pub fn rms_scale(x: &[f32], eps: f32) -> f32 {
-    let mut sum = 0f64;
-    for &v in x {
-        sum += (v * v) as f64;
-    }
-    let mean = (sum / x.len() as f64) as f32;
-    1.0 / (mean + eps).sqrt()
-}
-
 pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let d = w.len();
     for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
@@ -88,7 +76,7 @@ pub fn rope(x: &mut [f32], t: usize, n_heads: usize, head_dim: usize, pos0: usiz
 /// in increasing key order. An F16 cache is read exactly (each half widened to f32), so the F16
 /// spec is the F32 spec on the f16-rounded K/V.
 pub fn attention(out: &mut [f32], q: &[f32], k: KvSlice, v: KvSlice, s: &AttnShape) {
-    crate::ops::check_attention(out, q, k.len(), v.len(), s);
+    crate::common::check_attention(out, q, k.len(), v.len(), s);
     let hd = s.head_dim;
     let mut scores = vec![0f32; s.pos0 + s.t];
     for r in 0..s.t {

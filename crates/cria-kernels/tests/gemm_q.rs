@@ -17,8 +17,9 @@ mod common;
 
 use common::*;
 use cria_core::DType;
+use cria_kernels::arch::scalar::dot as scalar;
+use cria_kernels::arch::scalar::gemm_q::tile_scalar;
 use cria_kernels::cpu::gemm_q::{self, Kind, Packed, GROUP, TILE_T, TILE_T2};
-use cria_kernels::dot::scalar;
 use cria_kernels::{CpuBackend, Isa};
 
 const ALL: [DType; 12] = [
@@ -217,7 +218,7 @@ fn simd_tile_on(isa: Isa) {
                     let mut o1 = [[f32::NAN; GROUP]; TILE_T];
                     let mut o2 = [[f32::NAN; GROUP]; TILE_T];
                     simd(kind, nb, wg, &a, ab, cols, &mut o1);
-                    gemm_q::tile_scalar(kind, nb, wg, &a, ab, cols, &mut o2);
+                    tile_scalar(kind, nb, wg, &a, ab, cols, &mut o2);
                     for c in 0..cols {
                         for r in 0..GROUP {
                             assert_eq!(
@@ -244,7 +245,7 @@ fn simd_tile_on(isa: Isa) {
                     for (g, wg) in [w0, w1].into_iter().enumerate() {
                         for c in 0..cols {
                             let mut want = [[f32::NAN; GROUP]; TILE_T];
-                            gemm_q::tile_scalar(kind, nb, wg, &a[c * ab..], ab, 1, &mut want);
+                            tile_scalar(kind, nb, wg, &a[c * ab..], ab, 1, &mut want);
                             for r in 0..GROUP {
                                 assert_eq!(
                                     o[c][g * GROUP + r].to_bits(),

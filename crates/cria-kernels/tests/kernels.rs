@@ -20,7 +20,8 @@ mod common;
 
 use common::*;
 use cria_core::{DType, Tensor};
-use cria_kernels::dot::{self, scalar, Kernel};
+use cria_kernels::arch::scalar::dot as scalar;
+use cria_kernels::dot::{self, Kernel};
 use cria_kernels::{reference, Backend, CpuBackend, Isa};
 
 fn simd_isas() -> Vec<Isa> {

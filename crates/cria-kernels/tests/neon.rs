@@ -9,7 +9,8 @@
 #![cfg(target_arch = "aarch64")]
 
 use cria_core::DType;
-use cria_kernels::dot::{kernel, neon};
+use cria_kernels::arch::neon::dot as neon;
+use cria_kernels::dot::kernel;
 use cria_kernels::Isa;
 use std::io::Write;
 

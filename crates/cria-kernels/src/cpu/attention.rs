@@ -14,7 +14,7 @@ pub(crate) fn attention(
     v: KvSlice,
     s: &AttnShape,
 ) {
-    ops::check_attention(out, q, k.len(), v.len(), s);
+    crate::common::check_attention(out, q, k.len(), v.len(), s);
     assert_eq!(
         k.kv_type(),
         v.kv_type(),
@@ -52,7 +52,7 @@ fn attention_f32(b: &CpuBackend, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32
                 let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add(item * hd), hd) };
                 let qh = &q[item * hd..][..hd];
                 // SAFETY: Avx2 is only selected when available; buffers checked above.
-                unsafe { ops::avx2::head(o, qh, k, v, s, r, h, &mut scores, batched) };
+                unsafe { crate::arch::avx2::ops::head(o, qh, k, v, s, r, h, &mut scores, batched) };
             };
             b.run_items(items, items * (s.pos0 + s.t) * hd, &job);
         }
@@ -124,17 +124,17 @@ fn attention_flash(
             // SAFETY: Avx512 is only selected when available; hd % 16 == 0 checked above;
             // buffers checked by check_attention; the scratch has flash_scratch_len floats.
             unsafe {
-                ops::avx512::flash_tile(q, &kb, &vb, s, kvh, r0, r1, &mut f)
+                crate::arch::avx512::ops::flash_tile(q, &kb, &vb, s, kvh, r0, r1, &mut f)
             };
         } else if simd {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Avx2 is only selected when available; hd % 8 == 0 checked above; buffers
             // checked by check_attention; the scratch has flash_scratch_len floats.
             unsafe {
-                ops::avx2::flash_tile(q, &kb, &vb, s, kvh, r0, r1, &mut f)
+                crate::arch::avx2::ops::flash_tile(q, &kb, &vb, s, kvh, r0, r1, &mut f)
             };
         } else {
-            ops::flash_tile_scalar(q, k, v, s, kvh, r0, r1, &mut f);
+            crate::arch::scalar::ops::flash_tile_scalar(q, k, v, s, kvh, r0, r1, &mut f);
         }
         for r in r0..r1 {
             // The g query heads of KV head kvh are contiguous in a token's output row.

@@ -14,13 +14,13 @@
 //! call keep the checks and the dispatch out of the row loop. An element's result is the same bits
 //! whatever `rows` and `cols` are.
 
-#[cfg(target_arch = "x86_64")]
-pub mod avx2;
 pub mod layout;
-#[cfg(target_arch = "aarch64")]
-pub mod neon;
-pub mod scalar;
 
+#[cfg(target_arch = "x86_64")]
+use crate::arch::avx2::dot as avx2;
+#[cfg(target_arch = "aarch64")]
+use crate::arch::neon::dot as neon;
+use crate::arch::scalar::dot as scalar;
 use crate::Isa;
 use cria_core::DType;
 

@@ -1,4 +1,4 @@
-//! The flash tile on 512-bit registers: `super::avx2::flash_tile`'s blocks, register tiles and
+//! The flash tile on 512-bit registers: `arch::avx2::ops::flash_tile`'s blocks, register tiles and
 //! online-softmax steps with 16 lanes. Scores are 6 rows x 64 keys (24 FMA chains over the head
 //! dimension, each K vector used by 6 rows), p V is 6 rows x 64 outputs per pass (each V vector
 //! used by 6 rows): per instruction twice the AVX2 tile's work. Every score and every output
@@ -6,7 +6,8 @@
 //! AVX-512 `ggml_v_expf` and the softmax sums go by 16 lanes, so the three agree to rounding.
 //! Reached only when `Isa::Avx512.available()` and head_dim % 16 == 0.
 
-use super::{kv_ty, FlashBuf, KvBytes, FLASH_KEYS, SC_ROWS};
+use crate::ops::flash_tile_body;
+use crate::ops::{kv_ty, FlashBuf, KvBytes, FLASH_KEYS, SC_ROWS};
 use crate::{AttnShape, KvType};
 use std::arch::x86_64::*;
 
@@ -56,7 +57,7 @@ avx512_fn! {
 /// K of one block widened transposed (`avx2::widen_transposed`, keys up to a multiple of 8),
 /// and the keys from there to a multiple of 16 zeroed: the score tiles read whole vectors.
 unsafe fn widen_k<const T: u8>(dst: *mut f32, src: *const u8, n: usize, hd: usize, stride: usize) {
-    super::avx2::widen_transposed::<T>(dst, src, n, hd, stride);
+    crate::arch::avx2::ops::widen_transposed::<T>(dst, src, n, hd, stride);
     let (n8, n16) = (n.div_ceil(8) * 8, n.div_ceil(16) * 16);
     if n8 < n16 {
         for e in 0..hd {
@@ -69,7 +70,7 @@ unsafe fn widen_k<const T: u8>(dst: *mut f32, src: *const u8, n: usize, hd: usiz
 avx512_fn! {
 /// V of one block widened (`avx2::widen_rows`).
 unsafe fn widen_v<const T: u8>(dst: *mut f32, src: *const u8, n: usize, hd: usize, stride: usize) {
-    super::avx2::widen_rows::<T>(dst, src, n, hd, stride);
+    crate::arch::avx2::ops::widen_rows::<T>(dst, src, n, hd, stride);
 }
 }
 
@@ -138,7 +139,7 @@ avx512_fn! {
 #[allow(clippy::too_many_arguments)]
 unsafe fn row_tile<const R: usize>(q: &[f32], s: &AttnShape, kvh: usize, r0: usize, i0: usize, kb0: usize, n: usize, kt: *const f32, vf: *const f32, f: &mut FlashBuf) {
     let (hd, g) = (s.head_dim, s.n_heads / s.n_kv_heads);
-    let (vis, jlo, jhi) = super::visible::<R>(s, r0, i0, kb0, n);
+    let (vis, jlo, jhi) = crate::ops::visible::<R>(s, r0, i0, kb0, n);
     if jlo >= jhi {
         return;
     }
@@ -207,8 +208,8 @@ unsafe fn flash_tile_impl<const T: u8>(q: &[f32], k: &KvBytes, v: &KvBytes, s: &
 }
 }
 
-/// The AVX-512 flash tile (see `super::flash_tile_scalar`, its twin) over an F16, Q8_0 or Q4_0
-/// cache: the tile's output rows are left in `f.acc`.
+/// The AVX-512 flash tile (see `arch::scalar::ops::flash_tile_scalar`, its twin) over an F16,
+/// Q8_0 or Q4_0 cache: the tile's output rows are left in `f.acc`.
 /// # Safety
 /// The CPU must have AVX2, FMA, F16C and AVX-512 F/BW/VL; `head_dim % 16 == 0`; `k` and `v` of
 /// one type and the buffers must match `s` (`check_attention`), `f` must come from
@@ -230,5 +231,69 @@ pub unsafe fn flash_tile(
         KvType::Q8_0 => flash_tile_impl::<{ kv_ty::Q8_0 }>(q, k, v, s, kvh, r0, r1, f),
         KvType::Q4_0 => flash_tile_impl::<{ kv_ty::Q4_0 }>(q, k, v, s, kvh, r0, r1, f),
         _ => flash_tile_impl::<{ kv_ty::F16 }>(q, k, v, s, kvh, r0, r1, f),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Isa;
+    use std::arch::x86_64::*;
+
+    /// The worst error, in units of the f32 spacing at the true value, of a `W`-lane exp over
+    /// [-87, 88) in steps of 0.113 (lanes `step` apart).
+    fn worst_ulp<const W: usize>(step: f32, exp: impl Fn([f32; W]) -> [f32; W]) -> f64 {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let xs: [f32; W] = std::array::from_fn(|i| x + i as f32 * step);
+            for (&xi, &yi) in xs.iter().zip(&exp(xs)) {
+                let want = (xi as f64).exp();
+                let w32 = want as f32;
+                let ulp = f32::from_bits(w32.to_bits() + 1) as f64 - w32 as f64;
+                worst = worst.max((yi as f64 - want).abs() / ulp);
+            }
+            x += 0.113;
+        }
+        worst
+    }
+
+    #[test]
+    fn exp8_is_within_2_ulp_of_f64_exp() {
+        if !Isa::Avx2.available() {
+            eprintln!("no AVX2: skipping");
+            return;
+        }
+        // SAFETY: AVX2 checked above.
+        let worst = worst_ulp::<8>(0.0137, |xs| unsafe {
+            std::mem::transmute(crate::arch::avx2::ops::exp8(_mm256_loadu_ps(xs.as_ptr())))
+        });
+        eprintln!("exp8: worst error {worst:.2} ulp");
+        assert!(worst <= 2.0, "exp8 error {worst} ulp");
+    }
+
+    #[test]
+    fn exp16_is_within_2_ulp_of_f64_exp_and_saturates() {
+        if !Isa::Avx512.available() {
+            eprintln!("no AVX-512: skipping");
+            return;
+        }
+        // SAFETY: AVX-512 checked above.
+        let exp16 = |xs: [f32; 16]| -> [f32; 16] {
+            unsafe { std::mem::transmute(super::exp16(_mm512_loadu_ps(xs.as_ptr()))) }
+        };
+        let worst = worst_ulp::<16>(0.0071, exp16);
+        // ggml's AVX-512 form (e^b as a polynomial with its 1, then vscalefps) is a little
+        // less exact than the AVX2 one (2.13 ulp at worst here).
+        eprintln!("exp16: worst error {worst:.2} ulp");
+        assert!(worst <= 2.5, "exp16 error {worst} ulp");
+        let xs: [f32; 16] = std::array::from_fn(|i| match i {
+            0 => f32::NEG_INFINITY,
+            1 => -200.0,
+            2 => 200.0,
+            3 => f32::INFINITY,
+            _ => 0.0,
+        });
+        let ys = exp16(xs);
+        assert_eq!(&ys[..5], &[0.0, 0.0, f32::INFINITY, f32::INFINITY, 1.0]);
     }
 }

@@ -1,7 +1,7 @@
 //! Portable scalar kernels: the activation converters (`from_float`) and one `vec_dot` per weight
 //! type, written straight from the block layouts of ggml-common.h (offsets are listed in
-//! `super::layout`). They are the twins every SIMD kernel is tested against, and what runs on a CPU
-//! without AVX2.
+//! `crate::dot::layout`). They are the twins every SIMD kernel is tested against, and what
+//! runs on a CPU without AVX2.
 //!
 //! Integer parts are exact, so a SIMD kernel must agree with these on every block's integer sum;
 //! only the order in which the per-block f32 products are added differs.
@@ -11,7 +11,7 @@
 //! scale's inverse is `127 / amax` (not `1 / (amax / 127)`) and rounding is to nearest, ties to
 //! even (not `roundf`). Matching it keeps cria's logits comparable to llama.cpp's.
 
-use super::layout::*;
+use crate::dot::layout::*;
 use half::{bf16, f16};
 
 #[cfg(test)]

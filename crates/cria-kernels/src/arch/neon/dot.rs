@@ -23,9 +23,9 @@
 //! stable in Rust. It is only emitted inside functions compiled with the `dotprod` feature, which
 //! are handed out only after the CPU reported the feature (`Isa::NeonDot.available()`).
 
-use super::layout::*;
-use super::scalar::{f16_to_f32, k4_scales_mins, q3k_scales};
-use super::{check_dot_args, geom, FromFloat, Geometry, VecDot};
+use crate::arch::scalar::dot::{f16_to_f32, k4_scales_mins, q3k_scales};
+use crate::dot::layout::*;
+use crate::dot::{check_dot_args, geom, FromFloat, Geometry, VecDot};
 use cria_core::DType;
 use std::arch::aarch64::*;
 

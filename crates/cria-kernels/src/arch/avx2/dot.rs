@@ -1,4 +1,4 @@
-//! AVX2 + FMA + F16C kernels (x86-64 only). Reached only through `super::table(Isa::Avx2)`, which
+//! AVX2 + FMA + F16C kernels (x86-64 only). Reached only through `crate::dot::table(Isa::Avx2)`, which
 //! exists only after `Isa::Avx2.available()` said yes: that is the invariant that makes calling
 //! these `#[target_feature]` functions sound.
 //!
@@ -15,7 +15,7 @@
 // Kernels index several per-column arrays (accumulators, sums) with the same column number `r`.
 #![allow(clippy::needless_range_loop)]
 
-use super::layout::*;
+use crate::dot::layout::*;
 use std::arch::x86_64::*;
 
 macro_rules! avx2_fn {
@@ -804,7 +804,7 @@ macro_rules! entry {
                 }
             }
             }
-            let (rb, cols) = super::check_dot_args(super::geom::$g, n, w, rows, a, stride, out.len());
+            let (rb, cols) = crate::dot::check_dot_args(crate::dot::geom::$g, n, w, rows, a, stride, out.len());
             let nn = $arg(n);
             let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
             // SAFETY: the Avx2 table is only built when AVX2/FMA/F16C are present, and
