@@ -7,7 +7,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use cria_engine::grammar::{json_schema_to_gbnf, Grammar, TokenTable};
+use cria_engine::grammar::{json_schema_to_gbnf, Grammar, Matcher, TokenTable};
 use cria_tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
@@ -98,6 +98,14 @@ impl ConstraintArgs {
             "the JSON"
         }
     }
+}
+
+/// A matcher of `grammar` (from [`ConstraintArgs::load`]) over the model's vocabulary.
+pub fn matcher(tok: &Tokenizer, grammar: Option<Grammar>) -> Result<Option<Matcher>> {
+    grammar
+        .map(|g| Matcher::new(g, std::sync::Arc::new(token_table(tok))))
+        .transpose()
+        .map_err(|e| anyhow!("grammar: {e}"))
 }
 
 /// The vocabulary as the grammar matcher sees it: each token's bytes (control tokens none, so a
