@@ -199,6 +199,19 @@ impl LoadedModel {
     }
 }
 
+/// The vocabulary as the grammar matcher sees it: each token's bytes (control tokens none, so a
+/// grammar never produces them by accident), the end-of-generation ids, and control tokens'
+/// texts as names for `<think>`-style token references. Build once per model; share via `Arc`.
+pub fn token_table(tok: &Tokenizer) -> crate::grammar::TokenTable {
+    let eog: Vec<u32> = tok.eog_ids().collect();
+    crate::grammar::TokenTable::from_vocab(
+        tok.vocab_size() as u32,
+        |t| tok.token_to_piece(t),
+        &eog,
+        |t| tok.is_control(t).then(|| tok.token_text(t).to_string()),
+    )
+}
+
 /// A conversation rendered with the model's chat template (ChatML if it has none) and tokenized
 /// as llama.cpp does: special tokens parsed, BOS added unless the template wrote it. Tools and
 /// tool-call turns go through [`crate::tools::ChatFormat`].

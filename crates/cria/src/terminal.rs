@@ -67,7 +67,8 @@ pub fn one_slot(l: &LoadedModel, ctx_size: usize, batch: usize) -> OneSlot<'_> {
     let cfg = Config {
         parallel: 1,
         ctx_size,
-        batch,
+        // No batch longer than the context: the buffers are sized by it.
+        batch: batch.clamp(1, ctx_size.max(1)),
         kv_type: l.kv_type,
     };
     Scheduler::new(
