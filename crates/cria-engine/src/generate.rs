@@ -269,3 +269,17 @@ pub struct GenStats {
     pub gen_tokens: usize,
     pub gen_time: Duration,
 }
+
+impl GenStats {
+    /// Those of an answer cancelled before it started.
+    pub fn not_started() -> Self {
+        GenStats {
+            stop: StopReason::Cancelled,
+            prompt_tokens: 0,
+            reused_tokens: 0,
+            prompt_time: Duration::ZERO,
+            gen_tokens: 0,
+            gen_time: Duration::ZERO,
+        }
+    }
+}

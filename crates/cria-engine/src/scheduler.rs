@@ -403,8 +403,19 @@ impl<'a, S: Sink, E: EmbedSink> Scheduler<'a, S, E> {
             }
         }
         let before = self.queue.len();
-        self.queue.retain(|r| match r {
-            Request::Generate(j) => !j.sink.is_closed(),
+        self.queue.retain_mut(|r| match r {
+            Request::Generate(j) if j.sink.is_closed() => {
+                // Told all the same, and given back what it brought (a chat's sampler and
+                // grammar): every job ends with `done` or `error`.
+                j.sink.done(Done {
+                    stats: GenStats::not_started(),
+                    prompt_len: j.prompt.len(),
+                    sampler: j.sampler.take(),
+                    grammar: j.params.matcher.take(),
+                });
+                false
+            }
+            Request::Generate(_) => true,
             Request::Embed(e) => !e.sink.is_closed(),
             Request::Shutdown => false,
         });

@@ -3,7 +3,7 @@
 //! answer streams to stdout as its text becomes final.
 
 use anyhow::{anyhow, bail, Result};
-use cria_engine::generate::{GenStats, StopReason, TokenLogprob};
+use cria_engine::generate::{GenStats, TokenLogprob};
 use cria_engine::scheduler::{
     Config, Done, GenParams, Job, Metrics, NoEmbed, Request, Scheduler, Sink,
 };
@@ -13,7 +13,6 @@ use std::io::Write;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// What an answer gave: its text, how it ended, or why it failed.
 #[derive(Default)]
@@ -92,14 +91,7 @@ pub fn answer(
     let r = check_prompt(prompt.len(), s.ctx_size());
     if r.is_err() {
         let done = Done {
-            stats: GenStats {
-                stop: StopReason::Cancelled,
-                prompt_tokens: 0,
-                reused_tokens: 0,
-                prompt_time: Duration::ZERO,
-                gen_tokens: 0,
-                gen_time: Duration::ZERO,
-            },
+            stats: GenStats::not_started(),
             prompt_len: prompt.len(),
             sampler: Some(sampler),
             grammar: params.matcher,
@@ -121,8 +113,7 @@ pub fn answer(
     let text = match (o.failed, &o.done) {
         (Some(e), _) => Err(e),
         (None, Some(_)) => Ok(o.answer),
-        // Cancelled before it started.
-        (None, None) => Err(anyhow!("cancelled")),
+        (None, None) => Err(anyhow!("the answer ended without a result")),
     };
     (o.done, text)
 }
