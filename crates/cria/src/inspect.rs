@@ -169,11 +169,8 @@ pub fn run(spec: Option<&str>, all_metadata: bool, out: &mut dyn Write) -> Resul
             Ok(c) => config_lines(out, &c, n_params(&st.tensors))?,
             Err(e) => writeln!(out, "config: {e}")?,
         }
-        let cfg = p.join("tokenizer_config.json");
-        match Tokenizer::from_hf(
-            &p.join("tokenizer.json"),
-            cfg.exists().then_some(cfg.as_path()),
-        ) {
+        // The tokenizer as the engine loads it (chat_template.jinja included).
+        match cria_engine::load_tokenizer_only(p) {
             Ok(t) => writeln!(
                 out,
                 "tokenizer: {} ({} tokens), chat template: {}",
@@ -181,7 +178,7 @@ pub fn run(spec: Option<&str>, all_metadata: bool, out: &mut dyn Write) -> Resul
                 t.vocab_size(),
                 yes_no(t.chat_template().is_some())
             )?,
-            Err(e) => writeln!(out, "tokenizer: {e}")?,
+            Err(e) => writeln!(out, "tokenizer: {e:#}")?,
         }
         tensor_table(out, &st.tensors)?;
     } else {

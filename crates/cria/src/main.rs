@@ -5,11 +5,12 @@ mod chat;
 mod constraint_args;
 mod fetch;
 mod inspect;
+mod load;
 mod models;
 mod perplexity;
 mod run;
 mod sample_args;
-mod session;
+mod terminal;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -318,7 +319,7 @@ fn real_main() -> Result<()> {
         Cmd::Run(a) => run::run(&a)?,
         Cmd::Tokenize { m, input, tok, ids } => {
             let text = input.read()?;
-            let l = session::load_tokenizer_only(m.model.as_deref())?;
+            let l = load::tokenizer(m.model.as_deref())?;
             let toks = l.encode(&text, !tok.no_bos, tok.parse_special);
             let mut out = std::io::stdout().lock();
             if ids {
@@ -345,8 +346,7 @@ fn real_main() -> Result<()> {
             batch,
             probe_sums,
         } => {
-            let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
-            l.set_kv_type(m.kv_type())?;
+            let l = load::model(m.model.as_deref(), &m)?;
             let toks = match tokens {
                 Some(t) => t,
                 None => l.encode(&input.read()?, !tok.no_bos, tok.parse_special),
@@ -385,8 +385,7 @@ fn real_main() -> Result<()> {
             let text =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let text = String::from_utf8_lossy(&text).into_owned();
-            let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
-            l.set_kv_type(m.kv_type())?;
+            let l = load::model(m.model.as_deref(), &m)?;
             perplexity::run(
                 &l,
                 &text,
@@ -411,7 +410,7 @@ fn real_main() -> Result<()> {
                 models.into_iter().map(Some).collect()
             };
             let threads = if threads.is_empty() {
-                vec![session::default_threads()]
+                vec![cria_engine::load::default_threads()]
             } else {
                 threads
             };
@@ -433,20 +432,7 @@ fn real_main() -> Result<()> {
         Cmd::Pull(a) => models::pull(&a)?,
         Cmd::List(a) => models::list(&a)?,
         Cmd::Rm(a) => models::rm(&a)?,
-        Cmd::Serve { m, s } => {
-            let mut l = session::load(m.model.as_deref(), m.f32, m.threads)?;
-            l.set_kv_type(m.kv_type())?;
-            let (model, tok, backend, kv_type) = (l.model, l.tok, l.backend, l.kv_type);
-            cria_server::run(
-                cria_server::Parts {
-                    model,
-                    tok,
-                    backend,
-                    kv_type,
-                },
-                &s,
-            )?
-        }
+        Cmd::Serve { m, s } => cria_server::run(load::model(m.model.as_deref(), &m)?, &s)?,
         Cmd::Inspect {
             model,
             model_flag,

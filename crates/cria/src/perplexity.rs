@@ -4,8 +4,8 @@
 //! chunk is scored (logits at j predict token j+1, for j in ctx/2 .. ctx-1), so every scored token
 //! has at least ctx/2 tokens of context.
 
-use crate::session::Loaded;
 use anyhow::{bail, Result};
+use cria_engine::LoadedModel;
 use cria_model::{forward, KvCache, Logits, Scratch};
 use std::io::Write;
 
@@ -25,7 +25,7 @@ pub fn nll(logits: &[f32], tok: u32) -> f64 {
 }
 
 pub fn compute(
-    l: &Loaded,
+    l: &LoadedModel,
     tokens: &[u32],
     ctx: usize,
     batch: usize,
@@ -90,7 +90,7 @@ pub fn compute(
 }
 
 pub fn run(
-    l: &Loaded,
+    l: &LoadedModel,
     text: &str,
     ctx: usize,
     batch: usize,

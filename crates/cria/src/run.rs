@@ -9,9 +9,9 @@
 
 use crate::constraint_args::ConstraintArgs;
 use crate::sample_args::SamplerArgs;
-use crate::session::{self, StopReason};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use cria_engine::generate::StopReason;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -190,8 +190,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let grammar = a.constraint.load()?;
     let what = a.constraint.output_kind();
 
-    let mut l = session::load(spec, a.m.f32, a.m.threads)?;
-    l.set_kv_type(a.m.kv_type())?;
+    let l = crate::load::model(spec, &a.m)?;
     let tok = &l.tok;
     let prompt = if a.raw || tok.chat_template().is_none() {
         if !a.raw {
@@ -204,30 +203,27 @@ pub fn run(a: &RunArgs) -> Result<()> {
             msgs.push(cria_engine::template::Message::new("system", s.clone()));
         }
         msgs.push(cria_engine::template::Message::new("user", text));
-        session::render_chat(tok, &msgs, true, None)?.1
+        cria_engine::render_chat(tok, &msgs, true, None)?.1
     };
-    let ctx = l.ctx_size(a.gen.ctx_size)?;
-    let mut cons = session::Constraints::new(&l, &a.sampling.stop, grammar)?;
-    let mut sampler = crate::sample_args::build_sampler(cfg, l.model.config.vocab_size, &l.tok)?;
-    let mut out = std::io::stdout().lock();
-    let mut state = session::KvState::new(&l, ctx, a.gen.batch);
-    let st = session::generate(
-        &l,
-        &mut state,
-        &prompt,
-        &mut sampler,
-        &mut cons,
-        &session::GenOptions {
-            max_tokens: a.gen.max_tokens,
-            ignore_eos: a.ignore_eos,
-        },
-        None,
-        &mut out,
-        &mut String::new(),
-    )?;
-    writeln!(out)?;
-    drop(out);
-    let complete = cons.grammar.as_ref().map(|g| g.is_complete());
+    let ctx = crate::load::ctx_size(&l, a.gen.ctx_size)?;
+    let matcher = crate::constraint_args::matcher(&l.tok, grammar)?.map(Into::into);
+    let sampler =
+        crate::sample_args::build_sampler(cfg.clone(), l.model.config.vocab_size, &l.tok)?;
+    let params = cria_engine::scheduler::GenParams {
+        sampler: cfg,
+        max_tokens: a.gen.max_tokens,
+        stop: a.sampling.stop.clone(),
+        matcher,
+        logprobs: None,
+        ignore_eos: a.ignore_eos,
+    };
+    let mut one = crate::terminal::one_slot(&l, ctx, a.gen.batch);
+    let (done, text) = crate::terminal::answer(&mut one, prompt, params, sampler, None);
+    text?;
+    writeln!(std::io::stdout())?;
+    let done = done.context("the answer ended without a result")?;
+    let st = done.stats;
+    let complete = done.grammar.as_ref().map(|g| g.matcher().is_complete());
     if let Some(why) = stop_message(st.stop, a.gen.max_tokens, ctx, complete, what) {
         eprintln!("{why}");
     }

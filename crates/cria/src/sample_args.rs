@@ -7,9 +7,7 @@
 
 use anyhow::{anyhow, Result};
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
-use cria_engine::sampler::{
-    random_seed, DryBreakers, OptionValue, Sampler, SamplerConfig, SamplerOption, TokenText,
-};
+use cria_engine::sampler::{random_seed, OptionValue, Sampler, SamplerConfig, SamplerOption};
 use cria_tokenizer::Tokenizer;
 
 #[derive(Args, Clone, Debug, Default)]
@@ -165,27 +163,6 @@ impl SamplerArgs {
     }
 }
 
-/// cria's tokenizer as the token text DRY's sequence breakers are matched against (llama.cpp's
-/// `detokenize({id}, special = true)` and `tokenize(text, add_special = false,
-/// parse_special = false)`).
-pub struct TokText<'a>(pub &'a Tokenizer);
-
-impl TokenText for TokText<'_> {
-    fn n_tokens(&self) -> usize {
-        self.0.vocab_size()
-    }
-    fn piece(&self, id: u32, out: &mut Vec<u8>) {
-        out.clear();
-        out.extend_from_slice(&self.0.detokenize(&[id], false, true));
-    }
-    fn tokenize(&self, text: &[u8]) -> Vec<u32> {
-        self.0
-            .encode(&String::from_utf8_lossy(text), false, false)
-            .into_iter()
-            .collect()
-    }
-}
-
 /// The sampler for `cfg` over a model vocabulary of `n_vocab` (the logits' length), with DRY's
 /// sequence breakers tokenized against `tok` when DRY is on (the scan reads every token's text
 /// once, a few milliseconds). A --logit-bias token outside the vocabulary is an error.
@@ -199,22 +176,15 @@ pub fn build_sampler(cfg: SamplerConfig, n_vocab: usize, tok: &Tokenizer) -> Res
             "--logit-bias: token {id} is not in the model's vocabulary (0..{n_vocab})"
         ));
     }
-    let dry_on = cfg.mirostat == 0
-        && cfg.dry_multiplier != 0.0
-        && cfg.dry_base >= 1.0
-        && cfg.dry_penalty_last_n > 0;
-    let breakers = if dry_on {
-        DryBreakers::from_strings(&cfg.dry_sequence_breakers, &TokText(tok))
-    } else {
-        DryBreakers::default()
-    };
-    Ok(Sampler::with_breakers(cfg, n_vocab, breakers))
+    Ok(cria_engine::generate::sampler(cfg, n_vocab, tok))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+    use cria_engine::generate::TokText;
+    use cria_engine::sampler::{DryBreakers, TokenText};
 
     #[derive(Parser)]
     struct Cli {

@@ -477,11 +477,20 @@ impl Server {
 
     /// (content, finish_reason) of a chat completion.
     fn chat(&self, prompt: &str, grammar: &str, max_tokens: usize) -> (String, String) {
-        let body = serde_json::json!({
-            "messages": [{"role": "user", "content": prompt}],
-            "grammar": grammar, "max_tokens": max_tokens, "seed": 7, "temperature": 0.8,
-        })
-        .to_string();
+        let fields = serde_json::json!({"grammar": grammar, "max_tokens": max_tokens});
+        let (text, fin, _) = self.chat_with(prompt, fields);
+        (text, fin)
+    }
+
+    /// (content, finish_reason, completion_tokens) of a seeded chat completion with `fields`.
+    fn chat_with(&self, prompt: &str, fields: serde_json::Value) -> (String, String, u64) {
+        let mut body = serde_json::json!({
+            "messages": [{"role": "user", "content": prompt}], "seed": 7, "temperature": 0.8,
+        });
+        for (k, v) in fields.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let body = body.to_string();
         let mut s = TcpStream::connect(&self.addr).unwrap();
         write!(
             s,
@@ -496,7 +505,8 @@ impl Server {
         let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|_| panic!("{resp}"));
         let c = &v["choices"][0];
         let text = c["message"]["content"].as_str().unwrap_or("").to_string();
-        (text, c["finish_reason"].as_str().unwrap().to_string())
+        let fin = c["finish_reason"].as_str().unwrap().to_string();
+        (text, fin, v["usage"]["completion_tokens"].as_u64().unwrap())
     }
 }
 
@@ -509,20 +519,17 @@ impl Drop for Server {
 
 /// (text, "stop" or "length") of `cria run` with the same request, and the tokens generated.
 fn run_cli(prompt: &str, grammar: &str, max_tokens: usize) -> ((String, String), usize) {
-    let (n, m) = (max_tokens.to_string(), smol_str());
-    let args = with_seed(&[
-        "run",
-        "-m",
-        &m,
-        "-c",
-        "512",
-        "-n",
-        &n,
-        "--grammar",
-        grammar,
-        prompt,
-    ]);
-    let (out, err) = ok(&args, "");
+    let n = max_tokens.to_string();
+    run_flags(prompt, &["-n", &n, "--grammar", grammar])
+}
+
+/// (text, "stop" or "length") of `cria run` with `flags`, and the tokens generated.
+fn run_flags(prompt: &str, flags: &[&str]) -> ((String, String), usize) {
+    let m = smol_str();
+    let mut args = vec!["run", "-m", &m, "-c", "512"];
+    args.extend_from_slice(flags);
+    args.push(prompt);
+    let (out, err) = ok(&with_seed(&args), "");
     let text = out.strip_suffix('\n').unwrap().to_string();
     let length = err.contains("[stopped: the token limit") || err.contains("tokens is full]");
     let fin = if length { "length" } else { "stop" };
@@ -560,4 +567,22 @@ fn run_and_serve_agree_under_a_grammar() {
     let (cli, _) = run_cli(prompt, stuck, 16);
     assert_eq!(cli, ("The ".to_string(), "stop".to_string()));
     assert_eq!(server.chat(prompt, stuck, 16), cli);
+}
+
+/// Where the CLI's and the server's generation loops used to differ, they now give the same
+/// result (both run the engine's one step function).
+#[test]
+fn run_and_serve_agree_where_their_loops_differed() {
+    let server = Server::start();
+    let prompt = "Name three fruits, one per line, and say why you like each.";
+    // A limit of no tokens: the server sampled and sent one token anyway.
+    let (cli, n) = run_flags(prompt, &["-n", "0"]);
+    assert_eq!((&cli.0[..], &cli.1[..], n), ("", "length", 0), "{cli:?}");
+    let srv = server.chat_with(prompt, serde_json::json!({"n_predict": 0}));
+    assert_eq!(srv, (String::new(), "length".to_string(), 0));
+    // DRY: the server ran it without its sequence breakers ("\n", ":", ...).
+    let (cli, n) = run_flags(prompt, &["-n", "64", "--dry-multiplier", "2"]);
+    let fields = serde_json::json!({"max_tokens": 64, "dry_multiplier": 2});
+    let srv = server.chat_with(prompt, fields);
+    assert_eq!((srv.0, srv.1, srv.2 as usize), (cli.0, cli.1, n));
 }

@@ -105,6 +105,11 @@ impl LazyMatcher {
         &self.inner
     }
 
+    /// The grammar matcher, as it is now (an answer that keeps it for the next one resets it).
+    pub fn into_matcher(self) -> Matcher {
+        self.inner
+    }
+
     /// Is `token` a valid next token? Any is, until a trigger appears.
     pub fn allows(&self, token: u32) -> bool {
         self.waiting.is_some() || self.inner.allows(token)

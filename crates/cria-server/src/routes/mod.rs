@@ -209,24 +209,12 @@ impl AppState {
         let st = self.clone();
         tokio::task::spawn_blocking(move || {
             st.table
-                .get_or_init(|| Arc::new(token_table(&st.tok)))
+                .get_or_init(|| Arc::new(cria_engine::load::token_table(&st.tok)))
                 .clone()
         })
         .await
         .map_err(|e| ApiError::internal(format!("building the token table: {e}")))
     }
-}
-
-/// The vocabulary as the grammar matcher sees it: each token's bytes (control tokens none, so a
-/// grammar never produces them), end-of-generation ids, control tokens' texts as names.
-fn token_table(tok: &Tokenizer) -> TokenTable {
-    let eog: Vec<u32> = tok.eog_ids().collect();
-    TokenTable::from_vocab(
-        tok.vocab_size() as u32,
-        |t| tok.token_to_piece(t),
-        &eog,
-        |t| tok.is_control(t).then(|| tok.token_text(t).to_string()),
-    )
 }
 
 pub fn router(st: Arc<AppState>) -> Router {

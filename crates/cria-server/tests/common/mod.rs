@@ -3,9 +3,9 @@
 
 #![allow(dead_code)]
 
-use cria_kernels::CpuBackend;
-use cria_model::{forward, KvCache, LoadOptions, Logits, Model, Scratch, Source};
-use cria_server::{Parts, ServeArgs, Server};
+use cria_engine::LoadedModel;
+use cria_model::{forward, KvCache, Logits, Scratch};
+use cria_server::{ServeArgs, Server};
 use cria_tokenizer::Tokenizer;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -24,19 +24,12 @@ pub fn model_path() -> PathBuf {
     p
 }
 
-pub fn load() -> Parts {
-    let backend = CpuBackend::new(2);
-    let model = Model::load(&model_path(), LoadOptions::default(), &backend).expect("load model");
-    let tok = match &model.source {
-        Source::Gguf(g) => Tokenizer::from_gguf(g).expect("tokenizer"),
-        _ => unreachable!("a GGUF file"),
+pub fn load() -> LoadedModel {
+    let o = cria_engine::LoadOptions {
+        threads: Some(2),
+        ..Default::default()
     };
-    Parts {
-        model,
-        tok,
-        backend,
-        kv_type: Default::default(),
-    }
+    cria_engine::load(&model_path(), &o).expect("load model")
 }
 
 pub fn serve(f: impl FnOnce(&mut ServeArgs)) -> Server {
@@ -165,7 +158,7 @@ pub fn stream_text(events: &[String], n: usize) -> Vec<String> {
 
 /// Greedy generation straight through the forward pass, one token at a time: what the server's
 /// batched scheduler must reproduce exactly.
-pub fn greedy_reference(p: &Parts, prompt: &[u32], max_tokens: usize) -> (String, usize) {
+pub fn greedy_reference(p: &LoadedModel, prompt: &[u32], max_tokens: usize) -> (String, usize) {
     let m = &p.model;
     let mut kv = KvCache::with_type(m, 1024, p.kv_type);
     let mut s = Scratch::new(m, 512, Logits::Last);

@@ -1,0 +1,858 @@
+//! The batch scheduler: owns the model and N slots, and runs continuous batching. `cria serve`
+//! runs it on a thread of its own ([`spawn`]); `cria run` and `cria chat` drive one with a
+//! single slot ([`Scheduler::run_until_idle`]), whose cache a chat keeps between turns.
+//!
+//! Each slot has its own KV cache and remembers the tokens whose keys and values it holds. The
+//! fronts submit [`Job`]s; each carries the [`Sink`] its text goes to. Every
+//! step, each busy slot contributes its next tokens to ONE batched forward (a chunk of the prompt
+//! for a slot still reading it, the last sampled token for a slot that is generating); new jobs
+//! take free slots between steps and finished ones leave. A new job goes to the free slot whose
+//! cached tokens share the longest prefix with its prompt, and only the rest is evaluated; when a
+//! busy slot shares a longer prefix (a common system prompt), its rows are copied instead of
+//! computed again.
+//!
+//! A token's logits do not depend on what else is in the batch (the forward is batch-invariant),
+//! and each job has its own sampler and random stream, so a seeded request gives the same text
+//! alone or batched with others.
+//!
+//! Every generation goes through [`Generation::step`], so the CLI and the server give the same
+//! tokens, text and [`StopReason`] for the same request.
+
+use crate::generate::{GenOptions, GenStats, Generation, StopReason, TokenLogprob};
+use crate::grammar::LazyMatcher;
+use crate::{Sampler, SamplerConfig, StopMatcher};
+use cria_kernels::CpuBackend;
+use cria_model::{forward_batch, KvCache, KvType, Logits, Model, Scratch, SeqStep};
+use cria_tokenizer::Tokenizer;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What one generation needs besides its prompt.
+pub struct GenParams {
+    pub sampler: SamplerConfig,
+    /// Tokens to generate at most (the context may end it sooner).
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    /// Output constrained to a grammar (response_format, `grammar`, tool calls), ready to
+    /// match; it may wait for a trigger (tool calls under `tool_choice: "auto"`).
+    pub matcher: Option<LazyMatcher>,
+    /// Log-probabilities: None = off; Some(k) = the chosen token's and the k most likely.
+    pub logprobs: Option<usize>,
+    pub ignore_eos: bool,
+}
+
+/// Where a generation's output goes: the server's reply channel, the terminal.
+pub trait Sink {
+    /// Text that is final now (may be empty when only log-probs are new).
+    fn text(&mut self, text: &str, logprobs: Option<TokenLogprob>);
+    /// The generation ended; the last call.
+    fn done(&mut self, done: Done);
+    /// The generation failed; the last call.
+    fn error(&mut self, msg: &str);
+    /// Nobody reads any more (a client went away, Ctrl-C): the generation is cancelled.
+    fn is_closed(&self) -> bool;
+}
+
+/// A finished generation: what it measured, and the sampler and grammar it used (a chat keeps
+/// them for its next answer).
+pub struct Done {
+    pub stats: GenStats,
+    /// Prompt tokens in all (evaluated and reused).
+    pub prompt_len: usize,
+    pub sampler: Option<Sampler>,
+    pub grammar: Option<LazyMatcher>,
+}
+
+/// One generation (one choice of a request).
+pub struct Job<S> {
+    pub prompt: Arc<Vec<u32>>,
+    pub params: GenParams,
+    /// A sampler to use instead of one made from `params.sampler` (a chat's, kept across
+    /// answers, with DRY's sequence breakers).
+    pub sampler: Option<Sampler>,
+    pub sink: S,
+}
+
+/// Where an embedding goes.
+pub trait EmbedSink {
+    fn send(&mut self, vector: Result<Vec<f32>, String>);
+    /// Nobody reads any more: the input is dropped.
+    fn is_closed(&self) -> bool;
+}
+
+/// The embedding sink of a front without embeddings.
+pub enum NoEmbed {}
+
+impl EmbedSink for NoEmbed {
+    fn send(&mut self, _: Result<Vec<f32>, String>) {
+        match *self {}
+    }
+    fn is_closed(&self) -> bool {
+        match *self {}
+    }
+}
+
+/// One input of an embedding request: its mean-pooled, L2-normalized final hidden states. It
+/// takes a slot and is read in chunks within each step's token budget, beside the generations;
+/// when its client goes away (the sink closes) it is dropped.
+pub struct EmbedJob<E> {
+    pub input: Vec<u32>,
+    pub sink: E,
+}
+
+#[allow(clippy::large_enum_variant)] // each request is moved once, into the queue
+pub enum Request<S, E> {
+    Generate(Job<S>),
+    Embed(EmbedJob<E>),
+    /// The server is shutting down: end every generation now ([`StopReason::Cancelled`]),
+    /// drop what is queued.
+    Shutdown,
+}
+
+/// The scheduler's counters, for the server's `/metrics`. Plain atomics: no locks on the token
+/// path.
+#[derive(Default)]
+pub struct Metrics {
+    /// Generations that ended because the client went away.
+    pub cancelled: AtomicU64,
+    /// Prompt tokens of finished generations, and how many of them came from a cached prefix.
+    pub prompt_tokens: AtomicU64,
+    pub prompt_tokens_cached: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    /// Jobs waiting for a slot, and slots working (gauges set every step).
+    pub queue_depth: AtomicU64,
+    pub slots_busy: AtomicU64,
+    /// Time to first token, summed in microseconds, and its count.
+    pub ttft_us_sum: AtomicU64,
+    pub ttft_count: AtomicU64,
+    /// Batched forward steps, the tokens they carried, and the time spent in them (microseconds).
+    pub steps: AtomicU64,
+    pub step_tokens: AtomicU64,
+    pub busy_us: AtomicU64,
+    /// Tokens generated per second over the scheduler's last ten seconds of work, times 1000.
+    pub recent_tps_milli: AtomicU64,
+}
+
+/// The handlers' side of a scheduler thread: submit requests; the thread ends when every
+/// clone is dropped.
+pub struct Engine<S, E> {
+    tx: mpsc::Sender<Request<S, E>>,
+    /// False once the scheduler thread has ended (set by a guard it drops, panic or not).
+    alive: Arc<AtomicBool>,
+}
+
+/// Why a request cannot be served: the scheduler thread is gone.
+pub const STOPPED: &str = "the scheduler has stopped; the server cannot generate (see its log)";
+
+impl<S, E> Clone for Engine<S, E> {
+    fn clone(&self) -> Self {
+        Engine {
+            tx: self.tx.clone(),
+            alive: self.alive.clone(),
+        }
+    }
+}
+
+impl<S, E> Engine<S, E> {
+    pub fn submit(&self, r: Request<S, E>) -> Result<(), String> {
+        if !self.is_alive() {
+            return Err(STOPPED.into());
+        }
+        self.tx.send(r).map_err(|_| STOPPED.to_string())
+    }
+
+    /// See [`Request::Shutdown`].
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Request::Shutdown);
+    }
+
+    /// Whether the scheduler thread still runs (/health reports it).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Relaxed)
+    }
+}
+
+/// Marks the engine dead when the scheduler thread ends, however it ends.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Relaxed);
+    }
+}
+
+/// Runs one job's piece of work; a panic in it is caught (and its message logged by the panic
+/// hook) so that only that job fails, never the scheduler and everyone else's requests.
+fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
+/// What a job whose work panicked is told (the details are in the server's log).
+const PANICKED: &str = "internal error while generating (a bug: the server's log has the details)";
+
+pub struct Config {
+    pub parallel: usize,
+    /// Context per slot, in tokens.
+    pub ctx_size: usize,
+    /// Tokens per batched forward at most.
+    pub batch: usize,
+    pub kv_type: KvType,
+}
+
+/// Starts the scheduler thread. It owns the model and backend; the tokenizer is shared with the
+/// handlers (they tokenize, the scheduler detokenizes).
+pub fn spawn<S: Sink + Send + 'static, E: EmbedSink + Send + 'static>(
+    model: Model,
+    backend: CpuBackend,
+    tok: Arc<Tokenizer>,
+    cfg: Config,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<Engine<S, E>> {
+    let (tx, rx) = mpsc::channel();
+    let alive = Arc::new(AtomicBool::new(true));
+    let guard = AliveGuard(alive.clone());
+    std::thread::Builder::new()
+        .name("cria-scheduler".into())
+        .spawn(move || {
+            let mut s = Scheduler::new(&model, &backend, &tok, cfg, metrics);
+            // Declared after the scheduler, so dropped before it (a panic included): the engine
+            // reads as dead before the jobs' sinks are dropped and their clients answered.
+            let _alive = guard;
+            s.run(rx);
+        })?;
+    Ok(Engine { tx, alive })
+}
+
+struct Slot<'t, S, E> {
+    kv: KvCache,
+    /// Tokens whose keys and values are in `kv`, positions 0..len.
+    cached: Vec<u32>,
+    active: Option<Active<'t, S>>,
+    /// An embedding input being read (a slot has `active` or `embed` or neither).
+    embed: Option<Embedding<E>>,
+    /// Step at which the slot was last given a job (least recently used goes first on ties).
+    last_used: u64,
+}
+
+struct Embedding<E> {
+    job: EmbedJob<E>,
+    /// Tokens read so far, and the sum of their hidden states.
+    pos: usize,
+    sum: Vec<f64>,
+    started: Instant,
+}
+
+impl<S, E> Slot<'_, S, E> {
+    fn busy(&self) -> bool {
+        self.active.is_some() || self.embed.is_some()
+    }
+}
+
+struct Active<'t, S> {
+    prompt: Arc<Vec<u32>>,
+    sink: S,
+    gen: Generation<'t>,
+    /// The sampled token not yet evaluated (None while the prompt is being read).
+    next: Option<u32>,
+    cached_prompt: usize,
+    started: Instant,
+    /// When the first token was sampled (the prompt read).
+    first_token: Option<Instant>,
+}
+
+/// The slots, the queue and the step loop (see the module's documentation).
+pub struct Scheduler<'a, S, E> {
+    m: &'a Model,
+    b: &'a CpuBackend,
+    tok: &'a Tokenizer,
+    metrics: Arc<Metrics>,
+    slots: Vec<Slot<'a, S, E>>,
+    queue: VecDeque<Request<S, E>>,
+    scratch: Scratch,
+    step: u64,
+    /// (time, generated tokens) of recent steps, for the tokens/s gauge.
+    recent: VecDeque<(Instant, usize)>,
+}
+
+/// Prefix shared by two token lists.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+impl<'a, S: Sink, E: EmbedSink> Scheduler<'a, S, E> {
+    pub fn new(
+        m: &'a Model,
+        b: &'a CpuBackend,
+        tok: &'a Tokenizer,
+        cfg: Config,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let slots = (0..cfg.parallel)
+            .map(|_| Slot {
+                kv: KvCache::with_type(m, cfg.ctx_size, cfg.kv_type),
+                cached: Vec::with_capacity(cfg.ctx_size),
+                active: None,
+                embed: None,
+                last_used: 0,
+            })
+            .collect();
+        let scratch = Scratch::with_seqs(m, cfg.batch.max(cfg.parallel), cfg.parallel);
+        Scheduler {
+            m,
+            b,
+            tok,
+            metrics,
+            slots,
+            queue: VecDeque::new(),
+            scratch,
+            step: 0,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Queues a request (served by the next [`run_until_idle`](Self::run_until_idle)).
+    pub fn submit(&mut self, r: Request<S, E>) {
+        self.queue.push_back(r);
+    }
+
+    /// Runs steps until every queued and running job has ended.
+    pub fn run_until_idle(&mut self) {
+        while self.tick() {}
+    }
+
+    /// Context per slot, in tokens.
+    pub fn ctx_size(&self) -> usize {
+        self.slots.first().map_or(0, |s| s.kv.max_seq)
+    }
+
+    /// Tokens cached in the first slot (what a one-slot chat holds).
+    pub fn cached(&self) -> usize {
+        self.slots.first().map_or(0, |s| s.cached.len())
+    }
+
+    /// Forgets what every idle slot holds (the buffers stay).
+    pub fn clear(&mut self) {
+        for s in self.slots.iter_mut().filter(|s| !s.busy()) {
+            s.cached.clear();
+        }
+    }
+
+    /// Serves requests from `rx` until every sender is dropped.
+    fn run(&mut self, rx: mpsc::Receiver<Request<S, E>>) {
+        loop {
+            let idle = self.queue.is_empty() && !self.slots.iter().any(Slot::busy);
+            if idle {
+                self.metrics.recent_tps_milli.store(0, Relaxed);
+                match rx.recv() {
+                    Ok(r) => self.queue.push_back(r),
+                    Err(_) => return, // every handle dropped: the server is gone
+                }
+            }
+            while let Ok(r) = rx.try_recv() {
+                self.queue.push_back(r);
+            }
+            if !self.tick() && !self.queue.is_empty() {
+                // Everything queued waits for a slot that is busy... which cannot be: admit()
+                // fills every free slot. Guard against a spin anyway.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Admits what it can and runs one step; false when no slot is busy.
+    fn tick(&mut self) -> bool {
+        if self.queue.iter().any(|r| matches!(r, Request::Shutdown)) {
+            self.cut_all();
+        }
+        self.drop_cancelled();
+        self.admit();
+        self.metrics
+            .queue_depth
+            .store(self.queue.len() as u64, Relaxed);
+        let busy = self.slots.iter().filter(|s| s.busy()).count();
+        self.metrics.slots_busy.store(busy as u64, Relaxed);
+        if busy == 0 {
+            return false;
+        }
+        let t0 = Instant::now();
+        self.step();
+        self.metrics
+            .busy_us
+            .fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
+        true
+    }
+
+    /// Clients that went away free their slot (and queue place) at once; their generations end
+    /// as [`StopReason::Cancelled`] (the text held back is released, the sink told).
+    fn drop_cancelled(&mut self) {
+        for i in 0..self.slots.len() {
+            let s = &mut self.slots[i];
+            if s.active.as_ref().is_some_and(|a| a.sink.is_closed()) {
+                let a = s.active.take().expect("busy");
+                self.metrics.cancelled.fetch_add(1, Relaxed);
+                self.end(i, a, StopReason::Cancelled, false);
+            }
+            let s = &mut self.slots[i];
+            if s.embed.as_ref().is_some_and(|e| e.job.sink.is_closed()) {
+                s.embed = None;
+                s.cached.clear();
+                self.metrics.cancelled.fetch_add(1, Relaxed);
+            }
+        }
+        let before = self.queue.len();
+        self.queue.retain_mut(|r| match r {
+            Request::Generate(j) if j.sink.is_closed() => {
+                // Told all the same, and given back what it brought (a chat's sampler and
+                // grammar): every job ends with `done` or `error`.
+                j.sink.done(Done {
+                    stats: GenStats::not_started(),
+                    prompt_len: j.prompt.len(),
+                    sampler: j.sampler.take(),
+                    grammar: j.params.matcher.take(),
+                });
+                false
+            }
+            Request::Generate(_) => true,
+            Request::Embed(e) => !e.sink.is_closed(),
+            Request::Shutdown => false,
+        });
+        self.metrics
+            .cancelled
+            .fetch_add((before - self.queue.len()) as u64, Relaxed);
+    }
+
+    /// Ends every generation where it is and forgets the queue and the embeddings (a shutdown).
+    fn cut_all(&mut self) {
+        self.queue.clear();
+        for i in 0..self.slots.len() {
+            if self.slots[i].embed.take().is_some() {
+                self.slots[i].cached.clear();
+            }
+            if let Some(a) = self.slots[i].active.take() {
+                self.end(i, a, StopReason::Cancelled, true);
+            }
+        }
+    }
+
+    /// Gives queued requests free slots, in arrival order.
+    fn admit(&mut self) {
+        while let Some(free) = self.slots.iter().position(|s| !s.busy()) {
+            let Some(r) = self.queue.pop_front() else {
+                return;
+            };
+            match r {
+                Request::Generate(job) => {
+                    // The job moves into its slot last: a panic before leaves it here.
+                    let mut job = Some(job);
+                    if guarded(|| self.start(&mut job)).is_none() {
+                        if let Some(mut j) = job {
+                            j.sink.error(PANICKED);
+                        }
+                    }
+                }
+                Request::Embed(mut job)
+                    if job.input.is_empty() || job.input.len() > self.ctx_size() =>
+                {
+                    let msg = format!(
+                        "an input of {} tokens does not fit the context of {}",
+                        job.input.len(),
+                        self.ctx_size()
+                    );
+                    job.sink.send(Err(msg));
+                }
+                Request::Embed(job) => {
+                    // The least recently used free slot: its cache is overwritten.
+                    let si = (0..self.slots.len())
+                        .filter(|&i| !self.slots[i].busy())
+                        .min_by_key(|&i| self.slots[i].last_used)
+                        .unwrap_or(free);
+                    self.step += 1;
+                    let slot = &mut self.slots[si];
+                    slot.cached.clear();
+                    slot.last_used = self.step;
+                    slot.embed = Some(Embedding {
+                        job,
+                        pos: 0,
+                        sum: vec![0.0; self.m.config.dim],
+                        started: Instant::now(),
+                    });
+                }
+                Request::Shutdown => {}
+            }
+        }
+    }
+
+    /// Puts a job into the free slot whose cache shares the longest prefix with its prompt.
+    fn start(&mut self, job: &mut Option<Job<S>>) {
+        self.step += 1;
+        let prompt = job.as_ref().expect("a job").prompt.clone();
+        let mut best: Option<(usize, usize)> = None; // (slot, shared prefix)
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.busy() {
+                continue;
+            }
+            let c = common_prefix(&s.cached, &prompt);
+            let better = match best {
+                None => true,
+                Some((b, bc)) => c > bc || (c == bc && s.last_used < self.slots[b].last_used),
+            };
+            if better {
+                best = Some((i, c));
+            }
+        }
+        let Some((si, mut common)) = best else {
+            self.queue
+                .push_front(Request::Generate(job.take().expect("a job")));
+            return;
+        };
+        // A busy slot may hold a longer prefix (the same system prompt in flight): copy its rows.
+        let donor = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != si)
+            .map(|(i, s)| (i, common_prefix(&s.cached, &prompt)))
+            .max_by_key(|&(_, c)| c);
+        if let Some((di, dc)) = donor {
+            // Copying is a memcpy per layer; worth it for anything beyond a few tokens.
+            if dc > common + 8 {
+                let (dst, src) = if si < di {
+                    let (l, r) = self.slots.split_at_mut(di);
+                    (&mut l[si], &r[0])
+                } else {
+                    let (l, r) = self.slots.split_at_mut(si);
+                    (&mut r[0], &l[di])
+                };
+                dst.kv.copy_prefix_from(&src.kv, dc);
+                dst.cached.clear();
+                dst.cached.extend_from_slice(&src.cached[..dc]);
+                common = dc;
+            }
+        }
+        // The last prompt token is always evaluated: its logits give the first token.
+        let common = common.min(prompt.len().saturating_sub(1));
+        let slot = &mut self.slots[si];
+        slot.cached.truncate(common);
+        slot.last_used = self.step;
+        let j = job.as_mut().expect("a job");
+        let p = &mut j.params;
+        let sampler = j.sampler.take().unwrap_or_else(|| {
+            crate::generate::sampler(p.sampler.clone(), self.m.config.vocab_size, self.tok)
+        });
+        let o = GenOptions {
+            max_tokens: p.max_tokens,
+            ignore_eos: p.ignore_eos,
+            logprobs: p.logprobs,
+        };
+        let stops = StopMatcher::new(&p.stop);
+        let mut gen = Generation::new(self.tok, sampler, stops, p.matcher.take(), o);
+        gen.accept_prompt(&prompt);
+        let j = job.take().expect("a job");
+        slot.active = Some(Active {
+            prompt: j.prompt,
+            sink: j.sink,
+            gen,
+            next: None,
+            cached_prompt: common,
+            started: Instant::now(),
+            first_token: None,
+        });
+    }
+
+    /// One step: the generations' batched forward, then embedding inputs in what is left of the
+    /// batch's token budget.
+    fn step(&mut self) {
+        let used = self.step_generate();
+        self.step_embed(self.scratch.max_t.saturating_sub(used));
+    }
+
+    /// One batched forward over every generating slot, then sampling for those that need a
+    /// token. Returns the tokens it carried.
+    fn step_generate(&mut self) -> usize {
+        // Generating slots first (one token each: they keep streaming while prompts are read),
+        // then prompt chunks, oldest request first, in what is left of the batch.
+        let budget = self.scratch.max_t;
+        let mut plan: Vec<(usize, usize)> = Vec::new(); // (slot, tokens this step)
+        let mut used = 0;
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(a) = &s.active {
+                if a.next.is_some() {
+                    plan.push((i, 1));
+                    used += 1;
+                }
+            }
+        }
+        let mut prefill: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active.as_ref().is_some_and(|a| a.next.is_none()))
+            .map(|(i, _)| i)
+            .collect();
+        prefill.sort_by_key(|&i| self.slots[i].active.as_ref().map(|a| a.started));
+        for i in prefill {
+            if used >= budget {
+                break;
+            }
+            let s = &self.slots[i];
+            let a = s.active.as_ref().expect("busy");
+            let left = a.prompt.len() - s.cached.len();
+            let n = left.min(budget - used);
+            plan.push((i, n));
+            used += n;
+        }
+        if plan.is_empty() {
+            return 0;
+        }
+        plan.sort_unstable();
+        // Borrow each planned slot's cache mutably and its tokens immutably (disjoint fields).
+        let mut seqs: Vec<SeqStep> = Vec::with_capacity(plan.len());
+        for (s, n) in planned(&mut self.slots, &plan) {
+            let Slot {
+                kv, cached, active, ..
+            } = s;
+            let a = active.as_ref().expect("busy");
+            let pos = cached.len();
+            let tokens: &[u32] = match &a.next {
+                Some(t) => std::slice::from_ref(t),
+                None => &a.prompt[pos..pos + n],
+            };
+            seqs.push(SeqStep { tokens, pos, kv });
+        }
+        let (m, b, metrics) = (self.m, self.b, &self.metrics);
+        let res = run_forward(m, b, &mut seqs, &mut self.scratch, Logits::Last, metrics);
+        drop(seqs);
+        if let Err(e) = res {
+            // Not expected (inputs are checked on the way in); fail the jobs of this step.
+            for &(i, _) in &plan {
+                self.fail_slot(i, &e);
+            }
+            return used;
+        }
+        let mut generated = 0;
+        for (row, &(i, n)) in plan.iter().enumerate() {
+            let slot = &mut self.slots[i];
+            let a = slot.active.as_mut().expect("busy");
+            match a.next.take() {
+                Some(t) => slot.cached.push(t),
+                None => {
+                    let pos = slot.cached.len();
+                    slot.cached.extend_from_slice(&a.prompt[pos..pos + n]);
+                    if slot.cached.len() < a.prompt.len() {
+                        continue; // more of the prompt to read next step
+                    }
+                }
+            }
+            generated += 1;
+            let logits = self.scratch.seq_logits(row);
+            let metrics = &self.metrics;
+            match guarded(|| Self::sample(slot, logits, metrics)) {
+                None => self.fail_slot(i, PANICKED),
+                Some(None) => {}
+                Some(Some(stop)) => {
+                    let a = self.slots[i].active.take().expect("busy");
+                    self.end(i, a, stop, true);
+                }
+            }
+        }
+        self.track_rate(generated);
+        used
+    }
+
+    /// The embedding inputs' next chunks, oldest input first, in `budget` tokens: one forward
+    /// that gives hidden states (a forward gives logits or hidden states, not both), each row
+    /// added to its input's sum; a finished input's vector goes back to its client.
+    fn step_embed(&mut self, budget: usize) {
+        let mut order: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].embed.is_some())
+            .collect();
+        order.sort_by_key(|&i| self.slots[i].embed.as_ref().map(|e| e.started));
+        let mut plan: Vec<(usize, usize)> = Vec::new(); // (slot, tokens this step)
+        let mut used = 0;
+        for i in order {
+            if used >= budget {
+                break;
+            }
+            let e = self.slots[i].embed.as_ref().expect("embedding");
+            let n = (e.job.input.len() - e.pos).min(budget - used);
+            plan.push((i, n));
+            used += n;
+        }
+        if plan.is_empty() {
+            return;
+        }
+        plan.sort_unstable();
+        let mut seqs: Vec<SeqStep> = Vec::with_capacity(plan.len());
+        for (s, n) in planned(&mut self.slots, &plan) {
+            let Slot { kv, embed, .. } = s;
+            let e = embed.as_ref().expect("embedding");
+            seqs.push(SeqStep {
+                tokens: &e.job.input[e.pos..e.pos + n],
+                pos: e.pos,
+                kv,
+            });
+        }
+        let (m, b, metrics) = (self.m, self.b, &self.metrics);
+        let res = run_forward(m, b, &mut seqs, &mut self.scratch, Logits::Hidden, metrics);
+        drop(seqs);
+        if let Err(e) = res {
+            for &(i, _) in &plan {
+                self.fail_slot(i, &e);
+            }
+            return;
+        }
+        let mut rows = self.scratch.hidden().chunks_exact(self.m.config.dim);
+        for &(i, n) in &plan {
+            let slot = &mut self.slots[i];
+            let e = slot.embed.as_mut().expect("embedding");
+            for row in rows.by_ref().take(n) {
+                e.sum.iter_mut().zip(row).for_each(|(s, &x)| *s += x as f64);
+            }
+            e.pos += n;
+            if e.pos == e.job.input.len() {
+                let mut e = slot.embed.take().expect("embedding");
+                e.job.sink.send(Ok(mean_normalized(&e.sum, e.pos)));
+            }
+        }
+    }
+
+    /// Ends slot `i`'s job with an error; what its cache holds is no longer trusted.
+    fn fail_slot(&mut self, i: usize, msg: &str) {
+        let slot = &mut self.slots[i];
+        if let Some(mut a) = slot.active.take() {
+            a.sink.error(msg);
+        }
+        if let Some(mut e) = slot.embed.take() {
+            e.job.sink.send(Err(msg.to_string()));
+        }
+        slot.cached.clear();
+    }
+
+    fn track_rate(&mut self, generated: usize) {
+        let now = Instant::now();
+        self.recent.push_back((now, generated));
+        while self
+            .recent
+            .front()
+            .is_some_and(|&(t, _)| now.duration_since(t) > Duration::from_secs(10))
+        {
+            self.recent.pop_front();
+        }
+        let n: usize = self.recent.iter().map(|&(_, g)| g).sum();
+        let span = self
+            .recent
+            .front()
+            .map_or(0.0, |&(t, _)| now.duration_since(t).as_secs_f64());
+        if span > 0.05 {
+            self.metrics
+                .recent_tps_milli
+                .store((n as f64 / span * 1e3) as u64, Relaxed);
+        }
+    }
+
+    /// Samples the slot's next token and sends its text; returns why it stops, if it does.
+    fn sample(slot: &mut Slot<S, E>, logits: &[f32], m: &Metrics) -> Option<StopReason> {
+        // The sampled token is evaluated next step: it needs a free position.
+        let room = slot.cached.len() < slot.kv.max_seq;
+        let a = slot.active.as_mut().expect("busy");
+        if a.first_token.is_none() {
+            a.first_token = Some(Instant::now());
+            m.ttft_us_sum
+                .fetch_add(a.started.elapsed().as_micros() as u64, Relaxed);
+            m.ttft_count.fetch_add(1, Relaxed);
+        }
+        let step = a.gen.step(logits, room);
+        if !a.gen.text().is_empty() || step.logprobs.is_some() {
+            a.sink.text(a.gen.text(), step.logprobs);
+        }
+        if step.stop.is_none() {
+            a.next = step.token;
+        }
+        step.stop
+    }
+
+    /// Ends slot `i`'s generation `a` (taken out of the slot): the text held back, then
+    /// [`Sink::done`]; `count` it in the metrics. A panic fails the job instead.
+    fn end(&mut self, i: usize, a: Active<'a, S>, stop: StopReason, count: bool) {
+        let m = &self.metrics;
+        let mut a = Some(a);
+        if guarded(|| Self::finish(a.take().expect("active"), stop, m, count)).is_none() {
+            if let Some(mut a) = a {
+                a.sink.error(PANICKED);
+            }
+            self.slots[i].cached.clear();
+        }
+    }
+
+    fn finish(mut a: Active<S>, stop: StopReason, m: &Metrics, count: bool) {
+        let now = Instant::now();
+        let rest = a.gen.finish();
+        if !rest.is_empty() {
+            a.sink.text(rest, None);
+        }
+        let prompt = a.prompt.len();
+        let generated = a.gen.generated();
+        if count {
+            m.prompt_tokens.fetch_add(prompt as u64, Relaxed);
+            m.prompt_tokens_cached
+                .fetch_add(a.cached_prompt as u64, Relaxed);
+            m.generated_tokens.fetch_add(generated as u64, Relaxed);
+        }
+        let first = a.first_token.unwrap_or(now);
+        let stats = GenStats {
+            stop,
+            prompt_tokens: prompt - a.cached_prompt,
+            reused_tokens: a.cached_prompt,
+            prompt_time: first.duration_since(a.started),
+            gen_tokens: generated,
+            gen_time: now.duration_since(first),
+        };
+        let (sampler, grammar) = a.gen.into_parts();
+        a.sink.done(Done {
+            stats,
+            prompt_len: prompt,
+            sampler: Some(sampler),
+            grammar,
+        });
+    }
+}
+
+/// The slots of a step's plan ((slot, tokens), sorted by slot), each with its token count.
+fn planned<'s, 't: 's, S, E>(
+    slots: &'s mut [Slot<'t, S, E>],
+    plan: &'s [(usize, usize)],
+) -> impl Iterator<Item = (&'s mut Slot<'t, S, E>, usize)> + 's {
+    slots.iter_mut().enumerate().filter_map(move |(i, s)| {
+        let k = plan.binary_search_by_key(&i, |p| p.0).ok()?;
+        Some((s, plan[k].1))
+    })
+}
+
+/// One batched forward; an error or a panic in it comes back as the message for its jobs.
+fn run_forward(
+    m: &Model,
+    b: &CpuBackend,
+    seqs: &mut [SeqStep],
+    scratch: &mut Scratch,
+    mode: Logits,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    let tokens: usize = seqs.iter().map(|q| q.tokens.len()).sum();
+    metrics.steps.fetch_add(1, Relaxed);
+    metrics.step_tokens.fetch_add(tokens as u64, Relaxed);
+    guarded(|| {
+        forward_batch(m, b, seqs, scratch, mode).map_err(|e| format!("forward pass failed: {e}"))
+    })
+    .unwrap_or_else(|| Err(PANICKED.into()))
+}
+
+/// The mean of `n` rows summed in `sum`, scaled to unit length (all zeros stay zeros).
+fn mean_normalized(sum: &[f64], n: usize) -> Vec<f32> {
+    let n = n as f64;
+    let norm = sum.iter().map(|x| (x / n) * (x / n)).sum::<f64>().sqrt();
+    let scale = if norm > 0.0 { 1.0 / (n * norm) } else { 0.0 };
+    sum.iter().map(|&x| (x * scale) as f32).collect()
+}
