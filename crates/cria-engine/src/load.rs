@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use cria_core::gguf::GgufFile;
 use cria_kernels::CpuBackend;
-use cria_model::{forward, Config, KvCache, KvType, Logits, Model, Scratch};
+use cria_model::{Config, KvCache, KvType, Logits, Model, Scratch};
 use cria_tokenizer::Tokenizer;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -179,22 +179,13 @@ impl LoadedModel {
         } else {
             c.vocab_size
         });
-        let mut pos = 0;
-        for chunk in tokens.chunks(s.max_t) {
-            forward(
-                &self.model,
-                &self.backend,
-                chunk,
-                pos,
-                &mut kv,
-                &mut s,
-                mode,
-            )?;
-            if all || pos + chunk.len() == tokens.len() {
-                out.extend_from_slice(s.logits());
+        crate::eval::forward_from_start(self, tokens, &mut kv, &mut s, mode, |_, logits| {
+            if !all {
+                out.clear();
             }
-            pos += chunk.len();
-        }
+            out.extend_from_slice(logits);
+            Ok(())
+        })?;
         Ok(out)
     }
 }
