@@ -5,6 +5,7 @@
 //! `raise_exception`, undefined functions) as `cria_core::Error::Msg` carrying the template's own
 //! message and location.
 
+pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod grammar;
