@@ -443,8 +443,11 @@ fn step<B: Backend>(
         b.add_assign(x, xb, t, dim);
         probe!("l_out", l, x, t * dim);
     }
+    // What the host may read after this call is what it read back: nothing else (a device
+    // backend's staging holds one output at a time).
+    s.n_logits = 0;
+    s.n_hidden = 0;
     let Some(mode) = mode else {
-        s.n_logits = 0;
         return Ok(());
     };
     // Logits::Last: the last row of each sequence, gathered to the front of x (sequence i's
@@ -463,7 +466,6 @@ fn step<B: Backend>(
     probe!("result_norm", 0, xb, n * dim);
     if mode == Logits::Hidden {
         b.read_back(xb, n * dim, &mut s.out);
-        s.n_logits = 0;
         s.n_hidden = n * dim;
         return Ok(());
     }
