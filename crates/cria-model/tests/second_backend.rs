@@ -117,12 +117,14 @@ impl Backend for RefBackend {
         self.dev.clone()
     }
 
-    fn alloc(_: &RefDevice, n: usize) -> RefBuf {
-        RefBuf(vec![0.0; n])
+    fn alloc(dev: &RefDevice, n: usize) -> Result<RefBuf> {
+        dev.check(n)?;
+        Ok(RefBuf(vec![0.0; n]))
     }
 
-    fn alloc_host(_: &RefDevice, n: usize) -> Staging {
-        Staging(vec![f32::NAN; n])
+    fn alloc_host(dev: &RefDevice, n: usize) -> Result<Staging> {
+        dev.check(n)?;
+        Ok(Staging(vec![f32::NAN; n]))
     }
 
     fn alloc_kv(dev: &RefDevice, ty: KvType, n: usize) -> Result<RefKv> {
@@ -135,8 +137,9 @@ impl Backend for RefBackend {
         Ok(RefKv(vec![0.0; n]))
     }
 
-    fn upload(&self, v: Vec<f32>) -> RefBuf {
-        RefBuf(v)
+    fn upload(&self, v: Vec<f32>) -> Result<RefBuf> {
+        self.dev.check(v.len())?;
+        Ok(RefBuf(v))
     }
 
     fn buf_len(b: &RefBuf) -> usize {
@@ -392,7 +395,7 @@ fn reference_backend_batches_sequences_with_a_copied_prefix() {
     // Together: A's history, B's cache a copy of its prefix, then one batched step.
     let mut ka = KvCache::try_with_type(m, 32, KvType::F32).unwrap();
     let mut kb = KvCache::try_with_type(m, 32, KvType::F32).unwrap();
-    let mut s = Scratch::with_seqs(m, 8, 2);
+    let mut s = Scratch::try_with_seqs(m, 8, 2).unwrap();
     forward(m, b, a_hist, 0, &mut ka, &mut s, Logits::Last).unwrap();
     kb.copy_prefix_from(&ka, shared);
     let mut steps = [
@@ -449,4 +452,32 @@ fn reference_backend_errors_are_returned() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("reference backend"), "{err}");
+}
+
+#[test]
+fn out_of_memory_is_an_error_not_a_panic() {
+    // A "device" with room for 10,000 values per allocation: the norm weights (576 values) load,
+    // a scratch's logits (49152 values a row) and a cache of 1024 positions do not.
+    let b = RefBackend {
+        dev: RefDevice { max_values: 10_000 },
+    };
+    let small = Model::load(&smol(), LoadOptions { f32: true }, &b).unwrap();
+    for mode in [Logits::Last, Logits::All] {
+        let err = Scratch::try_new(&small, 4, mode).err().unwrap();
+        assert!(err.to_string().contains("out of memory"), "{err}");
+    }
+    let err = Scratch::try_with_seqs(&small, 4, 2).err().unwrap();
+    assert!(err.to_string().contains("out of memory"), "{err}");
+    let err = KvCache::try_with_type(&small, 1024, KvType::F32)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("out of memory"), "{err}");
+    // A norm weight that does not fit fails the load.
+    let tiny = RefBackend {
+        dev: RefDevice { max_values: 100 },
+    };
+    let err = Model::load(&smol(), LoadOptions { f32: true }, &tiny)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("out of memory"), "{err}");
 }
