@@ -59,15 +59,17 @@ pub trait Backend: Send + Sync + Sized {
     // ---- memory: who allocates what ----
 
     fn device(&self) -> Self::Device;
-    /// `n` f32 values (zero).
-    fn alloc(dev: &Self::Device, n: usize) -> Self::Buf;
-    /// Host room for `n` values read back from a `Buf`.
-    fn alloc_host(dev: &Self::Device, n: usize) -> Self::Host;
+    /// `n` f32 values (zero); an error where the memory is not there (a device's). The CPU's
+    /// cannot fail (host memory: out of it aborts, as `Vec` does).
+    fn alloc(dev: &Self::Device, n: usize) -> cria_core::Result<Self::Buf>;
+    /// Host room for `n` values read back from a `Buf` (a device backend's pinned memory may
+    /// run out: an error).
+    fn alloc_host(dev: &Self::Device, n: usize) -> cria_core::Result<Self::Host>;
     /// A K or V cache of `n` values of `ty` (`n` a multiple of its block length); an error
     /// where the memory is not there (a device's).
     fn alloc_kv(dev: &Self::Device, ty: KvType, n: usize) -> cria_core::Result<Self::Kv>;
-    /// A norm weight or bias, at load.
-    fn upload(&self, v: Vec<f32>) -> Self::Buf;
+    /// A norm weight or bias, at load (an error where the device's memory is not there).
+    fn upload(&self, v: Vec<f32>) -> cria_core::Result<Self::Buf>;
     /// Values a `Buf` holds.
     fn buf_len(b: &Self::Buf) -> usize;
     /// Called once per weight matrix at load, after `supports`: the backend may keep it in a

@@ -133,46 +133,59 @@ pub struct Scratch<B: Backend = CpuBackend> {
 }
 
 impl<B: Backend> Scratch<B> {
+    /// `try_new`, for a backend whose allocations cannot fail (the CPU's: host memory, which
+    /// aborts when out, as `Vec` does). Panics on a backend's allocation error.
     pub fn new(m: &Model<B>, max_t: usize, mode: Logits) -> Self {
+        Self::try_new(m, max_t, mode).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Room for calls of up to `max_t` tokens giving `mode`'s output, or the backend's
+    /// allocation error (a device out of memory).
+    pub fn try_new(m: &Model<B>, max_t: usize, mode: Logits) -> Result<Self> {
         let max_t = max_t.max(1);
         match mode {
             // Prompts: activations for UBATCH tokens, longer calls in micro-batches.
             Logits::Last => Self::sized(m, max_t, max_t.min(UBATCH), 1),
-            Logits::All => Self::with_seqs(m, max_t, max_t),
-            Logits::Hidden => Self::with_seqs(m, max_t, 1),
+            Logits::All => Self::try_with_seqs(m, max_t, max_t),
+            Logits::Hidden => Self::try_with_seqs(m, max_t, 1),
         }
     }
 
-    /// Room for `max_t` tokens per call and the last-token logits of up to `max_seqs` sequences
-    /// (or of `max_seqs` tokens with `Logits::All`).
+    /// `try_with_seqs`, panicking on a backend's allocation error (as `new`).
     pub fn with_seqs(m: &Model<B>, max_t: usize, max_seqs: usize) -> Self {
+        Self::try_with_seqs(m, max_t, max_seqs).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Room for `max_t` tokens per call and the last-token logits of up to `max_seqs` sequences
+    /// (or of `max_seqs` tokens with `Logits::All`), or the backend's allocation error.
+    pub fn try_with_seqs(m: &Model<B>, max_t: usize, max_seqs: usize) -> Result<Self> {
         let max_t = max_t.max(1);
         Self::sized(m, max_t, max_t, max_seqs)
     }
 
     /// Room for calls of up to `max_t` tokens, activations for `ubatch` of them, last-token
     /// logits for `max_seqs` sequences (or `max_seqs` rows of `Logits::All`).
-    fn sized(m: &Model<B>, max_t: usize, ubatch: usize, max_seqs: usize) -> Self {
+    fn sized(m: &Model<B>, max_t: usize, ubatch: usize, max_seqs: usize) -> Result<Self> {
         let c = &m.config;
         let u = ubatch;
         let alloc = |n| B::alloc(&m.device, n);
         let n_logits = max_seqs.clamp(1, max_t) * c.vocab_size;
-        Scratch {
+        Ok(Scratch {
             probe: None,
             max_t,
             ubatch,
-            x: alloc(u * c.dim),
-            xb: alloc(u * c.dim),
-            hb: alloc(u * c.ffn_dim.max(c.q_dim())),
-            q_up: alloc(u * c.ffn_dim.max(c.q_dim())),
-            k: alloc(u * c.kv_dim()),
-            v: alloc(u * c.kv_dim()),
-            logits: alloc(n_logits),
-            out: B::alloc_host(&m.device, n_logits.max(u * c.dim)),
+            x: alloc(u * c.dim)?,
+            xb: alloc(u * c.dim)?,
+            hb: alloc(u * c.ffn_dim.max(c.q_dim()))?,
+            q_up: alloc(u * c.ffn_dim.max(c.q_dim()))?,
+            k: alloc(u * c.kv_dim())?,
+            v: alloc(u * c.kv_dim())?,
+            logits: alloc(n_logits)?,
+            out: B::alloc_host(&m.device, n_logits.max(u * c.dim))?,
             n_logits: 0,
             n_hidden: 0,
             vocab: c.vocab_size,
-        }
+        })
     }
     /// Logits of sequence `i`'s last token after a batched `Logits::Last` call (row `i` of
     /// `logits()`).
@@ -443,8 +456,11 @@ fn step<B: Backend>(
         b.add_assign(x, xb, t, dim);
         probe!("l_out", l, x, t * dim);
     }
+    // What the host may read after this call is what it read back: nothing else (a device
+    // backend's staging holds one output at a time).
+    s.n_logits = 0;
+    s.n_hidden = 0;
     let Some(mode) = mode else {
-        s.n_logits = 0;
         return Ok(());
     };
     // Logits::Last: the last row of each sequence, gathered to the front of x (sequence i's
@@ -463,7 +479,6 @@ fn step<B: Backend>(
     probe!("result_norm", 0, xb, n * dim);
     if mode == Logits::Hidden {
         b.read_back(xb, n * dim, &mut s.out);
-        s.n_logits = 0;
         s.n_hidden = n * dim;
         return Ok(());
     }

@@ -163,7 +163,7 @@ impl<B: Backend> Builder<'_, B> {
         // Norm weights are copied: their mapped pages (and the fault-around's neighbours) would
         // stay resident for nothing.
         t.data.release_pages();
-        Ok(self.backend.upload(v))
+        self.backend.upload(v)
     }
 
     fn build(&self) -> Result<Weights<B>> {

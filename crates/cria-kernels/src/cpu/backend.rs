@@ -27,18 +27,20 @@ impl Backend for CpuBackend {
 
     fn device(&self) {}
 
-    fn alloc(_: &(), n: usize) -> Vec<f32> {
-        vec![0.0; n]
+    fn alloc(_: &(), n: usize) -> cria_core::Result<Vec<f32>> {
+        Ok(vec![0.0; n])
     }
 
-    fn alloc_host(_: &(), _: usize) {}
+    fn alloc_host(_: &(), _: usize) -> cria_core::Result<()> {
+        Ok(())
+    }
 
     fn alloc_kv(_: &(), ty: KvType, n: usize) -> cria_core::Result<KvRows> {
         Ok(KvRows::new(ty, n))
     }
 
-    fn upload(&self, v: Vec<f32>) -> Vec<f32> {
-        v
+    fn upload(&self, v: Vec<f32>) -> cria_core::Result<Vec<f32>> {
+        Ok(v)
     }
 
     fn buf_len(b: &Vec<f32>) -> usize {
