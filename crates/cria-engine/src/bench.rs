@@ -121,7 +121,7 @@ pub fn measure(
     let (n, is_pp) = (test.n(), matches!(test, Test::Prompt(_)));
     let ctx = if is_pp { n } else { n + 1 };
     let mut kv = KvCache::try_with_type(m, ctx, l.kv_type)?;
-    let mut s = Scratch::new(m, if is_pp { n } else { 1 }, Logits::Last);
+    let mut s = Scratch::try_new(m, if is_pp { n } else { 1 }, Logits::Last)?;
     // One fixed token stream per test, the same in every repetition: the logits hash then
     // depends on the model, the test and the code only (not on -r, the thread count or
     // timing), so runs and repetitions can be compared.

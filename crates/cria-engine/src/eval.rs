@@ -7,15 +7,16 @@
 
 use crate::LoadedModel;
 use anyhow::{bail, Result};
+use cria_kernels::Backend;
 use cria_model::{forward, KvCache, Logits, Scratch};
 
 /// Runs `tokens` through the model from position 0, `s.max_t` at a time, handing the position of
 /// each forward's first token and its logits (`s.logits()`) to `f`.
-pub(crate) fn forward_from_start(
-    l: &LoadedModel,
+pub(crate) fn forward_from_start<B: Backend>(
+    l: &LoadedModel<B>,
     tokens: &[u32],
-    kv: &mut KvCache,
-    s: &mut Scratch,
+    kv: &mut KvCache<B>,
+    s: &mut Scratch<B>,
     mode: Logits,
     mut f: impl FnMut(usize, &[f32]) -> Result<()>,
 ) -> Result<()> {
@@ -49,8 +50,8 @@ pub fn n_chunks(tokens: usize, ctx: usize, max_chunks: Option<usize>) -> usize {
 
 /// Evaluates `tokens` chunk by chunk (the module's method), in forwards of at most `batch`
 /// tokens, handing each scored row to `f` in order. Returns the number of chunks.
-pub fn chunked(
-    l: &LoadedModel,
+pub fn chunked<B: Backend>(
+    l: &LoadedModel<B>,
     tokens: &[u32],
     ctx: usize,
     batch: usize,
@@ -71,8 +72,8 @@ pub fn chunked(
     let n_chunks = n_chunks(tokens.len(), ctx, max_chunks);
     let m = &l.model;
     let first = ctx / 2;
-    let mut kv = KvCache::with_type(m, ctx, l.kv_type);
-    let mut s = Scratch::new(m, batch.min(ctx), Logits::All);
+    let mut kv = KvCache::try_with_type(m, ctx, l.kv_type)?;
+    let mut s = Scratch::try_new(m, batch.min(ctx), Logits::All)?;
     let v = m.config.vocab_size;
     let mut chunk = vec![0u32; ctx];
     for c in 0..n_chunks {
@@ -152,8 +153,8 @@ pub struct PplResult {
 
 /// Perplexity of the model over `tokens` by the module's method; `progress` gets each finished
 /// chunk's number (from 1) and the perplexity so far.
-pub fn perplexity(
-    l: &LoadedModel,
+pub fn perplexity<B: Backend>(
+    l: &LoadedModel<B>,
     tokens: &[u32],
     ctx: usize,
     batch: usize,

@@ -18,7 +18,7 @@ pub mod template;
 pub mod tools;
 
 pub use grammar::{Grammar, GrammarError, Matcher, TokenTable};
-pub use load::{load, load_tokenizer_only, render_chat, LoadOptions, LoadedModel};
+pub use load::{load, load_on, load_tokenizer_only, render_chat, LoadOptions, LoadedModel};
 pub use sampler::{Sampler, SamplerConfig};
 pub use stop::StopMatcher;
 pub use template::{ChatTemplate, Message};

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use cria_core::gguf::GgufFile;
-use cria_kernels::CpuBackend;
+use cria_kernels::{Backend, CpuBackend};
 use cria_model::{Config, KvCache, KvType, Logits, Model, Scratch};
 use cria_tokenizer::Tokenizer;
 use std::path::Path;
@@ -24,10 +24,10 @@ pub struct LoadOptions {
 
 /// A loaded model with its tokenizer and backend: what `run`, `chat`, `perplexity`, `bench` and
 /// `serve` work with.
-pub struct LoadedModel {
-    pub model: Model,
+pub struct LoadedModel<B: Backend = CpuBackend> {
+    pub model: Model<B>,
     pub tok: Tokenizer,
-    pub backend: CpuBackend,
+    pub backend: B,
     /// Element type of the KV caches made for this model.
     pub kv_type: KvType,
     pub load_time: Duration,
@@ -46,10 +46,16 @@ const VOCAB_ARRAYS: [&str; 4] = [
     "tokenizer.ggml.merges",
 ];
 
-/// Loads the model at `path`: a Hugging Face folder, else a GGUF file (the first of a split set).
+/// Loads the model at `path`: a Hugging Face folder, else a GGUF file (the first of a split set),
+/// on the CPU backend with `o.threads` threads.
 pub fn load(path: &Path, o: &LoadOptions) -> Result<LoadedModel> {
-    let t0 = Instant::now();
     let backend = CpuBackend::new(o.threads.unwrap_or_else(default_threads));
+    load_on(path, o, backend)
+}
+
+/// [`load`] onto `backend` (`o.threads` is the CPU backend's, not read here).
+pub fn load_on<B: Backend>(path: &Path, o: &LoadOptions, backend: B) -> Result<LoadedModel<B>> {
+    let t0 = Instant::now();
     let loading = || format!("loading {}", path.display());
     let opts = cria_model::LoadOptions { f32: o.f32 };
     let (model, tok) = if path.is_dir() {
@@ -142,7 +148,7 @@ fn generation_config_eos(dir: &Path) -> Result<Vec<u32>> {
     })
 }
 
-impl LoadedModel {
+impl<B: Backend> LoadedModel<B> {
     /// Tokenizes a prompt as llama.cpp does for plain text: BOS if the model wants one.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
         self.tok.encode(text, add_special, parse_special)
@@ -171,8 +177,8 @@ impl LoadedModel {
         }
         let c = &self.model.config;
         let mode = if all { Logits::All } else { Logits::Last };
-        let mut kv = KvCache::with_type(&self.model, tokens.len(), self.kv_type);
-        let mut s = Scratch::new(&self.model, batch.min(tokens.len()), mode);
+        let mut kv = KvCache::try_with_type(&self.model, tokens.len(), self.kv_type)?;
+        let mut s = Scratch::try_new(&self.model, batch.min(tokens.len()), mode)?;
         s.probe = probe;
         let mut out = Vec::with_capacity(if all {
             tokens.len() * c.vocab_size

@@ -21,7 +21,7 @@
 use crate::generate::{GenOptions, GenStats, Generation, StopReason, TokenLogprob};
 use crate::grammar::LazyMatcher;
 use crate::{Sampler, SamplerConfig, StopMatcher};
-use cria_kernels::CpuBackend;
+use cria_kernels::{Backend, CpuBackend};
 use cria_model::{forward_batch, KvCache, KvType, Logits, Model, Scratch, SeqStep};
 use cria_tokenizer::Tokenizer;
 use std::collections::VecDeque;
@@ -204,9 +204,9 @@ pub struct Config {
 
 /// Starts the scheduler thread. It owns the model and backend; the tokenizer is shared with the
 /// handlers (they tokenize, the scheduler detokenizes).
-pub fn spawn<S: Sink + Send + 'static, E: EmbedSink + Send + 'static>(
-    model: Model,
-    backend: CpuBackend,
+pub fn spawn<S: Sink + Send + 'static, E: EmbedSink + Send + 'static, B: Backend + 'static>(
+    model: Model<B>,
+    backend: B,
     tok: Arc<Tokenizer>,
     cfg: Config,
     metrics: Arc<Metrics>,
@@ -226,8 +226,8 @@ pub fn spawn<S: Sink + Send + 'static, E: EmbedSink + Send + 'static>(
     Ok(Engine { tx, alive })
 }
 
-struct Slot<'t, S, E> {
-    kv: KvCache,
+struct Slot<'t, S, E, B: Backend> {
+    kv: KvCache<B>,
     /// Tokens whose keys and values are in `kv`, positions 0..len.
     cached: Vec<u32>,
     active: Option<Active<'t, S>>,
@@ -245,7 +245,7 @@ struct Embedding<E> {
     started: Instant,
 }
 
-impl<S, E> Slot<'_, S, E> {
+impl<S, E, B: Backend> Slot<'_, S, E, B> {
     fn busy(&self) -> bool {
         self.active.is_some() || self.embed.is_some()
     }
@@ -264,14 +264,14 @@ struct Active<'t, S> {
 }
 
 /// The slots, the queue and the step loop (see the module's documentation).
-pub struct Scheduler<'a, S, E> {
-    m: &'a Model,
-    b: &'a CpuBackend,
+pub struct Scheduler<'a, S, E, B: Backend = CpuBackend> {
+    m: &'a Model<B>,
+    b: &'a B,
     tok: &'a Tokenizer,
     metrics: Arc<Metrics>,
-    slots: Vec<Slot<'a, S, E>>,
+    slots: Vec<Slot<'a, S, E, B>>,
     queue: VecDeque<Request<S, E>>,
-    scratch: Scratch,
+    scratch: Scratch<B>,
     step: u64,
     /// (time, generated tokens) of recent steps, for the tokens/s gauge.
     recent: VecDeque<(Instant, usize)>,
@@ -282,10 +282,10 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-impl<'a, S: Sink, E: EmbedSink> Scheduler<'a, S, E> {
+impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
     pub fn new(
-        m: &'a Model,
-        b: &'a CpuBackend,
+        m: &'a Model<B>,
+        b: &'a B,
         tok: &'a Tokenizer,
         cfg: Config,
         metrics: Arc<Metrics>,
@@ -609,7 +609,7 @@ impl<'a, S: Sink, E: EmbedSink> Scheduler<'a, S, E> {
         }
         plan.sort_unstable();
         // Borrow each planned slot's cache mutably and its tokens immutably (disjoint fields).
-        let mut seqs: Vec<SeqStep> = Vec::with_capacity(plan.len());
+        let mut seqs: Vec<SeqStep<B>> = Vec::with_capacity(plan.len());
         for (s, n) in planned(&mut self.slots, &plan) {
             let Slot {
                 kv, cached, active, ..
@@ -685,7 +685,7 @@ impl<'a, S: Sink, E: EmbedSink> Scheduler<'a, S, E> {
             return;
         }
         plan.sort_unstable();
-        let mut seqs: Vec<SeqStep> = Vec::with_capacity(plan.len());
+        let mut seqs: Vec<SeqStep<B>> = Vec::with_capacity(plan.len());
         for (s, n) in planned(&mut self.slots, &plan) {
             let Slot { kv, embed, .. } = s;
             let e = embed.as_ref().expect("embedding");
@@ -754,7 +754,7 @@ impl<'a, S: Sink, E: EmbedSink> Scheduler<'a, S, E> {
     }
 
     /// Samples the slot's next token and sends its text; returns why it stops, if it does.
-    fn sample(slot: &mut Slot<S, E>, logits: &[f32], m: &Metrics) -> Option<StopReason> {
+    fn sample(slot: &mut Slot<S, E, B>, logits: &[f32], m: &Metrics) -> Option<StopReason> {
         // The sampled token is evaluated next step: it needs a free position.
         let room = slot.cached.len() < slot.kv.max_seq;
         let a = slot.active.as_mut().expect("busy");
@@ -821,10 +821,10 @@ impl<'a, S: Sink, E: EmbedSink> Scheduler<'a, S, E> {
 }
 
 /// The slots of a step's plan ((slot, tokens), sorted by slot), each with its token count.
-fn planned<'s, 't: 's, S, E>(
-    slots: &'s mut [Slot<'t, S, E>],
+fn planned<'s, 't: 's, S, E, B: Backend>(
+    slots: &'s mut [Slot<'t, S, E, B>],
     plan: &'s [(usize, usize)],
-) -> impl Iterator<Item = (&'s mut Slot<'t, S, E>, usize)> + 's {
+) -> impl Iterator<Item = (&'s mut Slot<'t, S, E, B>, usize)> + 's {
     slots.iter_mut().enumerate().filter_map(move |(i, s)| {
         let k = plan.binary_search_by_key(&i, |p| p.0).ok()?;
         Some((s, plan[k].1))
@@ -832,11 +832,11 @@ fn planned<'s, 't: 's, S, E>(
 }
 
 /// One batched forward; an error or a panic in it comes back as the message for its jobs.
-fn run_forward(
-    m: &Model,
-    b: &CpuBackend,
-    seqs: &mut [SeqStep],
-    scratch: &mut Scratch,
+fn run_forward<B: Backend>(
+    m: &Model<B>,
+    b: &B,
+    seqs: &mut [SeqStep<B>],
+    scratch: &mut Scratch<B>,
     mode: Logits,
     metrics: &Metrics,
 ) -> Result<(), String> {
