@@ -16,12 +16,12 @@ mod metrics;
 mod panic_tests;
 mod params;
 mod routes;
-mod scheduler;
+mod sink;
 mod tools;
 mod web;
 
 pub use error::ApiError;
-pub use scheduler::Finish;
+pub use sink::Finish;
 
 use anyhow::{bail, Context, Result};
 use cria_engine::LoadedModel;
@@ -199,7 +199,7 @@ fn start_with(parts: LoadedModel, args: &ServeArgs, signals: bool) -> Result<Ser
     let metrics = Arc::new(metrics::Metrics::default());
     let info = routes::ModelInfo::of(&parts.model);
     let vocab = parts.model.config.vocab_size;
-    let engine: scheduler::Engine = scheduler::spawn(
+    let engine: sink::Engine = cria_engine::scheduler::spawn(
         parts.model,
         parts.backend,
         tok.clone(),
@@ -308,7 +308,7 @@ async fn accept_loop(
     app: axum::Router,
     read_timeout: std::time::Duration,
     stop: impl std::future::Future<Output = ()>,
-    engine: scheduler::Engine,
+    engine: sink::Engine,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;

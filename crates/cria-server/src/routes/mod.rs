@@ -18,7 +18,7 @@ use crate::access::{AccessLog, Policy};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::params::{self, Common, Obj};
-use crate::scheduler::Engine;
+use crate::sink::Engine;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Extension, State};
