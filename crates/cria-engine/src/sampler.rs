@@ -541,6 +541,15 @@ pub fn parse_logit_bias(s: &str) -> Result<(u32, f32), String> {
 }
 
 impl SamplerConfig {
+    /// The first `logit_bias` token that is not in a vocabulary of `n_vocab` tokens: the CLI
+    /// and the server refuse it, each in its own words.
+    pub fn bias_outside_vocab(&self, n_vocab: usize) -> Option<u32> {
+        self.logit_bias
+            .iter()
+            .map(|&(id, _)| id)
+            .find(|&id| id as usize >= n_vocab)
+    }
+
     /// A configuration for greedy decoding (everything else at its default).
     pub fn greedy() -> Self {
         SamplerConfig {
@@ -2167,6 +2176,17 @@ mod tests {
     //! its expected probabilities and its 1e-5 tolerance: inputs are logits ln(p), each stage
     //! runs, then a softmax over the survivors (what its `dist` stage leaves in `p`).
     use super::*;
+
+    #[test]
+    fn bias_outside_vocab_is_the_first_id_past_the_end() {
+        let c = SamplerConfig {
+            logit_bias: vec![(1, 1.0), (10, -1.0), (12, 0.5)],
+            ..Default::default()
+        };
+        assert_eq!(c.bias_outside_vocab(11), Some(12));
+        assert_eq!(c.bias_outside_vocab(10), Some(10));
+        assert_eq!(c.bias_outside_vocab(13), None);
+    }
 
     fn from_probs(probs: &[f32]) -> Candidates {
         let logits: Vec<f32> = probs.iter().map(|p| p.ln()).collect();

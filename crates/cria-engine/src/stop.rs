@@ -23,21 +23,55 @@ pub const MAX_STOPS: usize = 64;
 /// Longest stop string, in bytes.
 pub const MAX_STOP_BYTES: usize = 4096;
 
-/// Check a list of stop strings against [`MAX_STOPS`] and [`MAX_STOP_BYTES`].
-pub fn validate_stops<S: AsRef<str>>(stops: &[S]) -> Result<(), String> {
-    if stops.len() > MAX_STOPS {
-        return Err(format!(
-            "stop: {} strings, more than {MAX_STOPS}",
-            stops.len()
-        ));
-    }
-    for (i, s) in stops.iter().enumerate() {
-        let n = s.as_ref().len();
-        if n > MAX_STOP_BYTES {
-            return Err(format!("stop[{i}]: {n} bytes, more than {MAX_STOP_BYTES}"));
+/// How many stop strings, and how long each, a front accepts: the engine's own
+/// ([`STOP_LIMITS`]) or a stricter front's (the server's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopLimits {
+    pub strings: usize,
+    pub bytes: usize,
+}
+
+/// [`MAX_STOPS`] strings of at most [`MAX_STOP_BYTES`] bytes.
+pub const STOP_LIMITS: StopLimits = StopLimits {
+    strings: MAX_STOPS,
+    bytes: MAX_STOP_BYTES,
+};
+
+/// A list of stop strings over a [`StopLimits`]; each front words it its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopLimitError {
+    /// `count` strings, more than the limit's `strings`.
+    TooMany { count: usize },
+    /// String `index` is `bytes` long, more than the limit's `bytes`.
+    TooLong { index: usize, bytes: usize },
+}
+
+impl StopLimits {
+    /// The first way `stops` goes over these limits: too many strings, else the first too long.
+    pub fn check<S: AsRef<str>>(self, stops: &[S]) -> Result<(), StopLimitError> {
+        if stops.len() > self.strings {
+            return Err(StopLimitError::TooMany { count: stops.len() });
+        }
+        match stops.iter().position(|s| s.as_ref().len() > self.bytes) {
+            Some(index) => Err(StopLimitError::TooLong {
+                index,
+                bytes: stops[index].as_ref().len(),
+            }),
+            None => Ok(()),
         }
     }
-    Ok(())
+}
+
+/// Check a list of stop strings against [`STOP_LIMITS`].
+pub fn validate_stops<S: AsRef<str>>(stops: &[S]) -> Result<(), String> {
+    STOP_LIMITS.check(stops).map_err(|e| match e {
+        StopLimitError::TooMany { count } => {
+            format!("stop: {count} strings, more than {MAX_STOPS}")
+        }
+        StopLimitError::TooLong { index, bytes } => {
+            format!("stop[{index}]: {bytes} bytes, more than {MAX_STOP_BYTES}")
+        }
+    })
 }
 
 /// Why and where generation stopped on a stop string.
@@ -204,6 +238,30 @@ fn failure(s: &[u8]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_report_the_first_breach() {
+        let l = StopLimits {
+            strings: 2,
+            bytes: 3,
+        };
+        assert_eq!(l.check(&["abc", ""]), Ok(()));
+        assert_eq!(
+            l.check(&["a", "b", "c"]),
+            Err(StopLimitError::TooMany { count: 3 })
+        );
+        assert_eq!(
+            l.check(&["a", "abcd"]),
+            Err(StopLimitError::TooLong { index: 1, bytes: 4 })
+        );
+        assert_eq!(
+            validate_stops(&["x".repeat(MAX_STOP_BYTES + 1)]).unwrap_err(),
+            format!(
+                "stop[0]: {} bytes, more than {MAX_STOP_BYTES}",
+                MAX_STOP_BYTES + 1
+            )
+        );
+    }
 
     /// Feed `pieces` and return (released text, hit).
     fn run(stops: &[&str], pieces: &[&str]) -> (String, Option<usize>) {

@@ -16,14 +16,14 @@ mod metrics;
 mod panic_tests;
 mod params;
 mod routes;
-mod scheduler;
+mod sink;
 mod tools;
 mod web;
 
 pub use error::ApiError;
-pub use scheduler::Finish;
+pub use sink::Finish;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use cria_engine::LoadedModel;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -163,81 +163,14 @@ const MAX_BLOCKING_THREADS: usize = 4;
 
 /// [`start`], and with `signals` Ctrl-C and SIGTERM shut the server down gracefully.
 fn start_with(parts: LoadedModel, args: &ServeArgs, signals: bool) -> Result<Server> {
-    if args.parallel == 0 || args.parallel > 256 {
-        bail!("--parallel must be from 1 to 256");
-    }
-    let ctx_size = args
-        .ctx_size
-        .unwrap_or(parts.model.config.max_seq_len.min(4096));
-    if ctx_size < 16 {
-        bail!("--ctx-size must be at least 16");
-    }
-    if args.batch == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let api_key = match (&args.api_key, &args.api_key_file) {
-        (Some(k), _) => Some(k.clone()),
-        (None, Some(f)) => {
-            let t = std::fs::read_to_string(f)
-                .with_context(|| format!("reading the API key file {}", f.display()))?;
-            let k = t.lines().next().unwrap_or("").trim().to_string();
-            if k.is_empty() {
-                bail!("the API key file {} is empty", f.display());
-            }
-            Some(k)
-        }
-        (None, None) => None,
-    };
-    let name = parts.name();
-    let mut names = vec![];
-    if let Some(a) = &args.alias {
-        names.push(a.clone());
-    }
-    names.push(name.clone());
-    names.push(format!("{name}.gguf"));
-    let tok = Arc::new(parts.tok);
-    let metrics = Arc::new(metrics::Metrics::default());
-    let info = routes::ModelInfo::of(&parts.model);
-    let vocab = parts.model.config.vocab_size;
-    let engine: scheduler::Engine = scheduler::spawn(
-        parts.model,
-        parts.backend,
-        tok.clone(),
-        cria_engine::scheduler::Config {
-            parallel: args.parallel,
-            ctx_size,
-            batch: args.batch,
-            kv_type: parts.kv_type,
-        },
-        metrics.sched.clone(),
-    )
-    .context("starting the scheduler thread")?;
-    let state = routes::AppState::new(
-        engine.clone(),
-        tok,
-        names,
-        info,
-        ctx_size,
-        vocab,
-        args.parallel,
-        api_key,
-        args.max_body,
-        std::time::Duration::from_secs(args.read_timeout),
-        access::Policy::new(
-            &args.host,
-            &args.allowed_hosts,
-            &args.cors,
-            args.log_prompts,
-        ),
-        metrics,
-    )?;
+    let state = routes::AppState::new(parts, args)?;
+    let (engine, ctx_size, model) = (state.engine.clone(), state.ctx_size, state.names[0].clone());
     let listener = std::net::TcpListener::bind((args.host.as_str(), args.port))
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let app = routes::router(Arc::new(state));
     let read_timeout = std::time::Duration::from_secs(args.read_timeout);
-    let model = args.alias.clone().unwrap_or(name);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread =
         std::thread::Builder::new()
@@ -308,7 +241,7 @@ async fn accept_loop(
     app: axum::Router,
     read_timeout: std::time::Duration,
     stop: impl std::future::Future<Output = ()>,
-    engine: scheduler::Engine,
+    engine: sink::Engine,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;

@@ -3,7 +3,7 @@
 //! next request is served; a dead scheduler thread makes /health say 503 and generation
 //! requests get a clear 503 instead of hanging.
 
-use crate::scheduler::{KILL_SEED, PANIC_SEED};
+use crate::sink::{KILL_SEED, PANIC_SEED};
 use crate::ServeArgs;
 use serde_json::{json, Value};
 

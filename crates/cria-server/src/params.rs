@@ -4,6 +4,7 @@
 
 use crate::error::ApiError;
 use cria_engine::grammar::{json_schema_to_gbnf, Grammar};
+use cria_engine::stop::{StopLimitError, StopLimits};
 use cria_engine::SamplerConfig;
 use serde_json::{Map, Value};
 
@@ -151,8 +152,10 @@ pub struct Common {
 /// prompts x choices.
 pub const MAX_N: i64 = 128;
 /// Most stop strings, and bytes in each.
-pub const MAX_STOP: usize = 16;
-pub const MAX_STOP_BYTES: usize = 1024;
+pub const STOP_LIMITS: StopLimits = StopLimits {
+    strings: 16,
+    bytes: 1024,
+};
 /// Most `logit_bias` entries.
 pub const MAX_LOGIT_BIAS: usize = 1024;
 /// Most values in a list given to a sampler option (`samplers`, `dry_sequence_breakers`, ...).
@@ -198,19 +201,13 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
     let stop = match get(o, "stop") {
         None => vec![],
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) if a.len() <= MAX_STOP => a
+        Some(Value::Array(a)) => a
             .iter()
             .map(|s| s.as_str().map(String::from))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| {
                 ApiError::param("stop", "'stop' must be a string or a list of strings")
             })?,
-        Some(Value::Array(_)) => {
-            return Err(ApiError::param(
-                "stop",
-                format!("'stop' may hold at most {MAX_STOP} strings"),
-            ))
-        }
         Some(_) => {
             return Err(ApiError::param(
                 "stop",
@@ -218,12 +215,16 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
             ))
         }
     };
-    if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
-        return Err(ApiError::param(
-            "stop",
-            format!("a stop string may be at most {MAX_STOP_BYTES} bytes long"),
-        ));
-    }
+    let StopLimits { strings, bytes } = STOP_LIMITS;
+    STOP_LIMITS.check(&stop).map_err(|e| {
+        let msg = match e {
+            StopLimitError::TooMany { .. } => format!("'stop' may hold at most {strings} strings"),
+            StopLimitError::TooLong { .. } => {
+                format!("a stop string may be at most {bytes} bytes long")
+            }
+        };
+        ApiError::param("stop", msg)
+    })?;
     let mut sc = SamplerConfig::default();
     if let Some(t) = opt_num(o, "temperature", 0.0, 2.0)? {
         sc.temperature = t;
@@ -269,17 +270,7 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
             ));
         }
         for (k, v) in m {
-            let id: u32 = k
-                .trim()
-                .parse()
-                .ok()
-                .filter(|&id| (id as usize) < vocab)
-                .ok_or_else(|| {
-                    ApiError::param(
-                        "logit_bias",
-                        format!("logit_bias: {k:?} is not a token id of this model (0..{vocab})"),
-                    )
-                })?;
+            let id: u32 = k.trim().parse().map_err(|_| not_a_token(k, vocab))?;
             let bias = v
                 .as_f64()
                 .filter(|b| (-100.0..=100.0).contains(b))
@@ -296,6 +287,10 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
                 bias as f32
             };
             sc.logit_bias.push((id, bias));
+        }
+        if let Some(id) = sc.bias_outside_vocab(vocab) {
+            let k = m.keys().find(|k| k.trim().parse() == Ok(id));
+            return Err(not_a_token(k.map_or("", |k| k.as_str()), vocab));
         }
     }
     // Every other sampler option of the engine's table (`SamplerConfig::options`), by any of its
@@ -376,6 +371,14 @@ pub fn common(o: &Obj, chat: bool, ctx_size: usize, vocab: usize) -> Result<Comm
     };
     logprob_budget(&c, n, chat, ctx_size)?;
     Ok(c)
+}
+
+/// A `logit_bias` key that is no token id of the model.
+fn not_a_token(k: &str, vocab: usize) -> ApiError {
+    ApiError::param(
+        "logit_bias",
+        format!("logit_bias: {k:?} is not a token id of this model (0..{vocab})"),
+    )
 }
 
 /// `choices` x max_tokens x (1 + top) log-prob entries at most [`MAX_LOGPROB_ENTRIES`].

@@ -7,7 +7,7 @@
 //! "required" (or a named function) the whole answer is a call.
 
 use crate::error::ApiError;
-use crate::scheduler::Finish;
+use crate::sink::Finish;
 use cria_engine::grammar::{Grammar, Trigger};
 use cria_engine::tools::{call_grammar, parse_calls, CallForm, CallSpec, ToolCall};
 use serde_json::{json, Value};

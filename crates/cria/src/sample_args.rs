@@ -167,11 +167,7 @@ impl SamplerArgs {
 /// sequence breakers tokenized against `tok` when DRY is on (the scan reads every token's text
 /// once, a few milliseconds). A --logit-bias token outside the vocabulary is an error.
 pub fn build_sampler(cfg: SamplerConfig, n_vocab: usize, tok: &Tokenizer) -> Result<Sampler> {
-    if let Some((id, _)) = cfg
-        .logit_bias
-        .iter()
-        .find(|(id, _)| *id as usize >= n_vocab)
-    {
+    if let Some(id) = cfg.bias_outside_vocab(n_vocab) {
         return Err(anyhow!(
             "--logit-bias: token {id} is not in the model's vocabulary (0..{n_vocab})"
         ));

@@ -5,9 +5,10 @@ use super::AppState;
 use crate::access::AccessLog;
 use crate::error::ApiError;
 use crate::params::{get, opt_str, Obj};
-use crate::scheduler::{EmbedJob, Request};
+use crate::sink::EmbedSink;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use cria_engine::scheduler::{EmbedJob, Request, STOPPED};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::sync::mpsc::unbounded_channel;
@@ -56,8 +57,10 @@ pub(super) async fn embeddings(
         st.engine
             .submit(Request::Embed(EmbedJob {
                 input,
-                index,
-                tx: tx.clone(),
+                sink: EmbedSink {
+                    tx: tx.clone(),
+                    index,
+                },
             }))
             .map_err(ApiError::unavailable)?;
     }
@@ -67,7 +70,7 @@ pub(super) async fn embeddings(
         let (i, v) = rx
             .recv()
             .await
-            .ok_or_else(|| ApiError::unavailable(crate::scheduler::STOPPED))?;
+            .ok_or_else(|| ApiError::unavailable(STOPPED))?;
         vecs[i] = v.map_err(ApiError::internal)?;
     }
     let data: Vec<Value> = vecs

@@ -6,10 +6,11 @@ use super::{now_secs, AppState};
 use crate::access::AccessLog;
 use crate::error::ApiError;
 use crate::params::Common;
-use crate::scheduler::{GenParams, Job, Request};
+use crate::sink::EventSink;
 use crate::tools;
 use axum::response::Response;
 use cria_engine::grammar::{LazyMatcher, Trigger};
+use cria_engine::scheduler::GenParams;
 use std::sync::Arc;
 use tokio::sync::mpsc::unbounded_channel;
 
@@ -67,9 +68,9 @@ pub(super) async fn generate(
                 cria_engine::sampler::random_seed()
             };
             let matcher = matchers[pi * n + j].take();
-            jobs.push(Job {
-                prompt: prompt.clone(),
-                params: GenParams {
+            jobs.push(EventSink::job(
+                prompt.clone(),
+                GenParams {
                     sampler,
                     max_tokens: c.max_tokens.unwrap_or(st.ctx_size),
                     stop: c.stop.clone(),
@@ -77,16 +78,14 @@ pub(super) async fn generate(
                     logprobs: c.logprobs,
                     ignore_eos: c.ignore_eos,
                 },
-                index: pi * n + j,
-                tx: tx.clone(),
-            });
+                pi * n + j,
+                tx.clone(),
+            ));
         }
     }
     drop(tx);
     for j in jobs {
-        st.engine
-            .submit(Request::Generate(j))
-            .map_err(ApiError::unavailable)?;
+        st.engine.submit(j).map_err(ApiError::unavailable)?;
     }
     let ctx = RespCtx {
         id: st.id(if g.chat { "chatcmpl" } else { "cmpl" }),

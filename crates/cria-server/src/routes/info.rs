@@ -15,7 +15,7 @@ pub(super) async fn health(State(st): State<Arc<AppState>>) -> Response {
     if st.engine.is_alive() {
         Json(json!({"status": "ok"})).into_response()
     } else {
-        let body = json!({"status": "error", "error": crate::scheduler::STOPPED});
+        let body = json!({"status": "error", "error": cria_engine::scheduler::STOPPED});
         (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }

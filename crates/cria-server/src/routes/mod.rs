@@ -18,7 +18,9 @@ use crate::access::{AccessLog, Policy};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::params::{self, Common, Obj};
-use crate::scheduler::Engine;
+use crate::sink::Engine;
+use crate::ServeArgs;
+use anyhow::{bail, Context};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Extension, State};
@@ -28,6 +30,7 @@ use axum::Router;
 use cria_engine::grammar::TokenTable;
 use cria_engine::template::Message;
 use cria_engine::tools::ChatFormat;
+use cria_engine::LoadedModel;
 use cria_model::Model;
 use cria_tokenizer::Tokenizer;
 use serde_json::Value;
@@ -40,7 +43,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const MAX_COMPILATIONS: usize = 2;
 
 /// What /v1/models says about the model.
-pub struct ModelInfo {
+struct ModelInfo {
     n_ctx_train: usize,
     n_vocab: usize,
     n_embd: usize,
@@ -48,7 +51,7 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
-    pub fn of(m: &Model) -> Self {
+    fn of(m: &Model) -> Self {
         ModelInfo {
             n_ctx_train: m.config.max_seq_len,
             n_vocab: m.config.vocab_size,
@@ -59,14 +62,15 @@ impl ModelInfo {
 }
 
 pub struct AppState {
-    engine: Engine,
+    pub(crate) engine: Engine,
     tok: Arc<Tokenizer>,
     /// The chat template, and how it takes tools.
     format: ChatFormat,
     /// Names the model answers to; the first is the one reported.
-    names: Vec<String>,
+    pub(crate) names: Vec<String>,
     info: ModelInfo,
-    ctx_size: usize,
+    /// Context per slot, in tokens.
+    pub(crate) ctx_size: usize,
     vocab: usize,
     parallel: usize,
     api_key: Option<String>,
@@ -93,21 +97,59 @@ fn now_secs() -> u64 {
 }
 
 impl AppState {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        engine: Engine,
-        tok: Arc<Tokenizer>,
-        names: Vec<String>,
-        info: ModelInfo,
-        ctx_size: usize,
-        vocab: usize,
-        parallel: usize,
-        api_key: Option<String>,
-        max_body: usize,
-        read_timeout: std::time::Duration,
-        policy: Policy,
-        metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Self> {
+    /// Checks the serve options, starts the scheduler thread over the model (the tokenizer is
+    /// shared: the handlers tokenize, the scheduler detokenizes) and sets up what the handlers
+    /// share.
+    pub fn new(parts: LoadedModel, args: &ServeArgs) -> anyhow::Result<Self> {
+        if args.parallel == 0 || args.parallel > 256 {
+            bail!("--parallel must be from 1 to 256");
+        }
+        let ctx_size = args
+            .ctx_size
+            .unwrap_or(parts.model.config.max_seq_len.min(4096));
+        if ctx_size < 16 {
+            bail!("--ctx-size must be at least 16");
+        }
+        if args.batch == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        let api_key = match (&args.api_key, &args.api_key_file) {
+            (Some(k), _) => Some(k.clone()),
+            (None, Some(f)) => {
+                let t = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the API key file {}", f.display()))?;
+                let k = t.lines().next().unwrap_or("").trim().to_string();
+                if k.is_empty() {
+                    bail!("the API key file {} is empty", f.display());
+                }
+                Some(k)
+            }
+            (None, None) => None,
+        };
+        let name = parts.name();
+        let mut names = vec![];
+        if let Some(a) = &args.alias {
+            names.push(a.clone());
+        }
+        names.push(name.clone());
+        names.push(format!("{name}.gguf"));
+        let tok = Arc::new(parts.tok);
+        let metrics = Arc::new(Metrics::default());
+        let info = ModelInfo::of(&parts.model);
+        let vocab = parts.model.config.vocab_size;
+        let engine: Engine = cria_engine::scheduler::spawn(
+            parts.model,
+            parts.backend,
+            tok.clone(),
+            cria_engine::scheduler::Config {
+                parallel: args.parallel,
+                ctx_size,
+                batch: args.batch,
+                kv_type: parts.kv_type,
+            },
+            metrics.sched.clone(),
+        )
+        .context("starting the scheduler thread")?;
         let format = ChatFormat::new(tok.chat_template())
             .map_err(|e| anyhow::anyhow!("the model's chat template: {e}"))?;
         Ok(AppState {
@@ -118,11 +160,16 @@ impl AppState {
             info,
             ctx_size,
             vocab,
-            parallel,
+            parallel: args.parallel,
             api_key,
-            max_body,
-            read_timeout,
-            policy,
+            max_body: args.max_body,
+            read_timeout: std::time::Duration::from_secs(args.read_timeout),
+            policy: Policy::new(
+                &args.host,
+                &args.allowed_hosts,
+                &args.cors,
+                args.log_prompts,
+            ),
             metrics,
             table: OnceLock::new(),
             compiling: Arc::new(tokio::sync::Semaphore::new(MAX_COMPILATIONS)),

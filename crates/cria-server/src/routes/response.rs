@@ -3,12 +3,14 @@
 
 use crate::access::AccessLog;
 use crate::error::ApiError;
-use crate::scheduler::{Event, EventKind, Finish, TokenLogprob};
+use crate::sink::{Event, EventKind, Finish};
 use crate::tools;
 use axum::http::header;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use cria_engine::generate::TokenLogprob;
+use cria_engine::scheduler::STOPPED;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -96,7 +98,7 @@ pub(super) async fn collect_response(
     let (mut completion, mut cached, mut done) = (0, 0, 0);
     while done < ctx.n_choices {
         let Some(ev) = rx.recv().await else {
-            return Err(ApiError::unavailable(crate::scheduler::STOPPED));
+            return Err(ApiError::unavailable(STOPPED));
         };
         let a = &mut acc[ev.index];
         match ev.kind {
@@ -286,7 +288,7 @@ pub(super) fn stream_response(
             let ev = match s.rx.recv().await {
                 Some(ev) => ev,
                 None => {
-                    let e = ApiError::unavailable(crate::scheduler::STOPPED);
+                    let e = ApiError::unavailable(STOPPED);
                     s.out.push_back(e.body().to_string());
                     s.out.push_back("[DONE]".into());
                     s.ended = true;

@@ -1,39 +1,14 @@
-//! The server's side of the engine's batch scheduler ([`cria_engine::scheduler`]): requests as
-//! the handlers make them (a job with its choice index and the channel its events go back on),
-//! turned into engine jobs whose sinks send [`Event`]s over tokio channels; the engine's stop
-//! reasons as OpenAI's finish_reason.
+//! The server's sinks for the engine's batch scheduler ([`cria_engine::scheduler`]): a job's
+//! text and end sent as [`Event`]s over a tokio channel with its choice index, an embedding's
+//! vector with its place in the request; the engine's stop reasons as OpenAI's finish_reason.
 
-use cria_engine::generate::StopReason;
-pub use cria_engine::generate::TokenLogprob; // merge shim (issue 20)
-use cria_engine::scheduler as engine;
-pub use cria_engine::scheduler::GenParams; // merge shim (issue 20)
+use cria_engine::generate::{StopReason, TokenLogprob};
+use cria_engine::scheduler::{self as engine, GenParams};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
-pub use engine::STOPPED;
-
-/// One generation (one choice of a request).
-pub struct Job {
-    pub prompt: Arc<Vec<u32>>,
-    pub params: GenParams,
-    /// The choice index its events carry.
-    pub index: usize,
-    pub tx: UnboundedSender<Event>,
-}
-
-/// One input of an embedding request (see [`engine::EmbedJob`]).
-pub struct EmbedJob {
-    pub input: Vec<u32>,
-    /// The input's place in the request, sent back with its vector.
-    pub index: usize,
-    pub tx: UnboundedSender<(usize, Result<Vec<f32>, String>)>,
-}
-
-#[allow(clippy::large_enum_variant)] // each request is moved once, into the queue
-pub enum Request {
-    Generate(Job),
-    Embed(EmbedJob),
-}
+/// The scheduler as the handlers hold it: generations and embeddings with the sinks below.
+pub type Engine = engine::Engine<EventSink, EmbedSink>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Finish {
@@ -96,6 +71,26 @@ pub struct EventSink {
 }
 
 impl EventSink {
+    /// A generation job for choice `index` of a request, its events sent on `tx`.
+    pub fn job(
+        prompt: Arc<Vec<u32>>,
+        params: GenParams,
+        index: usize,
+        tx: UnboundedSender<Event>,
+    ) -> engine::Request<EventSink, EmbedSink> {
+        engine::Request::Generate(engine::Job {
+            sink: EventSink {
+                tx,
+                index,
+                #[cfg(test)]
+                seed: params.sampler.seed,
+            },
+            prompt,
+            params,
+            sampler: None,
+        })
+    }
+
     fn send(&self, kind: EventKind) {
         let _ = self.tx.send(Event {
             index: self.index,
@@ -143,8 +138,8 @@ impl engine::Sink for EventSink {
 
 /// An embedding input's vector, sent over its channel with its place in the request.
 pub struct EmbedSink {
-    tx: UnboundedSender<(usize, Result<Vec<f32>, String>)>,
-    index: usize,
+    pub tx: UnboundedSender<(usize, Result<Vec<f32>, String>)>,
+    pub index: usize,
 }
 
 impl engine::EmbedSink for EmbedSink {
@@ -155,56 +150,4 @@ impl engine::EmbedSink for EmbedSink {
     fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
-}
-
-/// The handlers' side: submit requests; the thread ends when every `Engine` clone is dropped.
-#[derive(Clone)]
-pub struct Engine(engine::Engine<EventSink, EmbedSink>);
-
-impl Engine {
-    pub fn submit(&self, r: Request) -> Result<(), String> {
-        self.0.submit(match r {
-            Request::Generate(j) => engine::Request::Generate(engine::Job {
-                sink: EventSink {
-                    tx: j.tx,
-                    index: j.index,
-                    #[cfg(test)]
-                    seed: j.params.sampler.seed,
-                },
-                prompt: j.prompt,
-                params: j.params,
-                sampler: None,
-            }),
-            Request::Embed(e) => engine::Request::Embed(engine::EmbedJob {
-                input: e.input,
-                sink: EmbedSink {
-                    tx: e.tx,
-                    index: e.index,
-                },
-            }),
-        })
-    }
-
-    /// The server is shutting down: end every generation now (finish_reason "length"), drop
-    /// what is queued (those clients get a 503).
-    pub fn shutdown(&self) {
-        self.0.shutdown()
-    }
-
-    /// Whether the scheduler thread still runs (/health reports it).
-    pub fn is_alive(&self) -> bool {
-        self.0.is_alive()
-    }
-}
-
-/// Starts the scheduler thread over the loaded model; the tokenizer is shared with the handlers
-/// (they tokenize, the scheduler detokenizes).
-pub fn spawn(
-    model: cria_model::Model,
-    backend: cria_kernels::CpuBackend,
-    tok: Arc<cria_tokenizer::Tokenizer>,
-    cfg: engine::Config,
-    metrics: Arc<engine::Metrics>,
-) -> std::io::Result<Engine> {
-    engine::spawn(model, backend, tok, cfg, metrics).map(Engine)
 }
