@@ -18,15 +18,6 @@
 use crate::dot::layout::*;
 use std::arch::x86_64::*;
 
-macro_rules! avx2_fn {
-    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident $($rest:tt)*) => {
-        $(#[$m])*
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        $vis unsafe fn $name $($rest)*
-    };
-}
-
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 

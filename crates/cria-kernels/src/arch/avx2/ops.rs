@@ -6,15 +6,6 @@ use crate::ops::{flash_tile_body, visible, FlashBuf, KvBytes, FLASH_KEYS};
 use crate::AttnShape;
 use std::arch::x86_64::*;
 
-macro_rules! avx2_fn {
-    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident $($rest:tt)*) => {
-        $(#[$m])*
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        $vis unsafe fn $name $($rest)*
-    };
-}
-
 avx2_fn! {
 /// An f32 constant given by its bits (ggml writes these as hex floats).
 unsafe fn splat(bits: u32) -> __m256 {
