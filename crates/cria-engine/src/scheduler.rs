@@ -203,26 +203,39 @@ pub struct Config {
 }
 
 /// Starts the scheduler thread. It owns the model and backend; the tokenizer is shared with the
-/// handlers (they tokenize, the scheduler detokenizes).
+/// handlers (they tokenize, the scheduler detokenizes). Returns once the thread has allocated
+/// its slots' caches and scratch, or with the reason it could not (a backend out of memory).
 pub fn spawn<S: Sink + Send + 'static, E: EmbedSink + Send + 'static, B: Backend + 'static>(
     model: Model<B>,
     backend: B,
     tok: Arc<Tokenizer>,
     cfg: Config,
     metrics: Arc<Metrics>,
-) -> std::io::Result<Engine<S, E>> {
+) -> cria_core::Result<Engine<S, E>> {
     let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
     let alive = Arc::new(AtomicBool::new(true));
     let guard = AliveGuard(alive.clone());
     std::thread::Builder::new()
         .name("cria-scheduler".into())
         .spawn(move || {
-            let mut s = Scheduler::new(&model, &backend, &tok, cfg, metrics);
+            let mut s = match Scheduler::new(&model, &backend, &tok, cfg, metrics) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
             // Declared after the scheduler, so dropped before it (a panic included): the engine
             // reads as dead before the jobs' sinks are dropped and their clients answered.
             let _alive = guard;
             s.run(rx);
-        })?;
+        })
+        .map_err(|e| cria_core::Error::msg(format!("starting the scheduler thread: {e}")))?;
+    ready_rx.recv().map_err(|_| {
+        cria_core::Error::msg("the scheduler thread ended before it was ready".to_string())
+    })??;
     Ok(Engine { tx, alive })
 }
 
@@ -289,18 +302,20 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
         tok: &'a Tokenizer,
         cfg: Config,
         metrics: Arc<Metrics>,
-    ) -> Self {
+    ) -> cria_core::Result<Self> {
         let slots = (0..cfg.parallel)
-            .map(|_| Slot {
-                kv: KvCache::with_type(m, cfg.ctx_size, cfg.kv_type),
-                cached: Vec::with_capacity(cfg.ctx_size),
-                active: None,
-                embed: None,
-                last_used: 0,
+            .map(|_| {
+                Ok(Slot {
+                    kv: KvCache::try_with_type(m, cfg.ctx_size, cfg.kv_type)?,
+                    cached: Vec::with_capacity(cfg.ctx_size),
+                    active: None,
+                    embed: None,
+                    last_used: 0,
+                })
             })
-            .collect();
-        let scratch = Scratch::with_seqs(m, cfg.batch.max(cfg.parallel), cfg.parallel);
-        Scheduler {
+            .collect::<cria_core::Result<_>>()?;
+        let scratch = Scratch::try_with_seqs(m, cfg.batch.max(cfg.parallel), cfg.parallel)?;
+        Ok(Scheduler {
             m,
             b,
             tok,
@@ -310,7 +325,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             scratch,
             step: 0,
             recent: VecDeque::new(),
-        }
+        })
     }
 
     /// Queues a request (served by the next [`run_until_idle`](Self::run_until_idle)).

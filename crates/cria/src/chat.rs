@@ -189,7 +189,7 @@ pub fn run(a: &ChatArgs) -> Result<()> {
     if l.tok.chat_template().is_none() {
         eprintln!("note: the model has no chat template; using ChatML");
     }
-    let mut state = crate::terminal::one_slot(&l, ctx_size, a.gen.batch);
+    let mut state = crate::terminal::one_slot(&l, ctx_size, a.gen.batch)?;
     eprintln!(
         "{} ({} params) | context {} tokens | {} | /help for commands, Ctrl-D to leave",
         spec.unwrap_or("default model"),

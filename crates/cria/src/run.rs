@@ -217,7 +217,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         logprobs: None,
         ignore_eos: a.ignore_eos,
     };
-    let mut one = crate::terminal::one_slot(&l, ctx, a.gen.batch);
+    let mut one = crate::terminal::one_slot(&l, ctx, a.gen.batch)?;
     let (done, text) = crate::terminal::answer(&mut one, prompt, params, sampler, None);
     text?;
     writeln!(std::io::stdout())?;

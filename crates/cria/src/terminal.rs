@@ -62,7 +62,7 @@ impl Sink for Terminal {
 pub type OneSlot<'a> = Scheduler<'a, Terminal, NoEmbed>;
 
 /// A scheduler with one slot of `ctx_size` tokens, reading prompts `batch` tokens at a time.
-pub fn one_slot(l: &LoadedModel, ctx_size: usize, batch: usize) -> OneSlot<'_> {
+pub fn one_slot(l: &LoadedModel, ctx_size: usize, batch: usize) -> Result<OneSlot<'_>> {
     let cfg = Config {
         parallel: 1,
         ctx_size,
@@ -70,13 +70,13 @@ pub fn one_slot(l: &LoadedModel, ctx_size: usize, batch: usize) -> OneSlot<'_> {
         batch: batch.clamp(1, ctx_size.max(1)),
         kv_type: l.kv_type,
     };
-    Scheduler::new(
+    Ok(Scheduler::new(
         &l.model,
         &l.backend,
         &l.tok,
         cfg,
         Arc::new(Metrics::default()),
-    )
+    )?)
 }
 
 /// Generates the answer to `prompt` in `s`, streamed to stdout: how it ended (with the sampler

@@ -149,7 +149,7 @@ impl AppState {
             },
             metrics.sched.clone(),
         )
-        .context("starting the scheduler thread")?;
+        .context("starting the scheduler")?;
         let format = ChatFormat::new(tok.chat_template())
             .map_err(|e| anyhow::anyhow!("the model's chat template: {e}"))?;
         Ok(AppState {
