@@ -148,6 +148,12 @@ enum Cmd {
         /// Stop after this many chunks.
         #[arg(long = "chunks", value_name = "N")]
         chunks: Option<usize>,
+        /// The base log-probs file (llama.cpp's layout): written, or with --kl-divergence read.
+        #[arg(long = "kl-divergence-base", value_name = "FILE")]
+        kld_base: Option<PathBuf>,
+        /// Compare against --kl-divergence-base (its tokens and context; -f is not read).
+        #[arg(long = "kl-divergence")]
+        kld: bool,
     },
     /// Prompt-processing and generation speed, as llama-bench measures it, with the share of the
     /// memory roofline that decoding reaches.
@@ -381,7 +387,17 @@ fn real_main() -> Result<()> {
             ctx_size,
             batch,
             chunks,
+            kld_base,
+            kld,
         } => {
+            if kld {
+                let Some(base) = kld_base else {
+                    bail!("--kl-divergence needs --kl-divergence-base FILE (the base model's log-probs)");
+                };
+                let l = load::model(m.model.as_deref(), &m)?;
+                perplexity::kl_divergence(&l, &base, batch, &mut std::io::stdout().lock())?;
+                return Ok(());
+            }
             let text =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let text = String::from_utf8_lossy(&text).into_owned();
@@ -392,6 +408,7 @@ fn real_main() -> Result<()> {
                 ctx_size,
                 batch,
                 chunks,
+                kld_base.as_deref(),
                 &mut std::io::stdout().lock(),
             )?;
         }

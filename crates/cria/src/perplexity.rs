@@ -1,10 +1,14 @@
 //! `cria perplexity`: the text's perplexity by llama.cpp's method (`cria_engine::eval`), printed
-//! as llama-perplexity prints it.
+//! as llama-perplexity prints it; with `--kl-divergence-base FILE` it also saves the model's
+//! log-probs there (llama.cpp's layout), and with `--kl-divergence` it reads them back and prints
+//! llama.cpp's KL-divergence statistics of this model against that base.
 
-use anyhow::Result;
-use cria_engine::eval::{n_chunks, perplexity, PplResult};
+use anyhow::{bail, Context, Result};
+use cria_engine::eval::{chunked, n_chunks, nll, perplexity, NllSum, PplResult};
+use cria_engine::kld::{self, median, percentile, KldStats};
 use cria_engine::LoadedModel;
-use std::io::Write;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
 
 pub fn run(
     l: &LoadedModel,
@@ -12,6 +16,7 @@ pub fn run(
     ctx: usize,
     batch: usize,
     max_chunks: Option<usize>,
+    base: Option<&Path>,
     out: &mut dyn Write,
 ) -> Result<PplResult> {
     let tokens = l.tok.encode(text, true, false);
@@ -21,10 +26,13 @@ pub fn run(
         n_chunks(tokens.len(), ctx, max_chunks)
     );
     let t0 = std::time::Instant::now();
-    let r = perplexity(l, &tokens, ctx, batch, max_chunks, |i, p| {
-        let _ = write!(out, "[{i}]{p:.4},");
-        let _ = out.flush();
-    })?;
+    let r = match base {
+        None => perplexity(l, &tokens, ctx, batch, max_chunks, |i, p| {
+            let _ = write!(out, "[{i}]{p:.4},");
+            let _ = out.flush();
+        })?,
+        Some(path) => save_base(l, &tokens, ctx, batch, max_chunks, path, out)?,
+    };
     writeln!(out)?;
     writeln!(out, "PPL = {:.4} +/- {:.5}", r.ppl, r.stderr)?;
     eprintln!(
@@ -34,4 +42,168 @@ pub fn run(
         t0.elapsed().as_secs_f64()
     );
     Ok(r)
+}
+
+/// Perplexity, saving each scored row's compressed log-probs to `path`.
+fn save_base(
+    l: &LoadedModel,
+    tokens: &[u32],
+    ctx: usize,
+    batch: usize,
+    max_chunks: Option<usize>,
+    path: &Path,
+    out: &mut dyn Write,
+) -> Result<PplResult> {
+    let n = n_chunks(tokens.len(), ctx, max_chunks);
+    let vocab = l.model.config.vocab_size;
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = BufWriter::new(f);
+    if n > 0 {
+        kld::write_header(&mut w, ctx, vocab, n, tokens)?;
+    }
+    let mut acc = NllSum::default();
+    let mut buf = Vec::new();
+    let chunks = chunked(l, tokens, ctx, batch, max_chunks, |r| {
+        kld::write_row(&mut w, r.logits, &mut buf)?;
+        acc.add(nll(r.logits, r.next));
+        if r.chunk_end {
+            let _ = write!(out, "[{}]{:.4},", r.chunk + 1, acc.ppl());
+            let _ = out.flush();
+        }
+        Ok(())
+    })?;
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("saved the log-probs to {}", path.display());
+    Ok(PplResult {
+        ppl: acc.ppl(),
+        stderr: acc.stderr(),
+        chunks,
+        scored: acc.count(),
+    })
+}
+
+/// KL divergence of this model against the base file's log-probs, over the base file's tokens and
+/// context (as llama.cpp's `--kl-divergence` does; the text is not needed).
+pub fn kl_divergence(
+    l: &LoadedModel,
+    path: &Path,
+    batch: usize,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = f.metadata()?.len();
+    let mut r = BufReader::new(f);
+    let vocab = l.model.config.vocab_size;
+    let h = kld::read_header(&mut r, len, vocab)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if h.n_chunk < 2 {
+        bail!(
+            "{}: one chunk only; KL statistics need at least two",
+            path.display()
+        );
+    }
+    eprintln!(
+        "{} chunks of {} from {}",
+        h.n_chunk,
+        h.n_ctx,
+        path.display()
+    );
+    let mut st = KldStats::default();
+    let mut row = Vec::new();
+    chunked(l, &h.tokens, h.n_ctx, batch, None, |s| {
+        kld::read_row(&mut r, vocab, &mut row)?;
+        st.add(s.logits, &row, s.next);
+        if s.chunk_end {
+            let _ = write!(out, "[{}]", s.chunk + 1);
+            let _ = out.flush();
+        }
+        Ok(())
+    })?;
+    writeln!(out)?;
+    if st.count() < 100 {
+        bail!(
+            "{} scored tokens: too few for statistics (llama.cpp wants 100)",
+            st.count()
+        );
+    }
+    let s = st.summary();
+    let pm = |x: (f64, f64)| format!("{:10.6} ± {:10.6}", x.0, x.1);
+    writeln!(out, "====== Perplexity statistics ======")?;
+    writeln!(out, "Mean PPL(Q)                   : {}", pm(s.ppl))?;
+    writeln!(out, "Mean PPL(base)                : {}", pm(s.ppl_base))?;
+    writeln!(
+        out,
+        "Cor(ln(PPL(Q)), ln(PPL(base))): {:6.2}%",
+        100.0 * s.cor
+    )?;
+    writeln!(out, "Mean ln(PPL(Q)/PPL(base))     : {}", pm(s.ln_ratio))?;
+    writeln!(out, "Mean PPL(Q)/PPL(base)         : {}", pm(s.ratio))?;
+    writeln!(out, "Mean PPL(Q)-PPL(base)         : {}", pm(s.diff))?;
+    writeln!(out)?;
+    writeln!(out, "====== KL divergence statistics ======")?;
+    writeln!(out, "Mean    KLD: {}", pm(s.kld))?;
+    let k = &s.kld_sorted;
+    writeln!(out, "Maximum KLD: {:10.6}", k[k.len() - 1])?;
+    for (name, f) in [
+        ("99.9%", 0.999),
+        ("99.0%", 0.99),
+        ("95.0%", 0.95),
+        ("90.0%", 0.9),
+    ] {
+        writeln!(out, "{name}   KLD: {:10.6}", percentile(k, f))?;
+    }
+    writeln!(out, "Median  KLD: {:10.6}", median(k))?;
+    for (name, f) in [
+        ("10.0%", 0.1),
+        (" 5.0%", 0.05),
+        (" 1.0%", 0.01),
+        (" 0.1%", 0.001),
+    ] {
+        writeln!(out, "{name}   KLD: {:10.6}", percentile(k, f))?;
+    }
+    writeln!(out, "Minimum KLD: {:10.6}", k[0])?;
+    writeln!(out)?;
+    writeln!(out, "====== Token probability statistics ======")?;
+    writeln!(
+        out,
+        "Mean    Δp: {:6.3} ± {:5.3} %",
+        100.0 * s.p_diff.0,
+        100.0 * s.p_diff.1
+    )?;
+    let p = &s.p_diff_sorted;
+    writeln!(out, "Maximum Δp: {:6.3}%", 100.0 * p[p.len() - 1])?;
+    for (name, f) in [
+        ("99.9%", 0.999),
+        ("99.0%", 0.99),
+        ("95.0%", 0.95),
+        ("90.0%", 0.9),
+        ("75.0%", 0.75),
+    ] {
+        writeln!(out, "{name}   Δp: {:6.3}%", 100.0 * percentile(p, f))?;
+    }
+    writeln!(out, "Median  Δp: {:6.3}%", 100.0 * median(p))?;
+    for (name, f) in [
+        ("25.0%", 0.25),
+        ("10.0%", 0.1),
+        (" 5.0%", 0.05),
+        (" 1.0%", 0.01),
+        (" 0.1%", 0.001),
+    ] {
+        writeln!(out, "{name}   Δp: {:6.3}%", 100.0 * percentile(p, f))?;
+    }
+    writeln!(out, "Minimum Δp: {:6.3}%", 100.0 * p[0])?;
+    writeln!(
+        out,
+        "RMS Δp    : {:6.3} ± {:5.3} %",
+        100.0 * s.rms.0,
+        100.0 * s.rms.1
+    )?;
+    writeln!(
+        out,
+        "Same top p: {:6.3} ± {:5.3} %",
+        100.0 * s.same_top.0,
+        100.0 * s.same_top.1
+    )?;
+    Ok(())
 }
