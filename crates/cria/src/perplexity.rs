@@ -143,26 +143,9 @@ pub fn kl_divergence(
     writeln!(out)?;
     writeln!(out, "====== KL divergence statistics ======")?;
     writeln!(out, "Mean    KLD: {}", pm(s.kld))?;
-    let k = &s.kld_sorted;
-    writeln!(out, "Maximum KLD: {:10.6}", k[k.len() - 1])?;
-    for (name, f) in [
-        ("99.9%", 0.999),
-        ("99.0%", 0.99),
-        ("95.0%", 0.95),
-        ("90.0%", 0.9),
-    ] {
-        writeln!(out, "{name}   KLD: {:10.6}", percentile(k, f))?;
+    for (name, v) in quantiles(&s.kld_sorted, false) {
+        writeln!(out, "{name} KLD: {v:10.6}")?;
     }
-    writeln!(out, "Median  KLD: {:10.6}", median(k))?;
-    for (name, f) in [
-        ("10.0%", 0.1),
-        (" 5.0%", 0.05),
-        (" 1.0%", 0.01),
-        (" 0.1%", 0.001),
-    ] {
-        writeln!(out, "{name}   KLD: {:10.6}", percentile(k, f))?;
-    }
-    writeln!(out, "Minimum KLD: {:10.6}", k[0])?;
     writeln!(out)?;
     writeln!(out, "====== Token probability statistics ======")?;
     writeln!(
@@ -171,28 +154,9 @@ pub fn kl_divergence(
         100.0 * s.p_diff.0,
         100.0 * s.p_diff.1
     )?;
-    let p = &s.p_diff_sorted;
-    writeln!(out, "Maximum Δp: {:6.3}%", 100.0 * p[p.len() - 1])?;
-    for (name, f) in [
-        ("99.9%", 0.999),
-        ("99.0%", 0.99),
-        ("95.0%", 0.95),
-        ("90.0%", 0.9),
-        ("75.0%", 0.75),
-    ] {
-        writeln!(out, "{name}   Δp: {:6.3}%", 100.0 * percentile(p, f))?;
+    for (name, v) in quantiles(&s.p_diff_sorted, true) {
+        writeln!(out, "{name} Δp: {:6.3}%", 100.0 * v)?;
     }
-    writeln!(out, "Median  Δp: {:6.3}%", 100.0 * median(p))?;
-    for (name, f) in [
-        ("25.0%", 0.25),
-        ("10.0%", 0.1),
-        (" 5.0%", 0.05),
-        (" 1.0%", 0.01),
-        (" 0.1%", 0.001),
-    ] {
-        writeln!(out, "{name}   Δp: {:6.3}%", 100.0 * percentile(p, f))?;
-    }
-    writeln!(out, "Minimum Δp: {:6.3}%", 100.0 * p[0])?;
     writeln!(
         out,
         "RMS Δp    : {:6.3} ± {:5.3} %",
@@ -206,4 +170,37 @@ pub fn kl_divergence(
         100.0 * s.same_top.1
     )?;
     Ok(())
+}
+
+/// llama.cpp's rows of quantiles of sorted values, from the maximum down (its Δp table adds the
+/// quartiles; its median is the mean of the middle two).
+fn quantiles(v: &[f32], quartiles: bool) -> Vec<(&'static str, f32)> {
+    const ROWS: [(&str, f32); 13] = [
+        ("Maximum", 1.0),
+        ("99.9%  ", 0.999),
+        ("99.0%  ", 0.99),
+        ("95.0%  ", 0.95),
+        ("90.0%  ", 0.9),
+        ("75.0%  ", 0.75),
+        ("Median ", 0.5),
+        ("25.0%  ", 0.25),
+        ("10.0%  ", 0.1),
+        (" 5.0%  ", 0.05),
+        (" 1.0%  ", 0.01),
+        (" 0.1%  ", 0.001),
+        ("Minimum", 0.0),
+    ];
+    ROWS.iter()
+        .filter(|&&(_, f)| quartiles || (f != 0.75 && f != 0.25))
+        .map(|&(name, f)| {
+            (
+                name,
+                if f == 0.5 {
+                    median(v)
+                } else {
+                    percentile(v, f)
+                },
+            )
+        })
+        .collect()
 }
