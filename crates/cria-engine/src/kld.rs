@@ -123,10 +123,11 @@ pub fn read_header(r: &mut impl Read, file_len: u64, vocab: usize) -> Result<Hea
     if n_ctx < 4 || n_chunk < 1 {
         bail!("the base file says context {n_ctx}, {n_chunk} chunks: not a valid base file");
     }
-    let (n_ctx, n_chunk) = (n_ctx as u64, n_chunk as u64);
-    let rows = n_chunk * rows_per_chunk(n_ctx as usize) as u64;
-    let want = 20 + 4 * n_ctx * n_chunk + rows * 2 * row_len(vocab) as u64;
-    if file_len != want {
+    // u128: 2^31 chunks of 2^31 tokens must not wrap around to a small size.
+    let (n_ctx, n_chunk) = (n_ctx as u128, n_chunk as u128);
+    let rows = n_chunk * rows_per_chunk(n_ctx as usize) as u128;
+    let want = 20 + 4 * n_ctx * n_chunk + rows * 2 * row_len(vocab) as u128;
+    if file_len as u128 != want {
         bail!(
             "the base file is {file_len} bytes; its header (context {n_ctx}, {n_chunk} chunks, \
              vocab {vocab}) needs {want}: truncated or not a base file"
@@ -338,7 +339,7 @@ pub fn percentile(v: &[f32], fraction: f32) -> f32 {
 /// llama.cpp's median of sorted values.
 pub fn median(v: &[f32]) -> f32 {
     let n = v.len();
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         0.5 * (v[n / 2] + v[n / 2 - 1])
     } else {
         v[n / 2]
@@ -368,6 +369,11 @@ mod tests {
         assert_eq!(h.tokens, [1, 2, 3, 4]);
         assert!(read_header(&mut &file[..], file.len() as u64 - 1, 7).is_err());
         assert!(read_header(&mut &file[..], file.len() as u64, 8).is_err());
+        // 2^31 - 1 chunks of 2^31 - 1 tokens: refused by length, with no overflow.
+        let mut huge = file.clone();
+        huge[8..12].copy_from_slice(&i32::MAX.to_le_bytes());
+        huge[16..20].copy_from_slice(&i32::MAX.to_le_bytes());
+        assert!(read_header(&mut &huge[..], huge.len() as u64, 7).is_err());
     }
 
     #[test]

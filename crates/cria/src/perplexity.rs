@@ -31,7 +31,12 @@ pub fn run(
             let _ = write!(out, "[{i}]{p:.4},");
             let _ = out.flush();
         })?,
-        Some(path) => save_base(l, &tokens, ctx, batch, max_chunks, path, out)?,
+        Some(path) => {
+            save_base(l, &tokens, ctx, batch, max_chunks, path, out).inspect_err(|_| {
+                // No half-written base file left behind.
+                let _ = std::fs::remove_file(path);
+            })?
+        }
     };
     writeln!(out)?;
     writeln!(out, "PPL = {:.4} +/- {:.5}", r.ppl, r.stderr)?;
