@@ -94,10 +94,19 @@ pub fn compress_row(logits: &[f32], out: &mut [u16]) {
 pub fn write_row(w: &mut impl Write, logits: &[f32], buf: &mut Vec<u16>) -> Result<()> {
     buf.resize(row_len(logits.len()), 0);
     compress_row(logits, buf);
-    let bytes: Vec<u8> = buf.iter().flat_map(|x| x.to_le_bytes()).collect();
-    w.write_all(&bytes)?;
+    // Little-endian through a stack buffer: no allocation per row.
+    let mut bytes = [0u8; 2 * CHUNK];
+    for part in buf.chunks(CHUNK) {
+        for (b, x) in bytes.chunks_exact_mut(2).zip(part) {
+            b.copy_from_slice(&x.to_le_bytes());
+        }
+        w.write_all(&bytes[..2 * part.len()])?;
+    }
     Ok(())
 }
+
+/// u16 values converted per write or read of a row.
+const CHUNK: usize = 1024;
 
 fn read_i32(r: &mut impl Read, what: &str) -> Result<i32> {
     let mut b = [0u8; 4];
@@ -152,15 +161,16 @@ pub fn read_header(r: &mut impl Read, file_len: u64, vocab: usize) -> Result<Hea
 
 /// Reads one compressed row (`row_len` u16) into `buf`.
 pub fn read_row(r: &mut impl Read, n_vocab: usize, buf: &mut Vec<u16>) -> Result<()> {
-    let mut bytes = vec![0u8; 2 * row_len(n_vocab)];
-    r.read_exact(&mut bytes)
-        .context("the base file ends before its last row")?;
-    buf.clear();
-    buf.extend(
-        bytes
-            .chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]])),
-    );
+    buf.resize(row_len(n_vocab), 0);
+    let mut bytes = [0u8; 2 * CHUNK];
+    for part in buf.chunks_mut(CHUNK) {
+        let bytes = &mut bytes[..2 * part.len()];
+        r.read_exact(bytes)
+            .context("the base file ends before its last row")?;
+        for (x, b) in part.iter_mut().zip(bytes.chunks_exact(2)) {
+            *x = u16::from_le_bytes([b[0], b[1]]);
+        }
+    }
     Ok(())
 }
 
