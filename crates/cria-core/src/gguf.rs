@@ -1180,67 +1180,257 @@ fn write_file(
     tensors: &[WTensor],
     alignment: usize,
 ) -> Result<()> {
-    // The header is built in memory (it is small next to the tensors), the data streamed.
-    let mut h = Vec::new();
-    h.extend_from_slice(MAGIC);
-    h.extend_from_slice(&3u32.to_le_bytes());
-    h.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-    h.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
-    for (k, v) in metadata {
-        if let Value::Array(a) = v {
-            // The reader refuses deeper nesting; refuse to write what cria could not read back.
-            if array_depth(a) > 8 {
-                return Err(Error::msg(format!(
-                    "metadata {k}: arrays nested more than 9 deep"
-                )));
-            }
-        }
-        put_str(&mut h, k);
-        h.extend_from_slice(&v.type_id().to_le_bytes());
-        put_value(&mut h, v);
-    }
-    let mut offset = 0u64;
+    let infos: Vec<TensorInfo> = tensors
+        .iter()
+        .map(|t| TensorInfo {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            ne: t.ne.clone(),
+        })
+        .collect();
+    let mut w = GgufStreamWriter::create(path, metadata, &infos, alignment)?;
     for t in tensors {
-        put_str(&mut h, &t.name);
-        h.extend_from_slice(&(t.ne.len() as u32).to_le_bytes());
-        for &d in &t.ne {
-            h.extend_from_slice(&(d as u64).to_le_bytes());
-        }
-        h.extend_from_slice(&t.dtype.ggml_id().to_le_bytes());
-        h.extend_from_slice(&offset.to_le_bytes());
-        offset += (t.data.len() as u64).div_ceil(alignment as u64) * alignment as u64;
+        w.write_tensor(&t.data)?;
     }
-    h.resize(h.len().div_ceil(alignment) * alignment, 0);
+    w.finish()
+}
 
-    let tmp = {
-        let mut s = path.as_os_str().to_owned();
-        s.push(".partial");
-        PathBuf::from(s)
-    };
-    let io = |source| Error::Io {
-        path: tmp.clone(),
-        source,
-    };
-    let f = std::fs::File::create(&tmp).map_err(io)?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-    let result = (|| -> std::io::Result<()> {
-        w.write_all(&h)?;
-        let zeros = vec![0u8; alignment];
-        for t in tensors {
-            w.write_all(&t.data)?;
-            let pad = t.data.len().div_ceil(alignment) * alignment - t.data.len();
-            w.write_all(&zeros[..pad])?;
+/// One tensor's entry in a GGUF header: its name, element type and shape (`ne`, GGML order).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub ne: Vec<usize>,
+}
+
+impl TensorInfo {
+    /// Bytes of the tensor's data (checked: no overflow, whole blocks per row).
+    pub fn n_bytes(&self) -> Result<usize> {
+        if self.ne.is_empty() || self.ne.len() > MAX_DIMS {
+            return Err(Error::msg(format!(
+                "tensor {}: {} dimensions (1..={MAX_DIMS} allowed)",
+                self.name,
+                self.ne.len()
+            )));
         }
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
+        if self.ne[0] % self.dtype.block_size() != 0 {
+            return Err(Error::msg(format!(
+                "tensor {}: row length {} is not a multiple of the {} block size {}",
+                self.name,
+                self.ne[0],
+                self.dtype,
+                self.dtype.block_size()
+            )));
+        }
+        let n = self
+            .ne
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| {
+                Error::msg(format!(
+                    "tensor {}: shape {:?} overflows",
+                    self.name, self.ne
+                ))
+            })?;
+        self.dtype.bytes_for(n)
     }
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+}
+
+/// Writes a GGUF v3 file one tensor at a time, so a model never needs to be in memory whole
+/// (`cria quantize`, `cria convert`): the header (metadata and every tensor's name, type, shape
+/// and offset) goes first, then [`Self::write_tensor`] is called once per tensor in header order
+/// with exactly its bytes, then [`Self::finish`]. The file is written as `PATH.partial` and
+/// renamed to `PATH` by `finish`; an error, or dropping the writer unfinished, removes the
+/// partial file, so no half-written model is ever left under either name.
+pub struct GgufStreamWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    sizes: Vec<usize>,
+    next: usize,
+    alignment: usize,
+}
+
+impl GgufStreamWriter {
+    /// Creates `PATH.partial` and writes the header. `alignment` is a power of two up to
+    /// [`MAX_ALIGNMENT`] (it must agree with any `general.alignment` in `metadata`).
+    pub fn create(
+        path: &Path,
+        metadata: &[(&str, &Value)],
+        tensors: &[TensorInfo],
+        alignment: usize,
+    ) -> Result<Self> {
+        if !alignment.is_power_of_two() || alignment > MAX_ALIGNMENT {
+            return Err(Error::msg(format!(
+                "GGUF alignment {alignment} is not a power of two up to {MAX_ALIGNMENT}"
+            )));
+        }
+        // The header is built in memory (it is small next to the tensors), the data streamed.
+        let mut h = Vec::new();
+        h.extend_from_slice(MAGIC);
+        h.extend_from_slice(&3u32.to_le_bytes());
+        h.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        h.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+        for (k, v) in metadata {
+            if let Value::Array(a) = v {
+                // The reader refuses deeper nesting; refuse to write what cria could not read back.
+                if array_depth(a) > 8 {
+                    return Err(Error::msg(format!(
+                        "metadata {k}: arrays nested more than 9 deep"
+                    )));
+                }
+            }
+            put_str(&mut h, k);
+            h.extend_from_slice(&v.type_id().to_le_bytes());
+            put_value(&mut h, v);
+        }
+        let mut offset = 0u64;
+        let mut sizes = Vec::with_capacity(tensors.len());
+        let mut seen = std::collections::HashSet::new();
+        for t in tensors {
+            if !seen.insert(t.name.as_str()) {
+                return Err(Error::msg(format!("tensor {} added twice", t.name)));
+            }
+            let n = t.n_bytes()?;
+            sizes.push(n);
+            put_str(&mut h, &t.name);
+            h.extend_from_slice(&(t.ne.len() as u32).to_le_bytes());
+            for &d in &t.ne {
+                h.extend_from_slice(&(d as u64).to_le_bytes());
+            }
+            h.extend_from_slice(&t.dtype.ggml_id().to_le_bytes());
+            h.extend_from_slice(&offset.to_le_bytes());
+            offset += (n as u64).div_ceil(alignment as u64) * alignment as u64;
+        }
+        h.resize(h.len().div_ceil(alignment) * alignment, 0);
+
+        let tmp = {
+            let mut s = path.as_os_str().to_owned();
+            s.push(".partial");
+            PathBuf::from(s)
+        };
+        let f = std::fs::File::create(&tmp).map_err(|source| Error::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        let mut w = Self {
+            path: path.to_path_buf(),
+            tmp,
+            out: Some(std::io::BufWriter::with_capacity(1 << 20, f)),
+            sizes,
+            next: 0,
+            alignment,
+        };
+        w.io(|o| o.write_all(&h))?;
+        Ok(w)
+    }
+
+    /// Runs one write; on error the partial file is closed and removed.
+    fn io(
+        &mut self,
+        f: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let Some(out) = self.out.as_mut() else {
+            return Err(Error::msg(format!(
+                "{}: the writer already failed or finished",
+                self.path.display()
+            )));
+        };
+        f(out).map_err(|source| {
+            self.abandon();
+            Error::Io {
+                path: self.tmp.clone(),
+                source,
+            }
+        })
+    }
+
+    fn abandon(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+
+    /// Index of the tensor the next [`Self::write_tensor`] call writes.
+    pub fn next_tensor(&self) -> usize {
+        self.next
+    }
+
+    /// Writes the next tensor's data: exactly the byte count its header entry calls for.
+    pub fn write_tensor(&mut self, data: &[u8]) -> Result<()> {
+        let Some(&want) = self.sizes.get(self.next) else {
+            self.abandon();
+            return Err(Error::msg(format!(
+                "{}: more tensors written than the header lists ({})",
+                self.path.display(),
+                self.sizes.len()
+            )));
+        };
+        if data.len() != want {
+            self.abandon();
+            return Err(Error::msg(format!(
+                "{}: tensor {} has {} bytes, its header entry says {want}",
+                self.path.display(),
+                self.next,
+                data.len()
+            )));
+        }
+        let pad = want.div_ceil(self.alignment) * self.alignment - want;
+        self.io(|o| {
+            o.write_all(data)?;
+            o.write_all(&[0u8; 64][..pad.min(64)])?;
+            // Alignments above 64 bytes: the rest of the padding.
+            for _ in 0..pad.saturating_sub(64) {
+                o.write_all(&[0])?;
+            }
+            Ok(())
+        })?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Checks every tensor was written, flushes to disk and renames `PATH.partial` to `PATH`.
+    pub fn finish(mut self) -> Result<()> {
+        if self.next != self.sizes.len() {
+            self.abandon();
+            return Err(Error::msg(format!(
+                "{}: {} of {} tensors written",
+                self.path.display(),
+                self.next,
+                self.sizes.len()
+            )));
+        }
+        let Some(out) = self.out.take() else {
+            return Err(Error::msg(format!(
+                "{}: the writer already failed",
+                self.path.display()
+            )));
+        };
+        let synced = out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all());
+        if let Err(source) = synced {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(Error::Io {
+                path: self.tmp.clone(),
+                source,
+            });
+        }
+        std::fs::rename(&self.tmp, &self.path).map_err(|source| {
+            let _ = std::fs::remove_file(&self.tmp);
+            Error::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })
+    }
+}
+
+impl Drop for GgufStreamWriter {
+    fn drop(&mut self) {
+        self.abandon();
+    }
 }
 
 #[cfg(test)]

@@ -411,3 +411,93 @@ fn removed_metadata_and_released_pages_leave_the_rest_intact() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The streaming writer: what it writes equals the in-memory writer's bytes; a wrong-sized tensor,
+/// too many or too few tensors, or dropping it unfinished leave neither PATH nor PATH.partial.
+#[test]
+fn stream_writer_writes_the_same_bytes_and_leaves_nothing_on_failure() {
+    use cria_core::gguf::{GgufStreamWriter, TensorInfo};
+    let dir = tmp_dir("stream");
+    let a: Vec<u8> = (0..4 * 33).map(|i| i as u8).collect();
+    let b: Vec<u8> = (0..2 * 64).map(|i| (i * 7) as u8).collect();
+    let infos = vec![
+        TensorInfo {
+            name: "a".into(),
+            dtype: DType::F32,
+            ne: vec![33],
+        },
+        TensorInfo {
+            name: "b".into(),
+            dtype: DType::F16,
+            ne: vec![16, 4],
+        },
+    ];
+    let arch = Value::from("llama");
+    let meta = [("general.architecture", &arch)];
+    for alignment in [32usize, 256] {
+        let mut w = GgufWriter::new();
+        w.add("general.architecture", "llama");
+        if alignment != 32 {
+            w.set_alignment(alignment).unwrap();
+        }
+        w.add_tensor("a", DType::F32, vec![33], a.clone()).unwrap();
+        w.add_tensor("b", DType::F16, vec![16, 4], b.clone())
+            .unwrap();
+        let whole = dir.join(format!("whole-{alignment}.gguf"));
+        w.write(&whole).unwrap();
+        let al = Value::U32(alignment as u32);
+        let mut m: Vec<(&str, &Value)> = meta.to_vec();
+        if alignment != 32 {
+            m.push(("general.alignment", &al));
+        }
+        let streamed = dir.join(format!("streamed-{alignment}.gguf"));
+        let mut s = GgufStreamWriter::create(&streamed, &m, &infos, alignment).unwrap();
+        assert_eq!(s.next_tensor(), 0);
+        s.write_tensor(&a).unwrap();
+        s.write_tensor(&b).unwrap();
+        s.finish().unwrap();
+        assert_eq!(
+            std::fs::read(&whole).unwrap(),
+            std::fs::read(&streamed).unwrap()
+        );
+    }
+    let partial = |p: &std::path::Path| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(".partial");
+        PathBuf::from(s)
+    };
+    let out = dir.join("fail.gguf");
+    // Wrong size.
+    let mut s = GgufStreamWriter::create(&out, &meta, &infos, 32).unwrap();
+    assert!(partial(&out).exists());
+    assert!(s.write_tensor(&a[1..]).is_err());
+    assert!(s.write_tensor(&a).is_err(), "a failed writer stays failed");
+    assert!(!out.exists() && !partial(&out).exists());
+    // Too few tensors.
+    let mut s = GgufStreamWriter::create(&out, &meta, &infos, 32).unwrap();
+    s.write_tensor(&a).unwrap();
+    assert!(s.finish().is_err());
+    assert!(!out.exists() && !partial(&out).exists());
+    // Too many tensors.
+    let mut s = GgufStreamWriter::create(&out, &meta, &infos[..1], 32).unwrap();
+    s.write_tensor(&a).unwrap();
+    assert!(s.write_tensor(&b).is_err());
+    assert!(!out.exists() && !partial(&out).exists());
+    // Dropped unfinished (an error or a panic elsewhere).
+    let mut s = GgufStreamWriter::create(&out, &meta, &infos, 32).unwrap();
+    s.write_tensor(&a).unwrap();
+    drop(s);
+    assert!(!out.exists() && !partial(&out).exists());
+    // Bad headers are refused before any file is made.
+    let dup = vec![infos[0].clone(), infos[0].clone()];
+    assert!(GgufStreamWriter::create(&out, &meta, &dup, 32).is_err());
+    let odd = vec![TensorInfo {
+        name: "q".into(),
+        dtype: DType::Q4_0,
+        ne: vec![33],
+    }];
+    assert!(GgufStreamWriter::create(&out, &meta, &odd, 32).is_err());
+    assert!(GgufStreamWriter::create(&out, &meta, &infos, 48).is_err());
+    assert!(!out.exists() && !partial(&out).exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

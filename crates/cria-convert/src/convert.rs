@@ -1,0 +1,1 @@
+//! (issue 21: in progress)
