@@ -10,6 +10,7 @@
 
 pub mod convert;
 pub mod export;
+pub mod export_tokenizer;
 pub mod mix;
 pub mod quantize;
 pub mod source;

@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod constraint_args;
+mod export;
 mod fetch;
 mod inspect;
 mod load;
@@ -197,6 +198,9 @@ enum Cmd {
     Template(chat::TemplateArgs),
     /// Download a model (Hugging Face repo, hf:ORG/REPO:FILE, or a short name like smollm2).
     Pull(models::PullArgs),
+    /// Write a model (any GGUF, quantized ones dequantized) as a Hugging Face folder that
+    /// transformers loads: config.json, safetensors, tokenizer files.
+    Export(export::ExportArgs),
     /// The models cria has (its cache and the Hugging Face cache).
     List(models::ListArgs),
     /// Remove a downloaded model.
@@ -447,6 +451,7 @@ fn real_main() -> Result<()> {
         Cmd::Chat(a) => chat::run(&a)?,
         Cmd::Template(a) => chat::template(&a, &mut std::io::stdout().lock())?,
         Cmd::Pull(a) => models::pull(&a)?,
+        Cmd::Export(a) => export::run(&a)?,
         Cmd::List(a) => models::list(&a)?,
         Cmd::Rm(a) => models::rm(&a)?,
         Cmd::Serve { m, s } => cria_server::run(load::model(m.model.as_deref(), &m)?, &s)?,
