@@ -219,9 +219,10 @@ pub fn build(meta: &Meta) -> Result<TokenizerFiles> {
         .collect();
     let mut vocab = Map::with_capacity(n);
     for (i, t) in tokens.iter().enumerate() {
-        // A byte-level vocabulary keeps added tokens out of the model (as LLaMA 3's file does);
-        // SentencePiece's converter keeps every piece.
-        if (spm || !is_added(i)) && !vocab.contains_key(*t) {
+        // Every token, added ones included: `tokenizers` gives an added token that is not in
+        // the model's vocabulary a new id after it, ignoring the id written (SmolLM2's control
+        // tokens are ids 0-16). No merge leads to an added token, so BPE never produces one.
+        if !vocab.contains_key(*t) {
             vocab.insert(t.to_string(), json!(i));
         }
     }
