@@ -387,41 +387,20 @@ fn header(plans: &[Plan], dtype: DType) -> Vec<u8> {
     b
 }
 
-/// Tensor `p` of `src` as `dtype` bytes in HF layout, appended to `out`. `f32` and `tmp` are
-/// reused buffers.
-fn convert_tensor(
-    src: &dyn Source,
-    t: &SrcTensor,
-    p: &Plan,
-    dtype: DType,
-    f32s: &mut Vec<f32>,
-    tmp: &mut Vec<f32>,
-    out: &mut Vec<u8>,
-) -> Result<()> {
-    let bytes = src.bytes(p.src)?;
+/// Elements converted at a time for tensors that need no row permutation (~4 MB of f32).
+const CHUNK_ELEMS: usize = 1 << 20;
+
+/// Reused buffers of [`write_tensor`].
+#[derive(Default)]
+struct Buffers {
+    f32s: Vec<f32>,
+    tmp: Vec<f32>,
+    out: Vec<u8>,
+}
+
+fn cast_into(vals: &[f32], dtype: DType, out: &mut Vec<u8>) {
     out.clear();
-    if p.unpermute.is_none() && t.dtype == dtype {
-        out.extend_from_slice(&bytes);
-        return Ok(());
-    }
-    let n = t.n_elements();
-    f32s.clear();
-    f32s.resize(n, 0.0);
-    cria_core::quant::dequantize(t.dtype, &bytes, f32s)
-        .map_err(|e| Error::msg(format!("tensor {}: {e}", t.name)))?;
-    drop(bytes);
-    let vals: &[f32] = match p.unpermute {
-        Some(heads) => {
-            tmp.clear();
-            tmp.resize(n, 0.0);
-            let row_len = if t.ne.len() >= 2 { t.ne[0] } else { 1 };
-            unpermute_rows(f32s, tmp, heads, row_len)
-                .map_err(|e| Error::msg(format!("tensor {}: {e}", t.name)))?;
-            tmp
-        }
-        None => f32s,
-    };
-    out.reserve(n * dtype.type_size());
+    out.reserve(vals.len() * dtype.type_size());
     match dtype {
         DType::F32 => vals
             .iter()
@@ -433,7 +412,62 @@ fn convert_tensor(
             .iter()
             .for_each(|&v| out.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes())),
     }
-    Ok(())
+}
+
+/// Writes tensor `p` of `src` as `dtype` in HF layout to `w`; returns the bytes written. Tensors
+/// without a row permutation go through in chunks of whole rows, so memory stays at a few MB
+/// whatever their size; attn_q/attn_k (square at most) are un-permuted whole.
+fn write_tensor(
+    src: &dyn Source,
+    t: &SrcTensor,
+    p: &Plan,
+    dtype: DType,
+    bufs: &mut Buffers,
+    w: &mut dyn Write,
+) -> Result<u64> {
+    let ctx = |e: Error| Error::msg(format!("tensor {}: {e}", t.name));
+    let bytes = src.bytes(p.src)?;
+    if p.unpermute.is_none() && t.dtype == dtype {
+        w.write_all(&bytes)
+            .map_err(|e| ctx(Error::msg(format!("writing: {e}"))))?;
+        return Ok(bytes.len() as u64);
+    }
+    let n = t.n_elements();
+    let row_len = if t.ne.len() >= 2 { t.ne[0] } else { n.max(1) };
+    let row_bytes = t.dtype.bytes_for(row_len).map_err(ctx)?;
+    let (rows_per_chunk, heads) = match p.unpermute {
+        Some(heads) => (n / row_len.max(1), Some(heads)),
+        None => ((CHUNK_ELEMS / row_len.max(1)).max(1), None),
+    };
+    if bytes.len() != row_bytes * (n / row_len.max(1)) {
+        return Err(ctx(Error::msg(format!(
+            "{} bytes for {n} {} elements",
+            bytes.len(),
+            t.dtype
+        ))));
+    }
+    let mut written = 0u64;
+    for chunk in bytes.chunks(rows_per_chunk.max(1) * row_bytes.max(1)) {
+        let m = chunk.len() / row_bytes.max(1) * row_len;
+        bufs.f32s.clear();
+        bufs.f32s.resize(m, 0.0);
+        cria_core::quant::dequantize(t.dtype, chunk, &mut bufs.f32s).map_err(ctx)?;
+        let vals: &[f32] = match heads {
+            Some(heads) => {
+                bufs.tmp.clear();
+                bufs.tmp.resize(m, 0.0);
+                let rl = if t.ne.len() >= 2 { row_len } else { 1 };
+                unpermute_rows(&bufs.f32s, &mut bufs.tmp, heads, rl).map_err(ctx)?;
+                &bufs.tmp
+            }
+            None => &bufs.f32s,
+        };
+        cast_into(vals, dtype, &mut bufs.out);
+        w.write_all(&bufs.out)
+            .map_err(|e| ctx(Error::msg(format!("writing: {e}"))))?;
+        written += bufs.out.len() as u64;
+    }
+    Ok(written)
 }
 
 fn write_json(dir: &Path, name: &str, v: &Json, files: &mut Vec<(String, u64)>) -> Result<()> {
@@ -744,7 +778,7 @@ fn write_weights(
             format!("model-{:05}-of-{n_files:05}.safetensors", i + 1)
         }
     };
-    let (mut f32s, mut tmp, mut buf) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bufs = Buffers::default();
     let mut weight_map: Vec<(&str, String)> = Vec::new();
     for (fi, range) in shards.iter().enumerate() {
         let name = file_name(fi);
@@ -759,16 +793,14 @@ fn write_weights(
         for p in &plans[range.clone()] {
             let t = &src.tensors()[p.src];
             progress(p.src, src.tensors().len(), &t.name);
-            convert_tensor(src, t, p, dtype, &mut f32s, &mut tmp, &mut buf)?;
-            if buf.len() as u64 != p.bytes {
+            let n = write_tensor(src, t, p, dtype, &mut bufs, &mut w)
+                .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+            if n != p.bytes {
                 return Err(Error::msg(format!(
-                    "tensor {}: {} bytes, expected {}",
-                    t.name,
-                    buf.len(),
-                    p.bytes
+                    "tensor {}: {n} bytes, expected {}",
+                    t.name, p.bytes
                 )));
             }
-            w.write_all(&buf).map_err(io_err(&path))?;
             size += p.bytes;
             weight_map.push((&p.hf_name, name.clone()));
         }
