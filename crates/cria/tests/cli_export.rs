@@ -131,6 +131,11 @@ fn check_case(name: &str, c: &Value) {
         assert_eq!(hex, v["sha256"].as_str().unwrap(), "{name}: sha256 of {f}");
     }
 
+    // When the fixture was made, transformers found the original checkpoint's values in it.
+    if let Some(o) = c.get("original_tensors") {
+        assert_eq!(o["values_equal"], true, "{name}: {o}");
+    }
+
     // The tokenizer read back gives transformers' ids, as the GGUF's does.
     let from_hf = cria_tokenizer::Tokenizer::from_hf(
         &out.join("tokenizer.json"),
@@ -219,6 +224,16 @@ fn tiny_llama2_f16() {
 #[test]
 fn tiny_llama31_rope_scaling_from_rope_freqs() {
     case("tiny-llama31");
+}
+
+#[test]
+fn tiny_variants_biases_gqa_linear_rope() {
+    case("tiny-variants");
+}
+
+#[test]
+fn tiny_variants_bf16_gives_the_checkpoint_back() {
+    case("tiny-variants-bf16");
 }
 
 #[test]
