@@ -690,7 +690,9 @@ fn check_out(out: &Path, force: bool) -> Result<()> {
     }
 }
 
-/// Exports `src` into the folder `out`. `progress(i, n, name)` is called before tensor `i` of `n`.
+/// Exports `src` into the folder `out`. `progress(i, n, name)` is called before tensor `i` of `n`
+/// is read, when no bytes of earlier tensors are borrowed any more (a GGUF source may drop their
+/// mapped pages there).
 pub fn export(
     src: &dyn Source,
     out: &Path,

@@ -79,6 +79,9 @@ pub fn run(a: &ExportArgs) -> Result<()> {
     );
     let started = std::time::Instant::now();
     let summary = export::export(&src, &a.out, &opts, &mut |i, _, name| {
+        // Nothing of the tensors before `i` is borrowed any more: give their mapped pages back,
+        // so resident memory stays near one tensor, not the model.
+        src.file.release_pages_except(&[]);
         bar.set_position(i as u64);
         bar.set_message(name.to_string());
     });
