@@ -297,6 +297,40 @@ fn bad_input_is_a_clear_error_and_leaves_nothing() {
     assert!(out.join("model.safetensors").is_file() && !out.join("keep.txt").exists());
     assert_eq!(leftovers(&dir), ["out"]);
 
+    // A full disk (a file size limit; SIGXFSZ ignored, so the write fails with EFBIG): an
+    // error naming the file, no OUT, no OUT.partial.
+    #[cfg(unix)]
+    {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 200; exec \"$0\" export \"$1\" \"$2\"")
+            .arg(env!("CARGO_BIN_EXE_cria"))
+            .arg(&model)
+            .arg(dir.join("full"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        assert!(
+            err.contains("model.safetensors") && !err.contains("panicked"),
+            "{err}"
+        );
+        assert_eq!(leftovers(&dir), ["out"], "{err}");
+    }
+
+    // A Hugging Face folder is not a GGUF to export.
+    let o = export(
+        &repo().join("tests/fixtures/tiny-llama2"),
+        &dir.join("hf"),
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("Hugging Face folder"),
+        "{err}"
+    );
+    assert_eq!(leftovers(&dir), ["out"]);
+
     // A vocabulary-only GGUF (no weights) without --tokenizer-only: an error, nothing written.
     let vocab = dir.join("vocab.gguf");
     let g = cria_core::gguf::GgufFile::open(&model).unwrap();
