@@ -572,7 +572,7 @@ fn config_json(src: &dyn Source, meta: &Meta, arch: &Arch, dtype: DType) -> Resu
     c.insert("attention_bias".into(), json!(n_attn_bias > 0));
     c.insert("attention_dropout".into(), json!(0.0));
     c.insert("bos_token_id".into(), id("bos_token_id")?);
-    c.insert("eos_token_id".into(), id("eos_token_id")?);
+    c.insert("eos_token_id".into(), eos_ids(meta)?);
     c.insert("head_dim".into(), json!(head_dim));
     c.insert("hidden_act".into(), json!("silu"));
     c.insert("hidden_size".into(), json!(dim));
@@ -618,8 +618,8 @@ fn config_json(src: &dyn Source, meta: &Meta, arch: &Arch, dtype: DType) -> Resu
     Ok(Json::Object(c))
 }
 
-/// generation_config.json: BOS, and every end-of-generation id the GGUF names (EOS, EOT, EOM).
-fn generation_config(meta: &Meta) -> Result<Json> {
+/// Every end-of-generation id the GGUF names (EOS, EOT, EOM): one id, a list, or null.
+fn eos_ids(meta: &Meta) -> Result<Json> {
     let mut eos: Vec<u64> = Vec::new();
     for key in ["eos_token_id", "eot_token_id", "eom_token_id"] {
         if let Some(v) = meta.u64(&format!("tokenizer.ggml.{key}"))? {
@@ -628,19 +628,23 @@ fn generation_config(meta: &Meta) -> Result<Json> {
             }
         }
     }
+    Ok(match eos.as_slice() {
+        [] => Json::Null,
+        [one] => json!(one),
+        many => json!(many),
+    })
+}
+
+/// generation_config.json: BOS, the end-of-generation ids, PAD. Not marked `_from_model_config`,
+/// so `generate` keeps it as written.
+fn generation_config(meta: &Meta) -> Result<Json> {
     let mut g = Map::new();
-    g.insert("_from_model_config".into(), json!(true));
     if let Some(b) = meta.u64("tokenizer.ggml.bos_token_id")? {
         g.insert("bos_token_id".into(), json!(b));
     }
-    match eos.as_slice() {
-        [] => {}
-        [one] => {
-            g.insert("eos_token_id".into(), json!(one));
-        }
-        many => {
-            g.insert("eos_token_id".into(), json!(many));
-        }
+    let eos = eos_ids(meta)?;
+    if !eos.is_null() {
+        g.insert("eos_token_id".into(), eos);
     }
     if let Some(p) = meta.u64("tokenizer.ggml.padding_token_id")? {
         g.insert("pad_token_id".into(), json!(p));
@@ -648,7 +652,7 @@ fn generation_config(meta: &Meta) -> Result<Json> {
     Ok(Json::Object(g))
 }
 
-/// A folder being written: removed on drop unless [`PartialDir::finish`] renamed it.
+/// A folder being written: removed on drop unless marked done (renamed into place).
 struct PartialDir {
     path: PathBuf,
     done: bool,
