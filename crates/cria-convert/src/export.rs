@@ -56,6 +56,8 @@ pub struct ExportSummary {
     pub n_tensors: usize,
     /// (file name, size in bytes), in the order written.
     pub files: Vec<(String, u64)>,
+    /// What the folder cannot say as the source does (e.g. repeated token texts).
+    pub warnings: Vec<String>,
 }
 
 /// The output dtype named on the command line.
@@ -734,7 +736,10 @@ pub fn export(
         path: tmp.clone(),
         done: false,
     };
-    let mut summary = ExportSummary::default();
+    let mut summary = ExportSummary {
+        warnings: tok.warnings.clone(),
+        ..Default::default()
+    };
     if let Some((dtype, plans, config)) = &model {
         summary.dtype = Some(*dtype);
         summary.n_tensors = plans.len();

@@ -32,6 +32,8 @@ const T_USER_DEFINED: i64 = 4;
 /// The tokenizer files to write, (file name, content).
 pub struct TokenizerFiles {
     pub files: Vec<(String, Json)>,
+    /// What the files cannot say as the GGUF does (printed by the CLI).
+    pub warnings: Vec<String>,
 }
 
 fn byte_level(add_prefix_space: bool, trim_offsets: bool, use_regex: bool) -> Json {
@@ -218,7 +220,11 @@ pub fn build(meta: &Meta) -> Result<TokenizerFiles> {
         .map(|i| added_token(i, tokens[i], types[i] != T_USER_DEFINED))
         .collect();
     let mut vocab = Map::with_capacity(n);
+    let mut duplicates = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
+        if vocab.contains_key(*t) {
+            duplicates.push(i);
+        }
         // Every token, added ones included: `tokenizers` gives an added token that is not in
         // the model's vocabulary a new id after it, ignoring the id written (SmolLM2's control
         // tokens are ids 0-16). No merge leads to an added token, so BPE never produces one.
@@ -341,7 +347,17 @@ pub fn build(meta: &Meta) -> Result<TokenizerFiles> {
         cfg.insert("model_max_length".into(), json!(ctx));
     }
     cfg.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
+    let mut warnings = Vec::new();
+    if let Some(&first) = duplicates.first() {
+        warnings.push(format!(
+            "{} tokens repeat the text of an earlier token (first: id {first}, {:?}); \
+             tokenizer.json maps each text to one id, so transformers never produces them",
+            duplicates.len(),
+            tokens[first]
+        ));
+    }
     Ok(TokenizerFiles {
+        warnings,
         files: vec![
             ("special_tokens_map.json".into(), Json::Object(map)),
             ("tokenizer.json".into(), tokenizer),
@@ -353,6 +369,78 @@ pub fn build(meta: &Meta) -> Result<TokenizerFiles> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cria_core::gguf::Value;
+
+    fn meta(tokens: &[&str], types: &[i32]) -> Vec<(String, Value)> {
+        let strs = |v: &[&str]| Value::Array(Array::String(v.iter().copied().collect()));
+        vec![
+            ("general.architecture".into(), Value::String("llama".into())),
+            ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+            (
+                "tokenizer.ggml.pre".into(),
+                Value::String("llama-bpe".into()),
+            ),
+            ("tokenizer.ggml.tokens".into(), strs(tokens)),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(Array::I32(types.to_vec())),
+            ),
+            ("tokenizer.ggml.merges".into(), strs(&["a b"])),
+            ("tokenizer.ggml.bos_token_id".into(), Value::U32(0)),
+            ("tokenizer.ggml.eos_token_id".into(), Value::U32(1)),
+        ]
+    }
+
+    #[test]
+    fn byte_level_vocabulary_keeps_every_id() {
+        // Control tokens first (as SmolLM2's), a user-defined one, a repeated text.
+        let m = meta(
+            &["<s>", "</s>", "a", "b", "ab", "<u>", "b"],
+            &[3, 3, 1, 1, 1, 4, 1],
+        );
+        let t = build(&Meta(&m)).unwrap();
+        let file = |name: &str| &t.files.iter().find(|(n, _)| n == name).unwrap().1;
+        let j = file("tokenizer.json");
+        let vocab = j["model"]["vocab"].as_object().unwrap();
+        assert_eq!(vocab["<s>"], 0);
+        assert_eq!(vocab["b"], 3);
+        assert_eq!(vocab.len(), 6);
+        assert_eq!(j["model"]["ignore_merges"], true);
+        assert_eq!(j["model"]["merges"], json!([["a", "b"]]));
+        let added: Vec<(u64, bool)> = j["added_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["id"].as_u64().unwrap(), a["special"].as_bool().unwrap()))
+            .collect();
+        assert_eq!(added, [(0, true), (1, true), (5, false)]);
+        // LLaMA 3 adds BOS: ByteLevel then the template.
+        let post = &j["post_processor"]["processors"];
+        assert_eq!(post[1]["single"][0]["SpecialToken"]["id"], "<s>");
+        assert_eq!(
+            j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"],
+            LLAMA3_REGEX
+        );
+        let cfg = file("tokenizer_config.json");
+        assert_eq!(
+            (cfg["bos_token"].as_str(), cfg["add_bos_token"].as_bool()),
+            (Some("<s>"), Some(true))
+        );
+        assert_eq!(cfg["added_tokens_decoder"]["5"]["special"], false);
+        assert_eq!(t.warnings.len(), 1);
+        assert!(t.warnings[0].contains("id 6"), "{}", t.warnings[0]);
+    }
+
+    #[test]
+    fn unknown_families_are_refused() {
+        let mut m = meta(&["a", "b"], &[1, 1]);
+        m[2].1 = Value::String("gemma4".into());
+        let err = build(&Meta(&m)).err().unwrap().to_string();
+        assert!(err.contains("pre-tokenizer 'gemma4'"), "{err}");
+        m[1].1 = Value::String("t5".into());
+        let err = build(&Meta(&m)).err().unwrap().to_string();
+        assert!(err.contains("tokenizer model 't5'"), "{err}");
+    }
 
     #[test]
     fn merges_follow_transformers_order() {

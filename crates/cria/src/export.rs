@@ -87,6 +87,9 @@ pub fn run(a: &ExportArgs) -> Result<()> {
     });
     bar.finish_and_clear();
     let summary = summary.with_context(|| format!("exporting to {}", a.out.display()))?;
+    for w in &summary.warnings {
+        eprintln!("warning: {w}");
+    }
     let total: u64 = summary.files.iter().map(|(_, n)| n).sum();
     eprintln!(
         "wrote {} ({} tensors{}, {} files, {:.1} MB) in {:.1}s",
