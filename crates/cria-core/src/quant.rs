@@ -43,7 +43,7 @@ pub const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 /// Groups whose largest magnitude is below this quantize to all zeros (ggml's GROUP_MAX_EPS).
-const GROUP_MAX_EPS: f32 = 1e-15;
+pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 
 // ------------------------------------------------------------------------------------------------
 // Block layouts
@@ -611,7 +611,7 @@ fn check_row(what: &str, n_x: usize, qk: usize, n_blocks: usize) {
 
 /// The element of largest magnitude (the first one on ties), as ggml finds it.
 #[inline]
-fn signed_absmax(x: &[f32]) -> (f32, f32) {
+pub(crate) fn signed_absmax(x: &[f32]) -> (f32, f32) {
     let (mut amax, mut max) = (0.0f32, 0.0f32);
     for &v in x {
         if amax < v.abs() {
@@ -808,7 +808,7 @@ pub fn quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8_K]) {
 /// ggml `make_qkx2_quants`: picks scale and min for a group of `x` (weighted) by trying `nstep + 1`
 /// candidate scales around `nmax / (max - min)`. Writes levels 0..=nmax to `l`; returns (scale, -min).
 #[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants(
+pub(crate) fn make_qkx2_quants(
     nmax: i32,
     x: &[f32],
     weights: &[f32],
@@ -892,9 +892,15 @@ fn make_qkx2_quants(
     (scale, -min)
 }
 
-/// ggml `make_qx_quants` without importance weights (`qw == NULL`): symmetric levels
-/// -nmax..nmax-1 stored as 0..2*nmax in `l`; returns the scale.
-fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], rmse_type: i32) -> f32 {
+/// ggml `make_qx_quants`: symmetric levels -nmax..nmax-1 stored as 0..2*nmax in `l`; returns the
+/// scale. `qw`, when given, replaces the `rmse_type` weights (as ggml's `qw` argument does).
+pub(crate) fn make_qx_quants(
+    nmax: i32,
+    x: &[f32],
+    l: &mut [i8],
+    rmse_type: i32,
+    qw: Option<&[f32]>,
+) -> f32 {
     let n = x.len();
     let (amax, max) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
@@ -914,21 +920,23 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], rmse_type: i32) -> f32 {
     } else {
         (rmse_type, false)
     };
-    let weight = |v: f32| match rmse_type {
-        1 => v * v,
-        2 => 1.0,
-        3 => v.abs(),
-        _ => v.abs().sqrt(),
+    let weight = |i: usize| match (qw, rmse_type) {
+        (Some(qw), _) => qw[i],
+        (None, 1) => x[i] * x[i],
+        (None, 2) => 1.0,
+        (None, 3) => x[i].abs(),
+        (None, _) => x[i].abs().sqrt(),
     };
     let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
     for i in 0..n {
         let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
         l[i] = (q + nmax) as i8;
-        let w = weight(x[i]);
+        let w = weight(i);
         let lf = q as f32;
         sumlx += w * x[i] * lf;
         suml2 += w * lf * lf;
     }
+    // C: `suml2 ? sumlx/suml2 : 0` (NaN counts as true).
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     if return_early {
         return if suml2 > 0.0 {
@@ -945,9 +953,9 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], rmse_type: i32) -> f32 {
         iscale = -(nmax as f32 + 0.1 * is as f32) / max;
         sumlx = 0.0;
         suml2 = 0.0;
-        for &v in x {
+        for (i, &v) in x.iter().enumerate() {
             let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
-            let w = weight(v);
+            let w = weight(i);
             sumlx += w * v * q;
             suml2 += w * q * q;
         }
@@ -1074,21 +1082,32 @@ pub fn quantize_row_q2_k(x: &[f32], y: &mut [BlockQ2_K]) {
         } else {
             b.dmin = f16::from_f32(0.0);
         }
-        for j in 0..QK_K / 16 {
-            let d = b.d.to_f32() * (b.scales[j] & 0xF) as f32;
-            if d == 0.0 {
-                continue;
-            }
-            let dm = b.dmin.to_f32() * (b.scales[j] >> 4) as f32;
-            for ii in 0..16 {
-                l[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / d).clamp(0, 3) as u8;
-            }
+        q2_k_requantize_pack(x, &mut l, b);
+    }
+}
+
+/// The shared end of Q2_K (reference and weighted): with `d`, `dmin` and `scales` of `b` set,
+/// requantizes the levels of the groups whose scale is not zero and packs them.
+pub(crate) fn q2_k_requantize_pack(x: &[f32], l: &mut [u8; QK_K], b: &mut BlockQ2_K) {
+    for j in 0..QK_K / 16 {
+        let d = b.d.to_f32() * (b.scales[j] & 0xF) as f32;
+        if d == 0.0 {
+            continue;
         }
-        for j in (0..QK_K).step_by(128) {
-            for i in 0..32 {
-                b.qs[j / 4 + i] =
-                    l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
-            }
+        let dm = b.dmin.to_f32() * (b.scales[j] >> 4) as f32;
+        for ii in 0..16 {
+            l[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / d).clamp(0, 3) as u8;
+        }
+    }
+    pack_2bit(l, &mut b.qs);
+}
+
+/// Packs 256 two-bit levels: per 128 values, 32 bytes whose bit pairs 0,2,4,6 are l, l+32, l+64, l+96.
+fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
+    for j in (0..QK_K).step_by(128) {
+        for i in 0..32 {
+            qs[j / 4 + i] =
+                l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
         }
     }
 }
@@ -1130,41 +1149,42 @@ pub fn quantize_row_q3_k(x: &[f32], y: &mut [BlockQ3_K]) {
         } else {
             b.d = f16::from_f32(0.0);
         }
-        let sc = q3_k_scales(&b.scales);
-        for j in 0..QK_K / 16 {
-            let d = b.d.to_f32() * sc[j] as f32;
-            if d == 0.0 {
-                continue;
-            }
-            for ii in 0..16 {
-                l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as i8;
-            }
-        }
-        b.hmask = [0; QK_K / 8];
-        let (mut m, mut hm) = (0usize, 1u8);
-        for q in l.iter_mut() {
-            if *q > 3 {
-                b.hmask[m] |= hm;
-                *q -= 4;
-            }
-            m += 1;
-            if m == QK_K / 8 {
-                m = 0;
-                hm = hm.wrapping_shl(1);
-            }
-        }
-        let l: [u8; QK_K] = bytemuck::cast(l);
-        for j in (0..QK_K).step_by(128) {
-            for i in 0..32 {
-                b.qs[j / 4 + i] =
-                    l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
-            }
-        }
+        q3_k_requantize_pack(x, &mut l, b);
     }
 }
 
+/// The shared end of Q3_K (reference and weighted): with `d` and the packed `scales` of `b` set,
+/// requantizes the levels of the groups whose scale is not zero, splits off the high bits into
+/// `hmask` and packs the low two bits.
+pub(crate) fn q3_k_requantize_pack(x: &[f32], l: &mut [i8; QK_K], b: &mut BlockQ3_K) {
+    let sc = q3_k_scales(&b.scales);
+    for j in 0..QK_K / 16 {
+        let d = b.d.to_f32() * sc[j] as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as i8;
+        }
+    }
+    b.hmask = [0; QK_K / 8];
+    let (mut m, mut hm) = (0usize, 1u8);
+    for q in l.iter_mut() {
+        if *q > 3 {
+            b.hmask[m] |= hm;
+            *q -= 4;
+        }
+        m += 1;
+        if m == QK_K / 8 {
+            m = 0;
+            hm = hm.wrapping_shl(1);
+        }
+    }
+    pack_2bit(bytemuck::cast_ref(l), &mut b.qs);
+}
+
 /// Packs eight 6-bit (scale, min) pairs the way [`get_scale_min_k4`] reads them.
-fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; K_SCALE_SIZE] {
+pub(crate) fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; K_SCALE_SIZE] {
     let mut s = [0u8; K_SCALE_SIZE];
     for j in 0..8 {
         if j < 4 {
@@ -1240,18 +1260,31 @@ fn quantize_k_scales(
     *scales_out = pack_scale_min_k4(&ls, &lm);
     *d_out = f16::from_f32(max_scale / 63.0);
     *dmin_out = f16::from_f32(max_min / 63.0);
+    k_requantize(x, nmax, *d_out, *dmin_out, scales_out, &mut l);
+    l
+}
+
+/// The shared end of the Q4_K/Q5_K scale search (reference and weighted): requantizes to 0..=nmax
+/// the groups whose 6-bit scale is not zero.
+pub(crate) fn k_requantize(
+    x: &[f32],
+    nmax: i32,
+    d: f16,
+    dmin: f16,
+    scales: &[u8; K_SCALE_SIZE],
+    l: &mut [u8; QK_K],
+) {
     for j in 0..QK_K / 32 {
-        let (sc, m) = get_scale_min_k4(j, scales_out);
-        let d = d_out.to_f32() * sc as f32;
+        let (sc, m) = get_scale_min_k4(j, scales);
+        let d = d.to_f32() * sc as f32;
         if d == 0.0 {
             continue;
         }
-        let dm = dmin_out.to_f32() * m as f32;
+        let dm = dmin.to_f32() * m as f32;
         for ii in 0..32 {
             l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, nmax) as u8;
         }
     }
-    l
 }
 
 /// ggml `quantize_row_q4_K_ref`.
@@ -1259,10 +1292,15 @@ pub fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4_K]) {
     check_row("quantize_row_q4_k", x.len(), QK_K, y.len());
     for (x, b) in x.chunks_exact(QK_K).zip(y) {
         let l = quantize_k_scales(x, 15, -1.0, 20, &mut b.d, &mut b.dmin, &mut b.scales);
-        for j in 0..QK_K / 64 {
-            for i in 0..32 {
-                b.qs[32 * j + i] = l[64 * j + i] | (l[64 * j + i + 32] << 4);
-            }
+        q4_k_pack(&l, b);
+    }
+}
+
+/// Packs Q4_K levels 0..16: per 64 values, 32 bytes, low nibble l, high nibble l + 32.
+pub(crate) fn q4_k_pack(l: &[u8; QK_K], b: &mut BlockQ4_K) {
+    for j in 0..QK_K / 64 {
+        for i in 0..32 {
+            b.qs[32 * j + i] = l[64 * j + i] | (l[64 * j + i + 32] << 4);
         }
     }
 }
@@ -1272,22 +1310,27 @@ pub fn quantize_row_q5_k(x: &[f32], y: &mut [BlockQ5_K]) {
     check_row("quantize_row_q5_k", x.len(), QK_K, y.len());
     for (x, b) in x.chunks_exact(QK_K).zip(y) {
         let l = quantize_k_scales(x, 31, -0.5, 15, &mut b.d, &mut b.dmin, &mut b.scales);
-        b.qh = [0; QK_K / 8];
-        for j in 0..QK_K / 64 {
-            let (m1, m2) = (1u8 << (2 * j), 2u8 << (2 * j));
-            for i in 0..32 {
-                let mut l1 = l[64 * j + i];
-                if l1 > 15 {
-                    l1 -= 16;
-                    b.qh[i] |= m1;
-                }
-                let mut l2 = l[64 * j + i + 32];
-                if l2 > 15 {
-                    l2 -= 16;
-                    b.qh[i] |= m2;
-                }
-                b.qs[32 * j + i] = l1 | (l2 << 4);
+        q5_k_pack(&l, b);
+    }
+}
+
+/// Packs Q5_K levels 0..32: low nibbles as Q4_K, fifth bits in `qh`.
+pub(crate) fn q5_k_pack(l: &[u8; QK_K], b: &mut BlockQ5_K) {
+    b.qh = [0; QK_K / 8];
+    for j in 0..QK_K / 64 {
+        let (m1, m2) = (1u8 << (2 * j), 2u8 << (2 * j));
+        for i in 0..32 {
+            let mut l1 = l[64 * j + i];
+            if l1 > 15 {
+                l1 -= 16;
+                b.qh[i] |= m1;
             }
+            let mut l2 = l[64 * j + i + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                b.qh[i] |= m2;
+            }
+            b.qs[32 * j + i] = l1 | (l2 << 4);
         }
     }
 }
@@ -1296,65 +1339,69 @@ pub fn quantize_row_q5_k(x: &[f32], y: &mut [BlockQ5_K]) {
 pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6_K]) {
     check_row("quantize_row_q6_k", x.len(), QK_K, y.len());
     for (x, b) in x.chunks_exact(QK_K).zip(y) {
-        let mut l = [0i8; QK_K];
-        let mut scales = [0f32; QK_K / 16];
-        let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
-        for ib in 0..QK_K / 16 {
-            let scale = make_qx_quants(
-                32,
-                &x[16 * ib..16 * ib + 16],
-                &mut l[16 * ib..16 * ib + 16],
-                1,
-            );
-            scales[ib] = scale;
-            if scale.abs() > max_abs_scale {
-                max_abs_scale = scale.abs();
-                max_scale = scale;
-            }
+        q6_k_block(x, None, b);
+    }
+}
+
+/// One Q6_K super-block: ggml's `quantize_row_q6_K_impl`, which with `qw == None` is
+/// `quantize_row_q6_K_ref` (x^2 weights) and otherwise passes the raw importance weights (no
+/// sigma2 term) to make_qx_quants.
+pub(crate) fn q6_k_block(x: &[f32], qw: Option<&[f32]>, b: &mut BlockQ6_K) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
+    for ib in 0..QK_K / 16 {
+        let r = 16 * ib..16 * ib + 16;
+        let qw = qw.map(|w| &w[r.clone()]);
+        let scale = make_qx_quants(32, &x[r.clone()], &mut l[r], 1, qw);
+        scales[ib] = scale;
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = scale;
         }
-        if max_abs_scale < GROUP_MAX_EPS {
-            *b = BlockQ6_K::zeroed();
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        *b = BlockQ6_K::zeroed();
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    b.d = f16::from_f32(1.0 / iscale);
+    for ib in 0..QK_K / 16 {
+        b.scales[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+    }
+    for j in 0..QK_K / 16 {
+        let d = b.d.to_f32() * b.scales[j] as f32;
+        if d == 0.0 {
             continue;
         }
-        let iscale = -128.0 / max_scale;
-        b.d = f16::from_f32(1.0 / iscale);
-        for ib in 0..QK_K / 16 {
-            b.scales[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+        for ii in 0..16 {
+            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-32, 31) + 32) as i8;
         }
-        for j in 0..QK_K / 16 {
-            let d = b.d.to_f32() * b.scales[j] as f32;
-            if d == 0.0 {
-                continue;
-            }
-            for ii in 0..16 {
-                l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-32, 31) + 32) as i8;
-            }
-        }
-        let l: [u8; QK_K] = bytemuck::cast(l);
-        for n in 0..QK_K / 128 {
-            let (j, ql, qh) = (
-                128 * n,
-                &mut b.ql[64 * n..64 * n + 64],
-                &mut b.qh[32 * n..32 * n + 32],
-            );
-            for i in 0..32 {
-                let q1 = l[j + i] & 0xF;
-                let q2 = l[j + i + 32] & 0xF;
-                let q3 = l[j + i + 64] & 0xF;
-                let q4 = l[j + i + 96] & 0xF;
-                ql[i] = q1 | (q3 << 4);
-                ql[i + 32] = q2 | (q4 << 4);
-                qh[i] = (l[j + i] >> 4)
-                    | ((l[j + i + 32] >> 4) << 2)
-                    | ((l[j + i + 64] >> 4) << 4)
-                    | ((l[j + i + 96] >> 4) << 6);
-            }
+    }
+    let l: [u8; QK_K] = bytemuck::cast(l);
+    for n in 0..QK_K / 128 {
+        let (j, ql, qh) = (
+            128 * n,
+            &mut b.ql[64 * n..64 * n + 64],
+            &mut b.qh[32 * n..32 * n + 32],
+        );
+        for i in 0..32 {
+            let q1 = l[j + i] & 0xF;
+            let q2 = l[j + i + 32] & 0xF;
+            let q3 = l[j + i + 64] & 0xF;
+            let q4 = l[j + i + 96] & 0xF;
+            ql[i] = q1 | (q3 << 4);
+            ql[i + 32] = q2 | (q4 << 4);
+            qh[i] = (l[j + i] >> 4)
+                | ((l[j + i + 32] >> 4) << 2)
+                | ((l[j + i + 64] >> 4) << 4)
+                | ((l[j + i + 96] >> 4) << 6);
         }
     }
 }
 
 /// Quantizes `src` into blocks of `B` in `dst` (bytes of any alignment) with `f`.
-fn quantize_blocks<B: QuantBlock>(src: &[f32], dst: &mut [u8], f: fn(&[f32], &mut [B])) {
+pub(crate) fn quantize_blocks<B: QuantBlock>(src: &[f32], dst: &mut [u8], f: fn(&[f32], &mut [B])) {
     match bytemuck::try_cast_slice_mut::<u8, B>(dst) {
         Ok(blocks) => f(src, blocks),
         Err(_) => {
