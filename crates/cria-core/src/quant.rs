@@ -846,7 +846,7 @@ pub(crate) fn make_qkx2_quants(
     let mut scale = 1.0 / iscale;
     let mut best_error = 0.0f32;
     for i in 0..n {
-        let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        let q = nearest_int(iscale * (x[i] - min)).min(nmax).max(0);
         l[i] = q as u8;
         let diff = scale * l[i] as f32 + min - x[i];
         let diff = if use_mad { diff.abs() } else { diff * diff };
@@ -857,15 +857,17 @@ pub(crate) fn make_qkx2_quants(
     }
     for is in 0..=nstep {
         iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        // The levels first (a loop the compiler can vectorize), then the sums in ggml's order.
+        let (x, weights, laux) = (&x[..n], &weights[..n], &mut laux[..n]);
+        for (l, &v) in laux.iter_mut().zip(x) {
+            *l = nearest_int(iscale * (v - min)).min(nmax).max(0) as u8;
+        }
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for i in 0..n {
-            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            laux[i] = q as u8;
-            let w = weights[i];
-            let lf = q as f32;
+        for ((&l, &w), &v) in laux.iter().zip(weights).zip(x) {
+            let lf = l as f32;
             sum_l += w * lf;
             sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
+            sum_xl += w * lf * v;
         }
         let dd = sum_w * sum_l2 - sum_l * sum_l;
         if dd > 0.0 {
@@ -894,6 +896,7 @@ pub(crate) fn make_qkx2_quants(
 
 /// ggml `make_qx_quants`: symmetric levels -nmax..nmax-1 stored as 0..2*nmax in `l`; returns the
 /// scale. `qw`, when given, replaces the `rmse_type` weights (as ggml's `qw` argument does).
+/// Groups of at most 32 values (ggml calls it on 16 and 32).
 pub(crate) fn make_qx_quants(
     nmax: i32,
     x: &[f32],
@@ -910,7 +913,7 @@ pub(crate) fn make_qx_quants(
     let mut iscale = -(nmax as f32) / max;
     if rmse_type == 0 {
         for i in 0..n {
-            let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+            let q = nearest_int(iscale * x[i]).min(nmax - 1).max(-nmax);
             l[i] = (nmax + q) as i8;
         }
         return 1.0 / iscale;
@@ -920,20 +923,26 @@ pub(crate) fn make_qx_quants(
     } else {
         (rmse_type, false)
     };
-    let weight = |i: usize| match (qw, rmse_type) {
-        (Some(qw), _) => qw[i],
-        (None, 1) => x[i] * x[i],
-        (None, 2) => 1.0,
-        (None, 3) => x[i].abs(),
-        (None, _) => x[i].abs().sqrt(),
-    };
+    // The weights once (ggml recomputes them in each loop; the values are the same).
+    let mut wbuf = [0f32; 32];
+    let weights = &mut wbuf[..n];
+    for (i, w) in weights.iter_mut().enumerate() {
+        *w = match (qw, rmse_type) {
+            (Some(qw), _) => qw[i],
+            (None, 1) => x[i] * x[i],
+            (None, 2) => 1.0,
+            (None, 3) => x[i].abs(),
+            (None, _) => x[i].abs().sqrt(),
+        };
+    }
+    let weights = &*weights;
+    let l = &mut l[..n];
     let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-    for i in 0..n {
-        let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
-        l[i] = (q + nmax) as i8;
-        let w = weight(i);
+    for ((li, &v), &w) in l.iter_mut().zip(x).zip(weights) {
+        let q = nearest_int(iscale * v).min(nmax - 1).max(-nmax);
+        *li = (q + nmax) as i8;
         let lf = q as f32;
-        sumlx += w * x[i] * lf;
+        sumlx += w * v * lf;
         suml2 += w * lf * lf;
     }
     // C: `suml2 ? sumlx/suml2 : 0` (NaN counts as true).
@@ -953,16 +962,18 @@ pub(crate) fn make_qx_quants(
         iscale = -(nmax as f32 + 0.1 * is as f32) / max;
         sumlx = 0.0;
         suml2 = 0.0;
-        for (i, &v) in x.iter().enumerate() {
-            let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
-            let w = weight(i);
+        // The levels first (a loop the compiler can vectorize), then the sums in ggml's order.
+        let mut qbuf = [0f32; 32];
+        for (q, &v) in qbuf.iter_mut().zip(x) {
+            *q = nearest_int(iscale * v).min(nmax - 1).max(-nmax) as f32;
+        }
+        for ((&v, &w), &q) in x.iter().zip(weights).zip(&qbuf[..n]) {
             sumlx += w * v * q;
             suml2 += w * q * q;
         }
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for i in 0..n {
-                let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
-                l[i] = (nmax + q) as i8;
+            for (li, &v) in l.iter_mut().zip(x) {
+                *li = (nmax + nearest_int(iscale * v).min(nmax - 1).max(-nmax)) as i8;
             }
             scale = sumlx / suml2;
             best = scale * sumlx;
@@ -984,7 +995,7 @@ fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8], do_rmse: bool) -> f32 {
     if do_rmse {
         let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
         for i in 0..n {
-            let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+            let q = nearest_int(iscale * x[i]).min(nmax - 1).max(-nmax);
             l[i] = q as i8;
             let w = x[i] * x[i];
             sumlx += w * x[i] * q as f32;
@@ -998,7 +1009,7 @@ fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8], do_rmse: bool) -> f32 {
                 let mut slx = sumlx - w * x[i] * li;
                 if slx > 0.0 {
                     let mut sl2 = suml2 - w * li * li;
-                    let new_l = nearest_int(x[i] * sl2 / slx).clamp(-nmax, nmax - 1);
+                    let new_l = nearest_int(x[i] * sl2 / slx).min(nmax - 1).max(-nmax);
                     if new_l != l[i] as i32 {
                         let nl = new_l as f32;
                         slx += w * x[i] * nl;
@@ -1022,7 +1033,7 @@ fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8], do_rmse: bool) -> f32 {
         return if suml2 > 0.0 { sumlx / suml2 } else { 0.0 };
     }
     for i in 0..n {
-        let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        let q = nearest_int(iscale * x[i]).min(nmax - 1).max(-nmax);
         l[i] = (q + nmax) as i8;
     }
     1.0 / iscale
@@ -1282,7 +1293,7 @@ pub(crate) fn k_requantize(
         }
         let dm = dmin.to_f32() * m as f32;
         for ii in 0..32 {
-            l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, nmax) as u8;
+            l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).min(nmax).max(0) as u8;
         }
     }
 }

@@ -37,6 +37,12 @@ struct Input {
     data: Vec<f32>,
 }
 
+struct Imatrix {
+    name: String,
+    input: usize,
+    w: Vec<f32>,
+}
+
 struct Case<'a> {
     input: usize,
     imatrix: Option<usize>,
@@ -46,7 +52,7 @@ struct Case<'a> {
 
 struct Fixture<'a> {
     inputs: Vec<Input>,
-    imatrices: Vec<(String, Vec<f32>)>,
+    imatrices: Vec<Imatrix>,
     cases: Vec<Case<'a>>,
 }
 
@@ -68,8 +74,13 @@ fn parse(data: &[u8]) -> Fixture<'_> {
     let mut imatrices = Vec::new();
     for _ in 0..le_u32(r) {
         let name = string(r);
-        let n = inputs[le_u32(r) as usize].n_per_row;
-        imatrices.push((name, floats(r, n)));
+        let input = le_u32(r) as usize;
+        let n = inputs[input].n_per_row;
+        imatrices.push(Imatrix {
+            name,
+            input,
+            w: floats(r, n),
+        });
     }
     let mut cases = Vec::new();
     for _ in 0..le_u32(r) {
@@ -92,6 +103,23 @@ fn parse(data: &[u8]) -> Fixture<'_> {
         inputs,
         imatrices,
         cases,
+    }
+}
+
+impl Fixture<'_> {
+    /// The SmolLM2 ffn_down rows (1536 wide) and their "rand" importance weights.
+    fn ffn_down(&self) -> (&Input, &[f32]) {
+        let k = self
+            .inputs
+            .iter()
+            .position(|i| i.name == "smollm2:blk.3.ffn_down")
+            .expect("SmolLM2 ffn_down rows in the fixture");
+        let im = self
+            .imatrices
+            .iter()
+            .find(|m| m.input == k && m.name == "rand")
+            .expect("their imatrix");
+        (&self.inputs[k], &im.w)
     }
 }
 
@@ -129,12 +157,12 @@ fn quantize_rows_matches_ggml_quantize_chunk() {
     let mut failures = Vec::new();
     for c in &fx.cases {
         let input = &fx.inputs[c.input];
-        let imatrix = c.imatrix.map(|k| fx.imatrices[k].1.as_slice());
+        let imatrix = c.imatrix.map(|k| fx.imatrices[k].w.as_slice());
         let what = format!(
             "{} {} imatrix {}",
             c.dtype,
             input.name,
-            c.imatrix.map_or("none", |k| &fx.imatrices[k].0)
+            c.imatrix.map_or("none", |k| &fx.imatrices[k].name)
         );
         assert!(can_quantize_rows(c.dtype), "{what}");
         // An aligned output buffer, and one at an odd address (the copy-per-row path).
@@ -181,21 +209,8 @@ fn quantize_rows_matches_ggml_quantize_chunk() {
 fn quantize_rows_is_the_same_from_many_threads() {
     let data = fixture();
     let fx = parse(&data);
-    let input = fx
-        .inputs
-        .iter()
-        .position(|i| i.name.starts_with("smollm2:") && i.n_per_row % 256 == 0)
-        .expect("a SmolLM2 input of whole super-blocks");
-    let Input {
-        n_per_row, data, ..
-    } = &fx.inputs[input];
-    let imatrix = fx.imatrices[fx
-        .cases
-        .iter()
-        .find_map(|c| (c.input == input).then_some(c.imatrix).flatten())
-        .unwrap()]
-    .1
-    .as_slice();
+    let (input, imatrix) = fx.ffn_down();
+    let (n_per_row, data) = (&input.n_per_row, &input.data);
     for dt in [DType::Q4_K, DType::Q6_K, DType::Q3_K, DType::IQ4_XS] {
         let row_bytes = dt.bytes_for(*n_per_row).unwrap();
         let nrows = data.len() / n_per_row;
@@ -211,5 +226,59 @@ fn quantize_rows_is_the_same_from_many_threads() {
             }
         });
         assert_eq!(whole, split, "{dt}");
+    }
+}
+
+/// CPU seconds this thread has run (Linux: /proc/thread-self/schedstat, nanoseconds first).
+fn thread_cpu_s() -> f64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("Linux schedstat");
+    s.split_whitespace().next().unwrap().parse::<u64>().unwrap() as f64 * 1e-9
+}
+
+/// Throughput of the weighted quantizers on real rows (SmolLM2 ffn_down, 1536 wide, tiled to 512
+/// rows), one thread, best of 7 runs per CPU second. Not a timed assertion: run with
+/// `cargo test --profile ci -p cria-core --test quantize_weighted bench -- --ignored --nocapture`
+/// and compare with `python3 crates/cria-core/tests/bench_weighted_quant.py` (ggml, same rows).
+#[test]
+#[ignore]
+fn bench_rows_per_second() {
+    let data = fixture();
+    let fx = parse(&data);
+    let (input, imatrix) = fx.ffn_down();
+    let (n_per_row, data) = (&input.n_per_row, &input.data);
+    let nrows = 512;
+    let src: Vec<f32> = data
+        .iter()
+        .copied()
+        .cycle()
+        .take(nrows * n_per_row)
+        .collect();
+    for dt in [
+        DType::Q4_K,
+        DType::Q6_K,
+        DType::Q5_K,
+        DType::Q3_K,
+        DType::Q2_K,
+        DType::IQ4_XS,
+        DType::Q4_0,
+    ] {
+        for w in [None, Some(imatrix)] {
+            let mut dst = vec![0u8; dt.bytes_for(src.len()).unwrap()];
+            // Best of 7 runs of 0.2 s of this thread's CPU time (the machine is shared: wall
+            // time would count other processes' turns).
+            let mut rows_s = 0f64;
+            for _ in 0..7 {
+                let (t0, mut reps) = (thread_cpu_s(), 0);
+                while reps < 2 || thread_cpu_s() - t0 < 0.2 {
+                    quantize_rows(dt, &src, &mut dst, *n_per_row, w).unwrap();
+                    reps += 1;
+                }
+                rows_s = rows_s.max((reps * nrows) as f64 / (thread_cpu_s() - t0));
+            }
+            eprintln!(
+                "cria {dt:7} imatrix {:5}: {rows_s:9.0} rows/s of {n_per_row}",
+                w.is_some()
+            );
+        }
     }
 }
