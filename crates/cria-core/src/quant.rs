@@ -955,6 +955,7 @@ pub(crate) fn make_qx_quants(
         };
     }
     let mut best = scale * sumlx;
+    let mut qbuf = [0f32; 32];
     for is in -9..=9 {
         if is == 0 {
             continue;
@@ -963,7 +964,6 @@ pub(crate) fn make_qx_quants(
         sumlx = 0.0;
         suml2 = 0.0;
         // The levels first (a loop the compiler can vectorize), then the sums in ggml's order.
-        let mut qbuf = [0f32; 32];
         for (q, &v) in qbuf.iter_mut().zip(x) {
             *q = nearest_int(iscale * v).min(nmax - 1).max(-nmax) as f32;
         }

@@ -8,8 +8,6 @@ wide) from tests/fixtures/quant_weighted.bin, tiled to 512 rows, with and withou
 Run: python3 crates/cria-core/tests/bench_weighted_quant.py
 """
 
-import ctypes
-import struct
 import time
 
 import numpy as np
@@ -18,39 +16,9 @@ import gen_weighted_quant_fixtures as gen
 from gguf import GGMLQuantizationType as T
 
 
-def read_fixture():
-    b = gen.OUT.read_bytes()
-    off = 8
-    def u32():
-        nonlocal off
-        v = struct.unpack_from("<I", b, off)[0]
-        off += 4
-        return v
-    def name():
-        nonlocal off
-        n = u32()
-        s = b[off:off + n].decode()
-        off += n
-        return s
-    def f32s(n):
-        nonlocal off
-        a = np.frombuffer(b, dtype="<f4", count=n, offset=off)
-        off += 4 * n
-        return a
-    inputs = []
-    for _ in range(u32()):
-        nm, n, r = name(), u32(), u32()
-        inputs.append((nm, f32s(n * r).reshape(r, n)))
-    imats = []
-    for _ in range(u32()):
-        nm, i = name(), u32()
-        imats.append((nm, i, f32s(inputs[i][1].shape[1])))
-    return inputs, imats
-
-
 def main():
     chunk = gen.load_chunk()
-    inputs, imats = read_fixture()
+    inputs, imats, _ = gen.read_fixture()
     k = [nm for nm, _ in inputs].index("smollm2:blk.3.ffn_down")
     rows = inputs[k][1]
     w = next(m for nm, i, m in imats if i == k and nm == "rand")

@@ -27,6 +27,11 @@ File layout (little-endian; strings are u32 length + utf-8):
                    u32 n_bytes, bytes
 
 Run: python3 crates/cria-core/tests/gen_weighted_quant_fixtures.py
+
+`--fma-check` instead compiles ggml-quants.c with `gcc -O3 -march=haswell` (FMA available, so GCC's
+default -ffp-contract=fast fuses a*b+c, as any build with FMA in its baseline would, e.g. aarch64)
+into a scratch library and counts the fixture blocks whose bytes that build changes: the evidence
+that the no-FMA build is a different reference, not noise.
 """
 
 import ctypes
@@ -156,5 +161,74 @@ def main():
     print(f"{OUT}: {len(out)} bytes, {len(inputs)} inputs, {len(imats)} imatrices, {len(cases)} cases")
 
 
+def read_fixture():
+    """The fixture back: inputs [(name, rows)], imatrices [(name, input index, weights)], cases
+    [(input index, imatrix index or NONE, type, expected bytes)]."""
+    b = OUT.read_bytes()
+    off = 8
+
+    def u32():
+        nonlocal off
+        off += 4
+        return struct.unpack_from("<I", b, off - 4)[0]
+
+    def name():
+        nonlocal off
+        n = u32()
+        off += n
+        return b[off - n:off].decode()
+
+    def f32s(n):
+        nonlocal off
+        off += 4 * n
+        return np.frombuffer(b, dtype="<f4", count=n, offset=off - 4 * n)
+
+    inputs, imats, cases = [], [], []
+    for _ in range(u32()):
+        nm, n, r = name(), u32(), u32()
+        inputs.append((nm, f32s(n * r).reshape(r, n)))
+    for _ in range(u32()):
+        nm, i = name(), u32()
+        imats.append((nm, i, f32s(inputs[i][1].shape[1])))
+    for _ in range(u32()):
+        i, k, t, n = u32(), u32(), u32(), u32()
+        off += n
+        cases.append((i, k, T(t), b[off - n:off]))
+    return inputs, imats, cases
+
+
+def fma_check():
+    import subprocess
+    import tempfile
+    ggml = REF / "llama.cpp" / "ggml"
+    bindir = REF / "llama.cpp" / "build" / "bin"
+    tmp = Path(tempfile.mkdtemp())
+    so = tmp / "libquants_fma.so"
+    subprocess.run(["gcc", "-O3", "-march=haswell", "-fPIC", "-shared", "-Wl,-Bsymbolic", "-DNDEBUG",
+                    "-D_GNU_SOURCE", f"-I{ggml}/src", f"-I{ggml}/include", str(ggml / "src" / "ggml-quants.c"),
+                    "-o", str(so), f"-L{bindir}", f"-Wl,-rpath,{bindir}", "-lggml-base"], check=True)
+    lib = ctypes.CDLL(str(so), mode=ctypes.RTLD_LOCAL)
+    inputs, imats, cases = read_fixture()
+    stats = {}
+    for i, k, qt, want in cases:
+        if qt in IGNORES_WEIGHTS[:3]:
+            continue
+        fn = getattr(lib, "quantize_" + qt.name.lower().replace("_k", "_K"))
+        fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_void_p]
+        x = np.ascontiguousarray(inputs[i][1])
+        out = (ctypes.c_uint8 * len(want))()
+        fn(x.ctypes.data, ctypes.addressof(out), x.shape[0], x.shape[1],
+           None if k == NONE else np.ascontiguousarray(imats[k][2]).ctypes.data)
+        ts = GGML_QUANT_SIZES[qt][1]
+        diff = sum(bytes(out)[j:j + ts] != want[j:j + ts] for j in range(0, len(want), ts))
+        st = stats.setdefault((qt.name, k != NONE), [0, 0, 0, 0])
+        st[0] += 1
+        st[1] += diff > 0
+        st[2] += diff
+        st[3] += len(want) // ts
+    for (name, w), (c, cd, bd, nb) in sorted(stats.items()):
+        print(f"{name:7} imatrix {w!s:5}: FMA build differs in {cd}/{c} cases, {bd}/{nb} blocks")
+
+
 if __name__ == "__main__":
-    main()
+    fma_check() if sys.argv[1:] == ["--fma-check"] else main()
