@@ -28,6 +28,11 @@ File layout (little-endian; strings are u32 length + utf-8):
 
 Run: python3 crates/cria-core/tests/gen_weighted_quant_fixtures.py
 
+`--smollm2` instead writes tests/fixtures/quant_weighted_smollm2.txt: sha256 of ggml_quantize_chunk's
+output over whole SmolLM2-135M tensors (from the F16 GGUF), with and without the importance weights
+SMOL_IMATRIX (a formula, so the Rust side needs no data file); quantize_weighted.rs checks them when
+ref/bench/smollm2-F16.gguf is present and says SKIPPED otherwise.
+
 `--fma-check` instead compiles ggml-quants.c with `gcc -O3 -march=haswell` (FMA available, so GCC's
 default -ffp-contract=fast fuses a*b+c, as any build with FMA in its baseline would, e.g. aarch64)
 into a scratch library and counts the fixture blocks whose bytes that build changes: the evidence
@@ -197,6 +202,42 @@ def read_fixture():
     return inputs, imats, cases
 
 
+# whole tensors: the k-types and IQ4_XS need rows of whole 256-blocks (only ffn_down, 1536 wide, in
+# SmolLM2); the 32-block types take the 576-wide tensors too
+SMOL_K = (["blk.0.ffn_down.weight", "blk.10.ffn_down.weight", "blk.29.ffn_down.weight"],
+          [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS])
+SMOL_32 = (["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.29.ffn_gate.weight"],
+           [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL])
+SMOL_OUT = HERE / "fixtures" / "quant_weighted_smollm2.txt"
+
+
+def smol_imatrix(n):
+    """Importance weights by formula (exact in f32): 0 at every 11th column, else
+    ((j * 7919) % 1009) / 64."""
+    j = np.arange(n, dtype=np.int64)
+    w = ((j * 7919) % 1009).astype(np.float32) / np.float32(64.0)
+    w[j % 11 == 0] = 0.0
+    return w
+
+
+def smollm2_hashes():
+    import hashlib
+    chunk = load_chunk()
+    r = GGUFReader(str(REF / "bench" / "smollm2-F16.gguf"))
+    tensors = {t.name: t for t in r.tensors}
+    lines = []
+    for names, types in (SMOL_K, SMOL_32):
+        for name in names:
+            t = tensors[name]
+            x = np.ascontiguousarray(np.asarray(t.data).astype(np.float32))
+            for qtype in types:
+                for imat in (None, smol_imatrix(x.shape[1])):
+                    h = hashlib.sha256(quantize(chunk, qtype, x, imat)).hexdigest()
+                    lines.append(f"{name} {qtype.name} {int(imat is not None)} {h}")
+    SMOL_OUT.write_text("".join(line + "\n" for line in lines))
+    print(f"{SMOL_OUT}: {len(lines)} hashes")
+
+
 def fma_check():
     import subprocess
     import tempfile
@@ -231,4 +272,4 @@ def fma_check():
 
 
 if __name__ == "__main__":
-    fma_check() if sys.argv[1:] == ["--fma-check"] else main()
+    {"--fma-check": fma_check, "--smollm2": smollm2_hashes}.get(sys.argv[1] if sys.argv[1:] else "", main)()
