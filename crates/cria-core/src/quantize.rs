@@ -66,6 +66,13 @@ pub fn quantize_rows(
                 w.len()
             )));
         }
+        // llama-quantize refuses these when it loads the imatrix; refuse them here too.
+        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+            return Err(Error::msg(format!(
+                "quantize {dtype}: importance weight {i} is {}",
+                w[i]
+            )));
+        }
     }
     use DType::*;
     match (dtype, imatrix) {
@@ -644,6 +651,41 @@ mod tests {
                 Err(Error::Unsupported(_))
             ));
         }
+    }
+
+    #[test]
+    fn non_finite_values_do_not_panic() {
+        let mut x: Vec<f32> = (0..512)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
+            .collect();
+        x[3] = f32::NAN;
+        x[40] = f32::INFINITY;
+        x[300] = f32::NEG_INFINITY;
+        x[301] = 1e38;
+        let w: Vec<f32> = (0..256).map(|i| (i % 7) as f32).collect();
+        for dt in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+            DType::Q8_0,
+            DType::Q2_K,
+            DType::Q3_K,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+            DType::IQ4_NL,
+            DType::IQ4_XS,
+        ] {
+            let mut out = vec![0u8; dt.bytes_for(x.len()).unwrap()];
+            for qw in [None, Some(w.as_slice())] {
+                quantize_rows(dt, &x, &mut out, 256, qw).unwrap();
+            }
+        }
+        let mut bad = w.clone();
+        bad[5] = f32::NAN;
+        let mut out = vec![0u8; DType::Q4_K.bytes_for(512).unwrap()];
+        assert!(quantize_rows(DType::Q4_K, &x, &mut out, 256, Some(&bad)).is_err());
     }
 
     #[test]
