@@ -1412,7 +1412,7 @@ pub(crate) fn q6_k_block(x: &[f32], qw: Option<&[f32]>, b: &mut BlockQ6_K) {
 }
 
 /// Quantizes `src` into blocks of `B` in `dst` (bytes of any alignment) with `f`.
-pub(crate) fn quantize_blocks<B: QuantBlock>(src: &[f32], dst: &mut [u8], f: fn(&[f32], &mut [B])) {
+fn quantize_blocks<B: QuantBlock>(src: &[f32], dst: &mut [u8], f: fn(&[f32], &mut [B])) {
     match bytemuck::try_cast_slice_mut::<u8, B>(dst) {
         Ok(blocks) => f(src, blocks),
         Err(_) => {
