@@ -43,7 +43,7 @@ pub const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 /// Groups whose largest magnitude is below this quantize to all zeros (ggml's GROUP_MAX_EPS).
-const GROUP_MAX_EPS: f32 = 1e-15;
+pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 
 // ------------------------------------------------------------------------------------------------
 // Block layouts
@@ -611,7 +611,7 @@ fn check_row(what: &str, n_x: usize, qk: usize, n_blocks: usize) {
 
 /// The element of largest magnitude (the first one on ties), as ggml finds it.
 #[inline]
-fn signed_absmax(x: &[f32]) -> (f32, f32) {
+pub(crate) fn signed_absmax(x: &[f32]) -> (f32, f32) {
     let (mut amax, mut max) = (0.0f32, 0.0f32);
     for &v in x {
         if amax < v.abs() {
@@ -808,7 +808,7 @@ pub fn quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8_K]) {
 /// ggml `make_qkx2_quants`: picks scale and min for a group of `x` (weighted) by trying `nstep + 1`
 /// candidate scales around `nmax / (max - min)`. Writes levels 0..=nmax to `l`; returns (scale, -min).
 #[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants(
+pub(crate) fn make_qkx2_quants(
     nmax: i32,
     x: &[f32],
     weights: &[f32],
@@ -846,7 +846,7 @@ fn make_qkx2_quants(
     let mut scale = 1.0 / iscale;
     let mut best_error = 0.0f32;
     for i in 0..n {
-        let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        let q = nearest_int(iscale * (x[i] - min)).min(nmax).max(0);
         l[i] = q as u8;
         let diff = scale * l[i] as f32 + min - x[i];
         let diff = if use_mad { diff.abs() } else { diff * diff };
@@ -857,15 +857,17 @@ fn make_qkx2_quants(
     }
     for is in 0..=nstep {
         iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        // The levels first (a loop the compiler can vectorize), then the sums in ggml's order.
+        let (x, weights, laux) = (&x[..n], &weights[..n], &mut laux[..n]);
+        for (l, &v) in laux.iter_mut().zip(x) {
+            *l = nearest_int(iscale * (v - min)).min(nmax).max(0) as u8;
+        }
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for i in 0..n {
-            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            laux[i] = q as u8;
-            let w = weights[i];
-            let lf = q as f32;
+        for ((&l, &w), &v) in laux.iter().zip(weights).zip(x) {
+            let lf = l as f32;
             sum_l += w * lf;
             sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
+            sum_xl += w * lf * v;
         }
         let dd = sum_w * sum_l2 - sum_l * sum_l;
         if dd > 0.0 {
@@ -892,9 +894,16 @@ fn make_qkx2_quants(
     (scale, -min)
 }
 
-/// ggml `make_qx_quants` without importance weights (`qw == NULL`): symmetric levels
-/// -nmax..nmax-1 stored as 0..2*nmax in `l`; returns the scale.
-fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], rmse_type: i32) -> f32 {
+/// ggml `make_qx_quants`: symmetric levels -nmax..nmax-1 stored as 0..2*nmax in `l`; returns the
+/// scale. `qw`, when given, replaces the `rmse_type` weights (as ggml's `qw` argument does).
+/// Groups of at most 32 values (ggml calls it on 16 and 32).
+pub(crate) fn make_qx_quants(
+    nmax: i32,
+    x: &[f32],
+    l: &mut [i8],
+    rmse_type: i32,
+    qw: Option<&[f32]>,
+) -> f32 {
     let n = x.len();
     let (amax, max) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
@@ -904,7 +913,7 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], rmse_type: i32) -> f32 {
     let mut iscale = -(nmax as f32) / max;
     if rmse_type == 0 {
         for i in 0..n {
-            let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+            let q = nearest_int(iscale * x[i]).min(nmax - 1).max(-nmax);
             l[i] = (nmax + q) as i8;
         }
         return 1.0 / iscale;
@@ -914,21 +923,29 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], rmse_type: i32) -> f32 {
     } else {
         (rmse_type, false)
     };
-    let weight = |v: f32| match rmse_type {
-        1 => v * v,
-        2 => 1.0,
-        3 => v.abs(),
-        _ => v.abs().sqrt(),
-    };
+    // The weights once (ggml recomputes them in each loop; the values are the same).
+    let mut wbuf = [0f32; 32];
+    let weights = &mut wbuf[..n];
+    for (i, w) in weights.iter_mut().enumerate() {
+        *w = match (qw, rmse_type) {
+            (Some(qw), _) => qw[i],
+            (None, 1) => x[i] * x[i],
+            (None, 2) => 1.0,
+            (None, 3) => x[i].abs(),
+            (None, _) => x[i].abs().sqrt(),
+        };
+    }
+    let weights = &*weights;
+    let l = &mut l[..n];
     let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-    for i in 0..n {
-        let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
-        l[i] = (q + nmax) as i8;
-        let w = weight(x[i]);
+    for ((li, &v), &w) in l.iter_mut().zip(x).zip(weights) {
+        let q = nearest_int(iscale * v).min(nmax - 1).max(-nmax);
+        *li = (q + nmax) as i8;
         let lf = q as f32;
-        sumlx += w * x[i] * lf;
+        sumlx += w * v * lf;
         suml2 += w * lf * lf;
     }
+    // C: `suml2 ? sumlx/suml2 : 0` (NaN counts as true).
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     if return_early {
         return if suml2 > 0.0 {
@@ -938,6 +955,7 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], rmse_type: i32) -> f32 {
         };
     }
     let mut best = scale * sumlx;
+    let mut qbuf = [0f32; 32];
     for is in -9..=9 {
         if is == 0 {
             continue;
@@ -945,16 +963,17 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], rmse_type: i32) -> f32 {
         iscale = -(nmax as f32 + 0.1 * is as f32) / max;
         sumlx = 0.0;
         suml2 = 0.0;
-        for &v in x {
-            let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
-            let w = weight(v);
+        // The levels first (a loop the compiler can vectorize), then the sums in ggml's order.
+        for (q, &v) in qbuf.iter_mut().zip(x) {
+            *q = nearest_int(iscale * v).min(nmax - 1).max(-nmax) as f32;
+        }
+        for ((&v, &w), &q) in x.iter().zip(weights).zip(&qbuf[..n]) {
             sumlx += w * v * q;
             suml2 += w * q * q;
         }
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for i in 0..n {
-                let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
-                l[i] = (nmax + q) as i8;
+            for (li, &v) in l.iter_mut().zip(x) {
+                *li = (nmax + nearest_int(iscale * v).min(nmax - 1).max(-nmax)) as i8;
             }
             scale = sumlx / suml2;
             best = scale * sumlx;
@@ -976,7 +995,7 @@ fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8], do_rmse: bool) -> f32 {
     if do_rmse {
         let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
         for i in 0..n {
-            let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+            let q = nearest_int(iscale * x[i]).min(nmax - 1).max(-nmax);
             l[i] = q as i8;
             let w = x[i] * x[i];
             sumlx += w * x[i] * q as f32;
@@ -990,7 +1009,7 @@ fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8], do_rmse: bool) -> f32 {
                 let mut slx = sumlx - w * x[i] * li;
                 if slx > 0.0 {
                     let mut sl2 = suml2 - w * li * li;
-                    let new_l = nearest_int(x[i] * sl2 / slx).clamp(-nmax, nmax - 1);
+                    let new_l = nearest_int(x[i] * sl2 / slx).min(nmax - 1).max(-nmax);
                     if new_l != l[i] as i32 {
                         let nl = new_l as f32;
                         slx += w * x[i] * nl;
@@ -1014,7 +1033,7 @@ fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8], do_rmse: bool) -> f32 {
         return if suml2 > 0.0 { sumlx / suml2 } else { 0.0 };
     }
     for i in 0..n {
-        let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        let q = nearest_int(iscale * x[i]).min(nmax - 1).max(-nmax);
         l[i] = (q + nmax) as i8;
     }
     1.0 / iscale
@@ -1074,21 +1093,32 @@ pub fn quantize_row_q2_k(x: &[f32], y: &mut [BlockQ2_K]) {
         } else {
             b.dmin = f16::from_f32(0.0);
         }
-        for j in 0..QK_K / 16 {
-            let d = b.d.to_f32() * (b.scales[j] & 0xF) as f32;
-            if d == 0.0 {
-                continue;
-            }
-            let dm = b.dmin.to_f32() * (b.scales[j] >> 4) as f32;
-            for ii in 0..16 {
-                l[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / d).clamp(0, 3) as u8;
-            }
+        q2_k_requantize_pack(x, &mut l, b);
+    }
+}
+
+/// The shared end of Q2_K (reference and weighted): with `d`, `dmin` and `scales` of `b` set,
+/// requantizes the levels of the groups whose scale is not zero and packs them.
+pub(crate) fn q2_k_requantize_pack(x: &[f32], l: &mut [u8; QK_K], b: &mut BlockQ2_K) {
+    for j in 0..QK_K / 16 {
+        let d = b.d.to_f32() * (b.scales[j] & 0xF) as f32;
+        if d == 0.0 {
+            continue;
         }
-        for j in (0..QK_K).step_by(128) {
-            for i in 0..32 {
-                b.qs[j / 4 + i] =
-                    l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
-            }
+        let dm = b.dmin.to_f32() * (b.scales[j] >> 4) as f32;
+        for ii in 0..16 {
+            l[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / d).clamp(0, 3) as u8;
+        }
+    }
+    pack_2bit(l, &mut b.qs);
+}
+
+/// Packs 256 two-bit levels: per 128 values, 32 bytes whose bit pairs 0,2,4,6 are l, l+32, l+64, l+96.
+fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
+    for j in (0..QK_K).step_by(128) {
+        for i in 0..32 {
+            qs[j / 4 + i] =
+                l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
         }
     }
 }
@@ -1130,41 +1160,42 @@ pub fn quantize_row_q3_k(x: &[f32], y: &mut [BlockQ3_K]) {
         } else {
             b.d = f16::from_f32(0.0);
         }
-        let sc = q3_k_scales(&b.scales);
-        for j in 0..QK_K / 16 {
-            let d = b.d.to_f32() * sc[j] as f32;
-            if d == 0.0 {
-                continue;
-            }
-            for ii in 0..16 {
-                l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as i8;
-            }
-        }
-        b.hmask = [0; QK_K / 8];
-        let (mut m, mut hm) = (0usize, 1u8);
-        for q in l.iter_mut() {
-            if *q > 3 {
-                b.hmask[m] |= hm;
-                *q -= 4;
-            }
-            m += 1;
-            if m == QK_K / 8 {
-                m = 0;
-                hm = hm.wrapping_shl(1);
-            }
-        }
-        let l: [u8; QK_K] = bytemuck::cast(l);
-        for j in (0..QK_K).step_by(128) {
-            for i in 0..32 {
-                b.qs[j / 4 + i] =
-                    l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
-            }
-        }
+        q3_k_requantize_pack(x, &mut l, b);
     }
 }
 
+/// The shared end of Q3_K (reference and weighted): with `d` and the packed `scales` of `b` set,
+/// requantizes the levels of the groups whose scale is not zero, splits off the high bits into
+/// `hmask` and packs the low two bits.
+pub(crate) fn q3_k_requantize_pack(x: &[f32], l: &mut [i8; QK_K], b: &mut BlockQ3_K) {
+    let sc = q3_k_scales(&b.scales);
+    for j in 0..QK_K / 16 {
+        let d = b.d.to_f32() * sc[j] as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as i8;
+        }
+    }
+    b.hmask = [0; QK_K / 8];
+    let (mut m, mut hm) = (0usize, 1u8);
+    for q in l.iter_mut() {
+        if *q > 3 {
+            b.hmask[m] |= hm;
+            *q -= 4;
+        }
+        m += 1;
+        if m == QK_K / 8 {
+            m = 0;
+            hm = hm.wrapping_shl(1);
+        }
+    }
+    pack_2bit(bytemuck::cast_ref(l), &mut b.qs);
+}
+
 /// Packs eight 6-bit (scale, min) pairs the way [`get_scale_min_k4`] reads them.
-fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; K_SCALE_SIZE] {
+pub(crate) fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; K_SCALE_SIZE] {
     let mut s = [0u8; K_SCALE_SIZE];
     for j in 0..8 {
         if j < 4 {
@@ -1240,18 +1271,31 @@ fn quantize_k_scales(
     *scales_out = pack_scale_min_k4(&ls, &lm);
     *d_out = f16::from_f32(max_scale / 63.0);
     *dmin_out = f16::from_f32(max_min / 63.0);
+    k_requantize(x, nmax, *d_out, *dmin_out, scales_out, &mut l);
+    l
+}
+
+/// The shared end of the Q4_K/Q5_K scale search (reference and weighted): requantizes to 0..=nmax
+/// the groups whose 6-bit scale is not zero.
+pub(crate) fn k_requantize(
+    x: &[f32],
+    nmax: i32,
+    d: f16,
+    dmin: f16,
+    scales: &[u8; K_SCALE_SIZE],
+    l: &mut [u8; QK_K],
+) {
     for j in 0..QK_K / 32 {
-        let (sc, m) = get_scale_min_k4(j, scales_out);
-        let d = d_out.to_f32() * sc as f32;
+        let (sc, m) = get_scale_min_k4(j, scales);
+        let d = d.to_f32() * sc as f32;
         if d == 0.0 {
             continue;
         }
-        let dm = dmin_out.to_f32() * m as f32;
+        let dm = dmin.to_f32() * m as f32;
         for ii in 0..32 {
-            l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, nmax) as u8;
+            l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).min(nmax).max(0) as u8;
         }
     }
-    l
 }
 
 /// ggml `quantize_row_q4_K_ref`.
@@ -1259,10 +1303,15 @@ pub fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4_K]) {
     check_row("quantize_row_q4_k", x.len(), QK_K, y.len());
     for (x, b) in x.chunks_exact(QK_K).zip(y) {
         let l = quantize_k_scales(x, 15, -1.0, 20, &mut b.d, &mut b.dmin, &mut b.scales);
-        for j in 0..QK_K / 64 {
-            for i in 0..32 {
-                b.qs[32 * j + i] = l[64 * j + i] | (l[64 * j + i + 32] << 4);
-            }
+        q4_k_pack(&l, b);
+    }
+}
+
+/// Packs Q4_K levels 0..16: per 64 values, 32 bytes, low nibble l, high nibble l + 32.
+pub(crate) fn q4_k_pack(l: &[u8; QK_K], b: &mut BlockQ4_K) {
+    for j in 0..QK_K / 64 {
+        for i in 0..32 {
+            b.qs[32 * j + i] = l[64 * j + i] | (l[64 * j + i + 32] << 4);
         }
     }
 }
@@ -1272,22 +1321,27 @@ pub fn quantize_row_q5_k(x: &[f32], y: &mut [BlockQ5_K]) {
     check_row("quantize_row_q5_k", x.len(), QK_K, y.len());
     for (x, b) in x.chunks_exact(QK_K).zip(y) {
         let l = quantize_k_scales(x, 31, -0.5, 15, &mut b.d, &mut b.dmin, &mut b.scales);
-        b.qh = [0; QK_K / 8];
-        for j in 0..QK_K / 64 {
-            let (m1, m2) = (1u8 << (2 * j), 2u8 << (2 * j));
-            for i in 0..32 {
-                let mut l1 = l[64 * j + i];
-                if l1 > 15 {
-                    l1 -= 16;
-                    b.qh[i] |= m1;
-                }
-                let mut l2 = l[64 * j + i + 32];
-                if l2 > 15 {
-                    l2 -= 16;
-                    b.qh[i] |= m2;
-                }
-                b.qs[32 * j + i] = l1 | (l2 << 4);
+        q5_k_pack(&l, b);
+    }
+}
+
+/// Packs Q5_K levels 0..32: low nibbles as Q4_K, fifth bits in `qh`.
+pub(crate) fn q5_k_pack(l: &[u8; QK_K], b: &mut BlockQ5_K) {
+    b.qh = [0; QK_K / 8];
+    for j in 0..QK_K / 64 {
+        let (m1, m2) = (1u8 << (2 * j), 2u8 << (2 * j));
+        for i in 0..32 {
+            let mut l1 = l[64 * j + i];
+            if l1 > 15 {
+                l1 -= 16;
+                b.qh[i] |= m1;
             }
+            let mut l2 = l[64 * j + i + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                b.qh[i] |= m2;
+            }
+            b.qs[32 * j + i] = l1 | (l2 << 4);
         }
     }
 }
@@ -1296,59 +1350,63 @@ pub fn quantize_row_q5_k(x: &[f32], y: &mut [BlockQ5_K]) {
 pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6_K]) {
     check_row("quantize_row_q6_k", x.len(), QK_K, y.len());
     for (x, b) in x.chunks_exact(QK_K).zip(y) {
-        let mut l = [0i8; QK_K];
-        let mut scales = [0f32; QK_K / 16];
-        let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
-        for ib in 0..QK_K / 16 {
-            let scale = make_qx_quants(
-                32,
-                &x[16 * ib..16 * ib + 16],
-                &mut l[16 * ib..16 * ib + 16],
-                1,
-            );
-            scales[ib] = scale;
-            if scale.abs() > max_abs_scale {
-                max_abs_scale = scale.abs();
-                max_scale = scale;
-            }
+        q6_k_block(x, None, b);
+    }
+}
+
+/// One Q6_K super-block: ggml's `quantize_row_q6_K_impl`, which with `qw == None` is
+/// `quantize_row_q6_K_ref` (x^2 weights) and otherwise passes the raw importance weights (no
+/// sigma2 term) to make_qx_quants.
+pub(crate) fn q6_k_block(x: &[f32], qw: Option<&[f32]>, b: &mut BlockQ6_K) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
+    for ib in 0..QK_K / 16 {
+        let r = 16 * ib..16 * ib + 16;
+        let qw = qw.map(|w| &w[r.clone()]);
+        let scale = make_qx_quants(32, &x[r.clone()], &mut l[r], 1, qw);
+        scales[ib] = scale;
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = scale;
         }
-        if max_abs_scale < GROUP_MAX_EPS {
-            *b = BlockQ6_K::zeroed();
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        *b = BlockQ6_K::zeroed();
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    b.d = f16::from_f32(1.0 / iscale);
+    for ib in 0..QK_K / 16 {
+        b.scales[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+    }
+    for j in 0..QK_K / 16 {
+        let d = b.d.to_f32() * b.scales[j] as f32;
+        if d == 0.0 {
             continue;
         }
-        let iscale = -128.0 / max_scale;
-        b.d = f16::from_f32(1.0 / iscale);
-        for ib in 0..QK_K / 16 {
-            b.scales[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+        for ii in 0..16 {
+            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-32, 31) + 32) as i8;
         }
-        for j in 0..QK_K / 16 {
-            let d = b.d.to_f32() * b.scales[j] as f32;
-            if d == 0.0 {
-                continue;
-            }
-            for ii in 0..16 {
-                l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-32, 31) + 32) as i8;
-            }
-        }
-        let l: [u8; QK_K] = bytemuck::cast(l);
-        for n in 0..QK_K / 128 {
-            let (j, ql, qh) = (
-                128 * n,
-                &mut b.ql[64 * n..64 * n + 64],
-                &mut b.qh[32 * n..32 * n + 32],
-            );
-            for i in 0..32 {
-                let q1 = l[j + i] & 0xF;
-                let q2 = l[j + i + 32] & 0xF;
-                let q3 = l[j + i + 64] & 0xF;
-                let q4 = l[j + i + 96] & 0xF;
-                ql[i] = q1 | (q3 << 4);
-                ql[i + 32] = q2 | (q4 << 4);
-                qh[i] = (l[j + i] >> 4)
-                    | ((l[j + i + 32] >> 4) << 2)
-                    | ((l[j + i + 64] >> 4) << 4)
-                    | ((l[j + i + 96] >> 4) << 6);
-            }
+    }
+    let l: [u8; QK_K] = bytemuck::cast(l);
+    for n in 0..QK_K / 128 {
+        let (j, ql, qh) = (
+            128 * n,
+            &mut b.ql[64 * n..64 * n + 64],
+            &mut b.qh[32 * n..32 * n + 32],
+        );
+        for i in 0..32 {
+            let q1 = l[j + i] & 0xF;
+            let q2 = l[j + i + 32] & 0xF;
+            let q3 = l[j + i + 64] & 0xF;
+            let q4 = l[j + i + 96] & 0xF;
+            ql[i] = q1 | (q3 << 4);
+            ql[i + 32] = q2 | (q4 << 4);
+            qh[i] = (l[j + i] >> 4)
+                | ((l[j + i + 32] >> 4) << 2)
+                | ((l[j + i + 64] >> 4) << 4)
+                | ((l[j + i + 96] >> 4) << 6);
         }
     }
 }
