@@ -461,7 +461,36 @@ pub(crate) fn vocab_metadata(
         )));
     }
     special_vocab(dir, tcfg, load_merges, Some(n_vocab), &mut out)?;
+    // LlamaModel.set_vocab's per-model fixes, keyed on the config's vocab_size as there.
+    match vocab_size {
+        // CodeLlama's infill tokens.
+        Some(32016) => {
+            for (k, id) in [
+                ("prefix", 32007),
+                ("suffix", 32008),
+                ("middle", 32009),
+                ("eot", 32010),
+            ] {
+                set(
+                    &mut out,
+                    &format!("tokenizer.ggml.{k}_token_id"),
+                    Value::U32(id),
+                );
+            }
+        }
+        // "granite small models" (the converter applies it to every LLaMA with this size).
+        Some(49152) => set(&mut out, "tokenizer.ggml.add_bos_token", Value::Bool(false)),
+        _ => {}
+    }
     Ok(out)
+}
+
+/// gguf-py's add_key_value: a key written again keeps its place and takes the new value.
+fn set(out: &mut Vec<(String, Value)>, key: &str, v: Value) {
+    match out.iter_mut().find(|(k, _)| k == key) {
+        Some(e) => e.1 = v,
+        None => out.push((key.to_string(), v)),
+    }
 }
 
 pub(crate) fn read_json_opt(path: &Path) -> Result<Option<Json>> {

@@ -296,3 +296,176 @@ fn written_file_reads_back_and_splits_as_gguf_py() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+// ------------------------------------------------------------------ real LLaMA vocabularies
+
+/// The digest form of the fixture (make_llamacpp_convert.py `digest`): arrays as their length and
+/// the sha256 of their elements (strings: UTF-8 + NUL each; numbers: 4 bytes little-endian).
+fn digest(v: &Value) -> Json {
+    let Value::Array(a) = v else {
+        return to_json(v);
+    };
+    let mut h = sha2::Sha256::new();
+    match a {
+        Array::String(s) => s.iter().for_each(|x| {
+            h.update(x.as_bytes());
+            h.update([0u8]);
+        }),
+        Array::I32(x) => x.iter().for_each(|v| h.update(v.to_le_bytes())),
+        Array::U32(x) => x.iter().for_each(|v| h.update(v.to_le_bytes())),
+        Array::F32(x) => x.iter().for_each(|v| h.update(v.to_le_bytes())),
+        other => panic!("array type {} not expected here", other.elem_type_id()),
+    }
+    let hex: String = h.finalize().iter().map(|x| format!("{x:02x}")).collect();
+    serde_json::json!(["ARRAY", type_name(a.elem_type_id()), {"n": a.len(), "sha256": hex}])
+}
+
+/// The HF folders of make_llamacpp_convert.py's `vocab_folders`, rebuilt from committed files.
+fn vocab_folder(name: &str, into: &Path) -> PathBuf {
+    use std::io::Read;
+    let gunzip = |p: &Path| -> Vec<u8> {
+        let mut v = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(p).unwrap())
+            .read_to_end(&mut v)
+            .unwrap();
+        v
+    };
+    let d = into.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let fx = root().join("tests/fixtures");
+    let (tiny, vocab_size) = if name == "llama-bpe" {
+        let hf = root().join("crates/cria-tokenizer/tests/fixtures/hf/llama-bpe");
+        let mut tj: Json = serde_json::from_slice(&gunzip(&hf.join("tokenizer.json.gz"))).unwrap();
+        // The patches of the script: drop the export's extra added token at 128256, add the BOS
+        // Meta-Llama-3's tokenizer.json adds.
+        let added: Vec<Json> = tj["added_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["id"].as_u64().unwrap() < 128256)
+            .cloned()
+            .collect();
+        tj["added_tokens"] = Json::Array(added);
+        tj["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
+                                                     "tokens": ["<|begin_of_text|>"]}}
+        });
+        std::fs::write(d.join("tokenizer.json"), serde_json::to_vec(&tj).unwrap()).unwrap();
+        std::fs::copy(
+            hf.join("tokenizer_config.json"),
+            d.join("tokenizer_config.json"),
+        )
+        .unwrap();
+        ("tiny-llama31", 128256)
+    } else {
+        let m = gunzip(&fx.join("convert/llama-spm.tokenizer.model.gz"));
+        std::fs::write(d.join("tokenizer.model"), m).unwrap();
+        std::fs::copy(
+            fx.join("tiny-llama2/tokenizer_config.json"),
+            d.join("tokenizer_config.json"),
+        )
+        .unwrap();
+        ("tiny-llama2", 32000)
+    };
+    std::fs::copy(
+        fx.join(tiny).join("model.safetensors"),
+        d.join("model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: Json =
+        serde_json::from_str(&std::fs::read_to_string(fx.join(tiny).join("config.json")).unwrap())
+            .unwrap();
+    cfg["vocab_size"] = vocab_size.into();
+    if name == "llama-bpe" {
+        cfg["bos_token_id"] = 128000.into();
+        cfg["eos_token_id"] = 128001.into();
+    }
+    std::fs::write(d.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    d
+}
+
+/// llama.cpp's tokenizer vectors (models/ggml-vocab-NAME.gguf.inp/.out, copied to
+/// tests/fixtures/convert/vectors/).
+fn vectors(name: &str) -> Vec<(String, Vec<u32>)> {
+    let v = root().join("tests/fixtures/convert/vectors");
+    let inp = std::fs::read_to_string(v.join(format!("{name}.inp"))).unwrap();
+    let out = std::fs::read_to_string(v.join(format!("{name}.out"))).unwrap();
+    let mut texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    if texts.last() == Some(&"") {
+        texts.pop();
+    }
+    texts
+        .iter()
+        .zip(out.split('\n'))
+        .map(|(t, ids)| {
+            (
+                t.to_string(),
+                ids.split_whitespace().map(|x| x.parse().unwrap()).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn real_llama_vocabularies_as_the_converter_and_tokenize_as_llama_cpp() {
+    let d = tmp("vocab");
+    for name in ["llama-bpe", "llama-spm"] {
+        let dir = vocab_folder(name, &d);
+        // No --tokenizer-pre: the BPE pre-tokenizer is found by its hash, as by the converter.
+        let src = HfSource::open_with(
+            &dir,
+            ConvertOptions {
+                outtype: OutType::F32,
+                tokenizer_pre: None,
+            },
+        )
+        .unwrap();
+        let fx = fixture(&format!("vocab-{name}"));
+        let want: Vec<(String, Json)> = fx["metadata"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let a = e.as_array().unwrap();
+                (
+                    a[0].as_str().unwrap().to_string(),
+                    Json::Array(a[1..].to_vec()),
+                )
+            })
+            .filter(|(k, _)| !MAY_DIFFER.contains(&k.as_str()))
+            .collect();
+        let ours: Vec<(String, Json)> = src
+            .metadata()
+            .iter()
+            .filter(|(k, _)| !MAY_DIFFER.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), digest(v)))
+            .collect();
+        let wk: Vec<&str> = want.iter().map(|(k, _)| k.as_str()).collect();
+        let ok: Vec<&str> = ours.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(ok, wk, "{name}: metadata keys");
+        for ((k, a), (_, b)) in ours.iter().zip(&want) {
+            assert_eq!(a, b, "{name}: metadata {k}");
+        }
+        // The file cria writes tokenizes llama.cpp's vectors as llama.cpp does.
+        let out = d.join(format!("{name}.gguf"));
+        write_gguf(&src, &out, None, |_| {}).unwrap();
+        let tok = cria_tokenizer::Tokenizer::from_gguf(&GgufFile::open(&out).unwrap()).unwrap();
+        let v = vectors(name);
+        let bad: Vec<&String> = v
+            .iter()
+            .filter(|(t, ids)| &tok.encode(t, false, false) != ids)
+            .map(|(t, _)| t)
+            .collect();
+        eprintln!("{name}: {}/{} vectors match", v.len() - bad.len(), v.len());
+        assert!(bad.is_empty(), "{name}: vectors differ: {bad:?}");
+        assert!(v.len() > 20);
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
