@@ -251,7 +251,12 @@ fn title(name: &str) -> String {
         .replace('-', " ")
         .split_whitespace()
         .map(|w| {
-            let version = w.starts_with('v') && w[1..].starts_with(|c: char| c.is_ascii_digit());
+            // re.match(r'^(v\d+(?:\.\d+)*|\d.*)$', w)
+            let version = w.strip_prefix('v').is_some_and(|r| {
+                !r.is_empty()
+                    && r.split('.')
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            });
             let digit = w.starts_with(|c: char| c.is_ascii_digit());
             let lower = w.chars().any(char::is_lowercase) && !w.chars().any(char::is_uppercase);
             if lower && !version && !digit {
@@ -848,6 +853,14 @@ mod tests {
         assert_eq!(size_label(134_515_008), "135M");
         assert_eq!(size_label(1_235_814_400), "1.2B");
         assert_eq!(size_label(8_030_261_248), "8.0B");
+    }
+
+    #[test]
+    fn titles_as_gguf_py() {
+        assert_eq!(title("tiny-llama2"), "Tiny Llama2");
+        assert_eq!(title("Meta-Llama-3-8B"), "Meta Llama 3 8B");
+        assert_eq!(title("llama-v2.1-chat"), "Llama v2.1 Chat");
+        assert_eq!(title("smol-lm2b"), "Smol Lm2B");
     }
 
     #[test]

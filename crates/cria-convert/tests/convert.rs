@@ -469,3 +469,105 @@ fn real_llama_vocabularies_as_the_converter_and_tokenize_as_llama_cpp() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+// ------------------------------------------------------------------ chat templates, sampling
+
+/// make_llamacpp_convert.py's EXTRAS folders: a tiny folder plus a chat template, add_eos_token
+/// and generation_config.json sampling defaults.
+fn extras_folder(name: &str, into: &Path) -> PathBuf {
+    let (base, files, tcfg): (&str, Vec<(&str, String)>, Json) = match name {
+        "spm-extras" => (
+            "tiny-llama2",
+            vec![(
+                "generation_config.json",
+                r#"{"do_sample": true, "top_k": 40, "top_p": 0.95, "temperature": 0.7, "repetition_penalty": 1.1}"#.into(),
+            )],
+            serde_json::json!({
+                "chat_template": "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}",
+                "add_eos_token": true
+            }),
+        ),
+        _ => (
+            "tiny-llama31",
+            vec![
+                (
+                    "generation_config.json",
+                    r#"{"bos_token_id": 510, "eos_token_id": [511], "temperature": 0.6, "top_p": 0.9, "do_sample": true}"#.into(),
+                ),
+                (
+                    "chat_template.jinja",
+                    "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}".into(),
+                ),
+            ],
+            serde_json::json!({}),
+        ),
+    };
+    let d = into.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    for e in std::fs::read_dir(root().join("tests/fixtures").join(base)).unwrap() {
+        let p = e.unwrap().path();
+        let n = p.file_name().unwrap().to_str().unwrap().to_string();
+        if n.ends_with(".gguf") || n.ends_with(".npy") || n == "reference.json" {
+            continue;
+        }
+        std::fs::copy(&p, d.join(&n)).unwrap();
+    }
+    for (f, text) in files {
+        std::fs::write(d.join(f), text).unwrap();
+    }
+    let mut cfg: Json =
+        serde_json::from_str(&std::fs::read_to_string(d.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    for (k, v) in tcfg.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    std::fs::write(d.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    d
+}
+
+#[test]
+fn chat_templates_and_sampling_defaults_as_the_converter() {
+    let d = tmp("extras");
+    let fx = fixture("extras");
+    let big = [
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.scores",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+    ];
+    for name in ["spm-extras", "bpe-extras"] {
+        let dir = extras_folder(name, &d);
+        let src = HfSource::open_with(
+            &dir,
+            ConvertOptions {
+                outtype: OutType::F32,
+                tokenizer_pre: (name == "bpe-extras").then(|| "llama-bpe".into()),
+            },
+        )
+        .unwrap();
+        let keep = |k: &str| !MAY_DIFFER.contains(&k) && !big.contains(&k);
+        let want: Vec<(String, Json)> = fx[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let a = e.as_array().unwrap();
+                (
+                    a[0].as_str().unwrap().to_string(),
+                    Json::Array(a[1..].to_vec()),
+                )
+            })
+            .filter(|(k, _)| keep(k))
+            .collect();
+        let ours: Vec<(String, Json)> = src
+            .metadata()
+            .iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(k, v)| (k.clone(), to_json(v)))
+            .collect();
+        assert_eq!(ours, want, "{name}");
+        assert!(ours.iter().any(|(k, _)| k == "tokenizer.chat_template"));
+        assert!(ours.iter().any(|(k, _)| k == "general.sampling.temp"));
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
