@@ -46,6 +46,21 @@ fn fixture(model: &str) -> Json {
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
+/// `[[key, ...value]]` of a fixture as (key, value JSON) pairs.
+fn fixture_metadata(v: &Json) -> Vec<(String, Json)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let a = e.as_array().unwrap();
+            (
+                a[0].as_str().unwrap().to_string(),
+                Json::Array(a[1..].to_vec()),
+            )
+        })
+        .collect()
+}
+
 fn type_name(id: u32) -> &'static str {
     [
         "UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "FLOAT32", "BOOL", "STRING",
@@ -116,18 +131,7 @@ fn open(model: &str, ot: &str) -> HfSource {
 
 /// Compares metadata; returns the keys that differed within MAY_DIFFER (for the report).
 fn check_metadata(model: &str, ot: &str, ours: &[(String, Value)], fx: &Json) -> Vec<String> {
-    let mut want: Vec<(String, Json)> = fx["metadata"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let a = e.as_array().unwrap();
-            (
-                a[0].as_str().unwrap().to_string(),
-                Json::Array(a[1..].to_vec()),
-            )
-        })
-        .collect();
+    let mut want: Vec<(String, Json)> = fixture_metadata(&fx["metadata"]);
     if let Some(over) = fx["metadata_by_outtype"][ot].as_object() {
         for (k, v) in over {
             want.iter_mut().find(|(kk, _)| kk == k).unwrap().1 = v.clone();
@@ -428,17 +432,8 @@ fn real_llama_vocabularies_as_the_converter_and_tokenize_as_llama_cpp() {
         )
         .unwrap();
         let fx = fixture(&format!("vocab-{name}"));
-        let want: Vec<(String, Json)> = fx["metadata"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                let a = e.as_array().unwrap();
-                (
-                    a[0].as_str().unwrap().to_string(),
-                    Json::Array(a[1..].to_vec()),
-                )
-            })
+        let want: Vec<(String, Json)> = fixture_metadata(&fx["metadata"])
+            .into_iter()
             .filter(|(k, _)| !MAY_DIFFER.contains(&k.as_str()))
             .collect();
         let ours: Vec<(String, Json)> = src
@@ -546,17 +541,8 @@ fn chat_templates_and_sampling_defaults_as_the_converter() {
         )
         .unwrap();
         let keep = |k: &str| !MAY_DIFFER.contains(&k) && !big.contains(&k);
-        let want: Vec<(String, Json)> = fx[name]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                let a = e.as_array().unwrap();
-                (
-                    a[0].as_str().unwrap().to_string(),
-                    Json::Array(a[1..].to_vec()),
-                )
-            })
+        let want: Vec<(String, Json)> = fixture_metadata(&fx[name])
+            .into_iter()
             .filter(|(k, _)| keep(k))
             .collect();
         let ours: Vec<(String, Json)> = src
