@@ -211,6 +211,31 @@ fn same_tensors_and_metadata_as_llama_cpp_converter() {
     }
 }
 
+/// Converting the same folder (so the same general.name), cria's file is byte for byte the
+/// converter's: header, metadata, tensor table, alignment padding and data.
+#[test]
+fn whole_files_are_byte_identical() {
+    let d = tmp("bytes");
+    for model in ["tiny-llama2", "tiny-llama31", "tiny-variants"] {
+        let fx = fixture(model);
+        for ot in ["f32", "f16", "bf16", "q8_0"] {
+            let out = d.join(format!("{model}-{ot}.gguf"));
+            write_gguf(&open(model, ot), &out, None, |_| {}).unwrap();
+            let got = sha256(&std::fs::read(&out).unwrap());
+            assert_eq!(got, fx["file_sha256"][ot].as_str().unwrap(), "{model} {ot}");
+        }
+    }
+    // The split, named as the script named it (out.gguf).
+    let src = open("tiny-llama2", "f32");
+    let files = write_gguf(&src, &d.join("out.gguf"), Some(300_000), |_| {}).unwrap();
+    let shards = fixture("tiny-llama2")["split"]["shards"].clone();
+    for (f, s) in files.iter().zip(shards.as_array().unwrap()) {
+        let got = sha256(&std::fs::read(f).unwrap());
+        assert_eq!(got, s["file_sha256"].as_str().unwrap(), "{}", f.display());
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 #[test]
 fn auto_outtype_follows_the_weights() {
     // f32 weights -> f16 (the converter's fallback); bf16 shards -> bf16.
