@@ -702,16 +702,35 @@ impl Source for HfSource {
         match &self.plan[i] {
             Plan::Data(b) => Ok(Cow::Borrowed(b)),
             Plan::St { idx, permute } => {
+                // Owned bytes, and the mapped pages let go at once: a conversion reads every
+                // page of the model once, and left mapped they would all stay resident (a
+                // 1B model: 2.5 GB). Memory stays near the largest tensor.
                 let t = &self.st.tensors[*idx];
-                if t.dtype == out.dtype && permute.is_none() {
-                    return Ok(Cow::Borrowed(t.bytes()));
-                }
-                let mut v = t.to_f32_vec()?;
-                if let Some(h) = permute {
+                let bytes = if t.dtype == out.dtype && permute.is_none() {
+                    t.bytes().to_vec()
+                } else if let Some(h) = permute {
+                    // Q/K (and their biases): small; permuted whole.
                     let cols = if t.ne.len() >= 2 { t.ne[0] } else { 1 };
-                    v = permute_rows(&v, cols, *h);
-                }
-                Ok(Cow::Owned(encode(out.dtype, &v, out.ne[0])?))
+                    let v = permute_rows(&t.to_f32_vec()?, cols, *h);
+                    encode(out.dtype, &v, out.ne[0])?
+                } else {
+                    // A few MB of rows at a time: no f32 copy of a whole embedding table.
+                    let cols = t.ne[0];
+                    let chunk = (1usize << 20).div_ceil(cols).max(1);
+                    let mut bytes = Vec::with_capacity(out.dtype.bytes_for(t.n_elements())?);
+                    let mut buf = vec![0f32; chunk * cols];
+                    let rows = t.n_elements() / cols;
+                    for r0 in (0..rows).step_by(chunk) {
+                        let n = chunk.min(rows - r0);
+                        for r in 0..n {
+                            t.dequantize_row(r0 + r, &mut buf[r * cols..(r + 1) * cols])?;
+                        }
+                        bytes.extend_from_slice(&encode(out.dtype, &buf[..n * cols], cols)?);
+                    }
+                    bytes
+                };
+                t.data.release_pages();
+                Ok(Cow::Owned(bytes))
             }
         }
     }
