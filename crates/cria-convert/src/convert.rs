@@ -341,8 +341,47 @@ fn shard_names(dir: &Path) -> Result<Vec<(String, Vec<String>)>> {
             ))
         });
     }
-    // Names come from the mapped files below; an empty list means "all, sorted".
-    Ok(files.into_iter().map(|f| (f, Vec::new())).collect())
+    files
+        .into_iter()
+        .map(|f| {
+            let names = header_names(&dir.join(&f))?;
+            Ok((f, names))
+        })
+        .collect()
+}
+
+/// The tensor names in a safetensors file's header (u64 LE length, JSON object).
+fn header_names(path: &Path) -> Result<Vec<String>> {
+    use std::io::Read;
+    let bad = |m: String| Error::Format {
+        path: path.to_path_buf(),
+        format: "safetensors",
+        msg: m,
+    };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let file_len = f.metadata().map_err(io)?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| bad("file shorter than its 8-byte header length".into()))?;
+    let n = u64::from_le_bytes(n);
+    if n > file_len.saturating_sub(8) || n > 100 << 20 {
+        return Err(bad(format!("header length {n} is larger than the file")));
+    }
+    let mut h = vec![0u8; n as usize];
+    f.read_exact(&mut h).map_err(io)?;
+    let v: Json = serde_json::from_slice(&h).map_err(|e| bad(format!("header JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("header is not a JSON object".into()))?;
+    Ok(obj
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect())
 }
 
 /// Skipped, as the converter skips them.
@@ -386,26 +425,9 @@ impl HfSource {
             .collect();
         // Converter order: shards sorted by name, tensors sorted by name within each.
         let mut order: Vec<String> = Vec::new();
-        if shards.iter().all(|(_, v)| v.is_empty()) {
-            let mut all: Vec<String> = st
-                .tensors
-                .iter()
-                .map(|t| t.name.clone())
-                .chain(st.skipped.iter().map(|(n, _)| n.clone()))
-                .collect();
-            if shards.len() > 1 {
-                return Err(Error::Unsupported(format!(
-                    "{}: several safetensors files without model.safetensors.index.json",
-                    dir.display()
-                )));
-            }
-            all.sort();
-            order = all;
-        } else {
-            for (_, mut names) in shards {
-                names.sort();
-                order.extend(names);
-            }
+        for (_, mut names) in shards {
+            names.sort();
+            order.extend(names);
         }
         if let Some((n, dt)) = st.skipped.iter().find(|(n, _)| !ignored(n)) {
             return Err(Error::Unsupported(format!(

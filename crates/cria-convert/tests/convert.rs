@@ -582,3 +582,71 @@ fn chat_templates_and_sampling_defaults_as_the_converter() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Several safetensors files without an index: the converter takes `model*.safetensors` in name
+/// order, tensors sorted by name within each; so does cria.
+#[test]
+fn unindexed_shards_in_the_converters_order() {
+    use cria_core::safetensors::{write_safetensors, SafetensorsModel};
+    let d = tmp("unindexed");
+    let base = root().join("tests/fixtures/tiny-llama2");
+    for f in ["config.json", "tokenizer.model", "tokenizer_config.json"] {
+        std::fs::copy(base.join(f), d.join(f)).unwrap();
+    }
+    let st = SafetensorsModel::open_file(&base.join("model.safetensors")).unwrap();
+    let mut names: Vec<&str> = st.tensors.iter().map(|t| t.name.as_str()).collect();
+    names.sort();
+    // Interleave the names over two files, so file order and name order disagree.
+    let mut parts: [Vec<&str>; 2] = [Vec::new(), Vec::new()];
+    for (i, n) in names.iter().enumerate() {
+        parts[i % 2].push(n);
+    }
+    for (i, part) in parts.iter().enumerate() {
+        let shapes: Vec<Vec<usize>> = part
+            .iter()
+            .map(|n| st.get(n).unwrap().ne.iter().rev().copied().collect())
+            .collect();
+        let entries: Vec<(&str, cria_core::DType, &[usize], &[u8])> = part
+            .iter()
+            .zip(&shapes)
+            .map(|(n, s)| {
+                let t = st.get(n).unwrap();
+                (*n, t.dtype, s.as_slice(), t.bytes())
+            })
+            .collect();
+        write_safetensors(
+            &d.join(format!("model-part{}.safetensors", i + 1)),
+            &entries,
+        )
+        .unwrap();
+    }
+    let src = HfSource::open_with(
+        &d,
+        ConvertOptions {
+            outtype: OutType::F32,
+            tokenizer_pre: None,
+        },
+    )
+    .unwrap();
+    let gguf = |hf: &str| cria_model::names::hf_to_gguf(hf).unwrap();
+    let want: Vec<String> = parts.iter().flatten().map(|n| gguf(n)).collect();
+    let got: Vec<&str> = src.tensors().iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(got, want);
+    // Each tensor's bytes are still the converter's (f32 hashes of the one-file folder).
+    let fx = fixture("tiny-llama2");
+    for (i, t) in src.tensors().iter().enumerate() {
+        let w = fx["tensors"]["f32"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w[0] == t.name.as_str())
+            .unwrap();
+        assert_eq!(
+            sha256(&src.bytes(i).unwrap()),
+            w[3].as_str().unwrap(),
+            "{}",
+            t.name
+        );
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
