@@ -507,6 +507,7 @@ fn extras_folder(name: &str, into: &Path) -> PathBuf {
                 "add_eos_token": true
             }),
         ),
+        "yarn-extras" => ("tiny-llama2", vec![], serde_json::json!({})),
         _ => (
             "tiny-llama31",
             vec![
@@ -542,6 +543,13 @@ fn extras_folder(name: &str, into: &Path) -> PathBuf {
         cfg[k] = v.clone();
     }
     std::fs::write(d.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    if name == "yarn-extras" {
+        let mut c: Json =
+            serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+        c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0,
+            "original_max_position_embeddings": 64, "beta_fast": 32.0, "beta_slow": 1.0});
+        std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+    }
     d
 }
 
@@ -555,7 +563,7 @@ fn chat_templates_and_sampling_defaults_as_the_converter() {
         "tokenizer.ggml.token_type",
         "tokenizer.ggml.merges",
     ];
-    for name in ["spm-extras", "bpe-extras"] {
+    for name in ["spm-extras", "bpe-extras", "yarn-extras"] {
         let dir = extras_folder(name, &d);
         let src = HfSource::open_with(
             &dir,
@@ -577,8 +585,14 @@ fn chat_templates_and_sampling_defaults_as_the_converter() {
             .map(|(k, v)| (k.clone(), to_json(v)))
             .collect();
         assert_eq!(ours, want, "{name}");
-        assert!(ours.iter().any(|(k, _)| k == "tokenizer.chat_template"));
-        assert!(ours.iter().any(|(k, _)| k == "general.sampling.temp"));
+        if name == "yarn-extras" {
+            assert!(ours
+                .iter()
+                .any(|(k, _)| k == "llama.rope.scaling.yarn_beta_fast"));
+        } else {
+            assert!(ours.iter().any(|(k, _)| k == "tokenizer.chat_template"));
+            assert!(ours.iter().any(|(k, _)| k == "general.sampling.temp"));
+        }
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
