@@ -9,6 +9,7 @@
 //! - [`export`]: any model cria reads to an HF folder that transformers loads.
 
 pub mod convert;
+pub mod convert_vocab;
 pub mod export;
 pub mod export_tokenizer;
 pub mod mix;

@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod constraint_args;
+mod convert;
 mod export;
 mod fetch;
 mod inspect;
@@ -212,6 +213,8 @@ enum Cmd {
         #[command(flatten)]
         s: cria_server::ServeArgs,
     },
+    /// A Hugging Face LLaMA folder as a GGUF, as llama.cpp's convert_hf_to_gguf.py writes it.
+    Convert(convert::ConvertArgs),
     /// Architecture, hyper-parameters, tokenizer and tensor table of a model.
     Inspect {
         /// The model: a .gguf file, a Hugging Face model folder, hf:ORG/REPO[:FILE] or a short
@@ -454,6 +457,7 @@ fn real_main() -> Result<()> {
         Cmd::Export(a) => export::run(&a)?,
         Cmd::List(a) => models::list(&a)?,
         Cmd::Rm(a) => models::rm(&a)?,
+        Cmd::Convert(a) => convert::run(&a)?,
         Cmd::Serve { m, s } => cria_server::run(load::model(m.model.as_deref(), &m)?, &s)?,
         Cmd::Inspect {
             model,
