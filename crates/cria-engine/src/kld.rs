@@ -381,6 +381,15 @@ pub fn side_by_side<B: cria_kernels::Backend>(
                 c.model.config.vocab_size
             );
         }
+        let (bt, ct) = (&base.tok, &c.tok);
+        if bt.vocab_size() != ct.vocab_size()
+            || (0..bt.vocab_size() as u32).any(|id| bt.token_text(id) != ct.token_text(id))
+        {
+            bail!(
+                "candidate {} has another tokenizer vocab than the base: KL divergence compares the same tokens",
+                i + 1
+            );
+        }
     }
     check_ctx(tokens.len(), ctx)?;
     let n = n_chunks(tokens.len(), ctx, max_chunks);

@@ -95,11 +95,12 @@ pub fn run(a: &KldArgs, out: &mut dyn Write) -> Result<()> {
 }
 
 /// One row per candidate: PPL, PPL(Q)/PPL(base), mean KLD ± uncertainty, 99.9% / 99% / median
-/// KLD, same top token share and RMS Δp (in llama.cpp's units: KLD in nats, shares in %).
+/// KLD, same top token share and RMS Δp (in llama.cpp's units and digits: KLD in nats, shares
+/// in %), so each figure reads as `--kl-divergence` prints it for that pair.
 pub fn table(names: &[String], sums: &[KldSummary]) -> String {
     let w = names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
     let mut s = format!(
-        "{:w$} | {:>10} | {:>8} | {:>21} | {:>9} | {:>9} | {:>9} | {:>8} | {:>8}\n",
+        "{:w$} | {:>11} | {:>9} | {:>21} | {:>9} | {:>9} | {:>9} | {:>8} | {:>8}\n",
         "model",
         "PPL",
         "PPL/base",
@@ -110,10 +111,10 @@ pub fn table(names: &[String], sums: &[KldSummary]) -> String {
         "same top",
         "RMS Δp"
     );
-    s.push_str(&format!("{}\n", "-".repeat(w + 110)));
+    s.push_str(&format!("{}\n", "-".repeat(w + 112)));
     for (name, x) in names.iter().zip(sums) {
         s.push_str(&format!(
-            "{name:w$} | {:>10.4} | {:>8.5} | {:>10.6} ± {:>8.6} | {:>9.6} | {:>9.6} | {:>9.6} | {:>7.3}% | {:>7.3}%\n",
+            "{name:w$} | {:>11.6} | {:>9.6} | {:>10.6} ± {:>8.6} | {:>9.6} | {:>9.6} | {:>9.6} | {:>7.3}% | {:>7.3}%\n",
             x.ppl.0,
             x.ratio.0,
             x.kld.0,
