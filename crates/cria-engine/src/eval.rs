@@ -192,6 +192,7 @@ impl NllSum {
     }
 }
 
+#[derive(Clone, Debug)]
 pub struct PplResult {
     pub ppl: f64,
     /// llama.cpp's "+/-": the standard error of the mean NLL, times ppl.

@@ -209,6 +209,12 @@ pub fn compute<B: Backend>(
         on_chunk(c + 1, acc.ppl(), &g)?;
     }
     let m = lock()?.imatrix();
+    if m.entries.is_empty() {
+        bail!(
+            "no matrix multiplication had {MIN_ROWS} or more rows (llama.cpp skips smaller ones): \
+             use a --batch-size of at least {MIN_ROWS}"
+        );
+    }
     Ok((
         m,
         PplResult {
