@@ -54,6 +54,12 @@ pub fn run(a: &ImatrixArgs, out: &mut dyn Write) -> Result<()> {
             a.out.display()
         );
     }
+    // Fail before the (long) computation, not at its end, when the file cannot be written there.
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            bail!("{}: no such directory for the imatrix file", dir.display());
+        }
+    }
     let l = crate::load::model(a.m.model.as_deref(), &a.m)?;
     let tokens = l.tok.encode(&text, true, false);
     let n = n_chunks(tokens.len(), a.ctx_size, a.chunks);
