@@ -6,8 +6,8 @@
 //!   writes it): metadata `general.type = "imatrix"`, `imatrix.datasets` (string array),
 //!   `imatrix.chunk_count` and `imatrix.chunk_size` (u32); per weight `W` two F32 tensors, sorted by
 //!   name: `W.in_sum2` (shape `[n_per_row, n_mat]`: the raw sum over tokens of the squared input
-//!   activation of each column, one row per expert matrix) and `W.counts` (shape `[1, n_mat]`: tokens
-//!   seen per matrix);
+//!   activation of each column, one row per expert matrix) and `W.counts` (shape `[1, n_mat]`:
+//!   tokens seen per matrix), trailing 1s dropped from the shapes as ggml writes them;
 //! - the legacy `.dat` format: `i32 n_entries`, then per entry `i32 len, name bytes, i32 ncall,
 //!   i32 nval, nval f32` (the values already divided by the token count and multiplied by
 //!   `ncall`), then optionally `i32 chunk_count, i32 len, dataset bytes`.
@@ -275,15 +275,24 @@ impl Imatrix {
         for e in &order {
             e.check().map_err(Error::msg)?;
             let n_mat = e.counts.len();
+            // ggml writes a tensor's dimensions without trailing 1s: a dense weight's sums are
+            // [n_per_row], its counts [1].
+            let dims = |d0: usize| {
+                if n_mat == 1 {
+                    vec![d0]
+                } else {
+                    vec![d0, n_mat]
+                }
+            };
             tensors.push(TensorInfo {
                 name: format!("{}{SUFFIX_SUMS}", e.name),
                 dtype: DType::F32,
-                ne: vec![e.in_sum2.len() / n_mat, n_mat],
+                ne: dims(e.in_sum2.len() / n_mat),
             });
             tensors.push(TensorInfo {
                 name: format!("{}{SUFFIX_COUNTS}", e.name),
                 dtype: DType::F32,
-                ne: vec![1, n_mat],
+                ne: dims(1),
             });
         }
         let gtype = Value::String("imatrix".into());
@@ -380,7 +389,8 @@ mod tests {
         let mut want = m.clone();
         want.entries.sort_by(|a, b| a.name.cmp(&b.name));
         assert_eq!(r, want);
-        // The header lists the tensors as llama-imatrix does: sums [n_per_row, n_mat], counts [1, n_mat].
+        // The header lists the tensors as llama-imatrix does: sums [n_per_row, n_mat], counts
+        // [1, n_mat], trailing 1s dropped.
         let g = GgufFile::open(&p).unwrap();
         let names: Vec<_> = g.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
@@ -394,6 +404,8 @@ mod tests {
         );
         assert_eq!(g.tensors[0].ne, vec![2, 3]);
         assert_eq!(g.tensors[1].ne, vec![1, 3]);
+        assert_eq!(g.tensors[2].ne, vec![8]);
+        assert_eq!(g.tensors[3].ne, vec![1]);
         assert_eq!(g.get_str("general.type"), Some("imatrix"));
         std::fs::remove_file(&p).unwrap();
     }
