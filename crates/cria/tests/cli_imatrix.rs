@@ -2,7 +2,8 @@
 //! scripts/fixtures/make_llamacpp_imatrix.sh with llama.cpp's AVX2 build; CI does not run
 //! llama.cpp): on SmolLM2 Q4_1 over tests/fixtures/text/ppl.txt (-c 128, 4 chunks) the same
 //! entries, counts and metadata and every sum within 1e-4 relative of llama.cpp's; cria reads
-//! llama.cpp's file; --process-output; bad input refused with no file left behind.
+//! llama.cpp's GGUF and legacy .dat files; --process-output; bad input refused with no file left
+//! behind.
 
 use cria_core::imatrix::Imatrix;
 use cria_kernels::Isa;
@@ -172,4 +173,31 @@ fn process_output_and_bad_input() {
     );
     assert!(!nodir.exists() && !nodir.with_extension("gguf.partial").exists());
     std::fs::remove_file(&empty).unwrap();
+}
+
+/// llama-imatrix's legacy .dat of the same matrix: the entries and chunk count, and the weights
+/// llama-quantize derives from it (values / ncall) equal to those of the GGUF file (sums / count)
+/// within f32 rounding.
+#[test]
+fn reads_llama_cpps_legacy_file() {
+    let g = Imatrix::read(&repo().join(FIXTURE)).unwrap();
+    let d = Imatrix::read(&repo().join(FIXTURE).with_extension("dat")).unwrap();
+    assert_eq!(d.chunk_count, 4);
+    assert_eq!(d.datasets, g.datasets);
+    assert_eq!(d.entries.len(), g.entries.len());
+    let mut worst = 0f64;
+    for e in &g.entries {
+        let (a, b) = (
+            g.quant_weights(&e.name).unwrap(),
+            d.quant_weights(&e.name).unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{}", e.name);
+        for (&x, &y) in a.iter().zip(&b) {
+            worst = worst.max(((x as f64 - y as f64) / x as f64).abs());
+        }
+    }
+    assert!(
+        worst < 1e-6,
+        "legacy vs GGUF weights: max rel diff {worst:e}"
+    );
 }
