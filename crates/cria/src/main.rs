@@ -8,6 +8,7 @@ mod inspect;
 mod load;
 mod models;
 mod perplexity;
+mod quantize;
 mod run;
 mod sample_args;
 mod terminal;
@@ -94,6 +95,8 @@ struct TokenizeArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Quantize a model to another type, as llama-quantize does (same tensors, same bytes).
+    Quantize(quantize::QuantizeArgs),
     /// Answer a prompt, streamed: cria run [MODEL] PROMPT (chat-templated unless --raw)
     Run(run::RunArgs),
     /// Print the tokens of a text.
@@ -444,6 +447,7 @@ fn real_main() -> Result<()> {
                 &mut std::io::stdout().lock(),
             )?;
         }
+        Cmd::Quantize(a) => quantize::run(&a)?,
         Cmd::Chat(a) => chat::run(&a)?,
         Cmd::Template(a) => chat::template(&a, &mut std::io::stdout().lock())?,
         Cmd::Pull(a) => models::pull(&a)?,
