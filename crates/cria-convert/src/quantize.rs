@@ -118,10 +118,19 @@ pub fn plan(source: &dyn Source, opts: &Options) -> Result<Plan> {
         has_imatrix: opts.imatrix.is_some(),
     };
     let choices = mix::plan(&sorted, &model, &mix_opts)?;
-    let mut probed: Vec<DType> = Vec::new();
+    let mut probes: Vec<(DType, bool)> = Vec::new();
     for (t, c) in sorted.iter().zip(&choices) {
         if c.dtype == t.dtype {
             continue;
+        }
+        if t.ne[0] % c.dtype.block_size() != 0 {
+            return Err(Error::msg(format!(
+                "tensor {}: its rows of {} cannot be {} (blocks of {}): pick another type for it",
+                t.name,
+                t.ne[0],
+                c.dtype,
+                c.dtype.block_size()
+            )));
         }
         if t.dtype.is_quantized() && !opts.allow_requantize {
             return Err(Error::msg(format!(
@@ -152,10 +161,15 @@ pub fn plan(source: &dyn Source, opts: &Options) -> Result<Plan> {
                 ),
             }));
         }
-        if !probed.contains(&c.dtype) {
-            probe(c.dtype, weights.is_some())?;
-            probed.push(c.dtype);
+        let key = (c.dtype, weights.is_some());
+        if !probes.contains(&key) {
+            probes.push(key);
         }
+    }
+    // Types cria cannot make yet are reported after the checks above, which name the input's
+    // own problems.
+    for (dtype, weighted) in probes {
+        probe(dtype, weighted)?;
     }
     Ok(Plan { order, choices })
 }
