@@ -6,6 +6,7 @@ pub mod dtype;
 pub mod error;
 pub mod ftype;
 pub mod gguf;
+pub mod imatrix;
 pub mod npy;
 pub mod quant;
 pub mod quantize;

@@ -8,7 +8,7 @@
 use crate::LoadedModel;
 use anyhow::{bail, Result};
 use cria_kernels::Backend;
-use cria_model::{forward, KvCache, Logits, Scratch};
+use cria_model::{forward, KvCache, Logits, Probe, Scratch};
 
 /// Runs `tokens` through the model from position 0, `s.max_t` at a time, handing the position of
 /// each forward's first token and its logits (`s.logits()`) to `f`.
@@ -48,40 +48,71 @@ pub fn n_chunks(tokens: usize, ctx: usize, max_chunks: Option<usize>) -> usize {
     (tokens / ctx).min(max_chunks.unwrap_or(usize::MAX))
 }
 
-/// Evaluates `tokens` chunk by chunk (the module's method), in forwards of at most `batch`
-/// tokens, handing each scored row to `f` in order. Returns the number of chunks.
-pub fn chunked<B: Backend>(
-    l: &LoadedModel<B>,
-    tokens: &[u32],
-    ctx: usize,
-    batch: usize,
-    max_chunks: Option<usize>,
-    mut f: impl FnMut(Scored<'_>) -> Result<()>,
-) -> Result<usize> {
+/// Checks `ctx` against the text's length as [`chunked`] does.
+pub fn check_ctx(n_tokens: usize, ctx: usize) -> Result<()> {
     if ctx < 4 {
         bail!("--ctx-size {ctx} is too small for perplexity");
     }
-    if tokens.len() < 2 * ctx {
+    if n_tokens < 2 * ctx {
         bail!(
-            "the text is {} tokens; perplexity with a context of {ctx} needs at least {}",
-            tokens.len(),
+            "the text is {n_tokens} tokens; perplexity with a context of {ctx} needs at least {}",
             2 * ctx
         );
     }
-    let bos = if l.tok.add_bos() { l.tok.bos() } else { None };
-    let n_chunks = n_chunks(tokens.len(), ctx, max_chunks);
-    let m = &l.model;
-    let first = ctx / 2;
-    let mut kv = KvCache::try_with_type(m, ctx, l.kv_type)?;
-    let mut s = Scratch::try_new(m, batch.min(ctx), Logits::All)?;
-    let v = m.config.vocab_size;
-    let mut chunk = vec![0u32; ctx];
-    for c in 0..n_chunks {
-        chunk.copy_from_slice(&tokens[c * ctx..(c + 1) * ctx]);
-        if let Some(b) = bos {
-            chunk[0] = b;
+    Ok(())
+}
+
+/// One model's state for evaluating chunks of `ctx` tokens one at a time (the module's method):
+/// a KV cache and scratch sized once, reused for every chunk. [`chunked`] is a loop over it;
+/// `cria kld` runs several models' evaluators over the same chunk side by side.
+pub struct ChunkEval<'a, B: Backend> {
+    l: &'a LoadedModel<B>,
+    ctx: usize,
+    bos: Option<u32>,
+    kv: KvCache<B>,
+    s: Scratch<B>,
+    chunk: Vec<u32>,
+}
+
+impl<'a, B: Backend> ChunkEval<'a, B> {
+    /// Forwards of at most `batch` tokens per call.
+    pub fn new(l: &'a LoadedModel<B>, ctx: usize, batch: usize) -> Result<Self> {
+        let m = &l.model;
+        Ok(ChunkEval {
+            l,
+            ctx,
+            bos: if l.tok.add_bos() { l.tok.bos() } else { None },
+            kv: KvCache::try_with_type(m, ctx, l.kv_type)?,
+            s: Scratch::try_new(m, batch.min(ctx), Logits::All)?,
+            chunk: vec![0u32; ctx],
+        })
+    }
+
+    /// Sets the forward's probe (called after each op with its llama.cpp name, layer and values:
+    /// `cria imatrix` collects the matrices' inputs through it).
+    pub fn set_probe(&mut self, probe: Option<Probe>) {
+        self.s.probe = probe;
+    }
+
+    /// Evaluates chunk `c` of `tokens` (tokens `c*ctx .. (c+1)*ctx`, the first replaced by BOS
+    /// when the model uses one), handing each scored row to `f` in order.
+    pub fn run(
+        &mut self,
+        tokens: &[u32],
+        c: usize,
+        mut f: impl FnMut(Scored<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let ctx = self.ctx;
+        let first = ctx / 2;
+        let v = self.l.model.config.vocab_size;
+        self.chunk.copy_from_slice(&tokens[c * ctx..(c + 1) * ctx]);
+        if let Some(b) = self.bos {
+            self.chunk[0] = b;
         }
-        forward_from_start(l, &chunk, &mut kv, &mut s, Logits::All, |pos, logits| {
+        let ChunkEval {
+            l, kv, s, chunk, ..
+        } = self;
+        forward_from_start(l, chunk, kv, s, Logits::All, |pos, logits| {
             for (i, row) in logits.chunks_exact(v).enumerate() {
                 let j = pos + i;
                 if j >= first && j + 1 < ctx {
@@ -95,7 +126,25 @@ pub fn chunked<B: Backend>(
                 }
             }
             Ok(())
-        })?;
+        })
+    }
+}
+
+/// Evaluates `tokens` chunk by chunk (the module's method), in forwards of at most `batch`
+/// tokens, handing each scored row to `f` in order. Returns the number of chunks.
+pub fn chunked<B: Backend>(
+    l: &LoadedModel<B>,
+    tokens: &[u32],
+    ctx: usize,
+    batch: usize,
+    max_chunks: Option<usize>,
+    mut f: impl FnMut(Scored<'_>) -> Result<()>,
+) -> Result<usize> {
+    check_ctx(tokens.len(), ctx)?;
+    let n_chunks = n_chunks(tokens.len(), ctx, max_chunks);
+    let mut e = ChunkEval::new(l, ctx, batch)?;
+    for c in 0..n_chunks {
+        e.run(tokens, c, &mut f)?;
     }
     Ok(n_chunks)
 }

@@ -356,6 +356,75 @@ pub fn median(v: &[f32]) -> f32 {
     }
 }
 
+/// KL divergence of several candidate models against a base model with no base file (`cria kld`):
+/// chunk by chunk, the base evaluates the chunk and its scored rows are compressed exactly as
+/// [`write_row`] would store them (held in memory for that one chunk only), then each candidate
+/// evaluates the same chunk against them. The statistics are therefore the very ones the
+/// file-based path (`--kl-divergence-base` then `--kl-divergence`) gives for each pair. All models
+/// are loaded at once (mapped, not copied); `progress` gets each finished chunk's number.
+pub fn side_by_side<B: cria_kernels::Backend>(
+    base: &crate::LoadedModel<B>,
+    candidates: &[&crate::LoadedModel<B>],
+    tokens: &[u32],
+    ctx: usize,
+    batch: usize,
+    max_chunks: Option<usize>,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<KldStats>> {
+    use crate::eval::{check_ctx, n_chunks, ChunkEval};
+    let vocab = base.model.config.vocab_size;
+    for (i, c) in candidates.iter().enumerate() {
+        if c.model.config.vocab_size != vocab {
+            bail!(
+                "candidate {} has a vocab of {} tokens, the base {vocab}: KL divergence needs the same vocab",
+                i + 1,
+                c.model.config.vocab_size
+            );
+        }
+        let (bt, ct) = (&base.tok, &c.tok);
+        if bt.vocab_size() != ct.vocab_size()
+            || (0..bt.vocab_size() as u32).any(|id| bt.token_text(id) != ct.token_text(id))
+        {
+            bail!(
+                "candidate {} has another tokenizer vocab than the base: KL divergence compares the same tokens",
+                i + 1
+            );
+        }
+    }
+    check_ctx(tokens.len(), ctx)?;
+    let n = n_chunks(tokens.len(), ctx, max_chunks);
+    if n < 2 {
+        bail!("{n} chunk(s): KL statistics need at least two");
+    }
+    let rl = row_len(vocab);
+    let rows = rows_per_chunk(ctx);
+    let mut base_rows = vec![0u16; rows * rl];
+    let mut base_eval = ChunkEval::new(base, ctx, batch)?;
+    let mut evals = candidates
+        .iter()
+        .map(|l| ChunkEval::new(l, ctx, batch))
+        .collect::<Result<Vec<_>>>()?;
+    let mut stats = vec![KldStats::default(); candidates.len()];
+    for c in 0..n {
+        let mut i = 0;
+        base_eval.run(tokens, c, |r| {
+            compress_row(r.logits, &mut base_rows[i * rl..(i + 1) * rl]);
+            i += 1;
+            Ok(())
+        })?;
+        for (e, st) in evals.iter_mut().zip(&mut stats) {
+            let mut i = 0;
+            e.run(tokens, c, |r| {
+                st.add(r.logits, &base_rows[i * rl..(i + 1) * rl], r.next);
+                i += 1;
+                Ok(())
+            })?;
+        }
+        progress(c + 1);
+    }
+    Ok(stats)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod grammar;
+pub mod imatrix;
 pub mod kld;
 pub mod load;
 pub mod memory;

@@ -4,7 +4,9 @@ mod bench;
 mod chat;
 mod constraint_args;
 mod fetch;
+mod imatrix;
 mod inspect;
+mod kld;
 mod load;
 mod models;
 mod perplexity;
@@ -158,6 +160,12 @@ enum Cmd {
         #[arg(long = "kl-divergence")]
         kld: bool,
     },
+    /// The importance matrix of a model over a calibration text (llama.cpp's imatrix format), for
+    /// `cria quantize --imatrix`.
+    Imatrix(imatrix::ImatrixArgs),
+    /// KL divergence of candidate models against a base model, side by side over a text, one
+    /// table row per candidate (no log-probs file).
+    Kld(kld::KldArgs),
     /// Prompt-processing and generation speed, as llama-bench measures it, with the share of the
     /// memory roofline that decoding reaches.
     Bench {
@@ -415,6 +423,8 @@ fn real_main() -> Result<()> {
                 &mut std::io::stdout().lock(),
             )?;
         }
+        Cmd::Imatrix(a) => imatrix::run(&a, &mut std::io::stdout().lock())?,
+        Cmd::Kld(a) => kld::run(&a, &mut std::io::stdout().lock())?,
         Cmd::Bench {
             kv_type,
             models,
