@@ -9,7 +9,8 @@
 #      WORK (default /tmp/cria-quantize-bench: the F32 input is made once and kept there).
 # The F32 input is made from ref/bench/llama32-1b-F16.gguf with `cria quantize ... F32`
 # (F16 -> F32 is exact, and byte-identical to llama-quantize's F32 output, see the fixtures).
-# Machines are shared: the load average is printed; compare ratios from one run.
+# Machines are shared: the load average is printed, and CPU time (user + sys) beside wall time is
+# the steadier speed figure there; compare ratios from one run.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 REF=${CRIA_REF_DIR:-$ROOT/ref}
@@ -37,24 +38,27 @@ run() {
     wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/$name.time" |
         awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
     peak=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/$name.time")
-    echo "$wall $peak"
+    cpu=$(awk -F': ' '/User time|System time/ {s += $2} END {print s}' "$WORK/$name.time")
+    echo "$wall $peak $cpu"
 }
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)" >&2
-read -r l_wall l_peak < <(run llama "$LQ" "$F32" "$WORK/llama-$TYPE.gguf" "$TYPE" "$THREADS")
-read -r c_wall c_peak < <(run cria "$CRIA" quantize "$F32" "$WORK/cria-$TYPE.gguf" "$TYPE" -t "$THREADS")
+read -r l_wall l_peak l_cpu < <(run llama "$LQ" "$F32" "$WORK/llama-$TYPE.gguf" "$TYPE" "$THREADS")
+read -r c_wall c_peak c_cpu < <(run cria "$CRIA" quantize "$F32" "$WORK/cria-$TYPE.gguf" "$TYPE" -t "$THREADS")
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 if cmp -s "$WORK/llama-$TYPE.gguf" "$WORK/cria-$TYPE.gguf"; then same=yes; else same=NO; fi
-python3 - "$TYPE" "$THREADS" "$l_wall" "$l_peak" "$c_wall" "$c_peak" "$same" \
+python3 - "$TYPE" "$THREADS" "$l_wall" "$l_peak" "$c_wall" "$c_peak" "$same" "$l_cpu" "$c_cpu" \
     "$(stat -c %s "$F32")" "$(stat -c %s "$WORK/cria-$TYPE.gguf")" <<'PY'
 import sys
-t, th, lw, lp, cw, cp, same, insz, outsz = sys.argv[1:]
+t, th, lw, lp, cw, cp, same, lc, cc, insz, outsz = sys.argv[1:]
+lc, cc = float(lc), float(cc)
 lw, cw, lp, cp = float(lw), float(cw), int(lp) / 1024, int(cp) / 1024
 print(f"LLaMA-3.2-1B shape, F32 ({int(insz)/2**30:.2f} GiB) -> {t} ({int(outsz)/2**20:.0f} MiB), {th} threads")
 print("| | llama-quantize | cria quantize | cria / llama |")
 print("|---|---|---|---|")
 print(f"| wall time (s) | {lw:.1f} | {cw:.1f} | {cw/lw:.2f} |")
+print(f"| CPU time, user + sys (s) | {lc:.1f} | {cc:.1f} | {cc/lc:.2f} |")
 print(f"| peak RSS (MiB) | {lp:.0f} | {cp:.0f} | {cp/lp:.2f} |")
 print(f"outputs byte-identical: {same}")
 PY
