@@ -4,9 +4,10 @@
 //! shapes, sha256 of the bytes) and be the same file byte for byte.
 
 use cria_convert::mix::Ftype;
-use cria_convert::quantize::{quantize, Options};
+use cria_convert::quantize::{quantize, ImatrixInput, Options};
 use cria_convert::source::GgufSource;
 use cria_core::gguf::{GgufFile, Value};
+use cria_core::imatrix::Imatrix;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -113,9 +114,25 @@ fn check_output(label: &str, out: &Path, want: &Json) {
     );
 }
 
-/// Types another part of cria makes (cria_core::quantize, helper "wquant"): until they land, cria
-/// refuses them as unsupported, which is reported, never passed silently.
-const PENDING: &[&str] = &["IQ4_NL", "IQ4_XS"];
+/// Quantizers another part of cria makes (cria_core::quantize: IQ types, and every type with
+/// importance weights): until they land, cria refuses them as unsupported before writing anything,
+/// which is reported as SKIPPED, never passed silently; once they land these runs are checked.
+fn pending(ty: &str, weighted: bool) -> bool {
+    ty.starts_with("IQ") || weighted
+}
+
+/// `--imatrix FILE` of a fixture, read as `cria quantize --imatrix` reads it.
+fn imatrix_input(arg: &str) -> ImatrixInput<'static> {
+    let im = std::sync::Arc::new(Imatrix::read(&repo().join(arg)).unwrap());
+    let w = im.clone();
+    ImatrixInput {
+        file: arg.to_string(),
+        dataset: im.datasets.first().cloned(),
+        n_entries: im.entries.len(),
+        n_chunks: im.chunk_count,
+        weights: Box::new(move |name| w.quant_weights(name)),
+    }
+}
 
 /// Runs every TYPE of one fixture; returns (checked, pending) counts.
 fn check_model(name: &str, threads: Option<usize>) -> Option<(usize, usize)> {
@@ -147,13 +164,26 @@ fn check_model(name: &str, threads: Option<usize>) -> Option<(usize, usize)> {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
+    for (f, sha) in doc["files_sha256"].as_object().into_iter().flatten() {
+        let b = std::fs::read(repo().join(f)).unwrap();
+        assert_eq!(
+            sha256(&b),
+            sha.as_str().unwrap(),
+            "{f}: not the fixture's file"
+        );
+    }
+    let imatrix = args
+        .iter()
+        .position(|&a| a == "--imatrix")
+        .map(|i| args[i + 1]);
     let src = GgufSource::open(&path).unwrap();
-    let (mut checked, mut pending) = (0, 0);
+    let (mut checked, mut skipped) = (0, 0);
     for run in doc["runs"].as_array().unwrap() {
         let ty = run["type"].as_str().unwrap();
         let mut opts = Options::new(Ftype::parse(ty).unwrap());
         opts.allow_requantize = args.contains(&"--allow-requantize");
         opts.threads = threads.unwrap_or(doc["threads"].as_u64().unwrap() as usize);
+        opts.imatrix = imatrix.map(imatrix_input);
         let out = tmp(&format!("{name}-{ty}.gguf"));
         let label = format!("{name} {ty}");
         let res = quantize(&src, &out, &opts, &mut |_| {});
@@ -168,13 +198,13 @@ fn check_model(name: &str, threads: Option<usize>) -> Option<(usize, usize)> {
             continue;
         }
         match res {
-            Err(cria_core::Error::Unsupported(e)) if PENDING.contains(&ty) => {
+            Err(cria_core::Error::Unsupported(e)) if pending(ty, imatrix.is_some()) => {
                 eprintln!("SKIPPED: {label}: {e} (its quantizer is not in cria_core yet)");
                 assert!(
                     !out.exists() && !partial(&out).exists(),
                     "{label}: output left behind"
                 );
-                pending += 1;
+                skipped += 1;
             }
             Err(e) => panic!("{label}: {e}"),
             Ok(report) => {
@@ -185,7 +215,7 @@ fn check_model(name: &str, threads: Option<usize>) -> Option<(usize, usize)> {
             }
         }
     }
-    Some((checked, pending))
+    Some((checked, skipped))
 }
 
 fn all_types_checked(name: &str) {
@@ -223,4 +253,13 @@ fn smollm2_q4_1_requantized_matches_llama_quantize() {
         eprintln!("smollm2: {checked} types identical to llama-quantize, {pending} pending");
         assert!(checked >= 6);
     }
+}
+
+#[test]
+fn tiny_llama3_256_with_imatrix_matches_llama_quantize() {
+    let (checked, pending) = check_model("tiny-llama3-256-imatrix", None).unwrap();
+    eprintln!(
+        "tiny-llama3-256 + imatrix: {checked} types identical to llama-quantize, {pending} pending"
+    );
+    assert_eq!(checked + pending, 27);
 }

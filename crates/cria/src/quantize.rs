@@ -64,12 +64,19 @@ fn open_source(input: &Path) -> Result<Box<dyn Source>> {
     ))
 }
 
-/// The importance matrix behind --imatrix. The one place the imatrix reader is wired.
+/// The importance matrix behind --imatrix (llama.cpp's GGUF imatrix or legacy .dat), with the
+/// facts llama-quantize records in the output's metadata.
 fn open_imatrix(path: &Path) -> Result<ImatrixInput<'static>> {
-    bail!(
-        "{}: reading importance matrices is not wired yet (cria_core::imatrix)",
-        path.display()
-    )
+    let im = cria_core::imatrix::Imatrix::read(path)
+        .with_context(|| format!("reading the importance matrix {}", path.display()))?;
+    Ok(ImatrixInput {
+        // llama-quantize records the path as it was given.
+        file: path.to_string_lossy().into_owned(),
+        dataset: im.datasets.first().cloned(),
+        n_entries: im.entries.len(),
+        n_chunks: im.chunk_count,
+        weights: Box::new(move |name| im.quant_weights(name)),
+    })
 }
 
 pub fn run(a: &QuantizeArgs) -> Result<()> {
