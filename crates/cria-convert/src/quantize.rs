@@ -2,9 +2,9 @@
 //! llama.cpp's per-tensor types ([`crate::mix`]) and its metadata, so the file is the one
 //! `llama-quantize` writes from the same input.
 //!
-//! Streaming: each tensor is read, converted to f32 in slabs of rows (only when its type
-//! changes), quantized on all threads and written before the next is read; the input's mapped
-//! pages are dropped after each slab, so memory stays near one slab plus one output tensor.
+//! Streaming: each tensor is read, converted to f32 chunk by chunk (only when its type changes)
+//! and quantized on all threads, and written before the next is read; the input's mapped pages
+//! are dropped after each slab of rows, so memory stays near one slab plus one output tensor.
 
 use crate::mix::{self, Choice, Ftype, MixOptions, ModelInfo};
 use crate::source::Source;
@@ -13,7 +13,7 @@ use cria_core::{quant, quantize::quantize_rows, DType, Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// f32 values converted per slab (16 MiB): bounds the working memory of a large tensor.
+/// Values per slab (16 MiB as f32): how much mapped input is read before its pages are dropped.
 const SLAB_VALUES: usize = 4 << 20;
 /// Values quantized per work item (llama.cpp's `min_chunk_size`); only speed depends on it.
 const CHUNK_VALUES: usize = 32 * 512;
@@ -297,7 +297,6 @@ pub fn quantize(
         n_tensors: infos.len(),
         ..Report::default()
     };
-    let mut f32_buf: Vec<f32> = Vec::new();
     let threads = opts.threads.max(1);
     for (k, (&i, c)) in plan.order.iter().zip(&plan.choices).enumerate() {
         let t = &tensors[i];
@@ -311,15 +310,7 @@ pub fn quantize(
                 Some(im) => imatrix_for(im, t)?,
                 None => None,
             };
-            let q = convert_tensor(
-                source,
-                t,
-                &src,
-                c.dtype,
-                weights.as_deref(),
-                threads,
-                &mut f32_buf,
-            )?;
+            let q = convert_tensor(source, t, &src, c.dtype, weights.as_deref(), threads)?;
             w.write_tensor(&q)?;
             q.len()
         };
@@ -344,8 +335,9 @@ pub fn quantize(
     Ok(report)
 }
 
-/// One tensor to `to`: slabs of whole rows (never across an expert matrix) are converted to f32
-/// and quantized on `threads` workers.
+/// One tensor to `to`, in slabs of whole rows (never across an expert matrix; the input's
+/// pages are dropped after each): each slab is cut into chunks of rows that `threads` workers
+/// convert to f32 (only when the input is not f32 already) and quantize.
 fn convert_tensor(
     source: &dyn Source,
     t: &crate::source::SrcTensor,
@@ -353,7 +345,6 @@ fn convert_tensor(
     to: DType,
     weights: Option<&[f32]>,
     threads: usize,
-    f32_buf: &mut Vec<f32>,
 ) -> Result<Vec<u8>> {
     let n_per_row = t.ne[0];
     let n_rows = t.n_elements() / n_per_row.max(1);
@@ -366,25 +357,19 @@ fn convert_tensor(
     while r < n_rows {
         let expert_end = (r / rows_per_expert + 1) * rows_per_expert;
         let rows = slab_rows.min(expert_end - r).min(n_rows - r);
-        let bytes = &src[r * row_in..(r + rows) * row_in];
-        let values: &[f32] = match (t.dtype, bytemuck::try_cast_slice::<u8, f32>(bytes)) {
-            (DType::F32, Ok(v)) => v,
-            _ => {
-                f32_buf.resize(rows * n_per_row, 0.0);
-                quant::dequantize(t.dtype, bytes, f32_buf)?;
-                f32_buf
-            }
-        };
         let w = weights.map(|w| {
             let e = r / rows_per_expert;
             &w[e * n_per_row..(e + 1) * n_per_row]
         });
-        quantize_parallel(
+        let job = Job {
+            from: t.dtype,
             to,
-            values,
-            &mut out[r * row_out..(r + rows) * row_out],
             n_per_row,
-            w,
+            weights: w,
+        };
+        job.run(
+            &src[r * row_in..(r + rows) * row_in],
+            &mut out[r * row_out..(r + rows) * row_out],
             threads,
         )
         .map_err(|e| Error::msg(format!("tensor {}: {e}", t.name)))?;
@@ -394,48 +379,69 @@ fn convert_tensor(
     Ok(out)
 }
 
-/// Rows split into chunks of about [`CHUNK_VALUES`] handed to `threads` scoped workers; every
-/// row is quantized on its own, so the bytes do not depend on the thread count.
-fn quantize_parallel(
+/// Rows of one type to another, on scoped workers.
+struct Job<'a> {
+    from: DType,
     to: DType,
-    src: &[f32],
-    dst: &mut [u8],
     n_per_row: usize,
-    weights: Option<&[f32]>,
-    threads: usize,
-) -> Result<()> {
-    let n_rows = src.len() / n_per_row;
-    let row_out = dst.len() / n_rows.max(1);
-    let chunk_rows = CHUNK_VALUES.div_ceil(n_per_row).max(1);
-    let n_chunks = n_rows.div_ceil(chunk_rows);
-    if threads <= 1 || n_chunks <= 1 {
-        return quantize_rows(to, src, dst, n_per_row, weights);
-    }
-    let work: Vec<(&[f32], &mut [u8])> = src
-        .chunks(chunk_rows * n_per_row)
-        .zip(dst.chunks_mut(chunk_rows * row_out))
-        .collect();
-    let work = std::sync::Mutex::new(work.into_iter());
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.min(n_chunks))
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    loop {
-                        let next = work
-                            .lock()
-                            .map_err(|_| Error::msg("worker panicked"))?
-                            .next();
-                        let Some((x, y)) = next else {
-                            return Ok(());
-                        };
-                        quantize_rows(to, x, y, n_per_row, weights)?;
-                    }
+    weights: Option<&'a [f32]>,
+}
+
+impl Job<'_> {
+    /// Converts whole rows `src` into `dst`: chunks of about [`CHUNK_VALUES`] handed out to
+    /// `threads` workers. Every row is quantized on its own, so the bytes do not depend on the
+    /// thread count.
+    fn run(&self, src: &[u8], dst: &mut [u8], threads: usize) -> Result<()> {
+        let row_in = self.from.bytes_for(self.n_per_row)?;
+        let row_out = self.to.bytes_for(self.n_per_row)?;
+        let n_rows = src.len() / row_in;
+        let chunk_rows = CHUNK_VALUES.div_ceil(self.n_per_row).max(1);
+        let n_chunks = n_rows.div_ceil(chunk_rows);
+        let mut work = src
+            .chunks(chunk_rows * row_in)
+            .zip(dst.chunks_mut(chunk_rows * row_out));
+        if threads <= 1 || n_chunks <= 1 {
+            let mut buf = Vec::new();
+            return work.try_for_each(|(x, y)| self.chunk(x, y, &mut buf));
+        }
+        let work = std::sync::Mutex::new(work);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads.min(n_chunks))
+                .map(|_| {
+                    s.spawn(|| -> Result<()> {
+                        let mut buf = Vec::new();
+                        loop {
+                            let next = work
+                                .lock()
+                                .map_err(|_| Error::msg("a quantizing thread panicked"))?
+                                .next();
+                            let Some((x, y)) = next else {
+                                return Ok(());
+                            };
+                            self.chunk(x, y, &mut buf)?;
+                        }
+                    })
                 })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .map_err(|_| Error::msg("a quantizing thread panicked"))?
             })
-            .collect();
-        handles.into_iter().try_for_each(|h| {
-            h.join()
-                .map_err(|_| Error::msg("a quantizing thread panicked"))?
         })
-    })
+    }
+
+    /// One chunk: its f32 values (the input itself when it is aligned f32, else converted into
+    /// `buf`), quantized into `dst`.
+    fn chunk(&self, src: &[u8], dst: &mut [u8], buf: &mut Vec<f32>) -> Result<()> {
+        let values: &[f32] = match (self.from, bytemuck::try_cast_slice::<u8, f32>(src)) {
+            (DType::F32, Ok(v)) => v,
+            _ => {
+                let n = src.len() / self.from.bytes_for(self.n_per_row)? * self.n_per_row;
+                buf.resize(n, 0.0);
+                quant::dequantize(self.from, src, buf)?;
+                buf
+            }
+        };
+        quantize_rows(self.to, values, dst, self.n_per_row, self.weights)
+    }
 }
