@@ -8,6 +8,7 @@ use cria_convert::quantize::{quantize, ImatrixInput, Options};
 use cria_convert::source::GgufSource;
 use cria_core::gguf::{GgufFile, Value};
 use cria_core::imatrix::Imatrix;
+use cria_core::DType;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -184,6 +185,13 @@ fn check_model(name: &str, threads: Option<usize>) -> Option<(usize, usize)> {
         opts.allow_requantize = args.contains(&"--allow-requantize");
         opts.threads = threads.unwrap_or(doc["threads"].as_u64().unwrap() as usize);
         opts.imatrix = imatrix.map(imatrix_input);
+        opts.pure = args.contains(&"--pure");
+        let type_arg = |flag: &str| {
+            let i = args.iter().position(|&a| a == flag)?;
+            Some(DType::from_name(args[i + 1]).unwrap())
+        };
+        opts.output_tensor_type = type_arg("--output-tensor-type");
+        opts.token_embedding_type = type_arg("--token-embedding-type");
         let out = tmp(&format!("{name}-{ty}.gguf"));
         let label = format!("{name} {ty}");
         let res = quantize(&src, &out, &opts, &mut |_| {});
@@ -262,4 +270,19 @@ fn tiny_llama3_256_with_imatrix_matches_llama_quantize() {
         "tiny-llama3-256 + imatrix: {checked} types identical to llama-quantize, {pending} pending"
     );
     assert_eq!(checked + pending, 27);
+}
+
+/// --pure, --output-tensor-type and --token-embedding-type, on tied and untied models.
+#[test]
+fn mix_options_match_llama_quantize() {
+    for (name, runs) in [
+        ("tiny-llama3-256-pure", 5),
+        ("tiny-llama2-tensor-types", 3),
+        ("tiny-llama3-256-output-type", 2),
+        ("tiny-llama3-256-embd-type", 2),
+    ] {
+        let (checked, pending) = check_model(name, None).unwrap();
+        eprintln!("{name}: {checked} types identical to llama-quantize, {pending} pending");
+        assert_eq!((checked, pending), (runs, 0), "{name}");
+    }
 }
