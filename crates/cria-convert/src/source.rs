@@ -29,6 +29,9 @@ pub trait Source: Sync {
     /// Tensor `i`'s data in its stored type and GGML layout (borrowed from an mmap where it can
     /// be; HF sources return owned bytes after any re-layout, e.g. the Q/K row permutation).
     fn bytes(&self, i: usize) -> Result<Cow<'_, [u8]>>;
+    /// Drops from memory the pages of mapped input read so far (a hint; `cria quantize` calls it
+    /// as it goes so the resident set stays near one tensor, not the model). Default: nothing.
+    fn release_pages(&self) {}
 }
 
 /// A GGUF file (split files opened as one) as a [`Source`].
@@ -69,5 +72,8 @@ impl Source for GgufSource {
     }
     fn bytes(&self, i: usize) -> Result<Cow<'_, [u8]>> {
         Ok(Cow::Borrowed(self.file.tensors[i].bytes()))
+    }
+    fn release_pages(&self) {
+        self.file.release_pages_except(&[]);
     }
 }

@@ -12,6 +12,7 @@ mod kld;
 mod load;
 mod models;
 mod perplexity;
+mod quantize;
 mod run;
 mod sample_args;
 mod terminal;
@@ -98,6 +99,8 @@ struct TokenizeArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Quantize a model to another type, as llama-quantize does (same tensors, same bytes).
+    Quantize(quantize::QuantizeArgs),
     /// Answer a prompt, streamed: cria run [MODEL] PROMPT (chat-templated unless --raw)
     Run(run::RunArgs),
     /// Print the tokens of a text.
@@ -461,6 +464,7 @@ fn real_main() -> Result<()> {
                 &mut std::io::stdout().lock(),
             )?;
         }
+        Cmd::Quantize(a) => quantize::run(&a)?,
         Cmd::Chat(a) => chat::run(&a)?,
         Cmd::Template(a) => chat::template(&a, &mut std::io::stdout().lock())?,
         Cmd::Pull(a) => models::pull(&a)?,
