@@ -8,6 +8,7 @@ pub mod ftype;
 pub mod gguf;
 pub mod npy;
 pub mod quant;
+pub mod quant_iq;
 pub mod quantize;
 pub mod safetensors;
 pub mod tensor;
