@@ -7,46 +7,17 @@ use cria_core::quant::{can_dequantize, dequantize};
 use cria_core::quant_iq::{self, IQ_TYPES};
 use cria_core::DType;
 
-fn fixture() -> Vec<u8> {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/iq_dequant.bin");
-    std::fs::read(p).unwrap_or_else(|e| panic!("{p}: {e} (run tests/gen_iq_fixtures.py)"))
-}
-
-/// (type, raw blocks, llama.cpp's values) per record.
-fn records(mut p: &[u8]) -> Vec<(DType, &[u8], Vec<f32>)> {
-    fn take<'a>(p: &mut &'a [u8], n: usize) -> &'a [u8] {
-        let (a, b) = p.split_at(n);
-        *p = b;
-        a
-    }
-    let u32_of = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap());
-    let mut out = Vec::new();
-    while !p.is_empty() {
-        let n = u32_of(take(&mut p, 4)) as usize;
-        let name = std::str::from_utf8(take(&mut p, n)).unwrap().to_string();
-        let (id, nb) = (u32_of(take(&mut p, 4)), u32_of(take(&mut p, 4)) as usize);
-        let t = DType::from_ggml(id).unwrap();
-        assert_eq!(t.name(), name);
-        let raw = take(&mut p, nb * t.type_size());
-        let want = take(&mut p, nb * 1024)
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        out.push((t, raw, want));
-    }
-    out
-}
+mod iq_common;
 
 #[test]
 fn iq_dequantizers_match_llama_cpp_bit_for_bit() {
-    let data = fixture();
-    let recs = records(&data);
+    let recs = iq_common::iq_records();
     let types: Vec<DType> = recs.iter().map(|r| r.0).collect();
     assert_eq!(types, IQ_TYPES, "the fixture covers every IQ type");
     for (t, raw, want) in recs {
         assert!(can_dequantize(t), "{t}");
         let mut got = vec![f32::NAN; want.len()];
-        dequantize(t, raw, &mut got).unwrap();
+        dequantize(t, &raw, &mut got).unwrap();
         let mut nonzero = 0;
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(
@@ -60,7 +31,7 @@ fn iq_dequantizers_match_llama_cpp_bit_for_bit() {
         assert!(nonzero > want.len() / 2, "{t}: the fixture is mostly zeros");
         // Unaligned source: the dequantizer reads bytes, whatever the address.
         let mut shifted = vec![0u8; raw.len() + 1];
-        shifted[1..].copy_from_slice(raw);
+        shifted[1..].copy_from_slice(&raw);
         let mut again = vec![0f32; want.len()];
         quant_iq::dequantize(t, &shifted[1..], &mut again).unwrap();
         assert!(again

@@ -109,11 +109,7 @@ pub fn kernel(isa: Isa, dtype: DType) -> Option<Kernel> {
         Isa::Scalar => (scalar_from_float(vec_dot_type)?, scalar_vec_dot(dtype)?),
         #[cfg(target_arch = "x86_64")]
         // AVX-512 CPUs run the AVX2 row kernels (the hot paths have their own, in cpu/).
-        // Types without an AVX2 kernel run their scalar one.
-        Isa::Avx2 | Isa::Avx512 => (
-            avx2_from_float(vec_dot_type)?,
-            avx2_vec_dot(dtype).or_else(|| scalar_vec_dot(dtype))?,
-        ),
+        Isa::Avx2 | Isa::Avx512 => (avx2_from_float(vec_dot_type)?, avx2_vec_dot(dtype)?),
         #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx2 | Isa::Avx512 => return None,
         // Per type: the NEON kernel where there is one, else the scalar one.
@@ -242,6 +238,13 @@ fn avx2_vec_dot(t: DType) -> Option<VecDot> {
         DType::Q5_K => avx2::vec_dot_q5_k,
         DType::Q6_K => avx2::vec_dot_q6_k,
         DType::IQ4_XS => avx2::vec_dot_iq4_xs,
+        DType::IQ3_XXS => avx2::vec_dot_iq3_xxs,
+        DType::IQ3_S => avx2::vec_dot_iq3_s,
+        DType::IQ2_XXS => avx2::vec_dot_iq2_xxs,
+        DType::IQ2_XS => avx2::vec_dot_iq2_xs,
+        DType::IQ2_S => avx2::vec_dot_iq2_s,
+        DType::IQ1_S => avx2::vec_dot_iq1_s,
+        DType::IQ1_M => avx2::vec_dot_iq1_m,
         _ => return None,
     })
 }
