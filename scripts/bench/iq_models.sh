@@ -19,7 +19,8 @@ IM="$OUT/imatrix-$NAME.gguf"
 if [ ! -s "$IM" ]; then
   "$BIN/llama-imatrix" -m "$SRC" -f tests/fixtures/text/ppl.txt -c 128 --chunks 8 -t "$T" -o "$IM"
 fi
-for ty in ${TYPES:-IQ3_XXS IQ3_S IQ2_XXS IQ2_XS IQ2_S IQ1_S IQ1_M}; do
+# IQ2_M: the ftype whose ffn_down is the IQ2_S type (ftype IQ2_S uses IQ2_XS there).
+for ty in ${TYPES:-IQ3_XXS IQ3_S IQ2_XXS IQ2_XS IQ2_S IQ2_M IQ1_S IQ1_M}; do
   f="$OUT/$NAME-$ty.gguf"
   [ -s "$f" ] || "$BIN/llama-quantize" --imatrix "$IM" "$SRC" "$f.tmp" "$ty" "$T"
   [ -s "$f" ] || mv "$f.tmp" "$f"
