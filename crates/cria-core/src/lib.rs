@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod imatrix;
 pub mod npy;
 pub mod quant;
+pub mod quant_iq;
 pub mod quantize;
 pub mod safetensors;
 pub mod tensor;

@@ -534,6 +534,13 @@ pub fn dequantize(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
         DType::Q8_K => dequantize_blocks::<BlockQ8_K>(src, dst),
         DType::IQ4_NL => dequantize_blocks::<BlockIQ4_NL>(src, dst),
         DType::IQ4_XS => dequantize_blocks::<BlockIQ4_XS>(src, dst),
+        DType::IQ2_XXS
+        | DType::IQ2_XS
+        | DType::IQ2_S
+        | DType::IQ3_XXS
+        | DType::IQ3_S
+        | DType::IQ1_S
+        | DType::IQ1_M => crate::quant_iq::dequantize(dtype, src, dst)?,
         other => {
             return Err(Error::Unsupported(format!(
                 "dequantize of tensor type {other}"
@@ -564,6 +571,13 @@ pub fn can_dequantize(dtype: DType) -> bool {
             | Q8_K
             | IQ4_NL
             | IQ4_XS
+            | IQ2_XXS
+            | IQ2_XS
+            | IQ2_S
+            | IQ3_XXS
+            | IQ3_S
+            | IQ1_S
+            | IQ1_M
     )
 }
 

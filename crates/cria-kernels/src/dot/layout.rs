@@ -19,6 +19,9 @@
 //! | IQ4_XS  | 136   | 256   | d @0, scales_h u16 @2, scales_l[4] @4, qs[128] @8                 |
 //! | Q8_K    | 292   | 256   | d f32 @0, qs[256] i8 @4, bsums[16] i16 @260                       |
 //! ```
+//!
+//! The IQ grid types (IQ2_XXS 66, IQ2_XS 74, IQ2_S 82, IQ3_XXS 98, IQ3_S 110, IQ1_S 50, IQ1_M 56
+//! bytes per 256) are laid out in `cria_core::quant_iq`'s module doc.
 
 pub const QK: usize = 32;
 pub const QK_K: usize = 256;
@@ -37,6 +40,13 @@ pub const Q5_K_BYTES: usize = 176;
 pub const Q6_K_BYTES: usize = 210;
 pub const IQ4_XS_BYTES: usize = 136;
 pub const Q8_K_BYTES: usize = 292;
+pub const IQ2_XXS_BYTES: usize = 66;
+pub const IQ2_XS_BYTES: usize = 74;
+pub const IQ2_S_BYTES: usize = 82;
+pub const IQ3_XXS_BYTES: usize = 98;
+pub const IQ3_S_BYTES: usize = 110;
+pub const IQ1_S_BYTES: usize = 50;
+pub const IQ1_M_BYTES: usize = 56;
 
 /// The 16 non-linear levels of IQ4_NL / IQ4_XS (ggml-common.h kvalues_iq4nl).
 pub const KVALUES_IQ4NL: [i8; 16] = [
@@ -64,6 +74,13 @@ mod tests {
             (DType::Q6_K, Q6_K_BYTES),
             (DType::IQ4_XS, IQ4_XS_BYTES),
             (DType::Q8_K, Q8_K_BYTES),
+            (DType::IQ2_XXS, IQ2_XXS_BYTES),
+            (DType::IQ2_XS, IQ2_XS_BYTES),
+            (DType::IQ2_S, IQ2_S_BYTES),
+            (DType::IQ3_XXS, IQ3_XXS_BYTES),
+            (DType::IQ3_S, IQ3_S_BYTES),
+            (DType::IQ1_S, IQ1_S_BYTES),
+            (DType::IQ1_M, IQ1_M_BYTES),
         ] {
             assert_eq!(t.type_size(), b, "{t}");
         }

@@ -4,7 +4,7 @@
 //!
 //! The activation types are ggml's, because cria must reproduce llama.cpp's numbers: Q4_0, Q5_0,
 //! Q8_0 and IQ4_NL dot against Q8_0; Q4_1 and Q5_1 against Q8_1 (whose stored sum serves the min
-//! term); the K-quants and IQ4_XS against Q8_K; F16 against F16, BF16 against BF16, F32 against
+//! term); the K-quants, IQ4_XS and the IQ grid types (IQ3_XXS ... IQ1_M) against Q8_K; F16 against F16, BF16 against BF16, F32 against
 //! F32.
 //!
 //! `vec_dot(n, w, rows, a, stride, out)` dots `rows` consecutive weight rows of `n` elements
@@ -21,6 +21,7 @@ use crate::arch::avx2::dot as avx2;
 #[cfg(target_arch = "aarch64")]
 use crate::arch::neon::dot as neon;
 use crate::arch::scalar::dot as scalar;
+use crate::arch::scalar::dot_iq as scalar_iq;
 use crate::Isa;
 use cria_core::DType;
 
@@ -54,7 +55,7 @@ impl std::fmt::Debug for Kernel {
 }
 
 /// Weight types with a matmul kernel, in every ISA.
-pub const SUPPORTED: [DType; 15] = [
+pub const SUPPORTED: [DType; 22] = [
     DType::F32,
     DType::F16,
     DType::BF16,
@@ -70,7 +71,17 @@ pub const SUPPORTED: [DType; 15] = [
     DType::Q5_K,
     DType::Q6_K,
     DType::IQ4_XS,
+    DType::IQ3_XXS,
+    DType::IQ3_S,
+    DType::IQ2_XXS,
+    DType::IQ2_XS,
+    DType::IQ2_S,
+    DType::IQ1_S,
+    DType::IQ1_M,
 ];
+
+/// The IQ grid types, which dot against Q8_K.
+const IQ_GRID: [DType; 7] = cria_core::quant_iq::IQ_TYPES;
 
 /// Activation rows a float `vec_dot` takes at once: 4 accumulators per column, 2 columns fill
 /// 8 of the 16 ymm registers, leaving room for the weight vectors.
@@ -91,6 +102,7 @@ pub fn kernel(isa: Isa, dtype: DType) -> Option<Kernel> {
         DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::IQ4_XS => {
             (DType::Q8_K, QUANT_COLS)
         }
+        t if IQ_GRID.contains(&t) => (DType::Q8_K, QUANT_COLS),
         _ => return None,
     };
     let (from_float, vec_dot) = match isa {
@@ -171,6 +183,13 @@ scalar_cols! {
     s_q5_k => scalar::dot_q5_k, Q5_K;
     s_q6_k => scalar::dot_q6_k, Q6_K;
     s_iq4_xs => scalar::dot_iq4_xs, IQ4_XS;
+    s_iq3_xxs => scalar_iq::dot_iq3_xxs, IQ3_XXS;
+    s_iq3_s => scalar_iq::dot_iq3_s, IQ3_S;
+    s_iq2_xxs => scalar_iq::dot_iq2_xxs, IQ2_XXS;
+    s_iq2_xs => scalar_iq::dot_iq2_xs, IQ2_XS;
+    s_iq2_s => scalar_iq::dot_iq2_s, IQ2_S;
+    s_iq1_s => scalar_iq::dot_iq1_s, IQ1_S;
+    s_iq1_m => scalar_iq::dot_iq1_m, IQ1_M;
 }
 
 fn scalar_vec_dot(t: DType) -> Option<VecDot> {
@@ -190,6 +209,13 @@ fn scalar_vec_dot(t: DType) -> Option<VecDot> {
         DType::Q5_K => s_q5_k,
         DType::Q6_K => s_q6_k,
         DType::IQ4_XS => s_iq4_xs,
+        DType::IQ3_XXS => s_iq3_xxs,
+        DType::IQ3_S => s_iq3_s,
+        DType::IQ2_XXS => s_iq2_xxs,
+        DType::IQ2_XS => s_iq2_xs,
+        DType::IQ2_S => s_iq2_s,
+        DType::IQ1_S => s_iq1_s,
+        DType::IQ1_M => s_iq1_m,
         _ => return None,
     })
 }
@@ -212,6 +238,13 @@ fn avx2_vec_dot(t: DType) -> Option<VecDot> {
         DType::Q5_K => avx2::vec_dot_q5_k,
         DType::Q6_K => avx2::vec_dot_q6_k,
         DType::IQ4_XS => avx2::vec_dot_iq4_xs,
+        DType::IQ3_XXS => avx2::vec_dot_iq3_xxs,
+        DType::IQ3_S => avx2::vec_dot_iq3_s,
+        DType::IQ2_XXS => avx2::vec_dot_iq2_xxs,
+        DType::IQ2_XS => avx2::vec_dot_iq2_xs,
+        DType::IQ2_S => avx2::vec_dot_iq2_s,
+        DType::IQ1_S => avx2::vec_dot_iq1_s,
+        DType::IQ1_M => avx2::vec_dot_iq1_m,
         _ => return None,
     })
 }
@@ -309,4 +342,11 @@ pub(crate) mod geom {
     pub const Q5_K: G = G::of("Q5_K", QK_K, Q5_K_BYTES, Q8_K_BYTES);
     pub const Q6_K: G = G::of("Q6_K", QK_K, Q6_K_BYTES, Q8_K_BYTES);
     pub const IQ4_XS: G = G::of("IQ4_XS", QK_K, IQ4_XS_BYTES, Q8_K_BYTES);
+    pub const IQ3_XXS: G = G::of("IQ3_XXS", QK_K, IQ3_XXS_BYTES, Q8_K_BYTES);
+    pub const IQ3_S: G = G::of("IQ3_S", QK_K, IQ3_S_BYTES, Q8_K_BYTES);
+    pub const IQ2_XXS: G = G::of("IQ2_XXS", QK_K, IQ2_XXS_BYTES, Q8_K_BYTES);
+    pub const IQ2_XS: G = G::of("IQ2_XS", QK_K, IQ2_XS_BYTES, Q8_K_BYTES);
+    pub const IQ2_S: G = G::of("IQ2_S", QK_K, IQ2_S_BYTES, Q8_K_BYTES);
+    pub const IQ1_S: G = G::of("IQ1_S", QK_K, IQ1_S_BYTES, Q8_K_BYTES);
+    pub const IQ1_M: G = G::of("IQ1_M", QK_K, IQ1_M_BYTES, Q8_K_BYTES);
 }

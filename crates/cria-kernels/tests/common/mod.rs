@@ -49,6 +49,12 @@ fn scale_fields(t: DType) -> &'static [(usize, bool)] {
         DType::Q3_K => &[(108, true)],
         DType::Q4_K | DType::Q5_K => &[(0, false), (2, false)],
         DType::Q6_K => &[(208, true)],
+        DType::IQ3_XXS
+        | DType::IQ3_S
+        | DType::IQ2_XXS
+        | DType::IQ2_XS
+        | DType::IQ2_S
+        | DType::IQ1_S => &[(0, true)],
         _ => &[],
     }
 }
@@ -87,6 +93,17 @@ pub fn random_weights(rng: &mut Rng, t: DType, rows: usize, cols: usize) -> Tens
                         mag
                     };
                     put_f16(blk, o, v);
+                }
+                if t == DType::IQ1_M {
+                    // The f16 super-block scale is the top nibble of each scale word @48.
+                    let mag = rng.range(0.002, 0.03);
+                    let d = f16::from_f32(if rng.u64() & 1 == 1 { -mag } else { mag }).to_bits();
+                    for w in 0..4 {
+                        let o = 48 + 2 * w;
+                        let v = u16::from_le_bytes([blk[o], blk[o + 1]]) & 0x0FFF
+                            | (d >> (4 * w) & 0xF) << 12;
+                        blk[o..o + 2].copy_from_slice(&v.to_le_bytes());
+                    }
                 }
                 if t == DType::Q8_0 {
                     for q in &mut blk[2..] {

@@ -29,7 +29,7 @@ avx2_fn! {
 /// into whatever register is handy (often the loop's FMA accumulator), and the merge chains each
 /// iteration to the previous one: the 32-block kernels ran 2x slower. `vmovd` from a GPR
 /// zero-extends and carries no such dependency.
-unsafe fn h2f(p: *const u8) -> f32 {
+pub(super) unsafe fn h2f(p: *const u8) -> f32 {
     let bits = std::ptr::read_unaligned(p as *const u16) as u32;
     let v: __m128;
     // SAFETY: register-only instructions of F16C/AVX, which this function's target features
@@ -64,13 +64,13 @@ unsafe fn h2f_pair(p: *const u8) -> __m128 {
 }
 
 avx2_fn! {
-unsafe fn f32_at(p: *const u8) -> f32 {
+pub(super) unsafe fn f32_at(p: *const u8) -> f32 {
     std::ptr::read_unaligned(p as *const f32)
 }
 }
 
 avx2_fn! {
-unsafe fn loadu(p: *const u8) -> __m256i {
+pub(super) unsafe fn loadu(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 }
@@ -469,7 +469,7 @@ unsafe fn scale_pairs(sc: __m256i) -> [__m256i; 8] {
 }
 
 avx2_fn! {
-unsafe fn q8k_block(a: *const u8, stride: usize, r: usize, i: usize) -> *const u8 {
+pub(super) unsafe fn q8k_block(a: *const u8, stride: usize, r: usize, i: usize) -> *const u8 {
     a.add(r * stride + i * Q8_K_BYTES)
 }
 }
@@ -846,7 +846,16 @@ fix_kind! {
     k_f32 = dot_float::<F32>;
     k_f16 = dot_float::<F16>;
     k_bf16 = dot_float::<BF16>;
+    k_iq2_xxs = dot_iq_grid::<IQ2_XXS_K>;
+    k_iq2_xs = dot_iq_grid::<IQ2_XS_K>;
+    k_iq2_s = dot_iq_grid::<IQ2_S_K>;
+    k_iq3_xxs = dot_iq_grid::<IQ3_XXS_K>;
+    k_iq3_s = dot_iq_grid::<IQ3_S_K>;
 }
+use super::dot_iq::{
+    dot_iq1_m, dot_iq1_s, dot_iq_grid, IQ2_S as IQ2_S_K, IQ2_XS as IQ2_XS_K, IQ2_XXS as IQ2_XXS_K,
+    IQ3_S as IQ3_S_K, IQ3_XXS as IQ3_XXS_K,
+};
 
 entry!(vec_dot_q4_0, Q4_0, blocks32, k_q4_0);
 entry!(vec_dot_q4_1, Q4_1, blocks32, k_q4_1);
@@ -860,6 +869,13 @@ entry!(vec_dot_q4_k, Q4_K, blocks256, k_q4_k);
 entry!(vec_dot_q5_k, Q5_K, blocks256, k_q5_k);
 entry!(vec_dot_q6_k, Q6_K, blocks256, dot_q6_k);
 entry!(vec_dot_iq4_xs, IQ4_XS, blocks256, dot_iq4_xs);
+entry!(vec_dot_iq2_xxs, IQ2_XXS, blocks256, k_iq2_xxs);
+entry!(vec_dot_iq2_xs, IQ2_XS, blocks256, k_iq2_xs);
+entry!(vec_dot_iq2_s, IQ2_S, blocks256, k_iq2_s);
+entry!(vec_dot_iq3_xxs, IQ3_XXS, blocks256, k_iq3_xxs);
+entry!(vec_dot_iq3_s, IQ3_S, blocks256, k_iq3_s);
+entry!(vec_dot_iq1_s, IQ1_S, blocks256, dot_iq1_s);
+entry!(vec_dot_iq1_m, IQ1_M, blocks256, dot_iq1_m);
 entry!(vec_dot_f32, F32, elems, k_f32);
 entry!(vec_dot_f16, F16, elems, k_f16);
 entry!(vec_dot_bf16, BF16, elems, k_bf16);

@@ -12,6 +12,7 @@ macro_rules! avx2_fn {
 }
 
 pub mod dot;
+pub mod dot_iq;
 pub(crate) mod gemm_float;
 pub(crate) mod gemm_half;
 pub(crate) mod gemm_q;

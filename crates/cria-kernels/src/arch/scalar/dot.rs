@@ -382,7 +382,7 @@ pub fn dot_iq4_nl(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 /// Q8_K activation block: (d, quants, bsums).
 #[inline]
-fn q8k(a: &[u8], i: usize) -> (f32, &[i8], &[u8]) {
+pub(crate) fn q8k(a: &[u8], i: usize) -> (f32, &[i8], &[u8]) {
     let y = &a[i * Q8_K_BYTES..][..Q8_K_BYTES];
     (
         f32_at(y, 0),
@@ -394,7 +394,7 @@ fn q8k(a: &[u8], i: usize) -> (f32, &[i8], &[u8]) {
 /// sum over the 16-element groups g of scale[g] * sum_l v[16g + l] * y[16g + l] (exact in i32:
 /// |v| <= 127, |y| <= 127, |scale| <= 128, 256 terms).
 #[inline]
-fn scaled_isum(v: &[i8; QK_K], yq: &[i8], scale: &[i32; 16]) -> i32 {
+pub(crate) fn scaled_isum(v: &[i8; QK_K], yq: &[i8], scale: &[i32; 16]) -> i32 {
     let mut total = 0i32;
     for ((vg, yg), &sc) in v.chunks_exact(16).zip(yq.chunks_exact(16)).zip(scale) {
         let mut s = 0i32;

@@ -2,5 +2,6 @@
 //! without a SIMD ISA.
 
 pub mod dot;
+pub mod dot_iq;
 pub mod gemm_q;
 pub(crate) mod ops;
