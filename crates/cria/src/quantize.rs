@@ -11,7 +11,8 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub struct QuantizeArgs {
-    /// The model to quantize: a GGUF file (or the first of a split set).
+    /// The model to quantize: a GGUF file (or the first of a split set), or a Hugging Face folder
+    /// (read as `cria convert` would write it, in the same pass: no intermediate file).
     pub input: PathBuf,
     /// The GGUF file to write (as OUT.partial until complete).
     pub output: PathBuf,
