@@ -5,7 +5,8 @@
 # PPL, PPL ratio, mean KLD, same-top share. Types marked "+imatrix" use an importance matrix that
 # `cria imatrix` computes on CALIB (a text other than TEXT).
 #
-#   scripts/bench/quant-table.sh BASE [TEXT] [CALIB]      env: TYPES="Q8_0 Q4_K_M ...", CHUNKS=N, T=threads
+#   scripts/bench/quant-table.sh BASE [TEXT] [CALIB]
+#   env: TYPES="Q8_0 Q4_K_M ...", CHUNKS=N (KL chunks), ICHUNKS=N (imatrix chunks), T=threads
 #
 # Defaults: TEXT = tests/fixtures/text/ppl.txt; CALIB = llama.cpp's docs/build.md (from ref/, not part
 # of TEXT); every type cria makes. Work files go to ${WORK:-/tmp/quant-table}.
@@ -24,7 +25,9 @@ chunk_args=()
 [ -n "${CHUNKS:-}" ] && chunk_args=(--chunks "$CHUNKS")
 
 if [[ "$TYPES" == *imatrix* ]]; then
-  "$CRIA" imatrix -m "$BASE" -f "$CALIB" -o "$WORK/imatrix.gguf" -c 512 -t "$T" >"$WORK/imatrix.log" 2>&1 ||
+  ichunks=()
+  [ -n "${ICHUNKS:-}" ] && ichunks=(--chunks "$ICHUNKS")
+  "$CRIA" imatrix -m "$BASE" -f "$CALIB" -o "$WORK/imatrix.gguf" -c 512 -t "$T" "${ichunks[@]}" >"$WORK/imatrix.log" 2>&1 ||
     { tail -5 "$WORK/imatrix.log" >&2; exit 1; }
 fi
 models=()

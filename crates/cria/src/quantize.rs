@@ -1,6 +1,6 @@
 //! `cria quantize IN OUT.gguf TYPE`: llama-quantize's command, streaming one tensor at a time.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use cria_convert::mix::Ftype;
 use cria_convert::quantize::{self, ImatrixInput, Options};
