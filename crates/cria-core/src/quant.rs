@@ -1544,7 +1544,7 @@ mod tests {
         assert!(dequantize(DType::Q4_0, &[0u8; 17], &mut out).is_err());
         assert!(dequantize(DType::Q4_0, &[0u8; 18], &mut out[..31]).is_err());
         assert!(matches!(
-            dequantize(DType::IQ2_XXS, &[0u8; 66], &mut [0f32; 256]),
+            dequantize(DType::TQ1_0, &[0u8; 54], &mut [0f32; 256]),
             Err(Error::Unsupported(_))
         ));
         assert!(matches!(
