@@ -164,8 +164,17 @@ fn chat_in_a_terminal() {
     );
 
     // A multi-line message, checked through /save.
-    t.line("\"\"\"Repeat these two lines:");
-    t.line("alpha one");
+    // Each continuation line is typed once its "... " prompt shows: keys typed while the REPL is
+    // between two reads can be lost on a loaded machine (typeahead is not what is tested here).
+    let continuation = |t: &Term, text: &str| {
+        let before = t.screen().matches("... ").count();
+        t.line(text);
+        t.wait_for("the continuation prompt", Duration::from_secs(60), |s| {
+            s.matches("... ").count() > before
+        });
+    };
+    continuation(&t, "\"\"\"Repeat these two lines:");
+    continuation(&t, "alpha one");
     t.line("beta two\"\"\"");
     t.wait_prompts(7);
     let saved = dir.join("conv.json");
