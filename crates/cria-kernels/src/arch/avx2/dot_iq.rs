@@ -66,6 +66,16 @@ static IQ1M_DELTA16: [[u64; 2]; 256] = {
     t
 };
 
+/// Accumulators per column: two (even / odd sub-blocks) for one column, for more independent
+/// adds; one for several columns, where the columns already give that and registers are short.
+const fn accs(r: usize) -> usize {
+    if r == 1 {
+        2
+    } else {
+        1
+    }
+}
+
 avx2_fn! {
 /// Exact sum of the 8 i32 lanes.
 unsafe fn hsum_epi32(v: __m256i) -> i32 {
@@ -122,25 +132,13 @@ unsafe fn pick_scale(s: __m256i, ib: usize) -> __m256i {
 }
 
 avx2_fn! {
-/// 8 entries of a 4-wide IQ3 grid as one vector.
-unsafe fn gather3(grid: &[u32; 512], idx: [usize; 8]) -> __m256i {
-    let g = |k: usize| *grid.get_unchecked(idx[k] & 511) as i32;
+/// 8 entries of a 4-wide IQ3 grid as one vector (the indices are below N by construction, so
+/// the bounds checks fold away).
+unsafe fn gather3<const N: usize>(grid: &[u32; N], idx: [usize; 8]) -> __m256i {
+    let g = |k: usize| grid[idx[k]] as i32;
     _mm256_set_epi32(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0))
 }
 }
-
-/// IQ3XXS_GRID widened to 512 entries so both IQ3 grids share `gather3` (the upper half is
-/// never read: IQ3_XXS indices are bytes).
-static IQ3XXS_GRID512: [u32; 512] = {
-    let mut t = [0u32; 512];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = IQ3XXS_GRID[i];
-        i += 1;
-    }
-    t
-};
-static IQ3S_GRID512: [u32; 512] = IQ3S_GRID;
 
 avx2_fn! {
 /// Per-block scale vector (zero for the kinds whose two halves share a scale).
@@ -184,7 +182,7 @@ unsafe fn grid_sub<const K: u8>(x: *const u8, ib: usize, bs: __m256i) -> (__m256
         }
         IQ3_XXS => {
             let aux = read_unaligned(x.add(66 + 4 * ib) as *const u32);
-            let v = gather3(&IQ3XXS_GRID512, std::array::from_fn(|k| b(2 + 8 * ib + k)));
+            let v = gather3(&IQ3XXS_GRID, std::array::from_fn(|k| b(2 + 8 * ib + k)));
             let ls = 2 * (aux >> 28) as i16 + 1;
             (v, signs_ks(aux), _mm256_set1_epi16(ls))
         }
@@ -192,7 +190,7 @@ unsafe fn grid_sub<const K: u8>(x: *const u8, ib: usize, bs: __m256i) -> (__m256
             // IQ3_S
             let qh = b(66 + ib);
             let v = gather3(
-                &IQ3S_GRID512,
+                &IQ3S_GRID,
                 std::array::from_fn(|k| b(2 + 8 * ib + k) | (qh << (8 - k) & 256)),
             );
             let s = read_unaligned(x.add(74 + 4 * ib) as *const u32);
@@ -218,14 +216,13 @@ pub(crate) unsafe fn dot_iq_grid<const K: u8, const R: usize>(nb: usize, w: *con
     for i in 0..nb {
         let x = w.add(i * bytes);
         let bs = block_scales::<K>(x);
-        // Two accumulators per column (even / odd sub-blocks) for more independent adds.
         let mut sumi = [[_mm256_setzero_si256(); 2]; R];
         for ib in 0..8 {
             let (v, sg, sc) = grid_sub::<K>(x, ib, bs);
             for r in 0..R {
                 let qy = loadu(q8k_block(a, stride, r, i).add(4 + 32 * ib));
                 let p = _mm256_maddubs_epi16(v, _mm256_sign_epi8(qy, sg));
-                sumi[r][ib % 2] = _mm256_add_epi32(sumi[r][ib % 2], _mm256_madd_epi16(p, sc));
+                sumi[r][ib % accs(R)] = _mm256_add_epi32(sumi[r][ib % accs(R)], _mm256_madd_epi16(p, sc));
             }
         }
         let dx = h2f(x);
@@ -259,8 +256,7 @@ pub(crate) unsafe fn dot_iq1_s<const R: usize>(nb: usize, w: *const u8, a: *cons
             let qh = read_unaligned(x.add(34 + 2 * ib) as *const u16) as usize;
             let v = gather1(std::array::from_fn(|l| *x.add(2 + 4 * ib + l) as usize | ((qh >> (3 * l)) & 7) << 8));
             let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
-            // ls * delta, delta = -1 when bit 15 is set.
-            let lsd = ls * (1 - 2 * (qh >> 15) as i32);
+            let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
             let (uv, sc) = (_mm256_sign_epi8(v, v), _mm256_set1_epi16(ls as i16));
             for r in 0..R {
                 let y = q8k_block(a, stride, r, i);
@@ -268,7 +264,7 @@ pub(crate) unsafe fn dot_iq1_s<const R: usize>(nb: usize, w: *const u8, a: *cons
                 let p = _mm256_maddubs_epi16(uv, _mm256_sign_epi8(qy, v));
                 sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(p, sc));
                 let bs = |g: usize| read_unaligned(y.add(260 + 2 * g) as *const i16) as i32;
-                sumi1[r] += lsd * (bs(2 * ib) + bs(2 * ib + 1));
+                sumi1[r] += ls * delta * (bs(2 * ib) + bs(2 * ib + 1));
             }
         }
         let dx = h2f(x);
@@ -330,7 +326,7 @@ pub(crate) unsafe fn dot_iq1_m<const R: usize>(nb: usize, w: *const u8, a: *cons
             for r in 0..R {
                 let qy = loadu(q8k_block(a, stride, r, i).add(4 + 32 * ib));
                 let p = _mm256_maddubs_epi16(uw, _mm256_sign_epi8(qy, wv));
-                sumi[r][ib % 2] = _mm256_add_epi32(sumi[r][ib % 2], _mm256_madd_epi16(p, scv));
+                sumi[r][ib % accs(R)] = _mm256_add_epi32(sumi[r][ib % accs(R)], _mm256_madd_epi16(p, scv));
             }
         }
         for r in 0..R {
