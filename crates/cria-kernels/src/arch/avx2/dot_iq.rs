@@ -77,6 +77,25 @@ const fn accs(r: usize) -> usize {
 }
 
 avx2_fn! {
+/// `acc + madd(p, sc)` (pairs of i16 products summed into i32 lanes, no saturation); with
+/// `V` one AVX512-VNNI `vpdpwssd`, which computes the same wrapping sum. `V` kernels run only
+/// inside the AVX-512 row loops (`arch::avx512::dot_iq`), where `vnni_madd` inlines.
+unsafe fn acc_madd<const V: bool>(acc: __m256i, p: __m256i, sc: __m256i) -> __m256i {
+    if V {
+        vnni_madd(acc, p, sc)
+    } else {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc))
+    }
+}
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn vnni_madd(acc: __m256i, p: __m256i, sc: __m256i) -> __m256i {
+    _mm256_dpwssd_epi32(acc, p, sc)
+}
+
+avx2_fn! {
 /// Exact sum of the 8 i32 lanes.
 unsafe fn hsum_epi32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -204,7 +223,7 @@ unsafe fn grid_sub<const K: u8>(x: *const u8, ib: usize, bs: __m256i) -> (__m256
 
 avx2_fn! {
 /// Grid kinds: result = mul * sum_blocks (d * dy) * isum, as the scalar twin.
-pub(crate) unsafe fn dot_iq_grid<const K: u8, const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+pub(crate) unsafe fn dot_iq_grid_v<const K: u8, const V: bool, const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
     let (bytes, mul) = match K {
         IQ2_XXS => (IQ2_XXS_BYTES, 0.125f32),
         IQ2_XS => (IQ2_XS_BYTES, 0.125),
@@ -222,7 +241,7 @@ pub(crate) unsafe fn dot_iq_grid<const K: u8, const R: usize>(nb: usize, w: *con
             for r in 0..R {
                 let qy = loadu(q8k_block(a, stride, r, i).add(4 + 32 * ib));
                 let p = _mm256_maddubs_epi16(v, _mm256_sign_epi8(qy, sg));
-                sumi[r][ib % accs(R)] = _mm256_add_epi32(sumi[r][ib % accs(R)], _mm256_madd_epi16(p, sc));
+                sumi[r][ib % accs(R)] = acc_madd::<V>(sumi[r][ib % accs(R)], p, sc);
             }
         }
         let dx = h2f(x);
@@ -246,7 +265,7 @@ unsafe fn gather1(idx: [usize; 4]) -> __m256i {
 }
 
 avx2_fn! {
-pub(crate) unsafe fn dot_iq1_s<const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+pub(crate) unsafe fn dot_iq1_s_v<const V: bool, const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
     let mut sumf = [0f32; R];
     for i in 0..nb {
         let x = w.add(i * IQ1_S_BYTES);
@@ -262,7 +281,7 @@ pub(crate) unsafe fn dot_iq1_s<const R: usize>(nb: usize, w: *const u8, a: *cons
                 let y = q8k_block(a, stride, r, i);
                 let qy = loadu(y.add(4 + 32 * ib));
                 let p = _mm256_maddubs_epi16(uv, _mm256_sign_epi8(qy, v));
-                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(p, sc));
+                sumi[r] = acc_madd::<V>(sumi[r], p, sc);
                 let bs = |g: usize| read_unaligned(y.add(260 + 2 * g) as *const i16) as i32;
                 sumi1[r] += ls * delta * (bs(2 * ib) + bs(2 * ib + 1));
             }
@@ -285,7 +304,7 @@ avx2_fn! {
 /// per pair (|.| <= 2 * 9 * 127, no saturation) and the block's integer sum is
 /// 8 * sumi1 + sumi2 of the scalar twin. That sum is below 2^24 in magnitude (each part is at
 /// most 256 * 127 * 15), so `isum * 0.125` is exactly the scalar `sumi1 + 0.125 * sumi2`.
-pub(crate) unsafe fn dot_iq1_m<const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+pub(crate) unsafe fn dot_iq1_m_v<const V: bool, const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
     let eight = _mm256_set1_epi8(8);
     // Scale fields: word j of the low half takes field 2j (u16 j/2, bits 6*(j%2)), of the high
     // half field 2j+1 (bits 6*(j%2)+3). The multiply moves each to bits 9..11.
@@ -326,7 +345,7 @@ pub(crate) unsafe fn dot_iq1_m<const R: usize>(nb: usize, w: *const u8, a: *cons
             for r in 0..R {
                 let qy = loadu(q8k_block(a, stride, r, i).add(4 + 32 * ib));
                 let p = _mm256_maddubs_epi16(uw, _mm256_sign_epi8(qy, wv));
-                sumi[r][ib % accs(R)] = _mm256_add_epi32(sumi[r][ib % accs(R)], _mm256_madd_epi16(p, scv));
+                sumi[r][ib % accs(R)] = acc_madd::<V>(sumi[r][ib % accs(R)], p, scv);
             }
         }
         for r in 0..R {
@@ -338,5 +357,26 @@ pub(crate) unsafe fn dot_iq1_m<const R: usize>(nb: usize, w: *const u8, a: *cons
     for r in 0..R {
         *out.add(r) = sumf[r];
     }
+}
+}
+
+avx2_fn! {
+/// The AVX2 instance (`madd` + `add`) of `dot_iq_grid_v`.
+pub(crate) unsafe fn dot_iq_grid<const K: u8, const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+    dot_iq_grid_v::<K, false, R>(nb, w, a, stride, out)
+}
+}
+
+avx2_fn! {
+/// The AVX2 instance (`madd` + `add`) of `dot_iq1_s_v`.
+pub(crate) unsafe fn dot_iq1_s<const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+    dot_iq1_s_v::<false, R>(nb, w, a, stride, out)
+}
+}
+
+avx2_fn! {
+/// The AVX2 instance (`madd` + `add`) of `dot_iq1_m_v`.
+pub(crate) unsafe fn dot_iq1_m<const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+    dot_iq1_m_v::<false, R>(nb, w, a, stride, out)
 }
 }
