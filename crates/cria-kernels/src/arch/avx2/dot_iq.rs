@@ -236,12 +236,15 @@ pub(crate) unsafe fn dot_iq_grid_v<const K: u8, const V: bool, const R: usize>(n
         let x = w.add(i * bytes);
         let bs = block_scales::<K>(x);
         let mut sumi = [[_mm256_setzero_si256(); 2]; R];
-        for ib in 0..8 {
-            let (v, sg, sc) = grid_sub::<K>(x, ib, bs);
-            for r in 0..R {
-                let qy = loadu(q8k_block(a, stride, r, i).add(4 + 32 * ib));
-                let p = _mm256_maddubs_epi16(v, _mm256_sign_epi8(qy, sg));
-                sumi[r][ib % accs(R)] = acc_madd::<V>(sumi[r][ib % accs(R)], p, sc);
+        for j in 0..8 / accs(R) {
+            for h in 0..accs(R) {
+                let ib = accs(R) * j + h;
+                let (v, sg, sc) = grid_sub::<K>(x, ib, bs);
+                for r in 0..R {
+                    let qy = loadu(q8k_block(a, stride, r, i).add(4 + 32 * ib));
+                    let p = _mm256_maddubs_epi16(v, _mm256_sign_epi8(qy, sg));
+                    sumi[r][h] = acc_madd::<V>(sumi[r][h], p, sc);
+                }
             }
         }
         let dx = h2f(x);
@@ -269,27 +272,31 @@ pub(crate) unsafe fn dot_iq1_s_v<const V: bool, const R: usize>(nb: usize, w: *c
     let mut sumf = [0f32; R];
     for i in 0..nb {
         let x = w.add(i * IQ1_S_BYTES);
-        let mut sumi = [_mm256_setzero_si256(); R];
+        let mut sumi = [[_mm256_setzero_si256(); 2]; R];
         let mut sumi1 = [0i32; R];
-        for ib in 0..8 {
-            let qh = read_unaligned(x.add(34 + 2 * ib) as *const u16) as usize;
-            let v = gather1(std::array::from_fn(|l| *x.add(2 + 4 * ib + l) as usize | ((qh >> (3 * l)) & 7) << 8));
-            let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
-            let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
-            let (uv, sc) = (_mm256_sign_epi8(v, v), _mm256_set1_epi16(ls as i16));
-            for r in 0..R {
-                let y = q8k_block(a, stride, r, i);
-                let qy = loadu(y.add(4 + 32 * ib));
-                let p = _mm256_maddubs_epi16(uv, _mm256_sign_epi8(qy, v));
-                sumi[r] = acc_madd::<V>(sumi[r], p, sc);
-                let bs = |g: usize| read_unaligned(y.add(260 + 2 * g) as *const i16) as i32;
-                sumi1[r] += ls * delta * (bs(2 * ib) + bs(2 * ib + 1));
+        for j in 0..8 / accs(R) {
+            for h in 0..accs(R) {
+                let ib = accs(R) * j + h;
+                let qh = read_unaligned(x.add(34 + 2 * ib) as *const u16) as usize;
+                let v = gather1(std::array::from_fn(|l| *x.add(2 + 4 * ib + l) as usize | ((qh >> (3 * l)) & 7) << 8));
+                let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
+                let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
+                let (uv, sc) = (_mm256_sign_epi8(v, v), _mm256_set1_epi16(ls as i16));
+                for r in 0..R {
+                    let y = q8k_block(a, stride, r, i);
+                    let qy = loadu(y.add(4 + 32 * ib));
+                    let p = _mm256_maddubs_epi16(uv, _mm256_sign_epi8(qy, v));
+                    sumi[r][h] = acc_madd::<V>(sumi[r][h], p, sc);
+                    let bs = |g: usize| read_unaligned(y.add(260 + 2 * g) as *const i16) as i32;
+                    sumi1[r] += ls * delta * (bs(2 * ib) + bs(2 * ib + 1));
+                }
             }
         }
         let dx = h2f(x);
         for r in 0..R {
             let dy = f32_at(q8k_block(a, stride, r, i));
-            sumf[r] += dx * dy * (hsum_epi32(sumi[r]) as f32 + 0.125 * sumi1[r] as f32);
+            let isum = hsum_epi32(_mm256_add_epi32(sumi[r][0], sumi[r][1]));
+            sumf[r] += dx * dy * (isum as f32 + 0.125 * sumi1[r] as f32);
         }
     }
     for r in 0..R {
@@ -327,25 +334,28 @@ pub(crate) unsafe fn dot_iq1_m_v<const V: bool, const R: usize>(nb: usize, w: *c
         let s = _mm256_and_si256(_mm256_srli_epi16(_mm256_mullo_epi16(s, lift), 9), _mm256_set1_epi16(7));
         let bsc = _mm256_or_si256(_mm256_add_epi16(s, s), _mm256_set1_epi16(1));
         let mut sumi = [[_mm256_setzero_si256(); 2]; R];
-        for ib in 0..8 {
-            let (h0, h1) = (*x.add(32 + 2 * ib) as usize, *x.add(33 + 2 * ib) as usize);
-            let q = |l: usize| *x.add(4 * ib + l) as usize;
-            let v = gather1([
-                q(0) | ((h0 << 8) & 0x700),
-                q(1) | ((h0 << 4) & 0x700),
-                q(2) | ((h1 << 8) & 0x700),
-                q(3) | ((h1 << 4) & 0x700),
-            ]);
-            let e = _mm256_set_m128i(
-                _mm_loadu_si128(IQ1M_DELTA16.get_unchecked(h1).as_ptr() as *const __m128i),
-                _mm_loadu_si128(IQ1M_DELTA16.get_unchecked(h0).as_ptr() as *const __m128i),
-            );
-            let wv = _mm256_add_epi8(_mm256_sign_epi8(eight, v), e);
-            let (uw, scv) = (_mm256_abs_epi8(wv), pick_scale(bsc, ib));
-            for r in 0..R {
-                let qy = loadu(q8k_block(a, stride, r, i).add(4 + 32 * ib));
-                let p = _mm256_maddubs_epi16(uw, _mm256_sign_epi8(qy, wv));
-                sumi[r][ib % accs(R)] = acc_madd::<V>(sumi[r][ib % accs(R)], p, scv);
+        for j in 0..8 / accs(R) {
+            for h in 0..accs(R) {
+                let ib = accs(R) * j + h;
+                let (h0, h1) = (*x.add(32 + 2 * ib) as usize, *x.add(33 + 2 * ib) as usize);
+                let q = |l: usize| *x.add(4 * ib + l) as usize;
+                let v = gather1([
+                    q(0) | ((h0 << 8) & 0x700),
+                    q(1) | ((h0 << 4) & 0x700),
+                    q(2) | ((h1 << 8) & 0x700),
+                    q(3) | ((h1 << 4) & 0x700),
+                ]);
+                let e = _mm256_set_m128i(
+                    _mm_loadu_si128(IQ1M_DELTA16.get_unchecked(h1).as_ptr() as *const __m128i),
+                    _mm_loadu_si128(IQ1M_DELTA16.get_unchecked(h0).as_ptr() as *const __m128i),
+                );
+                let wv = _mm256_add_epi8(_mm256_sign_epi8(eight, v), e);
+                let (uw, scv) = (_mm256_abs_epi8(wv), pick_scale(bsc, ib));
+                for r in 0..R {
+                    let qy = loadu(q8k_block(a, stride, r, i).add(4 + 32 * ib));
+                    let p = _mm256_maddubs_epi16(uw, _mm256_sign_epi8(qy, wv));
+                    sumi[r][h] = acc_madd::<V>(sumi[r][h], p, scv);
+                }
             }
         }
         for r in 0..R {
