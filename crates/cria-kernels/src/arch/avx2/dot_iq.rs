@@ -268,35 +268,42 @@ unsafe fn gather1(idx: [usize; 4]) -> __m256i {
 }
 
 avx2_fn! {
+/// IQ1_S. The delta term sum_ib ls * delta * (bsum pair of ib) is one `madd` of the Q8_K
+/// block sums with the per-sub-block signed scales, and the block's total is taken as
+/// 8 * sumi + sumi1 (each part at most 256 * 127 * 15 in magnitude, so the total is below
+/// 2^24 and `total * 0.125` is exactly the scalar `sumi + 0.125 * sumi1`).
 pub(crate) unsafe fn dot_iq1_s_v<const V: bool, const R: usize>(nb: usize, w: *const u8, a: *const u8, stride: usize, out: *mut f32) {
+    let (m7, one) = (_mm_set1_epi16(7), _mm_set1_epi16(1));
     let mut sumf = [0f32; R];
     for i in 0..nb {
         let x = w.add(i * IQ1_S_BYTES);
+        // The 8 qh words: scales 2 * bits 12..14 + 1, delta sign bit 15.
+        let qh8 = _mm_loadu_si128(x.add(34) as *const __m128i);
+        let ls = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh8, 12), m7), 1), one);
+        let neg = _mm_srai_epi16(qh8, 15);
+        let lsd = _mm_sub_epi16(_mm_xor_si128(ls, neg), neg);
+        let lsd2 = _mm256_set_m128i(_mm_unpackhi_epi16(lsd, lsd), _mm_unpacklo_epi16(lsd, lsd));
+        let ls2 = _mm256_set_m128i(ls, ls);
         let mut sumi = [[_mm256_setzero_si256(); 2]; R];
-        let mut sumi1 = [0i32; R];
         for j in 0..8 / accs(R) {
             for h in 0..accs(R) {
                 let ib = accs(R) * j + h;
                 let qh = read_unaligned(x.add(34 + 2 * ib) as *const u16) as usize;
                 let v = gather1(std::array::from_fn(|l| *x.add(2 + 4 * ib + l) as usize | ((qh >> (3 * l)) & 7) << 8));
-                let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
-                let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
-                let (uv, sc) = (_mm256_sign_epi8(v, v), _mm256_set1_epi16(ls as i16));
+                let (uv, sc) = (_mm256_sign_epi8(v, v), pick_scale(ls2, ib));
                 for r in 0..R {
-                    let y = q8k_block(a, stride, r, i);
-                    let qy = loadu(y.add(4 + 32 * ib));
+                    let qy = loadu(q8k_block(a, stride, r, i).add(4 + 32 * ib));
                     let p = _mm256_maddubs_epi16(uv, _mm256_sign_epi8(qy, v));
                     sumi[r][h] = acc_madd::<V>(sumi[r][h], p, sc);
-                    let bs = |g: usize| read_unaligned(y.add(260 + 2 * g) as *const i16) as i32;
-                    sumi1[r] += ls * delta * (bs(2 * ib) + bs(2 * ib + 1));
                 }
             }
         }
         let dx = h2f(x);
         for r in 0..R {
-            let dy = f32_at(q8k_block(a, stride, r, i));
-            let isum = hsum_epi32(_mm256_add_epi32(sumi[r][0], sumi[r][1]));
-            sumf[r] += dx * dy * (isum as f32 + 0.125 * sumi1[r] as f32);
+            let y = q8k_block(a, stride, r, i);
+            let s = _mm256_slli_epi32(_mm256_add_epi32(sumi[r][0], sumi[r][1]), 3);
+            let total = hsum_epi32(_mm256_add_epi32(s, _mm256_madd_epi16(loadu(y.add(260)), lsd2)));
+            sumf[r] += dx * f32_at(y) * (total as f32 * 0.125);
         }
     }
     for r in 0..R {
