@@ -226,10 +226,14 @@ fn scalar_vec_dot(t: DType) -> Option<VecDot> {
     })
 }
 
-/// The IQ grid types' AVX-512 row loops (the AVX2 kernels with 32 registers).
+/// The IQ grid types' AVX-512 row loops (the AVX2 kernels with VNNI, BMI2, 32 registers).
 #[cfg(target_arch = "x86_64")]
 fn avx512_iq_vec_dot(t: DType) -> Option<VecDot> {
     use crate::arch::avx512::dot_iq as k;
+    // Every AVX-512 CPU so far has BMI2, which these row loops also use; checked all the same.
+    if !std::arch::is_x86_feature_detected!("bmi2") {
+        return None;
+    }
     Some(match t {
         DType::IQ3_XXS => k::vec_dot_iq3_xxs,
         DType::IQ3_S => k::vec_dot_iq3_s,

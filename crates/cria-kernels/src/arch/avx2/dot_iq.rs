@@ -95,6 +95,57 @@ unsafe fn vnni_madd(acc: __m256i, p: __m256i, sc: __m256i) -> __m256i {
     _mm256_dpwssd_epi32(acc, p, sc)
 }
 
+/// IQ1_M: the deltas of a sub-block's four groups from the 4 delta bits of its two qh bytes
+/// (bit l: group l negative), 32 bytes of -1 / +1.
+#[repr(align(32))]
+struct Delta32([u64; 4]);
+static IQ1M_DELTA32: [Delta32; 16] = {
+    let mut t = [const { Delta32([0; 4]) }; 16];
+    let mut b = 0;
+    while b < 16 {
+        let mut l = 0;
+        while l < 4 {
+            t[b].0[l] = if b >> l & 1 != 0 {
+                u64::MAX
+            } else {
+                0x0101_0101_0101_0101
+            };
+            l += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// IQ1_M sub-block fields with BMI2: from its 4 qs bytes and its 2 qh bytes (as `h`), the four
+/// 11-bit grid indices as the u16s of one u64 (qs | the 3 low bits of each qh nibble << 8) and
+/// the four delta bits (bit 3 of each nibble). Inline asm, so that it inlines into the AVX2
+/// kernels (a `target_feature` function would not): callers must have checked for BMI2.
+#[inline(always)]
+unsafe fn iq1m_bits(q4: u64, h: u64) -> (u64, usize) {
+    let (packed, dbits): (u64, u64);
+    // SAFETY: register-only BMI2 instructions; only the V kernels call this, and those run
+    // only where `dot::avx512_iq_vec_dot` found BMI2.
+    std::arch::asm!(
+        "pext {t}, {h}, {m7}",
+        "pdep {t}, {t}, {d7}",
+        "pdep {p}, {q}, {d8}",
+        "or {p}, {t}",
+        "pext {e}, {h}, {m8}",
+        h = in(reg) h,
+        q = in(reg) q4,
+        m7 = in(reg) 0x7777u64,
+        d7 = in(reg) 0x0700_0700_0700_0700u64,
+        d8 = in(reg) 0x00FF_00FF_00FF_00FFu64,
+        m8 = in(reg) 0x8888u64,
+        t = out(reg) _,
+        p = out(reg) packed,
+        e = out(reg) dbits,
+        options(pure, nomem, nostack),
+    );
+    (packed, dbits as usize)
+}
+
 avx2_fn! {
 /// Exact sum of the 8 i32 lanes.
 unsafe fn hsum_epi32(v: __m256i) -> i32 {
@@ -344,18 +395,31 @@ pub(crate) unsafe fn dot_iq1_m_v<const V: bool, const R: usize>(nb: usize, w: *c
         for j in 0..8 / accs(R) {
             for h in 0..accs(R) {
                 let ib = accs(R) * j + h;
-                let (h0, h1) = (*x.add(32 + 2 * ib) as usize, *x.add(33 + 2 * ib) as usize);
-                let q = |l: usize| *x.add(4 * ib + l) as usize;
-                let v = gather1([
-                    q(0) | ((h0 << 8) & 0x700),
-                    q(1) | ((h0 << 4) & 0x700),
-                    q(2) | ((h1 << 8) & 0x700),
-                    q(3) | ((h1 << 4) & 0x700),
-                ]);
-                let e = _mm256_set_m128i(
-                    _mm_loadu_si128(IQ1M_DELTA16.get_unchecked(h1).as_ptr() as *const __m128i),
-                    _mm_loadu_si128(IQ1M_DELTA16.get_unchecked(h0).as_ptr() as *const __m128i),
-                );
+                let (v, e) = if V && R == 1 {
+                    // One column, BMI2 (the V instances run only where it is present; with
+                    // several columns, where the decode is shared, this measured slower): the
+                    // four 11-bit indices in one u64, the four delta bits as one table index.
+                    let h = read_unaligned(x.add(32 + 2 * ib) as *const u16) as u64;
+                    let q4 = read_unaligned(x.add(4 * ib) as *const u32) as u64;
+                    let (packed, dbits) = iq1m_bits(q4, h);
+                    let v = gather1(std::array::from_fn(|l| (packed >> (16 * l)) as u16 as usize));
+                    let e = _mm256_load_si256(IQ1M_DELTA32.get_unchecked(dbits).0.as_ptr() as *const __m256i);
+                    (v, e)
+                } else {
+                    let (h0, h1) = (*x.add(32 + 2 * ib) as usize, *x.add(33 + 2 * ib) as usize);
+                    let q = |l: usize| *x.add(4 * ib + l) as usize;
+                    let v = gather1([
+                        q(0) | ((h0 << 8) & 0x700),
+                        q(1) | ((h0 << 4) & 0x700),
+                        q(2) | ((h1 << 8) & 0x700),
+                        q(3) | ((h1 << 4) & 0x700),
+                    ]);
+                    let e = _mm256_set_m128i(
+                        _mm_loadu_si128(IQ1M_DELTA16.get_unchecked(h1).as_ptr() as *const __m128i),
+                        _mm_loadu_si128(IQ1M_DELTA16.get_unchecked(h0).as_ptr() as *const __m128i),
+                    );
+                    (v, e)
+                };
                 let wv = _mm256_add_epi8(_mm256_sign_epi8(eight, v), e);
                 let (uw, scv) = (_mm256_abs_epi8(wv), pick_scale(bsc, ib));
                 for r in 0..R {

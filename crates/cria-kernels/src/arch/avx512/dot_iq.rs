@@ -1,6 +1,7 @@
 //! The IQ grid types' row dots on AVX-512 CPUs: the AVX2 kernels of `arch::avx2::dot_iq`,
 //! with AVX512-VNNI's `vpdpwssd` for `madd` + `add`, inlined into row loops compiled with
-//! AVX-512 F/BW/VL/VNNI enabled (so the code generator also has 32 vector registers). The
+//! AVX-512 F/BW/VL/VNNI and BMI2 enabled (so the code generator also has 32 vector registers;
+//! IQ1_M takes its indices with `pdep` / `pext`). The
 //! integer arithmetic is the same and the f32 steps are the same in the same order, so the
 //! results stay bitwise equal to the scalar twins' (tests/iq.rs checks each ISA).
 
@@ -16,7 +17,7 @@ macro_rules! iq_entry512 {
     ($name:ident, $g:ident, $k:ident $(::<$kind:ident>)?) => {
         pub fn $name(n: usize, w: &[u8], rows: usize, a: &[u8], stride: usize, out: &mut [f32]) {
             #[inline]
-            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            #[target_feature(enable = "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512vnni")]
             unsafe fn rows_loop<const R: usize>(nb: usize, w: *const u8, rb: usize, rows: usize, a: *const u8, stride: usize, o: *mut f32) {
                 for r in 0..rows {
                     $k::<$($kind,)? R>(nb, w.add(r * rb), a, stride, o.add(r * R));
@@ -25,7 +26,7 @@ macro_rules! iq_entry512 {
             let (rb, cols) = check_dot_args(geom::$g, n, w, rows, a, stride, out.len());
             let (nb, w, a, o) = (n / QK_K, w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
             // SAFETY: these entries are only handed out for Isa::Avx512, which `kernel` checks
-            // is available (AVX2/FMA/F16C and AVX-512 F/BW/VL/VNNI), and check_dot_args proved
+            // is available (AVX2/FMA/F16C and AVX-512 F/BW/VL/VNNI), and only where BMI2 is too, and check_dot_args proved
             // every block the kernel reads lies inside `w` and `a` and every output inside `out`.
             unsafe {
                 match cols {
