@@ -124,3 +124,80 @@ fn iq_simd_dots_equal_the_scalar_twin_bitwise() {
         }
     }
 }
+
+#[test]
+fn iq_simd_dots_stay_exact_at_the_largest_sums() {
+    // Blocks of all-0xFF bytes (every scale field at its maximum, every sign or delta bit set)
+    // beside all-zero and random ones, against activations of +-127 only whose signs follow the
+    // weights' (the largest integer sums the kernels can meet), oppose them, are all +, or are
+    // random: where a saturating pair sum, or IQ1_S / IQ1_M's folding of the delta term into
+    // one integer total (8 * sumi + sumi1), would go wrong, the bits would differ from the
+    // scalar twin's.
+    let mut rng = Rng::new(23);
+    for isa in all_isas_or_skip("IQ SIMD dots at the largest sums") {
+        if isa == cria_kernels::Isa::Scalar {
+            continue;
+        }
+        for t in IQ_TYPES {
+            let (ks, kv) = (
+                dot::kernel(cria_kernels::Isa::Scalar, t).unwrap(),
+                dot::kernel(isa, t).unwrap(),
+            );
+            let (bs, nb) = (t.type_size(), 4);
+            let mut w = vec![0xFFu8; nb * bs];
+            w[bs..2 * bs].fill(0);
+            rng.bytes(&mut w[2 * bs..]);
+            // A finite scale d = 1.0 (f16 0x3C00) in each block: IQ1_M keeps it in the top
+            // nibbles of its four scale words, the others in bytes 0..2.
+            for blk in w.chunks_exact_mut(bs) {
+                if t == DType::IQ1_M {
+                    for (k, nib) in [0u16, 0, 0xC, 0x3].into_iter().enumerate() {
+                        let o = 48 + 2 * k;
+                        let v = u16::from_le_bytes([blk[o], blk[o + 1]]) & 0x0FFF | nib << 12;
+                        blk[o..o + 2].copy_from_slice(&v.to_le_bytes());
+                    }
+                } else {
+                    blk[..2].copy_from_slice(&0x3C00u16.to_le_bytes());
+                }
+            }
+            let n = nb * 256;
+            let mut wf = vec![0f32; n];
+            cria_core::quant::dequantize(t, &w, &mut wf).unwrap();
+            let follow: Vec<f32> = wf
+                .iter()
+                .map(|&v| if v < 0.0 { -1.0 } else { 1.0 })
+                .collect();
+            let cols: [Vec<f32>; 4] = [
+                follow.clone(),
+                follow.iter().map(|v| -v).collect(),
+                vec![1.0; n],
+                (0..n)
+                    .map(|_| if rng.u64() & 1 == 0 { -1.0 } else { 1.0 })
+                    .collect(),
+            ];
+            let ab = nb * 292;
+            let mut a = vec![0u8; 4 * ab];
+            for (c, x) in cols.iter().enumerate() {
+                (ks.from_float)(x, &mut a[c * ab..][..ab]);
+            }
+            let q = dequant_act(DType::Q8_K, &a[..ab], n);
+            let d = q[0].abs();
+            assert!(
+                q.iter().all(|v| v.abs() == d),
+                "{t}: activations not all +-127"
+            );
+            for c in 1..=kv.max_cols.min(4) {
+                let (mut os, mut ov) = (vec![0f32; c], vec![0f32; c]);
+                (ks.vec_dot)(n, &w, 1, &a, ab, &mut os);
+                (kv.vec_dot)(n, &w, 1, &a, ab, &mut ov);
+                for (j, (s, v)) in os.iter().zip(&ov).enumerate() {
+                    assert_eq!(
+                        s.to_bits(),
+                        v.to_bits(),
+                        "{t} {isa} cols={c} out {j}: scalar {s} simd {v}"
+                    );
+                }
+            }
+        }
+    }
+}

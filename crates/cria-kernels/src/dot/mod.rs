@@ -108,8 +108,14 @@ pub fn kernel(isa: Isa, dtype: DType) -> Option<Kernel> {
     let (from_float, vec_dot) = match isa {
         Isa::Scalar => (scalar_from_float(vec_dot_type)?, scalar_vec_dot(dtype)?),
         #[cfg(target_arch = "x86_64")]
-        // AVX-512 CPUs run the AVX2 row kernels (the hot paths have their own, in cpu/).
-        Isa::Avx2 | Isa::Avx512 => (avx2_from_float(vec_dot_type)?, avx2_vec_dot(dtype)?),
+        // AVX-512 CPUs run the AVX2 row kernels (the hot paths have their own, in cpu/), except
+        // the IQ grid types, whose row loops are compiled with AVX-512 enabled (32 registers).
+        Isa::Avx2 => (avx2_from_float(vec_dot_type)?, avx2_vec_dot(dtype)?),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => (
+            avx2_from_float(vec_dot_type)?,
+            avx512_iq_vec_dot(dtype).or_else(|| avx2_vec_dot(dtype))?,
+        ),
         #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx2 | Isa::Avx512 => return None,
         // Per type: the NEON kernel where there is one, else the scalar one.
@@ -216,6 +222,26 @@ fn scalar_vec_dot(t: DType) -> Option<VecDot> {
         DType::IQ2_S => s_iq2_s,
         DType::IQ1_S => s_iq1_s,
         DType::IQ1_M => s_iq1_m,
+        _ => return None,
+    })
+}
+
+/// The IQ grid types' AVX-512 row loops (the AVX2 kernels with VNNI, BMI2, 32 registers).
+#[cfg(target_arch = "x86_64")]
+fn avx512_iq_vec_dot(t: DType) -> Option<VecDot> {
+    use crate::arch::avx512::dot_iq as k;
+    // Every AVX-512 CPU so far has BMI2, which these row loops also use; checked all the same.
+    if !std::arch::is_x86_feature_detected!("bmi2") {
+        return None;
+    }
+    Some(match t {
+        DType::IQ3_XXS => k::vec_dot_iq3_xxs,
+        DType::IQ3_S => k::vec_dot_iq3_s,
+        DType::IQ2_XXS => k::vec_dot_iq2_xxs,
+        DType::IQ2_XS => k::vec_dot_iq2_xs,
+        DType::IQ2_S => k::vec_dot_iq2_s,
+        DType::IQ1_S => k::vec_dot_iq1_s,
+        DType::IQ1_M => k::vec_dot_iq1_m,
         _ => return None,
     })
 }
