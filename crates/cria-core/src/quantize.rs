@@ -22,7 +22,7 @@ use crate::quant::{
     BlockQ2_K, BlockQ3_K, BlockQ4_0, BlockQ4_1, BlockQ4_K, BlockQ5_0, BlockQ5_1, BlockQ5_K,
     QuantBlock, GROUP_MAX_EPS, KVALUES_IQ4NL, QK, QK_K,
 };
-use crate::{DType, Error, Result};
+use crate::{quantize_iq, DType, Error, Result};
 use half::f16;
 
 /// Quantizes `src` (whole rows of `n_per_row` values) into `dst` (exactly the bytes `dtype` takes
@@ -104,6 +104,20 @@ pub fn quantize_rows(
                 );
             }
         }),
+        (IQ3_XXS | IQ3_S, qw) => {
+            let row_bytes = dtype.bytes_for(n_per_row)?;
+            let f = if dtype == IQ3_XXS {
+                quantize_iq::iq3_xxs_row
+            } else {
+                quantize_iq::iq3_s_row
+            };
+            for (x, y) in src
+                .chunks_exact(n_per_row)
+                .zip(dst.chunks_exact_mut(row_bytes))
+            {
+                f(x, qw, y);
+            }
+        }
         (Q4_0, Some(qw)) => rows(src, dst, n_per_row, |x, y| legacy_row(x, qw, y, q4_0_block)),
         (Q4_1, Some(qw)) => rows(src, dst, n_per_row, |x, y| legacy_row(x, qw, y, q4_1_block)),
         (Q5_0, Some(qw)) => rows(src, dst, n_per_row, |x, y| legacy_row(x, qw, y, q5_0_block)),
@@ -148,6 +162,8 @@ pub fn can_quantize_rows(dtype: DType) -> bool {
             | Q6_K
             | IQ4_NL
             | IQ4_XS
+            | IQ3_XXS
+            | IQ3_S
     )
 }
 
@@ -205,7 +221,7 @@ fn super_blocks<B>(x: &[f32], qw: &[f32], y: &mut [B], f: fn(&[f32], &[f32], &mu
 
 /// Sum of squares, accumulated in order from 0.
 #[inline]
-fn sum_sq(x: &[f32]) -> f32 {
+pub(crate) fn sum_sq(x: &[f32]) -> f32 {
     let mut s = 0.0f32;
     for &v in x {
         s += v * v;
@@ -235,7 +251,7 @@ fn weights<const N: usize>(x: &[f32], qw: &[f32], sigma2: f32) -> [f32; N] {
 
 /// ggml's `MAX(a, b)` macro (`a > b ? a : b`, which keeps `b` when either is NaN).
 #[inline]
-fn c_max(a: f32, b: f32) -> f32 {
+pub(crate) fn c_max(a: f32, b: f32) -> f32 {
     if a > b {
         a
     } else {

@@ -33,6 +33,11 @@ output over whole SmolLM2-135M tensors (from the F16 GGUF), with and without the
 SMOL_IMATRIX (a formula, so the Rust side needs no data file); quantize_weighted.rs checks them when
 ref/bench/smollm2-F16.gguf is present and says SKIPPED otherwise.
 
+`--iq` instead writes tests/fixtures/quant_iq.bin (same layout; tests/quantize_iq.rs reads it): the
+lattice IQ types (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M) on awkward rows of 256 and
+512 and the SmolLM2 ffn_down rows, with the three importance matrices, and without one for the types
+ggml quantizes without (IQ3_XXS, IQ3_S; the others assert that an imatrix is given).
+
 `--fma-check` instead compiles ggml-quants.c with `gcc -O3 -march=haswell` (FMA available, so GCC's
 default -ffp-contract=fast fuses a*b+c, as any build with FMA in its baseline would, e.g. aarch64)
 into a scratch library and counts the fixture blocks whose bytes that build changes: the evidence
@@ -138,17 +143,10 @@ def main():
     inputs.append(("smollm2:blk.3.ffn_down", smol_rows("blk.3.ffn_down.weight", [0, 1, 100])))
     inputs.append(("smollm2:blk.0.attn_q", smol_rows("blk.0.attn_q.weight", [0, 7])))
 
-    out = bytearray(b"CRWQ" + struct.pack("<I", 1))
-    out += struct.pack("<I", len(inputs))
-    for name, x in inputs:
-        out += s(name) + struct.pack("<II", x.shape[1], x.shape[0]) + x.astype("<f4").tobytes()
     imats = []
     for i, (_, x) in enumerate(inputs):
         for name, w in imatrices(rng, x.shape[1]):
             imats.append((name, i, w))
-    out += struct.pack("<I", len(imats))
-    for name, i, w in imats:
-        out += s(name) + struct.pack("<I", i) + w.astype("<f4").tobytes()
 
     cases = []
     for i, (name, x) in enumerate(inputs):
@@ -159,11 +157,43 @@ def main():
             vs = variants[:2] if qtype in IGNORES_WEIGHTS else variants
             for k, w in vs:
                 cases.append((i, k, qtype, quantize(chunk, qtype, x, w)))
+    write_fixture(OUT, inputs, imats, cases)
+
+
+IQ_TYPES = [T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S, T.IQ1_M]
+IQ_NO_IMATRIX = (T.IQ3_XXS, T.IQ3_S)
+IQ_OUT = HERE / "fixtures" / "quant_iq.bin"
+
+
+def iq_main():
+    chunk = load_chunk()
+    rng = np.random.default_rng(20261208)
+    inputs = [(f"awkward-{n}", awkward_rows(rng, n)) for n in (256, 512)]
+    inputs.append(("smollm2:blk.3.ffn_down", smol_rows("blk.3.ffn_down.weight", [0, 1, 100])))
+    imats = [(name, i, w) for i, (_, x) in enumerate(inputs) for name, w in imatrices(rng, x.shape[1])]
+    cases = []
+    for i, (_, x) in enumerate(inputs):
+        variants = [(k, w) for k, (_, j, w) in enumerate(imats) if j == i]
+        for qtype in IQ_TYPES:
+            vs = ([(NONE, None)] if qtype in IQ_NO_IMATRIX else []) + variants
+            for k, w in vs:
+                cases.append((i, k, qtype, quantize(chunk, qtype, x, w)))
+    write_fixture(IQ_OUT, inputs, imats, cases)
+
+
+def write_fixture(path, inputs, imats, cases):
+    out = bytearray(b"CRWQ" + struct.pack("<I", 1))
+    out += struct.pack("<I", len(inputs))
+    for name, x in inputs:
+        out += s(name) + struct.pack("<II", x.shape[1], x.shape[0]) + x.astype("<f4").tobytes()
+    out += struct.pack("<I", len(imats))
+    for name, i, w in imats:
+        out += s(name) + struct.pack("<I", i) + w.astype("<f4").tobytes()
     out += struct.pack("<I", len(cases))
     for i, k, qtype, b in cases:
         out += struct.pack("<IIII", i, k, int(qtype), len(b)) + b
-    OUT.write_bytes(out)
-    print(f"{OUT}: {len(out)} bytes, {len(inputs)} inputs, {len(imats)} imatrices, {len(cases)} cases")
+    path.write_bytes(out)
+    print(f"{path}: {len(out)} bytes, {len(inputs)} inputs, {len(imats)} imatrices, {len(cases)} cases")
 
 
 def read_fixture():
@@ -272,4 +302,4 @@ def fma_check():
 
 
 if __name__ == "__main__":
-    {"--fma-check": fma_check, "--smollm2": smollm2_hashes}.get(sys.argv[1] if sys.argv[1:] else "", main)()
+    {"--fma-check": fma_check, "--smollm2": smollm2_hashes, "--iq": iq_main}.get(sys.argv[1] if sys.argv[1:] else "", main)()

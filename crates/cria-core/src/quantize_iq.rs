@@ -1,0 +1,473 @@
+//! Quantizers for the lattice IQ types (ports of ggml-quants.c's `quantize_row_iq*_impl`), byte
+//! for byte what `ggml_quantize_chunk` writes with or without an importance matrix.
+//!
+//! Each type searches, per group of 4 (IQ3) values, the nearest point of a grid of allowed
+//! magnitude patterns. ggml keeps three tables per grid, built once (`iq3xs_init_impl`): the grid
+//! itself as odd levels `2l+1`, a map from every packed level pattern to its grid index (or to
+//! its list of nearest grid points when it is not on the grid) and those neighbour lists, made by
+//! sorting all grid points by squared distance. Here the tables are built at first use behind a
+//! [`OnceLock`] (thread-safe, shared by all rows) from the grids of [`crate::quant_iq`], so no
+//! second copy of ggml's data lives in cria. ggml's sort comparator orders by (distance, index), a
+//! total order, so its unstable `qsort` has no ties to reorder and a plain sort reproduces it.
+//!
+//! Exactness: f32 operations in ggml's order, no fused multiply-adds (see [`crate::quantize`]).
+//! The functions are pure apart from the shared read-only tables.
+
+// The quantizers keep ggml's index loops so they can be read side by side with ggml-quants.c.
+#![allow(clippy::needless_range_loop)]
+
+use crate::quant::nearest_int;
+use crate::quant_iq::{IQ3S_GRID, IQ3XXS_GRID};
+use crate::quantize::{c_max, sum_sq};
+use half::f16;
+use std::sync::OnceLock;
+
+const QK_K: usize = 256;
+
+/// The levels (0..nlev) of every entry of a grid given as little-endian magnitude bytes: ggml's
+/// `kgrid_*` tables, recovered from the dequantization grid (whose magnitudes are an increasing
+/// function of the level).
+fn grid_levels<const N: usize>(entries: impl Iterator<Item = [u8; N]> + Clone) -> Vec<[u8; N]> {
+    let mut vals: Vec<u8> = entries.clone().flatten().collect();
+    vals.sort_unstable();
+    vals.dedup();
+    entries
+        .map(|e| e.map(|v| vals.binary_search(&v).unwrap() as u8))
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------------------
+// The grid tables (iq3xs_init_impl)
+// ------------------------------------------------------------------------------------------------
+
+/// One grid with ggml's lookup tables: `grid[j]` the odd levels `2l+1` of point j; `map[u]` for a
+/// packed pattern `u` (BITS bits per level) is the grid index when `u` is on the grid, else
+/// `-(offset + 1)` with `neighbours[offset]` the count and the next entries the nearest points.
+struct Grid<const N: usize> {
+    grid: Vec<[i8; N]>,
+    map: Vec<i32>,
+    neighbours: Vec<u16>,
+}
+
+impl<const N: usize> Grid<N> {
+    /// Builds the tables for `levels` (the level pattern of each grid point), `bits` bits per
+    /// level in the packed index, and neighbour lists covering the `nwant` smallest distances.
+    fn build(levels: &[[u8; N]], bits: u32, nwant: usize) -> Self {
+        let map_size = 1usize << (bits as usize * N);
+        let grid: Vec<[i8; N]> = levels.iter().map(|l| l.map(|v| 2 * v as i8 + 1)).collect();
+        let mut map = vec![-1i32; map_size];
+        for (i, l) in levels.iter().enumerate() {
+            let mut u = 0usize;
+            for (k, &v) in l.iter().enumerate() {
+                u |= (v as usize) << (bits as usize * k);
+            }
+            map[u] = i as i32;
+        }
+        let mask = (1usize << bits) - 1;
+        let mut neighbours = Vec::new();
+        let mut dist2: Vec<(i32, u16)> = Vec::with_capacity(grid.len());
+        for i in 0..map_size {
+            if map[i] >= 0 {
+                continue;
+            }
+            let pos: [i32; N] =
+                std::array::from_fn(|k| 2 * ((i >> (bits as usize * k)) & mask) as i32 + 1);
+            dist2.clear();
+            for (j, pg) in grid.iter().enumerate() {
+                let mut d2 = 0i32;
+                for k in 0..N {
+                    let d = pg[k] as i32 - pos[k];
+                    d2 += d * d;
+                }
+                dist2.push((d2, j as u16));
+            }
+            // ggml's comparator: by distance, then by index (a total order).
+            dist2.sort_unstable();
+            let start = neighbours.len();
+            map[i] = -(start as i32 + 1);
+            neighbours.push(0);
+            let (mut d2, mut nhave) = (dist2[0].0, 1);
+            for &(d, j) in &dist2 {
+                if d > d2 {
+                    if nhave == nwant {
+                        break;
+                    }
+                    d2 = d;
+                    nhave += 1;
+                }
+                neighbours.push(j);
+            }
+            neighbours[start] = (neighbours.len() - start - 1) as u16;
+        }
+        Grid {
+            grid,
+            map,
+            neighbours,
+        }
+    }
+
+    /// The neighbour list (without its count) of an off-grid pattern (`map[u] < 0`).
+    #[inline]
+    fn neighbours_of(&self, m: i32) -> &[u16] {
+        let o = (-m - 1) as usize;
+        let n = self.neighbours[o] as usize;
+        &self.neighbours[o + 1..o + 1 + n]
+    }
+
+    /// ggml `iq{2,3}_find_best_neighbour`: the neighbour minimising the weighted squared error of
+    /// `scale * grid` against `xval` (the first one on ties); writes its levels into `l`.
+    fn best_neighbour(
+        &self,
+        m: i32,
+        xval: &[f32],
+        weight: &[f32],
+        scale: f32,
+        l: &mut [i8],
+    ) -> usize {
+        let mut best_d2 = f32::MAX;
+        let nb = self.neighbours_of(m);
+        let mut grid_index = nb[0] as usize;
+        for &j in nb {
+            let pg = &self.grid[j as usize];
+            let mut d2 = 0.0f32;
+            for i in 0..N {
+                let q = pg[i] as f32;
+                let diff = scale * q - xval[i];
+                d2 += weight[i] * diff * diff;
+            }
+            if d2 < best_d2 {
+                best_d2 = d2;
+                grid_index = j as usize;
+            }
+        }
+        let pg = &self.grid[grid_index];
+        for i in 0..N {
+            l[i] = (pg[i] - 1) / 2;
+        }
+        grid_index
+    }
+}
+
+fn iq3_grid(size: usize) -> &'static Grid<4> {
+    static G256: OnceLock<Grid<4>> = OnceLock::new();
+    static G512: OnceLock<Grid<4>> = OnceLock::new();
+    if size == 256 {
+        G256.get_or_init(|| {
+            Grid::build(
+                &grid_levels(IQ3XXS_GRID.iter().map(|g| g.to_le_bytes())),
+                3,
+                2,
+            )
+        })
+    } else {
+        G512.get_or_init(|| {
+            Grid::build(
+                &grid_levels(IQ3S_GRID.iter().map(|g| g.to_le_bytes())),
+                3,
+                3,
+            )
+        })
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// IQ3_XXS / IQ3_S (quantize_row_iq3_xxs_impl, quantize_row_iq3_s_impl)
+// ------------------------------------------------------------------------------------------------
+
+/// The result for one group of 32 values.
+struct Iq3Group {
+    scale: f32,
+    /// Grid index of each 4-value quad.
+    index: [u16; 8],
+    /// Sign bits per 8 values (IQ3_XXS: 7 bits, parity made even).
+    signs: [u8; 4],
+}
+
+#[inline]
+fn weights32(xb: &[f32], qw: Option<&[f32]>, sigma2: f32) -> [f32; 32] {
+    std::array::from_fn(|i| match qw {
+        Some(qw) => qw[i] * (sigma2 + xb[i] * xb[i]).sqrt(),
+        None => xb[i] * xb[i],
+    })
+}
+
+/// `sum w*x*q` and `sum w*q*q` with `q = 2l+1`, in ggml's order.
+#[inline]
+fn sums_odd(weight: &[f32], xval: &[f32], l: &[i8]) -> (f32, f32) {
+    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+    for i in 0..weight.len() {
+        let w = weight[i];
+        let q = (2 * l[i] as i32 + 1) as f32;
+        sumqx += w * xval[i] * q;
+        sumq2 += w * q * q;
+    }
+    (sumqx, sumq2)
+}
+
+/// One group of 32 of `quantize_row_iq3_{xxs,s}_impl`; `None` when ggml skips it (scale 0).
+/// `xxs` selects IQ3_XXS's differences: even sign parity, ntry 15, a threshold of 1e-8 on the
+/// group maximum, quads already on the grid kept in the final pass.
+fn iq3_group(
+    g: &Grid<4>,
+    xb: &[f32],
+    qw: Option<&[f32]>,
+    sigma2: f32,
+    xxs: bool,
+) -> Option<Iq3Group> {
+    const KMAXQ: i32 = 8;
+    let weight = weights32(xb, qw, sigma2);
+    let waux: [f32; 32] = std::array::from_fn(|i| weight[i].sqrt());
+    let mut xval = [0f32; 32];
+    let mut signs = [0u8; 4];
+    for k in 0..4 {
+        let mut nflip = 0;
+        let mut s = 0u8;
+        for i in 0..8 {
+            let v = xb[8 * k + i];
+            if v >= 0.0 {
+                xval[8 * k + i] = v;
+            } else {
+                xval[8 * k + i] = -v;
+                nflip += 1;
+                s |= 1 << i;
+            }
+        }
+        if xxs && nflip % 2 != 0 {
+            let mut imin = 0;
+            let mut min = weight[8 * k] * xb[8 * k] * xb[8 * k];
+            for i in 1..8 {
+                let ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i];
+                if ax < min {
+                    min = ax;
+                    imin = i;
+                }
+            }
+            xval[8 * k + imin] = -xval[8 * k + imin];
+            s ^= 1 << imin;
+        }
+        signs[k] = if xxs { s & 127 } else { s };
+    }
+    let mut max = xval[0];
+    for i in 1..32 {
+        max = c_max(max, xval[i]);
+    }
+    let skip = if xxs { max < 1e-8 } else { max == 0.0 };
+    if skip {
+        return None;
+    }
+    let mut l = [0i8; 32];
+    let mut laux = [0i8; 32];
+    let mut best = 0.0f32;
+    let mut scale = max / (2 * KMAXQ - 1) as f32;
+    let mut on_grid = [xxs; 8];
+    let mut on_grid_aux = [true; 8];
+    let ntry = if xxs { 15 } else { 9 };
+    for is in -ntry..=ntry {
+        let id = ((2 * KMAXQ - 1) as f32 + is as f32 * 0.2) / max;
+        let this_scale = 1.0 / id;
+        for k in 0..8 {
+            let mut u = 0usize;
+            for i in 0..4 {
+                let li = nearest_int(0.5 * (id * xval[4 * k + i] - 1.0)).clamp(0, KMAXQ - 1);
+                laux[4 * k + i] = li as i8;
+                u |= (li as usize) << (3 * i);
+            }
+            let m = g.map[u];
+            on_grid_aux[k] = m >= 0;
+            if m < 0 {
+                let r = 4 * k..4 * k + 4;
+                g.best_neighbour(
+                    m,
+                    &xval[r.clone()],
+                    &waux[r.clone()],
+                    this_scale,
+                    &mut laux[r],
+                );
+            }
+        }
+        let (sumqx, sumq2) = sums_odd(&weight, &xval, &laux);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            l = laux;
+            on_grid = on_grid_aux;
+        }
+    }
+    if on_grid.iter().any(|&o| !o) && scale > 0.0 {
+        let id = 1.0 / scale;
+        for k in 0..8 {
+            if xxs && on_grid[k] {
+                continue;
+            }
+            let mut u = 0usize;
+            for i in 0..4 {
+                let li = nearest_int(0.5 * (id * xval[4 * k + i] - 1.0)).clamp(0, KMAXQ - 1);
+                u |= (li as usize) << (3 * i);
+            }
+            let r = 4 * k..4 * k + 4;
+            let m = g.map[u];
+            let gi = if m >= 0 {
+                m as usize
+            } else {
+                g.best_neighbour(
+                    m,
+                    &xval[r.clone()],
+                    &waux[r.clone()],
+                    scale,
+                    &mut l[r.clone()],
+                )
+            };
+            for (o, &p) in l[r].iter_mut().zip(&g.grid[gi]) {
+                *o = (p - 1) / 2;
+            }
+        }
+        let (sumqx, sumq2) = sums_odd(&weight, &xval, &l);
+        if sumq2 > 0.0 {
+            scale = sumqx / sumq2;
+        }
+    }
+    if scale < 0.0 {
+        // ggml: "should never happen": make the scale positive and flip the signs.
+        scale = -scale;
+        for s in &mut signs {
+            *s = if xxs { !*s & 127 } else { !*s };
+        }
+    }
+    let mut index = [0u16; 8];
+    for k in 0..8 {
+        let mut u = 0usize;
+        for i in 0..4 {
+            u |= (l[4 * k + i] as usize) << (3 * i);
+        }
+        // Every pattern in `l` came from the grid, so `map[u] >= 0` (ggml aborts otherwise).
+        index[k] = g.map[u].max(0) as u16;
+    }
+    Some(Iq3Group {
+        scale,
+        index,
+        signs,
+    })
+}
+
+/// `quantize_row_iq3_xxs_impl(256, ...)` over one row: `y` holds the row's 98-byte blocks.
+pub(crate) fn iq3_xxs_row(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    let g = iq3_grid(256);
+    for (ibl, yb) in y.chunks_exact_mut(98).enumerate() {
+        yb.fill(0);
+        let xbl = &x[QK_K * ibl..QK_K * (ibl + 1)];
+        let sigma2 = 2.0 * sum_sq(xbl) / QK_K as f32;
+        let mut scales = [0f32; 8];
+        let mut sas = [0u32; 8];
+        let mut max_scale = 0.0f32;
+        for ib in 0..8 {
+            let qwb = qw.map(|w| &w[QK_K * ibl + 32 * ib..QK_K * ibl + 32 * ib + 32]);
+            let Some(r) = iq3_group(g, &xbl[32 * ib..32 * ib + 32], qwb, sigma2, true) else {
+                continue;
+            };
+            for k in 0..8 {
+                yb[2 + 8 * ib + k] = r.index[k] as u8;
+            }
+            let s = &r.signs;
+            sas[ib] = s[0] as u32 | (s[1] as u32) << 7 | (s[2] as u32) << 14 | (s[3] as u32) << 21;
+            scales[ib] = r.scale;
+            max_scale = c_max(max_scale, r.scale);
+        }
+        if max_scale == 0.0 {
+            yb.fill(0);
+            continue;
+        }
+        let d = max_scale / 31.0;
+        yb[..2].copy_from_slice(&f16::from_f32(d * 1.0125).to_le_bytes());
+        let id = 1.0 / d;
+        for ib in 0..8 {
+            let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15);
+            sas[ib] |= (l as u32) << 28;
+            yb[66 + 4 * ib..70 + 4 * ib].copy_from_slice(&sas[ib].to_le_bytes());
+        }
+    }
+}
+
+/// `quantize_row_iq3_s_impl(32, ...)` over one row: `y` holds the row's 110-byte blocks
+/// (d @0, qs[64] @2, qh[8] @66, signs[32] @74, scales[4] @106).
+pub(crate) fn iq3_s_row(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    let g = iq3_grid(512);
+    for (ibl, yb) in y.chunks_exact_mut(110).enumerate() {
+        yb.fill(0);
+        let xbl = &x[QK_K * ibl..QK_K * (ibl + 1)];
+        let sigma2 = 2.0 * sum_sq(xbl) / QK_K as f32;
+        let mut scales = [0f32; 8];
+        let mut max_scale = 0.0f32;
+        // ggml advances its qs / signs pointers only past groups it does not skip, so a skipped
+        // (all-zero) group shifts the following groups' bytes down; qh and scales stay put.
+        let (mut qs, mut signs) = (2usize, 74usize);
+        for ib in 0..8 {
+            let qwb = qw.map(|w| &w[QK_K * ibl + 32 * ib..QK_K * ibl + 32 * ib + 32]);
+            let Some(r) = iq3_group(g, &xbl[32 * ib..32 * ib + 32], qwb, sigma2, false) else {
+                continue;
+            };
+            for k in 0..8 {
+                let gi = r.index[k] as usize;
+                yb[qs + k] = gi as u8;
+                yb[66 + ib] |= ((gi >> 8) << k) as u8;
+            }
+            qs += 8;
+            yb[signs..signs + 4].copy_from_slice(&r.signs);
+            signs += 4;
+            scales[ib] = r.scale;
+            max_scale = c_max(max_scale, r.scale);
+        }
+        if max_scale == 0.0 {
+            continue;
+        }
+        let d = max_scale / 31.0;
+        yb[..2].copy_from_slice(&f16::from_f32(d * 1.033).to_le_bytes());
+        let id = 1.0 / d;
+        for ib in (0..8).step_by(2) {
+            let l1 = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15);
+            let l2 = nearest_int(0.5 * (id * scales[ib + 1] - 1.0)).clamp(0, 15);
+            yb[106 + ib / 2] = (l1 | l2 << 4) as u8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iq3_levels_match_ggml_kgrid() {
+        // First and last entries of ggml's kgrid_256 / kgrid_512 (3 bits per level).
+        let pack = |l: &[u8; 4]| {
+            l.iter()
+                .enumerate()
+                .map(|(k, &v)| (v as u16) << (3 * k))
+                .sum::<u16>()
+        };
+        let l256 = grid_levels(IQ3XXS_GRID.iter().map(|g| g.to_le_bytes()));
+        let l512 = grid_levels(IQ3S_GRID.iter().map(|g| g.to_le_bytes()));
+        let k256: Vec<u16> = l256.iter().map(pack).collect();
+        let k512: Vec<u16> = l512.iter().map(pack).collect();
+        assert_eq!(&k256[..5], &[0, 2, 4, 9, 11]);
+        assert_eq!(&k256[251..], &[3873, 3904, 3906, 3924, 3992]);
+        assert_eq!(&k512[..5], &[0, 1, 2, 5, 7]);
+        assert_eq!(k512[511], 4032);
+        assert!(k256.windows(2).all(|w| w[0] < w[1]) && k512.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn neighbour_lists_cover_every_off_grid_pattern() {
+        for size in [256, 512] {
+            let g = iq3_grid(size);
+            let mut on = 0;
+            for u in 0..4096 {
+                let m = g.map[u];
+                if m >= 0 {
+                    on += 1;
+                } else {
+                    assert!(!g.neighbours_of(m).is_empty());
+                }
+            }
+            assert_eq!(on, size);
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The lattice IQ quantizers of `quantize_rows` against llama.cpp's `ggml_quantize_chunk`, byte
+//! for byte (fixture tests/fixtures/quant_iq.bin, made by `gen_weighted_quant_fixtures.py --iq`
+//! from libggml-base.so through ctypes): awkward random rows (zeros, a huge outlier, 1e-30 values,
+//! one-signed rows, mixed group scales, quarter steps) and real SmolLM2 ffn_down rows, importance
+//! weights that are random, have zero groups, or are all zero, and none where ggml allows it.
+
+use cria_core::quant_iq::IQ_TYPES;
+use cria_core::quantize::{can_quantize_rows, quantize_rows};
+use cria_core::DType;
+
+mod weighted_common;
+use weighted_common::parse;
+
+fn fixture() -> Vec<u8> {
+    weighted_common::fixture("quant_iq.bin")
+}
+
+#[test]
+fn iq_quantizers_match_ggml_quantize_chunk() {
+    let data = fixture();
+    let fx = parse(&data);
+    let (per_type, failures) = fx.check(can_quantize_rows);
+    eprintln!("checked (type, with imatrix) -> cases: {per_type:?}");
+    assert!(
+        failures.is_empty(),
+        "{} cases differ from ggml:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let on: Vec<DType> = IQ_TYPES
+        .into_iter()
+        .filter(|&t| can_quantize_rows(t))
+        .collect();
+    eprintln!("IQ types quantized: {on:?}");
+    // The IQ3 types first (the task's order); each type switched on has fixture cases with
+    // importance weights, and IQ3 without as well.
+    assert!(on.contains(&DType::IQ3_XXS) && on.contains(&DType::IQ3_S));
+    for t in on {
+        assert!(
+            per_type.get(&(t.name().to_string(), true)) >= Some(&9),
+            "{t}"
+        );
+        if matches!(t, DType::IQ3_XXS | DType::IQ3_S) {
+            assert!(
+                per_type.get(&(t.name().to_string(), false)) >= Some(&3),
+                "{t}"
+            );
+        }
+    }
+}
+
+/// A type not yet ported is refused with an error, never half-written.
+#[test]
+fn unported_iq_types_are_refused() {
+    let x = vec![0.5f32; 256];
+    for t in IQ_TYPES {
+        let mut y = vec![0u8; t.type_size()];
+        let r = quantize_rows(t, &x, &mut y, 256, Some(&[1.0; 256]));
+        assert_eq!(r.is_ok(), can_quantize_rows(t), "{t}");
+    }
+}
+
+/// Rows quantized on several threads at once (the grid tables are built once, behind a lock)
+/// give the same bytes as one call over all rows.
+#[test]
+fn iq_rows_are_the_same_from_many_threads() {
+    let data = fixture();
+    let fx = parse(&data);
+    let (input, imatrix) = fx.ffn_down();
+    let n = input.n_per_row;
+    for t in IQ_TYPES.into_iter().filter(|&t| can_quantize_rows(t)) {
+        let row_bytes = t.bytes_for(n).unwrap();
+        let nrows = input.data.len() / n;
+        let mut whole = vec![0u8; row_bytes * nrows];
+        quantize_rows(t, &input.data, &mut whole, n, Some(imatrix)).unwrap();
+        let mut split = vec![0u8; row_bytes * nrows];
+        std::thread::scope(|s| {
+            for (x, y) in input
+                .data
+                .chunks_exact(n)
+                .zip(split.chunks_exact_mut(row_bytes))
+            {
+                s.spawn(move || quantize_rows(t, x, y, n, Some(imatrix)).unwrap());
+            }
+        });
+        assert_eq!(whole, split, "{t}");
+    }
+}
