@@ -105,18 +105,26 @@ pub fn quantize_rows(
             }
         }),
         (IQ3_XXS | IQ3_S, qw) => {
-            let row_bytes = dtype.bytes_for(n_per_row)?;
             let f = if dtype == IQ3_XXS {
                 quantize_iq::iq3_xxs_row
             } else {
                 quantize_iq::iq3_s_row
             };
-            for (x, y) in src
-                .chunks_exact(n_per_row)
-                .zip(dst.chunks_exact_mut(row_bytes))
-            {
-                f(x, qw, y);
-            }
+            byte_rows(dtype, src, dst, n_per_row, |x, y| f(x, qw, y))?;
+        }
+        (IQ2_XXS | IQ2_XS, Some(qw)) => {
+            let f = if dtype == IQ2_XXS {
+                quantize_iq::iq2_xxs_row
+            } else {
+                quantize_iq::iq2_xs_row
+            };
+            byte_rows(dtype, src, dst, n_per_row, |x, y| f(x, qw, y))?;
+        }
+        // ggml_quantize_chunk asserts that these get an importance matrix.
+        (IQ2_XXS | IQ2_XS, None) => {
+            return Err(Error::msg(format!(
+                "quantize {dtype}: needs an importance matrix (--imatrix)"
+            )))
         }
         (Q4_0, Some(qw)) => rows(src, dst, n_per_row, |x, y| legacy_row(x, qw, y, q4_0_block)),
         (Q4_1, Some(qw)) => rows(src, dst, n_per_row, |x, y| legacy_row(x, qw, y, q4_1_block)),
@@ -164,6 +172,8 @@ pub fn can_quantize_rows(dtype: DType) -> bool {
             | IQ4_XS
             | IQ3_XXS
             | IQ3_S
+            | IQ2_XXS
+            | IQ2_XS
     )
 }
 
@@ -174,6 +184,24 @@ pub fn can_quantize_rows(dtype: DType) -> bool {
 pub fn needs_imatrix(dtype: DType) -> bool {
     use DType::*;
     matches!(dtype, IQ3_XXS | IQ2_XXS | IQ2_XS | IQ2_S | IQ1_S | IQ1_M)
+}
+
+/// Calls `f` on each row of `src` and that row's bytes in `dst`.
+fn byte_rows(
+    dtype: DType,
+    src: &[f32],
+    dst: &mut [u8],
+    n_per_row: usize,
+    mut f: impl FnMut(&[f32], &mut [u8]),
+) -> Result<()> {
+    let row_bytes = dtype.bytes_for(n_per_row)?;
+    for (x, y) in src
+        .chunks_exact(n_per_row)
+        .zip(dst.chunks_exact_mut(row_bytes))
+    {
+        f(x, y);
+    }
+    Ok(())
 }
 
 /// Calls `f` on each row of `src` and that row's blocks of `B` in `dst` (any alignment).
@@ -276,7 +304,7 @@ fn make_qkx3_quants(nmax: i32, x: &[f32], w: &[f32], l: &mut [u8], laux: &mut [u
 /// ggml `make_qp_quants`: quantizes non-negative `x` (the sub-block scales or mins of a k-quant
 /// super-block) to levels 0..=nmax with weights `qw`, a 9-scale search then 5 rounds of
 /// coordinate descent; returns the scale. As in C, `l` is a byte array: a negative level wraps.
-fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> f32 {
+pub(crate) fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> f32 {
     let n = x.len();
     let mut max = 0.0f32;
     for &v in x {
@@ -661,7 +689,10 @@ mod tests {
         assert!(quantize_rows(DType::Q4_K, &x[..200], &mut out, 256, None).is_err());
         assert!(quantize_rows(DType::Q4_K, &x, &mut out[1..], 256, None).is_err());
         // Types that cannot be made.
-        for dt in [DType::IQ2_XXS, DType::Q8_K, DType::I32] {
+        // IQ2 without an importance matrix (ggml asserts on it).
+        let mut out3 = vec![0u8; DType::IQ2_XXS.bytes_for(256).unwrap()];
+        assert!(quantize_rows(DType::IQ2_XXS, &x, &mut out3, 256, None).is_err());
+        for dt in [DType::Q8_K, DType::I32] {
             assert!(matches!(
                 quantize_rows(dt, &x, &mut out, 256, None),
                 Err(Error::Unsupported(_))

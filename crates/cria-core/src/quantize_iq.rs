@@ -17,8 +17,9 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::quant::nearest_int;
-use crate::quant_iq::{IQ3S_GRID, IQ3XXS_GRID};
-use crate::quantize::{c_max, sum_sq};
+use crate::quant::GROUP_MAX_EPS;
+use crate::quant_iq::{IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
+use crate::quantize::{c_max, make_qp_quants, sum_sq};
 use half::f16;
 use std::sync::OnceLock;
 
@@ -52,7 +53,10 @@ struct Grid<const N: usize> {
 impl<const N: usize> Grid<N> {
     /// Builds the tables for `levels` (the level pattern of each grid point), `bits` bits per
     /// level in the packed index, and neighbour lists covering the `nwant` smallest distances.
-    fn build(levels: &[[u8; N]], bits: u32, nwant: usize) -> Self {
+    /// Only patterns whose levels are all at most `max_level` get a neighbour list: the
+    /// quantizers clamp to that level, so no other pattern is ever looked up (ggml builds lists
+    /// for every index below its map size too; the lists it uses are the same).
+    fn build(levels: &[[u8; N]], bits: u32, nwant: usize, max_level: usize) -> Self {
         let map_size = 1usize << (bits as usize * N);
         let grid: Vec<[i8; N]> = levels.iter().map(|l| l.map(|v| 2 * v as i8 + 1)).collect();
         let mut map = vec![-1i32; map_size];
@@ -67,7 +71,7 @@ impl<const N: usize> Grid<N> {
         let mut neighbours = Vec::new();
         let mut dist2: Vec<(i32, u16)> = Vec::with_capacity(grid.len());
         for i in 0..map_size {
-            if map[i] >= 0 {
+            if map[i] >= 0 || (0..N).any(|k| (i >> (bits as usize * k)) & mask > max_level) {
                 continue;
             }
             let pos: [i32; N] =
@@ -151,22 +155,11 @@ impl<const N: usize> Grid<N> {
 fn iq3_grid(size: usize) -> &'static Grid<4> {
     static G256: OnceLock<Grid<4>> = OnceLock::new();
     static G512: OnceLock<Grid<4>> = OnceLock::new();
+    let levels = |g: &[u32]| grid_levels(g.iter().map(|g| g.to_le_bytes()));
     if size == 256 {
-        G256.get_or_init(|| {
-            Grid::build(
-                &grid_levels(IQ3XXS_GRID.iter().map(|g| g.to_le_bytes())),
-                3,
-                2,
-            )
-        })
+        G256.get_or_init(|| Grid::build(&levels(&IQ3XXS_GRID), 3, 2, 7))
     } else {
-        G512.get_or_init(|| {
-            Grid::build(
-                &grid_levels(IQ3S_GRID.iter().map(|g| g.to_le_bytes())),
-                3,
-                3,
-            )
-        })
+        G512.get_or_init(|| Grid::build(&levels(&IQ3S_GRID), 3, 3, 7))
     }
 }
 
@@ -189,6 +182,42 @@ fn weights32(xb: &[f32], qw: Option<&[f32]>, sigma2: f32) -> [f32; 32] {
         Some(qw) => qw[i] * (sigma2 + xb[i] * xb[i]).sqrt(),
         None => xb[i] * xb[i],
     })
+}
+
+/// `xval = |xb|` and the sign bits of each 8 values. With `even` (ggml's IQ2 / IQ3_XXS), an odd
+/// number of negatives is made even by flipping the least important value (smallest `w*x*x`,
+/// the first on ties), whose `xval` becomes negative, and only 7 bits are kept.
+fn abs_signs<const S: usize>(xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> [u8; S] {
+    let mut signs = [0u8; S];
+    for k in 0..S {
+        let mut nflip = 0;
+        let mut s = 0u8;
+        for i in 0..8 {
+            let v = xb[8 * k + i];
+            if v >= 0.0 {
+                xval[8 * k + i] = v;
+            } else {
+                xval[8 * k + i] = -v;
+                nflip += 1;
+                s |= 1 << i;
+            }
+        }
+        if even && nflip % 2 != 0 {
+            let mut imin = 0;
+            let mut min = weight[8 * k] * xb[8 * k] * xb[8 * k];
+            for i in 1..8 {
+                let ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i];
+                if ax < min {
+                    min = ax;
+                    imin = i;
+                }
+            }
+            xval[8 * k + imin] = -xval[8 * k + imin];
+            s ^= 1 << imin;
+        }
+        signs[k] = if even { s & 127 } else { s };
+    }
+    signs
 }
 
 /// `sum w*x*q` and `sum w*q*q` with `q = 2l+1`, in ggml's order.
@@ -218,35 +247,7 @@ fn iq3_group(
     let weight = weights32(xb, qw, sigma2);
     let waux: [f32; 32] = std::array::from_fn(|i| weight[i].sqrt());
     let mut xval = [0f32; 32];
-    let mut signs = [0u8; 4];
-    for k in 0..4 {
-        let mut nflip = 0;
-        let mut s = 0u8;
-        for i in 0..8 {
-            let v = xb[8 * k + i];
-            if v >= 0.0 {
-                xval[8 * k + i] = v;
-            } else {
-                xval[8 * k + i] = -v;
-                nflip += 1;
-                s |= 1 << i;
-            }
-        }
-        if xxs && nflip % 2 != 0 {
-            let mut imin = 0;
-            let mut min = weight[8 * k] * xb[8 * k] * xb[8 * k];
-            for i in 1..8 {
-                let ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i];
-                if ax < min {
-                    min = ax;
-                    imin = i;
-                }
-            }
-            xval[8 * k + imin] = -xval[8 * k + imin];
-            s ^= 1 << imin;
-        }
-        signs[k] = if xxs { s & 127 } else { s };
-    }
+    let mut signs: [u8; 4] = abs_signs(xb, &weight, &mut xval, xxs);
     let mut max = xval[0];
     for i in 1..32 {
         max = c_max(max, xval[i]);
@@ -430,6 +431,265 @@ pub(crate) fn iq3_s_row(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     }
 }
 
+// ------------------------------------------------------------------------------------------------
+// IQ2_XXS / IQ2_XS (quantize_row_iq2_xxs_impl, quantize_row_iq2_xs_impl)
+// ------------------------------------------------------------------------------------------------
+
+fn iq2_grid(t: u8) -> &'static Grid<8> {
+    static G256: OnceLock<Grid<8>> = OnceLock::new();
+    static G512: OnceLock<Grid<8>> = OnceLock::new();
+    let levels = |g: &[u64]| grid_levels(g.iter().map(|g| g.to_le_bytes()));
+    match t {
+        0 => G256.get_or_init(|| Grid::build(&levels(&IQ2XXS_GRID), 2, 2, 2)),
+        _ => G512.get_or_init(|| Grid::build(&levels(&IQ2XS_GRID), 2, 2, 2)),
+    }
+}
+
+/// Levels 0..=2 of 8 values for inverse scale `id` (ggml: `nearest_int(0.5f*(id*x-1))`
+/// clamped), and their packed 2-bit pattern.
+#[inline]
+fn levels8(id: f32, xval: &[f32], l: &mut [i8]) -> usize {
+    let mut u = 0usize;
+    for i in 0..8 {
+        let li = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, 2);
+        l[i] = li as i8;
+        u |= (li as usize) << (2 * i);
+    }
+    u
+}
+
+/// Puts the 8 values `k` of `l` on the grid at `scale` (through the neighbour list when their
+/// pattern `u` is off the grid); `true` when they were on it.
+#[inline]
+fn snap8(
+    g: &Grid<8>,
+    u: usize,
+    k: usize,
+    xval: &[f32],
+    waux: &[f32],
+    scale: f32,
+    l: &mut [i8],
+) -> bool {
+    let m = g.map[u];
+    if m < 0 {
+        let r = 8 * k..8 * k + 8;
+        g.best_neighbour(m, &xval[r.clone()], &waux[r.clone()], scale, &mut l[r]);
+    }
+    m >= 0
+}
+
+/// The grid index of the 8 values `k` of `l` (on the grid by construction; ggml aborts if not).
+#[inline]
+fn index8(g: &Grid<8>, l: &[i8], k: usize) -> usize {
+    let mut u = 0usize;
+    for i in 0..8 {
+        u |= (l[8 * k + i] as usize) << (2 * i);
+    }
+    g.map[u].max(0) as usize
+}
+
+/// One group of 32 of `quantize_row_iq2_xxs_impl`: `None` when skipped, else the scale, the 4
+/// grid indices and the 4 sign fields.
+fn iq2_xxs_group(
+    g: &Grid<8>,
+    xb: &[f32],
+    qw: &[f32],
+    sigma2: f32,
+) -> Option<(f32, [u8; 4], [u8; 4])> {
+    const KMAXQ: i32 = 3;
+    let weight: [f32; 32] = std::array::from_fn(|i| qw[i] * (sigma2 + xb[i] * xb[i]).sqrt());
+    let waux: [f32; 32] = std::array::from_fn(|i| weight[i].sqrt());
+    let mut xval = [0f32; 32];
+    let mut signs: [u8; 4] = abs_signs(xb, &weight, &mut xval, true);
+    let mut max = xval[0];
+    for i in 1..32 {
+        max = c_max(max, xval[i]);
+    }
+    if max < GROUP_MAX_EPS {
+        return None;
+    }
+    let mut lq = [0u8; 32];
+    let mut scale = make_qp_quants(KMAXQ + 1, &xval, &mut lq, &weight);
+    let mut l: [i8; 32] = lq.map(|v| v as i8);
+    let eff_max = scale * KMAXQ as f32;
+    if eff_max <= 0.0 {
+        return None;
+    }
+    let mut laux = [0i8; 32];
+    let mut best = 0.0f32;
+    for is in -6..=6 {
+        let id = ((2 * KMAXQ - 1) as f32 + is as f32 * 0.1) / eff_max;
+        let this_scale = 1.0 / id;
+        for k in 0..4 {
+            let u = levels8(id, &xval[8 * k..], &mut laux[8 * k..8 * k + 8]);
+            snap8(g, u, k, &xval, &waux, this_scale, &mut laux);
+        }
+        let (sumqx, sumq2) = sums_odd(&weight, &xval, &laux);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            l = laux;
+        }
+    }
+    if scale > 0.0 {
+        let id = 1.0 / scale;
+        for k in 0..4 {
+            let u = levels8(id, &xval[8 * k..], &mut l[8 * k..8 * k + 8]);
+            snap8(g, u, k, &xval, &waux, scale, &mut l);
+        }
+        let (sumqx, sumq2) = sums_odd(&weight, &xval, &l);
+        if sumq2 > 0.0 {
+            scale = sumqx / sumq2;
+        }
+    }
+    if scale < 0.0 {
+        scale = -scale;
+        for s in &mut signs {
+            *s = !*s & 127;
+        }
+    }
+    let index = std::array::from_fn(|k| index8(g, &l, k) as u8);
+    Some((scale, index, signs))
+}
+
+/// `quantize_row_iq2_xxs_impl` over one row: `y` holds the row's 66-byte blocks.
+pub(crate) fn iq2_xxs_row(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let g = iq2_grid(0);
+    for (ibl, yb) in y.chunks_exact_mut(66).enumerate() {
+        yb.fill(0);
+        let xbl = &x[QK_K * ibl..QK_K * (ibl + 1)];
+        let sigma2 = sum_sq(xbl) / QK_K as f32;
+        let mut scales = [0f32; 8];
+        let mut q2 = [0u32; 16];
+        let mut max_scale = 0.0f32;
+        for ib in 0..8 {
+            let o = QK_K * ibl + 32 * ib;
+            let Some((scale, index, signs)) =
+                iq2_xxs_group(g, &xbl[32 * ib..32 * ib + 32], &qw[o..o + 32], sigma2)
+            else {
+                continue;
+            };
+            for k in 0..4 {
+                q2[2 * ib] |= (index[k] as u32) << (8 * k);
+                q2[2 * ib + 1] |= (signs[k] as u32) << (7 * k);
+            }
+            scales[ib] = scale;
+            max_scale = c_max(max_scale, scale);
+        }
+        if max_scale == 0.0 {
+            continue;
+        }
+        let d = max_scale / 31.0;
+        yb[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        let id = 1.0 / d;
+        for ib in 0..8 {
+            let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15);
+            q2[2 * ib + 1] |= (l as u32) << 28;
+        }
+        for (i, v) in q2.iter().enumerate() {
+            yb[2 + 4 * i..6 + 4 * i].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// One group of 16 of `quantize_row_iq2_xs_impl`: `None` when skipped, else the scale and the
+/// two `index | signs << 9` words.
+fn iq2_xs_group(g: &Grid<8>, xb: &[f32], qw: &[f32], sigma2: f32) -> Option<(f32, [u16; 2])> {
+    const KMAXQ: i32 = 3;
+    let weight: [f32; 16] = std::array::from_fn(|i| qw[i] * (sigma2 + xb[i] * xb[i]).sqrt());
+    let waux: [f32; 16] = std::array::from_fn(|i| weight[i].sqrt());
+    let mut xval = [0f32; 16];
+    let mut signs: [u8; 2] = abs_signs(xb, &weight, &mut xval, true);
+    let mut max = xval[0];
+    for i in 1..16 {
+        max = c_max(max, xval[i]);
+    }
+    if max < GROUP_MAX_EPS {
+        return None;
+    }
+    let mut l = [0i8; 16];
+    let mut laux = [0i8; 16];
+    let mut best = 0.0f32;
+    let mut scale = max / (2 * KMAXQ - 1) as f32;
+    let mut on_grid = [true; 2];
+    let mut on_grid_aux = [true; 2];
+    for is in -9..=9 {
+        let id = ((2 * KMAXQ - 1) as f32 + is as f32 * 0.1) / max;
+        let this_scale = 1.0 / id;
+        for k in 0..2 {
+            let u = levels8(id, &xval[8 * k..], &mut laux[8 * k..8 * k + 8]);
+            on_grid_aux[k] = snap8(g, u, k, &xval, &waux, this_scale, &mut laux);
+        }
+        let (sumqx, sumq2) = sums_odd(&weight, &xval, &laux);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            l = laux;
+            on_grid = on_grid_aux;
+        }
+    }
+    if on_grid.iter().any(|&o| !o) && scale > 0.0 {
+        let id = 1.0 / scale;
+        for k in 0..2 {
+            if on_grid[k] {
+                continue;
+            }
+            let u = levels8(id, &xval[8 * k..], &mut l[8 * k..8 * k + 8]);
+            snap8(g, u, k, &xval, &waux, scale, &mut l);
+        }
+        let (sumqx, sumq2) = sums_odd(&weight, &xval, &l);
+        if sumq2 > 0.0 {
+            scale = sumqx / sumq2;
+        }
+    }
+    if scale < 0.0 {
+        scale = -scale;
+        for s in &mut signs {
+            *s = !*s & 127;
+        }
+    }
+    let q = std::array::from_fn(|k| index8(g, &l, k) as u16 | (signs[k] as u16) << 9);
+    Some((scale, q))
+}
+
+/// `quantize_row_iq2_xs_impl` over one row: `y` holds the row's 74-byte blocks (d @0, qs
+/// u16[32] @2, scales[8] @66).
+pub(crate) fn iq2_xs_row(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let g = iq2_grid(1);
+    for (ibl, yb) in y.chunks_exact_mut(74).enumerate() {
+        yb.fill(0);
+        let xbl = &x[QK_K * ibl..QK_K * (ibl + 1)];
+        let sigma2 = sum_sq(xbl) / QK_K as f32;
+        let mut scales = [0f32; 16];
+        let mut q2 = [0u16; 32];
+        let mut max_scale = 0.0f32;
+        for ib in 0..16 {
+            let o = QK_K * ibl + 16 * ib;
+            let Some((scale, q)) =
+                iq2_xs_group(g, &xbl[16 * ib..16 * ib + 16], &qw[o..o + 16], sigma2)
+            else {
+                continue;
+            };
+            q2[2 * ib..2 * ib + 2].copy_from_slice(&q);
+            scales[ib] = scale;
+            max_scale = c_max(max_scale, scale);
+        }
+        if max_scale == 0.0 {
+            continue;
+        }
+        let d = max_scale / 31.0;
+        yb[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        let id = 1.0 / d;
+        for ib in 0..16 {
+            let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15) as u8;
+            yb[66 + ib / 2] |= if ib % 2 == 0 { l } else { l << 4 };
+        }
+        for (i, v) in q2.iter().enumerate() {
+            yb[2 + 2 * i..4 + 2 * i].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +711,28 @@ mod tests {
         assert_eq!(&k256[251..], &[3873, 3904, 3906, 3924, 3992]);
         assert_eq!(&k512[..5], &[0, 1, 2, 5, 7]);
         assert_eq!(k512[511], 4032);
+        assert!(k256.windows(2).all(|w| w[0] < w[1]) && k512.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn iq2_levels_match_ggml_kgrid() {
+        // First entries of ggml's kgrid_2bit_256 / kgrid_2bit_512 (2 bits per level).
+        let pack = |l: &[u8; 8]| {
+            l.iter()
+                .enumerate()
+                .map(|(k, &v)| (v as u16) << (2 * k))
+                .sum::<u16>()
+        };
+        let k256: Vec<u16> = grid_levels(IQ2XXS_GRID.iter().map(|g| g.to_le_bytes()))
+            .iter()
+            .map(pack)
+            .collect();
+        let k512: Vec<u16> = grid_levels(IQ2XS_GRID.iter().map(|g| g.to_le_bytes()))
+            .iter()
+            .map(pack)
+            .collect();
+        assert_eq!(&k256[..8], &[0, 2, 5, 8, 10, 17, 20, 32]);
+        assert_eq!(&k512[..8], &[0, 2, 5, 8, 10, 17, 20, 22]);
         assert!(k256.windows(2).all(|w| w[0] < w[1]) && k512.windows(2).all(|w| w[0] < w[1]));
     }
 
