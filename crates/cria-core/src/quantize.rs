@@ -104,11 +104,11 @@ pub fn quantize_rows(
                 );
             }
         }),
-        (IQ3_XXS | IQ3_S, qw) => {
-            let f = if dtype == IQ3_XXS {
-                quantize_iq::iq3_xxs_row
-            } else {
-                quantize_iq::iq3_s_row
+        (IQ3_XXS | IQ3_S | IQ2_S, qw) => {
+            let f = match dtype {
+                IQ3_XXS => quantize_iq::iq3_xxs_row,
+                IQ3_S => quantize_iq::iq3_s_row,
+                _ => quantize_iq::iq2_s_row,
             };
             byte_rows(dtype, src, dst, n_per_row, |x, y| f(x, qw, y))?;
         }
@@ -174,6 +174,7 @@ pub fn can_quantize_rows(dtype: DType) -> bool {
             | IQ3_S
             | IQ2_XXS
             | IQ2_XS
+            | IQ2_S
     )
 }
 

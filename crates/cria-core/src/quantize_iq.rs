@@ -18,7 +18,7 @@
 
 use crate::quant::nearest_int;
 use crate::quant::GROUP_MAX_EPS;
-use crate::quant_iq::{IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
+use crate::quant_iq::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
 use crate::quantize::{c_max, make_qp_quants, sum_sq};
 use half::f16;
 use std::sync::OnceLock;
@@ -176,12 +176,42 @@ struct Iq3Group {
     signs: [u8; 4],
 }
 
-#[inline]
-fn weights32(xb: &[f32], qw: Option<&[f32]>, sigma2: f32) -> [f32; 32] {
-    std::array::from_fn(|i| match qw {
+/// What every IQ group search starts from: the weights (`qw[i] * sqrt(sigma2 + x^2)`, or
+/// `none(x)` without an importance matrix), their square roots, `xval = |x|` with the sign bits
+/// (see [`abs_signs`]) and the largest `xval`.
+struct Prep<const N: usize, const S: usize> {
+    weight: [f32; N],
+    waux: [f32; N],
+    xval: [f32; N],
+    signs: [u8; S],
+    max: f32,
+}
+
+fn prep<const N: usize, const S: usize>(
+    xb: &[f32],
+    qw: Option<&[f32]>,
+    sigma2: f32,
+    none: impl Fn(f32) -> f32,
+    even: bool,
+) -> Prep<N, S> {
+    let weight: [f32; N] = std::array::from_fn(|i| match qw {
         Some(qw) => qw[i] * (sigma2 + xb[i] * xb[i]).sqrt(),
-        None => xb[i] * xb[i],
-    })
+        None => none(xb[i]),
+    });
+    let waux = weight.map(f32::sqrt);
+    let mut xval = [0f32; N];
+    let signs = abs_signs(xb, &weight, &mut xval, even);
+    let mut max = xval[0];
+    for i in 1..N {
+        max = c_max(max, xval[i]);
+    }
+    Prep {
+        weight,
+        waux,
+        xval,
+        signs,
+        max,
+    }
 }
 
 /// `xval = |xb|` and the sign bits of each 8 values. With `even` (ggml's IQ2 / IQ3_XXS), an odd
@@ -244,14 +274,13 @@ fn iq3_group(
     xxs: bool,
 ) -> Option<Iq3Group> {
     const KMAXQ: i32 = 8;
-    let weight = weights32(xb, qw, sigma2);
-    let waux: [f32; 32] = std::array::from_fn(|i| weight[i].sqrt());
-    let mut xval = [0f32; 32];
-    let mut signs: [u8; 4] = abs_signs(xb, &weight, &mut xval, xxs);
-    let mut max = xval[0];
-    for i in 1..32 {
-        max = c_max(max, xval[i]);
-    }
+    let Prep {
+        weight,
+        waux,
+        xval,
+        mut signs,
+        max,
+    } = prep::<32, 4>(xb, qw, sigma2, |x| x * x, xxs);
     let skip = if xxs { max < 1e-8 } else { max == 0.0 };
     if skip {
         return None;
@@ -438,10 +467,12 @@ pub(crate) fn iq3_s_row(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
 fn iq2_grid(t: u8) -> &'static Grid<8> {
     static G256: OnceLock<Grid<8>> = OnceLock::new();
     static G512: OnceLock<Grid<8>> = OnceLock::new();
+    static G1024: OnceLock<Grid<8>> = OnceLock::new();
     let levels = |g: &[u64]| grid_levels(g.iter().map(|g| g.to_le_bytes()));
     match t {
         0 => G256.get_or_init(|| Grid::build(&levels(&IQ2XXS_GRID), 2, 2, 2)),
-        _ => G512.get_or_init(|| Grid::build(&levels(&IQ2XS_GRID), 2, 2, 2)),
+        1 => G512.get_or_init(|| Grid::build(&levels(&IQ2XS_GRID), 2, 2, 2)),
+        _ => G1024.get_or_init(|| Grid::build(&levels(&IQ2S_GRID), 2, 1, 2)),
     }
 }
 
@@ -497,14 +528,13 @@ fn iq2_xxs_group(
     sigma2: f32,
 ) -> Option<(f32, [u8; 4], [u8; 4])> {
     const KMAXQ: i32 = 3;
-    let weight: [f32; 32] = std::array::from_fn(|i| qw[i] * (sigma2 + xb[i] * xb[i]).sqrt());
-    let waux: [f32; 32] = std::array::from_fn(|i| weight[i].sqrt());
-    let mut xval = [0f32; 32];
-    let mut signs: [u8; 4] = abs_signs(xb, &weight, &mut xval, true);
-    let mut max = xval[0];
-    for i in 1..32 {
-        max = c_max(max, xval[i]);
-    }
+    let Prep {
+        weight,
+        waux,
+        xval,
+        mut signs,
+        max,
+    } = prep::<32, 4>(xb, Some(qw), sigma2, |x| x * x, true);
     if max < GROUP_MAX_EPS {
         return None;
     }
@@ -592,19 +622,25 @@ pub(crate) fn iq2_xxs_row(x: &[f32], qw: &[f32], y: &mut [u8]) {
     }
 }
 
-/// One group of 16 of `quantize_row_iq2_xs_impl`: `None` when skipped, else the scale and the
-/// two `index | signs << 9` words.
-fn iq2_xs_group(g: &Grid<8>, xb: &[f32], qw: &[f32], sigma2: f32) -> Option<(f32, [u16; 2])> {
+/// One group of 16 of `quantize_row_iq2_xs_impl` (`s` false) or `quantize_row_iq2_s_impl`
+/// (`s`: plain 8 sign bits, a 1e-8 threshold, weights `sigma2/4 + x^2` without an imatrix):
+/// `None` when skipped, else the scale, the two grid indices and their sign bytes.
+fn iq2_16_group(
+    g: &Grid<8>,
+    xb: &[f32],
+    qw: Option<&[f32]>,
+    sigma2: f32,
+    s: bool,
+) -> Option<(f32, [u16; 2], [u8; 2])> {
     const KMAXQ: i32 = 3;
-    let weight: [f32; 16] = std::array::from_fn(|i| qw[i] * (sigma2 + xb[i] * xb[i]).sqrt());
-    let waux: [f32; 16] = std::array::from_fn(|i| weight[i].sqrt());
-    let mut xval = [0f32; 16];
-    let mut signs: [u8; 2] = abs_signs(xb, &weight, &mut xval, true);
-    let mut max = xval[0];
-    for i in 1..16 {
-        max = c_max(max, xval[i]);
-    }
-    if max < GROUP_MAX_EPS {
+    let Prep {
+        weight,
+        waux,
+        xval,
+        mut signs,
+        max,
+    } = prep::<16, 2>(xb, qw, sigma2, |x| 0.25 * sigma2 + x * x, !s);
+    if max < if s { 1e-8 } else { GROUP_MAX_EPS } {
         return None;
     }
     let mut l = [0i8; 16];
@@ -644,12 +680,23 @@ fn iq2_xs_group(g: &Grid<8>, xb: &[f32], qw: &[f32], sigma2: f32) -> Option<(f32
     }
     if scale < 0.0 {
         scale = -scale;
-        for s in &mut signs {
-            *s = !*s & 127;
+        for b in &mut signs {
+            *b = if s { !*b } else { !*b & 127 };
         }
     }
-    let q = std::array::from_fn(|k| index8(g, &l, k) as u16 | (signs[k] as u16) << 9);
-    Some((scale, q))
+    Some((
+        scale,
+        std::array::from_fn(|k| index8(g, &l, k) as u16),
+        signs,
+    ))
+}
+
+/// The 16 group scales as 4-bit `l` with `scale ~ d * (2l+1)`, two per byte (low nibble first).
+fn pack_scales16(id: f32, scales: &[f32; 16], out: &mut [u8]) {
+    for ib in 0..16 {
+        let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15) as u8;
+        out[ib / 2] |= if ib % 2 == 0 { l } else { l << 4 };
+    }
 }
 
 /// `quantize_row_iq2_xs_impl` over one row: `y` holds the row's 74-byte blocks (d @0, qs
@@ -665,12 +712,18 @@ pub(crate) fn iq2_xs_row(x: &[f32], qw: &[f32], y: &mut [u8]) {
         let mut max_scale = 0.0f32;
         for ib in 0..16 {
             let o = QK_K * ibl + 16 * ib;
-            let Some((scale, q)) =
-                iq2_xs_group(g, &xbl[16 * ib..16 * ib + 16], &qw[o..o + 16], sigma2)
-            else {
+            let Some((scale, index, signs)) = iq2_16_group(
+                g,
+                &xbl[16 * ib..16 * ib + 16],
+                Some(&qw[o..o + 16]),
+                sigma2,
+                false,
+            ) else {
                 continue;
             };
-            q2[2 * ib..2 * ib + 2].copy_from_slice(&q);
+            for k in 0..2 {
+                q2[2 * ib + k] = index[k] | (signs[k] as u16) << 9;
+            }
             scales[ib] = scale;
             max_scale = c_max(max_scale, scale);
         }
@@ -679,14 +732,47 @@ pub(crate) fn iq2_xs_row(x: &[f32], qw: &[f32], y: &mut [u8]) {
         }
         let d = max_scale / 31.0;
         yb[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-        let id = 1.0 / d;
-        for ib in 0..16 {
-            let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15) as u8;
-            yb[66 + ib / 2] |= if ib % 2 == 0 { l } else { l << 4 };
-        }
+        pack_scales16(1.0 / d, &scales, &mut yb[66..74]);
         for (i, v) in q2.iter().enumerate() {
             yb[2 + 2 * i..4 + 2 * i].copy_from_slice(&v.to_le_bytes());
         }
+    }
+}
+
+/// `quantize_row_iq2_s_impl` over one row: `y` holds the row's 82-byte blocks (d @0, qs[32]
+/// @2 (index low bytes), signs[32] @34, qh[8] @66 (2 index bits each), scales[8] @74).
+pub(crate) fn iq2_s_row(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    let g = iq2_grid(2);
+    for (ibl, yb) in y.chunks_exact_mut(82).enumerate() {
+        yb.fill(0);
+        let xbl = &x[QK_K * ibl..QK_K * (ibl + 1)];
+        let sigma2 = 2.0 * sum_sq(xbl) / QK_K as f32;
+        let mut scales = [0f32; 16];
+        let mut max_scale = 0.0f32;
+        for ib in 0..16 {
+            let o = QK_K * ibl + 16 * ib;
+            let qwb = qw.map(|w| &w[o..o + 16]);
+            let Some((scale, index, signs)) =
+                iq2_16_group(g, &xbl[16 * ib..16 * ib + 16], qwb, sigma2, true)
+            else {
+                continue;
+            };
+            for k in 0..2 {
+                let i8 = 2 * ib + k;
+                let gi = index[k] as usize;
+                yb[2 + i8] = gi as u8;
+                yb[66 + i8 / 4] |= ((gi >> 8) << (2 * (i8 % 4))) as u8;
+                yb[34 + i8] = signs[k];
+            }
+            scales[ib] = scale;
+            max_scale = c_max(max_scale, scale);
+        }
+        if max_scale == 0.0 {
+            continue;
+        }
+        let d = max_scale / 31.0;
+        yb[..2].copy_from_slice(&f16::from_f32(d * 0.9875).to_le_bytes());
+        pack_scales16(1.0 / d, &scales, &mut yb[74..82]);
     }
 }
 

@@ -36,7 +36,8 @@ ref/bench/smollm2-F16.gguf is present and says SKIPPED otherwise.
 `--iq` instead writes tests/fixtures/quant_iq.bin (same layout; tests/quantize_iq.rs reads it): the
 lattice IQ types (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M) on awkward rows of 256 and
 512 and the SmolLM2 ffn_down rows, with the three importance matrices, and without one for the types
-ggml quantizes without (IQ3_XXS, IQ3_S; the others assert that an imatrix is given).
+ggml quantizes without (IQ3_XXS, IQ3_S, IQ2_S, IQ1_M; ggml_quantize_chunk asserts that IQ2_XXS,
+IQ2_XS and IQ1_S get one).
 
 `--fma-check` instead compiles ggml-quants.c with `gcc -O3 -march=haswell` (FMA available, so GCC's
 default -ffp-contract=fast fuses a*b+c, as any build with FMA in its baseline would, e.g. aarch64)
@@ -161,7 +162,7 @@ def main():
 
 
 IQ_TYPES = [T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S, T.IQ1_M]
-IQ_NO_IMATRIX = (T.IQ3_XXS, T.IQ3_S)
+IQ_NO_IMATRIX = (T.IQ3_XXS, T.IQ3_S, T.IQ2_S, T.IQ1_M)
 IQ_OUT = HERE / "fixtures" / "quant_iq.bin"
 
 

@@ -32,15 +32,26 @@ fn iq_quantizers_match_ggml_quantize_chunk() {
         .filter(|&t| can_quantize_rows(t))
         .collect();
     eprintln!("IQ types quantized: {on:?}");
-    // The IQ3 types first (the task's order); each type switched on has fixture cases with
-    // importance weights, and IQ3 without as well.
-    assert!(on.contains(&DType::IQ3_XXS) && on.contains(&DType::IQ3_S));
+    // Each type switched on has fixture cases with importance weights, and without where ggml
+    // quantizes without one (IQ3_XXS, IQ3_S, IQ2_S, IQ1_M).
+    for t in [
+        DType::IQ3_XXS,
+        DType::IQ3_S,
+        DType::IQ2_XXS,
+        DType::IQ2_XS,
+        DType::IQ2_S,
+    ] {
+        assert!(on.contains(&t), "{t}");
+    }
     for t in on {
         assert!(
             per_type.get(&(t.name().to_string(), true)) >= Some(&9),
             "{t}"
         );
-        if matches!(t, DType::IQ3_XXS | DType::IQ3_S) {
+        if matches!(
+            t,
+            DType::IQ3_XXS | DType::IQ3_S | DType::IQ2_S | DType::IQ1_M
+        ) {
             assert!(
                 per_type.get(&(t.name().to_string(), false)) >= Some(&3),
                 "{t}"
