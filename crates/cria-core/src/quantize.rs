@@ -104,24 +104,25 @@ pub fn quantize_rows(
                 );
             }
         }),
-        (IQ3_XXS | IQ3_S | IQ2_S, qw) => {
+        (IQ3_XXS | IQ3_S | IQ2_S | IQ1_M, qw) => {
             let f = match dtype {
                 IQ3_XXS => quantize_iq::iq3_xxs_row,
                 IQ3_S => quantize_iq::iq3_s_row,
-                _ => quantize_iq::iq2_s_row,
+                IQ2_S => quantize_iq::iq2_s_row,
+                _ => quantize_iq::iq1_m_row,
             };
             byte_rows(dtype, src, dst, n_per_row, |x, y| f(x, qw, y))?;
         }
-        (IQ2_XXS | IQ2_XS, Some(qw)) => {
-            let f = if dtype == IQ2_XXS {
-                quantize_iq::iq2_xxs_row
-            } else {
-                quantize_iq::iq2_xs_row
+        (IQ2_XXS | IQ2_XS | IQ1_S, Some(qw)) => {
+            let f = match dtype {
+                IQ2_XXS => quantize_iq::iq2_xxs_row,
+                IQ2_XS => quantize_iq::iq2_xs_row,
+                _ => quantize_iq::iq1_s_row,
             };
             byte_rows(dtype, src, dst, n_per_row, |x, y| f(x, qw, y))?;
         }
         // ggml_quantize_chunk asserts that these get an importance matrix.
-        (IQ2_XXS | IQ2_XS, None) => {
+        (IQ2_XXS | IQ2_XS | IQ1_S, None) => {
             return Err(Error::msg(format!(
                 "quantize {dtype}: needs an importance matrix (--imatrix)"
             )))
@@ -175,6 +176,8 @@ pub fn can_quantize_rows(dtype: DType) -> bool {
             | IQ2_XXS
             | IQ2_XS
             | IQ2_S
+            | IQ1_S
+            | IQ1_M
     )
 }
 

@@ -18,7 +18,9 @@
 
 use crate::quant::nearest_int;
 use crate::quant::GROUP_MAX_EPS;
-use crate::quant_iq::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
+use crate::quant_iq::{
+    IQ1S_DELTA, IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID,
+};
 use crate::quantize::{c_max, make_qp_quants, sum_sq};
 use half::f16;
 use std::sync::OnceLock;
@@ -776,6 +778,418 @@ pub(crate) fn iq2_s_row(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     }
 }
 
+// ------------------------------------------------------------------------------------------------
+// IQ1_S / IQ1_M (quantize_row_iq1_s_impl, quantize_row_iq1_m_impl)
+// ------------------------------------------------------------------------------------------------
+
+/// The IQ1 grid (ggml's kgrid_1bit_2048; levels are the grid's values -1, 0, 1 plus one).
+fn iq1_grid() -> &'static Grid<8> {
+    static G: OnceLock<Grid<8>> = OnceLock::new();
+    G.get_or_init(|| {
+        let levels = grid_levels(
+            IQ1S_GRID
+                .iter()
+                .map(|g| g.to_le_bytes().map(|v| (v as i8 + 1) as u8)),
+        );
+        Grid::build(&levels, 2, 3, 2)
+    })
+}
+
+/// The values of levels 0, 1, 2 with the shift +delta (`x_p`) or -delta (`x_m`).
+const IQ1_XP: [f32; 3] = [-1.0 + IQ1S_DELTA, IQ1S_DELTA, 1.0 + IQ1S_DELTA];
+const IQ1_XM: [f32; 3] = [-1.0 - IQ1S_DELTA, -IQ1S_DELTA, 1.0 - IQ1S_DELTA];
+
+impl Grid<8> {
+    /// ggml `iq1_find_best_neighbour2`: the neighbour minimising `sum w (scale*xg[level] - x)^2`
+    /// (the first one on ties); writes its levels into `l`. ggml falls back to a scan of the
+    /// whole grid when every distance is NaN or infinite (reading past its 8 values there), a
+    /// case that only non-finite input reaches; here the first neighbour is taken then.
+    fn best_neighbour2(
+        &self,
+        m: i32,
+        xval: &[f32],
+        weight: &[f32],
+        scale: f32,
+        xg: &[f32; 3],
+        l: &mut [i8],
+    ) -> usize {
+        let nb = self.neighbours_of(m);
+        let mut best = f32::MAX;
+        let mut grid_index = nb[0] as usize;
+        for &j in nb {
+            let pg = &self.grid[j as usize];
+            let mut d2 = 0.0f32;
+            for i in 0..8 {
+                let q = xg[((pg[i] - 1) / 2) as usize];
+                let w = weight[i];
+                let diff = scale * q - xval[i];
+                d2 += w * diff * diff;
+            }
+            if d2 < best {
+                best = d2;
+                grid_index = j as usize;
+            }
+        }
+        for (o, &p) in l.iter_mut().zip(&self.grid[grid_index]) {
+            *o = (p - 1) / 2;
+        }
+        grid_index
+    }
+}
+
+/// The positions of `xb` sorted by value, ties in their original order: ggml's `qsort` of
+/// (value, index) pairs with a value-only comparator, which glibc runs as a (stable) merge sort
+/// for arrays this small (glibc 2.37-2.38 aside, whose introsort is not stable).
+fn sorted_positions<const N: usize>(xb: &[f32]) -> [usize; N] {
+    let mut idx: [usize; N] = std::array::from_fn(|j| j);
+    idx.sort_by(|&a, &b| {
+        let (l, r) = (xb[a], xb[b]);
+        if l < r {
+            std::cmp::Ordering::Less
+        } else if l > r {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    });
+    idx
+}
+
+/// `max |x|` with ggml's `MAX` / `fabsf`.
+fn abs_max(xb: &[f32]) -> f32 {
+    let mut max = xb[0].abs();
+    for &v in &xb[1..] {
+        max = c_max(max, v.abs());
+    }
+    max
+}
+
+/// Levels 0 / 1 / 2 for the sorted positions below `i1`, from `i1` to `i2`, and from `i2`.
+fn split_levels<const N: usize>(idx: &[usize; N], i1: usize, i2: usize) -> [i8; N] {
+    let mut l = [0i8; N];
+    for (j, &i) in idx.iter().enumerate() {
+        l[i] = if j < i1 {
+            0
+        } else if j < i2 {
+            1
+        } else {
+            2
+        };
+    }
+    l
+}
+
+/// Puts each 8 values of `l` on the grid (`xx(k)`: the level values of group k) and refits the
+/// scale when any was off it, as both IQ1 quantizers do. Returns the grid indices.
+fn iq1_snap<const N: usize, const K: usize>(
+    g: &Grid<8>,
+    xb: &[f32],
+    weight: &[f32; N],
+    l: &mut [i8; N],
+    scale: &mut f32,
+    xx: impl Fn(usize) -> &'static [f32; 3],
+) -> [u16; K] {
+    let mut index = [0u16; K];
+    let mut all_on_grid = true;
+    for k in 0..K {
+        let mut u = 0usize;
+        for j in 0..8 {
+            u |= (l[8 * k + j] as usize) << (2 * j);
+        }
+        let m = g.map[u];
+        index[k] = if m >= 0 {
+            m as u16
+        } else {
+            all_on_grid = false;
+            let r = 8 * k..8 * k + 8;
+            g.best_neighbour2(
+                m,
+                &xb[r.clone()],
+                &weight[r.clone()],
+                *scale,
+                xx(k),
+                &mut l[r],
+            ) as u16
+        };
+    }
+    if !all_on_grid {
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for k in 0..K {
+            let pg = &g.grid[index[k] as usize];
+            for j in 0..8 {
+                let w = weight[8 * k + j];
+                let q = xx(k)[((pg[j] - 1) / 2) as usize];
+                sumqx += w * q * xb[8 * k + j];
+                sumq2 += w * q * q;
+            }
+        }
+        if sumqx > 0.0 && sumq2 > 0.0 {
+            *scale = sumqx / sumq2;
+        }
+    }
+    index
+}
+
+/// One group of 32 of `quantize_row_iq1_s_impl`: `None` when skipped, else the scale, the 4
+/// grid indices and the shift (+1: `x_p`, -1: `x_m`).
+fn iq1_s_group(g: &Grid<8>, xb: &[f32], qw: &[f32], sigma2: f32) -> Option<(f32, [u16; 4], i8)> {
+    const N: usize = 32;
+    let weight: [f32; N] = std::array::from_fn(|i| qw[i] * (sigma2 + xb[i] * xb[i]).sqrt());
+    let max = abs_max(xb);
+    if max < 1e-12 {
+        return None;
+    }
+    let idx = sorted_positions::<N>(xb);
+    let mut sumx = [0f32; N + 1];
+    let mut sumw = [0f32; N + 1];
+    for j in 0..N {
+        let i = idx[j];
+        sumx[j + 1] = sumx[j] + weight[i] * xb[i];
+        sumw[j + 1] = sumw[j] + weight[i];
+    }
+    let (mut best_score, mut scale) = (-f32::MAX, max);
+    let mut best: Option<(usize, usize, i8)> = None;
+    for i1 in 0..=N {
+        for i2 in i1..=N {
+            for (xv, shift) in [(&IQ1_XP, 1i8), (&IQ1_XM, -1)] {
+                let sumqx = (sumx[i1] - sumx[0]) * xv[0]
+                    + (sumx[i2] - sumx[i1]) * xv[1]
+                    + (sumx[N] - sumx[i2]) * xv[2];
+                let sumq2 = (sumw[i1] - sumw[0]) * xv[0] * xv[0]
+                    + (sumw[i2] - sumw[i1]) * xv[1] * xv[1]
+                    + (sumw[N] - sumw[i2]) * xv[2] * xv[2];
+                if sumq2 > 0.0 && sumqx * sumqx > best_score * sumq2 {
+                    scale = sumqx / sumq2;
+                    best_score = scale * sumqx;
+                    best = Some((i1, i2, shift));
+                }
+            }
+        }
+    }
+    let (i1, i2, mut shift) = best?;
+    let mut l = split_levels(&idx, i1, i2);
+    if scale < 0.0 {
+        for v in &mut l {
+            *v = 2 - *v;
+        }
+        scale = -scale;
+        shift = -shift;
+    }
+    let xx: &'static [f32; 3] = if shift == 1 { &IQ1_XP } else { &IQ1_XM };
+    let index = iq1_snap::<N, 4>(g, xb, &weight, &mut l, &mut scale, |_| xx);
+    Some((scale, index, shift))
+}
+
+/// `quantize_row_iq1_s_impl` over one row: `y` holds the row's 50-byte blocks (d @0, qs[32]
+/// @2, qh u16[8] @34: 3 index bits per group of 8, the scale << 12, the minus shift << 15).
+pub(crate) fn iq1_s_row(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let g = iq1_grid();
+    for (ibl, yb) in y.chunks_exact_mut(50).enumerate() {
+        yb.fill(0);
+        let xbl = &x[QK_K * ibl..QK_K * (ibl + 1)];
+        let sigma2 = 2.0 * sum_sq(xbl) / QK_K as f32;
+        let mut scales = [0f32; 8];
+        let mut shifts = [1i8; 8];
+        let mut qh = [0u16; 8];
+        let mut max_scale = 0.0f32;
+        for ib in 0..8 {
+            let o = QK_K * ibl + 32 * ib;
+            let Some((scale, index, shift)) =
+                iq1_s_group(g, &xbl[32 * ib..32 * ib + 32], &qw[o..o + 32], sigma2)
+            else {
+                continue;
+            };
+            for k in 0..4 {
+                yb[2 + 4 * ib + k] = index[k] as u8;
+                qh[ib] |= (index[k] >> 8) << (3 * k);
+            }
+            scales[ib] = scale;
+            shifts[ib] = shift;
+            max_scale = c_max(max_scale, scale);
+        }
+        if max_scale != 0.0 {
+            let d = max_scale / 15.0;
+            yb[..2].copy_from_slice(&f16::from_f32(d * 1.125).to_le_bytes());
+            let id = 1.0 / d;
+            for ib in 0..8 {
+                let mut l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 7) as u16;
+                if shifts[ib] == -1 {
+                    l |= 8;
+                }
+                qh[ib] |= l << 12;
+            }
+        }
+        for ib in 0..8 {
+            yb[34 + 2 * ib..36 + 2 * ib].copy_from_slice(&qh[ib].to_le_bytes());
+        }
+    }
+}
+
+/// IQ1_M's level values for group `k` (of 2) under shift code `best_k` (bit 1: first group
+/// minus, bit 0: second group minus).
+fn iq1_m_xx(best_k: usize, k: usize) -> &'static [f32; 3] {
+    let minus = if k == 0 { best_k >= 2 } else { best_k % 2 != 0 };
+    if minus {
+        &IQ1_XM
+    } else {
+        &IQ1_XP
+    }
+}
+
+fn iq1_m_weights(xb: &[f32], qw: Option<&[f32]>, sigma2: f32) -> [f32; 16] {
+    std::array::from_fn(|i| match qw {
+        Some(qw) => qw[i] * (sigma2 + xb[i] * xb[i]).sqrt(),
+        None => xb[i] * xb[i],
+    })
+}
+
+/// One group of 16 of `quantize_row_iq1_m_impl`: `None` when skipped, else the scale, the 2
+/// grid indices and the shift code (0..4).
+fn iq1_m_group(
+    g: &Grid<8>,
+    xb: &[f32],
+    qw: Option<&[f32]>,
+    sigma2: f32,
+) -> Option<(f32, [u16; 2], usize)> {
+    const N: usize = 16;
+    let weight = iq1_m_weights(xb, qw, sigma2);
+    let max = abs_max(xb);
+    if max < 1e-7 {
+        return None;
+    }
+    let idx = sorted_positions::<N>(xb);
+    // Prefix sums per half (each half has its own shift).
+    let mut px = [[0f32; N + 1]; 2];
+    let mut pw = [[0f32; N + 1]; 2];
+    for j in 0..N {
+        let i = idx[j];
+        let h = usize::from(i >= N / 2);
+        px[h][j + 1] = px[h][j] + weight[i] * xb[i];
+        px[1 - h][j + 1] = px[1 - h][j];
+        pw[h][j + 1] = pw[h][j] + weight[i];
+        pw[1 - h][j + 1] = pw[1 - h][j];
+    }
+    let txs = [px[0][N], px[1][N]];
+    let tws = [pw[0][N], pw[1][N]];
+    let (p2, m2) = (IQ1_XP[2], IQ1_XM[2]);
+    let cp1 = IQ1_XP[0] * IQ1_XP[0] - IQ1_XP[1] * IQ1_XP[1];
+    let cp2 = IQ1_XP[1] * IQ1_XP[1] - IQ1_XP[2] * IQ1_XP[2];
+    let cm1 = IQ1_XM[0] * IQ1_XM[0] - IQ1_XM[1] * IQ1_XM[1];
+    let cm2 = IQ1_XM[1] * IQ1_XM[1] - IQ1_XM[2] * IQ1_XM[2];
+    let (mut best_score, mut scale) = (-f32::MAX, max);
+    let mut best: Option<(usize, usize, usize)> = None;
+    for i1 in 0..=N {
+        for i2 in i1..=N {
+            let (mut qx_p, mut qx_m, mut q2_p, mut q2_m) =
+                ([0f32; 2], [0f32; 2], [0f32; 2], [0f32; 2]);
+            for h in 0..2 {
+                let sx = px[h][i1] + px[h][i2];
+                qx_p[h] = txs[h] * p2 - sx;
+                qx_m[h] = txs[h] * m2 - sx;
+                q2_p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
+                q2_m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
+            }
+            let sumqx = [
+                qx_p[0] + qx_p[1],
+                qx_p[0] + qx_m[1],
+                qx_m[0] + qx_p[1],
+                qx_m[0] + qx_m[1],
+            ];
+            let sumq2 = [
+                q2_p[0] + q2_p[1],
+                q2_p[0] + q2_m[1],
+                q2_m[0] + q2_p[1],
+                q2_m[0] + q2_m[1],
+            ];
+            for k in 0..4 {
+                if sumq2[k] > 0.0 && sumqx[k] * sumqx[k] > best_score * sumq2[k] {
+                    scale = sumqx[k] / sumq2[k];
+                    best_score = scale * sumqx[k];
+                    best = Some((i1, i2, k));
+                }
+            }
+        }
+    }
+    let (i1, i2, mut best_k) = best?;
+    let mut l = split_levels(&idx, i1, i2);
+    if scale < 0.0 {
+        for v in &mut l {
+            *v = 2 - *v;
+        }
+        scale = -scale;
+        best_k = 3 - best_k;
+    }
+    let index = iq1_snap::<N, 2>(g, xb, &weight, &mut l, &mut scale, |k| iq1_m_xx(best_k, k));
+    Some((scale, index, best_k))
+}
+
+/// `quantize_row_iq1_m_impl` over one row: `y` holds the row's 56-byte blocks (qs[32] @0,
+/// qh[16] @32: 3 index bits + shift bit per group of 8, scales u16[4] @48: 3-bit group scales
+/// and, in the top nibbles, the f16 super-block scale).
+pub(crate) fn iq1_m_row(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    const MASKS: [u8; 4] = [0x00, 0x80, 0x08, 0x88];
+    let g = iq1_grid();
+    for (ibl, yb) in y.chunks_exact_mut(56).enumerate() {
+        yb.fill(0);
+        let xbl = &x[QK_K * ibl..QK_K * (ibl + 1)];
+        let sigma2 = 2.0 * sum_sq(xbl) / QK_K as f32;
+        let qwb = |ib: usize| qw.map(|w| &w[QK_K * ibl + 16 * ib..QK_K * ibl + 16 * ib + 16]);
+        let mut scales = [0f32; 16];
+        let mut shifts = [0usize; 16];
+        let mut max_scale = 0.0f32;
+        for ib in 0..16 {
+            let Some((scale, index, best_k)) =
+                iq1_m_group(g, &xbl[16 * ib..16 * ib + 16], qwb(ib), sigma2)
+            else {
+                continue;
+            };
+            yb[2 * ib] = index[0] as u8;
+            yb[2 * ib + 1] = index[1] as u8;
+            yb[32 + ib] = ((index[0] >> 8) | ((index[1] >> 8) << 4)) as u8;
+            scales[ib] = scale;
+            shifts[ib] = best_k;
+            max_scale = c_max(max_scale, scale);
+        }
+        if max_scale == 0.0 {
+            continue;
+        }
+        let mut sc = [0u16; 4];
+        let mut d = max_scale / 15.0;
+        let id = 1.0 / d;
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for ib in 0..16 {
+            let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 7);
+            sc[ib / 4] |= (l as u16) << (3 * (ib % 4));
+            yb[32 + ib] |= MASKS[shifts[ib]];
+            let xb = &xbl[16 * ib..16 * ib + 16];
+            let weight = iq1_m_weights(xb, qwb(ib), sigma2);
+            let qh = yb[32 + ib] as usize;
+            for k in 0..2 {
+                let xx = iq1_m_xx(shifts[ib], k);
+                let gi = yb[2 * ib + k] as usize + ((qh << (8 - 4 * k)) & 0x700);
+                let pg = &g.grid[gi];
+                for j in 0..8 {
+                    let w = weight[8 * k + j];
+                    let q = xx[((pg[j] - 1) / 2) as usize] * (2 * l + 1) as f32;
+                    sumqx += w * q * xb[8 * k + j];
+                    sumq2 += w * q * q;
+                }
+            }
+        }
+        if sumq2 > 0.0 {
+            d = sumqx / sumq2;
+        }
+        let s = f16::from_f32(d * 1.1125).to_bits();
+        sc[0] |= (s & 0x000f) << 12;
+        sc[1] |= (s & 0x00f0) << 8;
+        sc[2] |= (s & 0x0f00) << 4;
+        sc[3] |= s & 0xf000;
+        for (i, v) in sc.iter().enumerate() {
+            yb[48 + 2 * i..50 + 2 * i].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -819,6 +1233,19 @@ mod tests {
             .collect();
         assert_eq!(&k256[..8], &[0, 2, 5, 8, 10, 17, 20, 32]);
         assert_eq!(&k512[..8], &[0, 2, 5, 8, 10, 17, 20, 22]);
+        // kgrid_1bit_2048 (the IQ1 grid's values -1, 0, 1 are levels 0, 1, 2).
+        let g = iq1_grid();
+        let k1: Vec<u16> = g
+            .grid
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .enumerate()
+                    .map(|(k, &v)| (((v - 1) / 2) as u16) << (2 * k))
+                    .sum()
+            })
+            .collect();
+        assert_eq!(&k1[..8], &[0, 2, 5, 8, 10, 17, 21, 32]);
         assert!(k256.windows(2).all(|w| w[0] < w[1]) && k512.windows(2).all(|w| w[0] < w[1]));
     }
 
