@@ -39,6 +39,9 @@ lattice IQ types (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M) on awkwa
 ggml quantizes without (IQ3_XXS, IQ3_S, IQ2_S, IQ1_M; ggml_quantize_chunk asserts that IQ2_XXS,
 IQ2_XS and IQ1_S get one).
 
+`--iq-smollm2` instead writes tests/fixtures/quant_iq_smollm2.txt, the same hashes for the lattice
+IQ types over the three ffn_down tensors (with SMOL_IMATRIX, and without where ggml allows it).
+
 `--fma-check` instead compiles ggml-quants.c with `gcc -O3 -march=haswell` (FMA available, so GCC's
 default -ffp-contract=fast fuses a*b+c, as any build with FMA in its baseline would, e.g. aarch64)
 into a scratch library and counts the fixture blocks whose bytes that build changes: the evidence
@@ -240,6 +243,9 @@ SMOL_K = (["blk.0.ffn_down.weight", "blk.10.ffn_down.weight", "blk.29.ffn_down.w
 SMOL_32 = (["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.29.ffn_gate.weight"],
            [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL])
 SMOL_OUT = HERE / "fixtures" / "quant_weighted_smollm2.txt"
+# --iq-smollm2: the lattice IQ types need rows of whole 256-blocks too
+SMOL_IQ_NAMES = SMOL_K[0]
+SMOL_IQ_OUT = HERE / "fixtures" / "quant_iq_smollm2.txt"
 
 
 def smol_imatrix(n):
@@ -251,22 +257,25 @@ def smol_imatrix(n):
     return w
 
 
-def smollm2_hashes():
+def smollm2_hashes(iq=False):
     import hashlib
     chunk = load_chunk()
     r = GGUFReader(str(REF / "bench" / "smollm2-F16.gguf"))
     tensors = {t.name: t for t in r.tensors}
     lines = []
-    for names, types in (SMOL_K, SMOL_32):
+    for names, types in ([(SMOL_IQ_NAMES, IQ_TYPES)] if iq else (SMOL_K, SMOL_32)):
         for name in names:
             t = tensors[name]
             x = np.ascontiguousarray(np.asarray(t.data).astype(np.float32))
             for qtype in types:
                 for imat in (None, smol_imatrix(x.shape[1])):
+                    if iq and imat is None and qtype not in IQ_NO_IMATRIX:
+                        continue
                     h = hashlib.sha256(quantize(chunk, qtype, x, imat)).hexdigest()
                     lines.append(f"{name} {qtype.name} {int(imat is not None)} {h}")
-    SMOL_OUT.write_text("".join(line + "\n" for line in lines))
-    print(f"{SMOL_OUT}: {len(lines)} hashes")
+    out = SMOL_IQ_OUT if iq else SMOL_OUT
+    out.write_text("".join(line + "\n" for line in lines))
+    print(f"{out}: {len(lines)} hashes")
 
 
 def fma_check():
@@ -303,4 +312,5 @@ def fma_check():
 
 
 if __name__ == "__main__":
-    {"--fma-check": fma_check, "--smollm2": smollm2_hashes, "--iq": iq_main}.get(sys.argv[1] if sys.argv[1:] else "", main)()
+    {"--fma-check": fma_check, "--smollm2": smollm2_hashes, "--iq": iq_main,
+     "--iq-smollm2": lambda: smollm2_hashes(iq=True)}.get(sys.argv[1] if sys.argv[1:] else "", main)()

@@ -103,3 +103,14 @@ fn iq_rows_are_the_same_from_many_threads() {
         assert_eq!(whole, split, "{t}");
     }
 }
+
+/// Whole SmolLM2-135M ffn_down tensors (576 rows of 1536) in every lattice IQ type, with the
+/// formula importance weights and, where ggml allows it, without, against the sha256 of
+/// ggml_quantize_chunk's output (fixtures/quant_iq_smollm2.txt, made by
+/// `gen_weighted_quant_fixtures.py --iq-smollm2`). Skipped loudly without ref/bench/smollm2-F16.gguf.
+#[test]
+fn smollm2_whole_tensors_match_ggml_hashes() {
+    if let Some(checked) = weighted_common::check_smollm2_hashes("quant_iq_smollm2.txt") {
+        assert!(checked >= 33, "only {checked} hashes listed");
+    }
+}

@@ -5,7 +5,6 @@
 
 use cria_core::quantize::{can_quantize_rows, quantize_rows};
 use cria_core::DType;
-use std::path::PathBuf;
 
 mod weighted_common;
 use weighted_common::parse;
@@ -124,71 +123,13 @@ fn bench_rows_per_second() {
     }
 }
 
-/// gen_weighted_quant_fixtures.py `smol_imatrix`: exact in f32 on both sides.
-fn smol_imatrix(n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|j| {
-            if j % 11 == 0 {
-                0.0
-            } else {
-                ((j * 7919) % 1009) as f32 / 64.0
-            }
-        })
-        .collect()
-}
-
 /// Whole SmolLM2-135M tensors (F16 GGUF), quantized with and without importance weights, against
 /// the sha256 of ggml_quantize_chunk's output (fixtures/quant_weighted_smollm2.txt, made by
 /// `gen_weighted_quant_fixtures.py --smollm2`): hundreds of thousands of real blocks per type.
 /// Needs ref/bench/smollm2-F16.gguf (not in a clean checkout): skipped loudly without it.
 #[test]
 fn smollm2_whole_tensors_match_ggml_hashes() {
-    use sha2::{Digest, Sha256};
-    let dir = std::env::var_os("CRIA_REF_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref")));
-    let path = dir.join("bench/smollm2-F16.gguf");
-    if !path.is_file() {
-        eprintln!(
-            "SKIPPED: {} is missing (set CRIA_REF_DIR); whole-tensor hashes not checked",
-            path.display()
-        );
-        return;
+    if let Some(checked) = weighted_common::check_smollm2_hashes("quant_weighted_smollm2.txt") {
+        assert!(checked >= 72, "only {checked} hashes listed");
     }
-    let f = cria_core::gguf::GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant_weighted_smollm2.txt");
-    let list = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let (mut checked, mut failures) = (0, Vec::new());
-    let mut cache: Option<(String, Vec<f32>, usize)> = None;
-    for line in list.lines() {
-        let [name, ty, weighted, want] = line.split(' ').collect::<Vec<_>>()[..] else {
-            panic!("bad line {line:?}");
-        };
-        if cache.as_ref().map_or(true, |c| c.0 != name) {
-            let t = f
-                .tensor(name)
-                .unwrap_or_else(|| panic!("{name} not in the model"));
-            let mut x = vec![0f32; t.rows() * t.cols()];
-            for (r, row) in x.chunks_exact_mut(t.cols()).enumerate() {
-                t.dequantize_row(r, row).unwrap();
-            }
-            cache = Some((name.to_string(), x, t.cols()));
-        }
-        let (_, x, cols) = cache.as_ref().unwrap();
-        let dt = DType::from_name(ty).unwrap();
-        let imatrix = (weighted == "1").then(|| smol_imatrix(*cols));
-        let mut out = vec![0u8; dt.bytes_for(x.len()).unwrap()];
-        quantize_rows(dt, x, &mut out, *cols, imatrix.as_deref()).unwrap();
-        let got: String = Sha256::digest(&out)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if got != want {
-            failures.push(format!("{name} {ty} imatrix {weighted}"));
-        }
-        checked += 1;
-    }
-    assert!(checked >= 72, "only {checked} hashes listed");
-    assert!(failures.is_empty(), "differ from ggml: {failures:?}");
 }

@@ -187,3 +187,73 @@ pub fn first_diff(dtype: DType, n_per_row: usize, got: &[u8], want: &[u8]) -> Op
         &want[b * ts..(b + 1) * ts]
     ))
 }
+
+/// gen_weighted_quant_fixtures.py `smol_imatrix`: exact in f32 on both sides.
+pub fn smol_imatrix(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|j| {
+            if j % 11 == 0 {
+                0.0
+            } else {
+                ((j * 7919) % 1009) as f32 / 64.0
+            }
+        })
+        .collect()
+}
+
+/// Checks whole SmolLM2-135M tensors (F16 GGUF) quantized with and without the importance
+/// weights [`smol_imatrix`] against the sha256 list `tests/fixtures/LIST` (lines "tensor type
+/// imatrix(0/1) sha256", written by gen_weighted_quant_fixtures.py); panics on a difference and
+/// returns how many were checked. Needs ref/bench/smollm2-F16.gguf (not in a clean checkout):
+/// without it says SKIPPED and returns `None`.
+pub fn check_smollm2_hashes(list_file: &str) -> Option<usize> {
+    use sha2::{Digest, Sha256};
+    let dir = std::env::var_os("CRIA_REF_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref")));
+    let path = dir.join("bench/smollm2-F16.gguf");
+    if !path.is_file() {
+        eprintln!(
+            "SKIPPED: {} is missing (set CRIA_REF_DIR); whole-tensor hashes not checked",
+            path.display()
+        );
+        return None;
+    }
+    let f = cria_core::gguf::GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(list_file);
+    let list = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let (mut checked, mut failures) = (0, Vec::new());
+    let mut cache: Option<(String, Vec<f32>, usize)> = None;
+    for line in list.lines() {
+        let [name, ty, weighted, want] = line.split(' ').collect::<Vec<_>>()[..] else {
+            panic!("bad line {line:?}");
+        };
+        if cache.as_ref().map_or(true, |c| c.0 != name) {
+            let t = f
+                .tensor(name)
+                .unwrap_or_else(|| panic!("{name} not in the model"));
+            let mut x = vec![0f32; t.rows() * t.cols()];
+            for (r, row) in x.chunks_exact_mut(t.cols()).enumerate() {
+                t.dequantize_row(r, row).unwrap();
+            }
+            cache = Some((name.to_string(), x, t.cols()));
+        }
+        let (_, x, cols) = cache.as_ref().unwrap();
+        let dt = DType::from_name(ty).unwrap();
+        let imatrix = (weighted == "1").then(|| smol_imatrix(*cols));
+        let mut out = vec![0u8; dt.bytes_for(x.len()).unwrap()];
+        quantize_rows(dt, x, &mut out, *cols, imatrix.as_deref()).unwrap();
+        let got: String = Sha256::digest(&out)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if got != want {
+            failures.push(format!("{name} {ty} imatrix {weighted}"));
+        }
+        checked += 1;
+    }
+    assert!(failures.is_empty(), "differ from ggml: {failures:?}");
+    Some(checked)
+}
