@@ -114,3 +114,28 @@ fn smollm2_whole_tensors_match_ggml_hashes() {
         assert!(checked >= 33, "only {checked} hashes listed");
     }
 }
+
+/// Throughput of the IQ quantizers on the SmolLM2 ffn_down rows (1536 wide, tiled to 512 rows),
+/// one thread. Not a timed assertion: run with
+/// `cargo test --profile ci -p cria-core --test quantize_iq bench -- --ignored --nocapture`
+/// and compare with `python3 crates/cria-core/tests/bench_weighted_quant.py --iq` (ggml).
+#[test]
+#[ignore]
+fn bench_rows_per_second() {
+    let data = fixture();
+    let fx = parse(&data);
+    // Build the grid tables outside the timing (the first call per grid builds them).
+    for t in IQ_TYPES {
+        let x = vec![1.0f32; 256];
+        let mut y = vec![0u8; t.type_size()];
+        let t0 = std::time::Instant::now();
+        quantize_rows(t, &x, &mut y, 256, Some(&x)).unwrap();
+        eprintln!(
+            "{t}: first block (grid tables) {:.1} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    weighted_common::bench_rows_per_second(&fx, &IQ_TYPES, |t| {
+        !matches!(t, DType::IQ2_XXS | DType::IQ2_XS | DType::IQ1_S)
+    });
+}

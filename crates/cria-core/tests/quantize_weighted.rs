@@ -69,12 +69,6 @@ fn quantize_rows_is_the_same_from_many_threads() {
     }
 }
 
-/// CPU seconds this thread has run (Linux: /proc/thread-self/schedstat, nanoseconds first).
-fn thread_cpu_s() -> f64 {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("Linux schedstat");
-    s.split_whitespace().next().unwrap().parse::<u64>().unwrap() as f64 * 1e-9
-}
-
 /// Throughput of the weighted quantizers on real rows (SmolLM2 ffn_down, 1536 wide, tiled to 512
 /// rows), one thread, best of 7 runs per CPU second. Not a timed assertion: run with
 /// `cargo test --profile ci -p cria-core --test quantize_weighted bench -- --ignored --nocapture`
@@ -84,16 +78,7 @@ fn thread_cpu_s() -> f64 {
 fn bench_rows_per_second() {
     let data = fixture();
     let fx = parse(&data);
-    let (input, imatrix) = fx.ffn_down();
-    let (n_per_row, data) = (&input.n_per_row, &input.data);
-    let nrows = 512;
-    let src: Vec<f32> = data
-        .iter()
-        .copied()
-        .cycle()
-        .take(nrows * n_per_row)
-        .collect();
-    for dt in [
+    let types = [
         DType::Q4_K,
         DType::Q6_K,
         DType::Q5_K,
@@ -101,26 +86,8 @@ fn bench_rows_per_second() {
         DType::Q2_K,
         DType::IQ4_XS,
         DType::Q4_0,
-    ] {
-        for w in [None, Some(imatrix)] {
-            let mut dst = vec![0u8; dt.bytes_for(src.len()).unwrap()];
-            // Best of 7 runs of 0.2 s of this thread's CPU time (the machine is shared: wall
-            // time would count other processes' turns).
-            let mut rows_s = 0f64;
-            for _ in 0..7 {
-                let (t0, mut reps) = (thread_cpu_s(), 0);
-                while reps < 2 || thread_cpu_s() - t0 < 0.2 {
-                    quantize_rows(dt, &src, &mut dst, *n_per_row, w).unwrap();
-                    reps += 1;
-                }
-                rows_s = rows_s.max((reps * nrows) as f64 / (thread_cpu_s() - t0));
-            }
-            eprintln!(
-                "cria {dt:7} imatrix {:5}: {rows_s:9.0} rows/s of {n_per_row}",
-                w.is_some()
-            );
-        }
-    }
+    ];
+    weighted_common::bench_rows_per_second(&fx, &types, |_| true);
 }
 
 /// Whole SmolLM2-135M tensors (F16 GGUF), quantized with and without importance weights, against

@@ -257,3 +257,48 @@ pub fn check_smollm2_hashes(list_file: &str) -> Option<usize> {
     assert!(failures.is_empty(), "differ from ggml: {failures:?}");
     Some(checked)
 }
+
+/// CPU seconds this thread has run (Linux: /proc/thread-self/schedstat, nanoseconds first).
+pub fn thread_cpu_s() -> f64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("Linux schedstat");
+    s.split_whitespace().next().unwrap().parse::<u64>().unwrap() as f64 * 1e-9
+}
+
+/// Rows per second of `quantize_rows` for each of `types` (without importance weights only where
+/// `unweighted` says so) on the SmolLM2 ffn_down rows tiled to 512 rows: one thread, best of 7
+/// runs of 0.2 s of this thread's CPU time (the machine is shared: wall time would count other
+/// processes' turns); bench_weighted_quant.py measures ggml the same way.
+pub fn bench_rows_per_second(fx: &Fixture, types: &[DType], unweighted: impl Fn(DType) -> bool) {
+    let (input, imatrix) = fx.ffn_down();
+    let (n_per_row, data) = (&input.n_per_row, &input.data);
+    let nrows = 512;
+    let src: Vec<f32> = data
+        .iter()
+        .copied()
+        .cycle()
+        .take(nrows * n_per_row)
+        .collect();
+    for &dt in types {
+        for w in [None, Some(imatrix)] {
+            if w.is_none() && !unweighted(dt) {
+                continue;
+            }
+            let mut dst = vec![0u8; dt.bytes_for(src.len()).unwrap()];
+            // Best of 7 runs of 0.2 s of this thread's CPU time (the machine is shared: wall
+            // time would count other processes' turns).
+            let mut rows_s = 0f64;
+            for _ in 0..7 {
+                let (t0, mut reps) = (thread_cpu_s(), 0);
+                while reps < 2 || thread_cpu_s() - t0 < 0.2 {
+                    quantize_rows(dt, &src, &mut dst, *n_per_row, w).unwrap();
+                    reps += 1;
+                }
+                rows_s = rows_s.max((reps * nrows) as f64 / (thread_cpu_s() - t0));
+            }
+            eprintln!(
+                "cria {dt:7} imatrix {:5}: {rows_s:9.0} rows/s of {n_per_row}",
+                w.is_some()
+            );
+        }
+    }
+}
