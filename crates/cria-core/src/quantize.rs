@@ -6,6 +6,9 @@
 //! `quantize_row_*_impl`, `make_qx_quants` with weights, `make_qkx3_quants`, `make_qp_quants`).
 //! IQ4_NL and IQ4_XS always go through `quantize_row_iq4_nl_impl` (weights x^2 without an
 //! importance matrix). Q8_0, F32, F16 and BF16 ignore the importance matrix, as ggml does.
+//! The lattice IQ types (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M) are in
+//! `quantize_iq.rs`; IQ2_XXS, IQ2_XS and IQ1_S are an error without importance weights
+//! (`ggml_quantize_chunk` asserts on it), the others fall back to ggml's default weights.
 //!
 //! Exactness: every f32 operation is written in ggml's order and without fused multiply-adds.
 //! llama.cpp builds these quantizers into libggml-base, which CMake compiles without `-march`
