@@ -11,6 +11,7 @@ pub mod npy;
 pub mod quant;
 pub mod quant_iq;
 pub mod quantize;
+mod quantize_iq;
 pub mod safetensors;
 pub mod tensor;
 

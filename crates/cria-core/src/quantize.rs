@@ -6,6 +6,9 @@
 //! `quantize_row_*_impl`, `make_qx_quants` with weights, `make_qkx3_quants`, `make_qp_quants`).
 //! IQ4_NL and IQ4_XS always go through `quantize_row_iq4_nl_impl` (weights x^2 without an
 //! importance matrix). Q8_0, F32, F16 and BF16 ignore the importance matrix, as ggml does.
+//! The lattice IQ types (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M) are in
+//! `quantize_iq.rs`; IQ2_XXS, IQ2_XS and IQ1_S are an error without importance weights
+//! (`ggml_quantize_chunk` asserts on it), the others fall back to ggml's default weights.
 //!
 //! Exactness: every f32 operation is written in ggml's order and without fused multiply-adds.
 //! llama.cpp builds these quantizers into libggml-base, which CMake compiles without `-march`
@@ -22,7 +25,7 @@ use crate::quant::{
     BlockQ2_K, BlockQ3_K, BlockQ4_0, BlockQ4_1, BlockQ4_K, BlockQ5_0, BlockQ5_1, BlockQ5_K,
     QuantBlock, GROUP_MAX_EPS, KVALUES_IQ4NL, QK, QK_K,
 };
-use crate::{DType, Error, Result};
+use crate::{quantize_iq, DType, Error, Result};
 use half::f16;
 
 /// Quantizes `src` (whole rows of `n_per_row` values) into `dst` (exactly the bytes `dtype` takes
@@ -104,6 +107,29 @@ pub fn quantize_rows(
                 );
             }
         }),
+        (IQ3_XXS | IQ3_S | IQ2_S | IQ1_M, qw) => {
+            let f = match dtype {
+                IQ3_XXS => quantize_iq::iq3_xxs_row,
+                IQ3_S => quantize_iq::iq3_s_row,
+                IQ2_S => quantize_iq::iq2_s_row,
+                _ => quantize_iq::iq1_m_row,
+            };
+            byte_rows(dtype, src, dst, n_per_row, |x, y| f(x, qw, y))?;
+        }
+        (IQ2_XXS | IQ2_XS | IQ1_S, Some(qw)) => {
+            let f = match dtype {
+                IQ2_XXS => quantize_iq::iq2_xxs_row,
+                IQ2_XS => quantize_iq::iq2_xs_row,
+                _ => quantize_iq::iq1_s_row,
+            };
+            byte_rows(dtype, src, dst, n_per_row, |x, y| f(x, qw, y))?;
+        }
+        // ggml_quantize_chunk asserts that these get an importance matrix.
+        (IQ2_XXS | IQ2_XS | IQ1_S, None) => {
+            return Err(Error::msg(format!(
+                "quantize {dtype}: needs an importance matrix (--imatrix)"
+            )))
+        }
         (Q4_0, Some(qw)) => rows(src, dst, n_per_row, |x, y| legacy_row(x, qw, y, q4_0_block)),
         (Q4_1, Some(qw)) => rows(src, dst, n_per_row, |x, y| legacy_row(x, qw, y, q4_1_block)),
         (Q5_0, Some(qw)) => rows(src, dst, n_per_row, |x, y| legacy_row(x, qw, y, q5_0_block)),
@@ -148,6 +174,13 @@ pub fn can_quantize_rows(dtype: DType) -> bool {
             | Q6_K
             | IQ4_NL
             | IQ4_XS
+            | IQ3_XXS
+            | IQ3_S
+            | IQ2_XXS
+            | IQ2_XS
+            | IQ2_S
+            | IQ1_S
+            | IQ1_M
     )
 }
 
@@ -158,6 +191,24 @@ pub fn can_quantize_rows(dtype: DType) -> bool {
 pub fn needs_imatrix(dtype: DType) -> bool {
     use DType::*;
     matches!(dtype, IQ3_XXS | IQ2_XXS | IQ2_XS | IQ2_S | IQ1_S | IQ1_M)
+}
+
+/// Calls `f` on each row of `src` and that row's bytes in `dst`.
+fn byte_rows(
+    dtype: DType,
+    src: &[f32],
+    dst: &mut [u8],
+    n_per_row: usize,
+    mut f: impl FnMut(&[f32], &mut [u8]),
+) -> Result<()> {
+    let row_bytes = dtype.bytes_for(n_per_row)?;
+    for (x, y) in src
+        .chunks_exact(n_per_row)
+        .zip(dst.chunks_exact_mut(row_bytes))
+    {
+        f(x, y);
+    }
+    Ok(())
 }
 
 /// Calls `f` on each row of `src` and that row's blocks of `B` in `dst` (any alignment).
@@ -205,7 +256,7 @@ fn super_blocks<B>(x: &[f32], qw: &[f32], y: &mut [B], f: fn(&[f32], &[f32], &mu
 
 /// Sum of squares, accumulated in order from 0.
 #[inline]
-fn sum_sq(x: &[f32]) -> f32 {
+pub(crate) fn sum_sq(x: &[f32]) -> f32 {
     let mut s = 0.0f32;
     for &v in x {
         s += v * v;
@@ -235,7 +286,7 @@ fn weights<const N: usize>(x: &[f32], qw: &[f32], sigma2: f32) -> [f32; N] {
 
 /// ggml's `MAX(a, b)` macro (`a > b ? a : b`, which keeps `b` when either is NaN).
 #[inline]
-fn c_max(a: f32, b: f32) -> f32 {
+pub(crate) fn c_max(a: f32, b: f32) -> f32 {
     if a > b {
         a
     } else {
@@ -260,7 +311,7 @@ fn make_qkx3_quants(nmax: i32, x: &[f32], w: &[f32], l: &mut [u8], laux: &mut [u
 /// ggml `make_qp_quants`: quantizes non-negative `x` (the sub-block scales or mins of a k-quant
 /// super-block) to levels 0..=nmax with weights `qw`, a 9-scale search then 5 rounds of
 /// coordinate descent; returns the scale. As in C, `l` is a byte array: a negative level wraps.
-fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> f32 {
+pub(crate) fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> f32 {
     let n = x.len();
     let mut max = 0.0f32;
     for &v in x {
@@ -645,7 +696,10 @@ mod tests {
         assert!(quantize_rows(DType::Q4_K, &x[..200], &mut out, 256, None).is_err());
         assert!(quantize_rows(DType::Q4_K, &x, &mut out[1..], 256, None).is_err());
         // Types that cannot be made.
-        for dt in [DType::IQ2_XXS, DType::Q8_K, DType::I32] {
+        // IQ2 without an importance matrix (ggml asserts on it).
+        let mut out3 = vec![0u8; DType::IQ2_XXS.bytes_for(256).unwrap()];
+        assert!(quantize_rows(DType::IQ2_XXS, &x, &mut out3, 256, None).is_err());
+        for dt in [DType::Q8_K, DType::I32] {
             assert!(matches!(
                 quantize_rows(dt, &x, &mut out, 256, None),
                 Err(Error::Unsupported(_))

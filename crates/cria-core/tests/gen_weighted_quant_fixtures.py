@@ -33,6 +33,15 @@ output over whole SmolLM2-135M tensors (from the F16 GGUF), with and without the
 SMOL_IMATRIX (a formula, so the Rust side needs no data file); quantize_weighted.rs checks them when
 ref/bench/smollm2-F16.gguf is present and says SKIPPED otherwise.
 
+`--iq` instead writes tests/fixtures/quant_iq.bin (same layout; tests/quantize_iq.rs reads it): the
+lattice IQ types (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M) on awkward rows of 256 and
+512 and the SmolLM2 ffn_down rows, with the three importance matrices, and without one for the types
+ggml quantizes without (IQ3_XXS, IQ3_S, IQ2_S, IQ1_M; ggml_quantize_chunk asserts that IQ2_XXS,
+IQ2_XS and IQ1_S get one).
+
+`--iq-smollm2` instead writes tests/fixtures/quant_iq_smollm2.txt, the same hashes for the lattice
+IQ types over the three ffn_down tensors (with SMOL_IMATRIX, and without where ggml allows it).
+
 `--fma-check` instead compiles ggml-quants.c with `gcc -O3 -march=haswell` (FMA available, so GCC's
 default -ffp-contract=fast fuses a*b+c, as any build with FMA in its baseline would, e.g. aarch64)
 into a scratch library and counts the fixture blocks whose bytes that build changes: the evidence
@@ -138,17 +147,10 @@ def main():
     inputs.append(("smollm2:blk.3.ffn_down", smol_rows("blk.3.ffn_down.weight", [0, 1, 100])))
     inputs.append(("smollm2:blk.0.attn_q", smol_rows("blk.0.attn_q.weight", [0, 7])))
 
-    out = bytearray(b"CRWQ" + struct.pack("<I", 1))
-    out += struct.pack("<I", len(inputs))
-    for name, x in inputs:
-        out += s(name) + struct.pack("<II", x.shape[1], x.shape[0]) + x.astype("<f4").tobytes()
     imats = []
     for i, (_, x) in enumerate(inputs):
         for name, w in imatrices(rng, x.shape[1]):
             imats.append((name, i, w))
-    out += struct.pack("<I", len(imats))
-    for name, i, w in imats:
-        out += s(name) + struct.pack("<I", i) + w.astype("<f4").tobytes()
 
     cases = []
     for i, (name, x) in enumerate(inputs):
@@ -159,11 +161,43 @@ def main():
             vs = variants[:2] if qtype in IGNORES_WEIGHTS else variants
             for k, w in vs:
                 cases.append((i, k, qtype, quantize(chunk, qtype, x, w)))
+    write_fixture(OUT, inputs, imats, cases)
+
+
+IQ_TYPES = [T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S, T.IQ1_M]
+IQ_NO_IMATRIX = (T.IQ3_XXS, T.IQ3_S, T.IQ2_S, T.IQ1_M)
+IQ_OUT = HERE / "fixtures" / "quant_iq.bin"
+
+
+def iq_main():
+    chunk = load_chunk()
+    rng = np.random.default_rng(20261208)
+    inputs = [(f"awkward-{n}", awkward_rows(rng, n)) for n in (256, 512)]
+    inputs.append(("smollm2:blk.3.ffn_down", smol_rows("blk.3.ffn_down.weight", [0, 1, 100])))
+    imats = [(name, i, w) for i, (_, x) in enumerate(inputs) for name, w in imatrices(rng, x.shape[1])]
+    cases = []
+    for i, (_, x) in enumerate(inputs):
+        variants = [(k, w) for k, (_, j, w) in enumerate(imats) if j == i]
+        for qtype in IQ_TYPES:
+            vs = ([(NONE, None)] if qtype in IQ_NO_IMATRIX else []) + variants
+            for k, w in vs:
+                cases.append((i, k, qtype, quantize(chunk, qtype, x, w)))
+    write_fixture(IQ_OUT, inputs, imats, cases)
+
+
+def write_fixture(path, inputs, imats, cases):
+    out = bytearray(b"CRWQ" + struct.pack("<I", 1))
+    out += struct.pack("<I", len(inputs))
+    for name, x in inputs:
+        out += s(name) + struct.pack("<II", x.shape[1], x.shape[0]) + x.astype("<f4").tobytes()
+    out += struct.pack("<I", len(imats))
+    for name, i, w in imats:
+        out += s(name) + struct.pack("<I", i) + w.astype("<f4").tobytes()
     out += struct.pack("<I", len(cases))
     for i, k, qtype, b in cases:
         out += struct.pack("<IIII", i, k, int(qtype), len(b)) + b
-    OUT.write_bytes(out)
-    print(f"{OUT}: {len(out)} bytes, {len(inputs)} inputs, {len(imats)} imatrices, {len(cases)} cases")
+    path.write_bytes(out)
+    print(f"{path}: {len(out)} bytes, {len(inputs)} inputs, {len(imats)} imatrices, {len(cases)} cases")
 
 
 def read_fixture():
@@ -209,6 +243,9 @@ SMOL_K = (["blk.0.ffn_down.weight", "blk.10.ffn_down.weight", "blk.29.ffn_down.w
 SMOL_32 = (["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.29.ffn_gate.weight"],
            [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL])
 SMOL_OUT = HERE / "fixtures" / "quant_weighted_smollm2.txt"
+# --iq-smollm2: the lattice IQ types need rows of whole 256-blocks too
+SMOL_IQ_NAMES = SMOL_K[0]
+SMOL_IQ_OUT = HERE / "fixtures" / "quant_iq_smollm2.txt"
 
 
 def smol_imatrix(n):
@@ -220,22 +257,25 @@ def smol_imatrix(n):
     return w
 
 
-def smollm2_hashes():
+def smollm2_hashes(iq=False):
     import hashlib
     chunk = load_chunk()
     r = GGUFReader(str(REF / "bench" / "smollm2-F16.gguf"))
     tensors = {t.name: t for t in r.tensors}
     lines = []
-    for names, types in (SMOL_K, SMOL_32):
+    for names, types in ([(SMOL_IQ_NAMES, IQ_TYPES)] if iq else (SMOL_K, SMOL_32)):
         for name in names:
             t = tensors[name]
             x = np.ascontiguousarray(np.asarray(t.data).astype(np.float32))
             for qtype in types:
                 for imat in (None, smol_imatrix(x.shape[1])):
+                    if iq and imat is None and qtype not in IQ_NO_IMATRIX:
+                        continue
                     h = hashlib.sha256(quantize(chunk, qtype, x, imat)).hexdigest()
                     lines.append(f"{name} {qtype.name} {int(imat is not None)} {h}")
-    SMOL_OUT.write_text("".join(line + "\n" for line in lines))
-    print(f"{SMOL_OUT}: {len(lines)} hashes")
+    out = SMOL_IQ_OUT if iq else SMOL_OUT
+    out.write_text("".join(line + "\n" for line in lines))
+    print(f"{out}: {len(lines)} hashes")
 
 
 def fma_check():
@@ -272,4 +312,5 @@ def fma_check():
 
 
 if __name__ == "__main__":
-    {"--fma-check": fma_check, "--smollm2": smollm2_hashes}.get(sys.argv[1] if sys.argv[1:] else "", main)()
+    {"--fma-check": fma_check, "--smollm2": smollm2_hashes, "--iq": iq_main,
+     "--iq-smollm2": lambda: smollm2_hashes(iq=True)}.get(sys.argv[1] if sys.argv[1:] else "", main)()

@@ -5,182 +5,22 @@
 
 use cria_core::quantize::{can_quantize_rows, quantize_rows};
 use cria_core::DType;
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-/// Splits `n` bytes off the front of `b`.
-fn take<'a>(b: &mut &'a [u8], n: usize) -> &'a [u8] {
-    let (head, rest) = b.split_at(n);
-    *b = rest;
-    head
-}
-
-fn le_u32(b: &mut &[u8]) -> u32 {
-    u32::from_le_bytes(take(b, 4).try_into().unwrap())
-}
-
-fn string(b: &mut &[u8]) -> String {
-    let n = le_u32(b) as usize;
-    String::from_utf8(take(b, n).to_vec()).expect("utf-8 name")
-}
-
-fn floats(b: &mut &[u8], n: usize) -> Vec<f32> {
-    let raw = take(b, 4 * n);
-    (0..n)
-        .map(|i| f32::from_le_bytes(raw[4 * i..4 * i + 4].try_into().unwrap()))
-        .collect()
-}
-
-struct Input {
-    name: String,
-    n_per_row: usize,
-    data: Vec<f32>,
-}
-
-struct Imatrix {
-    name: String,
-    input: usize,
-    w: Vec<f32>,
-}
-
-struct Case<'a> {
-    input: usize,
-    imatrix: Option<usize>,
-    dtype: DType,
-    want: &'a [u8],
-}
-
-struct Fixture<'a> {
-    inputs: Vec<Input>,
-    imatrices: Vec<Imatrix>,
-    cases: Vec<Case<'a>>,
-}
-
-fn parse(data: &[u8]) -> Fixture<'_> {
-    let r = &mut &data[..];
-    assert_eq!(take(r, 4), b"CRWQ");
-    assert_eq!(le_u32(r), 1, "fixture version");
-    let mut inputs = Vec::new();
-    for _ in 0..le_u32(r) {
-        let name = string(r);
-        let (n_per_row, nrows) = (le_u32(r) as usize, le_u32(r) as usize);
-        let data = floats(r, n_per_row * nrows);
-        inputs.push(Input {
-            name,
-            n_per_row,
-            data,
-        });
-    }
-    let mut imatrices = Vec::new();
-    for _ in 0..le_u32(r) {
-        let name = string(r);
-        let input = le_u32(r) as usize;
-        let n = inputs[input].n_per_row;
-        imatrices.push(Imatrix {
-            name,
-            input,
-            w: floats(r, n),
-        });
-    }
-    let mut cases = Vec::new();
-    for _ in 0..le_u32(r) {
-        let input = le_u32(r) as usize;
-        let imatrix = Some(le_u32(r))
-            .filter(|&k| k != u32::MAX)
-            .map(|k| k as usize);
-        let dtype = DType::from_ggml(le_u32(r)).expect("ggml type id");
-        let n = le_u32(r) as usize;
-        let want = take(r, n);
-        cases.push(Case {
-            input,
-            imatrix,
-            dtype,
-            want,
-        });
-    }
-    assert!(r.is_empty(), "trailing bytes in the fixture");
-    Fixture {
-        inputs,
-        imatrices,
-        cases,
-    }
-}
-
-impl Fixture<'_> {
-    /// The SmolLM2 ffn_down rows (1536 wide) and their "rand" importance weights.
-    fn ffn_down(&self) -> (&Input, &[f32]) {
-        let k = self
-            .inputs
-            .iter()
-            .position(|i| i.name == "smollm2:blk.3.ffn_down")
-            .expect("SmolLM2 ffn_down rows in the fixture");
-        let im = self
-            .imatrices
-            .iter()
-            .find(|m| m.input == k && m.name == "rand")
-            .expect("their imatrix");
-        (&self.inputs[k], &im.w)
-    }
-}
+mod weighted_common;
+use weighted_common::parse;
 
 fn fixture() -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant_weighted.bin");
-    std::fs::read(&p).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run tests/gen_weighted_quant_fixtures.py)",
-            p.display()
-        )
-    })
-}
-
-/// The first block where `got` and `want` differ, for the failure message.
-fn first_diff(dtype: DType, n_per_row: usize, got: &[u8], want: &[u8]) -> Option<String> {
-    let ts = dtype.type_size();
-    let per_row = n_per_row / dtype.block_size();
-    let i = got.iter().zip(want).position(|(g, w)| g != w)?;
-    let b = i / ts;
-    Some(format!(
-        "row {} block {} (byte {} of the block): got {:02x?}, want {:02x?}",
-        b / per_row,
-        b % per_row,
-        i % ts,
-        &got[b * ts..(b + 1) * ts],
-        &want[b * ts..(b + 1) * ts]
-    ))
+    weighted_common::fixture("quant_weighted.bin")
 }
 
 #[test]
 fn quantize_rows_matches_ggml_quantize_chunk() {
     let data = fixture();
     let fx = parse(&data);
-    let mut per_type: BTreeMap<(String, bool), usize> = BTreeMap::new();
-    let mut failures = Vec::new();
-    for c in &fx.cases {
-        let input = &fx.inputs[c.input];
-        let imatrix = c.imatrix.map(|k| fx.imatrices[k].w.as_slice());
-        let what = format!(
-            "{} {} imatrix {}",
-            c.dtype,
-            input.name,
-            c.imatrix.map_or("none", |k| &fx.imatrices[k].name)
-        );
-        assert!(can_quantize_rows(c.dtype), "{what}");
-        // An aligned output buffer, and one at an odd address (the copy-per-row path).
-        let mut buf = vec![0u64; c.want.len().div_ceil(8) + 1];
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
-        for off in [0usize, 1] {
-            let got = &mut bytes[off..off + c.want.len()];
-            got.fill(0xAA);
-            quantize_rows(c.dtype, &input.data, got, input.n_per_row, imatrix)
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
-            if let Some(d) = first_diff(c.dtype, input.n_per_row, got, c.want) {
-                failures.push(format!("{what} (offset {off}): {d}"));
-            }
-        }
-        *per_type
-            .entry((c.dtype.name().to_string(), c.imatrix.is_some()))
-            .or_default() += 1;
-    }
+    let (per_type, failures) = fx.check(|t| {
+        assert!(can_quantize_rows(t), "{t}");
+        true
+    });
     eprintln!("checked (type, with imatrix) -> cases: {per_type:?}");
     assert!(
         failures.is_empty(),
@@ -229,12 +69,6 @@ fn quantize_rows_is_the_same_from_many_threads() {
     }
 }
 
-/// CPU seconds this thread has run (Linux: /proc/thread-self/schedstat, nanoseconds first).
-fn thread_cpu_s() -> f64 {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("Linux schedstat");
-    s.split_whitespace().next().unwrap().parse::<u64>().unwrap() as f64 * 1e-9
-}
-
 /// Throughput of the weighted quantizers on real rows (SmolLM2 ffn_down, 1536 wide, tiled to 512
 /// rows), one thread, best of 7 runs per CPU second. Not a timed assertion: run with
 /// `cargo test --profile ci -p cria-core --test quantize_weighted bench -- --ignored --nocapture`
@@ -244,16 +78,7 @@ fn thread_cpu_s() -> f64 {
 fn bench_rows_per_second() {
     let data = fixture();
     let fx = parse(&data);
-    let (input, imatrix) = fx.ffn_down();
-    let (n_per_row, data) = (&input.n_per_row, &input.data);
-    let nrows = 512;
-    let src: Vec<f32> = data
-        .iter()
-        .copied()
-        .cycle()
-        .take(nrows * n_per_row)
-        .collect();
-    for dt in [
+    let types = [
         DType::Q4_K,
         DType::Q6_K,
         DType::Q5_K,
@@ -261,39 +86,8 @@ fn bench_rows_per_second() {
         DType::Q2_K,
         DType::IQ4_XS,
         DType::Q4_0,
-    ] {
-        for w in [None, Some(imatrix)] {
-            let mut dst = vec![0u8; dt.bytes_for(src.len()).unwrap()];
-            // Best of 7 runs of 0.2 s of this thread's CPU time (the machine is shared: wall
-            // time would count other processes' turns).
-            let mut rows_s = 0f64;
-            for _ in 0..7 {
-                let (t0, mut reps) = (thread_cpu_s(), 0);
-                while reps < 2 || thread_cpu_s() - t0 < 0.2 {
-                    quantize_rows(dt, &src, &mut dst, *n_per_row, w).unwrap();
-                    reps += 1;
-                }
-                rows_s = rows_s.max((reps * nrows) as f64 / (thread_cpu_s() - t0));
-            }
-            eprintln!(
-                "cria {dt:7} imatrix {:5}: {rows_s:9.0} rows/s of {n_per_row}",
-                w.is_some()
-            );
-        }
-    }
-}
-
-/// gen_weighted_quant_fixtures.py `smol_imatrix`: exact in f32 on both sides.
-fn smol_imatrix(n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|j| {
-            if j % 11 == 0 {
-                0.0
-            } else {
-                ((j * 7919) % 1009) as f32 / 64.0
-            }
-        })
-        .collect()
+    ];
+    weighted_common::bench_rows_per_second(&fx, &types, |_| true);
 }
 
 /// Whole SmolLM2-135M tensors (F16 GGUF), quantized with and without importance weights, against
@@ -302,52 +96,7 @@ fn smol_imatrix(n: usize) -> Vec<f32> {
 /// Needs ref/bench/smollm2-F16.gguf (not in a clean checkout): skipped loudly without it.
 #[test]
 fn smollm2_whole_tensors_match_ggml_hashes() {
-    use sha2::{Digest, Sha256};
-    let dir = std::env::var_os("CRIA_REF_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ref")));
-    let path = dir.join("bench/smollm2-F16.gguf");
-    if !path.is_file() {
-        eprintln!(
-            "SKIPPED: {} is missing (set CRIA_REF_DIR); whole-tensor hashes not checked",
-            path.display()
-        );
-        return;
+    if let Some(checked) = weighted_common::check_smollm2_hashes("quant_weighted_smollm2.txt") {
+        assert!(checked >= 72, "only {checked} hashes listed");
     }
-    let f = cria_core::gguf::GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant_weighted_smollm2.txt");
-    let list = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let (mut checked, mut failures) = (0, Vec::new());
-    let mut cache: Option<(String, Vec<f32>, usize)> = None;
-    for line in list.lines() {
-        let [name, ty, weighted, want] = line.split(' ').collect::<Vec<_>>()[..] else {
-            panic!("bad line {line:?}");
-        };
-        if cache.as_ref().map_or(true, |c| c.0 != name) {
-            let t = f
-                .tensor(name)
-                .unwrap_or_else(|| panic!("{name} not in the model"));
-            let mut x = vec![0f32; t.rows() * t.cols()];
-            for (r, row) in x.chunks_exact_mut(t.cols()).enumerate() {
-                t.dequantize_row(r, row).unwrap();
-            }
-            cache = Some((name.to_string(), x, t.cols()));
-        }
-        let (_, x, cols) = cache.as_ref().unwrap();
-        let dt = DType::from_name(ty).unwrap();
-        let imatrix = (weighted == "1").then(|| smol_imatrix(*cols));
-        let mut out = vec![0u8; dt.bytes_for(x.len()).unwrap()];
-        quantize_rows(dt, x, &mut out, *cols, imatrix.as_deref()).unwrap();
-        let got: String = Sha256::digest(&out)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if got != want {
-            failures.push(format!("{name} {ty} imatrix {weighted}"));
-        }
-        checked += 1;
-    }
-    assert!(checked >= 72, "only {checked} hashes listed");
-    assert!(failures.is_empty(), "differ from ggml: {failures:?}");
 }
