@@ -115,13 +115,6 @@ fn check_output(label: &str, out: &Path, want: &Json) {
     );
 }
 
-/// Quantizers another part of cria makes (cria_core::quantize: IQ types, and every type with
-/// importance weights): until they land, cria refuses them as unsupported before writing anything,
-/// which is reported as SKIPPED, never passed silently; once they land these runs are checked.
-fn pending(ty: &str, weighted: bool) -> bool {
-    ty.starts_with("IQ") || weighted
-}
-
 /// `--imatrix FILE` of a fixture, read as `cria quantize --imatrix` reads it.
 fn imatrix_input(arg: &str) -> ImatrixInput<'static> {
     let im = std::sync::Arc::new(Imatrix::read(&repo().join(arg)).unwrap());
@@ -135,8 +128,8 @@ fn imatrix_input(arg: &str) -> ImatrixInput<'static> {
     }
 }
 
-/// Runs every TYPE of one fixture; returns (checked, pending) counts.
-fn check_model(name: &str, threads: Option<usize>) -> Option<(usize, usize)> {
+/// Runs every TYPE of one fixture; returns how many were checked.
+fn check_model(name: &str, threads: Option<usize>) -> Option<usize> {
     let doc: Json = serde_json::from_slice(
         &std::fs::read(repo().join(format!("tests/fixtures/quantize/{name}.json"))).unwrap(),
     )
@@ -178,7 +171,7 @@ fn check_model(name: &str, threads: Option<usize>) -> Option<(usize, usize)> {
         .position(|&a| a == "--imatrix")
         .map(|i| args[i + 1]);
     let src = GgufSource::open(&path).unwrap();
-    let (mut checked, mut skipped) = (0, 0);
+    let mut checked = 0;
     for run in doc["runs"].as_array().unwrap() {
         let ty = run["type"].as_str().unwrap();
         let mut opts = Options::new(Ftype::parse(ty).unwrap());
@@ -206,14 +199,6 @@ fn check_model(name: &str, threads: Option<usize>) -> Option<(usize, usize)> {
             continue;
         }
         match res {
-            Err(cria_core::Error::Unsupported(e)) if pending(ty, imatrix.is_some()) => {
-                eprintln!("SKIPPED: {label}: {e} (its quantizer is not in cria_core yet)");
-                assert!(
-                    !out.exists() && !partial(&out).exists(),
-                    "{label}: output left behind"
-                );
-                skipped += 1;
-            }
             Err(e) => panic!("{label}: {e}"),
             Ok(report) => {
                 check_output(&label, &out, &run["result"]);
@@ -223,13 +208,13 @@ fn check_model(name: &str, threads: Option<usize>) -> Option<(usize, usize)> {
             }
         }
     }
-    Some((checked, skipped))
+    Some(checked)
 }
 
 fn all_types_checked(name: &str) {
-    let (checked, pending) = check_model(name, None).unwrap();
-    eprintln!("{name}: {checked} types identical to llama-quantize, {pending} pending");
-    assert!(checked >= 18, "{name}: only {checked} types checked");
+    let checked = check_model(name, None).unwrap();
+    eprintln!("{name}: {checked} types identical to llama-quantize");
+    assert_eq!(checked, 20, "{name}");
 }
 
 #[test]
@@ -257,19 +242,17 @@ fn tiny_llama3_256_same_bytes_on_1_and_3_threads() {
 
 #[test]
 fn smollm2_q4_1_requantized_matches_llama_quantize() {
-    if let Some((checked, pending)) = check_model("smollm2-q4_1", None) {
-        eprintln!("smollm2: {checked} types identical to llama-quantize, {pending} pending");
-        assert!(checked >= 6);
+    if let Some(checked) = check_model("smollm2-q4_1", None) {
+        eprintln!("smollm2: {checked} types identical to llama-quantize");
+        assert_eq!(checked, 7);
     }
 }
 
 #[test]
 fn tiny_llama3_256_with_imatrix_matches_llama_quantize() {
-    let (checked, pending) = check_model("tiny-llama3-256-imatrix", None).unwrap();
-    eprintln!(
-        "tiny-llama3-256 + imatrix: {checked} types identical to llama-quantize, {pending} pending"
-    );
-    assert_eq!(checked + pending, 27);
+    let checked = check_model("tiny-llama3-256-imatrix", None).unwrap();
+    eprintln!("tiny-llama3-256 + imatrix: {checked} types identical to llama-quantize");
+    assert_eq!(checked, 27);
 }
 
 /// --pure, --output-tensor-type and --token-embedding-type, on tied and untied models.
@@ -281,8 +264,8 @@ fn mix_options_match_llama_quantize() {
         ("tiny-llama3-256-output-type", 2),
         ("tiny-llama3-256-embd-type", 2),
     ] {
-        let (checked, pending) = check_model(name, None).unwrap();
-        eprintln!("{name}: {checked} types identical to llama-quantize, {pending} pending");
-        assert_eq!((checked, pending), (runs, 0), "{name}");
+        let checked = check_model(name, None).unwrap();
+        eprintln!("{name}: {checked} types identical to llama-quantize");
+        assert_eq!(checked, runs, "{name}");
     }
 }

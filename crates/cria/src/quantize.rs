@@ -17,7 +17,8 @@ pub struct QuantizeArgs {
     /// The GGUF file to write (as OUT.partial until complete).
     pub output: PathBuf,
     /// Target type, as llama-quantize names it: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K
-    /// Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS (any case).
+    /// Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS, and with
+    /// --imatrix IQ3_XXS IQ3_XS IQ3_S IQ3_M IQ2_XXS IQ2_XS IQ2_S IQ2_M IQ1_S IQ1_M (any case).
     #[arg(value_name = "TYPE")]
     pub ftype: String,
     /// An importance matrix (llama.cpp's imatrix GGUF) to steer the rounding.
