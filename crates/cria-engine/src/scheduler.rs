@@ -635,7 +635,12 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
                 Some(t) => std::slice::from_ref(t),
                 None => &a.prompt[pos..pos + n],
             };
-            seqs.push(SeqStep { tokens, pos, kv });
+            seqs.push(SeqStep {
+                tokens,
+                pos,
+                kv,
+                lora: &[],
+            });
         }
         let (m, b, metrics) = (self.m, self.b, &self.metrics);
         let res = run_forward(m, b, &mut seqs, &mut self.scratch, Logits::Last, metrics);
@@ -708,6 +713,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
                 tokens: &e.job.input[e.pos..e.pos + n],
                 pos: e.pos,
                 kv,
+                lora: &[],
             });
         }
         let (m, b, metrics) = (self.m, self.b, &self.metrics);

@@ -105,6 +105,23 @@ pub trait Backend: Send + Sync + Sized {
         ws: [&Self::Matrix; N],
         t: usize,
     );
+    /// Rows `rows` of `out` (width `rows_of_w`) = the same rows of x (width `cols_of_w`) @ w^T:
+    /// one sequence's part of a batch through its own matrix (an adapter's replacement head).
+    fn matmul_rows(&self, out: &mut Self::Buf, x: &Self::Buf, rows: Rows, w: &Self::Matrix);
+    /// A LoRA pair's term on rows `rows`: out (width `ad.rows`) += scale * (x (width `ad.cols`)
+    /// @ ad.a^T) @ ad.b^T. `tmp` holds at least `rows.len() * ad.rank` values, `tmp2` at least
+    /// `ad.rows` (the up projection runs in as many rows at a time as it holds).
+    #[allow(clippy::too_many_arguments)]
+    fn lora(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        rows: Rows,
+        ad: &crate::LoraAdapter<Self>,
+        scale: f32,
+        tmp: &mut Self::Buf,
+        tmp2: &mut Self::Buf,
+    );
     /// Rows 0..t of x (rows of `bias.len()`) += bias.
     fn add_bias(&self, x: &mut Self::Buf, bias: &Self::Buf, t: usize);
     /// In place on `rows` of x (rows of n_heads * head_dim); row `rows.start` is at position

@@ -1,11 +1,12 @@
-//! A weight matrix of the model: the base as the backend prepared it, what the file had (for
-//! sizes and reports), and the room for low-rank adapters.
+//! A weight matrix of the model: the base as the backend prepared it and what the file had (for
+//! sizes and reports); a low-rank adapter pair over one.
 
 use crate::Backend;
 use cria_core::{DType, Tensor};
 
 /// One weight matrix (rows = out_features, cols = in_features). The forward multiplies by it
-/// in one place (`cria_model::forward`'s `project`), where the adapters' term is added.
+/// in one place (`cria_model::forward`'s `project`), where the sequences' adapters' terms are
+/// added.
 pub struct Weight<B: Backend> {
     /// The base matrix in its file's dtype, as `Backend::prepare` made it (CPU: the tensor,
     /// with its repacked copy if the backend made one; CUDA: uploaded).
@@ -17,27 +18,26 @@ pub struct Weight<B: Backend> {
     pub cols: usize,
     /// Bytes of the base in the file's type.
     pub byte_len: usize,
-    /// Low-rank adapters added to the base's product, in order; empty: the base alone. Filled
-    /// by the adapters issue (per request, or merged into the base at load).
-    pub adapters: Vec<LoraAdapter<B>>,
 }
 
-/// A low-rank adapter (LoRA) of a weight W (rows, cols): the product becomes
+/// A low-rank adapter (LoRA) pair over a weight W (rows, cols): the product becomes
 /// `x @ W^T + scale * (x @ a^T) @ b^T`, i.e. W + scale * b @ a, with `a` (rank, cols) and `b`
-/// (rows, rank), usually in f32 or f16 over a frozen (possibly quantized) base. Not applied yet:
-/// the adapters issue adds the term where the forward multiplies by a `Weight`, and a training
-/// backend keeps their gradients.
+/// (rows, rank), in f32 over a frozen (possibly quantized) base (`Backend::lora`).
 pub struct LoraAdapter<B: Backend> {
     /// The down projection, (rank, cols).
     pub a: B::Matrix,
     /// The up projection, (rows, rank).
     pub b: B::Matrix,
-    /// alpha / rank.
+    pub rank: usize,
+    /// The base's shape.
+    pub rows: usize,
+    pub cols: usize,
+    /// The file's factor (alpha / rank, or alpha / sqrt(rank) with rslora).
     pub scale: f32,
 }
 
 impl<B: Backend> Weight<B> {
-    /// `t` (checked by the loader) prepared by `backend`, without adapters.
+    /// `t` (checked by the loader) prepared by `backend`.
     pub fn prepare(backend: &B, t: Tensor) -> cria_core::Result<Self> {
         let info = Info::of(&t);
         Ok(info.with(backend.prepare(t)?))
@@ -87,7 +87,6 @@ impl Info {
             rows: self.rows,
             cols: self.cols,
             byte_len: self.byte_len,
-            adapters: Vec::new(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The LLaMA forward pass: one function over preallocated buffers and a preallocated KV cache.
 
+use crate::lora::{ActiveLora, Target, MAX_LORA_RANK};
 use crate::model::Model;
 use cria_core::{Error, Result};
 use cria_kernels::{AttnShape, Backend, CpuBackend, KvType, Rows, Weight};
@@ -85,12 +86,13 @@ pub enum Logits {
     Hidden,
 }
 
-/// One sequence's part of a batched forward: its new tokens, the position of the first, and its
-/// own KV cache.
+/// One sequence's part of a batched forward: its new tokens, the position of the first, its
+/// own KV cache, and the LoRA adapters it runs with (empty: the base model).
 pub struct SeqStep<'a, B: Backend = CpuBackend> {
     pub tokens: &'a [u32],
     pub pos: usize,
     pub kv: &'a mut KvCache<B>,
+    pub lora: &'a [ActiveLora<B>],
 }
 
 /// Called after each op with (name as llama.cpp's graph names it, layer, values): debug dumps of
@@ -125,6 +127,10 @@ pub struct Scratch<B: Backend = CpuBackend> {
     pub k: B::Buf,
     pub v: B::Buf,
     pub logits: B::Buf, // (T or n_seqs, vocab)
+    /// LoRA scratch: the down-projected rows (ubatch, MAX_LORA_RANK), and rows of an up
+    /// projection (at least one row of the widest product).
+    pub lora_down: B::Buf,
+    pub lora_up: B::Buf,
     /// The logits or hidden states of the last call, read back to the host (CPU: nothing).
     out: B::Host,
     n_logits: usize,
@@ -181,6 +187,8 @@ impl<B: Backend> Scratch<B> {
             k: alloc(u * c.kv_dim())?,
             v: alloc(u * c.kv_dim())?,
             logits: alloc(n_logits)?,
+            lora_down: alloc(u.max(max_seqs) * MAX_LORA_RANK)?,
+            lora_up: alloc((u * c.ffn_dim.max(c.q_dim()).max(c.dim)).max(c.vocab_size))?,
             out: B::alloc_host(&m.device, n_logits.max(u * c.dim))?,
             n_logits: 0,
             n_hidden: 0,
@@ -235,7 +243,18 @@ pub fn forward<B: Backend>(
     s: &mut Scratch<B>,
     mode: Logits,
 ) -> Result<()> {
-    forward_batch(m, b, &mut [SeqStep { tokens, pos, kv }], s, mode)
+    forward_batch(
+        m,
+        b,
+        &mut [SeqStep {
+            tokens,
+            pos,
+            kv,
+            lora: &[],
+        }],
+        s,
+        mode,
+    )
 }
 
 /// Several sequences' new tokens in one pass: every weight matrix is read once for all of them
@@ -306,6 +325,7 @@ pub fn forward_batch<B: Backend>(
             tokens: &q.tokens[c0..c1],
             pos: q.pos + c0,
             kv: &mut *q.kv,
+            lora: q.lora,
         };
         step(m, b, &mut [part], s, (c1 == t).then_some(Logits::Last))?;
         c0 = c1;
@@ -313,25 +333,68 @@ pub fn forward_batch<B: Backend>(
     Ok(())
 }
 
+/// What `project` needs to add the sequences' LoRA terms: each sequence's rows of this
+/// product and its adapters, the layer, and the scratch for the low-rank products.
+struct LoraRows<'a, 'b, B: Backend> {
+    seqs: &'a [SeqStep<'b, B>],
+    /// The product's rows are one per sequence (its last token: the output head under
+    /// `Logits::Last`), not one per token.
+    last_only: bool,
+    layer: Option<usize>,
+    down: &'a mut B::Buf,
+    up: &'a mut B::Buf,
+}
+
 /// The one place the forward multiplies by weights: outs[i] (t, ws[i].rows) = x (t, cols) @
-/// ws[i]^T, as one `matmul` or one `matmul_many` job. The adapters issue adds each weight's
-/// low-rank term (`Weight::adapters`, empty today) here.
+/// ws[i]^T, as one `matmul` or one `matmul_many` job for the whole batch; then, per sequence,
+/// the low-rank term of each of its adapters over `targets[i]`, on its own rows (none: nothing
+/// more is done, and the base's results are bit for bit those without adapters).
 fn project<B: Backend, const N: usize>(
     b: &B,
     outs: [&mut B::Buf; N],
     x: &B::Buf,
     ws: [&Weight<B>; N],
     t: usize,
+    lora: &mut LoraRows<B>,
+    targets: [Target; N],
 ) {
-    debug_assert!(
-        ws.iter().all(|w| w.adapters.is_empty()),
-        "LoRA adapters are not applied yet"
-    );
+    let mut outs = outs;
     if N == 1 {
-        let out = outs.into_iter().next().expect("one output");
-        b.matmul(out, x, &ws[0].base, t)
+        b.matmul(&mut *outs[0], x, &ws[0].base, t)
     } else {
-        b.matmul_many(outs, x, ws.map(|w| &w.base), t)
+        b.matmul_many(outs.each_mut().map(|o| &mut **o), x, ws.map(|w| &w.base), t)
+    }
+    lora_terms(b, &mut outs, x, lora, targets, None);
+}
+
+/// The adapters' terms of `project` (only sequence `only`'s, if given).
+fn lora_terms<B: Backend, const N: usize>(
+    b: &B,
+    outs: &mut [&mut B::Buf; N],
+    x: &B::Buf,
+    lora: &mut LoraRows<B>,
+    targets: [Target; N],
+    only: Option<usize>,
+) {
+    let LoraRows {
+        seqs,
+        last_only,
+        layer,
+        down,
+        up,
+    } = lora;
+    for (i, (r, q)) in seq_rows(seqs).zip(seqs.iter()).enumerate() {
+        if q.lora.is_empty() || only.is_some_and(|o| o != i) {
+            continue;
+        }
+        let r = if *last_only { Rows::new(i, i + 1) } else { r };
+        for al in q.lora {
+            for (out, &target) in outs.iter_mut().zip(&targets) {
+                if let Some(p) = al.lora.pair(target, *layer) {
+                    b.lora(out, x, r, p, al.scale * p.scale, down, up);
+                }
+            }
+        }
     }
 }
 
@@ -366,6 +429,8 @@ fn step<B: Backend>(
         k,
         v,
         logits,
+        lora_down,
+        lora_up,
         probe,
         ..
     } = s;
@@ -391,9 +456,25 @@ fn step<B: Backend>(
         scale: 1.0 / (c.head_dim as f32).sqrt(),
     };
     for (q, r) in seqs.iter().zip(seq_rows(seqs)) {
-        b.embed(x, r, &w.token_embd.base, q.tokens);
+        // An adapter's own embedding table (PEFT modules_to_save), else the base's.
+        let table = q.lora.iter().find_map(|a| a.lora.token_embd.as_ref());
+        b.embed(x, r, &table.unwrap_or(&w.token_embd).base, q.tokens);
     }
     probe!("embd", 0, x, t * dim);
+    let any_lora = seqs.iter().any(|q| !q.lora.is_empty());
+    // The LoRA context of one product: the batch's sequences (none when no sequence has an
+    // adapter, so the base path is untouched), the layer, the scratch.
+    macro_rules! lora {
+        ($seqs:expr, $layer:expr, $last:expr) => {
+            &mut LoraRows {
+                seqs: if any_lora { $seqs } else { &[] },
+                last_only: $last,
+                layer: $layer,
+                down: &mut *lora_down,
+                up: &mut *lora_up,
+            }
+        };
+    }
     for (l, lw) in w.layers.iter().enumerate() {
         // h = x + W_o attn(rope(W_q n), rope(W_k n), W_v n), n = rmsnorm(x)
         b.rmsnorm(xb, x, &lw.attn_norm, c.norm_eps, t);
@@ -404,6 +485,8 @@ fn step<B: Backend>(
             xb,
             [&lw.attn_q, &lw.attn_k, &lw.attn_v],
             t,
+            lora!(seqs, Some(l), false),
+            [Target::Q, Target::K, Target::V],
         );
         bias(q_up, &lw.attn_q_bias);
         bias(k, &lw.attn_k_bias);
@@ -435,7 +518,15 @@ fn step<B: Backend>(
         probe!("Qcur", l, q_up, t * qd);
         probe!("Kcur", l, k, t * kvd);
         probe!("kqv_out", l, att, t * qd);
-        project(b, [&mut *xb], att, [&lw.attn_output], t);
+        project(
+            b,
+            [&mut *xb],
+            att,
+            [&lw.attn_output],
+            t,
+            lora!(seqs, Some(l), false),
+            [Target::O],
+        );
         bias(xb, &lw.attn_output_bias);
         probe!("attn_out", l, xb, t * dim);
         b.add_assign(x, xb, t, dim);
@@ -443,14 +534,30 @@ fn step<B: Backend>(
         probe!("ffn_inp", l, x, t * dim);
         b.rmsnorm(xb, x, &lw.ffn_norm, c.norm_eps, t);
         probe!("ffn_norm", l, xb, t * dim);
-        project(b, [&mut *hb, &mut *q_up], xb, [&lw.ffn_gate, &lw.ffn_up], t);
+        project(
+            b,
+            [&mut *hb, &mut *q_up],
+            xb,
+            [&lw.ffn_gate, &lw.ffn_up],
+            t,
+            lora!(seqs, Some(l), false),
+            [Target::Gate, Target::Up],
+        );
         bias(hb, &lw.ffn_gate_bias);
         bias(q_up, &lw.ffn_up_bias);
         probe!("ffn_gate", l, hb, t * ffn);
         probe!("ffn_up", l, q_up, t * ffn);
         b.silu_mul(hb, q_up, t, ffn);
         probe!("ffn_swiglu", l, hb, t * ffn);
-        project(b, [&mut *xb], hb, [&lw.ffn_down], t);
+        project(
+            b,
+            [&mut *xb],
+            hb,
+            [&lw.ffn_down],
+            t,
+            lora!(seqs, Some(l), false),
+            [Target::Down],
+        );
         bias(xb, &lw.ffn_down_bias);
         probe!("ffn_out", l, xb, t * dim);
         b.add_assign(x, xb, t, dim);
@@ -482,7 +589,35 @@ fn step<B: Backend>(
         s.n_hidden = n * dim;
         return Ok(());
     }
-    project(b, [&mut *logits], xb, [&w.output], n);
+    let last = mode == Logits::Last;
+    project(
+        b,
+        [&mut *logits],
+        xb,
+        [&w.output],
+        n,
+        lora!(seqs, None, last),
+        [Target::Output],
+    );
+    // A sequence whose adapter brings its own head (PEFT modules_to_save): its rows again,
+    // through that head, plus its adapters' terms on the output.
+    if any_lora {
+        for (i, (q, r)) in seqs.iter().zip(seq_rows(seqs)).enumerate() {
+            if let Some(head) = q.lora.iter().find_map(|a| a.lora.output_replace.as_ref()) {
+                let r = if last { Rows::new(i, i + 1) } else { r };
+                b.matmul_rows(logits, xb, r, &head.base);
+                let mut outs = [&mut *logits];
+                lora_terms(
+                    b,
+                    &mut outs,
+                    xb,
+                    lora!(seqs, None, last),
+                    [Target::Output],
+                    Some(i),
+                );
+            }
+        }
+    }
     b.read_back(logits, n * c.vocab_size, &mut s.out);
     s.n_logits = n * c.vocab_size;
     if let Some(p) = probe.as_mut() {

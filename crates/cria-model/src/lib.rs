@@ -3,10 +3,12 @@
 
 pub mod config;
 pub mod forward;
+pub mod lora;
 pub mod model;
 pub mod names;
 
 pub use config::{Config, RopeScaling};
 pub use cria_kernels::{KvType, LoraAdapter, Weight};
 pub use forward::{forward, forward_batch, KvCache, Logits, Probe, Scratch, SeqStep, UBATCH};
+pub use lora::{ActiveLora, AdapterFile, AdapterFormat, Lora, LoraTensors, Target, MAX_LORA_RANK};
 pub use model::{Layer, LoadOptions, Model, Source, Weights};

@@ -61,6 +61,7 @@ fn batched_sequences_match_each_alone_bitwise() {
                     tokens: n,
                     pos: h.len(),
                     kv,
+                    lora: &[],
                 })
                 .collect();
             forward_batch(&m, &b, &mut steps, &mut s, Logits::Last).unwrap();
@@ -87,11 +88,13 @@ fn batched_sequences_match_each_alone_bitwise() {
                     tokens: &new[0],
                     pos: 0,
                     kv: &mut kva,
+                    lora: &[],
                 },
                 SeqStep {
                     tokens: &new[2],
                     pos: 0,
                     kv: &mut kvb,
+                    lora: &[],
                 },
             ];
             forward_batch(&m, &b, &mut steps, &mut s, Logits::Hidden).unwrap();
@@ -116,11 +119,13 @@ fn batched_sequences_match_each_alone_bitwise() {
             tokens: &t,
             pos: 0,
             kv: &mut kv,
+            lora: &[],
         },
         SeqStep {
             tokens: &t,
             pos: 0,
             kv: &mut kv2,
+            lora: &[],
         },
     ];
     assert!(
@@ -133,6 +138,7 @@ fn batched_sequences_match_each_alone_bitwise() {
         tokens: &t,
         pos: 6,
         kv: &mut kv,
+        lora: &[],
     }];
     assert!(
         forward_batch(&m, &b, step, &mut s, Logits::Last).is_err(),

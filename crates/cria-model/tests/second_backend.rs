@@ -186,6 +186,31 @@ impl Backend for RefBackend {
         matmul_loop(&mut out.0, &x.0, w, t)
     }
 
+    fn matmul_rows(&self, out: &mut RefBuf, x: &RefBuf, rows: Rows, w: &RefMatrix) {
+        let (o, xs) = (rows.values(w.rows), rows.values(w.cols));
+        matmul_loop(&mut out.0[o], &x.0[xs], w, rows.len())
+    }
+
+    fn lora(
+        &self,
+        out: &mut RefBuf,
+        x: &RefBuf,
+        rows: Rows,
+        ad: &cria_model::LoraAdapter<Self>,
+        scale: f32,
+        tmp: &mut RefBuf,
+        _tmp2: &mut RefBuf,
+    ) {
+        let n = rows.len();
+        let down = &mut tmp.0[..n * ad.rank];
+        matmul_loop(down, &x.0[rows.values(ad.cols)], &ad.a, n);
+        let mut up = vec![0f32; n * ad.rows];
+        matmul_loop(&mut up, down, &ad.b, n);
+        for (o, u) in out.0[rows.values(ad.rows)].iter_mut().zip(&up) {
+            *o += scale * u;
+        }
+    }
+
     fn matmul_many<const N: usize>(
         &self,
         outs: [&mut RefBuf; N],
@@ -403,11 +428,13 @@ fn reference_backend_batches_sequences_with_a_copied_prefix() {
             tokens: a_new,
             pos: a_hist.len(),
             kv: &mut ka,
+            lora: &[],
         },
         SeqStep {
             tokens: &b_new,
             pos: shared,
             kv: &mut kb,
+            lora: &[],
         },
     ];
     forward_batch(m, b, &mut steps, &mut s, Logits::Last).unwrap();

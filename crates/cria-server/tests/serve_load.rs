@@ -222,6 +222,7 @@ fn raw_batched_decode_figures() {
                     tokens: &toks[i..i + 1],
                     pos: step,
                     kv,
+                    lora: &[],
                 })
                 .collect();
             forward_batch(m, &p.backend, &mut seqs, &mut s, Logits::Last).unwrap();

@@ -106,6 +106,41 @@ impl Backend for CpuBackend {
         CpuBackend::matmul_many(self, &mut outs, &x[..t * k], &ws, t)
     }
 
+    fn matmul_rows(&self, out: &mut Vec<f32>, x: &Vec<f32>, rows: Rows, w: &Tensor) {
+        let (o, xs) = (rows.values(w.rows()), rows.values(w.cols()));
+        CpuBackend::matmul(self, &mut out[o], &x[xs], w, rows.len())
+    }
+
+    fn lora(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        rows: Rows,
+        ad: &crate::LoraAdapter<Self>,
+        scale: f32,
+        tmp: &mut Vec<f32>,
+        tmp2: &mut Vec<f32>,
+    ) {
+        let (n, r, m) = (rows.len(), ad.rank, ad.rows);
+        // Down: (n, rank) = x (n, cols) @ a^T, all rows at once.
+        let down = &mut tmp[..n * r];
+        CpuBackend::matmul(self, down, &x[rows.values(ad.cols)], &ad.a, n);
+        // Up, as many rows at a time as tmp2 holds, added scaled into out.
+        let per = (tmp2.len() / m).max(1);
+        let mut i = 0;
+        while i < n {
+            let k = per.min(n - i);
+            let up = &mut tmp2[..k * m];
+            CpuBackend::matmul(self, up, &down[i * r..(i + k) * r], &ad.b, k);
+            let o0 = (rows.start + i) * m;
+            out[o0..o0 + k * m]
+                .iter_mut()
+                .zip(up.iter())
+                .for_each(|(o, u)| *o += scale * u);
+            i += k;
+        }
+    }
+
     fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, t: usize) {
         for row in x[..t * bias.len()].chunks_exact_mut(bias.len()) {
             row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
