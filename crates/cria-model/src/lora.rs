@@ -330,8 +330,7 @@ pub struct ActiveLora<B: Backend = CpuBackend> {
 /// cache computed with one serves the other).
 pub fn same_adapters<B: Backend>(a: &[ActiveLora<B>], b: &[ActiveLora<B>]) -> bool {
     a.len() == b.len()
-        && a
-            .iter()
+        && a.iter()
             .zip(b)
             .all(|(x, y)| Arc::ptr_eq(&x.lora, &y.lora) && x.scale.to_bits() == y.scale.to_bits())
 }

@@ -32,7 +32,13 @@ fn adapter(m: &Model, r: usize, seed: u64) -> AdapterFile {
     let mut names: Vec<(String, usize, usize)> = Vec::new();
     for (l, lw) in m.weights.layers.iter().enumerate() {
         for (w, t) in lw.matrices().iter().zip([
-            "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
         ]) {
             names.push((format!("blk.{l}.{t}.weight"), w.rows, w.cols));
         }
@@ -47,8 +53,12 @@ fn adapter(m: &Model, r: usize, seed: u64) -> AdapterFile {
         pairs.push(LoraTensors {
             a: Tensor::from_f32(format!("{name}.lora_a"), vec![cols, r], &noise(r * cols, s))
                 .unwrap(),
-            b: Tensor::from_f32(format!("{name}.lora_b"), vec![r, rows], &noise(r * rows, s + 7))
-                .unwrap(),
+            b: Tensor::from_f32(
+                format!("{name}.lora_b"),
+                vec![r, rows],
+                &noise(r * rows, s + 7),
+            )
+            .unwrap(),
             target: name,
             scale: 0.5,
         });
@@ -146,12 +156,19 @@ fn each_sequence_gets_its_own_adapters_bitwise() {
             forward_batch(&m, &b, &mut step, &mut s, Logits::All).unwrap();
             s.logits().to_vec()
         };
-        assert_eq!(base(&prompts[4]), alone[4], "scale 0 must give the base's logits");
+        assert_eq!(
+            base(&prompts[4]),
+            alone[4],
+            "scale 0 must give the base's logits"
+        );
         let moved = base(&prompts[1])
             .iter()
             .zip(&alone[1])
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
-        assert!(moved > 1e-2, "the adapter changed the logits by only {moved}");
+        assert!(
+            moved > 1e-2,
+            "the adapter changed the logits by only {moved}"
+        );
     }
 }
