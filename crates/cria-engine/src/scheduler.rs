@@ -114,6 +114,10 @@ pub enum Request<S, E, B: Backend = CpuBackend> {
     /// The server is shutting down: end every generation now ([`StopReason::Cancelled`]),
     /// drop what is queued.
     Shutdown,
+    /// Idle slots forget cached prefixes made with adapters that nothing but idle slots holds
+    /// any more (the server unloaded them), so their memory is freed now rather than when the
+    /// slots are next used.
+    Release,
 }
 
 /// The scheduler's counters, for the server's `/metrics`. Plain atomics: no locks on the token
@@ -212,6 +216,22 @@ pub struct Config {
 pub fn spawn<S: Sink + Send + 'static, E: EmbedSink + Send + 'static, B: Backend + 'static>(
     model: Model<B>,
     backend: B,
+    tok: Arc<Tokenizer>,
+    cfg: Config,
+    metrics: Arc<Metrics>,
+) -> cria_core::Result<Engine<S, E, B>> {
+    spawn_shared(Arc::new(model), Arc::new(backend), tok, cfg, metrics)
+}
+
+/// [`spawn`] over a model and backend the caller keeps too (the server builds LoRA adapters
+/// over them on other threads while the scheduler runs).
+pub fn spawn_shared<
+    S: Sink + Send + 'static,
+    E: EmbedSink + Send + 'static,
+    B: Backend + 'static,
+>(
+    model: Arc<Model<B>>,
+    backend: Arc<B>,
     tok: Arc<Tokenizer>,
     cfg: Config,
     metrics: Arc<Metrics>,
@@ -389,6 +409,10 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
         if self.queue.iter().any(|r| matches!(r, Request::Shutdown)) {
             self.cut_all();
         }
+        if self.queue.iter().any(|r| matches!(r, Request::Release)) {
+            self.queue.retain(|r| !matches!(r, Request::Release));
+            self.release_adapters();
+        }
         self.drop_cancelled();
         self.admit();
         self.metrics
@@ -439,11 +463,39 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             }
             Request::Generate(_) => true,
             Request::Embed(e) => !e.sink.is_closed(),
-            Request::Shutdown => false,
+            Request::Shutdown | Request::Release => false,
         });
         self.metrics
             .cancelled
             .fetch_add((before - self.queue.len()) as u64, Relaxed);
+    }
+
+    /// See [`Request::Release`]: an idle slot whose adapters are held by idle slots alone (no
+    /// job, queued or running, and not the front's list of adapters) drops them and its cache.
+    fn release_adapters(&mut self) {
+        let held_by_idle = |l: &Arc<cria_model::Lora<B>>, slots: &[Slot<S, E, B>]| {
+            slots
+                .iter()
+                .filter(|s| !s.busy())
+                .flat_map(|s| s.lora.iter())
+                .filter(|a| Arc::ptr_eq(&a.lora, l))
+                .count()
+        };
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if s.busy() {
+                continue;
+            }
+            let orphan = s
+                .lora
+                .iter()
+                .any(|a| Arc::strong_count(&a.lora) == held_by_idle(&a.lora, &self.slots));
+            if orphan {
+                let s = &mut self.slots[i];
+                s.lora.clear();
+                s.cached.clear();
+            }
+        }
     }
 
     /// Ends every generation where it is and forgets the queue and the embeddings (a shutdown).
@@ -503,7 +555,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
                         started: Instant::now(),
                     });
                 }
-                Request::Shutdown => {}
+                Request::Shutdown | Request::Release => {}
             }
         }
     }

@@ -103,7 +103,7 @@ pub fn preflight_headers(origin: HeaderValue) -> [(header::HeaderName, HeaderVal
         (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
         (
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, HEAD, POST, OPTIONS"),
+            HeaderValue::from_static("GET, HEAD, POST, DELETE, OPTIONS"),
         ),
         (
             header::ACCESS_CONTROL_ALLOW_HEADERS,

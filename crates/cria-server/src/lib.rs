@@ -11,6 +11,7 @@
 
 mod access;
 mod error;
+mod lora;
 mod metrics;
 #[cfg(test)]
 mod panic_tests;
@@ -86,6 +87,14 @@ pub struct ServeArgs {
     /// Write request bodies (prompts included) to the access log on stderr.
     #[arg(long = "log-prompts")]
     pub log_prompts: bool,
+    /// Adapters served over the model (the binary fills it from `--lora NAME=PATH[:SCALE]`):
+    /// each is the model id BASE:NAME.
+    #[arg(skip)]
+    pub lora: Vec<cria_engine::lora::LoraSpec>,
+    /// Load adapters at run time (POST /v1/adapters) only from this folder; without it the
+    /// server reads any path an (authenticated) client names.
+    #[arg(long = "lora-dir", value_name = "DIR")]
+    pub lora_dir: Option<PathBuf>,
 }
 
 impl Default for ServeArgs {
@@ -104,6 +113,8 @@ impl Default for ServeArgs {
             allowed_hosts: vec![],
             cors: vec![],
             log_prompts: false,
+            lora: vec![],
+            lora_dir: None,
         }
     }
 }

@@ -19,17 +19,23 @@ pub struct Metrics {
     pub compiling: AtomicU64,
 }
 
+/// One metric family in Prometheus text: its HELP and TYPE lines, then a line per (labels,
+/// value).
+fn family(s: &mut String, name: &str, kind: &str, help: &str, lines: &[(String, f64)]) {
+    let _ = writeln!(s, "# HELP cria_{name} {help}");
+    let _ = writeln!(s, "# TYPE cria_{name} {kind}");
+    for (labels, v) in lines {
+        let _ = writeln!(s, "cria_{name}{labels} {v}");
+    }
+}
+
 impl Metrics {
     pub fn render(&self, slots: usize) -> String {
         let g = |a: &AtomicU64| a.load(Relaxed);
         let sc = &self.sched;
         let mut s = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, f64)]| {
-            let _ = writeln!(s, "# HELP cria_{name} {help}");
-            let _ = writeln!(s, "# TYPE cria_{name} {kind}");
-            for (labels, v) in lines {
-                let _ = writeln!(s, "cria_{name}{labels} {v}");
-            }
+            family(&mut s, name, kind, help, lines)
         };
         let one = |v: u64| vec![(String::new(), v as f64)];
         metric(
@@ -143,4 +149,44 @@ impl Metrics {
         );
         s
     }
+}
+
+/// The LoRA adapters' lines: how many are loaded and their bytes, and per adapter (by name)
+/// the requests served with it and those running now.
+pub fn render_adapters(loaded: usize, bytes: usize, per: &[(String, u64, usize)]) -> String {
+    let mut s = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, f64)]| {
+        family(&mut s, name, kind, help, lines)
+    };
+    // Adapter names are [A-Za-z0-9._-]: nothing to escape in a label.
+    let by = |f: &dyn Fn(&(String, u64, usize)) -> f64| -> Vec<(String, f64)> {
+        per.iter()
+            .map(|a| (format!("{{adapter=\"{}\"}}", a.0), f(a)))
+            .collect()
+    };
+    metric(
+        "lora_adapters",
+        "gauge",
+        "LoRA adapters loaded.",
+        &[(String::new(), loaded as f64)],
+    );
+    metric(
+        "lora_adapter_bytes",
+        "gauge",
+        "Memory the LoRA adapters loaded take.",
+        &[(String::new(), bytes as f64)],
+    );
+    metric(
+        "lora_requests_total",
+        "counter",
+        "Requests run with each LoRA adapter (since it was loaded).",
+        &by(&|a| a.1 as f64),
+    );
+    metric(
+        "lora_requests_running",
+        "gauge",
+        "Requests running now with each LoRA adapter.",
+        &by(&|a| a.2 as f64),
+    );
+    s
 }

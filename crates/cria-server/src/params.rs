@@ -129,6 +129,7 @@ const KNOWN: &[&str] = &[
     "chat_template_kwargs",
     "reasoning_effort",
     "modalities",
+    "lora",
 ];
 
 /// What a chat or completion request asks of the generation, besides its prompt.

@@ -4,6 +4,7 @@
 
 use cria_engine::generate::{StopReason, TokenLogprob};
 use cria_engine::scheduler::{self as engine, GenParams};
+use cria_model::ActiveLora;
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -66,27 +67,33 @@ pub const KILL_SEED: u64 = 0xdead_0002;
 pub struct EventSink {
     tx: UnboundedSender<Event>,
     index: usize,
+    /// The request's hold on its LoRA adapters, released when its last job ends.
+    _lease: Option<Arc<crate::lora::Lease>>,
     #[cfg(test)]
     seed: u64,
 }
 
 impl EventSink {
-    /// A generation job for choice `index` of a request, its events sent on `tx`.
+    /// A generation job for choice `index` of a request, its events sent on `tx`, run with the
+    /// adapters `lora` (held by `lease` until it ends).
     pub fn job(
         prompt: Arc<Vec<u32>>,
         params: GenParams,
         index: usize,
         tx: UnboundedSender<Event>,
+        lora: Vec<ActiveLora>,
+        lease: Option<Arc<crate::lora::Lease>>,
     ) -> engine::Request<EventSink, EmbedSink> {
         engine::Request::Generate(engine::Job {
             sink: EventSink {
                 tx,
                 index,
+                _lease: lease,
                 #[cfg(test)]
                 seed: params.sampler.seed,
             },
             prompt,
-            lora: Vec::new(),
+            lora,
             params,
             sampler: None,
         })

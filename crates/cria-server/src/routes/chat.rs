@@ -143,6 +143,7 @@ pub(super) async fn chat(
     let parallel = opt_bool(&o, "parallel_tool_calls")?.unwrap_or(true);
     let tools = tools.filter(|_| use_tools);
     let mut c = params::common(&o, true, st.ctx_size, st.vocab)?;
+    let lora = st.adapters.choose(&o, &st.names)?;
     let form = st.format.call_form();
     let mut triggers = vec![];
     // Under "auto" a grammar the request gives (response_format) wins over the call grammar.
@@ -183,6 +184,7 @@ pub(super) async fn chat(
             parallel,
         }),
         triggers,
+        lora,
     };
     generate(&st, g, log).await
 }

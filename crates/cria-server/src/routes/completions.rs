@@ -88,6 +88,7 @@ pub(super) async fn completions(
     o: Obj,
 ) -> Result<Response, ApiError> {
     let mut c = params::common(&o, false, st.ctx_size, st.vocab)?;
+    let lora = st.adapters.choose(&o, &st.names)?;
     st.compile_grammar(&mut c).await?;
     let echo = opt_bool(&o, "echo")?.unwrap_or(false);
     let inputs = tokenize_inputs(&st, get(&o, "prompt").cloned(), "prompt").await?;
@@ -110,6 +111,7 @@ pub(super) async fn completions(
         model: st.names[0].clone(),
         tools: None,
         triggers: vec![],
+        lora,
     };
     generate(&st, g, log).await
 }

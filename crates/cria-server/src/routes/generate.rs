@@ -5,6 +5,7 @@ use super::response::{collect_response, stream_response, RespCtx};
 use super::{now_secs, AppState};
 use crate::access::AccessLog;
 use crate::error::ApiError;
+use crate::lora::Choice;
 use crate::params::Common;
 use crate::sink::EventSink;
 use crate::tools;
@@ -27,6 +28,8 @@ pub(super) struct Generation {
     pub(super) tools: Option<tools::ToolCtx>,
     /// The grammar waits for one of these (tool calls under `tool_choice: "auto"`).
     pub(super) triggers: Vec<Trigger>,
+    /// The LoRA adapters it runs with.
+    pub(super) lora: Choice,
 }
 
 /// Submits one job per (prompt, choice) and answers, streamed or whole.
@@ -80,6 +83,8 @@ pub(super) async fn generate(
                 },
                 pi * n + j,
                 tx.clone(),
+                g.lora.active(),
+                Some(g.lora.lease.clone()),
             ));
         }
     }
@@ -90,7 +95,10 @@ pub(super) async fn generate(
     let ctx = RespCtx {
         id: st.id(if g.chat { "chatcmpl" } else { "cmpl" }),
         created: now_secs(),
-        model: g.model,
+        model: match &g.lora.named {
+            Some(a) => format!("{}:{a}", g.model),
+            None => g.model,
+        },
         chat: g.chat,
         n_choices: g.prompts.len() * n,
         prompt_tokens: g.prompts.iter().map(|p| p.len()).sum(),

@@ -22,32 +22,40 @@ pub(super) async fn health(State(st): State<Arc<AppState>>) -> Response {
 
 pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.requests_other.fetch_add(1, Relaxed);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(st.parallel),
-    )
-        .into_response()
+    let (loaded, bytes, per) = st.adapters.metrics();
+    let mut text = st.metrics.render(st.parallel);
+    text.push_str(&crate::metrics::render_adapters(loaded, bytes, &per));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 pub(super) async fn models(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.requests_other.fetch_add(1, Relaxed);
     let i = &st.info;
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": st.names[0],
+    let base = &st.names[0];
+    let mut data = vec![json!({
+        "id": base,
+        "object": "model",
+        "created": st.created,
+        "owned_by": "cria",
+        "meta": {
+            "n_ctx_train": i.n_ctx_train,
+            "n_ctx": st.ctx_size,
+            "n_vocab": i.n_vocab,
+            "n_embd": i.n_embd,
+            "n_params": i.n_params,
+            "slots": st.parallel,
+        }
+    })];
+    // Each LoRA adapter is a model of its own, `BASE:NAME` (as vLLM lists them, with `parent`).
+    for (id, lora_id, path) in st.adapters.models(base) {
+        data.push(json!({
+            "id": id,
             "object": "model",
             "created": st.created,
             "owned_by": "cria",
-            "meta": {
-                "n_ctx_train": i.n_ctx_train,
-                "n_ctx": st.ctx_size,
-                "n_vocab": i.n_vocab,
-                "n_embd": i.n_embd,
-                "n_params": i.n_params,
-                "slots": st.parallel,
-            }
-        }]
-    }))
-    .into_response()
+            "parent": base,
+            "lora": {"id": lora_id, "path": path},
+        }));
+    }
+    Json(json!({"object": "list", "data": data})).into_response()
 }

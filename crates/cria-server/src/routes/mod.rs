@@ -3,8 +3,10 @@
 //! One file per endpoint family: `chat` and `completions` read their requests and hand a
 //! [`generate::Generation`] to `generate`, which submits the jobs; `response` turns the
 //! scheduler's events into OpenAI-shaped JSON or an SSE stream; `embeddings`, `tokenize` (and
-//! detokenize), `info` (health, metrics, models).
+//! detokenize), `info` (health, metrics, models), `adapters` (LoRA adapters: list, scales, load,
+//! unload).
 
+mod adapters;
 mod chat;
 mod completions;
 mod embeddings;
@@ -81,6 +83,8 @@ pub struct AppState {
     /// Host names, CORS origins, prompt logging.
     policy: Policy,
     metrics: Arc<Metrics>,
+    /// The LoRA adapters loaded over the model.
+    pub(crate) adapters: crate::lora::Adapters,
     /// The vocabulary as grammars see it: built on the first constrained request.
     table: OnceLock<Arc<TokenTable>>,
     /// Grammar compilations running at once (each on a blocking thread, never on the async
@@ -133,13 +137,26 @@ impl AppState {
         }
         names.push(name.clone());
         names.push(format!("{name}.gguf"));
+        // Adapters given at start, built over the model before the scheduler takes it.
+        let mut start = Vec::with_capacity(args.lora.len());
+        for spec in &args.lora {
+            let lora = cria_engine::lora::load_adapter(&parts, &spec.display_name(), &spec.path)?;
+            start.push((spec.clone(), lora));
+        }
         let tok = Arc::new(parts.tok);
         let metrics = Arc::new(Metrics::default());
         let info = ModelInfo::of(&parts.model);
         let vocab = parts.model.config.vocab_size;
-        let engine: Engine = cria_engine::scheduler::spawn(
-            parts.model,
-            parts.backend,
+        let (model, backend) = (Arc::new(parts.model), Arc::new(parts.backend));
+        let adapters = crate::lora::Adapters::new(
+            model.clone(),
+            backend.clone(),
+            start,
+            args.lora_dir.as_deref(),
+        )?;
+        let engine: Engine = cria_engine::scheduler::spawn_shared(
+            model,
+            backend,
             tok.clone(),
             cria_engine::scheduler::Config {
                 parallel: args.parallel,
@@ -171,6 +188,7 @@ impl AppState {
                 args.log_prompts,
             ),
             metrics,
+            adapters,
             table: OnceLock::new(),
             compiling: Arc::new(tokio::sync::Semaphore::new(MAX_COMPILATIONS)),
             created: now_secs(),
@@ -297,6 +315,22 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route(
             "/detokenize",
             post_json(|m| &m.requests_other, false, tokenize::detokenize),
+        )
+        .route(
+            "/lora-adapters",
+            get_route(adapters::list).post(adapters::set_global),
+        )
+        .route(
+            "/v1/adapters",
+            get_route(adapters::list).merge(post_json(
+                |m| &m.requests_other,
+                false,
+                adapters::load,
+            )),
+        )
+        .route(
+            "/v1/adapters/{name}",
+            axum::routing::delete(adapters::unload),
         )
         .merge(crate::web::routes())
         .fallback(not_found)
