@@ -112,7 +112,10 @@ fn release_frees_adapters_only_idle_slots_hold() {
     assert!(weak.upgrade().is_some(), "the idle slot holds it");
     s.submit(Request::Release);
     s.run_until_idle();
-    assert!(weak.upgrade().is_none(), "Release left the adapter in memory");
+    assert!(
+        weak.upgrade().is_none(),
+        "Release left the adapter in memory"
+    );
     // The scheduler goes on serving.
     s.submit(job(vec![]));
     s.run_until_idle();
