@@ -417,25 +417,7 @@ impl Adapters {
     /// The adapters a request runs with (see the module's documentation); its lease counted.
     pub fn choose(&self, o: &Obj, base_names: &[String]) -> Result<Choice, ApiError> {
         let r = self.read();
-        let named = match get(o, "model").and_then(Value::as_str) {
-            Some(m) if !base_names.iter().any(|b| b == m) => {
-                let after_base = base_names
-                    .iter()
-                    .find_map(|b| m.strip_prefix(b.as_str())?.strip_prefix(':'));
-                match after_base {
-                    Some(n) => Some(r.list.iter().find(|a| a.name == n).ok_or_else(|| {
-                        ApiError::not_found(format!(
-                            "model '{m}': no adapter named '{n}' is loaded (GET /v1/models lists the models)"
-                        ))
-                        .with_code("model_not_found")
-                    })?),
-                    // Any other name is the model itself (llama-server ignores it), unless an
-                    // adapter has that name (as vLLM serves them).
-                    None => r.list.iter().find(|a| a.name == m),
-                }
-            }
-            _ => None,
-        };
+        let named = named(&r, o, base_names)?;
         let listed = match get(o, "lora") {
             None => vec![],
             Some(Value::Array(l)) => pairs(l, "lora", &r.list)?,
@@ -481,6 +463,19 @@ impl Adapters {
         })
     }
 
+    /// An embedding request runs on the base model: one that names an adapter (by `model` or
+    /// `lora`) is refused rather than answered without it.
+    pub fn refuse_for_embeddings(&self, o: &Obj, base_names: &[String]) -> Result<(), ApiError> {
+        let r = self.read();
+        let listed = get(o, "lora").is_some_and(|l| l.as_array().is_none_or(|l| !l.is_empty()));
+        if listed || named(&r, o, base_names)?.is_some() {
+            return Err(ApiError::bad(
+                "embeddings are computed by the base model: LoRA adapters do not apply to them",
+            ));
+        }
+        Ok(())
+    }
+
     /// Prometheus lines: adapters loaded, their bytes, and requests per adapter.
     pub fn metrics(&self) -> (usize, usize, Vec<(String, u64, usize)>) {
         let r = self.read();
@@ -496,6 +491,39 @@ impl Adapters {
             })
             .collect();
         (r.list.len(), r.bytes, per)
+    }
+}
+
+/// The adapter a request's `model` names: `BASE:NAME` (404 if no such adapter), or a bare
+/// `NAME` that is an adapter's (as vLLM serves them); any other name is the base model
+/// (llama-server ignores it).
+fn named<'r>(
+    r: &'r Registry,
+    o: &Obj,
+    base_names: &[String],
+) -> Result<Option<&'r Adapter>, ApiError> {
+    let Some(m) = get(o, "model").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    if base_names.iter().any(|b| b == m) {
+        return Ok(None);
+    }
+    let after_base = base_names
+        .iter()
+        .find_map(|b| m.strip_prefix(b.as_str())?.strip_prefix(':'));
+    match after_base {
+        Some(n) => r
+            .list
+            .iter()
+            .find(|a| a.name == n)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                "model '{m}': no adapter named '{n}' is loaded (GET /v1/models lists the models)"
+            ))
+                .with_code("model_not_found")
+            }),
+        None => Ok(r.list.iter().find(|a| a.name == m)),
     }
 }
 

@@ -666,3 +666,91 @@ fn bad_adapters_and_requests_get_their_status_and_the_server_keeps_serving() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["id"], 1);
 }
+
+#[test]
+fn lora_dir_chat_and_embeddings() {
+    let dir = scratch_dir("dir");
+    let lm = load();
+    let [_, _, c] = adapters(&lm, &dir);
+    drop(lm);
+    let srv = start(|s| s.lora_dir = Some(dir.clone()), &[]);
+    let url = srv.url();
+    let base = srv.model.clone();
+    let adapters_url = format!("{url}/v1/adapters");
+    // Relative to --lora-dir; the name defaults to the file's stem.
+    let (s, v) = call("POST", &adapters_url, Some(r#"{"path": "c.gguf"}"#), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["name"], "c");
+    assert_eq!(
+        v["path"],
+        std::fs::canonicalize(&c).unwrap().display().to_string()
+    );
+    // Outside it: refused, whether named directly or through "..".
+    let model = model_path().display().to_string();
+    let (s, v) = call(
+        "POST",
+        &adapters_url,
+        Some(&json!({"name": "m", "path": model}).to_string()),
+        None,
+    );
+    assert_eq!(s, 403, "{v}");
+    let up = format!("../{}/c.gguf", dir.file_name().unwrap().to_str().unwrap());
+    let (s, v) = call(
+        "POST",
+        &adapters_url,
+        Some(&json!({"name": "c2", "path": up}).to_string()),
+        None,
+    );
+    assert_eq!(
+        s, 200,
+        "a path through '..' that ends inside the folder is fine: {v}"
+    );
+    let (s, v) = call(
+        "POST",
+        &adapters_url,
+        Some(r#"{"name": "e", "path": "../../../../../../../../etc/hostname"}"#),
+        None,
+    );
+    assert!(s == 403 || s == 404, "{s}: {v}");
+    // Chat picks adapters as completions do, and reports the adapter's model id.
+    let chat = |model: &str| {
+        call(
+            "POST",
+            &format!("{url}/v1/chat/completions"),
+            Some(
+                &json!({"model": model, "messages": [{"role": "user", "content": "Hi"}],
+                         "max_tokens": 12, "temperature": 0})
+                .to_string(),
+            ),
+            None,
+        )
+    };
+    let (s, with_c) = chat(&format!("{base}:c"));
+    assert_eq!(s, 200, "{with_c}");
+    assert_eq!(with_c["model"], format!("{base}:c"));
+    let (s, by_name) = chat("c");
+    assert_eq!(s, 200);
+    assert_eq!(by_name["model"], format!("{base}:c"));
+    assert_eq!(
+        by_name["choices"][0]["message"]["content"],
+        with_c["choices"][0]["message"]["content"]
+    );
+    let (s, plain) = chat("anything");
+    assert_eq!(s, 200);
+    assert_eq!(plain["model"], base);
+    assert_ne!(
+        plain["choices"][0]["message"]["content"],
+        with_c["choices"][0]["message"]["content"]
+    );
+    // Embeddings are the base model's: naming an adapter is refused, not ignored.
+    let emb = format!("{url}/v1/embeddings");
+    let (s, v) = call(
+        "POST",
+        &emb,
+        Some(&json!({"model": format!("{base}:c"), "input": "x"}).to_string()),
+        None,
+    );
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = call("POST", &emb, Some(r#"{"input": "x"}"#), None);
+    assert_eq!(s, 200, "{v}");
+}

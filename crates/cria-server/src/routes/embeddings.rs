@@ -28,6 +28,7 @@ pub(super) async fn embeddings(
             ))
         }
     };
+    st.adapters.refuse_for_embeddings(&o, &st.names)?;
     let inputs = tokenize_inputs(&st, get(&o, "input").cloned(), "input").await?;
     let mut ids = Vec::with_capacity(inputs.len());
     for (p, _) in inputs {
