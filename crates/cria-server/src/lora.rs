@@ -70,8 +70,9 @@ pub struct Adapters {
     pub budget: usize,
     /// `--lora-dir`, canonical: run-time loads must name a path inside it.
     dir: Option<PathBuf>,
-    /// One run-time load at a time (each reads a file and builds matrices).
-    loading: tokio::sync::Mutex<()>,
+    /// One run-time load at a time (each reads a file and builds matrices); held by the blocking
+    /// task, so a client that leaves mid-load does not let the next one start early.
+    loading: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The adapters one request holds: their `in_use` counts drop when the last of its jobs ends
@@ -187,7 +188,7 @@ impl Adapters {
             backend,
             budget,
             dir,
-            loading: tokio::sync::Mutex::new(()),
+            loading: Arc::new(tokio::sync::Mutex::new(())),
         };
         for (spec, lora) in start {
             let name = spec.display_name();
@@ -296,9 +297,10 @@ impl Adapters {
                 ))
             }
         })?;
-        let _one = self.loading.lock().await;
-        // Refused before reading anything: a name taken, too many adapters, a file larger than
-        // the room left (an adapter's memory is at least its file's f16 values).
+        let one = self.loading.clone().lock_owned().await;
+        // Refused before reading anything: a name taken, too many adapters, a file far larger
+        // than the room left (built, an adapter takes at least its file's size, its values in
+        // f32; half of it is asked here, as a PEFT folder may hold other files).
         Self::room(&self.read(), &name, (disk as usize) / 2, self.budget)?;
         let (model, backend, p, n) = (
             self.model.clone(),
@@ -307,6 +309,7 @@ impl Adapters {
             name.clone(),
         );
         let built = tokio::task::spawn_blocking(move || -> Result<Lora, String> {
+            let _one = one;
             let file = AdapterFile::open(&p)
                 .map_err(|e| format!("reading the LoRA adapter {}: {e}", p.display()))?;
             Lora::build(&n, file, &model, &backend)
