@@ -36,7 +36,7 @@ pub const MAX_ADAPTERS: usize = 64;
 pub struct AdapterStats {
     /// Requests running with it now (their jobs not all ended).
     pub in_use: AtomicUsize,
-    /// Requests that ran with it since it was loaded.
+    /// Requests queued with it since it was loaded.
     pub requests: AtomicU64,
 }
 
@@ -78,6 +78,15 @@ pub struct Adapters {
 /// The adapters one request holds: their `in_use` counts drop when the last of its jobs ends
 /// (every job's sink holds the lease).
 pub struct Lease(Vec<Arc<AdapterStats>>);
+
+impl Lease {
+    /// Counts the request for each of its adapters (once its jobs are queued).
+    pub fn count_request(&self) {
+        for s in &self.0 {
+            s.requests.fetch_add(1, Relaxed);
+        }
+    }
+}
 
 impl Drop for Lease {
     fn drop(&mut self) {
@@ -452,7 +461,6 @@ impl Adapters {
         let mut stats = vec![];
         for (a, scale) in scales.into_iter().filter(|&(_, s)| s != 0.0) {
             a.stats.in_use.fetch_add(1, Relaxed);
-            a.stats.requests.fetch_add(1, Relaxed);
             stats.push(a.stats.clone());
             lora.push(ActiveLora {
                 lora: a.lora.clone(),

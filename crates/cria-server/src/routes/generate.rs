@@ -92,6 +92,7 @@ pub(super) async fn generate(
     for j in jobs {
         st.engine.submit(j).map_err(ApiError::unavailable)?;
     }
+    g.lora.lease.count_request();
     let ctx = RespCtx {
         id: st.id(if g.chat { "chatcmpl" } else { "cmpl" }),
         created: now_secs(),
