@@ -754,3 +754,84 @@ fn lora_dir_chat_and_embeddings() {
     let (s, v) = call("POST", &emb, Some(r#"{"input": "x"}"#), None);
     assert_eq!(s, 200, "{v}");
 }
+
+/// The GGUF adapter at `gguf` (over attn_v / ffn_down only, alpha = rank) rewritten as the PEFT
+/// folder `save_pretrained` makes: the same matrices under Hugging Face names.
+fn gguf_to_peft(gguf: &Path, dir: &Path, rank: usize) {
+    let g = cria_core::gguf::GgufFile::open(gguf).unwrap();
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    for t in &g.tensors {
+        let (base, ab) = t.name.rsplit_once(".weight.").unwrap();
+        let (l, kind) = base.strip_prefix("blk.").unwrap().split_once('.').unwrap();
+        let module = match kind {
+            "attn_v" => "self_attn.v_proj",
+            "ffn_down" => "mlp.down_proj",
+            k => panic!("{k}: not in this adapter"),
+        };
+        let key = if ab == "lora_a" { "lora_A" } else { "lora_B" };
+        let v = t.to_f32_vec().unwrap();
+        owned.push((
+            format!("base_model.model.model.layers.{l}.{module}.{key}.weight"),
+            vec![t.ne[1], t.ne[0]],
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ));
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let list: Vec<(&str, DType, &[usize], &[u8])> = owned
+        .iter()
+        .map(|(n, s, b)| (n.as_str(), DType::F32, s.as_slice(), b.as_slice()))
+        .collect();
+    cria_core::safetensors::write_safetensors(&dir.join("adapter_model.safetensors"), &list)
+        .unwrap();
+    let config = json!({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank,
+        "target_modules": ["v_proj", "down_proj"], "use_rslora": false, "bias": "none",
+        "fan_in_fan_out": false, "base_model_name_or_path": "SmolLM2-135M-Instruct",
+    });
+    std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
+}
+
+#[test]
+fn a_peft_folder_loads_and_gives_its_gguf_twin_text() {
+    let dir = scratch_dir("peft");
+    let lm = load();
+    let n = lm.model.config.n_layers;
+    let all: Vec<usize> = (0..n).collect();
+    let gguf = dir.join("vd.gguf");
+    write_adapter(
+        &gguf,
+        &targets(&lm, &all, &["attn_v", "ffn_down"]),
+        8,
+        11,
+        0.3,
+        Spoil::None,
+    );
+    drop(lm);
+    let peft = dir.join("vd-peft");
+    gguf_to_peft(&gguf, &peft, 8);
+    let srv = start(|_| {}, &[]);
+    let url = srv.url();
+    let base = srv.model.clone();
+    for (name, p) in [("g", &gguf), ("p", &peft)] {
+        let body = json!({"name": name, "path": p.display().to_string()}).to_string();
+        let (s, v) = call("POST", &format!("{url}/v1/adapters"), Some(&body), None);
+        assert_eq!(s, 200, "{v}");
+    }
+    let plain = complete(&url, &req(None, None, None, 0.0), None);
+    for (seed, temp) in [(None, 0.0), (Some(5), 0.9)] {
+        let g = complete(
+            &url,
+            &req(Some(&format!("{base}:g")), None, seed, temp),
+            None,
+        );
+        let p = complete(
+            &url,
+            &req(Some(&format!("{base}:p")), None, seed, temp),
+            None,
+        );
+        assert_eq!(g, p, "PEFT folder and GGUF file of the same adapter differ");
+        if seed.is_none() {
+            assert_ne!(g, plain, "the adapter changed nothing");
+        }
+    }
+}
