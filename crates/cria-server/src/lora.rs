@@ -310,7 +310,19 @@ impl Adapters {
         // Refused before reading anything: a name taken, too many adapters, a file far larger
         // than the room left (built, an adapter takes at least its file's size, its values in
         // f32; half of it is asked here, as a PEFT folder may hold other files).
-        Self::room(&self.read(), &name, (disk as usize) / 2, self.budget)?;
+        {
+            let r = self.read();
+            Self::room(&r, &name, 0, self.budget)?;
+            if r.bytes.saturating_add(disk as usize / 2) > self.budget {
+                return Err(too_large(format!(
+                    "the adapter at {} is {} on disk, more than the {} left of the {} adapters may take (the base model's size)",
+                    path.display(),
+                    mib(disk as usize),
+                    mib(self.budget - r.bytes),
+                    mib(self.budget)
+                )));
+            }
+        }
         let (model, backend, p, n) = (
             self.model.clone(),
             self.backend.clone(),
