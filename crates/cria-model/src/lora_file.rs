@@ -490,12 +490,11 @@ fn as_rank(field: &str, v: &Json) -> CfgResult<usize> {
         }),
         _ => None,
     };
+    // An upper bound is Lora::build's (MAX_LORA_RANK, naming the tensor); a rank here only has
+    // to agree with the tensors' shapes.
     match n {
         Some(0) => bad(format!("{field} is 0: a LoRA rank is at least 1")),
-        Some(n) if n as usize <= MAX_LORA_RANK => Ok(n as usize),
-        Some(n) => refused(format!(
-            "{field} is {n}: cria applies ranks up to {MAX_LORA_RANK}"
-        )),
+        Some(n) => usize::try_from(n).or_else(|_| bad(format!("{field} is {n}"))),
         None => bad(format!(
             "{field}: expected a positive integer, got {}",
             short(v)
@@ -924,7 +923,7 @@ fn peft_tensors(
                 hf = format!("{}.{leaf}", &hf[..i]);
             }
         }
-        match hf_to_gguf(&hf).as_deref() {
+        match to_gguf(&hf).as_deref() {
             Some(g @ ("token_embd.weight" | "output.weight")) => {
                 if replace.iter().any(|r: &Tensor| r.name == g) {
                     return bad(format!("tensor {name}: a second {hf}"));
@@ -963,7 +962,7 @@ fn peft_tensors(
         let Some((b_name, b)) = p.b else {
             return bad(format!("tensor {a_name} has no lora_B beside it"));
         };
-        let target = hf_to_gguf(&format!("{module}.weight"))
+        let target = to_gguf(&format!("{module}.weight"))
             .filter(|g| Target::of_gguf_name(g).is_some())
             .ok_or_else(|| {
                 CfgError::Refused(format!(
@@ -1009,6 +1008,17 @@ fn peft_tensors(
         });
     }
     Ok((out, replace))
+}
+
+/// The GGUF name of a module's weight as PEFT names it: under a causal LM
+/// (`model.layers.3.self_attn.q_proj.weight`, `lm_head.weight`) or, for an adapter trained on
+/// the bare `LlamaModel` (task_type FEATURE_EXTRACTION), without the `model.` prefix.
+fn to_gguf(hf: &str) -> Option<String> {
+    hf_to_gguf(hf).or_else(|| {
+        (hf.starts_with("layers.") || hf.starts_with("embed_tokens."))
+            .then(|| hf_to_gguf(&format!("model.{hf}")))
+            .flatten()
+    })
 }
 
 /// A whole matrix must hold finite values (Lora::build checks the pairs).
