@@ -398,7 +398,7 @@ const PASS: &[&str] = &[
     // MonteCLoRA samples perturbations of lora_A only in training mode.
     "monteclora_config",
     // PEFT turns fan_in_fan_out off for nn.Linear (LLaMA's layers) with a warning
-    // (tuners/lora/model.py `_create_new_module`), so it changes nothing here.
+    // (tuners/lora/layer.py `dispatch_default`), so it changes nothing here.
     "fan_in_fan_out",
     // Read below.
     "r",

@@ -127,7 +127,7 @@ fn write_peft(dir: &Path, config: &serde_json::Value, p: &Pairs) {
         serde_json::to_string_pretty(config).unwrap(),
     )
     .unwrap();
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut owned: Owned = Vec::new();
     for (m, a, b, r) in &p.pairs {
         let (out, inp) = module_shape(m);
         owned.push((
@@ -191,13 +191,19 @@ fn folded_model(dir: &Path, p: &Pairs, scale_of: impl Fn(&str, usize) -> f64) ->
     std::fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
     let mut names: Vec<&String> = w.keys().collect();
     names.sort();
-    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = names
+    let owned: Owned = names
         .iter()
         .map(|n| (n.to_string(), w[*n].0.clone(), f32_bytes(&w[*n].1)))
         .collect();
     write_tensors(&dir.join("model.safetensors"), &owned);
     dir.to_path_buf()
 }
+
+/// Tensors to write: (name, PyTorch shape, F32 bytes).
+type Named = (String, Vec<usize>, Vec<u8>);
+type Owned = Vec<Named>;
+/// A refusal case: label, what the file holds, the parts its message must have.
+type Case<'a, T> = (&'a str, Vec<T>, Vec<&'a str>);
 
 const TOKENS: [u32; 10] = [1, 17, 300, 42, 5, 511, 128, 77, 9, 260];
 
@@ -386,7 +392,7 @@ fn peft_rslora_regex_and_layer_subsets_match_the_folded_model() {
     write_peft(&d.join("b"), &config, &p);
     let st = d.join("b/adapter_model.safetensors");
     let m = SafetensorsModel::open_file(&st).unwrap();
-    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = m
+    let owned: Owned = m
         .tensors
         .iter()
         .map(|t| {
@@ -670,7 +676,7 @@ fn peft_file_refusals_name_the_path_and_tensor() {
     let a = f32_bytes(&vals(4 * DIM, 1, 0.1));
     let b = f32_bytes(&vals(DIM * 4, 2, 0.1));
     let q = "base_model.model.model.layers.0.self_attn.q_proj";
-    let cases: Vec<(&str, Vec<(String, Vec<usize>, Vec<u8>)>, Vec<&str>)> = vec![
+    let cases: Vec<Case<Named>> = vec![
         (
             "only A",
             vec![(format!("{q}.lora_A.weight"), vec![4, DIM], a.clone())],
@@ -812,7 +818,7 @@ fn wrong_base_and_nan_weights_are_refused_at_build() {
     let q = "base_model.model.model.layers.0.self_attn.q_proj";
     let cfg = json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
         "target_modules": ["q_proj"]});
-    let write = |name: &str, tensors: Vec<(String, Vec<usize>, Vec<u8>)>| {
+    let write = |name: &str, tensors: Owned| {
         let dir = d.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).unwrap();
@@ -907,7 +913,7 @@ fn gguf_refusals_name_the_file_and_tensor() {
         &["give its folder"],
     );
     let p = make_pairs(&layer_modules(&[0], &["q_proj"]), |_| 4, 1);
-    let cases: Vec<(&str, Vec<(&str, Value)>, Vec<&str>)> = vec![
+    let cases: Vec<Case<(&str, Value)>> = vec![
         (
             "alora",
             vec![(
@@ -940,7 +946,7 @@ fn gguf_refusals_name_the_file_and_tensor() {
         assert_has(&msg, &[&format!("{name}.gguf")]);
     }
     // Tensor-level: only one factor, an embedding LoRA, an unknown suffix.
-    let tensor_cases: Vec<(&str, Vec<(&str, Vec<usize>)>, Vec<&str>)> = vec![
+    let tensor_cases: Vec<Case<(&str, Vec<usize>)>> = vec![
         (
             "half",
             vec![("blk.0.attn_q.weight.lora_a", vec![DIM, 4])],
