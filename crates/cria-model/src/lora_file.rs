@@ -528,6 +528,34 @@ fn string_list(field: &str, v: &Json) -> CfgResult<Vec<String>> {
     }
 }
 
+/// rank_pattern / alpha_pattern: (compiled key, value) in file order. PEFT's
+/// `get_pattern_key` matches a key as `re.match(rf"(.*\.)?({key})$", module key)`.
+fn pattern_list<T>(
+    o: &Map<String, Json>,
+    field: &str,
+    value: impl Fn(&str, &Json) -> CfgResult<T>,
+) -> CfgResult<Vec<(Regex, T)>> {
+    let m = match o.get(field) {
+        None | Some(Json::Null) => return Ok(vec![]),
+        Some(Json::Object(m)) => m,
+        Some(v) => return bad(format!("{field}: expected an object, got {}", short(v))),
+    };
+    if m.len() > MAX_PATTERNS {
+        return bad(format!(
+            "{field}: {} keys (at most {MAX_PATTERNS})",
+            m.len()
+        ));
+    }
+    m.iter()
+        .map(|(k, v)| {
+            Ok((
+                regex(field, &format!(r"^(?:.*\.)?(?:{k})$"))?,
+                value(&format!("{field}[{k:?}]"), v)?,
+            ))
+        })
+        .collect()
+}
+
 impl PeftConfig {
     fn parse(text: &str) -> CfgResult<PeftConfig> {
         let v: Json = serde_json::from_str(text).or_else(|e| bad(format!("JSON: {e}")))?;
@@ -609,37 +637,8 @@ impl PeftConfig {
         if !layers_pattern.is_empty() && layers.is_none() {
             return bad("layers_pattern without layers_to_transform (PEFT refuses this config)");
         }
-        let patterns = |field: &str| -> CfgResult<Vec<(String, Json)>> {
-            match o.get(field).unwrap_or(&null) {
-                Json::Null => Ok(vec![]),
-                Json::Object(m) if m.len() > MAX_PATTERNS => bad(format!(
-                    "{field}: {} keys (at most {MAX_PATTERNS})",
-                    m.len()
-                )),
-                Json::Object(m) => Ok(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-                v => bad(format!("{field}: expected an object, got {}", short(v))),
-            }
-        };
-        // get_pattern_key: re.match(rf"(.*\.)?({key})$", module key).
-        let key_re = |field: &str, k: &str| regex(field, &format!(r"^(?:.*\.)?(?:{k})$"));
-        let rank_pattern = patterns("rank_pattern")?
-            .into_iter()
-            .map(|(k, v)| {
-                Ok((
-                    key_re("rank_pattern", &k)?,
-                    as_rank(&format!("rank_pattern[{k:?}]"), &v)?,
-                ))
-            })
-            .collect::<CfgResult<Vec<_>>>()?;
-        let alpha_pattern = patterns("alpha_pattern")?
-            .into_iter()
-            .map(|(k, v)| {
-                Ok((
-                    key_re("alpha_pattern", &k)?,
-                    as_alpha(&format!("alpha_pattern[{k:?}]"), &v)?,
-                ))
-            })
-            .collect::<CfgResult<Vec<_>>>()?;
+        let rank_pattern = pattern_list(o, "rank_pattern", as_rank)?;
+        let alpha_pattern = pattern_list(o, "alpha_pattern", as_alpha)?;
         let mts = string_list("modules_to_save", o.get("modules_to_save").unwrap_or(&null))?;
         let modules_to_save = mts
             .iter()
