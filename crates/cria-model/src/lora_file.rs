@@ -302,6 +302,8 @@ fn open_peft(dir: &Path) -> Result<AdapterFile> {
     if pairs.is_empty() && replace.is_empty() {
         return Err(err_at(&st_path, "holds no LoRA tensors"));
     }
+    let mut summary = cfg.summary;
+    summary.push(file_line(&st_path, &st.tensors));
     Ok(AdapterFile {
         path: dir.to_path_buf(),
         format: AdapterFormat::Peft,
@@ -309,7 +311,7 @@ fn open_peft(dir: &Path) -> Result<AdapterFile> {
         interleaved: false,
         pairs,
         replace,
-        summary: cfg.summary,
+        summary,
     })
 }
 
@@ -1229,6 +1231,7 @@ fn open_gguf(path: &Path) -> Result<AdapterFile> {
     if out.is_empty() {
         return Err(err_at(path, "holds no LoRA pairs"));
     }
+    summary.push(file_line(path, &g.tensors));
     let base_model = [
         "general.base_model.0.name",
         "general.base_model.0.repo_url",
@@ -1246,6 +1249,30 @@ fn open_gguf(path: &Path) -> Result<AdapterFile> {
         replace: vec![],
         summary,
     })
+}
+
+/// ("file", "N bytes, F16 tensors"): the size on disk and the types as stored (quantized ones
+/// are dequantized to f32 at open, so the adapter's `byte_len` can be larger).
+fn file_line(path: &Path, tensors: &[Tensor]) -> (String, String) {
+    let mut types: Vec<&str> = tensors.iter().map(|t| t.dtype.name()).collect();
+    types.sort_unstable();
+    types.dedup();
+    let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    let quantized = tensors
+        .iter()
+        .any(|t| !matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16));
+    (
+        "file".into(),
+        format!(
+            "{bytes} bytes, {} tensors{}",
+            types.join(" + "),
+            if quantized {
+                " (quantized ones dequantized to F32)"
+            } else {
+                ""
+            }
+        ),
+    )
 }
 
 /// A tensor as f32/f16/bf16: quantized ones (convert_lora_to_gguf.py --outtype q8_0)

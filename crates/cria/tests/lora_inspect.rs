@@ -118,6 +118,10 @@ fn inspect_describes_a_peft_adapter() {
     assert_eq!(size, 6144);
     assert_line(&l, "size: 6144 bytes (0.01 MiB)");
     assert_line(&l, "q/k row layout: Hugging Face half-split");
+    let on_disk = std::fs::metadata(d.join("adapter_model.safetensors"))
+        .unwrap()
+        .len();
+    assert_line(&l, &format!("file: {on_disk} bytes, F32 tensors"));
     std::fs::remove_dir_all(&d).ok();
 }
 
@@ -162,6 +166,8 @@ fn inspect_describes_a_gguf_adapter() {
         &format!("size: {} bytes (0.01 MiB)", 2 * 4 * (172 + DIM) * 4),
     );
     assert_line(&l, "q/k row layout: llama.cpp interleaved");
+    let on_disk = std::fs::metadata(&path).unwrap().len();
+    assert_line(&l, &format!("file: {on_disk} bytes, F32 tensors"));
     std::fs::remove_dir_all(&d).ok();
 }
 
