@@ -37,6 +37,9 @@ const MAX_PATTERNS: usize = 4096;
 /// Compiled size limit of one pattern from a config (the regex crate's default is 10 MB).
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
+const PEFT_CONFIG: &str = "adapter_config.json";
+const PEFT_WEIGHTS: &str = "adapter_model.safetensors";
+
 /// PEFT's default target_modules for LLaMA and Mistral when the config has none
 /// (peft.utils.constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
 const DEFAULT_TARGETS: [&str; 2] = ["q_proj", "v_proj"];
@@ -60,10 +63,18 @@ impl AdapterFile {
             path: path.to_path_buf(),
             source,
         })?;
-        if meta.is_dir() {
-            open_peft(path)
-        } else {
-            open_gguf(path)
+        let name = path.file_name().and_then(|n| n.to_str());
+        match path.parent() {
+            _ if meta.is_dir() => open_peft(path),
+            // A file of a PEFT folder stands for its folder.
+            Some(dir) if matches!(name, Some(PEFT_CONFIG | PEFT_WEIGHTS)) => {
+                open_peft(if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                })
+            }
+            _ => open_gguf(path),
         }
     }
 
@@ -178,7 +189,8 @@ impl AdapterFile {
 }
 
 /// Whether `path` looks like a LoRA adapter rather than a model: a folder with
-/// adapter_config.json or adapter_model.* in it, or a GGUF file with `general.type = adapter`.
+/// adapter_config.json or adapter_model.* in it (or one of those files), or a GGUF file with
+/// `general.type = adapter`.
 pub fn looks_like_adapter(path: &Path) -> bool {
     if path.is_dir() {
         return [
@@ -189,8 +201,10 @@ pub fn looks_like_adapter(path: &Path) -> bool {
         .iter()
         .any(|f| path.join(f).is_file());
     }
+    let name = path.file_name().and_then(|n| n.to_str());
     path.is_file()
-        && GgufFile::open(path).is_ok_and(|g| g.get_str("general.type") == Some("adapter"))
+        && (matches!(name, Some(PEFT_CONFIG | PEFT_WEIGHTS))
+            || GgufFile::open(path).is_ok_and(|g| g.get_str("general.type") == Some("adapter")))
 }
 
 /// Sorted integers as ranges: "0-3, 7, 9-10".
@@ -228,8 +242,8 @@ fn unsupported_at(path: &Path, msg: impl std::fmt::Display) -> Error {
 // PEFT
 
 fn open_peft(dir: &Path) -> Result<AdapterFile> {
-    let cfg_path = dir.join("adapter_config.json");
-    let st_path = dir.join("adapter_model.safetensors");
+    let cfg_path = dir.join(PEFT_CONFIG);
+    let st_path = dir.join(PEFT_WEIGHTS);
     if !st_path.exists() && dir.join("adapter_model.bin").exists() {
         return Err(unsupported_at(
             dir,
@@ -1043,18 +1057,10 @@ fn check_finite(t: &Tensor, name: &str) -> CfgResult<()> {
 
 fn open_gguf(path: &Path) -> Result<AdapterFile> {
     let g = GgufFile::open(path).map_err(|e| {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        match name.as_deref() {
-            Some("adapter_config.json" | "adapter_model.safetensors") => err_at(
-                path,
-                "a file of a PEFT adapter: give its folder (adapter_config.json + \
-                 adapter_model.safetensors)",
-            ),
-            _ => err_at(
-                path,
-                format!("not a PEFT adapter folder nor a GGUF adapter ({e})"),
-            ),
-        }
+        err_at(
+            path,
+            format!("not a PEFT adapter folder nor a GGUF adapter ({e})"),
+        )
     })?;
     match g.get_str("general.type") {
         Some("adapter") => {}

@@ -908,11 +908,12 @@ fn gguf_refusals_name_the_file_and_tensor() {
     // Not GGUF at all, and a PEFT file given instead of its folder.
     std::fs::write(d.join("junk.gguf"), b"not a gguf file at all").unwrap();
     assert_has(&open_err(&d.join("junk.gguf")), &["junk.gguf"]);
+    // A file of a PEFT folder stands for the folder.
     small_peft(&d.join("peft"), |_| {});
-    assert_has(
-        &open_err(&d.join("peft/adapter_model.safetensors")),
-        &["give its folder"],
-    );
+    for f in ["adapter_model.safetensors", "adapter_config.json"] {
+        let a = open(&d.join("peft").join(f));
+        assert_eq!((a.path.clone(), a.pairs.len()), (d.join("peft"), 4), "{f}");
+    }
     let p = make_pairs(&layer_modules(&[0], &["q_proj"]), |_| 4, 1);
     let cases: Vec<Case<(&str, Value)>> = vec![
         (
