@@ -32,8 +32,10 @@ use std::path::Path;
 /// adapter_config.json files larger than this are refused (real ones are ~1 KB; a
 /// target_modules list of every module of a 80-layer model is ~60 KB).
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
-/// Most rank_pattern + alpha_pattern keys read (each is a compiled regular expression).
+/// Most keys of rank_pattern, of alpha_pattern (each a compiled regular expression), and most
+/// names in target_modules, exclude_modules, modules_to_save.
 const MAX_PATTERNS: usize = 4096;
+const MAX_NAMES: usize = 1 << 16;
 /// Compiled size limit of one pattern from a config (the regex crate's default is 10 MB).
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
@@ -529,6 +531,9 @@ fn string_list(field: &str, v: &Json) -> CfgResult<Vec<String>> {
     match v {
         Json::Null => Ok(vec![]),
         Json::String(s) => Ok(vec![s.clone()]),
+        Json::Array(a) if a.len() > MAX_NAMES => {
+            bad(format!("{field}: {} names (at most {MAX_NAMES})", a.len()))
+        }
         Json::Array(a) => a
             .iter()
             .map(|x| {

@@ -20,7 +20,10 @@ fn tmp(name: &str) -> PathBuf {
 
 fn bytes(n: usize, seed: u32) -> Vec<u8> {
     (0..n)
-        .flat_map(|i| (((i as u32 * 2654435761 ^ seed) % 1000) as f32 / 1e4 - 0.05).to_le_bytes())
+        .flat_map(|i| {
+            ((((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1e4 - 0.05)
+                .to_le_bytes()
+        })
         .collect()
 }
 
