@@ -1146,6 +1146,30 @@ fn open_gguf(path: &Path) -> Result<AdapterFile> {
             summary.push((k.to_string(), s.to_string()));
         }
     }
+    // Other adapter.* keys: llama.cpp reads none but these (llama-adapter.cpp), so none changes
+    // its results; listed, not applied.
+    let others: Vec<&str> = g
+        .metadata
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| {
+            k.starts_with("adapter.")
+                && !matches!(
+                    *k,
+                    "adapter.type"
+                        | "adapter.lora.alpha"
+                        | "adapter.lora.task_name"
+                        | "adapter.lora.prompt_prefix"
+                )
+        })
+        .take(16)
+        .collect();
+    if !others.is_empty() {
+        summary.push((
+            "other adapter keys".into(),
+            format!("{} (llama.cpp does not read them)", others.join(", ")),
+        ));
+    }
     let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
     let mut norms = 0usize;
     for t in &g.tensors {

@@ -975,6 +975,14 @@ fn gguf_refusals_name_the_file_and_tensor() {
             ],
             vec!["disagree on the rank"],
         ),
+        (
+            "zero",
+            vec![
+                ("blk.0.attn_q.weight.lora_a", vec![DIM, 0]),
+                ("blk.0.attn_q.weight.lora_b", vec![0, DIM]),
+            ],
+            vec!["blk.0.attn_q.weight.lora_a", "rank 0"],
+        ),
     ];
     for (name, tensors, parts) in tensor_cases {
         let mut w = GgufWriter::new();
@@ -993,7 +1001,13 @@ fn gguf_refusals_name_the_file_and_tensor() {
     }
     // Norm vectors are skipped, as llama.cpp skips them.
     let path = d.join("norms.gguf");
-    write_gguf_adapter(&path, &p, 8.0, DType::F32, &[]);
+    write_gguf_adapter(
+        &path,
+        &p,
+        8.0,
+        DType::F32,
+        &[("adapter.lora.new_thing", Value::from("x"))],
+    );
     let g = cria_core::gguf::GgufFile::open(&path).unwrap();
     let mut w = GgufWriter::from_gguf(&g);
     w.add_tensor(
@@ -1011,5 +1025,9 @@ fn gguf_refusals_name_the_file_and_tensor() {
         .summary
         .iter()
         .any(|(k, v)| k == "norm vectors" && v.starts_with('1')));
+    assert!(f
+        .summary
+        .iter()
+        .any(|(k, v)| k == "other adapter keys" && v.starts_with("adapter.lora.new_thing")));
     std::fs::remove_dir_all(&d).ok();
 }
