@@ -66,7 +66,8 @@ pub struct Adapters {
     reg: RwLock<Registry>,
     model: Arc<Model>,
     backend: Arc<CpuBackend>,
-    /// Bytes all adapters may take together (the base model's weights).
+    /// Bytes all adapters may take together (`--lora-max-mib`, default the base model's
+    /// weights).
     pub budget: usize,
     /// `--lora-dir`, canonical: run-time loads must name a path inside it.
     dir: Option<PathBuf>,
@@ -172,14 +173,16 @@ fn mib(n: usize) -> String {
 
 impl Adapters {
     /// The registry over `model`, with the adapters given at start (already built over it) at
-    /// their `--lora` scales; their global scales are 0 (requests choose them).
+    /// their `--lora` scales; their global scales are 0 (requests choose them). `max_mib`:
+    /// the memory they may take (None: the base model's weights).
     pub fn new(
         model: Arc<Model>,
         backend: Arc<CpuBackend>,
         start: Vec<(LoraSpec, Arc<Lora>)>,
         dir: Option<&Path>,
+        max_mib: Option<usize>,
     ) -> anyhow::Result<Self> {
-        let budget = model.weight_bytes();
+        let budget = max_mib.map_or(model.weight_bytes(), |m| m.saturating_mul(1 << 20));
         let dir = match dir {
             Some(d) => Some(
                 std::fs::canonicalize(d)
@@ -229,7 +232,7 @@ impl Adapters {
         }
         if r.bytes + bytes > budget {
             return Err(too_large(format!(
-                "adapter '{name}' takes {}; the adapters loaded take {} of the {} allowed (the base model's size)",
+                "adapter '{name}' takes {}; the adapters loaded take {} of the {} allowed (--lora-max-mib; default the base model's size)",
                 mib(bytes),
                 mib(r.bytes),
                 mib(budget)
@@ -315,7 +318,7 @@ impl Adapters {
             Self::room(&r, &name, 0, self.budget)?;
             if r.bytes.saturating_add(disk as usize / 2) > self.budget {
                 return Err(too_large(format!(
-                    "the adapter at {} is {} on disk, more than the {} left of the {} adapters may take (the base model's size)",
+                    "the adapter at {} is {} on disk, more than the {} left of the {} adapters may take (--lora-max-mib; default the base model's size)",
                     path.display(),
                     mib(disk as usize),
                     mib(self.budget - r.bytes),

@@ -835,3 +835,83 @@ fn a_peft_folder_loads_and_gives_its_gguf_twin_text() {
         }
     }
 }
+
+/// Figures (ignored; run with --ignored --nocapture): the time POST /v1/adapters takes for a
+/// rank-16 adapter on every linear layer, and the aggregate tokens/s of 8 concurrent greedy
+/// requests over the base, over one adapter, and over 8 different adapters.
+#[test]
+#[ignore]
+fn mixed_adapter_throughput_figures() {
+    let dir = scratch_dir("figures");
+    let lm = load();
+    let n = lm.model.config.n_layers;
+    let all_layers: Vec<usize> = (0..n).collect();
+    let kinds = [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+    ];
+    let t = targets(&lm, &all_layers, &kinds);
+    let paths: Vec<PathBuf> = (0..8)
+        .map(|i| {
+            let p = dir.join(format!("r16-{i}.gguf"));
+            write_adapter(&p, &t, 16, 100 + i, 0.05, Spoil::None);
+            p
+        })
+        .collect();
+    drop(lm);
+    let srv = start(
+        |s| {
+            s.parallel = 8;
+            s.lora_max_mib = Some(512);
+        },
+        &[],
+    );
+    let url = srv.url();
+    let base = srv.model.clone();
+    for (i, p) in paths.iter().enumerate() {
+        let body = json!({"name": format!("r{i}"), "path": p.display().to_string()}).to_string();
+        let t0 = std::time::Instant::now();
+        let (s, v) = call("POST", &format!("{url}/v1/adapters"), Some(&body), None);
+        assert_eq!(s, 200, "{v}");
+        if i == 0 {
+            println!(
+                "POST /v1/adapters, rank 16 on all {} linear weights ({:.1} MiB): {:.0} ms",
+                t.len(),
+                v["bytes"].as_f64().unwrap() / (1 << 20) as f64,
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
+    let run = |what: &str, model: &dyn Fn(usize) -> Option<String>| {
+        let tokens = 64;
+        let t0 = std::time::Instant::now();
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let mut b = req(model(i).as_deref(), None, None, 0.0);
+                b["max_tokens"] = json!(tokens);
+                let url = url.clone();
+                std::thread::spawn(move || complete(&url, &b, None))
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        let tps = (8 * tokens) as f64 / t0.elapsed().as_secs_f64();
+        println!("8 streams x {tokens} tokens, {what}: {tps:.1} tokens/s");
+        tps
+    };
+    run("warm-up", &|_| None);
+    let plain = run("base", &|_| None);
+    let one = run("one adapter", &|_| Some(format!("{base}:r0")));
+    let eight = run("8 different adapters", &|i| Some(format!("{base}:r{i}")));
+    println!(
+        "one adapter: {:.0}% of the base; 8 adapters: {:.0}% of the base",
+        100.0 * one / plain,
+        100.0 * eight / plain
+    );
+}

@@ -153,6 +153,7 @@ impl AppState {
             backend.clone(),
             start,
             args.lora_dir.as_deref(),
+            args.lora_max_mib,
         )?;
         let engine: Engine = cria_engine::scheduler::spawn_shared(
             model,
