@@ -21,13 +21,13 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 /// The base weights an adapter pair may target, by layer: (GGUF name, rows, cols).
-/// `kinds`: `attn_q`, `ffn_down`, ...
+/// `kinds`: `attn_q`, `ffn_down`, ... (none: every weight of the layer).
 fn targets(lm: &LoadedModel, layers: &[usize], kinds: &[&str]) -> Vec<(String, usize, usize)> {
     let mut out = vec![];
     for &l in layers {
         for w in lm.model.weights.layers[l].matrices() {
             let kind = w.name.split('.').nth(2).unwrap();
-            if kinds.contains(&kind) {
+            if kinds.is_empty() || kinds.contains(&kind) {
                 out.push((w.name.clone(), w.rows, w.cols));
             }
         }
@@ -846,16 +846,7 @@ fn mixed_adapter_throughput_figures() {
     let lm = load();
     let n = lm.model.config.n_layers;
     let all_layers: Vec<usize> = (0..n).collect();
-    let kinds = [
-        "attn_q",
-        "attn_k",
-        "attn_v",
-        "attn_output",
-        "ffn_gate",
-        "ffn_up",
-        "ffn_down",
-    ];
-    let t = targets(&lm, &all_layers, &kinds);
+    let t = targets(&lm, &all_layers, &[]);
     let paths: Vec<PathBuf> = (0..8)
         .map(|i| {
             let p = dir.join(format!("r16-{i}.gguf"));
