@@ -87,6 +87,19 @@ fn build(m: &Model, b: &CpuBackend, path: &Path) -> Arc<Lora> {
     Arc::new(Lora::build(&name, file, m, b).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
+/// The adapters of a case of reference.json, at their scales.
+fn adapters(m: &Model, b: &CpuBackend, case: &Value) -> Vec<ActiveLora> {
+    case["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| ActiveLora {
+            lora: build(m, b, &fixture(&a["path"])),
+            scale: a["scale"].as_f64().unwrap() as f32,
+        })
+        .collect()
+}
+
 /// Every position's logits of `ids` (from position 0, F32 cache) with `lora` active.
 fn logits(m: &Model, b: &CpuBackend, ids: &[u32], lora: &[ActiveLora]) -> Vec<f32> {
     let mut kv = KvCache::with_type(m, ids.len(), KvType::F32);
@@ -138,15 +151,7 @@ fn peft_cases(base: &str, model_path: &Path, b: &CpuBackend, r: &Value) -> Vec<(
             continue;
         }
         let name = case["name"].as_str().unwrap();
-        let active: Vec<ActiveLora> = case["adapters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| ActiveLora {
-                lora: build(&m, b, &fixture(&a["path"])),
-                scale: a["scale"].as_f64().unwrap() as f32,
-            })
-            .collect();
+        let active = adapters(&m, b, case);
         assert!(!active.is_empty());
         let ids = ids(case);
         let got = logits(&m, b, &ids, &active);
@@ -173,7 +178,10 @@ fn peft_cases(base: &str, model_path: &Path, b: &CpuBackend, r: &Value) -> Vec<(
 }
 
 fn check(results: Vec<(String, f32)>) {
-    let bad: Vec<_> = results.iter().filter(|(_, e)| e.is_nan() || *e > TOL).collect();
+    let bad: Vec<_> = results
+        .iter()
+        .filter(|(_, e)| e.is_nan() || *e > TOL)
+        .collect();
     assert!(
         bad.is_empty(),
         "cases beyond {TOL} of the logit range: {bad:?}"
@@ -300,4 +308,82 @@ fn smollm2_peft_adapters_give_peft_logits() {
     res.extend(peft_cases("smollm2", &gguf, &b, &r));
     let _ = std::fs::remove_dir_all(&tmp);
     check(res);
+}
+
+/// One batched forward of several sequences, each with its own adapters (none, one, two with
+/// scales, one that replaces the embedding and the head): every sequence's rows are its PEFT
+/// logits (the base's: transformers' tests/fixtures/tiny-llama2/logits.npy), with every
+/// position's logits and with the last token's only (the output head's rows are then one per
+/// sequence).
+#[test]
+fn mixed_adapters_in_one_batch_give_each_sequence_its_peft_logits() {
+    let r = reference();
+    let b = CpuBackend::new(2);
+    let base = "tiny-llama2";
+    let fx = repo().join("tests/fixtures").join(base);
+    let m = load_model(&fx.join("model.gguf"), &b);
+    let vocab = m.config.vocab_size;
+    let case = |name: &str| {
+        r["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["base"] == base && c["name"] == name)
+            .unwrap_or_else(|| panic!("{base} {name} missing from reference.json"))
+            .clone()
+    };
+    // (adapters, reference logits) per sequence, the base in the middle.
+    let mut seqs: Vec<(Vec<ActiveLora>, Vec<f32>, Vec<u32>)> = Vec::new();
+    for name in ["combo", "", "d_save", "a_all"] {
+        if name.is_empty() {
+            let ids = ids(&case("a_all"));
+            let (_, want) = load_npy(&fx.join("logits.npy"));
+            seqs.push((Vec::new(), want, ids));
+            continue;
+        }
+        let c = case(name);
+        let active = adapters(&m, &b, &c);
+        let (_, want) = load_npy(&fixture(&c["peft"]));
+        seqs.push((active, want, ids(&c)));
+    }
+    // Different lengths, so the sequences' rows do not line up: a prefix of each.
+    let lens = [24, 17, 9, 21];
+    let total: usize = lens.iter().sum();
+    for mode in [Logits::All, Logits::Last] {
+        let mut kvs: Vec<KvCache> = seqs
+            .iter()
+            .map(|_| KvCache::with_type(&m, 24, KvType::F32))
+            .collect();
+        let mut s = Scratch::with_seqs(&m, total, total);
+        let mut steps: Vec<SeqStep> = seqs
+            .iter()
+            .zip(kvs.iter_mut())
+            .zip(lens)
+            .map(|(((lora, _, ids), kv), n)| SeqStep {
+                tokens: &ids[..n],
+                pos: 0,
+                kv,
+                lora,
+            })
+            .collect();
+        forward_batch(&m, &b, &mut steps, &mut s, mode).unwrap();
+        let got = s.logits();
+        let mut row0 = 0;
+        for (i, ((_, want, _), n)) in seqs.iter().zip(lens).enumerate() {
+            // The reference rows 0..n (Logits::All) or row n-1 (Last) of this sequence.
+            let (rows, first_ref, g) = match mode {
+                Logits::All => (n, 0, &got[row0 * vocab..(row0 + n) * vocab]),
+                _ => (1, n - 1, &got[i * vocab..(i + 1) * vocab]),
+            };
+            let w = &want[first_ref * vocab..(first_ref + rows) * vocab];
+            let err = rel_err(g, vocab, w, &[rows, vocab], 1);
+            report(&format!(
+                "batch {mode:?}: sequence {i} ({} adapters, {n} tokens): worst |cria - PEFT| = \
+                 {err:.2e} of the logit range",
+                seqs[i].0.len()
+            ));
+            assert!(err <= TOL, "batch {mode:?} sequence {i}: {err}");
+            row0 += n;
+        }
+    }
 }
