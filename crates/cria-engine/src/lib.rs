@@ -12,6 +12,7 @@ pub mod grammar;
 pub mod imatrix;
 pub mod kld;
 pub mod load;
+pub mod lora;
 pub mod memory;
 pub mod sampler;
 pub mod scheduler;

@@ -22,7 +22,8 @@ use crate::generate::{GenOptions, GenStats, Generation, StopReason, TokenLogprob
 use crate::grammar::LazyMatcher;
 use crate::{Sampler, SamplerConfig, StopMatcher};
 use cria_kernels::{Backend, CpuBackend};
-use cria_model::{forward_batch, KvCache, KvType, Logits, Model, Scratch, SeqStep};
+use cria_model::lora::same_adapters;
+use cria_model::{forward_batch, ActiveLora, KvCache, KvType, Logits, Model, Scratch, SeqStep};
 use cria_tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -67,8 +68,11 @@ pub struct Done {
 }
 
 /// One generation (one choice of a request).
-pub struct Job<S> {
+pub struct Job<S, B: Backend = CpuBackend> {
     pub prompt: Arc<Vec<u32>>,
+    /// The LoRA adapters it runs with, at their scales (empty: the base model). Its prompt
+    /// reuses only cached prefixes computed with the same adapters.
+    pub lora: Vec<ActiveLora<B>>,
     pub params: GenParams,
     /// A sampler to use instead of one made from `params.sampler` (a chat's, kept across
     /// answers, with DRY's sequence breakers).
@@ -104,8 +108,8 @@ pub struct EmbedJob<E> {
 }
 
 #[allow(clippy::large_enum_variant)] // each request is moved once, into the queue
-pub enum Request<S, E> {
-    Generate(Job<S>),
+pub enum Request<S, E, B: Backend = CpuBackend> {
+    Generate(Job<S, B>),
     Embed(EmbedJob<E>),
     /// The server is shutting down: end every generation now ([`StopReason::Cancelled`]),
     /// drop what is queued.
@@ -138,8 +142,8 @@ pub struct Metrics {
 
 /// The handlers' side of a scheduler thread: submit requests; the thread ends when every
 /// clone is dropped.
-pub struct Engine<S, E> {
-    tx: mpsc::Sender<Request<S, E>>,
+pub struct Engine<S, E, B: Backend = CpuBackend> {
+    tx: mpsc::Sender<Request<S, E, B>>,
     /// False once the scheduler thread has ended (set by a guard it drops, panic or not).
     alive: Arc<AtomicBool>,
 }
@@ -147,7 +151,7 @@ pub struct Engine<S, E> {
 /// Why a request cannot be served: the scheduler thread is gone.
 pub const STOPPED: &str = "the scheduler has stopped; the server cannot generate (see its log)";
 
-impl<S, E> Clone for Engine<S, E> {
+impl<S, E, B: Backend> Clone for Engine<S, E, B> {
     fn clone(&self) -> Self {
         Engine {
             tx: self.tx.clone(),
@@ -156,8 +160,8 @@ impl<S, E> Clone for Engine<S, E> {
     }
 }
 
-impl<S, E> Engine<S, E> {
-    pub fn submit(&self, r: Request<S, E>) -> Result<(), String> {
+impl<S, E, B: Backend> Engine<S, E, B> {
+    pub fn submit(&self, r: Request<S, E, B>) -> Result<(), String> {
         if !self.is_alive() {
             return Err(STOPPED.into());
         }
@@ -211,7 +215,7 @@ pub fn spawn<S: Sink + Send + 'static, E: EmbedSink + Send + 'static, B: Backend
     tok: Arc<Tokenizer>,
     cfg: Config,
     metrics: Arc<Metrics>,
-) -> cria_core::Result<Engine<S, E>> {
+) -> cria_core::Result<Engine<S, E, B>> {
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     let alive = Arc::new(AtomicBool::new(true));
@@ -248,6 +252,8 @@ struct Slot<'t, S, E, B: Backend> {
     embed: Option<Embedding<E>>,
     /// Step at which the slot was last given a job (least recently used goes first on ties).
     last_used: u64,
+    /// The adapters `cached` was computed with (and the active job runs with).
+    lora: Vec<ActiveLora<B>>,
 }
 
 struct Embedding<E> {
@@ -283,7 +289,7 @@ pub struct Scheduler<'a, S, E, B: Backend = CpuBackend> {
     tok: &'a Tokenizer,
     metrics: Arc<Metrics>,
     slots: Vec<Slot<'a, S, E, B>>,
-    queue: VecDeque<Request<S, E>>,
+    queue: VecDeque<Request<S, E, B>>,
     scratch: Scratch<B>,
     step: u64,
     /// (time, generated tokens) of recent steps, for the tokens/s gauge.
@@ -311,6 +317,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
                     active: None,
                     embed: None,
                     last_used: 0,
+                    lora: Vec::new(),
                 })
             })
             .collect::<cria_core::Result<_>>()?;
@@ -329,7 +336,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
     }
 
     /// Queues a request (served by the next [`run_until_idle`](Self::run_until_idle)).
-    pub fn submit(&mut self, r: Request<S, E>) {
+    pub fn submit(&mut self, r: Request<S, E, B>) {
         self.queue.push_back(r);
     }
 
@@ -356,7 +363,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
     }
 
     /// Serves requests from `rx` until every sender is dropped.
-    fn run(&mut self, rx: mpsc::Receiver<Request<S, E>>) {
+    fn run(&mut self, rx: mpsc::Receiver<Request<S, E, B>>) {
         loop {
             let idle = self.queue.is_empty() && !self.slots.iter().any(Slot::busy);
             if idle {
@@ -487,6 +494,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
                     self.step += 1;
                     let slot = &mut self.slots[si];
                     slot.cached.clear();
+                    slot.lora.clear();
                     slot.last_used = self.step;
                     slot.embed = Some(Embedding {
                         job,
@@ -501,15 +509,24 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
     }
 
     /// Puts a job into the free slot whose cache shares the longest prefix with its prompt.
-    fn start(&mut self, job: &mut Option<Job<S>>) {
+    fn start(&mut self, job: &mut Option<Job<S, B>>) {
         self.step += 1;
         let prompt = job.as_ref().expect("a job").prompt.clone();
+        let lora = std::mem::take(&mut job.as_mut().expect("a job").lora);
+        // A cache computed with other adapters shares nothing with this prompt.
+        let shared = |s: &Slot<S, E, B>| {
+            if same_adapters(&s.lora, &lora) {
+                common_prefix(&s.cached, &prompt)
+            } else {
+                0
+            }
+        };
         let mut best: Option<(usize, usize)> = None; // (slot, shared prefix)
         for (i, s) in self.slots.iter().enumerate() {
             if s.busy() {
                 continue;
             }
-            let c = common_prefix(&s.cached, &prompt);
+            let c = shared(s);
             let better = match best {
                 None => true,
                 Some((b, bc)) => c > bc || (c == bc && s.last_used < self.slots[b].last_used),
@@ -519,8 +536,9 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             }
         }
         let Some((si, mut common)) = best else {
-            self.queue
-                .push_front(Request::Generate(job.take().expect("a job")));
+            let mut j = job.take().expect("a job");
+            j.lora = lora;
+            self.queue.push_front(Request::Generate(j));
             return;
         };
         // A busy slot may hold a longer prefix (the same system prompt in flight): copy its rows.
@@ -529,7 +547,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             .iter()
             .enumerate()
             .filter(|&(i, _)| i != si)
-            .map(|(i, s)| (i, common_prefix(&s.cached, &prompt)))
+            .map(|(i, s)| (i, shared(s)))
             .max_by_key(|&(_, c)| c);
         if let Some((di, dc)) = donor {
             // Copying is a memcpy per layer; worth it for anything beyond a few tokens.
@@ -552,6 +570,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
         let slot = &mut self.slots[si];
         slot.cached.truncate(common);
         slot.last_used = self.step;
+        slot.lora = lora;
         let j = job.as_mut().expect("a job");
         let p = &mut j.params;
         let sampler = j.sampler.take().unwrap_or_else(|| {
@@ -627,7 +646,11 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
         let mut seqs: Vec<SeqStep<B>> = Vec::with_capacity(plan.len());
         for (s, n) in planned(&mut self.slots, &plan) {
             let Slot {
-                kv, cached, active, ..
+                kv,
+                cached,
+                active,
+                lora,
+                ..
             } = s;
             let a = active.as_ref().expect("busy");
             let pos = cached.len();
@@ -639,7 +662,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
                 tokens,
                 pos,
                 kv,
-                lora: &[],
+                lora,
             });
         }
         let (m, b, metrics) = (self.m, self.b, &self.metrics);

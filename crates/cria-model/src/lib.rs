@@ -4,6 +4,7 @@
 pub mod config;
 pub mod forward;
 pub mod lora;
+pub mod lora_file;
 pub mod model;
 pub mod names;
 

@@ -325,3 +325,12 @@ pub struct ActiveLora<B: Backend = CpuBackend> {
     pub lora: Arc<Lora<B>>,
     pub scale: f32,
 }
+
+/// Whether two adapter lists are the same adapters at the same scales, in the same order (a KV
+/// cache computed with one serves the other).
+pub fn same_adapters<B: Backend>(a: &[ActiveLora<B>], b: &[ActiveLora<B>]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| Arc::ptr_eq(&x.lora, &y.lora) && x.scale.to_bits() == y.scale.to_bits())
+}

@@ -86,6 +86,7 @@ impl EventSink {
                 seed: params.sampler.seed,
             },
             prompt,
+            lora: Vec::new(),
             params,
             sampler: None,
         })

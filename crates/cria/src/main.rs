@@ -226,10 +226,12 @@ enum Cmd {
     },
     /// A Hugging Face LLaMA folder as a GGUF, as llama.cpp's convert_hf_to_gguf.py writes it.
     Convert(convert::ConvertArgs),
-    /// Architecture, hyper-parameters, tokenizer and tensor table of a model.
+    /// Architecture, hyper-parameters, tokenizer and tensor table of a model; rank, alpha,
+    /// targets and size of a LoRA adapter.
     Inspect {
         /// The model: a .gguf file, a Hugging Face model folder, hf:ORG/REPO[:FILE] or a short
-        /// name (default: the default model).
+        /// name (default: the default model); or a LoRA adapter (a PEFT folder or a GGUF
+        /// adapter).
         #[arg(value_name = "MODEL", conflicts_with = "model_flag")]
         model: Option<String>,
         /// The model, as the other commands take it.

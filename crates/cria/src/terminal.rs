@@ -101,6 +101,7 @@ pub fn answer(
     let out = Rc::new(RefCell::new(Outcome::default()));
     s.submit(Request::Generate(Job {
         prompt: Arc::new(prompt),
+        lora: Vec::new(),
         params,
         sampler: Some(sampler),
         sink: Terminal {
