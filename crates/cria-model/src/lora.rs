@@ -420,10 +420,19 @@ pub fn permute_rows(v: &[f32], cols: usize, heads: usize, from_interleaved: bool
 }
 
 /// An adapter a sequence runs with, at the user's scale (the file's own factor multiplies it).
-#[derive(Clone)]
 pub struct ActiveLora<B: Backend = CpuBackend> {
     pub lora: Arc<Lora<B>>,
     pub scale: f32,
+}
+
+// Not derived: that would ask `B: Clone`, and only the `Arc` is cloned.
+impl<B: Backend> Clone for ActiveLora<B> {
+    fn clone(&self) -> Self {
+        ActiveLora {
+            lora: self.lora.clone(),
+            scale: self.scale,
+        }
+    }
 }
 
 /// Whether two adapter lists are the same adapters at the same scales, in the same order (a KV
