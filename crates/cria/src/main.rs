@@ -65,12 +65,12 @@ struct ModelArgs {
 
 /// `--lora [NAME=]PATH[:SCALE]`; a trailing `:X` that is no number where PATH does not exist is
 /// told as a bad scale rather than a missing file.
-fn parse_lora(s: &str) -> Result<cria_engine::lora::LoraSpec> {
-    let spec = cria_engine::lora::LoraSpec::parse(s)?;
+fn parse_lora(s: &str) -> Result<cria_engine::lora::LoraSpec, String> {
+    let spec = cria_engine::lora::LoraSpec::parse(s).map_err(|e| format!("{e:#}"))?;
     if !spec.path.exists() {
         if let Some((p, x)) = spec.path.to_string_lossy().rsplit_once(':') {
             if std::path::Path::new(p).exists() {
-                bail!("scale {x:?} is not a number (--lora PATH[:SCALE])");
+                return Err(format!("scale {x:?} is not a number (--lora PATH[:SCALE])"));
             }
         }
     }
