@@ -227,6 +227,9 @@ pub(crate) fn adapter_error(path: &Path, msg: String) -> Error {
     Error::msg(format!("LoRA adapter {}: {msg}", path.display()))
 }
 
+/// (rows, cols) of a weight by GGUF name (None: the base has no such weight).
+pub type ShapeOf<'a> = Box<dyn Fn(&str) -> Option<(usize, usize)> + 'a>;
+
 /// What an adapter is checked against: the base's layer count, its Q/K row layout and head
 /// counts, and the shapes of its weights.
 pub struct BaseShape<'a> {
@@ -236,7 +239,7 @@ pub struct BaseShape<'a> {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     /// (rows, cols) of a weight by GGUF name; `output.weight` of a tied model is the table's.
-    pub shape: Box<dyn Fn(&str) -> Option<(usize, usize)> + 'a>,
+    pub shape: ShapeOf<'a>,
 }
 
 impl BaseShape<'_> {
@@ -357,7 +360,7 @@ pub(crate) fn check_pair(
 /// shape ([dim, vocab] in GGML order).
 pub(crate) fn check_replacement(path: &Path, t: &Tensor, dim: usize, vocab: usize) -> Result<()> {
     let want = [dim, vocab];
-    let shape: Vec<usize> = t.ne.iter().copied().collect();
+    let shape = t.ne.to_vec();
     if shape != want {
         return Err(adapter_error(
             path,

@@ -101,7 +101,7 @@ impl Merge {
             return Ok(());
         };
         for d in ds {
-            if w.len() % d.cols != 0 || w.len() / d.cols * d.rank != d.b.len() {
+            if !w.len().is_multiple_of(d.cols) || w.len() / d.cols * d.rank != d.b.len() {
                 return Err(Error::msg(format!(
                     "merging into {name}: {} values, the adapter's term is {}x{}",
                     w.len(),
