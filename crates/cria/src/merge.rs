@@ -10,15 +10,17 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use cria_convert::convert::{ConvertOptions, HfSource, OutType};
 use cria_convert::export::{self, ExportOptions};
 use cria_convert::lora_source::LoraSource;
 use cria_convert::mix::Ftype;
 use cria_convert::quantize::{self, Options};
-use cria_convert::source::Source;
+use cria_convert::source::{GgufSource, Source};
+use cria_core::safetensors::SafetensorsModel;
 use cria_core::DType;
 use cria_engine::lora::LoraSpec;
 use cria_model::AdapterFile;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct MergeArgs {
@@ -49,9 +51,39 @@ pub struct MergeArgs {
     /// With --hf: replace OUT if it exists and is not empty.
     #[arg(long, requires = "hf")]
     pub force: bool,
+    /// With a Hugging Face folder as the base: tokenizer.ggml.pre for a BPE tokenizer whose
+    /// pre-tokenizer llama.cpp's hash table does not know (as `cria convert --tokenizer-pre`).
+    #[arg(long, value_name = "NAME")]
+    pub tokenizer_pre: Option<String>,
     /// Threads (default: all cores).
     #[arg(short = 't', long = "threads", value_name = "N", value_parser = crate::run::thread_count)]
     pub threads: Option<usize>,
+}
+
+/// The base as a source: a GGUF file, or a Hugging Face folder seen as `cria convert` writes it
+/// with its matrices' stored type kept (f32 stays f32: the converter's `auto` would round it to
+/// f16).
+fn open_base(path: &Path, tokenizer_pre: Option<String>) -> Result<Box<dyn Source>> {
+    if !path.is_dir() {
+        return Ok(Box::new(
+            GgufSource::open(path).with_context(|| format!("reading {}", path.display()))?,
+        ));
+    }
+    let reading = || format!("reading the Hugging Face folder {}", path.display());
+    let st = SafetensorsModel::open_folder(path).with_context(reading)?;
+    let f32 = st
+        .tensors
+        .iter()
+        .find(|t| t.ne.len() == 2)
+        .is_some_and(|t| t.dtype == DType::F32);
+    let opts = ConvertOptions {
+        outtype: if f32 { OutType::F32 } else { OutType::Auto },
+        tokenizer_pre,
+    };
+    drop(st);
+    Ok(Box::new(
+        HfSource::open_with(path, opts).with_context(reading)?,
+    ))
 }
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -62,7 +94,7 @@ pub fn run(a: &MergeArgs) -> Result<()> {
     let ftype = a.ftype.as_deref().map(Ftype::parse).transpose()?;
     let threads = a.threads.unwrap_or_else(num_cpus::get).max(1);
     let base_path = crate::fetch::resolve(Some(&a.model))?.path;
-    let base = crate::quantize::open_source(&base_path)?;
+    let base = open_base(&base_path, a.tokenizer_pre.clone())?;
     let adapters = a
         .lora
         .iter()

@@ -52,7 +52,7 @@ fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
 
 /// The model behind IN: a GGUF file, or a Hugging Face folder read as llama.cpp's converter
 /// would write it (`--outtype auto`), so one step replaces convert + quantize.
-pub(crate) fn open_source(input: &Path) -> Result<Box<dyn Source>> {
+fn open_source(input: &Path) -> Result<Box<dyn Source>> {
     if input.is_dir() {
         return Ok(Box::new(
             cria_convert::convert::HfSource::open(input)

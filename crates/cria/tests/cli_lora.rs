@@ -354,3 +354,124 @@ fn bad_adapters_are_clear_errors() {
     assert!(err.contains("--lora"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `cria merge --hf` of the PEFT fixtures (tests/fixtures/lora, made by
+/// scripts/fixtures/make_lora_refs.py) gives PEFT's logits within 1e-4 of the logit range (cria
+/// f32 over the merged folder), from the GGUF base and, for the tiny models, from the HF folder.
+/// PEFT's `merge_and_unload` over a tied model with an lm_head LoRA (tiny-llama31 `a_all`,
+/// `combo`) also moves the input embedding that shares the head's tensor, which its unmerged
+/// model does not: cria's merge gives the head a tensor of its own and keeps the unmerged model's
+/// logits (`.peft.npy`); the distance to PEFT's merged logits is printed.
+#[test]
+fn merge_hf_gives_peft_logits() {
+    let refp = repo().join("tests/fixtures/lora/reference.json");
+    if !refp.exists() {
+        eprintln!(
+            "SKIPPED: {} is missing (the lorafix fixtures)",
+            refp.display()
+        );
+        return;
+    }
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&refp).unwrap()).unwrap();
+    let refdir = std::env::var_os("CRIA_REF_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("ref"));
+    let path = |s: &serde_json::Value| {
+        PathBuf::from(
+            s.as_str()
+                .unwrap()
+                .replace("<repo>", repo().to_str().unwrap())
+                .replace("<ref>", refdir.to_str().unwrap()),
+        )
+    };
+    let dir = tmp("peft");
+    let mut n = 0;
+    for c in r["cases"].as_array().unwrap() {
+        let (name, base) = (c["name"].as_str().unwrap(), c["base"].as_str().unwrap());
+        if base == "smollm2" && name != "combo" {
+            continue; // one SmolLM2 case: the merge writes 540 MB
+        }
+        let mut bases = vec![path(&c["base_gguf"])];
+        if base != "smollm2" {
+            bases.push(path(&c["base_hf"]));
+        }
+        if !bases[0].exists() {
+            eprintln!("SKIPPED: {base} {name}: {} is missing", bases[0].display());
+            continue;
+        }
+        let ids: Vec<String> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        let ids = ids.join(",");
+        let specs: Vec<String> = c["adapters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| format!("{}:{}", path(&a["path"]).display(), a["scale"]))
+            .collect();
+        let (_, want) = cria_core::npy::read_f32(&path(&c["peft"])).unwrap();
+        let stride = c["columns_stride"].as_u64().unwrap_or(1) as usize;
+        let range = c["logit_range"].as_f64().unwrap() as f32;
+        for b in &bases {
+            let out = dir.join(format!("{base}-{name}"));
+            let mut args = vec![
+                "merge",
+                "-m",
+                b.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--hf",
+                "--dtype",
+                "f32",
+                "--force",
+            ];
+            for s in &specs {
+                args.extend_from_slice(&["--lora", s.as_str()]);
+            }
+            // The tiny LLaMA-3.1 tokenizer's pre-tokenizer hash is not in llama.cpp's table.
+            if b.is_dir() && base == "tiny-llama31" {
+                args.extend_from_slice(&["--tokenizer-pre", "llama-bpe"]);
+            }
+            ok(&args);
+            let npy = dir.join("logits.npy");
+            ok(&[
+                "logits",
+                "-m",
+                out.to_str().unwrap(),
+                "--f32",
+                "--all",
+                "--tokens",
+                &ids,
+                "--out",
+                npy.to_str().unwrap(),
+            ]);
+            let (shape, got) = cria_core::npy::read_f32(&npy).unwrap();
+            let got: Vec<f32> = got
+                .chunks(shape[1])
+                .flat_map(|row| row.iter().step_by(stride).copied())
+                .collect();
+            let d = max_diff(&got, &want);
+            let vs_merged = match c["merged"].as_str() {
+                Some(_) => {
+                    let (_, m) = cria_core::npy::read_f32(&path(&c["merged"])).unwrap();
+                    format!(", PEFT merge_and_unload {:.3e}", max_diff(&got, &m) / range)
+                }
+                None => String::new(),
+            };
+            eprintln!(
+                "{base} {name} from {}: cria merge --hf vs PEFT max |diff| {d:.3e} ({:.2e} of the range){vs_merged}",
+                b.file_name().unwrap().to_string_lossy(),
+                d / range
+            );
+            assert!(d <= 1e-4 * range, "{base} {name}: {d} > 1e-4 * {range}");
+            std::fs::remove_dir_all(&out).unwrap();
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no case ran");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
