@@ -221,6 +221,27 @@ fn tiny_llama31_tied_every_path_agrees() {
     every_path_agrees(&tiny31(), "tiny31");
 }
 
+/// A GGUF adapter (llama.cpp's interleaved Q/K rows) over the Hugging Face folder of a model
+/// (half-split rows): unmerged and merged give the GGUF base's logits.
+#[test]
+fn hf_folder_base_gives_the_gguf_base_logits() {
+    let dir = tmp("hf-base");
+    let a = dir.join("a.gguf");
+    write_adapter(&tiny31(), &a, 4, 6, 0.3, false);
+    let la = format!("{}:0.9", a.display());
+    let lora = ["--lora", la.as_str()];
+    let merged = ["--lora", la.as_str(), "--lora-merge"];
+    let want = logits(&tiny31(), &lora, &dir, "gguf");
+    let r = range(&want);
+    let folder = tiny31().parent().unwrap().to_path_buf();
+    for (tag, flags) in [("unmerged", &lora[..]), ("merged", &merged[..])] {
+        let d = max_diff(&logits(&folder, flags, &dir, tag), &want);
+        eprintln!("tiny31 folder {tag}: max |diff| {d:.3e} vs the GGUF base (range {r:.2})");
+        assert!(d <= 1e-4 * r, "{tag}: {d} > 1e-4 * {r}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// SmolLM2 Q4_1: on the f32 path (`--f32`) every way of applying the adapter gives the same
 /// greedy text, and the f32 merges (at load, `--type F32`) the same logits within 1e-4 of their
 /// range. Without `--f32` the unmerged path multiplies the Q4_1 weights by 8-bit-quantized
