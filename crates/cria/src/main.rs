@@ -262,10 +262,12 @@ enum Cmd {
     /// LoRA adapters folded into a model, written as a GGUF (any type `cria quantize` writes)
     /// or a Hugging Face folder.
     Merge(merge::MergeArgs),
-    /// Architecture, hyper-parameters, tokenizer and tensor table of a model.
+    /// Architecture, hyper-parameters, tokenizer and tensor table of a model; rank, alpha,
+    /// targets and size of a LoRA adapter.
     Inspect {
         /// The model: a .gguf file, a Hugging Face model folder, hf:ORG/REPO[:FILE] or a short
-        /// name (default: the default model).
+        /// name (default: the default model); or a LoRA adapter (a PEFT folder or a GGUF
+        /// adapter).
         #[arg(value_name = "MODEL", conflicts_with = "model_flag")]
         model: Option<String>,
         /// The model, as the other commands take it.
