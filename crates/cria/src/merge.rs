@@ -8,7 +8,7 @@
 //! safetensors in `--dtype` (default as `cria export`: the matrices' float type, f16 for a
 //! quantized base).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use cria_convert::convert::{ConvertOptions, HfSource, OutType};
 use cria_convert::export::{self, ExportOptions};
@@ -46,7 +46,7 @@ pub struct MergeArgs {
     pub dtype: Option<DType>,
     /// With --type: accept a quantized base for a quantized TYPE (quality suffers; float types
     /// never need it).
-    #[arg(long)]
+    #[arg(long, requires = "ftype")]
     pub allow_requantize: bool,
     /// With --hf: replace OUT if it exists and is not empty.
     #[arg(long, requires = "hf")]
@@ -155,9 +155,6 @@ pub fn run(a: &MergeArgs) -> Result<()> {
         let r = r.with_context(writing)?;
         format!("{} ({} tensors)", ftype.name, r.n_tensors)
     } else {
-        if a.allow_requantize {
-            bail!("--allow-requantize goes with --type");
-        }
         let tensors = src.tensors();
         let files = cria_convert::convert::write_gguf(&src, &a.out, None, |i| {
             src.release_pages();
