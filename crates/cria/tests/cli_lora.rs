@@ -221,6 +221,42 @@ fn tiny_llama31_tied_every_path_agrees() {
     every_path_agrees(&tiny31(), "tiny31");
 }
 
+/// `cria perplexity` runs with the adapters: unmerged and merged give the same perplexity (f32),
+/// and not the base's.
+#[test]
+fn perplexity_applies_the_adapters() {
+    let dir = tmp("ppl");
+    let a = dir.join("a.gguf");
+    write_adapter(&tiny31(), &a, 4, 7, 0.3, false);
+    let la = format!("{}:0.7", a.display());
+    let text = repo().join("tests/fixtures/text/ppl.txt");
+    let ppl = |extra: &[&str]| -> f64 {
+        let (m, t) = (tiny31(), text.to_str().unwrap().to_string());
+        let mut args = vec!["perplexity", "-m", m.to_str().unwrap(), "--f32", "-f", &t];
+        args.extend_from_slice(&["-c", "128", "--chunks", "3"]);
+        args.extend_from_slice(extra);
+        let out = ok(&args);
+        let last = out.lines().last().unwrap_or_default().to_string();
+        last.strip_prefix("PPL = ")
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no PPL line in {out:?}"))
+    };
+    let base = ppl(&[]);
+    let unmerged = ppl(&["--lora", &la]);
+    let merged = ppl(&["--lora", &la, "--lora-merge"]);
+    eprintln!("tiny31 PPL: base {base}, --lora {unmerged}, --lora-merge {merged}");
+    assert!(
+        (unmerged - merged).abs() <= 1e-5 * unmerged,
+        "{unmerged} vs {merged}"
+    );
+    assert!(
+        (unmerged - base).abs() > 1e-2 * base,
+        "the adapter did not change the PPL"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A GGUF adapter (llama.cpp's interleaved Q/K rows) over the Hugging Face folder of a model
 /// (half-split rows): unmerged and merged give the GGUF base's logits.
 #[test]
