@@ -7,8 +7,8 @@
 use cria_core::Tensor;
 use cria_kernels::CpuBackend;
 use cria_model::{
-    forward_batch, ActiveLora, AdapterFile, KvCache, LoadOptions, Logits, Lora, Model, Scratch,
-    SeqStep,
+    forward_batch, ActiveLora, AdapterFile, KvCache, KvType, LoadOptions, Logits, Lora, Model,
+    Scratch, SeqStep,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ const F32: LoadOptions = LoadOptions { f32: true };
 
 /// Every position's logits of `tokens` under `lora`.
 fn logits(m: &Model, b: &CpuBackend, tokens: &[u32], lora: &[ActiveLora]) -> Vec<f32> {
-    let mut kv = KvCache::new(m, 64);
+    let mut kv = KvCache::try_with_type(m, 64, KvType::F32).unwrap();
     let mut s = Scratch::new(m, 32, Logits::All);
     let mut step = [SeqStep {
         tokens,
@@ -155,4 +155,68 @@ fn bad_adapters_are_refused() {
         f
     });
     assert!(e.contains("layer 9"), "unclear message: {e}");
+}
+
+/// `Model::load_merged` with the PEFT fixtures (tests/fixtures/lora, from
+/// scripts/fixtures/make_lora_refs.py) gives PEFT's logits within 1e-4 of the logit range, over
+/// the GGUF base and the Hugging Face folder of the tiny models (SmolLM2's cases are
+/// crates/cria/tests/cli_lora.rs's). Tied tiny-llama31 `a_all` / `combo`: the unmerged PEFT
+/// model's logits (PEFT's merge_and_unload also moves the shared input embedding; cria unties).
+#[test]
+fn merged_peft_fixtures_give_peft_logits() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let refp = root.join("tests/fixtures/lora/reference.json");
+    if !refp.exists() {
+        eprintln!(
+            "SKIPPED: {} is missing (the lorafix fixtures)",
+            refp.display()
+        );
+        return;
+    }
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&refp).unwrap()).unwrap();
+    let path = |s: &serde_json::Value| {
+        std::path::PathBuf::from(
+            s.as_str()
+                .unwrap()
+                .replace("<repo>", root.to_str().unwrap()),
+        )
+    };
+    let b = CpuBackend::new(2);
+    let mut n = 0;
+    for c in r["cases"].as_array().unwrap() {
+        let (name, base) = (c["name"].as_str().unwrap(), c["base"].as_str().unwrap());
+        if base == "smollm2" {
+            continue;
+        }
+        let ids: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let (_, want) = cria_core::npy::read_f32(&path(&c["peft"])).unwrap();
+        let range = c["logit_range"].as_f64().unwrap() as f32;
+        for m in [path(&c["base_gguf"]), path(&c["base_hf"])] {
+            let adapters: Vec<(AdapterFile, f32)> = c["adapters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| {
+                    let f = AdapterFile::open(&path(&a["path"])).unwrap();
+                    (f, a["scale"].as_f64().unwrap() as f32)
+                })
+                .collect();
+            let model = Model::load_merged(&m, F32, &b, &adapters).unwrap();
+            let d = max_diff(&logits(&model, &b, &ids, &[]), &want);
+            eprintln!(
+                "{base} {name} merged over {}: max |diff| {d:.3e} vs PEFT ({:.2e} of the range)",
+                m.file_name().unwrap().to_string_lossy(),
+                d / range
+            );
+            assert!(d <= 1e-4 * range, "{base} {name}: {d} > 1e-4 * {range}");
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no case ran");
 }
