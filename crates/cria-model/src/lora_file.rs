@@ -935,8 +935,14 @@ fn peft_tensors(
             continue;
         }
         // A whole matrix: modules_to_save (`lm_head.weight`, older writers:
-        // `lm_head.modules_to_save.<adapter>.weight`) or a saved embedding layer.
+        // `lm_head.modules_to_save.<adapter>.weight`) or a saved embedding layer. A targeted
+        // embedding layer's own weight is saved as `lm_head.base_layer.weight` (save_pretrained's
+        // default save_embedding_layers="auto" when lm_head / embed_tokens is in target_modules);
+        // PEFT loads it back into the base layer, so it replaces that matrix too.
         let mut hf = rest.to_string();
+        if let Some(m) = hf.strip_suffix(".base_layer.weight") {
+            hf = format!("{m}.weight");
+        }
         if let Some(i) = hf.find(".modules_to_save.") {
             let tail = &hf[i + ".modules_to_save.".len()..];
             if let Some(leaf) = tail.split_once('.').map(|(_, l)| l.to_string()) {
