@@ -24,6 +24,9 @@ pub struct LoraSource<'a> {
     /// The base tensor each of `tensors` starts from (an untied head: the embedding table).
     from: Vec<usize>,
     threads: usize,
+    /// `general.file_type` when the merge made F32 or F16 the type holding most bytes (the
+    /// base's would misname the file); None: the base's.
+    file_type: Option<u32>,
 }
 
 impl<'a> LoraSource<'a> {
@@ -104,6 +107,13 @@ impl<'a> LoraSource<'a> {
                 from.push(embd);
             }
         }
+        let bytes = |t: &SrcTensor| t.dtype.bytes_for(t.n_elements()).unwrap_or(0);
+        let main = cria_core::ftype::main_dtype(tensors.iter().map(|t| (t.dtype, bytes(t))));
+        let file_type = match main {
+            Some(DType::F32) => Some(0),
+            Some(DType::F16) => Some(1),
+            _ => None,
+        };
         drop(meta);
         Ok(LoraSource {
             base,
@@ -111,13 +121,23 @@ impl<'a> LoraSource<'a> {
             tensors,
             from,
             threads: threads.max(1),
+            file_type,
         })
     }
 }
 
 impl Source for LoraSource<'_> {
     fn metadata(&self) -> Cow<'_, [(String, Value)]> {
-        self.base.metadata()
+        let meta = self.base.metadata();
+        let Some(ft) = self.file_type else {
+            return meta;
+        };
+        let mut meta = meta.into_owned();
+        match meta.iter_mut().find(|(k, _)| k == "general.file_type") {
+            Some((_, v)) => *v = Value::U32(ft),
+            None => meta.push(("general.file_type".into(), Value::U32(ft))),
+        }
+        Cow::Owned(meta)
     }
 
     fn tensors(&self) -> &[SrcTensor] {

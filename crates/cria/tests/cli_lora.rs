@@ -320,6 +320,23 @@ fn smollm2_q4_1_every_path_agrees_in_f32() {
         args.extend_from_slice(&extra);
         ok(&args);
         assert_eq!(greedy(&out, &["--f32"], "12"), unmerged, "{tag}");
+        if tag == "merge.gguf" {
+            // llama-export-lora's types: merged matrices F16, the rest as the base has them.
+            let (g, b) = (
+                GgufFile::open(&out).unwrap(),
+                GgufFile::open(&base).unwrap(),
+            );
+            // The adapter's head term unties SmolLM2's head: output.weight is new, F16.
+            assert!(b.tensor("output.weight").is_none() && g.tensor("output.weight").is_some());
+            for t in &g.tensors {
+                let want = match t.ne.len() == 2 && t.name != "token_embd.weight" {
+                    true => DType::F16,
+                    false => b.tensor(&t.name).unwrap().dtype,
+                };
+                assert_eq!(t.dtype, want, "{}", t.name);
+            }
+            assert_eq!(g.get_u64("general.file_type"), Some(1), "mostly F16 now");
+        }
         let d = max_diff(&logits(&out, &[], &dir, tag), &l_unmerged);
         eprintln!("smollm2 {tag}: max |diff| {d:.3e} vs unmerged (range {r:.2})");
         if tag == "merge-f32.gguf" {
