@@ -87,8 +87,8 @@ pub struct ServeArgs {
     /// Write request bodies (prompts included) to the access log on stderr.
     #[arg(long = "log-prompts")]
     pub log_prompts: bool,
-    /// Adapters served over the model (the binary fills it from `--lora NAME=PATH[:SCALE]`):
-    /// each is the model id BASE:NAME.
+    /// Adapters served over the model, besides those the binary loaded with it (`--lora
+    /// NAME=PATH[:SCALE]`, handed over in `LoadedModel::lora`): each is the model id BASE:NAME.
     #[arg(skip)]
     pub lora: Vec<cria_engine::lora::LoraSpec>,
     /// Load adapters at run time (POST /v1/adapters) only from this folder; without it the

@@ -204,6 +204,12 @@ impl Adapters {
         };
         for (spec, lora) in start {
             let name = spec.display_name();
+            if !valid_name(&name) {
+                anyhow::bail!(
+                    "--lora {}: adapter name '{name}' may only have letters, digits, '.', '_' and '-' (it goes into model ids): give NAME=PATH",
+                    spec.path.display()
+                );
+            }
             a.insert(&name, &spec.path, lora, spec.scale)
                 .map_err(|e| anyhow::anyhow!("--lora {}: {}", spec.path.display(), e.message))?;
         }

@@ -442,6 +442,11 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// `cria serve` with `extra` flags.
+    fn start_with(extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cria"))
             .args([
                 "serve",
@@ -454,6 +459,7 @@ impl Server {
                 "-t",
                 "2",
             ])
+            .args(extra)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -585,4 +591,24 @@ fn run_and_serve_agree_where_their_loops_differed() {
     let fields = serde_json::json!({"max_tokens": 64, "dry_multiplier": 2});
     let srv = server.chat_with(prompt, fields);
     assert_eq!((srv.0, srv.1, srv.2 as usize), (cli.0, cli.1, n));
+}
+
+/// `cria serve --lora NAME=PATH` serves the adapter as the model NAME (BASE:NAME), and a request
+/// for it gives what `cria run --lora PATH` gives; a request naming no adapter gets the base.
+#[test]
+fn run_and_serve_agree_with_an_adapter() {
+    let fixtures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/lora/smollm2"
+    );
+    let a = format!("{fixtures}/s_b");
+    let server = Server::start_with(&["--lora", &format!("sb={a}")]);
+    let prompt = "Write one sentence about rivers.";
+    let (with, n) = run_flags(prompt, &["-n", "32", "--lora", &a]);
+    let (base, _) = run_flags(prompt, &["-n", "32"]);
+    assert_ne!(with.0, base.0, "the adapter changed nothing");
+    let srv = server.chat_with(prompt, serde_json::json!({"max_tokens": 32, "model": "sb"}));
+    assert_eq!((srv.0, srv.1, srv.2 as usize), (with.0, with.1, n));
+    let srv = server.chat_with(prompt, serde_json::json!({"max_tokens": 32}));
+    assert_eq!((srv.0, srv.1), base);
 }

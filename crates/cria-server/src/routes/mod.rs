@@ -104,7 +104,7 @@ impl AppState {
     /// Checks the serve options, starts the scheduler thread over the model (the tokenizer is
     /// shared: the handlers tokenize, the scheduler detokenizes) and sets up what the handlers
     /// share.
-    pub fn new(parts: LoadedModel, args: &ServeArgs) -> anyhow::Result<Self> {
+    pub fn new(mut parts: LoadedModel, args: &ServeArgs) -> anyhow::Result<Self> {
         if args.parallel == 0 || args.parallel > 256 {
             bail!("--parallel must be from 1 to 256");
         }
@@ -137,8 +137,20 @@ impl AppState {
         }
         names.push(name.clone());
         names.push(format!("{name}.gguf"));
-        // Adapters given at start, built over the model before the scheduler takes it.
-        let mut start = Vec::with_capacity(args.lora.len());
+        // Adapters given at start: those the binary loaded with the model (`cria serve --lora`,
+        // in `LoadedModel::lora`), then `args.lora`, built over the model before the scheduler
+        // takes it. Each is served as BASE:NAME, not applied to every request.
+        let mut start: Vec<_> = std::mem::take(&mut parts.lora)
+            .into_iter()
+            .map(|a| {
+                let spec = cria_engine::lora::LoraSpec {
+                    name: Some(a.lora.name.clone()),
+                    path: a.lora.path.clone(),
+                    scale: a.scale,
+                };
+                (spec, a.lora)
+            })
+            .collect();
         for spec in &args.lora {
             let lora = cria_engine::lora::load_adapter(&parts, &spec.display_name(), &spec.path)?;
             start.push((spec.clone(), lora));
