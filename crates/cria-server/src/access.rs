@@ -25,6 +25,12 @@ fn normalize_host(h: &str) -> String {
     }
 }
 
+/// Whether a listen address reaches this machine only (`localhost`, 127.0.0.0/8, ::1).
+pub fn is_loopback(listen: &str) -> bool {
+    let h = listen.trim().trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|a| a.is_loopback())
+}
+
 impl Policy {
     /// Bound to loopback (or a named address) the Host must be one of the listen host,
     /// localhost, 127.0.0.1, [::1] or an `--allowed-host`; bound to 0.0.0.0 or :: any Host is
@@ -209,6 +215,23 @@ impl http_body::Body for Logged {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_listen_addresses() {
+        for h in [
+            "127.0.0.1",
+            "127.3.2.1",
+            "localhost",
+            "LocalHost",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["0.0.0.0", "::", "192.168.1.2", "example.com", "[::]"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
 
     fn host(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

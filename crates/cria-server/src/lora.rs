@@ -71,6 +71,10 @@ pub struct Adapters {
     pub budget: usize,
     /// `--lora-dir`, canonical: run-time loads must name a path inside it.
     dir: Option<PathBuf>,
+    /// Whether run-time loads are allowed without `--lora-dir`: only behind an API key, or on a
+    /// server that listens on loopback alone (else any host on the network could make it read
+    /// any file).
+    anywhere: bool,
     /// One run-time load at a time (each reads a file and builds matrices); held by the blocking
     /// task, so a client that leaves mid-load does not let the next one start early.
     loading: Arc<tokio::sync::Mutex<()>>,
@@ -174,13 +178,14 @@ fn mib(n: usize) -> String {
 impl Adapters {
     /// The registry over `model`, with the adapters given at start (already built over it) at
     /// their `--lora` scales; their global scales are 0 (requests choose them). `max_mib`:
-    /// the memory they may take (None: the base model's weights).
+    /// the memory they may take (None: the base model's weights). `anywhere`: see the field.
     pub fn new(
         model: Arc<Model>,
         backend: Arc<CpuBackend>,
         start: Vec<(LoraSpec, Arc<Lora>)>,
         dir: Option<&Path>,
         max_mib: Option<usize>,
+        anywhere: bool,
     ) -> anyhow::Result<Self> {
         let budget = max_mib.map_or(model.weight_bytes(), |m| m.saturating_mul(1 << 20));
         let dir = match dir {
@@ -200,6 +205,7 @@ impl Adapters {
             backend,
             budget,
             dir,
+            anywhere,
             loading: Arc::new(tokio::sync::Mutex::new(())),
         };
         for (spec, lora) in start {
@@ -360,6 +366,11 @@ impl Adapters {
     /// relative to it); without it, any path the server can read.
     fn resolve(&self, p: &Path) -> Result<PathBuf, ApiError> {
         let Some(dir) = &self.dir else {
+            if !self.anywhere {
+                return Err(ApiError::forbidden(
+                    "this server listens beyond loopback without --api-key: give it --api-key or --lora-dir to load adapters at run time",
+                ));
+            }
             return Ok(p.to_path_buf());
         };
         let full = dir.join(p);

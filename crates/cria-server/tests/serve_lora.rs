@@ -712,6 +712,37 @@ fn lora_dir_chat_and_embeddings() {
         None,
     );
     assert!(s == 403 || s == 404, "{s}: {v}");
+    drop(srv);
+    // Listening beyond loopback with no API key and no --lora-dir: no run-time loads (any
+    // host could make the server read any file); adapters given at start still serve.
+    let srv = start(
+        |s| s.host = "0.0.0.0".into(),
+        &[format!("c={}", c.display())],
+    );
+    let open_url = format!("http://127.0.0.1:{}", srv.addr.port());
+    let (s, v) = call(
+        "POST",
+        &format!("{open_url}/v1/adapters"),
+        Some(&json!({"name": "c2", "path": c.display().to_string()}).to_string()),
+        None,
+    );
+    assert_eq!(s, 403, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--api-key"));
+    let (s, _) = call("GET", &format!("{open_url}/lora-adapters"), None, None);
+    assert_eq!(s, 200);
+    drop(srv);
+    let srv = start(|s| s.lora_dir = Some(dir.clone()), &[]);
+    let url = srv.url();
+    let (s, v) = call(
+        "POST",
+        &format!("{url}/v1/adapters"),
+        Some(r#"{"path": "c.gguf"}"#),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
     // Chat picks adapters as completions do, and reports the adapter's model id.
     let chat = |model: &str| {
         call(

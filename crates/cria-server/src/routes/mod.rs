@@ -166,6 +166,7 @@ impl AppState {
             start,
             args.lora_dir.as_deref(),
             args.lora_max_mib,
+            api_key.is_some() || crate::access::is_loopback(&args.host),
         )?;
         let engine: Engine = cria_engine::scheduler::spawn_shared(
             model,
