@@ -108,6 +108,16 @@ pub trait Backend: Send + Sync + Sized {
     /// Rows `rows` of `out` (width `rows_of_w`) = the same rows of x (width `cols_of_w`) @ w^T:
     /// one sequence's part of a batch through its own matrix (an adapter's replacement head).
     fn matmul_rows(&self, out: &mut Self::Buf, x: &Self::Buf, rows: Rows, w: &Self::Matrix);
+    /// A LoRA pair's matrices as `lora` reads them: `a` the down projection (rank rows of the
+    /// base's cols), `b` the up projection (the base's rows, rank cols), f32/f16/bf16. By
+    /// default each is what `prepare` makes of it.
+    fn prepare_lora(
+        &self,
+        a: Tensor,
+        b: Tensor,
+    ) -> cria_core::Result<(Self::Matrix, Self::Matrix)> {
+        Ok((self.prepare(a)?, self.prepare(b)?))
+    }
     /// A LoRA pair's term on rows `rows`: out (width `ad.rows`) += scale * (x (width `ad.cols`)
     /// @ ad.a^T) @ ad.b^T. `tmp` holds at least `rows.len() * ad.rank` values, `tmp2` at least
     /// `ad.rows` (the up projection runs in as many rows at a time as it holds).

@@ -223,17 +223,25 @@ impl<B: Backend> Lora<B> {
                     b = permute_rows(&b, rank, h, file.interleaved);
                 }
             }
-            let adapter = LoraAdapter {
-                a: backend.prepare(Tensor::from_f32(
+            // Kept in the file's element type (f16 / bf16 halve the bytes each token reads;
+            // the values above came from that type, so converting back is exact).
+            let (a, b) = backend.prepare_lora(
+                lora_tensor(
                     format!("{}.lora_a", p.target),
                     vec![base.cols, rank],
                     &a,
-                )?)?,
-                b: backend.prepare(Tensor::from_f32(
+                    p.a.dtype,
+                )?,
+                lora_tensor(
                     format!("{}.lora_b", p.target),
                     vec![rank, base.rows],
                     &b,
-                )?)?,
+                    p.b.dtype,
+                )?,
+            )?;
+            let adapter = LoraAdapter {
+                a,
+                b,
                 rank,
                 rows: base.rows,
                 cols: base.cols,
@@ -279,6 +287,24 @@ impl<B: Backend> Lora<B> {
     }
 }
 
+/// An owned tensor of `v` in `dtype`: F32 as it is, F16 / BF16 rounded to nearest even (exact
+/// for values that came from that type); any other type is F32.
+pub fn lora_tensor(name: String, ne: Vec<usize>, v: &[f32], dtype: DType) -> Result<Tensor> {
+    let halves: Vec<u16> = match dtype {
+        DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect(),
+        DType::BF16 => v.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect(),
+        _ => return Tensor::from_f32(name, ne, v),
+    };
+    Tensor::new(
+        name,
+        dtype,
+        ne,
+        cria_core::tensor::Bytes::owned(cria_core::tensor::AlignedBuf::from_slice(
+            bytemuck::cast_slice(&halves),
+        )),
+    )
+}
+
 /// A tensor's values as f32, refused if any is NaN or infinite.
 fn host_matrix(t: &Tensor, target: &str, which: &str) -> Result<Vec<f32>> {
     if !matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
@@ -320,10 +346,19 @@ pub fn permute_rows(v: &[f32], cols: usize, heads: usize, from_interleaved: bool
 }
 
 /// An adapter a sequence runs with, at the user's scale (the file's own factor multiplies it).
-#[derive(Clone)]
 pub struct ActiveLora<B: Backend = CpuBackend> {
     pub lora: Arc<Lora<B>>,
     pub scale: f32,
+}
+
+// By hand: a derive would ask `B: Clone` (CpuBackend is not; the adapter is shared by Arc).
+impl<B: Backend> Clone for ActiveLora<B> {
+    fn clone(&self) -> Self {
+        ActiveLora {
+            lora: self.lora.clone(),
+            scale: self.scale,
+        }
+    }
 }
 
 /// Whether two adapter lists are the same adapters at the same scales, in the same order (a KV

@@ -111,6 +111,11 @@ impl Backend for CpuBackend {
         CpuBackend::matmul(self, &mut out[o], &x[xs], w, rows.len())
     }
 
+    /// A as it is, B transposed (`cpu::lora`).
+    fn prepare_lora(&self, a: Tensor, b: Tensor) -> cria_core::Result<(Tensor, Tensor)> {
+        super::lora::prepare(self, a, b)
+    }
+
     fn lora(
         &self,
         out: &mut Vec<f32>,
@@ -122,6 +127,12 @@ impl Backend for CpuBackend {
         tmp2: &mut Vec<f32>,
     ) {
         let (n, r, m) = (rows.len(), ad.rank, ad.rows);
+        if let Some(bt) = super::lora::packed(&ad.b) {
+            let (o, xs) = (rows.values(m), rows.values(ad.cols));
+            super::lora::lora(self, &mut out[o], &x[xs], n, &ad.a, bt, scale, &mut tmp[..n * r]);
+            return;
+        }
+        // Types the fast path does not take: two matmuls and a scaled add.
         // Down: (n, rank) = x (n, cols) @ a^T, all rows at once.
         let down = &mut tmp[..n * r];
         CpuBackend::matmul(self, down, &x[rows.values(ad.cols)], &ad.a, n);

@@ -1,0 +1,316 @@
+//! A LoRA pair's term on the CPU: out (n, rows) += scale * (x (n, cols) @ A^T) @ B^T, A (rank,
+//! cols) and B (rows, rank) in f32, f16 or bf16.
+//!
+//! Decoding reads both matrices once per token, so each is one pass at memory speed:
+//! - the down projection d = A x reads A's rows as the file has them (rank dot products of
+//!   `cols` values);
+//! - the up projection reads B transposed (`LoraUp`: rank rows of `rows` values, made once by
+//!   `prepare`), so that out[j..j+8] accumulates d[0] B[j..j+8, 0] + d[1] B[j.., 1] + ...:
+//!   contiguous vector loads, no horizontal sums, whatever the rank (B as the file has it is
+//!   `rows` dot products of `rank` values, a horizontal sum each: at rank 16 that was most of
+//!   the time).
+//!
+//! The arithmetic of each value is fixed, whatever the ISA, the thread count or how many tokens
+//! the call has (`down_scalar` / `up_scalar` are the spec the AVX2 kernels match bit for bit):
+//! - d[r]: 32 partial sums, element c into sum c % 32 by `mul_add` in order of c, the row
+//!   padded with zeros to a multiple of 32; then sums i and i + 16 added (i < 16), i and i + 8,
+//!   i + 4, i + 2, i + 1;
+//! - u[j]: one `mul_add` chain over r = 0..rank from +0.0 of B[j, r] * d[r]; then
+//!   out[j] += scale * u[j] (a product, then a sum).
+//!
+//! Threads: one token's down projection by groups of A's rows, then its up projection by row
+//! blocks of out (two pool jobs, each left on the calling thread when it is small, as the base
+//! matmul does); several tokens (a prompt) by tokens, each item both projections of its tokens.
+
+use super::{CpuBackend, SyncPtr};
+use cria_core::tensor::AlignedBuf;
+use cria_core::{DType, Tensor};
+
+/// Partial sums of the down projection's dot products (4 AVX2 vectors, 2 AVX-512 ones).
+pub const LANES: usize = 32;
+/// Output rows per work item of one token's up projection (a multiple of 32).
+const UP_ROWS: usize = 512;
+/// A's rows per work item of one token's down projection.
+const DOWN_ROWS: usize = 4;
+
+/// Elements of an f32, f16 or bf16 matrix.
+#[derive(Clone, Copy)]
+pub enum Elems<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
+    Bf16(&'a [u16]),
+}
+
+impl<'a> Elems<'a> {
+    /// `bytes` of `dtype` (F32 / F16 / BF16, aligned to its element), else None.
+    pub fn of(dtype: DType, bytes: &'a [u8]) -> Option<Elems<'a>> {
+        match dtype {
+            DType::F32 => bytemuck::try_cast_slice(bytes).ok().map(Elems::F32),
+            DType::F16 => bytemuck::try_cast_slice(bytes).ok().map(Elems::F16),
+            DType::BF16 => bytemuck::try_cast_slice(bytes).ok().map(Elems::Bf16),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Elems::F32(v) => v.len(),
+            Elems::F16(v) | Elems::Bf16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element i widened to f32 (exact).
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Elems::F32(v) => v[i],
+            Elems::F16(v) => crate::arch::scalar::dot::f16_to_f32(v[i]),
+            Elems::Bf16(v) => f32::from_bits((v[i] as u32) << 16),
+        }
+    }
+
+    /// Elements from..from + n.
+    fn slice(&self, from: usize, n: usize) -> Elems<'a> {
+        match *self {
+            Elems::F32(v) => Elems::F32(&v[from..from + n]),
+            Elems::F16(v) => Elems::F16(&v[from..from + n]),
+            Elems::Bf16(v) => Elems::Bf16(&v[from..from + n]),
+        }
+    }
+}
+
+/// B (rows, rank) transposed: rank rows of `rows` elements, in B's element type.
+pub struct LoraUp {
+    pub dtype: DType,
+    pub rank: usize,
+    pub rows: usize,
+    buf: AlignedBuf,
+}
+
+impl LoraUp {
+    /// `b`: an f32 / f16 / bf16 tensor of `rows` rows of `rank` values (GGML ne [rank, rows]).
+    pub fn new(b: &Tensor) -> Option<LoraUp> {
+        let (rank, rows) = (b.cols(), b.rows());
+        let src = Elems::of(b.dtype, b.bytes())?;
+        let size = b.dtype.type_size();
+        let mut buf = AlignedBuf::zeroed(rank * rows * size);
+        let dst = buf.as_mut_slice();
+        let raw = b.bytes();
+        debug_assert_eq!(src.len(), rank * rows);
+        for j in 0..rows {
+            for r in 0..rank {
+                let (s, d) = ((j * rank + r) * size, (r * rows + j) * size);
+                dst[d..d + size].copy_from_slice(&raw[s..s + size]);
+            }
+        }
+        Some(LoraUp {
+            dtype: b.dtype,
+            rank,
+            rows,
+            buf,
+        })
+    }
+
+    pub fn elems(&self) -> Elems<'_> {
+        Elems::of(self.dtype, self.buf.as_slice()).expect("LoraUp holds f32, f16 or bf16")
+    }
+}
+
+/// `Backend::prepare_lora` on the CPU: A as it is (f32 / f16 / bf16, read row by row), B with
+/// its transpose attached (`LoraUp`); other types (or a misaligned A) go through `prepare` and
+/// `lora` falls back to two matmuls.
+pub(crate) fn prepare(
+    b: &CpuBackend,
+    a: Tensor,
+    up: Tensor,
+) -> cria_core::Result<(Tensor, Tensor)> {
+    let fast = Elems::of(a.dtype, a.bytes()).is_some()
+        && matches!(up.dtype, DType::F32 | DType::F16 | DType::BF16)
+        && a.rows() == up.cols();
+    if !fast {
+        return Ok((
+            super::matmul::prepare(b, a)?,
+            super::matmul::prepare(b, up)?,
+        ));
+    }
+    let mut up = up;
+    let t = LoraUp::new(&up).map(std::sync::Arc::new);
+    up.prepared = t.map(|t| t as std::sync::Arc<dyn std::any::Any + Send + Sync>);
+    Ok((a, up))
+}
+
+/// The transposed B `prepare` attached, if any.
+pub(crate) fn packed(w: &Tensor) -> Option<&LoraUp> {
+    w.prepared.as_ref()?.downcast_ref::<LoraUp>()
+}
+
+/// The scalar spec of the down projection: d[r] = A[r] . x (see the module doc for the order).
+/// `a`: d.len() rows of x.len() elements.
+pub fn down_scalar(d: &mut [f32], a: Elems, x: &[f32]) {
+    let cols = x.len();
+    assert_eq!(a.len(), d.len() * cols, "down_scalar: A is not rank x cols");
+    for (r, dr) in d.iter_mut().enumerate() {
+        let mut s = [0f32; LANES];
+        let padded = cols.div_ceil(LANES) * LANES;
+        for c in 0..padded {
+            let (av, xv) = if c < cols {
+                (a.get(r * cols + c), x[c])
+            } else {
+                (0.0, 0.0)
+            };
+            s[c % LANES] = av.mul_add(xv, s[c % LANES]);
+        }
+        *dr = reduce32(&mut s);
+    }
+}
+
+/// The 32 partial sums added by halves: i + 16, i + 8, i + 4, i + 2, i + 1.
+pub fn reduce32(s: &mut [f32; LANES]) -> f32 {
+    let mut h = LANES / 2;
+    while h > 0 {
+        for i in 0..h {
+            s[i] += s[i + h];
+        }
+        h /= 2;
+    }
+    s[0]
+}
+
+/// The scalar spec of the up projection: out[j] += scale * (B[j, :] . d) with `bt` = B
+/// transposed (d.len() rows of out.len() elements; see the module doc for the order).
+pub fn up_scalar(out: &mut [f32], bt: Elems, d: &[f32], scale: f32) {
+    up_scalar_rows(out, bt, out.len(), 0, d, scale)
+}
+
+/// `up_scalar` on rows j0..j0 + out.len() of a B^T whose rows hold `rows` elements.
+pub(crate) fn up_scalar_rows(
+    out: &mut [f32],
+    bt: Elems,
+    rows: usize,
+    j0: usize,
+    d: &[f32],
+    scale: f32,
+) {
+    assert!(
+        bt.len() == d.len() * rows && j0 + out.len() <= rows,
+        "up_scalar: B^T is not rank x rows"
+    );
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut u = 0f32;
+        for (r, &dr) in d.iter().enumerate() {
+            u = bt.get(r * rows + j0 + i).mul_add(dr, u);
+        }
+        *o += scale * u;
+    }
+}
+
+/// d (rank) = A x for one token, rows r0..r1 of A.
+fn down(b: &CpuBackend, d: &mut [f32], a: Elems, x: &[f32]) {
+    let cols = x.len();
+    #[cfg(target_arch = "x86_64")]
+    if b.isa().has_avx2() {
+        for (r, dr) in d.iter_mut().enumerate() {
+            // SAFETY: AVX2/FMA/F16C were detected (has_avx2); the row is `cols` elements of A.
+            *dr = unsafe { crate::arch::avx2::lora::dot32(a.slice(r * cols, cols), x) };
+        }
+        return;
+    }
+    let _ = b;
+    down_scalar(d, a, x)
+}
+
+/// out (rows j0..j0 + out.len()) += scale * B d for one token.
+fn up(b: &CpuBackend, out: &mut [f32], bt: Elems, rows: usize, j0: usize, d: &[f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if b.isa().has_avx2() {
+        // SAFETY: AVX2/FMA/F16C were detected; bt holds d.len() rows of `rows` elements and
+        // j0 + out.len() <= rows (checked by the caller, `lora`).
+        unsafe { crate::arch::avx2::lora::up(out, bt, rows, j0, d, scale) };
+        return;
+    }
+    let _ = b;
+    up_scalar_rows(out, bt, rows, j0, d, scale)
+}
+
+/// out (n, rows) += scale * (x (n, cols) @ A^T) @ B^T with B^T `bt`; `d` holds n * rank values
+/// (the down-projected rows, left there).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lora(
+    b: &CpuBackend,
+    out: &mut [f32],
+    x: &[f32],
+    n: usize,
+    a: &Tensor,
+    bt: &LoraUp,
+    scale: f32,
+    d: &mut [f32],
+) {
+    let (rank, rows, cols) = (bt.rank, bt.rows, a.cols());
+    let ae = Elems::of(a.dtype, a.bytes()).expect("prepare_lora checked A's type");
+    assert!(
+        a.rows() == rank && x.len() == n * cols && out.len() == n * rows && d.len() >= n * rank,
+        "lora {}: shapes do not fit (n {n}, rank {rank}, rows {rows}, cols {cols})",
+        a.name
+    );
+    if n == 0 || rank == 0 || rows == 0 {
+        return;
+    }
+    let bte = bt.elems();
+    let dp = SyncPtr(d.as_mut_ptr());
+    let op = SyncPtr(out.as_mut_ptr());
+    if n == 1 {
+        let items = rank.div_ceil(DOWN_ROWS);
+        b.run_items(items, rank * cols, &|item, _| {
+            let (r0, r1) = (item * DOWN_ROWS, ((item + 1) * DOWN_ROWS).min(rank));
+            // SAFETY: r0..r1 lies inside d (len >= rank) and belongs to this item alone; the
+            // pool joins before d's borrow ends.
+            let dr = unsafe { std::slice::from_raw_parts_mut(dp.get().add(r0), r1 - r0) };
+            down(b, dr, ae.slice(r0 * cols, (r1 - r0) * cols), x);
+        });
+        let d = &d[..rank];
+        let items = rows.div_ceil(UP_ROWS);
+        b.run_items(items, rows * rank, &|item, _| {
+            let (j0, j1) = (item * UP_ROWS, ((item + 1) * UP_ROWS).min(rows));
+            // SAFETY: j0..j1 lies inside out (len rows) and belongs to this item alone.
+            let o = unsafe { std::slice::from_raw_parts_mut(op.get().add(j0), j1 - j0) };
+            up(b, o, bte, rows, j0, d, scale);
+        });
+        return;
+    }
+    b.run_items(n, n * rank * (rows + cols), &|tok, _| {
+        // SAFETY: token tok's rank values of d and rows values of out belong to this item
+        // alone (d.len() >= n * rank, out.len() == n * rows, checked above).
+        let (dr, o) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(dp.get().add(tok * rank), rank),
+                std::slice::from_raw_parts_mut(op.get().add(tok * rows), rows),
+            )
+        };
+        down(b, dr, ae, &x[tok * cols..(tok + 1) * cols]);
+        up(b, o, bte, rows, 0, dr, scale);
+    });
+}
+
+impl CpuBackend {
+    /// `lora` on slices, for tests: out (n, rows) += scale * (x (n, cols) @ A^T) @ B^T, with
+    /// `a` and `b` as `prepare_lora` made them (None if it gave B no transpose: a type the fast
+    /// path does not take).
+    pub fn lora_slices(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        n: usize,
+        a: &Tensor,
+        b: &Tensor,
+        scale: f32,
+    ) -> Option<()> {
+        let bt = packed(b)?;
+        let mut d = vec![0f32; n * bt.rank];
+        lora(self, out, x, n, a, bt, scale, &mut d);
+        Some(())
+    }
+}
