@@ -41,7 +41,7 @@ fn spec(
     let mut d = vec![0f32; rank];
     for t in 0..n {
         down_scalar(&mut d, ae, &x[t * cols..(t + 1) * cols]);
-        up_scalar(&mut out[t * rows..(t + 1) * rows], bt.elems(), &d, scale);
+        up_scalar(&mut out[t * rows..(t + 1) * rows], &bt, 0, &d, scale);
     }
 }
 

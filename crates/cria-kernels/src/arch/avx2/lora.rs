@@ -1,6 +1,6 @@
 //! AVX2 twins of `cpu::lora::{down_scalar, up_scalar}` (same bits: see `cpu/lora.rs`).
 
-use crate::cpu::lora::{Elems, LANES};
+use crate::cpu::lora::{Elems, LANES, PANEL};
 use std::arch::x86_64::*;
 
 avx2_fn! {
@@ -58,44 +58,33 @@ pub unsafe fn dot32(a: Elems, x: &[f32]) -> f32 {
 }
 
 avx2_fn! {
-/// out[i] += scale * u[j0 + i], u[j] = the `mul_add` chain over r of bt[r * rows + j] * d[r]
-/// from +0.0. bt holds d.len() rows of `rows` elements; j0 + out.len() <= rows.
-pub unsafe fn up(out: &mut [f32], bt: Elems, rows: usize, j0: usize, d: &[f32], scale: f32) {
-    let n = out.len();
-    assert!(bt.len() == d.len() * rows && j0 + n <= rows, "lora up: bad sizes");
+/// out[i] += scale * u[32 * p0 + i], u[j] = the `mul_add` chain over r of B[j, r] * d[r] from
+/// +0.0, B in `LoraUp`'s panels (`panels`: rank = d.len() rows of 32 values per panel), from
+/// panel p0 on; out must lie inside the panels' rows.
+pub unsafe fn up(out: &mut [f32], panels: Elems, p0: usize, d: &[f32], scale: f32) {
+    let (n, rank) = (out.len(), d.len());
+    assert!((p0 * PANEL + n).div_ceil(PANEL) * rank * PANEL <= panels.len(), "lora up: bad sizes");
     let sv = _mm256_set1_ps(scale);
-    let op = out.as_mut_ptr();
     let mut i = 0;
-    while i + 32 <= n {
+    let mut p = p0;
+    while i < n {
         let mut u = [_mm256_setzero_ps(); 4];
+        let at = p * rank * PANEL;
         for (r, &dr) in d.iter().enumerate() {
             let dv = _mm256_set1_ps(dr);
-            let at = r * rows + j0 + i;
             for (k, uk) in u.iter_mut().enumerate() {
-                *uk = _mm256_fmadd_ps(load8(bt, at + 8 * k), dv, *uk);
+                *uk = _mm256_fmadd_ps(load8(panels, at + r * PANEL + 8 * k), dv, *uk);
             }
         }
+        let mut t = [0f32; PANEL];
         for (k, uk) in u.iter().enumerate() {
-            let o = op.add(i + 8 * k);
-            _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), _mm256_mul_ps(sv, *uk)));
+            _mm256_storeu_ps(t.as_mut_ptr().add(8 * k), _mm256_mul_ps(sv, *uk));
         }
-        i += 32;
-    }
-    while i + 8 <= n {
-        let mut u = _mm256_setzero_ps();
-        for (r, &dr) in d.iter().enumerate() {
-            u = _mm256_fmadd_ps(load8(bt, r * rows + j0 + i), _mm256_set1_ps(dr), u);
+        for (o, &v) in out[i..].iter_mut().zip(&t) {
+            *o += v;
         }
-        let o = op.add(i);
-        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), _mm256_mul_ps(sv, u)));
-        i += 8;
-    }
-    for (k, o) in out.iter_mut().enumerate().skip(i) {
-        let mut u = 0f32;
-        for (r, &dr) in d.iter().enumerate() {
-            u = bt.get(r * rows + j0 + k).mul_add(dr, u);
-        }
-        *o += scale * u;
+        i += PANEL;
+        p += 1;
     }
 }
 }
