@@ -12,18 +12,31 @@ use std::time::Instant;
 
 fn tensor(dt: DType, rows: usize, cols: usize, seed: u32) -> Tensor {
     let v: Vec<f32> = (0..rows * cols)
-        .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5)
+        .map(|i| {
+            ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32
+                / (1u32 << 24) as f32
+                - 0.5
+        })
         .collect();
     let bytes: Vec<u8> = match dt {
         DType::F32 => bytemuck::cast_slice(&v).to_vec(),
-        DType::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+        DType::F16 => v
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
         _ => {
             let mut out = vec![0u8; dt.bytes_for(v.len()).unwrap()];
             cria_core::quantize::quantize_rows(dt, &v, &mut out, cols, None).unwrap();
             out
         }
     };
-    Tensor::new("w", dt, vec![cols, rows], Bytes::owned(AlignedBuf::from_slice(&bytes))).unwrap()
+    Tensor::new(
+        "w",
+        dt,
+        vec![cols, rows],
+        Bytes::owned(AlignedBuf::from_slice(&bytes)),
+    )
+    .unwrap()
 }
 
 fn main() {
@@ -55,9 +68,19 @@ fn main() {
                 let (a, w) = if fast {
                     b.prepare_lora(a, w).unwrap()
                 } else {
-                    (Backend::prepare(&b, a).unwrap(), Backend::prepare(&b, w).unwrap())
+                    (
+                        Backend::prepare(&b, a).unwrap(),
+                        Backend::prepare(&b, w).unwrap(),
+                    )
                 };
-                LoraAdapter::<CpuBackend> { a, b: w, rank, rows, cols, scale: 1.0 }
+                LoraAdapter::<CpuBackend> {
+                    a,
+                    b: w,
+                    rank,
+                    rows,
+                    cols,
+                    scale: 1.0,
+                }
             };
             let fast: Vec<_> = (0..copies).map(|i| mk(true, i as u32)).collect();
             let slow: Vec<_> = (0..copies).map(|i| mk(false, i as u32)).collect();
@@ -75,8 +98,28 @@ fn main() {
                 }
                 t0.elapsed().as_secs_f64() / reps as f64
             };
-            let tf = time(&mut |i| b.lora(&mut out, &x, Rows::new(0, 1), &fast[i], 1.0, &mut t1, &mut t2));
-            let ts = time(&mut |i| b.lora(&mut out, &x, Rows::new(0, 1), &slow[i], 1.0, &mut t1, &mut t2));
+            let tf = time(&mut |i| {
+                b.lora(
+                    &mut out,
+                    &x,
+                    Rows::new(0, 1),
+                    &fast[i],
+                    1.0,
+                    &mut t1,
+                    &mut t2,
+                )
+            });
+            let ts = time(&mut |i| {
+                b.lora(
+                    &mut out,
+                    &x,
+                    Rows::new(0, 1),
+                    &slow[i],
+                    1.0,
+                    &mut t1,
+                    &mut t2,
+                )
+            });
             let tb = time(&mut |i| b.matmul(&mut out, &x, &base[i], 1));
             let by = rank * (rows + cols) * dt.type_size();
             bytes += by;

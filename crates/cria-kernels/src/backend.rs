@@ -132,6 +132,24 @@ pub trait Backend: Send + Sync + Sized {
         tmp: &mut Self::Buf,
         tmp2: &mut Self::Buf,
     );
+    /// Several LoRA terms of one product at once, each on its own rows (one per sequence of a
+    /// batch, each with its own adapter): `terms` are (rows, pair, scale), their rows in
+    /// increasing order and disjoint; every term is what `lora` gives it alone, so a backend
+    /// may run them together (the CPU backend: one pool job for all their down projections,
+    /// one for the up projections). `tmp` holds at least (last row + 1) * (largest rank)
+    /// values, `tmp2` at least the product's width. By default, `lora` on each in turn.
+    fn lora_batch(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        terms: &[(Rows, &crate::LoraAdapter<Self>, f32)],
+        tmp: &mut Self::Buf,
+        tmp2: &mut Self::Buf,
+    ) {
+        for &(rows, ad, scale) in terms {
+            self.lora(out, x, rows, ad, scale, tmp, tmp2)
+        }
+    }
     /// Rows 0..t of x (rows of `bias.len()`) += bias.
     fn add_bias(&self, x: &mut Self::Buf, bias: &Self::Buf, t: usize);
     /// In place on `rows` of x (rows of n_heads * head_dim); row `rows.start` is at position

@@ -205,3 +205,76 @@ fn backend_lora_equals_the_two_matmuls() {
         }
     }
 }
+
+/// Several sequences' terms in one `lora_batch` (each its own adapter: ranks, types differ) give
+/// each sequence's rows the bits of `lora` alone, whatever the thread count; rows between the
+/// terms are untouched.
+#[test]
+fn batch_of_terms_equals_each_alone_bitwise() {
+    let mut rng = Rng::new(19);
+    let (rows, cols) = (600, 100);
+    let specs = [
+        (16, DType::F16),
+        (3, DType::F32),
+        (33, DType::BF16),
+        (1, DType::F16),
+    ];
+    let b1 = CpuBackend::new(1);
+    let ads: Vec<LoraAdapter<CpuBackend>> = specs
+        .iter()
+        .map(|&(rank, dt)| {
+            let a = random_weights(&mut rng, dt, rank, cols);
+            let w = random_weights(&mut rng, dt, rows, rank);
+            let (a, b) = b1.prepare_lora(a, w).unwrap();
+            LoraAdapter {
+                a,
+                b,
+                rank,
+                rows,
+                cols,
+                scale: 1.0,
+            }
+        })
+        .collect();
+    // Rows of the batch: sequence 0 has 2 tokens, a gap, sequence 1 one token, 2 has 3, 3 one.
+    let spans = [
+        Rows::new(0, 2),
+        Rows::new(3, 4),
+        Rows::new(4, 7),
+        Rows::new(7, 8),
+    ];
+    let t = 8;
+    let x: Vec<f32> = (0..t * cols).map(|_| rng.normal(1.0)).collect();
+    let out0: Vec<f32> = (0..t * rows).map(|_| rng.normal(1.0)).collect();
+    let mut want = out0.clone();
+    let (mut tmp, mut tmp2) = (vec![0f32; t * 33], vec![0f32; rows]);
+    for (i, ad) in ads.iter().enumerate() {
+        b1.lora(
+            &mut want,
+            &x,
+            spans[i],
+            ad,
+            0.5 + i as f32,
+            &mut tmp,
+            &mut tmp2,
+        );
+    }
+    for threads in [1, 2, 3] {
+        let be = CpuBackend::new(threads);
+        let terms: Vec<(Rows, &LoraAdapter<CpuBackend>, f32)> = ads
+            .iter()
+            .enumerate()
+            .map(|(i, ad)| (spans[i], ad, 0.5 + i as f32))
+            .collect();
+        let mut got = out0.clone();
+        be.lora_batch(&mut got, &x, &terms, &mut tmp, &mut tmp2);
+        assert!(
+            bits_eq(&got, &want),
+            "{threads} threads: batch differs from each alone"
+        );
+        assert!(
+            bits_eq(&got[2 * rows..3 * rows], &out0[2 * rows..3 * rows]),
+            "the row between terms changed"
+        );
+    }
+}

@@ -129,7 +129,13 @@ impl Backend for CpuBackend {
         let (n, r, m) = (rows.len(), ad.rank, ad.rows);
         if let Some(bt) = super::lora::packed(&ad.b) {
             let (o, xs) = (rows.values(m), rows.values(ad.cols));
-            super::lora::lora(self, &mut out[o], &x[xs], n, &ad.a, bt, scale, &mut tmp[..n * r]);
+            let term = super::lora::Term {
+                rows: Rows::new(0, n),
+                a: &ad.a,
+                b: bt,
+                scale,
+            };
+            super::lora::lora(self, &mut out[o], &x[xs], &[term], &mut tmp[..n * r]);
             return;
         }
         // Types the fast path does not take: two matmuls and a scaled add.
@@ -150,6 +156,47 @@ impl Backend for CpuBackend {
                 .for_each(|(o, u)| *o += scale * u);
             i += k;
         }
+    }
+
+    /// Every term's down projection in one pool job, then every up projection in another
+    /// (`cpu::lora`), when each has the fast path's layout (else `lora` on each).
+    fn lora_batch(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        terms: &[(Rows, &crate::LoraAdapter<Self>, f32)],
+        tmp: &mut Vec<f32>,
+        tmp2: &mut Vec<f32>,
+    ) {
+        const MAX: usize = super::lora::MAX_TERMS;
+        let fast = terms.len() <= MAX
+            && terms
+                .iter()
+                .all(|(_, ad, _)| super::lora::packed(&ad.b).is_some());
+        if !fast {
+            for &(rows, ad, scale) in terms {
+                self.lora(out, x, rows, ad, scale, tmp, tmp2)
+            }
+            return;
+        }
+        fn term<'a>(
+            &(rows, ad, scale): &(Rows, &'a crate::LoraAdapter<CpuBackend>, f32),
+        ) -> Option<super::lora::Term<'a>> {
+            super::lora::packed(&ad.b).map(|b| super::lora::Term {
+                rows,
+                a: &ad.a,
+                b,
+                scale,
+            })
+        }
+        let Some(first) = terms.first().and_then(term) else {
+            return;
+        };
+        let mut ts = [first; MAX];
+        for (t, x) in ts.iter_mut().zip(terms) {
+            *t = term(x).expect("checked above");
+        }
+        super::lora::lora(self, out, x, &ts[..terms.len()], tmp)
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, t: usize) {

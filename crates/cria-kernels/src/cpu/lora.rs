@@ -19,11 +19,13 @@
 //! - u[j]: one `mul_add` chain over r = 0..rank from +0.0 of B[j, r] * d[r]; then
 //!   out[j] += scale * u[j] (a product, then a sum).
 //!
-//! Threads: one token's down projection by groups of A's rows, then its up projection by row
-//! blocks of out (two pool jobs, each left on the calling thread when it is small, as the base
-//! matmul does); several tokens (a prompt) by tokens, each item both projections of its tokens.
+//! Threads: every down projection of the call (several terms: one per sequence of a batch, each
+//! its own adapter, `Backend::lora_batch`) by (token, group of A's rows), then every up
+//! projection by (token, block of output rows): two pool jobs, each left on the calling thread
+//! when it is small, as the base matmul does.
 
 use super::{CpuBackend, SyncPtr};
+use crate::Rows;
 use cria_core::tensor::AlignedBuf;
 use cria_core::{DType, Tensor};
 
@@ -211,7 +213,7 @@ pub fn up_scalar(out: &mut [f32], b: &LoraUp, j0: usize, d: &[f32], scale: f32) 
     }
 }
 
-/// d (rank) = A x for one token, rows r0..r1 of A.
+/// d = A x for one token (d.len() rows of A).
 fn down(b: &CpuBackend, d: &mut [f32], a: Elems, x: &[f32]) {
     let cols = x.len();
     #[cfg(target_arch = "x86_64")]
@@ -240,61 +242,113 @@ fn up(b: &CpuBackend, out: &mut [f32], bt: &LoraUp, j0: usize, d: &[f32], scale:
     up_scalar(out, bt, j0, d, scale)
 }
 
-/// out (n, rows) += scale * (x (n, cols) @ A^T) @ B^T with B^T `bt`; `d` holds n * rank values
-/// (the down-projected rows, left there).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn lora(
-    b: &CpuBackend,
-    out: &mut [f32],
-    x: &[f32],
-    n: usize,
-    a: &Tensor,
-    bt: &LoraUp,
-    scale: f32,
-    d: &mut [f32],
-) {
-    let (rank, rows, cols) = (bt.rank, bt.rows, a.cols());
-    let ae = Elems::of(a.dtype, a.bytes()).expect("prepare_lora checked A's type");
+/// Most terms one `lora` call takes (the forward batches at most this many sequences' terms).
+pub(crate) const MAX_TERMS: usize = 64;
+
+/// One adapter's term on some rows of a product.
+#[derive(Clone, Copy)]
+pub(crate) struct Term<'a> {
+    pub rows: Rows,
+    /// The down projection (rank, cols), f32 / f16 / bf16 as the file has it.
+    pub a: &'a Tensor,
+    pub b: &'a LoraUp,
+    pub scale: f32,
+}
+
+/// Which (term, token, block) item `i` of a job is, blocks per token of each term `per[t]`.
+fn locate(terms: &[Term], per: &[usize], mut i: usize) -> (usize, usize, usize) {
+    for (t, term) in terms.iter().enumerate() {
+        let n = term.rows.len() * per[t];
+        if i < n {
+            return (t, term.rows.start + i / per[t], i % per[t]);
+        }
+        i -= n;
+    }
+    unreachable!("item beyond the job")
+}
+
+/// For each term, out[rows] (rows of `B.rows` values) += scale * (x[rows] (rows of `cols`
+/// values) @ A^T) @ B^T: first every down projection (items: a token's group of A's rows), then
+/// every up projection (items: a token's block of output rows), each a pool job (or the calling
+/// thread's, when small). Terms share the product (same rows and cols); their rows are in
+/// increasing order and disjoint. `d` holds the down-projected rows: row g's at g * (largest
+/// rank), so at least (last row + 1) * (largest rank) values.
+pub(crate) fn lora(b: &CpuBackend, out: &mut [f32], x: &[f32], terms: &[Term], d: &mut [f32]) {
+    let Some(t0) = terms.first() else {
+        return;
+    };
+    let (rows, cols) = (t0.b.rows, t0.a.cols());
+    let rmax = terms.iter().map(|t| t.b.rank).max().unwrap_or(0);
+    let mut end = 0;
+    for t in terms {
+        assert!(
+            t.b.rows == rows
+                && t.a.cols() == cols
+                && t.a.rows() == t.b.rank
+                && t.rows.start >= end
+                && t.rows.end * cols <= x.len()
+                && t.rows.end * rows <= out.len()
+                && Elems::of(t.a.dtype, t.a.bytes()).is_some(),
+            "lora {}: terms do not fit (rows {:?}, rank {}, {}x{} vs {rows}x{cols}, x {}, out {})",
+            t.a.name,
+            t.rows,
+            t.b.rank,
+            t.b.rows,
+            t.a.cols(),
+            x.len(),
+            out.len()
+        );
+        end = t.rows.end;
+    }
     assert!(
-        a.rows() == rank && x.len() == n * cols && out.len() == n * rows && d.len() >= n * rank,
-        "lora {}: shapes do not fit (n {n}, rank {rank}, rows {rows}, cols {cols})",
-        a.name
+        terms.len() <= MAX_TERMS && d.len() >= end * rmax,
+        "lora: scratch too small"
     );
-    if n == 0 || rank == 0 || rows == 0 {
+    if rows == 0 || rmax == 0 {
         return;
     }
     let dp = SyncPtr(d.as_mut_ptr());
     let op = SyncPtr(out.as_mut_ptr());
-    if n == 1 {
-        let items = rank.div_ceil(DOWN_ROWS);
-        b.run_items(items, rank * cols, &|item, _| {
-            let (r0, r1) = (item * DOWN_ROWS, ((item + 1) * DOWN_ROWS).min(rank));
-            // SAFETY: r0..r1 lies inside d (len >= rank) and belongs to this item alone; the
-            // pool joins before d's borrow ends.
-            let dr = unsafe { std::slice::from_raw_parts_mut(dp.get().add(r0), r1 - r0) };
-            down(b, dr, ae.slice(r0 * cols, (r1 - r0) * cols), x);
-        });
-        let d = &d[..rank];
-        let items = rows.div_ceil(UP_ROWS);
-        b.run_items(items, rows * rank, &|item, _| {
-            let (j0, j1) = (item * UP_ROWS, ((item + 1) * UP_ROWS).min(rows));
-            // SAFETY: j0..j1 lies inside out (len rows) and belongs to this item alone.
-            let o = unsafe { std::slice::from_raw_parts_mut(op.get().add(j0), j1 - j0) };
-            up(b, o, bt, j0, d, scale);
-        });
-        return;
+    // Down: item = (term, token, DOWN_ROWS of A's rows).
+    let mut per = [0usize; MAX_TERMS];
+    let (mut items, mut work) = (0, 0);
+    for (p, t) in per.iter_mut().zip(terms) {
+        *p = t.b.rank.div_ceil(DOWN_ROWS);
+        items += t.rows.len() * *p;
+        work += t.rows.len() * t.b.rank * cols;
     }
-    b.run_items(n, n * rank * (rows + cols), &|tok, _| {
-        // SAFETY: token tok's rank values of d and rows values of out belong to this item
-        // alone (d.len() >= n * rank, out.len() == n * rows, checked above).
-        let (dr, o) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(dp.get().add(tok * rank), rank),
-                std::slice::from_raw_parts_mut(op.get().add(tok * rows), rows),
-            )
-        };
-        down(b, dr, ae, &x[tok * cols..(tok + 1) * cols]);
-        up(b, o, bt, 0, dr, scale);
+    b.run_items(items, work, &|i, _| {
+        let (ti, g, blk) = locate(terms, &per, i);
+        let t = &terms[ti];
+        let (r0, r1) = (blk * DOWN_ROWS, ((blk + 1) * DOWN_ROWS).min(t.b.rank));
+        let a = Elems::of(t.a.dtype, t.a.bytes()).expect("checked above");
+        // SAFETY: row g's values r0..r1 of d (at g * rmax, r1 <= rank <= rmax, g < end) belong
+        // to this item alone; d holds end * rmax values; the pool joins before d's borrow ends.
+        let dr = unsafe { std::slice::from_raw_parts_mut(dp.get().add(g * rmax + r0), r1 - r0) };
+        down(
+            b,
+            dr,
+            a.slice(r0 * cols, (r1 - r0) * cols),
+            &x[g * cols..(g + 1) * cols],
+        );
+    });
+    // Up: item = (term, token, UP_ROWS output rows).
+    let blocks = rows.div_ceil(UP_ROWS);
+    let (mut items, mut work) = (0, 0);
+    for (p, t) in per.iter_mut().zip(terms) {
+        *p = blocks;
+        items += t.rows.len() * blocks;
+        work += t.rows.len() * rows * t.b.rank;
+    }
+    let d: &[f32] = d;
+    b.run_items(items, work, &|i, _| {
+        let (ti, g, blk) = locate(terms, &per, i);
+        let t = &terms[ti];
+        let (j0, j1) = (blk * UP_ROWS, ((blk + 1) * UP_ROWS).min(rows));
+        // SAFETY: out row g's values j0..j1 (g < end, end * rows <= out.len()) belong to this
+        // item alone (terms' rows are disjoint); the pool joins before out's borrow ends.
+        let o = unsafe { std::slice::from_raw_parts_mut(op.get().add(g * rows + j0), j1 - j0) };
+        up(b, o, t.b, j0, &d[g * rmax..g * rmax + t.b.rank], t.scale);
     });
 }
 
@@ -313,7 +367,13 @@ impl CpuBackend {
     ) -> Option<()> {
         let bt = packed(b)?;
         let mut d = vec![0f32; n * bt.rank];
-        lora(self, out, x, n, a, bt, scale, &mut d);
+        let term = Term {
+            rows: Rows::new(0, n),
+            a,
+            b: bt,
+            scale,
+        };
+        lora(self, out, x, &[term], &mut d);
         Some(())
     }
 }
