@@ -17,6 +17,26 @@ unsafe fn load8(e: Elems, i: usize) -> __m256 {
 }
 }
 
+/// Bytes ahead of the loads that the kernels prefetch, as the base matmul's decode does: one
+/// token reads each matrix once, in short runs (a few KiB to a few tens) that the hardware
+/// prefetcher picks up late. Measured on the LLaMA-3.2-1B shape, one thread, rank 16 f16, two
+/// rounds each: 94.3% / 94.7% of the base's tokens/s without, 96.0% / 97.2% with (a shared
+/// 2-core machine; within its noise on SmolLM2).
+const AHEAD: usize = 2048;
+
+/// Prefetches the line(s) `AHEAD` bytes past element i of `e` (one line per 64 bytes of 32
+/// elements: two for f32). Never dereferenced: any address will do.
+#[inline(always)]
+unsafe fn prefetch32(e: Elems, i: usize) {
+    let (p, lines) = match e {
+        Elems::F32(v) => (v.as_ptr().wrapping_add(i) as *const i8, 2),
+        Elems::F16(v) | Elems::Bf16(v) => (v.as_ptr().wrapping_add(i) as *const i8, 1),
+    };
+    for l in 0..lines {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(AHEAD + 64 * l));
+    }
+}
+
 avx2_fn! {
 /// Four vectors of partial sums += 32 elements of a (from ai) times 32 of x (from xi).
 unsafe fn step32(acc: &mut [__m256; 4], a: Elems, ai: usize, x: *const f32) {
@@ -35,6 +55,7 @@ pub unsafe fn dot32(a: Elems, x: &[f32]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut c = 0;
     while c + LANES <= cols {
+        prefetch32(a, c);
         step32(&mut acc, a, c, x.as_ptr().add(c));
         c += LANES;
     }
@@ -71,6 +92,7 @@ pub unsafe fn up(out: &mut [f32], panels: Elems, p0: usize, d: &[f32], scale: f3
         let mut u = [_mm256_setzero_ps(); 4];
         let at = p * rank * PANEL;
         for (r, &dr) in d.iter().enumerate() {
+            prefetch32(panels, at + r * PANEL);
             let dv = _mm256_set1_ps(dr);
             for (k, uk) in u.iter_mut().enumerate() {
                 *uk = _mm256_fmadd_ps(load8(panels, at + r * PANEL + 8 * k), dv, *uk);
