@@ -11,7 +11,7 @@ use cria_kernels::Backend;
 use cria_model::lora::lora_tensor;
 use cria_model::{
     forward_batch, ActiveLora, AdapterFile, AdapterFormat, KvCache, Logits, LoraTensors, Model,
-    Scratch, SeqStep,
+    Scratch, SeqStep, Target,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -105,15 +105,6 @@ pub fn random_adapter<B: Backend>(
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
         anyhow::bail!("random adapter type {dtype}: f32, f16 or bf16");
     }
-    let names = [
-        "attn_q",
-        "attn_k",
-        "attn_v",
-        "attn_output",
-        "ffn_gate",
-        "ffn_up",
-        "ffn_down",
-    ];
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut uniform = |n: usize, bound: f32| -> Vec<f32> {
         (0..n)
@@ -122,8 +113,8 @@ pub fn random_adapter<B: Backend>(
     };
     let mut pairs = Vec::new();
     for (l, lw) in m.weights.layers.iter().enumerate() {
-        for (w, t) in lw.matrices().iter().zip(names) {
-            let target = format!("blk.{l}.{t}.weight");
+        for (w, t) in lw.matrices().iter().zip(Target::LAYER) {
+            let target = format!("blk.{l}.{}.weight", t.gguf_stem());
             let (rows, cols) = (w.rows, w.cols);
             let a = uniform(rank * cols, 1.0 / (cols as f32).sqrt());
             let b = uniform(rows * rank, 0.02);

@@ -43,6 +43,20 @@ impl Target {
         Target::Down,
     ];
 
+    /// The GGUF name of the weight without its layer and suffix: `attn_q`, ..., `output`.
+    pub fn gguf_stem(self) -> &'static str {
+        match self {
+            Target::Q => "attn_q",
+            Target::K => "attn_k",
+            Target::V => "attn_v",
+            Target::O => "attn_output",
+            Target::Gate => "ffn_gate",
+            Target::Up => "ffn_up",
+            Target::Down => "ffn_down",
+            Target::Output => "output",
+        }
+    }
+
     /// Index in `Target::LAYER` (None for `Output`).
     pub fn layer_index(self) -> Option<usize> {
         Target::LAYER.iter().position(|&t| t == self)

@@ -23,13 +23,23 @@ fn cria(args: &[&str]) -> std::process::Output {
         .expect("running cria")
 }
 
+/// stdout of a successful `cria bench -m TINY ARGS`.
+fn bench_ok(args: &[&str]) -> Vec<u8> {
+    let m = tiny();
+    let mut all = vec!["bench", "-m", &m];
+    all.extend_from_slice(args);
+    let out = cria(&all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 #[test]
 fn bench_rows_with_random_adapters() {
-    let m = tiny();
-    let out = cria(&[
-        "bench",
-        "-m",
-        &m,
+    let out = bench_ok(&[
         "-p",
         "6",
         "-n",
@@ -47,12 +57,7 @@ fn bench_rows_with_random_adapters() {
         "-o",
         "json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let rows: Vec<Value> = serde_json::from_slice(&out).expect("JSON on stdout");
     let key = |r: &Value| {
         (
             r["threads"].as_u64().unwrap(),
@@ -114,26 +119,8 @@ fn bench_rows_with_random_adapters() {
 
 #[test]
 fn bench_markdown_has_the_adapter_columns() {
-    let m = tiny();
-    let out = cria(&[
-        "bench",
-        "-m",
-        &m,
-        "-p",
-        "0",
-        "-n",
-        "3",
-        "-r",
-        "1",
-        "--lora-random",
-        "2",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = bench_ok(&["-p", "0", "-n", "3", "-r", "1", "--lora-random", "2"]);
+    let text = String::from_utf8_lossy(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].contains("| lora | t/s | vs base |"), "{text}");
     assert_eq!(lines.len(), 4, "header, rule, base, adapter: {text}");

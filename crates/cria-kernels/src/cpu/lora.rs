@@ -232,7 +232,7 @@ fn down(b: &CpuBackend, d: &mut [f32], a: Elems, x: &[f32]) {
 fn up(b: &CpuBackend, out: &mut [f32], bt: &LoraUp, j0: usize, d: &[f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if b.isa().has_avx2() {
-        assert!(j0 % PANEL == 0 && j0 + out.len() <= bt.rows && d.len() == bt.rank);
+        assert!(j0.is_multiple_of(PANEL) && j0 + out.len() <= bt.rows && d.len() == bt.rank);
         // SAFETY: AVX2/FMA/F16C were detected; the panels hold ceil(rows / 32) * rank * 32
         // elements and rows j0..j0 + out.len() lie inside them (asserted).
         unsafe { crate::arch::avx2::lora::up(out, bt.elems(), j0 / PANEL, d, scale) };
