@@ -7,11 +7,13 @@
 //! - [`convert`]: HF folder (config.json, safetensors, tokenizer) to GGUF, as llama.cpp's
 //!   `convert_hf_to_gguf.py` writes it.
 //! - [`export`]: any model cria reads to an HF folder that transformers loads.
+//! - [`lora_source`]: any source with LoRA adapters merged (`cria merge`).
 
 pub mod convert;
 pub mod convert_vocab;
 pub mod export;
 pub mod export_tokenizer;
+pub mod lora_source;
 pub mod mix;
 pub mod quantize;
 pub mod source;

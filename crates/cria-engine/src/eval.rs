@@ -8,9 +8,9 @@
 use crate::LoadedModel;
 use anyhow::{bail, Result};
 use cria_kernels::Backend;
-use cria_model::{forward, KvCache, Logits, Probe, Scratch};
+use cria_model::{forward_batch, KvCache, Logits, Probe, Scratch, SeqStep};
 
-/// Runs `tokens` through the model from position 0, `s.max_t` at a time, handing the position of
+/// Runs `tokens` through the model (with its adapters, `l.lora`) from position 0, `s.max_t` at a time, handing the position of
 /// each forward's first token and its logits (`s.logits()`) to `f`.
 pub(crate) fn forward_from_start<B: Backend>(
     l: &LoadedModel<B>,
@@ -22,7 +22,13 @@ pub(crate) fn forward_from_start<B: Backend>(
 ) -> Result<()> {
     let mut pos = 0;
     for part in tokens.chunks(s.max_t) {
-        forward(&l.model, &l.backend, part, pos, kv, s, mode)?;
+        let mut seq = [SeqStep {
+            tokens: part,
+            pos,
+            kv: &mut *kv,
+            lora: &l.lora,
+        }];
+        forward_batch(&l.model, &l.backend, &mut seq, s, mode)?;
         f(pos, s.logits())?;
         pos += part.len();
     }

@@ -21,7 +21,10 @@ pub mod template;
 pub mod tools;
 
 pub use grammar::{Grammar, GrammarError, Matcher, TokenTable};
-pub use load::{load, load_on, load_tokenizer_only, render_chat, LoadOptions, LoadedModel};
+pub use load::{
+    load, load_on, load_tokenizer_only, load_with_lora, load_with_lora_on, render_chat, LoadOptions,
+    LoadedModel, LoraOptions,
+};
 pub use sampler::{Sampler, SamplerConfig};
 pub use stop::StopMatcher;
 pub use template::{ChatTemplate, Message};

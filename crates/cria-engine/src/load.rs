@@ -3,10 +3,11 @@
 //! generation_config.json), checked against each other. The CLI resolves a model spec to a local
 //! path (downloads included) and the server is handed what this returns.
 
+use crate::lora::{load_adapters, LoraSpec};
 use anyhow::{bail, Context, Result};
 use cria_core::gguf::GgufFile;
 use cria_kernels::{Backend, CpuBackend};
-use cria_model::{Config, KvCache, KvType, Logits, Model, Scratch};
+use cria_model::{ActiveLora, AdapterFile, Config, KvCache, KvType, Logits, Model, Scratch};
 use cria_tokenizer::Tokenizer;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -31,6 +32,19 @@ pub struct LoadedModel<B: Backend = CpuBackend> {
     /// Element type of the KV caches made for this model.
     pub kv_type: KvType,
     pub load_time: Duration,
+    /// The adapters every evaluation of this model runs with (`--lora` unmerged: `logits`,
+    /// `perplexity`, and the generations of `run` and `chat`); empty for a plain or merged load.
+    pub lora: Vec<ActiveLora<B>>,
+}
+
+/// The adapters a command loads with its model: `--lora [NAME=]PATH[:SCALE]` (repeatable) and
+/// `--lora-merge`.
+#[derive(Clone, Debug, Default)]
+pub struct LoraOptions {
+    pub specs: Vec<LoraSpec>,
+    /// Fold the adapters into f32 copies of the weights they target at load
+    /// (`Model::load_merged`) instead of applying them per token.
+    pub merge: bool,
 }
 
 /// Physical cores: hyper-threads share a core's load/store units, and decode is memory-bound.
@@ -55,11 +69,67 @@ pub fn load(path: &Path, o: &LoadOptions) -> Result<LoadedModel> {
 
 /// [`load`] onto `backend` (`o.threads` is the CPU backend's, not read here).
 pub fn load_on<B: Backend>(path: &Path, o: &LoadOptions, backend: B) -> Result<LoadedModel<B>> {
+    load_with_lora_on(path, o, &LoraOptions::default(), backend)
+}
+
+/// [`load`] with the adapters of `lora`: merged into the weights, or loaded over the model into
+/// [`LoadedModel::lora`]. A bad adapter is an error naming its file and the reason.
+pub fn load_with_lora(path: &Path, o: &LoadOptions, lora: &LoraOptions) -> Result<LoadedModel> {
+    let backend = CpuBackend::new(o.threads.unwrap_or_else(default_threads));
+    load_with_lora_on(path, o, lora, backend)
+}
+
+/// [`load_with_lora`] onto `backend`.
+pub fn load_with_lora_on<B: Backend>(
+    path: &Path,
+    o: &LoadOptions,
+    lora: &LoraOptions,
+    backend: B,
+) -> Result<LoadedModel<B>> {
+    let merged: Vec<(AdapterFile, f32)> = if lora.merge {
+        lora.specs
+            .iter()
+            .map(|s| {
+                let f = AdapterFile::open(&s.path)
+                    .with_context(|| format!("reading the LoRA adapter {}", s.path.display()))?;
+                Ok((f, s.scale))
+            })
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let mut lm = load_merged_on(path, o, &merged, backend)?;
+    if !lora.merge {
+        lm.lora = load_adapters(&lm, &lora.specs)?;
+    }
+    Ok(lm)
+}
+
+fn load_merged_on<B: Backend>(
+    path: &Path,
+    o: &LoadOptions,
+    merged: &[(AdapterFile, f32)],
+    backend: B,
+) -> Result<LoadedModel<B>> {
     let t0 = Instant::now();
-    let loading = || format!("loading {}", path.display());
+    let loading = || {
+        let with: Vec<String> = merged
+            .iter()
+            .map(|(f, _)| f.path.display().to_string())
+            .collect();
+        match with.is_empty() {
+            true => format!("loading {}", path.display()),
+            false => format!(
+                "loading {} with the LoRA adapters {} merged",
+                path.display(),
+                with.join(", ")
+            ),
+        }
+    };
     let opts = cria_model::LoadOptions { f32: o.f32 };
     let (model, tok) = if path.is_dir() {
-        let model = Model::load_hf_folder(path, opts, &backend).with_context(loading)?;
+        let model =
+            Model::load_hf_folder_merged(path, opts, &backend, merged).with_context(loading)?;
         (model, folder_tokenizer(path)?)
     } else {
         let mut g = GgufFile::open(path).with_context(loading)?;
@@ -72,7 +142,7 @@ pub fn load_on<B: Backend>(path: &Path, o: &LoadOptions, backend: B) -> Result<L
         for key in VOCAB_ARRAYS {
             g.remove_metadata(key);
         }
-        let model = Model::load_gguf(g, opts, &backend).with_context(loading)?;
+        let model = Model::load_gguf_merged(g, opts, &backend, merged).with_context(loading)?;
         (model, tok)
     };
     if tok.vocab_size() > model.config.vocab_size {
@@ -92,6 +162,7 @@ pub fn load_on<B: Backend>(path: &Path, o: &LoadOptions, backend: B) -> Result<L
         backend,
         kv_type: o.kv_type,
         load_time: t0.elapsed(),
+        lora: Vec::new(),
     })
 }
 

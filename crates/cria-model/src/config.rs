@@ -137,7 +137,7 @@ fn positive(field: &str, v: f32) -> Result<()> {
 }
 
 /// Architectures that are the LLaMA graph under another name.
-const LLAMA_LIKE_GGUF: &[&str] = &["llama", "mistral"];
+pub(crate) const LLAMA_LIKE_GGUF: &[&str] = &["llama", "mistral"];
 const LLAMA_LIKE_HF: &[&str] = &["llama", "mistral"];
 
 impl Config {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod forward;
 pub mod lora;
 pub mod lora_file;
+pub mod lora_merge;
 pub mod model;
 pub mod names;
 

@@ -7,10 +7,11 @@
 //! product once for the whole batch, each sequence's low-rank term on its own rows
 //! (`forward.rs::project`). `merge` folds adapters into a dequantized copy of the base instead.
 
+use crate::config::Config;
 use crate::model::Model;
 use cria_core::{DType, Error, Result, Tensor};
 use cria_kernels::{Backend, CpuBackend, LoraAdapter, Weight};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The largest rank cria applies (the forward's scratch holds `ubatch * MAX_LORA_RANK` values
@@ -181,74 +182,29 @@ impl<B: Backend> Lora<B> {
         let mut output = None;
         let max_rank = file.max_rank();
         let byte_len = file.byte_len();
-        let what = |msg: String| Error::msg(format!("LoRA adapter {}: {msg}", file.path.display()));
-        for p in file.pairs {
-            let (target, layer) = Target::of_gguf_name(&p.target).ok_or_else(|| {
-                what(format!(
-                    "tensor {} targets no weight cria can adapt (attention, MLP, output head)",
-                    p.target
-                ))
-            })?;
-            let base = match (target.layer_index(), layer) {
-                (Some(i), Some(l)) => {
-                    let lw = model.weights.layers.get(l).ok_or_else(|| {
-                        what(format!(
-                            "tensor {} is for layer {l}, the base model has {} layers (an \
-                             adapter for another base?)",
-                            p.target, c.n_layers
-                        ))
-                    })?;
-                    lw.matrices()[i]
-                }
-                _ => &model.weights.output,
-            };
-            let rank = p.a.rows();
-            if rank == 0 || rank > MAX_LORA_RANK {
-                return Err(what(format!(
-                    "tensor {}: rank {rank} (1..={MAX_LORA_RANK})",
-                    p.target
-                )));
-            }
-            if p.a.cols() != base.cols || p.b.rows() != base.rows || p.b.cols() != rank {
-                return Err(what(format!(
-                    "tensor {}: lora_a is {}x{} and lora_b {}x{}, the base weight is {}x{} (an \
-                     adapter for another base?)",
-                    p.target,
-                    p.a.rows(),
-                    p.a.cols(),
-                    p.b.rows(),
-                    p.b.cols(),
-                    base.rows,
-                    base.cols
-                )));
-            }
-            if !p.scale.is_finite() {
-                return Err(what(format!("tensor {}: scale {}", p.target, p.scale)));
-            }
-            let a = host_matrix(&p.a, &p.target, "lora_a")?;
-            let mut b = host_matrix(&p.b, &p.target, "lora_b")?;
-            if file.interleaved != c.rope_interleaved {
-                let heads = match target {
-                    Target::Q => Some(c.n_heads),
-                    Target::K => Some(c.n_kv_heads),
-                    _ => None,
-                };
-                if let Some(h) = heads {
-                    b = permute_rows(&b, rank, h, file.interleaved);
-                }
-            }
+        let base = BaseShape::of_config(c);
+        for p in &file.pairs {
+            let CheckedPair {
+                target,
+                layer,
+                rank,
+                rows,
+                cols,
+                a,
+                b,
+            } = check_pair(&file, p, &base)?;
             // Kept in the file's element type (f16 / bf16 halve the bytes each token reads;
             // the values above came from that type, so converting back is exact).
             let (a, b) = backend.prepare_lora(
                 lora_tensor(
                     format!("{}.lora_a", p.target),
-                    vec![base.cols, rank],
+                    vec![cols, rank],
                     &a,
                     p.a.dtype,
                 )?,
                 lora_tensor(
                     format!("{}.lora_b", p.target),
-                    vec![rank, base.rows],
+                    vec![rank, rows],
                     &b,
                     p.b.dtype,
                 )?,
@@ -257,8 +213,8 @@ impl<B: Backend> Lora<B> {
                 a,
                 b,
                 rank,
-                rows: base.rows,
-                cols: base.cols,
+                rows,
+                cols,
                 scale: p.scale,
             };
             match (target.layer_index(), layer) {
@@ -269,28 +225,15 @@ impl<B: Backend> Lora<B> {
         let mut token_embd = None;
         let mut output_replace = None;
         for t in file.replace {
-            let want = [c.dim, c.vocab_size];
-            let shape: Vec<usize> = t.ne.iter().copied().collect();
-            if shape != want {
-                return Err(what(format!(
-                    "{}: shape {shape:?}, the base's is {want:?} (GGML order)",
-                    t.name
-                )));
-            }
+            check_replacement(&file.path, &t, c.dim, c.vocab_size)?;
             match t.name.as_str() {
                 "token_embd.weight" => token_embd = Some(Weight::embedding(backend, t, None)?),
-                "output.weight" => output_replace = Some(Weight::prepare(backend, t)?),
-                other => {
-                    return Err(what(format!(
-                        "modules_to_save {other}: cria replaces only the embedding table and \
-                         the output head"
-                    )))
-                }
+                _ => output_replace = Some(Weight::prepare(backend, t)?),
             }
         }
         Ok(Lora {
             name: name.to_string(),
-            path: file.path,
+            path: file.path.clone(),
             layers,
             output,
             token_embd,
@@ -317,6 +260,166 @@ pub fn lora_tensor(name: String, ne: Vec<usize>, v: &[f32], dtype: DType) -> Res
             bytemuck::cast_slice(&halves),
         )),
     )
+}
+
+/// An adapter error naming the file.
+pub(crate) fn adapter_error(path: &Path, msg: String) -> Error {
+    Error::msg(format!("LoRA adapter {}: {msg}", path.display()))
+}
+
+/// (rows, cols) of a weight by GGUF name (None: the base has no such weight).
+pub type ShapeOf<'a> = Box<dyn Fn(&str) -> Option<(usize, usize)> + 'a>;
+
+/// What an adapter is checked against: the base's layer count, its Q/K row layout and head
+/// counts, and the shapes of its weights.
+pub struct BaseShape<'a> {
+    pub n_layers: usize,
+    /// Q/K rows in llama.cpp's interleaved layout (a GGUF base) or HF's half-split one.
+    pub interleaved: bool,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    /// (rows, cols) of a weight by GGUF name; `output.weight` of a tied model is the table's.
+    pub shape: ShapeOf<'a>,
+}
+
+impl BaseShape<'_> {
+    /// The shapes a model of config `c` has (what `Model::load` checks).
+    pub fn of_config(c: &Config) -> BaseShape<'static> {
+        let (dim, q, kv, ffn, vocab) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.vocab_size);
+        let n_layers = c.n_layers;
+        let shape = move |name: &str| -> Option<(usize, usize)> {
+            if name == "token_embd.weight" {
+                return Some((vocab, dim));
+            }
+            let (t, layer) = Target::of_gguf_name(name)?;
+            if layer.is_some_and(|l| l >= n_layers) {
+                return None;
+            }
+            Some(match t {
+                Target::Q => (q, dim),
+                Target::K | Target::V => (kv, dim),
+                Target::O => (dim, q),
+                Target::Gate | Target::Up => (ffn, dim),
+                Target::Down => (dim, ffn),
+                Target::Output => (vocab, dim),
+            })
+        };
+        BaseShape {
+            n_layers,
+            interleaved: c.rope_interleaved,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            shape: Box::new(shape),
+        }
+    }
+}
+
+/// A pair checked against a base: what it targets, its shape, and its matrices as f32 with the
+/// up projection's rows in the base's Q/K layout.
+pub(crate) struct CheckedPair {
+    pub target: Target,
+    pub layer: Option<usize>,
+    pub rank: usize,
+    pub rows: usize,
+    pub cols: usize,
+    /// rank x cols, row-major.
+    pub a: Vec<f32>,
+    /// rows x rank, row-major.
+    pub b: Vec<f32>,
+}
+
+/// `p` of `file` checked against `base`: every target a weight of the base, every shape its
+/// shape, the rank within `MAX_LORA_RANK`, scale and values finite; Q/K up projections permuted
+/// to the base's layout.
+pub(crate) fn check_pair(
+    file: &AdapterFile,
+    p: &LoraTensors,
+    base: &BaseShape,
+) -> Result<CheckedPair> {
+    let what = |msg: String| adapter_error(&file.path, msg);
+    let (target, layer) = Target::of_gguf_name(&p.target).ok_or_else(|| {
+        what(format!(
+            "tensor {} targets no weight cria can adapt (attention, MLP, output head)",
+            p.target
+        ))
+    })?;
+    let (rows, cols) = (base.shape)(&p.target).ok_or_else(|| {
+        what(format!(
+            "tensor {} is for layer {}, the base model has {} layers (an adapter for another \
+             base?)",
+            p.target,
+            layer.unwrap_or(0),
+            base.n_layers
+        ))
+    })?;
+    let rank = p.a.rows();
+    if rank == 0 || rank > MAX_LORA_RANK {
+        return Err(what(format!(
+            "tensor {}: rank {rank} (1..={MAX_LORA_RANK})",
+            p.target
+        )));
+    }
+    if p.a.cols() != cols || p.b.rows() != rows || p.b.cols() != rank {
+        return Err(what(format!(
+            "tensor {}: lora_a is {}x{} and lora_b {}x{}, the base weight is {rows}x{cols} (an \
+             adapter for another base?)",
+            p.target,
+            p.a.rows(),
+            p.a.cols(),
+            p.b.rows(),
+            p.b.cols(),
+        )));
+    }
+    if !p.scale.is_finite() {
+        return Err(what(format!("tensor {}: scale {}", p.target, p.scale)));
+    }
+    let a = host_matrix(&p.a, &p.target, "lora_a")?;
+    let mut b = host_matrix(&p.b, &p.target, "lora_b")?;
+    if file.interleaved != base.interleaved {
+        let heads = match target {
+            Target::Q => Some(base.n_heads),
+            Target::K => Some(base.n_kv_heads),
+            _ => None,
+        };
+        if let Some(h) = heads {
+            b = permute_rows(&b, rank, h, file.interleaved);
+        }
+    }
+    Ok(CheckedPair {
+        target,
+        layer,
+        rank,
+        rows,
+        cols,
+        a,
+        b,
+    })
+}
+
+/// A modules_to_save replacement checked: the embedding table or the output head, of the base's
+/// shape ([dim, vocab] in GGML order).
+pub(crate) fn check_replacement(path: &Path, t: &Tensor, dim: usize, vocab: usize) -> Result<()> {
+    let want = [dim, vocab];
+    let shape = t.ne.to_vec();
+    if shape != want {
+        return Err(adapter_error(
+            path,
+            format!(
+                "{}: shape {shape:?}, the base's is {want:?} (GGML order)",
+                t.name
+            ),
+        ));
+    }
+    if !matches!(t.name.as_str(), "token_embd.weight" | "output.weight") {
+        return Err(adapter_error(
+            path,
+            format!(
+                "modules_to_save {}: cria replaces only the embedding table and the output head",
+                t.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A tensor's values as f32, refused if any is NaN or infinite.
@@ -365,7 +468,7 @@ pub struct ActiveLora<B: Backend = CpuBackend> {
     pub scale: f32,
 }
 
-// By hand: a derive would ask `B: Clone` (CpuBackend is not; the adapter is shared by Arc).
+// Not derived: that would ask `B: Clone`, and only the `Arc` is cloned.
 impl<B: Backend> Clone for ActiveLora<B> {
     fn clone(&self) -> Self {
         ActiveLora {

@@ -4,10 +4,13 @@
 //! load, for the exact reference path.
 
 use crate::config::{Config, RopeScaling};
+use crate::lora::{AdapterFile, BaseShape};
+use crate::lora_merge::Merge;
 use crate::names::{self, layer_name};
 use cria_core::gguf::GgufFile;
 use cria_core::{DType, Error, Result, Tensor};
 use cria_kernels::{Backend, CpuBackend, Rope, Weight};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -253,14 +256,35 @@ fn make_rope(c: &Config) -> Rope {
 impl<B: Backend> Model<B> {
     /// Loads a `.gguf` file (or split set), or a Hugging Face folder (config.json + safetensors).
     pub fn load(path: &Path, opts: LoadOptions, backend: &B) -> Result<Self> {
+        Self::load_merged(path, opts, backend, &[])
+    }
+
+    /// [`Model::load`] with `adapters` (each at the user's scale) folded into the weights they
+    /// target (`lora_merge`): those weights become f32, the rest load as they are.
+    pub fn load_merged(
+        path: &Path,
+        opts: LoadOptions,
+        backend: &B,
+        adapters: &[(AdapterFile, f32)],
+    ) -> Result<Self> {
         if path.is_dir() {
-            Self::load_hf_folder(path, opts, backend)
+            Self::load_hf_folder_merged(path, opts, backend, adapters)
         } else {
-            Self::load_gguf(GgufFile::open(path)?, opts, backend)
+            Self::load_gguf_merged(GgufFile::open(path)?, opts, backend, adapters)
         }
     }
 
     pub fn load_gguf(g: GgufFile, opts: LoadOptions, backend: &B) -> Result<Self> {
+        Self::load_gguf_merged(g, opts, backend, &[])
+    }
+
+    /// [`Model::load_gguf`] with `adapters` merged (see [`Model::load_merged`]).
+    pub fn load_gguf_merged(
+        g: GgufFile,
+        opts: LoadOptions,
+        backend: &B,
+        adapters: &[(AdapterFile, f32)],
+    ) -> Result<Self> {
         let mut config = Config::from_gguf(&g)?;
         if let Some(f) = g.tensor("rope_freqs.weight") {
             let ff = f.to_f32_vec()?;
@@ -281,9 +305,10 @@ impl<B: Backend> Model<B> {
         }
         let weights = Self::build(
             &|name: &str| g.tensor(name).cloned(),
-            &config,
+            &mut config,
             opts,
             backend,
+            adapters,
         )?;
         // Every page of the file that no weight reads through the map any more (the header,
         // the prepared matrices' shared boundary pages) leaves the process.
@@ -305,22 +330,63 @@ impl<B: Backend> Model<B> {
         })
     }
 
+    /// The weights from `get`, with `adapters` merged: the merged tensors come from the merge,
+    /// and a tied head that the merge changes becomes a head of its own (`cfg` untied).
     fn build(
         get: &dyn Fn(&str) -> Option<Tensor>,
-        cfg: &Config,
+        cfg: &mut Config,
         opts: LoadOptions,
         backend: &B,
+        adapters: &[(AdapterFile, f32)],
     ) -> Result<Weights<B>> {
-        Builder {
-            get,
+        if adapters.is_empty() {
+            return Builder {
+                get,
+                cfg,
+                opts,
+                backend,
+            }
+            .build();
+        }
+        let merge = Merge::new(adapters, &BaseShape::of_config(cfg))?;
+        let tied = cfg.tied_embeddings;
+        cfg.tied_embeddings = tied && !merge.unties(tied);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The merge's first error (the lookup can only say "missing"): reported over the
+        // Builder's.
+        let failed: RefCell<Option<Error>> = RefCell::new(None);
+        let merged = |name: &str| match merge.tensor(name, get, tied, threads) {
+            Ok(Some(t)) => Some(t),
+            Ok(None) => get(name),
+            Err(e) => {
+                failed.borrow_mut().get_or_insert(e);
+                None
+            }
+        };
+        let built = Builder {
+            get: &merged,
             cfg,
             opts,
             backend,
         }
-        .build()
+        .build();
+        match failed.into_inner() {
+            Some(e) => Err(e),
+            None => built,
+        }
     }
 
     pub fn load_hf_folder(dir: &Path, opts: LoadOptions, backend: &B) -> Result<Self> {
+        Self::load_hf_folder_merged(dir, opts, backend, &[])
+    }
+
+    /// [`Model::load_hf_folder`] with `adapters` merged (see [`Model::load_merged`]).
+    pub fn load_hf_folder_merged(
+        dir: &Path,
+        opts: LoadOptions,
+        backend: &B,
+        adapters: &[(AdapterFile, f32)],
+    ) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let config_json = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
             path: cfg_path.clone(),
@@ -341,9 +407,10 @@ impl<B: Backend> Model<B> {
         }
         let weights = Self::build(
             &|name: &str| by_gguf.get(name).cloned(),
-            &config,
+            &mut config,
             opts,
             backend,
+            adapters,
         )?;
         let source = Source::HfFolder {
             dir: dir.to_path_buf(),

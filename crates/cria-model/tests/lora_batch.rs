@@ -2,77 +2,14 @@
 //! its neighbours run with (same bits as alone), an adapter at scale 0 gives the base's bits, and
 //! an adapter does move the logits. What lets the server batch requests with different adapters.
 
-use cria_core::Tensor;
 use cria_kernels::CpuBackend;
 use cria_model::{
-    forward_batch, ActiveLora, AdapterFile, AdapterFormat, KvCache, LoadOptions, Logits, Lora,
-    LoraTensors, Model, Scratch, SeqStep,
+    forward_batch, ActiveLora, KvCache, LoadOptions, Logits, Lora, Model, Scratch, SeqStep,
 };
 use std::sync::Arc;
 
 mod common;
-use common::{quantized_copy, tiny};
-
-/// Deterministic values in [-0.5, 0.5).
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
-}
-
-/// A rank-`r` adapter over every matrix of `m` (and the head), weights from `seed`.
-fn adapter(m: &Model, r: usize, seed: u64) -> AdapterFile {
-    let mut pairs = Vec::new();
-    let mut names: Vec<(String, usize, usize)> = Vec::new();
-    for (l, lw) in m.weights.layers.iter().enumerate() {
-        for (w, t) in lw.matrices().iter().zip([
-            "attn_q",
-            "attn_k",
-            "attn_v",
-            "attn_output",
-            "ffn_gate",
-            "ffn_up",
-            "ffn_down",
-        ]) {
-            names.push((format!("blk.{l}.{t}.weight"), w.rows, w.cols));
-        }
-    }
-    names.push((
-        "output.weight".into(),
-        m.weights.output.rows,
-        m.weights.output.cols,
-    ));
-    for (i, (name, rows, cols)) in names.into_iter().enumerate() {
-        let s = seed * 1000 + i as u64;
-        pairs.push(LoraTensors {
-            a: Tensor::from_f32(format!("{name}.lora_a"), vec![cols, r], &noise(r * cols, s))
-                .unwrap(),
-            b: Tensor::from_f32(
-                format!("{name}.lora_b"),
-                vec![r, rows],
-                &noise(r * rows, s + 7),
-            )
-            .unwrap(),
-            target: name,
-            scale: 0.5,
-        });
-    }
-    AdapterFile {
-        path: format!("test-adapter-{seed}").into(),
-        format: AdapterFormat::Gguf,
-        base_model: None,
-        interleaved: true,
-        pairs,
-        replace: Vec::new(),
-        summary: Vec::new(),
-    }
-}
+use common::{adapter, quantized_copy, tiny};
 
 fn toks(n: usize, seed: u32) -> Vec<u32> {
     (0..n as u32)

@@ -362,8 +362,14 @@ fn turn(
     // the job and comes back with its end.
     let fresh = crate::sample_args::build_sampler(chat.cfg.clone(), chat.vocab, &l.tok)?;
     let sampler = std::mem::replace(&mut chat.sampler, fresh);
-    let (done, answer) =
-        crate::terminal::answer(state, prompt, params, sampler, Some(cancel.clone()));
+    let (done, answer) = crate::terminal::answer(
+        state,
+        &l.lora,
+        prompt,
+        params,
+        sampler,
+        Some(cancel.clone()),
+    );
     let mut done = done.context("the answer ended without a result");
     if let Ok(d) = &mut done {
         if let Some(s) = d.sampler.take() {

@@ -1,4 +1,4 @@
-//! `cria inspect`: what a model file is, without running it.
+//! `cria inspect`: what a model file (or a LoRA adapter) is, without running it.
 
 use crate::fetch;
 use anyhow::{Context, Result};
@@ -6,6 +6,7 @@ use cria_core::Tensor;
 use cria_model::{Config, RopeScaling};
 use cria_tokenizer::Tokenizer;
 use std::io::Write;
+use std::path::Path;
 
 /// A parameter count as people write it: 134.5M, 1.24B, 960K.
 pub fn params(n: usize) -> String {
@@ -158,7 +159,23 @@ fn special(t: &Tokenizer, id: Option<u32>) -> String {
     })
 }
 
+/// A LoRA adapter (PEFT folder or GGUF adapter): what it declares and what its tensors hold.
+fn adapter(p: &Path, out: &mut dyn Write) -> Result<()> {
+    let f = cria_model::AdapterFile::open(p)?;
+    writeln!(out, "adapter: {}", p.display())?;
+    for (k, v) in f.describe() {
+        writeln!(out, "{k}: {v}")?;
+    }
+    Ok(())
+}
+
 pub fn run(spec: Option<&str>, all_metadata: bool, out: &mut dyn Write) -> Result<()> {
+    if let Some(p) = spec
+        .map(|s| Path::new(s.trim()))
+        .filter(|p| cria_model::lora_file::looks_like_adapter(p))
+    {
+        return adapter(p, out);
+    }
     let r = fetch::resolve(spec)?;
     let p = &r.path;
     writeln!(out, "model: {}", p.display())?;

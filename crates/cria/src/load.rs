@@ -7,14 +7,14 @@ use cria_engine::{LoadOptions, LoadedModel};
 use cria_tokenizer::Tokenizer;
 
 /// Resolves `spec` and loads it with the model flags of `m` (its -m is not read: `spec` is the
-/// model, however the command took it).
+/// model, however the command took it), `--lora` adapters included.
 pub fn model(spec: Option<&str>, m: &crate::ModelArgs) -> Result<LoadedModel> {
     let o = LoadOptions {
         f32: m.f32,
         threads: m.threads,
         kv_type: m.kv_type(),
     };
-    with(spec, &o)
+    cria_engine::load_with_lora(&fetch::resolve(spec)?.path, &o, &m.lora())
 }
 
 /// Resolves `spec` and loads it with options `o`.

@@ -10,6 +10,7 @@ mod imatrix;
 mod inspect;
 mod kld;
 mod load;
+mod merge;
 mod models;
 mod perplexity;
 mod quantize;
@@ -50,6 +51,30 @@ struct ModelArgs {
     /// default with --f32), q8_0 or q4_0 (ggml blocks: 53% and 28% of f16's memory).
     #[arg(long = "kv-type", value_name = "TYPE")]
     kv_type: Option<cria_model::KvType>,
+    /// A LoRA adapter over the model (repeatable): a PEFT folder (adapter_config.json +
+    /// adapter_model.safetensors) or a llama.cpp GGUF adapter, at SCALE (default 1) times the
+    /// file's alpha / rank. Applied per token; the base stays as it is. (NAME= names it for
+    /// `cria serve`.)
+    #[arg(long = "lora", value_name = "[NAME=]PATH[:SCALE]", value_parser = parse_lora)]
+    lora: Vec<cria_engine::lora::LoraSpec>,
+    /// Fold the --lora adapters into f32 copies of the weights they target at load: no
+    /// per-token adapter work, more memory.
+    #[arg(long = "lora-merge", requires = "lora")]
+    lora_merge: bool,
+}
+
+/// `--lora [NAME=]PATH[:SCALE]`; a trailing `:X` that is no number where PATH does not exist is
+/// told as a bad scale rather than a missing file.
+fn parse_lora(s: &str) -> Result<cria_engine::lora::LoraSpec, String> {
+    let spec = cria_engine::lora::LoraSpec::parse(s).map_err(|e| format!("{e:#}"))?;
+    if !spec.path.exists() {
+        if let Some((p, x)) = spec.path.to_string_lossy().rsplit_once(':') {
+            if std::path::Path::new(p).exists() {
+                return Err(format!("scale {x:?} is not a number (--lora PATH[:SCALE])"));
+            }
+        }
+    }
+    Ok(spec)
 }
 
 impl ModelArgs {
@@ -59,6 +84,14 @@ impl ModelArgs {
             (Some(t), _) => t,
             (None, true) => cria_model::KvType::F32,
             (None, false) => cria_model::KvType::default(),
+        }
+    }
+
+    /// The adapters the command loads with its model.
+    fn lora(&self) -> cria_engine::LoraOptions {
+        cria_engine::LoraOptions {
+            specs: self.lora.clone(),
+            merge: self.lora_merge,
         }
     }
 }
@@ -204,8 +237,8 @@ enum Cmd {
         output: String,
         /// A LoRA adapter every test also runs with, beside the base: [NAME=]PATH[:SCALE]
         /// (repeatable: all of them at once).
-        #[arg(long = "lora", value_name = "PATH[:SCALE]")]
-        lora: Vec<String>,
+        #[arg(long = "lora", value_name = "[NAME=]PATH[:SCALE]", value_parser = parse_lora)]
+        lora: Vec<cria_engine::lora::LoraSpec>,
         /// Also run with a random adapter of this rank over every linear layer (each stream
         /// its own with --parallel).
         #[arg(long = "lora-random", value_name = "RANK")]
@@ -240,10 +273,15 @@ enum Cmd {
     },
     /// A Hugging Face LLaMA folder as a GGUF, as llama.cpp's convert_hf_to_gguf.py writes it.
     Convert(convert::ConvertArgs),
-    /// Architecture, hyper-parameters, tokenizer and tensor table of a model.
+    /// LoRA adapters folded into a model, written as a GGUF (any type `cria quantize` writes)
+    /// or a Hugging Face folder.
+    Merge(merge::MergeArgs),
+    /// Architecture, hyper-parameters, tokenizer and tensor table of a model; rank, alpha,
+    /// targets and size of a LoRA adapter.
     Inspect {
         /// The model: a .gguf file, a Hugging Face model folder, hf:ORG/REPO[:FILE] or a short
-        /// name (default: the default model).
+        /// name (default: the default model); or a LoRA adapter (a PEFT folder or a GGUF
+        /// adapter).
         #[arg(value_name = "MODEL", conflicts_with = "model_flag")]
         model: Option<String>,
         /// The model, as the other commands take it.
@@ -478,10 +516,7 @@ fn real_main() -> Result<()> {
                     reps,
                     json: output == "json",
                     kv_type,
-                    lora: lora
-                        .iter()
-                        .map(|s| cria_engine::lora::LoraSpec::parse(s))
-                        .collect::<anyhow::Result<_>>()?,
+                    lora,
                     lora_random,
                     lora_types: lora_type,
                     parallel,
@@ -497,6 +532,7 @@ fn real_main() -> Result<()> {
         Cmd::List(a) => models::list(&a)?,
         Cmd::Rm(a) => models::rm(&a)?,
         Cmd::Convert(a) => convert::run(&a)?,
+        Cmd::Merge(a) => merge::run(&a)?,
         Cmd::Serve { m, s } => cria_server::run(load::model(m.model.as_deref(), &m)?, &s)?,
         Cmd::Inspect {
             model,

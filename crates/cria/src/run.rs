@@ -218,7 +218,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
     };
     let mut one = crate::terminal::one_slot(&l, ctx, a.gen.batch)?;
-    let (done, text) = crate::terminal::answer(&mut one, prompt, params, sampler, None);
+    let (done, text) = crate::terminal::answer(&mut one, &l.lora, prompt, params, sampler, None);
     text?;
     writeln!(std::io::stdout())?;
     let done = done.context("the answer ended without a result")?;

@@ -8,6 +8,7 @@ use cria_engine::scheduler::{
     Config, Done, GenParams, Job, Metrics, NoEmbed, Request, Scheduler, Sink,
 };
 use cria_engine::{LoadedModel, Sampler};
+use cria_model::ActiveLora;
 use std::cell::RefCell;
 use std::io::Write;
 use std::rc::Rc;
@@ -79,10 +80,12 @@ pub fn one_slot(l: &LoadedModel, ctx_size: usize, batch: usize) -> Result<OneSlo
     )?)
 }
 
-/// Generates the answer to `prompt` in `s`, streamed to stdout: how it ended (with the sampler
-/// and grammar back, even when it then failed) and its text, or why it failed.
+/// Generates the answer to `prompt` in `s` with the adapters `lora` (the model's `--lora`),
+/// streamed to stdout: how it ended (with the sampler and grammar back, even when it then
+/// failed) and its text, or why it failed.
 pub fn answer(
     s: &mut OneSlot,
+    lora: &[ActiveLora],
     prompt: Vec<u32>,
     params: GenParams,
     sampler: Sampler,
@@ -101,7 +104,7 @@ pub fn answer(
     let out = Rc::new(RefCell::new(Outcome::default()));
     s.submit(Request::Generate(Job {
         prompt: Arc::new(prompt),
-        lora: Vec::new(),
+        lora: lora.to_vec(),
         params,
         sampler: Some(sampler),
         sink: Terminal {

@@ -2,7 +2,8 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 use cria_core::gguf::{GgufFile, GgufWriter};
-use cria_core::{quant, DType};
+use cria_core::{quant, DType, Tensor};
+use cria_model::{AdapterFile, AdapterFormat, LoraTensors, Model};
 use std::path::{Path, PathBuf};
 
 /// The tiny LLaMA-2 fixture (F32).
@@ -72,4 +73,65 @@ pub fn edited_copy(
             .unwrap();
     }
     w.write(dst).unwrap();
+}
+
+/// Deterministic values in [-0.5, 0.5).
+pub fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// A rank-`r` adapter over every matrix of `m` (and the head), weights from `seed`.
+pub fn adapter(m: &Model, r: usize, seed: u64) -> AdapterFile {
+    let mut pairs = Vec::new();
+    let mut names: Vec<(String, usize, usize)> = Vec::new();
+    for (l, lw) in m.weights.layers.iter().enumerate() {
+        for (w, t) in lw.matrices().iter().zip([
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ]) {
+            names.push((format!("blk.{l}.{t}.weight"), w.rows, w.cols));
+        }
+    }
+    names.push((
+        "output.weight".into(),
+        m.weights.output.rows,
+        m.weights.output.cols,
+    ));
+    for (i, (name, rows, cols)) in names.into_iter().enumerate() {
+        let s = seed * 1000 + i as u64;
+        pairs.push(LoraTensors {
+            a: Tensor::from_f32(format!("{name}.lora_a"), vec![cols, r], &noise(r * cols, s))
+                .unwrap(),
+            b: Tensor::from_f32(
+                format!("{name}.lora_b"),
+                vec![r, rows],
+                &noise(r * rows, s + 7),
+            )
+            .unwrap(),
+            target: name,
+            scale: 0.5,
+        });
+    }
+    AdapterFile {
+        path: format!("test-adapter-{seed}").into(),
+        format: AdapterFormat::Gguf,
+        base_model: None,
+        interleaved: true,
+        pairs,
+        replace: Vec::new(),
+        summary: Vec::new(),
+    }
 }
