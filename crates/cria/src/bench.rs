@@ -39,6 +39,9 @@ pub fn lora_type(s: &str) -> std::result::Result<DType, String> {
     }
 }
 
+/// Most bytes of random adapters a run holds (all streams and types).
+const MAX_RANDOM_BYTES: usize = 4 << 30;
+
 /// Most concurrent streams `--parallel` takes (each is a slot with its own KV cache).
 pub const MAX_PARALLEL: usize = 256;
 
@@ -54,6 +57,28 @@ fn variants(o: &BenchOptions, l: &LoadedModel, streams: usize) -> Result<Vec<Var
         None if files.is_empty() => return Ok(out),
         None => vec![None],
     };
+    if let Some(rank) = o.lora_random {
+        // Every stream's adapter of every type is held at once: refuse what would not fit.
+        let per_rank: usize = l
+            .model
+            .weights
+            .layers
+            .iter()
+            .flat_map(|lw| lw.matrices())
+            .map(|w| w.rows + w.cols)
+            .sum();
+        let bytes: usize =
+            o.lora_types.iter().map(|t| t.type_size()).sum::<usize>() * rank * per_rank * streams;
+        if bytes > MAX_RANDOM_BYTES {
+            bail!(
+                "--lora-random {rank} with {streams} stream(s) and {} type(s) needs {:.1} GiB of \
+                 adapters (at most {} GiB): a lower rank, fewer streams or types",
+                o.lora_types.len(),
+                bytes as f64 / (1u64 << 30) as f64,
+                MAX_RANDOM_BYTES >> 30
+            );
+        }
+    }
     for ty in types {
         let mut label = names.join("+");
         let mut per_stream = Vec::new();

