@@ -127,14 +127,9 @@ impl Backend for CpuBackend {
         tmp2: &mut Vec<f32>,
     ) {
         let (n, r, m) = (rows.len(), ad.rank, ad.rows);
-        if let Some(bt) = super::lora::packed(&ad.b) {
+        if super::lora::packed(&ad.b).is_some() {
             let (o, xs) = (rows.values(m), rows.values(ad.cols));
-            let term = super::lora::Term {
-                rows: Rows::new(0, n),
-                a: &ad.a,
-                b: bt,
-                scale,
-            };
+            let term = (Rows::new(0, n), ad, scale);
             super::lora::lora(self, &mut out[o], &x[xs], &[term], &mut tmp[..n * r]);
             return;
         }
@@ -179,24 +174,7 @@ impl Backend for CpuBackend {
             }
             return;
         }
-        fn term<'a>(
-            &(rows, ad, scale): &(Rows, &'a crate::LoraAdapter<CpuBackend>, f32),
-        ) -> Option<super::lora::Term<'a>> {
-            super::lora::packed(&ad.b).map(|b| super::lora::Term {
-                rows,
-                a: &ad.a,
-                b,
-                scale,
-            })
-        }
-        let Some(first) = terms.first().and_then(term) else {
-            return;
-        };
-        let mut ts = [first; MAX];
-        for (t, x) in ts.iter_mut().zip(terms) {
-            *t = term(x).expect("checked above");
-        }
-        super::lora::lora(self, out, x, &ts[..terms.len()], tmp)
+        super::lora::lora(self, out, x, terms, tmp)
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, t: usize) {

@@ -25,7 +25,7 @@
 //! when it is small, as the base matmul does.
 
 use super::{CpuBackend, SyncPtr};
-use crate::Rows;
+use crate::{LoraAdapter, Rows};
 use cria_core::tensor::AlignedBuf;
 use cria_core::{DType, Tensor};
 
@@ -246,8 +246,7 @@ fn up(b: &CpuBackend, out: &mut [f32], bt: &LoraUp, j0: usize, d: &[f32], scale:
 pub(crate) const MAX_TERMS: usize = 64;
 
 /// One adapter's term on some rows of a product.
-#[derive(Clone, Copy)]
-pub(crate) struct Term<'a> {
+struct Term<'a> {
     pub rows: Rows,
     /// The down projection (rank, cols), f32 / f16 / bf16 as the file has it.
     pub a: &'a Tensor,
@@ -255,12 +254,27 @@ pub(crate) struct Term<'a> {
     pub scale: f32,
 }
 
+/// A term (rows, pair, scale) as the kernels read it (the pair's B has `LoraUp` panels:
+/// checked by the callers).
+fn view<'a>(&(rows, ad, scale): &(Rows, &'a LoraAdapter<CpuBackend>, f32)) -> Term<'a> {
+    Term {
+        rows,
+        a: &ad.a,
+        b: packed(&ad.b).expect("lora: a pair without LoraUp panels"),
+        scale,
+    }
+}
+
 /// Which (term, token, block) item `i` of a job is, blocks per token of each term `per[t]`.
-fn locate(terms: &[Term], per: &[usize], mut i: usize) -> (usize, usize, usize) {
-    for (t, term) in terms.iter().enumerate() {
-        let n = term.rows.len() * per[t];
+fn locate(
+    terms: &[(Rows, &LoraAdapter<CpuBackend>, f32)],
+    per: &[usize],
+    mut i: usize,
+) -> (usize, usize, usize) {
+    for (t, (rows, _, _)) in terms.iter().enumerate() {
+        let n = rows.len() * per[t];
         if i < n {
-            return (t, term.rows.start + i / per[t], i % per[t]);
+            return (t, rows.start + i / per[t], i % per[t]);
         }
         i -= n;
     }
@@ -273,14 +287,20 @@ fn locate(terms: &[Term], per: &[usize], mut i: usize) -> (usize, usize, usize) 
 /// thread's, when small). Terms share the product (same rows and cols); their rows are in
 /// increasing order and disjoint. `d` holds the down-projected rows: row g's at g * (largest
 /// rank), so at least (last row + 1) * (largest rank) values.
-pub(crate) fn lora(b: &CpuBackend, out: &mut [f32], x: &[f32], terms: &[Term], d: &mut [f32]) {
-    let Some(t0) = terms.first() else {
+pub(crate) fn lora(
+    b: &CpuBackend,
+    out: &mut [f32],
+    x: &[f32],
+    terms: &[(Rows, &LoraAdapter<CpuBackend>, f32)],
+    d: &mut [f32],
+) {
+    let Some(t0) = terms.first().map(view) else {
         return;
     };
     let (rows, cols) = (t0.b.rows, t0.a.cols());
-    let rmax = terms.iter().map(|t| t.b.rank).max().unwrap_or(0);
+    let rmax = terms.iter().map(|t| view(t).b.rank).max().unwrap_or(0);
     let mut end = 0;
-    for t in terms {
+    for t in terms.iter().map(view) {
         assert!(
             t.b.rows == rows
                 && t.a.cols() == cols
@@ -312,14 +332,14 @@ pub(crate) fn lora(b: &CpuBackend, out: &mut [f32], x: &[f32], terms: &[Term], d
     // Down: item = (term, token, DOWN_ROWS of A's rows).
     let mut per = [0usize; MAX_TERMS];
     let (mut items, mut work) = (0, 0);
-    for (p, t) in per.iter_mut().zip(terms) {
+    for (p, t) in per.iter_mut().zip(terms.iter().map(view)) {
         *p = t.b.rank.div_ceil(DOWN_ROWS);
         items += t.rows.len() * *p;
         work += t.rows.len() * t.b.rank * cols;
     }
     b.run_items(items, work, &|i, _| {
         let (ti, g, blk) = locate(terms, &per, i);
-        let t = &terms[ti];
+        let t = view(&terms[ti]);
         let (r0, r1) = (blk * DOWN_ROWS, ((blk + 1) * DOWN_ROWS).min(t.b.rank));
         let a = Elems::of(t.a.dtype, t.a.bytes()).expect("checked above");
         // SAFETY: row g's values r0..r1 of d (at g * rmax, r1 <= rank <= rmax, g < end) belong
@@ -335,7 +355,7 @@ pub(crate) fn lora(b: &CpuBackend, out: &mut [f32], x: &[f32], terms: &[Term], d
     // Up: item = (term, token, UP_ROWS output rows).
     let blocks = rows.div_ceil(UP_ROWS);
     let (mut items, mut work) = (0, 0);
-    for (p, t) in per.iter_mut().zip(terms) {
+    for (p, t) in per.iter_mut().zip(terms.iter().map(view)) {
         *p = blocks;
         items += t.rows.len() * blocks;
         work += t.rows.len() * rows * t.b.rank;
@@ -343,7 +363,7 @@ pub(crate) fn lora(b: &CpuBackend, out: &mut [f32], x: &[f32], terms: &[Term], d
     let d: &[f32] = d;
     b.run_items(items, work, &|i, _| {
         let (ti, g, blk) = locate(terms, &per, i);
-        let t = &terms[ti];
+        let t = view(&terms[ti]);
         let (j0, j1) = (blk * UP_ROWS, ((blk + 1) * UP_ROWS).min(rows));
         // SAFETY: out row g's values j0..j1 (g < end, end * rows <= out.len()) belong to this
         // item alone (terms' rows are disjoint); the pool joins before out's borrow ends.
@@ -367,13 +387,15 @@ impl CpuBackend {
     ) -> Option<()> {
         let bt = packed(b)?;
         let mut d = vec![0f32; n * bt.rank];
-        let term = Term {
-            rows: Rows::new(0, n),
-            a,
-            b: bt,
-            scale,
+        let ad = LoraAdapter {
+            a: a.clone(),
+            b: b.clone(),
+            rank: bt.rank,
+            rows: bt.rows,
+            cols: a.cols(),
+            scale: 1.0,
         };
-        lora(self, out, x, &[term], &mut d);
+        lora(self, out, x, &[(Rows::new(0, n), &ad, scale)], &mut d);
         Some(())
     }
 }
