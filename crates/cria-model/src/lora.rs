@@ -248,8 +248,14 @@ impl<B: Backend> Lora<B> {
 /// for values that came from that type); any other type is F32.
 pub fn lora_tensor(name: String, ne: Vec<usize>, v: &[f32], dtype: DType) -> Result<Tensor> {
     let halves: Vec<u16> = match dtype {
-        DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect(),
-        DType::BF16 => v.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect(),
+        DType::F16 => v
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_bits())
+            .collect(),
+        DType::BF16 => v
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_bits())
+            .collect(),
         _ => return Tensor::from_f32(name, ne, v),
     };
     Tensor::new(
