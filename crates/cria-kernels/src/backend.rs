@@ -108,6 +108,16 @@ pub trait Backend: Send + Sync + Sized {
     /// Rows `rows` of `out` (width `rows_of_w`) = the same rows of x (width `cols_of_w`) @ w^T:
     /// one sequence's part of a batch through its own matrix (an adapter's replacement head).
     fn matmul_rows(&self, out: &mut Self::Buf, x: &Self::Buf, rows: Rows, w: &Self::Matrix);
+    /// A LoRA pair's matrices as `lora` reads them: `a` the down projection (rank rows of the
+    /// base's cols), `b` the up projection (the base's rows, rank cols), f32/f16/bf16. By
+    /// default each is what `prepare` makes of it.
+    fn prepare_lora(
+        &self,
+        a: Tensor,
+        b: Tensor,
+    ) -> cria_core::Result<(Self::Matrix, Self::Matrix)> {
+        Ok((self.prepare(a)?, self.prepare(b)?))
+    }
     /// A LoRA pair's term on rows `rows`: out (width `ad.rows`) += scale * (x (width `ad.cols`)
     /// @ ad.a^T) @ ad.b^T. `tmp` holds at least `rows.len() * ad.rank` values, `tmp2` at least
     /// `ad.rows` (the up projection runs in as many rows at a time as it holds).
@@ -122,6 +132,24 @@ pub trait Backend: Send + Sync + Sized {
         tmp: &mut Self::Buf,
         tmp2: &mut Self::Buf,
     );
+    /// Several LoRA terms of one product at once, each on its own rows (one per sequence of a
+    /// batch, each with its own adapter): `terms` are (rows, pair, scale), their rows in
+    /// increasing order and disjoint; every term is what `lora` gives it alone, so a backend
+    /// may run them together (the CPU backend: one pool job for all their down projections,
+    /// one for the up projections). `tmp` holds at least (last row + 1) * (largest rank)
+    /// values, `tmp2` at least the product's width. By default, `lora` on each in turn.
+    fn lora_batch(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        terms: &[(Rows, &crate::LoraAdapter<Self>, f32)],
+        tmp: &mut Self::Buf,
+        tmp2: &mut Self::Buf,
+    ) {
+        for &(rows, ad, scale) in terms {
+            self.lora(out, x, rows, ad, scale, tmp, tmp2)
+        }
+    }
     /// Rows 0..t of x (rows of `bias.len()`) += bias.
     fn add_bias(&self, x: &mut Self::Buf, bias: &Self::Buf, t: usize);
     /// In place on `rows` of x (rows of n_heads * head_dim); row `rows.start` is at position

@@ -29,6 +29,7 @@ pub(crate) mod gemm_float;
 pub mod gemm_half;
 pub mod gemm_q;
 pub mod kv;
+pub mod lora;
 mod matmul;
 
 /// Below this many multiply-adds an op runs on the calling thread: waking workers costs a few

@@ -383,16 +383,34 @@ fn lora_terms<B: Backend, const N: usize>(
         down,
         up,
     } = lora;
-    for (i, (r, q)) in seq_rows(seqs).zip(seqs.iter()).enumerate() {
-        if q.lora.is_empty() || only.is_some_and(|o| o != i) {
-            continue;
-        }
-        let r = if *last_only { Rows::new(i, i + 1) } else { r };
-        for al in q.lora {
-            for (out, &target) in outs.iter_mut().zip(&targets) {
-                if let Some(p) = al.lora.pair(target, *layer) {
-                    b.lora(out, x, r, p, al.scale * p.scale, down, up);
+    // Per product and adapter slot k: the k-th adapter of every sequence in one `lora_batch`
+    // (disjoint rows; up to LORA_BATCH at a time, no allocation), so a backend can run the
+    // sequences' terms together. Each output still gets its adapters in the sequence's order.
+    const LORA_BATCH: usize = 64;
+    let slots = seqs.iter().map(|q| q.lora.len()).max().unwrap_or(0);
+    for (out, &target) in outs.iter_mut().zip(&targets) {
+        for k in 0..slots {
+            let mut batch = None;
+            let mut nb = 0;
+            for (i, (r, q)) in seq_rows(seqs).zip(seqs.iter()).enumerate() {
+                if only.is_some_and(|o| o != i) {
+                    continue;
                 }
+                let Some(al) = q.lora.get(k) else { continue };
+                let Some(p) = al.lora.pair(target, *layer) else {
+                    continue;
+                };
+                let r = if *last_only { Rows::new(i, i + 1) } else { r };
+                let term = (r, p, al.scale * p.scale);
+                batch.get_or_insert([term; LORA_BATCH])[nb] = term;
+                nb += 1;
+                if nb == LORA_BATCH {
+                    b.lora_batch(out, x, &batch.as_ref().expect("filled")[..nb], down, up);
+                    nb = 0;
+                }
+            }
+            if let (Some(ts), true) = (&batch, nb > 0) {
+                b.lora_batch(out, x, &ts[..nb], down, up);
             }
         }
     }

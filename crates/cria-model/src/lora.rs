@@ -44,6 +44,20 @@ impl Target {
         Target::Down,
     ];
 
+    /// The GGUF name of the weight without its layer and suffix: `attn_q`, ..., `output`.
+    pub fn gguf_stem(self) -> &'static str {
+        match self {
+            Target::Q => "attn_q",
+            Target::K => "attn_k",
+            Target::V => "attn_v",
+            Target::O => "attn_output",
+            Target::Gate => "ffn_gate",
+            Target::Up => "ffn_up",
+            Target::Down => "ffn_down",
+            Target::Output => "output",
+        }
+    }
+
     /// Index in `Target::LAYER` (None for `Output`).
     pub fn layer_index(self) -> Option<usize> {
         Target::LAYER.iter().position(|&t| t == self)
@@ -179,17 +193,25 @@ impl<B: Backend> Lora<B> {
                 a,
                 b,
             } = check_pair(&file, p, &base)?;
-            let adapter = LoraAdapter {
-                a: backend.prepare(Tensor::from_f32(
+            // Kept in the file's element type (f16 / bf16 halve the bytes each token reads;
+            // the values above came from that type, so converting back is exact).
+            let (a, b) = backend.prepare_lora(
+                lora_tensor(
                     format!("{}.lora_a", p.target),
                     vec![cols, rank],
                     &a,
-                )?)?,
-                b: backend.prepare(Tensor::from_f32(
+                    p.a.dtype,
+                )?,
+                lora_tensor(
                     format!("{}.lora_b", p.target),
                     vec![rank, rows],
                     &b,
-                )?)?,
+                    p.b.dtype,
+                )?,
+            )?;
+            let adapter = LoraAdapter {
+                a,
+                b,
                 rank,
                 rows,
                 cols,
@@ -220,6 +242,30 @@ impl<B: Backend> Lora<B> {
             max_rank,
         })
     }
+}
+
+/// An owned tensor of `v` in `dtype`: F32 as it is, F16 / BF16 rounded to nearest even (exact
+/// for values that came from that type); any other type is F32.
+pub fn lora_tensor(name: String, ne: Vec<usize>, v: &[f32], dtype: DType) -> Result<Tensor> {
+    let halves: Vec<u16> = match dtype {
+        DType::F16 => v
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_bits())
+            .collect(),
+        DType::BF16 => v
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_bits())
+            .collect(),
+        _ => return Tensor::from_f32(name, ne, v),
+    };
+    Tensor::new(
+        name,
+        dtype,
+        ne,
+        cria_core::tensor::Bytes::owned(cria_core::tensor::AlignedBuf::from_slice(
+            bytemuck::cast_slice(&halves),
+        )),
+    )
 }
 
 /// An adapter error naming the file.

@@ -3,8 +3,13 @@
 //! or JSON; this machine's read bandwidth and each row's peak memory measured here.
 
 use anyhow::{bail, Result};
-use cria_engine::bench::{measure, Row, Test};
+use cria_core::DType;
+use cria_engine::bench::{measure, random_adapter, Row, Test, Variant, MAX_RANDOM_RANK};
+use cria_engine::lora::{load_adapters, LoraSpec};
+use cria_engine::LoadedModel;
+use cria_model::{ActiveLora, Lora};
 use std::io::Write;
+use std::sync::Arc;
 
 pub struct BenchOptions {
     pub models: Vec<Option<String>>,
@@ -14,6 +19,97 @@ pub struct BenchOptions {
     pub reps: usize,
     pub json: bool,
     pub kv_type: cria_model::KvType,
+    /// Adapter files (`--lora PATH[:SCALE]`): every stream runs with all of them.
+    pub lora: Vec<LoraSpec>,
+    /// `--lora-random RANK`: a random adapter of this rank over every linear layer, one of its
+    /// own per stream.
+    pub lora_random: Option<usize>,
+    /// Element types of the random adapters, one variant each (`--lora-type f32,f16`).
+    pub lora_types: Vec<DType>,
+    /// `--parallel N`: a test of N concurrent generations (each `gen` tokens) through the
+    /// scheduler, base and with adapters; 0: none.
+    pub parallel: usize,
+}
+
+/// `--lora-type`: f32, f16 or bf16.
+pub fn lora_type(s: &str) -> std::result::Result<DType, String> {
+    match DType::from_name(&s.to_ascii_uppercase()) {
+        Some(t @ (DType::F32 | DType::F16 | DType::BF16)) => Ok(t),
+        _ => Err(format!("{s:?}: f32, f16 or bf16")),
+    }
+}
+
+/// Most bytes of random adapters a run holds (all streams and types).
+const MAX_RANDOM_BYTES: usize = 4 << 30;
+
+/// Most concurrent streams `--parallel` takes (each is a slot with its own KV cache).
+pub const MAX_PARALLEL: usize = 256;
+
+/// The variants every test runs: the base, then (when adapters are asked for) one per random
+/// adapter type, each stream with its own random adapter (seeded by its index) and the
+/// `--lora` files.
+fn variants(o: &BenchOptions, l: &LoadedModel, streams: usize) -> Result<Vec<Variant>> {
+    let mut out = vec![Variant::default()];
+    let files = load_adapters(l, &o.lora)?;
+    let names: Vec<String> = o.lora.iter().map(|s| s.display_name()).collect();
+    let types: Vec<Option<DType>> = match o.lora_random {
+        Some(_) => o.lora_types.iter().copied().map(Some).collect(),
+        None if files.is_empty() => return Ok(out),
+        None => vec![None],
+    };
+    if let Some(rank) = o.lora_random {
+        // Every stream's adapter of every type is held at once: refuse what would not fit.
+        let per_rank: usize = l
+            .model
+            .weights
+            .layers
+            .iter()
+            .flat_map(|lw| lw.matrices())
+            .map(|w| w.rows + w.cols)
+            .sum();
+        let bytes: usize =
+            o.lora_types.iter().map(|t| t.type_size()).sum::<usize>() * rank * per_rank * streams;
+        if bytes > MAX_RANDOM_BYTES {
+            bail!(
+                "--lora-random {rank} with {streams} stream(s) and {} type(s) needs {:.1} GiB of \
+                 adapters (at most {} GiB): a lower rank, fewer streams or types",
+                o.lora_types.len(),
+                bytes as f64 / (1u64 << 30) as f64,
+                MAX_RANDOM_BYTES >> 30
+            );
+        }
+    }
+    for ty in types {
+        let mut label = names.join("+");
+        let mut per_stream = Vec::new();
+        for i in 0..streams {
+            let mut set: Vec<ActiveLora> = files.clone();
+            if let (Some(rank), Some(ty)) = (o.lora_random, ty) {
+                let file = random_adapter(&l.model, rank, ty, i as u64 + 1)?;
+                let lora = Lora::build(&format!("random{i}"), file, &l.model, &l.backend)?;
+                set.push(ActiveLora {
+                    lora: Arc::new(lora),
+                    scale: 1.0,
+                });
+            }
+            per_stream.push(set);
+        }
+        if let (Some(rank), Some(ty)) = (o.lora_random, ty) {
+            if !label.is_empty() {
+                label.push('+');
+            }
+            let each = if streams > 1 { " each" } else { "" };
+            label.push_str(&format!(
+                "random r{rank} {}{each}",
+                ty.to_string().to_lowercase()
+            ));
+        }
+        out.push(Variant {
+            label,
+            streams: per_stream,
+        });
+    }
+    Ok(out)
 }
 
 /// Resets the peak-RSS mark to the current RSS (Linux >= 4.0; elsewhere a no-op, and the marks
@@ -40,6 +136,28 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     if o.threads.contains(&0) {
         bail!("thread counts must be at least 1");
     }
+    if o.parallel > MAX_PARALLEL {
+        bail!("--parallel {}: at most {MAX_PARALLEL} streams", o.parallel);
+    }
+    if o.parallel > 0 && o.gen == 0 {
+        bail!("--parallel needs generated tokens (-n)");
+    }
+    if let Some(r) = o.lora_random {
+        if r == 0 || r > MAX_RANDOM_RANK {
+            bail!("--lora-random {r}: a rank of 1..={MAX_RANDOM_RANK}");
+        }
+        if o.lora_types.is_empty() {
+            bail!("--lora-type: no type");
+        }
+        if let Some(t) = o
+            .lora_types
+            .iter()
+            .find(|t| !matches!(t, DType::F32 | DType::F16 | DType::BF16))
+        {
+            bail!("--lora-type {t}: f32, f16 or bf16");
+        }
+    }
+    let with_lora = o.lora_random.is_some() || !o.lora.is_empty();
     let mut bw = Vec::new();
     for &t in &o.threads {
         // 1 GiB: far beyond any L3, so this is DRAM.
@@ -56,11 +174,22 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     // process.
     let mut rows = Vec::new();
     if !o.json {
-        writeln!(
-            out,
-            "| model | size | params | backend | threads | test | t/s | GB/s | roofline | logits |"
-        )?;
-        writeln!(out, "|---|---:|---:|---|---:|---:|---:|---:|---:|---|")?;
+        if with_lora {
+            writeln!(
+                out,
+                "| model | size | params | backend | threads | test | lora | t/s | vs base | GB/s | roofline | logits |"
+            )?;
+            writeln!(
+                out,
+                "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---|"
+            )?;
+        } else {
+            writeln!(
+                out,
+                "| model | size | params | backend | threads | test | t/s | GB/s | roofline | logits |"
+            )?;
+            writeln!(out, "|---|---:|---:|---|---:|---:|---:|---:|---:|---|")?;
+        }
     }
     for spec in &o.models {
         for &(threads, bandwidth) in &bw {
@@ -81,29 +210,44 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             if o.gen > 0 {
                 tests.push(Test::Gen(o.gen));
             }
+            if o.parallel > 0 {
+                tests.push(Test::Streams {
+                    streams: o.parallel,
+                    n: o.gen,
+                });
+            }
             for test in tests {
+                let vs = variants(o, &l, test.streams())?;
                 reset_peak_rss();
-                let (mut row, mismatches) = measure(&l, test, o.reps, bandwidth)?;
-                row.peak_rss = peak_rss().max(load_peak);
-                for x in mismatches {
-                    eprintln!(
-                        "warning: {} {} t={threads}: repetition {} gave logits hash {}, the \
-                         warm-up run {}: not deterministic",
-                        row.model, row.test, x.rep, x.hash, x.warm_up
-                    );
+                let measured = measure(&l, test, o.reps, bandwidth, &vs)?;
+                let peak = peak_rss().max(load_peak);
+                let base = measured.first().map(|(r, _)| r.mean());
+                for (mut row, mismatches) in measured {
+                    row.peak_rss = peak;
+                    for x in mismatches {
+                        eprintln!(
+                            "warning: {} {} {} t={threads}: repetition {} gave logits hash {}, \
+                             the warm-up run {}: not deterministic",
+                            row.model, row.test, row.lora, x.rep, x.hash, x.warm_up
+                        );
+                    }
+                    let vs_base = base
+                        .filter(|_| !row.lora.is_empty())
+                        .map(|b| row.mean() / b);
+                    if !o.json {
+                        print_md(&row, with_lora.then_some(vs_base), out)?;
+                    }
+                    rows.push((row, vs_base));
                 }
-                if !o.json {
-                    print_md(&row, out)?;
-                }
-                rows.push(row);
             }
         }
     }
     if o.json {
         let v: Vec<serde_json::Value> = rows
             .iter()
-            .map(|r| {
+            .map(|(r, vs_base)| {
                 serde_json::json!({
+                    "lora": r.lora, "vs_base": vs_base,
                     "model": r.model, "type": r.dtype, "size_bytes": r.size_bytes,
                     "params": r.params, "backend": r.backend, "threads": r.threads,
                     "test": r.test, "n_tokens": r.tokens, "avg_ts": r.mean(),
@@ -119,11 +263,20 @@ pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-fn print_md(r: &Row, out: &mut dyn Write) -> Result<()> {
+/// One row of the table; `lora`: the adapter columns (what it ran with, its speed over the
+/// base's), when the run has adapters.
+fn print_md(r: &Row, lora: Option<Option<f64>>, out: &mut dyn Write) -> Result<()> {
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("".to_string(), f);
+    let (lora_col, ratio_col) = match lora {
+        Some(vs) => (
+            format!(" {} |", if r.lora.is_empty() { "-" } else { &r.lora }),
+            format!(" {} |", opt(vs, &|x| format!("{:.1}%", x * 100.0))),
+        ),
+        None => (String::new(), String::new()),
+    };
     writeln!(
         out,
-        "| {} {} | {:.1} MiB | {} | {} | {} | {} | {:.2} ± {:.2} | {} | {} | {} |",
+        "| {} {} | {:.1} MiB | {} | {} | {} | {} |{lora_col} {:.2} ± {:.2} |{ratio_col} {} | {} | {} |",
         r.model,
         r.dtype,
         r.size_bytes as f64 / (1 << 20) as f64,

@@ -235,6 +235,20 @@ enum Cmd {
         /// Output: md (a table) or json.
         #[arg(short = 'o', long = "output", default_value = "md", value_parser = ["md", "json"])]
         output: String,
+        /// A LoRA adapter every test also runs with, beside the base: [NAME=]PATH[:SCALE]
+        /// (repeatable: all of them at once).
+        #[arg(long = "lora", value_name = "[NAME=]PATH[:SCALE]", value_parser = parse_lora)]
+        lora: Vec<cria_engine::lora::LoraSpec>,
+        /// Also run with a random adapter of this rank over every linear layer (each stream
+        /// its own with --parallel).
+        #[arg(long = "lora-random", value_name = "RANK")]
+        lora_random: Option<usize>,
+        /// Element types of the random adapter, one row each: f32, f16, bf16.
+        #[arg(long = "lora-type", value_delimiter = ',', value_name = "TYPE,...", default_value = "f32", value_parser = bench::lora_type)]
+        lora_type: Vec<cria_core::DType>,
+        /// Also a test of N concurrent generations through the batch scheduler (aggregate t/s).
+        #[arg(long = "parallel", value_name = "N", default_value_t = 0)]
+        parallel: usize,
     },
     /// Talk with a model: streaming answers, its chat template, history, slash commands.
     Chat(chat::ChatArgs),
@@ -478,6 +492,10 @@ fn real_main() -> Result<()> {
             threads,
             reps,
             output,
+            lora,
+            lora_random,
+            lora_type,
+            parallel,
         } => {
             let models = if models.is_empty() {
                 vec![None]
@@ -498,6 +516,10 @@ fn real_main() -> Result<()> {
                     reps,
                     json: output == "json",
                     kv_type,
+                    lora,
+                    lora_random,
+                    lora_types: lora_type,
+                    parallel,
                 },
                 &mut std::io::stdout().lock(),
             )?;

@@ -111,6 +111,11 @@ impl Backend for CpuBackend {
         CpuBackend::matmul(self, &mut out[o], &x[xs], w, rows.len())
     }
 
+    /// A as it is, B transposed (`cpu::lora`).
+    fn prepare_lora(&self, a: Tensor, b: Tensor) -> cria_core::Result<(Tensor, Tensor)> {
+        super::lora::prepare(self, a, b)
+    }
+
     fn lora(
         &self,
         out: &mut Vec<f32>,
@@ -122,6 +127,13 @@ impl Backend for CpuBackend {
         tmp2: &mut Vec<f32>,
     ) {
         let (n, r, m) = (rows.len(), ad.rank, ad.rows);
+        if super::lora::packed(&ad.b).is_some() {
+            let (o, xs) = (rows.values(m), rows.values(ad.cols));
+            let term = (Rows::new(0, n), ad, scale);
+            super::lora::lora(self, &mut out[o], &x[xs], &[term], &mut tmp[..n * r]);
+            return;
+        }
+        // Types the fast path does not take: two matmuls and a scaled add.
         // Down: (n, rank) = x (n, cols) @ a^T, all rows at once.
         let down = &mut tmp[..n * r];
         CpuBackend::matmul(self, down, &x[rows.values(ad.cols)], &ad.a, n);
@@ -139,6 +151,30 @@ impl Backend for CpuBackend {
                 .for_each(|(o, u)| *o += scale * u);
             i += k;
         }
+    }
+
+    /// Every term's down projection in one pool job, then every up projection in another
+    /// (`cpu::lora`), when each has the fast path's layout (else `lora` on each).
+    fn lora_batch(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        terms: &[(Rows, &crate::LoraAdapter<Self>, f32)],
+        tmp: &mut Vec<f32>,
+        tmp2: &mut Vec<f32>,
+    ) {
+        const MAX: usize = super::lora::MAX_TERMS;
+        let fast = terms.len() <= MAX
+            && terms
+                .iter()
+                .all(|(_, ad, _)| super::lora::packed(&ad.b).is_some());
+        if !fast {
+            for &(rows, ad, scale) in terms {
+                self.lora(out, x, rows, ad, scale, tmp, tmp2)
+            }
+            return;
+        }
+        super::lora::lora(self, out, x, terms, tmp)
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, t: usize) {

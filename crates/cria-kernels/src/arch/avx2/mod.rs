@@ -16,4 +16,5 @@ pub mod dot_iq;
 pub(crate) mod gemm_float;
 pub(crate) mod gemm_half;
 pub(crate) mod gemm_q;
+pub(crate) mod lora;
 pub(crate) mod ops;
