@@ -22,8 +22,8 @@ pub mod tools;
 
 pub use grammar::{Grammar, GrammarError, Matcher, TokenTable};
 pub use load::{
-    load, load_on, load_tokenizer_only, load_with_lora, load_with_lora_on, render_chat, LoadOptions,
-    LoadedModel, LoraOptions,
+    load, load_on, load_tokenizer_only, load_with_lora, load_with_lora_on, render_chat,
+    LoadOptions, LoadedModel, LoraOptions,
 };
 pub use sampler::{Sampler, SamplerConfig};
 pub use stop::StopMatcher;
