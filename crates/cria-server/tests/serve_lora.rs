@@ -126,7 +126,7 @@ fn adapters(lm: &LoadedModel, dir: &Path) -> [PathBuf; 3] {
     let all = [attn.as_slice(), mlp.as_slice()].concat();
     write_adapter(&a, &targets(lm, &even, &attn), 8, 1, 0.5, Spoil::None);
     write_adapter(&b, &targets(lm, &third, &mlp), 16, 2, 0.06, Spoil::None);
-    write_adapter(&c, &targets(lm, &[0, 5, 10], &all), 4, 3, 0.1, Spoil::None);
+    write_adapter(&c, &targets(lm, &[0, 5, 10], &all), 4, 3, 0.3, Spoil::None);
     [a, b, c]
 }
 

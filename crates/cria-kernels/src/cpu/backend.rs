@@ -127,13 +127,14 @@ impl Backend for CpuBackend {
         tmp2: &mut Vec<f32>,
     ) {
         let (n, r, m) = (rows.len(), ad.rank, ad.rows);
-        if super::lora::FAST_PATH && super::lora::packed(&ad.b).is_some() {
+        if super::lora::packed(&ad.b).is_some() {
             let (o, xs) = (rows.values(m), rows.values(ad.cols));
             let term = (Rows::new(0, n), ad, scale);
             super::lora::lora(self, &mut out[o], &x[xs], &[term], &mut tmp[..n * r]);
             return;
         }
-        // Two matmuls and a scaled add (B's panels, if prepare made them, are not read).
+        // Without panels (CRIA_REPACK=0, or a type the kernels do not take): two matmuls and a
+        // scaled add.
         // Down: (n, rank) = x (n, cols) @ a^T, all rows at once.
         let down = &mut tmp[..n * r];
         CpuBackend::matmul(self, down, &x[rows.values(ad.cols)], &ad.a, n);
@@ -164,8 +165,7 @@ impl Backend for CpuBackend {
         tmp2: &mut Vec<f32>,
     ) {
         const MAX: usize = super::lora::MAX_TERMS;
-        let fast = super::lora::FAST_PATH
-            && terms.len() <= MAX
+        let fast = terms.len() <= MAX
             && terms
                 .iter()
                 .all(|(_, ad, _)| super::lora::packed(&ad.b).is_some());

@@ -145,7 +145,13 @@ pub(crate) fn prepare(
     a: Tensor,
     up: Tensor,
 ) -> cria_core::Result<(Tensor, Tensor)> {
-    let fast = Elems::of(a.dtype, a.bytes()).is_some()
+    // With repacking off (CRIA_REPACK=0, the path whose products are llama.cpp's bit for bit)
+    // the adapter takes the plain matmuls too, whose summation order is ggml's: with a quantized
+    // base, the kernels' other order (tiny differences, amplified through the 8-bit activations
+    // of the layers after) moved SmolLM2 Q4_1's logits by up to 0.84 from llama.cpp's at some
+    // positions of a 24-token prompt, where the plain path gives llama.cpp's bits.
+    let fast = b.repacks()
+        && Elems::of(a.dtype, a.bytes()).is_some()
         && matches!(up.dtype, DType::F32 | DType::F16 | DType::BF16)
         && a.rows() == up.cols();
     if !fast {
@@ -241,15 +247,6 @@ fn up(b: &CpuBackend, out: &mut [f32], bt: &LoraUp, j0: usize, d: &[f32], scale:
     let _ = b;
     up_scalar(out, bt, j0, d, scale)
 }
-
-/// Whether the forward's `Backend::lora` / `lora_batch` use these kernels. Off: in the model
-/// (SmolLM2 Q4_1, a rank-4 f32 GGUF adapter on layers 0/5/10, 24 tokens, CRIA_REPACK=0, f32 KV)
-/// the AVX2 path gave logits 0.84 away from llama.cpp's at position 23 while the two-matmul path
-/// matches llama.cpp bit for bit (and, on the scalar ISA, these kernels' scalar spec matches the
-/// two matmuls bit for bit); the AVX2 kernels match their scalar spec on random data
-/// (tests/lora.rs), so the fault is not found yet. Until it is, the forward takes
-/// the two matmuls (slower: see the README's adapter speed table).
-pub(crate) const FAST_PATH: bool = false;
 
 /// Most terms one `lora` call takes (the forward batches at most this many sequences' terms).
 pub(crate) const MAX_TERMS: usize = 64;
