@@ -145,11 +145,8 @@ pub(crate) fn prepare(
     a: Tensor,
     up: Tensor,
 ) -> cria_core::Result<(Tensor, Tensor)> {
-    // With repacking off (CRIA_REPACK=0, the path whose products are llama.cpp's bit for bit)
-    // the adapter takes the plain matmuls too, whose summation order is ggml's: with a quantized
-    // base, the kernels' other order (tiny differences, amplified through the 8-bit activations
-    // of the layers after) moved SmolLM2 Q4_1's logits by up to 0.84 from llama.cpp's at some
-    // positions of a 24-token prompt, where the plain path gives llama.cpp's bits.
+    // With repacking off (CRIA_REPACK=0, the plain path) the adapter takes the plain matmuls
+    // too, like every other product there.
     let fast = b.repacks()
         && Elems::of(a.dtype, a.bytes()).is_some()
         && matches!(up.dtype, DType::F32 | DType::F16 | DType::BF16)
