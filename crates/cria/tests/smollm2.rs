@@ -81,23 +81,11 @@ fn plain_q4_1_is_llama_cpp_bit_for_bit() {
     let want_top1 = u32s(&r["argmax"]);
     let (_, rows) = npy::read_f32(&fixture("smollm2/llamacpp_logits.npy")).unwrap();
     let positions = u32s(&r["positions"]);
-    let text = std::fs::read_to_string(fixture("text/short.txt")).unwrap();
     let mut tested = 0;
     for isa in [Isa::Avx2, Isa::Avx512] {
-        if !isa.available() {
-            skipped(&format!(
-                "bit-for-bit check against llama.cpp on {}: this CPU lacks it",
-                isa.name()
-            ));
+        let Some((b, m, ids)) = plain_on(isa, &r, "bit-for-bit check against llama.cpp") else {
             continue;
-        }
-        let b = CpuBackend::with_isa(2, isa).without_repack();
-        let m = Model::load(&smol(), LoadOptions::default(), &b).unwrap();
-        let Source::Gguf(g) = &m.source else {
-            unreachable!()
         };
-        let ids = Tokenizer::from_gguf(g).unwrap().encode(&text, true, false);
-        assert_eq!(ids, u32s(&r["ids"]), "tokenization differs from llama.cpp");
         assert_eq!(want_hash.len(), ids.len());
         let v = m.config.vocab_size;
         let logits = all_logits(&m, &b, &ids);
@@ -159,23 +147,11 @@ fn plain_q4_1_with_adapter_follows_llama_cpp() {
         .iter()
         .map(|h| h.as_str().unwrap())
         .collect();
-    let text = std::fs::read_to_string(fixture("text/short.txt")).unwrap();
     let mut tested = 0;
     for isa in [Isa::Avx2, Isa::Avx512] {
-        if !isa.available() {
-            skipped(&format!(
-                "adapter check against llama.cpp on {}: this CPU lacks it",
-                isa.name()
-            ));
+        let Some((b, m, ids)) = plain_on(isa, &r, "adapter check against llama.cpp") else {
             continue;
-        }
-        let b = CpuBackend::with_isa(2, isa).without_repack();
-        let m = Model::load(&smol(), LoadOptions::default(), &b).unwrap();
-        let Source::Gguf(g) = &m.source else {
-            unreachable!()
         };
-        let ids = Tokenizer::from_gguf(g).unwrap().encode(&text, true, false);
-        assert_eq!(ids, u32s(&r["ids"]), "tokenization differs from llama.cpp");
         let file = AdapterFile::open(&fixture("lora/smollm2/s_a-f32.gguf")).unwrap();
         let lora = [ActiveLora {
             lora: Arc::new(Lora::build("s_a", file, &m, &b).unwrap()),
@@ -221,6 +197,24 @@ fn plain_q4_1_with_adapter_follows_llama_cpp() {
             "the adapter check against llama.cpp needs AVX2; this CPU has neither AVX2 nor AVX-512",
         );
     }
+}
+
+/// On `isa` (None, said SKIPPED, if the CPU lacks it): the plain-path backend, SmolLM2 Q4_1 on
+/// it, and `tests/fixtures/text/short.txt` tokenized, checked against llama.cpp's ids in `r`.
+fn plain_on(isa: Isa, r: &Value, what: &str) -> Option<(CpuBackend, Model, Vec<u32>)> {
+    if !isa.available() {
+        skipped(&format!("{what} on {}: this CPU lacks it", isa.name()));
+        return None;
+    }
+    let text = std::fs::read_to_string(fixture("text/short.txt")).unwrap();
+    let b = CpuBackend::with_isa(2, isa).without_repack();
+    let m = Model::load(&smol(), LoadOptions::default(), &b).unwrap();
+    let Source::Gguf(g) = &m.source else {
+        unreachable!()
+    };
+    let ids = Tokenizer::from_gguf(g).unwrap().encode(&text, true, false);
+    assert_eq!(ids, u32s(&r["ids"]), "tokenization differs from llama.cpp");
+    Some((b, m, ids))
 }
 
 /// "SKIPPED: <why>" on the process's stderr, past the test harness's output capture (which takes
