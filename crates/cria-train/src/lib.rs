@@ -1,0 +1,44 @@
+//! cria-train: the ops of a LLaMA block with their backward passes, for fine-tuning (issue 23).
+//!
+//! In the style of llm.c: one function per op, its forward beside its backward, over f32 slices
+//! the caller allocated (no allocation inside an op), scalar and readable; no autograd graph.
+//!
+//! Conventions, for every op:
+//! - activations are row-major `(t, n)`; a weight `W` is `(rows, cols)` row-major as a PyTorch
+//!   `nn.Linear` stores it (`rows` = out_features), so `y = x W^T`;
+//! - a backward ADDS into its gradient outputs (`dx += ...`), as llm.c does: a tensor that feeds
+//!   several ops (the residual stream, x under a base weight and its adapter) collects them all;
+//!   the caller zeroes gradients before a step;
+//! - shapes are checked and a mismatch is an `Error`, never a panic.
+
+pub mod matmul;
+
+/// A bad call: slices whose lengths do not match the shape given, or a shape the op cannot run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// `Err` unless `v` holds exactly `want` values (`what` names the argument in the message).
+pub(crate) fn check_len(op: &str, what: &str, len: usize, want: usize) -> Result<()> {
+    if len == want {
+        Ok(())
+    } else {
+        Err(Error(format!("{op}: {what} has {len} values, want {want}")))
+    }
+}
+
+/// `a * b` for shape arithmetic, as an error on overflow.
+pub(crate) fn prod(op: &str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error(format!("{op}: shape {dims:?} overflows")))
+}
