@@ -12,6 +12,8 @@
 //! - shapes are checked and a mismatch is an `Error`, never a panic.
 
 pub mod matmul;
+pub mod norm;
+pub mod swiglu;
 
 /// A bad call: slices whose lengths do not match the shape given, or a shape the op cannot run.
 #[derive(Debug, Clone, PartialEq)]
