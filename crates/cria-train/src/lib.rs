@@ -11,6 +11,7 @@
 //!   the caller zeroes gradients before a step;
 //! - shapes are checked and a mismatch is an `Error`, never a panic.
 
+pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod swiglu;
