@@ -8,12 +8,14 @@
 //!   `nn.Linear` stores it (`rows` = out_features), so `y = x W^T`;
 //! - a backward ADDS into its gradient outputs (`dx += ...`), as llm.c does: a tensor that feeds
 //!   several ops (the residual stream, x under a base weight and its adapter) collects them all;
-//!   the caller zeroes gradients before a step;
+//!   the caller zeroes gradients before a step. Two exceptions, said at each: RoPE maps its
+//!   buffer in place in both directions, and the loss, where the backward starts, overwrites;
 //! - shapes are checked and a mismatch is an `Error`, never a panic.
 
 pub mod loss;
 pub mod matmul;
 pub mod norm;
+pub mod rope;
 pub mod swiglu;
 
 /// A bad call: slices whose lengths do not match the shape given, or a shape the op cannot run.
