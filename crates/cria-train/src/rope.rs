@@ -63,30 +63,8 @@ pub fn rope_forward(
     rope: &Rope,
     cs: &[(f32, f32)],
 ) -> Result<()> {
-    let n_pairs = check(
-        "rope_forward",
-        x.len(),
-        t,
-        n_heads,
-        head_dim,
-        rope,
-        cs.len(),
-    )?;
-    if n_pairs == 0 {
-        return Ok(());
-    }
-    for (row, cs) in x
-        .chunks_exact_mut(n_heads * head_dim)
-        .zip(cs.chunks_exact(n_pairs))
-    {
-        for v in row.chunks_exact_mut(head_dim) {
-            for (i, &(c, s)) in cs.iter().enumerate() {
-                let (a, b) = pair(rope, n_pairs, i);
-                (v[a], v[b]) = cria_kernels::rotate(v[a], v[b], c, s);
-            }
-        }
-    }
-    Ok(())
+    let turn = |a, b, c, s| cria_kernels::rotate(a, b, c, s);
+    each_pair("rope_forward", x, t, n_heads, head_dim, rope, cs, turn)
 }
 
 /// Backward of `rope_forward`, in place like it: `dx` holds dY and becomes dX, each pair turned
@@ -101,26 +79,34 @@ pub fn rope_backward(
     rope: &Rope,
     cs: &[(f32, f32)],
 ) -> Result<()> {
-    let n_pairs = check(
-        "rope_backward",
-        dx.len(),
-        t,
-        n_heads,
-        head_dim,
-        rope,
-        cs.len(),
-    )?;
+    let turn = |a: f32, b: f32, c: f32, s: f32| (a * c + b * s, b * c - a * s);
+    each_pair("rope_backward", dx, t, n_heads, head_dim, rope, cs, turn)
+}
+
+/// Every rotated pair (a, b) of every head of every row becomes `turn(a, b, cos, sin)`.
+#[allow(clippy::too_many_arguments)]
+fn each_pair(
+    op: &str,
+    x: &mut [f32],
+    t: usize,
+    n_heads: usize,
+    head_dim: usize,
+    rope: &Rope,
+    cs: &[(f32, f32)],
+    turn: impl Fn(f32, f32, f32, f32) -> (f32, f32),
+) -> Result<()> {
+    let n_pairs = check(op, x.len(), t, n_heads, head_dim, rope, cs.len())?;
     if n_pairs == 0 {
         return Ok(());
     }
-    for (row, cs) in dx
+    for (row, cs) in x
         .chunks_exact_mut(n_heads * head_dim)
         .zip(cs.chunks_exact(n_pairs))
     {
         for v in row.chunks_exact_mut(head_dim) {
             for (i, &(c, s)) in cs.iter().enumerate() {
                 let (a, b) = pair(rope, n_pairs, i);
-                (v[a], v[b]) = (v[a] * c + v[b] * s, v[b] * c - v[a] * s);
+                (v[a], v[b]) = turn(v[a], v[b], c, s);
             }
         }
     }
