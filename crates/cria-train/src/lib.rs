@@ -12,6 +12,7 @@
 //!   buffer in place in both directions, and the loss, where the backward starts, overwrites;
 //! - shapes are checked and a mismatch is an `Error`, never a panic.
 
+pub mod attention;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
