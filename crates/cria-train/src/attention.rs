@@ -14,7 +14,7 @@
 //! `dp_j = dO_i . V_j`, `D_i = sum_j p_ij dp_j = dO_i . O_i`, `ds_j = p_ij (dp_j - D_i)`;
 //! then `dQ_i += scale sum_j ds_j K_j`, `dK_j += scale ds_j Q_i`, `dV_j += p_ij dO_i`.
 
-use crate::{check_len, prod, Error, Result};
+use crate::{axpy, check_len, dot, prod, Error, Result};
 
 /// One attention call's geometry.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,17 +53,6 @@ impl AttnDims {
     fn kj(&self, j: usize, h: usize) -> usize {
         let kvh = h / (self.n_heads / self.n_kv_heads);
         (j * self.n_kv_heads + kvh) * self.head_dim
-    }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(&x, &y)| x * y).sum()
-}
-
-/// `y += g * x`.
-fn axpy(y: &mut [f32], g: f32, x: &[f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += g * x;
     }
 }
 
@@ -125,23 +114,51 @@ pub fn attention_backward(
     check_grads(OP, dq.len(), dk.len(), dv.len(), q.len(), k.len())?;
     check_len(OP, "att", att.len(), prod(OP, &[d.n_heads, d.t, d.t])?)?;
     let hd = d.head_dim;
+    let mut g = Grads { dq, dk, dv };
     for h in 0..d.n_heads {
         for i in 0..d.t {
             let p = &att[(h * d.t + i) * d.t..][..=i];
-            let (qo, doi) = (d.qi(i, h), &dout[d.qi(i, h)..][..hd]);
+            let doi = &dout[d.qi(i, h)..][..hd];
             let big_d: f32 = (0..=i)
                 .map(|j| p[j] * dot(doi, &v[d.kj(j, h)..][..hd]))
                 .sum();
-            for (j, &pj) in p.iter().enumerate() {
-                let kv = d.kj(j, h);
-                let ds = pj * (dot(doi, &v[kv..][..hd]) - big_d);
-                axpy(&mut dq[qo..][..hd], d.scale * ds, &k[kv..][..hd]);
-                axpy(&mut dk[kv..][..hd], d.scale * ds, &q[qo..][..hd]);
-                axpy(&mut dv[kv..][..hd], pj, doi);
-            }
+            g.row(d, q, k, v, doi, i, h, big_d, |j| p[j]);
         }
     }
     Ok(())
+}
+
+/// The gradients a backward adds to.
+struct Grads<'a> {
+    dq: &'a mut [f32],
+    dk: &'a mut [f32],
+    dv: &'a mut [f32],
+}
+
+impl Grads<'_> {
+    /// Query row `i` of head `h`'s share, given `D_i` and each key's probability `p(j)`.
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &mut self,
+        d: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        doi: &[f32],
+        i: usize,
+        h: usize,
+        big_d: f32,
+        p: impl Fn(usize) -> f32,
+    ) {
+        let (hd, qo) = (d.head_dim, d.qi(i, h));
+        for j in 0..=i {
+            let (kv, pj) = (d.kj(j, h), p(j));
+            let ds = pj * (dot(doi, &v[kv..][..hd]) - big_d);
+            axpy(&mut self.dq[qo..][..hd], d.scale * ds, &k[kv..][..hd]);
+            axpy(&mut self.dk[kv..][..hd], d.scale * ds, &q[qo..][..hd]);
+            axpy(&mut self.dv[kv..][..hd], pj, doi);
+        }
+    }
 }
 
 fn check_grads(op: &str, dq: usize, dk: usize, dv: usize, q: usize, k: usize) -> Result<()> {
@@ -211,20 +228,15 @@ pub fn flash_attention_backward(
     check_grads(OP, dq.len(), dk.len(), dv.len(), q.len(), k.len())?;
     check_len(OP, "lse", lse.len(), prod(OP, &[d.t, d.n_heads])?)?;
     let hd = d.head_dim;
+    let mut g = Grads { dq, dk, dv };
     for i in 0..d.t {
         for h in 0..d.n_heads {
             let qo = d.qi(i, h);
             let (qh, doi) = (&q[qo..][..hd], &dout[qo..][..hd]);
             let big_d = dot(doi, &out[qo..][..hd]);
             let l = lse[i * d.n_heads + h];
-            for j in 0..=i {
-                let kv = d.kj(j, h);
-                let p = (dot(qh, &k[kv..][..hd]) * d.scale - l).exp();
-                let ds = p * (dot(doi, &v[kv..][..hd]) - big_d);
-                axpy(&mut dq[qo..][..hd], d.scale * ds, &k[kv..][..hd]);
-                axpy(&mut dk[kv..][..hd], d.scale * ds, qh);
-                axpy(&mut dv[kv..][..hd], p, doi);
-            }
+            let p = |j| (dot(qh, &k[d.kj(j, h)..][..hd]) * d.scale - l).exp();
+            g.row(d, q, k, v, doi, i, h, big_d, p);
         }
     }
     Ok(())

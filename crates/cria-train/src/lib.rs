@@ -48,3 +48,15 @@ pub(crate) fn prod(op: &str, dims: &[usize]) -> Result<usize> {
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| Error(format!("{op}: shape {dims:?} overflows")))
 }
+
+/// `a . b` in f32, in index order.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(&p, &q)| p * q).sum()
+}
+
+/// `y += g * x`.
+pub(crate) fn axpy(y: &mut [f32], g: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += g * x;
+    }
+}

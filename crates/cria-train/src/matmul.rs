@@ -5,7 +5,7 @@
 //! Shapes: `x` is `(t, cols)`, `y` and `dy` are `(t, rows)`, `W` is `(rows, cols)`; a LoRA pair
 //! has `A` `(rank, cols)` and `B` `(rows, rank)` (PEFT's `lora_A.weight`, `lora_B.weight`).
 
-use crate::{check_len, prod, Error, Result};
+use crate::{axpy, check_len, dot, prod, Error, Result};
 use cria_core::Tensor;
 
 /// The shape of one product: `t` input rows of `cols` values, `rows` outputs each.
@@ -195,15 +195,4 @@ pub fn lora_backward(
         }
     }
     Ok(())
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(&p, &q)| p * q).sum()
-}
-
-/// `y += g * x`.
-fn axpy(y: &mut [f32], g: f32, x: &[f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += g * x;
-    }
 }

@@ -196,5 +196,5 @@ fn bad_shapes_are_errors() {
     assert!(matmul_forward(&mut y, &x, &w, huge).is_err());
     let wt = Tensor::from_f32("w", vec![4, 3], &w).unwrap();
     let mut row = vec![0f32; 3];
-    assert!(matmul_backward_dx_frozen(&mut vec![0f32; 8], &[0.0; 6], &wt, 2, &mut row).is_err());
+    assert!(matmul_backward_dx_frozen(&mut [0f32; 8], &[0.0; 6], &wt, 2, &mut row).is_err());
 }
