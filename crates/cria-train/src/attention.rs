@@ -4,6 +4,9 @@
 //! Layouts: `q` and `out` are `(t, n_heads, head_dim)`, `k` and `v` `(t, n_kv_heads, head_dim)`
 //! (what the Q/K/V projections give, after RoPE), so `k` and `v` read as cria's f32 KV cache.
 //!
+//! Packed sequences: a document's rows are contiguous in every buffer, so a packed batch is one
+//! call per document over its sub-slices (with RoPE positions restarting at each).
+//!
 //! Two versions of the same math:
 //! - naive: the forward keeps every probability, `(n_heads, t, t)`, and the backward reads them;
 //! - blocked (flash-attention's): the forward keeps one log-sum-exp per query row and head,

@@ -18,6 +18,9 @@ pub struct MatShape {
 
 impl MatShape {
     fn check_x_y(&self, op: &str, x: usize, y: usize) -> Result<()> {
+        if self.rows == 0 || self.cols == 0 {
+            return Err(Error(format!("{op}: a weight of shape {self:?} is empty")));
+        }
         check_len(op, "x", x, prod(op, &[self.t, self.cols])?)?;
         check_len(op, "y", y, prod(op, &[self.t, self.rows])?)
     }
@@ -111,6 +114,9 @@ impl LoraShape {
     fn check(&self, op: &str, x: usize, y: usize, h: usize, a: usize, b: usize) -> Result<()> {
         let m = self.mat;
         m.check_x_y(op, x, y)?;
+        if self.rank == 0 {
+            return Err(Error(format!("{op}: an adapter of rank 0")));
+        }
         check_len(op, "h", h, prod(op, &[m.t, self.rank])?)?;
         check_len(op, "a", a, prod(op, &[self.rank, m.cols])?)?;
         check_len(op, "b", b, prod(op, &[m.rows, self.rank])?)

@@ -29,6 +29,9 @@ fn check(
     cs: usize,
 ) -> Result<usize> {
     let n_pairs = rope.inv_freq.len();
+    if n_heads == 0 || head_dim == 0 {
+        return Err(Error(format!("{op}: {n_heads} heads of {head_dim} values")));
+    }
     if 2 * n_pairs > head_dim {
         return Err(Error(format!(
             "{op}: {} rotated dimensions do not fit heads of {head_dim}",

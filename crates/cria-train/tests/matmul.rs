@@ -188,6 +188,25 @@ fn bad_shapes_are_errors() {
     };
     let (mut y, mut h) = (vec![0f32; 6], vec![0f32; 4]);
     assert!(lora_forward(&mut y, &mut h, &x, &[0.0; 7], &[0.0; 6], l).is_err());
+    for empty in [
+        MatShape {
+            rows: 0,
+            cols: 0,
+            t: 0,
+        },
+        MatShape {
+            rows: 0,
+            cols: 4,
+            t: 2,
+        },
+    ] {
+        assert!(matmul_forward(&mut [], &[], &[], empty)
+            .unwrap_err()
+            .0
+            .contains("empty"));
+    }
+    let zero_rank = LoraShape { rank: 0, ..l };
+    assert!(lora_forward(&mut y, &mut [], &x, &[], &[], zero_rank).is_err());
     let huge = MatShape {
         t: usize::MAX,
         rows: 2,

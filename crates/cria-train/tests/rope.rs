@@ -113,5 +113,8 @@ fn bad_shapes_are_errors() {
     // A table for another number of rows.
     assert!(rope_forward(&mut x, 1, 2, 16, &rope, &cs).is_err());
     assert!(rope_backward(&mut x[..31], 2, 1, 16, &rope, &cs).is_err());
+    let none = Rope::new(0, 10000.0, 1.0, None, 1.0, true);
+    assert!(rope_forward(&mut [], 2, 0, 16, &none, &[]).is_err());
+    assert!(rope_forward(&mut [], 2, 4, 0, &none, &[]).is_err());
     assert!(rope_forward(&mut x, 2, 1, 16, &rope, &cs).is_ok());
 }
