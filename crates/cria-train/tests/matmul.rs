@@ -6,7 +6,7 @@
 mod common;
 
 use common::{fd_check, project, Rng};
-use cria_core::quantize::quantize_rows;
+use cria_core::quantize::{can_quantize_rows, needs_imatrix, quantize_rows};
 use cria_core::tensor::AlignedBuf;
 use cria_core::{Bytes, DType, Tensor};
 use cria_train::matmul::{
@@ -108,53 +108,36 @@ fn lora_backward_matches_finite_differences() {
     }
 }
 
-/// dX = dY W through a frozen weight read row by row: for F32, F16, Q8_0, Q4_0 and Q4_K it is
-/// bit for bit the f32 backward over the weight as cria-core dequantizes it (same sums, same order).
+/// dX = dY W through a frozen weight read row by row: for every type cria-core can write (float,
+/// legacy, k-quant, IQ) it is bit for bit the f32 backward over the weight as cria-core
+/// dequantizes it (same sums, same order), on awkward row and token counts.
 #[test]
 fn frozen_dx_over_quantized_weights_is_the_f32_backward_of_the_dequantized_weight() {
+    use DType::*;
     let mut rng = Rng::new(3);
-    for (dtype, t, rows, cols) in [
-        (DType::F32, 3, 31, 33),
-        (DType::F16, 33, 3, 31),
-        (DType::Q8_0, 3, 31, 64),
-        (DType::Q4_0, 1, 33, 32),
-        (DType::Q4_K, 31, 3, 256),
-    ] {
+    let types = [
+        F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS,
+        IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M,
+    ];
+    for (n, dtype) in types.into_iter().enumerate() {
+        assert!(can_quantize_rows(dtype), "{dtype}");
+        let (t, rows) = [(3, 31), (33, 3), (1, 33)][n % 3];
+        let cols = if dtype.block_size() > 32 { 256 } else { 64 };
         let wf = rng.vec(rows * cols, 1.0);
-        let bytes = match dtype {
-            DType::F32 => bytemuck_f32(&wf),
-            DType::F16 => wf
-                .iter()
-                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                .collect(),
-            _ => {
-                let mut q = vec![0u8; dtype.bytes_for(rows * cols).unwrap()];
-                quantize_rows(dtype, &wf, &mut q, cols, None).unwrap();
-                q
-            }
-        };
-        let wt = Tensor::new(
-            "w",
-            dtype,
-            vec![cols, rows],
-            Bytes::owned(AlignedBuf::from_slice(&bytes)),
-        )
-        .unwrap();
+        let mut q = vec![0u8; dtype.bytes_for(rows * cols).unwrap()];
+        let imatrix = vec![1f32; cols];
+        let imatrix = needs_imatrix(dtype).then_some(&imatrix[..]);
+        quantize_rows(dtype, &wf, &mut q, cols, imatrix).unwrap();
+        let bytes = Bytes::owned(AlignedBuf::from_slice(&q));
+        let wt = Tensor::new("w", dtype, vec![cols, rows], bytes).unwrap();
         let deq = wt.to_f32_vec().unwrap();
         let dy = rng.vec(t * rows, 1.0);
         let (mut got, mut want) = (vec![0f32; t * cols], vec![0f32; t * cols]);
         let mut row = vec![0f32; cols];
         matmul_backward_dx_frozen(&mut got, &dy, &wt, t, &mut row).unwrap();
-        matmul_backward(
-            Some(&mut want),
-            None,
-            &dy,
-            &vec![0f32; t * cols],
-            &deq,
-            MatShape { t, rows, cols },
-        )
-        .unwrap();
-        assert!(got.iter().any(|&v| v != 0.0));
+        let s = MatShape { t, rows, cols };
+        matmul_backward(Some(&mut want), None, &dy, &vec![0f32; t * cols], &deq, s).unwrap();
+        assert!(got.iter().any(|&v| v != 0.0), "{dtype}");
         assert!(
             got.iter()
                 .zip(&want)
@@ -162,10 +145,6 @@ fn frozen_dx_over_quantized_weights_is_the_f32_backward_of_the_dequantized_weigh
             "{dtype}: frozen dx differs from the dequantized f32 backward"
         );
     }
-}
-
-fn bytemuck_f32(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 #[test]
