@@ -174,8 +174,8 @@ fn replay(r: &Run, opt: &mut AdamW, p: &mut [f32], from: usize, to: usize) -> Di
     d
 }
 
-/// 50 steps of each run (torch defaults + cosine + clipping; other betas/eps/wd + linear; constant
-/// + clipping + no decay): every tensor after every step within 1e-6 relative of torch's (norm of
+/// 50 steps of each run (torch defaults, cosine, clipping; other betas/eps/wd, linear; constant,
+/// clipping, no decay): every tensor after every step within 1e-6 relative of torch's (norm of
 /// the difference over the norm); the clip norms within 1e-6 and the lrs within 1e-15. Measured
 /// (torch 2.15 on an AVX-512 CPU): worst 5.7e-8 (cosine_clip), 6.0e-9 (linear_noclip), 1.0e-8
 /// (constant_clip); 76%, 98% and 99% of elements bit-identical. The differences come from torch's
