@@ -1,7 +1,10 @@
 //! Replays torch.optim.AdamW + clip_grad_norm_ + transformers' schedules
 //! (scripts/fixtures/make_adamw_ref.py, tests/fixtures/train/) and checks every step.
 
-use cria_train::optim::{clip_grad_norm, AdamW, AdamWConfig, AdamWState, LrSchedule, ScheduleKind};
+use cria_train::optim::{
+    clip_grad_norm, lora_init, AdamW, AdamWConfig, AdamWState, LoraInit, LrSchedule, Rng,
+    ScheduleKind,
+};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -222,4 +225,47 @@ fn adamw_resumes_from_saved_state() {
     replay(&r, &mut second, &mut p, 20, steps);
     assert_eq!(p, p_whole);
     assert_eq!(second.state(), whole.state());
+}
+
+/// cria's LoRA init against what PEFT 0.21 drew (statistics in the fixture, r 16 over a
+/// Linear(576 -> 192)): the same shapes, B zero, A's standard deviation within 3% of PEFT's (each
+/// sample's own error is under 1%), and for the default init A's extremes at PEFT's bound
+/// 1/sqrt(576) (both within 0.5% below it, none above).
+#[test]
+fn lora_init_matches_peft_statistics() {
+    let m = meta();
+    for s in m["peft_lora_init"].as_array().unwrap() {
+        let init = match s["init"].as_str().unwrap() {
+            "default" => LoraInit::Default,
+            "gaussian" => LoraInit::Gaussian,
+            other => panic!("{other}"),
+        };
+        let u = |k: &str| s[k].as_u64().unwrap() as usize;
+        let (r, fin, fout) = (u("r"), u("in_features"), u("out_features"));
+        assert_eq!(s["a_shape"], serde_json::json!([r, fin]));
+        assert_eq!(s["b_shape"], serde_json::json!([fout, r]));
+        let (a, b) = lora_init(init, r, fin, fout, &mut Rng::new(1234)).unwrap();
+        assert_eq!((a.len(), b.len()), (r * fin, fout * r));
+        assert!(b.iter().all(|&x| x == 0.0));
+        assert_eq!(s["b_absmax"].as_f64().unwrap(), 0.0);
+        let n = a.len() as f64;
+        let mean = a.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let std = (a.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        let peft_std = s["a_std"].as_f64().unwrap();
+        assert!(
+            (std / peft_std - 1.0).abs() < 0.03,
+            "{init:?}: std {std} vs PEFT {peft_std}"
+        );
+        if init == LoraInit::Default {
+            let bound = 1.0 / (fin as f64).sqrt();
+            let ours = a.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()));
+            let peft = s["a_absmax"].as_f64().unwrap();
+            for x in [ours, peft] {
+                assert!(
+                    x <= bound * (1.0 + 1e-6) && x > 0.995 * bound,
+                    "{x} vs bound {bound}"
+                );
+            }
+        }
+    }
 }
