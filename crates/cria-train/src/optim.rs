@@ -548,9 +548,12 @@ pub fn lora_init(
             "LoRA shape rank {rank}, in {in_features}, out {out_features}: every size must be > 0"
         )));
     }
-    let n = rank
-        .checked_mul(in_features)
-        .ok_or_else(|| OptimError::State("LoRA A size overflows".into()))?;
+    let size = |what: &str, x: usize, y: usize| {
+        x.checked_mul(y)
+            .ok_or_else(|| OptimError::State(format!("LoRA {what} size overflows")))
+    };
+    let n = size("A", rank, in_features)?;
+    let n_b = size("B", out_features, rank)?;
     let a = match init {
         LoraInit::Default => {
             let gain = (2.0 / (1.0 + 5.0f64)).sqrt();
@@ -562,7 +565,7 @@ pub fn lora_init(
             (0..n).map(|_| rng.normal(0.0, std) as f32).collect()
         }
     };
-    Ok((a, vec![0.0; out_features * rank]))
+    Ok((a, vec![0.0; n_b]))
 }
 
 #[cfg(test)]

@@ -212,4 +212,6 @@ fn lora_init_has_peft_distribution() {
     assert!((within1 - 0.6827).abs() < 0.01, "{within1}");
 
     assert!(lora_init(LoraInit::Default, 0, 4, 4, &mut Rng::new(1)).is_err());
+    let err = lora_init(LoraInit::Default, 2, 4, usize::MAX, &mut Rng::new(1)).unwrap_err();
+    assert!(err.to_string().contains("B size overflows"), "{err}");
 }
