@@ -500,7 +500,10 @@ pub enum RenderError {
 ///
 /// A conversation is rendered whole, and its assistant spans found by rendering prefixes: turn
 /// `i`'s span runs from the end of `chat(messages[..i], true)` to the end of
-/// `chat(messages[..=i], false)` (its content and what the template closes it with). The text is
+/// `chat(messages[..=i], false)` (its content and what the template closes it with, e.g. ChatML's
+/// `<|im_end|>`), less trailing whitespace (the newline after `<|im_end|>` is not something the
+/// model generates; templates written for assistant masks leave it outside `{% generation %}`,
+/// unverified here against TRL's). The text is
 /// encoded span by span, so token boundaries fall at span boundaries (in chat templates they are
 /// special tokens). A prompt and completion are encoded apart for the same reason.
 pub fn render<C, E>(
@@ -539,8 +542,11 @@ where
                 if !upto.starts_with(&pre) || !full.starts_with(&upto) || pre.len() < end {
                     return Err(RenderError::NotPrefix(i));
                 }
-                if upto.len() > pre.len() {
-                    spans.push((pre.len(), upto.len()));
+                // Whitespace the template writes after the turn's end marker is not generated
+                // by the model: it stays out of the loss.
+                let span_end = pre.len() + upto[pre.len()..].trim_end().len();
+                if span_end > pre.len() {
+                    spans.push((pre.len(), span_end));
                 }
                 end = upto.len();
             }

@@ -94,18 +94,19 @@ const OPTS: RenderOptions = RenderOptions {
     max_tokens: None,
 };
 
-/// Assistant turns only (content and the template's closing), the same ids as the whole text
+/// Assistant turns only (content and the template's closing, not the newline after it), the same
+/// ids as the whole text
 /// encoded at once, the BOS once at the start.
 #[test]
 fn messages_train_on_assistant_turns() {
     let ex = conversation();
     let t = render(&ex, chatml, encode, &OPTS).unwrap();
     let (trained, other) = split(&t);
-    assert_eq!(trained, "Paris.<|im_end|>\nRome.<|im_end|>\n");
+    assert_eq!(trained, "Paris.<|im_end|>Rome.<|im_end|>");
     assert_eq!(
         other,
         "<s><|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nCapital of France?<|im_end|>\n\
-         <|im_start|>assistant\n<|im_start|>user\nAnd Italy?<|im_end|>\n<|im_start|>assistant\n"
+         <|im_start|>assistant\n\n<|im_start|>user\nAnd Italy?<|im_end|>\n<|im_start|>assistant\n\n"
     );
     let whole = encode(
         &chatml(ex.messages().unwrap().as_slice(), false).unwrap(),
@@ -114,10 +115,10 @@ fn messages_train_on_assistant_turns() {
     .unwrap();
     assert_eq!(t.ids, whole);
     assert_eq!(t.ids.iter().filter(|&&i| i == BOS).count(), 1);
-    assert_eq!(t.trained(), "Paris.".len() + "Rome.".len() + 4);
-    // The mask is contiguous per turn: false, true, false, true.
+    assert_eq!(t.trained(), "Paris.".len() + "Rome.".len() + 2);
+    // The mask is contiguous per turn: false, true, false, true, false (the last newline).
     let runs = t.mask.windows(2).filter(|w| w[0] != w[1]).count();
-    assert_eq!(runs, 3);
+    assert_eq!(runs, 4);
 }
 
 /// A conversation that ends with a user turn: the trailing turn is not trained.
@@ -129,7 +130,7 @@ fn trailing_turns_are_not_trained() {
         msg(Role::User, "more"),
     ]);
     let t = render(&ex, chatml, encode, &OPTS).unwrap();
-    assert_eq!(split(&t).0, "a<|im_end|>\n");
+    assert_eq!(split(&t).0, "a<|im_end|>");
     assert!(decode(&t.ids).ends_with("<|im_start|>user\nmore<|im_end|>\n"));
 }
 
@@ -142,10 +143,10 @@ fn alpaca_renders_through_the_template() {
     };
     let t = render(&ex, chatml, encode, &OPTS).unwrap();
     let (trained, other) = split(&t);
-    assert_eq!(trained, "chat<|im_end|>\n");
+    assert_eq!(trained, "chat<|im_end|>");
     assert_eq!(
         other,
-        "<s><|im_start|>user\nTranslate to French\n\ncat<|im_end|>\n<|im_start|>assistant\n"
+        "<s><|im_start|>user\nTranslate to French\n\ncat<|im_end|>\n<|im_start|>assistant\n\n"
     );
 }
 
