@@ -1,4 +1,5 @@
-//! cria-train: the ops of a LLaMA block with their backward passes, for fine-tuning (issue 23).
+//! cria-train: fine-tuning (issue 23, in progress): the ops of a LLaMA block with their backward
+//! passes; AdamW, schedules, gradient clipping, LoRA init (`optim`); training data (`data`).
 //!
 //! In the style of llm.c: one function per op, its forward beside its backward, over f32 slices
 //! the caller allocated (no allocation inside an op), scalar and readable; no autograd graph.
@@ -13,9 +14,11 @@
 //! - shapes are checked and a mismatch is an `Error`, never a panic.
 
 pub mod attention;
+pub mod data;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod rope;
 pub mod swiglu;
 
