@@ -185,8 +185,15 @@ fn backend_lora_equals_the_two_matmuls() {
                     .zip(&o2)
                     .map(|(p, q)| (p - q).abs())
                     .fold(0f32, f32::max);
+                // On aarch64 the generic path's f16/bf16 matmul converts the activations to the
+                // weight's type (ggml's vec_dot_f16 way); the fast path keeps them f32.
+                let tol = match dt {
+                    DType::F16 if cfg!(target_arch = "aarch64") => 2e-3,
+                    DType::BF16 if cfg!(target_arch = "aarch64") => 2e-2,
+                    _ => 1e-5,
+                };
                 assert!(
-                    worst <= 1e-5 * range.max(1.0),
+                    worst <= tol * range.max(1.0),
                     "{dt} rank {rank} {rows}x{cols} rows {r:?}: differ by {worst} (range {range})"
                 );
                 // Rows outside `r` untouched.
