@@ -72,16 +72,8 @@ impl Target {
         let rest = name.strip_prefix("blk.")?;
         let (idx, tail) = rest.split_once('.')?;
         let l: usize = idx.parse().ok()?;
-        let t = match tail {
-            "attn_q.weight" => Target::Q,
-            "attn_k.weight" => Target::K,
-            "attn_v.weight" => Target::V,
-            "attn_output.weight" => Target::O,
-            "ffn_gate.weight" => Target::Gate,
-            "ffn_up.weight" => Target::Up,
-            "ffn_down.weight" => Target::Down,
-            _ => return None,
-        };
+        let stem = tail.strip_suffix(".weight")?;
+        let t = *Target::LAYER.iter().find(|t| t.gguf_stem() == stem)?;
         Some((t, Some(l)))
     }
 }

@@ -122,20 +122,13 @@ impl AdapterFile {
                 layers.push(l);
             }
         }
+        // In the forward's order (Target::LAYER, then the head).
         let order = |k: &&str| {
-            [
-                "attn_q",
-                "attn_k",
-                "attn_v",
-                "attn_output",
-                "ffn_gate",
-                "ffn_up",
-                "ffn_down",
-                "output",
-            ]
-            .iter()
-            .position(|x| x == k)
-            .unwrap_or(usize::MAX)
+            Target::LAYER
+                .iter()
+                .chain([&Target::Output])
+                .position(|t| t.gguf_stem() == *k)
+                .unwrap_or(usize::MAX)
         };
         kinds.sort_by_key(order);
         layers.sort_unstable();

@@ -3,7 +3,7 @@
 
 use cria_core::gguf::{GgufFile, GgufWriter};
 use cria_core::{quant, DType, Tensor};
-use cria_model::{AdapterFile, AdapterFormat, LoraTensors, Model};
+use cria_model::{AdapterFile, AdapterFormat, LoraTensors, Model, Target};
 use std::path::{Path, PathBuf};
 
 /// The tiny LLaMA-2 fixture (F32).
@@ -93,16 +93,8 @@ pub fn adapter(m: &Model, r: usize, seed: u64) -> AdapterFile {
     let mut pairs = Vec::new();
     let mut names: Vec<(String, usize, usize)> = Vec::new();
     for (l, lw) in m.weights.layers.iter().enumerate() {
-        for (w, t) in lw.matrices().iter().zip([
-            "attn_q",
-            "attn_k",
-            "attn_v",
-            "attn_output",
-            "ffn_gate",
-            "ffn_up",
-            "ffn_down",
-        ]) {
-            names.push((format!("blk.{l}.{t}.weight"), w.rows, w.cols));
+        for (w, t) in lw.matrices().iter().zip(Target::LAYER) {
+            names.push((format!("blk.{l}.{}.weight", t.gguf_stem()), w.rows, w.cols));
         }
     }
     names.push((
