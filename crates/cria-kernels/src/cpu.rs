@@ -31,6 +31,7 @@ pub mod gemm_q;
 pub mod kv;
 pub mod lora;
 mod matmul;
+mod train;
 
 /// Below this many multiply-adds an op runs on the calling thread: waking workers costs a few
 /// microseconds.

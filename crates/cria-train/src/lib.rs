@@ -14,11 +14,13 @@
 //! - shapes are checked and a mismatch is an `Error`, never a panic.
 
 pub mod attention;
+pub mod attention_batch;
 pub mod data;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
+pub mod params;
 pub mod rope;
 pub mod swiglu;
 
