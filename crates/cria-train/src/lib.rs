@@ -18,6 +18,7 @@ pub mod attention_batch;
 pub mod data;
 pub mod loss;
 pub mod matmul;
+pub mod model;
 pub mod norm;
 pub mod optim;
 pub mod params;
