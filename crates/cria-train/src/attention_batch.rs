@@ -36,7 +36,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 /// Queries per block.
-const BQ: usize = 32;
+const BQ: usize = 64;
 /// Keys per block.
 const BK: usize = 64;
 
@@ -372,14 +372,13 @@ fn transpose(
     hd: usize,
     scale: f32,
 ) {
-    for j in 0..n {
-        let row = &src[j * lds..][..hd];
-        for (d, &x) in row.iter().enumerate() {
-            dst[d * ld + j] = x * scale;
-        }
-    }
+    // Gathers (strided reads, contiguous writes) vectorize; scatters are slow.
     for d in 0..hd {
-        dst[d * ld + n..d * ld + nc].fill(0.0);
+        let drow = &mut dst[d * ld..][..nc];
+        for (j, y) in drow[..n].iter_mut().enumerate() {
+            *y = src[j * lds + d] * scale;
+        }
+        drow[n..].fill(0.0);
     }
 }
 
@@ -428,10 +427,7 @@ fn fwd_item<const F: bool>(
             row.iter_mut().for_each(|x| *x *= g.scale);
             let new_max = mx[i].max(max_lanes(&row[..nv]));
             let c = exp(mx[i] - new_max);
-            for (j, x) in row.iter_mut().enumerate() {
-                let p = exp(*x - new_max);
-                *x = if j < nv { p } else { 0.0 };
-            }
+            probs(row, new_max, nv);
             l[i] = l[i] * c + sum_lanes(row);
             mx[i] = new_max;
             o[i * hd..][..hd].iter_mut().for_each(|x| *x *= c);
@@ -509,12 +505,7 @@ fn dkv_item<const F: bool>(
                 // Query i0 + i sees key j0 + j when i0 + i >= j0 + j: i from `first`.
                 let first = (j0 + j).saturating_sub(i0);
                 let (prow, dsrow) = (&mut st[j * BQ..][..mc], &mut dpt[j * BQ..][..mc]);
-                for i in 0..mc {
-                    let p = exp(g.scale * prow[i] - lse[i]);
-                    let p = if i >= first && i < m { p } else { 0.0 };
-                    prow[i] = p;
-                    dsrow[i] = p * (dsrow[i] - big_d[i]);
-                }
+                dscores_t(prow, dsrow, g.scale, lse, big_d, first, m);
             }
             gemm::<F>(dv, hd, st, BQ, doblk, ldq, n, m, hd);
             gemm::<F>(dk, hd, dpt, BQ, qblk, ldq, n, m, hd);
@@ -604,11 +595,7 @@ fn dq_item<const F: bool>(
         for i in 0..m {
             let nv = (i0 + i + 1).min(j1).saturating_sub(j0);
             let (srow, dprow) = (&mut sc[i * BK..][..nc], &dp[i * BK..][..nc]);
-            for j in 0..nc {
-                let p = exp(g.scale * srow[j] - lse[i]);
-                let ds = p * (dprow[j] - big_d[i]);
-                srow[j] = if j < nv { ds } else { 0.0 };
-            }
+            dscores(srow, dprow, g.scale, lse[i], big_d[i], nv);
         }
         gemm::<F>(dq, hd, sc, BK, kblk, ldk, m, n, hd);
         j0 = j1;
@@ -775,6 +762,70 @@ fn tile<const F: bool, const R: usize, const C: usize>(
 /// Lanes of the reductions below (vector width of AVX-512).
 const LANES: usize = 16;
 
+// The elementwise steps below work on 16-lane local arrays (`x.len()` a multiple of `LANES`),
+// which the compiler knows alias nothing, so they vectorize.
+
+/// Forward: `x[j] = exp(x[j] - max)` for `j < nv`, 0 after.
+#[inline(always)]
+fn probs(x: &mut [f32], max: f32, nv: usize) {
+    for (c, ch) in x.chunks_exact_mut(LANES).enumerate() {
+        let v: &mut [f32; LANES] = ch.try_into().unwrap();
+        let p: [f32; LANES] = std::array::from_fn(|l| exp(v[l] - max));
+        *v = std::array::from_fn(|l| if c * LANES + l < nv { p[l] } else { 0.0 });
+    }
+}
+
+/// dQ pass, one query row: `s[j] = p_j (dp[j] - d)` with `p_j = exp(scale s[j] - lse)`, for
+/// keys `j < nv`, 0 after.
+#[inline(always)]
+fn dscores(s: &mut [f32], dp: &[f32], scale: f32, lse: f32, d: f32, nv: usize) {
+    for (c, (ch, dp)) in s
+        .chunks_exact_mut(LANES)
+        .zip(dp.chunks_exact(LANES))
+        .enumerate()
+    {
+        let v: &mut [f32; LANES] = ch.try_into().unwrap();
+        let dp: &[f32; LANES] = dp.try_into().unwrap();
+        let ds: [f32; LANES] = std::array::from_fn(|l| exp(scale * v[l] - lse) * (dp[l] - d));
+        *v = std::array::from_fn(|l| if c * LANES + l < nv { ds[l] } else { 0.0 });
+    }
+}
+
+/// dK/dV pass, one key row against queries `i`: `p[i] = exp(scale p[i] - lse[i])` for
+/// `first <= i < m`, 0 elsewhere; `ds[i] = p[i] (ds[i] - d[i])`.
+#[inline(always)]
+fn dscores_t(
+    p: &mut [f32],
+    ds: &mut [f32],
+    scale: f32,
+    lse: &[f32],
+    d: &[f32],
+    first: usize,
+    m: usize,
+) {
+    let chunks = p
+        .chunks_exact_mut(LANES)
+        .zip(ds.chunks_exact_mut(LANES))
+        .zip(lse.chunks_exact(LANES).zip(d.chunks_exact(LANES)));
+    for (c, ((p, ds), (lse, d))) in chunks.enumerate() {
+        let (p, ds): (&mut [f32; LANES], &mut [f32; LANES]) =
+            (p.try_into().unwrap(), ds.try_into().unwrap());
+        let (lse, d): (&[f32; LANES], &[f32; LANES]) =
+            (lse.try_into().unwrap(), d.try_into().unwrap());
+        let e: [f32; LANES] = std::array::from_fn(|l| exp(scale * p[l] - lse[l]));
+        let pv: [f32; LANES] = std::array::from_fn(|l| {
+            let i = c * LANES + l;
+            if i >= first && i < m {
+                e[l]
+            } else {
+                0.0
+            }
+        });
+        *ds = std::array::from_fn(|l| pv[l] * (ds[l] - d[l]));
+        *p = pv;
+    }
+}
+
 /// Largest value of `x` (not empty), lane-wise then across lanes.
 #[inline(always)]
 fn max_lanes(x: &[f32]) -> f32 {
@@ -826,24 +877,30 @@ fn dot_lanes(x: &[f32], y: &[f32]) -> f32 {
 
 /// `e^x` for the softmax, branch-free so it vectorizes: `x = k ln2 + r`, `|r| <= ln2 / 2`,
 /// Cephes' degree-7 polynomial for `e^r`, `2^k` built in the exponent bits. Inputs below -87
-/// give about 1.6e-38 (not 0: callers mask what must be exactly 0); above 88, about 1.7e38;
-/// NaN gives NaN.
+/// give about 1.6e-38 (not 0: callers mask what must be exactly 0); above 88, about 1.7e38.
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // max/min vectorize; clamp's NaN check does not
 fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5 * 2^23: adding it rounds to an integer (round to nearest even).
+    // 1.5 * 2^23: adding it rounds to an integer k (to nearest even), which then sits in the
+    // low mantissa bits: bits(kr) = ROUND_BITS + k for |k| < 2^22.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let kf = (x * LOG2E + ROUND) - ROUND;
+    const ROUND_BITS: u32 = 0x4b40_0000;
+    let x = x.max(-87.0).min(88.0);
+    let kr = x * LOG2E + ROUND;
+    let kf = kr - ROUND;
     let r = x - kf * LN2_HI - kf * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
         + 1.666_666_5e-1)
         * r
         + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((kf as i32 + 127) << 23) as u32)
+    // 2^k: k + 127 in the exponent field (k in -126..=127 after the clamp).
+    let two_k = kr.to_bits().wrapping_sub(ROUND_BITS).wrapping_add(127) << 23;
+    e * f32::from_bits(two_k)
 }
 
 #[cfg(test)]
