@@ -7,21 +7,22 @@
 //! length is its range's). The ranges must lie inside the buffers and not overlap.
 //!
 //! How it runs: blocks of `BQ` queries x `BK` keys, every product of a block a small GEMM
-//! (`gemm`: register tiles of 4 rows x 32 or 16 columns) over the rows as they lie in q/k/v/dout
-//! (row stride `n_heads * head_dim` or `n_kv_heads * head_dim`) or over a transposed copy of a
-//! block in per-thread scratch (`thread_local`, grown once, so steady state allocates nothing);
-//! nothing kept grows with t^2. Work items go to the backend's threads (`CpuBackend::for_each`):
+//! (`gemm`: register tiles of 4 rows x 32 or 16 columns, `C += A B` with B's rows contiguous and
+//! A read in place or transposed) over the rows as they lie in q/k/v/dout (row stride
+//! `n_heads * head_dim` or `n_kv_heads * head_dim`) or over a transposed copy of the item's own
+//! block (Q^T, dO^T or K^T, V^T: made once per item, in per-thread scratch, a `thread_local`
+//! grown once, so steady state allocates nothing); nothing kept grows with t^2. Work items go to
+//! the backend's threads (`CpuBackend::for_each`):
 //! - forward: items (sequence, query head, query block), the last (heaviest: the causal mask
-//!   keeps more keys) blocks first; each writes its own rows of `out` and `lse`;
-//! - backward, two passes so that no two items write the same rows, at the price of computing
-//!   the scores and dP twice (7 block products per block pair instead of 5):
+//!   keeps more keys) blocks first; scores held as (keys, queries) so the online softmax runs
+//!   with queries in the vector lanes; each item writes its own rows of `out` and `lse`;
+//! - backward, two passes so that no two items write the same rows (no per-thread partials, no
+//!   atomics), at the price of computing the scores and dP twice (7 block products per block
+//!   pair instead of 5):
 //!   1. items (sequence, KV head, key block): over every query head of the group and every
 //!      query block at or after the key block, `dV += P^T dO` and `dK += scale dS^T Q`, in the
 //!      item's own accumulators, added to its rows of `dk`/`dv` at the end;
 //!   2. items (sequence, query head, query block): `dQ += scale dS K` over the key blocks.
-//!
-//! Scores and probabilities are worked in the transposed orientation where that lets the
-//! unchanging operand be read in place (pass 1 holds keys as rows, queries as columns).
 //!
 //! SIMD: the bodies are plain Rust over fixed-width lane arrays, compiled three times: portable
 //! (the scalar twin, separate multiply and add), and under `#[target_feature]` for AVX2+FMA and
@@ -225,19 +226,19 @@ impl Geo {
         self.nkv * self.hd
     }
 
-    /// Forward scratch: kt (hd x BK), scores (BQ x BK), o (BQ x hd), max and sum (BQ).
+    /// Forward scratch: qt (hd x BQ), st (BK x BQ), o (BQ x hd), max, sum, factor (BQ).
     fn fwd_scratch(&self) -> usize {
-        self.hd * BK + BQ * BK + BQ * self.hd + 2 * BQ
+        self.hd * BQ + BK * BQ + BQ * self.hd + 3 * BQ
     }
 
-    /// Pass 1 scratch: qt, dot (hd x BQ), st, dpt (BK x BQ), dk, dv (BK x hd), lse, D (BQ).
+    /// Pass 1 scratch: kt, vt (hd x BK), s, dp (BQ x BK), dk, dv (BK x hd), lse, D (BQ).
     fn dkv_scratch(&self) -> usize {
-        2 * self.hd * BQ + 2 * BK * BQ + 2 * BK * self.hd + 2 * BQ
+        2 * self.hd * BK + 2 * BQ * BK + 2 * BK * self.hd + 2 * BQ
     }
 
-    /// Pass 2 scratch: kt, vt (hd x BK), s, dp (BQ x BK), dq (BQ x hd), lse, D (BQ).
+    /// Pass 2 scratch: qt, dot (hd x BQ), st, dpt (BK x BQ), dq (BQ x hd), lse, D (BQ).
     fn dq_scratch(&self) -> usize {
-        2 * self.hd * BK + 2 * BQ * BK + BQ * self.hd + 2 * BQ
+        2 * self.hd * BQ + 2 * BK * BQ + BQ * self.hd + 2 * BQ
     }
 }
 
@@ -357,34 +358,32 @@ fn pad16(n: usize, max: usize) -> usize {
     n.div_ceil(16).saturating_mul(16).min(max)
 }
 
-/// `dst[d * ld + j] = src[(j0 + j) * lds + d]` for `j < n`, `d < hd`; zero for `n <= j < nc`:
-/// rows `j0..j0 + n` of a (rows, hd) block read with row stride `lds`, transposed to
-/// (hd, ld), `scale`d.
-#[allow(clippy::too_many_arguments)]
+/// `dst[d * ld + j] = src[j * lds + d]` for `j < n`, `d < hd`; zero for `n <= j < nc`: `n`
+/// rows of a (rows, hd) block read with row stride `lds`, transposed to (hd, ld).
 #[inline(always)]
-fn transpose(
-    dst: &mut [f32],
-    ld: usize,
-    src: &[f32],
-    lds: usize,
-    n: usize,
-    nc: usize,
-    hd: usize,
-    scale: f32,
-) {
+fn transpose(dst: &mut [f32], ld: usize, src: &[f32], lds: usize, n: usize, nc: usize, hd: usize) {
     // Gathers (strided reads, contiguous writes) vectorize; scatters are slow.
     for d in 0..hd {
         let drow = &mut dst[d * ld..][..nc];
         for (j, y) in drow[..n].iter_mut().enumerate() {
-            *y = src[j * lds + d] * scale;
+            *y = src[j * lds + d];
         }
         drow[n..].fill(0.0);
     }
 }
 
+/// Query block `qb` of a sequence of `len` rows: its first query `i0` (in the sequence), `m`
+/// queries, `mc` = `m` padded to 16.
+fn qblock(len: usize, qb: usize) -> (usize, usize, usize) {
+    let (i0, i1) = (qb * BQ, ((qb + 1) * BQ).min(len));
+    (i0, i1 - i0, pad16(i1 - i0, BQ))
+}
+
 // ---- forward -------------------------------------------------------------------------------
 
-/// Query block `qb` of head `h` of the sequence at rows `base..base + len`.
+/// Query block `qb` of head `h` of the sequence at rows `base..base + len`. Scores are held
+/// transposed, `st` (keys, queries) = K Q^T, so that Q^T is transposed once per item and the
+/// online softmax runs with queries in the vector lanes.
 #[inline(always)]
 fn fwd_item<const F: bool>(
     a: &Fwd,
@@ -397,52 +396,31 @@ fn fwd_item<const F: bool>(
     let g = a.g;
     let (hd, ldq, ldk) = (g.hd, g.ldq(), g.ldk());
     let kvo = (h / g.group) * hd;
-    let (i0, i1) = (qb * BQ, ((qb + 1) * BQ).min(len));
-    let m = i1 - i0;
-    let kt = take(&mut s, hd * BK);
-    let sc = take(&mut s, BQ * BK);
+    let (i0, m, mc) = qblock(len, qb);
+    let qt = take(&mut s, hd * BQ);
+    let st = take(&mut s, BK * BQ);
     let o = take(&mut s, BQ * hd);
     let mx = take(&mut s, BQ);
     let l = take(&mut s, BQ);
+    let c = take(&mut s, BQ);
     o.fill(0.0);
     mx.fill(f32::NEG_INFINITY);
     l.fill(0.0);
-    let qblk = &a.q[(base + i0) * ldq + h * hd..];
+    let off = (base + i0) * ldq + h * hd;
+    transpose(qt, BQ, &a.q[off..], ldq, m, mc, hd);
     let mut j0 = 0;
-    while j0 < i1 {
-        // Keys at or after i1 are masked for every query of the block.
-        let j1 = (j0 + BK).min(i1);
-        let (n, nc) = (j1 - j0, pad16(j1 - j0, BK));
-        transpose(kt, BK, &a.k[(base + j0) * ldk + kvo..], ldk, n, nc, hd, 1.0);
-        sc[..m * BK].fill(0.0);
-        gemm::<F>(sc, BK, qblk, ldq, kt, BK, m, hd, nc);
-        for i in 0..m {
-            let row = &mut sc[i * BK..][..nc];
-            // Keys j0 + j for j < nv are at or before query i0 + i.
-            let nv = (i0 + i + 1).min(j1).saturating_sub(j0);
-            if nv == 0 {
-                row.fill(0.0);
-                continue;
-            }
-            row.iter_mut().for_each(|x| *x *= g.scale);
-            let new_max = mx[i].max(max_lanes(&row[..nv]));
-            let c = exp(mx[i] - new_max);
-            probs(row, new_max, nv);
-            l[i] = l[i] * c + sum_lanes(row);
-            mx[i] = new_max;
-            o[i * hd..][..hd].iter_mut().for_each(|x| *x *= c);
+    // Keys at or after i0 + m are masked for every query of the block.
+    while j0 < i0 + m {
+        let j1 = (j0 + BK).min(i0 + m);
+        let n = j1 - j0;
+        let at = (base + j0) * ldk + kvo;
+        st[..n * BQ].fill(0.0);
+        gemm::<F, false>(st, BQ, &a.k[at..], ldk, qt, BQ, n, hd, mc);
+        softmax_cols(st, n, mc, g.scale, j0 as isize - i0 as isize, mx, l, c);
+        for (orow, &c) in o.chunks_exact_mut(hd).zip(&c[..m]) {
+            orow.iter_mut().for_each(|x| *x *= c);
         }
-        gemm::<F>(
-            o,
-            hd,
-            sc,
-            BK,
-            &a.v[(base + j0) * ldk + kvo..],
-            ldk,
-            m,
-            n,
-            hd,
-        );
+        gemm::<F, true>(o, hd, st, BQ, &a.v[at..], ldk, m, n, hd);
         j0 = j1;
     }
     for i in 0..m {
@@ -458,9 +436,60 @@ fn fwd_item<const F: bool>(
     }
 }
 
+/// One key block of the online softmax, queries in lanes: `st` (n keys x BQ queries, first
+/// `mc` columns) scaled, turned into `exp(s - new max)` (0 where query `i` may not see key `j`:
+/// `j + rel > i`, `rel` = first key - first query), `mx`/`l` (running max, sum) updated, `c` the
+/// factor the earlier output rows must be multiplied by.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn softmax_cols(
+    st: &mut [f32],
+    n: usize,
+    mc: usize,
+    scale: f32,
+    rel: isize,
+    mx: &mut [f32],
+    l: &mut [f32],
+    c: &mut [f32],
+) {
+    for c0 in (0..mc).step_by(LANES) {
+        // Lane x (query c0 + x) sees key j when x >= j + rel - c0.
+        let first = |j: usize| (j as isize + rel - c0 as isize).max(0) as usize;
+        let mut bm = [f32::NEG_INFINITY; LANES];
+        for j in 0..n {
+            let (f, row) = (first(j), lanes_mut(&mut st[j * BQ + c0..]));
+            let v: [f32; LANES] = map(|x| row[x] * scale);
+            *row = v;
+            bm = map(|x| if x >= f { bm[x].max(v[x]) } else { bm[x] });
+        }
+        let (old, sum0) = (lanes(&mx[c0..]), lanes(&l[c0..]));
+        let new: [f32; LANES] = map(|x| old[x].max(bm[x]));
+        let cc: [f32; LANES] = map(|x| {
+            let e = exp(old[x] - new[x]);
+            if new[x] == f32::NEG_INFINITY {
+                1.0
+            } else {
+                e
+            }
+        });
+        let mut sum = [0f32; LANES];
+        for j in 0..n {
+            let (f, row) = (first(j), lanes_mut(&mut st[j * BQ + c0..]));
+            let e: [f32; LANES] = map(|x| exp(row[x] - new[x]));
+            let p: [f32; LANES] = map(|x| if x >= f { e[x] } else { 0.0 });
+            sum = map(|x| sum[x] + p[x]);
+            *row = p;
+        }
+        *lanes_mut(&mut mx[c0..]) = new;
+        *lanes_mut(&mut l[c0..]) = map(|x| sum0[x] * cc[x] + sum[x]);
+        *lanes_mut(&mut c[c0..]) = cc;
+    }
+}
+
 // ---- backward, pass 1: dK, dV ----------------------------------------------------------------
 
-/// Key block `kb` of KV head `kvh` of the sequence at rows `base..base + len`.
+/// Key block `kb` of KV head `kvh` of the sequence at rows `base..base + len`. K^T and V^T are
+/// transposed once per item; scores `s` (queries, keys) = Q K^T, dP = dO V^T.
 #[inline(always)]
 fn dkv_item<const F: bool>(
     a: &Bwd,
@@ -473,43 +502,39 @@ fn dkv_item<const F: bool>(
     let g = a.g;
     let (hd, ldq, ldk) = (g.hd, g.ldq(), g.ldk());
     let (j0, j1) = (kb * BK, ((kb + 1) * BK).min(len));
-    let n = j1 - j0;
-    let qt = take(&mut s, hd * BQ);
-    let dot = take(&mut s, hd * BQ);
-    let st = take(&mut s, BK * BQ);
-    let dpt = take(&mut s, BK * BQ);
+    let (n, nc) = (j1 - j0, pad16(j1 - j0, BK));
+    let kt = take(&mut s, hd * BK);
+    let vt = take(&mut s, hd * BK);
+    let sc = take(&mut s, BQ * BK);
+    let dp = take(&mut s, BQ * BK);
     let dk = take(&mut s, BK * hd);
     let dv = take(&mut s, BK * hd);
     let lse = take(&mut s, BQ);
     let big_d = take(&mut s, BQ);
     dk.fill(0.0);
     dv.fill(0.0);
-    let kblk = &a.k[(base + j0) * ldk + kvh * hd..];
-    let vblk = &a.v[(base + j0) * ldk + kvh * hd..];
+    let at = (base + j0) * ldk + kvh * hd;
+    transpose(kt, BK, &a.k[at..], ldk, n, nc, hd);
+    transpose(vt, BK, &a.v[at..], ldk, n, nc, hd);
     for h in kvh * g.group..(kvh + 1) * g.group {
-        // The first query block holding a query at or after key j0.
-        let mut i0 = j0 / BQ * BQ;
-        while i0 < len {
-            let i1 = (i0 + BQ).min(len);
-            let (m, mc) = (i1 - i0, pad16(i1 - i0, BQ));
+        // From the query block holding key j0's own query.
+        for qb in j0 / BQ..len.div_ceil(BQ) {
+            let (i0, m, _) = qblock(len, qb);
             let off = (base + i0) * ldq + h * hd;
             let (qblk, doblk) = (&a.q[off..], &a.dout[off..]);
-            transpose(qt, BQ, qblk, ldq, m, mc, hd, 1.0);
-            transpose(dot, BQ, doblk, ldq, m, mc, hd, 1.0);
-            row_stats(a, base + i0, h, m, mc, lse, big_d);
-            st[..n * BQ].fill(0.0);
-            dpt[..n * BQ].fill(0.0);
-            gemm::<F>(st, BQ, kblk, ldk, qt, BQ, n, hd, mc);
-            gemm::<F>(dpt, BQ, vblk, ldk, dot, BQ, n, hd, mc);
-            for j in 0..n {
-                // Query i0 + i sees key j0 + j when i0 + i >= j0 + j: i from `first`.
-                let first = (j0 + j).saturating_sub(i0);
-                let (prow, dsrow) = (&mut st[j * BQ..][..mc], &mut dpt[j * BQ..][..mc]);
-                dscores_t(prow, dsrow, g.scale, lse, big_d, first, m);
+            row_stats(a, base + i0, h, m, lse, big_d);
+            sc[..m * BK].fill(0.0);
+            dp[..m * BK].fill(0.0);
+            gemm::<F, false>(sc, BK, qblk, ldq, kt, BK, m, hd, nc);
+            gemm::<F, false>(dp, BK, doblk, ldq, vt, BK, m, hd, nc);
+            for i in 0..m {
+                // Query i0 + i sees keys j0 + j for j < nv.
+                let nv = (i0 + i + 1).min(j1).saturating_sub(j0);
+                let (srow, dprow) = (&mut sc[i * BK..][..nc], &mut dp[i * BK..][..nc]);
+                pdscores(srow, dprow, g.scale, lse[i], big_d[i], nv);
             }
-            gemm::<F>(dv, hd, st, BQ, doblk, ldq, n, m, hd);
-            gemm::<F>(dk, hd, dpt, BQ, qblk, ldq, n, m, hd);
-            i0 = i1;
+            gemm::<F, true>(dv, hd, sc, BK, doblk, ldq, n, m, hd);
+            gemm::<F, true>(dk, hd, dp, BK, qblk, ldq, n, m, hd);
         }
     }
     for j in 0..n {
@@ -528,31 +553,21 @@ fn dkv_item<const F: bool>(
     }
 }
 
-/// For query rows `row0..row0 + m` of head `h`: their log-sum-exp and `D = dO . O`, zero for
-/// `m <= i < mc`.
+/// For query rows `row0..row0 + m` of head `h`: their log-sum-exp and `D = dO . O`.
 #[inline(always)]
-fn row_stats(
-    a: &Bwd,
-    row0: usize,
-    h: usize,
-    m: usize,
-    mc: usize,
-    lse: &mut [f32],
-    big_d: &mut [f32],
-) {
+fn row_stats(a: &Bwd, row0: usize, h: usize, m: usize, lse: &mut [f32], big_d: &mut [f32]) {
     let (hd, ldq) = (a.g.hd, a.g.ldq());
     for i in 0..m {
         let off = (row0 + i) * ldq + h * hd;
         lse[i] = a.lse[(row0 + i) * a.g.nh + h];
         big_d[i] = dot_lanes(&a.dout[off..][..hd], &a.out[off..][..hd]);
     }
-    lse[m..mc].fill(0.0);
-    big_d[m..mc].fill(0.0);
 }
 
 // ---- backward, pass 2: dQ --------------------------------------------------------------------
 
-/// Query block `qb` of head `h` of the sequence at rows `base..base + len`.
+/// Query block `qb` of head `h` of the sequence at rows `base..base + len`. Q^T and dO^T are
+/// transposed once per item; scores held transposed, `st` (keys, queries) = K Q^T, dP^T = V dO^T.
 #[inline(always)]
 fn dq_item<const F: bool>(
     a: &Bwd,
@@ -565,39 +580,37 @@ fn dq_item<const F: bool>(
     let g = a.g;
     let (hd, ldq, ldk) = (g.hd, g.ldq(), g.ldk());
     let kvo = (h / g.group) * hd;
-    let (i0, i1) = (qb * BQ, ((qb + 1) * BQ).min(len));
-    let m = i1 - i0;
-    let kt = take(&mut s, hd * BK);
-    let vt = take(&mut s, hd * BK);
-    let sc = take(&mut s, BQ * BK);
-    let dp = take(&mut s, BQ * BK);
+    let (i0, m, mc) = qblock(len, qb);
+    let qt = take(&mut s, hd * BQ);
+    let dot = take(&mut s, hd * BQ);
+    let st = take(&mut s, BK * BQ);
+    let dpt = take(&mut s, BK * BQ);
     let dq = take(&mut s, BQ * hd);
     let lse = take(&mut s, BQ);
     let big_d = take(&mut s, BQ);
     dq.fill(0.0);
-    row_stats(a, base + i0, h, m, m, lse, big_d);
+    row_stats(a, base + i0, h, m, lse, big_d);
+    lse[m..].fill(0.0);
+    big_d[m..].fill(0.0);
     let off = (base + i0) * ldq + h * hd;
-    let (qblk, doblk) = (&a.q[off..], &a.dout[off..]);
+    transpose(qt, BQ, &a.q[off..], ldq, m, mc, hd);
+    transpose(dot, BQ, &a.dout[off..], ldq, m, mc, hd);
     let mut j0 = 0;
-    while j0 < i1 {
-        let j1 = (j0 + BK).min(i1);
-        let (n, nc) = (j1 - j0, pad16(j1 - j0, BK));
-        let (kblk, vblk) = (
-            &a.k[(base + j0) * ldk + kvo..],
-            &a.v[(base + j0) * ldk + kvo..],
-        );
-        transpose(kt, BK, kblk, ldk, n, nc, hd, 1.0);
-        transpose(vt, BK, vblk, ldk, n, nc, hd, 1.0);
-        sc[..m * BK].fill(0.0);
-        dp[..m * BK].fill(0.0);
-        gemm::<F>(sc, BK, qblk, ldq, kt, BK, m, hd, nc);
-        gemm::<F>(dp, BK, doblk, ldq, vt, BK, m, hd, nc);
-        for i in 0..m {
-            let nv = (i0 + i + 1).min(j1).saturating_sub(j0);
-            let (srow, dprow) = (&mut sc[i * BK..][..nc], &dp[i * BK..][..nc]);
-            dscores(srow, dprow, g.scale, lse[i], big_d[i], nv);
+    while j0 < i0 + m {
+        let j1 = (j0 + BK).min(i0 + m);
+        let n = j1 - j0;
+        let at = (base + j0) * ldk + kvo;
+        st[..n * BQ].fill(0.0);
+        dpt[..n * BQ].fill(0.0);
+        gemm::<F, false>(st, BQ, &a.k[at..], ldk, qt, BQ, n, hd, mc);
+        gemm::<F, false>(dpt, BQ, &a.v[at..], ldk, dot, BQ, n, hd, mc);
+        for j in 0..n {
+            // Query i0 + i sees key j0 + j when i0 + i >= j0 + j: i from `first`.
+            let first = (j0 + j).saturating_sub(i0);
+            let (prow, dsrow) = (&mut st[j * BQ..][..mc], &mut dpt[j * BQ..][..mc]);
+            dscores_t(prow, dsrow, g.scale, lse, big_d, first, m);
         }
-        gemm::<F>(dq, hd, sc, BK, kblk, ldk, m, n, hd);
+        gemm::<F, true>(dq, hd, dpt, BQ, &a.k[at..], ldk, m, n, hd);
         j0 = j1;
     }
     for i in 0..m {
@@ -666,11 +679,12 @@ fn fma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// `c (m x n, row stride ldc) += a (m x k, lda) @ b (k x n, ldb)`: tiles of 4 rows by 32 or 16
-/// columns held in registers over the whole `k`, then the leftover columns one by one.
+/// `c (m x n, row stride ldc) += A (m x k) @ b (k x n, ldb)`, `A[i][p]` = `a[i * lda + p]`, or
+/// `a[p * lda + i]` when `TA` (A stored transposed): tiles of 4 rows by 32 or 16 columns held
+/// in registers over the whole `k`, then the leftover columns one by one.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn gemm<const F: bool>(
+fn gemm<const F: bool, const TA: bool>(
     c: &mut [f32],
     ldc: usize,
     a: &[f32],
@@ -683,18 +697,18 @@ fn gemm<const F: bool>(
 ) {
     let mut j = 0;
     while j + 32 <= n {
-        tile_rows::<F, 32>(c, ldc, a, lda, b, ldb, m, k, j);
+        tile_rows::<F, TA, 32>(c, ldc, a, lda, b, ldb, m, k, j);
         j += 32;
     }
     if j + 16 <= n {
-        tile_rows::<F, 16>(c, ldc, a, lda, b, ldb, m, k, j);
+        tile_rows::<F, TA, 16>(c, ldc, a, lda, b, ldb, m, k, j);
         j += 16;
     }
     for i in 0..m {
-        let ar = &a[i * lda..][..k];
         for jj in j..n {
             let mut acc = 0f32;
-            for (p, &x) in ar.iter().enumerate() {
+            for p in 0..k {
+                let x = if TA { a[p * lda + i] } else { a[i * lda + p] };
                 acc = fma::<F>(x, b[p * ldb + jj], acc);
             }
             c[i * ldc + jj] += acc;
@@ -705,7 +719,7 @@ fn gemm<const F: bool>(
 /// Columns `j..j + C` of every row: 4 rows at a time, then one.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn tile_rows<const F: bool, const C: usize>(
+fn tile_rows<const F: bool, const TA: bool, const C: usize>(
     c: &mut [f32],
     ldc: usize,
     a: &[f32],
@@ -718,19 +732,19 @@ fn tile_rows<const F: bool, const C: usize>(
 ) {
     let mut i = 0;
     while i + 4 <= m {
-        tile::<F, 4, C>(c, ldc, a, lda, b, ldb, k, i, j);
+        tile::<F, TA, 4, C>(c, ldc, a, lda, b, ldb, k, i, j);
         i += 4;
     }
     while i < m {
-        tile::<F, 1, C>(c, ldc, a, lda, b, ldb, k, i, j);
+        tile::<F, TA, 1, C>(c, ldc, a, lda, b, ldb, k, i, j);
         i += 1;
     }
 }
 
-/// Rows `i..i + R`, columns `j..j + C` of `c += a @ b`.
+/// Rows `i..i + R`, columns `j..j + C` of `c += A @ b`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn tile<const F: bool, const R: usize, const C: usize>(
+fn tile<const F: bool, const TA: bool, const R: usize, const C: usize>(
     c: &mut [f32],
     ldc: usize,
     a: &[f32],
@@ -742,13 +756,17 @@ fn tile<const F: bool, const R: usize, const C: usize>(
     j: usize,
 ) {
     let mut acc = [[0f32; C]; R];
-    let ar: [&[f32]; R] = std::array::from_fn(|r| &a[(i + r) * lda..][..k]);
     for p in 0..k {
         let bp = &b[p * ldb + j..][..C];
+        let ap: [f32; R] = if TA {
+            let col = &a[p * lda + i..][..R];
+            map(|r| col[r])
+        } else {
+            map(|r| a[(i + r) * lda + p])
+        };
         for r in 0..R {
-            let x = ar[r][p];
             for l in 0..C {
-                acc[r][l] = fma::<F>(x, bp[l], acc[r][l]);
+                acc[r][l] = fma::<F>(ap[r], bp[l], acc[r][l]);
             }
         }
     }
@@ -765,29 +783,42 @@ const LANES: usize = 16;
 // The elementwise steps below work on 16-lane local arrays (`x.len()` a multiple of `LANES`),
 // which the compiler knows alias nothing, so they vectorize.
 
-/// Forward: `x[j] = exp(x[j] - max)` for `j < nv`, 0 after.
+/// `[f(0), f(1), ..]`: what `std::array::from_fn` does, as a plain loop that is always inlined
+/// (from_fn's machinery sometimes is not, which leaves `exp` scalar).
 #[inline(always)]
-fn probs(x: &mut [f32], max: f32, nv: usize) {
-    for (c, ch) in x.chunks_exact_mut(LANES).enumerate() {
-        let v: &mut [f32; LANES] = ch.try_into().unwrap();
-        let p: [f32; LANES] = std::array::from_fn(|l| exp(v[l] - max));
-        *v = std::array::from_fn(|l| if c * LANES + l < nv { p[l] } else { 0.0 });
+fn map<const N: usize>(f: impl Fn(usize) -> f32) -> [f32; N] {
+    let mut y = [0f32; N];
+    for (l, v) in y.iter_mut().enumerate() {
+        *v = f(l);
     }
+    y
 }
 
-/// dQ pass, one query row: `s[j] = p_j (dp[j] - d)` with `p_j = exp(scale s[j] - lse)`, for
-/// keys `j < nv`, 0 after.
+/// The `LANES` values at the start of `x`.
 #[inline(always)]
-fn dscores(s: &mut [f32], dp: &[f32], scale: f32, lse: f32, d: f32, nv: usize) {
-    for (c, (ch, dp)) in s
+fn lanes(x: &[f32]) -> [f32; LANES] {
+    x[..LANES].try_into().unwrap()
+}
+
+#[inline(always)]
+fn lanes_mut(x: &mut [f32]) -> &mut [f32; LANES] {
+    (&mut x[..LANES]).try_into().unwrap()
+}
+
+/// dK/dV pass, one query row against keys `j`: `p[j] = exp(scale s[j] - lse)` and
+/// `dp[j] = p[j] (dp[j] - d)` for `j < nv`, both 0 after.
+#[inline(always)]
+fn pdscores(s: &mut [f32], dp: &mut [f32], scale: f32, lse: f32, d: f32, nv: usize) {
+    for (c, (sv, dv)) in s
         .chunks_exact_mut(LANES)
-        .zip(dp.chunks_exact(LANES))
+        .zip(dp.chunks_exact_mut(LANES))
         .enumerate()
     {
-        let v: &mut [f32; LANES] = ch.try_into().unwrap();
-        let dp: &[f32; LANES] = dp.try_into().unwrap();
-        let ds: [f32; LANES] = std::array::from_fn(|l| exp(scale * v[l] - lse) * (dp[l] - d));
-        *v = std::array::from_fn(|l| if c * LANES + l < nv { ds[l] } else { 0.0 });
+        let (sv, dv) = (lanes_mut(sv), lanes_mut(dv));
+        let e: [f32; LANES] = map(|l| exp(scale * sv[l] - lse));
+        let p: [f32; LANES] = map(|l| if c * LANES + l < nv { e[l] } else { 0.0 });
+        *dv = map(|l| p[l] * (dv[l] - d));
+        *sv = p;
     }
 }
 
@@ -812,8 +843,8 @@ fn dscores_t(
             (p.try_into().unwrap(), ds.try_into().unwrap());
         let (lse, d): (&[f32; LANES], &[f32; LANES]) =
             (lse.try_into().unwrap(), d.try_into().unwrap());
-        let e: [f32; LANES] = std::array::from_fn(|l| exp(scale * p[l] - lse[l]));
-        let pv: [f32; LANES] = std::array::from_fn(|l| {
+        let e: [f32; LANES] = map(|l| exp(scale * p[l] - lse[l]));
+        let pv: [f32; LANES] = map(|l| {
             let i = c * LANES + l;
             if i >= first && i < m {
                 e[l]
@@ -821,39 +852,9 @@ fn dscores_t(
                 0.0
             }
         });
-        *ds = std::array::from_fn(|l| pv[l] * (ds[l] - d[l]));
+        *ds = map(|l| pv[l] * (ds[l] - d[l]));
         *p = pv;
     }
-}
-
-/// Largest value of `x` (not empty), lane-wise then across lanes.
-#[inline(always)]
-fn max_lanes(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for ch in &mut chunks {
-        for l in 0..LANES {
-            acc[l] = acc[l].max(ch[l]);
-        }
-    }
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    acc.iter().fold(tail, |m, &v| m.max(v))
-}
-
-/// Sum of `x`, lane-wise then across lanes.
-#[inline(always)]
-fn sum_lanes(x: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for ch in &mut chunks {
-        for l in 0..LANES {
-            acc[l] += ch[l];
-        }
-    }
-    chunks.remainder().iter().sum::<f32>() + acc.iter().sum::<f32>()
 }
 
 /// `x . y`, lane-wise then across lanes.
@@ -892,8 +893,7 @@ fn exp(x: f32) -> f32 {
     let kr = x * LOG2E + ROUND;
     let kf = kr - ROUND;
     let r = x - kf * LN2_HI - kf * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 0.5;
@@ -929,7 +929,7 @@ mod tests {
                 .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
                 .collect();
             let mut c = vec![1f32; m * n];
-            gemm::<false>(&mut c, n, &a, k, &b, n, m, k, n);
+            gemm::<false, false>(&mut c, n, &a, k, &b, n, m, k, n);
             for i in 0..m {
                 for j in 0..n {
                     let want = 1.0 + (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum::<f32>();
