@@ -66,23 +66,22 @@ pub fn forward(
         out: SyncPtr(out.as_mut_ptr()),
         lse: SyncPtr(lse.as_mut_ptr()),
     };
-    let per_seq = |len: usize| g.nh * len.div_ceil(BQ);
-    let items: usize = seqs.iter().map(|r| per_seq(r.len())).sum();
-    let need = g.fwd_scratch();
     let isa = cpu.isa();
-    cpu.for_each(items, &|item, _thread| {
-        let (r, idx) = locate(seqs, per_seq, item);
-        let nb = r.len().div_ceil(BQ);
-        let (qb, h) = (nb - 1 - idx / g.nh, idx % g.nh);
-        with_scratch(need, |s| match isa {
-            // SAFETY: the backend only holds an Isa that `available()` confirmed on this CPU.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { fwd_avx512(&a, s, r.start, r.len(), h, qb) },
-            // SAFETY: as above (AVX-512 implies AVX2 + FMA, handled in the arm above).
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { fwd_avx2(&a, s, r.start, r.len(), h, qb) },
-            _ => fwd_item::<false>(&a, s, r.start, r.len(), h, qb),
-        });
+    let per_seq = |len: usize| g.nh * len.div_ceil(BQ);
+    run(cpu, seqs, per_seq, g.fwd_scratch(), |s, r, idx| {
+        let (h, qb) = head_block(g, r.len(), idx);
+        dispatch!(
+            isa,
+            fwd_avx512,
+            fwd_avx2,
+            fwd_item,
+            &a,
+            s,
+            r.start,
+            r.len(),
+            h,
+            qb
+        );
     });
     Ok(())
 }
@@ -127,38 +126,37 @@ pub fn backward(
     // Pass 1: dK, dV by (sequence, KV head, key block), the early key blocks (more queries
     // after them) first.
     let per_seq = |len: usize| g.nkv * len.div_ceil(BK);
-    let items: usize = seqs.iter().map(|r| per_seq(r.len())).sum();
-    let need = g.dkv_scratch();
-    cpu.for_each(items, &|item, _thread| {
-        let (r, idx) = locate(seqs, per_seq, item);
+    run(cpu, seqs, per_seq, g.dkv_scratch(), |s, r, idx| {
         let (kb, kvh) = (idx / g.nkv, idx % g.nkv);
-        with_scratch(need, |s| match isa {
-            // SAFETY: the backend only holds an Isa that `available()` confirmed on this CPU.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { dkv_avx512(&a, s, r.start, r.len(), kvh, kb) },
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { dkv_avx2(&a, s, r.start, r.len(), kvh, kb) },
-            _ => dkv_item::<false>(&a, s, r.start, r.len(), kvh, kb),
-        });
+        dispatch!(
+            isa,
+            dkv_avx512,
+            dkv_avx2,
+            dkv_item,
+            &a,
+            s,
+            r.start,
+            r.len(),
+            kvh,
+            kb
+        );
     });
     // Pass 2: dQ by (sequence, query head, query block), the last blocks first.
     let per_seq = |len: usize| g.nh * len.div_ceil(BQ);
-    let items: usize = seqs.iter().map(|r| per_seq(r.len())).sum();
-    let need = g.dq_scratch();
-    cpu.for_each(items, &|item, _thread| {
-        let (r, idx) = locate(seqs, per_seq, item);
-        let nb = r.len().div_ceil(BQ);
-        let (qb, h) = (nb - 1 - idx / g.nh, idx % g.nh);
-        with_scratch(need, |s| match isa {
-            // SAFETY: the backend only holds an Isa that `available()` confirmed on this CPU.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { dq_avx512(&a, s, r.start, r.len(), h, qb) },
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { dq_avx2(&a, s, r.start, r.len(), h, qb) },
-            _ => dq_item::<false>(&a, s, r.start, r.len(), h, qb),
-        });
+    run(cpu, seqs, per_seq, g.dq_scratch(), |s, r, idx| {
+        let (h, qb) = head_block(g, r.len(), idx);
+        dispatch!(
+            isa,
+            dq_avx512,
+            dq_avx2,
+            dq_item,
+            &a,
+            s,
+            r.start,
+            r.len(),
+            h,
+            qb
+        );
     });
     Ok(())
 }
@@ -285,6 +283,44 @@ fn locate(
     }
     unreachable!("attention_batch: work item past the last sequence")
 }
+
+/// Calls `job(scratch, sequence rows, index)` for each of the `per_seq(len)` items of every
+/// sequence, on the backend's threads, with `need` floats of this thread's scratch.
+fn run(
+    cpu: &CpuBackend,
+    seqs: &[Range<usize>],
+    per_seq: impl Fn(usize) -> usize + Sync,
+    need: usize,
+    job: impl Fn(&mut [f32], Range<usize>, usize) + Sync,
+) {
+    let items: usize = seqs.iter().map(|r| per_seq(r.len())).sum();
+    cpu.for_each(items, &|item, _thread| {
+        let (r, idx) = locate(seqs, &per_seq, item);
+        with_scratch(need, |s| job(s, r, idx));
+    });
+}
+
+/// Item `idx` of a sequence of `len` rows cut in (query head, query block) items, the last
+/// (heaviest) blocks first: (head, block).
+fn head_block(g: Geo, len: usize, idx: usize) -> (usize, usize) {
+    (idx % g.nh, len.div_ceil(BQ) - 1 - idx / g.nh)
+}
+
+/// Calls the instance of an item function for `isa`: `$avx512`, `$avx2`, or the portable twin.
+macro_rules! dispatch {
+    ($isa:expr, $avx512:ident, $avx2:ident, $portable:ident, $($arg:expr),*) => {
+        match $isa {
+            // SAFETY: the backend only holds an Isa that `available()` confirmed on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { $avx512($($arg),*) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { $avx2($($arg),*) },
+            _ => $portable::<false>($($arg),*),
+        }
+    };
+}
+use dispatch;
 
 thread_local! {
     /// Each thread's block buffers, grown to the largest call seen.
