@@ -280,9 +280,13 @@ fn pack_a(a: OpA, i0: usize, rows: usize, mr: usize, p0: usize, kc: usize, dst: 
             }
         }
         OpA::Cols(a, ld) => {
+            // Element loops, not copy_from_slice: a dozen values per call of memcpy cost as
+            // much as the tile's FMAs on a narrow output (rank 16).
             for (p, d) in dst.chunks_exact_mut(mr).enumerate() {
-                d[..rows].copy_from_slice(&a[(p0 + p) * ld + i0..][..rows]);
-                d[rows..].fill(0.0);
+                let src = &a[(p0 + p) * ld + i0..][..rows];
+                for (i, d) in d.iter_mut().enumerate() {
+                    *d = if i < rows { src[i] } else { 0.0 };
+                }
             }
         }
     }
