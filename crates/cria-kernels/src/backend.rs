@@ -150,6 +150,44 @@ pub trait Backend: Send + Sync + Sized {
             self.lora(out, x, rows, ad, scale, tmp, tmp2)
         }
     }
+    // ---- the products a backward adds (training; every one ADDS into its output) ----
+
+    /// dx (t, w.cols()) += dy (t, w.rows()) @ w: the gradient through a frozen weight of any
+    /// type `supports` accepts, read as `prepare` made it (a quantized base stays quantized).
+    fn matmul_dx(&self, dx: &mut Self::Buf, dy: &Self::Buf, w: &Self::Matrix, t: usize);
+    /// c (m, n) += a (t, m)^T @ b (t, n): a weight gradient, the sum over the batch's rows
+    /// (values 0..m*n of `c`, 0..t*m of `a`, 0..t*n of `b`).
+    fn gemm_tn(
+        &self,
+        c: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        t: usize,
+        m: usize,
+        n: usize,
+    );
+    /// c (t, n) += a (t, k) @ b (k, n) (values 0..t*n of `c`, 0..t*k of `a`, 0..k*n of `b`).
+    fn gemm_nn(
+        &self,
+        c: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        t: usize,
+        k: usize,
+        n: usize,
+    );
+    /// c (t, n) += a (t, k) @ b (n, k)^T: an f32 matrix held in a buffer (an adapter's),
+    /// applied as a weight is (values 0..t*n of `c`, 0..t*k of `a`, 0..n*k of `b`).
+    fn gemm_nt(
+        &self,
+        c: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        t: usize,
+        k: usize,
+        n: usize,
+    );
+
     /// Rows 0..t of x (rows of `bias.len()`) += bias.
     fn add_bias(&self, x: &mut Self::Buf, bias: &Self::Buf, t: usize);
     /// In place on `rows` of x (rows of n_heads * head_dim); row `rows.start` is at position

@@ -144,3 +144,64 @@ pub fn add_assign(a: &mut [f32], b: &[f32]) {
         *x += y;
     }
 }
+
+/// The spec of `CpuBackend::matmul_dx`: `dx (t, w.cols()) += dy (t, w.rows()) @ w`, each sum in
+/// f64 (added to dx's value, rounded once).
+pub fn matmul_dx(dx: &mut [f32], dy: &[f32], w: &Tensor, t: usize) {
+    let (rows, cols) = (w.rows(), w.cols());
+    assert_eq!(dx.len(), t * cols, "matmul_dx: dx");
+    assert_eq!(dy.len(), t * rows, "matmul_dx: dy");
+    let wf = w.to_f32_vec().expect("matmul_dx: unsupported weight type");
+    gemm(
+        dx,
+        t,
+        cols,
+        rows,
+        |i, p| dy[i * rows + p],
+        |p, c| wf[p * cols + c],
+    );
+}
+
+/// The spec of `CpuBackend::gemm_tn`: `c (m, n) += a (t, m)^T @ b (t, n)`, sums in f64.
+pub fn gemm_tn(c: &mut [f32], a: &[f32], b: &[f32], t: usize, m: usize, n: usize) {
+    assert!(
+        c.len() == m * n && a.len() == t * m && b.len() == t * n,
+        "gemm_tn: sizes"
+    );
+    gemm(c, m, n, t, |i, p| a[p * m + i], |p, j| b[p * n + j]);
+}
+
+/// The spec of `CpuBackend::gemm_nn`: `c (t, n) += a (t, k) @ b (k, n)`, sums in f64.
+pub fn gemm_nn(c: &mut [f32], a: &[f32], b: &[f32], t: usize, k: usize, n: usize) {
+    assert!(
+        c.len() == t * n && a.len() == t * k && b.len() == k * n,
+        "gemm_nn: sizes"
+    );
+    gemm(c, t, n, k, |i, p| a[i * k + p], |p, j| b[p * n + j]);
+}
+
+/// The spec of `CpuBackend::gemm_nt`: `c (t, n) += a (t, k) @ b (n, k)^T`, sums in f64.
+pub fn gemm_nt(c: &mut [f32], a: &[f32], b: &[f32], t: usize, k: usize, n: usize) {
+    assert!(
+        c.len() == t * n && a.len() == t * k && b.len() == n * k,
+        "gemm_nt: sizes"
+    );
+    gemm(c, t, n, k, |i, p| a[i * k + p], |p, j| b[j * k + p])
+}
+
+/// c (m, n) += A (m, k) B (k, n) for A, B given elementwise; each element's sum in f64.
+fn gemm(
+    c: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: impl Fn(usize, usize) -> f32,
+    b: impl Fn(usize, usize) -> f32,
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = (0..k).map(|p| a(i, p) as f64 * b(p, j) as f64).sum();
+            c[i * n + j] = (c[i * n + j] as f64 + s) as f32;
+        }
+    }
+}

@@ -223,6 +223,24 @@ impl Backend for RefBackend {
         }
     }
 
+    /// The training products: cria_kernels::reference's (sums in f64) on the dense matrix.
+    fn matmul_dx(&self, dx: &mut RefBuf, dy: &RefBuf, w: &RefMatrix, t: usize) {
+        let (o, i) = (t * w.cols, t * w.rows);
+        reference::gemm_nn(&mut dx.0[..o], &dy.0[..i], &w.w, t, w.rows, w.cols)
+    }
+
+    fn gemm_tn(&self, c: &mut RefBuf, a: &RefBuf, b: &RefBuf, t: usize, m: usize, n: usize) {
+        reference::gemm_tn(&mut c.0[..m * n], &a.0[..t * m], &b.0[..t * n], t, m, n)
+    }
+
+    fn gemm_nn(&self, c: &mut RefBuf, a: &RefBuf, b: &RefBuf, t: usize, k: usize, n: usize) {
+        reference::gemm_nn(&mut c.0[..t * n], &a.0[..t * k], &b.0[..k * n], t, k, n)
+    }
+
+    fn gemm_nt(&self, c: &mut RefBuf, a: &RefBuf, b: &RefBuf, t: usize, k: usize, n: usize) {
+        reference::gemm_nt(&mut c.0[..t * n], &a.0[..t * k], &b.0[..n * k], t, k, n)
+    }
+
     fn add_bias(&self, x: &mut RefBuf, bias: &RefBuf, t: usize) {
         let n = bias.0.len();
         for row in x.0[..t * n].chunks_exact_mut(n) {

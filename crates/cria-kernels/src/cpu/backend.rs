@@ -178,6 +178,23 @@ impl Backend for CpuBackend {
         super::lora::lora(self, out, x, terms, tmp)
     }
 
+    fn matmul_dx(&self, dx: &mut Vec<f32>, dy: &Vec<f32>, w: &Tensor, t: usize) {
+        let (o, i) = (t * w.cols(), t * w.rows());
+        CpuBackend::matmul_dx(self, &mut dx[..o], &dy[..i], w, t)
+    }
+
+    fn gemm_tn(&self, c: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, t: usize, m: usize, n: usize) {
+        CpuBackend::gemm_tn(self, &mut c[..m * n], &a[..t * m], &b[..t * n], t, m, n)
+    }
+
+    fn gemm_nn(&self, c: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, t: usize, k: usize, n: usize) {
+        CpuBackend::gemm_nn(self, &mut c[..t * n], &a[..t * k], &b[..k * n], t, k, n)
+    }
+
+    fn gemm_nt(&self, c: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, t: usize, k: usize, n: usize) {
+        CpuBackend::gemm_nt(self, &mut c[..t * n], &a[..t * k], &b[..n * k], t, k, n)
+    }
+
     fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, t: usize) {
         for row in x[..t * bias.len()].chunks_exact_mut(bias.len()) {
             row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);

@@ -18,3 +18,4 @@ pub(crate) mod gemm_half;
 pub(crate) mod gemm_q;
 pub(crate) mod lora;
 pub(crate) mod ops;
+pub(crate) mod train;

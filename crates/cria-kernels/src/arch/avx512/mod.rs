@@ -5,3 +5,4 @@ pub(crate) mod dot_iq;
 pub(crate) mod gemm_half;
 pub(crate) mod gemm_q;
 pub(crate) mod ops;
+pub(crate) mod train;

@@ -5,3 +5,4 @@ pub mod dot;
 pub mod dot_iq;
 pub mod gemm_q;
 pub(crate) mod ops;
+pub(crate) mod train;
