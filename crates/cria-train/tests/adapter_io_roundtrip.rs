@@ -199,3 +199,30 @@ fn init_adapter_mismatches_are_errors() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&dir2);
 }
+
+/// A PEFT folder and a GGUF adapter for tests/fixtures/tiny-llama31 (random A and B), left in
+/// `$CARGO_TARGET_TMPDIR/peft-tiny-llama31` for `check_peft_load.py`, which loads the folder
+/// with `PeftModel.from_pretrained` and compares its logits with `cria logits --lora`.
+#[test]
+fn tiny_llama31_adapter_for_the_peft_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join("tests/fixtures/tiny-llama31/config.json"))
+        .expect("tests/fixtures/tiny-llama31/config.json");
+    let c = Config::from_hf_json(&text).unwrap();
+    let mut p = LoraParams::zeros(lora(false), &c).unwrap();
+    let mut rng = Rng::new(11);
+    for x in p.data.iter_mut() {
+        *x = rng.uniform(-0.2, 0.2);
+    }
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("peft-tiny-llama31");
+    let _ = std::fs::remove_dir_all(&dir);
+    let meta = AdapterMeta::of_config(&c, "tests/fixtures/tiny-llama31");
+    adapter_io::write_peft(&dir, &p, &meta, &WriteBudget::unlimited()).unwrap();
+    adapter_io::write_gguf(&dir.join("adapter.gguf"), &p, &meta).unwrap();
+    check_loads_as_trained(AdapterFile::open(&dir).unwrap(), &p, &c);
+    check_loads_as_trained(
+        AdapterFile::open(&dir.join("adapter.gguf")).unwrap(),
+        &p,
+        &c,
+    );
+}
