@@ -675,8 +675,11 @@ pub fn load_checkpoint<M: Trainable>(
     tr.restore(&st, adam)
 }
 
+/// (step, value) points of a curve.
+pub type Curve = Vec<(u64, f64)>;
+
 /// (step, loss) and (step, eval_loss) of a training_log.jsonl's lines.
-pub fn read_log(text: &str) -> (Vec<(u64, f64)>, Vec<(u64, f64)>) {
+pub fn read_log(text: &str) -> (Curve, Curve) {
     let (mut tr, mut ev) = (Vec::new(), Vec::new());
     for v in text
         .lines()

@@ -238,7 +238,7 @@ fn mock_gradients_match_finite_differences() {
     assert!(n > 0);
     let g = m.p.grads.clone();
     let mut worst = 0f64;
-    for i in 0..m.p.data.len() {
+    for (i, &gi) in g.iter().enumerate() {
         let x = m.p.data[i];
         let h = 1e-3f32;
         m.p.data[i] = x + h;
@@ -247,7 +247,7 @@ fn mock_gradients_match_finite_differences() {
         let (dn, _) = m.run(&d, 0.0, None, false);
         m.p.data[i] = x;
         let fd = (up - dn) / (2.0 * h as f64);
-        worst = worst.max((fd - g[i] as f64).abs() / (1.0 + fd.abs()));
+        worst = worst.max((fd - gi as f64).abs() / (1.0 + fd.abs()));
     }
     assert!(worst < 2e-3, "mock gradient vs finite differences: {worst}");
 }
@@ -326,7 +326,7 @@ fn grad_accum_is_a_token_level_mean() {
     );
 }
 
-fn losses(out: &Path) -> (Vec<(u64, f64)>, Vec<(u64, f64)>) {
+fn losses(out: &Path) -> (trainer::Curve, trainer::Curve) {
     read_log(&std::fs::read_to_string(out.join(trainer::LOG_FILE)).unwrap())
 }
 

@@ -604,7 +604,9 @@ fn read_data(
     };
     let bos = tok.bos_text().to_string();
     let encode = |s: &str, at_start: bool| -> Result<Vec<u32>, String> {
-        let add = at_start && tok.add_bos() && !(!bos.is_empty() && s.starts_with(&bos));
+        // A text that starts with the BOS token's text (templates write it) gets no second one.
+        let writes_bos = !bos.is_empty() && s.starts_with(&bos);
+        let add = at_start && tok.add_bos() && !writes_bos;
         Ok(tok.encode(s, add, true))
     };
     let opts = RenderOptions {
