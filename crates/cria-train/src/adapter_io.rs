@@ -43,7 +43,14 @@ impl AdapterMeta {
     pub fn of_config(c: &Config, base_model: &str) -> AdapterMeta {
         AdapterMeta {
             base_model: base_model.to_string(),
-            arch: "llama".into(),
+            // llama.cpp refuses an adapter whose architecture is not the model's: a GGUF base's
+            // own (a config with interleaved rows came from a GGUF), else "llama" (what
+            // convert_hf_to_gguf.py names the LLaMA model_types cria reads).
+            arch: if c.rope_interleaved {
+                c.arch.clone()
+            } else {
+                "llama".into()
+            },
             interleaved: c.rope_interleaved,
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,

