@@ -10,8 +10,10 @@
 use crate::params::{target_shape, LoraConfig};
 use cria_model::config::Config;
 
-/// Runtime allowance: the binary, tokenizer tables, thread stacks, allocator slack.
-pub const RUNTIME_BYTES: u64 = 96 << 20;
+/// Runtime allowance: the binary, tokenizer tables, thread stacks, allocator slack (a run over
+/// the 0.5 MB tiny-llama31 fixture measured 10.6 MiB VmHWM in all; not yet calibrated on a real
+/// model, since the trainer's model lands separately).
+pub const RUNTIME_BYTES: u64 = 24 << 20;
 
 /// The parts of the predicted peak, in bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
