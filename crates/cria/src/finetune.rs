@@ -143,8 +143,8 @@ pub struct FinetuneArgs {
     #[arg(long = "save-every", value_name = "N")]
     pub save_every: Option<u64>,
     /// Resume from a checkpoint folder, or the latest checkpoint in a folder (default: OUT).
-    #[arg(long, value_name = "CHECKPOINT_DIR|OUT", num_args = 0..=1, default_missing_value = "")]
-    pub resume: Option<PathBuf>,
+    #[arg(long, value_name = "CHECKPOINT_DIR|OUT", num_args = 0..=1)]
+    pub resume: Option<Option<PathBuf>>,
     /// Recompute activations in the backward instead of keeping them (less memory).
     #[arg(long = "grad-checkpoint")]
     pub grad_checkpoint: bool,
@@ -330,6 +330,11 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
         bail!("--ctx {}: at least 2 tokens", a.ctx);
     }
     let base_type = a.base_type.map(BaseType::dtype).transpose()?;
+    // The checkpoint to resume from is found before anything is loaded.
+    let resume = match &a.resume {
+        Some(r) => Some(trainer::resolve_checkpoint(r.as_ref().unwrap_or(&a.out))?),
+        None => None,
+    };
     let spec = a.model.as_deref();
     let path = crate::fetch::resolve(spec)?.path;
     let header = read_header(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -454,10 +459,8 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
     let tm = TrainModel::new(&lm.model, &lm.backend, params, topts)
         .map_err(|e| anyhow::anyhow!("preparing the training model: {e}"))?;
     let mut tr = Trainer::new(tm, tcfg, &train, &eval)?;
-    if let Some(r) = &a.resume {
-        let r = if r.as_os_str().is_empty() { &a.out } else { r };
-        let ck = trainer::resolve_checkpoint(r)?;
-        trainer::load_checkpoint(&mut tr, &ck, &meta)?;
+    if let Some(ck) = &resume {
+        trainer::load_checkpoint(&mut tr, ck, &meta)?;
         eprintln!("resumed from {} (step {})", ck.display(), tr.steps_done());
     }
     let budget = match std::env::var("CRIA_TEST_FAIL_WRITE_AFTER") {

@@ -179,6 +179,7 @@ fn bad_input_is_a_clear_error() {
         ),
         (vec!["--data", &data, "--eval-split", "1.5"], "--eval-split"),
         (vec!["--data", &data, "--grad-accum", "0"], "--grad-accum"),
+        (vec!["--data", &data, "--resume"], "no checkpoint there"),
         (vec!["--data", &bad_line, "--strict"], "line 2"),
         (vec!["--data", &missing], "missing.jsonl"),
     ];
