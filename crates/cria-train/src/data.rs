@@ -63,6 +63,12 @@ pub enum Example {
         output: String,
     },
     Text(String),
+    /// Pre-tokenized: `{"input_ids": [...], "labels": [...]}` (labels optional; HF's convention:
+    /// as long as input_ids, unshifted, -100 = not trained; absent = every token trained).
+    Tokens {
+        input_ids: Vec<u32>,
+        labels: Option<Vec<i32>>,
+    },
 }
 
 impl Example {
@@ -259,7 +265,7 @@ fn next_line(r: &mut impl BufRead, max: usize, buf: &mut Vec<u8>) -> std::io::Re
     }
 }
 
-const SHAPES: [(&str, &[&str]); 4] = [
+const SHAPES: [(&str, &[&str]); 5] = [
     ("messages", &["messages"]),
     ("prompt/completion", &["prompt", "completion"]),
     (
@@ -267,6 +273,7 @@ const SHAPES: [(&str, &[&str]); 4] = [
         &["instruction", "input", "output"],
     ),
     ("text", &["text"]),
+    ("input_ids/labels", &["input_ids"]),
 ];
 
 /// One line's JSON into an example.
@@ -288,7 +295,7 @@ pub fn parse_line(s: &str) -> Result<Example, LineErrorKind> {
             let keys: Vec<&str> = obj.keys().take(8).map(String::as_str).collect();
             Err(LineErrorKind::UnknownShape(format!(
                 "keys {keys:?}; expected one of \"messages\", \"prompt\"+\"completion\", \
-                 \"instruction\"+\"output\" (+\"input\"), \"text\""
+                 \"instruction\"+\"output\" (+\"input\"), \"text\", \"input_ids\" (+\"labels\")"
             )))
         }
         [shape] => parse_shape(shape, &obj),
@@ -325,6 +332,7 @@ fn parse_shape(shape: &str, obj: &Map<String, Value>) -> Result<Example, LineErr
                 output,
             })
         }
+        "input_ids/labels" => parse_tokens(obj),
         _ => {
             let text = string_field(obj, "text", true)?;
             if text.trim().is_empty() {
@@ -333,6 +341,68 @@ fn parse_shape(shape: &str, obj: &Map<String, Value>) -> Result<Example, LineErr
             Ok(Example::Text(text))
         }
     }
+}
+
+/// `{"input_ids": [...], "labels": [...]}`: ids are u32, labels i32 (-100 or an id), same length.
+fn parse_tokens(obj: &Map<String, Value>) -> Result<Example, LineErrorKind> {
+    let ints = |name: &str, v: &Value| -> Result<Vec<i64>, LineErrorKind> {
+        let Value::Array(a) = v else {
+            return Err(LineErrorKind::BadField(format!(
+                "\"{name}\" must be an array of integers, not {}",
+                kind_of(v)
+            )));
+        };
+        a.iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x.as_i64().ok_or_else(|| {
+                    LineErrorKind::BadField(format!(
+                        "\"{name}\"[{i}] is {}, not an integer",
+                        kind_of(x)
+                    ))
+                })
+            })
+            .collect()
+    };
+    let ids = ints("input_ids", &obj["input_ids"])?;
+    if ids.is_empty() {
+        return Err(LineErrorKind::Empty("\"input_ids\" is empty".into()));
+    }
+    let input_ids = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            u32::try_from(x).map_err(|_| {
+                LineErrorKind::BadField(format!("\"input_ids\"[{i}] = {x} is not a token id"))
+            })
+        })
+        .collect::<Result<Vec<u32>, _>>()?;
+    let labels = match obj.get("labels") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let l = ints("labels", v)?;
+            if l.len() != input_ids.len() {
+                return Err(LineErrorKind::BadField(format!(
+                    "\"labels\" has {} values, \"input_ids\" {} (HF labels are unshifted, one \
+                     per input id)",
+                    l.len(),
+                    input_ids.len()
+                )));
+            }
+            let l = l
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| match i32::try_from(x) {
+                    Ok(x) if x == IGNORE || x >= 0 => Ok(x),
+                    _ => Err(LineErrorKind::BadField(format!(
+                        "\"labels\"[{i}] = {x}: a token id or -100"
+                    ))),
+                })
+                .collect::<Result<Vec<i32>, _>>()?;
+            Some(l)
+        }
+    };
+    Ok(Example::Tokens { input_ids, labels })
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -530,6 +600,13 @@ where
             out.push(enc(completion, prompt.is_empty())?, true);
             push_eos(&mut out, opts.eos);
         }
+        Example::Tokens { input_ids, labels } => {
+            out.ids = input_ids.clone();
+            out.mask = match labels {
+                Some(l) => l.iter().map(|&x| x != IGNORE).collect(),
+                None => vec![true; input_ids.len()],
+            };
+        }
         Example::Messages(_) | Example::Alpaca { .. } => {
             let msgs = ex.messages().unwrap_or_default();
             let mut render = |m: &[Message], gen: bool| chat(m, gen).map_err(RenderError::Template);
@@ -586,4 +663,64 @@ fn push_eos(out: &mut Tokens, eos: Option<u32>) {
             out.push(vec![eos], true);
         }
     }
+}
+
+/// HF's ignore index: a label (or a shifted target) the loss skips.
+pub const IGNORE: i32 = -100;
+
+/// HF labels (unshifted, one per token, [`IGNORE`] = not trained) of rendered tokens: the id
+/// where the mask trains it.
+pub fn labels_of(t: &Tokens) -> Vec<i32> {
+    t.ids
+        .iter()
+        .zip(&t.mask)
+        .map(|(&id, &m)| if m { id as i32 } else { IGNORE })
+        .collect()
+}
+
+/// A training sequence from ids and HF labels: `targets[i] = labels[i + 1]` (the token after
+/// position i), the last position untrained, as transformers' causal-LM loss shifts them.
+pub fn to_seq(ids: &[u32], labels: &[i32]) -> crate::model::Seq {
+    let mut targets: Vec<i32> = labels.iter().skip(1).copied().collect();
+    targets.push(IGNORE);
+    targets.truncate(ids.len());
+    crate::model::Seq {
+        tokens: ids.to_vec(),
+        targets,
+    }
+}
+
+/// One example as a training sequence: rendered ([`render`]), labels taken from a pre-tokenized
+/// example's own `labels` (which may differ from its ids), then shifted ([`to_seq`]). Token ids
+/// must be below `vocab`; a sequence with no trained target after the shift is an error.
+pub fn example_seq<C, E>(
+    ex: &Example,
+    chat: C,
+    encode: E,
+    opts: &RenderOptions,
+    vocab: usize,
+) -> Result<crate::model::Seq, RenderError>
+where
+    C: FnMut(&[Message], bool) -> Result<String, String>,
+    E: FnMut(&str, bool) -> Result<Vec<u32>, String>,
+{
+    let t = render(ex, chat, encode, opts)?;
+    let labels = match ex {
+        Example::Tokens {
+            labels: Some(l), ..
+        } => l.clone(),
+        _ => labels_of(&t),
+    };
+    let ids = t.ids.iter().map(|&i| i as i64);
+    let trained = labels.iter().filter(|&&l| l != IGNORE).map(|&l| l as i64);
+    if let Some(bad) = ids.chain(trained).find(|&id| id as u64 >= vocab as u64) {
+        return Err(RenderError::Encode(format!(
+            "token id {bad} is outside the vocabulary ({vocab})"
+        )));
+    }
+    let seq = to_seq(&t.ids, &labels);
+    if seq.targets.iter().all(|&x| x == IGNORE) {
+        return Err(RenderError::NoTrainedTokens);
+    }
+    Ok(seq)
 }

@@ -1,5 +1,8 @@
 //! cria-train: fine-tuning (issue 23, in progress): the ops of a LLaMA block with their backward
-//! passes; AdamW, schedules, gradient clipping, LoRA init (`optim`); training data (`data`).
+//! passes; AdamW, schedules, gradient clipping, LoRA init (`optim`); training data (`data`);
+//! the training loop and checkpoints (`trainer`), adapter files (`adapter_io`), the loss plot
+//! (`plot`), the memory prediction of `--dry-run` (`memory`); `model` is the whole-model
+//! forward/backward (`TrainModel`).
 //!
 //! In the style of llm.c: one function per op, its forward beside its backward, over f32 slices
 //! the caller allocated (no allocation inside an op), scalar and readable; no autograd graph.
@@ -13,17 +16,21 @@
 //!   buffer in place in both directions, and the loss, where the backward starts, overwrites;
 //! - shapes are checked and a mismatch is an `Error`, never a panic.
 
+pub mod adapter_io;
 pub mod attention;
 pub mod attention_batch;
 pub mod data;
 pub mod loss;
 pub mod matmul;
+pub mod memory;
 pub mod model;
 pub mod norm;
 pub mod optim;
 pub mod params;
+pub mod plot;
 pub mod rope;
 pub mod swiglu;
+pub mod trainer;
 
 /// A bad call: slices whose lengths do not match the shape given, or a shape the op cannot run.
 #[derive(Debug, Clone, PartialEq)]

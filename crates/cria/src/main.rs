@@ -6,6 +6,7 @@ mod constraint_args;
 mod convert;
 mod export;
 mod fetch;
+mod finetune;
 mod imatrix;
 mod inspect;
 mod kld;
@@ -276,6 +277,9 @@ enum Cmd {
     /// LoRA adapters folded into a model, written as a GGUF (any type `cria quantize` writes)
     /// or a Hugging Face folder.
     Merge(merge::MergeArgs),
+    /// LoRA / QLoRA fine-tuning over the model you run (HF folder or GGUF, quantized or not):
+    /// writes a PEFT adapter folder (+ --gguf a llama.cpp LoRA) for `cria run --lora`.
+    Finetune(Box<finetune::FinetuneArgs>),
     /// Architecture, hyper-parameters, tokenizer and tensor table of a model; rank, alpha,
     /// targets and size of a LoRA adapter.
     Inspect {
@@ -533,6 +537,7 @@ fn real_main() -> Result<()> {
         Cmd::Rm(a) => models::rm(&a)?,
         Cmd::Convert(a) => convert::run(&a)?,
         Cmd::Merge(a) => merge::run(&a)?,
+        Cmd::Finetune(a) => finetune::run(&a)?,
         Cmd::Serve { m, s } => cria_server::run(load::model(m.model.as_deref(), &m)?, &s)?,
         Cmd::Inspect {
             model,
