@@ -738,6 +738,13 @@ pub fn run<M: Trainable>(
         .open(&log_path)
         .map_err(|e| Error(format!("opening {}: {e}", log_path.display())))?;
     let mut last_saved = None;
+    // The eval loss before any step: the baseline the run's eval losses are read against.
+    if tr.steps_done() == 0 && o.eval_every.is_some_and(|n| n > 0) {
+        if let Some(l) = tr.evaluate()? {
+            append_line(&mut log, &json!({"step": 0, "eval_loss": l}), &log_path)?;
+            on(Event::Eval { step: 0, loss: l });
+        }
+    }
     while !tr.done() {
         let s = tr.step()?;
         append_line(&mut log, &s.json(), &log_path)?;
