@@ -123,11 +123,11 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// What a resumed run must agree on (everything that changes the numbers).
+    /// What a resumed run must agree on (everything that changes the numbers of the steps
+    /// already taken). The length of the run is not in it: `--resume OUT --max-steps M` (or more
+    /// `--epochs`) extends a finished or interrupted run, the schedule following the new total.
     pub fn fingerprint(&self) -> Value {
         json!({
-            "epochs": self.epochs,
-            "max_steps": self.max_steps,
             "lr": self.lr,
             "warmup": self.warmup,
             "schedule": format!("{:?}", self.schedule),
@@ -780,6 +780,11 @@ pub fn run<M: Trainable>(
             };
             return Ok(Finish::Interrupted { checkpoint: p });
         }
+    }
+    // The last step's checkpoint too, so that the run can be extended with `--resume`.
+    if last_saved != Some(tr.steps_done()) && tr.steps_done() > 0 {
+        let p = save_checkpoint(tr, o)?;
+        on(Event::Saved(&p));
     }
     let eval_loss = tr.evaluate()?;
     if let Some(l) = eval_loss {

@@ -404,7 +404,8 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
     }
 
     // The data, rendered with the model's tokenizer and template (no weights yet).
-    let tok = load::tokenizer(spec)?;
+    // Pre-tokenized data needs no tokenizer: a model folder without one can still train on it.
+    let tok = load::tokenizer(spec).map_err(|e| format!("{e:#}"));
     let vocab = config.vocab_size;
     let (mut train, train_lines) = read_data(&a.data, &tok, a.ctx, a.strict, vocab, "training")?;
     let mut eval = match &a.eval {
@@ -441,12 +442,14 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
     );
 
     // The weights.
-    let opts = cria_engine::LoadOptions {
-        f32: false,
-        threads: a.threads,
-        kv_type: Default::default(),
-    };
-    let mut lm = load::with(spec, &opts)?;
+    // The model alone (training reads no tokenizer or template from it past the data above).
+    let backend = cria_kernels::CpuBackend::try_new(
+        a.threads.unwrap_or_else(cria_engine::load::default_threads),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let model = cria_model::Model::load(&path, Default::default(), &backend)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let mut lm = Loaded { model, backend };
     if let Some(q) = base_type {
         quantize_layers(&mut lm, q)?;
     }
@@ -583,7 +586,7 @@ fn resume_command(checkpoint: &Path) -> String {
 /// the first one an error with `strict`). Returns the sequences and the lines read.
 fn read_data(
     path: &Path,
-    tok: &cria_tokenizer::Tokenizer,
+    tok: &std::result::Result<cria_tokenizer::Tokenizer, String>,
     ctx: usize,
     strict: bool,
     vocab: usize,
@@ -595,9 +598,18 @@ fn read_data(
         .with_context(|| format!("{what} data {}", path.display()))?;
     let no_assistant_line = |e: &data::LineError| matches!(&e.kind, data::LineErrorKind::Empty(m) if m.contains("assistant"));
     let mut errors: Vec<String> = ds.errors.iter().map(|e| e.to_string()).collect();
-    let fmt = cria_engine::tools::ChatFormat::new(tok.chat_template())
-        .context("the model's chat template")?;
+    let no_tok = |e: &String| format!("this line needs the model's tokenizer: {e}");
+    let fmt = match tok {
+        Ok(t) => Some(
+            cria_engine::tools::ChatFormat::new(t.chat_template())
+                .context("the model's chat template")?,
+        ),
+        Err(_) => None,
+    };
     let chat = |m: &[Message], gen: bool| -> Result<String, String> {
+        let (Some(fmt), Ok(tok)) = (&fmt, tok) else {
+            return Err(tok.as_ref().err().map(no_tok).unwrap_or_default());
+        };
         let msgs: Vec<cria_engine::template::Message> = m
             .iter()
             .map(|m| cria_engine::template::Message::new(m.role.as_str(), m.content.clone()))
@@ -605,15 +617,16 @@ fn read_data(
         fmt.render(&msgs, None, gen, tok.bos_text(), tok.eos_text())
             .map_err(|e| format!("{e:#}"))
     };
-    let bos = tok.bos_text().to_string();
     let encode = |s: &str, at_start: bool| -> Result<Vec<u32>, String> {
+        let tok = tok.as_ref().map_err(no_tok)?;
         // A text that starts with the BOS token's text (templates write it) gets no second one.
-        let writes_bos = !bos.is_empty() && s.starts_with(&bos);
+        let bos = tok.bos_text();
+        let writes_bos = !bos.is_empty() && s.starts_with(bos);
         let add = at_start && tok.add_bos() && !writes_bos;
         Ok(tok.encode(s, add, true))
     };
     let opts = RenderOptions {
-        eos: tok.eos(),
+        eos: tok.as_ref().ok().and_then(|t| t.eos()),
         max_tokens: Some(ctx),
     };
     let mut seqs = Vec::with_capacity(ds.examples.len());
@@ -681,7 +694,13 @@ fn read_data(
 }
 
 /// `--base-type`: every layer matrix quantized at load with cria's quantizer (ggml's bytes).
-fn quantize_layers(lm: &mut cria_engine::LoadedModel, q: DType) -> Result<()> {
+/// The base being trained over and its CPU backend.
+struct Loaded {
+    model: cria_model::Model,
+    backend: cria_kernels::CpuBackend,
+}
+
+fn quantize_layers(lm: &mut Loaded, q: DType) -> Result<()> {
     let backend = &lm.backend;
     for layer in &mut lm.model.weights.layers {
         for w in [
