@@ -155,10 +155,12 @@ impl CpuBackend {
     /// which is faster but moves the training gradients of a sensitive model by tens of
     /// percent (QLoRA wants the base's product over f32 activations, as bitsandbytes does).
     ///
-    /// Every output is one FMA chain over the shared dimension in order from +0.0, on every
-    /// ISA, thread count and layout: the same bits as the scalar twin. F16/BF16 matrices that
-    /// `prepare` repacked go to their own GEMM (`gemm_half`: f32 activations, the same chain,
-    /// hence the same bits). Panics on lengths that do not match, or a type it cannot decode.
+    /// Quantized and unprepared F16/BF16 weights: every output is one FMA chain over the shared
+    /// dimension in order from +0.0, on every ISA, thread count and layout (the same bits as the
+    /// scalar twin). F16/BF16 matrices that `prepare` repacked go to their own GEMM (`gemm_half`:
+    /// f32 activations, the same chain, hence the same bits); F32 matrices to `matmul` (f32
+    /// activations; its summation order). Panics on lengths that do not match, or a type it
+    /// cannot decode.
     pub fn matmul_f32act(&self, out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
         let (rows, cols) = (w.rows(), w.cols());
         assert_eq!(out.len(), t * rows, "matmul_f32act {}: out", w.name);
@@ -169,21 +171,23 @@ impl CpuBackend {
             w.name,
             w.dtype
         );
-        if let Some(p) = gemm_half::packed(w) {
-            if t > 0 && rows > 0 {
-                gemm_half::matmul(self, out, x, p, t);
-            }
+        // The forward's own GEMMs where they keep f32 activations: F32 weights (`gemm_float`,
+        // 8-lane partial sums: about 3x less rounding than one FMA chain over k, which SmolLM2's
+        // gradients feel at 1e-3) and repacked F16/BF16 (`gemm_half`).
+        if w.dtype == DType::F32 || gemm_half::packed(w).is_some() {
+            self.matmul(out, x, w, t);
             return;
         }
         out.fill(0.0);
-        let plain = (w.dtype == DType::F32 && w.prepared.is_none())
-            .then(|| bytemuck::try_cast_slice::<u8, f32>(w.bytes()).ok())
-            .flatten();
-        let b = match plain {
-            Some(wf) => OpB::Cols(wf, cols),
-            None => OpB::WeightT(w),
-        };
-        gemm(self, out, t, rows, cols, OpA::Rows(x, cols), b);
+        gemm(
+            self,
+            out,
+            t,
+            rows,
+            cols,
+            OpA::Rows(x, cols),
+            OpB::WeightT(w),
+        );
     }
 
     /// `c (m, n) += a (t, m)^T @ b (t, n)`: a weight gradient, the sum over the batch's rows.
