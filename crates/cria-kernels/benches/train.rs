@@ -1,7 +1,8 @@
 //! The training products (cpu/train.rs) beside the forward's matmul on the same shape, in
 //! GFLOP/s (criterion "elements" = 2 * multiply-adds), on the backend's threads (default 2):
 //! - `dx/TYPE/NxK/tT`: matmul_dx, dx (T, K) += dy (T, N) @ W (N x K), and `fwd/...` the forward
-//!   matmul out (T, N) = x (T, K) @ W^T through the same prepared W;
+//!   matmul out (T, N) = x (T, K) @ W^T through the same prepared W (int8 activations for a
+//!   quantized W), and `f32act/...` the forward with f32 activations (`matmul_f32act`, QLoRA's);
 //! - `tn|nn|nt/...`: the f32 GEMMs at the LoRA shapes (rank 16) and a full weight gradient,
 //!   each beside `fwd/F32/...`, the forward F32 matmul doing the same multiply-adds.
 //!
@@ -64,6 +65,9 @@ fn bench(c: &mut Criterion) {
             let mut g = group(c, &label, "dx", 2 * t * n * k);
             let id = |what: &str| BenchmarkId::new(what, format!("{}/{n}x{k}", wt.name()));
             g.bench_function(id("fwd"), |bch| bch.iter(|| b.matmul(&mut out, &x, &w, t)));
+            g.bench_function(id("f32act"), |bch| {
+                bch.iter(|| b.matmul_f32act(&mut out, &x, &w, t))
+            });
             g.bench_function(id("dx"), |bch| {
                 bch.iter(|| b.matmul_dx(&mut dx, &dy, &w, t))
             });

@@ -152,6 +152,12 @@ pub trait Backend: Send + Sync + Sized {
     }
     // ---- the products a backward adds (training; every one ADDS into its output) ----
 
+    /// out (t, w.rows()) = x (t, w.cols()) @ w^T (OVERWRITES, as `matmul`), the activations
+    /// kept f32 whatever w's type (`matmul` may round them to the quantized kernels' int8
+    /// blocks): the training forward through a quantized base (QLoRA), where the gradients need
+    /// the same math as over the dequantized weights.
+    fn matmul_f32act(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Matrix, t: usize);
+
     /// dx (t, w.cols()) += dy (t, w.rows()) @ w: the gradient through a frozen weight of any
     /// type `supports` accepts, read as `prepare` made it (a quantized base stays quantized).
     fn matmul_dx(&self, dx: &mut Self::Buf, dy: &Self::Buf, w: &Self::Matrix, t: usize);

@@ -1,4 +1,5 @@
-//! The training products (`CpuBackend::{matmul_dx, gemm_tn, gemm_nn, gemm_nt}`, cpu/train.rs)
+//! The training products (`CpuBackend::{matmul_dx, matmul_f32act, gemm_tn, gemm_nn, gemm_nt}`,
+//! cpu/train.rs)
 //! on every ISA this CPU has (forced with `CpuBackend::with_isa`; the others are reported
 //! SKIPPED), 1 and 2 threads, against
 //! - the f64 spec (`cria_kernels::reference`): each output is one f32 FMA chain of k terms
@@ -204,6 +205,95 @@ fn matmul_dx_every_type_matches_spec_and_scalar_twin() {
     }
 }
 
+/// `matmul_f32act` (the forward with f32 activations): every weight type, raw and prepared,
+/// against the f64 spec (`reference::matmul`, the shared dimension is the weight's columns) and
+/// the scalar twin's bits (F32 goes to `matmul`'s float GEMM: spec only); its output starts as
+/// garbage (the product overwrites).
+#[test]
+fn matmul_f32act_every_type_matches_spec_and_scalar_twin() {
+    let bes = backends();
+    let mut rng = Rng::new(26);
+    for dt in dot::SUPPORTED {
+        for &cols in cols_for(dt) {
+            for (t, rows) in DX_SHAPES {
+                let w = random_weights(&mut rng, dt, rows, cols);
+                let wabs =
+                    Tensor::from_f32("|w|", vec![cols, rows], &abs(&w.to_f32_vec().unwrap()))
+                        .unwrap();
+                let x = random(&mut rng, t * cols);
+                let garbage = random(&mut rng, t * rows);
+                let mut want = vec![0f32; t * rows];
+                reference::matmul(&mut want, &x, &w, t);
+                let mut mag = vec![0f32; t * rows];
+                reference::matmul(&mut mag, &abs(&x), &wabs, t);
+                let mut twin: Option<Vec<f32>> = None;
+                for (name, be) in &bes {
+                    let what =
+                        format!("matmul_f32act {dt} rows={rows} cols={cols} t={t} on {name}");
+                    let mut got = garbage.clone();
+                    be.matmul_f32act(&mut got, &x, &w, t);
+                    check_spec(&got, &want, &mag, cols, &what);
+                    if dt == DType::F32 {
+                        // `matmul`'s F32 GEMM: its own (lane-split) order per ISA.
+                        let mut gp = garbage.clone();
+                        be.matmul_f32act(&mut gp, &x, &be.prepare(w.clone()).unwrap(), t);
+                        check_spec(&gp, &want, &mag, cols, &format!("{what}, prepared"));
+                        continue;
+                    }
+                    match &twin {
+                        None => twin = Some(got),
+                        Some(tw) => same_bits(&got, tw, &what),
+                    }
+                    let p = be.prepare(w.clone()).unwrap();
+                    let mut gp = garbage.clone();
+                    be.matmul_f32act(&mut gp, &x, &p, t);
+                    same_bits(&gp, twin.as_ref().unwrap(), &format!("{what}, prepared"));
+                }
+            }
+        }
+    }
+}
+
+/// The int8-activation forward (`matmul`) and `matmul_f32act` on the same Q4_1 weights: the
+/// f32 one is within FMA rounding of the f64 spec, the int8 one visibly further (the reason
+/// the training forward has the f32 path; the figures are printed).
+#[test]
+fn matmul_f32act_is_closer_than_int8_forward() {
+    let be = CpuBackend::new(2);
+    let mut rng = Rng::new(27);
+    let (t, rows, cols) = (33, 65, 576);
+    let w = be
+        .prepare(random_weights(&mut rng, DType::Q4_1, rows, cols))
+        .unwrap();
+    let x = random(&mut rng, t * cols);
+    let mut want = vec![0f32; t * rows];
+    reference::matmul(&mut want, &x, &w, t);
+    let rel = |got: &[f32]| {
+        let d: f64 = got
+            .iter()
+            .zip(&want)
+            .map(|(&g, &w)| ((g - w) as f64).powi(2))
+            .sum();
+        let n: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
+        (d / n).sqrt()
+    };
+    let (mut f, mut q) = (vec![0f32; t * rows], vec![0f32; t * rows]);
+    be.matmul_f32act(&mut f, &x, &w, t);
+    be.matmul(&mut q, &x, &w, t);
+    let (ef, eq) = (rel(&f), rel(&q));
+    println!("Q4_1 {rows}x{cols}, t={t}: relative error f32 activations {ef:.2e}, int8 activations {eq:.2e}");
+    assert!(ef < 1e-6, "f32 activations: {ef:e}");
+    assert!(eq > 10.0 * ef, "int8 {eq:e} vs f32 {ef:e}");
+}
+
+#[test]
+#[should_panic(expected = "matmul_f32act w: x")]
+fn matmul_f32act_wrong_length_is_named() {
+    let be = CpuBackend::new(1);
+    let w = random_weights(&mut Rng::new(1), DType::Q4_0, 4, 32);
+    be.matmul_f32act(&mut [0.0; 8], &[0.0; 63], &w, 2);
+}
+
 /// Through the `Backend` trait: buffers longer than the product (as a model's are) keep their
 /// other values; the products add.
 #[test]
@@ -241,6 +331,22 @@ fn backend_trait_uses_the_leading_values_and_adds() {
         &dx[t * 64..],
         &dx0[t * 64..],
         "matmul_dx wrote past its output"
+    );
+
+    // The forward: overwrites its (t, n) values, leaves the rest.
+    let out0 = random(&mut rng, t * n + 6);
+    let mut out = out0.clone();
+    Backend::matmul_f32act(&be, &mut out, &dx, &w, t);
+    let mut want = vec![0f32; t * n];
+    reference::matmul(&mut want, &dx[..t * 64], &w, t);
+    assert!(
+        worst_diff(&out[..t * n], &want) < 1e-4,
+        "matmul_f32act via the trait"
+    );
+    assert_eq!(
+        &out[t * n..],
+        &out0[t * n..],
+        "matmul_f32act wrote past its output"
     );
 
     let mut c = c0.clone();

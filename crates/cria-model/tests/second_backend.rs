@@ -223,6 +223,11 @@ impl Backend for RefBackend {
         }
     }
 
+    /// Its matmul already keeps f32 activations (f64 sums).
+    fn matmul_f32act(&self, out: &mut RefBuf, x: &RefBuf, w: &RefMatrix, t: usize) {
+        matmul_loop(&mut out.0[..t * w.rows], &x.0[..t * w.cols], w, t)
+    }
+
     /// The training products: cria_kernels::reference's (sums in f64) on the dense matrix.
     fn matmul_dx(&self, dx: &mut RefBuf, dy: &RefBuf, w: &RefMatrix, t: usize) {
         let (o, i) = (t * w.cols, t * w.rows);

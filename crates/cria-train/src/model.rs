@@ -2,8 +2,9 @@
 //! allocated once in [`TrainModel::new`] (sized from [`TrainOptions`]), the forward walks the
 //! layers keeping what each backward needs, and the backward walks them in reverse, one call per
 //! op: `norm`, `rope`, `swiglu` and the residual from this crate, `attention_batch` for the
-//! packed causal GQA attention, the base products through the inference kernel (`cpu.matmul`,
-//! quantized weights stay quantized) and their transposes through `cpu.matmul_dx`, the adapters
+//! packed causal GQA attention, the base products through `cpu.matmul_f32act` (f32 activations,
+//! `TrainOptions::exact_forward`) or the inference kernel (`cpu.matmul`; quantized weights stay
+//! quantized either way) and their transposes through `cpu.matmul_dx`, the adapters
 //! through `cpu.gemm_nt / gemm_nn / gemm_tn`.
 //!
 //! - The base (embedding table, norms, matrices, biases) is frozen: no gradient flows into it, and
@@ -58,6 +59,12 @@ pub struct TrainOptions {
     pub max_seq: usize,
     /// Keep only each layer's input; recompute the layer in the backward.
     pub grad_checkpoint: bool,
+    /// The forward's products through the base (the seven projections and the head) keep f32
+    /// activations for every weight type (`cpu.matmul_f32act`): QLoRA's gradients are then
+    /// those of LoRA over the dequantized weights up to summation order. The default `cria
+    /// finetune` uses. False: the inference kernels (`cpu.matmul`, int8 activations through a
+    /// quantized base), faster, but the gradients move by tens of percent on SmolLM2.
+    pub exact_forward: bool,
 }
 
 /// Trained rows the head and the loss take at a time: logits of `HEAD_ROWS x vocab` floats.
@@ -66,7 +73,7 @@ pub const HEAD_ROWS: usize = 64;
 /// Where the time of the steps so far went (wall clock, summed over calls).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct OpTimes {
-    /// Base products of the forward (`cpu.matmul`, with biases), recomputation included.
+    /// Base products of the forward (with biases), recomputation included.
     pub matmul_fwd: Duration,
     /// Base products of the backward (`cpu.matmul_dx`).
     pub matmul_dx: Duration,
@@ -355,11 +362,22 @@ struct AdapterFwd<'a> {
     drop: Option<(u64, f32, &'a mut [f32])>,
 }
 
+/// `y = x W^T` through the frozen base: f32 activations when `exact`
+/// (`TrainOptions::exact_forward`), else the inference kernel.
+fn base_product(cpu: &CpuBackend, exact: bool, y: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
+    if exact {
+        cpu.matmul_f32act(y, x, w, t)
+    } else {
+        cpu.matmul(y, x, w, t)
+    }
+}
+
 /// `y = x W^T (+ bias)` through the inference kernel, then the adapter's `+ s drop(x) A^T B^T`.
 #[allow(clippy::too_many_arguments)]
 fn proj_forward(
     cpu: &CpuBackend,
     times: &mut OpTimes,
+    exact: bool,
     y: &mut [f32],
     x: &[f32],
     w: &Tensor,
@@ -368,7 +386,7 @@ fn proj_forward(
     ad: Option<AdapterFwd>,
 ) {
     let t0 = Instant::now();
-    cpu.matmul(y, x, w, t);
+    base_product(cpu, exact, y, x, w, t);
     if let Some(bias) = bias {
         for row in y.chunks_exact_mut(bias.len()) {
             for (v, &b) in row.iter_mut().zip(bias) {
@@ -766,6 +784,7 @@ impl<'m> TrainModel<'m> {
             model,
             cpu,
             params,
+            opts,
             d,
             inputs,
             acts,
@@ -777,6 +796,7 @@ impl<'m> TrainModel<'m> {
         } = self;
         let (c, lw) = (&model.config, &model.weights.layers[l]);
         let (dim, qd, kvd, ff, nh) = (d.dim, d.qd, d.kvd, d.ff, d.nh);
+        let exact = opts.exact_forward;
         let (before, after) = inputs.split_at_mut(l + 1);
         let (x, out) = (&before[l][..t * dim], &mut after[0][..t * dim]);
         let a = &mut acts[if d.sets == 1 { 0 } else { l }];
@@ -806,7 +826,17 @@ impl<'m> TrainModel<'m> {
             (pk, &mut a.k[..t * kvd]),
             (pv, &mut a.v[..t * kvd]),
         ] {
-            proj_forward(cpu, times, y, n1, pr.0, pr.1, t, adapter!(pr.2, a.hs));
+            proj_forward(
+                cpu,
+                times,
+                exact,
+                y,
+                n1,
+                pr.0,
+                pr.1,
+                t,
+                adapter!(pr.2, a.hs),
+            );
         }
         let cs = &lay.cs[..];
         let hd = c.head_dim;
@@ -829,6 +859,7 @@ impl<'m> TrainModel<'m> {
         proj_forward(
             cpu,
             times,
+            exact,
             o,
             &a.att[..t * qd],
             po.0,
@@ -850,6 +881,7 @@ impl<'m> TrainModel<'m> {
         proj_forward(
             cpu,
             times,
+            exact,
             &mut a.g[..t * ff],
             n2,
             pg.0,
@@ -860,6 +892,7 @@ impl<'m> TrainModel<'m> {
         proj_forward(
             cpu,
             times,
+            exact,
             &mut a.u[..t * ff],
             n2,
             pu.0,
@@ -872,6 +905,7 @@ impl<'m> TrainModel<'m> {
         proj_forward(
             cpu,
             times,
+            exact,
             mlp,
             &a.act[..t * ff],
             pd.0,
@@ -1016,6 +1050,7 @@ impl<'m> TrainModel<'m> {
         let Self {
             model,
             cpu,
+            opts,
             d,
             inputs,
             s,
@@ -1050,7 +1085,7 @@ impl<'m> TrainModel<'m> {
                 xc.copy_from_slice(&nf[r * dim..][..dim]);
             }
             let logits = &mut s.logits[..n * vocab];
-            cpu.matmul(logits, &s.xc[..n * dim], head, n);
+            base_product(cpu, opts.exact_forward, logits, &s.xc[..n * dim], head, n);
             for (row, &r) in logits.chunks_exact_mut(vocab).zip(&lay.rows) {
                 let label = lay.targets[r] as usize;
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));

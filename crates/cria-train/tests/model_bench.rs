@@ -34,6 +34,7 @@ fn smollm2_forward_backward_speed() {
                 max_rows: n * len,
                 max_seq: len,
                 grad_checkpoint: false,
+                exact_forward: true,
             };
             let mut tm = TrainModel::new(&model, &cpu, p, opts).unwrap();
             let seqs: Vec<Seq> = (0..n)

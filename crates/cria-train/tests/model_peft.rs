@@ -35,6 +35,7 @@ fn check(
         max_rows: 32,
         max_seq: 16,
         grad_checkpoint: false,
+        exact_forward: true,
     };
     let mut tm = TrainModel::new(model, cpu, p, opts).unwrap();
     let seqs = batch(batch_name);

@@ -178,6 +178,11 @@ impl Backend for CpuBackend {
         super::lora::lora(self, out, x, terms, tmp)
     }
 
+    fn matmul_f32act(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Tensor, t: usize) {
+        let (o, i) = (t * w.rows(), t * w.cols());
+        CpuBackend::matmul_f32act(self, &mut out[..o], &x[..i], w, t)
+    }
+
     fn matmul_dx(&self, dx: &mut Vec<f32>, dy: &Vec<f32>, w: &Tensor, t: usize) {
         let (o, i) = (t * w.cols(), t * w.rows());
         CpuBackend::matmul_dx(self, &mut dx[..o], &dy[..i], w, t)

@@ -3,7 +3,10 @@
 //! row-major slices for the adapters and the weight gradients. Every one ADDS into its output
 //! (the caller zeroes), as a backward collects the gradient of a tensor from all its uses.
 //!
-//! All four are one blocked GEMM, `C (m, n) += A (m, k) B (k, n)`, whose operands are read
+//! `matmul_f32act`, the forward's base product with f32 activations (QLoRA's), is the same
+//! GEMM with W read transposed.
+//!
+//! All of them are one blocked GEMM, `C (m, n) += A (m, k) B (k, n)`, whose operands are read
 //! through strides (`OpA`, `OpB`: a slice row-major or transposed, or a weight matrix of any
 //! type decoded on the fly). The loops are BLIS's:
 //! - the output is cut into work items of (row block x column block), handed to the backend's
@@ -56,6 +59,9 @@ enum OpB<'a> {
     Cols(&'a [f32], usize),
     /// Row p, column c of a weight matrix of any type, decoded.
     Weight(&'a Tensor),
+    /// Row c, column p of a weight matrix of any type, decoded (W transposed: the forward
+    /// product `matmul_f32act`, whose output columns are W's rows).
+    WeightT(&'a Tensor),
 }
 
 /// The register tile of an ISA.
@@ -141,6 +147,49 @@ impl CpuBackend {
         gemm(self, dx, t, cols, rows, OpA::Rows(dy, rows), b);
     }
 
+    /// `out (t, w.rows()) = x (t, w.cols()) @ w^T` (OVERWRITES, as `matmul` does) with the
+    /// activations kept f32 for every weight type: a quantized `w` is decoded block by block
+    /// into the f32 panels of the blocked GEMM (never whole), as `matmul_dx` does with the roles
+    /// transposed (the panel is W's rows x a KC-block of its columns; the threads split W's
+    /// rows). `matmul` instead rounds the activations to int8 blocks for quantized weights,
+    /// which is faster but moves the training gradients of a sensitive model by tens of
+    /// percent (QLoRA wants the base's product over f32 activations, as bitsandbytes does).
+    ///
+    /// Quantized and unprepared F16/BF16 weights: every output is one FMA chain over the shared
+    /// dimension in order from +0.0, on every ISA, thread count and layout (the same bits as the
+    /// scalar twin). F16/BF16 matrices that `prepare` repacked go to their own GEMM (`gemm_half`:
+    /// f32 activations, the same chain, hence the same bits); F32 matrices to `matmul` (f32
+    /// activations; its summation order). Panics on lengths that do not match, or a type it
+    /// cannot decode.
+    pub fn matmul_f32act(&self, out: &mut [f32], x: &[f32], w: &Tensor, t: usize) {
+        let (rows, cols) = (w.rows(), w.cols());
+        assert_eq!(out.len(), t * rows, "matmul_f32act {}: out", w.name);
+        assert_eq!(x.len(), t * cols, "matmul_f32act {}: x", w.name);
+        assert!(
+            quant::can_dequantize(w.dtype) && cols % w.dtype.block_size() == 0,
+            "matmul_f32act {}: cannot decode {} rows of {cols}",
+            w.name,
+            w.dtype
+        );
+        // The forward's own GEMMs where they keep f32 activations: F32 weights (`gemm_float`,
+        // 8-lane partial sums: about 3x less rounding than one FMA chain over k, which SmolLM2's
+        // gradients feel at 1e-3) and repacked F16/BF16 (`gemm_half`).
+        if w.dtype == DType::F32 || gemm_half::packed(w).is_some() {
+            self.matmul(out, x, w, t);
+            return;
+        }
+        out.fill(0.0);
+        gemm(
+            self,
+            out,
+            t,
+            rows,
+            cols,
+            OpA::Rows(x, cols),
+            OpB::WeightT(w),
+        );
+    }
+
     /// `c (m, n) += a (t, m)^T @ b (t, n)`: a weight gradient, the sum over the batch's rows.
     pub fn gemm_tn(&self, c: &mut [f32], a: &[f32], b: &[f32], t: usize, m: usize, n: usize) {
         assert_eq!(c.len(), m * n, "gemm_tn: c");
@@ -189,6 +238,12 @@ fn gemm(be: &CpuBackend, c: &mut [f32], m: usize, n: usize, k: usize, a: OpA, b:
         _ => 1,
     };
     let ucols = nr.max(qk);
+    // The decoded row of a weight: a column block's worth of blocks, or (transposed) one KC
+    // slice of a row, which starts on a block boundary (KC is a multiple of every block size).
+    let qrow = match b {
+        OpB::Weight(w) | OpB::WeightT(w) => w.dtype.block_size(),
+        _ => 0,
+    };
     let units = n.div_ceil(ucols);
     let want = if be.threads > 1 { 2 * be.threads } else { 1 };
     let mut n_cb = units.div_ceil((NB_MAX / ucols).max(1)).max(want.min(units));
@@ -205,7 +260,7 @@ fn gemm(be: &CpuBackend, c: &mut [f32], m: usize, n: usize, k: usize, a: OpA, b:
     };
     let nbw = units.div_ceil(n_cb) * ucols; // widest block, whole strips
     let (bsz, asz, tsz) = (KC * nbw, KC * mr, mr * nr);
-    be.reserve_scratch(bsz + asz + tsz + nbw + qk);
+    be.reserve_scratch(bsz + asz + tsz + nbw.max(KC) + qrow);
     let cp = SyncPtr(c.as_mut_ptr());
     let job = |item: usize, tid: usize| {
         let (rb, cb) = (item / n_cb, item % n_cb);
@@ -294,7 +349,7 @@ fn pack_a(a: OpA, i0: usize, rows: usize, mr: usize, p0: usize, kc: usize, dst: 
 
 /// B(p0.., c0..c1) packed for the tile: strip s (columns c0 + s*nr..) holds
 /// `dst[s * kc * nr + p * nr + l]` = B(p0 + p, c0 + s*nr + l), zero past c1. `row`: scratch
-/// for a decoded weight row's blocks (c1 - c0 plus the block size values).
+/// for a decoded weight row's blocks (c1 - c0, or KC transposed, plus the block size values).
 #[allow(clippy::too_many_arguments)]
 fn pack_b(
     b: OpB,
@@ -321,16 +376,22 @@ fn pack_b(
                 put_row(dst, p, &b[(p0 + p) * ld + c0..][..nc]);
             }
         }
-        OpB::Cols(b, ld) => {
+        // B's column c is a row of the slice, or of the weight (decoded).
+        OpB::Cols(..) | OpB::WeightT(_) => {
             for (s, d) in dst.chunks_exact_mut(kc * nr).enumerate() {
                 for l in 0..nr {
                     let lane = d.iter_mut().skip(l).step_by(nr);
                     let c = c0 + s * nr + l;
-                    if c < c1 {
-                        lane.zip(&b[c * ld + p0..][..kc]).for_each(|(d, &v)| *d = v);
-                    } else {
+                    if c >= c1 {
                         lane.for_each(|d| *d = 0.0);
+                        continue;
                     }
+                    let src = match b {
+                        OpB::Cols(b, ld) => &b[c * ld + p0..][..kc],
+                        OpB::WeightT(w) => decode(w, c, p0, p0 + kc, row),
+                        _ => unreachable!(),
+                    };
+                    lane.zip(src).for_each(|(d, &v)| *d = v);
                 }
             }
         }
@@ -372,6 +433,6 @@ fn decode<'b>(w: &Tensor, j: usize, c0: usize, c1: usize, buf: &'b mut [f32]) ->
             quant::dequantize(w.dtype, &w.row(j)[b0 * ts..b1 * ts], out)
         }
     };
-    res.unwrap_or_else(|e| panic!("matmul_dx {}: {e}", w.name));
+    res.unwrap_or_else(|e| panic!("decoding {}: {e}", w.name));
     &buf[c0 - b0 * qk..][..nc]
 }
