@@ -603,7 +603,7 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
 
 /// Writes `OUT/checkpoint-STEP/` (adapter, AdamW state, trainer state) through a temp folder
 /// (`OUT/.checkpoint-STEP.tmp`), each file fsync'd, then renamed into place; older checkpoints
-/// are removed only after that. A failed write removes the temp folder and leaves every older
+/// (all but the newest before this one) are removed only after that. A failed write removes the temp folder and leaves every older
 /// checkpoint as it was.
 pub fn save_checkpoint<M: Trainable>(tr: &Trainer<M>, o: &RunOptions) -> Result<PathBuf> {
     let step = tr.steps_done();
@@ -649,8 +649,16 @@ pub fn save_checkpoint<M: Trainable>(tr: &Trainer<M>, o: &RunOptions) -> Result<
             fin.display()
         )));
     }
-    for (s, p) in previous {
-        if s != step {
+    // Two are kept (this one and the newest before it, as `save_total_limit = 2`): the run's
+    // last periodic checkpoint survives the one its end writes.
+    let older: Vec<_> = previous.into_iter().filter(|&(s, _)| s != step).collect();
+    let keep = older
+        .iter()
+        .filter(|&&(s, _)| s < step)
+        .map(|&(s, _)| s)
+        .max();
+    for (s, p) in older {
+        if Some(s) != keep {
             let _ = std::fs::remove_dir_all(p);
         }
     }

@@ -458,9 +458,13 @@ fn failed_checkpoint_write_keeps_the_previous_one() {
     let mut t2 = Trainer::new(Mock::new(0.1, 1), cfg(), &d, &[]).unwrap();
     load_checkpoint(&mut t2, &first, &meta()).unwrap();
     assert_eq!(t2.steps_done(), 1);
-    // A good write replaces it and removes the old one.
+    // A good write adds checkpoint-2; two are kept, so a third removes the first.
     trainer::save_checkpoint(&t, &opts(&out, None, WriteBudget::unlimited())).unwrap();
-    assert!(out.join("checkpoint-2").is_dir() && !first.exists());
+    assert!(out.join("checkpoint-2").is_dir() && first.is_dir());
+    t.step().unwrap();
+    trainer::save_checkpoint(&t, &opts(&out, None, WriteBudget::unlimited())).unwrap();
+    assert!(out.join("checkpoint-3").is_dir() && out.join("checkpoint-2").is_dir());
+    assert!(!first.exists());
     let _ = std::fs::remove_dir_all(&out);
 }
 
