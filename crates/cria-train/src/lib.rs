@@ -20,6 +20,7 @@ pub mod loss;
 pub mod matmul;
 pub mod model;
 pub mod norm;
+pub mod ops_par;
 pub mod optim;
 pub mod params;
 pub mod rope;
