@@ -50,7 +50,8 @@ macro_rules! simd_fn {
                 imp$(::<$c>)?($($a),*)
             }
             match isa {
-                // SAFETY: a backend only holds an Isa that `available()` confirmed on this CPU.
+                // SAFETY: callers pass `cpu.isa()` (`CpuBackend::with_isa` keeps an Isa only if
+                // `available()` confirms it on this CPU, else Scalar) or `Isa::best()` (idem).
                 #[cfg(target_arch = "x86_64")]
                 cria_kernels::Isa::Avx512 => unsafe { avx512$(::<$c>)?($($a),*) },
                 // SAFETY: as above.
