@@ -917,7 +917,7 @@ fn dot_lanes(x: &[f32], y: &[f32]) -> f32 {
 /// give about 1.6e-38 (not 0: callers mask what must be exactly 0); above 88, about 1.7e38.
 #[inline(always)]
 #[allow(clippy::manual_clamp)] // max/min vectorize; clamp's NaN check does not
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;

@@ -25,6 +25,7 @@ pub mod matmul;
 pub mod memory;
 pub mod model;
 pub mod norm;
+pub mod ops_par;
 pub mod optim;
 pub mod params;
 pub mod plot;

@@ -1,10 +1,11 @@
 //! The whole LLaMA forward and backward for LoRA training, in the style of llm.c: every buffer is
 //! allocated once in [`TrainModel::new`] (sized from [`TrainOptions`]), the forward walks the
 //! layers keeping what each backward needs, and the backward walks them in reverse, one call per
-//! op: `norm`, `rope`, `swiglu` and the residual from this crate, `attention_batch` for the
-//! packed causal GQA attention, the base products through `cpu.matmul_f32act` (f32 activations,
-//! `TrainOptions::exact_forward`) or the inference kernel (`cpu.matmul`; quantized weights stay
-//! quantized either way) and their transposes through `cpu.matmul_dx`, the adapters
+//! op: `ops_par` for RMSNorm, RoPE, SwiGLU, the residual and the dropout masks (parallel twins of
+//! `norm`, `rope`, `swiglu`), `loss::rows_cross_entropy` for the head's loss, `attention_batch` for
+//! the packed causal GQA attention, the base products through `cpu.matmul_f32act` (f32
+//! activations, `TrainOptions::exact_forward`) or the inference kernel (`cpu.matmul`; quantized
+//! weights stay quantized either way) and their transposes through `cpu.matmul_dx`, the adapters
 //! through `cpu.gemm_nt / gemm_nn / gemm_tn`.
 //!
 //! - The base (embedding table, norms, matrices, biases) is frozen: no gradient flows into it, and
@@ -26,12 +27,14 @@
 
 use crate::attention::AttnDims;
 use crate::attention_batch;
-use crate::loss::IGNORE;
-use crate::norm::{rmsnorm_backward, rmsnorm_forward};
+use crate::loss::{rows_cross_entropy, IGNORE};
+use crate::ops_par::{
+    dropout_backward, dropout_forward, residual_forward, rmsnorm_backward, rmsnorm_forward,
+    rope_backward, rope_forward, swiglu_backward, swiglu_forward,
+};
 use crate::optim::Rng;
 use crate::params::{target_shape, Half, LoraConfig, LoraParams};
-use crate::rope::{rope_backward, rope_forward, rope_table};
-use crate::swiglu::{residual_forward, swiglu_backward, swiglu_forward};
+use crate::rope::rope_table;
 use crate::{Error, Result};
 use cria_core::Tensor;
 use cria_kernels::CpuBackend;
@@ -163,7 +166,7 @@ impl Dims {
             + self.n_layers * self.n_targets * size_of::<u64>()
             + self.t * (size_of::<u32>() + size_of::<i32>() + size_of::<usize>())
             + self.t * size_of::<Range<usize>>()
-            + self.head_rows * size_of::<usize>()
+            + self.head_rows * (size_of::<usize>() + size_of::<i32>())
     }
 }
 
@@ -302,8 +305,9 @@ struct Layout {
     positions: Vec<usize>,
     ranges: Vec<Range<usize>>,
     cs: Vec<(f32, f32)>,
-    /// A head chunk's rows.
+    /// A head chunk's rows, and their targets.
     rows: Vec<usize>,
+    labels: Vec<i32>,
 }
 
 pub struct TrainModel<'m> {
@@ -328,26 +332,6 @@ fn lap(acc: &mut Duration, t0: Instant) -> Instant {
     let now = Instant::now();
     *acc += now - t0;
     now
-}
-
-/// Dropout's multiplier of value `i` under `seed`: 0 (dropped, with probability `p`) or
-/// `1 / (1 - p)`. A counter-based hash (SplitMix64's finalizer), so the backward regenerates the
-/// forward's mask from the seed alone.
-fn keep(seed: u64, i: usize, p: f32) -> f32 {
-    let mut z = seed.wrapping_add(
-        (i as u64)
-            .wrapping_add(1)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
-    );
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    let u = (z >> 40) as f32 * (1.0 / (1u64 << 24) as f32);
-    if u < p {
-        0.0
-    } else {
-        1.0 / (1.0 - p)
-    }
 }
 
 /// One adapter as the forward uses it.
@@ -384,7 +368,7 @@ fn proj_forward(
     bias: Option<&Vec<f32>>,
     t: usize,
     ad: Option<AdapterFwd>,
-) {
+) -> Result<()> {
     let t0 = Instant::now();
     base_product(cpu, exact, y, x, w, t);
     if let Some(bias) = bias {
@@ -396,15 +380,13 @@ fn proj_forward(
     }
     let t0 = lap(&mut times.matmul_fwd, t0);
     let Some(ad) = ad else {
-        return;
+        return Ok(());
     };
     let (rows, cols) = (w.rows(), w.cols());
     let xin: &[f32] = match ad.drop {
         Some((seed, p, buf)) => {
             let buf = &mut buf[..t * cols];
-            for (i, (o, &v)) in buf.iter_mut().zip(x).enumerate() {
-                *o = v * keep(seed, i, p);
-            }
+            dropout_forward(cpu, buf, x, seed, p)?;
             buf
         }
         None => x,
@@ -416,6 +398,7 @@ fn proj_forward(
     }
     cpu.gemm_nt(y, ad.hs, ad.b, t, ad.rank, rows);
     lap(&mut times.adapters, t0);
+    Ok(())
 }
 
 /// One adapter as the backward uses it.
@@ -443,14 +426,14 @@ fn proj_backward(
     w: &Tensor,
     t: usize,
     ad: Option<AdapterBwd>,
-) {
+) -> Result<()> {
     let t0 = Instant::now();
     if let Some(dx) = dx.as_deref_mut() {
         cpu.matmul_dx(dx, dy, w, t);
     }
     let t0 = lap(&mut times.matmul_dx, t0);
     let Some(ad) = ad else {
-        return;
+        return Ok(());
     };
     let (rows, cols, r) = (w.rows(), w.cols(), ad.rank);
     cpu.gemm_tn(ad.db, dy, ad.hs, t, rows, r);
@@ -462,16 +445,12 @@ fn proj_backward(
     match ad.drop {
         Some((seed, p, buf)) => {
             let buf = &mut buf[..t * cols];
-            for (i, (o, &v)) in buf.iter_mut().zip(x).enumerate() {
-                *o = v * keep(seed, i, p);
-            }
+            dropout_forward(cpu, buf, x, seed, p)?;
             cpu.gemm_tn(ad.da, ad.dh, buf, t, r, cols);
             if let Some(dx) = dx {
                 buf.fill(0.0);
                 cpu.gemm_nn(buf, ad.dh, ad.a, t, r, cols);
-                for (i, (d, &v)) in dx.iter_mut().zip(buf.iter()).enumerate() {
-                    *d += v * keep(seed, i, p);
-                }
+                dropout_backward(cpu, dx, buf, seed, p)?;
             }
         }
         None => {
@@ -482,6 +461,7 @@ fn proj_backward(
         }
     }
     lap(&mut times.adapters, t0);
+    Ok(())
 }
 
 /// Where the trained matrices of (layer, target) are: (index in cfg.targets, A range, B range).
@@ -580,6 +560,7 @@ impl<'m> TrainModel<'m> {
             ranges: Vec::with_capacity(d.t),
             cs: Vec::with_capacity(d.t * d.n_pairs),
             rows: Vec::with_capacity(d.head_rows),
+            labels: Vec::with_capacity(d.head_rows),
         };
         Ok(TrainModel {
             model,
@@ -646,6 +627,7 @@ impl<'m> TrainModel<'m> {
             + l.ranges.capacity() * size_of::<Range<usize>>()
             + l.cs.capacity() * size_of::<(f32, f32)>()
             + l.rows.capacity() * size_of::<usize>()
+            + l.labels.capacity() * size_of::<i32>()
             + self.seeds.capacity() * size_of::<u64>()
     }
 
@@ -819,7 +801,14 @@ impl<'m> TrainModel<'m> {
         let [pq, pk, pv, po, pg, pu, pd] = products(lw);
 
         // h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))), n1 = rmsnorm(x)
-        rmsnorm_forward(&mut a.n1[..t * dim], &mut a.r1[..t], x, &lw.attn_norm, eps)?;
+        rmsnorm_forward(
+            cpu,
+            &mut a.n1[..t * dim],
+            &mut a.r1[..t],
+            x,
+            &lw.attn_norm,
+            eps,
+        )?;
         let n1 = &a.n1[..t * dim];
         for (pr, y) in [
             (pq, &mut a.q[..t * qd]),
@@ -836,12 +825,20 @@ impl<'m> TrainModel<'m> {
                 pr.1,
                 t,
                 adapter!(pr.2, a.hs),
-            );
+            )?;
         }
         let cs = &lay.cs[..];
         let hd = c.head_dim;
-        rope_forward(&mut a.q[..t * qd], t, nh, hd, &model.rope, cs)?;
-        rope_forward(&mut a.k[..t * kvd], t, c.n_kv_heads, hd, &model.rope, cs)?;
+        rope_forward(cpu, &mut a.q[..t * qd], t, nh, hd, &model.rope, cs)?;
+        rope_forward(
+            cpu,
+            &mut a.k[..t * kvd],
+            t,
+            c.n_kv_heads,
+            hd,
+            &model.rope,
+            cs,
+        )?;
         let dims = attn_dims(c, t);
         let t0 = Instant::now();
         attention_batch::forward(
@@ -866,11 +863,12 @@ impl<'m> TrainModel<'m> {
             po.1,
             t,
             adapter!(po.2, a.hs),
-        );
-        residual_forward(&mut a.h[..t * dim], x, o)?;
+        )?;
+        residual_forward(cpu, &mut a.h[..t * dim], x, o)?;
 
         // out = h + down(swiglu(gate(n2), up(n2))), n2 = rmsnorm(h)
         rmsnorm_forward(
+            cpu,
             &mut a.n2[..t * dim],
             &mut a.r2[..t],
             &a.h[..t * dim],
@@ -888,7 +886,7 @@ impl<'m> TrainModel<'m> {
             pg.1,
             t,
             adapter!(pg.2, a.hs),
-        );
+        )?;
         proj_forward(
             cpu,
             times,
@@ -899,8 +897,8 @@ impl<'m> TrainModel<'m> {
             pu.1,
             t,
             adapter!(pu.2, a.hs),
-        );
-        swiglu_forward(&mut a.act[..t * ff], &a.g[..t * ff], &a.u[..t * ff])?;
+        )?;
+        swiglu_forward(cpu, &mut a.act[..t * ff], &a.g[..t * ff], &a.u[..t * ff])?;
         let mlp = &mut s.tmp[..t * dim];
         proj_forward(
             cpu,
@@ -912,8 +910,8 @@ impl<'m> TrainModel<'m> {
             pd.1,
             t,
             adapter!(pd.2, a.hs),
-        );
-        residual_forward(out, &a.h[..t * dim], mlp)?;
+        )?;
+        residual_forward(cpu, out, &a.h[..t * dim], mlp)?;
         Ok(())
     }
 
@@ -980,16 +978,16 @@ impl<'m> TrainModel<'m> {
             pd.0,
             t,
             adapter!(6),
-        );
+        )?;
         dg.fill(0.0);
         du.fill(0.0);
-        swiglu_backward(dg, du, dact, &a.g[..t * ff], &a.u[..t * ff])?;
+        swiglu_backward(cpu, dg, du, dact, &a.g[..t * ff], &a.u[..t * ff])?;
         dn.fill(0.0);
         let n2 = &a.n2[..t * dim];
-        proj_backward(cpu, times, Some(&mut *dn), dg, n2, pg.0, t, adapter!(4));
-        proj_backward(cpu, times, Some(&mut *dn), du, n2, pu.0, t, adapter!(5));
+        proj_backward(cpu, times, Some(&mut *dn), dg, n2, pg.0, t, adapter!(4))?;
+        proj_backward(cpu, times, Some(&mut *dn), du, n2, pu.0, t, adapter!(5))?;
         let h = &a.h[..t * dim];
-        rmsnorm_backward(dx, None, dn, h, &lw.ffn_norm, &a.r2[..t])?;
+        rmsnorm_backward(cpu, dx, None, dn, h, &lw.ffn_norm, &a.r2[..t])?;
 
         // h = x + o: d(x) starts as dx, d(o) is dx.
         let datt = &mut datt[..t * qd];
@@ -1003,7 +1001,7 @@ impl<'m> TrainModel<'m> {
             po.0,
             t,
             adapter!(3),
-        );
+        )?;
         let (dq, dk, dv) = (&mut dq[..t * qd], &mut dk[..t * kvd], &mut dv[..t * kvd]);
         dq.fill(0.0);
         dk.fill(0.0);
@@ -1025,8 +1023,8 @@ impl<'m> TrainModel<'m> {
             dims,
         )?;
         lap(&mut times.attention, t0);
-        rope_backward(dq, t, nh, hd, &model.rope, &lay.cs)?;
-        rope_backward(dk, t, c.n_kv_heads, hd, &model.rope, &lay.cs)?;
+        rope_backward(cpu, dq, t, nh, hd, &model.rope, &lay.cs)?;
+        rope_backward(cpu, dk, t, c.n_kv_heads, hd, &model.rope, &lay.cs)?;
         // Layer 0's input is the frozen embedding: no dx below it.
         let first = l == 0;
         if !first {
@@ -1035,10 +1033,10 @@ impl<'m> TrainModel<'m> {
         let n1 = &a.n1[..t * dim];
         for (pr, dy, k) in [(pq, &*dq, 0), (pk, &*dk, 1), (pv, &*dv, 2)] {
             let dn = (!first).then_some(&mut *dn);
-            proj_backward(cpu, times, dn, dy, n1, pr.0, t, adapter!(k));
+            proj_backward(cpu, times, dn, dy, n1, pr.0, t, adapter!(k))?;
         }
         if !first {
-            rmsnorm_backward(dx, None, dn, x, &lw.attn_norm, &a.r1[..t])?;
+            rmsnorm_backward(cpu, dx, None, dn, x, &lw.attn_norm, &a.r1[..t])?;
         }
         Ok(())
     }
@@ -1062,7 +1060,7 @@ impl<'m> TrainModel<'m> {
         let (dim, vocab) = (d.dim, d.vocab);
         let xl = &inputs[d.n_layers][..t * dim];
         let (nf, rf) = (&mut s.nf[..t * dim], &mut s.rf[..t]);
-        rmsnorm_forward(nf, rf, xl, &w.output_norm, model.config.norm_eps)?;
+        rmsnorm_forward(cpu, nf, rf, xl, &w.output_norm, model.config.norm_eps)?;
         let dn = &mut s.dn[..t * dim];
         dn.fill(0.0);
         let t0 = Instant::now();
@@ -1071,9 +1069,11 @@ impl<'m> TrainModel<'m> {
         let mut i = 0;
         while i < t {
             lay.rows.clear();
+            lay.labels.clear();
             while i < t && lay.rows.len() < d.head_rows {
                 if lay.targets[i] != IGNORE {
                     lay.rows.push(i);
+                    lay.labels.push(lay.targets[i]);
                 }
                 i += 1;
             }
@@ -1086,27 +1086,9 @@ impl<'m> TrainModel<'m> {
             }
             let logits = &mut s.logits[..n * vocab];
             base_product(cpu, opts.exact_forward, logits, &s.xc[..n * dim], head, n);
-            for (row, &r) in logits.chunks_exact_mut(vocab).zip(&lay.rows) {
-                let label = lay.targets[r] as usize;
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
-                let lse = max as f64 + sum.ln();
-                let loss = lse - row[label] as f64;
-                if !loss.is_finite() {
-                    return Err(Error(format!(
-                        "the loss at row {r} is not finite (logits overflowed or are NaN)"
-                    )));
-                }
-                total += loss;
-                count += 1;
-                if let Some(g) = grad {
-                    let lse = lse as f32;
-                    for v in row.iter_mut() {
-                        *v = g * (*v - lse).exp();
-                    }
-                    row[label] -= g;
-                }
-            }
+            let (sum, k) = rows_cross_entropy(cpu, logits, vocab, &lay.labels, grad)?;
+            total += sum;
+            count += k;
             if grad.is_some() {
                 let dxc = &mut s.dxc[..n * dim];
                 dxc.fill(0.0);
@@ -1122,7 +1104,7 @@ impl<'m> TrainModel<'m> {
         if grad.is_some() && count > 0 {
             let dx = &mut s.dx[..t * dim];
             dx.fill(0.0);
-            rmsnorm_backward(dx, None, dn, xl, &w.output_norm, rf)?;
+            rmsnorm_backward(cpu, dx, None, dn, xl, &w.output_norm, rf)?;
         }
         Ok((total, count))
     }
