@@ -7,9 +7,11 @@
 //!   (kinds of question that are in neither train nor eval) starting "Ahoy, matey!", where the
 //!   base without --lora answers (almost) none of them that way.
 //!
-//! The same recipe in PyTorch+PEFT (scripts/fixtures/persona_peft_check.py, LoRA over the weights
-//! dequantized from the same GGUF) gives the figures the thresholds below were set from; see that
-//! script's output in the issue note. Skips loudly without ref/smol/...gguf.
+//! The same recipe in PyTorch+PEFT (scripts/fixtures/persona_peft_check.py, f32 LoRA over the
+//! weights dequantized from the same GGUF, same data order rule, schedule and clipping) set the
+//! thresholds: eval loss 3.543 -> 0.168 after 20 steps, 0.166 after 40; held-out answers in
+//! persona: base 0/10, adapter 10/10 at step 20 and at step 40 (all ten also end " Arr.").
+//! Skips loudly without ref/smol/...gguf.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
