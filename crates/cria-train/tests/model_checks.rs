@@ -269,3 +269,90 @@ fn activation_bytes_is_what_new_allocates() {
         assert_eq!(tm.buffer_bytes(), want);
     }
 }
+
+/// A layer matrix quantized to `q` (`Some`) or to `q` and back to f32 (`None` for `q`'s
+/// dequantization): the two bases of the comparison below, from the same f32 values.
+fn requantized(
+    cpu: &CpuBackend,
+    w: &cria_kernels::Weight<CpuBackend>,
+    q: cria_core::DType,
+    dequantize: bool,
+) -> cria_kernels::Weight<CpuBackend> {
+    use cria_core::tensor::{AlignedBuf, Bytes};
+    let t = &w.base;
+    let v = t.to_f32_vec().unwrap();
+    let mut bytes = AlignedBuf::zeroed(q.bytes_for(v.len()).unwrap());
+    cria_core::quantize::quantize_rows(q, &v, bytes.as_mut_slice(), t.cols(), None).unwrap();
+    let mut nt = cria_core::Tensor::new(t.name.clone(), q, t.ne.clone(), Bytes::owned(bytes))
+        .unwrap();
+    if dequantize {
+        let d = nt.to_f32_vec().unwrap();
+        let mut fb = AlignedBuf::zeroed(d.len() * 4);
+        for (o, x) in fb.as_mut_slice().chunks_exact_mut(4).zip(&d) {
+            o.copy_from_slice(&x.to_le_bytes());
+        }
+        nt = cria_core::Tensor::new(
+            t.name.clone(),
+            cria_core::DType::F32,
+            t.ne.clone(),
+            Bytes::owned(fb),
+        )
+        .unwrap();
+    }
+    cria_kernels::Weight::prepare(cpu, nt).unwrap()
+}
+
+/// The issue's QLoRA types: every layer matrix of SmolLM2 (from its f32 dequantization) quantized
+/// to Q4_K where its rows hold whole 256-value super-blocks (ffn_down) and to Q8_0 elsewhere, as
+/// Q4_K_M falls back; the adapter gradients over that base against those over the same values
+/// dequantized to f32.
+#[test]
+fn qlora_over_q4_k_and_q8_0_is_lora_over_their_dequantization() {
+    use cria_core::DType;
+    let Some(path) = smol_path() else { return };
+    let cpu = CpuBackend::new(2);
+    let seqs = batch("smol");
+    let c = cfg(2, 0.0, all_targets());
+    let rng = Rng::new(1);
+    let mut grads = Vec::new();
+    for dequantize in [false, true] {
+        let mut m = load(&path, true, &cpu);
+        for layer in &mut m.weights.layers {
+            for w in [
+                &mut layer.attn_q,
+                &mut layer.attn_k,
+                &mut layer.attn_v,
+                &mut layer.attn_output,
+                &mut layer.ffn_gate,
+                &mut layer.ffn_up,
+                &mut layer.ffn_down,
+            ] {
+                let q = if w.cols % 256 == 0 {
+                    DType::Q4_K
+                } else {
+                    DType::Q8_0
+                };
+                *w = requantized(&cpu, w, q, dequantize);
+            }
+        }
+        let mut peft = LoraParams::zeros(c.clone(), &m.config).unwrap();
+        peft.init_peft(&mut Rng::new(7)).unwrap();
+        let (l, _, g) = run_from(&m, &cpu, peft, opts(false), &seqs, &rng);
+        let (lr, _, gr) = run(&m, &cpu, c.clone(), opts(false), &seqs, &rng);
+        grads.push((l, g, lr, gr));
+    }
+    let (q, f) = (&grads[0], &grads[1]);
+    for (name, lq, gq, lf, gf) in [
+        ("B = 0", q.0, &q.1, f.0, &f.1),
+        ("random adapters", q.2, &q.3, f.2, &f.3),
+    ] {
+        let r = rel(gq, gf);
+        println!(
+            "{name}: QLoRA over Q4_K/Q8_0 vs LoRA over their dequantization: gradients {r:.2e} \
+             relative, loss {lq:.6} vs {lf:.6}"
+        );
+        assert!(gf.iter().any(|&g| g != 0.0), "{name}: no gradient");
+        assert!(r < 2e-4, "{name}: gradients differ by {r:.2e}");
+        assert!((lq - lf).abs() <= 1e-5 * lf, "{name}: loss {lq} vs {lf}");
+    }
+}
