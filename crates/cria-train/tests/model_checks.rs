@@ -283,8 +283,8 @@ fn requantized(
     let v = t.to_f32_vec().unwrap();
     let mut bytes = AlignedBuf::zeroed(q.bytes_for(v.len()).unwrap());
     cria_core::quantize::quantize_rows(q, &v, bytes.as_mut_slice(), t.cols(), None).unwrap();
-    let mut nt = cria_core::Tensor::new(t.name.clone(), q, t.ne.clone(), Bytes::owned(bytes))
-        .unwrap();
+    let mut nt =
+        cria_core::Tensor::new(t.name.clone(), q, t.ne.clone(), Bytes::owned(bytes)).unwrap();
     if dequantize {
         let d = nt.to_f32_vec().unwrap();
         let mut fb = AlignedBuf::zeroed(d.len() * 4);
