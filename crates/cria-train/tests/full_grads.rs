@@ -268,6 +268,27 @@ fn save_hf_round_trip() {
     }
 }
 
+/// A GGUF model (Q/K rows in llama.cpp's interleaved order) comes out of save_hf in Hugging
+/// Face's order: the same tensors as the committed HF folder of the same model.
+#[test]
+fn save_hf_from_gguf_undoes_the_row_permutation() {
+    let cpu = CpuBackend::new(2);
+    let dir = root().join("tests/fixtures/tiny-llama2");
+    let g = Model::load(&dir.join("model.gguf"), LoadOptions { f32: true }, &cpu).unwrap();
+    assert!(g.config.rope_interleaved);
+    let m = FullModel::from_model(&g, opts(false)).unwrap();
+    let out = std::env::temp_dir().join(format!("cria_full_gguf_{}", std::process::id()));
+    m.save_hf(&out).unwrap();
+    let got = SafetensorsModel::open_file(&out.join("model.safetensors")).unwrap();
+    let want = SafetensorsModel::open_file(&dir.join("model.safetensors")).unwrap();
+    for e in &m.params().entries {
+        let (a, b) = (got.get(&e.name).unwrap(), want.get(&e.name).unwrap());
+        let r = rel(&a.to_f32_vec().unwrap(), &b.to_f32_vec().unwrap());
+        assert!(r < 1e-3, "{}: rel {r:.2e}", e.name);
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
+
 #[test]
 fn adamw_with_decay_groups() {
     let cpu = CpuBackend::new(2);
