@@ -442,6 +442,15 @@ fn bench_20m() {
         m.forward_backward(&cpu, &seqs, 1e-3).unwrap();
     }
     let s = t0.elapsed().as_secs_f64() / reps as f64;
+    let t1 = std::time::Instant::now();
+    for _ in 0..reps {
+        m.eval(&cpu, &seqs).unwrap();
+    }
+    let fwd = t1.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "forward alone {fwd:.3} s/step ({:.0}% of forward+backward)",
+        100.0 * fwd / s
+    );
     let n = m.params().n_params() as f64;
     let toks = (seq * nseq) as f64;
     println!(
