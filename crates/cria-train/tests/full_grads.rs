@@ -11,7 +11,7 @@ use cria_model::config::Config;
 use cria_model::model::{LoadOptions, Model};
 use cria_train::full::{FullModel, Kind};
 use cria_train::model::{Seq, TrainOptions};
-use cria_train::optim::{AdamW, AdamWConfig};
+use cria_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -289,6 +289,115 @@ fn save_hf_from_gguf_undoes_the_row_permutation() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// AdamW over the flat parameters in two groups (weight decay on `decay_flags`, none on the
+/// rest), as a trainer would run it; optional clipping of the global gradient norm first.
+struct Groups {
+    flags: Vec<bool>,
+    decay: AdamW,
+    plain: AdamW,
+}
+
+impl Groups {
+    fn new(m: &FullModel, wd: f64) -> Groups {
+        let flags = m.params().decay_flags();
+        let lens = m.params().lens();
+        let pick = |want: bool| -> Vec<usize> {
+            lens.iter()
+                .zip(&flags)
+                .filter(|(_, &f)| f == want)
+                .map(|(&l, _)| l)
+                .collect()
+        };
+        let cfg = |weight_decay| AdamWConfig {
+            weight_decay,
+            ..Default::default()
+        };
+        Groups {
+            decay: AdamW::new(cfg(wd), &pick(true)).unwrap(),
+            plain: AdamW::new(cfg(0.0), &pick(false)).unwrap(),
+            flags,
+        }
+    }
+
+    fn step(&mut self, m: &mut FullModel, lr: f64, clip: Option<f64>) {
+        let (ps, mut gs) = m.params_mut().split_mut();
+        if let Some(c) = clip {
+            clip_grad_norm(&mut gs, c).unwrap();
+        }
+        let (mut pd, mut pn, mut gd, mut gn) = (vec![], vec![], vec![], vec![]);
+        for ((p, g), &f) in ps.into_iter().zip(gs).zip(&self.flags) {
+            if f {
+                pd.push(p);
+                gd.push(&*g);
+            } else {
+                pn.push(p);
+                gn.push(&*g);
+            }
+        }
+        self.decay.step(lr, &mut pd, &gd).unwrap();
+        self.plain.step(lr, &mut pn, &gn).unwrap();
+    }
+}
+
+/// 12 AdamW steps (clipping, decay groups) from the committed weights over three batches give
+/// the losses of torch.optim.AdamW with the same parameter groups (float64).
+fn adamw_against_torch(name: &str) {
+    let cpu = CpuBackend::new(2);
+    let fix = read_fix(name);
+    let text = std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let a = &j["adamw"];
+    let mut batches = vec![fix.seqs.clone()];
+    for b in a["batches"].as_array().unwrap() {
+        let (t, g): (Vec<Vec<u32>>, Vec<Vec<i32>>) = serde_json::from_value(b.clone()).unwrap();
+        let seqs = t
+            .into_iter()
+            .zip(g)
+            .map(|(tokens, targets)| Seq { tokens, targets });
+        batches.push(seqs.collect());
+    }
+    let want: Vec<f64> = serde_json::from_value(a["losses"].clone()).unwrap();
+    let lr = a["lr"].as_f64().unwrap();
+    let clip = a["max_grad_norm"].as_f64().unwrap();
+    let mut m = load(name, &cpu, false);
+    let mut opt = Groups::new(&m, a["weight_decay"].as_f64().unwrap());
+    let mut worst = 0f64;
+    for (step, &w) in want.iter().enumerate() {
+        let seqs = &batches[step % batches.len()];
+        let n: usize = seqs
+            .iter()
+            .map(|s| s.targets.iter().filter(|&&g| g >= 0).count())
+            .sum();
+        m.params_mut().zero_grads();
+        let (sum, count) = m.forward_backward(&cpu, seqs, 1.0 / n as f32).unwrap();
+        assert_eq!(count, n);
+        let loss = sum / n as f64;
+        let r = (loss - w).abs() / w;
+        assert!(
+            r < 1e-4,
+            "{name} step {step}: loss {loss} vs torch {w} (rel {r:.2e})"
+        );
+        worst = worst.max(r);
+        opt.step(&mut m, lr, Some(clip));
+    }
+    println!(
+        "{name}: {} AdamW steps, loss {:.4} -> {:.4}, worst rel vs torch {worst:.2e}",
+        want.len(),
+        want[0],
+        want[want.len() - 1]
+    );
+}
+
+#[test]
+fn adamw_matches_torch_tiny_llama2() {
+    adamw_against_torch("tiny-llama2");
+}
+
+#[test]
+fn adamw_matches_torch_tiny_llama31() {
+    adamw_against_torch("tiny-llama31");
+}
+
 #[test]
 fn adamw_with_decay_groups() {
     let cpu = CpuBackend::new(2);
@@ -302,46 +411,9 @@ fn adamw_with_decay_groups() {
         !flags[0] && flags[flags.len() - 1],
         "embedding no, untied head yes"
     );
-    let lens = m.params().lens();
-    let pick = |want: bool| -> Vec<usize> {
-        lens.iter()
-            .zip(&flags)
-            .filter(|(_, &f)| f == want)
-            .map(|(&l, _)| l)
-            .collect()
-    };
     let wd = 0.1;
-    let mut opt_decay = AdamW::new(
-        AdamWConfig {
-            weight_decay: wd,
-            ..Default::default()
-        },
-        &pick(true),
-    )
-    .unwrap();
-    let mut opt_plain = AdamW::new(
-        AdamWConfig {
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-        &pick(false),
-    )
-    .unwrap();
-    let mut step = |m: &mut FullModel, lr: f64| {
-        let (ps, gs) = m.params_mut().split_mut();
-        let (mut pd, mut pn, mut gd, mut gn) = (vec![], vec![], vec![], vec![]);
-        for ((p, g), &f) in ps.into_iter().zip(gs).zip(&flags) {
-            if f {
-                pd.push(p);
-                gd.push(&*g);
-            } else {
-                pn.push(p);
-                gn.push(&*g);
-            }
-        }
-        opt_decay.step(lr, &mut pd, &gd).unwrap();
-        opt_plain.step(lr, &mut pn, &gn).unwrap();
-    };
+    let mut opt = Groups::new(&m, wd);
+    let mut step = |m: &mut FullModel, lr: f64| opt.step(m, lr, None);
     // Zero gradients: only the decayed group moves, by exactly the decay factor.
     let before = m.params().data.clone();
     let lr = 1e-2;
