@@ -38,6 +38,7 @@ use cria_core::DType;
 use cria_kernels::{CpuBackend, Rope};
 use cria_model::config::{Config, RopeScaling};
 use cria_model::model::Model;
+use std::mem::size_of;
 use std::ops::Range;
 use std::path::Path;
 
@@ -297,6 +298,41 @@ struct Sz {
     nh: usize,
     vocab: usize,
     hr: usize,
+    n_pairs: usize,
+}
+
+impl Sz {
+    fn new(c: &Config, opts: &TrainOptions) -> Sz {
+        let t = opts.max_rows;
+        let (qd, kvd, n_pairs) = (c.q_dim(), c.kv_dim(), c.n_rot / 2);
+        let (dim, ff, nh, vocab) = (c.dim, c.ffn_dim, c.n_heads, c.vocab_size);
+        let hr = HEAD_ROWS.min(t);
+        Sz {
+            t,
+            dim,
+            qd,
+            kvd,
+            ff,
+            nh,
+            vocab,
+            hr,
+            n_pairs,
+        }
+    }
+
+    /// Bytes of everything `FullModel::new` allocates beside the parameters: each layer's input
+    /// (and the output), `sets` layers' activations, the backward's and the head's buffers.
+    fn bytes(&self, n_layers: usize, sets: usize) -> usize {
+        let (t, f) = (self.t, size_of::<f32>());
+        let acts = t * (3 * self.dim + 2 * self.qd + 2 * self.kvd + self.nh + 2 + 3 * self.ff);
+        let work = t * (4 * self.dim + 2 * self.qd + 2 * self.kvd + 3 * self.ff + 1)
+            + self.hr * (2 * self.dim + self.vocab);
+        ((n_layers + 1) * t * self.dim + sets * acts + work) * f
+            + t * (size_of::<u32>() + size_of::<i32>() + size_of::<usize>())
+            + t * size_of::<Range<usize>>()
+            + t * self.n_pairs * size_of::<(f32, f32)>()
+            + self.hr * (size_of::<usize>() + size_of::<i32>())
+    }
 }
 
 impl Acts {
@@ -370,11 +406,16 @@ impl Work {
             targets: vec![IGNORE; s.t],
             positions: vec![0; s.t],
             ranges: Vec::with_capacity(s.t),
-            cs: Vec::new(),
+            cs: Vec::with_capacity(s.t * s.n_pairs),
             rows: Vec::with_capacity(s.hr),
             labels: Vec::with_capacity(s.hr),
         }
     }
+}
+
+/// Bytes a vector holds.
+fn cap<T>(v: &Vec<T>) -> usize {
+    v.capacity() * size_of::<T>()
 }
 
 /// `y = x W^T`, `W` (n, k) row-major, `x` (t, k).
@@ -500,16 +541,7 @@ impl FullModel {
                 "the parameters were not made for this config (FullParams::zeros)".into(),
             ));
         }
-        let sz = Sz {
-            t: opts.max_rows,
-            dim: c.dim,
-            qd: c.q_dim(),
-            kvd: c.kv_dim(),
-            ff: c.ffn_dim,
-            nh: c.n_heads,
-            vocab: c.vocab_size,
-            hr: HEAD_ROWS.min(opts.max_rows),
-        };
+        let sz = Sz::new(&c, &opts);
         let sets = if opts.grad_checkpoint { 1 } else { c.n_layers };
         Ok(FullModel {
             inputs: (0..=c.n_layers)
@@ -523,6 +555,43 @@ impl FullModel {
             opts,
             sz,
         })
+    }
+
+    /// Bytes of the training buffers for `c` under `opts` (activations of a micro-batch and
+    /// scratch), before anything is allocated; the parameters and their gradients
+    /// (`8 * n_params`) and the optimizer's moments (another `8 * n_params`) are not in it.
+    pub fn activation_bytes(c: &Config, opts: &TrainOptions) -> usize {
+        let sets = if opts.grad_checkpoint { 1 } else { c.n_layers };
+        Sz::new(c, opts).bytes(c.n_layers, sets)
+    }
+
+    /// What `new` allocated for the buffers, counted from their capacities.
+    pub fn buffer_bytes(&self) -> usize {
+        let f = cap::<f32>;
+        let a = |a: &Acts| {
+            [
+                &a.n1, &a.r1, &a.q, &a.k, &a.v, &a.att, &a.lse, &a.h, &a.n2, &a.r2, &a.g, &a.u,
+                &a.act,
+            ]
+            .into_iter()
+            .map(f)
+            .sum::<usize>()
+        };
+        let w = &self.w;
+        let work = [
+            &w.dx, &w.dn, &w.tmp, &w.dq, &w.dk, &w.dv, &w.datt, &w.dg, &w.du, &w.dact, &w.nf,
+            &w.rf, &w.xc, &w.logits, &w.dxc,
+        ];
+        self.inputs.iter().map(f).sum::<usize>()
+            + self.acts.iter().map(a).sum::<usize>()
+            + work.into_iter().map(f).sum::<usize>()
+            + cap(&w.tokens)
+            + cap(&w.targets)
+            + cap(&w.positions)
+            + cap(&w.ranges)
+            + cap(&w.cs)
+            + cap(&w.rows)
+            + cap(&w.labels)
     }
 
     pub fn params(&self) -> &FullParams {

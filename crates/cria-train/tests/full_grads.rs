@@ -441,6 +441,20 @@ fn adamw_with_decay_groups() {
     assert!(last < 0.8 * first, "{first} -> {last}");
 }
 
+/// The memory prediction is what `new` allocates, and stays so after a step (no growth).
+#[test]
+fn activation_bytes_is_what_new_allocates() {
+    let cpu = CpuBackend::new(2);
+    let fix = read_fix("tiny-llama31");
+    for ckpt in [false, true] {
+        let mut m = load("tiny-llama31", &cpu, ckpt);
+        let want = FullModel::activation_bytes(&m.config, &opts(ckpt));
+        assert_eq!(m.buffer_bytes(), want, "checkpointing {ckpt}");
+        m.forward_backward(&cpu, &fix.seqs, 1.0).unwrap();
+        assert_eq!(m.buffer_bytes(), want, "checkpointing {ckpt}, after a step");
+    }
+}
+
 #[test]
 fn bad_input_is_an_error() {
     let cpu = CpuBackend::new(2);
@@ -501,6 +515,11 @@ fn bench_20m() {
         exact_forward: true,
     };
     let mut m = FullModel::from_config(&c, 0.02, 1, o).unwrap();
+    println!(
+        "buffers {:.1} MiB, parameters + gradients + AdamW moments {:.1} MiB",
+        FullModel::activation_bytes(&c, &o) as f64 / (1 << 20) as f64,
+        (16 * m.params().n_params()) as f64 / (1 << 20) as f64
+    );
     let seqs: Vec<Seq> = (0..nseq)
         .map(|s| Seq {
             tokens: (0..seq).map(|i| ((i * 31 + s * 7) % 8192) as u32).collect(),
