@@ -2,7 +2,7 @@
 //! passes; AdamW, schedules, gradient clipping, LoRA init (`optim`); training data (`data`);
 //! the training loop and checkpoints (`trainer`), adapter files (`adapter_io`), the loss plot
 //! (`plot`), the memory prediction of `--dry-run` (`memory`); `model` is the whole-model
-//! forward/backward (`TrainModel`).
+//! forward/backward (`TrainModel`); `full` trains every weight (`FullModel`, issue 24 groundwork).
 //!
 //! In the style of llm.c: one function per op, its forward beside its backward, over f32 slices
 //! the caller allocated (no allocation inside an op), scalar and readable; no autograd graph.
@@ -20,6 +20,7 @@ pub mod adapter_io;
 pub mod attention;
 pub mod attention_batch;
 pub mod data;
+pub mod full;
 pub mod loss;
 pub mod matmul;
 pub mod memory;
