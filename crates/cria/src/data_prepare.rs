@@ -12,7 +12,8 @@
 //!
 //! Whitespace-only documents are skipped and not counted. Each document is tokenized without
 //! BOS and without parsing special-token text (a literal `<|eot_id|>` in the corpus stays text),
-//! then the tokenizer's end-of-text (EOS) token is appended.
+//! then the end-of-text token is appended: `<|end_of_text|>` or `<|endoftext|>` when the
+//! vocabulary has one, else the tokenizer's EOS (a tokenizer with neither is refused).
 //!
 //! Validation split: document `i` (0-based, over the whole corpus in order) goes to validation
 //! when `floor((i + 1) f) > floor(i f)` for `--val-fraction f`: exactly `floor(n f)` of `n`
@@ -433,6 +434,10 @@ fn encode_batch(
     })
 }
 
+/// Document separators preferred over the tokenizer's EOS when the vocabulary has them: an
+/// instruct model's EOS is often its end-of-turn token (SmolLM2's `<|im_end|>`).
+const END_OF_TEXT: [&str; 2] = ["<|end_of_text|>", "<|endoftext|>"];
+
 pub fn prepare(a: &DataPrepareArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.val_fraction) {
         bail!(
@@ -452,7 +457,11 @@ pub fn prepare(a: &DataPrepareArgs) -> Result<()> {
         crate::load::tokenizer(Some(&a.tokenizer))
     }
     .with_context(|| format!("loading the tokenizer of {}", a.tokenizer))?;
-    let Some(eos) = tok.eos() else {
+    let Some(eos) = END_OF_TEXT
+        .iter()
+        .find_map(|t| tok.token_id(t))
+        .or(tok.eos())
+    else {
         bail!(
             "the tokenizer of {} has no end-of-text (EOS) token, which separates documents; \
              use a tokenizer with one (cria tokenizer train adds <|end_of_text|>)",

