@@ -326,7 +326,8 @@ impl Shard {
 }
 
 /// Opens the shards of `split` ("train" or "val") of a prepared folder, in order, from its
-/// manifest `data.json`; a manifest whose run did not finish (`done` false) is an error.
+/// manifest `data.json`; a manifest whose run did not finish (`done` false) is an error, and so
+/// is a shard whose token count or vocabulary differs from the manifest's.
 pub fn open_split(dir: &Path, split: &str) -> Result<Vec<Shard>, Error> {
     let mpath = dir.join("data.json");
     let text = std::fs::read(&mpath).map_err(|e| err(&mpath, e))?;
@@ -346,7 +347,19 @@ pub fn open_split(dir: &Path, split: &str) -> Result<Vec<Shard>, Error> {
             .as_str()
             .filter(|s| !s.contains('/') && !s.contains('\\') && !s.starts_with('.'))
             .ok_or_else(|| err(&mpath, format!("bad shard entry {n}")))?;
-        out.push(Shard::open(&dir.join(name))?);
+        let s = Shard::open(&dir.join(name))?;
+        if n["tokens"].as_u64() != Some(s.header.count)
+            || m["vocab_size"].as_u64() != Some(s.header.vocab_size as u64)
+        {
+            return Err(err(
+                &s.path,
+                format!(
+                    "{} tokens over a vocabulary of {}; data.json says {} over {}",
+                    s.header.count, s.header.vocab_size, n["tokens"], m["vocab_size"]
+                ),
+            ));
+        }
+        out.push(s);
     }
     Ok(out)
 }

@@ -202,6 +202,19 @@ fn round_trip_val_split_and_resume() {
             "{n:?} differs after resume"
         );
     }
+    // A shard swapped for another (the manifest disagrees) is refused by the reader.
+    std::fs::copy(
+        resumed.join("val_000000.bin"),
+        resumed.join("train_000001.bin"),
+    )
+    .unwrap();
+    let e = shards::open_split(&resumed, "train").err().unwrap();
+    assert!(e.0.contains("data.json says"), "{e}");
+    std::fs::copy(
+        straight.join("train_000001.bin"),
+        resumed.join("train_000001.bin"),
+    )
+    .unwrap();
     // Done: a rerun does nothing; other settings over the folder are refused.
     let (ok, err) = prepare(&tok, &resumed, &args, None);
     assert!(ok && err.contains("nothing to do"), "{err}");
