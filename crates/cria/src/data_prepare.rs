@@ -10,6 +10,8 @@
 //! - a directory: its `.txt`, `.text`, `.md` and `.jsonl` files, recursively, in path order
 //!   (hidden entries skipped).
 //!
+//! A document is held whole in memory while it is tokenized: a text file with no blank line is
+//! one document the size of the file (split such files, or write JSONL).
 //! Whitespace-only documents are skipped and not counted. Each document is tokenized without
 //! BOS and without parsing special-token text (a literal `<|eot_id|>` in the corpus stays text),
 //! then the end-of-text token is appended: `<|end_of_text|>` or `<|endoftext|>` when the

@@ -462,3 +462,48 @@ fn model_tokenizer() {
     assert!(shards::open_split(&dir, "val").unwrap().is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A directory input: .txt/.text/.md/.jsonl files recursively in path order; hidden entries and
+/// other extensions skipped.
+#[test]
+fn directory_input() {
+    let dir = tmp("dir");
+    let corpus = dir.join("corpus");
+    std::fs::create_dir_all(corpus.join("sub")).unwrap();
+    std::fs::create_dir_all(corpus.join(".git")).unwrap();
+    std::fs::write(corpus.join("b.txt"), "second doc\n\nthird doc\n").unwrap();
+    std::fs::write(corpus.join("a.jsonl"), "{\"text\": \"first doc\"}\n").unwrap();
+    std::fs::write(corpus.join("sub/c.md"), "fourth doc").unwrap();
+    std::fs::write(corpus.join(".hidden.txt"), "not read").unwrap();
+    std::fs::write(corpus.join(".git/x.txt"), "not read").unwrap();
+    std::fs::write(corpus.join("data.bin"), [0xffu8, 0xfe]).unwrap();
+    let tok = tokenizer(&dir);
+    let out = dir.join("out");
+    let (ok, err) = cria(
+        &[
+            "data",
+            "prepare",
+            corpus.to_str().unwrap(),
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--val-fraction",
+            "0",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let t = cria_tokenizer::Tokenizer::from_hf(
+        &tok.join("tokenizer.json"),
+        Some(&tok.join("tokenizer_config.json")),
+    )
+    .unwrap();
+    let mut want = Vec::new();
+    for d in ["first doc", "second doc", "third doc", "fourth doc"] {
+        want.extend(t.encode(d, false, false));
+        want.push(t.token_id("<|end_of_text|>").unwrap());
+    }
+    assert_eq!(read_split(&out, "train").0, want);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
