@@ -31,6 +31,7 @@ pub mod optim;
 pub mod params;
 pub mod plot;
 pub mod rope;
+pub mod shards;
 pub mod swiglu;
 pub mod trainer;
 

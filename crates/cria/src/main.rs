@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod constraint_args;
 mod convert;
+mod data_prepare;
 mod export;
 mod fetch;
 mod finetune;
@@ -18,6 +19,7 @@ mod quantize;
 mod run;
 mod sample_args;
 mod terminal;
+mod tokenizer_train;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -280,6 +282,12 @@ enum Cmd {
     /// LoRA / QLoRA fine-tuning over the model you run (HF folder or GGUF, quantized or not):
     /// writes a PEFT adapter folder (+ --gguf a llama.cpp LoRA) for `cria run --lora`.
     Finetune(Box<finetune::FinetuneArgs>),
+    /// Tokenizers for pretraining: `cria tokenizer train` (byte-level BPE, LLaMA 3 style).
+    #[command(subcommand)]
+    Tokenizer(tokenizer_train::TokenizerCmd),
+    /// Pretraining data: `cria data prepare` (a corpus into token shards).
+    #[command(subcommand)]
+    Data(data_prepare::DataCmd),
     /// Architecture, hyper-parameters, tokenizer and tensor table of a model; rank, alpha,
     /// targets and size of a LoRA adapter.
     Inspect {
@@ -538,6 +546,8 @@ fn real_main() -> Result<()> {
         Cmd::Convert(a) => convert::run(&a)?,
         Cmd::Merge(a) => merge::run(&a)?,
         Cmd::Finetune(a) => finetune::run(&a)?,
+        Cmd::Tokenizer(c) => tokenizer_train::run(&c)?,
+        Cmd::Data(c) => data_prepare::run(&c)?,
         Cmd::Serve { m, s } => cria_server::run(load::model(m.model.as_deref(), &m)?, &s)?,
         Cmd::Inspect {
             model,
