@@ -554,3 +554,86 @@ pub fn load_checkpoint(t: &mut Pretrainer, dir: &Path) -> Result<()> {
     t.order = order;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shards::ShardWriter;
+
+    /// Windows read across shard boundaries are the concatenated stream's, each epoch visits
+    /// every window once, and a resumed position gives the same sequence of windows.
+    #[test]
+    fn stream_windows_cross_shards_and_epochs_are_permutations() {
+        let dir = std::env::temp_dir().join(format!("cria-pt-stream-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let all: Vec<u32> = (0..23).collect();
+        let mut shards = Vec::new();
+        for (i, part) in [&all[..5], &all[5..6], &all[6..]].iter().enumerate() {
+            let p = dir.join(format!("s{i}.bin"));
+            let mut w = ShardWriter::create(&p, 100).unwrap();
+            w.push(part).unwrap();
+            shards.push(Shard::open(&w.finish().unwrap()).unwrap());
+        }
+        let ctx = 4;
+        let st = Stream::new(shards, ctx).unwrap();
+        assert_eq!((st.tokens(), st.windows()), (23, 5));
+        for i in 0..st.windows() {
+            let s = st.seq(i).unwrap();
+            assert_eq!(s.tokens, &all[i * ctx..i * ctx + ctx]);
+            let t: Vec<i32> = all[i * ctx + 1..i * ctx + ctx + 1]
+                .iter()
+                .map(|&x| x as i32)
+                .collect();
+            assert_eq!(s.targets, t);
+        }
+        for e in 0..3 {
+            let mut o = epoch_order(st.windows(), 9, e, true);
+            o.sort();
+            assert_eq!(o, (0..5).collect::<Vec<_>>());
+        }
+        assert_ne!(epoch_order(5, 9, 0, true), epoch_order(5, 9, 1, true));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn lr_warms_up_then_decays_to_min_ratio() {
+        let h = Hyper {
+            ctx: 4,
+            batch_seqs: 1,
+            micro_seqs: 1,
+            steps: 10,
+            lr: 1e-3,
+            warmup_steps: 2,
+            schedule: ScheduleKind::Cosine { num_cycles: 0.5 },
+            min_lr_ratio: 0.1,
+            weight_decay: 0.1,
+            max_grad_norm: 1.0,
+            eval_windows: 1,
+            seed: 0,
+        };
+        let lr = |s| lr_at(&h, s).unwrap();
+        assert_eq!((lr(0), lr(1), lr(2)), (0.0, 5e-4, 1e-3));
+        assert!((lr(10) - 1e-4).abs() < 1e-12, "{}", lr(10));
+        assert!((lr(6) - (1e-4 + 9e-4 * 0.5)).abs() < 1e-12, "{}", lr(6));
+    }
+
+    #[test]
+    fn bad_configs_are_errors() {
+        let c = |v: Value| config_from_json(&v, 100, 16).map(|_| ()).unwrap_err().0;
+        let base = json!({"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 3,
+                          "intermediate_size": 64});
+        assert!(c(base.clone()).contains("does not divide"));
+        let mut v = base.clone();
+        v["num_attention_heads"] = json!(4);
+        v["vocab_size"] = json!(99);
+        assert!(c(v).contains("vocab_size 99"));
+        assert!(c(json!([1])).contains("not a JSON object"));
+        assert!(preset("2M", 100, 16).unwrap_err().0.contains("unknown"));
+        let p = config_from_json(&preset("1M", 100, 16).unwrap(), 100, 16).unwrap();
+        assert_eq!(
+            (p.dim, p.n_layers, p.n_heads, p.n_kv_heads, p.ffn_dim),
+            (128, 5, 4, 2, 384)
+        );
+    }
+}
