@@ -24,9 +24,10 @@
 //! - checkpoints ([`save_checkpoint`] / [`load_checkpoint`]): `RUN/checkpoint-STEP/` with
 //!   `params.safetensors` (every tensor, HF names, f32), `optimizer_decay.bin` and
 //!   `optimizer_no_decay.bin` (`AdamWState::to_bytes`), `trainer_state.json` (step, tokens, data
-//!   position, seed, the model config and the hyper-parameters); written in a temp folder, each
-//!   file fsync'd, renamed into place. A resume checks the model config and hyper-parameters
-//!   against the checkpoint's and continues bit for bit (nothing else is random: no dropout).
+//!   position, seed, the model config, the hyper-parameters and the train split's token count);
+//!   written in a temp folder, each file fsync'd, renamed into place. A resume checks the model
+//!   config, hyper-parameters and token count against the checkpoint's and continues bit for bit
+//!   with the same thread count (nothing else is random: no dropout).
 
 use crate::adapter_io::{self, WriteBudget};
 use crate::full::{FullModel, FullParams};
@@ -414,6 +415,7 @@ impl Pretrainer {
             "data_position": {"epoch": self.epoch, "index": self.index},
             "model": self.model.hf_config_json()?,
             "hyper": self.hyper.json(),
+            "train_tokens": self.train.tokens(),
         }))
     }
 }
@@ -494,6 +496,11 @@ pub fn load_checkpoint(t: &mut Pretrainer, dir: &Path) -> Result<()> {
     for (key, what, want) in [
         ("model", "another model config", t.model.hf_config_json()?),
         ("hyper", "other training arguments", t.hyper.json()),
+        (
+            "train_tokens",
+            "other training data",
+            json!(t.train.tokens()),
+        ),
     ] {
         if st[key] != want {
             return Err(io(
