@@ -30,6 +30,7 @@ pub mod ops_par;
 pub mod optim;
 pub mod params;
 pub mod plot;
+pub mod pretrain;
 pub mod rope;
 pub mod shards;
 pub mod swiglu;

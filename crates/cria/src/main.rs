@@ -15,6 +15,7 @@ mod load;
 mod merge;
 mod models;
 mod perplexity;
+mod pretrain;
 mod quantize;
 mod run;
 mod sample_args;
@@ -282,6 +283,8 @@ enum Cmd {
     /// LoRA / QLoRA fine-tuning over the model you run (HF folder or GGUF, quantized or not):
     /// writes a PEFT adapter folder (+ --gguf a llama.cpp LoRA) for `cria run --lora`.
     Finetune(Box<finetune::FinetuneArgs>),
+    /// Pretraining from scratch on `cria data prepare` shards: writes RUN/final, an HF folder.
+    Pretrain(Box<pretrain::PretrainArgs>),
     /// Tokenizers for pretraining: `cria tokenizer train` (byte-level BPE, LLaMA 3 style).
     #[command(subcommand)]
     Tokenizer(tokenizer_train::TokenizerCmd),
@@ -546,6 +549,7 @@ fn real_main() -> Result<()> {
         Cmd::Convert(a) => convert::run(&a)?,
         Cmd::Merge(a) => merge::run(&a)?,
         Cmd::Finetune(a) => finetune::run(&a)?,
+        Cmd::Pretrain(a) => pretrain::run(&a)?,
         Cmd::Tokenizer(c) => tokenizer_train::run(&c)?,
         Cmd::Data(c) => data_prepare::run(&c)?,
         Cmd::Serve { m, s } => cria_server::run(load::model(m.model.as_deref(), &m)?, &s)?,
