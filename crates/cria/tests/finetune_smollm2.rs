@@ -22,7 +22,7 @@ use common::repo;
 const PREFIX: &str = "Ahoy, matey!";
 
 /// The recipe: small enough for CI on 2 cores, enough to learn the persona.
-const STEPS: &str = "24";
+const STEPS: &str = "16";
 const TRAIN_FLAGS: &[&str] = &[
     "--lr",
     "2e-3",
@@ -155,7 +155,7 @@ fn smollm2_learns_the_pirate_persona() {
         return;
     };
     let out = tmp("persona");
-    finetune(&model, &out, &["--max-steps", STEPS, "--eval-every", "12"]);
+    finetune(&model, &out, &["--max-steps", STEPS, "--eval-every", "8"]);
     assert!(out.join("adapter_config.json").exists());
     assert!(out.join("adapter_model.safetensors").exists());
     let evals = eval_losses(&out);
