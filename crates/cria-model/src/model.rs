@@ -220,7 +220,7 @@ impl<B: Backend> Builder<'_, B> {
 
 /// RoPE in llama.cpp's terms (base, linear freq_scale, per-pair freq factors), so the kernels can
 /// reproduce ggml's angles; llama3 scaling becomes freq factors, as llama.cpp's converter writes.
-fn make_rope(c: &Config) -> Rope {
+pub fn make_rope(c: &Config) -> Rope {
     let (freq_scale, ff) = match &c.rope_scaling {
         RopeScaling::None => (1.0, None),
         RopeScaling::Linear { factor } => (1.0 / factor, None),

@@ -242,34 +242,6 @@ fn split<'a>(v: &'a mut [f32], entries: &[FullEntry]) -> Vec<&'a mut [f32]> {
     out
 }
 
-/// RoPE in llama.cpp's terms for `c`, as `cria_model`'s loader derives it (llama3 scaling as
-/// per-pair frequency divisors).
-// TODO(lead): `cria_model::model::make_rope` does the same; make it pub and call it here.
-fn rope_of(c: &Config) -> Rope {
-    let (freq_scale, ff) = match &c.rope_scaling {
-        RopeScaling::None => (1.0, None),
-        RopeScaling::Linear { factor } => (1.0 / factor, None),
-        RopeScaling::FreqFactors(ff) => (1.0, Some(ff.clone())),
-        RopeScaling::Llama3 { .. } => {
-            let mut plain = c.clone();
-            plain.rope_scaling = RopeScaling::None;
-            let div = plain.rope_inv_freq().into_iter().zip(c.rope_inv_freq());
-            (
-                1.0,
-                Some(div.map(|(p, s)| (p as f64 / s as f64) as f32).collect()),
-            )
-        }
-    };
-    Rope::new(
-        c.n_rot,
-        c.rope_theta,
-        freq_scale,
-        ff,
-        1.0,
-        c.rope_interleaved,
-    )
-}
-
 /// One layer's kept activations (`t x width` each).
 struct Acts {
     n1: Vec<f32>,
@@ -463,7 +435,7 @@ impl FullModel {
     pub fn from_config(c: &Config, init_std: f64, seed: u64, opts: TrainOptions) -> Result<Self> {
         let mut p = FullParams::zeros(c)?;
         p.init_hf(init_std, &mut Rng::new(seed));
-        Self::new(c.clone(), rope_of(c), p, opts)
+        Self::new(c.clone(), cria_model::model::make_rope(c), p, opts)
     }
 
     /// The weights of a loaded model, dequantized to f32 (GGUF Q/K rows stay in their

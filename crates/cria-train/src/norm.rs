@@ -2,7 +2,8 @@
 
 use crate::{check_len, Error, Result};
 
-fn check(op: &str, x: usize, w: usize, rstd: usize) -> Result<usize> {
+/// Checks an RMSNorm's shapes (`x` rows of `w.len()`); returns the row width.
+pub(crate) fn check(op: &str, x: usize, w: usize, rstd: usize) -> Result<usize> {
     if w == 0 || x % w != 0 {
         return Err(Error(format!("{op}: {x} values are not rows of {w}")));
     }

@@ -14,7 +14,7 @@
 //! reference fuses it, so the three instances give the same bits.
 
 use crate::attention_batch::exp;
-use crate::{check_len, prod, Error, Result};
+use crate::{check_len, Error, Result};
 use cria_kernels::{CpuBackend, Isa, Rope};
 use std::sync::Mutex;
 
@@ -120,15 +120,6 @@ fn dot3(g: &[f32], w: &[f32], x: &[f32]) -> f32 {
     tail + acc.iter().sum::<f32>()
 }
 
-/// Checks an RMSNorm's shapes (`x` rows of `w.len()`); returns the row width.
-fn norm_check(op: &str, x: usize, w: usize, rstd: usize) -> Result<usize> {
-    if w == 0 || x % w != 0 {
-        return Err(Error(format!("{op}: {x} values are not rows of {w}")));
-    }
-    check_len(op, "rstd", rstd, x / w)?;
-    Ok(w)
-}
-
 simd_fn! {
     /// `norm::rmsnorm_forward` over a block of rows.
     fn rms_fwd(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
@@ -180,7 +171,7 @@ pub fn rmsnorm_forward(
     eps: f32,
 ) -> Result<()> {
     const OP: &str = "ops_par::rmsnorm_forward";
-    let d = norm_check(OP, x.len(), w.len(), rstd.len())?;
+    let d = crate::norm::check(OP, x.len(), w.len(), rstd.len())?;
     check_len(OP, "y", y.len(), x.len())?;
     let (r, isa) = (rows_per(d), cpu.isa());
     let blocks = y.chunks_mut(r * d).zip(rstd.chunks_mut(r));
@@ -202,7 +193,7 @@ pub fn rmsnorm_backward(
     rstd: &[f32],
 ) -> Result<()> {
     const OP: &str = "ops_par::rmsnorm_backward";
-    let d = norm_check(OP, x.len(), w.len(), rstd.len())?;
+    let d = crate::norm::check(OP, x.len(), w.len(), rstd.len())?;
     check_len(OP, "dx", dx.len(), x.len())?;
     check_len(OP, "dy", dy.len(), x.len())?;
     if let Some(dw) = &dw {
@@ -219,34 +210,6 @@ pub fn rmsnorm_backward(
         rms_dw(isa, dw, dy, x, rstd);
     }
     Ok(())
-}
-
-/// `rope`'s checks: `x` is `t` rows of `n_heads x head_dim`, `cs` the table of `t` positions;
-/// returns the number of rotated pairs.
-fn rope_check(
-    op: &str,
-    x: usize,
-    t: usize,
-    n_heads: usize,
-    head_dim: usize,
-    rope: &Rope,
-    cs: usize,
-) -> Result<usize> {
-    let n_pairs = rope.inv_freq.len();
-    if n_heads == 0 || head_dim == 0 || 2 * n_pairs > head_dim {
-        return Err(Error(format!(
-            "{op}: {n_heads} heads of {head_dim} values, {} of them rotated",
-            2 * n_pairs
-        )));
-    }
-    check_len(op, "x", x, prod(op, &[t, n_heads, head_dim])?)?;
-    check_len(
-        op,
-        "cs (the rope_table of t positions)",
-        cs,
-        prod(op, &[t, n_pairs])?,
-    )?;
-    Ok(n_pairs)
 }
 
 /// The pair (a, b) at angle (c, s): rotated forward as `cria_kernels::rotate` does (the same
@@ -299,7 +262,7 @@ fn rope_par<const BACK: bool>(
     rope: &Rope,
     cs: &[(f32, f32)],
 ) -> Result<()> {
-    let n_pairs = rope_check(op, x.len(), t, n_heads, head_dim, rope, cs.len())?;
+    let n_pairs = crate::rope::check(op, x.len(), t, n_heads, head_dim, rope, cs.len())?;
     if n_pairs == 0 || t == 0 {
         return Ok(());
     }

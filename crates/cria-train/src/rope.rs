@@ -19,7 +19,7 @@ pub fn rope_table(rope: &Rope, positions: &[usize], cs: &mut Vec<(f32, f32)>) {
 }
 
 /// Checks the shapes; returns the number of rotated pairs.
-fn check(
+pub(crate) fn check(
     op: &str,
     x: usize,
     t: usize,
