@@ -34,7 +34,7 @@ use crate::full::{FullModel, FullParams};
 use crate::model::{Seq, TrainOptions};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, AdamWState, LrSchedule, ScheduleKind};
 use crate::shards::Shard;
-use crate::trainer::{checkpoint_name, checkpoints, epoch_order, STATE_FILE};
+use crate::trainer::{epoch_order, STATE_FILE};
 use crate::{Error, Result};
 use cria_kernels::CpuBackend;
 use cria_model::config::Config;
@@ -424,18 +424,10 @@ fn io(path: &Path, e: impl std::fmt::Display) -> Error {
     Error(format!("{}: {e}", path.display()))
 }
 
-/// Writes `out/checkpoint-STEP/` through `out/.checkpoint-STEP.tmp` (each file fsync'd, then the
-/// folder renamed); older checkpoints but the newest one before are removed after.
+/// Writes `out/checkpoint-STEP/` (params, both AdamW states, trainer state) through
+/// `trainer::write_checkpoint` (temp folder, fsync, rename, the newest two kept).
 pub fn save_checkpoint(t: &Pretrainer, out: &Path, budget: &WriteBudget) -> Result<PathBuf> {
-    let name = checkpoint_name(t.step);
-    let tmp = out.join(format!(".{name}.tmp"));
-    let fin = out.join(&name);
-    let previous = checkpoints(out);
-    let res = (|| -> Result<()> {
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    crate::trainer::write_checkpoint(out, t.step, |tmp| {
         let p = t.model.params();
         let tensors: Vec<(String, [usize; 2], &[f32])> = p
             .entries
@@ -455,32 +447,8 @@ pub fn save_checkpoint(t: &Pretrainer, out: &Path, budget: &WriteBudget) -> Resu
             budget,
         )?;
         let st = serde_json::to_vec_pretty(&t.state_json()?).map_err(|e| Error(e.to_string()))?;
-        adapter_io::write_synced(&tmp.join(STATE_FILE), &st, budget)?;
-        adapter_io::sync_dir(&tmp)?;
-        if fin.exists() {
-            std::fs::remove_dir_all(&fin).map_err(|e| io(&fin, e))?;
-        }
-        std::fs::rename(&tmp, &fin).map_err(|e| io(&fin, e))?;
-        adapter_io::sync_dir(out)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(Error(format!(
-            "saving checkpoint {} failed ({e}); earlier checkpoints are intact",
-            fin.display()
-        )));
-    }
-    let keep = previous
-        .iter()
-        .map(|&(s, _)| s)
-        .filter(|&s| s < t.step)
-        .max();
-    for (s, p) in previous {
-        if s != t.step && Some(s) != keep {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-    Ok(fin)
+        adapter_io::write_synced(&tmp.join(STATE_FILE), &st, budget)
+    })
 }
 
 /// Reads a checkpoint into a fresh `Pretrainer` made with the same config and arguments; a

@@ -601,29 +601,43 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Writes `OUT/checkpoint-STEP/` (adapter, AdamW state, trainer state) through a temp folder
-/// (`OUT/.checkpoint-STEP.tmp`), each file fsync'd, then renamed into place; older checkpoints
-/// (all but the newest before this one) are removed only after that. A failed write removes the temp folder and leaves every older
-/// checkpoint as it was.
+/// Writes `OUT/checkpoint-STEP/` (adapter, AdamW state, trainer state) through
+/// [`write_checkpoint`]: a failed write leaves every older checkpoint as it was.
 pub fn save_checkpoint<M: Trainable>(tr: &Trainer<M>, o: &RunOptions) -> Result<PathBuf> {
-    let step = tr.steps_done();
-    let name = checkpoint_name(step);
-    let tmp = o.out.join(format!(".{name}.tmp"));
-    let fin = o.out.join(&name);
-    let previous = checkpoints(&o.out);
-    let res = (|| -> Result<()> {
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)
-                .map_err(|e| Error(format!("removing {}: {e}", tmp.display())))?;
-        }
-        adapter_io::write_peft(&tmp, tr.model.params(), &o.meta, &o.budget)?;
+    write_checkpoint(&o.out, tr.steps_done(), |tmp| {
+        adapter_io::write_peft(tmp, tr.model.params(), &o.meta, &o.budget)?;
         adapter_io::write_synced(
             &tmp.join(OPTIM_FILE),
             &tr.optimizer_state().to_bytes(),
             &o.budget,
         )?;
         let st = serde_json::to_vec_pretty(&tr.state().json()).map_err(|e| Error(e.to_string()))?;
-        adapter_io::write_synced(&tmp.join(STATE_FILE), &st, &o.budget)?;
+        adapter_io::write_synced(&tmp.join(STATE_FILE), &st, &o.budget)
+    })
+}
+
+/// `OUT/checkpoint-STEP/` as `fill` writes it into a temp folder (`OUT/.checkpoint-STEP.tmp`,
+/// created empty): synced, then renamed into place; older checkpoints (all but the newest before
+/// this one, as `save_total_limit = 2`) are removed only after that. A failed write removes the
+/// temp folder and leaves every older checkpoint as it was (the error says which is intact).
+/// Shared by fine-tuning and pretraining.
+pub fn write_checkpoint(
+    out: &Path,
+    step: u64,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let name = checkpoint_name(step);
+    let tmp = out.join(format!(".{name}.tmp"));
+    let fin = out.join(&name);
+    let previous = checkpoints(out);
+    let res = (|| -> Result<()> {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)
+                .map_err(|e| Error(format!("removing {}: {e}", tmp.display())))?;
+        }
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| Error(format!("creating {}: {e}", tmp.display())))?;
+        fill(&tmp)?;
         adapter_io::sync_dir(&tmp)?;
         if fin.exists() {
             std::fs::remove_dir_all(&fin)
@@ -636,7 +650,7 @@ pub fn save_checkpoint<M: Trainable>(tr: &Trainer<M>, o: &RunOptions) -> Result<
                 fin.display()
             ))
         })?;
-        adapter_io::sync_dir(&o.out)
+        adapter_io::sync_dir(out)
     })();
     if let Err(e) = res {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -649,8 +663,6 @@ pub fn save_checkpoint<M: Trainable>(tr: &Trainer<M>, o: &RunOptions) -> Result<
             fin.display()
         )));
     }
-    // Two are kept (this one and the newest before it, as `save_total_limit = 2`): the run's
-    // last periodic checkpoint survives the one its end writes.
     let older: Vec<_> = previous.into_iter().filter(|&(s, _)| s != step).collect();
     let keep = older
         .iter()
