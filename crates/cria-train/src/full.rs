@@ -1056,4 +1056,31 @@ impl FullModel {
             .map_err(|e| Error(e.to_string()))?;
         std::fs::write(dir.join("config.json"), cfg).map_err(io)
     }
+
+    /// The logits (`vocab` values) of the token after `tokens`: `eval`'s forward of the one
+    /// sequence (at most the training context), then the final norm and the head on its last row
+    /// only. For sample generations during training (no KV cache: the whole prefix each call).
+    pub fn next_logits(&mut self, cpu: &CpuBackend, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error("next_logits: no tokens".into()));
+        }
+        let seq = Seq {
+            tokens: tokens.to_vec(),
+            targets: vec![IGNORE; tokens.len()],
+        };
+        let t = self.layout(std::slice::from_ref(&seq))?;
+        self.embed(t);
+        for l in 0..self.config.n_layers {
+            self.layer_forward(cpu, l, t)?;
+        }
+        let (dim, vocab) = (self.sz.dim, self.sz.vocab);
+        let p = &self.params;
+        let last = &self.inputs[self.config.n_layers][(t - 1) * dim..t * dim];
+        let (mut nf, mut rf) = (vec![0f32; dim], [0f32]);
+        let w = p.w(p.final_norm());
+        rmsnorm_forward(cpu, &mut nf, &mut rf, last, w, self.config.norm_eps)?;
+        let mut logits = vec![0f32; vocab];
+        linear(cpu, &mut logits, &nf, p.w(p.head()), 1, dim, vocab);
+        Ok(logits)
+    }
 }

@@ -1,6 +1,7 @@
 //! loss.svg: a hand-written SVG line plot of the training loss (and the eval loss, as points
-//! joined by a dashed line) against the optimizer step. No plotting crate: axes, five ticks per
-//! axis, two polylines, a legend.
+//! joined by a dashed line) against the optimizer step (`cria finetune`) or any other count,
+//! e.g. tokens (`cria pretrain`, [`loss_svg_x`]). No plotting crate: axes, five ticks per axis,
+//! two polylines, a legend.
 
 use std::fmt::Write;
 
@@ -13,6 +14,32 @@ const BOTTOM: f64 = 48.0;
 
 /// The SVG text of `train` (step, loss) and `eval` (step, loss); non-finite losses are left out.
 pub fn loss_svg(train: &[(u64, f64)], eval: &[(u64, f64)]) -> String {
+    loss_svg_x(train, eval, "step")
+}
+
+/// A tick label: the integer below 100000, else 3 significant digits and k / M / G.
+fn tick(v: f64) -> String {
+    let v = v.round();
+    if v.abs() < 1e5 {
+        return format!("{v}");
+    }
+    let (d, u) = [(1e9, "G"), (1e6, "M"), (1e3, "k")]
+        .into_iter()
+        .find(|&(d, _)| v.abs() >= d)
+        .unwrap_or((1.0, ""));
+    let x = v / d;
+    let prec = if x.abs() >= 100.0 {
+        0
+    } else if x.abs() >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{x:.prec$}{u}")
+}
+
+/// As [`loss_svg`], the x values being `x_label` (e.g. "tokens"): (x, loss) pairs.
+pub fn loss_svg_x(train: &[(u64, f64)], eval: &[(u64, f64)], x_label: &str) -> String {
     let pts = |v: &[(u64, f64)]| -> Vec<(f64, f64)> {
         v.iter()
             .filter(|(_, l)| l.is_finite())
@@ -63,7 +90,7 @@ pub fn loss_svg(train: &[(u64, f64)], eval: &[(u64, f64)]) -> String {
             r##"<line x1="{px:.1}" y1="{bx}" x2="{px:.1}" y2="{}" stroke="#333"/><text x="{px:.1}" y="{}" text-anchor="middle">{}</text>"##,
             bx + 4.0,
             bx + 18.0,
-            xv.round()
+            tick(xv)
         );
         let _ = writeln!(
             s,
@@ -75,7 +102,7 @@ pub fn loss_svg(train: &[(u64, f64)], eval: &[(u64, f64)]) -> String {
     }
     let _ = writeln!(
         s,
-        r##"<text x="{}" y="{}" text-anchor="middle">step</text><text x="14" y="{}" text-anchor="middle" transform="rotate(-90 14 {})">loss</text>"##,
+        r##"<text x="{}" y="{}" text-anchor="middle">{x_label}</text><text x="14" y="{}" text-anchor="middle" transform="rotate(-90 14 {})">loss</text>"##,
         (LEFT + W - RIGHT) / 2.0,
         H - 8.0,
         H / 2.0,
@@ -130,4 +157,28 @@ pub fn loss_svg(train: &[(u64, f64)], eval: &[(u64, f64)]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_and_the_x_label() {
+        assert_eq!(tick(0.0), "0");
+        assert_eq!(tick(99999.4), "99999");
+        assert_eq!(tick(131072.0), "131k");
+        assert_eq!(tick(2_500_000.0), "2.50M");
+        assert_eq!(tick(41_900_000.0), "41.9M");
+        assert_eq!(tick(3e9), "3.00G");
+        let s = loss_svg_x(&[(0, 3.0), (4096, 2.0)], &[(4096, 2.5)], "tokens");
+        assert!(
+            s.contains(">tokens</text>") && s.contains("eval loss"),
+            "{s}"
+        );
+        assert_eq!(s.matches("<polyline").count(), 2);
+        // The step plot finetune writes is unchanged: "step" on the axis, integer ticks.
+        let s = loss_svg(&[(1, 3.0), (9, 2.0)], &[]);
+        assert!(s.contains(">step</text>") && s.contains(">9</text>") && !s.contains("eval loss"));
+    }
 }

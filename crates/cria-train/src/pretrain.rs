@@ -215,10 +215,12 @@ impl Hyper {
     }
 }
 
-/// The learning rate of optimizer step `step` (0-based): see the module doc.
+/// The learning rate of optimizer step `step` (0-based): see the module doc. Past `h.steps` (a
+/// run extended beyond its schedule) it stays at the schedule's final value.
 pub fn lr_at(h: &Hyper, step: u64) -> Result<f64> {
     let s = LrSchedule::new(h.schedule, h.lr, h.warmup_steps, h.steps)
         .map_err(|e| Error(e.to_string()))?;
+    let step = step.min(h.steps);
     let f = s.factor(step);
     Ok(if step < h.warmup_steps {
         h.lr * f
@@ -591,6 +593,8 @@ mod tests {
         assert_eq!((lr(0), lr(1), lr(2)), (0.0, 5e-4, 1e-3));
         assert!((lr(10) - 1e-4).abs() < 1e-12, "{}", lr(10));
         assert!((lr(6) - (1e-4 + 9e-4 * 0.5)).abs() < 1e-12, "{}", lr(6));
+        // Past the end (an extended run): the final value, not the cosine rising again.
+        assert_eq!((lr(15), lr(1000)), (lr(10), lr(10)));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod load;
 mod merge;
 mod models;
 mod perplexity;
+mod plan;
 mod pretrain;
 mod quantize;
 mod run;
@@ -285,6 +286,9 @@ enum Cmd {
     Finetune(Box<finetune::FinetuneArgs>),
     /// Pretraining from scratch on `cria data prepare` shards: writes RUN/final, an HF folder.
     Pretrain(Box<pretrain::PretrainArgs>),
+    /// A compute-optimal pretraining plan (Chinchilla, 20 tokens per parameter) from this
+    /// machine's measured training throughput: shape, tokens, batch, lr, time, config.json.
+    Plan(plan::PlanArgs),
     /// Tokenizers for pretraining: `cria tokenizer train` (byte-level BPE, LLaMA 3 style).
     #[command(subcommand)]
     Tokenizer(tokenizer_train::TokenizerCmd),
@@ -550,6 +554,7 @@ fn real_main() -> Result<()> {
         Cmd::Merge(a) => merge::run(&a)?,
         Cmd::Finetune(a) => finetune::run(&a)?,
         Cmd::Pretrain(a) => pretrain::run(&a)?,
+        Cmd::Plan(a) => plan::run(&a)?,
         Cmd::Tokenizer(c) => tokenizer_train::run(&c)?,
         Cmd::Data(c) => data_prepare::run(&c)?,
         Cmd::Serve { m, s } => cria_server::run(load::model(m.model.as_deref(), &m)?, &s)?,

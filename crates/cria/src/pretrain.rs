@@ -15,6 +15,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use cria_train::adapter_io::WriteBudget;
+use cria_train::flops;
 use cria_train::optim::{warmup_steps, ScheduleKind};
 use cria_train::pretrain::{self as pt, Hyper, Pretrainer, Stream};
 use cria_train::shards;
@@ -101,6 +102,13 @@ pub struct PretrainArgs {
     /// Threads (default: physical cores).
     #[arg(short = 't', long, value_name = "N", value_parser = crate::run::thread_count)]
     pub threads: Option<usize>,
+    /// A prompt of the sample generations at each eval (repeat for several; default: the starts
+    /// of the first 3 documents of the val split).
+    #[arg(long = "sample-prompt", value_name = "TEXT")]
+    pub sample_prompts: Vec<String>,
+    /// New tokens per sample generation (0: no samples).
+    #[arg(long = "sample-tokens", default_value_t = 32)]
+    pub sample_tokens: usize,
 }
 
 fn json_file(path: &Path) -> Result<Value> {
@@ -164,13 +172,21 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
     if steps == 0 {
         bail!("zero training steps (--max-steps / --tokens)");
     }
+    // Resuming with another --tokens / --max-steps extends (or shortens) the run; the lr
+    // schedule keeps the length the run started with (see `schedule_steps`).
+    let latest = if a.resume {
+        checkpoints(&a.out).pop()
+    } else {
+        None
+    };
+    let sched_steps = schedule_steps(latest.as_ref().map(|c| c.1.as_path()), steps)?;
     let hyper = Hyper {
         ctx: a.ctx,
         batch_seqs,
         micro_seqs,
-        steps,
+        steps: sched_steps,
         lr: a.lr,
-        warmup_steps: warmup_steps(a.warmup, steps).map_err(anyhow::Error::msg)?,
+        warmup_steps: warmup_steps(a.warmup, sched_steps).map_err(anyhow::Error::msg)?,
         schedule: match a.schedule {
             Schedule::Cosine => ScheduleKind::Cosine { num_cycles: 0.5 },
             Schedule::Linear => ScheduleKind::Linear,
@@ -189,7 +205,7 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
 
     // The run folder: nothing is written before these checks pass.
     let resume = if a.resume {
-        match checkpoints(&a.out).pop() {
+        match latest {
             Some((_, p)) => Some(p),
             None => bail!("--resume: no checkpoint-STEP folder in {}", a.out.display()),
         }
@@ -212,6 +228,21 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
     if let Some(ck) = &resume {
         pt::load_checkpoint(&mut t, ck).map_err(anyhow::Error::msg)?;
         eprintln!("resumed from {} (step {})", ck.display(), t.step);
+        if t.step >= steps {
+            bail!(
+                "{} is at step {} already: to train on, give a larger --max-steps / --tokens \
+                 (now {steps} steps)",
+                ck.display(),
+                t.step
+            );
+        }
+        if sched_steps != steps {
+            eprintln!(
+                "extending the run to {steps} steps: the lr schedule keeps its {sched_steps} \
+                 steps; after them the lr stays at their final value ({:.3e})",
+                pt::lr_at(&t.hyper, sched_steps).map_err(anyhow::Error::msg)?
+            );
+        }
     }
     eprintln!(
         "model: dim {} layers {} heads {} kv heads {} ffn {} vocab {} ({} parameters, {} \
@@ -251,6 +282,8 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut samples = Samples::new(a, &manifest, tok_dir.as_deref(), &a.data, a.ctx)?;
+    let mut meter = Meter::new(&cpu, &config, a.ctx, per_step);
 
     let budget = WriteBudget::unlimited();
     let stop = Arc::new(AtomicBool::new(false));
@@ -268,36 +301,37 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
 
     let bar = indicatif::ProgressBar::new(steps);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta_precise}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_position(t.step);
     let tty = std::io::stderr().is_terminal();
     let mut val_loss: Option<f64> = None;
     let mut interrupted = false;
-    while !t.done() {
+    while t.step < steps {
         let t0 = Instant::now();
         let s = t.step(&cpu).map_err(anyhow::Error::msg)?;
-        let tps = per_step as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        let (tps, mfu, eta) = meter.update(t0, steps - s.step);
         writeln!(
             log,
             "{}",
             json!({"step": s.step, "tokens": s.tokens, "loss": s.loss, "lr": s.lr,
-                   "grad_norm": s.grad_norm, "tokens_per_s": tps})
+                   "grad_norm": s.grad_norm, "tokens_per_s": tps, "mfu": mfu})
         )?;
         let vl = val_loss.map_or(String::new(), |l| format!(" val {l:.4}"));
         let msg = format!(
-            "loss {:.4}{vl} lr {:.2e} |g| {:.3} {tps:.0} tok/s",
-            s.loss, s.lr, s.grad_norm
+            "loss {:.4}{vl} lr {:.2e} |g| {:.3} {tps:.0} tok/s MFU {:.1}% ETA {eta}",
+            s.loss,
+            s.lr,
+            s.grad_norm,
+            100.0 * mfu
         );
         if !tty {
             eprintln!("step {}/{steps} {msg}", s.step);
         }
         bar.set_message(msg);
         bar.set_position(s.step);
-        let last = t.done();
+        let last = t.step >= steps;
         if a.eval_every > 0 && s.step % a.eval_every == 0 || last {
             if let Some(l) = t.evaluate(&cpu).map_err(anyhow::Error::msg)? {
                 val_loss = Some(l);
@@ -308,6 +342,8 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
                 )?;
                 bar.println(format!("step {}: val loss {l:.4}", s.step));
             }
+            samples.run(&mut t, &cpu, s.step, s.tokens, &mut log, &bar)?;
+            write_loss_plot(&a.out)?;
         }
         let halt = stop.load(Ordering::SeqCst) || stop_after == Some(s.step);
         if a.save_every > 0 && s.step % a.save_every == 0 || last || halt {
@@ -320,6 +356,7 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
+    write_loss_plot(&a.out)?;
     if interrupted {
         eprintln!(
             "stopped at step {}/{steps}; continue with the same command and --resume",
@@ -381,4 +418,269 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The length of the lr schedule: `steps` for a fresh run; a resumed run keeps its checkpoint's
+/// (`hyper.steps` in trainer_state.json), whatever the new --tokens / --max-steps. So extending
+/// a finished run continues at the schedule's final lr (`--min-lr-ratio x --lr` for cosine and
+/// linear, `--lr` for constant), and an extended run resumes bit for bit like any other.
+fn schedule_steps(checkpoint: Option<&Path>, steps: u64) -> Result<u64> {
+    let Some(ck) = checkpoint else {
+        return Ok(steps);
+    };
+    let st = json_file(&ck.join(cria_train::trainer::STATE_FILE))?;
+    st["hyper"]["steps"]
+        .as_u64()
+        .filter(|&s| s > 0)
+        .with_context(|| format!("{}: no hyper.steps in trainer_state.json", ck.display()))
+}
+
+/// Tokens/s, MFU and ETA of the steps of this session.
+struct Meter {
+    flops_per_token: f64,
+    peak: f64,
+    per_step: u64,
+    start: Instant,
+    done: u64,
+}
+
+impl Meter {
+    /// Measures the peak (`cria_train::flops::peak_flops`, a fraction of a second) on `cpu`.
+    fn new(
+        cpu: &cria_kernels::CpuBackend,
+        c: &cria_model::config::Config,
+        ctx: usize,
+        per_step: u64,
+    ) -> Meter {
+        let peak = flops::peak_flops(cpu);
+        let fpt = flops::train_flops_per_token(c, ctx);
+        eprintln!(
+            "MFU: {:.3e} FLOPs per token (6 N + 6 L ctx q_dim) over a measured peak of {:.1} \
+             GFLOP/s (f32 GEMM, {} threads)",
+            fpt,
+            peak / 1e9,
+            cpu.threads
+        );
+        Meter {
+            flops_per_token: fpt,
+            peak,
+            per_step,
+            start: Instant::now(),
+            done: 0,
+        }
+    }
+
+    /// After a step that began at `t0`, `left` steps to go: (tokens/s of that step, its MFU, the
+    /// ETA from this session's mean step time).
+    fn update(&mut self, t0: Instant, left: u64) -> (f64, f64, String) {
+        let tps = self.per_step as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        self.done += 1;
+        let mean = self.start.elapsed().as_secs_f64() / self.done as f64;
+        let eta = (mean * left as f64).round() as u64;
+        let eta = format!("{}:{:02}:{:02}", eta / 3600, eta / 60 % 60, eta % 60);
+        (tps, flops::mfu(tps, self.flops_per_token, self.peak), eta)
+    }
+}
+
+/// Sample generations at each eval: fixed prompts, `--sample-tokens` new tokens each,
+/// temperature 0.8, top-k 40, from a generator seeded by (--seed, step, prompt), decoded with
+/// the run's tokenizer; printed above the bar and logged as {"step", "tokens", "samples"}.
+struct Samples {
+    tok: Option<cria_tokenizer::Tokenizer>,
+    prompts: Vec<Vec<u32>>,
+    new_tokens: usize,
+    ctx: usize,
+    seed: u64,
+}
+
+/// Prompt length taken from the val split's documents.
+const PROMPT_TOKENS: usize = 8;
+
+impl Samples {
+    fn new(
+        a: &PretrainArgs,
+        manifest: &Value,
+        tok_dir: Option<&Path>,
+        data: &Path,
+        ctx: usize,
+    ) -> Result<Samples> {
+        let none = Samples {
+            tok: None,
+            prompts: vec![],
+            new_tokens: 0,
+            ctx,
+            seed: a.seed,
+        };
+        if a.sample_tokens == 0 {
+            return Ok(none);
+        }
+        let loaded = match tok_dir {
+            Some(d) => cria_engine::load_tokenizer_only(d),
+            None => manifest["tokenizer"].as_str().map_or_else(
+                || crate::load::tokenizer(None),
+                |s| crate::load::tokenizer(Some(s)),
+            ),
+        };
+        let tok = match loaded {
+            Ok(t) => t,
+            Err(e) if a.sample_prompts.is_empty() => {
+                eprintln!("warning: no sample generations: the data's tokenizer: {e:#}");
+                return Ok(none);
+            }
+            Err(e) => return Err(e).context("--sample-prompt needs the data's tokenizer"),
+        };
+        let mut prompts = Vec::new();
+        for p in &a.sample_prompts {
+            let ids = tok.encode(p, false, false);
+            if ids.is_empty() {
+                bail!("--sample-prompt {p:?}: no tokens");
+            }
+            prompts.push(ids);
+        }
+        if prompts.is_empty() {
+            let eos = manifest["eos_id"].as_u64().map(|e| e as u32);
+            prompts = Self::val_prompts(data, eos)?;
+        }
+        Ok(Samples {
+            tok: Some(tok),
+            prompts,
+            new_tokens: a.sample_tokens,
+            ctx,
+            seed: a.seed,
+        })
+    }
+
+    /// The first PROMPT_TOKENS tokens of the val split's first 3 documents (EOS-separated), from
+    /// its first 4096 tokens; the train split's if there is no val split.
+    fn val_prompts(data: &Path, eos: Option<u32>) -> Result<Vec<Vec<u32>>> {
+        let mut split = shards::open_split(data, "val").map_err(anyhow::Error::msg)?;
+        if split.iter().all(|s| s.len() == 0) {
+            split = shards::open_split(data, "train").map_err(anyhow::Error::msg)?;
+        }
+        let mut head = Vec::new();
+        for s in &split {
+            let n = s.len().min(4096 - head.len());
+            let mut buf = vec![0u32; n];
+            s.read(0, &mut buf).map_err(anyhow::Error::msg)?;
+            head.extend(buf);
+            if head.len() >= 4096 {
+                break;
+            }
+        }
+        let docs = head.split(|&t| Some(t) == eos).filter(|d| !d.is_empty());
+        let mut out: Vec<Vec<u32>> = docs
+            .take(3)
+            .map(|d| d[..d.len().min(PROMPT_TOKENS)].to_vec())
+            .collect();
+        if out.is_empty() && !head.is_empty() {
+            out.push(head[..head.len().min(PROMPT_TOKENS)].to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Generates, prints and logs the samples of step `step`.
+    fn run(
+        &mut self,
+        t: &mut Pretrainer,
+        cpu: &cria_kernels::CpuBackend,
+        step: u64,
+        tokens: u64,
+        log: &mut std::fs::File,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<()> {
+        let Some(tok) = &self.tok else {
+            return Ok(());
+        };
+        let mut texts = Vec::new();
+        for (i, p) in self.prompts.iter().enumerate() {
+            let mut rng = cria_train::optim::Rng::new(
+                self.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64) << 56,
+            );
+            let mut ids = p.clone();
+            for _ in 0..self.new_tokens {
+                let from = ids.len().saturating_sub(self.ctx);
+                let logits = t
+                    .model
+                    .next_logits(cpu, &ids[from..])
+                    .map_err(anyhow::Error::msg)?;
+                ids.push(sample_top_k(&logits, 0.8, 40, rng.next_f64()));
+            }
+            let text = tok.decode(&ids);
+            bar.println(format!("step {step}: sample {}: {text:?}", i + 1));
+            texts.push(text);
+        }
+        if !texts.is_empty() {
+            writeln!(
+                log,
+                "{}",
+                json!({"step": step, "tokens": tokens, "samples": texts})
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A token from `logits` at `temperature` among the `k` most likely, `u` uniform in [0, 1).
+fn sample_top_k(logits: &[f32], temperature: f64, k: usize, u: f64) -> u32 {
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    let k = k.clamp(1, logits.len().max(1));
+    idx.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+    idx.truncate(k);
+    idx.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    let top = logits[idx[0]] as f64;
+    let w: Vec<f64> = idx
+        .iter()
+        .map(|&i| ((logits[i] as f64 - top) / temperature.max(1e-6)).exp())
+        .collect();
+    let mut x = u * w.iter().sum::<f64>();
+    for (&i, &wi) in idx.iter().zip(&w) {
+        if x < wi {
+            return i as u32;
+        }
+        x -= wi;
+    }
+    idx[k - 1] as u32
+}
+
+/// RUN/loss.svg: train loss (every step) and val loss (each eval) against tokens, from
+/// training_log.jsonl (`cria_train::plot`).
+fn write_loss_plot(out: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(out.join("training_log.jsonl")).unwrap_or_default();
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for v in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        let Some(tokens) = v["tokens"].as_u64() else {
+            continue;
+        };
+        if let Some(l) = v["loss"].as_f64() {
+            train.push((tokens, l));
+        } else if let Some(l) = v["val_loss"].as_f64() {
+            val.push((tokens, l));
+        }
+    }
+    let svg = cria_train::plot::loss_svg_x(&train, &val, "tokens");
+    let p = out.join("loss.svg");
+    std::fs::write(&p, svg).with_context(|| format!("writing {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_sampling_keeps_to_the_k_best() {
+        let logits = [0.0f32, 5.0, 1.0, 4.9, -3.0];
+        for u in [0.0, 0.3, 0.6, 0.999] {
+            let t = sample_top_k(&logits, 0.8, 2, u);
+            assert!(t == 1 || t == 3, "{t}");
+        }
+        assert_eq!(sample_top_k(&logits, 0.8, 1, 0.99), 1);
+        assert_eq!(sample_top_k(&logits, 0.8, 40, 0.0), 1);
+        // A near-zero temperature is greedy.
+        assert_eq!(sample_top_k(&logits, 1e-9, 40, 0.999), 1);
+        // u near 1 at a high temperature can reach the least likely of the k.
+        assert_eq!(sample_top_k(&logits, 1e6, 5, 0.9999), 4);
+    }
 }

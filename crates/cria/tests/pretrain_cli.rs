@@ -5,6 +5,11 @@
 //! - resume is bit for bit: 4 steps straight vs 2 steps (stopped by the test hook) + `--resume`
 //!   2 more: the same checkpoint and final weights byte for byte, the same losses and norms;
 //! - the result loads in `cria run -m RUN/final` and generates;
+//! - each step logs its MFU, each eval 3 seeded sample generations (the same in both runs);
+//!   loss.svg is written;
+//! - a finished run extended by `--resume --max-steps 6` continues at the schedule's final lr,
+//!   and an extension interrupted and resumed gives the same weights;
+//! - `cria plan`: its output parses, its config.json trains;
 //! - bad input: clear errors, and nothing written or overwritten.
 
 use std::path::{Path, PathBuf};
@@ -92,7 +97,13 @@ fn tiny_config(dir: &Path, heads: usize) -> PathBuf {
 }
 
 /// `cria pretrain` of the tiny config: 4 steps of 8 sequences of 32 tokens, 2 micro-batches each.
+/// An `extra` --max-steps replaces the 4.
 fn train(data: &Path, config: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let steps = if extra.contains(&"--max-steps") {
+        vec![]
+    } else {
+        vec!["--max-steps", "4"]
+    };
     let mut args = vec![
         "pretrain",
         "--data",
@@ -101,8 +112,9 @@ fn train(data: &Path, config: &Path, out: &Path, extra: &[&str], env: &[(&str, &
         s(out),
         "--config",
         s(config),
-        "--max-steps",
-        "4",
+    ];
+    args.extend(steps);
+    args.extend([
         "--batch-tokens",
         "256",
         "--micro-batch-tokens",
@@ -123,7 +135,7 @@ fn train(data: &Path, config: &Path, out: &Path, extra: &[&str], env: &[(&str, &
         "7",
         "-t",
         "2",
-    ];
+    ]);
     args.extend_from_slice(extra);
     cria(&args, env)
 }
@@ -131,20 +143,48 @@ fn train(data: &Path, config: &Path, out: &Path, extra: &[&str], env: &[(&str, &
 /// (step, loss, grad_norm) per step line.
 type Steps = Vec<(u64, f64, f64)>;
 
+/// The lines of training_log.jsonl.
+fn log_lines(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("training_log.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// (step, loss, grad_norm) of the step lines, (step, val_loss) of the eval lines.
 fn log(run: &Path) -> (Steps, Vec<(u64, f64)>) {
-    let text = std::fs::read_to_string(run.join("training_log.jsonl")).unwrap();
     let (mut steps, mut evals) = (vec![], vec![]);
-    for l in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+    for v in log_lines(run) {
         let step = v["step"].as_u64().unwrap();
         if let Some(loss) = v["loss"].as_f64() {
             steps.push((step, loss, v["grad_norm"].as_f64().unwrap()));
-        } else {
-            evals.push((step, v["val_loss"].as_f64().unwrap()));
+        } else if let Some(l) = v["val_loss"].as_f64() {
+            evals.push((step, l));
         }
     }
     (steps, evals)
+}
+
+/// (step, sample texts) of the sample lines.
+fn sample_lines(run: &Path) -> Vec<(u64, Vec<String>)> {
+    log_lines(run)
+        .into_iter()
+        .filter(|v| v.get("samples").is_some())
+        .map(|v| {
+            let texts = v["samples"].as_array().unwrap().iter();
+            let texts = texts.map(|t| t.as_str().unwrap().to_string()).collect();
+            (v["step"].as_u64().unwrap(), texts)
+        })
+        .collect()
+}
+
+/// (lr, mfu) of the step lines.
+fn lr_mfu(run: &Path) -> Vec<(f64, f64)> {
+    log_lines(run)
+        .into_iter()
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["lr"].as_f64().unwrap(), v["mfu"].as_f64().unwrap()))
+        .collect()
 }
 
 /// One step of preset `size` (8 sequences of 32 tokens).
@@ -219,6 +259,19 @@ fn resume_is_bit_exact_and_the_result_runs() {
     );
     assert!(la[3].1 < la[0].1 - 0.3, "{la:?}");
 
+    // MFU on every step line; samples at each eval, seeded: the same in both runs.
+    for (lr, mfu) in lr_mfu(&a) {
+        assert!(lr.is_finite() && mfu.is_finite() && mfu > 0.0, "{mfu}");
+    }
+    let sa = sample_lines(&a);
+    assert_eq!(sa.iter().map(|x| x.0).collect::<Vec<_>>(), [2, 4]);
+    assert!(sa
+        .iter()
+        .all(|x| x.1.len() == 3 && x.1.iter().all(|t| t.len() > 8)));
+    assert_eq!(sa, sample_lines(&b), "samples differ after the resume");
+    let svg = String::from_utf8(read(&a.join("loss.svg"))).unwrap();
+    assert!(svg.contains(">tokens</text>") && svg.contains("eval loss"));
+
     // The final folder: weights, config, generation config, tokenizer; cria runs it.
     let fin = a.join("final");
     for f in [
@@ -276,6 +329,100 @@ fn resume_is_bit_exact_and_the_result_runs() {
         err.contains("not empty") && err.contains("--resume"),
         "{err}"
     );
+
+    // Extending the finished run: --resume with the same step count has nothing to do; with
+    // more steps it continues at the schedule's final lr (cosine's end: 0.1 x 1e-2).
+    let err = fails(&train(&data, &cfg, &a, &["--resume"], &[]));
+    assert!(err.contains("at step 4 already"), "{err}");
+    let more = ["--resume", "--max-steps", "6"];
+    let err = ok(&train(&data, &cfg, &a, &more, &[]));
+    assert!(err.contains("extending the run to 6 steps"), "{err}");
+    let (la6, ea6) = log(&a);
+    assert_eq!(la6[..4], la[..]);
+    assert_eq!(la6.len(), 6);
+    assert_eq!(ea6.iter().map(|e| e.0).collect::<Vec<_>>(), [2, 4, 6]);
+    let lrs: Vec<f64> = lr_mfu(&a).iter().map(|x| x.0).collect();
+    assert!(
+        lrs[4..].iter().all(|&l| (l - 1e-3).abs() < 1e-12),
+        "{lrs:?}"
+    );
+    // The same extension interrupted at step 5 and resumed: the same weights.
+    let stop = [("CRIA_TEST_STOP_AFTER_STEPS", "5")];
+    let err = ok(&train(&data, &cfg, &b, &more, &stop));
+    assert!(err.contains("stopped at step 5/6"), "{err}");
+    ok(&train(&data, &cfg, &b, &more, &[]));
+    let f = "final/model.safetensors";
+    assert!(read(&a.join(f)) == read(&b.join(f)), "{f} differs");
+    assert_eq!(log(&a), log(&b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `key: value` lines of `cria plan`'s stdout; value = the first word.
+fn plan_fields(o: &Output) -> std::collections::HashMap<String, String> {
+    let out = String::from_utf8_lossy(&o.stdout);
+    out.lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.split(' ').next().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn plan_parses_and_its_config_trains() {
+    let dir = tmp("plan");
+    let cfg = dir.join("plan.json");
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", "--vocab", "600", "--ctx", "32", "-t", "2"];
+        args.extend_from_slice(&["--micro-batch-tokens", "128"]);
+        args.extend_from_slice(extra);
+        cria(&args, &[])
+    };
+    let o = plan(&["--params", "150K", "--write-config", s(&cfg)]);
+    let err = ok(&o);
+    assert!(err.contains("measuring this machine"), "{err}");
+    let f = plan_fields(&o);
+    let num = |k: &str| -> f64 { f[k].parse().unwrap_or_else(|_| panic!("{k}: {}", f[k])) };
+    // The nearest shape of the family: dim 64, 2 layers, 1 head of 64, FFN 192 (145,216 in all).
+    assert_eq!(f["shape"], "dim");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("dim 64 layers 2 heads 1 kv_heads 1 ffn 192 vocab 600"),
+        "{out}"
+    );
+    assert_eq!(num("params"), 145216.0);
+    assert_eq!(num("tokens"), 20.0 * 145216.0);
+    assert_eq!(num("batch_tokens"), 8192.0);
+    assert_eq!(num("steps"), (20.0f64 * 145216.0 / 8192.0).ceil());
+    assert!(num("lr") > 1e-3 && num("lr") <= 3e-3);
+    assert!(num("hours") > 0.0 && num("throughput") > 0.0);
+    assert!(
+        f["command"] == "cria" && out.contains("--batch-tokens 8192"),
+        "{out}"
+    );
+
+    // --hours: the largest shape whose 20 N tokens fit; far too little time is an error.
+    let o = plan(&["--hours", "0.05"]);
+    ok(&o);
+    let h = plan_fields(&o);
+    assert!(h["hours"].parse::<f64>().unwrap() <= 0.05, "{h:?}");
+    let err = fails(&plan(&["--hours", "1e-7"]));
+    assert!(err.contains("even the smallest shape"), "{err}");
+    for bad in [
+        &["--params", "0"][..],
+        &[],
+        &["--params", "1M", "--tokens", "2M"],
+    ] {
+        fails(&plan(bad));
+    }
+
+    // The written config trains.
+    let data = prepare(&dir);
+    let run = dir.join("run");
+    let err = ok(&train(&data, &cfg, &run, &["--max-steps", "2"], &[]));
+    assert!(
+        err.contains("dim 64 layers 2 heads 1 kv heads 1 ffn 192 vocab 600"),
+        "{err}"
+    );
+    assert!(run.join("final/model.safetensors").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
