@@ -81,7 +81,7 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("{s:?}: not a count (e.g. 20M, 500K, 1.2B)"))?;
     let n = (v * mul).round();
-    if !(n >= 1.0 && n < 1e18) {
+    if !(1.0..1e18).contains(&n) {
         return Err(format!("{s:?}: must be at least 1"));
     }
     Ok(n as u64)
@@ -100,7 +100,7 @@ pub struct Shape {
 impl Shape {
     pub fn new(dim: usize, layers: usize) -> Shape {
         let heads = (dim / 64).max(1);
-        let kv_heads = if heads >= 8 && heads % 2 == 0 {
+        let kv_heads = if heads >= 8 && heads.is_multiple_of(2) {
             heads / 2
         } else {
             heads

@@ -554,7 +554,7 @@ impl Samples {
     /// its first 4096 tokens; the train split's if there is no val split.
     fn val_prompts(data: &Path, eos: Option<u32>) -> Result<Vec<Vec<u32>>> {
         let mut split = shards::open_split(data, "val").map_err(anyhow::Error::msg)?;
-        if split.iter().all(|s| s.len() == 0) {
+        if split.iter().all(|s| s.is_empty()) {
             split = shards::open_split(data, "train").map_err(anyhow::Error::msg)?;
         }
         let mut head = Vec::new();
