@@ -10,7 +10,8 @@
 //!   of 64; layers such that the aspect ratio dim / layers is 32..64; the head tied to the
 //!   embedding (a large share of a small model). `--params N`: the shape of that family whose
 //!   parameter count is nearest N (in ratio); `--tokens D`: `--params D / 20`; `--hours H`: the
-//!   largest shape whose 20 N tokens train within H hours at the measured throughput.
+//!   largest shape whose 20 N tokens train within H hours at the measured throughput (a binary
+//!   search over the shapes that would fit at the peak, the rate measured once per width).
 //! - Throughput: a few real `FullModel::forward_backward` steps of the chosen shape on random
 //!   tokens (a micro-batch of `--micro-batch-tokens` rows; a shape whose step would take long is
 //!   timed on fewer of its layers and its FLOP/s rate carried over to all of them), about a second
@@ -32,6 +33,7 @@ use cria_train::model::{Seq, TrainOptions};
 use cria_train::optim::Rng;
 use cria_train::pretrain as pt;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -296,31 +298,52 @@ pub fn run(a: &PlanArgs) -> Result<()> {
         }
         (None, None, Some(h)) => {
             let budget = h * 3600.0;
-            // Start from a 20M-parameter shape's rate; re-measure on the pick until it holds.
-            let (mut s, mut p) = nearest(&family, 20_000_000);
-            let mut rate = measure(&cpu, s, a.vocab, a.ctx, rows)?;
-            for _ in 0..3 {
-                let mut best: Option<(Shape, u64)> = None;
-                for &(c, cp) in &family {
-                    let fits = seconds(&c, cp, a.vocab, a.ctx, rate.flops_per_s)? <= budget;
-                    if fits && best.is_none_or(|b| cp > b.1) {
-                        best = Some((c, cp));
-                    }
+            // Shapes that fit at the peak (an upper bound on any rate), smallest first; then a
+            // binary search for the largest that fits at its own measured rate (measured once
+            // per dim: the FLOP/s of a width carries over to its other layer counts).
+            let mut fit_at_peak = Vec::new();
+            for &(c, cp) in &family {
+                if seconds(&c, cp, a.vocab, a.ctx, peak)? <= budget {
+                    fit_at_peak.push((c, cp));
                 }
-                let Some((bs, bp)) = best else {
-                    bail!(
-                        "--hours {h}: even the smallest shape ({} parameters) does not train on \
-                         its 20x tokens in that time here",
-                        family.iter().map(|f| f.1).min().unwrap_or(0)
-                    );
-                };
-                if bs == s {
-                    break;
-                }
-                (s, p) = (bs, bp);
-                rate = measure(&cpu, s, a.vocab, a.ctx, rows)?;
             }
-            (s, p, rate)
+            fit_at_peak.sort_by_key(|x| x.1);
+            if fit_at_peak.is_empty() {
+                bail!(
+                    "--hours {h}: even the smallest shape ({} parameters) does not train on its \
+                     20x tokens in that time here",
+                    family.iter().map(|f| f.1).min().unwrap_or(0)
+                );
+            }
+            let mut rates: HashMap<usize, Rate> = HashMap::new();
+            let mut fits = |i: usize| -> Result<bool> {
+                let (c, cp) = fit_at_peak[i];
+                let r = match rates.get(&c.dim) {
+                    Some(r) => *r,
+                    None => *rates
+                        .entry(c.dim)
+                        .or_insert(measure(&cpu, c, a.vocab, a.ctx, rows)?),
+                };
+                Ok(seconds(&c, cp, a.vocab, a.ctx, r.flops_per_s)? <= budget)
+            };
+            if !fits(0)? {
+                bail!(
+                    "--hours {h}: even the smallest shape ({} parameters) does not train on its \
+                     20x tokens in that time here",
+                    fit_at_peak[0].1
+                );
+            }
+            let (mut lo, mut hi) = (0, fit_at_peak.len());
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2;
+                if fits(mid)? {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            let (s, p) = fit_at_peak[lo];
+            (s, p, rates[&s.dim])
         }
         (None, None, None) => bail!("give --params, --tokens or --hours"),
     };

@@ -606,7 +606,13 @@ impl Samples {
                 ids.push(sample_top_k(&logits, 0.8, 40, rng.next_f64()));
             }
             let text = tok.decode(&ids);
-            bar.println(format!("step {step}: sample {}: {text:?}", i + 1));
+            let line = format!("step {step}: sample {}: {text:?}", i + 1);
+            // A hidden bar (stderr not a terminal) drops println.
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
             texts.push(text);
         }
         if !texts.is_empty() {
