@@ -82,7 +82,8 @@ pub fn preset(name: &str, vocab: usize, ctx: usize) -> Result<Value> {
 
 /// A model config from an HF-style config.json value: `vocab_size` is set (or checked) to the
 /// data's, `max_position_embeddings` defaults to `ctx` and must be at least `ctx`; heads must
-/// divide the width when `head_dim` is not given.
+/// divide the width when `head_dim` is not given; the model must fit in this machine's memory
+/// ([`check_fits_memory`]).
 pub fn config_from_json(v: &Value, vocab: usize, ctx: usize) -> Result<Config> {
     let mut v = v.clone();
     let Some(o) = v.as_object_mut() else {

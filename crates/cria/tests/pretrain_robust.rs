@@ -611,7 +611,7 @@ fn decoding_matches_the_tokenizers_crate() {
                 _ => 128 + next(128), // a high byte, for the byte token below
             })
             .map(|v| {
-                if v >= 128 && v < 256 {
+                if (128..256).contains(&v) {
                     bytes[v as usize]
                 } else {
                     v
