@@ -57,8 +57,9 @@ done
 N=32
 for p in "Once upon a time" "The little dog"; do
     c=$("$CRIA" run -m "$W/m.gguf" --raw -p "$p" -n "$N" --temp 0 -t 1 2>/dev/null)
-    # llama-simple prints the prompt, then the continuation (greedy), then a newline.
+    # llama-simple prints the prompt (BOS included, as its text), then the greedy continuation.
     l=$("$BIN/llama-simple" -m "$W/m.gguf" -n "$N" "$p" 2>/dev/null)
+    l=${l#"<|begin_of_text|>"}
     l=${l#"$p"}
     if [ "$c" = "$l" ]; then
         echo "generation ok: $p|$c"
