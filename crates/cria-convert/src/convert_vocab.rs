@@ -8,7 +8,8 @@
 //! - else `tokenizer.json` with a byte-level BPE model (LLaMA 3): `gpt2`, the vocabulary with added
 //!   tokens (CONTROL when special or looking special, else USER_DEFINED), `[PAD{i}]` holes, merges,
 //!   and the pre-tokenizer name found by hashing the ids of the converter's check text, mapped by
-//!   the converter's own table ([`PRE_HASHES`]).
+//!   the converter's own table ([`PRE_HASHES`]); an unknown hash is refused as there, except for
+//!   a tokenizer built exactly as LLaMA 3's ([`is_llama3_bpe`]: `llama-bpe`).
 //! - then the special token ids, add_bos/add_eos/add_sep, chat template, as SpecialVocab finds them
 //!   in tokenizer.json's post_processor, tokenizer_config.json and config.json.
 
@@ -688,6 +689,35 @@ fn sentencepiece_vocab(
     Ok((tokens, scores, types))
 }
 
+/// Whether the byte-level BPE tokenizer.json of `dir` (parsed: `j`) is, in everything
+/// llama.cpp's `llama-bpe` pre-tokenizer type fixes, LLaMA 3's: no normalizer; the pre-tokenizer
+/// cria-tokenizer recognises as LLaMA 3's (`Split` of LLaMA 3's regex, Isolated, then `ByteLevel`
+/// without its own regex or prefix space); a BPE model with `ignore_merges` (llama.cpp sets it
+/// for that type) and no dropout, unknown token, prefix or suffix. Such a tokenizer (one trained
+/// by `cria tokenizer train`, or any vocabulary trained with LLaMA 3's recipe) has a check hash
+/// of its own that no table lists, and llama.cpp tokenizes it exactly under `llama-bpe`; so cria
+/// writes that name instead of refusing the unknown hash (llama.cpp's converter still refuses).
+pub fn is_llama3_bpe(dir: &Path, j: &Json) -> bool {
+    let m = &j["model"];
+    let empty = |v: &Json| v.is_null() || v == "";
+    let model_ok = m["type"] == "BPE"
+        && m["ignore_merges"].as_bool() == Some(true)
+        && m["byte_fallback"].as_bool() != Some(true)
+        && m["dropout"].is_null()
+        && m["unk_token"].is_null()
+        && empty(&m["continuing_subword_prefix"])
+        && empty(&m["end_of_word_suffix"]);
+    if !j["normalizer"].is_null() || !model_ok {
+        return false;
+    }
+    let cfg = dir.join("tokenizer_config.json");
+    cria_tokenizer::Tokenizer::from_hf(
+        &dir.join("tokenizer.json"),
+        cfg.is_file().then_some(cfg.as_path()),
+    )
+    .is_ok_and(|t| t.pre_tokenizer() == Some(cria_tokenizer::PreTokenizer::Llama3))
+}
+
 /// `get_vocab_base` + `get_vocab_base_pre` for a byte-level BPE tokenizer.json.
 fn bpe_vocab(
     dir: &Path,
@@ -741,6 +771,7 @@ fn bpe_vocab(
             let h = chkhsh(dir)?;
             match PRE_HASHES.iter().rev().find(|(k, _)| *k == h) {
                 Some((_, name)) => name.to_string(),
+                None if is_llama3_bpe(dir, &j) => "llama-bpe".to_string(),
                 None => {
                     return Err(Error::Unsupported(format!(
                         "{}: BPE pre-tokenizer was not recognized (chkhsh {h}); as llama.cpp's \

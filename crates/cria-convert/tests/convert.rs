@@ -250,17 +250,37 @@ fn auto_outtype_follows_the_weights() {
 #[test]
 fn pre_tokenizer_hash_is_the_converters() {
     // The converter hashed the ids of its check text with transformers' tokenizer; cria's
-    // tokenizer gives the same ids, so the same hash. This tiny tokenizer is not in the table:
-    // like the converter, cria refuses it unless told the pre-tokenizer.
+    // tokenizer gives the same ids, so the same hash. This tiny tokenizer is not in the table,
+    // but it is built exactly as LLaMA 3's (regex, ByteLevel, ignore_merges): cria names it
+    // llama-bpe (llama.cpp's converter would refuse it).
     let dir = root().join("tests/fixtures/tiny-llama31");
     let fx = fixture("tiny-llama31");
     let h = cria_convert::convert_vocab::chkhsh(&dir).unwrap();
     assert_eq!(h, fx["chkhsh"].as_str().unwrap());
-    let err = HfSource::open(&dir)
+    let src = HfSource::open(&dir).unwrap();
+    let pre = src
+        .metadata()
+        .iter()
+        .find(|(k, _)| k == "tokenizer.ggml.pre")
+        .map(|(_, v)| to_json(v));
+    assert_eq!(pre, Some(serde_json::json!(["STRING", "llama-bpe"])));
+    // The same vocabulary without ignore_merges is not LLaMA 3's: refused as by the converter.
+    let d = tmp("no-ignore-merges");
+    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
+        std::fs::copy(dir.join(f), d.join(f)).unwrap();
+    }
+    let mut j: Json =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+            .unwrap();
+    j["model"]["ignore_merges"] = Json::Bool(false);
+    std::fs::write(d.join("tokenizer.json"), j.to_string()).unwrap();
+    let h = cria_convert::convert_vocab::chkhsh(&d).unwrap();
+    let err = HfSource::open(&d)
         .err()
         .expect("unknown hash must be refused");
     let msg = err.to_string();
     assert!(msg.contains("not recognized") && msg.contains(&h), "{msg}");
+    std::fs::remove_dir_all(&d).unwrap();
 }
 
 fn tmp(name: &str) -> PathBuf {

@@ -82,7 +82,8 @@ pub fn preset(name: &str, vocab: usize, ctx: usize) -> Result<Value> {
 
 /// A model config from an HF-style config.json value: `vocab_size` is set (or checked) to the
 /// data's, `max_position_embeddings` defaults to `ctx` and must be at least `ctx`; heads must
-/// divide the width when `head_dim` is not given.
+/// divide the width when `head_dim` is not given; the model must fit in this machine's memory
+/// ([`check_fits_memory`]).
 pub fn config_from_json(v: &Value, vocab: usize, ctx: usize) -> Result<Config> {
     let mut v = v.clone();
     let Some(o) = v.as_object_mut() else {
@@ -116,7 +117,47 @@ pub fn config_from_json(v: &Value, vocab: usize, ctx: usize) -> Result<Config> {
             c.max_seq_len
         )));
     }
+    check_fits_memory(&c, memory_total())?;
     Ok(c)
+}
+
+/// Parameters of config `c` counted without allocating them (u128: no overflow for any shape
+/// `Config::validate` accepts).
+pub fn param_count_u128(c: &Config) -> u128 {
+    let (d, hd) = (c.dim as u128, c.head_dim as u128);
+    let attn = d * hd * (2 * c.n_heads as u128 + 2 * c.n_kv_heads as u128);
+    let layer = attn + 3 * d * c.ffn_dim as u128 + 2 * d;
+    let emb = c.vocab_size as u128 * d;
+    emb * if c.tied_embeddings { 1 } else { 2 } + c.n_layers as u128 * layer + d
+}
+
+/// The machine's memory in bytes (/proc/meminfo MemTotal; 1 TiB where it cannot be read).
+fn memory_total() -> u128 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u128>().ok())
+        })
+        .map_or(1 << 40, |kb| kb * 1024)
+}
+
+/// A model too large to train here is an error before anything is allocated: training holds 16
+/// bytes per parameter (f32 weights, gradients and AdamW's two moments) before activations.
+pub fn check_fits_memory(c: &Config, mem_bytes: u128) -> Result<()> {
+    let n = param_count_u128(c);
+    let need = n * 16;
+    if need > mem_bytes {
+        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+        return Err(Error(format!(
+            "the model has {n} parameters: training it needs at least {:.1} GiB (f32 weights, \
+             gradients, AdamW moments), more than this machine's {:.1} GiB; choose a smaller shape",
+            gib(need),
+            gib(mem_bytes)
+        )));
+    }
+    Ok(())
 }
 
 /// Parameters of a model of config `c` (tied head counted once).

@@ -347,7 +347,18 @@ pub fn open_split(dir: &Path, split: &str) -> Result<Vec<Shard>, Error> {
             .as_str()
             .filter(|s| !s.contains('/') && !s.contains('\\') && !s.starts_with('.'))
             .ok_or_else(|| err(&mpath, format!("bad shard entry {n}")))?;
-        let s = Shard::open(&dir.join(name))?;
+        let path = dir.join(name);
+        if !path.exists() {
+            return Err(err(
+                &mpath,
+                format!(
+                    "names the {split} shard {name}, which is missing from {} (the folder is \
+                     incomplete: prepare the data again into a new folder)",
+                    dir.display()
+                ),
+            ));
+        }
+        let s = Shard::open(&path)?;
         if n["tokens"].as_u64() != Some(s.header.count)
             || m["vocab_size"].as_u64() != Some(s.header.vocab_size as u64)
         {

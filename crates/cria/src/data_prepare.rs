@@ -17,6 +17,9 @@
 //! then the end-of-text token is appended: `<|end_of_text|>` or `<|endoftext|>` when the
 //! vocabulary has one, else the tokenizer's EOS (a tokenizer with neither is refused).
 //!
+//! A tokenizer whose chat template writes a special token (`<|name|>`) its vocabulary lacks is
+//! refused ([`check_chat_template`]): a model trained on it could never be chatted with.
+//!
 //! Validation split: document `i` (0-based, over the whole corpus in order) goes to validation
 //! when `floor((i + 1) f) > floor(i f)` for `--val-fraction f`: exactly `floor(n f)` of `n`
 //! documents, spread evenly, each kept whole.
@@ -436,6 +439,53 @@ fn encode_batch(
     })
 }
 
+/// The special tokens a chat template writes as literal text: every `<|name|>` in it (name of
+/// letters, digits, `_`, `-`, `.`), in order of first appearance. (`<s>`-style tags and `[INST]`
+/// are left out: a template may write those as plain text.)
+pub fn template_specials(template: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    let mut rest = template;
+    while let Some(i) = rest.find("<|") {
+        let after = &rest[i + 2..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "_-.".contains(c)))
+            .unwrap_or(after.len());
+        if name_len > 0 && after[name_len..].starts_with("|>") {
+            let tok = &rest[i..i + 2 + name_len + 2];
+            if !out.contains(&tok) {
+                out.push(tok);
+            }
+            rest = &rest[i + 2 + name_len + 2..];
+        } else {
+            rest = after;
+        }
+    }
+    out
+}
+
+/// An error when the tokenizer's chat template writes a special token (`<|name|>`) that is not
+/// one token of its vocabulary: such a template would feed the model the token's text split
+/// into pieces, which no training taught it. `what` names the tokenizer in the message.
+pub fn check_chat_template(tok: &cria_tokenizer::Tokenizer, what: &str) -> Result<()> {
+    let Some(t) = tok.chat_template() else {
+        return Ok(());
+    };
+    let missing: Vec<&str> = template_specials(t)
+        .into_iter()
+        .filter(|s| tok.token_id(s).is_none())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the chat template of {what} writes {}, which {} not a token of its vocabulary: the \
+             template does not match the tokenizer (fix chat_template in tokenizer_config.json, \
+             or train the tokenizer with those special tokens); nothing was written",
+            missing.join(", "),
+            if missing.len() == 1 { "is" } else { "are" }
+        );
+    }
+    Ok(())
+}
+
 /// Document separators preferred over the tokenizer's EOS when the vocabulary has them: an
 /// instruct model's EOS is often its end-of-turn token (SmolLM2's `<|im_end|>`).
 const END_OF_TEXT: [&str; 2] = ["<|end_of_text|>", "<|endoftext|>"];
@@ -459,6 +509,7 @@ pub fn prepare(a: &DataPrepareArgs) -> Result<()> {
         crate::load::tokenizer(Some(&a.tokenizer))
     }
     .with_context(|| format!("loading the tokenizer of {}", a.tokenizer))?;
+    check_chat_template(&tok, &a.tokenizer)?;
     let Some(eos) = END_OF_TEXT
         .iter()
         .find_map(|t| tok.token_id(t))

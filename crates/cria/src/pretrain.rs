@@ -9,8 +9,9 @@
 //! `final/` (config.json, model.safetensors, generation_config.json and the tokenizer files of
 //! the folder the manifest names), which `cria run -m RUN/final` and transformers load.
 //!
-//! Test hook: `CRIA_TEST_STOP_AFTER_STEPS=N` stops the run after step N as Ctrl-C does (a
-//! checkpoint is saved), to test resume.
+//! Test hooks: `CRIA_TEST_STOP_AFTER_STEPS=N` stops the run after step N as Ctrl-C does (a
+//! checkpoint is saved), to test resume; `CRIA_TEST_FAIL_WRITE_AFTER=BYTES` makes the checkpoint
+//! writes fail with ENOSPC once BYTES have been written (a disk that fills), as in `cria finetune`.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -219,6 +220,11 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
         None
     };
     let tok_dir = tokenizer_dir(&manifest, &a.data);
+    if let Some(d) = &tok_dir {
+        let tok = cria_engine::load_tokenizer_only(d)
+            .with_context(|| format!("loading the tokenizer of {}", d.display()))?;
+        crate::data_prepare::check_chat_template(&tok, &d.display().to_string())?;
+    }
 
     let cpu = cria_kernels::CpuBackend::try_new(
         a.threads.unwrap_or_else(cria_engine::load::default_threads),
@@ -285,7 +291,10 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
     let mut samples = Samples::new(a, &manifest, tok_dir.as_deref(), &a.data, a.ctx)?;
     let mut meter = Meter::new(&cpu, &config, a.ctx, per_step);
 
-    let budget = WriteBudget::unlimited();
+    let budget = match std::env::var("CRIA_TEST_FAIL_WRITE_AFTER") {
+        Ok(v) => WriteBudget::fail_after(v.parse().context("CRIA_TEST_FAIL_WRITE_AFTER")?),
+        Err(_) => WriteBudget::unlimited(),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();

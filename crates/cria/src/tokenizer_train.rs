@@ -199,6 +199,12 @@ pub fn train(a: &TokenizerTrainArgs) -> Result<()> {
                 .ok_or_else(|| anyhow!("special token {s} missing after adding it"))
         })
         .collect::<Result<Vec<u32>>>()?;
+    // The chat template may only write tokens this tokenizer has as special tokens.
+    for t in crate::data_prepare::template_specials(CHAT_TEMPLATE) {
+        if !SPECIALS.contains(&t) || tok.token_to_id(t).is_none() {
+            bail!("internal: the chat template writes {t}, not one of the special tokens added");
+        }
+    }
     let bos_id = ids[0];
     let post = TemplateProcessing::builder()
         .try_single(format!("{BOS} $A"))

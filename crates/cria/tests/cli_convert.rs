@@ -211,9 +211,18 @@ fn bad_input_is_a_clear_error_and_leaves_nothing() {
     std::fs::write(m.join("pytorch_model.bin"), b"not read").unwrap();
     fails(&m, &[], "PyTorch .bin weights");
 
-    // A BPE tokenizer whose pre-tokenizer hash llama.cpp does not know: refused as there.
+    // A BPE tokenizer whose pre-tokenizer hash llama.cpp does not know, and not built exactly as
+    // LLaMA 3's (no ignore_merges): refused as there. (tiny-llama31 itself converts: llama-bpe.)
     let m = d.join("unknown-pre");
     copy_dir(&fixtures.join("tiny-llama31"), &m);
+    let tj = m.join("tokenizer.json");
+    let t = std::fs::read_to_string(&tj).unwrap();
+    assert!(t.contains("\"ignore_merges\": true"));
+    std::fs::write(
+        &tj,
+        t.replace("\"ignore_merges\": true", "\"ignore_merges\": false"),
+    )
+    .unwrap();
     fails(&m, &[], "BPE pre-tokenizer was not recognized");
 
     std::fs::remove_dir_all(&d).unwrap();
