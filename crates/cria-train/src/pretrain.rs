@@ -85,6 +85,14 @@ pub fn preset(name: &str, vocab: usize, ctx: usize) -> Result<Value> {
 /// divide the width when `head_dim` is not given; the model must fit in this machine's memory
 /// ([`check_fits_memory`]).
 pub fn config_from_json(v: &Value, vocab: usize, ctx: usize) -> Result<Config> {
+    let c = config_shape(v, vocab, ctx)?;
+    check_fits_memory(&c, memory_total())?;
+    Ok(c)
+}
+
+/// [`config_from_json`] without the memory check: a shape to describe (`cria plan`), not to
+/// train here.
+pub fn config_shape(v: &Value, vocab: usize, ctx: usize) -> Result<Config> {
     let mut v = v.clone();
     let Some(o) = v.as_object_mut() else {
         return Err(Error("the model config is not a JSON object".into()));
@@ -117,7 +125,6 @@ pub fn config_from_json(v: &Value, vocab: usize, ctx: usize) -> Result<Config> {
             c.max_seq_len
         )));
     }
-    check_fits_memory(&c, memory_total())?;
     Ok(c)
 }
 

@@ -147,7 +147,7 @@ impl Shape {
     }
 
     pub fn config(&self, vocab: usize, ctx: usize) -> Result<Config> {
-        pt::config_from_json(&self.config_json(vocab, ctx), vocab, ctx).map_err(anyhow::Error::msg)
+        pt::config_shape(&self.config_json(vocab, ctx), vocab, ctx).map_err(anyhow::Error::msg)
     }
 }
 
