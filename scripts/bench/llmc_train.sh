@@ -9,7 +9,8 @@
 # usage: llmc_train.sh --llmc PATH --work DIR [--dim 384 --layers 12 --heads 6 --vocab 8192
 #        --ctx 256 --batch 16 --steps 8 --threads N --data CRIA_DATA_DIR]
 # prints llm.c's log, then "RESULT {"step_s": [...], "rss_mib": X}" (seconds of each step as
-# train_gpt2.c times it: forward, zero_grad, backward, AdamW update; peak RSS of the run).
+# train_gpt2.c times it: forward, zero_grad, backward, AdamW update; peak RSS and CPU seconds of
+# the run).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 LLMC= WORK= DIM=384 LAYERS=12 HEADS=6 VOCAB=8192 CTX=256 BATCH=16 STEPS=8 THREADS=$(nproc) DATA=
@@ -53,13 +54,14 @@ gcc -O3 -Ofast -march=native -fopenmp -DOMP -Wno-unused-result -Wno-unused-funct
 python3 "$HERE/llmc_init.py" "$WORK" --dim "$DIM" --layers "$LAYERS" --heads "$HEADS" \
   --vocab "$VOCAB" --ctx "$CTX" ${DATA:+--data "$DATA"}
 cd "$WORK"
-OMP_NUM_THREADS=$THREADS /usr/bin/time -f 'MAXRSS_KB %M' -o "$WORK/time.txt" ./train_gpt2 | tee "$WORK/train.log"
+OMP_NUM_THREADS=$THREADS /usr/bin/time -f 'MAXRSS_KB %M CPU_S %U %S' -o "$WORK/time.txt" ./train_gpt2 | tee "$WORK/train.log"
 python3 - "$WORK" <<'PY'
 import json, re, sys
 w = sys.argv[1]
 steps = [float(m.group(1)) / 1e3 for m in re.finditer(r"took ([0-9.]+) ms", open(w + "/train.log").read())]
-rss = int(re.search(r"MAXRSS_KB (\d+)", open(w + "/time.txt").read()).group(1)) / 1024
+tm = re.search(r"MAXRSS_KB (\d+) CPU_S ([0-9.]+) ([0-9.]+)", open(w + "/time.txt").read())
+rss, cpu = int(tm.group(1)) / 1024, float(tm.group(2)) + float(tm.group(3))
 if not steps:
     sys.exit("llmc_train.sh: no 'took N ms' lines in train_gpt2's output")
-print("RESULT " + json.dumps({"step_s": steps, "rss_mib": rss}))
+print("RESULT " + json.dumps({"step_s": steps, "rss_mib": rss, "cpu_s": cpu}))
 PY

@@ -28,7 +28,8 @@ Usage:
       [--llmc /path/to/llm.c]
 
 Prints a markdown table: size, system, ms/step, tok/s, ratio (cria over the system), MFU,
-peak RSS.
+peak RSS, and the CPU seconds (user + system) of the whole process (set-up and every step: on a
+shared machine, where wall-clock rates depend on the other load, a second view of the work).
 """
 
 import argparse
@@ -107,8 +108,12 @@ def read_cria_tokens(d, split):
 # ---------------------------------------------------------------- processes
 
 
+LAST_CPU_S = [0.0]
+
+
 def run_measured(cmd, env=None, log=None):
-    """Runs cmd; returns (returncode, peak RSS in MiB of that process, stdout text)."""
+    """Runs cmd; returns (returncode, peak RSS in MiB of that process, stdout text); the CPU
+    seconds (user + system) of the process go to LAST_CPU_S[0]."""
     out = open(log, "w") if log else subprocess.PIPE
     p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     text = ""
@@ -116,6 +121,7 @@ def run_measured(cmd, env=None, log=None):
         text = p.stdout.read()
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
+    LAST_CPU_S[0] = ru.ru_utime + ru.ru_stime
     if log:
         out.close()
         with open(log) as f:
@@ -224,7 +230,7 @@ def bench_cria(a, size, work):
             v = json.loads(line)
             if "tokens_per_s" in v:
                 steps.append(a.batch * a.ctx / v["tokens_per_s"])
-    return mean_step_s(steps, a.warmup), rss
+    return mean_step_s(steps, a.warmup), rss, LAST_CPU_S[0]
 
 
 def bench_torch(a, size, work):
@@ -232,7 +238,7 @@ def bench_torch(a, size, work):
                                  log=os.path.join(work, f"torch-{size}.log"))
     if rc != 0:
         raise RuntimeError(f"torch worker failed ({rc}):\n{text[-3000:]}")
-    return mean_step_s(result_line(text)["step_s"], a.warmup), rss
+    return mean_step_s(result_line(text)["step_s"], a.warmup), rss, LAST_CPU_S[0]
 
 
 def bench_llmc(a, size, work):
@@ -247,7 +253,7 @@ def bench_llmc(a, size, work):
     if rc != 0:
         raise RuntimeError(f"llmc_train.sh failed ({rc}):\n{text[-3000:]}")
     r = result_line(text)
-    return mean_step_s(r["step_s"], a.warmup), r["rss_mib"]
+    return mean_step_s(r["step_s"], a.warmup), r["rss_mib"], r["cpu_s"]
 
 
 def main():
@@ -299,16 +305,17 @@ def main():
         dim, layers, _, _, _ = PRESETS[size]
         fl_gpt2, _ = gpt2_flops_per_token(dim, layers, a.vocab, a.ctx)
         cria_tps = a.batch * a.ctx / res["cria"][0] if "cria" in res else None
-        for s, (step_s, rss) in res.items():
+        for s, (step_s, rss, cpu) in res.items():
             tps = a.batch * a.ctx / step_s
             fl = fl_gpt2 if s == "llm.c" else fl_llama
             ratio = "" if cria_tps is None or s == "cria" else f"{cria_tps / tps:.2f}x"
             rows.append((size, s, f"{step_s * 1e3:.0f}", f"{tps:.0f}", ratio,
-                         f"{100 * fl * tps / peak:.1f}%", f"{fl / 1e6:.1f}", f"{rss:.0f}"))
+                         f"{100 * fl * tps / peak:.1f}%", f"{fl / 1e6:.1f}", f"{rss:.0f}", f"{cpu:.0f}"))
     print(f"\n{a.threads} threads, batch {a.batch} x ctx {a.ctx}, vocab {a.vocab}, "
           f"{a.steps} steps ({a.warmup} warm-up not timed); peak {peak / 1e9:.1f} GFLOP/s\n")
-    print("| size | system | ms/step | tok/s | cria / this | MFU | MFLOP/token | peak RSS MiB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| size | system | ms/step | tok/s | cria / this | MFU | MFLOP/token | peak RSS MiB "
+          "| process CPU s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
 
