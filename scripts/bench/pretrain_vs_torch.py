@@ -284,7 +284,7 @@ def main():
     os.makedirs(work, exist_ok=True)
     a.data = os.path.join(work, "data")
     write_cria_data(a.data, a.vocab, max(1 << 20, 2 * a.steps * a.batch * (a.ctx + 1)),
-                    4 * (a.ctx + 1), seed=0)
+                    a.batch * a.ctx + 1, seed=0)  # llm.c's loader wants B*T+1 val tokens
     systems = a.systems.split(",")
     if "llm.c" in systems and not a.llmc:
         systems.remove("llm.c")
