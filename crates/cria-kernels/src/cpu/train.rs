@@ -13,7 +13,7 @@
 //!   threads; every element of C belongs to one item (no two threads ever write the same value)
 //!   and the sum over k happens inside the item;
 //! - per item and per `KC` rows of B, the item's columns of those rows are packed into an f32
-//!   panel of strips `NR` wide (`KC x NB` floats, at most 256 KiB: stays in L2), decoding a
+//!   panel of strips `NR` wide (`KC x NB` floats, at most 384 KiB: stays in L2), decoding a
 //!   quantized weight block by block (never the whole matrix: QLoRA's base stays quantized);
 //! - per `MR` rows of C, the matching A values are packed row-interleaved (`KC x MR`, in L1);
 //! - the register tile (`arch::{avx512,avx2,scalar}::train::tile`) broadcasts A(i, p) and FMAs
@@ -38,8 +38,12 @@ use cria_core::{quant, DType, Tensor};
 
 /// Rows of B (the shared dimension) per packed panel.
 const KC: usize = 256;
-/// Most columns of C per work item: the B panel is at most KC x NB_MAX f32 (256 KiB).
-const NB_MAX: usize = 256;
+/// Most columns of C per work item: the B panel is at most KC x NB_MAX f32 (384 KiB: in L2;
+/// a LLaMA width of 384 in one block).
+const NB_MAX: usize = 384;
+/// A C of at least TALL x (items wanted) MR-row tiles has its rows split between the items
+/// rather than its columns (see `gemm`).
+const TALL: usize = 4;
 
 /// How the tile reads A(i, p), i < m (rows of C), p < k.
 #[derive(Clone, Copy)]
@@ -231,8 +235,8 @@ fn gemm(be: &CpuBackend, c: &mut [f32], m: usize, n: usize, k: usize, a: OpA, b:
     let tile = Tile::of(be.isa);
     let (mr, nr) = (tile.mr, tile.nr);
     // Column blocks: whole units of `ucols` (strips, and a quantized weight's blocks: both
-    // powers of two, so the larger is a multiple of the smaller), at most NB_MAX wide, and at
-    // least two per thread so that dynamic hand-out balances them.
+    // powers of two, so the larger is a multiple of the smaller), at most NB_MAX wide; with the
+    // row blocks, at least two items per thread so that dynamic hand-out balances them.
     let qk = match b {
         OpB::Weight(w) if gemm_half::packed(w).is_none() => w.dtype.block_size(),
         _ => 1,
@@ -246,17 +250,32 @@ fn gemm(be: &CpuBackend, c: &mut [f32], m: usize, n: usize, k: usize, a: OpA, b:
     };
     let units = n.div_ceil(ucols);
     let want = if be.threads > 1 { 2 * be.threads } else { 1 };
-    let mut n_cb = units.div_ceil((NB_MAX / ucols).max(1)).max(want.min(units));
-    if be.threads > 1 {
-        n_cb = (n_cb.div_ceil(be.threads) * be.threads).min(units);
-    }
-    // Row blocks (whole MR tiles) only when the columns alone do not make enough items (a
-    // narrow output: an adapter's rank).
     let mt = m.div_ceil(mr);
-    let n_rb = if n_cb >= want {
-        1
+    // The fewest column blocks NB_MAX allows.
+    let wide = units.div_ceil((NB_MAX / ucols).max(1));
+    let (n_cb, n_rb) = if mt >= TALL * want {
+        // A tall C (a training step's linears: the batch's rows): column blocks as wide as
+        // NB_MAX allows, the rows split between the items, so that every packed MR x KC tile
+        // of A serves all the strips of the panel (with narrow blocks, packing A cost as much
+        // as the tile's FMAs). Items: at least `want`, a multiple of the threads.
+        let mut n_rb = want.div_ceil(wide);
+        while (n_rb * wide) % be.threads != 0 {
+            n_rb += 1;
+        }
+        (wide, n_rb.min(mt))
     } else {
-        want.div_ceil(n_cb).min(mt)
+        // Else columns first, at least two blocks per thread; row blocks (whole MR tiles) only
+        // when the columns alone do not make enough items (a narrow output: an adapter's rank).
+        let mut n_cb = wide.max(want.min(units));
+        if be.threads > 1 {
+            n_cb = (n_cb.div_ceil(be.threads) * be.threads).min(units);
+        }
+        let n_rb = if n_cb >= want {
+            1
+        } else {
+            want.div_ceil(n_cb).min(mt)
+        };
+        (n_cb, n_rb)
     };
     let nbw = units.div_ceil(n_cb) * ucols; // widest block, whole strips
     let (bsz, asz, tsz) = (KC * nbw, KC * mr, mr * nr);
@@ -319,19 +338,29 @@ fn gemm(be: &CpuBackend, c: &mut [f32], m: usize, n: usize, k: usize, a: OpA, b:
     be.run_items(n_rb * n_cb, m * n * k, &job);
 }
 
+/// The tallest register tile of any ISA (`pack_a`'s row table).
+const MR_MAX: usize = 16;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(avx512::MR <= MR_MAX && avx2::MR <= MR_MAX);
+const _: () = assert!(scalar::MR <= MR_MAX);
+
 /// A(i0.., p0..) packed for the tile: `dst[p * mr + i]` = A(i0 + i, p0 + p) for i < rows,
 /// zero for rows..mr.
 fn pack_a(a: OpA, i0: usize, rows: usize, mr: usize, p0: usize, kc: usize, dst: &mut [f32]) {
     match a {
         OpA::Rows(a, ld) => {
-            for i in 0..mr {
-                let col = dst.iter_mut().skip(i).step_by(mr);
-                if i < rows {
-                    let src = &a[(i0 + i) * ld + p0..][..kc];
-                    col.zip(src).for_each(|(d, &v)| *d = v);
-                } else {
-                    col.for_each(|d| *d = 0.0);
+            // p outer, the rows inner: contiguous stores (one pass per row, storing mr values
+            // apart, was the slower half of a training step's GEMM time).
+            let mut src: [&[f32]; MR_MAX] = [&[]; MR_MAX];
+            for (i, s) in src.iter_mut().enumerate().take(rows) {
+                *s = &a[(i0 + i) * ld + p0..][..kc];
+            }
+            let src = &src[..rows];
+            for (p, d) in dst[..kc * mr].chunks_exact_mut(mr).enumerate() {
+                for (d, s) in d.iter_mut().zip(src) {
+                    *d = s[p];
                 }
+                d[rows..].fill(0.0);
             }
         }
         OpA::Cols(a, ld) => {
