@@ -312,9 +312,55 @@ fn group_lens(p: &FullParams, flags: &[bool], want: bool) -> Vec<usize> {
         .collect()
 }
 
+/// The training buffers a run of `h` needs (micro-batches of `micro_seqs` windows of `ctx`).
+pub fn train_options(h: &Hyper) -> TrainOptions {
+    TrainOptions {
+        max_rows: h.micro_seqs.min(h.batch_seqs).max(1) * h.ctx,
+        max_seq: h.ctx,
+        grad_checkpoint: false,
+        exact_forward: true,
+    }
+}
+
+/// The weights of an existing model (`cria pretrain --init`: an HF folder such as a previous
+/// run's `final/`, or any model cria loads, dequantized to f32) to continue pretraining from, for
+/// data of `vocab` tokens and the run's hyper-parameters: a vocabulary other than the data's, a
+/// context beyond the model's or a model that is not a plain LLaMA are errors.
+pub fn load_init(dir: &Path, vocab: usize, h: &Hyper, cpu: &CpuBackend) -> Result<FullModel> {
+    let m = cria_model::model::Model::load(dir, cria_model::model::LoadOptions { f32: true }, cpu)
+        .map_err(|e| io(dir, e))?;
+    if m.config.vocab_size != vocab {
+        return Err(io(
+            dir,
+            format!(
+                "--init: the model's vocabulary has {} tokens, the data's {vocab}: prepare the \
+                 data with this model's tokenizer (cria data prepare --tokenizer {})",
+                m.config.vocab_size,
+                dir.display()
+            ),
+        ));
+    }
+    if h.ctx > m.config.max_seq_len {
+        return Err(io(
+            dir,
+            format!(
+                "--init: --ctx {} is longer than the model's max_position_embeddings {}",
+                h.ctx, m.config.max_seq_len
+            ),
+        ));
+    }
+    FullModel::from_model(&m, train_options(h)).map_err(|e| io(dir, e))
+}
+
 impl Pretrainer {
     /// A fresh run: the model initialized from `seed` (transformers' init, std 0.02).
     pub fn new(c: &Config, h: Hyper, train: Stream, val: Option<Stream>) -> Result<Pretrainer> {
+        Self::check(&h, &train)?;
+        let model = FullModel::from_config(c, 0.02, h.seed, train_options(&h))?;
+        Self::with_model(model, h, train, val)
+    }
+
+    fn check(h: &Hyper, train: &Stream) -> Result<()> {
         if h.batch_seqs == 0 || h.micro_seqs == 0 || h.steps == 0 {
             return Err(Error(
                 "batch, micro-batch and step counts must be at least 1".into(),
@@ -327,13 +373,18 @@ impl Pretrainer {
                 h.ctx
             )));
         }
-        let opts = TrainOptions {
-            max_rows: h.micro_seqs.min(h.batch_seqs) * h.ctx,
-            max_seq: h.ctx,
-            grad_checkpoint: false,
-            exact_forward: true,
-        };
-        let model = FullModel::from_config(c, 0.02, h.seed, opts)?;
+        Ok(())
+    }
+
+    /// A run starting from the weights of `model` (made with [`train_options`] of `h`, e.g. by
+    /// [`load_init`]), fresh optimizer state, the data order of `h.seed` from its start.
+    pub fn with_model(
+        model: FullModel,
+        h: Hyper,
+        train: Stream,
+        val: Option<Stream>,
+    ) -> Result<Pretrainer> {
+        Self::check(&h, &train)?;
         let flags = model.params().decay_flags();
         let cfg = |wd| AdamWConfig {
             weight_decay: wd,

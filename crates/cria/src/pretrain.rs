@@ -48,13 +48,18 @@ pub struct PretrainArgs {
         long,
         value_name = "CONFIG.json",
         conflicts_with = "size",
-        required_unless_present = "size"
+        required_unless_present_any = ["size", "init"]
     )]
     pub config: Option<PathBuf>,
     /// A preset shape: 1M (dim 128, 5 layers, 4 heads, 2 KV heads, FFN 384), 5M (256, 6, 8, 4,
     /// 768), 20M (384, 12, 6, 2, 1024); non-embedding parameters; tied head.
     #[arg(long, value_name = "1M|5M|20M")]
     pub size: Option<String>,
+    /// Continued pretraining: start from the weights of an HF folder (config.json +
+    /// model.safetensors, e.g. a previous run's RUN/final) instead of a fresh init; the shape is
+    /// its config's, its vocabulary must be the data's. The optimizer state starts fresh.
+    #[arg(long, value_name = "MODEL", conflicts_with_all = ["config", "size"])]
+    pub init: Option<PathBuf>,
     /// Training tokens (default: 20 per parameter, Chinchilla's ratio).
     #[arg(long, value_name = "N", conflicts_with = "max_steps")]
     pub tokens: Option<u64>,
@@ -148,16 +153,18 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
     let val = (val.windows() > 0).then_some(val);
 
     // The model.
-    let cfg_json = match (&a.config, &a.size) {
-        (Some(p), _) => json_file(p)?,
-        (None, Some(s)) => pt::preset(s, vocab, a.ctx).map_err(anyhow::Error::msg)?,
-        (None, None) => bail!("give --config CONFIG.json or --size 1M|5M|20M"),
+    let cfg_json = match (&a.config, &a.size, &a.init) {
+        (Some(p), _, _) => json_file(p)?,
+        (None, Some(s), _) => pt::preset(s, vocab, a.ctx).map_err(anyhow::Error::msg)?,
+        (None, None, Some(d)) => json_file(&d.join("config.json"))?,
+        (None, None, None) => bail!("give --config CONFIG.json, --size 1M|5M|20M or --init MODEL"),
     };
     let config = pt::config_from_json(&cfg_json, vocab, a.ctx)
         .map_err(anyhow::Error::msg)
-        .with_context(|| match &a.config {
-            Some(p) => format!("the model config {}", p.display()),
-            None => "the model preset".into(),
+        .with_context(|| match (&a.config, &a.init) {
+            (Some(p), _) => format!("the model config {}", p.display()),
+            (None, Some(d)) => format!("--init {}", d.display()),
+            (None, None) => "the model preset".into(),
         })?;
     let n_params = pt::param_count(&config).map_err(anyhow::Error::msg)?;
 
@@ -225,12 +232,35 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
             .with_context(|| format!("loading the tokenizer of {}", d.display()))?;
         crate::data_prepare::check_chat_template(&tok, &d.display().to_string())?;
     }
+    if let (Some(init), Some(d)) = (&a.init, &tok_dir) {
+        let read = |p: PathBuf| std::fs::read(p).ok();
+        let (mine, data) = (
+            read(init.join("tokenizer.json")),
+            read(d.join("tokenizer.json")),
+        );
+        if mine.is_some() && mine != data {
+            eprintln!(
+                "warning: {}/tokenizer.json differs from the data's tokenizer {}: the same \
+                 token ids may mean other text",
+                init.display(),
+                d.display()
+            );
+        }
+    }
 
     let cpu = cria_kernels::CpuBackend::try_new(
         a.threads.unwrap_or_else(cria_engine::load::default_threads),
     )
     .map_err(anyhow::Error::msg)?;
-    let mut t = Pretrainer::new(&config, hyper, train, val).map_err(anyhow::Error::msg)?;
+    let mut t = match &a.init {
+        Some(d) => {
+            let m = pt::load_init(d, vocab, &hyper, &cpu).map_err(anyhow::Error::msg)?;
+            eprintln!("starting from the weights of {}", d.display());
+            Pretrainer::with_model(m, hyper, train, val)
+        }
+        None => Pretrainer::new(&config, hyper, train, val),
+    }
+    .map_err(anyhow::Error::msg)?;
     if let Some(ck) = &resume {
         pt::load_checkpoint(&mut t, ck).map_err(anyhow::Error::msg)?;
         eprintln!("resumed from {} (step {})", ck.display(), t.step);
