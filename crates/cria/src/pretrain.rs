@@ -9,6 +9,11 @@
 //! `final/` (config.json, model.safetensors, generation_config.json and the tokenizer files of
 //! the folder the manifest names), which `cria run -m RUN/final` and transformers load.
 //!
+//! Under `mpirun -np N` (feature `mpi`): every rank runs this same function over the same data
+//! and arguments (`cria_train::dist`: each takes its share of each step's windows); rank 0 alone
+//! prints, writes the log, the checkpoints and `final/` (the others wait at a barrier); an error
+//! on any rank aborts them all with its message.
+//!
 //! Test hook: `CRIA_TEST_STOP_AFTER_STEPS=N` stops the run after step N as Ctrl-C does (a
 //! checkpoint is saved), to test resume.
 
@@ -118,7 +123,43 @@ fn tokenizer_dir(manifest: &Value, data: &Path) -> Option<PathBuf> {
         .find(|d| d.join("tokenizer.json").is_file())
 }
 
+/// `RUN/training_log.jsonl` opened to append, created with the folder (a resumed run keeps the
+/// lines up to its checkpoint's step).
+fn open_log(out: &Path, step: u64) -> Result<std::fs::File> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let log_path = out.join("training_log.jsonl");
+    // A resumed run keeps the log lines up to its checkpoint's step.
+    let kept: String = std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&log_path, kept).with_context(|| format!("writing {}", log_path.display()))?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))
+}
+
 pub fn run(a: &PretrainArgs) -> Result<()> {
+    let comm = cria_train::dist::world().map_err(anyhow::Error::msg)?;
+    let res = train(a, &comm);
+    if let Err(e) = &res {
+        if comm.size() > 1 {
+            comm.abort(&format!("{e:#}"));
+        }
+    }
+    res
+}
+
+fn train(a: &PretrainArgs, comm: &Arc<dyn cria_train::dist::Comm>) -> Result<()> {
+    let root = comm.is_root();
     // The data.
     let manifest = json_file(&a.data.join("data.json"))?;
     let train = shards::open_split(&a.data, "train").map_err(anyhow::Error::msg)?;
@@ -204,54 +245,54 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
     };
     let tok_dir = tokenizer_dir(&manifest, &a.data);
 
-    let cpu = cria_kernels::CpuBackend::try_new(
-        a.threads.unwrap_or_else(cria_engine::load::default_threads),
-    )
-    .map_err(anyhow::Error::msg)?;
+    // Default threads: the cores shared among the ranks on this machine.
+    let threads = a.threads.unwrap_or_else(|| {
+        (cria_engine::load::default_threads() / cria_train::dist::local_size()).max(1)
+    });
+    let cpu = cria_kernels::CpuBackend::try_new(threads).map_err(anyhow::Error::msg)?;
     let mut t = Pretrainer::new(&config, hyper, train, val).map_err(anyhow::Error::msg)?;
+    t.set_comm(comm.clone()).map_err(anyhow::Error::msg)?;
     if let Some(ck) = &resume {
         pt::load_checkpoint(&mut t, ck).map_err(anyhow::Error::msg)?;
-        eprintln!("resumed from {} (step {})", ck.display(), t.step);
+        if root {
+            eprintln!("resumed from {} (step {})", ck.display(), t.step);
+        }
     }
-    eprintln!(
-        "model: dim {} layers {} heads {} kv heads {} ffn {} vocab {} ({} parameters, {} \
+    // Every rank has checked the run folder before rank 0 writes into it.
+    comm.barrier().map_err(anyhow::Error::msg)?;
+    if root && comm.size() > 1 {
+        eprintln!(
+            "data parallel: {} ranks (MPI), {threads} threads each",
+            comm.size()
+        );
+    }
+    if root {
+        eprintln!(
+            "model: dim {} layers {} heads {} kv heads {} ffn {} vocab {} ({} parameters, {} \
          non-embedding); {} steps of {} sequences x {} tokens ({} tokens), micro-batch {} \
          sequences",
-        config.dim,
-        config.n_layers,
-        config.n_heads,
-        config.n_kv_heads,
-        config.ffn_dim,
-        config.vocab_size,
-        n_params,
-        n_params - config.vocab_size * config.dim,
-        steps,
-        batch_seqs,
-        a.ctx,
-        steps * per_step,
-        micro_seqs
-    );
+            config.dim,
+            config.n_layers,
+            config.n_heads,
+            config.n_kv_heads,
+            config.ffn_dim,
+            config.vocab_size,
+            n_params,
+            n_params - config.vocab_size * config.dim,
+            steps,
+            batch_seqs,
+            a.ctx,
+            steps * per_step,
+            micro_seqs
+        );
+    }
 
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let log_path = a.out.join("training_log.jsonl");
-    // A resumed run keeps the log lines up to its checkpoint's step.
-    let kept: String = std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= t.step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&log_path, kept).with_context(|| format!("writing {}", log_path.display()))?;
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-
+    // Rank 0 writes the log; the others write nothing.
+    let mut log: Box<dyn Write> = if root {
+        Box::new(open_log(&a.out, t.step)?)
+    } else {
+        Box::new(std::io::sink())
+    };
     let budget = WriteBudget::unlimited();
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -266,7 +307,11 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok());
 
-    let bar = indicatif::ProgressBar::new(steps);
+    let bar = if root {
+        indicatif::ProgressBar::new(steps)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta_precise}]",
@@ -292,7 +337,7 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
             "loss {:.4}{vl} lr {:.2e} |g| {:.3} {tps:.0} tok/s",
             s.loss, s.lr, s.grad_norm
         );
-        if !tty {
+        if !tty && root {
             eprintln!("step {}/{steps} {msg}", s.step);
         }
         bar.set_message(msg);
@@ -309,10 +354,19 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
                 bar.println(format!("step {}: val loss {l:.4}", s.step));
             }
         }
-        let halt = stop.load(Ordering::SeqCst) || stop_after == Some(s.step);
+        let mut halt = stop.load(Ordering::SeqCst) || stop_after == Some(s.step);
+        if comm.size() > 1 {
+            // Ctrl-C reaches the ranks at different times: stop where any rank saw it.
+            let mut v = [f64::from(u8::from(halt))];
+            comm.all_reduce_f64(&mut v).map_err(anyhow::Error::msg)?;
+            halt = v[0] > 0.0;
+        }
         if a.save_every > 0 && s.step % a.save_every == 0 || last || halt {
-            let p = pt::save_checkpoint(&t, &a.out, &budget).map_err(anyhow::Error::msg)?;
-            bar.println(format!("saved {}", p.display()));
+            if root {
+                let p = pt::save_checkpoint(&t, &a.out, &budget).map_err(anyhow::Error::msg)?;
+                bar.println(format!("saved {}", p.display()));
+            }
+            comm.barrier().map_err(anyhow::Error::msg)?;
         }
         if halt && !last {
             interrupted = true;
@@ -320,12 +374,16 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
+    if !root {
+        // Rank 0 writes final/; the others wait for it.
+        return comm.barrier().map_err(anyhow::Error::msg);
+    }
     if interrupted {
         eprintln!(
             "stopped at step {}/{steps}; continue with the same command and --resume",
             t.step
         );
-        return Ok(());
+        return comm.barrier().map_err(anyhow::Error::msg);
     }
 
     // The result: an HF folder with the tokenizer.
@@ -380,5 +438,5 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
             p as f64 / (1 << 20) as f64
         );
     }
-    Ok(())
+    comm.barrier().map_err(anyhow::Error::msg)
 }
