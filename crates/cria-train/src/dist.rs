@@ -471,12 +471,12 @@ mod tests {
         let mut g: Vec<f32> = (0..10).map(|x| x as f32).collect();
         let want = g.clone();
         let mut b = Buckets::new(&c);
-        b.start(6..10, &g[6..10].to_vec());
-        b.start(0..6, &g[0..6].to_vec());
+        b.start(6..10, &g[6..10]);
+        b.start(0..6, &g[0..6]);
         b.finish(&mut g).unwrap();
         assert_eq!(g, want);
         let mut b = Buckets::new(&c);
-        b.start(0..3, &g[0..3].to_vec());
+        b.start(0..3, &g[0..3]);
         assert!(b.finish(&mut g).unwrap_err().0.contains("cover 3 of 10"));
         let mut x = [1.5f32, 2.0];
         c.all_reduce_sum(&mut x).unwrap();

@@ -276,6 +276,7 @@ fn finetune_two_ranks_equal_one_process() {
     }
     let dir = tmp("finetune");
     let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama31");
+    let model = fx.join("model.gguf");
     let data = dir.join("train.jsonl");
     let lines: String = (0..8)
         .map(|i| format!("{{\"text\": \"line {i}: the cat sat on the mat number {i}\"}}\n"))
@@ -285,7 +286,7 @@ fn finetune_two_ranks_equal_one_process() {
         let args = [
             "finetune",
             "-m",
-            s(&fx.join("model.gguf")),
+            s(&model),
             "--data",
             s(&data),
             "-o",
