@@ -82,6 +82,7 @@ pub struct Pending(PendingInner);
 
 enum PendingInner {
     Ready(Vec<f32>),
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     Wait(Receiver<Result<Vec<f32>>>),
 }
 

@@ -10,6 +10,7 @@
 //! Without `mpirun` these tests say SKIPPED loudly. Without the feature, the one test here checks
 //! that a launch by mpirun (its environment variables) is refused with a clear message instead of
 //! N ranks each training its own copy.
+#![cfg_attr(not(feature = "mpi"), allow(dead_code))]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
