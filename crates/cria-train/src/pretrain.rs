@@ -16,6 +16,14 @@
 //!   `clip_grad_norm` (if `max_grad_norm > 0`) over every gradient, then two AdamW instances: one
 //!   over the tensors `FullParams::decay_flags` marks (matrices: `weight_decay`), one over the
 //!   rest (norms, embedding = tied head: no decay);
+//! - data parallel ([`Pretrainer::set_comm`], `mpirun -np N`): every rank walks the same seeded
+//!   order; of each step's `batch_seqs` windows rank `r` takes the contiguous share
+//!   `dist::share(batch_seqs, r, N)`, in micro-batches of at most `micro_seqs`, with the same
+//!   `grad_scale` (1 / the GLOBAL batch's tokens); the last micro-batch's backward hands each
+//!   layer's finished gradients to an all-reduce (sum) that runs while the layers below are
+//!   differentiated; the step waits for them all before clipping and AdamW, so every rank holds
+//!   the gradient one process would compute over the whole batch, and takes the same update.
+//!   Loss sums and val loss sums are all-reduced too (val windows split the same way);
 //! - the learning rate ([`lr_at`]): linear warmup from 0, then the schedule's factor `f` (cosine,
 //!   linear or constant, transformers' curves) mapped to `min_lr_ratio + (1 - min_lr_ratio) * f`
 //!   so cosine ends at `lr * min_lr_ratio`;
@@ -30,6 +38,7 @@
 //!   with the same thread count (nothing else is random: no dropout).
 
 use crate::adapter_io::{self, WriteBudget};
+use crate::dist::{self, Buckets, Comm};
 use crate::full::{FullModel, FullParams};
 use crate::model::{Seq, TrainOptions};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, AdamWState, LrSchedule, ScheduleKind};
@@ -40,6 +49,7 @@ use cria_kernels::CpuBackend;
 use cria_model::config::Config;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const PARAMS_FILE: &str = "params.safetensors";
 pub const OPTIM_DECAY_FILE: &str = "optimizer_decay.bin";
@@ -300,6 +310,7 @@ pub struct Pretrainer {
     pub epoch: u64,
     pub index: usize,
     order: Vec<usize>,
+    comm: Arc<dyn Comm>,
 }
 
 /// Lengths of the entries whose flag is `want`.
@@ -411,7 +422,28 @@ impl Pretrainer {
             epoch: 0,
             index: 0,
             order,
+            comm: dist::single(),
         })
+    }
+
+    /// Trains as one rank of a data-parallel run (see the module doc); every rank must have
+    /// been made with the same config, arguments and data. The global batch must give each
+    /// rank at least one window.
+    pub fn set_comm(&mut self, comm: Arc<dyn Comm>) -> Result<()> {
+        if comm.size() > self.hyper.batch_seqs {
+            return Err(Error(format!(
+                "{} ranks but {} sequences per step: give each rank at least one (raise \
+                 --batch-tokens or use fewer ranks)",
+                comm.size(),
+                self.hyper.batch_seqs
+            )));
+        }
+        self.comm = comm;
+        Ok(())
+    }
+
+    pub fn comm(&self) -> &Arc<dyn Comm> {
+        &self.comm
     }
 
     pub fn done(&self) -> bool {
@@ -423,7 +455,7 @@ impl Pretrainer {
     }
 
     /// The next window of the data order (advancing the position, a new epoch's order at the end).
-    fn next_window(&mut self) -> Result<Seq> {
+    fn next_window(&mut self) -> usize {
         if self.index >= self.order.len() {
             self.epoch += 1;
             self.index = 0;
@@ -431,7 +463,7 @@ impl Pretrainer {
         }
         let w = self.order[self.index];
         self.index += 1;
-        self.train.seq(w)
+        w
     }
 
     /// One optimizer step (see the module doc).
@@ -441,16 +473,32 @@ impl Pretrainer {
         self.model.params_mut().zero_grads();
         let scale = 1.0 / (h.batch_seqs * h.ctx) as f32;
         let (mut sum, mut count) = (0.0f64, 0usize);
-        let mut left = h.batch_seqs;
-        while left > 0 {
-            let n = left.min(h.micro_seqs);
-            let seqs = (0..n)
-                .map(|_| self.next_window())
+        let batch: Vec<usize> = (0..h.batch_seqs).map(|_| self.next_window()).collect();
+        let comm = self.comm.clone();
+        let mine = &batch[dist::share(batch.len(), comm.rank(), comm.size())];
+        let mut buckets = Buckets::new(&*comm);
+        for (k, ws) in mine.chunks(h.micro_seqs).enumerate() {
+            let seqs = ws
+                .iter()
+                .map(|&w| self.train.seq(w))
                 .collect::<Result<Vec<_>>>()?;
-            let (s, c) = self.model.forward_backward(cpu, &seqs, scale)?;
+            let (s, c) = if comm.size() > 1 && (k + 1) * h.micro_seqs >= mine.len() {
+                // The last micro-batch: each layer's gradients are all-reduced once final.
+                let mut ready = |r: std::ops::Range<usize>, g: &[f32]| buckets.start(r, g);
+                self.model
+                    .forward_backward_hooked(cpu, &seqs, scale, &mut ready)?
+            } else {
+                self.model.forward_backward(cpu, &seqs, scale)?
+            };
             sum += s;
             count += c;
-            left -= n;
+        }
+        if comm.size() > 1 {
+            dist::test_die_hook(&*comm, self.step + 1);
+            buckets.finish(&mut self.model.params_mut().grads)?;
+            let mut v = [sum, count as f64];
+            comm.all_reduce_f64(&mut v)?;
+            (sum, count) = (v[0], v[1] as usize);
         }
         let e = |e: crate::optim::OptimError| Error(e.to_string());
         let p = self.model.params_mut();
@@ -495,16 +543,19 @@ impl Pretrainer {
         }
         let (mut sum, mut count) = (0.0, 0usize);
         let micro = self.hyper.micro_seqs.min(self.hyper.batch_seqs);
-        let mut i = 0;
-        while i < n {
-            let m = micro.min(n - i);
+        let mine = dist::share(n, self.comm.rank(), self.comm.size());
+        let mut i = mine.start;
+        while i < mine.end {
+            let m = micro.min(mine.end - i);
             let seqs = (i..i + m).map(|w| val.seq(w)).collect::<Result<Vec<_>>>()?;
             let (s, c) = self.model.eval(cpu, &seqs)?;
             sum += s;
             count += c;
             i += m;
         }
-        Ok(Some(sum / count.max(1) as f64))
+        let mut v = [sum, count as f64];
+        self.comm.all_reduce_f64(&mut v)?;
+        Ok(Some(v[0] / v[1].max(1.0)))
     }
 
     /// trainer_state.json's content.

@@ -13,12 +13,23 @@
 //! - total steps = `max_steps` if given (epochs then repeat as needed), else the sum over the
 //!   epochs of ceil(micro-batches / grad_accum).
 //!
+//! Data parallel ([`Trainer::set_comm`], `mpirun -np N cria finetune`): every rank plans the same
+//! micro-batches; of a step's micro-batches rank `r` runs the contiguous share
+//! `dist::share(micro-batches, r, N)` with the step's global `grad_scale`, then the adapter
+//! gradients are all-reduced (sum) after the backward (no overlap with it here: LoRA gradients
+//! are small; the bucketed overlap is pretraining's), and the loss sums and counts; every rank
+//! then takes the same AdamW step. The eval micro-batches are split and reduced the same way.
+//! With LoRA dropout under N > 1 ranks the masks come from a seed per (step, micro-batch) instead
+//! of the run's dropout stream, so they differ from one process's (same distribution); without
+//! dropout N ranks give one process's numbers (to rounding). [`run`] writes files on rank 0 only.
+//!
 //! [`run`] drives it: training_log.jsonl, eval every N steps and at the end, checkpoints
 //! (`OUT/checkpoint-STEP/`, written to a temp dir, fsync'd, renamed; the previous one removed only
 //! after), a stop flag (Ctrl-C) that saves a checkpoint, and the final PEFT folder (+ GGUF) and
 //! loss.svg. A resumed run continues to the same numbers, bit for bit, as an uninterrupted one.
 
 use crate::adapter_io::{self, AdapterMeta, WriteBudget};
+use crate::dist::{self, Comm};
 use crate::model::{Seq, TrainModel};
 use crate::optim::{
     clip_grad_norm, grad_norm, warmup_steps, AdamW, AdamWConfig, AdamWState, LrSchedule, Rng,
@@ -30,6 +41,7 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What the loop trains.
@@ -275,6 +287,7 @@ pub struct Trainer<'d, M: Trainable> {
     batch: usize,
     plan: Vec<Vec<usize>>,
     total: u64,
+    comm: Arc<dyn Comm>,
 }
 
 /// The dropout RNG's seed, apart from the init's (`Rng::new(seed)`) and the epochs' orders.
@@ -346,7 +359,18 @@ impl<'d, M: Trainable> Trainer<'d, M> {
             batch: 0,
             plan,
             total,
+            comm: dist::single(),
         })
+    }
+
+    /// Trains as one rank of a data-parallel run (see the module doc); every rank must be made
+    /// with the same arguments and data.
+    pub fn set_comm(&mut self, comm: Arc<dyn Comm>) {
+        self.comm = comm;
+    }
+
+    pub fn comm(&self) -> &Arc<dyn Comm> {
+        &self.comm
     }
 
     pub fn total_steps(&self) -> u64 {
@@ -457,13 +481,31 @@ impl<'d, M: Trainable> Trainer<'d, M> {
         let tokens: usize = mbs.iter().flatten().map(|s| s.tokens.len()).sum();
         self.model.params_mut().zero_grads();
         let (mut sum, mut n) = (0f64, 0usize);
+        let comm = self.comm.clone();
+        let mine = dist::share(mbs.len(), comm.rank(), comm.size());
         if count > 0 {
             let scale = 1.0 / count as f32;
-            for mb in &mbs {
-                let (s, c) = self.model.forward_backward(mb, scale, &mut self.rng)?;
+            for (i, mb) in mbs.iter().enumerate().filter(|(i, _)| mine.contains(i)) {
+                let (s, c) = if comm.size() > 1 {
+                    let mut rng = Rng::new(dropout_seed(
+                        self.cfg.seed
+                            ^ (self.step + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                            ^ (i as u64) << 48,
+                    ));
+                    self.model.forward_backward(mb, scale, &mut rng)?
+                } else {
+                    self.model.forward_backward(mb, scale, &mut self.rng)?
+                };
                 sum += s;
                 n += c;
             }
+        }
+        if comm.size() > 1 {
+            dist::test_die_hook(&*comm, self.step + 1);
+            comm.all_reduce_sum(&mut self.model.params_mut().grads)?;
+            let mut v = [sum, n as f64];
+            comm.all_reduce_f64(&mut v)?;
+            (sum, n) = (v[0], v[1] as usize);
         }
         if n != count {
             return Err(Error(format!(
@@ -516,12 +558,17 @@ impl<'d, M: Trainable> Trainer<'d, M> {
         }
         let order: Vec<usize> = (0..self.eval.len()).collect();
         let (mut sum, mut n) = (0f64, 0usize);
-        for mb in micro_batches(self.eval, &order, self.cfg.batching) {
+        let mbs = micro_batches(self.eval, &order, self.cfg.batching);
+        let mine = dist::share(mbs.len(), self.comm.rank(), self.comm.size());
+        for mb in &mbs[mine] {
             let seqs: Vec<Seq> = mb.iter().map(|&i| self.eval[i].clone()).collect();
             let (s, c) = self.model.eval(&seqs)?;
             sum += s;
             n += c;
         }
+        let mut v = [sum, n as f64];
+        self.comm.all_reduce_f64(&mut v)?;
+        let (sum, n) = (v[0], v[1] as usize);
         Ok((n > 0).then(|| sum / n as f64))
     }
 }
@@ -732,6 +779,14 @@ pub fn run<M: Trainable>(
     on: &mut dyn FnMut(Event),
     stop: &AtomicBool,
 ) -> Result<Finish> {
+    let comm = tr.comm.clone();
+    // Under MPI rank 0 writes every file; the others run the same steps and collectives.
+    let root = comm.is_root();
+    if !root {
+        let fin = run_steps(tr, o, on, stop, None)?;
+        comm.barrier()?;
+        return Ok(fin);
+    }
     std::fs::create_dir_all(&o.out)
         .map_err(|e| Error(format!("creating {}: {e}", o.out.display())))?;
     let log_path = o.out.join(LOG_FILE);
@@ -753,31 +808,68 @@ pub fn run<M: Trainable>(
     };
     std::fs::write(&log_path, &kept)
         .map_err(|e| Error(format!("writing {}: {e}", log_path.display())))?;
-    let mut log = std::fs::OpenOptions::new()
+    let log = std::fs::OpenOptions::new()
         .append(true)
         .open(&log_path)
         .map_err(|e| Error(format!("opening {}: {e}", log_path.display())))?;
+    let fin = run_steps(tr, o, on, stop, Some((log, &log_path)))?;
+    if let Finish::Done { .. } = fin {
+        adapter_io::write_peft(&o.out, tr.model.params(), &o.meta, &o.budget)?;
+        if o.gguf {
+            adapter_io::write_gguf(
+                &o.out.join(adapter_io::GGUF_ADAPTER),
+                tr.model.params(),
+                &o.meta,
+            )?;
+        }
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let (train, eval) = read_log(&text);
+        std::fs::write(o.out.join(PLOT_FILE), crate::plot::loss_svg(&train, &eval))
+            .map_err(|e| Error(format!("writing {}: {e}", o.out.join(PLOT_FILE).display())))?;
+    }
+    comm.barrier()?;
+    Ok(fin)
+}
+
+/// The steps, evals and checkpoints of [`run`]; `log` on rank 0 only (the others write nothing
+/// and wait at a barrier while rank 0 saves).
+fn run_steps<M: Trainable>(
+    tr: &mut Trainer<M>,
+    o: &RunOptions,
+    on: &mut dyn FnMut(Event),
+    stop: &AtomicBool,
+    mut log: Option<(std::fs::File, &Path)>,
+) -> Result<Finish> {
+    let comm = tr.comm.clone();
+    let mut append = |v: &Value| match &mut log {
+        Some((f, p)) => append_line(f, v, p),
+        None => Ok(()),
+    };
+    let save = |tr: &Trainer<M>| -> Result<PathBuf> {
+        let p = match comm.is_root() {
+            true => save_checkpoint(tr, o)?,
+            false => o.out.join(checkpoint_name(tr.steps_done())),
+        };
+        comm.barrier()?;
+        Ok(p)
+    };
     let mut last_saved = None;
     // The eval loss before any step: the baseline the run's eval losses are read against.
     if tr.steps_done() == 0 && o.eval_every.is_some_and(|n| n > 0) {
         if let Some(l) = tr.evaluate()? {
-            append_line(&mut log, &json!({"step": 0, "eval_loss": l}), &log_path)?;
+            append(&json!({"step": 0, "eval_loss": l}))?;
             on(Event::Eval { step: 0, loss: l });
         }
     }
     while !tr.done() {
         let s = tr.step()?;
-        append_line(&mut log, &s.json(), &log_path)?;
+        append(&s.json())?;
         on(Event::Step(&s));
         let last = tr.done();
         if let Some(n) = o.eval_every {
             if n > 0 && s.step % n == 0 && !last {
                 if let Some(l) = tr.evaluate()? {
-                    append_line(
-                        &mut log,
-                        &json!({"step": s.step, "eval_loss": l}),
-                        &log_path,
-                    )?;
+                    append(&json!({"step": s.step, "eval_loss": l}))?;
                     on(Event::Eval {
                         step: s.step,
                         loss: l,
@@ -787,48 +879,39 @@ pub fn run<M: Trainable>(
         }
         if let Some(n) = o.save_every {
             if n > 0 && s.step % n == 0 && !last {
-                let p = save_checkpoint(tr, o)?;
+                let p = save(tr)?;
                 last_saved = Some(s.step);
                 on(Event::Saved(&p));
             }
         }
-        if stop.load(Ordering::SeqCst) && !last {
+        let mut halt = stop.load(Ordering::SeqCst);
+        if comm.size() > 1 {
+            // Ctrl-C reaches the ranks at different times: stop where any rank saw it.
+            let mut v = [f64::from(u8::from(halt))];
+            comm.all_reduce_f64(&mut v)?;
+            halt = v[0] > 0.0;
+        }
+        if halt && !last {
             let p = if last_saved == Some(s.step) {
                 o.out.join(checkpoint_name(s.step))
             } else {
-                save_checkpoint(tr, o)?
+                save(tr)?
             };
             return Ok(Finish::Interrupted { checkpoint: p });
         }
     }
     // The last step's checkpoint too, so that the run can be extended with `--resume`.
     if last_saved != Some(tr.steps_done()) && tr.steps_done() > 0 {
-        let p = save_checkpoint(tr, o)?;
+        let p = save(tr)?;
         on(Event::Saved(&p));
     }
     let eval_loss = tr.evaluate()?;
     if let Some(l) = eval_loss {
-        append_line(
-            &mut log,
-            &json!({"step": tr.steps_done(), "eval_loss": l}),
-            &log_path,
-        )?;
+        append(&json!({"step": tr.steps_done(), "eval_loss": l}))?;
         on(Event::Eval {
             step: tr.steps_done(),
             loss: l,
         });
     }
-    adapter_io::write_peft(&o.out, tr.model.params(), &o.meta, &o.budget)?;
-    if o.gguf {
-        adapter_io::write_gguf(
-            &o.out.join(adapter_io::GGUF_ADAPTER),
-            tr.model.params(),
-            &o.meta,
-        )?;
-    }
-    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let (train, eval) = read_log(&text);
-    std::fs::write(o.out.join(PLOT_FILE), crate::plot::loss_svg(&train, &eval))
-        .map_err(|e| Error(format!("writing {}: {e}", o.out.join(PLOT_FILE).display())))?;
     Ok(Finish::Done { eval_loss })
 }

@@ -323,7 +323,22 @@ fn weight_bytes(h: &Header, base_type: Option<DType>) -> Result<u64> {
     Ok(n)
 }
 
+/// Under `mpirun -np N` (feature `mpi`) every rank runs this over the same data and arguments
+/// (`cria_train::trainer`: each takes its share of each step's micro-batches); rank 0 alone
+/// prints and writes; an error on any rank aborts them all with its message.
 pub fn run(a: &FinetuneArgs) -> Result<()> {
+    let comm = cria_train::dist::world().map_err(anyhow::Error::msg)?;
+    let res = train(a, &comm);
+    if let Err(e) = &res {
+        if comm.size() > 1 {
+            comm.abort(&format!("{e:#}"));
+        }
+    }
+    res
+}
+
+fn train(a: &FinetuneArgs, comm: &Arc<dyn cria_train::dist::Comm>) -> Result<()> {
+    let root = comm.is_root();
     // Arguments first: nothing is read before they are known good.
     let lora = a.lora_config()?;
     let tcfg = a.train_config()?;
@@ -440,18 +455,21 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
     }
     let targets: usize = train.iter().map(trainer::trained).sum();
     let tokens: usize = train.iter().map(|s| s.tokens.len()).sum();
-    eprintln!(
+    if root {
+        eprintln!(
         "data: {} training sequences from {train_lines} lines ({tokens} tokens, {targets} trained \
          targets), {} eval sequences",
         train.len(),
         eval.len()
     );
+    }
 
     // The weights.
     // The model alone (training reads no tokenizer or template from it past the data above).
-    let backend = cria_kernels::CpuBackend::try_new(
-        a.threads.unwrap_or_else(cria_engine::load::default_threads),
-    )
+    // Default threads: the cores shared among the ranks on this machine.
+    let backend = cria_kernels::CpuBackend::try_new(a.threads.unwrap_or_else(|| {
+        (cria_engine::load::default_threads() / cria_train::dist::local_size()).max(1)
+    }))
     .map_err(anyhow::Error::msg)?;
     let model = cria_model::Model::load(&path, Default::default(), &backend)
         .with_context(|| format!("loading {}", path.display()))?;
@@ -468,9 +486,12 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
     let tm = TrainModel::new(&lm.model, &lm.backend, params, topts)
         .map_err(|e| anyhow::anyhow!("preparing the training model: {e}"))?;
     let mut tr = Trainer::new(tm, tcfg, &train, &eval)?;
+    tr.set_comm(comm.clone());
     if let Some(ck) = &resume {
         trainer::load_checkpoint(&mut tr, ck, &meta)?;
-        eprintln!("resumed from {} (step {})", ck.display(), tr.steps_done());
+        if root {
+            eprintln!("resumed from {} (step {})", ck.display(), tr.steps_done());
+        }
     }
     let budget = match std::env::var("CRIA_TEST_FAIL_WRITE_AFTER") {
         Ok(v) => WriteBudget::fail_after(v.parse().context("CRIA_TEST_FAIL_WRITE_AFTER")?),
@@ -495,7 +516,10 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
         });
     }
     let total = tr.total_steps();
-    let bar = indicatif::ProgressBar::new(total);
+    let bar = match root {
+        true => indicatif::ProgressBar::new(total),
+        false => indicatif::ProgressBar::hidden(),
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta_precise}]",
@@ -512,7 +536,7 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
                 "epoch {:.2} loss {:.4}{ev} lr {:.2e} {:.0} tok/s",
                 s.epoch, s.loss, s.lr, s.tokens_per_s
             );
-            if !tty {
+            if !tty && root {
                 eprintln!("step {}/{total} {msg}", s.step);
             }
             bar.set_message(msg);
@@ -526,6 +550,9 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
     };
     let finish = trainer::run(&mut tr, &ro, &mut on, &stop)?;
     bar.finish_and_clear();
+    if !root {
+        return Ok(());
+    }
     match finish {
         Finish::Interrupted { checkpoint } => {
             eprintln!(

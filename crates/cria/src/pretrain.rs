@@ -9,6 +9,11 @@
 //! `final/` (config.json, model.safetensors, generation_config.json and the tokenizer files of
 //! the folder the manifest names), which `cria run -m RUN/final` and transformers load.
 //!
+//! Under `mpirun -np N` (feature `mpi`): every rank runs this same function over the same data
+//! and arguments (`cria_train::dist`: each takes its share of each step's windows); rank 0 alone
+//! prints, writes the log, the checkpoints and `final/` (the others wait at a barrier); an error
+//! on any rank aborts them all with its message.
+//!
 //! Test hooks: `CRIA_TEST_STOP_AFTER_STEPS=N` stops the run after step N as Ctrl-C does (a
 //! checkpoint is saved), to test resume; `CRIA_TEST_FAIL_WRITE_AFTER=BYTES` makes the checkpoint
 //! writes fail with ENOSPC once BYTES have been written (a disk that fills), as in `cria finetune`.
@@ -132,7 +137,43 @@ fn tokenizer_dir(manifest: &Value, data: &Path) -> Option<PathBuf> {
         .find(|d| d.join("tokenizer.json").is_file())
 }
 
+/// `RUN/training_log.jsonl` opened to append, created with the folder (a resumed run keeps the
+/// lines up to its checkpoint's step).
+fn open_log(out: &Path, step: u64) -> Result<std::fs::File> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let log_path = out.join("training_log.jsonl");
+    // A resumed run keeps the log lines up to its checkpoint's step.
+    let kept: String = std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&log_path, kept).with_context(|| format!("writing {}", log_path.display()))?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))
+}
+
 pub fn run(a: &PretrainArgs) -> Result<()> {
+    let comm = cria_train::dist::world().map_err(anyhow::Error::msg)?;
+    let res = train(a, &comm);
+    if let Err(e) = &res {
+        if comm.size() > 1 {
+            comm.abort(&format!("{e:#}"));
+        }
+    }
+    res
+}
+
+fn train(a: &PretrainArgs, comm: &Arc<dyn cria_train::dist::Comm>) -> Result<()> {
+    let root = comm.is_root();
     // The data.
     let manifest = json_file(&a.data.join("data.json"))?;
     let train = shards::open_split(&a.data, "train").map_err(anyhow::Error::msg)?;
@@ -248,22 +289,28 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
         }
     }
 
-    let cpu = cria_kernels::CpuBackend::try_new(
-        a.threads.unwrap_or_else(cria_engine::load::default_threads),
-    )
-    .map_err(anyhow::Error::msg)?;
+    // Default threads: the cores shared among the ranks on this machine.
+    let threads = a.threads.unwrap_or_else(|| {
+        (cria_engine::load::default_threads() / cria_train::dist::local_size()).max(1)
+    });
+    let cpu = cria_kernels::CpuBackend::try_new(threads).map_err(anyhow::Error::msg)?;
     let mut t = match &a.init {
         Some(d) => {
             let m = pt::load_init(d, vocab, &hyper, &cpu).map_err(anyhow::Error::msg)?;
-            eprintln!("starting from the weights of {}", d.display());
+            if root {
+                eprintln!("starting from the weights of {}", d.display());
+            }
             Pretrainer::with_model(m, hyper, train, val)
         }
         None => Pretrainer::new(&config, hyper, train, val),
     }
     .map_err(anyhow::Error::msg)?;
+    t.set_comm(comm.clone()).map_err(anyhow::Error::msg)?;
     if let Some(ck) = &resume {
         pt::load_checkpoint(&mut t, ck).map_err(anyhow::Error::msg)?;
-        eprintln!("resumed from {} (step {})", ck.display(), t.step);
+        if root {
+            eprintln!("resumed from {} (step {})", ck.display(), t.step);
+        }
         if t.step >= steps {
             bail!(
                 "{} is at step {} already: to train on, give a larger --max-steps / --tokens \
@@ -272,7 +319,7 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
                 t.step
             );
         }
-        if sched_steps != steps {
+        if sched_steps != steps && root {
             eprintln!(
                 "extending the run to {steps} steps: the lr schedule keeps its {sched_steps} \
                  steps; after them the lr stays at their final value ({:.3e})",
@@ -280,47 +327,43 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
             );
         }
     }
-    eprintln!(
-        "model: dim {} layers {} heads {} kv heads {} ffn {} vocab {} ({} parameters, {} \
+    // Every rank has checked the run folder before rank 0 writes into it.
+    comm.barrier().map_err(anyhow::Error::msg)?;
+    if root && comm.size() > 1 {
+        eprintln!(
+            "data parallel: {} ranks (MPI), {threads} threads each",
+            comm.size()
+        );
+    }
+    if root {
+        eprintln!(
+            "model: dim {} layers {} heads {} kv heads {} ffn {} vocab {} ({} parameters, {} \
          non-embedding); {} steps of {} sequences x {} tokens ({} tokens), micro-batch {} \
          sequences",
-        config.dim,
-        config.n_layers,
-        config.n_heads,
-        config.n_kv_heads,
-        config.ffn_dim,
-        config.vocab_size,
-        n_params,
-        n_params - config.vocab_size * config.dim,
-        steps,
-        batch_seqs,
-        a.ctx,
-        steps * per_step,
-        micro_seqs
-    );
+            config.dim,
+            config.n_layers,
+            config.n_heads,
+            config.n_kv_heads,
+            config.ffn_dim,
+            config.vocab_size,
+            n_params,
+            n_params - config.vocab_size * config.dim,
+            steps,
+            batch_seqs,
+            a.ctx,
+            steps * per_step,
+            micro_seqs
+        );
+    }
 
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let log_path = a.out.join("training_log.jsonl");
-    // A resumed run keeps the log lines up to its checkpoint's step.
-    let kept: String = std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= t.step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&log_path, kept).with_context(|| format!("writing {}", log_path.display()))?;
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
+    // Rank 0 writes the log; the others write nothing.
+    let mut log: Box<dyn Write> = if root {
+        Box::new(open_log(&a.out, t.step)?)
+    } else {
+        Box::new(std::io::sink())
+    };
     let mut samples = Samples::new(a, &manifest, tok_dir.as_deref(), &a.data, a.ctx)?;
     let mut meter = Meter::new(&cpu, &config, a.ctx, per_step);
-
     let budget = match std::env::var("CRIA_TEST_FAIL_WRITE_AFTER") {
         Ok(v) => WriteBudget::fail_after(v.parse().context("CRIA_TEST_FAIL_WRITE_AFTER")?),
         Err(_) => WriteBudget::unlimited(),
@@ -338,7 +381,11 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok());
 
-    let bar = indicatif::ProgressBar::new(steps);
+    let bar = if root {
+        indicatif::ProgressBar::new(steps)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed}]")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -365,7 +412,7 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
             s.grad_norm,
             100.0 * mfu
         );
-        if !tty {
+        if !tty && root {
             eprintln!("step {}/{steps} {msg}", s.step);
         }
         bar.set_message(msg);
@@ -381,13 +428,24 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
                 )?;
                 bar.println(format!("step {}: val loss {l:.4}", s.step));
             }
-            samples.run(&mut t, &cpu, s.step, s.tokens, &mut log, &bar)?;
-            write_loss_plot(&a.out)?;
+            if root {
+                samples.run(&mut t, &cpu, s.step, s.tokens, &mut log, &bar)?;
+                write_loss_plot(&a.out)?;
+            }
         }
-        let halt = stop.load(Ordering::SeqCst) || stop_after == Some(s.step);
+        let mut halt = stop.load(Ordering::SeqCst) || stop_after == Some(s.step);
+        if comm.size() > 1 {
+            // Ctrl-C reaches the ranks at different times: stop where any rank saw it.
+            let mut v = [f64::from(u8::from(halt))];
+            comm.all_reduce_f64(&mut v).map_err(anyhow::Error::msg)?;
+            halt = v[0] > 0.0;
+        }
         if a.save_every > 0 && s.step % a.save_every == 0 || last || halt {
-            let p = pt::save_checkpoint(&t, &a.out, &budget).map_err(anyhow::Error::msg)?;
-            bar.println(format!("saved {}", p.display()));
+            if root {
+                let p = pt::save_checkpoint(&t, &a.out, &budget).map_err(anyhow::Error::msg)?;
+                bar.println(format!("saved {}", p.display()));
+            }
+            comm.barrier().map_err(anyhow::Error::msg)?;
         }
         if halt && !last {
             interrupted = true;
@@ -395,13 +453,17 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
+    if !root {
+        // Rank 0 writes final/; the others wait for it.
+        return comm.barrier().map_err(anyhow::Error::msg);
+    }
     write_loss_plot(&a.out)?;
     if interrupted {
         eprintln!(
             "stopped at step {}/{steps}; continue with the same command and --resume",
             t.step
         );
-        return Ok(());
+        return comm.barrier().map_err(anyhow::Error::msg);
     }
 
     // The result: an HF folder with the tokenizer.
@@ -456,7 +518,7 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
             p as f64 / (1 << 20) as f64
         );
     }
-    Ok(())
+    comm.barrier().map_err(anyhow::Error::msg)
 }
 
 /// The length of the lr schedule: `steps` for a fresh run; a resumed run keeps its checkpoint's
@@ -624,7 +686,7 @@ impl Samples {
         cpu: &cria_kernels::CpuBackend,
         step: u64,
         tokens: u64,
-        log: &mut std::fs::File,
+        log: &mut dyn Write,
         bar: &indicatif::ProgressBar,
     ) -> Result<()> {
         let Some(tok) = &self.tok else {
