@@ -237,6 +237,23 @@ pub fn spawn_shared<
     cfg: Config,
     metrics: Arc<Metrics>,
 ) -> cria_core::Result<Engine<S, E, B>> {
+    spawn_spec(model, backend, tok, cfg, metrics, None)
+}
+
+/// [`spawn_shared`] with speculative decoding on every slot (`cfg`, and the draft model for
+/// [`SpecKind::DraftModel`]); a refused setting is the error.
+pub fn spawn_spec<
+    S: Sink + Send + 'static,
+    E: EmbedSink + Send + 'static,
+    B: Backend + 'static,
+>(
+    model: Arc<Model<B>>,
+    backend: Arc<B>,
+    tok: Arc<Tokenizer>,
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    spec: Option<(SpecConfig, Option<Arc<crate::LoadedModel<B>>>)>,
+) -> cria_core::Result<Engine<S, E, B>> {
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     let alive = Arc::new(AtomicBool::new(true));
@@ -244,6 +261,10 @@ pub fn spawn_shared<
     std::thread::Builder::new()
         .name("cria-scheduler".into())
         .spawn(move || {
+            let (spec, draft) = match spec {
+                Some((c, d)) => (Some(c), d),
+                None => (None, None),
+            };
             let mut s = match Scheduler::new(&model, &backend, &tok, cfg, metrics) {
                 Ok(s) => s,
                 Err(e) => {
@@ -251,6 +272,18 @@ pub fn spawn_shared<
                     return;
                 }
             };
+            if let Some(c) = spec {
+                let d = draft.as_deref().map(|d| DraftSetup {
+                    model: &d.model,
+                    backend: &d.backend,
+                    tok: &d.tok,
+                    kv_type: d.kv_type,
+                });
+                if let Err(e) = s.set_speculation(c, d) {
+                    let _ = ready_tx.send(Err(cria_core::Error::msg(e)));
+                    return;
+                }
+            }
             let _ = ready_tx.send(Ok(()));
             // Declared after the scheduler, so dropped before it (a panic included): the engine
             // reads as dead before the jobs' sinks are dropped and their clients answered.
