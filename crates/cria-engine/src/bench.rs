@@ -576,7 +576,8 @@ pub fn spec_bench(
     let (want, _) = answer_in(&mut plain, prompt, n)?;
     let (got, _) = answer_in(&mut spec, prompt, n)?;
     let mut same = want == got;
-    let tps = |st: &crate::generate::GenStats| st.gen_tokens as f64 / st.gen_time.as_secs_f64().max(1e-9);
+    let tps =
+        |st: &crate::generate::GenStats| st.gen_tokens as f64 / st.gen_time.as_secs_f64().max(1e-9);
     let mut r = SpecBench {
         plain_tps: vec![],
         spec_tps: vec![],

@@ -242,11 +242,7 @@ pub fn spawn_shared<
 
 /// [`spawn_shared`] with speculative decoding on every slot (`cfg`, and the draft model for
 /// [`SpecKind::DraftModel`]); a refused setting is the error.
-pub fn spawn_spec<
-    S: Sink + Send + 'static,
-    E: EmbedSink + Send + 'static,
-    B: Backend + 'static,
->(
+pub fn spawn_spec<S: Sink + Send + 'static, E: EmbedSink + Send + 'static, B: Backend + 'static>(
     model: Arc<Model<B>>,
     backend: Arc<B>,
     tok: Arc<Tokenizer>,

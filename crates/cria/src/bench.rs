@@ -7,8 +7,8 @@ use cria_core::DType;
 use cria_engine::bench::{
     measure, random_adapter, spec_bench, Row, Test, Variant, MAX_RANDOM_RANK,
 };
-use cria_engine::speculative::SpecConfig;
 use cria_engine::lora::{load_adapters, LoraSpec};
+use cria_engine::speculative::SpecConfig;
 use cria_engine::LoadedModel;
 use cria_model::{ActiveLora, Lora};
 use std::io::Write;
