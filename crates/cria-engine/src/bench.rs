@@ -516,10 +516,13 @@ fn answer_in(
         .map_err(|e| anyhow::anyhow!("the benchmark's generation failed: {e}"))
 }
 
-/// A single answer's sink: its text and stats.
+/// A single answer: its text and stats, or why it failed.
+type Answer1 = std::result::Result<(String, crate::generate::GenStats), String>;
+
+/// A single answer's sink.
 struct Collect1 {
     text: String,
-    out: Arc<Mutex<Option<std::result::Result<(String, crate::generate::GenStats), String>>>>,
+    out: Arc<Mutex<Option<Answer1>>>,
 }
 
 impl Sink for Collect1 {
