@@ -176,7 +176,7 @@ fn greedy_identical_with_lookup_and_draft_model_smollm2() {
         let draft = load(&p, threads);
         let prompts = smol_prompts(&lm);
         let g = SamplerConfig::greedy();
-        let n = 40;
+        let n = 24;
         let plain = run(&mut scheduler(&lm, 2, 512, None, None), &prompts, &g, n);
         let cases = [
             ("lookup", fixed(SpecConfig::lookup(8), 8), None),
