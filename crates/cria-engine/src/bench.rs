@@ -472,6 +472,139 @@ fn streams_run(
     Ok((tokens, fnv(text)))
 }
 
+/// What `cria bench --lookup/--draft-model` measured: decode tokens/s of each timed run
+/// without and with speculation (alternating, same prompt, greedy, `n` tokens), what the
+/// speculation did over the timed runs, and whether both gave the same text.
+pub struct SpecBench {
+    pub plain_tps: Vec<f64>,
+    pub spec_tps: Vec<f64>,
+    pub stats: crate::speculative::SpecStats,
+    pub gen_tokens: usize,
+    pub same_output: bool,
+    /// The measured time of an r-row forward, r = 1.. (adaptive runs).
+    pub row_costs: Vec<f64>,
+}
+
+/// One greedy answer of `n` tokens to `prompt` in `s`: (text, stats).
+fn answer_in(
+    s: &mut Scheduler<Collect1, NoEmbed>,
+    prompt: &[u32],
+    n: usize,
+) -> Result<(String, crate::generate::GenStats)> {
+    let out = Arc::new(Mutex::new(None));
+    s.clear();
+    s.submit(Request::Generate(Job {
+        prompt: Arc::new(prompt.to_vec()),
+        lora: vec![],
+        params: GenParams {
+            sampler: SamplerConfig::greedy(),
+            max_tokens: n,
+            stop: Vec::new(),
+            matcher: None,
+            logprobs: None,
+            ignore_eos: true,
+        },
+        sampler: None,
+        sink: Collect1 {
+            text: String::new(),
+            out: out.clone(),
+        },
+    }));
+    s.run_until_idle();
+    let r = lock(&out).take();
+    r.unwrap_or_else(|| Err("no result".into()))
+        .map_err(|e| anyhow::anyhow!("the benchmark's generation failed: {e}"))
+}
+
+/// A single answer: its text and stats, or why it failed.
+type Answer1 = std::result::Result<(String, crate::generate::GenStats), String>;
+
+/// A single answer's sink.
+struct Collect1 {
+    text: String,
+    out: Arc<Mutex<Option<Answer1>>>,
+}
+
+impl Sink for Collect1 {
+    fn text(&mut self, text: &str, _: Option<crate::generate::TokenLogprob>) {
+        self.text.push_str(text);
+    }
+    fn done(&mut self, d: Done) {
+        *lock(&self.out) = Some(Ok((std::mem::take(&mut self.text), d.stats)));
+    }
+    fn error(&mut self, msg: &str) {
+        *lock(&self.out) = Some(Err(msg.to_string()));
+    }
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+/// Decode speed of `n` greedy tokens after `prompt`, without and with speculation `cfg` (a warm-up
+/// answer each, then `reps` timed ones, alternating), in one-slot schedulers as `cria run` uses.
+pub fn spec_bench(
+    l: &LoadedModel,
+    draft: Option<&LoadedModel>,
+    prompt: &[u32],
+    n: usize,
+    cfg: crate::speculative::SpecConfig,
+    reps: usize,
+) -> Result<SpecBench> {
+    let ctx = prompt.len() + n + cfg.draft_max + 2;
+    let make = || {
+        let c = scheduler::Config {
+            parallel: 1,
+            ctx_size: ctx,
+            batch: 512.min(ctx),
+            kv_type: l.kv_type,
+        };
+        Scheduler::<Collect1, NoEmbed>::new(
+            &l.model,
+            &l.backend,
+            &l.tok,
+            c,
+            Arc::new(scheduler::Metrics::default()),
+        )
+    };
+    let mut plain = make()?;
+    let mut spec = make()?;
+    let d = draft.map(|d| scheduler::DraftSetup {
+        model: &d.model,
+        backend: &d.backend,
+        tok: &d.tok,
+        kv_type: d.kv_type,
+    });
+    spec.set_speculation(cfg, d)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let (want, _) = answer_in(&mut plain, prompt, n)?;
+    let (got, _) = answer_in(&mut spec, prompt, n)?;
+    let mut same = want == got;
+    let tps =
+        |st: &crate::generate::GenStats| st.gen_tokens as f64 / st.gen_time.as_secs_f64().max(1e-9);
+    let mut r = SpecBench {
+        plain_tps: vec![],
+        spec_tps: vec![],
+        stats: Default::default(),
+        gen_tokens: 0,
+        same_output: true,
+        row_costs: spec.spec_costs().map(<[f64]>::to_vec).unwrap_or_default(),
+    };
+    for _ in 0..reps {
+        let (a, st) = answer_in(&mut plain, prompt, n)?;
+        r.plain_tps.push(tps(&st));
+        let (b, st) = answer_in(&mut spec, prompt, n)?;
+        r.spec_tps.push(tps(&st));
+        same &= a == want && b == want;
+        let s = st.spec.unwrap_or_default();
+        r.stats.drafted += s.drafted;
+        r.stats.accepted += s.accepted;
+        r.stats.forwards += s.forwards;
+        r.gen_tokens += st.gen_tokens;
+    }
+    r.same_output = same;
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -174,6 +174,11 @@ impl<'t> Generation<'t> {
         self.generated
     }
 
+    /// Tokens it may still sample (the token limit's; the context may end it sooner).
+    pub fn remaining(&self) -> usize {
+        self.o.max_tokens.saturating_sub(self.generated)
+    }
+
     /// The grammar, if the answer has one.
     pub fn grammar(&self) -> Option<&LazyMatcher> {
         self.grammar.as_ref()
@@ -268,6 +273,8 @@ pub struct GenStats {
     pub prompt_time: Duration,
     pub gen_tokens: usize,
     pub gen_time: Duration,
+    /// What speculative decoding did (None: it was off).
+    pub spec: Option<crate::speculative::SpecStats>,
 }
 
 impl GenStats {
@@ -280,6 +287,7 @@ impl GenStats {
             prompt_time: Duration::ZERO,
             gen_tokens: 0,
             gen_time: Duration::ZERO,
+            spec: None,
         }
     }
 }

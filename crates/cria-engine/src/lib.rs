@@ -16,6 +16,7 @@ pub mod lora;
 pub mod memory;
 pub mod sampler;
 pub mod scheduler;
+pub mod speculative;
 pub mod stop;
 pub mod template;
 pub mod tools;

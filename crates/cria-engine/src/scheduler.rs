@@ -20,6 +20,7 @@
 
 use crate::generate::{GenOptions, GenStats, Generation, StopReason, TokenLogprob};
 use crate::grammar::LazyMatcher;
+use crate::speculative::{self, Costs, DraftModel, SlotSpec, SpecConfig, SpecKind, SpecStats};
 use crate::{Sampler, SamplerConfig, StopMatcher};
 use cria_kernels::{Backend, CpuBackend};
 use cria_model::lora::same_adapters;
@@ -236,6 +237,19 @@ pub fn spawn_shared<
     cfg: Config,
     metrics: Arc<Metrics>,
 ) -> cria_core::Result<Engine<S, E, B>> {
+    spawn_spec(model, backend, tok, cfg, metrics, None)
+}
+
+/// [`spawn_shared`] with speculative decoding on every slot (`cfg`, and the draft model for
+/// [`SpecKind::DraftModel`]); a refused setting is the error.
+pub fn spawn_spec<S: Sink + Send + 'static, E: EmbedSink + Send + 'static, B: Backend + 'static>(
+    model: Arc<Model<B>>,
+    backend: Arc<B>,
+    tok: Arc<Tokenizer>,
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    spec: Option<(SpecConfig, Option<Arc<crate::LoadedModel<B>>>)>,
+) -> cria_core::Result<Engine<S, E, B>> {
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     let alive = Arc::new(AtomicBool::new(true));
@@ -243,6 +257,10 @@ pub fn spawn_shared<
     std::thread::Builder::new()
         .name("cria-scheduler".into())
         .spawn(move || {
+            let (spec, draft) = match spec {
+                Some((c, d)) => (Some(c), d),
+                None => (None, None),
+            };
             let mut s = match Scheduler::new(&model, &backend, &tok, cfg, metrics) {
                 Ok(s) => s,
                 Err(e) => {
@@ -250,6 +268,18 @@ pub fn spawn_shared<
                     return;
                 }
             };
+            if let Some(c) = spec {
+                let d = draft.as_deref().map(|d| DraftSetup {
+                    model: &d.model,
+                    backend: &d.backend,
+                    tok: &d.tok,
+                    kv_type: d.kv_type,
+                });
+                if let Err(e) = s.set_speculation(c, d) {
+                    let _ = ready_tx.send(Err(cria_core::Error::msg(e)));
+                    return;
+                }
+            }
             let _ = ready_tx.send(Ok(()));
             // Declared after the scheduler, so dropped before it (a panic included): the engine
             // reads as dead before the jobs' sinks are dropped and their clients answered.
@@ -300,6 +330,33 @@ struct Active<'t, S> {
     started: Instant,
     /// When the first token was sampled (the prompt read).
     first_token: Option<Instant>,
+    /// What speculation did for it (None: off).
+    spec: Option<SpecStats>,
+}
+
+/// A draft model for [`Scheduler::set_speculation`]: the model, its backend and tokenizer (checked
+/// against the target's), the element type of its caches.
+pub struct DraftSetup<'a, B: Backend> {
+    pub model: &'a Model<B>,
+    pub backend: &'a B,
+    pub tok: &'a Tokenizer,
+    pub kv_type: KvType,
+}
+
+/// Speculative decoding's state (see [`crate::speculative`]).
+struct Spec<'a, B: Backend> {
+    cfg: SpecConfig,
+    draft: Option<DraftModel<'a, B>>,
+    /// The verify forward's buffers: every slot's pending token and drafts, all rows' logits,
+    /// each row computed exactly as a single step.
+    scratch: Scratch<B>,
+    costs: Costs,
+    /// Recent answers (the n-gram cache prompt lookup searches after the slot's own tokens).
+    shared: VecDeque<Vec<u32>>,
+    slots: Vec<SlotSpec<B>>,
+    /// Buffers: a slot's context, its drafts.
+    ctx: Vec<u32>,
+    drafts: Vec<u32>,
 }
 
 /// The slots, the queue and the step loop (see the module's documentation).
@@ -314,6 +371,7 @@ pub struct Scheduler<'a, S, E, B: Backend = CpuBackend> {
     step: u64,
     /// (time, generated tokens) of recent steps, for the tokens/s gauge.
     recent: VecDeque<(Instant, usize)>,
+    spec: Option<Spec<'a, B>>,
 }
 
 /// Prefix shared by two token lists.
@@ -352,7 +410,94 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             scratch,
             step: 0,
             recent: VecDeque::new(),
+            spec: None,
         })
+    }
+
+    /// Turns speculative decoding on for every slot (see [`crate::speculative`]): prompt
+    /// lookup, or `draft`'s model. Refuses settings that cannot work and a draft model of
+    /// another vocabulary. With `cfg.adaptive`, times forwards of 1..=draft_max+1 rows of the
+    /// model (and a step of the draft model) here, for the draft length.
+    pub fn set_speculation(
+        &mut self,
+        cfg: SpecConfig,
+        draft: Option<DraftSetup<'a, B>>,
+    ) -> Result<(), String> {
+        cfg.validate(self.ctx_size())?;
+        let draft = match (cfg.kind, draft) {
+            (SpecKind::Lookup, _) => None,
+            (SpecKind::DraftModel, None) => return Err("speculation: no draft model".into()),
+            (SpecKind::DraftModel, Some(d)) => {
+                speculative::check_vocab(self.tok, d.tok)?;
+                if d.model.config.vocab_size != self.m.config.vocab_size {
+                    return Err(format!(
+                        "the draft model has {} logits per token, the model {}: not the same \
+                         vocabulary",
+                        d.model.config.vocab_size, self.m.config.vocab_size
+                    ));
+                }
+                Some(d)
+            }
+        };
+        let err = |e: cria_core::Error| e.to_string();
+        let rows = self.slots.len() * (cfg.draft_max + 1);
+        let mut scratch = Scratch::try_with_seqs(self.m, rows, rows).map_err(err)?;
+        scratch.decode_exact = true;
+        let kv_type = self
+            .slots
+            .first()
+            .map_or(KvType::default(), |s| s.kv.kv_type());
+        let mut costs = if cfg.adaptive {
+            let t = Costs::measure(self.m, self.b, kv_type, cfg.draft_max + 1, &mut scratch)
+                .map_err(err)?;
+            Costs { t, draft_step: 0.0 }
+        } else {
+            Costs::free(cfg.draft_max + 1)
+        };
+        let ctx = self.ctx_size();
+        let draft = match draft {
+            None => None,
+            Some(d) => {
+                let mut ds =
+                    Scratch::try_new(d.model, self.scratch.max_t, Logits::Last).map_err(err)?;
+                if cfg.adaptive {
+                    costs.draft_step =
+                        Costs::measure(d.model, d.backend, d.kv_type, 1, &mut ds).map_err(err)?[0];
+                }
+                Some(DraftModel {
+                    m: d.model,
+                    b: d.backend,
+                    kv_type: d.kv_type,
+                    scratch: ds,
+                })
+            }
+        };
+        let slots = (0..self.slots.len())
+            .map(|_| {
+                let kv = match &draft {
+                    Some(d) => Some(KvCache::try_with_type(d.m, ctx, d.kv_type).map_err(err)?),
+                    None => None,
+                };
+                Ok(SlotSpec::new(kv))
+            })
+            .collect::<Result<_, String>>()?;
+        self.spec = Some(Spec {
+            cfg,
+            draft,
+            scratch,
+            costs,
+            shared: VecDeque::new(),
+            slots,
+            ctx: Vec::with_capacity(ctx),
+            drafts: Vec::with_capacity(cfg.draft_max),
+        });
+        Ok(())
+    }
+
+    /// The measured cost of an r-row forward, r = 1..=draft_max+1, in seconds (speculation on
+    /// and adaptive), for reports.
+    pub fn spec_costs(&self) -> Option<&[f64]> {
+        self.spec.as_ref().map(|s| &s.costs.t[..])
     }
 
     /// Queues a request (served by the next [`run_until_idle`](Self::run_until_idle)).
@@ -645,26 +790,204 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             cached_prompt: common,
             started: Instant::now(),
             first_token: None,
+            spec: self.spec.as_ref().map(|_| SpecStats::default()),
         });
+        if let Some(sp) = &mut self.spec {
+            let d = sp.slots[si].draft_kv.take();
+            sp.slots[si] = SlotSpec {
+                draft_kv: d,
+                draft_cached: std::mem::take(&mut sp.slots[si].draft_cached),
+                ..SlotSpec::new(None)
+            };
+        }
     }
 
     /// One step: the generations' batched forward, then embedding inputs in what is left of the
     /// batch's token budget.
     fn step(&mut self) {
-        let used = self.step_generate();
+        let used = if self.spec.is_some() && self.make_drafts() {
+            // The verify forward of the generating slots, then the prompts in a forward of
+            // their own (a prompt chunk gives one row of logits, a verify all of them).
+            self.step_verify() + self.step_generate(true)
+        } else {
+            self.step_generate(false)
+        };
         self.step_embed(self.scratch.max_t.saturating_sub(used));
     }
 
-    /// One batched forward over every generating slot, then sampling for those that need a
-    /// token. Returns the tokens it carried.
-    fn step_generate(&mut self) -> usize {
+    /// Drafts for every generating slot, as long as the adaptive length says (see
+    /// [`crate::speculative`]); whether any slot has drafts. A drafting failure fails its slot.
+    fn make_drafts(&mut self) -> bool {
+        let sp = self.spec.as_mut().expect("speculation on");
+        let mut any = false;
+        let mut failed = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let st = &mut sp.slots[i];
+            st.verify.clear();
+            let Some(a) = &slot.active else { continue };
+            let Some(t) = a.next else { continue };
+            let room = slot.kv.max_seq.saturating_sub(slot.cached.len() + 1);
+            let kmax = sp
+                .cfg
+                .draft_max
+                .min(room)
+                .min(a.gen.remaining().saturating_sub(1));
+            let k = if !sp.cfg.adaptive {
+                kmax
+            } else {
+                match sp.costs.best_k(st.accept, kmax) {
+                    0 if st.idle >= speculative::PROBE_EVERY => kmax.min(1),
+                    k => k,
+                }
+            };
+            if k == 0 {
+                st.idle += 1;
+                continue;
+            }
+            sp.ctx.clear();
+            sp.ctx.extend_from_slice(&slot.cached);
+            sp.ctx.push(t);
+            match &mut sp.draft {
+                None => {
+                    speculative::lookup(&sp.ctx, &sp.shared, k, &mut sp.drafts);
+                    if sp.drafts.len() < sp.cfg.draft_min.min(k) {
+                        sp.drafts.clear();
+                    }
+                }
+                Some(d) => {
+                    let (min, p) = (sp.cfg.draft_min.min(k), sp.cfg.draft_p_min);
+                    let r = guarded(|| d.draft(st, &sp.ctx, k, min, p, &mut sp.drafts));
+                    match r {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            failed.push((i, format!("the draft model failed: {e}")));
+                            continue;
+                        }
+                        None => {
+                            failed.push((i, PANICKED.to_string()));
+                            continue;
+                        }
+                    }
+                }
+            }
+            if sp.drafts.is_empty() {
+                st.idle += 1;
+                continue;
+            }
+            st.idle = 0;
+            st.verify.push(t);
+            st.verify.extend_from_slice(&sp.drafts);
+            any = true;
+        }
+        for (i, msg) in failed {
+            self.fail_slot(i, &msg);
+        }
+        any
+    }
+
+    /// The verify forward: every generating slot's pending token and drafts in ONE batched
+    /// forward (all rows' logits), then each slot's rows walked through its generation one token
+    /// at a time while the sampled token is the draft (see [`crate::speculative`]). Returns the
+    /// tokens it carried.
+    fn step_verify(&mut self) -> usize {
+        let sp = self.spec.as_mut().expect("speculation on");
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(t) = s.active.as_ref().and_then(|a| a.next) {
+                let v = &mut sp.slots[i].verify;
+                if v.is_empty() {
+                    v.push(t);
+                }
+                plan.push((i, v.len()));
+            }
+        }
+        let used: usize = plan.iter().map(|p| p.1).sum();
+        let mut seqs: Vec<SeqStep<B>> = Vec::with_capacity(plan.len());
+        for ((s, _), st) in planned(&mut self.slots, &plan).zip(plan.iter().map(|p| &sp.slots[p.0]))
+        {
+            let Slot {
+                kv, cached, lora, ..
+            } = s;
+            seqs.push(SeqStep {
+                tokens: &st.verify,
+                pos: cached.len(),
+                kv,
+                lora,
+            });
+        }
+        let (m, b, metrics) = (self.m, self.b, &self.metrics);
+        let res = run_forward(m, b, &mut seqs, &mut sp.scratch, Logits::All, metrics);
+        drop(seqs);
+        if let Err(e) = res {
+            for &(i, _) in &plan {
+                self.fail_slot(i, &e);
+            }
+            return used;
+        }
+        let vocab = self.m.config.vocab_size;
+        let mut generated = 0;
+        let mut ended = Vec::new();
+        let mut r0 = 0;
+        for &(i, n) in &plan {
+            let slot = &mut self.slots[i];
+            let st = &mut sp.slots[i];
+            let mut accepted = 0;
+            for j in 0..n {
+                slot.cached.push(st.verify[j]);
+                let a = slot.active.as_mut().expect("busy");
+                a.next = None;
+                generated += 1;
+                let logits = &sp.scratch.logits()[(r0 + j) * vocab..(r0 + j + 1) * vocab];
+                let metrics = &self.metrics;
+                match guarded(|| Self::sample(slot, logits, metrics)) {
+                    None => {
+                        ended.push((i, None));
+                        break;
+                    }
+                    Some(Some(stop)) => {
+                        ended.push((i, Some(stop)));
+                        break;
+                    }
+                    Some(None) => {}
+                }
+                let a = slot.active.as_ref().expect("busy");
+                if j + 1 < n && a.next == Some(st.verify[j + 1]) {
+                    accepted += 1;
+                } else {
+                    break;
+                }
+            }
+            r0 += n;
+            st.record(n - 1, accepted);
+            if let Some(s) = slot.active.as_mut().and_then(|a| a.spec.as_mut()) {
+                s.drafted += n - 1;
+                s.accepted += accepted;
+                s.forwards += 1;
+            }
+        }
+        for (i, stop) in ended {
+            match stop {
+                None => self.fail_slot(i, PANICKED),
+                Some(stop) => {
+                    let a = self.slots[i].active.take().expect("busy");
+                    self.end(i, a, stop, true);
+                }
+            }
+        }
+        self.track_rate(generated);
+        used
+    }
+
+    /// One batched forward over every generating slot (none with `prefill_only`: they were
+    /// verified), then sampling for those that need a token. Returns the tokens it carried.
+    fn step_generate(&mut self, prefill_only: bool) -> usize {
         // Generating slots first (one token each: they keep streaming while prompts are read),
         // then prompt chunks, oldest request first, in what is left of the batch.
         let budget = self.scratch.max_t;
         let mut plan: Vec<(usize, usize)> = Vec::new(); // (slot, tokens this step)
         let mut used = 0;
         for (i, s) in self.slots.iter().enumerate() {
-            if let Some(a) = &s.active {
+            if let Some(a) = s.active.as_ref().filter(|_| !prefill_only) {
                 if a.next.is_some() {
                     plan.push((i, 1));
                     used += 1;
@@ -742,6 +1065,9 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
                 }
             }
             generated += 1;
+            if let Some(s) = slot.active.as_mut().and_then(|a| a.spec.as_mut()) {
+                s.forwards += 1;
+            }
             let logits = self.scratch.seq_logits(row);
             let metrics = &self.metrics;
             match guarded(|| Self::sample(slot, logits, metrics)) {
@@ -873,6 +1199,19 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
     /// Ends slot `i`'s generation `a` (taken out of the slot): the text held back, then
     /// [`Sink::done`]; `count` it in the metrics. A panic fails the job instead.
     fn end(&mut self, i: usize, a: Active<'a, S>, stop: StopReason, count: bool) {
+        if let Some(sp) = &mut self.spec {
+            // The answer joins the n-gram cache prompt lookup searches (newest first).
+            let c = &self.slots[i].cached;
+            if c.len() > a.prompt.len() && sp.draft.is_none() {
+                sp.shared.push_front(c[a.prompt.len()..].to_vec());
+                let mut total: usize = sp.shared.iter().map(Vec::len).sum();
+                while sp.shared.len() > speculative::SHARED_ANSWERS
+                    || total > speculative::SHARED_TOKENS
+                {
+                    total -= sp.shared.pop_back().map_or(0, |v| v.len());
+                }
+            }
+        }
         let m = &self.metrics;
         let mut a = Some(a);
         if guarded(|| Self::finish(a.take().expect("active"), stop, m, count)).is_none() {
@@ -905,6 +1244,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             prompt_time: first.duration_since(a.started),
             gen_tokens: generated,
             gen_time: now.duration_since(first),
+            spec: a.spec,
         };
         let (sampler, grammar) = a.gen.into_parts();
         a.sink.done(Done {

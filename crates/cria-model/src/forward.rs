@@ -110,6 +110,11 @@ pub const UBATCH: usize = 128;
 /// forward never allocates.
 pub struct Scratch<B: Backend = CpuBackend> {
     pub probe: Option<Probe>,
+    /// Every row exactly as a single-token call computes it (speculative decoding's verify
+    /// forward). Only an F32 cache needs it: its attention sums probabilities times V in
+    /// another order for calls of two tokens or more (llama.cpp's, whose prompt numbers it
+    /// follows), so with this set each row attends in a call of its own.
+    pub decode_exact: bool,
     /// Most tokens one forward call takes.
     pub max_t: usize,
     /// Rows of the activation buffers: a single-sequence call with `Logits::Last` longer than
@@ -178,6 +183,7 @@ impl<B: Backend> Scratch<B> {
         let n_logits = max_seqs.clamp(1, max_t) * c.vocab_size;
         Ok(Scratch {
             probe: None,
+            decode_exact: false,
             max_t,
             ubatch,
             x: alloc(u * c.dim)?,
@@ -450,8 +456,10 @@ fn step<B: Backend>(
         lora_down,
         lora_up,
         probe,
+        decode_exact,
         ..
     } = s;
+    let decode_exact = *decode_exact;
     macro_rules! probe {
         ($name:expr, $l:expr, $buf:expr, $n:expr) => {
             if let Some(p) = probe.as_mut() {
@@ -528,7 +536,19 @@ fn step<B: Backend>(
             }
             b.kv_store(&mut sq.kv.k[l], sq.pos, k, r, kvd);
             b.kv_store(&mut sq.kv.v[l], sq.pos, v, r, kvd);
-            b.attention(att, q_up, r, &sq.kv.k[l], &sq.kv.v[l], &shape(sq));
+            if decode_exact && sq.kv.kv_type() == KvType::F32 && r.len() > 1 {
+                for i in 0..r.len() {
+                    let one = Rows::new(r.start + i, r.start + i + 1);
+                    let s1 = AttnShape {
+                        t: 1,
+                        pos0: sq.pos + i,
+                        ..shape(sq)
+                    };
+                    b.attention(att, q_up, one, &sq.kv.k[l], &sq.kv.v[l], &s1);
+                }
+            } else {
+                b.attention(att, q_up, r, &sq.kv.k[l], &sq.kv.v[l], &shape(sq));
+            }
             if let Some((_, nv)) = rot {
                 b.hadamard(att, r, qd, nv);
             }

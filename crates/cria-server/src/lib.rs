@@ -100,6 +100,50 @@ pub struct ServeArgs {
     /// 19 MiB).
     #[arg(long = "lora-max-mib", value_name = "MIB")]
     pub lora_max_mib: Option<usize>,
+    /// Speculative decoding by prompt lookup in every slot: draft up to N tokens from the
+    /// request's prompt, its answer so far and recent answers (the output does not change).
+    #[arg(long, value_name = "N", conflicts_with = "draft_model")]
+    pub lookup: Option<usize>,
+    /// Speculative decoding with a draft model (a GGUF file or folder of the same vocabulary),
+    /// its own KV cache per slot; the output does not change.
+    #[arg(long = "draft-model", value_name = "PATH")]
+    pub draft_model: Option<PathBuf>,
+    /// Most tokens the draft model drafts per verify [default: 8].
+    #[arg(long = "draft-max", value_name = "N", requires = "draft_model")]
+    pub draft_max: Option<usize>,
+    /// Fewest tokens it drafts, whatever its confidence [default: 1].
+    #[arg(long = "draft-min", value_name = "N", requires = "draft_model")]
+    pub draft_min: Option<usize>,
+    /// It stops drafting when its top probability falls below this [default: 0.8].
+    #[arg(long = "draft-p-min", value_name = "P", requires = "draft_model")]
+    pub draft_p_min: Option<f32>,
+    /// Always draft the most (no adaptation to acceptance and cost): for tests.
+    #[arg(long = "draft-fixed", hide = true)]
+    pub draft_fixed: bool,
+}
+
+impl ServeArgs {
+    /// The speculative decoding asked for (None: off), checked as far as it can be without the
+    /// context size.
+    pub fn spec_config(&self) -> Result<Option<cria_engine::speculative::SpecConfig>> {
+        use cria_engine::speculative::SpecConfig;
+        let mut c = match (self.lookup, &self.draft_model) {
+            (Some(n), _) => SpecConfig::lookup(n),
+            (None, Some(_)) => {
+                let d = SpecConfig::draft_model();
+                SpecConfig {
+                    draft_max: self.draft_max.unwrap_or(d.draft_max),
+                    draft_min: self.draft_min.unwrap_or(d.draft_min),
+                    draft_p_min: self.draft_p_min.unwrap_or(d.draft_p_min),
+                    ..d
+                }
+            }
+            (None, None) => return Ok(None),
+        };
+        c.adaptive = !self.draft_fixed;
+        c.validate(usize::MAX).map_err(anyhow::Error::msg)?;
+        Ok(Some(c))
+    }
 }
 
 impl Default for ServeArgs {
@@ -121,6 +165,12 @@ impl Default for ServeArgs {
             lora: vec![],
             lora_dir: None,
             lora_max_mib: None,
+            lookup: None,
+            draft_model: None,
+            draft_max: None,
+            draft_min: None,
+            draft_p_min: None,
+            draft_fixed: false,
         }
     }
 }

@@ -4,8 +4,11 @@
 
 use anyhow::{bail, Result};
 use cria_core::DType;
-use cria_engine::bench::{measure, random_adapter, Row, Test, Variant, MAX_RANDOM_RANK};
+use cria_engine::bench::{
+    measure, random_adapter, spec_bench, Row, Test, Variant, MAX_RANDOM_RANK,
+};
 use cria_engine::lora::{load_adapters, LoraSpec};
+use cria_engine::speculative::SpecConfig;
 use cria_engine::LoadedModel;
 use cria_model::{ActiveLora, Lora};
 use std::io::Write;
@@ -29,6 +32,10 @@ pub struct BenchOptions {
     /// `--parallel N`: a test of N concurrent generations (each `gen` tokens) through the
     /// scheduler, base and with adapters; 0: none.
     pub parallel: usize,
+    /// `--lookup` / `--draft-model`: instead of the pp/tg tests, decode speed with and without
+    /// speculation over the prompt of `prompt_file` (`-n` tokens, greedy).
+    pub spec: crate::spec_args::SpecArgs,
+    pub prompt_file: Option<std::path::PathBuf>,
 }
 
 /// `--lora-type`: f32, f16 or bf16.
@@ -129,6 +136,12 @@ fn peak_rss() -> Option<u64> {
 pub fn run(o: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     if o.reps == 0 {
         bail!("-r must be at least 1");
+    }
+    if let Some(cfg) = o.spec.config()? {
+        return run_spec(o, cfg, out);
+    }
+    if o.prompt_file.is_some() {
+        bail!("--prompt-file is the prompt of the speculative test: add --lookup N or --draft-model M");
     }
     if o.prompt == 0 && o.gen == 0 {
         bail!("nothing to measure: both -p and -n are 0");
@@ -291,5 +304,82 @@ fn print_md(r: &Row, lora: Option<Option<f64>>, out: &mut dyn Write) -> Result<(
         r.logits_hash
     )?;
     out.flush()?;
+    Ok(())
+}
+
+/// `cria bench --lookup N | --draft-model M --prompt-file F -n N`: decode tokens/s without and
+/// with speculation (one row per model and thread count), the acceptance rate and tokens per
+/// forward; the prompt file's text is the user message of the model's chat template (plain text
+/// without one).
+fn run_spec(o: &BenchOptions, cfg: SpecConfig, out: &mut dyn Write) -> Result<()> {
+    let Some(file) = &o.prompt_file else {
+        bail!("--lookup/--draft-model in bench need --prompt-file FILE (the text to answer)");
+    };
+    if o.gen == 0 {
+        bail!("-n 0: nothing to generate");
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("--prompt-file {}: {e}", file.display()))?;
+    if !o.json {
+        writeln!(
+            out,
+            "| model | threads | prompt | n | spec | plain t/s | spec t/s | speedup | acceptance | tokens/forward | same output |"
+        )?;
+        writeln!(out, "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|")?;
+    }
+    let what = match (&o.spec.lookup, &o.spec.draft_model) {
+        (Some(n), _) => format!("lookup {n}"),
+        (None, Some(m)) => format!("draft {m} ({})", cfg.draft_max),
+        _ => String::new(),
+    };
+    for spec in &o.models {
+        for &threads in &o.threads {
+            let lo = cria_engine::LoadOptions {
+                f32: false,
+                threads: Some(threads),
+                kv_type: o.kv_type,
+            };
+            let l = crate::load::with(spec.as_deref(), &lo)?;
+            let draft = match &o.spec.draft_model {
+                Some(d) => Some(crate::load::with(Some(d), &lo)?),
+                None => None,
+            };
+            let prompt = if l.tok.chat_template().is_some() {
+                let msgs = [cria_engine::template::Message::new("user", text.clone())];
+                cria_engine::render_chat(&l.tok, &msgs, true, None)?.1
+            } else {
+                l.tok.encode(&text, true, false)
+            };
+            let r = spec_bench(&l, draft.as_ref(), &prompt, o.gen, cfg, o.reps)?;
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+            let (p, q) = (mean(&r.plain_tps), mean(&r.spec_tps));
+            let name = spec.clone().unwrap_or_else(|| "default".into());
+            let tpf = r.gen_tokens as f64 / r.stats.forwards.max(1) as f64;
+            if o.json {
+                let j = serde_json::json!({
+                    "model": name, "threads": threads, "prompt_tokens": prompt.len(),
+                    "n_gen": o.gen, "spec": what, "plain_tps": r.plain_tps,
+                    "spec_tps": r.spec_tps, "speedup": q / p,
+                    "drafted": r.stats.drafted, "accepted": r.stats.accepted,
+                    "acceptance": r.stats.acceptance(), "tokens_per_forward": tpf,
+                    "same_output": r.same_output, "row_costs_s": r.row_costs,
+                });
+                writeln!(out, "{j}")?;
+            } else {
+                writeln!(
+                    out,
+                    "| {name} | {threads} | {} | {} | {what} | {p:.1} | {q:.1} | {:.2}x | {:.1}% | {tpf:.2} | {} |",
+                    prompt.len(),
+                    o.gen,
+                    q / p,
+                    100.0 * r.stats.acceptance(),
+                    if r.same_output { "yes" } else { "NO" }
+                )?;
+            }
+            if !r.same_output {
+                bail!("speculation changed the greedy output: a bug (please report it)");
+            }
+        }
+    }
     Ok(())
 }

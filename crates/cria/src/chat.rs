@@ -41,6 +41,8 @@ pub struct ChatArgs {
     constraint: crate::constraint_args::ConstraintArgs,
     #[command(flatten)]
     gen: crate::run::GenArgs,
+    #[command(flatten)]
+    spec: crate::spec_args::SpecArgs,
     /// When the conversation outgrows the context, drop the oldest turns (never the system
     /// message) instead of stopping.
     #[arg(long = "context-shift")]
@@ -169,7 +171,9 @@ pub fn run(a: &ChatArgs) -> Result<()> {
     let cfg = a.sampling.config()?;
     let grammar = a.constraint.load()?;
     let loaded = a.load.as_deref().map(load_conversation).transpose()?;
+    a.spec.config()?;
     let l = crate::load::model(spec, &a.m)?;
+    let draft = a.spec.load_draft(&a.m)?;
     let ctx_size = crate::load::ctx_size(&l, a.gen.ctx_size)?;
     if ctx_size < 16 {
         bail!("--ctx-size {ctx_size} is too small for a conversation");
@@ -190,6 +194,7 @@ pub fn run(a: &ChatArgs) -> Result<()> {
         eprintln!("note: the model has no chat template; using ChatML");
     }
     let mut state = crate::terminal::one_slot(&l, ctx_size, a.gen.batch)?;
+    a.spec.enable(&mut state, draft.as_ref())?;
     eprintln!(
         "{} ({} params) | context {} tokens | {} | /help for commands, Ctrl-D to leave",
         spec.unwrap_or("default model"),
@@ -466,12 +471,13 @@ fn command(line: &str, chat: &mut Chat, state: &mut OneSlot, l: &Loaded) -> Resu
             );
             if let Some(st) = &chat.last {
                 println!(
-                    "last answer: prompt {} new tokens ({} reused from the cache) at {:.1} t/s | {} tokens generated at {:.1} t/s",
+                    "last answer: prompt {} new tokens ({} reused from the cache) at {:.1} t/s | {} tokens generated at {:.1} t/s{}",
                     st.prompt_tokens,
                     st.reused_tokens,
                     rate(st.prompt_tokens, st.prompt_time),
                     st.gen_tokens,
-                    rate(st.gen_tokens, st.gen_time)
+                    rate(st.gen_tokens, st.gen_time),
+                    crate::spec_args::summary(st.spec, st.gen_tokens)
                 );
             }
             println!("sampler: {}", chat.sampler.describe());

@@ -20,6 +20,7 @@ mod pretrain;
 mod quantize;
 mod run;
 mod sample_args;
+mod spec_args;
 mod terminal;
 mod tokenizer_train;
 
@@ -254,6 +255,12 @@ enum Cmd {
         /// Also a test of N concurrent generations through the batch scheduler (aggregate t/s).
         #[arg(long = "parallel", value_name = "N", default_value_t = 0)]
         parallel: usize,
+        /// With --lookup or --draft-model: the prompt of the speculative decoding test (decode
+        /// t/s with and without, acceptance, tokens per forward), instead of pp/tg.
+        #[arg(long = "prompt-file", value_name = "FILE")]
+        prompt_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        spec: spec_args::SpecArgs,
     },
     /// Talk with a model: streaming answers, its chat template, history, slash commands.
     Chat(chat::ChatArgs),
@@ -515,6 +522,8 @@ fn real_main() -> Result<()> {
             lora_random,
             lora_type,
             parallel,
+            prompt_file,
+            spec,
         } => {
             let models = if models.is_empty() {
                 vec![None]
@@ -539,6 +548,8 @@ fn real_main() -> Result<()> {
                     lora_random,
                     lora_types: lora_type,
                     parallel,
+                    spec,
+                    prompt_file,
                 },
                 &mut std::io::stdout().lock(),
             )?;

@@ -44,6 +44,8 @@ pub struct RunArgs {
     sampling: SamplerArgs,
     #[command(flatten)]
     constraint: ConstraintArgs,
+    #[command(flatten)]
+    spec: crate::spec_args::SpecArgs,
     /// Go on past the end-of-generation token (until -n or a full context).
     #[arg(long = "ignore-eos")]
     ignore_eos: bool,
@@ -189,8 +191,10 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let cfg = a.sampling.config()?;
     let grammar = a.constraint.load()?;
     let what = a.constraint.output_kind();
+    a.spec.config()?;
 
     let l = crate::load::model(spec, &a.m)?;
+    let draft = a.spec.load_draft(&a.m)?;
     let tok = &l.tok;
     let prompt = if a.raw || tok.chat_template().is_none() {
         if !a.raw {
@@ -218,6 +222,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
     };
     let mut one = crate::terminal::one_slot(&l, ctx, a.gen.batch)?;
+    a.spec.enable(&mut one, draft.as_ref())?;
     let (done, text) = crate::terminal::answer(&mut one, &l.lora, prompt, params, sampler, None);
     text?;
     writeln!(std::io::stdout())?;
@@ -229,12 +234,13 @@ pub fn run(a: &RunArgs) -> Result<()> {
     }
     let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
     eprintln!(
-        "load {:.0} ms | prompt {} tokens, {:.1} t/s | generation {} tokens, {:.1} t/s | {}",
+        "load {:.0} ms | prompt {} tokens, {:.1} t/s | generation {} tokens, {:.1} t/s{} | {}",
         l.load_time.as_secs_f64() * 1e3,
         st.prompt_tokens,
         rate(st.prompt_tokens, st.prompt_time),
         st.gen_tokens,
         rate(st.gen_tokens, st.gen_time),
+        crate::spec_args::summary(st.spec, st.gen_tokens),
         cria_kernels::Backend::name(&l.backend)
     );
     Ok(())

@@ -168,7 +168,25 @@ impl AppState {
             args.lora_max_mib,
             api_key.is_some() || crate::access::is_loopback(&args.host),
         )?;
-        let engine: Engine = cria_engine::scheduler::spawn_shared(
+        let spec = match args.spec_config()? {
+            None => None,
+            Some(c) => {
+                let draft = match &args.draft_model {
+                    None => None,
+                    Some(p) => {
+                        let o = cria_engine::LoadOptions {
+                            kv_type: parts.kv_type,
+                            ..Default::default()
+                        };
+                        let d = cria_engine::load(p, &o)
+                            .with_context(|| format!("the draft model {}", p.display()))?;
+                        Some(Arc::new(d))
+                    }
+                };
+                Some((c, draft))
+            }
+        };
+        let engine: Engine = cria_engine::scheduler::spawn_spec(
             model,
             backend,
             tok.clone(),
@@ -179,6 +197,7 @@ impl AppState {
                 kv_type: parts.kv_type,
             },
             metrics.sched.clone(),
+            spec,
         )
         .context("starting the scheduler")?;
         let format = ChatFormat::new(tok.chat_template())

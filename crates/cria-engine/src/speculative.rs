@@ -1,0 +1,499 @@
+//! Speculative decoding: a slot drafts a few tokens cheaply, and ONE batched forward of the
+//! target model (the slot's pending token and its drafts, beside the other slots' rows) checks
+//! them all; every weight is read once for several tokens.
+//!
+//! Two drafters: prompt lookup ([`Lookup`]: the tokens that followed the longest earlier match of
+//! the context's last n-gram, in the prompt, the answer so far, and in the server the recent
+//! answers of every slot) and a draft model ([`DraftModel`]: a small model of the same
+//! vocabulary, greedy, with a KV cache of its own per slot).
+//!
+//! Exactness. The verify forward computes each row bit for bit as a single-token step does
+//! (`Scratch::decode_exact`; tests/spec_verify_rows.rs asserts it), and the scheduler walks the
+//! rows through [`crate::generate::Generation::step`] one at a time, exactly as plain decoding
+//! does: each row's token is sampled by the request's own sampler chain (penalties, grammar,
+//! logit bias, stop strings, the random stream: all see the tokens one at a time, as without
+//! speculation). A draft is accepted when the sampled token equals it; the first token that
+//! differs is kept (it is the next token) and the rows after it are dropped: their KV positions
+//! are overwritten later.
+//!
+//! Both drafters draft deterministically (lookup copies, the draft model takes its argmax), so
+//! the draft distribution q is a point mass on the draft d. The standard speculative sampling
+//! rule then reads: accept d with probability min(1, p(d)/1) = p(d); on rejection sample from
+//! normalize(max(0, p - q)) = p without d. Sampling t ~ p and accepting when t == d is that same
+//! rule (P(accept) = p(d); a rejected t is distributed as p conditioned on t != d), and on full
+//! acceptance the last row's token is the bonus token. With one uniform per token, as plain
+//! decoding draws, a seeded request gives the SAME text with and without speculation, not only
+//! the same distribution; greedy output is identical token for token.
+//!
+//! Adaptive: the draft length follows the slot's measured acceptance a (an average over recent
+//! drafts): with k drafts a verify yields E(k) = 1 + a + ... + a^k tokens and costs
+//! t(k + 1) (+ k draft-model steps), with t(r) the measured time of an r-row forward of this
+//! model on this machine ([`Costs::measure`]); the k that maximizes tokens per second is used,
+//! and k = 0 (no drafting) when nothing beats a plain step. A slot that stopped drafting probes
+//! with one draft every [`PROBE_EVERY`] steps, so acceptance that comes back is noticed.
+
+use cria_kernels::Backend;
+use cria_model::{forward_batch, KvCache, KvType, Logits, Model, Scratch, SeqStep};
+use cria_tokenizer::Tokenizer;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// The longest n-gram prompt lookup matches (it tries this length first, then shorter ones).
+pub const NGRAM_MAX: usize = 4;
+/// The shortest.
+pub const NGRAM_MIN: usize = 1;
+/// Recent answers the shared n-gram cache keeps (the server), and their total tokens at most.
+pub const SHARED_ANSWERS: usize = 16;
+pub const SHARED_TOKENS: usize = 1 << 15;
+/// A slot whose drafting switched itself off tries one draft this often (steps).
+pub const PROBE_EVERY: u32 = 16;
+/// Most drafted tokens per verify (--draft-max, --lookup).
+pub const MAX_DRAFT: usize = 64;
+
+/// What a user asks for (`--lookup N`, `--draft-model M --draft-max --draft-min --draft-p-min`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SpecConfig {
+    pub kind: SpecKind,
+    /// Drafted tokens per verify at most.
+    pub draft_max: usize,
+    /// A draft model drafts at least this many tokens, whatever its confidence (lookup: the
+    /// shortest continuation worth a verify).
+    pub draft_min: usize,
+    /// A draft model stops drafting when its top probability falls below this.
+    pub draft_p_min: f32,
+    /// The draft length follows acceptance and cost (off: always `draft_max`, for tests).
+    pub adaptive: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecKind {
+    Lookup,
+    DraftModel,
+}
+
+impl SpecConfig {
+    /// `--lookup n`.
+    pub fn lookup(n: usize) -> Self {
+        SpecConfig {
+            kind: SpecKind::Lookup,
+            draft_max: n,
+            draft_min: 1,
+            draft_p_min: 0.0,
+            adaptive: true,
+        }
+    }
+
+    /// `--draft-model` with llama.cpp's defaults.
+    pub fn draft_model() -> Self {
+        SpecConfig {
+            kind: SpecKind::DraftModel,
+            draft_max: 8,
+            draft_min: 1,
+            draft_p_min: 0.8,
+            adaptive: true,
+        }
+    }
+
+    /// The settings against a context of `ctx` tokens: clear errors for what cannot work.
+    pub fn validate(&self, ctx: usize) -> Result<(), String> {
+        let what = match self.kind {
+            SpecKind::Lookup => "--lookup",
+            SpecKind::DraftModel => "--draft-max",
+        };
+        if self.draft_max == 0 {
+            return Err(format!(
+                "{what} 0: at least 1 drafted token (leave the option out for no speculation)"
+            ));
+        }
+        if self.draft_max > MAX_DRAFT {
+            return Err(format!(
+                "{what} {}: at most {MAX_DRAFT} drafted tokens per verify",
+                self.draft_max
+            ));
+        }
+        if self.draft_max + 1 >= ctx {
+            return Err(format!(
+                "{what} {}: a verify of {} tokens does not fit the context of {ctx} (lower it or \
+                 raise --ctx-size)",
+                self.draft_max,
+                self.draft_max + 1
+            ));
+        }
+        if self.draft_min > self.draft_max {
+            return Err(format!(
+                "--draft-min {} is above --draft-max {}",
+                self.draft_min, self.draft_max
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.draft_p_min) {
+            return Err(format!(
+                "--draft-p-min {}: a probability in [0, 1]",
+                self.draft_p_min
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A draft model refused for `target`: the first token whose text differs (id and both
+/// strings), or the vocabulary sizes.
+pub fn check_vocab(target: &Tokenizer, draft: &Tokenizer) -> Result<(), String> {
+    let (nt, nd) = (target.vocab_size(), draft.vocab_size());
+    for id in 0..nt.min(nd) as u32 {
+        let (a, b) = (
+            target.token_to_piece_special(id, true),
+            draft.token_to_piece_special(id, true),
+        );
+        if a != b {
+            return Err(format!(
+                "the draft model's vocabulary differs from the model's: token {id} is {:?} in the \
+                 model but {:?} in the draft model (speculative decoding needs the same \
+                 vocabulary)",
+                String::from_utf8_lossy(&a),
+                String::from_utf8_lossy(&b)
+            ));
+        }
+    }
+    if nt != nd {
+        return Err(format!(
+            "the draft model's vocabulary differs from the model's: {nd} tokens against {nt} \
+             (token {} is {})",
+            nt.min(nd),
+            if nt > nd {
+                "the model's only"
+            } else {
+                "the draft model's only"
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// Prompt lookup: up to `k` tokens that followed the most recent earlier occurrence of the
+/// longest suffix of `ctx` (NGRAM_MAX down to NGRAM_MIN tokens) in `ctx`, else in `shared` (the
+/// recent answers, newest first). Empty when nothing matches.
+pub fn lookup(ctx: &[u32], shared: &VecDeque<Vec<u32>>, k: usize, out: &mut Vec<u32>) {
+    out.clear();
+    if k == 0 || ctx.is_empty() {
+        return;
+    }
+    for n in (NGRAM_MIN..=NGRAM_MAX.min(ctx.len())).rev() {
+        let key = &ctx[ctx.len() - n..];
+        // In the context itself (not the suffix itself: a match has a token after it).
+        if let Some(at) = find_last(ctx, key) {
+            let from = at + n;
+            out.extend(ctx[from..].iter().take(k));
+            return;
+        }
+        for s in shared {
+            if let Some(at) = find_last(s, key) {
+                let from = at + n;
+                if from < s.len() {
+                    out.extend(s[from..].iter().take(k));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Start of the last occurrence of `key` in `hay` that has at least one token after it.
+fn find_last(hay: &[u32], key: &[u32]) -> Option<usize> {
+    let n = key.len();
+    if hay.len() < n + 1 {
+        return None;
+    }
+    let last = *key.last().expect("non-empty key");
+    (0..hay.len() - n)
+        .rev()
+        .find(|&i| hay[i + n - 1] == last && &hay[i..i + n] == key)
+}
+
+/// The measured time of an r-row forward, r = 1..=rows (seconds), for the adaptive draft
+/// length; `draft_step`: one step of the draft model (0 for lookup).
+#[derive(Clone, Debug)]
+pub struct Costs {
+    pub t: Vec<f64>,
+    pub draft_step: f64,
+}
+
+impl Costs {
+    /// Every extra row costs nothing: always draft the most (tests and fixed drafting).
+    pub fn free(rows: usize) -> Self {
+        Costs {
+            t: vec![1.0; rows.max(1)],
+            draft_step: 0.0,
+        }
+    }
+
+    /// Times forwards of 1..=rows tokens of `m` (the fastest of a few calls each), on a cache
+    /// of its own, in `s` (which must hold `rows` rows of logits).
+    pub fn measure<B: Backend>(
+        m: &Model<B>,
+        b: &B,
+        kv_type: KvType,
+        rows: usize,
+        s: &mut Scratch<B>,
+    ) -> cria_core::Result<Vec<f64>> {
+        let ctx = 64 + rows;
+        let mut kv = KvCache::try_with_type(m, ctx, kv_type)?;
+        let v = m.config.vocab_size as u32;
+        let toks: Vec<u32> = (0..ctx as u32).map(|i| (i * 7919 + 11) % v).collect();
+        // A context of 64 positions first, as a generation has some.
+        let mut seq = [SeqStep {
+            tokens: &toks[..64],
+            pos: 0,
+            kv: &mut kv,
+            lora: &[],
+        }];
+        if 64 <= s.max_t {
+            forward_batch(m, b, &mut seq, s, Logits::Last)?;
+        }
+        let mut t = Vec::with_capacity(rows);
+        for r in 1..=rows {
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let mut seq = [SeqStep {
+                    tokens: &toks[64..64 + r],
+                    pos: 64,
+                    kv: &mut kv,
+                    lora: &[],
+                }];
+                let t0 = Instant::now();
+                forward_batch(m, b, &mut seq, s, Logits::All)?;
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            t.push(best);
+        }
+        // Monotone: a longer call is never cheaper (noise on a busy machine).
+        for i in 1..t.len() {
+            t[i] = t[i].max(t[i - 1]);
+        }
+        Ok(t)
+    }
+
+    /// The draft length, at most `max`, that gives the most tokens per second at acceptance `a`
+    /// (0: plain steps are better).
+    pub fn best_k(&self, a: f64, max: usize) -> usize {
+        let a = a.clamp(0.0, 0.999);
+        let t1 = self.t[0];
+        let mut best = (1.0 / t1, 0);
+        let mut e = 1.0;
+        let mut ak = 1.0;
+        for k in 1..=max.min(self.t.len() - 1) {
+            ak *= a;
+            e += ak;
+            let rate = e / (self.t[k] + k as f64 * self.draft_step);
+            // A few percent better at least: drafting is not worth noise.
+            if rate > best.0 * 1.03 {
+                best = (rate, k);
+            }
+        }
+        best.1
+    }
+}
+
+/// A slot's drafting state: acceptance, counters, the draft model's cache.
+pub struct SlotSpec<B: Backend> {
+    /// Average acceptance of a drafted token (recent drafts weigh more).
+    pub accept: f64,
+    /// Steps since this slot last drafted (for the probe).
+    pub idle: u32,
+    /// The draft model's cache and the tokens it holds.
+    pub draft_kv: Option<KvCache<B>>,
+    pub draft_cached: Vec<u32>,
+    /// This step's verify tokens: the pending token, then the drafts.
+    pub verify: Vec<u32>,
+}
+
+impl<B: Backend> SlotSpec<B> {
+    pub fn new(draft_kv: Option<KvCache<B>>) -> Self {
+        SlotSpec {
+            accept: 0.7,
+            idle: 0,
+            draft_kv,
+            draft_cached: Vec::new(),
+            verify: Vec::new(),
+        }
+    }
+
+    /// After a verify of `drafted` tokens, of which the first `accepted` were taken.
+    pub fn record(&mut self, drafted: usize, accepted: usize) {
+        // Positions up to the first rejection tell about acceptance; those after it nothing.
+        for i in 0..drafted.min(accepted + 1) {
+            let hit = if i < accepted { 1.0 } else { 0.0 };
+            self.accept = 0.85 * self.accept + 0.15 * hit;
+        }
+    }
+}
+
+/// A draft model shared by every slot (each has its own cache in [`SlotSpec`]).
+pub struct DraftModel<'a, B: Backend> {
+    pub m: &'a Model<B>,
+    pub b: &'a B,
+    pub kv_type: KvType,
+    pub scratch: Scratch<B>,
+}
+
+impl<B: Backend> DraftModel<'_, B> {
+    /// Greedy drafts after `ctx` (the slot's tokens and its pending one): up to `k` tokens while
+    /// the top probability is at least `p_min` (the first `min` whatever it is). The draft
+    /// cache is brought to `ctx` first (its common prefix kept).
+    pub fn draft(
+        &mut self,
+        st: &mut SlotSpec<B>,
+        ctx: &[u32],
+        k: usize,
+        min: usize,
+        p_min: f32,
+        out: &mut Vec<u32>,
+    ) -> cria_core::Result<()> {
+        out.clear();
+        let kv = st.draft_kv.as_mut().expect("a draft cache");
+        if ctx.len() + k > kv.max_seq {
+            return Ok(());
+        }
+        let keep = st
+            .draft_cached
+            .iter()
+            .zip(ctx)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(ctx.len() - 1);
+        st.draft_cached.truncate(keep);
+        let mut pos = keep;
+        while pos < ctx.len() {
+            let end = (pos + self.scratch.max_t).min(ctx.len());
+            let mut seq = [SeqStep {
+                tokens: &ctx[pos..end],
+                pos,
+                kv: &mut *kv,
+                lora: &[],
+            }];
+            forward_batch(self.m, self.b, &mut seq, &mut self.scratch, Logits::Last)?;
+            st.draft_cached.extend_from_slice(&ctx[pos..end]);
+            pos = end;
+        }
+        while out.len() < k {
+            let (t, p) = top(self.scratch.seq_logits(0));
+            if out.len() >= min && p < p_min {
+                break;
+            }
+            out.push(t);
+            if out.len() == k {
+                break;
+            }
+            let mut seq = [SeqStep {
+                tokens: std::slice::from_ref(&t),
+                pos,
+                kv: &mut *kv,
+                lora: &[],
+            }];
+            forward_batch(self.m, self.b, &mut seq, &mut self.scratch, Logits::Last)?;
+            st.draft_cached.push(t);
+            pos += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The argmax (lowest id on ties) and its softmax probability.
+fn top(logits: &[f32]) -> (u32, f32) {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    let max = logits[best];
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    (best as u32, (1.0 / sum) as f32)
+}
+
+/// What a generation's speculation did (the end-of-run line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpecStats {
+    /// Tokens drafted and accepted.
+    pub drafted: usize,
+    pub accepted: usize,
+    /// Target forwards that produced this generation's tokens (plain steps and verifies).
+    pub forwards: usize,
+}
+
+impl SpecStats {
+    pub fn acceptance(&self) -> f64 {
+        if self.drafted == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.drafted as f64
+        }
+    }
+
+    /// "acceptance 71.2% (402/565), 2.31 tokens per forward".
+    pub fn summary(&self, generated: usize) -> String {
+        format!(
+            "draft acceptance {:.1}% ({}/{}), {:.2} tokens per forward",
+            100.0 * self.acceptance(),
+            self.accepted,
+            self.drafted,
+            generated as f64 / self.forwards.max(1) as f64
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_takes_the_longest_most_recent_match() {
+        let none = VecDeque::new();
+        let mut out = vec![];
+        // No 4- or 3-gram match; the 2-gram [3 4] last occurs before "7 6 3".
+        let ctx = [1, 2, 3, 4, 9, 5, 2, 3, 4, 7, 6, 3, 4];
+        lookup(&ctx, &none, 3, &mut out);
+        assert_eq!(out, vec![7, 6, 3]);
+        // A 3-gram match beats a more recent 2-gram one.
+        let ctx = [5, 3, 4, 1, 1, 3, 4, 2, 8, 5, 3, 4];
+        lookup(&ctx, &none, 2, &mut out);
+        assert_eq!(out, vec![1, 1]);
+        // Nothing: empty; the shared answers are searched next.
+        let ctx = [10, 11, 12];
+        lookup(&ctx, &none, 4, &mut out);
+        assert!(out.is_empty());
+        let shared: VecDeque<Vec<u32>> = [vec![12, 40, 41], vec![7]].into();
+        lookup(&ctx, &shared, 4, &mut out);
+        assert_eq!(out, vec![40, 41]);
+    }
+
+    #[test]
+    fn best_k_follows_acceptance_and_cost() {
+        // A verify of r rows costs 1 + 0.1 (r - 1).
+        let c = Costs {
+            t: (0..9).map(|r| 1.0 + 0.1 * r as f64).collect(),
+            draft_step: 0.0,
+        };
+        assert_eq!(c.best_k(0.0, 8), 0);
+        assert!(c.best_k(0.9, 8) >= 6);
+        let k5 = c.best_k(0.5, 8);
+        assert!((1..=4).contains(&k5), "{k5}");
+        // Rows as dear as steps: never worth it.
+        let dear = Costs {
+            t: (1..=9).map(|r| r as f64).collect(),
+            draft_step: 0.0,
+        };
+        assert_eq!(dear.best_k(0.9, 8), 0);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let mut c = SpecConfig::lookup(0);
+        assert!(c.validate(100).unwrap_err().contains("--lookup 0"));
+        c.draft_max = 200;
+        assert!(c.validate(100).unwrap_err().contains("at most"));
+        c.draft_max = 60;
+        c.kind = SpecKind::DraftModel;
+        assert!(c.validate(50).unwrap_err().contains("context of 50"));
+        assert!(SpecConfig::draft_model().validate(100).is_ok());
+    }
+}
