@@ -122,8 +122,9 @@ fn log_numbers(run: &Path) -> Vec<(String, f64)> {
     for l in text.lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         for (k, x) in v.as_object().unwrap() {
-            if k != "tokens_per_s" {
-                out.push((format!("step {} {k}", v["step"]), x.as_f64().unwrap()));
+            // Timings (tokens/s, MFU) differ; samples are text.
+            if let (false, Some(x)) = (k == "tokens_per_s" || k == "mfu", x.as_f64()) {
+                out.push((format!("step {} {k}", v["step"]), x));
             }
         }
     }
