@@ -836,8 +836,18 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
                 kmax
             } else {
                 match sp.costs.best_k(st.accept, kmax) {
-                    0 if st.idle >= speculative::PROBE_EVERY => kmax.min(1),
-                    k => k,
+                    // A probe; each one that finds drafting still off waits twice as long for
+                    // the next (at most MAX_PROBE_EVERY), so a prompt where drafts fail pays
+                    // for fewer and fewer of them.
+                    0 if st.idle >= st.probe_every => {
+                        st.probe_every = (st.probe_every * 2).min(speculative::MAX_PROBE_EVERY);
+                        kmax.min(1)
+                    }
+                    0 => 0,
+                    k => {
+                        st.probe_every = speculative::PROBE_EVERY;
+                        k
+                    }
                 }
             };
             if k == 0 {

@@ -30,7 +30,8 @@
 //! t(k + 1) (+ k draft-model steps), with t(r) the measured time of an r-row forward of this
 //! model on this machine ([`Costs::measure`]); the k that maximizes tokens per second is used,
 //! and k = 0 (no drafting) when nothing beats a plain step. A slot that stopped drafting probes
-//! with one draft every [`PROBE_EVERY`] steps, so acceptance that comes back is noticed.
+//! with one draft after [`PROBE_EVERY`] steps, so acceptance that comes back is noticed; each
+//! probe that fails doubles the wait (up to [`MAX_PROBE_EVERY`]).
 
 use cria_kernels::Backend;
 use cria_model::{forward_batch, KvCache, KvType, Logits, Model, Scratch, SeqStep};
@@ -47,6 +48,9 @@ pub const SHARED_ANSWERS: usize = 16;
 pub const SHARED_TOKENS: usize = 1 << 15;
 /// A slot whose drafting switched itself off tries one draft this often (steps).
 pub const PROBE_EVERY: u32 = 16;
+/// The longest wait between probes: each probe that finds drafting still not paying doubles
+/// the wait, from [`PROBE_EVERY`] up to this.
+pub const MAX_PROBE_EVERY: u32 = 256;
 /// Most drafted tokens per verify (--draft-max, --lookup).
 pub const MAX_DRAFT: usize = 64;
 
@@ -299,6 +303,8 @@ pub struct SlotSpec<B: Backend> {
     pub accept: f64,
     /// Steps since this slot last drafted (for the probe).
     pub idle: u32,
+    /// Steps between probes now (doubles while probes fail).
+    pub probe_every: u32,
     /// The draft model's cache and the tokens it holds.
     pub draft_kv: Option<KvCache<B>>,
     pub draft_cached: Vec<u32>,
@@ -311,6 +317,7 @@ impl<B: Backend> SlotSpec<B> {
         SlotSpec {
             accept: 0.7,
             idle: 0,
+            probe_every: PROBE_EVERY,
             draft_kv,
             draft_cached: Vec::new(),
             verify: Vec::new(),

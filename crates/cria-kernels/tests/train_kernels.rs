@@ -371,3 +371,39 @@ fn matmul_dx_wrong_length_is_named() {
     let w = random_weights(&mut Rng::new(1), DType::Q4_0, 4, 32);
     be.matmul_dx(&mut [0.0; 64], &[0.0; 7], &w, 2);
 }
+
+/// Tall products (a training step's linears: many rows) are split by rows with column blocks
+/// up to 384 wide: sizes with several column blocks and a ragged last one, rows past one tile.
+#[test]
+fn tall_gemms_with_several_column_blocks_match_spec_and_scalar_twin() {
+    let bes = backends();
+    let mut rng = Rng::new(29);
+    let mut checked = 0;
+    for op in [Op::Tn, Op::Nn, Op::Nt] {
+        for (t, x, n) in [(200, 65, 385), (257, 33, 800), (193, 128, 1153)] {
+            let (lc, la, lb, k) = op.lens(t, x, n);
+            let (c0, a, bm) = (
+                random(&mut rng, lc),
+                random(&mut rng, la),
+                random(&mut rng, lb),
+            );
+            let mut want = c0.clone();
+            op.spec(&mut want, &a, &bm, t, x, n);
+            let mut mag = abs(&c0);
+            op.spec(&mut mag, &abs(&a), &abs(&bm), t, x, n);
+            let mut twin: Option<Vec<f32>> = None;
+            for (name, be) in &bes {
+                let what = format!("{op:?} t={t} x={x} n={n} on {name}");
+                let mut got = c0.clone();
+                op.cpu(be, &mut got, (&a, &bm), t, x, n);
+                check_spec(&got, &want, &mag, k, &what);
+                match &twin {
+                    None => twin = Some(got),
+                    Some(tw) => same_bits(&got, tw, &what),
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 3 * 3 * 2);
+}
