@@ -447,22 +447,39 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             .slots
             .first()
             .map_or(KvType::default(), |s| s.kv.kv_type());
+        let ctx = self.ctx_size();
+        // The deeper measurement's context: COST_DEPTH, or what the context holds.
+        let deep = speculative::COST_DEPTH.min(ctx.saturating_sub(cfg.draft_max + 2));
         let mut costs = if cfg.adaptive {
-            let t = Costs::measure(self.m, self.b, kv_type, cfg.draft_max + 1, &mut scratch)
-                .map_err(err)?;
-            Costs { t, draft_step: 0.0 }
+            let (t, slope) = Costs::measure_slope(
+                self.m,
+                self.b,
+                kv_type,
+                cfg.draft_max + 1,
+                &mut scratch,
+                deep,
+            )
+            .map_err(err)?;
+            Costs {
+                t,
+                slope,
+                draft_step: 0.0,
+                draft_slope: 0.0,
+            }
         } else {
             Costs::free(cfg.draft_max + 1)
         };
-        let ctx = self.ctx_size();
         let draft = match draft {
             None => None,
             Some(d) => {
                 let mut ds =
                     Scratch::try_new(d.model, self.scratch.max_t, Logits::Last).map_err(err)?;
                 if cfg.adaptive {
-                    costs.draft_step =
-                        Costs::measure(d.model, d.backend, d.kv_type, 1, &mut ds).map_err(err)?[0];
+                    let (t, slope) =
+                        Costs::measure_slope(d.model, d.backend, d.kv_type, 1, &mut ds, deep)
+                            .map_err(err)?;
+                    costs.draft_step = t[0];
+                    costs.draft_slope = slope[0];
                 }
                 Some(DraftModel {
                     m: d.model,
@@ -835,7 +852,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             let k = if !sp.cfg.adaptive {
                 kmax
             } else {
-                match sp.costs.best_k(st.accept, kmax) {
+                match sp.costs.best_k(st.accept, kmax, slot.cached.len()) {
                     // A probe; each one that finds drafting still off waits twice as long for
                     // the next (at most MAX_PROBE_EVERY), so a prompt where drafts fail pays
                     // for fewer and fewer of them.

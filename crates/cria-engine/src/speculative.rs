@@ -51,6 +51,11 @@ pub const PROBE_EVERY: u32 = 16;
 /// The longest wait between probes: each probe that finds drafting still not paying doubles
 /// the wait, from [`PROBE_EVERY`] up to this.
 pub const MAX_PROBE_EVERY: u32 = 256;
+/// Tokens per forward when [`Costs::measure`] fills a context.
+pub const FILL_CHUNK: usize = 128;
+/// The deeper context the row costs are measured at (or the context size, if smaller): their
+/// growth with context (attention) is extrapolated linearly from there.
+pub const COST_DEPTH: usize = 1024;
 /// Most drafted tokens per verify (--draft-max, --lookup).
 pub const MAX_DRAFT: usize = 64;
 
@@ -213,53 +218,90 @@ fn find_last(hay: &[u32], key: &[u32]) -> Option<usize> {
         .find(|&i| hay[i + n - 1] == last && &hay[i..i + n] == key)
 }
 
-/// The measured time of an r-row forward, r = 1..=rows (seconds), for the adaptive draft
-/// length; `draft_step`: one step of the draft model (0 for lookup).
+/// The measured time of an r-row forward, r = 1..=rows (seconds), after [`Costs::DEPTH`]
+/// positions of context, and what each further position of context adds to it (attention), for
+/// the adaptive draft length; `draft_step`/`draft_slope`: the same for one step of the draft
+/// model (0 for lookup).
 #[derive(Clone, Debug)]
 pub struct Costs {
     pub t: Vec<f64>,
+    pub slope: Vec<f64>,
     pub draft_step: f64,
+    pub draft_slope: f64,
 }
 
 impl Costs {
+    /// The context of the first measurement.
+    pub const DEPTH: usize = 64;
+
     /// Every extra row costs nothing: always draft the most (tests and fixed drafting).
     pub fn free(rows: usize) -> Self {
         Costs {
             t: vec![1.0; rows.max(1)],
+            slope: vec![0.0; rows.max(1)],
             draft_step: 0.0,
+            draft_slope: 0.0,
         }
     }
 
-    /// Times forwards of 1..=rows tokens of `m` (the fastest of a few calls each), on a cache
-    /// of its own, in `s` (which must hold `rows` rows of logits).
+    /// Times of forwards of 1..=rows tokens at contexts [`Self::DEPTH`] and `deep` (when
+    /// larger): (times at DEPTH, seconds per further position).
+    pub fn measure_slope<B: Backend>(
+        m: &Model<B>,
+        b: &B,
+        kv_type: KvType,
+        rows: usize,
+        s: &mut Scratch<B>,
+        deep: usize,
+    ) -> cria_core::Result<(Vec<f64>, Vec<f64>)> {
+        let t = Self::measure(m, b, kv_type, rows, s, Self::DEPTH)?;
+        if deep <= Self::DEPTH + 64 {
+            return Ok((t.clone(), vec![0.0; t.len()]));
+        }
+        let td = Self::measure(m, b, kv_type, rows, s, deep)?;
+        let span = (deep - Self::DEPTH) as f64;
+        let slope = t
+            .iter()
+            .zip(&td)
+            .map(|(a, d)| ((d - a) / span).max(0.0))
+            .collect();
+        Ok((t, slope))
+    }
+
+    /// Times forwards of 1..=rows tokens of `m` (the fastest of a few calls each) after `depth`
+    /// positions of context, on a cache of its own, in `s` (which must hold `rows` rows of
+    /// logits).
     pub fn measure<B: Backend>(
         m: &Model<B>,
         b: &B,
         kv_type: KvType,
         rows: usize,
         s: &mut Scratch<B>,
+        depth: usize,
     ) -> cria_core::Result<Vec<f64>> {
-        let ctx = 64 + rows;
+        let ctx = depth + rows;
         let mut kv = KvCache::try_with_type(m, ctx, kv_type)?;
         let v = m.config.vocab_size as u32;
         let toks: Vec<u32> = (0..ctx as u32).map(|i| (i * 7919 + 11) % v).collect();
-        // A context of 64 positions first, as a generation has some.
-        let mut seq = [SeqStep {
-            tokens: &toks[..64],
-            pos: 0,
-            kv: &mut kv,
-            lora: &[],
-        }];
-        if 64 <= s.max_t {
-            forward_batch(m, b, &mut seq, s, Logits::Last)?;
+        // The context first, as a generation has some, in chunks of a prompt's size.
+        let mut fill = Scratch::try_new(m, crate::speculative::FILL_CHUNK, Logits::Last)?;
+        for c0 in (0..depth).step_by(FILL_CHUNK) {
+            let mut seq = [SeqStep {
+                tokens: &toks[c0..(c0 + FILL_CHUNK).min(depth)],
+                pos: c0,
+                kv: &mut kv,
+                lora: &[],
+            }];
+            forward_batch(m, b, &mut seq, &mut fill, Logits::Last)?;
         }
+        drop(fill);
         let mut t = Vec::with_capacity(rows);
         for r in 1..=rows {
             let mut best = f64::INFINITY;
             for _ in 0..3 {
                 let mut seq = [SeqStep {
-                    tokens: &toks[64..64 + r],
-                    pos: 64,
+                    tokens: &toks[depth..depth + r],
+                    pos: depth,
                     kv: &mut kv,
                     lora: &[],
                 }];
@@ -278,16 +320,19 @@ impl Costs {
 
     /// The draft length, at most `max`, that gives the most tokens per second at acceptance `a`
     /// (0: plain steps are better).
-    pub fn best_k(&self, a: f64, max: usize) -> usize {
+    pub fn best_k(&self, a: f64, max: usize, depth: usize) -> usize {
         let a = a.clamp(0.0, 0.999);
-        let t1 = self.t[0];
+        let far = depth.saturating_sub(Self::DEPTH) as f64;
+        let t = |r: usize| self.t[r] + self.slope[r] * far;
+        let draft = self.draft_step + self.draft_slope * far;
+        let t1 = t(0);
         let mut best = (1.0 / t1, 0);
         let mut e = 1.0;
         let mut ak = 1.0;
         for k in 1..=max.min(self.t.len() - 1) {
             ak *= a;
             e += ak;
-            let rate = e / (self.t[k] + k as f64 * self.draft_step);
+            let rate = e / (t(k) + k as f64 * draft);
             // A few percent better at least: drafting is not worth noise.
             if rate > best.0 * 1.03 {
                 best = (rate, k);
@@ -478,18 +523,22 @@ mod tests {
         // A verify of r rows costs 1 + 0.1 (r - 1).
         let c = Costs {
             t: (0..9).map(|r| 1.0 + 0.1 * r as f64).collect(),
+            slope: vec![0.0; 9],
             draft_step: 0.0,
+            draft_slope: 0.0,
         };
-        assert_eq!(c.best_k(0.0, 8), 0);
-        assert!(c.best_k(0.9, 8) >= 6);
-        let k5 = c.best_k(0.5, 8);
+        assert_eq!(c.best_k(0.0, 8, 64), 0);
+        assert!(c.best_k(0.9, 8, 64) >= 6);
+        let k5 = c.best_k(0.5, 8, 64);
         assert!((1..=4).contains(&k5), "{k5}");
         // Rows as dear as steps: never worth it.
         let dear = Costs {
             t: (1..=9).map(|r| r as f64).collect(),
+            slope: vec![0.0; 9],
             draft_step: 0.0,
+            draft_slope: 0.0,
         };
-        assert_eq!(dear.best_k(0.9, 8), 0);
+        assert_eq!(dear.best_k(0.9, 8, 64), 0);
     }
 
     #[test]
