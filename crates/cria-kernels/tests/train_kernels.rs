@@ -104,6 +104,36 @@ impl Op {
     }
 }
 
+/// One product of sizes (t, x, n) on every backend: within the spec's bound of the scalar
+/// reference and bit-identical to the first backend (the scalar twin). Returns the runs checked.
+fn check_gemm(
+    bes: &[(String, CpuBackend)],
+    rng: &mut Rng,
+    op: Op,
+    t: usize,
+    x: usize,
+    n: usize,
+) -> usize {
+    let (lc, la, lb, k) = op.lens(t, x, n);
+    let (c0, a, bm) = (random(rng, lc), random(rng, la), random(rng, lb));
+    let mut want = c0.clone();
+    op.spec(&mut want, &a, &bm, t, x, n);
+    let mut mag = abs(&c0);
+    op.spec(&mut mag, &abs(&a), &abs(&bm), t, x, n);
+    let mut twin: Option<Vec<f32>> = None;
+    for (name, be) in bes {
+        let what = format!("{op:?} t={t} x={x} n={n} on {name}");
+        let mut got = c0.clone();
+        op.cpu(be, &mut got, (&a, &bm), t, x, n);
+        check_spec(&got, &want, &mag, k, &what);
+        match &twin {
+            None => twin = Some(got),
+            Some(tw) => same_bits(&got, tw, &what),
+        }
+    }
+    bes.len()
+}
+
 #[test]
 fn gemms_match_spec_and_scalar_twin() {
     let bes = backends();
@@ -113,28 +143,7 @@ fn gemms_match_spec_and_scalar_twin() {
         for t in SIZES {
             for x in SIZES {
                 for n in SIZES {
-                    let (lc, la, lb, k) = op.lens(t, x, n);
-                    let (c0, a, bm) = (
-                        random(&mut rng, lc),
-                        random(&mut rng, la),
-                        random(&mut rng, lb),
-                    );
-                    let mut want = c0.clone();
-                    op.spec(&mut want, &a, &bm, t, x, n);
-                    let mut mag = abs(&c0);
-                    op.spec(&mut mag, &abs(&a), &abs(&bm), t, x, n);
-                    let mut twin: Option<Vec<f32>> = None;
-                    for (name, be) in &bes {
-                        let what = format!("{op:?} t={t} x={x} n={n} on {name}");
-                        let mut got = c0.clone();
-                        op.cpu(be, &mut got, (&a, &bm), t, x, n);
-                        check_spec(&got, &want, &mag, k, &what);
-                        match &twin {
-                            None => twin = Some(got),
-                            Some(tw) => same_bits(&got, tw, &what),
-                        }
-                        checked += 1;
-                    }
+                    checked += check_gemm(&bes, &mut rng, op, t, x, n);
                 }
             }
         }
@@ -381,28 +390,7 @@ fn tall_gemms_with_several_column_blocks_match_spec_and_scalar_twin() {
     let mut checked = 0;
     for op in [Op::Tn, Op::Nn, Op::Nt] {
         for (t, x, n) in [(200, 65, 385), (257, 33, 800), (193, 128, 1153)] {
-            let (lc, la, lb, k) = op.lens(t, x, n);
-            let (c0, a, bm) = (
-                random(&mut rng, lc),
-                random(&mut rng, la),
-                random(&mut rng, lb),
-            );
-            let mut want = c0.clone();
-            op.spec(&mut want, &a, &bm, t, x, n);
-            let mut mag = abs(&c0);
-            op.spec(&mut mag, &abs(&a), &abs(&bm), t, x, n);
-            let mut twin: Option<Vec<f32>> = None;
-            for (name, be) in &bes {
-                let what = format!("{op:?} t={t} x={x} n={n} on {name}");
-                let mut got = c0.clone();
-                op.cpu(be, &mut got, (&a, &bm), t, x, n);
-                check_spec(&got, &want, &mag, k, &what);
-                match &twin {
-                    None => twin = Some(got),
-                    Some(tw) => same_bits(&got, tw, &what),
-                }
-                checked += 1;
-            }
+            checked += check_gemm(&bes, &mut rng, op, t, x, n);
         }
     }
     assert!(checked >= 3 * 3 * 2);
