@@ -81,6 +81,36 @@ pub enum SpecKind {
 }
 
 impl SpecConfig {
+    /// The settings the command-line flags ask for (`--lookup`, `--draft-model` given, its
+    /// `--draft-max/--draft-min/--draft-p-min` when set, `--draft-fixed`), checked as far as
+    /// they can be without the context size; None: no speculation. `cria run/chat/bench` and
+    /// `cria serve` both build theirs here.
+    pub fn from_flags(
+        lookup: Option<usize>,
+        draft_model: bool,
+        draft_max: Option<usize>,
+        draft_min: Option<usize>,
+        draft_p_min: Option<f32>,
+        fixed: bool,
+    ) -> Result<Option<SpecConfig>, String> {
+        let mut c = match (lookup, draft_model) {
+            (Some(n), _) => SpecConfig::lookup(n),
+            (None, true) => {
+                let d = SpecConfig::draft_model();
+                SpecConfig {
+                    draft_max: draft_max.unwrap_or(d.draft_max),
+                    draft_min: draft_min.unwrap_or(d.draft_min),
+                    draft_p_min: draft_p_min.unwrap_or(d.draft_p_min),
+                    ..d
+                }
+            }
+            (None, false) => return Ok(None),
+        };
+        c.adaptive = !fixed;
+        c.validate(usize::MAX)?;
+        Ok(Some(c))
+    }
+
     /// `--lookup n`.
     pub fn lookup(n: usize) -> Self {
         SpecConfig {

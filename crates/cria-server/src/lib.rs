@@ -126,23 +126,15 @@ impl ServeArgs {
     /// The speculative decoding asked for (None: off), checked as far as it can be without the
     /// context size.
     pub fn spec_config(&self) -> Result<Option<cria_engine::speculative::SpecConfig>> {
-        use cria_engine::speculative::SpecConfig;
-        let mut c = match (self.lookup, &self.draft_model) {
-            (Some(n), _) => SpecConfig::lookup(n),
-            (None, Some(_)) => {
-                let d = SpecConfig::draft_model();
-                SpecConfig {
-                    draft_max: self.draft_max.unwrap_or(d.draft_max),
-                    draft_min: self.draft_min.unwrap_or(d.draft_min),
-                    draft_p_min: self.draft_p_min.unwrap_or(d.draft_p_min),
-                    ..d
-                }
-            }
-            (None, None) => return Ok(None),
-        };
-        c.adaptive = !self.draft_fixed;
-        c.validate(usize::MAX).map_err(anyhow::Error::msg)?;
-        Ok(Some(c))
+        cria_engine::speculative::SpecConfig::from_flags(
+            self.lookup,
+            self.draft_model.is_some(),
+            self.draft_max,
+            self.draft_min,
+            self.draft_p_min,
+            self.draft_fixed,
+        )
+        .map_err(anyhow::Error::msg)
     }
 }
 

@@ -37,22 +37,15 @@ impl SpecArgs {
     /// The settings asked for (None: no speculation), checked as far as they can be before a
     /// model loads.
     pub fn config(&self) -> Result<Option<SpecConfig>> {
-        let mut c = match (self.lookup, &self.draft_model) {
-            (Some(n), _) => SpecConfig::lookup(n),
-            (None, Some(_)) => {
-                let d = SpecConfig::draft_model();
-                SpecConfig {
-                    draft_max: self.draft_max.unwrap_or(d.draft_max),
-                    draft_min: self.draft_min.unwrap_or(d.draft_min),
-                    draft_p_min: self.draft_p_min.unwrap_or(d.draft_p_min),
-                    ..d
-                }
-            }
-            (None, None) => return Ok(None),
-        };
-        c.adaptive = !self.draft_fixed;
-        c.validate(usize::MAX).map_err(|e| anyhow!(e))?;
-        Ok(Some(c))
+        SpecConfig::from_flags(
+            self.lookup,
+            self.draft_model.is_some(),
+            self.draft_max,
+            self.draft_min,
+            self.draft_p_min,
+            self.draft_fixed,
+        )
+        .map_err(|e| anyhow!(e))
     }
 
     /// Loads the draft model (threads and cache type as the model's), if one is asked for.
