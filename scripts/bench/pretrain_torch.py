@@ -38,6 +38,7 @@ M64 = (1 << 64) - 1
 PRESETS = {
     "1M": (128, 5, 4, 2, 384),
     "5M": (256, 6, 8, 4, 768),
+    "10M": (384, 6, 6, 2, 1024),
     "20M": (384, 12, 6, 2, 1024),
 }
 
@@ -247,6 +248,7 @@ def main():
     ap.add_argument("--batch-tokens", type=int, default=16384)
     ap.add_argument("--micro-batch-tokens", type=int, default=4096)
     ap.add_argument("--max-steps", type=int, required=True)
+    ap.add_argument("--stop-after", type=int, default=0, help="stop after this many steps (the schedule still spans --max-steps): a prefix of a long run")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=float, default=0.05)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
@@ -278,7 +280,7 @@ def main():
     epoch, index, order = 0, 0, epoch_order(n_win, a.seed, 0)
     log = open(a.log, "w")
     t_start = time.time()
-    for step in range(a.max_steps):
+    for step in range(a.stop_after if a.stop_after > 0 else a.max_steps):
         ids = []
         while len(ids) < batch:
             if index >= len(order):
@@ -293,7 +295,7 @@ def main():
         tps = batch * a.ctx / (time.time() - t0)
         log.write(json.dumps({"step": step + 1, "tokens": tokens, "loss": loss, "lr": lr, "grad_norm": gn, "tokens_per_s": tps}) + "\n")
         print(f"step {step + 1}/{a.max_steps} loss {loss:.4f} lr {lr:.2e} |g| {gn:.3f} {tps:.0f} tok/s", flush=True)
-        if (a.eval_every > 0 and (step + 1) % a.eval_every == 0) or step + 1 == a.max_steps:
+        if (a.eval_every > 0 and (step + 1) % a.eval_every == 0) or step + 1 == a.max_steps or step + 1 == a.stop_after:
             vl = evaluate(model, val, a.ctx, max(1, a.eval_tokens // a.ctx), micro)
             log.write(json.dumps({"step": step + 1, "tokens": tokens, "val_loss": vl}) + "\n")
             print(f"step {step + 1}: val loss {vl:.4f}", flush=True)

@@ -1,7 +1,7 @@
 //! Pretraining (issue 24, `cria pretrain`): a [`FullModel`] trained from scratch on token shards
 //! (`cria data prepare`), with the pieces `cria pretrain` drives:
 //!
-//! - model shapes: [`preset`] (`--size 1M|5M|20M`) or an HF-style config.json
+//! - model shapes: [`preset`] (`--size 1M|5M|10M|20M`) or an HF-style config.json
 //!   ([`config_from_json`]), the vocabulary taken from the data's manifest, the head tied;
 //! - the data order ([`Stream`]): the train shards are read as ONE token stream (shards in
 //!   manifest order); it is cut into `W = (tokens - 1) / ctx` windows, window `i` being tokens
@@ -58,9 +58,10 @@ pub const OPTIM_NO_DECAY_FILE: &str = "optimizer_no_decay.bin";
 /// `--size` presets: (name, dim, layers, heads, kv heads, ffn). The name is the approximate count
 /// of NON-embedding parameters (as Chinchilla counts N); the embedding (`vocab x dim`, tied head)
 /// comes on top.
-pub const PRESETS: [(&str, usize, usize, usize, usize, usize); 3] = [
+pub const PRESETS: [(&str, usize, usize, usize, usize, usize); 4] = [
     ("1M", 128, 5, 4, 2, 384),
     ("5M", 256, 6, 8, 4, 768),
+    ("10M", 384, 6, 6, 2, 1024),
     ("20M", 384, 12, 6, 2, 1024),
 ];
 

@@ -58,7 +58,7 @@ pub struct PretrainArgs {
     pub config: Option<PathBuf>,
     /// A preset shape: 1M (dim 128, 5 layers, 4 heads, 2 KV heads, FFN 384), 5M (256, 6, 8, 4,
     /// 768), 20M (384, 12, 6, 2, 1024); non-embedding parameters; tied head.
-    #[arg(long, value_name = "1M|5M|20M")]
+    #[arg(long, value_name = "1M|5M|10M|20M")]
     pub size: Option<String>,
     /// Continued pretraining: start from the weights of an HF folder (config.json +
     /// model.safetensors, e.g. a previous run's RUN/final) instead of a fresh init; the shape is
@@ -198,7 +198,9 @@ fn train(a: &PretrainArgs, comm: &Arc<dyn cria_train::dist::Comm>) -> Result<()>
         (Some(p), _, _) => json_file(p)?,
         (None, Some(s), _) => pt::preset(s, vocab, a.ctx).map_err(anyhow::Error::msg)?,
         (None, None, Some(d)) => json_file(&d.join("config.json"))?,
-        (None, None, None) => bail!("give --config CONFIG.json, --size 1M|5M|20M or --init MODEL"),
+        (None, None, None) => {
+            bail!("give --config CONFIG.json, --size 1M|5M|10M|20M or --init MODEL")
+        }
     };
     let config = pt::config_from_json(&cfg_json, vocab, a.ctx)
         .map_err(anyhow::Error::msg)
