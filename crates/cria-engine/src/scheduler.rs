@@ -20,7 +20,9 @@
 
 use crate::generate::{GenOptions, GenStats, Generation, StopReason, TokenLogprob};
 use crate::grammar::LazyMatcher;
-use crate::speculative::{self, Costs, DraftModel, SlotSpec, SpecConfig, SpecKind, SpecStats};
+use crate::speculative::{
+    self, Costs, DraftModel, Gate, SlotSpec, SpecConfig, SpecKind, SpecStats,
+};
 use crate::{Sampler, SamplerConfig, StopMatcher};
 use cria_kernels::{Backend, CpuBackend};
 use cria_model::lora::same_adapters;
@@ -351,6 +353,12 @@ struct Spec<'a, B: Backend> {
     /// each row computed exactly as a single step.
     scratch: Scratch<B>,
     costs: Costs,
+    /// The realised-rate check (adaptive only).
+    gate: Gate,
+    /// Tokens the current step generated (for the gate).
+    step_tokens: usize,
+    /// Whether this step is a plain one of the gate's.
+    gated: bool,
     /// Recent answers (the n-gram cache prompt lookup searches after the slot's own tokens).
     shared: VecDeque<Vec<u32>>,
     slots: Vec<SlotSpec<B>>,
@@ -503,6 +511,9 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             draft,
             scratch,
             costs,
+            gate: Gate::default(),
+            step_tokens: 0,
+            gated: false,
             shared: VecDeque::new(),
             slots,
             ctx: Vec::with_capacity(ctx),
@@ -822,7 +833,21 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
     /// One step: the generations' batched forward, then embedding inputs in what is left of the
     /// batch's token budget.
     fn step(&mut self) {
-        let used = if self.spec.is_some() && self.make_drafts() {
+        let t0 = Instant::now();
+        // Only a step that decodes and does nothing else says how fast decoding is.
+        let timed = self
+            .slots
+            .iter()
+            .all(|s| s.embed.is_none() && s.active.as_ref().is_none_or(|a| a.next.is_some()));
+        let drafting = match &mut self.spec {
+            None => false,
+            Some(sp) => {
+                sp.step_tokens = 0;
+                sp.gated = sp.cfg.adaptive && !sp.gate.drafting();
+                !sp.gated
+            }
+        };
+        let used = if drafting && self.make_drafts() {
             // The verify forward of the generating slots, then the prompts in a forward of
             // their own (a prompt chunk gives one row of logits, a verify all of them).
             self.step_verify() + self.step_generate(true)
@@ -830,6 +855,10 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             self.step_generate(false)
         };
         self.step_embed(self.scratch.max_t.saturating_sub(used));
+        if let Some(sp) = self.spec.as_mut().filter(|sp| sp.cfg.adaptive) {
+            let secs = t0.elapsed().as_secs_f64();
+            sp.gate.record(secs, sp.step_tokens, timed);
+        }
     }
 
     /// Drafts for every generating slot, as long as the adaptive length says (see
@@ -1078,9 +1107,11 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             return used;
         }
         let mut generated = 0;
+        let gated = self.spec.as_ref().is_some_and(|sp| sp.gated);
         for (row, &(i, n)) in plan.iter().enumerate() {
             let slot = &mut self.slots[i];
             let a = slot.active.as_mut().expect("busy");
+            let decoding = a.next.is_some();
             match a.next.take() {
                 Some(t) => slot.cached.push(t),
                 None => {
@@ -1094,6 +1125,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             generated += 1;
             if let Some(s) = slot.active.as_mut().and_then(|a| a.spec.as_mut()) {
                 s.forwards += 1;
+                s.gated += usize::from(gated && decoding);
             }
             let logits = self.scratch.seq_logits(row);
             let metrics = &self.metrics;
@@ -1181,6 +1213,9 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
     }
 
     fn track_rate(&mut self, generated: usize) {
+        if let Some(sp) = &mut self.spec {
+            sp.step_tokens += generated;
+        }
         let now = Instant::now();
         self.recent.push_back((now, generated));
         while self

@@ -32,6 +32,13 @@
 //! and k = 0 (no drafting) when nothing beats a plain step. A slot that stopped drafting probes
 //! with one draft after [`PROBE_EVERY`] steps, so acceptance that comes back is noticed; each
 //! probe that fails doubles the wait (up to [`MAX_PROBE_EVERY`]).
+//!
+//! The cost model can be wrong (a busy machine, caches the timing calls did not see, the draft
+//! model catching up after a rejection), so the realised rate has the last word ([`Gate`]): the
+//! scheduler alternates a few plain steps with phases of speculative steps, times both as they
+//! really run, and keeps speculating only while its seconds per token beat the plain steps'.
+//! When they do not, speculation stays off for [`GATE_OFF_MIN`] steps, then tries again, each
+//! failed trial doubling the wait (up to [`GATE_OFF_MAX`]).
 
 use cria_kernels::Backend;
 use cria_model::{forward_batch, KvCache, KvType, Logits, Model, Scratch, SeqStep};
@@ -56,6 +63,19 @@ pub const FILL_CHUNK: usize = 128;
 /// The deeper context the row costs are measured at (or the context size, if smaller): their
 /// growth with context (attention) is extrapolated linearly from there.
 pub const COST_DEPTH: usize = 1024;
+/// The realised-rate check ([`Gate`]): plain steps timed before each speculative phase.
+pub const GATE_PLAIN: u32 = 4;
+/// Speculative steps of the first phase (timed, then compared with the plain steps); each phase
+/// that beats plain steps doubles the next, up to [`GATE_SPEC_MAX`], so the plain steps that
+/// keep measuring cost little where speculation pays.
+pub const GATE_SPEC: u32 = 16;
+pub const GATE_SPEC_MAX: u32 = 256;
+/// Speculative steps of a trial after an off period.
+pub const GATE_TRIAL: u32 = 8;
+/// Plain steps after a speculative phase that was slower than plain steps; doubled after each
+/// such phase, up to [`GATE_OFF_MAX`].
+pub const GATE_OFF_MIN: u32 = 64;
+pub const GATE_OFF_MAX: u32 = 1024;
 /// Most drafted tokens per verify (--draft-max, --lookup).
 pub const MAX_DRAFT: usize = 64;
 
@@ -372,6 +392,109 @@ impl Costs {
     }
 }
 
+/// Which kind of steps the [`Gate`] runs now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Plain,
+    Spec,
+}
+
+/// The realised-rate check: speculative steps timed against plain steps of the same run, as
+/// they really run (see the module's documentation). The scheduler asks [`Gate::drafting`]
+/// before a step and reports the step's time and generated tokens to [`Gate::record`].
+#[derive(Clone, Debug)]
+pub struct Gate {
+    pub phase: Phase,
+    /// Steps left in this phase.
+    left: u32,
+    /// This phase's timed steps: seconds and tokens.
+    secs: f64,
+    tokens: usize,
+    /// Seconds per token of plain steps (an average over recent plain phases) and of the last
+    /// speculative phase.
+    pub plain_spt: Option<f64>,
+    pub spec_spt: Option<f64>,
+    /// The next off period, and the next speculative phase.
+    off: u32,
+    spec_len: u32,
+    /// Steps run in each phase (for the report).
+    pub plain_steps: u64,
+    pub spec_steps: u64,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            phase: Phase::Plain,
+            left: GATE_PLAIN,
+            secs: 0.0,
+            tokens: 0,
+            plain_spt: None,
+            spec_spt: None,
+            off: GATE_OFF_MIN,
+            spec_len: GATE_SPEC,
+            plain_steps: 0,
+            spec_steps: 0,
+        }
+    }
+}
+
+impl Gate {
+    /// Whether this step may draft.
+    pub fn drafting(&self) -> bool {
+        self.phase == Phase::Spec
+    }
+
+    /// A step that generated `tokens` in `secs`; `timed`: it did nothing else (no prompt or
+    /// embedding work, which would make its time say nothing about decoding). Steps that
+    /// generate nothing do not count.
+    pub fn record(&mut self, secs: f64, tokens: usize, timed: bool) {
+        if tokens == 0 {
+            return;
+        }
+        match self.phase {
+            Phase::Plain => self.plain_steps += 1,
+            Phase::Spec => self.spec_steps += 1,
+        }
+        if timed {
+            self.secs += secs;
+            self.tokens += tokens;
+        }
+        self.left -= 1;
+        if self.left > 0 {
+            return;
+        }
+        let spt = (self.tokens > 0).then(|| self.secs / self.tokens as f64);
+        (self.secs, self.tokens) = (0.0, 0);
+        match self.phase {
+            Phase::Plain => {
+                if let Some(t) = spt {
+                    self.plain_spt = Some(self.plain_spt.map_or(t, |p| 0.5 * p + 0.5 * t));
+                }
+                self.phase = Phase::Spec;
+                self.left = self.spec_len;
+            }
+            Phase::Spec => {
+                if spt.is_some() {
+                    self.spec_spt = spt;
+                }
+                self.phase = Phase::Plain;
+                // Slower than plain steps (both measured): off for a while, longer each time.
+                let slower = matches!((self.spec_spt, self.plain_spt), (Some(s), Some(p)) if s > p);
+                if slower {
+                    self.left = self.off;
+                    self.off = (self.off * 2).min(GATE_OFF_MAX);
+                    self.spec_len = GATE_TRIAL;
+                } else {
+                    self.left = GATE_PLAIN;
+                    self.off = GATE_OFF_MIN;
+                    self.spec_len = (self.spec_len * 2).min(GATE_SPEC_MAX);
+                }
+            }
+        }
+    }
+}
+
 /// A slot's drafting state: acceptance, counters, the draft model's cache.
 pub struct SlotSpec<B: Backend> {
     /// Average acceptance of a drafted token (recent drafts weigh more).
@@ -500,6 +623,9 @@ pub struct SpecStats {
     pub accepted: usize,
     /// Target forwards that produced this generation's tokens (plain steps and verifies).
     pub forwards: usize,
+    /// Of those, the plain steps the realised-rate check ran ([`Gate`]: timing plain steps, or
+    /// speculation off because it did not pay).
+    pub gated: usize,
 }
 
 impl SpecStats {
@@ -511,14 +637,18 @@ impl SpecStats {
         }
     }
 
-    /// "acceptance 71.2% (402/565), 2.31 tokens per forward".
+    /// "draft acceptance 71.2% (402/565), 2.31 tokens per forward, 8 of 200 forwards plain
+    /// (realised-rate check)".
     pub fn summary(&self, generated: usize) -> String {
         format!(
-            "draft acceptance {:.1}% ({}/{}), {:.2} tokens per forward",
+            "draft acceptance {:.1}% ({}/{}), {:.2} tokens per forward, {} of {} forwards plain \
+             (realised-rate check)",
             100.0 * self.acceptance(),
             self.accepted,
             self.drafted,
-            generated as f64 / self.forwards.max(1) as f64
+            generated as f64 / self.forwards.max(1) as f64,
+            self.gated,
+            self.forwards
         )
     }
 }
@@ -569,6 +699,66 @@ mod tests {
             draft_slope: 0.0,
         };
         assert_eq!(dear.best_k(0.9, 8, 64), 0);
+    }
+
+    /// Runs `steps` steps through a gate whose plain steps take `plain` s/token and speculative
+    /// ones `spec`; returns (plain steps, speculative steps).
+    fn gate_run(plain: f64, spec: f64, steps: usize) -> (u64, u64) {
+        let mut g = Gate::default();
+        for _ in 0..steps {
+            let t = if g.drafting() { spec } else { plain };
+            g.record(t, 1, true);
+        }
+        (g.plain_steps, g.spec_steps)
+    }
+
+    #[test]
+    fn gate_keeps_speculation_that_pays_and_stops_what_does_not() {
+        // Faster: GATE_PLAIN plain steps between ever longer speculative phases (16, 32, .. 256
+        // steps): 7 plain phases in the first 1000 steps.
+        let (p, s) = gate_run(1.0, 0.5, 1000);
+        assert_eq!(
+            (p, s),
+            (7 * GATE_PLAIN as u64, 1000 - 7 * GATE_PLAIN as u64)
+        );
+        // Slower: one phase, then off periods that double up to GATE_OFF_MAX: a small and
+        // shrinking share of speculative steps.
+        let (p, s) = gate_run(1.0, 1.1, 20_000);
+        assert!(
+            s > 0 && (s as f64) < 0.01 * 20_000.0,
+            "{s} speculative steps of 20000"
+        );
+        assert!(p > 19_000, "{p}");
+        // Equal is kept (not slower).
+        let (_, s) = gate_run(1.0, 1.0, 1000);
+        assert!(s > 800, "{s}");
+        // Untimed steps (prompt work) advance the phases but are not measured; steps without
+        // tokens do not count at all.
+        let mut g = Gate::default();
+        for _ in 0..GATE_PLAIN {
+            g.record(9.0, 1, false);
+        }
+        assert!(g.drafting() && g.plain_spt.is_none());
+        g.record(1.0, 0, true);
+        assert_eq!((g.plain_steps, g.spec_steps), (GATE_PLAIN as u64, 0));
+        // Speculation after a slower phase comes back once it pays again.
+        let mut g = Gate::default();
+        let mut spec_cost = 2.0;
+        let mut spec_late = 0;
+        for step in 0..6000 {
+            if step == 3000 {
+                spec_cost = 0.5;
+            }
+            let t = if g.drafting() { spec_cost } else { 1.0 };
+            if step >= 4500 && g.drafting() {
+                spec_late += 1;
+            }
+            g.record(t, 1, true);
+        }
+        assert!(
+            spec_late > 1000,
+            "{spec_late} speculative steps of the last 1500"
+        );
     }
 
     #[test]
