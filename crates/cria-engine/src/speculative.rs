@@ -74,7 +74,7 @@ pub const GATE_SPEC_MAX: u32 = 256;
 pub const GATE_TRIAL: u32 = 8;
 /// Plain steps after a speculative phase that was slower than plain steps; doubled after each
 /// such phase, up to [`GATE_OFF_MAX`].
-pub const GATE_OFF_MIN: u32 = 64;
+pub const GATE_OFF_MIN: u32 = 16;
 pub const GATE_OFF_MAX: u32 = 1024;
 /// Most drafted tokens per verify (--draft-max, --lookup).
 pub const MAX_DRAFT: usize = 64;
@@ -721,11 +721,11 @@ mod tests {
             (p, s),
             (7 * GATE_PLAIN as u64, 1000 - 7 * GATE_PLAIN as u64)
         );
-        // Slower: one phase, then off periods that double up to GATE_OFF_MAX: a small and
-        // shrinking share of speculative steps.
+        // Slower: one phase, then off periods that double up to GATE_OFF_MAX, each followed by
+        // a GATE_TRIAL-step trial: in the long run 8 speculative steps of every 1032.
         let (p, s) = gate_run(1.0, 1.1, 20_000);
         assert!(
-            s > 0 && (s as f64) < 0.01 * 20_000.0,
+            s > 0 && (s as f64) < 0.012 * 20_000.0,
             "{s} speculative steps of 20000"
         );
         assert!(p > 19_000, "{p}");
