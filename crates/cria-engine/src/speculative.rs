@@ -42,7 +42,7 @@
 
 use cria_kernels::Backend;
 use cria_model::{forward_batch, KvCache, KvType, Logits, Model, Scratch, SeqStep};
-use cria_tokenizer::Tokenizer;
+use cria_tokenizer::{Tokenizer, VocabDiff};
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -197,35 +197,23 @@ impl SpecConfig {
 /// A draft model refused for `target`: the first token whose text differs (id and both
 /// strings), or the vocabulary sizes.
 pub fn check_vocab(target: &Tokenizer, draft: &Tokenizer) -> Result<(), String> {
-    let (nt, nd) = (target.vocab_size(), draft.vocab_size());
-    for id in 0..nt.min(nd) as u32 {
-        let (a, b) = (
-            target.token_to_piece_special(id, true),
-            draft.token_to_piece_special(id, true),
-        );
-        if a != b {
-            return Err(format!(
-                "the draft model's vocabulary differs from the model's: token {id} is {:?} in the \
-                 model but {:?} in the draft model (speculative decoding needs the same \
-                 vocabulary)",
-                String::from_utf8_lossy(&a),
-                String::from_utf8_lossy(&b)
-            ));
-        }
-    }
-    if nt != nd {
-        return Err(format!(
-            "the draft model's vocabulary differs from the model's: {nd} tokens against {nt} \
-             (token {} is {})",
-            nt.min(nd),
-            if nt > nd {
+    let what = "the draft model's vocabulary differs from the model's";
+    match target.vocab_diff(draft) {
+        None => Ok(()),
+        Some(VocabDiff::Token { id, ours, theirs }) => Err(format!(
+            "{what}: token {id} is {ours:?} in the model but {theirs:?} in the draft model \
+             (speculative decoding needs the same vocabulary)"
+        )),
+        Some(VocabDiff::Size { ours, theirs }) => Err(format!(
+            "{what}: {theirs} tokens against {ours} (token {} is {})",
+            ours.min(theirs),
+            if ours > theirs {
                 "the model's only"
             } else {
                 "the draft model's only"
             }
-        ));
+        )),
     }
-    Ok(())
 }
 
 /// Prompt lookup: up to `k` tokens that followed the most recent earlier occurrence of the

@@ -215,6 +215,19 @@ impl TextIndex {
 }
 
 /// A LLaMA-family tokenizer: vocabulary, merges, special tokens and flags.
+/// How two vocabularies differ ([`Tokenizer::vocab_diff`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VocabDiff {
+    /// The first id whose text differs: this vocabulary's text, the other's.
+    Token {
+        id: u32,
+        ours: String,
+        theirs: String,
+    },
+    /// The same texts as far as the shorter goes; the sizes.
+    Size { ours: usize, theirs: usize },
+}
+
 pub struct Tokenizer {
     model: Model,
     pub(crate) tokens: Vocab,
@@ -808,6 +821,27 @@ impl Tokenizer {
             clean_up_spaces(&mut text);
         }
         text
+    }
+
+    /// Where `other`'s vocabulary differs from this one: the first id whose text differs, or
+    /// else the sizes; None when the two are the same (token for token, specials included).
+    pub fn vocab_diff(&self, other: &Tokenizer) -> Option<VocabDiff> {
+        let (n, m) = (self.vocab_size(), other.vocab_size());
+        for id in 0..n.min(m) as u32 {
+            let (a, b) = (
+                self.token_to_piece_special(id, true),
+                other.token_to_piece_special(id, true),
+            );
+            if a != b {
+                let text = |v: Vec<u8>| String::from_utf8_lossy(&v).into_owned();
+                return Some(VocabDiff::Token {
+                    id,
+                    ours: text(a),
+                    theirs: text(b),
+                });
+            }
+        }
+        (n != m).then_some(VocabDiff::Size { ours: n, theirs: m })
     }
 
     // ---------------------------------------------------------------- accessors

@@ -20,6 +20,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use cria_tokenizer::VocabDiff;
 use cria_train::adapter_io::WriteBudget;
 use cria_train::flops;
 use cria_train::optim::{warmup_steps, ScheduleKind};
@@ -252,6 +253,15 @@ fn train(a: &PretrainArgs, comm: &Arc<dyn cria_train::dist::Comm>) -> Result<()>
     if !(0.0..=1.0).contains(&a.min_lr_ratio) {
         bail!("--min-lr-ratio {} out of range 0..=1", a.min_lr_ratio);
     }
+    if !(a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {
+        bail!(
+            "--max-grad-norm {}: must be finite and >= 0 (0: no clipping)",
+            a.max_grad_norm
+        );
+    }
+    if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite()) {
+        bail!("--weight-decay {}: must be finite and >= 0", a.weight_decay);
+    }
     pt::lr_at(&hyper, 0).map_err(anyhow::Error::msg)?;
 
     // The run folder: nothing is written before these checks pass.
@@ -275,19 +285,30 @@ fn train(a: &PretrainArgs, comm: &Arc<dyn cria_train::dist::Comm>) -> Result<()>
             .with_context(|| format!("loading the tokenizer of {}", d.display()))?;
         crate::data_prepare::check_chat_template(&tok, &d.display().to_string())?;
     }
+    // --init's tokenizer must be the data's: the same ids would otherwise mean other text.
     if let (Some(init), Some(d)) = (&a.init, &tok_dir) {
-        let read = |p: PathBuf| std::fs::read(p).ok();
-        let (mine, data) = (
-            read(init.join("tokenizer.json")),
-            read(d.join("tokenizer.json")),
-        );
-        if mine.is_some() && mine != data {
-            eprintln!(
-                "warning: {}/tokenizer.json differs from the data's tokenizer {}: the same \
-                 token ids may mean other text",
-                init.display(),
-                d.display()
-            );
+        if init.join("tokenizer.json").exists() {
+            let mine = cria_engine::load_tokenizer_only(init)
+                .with_context(|| format!("loading the tokenizer of --init {}", init.display()))?;
+            let data = cria_engine::load_tokenizer_only(d)?;
+            if let Some(diff) = data.vocab_diff(&mine) {
+                let how = match diff {
+                    VocabDiff::Token { id, ours, theirs } => {
+                        format!("token {id} is {ours:?} in the data's but {theirs:?} in --init's")
+                    }
+                    VocabDiff::Size { ours, theirs } => {
+                        format!("{ours} tokens in the data's, {theirs} in --init's")
+                    }
+                };
+                bail!(
+                    "--init {}: its tokenizer is not the data's ({}): {how}, so the same ids \
+                     would mean other text; prepare the data with its tokenizer (cria data \
+                     prepare --tokenizer {})",
+                    init.display(),
+                    d.display(),
+                    init.display()
+                );
+            }
         }
     }
 

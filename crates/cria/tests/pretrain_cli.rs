@@ -426,6 +426,129 @@ fn plan_parses_and_its_config_trains() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `cria pretrain --init MODEL` (continued pretraining) of `steps` steps, the tiny run's settings.
+fn train_init(data: &Path, init: &Path, out: &Path, steps: &str) -> Output {
+    let args = [
+        "pretrain",
+        "--data",
+        s(data),
+        "-o",
+        s(out),
+        "--init",
+        s(init),
+        "--max-steps",
+        steps,
+        "--batch-tokens",
+        "256",
+        "--micro-batch-tokens",
+        "128",
+        "--ctx",
+        "32",
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "1",
+        "--eval-tokens",
+        "256",
+        "--seed",
+        "7",
+        "-t",
+        "2",
+    ];
+    cria(&args, &[])
+}
+
+#[test]
+fn init_continues_a_model_and_refuses_another_tokenizer() {
+    let dir = tmp("init");
+    let data = prepare(&dir);
+    let cfg = tiny_config(&dir, 4);
+    let first = dir.join("first");
+    ok(&train(&data, &cfg, &first, &["--max-steps", "8"], &[]));
+    let (steps1, evals1) = log(&first);
+
+    // Continued from first/final: the same shape (from its config.json), starting where the
+    // first run ended: its first loss far below a fresh init's (ln 600 = 6.4), near the
+    // first run's last losses.
+    let second = dir.join("second");
+    let err = ok(&train_init(&data, &first.join("final"), &second, "2"));
+    assert!(
+        err.contains("dim 64 layers 2 heads 4 kv heads 2 ffn 128 vocab 600"),
+        "{err}"
+    );
+    let (steps2, evals2) = log(&second);
+    let (fresh, last) = (steps1[0].1, steps1[steps1.len() - 1].1);
+    let start = steps2[0].1;
+    assert!(
+        start < fresh - 0.5 && (start - last).abs() < 0.5 * (fresh - last),
+        "--init started at loss {start}; the first run went {fresh} -> {last}"
+    );
+    assert!(
+        evals2.last().unwrap().1 < evals1[0].1,
+        "{evals1:?} {evals2:?}"
+    );
+    ok(&cria(
+        &[
+            "run",
+            "-m",
+            s(&second.join("final")),
+            "-n",
+            "4",
+            "-p",
+            "Once",
+        ],
+        &[],
+    ));
+
+    // Data tokenized by other tokenizers: of another size (500), and of the same size trained
+    // on other text (the stories in capitals): refused, naming the first token that differs,
+    // before anything is written.
+    let stories = fixtures().join("stories.txt");
+    let upper = dir.join("upper.txt");
+    let text = std::fs::read_to_string(&stories).unwrap();
+    std::fs::write(&upper, text.to_uppercase()).unwrap();
+    let third = dir.join("third");
+    for (vocab, corpus, want) in [
+        (
+            "500",
+            &stories,
+            "vocab_size 600 differs from the data's 500",
+        ),
+        ("600", &upper, "is not the data's"),
+    ] {
+        let tok2 = dir.join(format!("tok-{vocab}"));
+        let data2 = dir.join(format!("data-{vocab}"));
+        let train_tok = [
+            "tokenizer",
+            "train",
+            "--vocab-size",
+            vocab,
+            "-o",
+            s(&tok2),
+            s(corpus),
+        ];
+        ok(&cria(&train_tok, &[]));
+        let prep = [
+            "data",
+            "prepare",
+            s(&stories),
+            "--tokenizer",
+            s(&tok2),
+            "-o",
+            s(&data2),
+        ];
+        ok(&cria(&prep, &[]));
+        let err = fails(&train_init(&data2, &first.join("final"), &third, "1"));
+        assert!(err.contains(want), "{err}");
+    }
+    assert!(
+        !third.exists(),
+        "a refused --init wrote {}",
+        third.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bad_input_is_a_clear_error_and_writes_nothing() {
     let dir = tmp("bad");
@@ -463,6 +586,16 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     std::fs::write(&long, r#"{"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 16}"#).unwrap();
     let err = fails(&train(&data, &long, &out, &[], &[]));
     assert!(err.contains("max_position_embeddings"), "{err}");
+    // Clipping and decay that mean nothing.
+    for (flag, v) in [
+        ("--max-grad-norm", "-1"),
+        ("--max-grad-norm", "NaN"),
+        ("--weight-decay", "-0.1"),
+    ] {
+        let arg = format!("{flag}={v}");
+        let err = fails(&train(&data, &cfg, &out, &[&arg], &[]));
+        assert!(err.contains(flag) && err.contains(">= 0"), "{err}");
+    }
     // --resume with no checkpoint.
     let err = fails(&train(&data, &cfg, &out, &["--resume"], &[]));
     assert!(err.contains("no checkpoint"), "{err}");
