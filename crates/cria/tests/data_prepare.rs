@@ -4,26 +4,20 @@
 //! run), hostile shard headers (errors, no panic), empty corpus and a tokenizer without EOS.
 
 use cria_train::shards::{self, Header, Shard, HEADER_LEN};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pretrain")
-}
+use common::train::fixtures;
+use std::path::{Path, PathBuf};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cria-dataprep-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d = common::train::tmp("dataprep", name);
+    std::fs::remove_dir(&d).unwrap();
     d
 }
 
+/// (success, stderr) of `cria ARGS` with `env`.
 fn cria(args: &[&str], env: Option<(&str, &str)>) -> (bool, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cria"));
-    c.args(args).env_remove("CRIA_TEST_FAIL_AFTER_SHARDS");
-    if let Some((k, v)) = env {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
+    let out = common::train::cria(args, env.as_slice());
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -33,19 +27,7 @@ fn cria(args: &[&str], env: Option<(&str, &str)>) -> (bool, String) {
 /// A tokenizer trained on the stories (vocabulary 600).
 fn tokenizer(dir: &Path) -> PathBuf {
     let t = dir.join("tok");
-    let (ok, err) = cria(
-        &[
-            "tokenizer",
-            "train",
-            "--vocab-size",
-            "600",
-            "-o",
-            t.to_str().unwrap(),
-            fixtures().join("stories.txt").to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(ok, "{err}");
+    common::train::train_tokenizer(&fixtures().join("stories.txt"), 600, &t);
     t
 }
 

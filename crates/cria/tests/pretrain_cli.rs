@@ -12,78 +12,23 @@
 //! - `cria plan`: its output parses, its config.json trains;
 //! - bad input: clear errors, and nothing written or overwritten.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pretrain")
-}
+use common::train::{cria, fixtures, ok, s, tok_and_data, TINY_STEP};
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cria-pretrain-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn cria(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cria"));
-    c.args(args).env_remove("CRIA_TEST_STOP_AFTER_STEPS");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
-    err
+    common::train::tmp("pretrain", name)
 }
 
 fn fails(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "should have failed:\n{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    common::train::fails(o, &[])
 }
 
 /// Tokenizer (vocabulary 600) and shards (5% validation) of the stories in `dir`; the data folder.
 fn prepare(dir: &Path) -> PathBuf {
-    let tok = dir.join("tok");
-    let data = dir.join("data");
-    let stories = fixtures().join("stories.txt");
-    ok(&cria(
-        &[
-            "tokenizer",
-            "train",
-            "--vocab-size",
-            "600",
-            "-o",
-            s(&tok),
-            s(&stories),
-        ],
-        &[],
-    ));
-    ok(&cria(
-        &[
-            "data",
-            "prepare",
-            s(&stories),
-            "--tokenizer",
-            s(&tok),
-            "-o",
-            s(&data),
-            "--val-fraction",
-            "0.05",
-        ],
-        &[],
-    ));
-    data
+    tok_and_data(dir).1
 }
 
 fn tiny_config(dir: &Path, heads: usize) -> PathBuf {
@@ -114,17 +59,10 @@ fn train(data: &Path, config: &Path, out: &Path, extra: &[&str], env: &[(&str, &
         s(config),
     ];
     args.extend(steps);
+    args.extend(TINY_STEP);
     args.extend([
-        "--batch-tokens",
-        "256",
         "--micro-batch-tokens",
         "128",
-        "--ctx",
-        "32",
-        "--lr",
-        "1e-2",
-        "--warmup",
-        "1",
         "--save-every",
         "2",
         "--eval-every",
@@ -428,7 +366,7 @@ fn plan_parses_and_its_config_trains() {
 
 /// `cria pretrain --init MODEL` (continued pretraining) of `steps` steps, the tiny run's settings.
 fn train_init(data: &Path, init: &Path, out: &Path, steps: &str) -> Output {
-    let args = [
+    let run = [
         "pretrain",
         "--data",
         s(data),
@@ -436,18 +374,10 @@ fn train_init(data: &Path, init: &Path, out: &Path, steps: &str) -> Output {
         s(out),
         "--init",
         s(init),
+    ];
+    let rest = [
         "--max-steps",
         steps,
-        "--batch-tokens",
-        "256",
-        "--micro-batch-tokens",
-        "128",
-        "--ctx",
-        "32",
-        "--lr",
-        "1e-2",
-        "--warmup",
-        "1",
         "--eval-tokens",
         "256",
         "--seed",
@@ -455,7 +385,7 @@ fn train_init(data: &Path, init: &Path, out: &Path, steps: &str) -> Output {
         "-t",
         "2",
     ];
-    cria(&args, &[])
+    cria(&[&run[..], &TINY_STEP, &rest].concat(), &[])
 }
 
 #[test]
@@ -509,35 +439,13 @@ fn init_continues_a_model_and_refuses_another_tokenizer() {
     std::fs::write(&upper, text.to_uppercase()).unwrap();
     let third = dir.join("third");
     for (vocab, corpus, want) in [
-        (
-            "500",
-            &stories,
-            "vocab_size 600 differs from the data's 500",
-        ),
-        ("600", &upper, "is not the data's"),
+        (500, &stories, "vocab_size 600 differs from the data's 500"),
+        (600, &upper, "is not the data's"),
     ] {
         let tok2 = dir.join(format!("tok-{vocab}"));
         let data2 = dir.join(format!("data-{vocab}"));
-        let train_tok = [
-            "tokenizer",
-            "train",
-            "--vocab-size",
-            vocab,
-            "-o",
-            s(&tok2),
-            s(corpus),
-        ];
-        ok(&cria(&train_tok, &[]));
-        let prep = [
-            "data",
-            "prepare",
-            s(&stories),
-            "--tokenizer",
-            s(&tok2),
-            "-o",
-            s(&data2),
-        ];
-        ok(&cria(&prep, &[]));
+        common::train::train_tokenizer(corpus, vocab, &tok2);
+        ok(&common::train::prepare(&stories, &tok2, &data2));
         let err = fails(&train_init(&data2, &first.join("final"), &third, "1"));
         assert!(err.contains(want), "{err}");
     }

@@ -12,28 +12,18 @@
 //! N ranks each training its own copy.
 #![cfg_attr(not(feature = "mpi"), allow(dead_code))]
 
+mod common;
+
+use common::train::{ok, s, tok_and_data, TINY, TINY_STEP};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cria-mpi-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::train::tmp("mpi", name)
 }
 
 fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(o: &Output) -> String {
-    let e = err(o);
-    assert!(o.status.success(), "{e}");
-    e
 }
 
 /// `cria ARGS`, or `mpirun -np RANKS cria ARGS` with `ranks > 0`.
@@ -50,37 +40,30 @@ fn cria(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
             .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
         c
     };
-    c.args(args)
-        .env_remove("CRIA_TEST_STOP_AFTER_STEPS")
-        .env_remove("CRIA_TEST_DIE");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
+    common::train::with_env(c.args(args), env).output().unwrap()
 }
 
 /// Tokenizer (vocabulary 600) and shards of the pretraining stories fixture; the data folder.
 fn prepare(dir: &Path) -> PathBuf {
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pretrain");
-    let (tok, data, stories) = (dir.join("tok"), dir.join("data"), fx.join("stories.txt"));
-    let a = ["tokenizer", "train", "--vocab-size", "600", "-o", s(&tok)];
-    ok(&cria(0, &[&a[..], &[s(&stories)]].concat(), &[]));
-    let a = ["data", "prepare", s(&stories), "--tokenizer", s(&tok)];
-    let b = ["-o", s(&data), "--val-fraction", "0.05"];
-    ok(&cria(0, &[&a[..], &b[..]].concat(), &[]));
-    data
+    tok_and_data(dir).1
 }
 
 /// Tiny LLaMA (dim 64, 2 layers), 4 steps of 8 sequences of 32 tokens, micro-batches of 2
 /// sequences (so each rank of 2 accumulates 2 micro-batches, one process 4).
 fn pretrain(ranks: usize, data: &Path, out: &Path, env: &[(&str, &str)]) -> Output {
+    pretrain_with(ranks, data, out, &[], env)
+}
+
+/// [`pretrain`] with `extra` arguments.
+fn pretrain_with(
+    ranks: usize,
+    data: &Path,
+    out: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     let cfg = out.with_extension("json");
-    std::fs::write(
-        &cfg,
-        r#"{"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "intermediate_size": 128}"#,
-    )
-    .unwrap();
+    std::fs::write(&cfg, TINY).unwrap();
     let args = [
         "pretrain",
         "--data",
@@ -91,16 +74,8 @@ fn pretrain(ranks: usize, data: &Path, out: &Path, env: &[(&str, &str)]) -> Outp
         s(&cfg),
         "--max-steps",
         "4",
-        "--batch-tokens",
-        "256",
         "--micro-batch-tokens",
         "64",
-        "--ctx",
-        "32",
-        "--lr",
-        "1e-2",
-        "--warmup",
-        "1",
         "--save-every",
         "2",
         "--eval-every",
@@ -112,7 +87,7 @@ fn pretrain(ranks: usize, data: &Path, out: &Path, env: &[(&str, &str)]) -> Outp
         "-t",
         "1",
     ];
-    cria(ranks, &args, env)
+    cria(ranks, &[&args[..], &TINY_STEP, extra].concat(), env)
 }
 
 /// The numbers of every line of training_log.jsonl but the timings, in order.
@@ -231,43 +206,10 @@ fn pretrain_two_ranks_equal_one_process_and_a_dead_rank_keeps_the_checkpoint() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `pretrain` with --resume, in one process: the same arguments plus the flag.
 #[cfg(feature = "mpi")]
 fn pretrain_resume(data: &Path, out: &Path) -> Output {
-    // `pretrain` with --resume: the same arguments plus the flag.
-    let cfg = out.with_extension("json");
-    let args = [
-        "pretrain",
-        "--data",
-        s(data),
-        "-o",
-        s(out),
-        "--config",
-        s(&cfg),
-        "--max-steps",
-        "4",
-        "--batch-tokens",
-        "256",
-        "--micro-batch-tokens",
-        "64",
-        "--ctx",
-        "32",
-        "--lr",
-        "1e-2",
-        "--warmup",
-        "1",
-        "--save-every",
-        "2",
-        "--eval-every",
-        "2",
-        "--eval-tokens",
-        "256",
-        "--seed",
-        "7",
-        "-t",
-        "1",
-        "--resume",
-    ];
-    cria(0, &args, &[])
+    pretrain_with(0, data, out, &["--resume"], &[])
 }
 
 #[cfg(feature = "mpi")]

@@ -13,53 +13,18 @@
 //! - decoding: cria's tokenizer (whole and streaming) decodes any ids of the trained tokenizer as
 //!   the `tokenizers` crate (transformers' backend) does, lone bytes and broken UTF-8 included.
 
+mod common;
+
+use common::train::{
+    cria, fails, fixtures, ok, prepare, s, tok_and_data, train_tokenizer, TINY, TINY_STEP,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::SystemTime;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pretrain")
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cria-probust-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn cria(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cria"));
-    c.args(args)
-        .env_remove("CRIA_TEST_STOP_AFTER_STEPS")
-        .env_remove("CRIA_TEST_FAIL_WRITE_AFTER")
-        .env_remove("CRIA_TEST_FAIL_AFTER_SHARDS");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
-    err
-}
-
-/// The stderr of a run that must fail without a panic, checked to contain every one of `want`.
-fn fails(o: &Output, want: &[&str]) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "should have failed:\n{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for w in want {
-        assert!(err.contains(w), "expected {w:?} in:\n{err}");
-    }
-    err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    common::train::tmp("probust", name)
 }
 
 /// Every file under `dir` (recursively): its bytes and mtime. Empty when `dir` does not exist.
@@ -80,47 +45,11 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime)> {
     out
 }
 
+/// A tokenizer of the stories (vocabulary 600), in DIR/tok.
 fn tokenizer(dir: &Path) -> PathBuf {
     let tok = dir.join("tok");
-    let stories = fixtures().join("stories.txt");
-    ok(&cria(
-        &[
-            "tokenizer",
-            "train",
-            "--vocab-size",
-            "600",
-            "-o",
-            s(&tok),
-            s(&stories),
-        ],
-        &[],
-    ));
+    train_tokenizer(&fixtures().join("stories.txt"), 600, &tok);
     tok
-}
-
-fn prepare(corpus: &Path, tok: &Path, out: &Path) -> Output {
-    cria(
-        &[
-            "data",
-            "prepare",
-            s(corpus),
-            "--tokenizer",
-            s(tok),
-            "-o",
-            s(out),
-            "--val-fraction",
-            "0.05",
-        ],
-        &[],
-    )
-}
-
-/// Tokenizer and shards of the stories: (tokenizer folder, data folder).
-fn tok_and_data(dir: &Path) -> (PathBuf, PathBuf) {
-    let tok = tokenizer(dir);
-    let data = dir.join("data");
-    ok(&prepare(&fixtures().join("stories.txt"), &tok, &data));
-    (tok, data)
 }
 
 fn config(dir: &Path, name: &str, json: &str) -> PathBuf {
@@ -128,9 +57,6 @@ fn config(dir: &Path, name: &str, json: &str) -> PathBuf {
     std::fs::write(&p, json).unwrap();
     p
 }
-
-const TINY: &str = r#"{"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "intermediate_size": 128}"#;
 
 /// `cria pretrain` of `cfg`: 4 steps of 8 sequences of 32 tokens, a checkpoint every 2.
 fn train(data: &Path, cfg: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
@@ -144,16 +70,8 @@ fn train(data: &Path, cfg: &Path, out: &Path, extra: &[&str], env: &[(&str, &str
         s(cfg),
         "--max-steps",
         "4",
-        "--batch-tokens",
-        "256",
         "--micro-batch-tokens",
         "128",
-        "--ctx",
-        "32",
-        "--lr",
-        "1e-2",
-        "--warmup",
-        "1",
         "--save-every",
         "2",
         "--seed",
@@ -161,6 +79,7 @@ fn train(data: &Path, cfg: &Path, out: &Path, extra: &[&str], env: &[(&str, &str
         "-t",
         "2",
     ];
+    args.extend(TINY_STEP);
     args.extend_from_slice(extra);
     cria(&args, env)
 }

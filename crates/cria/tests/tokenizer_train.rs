@@ -3,24 +3,20 @@
 //! crate from the same tokenizer.json: both give the same ids on every text tried, with and
 //! without special tokens; bad input is a clear error and overwrites nothing.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pretrain")
-}
+use common::train::fixtures;
+use std::path::PathBuf;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cria-toktrain-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d = common::train::tmp("toktrain", name);
+    std::fs::remove_dir(&d).unwrap();
     d
 }
 
+/// (success, stderr) of `cria ARGS`.
 fn cria(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cria"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = common::train::cria(args, &[]);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

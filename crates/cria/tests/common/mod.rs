@@ -22,3 +22,5 @@ pub fn smol() -> PathBuf {
     );
     p
 }
+
+pub mod train;
