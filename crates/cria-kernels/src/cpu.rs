@@ -126,6 +126,11 @@ impl CpuBackend {
         }
     }
 
+    /// Threads of the pool (the caller's included).
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
     pub fn isa(&self) -> Isa {
         self.isa
     }

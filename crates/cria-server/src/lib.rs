@@ -100,14 +100,27 @@ pub struct ServeArgs {
     /// 19 MiB).
     #[arg(long = "lora-max-mib", value_name = "MIB")]
     pub lora_max_mib: Option<usize>,
-    /// Speculative decoding by prompt lookup in every slot: draft up to N tokens from the
-    /// request's prompt, its answer so far and recent answers (the output does not change).
+    /// Speculative decoding (per slot, drafts verified in the batched forward).
+    #[command(flatten)]
+    pub spec: SpecFlags,
+}
+
+/// The speculative decoding flags of `cria serve`, `run`, `chat` and `bench`: `--lookup N`, or
+/// `--draft-model M [--draft-max N] [--draft-min N] [--draft-p-min P]` (see
+/// cria_engine::speculative).
+#[derive(clap::Args, Clone, Default, Debug)]
+pub struct SpecFlags {
+    /// Speculative decoding by prompt lookup: draft up to N tokens by matching the last tokens
+    /// against the prompt and the answer so far (in `serve`, also recent answers of every
+    /// slot), verified in one batched forward (the output does not change; fastest when the
+    /// answer copies the input: editing, summaries, code).
     #[arg(long, value_name = "N", conflicts_with = "draft_model")]
     pub lookup: Option<usize>,
-    /// Speculative decoding with a draft model (a GGUF file or folder of the same vocabulary),
-    /// its own KV cache per slot; the output does not change.
-    #[arg(long = "draft-model", value_name = "PATH")]
-    pub draft_model: Option<PathBuf>,
+    /// Speculative decoding with a draft model of the same vocabulary (a smaller model, or the
+    /// same one in a smaller quantization), named as -m names a model; the output does not
+    /// change.
+    #[arg(long = "draft-model", value_name = "MODEL")]
+    pub draft_model: Option<String>,
     /// Most tokens the draft model drafts per verify [default: 8].
     #[arg(long = "draft-max", value_name = "N", requires = "draft_model")]
     pub draft_max: Option<usize>,
@@ -122,10 +135,10 @@ pub struct ServeArgs {
     pub draft_fixed: bool,
 }
 
-impl ServeArgs {
-    /// The speculative decoding asked for (None: off), checked as far as it can be without the
-    /// context size.
-    pub fn spec_config(&self) -> Result<Option<cria_engine::speculative::SpecConfig>> {
+impl SpecFlags {
+    /// The settings asked for (None: no speculation), checked as far as they can be before a
+    /// model loads (the context size is checked later).
+    pub fn config(&self) -> Result<Option<cria_engine::speculative::SpecConfig>> {
         cria_engine::speculative::SpecConfig::from_flags(
             self.lookup,
             self.draft_model.is_some(),
@@ -157,12 +170,7 @@ impl Default for ServeArgs {
             lora: vec![],
             lora_dir: None,
             lora_max_mib: None,
-            lookup: None,
-            draft_model: None,
-            draft_max: None,
-            draft_min: None,
-            draft_p_min: None,
-            draft_fixed: false,
+            spec: SpecFlags::default(),
         }
     }
 }

@@ -63,12 +63,12 @@ fn speculation_does_not_change_served_text() {
     for spec in ["lookup", "draft"] {
         let srv = serve(|a| {
             a.parallel = 3;
-            a.draft_fixed = true;
+            a.spec.draft_fixed = true;
             if spec == "lookup" {
-                a.lookup = Some(6);
+                a.spec.lookup = Some(6);
             } else {
-                a.draft_model = Some(model.clone());
-                a.draft_max = Some(4);
+                a.spec.draft_model = Some(model.display().to_string());
+                a.spec.draft_max = Some(4);
             }
         });
         let got = answers(&srv.url(), &reqs);

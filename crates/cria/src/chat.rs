@@ -173,7 +173,7 @@ pub fn run(a: &ChatArgs) -> Result<()> {
     let loaded = a.load.as_deref().map(load_conversation).transpose()?;
     a.spec.config()?;
     let l = crate::load::model(spec, &a.m)?;
-    let draft = a.spec.load_draft(&a.m)?;
+    let draft = crate::spec_args::load_draft(&a.spec, &a.m)?;
     let ctx_size = crate::load::ctx_size(&l, a.gen.ctx_size)?;
     if ctx_size < 16 {
         bail!("--ctx-size {ctx_size} is too small for a conversation");
@@ -194,7 +194,7 @@ pub fn run(a: &ChatArgs) -> Result<()> {
         eprintln!("note: the model has no chat template; using ChatML");
     }
     let mut state = crate::terminal::one_slot(&l, ctx_size, a.gen.batch)?;
-    a.spec.enable(&mut state, draft.as_ref())?;
+    crate::spec_args::enable(&a.spec, &mut state, draft.as_ref())?;
     eprintln!(
         "{} ({} params) | context {} tokens | {} | /help for commands, Ctrl-D to leave",
         spec.unwrap_or("default model"),

@@ -568,7 +568,14 @@ fn real_main() -> Result<()> {
         Cmd::Plan(a) => plan::run(&a)?,
         Cmd::Tokenizer(c) => tokenizer_train::run(&c)?,
         Cmd::Data(c) => data_prepare::run(&c)?,
-        Cmd::Serve { m, s } => cria_server::run(load::model(m.model.as_deref(), &m)?, &s)?,
+        Cmd::Serve { m, mut s } => {
+            // The draft model named as -m names models (a path, hf:ORG/REPO[:FILE], a short
+            // name): resolved (fetched if needed) to the local path the server loads.
+            if let Some(d) = &s.spec.draft_model {
+                s.spec.draft_model = Some(fetch::resolve(Some(d))?.path.display().to_string());
+            }
+            cria_server::run(load::model(m.model.as_deref(), &m)?, &s)?
+        }
         Cmd::Inspect {
             model,
             model_flag,

@@ -194,7 +194,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     a.spec.config()?;
 
     let l = crate::load::model(spec, &a.m)?;
-    let draft = a.spec.load_draft(&a.m)?;
+    let draft = crate::spec_args::load_draft(&a.spec, &a.m)?;
     let tok = &l.tok;
     let prompt = if a.raw || tok.chat_template().is_none() {
         if !a.raw {
@@ -222,7 +222,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
     };
     let mut one = crate::terminal::one_slot(&l, ctx, a.gen.batch)?;
-    a.spec.enable(&mut one, draft.as_ref())?;
+    crate::spec_args::enable(&a.spec, &mut one, draft.as_ref())?;
     let (done, text) = crate::terminal::answer(&mut one, &l.lora, prompt, params, sampler, None);
     text?;
     writeln!(std::io::stdout())?;

@@ -168,18 +168,20 @@ impl AppState {
             args.lora_max_mib,
             api_key.is_some() || crate::access::is_loopback(&args.host),
         )?;
-        let spec = match args.spec_config()? {
+        let spec = match args.spec.config()? {
             None => None,
             Some(c) => {
-                let draft = match &args.draft_model {
+                let draft = match &args.spec.draft_model {
                     None => None,
+                    // A local path here (`cria serve` resolves hub names and short names).
                     Some(p) => {
                         let o = cria_engine::LoadOptions {
                             kv_type: parts.kv_type,
-                            ..Default::default()
+                            threads: Some(backend.threads()),
+                            f32: false,
                         };
-                        let d = cria_engine::load(p, &o)
-                            .with_context(|| format!("the draft model {}", p.display()))?;
+                        let d = cria_engine::load(std::path::Path::new(p), &o)
+                            .with_context(|| format!("the draft model {p}"))?;
                         Some(Arc::new(d))
                     }
                 };
