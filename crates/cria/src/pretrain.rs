@@ -114,6 +114,10 @@ pub struct PretrainArgs {
     /// Threads (default: physical cores).
     #[arg(short = 't', long, value_name = "N", value_parser = crate::run::thread_count)]
     pub threads: Option<usize>,
+    /// Also write RUN_DIR/model.gguf from final/ (f16 matrices, as `cria convert RUN/final
+    /// model.gguf` writes it), for llama.cpp, Ollama and `cria run`.
+    #[arg(long)]
+    pub gguf: bool,
     /// A prompt of the sample generations at each eval (repeat for several; default: the starts
     /// of the first 3 documents of the val split).
     #[arg(long = "sample-prompt", value_name = "TEXT")]
@@ -528,6 +532,16 @@ fn train(a: &PretrainArgs, comm: &Arc<dyn cria_train::dist::Comm>) -> Result<()>
         fin.join("generation_config.json"),
         serde_json::to_string_pretty(&gen)? + "\n",
     )?;
+    if a.gguf {
+        crate::convert::run(&crate::convert::ConvertArgs {
+            input: fin.clone(),
+            out: a.out.join("model.gguf"),
+            outtype: "auto".into(),
+            split_max_size: None,
+            tokenizer_pre: None,
+        })
+        .context("--gguf")?;
+    }
     eprintln!(
         "done: {steps} steps, {} tokens{}; model in {} (cria run -m {})",
         t.tokens_done(),

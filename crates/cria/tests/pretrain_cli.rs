@@ -9,6 +9,8 @@
 //!   loss.svg is written;
 //! - a finished run extended by `--resume --max-steps 6` continues at the schedule's final lr,
 //!   and an extension interrupted and resumed gives the same weights;
+//! - `--init RUN/final` continues from a model (and `--gguf` writes RUN/model.gguf as `cria
+//!   convert` does); a model whose tokenizer is not the data's is refused;
 //! - `cria plan`: its output parses, its config.json trains;
 //! - bad input: clear errors, and nothing written or overwritten.
 
@@ -365,7 +367,7 @@ fn plan_parses_and_its_config_trains() {
 }
 
 /// `cria pretrain --init MODEL` (continued pretraining) of `steps` steps, the tiny run's settings.
-fn train_init(data: &Path, init: &Path, out: &Path, steps: &str) -> Output {
+fn train_init(data: &Path, init: &Path, out: &Path, steps: &str, extra: &[&str]) -> Output {
     let run = [
         "pretrain",
         "--data",
@@ -385,7 +387,7 @@ fn train_init(data: &Path, init: &Path, out: &Path, steps: &str) -> Output {
         "-t",
         "2",
     ];
-    cria(&[&run[..], &TINY_STEP, &rest].concat(), &[])
+    cria(&[&run[..], &TINY_STEP, &rest, extra].concat(), &[])
 }
 
 #[test]
@@ -401,7 +403,13 @@ fn init_continues_a_model_and_refuses_another_tokenizer() {
     // first run ended: its first loss far below a fresh init's (ln 600 = 6.4), near the
     // first run's last losses.
     let second = dir.join("second");
-    let err = ok(&train_init(&data, &first.join("final"), &second, "2"));
+    let err = ok(&train_init(
+        &data,
+        &first.join("final"),
+        &second,
+        "2",
+        &["--gguf"],
+    ));
     assert!(
         err.contains("dim 64 layers 2 heads 4 kv heads 2 ffn 128 vocab 600"),
         "{err}"
@@ -429,6 +437,25 @@ fn init_continues_a_model_and_refuses_another_tokenizer() {
         ],
         &[],
     ));
+    // --gguf: RUN/model.gguf, byte for byte what `cria convert RUN/final` writes, and it runs.
+    let converted = dir.join("converted.gguf");
+    ok(&cria(
+        &["convert", s(&second.join("final")), s(&converted)],
+        &[],
+    ));
+    assert!(read(&second.join("model.gguf")) == read(&converted));
+    ok(&cria(
+        &[
+            "run",
+            "-m",
+            s(&second.join("model.gguf")),
+            "-n",
+            "4",
+            "-p",
+            "Once",
+        ],
+        &[],
+    ));
 
     // Data tokenized by other tokenizers: of another size (500), and of the same size trained
     // on other text (the stories in capitals): refused, naming the first token that differs,
@@ -446,7 +473,7 @@ fn init_continues_a_model_and_refuses_another_tokenizer() {
         let data2 = dir.join(format!("data-{vocab}"));
         common::train::train_tokenizer(corpus, vocab, &tok2);
         ok(&common::train::prepare(&stories, &tok2, &data2));
-        let err = fails(&train_init(&data2, &first.join("final"), &third, "1"));
+        let err = fails(&train_init(&data2, &first.join("final"), &third, "1", &[]));
         assert!(err.contains(want), "{err}");
     }
     assert!(
