@@ -490,6 +490,7 @@ fn answer_in(
     s: &mut Scheduler<Collect1, NoEmbed>,
     prompt: &[u32],
     n: usize,
+    sampler: &SamplerConfig,
 ) -> Result<(String, crate::generate::GenStats)> {
     let out = Arc::new(Mutex::new(None));
     s.clear();
@@ -497,7 +498,7 @@ fn answer_in(
         prompt: Arc::new(prompt.to_vec()),
         lora: vec![],
         params: GenParams {
-            sampler: SamplerConfig::greedy(),
+            sampler: sampler.clone(),
             max_tokens: n,
             stop: Vec::new(),
             matcher: None,
@@ -549,6 +550,7 @@ pub fn spec_bench(
     n: usize,
     cfg: crate::speculative::SpecConfig,
     reps: usize,
+    sampler: &SamplerConfig,
 ) -> Result<SpecBench> {
     let ctx = prompt.len() + n + cfg.draft_max + 2;
     let make = || {
@@ -576,8 +578,8 @@ pub fn spec_bench(
     });
     spec.set_speculation(cfg, d)
         .map_err(|e| anyhow::anyhow!(e))?;
-    let (want, _) = answer_in(&mut plain, prompt, n)?;
-    let (got, _) = answer_in(&mut spec, prompt, n)?;
+    let (want, _) = answer_in(&mut plain, prompt, n, sampler)?;
+    let (got, _) = answer_in(&mut spec, prompt, n, sampler)?;
     let mut same = want == got;
     let tps =
         |st: &crate::generate::GenStats| st.gen_tokens as f64 / st.gen_time.as_secs_f64().max(1e-9);
@@ -590,15 +592,16 @@ pub fn spec_bench(
         row_costs: spec.spec_costs().map(<[f64]>::to_vec).unwrap_or_default(),
     };
     for _ in 0..reps {
-        let (a, st) = answer_in(&mut plain, prompt, n)?;
+        let (a, st) = answer_in(&mut plain, prompt, n, sampler)?;
         r.plain_tps.push(tps(&st));
-        let (b, st) = answer_in(&mut spec, prompt, n)?;
+        let (b, st) = answer_in(&mut spec, prompt, n, sampler)?;
         r.spec_tps.push(tps(&st));
         same &= a == want && b == want;
         let s = st.spec.unwrap_or_default();
         r.stats.drafted += s.drafted;
         r.stats.accepted += s.accepted;
         r.stats.forwards += s.forwards;
+        r.stats.gated += s.gated;
         r.gen_tokens += st.gen_tokens;
     }
     r.same_output = same;

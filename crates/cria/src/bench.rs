@@ -36,6 +36,8 @@ pub struct BenchOptions {
     /// speculation over the prompt of `prompt_file` (`-n` tokens, greedy).
     pub spec: crate::spec_args::SpecArgs,
     pub prompt_file: Option<std::path::PathBuf>,
+    /// (temperature, seed) of the speculative test; temperature 0: greedy.
+    pub spec_sampling: (f32, u64),
 }
 
 /// `--lora-type`: f32, f16 or bf16.
@@ -350,7 +352,18 @@ fn run_spec(o: &BenchOptions, cfg: SpecConfig, out: &mut dyn Write) -> Result<()
             } else {
                 l.tok.encode(&text, true, false)
             };
-            let r = spec_bench(&l, draft.as_ref(), &prompt, o.gen, cfg, o.reps)?;
+            let (temperature, seed) = o.spec_sampling;
+            let sampler = cria_engine::sampler::SamplerConfig {
+                temperature,
+                seed,
+                ..Default::default()
+            };
+            let sampler = if temperature > 0.0 {
+                sampler
+            } else {
+                cria_engine::sampler::SamplerConfig::greedy()
+            };
+            let r = spec_bench(&l, draft.as_ref(), &prompt, o.gen, cfg, o.reps, &sampler)?;
             let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
             let (p, q) = (mean(&r.plain_tps), mean(&r.spec_tps));
             let name = spec.clone().unwrap_or_else(|| "default".into());
@@ -362,7 +375,9 @@ fn run_spec(o: &BenchOptions, cfg: SpecConfig, out: &mut dyn Write) -> Result<()
                     "spec_tps": r.spec_tps, "speedup": q / p,
                     "drafted": r.stats.drafted, "accepted": r.stats.accepted,
                     "acceptance": r.stats.acceptance(), "tokens_per_forward": tpf,
+                    "forwards": r.stats.forwards, "plain_forwards_of_the_gate": r.stats.gated,
                     "same_output": r.same_output, "row_costs_s": r.row_costs,
+                    "temperature": temperature, "seed": seed,
                 });
                 writeln!(out, "{j}")?;
             } else {
@@ -377,7 +392,9 @@ fn run_spec(o: &BenchOptions, cfg: SpecConfig, out: &mut dyn Write) -> Result<()
                 )?;
             }
             if !r.same_output {
-                bail!("speculation changed the greedy output: a bug (please report it)");
+                bail!(
+                    "speculation changed the (greedy or seeded) output: a bug (please report it)"
+                );
             }
         }
     }

@@ -259,6 +259,24 @@ enum Cmd {
         /// t/s with and without, acceptance, tokens per forward), instead of pp/tg.
         #[arg(long = "prompt-file", value_name = "FILE")]
         prompt_file: Option<std::path::PathBuf>,
+        /// With --prompt-file: sample at this temperature (default sampler chain, --seed)
+        /// instead of greedy decoding; the seeded text is the same with and without
+        /// speculation, and drafts fail more often.
+        #[arg(
+            long = "temp",
+            value_name = "T",
+            default_value_t = 0.0,
+            requires = "prompt_file"
+        )]
+        temp: f32,
+        /// The sampling seed of --temp.
+        #[arg(
+            long = "seed",
+            value_name = "N",
+            default_value_t = 0,
+            requires = "prompt_file"
+        )]
+        seed: u64,
         #[command(flatten)]
         spec: spec_args::SpecArgs,
     },
@@ -523,6 +541,8 @@ fn real_main() -> Result<()> {
             lora_type,
             parallel,
             prompt_file,
+            temp,
+            seed,
             spec,
         } => {
             let models = if models.is_empty() {
@@ -550,6 +570,7 @@ fn real_main() -> Result<()> {
                     parallel,
                     spec,
                     prompt_file,
+                    spec_sampling: (temp, seed),
                 },
                 &mut std::io::stdout().lock(),
             )?;

@@ -103,3 +103,56 @@ fn bad_speculation_input_is_refused() {
         "vocabulary differs",
     );
 }
+
+/// `cria bench --prompt-file F --lookup N`: plain and speculative decode of the same prompt,
+/// greedy and seeded (`--temp --seed`), the same output both ways, acceptance and forwards
+/// reported (JSON).
+#[test]
+fn bench_measures_speculation_greedy_and_sampled() {
+    let m = smol();
+    let dir = std::env::temp_dir().join(format!("cria-spec-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("prompt.txt");
+    std::fs::write(&f, PROMPT).unwrap();
+    let base = [
+        "bench",
+        "-m",
+        m.to_str().unwrap(),
+        "--prompt-file",
+        f.to_str().unwrap(),
+        "--lookup",
+        "6",
+        "-n",
+        "24",
+        "-r",
+        "1",
+        "-t",
+        "1",
+        "-o",
+        "json",
+    ];
+    for extra in [&[][..], &["--temp", "0.9", "--seed", "4"][..]] {
+        let out = cria(&[&base[..], extra].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let j: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(j["same_output"], true, "{j}");
+        assert!(j["plain_tps"][0].as_f64().unwrap() > 0.0, "{j}");
+        assert!(j["speedup"].as_f64().unwrap() > 0.0, "{j}");
+        // Every generated token came from a plain step or a verify.
+        let forwards = j["forwards"].as_u64().unwrap();
+        assert!(forwards > 0 && forwards <= 24, "{j}");
+        assert!(
+            j["plain_forwards_of_the_gate"].as_u64().unwrap() <= forwards,
+            "{j}"
+        );
+        let t = if extra.is_empty() { 0.0 } else { 0.9 };
+        assert!((j["temperature"].as_f64().unwrap() - t).abs() < 1e-6, "{j}");
+    }
+    // --temp needs the speculative test's prompt.
+    let out = cria(&["bench", "-m", m.to_str().unwrap(), "--temp", "0.5"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--prompt-file"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
