@@ -1120,6 +1120,15 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
                     if slot.cached.len() < a.prompt.len() {
                         continue; // more of the prompt to read next step
                     }
+                    // The draft model reads the prompt now, with the prompt's processing, so
+                    // that the first drafts do not pay for it in decode time. A failure here
+                    // shows again (and fails the slot) at the first draft.
+                    if let Some(sp) = self.spec.as_mut() {
+                        if let Some(d) = sp.draft.as_mut() {
+                            let (st, drafts) = (&mut sp.slots[i], &mut sp.drafts);
+                            let _ = guarded(|| d.draft(st, &slot.cached, 0, 0, 1.0, drafts));
+                        }
+                    }
                 }
             }
             generated += 1;
