@@ -353,15 +353,13 @@ fn run_spec(o: &BenchOptions, cfg: SpecConfig, out: &mut dyn Write) -> Result<()
                 l.tok.encode(&text, true, false)
             };
             let (temperature, seed) = o.spec_sampling;
-            let sampler = cria_engine::sampler::SamplerConfig {
-                temperature,
-                seed,
-                ..Default::default()
-            };
-            let sampler = if temperature > 0.0 {
-                sampler
-            } else {
-                cria_engine::sampler::SamplerConfig::greedy()
+            let sampler = match temperature > 0.0 {
+                true => cria_engine::sampler::SamplerConfig {
+                    temperature,
+                    seed,
+                    ..Default::default()
+                },
+                false => cria_engine::sampler::SamplerConfig::greedy(),
             };
             let r = spec_bench(&l, draft.as_ref(), &prompt, o.gen, cfg, o.reps, &sampler)?;
             let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
