@@ -482,18 +482,27 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             Some(d) => {
                 let mut ds =
                     Scratch::try_new(d.model, self.scratch.max_t, Logits::Last).map_err(err)?;
+                let mut catch_spt = None;
                 if cfg.adaptive {
                     let (t, slope) =
                         Costs::measure_slope(d.model, d.backend, d.kv_type, 1, &mut ds, deep)
                             .map_err(err)?;
                     costs.draft_step = t[0];
                     costs.draft_slope = slope[0];
+                    // What a probe's catch-up of a window costs per token.
+                    let w = speculative::DRAFT_WINDOW.min(ds.max_t);
+                    let (m, b, kv) = (d.model, d.backend, d.kv_type);
+                    let tw =
+                        Costs::measure_rows(m, b, kv, &[w], &mut ds, Costs::DEPTH, Logits::Last)
+                            .map_err(err)?;
+                    catch_spt = Some(tw[0] / w as f64);
                 }
                 Some(DraftModel {
                     m: d.model,
                     b: d.backend,
                     kv_type: d.kv_type,
                     scratch: ds,
+                    catch_spt,
                 })
             }
         };
@@ -825,6 +834,7 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
             sp.slots[si] = SlotSpec {
                 draft_kv: d,
                 draft_cached: std::mem::take(&mut sp.slots[si].draft_cached),
+                draft_base: sp.slots[si].draft_base,
                 ..SlotSpec::new(None)
             };
         }
@@ -878,16 +888,29 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
                 .draft_max
                 .min(room)
                 .min(a.gen.remaining().saturating_sub(1));
+            let depth = slot.cached.len();
+            st.earn(depth, sp.costs.at(1, depth));
+            let mut probe = None;
             let k = if !sp.cfg.adaptive {
                 kmax
             } else {
-                match sp.costs.best_k(st.accept, kmax, slot.cached.len()) {
-                    // A probe; each one that finds drafting still off waits twice as long for
-                    // the next (at most MAX_PROBE_EVERY), so a prompt where drafts fail pays
-                    // for fewer and fewer of them.
-                    0 if st.idle >= st.probe_every => {
-                        st.probe_every = (st.probe_every * 2).min(speculative::MAX_PROBE_EVERY);
-                        kmax.min(1)
+                match sp.costs.best_k(st.accept, kmax, depth) {
+                    // A probe, when the slot has earned its cost (PROBE_SHARE of its decode
+                    // time); each one that finds drafting still off waits twice as long for the
+                    // next (at most MAX_PROBE_EVERY), so a prompt where drafts fail pays for
+                    // fewer and fewer of them.
+                    0 if st.idle >= st.probe_every && kmax > 0 => {
+                        let verify = sp.costs.at(2, depth) - sp.costs.at(1, depth);
+                        let draft = sp.draft.as_ref().map_or(0.0, |d| {
+                            d.probe_cost(st, &slot.cached, sp.costs.draft_at(depth))
+                        });
+                        if st.can_probe(verify + draft) {
+                            st.probe_every = (st.probe_every * 2).min(speculative::MAX_PROBE_EVERY);
+                            probe = Some((Instant::now(), verify));
+                            1
+                        } else {
+                            0
+                        }
                     }
                     0 => 0,
                     k => {
@@ -925,6 +948,9 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
                         }
                     }
                 }
+            }
+            if let Some((t0, verify)) = probe {
+                st.probe_spent += t0.elapsed().as_secs_f64() + verify;
             }
             if sp.drafts.is_empty() {
                 st.idle += 1;

@@ -58,6 +58,15 @@ pub const PROBE_EVERY: u32 = 16;
 /// The longest wait between probes: each probe that finds drafting still not paying doubles
 /// the wait, from [`PROBE_EVERY`] up to this.
 pub const MAX_PROBE_EVERY: u32 = 256;
+/// Probes spend at most this share of a slot's decode time (counted in plain steps' measured
+/// cost): a probe waits until the slot has earned its estimated cost.
+pub const PROBE_SHARE: f64 = 0.01;
+/// A draft cache more than this many tokens behind its slot (drafting was off a while) is
+/// rebuilt from the slot's last `DRAFT_WINDOW` tokens, not caught up on all of them: a catch-up
+/// costs about a tenth of a target step per token, which would make every probe (and the first
+/// draft after the realised-rate check turned drafting off) cost ~6% of the steps it waited.
+/// Drafts only propose, so a shorter draft context changes acceptance, never the output.
+pub const DRAFT_WINDOW: usize = 32;
 /// Tokens per forward when [`Costs::measure`] fills a context.
 pub const FILL_CHUNK: usize = 128;
 /// The deeper context the row costs are measured at (or the context size, if smaller): their
@@ -317,7 +326,22 @@ impl Costs {
         s: &mut Scratch<B>,
         depth: usize,
     ) -> cria_core::Result<Vec<f64>> {
-        let ctx = depth + rows;
+        let all: Vec<usize> = (1..=rows).collect();
+        Self::measure_rows(m, b, kv_type, &all, s, depth, Logits::All)
+    }
+
+    /// Times forwards of each of `rows` tokens (ascending) as [`Self::measure`] does, asking the
+    /// forward for `logits` (`s` must hold them).
+    pub fn measure_rows<B: Backend>(
+        m: &Model<B>,
+        b: &B,
+        kv_type: KvType,
+        rows: &[usize],
+        s: &mut Scratch<B>,
+        depth: usize,
+        logits: Logits,
+    ) -> cria_core::Result<Vec<f64>> {
+        let ctx = depth + rows.iter().copied().max().unwrap_or(0);
         let mut kv = KvCache::try_with_type(m, ctx, kv_type)?;
         let v = m.config.vocab_size as u32;
         let toks: Vec<u32> = (0..ctx as u32).map(|i| (i * 7919 + 11) % v).collect();
@@ -333,8 +357,8 @@ impl Costs {
             forward_batch(m, b, &mut seq, &mut fill, Logits::Last)?;
         }
         drop(fill);
-        let mut t = Vec::with_capacity(rows);
-        for r in 1..=rows {
+        let mut t = Vec::with_capacity(rows.len());
+        for &r in rows {
             let mut best = f64::INFINITY;
             for _ in 0..3 {
                 let mut seq = [SeqStep {
@@ -344,7 +368,7 @@ impl Costs {
                     lora: &[],
                 }];
                 let t0 = Instant::now();
-                forward_batch(m, b, &mut seq, s, Logits::All)?;
+                forward_batch(m, b, &mut seq, s, logits)?;
                 best = best.min(t0.elapsed().as_secs_f64());
             }
             t.push(best);
@@ -356,13 +380,24 @@ impl Costs {
         Ok(t)
     }
 
+    /// The time of a forward of `rows` rows (1..=the measured rows) after `depth` positions.
+    pub fn at(&self, rows: usize, depth: usize) -> f64 {
+        let r = rows.clamp(1, self.t.len()) - 1;
+        let far = depth.saturating_sub(Self::DEPTH) as f64;
+        self.t[r] + self.slope[r] * far
+    }
+
+    /// The time of one draft-model step after `depth` positions (0 for lookup).
+    pub fn draft_at(&self, depth: usize) -> f64 {
+        self.draft_step + self.draft_slope * depth.saturating_sub(Self::DEPTH) as f64
+    }
+
     /// The draft length, at most `max`, that gives the most tokens per second at acceptance `a`
     /// (0: plain steps are better).
     pub fn best_k(&self, a: f64, max: usize, depth: usize) -> usize {
         let a = a.clamp(0.0, 0.999);
-        let far = depth.saturating_sub(Self::DEPTH) as f64;
-        let t = |r: usize| self.t[r] + self.slope[r] * far;
-        let draft = self.draft_step + self.draft_slope * far;
+        let t = |r: usize| self.at(r + 1, depth);
+        let draft = self.draft_at(depth);
         let t1 = t(0);
         let mut best = (1.0 / t1, 0);
         let mut e = 1.0;
@@ -491,9 +526,16 @@ pub struct SlotSpec<B: Backend> {
     pub idle: u32,
     /// Steps between probes now (doubles while probes fail).
     pub probe_every: u32,
-    /// The draft model's cache and the tokens it holds.
+    /// The draft model's cache and the tokens it holds: the slot's tokens from `draft_base` on
+    /// (0 unless the cache was rebuilt on a window, see [`DRAFT_WINDOW`]), at positions from 0.
     pub draft_kv: Option<KvCache<B>>,
     pub draft_cached: Vec<u32>,
+    pub draft_base: usize,
+    /// The probe budget ([`PROBE_SHARE`]): seconds earned by decoding and spent on probes, and
+    /// the slot's length when it last earned.
+    pub probe_earned: f64,
+    pub probe_spent: f64,
+    pub seen: usize,
     /// This step's verify tokens: the pending token, then the drafts.
     pub verify: Vec<u32>,
 }
@@ -506,7 +548,37 @@ impl<B: Backend> SlotSpec<B> {
             probe_every: PROBE_EVERY,
             draft_kv,
             draft_cached: Vec::new(),
+            draft_base: 0,
+            probe_earned: 0.0,
+            probe_spent: 0.0,
+            seen: 0,
             verify: Vec::new(),
+        }
+    }
+
+    /// Earns the probe budget of the tokens the slot (now `len` tokens, a plain step costing
+    /// `step` seconds) decoded since it last earned.
+    pub fn earn(&mut self, len: usize, step: f64) {
+        let new = len.saturating_sub(self.seen);
+        self.seen = len;
+        self.probe_earned += PROBE_SHARE * new as f64 * step;
+    }
+
+    /// Whether a probe estimated to cost `cost` seconds fits the budget.
+    pub fn can_probe(&self, cost: f64) -> bool {
+        self.probe_spent + cost <= self.probe_earned
+    }
+
+    /// Tokens of `ctx` (the slot's tokens) the draft cache lacks, as many as a draft would
+    /// read first (at most [`DRAFT_WINDOW`] after a rebuild).
+    pub fn draft_gap(&self, ctx: &[u32]) -> usize {
+        let view = ctx.get(self.draft_base..).unwrap_or(&[]);
+        let keep = common_prefix(&self.draft_cached, view);
+        let gap = ctx.len() - keep - self.draft_base.min(ctx.len());
+        if gap > DRAFT_WINDOW {
+            DRAFT_WINDOW
+        } else {
+            gap
         }
     }
 
@@ -526,12 +598,24 @@ pub struct DraftModel<'a, B: Backend> {
     pub b: &'a B,
     pub kv_type: KvType,
     pub scratch: Scratch<B>,
+    /// Measured seconds per token of a draft-cache catch-up (None until one was timed).
+    pub catch_spt: Option<f64>,
 }
 
 impl<B: Backend> DraftModel<'_, B> {
+    /// The estimated seconds a one-token draft for a slot holding `ctx` costs (catch-up and one
+    /// step; `step`: the measured draft step at this depth).
+    pub fn probe_cost(&self, st: &SlotSpec<B>, ctx: &[u32], step: f64) -> f64 {
+        // Untimed yet: a token of catch-up costs at most a step.
+        let per = self.catch_spt.unwrap_or(step);
+        (st.draft_gap(ctx) + 1) as f64 * per + step
+    }
+
     /// Greedy drafts after `ctx` (the slot's tokens and its pending one): up to `k` tokens while
     /// the top probability is at least `p_min` (the first `min` whatever it is). The draft
-    /// cache is brought to `ctx` first (its common prefix kept).
+    /// cache is brought to `ctx` first (its common prefix kept): all of it for `k = 0` (a
+    /// prompt), else at most [`DRAFT_WINDOW`] tokens, rebuilding the cache on the window when
+    /// it is further behind.
     pub fn draft(
         &mut self,
         st: &mut SlotSpec<B>,
@@ -543,18 +627,24 @@ impl<B: Backend> DraftModel<'_, B> {
     ) -> cria_core::Result<()> {
         out.clear();
         let kv = st.draft_kv.as_mut().expect("a draft cache");
+        // A prompt is read whole; a cache on a window that no longer fits starts over.
+        if (k == 0 && st.draft_base > 0) || st.draft_base >= ctx.len() {
+            st.draft_base = 0;
+            st.draft_cached.clear();
+        }
+        let mut keep = common_prefix(&st.draft_cached, &ctx[st.draft_base..]);
+        if k > 0 && ctx.len() - st.draft_base - keep > DRAFT_WINDOW {
+            st.draft_base = ctx.len() - DRAFT_WINDOW;
+            keep = 0;
+        }
+        let ctx = &ctx[st.draft_base..];
         if ctx.len() + k > kv.max_seq {
             return Ok(());
         }
-        let keep = st
-            .draft_cached
-            .iter()
-            .zip(ctx)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(ctx.len() - 1);
+        let keep = keep.min(ctx.len() - 1);
         st.draft_cached.truncate(keep);
         let mut pos = keep;
+        let t0 = Instant::now();
         while pos < ctx.len() {
             let end = (pos + self.scratch.max_t).min(ctx.len());
             let mut seq = [SeqStep {
@@ -566,6 +656,12 @@ impl<B: Backend> DraftModel<'_, B> {
             forward_batch(self.m, self.b, &mut seq, &mut self.scratch, Logits::Last)?;
             st.draft_cached.extend_from_slice(&ctx[pos..end]);
             pos = end;
+        }
+        // Catch-ups of a window's size and less are what probes pay for.
+        let n = ctx.len() - keep;
+        if (8..=DRAFT_WINDOW + 1).contains(&n) {
+            let spt = t0.elapsed().as_secs_f64() / n as f64;
+            self.catch_spt = Some(self.catch_spt.map_or(spt, |c| 0.5 * c + 0.5 * spt));
         }
         while out.len() < k {
             let (t, p) = top(self.scratch.seq_logits(0));
@@ -588,6 +684,11 @@ impl<B: Backend> DraftModel<'_, B> {
         }
         Ok(())
     }
+}
+
+/// How many leading tokens `a` and `b` share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// The argmax (lowest id on ties) and its softmax probability.
@@ -644,6 +745,22 @@ impl SpecStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probes_spend_a_share_of_decode_time() {
+        let mut st = SlotSpec::<cria_kernels::CpuBackend>::new(None);
+        // 100 tokens at 10 ms a step earn 1% of a second.
+        st.earn(100, 0.01);
+        assert!((st.probe_earned - PROBE_SHARE).abs() < 1e-12);
+        assert!(st.can_probe(0.5 * PROBE_SHARE) && !st.can_probe(2.0 * PROBE_SHARE));
+        st.probe_spent = 0.5 * PROBE_SHARE;
+        assert!(!st.can_probe(0.6 * PROBE_SHARE));
+        // The same length again earns nothing; 100 more tokens earn as much again.
+        st.earn(100, 0.01);
+        assert!(!st.can_probe(0.6 * PROBE_SHARE));
+        st.earn(200, 0.01);
+        assert!(st.can_probe(0.6 * PROBE_SHARE));
+    }
 
     #[test]
     fn lookup_takes_the_longest_most_recent_match() {

@@ -526,3 +526,53 @@ fn verify_rows_are_single_steps_tiny_models() {
         &[KvType::F16, KvType::F32],
     );
 }
+
+/// A draft cache far behind its slot (drafting was off) is rebuilt on the last `DRAFT_WINDOW`
+/// tokens, not caught up on all of them: its drafts are then those of the draft model reading
+/// the window alone; a prompt (k = 0) is read whole again.
+#[test]
+fn draft_cache_far_behind_is_rebuilt_on_a_window() {
+    use cria_engine::speculative::{DraftModel, SlotSpec, DRAFT_WINDOW};
+    let lm = load(&tiny("tiny-llama2"), 1);
+    let v = lm.model.config.vocab_size as u32;
+    let ctx: Vec<u32> = (0..100u32).map(|i| (i * 37 + 3) % v).collect();
+    let new_draft = || DraftModel {
+        m: &lm.model,
+        b: &lm.backend,
+        kv_type: lm.kv_type,
+        scratch: Scratch::try_new(&lm.model, 128, Logits::Last).unwrap(),
+        catch_spt: None,
+    };
+    let new_slot = || {
+        SlotSpec::new(Some(
+            KvCache::try_with_type(&lm.model, 128, lm.kv_type).unwrap(),
+        ))
+    };
+    let (mut d, mut st, mut out) = (new_draft(), new_slot(), vec![]);
+    // The prompt: read whole.
+    d.draft(&mut st, &ctx[..20], 0, 0, 1.0, &mut out).unwrap();
+    assert_eq!((st.draft_base, &st.draft_cached[..]), (0, &ctx[..20]));
+    // A few tokens behind: caught up.
+    assert_eq!(st.draft_gap(&ctx[..30]), 10);
+    d.draft(&mut st, &ctx[..30], 3, 3, 0.0, &mut out).unwrap();
+    assert_eq!(st.draft_base, 0);
+    assert_eq!(&st.draft_cached[..30], &ctx[..30]);
+    // Far behind: a window, whose drafts are those of a fresh cache that reads it alone.
+    assert_eq!(st.draft_gap(&ctx), DRAFT_WINDOW);
+    d.draft(&mut st, &ctx, 4, 4, 0.0, &mut out).unwrap();
+    let base = ctx.len() - DRAFT_WINDOW;
+    assert_eq!(st.draft_base, base);
+    assert_eq!(&st.draft_cached[..DRAFT_WINDOW], &ctx[base..]);
+    let (mut d2, mut st2, mut want) = (new_draft(), new_slot(), vec![]);
+    d2.draft(&mut st2, &ctx[base..], 4, 4, 0.0, &mut want)
+        .unwrap();
+    assert_eq!(out.len(), 4);
+    assert_eq!(out, want);
+    // Drafting on from the window, then a prompt: read whole from 0 again.
+    let mut more = ctx.clone();
+    more.extend_from_slice(&out[..2]);
+    d.draft(&mut st, &more, 2, 2, 0.0, &mut out).unwrap();
+    assert_eq!(st.draft_base, base, "a short catch-up keeps the window");
+    d.draft(&mut st, &ctx[..40], 0, 0, 1.0, &mut out).unwrap();
+    assert_eq!((st.draft_base, &st.draft_cached[..]), (0, &ctx[..40]));
+}
