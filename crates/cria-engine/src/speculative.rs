@@ -67,6 +67,11 @@ pub const PROBE_SHARE: f64 = 0.01;
 /// draft after the realised-rate check turned drafting off) cost ~6% of the steps it waited.
 /// Drafts only propose, so a shorter draft context changes acceptance, never the output.
 pub const DRAFT_WINDOW: usize = 32;
+/// A catch-up of the draft cache (before drafting) also gives the draft model's argmax at its
+/// last this-many positions, each compared with the token that really followed: acceptance
+/// observed on the tokens decoded while drafting was off, so that one probe tells about many
+/// tokens, not one.
+pub const OBSERVE: usize = 8;
 /// Tokens per forward when [`Costs::measure`] fills a context.
 pub const FILL_CHUNK: usize = 128;
 /// The deeper context the row costs are measured at (or the context size, if smaller): their
@@ -85,6 +90,8 @@ pub const GATE_TRIAL: u32 = 8;
 /// such phase, up to [`GATE_OFF_MAX`].
 pub const GATE_OFF_MIN: u32 = 16;
 pub const GATE_OFF_MAX: u32 = 1024;
+/// The draft model's head rows by default (`--draft-vocab`, `Model::keep_head_rows`).
+pub const DRAFT_VOCAB: usize = 16384;
 /// Most drafted tokens per verify (--draft-max, --lookup).
 pub const MAX_DRAFT: usize = 64;
 
@@ -564,9 +571,16 @@ impl<B: Backend> SlotSpec<B> {
         self.probe_earned += PROBE_SHARE * new as f64 * step;
     }
 
-    /// Whether a probe estimated to cost `cost` seconds fits the budget.
+    /// Whether a probe estimated to cost `cost` seconds fits the budget. A request's first
+    /// probe is free: it learns the acceptance the first drafts go by.
     pub fn can_probe(&self, cost: f64) -> bool {
-        self.probe_spent + cost <= self.probe_earned
+        self.probe_spent == 0.0 || self.probe_spent + cost <= self.probe_earned
+    }
+
+    /// Drafted-or-not observations, in order: whether the draft model's greedy token was the
+    /// token that came (see [`OBSERVE`]).
+    pub fn observe(&mut self, hits: impl IntoIterator<Item = bool>) {
+        observe(&mut self.accept, hits)
     }
 
     /// Tokens of `ctx` (the slot's tokens) the draft cache lacks, as many as a draft would
@@ -585,10 +599,10 @@ impl<B: Backend> SlotSpec<B> {
     /// After a verify of `drafted` tokens, of which the first `accepted` were taken.
     pub fn record(&mut self, drafted: usize, accepted: usize) {
         // Positions up to the first rejection tell about acceptance; those after it nothing.
-        for i in 0..drafted.min(accepted + 1) {
-            let hit = if i < accepted { 1.0 } else { 0.0 };
-            self.accept = 0.85 * self.accept + 0.15 * hit;
-        }
+        observe(
+            &mut self.accept,
+            (0..drafted.min(accepted + 1)).map(|i| i < accepted),
+        );
     }
 }
 
@@ -615,7 +629,10 @@ impl<B: Backend> DraftModel<'_, B> {
     /// the top probability is at least `p_min` (the first `min` whatever it is). The draft
     /// cache is brought to `ctx` first (its common prefix kept): all of it for `k = 0` (a
     /// prompt), else at most [`DRAFT_WINDOW`] tokens, rebuilding the cache on the window when
-    /// it is further behind.
+    /// it is further behind. Before drafting (`k > 0`), the last [`OBSERVE`] tokens of a
+    /// catch-up are read with every row's logits, and the draft model's argmax at each is
+    /// compared with the token that followed ([`SlotSpec::observe`]); `self.scratch` holds
+    /// OBSERVE rows of logits.
     pub fn draft(
         &mut self,
         st: &mut SlotSpec<B>,
@@ -645,15 +662,35 @@ impl<B: Backend> DraftModel<'_, B> {
         st.draft_cached.truncate(keep);
         let mut pos = keep;
         let t0 = Instant::now();
+        // The observed tail: its own call, all rows' logits.
+        let tail = if k > 0 && ctx.len() - keep >= 2 {
+            OBSERVE.min(ctx.len() - keep)
+        } else {
+            0
+        };
+        let mut last_row = 0;
         while pos < ctx.len() {
-            let end = (pos + self.scratch.max_t).min(ctx.len());
+            let split = ctx.len() - tail;
+            let (end, mode) = if pos < split {
+                ((pos + self.scratch.max_t).min(split), Logits::Last)
+            } else {
+                (ctx.len(), Logits::All)
+            };
             let mut seq = [SeqStep {
                 tokens: &ctx[pos..end],
                 pos,
                 kv: &mut *kv,
                 lora: &[],
             }];
-            forward_batch(self.m, self.b, &mut seq, &mut self.scratch, Logits::Last)?;
+            forward_batch(self.m, self.b, &mut seq, &mut self.scratch, mode)?;
+            if mode == Logits::All {
+                let got = (0..end - pos - 1).map(|i| argmax(self.scratch.seq_logits(i)));
+                observe(
+                    &mut st.accept,
+                    got.zip(&ctx[pos + 1..end]).map(|(d, &t)| d == t),
+                );
+                last_row = end - pos - 1;
+            }
             st.draft_cached.extend_from_slice(&ctx[pos..end]);
             pos = end;
         }
@@ -664,7 +701,7 @@ impl<B: Backend> DraftModel<'_, B> {
             self.catch_spt = Some(self.catch_spt.map_or(spt, |c| 0.5 * c + 0.5 * spt));
         }
         while out.len() < k {
-            let (t, p) = top(self.scratch.seq_logits(0));
+            let (t, p) = top(self.scratch.seq_logits(std::mem::take(&mut last_row)));
             if out.len() >= min && p < p_min {
                 break;
             }
@@ -691,14 +728,27 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// The argmax (lowest id on ties) and its softmax probability.
-fn top(logits: &[f32]) -> (u32, f32) {
+/// `accept`, the average acceptance, after `hits` (see [`SlotSpec::record`]).
+fn observe(accept: &mut f64, hits: impl IntoIterator<Item = bool>) {
+    for hit in hits {
+        *accept = 0.85 * *accept + if hit { 0.15 } else { 0.0 };
+    }
+}
+
+/// The argmax (lowest id on ties).
+fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
         if l > logits[best] {
             best = i;
         }
     }
+    best as u32
+}
+
+/// The argmax (lowest id on ties) and its softmax probability.
+fn top(logits: &[f32]) -> (u32, f32) {
+    let best = argmax(logits) as usize;
     let max = logits[best];
     let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
     (best as u32, (1.0 / sum) as f32)

@@ -13,7 +13,7 @@ use cria_engine::generate::{GenStats, TokenLogprob};
 use cria_engine::scheduler::{
     Config, Done, DraftSetup, GenParams, Job, Metrics, NoEmbed, Request, Scheduler, Sink,
 };
-use cria_engine::speculative::{SpecConfig, SpecKind};
+use cria_engine::speculative::{DraftModel, SlotSpec, SpecConfig, SpecKind, DRAFT_WINDOW, OBSERVE};
 use cria_engine::{LoadOptions, LoadedModel, SamplerConfig};
 use cria_kernels::CpuBackend;
 use cria_model::{forward, forward_batch, KvCache, KvType, Logits, Model, Scratch, SeqStep};
@@ -174,6 +174,11 @@ fn greedy_identical_with_lookup_and_draft_model_smollm2() {
     for threads in [1, 2] {
         let lm = load(&p, threads);
         let draft = load(&p, threads);
+        // The same model drafting with a head cut to the first ids (`--draft-vocab`).
+        let mut cut = load(&p, threads);
+        cut.model
+            .keep_head_rows(&cut.backend, cria_engine::speculative::DRAFT_VOCAB)
+            .unwrap();
         let prompts = smol_prompts(&lm);
         let g = SamplerConfig::greedy();
         let n = 24;
@@ -186,6 +191,16 @@ fn greedy_identical_with_lookup_and_draft_model_smollm2() {
                 Some(&draft),
             ),
             ("lookup, adaptive", SpecConfig::lookup(8), None),
+            (
+                "draft model with a cut head",
+                fixed(SpecConfig::draft_model(), 6),
+                Some(&cut),
+            ),
+            (
+                "draft model, adaptive",
+                SpecConfig::draft_model(),
+                Some(&cut),
+            ),
         ];
         for (what, c, d) in cases {
             // Both prompts batched in two slots, and the copying one alone in one slot.
@@ -527,27 +542,33 @@ fn verify_rows_are_single_steps_tiny_models() {
     );
 }
 
+/// `lm` as a draft model, and a slot's drafting state with a cache of 128 positions.
+fn draft_of(lm: &LoadedModel) -> DraftModel<'_, CpuBackend> {
+    DraftModel {
+        m: &lm.model,
+        b: &lm.backend,
+        kv_type: lm.kv_type,
+        scratch: Scratch::try_with_seqs(&lm.model, 128, OBSERVE).unwrap(),
+        catch_spt: None,
+    }
+}
+
+fn slot_of(lm: &LoadedModel) -> SlotSpec<CpuBackend> {
+    SlotSpec::new(Some(
+        KvCache::try_with_type(&lm.model, 128, lm.kv_type).unwrap(),
+    ))
+}
+
 /// A draft cache far behind its slot (drafting was off) is rebuilt on the last `DRAFT_WINDOW`
 /// tokens, not caught up on all of them: its drafts are then those of the draft model reading
 /// the window alone; a prompt (k = 0) is read whole again.
 #[test]
 fn draft_cache_far_behind_is_rebuilt_on_a_window() {
-    use cria_engine::speculative::{DraftModel, SlotSpec, DRAFT_WINDOW};
     let lm = load(&tiny("tiny-llama2"), 1);
     let v = lm.model.config.vocab_size as u32;
     let ctx: Vec<u32> = (0..100u32).map(|i| (i * 37 + 3) % v).collect();
-    let new_draft = || DraftModel {
-        m: &lm.model,
-        b: &lm.backend,
-        kv_type: lm.kv_type,
-        scratch: Scratch::try_new(&lm.model, 128, Logits::Last).unwrap(),
-        catch_spt: None,
-    };
-    let new_slot = || {
-        SlotSpec::new(Some(
-            KvCache::try_with_type(&lm.model, 128, lm.kv_type).unwrap(),
-        ))
-    };
+    let new_draft = || draft_of(&lm);
+    let new_slot = || slot_of(&lm);
     let (mut d, mut st, mut out) = (new_draft(), new_slot(), vec![]);
     // The prompt: read whole.
     d.draft(&mut st, &ctx[..20], 0, 0, 1.0, &mut out).unwrap();
@@ -575,4 +596,39 @@ fn draft_cache_far_behind_is_rebuilt_on_a_window() {
     assert_eq!(st.draft_base, base, "a short catch-up keeps the window");
     d.draft(&mut st, &ctx[..40], 0, 0, 1.0, &mut out).unwrap();
     assert_eq!((st.draft_base, &st.draft_cached[..]), (0, &ctx[..40]));
+}
+
+/// A catch-up before drafting observes acceptance on its last OBSERVE tokens: tokens the draft
+/// model itself would have chosen raise it, tokens it would not lower it.
+#[test]
+fn catch_up_observes_acceptance() {
+    let lm = load(&tiny("tiny-llama2"), 1);
+    let v = lm.model.config.vocab_size as u32;
+    let mut d = draft_of(&lm);
+    let new_slot = || slot_of(&lm);
+    let prompt: Vec<u32> = (0..12u32).map(|i| (i * 37 + 3) % v).collect();
+    // The model's own greedy continuation (the draft model drafting 20 tokens).
+    let (mut st, mut greedy) = (new_slot(), vec![]);
+    d.draft(&mut st, &prompt, 20, 20, 0.0, &mut greedy).unwrap();
+    assert_eq!(greedy.len(), 20);
+    let noise: Vec<u32> = (0..20u32).map(|i| (i * 101 + 7) % v).collect();
+    for (tail, want_high) in [(&greedy, true), (&noise, false)] {
+        let mut st = new_slot();
+        let mut out = vec![];
+        d.draft(&mut st, &prompt, 0, 0, 1.0, &mut out).unwrap();
+        assert_eq!(st.accept, 0.7, "a prompt observes nothing");
+        let ctx: Vec<u32> = prompt.iter().chain(tail.iter()).copied().collect();
+        d.draft(&mut st, &ctx, 1, 1, 0.0, &mut out).unwrap();
+        if want_high {
+            // Seven hits in a row from 0.7.
+            assert!(st.accept > 0.88, "greedy tokens: {}", st.accept);
+            assert_eq!(out[0], {
+                let mut all = vec![];
+                d.draft(&mut new_slot(), &ctx, 1, 1, 0.0, &mut all).unwrap();
+                all[0]
+            });
+        } else {
+            assert!(st.accept < 0.5, "other tokens: {}", st.accept);
+        }
+    }
 }

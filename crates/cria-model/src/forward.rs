@@ -180,7 +180,7 @@ impl<B: Backend> Scratch<B> {
         let c = &m.config;
         let u = ubatch;
         let alloc = |n| B::alloc(&m.device, n);
-        let n_logits = max_seqs.clamp(1, max_t) * c.vocab_size;
+        let n_logits = max_seqs.clamp(1, max_t) * m.n_logits();
         Ok(Scratch {
             probe: None,
             decode_exact: false,
@@ -198,7 +198,7 @@ impl<B: Backend> Scratch<B> {
             out: B::alloc_host(&m.device, n_logits.max(u * c.dim))?,
             n_logits: 0,
             n_hidden: 0,
-            vocab: c.vocab_size,
+            vocab: m.n_logits(),
         })
     }
     /// Logits of sequence `i`'s last token after a batched `Logits::Last` call (row `i` of
@@ -656,8 +656,8 @@ fn step<B: Backend>(
             }
         }
     }
-    b.read_back(logits, n * c.vocab_size, &mut s.out);
-    s.n_logits = n * c.vocab_size;
+    b.read_back(logits, n * m.n_logits(), &mut s.out);
+    s.n_logits = n * m.n_logits();
     if let Some(p) = probe.as_mut() {
         p("result_output", 0, B::host_view(logits, &s.out, s.n_logits))
     }

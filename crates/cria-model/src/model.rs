@@ -254,6 +254,54 @@ pub fn make_rope(c: &Config) -> Rope {
 }
 
 impl<B: Backend> Model<B> {
+    /// Logits per token: the output head's rows (the vocabulary, unless [`Model::keep_head_rows`]
+    /// cut the head).
+    pub fn n_logits(&self) -> usize {
+        self.weights.output.rows
+    }
+
+    /// Keeps the first `n` rows of the output head: the forward then gives logits for token ids
+    /// `0..n` only, and its head costs `n / vocab` of the full one. A draft model's cheaper head
+    /// (speculative decoding): a byte-level BPE vocabulary numbers its tokens roughly in merge
+    /// order, so the low ids are the frequent tokens (SmolLM2's first 16,384 of 49,152 cover ~96%
+    /// of English text), and a draft only proposes. Every id still embeds (the table is not
+    /// cut). `n` of 0 or at least the vocabulary: nothing changes. Re-reads the head from the
+    /// model's file.
+    pub fn keep_head_rows(&mut self, backend: &B, n: usize) -> Result<()> {
+        if n == 0 || n >= self.n_logits() {
+            return Ok(());
+        }
+        let name = if self.weights.tied {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
+        let t = match &self.source {
+            Source::Gguf(g) => g.tensor(name).cloned(),
+            Source::HfFolder { dir, .. } => {
+                cria_core::safetensors::SafetensorsModel::open_folder(dir)?
+                    .tensors
+                    .iter()
+                    .find(|t| names::hf_to_gguf(&t.name).as_deref() == Some(name))
+                    .cloned()
+            }
+        }
+        .ok_or_else(|| Error::msg(format!("keep_head_rows: the model's file has no {name}")))?;
+        if t.rows() != self.n_logits() {
+            return Err(Error::msg(format!(
+                "keep_head_rows: {name} has {} rows, the head {}",
+                t.rows(),
+                self.n_logits()
+            )));
+        }
+        let bytes = &t.bytes()[..n * t.row_bytes()];
+        let data =
+            cria_core::tensor::Bytes::owned(cria_core::tensor::AlignedBuf::from_slice(bytes));
+        let head = Tensor::new(name, t.dtype, vec![t.cols(), n], data)?;
+        self.weights.output = Weight::prepare(backend, head)?;
+        Ok(())
+    }
+
     /// Loads a `.gguf` file (or split set), or a Hugging Face folder (config.json + safetensors).
     pub fn load(path: &Path, opts: LoadOptions, backend: &B) -> Result<Self> {
         Self::load_merged(path, opts, backend, &[])

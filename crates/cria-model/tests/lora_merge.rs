@@ -6,31 +6,14 @@
 
 use cria_core::Tensor;
 use cria_kernels::CpuBackend;
-use cria_model::{
-    forward_batch, ActiveLora, AdapterFile, KvCache, KvType, LoadOptions, Logits, Lora, Model,
-    Scratch, SeqStep,
-};
+use cria_model::{ActiveLora, AdapterFile, LoadOptions, Lora, Model};
 use std::path::Path;
 use std::sync::Arc;
 
 mod common;
-use common::{adapter, noise, quantized_copy, tiny, tiny31};
+use common::{adapter, all_logits as logits, noise, quantized_copy, tiny, tiny31};
 
 const F32: LoadOptions = LoadOptions { f32: true };
-
-/// Every position's logits of `tokens` under `lora`.
-fn logits(m: &Model, b: &CpuBackend, tokens: &[u32], lora: &[ActiveLora]) -> Vec<f32> {
-    let mut kv = KvCache::try_with_type(m, 64, KvType::F32).unwrap();
-    let mut s = Scratch::new(m, 32, Logits::All);
-    let mut step = [SeqStep {
-        tokens,
-        pos: 0,
-        kv: &mut kv,
-        lora,
-    }];
-    forward_batch(m, b, &mut step, &mut s, Logits::All).unwrap();
-    s.logits().to_vec()
-}
 
 /// Two adapters over every matrix and the head: the second in Hugging Face's Q/K row layout,
 /// replacing the embedding table (modules_to_save); with the user's scales.

@@ -343,7 +343,11 @@ fn run_spec(o: &BenchOptions, cfg: SpecConfig, out: &mut dyn Write) -> Result<()
             };
             let l = crate::load::with(spec.as_deref(), &lo)?;
             let draft = match &o.spec.draft_model {
-                Some(d) => Some(crate::load::with(Some(d), &lo)?),
+                Some(d) => {
+                    let mut d = crate::load::with(Some(d), &lo)?;
+                    o.spec.cut_draft_head(&mut d)?;
+                    Some(d)
+                }
                 None => None,
             };
             let prompt = if l.tok.chat_template().is_some() {

@@ -19,8 +19,9 @@ pub fn load_draft(f: &SpecArgs, m: &crate::ModelArgs) -> Result<Option<LoadedMod
         threads: m.threads,
         kv_type: m.kv_type(),
     };
-    let d =
+    let mut d =
         crate::load::with(Some(spec), &o).map_err(|e| anyhow!("the draft model {spec}: {e:#}"))?;
+    f.cut_draft_head(&mut d)?;
     Ok(Some(d))
 }
 

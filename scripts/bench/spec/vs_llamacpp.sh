@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Speculative decoding, cria beside llama.cpp on the same models, prompt and threads (issue 25).
 #
-#   scripts/bench/spec/vs_llamacpp.sh LLAMA_BIN_DIR [THREADS] [N]
+#   [REPS=2] scripts/bench/spec/vs_llamacpp.sh LLAMA_BIN_DIR [THREADS] [N]
 #
 # Needs target/ci/cria (cargo build --profile ci --bin cria), llama.cpp's llama-lookup,
 # llama-speculative and llama-bench in LLAMA_BIN_DIR (../shared/ANCHORS.md: how to build them),
@@ -38,7 +38,7 @@ ntok() { "$B/llama-tokenize" -m "$Q41" -f "$1" --ids --log-disable 2>/dev/null |
 llama_tg() { "$B/llama-bench" -m "$1" -p 0 -n "$N" -d "$2" -t "$T" -r 2 -o json 2>/dev/null |
     python3 -c "import sys,json; print('%.1f' % json.load(sys.stdin)[0]['avg_ts'])"; }
 llama_dec() { grep -o 'decoded.*speed: *[0-9.]*' | awk '{print $NF}'; }
-cria_row() { $CRIA bench "$@" -n "$N" -r 2 -t "$T" -o json 2>/dev/null | python3 -c "
+cria_row() { $CRIA bench "$@" -n "$N" -r "${REPS:-2}" -t "$T" -o json 2>/dev/null | python3 -c "
 import sys, json, statistics as s
 r = json.loads(sys.stdin.read().strip().splitlines()[-1])
 print('%.1f %.1f %.2f %.1f %s' % (s.mean(r['plain_tps']), s.mean(r['spec_tps']), r['speedup'],

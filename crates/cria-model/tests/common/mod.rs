@@ -6,6 +6,26 @@ use cria_core::{quant, DType, Tensor};
 use cria_model::{AdapterFile, AdapterFormat, LoraTensors, Model, Target};
 use std::path::{Path, PathBuf};
 
+/// Every position's logits of `tokens` (at most 32) under `lora`, F32 cache.
+pub fn all_logits(
+    m: &Model,
+    b: &cria_kernels::CpuBackend,
+    tokens: &[u32],
+    lora: &[cria_model::ActiveLora],
+) -> Vec<f32> {
+    use cria_model::{forward_batch, KvCache, KvType, Logits, Scratch, SeqStep};
+    let mut kv = KvCache::try_with_type(m, 64, KvType::F32).unwrap();
+    let mut s = Scratch::new(m, 32, Logits::All);
+    let mut step = [SeqStep {
+        tokens,
+        pos: 0,
+        kv: &mut kv,
+        lora,
+    }];
+    forward_batch(m, b, &mut step, &mut s, Logits::All).unwrap();
+    s.logits().to_vec()
+}
+
 /// The tiny LLaMA-2 fixture (F32).
 pub fn tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama2/model.gguf")

@@ -180,8 +180,9 @@ impl AppState {
                             threads: Some(backend.threads()),
                             f32: false,
                         };
-                        let d = cria_engine::load(std::path::Path::new(p), &o)
+                        let mut d = cria_engine::load(std::path::Path::new(p), &o)
                             .with_context(|| format!("the draft model {p}"))?;
+                        args.spec.cut_draft_head(&mut d)?;
                         Some(Arc::new(d))
                     }
                 };
