@@ -31,7 +31,15 @@
 //! model on this machine ([`Costs::measure`]); the k that maximizes tokens per second is used,
 //! and k = 0 (no drafting) when nothing beats a plain step. A slot that stopped drafting probes
 //! with one draft after [`PROBE_EVERY`] steps, so acceptance that comes back is noticed; each
-//! probe that fails doubles the wait (up to [`MAX_PROBE_EVERY`]).
+//! probe that finds drafting still off doubles the wait (up to [`MAX_PROBE_EVERY`]), and probes
+//! are paid from a budget of [`PROBE_SHARE`] of the slot's decode time (a request's first probe
+//! is free). A draft model's probe first catches its cache up on the tokens decoded meanwhile
+//! (at most [`DRAFT_WINDOW`]: a cache further behind is rebuilt on the last ones), and the last
+//! [`OBSERVE`] of those are read with all their logits: the draft model's argmax at each,
+//! against the token that came, is an acceptance observation, so a probe learns from up to 7
+//! tokens rather than one. A draft model's head can be cut to the first ids
+//! ([`DRAFT_VOCAB`], `Model::keep_head_rows`): a third of the head's cost, the same acceptance
+//! on English text.
 //!
 //! The cost model can be wrong (a busy machine, caches the timing calls did not see, the draft
 //! model catching up after a rejection), so the realised rate has the last word ([`Gate`]): the
