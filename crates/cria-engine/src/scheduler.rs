@@ -480,9 +480,9 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
         let draft = match draft {
             None => None,
             Some(d) => {
-                let rows = speculative::OBSERVE;
                 let mut ds =
-                    Scratch::try_with_seqs(d.model, self.scratch.max_t, rows).map_err(err)?;
+                    Scratch::try_with_seqs(d.model, self.scratch.max_t, speculative::OBSERVE)
+                        .map_err(err)?;
                 let mut catch_spt = None;
                 if cfg.adaptive {
                     let (t, slope) =

@@ -585,23 +585,13 @@ impl<B: Backend> SlotSpec<B> {
         self.probe_spent == 0.0 || self.probe_spent + cost <= self.probe_earned
     }
 
-    /// Drafted-or-not observations, in order: whether the draft model's greedy token was the
-    /// token that came (see [`OBSERVE`]).
-    pub fn observe(&mut self, hits: impl IntoIterator<Item = bool>) {
-        observe(&mut self.accept, hits)
-    }
-
-    /// Tokens of `ctx` (the slot's tokens) the draft cache lacks, as many as a draft would
-    /// read first (at most [`DRAFT_WINDOW`] after a rebuild).
+    /// About how many tokens of `ctx` (the slot's tokens) the draft cache lacks, as many as a
+    /// draft would read first (at most [`DRAFT_WINDOW`] after a rebuild): from the lengths
+    /// alone (no scan per step while a probe waits for its budget), so a rejected draft's
+    /// tokens still in the cache count as held (at most `--draft-max` too few).
     pub fn draft_gap(&self, ctx: &[u32]) -> usize {
-        let view = ctx.get(self.draft_base..).unwrap_or(&[]);
-        let keep = common_prefix(&self.draft_cached, view);
-        let gap = ctx.len() - keep - self.draft_base.min(ctx.len());
-        if gap > DRAFT_WINDOW {
-            DRAFT_WINDOW
-        } else {
-            gap
-        }
+        let held = self.draft_base + self.draft_cached.len();
+        ctx.len().saturating_sub(held).min(DRAFT_WINDOW)
     }
 
     /// After a verify of `drafted` tokens, of which the first `accepted` were taken.
@@ -639,7 +629,8 @@ impl<B: Backend> DraftModel<'_, B> {
     /// prompt), else at most [`DRAFT_WINDOW`] tokens, rebuilding the cache on the window when
     /// it is further behind. Before drafting (`k > 0`), the last [`OBSERVE`] tokens of a
     /// catch-up are read with every row's logits, and the draft model's argmax at each is
-    /// compared with the token that followed ([`SlotSpec::observe`]); `self.scratch` holds
+    /// compared with the token that followed (into the slot's acceptance average, as
+    /// [`SlotSpec::record`] adds verified drafts); `self.scratch` holds
     /// OBSERVE rows of logits.
     pub fn draft(
         &mut self,

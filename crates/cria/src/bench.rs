@@ -342,14 +342,7 @@ fn run_spec(o: &BenchOptions, cfg: SpecConfig, out: &mut dyn Write) -> Result<()
                 kv_type: o.kv_type,
             };
             let l = crate::load::with(spec.as_deref(), &lo)?;
-            let draft = match &o.spec.draft_model {
-                Some(d) => {
-                    let mut d = crate::load::with(Some(d), &lo)?;
-                    o.spec.cut_draft_head(&mut d)?;
-                    Some(d)
-                }
-                None => None,
-            };
+            let draft = crate::spec_args::load_draft_with(&o.spec, &lo)?;
             let prompt = if l.tok.chat_template().is_some() {
                 let msgs = [cria_engine::template::Message::new("user", text.clone())];
                 cria_engine::render_chat(&l.tok, &msgs, true, None)?.1

@@ -11,16 +11,21 @@ pub use cria_server::SpecFlags as SpecArgs;
 
 /// Loads the draft model (threads and cache type as the model's), if one is asked for.
 pub fn load_draft(f: &SpecArgs, m: &crate::ModelArgs) -> Result<Option<LoadedModel>> {
-    let Some(spec) = &f.draft_model else {
-        return Ok(None);
-    };
     let o = cria_engine::LoadOptions {
         f32: false,
         threads: m.threads,
         kv_type: m.kv_type(),
     };
+    load_draft_with(f, &o)
+}
+
+/// Loads the draft model with `o` and cuts its head to `--draft-vocab` (None: no draft model).
+pub fn load_draft_with(f: &SpecArgs, o: &cria_engine::LoadOptions) -> Result<Option<LoadedModel>> {
+    let Some(spec) = &f.draft_model else {
+        return Ok(None);
+    };
     let mut d =
-        crate::load::with(Some(spec), &o).map_err(|e| anyhow!("the draft model {spec}: {e:#}"))?;
+        crate::load::with(Some(spec), o).map_err(|e| anyhow!("the draft model {spec}: {e:#}"))?;
     f.cut_draft_head(&mut d)?;
     Ok(Some(d))
 }
