@@ -21,7 +21,7 @@
 use crate::generate::{GenOptions, GenStats, Generation, StopReason, TokenLogprob};
 use crate::grammar::LazyMatcher;
 use crate::speculative::{
-    self, Costs, DraftModel, Gate, SlotSpec, SpecConfig, SpecKind, SpecStats,
+    self, Costs, DraftModel, Gate, SlotSpec, SpecConfig, SpecKind, SpecStats, Stop,
 };
 use crate::{Sampler, SamplerConfig, StopMatcher};
 use cria_kernels::{Backend, CpuBackend};
@@ -935,8 +935,16 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
                     }
                 }
                 Some(d) => {
-                    let (min, p) = (sp.cfg.draft_min.min(k), sp.cfg.draft_p_min);
-                    let r = guarded(|| d.draft(st, &sp.ctx, k, min, p, &mut sp.drafts));
+                    let min = sp.cfg.draft_min.min(k);
+                    let stop = Stop {
+                        p_min: sp.cfg.draft_p_min,
+                        all_min: if sp.cfg.adaptive {
+                            sp.costs.draft_price(k, depth)
+                        } else {
+                            0.0
+                        },
+                    };
+                    let r = guarded(|| d.draft(st, &sp.ctx, k, min, stop, &mut sp.drafts));
                     match r {
                         Some(Ok(())) => {}
                         Some(Err(e)) => {
@@ -1153,7 +1161,8 @@ impl<'a, S: Sink, E: EmbedSink, B: Backend> Scheduler<'a, S, E, B> {
                     if let Some(sp) = self.spec.as_mut() {
                         if let Some(d) = sp.draft.as_mut() {
                             let (st, drafts) = (&mut sp.slots[i], &mut sp.drafts);
-                            let _ = guarded(|| d.draft(st, &slot.cached, 0, 0, 1.0, drafts));
+                            let _ =
+                                guarded(|| d.draft(st, &slot.cached, 0, 0, Stop::p(1.0), drafts));
                         }
                     }
                 }

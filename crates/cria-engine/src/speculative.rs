@@ -407,26 +407,41 @@ impl Costs {
         self.draft_step + self.draft_slope * depth.saturating_sub(Self::DEPTH) as f64
     }
 
+    /// What one more draft costs, in plain steps, at a draft length up to `k` after `depth`
+    /// positions: a draft-model step and a verify row (the average row of a `k + 1`-row verify
+    /// beyond the first), over a plain step. A draft is worth making while the chance that it
+    /// and every draft before it are accepted is at least this ([`Stop`]).
+    pub fn draft_price(&self, k: usize, depth: usize) -> f64 {
+        let k = k.clamp(1, self.t.len().saturating_sub(1).max(1));
+        let t1 = self.at(1, depth);
+        let row = (self.at(k + 1, depth) - t1).max(0.0) / k as f64;
+        ((self.draft_at(depth) + row) / t1).min(1.0)
+    }
+
     /// The draft length, at most `max`, that gives the most tokens per second at acceptance `a`
     /// (0: plain steps are better).
     pub fn best_k(&self, a: f64, max: usize, depth: usize) -> usize {
         let a = a.clamp(0.0, 0.999);
         let t = |r: usize| self.at(r + 1, depth);
         let draft = self.draft_at(depth);
-        let t1 = t(0);
-        let mut best = (1.0 / t1, 0);
+        let plain = 1.0 / t(0);
+        let mut best = (0.0, 0);
         let mut e = 1.0;
         let mut ak = 1.0;
         for k in 1..=max.min(self.t.len() - 1) {
             ak *= a;
             e += ak;
             let rate = e / (t(k) + k as f64 * draft);
-            // A few percent better at least: drafting is not worth noise.
-            if rate > best.0 * 1.03 {
+            if rate > best.0 {
                 best = (rate, k);
             }
         }
-        best.1
+        // A few percent better than plain steps at least: drafting is not worth noise.
+        if best.0 > plain * 1.03 {
+            best.1
+        } else {
+            0
+        }
     }
 }
 
@@ -638,7 +653,7 @@ impl<B: Backend> DraftModel<'_, B> {
         ctx: &[u32],
         k: usize,
         min: usize,
-        p_min: f32,
+        stop: Stop,
         out: &mut Vec<u32>,
     ) -> cria_core::Result<()> {
         out.clear();
@@ -699,9 +714,12 @@ impl<B: Backend> DraftModel<'_, B> {
             let spt = t0.elapsed().as_secs_f64() / n as f64;
             self.catch_spt = Some(self.catch_spt.map_or(spt, |c| 0.5 * c + 0.5 * spt));
         }
+        // The probability that every draft so far is accepted, by the draft model's confidence.
+        let mut all = 1.0f64;
         while out.len() < k {
             let (t, p) = top(self.scratch.seq_logits(std::mem::take(&mut last_row)));
-            if out.len() >= min && p < p_min {
+            all *= p as f64;
+            if out.len() >= min && (p < stop.p_min || all < stop.all_min) {
                 break;
             }
             out.push(t);
@@ -719,6 +737,28 @@ impl<B: Backend> DraftModel<'_, B> {
             pos += 1;
         }
         Ok(())
+    }
+}
+
+/// When a draft model stops drafting (after its first `min` drafts): when its top probability
+/// falls below `p_min` (`--draft-p-min`, as llama.cpp's), or when the product of its top
+/// probabilities so far (the chance that every draft is accepted, were the draft model
+/// calibrated) falls below `all_min`: the adaptive policy sets that to what one more draft costs
+/// (a draft-model step and a verify row) over what a plain step costs, so a draft is made while
+/// the token it is expected to add is worth its price.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stop {
+    pub p_min: f32,
+    pub all_min: f64,
+}
+
+impl Stop {
+    /// llama.cpp's rule alone.
+    pub fn p(p_min: f32) -> Self {
+        Stop {
+            p_min,
+            all_min: 0.0,
+        }
     }
 }
 
@@ -848,6 +888,16 @@ mod tests {
         assert!(c.best_k(0.9, 8, 64) >= 6);
         let k5 = c.best_k(0.5, 8, 64);
         assert!((1..=4).contains(&k5), "{k5}");
+        // The best length, not the first whose next one gains less than 3%: with a draft
+        // step of 0.3, 7 drafts give 8 / 3.8 tokens per unit of time and 8 give 9 / 4.2 (+1.8%).
+        let drafted = Costs {
+            draft_step: 0.3,
+            ..c.clone()
+        };
+        assert_eq!(drafted.best_k(0.999, 8, 64), 8);
+        // One more draft costs a draft step and a verify row, over a plain step.
+        assert!((drafted.draft_price(4, 64) - 0.4).abs() < 1e-12);
+        assert!((drafted.draft_price(8, 64) - 0.4).abs() < 1e-12);
         // Rows as dear as steps: never worth it.
         let dear = Costs {
             t: (1..=9).map(|r| r as f64).collect(),

@@ -13,7 +13,9 @@ use cria_engine::generate::{GenStats, TokenLogprob};
 use cria_engine::scheduler::{
     Config, Done, DraftSetup, GenParams, Job, Metrics, NoEmbed, Request, Scheduler, Sink,
 };
-use cria_engine::speculative::{DraftModel, SlotSpec, SpecConfig, SpecKind, DRAFT_WINDOW, OBSERVE};
+use cria_engine::speculative::{
+    DraftModel, SlotSpec, SpecConfig, SpecKind, Stop, DRAFT_WINDOW, OBSERVE,
+};
 use cria_engine::{LoadOptions, LoadedModel, SamplerConfig};
 use cria_kernels::CpuBackend;
 use cria_model::{forward, forward_batch, KvCache, KvType, Logits, Model, Scratch, SeqStep};
@@ -571,30 +573,35 @@ fn draft_cache_far_behind_is_rebuilt_on_a_window() {
     let new_slot = || slot_of(&lm);
     let (mut d, mut st, mut out) = (new_draft(), new_slot(), vec![]);
     // The prompt: read whole.
-    d.draft(&mut st, &ctx[..20], 0, 0, 1.0, &mut out).unwrap();
+    d.draft(&mut st, &ctx[..20], 0, 0, Stop::p(1.0), &mut out)
+        .unwrap();
     assert_eq!((st.draft_base, &st.draft_cached[..]), (0, &ctx[..20]));
     // A few tokens behind: caught up.
     assert_eq!(st.draft_gap(&ctx[..30]), 10);
-    d.draft(&mut st, &ctx[..30], 3, 3, 0.0, &mut out).unwrap();
+    d.draft(&mut st, &ctx[..30], 3, 3, Stop::p(0.0), &mut out)
+        .unwrap();
     assert_eq!(st.draft_base, 0);
     assert_eq!(&st.draft_cached[..30], &ctx[..30]);
     // Far behind: a window, whose drafts are those of a fresh cache that reads it alone.
     assert_eq!(st.draft_gap(&ctx), DRAFT_WINDOW);
-    d.draft(&mut st, &ctx, 4, 4, 0.0, &mut out).unwrap();
+    d.draft(&mut st, &ctx, 4, 4, Stop::p(0.0), &mut out)
+        .unwrap();
     let base = ctx.len() - DRAFT_WINDOW;
     assert_eq!(st.draft_base, base);
     assert_eq!(&st.draft_cached[..DRAFT_WINDOW], &ctx[base..]);
     let (mut d2, mut st2, mut want) = (new_draft(), new_slot(), vec![]);
-    d2.draft(&mut st2, &ctx[base..], 4, 4, 0.0, &mut want)
+    d2.draft(&mut st2, &ctx[base..], 4, 4, Stop::p(0.0), &mut want)
         .unwrap();
     assert_eq!(out.len(), 4);
     assert_eq!(out, want);
     // Drafting on from the window, then a prompt: read whole from 0 again.
     let mut more = ctx.clone();
     more.extend_from_slice(&out[..2]);
-    d.draft(&mut st, &more, 2, 2, 0.0, &mut out).unwrap();
+    d.draft(&mut st, &more, 2, 2, Stop::p(0.0), &mut out)
+        .unwrap();
     assert_eq!(st.draft_base, base, "a short catch-up keeps the window");
-    d.draft(&mut st, &ctx[..40], 0, 0, 1.0, &mut out).unwrap();
+    d.draft(&mut st, &ctx[..40], 0, 0, Stop::p(1.0), &mut out)
+        .unwrap();
     assert_eq!((st.draft_base, &st.draft_cached[..]), (0, &ctx[..40]));
 }
 
@@ -609,26 +616,89 @@ fn catch_up_observes_acceptance() {
     let prompt: Vec<u32> = (0..12u32).map(|i| (i * 37 + 3) % v).collect();
     // The model's own greedy continuation (the draft model drafting 20 tokens).
     let (mut st, mut greedy) = (new_slot(), vec![]);
-    d.draft(&mut st, &prompt, 20, 20, 0.0, &mut greedy).unwrap();
+    d.draft(&mut st, &prompt, 20, 20, Stop::p(0.0), &mut greedy)
+        .unwrap();
     assert_eq!(greedy.len(), 20);
     let noise: Vec<u32> = (0..20u32).map(|i| (i * 101 + 7) % v).collect();
     for (tail, want_high) in [(&greedy, true), (&noise, false)] {
         let mut st = new_slot();
         let mut out = vec![];
-        d.draft(&mut st, &prompt, 0, 0, 1.0, &mut out).unwrap();
+        d.draft(&mut st, &prompt, 0, 0, Stop::p(1.0), &mut out)
+            .unwrap();
         assert_eq!(st.accept, 0.7, "a prompt observes nothing");
         let ctx: Vec<u32> = prompt.iter().chain(tail.iter()).copied().collect();
-        d.draft(&mut st, &ctx, 1, 1, 0.0, &mut out).unwrap();
+        d.draft(&mut st, &ctx, 1, 1, Stop::p(0.0), &mut out)
+            .unwrap();
         if want_high {
             // Seven hits in a row from 0.7.
             assert!(st.accept > 0.88, "greedy tokens: {}", st.accept);
             assert_eq!(out[0], {
                 let mut all = vec![];
-                d.draft(&mut new_slot(), &ctx, 1, 1, 0.0, &mut all).unwrap();
+                d.draft(&mut new_slot(), &ctx, 1, 1, Stop::p(0.0), &mut all)
+                    .unwrap();
                 all[0]
             });
         } else {
             assert!(st.accept < 0.5, "other tokens: {}", st.accept);
         }
     }
+}
+
+/// A draft stops where the product of the draft model's top probabilities (the chance that all
+/// its drafts are accepted) falls below `Stop::all_min`, after the first `min` drafts, and the
+/// drafts it makes are the greedy ones whatever the rule.
+#[test]
+fn drafting_stops_where_all_drafts_are_unlikely_to_be_accepted() {
+    let lm = load(&tiny("tiny-llama2"), 1);
+    let v = lm.model.config.vocab_size as u32;
+    let mut d = draft_of(&lm);
+    let prompt: Vec<u32> = (0..12u32).map(|i| (i * 37 + 3) % v).collect();
+    let mut greedy = vec![];
+    d.draft(&mut slot_of(&lm), &prompt, 8, 8, Stop::p(0.0), &mut greedy)
+        .unwrap();
+    assert_eq!(greedy.len(), 8);
+    let mut draft = |stop: Stop, min: usize| {
+        let mut out = vec![];
+        d.draft(&mut slot_of(&lm), &prompt, 8, min, stop, &mut out)
+            .unwrap();
+        out
+    };
+    // The probability of the first draft and of the first two, from the draft model itself.
+    let probs = |n: usize| {
+        let mut s = Scratch::try_new(&lm.model, prompt.len() + n, Logits::All).unwrap();
+        let mut kv = KvCache::try_with_type(&lm.model, 64, KvType::F16).unwrap();
+        let toks: Vec<u32> = prompt.iter().chain(&greedy[..n]).copied().collect();
+        let mut seq = [SeqStep {
+            tokens: &toks,
+            pos: 0,
+            kv: &mut kv,
+            lora: &[],
+        }];
+        forward_batch(&lm.model, &lm.backend, &mut seq, &mut s, Logits::All).unwrap();
+        (0..=n)
+            .map(|i| {
+                let l = s.seq_logits(prompt.len() - 1 + i);
+                let m = l.iter().copied().fold(f32::MIN, f32::max);
+                let z: f64 = l.iter().map(|&x| ((x - m) as f64).exp()).sum();
+                1.0 / z
+            })
+            .collect::<Vec<f64>>()
+    };
+    let p = probs(1);
+    let all2 = p[0] * p[1];
+    // Between the first draft's chance and the first two's: exactly one draft.
+    let mid = Stop {
+        p_min: 0.0,
+        all_min: 0.5 * (p[0] + all2),
+    };
+    assert!(all2 < p[0] * 0.999, "two drafts as likely as one: {p:?}");
+    assert_eq!(draft(mid, 0), greedy[..1]);
+    // Above every chance: none, unless `min` forces them; at 0: all of them.
+    let none = Stop {
+        p_min: 0.0,
+        all_min: 1.1,
+    };
+    assert!(draft(none, 0).is_empty());
+    assert_eq!(draft(none, 3), greedy[..3]);
+    assert_eq!(draft(Stop::p(0.0), 0), greedy);
 }

@@ -16,7 +16,7 @@ use cria_core::DType;
 use cria_kernels::cpu::gemm_half::{matmul_scalar, PackedHalf};
 use cria_kernels::{CpuBackend, Isa};
 
-const TOKENS: [usize; 10] = [1, 2, 5, 6, 7, 12, 13, 48, 55, 110];
+const TOKENS: [usize; 13] = [1, 2, 3, 5, 6, 7, 12, 13, 24, 25, 48, 55, 110];
 const ROWS: [usize; 7] = [1, 7, 15, 16, 17, 65, 100];
 const KS: [usize; 5] = [1, 31, 33, 72, 576];
 const TYPES: [DType; 2] = [DType::F16, DType::BF16];

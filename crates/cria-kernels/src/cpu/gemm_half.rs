@@ -150,6 +150,16 @@ pub fn matmul_scalar(out: &mut [f32], x: &[f32], p: &PackedHalf, t: usize) {
     }
 }
 
+/// Tokens above which a work item widens its panels to f32 first (`tile_t`: the kernel's
+/// register tile). Widening writes and rereads the item's panels as f32, twice their bytes:
+/// it pays once several tiles read them, not for two (a 13-token call on AVX-512, 12 + 1
+/// tokens, cost 1.5x a 12-token one with it).
+fn widen_after(tile_t: usize) -> usize {
+    WIDEN_TILES * tile_t
+}
+
+const WIDEN_TILES: usize = 2;
+
 /// out (t, n) = x (t, k) @ w^T on the packed weights (shapes checked by the caller).
 pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf, t: usize) {
     let (n, k) = (p.n, p.k);
@@ -191,7 +201,8 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
         } else {
             MR
         };
-        let widen = t > tile_t;
+        let wide_t = widen_after(tile_t);
+        let widen = t > wide_t;
         let call = if widen {
             b.reserve_panels(ITEM_GROUPS * k * NR + 15)
         } else {
@@ -204,7 +215,7 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
             let (g0, g1) = (gb * ITEM_GROUPS, ((gb + 1) * ITEM_GROUPS).min(groups));
             let (t0, t1) = (tb * TOK_BLOCK, ((tb + 1) * TOK_BLOCK).min(t));
             // Only an item that widens records what its scratch holds.
-            let wide = t1 - t0 > tile_t;
+            let wide = t1 - t0 > wide_t;
             let mut panels = wide.then(|| b.panels[tid].lock().unwrap_or_else(|e| e.into_inner()));
             let (scratch, ready) = match panels.as_deref_mut() {
                 Some(sp) => {
@@ -221,7 +232,7 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
             // inside `out` (t*n) and disjoint from every other item; the pool joins before
             // `out`'s borrow ends. `w` holds `groups` panels of k * 16 elements. `scratch` is
             // this thread's (locked) and holds ITEM_GROUPS * k * 16 floats from a 64-byte
-            // boundary when the item has more than `tile_t` tokens, the kernel's condition for
+            // boundary when the item has more than `wide_t` tokens, the kernel's condition for
             // using it (else it is null and unused); `ready` says the block's
             // kernel already widened panels g0..g1 of `w` into it in this call (`call` is
             // unique to this matmul, so stale panels of another never match).

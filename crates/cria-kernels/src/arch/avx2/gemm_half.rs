@@ -27,8 +27,8 @@ unsafe fn tile<L: Wide, const T: usize, const G: usize>(
     let xp: [*const f32; T] = std::array::from_fn(|j| x.as_ptr().add((t0 + j) * k));
     let mut acc = [[[_mm256_setzero_ps(); 2]; G]; T];
     for e in 0..k {
-        // One token on the file's halves (not on panels widened into scratch, in cache).
-        if T == 1 && L::SIZE == 2 && e % 2 == 0 {
+        // The file's halves stream from memory (panels widened into scratch are in cache).
+        if L::SIZE == 2 && e % 2 == 0 {
             prefetch_ahead(&wp, e * NR * 2);
         }
         let wv: [[__m256; 2]; G] = std::array::from_fn(|g| {
@@ -79,7 +79,7 @@ unsafe fn panel<L: Wide>(
 ) {
     let mut j = t0;
     while j < t1 {
-        let nt = (t1 - j).min(MR);
+        let nt = tile_len(t1 - j, MR);
         match nt {
             6 => tile::<L, 6, 1>(out, n, x, w, k, g, j),
             5 => tile::<L, 5, 1>(out, n, x, w, k, g, j),
@@ -92,15 +92,24 @@ unsafe fn panel<L: Wide>(
     }
 }
 
-/// Panels g0..g1 x tokens t0..t1 of the output, by register tiles. With more than one
-/// token tile, the panels are read widened to f32 from `scratch` (the conversions then
+/// The next register tile's tokens, of `left` still to do, with tiles of `mr` at most: as
+/// even as the fewest tiles allow (13 tokens in tiles of 12: 7 + 6, not 12 + 1, whose
+/// one-token tile is one FMA chain per lane and waits on its latency; 25: 9 + 8 + 8). Each
+/// output is the same FMA chain in any tile, so the split changes no bit.
+#[inline(always)]
+pub(crate) fn tile_len(left: usize, mr: usize) -> usize {
+    left.div_ceil(left.div_ceil(mr))
+}
+
+/// Panels g0..g1 x tokens t0..t1 of the output, by register tiles. With a `scratch` (several
+/// token tiles), the panels are read widened to f32 from `scratch` (the conversions then
 /// happen once per panel, not once per tile; the products are the same), where this call
 /// first widens them unless `ready` says an earlier call of the same matmul did.
 ///
 /// SAFETY (caller): AVX2/FMA/F16C present; `w` holds at least g1 panels of k * 16
 /// elements, `x` at least t1 rows of k; out[tok * n + row] for the block is writable by this
-/// call only; when t1 - t0 > MR, `scratch` is 32-byte aligned with (g1 - g0) * k * 16
-/// writable floats, and if `ready` they are panels g0..g1 of `w` widened.
+/// call only; `scratch` is null (the panels are read as they are) or 32-byte aligned with
+/// (g1 - g0) * k * 16 writable floats, and if `ready` they are panels g0..g1 of `w` widened.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn block<L: Wide>(
@@ -123,7 +132,22 @@ pub(crate) unsafe fn block<L: Wide>(
         one_token!(tile::<L>, out, n, x, at, k, g0, g1, t0);
         return;
     }
-    if t1 - t0 <= MR {
+    if scratch.is_null() && t1 - t0 <= FEW {
+        // A few tokens (a speculative verify): 2 panels (2 prefetched streams) at once.
+        let mut g = g0;
+        while g < g1 {
+            let two = g + 1 < g1;
+            match (t1 - t0, two) {
+                (2, true) => tile::<L, 2, 2>(out, n, x, at(g), k, g, t0),
+                (2, false) => tile::<L, 2, 1>(out, n, x, at(g), k, g, t0),
+                (_, true) => tile::<L, 3, 2>(out, n, x, at(g), k, g, t0),
+                (_, false) => tile::<L, 3, 1>(out, n, x, at(g), k, g, t0),
+            }
+            g += if two { 2 } else { 1 };
+        }
+        return;
+    }
+    if scratch.is_null() {
         for g in g0..g1 {
             panel::<L>(out, n, x, at(g), k, g, t0, t1);
         }
@@ -141,6 +165,9 @@ pub(crate) unsafe fn block<L: Wide>(
         panel::<F32>(out, n, x, wide, k, g, t0, t1);
     }
 }
+
+/// Tokens up to which a block goes 2 panels at a time (3 x 2 x 2 accumulators).
+const FEW: usize = 3;
 
 /// How far ahead of the element being read the one-token tiles prefetch each panel's stream.
 const PF_AHEAD: usize = 2048;

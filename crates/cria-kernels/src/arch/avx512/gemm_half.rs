@@ -3,12 +3,15 @@
 //! The same tiles on 512-bit registers: a panel's 16 rows are one zmm, and the 32 registers
 //! hold `MR512` = 12 tokens x 2 panels of accumulators. Per lane the same FMA chain as the AVX2
 //! kernel and the scalar twin (same bits).
-use crate::arch::avx2::gemm_half::{one_token, prefetch_ahead};
+use crate::arch::avx2::gemm_half::{one_token, prefetch_ahead, tile_len};
 use crate::cpu::gemm_half::NR;
 use std::arch::x86_64::*;
 
 /// Tokens per register tile: 24 accumulators + 2 weights + 1 broadcast of the 32 zmm.
 pub(crate) const MR512: usize = 12;
+/// Tokens up to which a block goes 4 panels at a time, as one token does (up to 6 x 4
+/// accumulators, 4 weights and a broadcast: 29 of the 32 zmm).
+const FEW: usize = 6;
 
 /// Widens 16 packed elements to f32.
 pub(crate) trait Wide16 {
@@ -60,8 +63,8 @@ unsafe fn tile<L: Wide16, const T: usize, const G: usize>(
     let xp: [*const f32; T] = std::array::from_fn(|j| x.as_ptr().add((t0 + j) * k));
     let mut acc = [[_mm512_setzero_ps(); G]; T];
     for e in 0..k {
-        // One token on the file's halves (not on panels widened into scratch, in cache).
-        if T == 1 && L::SIZE == 2 && e % 2 == 0 {
+        // The file's halves stream from memory (panels widened into scratch are in cache).
+        if L::SIZE == 2 && e % 2 == 0 {
             prefetch_ahead(&wp, e * NR * 2);
         }
         let wv: [__m512; G] = std::array::from_fn(|g| L::load16(wp[g].add(e * NR * L::SIZE)));
@@ -106,7 +109,7 @@ unsafe fn panels<L: Wide16>(
 ) {
     let mut j = t0;
     while j < t1 {
-        let nt = (t1 - j).min(MR512);
+        let nt = tile_len(t1 - j, MR512);
         macro_rules! go {
             ($($t:literal)*) => {
                 match (nt, two) {
@@ -121,8 +124,8 @@ unsafe fn panels<L: Wide16>(
     }
 }
 
-/// As `avx2::block` (same contract, with `scratch` 64-byte aligned and used when
-/// t1 - t0 > 12), for AVX-512 F/BW/VL.
+/// As `avx2::block` (same contract, with `scratch`, when not null, 64-byte aligned), for
+/// AVX-512 F/BW/VL.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn block<L: Wide16>(
@@ -145,7 +148,35 @@ pub(crate) unsafe fn block<L: Wide16>(
         one_token!(tile::<L>, out, n, x, at, k, g0, g1, t0);
         return;
     }
-    let wide = t1 - t0 > MR512;
+    let wide = !scratch.is_null();
+    if !wide && t1 - t0 <= FEW {
+        // A few tokens (a speculative verify): 4 panels (4 streams, prefetched) at once, as
+        // one token goes: 2-6 rows cost about what one does (SmolLM2 F16, 2 threads: 1 row
+        // 11 ms, 4 rows 11.7 ms, 6 rows 13 ms; with 2-panel tiles 4 rows cost 15 ms).
+        let mut g = g0;
+        while g < g1 {
+            let ng = (g1 - g).min(4);
+            let mut j = t0;
+            while j < t1 {
+                let nt = tile_len(t1 - j, 6);
+                macro_rules! go {
+                    ($($t:literal)*) => {
+                        match (nt, ng) {
+                            $(($t, 4) => tile::<L, $t, 4>(out, n, x, at(g), k, g, j),
+                              ($t, 3) => tile::<L, $t, 3>(out, n, x, at(g), k, g, j),
+                              ($t, 2) => tile::<L, $t, 2>(out, n, x, at(g), k, g, j),
+                              ($t, _) => tile::<L, $t, 1>(out, n, x, at(g), k, g, j),)*
+                            _ => unreachable!(),
+                        }
+                    };
+                }
+                go!(1 2 3 4 5 6);
+                j += nt;
+            }
+            g += ng;
+        }
+        return;
+    }
     if wide && !ready {
         let src = at(g0);
         for i in (0..(g1 - g0) * k * NR).step_by(16) {
