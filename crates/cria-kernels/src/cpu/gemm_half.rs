@@ -150,16 +150,11 @@ pub fn matmul_scalar(out: &mut [f32], x: &[f32], p: &PackedHalf, t: usize) {
     }
 }
 
-/// Tokens above which a work item widens its panels to f32 first (`tile_t`: the kernel's
-/// register tile). Widening writes and rereads the item's panels as f32, twice their bytes:
+/// A work item widens its panels to f32 first when it has more than this many register
+/// tiles of tokens. Widening writes and rereads the item's panels as f32, twice their bytes:
 /// it pays once several tiles read them, not for two (SmolLM2 F16, 2 threads, AVX-512: 13
 /// tokens as 7 + 6 ran at 425 t/s widened, 606 not; 25 tokens as 9 + 8 + 8, 633 widened and
 /// 664 not, within the shared machine's noise, so three tiles and more still widen).
-fn widen_after(tile_t: usize) -> usize {
-    WIDEN_TILES * tile_t
-}
-
-/// See [`widen_after`].
 const WIDEN_TILES: usize = 2;
 
 /// out (t, n) = x (t, k) @ w^T on the packed weights (shapes checked by the caller).
@@ -203,7 +198,7 @@ pub(crate) fn matmul(b: &CpuBackend, out: &mut [f32], x: &[f32], p: &PackedHalf,
         } else {
             MR
         };
-        let wide_t = widen_after(tile_t);
+        let wide_t = WIDEN_TILES * tile_t;
         let widen = t > wide_t;
         let call = if widen {
             b.reserve_panels(ITEM_GROUPS * k * NR + 15)

@@ -140,8 +140,9 @@ pub(crate) unsafe fn block<L: Wide>(
             match (t1 - t0, two) {
                 (2, true) => tile::<L, 2, 2>(out, n, x, at(g), k, g, t0),
                 (2, false) => tile::<L, 2, 1>(out, n, x, at(g), k, g, t0),
-                (_, true) => tile::<L, 3, 2>(out, n, x, at(g), k, g, t0),
-                (_, false) => tile::<L, 3, 1>(out, n, x, at(g), k, g, t0),
+                (3, true) => tile::<L, 3, 2>(out, n, x, at(g), k, g, t0),
+                (3, false) => tile::<L, 3, 1>(out, n, x, at(g), k, g, t0),
+                _ => unreachable!("FEW is 3"),
             }
             g += if two { 2 } else { 1 };
         }
@@ -169,7 +170,8 @@ pub(crate) unsafe fn block<L: Wide>(
 /// Tokens up to which a block goes 2 panels at a time (3 x 2 x 2 accumulators).
 const FEW: usize = 3;
 
-/// How far ahead of the element being read the one-token tiles prefetch each panel's stream.
+/// How far ahead of the element being read a tile on the file's halves prefetches each panel's
+/// stream.
 const PF_AHEAD: usize = 2048;
 
 /// One token (decoding) reads every weight byte from memory once, G panels as G streams; the

@@ -150,29 +150,25 @@ pub(crate) unsafe fn block<L: Wide16>(
     }
     let wide = !scratch.is_null();
     if !wide && t1 - t0 <= FEW {
-        // A few tokens (a speculative verify): 4 panels (4 streams, prefetched) at once, as
-        // one token goes: 2-6 rows cost about what one does (SmolLM2 F16, 2 threads: 1 row
-        // 11 ms, 4 rows 11.7 ms, 6 rows 13 ms; with 2-panel tiles 4 rows cost 15 ms).
+        // A few tokens (a speculative verify): one tile of them over 4 panels (4 streams,
+        // prefetched) at once, as one token goes: 2-6 rows cost about what one does (SmolLM2
+        // F16, 2 threads: 1 row 11 ms, 4 rows 11.7 ms, 6 rows 13 ms; with 2-panel tiles 4 rows
+        // cost 15 ms).
         let mut g = g0;
         while g < g1 {
             let ng = (g1 - g).min(4);
-            let mut j = t0;
-            while j < t1 {
-                let nt = tile_len(t1 - j, 6);
-                macro_rules! go {
-                    ($($t:literal)*) => {
-                        match (nt, ng) {
-                            $(($t, 4) => tile::<L, $t, 4>(out, n, x, at(g), k, g, j),
-                              ($t, 3) => tile::<L, $t, 3>(out, n, x, at(g), k, g, j),
-                              ($t, 2) => tile::<L, $t, 2>(out, n, x, at(g), k, g, j),
-                              ($t, _) => tile::<L, $t, 1>(out, n, x, at(g), k, g, j),)*
-                            _ => unreachable!(),
-                        }
-                    };
-                }
-                go!(1 2 3 4 5 6);
-                j += nt;
+            macro_rules! go {
+                ($($t:literal)*) => {
+                    match (t1 - t0, ng) {
+                        $(($t, 4) => tile::<L, $t, 4>(out, n, x, at(g), k, g, t0),
+                          ($t, 3) => tile::<L, $t, 3>(out, n, x, at(g), k, g, t0),
+                          ($t, 2) => tile::<L, $t, 2>(out, n, x, at(g), k, g, t0),
+                          ($t, _) => tile::<L, $t, 1>(out, n, x, at(g), k, g, t0),)*
+                        _ => unreachable!(),
+                    }
+                };
             }
+            go!(2 3 4 5 6);
             g += ng;
         }
         return;
